@@ -1,0 +1,1 @@
+//! duo-buffer (in progress)

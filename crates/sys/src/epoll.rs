@@ -1,0 +1,364 @@
+//! `epoll`: the readiness notification at the bottom of every duo event loop.
+//!
+//! [`Epoll`] owns an epoll instance. Descriptors are registered with an [`Interest`] and a
+//! caller-chosen 64-bit token; [`Epoll::wait`] fills an [`Events`] buffer with
+//! `(token, Ready)` pairs. The token is opaque to this layer: the reactor stores a slot index
+//! and a generation in it so that a stale event for a reused slot can be recognised.
+//!
+//! # Edge and level triggering
+//!
+//! Level-triggered interest (the default) reports a descriptor on every wait while it is
+//! ready. [`Interest::EDGE`] reports it once per *change* to ready: the caller must read
+//! (or write) until `EAGAIN`, or until a short read proves the receive queue empty, before
+//! it can expect another event. [`Interest::ONESHOT`] disables the registration after one
+//! event until it is re-armed with [`Epoll::modify`].
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+use crate::{context, cvt};
+
+/// What a registration asks to be told about. Combine with `|`.
+///
+/// ```
+/// use duo_sys::Interest;
+/// let i = Interest::READABLE | Interest::EDGE;
+/// assert!(i.is_readable() && i.is_edge() && !i.is_writable());
+/// ```
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Interest(u32);
+
+impl Interest {
+    /// No readiness at all: the descriptor stays registered (errors and hang-ups are still
+    /// reported, the kernel always reports those) but reads and writes are not.
+    pub const NONE: Interest = Interest(0);
+    /// Readable (`EPOLLIN`), including the peer's half-close (`EPOLLRDHUP`).
+    pub const READABLE: Interest = Interest((libc::EPOLLIN | libc::EPOLLRDHUP) as u32);
+    /// Writable (`EPOLLOUT`).
+    pub const WRITABLE: Interest = Interest(libc::EPOLLOUT as u32);
+    /// Edge-triggered (`EPOLLET`): one event per transition to ready.
+    pub const EDGE: Interest = Interest(libc::EPOLLET as u32);
+    /// One-shot (`EPOLLONESHOT`): disabled after one event until modified again.
+    pub const ONESHOT: Interest = Interest(libc::EPOLLONESHOT as u32);
+
+    /// Whether readable events are requested.
+    pub const fn is_readable(self) -> bool {
+        self.0 & libc::EPOLLIN as u32 != 0
+    }
+    /// Whether writable events are requested.
+    pub const fn is_writable(self) -> bool {
+        self.0 & libc::EPOLLOUT as u32 != 0
+    }
+    /// Whether the registration is edge-triggered.
+    pub const fn is_edge(self) -> bool {
+        self.0 & libc::EPOLLET as u32 != 0
+    }
+    /// Whether the registration is one-shot.
+    pub const fn is_oneshot(self) -> bool {
+        self.0 & libc::EPOLLONESHOT as u32 != 0
+    }
+    /// Adds the flags of `other`.
+    #[must_use]
+    pub const fn add(self, other: Interest) -> Interest {
+        Interest(self.0 | other.0)
+    }
+    /// Removes the flags of `other`.
+    #[must_use]
+    pub const fn remove(self, other: Interest) -> Interest {
+        Interest(self.0 & !other.0)
+    }
+    /// The raw `epoll_event.events` bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+}
+
+impl std::ops::BitOr for Interest {
+    type Output = Interest;
+    fn bitor(self, rhs: Interest) -> Interest {
+        self.add(rhs)
+    }
+}
+
+impl std::ops::BitOrAssign for Interest {
+    fn bitor_assign(&mut self, rhs: Interest) {
+        *self = self.add(rhs);
+    }
+}
+
+impl std::fmt::Debug for Interest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut sep = "";
+        f.write_str("Interest(")?;
+        for (set, name) in [
+            (self.is_readable(), "READABLE"),
+            (self.is_writable(), "WRITABLE"),
+            (self.is_edge(), "EDGE"),
+            (self.is_oneshot(), "ONESHOT"),
+        ] {
+            if set {
+                write!(f, "{sep}{name}")?;
+                sep = " | ";
+            }
+        }
+        if sep.is_empty() {
+            f.write_str("NONE")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// What the kernel reported for one registration in one wait.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Ready(u32);
+
+impl Ready {
+    /// Builds a readiness set from raw `epoll_event.events` bits.
+    pub const fn from_bits(bits: u32) -> Ready {
+        Ready(bits)
+    }
+    /// The raw `epoll_event.events` bits.
+    pub const fn bits(self) -> u32 {
+        self.0
+    }
+    /// Data can be read (`EPOLLIN`) or urgent data is pending (`EPOLLPRI`).
+    pub const fn is_readable(self) -> bool {
+        self.0 & (libc::EPOLLIN | libc::EPOLLPRI) as u32 != 0
+    }
+    /// Data can be written (`EPOLLOUT`).
+    pub const fn is_writable(self) -> bool {
+        self.0 & libc::EPOLLOUT as u32 != 0
+    }
+    /// An error is pending on the descriptor (`EPOLLERR`); read it with
+    /// [`take_socket_error`](crate::take_socket_error) on a socket.
+    pub const fn is_error(self) -> bool {
+        self.0 & libc::EPOLLERR as u32 != 0
+    }
+    /// Both directions are shut down (`EPOLLHUP`): the connection is gone.
+    pub const fn is_hup(self) -> bool {
+        self.0 & libc::EPOLLHUP as u32 != 0
+    }
+    /// The peer shut down its writing half (`EPOLLRDHUP`): reads will reach end of stream
+    /// once the queued bytes are consumed.
+    pub const fn is_read_hup(self) -> bool {
+        self.0 & libc::EPOLLRDHUP as u32 != 0
+    }
+}
+
+impl std::fmt::Debug for Ready {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ready")
+            .field("readable", &self.is_readable())
+            .field("writable", &self.is_writable())
+            .field("error", &self.is_error())
+            .field("hup", &self.is_hup())
+            .field("read_hup", &self.is_read_hup())
+            .finish()
+    }
+}
+
+/// The buffer one [`Epoll::wait`] fills.
+///
+/// It starts at the capacity given to [`Events::with_capacity`] and doubles (up to
+/// [`Events::MAX_CAPACITY`]) whenever a wait fills it completely, because a full buffer
+/// means more descriptors were ready than could be reported in one call.
+pub struct Events {
+    buf: Vec<libc::epoll_event>,
+    len: usize,
+}
+
+impl Events {
+    /// The capacity beyond which [`Events`] stops growing.
+    pub const MAX_CAPACITY: usize = 64 * 1024;
+
+    /// An empty buffer with room for `capacity` events (at least 1).
+    pub fn with_capacity(capacity: usize) -> Events {
+        let capacity = capacity.clamp(1, Self::MAX_CAPACITY);
+        Events {
+            buf: vec![libc::epoll_event { events: 0, u64: 0 }; capacity],
+            len: 0,
+        }
+    }
+
+    /// How many events the next wait can return.
+    pub fn capacity(&self) -> usize {
+        self.buf.len()
+    }
+
+    /// How many events the last wait returned.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    /// Whether the last wait returned no events.
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// Forgets the events of the last wait.
+    pub fn clear(&mut self) {
+        self.len = 0;
+    }
+
+    /// The `i`th event of the last wait as `(token, readiness)`.
+    pub fn get(&self, i: usize) -> Option<(u64, Ready)> {
+        self.buf[..self.len]
+            .get(i)
+            .map(|ev| (ev.u64, Ready(ev.events)))
+    }
+
+    /// The events of the last wait as `(token, readiness)`, in the kernel's order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (u64, Ready)> + '_ {
+        self.buf[..self.len]
+            .iter()
+            .map(|ev| (ev.u64, Ready(ev.events)))
+    }
+
+    /// Doubles the capacity if the last wait filled the buffer.
+    fn grow_if_full(&mut self) {
+        let cap = self.buf.len();
+        if self.len == cap && cap < Self::MAX_CAPACITY {
+            let new_cap = (cap * 2).min(Self::MAX_CAPACITY);
+            self.buf
+                .resize(new_cap, libc::epoll_event { events: 0, u64: 0 });
+        }
+    }
+}
+
+impl std::fmt::Debug for Events {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Events")
+            .field("len", &self.len)
+            .field("capacity", &self.buf.len())
+            .finish()
+    }
+}
+
+/// An epoll instance (`epoll_create1(EPOLL_CLOEXEC)`), closed on drop.
+///
+/// ```
+/// use duo_sys::{Epoll, EventFd, Events, Interest};
+/// use std::os::fd::AsFd;
+/// use std::time::Duration;
+///
+/// let epoll = Epoll::new()?;
+/// let efd = EventFd::new()?;
+/// epoll.add(efd.as_fd(), Interest::READABLE, 7)?;
+/// efd.notify()?;
+/// let mut events = Events::with_capacity(16);
+/// assert_eq!(epoll.wait(&mut events, Some(Duration::from_secs(1)))?, 1);
+/// let (token, ready) = events.iter().next().unwrap();
+/// assert_eq!(token, 7);
+/// assert!(ready.is_readable());
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct Epoll {
+    fd: OwnedFd,
+}
+
+impl Epoll {
+    /// Creates an epoll instance with `EPOLL_CLOEXEC`.
+    pub fn new() -> io::Result<Epoll> {
+        // SAFETY: `epoll_create1` takes only flags and returns a new descriptor or -1.
+        let fd = cvt(unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) })
+            .map_err(context("epoll_create1"))?;
+        // SAFETY: the call succeeded, so `fd` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(Epoll { fd })
+    }
+
+    /// Registers `fd` with `interest`; events for it carry `token`.
+    ///
+    /// Fails with [`io::ErrorKind::AlreadyExists`] if `fd` is already registered.
+    /// The registration lasts until [`Epoll::delete`] or until every descriptor that refers
+    /// to the open file is closed; callers should delete before closing.
+    pub fn add(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_ADD, fd, interest, token)
+            .map_err(context("epoll_ctl(ADD)"))
+    }
+
+    /// Changes the interest and token of a registered `fd` (also re-arms a one-shot one).
+    ///
+    /// Fails with [`io::ErrorKind::NotFound`] if `fd` is not registered.
+    pub fn modify(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_MOD, fd, interest, token)
+            .map_err(context("epoll_ctl(MOD)"))
+    }
+
+    /// Removes the registration of `fd`.
+    ///
+    /// Fails with [`io::ErrorKind::NotFound`] if `fd` is not registered.
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.ctl(libc::EPOLL_CTL_DEL, fd, Interest::NONE, 0)
+            .map_err(context("epoll_ctl(DEL)"))
+    }
+
+    fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+        let mut event = libc::epoll_event {
+            events: interest.0,
+            u64: token,
+        };
+        // SAFETY: both descriptors are live for the call and `event` is a valid
+        // `epoll_event` that the kernel only reads (it is ignored for `EPOLL_CTL_DEL`).
+        cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut event) })?;
+        Ok(())
+    }
+
+    /// Waits until at least one registered descriptor is ready or `timeout` passes
+    /// (`None` waits forever), and fills `events` with what is ready.
+    ///
+    /// Returns the number of events. A timeout is rounded *up* to whole milliseconds
+    /// (`epoll_wait`'s resolution), so a wait never returns before its timeout just because
+    /// it was shorter than a millisecond: rounding down would make a loop spin on a zero
+    /// timeout until a sub-millisecond deadline passes. Precise deadlines belong on a
+    /// [`TimerFd`](crate::TimerFd) registered with the epoll.
+    ///
+    /// If a signal interrupts the wait (`EINTR`) it returns `Ok(0)`, so the caller re-checks
+    /// its state (for example a quit flag) before waiting again.
+    ///
+    /// When a wait fills `events` completely, its capacity is doubled for the next wait.
+    pub fn wait(&self, events: &mut Events, timeout: Option<Duration>) -> io::Result<usize> {
+        events.grow_if_full();
+        let timeout_ms = match timeout {
+            None => -1,
+            Some(t) => {
+                let ms = t.as_nanos().div_ceil(1_000_000);
+                ms.min(libc::c_int::MAX as u128) as libc::c_int
+            }
+        };
+        let max = events.buf.len().min(libc::c_int::MAX as usize) as libc::c_int;
+        // SAFETY: `events.buf` holds `max` writable `epoll_event`s, the kernel writes at
+        // most `max` of them, and the epoll descriptor is live.
+        let ret = unsafe {
+            libc::epoll_wait(self.fd.as_raw_fd(), events.buf.as_mut_ptr(), max, timeout_ms)
+        };
+        match cvt(ret) {
+            Ok(n) => {
+                events.len = n as usize;
+                Ok(events.len)
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {
+                events.len = 0;
+                Ok(0)
+            }
+            Err(e) => {
+                events.len = 0;
+                Err(context("epoll_wait")(e))
+            }
+        }
+    }
+}
+
+impl AsFd for Epoll {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for Epoll {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}

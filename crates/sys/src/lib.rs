@@ -1,0 +1,95 @@
+//! Safe wrappers over the Linux system calls duo is built on.
+//!
+//! `duo-sys` is the only crate of duo that calls `libc`. Every type here owns its file
+//! descriptor (`OwnedFd`) and closes it on drop; every function that only uses a descriptor
+//! takes a [`BorrowedFd`](std::os::fd::BorrowedFd). Descriptors are created with
+//! `CLOEXEC` and, where it makes sense, `NONBLOCK`. Errors are [`std::io::Error`]s, with the
+//! failing system call named in the message where that helps the reader of a log.
+//!
+//! | Module | What it wraps |
+//! |---|---|
+//! | [`epoll`] | `epoll_create1`, `epoll_ctl`, `epoll_wait`: [`Epoll`], [`Interest`], [`Events`], [`Ready`] |
+//! | [`timerfd`] | `timerfd_create`, `timerfd_settime`: [`TimerFd`] on `CLOCK_MONOTONIC` |
+//! | [`eventfd`] | `eventfd`: [`EventFd`], a counter used to wake a sleeping loop |
+//! | [`signalfd`] | `signalfd`, `pthread_sigmask`: [`SignalFd`], [`Signal`], [`ignore_sigpipe`] |
+//! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
+//!
+//! Sockets themselves are created and configured with [`socket2`], re-exported here.
+#![warn(missing_docs, missing_debug_implementations)]
+#![deny(clippy::undocumented_unsafe_blocks)]
+
+pub mod epoll;
+pub mod eventfd;
+pub mod signalfd;
+pub mod socket;
+pub mod timerfd;
+
+pub use epoll::{Epoll, Events, Interest, Ready};
+pub use eventfd::EventFd;
+pub use signalfd::{block_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo};
+pub use socket::{
+    accept4, bytes_available, readv, send_vectored, shutdown_write, take_socket_error, writev,
+    IOV_MAX,
+};
+pub use timerfd::TimerFd;
+
+pub use socket2;
+
+/// Turns the `-1` a system call returns on failure into the thread's `errno`.
+///
+/// The error is returned as is, so `raw_os_error()` and `kind()` answer directly: the hot
+/// I/O calls (`accept4`, `readv`, `writev`) use this because their callers branch on
+/// `EAGAIN`, `EINTR` and `EMFILE`.
+fn cvt(ret: libc::c_int) -> std::io::Result<libc::c_int> {
+    if ret == -1 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+/// Same as [`cvt`] for calls that return `ssize_t`.
+fn cvt_size(ret: libc::ssize_t) -> std::io::Result<usize> {
+    if ret < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(ret as usize)
+    }
+}
+
+/// Names the failing call in an error from a set-up call (`epoll_create1`, `epoll_ctl`,
+/// `timerfd_settime`, ...), where a log line saying which call failed helps more than the
+/// raw code. The [`std::io::ErrorKind`] is kept; `WouldBlock` and `Interrupted` pass
+/// unchanged because callers branch on them.
+fn context(call: &'static str) -> impl FnOnce(std::io::Error) -> std::io::Error {
+    move |err| match err.kind() {
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::Interrupted => err,
+        kind => std::io::Error::new(kind, format!("{call}: {err}")),
+    }
+}
+
+/// Reads the 8-byte counter of an eventfd or timerfd, retrying `EINTR`.
+///
+/// Returns `Ok(0)` when the descriptor is not readable (`EAGAIN`): both kernels only
+/// ever report non-zero counts, so zero unambiguously means "nothing yet".
+fn read_counter(fd: std::os::fd::BorrowedFd<'_>, what: &'static str) -> std::io::Result<u64> {
+    use std::os::fd::AsRawFd;
+    let mut count = 0u64;
+    loop {
+        // SAFETY: the buffer is the 8 bytes of `count`, which is exactly what a read of an
+        // eventfd or timerfd writes; the descriptor is borrowed, so live, for the call.
+        let ret = unsafe {
+            libc::read(
+                fd.as_raw_fd(),
+                (&mut count as *mut u64).cast::<libc::c_void>(),
+                std::mem::size_of::<u64>(),
+            )
+        };
+        return match cvt_size(ret) {
+            Ok(_) => Ok(count),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Ok(0),
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(context(what)(e)),
+        };
+    }
+}

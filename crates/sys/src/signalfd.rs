@@ -1,0 +1,199 @@
+//! `signalfd`: signals read as data from a descriptor, so an event loop handles SIGINT and
+//! SIGTERM as ordinary events instead of in an async-signal handler.
+//!
+//! # Masks are per thread
+//!
+//! A signal is delivered through a signalfd only if it is *blocked* in the thread that
+//! would otherwise receive it. A process-directed signal (`kill(pid, SIGTERM)`) goes to any
+//! thread that does not block it, and if that thread runs the default action the whole
+//! process ends. So call [`block_signals`] (or create the [`SignalFd`]) on the main thread
+//! **before spawning any thread**: threads inherit the mask of the thread that spawns them.
+
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use crate::{context, cvt, cvt_size};
+
+/// A signal number, such as [`Signal::TERM`].
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Signal(i32);
+
+impl Signal {
+    /// `SIGHUP`: the controlling terminal went away; often "reload configuration".
+    pub const HUP: Signal = Signal(libc::SIGHUP);
+    /// `SIGINT`: interrupt from the keyboard (Ctrl-C).
+    pub const INT: Signal = Signal(libc::SIGINT);
+    /// `SIGQUIT`: quit from the keyboard.
+    pub const QUIT: Signal = Signal(libc::SIGQUIT);
+    /// `SIGTERM`: polite request to terminate.
+    pub const TERM: Signal = Signal(libc::SIGTERM);
+    /// `SIGUSR1`: user-defined.
+    pub const USR1: Signal = Signal(libc::SIGUSR1);
+    /// `SIGUSR2`: user-defined.
+    pub const USR2: Signal = Signal(libc::SIGUSR2);
+    /// `SIGCHLD`: a child process stopped or ended.
+    pub const CHLD: Signal = Signal(libc::SIGCHLD);
+    /// `SIGPIPE`: write to a pipe or socket with no reader.
+    pub const PIPE: Signal = Signal(libc::SIGPIPE);
+
+    /// A signal from its number, if it is a valid, catchable signal (`SIGKILL` and
+    /// `SIGSTOP` cannot be blocked, so they are refused).
+    pub fn from_raw(signo: i32) -> Option<Signal> {
+        let valid = (1..=libc::SIGRTMAX()).contains(&signo)
+            && signo != libc::SIGKILL
+            && signo != libc::SIGSTOP;
+        valid.then_some(Signal(signo))
+    }
+
+    /// The signal number.
+    pub const fn as_raw(self) -> i32 {
+        self.0
+    }
+}
+
+impl std::fmt::Display for Signal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let name = match self.0 {
+            libc::SIGHUP => "SIGHUP",
+            libc::SIGINT => "SIGINT",
+            libc::SIGQUIT => "SIGQUIT",
+            libc::SIGTERM => "SIGTERM",
+            libc::SIGUSR1 => "SIGUSR1",
+            libc::SIGUSR2 => "SIGUSR2",
+            libc::SIGCHLD => "SIGCHLD",
+            libc::SIGPIPE => "SIGPIPE",
+            n => return write!(f, "signal {n}"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// One signal read from a [`SignalFd`].
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct SignalInfo {
+    /// Which signal arrived.
+    pub signal: Signal,
+    /// The process that sent it (0 when the kernel sent it).
+    pub sender_pid: u32,
+}
+
+fn sigset(signals: &[Signal]) -> io::Result<libc::sigset_t> {
+    // SAFETY: `sigset_t` is plain data; all-zero is a valid value that `sigemptyset` then
+    // initialises properly.
+    let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: `set` is a valid, writable `sigset_t`.
+    cvt(unsafe { libc::sigemptyset(&mut set) }).map_err(context("sigemptyset"))?;
+    for s in signals {
+        // SAFETY: `set` was initialised by `sigemptyset`; `Signal` only holds valid numbers
+        // (its constructors check), and `sigaddset` reports EINVAL otherwise.
+        cvt(unsafe { libc::sigaddset(&mut set, s.0) }).map_err(context("sigaddset"))?;
+    }
+    Ok(set)
+}
+
+/// Blocks `signals` in the calling thread's signal mask (`pthread_sigmask(SIG_BLOCK)`).
+///
+/// Threads spawned afterwards inherit the mask, so call it on the main thread before
+/// starting any other; then a process-directed signal stays pending until a
+/// [`SignalFd`] reads it.
+pub fn block_signals(signals: &[Signal]) -> io::Result<()> {
+    let set = sigset(signals)?;
+    // SAFETY: `set` is an initialised `sigset_t`; a null old-set pointer is allowed.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    // pthread functions return the error number instead of setting errno.
+    if ret != 0 {
+        return Err(context("pthread_sigmask")(io::Error::from_raw_os_error(ret)));
+    }
+    Ok(())
+}
+
+/// Ignores `SIGPIPE` for the whole process, so writing to a socket whose peer has gone
+/// fails with `EPIPE` instead of killing the process. Idempotent.
+pub fn ignore_sigpipe() -> io::Result<()> {
+    // SAFETY: installing `SIG_IGN` runs no code in signal context; `signal` is
+    // async-signal-safe and affects only the disposition of SIGPIPE.
+    let prev = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
+    if prev == libc::SIG_ERR {
+        return Err(context("signal(SIGPIPE, SIG_IGN)")(io::Error::last_os_error()));
+    }
+    Ok(())
+}
+
+/// A non-blocking, close-on-exec signalfd that reads the signals it was created for.
+///
+/// [`SignalFd::new`] blocks those signals in the calling thread (see the
+/// [module docs](self) on why that must happen before other threads start). The mask is
+/// not restored on drop: a signal that arrives after the descriptor is gone stays pending
+/// instead of suddenly running its default action.
+///
+/// ```no_run
+/// use duo_sys::{Signal, SignalFd};
+/// // On the main thread, before spawning any other thread:
+/// let signals = SignalFd::new(&[Signal::INT, Signal::TERM])?;
+/// // ... register `signals` with an Epoll for READABLE, and when it fires:
+/// while let Some(info) = signals.read()? {
+///     println!("got {}", info.signal);
+/// }
+/// # Ok::<(), std::io::Error>(())
+/// ```
+#[derive(Debug)]
+pub struct SignalFd {
+    fd: OwnedFd,
+}
+
+impl SignalFd {
+    /// Blocks `signals` in the calling thread and returns a descriptor that reads them.
+    pub fn new(signals: &[Signal]) -> io::Result<SignalFd> {
+        block_signals(signals)?;
+        let set = sigset(signals)?;
+        // SAFETY: `-1` asks for a new descriptor; `set` is an initialised `sigset_t` the
+        // kernel only reads.
+        let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) })
+            .map_err(context("signalfd"))?;
+        // SAFETY: the call succeeded, so `fd` is a fresh descriptor owned by nobody else.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok(SignalFd { fd })
+    }
+
+    /// Reads one pending signal; `Ok(None)` when none is pending.
+    pub fn read(&self) -> io::Result<Option<SignalInfo>> {
+        // SAFETY: `signalfd_siginfo` is plain data; all-zero is a valid value.
+        let mut info: libc::signalfd_siginfo = unsafe { std::mem::zeroed() };
+        loop {
+            // SAFETY: the buffer is exactly one `signalfd_siginfo`, the unit a signalfd
+            // read writes; the descriptor is live.
+            let ret = unsafe {
+                libc::read(
+                    self.fd.as_raw_fd(),
+                    (&mut info as *mut libc::signalfd_siginfo).cast::<libc::c_void>(),
+                    std::mem::size_of::<libc::signalfd_siginfo>(),
+                )
+            };
+            return match cvt_size(ret) {
+                Ok(n) if n == std::mem::size_of::<libc::signalfd_siginfo>() => Ok(Some(SignalInfo {
+                    signal: Signal(info.ssi_signo as i32),
+                    sender_pid: info.ssi_pid,
+                })),
+                Ok(n) => Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!("read(signalfd): short read of {n} bytes"),
+                )),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(None),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => Err(context("read(signalfd)")(e)),
+            };
+        }
+    }
+}
+
+impl AsFd for SignalFd {
+    fn as_fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+}
+
+impl AsRawFd for SignalFd {
+    fn as_raw_fd(&self) -> std::os::fd::RawFd {
+        self.fd.as_raw_fd()
+    }
+}

@@ -1,0 +1,166 @@
+//! Socket system calls that [`socket2`] does not offer on borrowed descriptors, in the
+//! form the upper layers of duo need them.
+//!
+//! All functions take a [`BorrowedFd`], so they work on any socket the caller owns
+//! (`socket2::Socket`, `std::net::TcpStream`, `OwnedFd`). Errors are returned exactly as
+//! the kernel reported them (no added context), because callers branch on them:
+//! `WouldBlock` ends an edge-triggered read or write loop, `EMFILE` triggers the acceptor's
+//! spare-descriptor recovery. `EINTR` is retried here and never returned.
+
+use std::io::{self, IoSlice, IoSliceMut};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
+
+use socket2::SockAddr;
+
+use crate::{context, cvt, cvt_size};
+
+/// The most buffers one `readv`/`writev` call accepts (Linux's `UIO_MAXIOV`).
+///
+/// The vectored functions here pass at most this many slices to the kernel and ignore the
+/// rest, so a partial count comes back instead of `EINVAL`.
+pub const IOV_MAX: usize = 1024;
+
+/// Retries a system call while it fails with `EINTR`.
+fn retry_eintr<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
+    loop {
+        match call() {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+/// Accepts one connection from a listening socket with `accept4(SOCK_NONBLOCK |
+/// SOCK_CLOEXEC)`: the new descriptor is non-blocking and closed on `exec` from the moment
+/// it exists, with no window for another thread's `fork` to leak it.
+///
+/// Returns the connected socket and the peer's address. When the backlog is empty the
+/// error kind is [`io::ErrorKind::WouldBlock`]; `EMFILE`/`ENFILE` come back as raw OS
+/// errors (`err.raw_os_error() == Some(libc::EMFILE)`). `ECONNABORTED` (the peer gave up
+/// while queued) is returned as [`io::ErrorKind::ConnectionAborted`]; callers should go on
+/// accepting.
+pub fn accept4(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SockAddr)> {
+    retry_eintr(|| {
+        // SAFETY: `try_init` hands us a pointer to a zeroed `sockaddr_storage` and to its
+        // length, initialised to the storage size; `accept4` writes at most that many bytes
+        // and updates the length, which is exactly the contract `try_init` documents.
+        let (fd, addr) = unsafe {
+            SockAddr::try_init(|storage, len| {
+                cvt(libc::accept4(
+                    listener.as_raw_fd(),
+                    storage.cast::<libc::sockaddr>(),
+                    len,
+                    libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
+                ))
+            })?
+        };
+        // SAFETY: `accept4` succeeded, so `fd` is a new descriptor that nothing else owns.
+        let fd = unsafe { OwnedFd::from_raw_fd(fd) };
+        Ok((fd, addr))
+    })
+}
+
+/// Reads into several buffers with one `readv` call, filling them in order.
+///
+/// Returns the number of bytes read; `Ok(0)` with non-empty buffers means end of stream.
+/// At most [`IOV_MAX`] buffers are used.
+pub fn readv(fd: BorrowedFd<'_>, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+    let count = bufs.len().min(IOV_MAX);
+    retry_eintr(|| {
+        // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix (guaranteed
+        // by std), the pointer covers `count <= bufs.len()` valid, writable slices that stay
+        // borrowed for the duration of the call, and `fd` is a live descriptor.
+        cvt_size(unsafe {
+            libc::readv(
+                fd.as_raw_fd(),
+                bufs.as_mut_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+            )
+        })
+    })
+}
+
+/// Writes several buffers with one `writev` call, in order.
+///
+/// Returns the number of bytes written, which may be less than the total (the caller
+/// keeps the rest). At most [`IOV_MAX`] buffers are used. On a socket whose peer has gone,
+/// `writev` raises `SIGPIPE`; use [`send_vectored`] on sockets, or [`crate::ignore_sigpipe`].
+pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let count = bufs.len().min(IOV_MAX);
+    retry_eintr(|| {
+        // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (guaranteed by std); the
+        // pointer covers `count <= bufs.len()` valid slices borrowed for the duration of
+        // the call, which the kernel only reads; `fd` is a live descriptor.
+        cvt_size(unsafe {
+            libc::writev(
+                fd.as_raw_fd(),
+                bufs.as_ptr().cast::<libc::iovec>(),
+                count as libc::c_int,
+            )
+        })
+    })
+}
+
+/// Sends several buffers on a socket with one `sendmsg(MSG_NOSIGNAL)` call.
+///
+/// Same as [`writev`] but a write to a connection the peer has reset fails with `EPIPE`
+/// instead of raising `SIGPIPE`, so a library never kills its process on peer behaviour.
+/// Fails with `ENOTSOCK` on descriptors that are not sockets.
+pub fn send_vectored(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let count = bufs.len().min(IOV_MAX);
+    retry_eintr(|| {
+        // SAFETY: `msghdr` is a plain C struct for which all-zero is a valid value (no name,
+        // no control data, no flags).
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = bufs.as_ptr().cast::<libc::iovec>().cast_mut();
+        msg.msg_iovlen = count as _;
+        // SAFETY: `msg` points at `count` `IoSlice`s (ABI-compatible with `iovec`) that
+        // stay borrowed for the call; the kernel only reads them (`sendmsg` takes a const
+        // `msghdr`), so the `cast_mut` above never leads to a write; `fd` is live.
+        cvt_size(unsafe { libc::sendmsg(fd.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) })
+    })
+}
+
+/// Shuts down the writing half of a connection (`shutdown(SHUT_WR)`): the peer reads end
+/// of stream once everything sent before has arrived, and can still send to us.
+///
+/// A socket that is already disconnected (`ENOTCONN`) is not an error.
+pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
+    // SAFETY: `shutdown` takes a descriptor and a constant; `fd` is live for the call.
+    match cvt(unsafe { libc::shutdown(fd.as_raw_fd(), libc::SHUT_WR) }) {
+        Ok(_) => Ok(()),
+        Err(e) if e.raw_os_error() == Some(libc::ENOTCONN) => Ok(()),
+        Err(e) => Err(context("shutdown(SHUT_WR)")(e)),
+    }
+}
+
+/// Reads and clears the pending error of a socket (`getsockopt(SO_ERROR)`).
+///
+/// Returns `Ok(None)` when there is none. This is how a non-blocking `connect` learns its
+/// outcome, and how an `EPOLLERR` event learns its cause.
+pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
+    let mut err: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `err` and `len` are valid for writes, and `len` holds the size of `err`, so
+    // the kernel writes at most an int into it.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ERROR,
+            (&mut err as *mut libc::c_int).cast::<libc::c_void>(),
+            &mut len,
+        )
+    })
+    .map_err(context("getsockopt(SO_ERROR)"))?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// The number of bytes waiting in a socket's receive queue (`ioctl(FIONREAD)`).
+pub fn bytes_available(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `FIONREAD` writes one `int` through the pointer, which points at `n`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::FIONREAD, &mut n as *mut libc::c_int) })
+        .map_err(context("ioctl(FIONREAD)"))?;
+    Ok(n as usize)
+}

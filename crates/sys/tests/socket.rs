@@ -1,0 +1,175 @@
+//! Socket syscalls against the real kernel over socketpairs and loopback TCP.
+
+use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsFd;
+use std::os::unix::net::UnixStream;
+use std::time::{Duration, Instant};
+
+use duo_sys::{accept4, bytes_available, readv, send_vectored, shutdown_write, take_socket_error, writev};
+
+fn pair() -> (UnixStream, UnixStream) {
+    let (a, b) = UnixStream::pair().unwrap();
+    a.set_nonblocking(true).unwrap();
+    b.set_nonblocking(true).unwrap();
+    (a, b)
+}
+
+#[test]
+fn readv_writev_round_trip() {
+    let (a, b) = pair();
+    let parts: [&[u8]; 3] = [b"hello, ", b"vectored ", b"world"];
+    let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
+    assert_eq!(writev(a.as_fd(), &slices).unwrap(), 21);
+    assert_eq!(bytes_available(b.as_fd()).unwrap(), 21);
+
+    let mut x = [0u8; 4];
+    let mut y = [0u8; 32];
+    let mut bufs = [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)];
+    assert_eq!(readv(b.as_fd(), &mut bufs).unwrap(), 21);
+    assert_eq!(&x, b"hell");
+    assert_eq!(&y[..17], b"o, vectored world");
+
+    let err = readv(b.as_fd(), &mut [IoSliceMut::new(&mut y)]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WouldBlock);
+
+    assert_eq!(send_vectored(b.as_fd(), &[IoSlice::new(b"back")]).unwrap(), 4);
+    let mut back = [0u8; 4];
+    assert_eq!(readv(a.as_fd(), &mut [IoSliceMut::new(&mut back)]).unwrap(), 4);
+    assert_eq!(&back, b"back");
+}
+
+#[test]
+fn writev_is_partial_when_the_peer_is_full() {
+    let (a, _b) = pair();
+    let chunk = vec![7u8; 64 * 1024];
+    let slices = [IoSlice::new(&chunk), IoSlice::new(&chunk)];
+    let mut total = 0;
+    loop {
+        match writev(a.as_fd(), &slices) {
+            Ok(n) => {
+                assert!(n <= 2 * chunk.len());
+                total += n;
+            }
+            Err(e) => {
+                assert_eq!(e.kind(), ErrorKind::WouldBlock);
+                break;
+            }
+        }
+        assert!(total < 64 << 20, "socket buffer never filled");
+    }
+    assert!(total > 0);
+}
+
+#[test]
+fn eof_reads_zero() {
+    let (a, b) = pair();
+    drop(a);
+    let mut buf = [0u8; 8];
+    assert_eq!(readv(b.as_fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap(), 0);
+}
+
+#[test]
+fn send_to_a_closed_peer_is_epipe_not_sigpipe() {
+    let (a, b) = pair();
+    drop(b);
+    // Without MSG_NOSIGNAL this would kill the test process.
+    let err = send_vectored(a.as_fd(), &[IoSlice::new(b"x")]).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::BrokenPipe);
+}
+
+#[test]
+fn accept4_drains_the_backlog_then_would_block() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let clients: Vec<TcpStream> = (0..3).map(|_| TcpStream::connect(addr).unwrap()).collect();
+
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let mut accepted = Vec::new();
+    while accepted.len() < clients.len() {
+        match accept4(listener.as_fd()) {
+            Ok((fd, peer)) => {
+                let peer = peer.as_socket().expect("an inet address");
+                let local = clients.iter().map(|c| c.local_addr().unwrap());
+                assert!(local.clone().any(|l| l == peer), "unknown peer {peer}");
+                accepted.push(TcpStream::from(fd));
+            }
+            Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                assert!(Instant::now() < deadline, "connections never arrived");
+                std::thread::yield_now();
+            }
+            Err(e) => panic!("accept4: {e}"),
+        }
+    }
+    assert_eq!(accept4(listener.as_fd()).unwrap_err().kind(), ErrorKind::WouldBlock);
+
+    // The accepted socket is non-blocking and close-on-exec.
+    let mut s = &accepted[0];
+    let mut buf = [0u8; 1];
+    assert_eq!(s.read(&mut buf).unwrap_err().kind(), ErrorKind::WouldBlock);
+    let fl = std::fs::read_to_string(format!(
+        "/proc/self/fdinfo/{}",
+        std::os::fd::AsRawFd::as_raw_fd(&accepted[0])
+    ))
+    .unwrap();
+    let flags = fl
+        .lines()
+        .find_map(|l| l.strip_prefix("flags:"))
+        .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+        .unwrap();
+    assert_ne!(flags & 0o2000000, 0, "O_CLOEXEC missing: {flags:o}");
+    assert_ne!(flags & 0o4000, 0, "O_NONBLOCK missing: {flags:o}");
+}
+
+#[test]
+fn shutdown_write_half_closes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    server.write_all(b"last words").unwrap();
+    shutdown_write(server.as_fd()).unwrap();
+    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last words");
+    // The other direction still works.
+    client.write_all(b"reply").unwrap();
+    server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut buf = [0u8; 5];
+    server.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"reply");
+    // A second shutdown is harmless.
+    shutdown_write(server.as_fd()).unwrap();
+}
+
+#[test]
+fn socket_error_reports_a_refused_connect() {
+    use duo_sys::socket2::{Domain, SockAddr, Socket, Type};
+    // Find a port with nothing listening: bind, note the port, close.
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
+    let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    assert!(take_socket_error(sock.as_fd()).unwrap().is_none());
+    sock.set_nonblocking(true).unwrap();
+    match sock.connect(&SockAddr::from(addr)) {
+        Err(e) if e.raw_os_error() == Some(libc_einprogress()) => {}
+        Err(e) if e.kind() == ErrorKind::ConnectionRefused => return,
+        other => panic!("unexpected connect result {other:?}"),
+    }
+    // The outcome of a non-blocking connect is signalled as writable (plus error).
+    let epoll = duo_sys::Epoll::new().unwrap();
+    epoll.add(sock.as_fd(), duo_sys::Interest::WRITABLE, 0).unwrap();
+    let mut events = duo_sys::Events::with_capacity(1);
+    assert_eq!(epoll.wait(&mut events, Some(Duration::from_secs(5))).unwrap(), 1);
+    assert!(events.get(0).unwrap().1.is_error());
+    let err = take_socket_error(sock.as_fd()).unwrap().expect("a pending error");
+    assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
+    // Reading SO_ERROR clears it.
+    assert!(take_socket_error(sock.as_fd()).unwrap().is_none());
+}
+
+/// EINPROGRESS on Linux (the test crate does not depend on libc).
+fn libc_einprogress() -> i32 {
+    115
+}
