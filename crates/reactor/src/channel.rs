@@ -1,0 +1,290 @@
+//! [`Channel`]: one descriptor registered with a loop, its interest, and the
+//! [`Handler`] that reacts to its events.
+
+use std::any::Any;
+use std::fmt;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+
+use duo_sys::Interest;
+
+use crate::EventLoop;
+
+/// Names a registration in one [`EventLoop`]: a slot index and the slot's generation.
+///
+/// When a channel is removed its slot is reused with a new generation, so a token kept by
+/// mistake (or an event already in flight for the old channel) can never reach the new
+/// one: it is simply not found.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Token(pub(crate) u64);
+
+impl Token {
+    pub(crate) fn new(index: u32, generation: u32) -> Token {
+        Token(u64::from(generation) << 32 | u64::from(index))
+    }
+    pub(crate) fn index(self) -> usize {
+        (self.0 & 0xffff_ffff) as usize
+    }
+    pub(crate) fn generation(self) -> u32 {
+        (self.0 >> 32) as u32
+    }
+    /// The raw value passed to epoll as the event's data.
+    pub fn as_u64(self) -> u64 {
+        self.0
+    }
+}
+
+impl fmt::Debug for Token {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Token({}v{})", self.index(), self.generation())
+    }
+}
+
+/// A descriptor registered with an [`EventLoop`]: the descriptor itself (owned: it is
+/// closed when the channel is removed), the readiness it asks for, and its [`Token`].
+///
+/// A channel is handed to its [`Handler`] on every event and by
+/// [`EventLoop::with_channel`]. The interest methods (`enable_reading`,
+/// `disable_writing`, ...) record what the channel wants; the loop applies the change to
+/// epoll (one `epoll_ctl`, only if something changed) when the handler returns. Likewise
+/// [`Channel::remove`] takes effect when the handler returns: the descriptor is removed
+/// from epoll and closed, the handler is dropped, and no further event reaches either,
+/// including events of the same `epoll_wait` batch that were not yet dispatched.
+pub struct Channel {
+    fd: OwnedFd,
+    token: Token,
+    /// What the owner wants.
+    interest: Interest,
+    /// What epoll currently has.
+    pub(crate) registered: Interest,
+    removed: bool,
+}
+
+impl Channel {
+    pub(crate) fn new(fd: OwnedFd, token: Token, interest: Interest) -> Channel {
+        Channel {
+            fd,
+            token,
+            interest,
+            registered: interest,
+            removed: false,
+        }
+    }
+
+    /// The descriptor, for reading, writing and socket options.
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// This channel's token.
+    pub fn token(&self) -> Token {
+        self.token
+    }
+
+    /// The interest the channel asks for (applied when control returns to the loop).
+    pub fn interest(&self) -> Interest {
+        self.interest
+    }
+
+    /// Replaces the whole interest (readable, writable, edge, one-shot).
+    pub fn set_interest(&mut self, interest: Interest) {
+        self.interest = interest;
+    }
+
+    /// Asks for readable events.
+    pub fn enable_reading(&mut self) {
+        self.interest = self.interest.add(Interest::READABLE);
+    }
+
+    /// Stops asking for readable events.
+    pub fn disable_reading(&mut self) {
+        self.interest = self.interest.remove(Interest::READABLE);
+    }
+
+    /// Asks for writable events (do this when a write hit `EAGAIN`).
+    pub fn enable_writing(&mut self) {
+        self.interest = self.interest.add(Interest::WRITABLE);
+    }
+
+    /// Stops asking for writable events (do this when the output is drained, or the
+    /// loop would wake for every writable socket).
+    pub fn disable_writing(&mut self) {
+        self.interest = self.interest.remove(Interest::WRITABLE);
+    }
+
+    /// Stops asking for reads and writes. Errors and hang-ups are still reported: the
+    /// kernel always reports those.
+    pub fn disable_all(&mut self) {
+        self.interest = self
+            .interest
+            .remove(Interest::READABLE)
+            .remove(Interest::WRITABLE);
+    }
+
+    /// Switches between edge-triggered (`true`) and level-triggered (`false`) reporting.
+    pub fn set_edge_triggered(&mut self, edge: bool) {
+        self.interest = if edge {
+            self.interest.add(Interest::EDGE)
+        } else {
+            self.interest.remove(Interest::EDGE)
+        };
+    }
+
+    /// Whether readable events are asked for.
+    pub fn is_reading(&self) -> bool {
+        self.interest.is_readable()
+    }
+
+    /// Whether writable events are asked for.
+    pub fn is_writing(&self) -> bool {
+        self.interest.is_writable()
+    }
+
+    /// Removes the channel from its loop once control returns to the loop: it is
+    /// deregistered, its descriptor closed and its handler dropped.
+    pub fn remove(&mut self) {
+        self.removed = true;
+    }
+
+    /// Whether [`Channel::remove`] was called.
+    pub fn is_removed(&self) -> bool {
+        self.removed
+    }
+}
+
+impl fmt::Debug for Channel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Channel")
+            .field("fd", &self.fd)
+            .field("token", &self.token)
+            .field("interest", &self.interest)
+            .field("removed", &self.removed)
+            .finish()
+    }
+}
+
+/// Reacts to the events of one [`Channel`].
+///
+/// For each ready event the loop calls, in this order and each only if the event carries
+/// it: [`handle_error`](Handler::handle_error) (`EPOLLERR`),
+/// [`handle_close`](Handler::handle_close) (hang-up with nothing left to read),
+/// [`handle_read`](Handler::handle_read) (readable, including the peer's half-close), and
+/// [`handle_write`](Handler::handle_write) (writable). If a step removes the channel, the
+/// later steps are skipped. Every method gets the loop (`&mut EventLoop`: register other
+/// channels, add timers, queue work, quit) and the channel; the handler itself is taken out
+/// of the loop for the duration of the call, so there is no aliasing and no `RefCell`.
+///
+/// The default methods do nothing. A handler lives on its loop's thread and need not be
+/// `Send`. Implementors can be found again by token and type with
+/// [`EventLoop::with_handler`].
+pub trait Handler: Any {
+    /// The descriptor is readable, or the peer shut down its writing half.
+    fn handle_read(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        let _ = (lp, channel);
+    }
+    /// The descriptor is writable.
+    fn handle_write(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        let _ = (lp, channel);
+    }
+    /// The connection is hung up in both directions and nothing is left to read.
+    fn handle_close(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        let _ = (lp, channel);
+    }
+    /// An error is pending on the descriptor (read it with `duo_sys::take_socket_error`).
+    fn handle_error(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        let _ = (lp, channel);
+    }
+}
+
+/// A callback of an [`FnHandler`].
+type Callback = Box<dyn FnMut(&mut EventLoop, &mut Channel)>;
+
+/// A [`Handler`] made of closures, muduo's `Channel::setReadCallback` style.
+///
+/// ```
+/// use duo_reactor::{EventLoop, FnHandler};
+/// use duo_sys::Interest;
+/// use std::os::unix::net::UnixStream;
+///
+/// let mut lp = EventLoop::new()?;
+/// let (a, b) = UnixStream::pair()?;
+/// b.set_nonblocking(true)?;
+/// let handler = FnHandler::new().on_read(|lp, ch| {
+///     let mut buf = [0u8; 16];
+///     let n = duo_sys::readv(ch.fd(), &mut [std::io::IoSliceMut::new(&mut buf)]).unwrap();
+///     assert_eq!(&buf[..n], b"hi");
+///     ch.remove();
+///     lp.quit();
+/// });
+/// lp.add_channel(b, Interest::READABLE, handler)?;
+/// std::io::Write::write_all(&mut &a, b"hi")?;
+/// lp.run()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Default)]
+pub struct FnHandler {
+    read: Option<Callback>,
+    write: Option<Callback>,
+    close: Option<Callback>,
+    error: Option<Callback>,
+}
+
+impl FnHandler {
+    /// A handler that ignores every event until callbacks are set.
+    pub fn new() -> FnHandler {
+        FnHandler::default()
+    }
+    /// Sets the read callback.
+    pub fn on_read(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+        self.read = Some(Box::new(f));
+        self
+    }
+    /// Sets the write callback.
+    pub fn on_write(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+        self.write = Some(Box::new(f));
+        self
+    }
+    /// Sets the close (hang-up) callback.
+    pub fn on_close(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+        self.close = Some(Box::new(f));
+        self
+    }
+    /// Sets the error callback.
+    pub fn on_error(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+        self.error = Some(Box::new(f));
+        self
+    }
+}
+
+impl Handler for FnHandler {
+    fn handle_read(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        if let Some(f) = &mut self.read {
+            f(lp, channel);
+        }
+    }
+    fn handle_write(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        if let Some(f) = &mut self.write {
+            f(lp, channel);
+        }
+    }
+    fn handle_close(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        if let Some(f) = &mut self.close {
+            f(lp, channel);
+        }
+    }
+    fn handle_error(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
+        if let Some(f) = &mut self.error {
+            f(lp, channel);
+        }
+    }
+}
+
+impl fmt::Debug for FnHandler {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FnHandler")
+            .field("read", &self.read.is_some())
+            .field("write", &self.write.is_some())
+            .field("close", &self.close.is_some())
+            .field("error", &self.error.is_some())
+            .finish()
+    }
+}

@@ -1,0 +1,509 @@
+//! [`EventLoop`]: one reactor, owned by and confined to one thread.
+
+use std::cell::Cell;
+use std::fmt;
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use duo_sys::{EventFd, Interest, Ready};
+use parking_lot::Mutex;
+
+use crate::channel::{Channel, Handler, Token};
+use crate::error::{InsertError, LoopError};
+use crate::loop_handle::{LoopHandle, LoopMetrics, MetricCounters, Shared, Task};
+use crate::poller::Poller;
+use crate::registry::{Registration, Registry, Taken};
+use crate::thread_id::current_thread_id;
+use crate::timer_queue::{Timer, TimerId, TimerQueue};
+
+/// Epoll data of the loop's own wake-up eventfd.
+const WAKER: u64 = u64::MAX;
+/// Epoll data of the loop's timerfd.
+const TIMER: u64 = u64::MAX - 1;
+
+thread_local! {
+    /// Whether this thread already has a loop (one loop per thread).
+    static HAS_LOOP: Cell<bool> = const { Cell::new(false) };
+}
+
+/// A function queued on the loop thread itself; it may capture non-`Send` state.
+type LocalTask = Box<dyn FnOnce(&mut EventLoop)>;
+
+/// A reactor: waits for readiness on its channels, its timers and its queue of functions,
+/// and runs the matching callbacks, all on the one thread that created it.
+///
+/// # Threading
+///
+/// An `EventLoop` is created on the thread that will run it and cannot leave it (it is
+/// neither `Send` nor `Sync`; the compiler enforces loop-thread affinity). A thread can have
+/// at most one loop: a second [`EventLoop::new`] on the same thread fails with
+/// [`LoopError::AlreadyExists`]. Everything the loop owns (channels, handlers, timers) is
+/// touched only on its thread, so dispatch takes no lock. Other threads reach the loop
+/// through a [`LoopHandle`] (`Send + Sync + Clone`, from [`EventLoop::handle`]): they queue
+/// functions that later run on the loop with `&mut EventLoop`, schedule timers, or quit it.
+///
+/// # Ordering of callbacks
+///
+/// One iteration of [`EventLoop::run`]:
+/// 1. wait in `epoll_wait` until a channel, the timer `timerfd` or the wake-up `eventfd` is
+///    ready (no timeout: timers are on the `timerfd`, so an idle loop uses no CPU);
+/// 2. dispatch the ready events in the kernel's order: for each channel its handler's
+///    `handle_error`, `handle_close`, `handle_read`, `handle_write`, as the event
+///    requires; due timers run in deadline order when the `timerfd` event comes up;
+/// 3. run the functions queued before this step began, in FIFO order: first those queued
+///    through handles, then those queued with [`EventLoop::queue_in_loop`]. Functions queued
+///    by these functions run in the next iteration.
+///
+/// A channel removed during step 2 receives no further events, even ones already returned
+/// by the same `epoll_wait`: its slot's generation changes, and tokens carry it.
+///
+/// # Handlers and the loop
+///
+/// Every callback receives `&mut EventLoop`, so it can register channels, add or cancel
+/// timers, queue functions, or quit. This is safe without `RefCell` or `unsafe` because a
+/// channel's handler (or a timer's callback) is *taken out* of the loop while it runs and put
+/// back afterwards; changes to the running channel's interest are applied then, in one
+/// `epoll_ctl`.
+///
+/// # Dropping
+///
+/// Dropping the loop drops every channel (closing its descriptor), every handler, timer and
+/// queued function. Handles outlive it safely: queuing through them then returns
+/// [`LoopClosed`](crate::LoopClosed).
+///
+/// # Example
+///
+/// ```
+/// use duo_reactor::EventLoop;
+/// use std::time::Duration;
+///
+/// let mut lp = EventLoop::new()?;
+/// let handle = lp.handle();
+/// let worker = std::thread::spawn(move || {
+///     // From another thread: run a function on the loop, then stop it.
+///     handle.run_in_loop(|lp| println!("on the loop, {} timers", lp.timer_count())).unwrap();
+///     handle.run_after(Duration::from_millis(5), |lp| lp.quit()).unwrap();
+/// });
+/// lp.run()?;
+/// worker.join().unwrap();
+/// assert_eq!(lp.metrics().tasks_run, 2);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventLoop {
+    shared: Arc<Shared>,
+    poller: Poller,
+    registry: Registry,
+    pub(crate) timers: TimerQueue,
+    local_tasks: Vec<LocalTask>,
+    /// Reusable buffer the shared queue is swapped into while it runs.
+    running: Vec<Task>,
+    running_local: Vec<LocalTask>,
+    /// Loop-confined counters, published to `shared.metrics` once per iteration.
+    tick_events: u64,
+    tick_tasks: u64,
+    tick_timers: u64,
+    _not_send: PhantomData<*const ()>,
+}
+
+impl EventLoop {
+    /// Creates the loop of the calling thread.
+    ///
+    /// Fails with [`LoopError::AlreadyExists`] if this thread already has one.
+    pub fn new() -> Result<EventLoop, LoopError> {
+        if HAS_LOOP.with(|h| h.get()) {
+            return Err(LoopError::AlreadyExists);
+        }
+        let poller = Poller::new()?;
+        let timers = TimerQueue::new()?;
+        let waker = EventFd::new()?;
+        poller.add(waker.as_fd(), Interest::READABLE, WAKER)?;
+        poller.add(timers.timerfd.as_fd(), Interest::READABLE, TIMER)?;
+        let shared = Arc::new(Shared {
+            thread_id: current_thread_id(),
+            queue: Mutex::new(Some(Vec::new())),
+            notified: AtomicBool::new(false),
+            draining: AtomicBool::new(false),
+            quit: AtomicBool::new(false),
+            waker,
+            next_timer: AtomicU64::new(0),
+            metrics: MetricCounters::default(),
+        });
+        HAS_LOOP.with(|h| h.set(true));
+        log::debug!("event loop created on thread {}", shared.thread_id);
+        Ok(EventLoop {
+            shared,
+            poller,
+            registry: Registry::default(),
+            timers,
+            local_tasks: Vec::new(),
+            running: Vec::new(),
+            running_local: Vec::new(),
+            tick_events: 0,
+            tick_tasks: 0,
+            tick_timers: 0,
+            _not_send: PhantomData,
+        })
+    }
+
+    /// A handle for other threads (and for storing in `Send` callbacks).
+    pub fn handle(&self) -> LoopHandle {
+        LoopHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// Runs the loop until [`EventLoop::quit`] or [`LoopHandle::quit`].
+    ///
+    /// If quit was requested before `run` (say, from another thread racing the start),
+    /// `run` returns after one pass over already-queued functions. After `run` returns
+    /// the quit request is cleared, so `run` can be called again.
+    ///
+    /// Returns an error only if `epoll_wait` itself fails, which means the loop cannot go
+    /// on. A panic in a callback propagates out of `run`; the channel, timer or function
+    /// that panicked is dropped (a channel's descriptor is closed) and the rest of the
+    /// loop stays usable. Libraries on top (`duo-net`) catch panics of user callbacks
+    /// themselves so that one bad connection never unwinds the loop.
+    pub fn run(&mut self) -> io::Result<()> {
+        log::trace!("event loop {} running", self.shared.thread_id);
+        // A panic out of an earlier `run` may have left this set.
+        self.shared.draining.store(false, Ordering::SeqCst);
+        // Functions queued on this thread before `run` did not wake us.
+        self.run_queued();
+        let result = loop {
+            if self.shared.quit.load(Ordering::SeqCst) {
+                break Ok(());
+            }
+            if let Err(e) = self.run_once() {
+                break Err(e);
+            }
+        };
+        self.shared.quit.store(false, Ordering::SeqCst);
+        log::trace!("event loop {} stopped", self.shared.thread_id);
+        result
+    }
+
+    /// One iteration: wait, dispatch, run queued functions.
+    fn run_once(&mut self) -> io::Result<()> {
+        let timeout = if self.local_tasks.is_empty() {
+            None
+        } else {
+            Some(Duration::ZERO)
+        };
+        let n = self.poller.poll(timeout)?;
+        MetricCounters::add(&self.shared.metrics.iterations, 1);
+        for i in 0..n {
+            let Some((data, ready)) = self.poller.event(i) else {
+                break;
+            };
+            match data {
+                WAKER => {
+                    // Drain first, then clear the flag: a producer that sees the flag
+                    // still set has queued its function before our swap below.
+                    let _ = self.shared.waker.drain();
+                    self.shared.notified.store(false, Ordering::SeqCst);
+                }
+                TIMER => self.run_timers(),
+                token => {
+                    self.tick_events += 1;
+                    self.dispatch(Token(token), ready);
+                }
+            }
+        }
+        self.run_queued();
+        self.publish_metrics();
+        Ok(())
+    }
+
+    fn publish_metrics(&mut self) {
+        let m = &self.shared.metrics;
+        MetricCounters::add(&m.io_events, std::mem::take(&mut self.tick_events));
+        MetricCounters::add(&m.tasks_run, std::mem::take(&mut self.tick_tasks));
+        MetricCounters::add(&m.timers_fired, std::mem::take(&mut self.tick_timers));
+    }
+
+    /// Calls the handler of `token` for `ready`, in the order error, close, read, write.
+    fn dispatch(&mut self, token: Token, ready: Ready) {
+        let Taken::Present(mut reg) = self.registry.take(token) else {
+            return;
+        };
+        type Step = fn(&mut dyn Handler, &mut EventLoop, &mut Channel);
+        let steps: [(bool, Step); 4] = [
+            (ready.is_error(), |h, lp, ch| h.handle_error(lp, ch)),
+            (ready.is_hup() && !ready.is_readable(), |h, lp, ch| {
+                h.handle_close(lp, ch)
+            }),
+            (ready.is_readable() || ready.is_read_hup(), |h, lp, ch| {
+                h.handle_read(lp, ch)
+            }),
+            (ready.is_writable(), |h, lp, ch| h.handle_write(lp, ch)),
+        ];
+        for (wanted, step) in steps {
+            if !wanted {
+                continue;
+            }
+            if reg.channel.is_removed() || self.registry.remove_requested(token) {
+                break;
+            }
+            step(reg.handler.as_mut(), self, &mut reg.channel);
+        }
+        self.put_back(token, reg);
+    }
+
+    /// Returns a taken registration to its slot, applying interest changes or removal.
+    fn put_back(&mut self, token: Token, mut reg: Registration) {
+        if reg.channel.is_removed() || self.registry.remove_requested(token) {
+            self.registry.free(token);
+            self.deregister(&reg);
+            return;
+        }
+        let want = reg.channel.interest();
+        if want != reg.channel.registered {
+            match self.poller.modify(reg.channel.fd(), want, token.0) {
+                Ok(()) => reg.channel.registered = want,
+                Err(e) => log::error!("cannot change interest of {token:?} to {want:?}: {e}"),
+            }
+        }
+        self.registry.fill(token, reg);
+    }
+
+    fn deregister(&self, reg: &Registration) {
+        if let Err(e) = self.poller.delete(reg.channel.fd()) {
+            log::warn!("removing {:?}: {e}", reg.channel.token());
+        }
+    }
+
+    /// Runs due timers (the timerfd fired).
+    fn run_timers(&mut self) {
+        self.timers.fired();
+        let now = Instant::now();
+        let mut expired = self.timers.take_expired(now);
+        for &key in &expired {
+            let Some(mut timer) = self.timers.take(key) else {
+                continue; // cancelled by an earlier callback of this batch
+            };
+            (timer.callback)(self);
+            self.tick_timers += 1;
+            self.timers.reschedule(key, now, timer);
+        }
+        expired.clear();
+        self.timers.put_expired_buffer(expired);
+        self.timers.rearm();
+    }
+
+    /// Runs the functions queued so far; later ones wait for the next iteration.
+    fn run_queued(&mut self) {
+        let mut batch = std::mem::take(&mut self.running);
+        {
+            let mut queue = self.shared.queue.lock();
+            if let Some(q) = queue.as_mut() {
+                std::mem::swap(q, &mut batch);
+            }
+        }
+        let mut local = std::mem::replace(
+            &mut self.local_tasks,
+            std::mem::take(&mut self.running_local),
+        );
+        if batch.is_empty() && local.is_empty() {
+            self.running = batch;
+            self.running_local = local;
+            return;
+        }
+        self.shared.draining.store(true, Ordering::SeqCst);
+        self.tick_tasks += (batch.len() + local.len()) as u64;
+        for task in batch.drain(..) {
+            task(self);
+        }
+        for task in local.drain(..) {
+            task(self);
+        }
+        self.shared.draining.store(false, Ordering::SeqCst);
+        self.running = batch;
+        self.running_local = local;
+    }
+
+    /// Asks the loop to stop: [`EventLoop::run`] returns at the end of this iteration.
+    pub fn quit(&self) {
+        self.shared.quit.store(true, Ordering::SeqCst);
+    }
+
+    /// Registers `fd` with `interest` (readable, writable, edge or level) and `handler`;
+    /// returns the channel's token.
+    ///
+    /// The loop owns `fd` from now on and closes it when the channel is removed. On
+    /// failure the descriptor and handler are handed back in the error.
+    pub fn add_channel(
+        &mut self,
+        fd: impl Into<OwnedFd>,
+        interest: Interest,
+        handler: impl Handler,
+    ) -> Result<Token, InsertError> {
+        self.add_channel_boxed(fd.into(), interest, Box::new(handler))
+    }
+
+    /// [`EventLoop::add_channel`] with an already boxed handler.
+    pub fn add_channel_boxed(
+        &mut self,
+        fd: OwnedFd,
+        interest: Interest,
+        handler: Box<dyn Handler>,
+    ) -> Result<Token, InsertError> {
+        let Some(token) = self.registry.reserve() else {
+            return Err(InsertError {
+                error: io::Error::new(io::ErrorKind::OutOfMemory, "too many channels on one loop"),
+                fd,
+                handler,
+            });
+        };
+        if let Err(error) = self.poller.add(fd.as_fd(), interest, token.0) {
+            self.registry.free(token);
+            return Err(InsertError { error, fd, handler });
+        }
+        let channel = Channel::new(fd, token, interest);
+        self.registry.fill(token, Registration { channel, handler });
+        Ok(token)
+    }
+
+    /// Removes a channel: deregisters it, closes its descriptor and drops its handler.
+    ///
+    /// Safe from inside any handler, including the channel's own: if the channel is in
+    /// the middle of dispatch, removal takes effect when its handler returns, and no
+    /// further event reaches it. Returns false if there is no such channel.
+    pub fn remove_channel(&mut self, token: Token) -> bool {
+        match self.registry.request_remove(token) {
+            Some(Some(reg)) => {
+                self.deregister(&reg);
+                true
+            }
+            Some(None) => true,
+            None => false,
+        }
+    }
+
+    /// Gives `f` the channel and handler of `token` (for instance to enable writing after a
+    /// function queued from another thread appended output). Interest changes and removal
+    /// made by `f` are applied when it returns.
+    ///
+    /// Returns `None` if there is no such channel, or if it is the channel whose handler is
+    /// running further up the stack (whose state that handler already holds).
+    pub fn with_channel<R>(
+        &mut self,
+        token: Token,
+        f: impl FnOnce(&mut EventLoop, &mut Channel, &mut dyn Handler) -> R,
+    ) -> Option<R> {
+        let Taken::Present(mut reg) = self.registry.take(token) else {
+            return None;
+        };
+        let r = f(self, &mut reg.channel, reg.handler.as_mut());
+        self.put_back(token, reg);
+        Some(r)
+    }
+
+    /// Like [`EventLoop::with_channel`] for a handler of a known type `H`; `None` also if
+    /// the handler is of another type.
+    pub fn with_handler<H: Handler, R>(
+        &mut self,
+        token: Token,
+        f: impl FnOnce(&mut EventLoop, &mut Channel, &mut H) -> R,
+    ) -> Option<R> {
+        self.with_channel(token, |lp, ch, handler| {
+            let any: &mut dyn std::any::Any = handler;
+            any.downcast_mut::<H>().map(|h| f(lp, ch, h))
+        })
+        .flatten()
+    }
+
+    /// Number of registered channels.
+    pub fn channel_count(&self) -> usize {
+        self.registry.len()
+    }
+
+    /// Queues `f` to run on this loop after the current batch of events. Unlike
+    /// [`LoopHandle::queue_in_loop`], `f` need not be `Send`.
+    pub fn queue_in_loop(&mut self, f: impl FnOnce(&mut EventLoop) + 'static) {
+        self.local_tasks.push(Box::new(f));
+    }
+
+    /// Runs `f` once at `deadline` (in the next iteration if it has passed).
+    pub fn run_at(
+        &mut self,
+        deadline: Instant,
+        f: impl FnMut(&mut EventLoop) + 'static,
+    ) -> TimerId {
+        self.schedule(deadline, None, Box::new(f))
+    }
+
+    /// Runs `f` once after `delay`.
+    pub fn run_after(
+        &mut self,
+        delay: Duration,
+        f: impl FnMut(&mut EventLoop) + 'static,
+    ) -> TimerId {
+        self.schedule(Instant::now() + delay, None, Box::new(f))
+    }
+
+    /// Runs `f` every `interval` until cancelled, first after one interval.
+    pub fn run_every(
+        &mut self,
+        interval: Duration,
+        f: impl FnMut(&mut EventLoop) + 'static,
+    ) -> TimerId {
+        self.schedule(Instant::now() + interval, Some(interval), Box::new(f))
+    }
+
+    fn schedule(
+        &mut self,
+        deadline: Instant,
+        interval: Option<Duration>,
+        callback: Box<dyn FnMut(&mut EventLoop)>,
+    ) -> TimerId {
+        let seq = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
+        self.timers
+            .insert(seq, deadline, Timer { callback, interval });
+        TimerId(seq)
+    }
+
+    /// Cancels a timer; true if it was pending. Works from any callback, including the
+    /// timer's own (a repeating timer then stops after this run).
+    pub fn cancel(&mut self, id: TimerId) -> bool {
+        self.timers.cancel(id.0)
+    }
+
+    /// Number of pending timers.
+    pub fn timer_count(&self) -> usize {
+        self.timers.len()
+    }
+
+    /// The loop's counters. The iteration count includes the current iteration; the
+    /// other counters are published at the end of each iteration.
+    pub fn metrics(&self) -> LoopMetrics {
+        self.shared.metrics()
+    }
+}
+
+impl Drop for EventLoop {
+    fn drop(&mut self) {
+        // Close the queue first: from now on handles get `LoopClosed`.
+        let queued = self.shared.queue.lock().take();
+        drop(queued);
+        for reg in self.registry.drain() {
+            self.deregister(&reg);
+        }
+        HAS_LOOP.with(|h| h.set(false));
+        log::debug!("event loop on thread {} dropped", self.shared.thread_id);
+    }
+}
+
+impl fmt::Debug for EventLoop {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoop")
+            .field("thread", &self.shared.thread_id)
+            .field("channels", &self.registry.len())
+            .field("timers", &self.timers)
+            .field("local_tasks", &self.local_tasks.len())
+            .finish()
+    }
+}

@@ -1,0 +1,126 @@
+//! [`EventLoopThread`]: a thread that runs one loop.
+
+use std::fmt;
+use std::io;
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
+
+use crate::{EventLoop, LoopHandle};
+
+/// A function run on a new loop thread before its loop starts (muduo's
+/// `ThreadInitCallback`): register channels, set thread-local state, and so on.
+pub type ThreadInit = std::sync::Arc<dyn Fn(&mut EventLoop) + Send + Sync>;
+
+/// Spawns a thread, creates an [`EventLoop`] there and runs it; [`EventLoopThread::spawn`]
+/// returns once the loop exists, with its [`LoopHandle`].
+///
+/// Dropping (or [`stop`](EventLoopThread::stop)ping) it quits the loop and joins the thread.
+///
+/// ```
+/// use duo_reactor::EventLoopThread;
+///
+/// let thread = EventLoopThread::spawn("io-0", None)?;
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// thread.handle().run_in_loop(move |lp| tx.send(lp.channel_count()).unwrap())?;
+/// assert_eq!(rx.recv()?, 0);
+/// thread.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventLoopThread {
+    handle: LoopHandle,
+    thread: Option<JoinHandle<io::Result<()>>>,
+    name: String,
+}
+
+impl EventLoopThread {
+    /// Starts a thread named `name`, runs `init` (if any) on its new loop, then runs the
+    /// loop. Returns when the loop is ready to take work, or the error that prevented it.
+    pub fn spawn(name: &str, init: Option<ThreadInit>) -> io::Result<EventLoopThread> {
+        let (tx, rx) = mpsc::sync_channel::<io::Result<LoopHandle>>(1);
+        let thread = thread::Builder::new()
+            .name(name.to_owned())
+            .spawn(move || {
+                let mut lp = match EventLoop::new() {
+                    Ok(lp) => lp,
+                    Err(e) => {
+                        let e = io::Error::from(e);
+                        let _ = tx.send(Err(io::Error::new(e.kind(), e.to_string())));
+                        return Err(e);
+                    }
+                };
+                if let Some(init) = init {
+                    init(&mut lp);
+                }
+                // The receiver only goes away if `spawn` itself unwound; run anyway.
+                let _ = tx.send(Ok(lp.handle()));
+                lp.run()
+            })?;
+        match rx.recv() {
+            Ok(Ok(handle)) => Ok(EventLoopThread {
+                handle,
+                thread: Some(thread),
+                name: name.to_owned(),
+            }),
+            Ok(Err(e)) => {
+                let _ = thread.join();
+                Err(e)
+            }
+            // The thread died before sending: the init callback panicked.
+            Err(_) => Err(join_error(name, thread.join())),
+        }
+    }
+
+    /// The loop's handle.
+    pub fn handle(&self) -> &LoopHandle {
+        &self.handle
+    }
+
+    /// The thread's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Quits the loop, joins the thread and reports how the loop ended.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        self.handle.quit();
+        match thread.join() {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other(format!(
+                "loop thread {} panicked",
+                self.name
+            ))),
+        }
+    }
+}
+
+fn join_error(name: &str, joined: thread::Result<io::Result<()>>) -> io::Error {
+    match joined {
+        Ok(Err(e)) => e,
+        Ok(Ok(())) => io::Error::other(format!("loop thread {name} ended before its loop started")),
+        Err(_) => io::Error::other(format!("loop thread {name} panicked while starting")),
+    }
+}
+
+impl Drop for EventLoopThread {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            log::error!("loop thread {}: {e}", self.name);
+        }
+    }
+}
+
+impl fmt::Debug for EventLoopThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoopThread")
+            .field("name", &self.name)
+            .field("running", &self.thread.is_some())
+            .finish()
+    }
+}

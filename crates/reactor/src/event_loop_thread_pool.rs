@@ -1,0 +1,163 @@
+//! [`EventLoopThreadPool`]: the sub-reactors of a server.
+
+use std::fmt;
+use std::io;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use crate::event_loop_thread::{EventLoopThread, ThreadInit};
+use crate::LoopHandle;
+
+/// N threads, each running one loop, plus a base loop (the caller's, usually the one
+/// that accepts connections) that serves everything when N is zero.
+///
+/// Work is spread with [`next_loop`](EventLoopThreadPool::next_loop) (round robin) or
+/// [`loop_for_hash`](EventLoopThreadPool::loop_for_hash) (the same key always lands on
+/// the same loop). [`stop`](EventLoopThreadPool::stop) (or drop) quits every loop and joins
+/// every thread.
+///
+/// ```
+/// use duo_reactor::{EventLoop, EventLoopThreadPool};
+///
+/// let base = EventLoop::new()?;
+/// let mut pool = EventLoopThreadPool::new(base.handle(), "io", 2);
+/// pool.start()?;
+/// let a = pool.next_loop();
+/// let b = pool.next_loop();
+/// assert!(!a.same_loop(&b));
+/// assert!(pool.next_loop().same_loop(&a));
+/// pool.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct EventLoopThreadPool {
+    base: LoopHandle,
+    name: String,
+    num_threads: usize,
+    init: Option<ThreadInit>,
+    threads: Vec<EventLoopThread>,
+    handles: Vec<LoopHandle>,
+    next: AtomicUsize,
+}
+
+impl EventLoopThreadPool {
+    /// A pool of `num_threads` loop threads named `{name}-{i}`, not yet started.
+    pub fn new(base: LoopHandle, name: &str, num_threads: usize) -> EventLoopThreadPool {
+        EventLoopThreadPool {
+            base,
+            name: name.to_owned(),
+            num_threads,
+            init: None,
+            threads: Vec::new(),
+            handles: Vec::new(),
+            next: AtomicUsize::new(0),
+        }
+    }
+
+    /// Sets a function run on each new loop (in its thread) before it starts.
+    pub fn set_thread_init(&mut self, init: ThreadInit) {
+        self.init = Some(init);
+    }
+
+    /// Starts the threads; returns when every loop is ready. On failure the threads
+    /// already started are stopped again.
+    pub fn start(&mut self) -> io::Result<()> {
+        if !self.threads.is_empty() {
+            return Err(io::Error::new(
+                io::ErrorKind::AlreadyExists,
+                "thread pool already started",
+            ));
+        }
+        for i in 0..self.num_threads {
+            match EventLoopThread::spawn(&format!("{}-{i}", self.name), self.init.clone()) {
+                Ok(t) => {
+                    self.handles.push(t.handle().clone());
+                    self.threads.push(t);
+                }
+                Err(e) => {
+                    let _ = self.stop_threads();
+                    return Err(e);
+                }
+            }
+        }
+        log::debug!(
+            "loop pool {} started with {} threads",
+            self.name,
+            self.num_threads
+        );
+        Ok(())
+    }
+
+    /// The next loop in round-robin order (the base loop if there are no threads).
+    pub fn next_loop(&self) -> LoopHandle {
+        if self.handles.is_empty() {
+            return self.base.clone();
+        }
+        let i = self.next.fetch_add(1, Ordering::Relaxed) % self.handles.len();
+        self.handles[i].clone()
+    }
+
+    /// The loop for a key: always the same loop for the same `hash` (the base loop if
+    /// there are no threads).
+    pub fn loop_for_hash(&self, hash: u64) -> LoopHandle {
+        if self.handles.is_empty() {
+            return self.base.clone();
+        }
+        self.handles[(hash % self.handles.len() as u64) as usize].clone()
+    }
+
+    /// Every loop of the pool (just the base loop if there are no threads).
+    pub fn handles(&self) -> Vec<LoopHandle> {
+        if self.handles.is_empty() {
+            vec![self.base.clone()]
+        } else {
+            self.handles.clone()
+        }
+    }
+
+    /// The base loop.
+    pub fn base(&self) -> &LoopHandle {
+        &self.base
+    }
+
+    /// Number of loop threads (not counting the base loop).
+    pub fn num_threads(&self) -> usize {
+        self.num_threads
+    }
+
+    /// Quits every loop and joins every thread; reports the first failure.
+    pub fn stop(&mut self) -> io::Result<()> {
+        self.stop_threads()
+    }
+
+    fn stop_threads(&mut self) -> io::Result<()> {
+        self.handles.clear();
+        // Ask every loop to quit first, so they wind down in parallel.
+        for t in &self.threads {
+            t.handle().quit();
+        }
+        let mut first_err = None;
+        for t in self.threads.drain(..) {
+            if let Err(e) = t.stop() {
+                first_err.get_or_insert(e);
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+impl Drop for EventLoopThreadPool {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_threads() {
+            log::error!("loop pool {}: {e}", self.name);
+        }
+    }
+}
+
+impl fmt::Debug for EventLoopThreadPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EventLoopThreadPool")
+            .field("name", &self.name)
+            .field("num_threads", &self.num_threads)
+            .field("running", &self.threads.len())
+            .finish()
+    }
+}

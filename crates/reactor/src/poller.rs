@@ -1,0 +1,63 @@
+//! [`Poller`]: the epoll-backed readiness source of one loop.
+
+use std::io;
+use std::os::fd::BorrowedFd;
+use std::time::Duration;
+
+use duo_sys::{Epoll, Events, Interest, Ready};
+
+/// An epoll instance and the event buffer it fills.
+///
+/// The buffer starts with [`Poller::INITIAL_EVENTS`] entries and doubles whenever a wait
+/// fills it (see [`duo_sys::Events`]), so a loop with many busy descriptors needs fewer
+/// `epoll_wait` calls per round of work.
+#[derive(Debug)]
+pub struct Poller {
+    epoll: Epoll,
+    events: Events,
+}
+
+impl Poller {
+    /// The event buffer's starting capacity.
+    pub const INITIAL_EVENTS: usize = 64;
+
+    /// Creates a poller with a new epoll instance.
+    pub fn new() -> io::Result<Poller> {
+        Ok(Poller {
+            epoll: Epoll::new()?,
+            events: Events::with_capacity(Self::INITIAL_EVENTS),
+        })
+    }
+
+    /// Waits for readiness (`None` = until something is ready) and returns how many
+    /// events are ready; read them with [`Poller::event`]. A signal interrupting the wait
+    /// returns `Ok(0)`.
+    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+        self.epoll.wait(&mut self.events, timeout)
+    }
+
+    /// The `i`th event of the last poll as `(token, readiness)`.
+    pub fn event(&self, i: usize) -> Option<(u64, Ready)> {
+        self.events.get(i)
+    }
+
+    /// Capacity of the event buffer (grows when a poll fills it).
+    pub fn capacity(&self) -> usize {
+        self.events.capacity()
+    }
+
+    /// Registers `fd`.
+    pub fn add(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+        self.epoll.add(fd, interest, token)
+    }
+
+    /// Changes the registration of `fd`.
+    pub fn modify(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+        self.epoll.modify(fd, interest, token)
+    }
+
+    /// Removes the registration of `fd`.
+    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll.delete(fd)
+    }
+}
