@@ -70,7 +70,10 @@ fn bench(args: Vec<String>) -> Result<(), Failure> {
         match arg.as_str() {
             "--quick" => quick = true,
             "--only" => {
-                only = Some(it.next().ok_or_else(|| Failure::Usage("--only needs a name".into()))?)
+                only = Some(
+                    it.next()
+                        .ok_or_else(|| Failure::Usage("--only needs a name".into()))?,
+                )
             }
             other => return Err(Failure::Usage(format!("unknown bench option `{other}`"))),
         }
@@ -87,9 +90,14 @@ fn bench(args: Vec<String>) -> Result<(), Failure> {
             names.join(", ")
         )));
     }
-    run(Command::new(cargo())
-        .current_dir(root())
-        .args(["build", "--release", "--quiet", "-p", "duo-benches", "--bins"]))?;
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "duo-benches",
+        "--bins",
+    ]))?;
     for b in selected {
         println!("\n## {} — {}\n", b.name, b.about);
         let exe = root().join("target/release").join(b.bin);
@@ -109,7 +117,10 @@ fn run(cmd: &mut Command) -> Result<(), Failure> {
     if status.success() {
         Ok(())
     } else {
-        Err(Failure::Run(format!("{:?} failed: {status}", cmd.get_program())))
+        Err(Failure::Run(format!(
+            "{:?} failed: {status}",
+            cmd.get_program()
+        )))
     }
 }
 

@@ -4,11 +4,16 @@ use std::fs;
 use std::path::{Path, PathBuf};
 
 fn root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
-    let Ok(entries) = fs::read_dir(dir) else { return };
+    let Ok(entries) = fs::read_dir(dir) else {
+        return;
+    };
     for entry in entries.flatten() {
         let path = entry.path();
         let name = entry.file_name();
@@ -31,7 +36,8 @@ fn files_outside_sys() -> Vec<PathBuf> {
     for dir in ["crates", "apps", "benches", "xtask"] {
         rust_files(&root.join(dir), &mut files);
     }
-    files.retain(|f| !f.starts_with(root.join("crates/sys")) && !f.ends_with("xtask/tests/tidy.rs"));
+    files
+        .retain(|f| !f.starts_with(root.join("crates/sys")) && !f.ends_with("xtask/tests/tidy.rs"));
     files
 }
 
@@ -44,7 +50,10 @@ fn libc_is_called_only_from_duo_sys() {
         .filter(|f| !f.to_string_lossy().contains("raw_epoll"))
         .filter(|f| fs::read_to_string(f).unwrap().contains("libc::"))
         .collect();
-    assert!(offenders.is_empty(), "libc used outside duo-sys: {offenders:?}");
+    assert!(
+        offenders.is_empty(),
+        "libc used outside duo-sys: {offenders:?}"
+    );
 }
 
 #[test]
@@ -83,10 +92,16 @@ fn every_unsafe_block_in_sys_has_a_safety_comment() {
                 .rev()
                 .take_while(|l| {
                     let t = l.trim_start();
-                    t.starts_with("//") || !t.ends_with(';') && !t.ends_with('{') && !t.ends_with('}')
+                    t.starts_with("//")
+                        || !t.ends_with(';') && !t.ends_with('{') && !t.ends_with('}')
                 })
                 .any(|l| l.contains("SAFETY:"));
-            assert!(documented, "{}:{} unsafe block without // SAFETY:", file.display(), i + 1);
+            assert!(
+                documented,
+                "{}:{} unsafe block without // SAFETY:",
+                file.display(),
+                i + 1
+            );
         }
     }
 }

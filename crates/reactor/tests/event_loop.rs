@@ -208,3 +208,23 @@ fn metrics_count_iterations_tasks_and_timers() {
     assert!(m.iterations >= 1);
     assert_eq!(m.io_events, 0);
 }
+
+#[test]
+fn loop_local_values() {
+    #[derive(Debug, PartialEq)]
+    struct Wheel(Vec<u32>);
+    let mut lp = EventLoop::new().unwrap();
+    assert!(lp.local::<Wheel>().is_none());
+    assert!(lp.insert_local(Wheel(vec![1])).is_none());
+    let n = lp.with_local::<Wheel, _>(|lp, w| {
+        w.0.push(2);
+        // Taken out while in use: a nested access sees nothing instead of aliasing.
+        assert!(lp.with_local::<Wheel, _>(|_, _| ()).is_none());
+        w.0.len()
+    });
+    assert_eq!(n, Some(2));
+    assert_eq!(lp.local::<Wheel>(), Some(&Wheel(vec![1, 2])));
+    assert_eq!(lp.insert_local(Wheel(vec![])), Some(Wheel(vec![1, 2])));
+    assert_eq!(lp.remove_local::<Wheel>(), Some(Wheel(vec![])));
+    assert!(lp.with_local::<Wheel, _>(|_, _| ()).is_none());
+}

@@ -295,7 +295,13 @@ impl Epoll {
             .map_err(context("epoll_ctl(DEL)"))
     }
 
-    fn ctl(&self, op: libc::c_int, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+    fn ctl(
+        &self,
+        op: libc::c_int,
+        fd: BorrowedFd<'_>,
+        interest: Interest,
+        token: u64,
+    ) -> io::Result<()> {
         let mut event = libc::epoll_event {
             events: interest.0,
             u64: token,
@@ -332,7 +338,12 @@ impl Epoll {
         // SAFETY: `events.buf` holds `max` writable `epoll_event`s, the kernel writes at
         // most `max` of them, and the epoll descriptor is live.
         let ret = unsafe {
-            libc::epoll_wait(self.fd.as_raw_fd(), events.buf.as_mut_ptr(), max, timeout_ms)
+            libc::epoll_wait(
+                self.fd.as_raw_fd(),
+                events.buf.as_mut_ptr(),
+                max,
+                timeout_ms,
+            )
         };
         match cvt(ret) {
             Ok(n) => {

@@ -102,7 +102,9 @@ pub fn block_signals(signals: &[Signal]) -> io::Result<()> {
     let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     // pthread functions return the error number instead of setting errno.
     if ret != 0 {
-        return Err(context("pthread_sigmask")(io::Error::from_raw_os_error(ret)));
+        return Err(context("pthread_sigmask")(io::Error::from_raw_os_error(
+            ret,
+        )));
     }
     Ok(())
 }
@@ -114,7 +116,9 @@ pub fn ignore_sigpipe() -> io::Result<()> {
     // async-signal-safe and affects only the disposition of SIGPIPE.
     let prev = unsafe { libc::signal(libc::SIGPIPE, libc::SIG_IGN) };
     if prev == libc::SIG_ERR {
-        return Err(context("signal(SIGPIPE, SIG_IGN)")(io::Error::last_os_error()));
+        return Err(context("signal(SIGPIPE, SIG_IGN)")(
+            io::Error::last_os_error(),
+        ));
     }
     Ok(())
 }
@@ -170,10 +174,12 @@ impl SignalFd {
                 )
             };
             return match cvt_size(ret) {
-                Ok(n) if n == std::mem::size_of::<libc::signalfd_siginfo>() => Ok(Some(SignalInfo {
-                    signal: Signal(info.ssi_signo as i32),
-                    sender_pid: info.ssi_pid,
-                })),
+                Ok(n) if n == std::mem::size_of::<libc::signalfd_siginfo>() => {
+                    Ok(Some(SignalInfo {
+                        signal: Signal(info.ssi_signo as i32),
+                        sender_pid: info.ssi_pid,
+                    }))
+                }
                 Ok(n) => Err(io::Error::new(
                     io::ErrorKind::UnexpectedEof,
                     format!("read(signalfd): short read of {n} bytes"),

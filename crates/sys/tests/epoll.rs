@@ -47,7 +47,9 @@ fn eventfd_from_another_thread_wakes_a_blocked_wait() {
 fn edge_triggered_reports_once_per_edge() {
     let epoll = Epoll::new().unwrap();
     let (mut a, mut b) = pair();
-    epoll.add(b.as_fd(), Interest::READABLE | Interest::EDGE, 1).unwrap();
+    epoll
+        .add(b.as_fd(), Interest::READABLE | Interest::EDGE, 1)
+        .unwrap();
     let mut events = Events::with_capacity(8);
 
     a.write_all(b"one").unwrap();
@@ -90,7 +92,11 @@ fn oneshot_needs_rearming() {
     let mut events = Events::with_capacity(8);
     efd.notify().unwrap();
     assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
-    assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 0, "disabled after one event");
+    assert_eq!(
+        epoll.wait(&mut events, NO_WAIT).unwrap(),
+        0,
+        "disabled after one event"
+    );
     epoll.modify(efd.as_fd(), interest, 6).unwrap();
     assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
     assert_eq!(events.get(0).unwrap().0, 6, "modify changes the token");
@@ -100,7 +106,9 @@ fn oneshot_needs_rearming() {
 fn writable_and_hangup_are_reported() {
     let epoll = Epoll::new().unwrap();
     let (a, b) = pair();
-    epoll.add(b.as_fd(), Interest::READABLE | Interest::WRITABLE, 9).unwrap();
+    epoll
+        .add(b.as_fd(), Interest::READABLE | Interest::WRITABLE, 9)
+        .unwrap();
     let mut events = Events::with_capacity(8);
     assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
     let (_, ready) = events.get(0).unwrap();
@@ -143,7 +151,12 @@ fn timeout_is_rounded_up_not_down() {
     let epoll = Epoll::new().unwrap();
     let mut events = Events::with_capacity(1);
     let start = Instant::now();
-    assert_eq!(epoll.wait(&mut events, Some(Duration::from_micros(300))).unwrap(), 0);
+    assert_eq!(
+        epoll
+            .wait(&mut events, Some(Duration::from_micros(300)))
+            .unwrap(),
+        0
+    );
     assert!(start.elapsed() >= Duration::from_micros(300));
 }
 
@@ -152,10 +165,16 @@ fn registration_errors_have_the_right_kind() {
     let epoll = Epoll::new().unwrap();
     let efd = EventFd::new().unwrap();
     assert_eq!(
-        epoll.modify(efd.as_fd(), Interest::READABLE, 0).unwrap_err().kind(),
+        epoll
+            .modify(efd.as_fd(), Interest::READABLE, 0)
+            .unwrap_err()
+            .kind(),
         ErrorKind::NotFound
     );
-    assert_eq!(epoll.delete(efd.as_fd()).unwrap_err().kind(), ErrorKind::NotFound);
+    assert_eq!(
+        epoll.delete(efd.as_fd()).unwrap_err().kind(),
+        ErrorKind::NotFound
+    );
     epoll.add(efd.as_fd(), Interest::READABLE, 0).unwrap();
     let err = epoll.add(efd.as_fd(), Interest::READABLE, 0).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AlreadyExists);
@@ -163,7 +182,11 @@ fn registration_errors_have_the_right_kind() {
     epoll.delete(efd.as_fd()).unwrap();
     efd.notify().unwrap();
     let mut events = Events::with_capacity(1);
-    assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 0, "deleted fd is silent");
+    assert_eq!(
+        epoll.wait(&mut events, NO_WAIT).unwrap(),
+        0,
+        "deleted fd is silent"
+    );
 }
 
 #[test]

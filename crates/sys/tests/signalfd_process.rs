@@ -20,14 +20,19 @@ fn main() {
     // Send the signals from another process, exactly as an operator's `kill` would.
     let pid = std::process::id().to_string();
     for sig in ["-USR1", "-USR2"] {
-        let status = Command::new("kill").args([sig, &pid]).status().expect("run kill");
+        let status = Command::new("kill")
+            .args([sig, &pid])
+            .status()
+            .expect("run kill");
         assert!(status.success());
     }
 
     let mut got = Vec::new();
     let mut events = Events::with_capacity(4);
     while got.len() < 2 {
-        let n = epoll.wait(&mut events, Some(Duration::from_secs(5))).unwrap();
+        let n = epoll
+            .wait(&mut events, Some(Duration::from_secs(5)))
+            .unwrap();
         assert_eq!(n, 1, "signal not delivered within 5 s");
         while let Some(info) = signals.read().unwrap() {
             assert_ne!(info.sender_pid, 0, "sent by the kill process");

@@ -6,7 +6,9 @@ use std::os::fd::AsFd;
 use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
-use duo_sys::{accept4, bytes_available, readv, send_vectored, shutdown_write, take_socket_error, writev};
+use duo_sys::{
+    accept4, bytes_available, readv, send_vectored, shutdown_write, take_socket_error, writev,
+};
 
 fn pair() -> (UnixStream, UnixStream) {
     let (a, b) = UnixStream::pair().unwrap();
@@ -33,9 +35,15 @@ fn readv_writev_round_trip() {
     let err = readv(b.as_fd(), &mut [IoSliceMut::new(&mut y)]).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::WouldBlock);
 
-    assert_eq!(send_vectored(b.as_fd(), &[IoSlice::new(b"back")]).unwrap(), 4);
+    assert_eq!(
+        send_vectored(b.as_fd(), &[IoSlice::new(b"back")]).unwrap(),
+        4
+    );
     let mut back = [0u8; 4];
-    assert_eq!(readv(a.as_fd(), &mut [IoSliceMut::new(&mut back)]).unwrap(), 4);
+    assert_eq!(
+        readv(a.as_fd(), &mut [IoSliceMut::new(&mut back)]).unwrap(),
+        4
+    );
     assert_eq!(&back, b"back");
 }
 
@@ -66,7 +74,10 @@ fn eof_reads_zero() {
     let (a, b) = pair();
     drop(a);
     let mut buf = [0u8; 8];
-    assert_eq!(readv(b.as_fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap(), 0);
+    assert_eq!(
+        readv(b.as_fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap(),
+        0
+    );
 }
 
 #[test]
@@ -102,7 +113,10 @@ fn accept4_drains_the_backlog_then_would_block() {
             Err(e) => panic!("accept4: {e}"),
         }
     }
-    assert_eq!(accept4(listener.as_fd()).unwrap_err().kind(), ErrorKind::WouldBlock);
+    assert_eq!(
+        accept4(listener.as_fd()).unwrap_err().kind(),
+        ErrorKind::WouldBlock
+    );
 
     // The accepted socket is non-blocking and close-on-exec.
     let mut s = &accepted[0];
@@ -129,13 +143,17 @@ fn shutdown_write_half_closes() {
     let (mut server, _) = listener.accept().unwrap();
     server.write_all(b"last words").unwrap();
     shutdown_write(server.as_fd()).unwrap();
-    client.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut got = Vec::new();
     client.read_to_end(&mut got).unwrap();
     assert_eq!(got, b"last words");
     // The other direction still works.
     client.write_all(b"reply").unwrap();
-    server.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
     let mut buf = [0u8; 5];
     server.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"reply");
@@ -147,7 +165,11 @@ fn shutdown_write_half_closes() {
 fn socket_error_reports_a_refused_connect() {
     use duo_sys::socket2::{Domain, SockAddr, Socket, Type};
     // Find a port with nothing listening: bind, note the port, close.
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let addr: std::net::SocketAddr = ([127, 0, 0, 1], port).into();
     let sock = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
     assert!(take_socket_error(sock.as_fd()).unwrap().is_none());
@@ -159,11 +181,20 @@ fn socket_error_reports_a_refused_connect() {
     }
     // The outcome of a non-blocking connect is signalled as writable (plus error).
     let epoll = duo_sys::Epoll::new().unwrap();
-    epoll.add(sock.as_fd(), duo_sys::Interest::WRITABLE, 0).unwrap();
+    epoll
+        .add(sock.as_fd(), duo_sys::Interest::WRITABLE, 0)
+        .unwrap();
     let mut events = duo_sys::Events::with_capacity(1);
-    assert_eq!(epoll.wait(&mut events, Some(Duration::from_secs(5))).unwrap(), 1);
+    assert_eq!(
+        epoll
+            .wait(&mut events, Some(Duration::from_secs(5)))
+            .unwrap(),
+        1
+    );
     assert!(events.get(0).unwrap().1.is_error());
-    let err = take_socket_error(sock.as_fd()).unwrap().expect("a pending error");
+    let err = take_socket_error(sock.as_fd())
+        .unwrap()
+        .expect("a pending error");
     assert_eq!(err.kind(), ErrorKind::ConnectionRefused);
     // Reading SO_ERROR clears it.
     assert!(take_socket_error(sock.as_fd()).unwrap().is_none());

@@ -23,7 +23,10 @@ fn fires_within_a_few_ms_of_its_deadline() {
     let late = start.elapsed();
     assert!(late >= delay, "fired early: {late:?}");
     // Generous bound: a loaded 2-core CI machine may deschedule us for a while.
-    assert!(late < delay + Duration::from_millis(200), "fired late: {late:?}");
+    assert!(
+        late < delay + Duration::from_millis(200),
+        "fired late: {late:?}"
+    );
     assert_eq!(timer.read().unwrap(), 1);
     assert_eq!(timer.read().unwrap(), 0, "read resets the count");
 }
@@ -31,7 +34,9 @@ fn fires_within_a_few_ms_of_its_deadline() {
 #[test]
 fn past_deadline_and_zero_delay_fire_at_once() {
     let timer = TimerFd::new().unwrap();
-    timer.arm_at(Instant::now() - Duration::from_secs(1)).unwrap();
+    timer
+        .arm_at(Instant::now() - Duration::from_secs(1))
+        .unwrap();
     assert!(wait_readable(&timer, Duration::from_secs(5)));
     assert_eq!(timer.read().unwrap(), 1);
     timer.arm_after(Duration::ZERO).unwrap();
