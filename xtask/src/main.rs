@@ -17,11 +17,18 @@ struct Bench {
     about: &'static str,
 }
 
-const BENCHES: &[Bench] = &[Bench {
-    name: "bufpool",
-    bin: "bufpool",
-    about: "BufPool allocate+free against the system allocator, 1 and 2 threads",
-}];
+const BENCHES: &[Bench] = &[
+    Bench {
+        name: "bufpool",
+        bin: "bufpool",
+        about: "BufPool allocate+free against the system allocator, 1 and 2 threads",
+    },
+    Bench {
+        name: "reactor",
+        bin: "reactor",
+        about: "cross-thread wake-up latency, timer schedule/cancel/fire, queue_in_loop throughput",
+    },
+];
 
 fn main() -> ExitCode {
     match try_main() {

@@ -484,25 +484,35 @@ impl EventLoop {
     /// are dropped with the loop.
     pub fn insert_local<T: 'static>(&mut self, value: T) -> Option<T> {
         let old = self.locals.insert(TypeId::of::<T>(), Some(Box::new(value)));
-        old.flatten().and_then(|b| b.downcast::<T>().ok()).map(|b| *b)
+        old.flatten()
+            .and_then(|b| b.downcast::<T>().ok())
+            .map(|b| *b)
     }
 
     /// Removes and returns the loop-local value of type `T`.
     pub fn remove_local<T: 'static>(&mut self) -> Option<T> {
         let old = self.locals.remove(&TypeId::of::<T>());
-        old.flatten().and_then(|b| b.downcast::<T>().ok()).map(|b| *b)
+        old.flatten()
+            .and_then(|b| b.downcast::<T>().ok())
+            .map(|b| *b)
     }
 
     /// The loop-local value of type `T`, if any (and not currently taken by
     /// [`EventLoop::with_local`]).
     pub fn local<T: 'static>(&self) -> Option<&T> {
-        self.locals.get(&TypeId::of::<T>())?.as_ref()?.downcast_ref()
+        self.locals
+            .get(&TypeId::of::<T>())?
+            .as_ref()?
+            .downcast_ref()
     }
 
     /// Gives `f` the loop together with the loop-local value of type `T` (taken out of the
     /// loop for the call, as handlers are). `None` if there is no such value, or if it is
     /// already taken further up the stack.
-    pub fn with_local<T: 'static, R>(&mut self, f: impl FnOnce(&mut EventLoop, &mut T) -> R) -> Option<R> {
+    pub fn with_local<T: 'static, R>(
+        &mut self,
+        f: impl FnOnce(&mut EventLoop, &mut T) -> R,
+    ) -> Option<R> {
         let key = TypeId::of::<T>();
         let mut boxed = self.locals.get_mut(&key)?.take()?;
         let r = boxed.downcast_mut::<T>().map(|v| f(self, v));

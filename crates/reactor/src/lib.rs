@@ -24,6 +24,7 @@ mod poller;
 mod registry;
 mod thread_id;
 mod timer_queue;
+mod timing_wheel;
 
 pub use channel::{Channel, FnHandler, Handler, Token};
 pub use error::{InsertError, LoopClosed, LoopError};
@@ -33,5 +34,6 @@ pub use event_loop_thread_pool::EventLoopThreadPool;
 pub use loop_handle::{LoopHandle, LoopMetrics};
 pub use poller::Poller;
 pub use timer_queue::{TimerId, TimerQueue};
+pub use timing_wheel::TimingWheel;
 
 pub use duo_sys::{Interest, Ready};

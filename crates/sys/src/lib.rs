@@ -28,8 +28,8 @@ pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
 pub use signalfd::{block_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo};
 pub use socket::{
-    accept4, bytes_available, readv, send_vectored, shutdown_write, take_socket_error, writev,
-    IOV_MAX,
+    accept4, bytes_available, is_fd_exhaustion, readv, send_vectored, shutdown_write,
+    take_socket_error, writev, IOV_MAX,
 };
 pub use timerfd::TimerFd;
 

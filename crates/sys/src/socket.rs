@@ -164,3 +164,9 @@ pub fn bytes_available(fd: BorrowedFd<'_>) -> io::Result<usize> {
         .map_err(context("ioctl(FIONREAD)"))?;
     Ok(n as usize)
 }
+
+/// Whether an error means the process or the system ran out of file descriptors
+/// (`EMFILE` or `ENFILE`), the case an acceptor must handle without spinning.
+pub fn is_fd_exhaustion(err: &io::Error) -> bool {
+    matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
+}

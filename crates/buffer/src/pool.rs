@@ -1,0 +1,654 @@
+//! [`BufPool`]: a size-class block pool with per-thread caches, a memory cap and counters.
+
+use std::cell::RefCell;
+use std::fmt;
+use std::ptr;
+use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+
+use parking_lot::Mutex;
+
+use crate::IoBuf;
+
+/// The block sizes the pool hands out, smallest first: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB,
+/// 4 MiB and 8 MiB.
+pub const SIZE_CLASSES: [usize; 7] = [
+    4 << 10,
+    16 << 10,
+    64 << 10,
+    256 << 10,
+    1 << 20,
+    4 << 20,
+    8 << 20,
+];
+
+/// The largest block the pool hands out (8 MiB); larger requests fail with
+/// [`PoolError::TooLarge`].
+pub const MAX_BLOCK: usize = SIZE_CLASSES[CLASS_COUNT - 1];
+
+/// Number of size classes.
+const CLASS_COUNT: usize = SIZE_CLASSES.len();
+
+/// Upper bound on the blocks of one class a thread cache keeps.
+const MAX_CACHED_BLOCKS: usize = 64;
+
+/// Index of the smallest class that holds `n` bytes (`n = 0` gets the smallest class).
+pub(crate) fn class_index(n: usize) -> Option<usize> {
+    SIZE_CLASSES.iter().position(|&size| n <= size)
+}
+
+/// Size in bytes of class `class`; 0 for an index out of range (never produced by this crate).
+pub(crate) fn class_size(class: usize) -> usize {
+    SIZE_CLASSES.get(class).copied().unwrap_or(0)
+}
+
+/// Why the pool could not hand out a block.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PoolError {
+    /// The request is larger than the largest size class ([`MAX_BLOCK`]).
+    #[error("requested {requested} bytes, larger than the largest pool block ({max} bytes)")]
+    TooLarge {
+        /// Bytes requested.
+        requested: usize,
+        /// The largest block the pool serves.
+        max: usize,
+    },
+    /// Obtaining a new block from the system would exceed the pool's memory cap, even after
+    /// releasing the free blocks of other classes.
+    #[error("buffer pool exhausted: a {requested}-byte block would exceed the cap of {cap} bytes ({allocated} bytes allocated)")]
+    Exhausted {
+        /// Size of the block the pool tried to obtain (the size class of the request).
+        requested: usize,
+        /// The configured [`PoolConfig::memory_cap`].
+        cap: usize,
+        /// Bytes allocated from the system and not yet released, when the request failed.
+        allocated: usize,
+    },
+}
+
+/// Configuration of a [`BufPool`].
+///
+/// ```
+/// use duo_buffer::PoolConfig;
+///
+/// let config = PoolConfig { memory_cap: Some(64 << 20), ..PoolConfig::default() };
+/// assert_eq!(config.thread_cache_bytes, 1 << 20);
+/// assert_eq!(config.cache_blocks(4096), 64);
+/// assert_eq!(config.cache_blocks(64 << 10), 16);
+/// assert_eq!(config.cache_blocks(4 << 20), 0);
+/// ```
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolConfig {
+    /// Upper bound on the bytes of blocks obtained from the system and not yet released
+    /// (free or in use); `None` means unbounded.
+    pub memory_cap: Option<usize>,
+    /// Bytes of free blocks each thread may keep per size class, without touching the shared
+    /// lists. The block count per class is `min(64, thread_cache_bytes / class_size)`, so the
+    /// default of 1 MiB keeps 64 blocks of 4 KiB and 16 KiB, 16 of 64 KiB, 4 of 256 KiB, 1 of
+    /// 1 MiB and none of the larger classes. 0 disables thread caches.
+    pub thread_cache_bytes: usize,
+}
+
+impl Default for PoolConfig {
+    fn default() -> PoolConfig {
+        PoolConfig {
+            memory_cap: None,
+            thread_cache_bytes: 1 << 20,
+        }
+    }
+}
+
+impl PoolConfig {
+    /// How many free blocks of `class_size` bytes a thread cache keeps under this
+    /// configuration (0 for a size of 0).
+    pub fn cache_blocks(&self, class_size: usize) -> usize {
+        self.thread_cache_bytes
+            .checked_div(class_size)
+            .unwrap_or(0)
+            .min(MAX_CACHED_BLOCKS)
+    }
+}
+
+/// Counters of one size class, in blocks. See [`PoolStats`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ClassStats {
+    /// Block size of the class in bytes.
+    pub size: usize,
+    /// Blocks obtained from the system and not released.
+    pub allocated: usize,
+    /// Free blocks: on the shared list plus in every thread cache.
+    pub free: usize,
+    /// Blocks held by live [`IoBuf`]s (`allocated - free`).
+    pub in_use: usize,
+}
+
+/// A snapshot of a pool's counters, from [`BufPool::stats`].
+///
+/// The numbers are exact when the pool is quiescent (no allocation or free running on another
+/// thread); while other threads work they are a close approximation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PoolStats {
+    /// Per size class, in the order of [`SIZE_CLASSES`].
+    pub classes: [ClassStats; CLASS_COUNT],
+    /// Bytes obtained from the system and not released (what the cap limits).
+    pub allocated_bytes: usize,
+    /// The configured [`PoolConfig::memory_cap`].
+    pub memory_cap: Option<usize>,
+}
+
+impl PoolStats {
+    /// The counters of the class whose block size is exactly `size`, if there is one.
+    pub fn class(&self, size: usize) -> Option<&ClassStats> {
+        self.classes.iter().find(|c| c.size == size)
+    }
+
+    /// Bytes of free blocks (shared lists and thread caches).
+    pub fn free_bytes(&self) -> usize {
+        self.classes.iter().map(|c| c.free * c.size).sum()
+    }
+
+    /// Bytes of blocks held by live [`IoBuf`]s.
+    pub fn in_use_bytes(&self) -> usize {
+        self.classes.iter().map(|c| c.in_use * c.size).sum()
+    }
+
+    /// Blocks held by live [`IoBuf`]s, over all classes.
+    pub fn in_use_blocks(&self) -> usize {
+        self.classes.iter().map(|c| c.in_use).sum()
+    }
+}
+
+/// A pool of fixed-size memory blocks in [`SIZE_CLASSES`], handed out as [`IoBuf`]s.
+///
+/// A request of `n` bytes is served by the smallest class of at least `n` bytes (`n = 0` gets
+/// 4 KiB); more than [`MAX_BLOCK`] fails with [`PoolError::TooLarge`]. Dropping the
+/// [`IoBuf`] gives the block back: there is no manual `free`/`revert`.
+///
+/// ```
+/// use duo_buffer::{BufPool, PoolConfig};
+///
+/// let pool = BufPool::new(PoolConfig { memory_cap: Some(1 << 20), ..PoolConfig::default() });
+/// let mut buf = pool.alloc(3000)?;
+/// assert_eq!(buf.capacity(), 4096); // the smallest class that fits
+/// buf.append(b"hello");
+/// assert_eq!(buf.data(), b"hello");
+/// assert_eq!(pool.stats().class(4096).map(|c| c.in_use), Some(1));
+/// drop(buf); // back to this thread's cache
+/// let stats = pool.stats();
+/// assert_eq!((stats.classes[0].allocated, stats.classes[0].free), (1, 1));
+/// let _again = pool.alloc(100)?; // the same block, no new memory
+/// assert_eq!(pool.stats().classes[0].allocated, 1);
+/// # Ok::<(), duo_buffer::PoolError>(())
+/// ```
+///
+/// # Lifetime: a pool lives as long as the process
+///
+/// A pool is created once and never destroyed, like an allocator. `BufPool` is a `Copy`
+/// handle (one pointer) to a leaked, `'static` pool, so every [`IoBuf`] carries an 8-byte
+/// pool pointer and allocating or freeing touches no reference count. An `Arc` clone per
+/// allocation would make two threads that allocate from the same pool contend on the cache
+/// line of the count, which alone is enough to lose to `malloc`. [`BufPool::global`] is the
+/// process-wide default; [`BufPool::new`] builds a separate pool (its small control block is
+/// leaked on purpose; its free blocks can be returned with [`BufPool::trim`]).
+///
+/// # Allocation and free paths
+///
+/// 1. **Thread cache.** Each thread keeps, per pool, up to
+///    [`PoolConfig::cache_blocks`] free blocks of each class. Allocation pops from it and
+///    a free pushes to it: no lock, no atomic read-modify-write. An empty cache refills up to
+///    half its bound from the shared list in one lock; a full one moves half to it.
+/// 2. **Shared free list** per class (a `parking_lot` mutex around a `Vec`).
+/// 3. **The system**: `vec![0; size]`, counted against [`PoolConfig::memory_cap`]. When the
+///    cap would be exceeded, free blocks of other classes are released to the system first
+///    (from the shared lists, then from the calling thread's cache); if the block still does
+///    not fit, the request fails with [`PoolError::Exhausted`]. The pool never aborts.
+///
+/// A block may be freed on any thread (it lands in that thread's cache). When a thread exits,
+/// its caches are flushed to the shared lists. Free blocks in the caches of other, still
+/// running threads cannot be reclaimed for the cap; with a cap set, size
+/// [`PoolConfig::thread_cache_bytes`] accordingly.
+///
+/// # Counters
+///
+/// [`BufPool::stats`] reports, per class, blocks allocated from the system, free and in use.
+/// Each thread cache publishes its own counts with plain single-writer stores, summed by
+/// `stats`; the shared counters change only on the shared-list and system paths.
+#[derive(Clone, Copy)]
+pub struct BufPool {
+    inner: &'static PoolInner,
+}
+
+impl PartialEq for BufPool {
+    /// Two handles are equal when they refer to the same pool.
+    fn eq(&self, other: &BufPool) -> bool {
+        ptr::eq(self.inner, other.inner)
+    }
+}
+
+impl Eq for BufPool {}
+
+impl fmt::Debug for BufPool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BufPool")
+            .field("at", &ptr::from_ref(self.inner))
+            .field("memory_cap", &self.inner.config.memory_cap)
+            .field("allocated_bytes", &self.inner.allocated_bytes.load(Relaxed))
+            .finish()
+    }
+}
+
+impl Default for BufPool {
+    /// The process-wide pool, [`BufPool::global`].
+    fn default() -> BufPool {
+        BufPool::global()
+    }
+}
+
+impl BufPool {
+    /// Creates a new pool. Its control block is leaked on purpose: a pool lives for the rest
+    /// of the process (see "Lifetime" above). Create pools once, not per connection.
+    pub fn new(config: PoolConfig) -> BufPool {
+        BufPool {
+            inner: Box::leak(Box::new(PoolInner::new(config))),
+        }
+    }
+
+    /// The process-wide default pool (no cap, 1 MiB thread caches per class), created on
+    /// first use.
+    pub fn global() -> BufPool {
+        static GLOBAL: OnceLock<BufPool> = OnceLock::new();
+        *GLOBAL.get_or_init(|| BufPool::new(PoolConfig::default()))
+    }
+
+    /// The configuration the pool was created with.
+    pub fn config(self) -> PoolConfig {
+        self.inner.config
+    }
+
+    /// The block size that serves a request of `n` bytes: the smallest class of at least `n`.
+    ///
+    /// ```
+    /// use duo_buffer::{BufPool, PoolError};
+    ///
+    /// assert_eq!(BufPool::class_size_for(0), Ok(4096));
+    /// assert_eq!(BufPool::class_size_for(4097), Ok(16 << 10));
+    /// assert!(matches!(BufPool::class_size_for((8 << 20) + 1), Err(PoolError::TooLarge { .. })));
+    /// ```
+    pub fn class_size_for(n: usize) -> Result<usize, PoolError> {
+        class_index(n).map(class_size).ok_or(PoolError::TooLarge {
+            requested: n,
+            max: MAX_BLOCK,
+        })
+    }
+
+    /// Hands out an empty [`IoBuf`] with a block of the smallest class that holds `n` bytes.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError::TooLarge`] if `n > MAX_BLOCK`; [`PoolError::Exhausted`] if a new block
+    /// would exceed the memory cap.
+    pub fn alloc(self, n: usize) -> Result<IoBuf, PoolError> {
+        let class = class_index(n).ok_or(PoolError::TooLarge {
+            requested: n,
+            max: MAX_BLOCK,
+        })?;
+        let block = self.inner.take_block(class)?;
+        Ok(IoBuf::from_block(self, class, block))
+    }
+
+    /// A snapshot of the pool's counters (exact when no other thread is using the pool).
+    pub fn stats(self) -> PoolStats {
+        self.inner.stats()
+    }
+
+    /// Returns every free block on the shared lists, and in the calling thread's cache, to the
+    /// system. Returns the number of bytes released. Blocks cached by other running threads
+    /// stay where they are.
+    pub fn trim(self) -> usize {
+        self.inner.trim()
+    }
+
+    /// Gives a block back (the [`IoBuf`] drop path).
+    pub(crate) fn give_back(self, class: usize, block: Box<[u8]>) {
+        self.inner.give_back(class, block);
+    }
+}
+
+/// The shared state of one size class. Aligned to its own cache line(s) so that the classes'
+/// locks do not share one.
+#[repr(align(128))]
+struct ClassShared {
+    /// Free blocks not in any thread cache.
+    free: Mutex<Vec<Box<[u8]>>>,
+    /// Blocks obtained from the system and not released.
+    allocated: AtomicUsize,
+}
+
+/// The free-block counts a thread cache publishes. Written only by its owning thread, read by
+/// [`BufPool::stats`]; aligned so two threads' counters never share a cache line.
+#[repr(align(128))]
+struct CacheCounters {
+    free: [AtomicUsize; CLASS_COUNT],
+}
+
+/// The pool proper; always `'static` (leaked by [`BufPool::new`]).
+struct PoolInner {
+    config: PoolConfig,
+    /// Per class, how many free blocks a thread cache keeps.
+    cache_limits: [usize; CLASS_COUNT],
+    /// Whether any class has a non-zero thread-cache bound.
+    caching: bool,
+    classes: [ClassShared; CLASS_COUNT],
+    /// Bytes obtained from the system and not released; what the cap limits.
+    allocated_bytes: AtomicUsize,
+    /// Counters of every live thread cache of this pool.
+    caches: Mutex<Vec<Arc<CacheCounters>>>,
+}
+
+impl PoolInner {
+    fn new(config: PoolConfig) -> PoolInner {
+        let cache_limits = SIZE_CLASSES.map(|size| config.cache_blocks(size));
+        PoolInner {
+            config,
+            cache_limits,
+            caching: cache_limits.iter().any(|&n| n > 0),
+            classes: std::array::from_fn(|_| ClassShared {
+                free: Mutex::new(Vec::new()),
+                allocated: AtomicUsize::new(0),
+            }),
+            allocated_bytes: AtomicUsize::new(0),
+            caches: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn take_block(&'static self, class: usize) -> Result<Box<[u8]>, PoolError> {
+        if let Some(block) = with_cache(self, true, |cache| cache.pop(class)).flatten() {
+            return Ok(block);
+        }
+        if let Some(block) = self.pop_shared(class) {
+            return Ok(block);
+        }
+        self.alloc_system(class)
+    }
+
+    fn give_back(&'static self, class: usize, block: Box<[u8]>) {
+        debug_assert_eq!(
+            block.len(),
+            class_size(class),
+            "block returned to the wrong class"
+        );
+        let mut slot = Some(block);
+        with_cache(self, true, |cache| cache.push(class, &mut slot));
+        if let Some(block) = slot {
+            self.push_shared(class, std::iter::once(block));
+        }
+    }
+
+    fn pop_shared(&self, class: usize) -> Option<Box<[u8]>> {
+        self.classes.get(class)?.free.lock().pop()
+    }
+
+    fn push_shared(&self, class: usize, blocks: impl IntoIterator<Item = Box<[u8]>>) {
+        match self.classes.get(class) {
+            Some(shared) => shared.free.lock().extend(blocks),
+            // Unreachable: class indices come from `class_index`. Release rather than keep.
+            None => blocks
+                .into_iter()
+                .for_each(|b| self.release_block(class, b)),
+        }
+    }
+
+    /// Gets a new block from the system, within the cap.
+    fn alloc_system(&'static self, class: usize) -> Result<Box<[u8]>, PoolError> {
+        let size = class_size(class);
+        loop {
+            if self.reserve(size) {
+                if let Some(shared) = self.classes.get(class) {
+                    shared.allocated.fetch_add(1, Relaxed);
+                }
+                return Ok(vec![0u8; size].into_boxed_slice());
+            }
+            // Over the cap. Another thread may have freed a block of this class meanwhile.
+            if let Some(block) = self.pop_shared(class) {
+                return Ok(block);
+            }
+            let cap = self.config.memory_cap.unwrap_or(usize::MAX);
+            let allocated = self.allocated_bytes.load(Relaxed);
+            let deficit = allocated.saturating_add(size).saturating_sub(cap);
+            if !self.release_other_shared(class, deficit) && !self.release_other_cached(class) {
+                log::debug!(
+                    "buffer pool exhausted: {size}-byte block, cap {cap}, {allocated} allocated"
+                );
+                return Err(PoolError::Exhausted {
+                    requested: size,
+                    cap,
+                    allocated,
+                });
+            }
+        }
+    }
+
+    /// Adds `size` to the allocated bytes if the cap allows it.
+    fn reserve(&self, size: usize) -> bool {
+        let cap = self.config.memory_cap.unwrap_or(usize::MAX);
+        self.allocated_bytes
+            .fetch_update(Relaxed, Relaxed, |a| {
+                a.checked_add(size).filter(|&t| t <= cap)
+            })
+            .is_ok()
+    }
+
+    /// Releases one free block of a class other than `except` from the shared lists. Prefers
+    /// the smallest class whose block covers `deficit`, then the largest smaller one.
+    fn release_other_shared(&self, except: usize, deficit: usize) -> bool {
+        let covering = (0..CLASS_COUNT).filter(|&c| class_size(c) >= deficit);
+        let smaller = (0..CLASS_COUNT).rev().filter(|&c| class_size(c) < deficit);
+        for class in covering.chain(smaller).filter(|&c| c != except) {
+            if let Some(block) = self.pop_shared(class) {
+                self.release_block(class, block);
+                return true;
+            }
+        }
+        false
+    }
+
+    /// Releases the free blocks of other classes from the calling thread's cache.
+    fn release_other_cached(&'static self, except: usize) -> bool {
+        let blocks =
+            with_cache(self, false, |cache| cache.take_all_except(except)).unwrap_or_default();
+        let released = !blocks.is_empty();
+        for (class, block) in blocks {
+            self.release_block(class, block);
+        }
+        released
+    }
+
+    /// Returns a block to the system.
+    fn release_block(&self, class: usize, block: Box<[u8]>) {
+        debug_assert_eq!(block.len(), class_size(class));
+        let size = block.len();
+        drop(block);
+        if let Some(shared) = self.classes.get(class) {
+            shared.allocated.fetch_sub(1, Relaxed);
+        }
+        self.allocated_bytes.fetch_sub(size, Relaxed);
+    }
+
+    fn stats(&self) -> PoolStats {
+        let mut classes = [ClassStats::default(); CLASS_COUNT];
+        for ((stats, shared), size) in classes.iter_mut().zip(&self.classes).zip(SIZE_CLASSES) {
+            stats.size = size;
+            stats.allocated = shared.allocated.load(Relaxed);
+            stats.free = shared.free.lock().len();
+        }
+        for counters in self.caches.lock().iter() {
+            for (stats, free) in classes.iter_mut().zip(&counters.free) {
+                stats.free += free.load(Relaxed);
+            }
+        }
+        for stats in &mut classes {
+            stats.in_use = stats.allocated.saturating_sub(stats.free);
+        }
+        PoolStats {
+            classes,
+            allocated_bytes: self.allocated_bytes.load(Relaxed),
+            memory_cap: self.config.memory_cap,
+        }
+    }
+
+    fn trim(&'static self) -> usize {
+        let cached =
+            with_cache(self, false, |cache| cache.take_all_except(usize::MAX)).unwrap_or_default();
+        let mut released = 0;
+        for (class, block) in cached {
+            released += block.len();
+            self.release_block(class, block);
+        }
+        for (class, shared) in self.classes.iter().enumerate() {
+            let blocks = std::mem::take(&mut *shared.free.lock());
+            for block in blocks {
+                released += block.len();
+                self.release_block(class, block);
+            }
+        }
+        log::debug!("buffer pool trimmed: {released} bytes released");
+        released
+    }
+}
+
+/// One thread's free blocks for one pool.
+struct ThreadCache {
+    pool: &'static PoolInner,
+    lists: [Vec<Box<[u8]>>; CLASS_COUNT],
+    counters: Arc<CacheCounters>,
+}
+
+impl ThreadCache {
+    fn new(pool: &'static PoolInner) -> ThreadCache {
+        let counters = Arc::new(CacheCounters {
+            free: std::array::from_fn(|_| AtomicUsize::new(0)),
+        });
+        pool.caches.lock().push(Arc::clone(&counters));
+        ThreadCache {
+            pool,
+            lists: std::array::from_fn(|c| {
+                Vec::with_capacity(pool.cache_limits.get(c).copied().unwrap_or(0))
+            }),
+            counters,
+        }
+    }
+
+    /// Publishes the free count of `class` (single writer: a plain store, no RMW).
+    fn publish(&self, class: usize) {
+        if let (Some(list), Some(counter)) = (self.lists.get(class), self.counters.free.get(class))
+        {
+            counter.store(list.len(), Relaxed);
+        }
+    }
+
+    fn pop(&mut self, class: usize) -> Option<Box<[u8]>> {
+        let list = self.lists.get_mut(class)?;
+        if list.is_empty() {
+            // Refill up to half the bound in one lock.
+            let want = self
+                .pool
+                .cache_limits
+                .get(class)
+                .copied()
+                .unwrap_or(0)
+                .div_ceil(2);
+            if want == 0 {
+                return None;
+            }
+            let mut shared = self.pool.classes.get(class)?.free.lock();
+            let start = shared.len().saturating_sub(want);
+            list.extend(shared.drain(start..));
+        }
+        let block = list.pop();
+        self.publish(class);
+        block
+    }
+
+    /// Takes the block out of `slot` if the cache has room (after moving half of a full cache
+    /// to the shared list).
+    fn push(&mut self, class: usize, slot: &mut Option<Box<[u8]>>) {
+        let limit = self.pool.cache_limits.get(class).copied().unwrap_or(0);
+        let Some(list) = self.lists.get_mut(class) else {
+            return;
+        };
+        if limit == 0 {
+            return;
+        }
+        if list.len() >= limit {
+            let keep = limit / 2;
+            self.pool.push_shared(class, list.drain(keep..));
+        }
+        if let Some(block) = slot.take() {
+            list.push(block);
+        }
+        self.publish(class);
+    }
+
+    /// Empties every class except `except`, returning the blocks with their class.
+    fn take_all_except(&mut self, except: usize) -> Vec<(usize, Box<[u8]>)> {
+        let mut out = Vec::new();
+        for (class, list) in self.lists.iter_mut().enumerate() {
+            if class != except {
+                out.extend(list.drain(..).map(|b| (class, b)));
+            }
+        }
+        for class in 0..CLASS_COUNT {
+            self.publish(class);
+        }
+        out
+    }
+}
+
+impl Drop for ThreadCache {
+    /// Thread exit: flush every cached block to the shared lists and deregister.
+    fn drop(&mut self) {
+        for (class, list) in self.lists.iter_mut().enumerate() {
+            self.pool.push_shared(class, list.drain(..));
+        }
+        for counter in &self.counters.free {
+            counter.store(0, Relaxed);
+        }
+        self.pool
+            .caches
+            .lock()
+            .retain(|c| !Arc::ptr_eq(c, &self.counters));
+    }
+}
+
+thread_local! {
+    /// This thread's caches, one per pool it has used (usually one).
+    static CACHES: RefCell<Vec<ThreadCache>> = const { RefCell::new(Vec::new()) };
+}
+
+/// Runs `f` on this thread's cache for `pool`, creating it if `create`. Returns `None` when
+/// the pool does not cache, the thread's caches are being destroyed (thread exit) or
+/// borrowed (re-entrancy), so callers fall back to the shared lists.
+fn with_cache<R>(
+    pool: &'static PoolInner,
+    create: bool,
+    f: impl FnOnce(&mut ThreadCache) -> R,
+) -> Option<R> {
+    if !pool.caching {
+        return None;
+    }
+    CACHES
+        .try_with(|caches| {
+            let mut caches = caches.try_borrow_mut().ok()?;
+            let index = match caches.iter().position(|c| ptr::eq(c.pool, pool)) {
+                Some(index) => index,
+                None if create => {
+                    caches.push(ThreadCache::new(pool));
+                    caches.len() - 1
+                }
+                None => return None,
+            };
+            caches.get_mut(index).map(f)
+        })
+        .ok()
+        .flatten()
+}
