@@ -1,0 +1,57 @@
+//! Every user-visible callback of `duo-net`, in one place (muduo's `Callbacks.h`).
+//!
+//! Callbacks are set once on a [`ServerBuilder`](crate::ServerBuilder) or
+//! [`TcpClient`](crate::TcpClient) and shared by every connection and every loop, so they
+//! are `Arc<dyn Fn .. + Send + Sync>`. They run on the connection's loop thread. Per-connection
+//! state belongs in the connection's context ([`TcpConnection::set_context`]).
+//!
+//! A callback that panics closes its connection (logged); the loop and every other
+//! connection go on.
+
+use std::sync::Arc;
+
+use duo_buffer::InputBuffer;
+
+use crate::{ConnCtx, TcpConnection};
+
+/// Connection up or down: check [`TcpConnection::is_connected`].
+pub type ConnectionCallback = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
+
+/// Bytes arrived. The callback parses them in place from the [`InputBuffer`] and consumes
+/// what it used; what it leaves stays for the next call. Replies sent through the
+/// [`ConnCtx`] are written at once when the output buffer is empty.
+pub type MessageCallback = Arc<dyn Fn(&mut ConnCtx<'_>, &mut InputBuffer) + Send + Sync>;
+
+/// The output buffer was fully written to the kernel.
+pub type WriteCompleteCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
+
+/// The output buffer grew past the high-water mark; the argument is its size. Reading from
+/// the connection is paused at the same moment (backpressure) until the buffer drains below
+/// the low-water mark.
+pub type HighWaterMarkCallback = Arc<dyn Fn(&mut ConnCtx<'_>, usize) + Send + Sync>;
+
+/// The connection is closed and about to be dropped by its loop (after the "down" call of
+/// the connection callback).
+pub type CloseCallback = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
+
+/// The callbacks shared by all connections of one server or client.
+#[derive(Clone, Default)]
+pub(crate) struct Callbacks {
+    pub(crate) connection: Option<ConnectionCallback>,
+    pub(crate) message: Option<MessageCallback>,
+    pub(crate) write_complete: Option<WriteCompleteCallback>,
+    pub(crate) high_water_mark: Option<HighWaterMarkCallback>,
+    pub(crate) close: Option<CloseCallback>,
+}
+
+impl std::fmt::Debug for Callbacks {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("connection", &self.connection.is_some())
+            .field("message", &self.message.is_some())
+            .field("write_complete", &self.write_complete.is_some())
+            .field("high_water_mark", &self.high_water_mark.is_some())
+            .field("close", &self.close.is_some())
+            .finish()
+    }
+}

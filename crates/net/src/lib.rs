@@ -1,0 +1,58 @@
+//! The network layer of duo: TCP servers and clients on `duo-reactor`, muduo style.
+//!
+//! - [`TcpServer`]: an acceptor on the main loop hands each connection to one of
+//!   `io_threads` sub loops (round robin); callbacks ([`callbacks`]) run on that loop.
+//!   Idle timeout, connection limit, backpressure (high/low water marks), edge or level
+//!   triggering, graceful shutdown.
+//! - [`TcpConnection`]: the `Send + Sync + Clone` handle to one connection: thread-safe
+//!   [`send`](TcpConnection::send), [`shutdown`](TcpConnection::shutdown),
+//!   [`force_close`](TcpConnection::force_close), per-connection context. Inside callbacks,
+//!   [`ConnCtx`] gives direct, allocation-free access on the loop thread.
+//! - [`TcpClient`]: connects (non-blocking, with retry and backoff) and serves the
+//!   connection with the same callbacks.
+//! - [`codec`]: framing helpers (length header, lines) that parse in place.
+//! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
+//!   never run on an I/O thread.
+//!
+//! # Example: an echo server
+//!
+//! ```no_run
+//! use duo_net::TcpServer;
+//! use duo_reactor::EventLoop;
+//!
+//! let mut main_loop = EventLoop::new()?;
+//! let _server = TcpServer::builder("echo", "127.0.0.1:7000".parse()?)
+//!     .io_threads(2)
+//!     .on_message(|conn, input| {
+//!         conn.send(input.peek());
+//!         input.consume_all();
+//!     })
+//!     .start(&mut main_loop)?;
+//! main_loop.run();
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+//!
+//! This crate is safe Rust; every system call goes through [`duo_sys`].
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod acceptor;
+pub mod callbacks;
+pub mod codec;
+mod connection;
+mod idle;
+mod server;
+mod stats;
+mod thread_pool;
+
+pub use callbacks::{
+    CloseCallback, ConnectionCallback, HighWaterMarkCallback, MessageCallback,
+    WriteCompleteCallback,
+};
+pub use connection::{ConnCtx, ConnState, ConnectionClosed, TcpConnection};
+pub use server::{defaults, ServerBuilder, ServerHandle, TcpServer};
+pub use stats::{LoopStats, ServerStats};
+pub use thread_pool::{Job, SubmitError, ThreadPool};
+
+pub use duo_buffer::InputBuffer;
+pub use duo_reactor::{EventLoop, LoopHandle};

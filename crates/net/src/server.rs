@@ -1,0 +1,637 @@
+//! [`TcpServer`]: main reactor + sub reactors, muduo's `TcpServer`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_buffer::InputBuffer;
+use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, LoopHandle, ThreadInit, Token};
+use parking_lot::Mutex;
+
+use crate::acceptor::{listen, Acceptor, ListenOptions};
+use crate::callbacks::Callbacks;
+use crate::connection::{Conn, ConnOptions, RemoveHook};
+use crate::idle::IdleWheels;
+use crate::stats::{AcceptCounters, IoCounters, ServerStats};
+use crate::{ConnCtx, TcpConnection};
+
+static NEXT_SERVER: AtomicU64 = AtomicU64::new(1);
+
+/// Defaults of a [`ServerBuilder`].
+pub mod defaults {
+    /// Output-buffer size above which a connection stops reading (backpressure) and the
+    /// high-water-mark callback runs: 4 MiB.
+    pub const HIGH_WATER: usize = 4 << 20;
+    /// Largest input a connection buffers before the message callback consumes it: 8 MiB.
+    pub const MAX_INPUT: usize = 8 << 20;
+}
+
+/// Builds and starts a [`TcpServer`]; from [`TcpServer::builder`].
+pub struct ServerBuilder {
+    name: String,
+    addr: SocketAddr,
+    io_threads: usize,
+    reuse_port: bool,
+    edge_triggered: bool,
+    idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    high_water: usize,
+    low_water: Option<usize>,
+    max_input: usize,
+    tcp_nodelay: bool,
+    callbacks: Callbacks,
+    thread_init: Option<ThreadInit>,
+}
+
+impl ServerBuilder {
+    /// Number of I/O threads (sub reactors); 0 (the default) serves every connection on
+    /// the main loop (single reactor).
+    pub fn io_threads(mut self, n: usize) -> Self {
+        self.io_threads = n;
+        self
+    }
+    /// Sets `SO_REUSEPORT` on the listening socket (several servers on one port).
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+    /// Edge-triggered connections (the default: read and write until `EAGAIN`) or
+    /// level-triggered ones (one read per readiness event).
+    pub fn edge_triggered(mut self, on: bool) -> Self {
+        self.edge_triggered = on;
+        self
+    }
+    /// Closes connections that receive nothing for `timeout` (a timing wheel per loop;
+    /// closes within one wheel tick after the timeout: 1/8 of it, at most 1 s).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+    /// Beyond `n` open connections, new ones are accepted and closed at once (counted as
+    /// rejected).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+    /// Output-buffer high-water mark (default [`defaults::HIGH_WATER`]) and low-water mark
+    /// (default half of it): above the high mark a connection stops reading until its
+    /// output drains below the low mark.
+    pub fn water_marks(mut self, high: usize, low: usize) -> Self {
+        self.high_water = high.max(1);
+        self.low_water = Some(low.min(self.high_water));
+        self
+    }
+    /// Largest unconsumed input per connection (default [`defaults::MAX_INPUT`]); past it
+    /// the connection is closed with a log line.
+    pub fn max_input(mut self, bytes: usize) -> Self {
+        self.max_input = bytes.max(1);
+        self
+    }
+    /// Sets `TCP_NODELAY` on every accepted connection (default off).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.tcp_nodelay = on;
+        self
+    }
+    /// Called when a connection comes up and when it goes down.
+    pub fn on_connection(mut self, f: impl Fn(&TcpConnection) + Send + Sync + 'static) -> Self {
+        self.callbacks.connection = Some(Arc::new(f));
+        self
+    }
+    /// Called when bytes arrive.
+    pub fn on_message(
+        mut self,
+        f: impl Fn(&mut ConnCtx<'_>, &mut InputBuffer) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.message = Some(Arc::new(f));
+        self
+    }
+    /// Called when a connection's output buffer has been fully written.
+    pub fn on_write_complete(
+        mut self,
+        f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.write_complete = Some(Arc::new(f));
+        self
+    }
+    /// Called when a connection's output buffer crosses the high-water mark.
+    pub fn on_high_water_mark(
+        mut self,
+        f: impl Fn(&mut ConnCtx<'_>, usize) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.high_water_mark = Some(Arc::new(f));
+        self
+    }
+    /// Called when a connection has closed.
+    pub fn on_close(mut self, f: impl Fn(&TcpConnection) + Send + Sync + 'static) -> Self {
+        self.callbacks.close = Some(Arc::new(f));
+        self
+    }
+    /// Runs on each I/O thread's loop before it starts.
+    pub fn thread_init(mut self, f: impl Fn(&mut EventLoop) + Send + Sync + 'static) -> Self {
+        self.thread_init = Some(Arc::new(f));
+        self
+    }
+
+    /// Binds, starts the I/O threads and starts accepting on `main`, the calling thread's
+    /// loop (which must then [`run`](EventLoop::run)).
+    pub fn start(self, main: &mut EventLoop) -> io::Result<TcpServer> {
+        let listener = listen(
+            self.addr,
+            ListenOptions {
+                reuse_port: self.reuse_port,
+            },
+        )?;
+        let local_addr = listener
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listening socket has no inet address"))?;
+        let mut pool = EventLoopThreadPool::new(main.handle(), &self.name, self.io_threads);
+        if let Some(init) = self.thread_init.clone() {
+            pool.set_thread_init(init);
+        }
+        pool.start()?;
+        let loops = pool.handles();
+        let id = NEXT_SERVER.fetch_add(1, Ordering::Relaxed);
+        let shared = Arc::new(ServerShared {
+            id,
+            name: self.name.clone(),
+            local_addr,
+            main: main.handle(),
+            counters: AcceptCounters::default(),
+            io: loops
+                .iter()
+                .map(|_| Arc::new(IoCounters::default()))
+                .collect(),
+            acceptor: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+        });
+        let opts = Arc::new(ConnOptions {
+            edge_triggered: self.edge_triggered,
+            high_water: self.high_water,
+            low_water: self.low_water.unwrap_or(self.high_water / 2),
+            max_input: self.max_input,
+            idle_key: self.idle_timeout.map(|_| id),
+        });
+        if let Some(timeout) = self.idle_timeout {
+            for h in &loops {
+                if h.is_in_loop_thread() {
+                    IdleWheels::install(main, id, timeout);
+                } else {
+                    h.run_in_loop(move |lp| IdleWheels::install(lp, id, timeout))
+                        .map_err(io::Error::from)?;
+                }
+            }
+        }
+        Registries::open(main, id);
+        let on_new = new_connection_handler(
+            shared.clone(),
+            loops,
+            Arc::new(self.callbacks),
+            opts,
+            self.max_connections,
+            self.tcp_nodelay,
+        );
+        let counters = shared.clone();
+        let acceptor = Acceptor::new(
+            local_addr,
+            on_new,
+            Box::new(move || AcceptCounters::bump(&counters.counters.emfile)),
+        );
+        let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
+        *shared.acceptor.lock() = Some(token);
+        log::info!(
+            "server {} listening on {local_addr} with {} I/O threads",
+            self.name,
+            self.io_threads
+        );
+        Ok(TcpServer { shared, pool })
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("io_threads", &self.io_threads)
+            .field("edge_triggered", &self.edge_triggered)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("high_water", &self.high_water)
+            .field("callbacks", &self.callbacks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What the server's parts share.
+struct ServerShared {
+    id: u64,
+    name: String,
+    local_addr: SocketAddr,
+    main: LoopHandle,
+    counters: AcceptCounters,
+    /// Byte counters, one per I/O loop (index = position in the pool's handles).
+    io: Vec<Arc<IoCounters>>,
+    acceptor: Mutex<Option<Token>>,
+    stopping: AtomicBool,
+}
+
+/// The acceptor's callback for each new socket: admission, naming, choice of loop.
+fn new_connection_handler(
+    shared: Arc<ServerShared>,
+    loops: Vec<LoopHandle>,
+    callbacks: Arc<Callbacks>,
+    opts: Arc<ConnOptions>,
+    max_connections: Option<usize>,
+    tcp_nodelay: bool,
+) -> Box<dyn FnMut(&mut EventLoop, socket2::Socket, SocketAddr)> {
+    let mut next_loop = 0usize;
+    let mut next_id = 0u64;
+    Box::new(move |lp, socket, peer| {
+        let c = &shared.counters;
+        let active = Registries::count(lp, shared.id);
+        if max_connections.is_some_and(|max| active >= max) {
+            AcceptCounters::bump(&c.rejected);
+            log::debug!(
+                "{}: rejecting {peer}: {active} connections open",
+                shared.name
+            );
+            return;
+        }
+        if tcp_nodelay {
+            if let Err(e) = socket.set_nodelay(true) {
+                log::debug!("{}: TCP_NODELAY for {peer}: {e}", shared.name);
+            }
+        }
+        let local = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .unwrap_or(shared.local_addr);
+        next_id += 1;
+        let index = next_loop % loops.len();
+        next_loop = next_loop.wrapping_add(1);
+        let target = loops[index].clone();
+        let name = format!("{}-{peer}#{next_id}", shared.name);
+        let handle = TcpConnection::new(next_id, name, peer, local, target.clone());
+        Registries::insert(lp, shared.id, handle.clone());
+        AcceptCounters::bump(&c.accepted);
+        c.active
+            .store(Registries::count(lp, shared.id) as u64, Ordering::Relaxed);
+
+        let hook = remove_hook(&shared);
+        let (cbs, opts, io) = (callbacks.clone(), opts.clone(), shared.io[index].clone());
+        if target.is_in_loop_thread() {
+            if let Err(e) = Conn::establish(lp, socket, handle, cbs, opts, Some(hook), io) {
+                log::warn!("{}: cannot register {peer}: {e}", shared.name);
+            }
+        } else {
+            let queued = target.run_in_loop(move |lp| {
+                if let Err(e) = Conn::establish(lp, socket, handle, cbs, opts, Some(hook), io) {
+                    log::warn!("cannot register {peer}: {e}");
+                }
+            });
+            if queued.is_err() {
+                log::warn!("{}: I/O loop gone; dropping {peer}", shared.name);
+            }
+        }
+    })
+}
+
+/// Removes a closed connection from the server's registry, on the main loop.
+fn remove_hook(shared: &Arc<ServerShared>) -> RemoveHook {
+    let shared = shared.clone();
+    Arc::new(move |conn: &TcpConnection| {
+        let id = conn.id();
+        let s = shared.clone();
+        let _ = shared.main.run_in_loop(move |lp| {
+            if Registries::remove(lp, s.id, id) {
+                AcceptCounters::bump(&s.counters.closed);
+            }
+            s.counters
+                .active
+                .store(Registries::count(lp, s.id) as u64, Ordering::Relaxed);
+        });
+    })
+}
+
+/// The live connections of every server on a main loop, as a loop-local value: owned by the
+/// main loop, touched only there.
+#[derive(Default)]
+struct Registries {
+    servers: HashMap<u64, Registry>,
+}
+
+#[derive(Default)]
+struct Registry {
+    conns: HashMap<u64, TcpConnection>,
+    /// Runs when the registry empties during a graceful shutdown.
+    on_empty: Option<Box<dyn FnOnce(&mut EventLoop)>>,
+}
+
+impl Registries {
+    fn open(lp: &mut EventLoop, server: u64) {
+        if lp.local::<Registries>().is_none() {
+            lp.insert_local(Registries::default());
+        }
+        lp.with_local::<Registries, _>(|_, r| {
+            r.servers.entry(server).or_default();
+        });
+    }
+
+    fn insert(lp: &mut EventLoop, server: u64, conn: TcpConnection) {
+        lp.with_local::<Registries, _>(|_, r| {
+            if let Some(reg) = r.servers.get_mut(&server) {
+                reg.conns.insert(conn.id(), conn);
+            }
+        });
+    }
+
+    fn count(lp: &EventLoop, server: u64) -> usize {
+        lp.local::<Registries>()
+            .and_then(|r| r.servers.get(&server))
+            .map_or(0, |reg| reg.conns.len())
+    }
+
+    fn list(lp: &EventLoop, server: u64) -> Vec<TcpConnection> {
+        lp.local::<Registries>()
+            .and_then(|r| r.servers.get(&server))
+            .map_or_else(Vec::new, |reg| reg.conns.values().cloned().collect())
+    }
+
+    /// Removes a connection; true if it was there. Runs the shutdown continuation when the
+    /// last one goes.
+    fn remove(lp: &mut EventLoop, server: u64, conn: u64) -> bool {
+        let (removed, done) = lp
+            .with_local::<Registries, _>(|_, r| {
+                let Some(reg) = r.servers.get_mut(&server) else {
+                    return (false, None);
+                };
+                let removed = reg.conns.remove(&conn).is_some();
+                let done = if reg.conns.is_empty() {
+                    reg.on_empty.take()
+                } else {
+                    None
+                };
+                (removed, done)
+            })
+            .unwrap_or((false, None));
+        if let Some(done) = done {
+            done(lp);
+        }
+        removed
+    }
+
+    /// Sets the continuation of a graceful shutdown; runs it now if nothing is open.
+    fn when_empty(lp: &mut EventLoop, server: u64, f: Box<dyn FnOnce(&mut EventLoop)>) {
+        let now = lp
+            .with_local::<Registries, _>(|_, r| {
+                let reg = r.servers.entry(server).or_default();
+                if reg.conns.is_empty() {
+                    Some(f)
+                } else {
+                    reg.on_empty = Some(f);
+                    None
+                }
+            })
+            .flatten();
+        if let Some(f) = now {
+            f(lp);
+        }
+    }
+}
+
+/// A TCP server: an acceptor on the main loop and a pool of I/O loops that own the
+/// connections (muduo's main reactor + sub reactors).
+///
+/// # Lifecycle
+///
+/// [`TcpServer::builder`] → [`ServerBuilder::start`] on the main loop → run the main loop.
+/// To stop gracefully, call [`TcpServer::shutdown`] from anywhere (a signal handler on the
+/// main loop, say): it stops accepting, half-closes every connection once its output is
+/// written, force-closes what is left at the deadline, then runs your continuation on the
+/// main loop (typically `lp.quit()`). Then [`TcpServer::stop`] joins the I/O threads.
+/// Dropping the server stops accepting and joins the I/O threads too.
+///
+/// # Example
+///
+/// ```
+/// use duo_net::TcpServer;
+/// use duo_reactor::EventLoop;
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+///
+/// let mut lp = EventLoop::new()?;
+/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+///     .io_threads(1)
+///     .on_message(|ctx, input| {
+///         ctx.send(input.peek());
+///         input.consume_all();
+///     })
+///     .start(&mut lp)?;
+/// let addr = server.local_addr();
+/// let client = std::thread::spawn(move || {
+///     let mut s = std::net::TcpStream::connect(addr).unwrap();
+///     s.write_all(b"hello").unwrap();
+///     let mut buf = [0u8; 5];
+///     s.read_exact(&mut buf).unwrap();
+///     buf
+/// });
+/// let shutdown = server.clone_handle();
+/// lp.run_every(Duration::from_millis(5), move |_| {
+///     if client.is_finished() {
+///         shutdown.shutdown(Duration::from_secs(1), |lp| lp.quit());
+///     }
+/// });
+/// lp.run()?;
+/// server.stop();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TcpServer {
+    shared: Arc<ServerShared>,
+    pool: EventLoopThreadPool,
+}
+
+/// A `Send + Sync + Clone` handle to a [`TcpServer`] for shutting it down and reading its
+/// statistics from anywhere.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<ServerShared>,
+}
+
+impl TcpServer {
+    /// A builder for a server named `name` listening on `addr` (port 0 picks a free port;
+    /// read it back with [`TcpServer::local_addr`]).
+    pub fn builder(name: &str, addr: SocketAddr) -> ServerBuilder {
+        ServerBuilder {
+            name: name.to_owned(),
+            addr,
+            io_threads: 0,
+            reuse_port: false,
+            edge_triggered: true,
+            idle_timeout: None,
+            max_connections: None,
+            high_water: defaults::HIGH_WATER,
+            low_water: None,
+            max_input: defaults::MAX_INPUT,
+            tcp_nodelay: false,
+            callbacks: Callbacks::default(),
+            thread_init: None,
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A handle for other threads and callbacks.
+    pub fn clone_handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ServerStats {
+        stats(&self.shared)
+    }
+
+    /// Graceful stop; see [`ServerHandle::shutdown`].
+    pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {
+        shutdown(&self.shared, grace, Box::new(then));
+    }
+
+    /// Stops accepting (if [`shutdown`](TcpServer::shutdown) has not already), quits and
+    /// joins the I/O threads. Connections still open on them are dropped: their sockets
+    /// are closed without the "down" callbacks. Call it after a graceful shutdown has
+    /// completed, or to stop hard. Do not call it from one of the server's I/O loops.
+    pub fn stop(mut self) {
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        stop_accepting(&self.shared);
+        if let Err(e) = self.pool.stop() {
+            log::error!("server {}: {e}", self.shared.name);
+        }
+    }
+}
+
+fn stats(shared: &ServerShared) -> ServerStats {
+    let c = &shared.counters;
+    ServerStats {
+        accepted: c.accepted.load(Ordering::Relaxed),
+        active: c.active.load(Ordering::Relaxed),
+        closed: c.closed.load(Ordering::Relaxed),
+        rejected: c.rejected.load(Ordering::Relaxed),
+        fd_exhausted: c.emfile.load(Ordering::Relaxed),
+        per_loop: shared.io.iter().map(|io| io.snapshot()).collect(),
+    }
+}
+
+/// Removes the acceptor's channel (closing the listening socket) on the main loop.
+fn stop_accepting(shared: &Arc<ServerShared>) {
+    shared.stopping.store(true, Ordering::SeqCst);
+    let Some(token) = shared.acceptor.lock().take() else {
+        return;
+    };
+    let _ = shared.main.run_in_loop(move |lp| {
+        lp.remove_channel(token);
+    });
+}
+
+fn shutdown(
+    shared: &Arc<ServerShared>,
+    grace: Duration,
+    then: Box<dyn FnOnce(&mut EventLoop) + Send>,
+) {
+    stop_accepting(shared);
+    let s = shared.clone();
+    let queued = shared.main.run_in_loop(move |lp| {
+        let conns = Registries::list(lp, s.id);
+        log::info!(
+            "server {}: shutting down, {} connections open",
+            s.name,
+            conns.len()
+        );
+        for c in &conns {
+            let _ = c.shutdown();
+        }
+        if !conns.is_empty() {
+            let id = s.id;
+            lp.run_after(grace, move |lp| {
+                for c in Registries::list(lp, id) {
+                    log::info!("{}: still open at the shutdown deadline; closing", c.name());
+                    let _ = c.force_close();
+                }
+            });
+        }
+        Registries::when_empty(lp, s.id, then);
+    });
+    if queued.is_err() {
+        log::warn!(
+            "server {}: main loop is gone; nothing to shut down",
+            shared.name
+        );
+    }
+}
+
+impl ServerHandle {
+    /// Graceful stop, from any thread: stop accepting; half-close every connection once
+    /// its pending output is written (so data already queued is delivered); force-close
+    /// the connections still open after `grace`; when none is left, run `then` on the main
+    /// loop (for example `|lp| lp.quit()`).
+    pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {
+        shutdown(&self.shared, grace, Box::new(then));
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ServerStats {
+        stats(&self.shared)
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// Whether a shutdown or stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+impl fmt::Debug for TcpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpServer")
+            .field("name", &self.shared.name)
+            .field("local_addr", &self.shared.local_addr)
+            .field("io_threads", &self.pool.num_threads())
+            .finish()
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("name", &self.shared.name)
+            .field("local_addr", &self.shared.local_addr)
+            .finish()
+    }
+}
