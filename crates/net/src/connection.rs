@@ -719,6 +719,11 @@ impl ConnIo {
         if dropped > 0 {
             log::debug!("{}: closed with {dropped} bytes unsent", self.handle.name());
         }
+        // The owner forgets the connection first, so that the "down" callbacks see a
+        // consistent owner (a client with no connection, say).
+        if let Some(hook) = &self.remove_hook {
+            hook(&self.handle);
+        }
         self.guarded("connection callback", |io| {
             if let Some(cb) = &io.callbacks.connection {
                 cb(&io.handle);
@@ -729,9 +734,6 @@ impl ConnIo {
                 cb(&io.handle);
             }
         });
-        if let Some(hook) = &self.remove_hook {
-            hook(&self.handle);
-        }
     }
 }
 

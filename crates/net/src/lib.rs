@@ -38,6 +38,7 @@
 
 mod acceptor;
 pub mod callbacks;
+mod client;
 pub mod codec;
 mod connection;
 mod idle;
@@ -49,6 +50,7 @@ pub use callbacks::{
     CloseCallback, ConnectionCallback, HighWaterMarkCallback, MessageCallback,
     WriteCompleteCallback,
 };
+pub use client::{client_defaults, ClientBuilder, TcpClient};
 pub use connection::{ConnCtx, ConnState, ConnectionClosed, TcpConnection};
 pub use server::{defaults, ServerBuilder, ServerHandle, TcpServer};
 pub use stats::{LoopStats, ServerStats};

@@ -386,6 +386,11 @@ impl Registries {
         removed
     }
 
+    /// Drops the registry of a stopped server.
+    fn forget(lp: &mut EventLoop, server: u64) {
+        lp.with_local::<Registries, _>(|_, r| r.servers.remove(&server));
+    }
+
     /// Sets the continuation of a graceful shutdown; runs it now if nothing is open.
     fn when_empty(lp: &mut EventLoop, server: u64, f: Box<dyn FnOnce(&mut EventLoop)>) {
         let now = lp
@@ -521,6 +526,19 @@ impl TcpServer {
 
     fn stop_inner(&mut self) {
         stop_accepting(&self.shared);
+        // Connections served by the main loop itself (no I/O threads) close now; the idle
+        // wheel and the registry entry go. Runs at once when called on the main loop, else
+        // when the main loop next runs (or never, if it is gone: then so are they).
+        let id = self.shared.id;
+        let _ = self.shared.main.run_in_loop(move |lp| {
+            IdleWheels::uninstall(lp, id);
+            for c in Registries::list(lp, id) {
+                if c.loop_handle().is_in_loop_thread() {
+                    let _ = c.force_close();
+                }
+            }
+            Registries::forget(lp, id);
+        });
         if let Err(e) = self.pool.stop() {
             log::error!("server {}: {e}", self.shared.name);
         }

@@ -40,6 +40,10 @@ impl EventLoopThread {
         let thread = thread::Builder::new()
             .name(name.to_owned())
             .spawn(move || {
+                // Stop signals go to the application's threads, not to a loop thread.
+                if let Err(e) = duo_sys::block_termination_signals() {
+                    log::warn!("cannot block stop signals on a loop thread: {e}");
+                }
                 let mut lp = match EventLoop::new() {
                     Ok(lp) => lp,
                     Err(e) => {

@@ -22,6 +22,7 @@ mod event_loop_thread_pool;
 mod loop_handle;
 mod poller;
 mod registry;
+mod signals;
 mod thread_id;
 mod timer_queue;
 mod timing_wheel;
@@ -36,4 +37,4 @@ pub use poller::Poller;
 pub use timer_queue::{TimerId, TimerQueue};
 pub use timing_wheel::TimingWheel;
 
-pub use duo_sys::{Interest, Ready};
+pub use duo_sys::{Interest, Ready, Signal};

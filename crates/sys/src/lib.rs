@@ -26,10 +26,13 @@ pub mod timerfd;
 
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
-pub use signalfd::{block_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo};
+pub use signalfd::{
+    block_signals, block_termination_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo,
+    TERMINATION_SIGNALS,
+};
 pub use socket::{
-    accept4, bytes_available, is_fd_exhaustion, readv, send_vectored, shutdown_write,
-    take_socket_error, writev, IOV_MAX,
+    accept4, bytes_available, is_connect_in_progress, is_fd_exhaustion, readv, send_vectored,
+    shutdown_write, take_socket_error, writev, IOV_MAX,
 };
 pub use timerfd::TimerFd;
 

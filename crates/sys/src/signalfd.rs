@@ -109,6 +109,17 @@ pub fn block_signals(signals: &[Signal]) -> io::Result<()> {
     Ok(())
 }
 
+/// The signals that ask a process to stop: `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGQUIT`.
+pub const TERMINATION_SIGNALS: [Signal; 4] = [Signal::INT, Signal::TERM, Signal::HUP, Signal::QUIT];
+
+/// Blocks [`TERMINATION_SIGNALS`] in the calling thread. duo's own threads (I/O loops,
+/// worker pools) call it when they start, so a process-directed stop signal is handled by
+/// a thread of the application (the main thread, or a [`SignalFd`]) and never by a
+/// library thread.
+pub fn block_termination_signals() -> io::Result<()> {
+    block_signals(&TERMINATION_SIGNALS)
+}
+
 /// Ignores `SIGPIPE` for the whole process, so writing to a socket whose peer has gone
 /// fails with `EPIPE` instead of killing the process. Idempotent.
 pub fn ignore_sigpipe() -> io::Result<()> {

@@ -170,3 +170,14 @@ pub fn bytes_available(fd: BorrowedFd<'_>) -> io::Result<usize> {
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
+
+/// Whether an error from a non-blocking `connect` means the connection is under way
+/// (`EINPROGRESS`, or `EINTR`, after which the connect also goes on in the background):
+/// wait for the socket to become writable, then read [`take_socket_error`].
+pub fn is_connect_in_progress(err: &io::Error) -> bool {
+    // Not EAGAIN: for TCP that means no free local port, a failure to retry later.
+    matches!(
+        err.raw_os_error(),
+        Some(libc::EINPROGRESS) | Some(libc::EINTR)
+    )
+}

@@ -6,6 +6,12 @@ use super::{drain_frames, CodecError, Frame};
 
 /// Frames of the form `length: u32 big-endian` + `length` bytes of payload.
 ///
+/// A payload of exactly `max_frame` bytes is accepted. A header announcing more is
+/// [`CodecError::FrameTooLarge`] as soon as its 4 bytes are buffered: the decoder neither
+/// waits for nor reserves room for the claimed size. To receive frames of up to
+/// `max_frame` bytes, the connection's [`InputBuffer::max_len`] must be at least
+/// `max_frame + 4` (the whole frame is decoded from one contiguous buffer).
+///
 /// ```
 /// use duo_net::codec::LengthHeaderCodec;
 ///
@@ -30,10 +36,14 @@ impl LengthHeaderCodec {
     /// Size of the length header.
     pub const HEADER_LEN: usize = 4;
 
-    /// A codec accepting payloads of up to `max_frame` bytes (and at most `u32::MAX`).
+    /// A codec accepting payloads of up to `max_frame` bytes (clamped to `u32::MAX`, the
+    /// most a header can announce).
     pub fn new(max_frame: usize) -> LengthHeaderCodec {
+        let limit = usize::try_from(u32::MAX)
+            .unwrap_or(usize::MAX)
+            .min(usize::MAX - Self::HEADER_LEN);
         LengthHeaderCodec {
-            max_frame: max_frame.min(u32::MAX as usize),
+            max_frame: max_frame.min(limit),
         }
     }
 
@@ -43,9 +53,9 @@ impl LengthHeaderCodec {
     }
 
     /// Decodes the frame at the start of `input`: `Ok(None)` if it is not complete yet,
-    /// an error if its header announces more than the maximum.
+    /// an error as soon as its header is there and announces more than the maximum.
     pub fn decode<'a>(&self, input: &'a [u8]) -> Result<Option<Frame<'a>>, CodecError> {
-        let Some(header) = input.first_chunk::<4>() else {
+        let Some(header) = input.first_chunk::<{ Self::HEADER_LEN }>() else {
             return Ok(None);
         };
         let len = u32::from_be_bytes(*header) as usize;
@@ -71,7 +81,8 @@ impl LengthHeaderCodec {
         drain_frames(input, |b| self.decode(b), f)
     }
 
-    /// The header for a payload of `len` bytes.
+    /// The header for a payload of `len` bytes; [`CodecError::FrameTooLarge`] if `len`
+    /// exceeds the maximum.
     pub fn header(&self, len: usize) -> Result<[u8; 4], CodecError> {
         if len > self.max_frame {
             return Err(CodecError::FrameTooLarge {
@@ -82,9 +93,12 @@ impl LengthHeaderCodec {
         Ok((len as u32).to_be_bytes())
     }
 
-    /// Appends the framed `payload` to `out`.
+    /// Appends the framed `payload` to `out`; [`CodecError::FrameTooLarge`] (and nothing
+    /// appended) if it exceeds the maximum.
     pub fn encode(&self, payload: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
-        out.extend_from_slice(&self.header(payload.len())?);
+        let header = self.header(payload.len())?;
+        out.reserve(Self::HEADER_LEN + payload.len());
+        out.extend_from_slice(&header);
         out.extend_from_slice(payload);
         Ok(())
     }

@@ -7,6 +7,26 @@ use super::{drain_frames, CodecError, Frame};
 /// Text lines ending in `\n` or `\r\n`, of at most `max_line` bytes (line end not
 /// counted). The payload of a decoded line excludes its line end.
 ///
+/// # Decoding rules
+///
+/// - A line ends at the first `\n`; one `\r` right before it belongs to the line end and
+///   is stripped. Any other `\r` (a lone `\r` inside the line, or the first of `\r\r\n`)
+///   is part of the payload. An empty line (`\n` or `\r\n` alone) is an empty payload.
+/// - A line of exactly `max_line` bytes is accepted; `max_line + 1` bytes is
+///   [`CodecError::LineTooLong`].
+/// - Without a `\n`, the decoder fails as soon as the buffered bytes prove the line too
+///   long: once `max_line + 1` bytes are buffered, unless the last of them is `\r` (it may
+///   be the first half of a `\r\n`), in which case once `max_line + 2` are. In other words
+///   it fails when the bytes buffered, minus a trailing `\r`, exceed `max_line` (the rule of
+///   [`InputBuffer::next_line`]). It never looks further than `max_line + 2` bytes.
+///
+/// # Encoding rules
+///
+/// [`encode`](LineCodec::encode) appends `\n`. It refuses a line longer than `max_line`
+/// ([`CodecError::LineTooLong`]), and one containing `\n` or ending in `\r`
+/// ([`CodecError::EmbeddedNewline`]): that `\r` would merge with the `\n` into a `\r\n`
+/// line end and be lost, so the line would not decode to itself.
+///
 /// ```
 /// use duo_net::codec::LineCodec;
 ///
@@ -34,26 +54,33 @@ impl LineCodec {
     }
 
     /// Decodes the line at the start of `input`: `Ok(None)` if its end has not arrived
-    /// (and it is not yet too long), an error once it is longer than the maximum.
+    /// (and it is not yet known to be too long), an error once it is known to be longer
+    /// than the maximum (see the type's documentation for the exact rule).
     pub fn decode<'a>(&self, input: &'a [u8]) -> Result<Option<Frame<'a>>, CodecError> {
         // Content, an optional '\r' and the '\n': look no further than that.
         let window = &input[..input.len().min(self.max_line.saturating_add(2))];
+        let too_long = CodecError::LineTooLong { max: self.max_line };
         match window.iter().position(|&b| b == b'\n') {
             Some(nl) => {
                 let content = &input[..nl];
                 let content = content.strip_suffix(b"\r").unwrap_or(content);
                 if content.len() > self.max_line {
-                    return Err(CodecError::LineTooLong { max: self.max_line });
+                    return Err(too_long);
                 }
                 Ok(Some(Frame {
                     payload: content,
                     consumed: nl + 1,
                 }))
             }
-            None if window.len() >= self.max_line.saturating_add(2) => {
-                Err(CodecError::LineTooLong { max: self.max_line })
+            None => {
+                // A trailing '\r' may be the first half of the line end.
+                let pending = window.len() - usize::from(window.last() == Some(&b'\r'));
+                if pending > self.max_line {
+                    Err(too_long)
+                } else {
+                    Ok(None)
+                }
             }
-            None => Ok(None),
         }
     }
 
@@ -66,15 +93,18 @@ impl LineCodec {
         drain_frames(input, |b| self.decode(b), f)
     }
 
-    /// Appends `line` and `\n` to `out`; a line longer than the maximum or containing
-    /// `\n` is refused.
+    /// Appends `line` and `\n` to `out`. A line longer than the maximum is refused with
+    /// [`CodecError::LineTooLong`]; one containing `\n` or ending in `\r` (which would
+    /// become part of the line end) with [`CodecError::EmbeddedNewline`]. Nothing is
+    /// appended on error.
     pub fn encode(&self, line: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         if line.len() > self.max_line {
             return Err(CodecError::LineTooLong { max: self.max_line });
         }
-        if line.contains(&b'\n') {
+        if line.contains(&b'\n') || line.last() == Some(&b'\r') {
             return Err(CodecError::EmbeddedNewline);
         }
+        out.reserve(line.len() + 1);
         out.extend_from_slice(line);
         out.push(b'\n');
         Ok(())

@@ -48,8 +48,8 @@ pub enum CodecError {
 /// Decodes frames one by one from `input`, calling `f` on each and consuming it; stops
 /// at the first incomplete frame. Returns the number of frames, or the first error (the
 /// frames before it were delivered and consumed).
-pub(crate) fn drain_frames<'i>(
-    input: &'i mut InputBuffer,
+pub(crate) fn drain_frames(
+    input: &mut InputBuffer,
     decode: impl Fn(&[u8]) -> Result<Option<Frame<'_>>, CodecError>,
     mut f: impl FnMut(&[u8]),
 ) -> Result<usize, CodecError> {

@@ -1,0 +1,577 @@
+//! [`TcpClient`]: one outgoing connection with non-blocking connect, retry and reconnect
+//! (muduo's `TcpClient` + `Connector`).
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_buffer::InputBuffer;
+use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopHandle, TimerId, Token};
+use parking_lot::Mutex;
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use crate::callbacks::Callbacks;
+use crate::connection::{Conn, ConnOptions, RemoveHook};
+use crate::server::defaults;
+use crate::stats::{IoCounters, LoopStats};
+use crate::{ConnCtx, TcpConnection};
+
+/// Defaults of a [`ClientBuilder`].
+pub mod client_defaults {
+    use std::time::Duration;
+
+    /// First delay before retrying a failed connect: 500 ms.
+    pub const RETRY_INITIAL: Duration = Duration::from_millis(500);
+    /// The delay doubles after each failure up to this: 30 s.
+    pub const RETRY_MAX: Duration = Duration::from_secs(30);
+}
+
+/// Builds a [`TcpClient`]; from [`TcpClient::builder`].
+pub struct ClientBuilder {
+    name: String,
+    addr: SocketAddr,
+    reconnect: bool,
+    retry_initial: Duration,
+    retry_max: Duration,
+    edge_triggered: bool,
+    high_water: usize,
+    low_water: Option<usize>,
+    max_input: usize,
+    tcp_nodelay: bool,
+    callbacks: Callbacks,
+}
+
+impl ClientBuilder {
+    /// Reconnect (after the retry delay) when an established connection closes, unless
+    /// the close came from [`TcpClient::disconnect`] or [`TcpClient::stop`]. Off by
+    /// default. Failed connect attempts are always retried.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+    /// Retry delays: the first failure waits `initial`, each further one twice as long,
+    /// at most `max` (defaults [`client_defaults::RETRY_INITIAL`] and
+    /// [`client_defaults::RETRY_MAX`]).
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.retry_initial = initial.max(Duration::from_millis(1));
+        self.retry_max = max.max(self.retry_initial);
+        self
+    }
+    /// Edge-triggered (default) or level-triggered connection.
+    pub fn edge_triggered(mut self, on: bool) -> Self {
+        self.edge_triggered = on;
+        self
+    }
+    /// Output-buffer high and low water marks (see [`ServerBuilder::water_marks`](crate::ServerBuilder::water_marks)).
+    pub fn water_marks(mut self, high: usize, low: usize) -> Self {
+        self.high_water = high.max(1);
+        self.low_water = Some(low.min(self.high_water));
+        self
+    }
+    /// Largest unconsumed input (default [`defaults::MAX_INPUT`]).
+    pub fn max_input(mut self, bytes: usize) -> Self {
+        self.max_input = bytes.max(1);
+        self
+    }
+    /// Sets `TCP_NODELAY` on the connection (default off).
+    pub fn tcp_nodelay(mut self, on: bool) -> Self {
+        self.tcp_nodelay = on;
+        self
+    }
+    /// Called when the connection comes up and when it goes down.
+    pub fn on_connection(mut self, f: impl Fn(&TcpConnection) + Send + Sync + 'static) -> Self {
+        self.callbacks.connection = Some(Arc::new(f));
+        self
+    }
+    /// Called when bytes arrive.
+    pub fn on_message(
+        mut self,
+        f: impl Fn(&mut ConnCtx<'_>, &mut InputBuffer) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.message = Some(Arc::new(f));
+        self
+    }
+    /// Called when the output buffer has been fully written.
+    pub fn on_write_complete(
+        mut self,
+        f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.write_complete = Some(Arc::new(f));
+        self
+    }
+    /// Called when the output buffer crosses the high-water mark.
+    pub fn on_high_water_mark(
+        mut self,
+        f: impl Fn(&mut ConnCtx<'_>, usize) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.high_water_mark = Some(Arc::new(f));
+        self
+    }
+    /// Called when the connection has closed.
+    pub fn on_close(mut self, f: impl Fn(&TcpConnection) + Send + Sync + 'static) -> Self {
+        self.callbacks.close = Some(Arc::new(f));
+        self
+    }
+
+    /// Creates the client on the loop behind `lp` and starts connecting.
+    pub fn connect(self, lp: &LoopHandle) -> TcpClient {
+        let inner = Arc::new(Inner {
+            name: self.name,
+            addr: self.addr,
+            lp: lp.clone(),
+            reconnect: self.reconnect,
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
+            tcp_nodelay: self.tcp_nodelay,
+            callbacks: Arc::new(self.callbacks),
+            opts: Arc::new(ConnOptions {
+                edge_triggered: self.edge_triggered,
+                high_water: self.high_water,
+                low_water: self.low_water.unwrap_or(self.high_water / 2),
+                max_input: self.max_input,
+                idle_key: None,
+            }),
+            counters: Arc::new(IoCounters::default()),
+            next_id: AtomicU64::new(1),
+            attempts: AtomicU64::new(0),
+            state: Mutex::new(State {
+                wanted: false,
+                phase: Phase::Idle,
+                delay: self.retry_initial,
+            }),
+        });
+        let client = TcpClient { inner };
+        client.connect();
+        client
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("reconnect", &self.reconnect)
+            .field("retry_initial", &self.retry_initial)
+            .field("retry_max", &self.retry_max)
+            .field("callbacks", &self.callbacks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Where the client is. Changed only on its loop.
+#[derive(Debug)]
+enum Phase {
+    /// Nothing in progress.
+    Idle,
+    /// A non-blocking connect is in flight on this channel.
+    Connecting(Token),
+    /// Waiting for the retry timer.
+    Waiting(TimerId),
+    /// Connected.
+    Connected(TcpConnection),
+}
+
+struct State {
+    /// The user wants a connection (set by `connect`, cleared by `disconnect`/`stop`).
+    wanted: bool,
+    phase: Phase,
+    /// The next retry delay.
+    delay: Duration,
+}
+
+struct Inner {
+    name: String,
+    addr: SocketAddr,
+    lp: LoopHandle,
+    reconnect: bool,
+    retry_initial: Duration,
+    retry_max: Duration,
+    tcp_nodelay: bool,
+    callbacks: Arc<Callbacks>,
+    opts: Arc<ConnOptions>,
+    counters: Arc<IoCounters>,
+    next_id: AtomicU64,
+    attempts: AtomicU64,
+    state: Mutex<State>,
+}
+
+/// A TCP client: connects to one server address from a loop and serves the connection
+/// with the same callbacks as [`TcpServer`](crate::TcpServer).
+///
+/// The connect is non-blocking (`EINPROGRESS`, then writability and `SO_ERROR`). A failed
+/// attempt is retried after a delay that starts at 500 ms and doubles up to 30 s
+/// ([`ClientBuilder::retry_backoff`]); a connection to itself (possible on loopback when
+/// the kernel picks the server's port as the ephemeral port) is detected and retried.
+/// With [`ClientBuilder::reconnect`], a connection that closes is re-established.
+///
+/// All methods are callable from any thread. Dropping the client stops it
+/// ([`TcpClient::stop`]).
+///
+/// # Example
+///
+/// ```
+/// use duo_net::{TcpClient, TcpServer};
+/// use duo_reactor::EventLoop;
+///
+/// let mut lp = EventLoop::new()?;
+/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+///     .on_message(|ctx, input| {
+///         ctx.send(input.peek());
+///         input.consume_all();
+///     })
+///     .start(&mut lp)?;
+/// let client = TcpClient::builder("hello", server.local_addr())
+///     .on_connection(|conn| {
+///         if conn.is_connected() {
+///             let _ = conn.send(&b"ping"[..]);
+///         }
+///     })
+///     .on_message(|ctx, input| {
+///         if input.len() >= 4 {
+///             ctx.event_loop().quit();
+///         }
+///     })
+///     .connect(&lp.handle());
+/// lp.run()?;
+/// client.stop();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TcpClient {
+    inner: Arc<Inner>,
+}
+
+impl TcpClient {
+    /// A builder for a client named `name` that connects to `addr`.
+    pub fn builder(name: &str, addr: SocketAddr) -> ClientBuilder {
+        ClientBuilder {
+            name: name.to_owned(),
+            addr,
+            reconnect: false,
+            retry_initial: client_defaults::RETRY_INITIAL,
+            retry_max: client_defaults::RETRY_MAX,
+            edge_triggered: true,
+            high_water: defaults::HIGH_WATER,
+            low_water: None,
+            max_input: defaults::MAX_INPUT,
+            tcp_nodelay: false,
+            callbacks: Callbacks::default(),
+        }
+    }
+
+    /// The server address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The client's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The current connection, if connected.
+    pub fn connection(&self) -> Option<TcpConnection> {
+        match &self.inner.state.lock().phase {
+            Phase::Connected(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Connect attempts made so far (including the successful ones).
+    pub fn attempts(&self) -> u64 {
+        self.inner.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Bytes moved by this client's connections.
+    pub fn stats(&self) -> LoopStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Starts connecting (again) if not connected or connecting; the retry delay starts
+    /// over. [`ClientBuilder::connect`] already calls it.
+    pub fn connect(&self) {
+        let inner = self.inner.clone();
+        {
+            let mut st = inner.state.lock();
+            st.wanted = true;
+            st.delay = inner.retry_initial;
+        }
+        let me = inner.clone();
+        if inner.lp.run_in_loop(move |lp| start(lp, &me)).is_err() {
+            log::warn!("client {}: loop is gone; cannot connect", inner.name);
+        }
+    }
+
+    /// Stops connecting and retrying, and half-closes the connection if there is one
+    /// (after its output is written; it closes when the server closes its side). Does
+    /// not reconnect afterwards.
+    pub fn disconnect(&self) {
+        self.inner.state.lock().wanted = false;
+        let inner = self.inner.clone();
+        let _ = self.inner.lp.run_in_loop(move |lp| {
+            cancel_attempt(lp, &inner);
+            let conn = match &inner.state.lock().phase {
+                Phase::Connected(c) => Some(c.clone()),
+                _ => None,
+            };
+            if let Some(conn) = conn {
+                let _ = conn.shutdown();
+            }
+        });
+    }
+
+    /// Stops connecting and retrying and closes the connection now (unsent output is
+    /// dropped).
+    pub fn stop(&self) {
+        self.inner.state.lock().wanted = false;
+        let inner = self.inner.clone();
+        let _ = self.inner.lp.run_in_loop(move |lp| {
+            cancel_attempt(lp, &inner);
+            let conn = match &inner.state.lock().phase {
+                Phase::Connected(c) => Some(c.clone()),
+                _ => None,
+            };
+            if let Some(conn) = conn {
+                let _ = conn.force_close();
+            }
+        });
+    }
+}
+
+impl Drop for TcpClient {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+impl fmt::Debug for TcpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.state.lock();
+        f.debug_struct("TcpClient")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .field("wanted", &st.wanted)
+            .field("phase", &st.phase)
+            .finish()
+    }
+}
+
+/// Cancels an in-flight connect or a pending retry (on the loop).
+fn cancel_attempt(lp: &mut EventLoop, inner: &Arc<Inner>) {
+    let phase = {
+        let mut st = inner.state.lock();
+        match st.phase {
+            Phase::Connecting(_) | Phase::Waiting(_) => {
+                std::mem::replace(&mut st.phase, Phase::Idle)
+            }
+            _ => return,
+        }
+    };
+    match phase {
+        Phase::Connecting(token) => {
+            lp.remove_channel(token);
+        }
+        Phase::Waiting(timer) => {
+            lp.cancel(timer);
+        }
+        _ => {}
+    }
+}
+
+/// Begins a connect attempt if one is wanted and nothing is in progress (on the loop).
+fn start(lp: &mut EventLoop, inner: &Arc<Inner>) {
+    {
+        let st = inner.state.lock();
+        if !st.wanted || !matches!(st.phase, Phase::Idle) {
+            return;
+        }
+    }
+    inner.attempts.fetch_add(1, Ordering::Relaxed);
+    let socket = match Socket::new(
+        Domain::for_address(inner.addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    ) {
+        Ok(s) => s,
+        Err(e) => return retry(lp, inner, &format!("socket: {e}")),
+    };
+    match socket.connect(&SockAddr::from(inner.addr)) {
+        Ok(()) => connected(lp, inner, socket),
+        Err(e) if duo_sys::is_connect_in_progress(&e) => {
+            let handler = Connecting {
+                inner: inner.clone(),
+            };
+            match lp.add_channel(socket, Interest::WRITABLE, handler) {
+                Ok(token) => inner.state.lock().phase = Phase::Connecting(token),
+                Err(e) => retry(lp, inner, &format!("register: {}", e.error)),
+            }
+        }
+        Err(e) if fatal(&e) => {
+            log::error!(
+                "client {}: connect to {}: {e}; giving up",
+                inner.name,
+                inner.addr
+            );
+            inner.state.lock().wanted = false;
+        }
+        Err(e) => retry(lp, inner, &e.to_string()),
+    }
+}
+
+/// Errors that a retry cannot fix (bad address family, permissions).
+fn fatal(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+    )
+}
+
+/// Schedules the next attempt after the current delay, and doubles the delay.
+fn retry(lp: &mut EventLoop, inner: &Arc<Inner>, why: &str) {
+    let delay = {
+        let mut st = inner.state.lock();
+        st.phase = Phase::Idle;
+        if !st.wanted {
+            return;
+        }
+        let d = st.delay;
+        st.delay = (d * 2).min(inner.retry_max);
+        d
+    };
+    log::info!(
+        "client {}: connect to {} failed ({why}); retrying in {delay:?}",
+        inner.name,
+        inner.addr
+    );
+    let me = inner.clone();
+    let timer = lp.run_after(delay, move |lp| {
+        {
+            let mut st = me.state.lock();
+            if matches!(st.phase, Phase::Waiting(_)) {
+                st.phase = Phase::Idle;
+            }
+        }
+        start(lp, &me);
+    });
+    inner.state.lock().phase = Phase::Waiting(timer);
+}
+
+/// The connect completed: set the connection up on this loop.
+fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
+    let (local, peer) = match (socket.local_addr(), socket.peer_addr()) {
+        (Ok(l), Ok(p)) => (l.as_socket(), p.as_socket()),
+        (Err(e), _) | (_, Err(e)) => return retry(lp, inner, &e.to_string()),
+    };
+    let (Some(local), Some(peer)) = (local, peer) else {
+        return retry(lp, inner, "not an inet socket");
+    };
+    if local == peer {
+        drop(socket);
+        return retry(lp, inner, "connected to itself");
+    }
+    if !inner.state.lock().wanted {
+        return;
+    }
+    if inner.tcp_nodelay {
+        if let Err(e) = socket.set_nodelay(true) {
+            log::debug!("client {}: TCP_NODELAY: {e}", inner.name);
+        }
+    }
+    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    let name = format!("{}-{peer}#{id}", inner.name);
+    let handle = TcpConnection::new(id, name, peer, local, lp.handle());
+    {
+        let mut st = inner.state.lock();
+        st.phase = Phase::Connected(handle.clone());
+        st.delay = inner.retry_initial;
+    }
+    let weak = Arc::downgrade(inner);
+    let hook: RemoveHook = Arc::new(move |conn: &TcpConnection| {
+        if let Some(inner) = weak.upgrade() {
+            closed(&inner, conn);
+        }
+    });
+    let establish = Conn::establish(
+        lp,
+        socket,
+        handle,
+        inner.callbacks.clone(),
+        inner.opts.clone(),
+        Some(hook),
+        inner.counters.clone(),
+    );
+    if let Err(e) = establish {
+        log::warn!("client {}: cannot register the connection: {e}", inner.name);
+    }
+}
+
+/// The connection closed (on the loop, from inside its handler): forget it and, if
+/// asked to, reconnect.
+fn closed(inner: &Arc<Inner>, conn: &TcpConnection) {
+    let again = {
+        let mut st = inner.state.lock();
+        if matches!(&st.phase, Phase::Connected(c) if c.id() == conn.id()) {
+            st.phase = Phase::Idle;
+        }
+        st.wanted && inner.reconnect
+    };
+    if again {
+        log::info!("client {}: connection closed; reconnecting", inner.name);
+        let me = inner.clone();
+        // Queued: the closing connection's handler is still on the stack.
+        let _ = inner.lp.run_in_loop(move |lp| {
+            if matches!(me.state.lock().phase, Phase::Idle) {
+                retry(lp, &me, "connection closed");
+            }
+        });
+    }
+}
+
+/// The handler of a socket whose connect is in flight.
+struct Connecting {
+    inner: Arc<Inner>,
+}
+
+impl Connecting {
+    /// Writable, error or hang-up: the connect finished one way or the other.
+    fn finish(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        ch.remove();
+        let inner = self.inner.clone();
+        {
+            let mut st = inner.state.lock();
+            match st.phase {
+                Phase::Connecting(t) if t == ch.token() => st.phase = Phase::Idle,
+                _ => return,
+            }
+        }
+        let error = match duo_sys::take_socket_error(ch.fd()) {
+            Ok(None) => None,
+            Ok(Some(e)) | Err(e) => Some(e),
+        };
+        if let Some(e) = error {
+            return retry(lp, &inner, &e.to_string());
+        }
+        // The channel owns the descriptor and deregisters and closes it when this handler
+        // returns; the connection registers its own descriptor for the same socket.
+        let fd = match ch.fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => return retry(lp, &inner, &format!("dup: {e}")),
+        };
+        connected(lp, &inner, Socket::from(fd));
+    }
+}
+
+impl Handler for Connecting {
+    fn handle_write(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.finish(lp, ch);
+    }
+    fn handle_error(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.finish(lp, ch);
+    }
+    fn handle_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.finish(lp, ch);
+    }
+}

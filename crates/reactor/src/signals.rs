@@ -1,0 +1,75 @@
+//! Unix signals as loop events, through a `signalfd` ([`EventLoop::watch_signals`]).
+
+use std::io;
+use std::os::fd::AsFd;
+
+use duo_sys::{Signal, SignalFd};
+
+use crate::{Channel, EventLoop, Handler, Interest, Token};
+
+struct SignalHandler<F> {
+    signals: SignalFd,
+    on_signal: F,
+}
+
+impl<F: FnMut(&mut EventLoop, Signal) + 'static> Handler for SignalHandler<F> {
+    fn handle_read(&mut self, lp: &mut EventLoop, _ch: &mut Channel) {
+        loop {
+            match self.signals.read() {
+                Ok(Some(info)) => {
+                    log::info!("received {} from pid {}", info.signal, info.sender_pid);
+                    (self.on_signal)(lp, info.signal);
+                }
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("reading the signalfd: {e}");
+                    return;
+                }
+            }
+        }
+    }
+}
+
+impl EventLoop {
+    /// Delivers `signals` (say `SIGINT` and `SIGTERM`) to `on_signal` on this loop, as
+    /// ordinary events, instead of running their default action.
+    ///
+    /// The signals are blocked in the calling thread and read from a `signalfd`. The
+    /// kernel hands a process-directed signal to any thread that does not block it, so
+    /// every other thread must block it too: duo's own threads (loop threads, worker
+    /// pools) block [`TERMINATION_SIGNALS`](duo_sys::TERMINATION_SIGNALS) themselves;
+    /// threads you spawn inherit your mask, so for those, call this (or
+    /// [`duo_sys::block_signals`]) before spawning them. Returns the channel's token;
+    /// removing the channel stops the delivery (the signals stay blocked, so they wait
+    /// pending rather than kill the process).
+    ///
+    /// ```no_run
+    /// use duo_reactor::EventLoop;
+    /// use duo_sys::Signal;
+    ///
+    /// let mut lp = EventLoop::new()?;
+    /// lp.watch_signals(&[Signal::INT, Signal::TERM], |lp, sig| {
+    ///     eprintln!("{sig}: stopping");
+    ///     lp.quit();
+    /// })?;
+    /// // ... start servers and threads, then:
+    /// lp.run()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn watch_signals(
+        &mut self,
+        signals: &[Signal],
+        on_signal: impl FnMut(&mut EventLoop, Signal) + 'static,
+    ) -> io::Result<Token> {
+        let fd = SignalFd::new(signals)?;
+        // The loop owns the registered descriptor; the handler keeps the signalfd itself
+        // to read from (both refer to the same open file).
+        let registered = fd.as_fd().try_clone_to_owned()?;
+        let handler = SignalHandler {
+            signals: fd,
+            on_signal,
+        };
+        self.add_channel(registered, Interest::READABLE, handler)
+            .map_err(|e| e.error)
+    }
+}
