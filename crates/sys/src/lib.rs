@@ -20,12 +20,14 @@
 
 pub mod epoll;
 pub mod eventfd;
+pub mod rlimit;
 pub mod signalfd;
 pub mod socket;
 pub mod timerfd;
 
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
+pub use rlimit::{fd_limit, raise_fd_limit, set_fd_limit};
 pub use signalfd::{
     block_signals, block_termination_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo,
     TERMINATION_SIGNALS,

@@ -204,3 +204,12 @@ fn socket_error_reports_a_refused_connect() {
 fn libc_einprogress() -> i32 {
     115
 }
+
+#[test]
+fn fd_limit_can_be_read_and_raised_to_the_hard_limit() {
+    let (soft, hard) = duo_sys::fd_limit().unwrap();
+    assert!(soft <= hard);
+    let raised = duo_sys::raise_fd_limit().unwrap();
+    assert_eq!(raised, hard);
+    assert_eq!(duo_sys::fd_limit().unwrap(), (hard, hard));
+}
