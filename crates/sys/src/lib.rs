@@ -20,14 +20,14 @@
 
 pub mod epoll;
 pub mod eventfd;
-pub mod rlimit;
+pub mod process;
 pub mod signalfd;
 pub mod socket;
 pub mod timerfd;
 
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
-pub use rlimit::{fd_limit, raise_fd_limit, set_fd_limit};
+pub use process::{clock_ticks_per_second, fd_limit, raise_fd_limit, set_fd_limit};
 pub use signalfd::{
     block_signals, block_termination_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo,
     TERMINATION_SIGNALS,

@@ -213,3 +213,9 @@ fn fd_limit_can_be_read_and_raised_to_the_hard_limit() {
     assert_eq!(raised, hard);
     assert_eq!(duo_sys::fd_limit().unwrap(), (hard, hard));
 }
+
+#[test]
+fn clock_ticks_per_second_is_plausible() {
+    let hz = duo_sys::clock_ticks_per_second().unwrap();
+    assert!((10..=10_000).contains(&hz), "{hz}");
+}

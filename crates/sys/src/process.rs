@@ -1,5 +1,6 @@
-//! The per-process open-file limit (`RLIMIT_NOFILE`), which servers and load generators
-//! holding many sockets need to read and raise.
+//! Process-wide facts and limits: the open-file limit (`RLIMIT_NOFILE`), which servers
+//! and load generators holding many sockets need to read and raise, and the clock-tick
+//! rate that `/proc/PID/stat` CPU times are counted in.
 
 use std::io;
 
@@ -36,4 +37,15 @@ pub fn set_fd_limit(soft: u64) -> io::Result<u64> {
 pub fn raise_fd_limit() -> io::Result<u64> {
     let (_, hard) = fd_limit()?;
     set_fd_limit(hard)
+}
+
+/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`): the unit of the `utime` and `stime`
+/// fields of `/proc/PID/stat`.
+pub fn clock_ticks_per_second() -> io::Result<u64> {
+    // SAFETY: `sysconf` takes a plain integer name and touches no memory of ours.
+    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    if n <= 0 {
+        return Err(context("sysconf(_SC_CLK_TCK)")(io::Error::last_os_error()));
+    }
+    Ok(n as u64)
 }
