@@ -1,0 +1,156 @@
+//! Child processes the harness starts (servers under test, the load generator): start,
+//! wait for the `listening on ADDR` line, sample CPU time from `/proc`, stop.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// How long a server may take to print its `listening on` line.
+const STARTUP: Duration = Duration::from_secs(60);
+
+/// A running server, killed (by its PID) and reaped when dropped.
+pub(crate) struct Server {
+    name: String,
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Server {
+    /// Starts `exe args...`, with stderr appended to `log`, and waits for the line
+    /// `listening on ADDR` on its stdout.
+    pub(crate) fn start(
+        name: &str,
+        exe: &Path,
+        args: &[String],
+        log: &Path,
+    ) -> Result<Server, String> {
+        let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let mut child = Command::new(exe)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {}: {e}", exe.display()))?;
+        let stdout = child.stdout.take().expect("stdout is piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            let first = lines.next();
+            let _ = tx.send(first);
+            // Keep draining so the server never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut server = Server {
+            name: name.to_owned(),
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+        };
+        let line = match rx.recv_timeout(STARTUP) {
+            Ok(Some(Ok(line))) => line,
+            Ok(_) => {
+                return Err(format!(
+                    "{name} exited before listening (see {})",
+                    log.display()
+                ))
+            }
+            Err(_) => return Err(format!("{name} did not start listening within {STARTUP:?}")),
+        };
+        server.addr = line
+            .strip_prefix("listening on ")
+            .and_then(|a| a.trim().parse().ok())
+            .ok_or_else(|| format!("{name}: unexpected first line {line:?}"))?;
+        Ok(server)
+    }
+
+    pub(crate) fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// CPU time (user + system) the server has used so far.
+    pub(crate) fn cpu_time(&self) -> Result<Duration, String> {
+        cpu_time(self.pid()).map_err(|e| format!("{}: {e}", self.name))
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// `utime + stime` of a process, from `/proc/PID/stat`.
+pub(crate) fn cpu_time(pid: u32) -> Result<Duration, String> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
+    // The command name (field 2) is in parentheses and may contain spaces: split after
+    // the last ')'. Then state is field 3, utime field 14 and stime field 15.
+    let rest = stat
+        .rsplit_once(')')
+        .map(|(_, r)| r)
+        .ok_or("malformed /proc stat")?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| -> Result<u64, String> {
+        fields
+            .get(i)
+            .and_then(|f| f.parse().ok())
+            .ok_or_else(|| format!("malformed /proc/{pid}/stat"))
+    };
+    let total = ticks(11)? + ticks(12)?;
+    let hz = duo_sys::clock_ticks_per_second().map_err(|e| e.to_string())?;
+    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+/// Runs a command to completion with a wall-clock bound; returns its stdout. stderr goes
+/// to `log`.
+pub(crate) fn run_bounded(
+    cmd: &mut Command,
+    bound: Duration,
+    log: &Path,
+) -> Result<(bool, String), String> {
+    let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(log_file)
+        .spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    let mut stdout = child.stdout.take().expect("stdout is piped");
+    let reader = std::thread::spawn(move || {
+        let mut out = String::new();
+        let _ = std::io::Read::read_to_string(&mut stdout, &mut out);
+        out
+    });
+    let start = Instant::now();
+    let status = loop {
+        if let Ok(Some(status)) = child.try_wait() {
+            break Some(status);
+        }
+        if start.elapsed() > bound {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let out = reader.join().unwrap_or_default();
+    match status {
+        Some(s) => Ok((s.success(), out)),
+        None => Err(format!(
+            "{:?} still running after {bound:?}; killed (see {})",
+            cmd.get_program(),
+            log.display()
+        )),
+    }
+}
