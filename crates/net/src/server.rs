@@ -12,7 +12,7 @@ use duo_buffer::InputBuffer;
 use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, LoopHandle, ThreadInit, Token};
 use parking_lot::Mutex;
 
-use crate::acceptor::{listen, Acceptor, ListenOptions};
+use crate::acceptor::{listen, Acceptor, ListenOptions, NewConnection};
 use crate::callbacks::Callbacks;
 use crate::connection::{Conn, ConnOptions, RemoveHook};
 use crate::idle::IdleWheels;
@@ -248,7 +248,7 @@ fn new_connection_handler(
     opts: Arc<ConnOptions>,
     max_connections: Option<usize>,
     tcp_nodelay: bool,
-) -> Box<dyn FnMut(&mut EventLoop, socket2::Socket, SocketAddr)> {
+) -> NewConnection {
     let mut next_loop = 0usize;
     let mut next_id = 0u64;
     Box::new(move |lp, socket, peer| {
@@ -319,6 +319,9 @@ fn remove_hook(shared: &Arc<ServerShared>) -> RemoveHook {
     })
 }
 
+/// A function to run on the main loop.
+type LoopFn = Box<dyn FnOnce(&mut EventLoop)>;
+
 /// The live connections of every server on a main loop, as a loop-local value: owned by the
 /// main loop, touched only there.
 #[derive(Default)]
@@ -330,7 +333,7 @@ struct Registries {
 struct Registry {
     conns: HashMap<u64, TcpConnection>,
     /// Runs when the registry empties during a graceful shutdown.
-    on_empty: Option<Box<dyn FnOnce(&mut EventLoop)>>,
+    on_empty: Option<LoopFn>,
 }
 
 impl Registries {
@@ -392,7 +395,7 @@ impl Registries {
     }
 
     /// Sets the continuation of a graceful shutdown; runs it now if nothing is open.
-    fn when_empty(lp: &mut EventLoop, server: u64, f: Box<dyn FnOnce(&mut EventLoop)>) {
+    fn when_empty(lp: &mut EventLoop, server: u64, f: LoopFn) {
         let now = lp
             .with_local::<Registries, _>(|_, r| {
                 let reg = r.servers.entry(server).or_default();

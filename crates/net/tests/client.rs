@@ -96,7 +96,7 @@ fn client(
             let _ = tx2.send(Event::Echo(input.peek().to_vec()));
             input.consume_all();
         })
-        .connect(&lp.handle())
+        .connect(lp.handle())
 }
 
 /// Sends `msg` and collects the echo (which may arrive in pieces).
