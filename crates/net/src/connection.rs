@@ -425,11 +425,13 @@ impl Handler for Conn {
                     self.io.handle.touch();
                     self.io.idle_refresh(lp, ch.token());
                     self.deliver(lp, ch);
-                    if ch.is_removed()
-                        || !ch.is_reading()
-                        || !self.io.opts.edge_triggered
-                        || drained
-                    {
+                    if ch.is_removed() || !ch.is_reading() || !self.io.opts.edge_triggered {
+                        return;
+                    }
+                    // A short read means the socket is drained, and saves the read that
+                    // would return EAGAIN, unless the peer's FIN came with the data: then
+                    // no new edge will report it, so read on to see the EOF now.
+                    if drained && !ch.ready().is_read_hup() {
                         return;
                     }
                 }

@@ -5,7 +5,7 @@ use std::any::Any;
 use std::fmt;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
-use duo_sys::Interest;
+use duo_sys::{Interest, Ready};
 
 use crate::EventLoop;
 
@@ -56,6 +56,8 @@ pub struct Channel {
     interest: Interest,
     /// What epoll currently has.
     pub(crate) registered: Interest,
+    /// The readiness being dispatched (empty outside dispatch).
+    pub(crate) ready: Ready,
     removed: bool,
 }
 
@@ -66,8 +68,20 @@ impl Channel {
             token,
             interest,
             registered: interest,
+            ready: Ready::from_bits(0),
             removed: false,
         }
+    }
+
+    /// The readiness the kernel reported for the event being dispatched (empty when the
+    /// channel is reached outside dispatch, through [`EventLoop::with_channel`]). An
+    /// edge-triggered reader that stops before `EAGAIN` (after a short read, say) must
+    /// check [`Ready::is_read_hup`] here: the peer's half-close may already be in, and
+    /// no further edge will report it.
+    ///
+    /// [`EventLoop::with_channel`]: crate::EventLoop::with_channel
+    pub fn ready(&self) -> Ready {
+        self.ready
     }
 
     /// The descriptor, for reading, writing and socket options.

@@ -246,6 +246,7 @@ impl EventLoop {
             }),
             (ready.is_writable(), |h, lp, ch| h.handle_write(lp, ch)),
         ];
+        reg.channel.ready = ready;
         for (wanted, step) in steps {
             if !wanted {
                 continue;
@@ -255,6 +256,7 @@ impl EventLoop {
             }
             step(reg.handler.as_mut(), self, &mut reg.channel);
         }
+        reg.channel.ready = Ready::from_bits(0);
         self.put_back(token, reg);
     }
 

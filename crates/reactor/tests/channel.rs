@@ -295,3 +295,32 @@ fn a_failed_registration_hands_the_fd_back() {
     let _file_back: std::os::fd::OwnedFd = err.fd;
     assert_eq!(lp.channel_count(), 0);
 }
+
+#[test]
+fn ready_reports_the_peer_half_close_that_came_with_the_data() {
+    let mut lp = EventLoop::new().unwrap();
+    guard(&mut lp, 5_000);
+    let (a, b) = pair();
+    (&a).write_all(b"last words").unwrap();
+    a.shutdown(std::net::Shutdown::Write).unwrap();
+    let seen = Rc::new(RefCell::new(None));
+    let s = seen.clone();
+    lp.add_channel(
+        b,
+        Interest::READABLE | Interest::EDGE,
+        FnHandler::new().on_read(move |lp, ch| {
+            *s.borrow_mut() = Some((ch.ready().is_readable(), ch.ready().is_read_hup()));
+            ch.remove();
+            lp.quit();
+        }),
+    )
+    .unwrap();
+    lp.run().unwrap();
+    // One edge carried both: a reader that stopped after the data would never hear of the
+    // FIN again, which is why the readiness is exposed.
+    assert_eq!(*seen.borrow(), Some((true, true)));
+    let t = lp
+        .add_channel(pair().0, Interest::READABLE, FnHandler::new())
+        .unwrap();
+    lp.with_channel(t, |_, ch, _| assert_eq!(ch.ready().bits(), 0));
+}
