@@ -256,6 +256,12 @@ impl TcpConnection {
         self.run_in_loop(|ctx| ctx.force_close())
     }
 
+    /// Stops reading and closes once everything queued before this call is written
+    /// (see [`ConnCtx::close_after_flush`]).
+    pub fn close_after_flush(&self) -> Result<(), ConnectionClosed> {
+        self.run_in_loop(|ctx| ctx.close_after_flush())
+    }
+
     /// Closes the connection after `delay` unless it closed meanwhile.
     pub fn force_close_after(&self, delay: Duration) -> Result<(), ConnectionClosed> {
         let me = self.clone();
@@ -437,7 +443,7 @@ impl Handler for Conn {
                 }
                 Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => {
-                    self.io.peer_closed(lp, ch);
+                    self.io.close_after_flush(lp, ch);
                     return;
                 }
                 Err(BufferError::Full { limit }) => {
@@ -674,8 +680,9 @@ impl ConnIo {
         }
     }
 
-    /// The peer sent EOF: deliver what we still owe it, then close.
-    fn peer_closed(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+    /// The peer sent EOF, or we are done with it: stop reading, deliver what we still
+    /// owe it, then close.
+    fn close_after_flush(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         ch.disable_reading();
         self.close_when_drained = true;
         if self.output.is_empty() {
@@ -779,6 +786,14 @@ impl ConnCtx<'_> {
     /// Closes now, dropping unsent output.
     pub fn force_close(&mut self) {
         self.io.close(self.lp, self.ch);
+    }
+
+    /// Stops reading and closes as soon as the output buffer is written: for ending a
+    /// connection after a final reply (an error to a hostile peer, say) without losing
+    /// the replies before it, and without waiting for the peer as
+    /// [`shutdown`](ConnCtx::shutdown) does.
+    pub fn close_after_flush(&mut self) {
+        self.io.close_after_flush(self.lp, self.ch);
     }
 
     /// Stops reading from the socket.

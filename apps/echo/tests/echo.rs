@@ -1,0 +1,532 @@
+//! End-to-end tests of the `echo` binary, run as a user would: start it with
+//! `--listen 127.0.0.1:0`, read the `listening on` line, talk TCP to it, send it signals.
+//!
+//! Every child is killed (by PID) and reaped by a drop guard, every wait and every socket
+//! read has a deadline, so a broken server fails a test instead of hanging it.
+
+use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+const STARTUP: Duration = Duration::from_secs(20);
+const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `echo` server; killed and reaped on drop.
+struct Server {
+    child: Child,
+    addr: SocketAddr,
+    stderr: Arc<Mutex<String>>,
+}
+
+impl Server {
+    /// Starts `echo [serve] --listen 127.0.0.1:0 ARGS..` (`serve` is kept first if given).
+    fn start(args: &[&str]) -> Server {
+        let (sub, args) = match args.split_first() {
+            Some((&"serve", rest)) => (&["serve"][..], rest),
+            _ => (&[][..], args),
+        };
+        let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
+            .args(sub)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn echo");
+        let stdout = child.stdout.take().expect("piped stdout");
+        let stderr = drain(child.stderr.take().expect("piped stderr"));
+        let (tx, rx) = mpsc::channel();
+        thread::spawn(move || {
+            let mut lines = BufReader::new(stdout).lines();
+            if let Some(Ok(line)) = lines.next() {
+                let _ = tx.send(line);
+            }
+            // Keep reading so the child never blocks on a full pipe.
+            for _ in lines {}
+        });
+        let mut server = Server {
+            child,
+            addr: "0.0.0.0:0".parse().unwrap(),
+            stderr,
+        };
+        let line = match rx.recv_timeout(STARTUP) {
+            Ok(line) => line,
+            Err(e) => panic!(
+                "no `listening on` line within {STARTUP:?} ({e}); stderr:\n{}",
+                server.stderr()
+            ),
+        };
+        server.addr = line
+            .strip_prefix("listening on ")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .expect("listening address");
+        assert_ne!(server.addr.port(), 0, "the real port is printed");
+        server
+    }
+
+    fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect(self.addr).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    }
+
+    fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// Waits until stderr contains `needle`; panics with the log after `timeout`.
+    fn wait_for_log(&self, needle: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        while !self.stderr().contains(needle) {
+            assert!(
+                Instant::now() < deadline,
+                "no log line with {needle:?} within {timeout:?}; stderr:\n{}",
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn signal(&self, name: &str) {
+        let status = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{name} failed");
+    }
+
+    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
+        wait_with_deadline(&mut self.child, timeout).unwrap_or_else(|| {
+            panic!(
+                "server still running after {timeout:?}; stderr:\n{}",
+                self.stderr()
+            )
+        })
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        // Child::kill sends SIGKILL to this child's PID; harmless if it has exited.
+        let _ = self.child.kill();
+        let _ = wait_with_deadline(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// Collects everything a pipe yields into a shared string (on a thread).
+fn drain(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
+    let out = Arc::new(Mutex::new(String::new()));
+    let sink = out.clone();
+    thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap()
+                .push_str(&String::from_utf8_lossy(&buf[..n]));
+        }
+    });
+    out
+}
+
+fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(Duration::from_millis(10));
+    }
+}
+
+/// A small deterministic PRNG (xorshift64*), enough for test data.
+struct Rng(u64);
+
+impl Rng {
+    fn new(seed: u64) -> Rng {
+        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
+    }
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: usize) -> usize {
+        (self.next() % n as u64) as usize
+    }
+    fn bytes(&mut self, n: usize) -> Vec<u8> {
+        (0..n).map(|_| self.next() as u8).collect()
+    }
+}
+
+/// Writes `data` in random-sized pieces.
+fn write_chunked(stream: &mut TcpStream, data: &[u8], rng: &mut Rng, max_chunk: usize) {
+    let mut rest = data;
+    while !rest.is_empty() {
+        let n = (1 + rng.below(max_chunk)).min(rest.len());
+        stream.write_all(&rest[..n]).expect("write");
+        rest = &rest[n..];
+    }
+}
+
+/// Sends `data` in random chunks while a second thread reads the echo; asserts every byte
+/// comes back in order.
+fn raw_round_trip(server: &Server, seed: u64, len: usize) {
+    let mut rng = Rng::new(seed);
+    let data = rng.bytes(len);
+    let mut writer = server.connect();
+    let mut reader = writer.try_clone().unwrap();
+    let expected = data.clone();
+    let read = thread::spawn(move || {
+        let mut got = vec![0u8; expected.len()];
+        reader.read_exact(&mut got).expect("read the echo");
+        assert!(got == expected, "echoed bytes differ");
+    });
+    write_chunked(&mut writer, &data, &mut rng, 8192);
+    read.join().expect("reader");
+    writer.shutdown(Shutdown::Write).unwrap();
+    let mut rest = Vec::new();
+    let n = writer.read_to_end(&mut rest).expect("read EOF");
+    assert_eq!(n, 0, "nothing beyond the echo");
+}
+
+fn packet(kind: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn read_packet(stream: &mut TcpStream) -> (u32, Vec<u8>) {
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).expect("read packet header");
+    let kind = u32::from_be_bytes(header[..4].try_into().unwrap());
+    let len = u32::from_be_bytes(header[4..].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .expect("read packet payload");
+    (kind, payload)
+}
+
+/// Reads until the server closes; true for an orderly EOF.
+fn read_eof(stream: &mut TcpStream) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == ErrorKind::Interrupted => continue,
+            Err(e) if e.kind() == ErrorKind::WouldBlock || e.kind() == ErrorKind::TimedOut => {
+                panic!("server did not close the connection within {IO_TIMEOUT:?}")
+            }
+            Err(_) => return false,
+        }
+    }
+}
+
+fn framed_round_trip(stream: &mut TcpStream, payload: &[u8]) {
+    stream.write_all(&packet(1, payload)).unwrap();
+    let (kind, echoed) = read_packet(stream);
+    assert_eq!(kind, 2, "DATA_SEND is answered with DATA_ECHO");
+    assert!(echoed == payload, "same payload");
+}
+
+#[test]
+fn raw_echo_keeps_every_byte_for_several_clients() {
+    let server = Server::start(&["--io-threads", "2"]);
+    thread::scope(|scope| {
+        for i in 0..4u64 {
+            let server = &server;
+            scope.spawn(move || raw_round_trip(server, i + 1, 300_000 + 70_001 * i as usize));
+        }
+    });
+}
+
+#[test]
+fn framed_echo_answers_every_packet_in_order() {
+    let server = Server::start(&["--framed", "--io-threads", "2"]);
+    thread::scope(|scope| {
+        for seed in 1..=3u64 {
+            let server = &server;
+            scope.spawn(move || {
+                let mut rng = Rng::new(seed * 7919);
+                let mut payloads: Vec<Vec<u8>> = (0..300)
+                    .map(|_| {
+                        let len = if rng.below(10) == 0 {
+                            rng.below(200_000)
+                        } else {
+                            rng.below(2_000)
+                        };
+                        rng.bytes(len)
+                    })
+                    .collect();
+                payloads.push(Vec::new());
+                payloads.push(rng.bytes(1 << 20)); // exactly the maximum
+                let wire: Vec<u8> = payloads.iter().flat_map(|p| packet(1, p)).collect();
+                let mut writer = server.connect();
+                let mut reader = writer.try_clone().unwrap();
+                let read = thread::spawn(move || {
+                    for (i, want) in payloads.iter().enumerate() {
+                        let (kind, got) = read_packet(&mut reader);
+                        assert_eq!(kind, 2, "packet {i}: type");
+                        assert!(got == *want, "packet {i}: payload differs");
+                    }
+                });
+                write_chunked(&mut writer, &wire, &mut rng, 5_000);
+                read.join().expect("reader");
+            });
+        }
+    });
+}
+
+#[test]
+fn framed_partial_header_and_payload_wait_for_the_rest() {
+    let server = Server::start(&["--framed", "--io-threads", "1"]);
+    let mut s = server.connect();
+    s.set_nodelay(true).unwrap();
+    let wire = packet(1, b"split across writes");
+    for byte in &wire {
+        s.write_all(&[*byte]).unwrap();
+        thread::sleep(Duration::from_millis(2));
+    }
+    let (kind, payload) = read_packet(&mut s);
+    assert_eq!((kind, &payload[..]), (2, &b"split across writes"[..]));
+}
+
+#[test]
+fn framed_unknown_type_closes_only_that_connection() {
+    let server = Server::start(&["--framed", "--io-threads", "2"]);
+    let mut good = server.connect();
+    framed_round_trip(&mut good, b"before");
+    let mut bad = server.connect();
+    framed_round_trip(&mut bad, b"valid first");
+    bad.write_all(&packet(7, b"")).unwrap();
+    assert!(read_eof(&mut bad), "the server closes the connection (EOF)");
+    server.wait_for_log("unknown packet type 7", Duration::from_secs(5));
+    framed_round_trip(&mut good, b"still served");
+    // A new connection is still accepted and served.
+    framed_round_trip(&mut server.connect(), b"new one");
+}
+
+#[test]
+fn framed_oversize_length_closes_the_connection() {
+    let server = Server::start(&["--framed"]);
+    let mut s = server.connect();
+    let mut header = Vec::new();
+    header.extend_from_slice(&1u32.to_be_bytes());
+    header.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
+    s.write_all(&header).unwrap();
+    assert!(read_eof(&mut s), "the server closes the connection (EOF)");
+    server.wait_for_log("exceeds the maximum", Duration::from_secs(5));
+    framed_round_trip(&mut server.connect(), b"others are fine");
+}
+
+#[test]
+fn sigterm_drains_and_exits_zero() {
+    let mut server = Server::start(&["--io-threads", "2"]);
+    let mut s = server.connect();
+    s.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+    let sent = Instant::now();
+    server.signal("TERM");
+    // Graceful: the server half-closes our connection; we close ours, it exits.
+    assert!(read_eof(&mut s), "half-closed by the server");
+    drop(s);
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert!(sent.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn sigterm_with_a_client_that_never_closes_exits_within_five_seconds() {
+    let mut server = Server::start(&["--io-threads", "1"]);
+    let _stubborn = server.connect();
+    thread::sleep(Duration::from_millis(100));
+    let sent = Instant::now();
+    server.signal("TERM");
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert!(sent.elapsed() < Duration::from_secs(5));
+}
+
+#[test]
+fn sigint_without_clients_exits_zero() {
+    let mut server = Server::start(&["--io-threads", "0", "--framed"]);
+    server.signal("INT");
+    let status = server.wait_exit(Duration::from_secs(5));
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+}
+
+/// Runs the binary to completion with a deadline; returns (status, stdout, stderr).
+fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn echo");
+    let out = drain(child.stdout.take().unwrap());
+    let err = drain(child.stderr.take().unwrap());
+    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
+        panic!("echo {args:?} did not exit");
+    };
+    // The pipes close at exit; give the drain threads a moment to finish.
+    thread::sleep(Duration::from_millis(50));
+    let out = out.lock().unwrap().clone();
+    let err = err.lock().unwrap().clone();
+    (status, out, err)
+}
+
+#[test]
+fn bad_flags_are_usage_errors() {
+    for args in [
+        &["--bogus"][..],
+        &["serve", "--trigger", "sideways"],
+        &["--io-threads", "many"],
+        &["--listen", "not an address"],
+        &["--stats-interval", "0"],
+    ] {
+        let (status, out, err) = run_to_exit(args);
+        assert_eq!(status.code(), Some(2), "echo {args:?}; stderr:\n{err}");
+        assert!(out.is_empty(), "echo {args:?} printed {out:?}");
+        assert!(err.contains("error:"), "echo {args:?}; stderr:\n{err}");
+        assert!(
+            err.contains("Usage:") || err.contains("--help"),
+            "echo {args:?}; stderr:\n{err}"
+        );
+    }
+}
+
+#[test]
+fn address_in_use_is_a_runtime_error() {
+    let first = Server::start(&[]);
+    let addr = first.addr.to_string();
+    let (status, out, err) = run_to_exit(&["serve", "--listen", &addr]);
+    assert_eq!(status.code(), Some(1), "stderr:\n{err}");
+    assert!(!out.contains("listening on"), "stdout: {out:?}");
+    assert!(
+        err.contains("echo:") && err.contains(&addr),
+        "a clear message naming the address; stderr:\n{err}"
+    );
+}
+
+#[test]
+fn single_reactor_works() {
+    let server = Server::start(&["--io-threads", "0"]);
+    thread::scope(|scope| {
+        for i in 0..2u64 {
+            let server = &server;
+            scope.spawn(move || raw_round_trip(server, 100 + i, 200_000));
+        }
+    });
+}
+
+#[test]
+fn level_triggered_works() {
+    let server = Server::start(&["serve", "--trigger", "level", "--io-threads", "1"]);
+    thread::scope(|scope| {
+        for i in 0..2u64 {
+            let server = &server;
+            scope.spawn(move || raw_round_trip(server, 200 + i, 500_000));
+        }
+    });
+    let framed = Server::start(&["--trigger", "level", "--framed"]);
+    let mut s = framed.connect();
+    for i in 0..50 {
+        framed_round_trip(&mut s, format!("packet {i}").as_bytes());
+    }
+}
+
+#[test]
+fn idle_timeout_closes_a_silent_connection() {
+    let server = Server::start(&["--idle-timeout", "1", "--io-threads", "1"]);
+    let mut busy = server.connect();
+    let mut silent = server.connect();
+    let opened = Instant::now();
+    // The busy one talks every 200 ms; the silent one says nothing.
+    let talker = thread::spawn(move || {
+        for _ in 0..10 {
+            busy.write_all(b"x").unwrap();
+            let mut b = [0u8; 1];
+            busy.read_exact(&mut b).unwrap();
+            thread::sleep(Duration::from_millis(200));
+        }
+        busy
+    });
+    assert!(read_eof(&mut silent), "closed by the server");
+    let waited = opened.elapsed();
+    assert!(
+        waited >= Duration::from_millis(900) && waited < Duration::from_secs(4),
+        "closed after {waited:?}"
+    );
+    let mut busy = talker.join().expect("busy connection served throughout");
+    busy.write_all(b"y").unwrap();
+    let mut b = [0u8; 1];
+    busy.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"y");
+}
+
+#[test]
+fn max_conns_turns_away_the_extra_connection() {
+    let server = Server::start(&["--max-conns", "1", "--io-threads", "1"]);
+    let mut first = server.connect();
+    first.write_all(b"a").unwrap();
+    let mut b = [0u8; 1];
+    first.read_exact(&mut b).unwrap();
+    // The second is accepted and closed at once: EOF (or a reset), never an echo.
+    let mut second = server.connect();
+    let mut buf = [0u8; 16];
+    match second.read(&mut buf) {
+        Ok(n) => assert_eq!(n, 0, "the extra connection is not served"),
+        Err(e) => assert!(
+            !matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut),
+            "the extra connection was not closed"
+        ),
+    }
+    first.write_all(b"c").unwrap();
+    first.read_exact(&mut b).unwrap();
+    assert_eq!(&b, b"c");
+}
+
+#[test]
+fn stats_interval_logs_a_line_per_interval() {
+    let server = Server::start(&["--stats-interval", "1", "--io-threads", "1"]);
+    let mut s = server.connect();
+    for _ in 0..20 {
+        s.write_all(&[7u8; 1000]).unwrap();
+        let mut b = [0u8; 1000];
+        s.read_exact(&mut b).unwrap();
+    }
+    server.wait_for_log("stats: 1 connections", Duration::from_secs(5));
+    let log = server.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("stats: 1 connections"))
+        .unwrap();
+    assert!(
+        line.contains("msg/s") && line.contains("MiB/s"),
+        "line: {line}"
+    );
+}
