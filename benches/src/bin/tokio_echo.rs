@@ -1,0 +1,112 @@
+//! `tokio_echo`: the idiomatic Rust echo server, the tokio peer baseline of
+//! `cargo xtask bench`.
+//!
+//! A multi-thread tokio runtime with `--threads N` workers (default: one per core), one
+//! task per connection, each with its own 16 KiB buffer: `read`, then `write_all` of what
+//! was read, until end of file or an error. This is what most Rust users would write, so it
+//! is the bar duo has to clear to be worth its callbacks.
+//!
+//! The listening socket matches duo's (`SO_REUSEADDR`, backlog 4096) and, as in duo's echo
+//! server, `TCP_NODELAY` is left off. When `accept` fails for lack of descriptors or memory the
+//! server logs it and pauses accepting for 100 ms instead of spinning. It stops on
+//! SIGTERM/SIGINT's default action.
+//!
+//! ```text
+//! tokio_echo [--listen ADDR] [--threads N]     (defaults 127.0.0.1:0, number of cores)
+//! ```
+//! It prints `listening on HOST:PORT` once the socket listens.
+
+#![forbid(unsafe_code)]
+
+use std::io::{self, Write as _};
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+use tokio::net::{TcpSocket, TcpStream};
+
+const USAGE: &str = "\
+usage: tokio_echo [--listen ADDR] [--threads N]
+  --listen ADDR   address to listen on (default 127.0.0.1:0)
+  --threads N     tokio worker threads (default: number of cores)";
+/// Bytes read per `read`, per connection.
+const BUF_SIZE: usize = 16 << 10;
+/// How long accepting pauses when the process is out of descriptors.
+const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+fn main() -> ExitCode {
+    let mut addr: SocketAddr = ([127, 0, 0, 1], 0).into();
+    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let mut args = std::env::args().skip(1);
+    while let Some(arg) = args.next() {
+        let value = args.next();
+        let ok = match (arg.as_str(), value) {
+            ("--listen", Some(v)) => v.parse().map(|a| addr = a).is_ok(),
+            ("--threads", Some(v)) => v.parse().map(|n| threads = n).is_ok() && threads > 0,
+            _ => false,
+        };
+        if !ok {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    }
+    let _ = duo_sys::raise_fd_limit(); // the idle scenario holds 10 000 connections
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(threads)
+        .enable_all()
+        .build();
+    match runtime.and_then(|rt| rt.block_on(serve(addr))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("tokio_echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(addr: SocketAddr) -> io::Result<()> {
+    let socket = match addr {
+        SocketAddr::V4(_) => TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(4096)?;
+    println!("listening on {}", listener.local_addr()?);
+    io::stdout().flush()?;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(echo(stream));
+            }
+            Err(e) if out_of_resources(&e) => {
+                eprintln!("tokio_echo: accept: {e}; pausing accept for {ACCEPT_PAUSE:?}");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+            }
+            // A connection reset before it was accepted, and the like: not the server's
+            // problem.
+            Err(_) => {}
+        }
+    }
+}
+
+/// `EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS` (24, 23, 12, 105 on Linux; `std` has no
+/// `ErrorKind` for the first two and this file uses no `libc`).
+fn out_of_resources(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(24 | 23 | 12 | 105))
+}
+
+/// Echoes one connection until end of file or an error.
+async fn echo(mut stream: TcpStream) {
+    let mut buf = vec![0u8; BUF_SIZE];
+    loop {
+        let n = match stream.read(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if stream.write_all(&buf[..n]).await.is_err() {
+            return;
+        }
+    }
+}
