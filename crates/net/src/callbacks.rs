@@ -30,6 +30,14 @@ pub type WriteCompleteCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
 /// the low-water mark.
 pub type HighWaterMarkCallback = Arc<dyn Fn(&mut ConnCtx<'_>, usize) + Send + Sync>;
 
+/// The peer half-closed (sent EOF) after its last bytes, which the message callback has
+/// already seen. Without this callback the connection closes as soon as its output is
+/// written. With it, the connection stays open for sending and the callback decides: an
+/// application with replies still being computed (on a worker pool, say) calls
+/// [`ConnCtx::close_after_flush`] (or [`TcpConnection::close_after_flush`]) once it has
+/// sent them.
+pub type HalfCloseCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
+
 /// The connection is closed and about to be dropped by its loop (after the "down" call of
 /// the connection callback).
 pub type CloseCallback = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
@@ -41,6 +49,7 @@ pub(crate) struct Callbacks {
     pub(crate) message: Option<MessageCallback>,
     pub(crate) write_complete: Option<WriteCompleteCallback>,
     pub(crate) high_water_mark: Option<HighWaterMarkCallback>,
+    pub(crate) half_close: Option<HalfCloseCallback>,
     pub(crate) close: Option<CloseCallback>,
 }
 
@@ -51,6 +60,7 @@ impl std::fmt::Debug for Callbacks {
             .field("message", &self.message.is_some())
             .field("write_complete", &self.write_complete.is_some())
             .field("high_water_mark", &self.high_water_mark.is_some())
+            .field("half_close", &self.half_close.is_some())
             .field("close", &self.close.is_some())
             .finish()
     }

@@ -361,6 +361,8 @@ pub(crate) struct ConnIo {
     close_when_drained: bool,
     /// `shutdown(SHUT_WR)` already done.
     write_shut: bool,
+    /// The peer sent EOF (reading is over for good).
+    peer_eof: bool,
 }
 
 impl Conn {
@@ -391,6 +393,7 @@ impl Conn {
                 paused_by_user: false,
                 close_when_drained: false,
                 write_shut: false,
+                peer_eof: false,
             },
         };
         let hook = conn.io.remove_hook.clone();
@@ -443,7 +446,29 @@ impl Handler for Conn {
                 }
                 Ok(ReadOutcome::WouldBlock) => return,
                 Ok(ReadOutcome::Eof) => {
-                    self.io.close_after_flush(lp, ch);
+                    self.io.peer_eof = true;
+                    ch.disable_reading();
+                    match self.io.callbacks.half_close.clone() {
+                        // The application finishes its work and closes when it is done.
+                        Some(cb) => {
+                            let ok = {
+                                let mut ctx = ConnCtx {
+                                    io: &mut self.io,
+                                    ch,
+                                    lp,
+                                };
+                                catch_unwind(AssertUnwindSafe(|| cb(&mut ctx))).is_ok()
+                            };
+                            if !ok {
+                                log::error!(
+                                    "{}: half-close callback panicked; closing",
+                                    self.io.handle.name()
+                                );
+                                self.io.close(lp, ch);
+                            }
+                        }
+                        None => self.io.close_after_flush(lp, ch),
+                    }
                     return;
                 }
                 Err(BufferError::Full { limit }) => {
@@ -655,7 +680,7 @@ impl ConnIo {
     fn resume_if_drained(&mut self, ch: &mut Channel) {
         if self.paused_by_backpressure && self.output.len() <= self.opts.low_water {
             self.paused_by_backpressure = false;
-            if !self.paused_by_user && !self.close_when_drained {
+            if !self.paused_by_user && !self.close_when_drained && !self.peer_eof {
                 // Re-enabling makes epoll re-check readiness, so data that arrived while
                 // paused is reported even with edge triggering.
                 ch.enable_reading();
@@ -694,7 +719,8 @@ impl ConnIo {
 
     /// The output is drained while disconnecting: half-close, or close if the peer is done.
     fn finish_disconnect(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self.close_when_drained {
+        if self.close_when_drained || self.peer_eof {
+            // Nothing more can come from the peer either: both directions are done.
             self.close(lp, ch);
         } else if !self.write_shut {
             self.write_shut = true;
@@ -807,10 +833,17 @@ impl ConnCtx<'_> {
         self.io.paused_by_user = false;
         if !self.io.paused_by_backpressure
             && !self.io.close_when_drained
+            && !self.io.peer_eof
             && !self.io.handle.is_closed()
         {
             self.ch.enable_reading();
         }
+    }
+
+    /// Whether the peer has half-closed (sent EOF); see
+    /// [`HalfCloseCallback`](crate::HalfCloseCallback).
+    pub fn peer_half_closed(&self) -> bool {
+        self.io.peer_eof
     }
 
     /// Whether reading is paused (by the user or by backpressure).

@@ -47,7 +47,7 @@ mod stats;
 mod thread_pool;
 
 pub use callbacks::{
-    CloseCallback, ConnectionCallback, HighWaterMarkCallback, MessageCallback,
+    CloseCallback, ConnectionCallback, HalfCloseCallback, HighWaterMarkCallback, MessageCallback,
     WriteCompleteCallback,
 };
 pub use client::{client_defaults, ClientBuilder, TcpClient};

@@ -125,6 +125,15 @@ impl ServerBuilder {
         self.callbacks.high_water_mark = Some(Arc::new(f));
         self
     }
+    /// Called when the peer half-closes; see [`HalfCloseCallback`](crate::HalfCloseCallback).
+    /// Without it, a connection closes once its output is written after the peer's EOF.
+    pub fn on_peer_half_close(
+        mut self,
+        f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static,
+    ) -> Self {
+        self.callbacks.half_close = Some(Arc::new(f));
+        self
+    }
     /// Called when a connection has closed.
     pub fn on_close(mut self, f: impl Fn(&TcpConnection) + Send + Sync + 'static) -> Self {
         self.callbacks.close = Some(Arc::new(f));

@@ -1,0 +1,151 @@
+//! `bank client`: a plain blocking TCP client.
+//!
+//! - One-shot: `bank client [--connect ADDR] COMMAND ...` sends the words as one command
+//!   line and prints the reply. A lone `;` separates several commands sent on the same
+//!   connection (so `LOGIN alice pw ; BALANCE` works); it stops at the first `ERR`.
+//! - Interactive: with no command, reads command lines from standard input (printing a
+//!   prompt on standard error when standard input is a terminal) until end of input or
+//!   `QUIT`.
+//!
+//! Exit status: 1 if the connection fails or, in one-shot mode, after an `ERR` reply;
+//! else 0.
+
+use std::io::{self, BufRead, BufReader, IsTerminal, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+use crate::protocol::extra_reply_lines;
+
+/// How long to wait to connect, and for a reply.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why the client failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ClientError {
+    /// Could not connect.
+    #[error("cannot connect to {addr}: {source}")]
+    Connect {
+        /// The address given.
+        addr: String,
+        /// Why.
+        source: io::Error,
+    },
+    /// The connection failed or closed.
+    #[error("connection: {0}")]
+    Io(#[from] io::Error),
+    /// The server closed the connection before replying.
+    #[error("the server closed the connection")]
+    Closed,
+}
+
+/// A connection to the bank.
+struct Conn {
+    writer: TcpStream,
+    reader: BufReader<TcpStream>,
+}
+
+impl Conn {
+    fn open(addr: &str) -> Result<Conn, ClientError> {
+        let connect_err = |source| ClientError::Connect {
+            addr: addr.to_owned(),
+            source,
+        };
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
+        for a in addr.to_socket_addrs().map_err(connect_err)? {
+            match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
+                Ok(stream) => {
+                    stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+                    let _ = stream.set_nodelay(true);
+                    return Ok(Conn {
+                        reader: BufReader::new(stream.try_clone()?),
+                        writer: stream,
+                    });
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(connect_err(last))
+    }
+
+    /// Sends `line`; returns the reply's lines (more than one after `HISTORY`).
+    fn call(&mut self, line: &str) -> Result<Vec<String>, ClientError> {
+        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let first = self.read_line()?;
+        let extra = extra_reply_lines(line, &first);
+        let mut lines = vec![first];
+        for _ in 0..extra {
+            lines.push(self.read_line()?);
+        }
+        Ok(lines)
+    }
+
+    fn read_line(&mut self) -> Result<String, ClientError> {
+        let mut buf = String::new();
+        if self.reader.read_line(&mut buf)? == 0 {
+            return Err(ClientError::Closed);
+        }
+        let trimmed = buf.trim_end_matches(['\n', '\r']).len();
+        buf.truncate(trimmed);
+        Ok(buf)
+    }
+}
+
+fn is_error(reply: &[String]) -> bool {
+    reply.first().is_none_or(|l| l.starts_with("ERR"))
+}
+
+fn print_reply(reply: &[String]) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    for line in reply {
+        writeln!(out, "{line}")?;
+    }
+    out.flush()
+}
+
+/// Runs the client; `Ok(true)` if every reply was a success.
+pub(crate) fn run(addr: &str, words: &[String]) -> Result<bool, ClientError> {
+    let mut conn = Conn::open(addr)?;
+    if words.is_empty() {
+        interactive(&mut conn)
+    } else {
+        one_shot(&mut conn, words)
+    }
+}
+
+fn one_shot(conn: &mut Conn, words: &[String]) -> Result<bool, ClientError> {
+    for command in words.split(|w| w == ";").filter(|c| !c.is_empty()) {
+        let line = command.join(" ");
+        let reply = conn.call(&line)?;
+        print_reply(&reply)?;
+        if is_error(&reply) {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}
+
+fn interactive(conn: &mut Conn) -> Result<bool, ClientError> {
+    let stdin = io::stdin();
+    let prompt = stdin.is_terminal();
+    let mut lines = stdin.lock().lines();
+    loop {
+        if prompt {
+            eprint!("bank> ");
+            io::stderr().flush()?;
+        }
+        let Some(line) = lines.next() else {
+            return Ok(true);
+        };
+        let line = line?;
+        let line = line.trim();
+        if line.is_empty() {
+            continue;
+        }
+        let reply = conn.call(line)?;
+        print_reply(&reply)?;
+        if line.eq_ignore_ascii_case("QUIT") {
+            return Ok(true);
+        }
+    }
+}

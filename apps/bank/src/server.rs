@@ -1,0 +1,702 @@
+//! The network glue: a `duo_net::TcpServer` whose message callback parses command lines
+//! and hands database work to a `duo_net::ThreadPool`.
+//!
+//! # Replies in request order
+//!
+//! Each connection carries a [`Session`] in its context: the logged-in account, the count
+//! of failed logins, and a queue of parsed commands not yet answered. A connection has at
+//! most **one job outstanding** on the workers; the other commands wait in its queue. All of
+//! the session's state is touched only on the connection's I/O loop:
+//!
+//! 1. the message callback splits lines with a `LineCodec`, parses them, appends them to the
+//!    queue and calls [`pump`];
+//! 2. `pump` answers queued commands that need no database (`PING`, `QUIT`, parse errors,
+//!    `NOT_AUTHENTICATED`) right away, and stops at the first that does: it submits a job
+//!    and marks the session busy;
+//! 3. the job runs on a worker and finishes by queueing its reply onto the connection's
+//!    loop (`TcpConnection::run_in_loop`), which sends it, updates the session (a login),
+//!    clears `busy` and calls `pump` again.
+//!
+//! So every reply is written by the loop, in queue order, and a command runs only after the
+//! previous one of its connection has finished: `LOGIN` then `BALANCE`, or `DEPOSIT` then
+//! `BALANCE`, pipelined in one packet, behave as if sent one by one. Consecutive `DEPOSIT`,
+//! `WITHDRAW` and `TRANSFER` commands of one connection travel as one write job, so a
+//! pipelining client shares commits too (see `store` for group commit across connections).
+//!
+//! A client that pipelines faster than its commands complete is paused (the server stops
+//! reading its socket) once [`QUEUE_HIGH`] commands wait, and resumed below [`QUEUE_LOW`].
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_net::codec::{CodecError, LineCodec};
+use duo_net::{ConnCtx, EventLoop, InputBuffer, SubmitError, TcpConnection, TcpServer, ThreadPool};
+use duo_sys::Signal;
+
+use crate::auth::{HashCost, Hasher};
+use crate::protocol::{
+    err_line, history_reply, ok_line, parse_line, valid_password, valid_user, Command, ErrorCode,
+    ProtoError, MAX_LINE, PONG,
+};
+use crate::store::{Store, StoreError, WriteJob, WriteOp, WriteOutcome, WriteResults};
+
+/// Commands queued on one connection at which the server stops reading from it.
+const QUEUE_HIGH: usize = 4096;
+/// Queue length below which a paused connection is read again.
+const QUEUE_LOW: usize = 1024;
+/// Failed logins after which a connection is closed.
+const MAX_FAILED_LOGINS: u32 = 5;
+/// Most commands of one connection sent to the writer as one job.
+const MAX_WRITES_PER_JOB: usize = 256;
+/// After the server half-closes a connection (QUIT, LINE_TOO_LONG, too many failed logins),
+/// how long the peer has to close its side before the server closes it anyway.
+const CLOSE_LINGER: Duration = Duration::from_secs(2);
+/// How long a graceful shutdown waits for connections to finish.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+
+/// Settings of `bank serve`.
+#[derive(Debug, Clone)]
+pub(crate) struct ServeConfig {
+    /// Address to listen on.
+    pub(crate) listen: SocketAddr,
+    /// The SQLite file.
+    pub(crate) db: PathBuf,
+    /// I/O threads (sub reactors); 0 serves everything on the main loop.
+    pub(crate) io_threads: usize,
+    /// Worker threads for database work and password hashing.
+    pub(crate) workers: usize,
+    /// Jobs the worker queue holds before commands are answered `BUSY`.
+    pub(crate) queue_capacity: usize,
+    /// Idle connections are closed after this long; zero disables.
+    pub(crate) idle_timeout: Duration,
+    /// Batch concurrent writes into shared commits.
+    pub(crate) group_commit: bool,
+    /// Cost of new password hashes.
+    pub(crate) hash_cost: HashCost,
+}
+
+/// Why the server could not run.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ServeError {
+    /// Opening or creating the database.
+    #[error("cannot open database {path}: {source}")]
+    Database {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: StoreError,
+    },
+    /// Any other start-up failure.
+    #[error("{0}")]
+    Startup(String),
+}
+
+fn startup<E: fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ {
+    move |e| ServeError::Startup(format!("{what}: {e}"))
+}
+
+/// What every callback and job shares.
+struct App {
+    store: Store,
+    hasher: Hasher,
+    pool: ThreadPool,
+    group_commit: bool,
+}
+
+/// An account a connection is logged in to.
+#[derive(Debug, Clone)]
+struct Account {
+    id: i64,
+    name: String,
+}
+
+/// A line waiting for its turn.
+#[derive(Debug)]
+enum Pending {
+    /// A command.
+    Command(Command),
+    /// A line that failed to parse: answered with this error.
+    Invalid(ProtoError),
+    /// A line too long: answered with this error, then the connection closes.
+    Fatal(ProtoError),
+}
+
+/// The per-connection state, kept in the connection's context.
+#[derive(Debug, Default)]
+struct Session {
+    user: Option<Account>,
+    failed_logins: u32,
+    queue: VecDeque<Pending>,
+    /// A job of this connection is on the workers.
+    busy: bool,
+    /// The server is closing the connection: answer nothing more.
+    closing: bool,
+    /// Input after a too-long line is discarded.
+    discard_input: bool,
+    /// Reading paused because the queue is long.
+    paused: bool,
+    /// The peer half-closed: close once every queued command is answered.
+    peer_done: bool,
+}
+
+/// What a finished job asks the loop to do.
+struct Completion {
+    reply: String,
+    effect: Effect,
+}
+
+enum Effect {
+    None,
+    LoggedIn(Account),
+    LoginFailed,
+}
+
+impl Completion {
+    fn reply(reply: String) -> Completion {
+        Completion {
+            reply,
+            effect: Effect::None,
+        }
+    }
+}
+
+fn internal(e: &dyn fmt::Display) -> String {
+    log::error!("{e}");
+    err_line(ErrorCode::Internal, "internal server error")
+}
+
+/// Hands a job's result back to its connection's loop. If the job panics before finishing,
+/// dropping it answers `INTERNAL`, so the connection is never left waiting.
+struct Responder {
+    target: Option<(TcpConnection, Arc<App>)>,
+}
+
+impl Responder {
+    /// Whether the connection has closed: nobody will read the reply, so a read or a
+    /// password check need not run (during a shutdown this keeps the queue drain short).
+    /// Writes run regardless.
+    fn abandoned(&self) -> bool {
+        self.target
+            .as_ref()
+            .is_none_or(|(conn, _)| conn.is_closed())
+    }
+
+    fn finish(mut self, c: Completion) {
+        if let Some((conn, app)) = self.target.take() {
+            // Fails only if the connection has closed meanwhile: then nobody is waiting.
+            let _ = conn.run_in_loop(move |ctx| complete(ctx, &app, c));
+        }
+    }
+}
+
+impl Drop for Responder {
+    fn drop(&mut self) {
+        if self.target.is_some() {
+            let reply = err_line(ErrorCode::Internal, "internal server error");
+            Responder {
+                target: self.target.take(),
+            }
+            .finish(Completion::reply(reply));
+        }
+    }
+}
+
+/// Runs `job` on a worker; an error if the pool refused it (the caller answers).
+fn spawn(
+    ctx: &ConnCtx<'_>,
+    app: &Arc<App>,
+    job: impl FnOnce(&App, Responder) + Send + 'static,
+) -> Result<(), SubmitError> {
+    let conn = ctx.connection().clone();
+    let shared = app.clone();
+    app.pool.submit(move || {
+        let r = Responder {
+            target: Some((conn, shared.clone())),
+        };
+        job(&shared, r);
+    })
+}
+
+/// Runs the server until SIGINT or SIGTERM; then stops accepting, lets connections finish,
+/// completes the queued database work and returns.
+pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    // Before any thread exists: every thread inherits this mask, so the signals reach the
+    // main loop's signalfd and nothing else.
+    duo_sys::block_signals(&[Signal::INT, Signal::TERM]).map_err(startup("blocking signals"))?;
+    duo_sys::ignore_sigpipe().map_err(startup("ignoring SIGPIPE"))?;
+
+    let store = Store::open(&cfg.db, cfg.group_commit).map_err(|source| ServeError::Database {
+        path: cfg.db.clone(),
+        source,
+    })?;
+    let hasher = Hasher::new(cfg.hash_cost).map_err(startup("password hasher"))?;
+    let pool = ThreadPool::new("bank-worker", cfg.workers, cfg.queue_capacity)
+        .map_err(startup("starting workers"))?;
+    let app = Arc::new(App {
+        store,
+        hasher,
+        pool,
+        group_commit: cfg.group_commit,
+    });
+
+    let mut lp = EventLoop::new().map_err(startup("event loop"))?;
+    let codec = LineCodec::new(MAX_LINE);
+    let on_message = {
+        let app = app.clone();
+        move |ctx: &mut ConnCtx<'_>, input: &mut InputBuffer| on_message(ctx, input, &app, codec)
+    };
+    let mut builder = TcpServer::builder("bank", cfg.listen)
+        .io_threads(cfg.io_threads)
+        .on_connection(|conn| {
+            if conn.is_connected() {
+                log::debug!("{} up", conn.name());
+                conn.set_context(Session::default());
+            } else {
+                log::debug!("{} down", conn.name());
+                // Frees the queued commands; jobs in flight find the connection closed.
+                let _ = conn.take_context::<Session>();
+            }
+        })
+        .on_message(on_message)
+        .on_peer_half_close(|ctx| {
+            // `nc -N`, or a script that writes its commands and half-closes: answer
+            // everything queued first (see `pump`), then close.
+            let conn = ctx.connection().clone();
+            conn.with_context(|s: &mut Session| s.peer_done = true);
+            close_if_done(ctx);
+        });
+    if !cfg.idle_timeout.is_zero() {
+        builder = builder.idle_timeout(cfg.idle_timeout);
+    }
+    let server = builder
+        .start(&mut lp)
+        .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", cfg.listen)))?;
+
+    let handle = server.clone_handle();
+    let mut signalled = false;
+    lp.watch_signals(&[Signal::INT, Signal::TERM], move |lp, sig| {
+        if signalled {
+            log::warn!("{sig} again: stopping now");
+            lp.quit();
+            return;
+        }
+        signalled = true;
+        log::info!("{sig}: shutting down");
+        handle.shutdown(SHUTDOWN_GRACE, |lp| lp.quit());
+    })
+    .map_err(startup("signalfd"))?;
+
+    let addr = server.local_addr();
+    log::info!(
+        "bank serving {} on {addr}: {} I/O threads, {} workers, group commit {}",
+        cfg.db.display(),
+        cfg.io_threads,
+        cfg.workers,
+        if cfg.group_commit { "on" } else { "off" }
+    );
+    {
+        let mut out = std::io::stdout().lock();
+        writeln!(out, "listening on {addr}")
+            .and_then(|()| out.flush())
+            .map_err(startup("stdout"))?;
+    }
+
+    let ran = lp.run();
+    // Connections are closed; finish the database work already queued (its replies go
+    // nowhere), then join the I/O threads.
+    app.pool.stop();
+    server.stop();
+    ran.map_err(startup("event loop"))?;
+    log::info!("bank stopped");
+    Ok(())
+}
+
+fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, codec: LineCodec) {
+    let conn = ctx.connection().clone();
+    let discard = conn
+        .with_context(|s: &mut Session| s.closing || s.discard_input)
+        .unwrap_or(true);
+    if discard {
+        input.consume_all();
+        return;
+    }
+    let mut items = Vec::new();
+    let decoded = codec.decode_all(input, |line| match parse_line(line) {
+        Ok(Some(cmd)) => items.push(Pending::Command(cmd)),
+        Ok(None) => {}
+        Err(e) => items.push(Pending::Invalid(e)),
+    });
+    let too_long = matches!(decoded, Err(CodecError::LineTooLong { .. }));
+    if too_long {
+        input.consume_all();
+        items.push(Pending::Fatal(ProtoError::new(
+            ErrorCode::LineTooLong,
+            format!("line exceeds {MAX_LINE} bytes; closing"),
+        )));
+    }
+    let pause = conn
+        .with_context(|s: &mut Session| {
+            s.discard_input |= too_long;
+            s.queue.extend(items);
+            let pause = s.queue.len() >= QUEUE_HIGH && !s.paused;
+            s.paused |= pause;
+            pause
+        })
+        .unwrap_or(false);
+    if pause {
+        log::debug!("{}: {QUEUE_HIGH} commands queued; pausing", conn.name());
+        ctx.stop_reading();
+    }
+    pump(ctx, app);
+}
+
+/// The next thing to do for a connection, decided under its context's lock.
+enum Step {
+    /// Nothing (queue empty, a job outstanding, or closing).
+    Idle,
+    /// Send this.
+    Reply(String),
+    /// Send this, then close.
+    Close(String),
+    /// Check a password.
+    Login { user: String, password: String },
+    /// Create an account.
+    Register { user: String, password: String },
+    /// Read a balance.
+    Balance(i64),
+    /// Read a history.
+    History(i64, usize),
+    /// Apply these writes (replies in order).
+    Writes(Vec<WriteOp>),
+}
+
+/// Answers or dispatches queued commands until one needs a worker (see the module docs).
+fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
+    let conn = ctx.connection().clone();
+    loop {
+        let mut resume = false;
+        let step = conn
+            .with_context(|s: &mut Session| {
+                let step = next_step(s, app.group_commit);
+                if s.paused && s.queue.len() < QUEUE_LOW {
+                    s.paused = false;
+                    resume = true;
+                }
+                step
+            })
+            .unwrap_or(Step::Idle);
+        if resume && !matches!(step, Step::Close(_)) {
+            ctx.start_reading();
+        }
+        // How many commands the step answers: each gets a refusal if the pool is full.
+        let mut answers = 1;
+        let submitted = match step {
+            Step::Idle => {
+                close_if_done(ctx);
+                return;
+            }
+            Step::Reply(line) => {
+                ctx.send(line.as_bytes());
+                continue;
+            }
+            Step::Close(line) => {
+                ctx.send(line.as_bytes());
+                close_gently(ctx);
+                return;
+            }
+            Step::Login { user, password } => spawn(ctx, app, move |app, r| {
+                if !r.abandoned() {
+                    r.finish(login(app, &user, &password));
+                }
+            }),
+            Step::Register { user, password } => spawn(ctx, app, move |app, r| {
+                if !r.abandoned() {
+                    register(app, user, &password, r);
+                }
+            }),
+            Step::Balance(id) => spawn(ctx, app, move |app, r| {
+                if r.abandoned() {
+                    return;
+                }
+                let reply = match app.store.balance(id) {
+                    Ok(b) => ok_line(b),
+                    Err(e) => internal(&e),
+                };
+                r.finish(Completion::reply(reply));
+            }),
+            Step::History(id, limit) => spawn(ctx, app, move |app, r| {
+                if r.abandoned() {
+                    return;
+                }
+                let reply = match app.store.history(id, limit) {
+                    Ok(entries) => history_reply(&entries),
+                    Err(e) => internal(&e),
+                };
+                r.finish(Completion::reply(reply));
+            }),
+            Step::Writes(ops) => {
+                answers = ops.len();
+                spawn(ctx, app, move |app, r| {
+                    app.store.submit_write(WriteJob {
+                        ops,
+                        done: Box::new(move |results| r.finish(write_replies(results))),
+                    });
+                })
+            }
+        };
+        match submitted {
+            Ok(()) => return, // `busy` was set by `next_step`
+            Err(e) => {
+                conn.with_context(|s: &mut Session| s.busy = false);
+                let line = refusal(&e);
+                for _ in 0..answers {
+                    ctx.send(line.as_bytes());
+                }
+            }
+        }
+    }
+}
+
+/// Closes (after the output) a connection whose peer has half-closed, once nothing is
+/// queued or in flight for it.
+fn close_if_done(ctx: &mut ConnCtx<'_>) {
+    let done = ctx
+        .connection()
+        .with_context(|s: &mut Session| s.peer_done && !s.busy && s.queue.is_empty())
+        .unwrap_or(false);
+    if done {
+        ctx.close_after_flush();
+    }
+}
+
+fn refusal(e: &SubmitError) -> String {
+    match e {
+        SubmitError::Full(_) => err_line(ErrorCode::Busy, "server busy; try again later"),
+        SubmitError::Stopped(_) => err_line(ErrorCode::Internal, "server is shutting down"),
+    }
+}
+
+/// Half-closes after the queued output, and closes for good if the peer lingers.
+fn close_gently(ctx: &mut ConnCtx<'_>) {
+    ctx.start_reading(); // to see the peer's end of stream
+    ctx.shutdown();
+    let _ = ctx.connection().force_close_after(CLOSE_LINGER);
+}
+
+fn is_write(cmd: &Command) -> bool {
+    matches!(
+        cmd,
+        Command::Deposit { .. } | Command::Withdraw { .. } | Command::Transfer { .. }
+    )
+}
+
+/// Pops the next queued command and decides what to do with it. Sets `busy` when the
+/// answer needs a worker, `closing` when the connection is to close.
+fn next_step(s: &mut Session, group_commit: bool) -> Step {
+    if s.busy || s.closing {
+        return Step::Idle;
+    }
+    let Some(item) = s.queue.pop_front() else {
+        return Step::Idle;
+    };
+    let cmd = match item {
+        Pending::Command(cmd) => cmd,
+        Pending::Invalid(e) => return Step::Reply(e.line()),
+        Pending::Fatal(e) => {
+            s.closing = true;
+            s.queue.clear();
+            return Step::Close(e.line());
+        }
+    };
+    let not_authenticated = || {
+        Step::Reply(err_line(
+            ErrorCode::NotAuthenticated,
+            "log in first: LOGIN <user> <password>",
+        ))
+    };
+    let step = match cmd {
+        Command::Ping => return Step::Reply(PONG.to_owned()),
+        Command::Quit => {
+            s.closing = true;
+            s.queue.clear();
+            return Step::Close(ok_line("bye"));
+        }
+        Command::Register { user, password } => Step::Register { user, password },
+        Command::Login { user, password } => {
+            if !valid_user(&user) || !valid_password(&password) {
+                // Cannot match any account: fail without a worker, counted all the same.
+                return login_failed(s);
+            }
+            Step::Login { user, password }
+        }
+        Command::Balance => match &s.user {
+            Some(u) => Step::Balance(u.id),
+            None => return not_authenticated(),
+        },
+        Command::History { limit } => match &s.user {
+            Some(u) => Step::History(u.id, limit),
+            None => return not_authenticated(),
+        },
+        write => {
+            let Some(user) = s.user.clone() else {
+                return not_authenticated();
+            };
+            let mut ops = vec![write_op(&user, write)];
+            // Later writes queued right behind it join the same job (and commit).
+            while group_commit && ops.len() < MAX_WRITES_PER_JOB {
+                match s.queue.front() {
+                    Some(Pending::Command(c)) if is_write(c) => {}
+                    _ => break,
+                }
+                if let Some(Pending::Command(c)) = s.queue.pop_front() {
+                    ops.push(write_op(&user, c));
+                }
+            }
+            Step::Writes(ops)
+        }
+    };
+    s.busy = true;
+    step
+}
+
+fn write_op(user: &Account, cmd: Command) -> WriteOp {
+    match cmd {
+        Command::Deposit { amount } => WriteOp::Deposit {
+            user: user.id,
+            amount,
+        },
+        Command::Withdraw { amount } => WriteOp::Withdraw {
+            user: user.id,
+            amount,
+        },
+        Command::Transfer {
+            to,
+            amount,
+            request_id,
+        } => WriteOp::Transfer {
+            from: user.id,
+            from_name: user.name.clone(),
+            to,
+            amount,
+            request_id,
+        },
+        other => unreachable!("{other:?} is not a write"),
+    }
+}
+
+fn auth_failed_line() -> String {
+    err_line(ErrorCode::AuthFailed, "wrong user name or password")
+}
+
+/// Counts a failed login; the step answers it, and closes after the last allowed one.
+fn login_failed(s: &mut Session) -> Step {
+    s.failed_logins += 1;
+    if s.failed_logins >= MAX_FAILED_LOGINS {
+        s.closing = true;
+        s.queue.clear();
+        Step::Close(err_line(
+            ErrorCode::AuthFailed,
+            "wrong user name or password; too many failed logins, closing",
+        ))
+    } else {
+        Step::Reply(auth_failed_line())
+    }
+}
+
+/// On a worker: checks a password.
+fn login(app: &App, user: &str, password: &str) -> Completion {
+    let row = match app.store.user(user) {
+        Ok(row) => row,
+        Err(e) => return Completion::reply(internal(&e)),
+    };
+    // An unknown user costs a hash check too, against a dummy hash.
+    match row {
+        Some(row) if app.hasher.verify(password, Some(&row.hash)) => Completion {
+            reply: ok_line(format_args!("welcome {user}")),
+            effect: Effect::LoggedIn(Account {
+                id: row.id,
+                name: user.to_owned(),
+            }),
+        },
+        row => {
+            if row.is_none() {
+                app.hasher.verify(password, None);
+            }
+            Completion {
+                reply: auth_failed_line(),
+                effect: Effect::LoginFailed,
+            }
+        }
+    }
+}
+
+/// On a worker: hashes the password, then queues the insert for the writer.
+fn register(app: &App, user: String, password: &str, r: Responder) {
+    match app.store.user(&user) {
+        Ok(Some(_)) => {
+            return r.finish(Completion::reply(err_line(
+                ErrorCode::UserExists,
+                "user name is taken",
+            )))
+        }
+        Ok(None) => {}
+        Err(e) => return r.finish(Completion::reply(internal(&e))),
+    }
+    let hash = match app.hasher.hash(password) {
+        Ok(h) => h,
+        Err(e) => return r.finish(Completion::reply(internal(&e))),
+    };
+    app.store.submit_write(WriteJob {
+        ops: vec![WriteOp::Register { name: user, hash }],
+        done: Box::new(move |results| r.finish(write_replies(results))),
+    });
+}
+
+fn write_replies(results: WriteResults) -> Completion {
+    let mut reply = String::new();
+    for result in results {
+        reply.push_str(&match result {
+            Ok(WriteOutcome::Registered) => ok_line("registered"),
+            Ok(WriteOutcome::Balance(b)) => ok_line(b),
+            Ok(WriteOutcome::Rejected(code, message)) => err_line(code, &message),
+            Err(e) => internal(&e),
+        });
+    }
+    Completion::reply(reply)
+}
+
+/// On the loop: a job of this connection finished.
+fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
+    let conn = ctx.connection().clone();
+    let close = conn
+        .with_context(|s: &mut Session| {
+            s.busy = false;
+            match c.effect {
+                Effect::None => None,
+                Effect::LoggedIn(account) => {
+                    s.user = Some(account);
+                    None
+                }
+                Effect::LoginFailed => match login_failed(s) {
+                    Step::Close(line) => Some(line),
+                    _ => None,
+                },
+            }
+        })
+        .flatten();
+    match close {
+        Some(line) => {
+            ctx.send(line.as_bytes());
+            close_gently(ctx);
+        }
+        None => {
+            ctx.send(c.reply.as_bytes());
+            pump(ctx, app);
+        }
+    }
+}

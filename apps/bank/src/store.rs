@@ -1,0 +1,837 @@
+//! Storage: one SQLite file in WAL mode with `synchronous=FULL`, through `rusqlite`.
+//!
+//! # Tables
+//!
+//! - `users`: id, unique name, argon2 PHC hash, balance in cents (`CHECK (balance >= 0)`).
+//! - `ledger`: one row per balance change (deposit, withdraw, transfer out, transfer in),
+//!   with the counterparty of a transfer and the balance after it.
+//! - `requests`: the outcome of every `TRANSFER` that carried a request id, keyed by
+//!   (user, request id), so a retry returns the first outcome and moves no money again.
+//!
+//! # Reads and writes
+//!
+//! Reads (`BALANCE`, `HISTORY`, the password hash of `LOGIN`) use a small pool of
+//! read-only connections; WAL lets them run beside the writer and see every committed
+//! write.
+//!
+//! Writes go through one writer connection behind a mutex, with **group commit**
+//! ([`Store::submit_write`]): a worker queues its [`WriteJob`] and tries to take the writer.
+//! The worker that gets it (the leader) takes *everything* queued, runs it in one
+//! transaction (each operation in its own savepoint, so one failing operation does not undo
+//! the others), commits once (one WAL `fsync`), then hands each job its results. Workers
+//! that find the writer taken simply return: the current leader picks their jobs up, in
+//! queue order, before it lets go. So while one commit is syncing, the next batch gathers,
+//! and the number of syncs per second, not of requests, is what the disk limits. With group
+//! commit off, every operation gets its own transaction and sync.
+//!
+//! Every operation checks its preconditions inside the transaction that applies it, and
+//! only one transaction writes at a time, so balances never go negative and a transfer
+//! moves exactly what it debits.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+
+use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
+
+/// Most operations in one group-commit transaction.
+const MAX_BATCH_OPS: usize = 4096;
+/// How long a connection waits for a lock held by another (a checkpoint, say).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS users (
+    id            INTEGER PRIMARY KEY,
+    name          TEXT    NOT NULL UNIQUE,
+    password_hash TEXT    NOT NULL,
+    balance       INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
+    created       INTEGER NOT NULL
+);
+CREATE TABLE IF NOT EXISTS ledger (
+    id            INTEGER PRIMARY KEY,
+    user_id       INTEGER NOT NULL REFERENCES users(id),
+    kind          TEXT    NOT NULL
+                  CHECK (kind IN ('deposit', 'withdraw', 'transfer_out', 'transfer_in')),
+    counterparty  TEXT,
+    amount        INTEGER NOT NULL CHECK (amount <> 0),
+    balance_after INTEGER NOT NULL CHECK (balance_after >= 0),
+    time          INTEGER NOT NULL
+);
+CREATE INDEX IF NOT EXISTS ledger_by_user ON ledger (user_id, id);
+CREATE TABLE IF NOT EXISTS requests (
+    user_id    INTEGER NOT NULL REFERENCES users(id),
+    request_id TEXT    NOT NULL,
+    to_user    TEXT    NOT NULL,
+    amount     INTEGER NOT NULL,
+    status     TEXT    NOT NULL,
+    balance    INTEGER,
+    message    TEXT,
+    PRIMARY KEY (user_id, request_id)
+) WITHOUT ROWID;
+PRAGMA user_version = 1;
+";
+
+/// A storage failure.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum StoreError {
+    /// An SQLite error.
+    #[error("database: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// The transaction an operation belonged to failed to commit.
+    #[error("database commit failed: {0}")]
+    Commit(String),
+    /// The database file is not a bank database.
+    #[error("{0}")]
+    Schema(String),
+}
+
+/// A change to the database, applied by the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteOp {
+    /// Creates a user with balance 0.
+    Register {
+        /// The new user's name (valid).
+        name: String,
+        /// The PHC string of the password's hash.
+        hash: String,
+    },
+    /// Adds to a balance.
+    Deposit {
+        /// The user's id.
+        user: i64,
+        /// Cents, positive.
+        amount: i64,
+    },
+    /// Takes from a balance, if it covers the amount.
+    Withdraw {
+        /// The user's id.
+        user: i64,
+        /// Cents, positive.
+        amount: i64,
+    },
+    /// Moves money from one user to another.
+    Transfer {
+        /// The payer's id.
+        from: i64,
+        /// The payer's name (the payee's ledger shows it).
+        from_name: String,
+        /// The payee's name, as the client gave it.
+        to: String,
+        /// Cents, positive.
+        amount: i64,
+        /// Idempotency key.
+        request_id: Option<String>,
+    },
+}
+
+/// What a write did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum WriteOutcome {
+    /// The user was created.
+    Registered,
+    /// Done; the (payer's) new balance.
+    Balance(i64),
+    /// Refused by a business rule; nothing changed (except that a transfer with a request
+    /// id records the refusal, so that a retry gets it again).
+    Rejected(ErrorCode, String),
+}
+
+/// The results of a job's operations, in order.
+pub(crate) type WriteResults = Vec<Result<WriteOutcome, StoreError>>;
+
+/// Operations to apply in order, and what to do with their results once committed.
+pub(crate) struct WriteJob {
+    /// The operations.
+    pub(crate) ops: Vec<WriteOp>,
+    /// Called with one result per operation, after the commit (or its failure).
+    pub(crate) done: Box<dyn FnOnce(WriteResults) + Send>,
+}
+
+impl fmt::Debug for WriteJob {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteJob")
+            .field("ops", &self.ops)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A user as stored: id and password hash.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct UserRow {
+    /// The id.
+    pub(crate) id: i64,
+    /// The PHC string of the password's hash.
+    pub(crate) hash: String,
+}
+
+/// The bank's database.
+pub(crate) struct Store {
+    path: PathBuf,
+    group_commit: bool,
+    writer: Mutex<Connection>,
+    readers: Mutex<Vec<Connection>>,
+    pending: Mutex<VecDeque<WriteJob>>,
+}
+
+impl fmt::Debug for Store {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.path)
+            .field("group_commit", &self.group_commit)
+            .finish_non_exhaustive()
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
+    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
+        | OpenFlags::SQLITE_OPEN_CREATE
+        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let conn = Connection::open_with_flags(path, flags)?;
+    conn.busy_timeout(BUSY_TIMEOUT)?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    if read_only {
+        conn.pragma_update(None, "query_only", "ON")?;
+    }
+    Ok(conn)
+}
+
+impl Store {
+    /// Opens (creating if absent) the database at `path`: WAL mode, `synchronous=FULL`,
+    /// the schema.
+    pub(crate) fn open(path: &Path, group_commit: bool) -> Result<Store, StoreError> {
+        let writer = open_connection(path, false)?;
+        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StoreError::Schema(format!(
+                "{}: cannot switch to WAL mode (journal mode is {mode})",
+                path.display()
+            )));
+        }
+        let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+        if version > 1 {
+            return Err(StoreError::Schema(format!(
+                "{}: schema version {version} is newer than this program's (1)",
+                path.display()
+            )));
+        }
+        writer.execute_batch(SCHEMA)?;
+        Ok(Store {
+            path: path.to_owned(),
+            group_commit,
+            writer: Mutex::new(writer),
+            readers: Mutex::new(Vec::new()),
+            pending: Mutex::new(VecDeque::new()),
+        })
+    }
+
+    /// Runs `f` on a pooled read-only connection.
+    fn read<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
+        let pooled = self.readers.lock().pop();
+        let conn = match pooled {
+            Some(c) => c,
+            None => open_connection(&self.path, true)?,
+        };
+        let result = f(&conn);
+        self.readers.lock().push(conn);
+        Ok(result?)
+    }
+
+    /// The user named `name`, if any.
+    pub(crate) fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT id, password_hash FROM users WHERE name = ?1")?
+                .query_row([name], |r| {
+                    Ok(UserRow {
+                        id: r.get(0)?,
+                        hash: r.get(1)?,
+                    })
+                })
+                .optional()
+        })
+    }
+
+    /// The balance of user `id`.
+    pub(crate) fn balance(&self, id: i64) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.prepare_cached("SELECT balance FROM users WHERE id = ?1")?
+                .query_row([id], |r| r.get(0))
+        })
+    }
+
+    /// The latest `limit` ledger entries of user `id`, newest first.
+    pub(crate) fn history(&self, id: i64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT id, kind, counterparty, amount, balance_after, time FROM ledger
+                 WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
+            )?;
+            let rows = stmt.query_map(params![id, limit as i64], |r| {
+                let kind: String = r.get(1)?;
+                Ok(HistoryEntry {
+                    id: r.get(0)?,
+                    kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Deposit),
+                    counterparty: r.get(2)?,
+                    amount: r.get(3)?,
+                    balance_after: r.get(4)?,
+                    time: r.get(5)?,
+                })
+            })?;
+            rows.collect()
+        })
+    }
+
+    /// Queues `job` for the writer and, if the writer is free, becomes the leader and
+    /// commits everything queued (see the module documentation). Blocks for the commits it
+    /// leads; call it on a worker thread. `job.done` runs on whichever thread led the
+    /// commit.
+    pub(crate) fn submit_write(&self, job: WriteJob) {
+        self.pending.lock().push_back(job);
+        loop {
+            let Some(mut conn) = self.writer.try_lock() else {
+                // The leader will take our job before it lets go of the writer: it checks
+                // the queue after every batch, and again after unlocking.
+                return;
+            };
+            loop {
+                let batch = self.take_batch();
+                if batch.is_empty() {
+                    break;
+                }
+                let ops: Vec<&WriteOp> = batch.iter().flat_map(|j| j.ops.iter()).collect();
+                let mut results = execute(&mut conn, &ops).into_iter();
+                for job in batch {
+                    let mine: WriteResults = results.by_ref().take(job.ops.len()).collect();
+                    (job.done)(mine);
+                }
+            }
+            drop(conn);
+            // A job queued after our last look whose worker found the writer still taken
+            // is ours to run.
+            if self.pending.lock().is_empty() {
+                return;
+            }
+        }
+    }
+
+    /// The next batch: whole jobs in queue order, up to the operation limit (at least one
+    /// job); one operation's job at a time without group commit.
+    fn take_batch(&self) -> Vec<WriteJob> {
+        let limit = if self.group_commit { MAX_BATCH_OPS } else { 1 };
+        let mut pending = self.pending.lock();
+        let mut batch = Vec::new();
+        let mut ops = 0;
+        while let Some(job) = pending.front() {
+            if !batch.is_empty() && ops + job.ops.len() > limit {
+                break;
+            }
+            ops += job.ops.len();
+            batch.extend(pending.pop_front());
+        }
+        batch
+    }
+
+    /// Applies `ops` now, in one transaction, on the calling thread (waits for the writer).
+    #[cfg(test)]
+    pub(crate) fn write_now(&self, ops: &[WriteOp]) -> WriteResults {
+        let refs: Vec<&WriteOp> = ops.iter().collect();
+        execute(&mut self.writer.lock(), &refs)
+    }
+
+    /// The sum of all balances.
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> Result<i64, StoreError> {
+        self.read(|c| {
+            c.query_row("SELECT COALESCE(SUM(balance), 0) FROM users", [], |r| {
+                r.get(0)
+            })
+        })
+    }
+}
+
+/// Runs `ops` in one transaction, each in a savepoint; commits once.
+fn execute(conn: &mut Connection, ops: &[&WriteOp]) -> WriteResults {
+    let all_failed = |e: &dyn fmt::Display| -> WriteResults {
+        log::error!("write transaction of {} operations failed: {e}", ops.len());
+        ops.iter()
+            .map(|_| Err(StoreError::Commit(e.to_string())))
+            .collect()
+    };
+    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+        Ok(tx) => tx,
+        Err(e) => return all_failed(&e),
+    };
+    let now = unix_now();
+    let mut results = Vec::with_capacity(ops.len());
+    for op in ops {
+        let result = (|| {
+            let sp = tx.savepoint()?;
+            let outcome = apply(&sp, op, now)?;
+            sp.commit()?;
+            Ok(outcome)
+        })();
+        if let Err(e) = &result {
+            log::error!("write {op:?} failed: {e}");
+        }
+        results.push(result);
+    }
+    match tx.commit() {
+        Ok(()) => results,
+        Err(e) => all_failed(&e),
+    }
+}
+
+fn balance_of(c: &Connection, id: i64) -> rusqlite::Result<i64> {
+    c.prepare_cached("SELECT balance FROM users WHERE id = ?1")?
+        .query_row([id], |r| r.get(0))
+}
+
+fn set_balance(c: &Connection, id: i64, balance: i64) -> rusqlite::Result<()> {
+    c.prepare_cached("UPDATE users SET balance = ?2 WHERE id = ?1")?
+        .execute(params![id, balance])?;
+    Ok(())
+}
+
+fn add_entry(
+    c: &Connection,
+    user: i64,
+    kind: EntryKind,
+    counterparty: Option<&str>,
+    amount: i64,
+    balance_after: i64,
+    now: i64,
+) -> rusqlite::Result<()> {
+    c.prepare_cached(
+        "INSERT INTO ledger (user_id, kind, counterparty, amount, balance_after, time)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+    )?
+    .execute(params![
+        user,
+        kind.as_str(),
+        counterparty,
+        amount,
+        balance_after,
+        now
+    ])?;
+    Ok(())
+}
+
+fn rejected(code: ErrorCode, message: &str) -> WriteOutcome {
+    WriteOutcome::Rejected(code, message.to_owned())
+}
+
+/// Applies one operation inside the current transaction.
+fn apply(c: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOutcome> {
+    match op {
+        WriteOp::Register { name, hash } => {
+            let inserted = c
+                .prepare_cached(
+                    "INSERT INTO users (name, password_hash, balance, created)
+                     VALUES (?1, ?2, 0, ?3) ON CONFLICT (name) DO NOTHING",
+                )?
+                .execute(params![name, hash, now])?;
+            Ok(if inserted == 1 {
+                WriteOutcome::Registered
+            } else {
+                rejected(ErrorCode::UserExists, "user name is taken")
+            })
+        }
+        WriteOp::Deposit { user, amount } => {
+            let Some(balance) = balance_of(c, *user)?.checked_add(*amount) else {
+                return Ok(rejected(
+                    ErrorCode::InvalidAmount,
+                    "the balance would exceed the largest amount the bank can hold",
+                ));
+            };
+            set_balance(c, *user, balance)?;
+            add_entry(c, *user, EntryKind::Deposit, None, *amount, balance, now)?;
+            Ok(WriteOutcome::Balance(balance))
+        }
+        WriteOp::Withdraw { user, amount } => {
+            let balance = balance_of(c, *user)?;
+            if balance < *amount {
+                return Ok(rejected(
+                    ErrorCode::InsufficientFunds,
+                    "the balance does not cover the withdrawal",
+                ));
+            }
+            let balance = balance - amount;
+            set_balance(c, *user, balance)?;
+            add_entry(c, *user, EntryKind::Withdraw, None, -amount, balance, now)?;
+            Ok(WriteOutcome::Balance(balance))
+        }
+        WriteOp::Transfer {
+            from,
+            from_name,
+            to,
+            amount,
+            request_id,
+        } => {
+            if let Some(rid) = request_id {
+                if let Some(first) = replay(c, *from, rid, to, *amount)? {
+                    return Ok(first);
+                }
+            }
+            let outcome = transfer(c, *from, from_name, to, *amount, now)?;
+            if let Some(rid) = request_id {
+                let (status, balance, message) = match &outcome {
+                    WriteOutcome::Balance(b) => ("OK", Some(*b), None),
+                    WriteOutcome::Rejected(code, m) => (code.as_str(), None, Some(m.as_str())),
+                    WriteOutcome::Registered => ("OK", None, None),
+                };
+                c.prepare_cached(
+                    "INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
+                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                )?
+                .execute(params![from, rid, to, amount, status, balance, message])?;
+            }
+            Ok(outcome)
+        }
+    }
+}
+
+/// The recorded outcome of transfer `rid` of user `from`, if it was seen before.
+fn replay(
+    c: &Connection,
+    from: i64,
+    rid: &str,
+    to: &str,
+    amount: i64,
+) -> rusqlite::Result<Option<WriteOutcome>> {
+    type Row = (String, i64, String, Option<i64>, Option<String>);
+    let row: Option<Row> = c
+        .prepare_cached(
+            "SELECT to_user, amount, status, balance, message FROM requests
+             WHERE user_id = ?1 AND request_id = ?2",
+        )?
+        .query_row(params![from, rid], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .optional()?;
+    let Some((first_to, first_amount, status, balance, message)) = row else {
+        return Ok(None);
+    };
+    if first_to != to || first_amount != amount {
+        return Ok(Some(rejected(
+            ErrorCode::BadRequest,
+            "request id already used for a different transfer",
+        )));
+    }
+    Ok(Some(match (status.as_str(), balance) {
+        ("OK", Some(b)) => WriteOutcome::Balance(b),
+        _ => WriteOutcome::Rejected(
+            ErrorCode::parse(&status).unwrap_or(ErrorCode::Internal),
+            message.unwrap_or_default(),
+        ),
+    }))
+}
+
+fn transfer(
+    c: &Connection,
+    from: i64,
+    from_name: &str,
+    to: &str,
+    amount: i64,
+    now: i64,
+) -> rusqlite::Result<WriteOutcome> {
+    let to_id: Option<i64> = c
+        .prepare_cached("SELECT id FROM users WHERE name = ?1")?
+        .query_row([to], |r| r.get(0))
+        .optional()?;
+    let Some(to_id) = to_id else {
+        return Ok(rejected(ErrorCode::NoSuchUser, "no such user"));
+    };
+    if to_id == from {
+        return Ok(rejected(
+            ErrorCode::BadRequest,
+            "cannot transfer to your own account",
+        ));
+    }
+    let from_balance = balance_of(c, from)?;
+    if from_balance < amount {
+        return Ok(rejected(
+            ErrorCode::InsufficientFunds,
+            "the balance does not cover the transfer",
+        ));
+    }
+    let Some(to_balance) = balance_of(c, to_id)?.checked_add(amount) else {
+        return Ok(rejected(
+            ErrorCode::InvalidAmount,
+            "the recipient's balance would exceed the largest amount the bank can hold",
+        ));
+    };
+    let from_balance = from_balance - amount;
+    set_balance(c, from, from_balance)?;
+    set_balance(c, to_id, to_balance)?;
+    add_entry(
+        c,
+        from,
+        EntryKind::TransferOut,
+        Some(to),
+        -amount,
+        from_balance,
+        now,
+    )?;
+    add_entry(
+        c,
+        to_id,
+        EntryKind::TransferIn,
+        Some(from_name),
+        amount,
+        to_balance,
+        now,
+    )?;
+    Ok(WriteOutcome::Balance(from_balance))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::Arc;
+
+    /// A fresh directory, removed on drop.
+    struct TempDir(PathBuf);
+
+    impl TempDir {
+        fn new() -> TempDir {
+            static N: AtomicUsize = AtomicUsize::new(0);
+            let dir = std::env::temp_dir().join(format!(
+                "bank-store-{}-{}",
+                std::process::id(),
+                N.fetch_add(1, Ordering::SeqCst)
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            TempDir(dir)
+        }
+    }
+
+    impl Drop for TempDir {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+
+    fn setup(group_commit: bool) -> (TempDir, Store, i64, i64) {
+        let dir = TempDir::new();
+        let store = Store::open(&dir.0.join("bank.db"), group_commit).unwrap();
+        let reg = |name: &str| WriteOp::Register {
+            name: name.into(),
+            hash: "$argon2id$fake".into(),
+        };
+        let r = store.write_now(&[reg("alice"), reg("bob"), reg("alice")]);
+        assert_eq!(r[0].as_ref().unwrap(), &WriteOutcome::Registered);
+        assert_eq!(r[1].as_ref().unwrap(), &WriteOutcome::Registered);
+        assert!(matches!(
+            r[2].as_ref().unwrap(),
+            WriteOutcome::Rejected(ErrorCode::UserExists, _)
+        ));
+        let a = store.user("alice").unwrap().unwrap().id;
+        let b = store.user("bob").unwrap().unwrap().id;
+        (dir, store, a, b)
+    }
+
+    fn balance(r: &Result<WriteOutcome, StoreError>) -> i64 {
+        match r {
+            Ok(WriteOutcome::Balance(b)) => *b,
+            other => panic!("expected a balance, got {other:?}"),
+        }
+    }
+
+    fn code(r: &Result<WriteOutcome, StoreError>) -> ErrorCode {
+        match r {
+            Ok(WriteOutcome::Rejected(c, _)) => *c,
+            other => panic!("expected a rejection, got {other:?}"),
+        }
+    }
+
+    fn tr(from: i64, to: &str, amount: i64, rid: Option<&str>) -> WriteOp {
+        WriteOp::Transfer {
+            from,
+            from_name: if from == 1 { "alice" } else { "bob" }.into(),
+            to: to.into(),
+            amount,
+            request_id: rid.map(Into::into),
+        }
+    }
+
+    #[test]
+    fn creates_schema_in_wal_mode_and_reopens() {
+        let (dir, store, a, _) = setup(true);
+        assert_eq!(
+            balance(&store.write_now(&[WriteOp::Deposit { user: a, amount: 5 }])[0]),
+            5
+        );
+        drop(store);
+        let store = Store::open(&dir.0.join("bank.db"), true).unwrap();
+        assert_eq!(store.balance(a).unwrap(), 5);
+        let mode: String = store
+            .writer
+            .lock()
+            .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(mode, "wal");
+        let sync: i64 = store
+            .writer
+            .lock()
+            .query_row("PRAGMA synchronous", [], |r| r.get(0))
+            .unwrap();
+        assert_eq!(sync, 2, "FULL");
+    }
+
+    #[test]
+    fn deposits_withdrawals_and_transfers() {
+        let (_dir, store, a, b) = setup(true);
+        let r = store.write_now(&[
+            WriteOp::Deposit {
+                user: a,
+                amount: 1000,
+            },
+            WriteOp::Withdraw { user: a, amount: 1 },
+            WriteOp::Withdraw {
+                user: a,
+                amount: 5000,
+            },
+            tr(a, "bob", 300, None),
+            tr(a, "carol", 1, None),
+            tr(a, "alice", 1, None),
+            tr(a, "bob", 700, None),
+        ]);
+        assert_eq!(balance(&r[0]), 1000);
+        assert_eq!(balance(&r[1]), 999);
+        assert_eq!(code(&r[2]), ErrorCode::InsufficientFunds);
+        assert_eq!(balance(&r[3]), 699);
+        assert_eq!(code(&r[4]), ErrorCode::NoSuchUser);
+        assert_eq!(code(&r[5]), ErrorCode::BadRequest);
+        assert_eq!(code(&r[6]), ErrorCode::InsufficientFunds);
+        assert_eq!(store.balance(a).unwrap(), 699);
+        assert_eq!(store.balance(b).unwrap(), 300);
+        assert_eq!(store.total().unwrap(), 999);
+
+        let h = store.history(a, 10).unwrap();
+        let lines: Vec<String> = h.iter().map(|e| e.line()).collect();
+        assert_eq!(h.len(), 3, "{lines:?}");
+        assert_eq!(h[0].kind, EntryKind::TransferOut);
+        assert_eq!(h[0].counterparty.as_deref(), Some("bob"));
+        assert_eq!((h[0].amount, h[0].balance_after), (-300, 699));
+        assert_eq!((h[1].kind, h[1].amount), (EntryKind::Withdraw, -1));
+        assert_eq!((h[2].kind, h[2].amount), (EntryKind::Deposit, 1000));
+        assert!(h[0].id > h[1].id && h[1].id > h[2].id);
+        let hb = store.history(b, 10).unwrap();
+        assert_eq!(hb.len(), 1);
+        assert_eq!(hb[0].kind, EntryKind::TransferIn);
+        assert_eq!(hb[0].counterparty.as_deref(), Some("alice"));
+        assert_eq!(store.history(a, 1).unwrap().len(), 1);
+    }
+
+    #[test]
+    fn balances_cannot_overflow() {
+        let (_dir, store, a, _) = setup(true);
+        store
+            .writer
+            .lock()
+            .execute(
+                "UPDATE users SET balance = ?1 WHERE id = ?2",
+                params![i64::MAX - 5, a],
+            )
+            .unwrap();
+        let r = store.write_now(&[WriteOp::Deposit { user: a, amount: 6 }]);
+        assert_eq!(code(&r[0]), ErrorCode::InvalidAmount);
+        assert_eq!(store.balance(a).unwrap(), i64::MAX - 5);
+    }
+
+    #[test]
+    fn request_ids_make_transfers_idempotent() {
+        let (_dir, store, a, b) = setup(true);
+        store.write_now(&[WriteOp::Deposit {
+            user: a,
+            amount: 100,
+        }]);
+        let r = store.write_now(&[
+            tr(a, "bob", 40, Some("r1")),
+            tr(a, "bob", 40, Some("r1")),
+            tr(a, "bob", 41, Some("r1")),
+            tr(a, "bob", 500, Some("r2")),
+            tr(b, "alice", 10, Some("r1")),
+        ]);
+        assert_eq!(balance(&r[0]), 60);
+        assert_eq!(balance(&r[1]), 60, "replayed");
+        assert_eq!(
+            code(&r[2]),
+            ErrorCode::BadRequest,
+            "same id, other transfer"
+        );
+        assert_eq!(code(&r[3]), ErrorCode::InsufficientFunds);
+        assert_eq!(balance(&r[4]), 30, "ids are per user");
+        // The refusal is replayed too, even though the balance now covers it.
+        store.write_now(&[WriteOp::Deposit {
+            user: a,
+            amount: 1000,
+        }]);
+        let r = store.write_now(&[tr(a, "bob", 500, Some("r2")), tr(a, "bob", 40, Some("r1"))]);
+        assert_eq!(code(&r[0]), ErrorCode::InsufficientFunds);
+        assert_eq!(balance(&r[1]), 60);
+        assert_eq!(store.balance(a).unwrap(), 1070);
+        assert_eq!(store.balance(b).unwrap(), 30);
+    }
+
+    #[test]
+    fn group_commit_batches_and_delivers_every_result() {
+        for group in [true, false] {
+            let (_dir, store, a, b) = setup(group);
+            let store = Arc::new(store);
+            store.write_now(&[WriteOp::Deposit {
+                user: a,
+                amount: 1000,
+            }]);
+            let (tx, rx) = std::sync::mpsc::channel();
+            let threads: Vec<_> = (0..8)
+                .map(|t| {
+                    let store = store.clone();
+                    let tx = tx.clone();
+                    std::thread::spawn(move || {
+                        for i in 0..25 {
+                            let tx = tx.clone();
+                            let (from, to) = if (t + i) % 2 == 0 {
+                                (a, "bob")
+                            } else {
+                                (b, "alice")
+                            };
+                            store.submit_write(WriteJob {
+                                ops: vec![tr(from, to, 7, None), tr(from, to, 3, None)],
+                                done: Box::new(move |r| tx.send(r).unwrap()),
+                            });
+                        }
+                    })
+                })
+                .collect();
+            drop(tx);
+            for t in threads {
+                t.join().unwrap();
+            }
+            let results: Vec<WriteResults> = rx.iter().collect();
+            assert_eq!(results.len(), 200);
+            assert!(results.iter().all(|r| r.len() == 2));
+            assert_eq!(store.total().unwrap(), 1000);
+            assert!(store.balance(a).unwrap() >= 0 && store.balance(b).unwrap() >= 0);
+            let oks = results
+                .iter()
+                .flatten()
+                .filter(|r| matches!(r, Ok(WriteOutcome::Balance(_))))
+                .count();
+            let ledger =
+                store.history(a, 1000).unwrap().len() + store.history(b, 1000).unwrap().len();
+            assert_eq!(ledger, 1 + 2 * oks);
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Hostile and broken clients: idle and half-open connections, overlong lines, password
+//! guessing, garbage and binary input. None of them may crash the server or disturb
+//! other clients.
+
+mod common;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{Client, Rng, Server, TempDir, PW};
+
+#[test]
+fn silent_connections_are_evicted_and_heartbeats_keep_them() {
+    let dir = TempDir::new("idle");
+    let server = Server::start(&dir.db(), &["--idle-timeout", "1"]);
+    let mut silent = Client::connect(server.addr);
+    let mut half_line = Client::connect(server.addr);
+    half_line.send(b"BALAN"); // never finished
+    let mut logged_in = Client::logged_in(server.addr, "ivy");
+    let mut pinger = Client::connect(server.addr);
+    let start = Instant::now();
+
+    // The pinger sends a heartbeat every 300 ms for 2.5 s and stays connected.
+    while start.elapsed() < Duration::from_millis(2500) {
+        assert_eq!(pinger.cmd("PING"), "PONG");
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    for (name, c) in [
+        ("silent", &mut silent),
+        ("half line", &mut half_line),
+        ("logged in", &mut logged_in),
+    ] {
+        let rest = c.expect_closed(Duration::from_secs(3));
+        assert!(
+            rest.is_empty(),
+            "{name}: {:?}",
+            String::from_utf8_lossy(&rest)
+        );
+    }
+    let evicted_after = start.elapsed();
+    assert!(evicted_after >= Duration::from_millis(900));
+    assert_eq!(pinger.cmd("PING"), "PONG");
+    // A new connection works, and the evicted session's account is intact.
+    let mut again = Client::connect(server.addr);
+    assert_eq!(again.cmd(&format!("LOGIN ivy {PW}")), "OK welcome ivy");
+}
+
+#[test]
+fn an_overlong_line_is_answered_then_the_connection_closes() {
+    let dir = TempDir::new("long");
+    let server = Server::start(&dir.db(), &[]);
+
+    // Exactly 1024 bytes is still a line (an unknown command); the connection stays.
+    let mut c = Client::connect(server.addr);
+    let max = "X".repeat(1024);
+    assert!(c.cmd(&max).starts_with("ERR UNKNOWN_COMMAND"));
+    let max_crlf = format!("{}\r\n", "Y".repeat(1024));
+    c.send(max_crlf.as_bytes());
+    assert!(c.line().starts_with("ERR UNKNOWN_COMMAND"));
+    assert_eq!(c.cmd("PING"), "PONG");
+
+    // 1025 bytes with its line end, after a pipelined PING: PONG, then the error, then EOF;
+    // nothing after the long line is executed.
+    let mut c = Client::connect(server.addr);
+    let mut wire = b"PING\n".to_vec();
+    wire.extend(std::iter::repeat_n(b'Z', 1025));
+    wire.extend(b"\nPING\n");
+    c.send(&wire);
+    assert_eq!(c.line(), "PONG");
+    assert!(c.line().starts_with("ERR LINE_TOO_LONG"));
+    let rest = c.expect_closed(Duration::from_secs(5));
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+
+    // A line end that never comes: closed as soon as 1025 bytes prove it too long, while
+    // the client is still sending.
+    let mut c = Client::connect(server.addr);
+    let ok = (0..64).all(|_| c.try_send(&[b'A'; 1000]));
+    let _ = ok; // the server may close before we finish writing
+    assert!(c.line().starts_with("ERR LINE_TOO_LONG"));
+    c.expect_closed(Duration::from_secs(5));
+
+    let mut other = Client::connect(server.addr);
+    assert_eq!(other.cmd("PING"), "PONG");
+}
+
+#[test]
+fn five_failed_logins_close_the_connection() {
+    let dir = TempDir::new("logins");
+    let server = Server::start(&dir.db(), &[]);
+    Client::logged_in(server.addr, "mallory_target");
+
+    let mut c = Client::connect(server.addr);
+    for i in 0..4 {
+        let pw = format!("guess{i:04}");
+        assert!(c
+            .cmd(&format!("LOGIN mallory_target {pw}"))
+            .starts_with("ERR AUTH_FAILED"));
+    }
+    assert_eq!(c.cmd("PING"), "PONG", "four failures are tolerated");
+    // The fifth (here a malformed one, which counts too) closes; the pipelined rest is dropped.
+    c.send(b"LOGIN mallory_target x\nPING\nPING\n");
+    assert!(c.line().starts_with("ERR AUTH_FAILED"));
+    let rest = c.expect_closed(Duration::from_secs(5));
+    assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
+
+    // Failures on one connection do not count against another, nor lock the account.
+    let mut c = Client::connect(server.addr);
+    for _ in 0..4 {
+        assert!(c
+            .cmd("LOGIN nobody_here secret123")
+            .starts_with("ERR AUTH_FAILED"));
+    }
+    assert_eq!(
+        c.cmd(&format!("LOGIN mallory_target {PW}")),
+        "OK welcome mallory_target"
+    );
+}
+
+#[test]
+fn garbage_gets_bad_request_and_disturbs_nobody() {
+    let dir = TempDir::new("garbage");
+    let server = Server::start(&dir.db(), &[]);
+    let addr = server.addr;
+
+    // A well-behaved client keeps working throughout.
+    let stop = Arc::new(AtomicBool::new(false));
+    let witness = {
+        let stop = stop.clone();
+        std::thread::spawn(move || {
+            let mut c = Client::logged_in(addr, "wendy");
+            let mut n = 0i64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                assert_eq!(c.cmd("DEPOSIT 1"), format!("OK {n}"));
+                assert_eq!(c.cmd("PING"), "PONG");
+            }
+            assert_eq!(c.balance(), n);
+            n
+        })
+    };
+
+    // Invalid UTF-8 lines: ERR BAD_REQUEST each, and the connection is still usable.
+    let mut c = Client::connect(addr);
+    c.send(b"\xff\xfe\xfd\nPING \xc3\x28\nBALANCE\x80\n\x00\x01\x02\n");
+    assert_eq!(c.line(), "ERR BAD_REQUEST line is not valid UTF-8");
+    assert_eq!(c.line(), "ERR BAD_REQUEST line is not valid UTF-8");
+    assert_eq!(c.line(), "ERR BAD_REQUEST line is not valid UTF-8");
+    assert!(c
+        .line()
+        .starts_with("ERR UNKNOWN_COMMAND unknown command ???"));
+    assert_eq!(c.cmd("PING"), "PONG");
+
+    // Random binary: every line gets exactly one ERR reply (or none if blank).
+    let mut rng = Rng::new(7);
+    for round in 0..20 {
+        let mut c = Client::connect(addr);
+        let mut wire = Vec::new();
+        let mut lines = 0;
+        for _ in 0..50 {
+            let len = 1 + rng.below(200) as usize;
+            let mut line: Vec<u8> = (0..len)
+                .map(|_| rng.below(256) as u8)
+                .filter(|&b| b != b'\n')
+                .collect();
+            // Keep the line from being blank (blank lines get no reply).
+            line.insert(0, 0xff);
+            wire.extend(&line);
+            wire.push(b'\n');
+            lines += 1;
+        }
+        c.send(&wire);
+        for _ in 0..lines {
+            let r = c.line();
+            assert!(
+                r.starts_with("ERR BAD_REQUEST") || r.starts_with("ERR UNKNOWN_COMMAND"),
+                "round {round}: {r:?}"
+            );
+        }
+        assert_eq!(c.cmd("PING"), "PONG");
+        if round % 2 == 0 {
+            // Some leave abruptly with commands in flight.
+            c.send(b"BALANCE\nREGISTER x_y_z secret123\nPING\n");
+        }
+    }
+
+    // Connections that vanish mid-pipeline, with worker jobs in flight.
+    for i in 0..20 {
+        let mut c = Client::logged_in(addr, &format!("gone{}", i % 3));
+        c.send("DEPOSIT 5\nBALANCE\nHISTORY 3\n".repeat(30).as_bytes());
+        drop(c);
+    }
+
+    stop.store(true, Ordering::Relaxed);
+    let deposits = witness
+        .join()
+        .expect("the well-behaved client was disturbed");
+    assert!(deposits > 0);
+    let mut c = Client::connect(addr);
+    assert_eq!(c.cmd("PING"), "PONG");
+    assert_eq!(c.cmd(&format!("LOGIN wendy {PW}")), "OK welcome wendy");
+    assert_eq!(c.balance(), deposits);
+}

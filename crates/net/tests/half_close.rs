@@ -1,0 +1,102 @@
+//! A peer that half-closes right after its request still gets replies computed later,
+//! when the application asks for that with `on_peer_half_close`; without it, the server
+//! closes once its output is written.
+
+use std::io::{Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::sync::mpsc;
+use std::thread;
+use std::time::Duration;
+
+use duo_net::TcpServer;
+use duo_reactor::EventLoop;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+/// Runs a server built by `build` on its own thread; returns its address and a function
+/// that stops it.
+fn serve(
+    build: impl FnOnce(duo_net::ServerBuilder) -> duo_net::ServerBuilder + Send + 'static,
+) -> (std::net::SocketAddr, impl FnOnce()) {
+    let (tx, rx) = mpsc::channel();
+    let thread = thread::spawn(move || {
+        let mut lp = EventLoop::new().unwrap();
+        let server =
+            build(TcpServer::builder("half-close", "127.0.0.1:0".parse().unwrap()).io_threads(1))
+                .start(&mut lp)
+                .unwrap();
+        tx.send(server.clone_handle()).unwrap();
+        lp.run().unwrap();
+        server.stop();
+    });
+    let handle = rx.recv_timeout(DEADLINE).unwrap();
+    let addr = handle.local_addr();
+    (addr, move || {
+        handle.shutdown(Duration::from_millis(200), |lp| lp.quit());
+        thread.join().unwrap();
+    })
+}
+
+fn request(addr: std::net::SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(DEADLINE)).unwrap();
+    s.write_all(msg).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    let mut got = Vec::new();
+    s.read_to_end(&mut got).unwrap();
+    got
+}
+
+#[test]
+fn late_replies_reach_a_peer_that_half_closed() {
+    let (addr, stop) = serve(|b| {
+        b.on_message(|ctx, input| {
+            // The "work" finishes 50 ms later, as a worker pool's would.
+            let request = input.peek().to_vec();
+            input.consume_all();
+            let conn = ctx.connection().clone();
+            let _ = conn
+                .loop_handle()
+                .clone()
+                .run_after(Duration::from_millis(50), move |_| {
+                    let mut reply = b"done: ".to_vec();
+                    reply.extend_from_slice(&request);
+                    let _ = conn.send(reply);
+                    let _ = conn.close_after_flush();
+                });
+        })
+        .on_peer_half_close(|ctx| {
+            assert!(ctx.peer_half_closed());
+            // Still open for sending: the reply is on its way.
+            assert!(ctx.connection().is_connected());
+        })
+    });
+    assert_eq!(request(addr, b"job"), b"done: job");
+    stop();
+}
+
+#[test]
+fn without_the_callback_the_server_closes_after_its_output() {
+    let (late_tx, late_rx) = mpsc::channel();
+    let (addr, stop) = serve(move |b| {
+        b.on_message(move |ctx, input| {
+            ctx.send(input.peek());
+            input.consume_all();
+            let conn = ctx.connection().clone();
+            let late_tx = late_tx.clone();
+            let _ = conn
+                .loop_handle()
+                .clone()
+                .run_after(Duration::from_millis(50), move |_| {
+                    let _ = late_tx.send(conn.send(&b"late"[..]));
+                });
+        })
+    });
+    assert_eq!(request(addr, b"echo me"), b"echo me");
+    // Too late: the connection closed when the peer's EOF came.
+    assert_eq!(
+        late_rx.recv_timeout(DEADLINE).unwrap(),
+        Err(duo_net::ConnectionClosed)
+    );
+    stop();
+}
