@@ -1,0 +1,607 @@
+//! The per-thread event loop: many non-blocking client connections on one [`Epoll`].
+//!
+//! An [`Engine`] owns a fixed set of *slots*. Each slot holds a [`Session`] (the protocol
+//! logic of one mode: what to send, how to check what comes back) and, while connected,
+//! a socket with its input and output bytes. The engine does everything the sessions have
+//! in common:
+//!
+//! - it opens connections with a non-blocking `connect`, at most
+//!   [`Options::max_connecting`] at a time (so 10 000 connections open in batches the
+//!   server's backlog can absorb), and reopens a slot when its session asks to;
+//! - it registers each socket once, edge-triggered for reading and writing, reads until a
+//!   short read or `EAGAIN`, and writes queued output until done or `EAGAIN`;
+//! - it counts every failure ([`Fault`]) and closes the connection, then lets the session
+//!   decide whether to connect again;
+//! - it times out connects and replies that take longer than [`Options::timeout`].
+//!
+//! Epoll tokens are `generation << 32 | slot`: a slot's generation changes with each new
+//! socket, so an event still queued for a closed socket never reaches its successor.
+//!
+//! Every connection is closed abortively (RST, see [`net::close_abortively`]).
+
+use std::collections::VecDeque;
+use std::io::{self, Read, Write};
+use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use duo_sys::{Epoll, Events, Interest, Ready};
+
+use crate::fault::{Fault, Faults};
+use crate::net;
+
+/// How often connects and outstanding replies are checked against the timeout.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// Bytes one `read` asks for.
+const READ_CHUNK: usize = 64 * 1024;
+
+/// What a session wants after a callback.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    /// Keep the connection; send whatever was queued in [`Ctx::out`].
+    Continue,
+    /// Close this connection (output still queued is dropped) and open a new one for the
+    /// same session.
+    Reconnect,
+    /// Close this connection; the session is finished.
+    Done,
+}
+
+/// What a session callback may touch.
+#[derive(Debug)]
+pub(crate) struct Ctx<'a, T> {
+    /// The time of the callback.
+    pub(crate) now: Instant,
+    /// Bytes to send: append to it; the engine writes it after the callback.
+    pub(crate) out: &'a mut Vec<u8>,
+    /// State shared by all sessions of this thread (counters, latency histogram).
+    pub(crate) shared: &'a mut T,
+    /// Failures of this thread, for a session that counts one and carries on.
+    pub(crate) faults: &'a mut Faults,
+}
+
+/// The protocol logic of one connection.
+pub(crate) trait Session {
+    /// State shared by the sessions of one engine.
+    type Shared;
+
+    /// The connection is established.
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Self::Shared>) -> Step;
+
+    /// Bytes arrived. `input` holds every byte received and not consumed yet; return how
+    /// many were consumed (the rest is offered again with the next bytes), or the failure
+    /// that ends this connection.
+    fn on_data(
+        &mut self,
+        input: &[u8],
+        ctx: &mut Ctx<'_, Self::Shared>,
+    ) -> Result<(usize, Step), Fault>;
+
+    /// Since when a reply has been awaited, if one is: the engine fails the connection
+    /// with [`Fault::Timeout`] when that is longer ago than the timeout.
+    fn waiting_since(&self) -> Option<Instant>;
+
+    /// The connection failed with `fault` (already counted and closed): return `true` to
+    /// connect again after [`Options::retry_delay`], `false` to finish the session.
+    fn retry_after(&mut self, fault: Fault, shared: &mut Self::Shared) -> bool {
+        let _ = (fault, shared);
+        false
+    }
+}
+
+/// Engine settings.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Options {
+    /// Connects in progress at most at once.
+    pub(crate) max_connecting: usize,
+    /// How long a connect or an awaited reply may take.
+    pub(crate) timeout: Duration,
+    /// Pause before a failed session connects again (so a refused connect does not spin).
+    pub(crate) retry_delay: Duration,
+}
+
+/// Where a slot is in its life.
+#[derive(Debug, Clone, Copy)]
+enum State {
+    /// Waiting to (re)connect.
+    Pending,
+    /// Connect started at that time.
+    Connecting(Instant),
+    /// Connected.
+    Open,
+    /// Finished: its session wants no more connections.
+    Done,
+}
+
+/// A connected (or connecting) socket and its bytes.
+#[derive(Debug)]
+struct Conn {
+    stream: Option<TcpStream>,
+    /// Received, not yet consumed by the session.
+    input: Vec<u8>,
+    /// Queued for sending; `out[out_pos..]` is still unsent.
+    out: Vec<u8>,
+    out_pos: usize,
+}
+
+impl Conn {
+    fn new(stream: TcpStream) -> Conn {
+        Conn {
+            stream: Some(stream),
+            input: Vec::new(),
+            out: Vec::new(),
+            out_pos: 0,
+        }
+    }
+
+    fn stream(&mut self) -> &mut TcpStream {
+        self.stream.as_mut().expect("a live Conn has a stream")
+    }
+
+    /// Writes queued output until it is all sent or the socket is full.
+    fn flush(&mut self) -> Result<(), Fault> {
+        while self.out_pos < self.out.len() {
+            let stream = self.stream.as_mut().expect("a live Conn has a stream");
+            match stream.write(&self.out[self.out_pos..]) {
+                Ok(0) => return Err(Fault::Io),
+                Ok(n) => self.out_pos += n,
+                // Edge-triggered: the next writable edge resumes the flush.
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Fault::of(&e)),
+            }
+        }
+        self.out.clear();
+        self.out_pos = 0;
+        Ok(())
+    }
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        // Closing also removes the socket from the epoll set: nothing else holds a
+        // duplicate of the descriptor, so no explicit `epoll_ctl(DEL)` is needed.
+        if let Some(stream) = self.stream.take() {
+            net::close_abortively(stream);
+        }
+    }
+}
+
+/// One session and its connection.
+#[derive(Debug)]
+struct Slot<S> {
+    session: S,
+    /// Local address to bind before connecting.
+    source: Option<IpAddr>,
+    generation: u32,
+    state: State,
+    conn: Option<Conn>,
+}
+
+/// Client connections driven by one epoll instance on the calling thread.
+#[derive(Debug)]
+pub(crate) struct Engine<S: Session> {
+    epoll: Epoll,
+    events: Events,
+    target: SocketAddr,
+    opts: Options,
+    slots: Vec<Slot<S>>,
+    shared: S::Shared,
+    faults: Faults,
+    /// Slots to connect as soon as the connect budget allows.
+    queue: VecDeque<usize>,
+    /// Slots to connect again once the time has come.
+    delayed: Vec<(Instant, usize)>,
+    connecting: usize,
+    open: usize,
+    done: usize,
+    /// The open-file limit was hit: open no more connections.
+    fd_exhausted: bool,
+    scratch: Vec<u8>,
+    next_sweep: Instant,
+}
+
+impl<S: Session> Engine<S> {
+    /// An engine for `sessions`, each with the source address to bind to (if any), all
+    /// waiting to connect to `target`. Nothing happens before the first [`Engine::poll`].
+    pub(crate) fn new(
+        target: SocketAddr,
+        sessions: Vec<(S, Option<IpAddr>)>,
+        shared: S::Shared,
+        opts: Options,
+    ) -> io::Result<Engine<S>> {
+        let slots: Vec<Slot<S>> = sessions
+            .into_iter()
+            .map(|(session, source)| Slot {
+                session,
+                source,
+                generation: 0,
+                state: State::Pending,
+                conn: None,
+            })
+            .collect();
+        Ok(Engine {
+            epoll: Epoll::new()?,
+            events: Events::with_capacity(slots.len().clamp(16, 1024)),
+            target,
+            opts: Options {
+                max_connecting: opts.max_connecting.max(1),
+                ..opts
+            },
+            queue: (0..slots.len()).collect(),
+            slots,
+            shared,
+            faults: Faults::default(),
+            delayed: Vec::new(),
+            connecting: 0,
+            open: 0,
+            done: 0,
+            fd_exhausted: false,
+            scratch: vec![0; READ_CHUNK],
+            next_sweep: Instant::now() + SWEEP_INTERVAL,
+        })
+    }
+
+    /// The state shared by the sessions.
+    pub(crate) fn shared(&self) -> &S::Shared {
+        &self.shared
+    }
+
+    /// The state shared by the sessions, to change.
+    pub(crate) fn shared_mut(&mut self) -> &mut S::Shared {
+        &mut self.shared
+    }
+
+    /// The sessions.
+    pub(crate) fn sessions(&self) -> impl Iterator<Item = &S> {
+        self.slots.iter().map(|s| &s.session)
+    }
+
+    /// Connections open now.
+    pub(crate) fn open_count(&self) -> usize {
+        self.open
+    }
+
+    /// Sessions that are finished.
+    pub(crate) fn done_count(&self) -> usize {
+        self.done
+    }
+
+    /// Whether every slot is either open or finished: no connect under way or to come.
+    pub(crate) fn is_settled(&self) -> bool {
+        self.queue.is_empty() && self.delayed.is_empty() && self.connecting == 0
+    }
+
+    /// Whether the open-file limit stopped the engine from opening connections.
+    pub(crate) fn fd_exhausted(&self) -> bool {
+        self.fd_exhausted
+    }
+
+    /// One round: starts due connects, waits for readiness until `until` at the latest
+    /// (less if a timeout check or a retry is due), and handles what is ready.
+    pub(crate) fn poll(&mut self, until: Instant) -> io::Result<()> {
+        let now = Instant::now();
+        self.start_connects(now);
+        let mut wake = until.min(self.next_sweep);
+        if let Some(&(at, _)) = self.delayed.iter().min_by_key(|(at, _)| *at) {
+            wake = wake.min(at);
+        }
+        self.epoll
+            .wait(&mut self.events, Some(wake.saturating_duration_since(now)))?;
+        for i in 0..self.events.len() {
+            if let Some((token, ready)) = self.events.get(i) {
+                self.dispatch(token, ready);
+            }
+        }
+        let now = Instant::now();
+        if now >= self.next_sweep {
+            self.sweep(now);
+            self.next_sweep = now + SWEEP_INTERVAL;
+        }
+        Ok(())
+    }
+
+    /// Calls `f` on every session with an open connection, then acts on its [`Step`]
+    /// (sending what it queued). Used to start a measured phase on every connection at once.
+    pub(crate) fn each(&mut self, mut f: impl FnMut(&mut S, &mut Ctx<'_, S::Shared>) -> Step) {
+        for idx in 0..self.slots.len() {
+            if !matches!(self.slots[idx].state, State::Open) {
+                continue;
+            }
+            let Engine {
+                slots,
+                shared,
+                faults,
+                ..
+            } = self;
+            let slot = &mut slots[idx];
+            let conn = slot.conn.as_mut().expect("an open slot has a connection");
+            let mut ctx = Ctx {
+                now: Instant::now(),
+                out: &mut conn.out,
+                shared,
+                faults,
+            };
+            let step = f(&mut slot.session, &mut ctx);
+            self.apply(idx, step);
+        }
+    }
+
+    /// Gives up on every connect not started yet, counting `fault` for each (for example
+    /// when a set-up phase ran out of time).
+    pub(crate) fn cancel_pending(&mut self, fault: Fault) {
+        let pending: Vec<usize> = self
+            .queue
+            .drain(..)
+            .chain(self.delayed.drain(..).map(|(_, idx)| idx))
+            .collect();
+        for idx in pending {
+            self.faults.count(fault);
+            self.slots[idx].state = State::Done;
+            self.done += 1;
+        }
+    }
+
+    /// Closes every connection (abortively) and returns the shared state and the failures.
+    pub(crate) fn finish(self) -> (S::Shared, Faults) {
+        (self.shared, self.faults)
+    }
+
+    fn token(idx: usize, generation: u32) -> u64 {
+        (u64::from(generation) << 32) | idx as u64
+    }
+
+    fn start_connects(&mut self, now: Instant) {
+        let mut i = 0;
+        while i < self.delayed.len() {
+            if self.delayed[i].0 <= now {
+                let (_, idx) = self.delayed.swap_remove(i);
+                self.queue.push_back(idx);
+            } else {
+                i += 1;
+            }
+        }
+        while self.connecting < self.opts.max_connecting {
+            let Some(idx) = self.queue.pop_front() else {
+                break;
+            };
+            if self.fd_exhausted {
+                // Counted per connection that could not be opened.
+                self.fail(idx, Fault::FdLimit);
+            } else {
+                self.connect(idx, now);
+            }
+        }
+    }
+
+    fn connect(&mut self, idx: usize, now: Instant) {
+        let slot = &mut self.slots[idx];
+        slot.generation = slot.generation.wrapping_add(1);
+        let token = Self::token(idx, slot.generation);
+        let stream = net::start_connect(self.target, slot.source).and_then(|stream| {
+            // Registered once for both directions, edge-triggered: no `epoll_ctl` per
+            // message. The first writable edge says the connect is done.
+            let interest = Interest::READABLE | Interest::WRITABLE | Interest::EDGE;
+            self.epoll.add(stream.as_fd(), interest, token)?;
+            Ok(stream)
+        });
+        match stream {
+            Ok(stream) => {
+                slot.conn = Some(Conn::new(stream));
+                slot.state = State::Connecting(now);
+                self.connecting += 1;
+            }
+            Err(e) => {
+                let fault = Fault::of(&e);
+                if fault == Fault::FdLimit {
+                    self.fd_exhausted = true;
+                }
+                self.fail(idx, fault);
+            }
+        }
+    }
+
+    fn dispatch(&mut self, token: u64, ready: Ready) {
+        let idx = (token & 0xFFFF_FFFF) as usize;
+        let Some(slot) = self.slots.get(idx) else {
+            return;
+        };
+        if u64::from(slot.generation) != token >> 32 {
+            return; // a socket of this slot that has been closed since
+        }
+        match slot.state {
+            State::Connecting(_) => self.on_connect_event(idx, ready),
+            State::Open => {
+                if ready.is_writable() {
+                    let conn = self.slots[idx].conn.as_mut().expect("open");
+                    if let Err(fault) = conn.flush() {
+                        self.fail(idx, fault);
+                        return;
+                    }
+                }
+                if ready.is_readable() || ready.is_hup() || ready.is_error() {
+                    self.read(idx);
+                }
+            }
+            State::Pending | State::Done => {}
+        }
+    }
+
+    fn on_connect_event(&mut self, idx: usize, ready: Ready) {
+        let conn = self.slots[idx].conn.as_mut().expect("connecting");
+        match conn.stream().take_error() {
+            Ok(Some(e)) | Err(e) => return self.fail(idx, Fault::of(&e)),
+            Ok(None) if ready.is_error() || ready.is_hup() => return self.fail(idx, Fault::Closed),
+            Ok(None) if !ready.is_writable() => return,
+            Ok(None) => {}
+        }
+        self.connecting -= 1;
+        self.open += 1;
+        let Engine {
+            slots,
+            shared,
+            faults,
+            ..
+        } = self;
+        let slot = &mut slots[idx];
+        slot.state = State::Open;
+        let conn = slot.conn.as_mut().expect("connecting");
+        let mut ctx = Ctx {
+            now: Instant::now(),
+            out: &mut conn.out,
+            shared,
+            faults,
+        };
+        let step = slot.session.on_open(&mut ctx);
+        // Edge-triggered: bytes that came with the connect edge must be read now.
+        if self.apply(idx, step) && ready.is_readable() {
+            self.read(idx);
+        }
+    }
+
+    /// Reads until the socket is drained, handing the bytes to the session.
+    fn read(&mut self, idx: usize) {
+        let mut scratch = std::mem::take(&mut self.scratch);
+        loop {
+            let conn = self.slots[idx].conn.as_mut().expect("open");
+            match conn.stream().read(&mut scratch) {
+                Ok(0) => {
+                    self.fail(idx, Fault::Closed);
+                    break;
+                }
+                Ok(n) => {
+                    if !self.deliver(idx, &scratch[..n]) {
+                        break;
+                    }
+                    // A short read proves the receive queue empty (no extra read for EAGAIN).
+                    if n < scratch.len() {
+                        break;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => {
+                    self.fail(idx, Fault::of(&e));
+                    break;
+                }
+            }
+        }
+        self.scratch = scratch;
+    }
+
+    /// Gives `data` to the session; returns whether the connection is still open.
+    fn deliver(&mut self, idx: usize, data: &[u8]) -> bool {
+        let Engine {
+            slots,
+            shared,
+            faults,
+            ..
+        } = self;
+        let slot = &mut slots[idx];
+        let conn = slot.conn.as_mut().expect("open");
+        let now = Instant::now();
+        let result = if conn.input.is_empty() {
+            // The common case: the session reads straight from the read buffer.
+            let mut ctx = Ctx {
+                now,
+                out: &mut conn.out,
+                shared,
+                faults,
+            };
+            let result = slot.session.on_data(data, &mut ctx);
+            if let Ok((used, _)) = result {
+                conn.input.extend_from_slice(&data[used.min(data.len())..]);
+            }
+            result
+        } else {
+            conn.input.extend_from_slice(data);
+            let mut ctx = Ctx {
+                now,
+                out: &mut conn.out,
+                shared,
+                faults,
+            };
+            let result = slot.session.on_data(&conn.input, &mut ctx);
+            if let Ok((used, _)) = result {
+                conn.input.drain(..used.min(conn.input.len()));
+            }
+            result
+        };
+        match result {
+            Ok((_, step)) => self.apply(idx, step),
+            Err(fault) => {
+                self.fail(idx, fault);
+                false
+            }
+        }
+    }
+
+    /// Acts on a session's step; returns whether the connection is still open.
+    fn apply(&mut self, idx: usize, step: Step) -> bool {
+        match step {
+            Step::Continue => {
+                let conn = self.slots[idx].conn.as_mut().expect("open");
+                match conn.flush() {
+                    Ok(()) => true,
+                    Err(fault) => {
+                        self.fail(idx, fault);
+                        false
+                    }
+                }
+            }
+            Step::Reconnect => {
+                self.close(idx);
+                self.queue.push_back(idx);
+                false
+            }
+            Step::Done => {
+                self.close(idx);
+                self.slots[idx].state = State::Done;
+                self.done += 1;
+                false
+            }
+        }
+    }
+
+    /// Closes the slot's connection, if any, and leaves it pending.
+    fn close(&mut self, idx: usize) {
+        let slot = &mut self.slots[idx];
+        match slot.state {
+            State::Connecting(_) => self.connecting -= 1,
+            State::Open => self.open -= 1,
+            State::Pending | State::Done => {}
+        }
+        slot.conn = None;
+        slot.state = State::Pending;
+    }
+
+    /// Counts `fault`, closes the connection and asks the session whether to retry.
+    fn fail(&mut self, idx: usize, fault: Fault) {
+        self.faults.count(fault);
+        self.close(idx);
+        let slot = &mut self.slots[idx];
+        if fault != Fault::FdLimit && slot.session.retry_after(fault, &mut self.shared) {
+            self.delayed
+                .push((Instant::now() + self.opts.retry_delay, idx));
+        } else {
+            slot.state = State::Done;
+            self.done += 1;
+        }
+    }
+
+    /// Fails connects and awaited replies older than the timeout.
+    fn sweep(&mut self, now: Instant) {
+        let timeout = self.opts.timeout;
+        for idx in 0..self.slots.len() {
+            let slot = &self.slots[idx];
+            let since = match slot.state {
+                State::Connecting(since) => Some(since),
+                State::Open => slot.session.waiting_since(),
+                State::Pending | State::Done => None,
+            };
+            if since.is_some_and(|t| now.saturating_duration_since(t) > timeout) {
+                self.fail(idx, Fault::Timeout);
+            }
+        }
+    }
+}

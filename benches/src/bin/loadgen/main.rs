@@ -1,0 +1,115 @@
+//! `loadgen`: the load generator of duo's benchmarks (loopback only).
+//!
+//! ```text
+//! loadgen pingpong --addr 127.0.0.1:7000 --conns 100 --size 16384 --secs 10 [--threads 2]
+//! loadgen rr       --addr 127.0.0.1:7000 --conns 100 --size 64 --secs 10
+//! loadgen idle     --addr 127.0.0.1:7000 --conns 10000 --hold 5 [--pid SERVER_PID]
+//! loadgen churn    --addr 127.0.0.1:7000 --conns 50 --secs 10
+//! loadgen bank     --addr 127.0.0.1:7100 --clients 100 --accounts 50 --secs 10
+//! ... [--json] [--strict] [--timeout SECS] [--seed N]
+//! ```
+//!
+//! Each of `--threads` threads runs its own epoll loop ([`engine::Engine`], on
+//! `duo_sys::Epoll`) over its share of non-blocking connections; the modes
+//! ([`modes`]) only supply the protocol of one connection ([`engine::Session`]). Errors are
+//! counted by kind and always reported; the exit code is 1 when verification failed (an
+//! echoed byte differs, bank money not conserved) or, with `--strict`, on any error; 2 on
+//! bad usage, such as an address that is not loopback. Every run ends within a hard time
+//! limit (see [`cli::Mode::hard_limit`]), whatever the server does.
+#![forbid(unsafe_code)]
+
+mod cli;
+mod engine;
+mod fault;
+mod host;
+mod latency;
+mod modes;
+mod net;
+mod report;
+mod rng;
+mod runner;
+
+use std::process::ExitCode;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use clap::Parser;
+
+use crate::cli::{Cli, Mode};
+use crate::modes::{echo, Env};
+use crate::report::json_string;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let mode = cli.mode;
+    let common = mode.common().clone();
+    let target = match net::loopback_target(mode.addr()) {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    arm_watchdog(mode.name(), mode.hard_limit(), common.json);
+
+    let env = Env {
+        target,
+        threads: usize::from(common.threads),
+        timeout: common.timeout,
+        seed: common.seed.unwrap_or_else(|| {
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_nanos() as u64)
+        }),
+        fds: host::fd_budget(),
+    };
+    let result = match &mode {
+        Mode::Pingpong(a) => echo::run(echo::Kind::Pingpong, a, &env),
+        Mode::Rr(a) => echo::run(echo::Kind::Rr, a, &env),
+        Mode::Idle(a) => modes::idle::run(a, &env),
+        Mode::Churn(a) => modes::churn::run(a, &env),
+        Mode::Bank(a) => modes::bank::run(a, &env),
+    };
+    let report = match result {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen {}: {e}", mode.name());
+            return ExitCode::FAILURE;
+        }
+    };
+    if common.json {
+        println!("{}", report.to_json());
+    } else {
+        print!("{}", report.to_human());
+    }
+    if report.failed() || (common.strict && report.errors.total() > 0) {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
+/// Ends the process after `limit`, even if a server hangs in a way no timeout covers.
+/// Every phase has its own deadline, so this is a backstop that should never fire.
+fn arm_watchdog(mode: &'static str, limit: Duration, json: bool) {
+    let spawned = std::thread::Builder::new()
+        .name("loadgen-watchdog".into())
+        .spawn(move || {
+            std::thread::sleep(limit);
+            let msg = format!(
+                "hard time limit of {:.0} s exceeded; giving up (is the server hung?)",
+                limit.as_secs_f64()
+            );
+            eprintln!("loadgen {mode}: {msg}");
+            if json {
+                println!(
+                    "{{\"mode\":{},\"errors\":{{\"hard_timeout\":1}},\"failure\":{}}}",
+                    json_string(mode),
+                    json_string(&msg)
+                );
+            }
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        eprintln!("loadgen: cannot start the watchdog thread: {e}");
+    }
+}

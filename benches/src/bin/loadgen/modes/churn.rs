@@ -1,0 +1,166 @@
+//! `churn`: connect, one round trip, close, again, on `--conns` workers at once.
+//!
+//! The load generator closes first, so the `TIME_WAIT` state would land on its side and
+//! hold a local port for 60 s per connection: at thousands of connections per second the
+//! ephemeral ports would run out within seconds. Every connection is therefore closed with
+//! `SO_LINGER` 0 (an RST, no `TIME_WAIT`; see [`crate::net::close_abortively`]), and the
+//! workers are also spread over `--sources` source addresses.
+//!
+//! The latency reported is that of a whole cycle: from the end of the previous cycle
+//! (or the start) to the echo of this one, so it includes the connect.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use crate::cli::ChurnArgs;
+use crate::engine::{Ctx, Engine, Session, Step};
+use crate::fault::Fault;
+use crate::latency::Latency;
+use crate::modes::{merge_all, Env, Tally};
+use crate::net::source_addr;
+use crate::report::Report;
+use crate::rng::XorShift;
+use crate::runner::{run_threads, share, Ticket};
+
+/// Runs `churn`.
+pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
+    let mut report = Report {
+        mode: "churn",
+        unit: "connections",
+        addr: Some(env.target),
+        size: Some(args.size),
+        secs: Some(args.secs.as_secs_f64()),
+        ..Report::default()
+    };
+    let conns = env.cap_conns(args.conns, &mut report) as usize;
+    let threads = env.threads_for(conns as u64);
+    report.threads = threads;
+    report.conns = Some(conns as u64);
+    let sources = args.sources as usize;
+    let size = args.size as usize;
+    let results = run_threads(
+        threads,
+        |t, ticket| worker(env, t, threads, conns, sources, size, args.secs, ticket),
+        |gate| {
+            gate.wait_arrivals(threads, Instant::now() + env.timeout);
+            gate.open();
+        },
+    );
+    let tally = merge_all(results, Tally::merge)?;
+    tally.fill(&mut report, false);
+    Ok(report)
+}
+
+/// One thread: its workers cycle until the end of the run.
+#[allow(clippy::too_many_arguments)]
+fn worker(
+    env: &Env,
+    t: usize,
+    threads: usize,
+    conns: usize,
+    sources: usize,
+    size: usize,
+    secs: Duration,
+    mut ticket: Ticket<'_>,
+) -> io::Result<Tally> {
+    ticket.arrive();
+    let Some(go) = ticket.gate().wait_open() else {
+        return Ok(Tally::default());
+    };
+    let sessions = share(conns, threads, t)
+        .map(|i| {
+            (
+                ChurnSession::new(size, env.seed_for(i), go),
+                source_addr(env.target, sources, i),
+            )
+        })
+        .collect();
+    let mut engine = Engine::new(env.target, sessions, Shared::default(), env.options(conns))?;
+    let end = go + secs;
+    while Instant::now() < end {
+        engine.poll(end)?;
+    }
+    let elapsed = go.elapsed();
+    let (shared, faults) = engine.finish();
+    Ok(Tally {
+        msgs: shared.cycles,
+        bytes: shared.cycles * size as u64,
+        latency: shared.latency,
+        faults,
+        elapsed,
+        established: 0,
+    })
+}
+
+/// Counters of one thread.
+#[derive(Debug, Default)]
+struct Shared {
+    cycles: u64,
+    latency: Latency,
+}
+
+/// One worker: the bytes of its current round trip.
+#[derive(Debug)]
+struct ChurnSession {
+    rng: XorShift,
+    probe: Vec<u8>,
+    received: usize,
+    cycle_start: Instant,
+    sent_at: Option<Instant>,
+}
+
+impl ChurnSession {
+    fn new(size: usize, seed: u64, start: Instant) -> ChurnSession {
+        ChurnSession {
+            rng: XorShift::new(seed),
+            probe: vec![0; size],
+            received: 0,
+            cycle_start: start,
+            sent_at: None,
+        }
+    }
+}
+
+impl Session for ChurnSession {
+    type Shared = Shared;
+
+    fn on_open(&mut self, ctx: &mut Ctx<'_, Shared>) -> Step {
+        self.rng.fill(&mut self.probe);
+        ctx.out.extend_from_slice(&self.probe);
+        self.received = 0;
+        self.sent_at = Some(ctx.now);
+        Step::Continue
+    }
+
+    fn on_data(&mut self, input: &[u8], ctx: &mut Ctx<'_, Shared>) -> Result<(usize, Step), Fault> {
+        let expected = &self.probe[self.received..];
+        if self.sent_at.is_none()
+            || input.len() > expected.len()
+            || input != &expected[..input.len()]
+        {
+            return Err(Fault::Mismatch);
+        }
+        self.received += input.len();
+        if self.received < self.probe.len() {
+            return Ok((input.len(), Step::Continue));
+        }
+        ctx.shared.cycles += 1;
+        ctx.shared
+            .latency
+            .record(ctx.now.saturating_duration_since(self.cycle_start));
+        self.cycle_start = ctx.now;
+        self.sent_at = None;
+        Ok((input.len(), Step::Reconnect))
+    }
+
+    fn waiting_since(&self) -> Option<Instant> {
+        self.sent_at
+    }
+
+    fn retry_after(&mut self, _fault: Fault, _shared: &mut Shared) -> bool {
+        // A failed cycle is counted; the worker goes on (after the engine's retry pause).
+        self.sent_at = None;
+        self.cycle_start = Instant::now();
+        true
+    }
+}

@@ -1,0 +1,147 @@
+//! The modes, and what they have in common: the run's environment and per-thread tallies.
+
+pub(crate) mod bank;
+pub(crate) mod churn;
+pub(crate) mod echo;
+pub(crate) mod idle;
+
+use std::io;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::engine::Options;
+use crate::fault::Faults;
+use crate::host::FdBudget;
+use crate::latency::Latency;
+use crate::report::Report;
+
+/// Connects in flight at most per thread, for the modes that have no `--batch`.
+const CONNECT_BATCH: usize = 512;
+
+/// What every mode runs with.
+#[derive(Debug, Clone)]
+pub(crate) struct Env {
+    /// The server (a loopback address).
+    pub(crate) target: SocketAddr,
+    /// `--threads`.
+    pub(crate) threads: usize,
+    /// `--timeout`.
+    pub(crate) timeout: Duration,
+    /// The run's random seed.
+    pub(crate) seed: u64,
+    /// The open-file limit.
+    pub(crate) fds: FdBudget,
+}
+
+impl Env {
+    /// `wanted` connections, or fewer if the open-file limit does not allow that many
+    /// (with a note in the report saying so).
+    pub(crate) fn cap_conns(&self, wanted: u64, report: &mut Report) -> u64 {
+        report.fd_limit = Some(self.fds.soft);
+        if wanted <= self.fds.max_conns {
+            return wanted;
+        }
+        let got = self.fds.max_conns.max(1);
+        let why = match &self.fds.raise_error {
+            Some(e) => format!("raising it failed: {e}"),
+            None if self.fds.soft >= self.fds.hard => {
+                "it is already at the hard limit; raise that (ulimit -Hn, limits.conf) for more"
+                    .to_owned()
+            }
+            None => "it could not be raised further".to_owned(),
+        };
+        let note = format!(
+            "open-file limit {} (hard {}) allows {got} connections, not {wanted}: capped; {why}",
+            self.fds.soft, self.fds.hard
+        );
+        eprintln!("loadgen: {note}");
+        report.notes.push(note);
+        report.requested_conns = Some(wanted);
+        got
+    }
+
+    /// Threads for `conns` connections: no more threads than connections.
+    pub(crate) fn threads_for(&self, conns: u64) -> usize {
+        self.threads.min(conns.max(1) as usize).max(1)
+    }
+
+    /// Engine options with `max_connecting` connects in flight.
+    pub(crate) fn options(&self, max_connecting: usize) -> Options {
+        Options {
+            max_connecting,
+            timeout: self.timeout,
+            retry_delay: Duration::from_millis(10),
+        }
+    }
+
+    /// Engine options for the modes without `--batch`.
+    pub(crate) fn default_options(&self) -> Options {
+        self.options(CONNECT_BATCH)
+    }
+
+    /// The seed of connection `i`.
+    pub(crate) fn seed_for(&self, i: usize) -> u64 {
+        self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+}
+
+/// What one worker thread measured.
+#[derive(Debug, Default)]
+pub(crate) struct Tally {
+    /// Completed units of work.
+    pub(crate) msgs: u64,
+    /// Payload bytes echoed.
+    pub(crate) bytes: u64,
+    /// Latency of each unit of work.
+    pub(crate) latency: Latency,
+    /// Failures.
+    pub(crate) faults: Faults,
+    /// Length of the measured phase on this thread.
+    pub(crate) elapsed: Duration,
+    /// Connections open when the measured phase started.
+    pub(crate) established: u64,
+}
+
+impl Tally {
+    /// Adds another thread's tally (the elapsed time is the longest of the two).
+    pub(crate) fn merge(&mut self, other: &Tally) {
+        self.msgs += other.msgs;
+        self.bytes += other.bytes;
+        self.latency.merge(&other.latency);
+        self.faults.merge(&other.faults);
+        self.elapsed = self.elapsed.max(other.elapsed);
+        self.established += other.established;
+    }
+
+    /// Fills the report's throughput, latency and error fields.
+    pub(crate) fn fill(&self, report: &mut Report, with_bytes: bool) {
+        let secs = self.elapsed.as_secs_f64();
+        let per_sec = |n: u64| (secs > 0.0).then(|| n as f64 / secs);
+        report.elapsed_secs = Some(secs);
+        report.msgs = Some(self.msgs);
+        report.msgs_per_sec = per_sec(self.msgs);
+        if with_bytes {
+            report.bytes = Some(self.bytes);
+            report.mib_per_sec = per_sec(self.bytes).map(|b| b / (1024.0 * 1024.0));
+        }
+        report.latency = self.latency.summary();
+        report.errors.merge(&self.faults);
+    }
+}
+
+/// Merges the workers' results; the first worker error (creating an epoll instance,
+/// waiting on it) is fatal to the run.
+pub(crate) fn merge_all<T>(
+    results: Vec<io::Result<T>>,
+    mut merge: impl FnMut(&mut T, &T),
+) -> Result<T, String> {
+    let mut total: Option<T> = None;
+    for r in results {
+        let r = r.map_err(|e| format!("worker thread failed: {e}"))?;
+        match &mut total {
+            None => total = Some(r),
+            Some(t) => merge(t, &r),
+        }
+    }
+    total.ok_or_else(|| "no worker thread ran".to_owned())
+}

@@ -1,0 +1,383 @@
+//! The result of a run: a human-readable summary, or one JSON object line (`--json`).
+//!
+//! The JSON is written by hand (no serde): a flat object whose fields are those of
+//! [`Report`] that apply to the mode; `errors` is an object of counts by kind, empty when
+//! nothing failed.
+
+use std::fmt::Write as _;
+use std::net::SocketAddr;
+
+use crate::fault::Faults;
+use crate::latency::Summary;
+
+/// Everything a run measured. `None` fields do not apply to the mode and are left out.
+#[derive(Debug, Default)]
+pub(crate) struct Report {
+    /// `pingpong`, `rr`, `idle`, `churn` or `bank`.
+    pub(crate) mode: &'static str,
+    /// What one unit of `msgs` is, for the human summary ("messages", "requests", ...).
+    pub(crate) unit: &'static str,
+    /// The server.
+    pub(crate) addr: Option<SocketAddr>,
+    /// Worker threads.
+    pub(crate) threads: usize,
+    /// Connections (or churn workers, or bank clients) used.
+    pub(crate) conns: Option<u64>,
+    /// Connections asked for, when the open-file limit forced fewer.
+    pub(crate) requested_conns: Option<u64>,
+    /// Message size in bytes.
+    pub(crate) size: Option<u64>,
+    /// The measured phase's length as asked (`--secs`).
+    pub(crate) secs: Option<f64>,
+    /// The measured phase's length as it ran.
+    pub(crate) elapsed_secs: Option<f64>,
+    /// Completed units of work (echoed messages, requests, connect cycles).
+    pub(crate) msgs: Option<u64>,
+    /// Payload bytes echoed back (each was also sent).
+    pub(crate) bytes: Option<u64>,
+    /// `msgs` per second of `elapsed_secs`.
+    pub(crate) msgs_per_sec: Option<f64>,
+    /// `bytes` per second, in MiB.
+    pub(crate) mib_per_sec: Option<f64>,
+    /// Latency of one unit of work.
+    pub(crate) latency: Option<Summary>,
+    /// Failures by kind.
+    pub(crate) errors: Faults,
+    /// Connections established (idle: confirmed with an echo; bank: clients logged in).
+    pub(crate) established: Option<u64>,
+    /// Seconds the idle connections took to open and confirm.
+    pub(crate) connect_secs: Option<f64>,
+    /// Seconds the idle connections were held.
+    pub(crate) hold_secs: Option<f64>,
+    /// Server RSS before connecting, KiB.
+    pub(crate) rss_before_kib: Option<u64>,
+    /// Server RSS while holding the connections, KiB.
+    pub(crate) rss_hold_kib: Option<u64>,
+    /// `(rss_hold - rss_before) / established`, bytes.
+    pub(crate) rss_per_conn_bytes: Option<f64>,
+    /// Bank accounts.
+    pub(crate) accounts: Option<u64>,
+    /// Successful transfers.
+    pub(crate) transfers: Option<u64>,
+    /// Successful transfers per second.
+    pub(crate) transfers_per_sec: Option<f64>,
+    /// Transfers refused with `INSUFFICIENT_FUNDS` (normal, not an error).
+    pub(crate) insufficient: Option<u64>,
+    /// Sum of the balances after the deposits, cents.
+    pub(crate) total_deposited: Option<i64>,
+    /// Sum of the balances read at the end, cents.
+    pub(crate) total_final: Option<i64>,
+    /// Whether the final sum equals the deposited sum (and every account was read).
+    pub(crate) total_ok: Option<bool>,
+    /// Soft open-file limit.
+    pub(crate) fd_limit: Option<u64>,
+    /// Remarks for the reader (limits hit, phases cut short).
+    pub(crate) notes: Vec<String>,
+    /// Why the run could not do its job (for example the bank's set-up failed): the run
+    /// fails (exit code 1).
+    pub(crate) failure: Option<String>,
+}
+
+impl Report {
+    /// Whether the server returned wrong data or lost money: the run fails (exit code 1).
+    pub(crate) fn verification_failed(&self) -> bool {
+        self.errors.verification_failed() || self.total_ok == Some(false)
+    }
+
+    /// Whether the run failed: verification failed, or the run could not do its job.
+    pub(crate) fn failed(&self) -> bool {
+        self.verification_failed() || self.failure.is_some()
+    }
+
+    /// The single-line JSON object.
+    pub(crate) fn to_json(&self) -> String {
+        let mut j = JsonObject::default();
+        j.str("mode", self.mode);
+        if let Some(a) = self.addr {
+            j.str("addr", &a.to_string());
+        }
+        j.uint("threads", Some(self.threads as u64));
+        j.uint("conns", self.conns);
+        j.uint("requested_conns", self.requested_conns);
+        j.uint("size", self.size);
+        j.float("secs", self.secs);
+        j.float("elapsed_secs", self.elapsed_secs);
+        j.uint("msgs", self.msgs);
+        j.uint("bytes", self.bytes);
+        j.float("msgs_per_sec", self.msgs_per_sec);
+        j.float("mib_per_sec", self.mib_per_sec);
+        if let Some(l) = &self.latency {
+            j.uint("latency_samples", Some(l.count));
+            j.float("mean_us", Some(l.mean_us));
+            j.float("p50_us", Some(l.p50_us));
+            j.float("p99_us", Some(l.p99_us));
+            j.float("p999_us", Some(l.p999_us));
+            j.float("max_us", Some(l.max_us));
+        }
+        let mut errors = JsonObject::default();
+        for (kind, n) in self.errors.iter() {
+            errors.uint(kind, Some(n));
+        }
+        j.raw("errors", &errors.finish());
+        j.uint("error_total", Some(self.errors.total()));
+        j.uint("established", self.established);
+        j.float("connect_secs", self.connect_secs);
+        j.float("hold_secs", self.hold_secs);
+        j.uint("rss_before_kib", self.rss_before_kib);
+        j.uint("rss_hold_kib", self.rss_hold_kib);
+        j.float("rss_per_conn_bytes", self.rss_per_conn_bytes);
+        j.uint("accounts", self.accounts);
+        j.uint("transfers", self.transfers);
+        j.float("transfers_per_sec", self.transfers_per_sec);
+        j.uint("insufficient", self.insufficient);
+        j.int("total_deposited", self.total_deposited);
+        j.int("total_final", self.total_final);
+        if let Some(ok) = self.total_ok {
+            j.raw("total_ok", if ok { "true" } else { "false" });
+        }
+        j.uint("fd_limit", self.fd_limit);
+        j.raw(
+            "verification_failed",
+            if self.verification_failed() {
+                "true"
+            } else {
+                "false"
+            },
+        );
+        if let Some(f) = &self.failure {
+            j.str("failure", f);
+        }
+        if !self.notes.is_empty() {
+            let notes: Vec<String> = self.notes.iter().map(|n| json_string(n)).collect();
+            j.raw("notes", &format!("[{}]", notes.join(",")));
+        }
+        j.finish()
+    }
+
+    /// The human-readable summary, several lines.
+    pub(crate) fn to_human(&self) -> String {
+        let mut s = String::new();
+        let mut head = format!("loadgen {}", self.mode);
+        if let Some(a) = self.addr {
+            let _ = write!(head, " -> {a}");
+        }
+        if let Some(c) = self.conns {
+            let what = match self.mode {
+                "bank" => "clients",
+                "churn" => "workers",
+                _ => "conns",
+            };
+            let _ = write!(head, ", {c} {what}");
+        }
+        if let Some(b) = self.size {
+            let _ = write!(head, " x {b} B");
+        }
+        let _ = write!(head, ", {} thread(s)", self.threads);
+        if let Some(t) = self.elapsed_secs {
+            let _ = write!(head, ", {t:.2} s");
+        }
+        let _ = writeln!(s, "{head}");
+        let line = |s: &mut String, label: &str, text: String| {
+            let _ = writeln!(s, "  {label:<13}{text}");
+        };
+        if let Some(n) = self.established {
+            line(&mut s, "established", n.to_string());
+        }
+        if let (Some(n), Some(rate)) = (self.msgs, self.msgs_per_sec) {
+            line(&mut s, self.unit, format!("{n} ({} /s)", group(rate)));
+        }
+        if let (Some(b), Some(mib)) = (self.bytes, self.mib_per_sec) {
+            line(&mut s, "bytes echoed", format!("{b} ({mib:.1} MiB/s)"));
+        }
+        if let (Some(t), Some(rate)) = (self.transfers, self.transfers_per_sec) {
+            line(&mut s, "transfers", format!("{t} ({} /s)", group(rate)));
+        }
+        if let Some(n) = self.insufficient {
+            line(
+                &mut s,
+                "insufficient",
+                format!("{n} (INSUFFICIENT_FUNDS, normal)"),
+            );
+        }
+        if let Some(l) = &self.latency {
+            line(
+                &mut s,
+                "latency (µs)",
+                format!(
+                    "p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
+                    l.p50_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+                ),
+            );
+        }
+        if let Some(t) = self.connect_secs {
+            line(&mut s, "connect time", format!("{t:.2} s"));
+        }
+        if let Some(t) = self.hold_secs {
+            line(&mut s, "held for", format!("{t:.2} s"));
+        }
+        if let (Some(before), Some(hold)) = (self.rss_before_kib, self.rss_hold_kib) {
+            let per = self
+                .rss_per_conn_bytes
+                .map_or(String::new(), |b| format!(" = {b:.0} B per connection"));
+            line(
+                &mut s,
+                "server RSS",
+                format!("{before} KiB before, {hold} KiB holding{per}"),
+            );
+        }
+        if let (Some(dep), Some(ok)) = (self.total_deposited, self.total_ok) {
+            let fin = self
+                .total_final
+                .map_or("unknown".to_owned(), |f| f.to_string());
+            line(
+                &mut s,
+                "bank total",
+                format!(
+                    "deposited {dep}, final {fin}: {}",
+                    if ok { "PASS" } else { "FAIL" }
+                ),
+            );
+        }
+        if self.errors.total() == 0 {
+            line(&mut s, "errors", "none".into());
+        } else {
+            let kinds: Vec<String> = self
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            line(
+                &mut s,
+                "ERRORS",
+                format!("{} ({})", self.errors.total(), kinds.join(", ")),
+            );
+        }
+        for note in &self.notes {
+            line(&mut s, "note", note.clone());
+        }
+        if let Some(f) = &self.failure {
+            line(&mut s, "FAILED", f.clone());
+        }
+        if self.verification_failed() {
+            line(
+                &mut s,
+                "VERIFICATION",
+                "FAILED (wrong bytes echoed or money not conserved)".into(),
+            );
+        }
+        s
+    }
+}
+
+/// `1234567.8` as `1 234 568`.
+fn group(v: f64) -> String {
+    let digits = format!("{:.0}", v.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(' ');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A JSON string literal.
+pub(crate) fn json_string(s: &str) -> String {
+    let mut out = String::with_capacity(s.len() + 2);
+    out.push('"');
+    for c in s.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if (c as u32) < 0x20 => {
+                let _ = write!(out, "\\u{:04x}", c as u32);
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// A JSON object built field by field; `None` values are left out.
+#[derive(Debug, Default)]
+struct JsonObject {
+    body: String,
+}
+
+impl JsonObject {
+    fn raw(&mut self, key: &str, value: &str) {
+        if !self.body.is_empty() {
+            self.body.push(',');
+        }
+        let _ = write!(self.body, "{}:{value}", json_string(key));
+    }
+
+    fn str(&mut self, key: &str, value: &str) {
+        self.raw(key, &json_string(value));
+    }
+
+    fn uint(&mut self, key: &str, value: Option<u64>) {
+        if let Some(v) = value {
+            self.raw(key, &v.to_string());
+        }
+    }
+
+    fn int(&mut self, key: &str, value: Option<i64>) {
+        if let Some(v) = value {
+            self.raw(key, &v.to_string());
+        }
+    }
+
+    fn float(&mut self, key: &str, value: Option<f64>) {
+        match value {
+            Some(v) if v.is_finite() => {
+                // Three decimals are plenty for rates, seconds and microseconds.
+                let v = (v * 1000.0).round() / 1000.0;
+                self.raw(key, &v.to_string());
+            }
+            Some(_) => self.raw(key, "null"),
+            None => {}
+        }
+    }
+
+    fn finish(self) -> String {
+        format!("{{{}}}", self.body)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fault::Fault;
+
+    #[test]
+    fn json_is_one_flat_line() {
+        let mut r = Report {
+            mode: "rr",
+            threads: 2,
+            msgs: Some(10),
+            msgs_per_sec: Some(12.34567),
+            notes: vec!["a \"quoted\" note".into()],
+            ..Report::default()
+        };
+        r.errors.count(Fault::Reset);
+        let j = r.to_json();
+        assert!(!j.contains('\n'));
+        assert!(j.starts_with("{\"mode\":\"rr\""));
+        assert!(j.contains("\"msgs_per_sec\":12.346"));
+        assert!(j.contains("\"errors\":{\"reset\":1}"));
+        assert!(j.contains("a \\\"quoted\\\" note"));
+        assert!(!j.contains("p50_us"));
+    }
+
+    #[test]
+    fn groups_thousands() {
+        assert_eq!(group(1234567.4), "1 234 567");
+        assert_eq!(group(999.0), "999");
+    }
+}

@@ -1,0 +1,189 @@
+//! Smoke tests of the `loadgen` binary: each mode against a tiny in-process echo server
+//! (one std thread per connection), about a second each, checking the `--json` output.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long one loadgen run may take before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// Starts an echo server on a free loopback port; it lives as long as the test process.
+/// With `corrupt`, it flips one bit of the 1000th byte of each connection.
+fn echo_server(corrupt: bool) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            thread::spawn(move || echo(stream, corrupt));
+        }
+    });
+    addr
+}
+
+fn echo(mut stream: TcpStream, corrupt: bool) {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if corrupt && total <= 1000 && 1000 < total + n {
+            buf[1000 - total] ^= 1;
+        }
+        total += n;
+        if stream.write_all(&buf[..n]).is_err() {
+            return;
+        }
+    }
+}
+
+/// Runs loadgen with `args`; returns its exit code and stdout. Fails the test if it runs
+/// longer than [`RUN_LIMIT`].
+fn loadgen(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start loadgen");
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for loadgen") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loadgen {args:?} ran longer than {RUN_LIMIT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    (status.code().unwrap_or(-1), out)
+}
+
+/// The raw text of a top-level field of a flat JSON object (numbers, `true`, `{...}`).
+fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &json[start..];
+    let end = if rest.starts_with('{') {
+        rest.find('}')? + 1
+    } else {
+        rest.find([',', '}'])?
+    };
+    Some(&rest[..end])
+}
+
+fn number(json: &str, key: &str) -> f64 {
+    field(json, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number `{key}` in {json}"))
+}
+
+/// Runs a mode with `--json` and checks the common expectations: one JSON line, exit 0,
+/// work done, no errors.
+fn run_ok(mode: &str, extra: &[&str]) -> String {
+    let addr = echo_server(false).to_string();
+    let mut args = vec![mode, "--addr", &addr, "--json", "--timeout", "5"];
+    args.extend_from_slice(extra);
+    let (code, out) = loadgen(&args);
+    let json = out.trim();
+    assert_eq!(code, 0, "loadgen {args:?} exited {code}: {json}");
+    assert_eq!(json.lines().count(), 1, "one JSON line expected: {json}");
+    assert!(json.starts_with('{') && json.ends_with('}'), "{json}");
+    assert_eq!(field(json, "mode"), Some(&*format!("\"{mode}\"")));
+    assert!(number(json, "msgs") > 0.0, "no work done: {json}");
+    assert_eq!(field(json, "errors"), Some("{}"), "errors: {json}");
+    assert_eq!(number(json, "error_total"), 0.0);
+    assert_eq!(field(json, "verification_failed"), Some("false"));
+    json.to_owned()
+}
+
+#[test]
+fn pingpong() {
+    let json = run_ok(
+        "pingpong",
+        &[
+            "--conns",
+            "4",
+            "--size",
+            "4096",
+            "--secs",
+            "1",
+            "--threads",
+            "2",
+        ],
+    );
+    assert!(number(&json, "msgs_per_sec") > 0.0);
+    assert!(number(&json, "mib_per_sec") > 0.0);
+    assert_eq!(number(&json, "bytes"), number(&json, "msgs") * 4096.0);
+}
+
+#[test]
+fn rr() {
+    let json = run_ok("rr", &["--conns", "4", "--size", "64", "--secs", "1"]);
+    let (p50, p99, max) = (
+        number(&json, "p50_us"),
+        number(&json, "p99_us"),
+        number(&json, "max_us"),
+    );
+    assert!(0.0 < p50 && p50 <= p99 && p99 <= max, "{json}");
+}
+
+#[test]
+fn churn() {
+    let json = run_ok("churn", &["--conns", "4", "--secs", "1", "--threads", "2"]);
+    assert!(number(&json, "msgs_per_sec") > 0.0);
+}
+
+#[test]
+fn idle() {
+    let pid = std::process::id().to_string();
+    let json = run_ok(
+        "idle",
+        &[
+            "--conns",
+            "50",
+            "--hold",
+            "1",
+            "--pid",
+            &pid,
+            "--threads",
+            "2",
+        ],
+    );
+    assert_eq!(number(&json, "established"), 50.0);
+    assert!(number(&json, "rss_before_kib") > 0.0);
+    assert!(number(&json, "rss_hold_kib") > 0.0);
+    assert!(field(&json, "rss_per_conn_bytes").is_some());
+}
+
+#[test]
+fn wrong_bytes_fail_verification() {
+    let addr = echo_server(true).to_string();
+    let (code, out) = loadgen(&[
+        "pingpong", "--addr", &addr, "--conns", "2", "--size", "512", "--secs", "1", "--json",
+    ]);
+    assert_eq!(code, 1, "{out}");
+    assert!(number(&out, "error_total") > 0.0);
+    assert!(field(&out, "errors").is_some_and(|e| e.contains("\"mismatch\"")));
+    assert_eq!(field(&out, "verification_failed"), Some("true"));
+}
+
+#[test]
+fn refuses_non_loopback_addresses() {
+    let (code, out) = loadgen(&["rr", "--addr", "192.0.2.1:7000", "--secs", "1"]);
+    assert_eq!(code, 2);
+    assert!(out.is_empty());
+}
