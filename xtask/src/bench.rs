@@ -563,7 +563,7 @@ fn headline(sc: &Scenario, o: &Outcome) -> String {
     }
     if o.result
         .as_ref()
-        .is_ok_and(|v| v.get("verification_failed").is_some())
+        .is_ok_and(|v| v.get("verification_failed") == Some(&Value::Bool(true)))
     {
         s.push_str("; **verification failed**");
     }

@@ -310,7 +310,7 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     // Connections are closed; finish the database work already queued (its replies go
     // nowhere), then join the I/O threads.
     app.pool.stop();
-    server.stop();
+    server.stop(&mut lp);
     ran.map_err(startup("event loop"))?;
     log::info!("bank stopped");
     Ok(())

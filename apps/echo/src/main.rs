@@ -181,7 +181,7 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     drop(stdout);
 
     main_loop.run()?;
-    server.stop();
+    server.stop(&mut main_loop);
     log::info!("stopped");
     Ok(())
 }

@@ -29,6 +29,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         handle.shutdown(Duration::from_secs(3), |lp| lp.quit())
     })?;
     main_loop.run()?;
-    server.stop();
+    server.stop(&mut main_loop);
     Ok(())
 }

@@ -77,21 +77,41 @@ impl Acceptor {
     }
 
     fn exhausted(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
-        (self.on_exhausted)();
-        log::warn!(
-            "accept on {}: out of file descriptors; shedding one connection",
-            self.local
-        );
         match self.spare.take() {
             Some(spare) => {
                 drop(spare);
-                if let Ok((fd, _)) = duo_sys::accept4(ch.fd()) {
-                    drop(fd);
-                }
+                // Linux allocates the descriptor before it looks at the backlog, so
+                // EMFILE comes even when nobody is waiting: only go on accepting if a
+                // connection was really there to shed, or the loop never ends.
+                let shed = match duo_sys::accept4(ch.fd()) {
+                    Ok((fd, _)) => {
+                        drop(fd);
+                        true
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
+                    Err(e) => {
+                        log::debug!("accept on {} with the spare freed: {e}", self.local);
+                        self.spare = open_spare();
+                        pause(lp, ch);
+                        return false;
+                    }
+                };
                 self.spare = open_spare();
-                true
+                if shed {
+                    (self.on_exhausted)();
+                    log::warn!(
+                        "accept on {}: out of file descriptors; shed one connection",
+                        self.local
+                    );
+                }
+                shed
             }
             None => {
+                (self.on_exhausted)();
+                log::warn!(
+                    "accept on {}: out of file descriptors and no spare; pausing",
+                    self.local
+                );
                 self.spare = open_spare();
                 pause(lp, ch);
                 false

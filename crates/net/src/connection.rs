@@ -424,6 +424,15 @@ impl Conn {
     }
 }
 
+impl Conn {
+    /// Closes the connection behind `handle` now, if it lives on `lp` and is open.
+    pub(crate) fn close_now(lp: &mut EventLoop, handle: &TcpConnection) {
+        if let Some(&token) = handle.shared.token.get() {
+            lp.with_handler::<Conn, _>(token, |lp, ch, conn| conn.io.close(lp, ch));
+        }
+    }
+}
+
 impl Handler for Conn {
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         loop {

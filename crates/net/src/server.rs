@@ -465,7 +465,7 @@ impl Registries {
 ///     }
 /// });
 /// lp.run()?;
-/// server.stop();
+/// server.stop(&mut lp);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct TcpServer {
@@ -528,33 +528,57 @@ impl TcpServer {
         shutdown(&self.shared, grace, Box::new(then));
     }
 
-    /// Stops accepting (if [`shutdown`](TcpServer::shutdown) has not already), quits and
-    /// joins the I/O threads. Connections still open on them are dropped: their sockets
-    /// are closed without the "down" callbacks. Call it after a graceful shutdown has
-    /// completed, or to stop hard. Do not call it from one of the server's I/O loops.
-    pub fn stop(mut self) {
+    /// Stops the server now, on its main loop `main` (typically after
+    /// [`run`](EventLoop::run) has returned): closes the listening socket, closes the
+    /// connections the main loop serves itself (no I/O threads), stops the idle wheel,
+    /// then quits and joins the I/O threads; connections still open there are dropped
+    /// (sockets closed, no "down" callbacks). Call it after a graceful
+    /// [`shutdown`](TcpServer::shutdown) has completed, or to stop hard.
+    ///
+    /// `main` must be the loop the server was started on; given another loop, the
+    /// main-loop part is queued to the right loop instead (and happens when that loop
+    /// next runs, or never if it is gone). Dropping a server without `stop` does the
+    /// same queued stop.
+    pub fn stop(mut self, main: &mut EventLoop) {
+        if main.handle().same_loop(&self.shared.main) {
+            stop_on_main(main, &self.shared);
+        } else {
+            log::error!(
+                "server {}: stop() given another loop than the one it was started on",
+                self.shared.name
+            );
+        }
         self.stop_inner();
     }
 
     fn stop_inner(&mut self) {
-        stop_accepting(&self.shared);
-        // Connections served by the main loop itself (no I/O threads) close now; the idle
-        // wheel and the registry entry go. Runs at once when called on the main loop, else
-        // when the main loop next runs (or never, if it is gone: then so are they).
-        let id = self.shared.id;
-        let _ = self.shared.main.run_in_loop(move |lp| {
-            IdleWheels::uninstall(lp, id);
-            for c in Registries::list(lp, id) {
-                if c.loop_handle().is_in_loop_thread() {
-                    let _ = c.force_close();
-                }
-            }
-            Registries::forget(lp, id);
-        });
+        // Whatever `stop` did not do directly (or everything, from `drop`) is queued.
+        let shared = self.shared.clone();
+        let _ = self
+            .shared
+            .main
+            .run_in_loop(move |lp| stop_on_main(lp, &shared));
         if let Err(e) = self.pool.stop() {
             log::error!("server {}: {e}", self.shared.name);
         }
     }
+}
+
+/// The main-loop half of stopping: listener, main-loop connections, idle wheel, registry.
+/// Idempotent.
+fn stop_on_main(lp: &mut EventLoop, shared: &Arc<ServerShared>) {
+    shared.stopping.store(true, Ordering::SeqCst);
+    if let Some(token) = shared.acceptor.lock().take() {
+        lp.remove_channel(token);
+    }
+    let id = shared.id;
+    IdleWheels::uninstall(lp, id);
+    for c in Registries::list(lp, id) {
+        if c.loop_handle().same_loop(&shared.main) {
+            Conn::close_now(lp, &c);
+        }
+    }
+    Registries::forget(lp, id);
 }
 
 fn stats(shared: &ServerShared) -> ServerStats {

@@ -31,7 +31,7 @@ impl Server {
                 .unwrap();
             tx.send(server.clone_handle()).unwrap();
             lp.run().unwrap();
-            server.stop();
+            server.stop(&mut lp);
         });
         let handle = rx.recv_timeout(DEADLINE).expect("server did not start");
         Server {

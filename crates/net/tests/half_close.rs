@@ -27,7 +27,7 @@ fn serve(
                 .unwrap();
         tx.send(server.clone_handle()).unwrap();
         lp.run().unwrap();
-        server.stop();
+        server.stop(&mut lp);
     });
     let handle = rx.recv_timeout(DEADLINE).unwrap();
     let addr = handle.local_addr();

@@ -69,7 +69,7 @@ impl TestServer {
                 };
                 let _ = tx.send(Ok((server.local_addr(), server.clone_handle())));
                 lp.run().expect("main loop runs");
-                server.stop();
+                server.stop(&mut lp);
             })?;
         match rx.recv_timeout(LIMIT) {
             Ok(Ok((addr, handle))) => Ok(TestServer {
@@ -330,7 +330,11 @@ pub(crate) struct EchoLoad {
 /// non-blocking writes, reading the echo as it comes and checking every byte. Each client
 /// closes once all its bytes came back. Fails the test on any wrong, missing or extra
 /// byte, or if the run takes longer than `load.limit`.
-pub(crate) fn echo_clients(addr: SocketAddr, load: EchoLoad, all_connected: impl FnOnce()) -> EchoRun {
+pub(crate) fn echo_clients(
+    addr: SocketAddr,
+    load: EchoLoad,
+    all_connected: impl FnOnce(),
+) -> EchoRun {
     let EchoLoad {
         clients,
         bytes,
@@ -467,7 +471,11 @@ fn drive(conns: &mut Vec<EchoClient>, max_chunk: usize, deadline: Instant) {
                             let at = (0..n)
                                 .find(|&k| buf[k] != c.data[c.received + k])
                                 .unwrap_or(0);
-                            panic!("client {}: echoed byte {} differs", c.index, c.received + at);
+                            panic!(
+                                "client {}: echoed byte {} differs",
+                                c.index,
+                                c.received + at
+                            );
                         }
                         c.received = end;
                     }
