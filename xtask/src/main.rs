@@ -12,6 +12,7 @@ use std::process::{Command, ExitCode};
 
 mod bench;
 mod process;
+mod soak;
 
 fn main() -> ExitCode {
     match try_main() {
@@ -34,6 +35,8 @@ commands:
                                   micro-benchmarks, then every load scenario against
                                   duo's echo (1 and 2 I/O threads), raw-epoll-echo and
                                   tokio-echo, and the bank; writes target/bench/report.*
+  soak [--quick] [--secs N]       echo and bank servers under mixed and hostile load,
+                                  sampled every 10 s; fails on crashes, leaks, lost money
   ci                              run .ci/run, the checks CI runs";
 
 pub(crate) enum Failure {
@@ -45,6 +48,7 @@ fn try_main() -> Result<(), Failure> {
     let mut args = std::env::args().skip(1);
     match args.next().as_deref() {
         Some("bench") => bench::bench(args.collect()),
+        Some("soak") => soak::soak(args.collect()),
         Some("ci") => run(Command::new("bash").arg(root().join(".ci/run"))),
         Some("-h" | "--help") => {
             println!("{USAGE}");

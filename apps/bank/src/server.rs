@@ -271,7 +271,9 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             close_if_done(ctx);
         });
     if !cfg.idle_timeout.is_zero() {
-        builder = builder.idle_timeout(cfg.idle_timeout);
+        builder = builder
+            .idle_timeout(cfg.idle_timeout)
+            .idle_refresh_on_read(false);
     }
     let server = builder
         .start(&mut lp)
@@ -331,6 +333,12 @@ fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, co
         Ok(None) => {}
         Err(e) => items.push(Pending::Invalid(e)),
     });
+    // Only whole commands count as activity for the idle timeout: a peer that trickles
+    // bytes without finishing a line, or sends blank or invalid lines, is evicted like a
+    // silent one (slowloris).
+    if items.iter().any(|i| matches!(i, Pending::Command(_))) {
+        ctx.refresh_idle();
+    }
     let too_long = matches!(decoded, Err(CodecError::LineTooLong { .. }));
     if too_long {
         input.consume_all();

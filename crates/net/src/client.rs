@@ -142,6 +142,7 @@ impl ClientBuilder {
                 low_water: self.low_water.unwrap_or(self.high_water / 2),
                 max_input: self.max_input,
                 idle_key: None,
+                idle_refresh_on_read: true,
             }),
             counters: Arc::new(IoCounters::default()),
             next_id: AtomicU64::new(1),

@@ -333,6 +333,8 @@ pub(crate) struct ConnOptions {
     pub(crate) max_input: usize,
     /// Key of the owning server's idle wheel on each loop, if idle timeouts are on.
     pub(crate) idle_key: Option<u64>,
+    /// Every read refreshes the idle timer (else only [`ConnCtx::refresh_idle`] does).
+    pub(crate) idle_refresh_on_read: bool,
 }
 
 /// Hook run when a connection closes (the server's registry removal).
@@ -441,7 +443,9 @@ impl Handler for Conn {
                 Ok(ReadOutcome::Data { len, drained }) => {
                     self.io.counters.add_in(len);
                     self.io.handle.touch();
-                    self.io.idle_refresh(lp, ch.token());
+                    if self.io.opts.idle_refresh_on_read {
+                        self.io.idle_refresh(lp, ch.token());
+                    }
                     self.deliver(lp, ch);
                     if ch.is_removed() || !ch.is_reading() || !self.io.opts.edge_triggered {
                         return;
@@ -847,6 +851,14 @@ impl ConnCtx<'_> {
         {
             self.ch.enable_reading();
         }
+    }
+
+    /// Marks the connection active now for the idle timeout. Servers built with
+    /// [`ServerBuilder::idle_refresh_on_read(false)`](crate::ServerBuilder::idle_refresh_on_read)
+    /// call it when a complete request arrives, so a peer that trickles bytes without
+    /// ever finishing one (slowloris) is still evicted.
+    pub fn refresh_idle(&mut self) {
+        self.io.idle_refresh(self.lp, self.ch.token());
     }
 
     /// Whether the peer has half-closed (sent EOF); see

@@ -38,6 +38,7 @@ pub struct ServerBuilder {
     reuse_port: bool,
     edge_triggered: bool,
     idle_timeout: Option<Duration>,
+    idle_refresh_on_read: bool,
     max_connections: Option<usize>,
     high_water: usize,
     low_water: Option<usize>,
@@ -69,6 +70,14 @@ impl ServerBuilder {
     /// closes within one wheel tick after the timeout: 1/8 of it, at most 1 s).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+    /// Whether every read counts as activity for the idle timeout (the default), or only
+    /// the application's [`ConnCtx::refresh_idle`] calls do. Turn it off for a protocol
+    /// with messages, and refresh on each complete message: then a peer that sends a byte
+    /// now and then but never a whole message is evicted like a silent one.
+    pub fn idle_refresh_on_read(mut self, on: bool) -> Self {
+        self.idle_refresh_on_read = on;
         self
     }
     /// Beyond `n` open connections, new ones are accepted and closed at once (counted as
@@ -184,6 +193,7 @@ impl ServerBuilder {
             low_water: self.low_water.unwrap_or(self.high_water / 2),
             max_input: self.max_input,
             idle_key: self.idle_timeout.map(|_| id),
+            idle_refresh_on_read: self.idle_refresh_on_read,
         });
         if let Some(timeout) = self.idle_timeout {
             for h in &loops {
@@ -491,6 +501,7 @@ impl TcpServer {
             reuse_port: false,
             edge_triggered: true,
             idle_timeout: None,
+            idle_refresh_on_read: true,
             max_connections: None,
             high_water: defaults::HIGH_WATER,
             low_water: None,

@@ -1,0 +1,82 @@
+//! `idle_refresh_on_read(false)`: only the application's `refresh_idle` counts as activity,
+//! so a peer that trickles bytes but never completes a message (slowloris) is evicted.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duo_net::TcpServer;
+use duo_reactor::EventLoop;
+
+const DEADLINE: Duration = Duration::from_secs(10);
+
+#[test]
+fn a_trickling_peer_is_evicted_and_a_chatty_one_is_not() {
+    let (tx, rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let mut lp = EventLoop::new().unwrap();
+        let server = TcpServer::builder("slowloris", "127.0.0.1:0".parse().unwrap())
+            .io_threads(1)
+            .idle_timeout(Duration::from_millis(300))
+            .idle_refresh_on_read(false)
+            .on_message(|ctx, input| {
+                // A "message" is a line: refresh only when one is complete.
+                while let Some(end) = input.peek().iter().position(|&b| b == b'\n') {
+                    input.consume(end + 1);
+                    ctx.send(b"ok\n");
+                    ctx.refresh_idle();
+                }
+            })
+            .start(&mut lp)
+            .unwrap();
+        tx.send(server.clone_handle()).unwrap();
+        lp.run().unwrap();
+        server.stop(&mut lp);
+    });
+    let handle = rx.recv_timeout(DEADLINE).unwrap();
+    let addr = handle.local_addr();
+
+    let mut trickler = TcpStream::connect(addr).unwrap();
+    let mut chatty = TcpStream::connect(addr).unwrap();
+    chatty.set_read_timeout(Some(DEADLINE)).unwrap();
+    trickler
+        .set_read_timeout(Some(Duration::from_millis(10)))
+        .unwrap();
+    let start = Instant::now();
+    let mut evicted_after = None;
+    let mut buf = [0u8; 16];
+    while start.elapsed() < Duration::from_millis(1500) {
+        // One byte of a line that never ends, and one whole line, every 50 ms.
+        if evicted_after.is_none() {
+            let _ = trickler.write_all(b"x");
+            match trickler.read(&mut buf) {
+                Ok(0) => evicted_after = Some(start.elapsed()),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                    evicted_after = Some(start.elapsed())
+                }
+                _ => {}
+            }
+        }
+        chatty.write_all(b"ping\n").unwrap();
+        let mut reply = [0u8; 3];
+        chatty.read_exact(&mut reply).unwrap();
+        assert_eq!(&reply, b"ok\n");
+        thread::sleep(Duration::from_millis(50));
+    }
+    let evicted_after = evicted_after.expect("the trickling peer was never evicted");
+    // Timeout 300 ms counted from the connect, just before `start`: never early.
+    assert!(
+        evicted_after >= Duration::from_millis(300),
+        "{evicted_after:?}"
+    );
+    assert_eq!(
+        handle.stats().active,
+        1,
+        "the chatty peer must still be open"
+    );
+    handle.shutdown(Duration::from_millis(200), |lp| lp.quit());
+    drop(chatty);
+    server.join().unwrap();
+}
