@@ -1,6 +1,6 @@
 //! `cargo xtask bench`: every scenario against every server, one table, with ratios.
 //!
-//! Servers: duo's `echo` with 1 and with 2 I/O threads, and the two peers built in the same
+//! Servers: duo's `echo` as a single reactor and with 1 and 2 I/O threads, and the two peers built in the same
 //! workspace, `raw_epoll_echo` (one thread, level-triggered, libc epoll: "close to the
 //! limit") and `tokio_echo` (the idiomatic Rust peer). Each scenario starts a fresh server,
 //! runs `loadgen` against it, samples the server's CPU time (`utime + stime` from
@@ -49,6 +49,12 @@ struct EchoServer {
 }
 
 const ECHO_SERVERS: &[EchoServer] = &[
+    EchoServer {
+        name: "duo-0",
+        bin: "echo",
+        args: &["serve", "--listen", "127.0.0.1:0", "--io-threads", "0"],
+        duo: true,
+    },
     EchoServer {
         name: "duo-1",
         bin: "echo",
@@ -165,6 +171,7 @@ struct Options {
     quick: bool,
     only: Option<String>,
     secs: Option<u64>,
+    reps: Option<usize>,
 }
 
 fn parse(args: Vec<String>) -> Result<Options, Failure> {
@@ -172,6 +179,7 @@ fn parse(args: Vec<String>) -> Result<Options, Failure> {
         quick: false,
         only: None,
         secs: None,
+        reps: None,
     };
     let mut it = args.into_iter();
     while let Some(arg) = it.next() {
@@ -194,34 +202,41 @@ fn parse(args: Vec<String>) -> Result<Options, Failure> {
                         .ok_or_else(|| Failure::Usage(format!("--secs: bad number `{v}`")))?,
                 );
             }
+            "--reps" => {
+                let v = it
+                    .next()
+                    .ok_or_else(|| Failure::Usage("--reps needs a number".into()))?;
+                o.reps = Some(
+                    v.parse()
+                        .ok()
+                        .filter(|r| *r > 0)
+                        .ok_or_else(|| Failure::Usage(format!("--reps: bad number `{v}`")))?,
+                );
+            }
             other => return Err(Failure::Usage(format!("unknown bench option `{other}`"))),
         }
     }
     Ok(o)
 }
 
-/// One server's result in one scenario.
-struct Outcome {
-    server: String,
-    duo: bool,
+/// One run of one server in one scenario.
+struct Run {
     /// `loadgen --json` output, or the error that prevented it.
     result: Result<Value, String>,
+    /// Server CPU time (user + system) during the run.
     cpu: Duration,
 }
 
-impl Outcome {
+impl Run {
     fn num(&self, key: &str) -> Option<f64> {
         self.result.as_ref().ok()?.get(key)?.as_f64()
     }
 
-    /// The scenario's throughput figure (messages, requests, connections or transfers
-    /// per second).
     fn rate(&self) -> Option<f64> {
         self.num("transfers_per_sec")
             .or_else(|| self.num("msgs_per_sec"))
     }
 
-    /// Server CPU time per unit of work, in microseconds.
     fn cpu_per_op_us(&self) -> Option<f64> {
         let ops = self.num("transfers").or_else(|| self.num("msgs"))?;
         (ops > 0.0).then(|| self.cpu.as_secs_f64() * 1e6 / ops)
@@ -235,6 +250,80 @@ impl Outcome {
                 .map_or(0, |m| m.values().filter_map(Value::as_u64).sum()),
             Err(_) => 1,
         }
+    }
+
+    fn verification_failed(&self) -> bool {
+        self.result
+            .as_ref()
+            .is_ok_and(|v| v.get("verification_failed") == Some(&Value::Bool(true)))
+    }
+}
+
+/// One server's runs in one scenario (one per repetition), summarised by medians.
+struct Outcome {
+    server: String,
+    duo: bool,
+    runs: Vec<Run>,
+}
+
+/// Median, minimum and maximum of the values present.
+fn stats(values: impl Iterator<Item = Option<f64>>) -> Option<(f64, f64, f64)> {
+    let mut v: Vec<f64> = values.flatten().collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let mid = v.len() / 2;
+    let median = if v.len() % 2 == 1 {
+        v[mid]
+    } else {
+        (v[mid - 1] + v[mid]) / 2.0
+    };
+    Some((median, v[0], v[v.len() - 1]))
+}
+
+impl Outcome {
+    /// The median of a `loadgen` field over the runs.
+    fn num(&self, key: &str) -> Option<f64> {
+        stats(self.runs.iter().map(|r| r.num(key))).map(|s| s.0)
+    }
+
+    /// The scenario's throughput figure (messages, requests, connections or transfers
+    /// per second): median, min, max.
+    fn rate_stats(&self) -> Option<(f64, f64, f64)> {
+        stats(self.runs.iter().map(Run::rate))
+    }
+
+    fn rate(&self) -> Option<f64> {
+        self.rate_stats().map(|s| s.0)
+    }
+
+    /// Server CPU time per unit of work, in microseconds: median, min, max.
+    fn cpu_stats(&self) -> Option<(f64, f64, f64)> {
+        stats(self.runs.iter().map(Run::cpu_per_op_us))
+    }
+
+    fn cpu_per_op_us(&self) -> Option<f64> {
+        self.cpu_stats().map(|s| s.0)
+    }
+
+    fn errors(&self) -> u64 {
+        self.runs.iter().map(Run::errors).sum()
+    }
+
+    /// The first run that could not be made at all.
+    fn failure(&self) -> Option<&str> {
+        self.runs
+            .iter()
+            .find_map(|r| r.result.as_ref().err().map(String::as_str))
+    }
+
+    fn failed(&self) -> bool {
+        self.runs.is_empty() || self.runs.iter().all(|r| r.result.is_err())
+    }
+
+    fn verification_failed(&self) -> bool {
+        self.runs.iter().any(Run::verification_failed)
     }
 }
 
@@ -295,6 +384,7 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
     };
     println!("\nopen-file limit for the servers and the load generator: {fd_limit}");
     let secs = opts.secs.unwrap_or(if opts.quick { 1 } else { 10 });
+    let reps = opts.reps.unwrap_or(if opts.quick { 1 } else { 3 });
     let mut results: Vec<(&Scenario, Vec<Outcome>)> = Vec::new();
     for sc in scenarios {
         println!("\n== {} ({})", sc.name, sc.about);
@@ -305,23 +395,18 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
                 sc.conns + 64
             );
         }
-        let mut outcomes = Vec::new();
+        // The servers of this scenario, each with its binary and arguments.
+        let mut entrants: Vec<(&str, bool, PathBuf, Vec<String>)> = Vec::new();
+        let mut db_dir = None;
         match sc.target {
             Target::Echo => {
                 for srv in ECHO_SERVERS {
-                    let exe = release.join(srv.bin);
-                    let args: Vec<String> = srv.args.iter().map(|a| a.to_string()).collect();
-                    let o = run_one(
-                        sc, srv.name, srv.duo, &exe, &args, secs, opts.quick, &release, &logs,
-                    );
-                    print_outcome(&o);
-                    outcomes.push(o);
+                    let args = srv.args.iter().map(|a| a.to_string()).collect();
+                    entrants.push((srv.name, srv.duo, release.join(srv.bin), args));
                 }
             }
             Target::Bank(group) => {
-                let db_dir = out_dir.join(format!("bank-{}-{}", sc.name, unix_now()));
-                std::fs::create_dir_all(&db_dir)
-                    .map_err(|e| Failure::Run(format!("{}: {e}", db_dir.display())))?;
+                let dir = out_dir.join(format!("bank-{}-{}", sc.name, unix_now()));
                 let mut args: Vec<String> = [
                     "serve",
                     "--listen",
@@ -335,17 +420,44 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
                 .iter()
                 .map(|a| a.to_string())
                 .collect();
-                args.push(db_dir.join("bank.db").display().to_string());
+                args.push(dir.join("bank.db").display().to_string());
                 if !group {
                     args.push("--no-group-commit".into());
                 }
-                let exe = release.join("bank");
-                let o = run_one(
-                    sc, "duo-bank", true, &exe, &args, secs, opts.quick, &release, &logs,
-                );
-                print_outcome(&o);
-                outcomes.push(o);
-                let _ = std::fs::remove_dir_all(&db_dir);
+                entrants.push(("duo-bank", true, release.join("bank"), args));
+                db_dir = Some(dir);
+            }
+        }
+        let mut outcomes: Vec<Outcome> = entrants
+            .iter()
+            .map(|(name, duo, _, _)| Outcome {
+                server: name.to_string(),
+                duo: *duo,
+                runs: Vec::new(),
+            })
+            .collect();
+        // Interleaved: each repetition runs every server in turn, so a slow spell of the
+        // machine hits all of them rather than one.
+        for rep in 0..reps {
+            for ((name, _, exe, args), outcome) in entrants.iter().zip(&mut outcomes) {
+                if let Some(dir) = &db_dir {
+                    // A fresh database per run.
+                    let _ = std::fs::remove_dir_all(dir);
+                    std::fs::create_dir_all(dir)
+                        .map_err(|e| Failure::Run(format!("{}: {e}", dir.display())))?;
+                }
+                let tag = format!("{}-{name}-{rep}", sc.name);
+                let run = run_one(sc, &tag, exe, args, secs, opts.quick, &release, &logs);
+                print_run(name, rep, &run);
+                outcome.runs.push(run);
+            }
+        }
+        if let Some(dir) = &db_dir {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+        if reps > 1 {
+            for o in &outcomes {
+                print_outcome(o);
             }
         }
         results.push((sc, outcomes));
@@ -353,8 +465,11 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
 
     let machine = machine();
     let command = format!(
-        "cargo xtask bench{}{}{}",
+        "cargo xtask bench{}{}{}{}",
         if opts.quick { " --quick" } else { "" },
+        opts.reps
+            .map(|r| format!(" --reps {r}"))
+            .unwrap_or_default(),
         opts.only
             .as_ref()
             .map(|o| format!(" --only {o}"))
@@ -363,7 +478,7 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
             .map(|s| format!(" --secs {s}"))
             .unwrap_or_default(),
     );
-    let md = report_md(&results, &machine, &command, secs);
+    let md = report_md(&results, &machine, &command, secs, reps);
     let json = report_json(&results, &machine, &command, secs);
     write(&out_dir.join("report.md"), &md)?;
     write(
@@ -391,7 +506,7 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
     write(&out_dir.join("latency.svg"), &svg_latency(&results))?;
     println!("\n{md}");
     println!("report: {}", out_dir.join("report.md").display());
-    let full = !opts.quick && opts.only.is_none() && opts.secs.is_none();
+    let full = !opts.quick && opts.only.is_none() && opts.secs.is_none() && opts.reps.is_none();
     if full {
         update_docs(&md)?;
         println!("docs/benchmarks.md updated with this run");
@@ -400,7 +515,7 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
         .iter()
         .flat_map(|(sc, os)| {
             os.iter()
-                .filter(|o| o.result.is_err())
+                .filter(|o| o.failure().is_some())
                 .map(move |o| format!("{} on {}", sc.name, o.server))
         })
         .collect();
@@ -417,32 +532,23 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
 #[allow(clippy::too_many_arguments)]
 fn run_one(
     sc: &Scenario,
-    server_name: &str,
-    duo: bool,
+    tag: &str,
     exe: &Path,
     args: &[String],
     secs: u64,
     quick: bool,
     release: &Path,
     logs: &Path,
-) -> Outcome {
-    let tag = format!("{}-{}", sc.name, server_name);
-    let mut outcome = Outcome {
-        server: server_name.to_owned(),
-        duo,
+) -> Run {
+    let mut run = Run {
         result: Err(String::new()),
         cpu: Duration::ZERO,
     };
-    let server = match Server::start(
-        server_name,
-        exe,
-        args,
-        &logs.join(format!("{tag}.server.log")),
-    ) {
+    let server = match Server::start(tag, exe, args, &logs.join(format!("{tag}.server.log"))) {
         Ok(s) => s,
         Err(e) => {
-            outcome.result = Err(e);
-            return outcome;
+            run.result = Err(e);
+            return run;
         }
     };
     let mut cmd = Command::new(release.join("loadgen"));
@@ -473,9 +579,9 @@ fn run_one(
     );
     let after = server.cpu_time();
     if let (Ok(a), Ok(b)) = (after, before) {
-        outcome.cpu = a.saturating_sub(b);
+        run.cpu = a.saturating_sub(b);
     }
-    outcome.result = match ran {
+    run.result = match ran {
         Ok((ok, out)) => match out
             .lines()
             .rev()
@@ -493,20 +599,34 @@ fn run_one(
         Err(e) => Err(e),
     };
     drop(server);
-    outcome
+    run
+}
+
+fn print_run(server: &str, rep: usize, r: &Run) {
+    match &r.result {
+        Ok(_) => println!(
+            "   {server:<10} #{rep}  rate {:>12}  server CPU/op {:>9}  errors {}{}",
+            fmt_rate(r.rate()),
+            fmt_us(r.cpu_per_op_us()),
+            r.errors(),
+            if r.verification_failed() {
+                "  VERIFICATION FAILED"
+            } else {
+                ""
+            }
+        ),
+        Err(e) => println!("   {server:<10} #{rep}  FAILED: {e}"),
+    }
 }
 
 fn print_outcome(o: &Outcome) {
-    match &o.result {
-        Ok(_) => println!(
-            "   {:<10} rate {:>12}  server CPU/op {:>8}  errors {}",
-            o.server,
-            fmt_rate(o.rate()),
-            fmt_us(o.cpu_per_op_us()),
-            o.errors()
-        ),
-        Err(e) => println!("   {:<10} FAILED: {e}", o.server),
-    }
+    println!(
+        "   {:<10} median  rate {:>12}  server CPU/op {:>9}  errors {}",
+        o.server,
+        fmt_rate(o.rate()),
+        fmt_us(o.cpu_per_op_us()),
+        o.errors()
+    );
 }
 
 fn fmt_rate(v: Option<f64>) -> String {
@@ -529,45 +649,75 @@ fn ratio(a: Option<f64>, b: Option<f64>) -> String {
     }
 }
 
-/// The scenario's main figure for one server, as table text.
+/// "median (min-max)" of a figure, formatted by `f`.
+fn spread(st: Option<(f64, f64, f64)>, runs: usize, f: impl Fn(f64) -> String) -> String {
+    match st {
+        Some((m, lo, hi)) if runs > 1 => format!("{} ({}-{})", f(m), f(lo), f(hi)),
+        Some((m, _, _)) => f(m),
+        None => "-".into(),
+    }
+}
+
+/// The scenario's main figures for one server, as table text: CPU per operation (the
+/// ranking figure), throughput, and p99 where latency is measured.
 fn headline(sc: &Scenario, o: &Outcome) -> String {
-    if o.result.is_err() {
+    if o.failed() {
         return "failed".into();
     }
-    let mut s = match sc.mode {
-        "idle" => match o.num("rss_per_conn_bytes") {
-            Some(b) => format!(
-                "{b:.0} B/conn ({} conns)",
-                o.num("established").unwrap_or(0.0)
-            ),
-            None => "-".into(),
-        },
-        "rr" | "bank" => format!(
-            "{}, p99 {}",
-            fmt_rate(o.rate()),
-            o.num("p99_us").map_or("-".into(), |v| format!("{v:.0} µs"))
-        ),
-        _ => {
-            let mut s = fmt_rate(o.rate());
-            if let Some(m) = o.num("mib_per_sec").filter(|m| *m >= 1.0) {
-                let _ = write!(s, " ({m:.0} MiB/s)");
-            }
-            s
+    let n = o.runs.len();
+    let mut s = if sc.mode == "idle" {
+        spread(
+            stats(o.runs.iter().map(|r| r.num("rss_per_conn_bytes"))),
+            n,
+            |b| format!("{b:.0}"),
+        ) + &format!(" B/conn ({:.0} conns)", o.num("established").unwrap_or(0.0))
+    } else {
+        let mut s = format!(
+            "CPU {} µs/op; {}",
+            spread(o.cpu_stats(), n, |v| format!("{v:.2}")),
+            fmt_rate(o.rate())
+        );
+        if let Some(m) = o.num("mib_per_sec").filter(|m| *m >= 1.0) {
+            let _ = write!(s, " ({m:.0} MiB/s)");
         }
+        if matches!(sc.mode, "rr" | "bank") {
+            let _ = write!(
+                s,
+                ", p99 {}",
+                o.num("p99_us").map_or("-".into(), |v| format!("{v:.0} µs"))
+            );
+        }
+        s
     };
-    if sc.mode != "idle" {
-        let _ = write!(s, "; CPU {}/op", fmt_us(o.cpu_per_op_us()));
-    }
     if o.errors() > 0 {
         let _ = write!(s, "; **{} errors**", o.errors());
     }
-    if o.result
-        .as_ref()
-        .is_ok_and(|v| v.get("verification_failed") == Some(&Value::Bool(true)))
-    {
+    if o.verification_failed() {
         s.push_str("; **verification failed**");
     }
     s
+}
+
+/// Servers of a scenario from best to worst by CPU per operation (RSS per connection
+/// for the idle scenario).
+fn ranking(sc: &Scenario, outcomes: &[Outcome]) -> String {
+    let key = |o: &Outcome| {
+        if sc.mode == "idle" {
+            o.num("rss_per_conn_bytes")
+        } else {
+            o.cpu_per_op_us()
+        }
+    };
+    let mut ranked: Vec<(&str, f64)> = outcomes
+        .iter()
+        .filter_map(|o| Some((o.server.as_str(), key(o)?)))
+        .collect();
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    ranked
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(" < ")
 }
 
 fn report_md(
@@ -575,21 +725,26 @@ fn report_md(
     machine: &str,
     command: &str,
     secs: u64,
+    reps: usize,
 ) -> String {
     let mut md = String::new();
     let _ = writeln!(
         md,
-        "Command: `{command}` ({secs} s per run). Machine: {machine}.\n"
+        "Command: `{command}` ({secs} s per run, {reps} interleaved repetition(s), medians \
+         with min-max). Machine: {machine}.\n"
     );
     let _ = writeln!(
         md,
-        "Each cell: throughput (or RSS per idle connection), then the server's CPU time \
-         (user + system) per operation. Ratios compare duo with each peer in the same run: \
-         throughput ratio > 1 and CPU ratio < 1 favour duo.\n"
+        "Servers: `duo-0` is duo's echo as a single reactor (one thread, like \
+         `raw-epoll`), `duo-1` and `duo-2` add 1 and 2 I/O threads to the acceptor's loop, \
+         `tokio` runs 2 workers. Each cell: the server's CPU time (user + system, from \
+         `/proc/PID/stat`) per operation, the ranking figure because it holds within about \
+         10 % on this machine while throughput swings 30-50 %; then throughput (messages, \
+         requests or connections per second). Idle: server RSS per held connection.\n"
     );
     let servers: Vec<&str> = ECHO_SERVERS.iter().map(|s| s.name).collect();
-    let _ = writeln!(md, "| scenario | {} |", servers.join(" | "));
-    let _ = writeln!(md, "|---|{}", "---|".repeat(servers.len()));
+    let _ = writeln!(md, "| scenario | {} | ranking |", servers.join(" | "));
+    let _ = writeln!(md, "|---|{}---|", "---|".repeat(servers.len()));
     for (sc, outcomes) in results.iter().filter(|(sc, _)| sc.target == Target::Echo) {
         let cells: Vec<String> = servers
             .iter()
@@ -600,17 +755,21 @@ fn report_md(
                     .map_or("-".into(), |o| headline(sc, o))
             })
             .collect();
-        let _ = writeln!(md, "| {} | {} |", sc.name, cells.join(" | "));
+        let _ = writeln!(
+            md,
+            "| {} | {} | {} |",
+            sc.name,
+            cells.join(" | "),
+            ranking(sc, outcomes)
+        );
     }
     let _ = writeln!(
         md,
-        "\nRatios (duo / peer): throughput, and CPU per operation (RSS per connection for idle).\n"
+        "\nRatios at equal thread counts, duo / peer: CPU per operation (< 1 favours duo), \
+         then throughput (> 1 favours duo); for idle, RSS per connection.\n"
     );
-    let _ = writeln!(
-        md,
-        "| scenario | duo-1/raw-epoll | duo-1/tokio | duo-2/raw-epoll | duo-2/tokio |"
-    );
-    let _ = writeln!(md, "|---|---|---|---|---|");
+    let _ = writeln!(md, "| scenario | duo-0 / raw-epoll | duo-2 / tokio |");
+    let _ = writeln!(md, "|---|---|---|");
     for (sc, outcomes) in results.iter().filter(|(sc, _)| sc.target == Target::Echo) {
         let get = |name: &str| outcomes.iter().find(|o| o.server == name);
         let cell = |duo: &str, peer: &str| -> String {
@@ -622,18 +781,16 @@ fn report_md(
             } else {
                 format!(
                     "{} / {}",
-                    ratio(d.rate(), p.rate()),
-                    ratio(d.cpu_per_op_us(), p.cpu_per_op_us())
+                    ratio(d.cpu_per_op_us(), p.cpu_per_op_us()),
+                    ratio(d.rate(), p.rate())
                 )
             }
         };
         let _ = writeln!(
             md,
-            "| {} | {} | {} | {} | {} |",
+            "| {} | {} | {} |",
             sc.name,
-            cell("duo-1", "raw-epoll"),
-            cell("duo-1", "tokio"),
-            cell("duo-2", "raw-epoll"),
+            cell("duo-0", "raw-epoll"),
             cell("duo-2", "tokio")
         );
     }
@@ -650,45 +807,85 @@ fn report_md(
         let _ = writeln!(md, "|---|---|---|---|---|---|");
         for (sc, outcomes) in bank {
             for o in outcomes {
-                let totals = match o.result.as_ref().ok().and_then(|v| v.get("total_ok")) {
-                    Some(Value::Bool(true)) => "conserved",
-                    Some(Value::Bool(false)) => "**NOT conserved**",
-                    _ => "-",
+                let conserved: Vec<Option<bool>> = o
+                    .runs
+                    .iter()
+                    .map(|r| {
+                        r.result
+                            .as_ref()
+                            .ok()
+                            .and_then(|v| v.get("total_ok"))
+                            .and_then(Value::as_bool)
+                    })
+                    .collect();
+                let totals = if conserved.contains(&Some(false)) {
+                    "**NOT conserved**"
+                } else if !conserved.is_empty() && conserved.iter().all(|c| *c == Some(true)) {
+                    "conserved"
+                } else {
+                    "-"
                 };
+                let n = o.runs.len();
                 let _ = writeln!(
                     md,
                     "| {} | {} | {} | {} | {} | {} |",
                     sc.name,
-                    if o.result.is_err() {
+                    if o.failed() {
                         "failed".into()
                     } else {
-                        fmt_rate(o.rate())
+                        spread(o.rate_stats(), n, |v| format!("{:.1} k", v / 1e3))
                     },
                     o.num("p50_us").map_or("-".into(), |v| format!("{v:.0} µs")),
                     o.num("p99_us").map_or("-".into(), |v| format!("{v:.0} µs")),
-                    fmt_us(o.cpu_per_op_us()),
+                    spread(o.cpu_stats(), n, |v| format!("{v:.0} µs")),
                     totals
                 );
             }
+        }
+        let group = results
+            .iter()
+            .find(|(sc, _)| sc.target == Target::Bank(true));
+        let single = results
+            .iter()
+            .find(|(sc, _)| sc.target == Target::Bank(false));
+        if let (Some((_, g)), Some((_, s))) = (group, single) {
+            let _ = writeln!(
+                md,
+                "\nGroup commit / one commit per transfer: {}x the transfers per second.",
+                ratio(
+                    g.first().and_then(Outcome::rate),
+                    s.first().and_then(Outcome::rate)
+                )
+            );
         }
     }
     let errors: Vec<String> = results
         .iter()
         .flat_map(|(sc, os)| {
-            os.iter().filter_map(move |o| match &o.result {
-                Err(e) => Some(format!("- {} on {}: {e}", sc.name, o.server)),
-                Ok(_) if o.errors() > 0 => Some(format!(
-                    "- {} on {}: {} errors: {}",
-                    sc.name,
-                    o.server,
-                    o.errors(),
-                    o.result
-                        .as_ref()
-                        .ok()
-                        .and_then(|v| v.get("errors"))
-                        .map_or(String::new(), |e| e.to_string())
-                )),
-                Ok(_) => None,
+            os.iter().filter_map(move |o| {
+                if let Some(e) = o.failure() {
+                    Some(format!("- {} on {}: {e}", sc.name, o.server))
+                } else if o.errors() > 0 || o.verification_failed() {
+                    let kinds: Vec<String> = o
+                        .runs
+                        .iter()
+                        .filter_map(|r| r.result.as_ref().ok()?.get("errors").map(Value::to_string))
+                        .collect();
+                    Some(format!(
+                        "- {} on {}: {} errors{}: {}",
+                        sc.name,
+                        o.server,
+                        o.errors(),
+                        if o.verification_failed() {
+                            ", verification failed"
+                        } else {
+                            ""
+                        },
+                        kinds.join(" ")
+                    ))
+                } else {
+                    None
+                }
             })
         })
         .collect();
@@ -720,13 +917,17 @@ fn report_json(
             json!({
                 "scenario": sc.name,
                 "about": sc.about,
-                "runs": outcomes.iter().map(|o| json!({
+                "servers": outcomes.iter().map(|o| json!({
                     "server": o.server,
                     "duo": o.duo,
-                    "server_cpu_secs": o.cpu.as_secs_f64(),
-                    "server_cpu_per_op_us": o.cpu_per_op_us(),
-                    "loadgen": o.result.as_ref().ok(),
-                    "error": o.result.as_ref().err(),
+                    "median_rate": o.rate(),
+                    "median_server_cpu_per_op_us": o.cpu_per_op_us(),
+                    "runs": o.runs.iter().map(|r| json!({
+                        "server_cpu_secs": r.cpu.as_secs_f64(),
+                        "server_cpu_per_op_us": r.cpu_per_op_us(),
+                        "loadgen": r.result.as_ref().ok(),
+                        "error": r.result.as_ref().err(),
+                    })).collect::<Vec<_>>(),
                 })).collect::<Vec<_>>(),
             })
         })

@@ -31,9 +31,9 @@ fn main() -> ExitCode {
 const USAGE: &str = "usage: cargo xtask <command>
 
 commands:
-  bench [--quick] [--only NAME] [--secs N]
+  bench [--quick] [--only NAME] [--secs N] [--reps N]
                                   micro-benchmarks, then every load scenario against
-                                  duo's echo (1 and 2 I/O threads), raw-epoll-echo and
+                                  duo's echo (0, 1, 2 I/O threads), raw-epoll-echo and
                                   tokio-echo, and the bank; writes target/bench/report.*
   soak [--quick] [--secs N]       echo and bank servers under mixed and hostile load,
                                   sampled every 10 s; fails on crashes, leaks, lost money

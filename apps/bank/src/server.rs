@@ -229,6 +229,11 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     // main loop's signalfd and nothing else.
     duo_sys::block_signals(&[Signal::INT, Signal::TERM]).map_err(startup("blocking signals"))?;
     duo_sys::ignore_sigpipe().map_err(startup("ignoring SIGPIPE"))?;
+    // A server holds a descriptor per connection: take what the hard limit allows.
+    match duo_sys::raise_fd_limit() {
+        Ok(n) => log::debug!("open-file limit: {n}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
 
     let store = Store::open(&cfg.db, cfg.group_commit).map_err(|source| ServeError::Database {
         path: cfg.db.clone(),

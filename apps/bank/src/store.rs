@@ -211,6 +211,10 @@ impl Store {
     /// the schema.
     pub(crate) fn open(path: &Path, group_commit: bool) -> Result<Store, StoreError> {
         let writer = open_connection(path, false)?;
+        // Before changing anything in the file (journal mode, tables): it must be empty or
+        // a bank database, never some other program's database that gets bank tables
+        // added to it.
+        check_schema(&writer, path)?;
         let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StoreError::Schema(format!(
@@ -218,14 +222,8 @@ impl Store {
                 path.display()
             )));
         }
-        let version: i64 = writer.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-        if version > 1 {
-            return Err(StoreError::Schema(format!(
-                "{}: schema version {version} is newer than this program's (1)",
-                path.display()
-            )));
-        }
-        writer.execute_batch(SCHEMA)?;
+        // One transaction, so a crash cannot leave a partial schema behind.
+        writer.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
         Ok(Store {
             path: path.to_owned(),
             group_commit,
@@ -357,6 +355,82 @@ impl Store {
             })
         })
     }
+}
+
+/// The tables of a bank database and the columns the program uses.
+const TABLES: [(&str, &[&str]); 3] = [
+    (
+        "users",
+        &["id", "name", "password_hash", "balance", "created"],
+    ),
+    (
+        "ledger",
+        &[
+            "id",
+            "user_id",
+            "kind",
+            "counterparty",
+            "amount",
+            "balance_after",
+            "time",
+        ],
+    ),
+    (
+        "requests",
+        &[
+            "user_id",
+            "request_id",
+            "to_user",
+            "amount",
+            "status",
+            "balance",
+            "message",
+        ],
+    ),
+];
+
+/// Checks that the database is empty (a new bank) or a bank database of a version this
+/// program knows.
+fn check_schema(c: &Connection, path: &Path) -> Result<(), StoreError> {
+    let not_ours = |why: String| {
+        StoreError::Schema(format!(
+            "{}: not a bank database ({why}); refusing to use it",
+            path.display()
+        ))
+    };
+    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
+    if version > 1 {
+        return Err(StoreError::Schema(format!(
+            "{}: schema version {version} is newer than this program's (1)",
+            path.display()
+        )));
+    }
+    let tables: Vec<String> = c
+        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    if tables.is_empty() {
+        return Ok(()); // a new database
+    }
+    if version != 1 {
+        return Err(not_ours(format!(
+            "schema version {version}, tables {}",
+            tables.join(", ")
+        )));
+    }
+    for (table, columns) in TABLES {
+        let have: Vec<String> = c
+            .prepare(&format!("PRAGMA table_info({table})"))?
+            .query_map([], |r| r.get(1))?
+            .collect::<rusqlite::Result<_>>()?;
+        if have.is_empty() {
+            return Err(not_ours(format!("no table {table}")));
+        }
+        if let Some(missing) = columns.iter().find(|col| !have.iter().any(|h| h == *col)) {
+            return Err(not_ours(format!("table {table} has no column {missing}")));
+        }
+    }
+    Ok(())
 }
 
 /// Runs `ops` in one transaction, each in a savepoint; commits once.

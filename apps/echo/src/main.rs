@@ -134,6 +134,11 @@ fn serve(args: &ServeArgs) -> Result<(), Box<dyn std::error::Error>> {
     // taken from the signalfd of the main loop, never by the default action elsewhere.
     duo_sys::block_signals(&STOP_SIGNALS)?;
     duo_sys::ignore_sigpipe()?;
+    // A server holds a descriptor per connection: take what the hard limit allows.
+    match duo_sys::raise_fd_limit() {
+        Ok(n) => log::debug!("open-file limit: {n}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
 
     let mut main_loop = EventLoop::new()?;
     let io_threads = args

@@ -44,7 +44,10 @@ fn put_spill(spill: Box<[u8]>) {
 /// [`read_from`](InputBuffer::read_from) makes exactly one `readv` system call into the
 /// block's free tail followed by a 64 KiB spill area (muduo's trick): one call reads what the
 /// socket holds even when the block is small, and the block grows (to a bigger size class, one
-/// copy) only when bytes actually landed in the spill area. The amount offered to the kernel
+/// copy) only when bytes actually landed in the spill area. An empty buffer reads into the
+/// spill area alone and is parsed from there: if the parser consumes everything, no block
+/// is taken and no byte is copied; what is left moves into a block on
+/// [`settle`](InputBuffer::settle) (or the next read). The amount offered to the kernel
 /// never exceeds what the buffer may still hold ([`max_len`](InputBuffer::max_len)), so a read
 /// never loses bytes to the limit; a full buffer refuses to read
 /// ([`BufferError::Full`]) and the bytes stay in the socket.
@@ -77,8 +80,26 @@ fn put_spill(spill: Box<[u8]>) {
 pub struct InputBuffer {
     /// The block, present only while there are unconsumed bytes (or during a read).
     buf: Option<IoBuf>,
+    /// Bytes a read into an empty buffer left in this thread's spill area, not yet
+    /// [settled](InputBuffer::settle) into a block. Never present together with `buf`.
+    spilled: Option<Spilled>,
     pool: BufPool,
     max_len: usize,
+}
+
+/// The spill area, borrowed from the thread, holding `area[start..end]`.
+struct Spilled {
+    area: Box<[u8]>,
+    start: usize,
+    end: usize,
+}
+
+impl Drop for InputBuffer {
+    fn drop(&mut self) {
+        if let Some(s) = self.spilled.take() {
+            put_spill(s.area);
+        }
+    }
 }
 
 impl Default for InputBuffer {
@@ -93,6 +114,7 @@ impl fmt::Debug for InputBuffer {
             .field("len", &self.len())
             .field("capacity", &self.capacity())
             .field("max_len", &self.max_len)
+            .field("spilled", &self.spilled.is_some())
             .finish_non_exhaustive()
     }
 }
@@ -111,6 +133,7 @@ impl InputBuffer {
     pub fn with_pool(pool: BufPool, max_len: usize) -> InputBuffer {
         InputBuffer {
             buf: None,
+            spilled: None,
             pool,
             max_len: max_len.min(MAX_BLOCK),
         }
@@ -129,12 +152,18 @@ impl InputBuffer {
 
     /// The unconsumed bytes, contiguous.
     pub fn peek(&self) -> &[u8] {
-        self.buf.as_ref().map(IoBuf::data).unwrap_or_default()
+        match &self.spilled {
+            Some(s) => s.area.get(s.start..s.end).unwrap_or_default(),
+            None => self.buf.as_ref().map(IoBuf::data).unwrap_or_default(),
+        }
     }
 
     /// Number of unconsumed bytes.
     pub fn len(&self) -> usize {
-        self.buf.as_ref().map_or(0, IoBuf::len)
+        match &self.spilled {
+            Some(s) => s.end - s.start,
+            None => self.buf.as_ref().map_or(0, IoBuf::len),
+        }
     }
 
     /// Whether there is nothing to consume.
@@ -142,14 +171,25 @@ impl InputBuffer {
         self.len() == 0
     }
 
-    /// Bytes of pool memory held (the block's size), 0 when idle.
+    /// Bytes of buffer memory held: the block's size, or the thread's 64 KiB spill area
+    /// while unsettled bytes sit there; 0 when idle.
     pub fn capacity(&self) -> usize {
-        self.buf.as_ref().map_or(0, IoBuf::capacity)
+        match &self.spilled {
+            Some(s) => s.area.len(),
+            None => self.buf.as_ref().map_or(0, IoBuf::capacity),
+        }
     }
 
     /// Removes the first `n` bytes (clamped to [`len`](InputBuffer::len)). When nothing is
-    /// left, the block goes back to the pool.
+    /// left, the block goes back to the pool (or the spill area to its thread).
     pub fn consume(&mut self, n: usize) {
+        if let Some(s) = &mut self.spilled {
+            s.start = s.end.min(s.start.saturating_add(n));
+            if s.start == s.end {
+                self.release_spill();
+            }
+            return;
+        }
         if let Some(buf) = &mut self.buf {
             buf.consume(n);
         }
@@ -159,11 +199,49 @@ impl InputBuffer {
     /// Removes every byte and gives the block back to the pool.
     pub fn consume_all(&mut self) {
         self.buf = None;
+        self.release_spill();
     }
 
     /// Same as [`consume_all`](InputBuffer::consume_all).
     pub fn clear(&mut self) {
-        self.buf = None;
+        self.consume_all();
+    }
+
+    /// Moves bytes that a read left in the thread's spill area into a pooled block, and
+    /// gives the spill area back to the thread.
+    ///
+    /// A read into an empty buffer lands in the spill area only, and the bytes are parsed
+    /// from there: when the parser consumes everything (the usual case: whole requests),
+    /// no block is taken and nothing is copied. What it leaves must move into a block
+    /// before this thread's next read into another buffer; a connection calls `settle`
+    /// after each message callback. The other methods work in either state, and a read
+    /// settles first by itself. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`PoolError`] if no block could be had; the bytes stay where they are.
+    pub fn settle(&mut self) -> Result<(), PoolError> {
+        let Some(s) = &self.spilled else {
+            return Ok(());
+        };
+        let data = s.area.get(s.start..s.end).unwrap_or_default();
+        let mut block = self.pool.alloc(data.len())?;
+        block.append(data);
+        self.buf = Some(block);
+        self.release_spill();
+        Ok(())
+    }
+
+    /// Whether bytes are waiting in the thread's spill area (see
+    /// [`settle`](InputBuffer::settle)).
+    pub fn is_unsettled(&self) -> bool {
+        self.spilled.is_some()
+    }
+
+    fn release_spill(&mut self) {
+        if let Some(s) = self.spilled.take() {
+            put_spill(s.area);
+        }
     }
 
     /// Position of the first occurrence of `needle` in the unconsumed bytes (`Some(0)` for
@@ -272,6 +350,11 @@ impl InputBuffer {
             });
         }
         let budget = self.max_len - len;
+        if self.spilled.is_some() {
+            self.settle()?;
+        } else if self.buf.is_none() {
+            return self.read_into_spill(budget, read);
+        }
         let block = match self.buf.take() {
             Some(block) => block,
             None => self.pool.alloc(budget.min(SIZE_CLASSES[0]))?,
@@ -330,12 +413,46 @@ impl InputBuffer {
         outcome
     }
 
+    /// A read into an empty buffer: into the spill area alone, where the bytes stay until
+    /// consumed or [settled](InputBuffer::settle).
+    fn read_into_spill<F>(&mut self, budget: usize, read: F) -> Result<ReadOutcome, BufferError>
+    where
+        F: FnOnce(&mut [IoSliceMut<'_>]) -> io::Result<usize>,
+    {
+        let mut area = take_spill();
+        let offered = budget.min(area.len());
+        let result = {
+            let dst = area.get_mut(..offered).unwrap_or_default();
+            read(&mut [IoSliceMut::new(dst)])
+        };
+        let outcome = match result {
+            Ok(0) => Ok(ReadOutcome::Eof),
+            Ok(n) => {
+                let n = n.min(offered);
+                self.spilled = Some(Spilled {
+                    area,
+                    start: 0,
+                    end: n,
+                });
+                return Ok(ReadOutcome::Data {
+                    len: n,
+                    drained: n < offered,
+                });
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
+            Err(e) => Err(BufferError::Io(e)),
+        };
+        put_spill(area);
+        outcome
+    }
+
     /// Appends `src`, which is known to fit under `max_len`: in place, after compacting, or in
     /// a bigger block (one copy of the current contents).
     fn store(&mut self, src: &[u8]) -> Result<(), PoolError> {
         if src.is_empty() {
             return Ok(());
         }
+        self.settle()?;
         match &mut self.buf {
             None => {
                 let mut buf = self.pool.alloc(src.len())?;

@@ -447,6 +447,16 @@ impl Handler for Conn {
                         self.io.idle_refresh(lp, ch.token());
                     }
                     self.deliver(lp, ch);
+                    // Bytes the callback left in the thread's read area move to a block
+                    // (usually there are none: nothing is copied).
+                    if let Err(e) = self.input.settle() {
+                        log::error!(
+                            "{}: cannot keep unparsed input: {e}; closing",
+                            self.io.handle.name()
+                        );
+                        self.io.close(lp, ch);
+                        return;
+                    }
                     if ch.is_removed() || !ch.is_reading() || !self.io.opts.edge_triggered {
                         return;
                     }
