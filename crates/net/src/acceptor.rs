@@ -90,7 +90,12 @@ impl Acceptor {
                     }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
                     Err(e) => {
-                        log::debug!("accept on {} with the spare freed: {e}", self.local);
+                        // Another thread took the freed descriptor, say: pause.
+                        (self.on_exhausted)();
+                        log::warn!(
+                            "accept on {} with the spare freed: {e}; pausing",
+                            self.local
+                        );
                         self.spare = open_spare();
                         pause(lp, ch);
                         return false;

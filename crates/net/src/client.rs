@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::callbacks::Callbacks;
-use crate::connection::{Conn, ConnOptions, RemoveHook};
+use crate::connection::{Conn, ConnEnv, ConnOptions, RemoveHook};
 use crate::server::defaults;
 use crate::stats::{IoCounters, LoopStats};
 use crate::{ConnCtx, TcpConnection};
@@ -491,8 +491,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         }
     }
     let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
-    let name = format!("{}-{peer}#{id}", inner.name);
-    let handle = TcpConnection::new(id, name, peer, local, lp.handle());
+    let handle = TcpConnection::new(id, Arc::from(inner.name.as_str()), peer, local, lp.handle());
     {
         let mut st = inner.state.lock();
         st.phase = Phase::Connected(handle.clone());
@@ -504,15 +503,13 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
             closed(&inner, conn);
         }
     });
-    let establish = Conn::establish(
-        lp,
-        socket,
-        handle,
-        inner.callbacks.clone(),
-        inner.opts.clone(),
-        Some(hook),
-        inner.counters.clone(),
-    );
+    let env = Arc::new(ConnEnv {
+        callbacks: inner.callbacks.clone(),
+        opts: (*inner.opts).clone(),
+        remove_hook: Some(hook),
+        counters: inner.counters.clone(),
+    });
+    let establish = Conn::establish(lp, socket, handle, env);
     if let Err(e) = establish {
         log::warn!("client {}: cannot register the connection: {e}", inner.name);
     }

@@ -71,7 +71,8 @@ fn now_ms() -> u64 {
 /// What any thread may read about a connection.
 struct Shared {
     id: u64,
-    name: String,
+    /// The server's or client's name, shared by all its connections.
+    owner: Arc<str>,
     peer: SocketAddr,
     local: SocketAddr,
     state: AtomicU8,
@@ -105,7 +106,7 @@ pub struct TcpConnection {
 impl TcpConnection {
     pub(crate) fn new(
         id: u64,
-        name: String,
+        owner: Arc<str>,
         peer: SocketAddr,
         local: SocketAddr,
         lp: LoopHandle,
@@ -113,7 +114,7 @@ impl TcpConnection {
         TcpConnection {
             shared: Arc::new(Shared {
                 id,
-                name,
+                owner,
                 peer,
                 local,
                 state: AtomicU8::new(ConnState::Connecting as u8),
@@ -130,9 +131,10 @@ impl TcpConnection {
         self.shared.id
     }
 
-    /// A readable name: `{server}-{peer}#{id}`.
-    pub fn name(&self) -> &str {
-        &self.shared.name
+    /// A readable name for logs, `{server}-{peer}#{id}` when displayed (formatted on
+    /// demand: a connection does not carry a string of its own).
+    pub fn name(&self) -> ConnName<'_> {
+        ConnName(&self.shared)
     }
 
     /// The peer's address.
@@ -316,11 +318,27 @@ impl TcpConnection {
 impl fmt::Debug for TcpConnection {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpConnection")
-            .field("name", &self.shared.name)
+            .field("name", &self.name())
             .field("peer", &self.shared.peer)
             .field("local", &self.shared.local)
             .field("state", &self.state())
             .finish()
+    }
+}
+
+/// A connection's name, from [`TcpConnection::name`]: displays as `{server}-{peer}#{id}`.
+#[derive(Clone, Copy)]
+pub struct ConnName<'a>(&'a Shared);
+
+impl fmt::Display for ConnName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}#{}", self.0.owner, self.0.peer, self.0.id)
+    }
+}
+
+impl fmt::Debug for ConnName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
     }
 }
 
@@ -340,6 +358,15 @@ pub(crate) struct ConnOptions {
 /// Hook run when a connection closes (the server's registry removal).
 pub(crate) type RemoveHook = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
 
+/// What all connections of one server (or client) on one loop share: one allocation for
+/// all of them, one pointer in each.
+pub(crate) struct ConnEnv {
+    pub(crate) callbacks: Arc<Callbacks>,
+    pub(crate) opts: ConnOptions,
+    pub(crate) remove_hook: Option<RemoveHook>,
+    pub(crate) counters: Arc<IoCounters>,
+}
+
 /// The loop side of a connection: the registered channel's handler.
 pub(crate) struct Conn {
     input: InputBuffer,
@@ -351,10 +378,8 @@ pub(crate) struct Conn {
 pub(crate) struct ConnIo {
     handle: TcpConnection,
     output: OutputBuffer,
-    callbacks: Arc<Callbacks>,
-    opts: Arc<ConnOptions>,
-    remove_hook: Option<RemoveHook>,
-    counters: Arc<IoCounters>,
+    /// What the connection shares with the other connections of its server on its loop.
+    env: Arc<ConnEnv>,
     /// Reading paused because the output buffer is above the high-water mark.
     paused_by_backpressure: bool,
     /// Reading paused by the user.
@@ -373,24 +398,18 @@ impl Conn {
         lp: &mut EventLoop,
         socket: socket2::Socket,
         handle: TcpConnection,
-        callbacks: Arc<Callbacks>,
-        opts: Arc<ConnOptions>,
-        remove_hook: Option<RemoveHook>,
-        counters: Arc<IoCounters>,
+        env: Arc<ConnEnv>,
     ) -> io::Result<Token> {
         let mut interest = Interest::READABLE;
-        if opts.edge_triggered {
+        if env.opts.edge_triggered {
             interest |= Interest::EDGE;
         }
         let conn = Conn {
-            input: InputBuffer::with_pool(duo_buffer::BufPool::global(), opts.max_input),
+            input: InputBuffer::with_pool(duo_buffer::BufPool::global(), env.opts.max_input),
             io: ConnIo {
                 handle: handle.clone(),
                 output: OutputBuffer::new(),
-                callbacks,
-                opts,
-                remove_hook,
-                counters,
+                env,
                 paused_by_backpressure: false,
                 paused_by_user: false,
                 close_when_drained: false,
@@ -398,7 +417,7 @@ impl Conn {
                 peer_eof: false,
             },
         };
-        let hook = conn.io.remove_hook.clone();
+        let hook = conn.io.env.remove_hook.clone();
         let token = match lp.add_channel(socket, interest, conn) {
             Ok(t) => t,
             Err(e) => {
@@ -414,7 +433,7 @@ impl Conn {
         lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
             conn.io.idle_refresh(lp, ch.token());
             let ok = conn.io.guarded("connection callback", |io| {
-                if let Some(cb) = &io.callbacks.connection {
+                if let Some(cb) = &io.env.callbacks.connection {
                     cb(&io.handle);
                 }
             });
@@ -441,9 +460,9 @@ impl Handler for Conn {
             let outcome = self.input.read_from(ch.fd());
             match outcome {
                 Ok(ReadOutcome::Data { len, drained }) => {
-                    self.io.counters.add_in(len);
+                    self.io.env.counters.add_in(len);
                     self.io.handle.touch();
-                    if self.io.opts.idle_refresh_on_read {
+                    if self.io.env.opts.idle_refresh_on_read {
                         self.io.idle_refresh(lp, ch.token());
                     }
                     self.deliver(lp, ch);
@@ -457,7 +476,7 @@ impl Handler for Conn {
                         self.io.close(lp, ch);
                         return;
                     }
-                    if ch.is_removed() || !ch.is_reading() || !self.io.opts.edge_triggered {
+                    if ch.is_removed() || !ch.is_reading() || !self.io.env.opts.edge_triggered {
                         return;
                     }
                     // A short read means the socket is drained, and saves the read that
@@ -471,7 +490,7 @@ impl Handler for Conn {
                 Ok(ReadOutcome::Eof) => {
                     self.io.peer_eof = true;
                     ch.disable_reading();
-                    match self.io.callbacks.half_close.clone() {
+                    match self.io.env.callbacks.half_close.clone() {
                         // The application finishes its work and closes when it is done.
                         Some(cb) => {
                             let ok = {
@@ -538,7 +557,7 @@ impl Conn {
 
     /// Hands the input to the message callback.
     fn deliver(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        let Some(cb) = self.io.callbacks.message.clone() else {
+        let Some(cb) = self.io.env.callbacks.message.clone() else {
             // Nobody wants the bytes: drop them rather than let the buffer fill.
             self.input.consume_all();
             return;
@@ -576,7 +595,7 @@ impl ConnIo {
     }
 
     fn idle_refresh(&self, lp: &mut EventLoop, token: Token) {
-        if let Some(key) = self.opts.idle_key {
+        if let Some(key) = self.env.opts.idle_key {
             IdleWheels::refresh(lp, key, token);
         }
     }
@@ -603,7 +622,7 @@ impl ConnIo {
             match duo_sys::send_vectored(ch.fd(), &slices[..count]) {
                 Ok(n) => {
                     written = n;
-                    self.counters.add_out(n);
+                    self.env.counters.add_out(n);
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -614,7 +633,7 @@ impl ConnIo {
             }
         }
         if written == total {
-            if self.callbacks.write_complete.is_some() {
+            if self.env.callbacks.write_complete.is_some() {
                 // Queued, not called: a callback that sends again from write-complete
                 // would otherwise recurse without bound.
                 let token = ch.token();
@@ -642,14 +661,14 @@ impl ConnIo {
         }
         ch.enable_writing();
         let after = self.output.len();
-        let hwm = self.opts.high_water;
+        let hwm = self.env.opts.high_water;
         if after > hwm && !self.paused_by_backpressure {
             // Backpressure: stop reading until the peer drains what we owe it.
             self.paused_by_backpressure = true;
             ch.disable_reading();
         }
         if before <= hwm && after > hwm {
-            if let Some(cb) = self.callbacks.high_water_mark.clone() {
+            if let Some(cb) = self.env.callbacks.high_water_mark.clone() {
                 let ok = {
                     let mut ctx = ConnCtx { io: self, ch, lp };
                     catch_unwind(AssertUnwindSafe(|| cb(&mut ctx, after))).is_ok()
@@ -675,7 +694,7 @@ impl ConnIo {
         loop {
             match self.output.send_to(ch.fd()) {
                 Ok(n) => {
-                    self.counters.add_out(n);
+                    self.env.counters.add_out(n);
                     if self.output.is_empty() {
                         ch.disable_writing();
                         self.resume_if_drained(ch);
@@ -686,7 +705,7 @@ impl ConnIo {
                         return;
                     }
                     self.resume_if_drained(ch);
-                    if !self.opts.edge_triggered {
+                    if !self.env.opts.edge_triggered {
                         return;
                     }
                 }
@@ -701,7 +720,7 @@ impl ConnIo {
     }
 
     fn resume_if_drained(&mut self, ch: &mut Channel) {
-        if self.paused_by_backpressure && self.output.len() <= self.opts.low_water {
+        if self.paused_by_backpressure && self.output.len() <= self.env.opts.low_water {
             self.paused_by_backpressure = false;
             if !self.paused_by_user && !self.close_when_drained && !self.peer_eof {
                 // Re-enabling makes epoll re-check readiness, so data that arrived while
@@ -712,7 +731,7 @@ impl ConnIo {
     }
 
     fn write_complete(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        let Some(cb) = self.callbacks.write_complete.clone() else {
+        let Some(cb) = self.env.callbacks.write_complete.clone() else {
             return;
         };
         let ok = {
@@ -770,7 +789,7 @@ impl ConnIo {
         self.handle.set_state(ConnState::Disconnected);
         ch.disable_all();
         ch.remove();
-        if let Some(key) = self.opts.idle_key {
+        if let Some(key) = self.env.opts.idle_key {
             IdleWheels::forget(lp, key, ch.token());
         }
         let dropped = self.output.len();
@@ -779,16 +798,16 @@ impl ConnIo {
         }
         // The owner forgets the connection first, so that the "down" callbacks see a
         // consistent owner (a client with no connection, say).
-        if let Some(hook) = &self.remove_hook {
+        if let Some(hook) = &self.env.remove_hook {
             hook(&self.handle);
         }
         self.guarded("connection callback", |io| {
-            if let Some(cb) = &io.callbacks.connection {
+            if let Some(cb) = &io.env.callbacks.connection {
                 cb(&io.handle);
             }
         });
         self.guarded("close callback", |io| {
-            if let Some(cb) = &io.callbacks.close {
+            if let Some(cb) = &io.env.callbacks.close {
                 cb(&io.handle);
             }
         });

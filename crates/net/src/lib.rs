@@ -51,7 +51,7 @@ pub use callbacks::{
     WriteCompleteCallback,
 };
 pub use client::{client_defaults, ClientBuilder, TcpClient};
-pub use connection::{ConnCtx, ConnState, ConnectionClosed, TcpConnection};
+pub use connection::{ConnCtx, ConnName, ConnState, ConnectionClosed, TcpConnection};
 pub use server::{defaults, ServerBuilder, ServerHandle, TcpServer};
 pub use stats::{LoopStats, ServerStats};
 pub use thread_pool::{Job, SubmitError, ThreadPool};

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 
 use crate::acceptor::{listen, Acceptor, ListenOptions, NewConnection};
 use crate::callbacks::Callbacks;
-use crate::connection::{Conn, ConnOptions, RemoveHook};
+use crate::connection::{Conn, ConnEnv, ConnOptions, RemoveHook};
 use crate::idle::IdleWheels;
 use crate::stats::{AcceptCounters, IoCounters, ServerStats};
 use crate::{ConnCtx, TcpConnection};
@@ -270,6 +270,21 @@ fn new_connection_handler(
 ) -> NewConnection {
     let mut next_loop = 0usize;
     let mut next_id = 0u64;
+    // Shared by every connection (one allocation per server, not per connection).
+    let owner: Arc<str> = Arc::from(shared.name.as_str());
+    let hook = remove_hook(&shared);
+    let envs: Vec<Arc<ConnEnv>> = shared
+        .io
+        .iter()
+        .map(|counters| {
+            Arc::new(ConnEnv {
+                callbacks: callbacks.clone(),
+                opts: (*opts).clone(),
+                remove_hook: Some(hook.clone()),
+                counters: counters.clone(),
+            })
+        })
+        .collect();
     Box::new(move |lp, socket, peer| {
         let c = &shared.counters;
         let active = Registries::count(lp, shared.id);
@@ -295,22 +310,20 @@ fn new_connection_handler(
         let index = next_loop % loops.len();
         next_loop = next_loop.wrapping_add(1);
         let target = loops[index].clone();
-        let name = format!("{}-{peer}#{next_id}", shared.name);
-        let handle = TcpConnection::new(next_id, name, peer, local, target.clone());
+        let handle = TcpConnection::new(next_id, owner.clone(), peer, local, target.clone());
         Registries::insert(lp, shared.id, handle.clone());
         AcceptCounters::bump(&c.accepted);
         c.active
             .store(Registries::count(lp, shared.id) as u64, Ordering::Relaxed);
 
-        let hook = remove_hook(&shared);
-        let (cbs, opts, io) = (callbacks.clone(), opts.clone(), shared.io[index].clone());
+        let env = envs[index].clone();
         if target.is_in_loop_thread() {
-            if let Err(e) = Conn::establish(lp, socket, handle, cbs, opts, Some(hook), io) {
+            if let Err(e) = Conn::establish(lp, socket, handle, env) {
                 log::warn!("{}: cannot register {peer}: {e}", shared.name);
             }
         } else {
             let queued = target.run_in_loop(move |lp| {
-                if let Err(e) = Conn::establish(lp, socket, handle, cbs, opts, Some(hook), io) {
+                if let Err(e) = Conn::establish(lp, socket, handle, env) {
                     log::warn!("cannot register {peer}: {e}");
                 }
             });
