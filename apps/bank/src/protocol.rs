@@ -765,4 +765,175 @@ mod tests {
             prop_assert!(parse(&word).unwrap().is_some());
         }
     }
+
+    // The properties of the `bank_protocol` fuzz target (fuzz/src/lib.rs).
+
+    /// The canonical line of a command: upper-case word, arguments separated by one space.
+    fn canonical(cmd: &Command) -> String {
+        match cmd {
+            Command::Register { user, password } => format!("REGISTER {user} {password}"),
+            Command::Login { user, password } => format!("LOGIN {user} {password}"),
+            Command::Deposit { amount } => format!("DEPOSIT {amount}"),
+            Command::Withdraw { amount } => format!("WITHDRAW {amount}"),
+            Command::Transfer {
+                to,
+                amount,
+                request_id: Some(id),
+            } => format!("TRANSFER {to} {amount} {id}"),
+            Command::Transfer { to, amount, .. } => format!("TRANSFER {to} {amount}"),
+            Command::History { limit } => format!("HISTORY {limit}"),
+            Command::Balance | Command::Ping | Command::Quit => cmd.name().to_owned(),
+        }
+    }
+
+    /// What a parsed command promises about its fields.
+    fn valid_command(cmd: &Command) -> bool {
+        let word = |w: &str| !w.is_empty() && !w.contains([' ', '\t']);
+        let amount = |a: &i64| (1..=MAX_AMOUNT).contains(a);
+        match cmd {
+            Command::Register { user, password } => {
+                valid_user(user) && valid_password(password) && word(password)
+            }
+            Command::Login { user, password } => word(user) && word(password),
+            Command::Deposit { amount: a } | Command::Withdraw { amount: a } => amount(a),
+            Command::Transfer {
+                to,
+                amount: a,
+                request_id,
+            } => word(to) && amount(a) && request_id.as_deref().is_none_or(valid_request_id),
+            Command::History { limit } => (1..=HISTORY_MAX).contains(limit),
+            Command::Balance | Command::Ping | Command::Quit => true,
+        }
+    }
+
+    /// Any valid command.
+    fn command() -> impl Strategy<Value = Command> {
+        let user = "[A-Za-z0-9_]{1,32}";
+        let password = "[!-~]{8,128}";
+        let amount = 1..=MAX_AMOUNT;
+        prop_oneof![
+            (user, password).prop_map(|(user, password)| Command::Register { user, password }),
+            ("[!-~]{1,40}", "[!-~]{1,40}")
+                .prop_map(|(user, password)| Command::Login { user, password }),
+            amount
+                .clone()
+                .prop_map(|amount| Command::Deposit { amount }),
+            amount
+                .clone()
+                .prop_map(|amount| Command::Withdraw { amount }),
+            (
+                "[!-~]{1,40}",
+                amount,
+                proptest::option::of("[A-Za-z0-9_-]{1,64}")
+            )
+                .prop_map(|(to, amount, request_id)| Command::Transfer {
+                    to,
+                    amount,
+                    request_id
+                }),
+            (1..=HISTORY_MAX).prop_map(|limit| Command::History { limit }),
+            Just(Command::Balance),
+            Just(Command::Ping),
+            Just(Command::Quit),
+        ]
+    }
+
+    /// A line of words likely to mean something: command words in any case, amounts,
+    /// names, junk; separated by runs of spaces and tabs.
+    fn wordy_line() -> impl Strategy<Value = String> {
+        let word = prop_oneof![
+            "(?i)register|login|balance|deposit|withdraw|transfer|history|ping|quit",
+            "[+]?[0-9]{1,14}",
+            "[A-Za-z0-9_-]{1,70}",
+            "[^ \t\n]{1,12}",
+        ];
+        (
+            proptest::collection::vec((word, "[ \t]{1,3}"), 0..5),
+            "[ \t]{0,2}",
+        )
+            .prop_map(|(words, lead)| {
+                let mut line = lead;
+                for (w, sep) in words {
+                    line.push_str(&w);
+                    line.push_str(&sep);
+                }
+                line
+            })
+    }
+
+    proptest! {
+        /// Command -> canonical line -> the same command.
+        #[test]
+        fn commands_round_trip(cmd in command()) {
+            prop_assert!(valid_command(&cmd));
+            prop_assert_eq!(parse(&canonical(&cmd)), Ok(Some(cmd)));
+        }
+
+        /// Any line: an accepted command is valid and its canonical line parses back to it;
+        /// the result depends on the words, not the spacing, nor the case of the command
+        /// word; an error reply is one line.
+        #[test]
+        fn parsing_depends_on_the_words_only(line in wordy_line()) {
+            let parsed = parse(&line);
+            match &parsed {
+                Ok(Some(cmd)) => {
+                    prop_assert!(valid_command(cmd), "{:?}", cmd);
+                    prop_assert_eq!(parse(&canonical(cmd)), Ok(Some(cmd.clone())));
+                }
+                Ok(None) => prop_assert!(line.trim_matches([' ', '\t']).is_empty()),
+                Err(e) => prop_assert_eq!(e.line().matches(['\n', '\r']).count(), 1),
+            }
+            let words: Vec<&str> = line.split([' ', '\t']).filter(|w| !w.is_empty()).collect();
+            prop_assert_eq!(&parse(&words.join(" ")), &parsed);
+            if let Some((first, args)) = words.split_first() {
+                let flipped: String = first
+                    .chars()
+                    .map(|c| if c.is_ascii_uppercase() { c.to_ascii_lowercase() } else { c.to_ascii_uppercase() })
+                    .collect();
+                let other = parse(&[flipped.as_str()].iter().chain(args).copied().collect::<Vec<_>>().join(" "));
+                match (&parsed, &other) {
+                    // The unknown-command message echoes the word.
+                    (Err(a), Err(b)) => prop_assert_eq!(a.code, b.code),
+                    _ => prop_assert_eq!(&other, &parsed),
+                }
+            }
+        }
+
+        /// The server's pipeline (`LineCodec` at `MAX_LINE`, then `parse_line`) gives the
+        /// same results whether the stream arrives at once or in random pieces.
+        #[test]
+        fn split_stream_parses_the_same(
+            lines in proptest::collection::vec((wordy_line(), any::<bool>()), 0..8),
+            junk in proptest::collection::vec(any::<u8>(), 0..16),
+            pieces in proptest::collection::vec(1usize..32, 1..6),
+        ) {
+            use duo_buffer::InputBuffer;
+            use duo_net::codec::LineCodec;
+            let mut wire = Vec::new();
+            for (l, crlf) in &lines {
+                wire.extend_from_slice(l.as_bytes());
+                wire.extend_from_slice(if *crlf { b"\r\n" } else { b"\n" });
+            }
+            wire.extend_from_slice(&junk);
+            let codec = LineCodec::new(MAX_LINE);
+            let run = |sizes: &[usize]| {
+                let mut input = InputBuffer::new();
+                let mut got = Vec::new();
+                let mut rest = &wire[..];
+                let mut sizes = sizes.iter().copied().cycle();
+                while !rest.is_empty() {
+                    let n = sizes.next().unwrap_or(usize::MAX).min(rest.len());
+                    input.append(&rest[..n]).unwrap();
+                    rest = &rest[n..];
+                    codec.decode_all(&mut input, |l| got.push(parse_line(l))).unwrap();
+                }
+                (got, input.peek().to_vec())
+            };
+            let (one, one_left) = run(&[usize::MAX]);
+            let (split, split_left) = run(&pieces);
+            prop_assert_eq!(one.len(), lines.len() + junk.iter().filter(|&&b| b == b'\n').count());
+            prop_assert_eq!(one, split);
+            prop_assert_eq!(one_left, split_left);
+        }
+    }
 }

@@ -317,4 +317,91 @@ mod tests {
             }
         }
     }
+
+    // The properties of the `echo_framed` fuzz target (fuzz/src/lib.rs) on arbitrary,
+    // mostly malformed streams.
+
+    /// A stream of packets whose headers often lie: mostly `DATA_SEND` with a small
+    /// length, sometimes another type or a huge length, each followed by a payload of a
+    /// possibly different length; sometimes raw bytes.
+    fn messy_stream() -> impl Strategy<Value = Vec<u8>> {
+        let kind = prop_oneof![8 => Just(DATA_SEND), 1 => any::<u32>()];
+        let len = prop_oneof![8 => 0u32..40, 1 => any::<u32>()];
+        let chunk = prop_oneof![
+            4 => (kind, len, prop::collection::vec(any::<u8>(), 0..40)).prop_map(
+                |(kind, len, payload)| {
+                    let mut c = Header { kind, len }.encode().to_vec();
+                    c.extend(payload);
+                    c
+                }
+            ),
+            1 => prop::collection::vec(any::<u8>(), 0..10),
+        ];
+        prop::collection::vec(chunk, 0..10).prop_map(|chunks| chunks.concat())
+    }
+
+    proptest! {
+        /// Any 8 bytes parse to a header that encodes back to them, and any header
+        /// round-trips.
+        #[test]
+        fn any_header_round_trips(bytes in any::<[u8; 8]>(), kind in any::<u32>(), len in any::<u32>()) {
+            let h = Header::parse(&bytes).unwrap();
+            prop_assert_eq!(h.encode(), bytes);
+            let h = Header { kind, len };
+            prop_assert_eq!(Header::parse(&h.encode()), Some(h));
+        }
+
+        /// On any stream, `echo_frames` fed in one piece and in random pieces answers the
+        /// same packets with the same error; the leftover is the same (after an error the
+        /// split feeding holds a prefix of the same offending bytes); and the answered
+        /// packets, turned back into requests, plus the leftover are the stream.
+        #[test]
+        fn any_stream_echoes_the_same_split_or_not(
+            wire in messy_stream(),
+            chunks in prop::collection::vec(1usize..48, 1..8),
+        ) {
+            let (one, one_result, one_left) = feed(&wire, &[usize::MAX]);
+            let (split, split_result, split_left) = feed(&wire, &chunks);
+            prop_assert_eq!(&one, &split);
+            let one_left = one_left.peek().to_vec();
+            let split_left = split_left.peek().to_vec();
+            match (one_result, split_result) {
+                (Ok(_), Ok(_)) => prop_assert_eq!(&one_left, &split_left),
+                (Err(a), Err(b)) => {
+                    prop_assert_eq!(a, b);
+                    prop_assert!(!split_left.is_empty());
+                    prop_assert!(one_left.starts_with(&split_left));
+                }
+                (a, b) => prop_assert!(false, "one-shot {:?} vs split {:?}", a, b),
+            }
+            prop_assert!(one.iter().all(|(kind, _)| *kind == DATA_ECHO));
+            let mut rebuilt: Vec<u8> =
+                one.iter().flat_map(|(_, payload)| packet(DATA_SEND, payload)).collect();
+            rebuilt.extend_from_slice(&one_left);
+            prop_assert_eq!(rebuilt, wire);
+        }
+
+        /// A reply refused after `n` answers stops decoding and drops the rest of the
+        /// input, whatever follows.
+        #[test]
+        fn a_refused_reply_drops_the_rest(
+            payloads in prop::collection::vec(prop::collection::vec(any::<u8>(), 0..40), 1..8),
+            n in any::<prop::sample::Index>(),
+            tail in messy_stream(),
+        ) {
+            let n = n.index(payloads.len());
+            let mut wire: Vec<u8> = payloads.iter().flat_map(|p| packet(DATA_SEND, p)).collect();
+            wire.extend(tail);
+            let mut input = InputBuffer::new();
+            input.append(&wire).unwrap();
+            let mut calls = 0;
+            let answered = echo_frames(&mut input, |_| {
+                calls += 1;
+                calls <= n
+            });
+            prop_assert_eq!(answered, Ok(n));
+            prop_assert_eq!(calls, n + 1);
+            prop_assert!(input.is_empty());
+        }
+    }
 }

@@ -12,22 +12,25 @@ use crate::{BufPool, BufferError, IoBuf, Line, PoolError, ReadOutcome, MAX_BLOCK
 /// `extrabuf`).
 const SPILL_LEN: usize = 64 << 10;
 
+/// The spill area: a fixed-size array, so that a buffer holding one needs a thin pointer.
+type SpillArea = [u8; SPILL_LEN];
+
 thread_local! {
     /// This thread's spill area, taken for the duration of one read and put back.
-    static SPILL: Cell<Option<Box<[u8]>>> = const { Cell::new(None) };
+    static SPILL: Cell<Option<Box<SpillArea>>> = const { Cell::new(None) };
 }
 
 /// Takes this thread's spill area (a fresh one if it is in use or the thread is exiting).
-fn take_spill() -> Box<[u8]> {
+fn take_spill() -> Box<SpillArea> {
     SPILL
         .try_with(Cell::take)
         .ok()
         .flatten()
-        .unwrap_or_else(|| vec![0u8; SPILL_LEN].into_boxed_slice())
+        .unwrap_or_else(|| Box::new([0u8; SPILL_LEN]))
 }
 
 /// Puts the spill area back for the next read on this thread.
-fn put_spill(spill: Box<[u8]>) {
+fn put_spill(spill: Box<SpillArea>) {
     let _ = SPILL.try_with(move |cell| cell.set(Some(spill)));
 }
 
@@ -87,11 +90,30 @@ pub struct InputBuffer {
     max_len: usize,
 }
 
-/// The spill area, borrowed from the thread, holding `area[start..end]`.
+/// The spill area, borrowed from the thread, holding `area[start..end]`. Kept small (16
+/// bytes): every connection's input buffer has room for one.
 struct Spilled {
-    area: Box<[u8]>,
-    start: usize,
-    end: usize,
+    area: Box<SpillArea>,
+    start: u32,
+    end: u32,
+}
+
+impl Spilled {
+    fn data(&self) -> &[u8] {
+        self.area
+            .get(self.start as usize..self.end as usize)
+            .unwrap_or_default()
+    }
+
+    fn len(&self) -> usize {
+        (self.end - self.start) as usize
+    }
+
+    /// Drops up to `n` bytes from the front.
+    fn consume(&mut self, n: usize) {
+        let n = n.min(self.len()) as u32; // at most SPILL_LEN
+        self.start += n;
+    }
 }
 
 impl Drop for InputBuffer {
@@ -153,7 +175,7 @@ impl InputBuffer {
     /// The unconsumed bytes, contiguous.
     pub fn peek(&self) -> &[u8] {
         match &self.spilled {
-            Some(s) => s.area.get(s.start..s.end).unwrap_or_default(),
+            Some(s) => s.data(),
             None => self.buf.as_ref().map(IoBuf::data).unwrap_or_default(),
         }
     }
@@ -161,7 +183,7 @@ impl InputBuffer {
     /// Number of unconsumed bytes.
     pub fn len(&self) -> usize {
         match &self.spilled {
-            Some(s) => s.end - s.start,
+            Some(s) => s.len(),
             None => self.buf.as_ref().map_or(0, IoBuf::len),
         }
     }
@@ -184,8 +206,8 @@ impl InputBuffer {
     /// left, the block goes back to the pool (or the spill area to its thread).
     pub fn consume(&mut self, n: usize) {
         if let Some(s) = &mut self.spilled {
-            s.start = s.end.min(s.start.saturating_add(n));
-            if s.start == s.end {
+            s.consume(n);
+            if s.len() == 0 {
                 self.release_spill();
             }
             return;
@@ -224,7 +246,7 @@ impl InputBuffer {
         let Some(s) = &self.spilled else {
             return Ok(());
         };
-        let data = s.area.get(s.start..s.end).unwrap_or_default();
+        let data = s.data();
         let mut block = self.pool.alloc(data.len())?;
         block.append(data);
         self.buf = Some(block);
@@ -432,7 +454,7 @@ impl InputBuffer {
                 self.spilled = Some(Spilled {
                     area,
                     start: 0,
-                    end: n,
+                    end: n as u32, // at most SPILL_LEN
                 });
                 return Ok(ReadOutcome::Data {
                     len: n,
