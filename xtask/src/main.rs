@@ -3,7 +3,7 @@
 //!
 //! Commands:
 //! - `bench [--quick] [--only NAME] [--secs N]`: builds release binaries, runs the
-//!   micro-benchmarks, then every load scenario against every server (see [`bench`]), and
+//!   micro-benchmarks, then every load scenario against every server (see [`mod@bench`]), and
 //!   writes `target/bench/report.{md,json}` and SVG charts.
 //! - `ci`: runs `.ci/run`, the same checks CI runs.
 
