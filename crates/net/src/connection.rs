@@ -490,7 +490,8 @@ impl Handler for Conn {
                 Ok(ReadOutcome::Eof) => {
                     self.io.peer_eof = true;
                     ch.disable_reading();
-                    match self.io.env.callbacks.half_close.clone() {
+                    let env = self.io.env.clone();
+                    match env.callbacks.half_close.as_deref() {
                         // The application finishes its work and closes when it is done.
                         Some(cb) => {
                             let ok = {
@@ -557,7 +558,10 @@ impl Conn {
 
     /// Hands the input to the message callback.
     fn deliver(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        let Some(cb) = self.io.env.callbacks.message.clone() else {
+        // A clone of this loop's `ConnEnv` pointer (a cache line only this thread touches),
+        // not of the callback's, whose count every I/O thread would bounce.
+        let env = self.io.env.clone();
+        let Some(cb) = env.callbacks.message.as_deref() else {
             // Nobody wants the bytes: drop them rather than let the buffer fill.
             self.input.consume_all();
             return;
@@ -668,7 +672,8 @@ impl ConnIo {
             ch.disable_reading();
         }
         if before <= hwm && after > hwm {
-            if let Some(cb) = self.env.callbacks.high_water_mark.clone() {
+            let env = self.env.clone();
+            if let Some(cb) = env.callbacks.high_water_mark.as_deref() {
                 let ok = {
                     let mut ctx = ConnCtx { io: self, ch, lp };
                     catch_unwind(AssertUnwindSafe(|| cb(&mut ctx, after))).is_ok()
@@ -731,7 +736,8 @@ impl ConnIo {
     }
 
     fn write_complete(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        let Some(cb) = self.env.callbacks.write_complete.clone() else {
+        let env = self.env.clone();
+        let Some(cb) = env.callbacks.write_complete.as_deref() else {
             return;
         };
         let ok = {
