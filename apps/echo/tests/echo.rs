@@ -384,18 +384,25 @@ fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn echo");
-    let out = drain(child.stdout.take().unwrap());
-    let err = drain(child.stderr.take().unwrap());
+    // Read both pipes to their end on threads, joined once the process has exited (the
+    // pipes close with it), so nothing written just before exit is missed.
+    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
+        thread::spawn(move || {
+            let mut text = String::new();
+            let _ = pipe.read_to_string(&mut text);
+            text
+        })
+    };
+    let out = read_all(Box::new(child.stdout.take().unwrap()));
+    let err = read_all(Box::new(child.stderr.take().unwrap()));
     let status = wait_with_deadline(&mut child, Duration::from_secs(10));
     let Some(status) = status else {
         let _ = child.kill();
         let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
         panic!("echo {args:?} did not exit");
     };
-    // The pipes close at exit; give the drain threads a moment to finish.
-    thread::sleep(Duration::from_millis(50));
-    let out = out.lock().unwrap().clone();
-    let err = err.lock().unwrap().clone();
+    let out = out.join().expect("stdout reader");
+    let err = err.join().expect("stderr reader");
     (status, out, err)
 }
 
