@@ -5,7 +5,7 @@ use std::fs::File;
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,41 @@ impl Server {
     pub(crate) fn cpu_time(&self) -> Result<Duration, String> {
         cpu_time(self.pid()).map_err(|e| format!("{}: {e}", self.name))
     }
+
+    /// How the server ended, if it has.
+    pub(crate) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// Sends SIGTERM (a graceful stop) and waits up to `grace` for the server to exit;
+    /// returns its status and how long it took. Past `grace` it is killed, and that is an
+    /// error.
+    pub(crate) fn terminate(&mut self, grace: Duration) -> Result<(ExitStatus, Duration), String> {
+        if let Some(status) = self.exited() {
+            return Err(format!("had already exited: {status}"));
+        }
+        let sent = Instant::now();
+        let kill = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .map_err(|e| format!("cannot run kill: {e}"))?;
+        if !kill.success() {
+            return Err(format!("kill -TERM {} failed: {kill}", self.pid()));
+        }
+        loop {
+            if let Some(status) = self.exited() {
+                return Ok((status, sent.elapsed()));
+            }
+            if sent.elapsed() > grace {
+                let _ = self.child.kill();
+                let _ = self.child.wait();
+                return Err(format!(
+                    "still running {grace:?} after SIGTERM; killed (see its log)"
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }
 
 impl Drop for Server {
@@ -110,6 +145,24 @@ pub(crate) fn cpu_time(pid: u32) -> Result<Duration, String> {
     let total = ticks(11)? + ticks(12)?;
     let hz = duo_sys::clock_ticks_per_second().map_err(|e| e.to_string())?;
     Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+}
+
+/// A numeric field of `/proc/PID/status` (`VmRSS`, `RssAnon` in KiB, `Threads`).
+pub(crate) fn status_field(pid: u32, field: &str) -> Result<u64, String> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| format!("/proc/{pid}/status: {e}"))?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .ok_or_else(|| format!("/proc/{pid}/status has no {field}"))
+}
+
+/// Open file descriptors of a process (entries of `/proc/PID/fd`).
+pub(crate) fn open_fds(pid: u32) -> Result<u64, String> {
+    let dir =
+        std::fs::read_dir(format!("/proc/{pid}/fd")).map_err(|e| format!("/proc/{pid}/fd: {e}"))?;
+    Ok(dir.count() as u64)
 }
 
 /// Runs a command to completion with a wall-clock bound; returns its stdout. stderr goes
