@@ -105,7 +105,9 @@ fn drive(addr: SocketAddr, n: usize, seed: usize) -> Vec<Slow> {
                 c.next_write += TRICKLE;
             }
             if let Some(how) = closed {
-                c.slow.closed_after = Some(now.duration_since(c.connected));
+                // Not `now`: that was taken before this pass over hundreds of sockets, and
+                // under load it is stale enough to make a close look early.
+                c.slow.closed_after = Some(c.connected.elapsed());
                 c.slow.how = how;
                 c.stream = None; // close our end
                 open -= 1;
