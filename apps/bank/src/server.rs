@@ -25,6 +25,10 @@
 //!
 //! A client that pipelines faster than its commands complete is paused (the server stops
 //! reading its socket) once [`QUEUE_HIGH`] commands wait, and resumed below [`QUEUE_LOW`].
+//! A client that pipelines and does not read its replies is held the same way: `pump`
+//! starts no command while [`OUTPUT_HIGH`] bytes of replies wait to be written, and resumes
+//! when the output has drained (the write-complete callback), so the memory a connection
+//! holds is bounded by the queue, one job's reply and that mark, whatever it sends.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -49,6 +53,8 @@ use crate::store::{Store, StoreError, WriteJob, WriteOp, WriteOutcome, WriteResu
 const QUEUE_HIGH: usize = 4096;
 /// Queue length below which a paused connection is read again.
 const QUEUE_LOW: usize = 1024;
+/// Unwritten reply bytes at which a connection's queued commands stop being started.
+const OUTPUT_HIGH: usize = 256 << 10;
 /// Failed logins after which a connection is closed.
 const MAX_FAILED_LOGINS: u32 = 5;
 /// Most commands of one connection sent to the writer as one job.
@@ -268,6 +274,11 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             }
         })
         .on_message(on_message)
+        .on_write_complete({
+            // The replies were written: start the commands held back by `OUTPUT_HIGH`.
+            let app = app.clone();
+            move |ctx| pump(ctx, &app)
+        })
         .on_peer_half_close(|ctx| {
             // `nc -N`, or a script that writes its commands and half-closes: answer
             // everything queued first (see `pump`), then close.
@@ -392,6 +403,11 @@ enum Step {
 fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
     let conn = ctx.connection().clone();
     loop {
+        if ctx.output_len() >= OUTPUT_HIGH {
+            // The peer is not reading its replies: start nothing more until they drain
+            // (`on_write_complete` calls us again). Reading stays paused by the queue.
+            return;
+        }
         let mut resume = false;
         let step = conn
             .with_context(|s: &mut Session| {

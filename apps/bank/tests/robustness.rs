@@ -201,3 +201,74 @@ fn garbage_gets_bad_request_and_disturbs_nobody() {
     assert_eq!(c.cmd(&format!("LOGIN wendy {PW}")), "OK welcome wendy");
     assert_eq!(c.balance(), deposits);
 }
+
+/// Resident memory of process `pid`, from `/proc/PID/status`.
+fn rss_bytes(pid: u32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/PID/status");
+    kib * 1024
+}
+
+#[test]
+fn a_client_that_never_reads_its_replies_cannot_grow_the_server() {
+    const ENTRIES: usize = 1000;
+    const REQUESTS: usize = 3000;
+    let dir = TempDir::new("nonreader");
+    let server = Server::start(&dir.db(), &[]);
+
+    // 1 000 history entries make each `HISTORY 1000` reply ~35 KB: 3 000 of them would be
+    // ~100 MB of output if the server kept answering a peer that never reads.
+    let mut hog = Client::logged_in(server.addr, "hog");
+    hog.send("DEPOSIT 1\n".repeat(ENTRIES).as_bytes());
+    for i in 1..=ENTRIES {
+        assert_eq!(hog.line(), format!("OK {i}"));
+    }
+    let before = rss_bytes(server.pid());
+    // 39 KB of commands: the kernel takes them whole, and the server reads them all (the
+    // queue pauses reading only at 4 096).
+    hog.send(format!("HISTORY {ENTRIES}\n").repeat(REQUESTS).as_bytes());
+
+    // While the hog's replies pile up, another client is served as usual, and the
+    // server's memory levels off well below what answering everything would take. There
+    // is no event for "stopped growing": sample until RSS has been flat for a second.
+    let mut other = Client::logged_in(server.addr, "other");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (mut peak, mut last_rise) = (before, Instant::now());
+    while last_rise.elapsed() < Duration::from_secs(1) {
+        assert!(
+            Instant::now() < deadline,
+            "server RSS still growing after 60 s"
+        );
+        assert_eq!(other.cmd("PING"), "PONG");
+        assert_eq!(other.cmd("BALANCE"), "OK 0");
+        let rss = rss_bytes(server.pid());
+        if rss > peak + (256 << 10) {
+            (peak, last_rise) = (rss, Instant::now());
+        }
+        let growth = peak.saturating_sub(before);
+        assert!(
+            growth < 32 << 20,
+            "server RSS grew by {} MiB for a client that does not read",
+            growth >> 20
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!(
+        "server RSS growth: {} KiB",
+        peak.saturating_sub(before) >> 10
+    );
+
+    // Nothing was dropped: once the hog reads, every reply arrives, complete and in order.
+    for n in 0..REQUESTS {
+        assert_eq!(hog.line(), format!("OK {ENTRIES}"), "reply {n}");
+        for _ in 0..ENTRIES {
+            hog.line();
+        }
+    }
+    assert_eq!(hog.cmd("PING"), "PONG");
+    assert_eq!(hog.balance(), ENTRIES as i64);
+}
