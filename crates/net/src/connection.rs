@@ -65,7 +65,11 @@ fn clock_base() -> Instant {
 }
 
 fn now_ms() -> u64 {
-    clock_base().elapsed().as_millis() as u64
+    ms_since_base(Instant::now())
+}
+
+fn ms_since_base(at: Instant) -> u64 {
+    at.saturating_duration_since(clock_base()).as_millis() as u64
 }
 
 /// What any thread may read about a connection.
@@ -308,10 +312,11 @@ impl TcpConnection {
         let _ = self.shared.token.set(token);
     }
 
-    pub(crate) fn touch(&self) {
+    /// Records activity at `at` (the loop's poll time: no clock read per event).
+    pub(crate) fn touch(&self, at: Instant) {
         self.shared
             .last_activity_ms
-            .store(now_ms(), Ordering::Relaxed);
+            .store(ms_since_base(at), Ordering::Relaxed);
     }
 }
 
@@ -457,11 +462,11 @@ impl Conn {
 impl Handler for Conn {
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         loop {
-            let outcome = self.input.read_from(ch.fd());
+            let outcome = self.input.recv_from(ch.fd());
             match outcome {
                 Ok(ReadOutcome::Data { len, drained }) => {
                     self.io.env.counters.add_in(len);
-                    self.io.handle.touch();
+                    self.io.handle.touch(lp.poll_time());
                     if self.io.env.opts.idle_refresh_on_read {
                         self.io.idle_refresh(lp, ch.token());
                     }

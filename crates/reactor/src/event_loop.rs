@@ -107,6 +107,8 @@ pub struct EventLoop {
     running: Vec<Task>,
     running_local: Vec<LocalTask>,
     /// Loop-confined counters, published to `shared.metrics` once per iteration.
+    /// When the current iteration's poll returned.
+    poll_time: Instant,
     tick_events: u64,
     tick_tasks: u64,
     tick_timers: u64,
@@ -147,11 +149,20 @@ impl EventLoop {
             locals: HashMap::new(),
             running: Vec::new(),
             running_local: Vec::new(),
+            poll_time: Instant::now(),
             tick_events: 0,
             tick_tasks: 0,
             tick_timers: 0,
             _not_send: PhantomData,
         })
+    }
+
+    /// When the current iteration's `epoll_wait` returned: a clock read once per iteration
+    /// and shared by every event it dispatches (muduo's `pollReturnTime`). Callbacks that
+    /// stamp activity use it instead of reading the clock per event; it lags the true time
+    /// by at most the time the iteration has run so far.
+    pub fn poll_time(&self) -> Instant {
+        self.poll_time
     }
 
     /// A handle for other threads (and for storing in `Send` callbacks).
@@ -199,6 +210,7 @@ impl EventLoop {
             Some(Duration::ZERO)
         };
         let n = self.poller.poll(timeout)?;
+        self.poll_time = Instant::now();
         MetricCounters::add(&self.shared.metrics.iterations, 1);
         for i in 0..n {
             let Some((data, ready)) = self.poller.event(i) else {

@@ -7,6 +7,7 @@ use std::cell::RefCell;
 use std::io::{IoSliceMut, Write};
 use std::os::unix::net::UnixStream;
 use std::rc::Rc;
+use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use duo_reactor::{Channel, EventLoop, FnHandler, Handler, Interest, Token};
@@ -245,17 +246,22 @@ fn typed_handler_access_and_cross_thread_reach() {
         .unwrap();
     (&a).write_all(b"12345").unwrap();
     // From another thread: ask the loop how many bytes the handler has seen, then quit.
+    // The function may arrive before the loop has dispatched the read (it then runs first,
+    // when `run` starts): it asks again from the loop's queue until the bytes are in.
+    fn ask(lp: &mut EventLoop, t: Token, tx: Sender<(Option<usize>, bool)>, tries: u32) {
+        let n = lp.with_handler::<Counter, _>(t, |_, _, c| c.reads);
+        if n != Some(5) && tries < 10_000 {
+            lp.queue_in_loop(move |lp| ask(lp, t, tx, tries + 1));
+            return;
+        }
+        let wrong_type = lp.with_handler::<FnHandler, _>(t, |_, _, _| ());
+        tx.send((n, wrong_type.is_some())).unwrap();
+        lp.quit();
+    }
     let handle = lp.handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let asker = std::thread::spawn(move || {
-        handle
-            .run_in_loop(move |lp| {
-                let n = lp.with_handler::<Counter, _>(t, |_, _, c| c.reads);
-                let wrong_type = lp.with_handler::<FnHandler, _>(t, |_, _, _| ());
-                tx.send((n, wrong_type.is_some())).unwrap();
-                lp.quit();
-            })
-            .unwrap();
+        handle.run_in_loop(move |lp| ask(lp, t, tx, 0)).unwrap();
     });
     lp.run().unwrap();
     asker.join().unwrap();
