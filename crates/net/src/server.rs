@@ -301,11 +301,17 @@ fn new_connection_handler(
                 log::debug!("{}: TCP_NODELAY for {peer}: {e}", shared.name);
             }
         }
-        let local = socket
-            .local_addr()
-            .ok()
-            .and_then(|a| a.as_socket())
-            .unwrap_or(shared.local_addr);
+        // A listener bound to one address accepts connections to exactly that address:
+        // only a wildcard listener needs `getsockname` to learn which one was dialled.
+        let local = if shared.local_addr.ip().is_unspecified() {
+            socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(shared.local_addr)
+        } else {
+            shared.local_addr
+        };
         next_id += 1;
         let index = next_loop % loops.len();
         next_loop = next_loop.wrapping_add(1);

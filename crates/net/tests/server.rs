@@ -784,3 +784,38 @@ fn send_parts_with_many_large_pieces() {
     wait_until("closed", || server.stats().active == 0);
     server.stop();
 }
+
+/// A connection's addresses are the two ends the client sees, whether the server listens
+/// on one address (taken from the listener) or on the wildcard (asked of the socket).
+#[test]
+fn connection_addresses_match_the_clients_view() {
+    init_log();
+    for listen in ["127.0.0.1:0", "0.0.0.0:0"] {
+        let (tx, rx) = mpsc::channel::<(SocketAddr, SocketAddr)>();
+        let listen: SocketAddr = listen.parse().unwrap();
+        let server = TestServer::start(move || {
+            echo_builder("addrs", listen)
+                .io_threads(1)
+                .on_connection(move |conn| {
+                    if conn.is_connected() {
+                        let _ = tx.send((conn.local_addr(), conn.peer_addr()));
+                    }
+                })
+        });
+        // Dial 127.0.0.2: on the wildcard listener the local address is not the
+        // listener's.
+        let port = server.addr().port();
+        let dial: SocketAddr = if listen.ip().is_unspecified() {
+            SocketAddr::from(([127, 0, 0, 2], port))
+        } else {
+            server.addr()
+        };
+        let mut s = connect(dial);
+        echo_once(&mut s, b"where am I");
+        let (local, peer) = rx.recv_timeout(LIMIT).expect("connection callback");
+        assert_eq!(local, s.peer_addr().unwrap(), "listening on {listen}");
+        assert_eq!(peer, s.local_addr().unwrap(), "listening on {listen}");
+        drop(s);
+        server.stop();
+    }
+}
