@@ -45,6 +45,7 @@ mod idle;
 mod server;
 mod stats;
 mod thread_pool;
+mod trim;
 
 pub use callbacks::{
     CloseCallback, ConnectionCallback, HalfCloseCallback, HighWaterMarkCallback, MessageCallback,

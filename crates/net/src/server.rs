@@ -17,6 +17,7 @@ use crate::callbacks::Callbacks;
 use crate::connection::{Conn, ConnEnv, ConnOptions, RemoveHook};
 use crate::idle::IdleWheels;
 use crate::stats::{AcceptCounters, IoCounters, ServerStats};
+use crate::trim;
 use crate::{ConnCtx, TcpConnection};
 
 static NEXT_SERVER: AtomicU64 = AtomicU64::new(1);
@@ -28,6 +29,9 @@ pub mod defaults {
     pub const HIGH_WATER: usize = 4 << 20;
     /// Largest input a connection buffers before the message callback consumes it: 8 MiB.
     pub const MAX_INPUT: usize = 8 << 20;
+    /// How often each loop checks whether the buffer pool holds memory a past burst left
+    /// behind: 10 s.
+    pub const BUFFER_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
 }
 
 /// Builds and starts a [`TcpServer`]; from [`TcpServer::builder`].
@@ -44,6 +48,7 @@ pub struct ServerBuilder {
     low_water: Option<usize>,
     max_input: usize,
     tcp_nodelay: bool,
+    buffer_trim_interval: Option<Duration>,
     callbacks: Callbacks,
     thread_init: Option<ThreadInit>,
 }
@@ -98,6 +103,14 @@ impl ServerBuilder {
     /// the connection is closed with a log line.
     pub fn max_input(mut self, bytes: usize) -> Self {
         self.max_input = bytes.max(1);
+        self
+    }
+    /// How often each of the server's loops checks the process-wide buffer pool and, when
+    /// its free blocks outweigh those in use (a burst is over), returns them to the system
+    /// (default [`defaults::BUFFER_TRIM_INTERVAL`]; zero turns it off). Loops shared by
+    /// several servers run one check, at the first server's interval.
+    pub fn buffer_trim_interval(mut self, interval: Duration) -> Self {
+        self.buffer_trim_interval = Some(interval).filter(|i| !i.is_zero());
         self
     }
     /// Sets `TCP_NODELAY` on every accepted connection (default off).
@@ -186,6 +199,7 @@ impl ServerBuilder {
                 .collect(),
             acceptor: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            trims_main: AtomicBool::new(false),
         });
         let opts = Arc::new(ConnOptions {
             edge_triggered: self.edge_triggered,
@@ -201,6 +215,18 @@ impl ServerBuilder {
                     IdleWheels::install(main, id, timeout);
                 } else {
                     h.run_in_loop(move |lp| IdleWheels::install(lp, id, timeout))
+                        .map_err(io::Error::from)?;
+                }
+            }
+        }
+        if let Some(interval) = self.buffer_trim_interval {
+            for h in &loops {
+                if h.is_in_loop_thread() {
+                    trim::install(main, interval);
+                    shared.trims_main.store(true, Ordering::SeqCst);
+                } else {
+                    // The server's own I/O threads: the timer ends with the loop.
+                    h.run_in_loop(move |lp| trim::install(lp, interval))
                         .map_err(io::Error::from)?;
                 }
             }
@@ -239,7 +265,8 @@ impl fmt::Debug for ServerBuilder {
             .field("io_threads", &self.io_threads)
             .field("edge_triggered", &self.edge_triggered)
             .field("idle_timeout", &self.idle_timeout)
-            .field("max_connections", &self.max_connections)
+            .field("high_water", &self.high_water)
+            .field("buffer_trim_interval", &self.buffer_trim_interval)
             .field("high_water", &self.high_water)
             .field("callbacks", &self.callbacks)
             .finish_non_exhaustive()
@@ -257,6 +284,8 @@ struct ServerShared {
     io: Vec<Arc<IoCounters>>,
     acceptor: Mutex<Option<Token>>,
     stopping: AtomicBool,
+    /// The server installed a buffer-pool trim timer on the main loop (no I/O threads).
+    trims_main: AtomicBool,
 }
 
 /// The acceptor's callback for each new socket: admission, naming, choice of loop.
@@ -526,6 +555,7 @@ impl TcpServer {
             low_water: None,
             max_input: defaults::MAX_INPUT,
             tcp_nodelay: false,
+            buffer_trim_interval: Some(defaults::BUFFER_TRIM_INTERVAL),
             callbacks: Callbacks::default(),
             thread_init: None,
         }
@@ -603,6 +633,9 @@ fn stop_on_main(lp: &mut EventLoop, shared: &Arc<ServerShared>) {
     }
     let id = shared.id;
     IdleWheels::uninstall(lp, id);
+    if shared.trims_main.swap(false, Ordering::SeqCst) {
+        trim::uninstall(lp);
+    }
     for c in Registries::list(lp, id) {
         if c.loop_handle().same_loop(&shared.main) {
             Conn::close_now(lp, &c);
