@@ -819,3 +819,50 @@ fn connection_addresses_match_the_clients_view() {
         server.stop();
     }
 }
+
+/// A message callback that never consumes (waiting for a frame that never completes) makes
+/// the connection close once `max_input` bytes are buffered, rather than grow without
+/// bound; the server's other connections are not disturbed.
+#[test]
+fn input_over_max_input_closes_only_that_connection() {
+    init_log();
+    const MAX: usize = 256 << 10;
+    let server = TestServer::start(|| {
+        echo_builder("max-input", localhost())
+            .io_threads(1)
+            .max_input(MAX)
+            .on_message(|ctx, input| {
+                // "hoard" connections keep everything; the others echo.
+                if !input.peek().starts_with(b"hoard") {
+                    ctx.send(input.peek());
+                    input.consume_all();
+                }
+            })
+    });
+    let mut other = connect(server.addr());
+    echo_once(&mut other, b"before");
+
+    let mut hoarder = connect(server.addr());
+    hoarder
+        .set_write_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut sent = 0;
+    let chunk = [b'h'; 16 << 10];
+    hoarder.write_all(b"hoard").unwrap();
+    // The server closes after MAX bytes; writing on past that fails (reset) or lands in
+    // kernel buffers: stop at 4 x MAX either way.
+    while sent < 4 * MAX {
+        match hoarder.write(&chunk) {
+            Ok(n) => sent += n,
+            Err(_) => break,
+        }
+    }
+    let (echoed, _) = read_until_closed(&mut hoarder);
+    assert!(echoed.is_empty(), "nothing was echoed to the hoarder");
+    wait_until("the hoarder's connection to close", || {
+        server.stats().closed == 1
+    });
+    echo_once(&mut other, b"after");
+    drop(other);
+    server.stop();
+}
