@@ -127,24 +127,7 @@ impl Drop for Server {
 
 /// `utime + stime` of a process, from `/proc/PID/stat`.
 pub(crate) fn cpu_time(pid: u32) -> Result<Duration, String> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map_err(|e| format!("/proc/{pid}/stat: {e}"))?;
-    // The command name (field 2) is in parentheses and may contain spaces: split after
-    // the last ')'. Then state is field 3, utime field 14 and stime field 15.
-    let rest = stat
-        .rsplit_once(')')
-        .map(|(_, r)| r)
-        .ok_or("malformed /proc stat")?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> Result<u64, String> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(|| format!("malformed /proc/{pid}/stat"))
-    };
-    let total = ticks(11)? + ticks(12)?;
-    let hz = duo_sys::clock_ticks_per_second().map_err(|e| e.to_string())?;
-    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
+    duo_sys::cpu_time(pid).map_err(|e| format!("CPU time of {pid}: {e}"))
 }
 
 /// A numeric field of `/proc/PID/status` (`VmRSS`, `RssAnon` in KiB, `Threads`).

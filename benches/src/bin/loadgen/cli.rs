@@ -64,6 +64,10 @@ pub(crate) struct Common {
     /// Seed of the random bytes and choices [default: from the clock].
     #[arg(long)]
     pub(crate) seed: Option<u64>,
+    /// The server's process id: report the CPU time it used during the measured phase
+    /// alone (set-up such as connecting or logging in excluded), as `server_cpu_secs`.
+    #[arg(long, value_name = "PID")]
+    pub(crate) server_pid: Option<u32>,
 }
 
 /// `pingpong` and `rr`.

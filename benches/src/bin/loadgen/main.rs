@@ -61,6 +61,7 @@ fn main() -> ExitCode {
                 .map_or(0, |d| d.as_nanos() as u64)
         }),
         fds: host::fd_budget(),
+        server_pid: common.server_pid,
     };
     let result = match &mode {
         Mode::Pingpong(a) => echo::run(echo::Kind::Pingpong, a, &env),

@@ -69,6 +69,9 @@ pub(crate) struct Report {
     pub(crate) total_final: Option<i64>,
     /// Whether the final sum equals the deposited sum (and every account was read).
     pub(crate) total_ok: Option<bool>,
+    /// The server's CPU time (user + system) during the measured phase, with
+    /// `--server-pid`.
+    pub(crate) server_cpu_secs: Option<f64>,
     /// Soft open-file limit.
     pub(crate) fd_limit: Option<u64>,
     /// Remarks for the reader (limits hit, phases cut short).
@@ -89,6 +92,19 @@ impl Report {
         self.verification_failed() || self.failure.is_some()
     }
 
+    /// One unit of work, for "per ..." figures.
+    fn unit_singular(&self) -> &'static str {
+        if self.transfers.is_some() {
+            return "transfer";
+        }
+        match self.unit {
+            "messages" => "message",
+            "requests" => "request",
+            "connections" => "connection",
+            other => other,
+        }
+    }
+
     /// The single-line JSON object.
     pub(crate) fn to_json(&self) -> String {
         let mut j = JsonObject::default();
@@ -106,6 +122,7 @@ impl Report {
         j.uint("bytes", self.bytes);
         j.float("msgs_per_sec", self.msgs_per_sec);
         j.float("mib_per_sec", self.mib_per_sec);
+        j.float("server_cpu_secs", self.server_cpu_secs);
         if let Some(l) = &self.latency {
             j.uint("latency_samples", Some(l.count));
             j.float("mean_us", Some(l.mean_us));
@@ -208,6 +225,17 @@ impl Report {
                     l.p50_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
                 ),
             );
+        }
+        if let Some(cpu) = self.server_cpu_secs {
+            let ops = self.transfers.or(self.msgs).filter(|&n| n > 0);
+            let per = ops.map_or(String::new(), |n| {
+                format!(
+                    " = {:.2} µs per {}",
+                    cpu * 1e6 / n as f64,
+                    self.unit_singular()
+                )
+            });
+            line(&mut s, "server CPU", format!("{cpu:.2} s{per}"));
         }
         if let Some(t) = self.connect_secs {
             line(&mut s, "connect time", format!("{t:.2} s"));

@@ -13,6 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use crate::engine::{Engine, Session};
+use crate::report::Report;
 
 /// Start and stop signals shared by the workers of one phase and their coordinator.
 #[derive(Debug, Default)]
@@ -114,6 +115,47 @@ impl Drop for Ticket<'_> {
     fn drop(&mut self) {
         self.arrive();
     }
+}
+
+/// What [`open_and_measure`] saw of the server's CPU time over the measured phase.
+#[derive(Debug, Default)]
+pub(crate) struct ServerCpu(Option<Result<Duration, String>>);
+
+impl ServerCpu {
+    /// Puts the figure (or why there is none) in `report`.
+    pub(crate) fn fill(self, report: &mut Report) {
+        match self.0 {
+            Some(Ok(cpu)) => report.server_cpu_secs = Some(cpu.as_secs_f64()),
+            Some(Err(e)) => report
+                .notes
+                .push(format!("server CPU time not measured: {e}")),
+            None => {}
+        }
+    }
+}
+
+/// For a coordinator: opens the gate and, given the server's pid, samples its CPU time at
+/// the opening and again when the measured phase of `secs` ends, so set-up (connecting,
+/// logging in) is not charged to the operations measured.
+pub(crate) fn open_and_measure(gate: &Gate, pid: Option<u32>, secs: Duration) -> ServerCpu {
+    let Some(pid) = pid else {
+        gate.open();
+        return ServerCpu(None);
+    };
+    let before = duo_sys::cpu_time(pid);
+    let go = gate.open();
+    let end = go + secs;
+    while let Some(left) = end.checked_duration_since(Instant::now()) {
+        if left.is_zero() {
+            break;
+        }
+        thread::sleep(left);
+    }
+    let after = duo_sys::cpu_time(pid);
+    ServerCpu(Some(match (before, after) {
+        (Ok(b), Ok(a)) => Ok(a.saturating_sub(b)),
+        (Err(e), _) | (_, Err(e)) => Err(format!("process {pid}: {e}")),
+    }))
 }
 
 /// Runs `worker(index, ticket)` on `threads` threads and `coordinate(gate)` on this one;

@@ -27,7 +27,7 @@ use crate::latency::Latency;
 use crate::modes::{merge_all, Env};
 use crate::report::Report;
 use crate::rng::XorShift;
-use crate::runner::{run_threads, share, Ticket};
+use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
 
 /// Account names and their password for one run.
 #[derive(Debug, Clone)]
@@ -97,14 +97,16 @@ pub(crate) fn run(args: &BankArgs, env: &Env) -> Result<Report, String> {
         secs: args.secs,
         login_deadline,
     };
+    let mut cpu = ServerCpu::default();
     let results = run_threads(
         threads,
         |t, ticket| client_worker(env, &plan, t, ticket),
         |gate| {
             gate.wait_arrivals(threads, login_deadline);
-            gate.open();
+            cpu = open_and_measure(gate, env.server_pid, args.secs);
         },
     );
+    cpu.fill(&mut report);
     let run = merge_all(results, ClientTally::merge)?;
     let secs = run.elapsed.as_secs_f64();
     let per_sec = |n: u64| (secs > 0.0).then(|| n as f64 / secs);

@@ -20,7 +20,7 @@ use crate::modes::{merge_all, Env, Tally};
 use crate::net::source_addr;
 use crate::report::Report;
 use crate::rng::XorShift;
-use crate::runner::{run_threads, share, Ticket};
+use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
 
 /// Runs `churn`.
 pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
@@ -38,14 +38,16 @@ pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
     report.conns = Some(conns as u64);
     let sources = args.sources as usize;
     let size = args.size as usize;
+    let mut cpu = ServerCpu::default();
     let results = run_threads(
         threads,
         |t, ticket| worker(env, t, threads, conns, sources, size, args.secs, ticket),
         |gate| {
             gate.wait_arrivals(threads, Instant::now() + env.timeout);
-            gate.open();
+            cpu = open_and_measure(gate, env.server_pid, args.secs);
         },
     );
+    cpu.fill(&mut report);
     let tally = merge_all(results, Tally::merge)?;
     tally.fill(&mut report, false);
     Ok(report)

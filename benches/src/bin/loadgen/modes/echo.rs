@@ -19,7 +19,7 @@ use crate::latency::Latency;
 use crate::modes::{merge_all, Env, Tally};
 use crate::report::Report;
 use crate::rng::XorShift;
-use crate::runner::{run_threads, share, Ticket};
+use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
 
 /// Extra tape beyond one message: the range of message start offsets.
 const TAPE_SLACK: usize = 4096;
@@ -59,6 +59,7 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
     report.conns = Some(conns as u64);
     let setup_deadline = Instant::now() + env.timeout;
 
+    let mut cpu = ServerCpu::default();
     let results = run_threads(
         threads,
         |t, ticket| {
@@ -75,9 +76,10 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
         },
         |gate| {
             gate.wait_arrivals(threads, setup_deadline);
-            gate.open();
+            cpu = open_and_measure(gate, env.server_pid, args.secs);
         },
     );
+    cpu.fill(&mut report);
     let tally = merge_all(results, Tally::merge)?;
     tally.fill(&mut report, true);
     report.established = Some(tally.established);

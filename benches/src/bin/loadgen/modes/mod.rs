@@ -31,6 +31,8 @@ pub(crate) struct Env {
     pub(crate) seed: u64,
     /// The open-file limit.
     pub(crate) fds: FdBudget,
+    /// `--server-pid`.
+    pub(crate) server_pid: Option<u32>,
 }
 
 impl Env {
