@@ -513,6 +513,16 @@ fn set_balance(c: &Connection, id: i64, balance: i64) -> rusqlite::Result<()> {
     Ok(())
 }
 
+/// Takes `amount` from user `id` if the balance covers it; the new balance, or `None` if
+/// it does not (nothing changes then). The check and the update are one statement.
+fn debit(c: &Connection, id: i64, amount: i64) -> rusqlite::Result<Option<i64>> {
+    c.prepare_cached(
+        "UPDATE users SET balance = balance - ?2 WHERE id = ?1 AND balance >= ?2 RETURNING balance",
+    )?
+    .query_row(params![id, amount], |r| r.get(0))
+    .optional()
+}
+
 fn add_entry(
     c: &Connection,
     user: i64,
@@ -655,11 +665,13 @@ fn transfer(
     amount: i64,
     now: i64,
 ) -> rusqlite::Result<WriteOutcome> {
-    let to_id: Option<i64> = c
-        .prepare_cached("SELECT id FROM users WHERE name = ?1")?
-        .query_row([to], |r| r.get(0))
+    // Five statements on the common path: the payee (id and balance) in one read, the
+    // payer's check and debit in one `UPDATE ... RETURNING`, the credit, two ledger rows.
+    let payee: Option<(i64, i64)> = c
+        .prepare_cached("SELECT id, balance FROM users WHERE name = ?1")?
+        .query_row([to], |r| Ok((r.get(0)?, r.get(1)?)))
         .optional()?;
-    let Some(to_id) = to_id else {
+    let Some((to_id, to_balance)) = payee else {
         return Ok(rejected(ErrorCode::NoSuchUser, "no such user"));
     };
     if to_id == from {
@@ -668,21 +680,25 @@ fn transfer(
             "cannot transfer to your own account",
         ));
     }
-    let from_balance = balance_of(c, from)?;
-    if from_balance < amount {
-        return Ok(rejected(
+    let insufficient = || {
+        rejected(
             ErrorCode::InsufficientFunds,
             "the balance does not cover the transfer",
-        ));
-    }
-    let Some(to_balance) = balance_of(c, to_id)?.checked_add(amount) else {
+        )
+    };
+    let Some(to_balance) = to_balance.checked_add(amount) else {
+        // Rare: report a lack of funds first, as for any other transfer.
+        if balance_of(c, from)? < amount {
+            return Ok(insufficient());
+        }
         return Ok(rejected(
             ErrorCode::InvalidAmount,
             "the recipient's balance would exceed the largest amount the bank can hold",
         ));
     };
-    let from_balance = from_balance - amount;
-    set_balance(c, from, from_balance)?;
+    let Some(from_balance) = debit(c, from, amount)? else {
+        return Ok(insufficient());
+    };
     set_balance(c, to_id, to_balance)?;
     add_entry(
         c,
