@@ -146,7 +146,8 @@ struct Session {
     discard_input: bool,
     /// Reading paused because the queue is long.
     paused: bool,
-    /// The peer half-closed: close once every queued command is answered.
+    /// The peer half-closed, or the server is shutting down: read nothing more, and close
+    /// once every queued command is answered.
     peer_done: bool,
 }
 
@@ -285,6 +286,14 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             let conn = ctx.connection().clone();
             conn.with_context(|s: &mut Session| s.peer_done = true);
             close_if_done(ctx);
+        })
+        .on_shutdown(|ctx| {
+            // SIGTERM: take no new commands, but answer those already read (their jobs may
+            // be on the workers or committing), then close. The grace period bounds it.
+            ctx.stop_reading();
+            let conn = ctx.connection().clone();
+            conn.with_context(|s: &mut Session| s.peer_done = true);
+            close_if_done(ctx);
         });
     if !cfg.idle_timeout.is_zero() {
         builder = builder
@@ -419,7 +428,7 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
                 step
             })
             .unwrap_or(Step::Idle);
-        if resume && !matches!(step, Step::Close(_)) {
+        if resume && !matches!(step, Step::Close(_)) && !peer_done(&conn) {
             ctx.start_reading();
         }
         // How many commands the step answers: each gets a refusal if the pool is full.
@@ -491,8 +500,14 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
     }
 }
 
-/// Closes (after the output) a connection whose peer has half-closed, once nothing is
-/// queued or in flight for it.
+/// Whether the connection takes no more commands (see [`Session::peer_done`]).
+fn peer_done(conn: &TcpConnection) -> bool {
+    conn.with_context(|s: &mut Session| s.peer_done)
+        .unwrap_or(true)
+}
+
+/// Closes (after the output) a connection whose peer has half-closed, or that a shutdown
+/// is ending, once nothing is queued or in flight for it.
 fn close_if_done(ctx: &mut ConnCtx<'_>) {
     let done = ctx
         .connection()

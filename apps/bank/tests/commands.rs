@@ -366,6 +366,42 @@ fn sigterm_and_sigint_stop_the_server_cleanly() {
     }
 }
 
+/// SIGTERM while a client's pipelined deposits are being committed: every command the
+/// server had read is answered before it closes, so the replies the client got and the
+/// balance after a restart agree exactly (a write committed with its reply dropped would
+/// show as a balance above the acknowledged count).
+#[test]
+fn sigterm_answers_every_command_already_read() {
+    const DEPOSITS: usize = 4000;
+    let dir = TempDir::new("sigterm-inflight");
+    let mut server = Server::start(&dir.db(), &[]);
+    let mut c = Client::logged_in(server.addr, "sam");
+    c.send("DEPOSIT 1\n".repeat(DEPOSITS).as_bytes());
+    assert_eq!(c.line(), "OK 1");
+    let (status, _) = server.signal_and_wait("TERM", Duration::from_secs(10));
+    assert_eq!(status.code(), Some(0));
+    let rest = String::from_utf8(c.expect_closed(Duration::from_secs(5))).unwrap();
+    let mut acknowledged = 1;
+    for line in rest.lines() {
+        acknowledged += 1;
+        assert_eq!(
+            line,
+            format!("OK {acknowledged}"),
+            "replies in order, none lost"
+        );
+    }
+    eprintln!("{acknowledged} of {DEPOSITS} deposits acknowledged before the exit");
+
+    let server = Server::start(&dir.db(), &[]);
+    let mut c = Client::connect(server.addr);
+    assert_eq!(c.cmd(&format!("LOGIN sam {PW}")), "OK welcome sam");
+    assert_eq!(
+        c.balance(),
+        acknowledged as i64,
+        "every committed deposit was acknowledged, and every acknowledged one committed"
+    );
+}
+
 #[test]
 fn a_client_that_half_closes_after_its_commands_gets_every_reply() {
     let dir = TempDir::new("half-close");

@@ -38,6 +38,15 @@ pub type HighWaterMarkCallback = Arc<dyn Fn(&mut ConnCtx<'_>, usize) + Send + Sy
 /// sent them.
 pub type HalfCloseCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
 
+/// A graceful shutdown ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown)) has
+/// begun. Without this callback each connection half-closes once its output is written.
+/// With it, the callback decides: an application with replies still being computed for
+/// the connection (on a worker pool, say) stops reading new requests
+/// ([`ConnCtx::stop_reading`]), sends what it owes, then calls
+/// [`ConnCtx::close_after_flush`] or [`ConnCtx::shutdown`]. Connections still open when
+/// the shutdown's grace period ends are closed regardless.
+pub type ShutdownCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
+
 /// The connection is closed and about to be dropped by its loop (after the "down" call of
 /// the connection callback).
 pub type CloseCallback = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
@@ -50,6 +59,7 @@ pub(crate) struct Callbacks {
     pub(crate) write_complete: Option<WriteCompleteCallback>,
     pub(crate) high_water_mark: Option<HighWaterMarkCallback>,
     pub(crate) half_close: Option<HalfCloseCallback>,
+    pub(crate) shutdown: Option<ShutdownCallback>,
     pub(crate) close: Option<CloseCallback>,
 }
 
@@ -61,6 +71,7 @@ impl std::fmt::Debug for Callbacks {
             .field("write_complete", &self.write_complete.is_some())
             .field("high_water_mark", &self.high_water_mark.is_some())
             .field("half_close", &self.half_close.is_some())
+            .field("shutdown", &self.shutdown.is_some())
             .field("close", &self.close.is_some())
             .finish()
     }

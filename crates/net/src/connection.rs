@@ -210,7 +210,8 @@ impl TcpConnection {
     /// Runs `f` with the connection's loop-side context ([`ConnCtx`]) on its loop.
     ///
     /// The function is queued; if the connection has closed by the time it would run, it
-    /// is dropped without running.
+    /// is dropped without running. If it panics, the connection is closed (like a panic in
+    /// any callback) and the loop goes on.
     pub fn run_in_loop(
         &self,
         f: impl FnOnce(&mut ConnCtx<'_>) + Send + 'static,
@@ -226,12 +227,21 @@ impl TcpConnection {
                     return;
                 };
                 lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
-                    let mut ctx = ConnCtx {
-                        io: &mut conn.io,
-                        ch,
-                        lp,
+                    let ok = {
+                        let mut ctx = ConnCtx {
+                            io: &mut conn.io,
+                            ch,
+                            lp,
+                        };
+                        catch_unwind(AssertUnwindSafe(|| f(&mut ctx))).is_ok()
                     };
-                    f(&mut ctx);
+                    if !ok {
+                        log::error!(
+                            "{}: function run on the connection's loop panicked; closing",
+                            conn.io.handle.name()
+                        );
+                        conn.io.close(lp, ch);
+                    }
                 });
             })
             .map_err(|_| ConnectionClosed)
@@ -873,6 +883,26 @@ impl ConnCtx<'_> {
     /// [`shutdown`](ConnCtx::shutdown) does.
     pub fn close_after_flush(&mut self) {
         self.io.close_after_flush(self.lp, self.ch);
+    }
+
+    /// The start of a graceful server shutdown for this connection: the shutdown
+    /// callback if there is one, else a half-close once the output is written.
+    pub(crate) fn begin_shutdown(&mut self) {
+        if self.io.state() != ConnState::Connected {
+            return;
+        }
+        let env = self.io.env.clone();
+        let Some(cb) = env.callbacks.shutdown.as_deref() else {
+            self.shutdown();
+            return;
+        };
+        if catch_unwind(AssertUnwindSafe(|| cb(self))).is_err() {
+            log::error!(
+                "{}: shutdown callback panicked; closing",
+                self.io.handle.name()
+            );
+            self.force_close();
+        }
     }
 
     /// Stops reading from the socket.

@@ -49,7 +49,7 @@ mod trim;
 
 pub use callbacks::{
     CloseCallback, ConnectionCallback, HalfCloseCallback, HighWaterMarkCallback, MessageCallback,
-    WriteCompleteCallback,
+    ShutdownCallback, WriteCompleteCallback,
 };
 pub use client::{client_defaults, ClientBuilder, TcpClient};
 pub use connection::{ConnCtx, ConnName, ConnState, ConnectionClosed, TcpConnection};

@@ -156,6 +156,13 @@ impl ServerBuilder {
         self.callbacks.half_close = Some(Arc::new(f));
         self
     }
+    /// Called for each open connection when a graceful [`shutdown`](ServerHandle::shutdown)
+    /// begins; see [`ShutdownCallback`](crate::ShutdownCallback). Without it, a
+    /// connection half-closes once its output is written.
+    pub fn on_shutdown(mut self, f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static) -> Self {
+        self.callbacks.shutdown = Some(Arc::new(f));
+        self
+    }
     /// Called when a connection has closed.
     pub fn on_close(mut self, f: impl Fn(&TcpConnection) + Send + Sync + 'static) -> Self {
         self.callbacks.close = Some(Arc::new(f));
@@ -682,7 +689,7 @@ fn shutdown(
             conns.len()
         );
         for c in &conns {
-            let _ = c.shutdown();
+            let _ = c.run_in_loop(|ctx| ctx.begin_shutdown());
         }
         if !conns.is_empty() {
             let id = s.id;
@@ -705,7 +712,8 @@ fn shutdown(
 
 impl ServerHandle {
     /// Graceful stop, from any thread: stop accepting; half-close every connection once
-    /// its pending output is written (so data already queued is delivered); force-close
+    /// its pending output is written (so data already queued is delivered), or hand it
+    /// to the [`on_shutdown`](ServerBuilder::on_shutdown) callback; force-close
     /// the connections still open after `grace`; when none is left, run `then` on the main
     /// loop (for example `|lp| lp.quit()`).
     pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {

@@ -866,3 +866,93 @@ fn input_over_max_input_closes_only_that_connection() {
     drop(other);
     server.stop();
 }
+
+/// What the `on_shutdown` test's connections remember.
+#[derive(Default)]
+struct Pending {
+    replies_owed: usize,
+    closing: bool,
+}
+
+/// A graceful shutdown with an `on_shutdown` callback: the application stops reading,
+/// sends the reply it was still computing when the shutdown began, then closes. (Without
+/// the callback, the connection would be half-closed at once and the late reply refused.)
+#[test]
+fn on_shutdown_lets_the_application_send_replies_in_flight() {
+    init_log();
+    let (got_tx, got_rx) = mpsc::channel::<()>();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let release_rx = Arc::new(parking_lot::Mutex::new(release_rx));
+    let (began_tx, began_rx) = mpsc::channel::<()>();
+    let mut server = TestServer::start(move || {
+        echo_builder("on-shutdown", localhost())
+            .io_threads(1)
+            .on_connection(|conn| {
+                if conn.is_connected() {
+                    conn.set_context(Pending::default());
+                }
+            })
+            .on_message(move |ctx, input| {
+                // Answer from a worker thread, once the test says so.
+                let data = input.peek().to_vec();
+                input.consume_all();
+                let conn = ctx.connection().clone();
+                conn.with_context(|p: &mut Pending| p.replies_owed += 1);
+                let _ = got_tx.send(());
+                let release_rx = release_rx.clone();
+                thread::spawn(move || {
+                    let _ = release_rx.lock().recv_timeout(LIMIT);
+                    let _ = conn.run_in_loop(move |ctx| {
+                        ctx.send(&data);
+                        let done = ctx
+                            .connection()
+                            .with_context(|p: &mut Pending| {
+                                p.replies_owed -= 1;
+                                p.closing && p.replies_owed == 0
+                            })
+                            .unwrap_or(false);
+                        if done {
+                            ctx.close_after_flush();
+                        }
+                    });
+                });
+            })
+            .on_shutdown(move |ctx| {
+                ctx.stop_reading();
+                let idle = ctx
+                    .connection()
+                    .with_context(|p: &mut Pending| {
+                        p.closing = true;
+                        p.replies_owed == 0
+                    })
+                    .unwrap_or(true);
+                if idle {
+                    ctx.close_after_flush();
+                }
+                let _ = began_tx.send(());
+            })
+    });
+    let mut busy = connect(server.addr());
+    // An idle connection: the callback closes it at once.
+    let mut quiet = connect(server.addr());
+    busy.write_all(b"late reply").unwrap();
+    got_rx
+        .recv_timeout(LIMIT)
+        .expect("busy's request reached the server");
+    wait_until("both connections to be up", || server.stats().active == 2);
+
+    let handle = server.handle().clone();
+    handle.shutdown(LIMIT, |lp| lp.quit());
+    began_rx.recv_timeout(LIMIT).expect("shutdown callback");
+    began_rx.recv_timeout(LIMIT).expect("shutdown callback");
+    release_tx.send(()).unwrap();
+    let (late, end) = read_until_closed(&mut busy);
+    assert_eq!(
+        late, b"late reply",
+        "the reply computed after the shutdown began"
+    );
+    assert!(matches!(end, util::End::Eof), "closed cleanly");
+    let (rest, _) = read_until_closed(&mut quiet);
+    assert!(rest.is_empty());
+    server.join_within(LIMIT);
+}
