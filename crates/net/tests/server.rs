@@ -534,6 +534,13 @@ fn panic_in_message_callback_closes_only_that_connection() {
                 if input.peek().windows(5).any(|w| w == b"panic") {
                     panic!("test: message callback panics on purpose");
                 }
+                if input.peek().windows(5).any(|w| w == b"later") {
+                    // A function run later on the connection's loop (a worker's reply,
+                    // say) panics instead.
+                    let _ = ctx.connection().run_in_loop(|_| {
+                        panic!("test: function run on the loop panics on purpose")
+                    });
+                }
                 ctx.send(input.peek());
                 input.consume_all();
             })
@@ -548,6 +555,13 @@ fn panic_in_message_callback_closes_only_that_connection() {
     assert!(got.is_empty());
     wait_until("the panicking connection closed", || {
         server.stats().closed == 1
+    });
+    let mut l = connect(addr);
+    l.write_all(b"later").unwrap();
+    let (got, _) = read_until_closed(&mut l);
+    assert!(got.is_empty() || got == b"later", "{got:?}");
+    wait_until("the second panicking connection closed", || {
+        server.stats().closed == 2
     });
     echo_once(&mut q, b"after");
     let mut r = connect(addr);
