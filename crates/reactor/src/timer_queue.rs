@@ -49,17 +49,19 @@ pub(crate) struct Timer {
 ///
 /// ```
 /// use duo_reactor::EventLoop;
-/// use std::time::Duration;
+/// use std::time::{Duration, Instant};
 ///
 /// let mut lp = EventLoop::new()?;
 /// let mut fired = Vec::new();
 /// let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
 /// let (a, b) = (log.clone(), log.clone());
-/// lp.run_after(Duration::from_millis(2), move |_| a.borrow_mut().push("second"));
-/// lp.run_after(Duration::from_millis(1), move |_| b.borrow_mut().push("first"));
+/// // Deadlines from one instant: their order does not depend on how fast we schedule.
+/// let t0 = Instant::now();
+/// lp.run_at(t0 + Duration::from_millis(2), move |_| a.borrow_mut().push("second"));
+/// lp.run_at(t0 + Duration::from_millis(1), move |_| b.borrow_mut().push("first"));
 /// let doomed = lp.run_after(Duration::from_millis(1), |_| unreachable!());
 /// assert!(lp.cancel(doomed));
-/// lp.run_after(Duration::from_millis(3), |lp| lp.quit());
+/// lp.run_at(t0 + Duration::from_millis(3), |lp| lp.quit());
 /// lp.run()?;
 /// fired.extend(log.borrow().iter().copied());
 /// assert_eq!(fired, ["first", "second"]);
