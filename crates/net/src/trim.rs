@@ -5,7 +5,8 @@
 //! hold that memory for good. Each loop a server runs on therefore checks the pool on a
 //! repeating timer, and when the free blocks exceed both [`TRIM_FLOOR`] and the blocks in
 //! use (the burst is over), returns the shared free lists and its own thread's cache to
-//! the system ([`BufPool::trim`]). Under steady load the free blocks are the thread caches
+//! the system ([`BufPool::trim`], then `malloc_trim` through
+//! [`duo_sys::release_free_heap`]). Under steady load the free blocks are the thread caches
 //! a loop reuses at once, few next to what is in use, and nothing is trimmed.
 //!
 //! One timer per loop, however many servers share it: the first server to start on a loop
@@ -58,6 +59,11 @@ pub(crate) fn trim(pool: BufPool) -> usize {
         return 0;
     }
     let released = pool.trim();
+    if released > 0 {
+        // The pool's blocks went back to the C allocator; let it return the pages too
+        // (its per-thread arenas otherwise keep them).
+        duo_sys::release_free_heap();
+    }
     log::debug!(
         "buffer pool: released {} KiB ({} KiB free, {} KiB in use before)",
         released >> 10,

@@ -76,3 +76,23 @@ pub fn cpu_time(pid: u32) -> io::Result<Duration> {
     let hz = clock_ticks_per_second()?;
     Ok(Duration::from_secs_f64(total as f64 / hz as f64))
 }
+
+/// Asks the C allocator to give free heap memory back to the system (`malloc_trim(0)` on
+/// glibc, which also releases free pages inside its per-thread arenas); returns whether
+/// any memory was released. A no-op returning `false` where the allocator has no such call.
+///
+/// Freed memory is normally kept by the allocator for reuse; after a burst (a pool that
+/// has just returned its blocks, say) this makes the process's RSS reflect what it uses.
+/// It walks the whole heap, so call it rarely.
+pub fn release_free_heap() -> bool {
+    #[cfg(target_env = "gnu")]
+    {
+        // SAFETY: `malloc_trim` takes a plain integer and only manipulates the allocator's
+        // own free lists; it is thread-safe (it takes each arena's lock).
+        unsafe { libc::malloc_trim(0) != 0 }
+    }
+    #[cfg(not(target_env = "gnu"))]
+    {
+        false
+    }
+}

@@ -298,3 +298,49 @@ fn cpu_time_grows_with_work_and_fails_for_no_process() {
     let err = duo_sys::cpu_time(u32::MAX).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::NotFound);
 }
+
+/// `RssAnon` of this process, KiB.
+fn rss_anon_kib() -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("RssAnon:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn release_free_heap_returns_fragmented_free_memory() {
+    // 32 MiB in 16 KiB blocks, each followed by a small block that stays: freeing the big
+    // ones leaves holes that plain `free` cannot hand back (the heap's top stays in use).
+    // Done on a thread of its own, so its allocations come from that thread's arena and no
+    // other test's allocations land in between.
+    let (before, after_free, after_release, released) = std::thread::spawn(|| {
+        let mut big = Vec::new();
+        let mut small = Vec::new();
+        for i in 0..2048u32 {
+            let mut b = vec![0u8; 16 << 10];
+            b.iter_mut().step_by(4096).for_each(|x| *x = i as u8);
+            big.push(b);
+            small.push(Box::new(i));
+        }
+        let before = rss_anon_kib();
+        drop(big);
+        let after_free = rss_anon_kib();
+        let released = duo_sys::release_free_heap();
+        let after_release = rss_anon_kib();
+        drop(small);
+        (before, after_free, after_release, released)
+    })
+    .join()
+    .unwrap();
+    if cfg!(target_env = "gnu") {
+        assert!(released, "glibc released nothing");
+        assert!(
+            after_release + 16 * 1024 < after_free,
+            "RssAnon {before} KiB with the blocks, {after_free} KiB after free, {after_release} KiB after release"
+        );
+    } else {
+        assert!(!released);
+    }
+}
