@@ -206,6 +206,7 @@ impl ServerBuilder {
                 .collect(),
             acceptor: Mutex::new(None),
             stopping: AtomicBool::new(false),
+            shutdown_begun: AtomicBool::new(false),
             trims_main: AtomicBool::new(false),
         });
         let opts = Arc::new(ConnOptions {
@@ -291,6 +292,8 @@ struct ServerShared {
     io: Vec<Arc<IoCounters>>,
     acceptor: Mutex<Option<Token>>,
     stopping: AtomicBool,
+    /// A graceful shutdown has begun (a second `shutdown` only adds its continuation).
+    shutdown_begun: AtomicBool,
     /// The server installed a buffer-pool trim timer on the main loop (no I/O threads).
     trims_main: AtomicBool,
 }
@@ -406,8 +409,9 @@ struct Registries {
 #[derive(Default)]
 struct Registry {
     conns: HashMap<u64, TcpConnection>,
-    /// Runs when the registry empties during a graceful shutdown.
-    on_empty: Option<LoopFn>,
+    /// Run, in order, when the registry empties during a graceful shutdown (one per
+    /// `shutdown` call).
+    on_empty: Vec<LoopFn>,
 }
 
 impl Registries {
@@ -440,25 +444,25 @@ impl Registries {
             .map_or_else(Vec::new, |reg| reg.conns.values().cloned().collect())
     }
 
-    /// Removes a connection; true if it was there. Runs the shutdown continuation when the
+    /// Removes a connection; true if it was there. Runs the shutdown continuations when the
     /// last one goes.
     fn remove(lp: &mut EventLoop, server: u64, conn: u64) -> bool {
         let (removed, done) = lp
             .with_local::<Registries, _>(|_, r| {
                 let Some(reg) = r.servers.get_mut(&server) else {
-                    return (false, None);
+                    return (false, Vec::new());
                 };
                 let removed = reg.conns.remove(&conn).is_some();
                 let done = if reg.conns.is_empty() {
-                    reg.on_empty.take()
+                    std::mem::take(&mut reg.on_empty)
                 } else {
-                    None
+                    Vec::new()
                 };
                 (removed, done)
             })
-            .unwrap_or((false, None));
-        if let Some(done) = done {
-            done(lp);
+            .unwrap_or((false, Vec::new()));
+        for f in done {
+            f(lp);
         }
         removed
     }
@@ -468,7 +472,7 @@ impl Registries {
         lp.with_local::<Registries, _>(|_, r| r.servers.remove(&server));
     }
 
-    /// Sets the continuation of a graceful shutdown; runs it now if nothing is open.
+    /// Adds a continuation of a graceful shutdown; runs it now if nothing is open.
     fn when_empty(lp: &mut EventLoop, server: u64, f: LoopFn) {
         let now = lp
             .with_local::<Registries, _>(|_, r| {
@@ -476,7 +480,7 @@ impl Registries {
                 if reg.conns.is_empty() {
                     Some(f)
                 } else {
-                    reg.on_empty = Some(f);
+                    reg.on_empty.push(f);
                     None
                 }
             })
@@ -680,8 +684,14 @@ fn shutdown(
     then: Box<dyn FnOnce(&mut EventLoop) + Send>,
 ) {
     stop_accepting(shared);
+    let first = !shared.shutdown_begun.swap(true, Ordering::SeqCst);
     let s = shared.clone();
     let queued = shared.main.run_in_loop(move |lp| {
+        if !first {
+            // Already shutting down (connections told, deadline set): wait along.
+            Registries::when_empty(lp, s.id, then);
+            return;
+        }
         let conns = Registries::list(lp, s.id);
         log::info!(
             "server {}: shutting down, {} connections open",
@@ -715,7 +725,8 @@ impl ServerHandle {
     /// its pending output is written (so data already queued is delivered), or hand it
     /// to the [`on_shutdown`](ServerBuilder::on_shutdown) callback; force-close
     /// the connections still open after `grace`; when none is left, run `then` on the main
-    /// loop (for example `|lp| lp.quit()`).
+    /// loop (for example `|lp| lp.quit()`). Calling it again while a shutdown is under way
+    /// only adds its `then` (run after the earlier ones); the first call's deadline stands.
     pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {
         shutdown(&self.shared, grace, Box::new(then));
     }

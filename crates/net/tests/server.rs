@@ -971,3 +971,45 @@ fn on_shutdown_lets_the_application_send_replies_in_flight() {
     assert!(rest.is_empty());
     server.join_within(LIMIT);
 }
+
+/// `shutdown` called twice (two signal handlers, say): the second call adds its
+/// continuation instead of replacing the first, both run once the last connection is gone,
+/// and the connections are told only once.
+#[test]
+fn a_second_shutdown_adds_its_continuation() {
+    init_log();
+    let told = Arc::new(AtomicUsize::new(0));
+    let told2 = told.clone();
+    let mut server = TestServer::start(move || {
+        echo_builder("shutdown-twice", localhost())
+            .io_threads(1)
+            .on_shutdown(move |_ctx| {
+                // Keep the connection open: the client closes it below.
+                told2.fetch_add(1, Ordering::SeqCst);
+            })
+    });
+    let mut s = connect(server.addr());
+    echo_once(&mut s, b"open");
+    let (tx, rx) = mpsc::channel::<&'static str>();
+    let (tx1, tx2) = (tx.clone(), tx);
+    let handle = server.handle().clone();
+    handle.shutdown(LIMIT, move |_| {
+        let _ = tx1.send("first");
+    });
+    handle.shutdown(LIMIT, move |lp| {
+        let _ = tx2.send("second");
+        lp.quit();
+    });
+    wait_until("the connection to be told", || {
+        told.load(Ordering::SeqCst) >= 1
+    });
+    assert!(
+        rx.try_recv().is_err(),
+        "nothing runs while a connection is open"
+    );
+    drop(s);
+    assert_eq!(rx.recv_timeout(LIMIT), Ok("first"));
+    assert_eq!(rx.recv_timeout(LIMIT), Ok("second"));
+    server.join_within(LIMIT);
+    assert_eq!(told.load(Ordering::SeqCst), 1, "told once");
+}
