@@ -17,7 +17,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use serde_json::{json, Value};
 
 use crate::process::{run_bounded, Server};
-use crate::{cargo, root, run, Failure};
+use crate::{build_release_bins, root, run, target_dir, Failure};
 
 /// Micro-benchmarks: plain binaries of `duo-benches` that print their own tables.
 struct Micro {
@@ -345,21 +345,8 @@ pub(crate) fn bench(args: Vec<String>) -> Result<(), Failure> {
     }
     let selected = |name: &str| opts.only.as_deref().is_none_or(|o| name.starts_with(o));
 
-    println!("building release binaries...");
-    run(Command::new(cargo()).current_dir(root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "duo-benches",
-        "-p",
-        "echo",
-        "-p",
-        "bank",
-        "--bins",
-    ]))?;
-    let release = root().join("target/release");
-    let out_dir = root().join("target/bench");
+    let release = build_release_bins()?;
+    let out_dir = target_dir().join("bench");
     let logs = out_dir.join("logs");
     std::fs::create_dir_all(&logs).map_err(|e| Failure::Run(format!("{}: {e}", logs.display())))?;
 

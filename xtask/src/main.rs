@@ -73,6 +73,34 @@ pub(crate) fn run(cmd: &mut Command) -> Result<(), Failure> {
     }
 }
 
+/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root, where
+/// cargo is run) or `target` under the root.
+pub(crate) fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(d) if !d.is_empty() => root().join(d),
+        _ => root().join("target"),
+    }
+}
+
+/// Builds the release binaries the bench and the soak run (the apps, `loadgen` and the
+/// peer servers); returns the directory they are in.
+pub(crate) fn build_release_bins() -> Result<PathBuf, Failure> {
+    println!("building release binaries...");
+    run(Command::new(cargo()).current_dir(root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "echo",
+        "-p",
+        "bank",
+        "-p",
+        "duo-benches",
+        "--bins",
+    ]))?;
+    Ok(target_dir().join("release"))
+}
+
 /// The cargo that runs us (so `cargo +nightly xtask` stays on nightly).
 pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())

@@ -102,7 +102,7 @@ use duo_sys::socket2::{Domain, SockRef, Socket, Type};
 use serde_json::Value;
 
 use crate::process::{open_fds, run_bounded, status_field, Server};
-use crate::{cargo, root, run, Failure};
+use crate::{build_release_bins, target_dir, Failure};
 
 /// The servers' `--idle-timeout`.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(6);
@@ -176,15 +176,6 @@ fn parse(args: Vec<String>) -> Result<Options, Failure> {
         quick,
         explicit_secs: secs.is_some(),
     })
-}
-
-/// Cargo's target directory: `$CARGO_TARGET_DIR` (relative to the workspace root, where
-/// cargo is run) or `target` under the root.
-fn target_dir() -> PathBuf {
-    match std::env::var_os("CARGO_TARGET_DIR") {
-        Some(d) if !d.is_empty() => root().join(d),
-        _ => root().join("target"),
-    }
 }
 
 fn io_err(path: &Path) -> impl Fn(std::io::Error) -> Failure + '_ {
@@ -352,6 +343,26 @@ struct LaneResult {
     conserved: u64,
     /// Why runs failed (exit status, no report, verification, lost money).
     failures: Vec<String>,
+}
+
+impl LaneResult {
+    /// The "conserved" cell: checked bank runs out of all runs, `-` for other modes.
+    fn conserved_cell(&self, lane: &Lane) -> String {
+        if lane.mode == "bank" {
+            format!("{}/{}", self.conserved, self.runs)
+        } else {
+            "-".into()
+        }
+    }
+
+    /// The "errors" cell: `none`, or the error counts and failures.
+    fn errors_cell(&self) -> String {
+        if self.errors.is_empty() && self.failures.is_empty() {
+            "none".into()
+        } else {
+            format!("{} {}", fmt_errors(&self.errors), self.failures.join("; "))
+        }
+    }
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -951,23 +962,9 @@ pub(crate) fn soak(args: Vec<String>) -> Result<(), Failure> {
     let interval = Duration::from_secs(if opts.quick || secs < 120 { 5 } else { 10 });
     let chunk = Duration::from_secs((secs / 6).clamp(8, 30));
 
-    println!("building release binaries...");
-    run(Command::new(cargo()).current_dir(root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "echo",
-        "-p",
-        "bank",
-        "-p",
-        "duo-benches",
-        "--bins",
-    ]))?;
+    let release = build_release_bins()?;
     let build_secs = wall.elapsed().as_secs_f64();
-    let target = target_dir();
-    let release = target.join("release");
-    let out_dir = target.join("soak");
+    let out_dir = target_dir().join("soak");
     let logs = out_dir.join("logs");
     let _ = std::fs::remove_dir_all(&logs);
     std::fs::create_dir_all(&logs).map_err(io_err(&logs))?;
@@ -1628,16 +1625,8 @@ fn print_summary(run: &RunInfo, lanes: &[LaneResult], hostile: &[Arc<Hostile>], 
             lane.name,
             r.runs,
             r.work,
-            if lane.mode == "bank" {
-                format!("{}/{}", r.conserved, r.runs)
-            } else {
-                "-".into()
-            },
-            if r.errors.is_empty() && r.failures.is_empty() {
-                "none".into()
-            } else {
-                format!("{} {}", fmt_errors(&r.errors), r.failures.join("; "))
-            }
+            r.conserved_cell(lane),
+            r.errors_cell()
         );
     }
     println!(
@@ -1792,16 +1781,8 @@ fn report_md(
             },
             r.runs,
             r.work,
-            if lane.mode == "bank" {
-                format!("{}/{}", r.conserved, r.runs)
-            } else {
-                "-".into()
-            },
-            if r.errors.is_empty() && r.failures.is_empty() {
-                "none".into()
-            } else {
-                format!("{} {}", fmt_errors(&r.errors), r.failures.join("; "))
-            }
+            r.conserved_cell(lane),
+            r.errors_cell()
         );
     }
     let _ = writeln!(
