@@ -284,7 +284,7 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             // `nc -N`, or a script that writes its commands and half-closes: answer
             // everything queued first (see `pump`), then close.
             let conn = ctx.connection().clone();
-            conn.with_context(|s: &mut Session| s.peer_done = true);
+            let _ = conn.with_context(|s: &mut Session| s.peer_done = true);
             close_if_done(ctx);
         })
         .on_shutdown(|ctx| {
@@ -292,7 +292,7 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             // be on the workers or committing), then close. The grace period bounds it.
             ctx.stop_reading();
             let conn = ctx.connection().clone();
-            conn.with_context(|s: &mut Session| s.peer_done = true);
+            let _ = conn.with_context(|s: &mut Session| s.peer_done = true);
             close_if_done(ctx);
         });
     if !cfg.idle_timeout.is_zero() {
@@ -490,7 +490,7 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
         match submitted {
             Ok(()) => return, // `busy` was set by `next_step`
             Err(e) => {
-                conn.with_context(|s: &mut Session| s.busy = false);
+                let _ = conn.with_context(|s: &mut Session| s.busy = false);
                 let line = refusal(&e);
                 for _ in 0..answers {
                     ctx.send(line.as_bytes());
@@ -732,6 +732,7 @@ fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
                 },
             }
         })
+        .ok()
         .flatten();
     match close {
         Some(line) => {

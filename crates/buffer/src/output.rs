@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::fmt;
 use std::io::{self, IoSlice};
 use std::os::fd::BorrowedFd;
+use std::sync::Arc;
 
 use crate::{BufPool, IoBuf, PoolError, MAX_BLOCK};
 
@@ -22,7 +23,9 @@ const KEEP_SLOTS: usize = 16;
 ///
 /// [`append`](OutputBuffer::append) copies into the free tail of the last block, then into new
 /// blocks sized to the rest (the smallest class that fits, at most [`MAX_BLOCK`] each);
-/// [`push_buf`](OutputBuffer::push_buf) adds a filled [`IoBuf`] without copying. An empty
+/// [`push_buf`](OutputBuffer::push_buf) adds a filled [`IoBuf`] without copying, and
+/// [`push_shared`](OutputBuffer::push_shared) queues a reference to an `Arc<[u8]>` (one
+/// message sent to many connections is then held once, not once per connection). An empty
 /// buffer holds no blocks. [`len`](OutputBuffer::len) is what a high-water mark compares with.
 ///
 /// ```
@@ -53,10 +56,35 @@ const KEEP_SLOTS: usize = 16;
 /// ```
 pub struct OutputBuffer {
     /// Non-empty blocks, oldest first.
-    blocks: VecDeque<IoBuf>,
+    blocks: VecDeque<Chunk>,
     /// Sum of the blocks' lengths.
     len: usize,
     pool: BufPool,
+}
+
+/// One queued piece: a pooled block, or the unwritten tail of a shared message.
+enum Chunk {
+    Pooled(IoBuf),
+    Shared { data: Arc<[u8]>, start: usize },
+}
+
+impl Chunk {
+    fn data(&self) -> &[u8] {
+        match self {
+            Chunk::Pooled(b) => b.data(),
+            Chunk::Shared { data, start } => data.get(*start..).unwrap_or_default(),
+        }
+    }
+    fn len(&self) -> usize {
+        self.data().len()
+    }
+    /// Drops the first `n` bytes (`n` < `len`).
+    fn consume(&mut self, n: usize) {
+        match self {
+            Chunk::Pooled(b) => b.consume(n),
+            Chunk::Shared { start, .. } => *start += n,
+        }
+    }
 }
 
 impl Default for OutputBuffer {
@@ -111,7 +139,7 @@ impl OutputBuffer {
 
     /// The queued bytes, block by block, oldest first.
     pub fn chunks(&self) -> impl Iterator<Item = &[u8]> + '_ {
-        self.blocks.iter().map(IoBuf::data)
+        self.blocks.iter().map(Chunk::data)
     }
 
     /// Copies `data` to the end of the queue: into the free tail of the last block, then into
@@ -125,9 +153,9 @@ impl OutputBuffer {
             return Ok(());
         }
         let old_count = self.blocks.len();
-        let old_tail_len = self.blocks.back().map_or(0, IoBuf::len);
+        let old_tail_len = self.blocks.back().map_or(0, Chunk::len);
         let mut rest = data;
-        if let Some(tail) = self.blocks.back_mut() {
+        if let Some(Chunk::Pooled(tail)) = self.blocks.back_mut() {
             let n = tail.append(rest);
             rest = rest.get(n..).unwrap_or_default();
         }
@@ -137,12 +165,12 @@ impl OutputBuffer {
                     let n = block.append(rest);
                     debug_assert!(n > 0, "a fresh block accepts at least 4 KiB");
                     rest = rest.get(n..).unwrap_or_default();
-                    self.blocks.push_back(block);
+                    self.blocks.push_back(Chunk::Pooled(block));
                 }
                 Err(e) => {
                     // All or nothing: drop the new blocks, cut the old tail back.
                     self.blocks.truncate(old_count);
-                    if let Some(tail) = self.blocks.back_mut() {
+                    if let Some(Chunk::Pooled(tail)) = self.blocks.back_mut() {
                         tail.truncate(old_tail_len);
                     }
                     return Err(e);
@@ -158,7 +186,33 @@ impl OutputBuffer {
     pub fn push_buf(&mut self, buf: IoBuf) {
         if !buf.is_empty() {
             self.len += buf.len();
-            self.blocks.push_back(buf);
+            self.blocks.push_back(Chunk::Pooled(buf));
+        }
+    }
+
+    /// Queues `data[start..]` without copying: the buffer keeps a reference to `data` until
+    /// those bytes are written. For one message sent to many connections (a broadcast),
+    /// every connection's buffer shares the one allocation. Nothing is queued if `start`
+    /// is at or past the end.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use duo_buffer::OutputBuffer;
+    ///
+    /// let msg: Arc<[u8]> = Arc::from(&b"to everyone"[..]);
+    /// let (mut a, mut b) = (OutputBuffer::new(), OutputBuffer::new());
+    /// a.push_shared(msg.clone(), 0);
+    /// b.push_shared(msg.clone(), 3); // 3 bytes already went out directly
+    /// assert_eq!((a.len(), b.len()), (11, 8));
+    /// assert_eq!(Arc::strong_count(&msg), 3); // held, not copied
+    /// a.clear();
+    /// b.clear();
+    /// assert_eq!(Arc::strong_count(&msg), 1);
+    /// ```
+    pub fn push_shared(&mut self, data: Arc<[u8]>, start: usize) {
+        if start < data.len() {
+            self.len += data.len() - start;
+            self.blocks.push_back(Chunk::Shared { data, start });
         }
     }
 

@@ -8,6 +8,7 @@
 //! A callback that panics closes its connection (logged); the loop and every other
 //! connection go on.
 
+use std::io;
 use std::sync::Arc;
 
 use duo_buffer::InputBuffer;
@@ -25,9 +26,11 @@ pub type MessageCallback = Arc<dyn Fn(&mut ConnCtx<'_>, &mut InputBuffer) + Send
 /// The output buffer was fully written to the kernel.
 pub type WriteCompleteCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
 
-/// The output buffer grew past the high-water mark; the argument is its size. Reading from
-/// the connection is paused at the same moment (backpressure) until the buffer drains below
-/// the low-water mark.
+/// The output buffer grew past the high-water mark; the argument is its size. With the
+/// default [`Backpressure::PauseReading`](crate::Backpressure::PauseReading), reading from
+/// the connection is paused at the same moment until the buffer drains below the low-water
+/// mark; with [`Backpressure::Notify`](crate::Backpressure::Notify) nothing else happens and
+/// the callback decides (a relay pauses the connection its bytes come from).
 pub type HighWaterMarkCallback = Arc<dyn Fn(&mut ConnCtx<'_>, usize) + Send + Sync>;
 
 /// The peer half-closed (sent EOF) after its last bytes, which the message callback has
@@ -50,6 +53,25 @@ pub type ShutdownCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
 /// The connection is closed and about to be dropped by its loop (after the "down" call of
 /// the connection callback).
 pub type CloseCallback = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
+
+/// A failed connect attempt, as the [`on_connect_failed`](crate::ClientBuilder::on_connect_failed)
+/// callback sees it.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    /// Why the attempt failed (`ConnectionRefused`, `TimedOut` after
+    /// [`connect_timeout`](crate::ClientBuilder::connect_timeout), ...).
+    pub error: io::Error,
+    /// Failed attempts in a row so far, this one included.
+    pub attempts: u32,
+    /// Whether the client tries again (after the retry delay). `false` when
+    /// [`max_attempts`](crate::ClientBuilder::max_attempts) is reached, the error cannot be fixed
+    /// by retrying (bad address family, permission), or the client was stopped: the
+    /// client then stays idle until [`TcpClient::connect`](crate::TcpClient::connect) is called again.
+    pub will_retry: bool,
+}
+
+/// Called on the client's loop after each failed connect attempt.
+pub type ConnectFailedCallback = Arc<dyn Fn(&ConnectFailure) + Send + Sync>;
 
 /// The callbacks shared by all connections of one server or client.
 #[derive(Clone, Default)]

@@ -4,6 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,8 +14,9 @@ use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopHandle, TimerId, To
 use parking_lot::Mutex;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::callbacks::Callbacks;
-use crate::connection::{Conn, ConnEnv, ConnOptions, RemoveHook};
+use crate::callbacks::{Callbacks, ConnectFailedCallback, ConnectFailure};
+use crate::connection::{Conn, ConnEnv, RemoveHook};
+use crate::options::{Backpressure, ConnOptions, OutputLimit};
 use crate::server::defaults;
 use crate::stats::{IoCounters, LoopStats};
 use crate::{ConnCtx, TcpConnection};
@@ -36,12 +38,18 @@ pub struct ClientBuilder {
     reconnect: bool,
     retry_initial: Duration,
     retry_max: Duration,
+    max_attempts: Option<u32>,
+    connect_timeout: Option<Duration>,
     edge_triggered: bool,
     high_water: usize,
     low_water: Option<usize>,
+    backpressure: Backpressure,
+    output_limit: Option<(usize, OutputLimit)>,
     max_input: usize,
+    read_budget: usize,
     tcp_nodelay: bool,
     callbacks: Callbacks,
+    connect_failed: Option<ConnectFailedCallback>,
 }
 
 impl ClientBuilder {
@@ -60,6 +68,29 @@ impl ClientBuilder {
         self.retry_max = max.max(self.retry_initial);
         self
     }
+    /// Gives up after `n` failed attempts in a row (default: retry for ever). The last
+    /// failure reaches [`on_connect_failed`](ClientBuilder::on_connect_failed) with
+    /// `will_retry == false`.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
+        self
+    }
+    /// Fails an attempt that has not connected within `timeout` (default: the kernel's,
+    /// about two minutes for an address that does not answer).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        self.connect_timeout = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+    /// Called after each failed connect attempt, with the error and whether the client
+    /// will retry; see [`ConnectFailure`]. A relay closes its inbound connection here
+    /// when the backend is unreachable.
+    pub fn on_connect_failed(
+        mut self,
+        f: impl Fn(&ConnectFailure) + Send + Sync + 'static,
+    ) -> Self {
+        self.connect_failed = Some(Arc::new(f));
+        self
+    }
     /// Edge-triggered (default) or level-triggered connection.
     pub fn edge_triggered(mut self, on: bool) -> Self {
         self.edge_triggered = on;
@@ -69,6 +100,22 @@ impl ClientBuilder {
     pub fn water_marks(mut self, high: usize, low: usize) -> Self {
         self.high_water = high.max(1);
         self.low_water = Some(low.min(self.high_water));
+        self
+    }
+    /// What crossing the high-water mark does (see [`Backpressure`]; a relay's client
+    /// wants [`Backpressure::Notify`]).
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.backpressure = policy;
+        self
+    }
+    /// Bounds the queued output (see [`ServerBuilder::output_limit`](crate::ServerBuilder::output_limit)).
+    pub fn output_limit(mut self, bytes: usize, policy: OutputLimit) -> Self {
+        self.output_limit = Some((bytes.max(1), policy));
+        self
+    }
+    /// Most bytes read per readiness event (see [`ServerBuilder::read_budget`](crate::ServerBuilder::read_budget)).
+    pub fn read_budget(mut self, bytes: usize) -> Self {
+        self.read_budget = bytes.max(1);
         self
     }
     /// Largest unconsumed input (default [`defaults::MAX_INPUT`]).
@@ -125,7 +172,10 @@ impl ClientBuilder {
         self
     }
 
-    /// Creates the client on the loop behind `lp` and starts connecting.
+    /// Creates the client on the loop behind `lp` and starts connecting. The connection
+    /// will live on that loop. Calling this from a callback of a server's connection with
+    /// that connection's loop (`ctx.event_loop().handle()`) is allowed and is how a relay
+    /// keeps both of its connections on one thread.
     pub fn connect(self, lp: &LoopHandle) -> TcpClient {
         let inner = Arc::new(Inner {
             name: self.name,
@@ -134,13 +184,19 @@ impl ClientBuilder {
             reconnect: self.reconnect,
             retry_initial: self.retry_initial,
             retry_max: self.retry_max,
+            max_attempts: self.max_attempts,
+            connect_timeout: self.connect_timeout,
             tcp_nodelay: self.tcp_nodelay,
             callbacks: Arc::new(self.callbacks),
+            connect_failed: self.connect_failed,
             opts: Arc::new(ConnOptions {
                 edge_triggered: self.edge_triggered,
                 high_water: self.high_water,
                 low_water: self.low_water.unwrap_or(self.high_water / 2),
+                backpressure: self.backpressure,
+                output_limit: self.output_limit,
                 max_input: self.max_input,
+                read_budget: self.read_budget,
                 idle_key: None,
                 idle_refresh_on_read: true,
             }),
@@ -149,8 +205,10 @@ impl ClientBuilder {
             attempts: AtomicU64::new(0),
             state: Mutex::new(State {
                 wanted: false,
+                draining: false,
                 phase: Phase::Idle,
                 delay: self.retry_initial,
+                failures: 0,
             }),
         });
         let client = TcpClient { inner };
@@ -177,8 +235,8 @@ impl fmt::Debug for ClientBuilder {
 enum Phase {
     /// Nothing in progress.
     Idle,
-    /// A non-blocking connect is in flight on this channel.
-    Connecting(Token),
+    /// A non-blocking connect is in flight on this channel (with its timeout timer).
+    Connecting(Token, Option<TimerId>),
     /// Waiting for the retry timer.
     Waiting(TimerId),
     /// Connected.
@@ -188,9 +246,14 @@ enum Phase {
 struct State {
     /// The user wants a connection (set by `connect`, cleared by `disconnect`/`stop`).
     wanted: bool,
+    /// `disconnect` was called: the connection finishes by itself (output written,
+    /// half-closed, closed when the server closes), even if the client is dropped.
+    draining: bool,
     phase: Phase,
     /// The next retry delay.
     delay: Duration,
+    /// Failed attempts in a row.
+    failures: u32,
 }
 
 struct Inner {
@@ -200,8 +263,11 @@ struct Inner {
     reconnect: bool,
     retry_initial: Duration,
     retry_max: Duration,
+    max_attempts: Option<u32>,
+    connect_timeout: Option<Duration>,
     tcp_nodelay: bool,
     callbacks: Arc<Callbacks>,
+    connect_failed: Option<ConnectFailedCallback>,
     opts: Arc<ConnOptions>,
     counters: Arc<IoCounters>,
     next_id: AtomicU64,
@@ -263,12 +329,18 @@ impl TcpClient {
             reconnect: false,
             retry_initial: client_defaults::RETRY_INITIAL,
             retry_max: client_defaults::RETRY_MAX,
+            max_attempts: None,
+            connect_timeout: None,
             edge_triggered: true,
             high_water: defaults::HIGH_WATER,
             low_water: None,
+            backpressure: Backpressure::PauseReading,
+            output_limit: None,
             max_input: defaults::MAX_INPUT,
+            read_budget: defaults::READ_BUDGET,
             tcp_nodelay: false,
             callbacks: Callbacks::default(),
+            connect_failed: None,
         }
     }
 
@@ -307,7 +379,9 @@ impl TcpClient {
         {
             let mut st = inner.state.lock();
             st.wanted = true;
+            st.draining = false;
             st.delay = inner.retry_initial;
+            st.failures = 0;
         }
         let me = inner.clone();
         if inner.lp.run_in_loop(move |lp| start(lp, &me)).is_err() {
@@ -318,8 +392,18 @@ impl TcpClient {
     /// Stops connecting and retrying, and half-closes the connection if there is one
     /// (after its output is written; it closes when the server closes its side). Does
     /// not reconnect afterwards.
+    ///
+    /// This is how to let a client's output drain before dropping it: after
+    /// `disconnect`, dropping the client does not cut the connection short; it goes on
+    /// by itself until everything queued is written and the server has closed its side.
+    /// (Dropping a client without `disconnect` closes the connection at once and drops
+    /// unsent output, like [`stop`](TcpClient::stop).)
     pub fn disconnect(&self) {
-        self.inner.state.lock().wanted = false;
+        {
+            let mut st = self.inner.state.lock();
+            st.wanted = false;
+            st.draining = true;
+        }
         let inner = self.inner.clone();
         let _ = self.inner.lp.run_in_loop(move |lp| {
             cancel_attempt(lp, &inner);
@@ -336,7 +420,11 @@ impl TcpClient {
     /// Stops connecting and retrying and closes the connection now (unsent output is
     /// dropped).
     pub fn stop(&self) {
-        self.inner.state.lock().wanted = false;
+        {
+            let mut st = self.inner.state.lock();
+            st.wanted = false;
+            st.draining = false;
+        }
         let inner = self.inner.clone();
         let _ = self.inner.lp.run_in_loop(move |lp| {
             cancel_attempt(lp, &inner);
@@ -352,8 +440,19 @@ impl TcpClient {
 }
 
 impl Drop for TcpClient {
+    /// Stops the client ([`stop`](TcpClient::stop)), unless
+    /// [`disconnect`](TcpClient::disconnect) was called: then the connection finishes by
+    /// itself, its output written.
     fn drop(&mut self) {
-        self.stop();
+        if self.inner.state.lock().draining {
+            let inner = self.inner.clone();
+            let _ = self
+                .inner
+                .lp
+                .run_in_loop(move |lp| cancel_attempt(lp, &inner));
+        } else {
+            self.stop();
+        }
     }
 }
 
@@ -374,15 +473,18 @@ fn cancel_attempt(lp: &mut EventLoop, inner: &Arc<Inner>) {
     let phase = {
         let mut st = inner.state.lock();
         match st.phase {
-            Phase::Connecting(_) | Phase::Waiting(_) => {
+            Phase::Connecting(..) | Phase::Waiting(_) => {
                 std::mem::replace(&mut st.phase, Phase::Idle)
             }
             _ => return,
         }
     };
     match phase {
-        Phase::Connecting(token) => {
+        Phase::Connecting(token, timer) => {
             lp.remove_channel(token);
+            if let Some(timer) = timer {
+                lp.cancel(timer);
+            }
         }
         Phase::Waiting(timer) => {
             lp.cancel(timer);
@@ -406,7 +508,7 @@ fn start(lp: &mut EventLoop, inner: &Arc<Inner>) {
         None,
     ) {
         Ok(s) => s,
-        Err(e) => return retry(lp, inner, &format!("socket: {e}")),
+        Err(e) => return failed(lp, inner, io::Error::new(e.kind(), format!("socket: {e}"))),
     };
     match socket.connect(&SockAddr::from(inner.addr)) {
         Ok(()) => connected(lp, inner, socket),
@@ -415,19 +517,71 @@ fn start(lp: &mut EventLoop, inner: &Arc<Inner>) {
                 inner: inner.clone(),
             };
             match lp.add_channel(socket, Interest::WRITABLE, handler) {
-                Ok(token) => inner.state.lock().phase = Phase::Connecting(token),
-                Err(e) => retry(lp, inner, &format!("register: {}", e.error)),
+                Ok(token) => {
+                    let timer = inner.connect_timeout.map(|t| {
+                        let me = inner.clone();
+                        lp.run_after(t, move |lp| connect_timed_out(lp, &me, token))
+                    });
+                    inner.state.lock().phase = Phase::Connecting(token, timer);
+                }
+                Err(e) => failed(lp, inner, e.error),
             }
         }
-        Err(e) if fatal(&e) => {
-            log::error!(
-                "client {}: connect to {}: {e}; giving up",
-                inner.name,
-                inner.addr
-            );
-            inner.state.lock().wanted = false;
+        Err(e) => failed(lp, inner, e),
+    }
+}
+
+/// The connect attempt on `token` took longer than the connect timeout.
+fn connect_timed_out(lp: &mut EventLoop, inner: &Arc<Inner>, token: Token) {
+    {
+        let mut st = inner.state.lock();
+        match st.phase {
+            Phase::Connecting(t, _) if t == token => st.phase = Phase::Idle,
+            _ => return,
         }
-        Err(e) => retry(lp, inner, &e.to_string()),
+    }
+    lp.remove_channel(token);
+    failed(
+        lp,
+        inner,
+        io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+    );
+}
+
+/// An attempt failed: tell the application, then retry or give up.
+fn failed(lp: &mut EventLoop, inner: &Arc<Inner>, error: io::Error) {
+    let (attempts, will_retry) = {
+        let mut st = inner.state.lock();
+        st.phase = Phase::Idle;
+        st.failures = st.failures.saturating_add(1);
+        let exhausted = inner.max_attempts.is_some_and(|max| st.failures >= max);
+        let will_retry = st.wanted && !fatal(&error) && !exhausted;
+        if !will_retry {
+            st.wanted = false;
+        }
+        (st.failures, will_retry)
+    };
+    if !will_retry {
+        log::warn!(
+            "client {}: connect to {} failed ({error}) after {attempts} attempts; giving up",
+            inner.name,
+            inner.addr
+        );
+    }
+    if let Some(cb) = &inner.connect_failed {
+        let failure = ConnectFailure {
+            error,
+            attempts,
+            will_retry,
+        };
+        if catch_unwind(AssertUnwindSafe(|| cb(&failure))).is_err() {
+            log::error!("client {}: connect-failed callback panicked", inner.name);
+        }
+        if will_retry {
+            retry(lp, inner, &failure.error.to_string());
+        }
+    } else if will_retry {
+        retry(lp, inner, &error.to_string());
     }
 }
 
@@ -480,6 +634,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     };
     if local == peer {
         drop(socket);
+        // Not the server's fault nor the network's: does not count as a failure.
         return retry(lp, inner, "connected to itself");
     }
     if !inner.state.lock().wanted {
@@ -496,6 +651,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         let mut st = inner.state.lock();
         st.phase = Phase::Connected(handle.clone());
         st.delay = inner.retry_initial;
+        st.failures = 0;
     }
     let weak = Arc::downgrade(inner);
     let hook: RemoveHook = Arc::new(move |conn: &TcpConnection| {
@@ -508,6 +664,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         opts: (*inner.opts).clone(),
         remove_hook: Some(hook),
         counters: inner.counters.clone(),
+        server: None,
     });
     let establish = Conn::establish(lp, socket, handle, env);
     if let Err(e) = establish {
@@ -547,19 +704,25 @@ impl Connecting {
     fn finish(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         ch.remove();
         let inner = self.inner.clone();
-        {
+        let timer = {
             let mut st = inner.state.lock();
             match st.phase {
-                Phase::Connecting(t) if t == ch.token() => st.phase = Phase::Idle,
+                Phase::Connecting(t, timer) if t == ch.token() => {
+                    st.phase = Phase::Idle;
+                    timer
+                }
                 _ => return,
             }
+        };
+        if let Some(timer) = timer {
+            lp.cancel(timer);
         }
         let error = match duo_sys::take_socket_error(ch.fd()) {
             Ok(None) => None,
             Ok(Some(e)) | Err(e) => Some(e),
         };
         if let Some(e) = error {
-            return retry(lp, &inner, &e.to_string());
+            return failed(lp, &inner, e);
         }
         // The channel owns the descriptor and deregisters and closes it when this handler
         // returns; the connection registers its own descriptor for the same socket.

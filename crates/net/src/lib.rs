@@ -42,17 +42,23 @@ mod client;
 pub mod codec;
 mod connection;
 mod idle;
+mod loop_conns;
+mod options;
 mod server;
 mod stats;
 mod thread_pool;
 mod trim;
 
 pub use callbacks::{
-    CloseCallback, ConnectionCallback, HalfCloseCallback, HighWaterMarkCallback, MessageCallback,
-    ShutdownCallback, WriteCompleteCallback,
+    CloseCallback, ConnectFailedCallback, ConnectFailure, ConnectionCallback, HalfCloseCallback,
+    HighWaterMarkCallback, MessageCallback, ShutdownCallback, WriteCompleteCallback,
 };
 pub use client::{client_defaults, ClientBuilder, TcpClient};
-pub use connection::{ConnCtx, ConnName, ConnState, ConnectionClosed, TcpConnection};
+pub use connection::{
+    CloseReason, ConnCtx, ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
+    ServerConnections, TcpConnection,
+};
+pub use options::{Backpressure, OutputLimit};
 pub use server::{defaults, ServerBuilder, ServerHandle, TcpServer};
 pub use stats::{LoopStats, ServerStats};
 pub use thread_pool::{Job, SubmitError, ThreadPool};

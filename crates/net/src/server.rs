@@ -14,8 +14,9 @@ use parking_lot::Mutex;
 
 use crate::acceptor::{listen, Acceptor, ListenOptions, NewConnection};
 use crate::callbacks::Callbacks;
-use crate::connection::{Conn, ConnEnv, ConnOptions, RemoveHook};
+use crate::connection::{CloseReason, Conn, ConnEnv, RemoveHook, ServerConnections, ServerLink};
 use crate::idle::IdleWheels;
+use crate::options::{Backpressure, ConnOptions, OutputLimit};
 use crate::stats::{AcceptCounters, IoCounters, ServerStats};
 use crate::trim;
 use crate::{ConnCtx, TcpConnection};
@@ -29,6 +30,9 @@ pub mod defaults {
     pub const HIGH_WATER: usize = 4 << 20;
     /// Largest input a connection buffers before the message callback consumes it: 8 MiB.
     pub const MAX_INPUT: usize = 8 << 20;
+    /// Most bytes one readiness event reads from an edge-triggered connection before the
+    /// loop serves its other connections (the rest is read right after): 256 KiB.
+    pub const READ_BUDGET: usize = 256 << 10;
     /// How often each loop checks whether the buffer pool holds memory a past burst left
     /// behind: 10 s.
     pub const BUFFER_TRIM_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
@@ -46,7 +50,10 @@ pub struct ServerBuilder {
     max_connections: Option<usize>,
     high_water: usize,
     low_water: Option<usize>,
+    backpressure: Backpressure,
+    output_limit: Option<(usize, OutputLimit)>,
     max_input: usize,
+    read_budget: usize,
     tcp_nodelay: bool,
     buffer_trim_interval: Option<Duration>,
     callbacks: Callbacks,
@@ -92,11 +99,42 @@ impl ServerBuilder {
         self
     }
     /// Output-buffer high-water mark (default [`defaults::HIGH_WATER`]) and low-water mark
-    /// (default half of it): above the high mark a connection stops reading until its
-    /// output drains below the low mark.
+    /// (default half of it). When a connection's unsent output grows past the high mark,
+    /// [`on_high_water_mark`](ServerBuilder::on_high_water_mark) runs and, with the
+    /// default [`Backpressure::PauseReading`], the connection stops reading until its
+    /// output drains below the low mark: a peer that sends requests without reading the
+    /// replies is slowed down by TCP itself instead of growing the server.
+    ///
+    /// A relay or broadcast, whose output comes from *other* connections, wants the
+    /// signal without the pause: set [`Backpressure::Notify`] with
+    /// [`backpressure`](ServerBuilder::backpressure), and pause the source connection
+    /// from `on_high_water_mark` (resume it from
+    /// [`on_write_complete`](ServerBuilder::on_write_complete)); bound what a slow reader
+    /// can make the server hold with [`output_limit`](ServerBuilder::output_limit).
     pub fn water_marks(mut self, high: usize, low: usize) -> Self {
         self.high_water = high.max(1);
         self.low_water = Some(low.min(self.high_water));
+        self
+    }
+    /// What crossing the high-water mark does: pause this connection's reading (the
+    /// default) or only call the callbacks; see [`Backpressure`].
+    pub fn backpressure(mut self, policy: Backpressure) -> Self {
+        self.backpressure = policy;
+        self
+    }
+    /// Bounds each connection's queued output to `bytes` (no bound by default): a send
+    /// that would queue more closes the connection or is refused, as `policy` says
+    /// (see [`OutputLimit`]).
+    pub fn output_limit(mut self, bytes: usize, policy: OutputLimit) -> Self {
+        self.output_limit = Some((bytes.max(1), policy));
+        self
+    }
+    /// Most bytes one readiness event reads from an edge-triggered connection before the
+    /// loop serves its other connections and timers (default [`defaults::READ_BUDGET`]);
+    /// the rest is read right after, in the same loop iteration's queue. Bounds the work
+    /// per event, so one fast sender cannot delay everyone else on its loop.
+    pub fn read_budget(mut self, bytes: usize) -> Self {
+        self.read_budget = bytes.max(1);
         self
     }
     /// Largest unconsumed input per connection (default [`defaults::MAX_INPUT`]); past it
@@ -208,12 +246,19 @@ impl ServerBuilder {
             stopping: AtomicBool::new(false),
             shutdown_begun: AtomicBool::new(false),
             trims_main: AtomicBool::new(false),
+            link: Arc::new(ServerLink {
+                id,
+                loops: loops.clone(),
+            }),
         });
         let opts = Arc::new(ConnOptions {
             edge_triggered: self.edge_triggered,
             high_water: self.high_water,
             low_water: self.low_water.unwrap_or(self.high_water / 2),
+            backpressure: self.backpressure,
+            output_limit: self.output_limit,
             max_input: self.max_input,
+            read_budget: self.read_budget,
             idle_key: self.idle_timeout.map(|_| id),
             idle_refresh_on_read: self.idle_refresh_on_read,
         });
@@ -296,6 +341,8 @@ struct ServerShared {
     shutdown_begun: AtomicBool,
     /// The server installed a buffer-pool trim timer on the main loop (no I/O threads).
     trims_main: AtomicBool,
+    /// The server's key and loops, as its connections know them.
+    link: Arc<ServerLink>,
 }
 
 /// The acceptor's callback for each new socket: admission, naming, choice of loop.
@@ -321,6 +368,7 @@ fn new_connection_handler(
                 opts: (*opts).clone(),
                 remove_hook: Some(hook.clone()),
                 counters: counters.clone(),
+                server: Some(shared.link.clone()),
             })
         })
         .collect();
@@ -564,7 +612,10 @@ impl TcpServer {
             max_connections: None,
             high_water: defaults::HIGH_WATER,
             low_water: None,
+            backpressure: Backpressure::PauseReading,
+            output_limit: None,
             max_input: defaults::MAX_INPUT,
+            read_budget: defaults::READ_BUDGET,
             tcp_nodelay: false,
             buffer_trim_interval: Some(defaults::BUFFER_TRIM_INTERVAL),
             callbacks: Callbacks::default(),
@@ -592,6 +643,11 @@ impl TcpServer {
     /// A snapshot of the counters.
     pub fn stats(&self) -> ServerStats {
         stats(&self.shared)
+    }
+
+    /// The server's open connections; see [`ServerHandle::connections`].
+    pub fn connections(&self) -> ServerConnections {
+        ServerConnections::new(self.shared.link.clone())
     }
 
     /// Graceful stop; see [`ServerHandle::shutdown`].
@@ -649,7 +705,7 @@ fn stop_on_main(lp: &mut EventLoop, shared: &Arc<ServerShared>) {
     }
     for c in Registries::list(lp, id) {
         if c.loop_handle().same_loop(&shared.main) {
-            Conn::close_now(lp, &c);
+            Conn::close_now(lp, &c, CloseReason::Shutdown);
         }
     }
     Registries::forget(lp, id);
@@ -706,7 +762,7 @@ fn shutdown(
             lp.run_after(grace, move |lp| {
                 for c in Registries::list(lp, id) {
                     log::info!("{}: still open at the shutdown deadline; closing", c.name());
-                    let _ = c.force_close();
+                    let _ = c.close_with(CloseReason::Shutdown);
                 }
             });
         }
@@ -739,6 +795,12 @@ impl ServerHandle {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// The server's open connections, on all its loops: run a function on each, or
+    /// broadcast a message (see [`ServerConnections`]).
+    pub fn connections(&self) -> ServerConnections {
+        ServerConnections::new(self.shared.link.clone())
     }
 
     /// Whether a shutdown or stop was requested.

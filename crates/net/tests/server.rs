@@ -912,7 +912,8 @@ fn on_shutdown_lets_the_application_send_replies_in_flight() {
                 let data = input.peek().to_vec();
                 input.consume_all();
                 let conn = ctx.connection().clone();
-                conn.with_context(|p: &mut Pending| p.replies_owed += 1);
+                conn.with_context(|p: &mut Pending| p.replies_owed += 1)
+                    .expect("context set on connect");
                 let _ = got_tx.send(());
                 let release_rx = release_rx.clone();
                 thread::spawn(move || {

@@ -214,6 +214,17 @@ pub fn bytes_available(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// The number of bytes in a socket's send queue not yet acknowledged by the peer
+/// (`ioctl(SIOCOUTQ)`): zero once everything written has reached the peer's kernel.
+pub fn bytes_unacknowledged(fd: BorrowedFd<'_>) -> io::Result<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: `SIOCOUTQ` (`TIOCOUTQ`) writes one `int` through the pointer, which points at
+    // `n`.
+    cvt(unsafe { libc::ioctl(fd.as_raw_fd(), libc::TIOCOUTQ, &mut n as *mut libc::c_int) })
+        .map_err(context("ioctl(SIOCOUTQ)"))?;
+    Ok(n as usize)
+}
+
 /// Whether an error means the process or the system ran out of file descriptors
 /// (`EMFILE` or `ENFILE`), the case an acceptor must handle without spinning.
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {
