@@ -1226,6 +1226,11 @@ impl ConnIo {
             match self.output.send_to(ch.fd()) {
                 Ok(n) => {
                     self.env.counters.add_out(n);
+                    if self.env.opts.idle_refresh_on_read {
+                        // A peer still taking queued output (a slow download) is not
+                        // idle, even if it sends nothing.
+                        self.idle_refresh(lp, ch.token());
+                    }
                     if self.output.is_empty() {
                         ch.disable_writing();
                         self.resume_if_drained(ch);

@@ -78,14 +78,18 @@ impl ServerBuilder {
         self.edge_triggered = on;
         self
     }
-    /// Closes connections that receive nothing for `timeout` (a timing wheel per loop;
-    /// closes within one wheel tick after the timeout: 1/8 of it, at most 1 s).
+    /// Closes connections that show no activity for `timeout` (a timing wheel per loop;
+    /// closes within one wheel tick after the timeout: 1/8 of it, at most 1 s). Activity
+    /// is bytes received, and queued output taken by the peer (a client downloading a
+    /// large reply slowly is not idle). The close drops what is unsent
+    /// ([`CloseReason::Idle`](crate::CloseReason::Idle)).
     pub fn idle_timeout(mut self, timeout: Duration) -> Self {
         self.idle_timeout = Some(timeout).filter(|t| !t.is_zero());
         self
     }
-    /// Whether every read counts as activity for the idle timeout (the default), or only
-    /// the application's [`ConnCtx::refresh_idle`] calls do. Turn it off for a protocol
+    /// Whether every read (and every write of queued output) counts as activity for the
+    /// idle timeout (the default), or only the application's [`ConnCtx::refresh_idle`]
+    /// calls do. Turn it off for a protocol
     /// with messages, and refresh on each complete message: then a peer that sends a byte
     /// now and then but never a whole message is evicted like a silent one.
     pub fn idle_refresh_on_read(mut self, on: bool) -> Self {

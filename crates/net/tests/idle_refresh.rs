@@ -80,3 +80,51 @@ fn a_trickling_peer_is_evicted_and_a_chatty_one_is_not() {
     drop(chatty);
     server.join().unwrap();
 }
+
+/// A peer that sends nothing but is still reading a large reply (a slow download) is not
+/// idle: writing its queued output counts as activity, so the idle timeout does not close
+/// the connection with the output half delivered.
+#[test]
+fn a_slow_download_is_not_cut_by_the_idle_timeout() {
+    const SIZE: usize = 16 << 20;
+    let (tx, rx) = mpsc::channel();
+    let server = thread::spawn(move || {
+        let mut lp = EventLoop::new().unwrap();
+        let server = TcpServer::builder("download", "127.0.0.1:0".parse().unwrap())
+            .io_threads(1)
+            .idle_timeout(Duration::from_millis(300))
+            .on_message(|ctx, input| {
+                if input.peek().contains(&b'\n') {
+                    input.consume_all();
+                    let body: Vec<u8> = (0..SIZE).map(|i| (i % 253) as u8).collect();
+                    ctx.send(&body);
+                    ctx.close_after_flush();
+                }
+            })
+            .start(&mut lp)
+            .unwrap();
+        tx.send(server.clone_handle()).unwrap();
+        lp.run().unwrap();
+        server.stop(&mut lp);
+    });
+    let handle = rx.recv_timeout(DEADLINE).unwrap();
+    let mut client = TcpStream::connect(handle.local_addr()).unwrap();
+    client.set_read_timeout(Some(DEADLINE)).unwrap();
+    client.write_all(b"GET\n").unwrap();
+    // Read 256 KiB every 20 ms: the whole body takes about 1.3 s, far past the timeout,
+    // while the client never sends another byte.
+    let mut got = Vec::with_capacity(SIZE);
+    let mut buf = vec![0u8; 256 << 10];
+    loop {
+        match client.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) => panic!("after {} bytes: {e}", got.len()),
+        }
+        thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(got.len(), SIZE, "the download was cut short");
+    assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 253) as u8));
+    handle.shutdown(Duration::from_millis(100), |lp| lp.quit());
+    server.join().unwrap();
+}
