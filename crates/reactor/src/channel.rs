@@ -180,7 +180,7 @@ impl fmt::Debug for Channel {
 ///
 /// For each ready event the loop calls, in this order and each only if the event carries
 /// it: [`handle_error`](Handler::handle_error) (`EPOLLERR`),
-/// [`handle_close`](Handler::handle_close) (hang-up with nothing left to read),
+/// [`handle_close`](Handler::handle_close) (hang-up without "readable"),
 /// [`handle_read`](Handler::handle_read) (readable, including the peer's half-close), and
 /// [`handle_write`](Handler::handle_write) (writable). If a step removes the channel, the
 /// later steps are skipped. Every method gets the loop (`&mut EventLoop`: register other
@@ -199,7 +199,14 @@ pub trait Handler: Any {
     fn handle_write(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
         let _ = (lp, channel);
     }
-    /// The connection is hung up in both directions and nothing is left to read.
+    /// The descriptor is hung up (`EPOLLHUP`) and "readable" was not reported with it.
+    ///
+    /// That does **not** prove nothing is left to read: the kernel reports hang-ups and
+    /// errors whatever the interest, but "readable" only when it is asked for. A channel
+    /// that is not reading (paused) may still have the peer's last bytes in its receive
+    /// queue; a handler that wants them keeps the descriptor and reads once it resumes.
+    /// A level-triggered registration is reported hung up on every wait: switch it to
+    /// edge-triggered (or remove it) while it waits.
     fn handle_close(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
         let _ = (lp, channel);
     }
