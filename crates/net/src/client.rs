@@ -284,8 +284,32 @@ struct Inner {
 /// the kernel picks the server's port as the ephemeral port) is detected and retried.
 /// With [`ClientBuilder::reconnect`], a connection that closes is re-established.
 ///
-/// All methods are callable from any thread. Dropping the client stops it
-/// ([`TcpClient::stop`]).
+/// All methods are callable from any thread.
+///
+/// # Failures
+///
+/// [`ClientBuilder::on_connect_failed`] sees every failed attempt (refused, timed out
+/// after [`ClientBuilder::connect_timeout`], unreachable) with the error and whether the
+/// client will try again; [`ClientBuilder::max_attempts`] bounds the retries. A client
+/// that gives up stays idle until [`connect`](TcpClient::connect) is called again.
+///
+/// # Dropping
+///
+/// Dropping the client stops it ([`TcpClient::stop`]): the connection closes at once and
+/// unsent output is dropped. To let the output drain first, call
+/// [`disconnect`](TcpClient::disconnect) before dropping it: the connection then writes
+/// everything queued, half-closes, and closes when the server closes its side.
+///
+/// # In a relay or proxy
+///
+/// A server callback may create a client with its own loop's handle
+/// (`ctx.event_loop().handle()` or `conn.loop_handle()`): the client's connection then
+/// lives on the same thread as the server's connection, and each side can act on the
+/// other at once with [`TcpConnection::with_ctx`]. Set
+/// [`Backpressure::Notify`] on both (a relay pauses the *source*
+/// connection when the destination's output passes the high-water mark, and resumes it on
+/// write-complete), and close the inbound connection from `on_connect_failed` when the
+/// backend is unreachable. `crates/net/examples/tunnel.rs` does all of this.
 ///
 /// # Example
 ///

@@ -9,7 +9,12 @@
 //!   [`force_close`](TcpConnection::force_close), per-connection context. Inside callbacks,
 //!   [`ConnCtx`] gives direct, allocation-free access on the loop thread.
 //! - [`TcpClient`]: connects (non-blocking, with retry and backoff) and serves the
-//!   connection with the same callbacks.
+//!   connection with the same callbacks; a server callback can start one on its own loop
+//!   and relay between the two at once ([`TcpConnection::with_ctx`],
+//!   [`Backpressure::Notify`]).
+//! - [`ServerConnections`]: every open connection of a server, for a broadcast that sends
+//!   one shared buffer to all of them ([`ServerConnections::broadcast`]), bounded per
+//!   reader by an [`OutputLimit`].
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread.
