@@ -638,7 +638,10 @@ impl ServerConnections {
     /// function per loop, which visits that loop's connections in no particular order.
     /// Returns at once. Calls made one after another from one thread reach each
     /// connection in that order, so messages broadcast by one sender arrive in the order
-    /// sent. A panic in `f` closes that connection only.
+    /// sent. A connection is visited if it is open when the function runs on its loop:
+    /// one accepted just now may be registered on its loop a moment after that loop ran
+    /// the function, and miss it (order *across* senders, or relative to a connection's
+    /// arrival, is not promised). A panic in `f` closes that connection only.
     pub fn for_each(&self, f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static) {
         let f: Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync> = Arc::new(f);
         let id = self.link.id;
