@@ -15,7 +15,10 @@ use duo_buffer::InputBuffer;
 
 use crate::{ConnCtx, TcpConnection};
 
-/// Connection up or down: check [`TcpConnection::is_connected`].
+/// Connection up or down: check [`TcpConnection::is_connected`] (and, when down,
+/// [`TcpConnection::close_reason`]). It gets the handle only, not a [`ConnCtx`]: act on the
+/// connection through the handle's queued methods, or on another connection of the same
+/// loop later, from a callback that has the loop.
 pub type ConnectionCallback = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
 
 /// Bytes arrived. The callback parses them in place from the [`InputBuffer`] and consumes
@@ -23,7 +26,9 @@ pub type ConnectionCallback = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
 /// [`ConnCtx`] are written at once when the output buffer is empty.
 pub type MessageCallback = Arc<dyn Fn(&mut ConnCtx<'_>, &mut InputBuffer) + Send + Sync>;
 
-/// The output buffer was fully written to the kernel.
+/// The output buffer was fully written to the kernel: it runs only when nothing is left
+/// queued (after a send that went out whole, or when a flush drains the buffer), so a
+/// relay can resume its source here.
 pub type WriteCompleteCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
 
 /// The output buffer grew past the high-water mark; the argument is its size. With the
@@ -39,6 +44,10 @@ pub type HighWaterMarkCallback = Arc<dyn Fn(&mut ConnCtx<'_>, usize) + Send + Sy
 /// application with replies still being computed (on a worker pool, say) calls
 /// [`ConnCtx::close_after_flush`] (or [`TcpConnection::close_after_flush`]) once it has
 /// sent them.
+///
+/// It does not run when our own side is already shut (after [`ConnCtx::shutdown`]) or the
+/// peer can no longer receive: both directions are then done and the connection closes at
+/// once, with [`CloseReason::Peer`](crate::CloseReason::Peer) (or the socket error).
 pub type HalfCloseCallback = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
 
 /// A graceful shutdown ([`ServerHandle::shutdown`](crate::ServerHandle::shutdown)) has

@@ -21,6 +21,9 @@ use crate::server::defaults;
 use crate::stats::{IoCounters, LoopStats};
 use crate::{ConnCtx, TcpConnection};
 
+/// Ids of client connections, unique in the process.
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
 /// Defaults of a [`ClientBuilder`].
 pub mod client_defaults {
     use std::time::Duration;
@@ -201,7 +204,6 @@ impl ClientBuilder {
                 idle_refresh_on_read: true,
             }),
             counters: Arc::new(IoCounters::default()),
-            next_id: AtomicU64::new(1),
             attempts: AtomicU64::new(0),
             state: Mutex::new(State {
                 wanted: false,
@@ -270,7 +272,6 @@ struct Inner {
     connect_failed: Option<ConnectFailedCallback>,
     opts: Arc<ConnOptions>,
     counters: Arc<IoCounters>,
-    next_id: AtomicU64,
     attempts: AtomicU64,
     state: Mutex<State>,
 }
@@ -669,7 +670,9 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
             log::debug!("client {}: TCP_NODELAY: {e}", inner.name);
         }
     }
-    let id = inner.next_id.fetch_add(1, Ordering::Relaxed);
+    // Numbered process-wide, so that the connections of several clients with the same
+    // name (one per relayed connection, say) are told apart in logs.
+    let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let handle = TcpConnection::new(id, Arc::from(inner.name.as_str()), peer, local, lp.handle());
     {
         let mut st = inner.state.lock();

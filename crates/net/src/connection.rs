@@ -1171,7 +1171,11 @@ impl ConnIo {
                 let token = ch.token();
                 lp.queue_in_loop(move |lp| {
                     lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
-                        conn.io.write_complete(lp, ch)
+                        // A later send may have left output queued meanwhile: then the
+                        // flush that drains it reports completion, not this notice.
+                        if conn.io.output.is_empty() {
+                            conn.io.write_complete(lp, ch)
+                        }
                     });
                 });
             }
