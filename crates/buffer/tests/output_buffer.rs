@@ -223,3 +223,184 @@ fn push_buf_of_an_empty_block_is_dropped() {
     let text = format!("{buf:?}");
     assert!(text.contains("OutputBuffer"), "{text}");
 }
+
+// `push_shared` (shared, reference-counted chunks) mixed with everything else.
+
+use std::sync::Arc;
+
+/// The pool of the shared-chunk model test, used by nothing else.
+fn shared_model_pool() -> BufPool {
+    static POOL: OnceLock<BufPool> = OnceLock::new();
+    *POOL.get_or_init(|| BufPool::new(PoolConfig::default()))
+}
+
+#[derive(Debug, Clone)]
+enum MixOp {
+    /// `append` of this many new stream bytes.
+    Append(usize),
+    /// `push_buf` of a block filled with this many new stream bytes.
+    PushBuf(usize),
+    /// `push_shared` of a message of `len` bytes from `start` (which may be at or past the
+    /// end: then nothing is queued); the message's bytes before `start` are not part of the
+    /// stream (they "went out directly").
+    PushShared {
+        len: usize,
+        start: usize,
+    },
+    /// A vectored write accepting at most this many bytes.
+    Write(usize),
+    Clear,
+}
+
+fn mix_op() -> impl Strategy<Value = MixOp> {
+    prop_oneof![
+        4 => size().prop_map(MixOp::Append),
+        2 => (0usize..5000).prop_map(MixOp::PushBuf),
+        4 => (size(), size()).prop_map(|(len, start)| MixOp::PushShared {
+            len,
+            // Mostly inside the message, sometimes at or past its end.
+            start: if len == 0 { start % 3 } else { start % (len + len / 4 + 2) },
+        }),
+        6 => size().prop_map(MixOp::Write),
+        1 => Just(MixOp::Clear),
+    ]
+}
+
+proptest! {
+    /// `append`, `push_buf` and `push_shared` mixed with partial writes: what comes out is
+    /// exactly what went in (minus what `clear` dropped), in order; `len()` always matches;
+    /// every `Arc` handed to `push_shared` is released (strong count back to 1) once the
+    /// buffer is drained or cleared, and none is copied (held while queued).
+    #[test]
+    fn shared_chunks_mix_with_blocks_and_partial_writes(
+        ops in prop::collection::vec(mix_op(), 1..40),
+        final_clear in any::<bool>(),
+    ) {
+        let pool = shared_model_pool();
+        let mut buf = OutputBuffer::with_pool(pool);
+        let mut model: VecDeque<u8> = VecDeque::new();
+        let mut arcs: Vec<Arc<[u8]>> = Vec::new();
+        let mut next = 0usize;
+        for op in ops {
+            match op {
+                MixOp::Append(n) => {
+                    let bytes = pattern(next, n);
+                    buf.append(&bytes).expect("no cap");
+                    model.extend(&bytes);
+                    next += n;
+                }
+                MixOp::PushBuf(n) => {
+                    let bytes = pattern(next, n);
+                    let mut block = pool.alloc(n.max(1)).expect("alloc");
+                    prop_assert_eq!(block.append(&bytes), n);
+                    buf.push_buf(block);
+                    model.extend(&bytes);
+                    next += n;
+                }
+                MixOp::PushShared { len, start } => {
+                    let msg: Arc<[u8]> = Arc::from(pattern(next, len));
+                    next += len;
+                    buf.push_shared(msg.clone(), start);
+                    if start < len {
+                        model.extend(&msg[start..]);
+                        prop_assert_eq!(Arc::strong_count(&msg), 2, "queued by reference");
+                    } else {
+                        prop_assert_eq!(Arc::strong_count(&msg), 1, "nothing queued");
+                    }
+                    arcs.push(msg);
+                }
+                MixOp::Write(accept) => {
+                    let mut wire = Vec::new();
+                    let written = buf
+                        .write_with(|iovs: &[IoSlice<'_>]| {
+                            for iov in iovs {
+                                let n = iov.len().min(accept - wire.len());
+                                wire.extend_from_slice(&iov[..n]);
+                            }
+                            Ok(wire.len())
+                        })
+                        .expect("write");
+                    prop_assert_eq!(written, wire.len());
+                    prop_assert!(written <= model.len());
+                    let expected: Vec<u8> = model.drain(..written).collect();
+                    prop_assert!(wire == expected, "written bytes differ from the model");
+                }
+                MixOp::Clear => {
+                    buf.clear();
+                    model.clear();
+                }
+            }
+            prop_assert_eq!(buf.len(), model.len());
+            prop_assert_eq!(buf.is_empty(), model.is_empty());
+            let expected = model.make_contiguous();
+            let mut at = 0;
+            for chunk in buf.chunks() {
+                prop_assert!(!chunk.is_empty(), "no empty chunk is kept");
+                prop_assert!(chunk == &expected[at..at + chunk.len()], "queued bytes differ");
+                at += chunk.len();
+            }
+            prop_assert_eq!(at, expected.len());
+            prop_assert!(pool.stats().in_use_blocks() <= buf.block_count());
+            for a in &arcs {
+                prop_assert!(Arc::strong_count(a) <= 2, "an Arc is held more than once");
+            }
+        }
+        if final_clear {
+            buf.clear();
+            model.clear();
+        } else {
+            // Drain with writes of at most 65 521 bytes each.
+            while !buf.is_empty() {
+                let mut wire = Vec::new();
+                let written = buf
+                    .write_with(|iovs| {
+                        for iov in iovs {
+                            let n = iov.len().min(65_521 - wire.len());
+                            wire.extend_from_slice(&iov[..n]);
+                        }
+                        Ok(wire.len())
+                    })
+                    .expect("write");
+                prop_assert!(written > 0);
+                let expected: Vec<u8> = model.drain(..written).collect();
+                prop_assert!(wire == expected, "drained bytes differ from the model");
+            }
+        }
+        prop_assert!(model.is_empty());
+        prop_assert_eq!((buf.len(), buf.block_count()), (0, 0));
+        for a in &arcs {
+            prop_assert_eq!(Arc::strong_count(a), 1, "an Arc is still held after draining");
+        }
+        prop_assert_eq!(pool.stats().in_use_blocks(), 0);
+        drop(buf);
+    }
+}
+
+#[test]
+fn push_shared_at_or_past_the_end_queues_nothing() {
+    let pool = BufPool::new(PoolConfig::default());
+    let mut buf = OutputBuffer::with_pool(pool);
+    let msg: Arc<[u8]> = Arc::from(&b"twelve bytes"[..]);
+    buf.push_shared(msg.clone(), msg.len());
+    buf.push_shared(msg.clone(), msg.len() + 1);
+    buf.push_shared(msg.clone(), usize::MAX);
+    let empty: Arc<[u8]> = Arc::from(&b""[..]);
+    buf.push_shared(empty.clone(), 0);
+    assert_eq!((buf.len(), buf.block_count()), (0, 0));
+    assert!(buf.is_empty());
+    assert_eq!(Arc::strong_count(&msg), 1, "nothing kept a reference");
+    assert_eq!(Arc::strong_count(&empty), 1, "nothing kept a reference");
+    assert_eq!(
+        buf.write_with(|_| unreachable!("nothing queued, no call"))
+            .expect("noop"),
+        0
+    );
+    // One byte before the end: exactly that byte is queued.
+    buf.push_shared(msg.clone(), msg.len() - 1);
+    assert_eq!(buf.len(), 1);
+    assert_eq!(buf.chunks().collect::<Vec<_>>(), [&b"s"[..]]);
+    assert_eq!(Arc::strong_count(&msg), 2);
+    buf.clear();
+    assert_eq!(Arc::strong_count(&msg), 1);
+    assert_eq!(pool.stats().in_use_blocks(), 0);
+}

@@ -213,8 +213,8 @@ struct Shared {
 /// the same connection can reorder data; keep to one.
 ///
 /// [`stop_reading`](TcpConnection::stop_reading) takes effect at once from any thread:
-/// no message callback starts after it returns (one already running finishes), even in
-/// the middle of a large read.
+/// no message callback starts after it returns (one the loop had already begun
+/// finishes), even in the middle of a large read.
 ///
 /// [`send`]: TcpConnection::send
 /// [`shutdown`]: TcpConnection::shutdown
@@ -531,8 +531,9 @@ impl TcpConnection {
     /// kernel, and the peer is slowed by TCP flow control once the kernel's buffer fills.
     ///
     /// Takes effect at once, from any thread: no message callback of this connection
-    /// starts after this returns (one already running finishes), even in the middle of a
-    /// large read. Nothing is lost while paused: if the peer closes or resets meanwhile,
+    /// starts after this returns (one the loop had already begun finishes), even in the
+    /// middle of a large read; bytes the loop was reading at that moment are kept and
+    /// delivered after [`start_reading`](TcpConnection::start_reading). Nothing is lost while paused: if the peer closes or resets meanwhile,
     /// the connection stays open (for reading only) until
     /// [`start_reading`](TcpConnection::start_reading), delivers what the peer sent, and
     /// then closes. A connection that is never resumed is only closed by an idle timeout
@@ -552,7 +553,7 @@ impl TcpConnection {
             return Err(ConnectionClosed);
         }
         self.shared.read_paused.store(false, Ordering::Release);
-        self.run_in_loop(|ctx| ctx.io.sync_reading(ctx.ch))
+        self.run_in_loop(|ctx| ctx.resume_reading())
     }
 
     /// Whether the application paused reading ([`stop_reading`](TcpConnection::stop_reading)).
@@ -709,6 +710,9 @@ pub(crate) struct ConnIo {
     parked: bool,
     /// A continuation of reading (the read budget of one event was used up) is queued.
     read_queued: bool,
+    /// Bytes were read but not delivered: the application paused reading (from another
+    /// thread) while the read was under way. They are delivered when reading resumes.
+    held_input: bool,
 }
 
 impl Conn {
@@ -737,6 +741,7 @@ impl Conn {
                 error: None,
                 parked: false,
                 read_queued: false,
+                held_input: false,
             },
         };
         let hook = conn.io.env.remove_hook.clone();
@@ -804,6 +809,13 @@ impl Conn {
     /// an event), so read on until `EAGAIN` or end of stream.
     fn read_ready(&mut self, lp: &mut EventLoop, ch: &mut Channel, until_eagain: bool) {
         let mut budget = self.io.env.opts.read_budget;
+        if !self.io.wants_reading() {
+            self.io.sync_reading(ch);
+            return;
+        }
+        if std::mem::take(&mut self.io.held_input) && !self.deliver_held(lp, ch) {
+            return;
+        }
         loop {
             if !self.io.wants_reading() {
                 self.io.sync_reading(ch);
@@ -815,6 +827,12 @@ impl Conn {
                     self.io.handle.touch(lp.poll_time());
                     if self.io.env.opts.idle_refresh_on_read {
                         self.io.idle_refresh(lp, ch.token());
+                    }
+                    if self.io.user_paused() {
+                        // Paused (from another thread) while we were reading: no callback
+                        // starts after `stop_reading` returned. Keep the bytes for later.
+                        self.hold_input(lp, ch);
+                        return;
                     }
                     self.deliver(lp, ch);
                     // Bytes the callback left in the thread's read area move to a block
@@ -876,6 +894,39 @@ impl Conn {
                 }
             }
         }
+    }
+
+    /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
+    fn hold_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.io.held_input = true;
+        if let Err(e) = self.input.settle() {
+            log::error!(
+                "{}: cannot keep unparsed input: {e}; closing",
+                self.io.handle.name()
+            );
+            self.io.close(lp, ch, CloseReason::OutOfMemory);
+            return;
+        }
+        self.io.sync_reading(ch);
+    }
+
+    /// Delivers input held while reading was paused; false if the connection closed or
+    /// paused again meanwhile (stop reading for now).
+    fn deliver_held(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        self.deliver(lp, ch);
+        if let Err(e) = self.input.settle() {
+            log::error!(
+                "{}: cannot keep unparsed input: {e}; closing",
+                self.io.handle.name()
+            );
+            self.io.close(lp, ch, CloseReason::OutOfMemory);
+            return false;
+        }
+        if ch.is_removed() || self.io.state() == ConnState::Disconnected {
+            return false;
+        }
+        self.io.sync_reading(ch);
+        ch.is_reading()
     }
 
     /// Queues the rest of an edge-triggered read for after the other events of this
@@ -1460,7 +1511,23 @@ impl ConnCtx<'_> {
             .shared
             .read_paused
             .store(false, Ordering::Release);
+        self.resume_reading();
+    }
+
+    /// Applies the read state to the channel; input held back by a pause is delivered
+    /// right after the current callback (not from inside it).
+    fn resume_reading(&mut self) {
         self.io.sync_reading(self.ch);
+        if self.io.held_input && self.io.wants_reading() {
+            let token = self.ch.token();
+            self.lp.queue_in_loop(move |lp| {
+                lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
+                    if conn.io.held_input {
+                        conn.read_ready(lp, ch, true);
+                    }
+                });
+            });
+        }
     }
 
     /// Marks the connection active now for the idle timeout. Servers built with
