@@ -36,7 +36,6 @@ use parking_lot::Mutex;
 
 use crate::callbacks::Callbacks;
 use crate::idle::IdleWheels;
-use crate::loop_conns::LoopConns;
 use crate::options::{Backpressure, ConnOptions, OutputLimit};
 use crate::stats::IoCounters;
 
@@ -166,11 +165,27 @@ fn ms_since_base(at: Instant) -> u64 {
     at.saturating_duration_since(clock_base()).as_millis() as u64
 }
 
-/// A user value stored with a connection, with its type's name for clear errors.
-struct Context {
-    value: Box<dyn Any + Send>,
-    type_name: &'static str,
+/// A user value stored with a connection. Its type's name comes from the vtable, so the
+/// box stays two words (an idle connection pays nothing for clear errors).
+trait ContextValue: Any + Send {
+    fn type_name(&self) -> &'static str;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
 }
+
+impl<T: Any + Send> ContextValue for T {
+    fn type_name(&self) -> &'static str {
+        type_name::<T>()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+type Context = Box<dyn ContextValue>;
 
 /// What any thread may read about a connection.
 struct Shared {
@@ -185,7 +200,9 @@ struct Shared {
     read_paused: AtomicBool,
     lp: LoopHandle,
     token: OnceLock<Token>,
-    close_reason: OnceLock<CloseReason>,
+    /// Set once, when the connection closes (a one-byte lock and a one-byte value: the
+    /// handle stays as small as before close reasons existed).
+    close_reason: Mutex<Option<CloseReason>>,
     context: Mutex<Option<Context>>,
     last_activity_ms: AtomicU64,
 }
@@ -243,7 +260,7 @@ impl TcpConnection {
                 read_paused: AtomicBool::new(false),
                 lp,
                 token: OnceLock::new(),
-                close_reason: OnceLock::new(),
+                close_reason: Mutex::new(None),
                 context: Mutex::new(None),
                 last_activity_ms: AtomicU64::new(now_ms()),
             }),
@@ -293,7 +310,7 @@ impl TcpConnection {
     /// Why the connection closed; `None` while it is open. Set before the "down" and close
     /// callbacks run.
     pub fn close_reason(&self) -> Option<CloseReason> {
-        self.shared.close_reason.get().copied()
+        *self.shared.close_reason.lock()
     }
 
     /// The loop that owns the connection.
@@ -309,10 +326,7 @@ impl TcpConnection {
     /// Stores a user value with the connection (a session, a parser state, the other
     /// connection of a relay), replacing the previous one.
     pub fn set_context<T: Any + Send>(&self, value: T) {
-        *self.shared.context.lock() = Some(Context {
-            value: Box::new(value),
-            type_name: type_name::<T>(),
-        });
+        *self.shared.context.lock() = Some(Box::new(value));
     }
 
     /// Runs `f` on the context, which must be a `T`.
@@ -342,13 +356,13 @@ impl TcpConnection {
         f: impl FnOnce(&mut T) -> R,
     ) -> Result<R, ContextError> {
         let mut guard = self.shared.context.lock();
-        let Some(ctx) = guard.as_mut() else {
+        let Some(ctx) = guard.as_deref_mut() else {
             return Err(ContextError::Empty {
                 expected: type_name::<T>(),
             });
         };
-        let found = ctx.type_name;
-        match ctx.value.downcast_mut::<T>() {
+        let found = <dyn ContextValue>::type_name(ctx);
+        match <dyn ContextValue>::as_any_mut(ctx).downcast_mut::<T>() {
             Some(v) => Ok(f(v)),
             None => Err(ContextError::WrongType {
                 expected: type_name::<T>(),
@@ -364,24 +378,26 @@ impl TcpConnection {
     /// As [`with_context`](TcpConnection::with_context).
     pub fn take_context<T: Any + Send>(&self) -> Result<T, ContextError> {
         let mut guard = self.shared.context.lock();
-        let Some(ctx) = guard.take() else {
+        let Some(ctx) = guard.as_deref_mut() else {
             return Err(ContextError::Empty {
                 expected: type_name::<T>(),
             });
         };
-        let found = ctx.type_name;
-        match ctx.value.downcast::<T>() {
-            Ok(v) => Ok(*v),
-            Err(value) => {
-                *guard = Some(Context {
-                    value,
-                    type_name: found,
-                });
-                Err(ContextError::WrongType {
-                    expected: type_name::<T>(),
-                    found,
-                })
-            }
+        if !<dyn ContextValue>::as_any_mut(ctx).is::<T>() {
+            return Err(ContextError::WrongType {
+                expected: type_name::<T>(),
+                found: <dyn ContextValue>::type_name(ctx),
+            });
+        }
+        // Checked above, under the same lock: the downcast cannot fail.
+        match guard
+            .take()
+            .map(|v| <dyn ContextValue>::into_any(v).downcast::<T>())
+        {
+            Some(Ok(v)) => Ok(*v),
+            _ => Err(ContextError::Empty {
+                expected: type_name::<T>(),
+            }),
         }
     }
 
@@ -684,6 +700,18 @@ pub(crate) struct Conn {
     io: ConnIo,
 }
 
+/// The sending direction of a connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum WriteSide {
+    /// Sends are accepted.
+    Open,
+    /// We half-closed (`shutdown(SHUT_WR)` done, after the output drained).
+    Shut,
+    /// The peer can no longer receive (hang-up, socket error, failed write); what was
+    /// queued was dropped.
+    Gone,
+}
+
 /// Everything of the loop side but the input buffer, so a message callback can hold the
 /// input buffer and a [`ConnCtx`] at once.
 pub(crate) struct ConnIo {
@@ -695,11 +723,8 @@ pub(crate) struct ConnIo {
     paused_by_backpressure: bool,
     /// Close (not just half-close) once the output is drained, for this reason.
     close_when_drained: Option<CloseReason>,
-    /// `shutdown(SHUT_WR)` already done.
-    write_shut: bool,
-    /// Nothing more can be sent: the peer is gone (hang-up, socket error, failed write).
-    /// The output was dropped.
-    write_dead: bool,
+    /// Whether we can still send.
+    write: WriteSide,
     /// The peer sent EOF (reading is over for good).
     peer_eof: bool,
     /// The socket error that ended the connection, reported as the close reason once the
@@ -735,8 +760,7 @@ impl Conn {
                 env,
                 paused_by_backpressure: false,
                 close_when_drained: None,
-                write_shut: false,
-                write_dead: false,
+                write: WriteSide::Open,
                 peer_eof: false,
                 error: None,
                 parked: false,
@@ -745,7 +769,6 @@ impl Conn {
             },
         };
         let hook = conn.io.env.remove_hook.clone();
-        let server = conn.io.env.server.as_ref().map(|s| s.id);
         let token = match lp.add_channel(socket, interest, conn) {
             Ok(t) => t,
             Err(e) => {
@@ -758,9 +781,6 @@ impl Conn {
         };
         handle.set_token(token);
         handle.set_state(ConnState::Connected);
-        if let Some(server) = server {
-            LoopConns::insert(lp, server, token);
-        }
         log::debug!("{}: up", handle.name());
         lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
             conn.io.idle_refresh(lp, ch.token());
@@ -787,15 +807,18 @@ impl Conn {
         }
     }
 
-    /// Runs `f` on each open connection of `server` on this loop.
+    /// Runs `f` on each open connection of `server` on this loop. The loop's channels are
+    /// visited (no per-connection bookkeeping: an idle connection costs nothing more, and
+    /// opening or closing one costs no set insertion or removal).
     fn for_each_on_loop(
         lp: &mut EventLoop,
         server: u64,
         f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
     ) {
-        for token in LoopConns::tokens(lp, server) {
+        for token in lp.channel_tokens() {
             lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
-                if conn.io.state() != ConnState::Disconnected {
+                let ours = conn.io.env.server.as_ref().is_some_and(|s| s.id == server);
+                if ours && conn.io.state() != ConnState::Disconnected {
                     conn.io
                         .run_guarded(lp, ch, "function run on every connection", f);
                 }
@@ -948,7 +971,7 @@ impl Conn {
     fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         self.io.peer_eof = true;
         ch.disable_reading();
-        if self.io.write_dead || self.io.write_shut {
+        if self.io.write != WriteSide::Open {
             // Both directions are done.
             let reason = self.io.peer_reason();
             self.io.close(lp, ch, reason);
@@ -1129,7 +1152,7 @@ impl ConnIo {
     /// The peer can no longer receive: drop the output, stop asking for writability. If
     /// the application was only waiting for the output to drain, close now.
     fn write_side_gone(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if std::mem::replace(&mut self.write_dead, true) {
+        if std::mem::replace(&mut self.write, WriteSide::Gone) == WriteSide::Gone {
             return;
         }
         let unsent = self.output.len();
@@ -1171,7 +1194,7 @@ impl ConnIo {
         parts: &[&[u8]],
         shared: Option<Arc<[u8]>>,
     ) -> bool {
-        if self.state() != ConnState::Connected || self.write_shut || self.write_dead {
+        if self.state() != ConnState::Connected || self.write != WriteSide::Open {
             return false;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
@@ -1277,7 +1300,7 @@ impl ConnIo {
 
     /// Writes as much of the output buffer as the socket takes.
     fn flush(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if !ch.is_writing() || self.write_dead {
+        if !ch.is_writing() || self.write == WriteSide::Gone {
             return;
         }
         loop {
@@ -1336,7 +1359,7 @@ impl ConnIo {
         }
         ch.disable_reading();
         self.close_when_drained.get_or_insert(reason);
-        if self.output.is_empty() || self.write_dead {
+        if self.output.is_empty() || self.write == WriteSide::Gone {
             let reason = self.close_when_drained.unwrap_or(reason);
             self.close(lp, ch, reason);
         } else if self.state() == ConnState::Connected {
@@ -1352,8 +1375,8 @@ impl ConnIo {
             // Nothing more can come from the peer either: both directions are done.
             let reason = self.peer_reason();
             self.close(lp, ch, reason);
-        } else if !self.write_shut && !self.write_dead {
-            self.write_shut = true;
+        } else if self.write == WriteSide::Open {
+            self.write = WriteSide::Shut;
             if let Err(e) = duo_sys::shutdown_write(ch.fd()) {
                 log::debug!("{}: shutdown: {e}", self.handle.name());
             }
@@ -1374,16 +1397,13 @@ impl ConnIo {
         if self.state() == ConnState::Disconnected {
             return;
         }
-        let _ = self.handle.shared.close_reason.set(reason);
+        self.handle.shared.close_reason.lock().get_or_insert(reason);
         self.handle.set_state(ConnState::Disconnected);
         ch.disable_all();
         ch.remove();
         let token = ch.token();
         if let Some(key) = self.env.opts.idle_key {
             IdleWheels::forget(lp, key, token);
-        }
-        if let Some(server) = &self.env.server {
-            LoopConns::remove(lp, server.id, token);
         }
         let dropped = self.output.len();
         if dropped > 0 {

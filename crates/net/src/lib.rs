@@ -47,7 +47,6 @@ mod client;
 pub mod codec;
 mod connection;
 mod idle;
-mod loop_conns;
 mod options;
 mod server;
 mod stats;

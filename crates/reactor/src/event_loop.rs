@@ -435,6 +435,14 @@ impl EventLoop {
         .flatten()
     }
 
+    /// The tokens of every registered channel, for visiting them one by one with
+    /// [`with_channel`](EventLoop::with_channel) or [`with_handler`](EventLoop::with_handler)
+    /// (a broadcast to every connection of a loop, say). A snapshot: channels added or
+    /// removed while visiting are not reflected, and a removed one is simply not found.
+    pub fn channel_tokens(&self) -> Vec<Token> {
+        self.registry.tokens().collect()
+    }
+
     /// Number of registered channels.
     pub fn channel_count(&self) -> usize {
         self.registry.len()

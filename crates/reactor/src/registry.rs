@@ -159,6 +159,17 @@ impl Registry {
         }
     }
 
+    /// The tokens of every registration (in its slot or taken out), in slot order.
+    pub(crate) fn tokens(&self) -> impl Iterator<Item = Token> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(i, s)| match s.state {
+                State::Occupied { .. } => Some(Token::new(i as u32, s.generation)),
+                State::Vacant { .. } => None,
+            })
+    }
+
     /// Takes every registration out, leaving the registry empty (used on drop).
     pub(crate) fn drain(&mut self) -> Vec<Registration> {
         let out = self
