@@ -15,7 +15,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::callbacks::{Callbacks, ConnectFailedCallback, ConnectFailure};
-use crate::connection::{Conn, ConnEnv, RemoveHook};
+use crate::connection::{CloseReason, Conn, ConnEnv, RemoveHook};
 use crate::options::{Backpressure, ConnOptions, OutputLimit};
 use crate::server::defaults;
 use crate::stats::{IoCounters, LoopStats};
@@ -81,7 +81,9 @@ impl ClientBuilder {
     /// Fails an attempt that has not connected within `timeout` (default: the kernel's,
     /// about two minutes for an address that does not answer).
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
-        self.connect_timeout = Some(timeout).filter(|t| !t.is_zero());
+        // At most a day: a deadline past what `Instant` can hold would overflow.
+        self.connect_timeout =
+            Some(timeout.min(Duration::from_secs(86_400))).filter(|t| !t.is_zero());
         self
     }
     /// Called after each failed connect attempt, with the error and whether the client
@@ -211,6 +213,8 @@ impl ClientBuilder {
                 phase: Phase::Idle,
                 delay: self.retry_initial,
                 failures: 0,
+                ending: false,
+                connect_after_close: false,
             }),
         });
         let client = TcpClient { inner };
@@ -256,6 +260,11 @@ struct State {
     delay: Duration,
     /// Failed attempts in a row.
     failures: u32,
+    /// `disconnect` or `stop` asked the current connection to end.
+    ending: bool,
+    /// `connect` was called while that connection was ending: connect again once it has
+    /// closed.
+    connect_after_close: bool,
 }
 
 struct Inner {
@@ -397,8 +406,11 @@ impl TcpClient {
         self.inner.counters.snapshot()
     }
 
-    /// Starts connecting (again) if not connected or connecting; the retry delay starts
-    /// over. [`ClientBuilder::connect`] already calls it.
+    /// Starts connecting (again) if not connected or connecting: at once, also when a
+    /// retry was waiting (the retry delay starts over). Called after
+    /// [`disconnect`](TcpClient::disconnect) or [`stop`](TcpClient::stop), it connects
+    /// again once the old connection has closed. [`ClientBuilder::connect`] already calls
+    /// it.
     pub fn connect(&self) {
         let inner = self.inner.clone();
         {
@@ -428,6 +440,7 @@ impl TcpClient {
             let mut st = self.inner.state.lock();
             st.wanted = false;
             st.draining = true;
+            st.ending = true;
         }
         let inner = self.inner.clone();
         let _ = self.inner.lp.run_in_loop(move |lp| {
@@ -449,6 +462,7 @@ impl TcpClient {
             let mut st = self.inner.state.lock();
             st.wanted = false;
             st.draining = false;
+            st.ending = true;
         }
         let inner = self.inner.clone();
         let _ = self.inner.lp.run_in_loop(move |lp| {
@@ -458,7 +472,13 @@ impl TcpClient {
                 _ => None,
             };
             if let Some(conn) = conn {
-                let _ = conn.force_close();
+                // Closed here and now, so that a `connect` queued after this `stop`
+                // finds the client idle.
+                Conn::close_now(lp, &conn, CloseReason::User);
+                if !conn.is_closed() {
+                    // Its own callback is running further up the stack: queue it.
+                    let _ = conn.force_close();
+                }
             }
         });
     }
@@ -521,9 +541,24 @@ fn cancel_attempt(lp: &mut EventLoop, inner: &Arc<Inner>) {
 /// Begins a connect attempt if one is wanted and nothing is in progress (on the loop).
 fn start(lp: &mut EventLoop, inner: &Arc<Inner>) {
     {
-        let st = inner.state.lock();
-        if !st.wanted || !matches!(st.phase, Phase::Idle) {
+        let mut st = inner.state.lock();
+        if !st.wanted {
             return;
+        }
+        match st.phase {
+            Phase::Idle => {}
+            Phase::Waiting(timer) => {
+                // `connect` while a retry waits: now, not at the end of the delay.
+                st.phase = Phase::Idle;
+                lp.cancel(timer);
+            }
+            Phase::Connected(_) => {
+                if st.ending {
+                    st.connect_after_close = true;
+                }
+                return;
+            }
+            Phase::Connecting(..) => return,
         }
     }
     inner.attempts.fetch_add(1, Ordering::Relaxed);
@@ -652,10 +687,14 @@ fn retry(lp: &mut EventLoop, inner: &Arc<Inner>, why: &str) {
 fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     let (local, peer) = match (socket.local_addr(), socket.peer_addr()) {
         (Ok(l), Ok(p)) => (l.as_socket(), p.as_socket()),
-        (Err(e), _) | (_, Err(e)) => return retry(lp, inner, &e.to_string()),
+        (Err(e), _) | (_, Err(e)) => return failed(lp, inner, e),
     };
     let (Some(local), Some(peer)) = (local, peer) else {
-        return retry(lp, inner, "not an inet socket");
+        return failed(
+            lp,
+            inner,
+            io::Error::new(io::ErrorKind::Unsupported, "not an inet socket"),
+        );
     };
     if local == peer {
         drop(socket);
@@ -679,6 +718,8 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         st.phase = Phase::Connected(handle.clone());
         st.delay = inner.retry_initial;
         st.failures = 0;
+        st.ending = false;
+        st.connect_after_close = false;
     }
     let weak = Arc::downgrade(inner);
     let hook: RemoveHook = Arc::new(move |conn: &TcpConnection| {
@@ -696,20 +737,27 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     let establish = Conn::establish(lp, socket, handle, env);
     if let Err(e) = establish {
         log::warn!("client {}: cannot register the connection: {e}", inner.name);
+        // The remove hook has set the client idle: count it as a failed attempt.
+        return failed(lp, inner, e);
     }
 }
 
 /// The connection closed (on the loop, from inside its handler): forget it and, if
 /// asked to, reconnect.
 fn closed(inner: &Arc<Inner>, conn: &TcpConnection) {
-    let again = {
+    let (now, again) = {
         let mut st = inner.state.lock();
         if matches!(&st.phase, Phase::Connected(c) if c.id() == conn.id()) {
             st.phase = Phase::Idle;
         }
-        st.wanted && inner.reconnect
+        let now = std::mem::take(&mut st.connect_after_close) && st.wanted;
+        (now, st.wanted && inner.reconnect)
     };
-    if again {
+    if now {
+        let me = inner.clone();
+        // Queued: the closing connection's handler is still on the stack.
+        let _ = inner.lp.run_in_loop(move |lp| start(lp, &me));
+    } else if again {
         log::info!("client {}: connection closed; reconnecting", inner.name);
         let me = inner.clone();
         // Queued: the closing connection's handler is still on the stack.
@@ -755,7 +803,7 @@ impl Connecting {
         // returns; the connection registers its own descriptor for the same socket.
         let fd = match ch.fd().try_clone_to_owned() {
             Ok(fd) => fd,
-            Err(e) => return retry(lp, &inner, &format!("dup: {e}")),
+            Err(e) => return failed(lp, &inner, e),
         };
         connected(lp, &inner, Socket::from(fd));
     }

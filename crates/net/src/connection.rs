@@ -229,9 +229,9 @@ struct Shared {
 /// queued methods would instead act after the current batch of events. Mixing the two for
 /// the same connection can reorder data; keep to one.
 ///
-/// [`stop_reading`](TcpConnection::stop_reading) takes effect at once from any thread:
-/// no message callback starts after it returns (one the loop had already begun
-/// finishes), even in the middle of a large read.
+/// [`stop_reading`](TcpConnection::stop_reading) takes effect at once from any thread,
+/// even in the middle of a large read (only a message callback the loop had already
+/// decided to run may still start).
 ///
 /// [`send`]: TcpConnection::send
 /// [`shutdown`]: TcpConnection::shutdown
@@ -546,10 +546,10 @@ impl TcpConnection {
     /// Stops reading from the socket: the peer's data (and its end of stream) wait in the
     /// kernel, and the peer is slowed by TCP flow control once the kernel's buffer fills.
     ///
-    /// Takes effect at once, from any thread: no message callback of this connection
-    /// starts after this returns (one the loop had already begun finishes), even in the
-    /// middle of a large read; bytes the loop was reading at that moment are kept and
-    /// delivered after [`start_reading`](TcpConnection::start_reading). Nothing is lost while paused: if the peer closes or resets meanwhile,
+    /// Takes effect at once, from any thread, even in the middle of a large read: once
+    /// this returns, the only message callback that may still start is one the loop had
+    /// already decided to run at that instant; bytes the loop was reading at that moment
+    /// are kept and delivered after [`start_reading`](TcpConnection::start_reading). Nothing is lost while paused: if the peer closes or resets meanwhile,
     /// the connection stays open (for reading only) until
     /// [`start_reading`](TcpConnection::start_reading), delivers what the peer sent, and
     /// then closes. A connection that is never resumed is only closed by an idle timeout
@@ -772,6 +772,11 @@ impl Conn {
         let token = match lp.add_channel(socket, interest, conn) {
             Ok(t) => t,
             Err(e) => {
+                handle
+                    .shared
+                    .close_reason
+                    .lock()
+                    .get_or_insert(CloseReason::Error(e.error.kind()));
                 handle.set_state(ConnState::Disconnected);
                 if let Some(hook) = hook {
                     hook(&handle);
@@ -1056,13 +1061,11 @@ impl Handler for Conn {
             }
         };
         self.io.error.get_or_insert(kind);
-        if !ch.ready().is_hup() {
-            // An error on a connection that is not over: its state is unknown; close.
-            self.io.close(lp, ch, CloseReason::Error(kind));
-            return;
-        }
-        // The connection is over. Nothing more can be sent; the peer's last bytes are read
-        // next (readable) or kept until reading resumes (`handle_close`).
+        // A pending socket error ends a TCP connection (a reset, a retransmission or
+        // keepalive timeout); the hang-up may be reported with it or just after it (the
+        // kernel sets the error first). Nothing more can be sent; the peer's last bytes are
+        // read next (readable) or kept until reading resumes (`handle_close`, on the
+        // hang-up).
         self.io.write_side_gone(lp, ch);
     }
 }
@@ -1170,7 +1173,25 @@ impl ConnIo {
             return;
         }
         self.paused_by_backpressure = false;
+        self.reading_changed(lp, ch);
+    }
+
+    /// Applies the read state to the channel after something may have lifted a pause;
+    /// input held back by the pause is delivered right after the current callback (not
+    /// from inside it). No epoll event would announce it: those bytes already left the
+    /// kernel. Every path that can turn reading back on goes through here.
+    fn reading_changed(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         self.sync_reading(ch);
+        if self.held_input && self.wants_reading() {
+            let token = ch.token();
+            lp.queue_in_loop(move |lp| {
+                lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
+                    if conn.io.held_input {
+                        conn.read_ready(lp, ch, true);
+                    }
+                });
+            });
+        }
     }
 
     /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
@@ -1314,14 +1335,14 @@ impl ConnIo {
                     }
                     if self.output.is_empty() {
                         ch.disable_writing();
-                        self.resume_if_drained(ch);
+                        self.resume_if_drained(lp, ch);
                         self.write_complete(lp, ch);
                         if self.state() == ConnState::Disconnecting {
                             self.finish_disconnect(lp, ch);
                         }
                         return;
                     }
-                    self.resume_if_drained(ch);
+                    self.resume_if_drained(lp, ch);
                     if !self.env.opts.edge_triggered {
                         return;
                     }
@@ -1335,10 +1356,10 @@ impl ConnIo {
         }
     }
 
-    fn resume_if_drained(&mut self, ch: &mut Channel) {
+    fn resume_if_drained(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         if self.paused_by_backpressure && self.output.len() <= self.env.opts.low_water {
             self.paused_by_backpressure = false;
-            self.sync_reading(ch);
+            self.reading_changed(lp, ch);
         }
     }
 
@@ -1534,20 +1555,9 @@ impl ConnCtx<'_> {
         self.resume_reading();
     }
 
-    /// Applies the read state to the channel; input held back by a pause is delivered
-    /// right after the current callback (not from inside it).
+    /// Applies the read state to the channel (see [`ConnIo::reading_changed`]).
     fn resume_reading(&mut self) {
-        self.io.sync_reading(self.ch);
-        if self.io.held_input && self.io.wants_reading() {
-            let token = self.ch.token();
-            self.lp.queue_in_loop(move |lp| {
-                lp.with_handler::<Conn, _>(token, |lp, ch, conn| {
-                    if conn.io.held_input {
-                        conn.read_ready(lp, ch, true);
-                    }
-                });
-            });
-        }
+        self.io.reading_changed(self.lp, self.ch);
     }
 
     /// Marks the connection active now for the idle timeout. Servers built with

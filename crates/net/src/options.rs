@@ -23,7 +23,9 @@ pub enum Backpressure {
     /// and can deadlock it. The application pauses the source instead
     /// ([`TcpConnection::stop_reading`](crate::TcpConnection::stop_reading) from
     /// `on_high_water_mark`, `start_reading` from `on_write_complete`), or bounds the
-    /// buffer with an [`OutputLimit`].
+    /// buffer with an [`OutputLimit`]. Write-complete does not run when the output is
+    /// dropped because this connection's peer went away: resume or close the source from
+    /// this connection's close (or "down") callback too.
     Notify,
 }
 

@@ -2329,3 +2329,93 @@ fn close_reason_shutdown_at_the_deadline() {
     assert_eq!(conn.close_reason(), Some(CloseReason::Shutdown));
     drop(c);
 }
+
+// ---------------------------------------------------------------------------------------
+// Found in review
+// ---------------------------------------------------------------------------------------
+
+/// Input held back because `stop_reading` landed during a read must be delivered however
+/// reading comes back: here `start_reading` runs while backpressure still pauses the
+/// connection, and it is the output draining that turns reading back on. No epoll event
+/// announces the held bytes (they already left the kernel) and the peer sends nothing
+/// more until it gets a reply: before the fix the request sat in the input buffer for
+/// good (a one-byte nudge from the peer delivered it at once).
+#[test]
+fn held_input_is_delivered_when_backpressure_lifts_the_pause() {
+    init_log();
+    const REQ: usize = 1000;
+    const REPLY: usize = 16 << 20;
+    const CYCLES: usize = 100;
+    let received = Arc::new(AtomicUsize::new(0));
+    let conns = Conns::default();
+    let (r2, c2) = (received.clone(), conns.clone());
+    let server = TestServer::start(move || {
+        TcpServer::builder("held", localhost())
+            .io_threads(1)
+            .water_marks(64 << 10, 32 << 10)
+            .on_connection(move |c| c2.on_connection(c))
+            .on_message(move |_, input| {
+                r2.fetch_add(input.len(), Ordering::SeqCst);
+                input.consume_all();
+            })
+    });
+    let mut client = connect_small_rcvbuf(server.addr());
+    let x = conns.for_peer(client.local_addr().unwrap());
+    let mut rng = Rng::new(7);
+    let request = vec![7u8; REQ];
+    let mut reply = vec![0u8; REPLY];
+    let big: Arc<[u8]> = vec![1u8; REPLY].into();
+    for cycle in 0..CYCLES {
+        let want = (cycle + 1) * REQ;
+        client.write_all(&request).unwrap();
+        // A varying moment, so that the stop sometimes lands during the loop's read.
+        let spin = Duration::from_micros(rng.range(0, 120) as u64);
+        let t = Instant::now();
+        while t.elapsed() < spin {}
+        x.stop_reading().unwrap();
+        x.send_shared(big.clone()).unwrap(); // above the high-water mark: paused
+        x.start_reading().unwrap(); // the user pause is over, backpressure's is not
+        client.read_exact(&mut reply).unwrap(); // draining lifts backpressure's pause
+        wait_until("the request delivered", || {
+            received.load(Ordering::SeqCst) >= want
+        });
+        assert_eq!(received.load(Ordering::SeqCst), want, "cycle {cycle}");
+    }
+    drop(client);
+    server.stop();
+}
+
+/// `stop()` then `connect()` on a connected client ends connected: the stop closes the
+/// old connection before the new attempt looks at the client's state (it used to find it
+/// still connected, do nothing, and leave the client idle for good).
+#[test]
+fn client_stop_then_connect_connects_again() {
+    init_log();
+    let server = TestServer::start(|| TcpServer::builder("sink", localhost()).io_threads(1));
+    let lp = EventLoopThread::spawn("client", None).unwrap();
+    let client = TcpClient::builder("again", server.addr())
+        .retry_backoff(Duration::from_millis(10), Duration::from_millis(10))
+        .connect(lp.handle());
+    wait_until("connected", || client.connection().is_some());
+    let first = client.connection().unwrap();
+    client.stop();
+    client.connect();
+    wait_until("connected again", || {
+        client
+            .connection()
+            .is_some_and(|c| c.is_connected() && c.id() != first.id())
+    });
+    assert_eq!(first.close_reason(), Some(CloseReason::User));
+    // And after a graceful disconnect, too.
+    let second = client.connection().unwrap();
+    client.disconnect();
+    client.connect();
+    wait_until("connected after disconnect", || {
+        client
+            .connection()
+            .is_some_and(|c| c.is_connected() && c.id() != second.id())
+    });
+    drop(client);
+    lp.stop().unwrap();
+    server.stop();
+}
