@@ -738,7 +738,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     if let Err(e) = establish {
         log::warn!("client {}: cannot register the connection: {e}", inner.name);
         // The remove hook has set the client idle: count it as a failed attempt.
-        return failed(lp, inner, e);
+        failed(lp, inner, e);
     }
 }
 
