@@ -841,7 +841,7 @@ impl Conn {
             self.io.sync_reading(ch);
             return;
         }
-        if std::mem::take(&mut self.io.held_input) && !self.deliver_held(lp, ch) {
+        if std::mem::take(&mut self.io.held_input) && !self.deliver_and_settle(lp, ch) {
             return;
         }
         loop {
@@ -862,23 +862,7 @@ impl Conn {
                         self.hold_input(lp, ch);
                         return;
                     }
-                    self.deliver(lp, ch);
-                    // Bytes the callback left in the thread's read area move to a block
-                    // (usually there are none: nothing is copied).
-                    if let Err(e) = self.input.settle() {
-                        log::error!(
-                            "{}: cannot keep unparsed input: {e}; closing",
-                            self.io.handle.name()
-                        );
-                        self.io.close(lp, ch, CloseReason::OutOfMemory);
-                        return;
-                    }
-                    if ch.is_removed() || self.io.state() == ConnState::Disconnected {
-                        return;
-                    }
-                    // A pause asked for during the callback (through the handle too).
-                    self.io.sync_reading(ch);
-                    if !ch.is_reading() || !self.io.env.opts.edge_triggered {
+                    if !self.deliver_and_settle(lp, ch) || !self.io.env.opts.edge_triggered {
                         return;
                     }
                     // A short read means the socket is drained, and saves the read that
@@ -927,34 +911,41 @@ impl Conn {
     /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
     fn hold_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         self.io.held_input = true;
-        if let Err(e) = self.input.settle() {
-            log::error!(
-                "{}: cannot keep unparsed input: {e}; closing",
-                self.io.handle.name()
-            );
-            self.io.close(lp, ch, CloseReason::OutOfMemory);
-            return;
+        if self.settle_input(lp, ch) {
+            self.io.sync_reading(ch);
         }
-        self.io.sync_reading(ch);
     }
 
-    /// Delivers input held while reading was paused; false if the connection closed or
-    /// paused again meanwhile (stop reading for now).
-    fn deliver_held(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+    /// Hands the input to the message callback, keeps what it left, and applies a pause it
+    /// asked for (through its `ConnCtx` or a handle). True if the connection is still open
+    /// and reading.
+    fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
         self.deliver(lp, ch);
-        if let Err(e) = self.input.settle() {
-            log::error!(
-                "{}: cannot keep unparsed input: {e}; closing",
-                self.io.handle.name()
-            );
-            self.io.close(lp, ch, CloseReason::OutOfMemory);
-            return false;
-        }
-        if ch.is_removed() || self.io.state() == ConnState::Disconnected {
+        if !self.settle_input(lp, ch)
+            || ch.is_removed()
+            || self.io.state() == ConnState::Disconnected
+        {
             return false;
         }
         self.io.sync_reading(ch);
         ch.is_reading()
+    }
+
+    /// Moves bytes a callback left in the thread's read area to a block of their own
+    /// (usually there are none: nothing is copied); false if that failed and the
+    /// connection was closed.
+    fn settle_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        match self.input.settle() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "{}: cannot keep unparsed input: {e}; closing",
+                    self.io.handle.name()
+                );
+                self.io.close(lp, ch, CloseReason::OutOfMemory);
+                false
+            }
+        }
     }
 
     /// Queues the rest of an edge-triggered read for after the other events of this

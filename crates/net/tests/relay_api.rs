@@ -1744,12 +1744,8 @@ fn write_complete_runs_only_with_the_output_empty() {
     });
     let mut c = connect_small_rcvbuf(server.addr());
     c.write_all(b"go").unwrap();
-    thread::sleep(Duration::from_millis(300));
-    assert_eq!(
-        *seen.lock().unwrap(),
-        Vec::<usize>::new(),
-        "write-complete ran while 16 MiB were queued"
-    );
+    // Any call made while the 16 MiB were queued is recorded with its output length, so
+    // the single `[0]` below is the whole check: no need to watch the queued phase.
     let got = read_n(&mut c, 5 + (16 << 20));
     assert_eq!(&got[..5], b"small");
     wait_until("the write-complete call", || {
