@@ -14,7 +14,7 @@
 //!    `NOT_AUTHENTICATED`) right away, and stops at the first that does: it submits a job
 //!    and marks the session busy;
 //! 3. the job runs on a worker and finishes by queueing its reply onto the connection's
-//!    loop (`TcpConnection::run_in_loop`), which sends it, updates the session (a login),
+//!    loop (`TcpConnection::queue_in_loop`), which sends it, updates the session (a login),
 //!    clears `busy` and calls `pump` again.
 //!
 //! So every reply is written by the loop, in queue order, and a command runs only after the
@@ -196,7 +196,7 @@ impl Responder {
     fn finish(mut self, c: Completion) {
         if let Some((conn, app)) = self.target.take() {
             // Fails only if the connection has closed meanwhile: then nobody is waiting.
-            let _ = conn.run_in_loop(move |ctx| complete(ctx, &app, c));
+            let _ = conn.queue_in_loop(move |ctx| complete(ctx, &app, c));
         }
     }
 }

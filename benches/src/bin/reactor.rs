@@ -1,7 +1,7 @@
 //! Micro-benchmarks of the reactor layer (`duo-reactor`), each on a fresh
 //! [`EventLoopThread`]:
 //!
-//! - cross-thread wake-up: round trip client thread → loop (`LoopHandle::run_in_loop`) →
+//! - cross-thread wake-up: round trip client thread → loop (`LoopHandle::queue_in_loop`) →
 //!   client thread, p50/p99/max in µs, with the client parked (futex) or spinning;
 //! - timers: schedule then cancel 1 000 000 timers on the loop thread (pairs/s), and
 //!   100 000 timers spread over 100 ms that all fire (timers/s, early and late firings);
@@ -211,7 +211,7 @@ fn wakeup_rep(plan: &Plan, wait: Wait) -> io::Result<(Vec<Duration>, LoopMetrics
         for round in 1..=total {
             let (flag, client) = (answered.clone(), me.clone());
             let start = Instant::now();
-            handle.run_in_loop(move |_| {
+            handle.queue_in_loop(move |_| {
                 flag.store(round, Ordering::Release);
                 if wait == Wait::Park {
                     client.unpark();
@@ -305,7 +305,7 @@ enum Pattern {
 fn timer_cancel_rep(n: usize, pattern: Pattern) -> io::Result<(Duration, usize)> {
     let (result, _) = with_loop("bench-timers", |handle| {
         let (tx, rx) = mpsc::channel();
-        handle.run_in_loop(move |lp: &mut EventLoop| {
+        handle.queue_in_loop(move |lp: &mut EventLoop| {
             let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
             let delays: Vec<Duration> = (0..n)
                 .map(|_| Duration::from_secs(60) + Duration::from_micros(rng.next() % 60_000_000))
@@ -400,7 +400,7 @@ fn timer_fire_rep(plan: &Plan) -> io::Result<FireResult> {
         with_loop("bench-timers", |handle| {
             let (tx, rx) = mpsc::channel();
             let (stx, srx) = mpsc::channel();
-            handle.run_in_loop(move |lp: &mut EventLoop| {
+            handle.queue_in_loop(move |lp: &mut EventLoop| {
                 let state = Rc::new(std::cell::RefCell::new(FireState {
                     fired: 0,
                     early: 0,

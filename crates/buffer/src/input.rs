@@ -224,11 +224,6 @@ impl InputBuffer {
         self.release_spill();
     }
 
-    /// Same as [`consume_all`](InputBuffer::consume_all).
-    pub fn clear(&mut self) {
-        self.consume_all();
-    }
-
     /// Moves bytes that a read left in the thread's spill area into a pooled block, and
     /// gives the spill area back to the thread.
     ///

@@ -308,7 +308,7 @@ fn append_respects_max_len_and_grows_by_class() {
         buf.read_with(|_| unreachable!("a full buffer must not read")),
         Err(BufferError::Full { .. })
     ));
-    buf.clear();
+    buf.consume_all();
     assert_eq!(buf.capacity(), 0);
     assert_eq!(pool.stats().in_use_blocks(), 0);
     assert_eq!(

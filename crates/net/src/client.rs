@@ -421,7 +421,7 @@ impl TcpClient {
             st.failures = 0;
         }
         let me = inner.clone();
-        if inner.lp.run_in_loop(move |lp| start(lp, &me)).is_err() {
+        if inner.lp.queue_in_loop(move |lp| start(lp, &me)).is_err() {
             log::warn!("client {}: loop is gone; cannot connect", inner.name);
         }
     }
@@ -443,7 +443,7 @@ impl TcpClient {
             st.ending = true;
         }
         let inner = self.inner.clone();
-        let _ = self.inner.lp.run_in_loop(move |lp| {
+        let _ = self.inner.lp.queue_in_loop(move |lp| {
             cancel_attempt(lp, &inner);
             let conn = match &inner.state.lock().phase {
                 Phase::Connected(c) => Some(c.clone()),
@@ -465,7 +465,7 @@ impl TcpClient {
             st.ending = true;
         }
         let inner = self.inner.clone();
-        let _ = self.inner.lp.run_in_loop(move |lp| {
+        let _ = self.inner.lp.queue_in_loop(move |lp| {
             cancel_attempt(lp, &inner);
             let conn = match &inner.state.lock().phase {
                 Phase::Connected(c) => Some(c.clone()),
@@ -494,7 +494,7 @@ impl Drop for TcpClient {
             let _ = self
                 .inner
                 .lp
-                .run_in_loop(move |lp| cancel_attempt(lp, &inner));
+                .queue_in_loop(move |lp| cancel_attempt(lp, &inner));
         } else {
             self.stop();
         }
@@ -756,12 +756,12 @@ fn closed(inner: &Arc<Inner>, conn: &TcpConnection) {
     if now {
         let me = inner.clone();
         // Queued: the closing connection's handler is still on the stack.
-        let _ = inner.lp.run_in_loop(move |lp| start(lp, &me));
+        let _ = inner.lp.queue_in_loop(move |lp| start(lp, &me));
     } else if again {
         log::info!("client {}: connection closed; reconnecting", inner.name);
         let me = inner.clone();
         // Queued: the closing connection's handler is still on the stack.
-        let _ = inner.lp.run_in_loop(move |lp| {
+        let _ = inner.lp.queue_in_loop(move |lp| {
             if matches!(me.state.lock().phase, Phase::Idle) {
                 retry(lp, &me, "connection closed");
             }

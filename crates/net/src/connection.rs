@@ -122,7 +122,7 @@ pub enum CtxUnavailable {
     #[error("connection is closed")]
     Closed,
     /// The connection belongs to another loop (thread): use a queued method
-    /// ([`TcpConnection::run_in_loop`], [`TcpConnection::send`]) instead.
+    /// ([`TcpConnection::queue_in_loop`], [`TcpConnection::send`]) instead.
     #[error("connection lives on another loop")]
     OtherLoop,
     /// One of the connection's own callbacks is running further up this thread's stack
@@ -407,7 +407,7 @@ impl TcpConnection {
     /// is dropped without running. If it panics, the connection is closed (like a panic in
     /// any callback) and the loop goes on. To act at once from a callback on the same
     /// loop, use [`with_ctx`](TcpConnection::with_ctx).
-    pub fn run_in_loop(
+    pub fn queue_in_loop(
         &self,
         f: impl FnOnce(&mut ConnCtx<'_>) + Send + 'static,
     ) -> Result<(), ConnectionClosed> {
@@ -417,7 +417,7 @@ impl TcpConnection {
         let shared = self.shared.clone();
         self.shared
             .lp
-            .run_in_loop(move |lp| {
+            .queue_in_loop(move |lp| {
                 let Some(&token) = shared.token.get() else {
                     return;
                 };
@@ -474,7 +474,7 @@ impl TcpConnection {
             return Err(ConnectionClosed);
         }
         let data = data.into();
-        self.run_in_loop(move |ctx| {
+        self.queue_in_loop(move |ctx| {
             ctx.send(&data);
         })
     }
@@ -486,7 +486,7 @@ impl TcpConnection {
         if !self.is_connected() {
             return Err(ConnectionClosed);
         }
-        self.run_in_loop(move |ctx| {
+        self.queue_in_loop(move |ctx| {
             ctx.send_shared(data);
         })
     }
@@ -494,7 +494,7 @@ impl TcpConnection {
     /// Half-closes: once everything queued is written, shuts down the writing side. The
     /// connection closes when the peer closes its side.
     pub fn shutdown(&self) -> Result<(), ConnectionClosed> {
-        self.run_in_loop(|ctx| ctx.shutdown())
+        self.queue_in_loop(|ctx| ctx.shutdown())
     }
 
     /// Closes the connection now, dropping unsent output (reason [`CloseReason::User`]).
@@ -504,13 +504,13 @@ impl TcpConnection {
 
     /// Closes the connection now with `reason`.
     pub(crate) fn close_with(&self, reason: CloseReason) -> Result<(), ConnectionClosed> {
-        self.run_in_loop(move |ctx| ctx.io.close(ctx.lp, ctx.ch, reason))
+        self.queue_in_loop(move |ctx| ctx.io.close(ctx.lp, ctx.ch, reason))
     }
 
     /// Stops reading and closes once everything queued before this call is written
     /// (see [`ConnCtx::close_after_flush`]).
     pub fn close_after_flush(&self) -> Result<(), ConnectionClosed> {
-        self.run_in_loop(|ctx| ctx.close_after_flush())
+        self.queue_in_loop(|ctx| ctx.close_after_flush())
     }
 
     /// Closes the connection after `delay` unless it closed meanwhile.
@@ -527,7 +527,7 @@ impl TcpConnection {
 
     /// Sets `TCP_NODELAY` (disables Nagle's algorithm) on the loop; errors are logged.
     pub fn set_tcp_nodelay(&self, on: bool) -> Result<(), ConnectionClosed> {
-        self.run_in_loop(move |ctx| {
+        self.queue_in_loop(move |ctx| {
             if let Err(e) = ctx.set_tcp_nodelay(on) {
                 log::warn!("{}: TCP_NODELAY: {e}", ctx.connection().name());
             }
@@ -536,7 +536,7 @@ impl TcpConnection {
 
     /// Enables or disables `SO_KEEPALIVE` on the loop; errors are logged.
     pub fn set_keepalive(&self, on: bool) -> Result<(), ConnectionClosed> {
-        self.run_in_loop(move |ctx| {
+        self.queue_in_loop(move |ctx| {
             if let Err(e) = ctx.set_keepalive(on) {
                 log::warn!("{}: SO_KEEPALIVE: {e}", ctx.connection().name());
             }
@@ -559,7 +559,7 @@ impl TcpConnection {
             return Err(ConnectionClosed);
         }
         self.shared.read_paused.store(true, Ordering::Release);
-        self.run_in_loop(|ctx| ctx.io.sync_reading(ctx.ch))
+        self.queue_in_loop(|ctx| ctx.io.sync_reading(ctx.ch))
     }
 
     /// Resumes reading after [`stop_reading`](TcpConnection::stop_reading) (unless the
@@ -569,7 +569,7 @@ impl TcpConnection {
             return Err(ConnectionClosed);
         }
         self.shared.read_paused.store(false, Ordering::Release);
-        self.run_in_loop(|ctx| ctx.resume_reading())
+        self.queue_in_loop(|ctx| ctx.resume_reading())
     }
 
     /// Whether the application paused reading ([`stop_reading`](TcpConnection::stop_reading)).
@@ -664,7 +664,7 @@ impl ServerConnections {
         let id = self.link.id;
         for lp in &self.link.loops {
             let f = f.clone();
-            let _ = lp.run_in_loop(move |lp| Conn::for_each_on_loop(lp, id, &*f));
+            let _ = lp.queue_in_loop(move |lp| Conn::for_each_on_loop(lp, id, &*f));
         }
     }
 
@@ -1445,7 +1445,7 @@ impl ConnIo {
 }
 
 /// A connection's loop-side context, given to callbacks (and to
-/// [`TcpConnection::run_in_loop`] and [`TcpConnection::with_ctx`]). Its methods act at
+/// [`TcpConnection::queue_in_loop`] and [`TcpConnection::with_ctx`]). Its methods act at
 /// once, on the loop thread.
 pub struct ConnCtx<'a> {
     io: &'a mut ConnIo,

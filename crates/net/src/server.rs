@@ -271,7 +271,7 @@ impl ServerBuilder {
                 if h.is_in_loop_thread() {
                     IdleWheels::install(main, id, timeout);
                 } else {
-                    h.run_in_loop(move |lp| IdleWheels::install(lp, id, timeout))
+                    h.queue_in_loop(move |lp| IdleWheels::install(lp, id, timeout))
                         .map_err(io::Error::from)?;
                 }
             }
@@ -283,7 +283,7 @@ impl ServerBuilder {
                     shared.trims_main.store(true, Ordering::SeqCst);
                 } else {
                     // The server's own I/O threads: the timer ends with the loop.
-                    h.run_in_loop(move |lp| trim::install(lp, interval))
+                    h.queue_in_loop(move |lp| trim::install(lp, interval))
                         .map_err(io::Error::from)?;
                 }
             }
@@ -419,7 +419,7 @@ fn new_connection_handler(
                 log::warn!("{}: cannot register {peer}: {e}", shared.name);
             }
         } else {
-            let queued = target.run_in_loop(move |lp| {
+            let queued = target.queue_in_loop(move |lp| {
                 if let Err(e) = Conn::establish(lp, socket, handle, env) {
                     log::warn!("cannot register {peer}: {e}");
                 }
@@ -437,7 +437,7 @@ fn remove_hook(shared: &Arc<ServerShared>) -> RemoveHook {
     Arc::new(move |conn: &TcpConnection| {
         let id = conn.id();
         let s = shared.clone();
-        let _ = shared.main.run_in_loop(move |lp| {
+        let _ = shared.main.queue_in_loop(move |lp| {
             if Registries::remove(lp, s.id, id) {
                 AcceptCounters::bump(&s.counters.closed);
             }
@@ -688,7 +688,7 @@ impl TcpServer {
         let _ = self
             .shared
             .main
-            .run_in_loop(move |lp| stop_on_main(lp, &shared));
+            .queue_in_loop(move |lp| stop_on_main(lp, &shared));
         if let Err(e) = self.pool.stop() {
             log::error!("server {}: {e}", self.shared.name);
         }
@@ -733,7 +733,7 @@ fn stop_accepting(shared: &Arc<ServerShared>) {
     let Some(token) = shared.acceptor.lock().take() else {
         return;
     };
-    let _ = shared.main.run_in_loop(move |lp| {
+    let _ = shared.main.queue_in_loop(move |lp| {
         lp.remove_channel(token);
     });
 }
@@ -746,7 +746,7 @@ fn shutdown(
     stop_accepting(shared);
     let first = !shared.shutdown_begun.swap(true, Ordering::SeqCst);
     let s = shared.clone();
-    let queued = shared.main.run_in_loop(move |lp| {
+    let queued = shared.main.queue_in_loop(move |lp| {
         if !first {
             // Already shutting down (connections told, deadline set): wait along.
             Registries::when_empty(lp, s.id, then);
@@ -759,7 +759,7 @@ fn shutdown(
             conns.len()
         );
         for c in &conns {
-            let _ = c.run_in_loop(|ctx| ctx.begin_shutdown());
+            let _ = c.queue_in_loop(|ctx| ctx.begin_shutdown());
         }
         if !conns.is_empty() {
             let id = s.id;

@@ -336,7 +336,7 @@ fn output_limit_close_drops_the_slow_reader_only() {
         for (i, conn) in [&fast_conn, &slow_conn].into_iter().enumerate() {
             let chunk = stream_bytes(&pattern, offset[i], CHUNK);
             let refused = refused[i].clone();
-            let queued = conn.run_in_loop(move |ctx| {
+            let queued = conn.queue_in_loop(move |ctx| {
                 if !ctx.send(&chunk) {
                     refused.fetch_add(1, Ordering::SeqCst);
                 }
@@ -358,7 +358,7 @@ fn output_limit_close_drops_the_slow_reader_only() {
     // Everything queued to the fast connection has run (one FIFO per loop).
     let (done_tx, done_rx) = mpsc::channel();
     fast_conn
-        .run_in_loop(move |ctx| {
+        .queue_in_loop(move |ctx| {
             let _ = done_tx.send(ctx.output_len());
         })
         .expect("the fast connection is open");
@@ -432,7 +432,7 @@ fn send_batch(
     sizes: impl Fn(u32) -> usize + Send + 'static,
 ) -> (Vec<Sent>, usize) {
     let (tx, rx) = mpsc::channel();
-    conn.run_in_loop(move |ctx| {
+    conn.queue_in_loop(move |ctx| {
         let mut sent = Vec::new();
         for seq in seqs {
             let msg = framed(seq, sizes(seq));
@@ -665,7 +665,7 @@ fn with_ctx_reaches_another_connection_of_the_same_loop_at_once() {
     let (otx, orx) = mpsc::channel();
     let b2 = b_conn.clone();
     lp.handle()
-        .run_in_loop(move |lp| {
+        .queue_in_loop(move |lp| {
             let _ = otx.send(b2.with_ctx(lp, |bctx| bctx.output_len()));
         })
         .unwrap();
@@ -1161,7 +1161,7 @@ fn read_budget_lets_another_connection_through_a_flood() {
     // Resume F (through with_ctx: its interest is applied first), then S.
     let f2 = f_conn.clone();
     s_conn
-        .run_in_loop(move |sctx| {
+        .queue_in_loop(move |sctx| {
             f2.with_ctx(sctx.event_loop(), |fctx| fctx.start_reading())
                 .expect("F is on S's loop");
             sctx.start_reading();
@@ -2055,7 +2055,7 @@ fn client_with_queued_output(
     let conn = conn.unwrap();
     conn.send(data.to_vec()).expect("connected");
     let (tx, rx) = mpsc::channel();
-    conn.run_in_loop(move |ctx| {
+    conn.queue_in_loop(move |ctx| {
         let _ = tx.send(ctx.output_len());
     })
     .unwrap();

@@ -236,7 +236,7 @@ fn send_from_worker_after_peer_left_is_harmless() {
             c.send(&b"LEAK-1"[..]),
             c.shutdown(),
             c.force_close(),
-            c.run_in_loop(|ctx| {
+            c.queue_in_loop(|ctx| {
                 ctx.send(b"LEAK-2");
             }),
         ));
@@ -538,7 +538,7 @@ fn panic_in_message_callback_closes_only_that_connection() {
                 if input.peek().windows(5).any(|w| w == b"later") {
                     // A function run later on the connection's loop (a worker's reply,
                     // say) panics instead.
-                    let _ = ctx.connection().run_in_loop(|_| {
+                    let _ = ctx.connection().queue_in_loop(|_| {
                         panic!("test: function run on the loop panics on purpose")
                     });
                 }
@@ -918,7 +918,7 @@ fn on_shutdown_lets_the_application_send_replies_in_flight() {
                 let release_rx = release_rx.clone();
                 thread::spawn(move || {
                     let _ = release_rx.lock().recv_timeout(LIMIT);
-                    let _ = conn.run_in_loop(move |ctx| {
+                    let _ = conn.queue_in_loop(move |ctx| {
                         ctx.send(&data);
                         let done = ctx
                             .connection()

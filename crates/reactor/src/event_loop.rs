@@ -87,7 +87,7 @@ type LocalTask = Box<dyn FnOnce(&mut EventLoop)>;
 /// let handle = lp.handle();
 /// let worker = std::thread::spawn(move || {
 ///     // From another thread: run a function on the loop, then stop it.
-///     handle.run_in_loop(|lp| println!("on the loop, {} timers", lp.timer_count())).unwrap();
+///     handle.queue_in_loop(|lp| println!("on the loop, {} timers", lp.timer_count())).unwrap();
 ///     handle.run_after(Duration::from_millis(5), |lp| lp.quit()).unwrap();
 /// });
 /// lp.run()?;

@@ -21,7 +21,7 @@ pub type ThreadInit = std::sync::Arc<dyn Fn(&mut EventLoop) + Send + Sync>;
 ///
 /// let thread = EventLoopThread::spawn("io-0", None)?;
 /// let (tx, rx) = std::sync::mpsc::channel();
-/// thread.handle().run_in_loop(move |lp| tx.send(lp.channel_count()).unwrap())?;
+/// thread.handle().queue_in_loop(move |lp| tx.send(lp.channel_count()).unwrap())?;
 /// assert_eq!(rx.recv()?, 0);
 /// thread.stop()?;
 /// # Ok::<(), Box<dyn std::error::Error>>(())

@@ -4,7 +4,7 @@
 //!   runs timers ([`TimerQueue`], one `timerfd`) and functions queued from other threads.
 //!   Confined to the thread that created it; at most one per thread.
 //! - [`LoopHandle`]: the `Send + Sync + Clone` way in from other threads
-//!   (`run_in_loop`, `queue_in_loop`, timers, `quit`, metrics), woken through an `eventfd`
+//!   (`queue_in_loop`, timers, `quit`, metrics), woken through an `eventfd`
 //!   only when needed.
 //! - [`TimingWheel`]: coarse timeouts over many keys (idle connections) in O(1) per refresh.
 //! - [`EventLoopThread`], [`EventLoopThreadPool`]: loops on their own threads, for the

@@ -130,22 +130,14 @@ pub struct LoopHandle {
 }
 
 impl LoopHandle {
-    /// Runs `f` on the loop.
+    /// Queues `f` to run on the loop.
     ///
     /// From another thread this queues `f` and wakes the loop. On the loop thread itself
     /// the loop is already borrowed by whoever called us (a handler, a timer, a queued
     /// function), so a handle cannot run `f` with `&mut EventLoop` right here: it queues `f`
-    /// without a wake-up, and the loop runs it before it next waits for I/O. Code that
-    /// holds `&mut EventLoop` should simply call `f(lp)`: that is "run in loop" at once.
-    pub fn run_in_loop(
-        &self,
-        f: impl FnOnce(&mut EventLoop) + Send + 'static,
-    ) -> Result<(), LoopClosed> {
-        self.shared.push(Box::new(f))
-    }
-
-    /// Queues `f` to run on the loop after the current batch of events, even when called
-    /// on the loop thread.
+    /// without a wake-up, and the loop runs it after the current batch of events, before it
+    /// next waits for I/O. (There is no muduo-style `queue_in_loop`: code that holds
+    /// `&mut EventLoop` runs in the loop already and simply calls `f(lp)`.)
     pub fn queue_in_loop(
         &self,
         f: impl FnOnce(&mut EventLoop) + Send + 'static,

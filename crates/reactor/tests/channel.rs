@@ -261,7 +261,7 @@ fn typed_handler_access_and_cross_thread_reach() {
     let handle = lp.handle();
     let (tx, rx) = std::sync::mpsc::channel();
     let asker = std::thread::spawn(move || {
-        handle.run_in_loop(move |lp| ask(lp, t, tx, 0)).unwrap();
+        handle.queue_in_loop(move |lp| ask(lp, t, tx, 0)).unwrap();
     });
     lp.run().unwrap();
     asker.join().unwrap();

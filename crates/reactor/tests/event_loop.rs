@@ -182,7 +182,7 @@ fn handle_thread_checks() {
     let (tx, rx) = mpsc::channel();
     let h2 = handle.clone();
     handle
-        .run_in_loop(move |_| {
+        .queue_in_loop(move |_| {
             h2.assert_in_loop_thread();
             tx.send(h2.is_in_loop_thread()).unwrap();
         })

@@ -13,7 +13,7 @@ use util::LIMIT;
 /// The thread a loop runs on, asked through its handle.
 fn thread_of(h: &LoopHandle) -> thread::ThreadId {
     let (tx, rx) = mpsc::channel();
-    h.run_in_loop(move |_| tx.send(thread::current().id()).unwrap())
+    h.queue_in_loop(move |_| tx.send(thread::current().id()).unwrap())
         .unwrap();
     rx.recv_timeout(LIMIT).expect("loop answers")
 }
@@ -96,7 +96,7 @@ fn loop_thread_runs_work_and_stops() {
     assert_eq!(t.name(), "worker");
     let (tx, rx) = mpsc::channel();
     t.handle()
-        .run_in_loop(move |_| {
+        .queue_in_loop(move |_| {
             tx.send(thread::current().name().map(str::to_owned))
                 .unwrap()
         })
