@@ -1,37 +1,138 @@
-//! Server counters: [`ServerStats`] and the per-loop byte counters behind it.
+//! Counters: [`ServerStats`], and the per-loop counters behind it ([`LoopStats`]: bytes
+//! moved and connections closed, by [`CloseReason`]).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Bytes moved by one server's connections on one loop. Written only by that loop's
-/// thread (plain load + store, no locked instruction on the hot path), read by anyone.
+use crate::close_reason::CloseReason;
+
+/// Closes by reason, in the order of [`CloseCounts`]' fields.
+const REASONS: usize = 9;
+
+fn slot(reason: CloseReason) -> usize {
+    match reason {
+        CloseReason::Peer => 0,
+        CloseReason::Error(_) => 1,
+        CloseReason::Idle => 2,
+        CloseReason::User => 3,
+        CloseReason::Shutdown => 4,
+        CloseReason::InputTooLarge => 5,
+        CloseReason::OutputLimit => 6,
+        CloseReason::OutOfMemory => 7,
+        CloseReason::Panic => 8,
+    }
+}
+
+/// What one server's (or client's) connections did on one loop. Written only by that
+/// loop's thread (plain load + store, no locked instruction on the hot path), read by
+/// anyone.
 #[derive(Debug, Default)]
 pub(crate) struct IoCounters {
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    closes: [AtomicU64; REASONS],
 }
 
 impl IoCounters {
-    fn add(counter: &AtomicU64, n: usize) {
-        counter.store(
-            counter.load(Ordering::Relaxed) + n as u64,
-            Ordering::Relaxed,
-        );
+    fn add(counter: &AtomicU64, n: u64) {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
     }
     pub(crate) fn add_in(&self, n: usize) {
-        Self::add(&self.bytes_in, n);
+        Self::add(&self.bytes_in, n as u64);
     }
     pub(crate) fn add_out(&self, n: usize) {
-        Self::add(&self.bytes_out, n);
+        Self::add(&self.bytes_out, n as u64);
+    }
+    pub(crate) fn add_close(&self, reason: CloseReason) {
+        Self::add(&self.closes[slot(reason)], 1);
     }
     pub(crate) fn snapshot(&self) -> LoopStats {
+        let c = |r| self.closes[slot(r)].load(Ordering::Relaxed);
         LoopStats {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
+            closes: CloseCounts {
+                peer: c(CloseReason::Peer),
+                error: c(CloseReason::Error(std::io::ErrorKind::Other)),
+                idle: c(CloseReason::Idle),
+                user: c(CloseReason::User),
+                shutdown: c(CloseReason::Shutdown),
+                input_too_large: c(CloseReason::InputTooLarge),
+                output_limit: c(CloseReason::OutputLimit),
+                out_of_memory: c(CloseReason::OutOfMemory),
+                panic: c(CloseReason::Panic),
+            },
         }
     }
 }
 
-/// Connection counters of the acceptor, written only by the main loop.
+/// Connections closed, by [`CloseReason`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CloseCounts {
+    /// [`CloseReason::Peer`].
+    pub peer: u64,
+    /// [`CloseReason::Error`], whatever the error.
+    pub error: u64,
+    /// [`CloseReason::Idle`].
+    pub idle: u64,
+    /// [`CloseReason::User`].
+    pub user: u64,
+    /// [`CloseReason::Shutdown`].
+    pub shutdown: u64,
+    /// [`CloseReason::InputTooLarge`].
+    pub input_too_large: u64,
+    /// [`CloseReason::OutputLimit`].
+    pub output_limit: u64,
+    /// [`CloseReason::OutOfMemory`].
+    pub out_of_memory: u64,
+    /// [`CloseReason::Panic`].
+    pub panic: u64,
+}
+
+impl CloseCounts {
+    /// Closes counted for `reason` (for [`CloseReason::Error`], every error).
+    pub fn of(&self, reason: CloseReason) -> u64 {
+        match reason {
+            CloseReason::Peer => self.peer,
+            CloseReason::Error(_) => self.error,
+            CloseReason::Idle => self.idle,
+            CloseReason::User => self.user,
+            CloseReason::Shutdown => self.shutdown,
+            CloseReason::InputTooLarge => self.input_too_large,
+            CloseReason::OutputLimit => self.output_limit,
+            CloseReason::OutOfMemory => self.out_of_memory,
+            CloseReason::Panic => self.panic,
+        }
+    }
+
+    /// All closes.
+    pub fn total(&self) -> u64 {
+        self.peer
+            + self.error
+            + self.idle
+            + self.user
+            + self.shutdown
+            + self.input_too_large
+            + self.output_limit
+            + self.out_of_memory
+            + self.panic
+    }
+
+    fn sum(mut self, o: &CloseCounts) -> CloseCounts {
+        self.peer += o.peer;
+        self.error += o.error;
+        self.idle += o.idle;
+        self.user += o.user;
+        self.shutdown += o.shutdown;
+        self.input_too_large += o.input_too_large;
+        self.output_limit += o.output_limit;
+        self.out_of_memory += o.out_of_memory;
+        self.panic += o.panic;
+        self
+    }
+}
+
+/// Connection counters of a server: `accepted`, `rejected` and `emfile` are written by
+/// the accepting loop, `closed` and `active` by the loop each connection closes on.
 #[derive(Debug, Default)]
 pub(crate) struct AcceptCounters {
     pub(crate) accepted: AtomicU64,
@@ -47,13 +148,15 @@ impl AcceptCounters {
     }
 }
 
-/// Bytes moved on one loop.
+/// What the connections of one server (or client) did on one loop.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct LoopStats {
     /// Bytes read from connections.
     pub bytes_in: u64,
     /// Bytes written to connections.
     pub bytes_out: u64,
+    /// Connections closed, by reason.
+    pub closes: CloseCounts,
 }
 
 /// A snapshot of a server's counters ([`TcpServer::stats`](crate::TcpServer::stats)).
@@ -82,5 +185,12 @@ impl ServerStats {
     /// Bytes written over all loops.
     pub fn bytes_out(&self) -> u64 {
         self.per_loop.iter().map(|l| l.bytes_out).sum()
+    }
+    /// Connections closed over all loops, by reason (their total is [`closed`](Self::closed)
+    /// once every close has been counted: both are updated as each connection closes).
+    pub fn closes(&self) -> CloseCounts {
+        self.per_loop
+            .iter()
+            .fold(CloseCounts::default(), |acc, l| acc.sum(&l.closes))
     }
 }

@@ -1,4 +1,5 @@
-//! [`Acceptor`]: the listening socket of a server, on its main loop.
+//! Accepting: the listening socket of a server ([`Acceptor`], on its main loop) and what
+//! happens to each accepted socket (admission, naming, choice of loop).
 
 use std::fmt;
 use std::fs::File;
@@ -6,8 +7,16 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use duo_reactor::{Channel, EventLoop, Handler};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use duo_reactor::{Channel, EventLoop, Handler, LoopHandle};
 use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::ServerShared;
+use crate::conn::machine::{LoopConn, Owner};
+use crate::stats::AcceptCounters;
+use crate::TcpConnection;
 
 /// The backlog passed to `listen`; the kernel caps it at `net.core.somaxconn`.
 const BACKLOG: i32 = 4096;
@@ -175,4 +184,71 @@ impl fmt::Debug for Acceptor {
             .field("spare", &self.spare.is_some())
             .finish()
     }
+}
+
+/// The acceptor's callback for each new socket: admission, naming, choice of loop.
+pub(super) fn new_connection_handler(
+    shared: Arc<ServerShared>,
+    loops: Vec<LoopHandle>,
+    owners: Vec<Arc<Owner>>,
+    max_connections: Option<usize>,
+) -> NewConnection {
+    let mut next_loop = 0usize;
+    let mut next_id = 0u64;
+    // Shared by every connection (one allocation per server, not per connection).
+    let server_name: Arc<str> = Arc::from(shared.name.as_str());
+    let tcp_nodelay = owners.first().is_some_and(|o| o.config.tcp_nodelay);
+    Box::new(move |lp, socket, peer| {
+        let c = &shared.counters;
+        let active = c.active.load(Ordering::Relaxed);
+        if max_connections.is_some_and(|max| active >= max as u64) {
+            AcceptCounters::bump(&c.rejected);
+            log::debug!(
+                "{}: rejecting {peer}: {active} connections open",
+                shared.name
+            );
+            return;
+        }
+        if tcp_nodelay {
+            if let Err(e) = socket.set_nodelay(true) {
+                log::debug!("{}: TCP_NODELAY for {peer}: {e}", shared.name);
+            }
+        }
+        // A listener bound to one address accepts connections to exactly that address:
+        // only a wildcard listener needs `getsockname` to learn which one was dialled.
+        let local = if shared.local_addr.ip().is_unspecified() {
+            socket
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_socket())
+                .unwrap_or(shared.local_addr)
+        } else {
+            shared.local_addr
+        };
+        next_id += 1;
+        let index = next_loop % loops.len();
+        next_loop = next_loop.wrapping_add(1);
+        let target = loops[index].clone();
+        let handle = TcpConnection::new(next_id, server_name.clone(), peer, local, target.clone());
+        AcceptCounters::bump(&c.accepted);
+        // Counted open until its close hook runs (also if registering it fails).
+        c.active.fetch_add(1, Ordering::Relaxed);
+
+        let owner = owners[index].clone();
+        if target.is_in_loop_thread() {
+            if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
+                log::warn!("{}: cannot register {peer}: {e}", shared.name);
+            }
+        } else {
+            let queued = target.queue_in_loop(move |lp| {
+                if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
+                    log::warn!("cannot register {peer}: {e}");
+                }
+            });
+            if queued.is_err() {
+                log::warn!("{}: I/O loop gone; dropping {peer}", shared.name);
+                c.active.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    })
 }

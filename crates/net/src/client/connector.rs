@@ -1,0 +1,383 @@
+//! Connect attempts: a non-blocking connect (`EINPROGRESS`, then writability and
+//! `SO_ERROR`), its timeout, retries with backoff, and the client's phase.
+
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopHandle, TimerId, Token};
+use parking_lot::Mutex;
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::{ConnectFailedCallback, ConnectFailure};
+use crate::config::ConnConfig;
+use crate::conn::callbacks::Callbacks;
+use crate::conn::machine::{CloseHook, LoopConn, Owner};
+use crate::guard::catch_user_panic;
+use crate::stats::IoCounters;
+use crate::TcpConnection;
+
+/// Ids of client connections, unique in the process.
+static NEXT_CONN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Where the client is. Changed only on its loop.
+#[derive(Debug)]
+pub(super) enum Phase {
+    /// Nothing in progress.
+    Idle,
+    /// A non-blocking connect is in flight on this channel (with its timeout timer).
+    Connecting(Token, Option<TimerId>),
+    /// Waiting for the retry timer.
+    Waiting(TimerId),
+    /// Connected.
+    Connected(TcpConnection),
+}
+
+pub(super) struct State {
+    /// The user wants a connection (set by `connect`, cleared by `disconnect`/`stop`).
+    pub(super) wanted: bool,
+    /// `disconnect` was called: the connection finishes by itself (output written,
+    /// half-closed, closed when the server closes), even if the client is dropped.
+    pub(super) draining: bool,
+    pub(super) phase: Phase,
+    /// The next retry delay.
+    pub(super) delay: Duration,
+    /// Failed attempts in a row.
+    pub(super) failures: u32,
+    /// `disconnect` or `stop` asked the current connection to end.
+    pub(super) ending: bool,
+    /// `connect` was called while that connection was ending: connect again once it has
+    /// closed.
+    pub(super) connect_after_close: bool,
+}
+
+pub(super) struct Inner {
+    pub(super) name: String,
+    pub(super) addr: SocketAddr,
+    pub(super) lp: LoopHandle,
+    pub(super) reconnect: bool,
+    pub(super) retry_initial: Duration,
+    pub(super) retry_max: Duration,
+    pub(super) max_attempts: Option<u32>,
+    pub(super) connect_timeout: Option<Duration>,
+    pub(super) callbacks: Arc<Callbacks>,
+    pub(super) connect_failed: Option<ConnectFailedCallback>,
+    pub(super) conn: ConnConfig,
+    pub(super) counters: Arc<IoCounters>,
+    pub(super) attempts: AtomicU64,
+    pub(super) state: Mutex<State>,
+}
+
+/// Cancels an in-flight connect or a pending retry (on the loop).
+pub(super) fn cancel_attempt(lp: &mut EventLoop, inner: &Arc<Inner>) {
+    let phase = {
+        let mut st = inner.state.lock();
+        match st.phase {
+            Phase::Connecting(..) | Phase::Waiting(_) => {
+                std::mem::replace(&mut st.phase, Phase::Idle)
+            }
+            _ => return,
+        }
+    };
+    match phase {
+        Phase::Connecting(token, timer) => {
+            lp.remove_channel(token);
+            if let Some(timer) = timer {
+                lp.cancel(timer);
+            }
+        }
+        Phase::Waiting(timer) => {
+            lp.cancel(timer);
+        }
+        _ => {}
+    }
+}
+
+/// Begins a connect attempt if one is wanted and nothing is in progress (on the loop).
+pub(super) fn start(lp: &mut EventLoop, inner: &Arc<Inner>) {
+    {
+        let mut st = inner.state.lock();
+        if !st.wanted {
+            return;
+        }
+        match st.phase {
+            Phase::Idle => {}
+            Phase::Waiting(timer) => {
+                // `connect` while a retry waits: now, not at the end of the delay.
+                st.phase = Phase::Idle;
+                lp.cancel(timer);
+            }
+            Phase::Connected(_) => {
+                if st.ending {
+                    st.connect_after_close = true;
+                }
+                return;
+            }
+            Phase::Connecting(..) => return,
+        }
+    }
+    inner.attempts.fetch_add(1, Ordering::Relaxed);
+    let socket = match Socket::new(
+        Domain::for_address(inner.addr),
+        Type::STREAM.nonblocking().cloexec(),
+        None,
+    ) {
+        Ok(s) => s,
+        Err(e) => return failed(lp, inner, io::Error::new(e.kind(), format!("socket: {e}"))),
+    };
+    match socket.connect(&SockAddr::from(inner.addr)) {
+        Ok(()) => connected(lp, inner, socket),
+        Err(e) if duo_sys::is_connect_in_progress(&e) => {
+            let handler = Connecting {
+                inner: inner.clone(),
+            };
+            match lp.add_channel(socket, Interest::WRITABLE, handler) {
+                Ok(token) => {
+                    let timer = inner.connect_timeout.map(|t| {
+                        let me = inner.clone();
+                        lp.run_after(t, move |lp| connect_timed_out(lp, &me, token))
+                    });
+                    inner.state.lock().phase = Phase::Connecting(token, timer);
+                }
+                Err(e) => failed(lp, inner, e.error),
+            }
+        }
+        Err(e) => failed(lp, inner, e),
+    }
+}
+
+/// The connect attempt on `token` took longer than the connect timeout.
+fn connect_timed_out(lp: &mut EventLoop, inner: &Arc<Inner>, token: Token) {
+    {
+        let mut st = inner.state.lock();
+        match st.phase {
+            Phase::Connecting(t, _) if t == token => st.phase = Phase::Idle,
+            _ => return,
+        }
+    }
+    lp.remove_channel(token);
+    failed(
+        lp,
+        inner,
+        io::Error::new(io::ErrorKind::TimedOut, "connect timed out"),
+    );
+}
+
+/// An attempt failed: tell the application, then retry or give up.
+fn failed(lp: &mut EventLoop, inner: &Arc<Inner>, error: io::Error) {
+    let (attempts, will_retry) = {
+        let mut st = inner.state.lock();
+        st.phase = Phase::Idle;
+        st.failures = st.failures.saturating_add(1);
+        let exhausted = inner.max_attempts.is_some_and(|max| st.failures >= max);
+        let will_retry = st.wanted && !fatal(&error) && !exhausted;
+        if !will_retry {
+            st.wanted = false;
+        }
+        (st.failures, will_retry)
+    };
+    if !will_retry {
+        log::warn!(
+            "client {}: connect to {} failed ({error}) after {attempts} attempts; giving up",
+            inner.name,
+            inner.addr
+        );
+    }
+    if let Some(cb) = &inner.connect_failed {
+        let failure = ConnectFailure {
+            error,
+            attempts,
+            will_retry,
+        };
+        catch_user_panic(
+            &mut (),
+            |_| cb(&failure),
+            |_| format!("client {}", inner.name),
+            "connect-failed callback",
+        );
+        if will_retry {
+            retry(lp, inner, &failure.error.to_string());
+        }
+    } else if will_retry {
+        retry(lp, inner, &error.to_string());
+    }
+}
+
+/// Errors that a retry cannot fix (bad address family, permissions).
+fn fatal(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::PermissionDenied | io::ErrorKind::InvalidInput | io::ErrorKind::Unsupported
+    )
+}
+
+/// Schedules the next attempt after the current delay, and doubles the delay.
+fn retry(lp: &mut EventLoop, inner: &Arc<Inner>, why: &str) {
+    let delay = {
+        let mut st = inner.state.lock();
+        st.phase = Phase::Idle;
+        if !st.wanted {
+            return;
+        }
+        let d = st.delay;
+        st.delay = (d * 2).min(inner.retry_max);
+        d
+    };
+    log::info!(
+        "client {}: connect to {} failed ({why}); retrying in {delay:?}",
+        inner.name,
+        inner.addr
+    );
+    let me = inner.clone();
+    let timer = lp.run_after(delay, move |lp| {
+        {
+            let mut st = me.state.lock();
+            if matches!(st.phase, Phase::Waiting(_)) {
+                st.phase = Phase::Idle;
+            }
+        }
+        start(lp, &me);
+    });
+    inner.state.lock().phase = Phase::Waiting(timer);
+}
+
+/// The connect completed: set the connection up on this loop.
+fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
+    let (local, peer) = match (socket.local_addr(), socket.peer_addr()) {
+        (Ok(l), Ok(p)) => (l.as_socket(), p.as_socket()),
+        (Err(e), _) | (_, Err(e)) => return failed(lp, inner, e),
+    };
+    let (Some(local), Some(peer)) = (local, peer) else {
+        return failed(
+            lp,
+            inner,
+            io::Error::new(io::ErrorKind::Unsupported, "not an inet socket"),
+        );
+    };
+    if local == peer {
+        drop(socket);
+        // Not the server's fault nor the network's: does not count as a failure.
+        return retry(lp, inner, "connected to itself");
+    }
+    if !inner.state.lock().wanted {
+        return;
+    }
+    if inner.conn.tcp_nodelay {
+        if let Err(e) = socket.set_nodelay(true) {
+            log::debug!("client {}: TCP_NODELAY: {e}", inner.name);
+        }
+    }
+    // Numbered process-wide, so that the connections of several clients with the same
+    // name (one per relayed connection, say) are told apart in logs.
+    let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
+    let handle = TcpConnection::new(id, Arc::from(inner.name.as_str()), peer, local, lp.handle());
+    {
+        let mut st = inner.state.lock();
+        st.phase = Phase::Connected(handle.clone());
+        st.delay = inner.retry_initial;
+        st.failures = 0;
+        st.ending = false;
+        st.connect_after_close = false;
+    }
+    let weak = Arc::downgrade(inner);
+    let hook: CloseHook = Arc::new(move |conn: &TcpConnection| {
+        if let Some(inner) = weak.upgrade() {
+            closed(&inner, conn);
+        }
+    });
+    let owner = Arc::new(Owner {
+        callbacks: inner.callbacks.clone(),
+        config: inner.conn,
+        idle_key: None,
+        on_close: Some(hook),
+        counters: inner.counters.clone(),
+        server: None,
+    });
+    let establish = LoopConn::establish(lp, socket, handle, owner);
+    if let Err(e) = establish {
+        log::warn!("client {}: cannot register the connection: {e}", inner.name);
+        // The remove hook has set the client idle: count it as a failed attempt.
+        failed(lp, inner, e);
+    }
+}
+
+/// The connection closed (on the loop, from inside its handler): forget it and, if
+/// asked to, reconnect.
+fn closed(inner: &Arc<Inner>, conn: &TcpConnection) {
+    let (now, again) = {
+        let mut st = inner.state.lock();
+        if matches!(&st.phase, Phase::Connected(c) if c.id() == conn.id()) {
+            st.phase = Phase::Idle;
+        }
+        let now = std::mem::take(&mut st.connect_after_close) && st.wanted;
+        (now, st.wanted && inner.reconnect)
+    };
+    if now {
+        let me = inner.clone();
+        // Queued: the closing connection's handler is still on the stack.
+        let _ = inner.lp.queue_in_loop(move |lp| start(lp, &me));
+    } else if again {
+        log::info!("client {}: connection closed; reconnecting", inner.name);
+        let me = inner.clone();
+        // Queued: the closing connection's handler is still on the stack.
+        let _ = inner.lp.queue_in_loop(move |lp| {
+            if matches!(me.state.lock().phase, Phase::Idle) {
+                retry(lp, &me, "connection closed");
+            }
+        });
+    }
+}
+
+/// The handler of a socket whose connect is in flight.
+struct Connecting {
+    inner: Arc<Inner>,
+}
+
+impl Connecting {
+    /// Writable, error or hang-up: the connect finished one way or the other.
+    fn finish(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        ch.remove();
+        let inner = self.inner.clone();
+        let timer = {
+            let mut st = inner.state.lock();
+            match st.phase {
+                Phase::Connecting(t, timer) if t == ch.token() => {
+                    st.phase = Phase::Idle;
+                    timer
+                }
+                _ => return,
+            }
+        };
+        if let Some(timer) = timer {
+            lp.cancel(timer);
+        }
+        let error = match duo_sys::take_socket_error(ch.fd()) {
+            Ok(None) => None,
+            Ok(Some(e)) | Err(e) => Some(e),
+        };
+        if let Some(e) = error {
+            return failed(lp, &inner, e);
+        }
+        // The channel owns the descriptor and deregisters and closes it when this handler
+        // returns; the connection registers its own descriptor for the same socket.
+        let fd = match ch.fd().try_clone_to_owned() {
+            Ok(fd) => fd,
+            Err(e) => return failed(lp, &inner, e),
+        };
+        connected(lp, &inner, Socket::from(fd));
+    }
+}
+
+impl Handler for Connecting {
+    fn handle_write(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.finish(lp, ch);
+    }
+    fn handle_error(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.finish(lp, ch);
+    }
+    fn handle_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.finish(lp, ch);
+    }
+}

@@ -1,0 +1,373 @@
+//! [`TcpClient`]: connects to one server address from a loop and serves the connection
+//! with the same callbacks as a server, muduo's `TcpClient`.
+//!
+//! - this file: the client, its builder, and what the application calls;
+//! - [`connector`]: connect attempts (non-blocking connect, timeout, retry with backoff)
+//!   and the client's phase.
+
+mod connector;
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_reactor::LoopHandle;
+use parking_lot::Mutex;
+
+use connector::{cancel_attempt, start, Inner, Phase, State};
+
+use crate::close_reason::CloseReason;
+use crate::config::{conn_config_setters, defaults, ConnConfig};
+use crate::conn::callbacks::{callback_setters, Callbacks};
+use crate::conn::machine::LoopConn;
+use crate::stats::{IoCounters, LoopStats};
+use crate::TcpConnection;
+
+/// A failed connect attempt, as the [`on_connect_failed`](ClientBuilder::on_connect_failed)
+/// callback sees it.
+#[derive(Debug)]
+pub struct ConnectFailure {
+    /// Why the attempt failed (`ConnectionRefused`, `TimedOut` after
+    /// [`connect_timeout`](ClientBuilder::connect_timeout), ...).
+    pub error: io::Error,
+    /// Failed attempts in a row so far, this one included.
+    pub attempts: u32,
+    /// Whether the client tries again (after the retry delay). `false` when
+    /// [`max_attempts`](ClientBuilder::max_attempts) is reached, the error cannot be fixed
+    /// by retrying (bad address family, permission), or the client was stopped: the
+    /// client then stays idle until [`TcpClient::connect`] is called again.
+    pub will_retry: bool,
+}
+
+/// Called on the client's loop after each failed connect attempt.
+pub(crate) type ConnectFailedCallback = Arc<dyn Fn(&ConnectFailure) + Send + Sync>;
+
+/// Builds a [`TcpClient`]; from [`TcpClient::builder`].
+pub struct ClientBuilder {
+    name: String,
+    addr: SocketAddr,
+    reconnect: bool,
+    retry_initial: Duration,
+    retry_max: Duration,
+    max_attempts: Option<u32>,
+    connect_timeout: Option<Duration>,
+    conn: ConnConfig,
+    callbacks: Callbacks,
+    connect_failed: Option<ConnectFailedCallback>,
+}
+
+impl ClientBuilder {
+    /// Reconnect (after the retry delay) when an established connection closes, unless
+    /// the close came from [`TcpClient::disconnect`] or [`TcpClient::stop`]. Off by
+    /// default. Failed connect attempts are always retried.
+    pub fn reconnect(mut self, on: bool) -> Self {
+        self.reconnect = on;
+        self
+    }
+    /// Retry delays: the first failure waits `initial`, each further one twice as long,
+    /// at most `max` (defaults [`defaults::RETRY_INITIAL`] and
+    /// [`defaults::RETRY_MAX`]).
+    pub fn retry_backoff(mut self, initial: Duration, max: Duration) -> Self {
+        self.retry_initial = initial.max(Duration::from_millis(1));
+        self.retry_max = max.max(self.retry_initial);
+        self
+    }
+    /// Gives up after `n` failed attempts in a row (default: retry for ever). The last
+    /// failure reaches [`on_connect_failed`](ClientBuilder::on_connect_failed) with
+    /// `will_retry == false`.
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = Some(n.max(1));
+        self
+    }
+    /// Fails an attempt that has not connected within `timeout` (default: the kernel's,
+    /// about two minutes for an address that does not answer).
+    pub fn connect_timeout(mut self, timeout: Duration) -> Self {
+        // At most a day: a deadline past what `Instant` can hold would overflow.
+        self.connect_timeout =
+            Some(timeout.min(Duration::from_secs(86_400))).filter(|t| !t.is_zero());
+        self
+    }
+    /// Called after each failed connect attempt, with the error and whether the client
+    /// will retry; see [`ConnectFailure`]. A relay closes its inbound connection here
+    /// when the backend is unreachable.
+    pub fn on_connect_failed(
+        mut self,
+        f: impl Fn(&ConnectFailure) + Send + Sync + 'static,
+    ) -> Self {
+        self.connect_failed = Some(Arc::new(f));
+        self
+    }
+    conn_config_setters!("ClientBuilder");
+    callback_setters!();
+
+    /// Creates the client on the loop behind `lp` and starts connecting. The connection
+    /// will live on that loop. Calling this from a callback of a server's connection with
+    /// that connection's loop (`ctx.event_loop().handle()`) is allowed and is how a relay
+    /// keeps both of its connections on one thread.
+    pub fn connect(self, lp: &LoopHandle) -> TcpClient {
+        let inner = Arc::new(Inner {
+            name: self.name,
+            addr: self.addr,
+            lp: lp.clone(),
+            reconnect: self.reconnect,
+            retry_initial: self.retry_initial,
+            retry_max: self.retry_max,
+            max_attempts: self.max_attempts,
+            connect_timeout: self.connect_timeout,
+            callbacks: Arc::new(self.callbacks),
+            connect_failed: self.connect_failed,
+            conn: self.conn,
+            counters: Arc::new(IoCounters::default()),
+            attempts: AtomicU64::new(0),
+            state: Mutex::new(State {
+                wanted: false,
+                draining: false,
+                phase: Phase::Idle,
+                delay: self.retry_initial,
+                failures: 0,
+                ending: false,
+                connect_after_close: false,
+            }),
+        });
+        let client = TcpClient { inner };
+        client.connect();
+        client
+    }
+}
+
+impl fmt::Debug for ClientBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ClientBuilder")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("reconnect", &self.reconnect)
+            .field("retry_initial", &self.retry_initial)
+            .field("retry_max", &self.retry_max)
+            .field("callbacks", &self.callbacks)
+            .finish_non_exhaustive()
+    }
+}
+
+/// A TCP client: connects to one server address from a loop and serves the connection
+/// with the same callbacks as [`TcpServer`](crate::TcpServer).
+///
+/// The connect is non-blocking (`EINPROGRESS`, then writability and `SO_ERROR`). A failed
+/// attempt is retried after a delay that starts at 500 ms and doubles up to 30 s
+/// ([`ClientBuilder::retry_backoff`]); a connection to itself (possible on loopback when
+/// the kernel picks the server's port as the ephemeral port) is detected and retried.
+/// With [`ClientBuilder::reconnect`], a connection that closes is re-established.
+///
+/// All methods are callable from any thread.
+///
+/// # Failures
+///
+/// [`ClientBuilder::on_connect_failed`] sees every failed attempt (refused, timed out
+/// after [`ClientBuilder::connect_timeout`], unreachable) with the error and whether the
+/// client will try again; [`ClientBuilder::max_attempts`] bounds the retries. A client
+/// that gives up stays idle until [`connect`](TcpClient::connect) is called again.
+///
+/// # Dropping
+///
+/// Dropping the client stops it ([`TcpClient::stop`]): the connection closes at once and
+/// unsent output is dropped. To let the output drain first, call
+/// [`disconnect`](TcpClient::disconnect) before dropping it: the connection then writes
+/// everything queued, half-closes, and closes when the server closes its side.
+///
+/// # In a relay or proxy
+///
+/// A server callback may create a client with its own loop's handle
+/// (`ctx.event_loop().handle()` or `conn.loop_handle()`): the client's connection then
+/// lives on the same thread as the server's connection, and each side can act on the
+/// other at once with [`TcpConnection::with_ctx`]. Set
+/// [`Backpressure::Notify`] on both (a relay pauses the *source*
+/// connection when the destination's output passes the high-water mark, and resumes it on
+/// write-complete), and close the inbound connection from `on_connect_failed` when the
+/// backend is unreachable. `crates/net/examples/tunnel.rs` does all of this.
+///
+/// # Example
+///
+/// ```
+/// use duo_net::{TcpClient, TcpServer};
+/// use duo_reactor::EventLoop;
+///
+/// let mut lp = EventLoop::new()?;
+/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+///     .on_message(|ctx, input| {
+///         ctx.send(input.peek());
+///         input.consume_all();
+///     })
+///     .start(&mut lp)?;
+/// let client = TcpClient::builder("hello", server.local_addr())
+///     .on_connection(|conn| {
+///         if conn.is_connected() {
+///             let _ = conn.send(&b"ping"[..]);
+///         }
+///     })
+///     .on_message(|ctx, input| {
+///         if input.len() >= 4 {
+///             ctx.event_loop().quit();
+///         }
+///     })
+///     .connect(&lp.handle());
+/// lp.run()?;
+/// client.stop();
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TcpClient {
+    inner: Arc<Inner>,
+}
+
+impl TcpClient {
+    /// A builder for a client named `name` that connects to `addr`.
+    pub fn builder(name: &str, addr: SocketAddr) -> ClientBuilder {
+        ClientBuilder {
+            name: name.to_owned(),
+            addr,
+            reconnect: false,
+            retry_initial: defaults::RETRY_INITIAL,
+            retry_max: defaults::RETRY_MAX,
+            max_attempts: None,
+            connect_timeout: None,
+            conn: ConnConfig::default(),
+            callbacks: Callbacks::default(),
+            connect_failed: None,
+        }
+    }
+
+    /// The server address.
+    pub fn server_addr(&self) -> SocketAddr {
+        self.inner.addr
+    }
+
+    /// The client's name.
+    pub fn name(&self) -> &str {
+        &self.inner.name
+    }
+
+    /// The current connection, if connected.
+    pub fn connection(&self) -> Option<TcpConnection> {
+        match &self.inner.state.lock().phase {
+            Phase::Connected(c) => Some(c.clone()),
+            _ => None,
+        }
+    }
+
+    /// Connect attempts made so far (including the successful ones).
+    pub fn attempts(&self) -> u64 {
+        self.inner.attempts.load(Ordering::Relaxed)
+    }
+
+    /// Bytes moved by this client's connections.
+    pub fn stats(&self) -> LoopStats {
+        self.inner.counters.snapshot()
+    }
+
+    /// Starts connecting (again) if not connected or connecting: at once, also when a
+    /// retry was waiting (the retry delay starts over). Called after
+    /// [`disconnect`](TcpClient::disconnect) or [`stop`](TcpClient::stop), it connects
+    /// again once the old connection has closed. [`ClientBuilder::connect`] already calls
+    /// it.
+    pub fn connect(&self) {
+        let inner = self.inner.clone();
+        {
+            let mut st = inner.state.lock();
+            st.wanted = true;
+            st.draining = false;
+            st.delay = inner.retry_initial;
+            st.failures = 0;
+        }
+        let me = inner.clone();
+        if inner.lp.queue_in_loop(move |lp| start(lp, &me)).is_err() {
+            log::warn!("client {}: loop is gone; cannot connect", inner.name);
+        }
+    }
+
+    /// Stops connecting and retrying, and half-closes the connection if there is one
+    /// (after its output is written; it closes when the server closes its side). Does
+    /// not reconnect afterwards.
+    ///
+    /// This is how to let a client's output drain before dropping it: after
+    /// `disconnect`, dropping the client does not cut the connection short; it goes on
+    /// by itself until everything queued is written and the server has closed its side.
+    /// (Dropping a client without `disconnect` closes the connection at once and drops
+    /// unsent output, like [`stop`](TcpClient::stop).)
+    pub fn disconnect(&self) {
+        {
+            let mut st = self.inner.state.lock();
+            st.wanted = false;
+            st.draining = true;
+            st.ending = true;
+        }
+        let inner = self.inner.clone();
+        let _ = self.inner.lp.queue_in_loop(move |lp| {
+            cancel_attempt(lp, &inner);
+            let conn = match &inner.state.lock().phase {
+                Phase::Connected(c) => Some(c.clone()),
+                _ => None,
+            };
+            if let Some(conn) = conn {
+                let _ = conn.shutdown();
+            }
+        });
+    }
+
+    /// Stops connecting and retrying and closes the connection now (unsent output is
+    /// dropped).
+    pub fn stop(&self) {
+        {
+            let mut st = self.inner.state.lock();
+            st.wanted = false;
+            st.draining = false;
+            st.ending = true;
+        }
+        let inner = self.inner.clone();
+        let _ = self.inner.lp.queue_in_loop(move |lp| {
+            cancel_attempt(lp, &inner);
+            let conn = match &inner.state.lock().phase {
+                Phase::Connected(c) => Some(c.clone()),
+                _ => None,
+            };
+            if let Some(conn) = conn {
+                // Closed here and now, so that a `connect` queued after this `stop`
+                // finds the client idle.
+                LoopConn::with_machine(lp, &conn, |lp, ch, m| m.close(lp, ch, CloseReason::User));
+                if !conn.is_closed() {
+                    // Its own callback is running further up the stack: queue it.
+                    let _ = conn.force_close();
+                }
+            }
+        });
+    }
+}
+
+impl Drop for TcpClient {
+    /// Stops the client ([`stop`](TcpClient::stop)), unless
+    /// [`disconnect`](TcpClient::disconnect) was called: then the connection finishes by
+    /// itself, its output written.
+    fn drop(&mut self) {
+        if self.inner.state.lock().draining {
+            let inner = self.inner.clone();
+            let _ = self
+                .inner
+                .lp
+                .queue_in_loop(move |lp| cancel_attempt(lp, &inner));
+        } else {
+            self.stop();
+        }
+    }
+}
+
+impl fmt::Debug for TcpClient {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let st = self.inner.state.lock();
+        f.debug_struct("TcpClient")
+            .field("name", &self.inner.name)
+            .field("addr", &self.inner.addr)
+            .field("wanted", &st.wanted)
+            .field("phase", &st.phase)
+            .finish()
+    }
+}

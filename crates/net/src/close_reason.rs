@@ -1,0 +1,51 @@
+//! [`CloseReason`]: why a connection closed.
+
+use std::fmt;
+use std::io;
+
+/// Why a connection closed ([`TcpConnection::close_reason`](crate::TcpConnection::close_reason),
+/// visible to the "down" and close callbacks); logged with each connection's "down" line at
+/// `debug` level and counted in the owner's statistics
+/// ([`CloseCounts`](crate::CloseCounts)).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum CloseReason {
+    /// The peer ended the connection (end of stream), after everything it sent was
+    /// delivered to the message callback.
+    Peer,
+    /// A socket error ended it (`ConnectionReset` when the peer reset it, `TimedOut`, a
+    /// failed write, ...). What the peer sent before the error was still delivered.
+    Error(io::ErrorKind),
+    /// Nothing arrived within the idle timeout.
+    Idle,
+    /// The application closed it ([`force_close`](crate::TcpConnection::force_close), a
+    /// completed [`close_after_flush`](crate::TcpConnection::close_after_flush), a client's
+    /// `stop`).
+    User,
+    /// The server stopped, or its graceful shutdown's grace period ended.
+    Shutdown,
+    /// The peer sent more than the input limit without the message callback consuming it.
+    InputTooLarge,
+    /// The output buffer passed the connection's [`OutputLimit`](crate::OutputLimit) (policy `Close`).
+    OutputLimit,
+    /// The buffer pool could not provide memory for input or output.
+    OutOfMemory,
+    /// A callback of the application panicked.
+    Panic,
+}
+
+impl fmt::Display for CloseReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CloseReason::Peer => f.write_str("closed by the peer"),
+            CloseReason::Error(kind) => write!(f, "socket error: {kind}"),
+            CloseReason::Idle => f.write_str("idle timeout"),
+            CloseReason::User => f.write_str("closed by the application"),
+            CloseReason::Shutdown => f.write_str("server shutdown"),
+            CloseReason::InputTooLarge => f.write_str("input limit exceeded"),
+            CloseReason::OutputLimit => f.write_str("output limit exceeded"),
+            CloseReason::OutOfMemory => f.write_str("buffer memory exhausted"),
+            CloseReason::Panic => f.write_str("a callback panicked"),
+        }
+    }
+}

@@ -1,0 +1,133 @@
+//! The application's callbacks, shared by every connection of one server or client, and
+//! the builder methods that set them (written once for
+//! [`ServerBuilder`](crate::ServerBuilder) and [`ClientBuilder`](crate::ClientBuilder)).
+//!
+//! Callbacks are set once on a builder and shared by every connection and every loop, so
+//! they are `Arc<dyn Fn .. + Send + Sync>`. They run on the connection's loop thread.
+//! Per-connection state belongs in the connection's context
+//! ([`TcpConnection::set_context`]). A callback that panics closes its connection
+//! (logged); the loop and every other connection go on.
+
+use std::fmt;
+use std::sync::Arc;
+
+use duo_buffer::InputBuffer;
+
+use super::ctx::ConnCtx;
+use super::handle::TcpConnection;
+
+type HandleFn = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
+type CtxFn = Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>;
+type MessageFn = Arc<dyn Fn(&mut ConnCtx<'_>, &mut InputBuffer) + Send + Sync>;
+type HighWaterFn = Arc<dyn Fn(&mut ConnCtx<'_>, usize) + Send + Sync>;
+
+/// The callbacks of one server or client.
+#[derive(Clone, Default)]
+pub(crate) struct Callbacks {
+    pub(crate) connection: Option<HandleFn>,
+    pub(crate) message: Option<MessageFn>,
+    pub(crate) write_complete: Option<CtxFn>,
+    pub(crate) high_water_mark: Option<HighWaterFn>,
+    pub(crate) half_close: Option<CtxFn>,
+    /// Servers only.
+    pub(crate) shutdown: Option<CtxFn>,
+    pub(crate) close: Option<HandleFn>,
+}
+
+impl fmt::Debug for Callbacks {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Callbacks")
+            .field("connection", &self.connection.is_some())
+            .field("message", &self.message.is_some())
+            .field("write_complete", &self.write_complete.is_some())
+            .field("high_water_mark", &self.high_water_mark.is_some())
+            .field("half_close", &self.half_close.is_some())
+            .field("shutdown", &self.shutdown.is_some())
+            .field("close", &self.close.is_some())
+            .finish()
+    }
+}
+
+/// Writes the callback-setting methods of a builder whose `callbacks` field is a
+/// [`Callbacks`].
+macro_rules! callback_setters {
+    () => {
+        /// Called when a connection comes up and when it goes down: check
+        /// [`TcpConnection::is_connected`](crate::TcpConnection::is_connected) (and, when
+        /// down, [`close_reason`](crate::TcpConnection::close_reason)). It gets the handle
+        /// only, not a [`ConnCtx`](crate::ConnCtx): act on the connection through the
+        /// handle's queued methods.
+        pub fn on_connection(
+            mut self,
+            f: impl Fn(&$crate::TcpConnection) + Send + Sync + 'static,
+        ) -> Self {
+            self.callbacks.connection = Some(std::sync::Arc::new(f));
+            self
+        }
+        /// Called when bytes arrive. The callback parses them in place from the
+        /// [`InputBuffer`](crate::InputBuffer) and consumes what it used; what it leaves
+        /// stays for the next call. Replies sent through the [`ConnCtx`](crate::ConnCtx)
+        /// are written at once when the output buffer is empty.
+        pub fn on_message(
+            mut self,
+            f: impl Fn(&mut $crate::ConnCtx<'_>, &mut $crate::InputBuffer) + Send + Sync + 'static,
+        ) -> Self {
+            self.callbacks.message = Some(std::sync::Arc::new(f));
+            self
+        }
+        /// Called when a connection's output buffer has been fully written to the kernel:
+        /// only when nothing is left queued (after a send that went out whole, or when a
+        /// flush drains the buffer), so a relay can resume its source here.
+        pub fn on_write_complete(
+            mut self,
+            f: impl Fn(&mut $crate::ConnCtx<'_>) + Send + Sync + 'static,
+        ) -> Self {
+            self.callbacks.write_complete = Some(std::sync::Arc::new(f));
+            self
+        }
+        /// Called when a connection's output buffer grows past the high-water mark, with
+        /// its size. With the default
+        /// [`Backpressure::PauseReading`](crate::Backpressure::PauseReading), reading from
+        /// the connection is paused at the same moment until the buffer drains below the
+        /// low-water mark; with [`Backpressure::Notify`](crate::Backpressure::Notify)
+        /// nothing else happens and the callback decides (a relay pauses the connection
+        /// its bytes come from).
+        pub fn on_high_water_mark(
+            mut self,
+            f: impl Fn(&mut $crate::ConnCtx<'_>, usize) + Send + Sync + 'static,
+        ) -> Self {
+            self.callbacks.high_water_mark = Some(std::sync::Arc::new(f));
+            self
+        }
+        /// Called when the peer half-closes (sends EOF) after its last bytes, which the
+        /// message callback has already seen. Without this callback the connection closes
+        /// as soon as its output is written. With it, the connection stays open for
+        /// sending and the callback decides: an application with replies still being
+        /// computed (on a worker pool, say) calls
+        /// [`ConnCtx::close_after_flush`](crate::ConnCtx::close_after_flush) (or
+        /// [`TcpConnection::close_after_flush`](crate::TcpConnection::close_after_flush))
+        /// once it has sent them.
+        ///
+        /// It does not run when our own side is already shut (after
+        /// [`ConnCtx::shutdown`](crate::ConnCtx::shutdown)) or the peer can no longer
+        /// receive: both directions are then done and the connection closes at once, with
+        /// [`CloseReason::Peer`](crate::CloseReason::Peer) (or the socket error).
+        pub fn on_peer_half_close(
+            mut self,
+            f: impl Fn(&mut $crate::ConnCtx<'_>) + Send + Sync + 'static,
+        ) -> Self {
+            self.callbacks.half_close = Some(std::sync::Arc::new(f));
+            self
+        }
+        /// Called when a connection has closed and is about to be dropped by its loop
+        /// (after the "down" call of `on_connection`).
+        pub fn on_close(
+            mut self,
+            f: impl Fn(&$crate::TcpConnection) + Send + Sync + 'static,
+        ) -> Self {
+            self.callbacks.close = Some(std::sync::Arc::new(f));
+            self
+        }
+    };
+}
+pub(crate) use callback_setters;

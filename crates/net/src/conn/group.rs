@@ -1,0 +1,77 @@
+//! [`ServerConnections`]: every open connection of one server, on all its loops.
+
+use std::fmt;
+use std::sync::Arc;
+
+use duo_reactor::LoopHandle;
+
+use super::ctx::ConnCtx;
+use super::machine::LoopConn;
+#[cfg(doc)]
+use crate::{Backpressure, OutputLimit};
+
+/// What a server's connections know of their server: its key and its loops.
+pub(crate) struct ServerLink {
+    pub(crate) id: u64,
+    pub(crate) loops: Vec<LoopHandle>,
+}
+
+/// The open connections of one server, on all its loops: for a broadcast, or anything
+/// else done to every connection. From [`ServerHandle::connections`] or, inside a
+/// callback, [`ConnCtx::server_connections`]. `Clone + Send + Sync`.
+///
+/// [`ServerHandle::connections`]: crate::ServerHandle::connections
+#[derive(Clone)]
+pub struct ServerConnections {
+    link: Arc<ServerLink>,
+}
+
+impl ServerConnections {
+    pub(crate) fn new(link: Arc<ServerLink>) -> ServerConnections {
+        ServerConnections { link }
+    }
+
+    /// Runs `f` on every open connection, on each connection's own loop: one queued
+    /// function per loop, which visits that loop's connections in no particular order.
+    /// Returns at once. Calls made one after another from one thread reach each
+    /// connection in that order, so messages broadcast by one sender arrive in the order
+    /// sent. A connection is visited if it is open when the function runs on its loop:
+    /// one accepted just now may be registered on its loop a moment after that loop ran
+    /// the function, and miss it (order *across* senders, or relative to a connection's
+    /// arrival, is not promised). A panic in `f` closes that connection only.
+    pub fn for_each(&self, f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static) {
+        let f: Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync> = Arc::new(f);
+        let id = self.link.id;
+        for lp in &self.link.loops {
+            let f = f.clone();
+            let _ = lp.queue_in_loop(move |lp| {
+                LoopConn::for_each_of_server(lp, id, "function run on every connection", &*f)
+            });
+        }
+    }
+
+    /// Sends `msg` to every open connection without copying it per connection (see
+    /// [`ConnCtx::send_shared`]); each connection's [`OutputLimit`] and
+    /// [`Backpressure`] policy apply as to any send.
+    ///
+    /// ```no_run
+    /// # fn demo(server: &duo_net::ServerHandle) {
+    /// server.connections().broadcast(&b"the market opens\n"[..]);
+    /// # }
+    /// ```
+    pub fn broadcast(&self, msg: impl Into<Arc<[u8]>>) {
+        let msg: Arc<[u8]> = msg.into();
+        self.for_each(move |ctx| {
+            ctx.send_shared(msg.clone());
+        });
+    }
+}
+
+impl fmt::Debug for ServerConnections {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerConnections")
+            .field("server", &self.link.id)
+            .field("loops", &self.link.loops.len())
+            .finish()
+    }
+}

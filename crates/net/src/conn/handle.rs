@@ -1,0 +1,558 @@
+//! [`TcpConnection`]: the handle to a connection that any thread may hold.
+
+use std::any::{type_name, Any};
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::{Duration, Instant};
+
+use duo_reactor::{EventLoop, LoopHandle, Token};
+use parking_lot::Mutex;
+
+use super::ctx::ConnCtx;
+use super::machine::LoopConn;
+use crate::close_reason::CloseReason;
+
+/// Where a connection is in its life.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum ConnState {
+    /// Created, not yet registered with its loop.
+    Connecting = 0,
+    /// Open in both directions.
+    Connected = 1,
+    /// Closing: a shutdown was requested or the peer half-closed; the output buffer is
+    /// being drained.
+    Disconnecting = 2,
+    /// Closed; the handle is inert.
+    Disconnected = 3,
+}
+
+impl ConnState {
+    fn from_u8(v: u8) -> ConnState {
+        match v {
+            0 => ConnState::Connecting,
+            1 => ConnState::Connected,
+            2 => ConnState::Disconnecting,
+            _ => ConnState::Disconnected,
+        }
+    }
+}
+
+/// The connection is closed (or its loop is gone); nothing was done.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("connection is closed")]
+pub struct ConnectionClosed;
+
+/// Why [`TcpConnection::with_ctx`] could not reach a connection at once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum CtxUnavailable {
+    /// The connection is closed (or not yet established).
+    #[error("connection is closed")]
+    Closed,
+    /// The connection belongs to another loop (thread): use a queued method
+    /// ([`TcpConnection::queue_in_loop`], [`TcpConnection::send`]) instead.
+    #[error("connection lives on another loop")]
+    OtherLoop,
+    /// One of the connection's own callbacks is running further up this thread's stack
+    /// (it holds the connection's state): act through the [`ConnCtx`] that callback was
+    /// given, or a queued method.
+    #[error("a callback of this connection is running; use its ConnCtx")]
+    Busy,
+}
+
+/// The connection's context is not what was asked for ([`TcpConnection::with_context`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum ContextError {
+    /// No context is set (or it was taken).
+    #[error("connection has no context (expected a {expected})")]
+    Empty {
+        /// The type asked for.
+        expected: &'static str,
+    },
+    /// The context is of another type.
+    #[error("connection context is a {found}, not a {expected}")]
+    WrongType {
+        /// The type asked for.
+        expected: &'static str,
+        /// The type stored.
+        found: &'static str,
+    },
+}
+
+/// Process-wide origin of the activity clock (an `Instant` cannot be stored atomically).
+fn clock_base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+fn now_ms() -> u64 {
+    ms_since_base(Instant::now())
+}
+
+fn ms_since_base(at: Instant) -> u64 {
+    at.saturating_duration_since(clock_base()).as_millis() as u64
+}
+
+/// A user value stored with a connection. Its type's name comes from the vtable, so the
+/// box stays two words (an idle connection pays nothing for clear errors).
+trait ContextValue: Any + Send {
+    fn type_name(&self) -> &'static str;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+    fn into_any(self: Box<Self>) -> Box<dyn Any>;
+}
+
+impl<T: Any + Send> ContextValue for T {
+    fn type_name(&self) -> &'static str {
+        type_name::<T>()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+    fn into_any(self: Box<Self>) -> Box<dyn Any> {
+        self
+    }
+}
+
+type Context = Box<dyn ContextValue>;
+
+/// The part of a connection every thread may see: identity, state, user context, and
+/// where its loop-side half lives (loop and token).
+struct ConnShared {
+    id: u64,
+    /// The server's or client's name, shared by all its connections.
+    owner: Arc<str>,
+    peer: SocketAddr,
+    local: SocketAddr,
+    state: AtomicU8,
+    /// Reading paused by the application (set at once by any thread; the loop applies it
+    /// to the channel before its next read).
+    read_paused: AtomicBool,
+    lp: LoopHandle,
+    token: OnceLock<Token>,
+    /// Set once, when the connection closes (a one-byte lock and a one-byte value: the
+    /// handle stays as small as before close reasons existed).
+    close_reason: Mutex<Option<CloseReason>>,
+    context: Mutex<Option<Context>>,
+    last_activity_ms: AtomicU64,
+}
+
+/// A TCP connection, as seen from any thread: a cheap `Clone + Send + Sync` handle.
+///
+/// # Thread safety
+///
+/// Every method is safe from any thread. Those that act on the socket ([`send`],
+/// [`shutdown`], [`force_close`], [`set_tcp_nodelay`], ...) queue a function onto the
+/// connection's loop; they return at once and the action happens on the loop, in the
+/// order the calls were made. On a closed connection they return [`ConnectionClosed`] (or
+/// the queued function finds the connection gone and does nothing). Inside a callback of
+/// this connection, prefer the [`ConnCtx`] the callback receives: it acts immediately, in
+/// particular `ConnCtx::send` writes straight to the socket when nothing is queued.
+///
+/// # Acting on another connection of the same loop at once
+///
+/// A relay or a proxy moves bytes from one connection to another. When both live on the
+/// same loop (a [`TcpClient`](crate::TcpClient) connected from a server callback lives on
+/// that callback's loop), [`with_ctx`](TcpConnection::with_ctx) gives the other
+/// connection's [`ConnCtx`] right away, muduo's `runInLoop` semantics: the bytes are
+/// written or buffered before the call returns, and its output length is exact. The
+/// queued methods would instead act after the current batch of events. Mixing the two for
+/// the same connection can reorder data; keep to one.
+///
+/// [`stop_reading`](TcpConnection::stop_reading) takes effect at once from any thread,
+/// even in the middle of a large read (only a message callback the loop had already
+/// decided to run may still start).
+///
+/// [`send`]: TcpConnection::send
+/// [`shutdown`]: TcpConnection::shutdown
+/// [`force_close`]: TcpConnection::force_close
+/// [`set_tcp_nodelay`]: TcpConnection::set_tcp_nodelay
+#[derive(Clone)]
+pub struct TcpConnection {
+    shared: Arc<ConnShared>,
+}
+
+impl TcpConnection {
+    pub(crate) fn new(
+        id: u64,
+        owner: Arc<str>,
+        peer: SocketAddr,
+        local: SocketAddr,
+        lp: LoopHandle,
+    ) -> TcpConnection {
+        TcpConnection {
+            shared: Arc::new(ConnShared {
+                id,
+                owner,
+                peer,
+                local,
+                state: AtomicU8::new(ConnState::Connecting as u8),
+                read_paused: AtomicBool::new(false),
+                lp,
+                token: OnceLock::new(),
+                close_reason: Mutex::new(None),
+                context: Mutex::new(None),
+                last_activity_ms: AtomicU64::new(now_ms()),
+            }),
+        }
+    }
+
+    /// A number unique among the connections of its server or client.
+    pub fn id(&self) -> u64 {
+        self.shared.id
+    }
+
+    /// A readable name for logs, `{server}-{peer}#{id}` when displayed (formatted on
+    /// demand: a connection does not carry a string of its own).
+    pub fn name(&self) -> ConnName<'_> {
+        ConnName(&self.shared)
+    }
+
+    /// The peer's address.
+    pub fn peer_addr(&self) -> SocketAddr {
+        self.shared.peer
+    }
+
+    /// Our side's address.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local
+    }
+
+    /// The current state.
+    pub fn state(&self) -> ConnState {
+        ConnState::from_u8(self.shared.state.load(Ordering::Acquire))
+    }
+
+    pub(crate) fn set_state(&self, s: ConnState) {
+        self.shared.state.store(s as u8, Ordering::Release);
+    }
+
+    /// Whether the connection is open in both directions.
+    pub fn is_connected(&self) -> bool {
+        self.state() == ConnState::Connected
+    }
+
+    /// Whether the connection is closed.
+    pub fn is_closed(&self) -> bool {
+        self.state() == ConnState::Disconnected
+    }
+
+    /// Why the connection closed; `None` while it is open. Set before the "down" and close
+    /// callbacks run.
+    pub fn close_reason(&self) -> Option<CloseReason> {
+        *self.shared.close_reason.lock()
+    }
+
+    /// The loop that owns the connection.
+    pub fn loop_handle(&self) -> &LoopHandle {
+        &self.shared.lp
+    }
+
+    /// When bytes last arrived (or the connection was opened).
+    pub fn last_activity(&self) -> Instant {
+        clock_base() + Duration::from_millis(self.shared.last_activity_ms.load(Ordering::Relaxed))
+    }
+
+    /// Stores a user value with the connection (a session, a parser state, the other
+    /// connection of a relay), replacing the previous one.
+    pub fn set_context<T: Any + Send>(&self, value: T) {
+        *self.shared.context.lock() = Some(Box::new(value));
+    }
+
+    /// Runs `f` on the context, which must be a `T`.
+    ///
+    /// # Errors
+    ///
+    /// [`ContextError::Empty`] if no context is set, [`ContextError::WrongType`] (naming
+    /// both types) if it is another type; `f` does not run then.
+    ///
+    /// The context's lock is held during `f`: keep it short, and do not call
+    /// `with_context` of the same connection inside it.
+    ///
+    /// ```
+    /// # use duo_net::{TcpConnection, ContextError};
+    /// # fn demo(conn: &TcpConnection) {
+    /// struct Session { user: Option<String> }
+    /// conn.set_context(Session { user: None });
+    /// let user: Result<Option<String>, ContextError> =
+    ///     conn.with_context(|s: &mut Session| s.user.clone());
+    /// assert_eq!(user, Ok(None));
+    /// let wrong = conn.with_context(|n: &mut u32| *n);
+    /// assert!(matches!(wrong, Err(ContextError::WrongType { expected: "u32", .. })));
+    /// # }
+    /// ```
+    pub fn with_context<T: Any + Send, R>(
+        &self,
+        f: impl FnOnce(&mut T) -> R,
+    ) -> Result<R, ContextError> {
+        let mut guard = self.shared.context.lock();
+        let Some(ctx) = guard.as_deref_mut() else {
+            return Err(ContextError::Empty {
+                expected: type_name::<T>(),
+            });
+        };
+        let found = <dyn ContextValue>::type_name(ctx);
+        match <dyn ContextValue>::as_any_mut(ctx).downcast_mut::<T>() {
+            Some(v) => Ok(f(v)),
+            None => Err(ContextError::WrongType {
+                expected: type_name::<T>(),
+                found,
+            }),
+        }
+    }
+
+    /// Removes and returns the context, which must be a `T` (otherwise it stays).
+    ///
+    /// # Errors
+    ///
+    /// As [`with_context`](TcpConnection::with_context).
+    pub fn take_context<T: Any + Send>(&self) -> Result<T, ContextError> {
+        let mut guard = self.shared.context.lock();
+        let Some(ctx) = guard.as_deref_mut() else {
+            return Err(ContextError::Empty {
+                expected: type_name::<T>(),
+            });
+        };
+        if !<dyn ContextValue>::as_any_mut(ctx).is::<T>() {
+            return Err(ContextError::WrongType {
+                expected: type_name::<T>(),
+                found: <dyn ContextValue>::type_name(ctx),
+            });
+        }
+        // Checked above, under the same lock: the downcast cannot fail.
+        match guard
+            .take()
+            .map(|v| <dyn ContextValue>::into_any(v).downcast::<T>())
+        {
+            Some(Ok(v)) => Ok(*v),
+            _ => Err(ContextError::Empty {
+                expected: type_name::<T>(),
+            }),
+        }
+    }
+
+    /// Runs `f` with the connection's loop-side context ([`ConnCtx`]) on its loop.
+    ///
+    /// The function is queued; if the connection has closed by the time it would run, it
+    /// is dropped without running. If it panics, the connection is closed (like a panic in
+    /// any callback) and the loop goes on. To act at once from a callback on the same
+    /// loop, use [`with_ctx`](TcpConnection::with_ctx).
+    pub fn queue_in_loop(
+        &self,
+        f: impl FnOnce(&mut ConnCtx<'_>) + Send + 'static,
+    ) -> Result<(), ConnectionClosed> {
+        if self.is_closed() {
+            return Err(ConnectionClosed);
+        }
+        let shared = self.shared.clone();
+        self.shared
+            .lp
+            .queue_in_loop(move |lp| {
+                if let Some(&token) = shared.token.get() {
+                    LoopConn::with_ctx_at(lp, token, "function run on the loop", f);
+                }
+            })
+            .map_err(|_| ConnectionClosed)
+    }
+
+    /// Runs `f` with the connection's [`ConnCtx`] now, from its own loop: `lp` is the
+    /// loop of the calling thread (from a callback: [`ConnCtx::event_loop`]). For a relay,
+    /// this is how one connection's message callback writes into the other connection and
+    /// sees its output length at once.
+    ///
+    /// A panic in `f` closes this connection (reason [`CloseReason::Panic`]) and returns
+    /// [`CtxUnavailable::Closed`].
+    ///
+    /// # Errors
+    ///
+    /// [`CtxUnavailable::OtherLoop`] if the connection belongs to another thread's loop,
+    /// [`CtxUnavailable::Busy`] if it is the connection whose callback is running (use the
+    /// `ConnCtx` that callback has), [`CtxUnavailable::Closed`] if it is closed.
+    pub fn with_ctx<R>(
+        &self,
+        lp: &mut EventLoop,
+        f: impl FnOnce(&mut ConnCtx<'_>) -> R,
+    ) -> Result<R, CtxUnavailable> {
+        if !self.shared.lp.is_in_loop_thread() {
+            return Err(CtxUnavailable::OtherLoop);
+        }
+        let Some(&token) = self.shared.token.get() else {
+            return Err(CtxUnavailable::Closed);
+        };
+        if self.is_closed() {
+            return Err(CtxUnavailable::Closed);
+        }
+        match LoopConn::with_ctx_at(lp, token, "function given to with_ctx", f) {
+            Some(Some(r)) => Ok(r),
+            Some(None) => Err(CtxUnavailable::Closed),
+            None if self.is_closed() => Err(CtxUnavailable::Closed),
+            None => Err(CtxUnavailable::Busy),
+        }
+    }
+
+    /// Sends `data`: queued to the loop, written in call order. Returns
+    /// [`ConnectionClosed`] if the connection is already closed (or closing, after a
+    /// [`shutdown`](TcpConnection::shutdown)); if it closes before the loop gets to the
+    /// data, the data is dropped.
+    pub fn send(&self, data: impl Into<Vec<u8>>) -> Result<(), ConnectionClosed> {
+        if !self.is_connected() {
+            return Err(ConnectionClosed);
+        }
+        let data = data.into();
+        self.queue_in_loop(move |ctx| {
+            ctx.send(&data);
+        })
+    }
+
+    /// Sends a shared message without copying it: the connection's output buffer keeps a
+    /// reference to `data` until it is written (see [`ConnCtx::send_shared`]). For one
+    /// message sent to many connections.
+    pub fn send_shared(&self, data: Arc<[u8]>) -> Result<(), ConnectionClosed> {
+        if !self.is_connected() {
+            return Err(ConnectionClosed);
+        }
+        self.queue_in_loop(move |ctx| {
+            ctx.send_shared(data);
+        })
+    }
+
+    /// Half-closes: once everything queued is written, shuts down the writing side. The
+    /// connection closes when the peer closes its side.
+    pub fn shutdown(&self) -> Result<(), ConnectionClosed> {
+        self.queue_in_loop(|ctx| ctx.shutdown())
+    }
+
+    /// Closes the connection now, dropping unsent output (reason [`CloseReason::User`]).
+    pub fn force_close(&self) -> Result<(), ConnectionClosed> {
+        self.close_with(CloseReason::User)
+    }
+
+    /// Closes the connection now with `reason`.
+    pub(crate) fn close_with(&self, reason: CloseReason) -> Result<(), ConnectionClosed> {
+        self.queue_in_loop(move |ctx| ctx.close(reason))
+    }
+
+    /// Stops reading and closes once everything queued before this call is written
+    /// (see [`ConnCtx::close_after_flush`]).
+    pub fn close_after_flush(&self) -> Result<(), ConnectionClosed> {
+        self.queue_in_loop(|ctx| ctx.close_after_flush())
+    }
+
+    /// Closes the connection after `delay` unless it closed meanwhile.
+    pub fn force_close_after(&self, delay: Duration) -> Result<(), ConnectionClosed> {
+        let me = self.clone();
+        self.shared
+            .lp
+            .run_after(delay, move |_| {
+                let _ = me.force_close();
+            })
+            .map(|_| ())
+            .map_err(|_| ConnectionClosed)
+    }
+
+    /// Sets `TCP_NODELAY` (disables Nagle's algorithm) on the loop; errors are logged.
+    pub fn set_tcp_nodelay(&self, on: bool) -> Result<(), ConnectionClosed> {
+        self.queue_in_loop(move |ctx| {
+            if let Err(e) = ctx.set_tcp_nodelay(on) {
+                log::warn!("{}: TCP_NODELAY: {e}", ctx.connection().name());
+            }
+        })
+    }
+
+    /// Enables or disables `SO_KEEPALIVE` on the loop; errors are logged.
+    pub fn set_keepalive(&self, on: bool) -> Result<(), ConnectionClosed> {
+        self.queue_in_loop(move |ctx| {
+            if let Err(e) = ctx.set_keepalive(on) {
+                log::warn!("{}: SO_KEEPALIVE: {e}", ctx.connection().name());
+            }
+        })
+    }
+
+    /// Stops reading from the socket: the peer's data (and its end of stream) wait in the
+    /// kernel, and the peer is slowed by TCP flow control once the kernel's buffer fills.
+    ///
+    /// Takes effect at once, from any thread, even in the middle of a large read: once
+    /// this returns, the only message callback that may still start is one the loop had
+    /// already decided to run at that instant; bytes the loop was reading at that moment
+    /// are kept and delivered after [`start_reading`](TcpConnection::start_reading). Nothing is lost while paused: if the peer closes or resets meanwhile,
+    /// the connection stays open (for reading only) until
+    /// [`start_reading`](TcpConnection::start_reading), delivers what the peer sent, and
+    /// then closes. A connection that is never resumed is only closed by an idle timeout
+    /// or by the application.
+    pub fn stop_reading(&self) -> Result<(), ConnectionClosed> {
+        if self.is_closed() {
+            return Err(ConnectionClosed);
+        }
+        self.set_read_paused(true);
+        self.queue_in_loop(|ctx| ctx.sync_reading())
+    }
+
+    /// Resumes reading after [`stop_reading`](TcpConnection::stop_reading) (unless the
+    /// connection's own backpressure still holds it).
+    pub fn start_reading(&self) -> Result<(), ConnectionClosed> {
+        if self.is_closed() {
+            return Err(ConnectionClosed);
+        }
+        self.set_read_paused(false);
+        self.queue_in_loop(|ctx| ctx.resume_reading())
+    }
+
+    /// Whether the application paused reading ([`stop_reading`](TcpConnection::stop_reading)).
+    pub fn is_reading_stopped(&self) -> bool {
+        self.shared.read_paused.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn set_token(&self, token: Token) {
+        let _ = self.shared.token.set(token);
+    }
+
+    /// The token of the connection's channel on its loop, once registered.
+    pub(crate) fn token(&self) -> Option<Token> {
+        self.shared.token.get().copied()
+    }
+
+    pub(crate) fn set_read_paused(&self, paused: bool) {
+        self.shared.read_paused.store(paused, Ordering::Release);
+    }
+
+    /// Records why the connection closed (the first reason stands) and marks it closed.
+    pub(crate) fn mark_closed(&self, reason: CloseReason) {
+        self.shared.close_reason.lock().get_or_insert(reason);
+        self.set_state(ConnState::Disconnected);
+    }
+
+    /// Records activity at `at` (the loop's poll time: no clock read per event).
+    pub(crate) fn touch(&self, at: Instant) {
+        self.shared
+            .last_activity_ms
+            .store(ms_since_base(at), Ordering::Relaxed);
+    }
+}
+
+impl fmt::Debug for TcpConnection {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpConnection")
+            .field("name", &self.name())
+            .field("peer", &self.shared.peer)
+            .field("local", &self.shared.local)
+            .field("state", &self.state())
+            .finish()
+    }
+}
+
+/// A connection's name, from [`TcpConnection::name`]: displays as `{server}-{peer}#{id}`.
+#[derive(Clone, Copy)]
+pub struct ConnName<'a>(&'a ConnShared);
+
+impl fmt::Display for ConnName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}-{}#{}", self.0.owner, self.0.peer, self.0.id)
+    }
+}
+
+impl fmt::Debug for ConnName<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "\"{self}\"")
+    }
+}

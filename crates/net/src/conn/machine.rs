@@ -1,0 +1,863 @@
+//! The loop side of a connection: [`LoopConn`], the handler its loop calls, and
+//! [`Machine`], the state machine behind it.
+//!
+//! The whole state of a connection is two small enums and the public [`ConnState`]:
+//!
+//! - [`ReadSide`]: `Open` → (`Backpressured` ⇄ `Open`) → `Eof`; or, after a hang-up while
+//!   the application had paused reading, `Parked` until reading resumes. (The
+//!   application's own pause is an atomic flag of the handle, so that any thread can set
+//!   it and have it take effect at once.)
+//! - [`WriteSide`]: `Open` → `Draining { then }` (after [`ConnCtx::shutdown`] or
+//!   [`ConnCtx::close_after_flush`], until the output is written) → `Shut` (half-closed)
+//!   or closed; or `Gone` once the peer cannot receive any more (hang-up, reset, failed
+//!   write), its queued output dropped.
+//!
+//! Every close goes through [`Machine::close`] with a [`CloseReason`]; the other
+//! transitions only decide *when*. `docs/architecture.md` draws the diagram.
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use duo_buffer::{BufferError, InputBuffer, OutputBuffer, ReadOutcome};
+use duo_reactor::{Channel, EventLoop, Handler, Interest, Token};
+
+use super::callbacks::Callbacks;
+use super::ctx::ConnCtx;
+use super::group::ServerLink;
+use super::handle::{ConnState, TcpConnection};
+use crate::close_reason::CloseReason;
+use crate::config::{Backpressure, ConnConfig, OutputLimit};
+use crate::guard::catch_user_panic;
+use crate::per_loop::NetLoop;
+use crate::stats::IoCounters;
+
+/// Run when a connection closes, before its "down" callbacks: the owner's bookkeeping
+/// (a server's connection count, a client's phase).
+pub(crate) type CloseHook = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
+
+/// The server or client a connection belongs to, as the connections of one loop see it:
+/// one allocation for all of them, one pointer in each.
+pub(crate) struct Owner {
+    pub(crate) callbacks: Arc<Callbacks>,
+    pub(crate) config: ConnConfig,
+    /// Key of the owner's idle wheel on each loop (see [`NetLoop`]), if idle timeouts are
+    /// on.
+    pub(crate) idle_key: Option<u64>,
+    pub(crate) on_close: Option<CloseHook>,
+    pub(crate) counters: Arc<IoCounters>,
+    /// The owning server (none for a client's connection).
+    pub(crate) server: Option<Arc<ServerLink>>,
+}
+
+/// The receiving direction, as far as the loop decides it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ReadSide {
+    /// Reading, unless the application paused it (the handle's flag).
+    Open,
+    /// Paused by the connection itself: its output passed the high-water mark
+    /// ([`Backpressure::PauseReading`]); reading resumes below the low-water mark.
+    Backpressured,
+    /// The peer hung up while the application had reading paused: its last bytes wait in
+    /// the kernel until reading resumes. Registered edge-triggered meanwhile, so that a
+    /// level-triggered loop is not woken by the hang-up again and again.
+    Parked,
+    /// The peer sent its end of stream: reading is over.
+    Eof,
+}
+
+/// What happens once the output is written, for [`WriteSide::Draining`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AfterDrain {
+    /// Half-close (`shutdown(SHUT_WR)`) and wait for the peer's end of stream.
+    HalfClose,
+    /// Close, for this reason; reading has stopped.
+    Close(CloseReason),
+}
+
+/// The sending direction.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteSide {
+    /// Sends are accepted.
+    Open,
+    /// No more sends; the queued output is being written, then `then`.
+    Draining(AfterDrain),
+    /// We half-closed, after the output was written.
+    Shut,
+    /// The peer can no longer receive (hang-up, socket error, failed write); what was
+    /// queued was dropped. `error` is the socket error, reported as the close reason once
+    /// the peer's last bytes have been read.
+    Gone { error: Option<io::ErrorKind> },
+}
+
+/// The handler registered with the connection's loop.
+pub(crate) struct LoopConn {
+    input: InputBuffer,
+    m: Machine,
+}
+
+/// Everything of the loop side but the input buffer, so that a message callback can hold
+/// the input buffer and a [`ConnCtx`] at once.
+pub(crate) struct Machine {
+    pub(super) handle: TcpConnection,
+    pub(super) output: OutputBuffer,
+    pub(super) owner: Arc<Owner>,
+    pub(super) read: ReadSide,
+    pub(super) write: WriteSide,
+    /// Bytes were read but not yet delivered: the application paused reading (from
+    /// another thread) while the read was under way. Delivered when reading resumes.
+    held_input: bool,
+    /// A continuation of reading (the read budget of one event was used up) is queued.
+    read_queued: bool,
+}
+
+impl LoopConn {
+    /// Registers an accepted (or connected) socket with `lp` and runs the "up" callback.
+    pub(crate) fn establish(
+        lp: &mut EventLoop,
+        socket: socket2::Socket,
+        handle: TcpConnection,
+        owner: Arc<Owner>,
+    ) -> io::Result<Token> {
+        let mut interest = Interest::READABLE;
+        if owner.config.edge_triggered {
+            interest |= Interest::EDGE;
+        }
+        let pool = owner.config.pool;
+        let conn = LoopConn {
+            input: InputBuffer::with_pool(pool, owner.config.max_input),
+            m: Machine {
+                handle: handle.clone(),
+                output: OutputBuffer::with_pool(pool),
+                owner,
+                read: ReadSide::Open,
+                write: WriteSide::Open,
+                held_input: false,
+                read_queued: false,
+            },
+        };
+        let hook = conn.m.owner.on_close.clone();
+        let token = match lp.add_channel(socket, interest, conn) {
+            Ok(t) => t,
+            Err(e) => {
+                handle.mark_closed(CloseReason::Error(e.error.kind()));
+                if let Some(hook) = hook {
+                    hook(&handle);
+                }
+                return Err(e.error);
+            }
+        };
+        handle.set_token(token);
+        handle.set_state(ConnState::Connected);
+        log::debug!("{}: up", handle.name());
+        lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+            conn.m.idle_refresh(lp, ch.token());
+            let up = catch_user_panic(
+                &mut conn.m,
+                |m| {
+                    if let Some(cb) = &m.owner.callbacks.connection {
+                        cb(&m.handle);
+                    }
+                },
+                |m| m.handle.name().to_string(),
+                "connection callback",
+            );
+            if up.is_none() {
+                conn.m.close(lp, ch, CloseReason::Panic);
+            } else {
+                // The "up" callback may have paused reading through the handle.
+                conn.m.sync_reading(ch);
+            }
+        });
+        Ok(token)
+    }
+
+    /// Runs `f` on the machine of the connection behind `handle`, if it lives on `lp`, is
+    /// open and none of its callbacks is running further up the stack.
+    pub(crate) fn with_machine<R>(
+        lp: &mut EventLoop,
+        handle: &TcpConnection,
+        f: impl FnOnce(&mut EventLoop, &mut Channel, &mut Machine) -> R,
+    ) -> Option<R> {
+        let token = handle.token()?;
+        lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| f(lp, ch, &mut conn.m))
+    }
+
+    /// Runs `f` with the [`ConnCtx`] of the connection at `token`, catching a panic (see
+    /// [`Machine::run_guarded`]): `None` if no connection is at `token` on this loop (or
+    /// its handler is taken: one of its callbacks is running further up the stack),
+    /// `Some(None)` if `f` panicked (the connection is then closed).
+    pub(crate) fn with_ctx_at<R>(
+        lp: &mut EventLoop,
+        token: Token,
+        what: &str,
+        f: impl FnOnce(&mut ConnCtx<'_>) -> R,
+    ) -> Option<Option<R>> {
+        lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| conn.m.run_guarded(lp, ch, what, f))
+    }
+
+    /// The idle wheel of this loop found no traffic on the connection at `token` for the
+    /// timeout.
+    pub(crate) fn idle_expired(lp: &mut EventLoop, token: Token) {
+        lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+            log::info!("{}: idle timeout; closing", conn.m.handle.name());
+            conn.m.close(lp, ch, CloseReason::Idle);
+        });
+    }
+
+    /// Runs `f` on each open connection of `server` on this loop. The loop's channels are
+    /// visited (no per-connection bookkeeping: an idle connection costs nothing more, and
+    /// opening or closing one costs no set insertion or removal).
+    pub(crate) fn for_each_of_server(
+        lp: &mut EventLoop,
+        server: u64,
+        what: &str,
+        f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
+    ) {
+        for token in lp.channel_tokens() {
+            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
+                if ours && !conn.m.closed() {
+                    conn.m.run_guarded(lp, ch, what, f);
+                }
+            });
+        }
+    }
+
+    /// Reads what the socket has, delivering it to the message callback, within the read
+    /// budget of one event. `until_eagain`: a short read does not prove the socket drained
+    /// (the peer's FIN may have come with the data, or this is a continuation run outside
+    /// an event), so read on until `EAGAIN` or end of stream.
+    fn read_ready(&mut self, lp: &mut EventLoop, ch: &mut Channel, until_eagain: bool) {
+        let mut budget = self.m.owner.config.read_budget;
+        if !self.m.wants_reading() {
+            self.m.sync_reading(ch);
+            return;
+        }
+        if std::mem::take(&mut self.m.held_input) && !self.deliver_and_settle(lp, ch) {
+            return;
+        }
+        loop {
+            if !self.m.wants_reading() {
+                self.m.sync_reading(ch);
+                return;
+            }
+            match self.input.recv_from(ch.fd()) {
+                Ok(ReadOutcome::Data { len, drained }) => {
+                    self.m.owner.counters.add_in(len);
+                    self.m.handle.touch(lp.poll_time());
+                    if self.m.owner.config.idle_refresh_on_read {
+                        self.m.idle_refresh(lp, ch.token());
+                    }
+                    if self.m.user_paused() {
+                        // Paused (from another thread) while we were reading: no callback
+                        // starts after `stop_reading` returned. Keep the bytes for later.
+                        self.hold_input(lp, ch);
+                        return;
+                    }
+                    if !self.deliver_and_settle(lp, ch) || !self.m.owner.config.edge_triggered {
+                        return;
+                    }
+                    // A short read means the socket is drained, and saves the read that
+                    // would return EAGAIN, unless the peer's FIN came with the data: then
+                    // no new edge will report it, so read on to see the EOF now.
+                    if drained && !until_eagain {
+                        return;
+                    }
+                    budget = budget.saturating_sub(len);
+                    if budget == 0 {
+                        // Enough for one event: serve the others, then read on.
+                        self.queue_more_reading(lp, ch);
+                        return;
+                    }
+                }
+                Ok(ReadOutcome::WouldBlock) => return,
+                Ok(ReadOutcome::Eof) => {
+                    self.peer_finished(lp, ch);
+                    return;
+                }
+                Err(BufferError::Full { limit }) => {
+                    log::warn!(
+                        "{}: {limit} bytes of input not consumed by the message callback; closing",
+                        self.m.handle.name()
+                    );
+                    self.m.close(lp, ch, CloseReason::InputTooLarge);
+                    return;
+                }
+                Err(BufferError::Io(e)) => {
+                    // The kernel reports an error only once the receive queue is empty:
+                    // nothing the peer sent is left behind.
+                    log::debug!("{}: read: {e}", self.m.handle.name());
+                    let kind = self.m.gone_error().unwrap_or(e.kind());
+                    self.m.close(lp, ch, CloseReason::Error(kind));
+                    return;
+                }
+                Err(e) => {
+                    log::error!("{}: read: {e}; closing", self.m.handle.name());
+                    self.m.close(lp, ch, CloseReason::OutOfMemory);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
+    fn hold_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.m.held_input = true;
+        if self.settle_input(lp, ch) {
+            self.m.sync_reading(ch);
+        }
+    }
+
+    /// Hands the input to the message callback, keeps what it left, and applies a pause it
+    /// asked for (through its `ConnCtx` or a handle). True if the connection is still open
+    /// and reading.
+    fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        self.deliver(lp, ch);
+        if !self.settle_input(lp, ch) || ch.is_removed() || self.m.closed() {
+            return false;
+        }
+        self.m.sync_reading(ch);
+        ch.is_reading()
+    }
+
+    /// Moves bytes a callback left in the thread's read area to a block of their own
+    /// (usually there are none: nothing is copied); false if that failed and the
+    /// connection was closed.
+    fn settle_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        match self.input.settle() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "{}: cannot keep unparsed input: {e}; closing",
+                    self.m.handle.name()
+                );
+                self.m.close(lp, ch, CloseReason::OutOfMemory);
+                false
+            }
+        }
+    }
+
+    /// Queues the rest of an edge-triggered read for after the other events of this
+    /// iteration (no further edge would report what is left).
+    fn queue_more_reading(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if std::mem::replace(&mut self.m.read_queued, true) {
+            return;
+        }
+        let token = ch.token();
+        lp.queue_in_loop(move |lp| {
+            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                conn.m.read_queued = false;
+                conn.read_ready(lp, ch, true);
+            });
+        });
+    }
+
+    /// The peer sent EOF, after everything it sent has been delivered.
+    fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.m.read = ReadSide::Eof;
+        ch.disable_reading();
+        if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {
+            // Both directions are done.
+            let reason = self.m.peer_reason();
+            self.m.close(lp, ch, reason);
+            return;
+        }
+        let owner = self.m.owner.clone();
+        match owner.callbacks.half_close.as_deref() {
+            // The application finishes its work and closes when it is done.
+            Some(cb) => {
+                self.m
+                    .run_guarded(lp, ch, "half-close callback", |ctx| cb(ctx));
+            }
+            None => self.m.close_after_flush(lp, ch, CloseReason::Peer),
+        }
+    }
+
+    /// Hands the input to the message callback.
+    fn deliver(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        // A clone of this loop's `Owner` pointer (a cache line only this thread touches),
+        // not of the callback's, whose count every I/O thread would bounce.
+        let owner = self.m.owner.clone();
+        let Some(cb) = owner.callbacks.message.as_deref() else {
+            // Nobody wants the bytes: drop them rather than let the buffer fill.
+            self.input.consume_all();
+            return;
+        };
+        let input = &mut self.input;
+        self.m
+            .run_guarded(lp, ch, "message callback", |ctx| cb(ctx, input));
+    }
+}
+
+impl Handler for LoopConn {
+    fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        let until_eagain = ch.ready().is_read_hup() || ch.ready().is_hup();
+        self.read_ready(lp, ch, until_eagain);
+    }
+
+    fn handle_write(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.m.flush(lp, ch);
+    }
+
+    /// A hang-up without "readable": for TCP this happens only while readable is not
+    /// asked for (reading paused), so the receive queue may still hold the peer's last
+    /// bytes. Nothing more can be sent; what is left to read is kept until reading resumes.
+    fn handle_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.m.peer_gone(lp, ch, None);
+        if self.m.closed() {
+            return;
+        }
+        if self.m.read == ReadSide::Eof {
+            let reason = self.m.peer_reason();
+            self.m.close(lp, ch, reason);
+        } else if self.m.wants_reading() {
+            self.read_ready(lp, ch, true);
+        } else if self.m.read != ReadSide::Parked {
+            log::debug!(
+                "{}: peer gone while reading is paused; its last bytes wait for start_reading",
+                self.m.handle.name()
+            );
+            self.m.read = ReadSide::Parked;
+            ch.set_edge_triggered(true);
+        }
+    }
+
+    fn handle_error(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        let kind = match duo_sys::take_socket_error(ch.fd()) {
+            Ok(Some(e)) => {
+                log::debug!("{}: socket error: {e}", self.m.handle.name());
+                e.kind()
+            }
+            Ok(None) => return,
+            Err(e) => {
+                log::debug!("{}: SO_ERROR: {e}", self.m.handle.name());
+                e.kind()
+            }
+        };
+        // A pending socket error ends a TCP connection (a reset, a retransmission or
+        // keepalive timeout); the hang-up may be reported with it or just after it (the
+        // kernel sets the error first). Nothing more can be sent; the peer's last bytes are
+        // read next (readable) or kept until reading resumes (`handle_close`, on the
+        // hang-up).
+        self.m.peer_gone(lp, ch, Some(kind));
+    }
+}
+
+impl Machine {
+    /// Runs `f` with this connection's [`ConnCtx`], catching a panic: a panicking `f`
+    /// closes the connection (reason [`CloseReason::Panic`]) and gives `None`.
+    pub(super) fn run_guarded<R>(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        what: &str,
+        f: impl FnOnce(&mut ConnCtx<'_>) -> R,
+    ) -> Option<R> {
+        let result = catch_user_panic(
+            self,
+            |m| f(&mut ConnCtx::new(m, ch, lp)),
+            |m| m.handle.name().to_string(),
+            what,
+        );
+        if result.is_none() {
+            self.close(lp, ch, CloseReason::Panic);
+        }
+        result
+    }
+
+    pub(super) fn idle_refresh(&self, lp: &mut EventLoop, token: Token) {
+        if let Some(key) = self.owner.idle_key {
+            NetLoop::idle_refresh(lp, key, token);
+        }
+    }
+
+    pub(super) fn closed(&self) -> bool {
+        self.handle.state() == ConnState::Disconnected
+    }
+
+    /// The socket error that ended the connection, if the peer is gone because of one.
+    fn gone_error(&self) -> Option<io::ErrorKind> {
+        match self.write {
+            WriteSide::Gone { error } => error,
+            _ => None,
+        }
+    }
+
+    /// The reason for a close the peer caused: its error if there was one.
+    fn peer_reason(&self) -> CloseReason {
+        self.gone_error()
+            .map_or(CloseReason::Peer, CloseReason::Error)
+    }
+
+    pub(super) fn user_paused(&self) -> bool {
+        self.handle.is_reading_stopped()
+    }
+
+    /// Whether the connection should be reading now.
+    fn wants_reading(&self) -> bool {
+        matches!(self.read, ReadSide::Open | ReadSide::Parked)
+            && !self.user_paused()
+            && !matches!(self.write, WriteSide::Draining(AfterDrain::Close(_)))
+            && !self.closed()
+    }
+
+    /// Makes the channel's read interest match the state (applied by the loop when the
+    /// handler returns).
+    pub(super) fn sync_reading(&mut self, ch: &mut Channel) {
+        if self.wants_reading() {
+            if self.read == ReadSide::Parked {
+                self.read = ReadSide::Open;
+                ch.set_edge_triggered(self.owner.config.edge_triggered);
+            }
+            // Re-enabling makes epoll re-check readiness, so data (or a hang-up) that
+            // arrived while paused is reported even with edge triggering.
+            ch.enable_reading();
+        } else {
+            ch.disable_reading();
+        }
+    }
+
+    /// The peer can no longer receive (`error`: the socket error that says why, if any):
+    /// drop the output, stop asking for writability. If the application was only waiting
+    /// for the output to drain before closing, close now.
+    fn peer_gone(&mut self, lp: &mut EventLoop, ch: &mut Channel, error: Option<io::ErrorKind>) {
+        let before = std::mem::replace(&mut self.write, WriteSide::Gone { error });
+        if let WriteSide::Gone { error: earlier } = before {
+            // Already gone; keep the first error seen.
+            self.write = WriteSide::Gone {
+                error: earlier.or(error),
+            };
+            return;
+        }
+        let unsent = self.output.len();
+        if unsent > 0 {
+            log::debug!(
+                "{}: peer gone with {unsent} bytes unsent; dropped",
+                self.handle.name()
+            );
+            self.output.clear();
+        }
+        ch.disable_writing();
+        if let WriteSide::Draining(AfterDrain::Close(reason)) = before {
+            self.close(lp, ch, error.map_or(reason, CloseReason::Error));
+            return;
+        }
+        if self.read == ReadSide::Backpressured {
+            self.read = ReadSide::Open;
+        }
+        self.reading_changed(lp, ch);
+    }
+
+    /// Applies the read state to the channel after something may have lifted a pause;
+    /// input held back by the pause is delivered right after the current callback (not
+    /// from inside it). No epoll event would announce it: those bytes already left the
+    /// kernel. Every path that can turn reading back on goes through here.
+    pub(super) fn reading_changed(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.sync_reading(ch);
+        if self.held_input && self.wants_reading() {
+            let token = ch.token();
+            lp.queue_in_loop(move |lp| {
+                lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                    if conn.m.held_input {
+                        conn.read_ready(lp, ch, true);
+                    }
+                });
+            });
+        }
+    }
+
+    /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
+    /// before is still read; the close follows its end of stream (or the hang-up's event).
+    fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
+        log::debug!("{}: write: {e}", self.handle.name());
+        self.peer_gone(lp, ch, Some(e.kind()));
+        if self.read == ReadSide::Eof && !self.closed() {
+            let reason = self.peer_reason();
+            self.close(lp, ch, reason);
+        }
+    }
+
+    /// Queues `parts` for sending (or, with `shared`, the one shared message `parts`
+    /// views), writing directly when nothing is queued.
+    pub(super) fn send(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        parts: &[&[u8]],
+        shared: Option<Arc<[u8]>>,
+    ) -> bool {
+        if self.write != WriteSide::Open || self.closed() {
+            return false;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some((limit, policy)) = self.owner.config.output_limit {
+            if !self.output.is_empty() && self.output.len() + total > limit {
+                match policy {
+                    OutputLimit::Close => {
+                        log::info!(
+                            "{}: {} bytes of output queued (limit {limit}); closing",
+                            self.handle.name(),
+                            self.output.len()
+                        );
+                        self.close(lp, ch, CloseReason::OutputLimit);
+                    }
+                    OutputLimit::Discard => log::trace!(
+                        "{}: output limit {limit}: {total} bytes discarded",
+                        self.handle.name()
+                    ),
+                }
+                return false;
+            }
+        }
+        let mut written = 0;
+        if self.output.is_empty() && !ch.is_writing() {
+            // No allocation: up to 8 pieces go out in one call; any further pieces are
+            // buffered below like any unwritten rest.
+            let mut slices = [IoSlice::new(&[]); 8];
+            let count = parts.len().min(slices.len());
+            for (slot, part) in slices.iter_mut().zip(parts) {
+                *slot = IoSlice::new(part);
+            }
+            match duo_sys::send_vectored(ch.fd(), &slices[..count]) {
+                Ok(n) => {
+                    written = n;
+                    self.owner.counters.add_out(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.write_failed(lp, ch, &e);
+                    return false;
+                }
+            }
+        }
+        if written == total {
+            if self.owner.callbacks.write_complete.is_some() {
+                // Queued, not called: a callback that sends again from write-complete
+                // would otherwise recurse without bound.
+                let token = ch.token();
+                lp.queue_in_loop(move |lp| {
+                    lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                        // A later send may have left output queued meanwhile: then the
+                        // flush that drains it reports completion, not this notice.
+                        if conn.m.output.is_empty() {
+                            conn.m.write_complete(lp, ch)
+                        }
+                    });
+                });
+            }
+            return true;
+        }
+        let before = self.output.len();
+        if let Some(data) = shared {
+            self.output.push_shared(data, written);
+        } else {
+            let mut skip = written;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                if let Err(e) = self.output.append(&part[skip..]) {
+                    log::error!("{}: cannot buffer output: {e}; closing", self.handle.name());
+                    self.close(lp, ch, CloseReason::OutOfMemory);
+                    return false;
+                }
+                skip = 0;
+            }
+        }
+        ch.enable_writing();
+        let after = self.output.len();
+        let hwm = self.owner.config.high_water;
+        if after > hwm
+            && self.read == ReadSide::Open
+            && self.owner.config.backpressure == Backpressure::PauseReading
+        {
+            // Backpressure: stop reading until the peer drains what we owe it.
+            self.read = ReadSide::Backpressured;
+            ch.disable_reading();
+        }
+        if before <= hwm && after > hwm {
+            let owner = self.owner.clone();
+            if let Some(cb) = owner.callbacks.high_water_mark.as_deref() {
+                if self
+                    .run_guarded(lp, ch, "high-water-mark callback", |ctx| cb(ctx, after))
+                    .is_none()
+                {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes as much of the output buffer as the socket takes.
+    fn flush(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if !ch.is_writing() || matches!(self.write, WriteSide::Gone { .. }) {
+            return;
+        }
+        loop {
+            match self.output.send_to(ch.fd()) {
+                Ok(n) => {
+                    self.owner.counters.add_out(n);
+                    if self.owner.config.idle_refresh_on_read {
+                        // A peer still taking queued output (a slow download) is not
+                        // idle, even if it sends nothing.
+                        self.idle_refresh(lp, ch.token());
+                    }
+                    if self.output.is_empty() {
+                        ch.disable_writing();
+                        self.resume_if_drained(lp, ch);
+                        self.write_complete(lp, ch);
+                        if let WriteSide::Draining(then) = self.write {
+                            self.drained(lp, ch, then);
+                        }
+                        return;
+                    }
+                    self.resume_if_drained(lp, ch);
+                    if !self.owner.config.edge_triggered {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.write_failed(lp, ch, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_if_drained(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.read == ReadSide::Backpressured && self.output.len() <= self.owner.config.low_water
+        {
+            self.read = ReadSide::Open;
+            self.reading_changed(lp, ch);
+        }
+    }
+
+    fn write_complete(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.closed() {
+            return;
+        }
+        let owner = self.owner.clone();
+        if let Some(cb) = owner.callbacks.write_complete.as_deref() {
+            self.run_guarded(lp, ch, "write-complete callback", |ctx| cb(ctx));
+        }
+    }
+
+    /// Half-close once the output is written ([`ConnCtx::shutdown`]).
+    pub(super) fn shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.handle.state() != ConnState::Connected {
+            return;
+        }
+        self.handle.set_state(ConnState::Disconnecting);
+        if self.write == WriteSide::Open {
+            self.write = WriteSide::Draining(AfterDrain::HalfClose);
+            if self.output.is_empty() {
+                self.drained(lp, ch, AfterDrain::HalfClose);
+            }
+        }
+    }
+
+    /// Stop reading, deliver what we still owe the peer, then close with `reason` (an
+    /// earlier request's reason stands).
+    pub(super) fn close_after_flush(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        reason: CloseReason,
+    ) {
+        if self.closed() {
+            return;
+        }
+        ch.disable_reading();
+        let reason = match self.write {
+            WriteSide::Draining(AfterDrain::Close(earlier)) => earlier,
+            _ => reason,
+        };
+        let sending = matches!(self.write, WriteSide::Open | WriteSide::Draining(_));
+        if sending && !self.output.is_empty() {
+            self.write = WriteSide::Draining(AfterDrain::Close(reason));
+            if self.handle.state() == ConnState::Connected {
+                self.handle.set_state(ConnState::Disconnecting);
+            }
+        } else {
+            self.close(lp, ch, reason);
+        }
+    }
+
+    /// The output is written while draining: half-close (or close, if the peer is done
+    /// too), or close.
+    fn drained(&mut self, lp: &mut EventLoop, ch: &mut Channel, then: AfterDrain) {
+        match then {
+            AfterDrain::Close(reason) => self.close(lp, ch, reason),
+            // Nothing more can come from the peer either: both directions are done.
+            AfterDrain::HalfClose if self.read == ReadSide::Eof => {
+                let reason = self.peer_reason();
+                self.close(lp, ch, reason);
+            }
+            AfterDrain::HalfClose => {
+                self.write = WriteSide::Shut;
+                if let Err(e) = duo_sys::shutdown_write(ch.fd()) {
+                    log::debug!("{}: shutdown: {e}", self.handle.name());
+                }
+            }
+        }
+    }
+
+    /// The start of a graceful server shutdown for this connection: the shutdown
+    /// callback if there is one, else a half-close once the output is written.
+    pub(super) fn begin_shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.handle.state() != ConnState::Connected {
+            return;
+        }
+        let owner = self.owner.clone();
+        match owner.callbacks.shutdown.as_deref() {
+            Some(cb) => {
+                self.run_guarded(lp, ch, "shutdown callback", |ctx| cb(ctx));
+            }
+            None => self.shutdown(lp, ch),
+        }
+    }
+
+    /// Closes now, with `reason`: the one way every connection ends. Deregisters (when
+    /// the handler returns), counts the reason, runs the owner's hook, then the "down"
+    /// and close callbacks. Unread input and unsent output are dropped.
+    pub(crate) fn close(&mut self, lp: &mut EventLoop, ch: &mut Channel, reason: CloseReason) {
+        if self.closed() {
+            return;
+        }
+        self.handle.mark_closed(reason);
+        ch.disable_all();
+        ch.remove();
+        let token = ch.token();
+        if let Some(key) = self.owner.idle_key {
+            NetLoop::idle_forget(lp, key, token);
+        }
+        self.owner.counters.add_close(reason);
+        let dropped = self.output.len();
+        if dropped > 0 {
+            log::debug!(
+                "{}: down ({reason}), {dropped} bytes unsent",
+                self.handle.name()
+            );
+        } else {
+            log::debug!("{}: down ({reason})", self.handle.name());
+        }
+        // The owner forgets the connection first, so that the "down" callbacks see a
+        // consistent owner (a client with no connection, say).
+        if let Some(hook) = &self.owner.on_close {
+            hook(&self.handle);
+        }
+        let callbacks = [
+            (&self.owner.callbacks.connection, "connection callback"),
+            (&self.owner.callbacks.close, "close callback"),
+        ];
+        for (cb, what) in callbacks {
+            if let Some(cb) = cb {
+                // Already closing: a panic here is only logged.
+                catch_user_panic(&mut self.handle, |h| cb(h), |h| h.name().to_string(), what);
+            }
+        }
+    }
+}

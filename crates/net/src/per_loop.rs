@@ -1,0 +1,254 @@
+//! The net layer's state of one loop, [`NetLoop`]: installed in one place, typed, and
+//! owned by the loop (a loop-local value; only the loop thread touches it).
+//!
+//! It holds the loop's services that are not one connection's:
+//!
+//! - **Idle wheels**, one per server that has an idle timeout (a [`TimingWheel`] ticked by
+//!   a repeating timer, muduo's idle-connection eviction). Every read refreshes the
+//!   connection's token in O(1); a connection that sees no traffic for the timeout falls
+//!   off the wheel and is closed. Tokens carry a generation, so the token of a connection
+//!   that closed and whose slot was reused cannot close the new one.
+//! - **Buffer trimming**: connections take their blocks from a [`BufPool`], which keeps
+//!   freed blocks for reuse: after 10 000 clients each sent a megabyte and left, the pool
+//!   would hold that memory for good. Each loop a server runs on therefore checks the
+//!   server's pool on a repeating timer, and when the free blocks exceed both
+//!   [`TRIM_FLOOR`] and the blocks in use (the burst is over), returns the shared free
+//!   lists and its own thread's cache to the system ([`BufPool::trim`], then
+//!   `malloc_trim` through [`duo_sys::release_free_heap`]). Under steady load the free
+//!   blocks are the thread caches a loop reuses at once, few next to what is in use, and
+//!   nothing is trimmed. One timer per loop, however many servers share it: the first
+//!   server to start on a loop installs it (with its interval), the last to stop removes
+//!   it; it trims every pool its servers use.
+//!
+//! Dependencies run one way: connections and servers use this module, never the reverse;
+//! what an expired idle token means (closing a connection) is passed in as a function.
+
+use std::collections::HashMap;
+use std::time::Duration;
+
+use duo_buffer::BufPool;
+use duo_reactor::{EventLoop, TimerId, TimingWheel, Token};
+
+/// Free pool memory below which a loop does not bother trimming: 2 MiB.
+pub(crate) const TRIM_FLOOR: usize = 2 << 20;
+
+/// What an expired idle token means: called with each one.
+pub(crate) type OnIdle = fn(&mut EventLoop, Token);
+
+/// The net layer's state of one loop.
+#[derive(Default)]
+pub(crate) struct NetLoop {
+    /// Idle wheels by server key.
+    idle: HashMap<u64, IdleWheel>,
+    /// The buffer-trim timer, if a server on this loop trims.
+    trim: Option<TrimTimer>,
+}
+
+struct IdleWheel {
+    wheel: TimingWheel<Token>,
+    timer: TimerId,
+    /// Reused by every tick (no allocation per tick).
+    expired: Vec<Token>,
+}
+
+struct TrimTimer {
+    timer: TimerId,
+    /// The pools trimmed, each with the number of servers on this loop that use it.
+    pools: Vec<(BufPool, usize)>,
+}
+
+/// Tick length and bucket count for a timeout: at most 1 s per tick, at least 8 buckets
+/// for short timeouts, so a connection closes between `timeout` and `timeout + tick`.
+fn wheel_shape(timeout: Duration) -> (Duration, usize) {
+    let tick = (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let buckets = timeout.as_nanos().div_ceil(tick.as_nanos()).max(1) as usize;
+    (tick, buckets)
+}
+
+impl NetLoop {
+    /// Runs `f` on this loop's state, installing it first if needed.
+    fn with<R>(lp: &mut EventLoop, f: impl FnOnce(&mut EventLoop, &mut NetLoop) -> R) -> Option<R> {
+        if lp.local::<NetLoop>().is_none() {
+            lp.insert_local(NetLoop::default());
+        }
+        lp.with_local::<NetLoop, _>(f)
+    }
+
+    /// Runs `f` on this loop's state if it is installed (a loop no server or client of
+    /// this crate has used has none).
+    fn with_existing<R>(lp: &mut EventLoop, f: impl FnOnce(&mut NetLoop) -> R) -> Option<R> {
+        lp.with_local::<NetLoop, _>(|_, n| f(n))
+    }
+
+    /// Starts an idle wheel for server `key` on this loop; `on_idle` is called with each
+    /// token that expires.
+    pub(crate) fn idle_install(lp: &mut EventLoop, key: u64, timeout: Duration, on_idle: OnIdle) {
+        let (tick, buckets) = wheel_shape(timeout);
+        let timer = lp.run_every(tick, move |lp| NetLoop::idle_tick(lp, key, on_idle));
+        NetLoop::with(lp, |_, n| {
+            n.idle.insert(
+                key,
+                IdleWheel {
+                    wheel: TimingWheel::new(buckets),
+                    timer,
+                    expired: Vec::new(),
+                },
+            )
+        });
+    }
+
+    /// Stops the idle wheel of server `key` on this loop.
+    pub(crate) fn idle_uninstall(lp: &mut EventLoop, key: u64) {
+        if let Some(Some(w)) = NetLoop::with_existing(lp, |n| n.idle.remove(&key)) {
+            lp.cancel(w.timer);
+        }
+    }
+
+    /// Marks `token` active now on server `key`'s wheel.
+    pub(crate) fn idle_refresh(lp: &mut EventLoop, key: u64, token: Token) {
+        NetLoop::with_existing(lp, |n| {
+            if let Some(w) = n.idle.get_mut(&key) {
+                w.wheel.insert(token);
+            }
+        });
+    }
+
+    /// Stops tracking `token` (its connection closed).
+    pub(crate) fn idle_forget(lp: &mut EventLoop, key: u64, token: Token) {
+        NetLoop::with_existing(lp, |n| {
+            if let Some(w) = n.idle.get_mut(&key) {
+                w.wheel.remove(&token);
+            }
+        });
+    }
+
+    fn idle_tick(lp: &mut EventLoop, key: u64, on_idle: OnIdle) {
+        let expired = NetLoop::with_existing(lp, |n| {
+            n.idle.get_mut(&key).map(|w| {
+                let mut out = std::mem::take(&mut w.expired);
+                w.wheel.tick_into(&mut out);
+                out
+            })
+        })
+        .flatten();
+        let Some(mut expired) = expired else { return };
+        for &token in &expired {
+            on_idle(lp, token);
+        }
+        expired.clear();
+        NetLoop::with_existing(lp, |n| {
+            if let Some(w) = n.idle.get_mut(&key) {
+                w.expired = expired;
+            }
+        });
+    }
+
+    /// One more server on this loop trims `pool`: starts the loop's trim timer (every
+    /// `interval`) if it is the first.
+    pub(crate) fn trim_install(lp: &mut EventLoop, pool: BufPool, interval: Duration) {
+        NetLoop::with(lp, |lp, n| {
+            let t = n.trim.get_or_insert_with(|| TrimTimer {
+                timer: lp.run_every(interval, NetLoop::trim_tick),
+                pools: Vec::new(),
+            });
+            match t.pools.iter_mut().find(|(p, _)| *p == pool) {
+                Some((_, users)) => *users += 1,
+                None => t.pools.push((pool, 1)),
+            }
+        });
+    }
+
+    /// A server stopped trimming `pool` on this loop; the last user of the timer cancels it.
+    pub(crate) fn trim_uninstall(lp: &mut EventLoop, pool: BufPool) {
+        let cancel = NetLoop::with_existing(lp, |n| {
+            let t = n.trim.as_mut()?;
+            if let Some(i) = t.pools.iter().position(|(p, _)| *p == pool) {
+                t.pools[i].1 -= 1;
+                if t.pools[i].1 == 0 {
+                    t.pools.swap_remove(i);
+                }
+            }
+            if t.pools.is_empty() {
+                n.trim.take().map(|t| t.timer)
+            } else {
+                None
+            }
+        })
+        .flatten();
+        if let Some(timer) = cancel {
+            lp.cancel(timer);
+        }
+    }
+
+    fn trim_tick(lp: &mut EventLoop) {
+        let pools: Vec<BufPool> = NetLoop::with_existing(lp, |n| {
+            n.trim
+                .as_ref()
+                .map_or_else(Vec::new, |t| t.pools.iter().map(|(p, _)| *p).collect())
+        })
+        .unwrap_or_default();
+        for pool in pools {
+            trim(pool);
+        }
+    }
+}
+
+/// Trims `pool` if its free blocks outweigh the blocks in use and the floor; returns the
+/// bytes released.
+pub(crate) fn trim(pool: BufPool) -> usize {
+    let stats = pool.stats();
+    let free = stats.free_bytes();
+    if free <= TRIM_FLOOR || free <= stats.in_use_bytes() {
+        return 0;
+    }
+    let released = pool.trim();
+    if released > 0 {
+        // The pool's blocks went back to the C allocator; let it return the pages too
+        // (its per-thread arenas otherwise keep them).
+        duo_sys::release_free_heap();
+    }
+    log::debug!(
+        "buffer pool: released {} KiB ({} KiB free, {} KiB in use before)",
+        released >> 10,
+        free >> 10,
+        stats.in_use_bytes() >> 10
+    );
+    released
+}
+
+#[cfg(test)]
+mod tests {
+    use duo_buffer::{BufPool, PoolConfig};
+
+    use super::trim;
+
+    fn pool() -> BufPool {
+        // No thread cache: every free block is on the shared lists, which trim empties.
+        BufPool::new(PoolConfig {
+            memory_cap: None,
+            thread_cache_bytes: 0,
+        })
+    }
+
+    #[test]
+    fn trims_only_a_burst_that_is_over() {
+        const BLOCK: usize = 64 << 10;
+        let pool = pool();
+        let mut burst: Vec<_> = (0..128).map(|_| pool.alloc(BLOCK).unwrap()).collect();
+        assert_eq!(trim(pool), 0, "all 8 MiB in use: nothing to trim");
+        burst.truncate(112);
+        assert_eq!(trim(pool), 0, "1 MiB free is under the floor");
+        burst.truncate(80);
+        assert_eq!(trim(pool), 0, "3 MiB free, 5 MiB in use: load, not a burst");
+        burst.truncate(16);
+        assert_eq!(
+            trim(pool),
+            112 * BLOCK,
+            "7 MiB free, 1 MiB in use: released"
+        );
+        assert_eq!(pool.stats().free_bytes(), 0);
+        assert_eq!(pool.stats().in_use_bytes(), 16 * BLOCK);
+        drop(burst);
+        assert_eq!(trim(pool), 0, "1 MiB free is under the floor again");
+    }
+}

@@ -1,0 +1,230 @@
+//! [`ServerBuilder`]: a server's settings, and starting it.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, ThreadInit};
+use parking_lot::Mutex;
+
+use super::accept::{listen, new_connection_handler, Acceptor, ListenOptions};
+use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER};
+use crate::config::{conn_config_setters, defaults, ConnConfig};
+use crate::conn::callbacks::{callback_setters, Callbacks};
+use crate::conn::group::ServerLink;
+use crate::conn::machine::{LoopConn, Owner};
+use crate::per_loop::NetLoop;
+use crate::stats::{AcceptCounters, IoCounters};
+use crate::ConnCtx;
+
+/// Builds and starts a [`TcpServer`]; from [`TcpServer::builder`].
+pub struct ServerBuilder {
+    name: String,
+    addr: SocketAddr,
+    io_threads: usize,
+    reuse_port: bool,
+    idle_timeout: Option<Duration>,
+    max_connections: Option<usize>,
+    buffer_trim_interval: Option<Duration>,
+    conn: ConnConfig,
+    callbacks: Callbacks,
+    thread_init: Option<ThreadInit>,
+}
+
+impl ServerBuilder {
+    pub(super) fn new(name: &str, addr: SocketAddr) -> ServerBuilder {
+        ServerBuilder {
+            name: name.to_owned(),
+            addr,
+            io_threads: 0,
+            reuse_port: false,
+            idle_timeout: None,
+            max_connections: None,
+            buffer_trim_interval: Some(defaults::BUFFER_TRIM_INTERVAL),
+            conn: ConnConfig::default(),
+            callbacks: Callbacks::default(),
+            thread_init: None,
+        }
+    }
+
+    /// Number of I/O threads (sub reactors); 0 (the default) serves every connection on
+    /// the main loop (single reactor).
+    pub fn io_threads(mut self, n: usize) -> Self {
+        self.io_threads = n;
+        self
+    }
+    /// Sets `SO_REUSEPORT` on the listening socket (several servers on one port).
+    pub fn reuse_port(mut self, on: bool) -> Self {
+        self.reuse_port = on;
+        self
+    }
+    /// Closes connections that show no activity for `timeout` (a timing wheel per loop;
+    /// closes within one wheel tick after the timeout: 1/8 of it, at most 1 s). Activity
+    /// is bytes received, and queued output taken by the peer (a client downloading a
+    /// large reply slowly is not idle). The close drops what is unsent
+    /// ([`CloseReason::Idle`](crate::CloseReason::Idle)).
+    pub fn idle_timeout(mut self, timeout: Duration) -> Self {
+        self.idle_timeout = Some(timeout).filter(|t| !t.is_zero());
+        self
+    }
+    /// Whether every read (and every write of queued output) counts as activity for the
+    /// idle timeout (the default), or only the application's [`ConnCtx::refresh_idle`]
+    /// calls do. Turn it off for a protocol
+    /// with messages, and refresh on each complete message: then a peer that sends a byte
+    /// now and then but never a whole message is evicted like a silent one.
+    pub fn idle_refresh_on_read(mut self, on: bool) -> Self {
+        self.conn.idle_refresh_on_read = on;
+        self
+    }
+    /// Beyond `n` open connections, new ones are accepted and closed at once (counted as
+    /// rejected).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+    /// How often each of the server's loops checks the server's buffer pool (see
+    /// [`buffer_pool`](ServerBuilder::buffer_pool)) and, when its free blocks outweigh
+    /// those in use (a burst is over), returns them to the system (default
+    /// [`defaults::BUFFER_TRIM_INTERVAL`]; zero turns it off). Loops shared by several
+    /// servers run one check, at the first server's interval.
+    pub fn buffer_trim_interval(mut self, interval: Duration) -> Self {
+        self.buffer_trim_interval = Some(interval).filter(|i| !i.is_zero());
+        self
+    }
+    conn_config_setters!("ServerBuilder");
+    callback_setters!();
+    /// Called for each open connection when a graceful
+    /// [`shutdown`](crate::ServerHandle::shutdown) begins. Without it, a connection
+    /// half-closes once its output is written. With it, the callback decides: an
+    /// application with replies still being computed for the connection (on a worker
+    /// pool, say) stops reading new requests ([`ConnCtx::stop_reading`]), sends what it
+    /// owes, then calls [`ConnCtx::close_after_flush`] or [`ConnCtx::shutdown`].
+    /// Connections still open when the shutdown's grace period ends are closed
+    /// regardless.
+    pub fn on_shutdown(mut self, f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static) -> Self {
+        self.callbacks.shutdown = Some(Arc::new(f));
+        self
+    }
+    /// Runs on each I/O thread's loop before it starts.
+    pub fn thread_init(mut self, f: impl Fn(&mut EventLoop) + Send + Sync + 'static) -> Self {
+        self.thread_init = Some(Arc::new(f));
+        self
+    }
+
+    /// Binds, starts the I/O threads and starts accepting on `main`, the calling thread's
+    /// loop (which must then [`run`](EventLoop::run)).
+    pub fn start(self, main: &mut EventLoop) -> io::Result<TcpServer> {
+        let listener = listen(
+            self.addr,
+            ListenOptions {
+                reuse_port: self.reuse_port,
+            },
+        )?;
+        let local_addr = listener
+            .local_addr()?
+            .as_socket()
+            .ok_or_else(|| io::Error::other("listening socket has no inet address"))?;
+        let mut threads = EventLoopThreadPool::new(main.handle(), &self.name, self.io_threads);
+        if let Some(init) = self.thread_init.clone() {
+            threads.set_thread_init(init);
+        }
+        threads.start()?;
+        let loops = threads.handles();
+        let id = NEXT_SERVER.fetch_add(1, Ordering::Relaxed);
+        let pool = self.conn.pool;
+        let shared = Arc::new(ServerShared {
+            id,
+            name: self.name.clone(),
+            local_addr,
+            main: main.handle(),
+            counters: AcceptCounters::default(),
+            io: loops
+                .iter()
+                .map(|_| Arc::new(IoCounters::default()))
+                .collect(),
+            acceptor: Mutex::new(None),
+            stopping: AtomicBool::new(false),
+            shutdown_begun: AtomicBool::new(false),
+            on_empty: Mutex::new(Vec::new()),
+            trims_main: AtomicBool::new(false),
+            pool,
+            link: Arc::new(ServerLink {
+                id,
+                loops: loops.clone(),
+            }),
+        });
+        // Per-loop services: installed on the main loop directly, on the server's own
+        // I/O threads by a queued function (they end with their loop).
+        if let Some(timeout) = self.idle_timeout {
+            for h in &loops {
+                if h.is_in_loop_thread() {
+                    NetLoop::idle_install(main, id, timeout, LoopConn::idle_expired);
+                } else {
+                    h.queue_in_loop(move |lp| {
+                        NetLoop::idle_install(lp, id, timeout, LoopConn::idle_expired)
+                    })
+                    .map_err(io::Error::from)?;
+                }
+            }
+        }
+        if let Some(interval) = self.buffer_trim_interval {
+            for h in &loops {
+                if h.is_in_loop_thread() {
+                    NetLoop::trim_install(main, pool, interval);
+                    shared.trims_main.store(true, Ordering::SeqCst);
+                } else {
+                    h.queue_in_loop(move |lp| NetLoop::trim_install(lp, pool, interval))
+                        .map_err(io::Error::from)?;
+                }
+            }
+        }
+        let callbacks = Arc::new(self.callbacks);
+        let owners: Vec<Arc<Owner>> = shared
+            .io
+            .iter()
+            .map(|counters| {
+                Arc::new(Owner {
+                    callbacks: callbacks.clone(),
+                    config: self.conn,
+                    idle_key: self.idle_timeout.map(|_| id),
+                    on_close: Some(close_hook(&shared)),
+                    counters: counters.clone(),
+                    server: Some(shared.link.clone()),
+                })
+            })
+            .collect();
+        let on_new = new_connection_handler(shared.clone(), loops, owners, self.max_connections);
+        let counters = shared.clone();
+        let acceptor = Acceptor::new(
+            local_addr,
+            on_new,
+            Box::new(move || AcceptCounters::bump(&counters.counters.emfile)),
+        );
+        let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
+        *shared.acceptor.lock() = Some(token);
+        log::info!(
+            "server {} listening on {local_addr} with {} I/O threads",
+            self.name,
+            self.io_threads
+        );
+        Ok(TcpServer { shared, threads })
+    }
+}
+
+impl fmt::Debug for ServerBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerBuilder")
+            .field("name", &self.name)
+            .field("addr", &self.addr)
+            .field("io_threads", &self.io_threads)
+            .field("idle_timeout", &self.idle_timeout)
+            .field("max_connections", &self.max_connections)
+            .field("buffer_trim_interval", &self.buffer_trim_interval)
+            .field("conn", &self.conn)
+            .field("callbacks", &self.callbacks)
+            .finish_non_exhaustive()
+    }
+}

@@ -1,0 +1,357 @@
+//! [`TcpServer`]: main reactor + sub reactors, muduo's `TcpServer`.
+//!
+//! - [`builder`]: the settings, and starting a server;
+//! - [`accept`]: the listening socket and what happens to each accepted connection;
+//! - this file: the running server, its handle, and stopping it (graceful shutdown or at
+//!   once).
+
+mod accept;
+mod builder;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_buffer::BufPool;
+use duo_reactor::{EventLoop, EventLoopThreadPool, LoopHandle, Token};
+use parking_lot::Mutex;
+
+pub use builder::ServerBuilder;
+
+use crate::close_reason::CloseReason;
+use crate::conn::group::{ServerConnections, ServerLink};
+use crate::conn::machine::{CloseHook, LoopConn};
+use crate::per_loop::NetLoop;
+use crate::stats::{AcceptCounters, IoCounters, ServerStats};
+
+static NEXT_SERVER: AtomicU64 = AtomicU64::new(1);
+
+/// A function run on the main loop once a graceful shutdown has closed every connection.
+type WhenEmpty = Box<dyn FnOnce(&mut EventLoop) + Send>;
+
+/// What the server's parts share.
+struct ServerShared {
+    id: u64,
+    name: String,
+    local_addr: SocketAddr,
+    main: LoopHandle,
+    /// Accepted, open, closed...: `active` is the number of open connections, raised on
+    /// accept and lowered by each connection's close hook on its own loop.
+    counters: AcceptCounters,
+    /// Byte and close counters, one per I/O loop (index = position in the pool's handles).
+    io: Vec<Arc<IoCounters>>,
+    acceptor: Mutex<Option<Token>>,
+    stopping: AtomicBool,
+    /// A graceful shutdown has begun (a second `shutdown` only adds its continuation).
+    shutdown_begun: AtomicBool,
+    /// The continuations of graceful shutdowns, run in order on the main loop when no
+    /// connection is left.
+    on_empty: Mutex<Vec<WhenEmpty>>,
+    /// The server installed a buffer-pool trim timer on the main loop (no I/O threads).
+    trims_main: AtomicBool,
+    /// The connections' buffer pool.
+    pool: BufPool,
+    /// The server's key and loops, as its connections know them.
+    link: Arc<ServerLink>,
+}
+
+/// Run by each connection as it closes, on its own loop: counts it closed and, when it
+/// was the last one during a graceful shutdown, lets the main loop finish the shutdown.
+fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
+    let shared = shared.clone();
+    Arc::new(move |_conn| {
+        let c = &shared.counters;
+        AcceptCounters::bump(&c.closed);
+        let left = c.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        if left == 0 && shared.shutdown_begun.load(Ordering::Acquire) {
+            let s = shared.clone();
+            let _ = shared.main.queue_in_loop(move |lp| run_when_empty(lp, &s));
+        }
+    })
+}
+
+/// Runs the shutdown continuations if no connection is open (on the main loop).
+fn run_when_empty(lp: &mut EventLoop, shared: &ServerShared) {
+    if shared.counters.active.load(Ordering::Acquire) != 0 {
+        return;
+    }
+    let done = std::mem::take(&mut *shared.on_empty.lock());
+    for f in done {
+        f(lp);
+    }
+}
+
+/// A TCP server: an acceptor on the main loop and a pool of I/O loops that own the
+/// connections (muduo's main reactor + sub reactors).
+///
+/// # Lifecycle
+///
+/// [`TcpServer::builder`] → [`ServerBuilder::start`] on the main loop → run the main loop.
+/// To stop gracefully, call [`TcpServer::shutdown`] from anywhere (a signal handler on the
+/// main loop, say): it stops accepting, half-closes every connection once its output is
+/// written, force-closes what is left at the deadline, then runs your continuation on the
+/// main loop (typically `lp.quit()`). Then [`TcpServer::stop`] joins the I/O threads.
+/// Dropping the server stops accepting and joins the I/O threads too.
+///
+/// # Example
+///
+/// ```
+/// use duo_net::TcpServer;
+/// use duo_reactor::EventLoop;
+/// use std::io::{Read, Write};
+/// use std::time::Duration;
+///
+/// let mut lp = EventLoop::new()?;
+/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+///     .io_threads(1)
+///     .on_message(|ctx, input| {
+///         ctx.send(input.peek());
+///         input.consume_all();
+///     })
+///     .start(&mut lp)?;
+/// let addr = server.local_addr();
+/// let client = std::thread::spawn(move || {
+///     let mut s = std::net::TcpStream::connect(addr).unwrap();
+///     s.write_all(b"hello").unwrap();
+///     let mut buf = [0u8; 5];
+///     s.read_exact(&mut buf).unwrap();
+///     buf
+/// });
+/// let shutdown = server.clone_handle();
+/// lp.run_every(Duration::from_millis(5), move |_| {
+///     if client.is_finished() {
+///         shutdown.shutdown(Duration::from_secs(1), |lp| lp.quit());
+///     }
+/// });
+/// lp.run()?;
+/// server.stop(&mut lp);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct TcpServer {
+    shared: Arc<ServerShared>,
+    threads: EventLoopThreadPool,
+}
+
+/// A `Send + Sync + Clone` handle to a [`TcpServer`] for shutting it down and reading its
+/// statistics from anywhere.
+#[derive(Clone)]
+pub struct ServerHandle {
+    shared: Arc<ServerShared>,
+}
+
+impl TcpServer {
+    /// A builder for a server named `name` listening on `addr` (port 0 picks a free port;
+    /// read it back with [`TcpServer::local_addr`]).
+    pub fn builder(name: &str, addr: SocketAddr) -> ServerBuilder {
+        ServerBuilder::new(name, addr)
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// A handle for other threads and callbacks.
+    pub fn clone_handle(&self) -> ServerHandle {
+        ServerHandle {
+            shared: self.shared.clone(),
+        }
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ServerStats {
+        stats(&self.shared)
+    }
+
+    /// The server's open connections; see [`ServerHandle::connections`].
+    pub fn connections(&self) -> ServerConnections {
+        ServerConnections::new(self.shared.link.clone())
+    }
+
+    /// Graceful stop; see [`ServerHandle::shutdown`].
+    pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {
+        shutdown(&self.shared, grace, Box::new(then));
+    }
+
+    /// Stops the server now, on its main loop `main` (typically after
+    /// [`run`](EventLoop::run) has returned): closes the listening socket, closes the
+    /// connections the main loop serves itself (no I/O threads), stops the idle wheel,
+    /// then quits and joins the I/O threads; connections still open there are dropped
+    /// (sockets closed, no "down" callbacks). Call it after a graceful
+    /// [`shutdown`](TcpServer::shutdown) has completed, or to stop hard.
+    ///
+    /// `main` must be the loop the server was started on; given another loop, the
+    /// main-loop part is queued to the right loop instead (and happens when that loop
+    /// next runs, or never if it is gone). Dropping a server without `stop` does the
+    /// same queued stop.
+    pub fn stop(mut self, main: &mut EventLoop) {
+        if main.handle().same_loop(&self.shared.main) {
+            stop_on_main(main, &self.shared);
+        } else {
+            log::error!(
+                "server {}: stop() given another loop than the one it was started on",
+                self.shared.name
+            );
+        }
+        self.stop_inner();
+    }
+
+    fn stop_inner(&mut self) {
+        // Whatever `stop` did not do directly (or everything, from `drop`) is queued.
+        let shared = self.shared.clone();
+        let _ = self
+            .shared
+            .main
+            .queue_in_loop(move |lp| stop_on_main(lp, &shared));
+        if let Err(e) = self.threads.stop() {
+            log::error!("server {}: {e}", self.shared.name);
+        }
+    }
+}
+
+/// The main-loop half of stopping: listener, main-loop connections, per-loop services.
+/// Idempotent.
+fn stop_on_main(lp: &mut EventLoop, shared: &Arc<ServerShared>) {
+    shared.stopping.store(true, Ordering::SeqCst);
+    if let Some(token) = shared.acceptor.lock().take() {
+        lp.remove_channel(token);
+    }
+    let id = shared.id;
+    NetLoop::idle_uninstall(lp, id);
+    if shared.trims_main.swap(false, Ordering::SeqCst) {
+        NetLoop::trim_uninstall(lp, shared.pool);
+    }
+    // Connections the main loop serves itself (no I/O threads); the I/O threads' ones go
+    // with their loops.
+    LoopConn::for_each_of_server(lp, id, "server stop", &|ctx| {
+        ctx.close(CloseReason::Shutdown)
+    });
+}
+
+fn stats(shared: &ServerShared) -> ServerStats {
+    let c = &shared.counters;
+    ServerStats {
+        accepted: c.accepted.load(Ordering::Relaxed),
+        active: c.active.load(Ordering::Relaxed),
+        closed: c.closed.load(Ordering::Relaxed),
+        rejected: c.rejected.load(Ordering::Relaxed),
+        fd_exhausted: c.emfile.load(Ordering::Relaxed),
+        per_loop: shared.io.iter().map(|io| io.snapshot()).collect(),
+    }
+}
+
+/// Removes the acceptor's channel (closing the listening socket) on the main loop.
+fn stop_accepting(shared: &Arc<ServerShared>) {
+    shared.stopping.store(true, Ordering::SeqCst);
+    let Some(token) = shared.acceptor.lock().take() else {
+        return;
+    };
+    let _ = shared.main.queue_in_loop(move |lp| {
+        lp.remove_channel(token);
+    });
+}
+
+/// A graceful shutdown: stop accepting, tell every connection (on its own loop), close
+/// what is left at the deadline, run `then` when none is left.
+///
+/// Every connection accepted before the listener was removed is told: the main loop
+/// queued its registration to its loop before it queues the shutdown's visit there, and
+/// a loop runs queued functions in order.
+fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
+    stop_accepting(shared);
+    let first = !shared.shutdown_begun.swap(true, Ordering::SeqCst);
+    let s = shared.clone();
+    let queued = shared.main.queue_in_loop(move |lp| {
+        s.on_empty.lock().push(then);
+        if first {
+            let open = s.counters.active.load(Ordering::Acquire);
+            log::info!("server {}: shutting down, {open} connections open", s.name);
+            let conns = ServerConnections::new(s.link.clone());
+            conns.for_each(|ctx| ctx.begin_shutdown());
+            if open > 0 {
+                lp.run_after(grace, move |_| {
+                    conns.for_each(|ctx| {
+                        log::info!(
+                            "{}: still open at the shutdown deadline; closing",
+                            ctx.connection().name()
+                        );
+                        ctx.close(CloseReason::Shutdown);
+                    });
+                });
+            }
+        }
+        // Already shutting down (connections told, deadline set): wait along.
+        run_when_empty(lp, &s);
+    });
+    if queued.is_err() {
+        log::warn!(
+            "server {}: main loop is gone; nothing to shut down",
+            shared.name
+        );
+    }
+}
+
+impl ServerHandle {
+    /// Graceful stop, from any thread: stop accepting; half-close every connection once
+    /// its pending output is written (so data already queued is delivered), or hand it
+    /// to the [`on_shutdown`](ServerBuilder::on_shutdown) callback; force-close
+    /// the connections still open after `grace`; when none is left, run `then` on the main
+    /// loop (for example `|lp| lp.quit()`). Calling it again while a shutdown is under way
+    /// only adds its `then` (run after the earlier ones); the first call's deadline stands.
+    pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {
+        shutdown(&self.shared, grace, Box::new(then));
+    }
+
+    /// A snapshot of the counters.
+    pub fn stats(&self) -> ServerStats {
+        stats(&self.shared)
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The server's open connections, on all its loops: run a function on each, or
+    /// broadcast a message (see [`ServerConnections`]).
+    pub fn connections(&self) -> ServerConnections {
+        ServerConnections::new(self.shared.link.clone())
+    }
+
+    /// Whether a shutdown or stop was requested.
+    pub fn is_stopping(&self) -> bool {
+        self.shared.stopping.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for TcpServer {
+    fn drop(&mut self) {
+        self.stop_inner();
+    }
+}
+
+impl fmt::Debug for TcpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("TcpServer")
+            .field("name", &self.shared.name)
+            .field("local_addr", &self.shared.local_addr)
+            .field("io_threads", &self.threads.num_threads())
+            .finish()
+    }
+}
+
+impl fmt::Debug for ServerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerHandle")
+            .field("name", &self.shared.name)
+            .field("local_addr", &self.shared.local_addr)
+            .finish()
+    }
+}
