@@ -17,7 +17,7 @@
 //!   reader by an [`OutputLimit`].
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
-//!   never run on an I/O thread.
+//!   never run on an I/O thread; re-exported from `duo-workers`.
 //!
 //! # Example: an echo server
 //!
@@ -50,7 +50,6 @@ mod idle;
 mod options;
 mod server;
 mod stats;
-mod thread_pool;
 mod trim;
 
 pub use callbacks::{
@@ -62,10 +61,10 @@ pub use connection::{
     CloseReason, ConnCtx, ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
     ServerConnections, TcpConnection,
 };
+pub use duo_workers::{Job, SubmitError, ThreadPool};
 pub use options::{Backpressure, OutputLimit};
 pub use server::{defaults, ServerBuilder, ServerHandle, TcpServer};
 pub use stats::{LoopStats, ServerStats};
-pub use thread_pool::{Job, SubmitError, ThreadPool};
 
 pub use duo_buffer::InputBuffer;
 pub use duo_reactor::{EventLoop, LoopHandle};
