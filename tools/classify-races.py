@@ -63,10 +63,10 @@ ARC = re.compile(r"alloc::sync::|ArcInner|drop_slow|<alloc::sync::Arc")
 # Objects our code shares or moves between threads, and how each is synchronised.
 # First match wins; matched against the allocated type, or the allocating function.
 KNOWN = [
-    (r"duo_reactor::loop_handle::Shared$",
+    (r"duo_reactor::loop_handle::LoopShared$",
      "a loop's shared part (Arc in every LoopHandle): thread id and eventfd fixed at "
      "EventLoop::new; queue in a parking_lot Mutex; flags and metrics atomic"),
-    (r"duo_reactor::loop_handle::Shared::push|Box<\(?dyn core::ops::function::FnOnce",
+    (r"duo_reactor::loop_handle::LoopShared::push|Box<\(?dyn core::ops::function::FnOnce",
      "a queued function: moved into the loop's queue under its parking_lot Mutex, "
      "taken out under it on the loop thread"),
     (r"duo_net::connection::Shared$",
