@@ -11,10 +11,10 @@
 #   echo      the echo integration tests (tests/echo.rs) under memcheck, servers included
 #             (--trace-children), then the echo server under memcheck driven by loadgen
 #   bank      the bank server under memcheck, driven by `loadgen bank`
-#   helgrind  duo-reactor and duo-net test binaries under helgrind
+#   helgrind  duo-reactor, duo-net and duo-workers test binaries under helgrind
 #   drd       the same under DRD
 #   asan      the library crates' tests with -Zsanitizer=address (+ LeakSanitizer)
-#   tsan      duo-reactor and duo-net tests with -Zsanitizer=thread
+#   tsan      duo-reactor, duo-net and duo-workers tests with -Zsanitizer=thread
 #
 # A step whose tool is missing (valgrind, a nightly toolchain) is skipped with a message.
 # Without nightly's rust-src (-Zbuild-std), asan runs against the uninstrumented std and
@@ -53,8 +53,8 @@ SUPP="$ROOT/tools/valgrind.supp"
 LSAN_SUPP="$ROOT/tools/lsan.supp"
 HOST_TARGET="$(rustc -vV | sed -n 's/^host: //p')"
 
-LIB_CRATES=(-p duo-sys -p duo-buffer -p duo-reactor -p duo-net)
-THREAD_CRATES=(-p duo-reactor -p duo-net)
+LIB_CRATES=(-p duo-sys -p duo-buffer -p duo-reactor -p duo-net -p duo-workers)
+THREAD_CRATES=(-p duo-reactor -p duo-net -p duo-workers)
 
 # shellcheck disable=SC2054 # the comma belongs to one option, not an array separator
 MEMCHECK=(valgrind --leak-check=full --errors-for-leak-kinds=definite,indirect
@@ -94,7 +94,7 @@ vg_skips() {
             ;;
         esac
         ;;
-    duo-net:thread_pool)
+    duo-workers:thread_pool)
         case $1 in
         helgrind | drd)
             # 20,000 round trips in < 10 s: memcheck 5 s, helgrind 8 s, DRD over 10 s.

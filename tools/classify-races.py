@@ -43,7 +43,7 @@ SECTION = re.compile(
     r"Required order|followed by|Lock at|Previous|Allocation context)"
 )
 OURS = re.compile(
-    r"duo_(sys|buffer|reactor|net)::|^<duo_|"
+    r"duo_(sys|buffer|reactor|net|workers)::|^<duo_|"
     # test binaries of duo-reactor and duo-net (crate name = file name)
     r"\b(event_loop|channel|loop_threads|timer_queue|timing_wheel|server|client|"
     r"thread_pool|emfile|codec|codec_props|half_close|backpressure|idle_refresh|util)::"
@@ -63,10 +63,10 @@ ARC = re.compile(r"alloc::sync::|ArcInner|drop_slow|<alloc::sync::Arc")
 # Objects our code shares or moves between threads, and how each is synchronised.
 # First match wins; matched against the allocated type, or the allocating function.
 KNOWN = [
-    (r"duo_reactor::loop_handle::Shared$",
+    (r"duo_reactor::loop_handle::LoopShared$",
      "a loop's shared part (Arc in every LoopHandle): thread id and eventfd fixed at "
      "EventLoop::new; queue in a parking_lot Mutex; flags and metrics atomic"),
-    (r"duo_reactor::loop_handle::Shared::push|Box<\(?dyn core::ops::function::FnOnce",
+    (r"duo_reactor::loop_handle::LoopShared::push|Box<\(?dyn core::ops::function::FnOnce",
      "a queued function: moved into the loop's queue under its parking_lot Mutex, "
      "taken out under it on the loop thread"),
     (r"duo_net::connection::Shared$",
@@ -82,9 +82,9 @@ KNOWN = [
     (r"duo_net::client::Inner$",
      "a client's shared part (Arc): fixed configuration; connection state in a Mutex; "
      "ids atomic"),
-    (r"duo_net::thread_pool::",
-     "ThreadPool: join handles in a Mutex; jobs in a crossbeam ArrayQueue; counters and "
-     "flags atomic; sleeping workers on a Mutex + Condvar"),
+    (r"duo_workers::thread_pool::",
+     "ThreadPool: jobs in a bounded crossbeam channel whose sender sits in an RwLock; "
+     "join handles in a Mutex; counters atomic"),
     (r"duo_buffer::pool::",
      "BufPool: configuration fixed; free lists in Mutexes; byte counts atomic; thread "
      "caches thread-local, their counters atomic"),

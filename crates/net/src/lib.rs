@@ -17,7 +17,7 @@
 //!   reader by an [`OutputLimit`].
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
-//!   never run on an I/O thread.
+//!   never run on an I/O thread; re-exported from `duo-workers`.
 //!
 //! # Example: an echo server
 //!
@@ -41,8 +41,10 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
-// Modules in dependency order: each uses only those above it (`xtask/tests/tidy.rs`
-// rejects a `use` cycle between them).
+// Dependencies between the modules run one way (`xtask/tests/tidy.rs` rejects a `use`
+// cycle): `close_reason`, `guard`, `codec`, `config`, `stats` use none of the others;
+// `per_loop` the loop's services; `conn` the connection, on top of them; `server` and
+// `client` on top of `conn`; `process` is on its own.
 mod client;
 mod close_reason;
 pub mod codec;
@@ -52,7 +54,6 @@ mod guard;
 mod per_loop;
 mod server;
 mod stats;
-mod thread_pool;
 
 pub use client::{ClientBuilder, ConnectFailure, TcpClient};
 pub use close_reason::CloseReason;
@@ -63,7 +64,7 @@ pub use conn::{
 };
 pub use server::{ServerBuilder, ServerHandle, TcpServer};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
-pub use thread_pool::{Job, SubmitError, ThreadPool};
+pub use duo_workers::{Job, SubmitError, ThreadPool};
 
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};
 pub use duo_reactor::{EventLoop, LoopHandle};

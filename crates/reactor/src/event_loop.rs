@@ -15,17 +15,17 @@ use duo_sys::{EventFd, Interest, Ready};
 use parking_lot::Mutex;
 
 use crate::channel::{Channel, Handler, Token};
+use crate::channel_slab::{ChannelEntry, ChannelSlab, Removal, TakeOutcome};
 use crate::error::{InsertError, LoopError};
-use crate::loop_handle::{LoopHandle, LoopMetrics, MetricCounters, Shared, Task};
+use crate::loop_handle::{LoopHandle, LoopMetrics, LoopShared, MetricCounters, SendTask};
 use crate::poller::Poller;
-use crate::registry::{Registration, Registry, Taken};
 use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId, TimerQueue};
 
-/// Epoll data of the loop's own wake-up eventfd.
-const WAKER: u64 = u64::MAX;
-/// Epoll data of the loop's timerfd.
-const TIMER: u64 = u64::MAX - 1;
+/// Reserved token (epoll data) of the loop's own wake-up eventfd.
+const WAKER_TOKEN: u64 = u64::MAX;
+/// Reserved token (epoll data) of the loop's timerfd.
+const TIMERFD_TOKEN: u64 = u64::MAX - 1;
 
 thread_local! {
     /// Whether this thread already has a loop (one loop per thread).
@@ -71,6 +71,47 @@ type LocalTask = Box<dyn FnOnce(&mut EventLoop)>;
 /// back afterwards; changes to the running channel's interest are applied then, in one
 /// `epoll_ctl`.
 ///
+/// # Timers
+///
+/// Timers are added with [`EventLoop::run_at`], [`run_after`](EventLoop::run_after) and
+/// [`run_every`](EventLoop::run_every) on the loop thread, or the same methods of
+/// [`LoopHandle`] from any thread, and cancelled with [`cancel`](EventLoop::cancel). They
+/// live in a `BTreeMap` ordered by `(deadline, sequence)`, with one `timerfd` armed at the
+/// earliest deadline, so the loop waits for timers and I/O in the same `epoll_wait`.
+///
+/// - A timer never runs before its deadline; it runs in the first loop iteration after the
+///   `timerfd` reports the deadline passed.
+/// - Timers run in deadline order; timers with the same deadline run in the order they
+///   were scheduled.
+/// - Cancelling is exact and O(log n); cancelling from inside any timer's callback works,
+///   including a repeating timer cancelling itself.
+/// - A timer scheduled by a timer callback for a deadline that has already passed runs in
+///   the next iteration, not in the same batch, so timers cannot starve I/O.
+/// - A repeating timer is rescheduled at `previous deadline + interval`, so it does not
+///   drift; if the loop fell so far behind that this is already past, missed periods are
+///   skipped (the next run is `now + interval`) instead of firing in a burst.
+///
+/// ```
+/// use duo_reactor::EventLoop;
+/// use std::time::{Duration, Instant};
+///
+/// let mut lp = EventLoop::new()?;
+/// let mut fired = Vec::new();
+/// let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+/// let (a, b) = (log.clone(), log.clone());
+/// // Deadlines from one instant: their order does not depend on how fast we schedule.
+/// let t0 = Instant::now();
+/// lp.run_at(t0 + Duration::from_millis(2), move |_| a.borrow_mut().push("second"));
+/// lp.run_at(t0 + Duration::from_millis(1), move |_| b.borrow_mut().push("first"));
+/// let doomed = lp.run_after(Duration::from_millis(1), |_| unreachable!());
+/// assert!(lp.cancel(doomed));
+/// lp.run_at(t0 + Duration::from_millis(3), |lp| lp.quit());
+/// lp.run()?;
+/// fired.extend(log.borrow().iter().copied());
+/// assert_eq!(fired, ["first", "second"]);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
 /// # Dropping
 ///
 /// Dropping the loop drops every channel (closing its descriptor), every handler, timer and
@@ -96,22 +137,32 @@ type LocalTask = Box<dyn FnOnce(&mut EventLoop)>;
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
 pub struct EventLoop {
-    shared: Arc<Shared>,
+    /// What handles share with the loop: its queue, flags, waker, counters.
+    shared: Arc<LoopShared>,
+    /// The epoll instance and its event buffer.
     poller: Poller,
-    registry: Registry,
+    /// Every channel of the loop, with its handler.
+    channels: ChannelSlab,
+    /// Every timer of the loop, on one timerfd.
     pub(crate) timers: TimerQueue,
+    /// Functions queued with [`EventLoop::queue_in_loop`], run after this iteration's events.
     local_tasks: Vec<LocalTask>,
     /// Loop-local values by type (`None` while taken out by `with_local`).
     locals: HashMap<TypeId, Option<Box<dyn Any>>>,
     /// Reusable buffer the shared queue is swapped into while it runs.
-    running: Vec<Task>,
+    running: Vec<SendTask>,
+    /// Reusable buffer `local_tasks` is swapped into while they run.
     running_local: Vec<LocalTask>,
-    /// Loop-confined counters, published to `shared.metrics` once per iteration.
     /// When the current iteration's poll returned.
     poll_time: Instant,
-    tick_events: u64,
-    tick_tasks: u64,
-    tick_timers: u64,
+    /// I/O events dispatched in this iteration; with the next two, loop-confined counters
+    /// published to `shared.metrics` once per iteration.
+    iteration_events: u64,
+    /// Queued functions run in this iteration.
+    iteration_tasks: u64,
+    /// Timer callbacks run in this iteration.
+    iteration_timers: u64,
+    /// Makes the loop `!Send` and `!Sync`: it stays on its thread.
     _not_send: PhantomData<*const ()>,
 }
 
@@ -126,9 +177,9 @@ impl EventLoop {
         let poller = Poller::new()?;
         let timers = TimerQueue::new()?;
         let waker = EventFd::new()?;
-        poller.add(waker.as_fd(), Interest::READABLE, WAKER)?;
-        poller.add(timers.timerfd.as_fd(), Interest::READABLE, TIMER)?;
-        let shared = Arc::new(Shared {
+        poller.add(waker.as_fd(), Interest::READABLE, WAKER_TOKEN)?;
+        poller.add(timers.timerfd.as_fd(), Interest::READABLE, TIMERFD_TOKEN)?;
+        let shared = Arc::new(LoopShared {
             thread_id: current_thread_id(),
             queue: Mutex::new(Some(Vec::new())),
             notified: AtomicBool::new(false),
@@ -143,16 +194,16 @@ impl EventLoop {
         Ok(EventLoop {
             shared,
             poller,
-            registry: Registry::default(),
+            channels: ChannelSlab::default(),
             timers,
             local_tasks: Vec::new(),
             locals: HashMap::new(),
             running: Vec::new(),
             running_local: Vec::new(),
             poll_time: Instant::now(),
-            tick_events: 0,
-            tick_tasks: 0,
-            tick_timers: 0,
+            iteration_events: 0,
+            iteration_tasks: 0,
+            iteration_timers: 0,
             _not_send: PhantomData,
         })
     }
@@ -217,15 +268,15 @@ impl EventLoop {
                 break;
             };
             match data {
-                WAKER => {
+                WAKER_TOKEN => {
                     // Drain first, then clear the flag: a producer that sees the flag
                     // still set has queued its function before our swap below.
                     let _ = self.shared.waker.drain();
                     self.shared.notified.store(false, Ordering::SeqCst);
                 }
-                TIMER => self.run_timers(),
+                TIMERFD_TOKEN => self.run_timers(),
                 token => {
-                    self.tick_events += 1;
+                    self.iteration_events += 1;
                     self.dispatch(Token(token), ready);
                 }
             }
@@ -237,14 +288,14 @@ impl EventLoop {
 
     fn publish_metrics(&mut self) {
         let m = &self.shared.metrics;
-        MetricCounters::add(&m.io_events, std::mem::take(&mut self.tick_events));
-        MetricCounters::add(&m.tasks_run, std::mem::take(&mut self.tick_tasks));
-        MetricCounters::add(&m.timers_fired, std::mem::take(&mut self.tick_timers));
+        MetricCounters::add(&m.io_events, std::mem::take(&mut self.iteration_events));
+        MetricCounters::add(&m.tasks_run, std::mem::take(&mut self.iteration_tasks));
+        MetricCounters::add(&m.timers_fired, std::mem::take(&mut self.iteration_timers));
     }
 
     /// Calls the handler of `token` for `ready`, in the order error, close, read, write.
     fn dispatch(&mut self, token: Token, ready: Ready) {
-        let Taken::Present(mut reg) = self.registry.take(token) else {
+        let TakeOutcome::Taken(mut entry) = self.channels.take_out(token) else {
             return;
         };
         type Step = fn(&mut dyn Handler, &mut EventLoop, &mut Channel);
@@ -258,40 +309,40 @@ impl EventLoop {
             }),
             (ready.is_writable(), |h, lp, ch| h.handle_write(lp, ch)),
         ];
-        reg.channel.ready = ready;
+        entry.channel.ready = ready;
         for (wanted, step) in steps {
             if !wanted {
                 continue;
             }
-            if reg.channel.is_removed() || self.registry.remove_requested(token) {
+            if entry.channel.is_removed() || self.channels.removal_pending(token) {
                 break;
             }
-            step(reg.handler.as_mut(), self, &mut reg.channel);
+            step(entry.handler.as_mut(), self, &mut entry.channel);
         }
-        reg.channel.ready = Ready::from_bits(0);
-        self.put_back(token, reg);
+        entry.channel.ready = Ready::from_bits(0);
+        self.put_back(token, entry);
     }
 
-    /// Returns a taken registration to its slot, applying interest changes or removal.
-    fn put_back(&mut self, token: Token, mut reg: Registration) {
-        if reg.channel.is_removed() || self.registry.remove_requested(token) {
-            self.registry.free(token);
-            self.deregister(&reg);
+    /// Returns a taken-out entry to its slot, applying interest changes or removal.
+    fn put_back(&mut self, token: Token, mut entry: ChannelEntry) {
+        if entry.channel.is_removed() || self.channels.removal_pending(token) {
+            self.channels.free(token);
+            self.deregister(&entry);
             return;
         }
-        let want = reg.channel.interest();
-        if want != reg.channel.registered {
-            match self.poller.modify(reg.channel.fd(), want, token.0) {
-                Ok(()) => reg.channel.registered = want,
+        let want = entry.channel.interest();
+        if want != entry.channel.registered {
+            match self.poller.modify(entry.channel.fd(), want, token.0) {
+                Ok(()) => entry.channel.registered = want,
                 Err(e) => log::error!("cannot change interest of {token:?} to {want:?}: {e}"),
             }
         }
-        self.registry.fill(token, reg);
+        self.channels.fill(token, entry);
     }
 
-    fn deregister(&self, reg: &Registration) {
-        if let Err(e) = self.poller.delete(reg.channel.fd()) {
-            log::warn!("removing {:?}: {e}", reg.channel.token());
+    fn deregister(&self, entry: &ChannelEntry) {
+        if let Err(e) = self.poller.delete(entry.channel.fd()) {
+            log::warn!("removing {:?}: {e}", entry.channel.token());
         }
     }
 
@@ -305,7 +356,7 @@ impl EventLoop {
                 continue; // cancelled by an earlier callback of this batch
             };
             (timer.callback)(self);
-            self.tick_timers += 1;
+            self.iteration_timers += 1;
             self.timers.reschedule(key, now, timer);
         }
         expired.clear();
@@ -332,7 +383,7 @@ impl EventLoop {
             return;
         }
         self.shared.draining.store(true, Ordering::SeqCst);
-        self.tick_tasks += (batch.len() + local.len()) as u64;
+        self.iteration_tasks += (batch.len() + local.len()) as u64;
         for task in batch.drain(..) {
             task(self);
         }
@@ -370,7 +421,7 @@ impl EventLoop {
         interest: Interest,
         handler: Box<dyn Handler>,
     ) -> Result<Token, InsertError> {
-        let Some(token) = self.registry.reserve() else {
+        let Some(token) = self.channels.reserve() else {
             return Err(InsertError {
                 error: io::Error::new(io::ErrorKind::OutOfMemory, "too many channels on one loop"),
                 fd,
@@ -378,11 +429,11 @@ impl EventLoop {
             });
         };
         if let Err(error) = self.poller.add(fd.as_fd(), interest, token.0) {
-            self.registry.free(token);
+            self.channels.free(token);
             return Err(InsertError { error, fd, handler });
         }
         let channel = Channel::new(fd, token, interest);
-        self.registry.fill(token, Registration { channel, handler });
+        self.channels.fill(token, ChannelEntry { channel, handler });
         Ok(token)
     }
 
@@ -392,13 +443,13 @@ impl EventLoop {
     /// the middle of dispatch, removal takes effect when its handler returns, and no
     /// further event reaches it. Returns false if there is no such channel.
     pub fn remove_channel(&mut self, token: Token) -> bool {
-        match self.registry.request_remove(token) {
-            Some(Some(reg)) => {
-                self.deregister(&reg);
+        match self.channels.remove(token) {
+            Removal::Now(entry) => {
+                self.deregister(&entry);
                 true
             }
-            Some(None) => true,
-            None => false,
+            Removal::Deferred => true,
+            Removal::Gone => false,
         }
     }
 
@@ -413,11 +464,11 @@ impl EventLoop {
         token: Token,
         f: impl FnOnce(&mut EventLoop, &mut Channel, &mut dyn Handler) -> R,
     ) -> Option<R> {
-        let Taken::Present(mut reg) = self.registry.take(token) else {
+        let TakeOutcome::Taken(mut entry) = self.channels.take_out(token) else {
             return None;
         };
-        let r = f(self, &mut reg.channel, reg.handler.as_mut());
-        self.put_back(token, reg);
+        let r = f(self, &mut entry.channel, entry.handler.as_mut());
+        self.put_back(token, entry);
         Some(r)
     }
 
@@ -440,12 +491,12 @@ impl EventLoop {
     /// (a broadcast to every connection of a loop, say). A snapshot: channels added or
     /// removed while visiting are not reflected, and a removed one is simply not found.
     pub fn channel_tokens(&self) -> Vec<Token> {
-        self.registry.tokens().collect()
+        self.channels.tokens().collect()
     }
 
     /// Number of registered channels.
     pub fn channel_count(&self) -> usize {
-        self.registry.len()
+        self.channels.len()
     }
 
     /// Queues `f` to run on this loop after the current batch of events. Unlike
@@ -562,8 +613,8 @@ impl Drop for EventLoop {
         // Close the queue first: from now on handles get `LoopClosed`.
         let queued = self.shared.queue.lock().take();
         drop(queued);
-        for reg in self.registry.drain() {
-            self.deregister(&reg);
+        for entry in self.channels.drain() {
+            self.deregister(&entry);
         }
         HAS_LOOP.with(|h| h.set(false));
         log::debug!("event loop on thread {} dropped", self.shared.thread_id);
@@ -574,7 +625,7 @@ impl fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventLoop")
             .field("thread", &self.shared.thread_id)
-            .field("channels", &self.registry.len())
+            .field("channels", &self.channels.len())
             .field("timers", &self.timers)
             .field("local_tasks", &self.local_tasks.len())
             .finish()

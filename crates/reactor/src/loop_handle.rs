@@ -13,26 +13,32 @@ use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId};
 use crate::EventLoop;
 
-/// A function queued to run on a loop.
-pub(crate) type Task = Box<dyn FnOnce(&mut EventLoop) + Send>;
+/// A function queued to run on a loop through its shared queue (from any thread, so `Send`).
+pub(crate) type SendTask = Box<dyn FnOnce(&mut EventLoop) + Send>;
 
-/// What the loop shares with its handles.
-pub(crate) struct Shared {
+/// The part of a loop its handles share (`Arc`): what any thread may touch.
+pub(crate) struct LoopShared {
+    /// The loop thread's id ([`current_thread_id`]).
     pub(crate) thread_id: u64,
     /// Queued functions; `None` once the loop is dropped.
-    pub(crate) queue: Mutex<Option<Vec<Task>>>,
+    pub(crate) queue: Mutex<Option<Vec<SendTask>>>,
     /// Set when the waker has been written and the loop has not yet drained it, so that
     /// many wake-ups before the loop runs cost one `write`.
     pub(crate) notified: AtomicBool,
     /// Set while the loop runs queued functions: a function queued then (even from the
     /// loop thread) lands in the next batch and needs a wake-up.
     pub(crate) draining: AtomicBool,
+    /// Quit requested: `run` returns at the end of this iteration.
     pub(crate) quit: AtomicBool,
+    /// The eventfd that wakes the loop out of `epoll_wait`.
     pub(crate) waker: EventFd,
+    /// The sequence number of the next timer, unique for the loop's life.
     pub(crate) next_timer: AtomicU64,
+    /// The counters behind [`LoopMetrics`].
     pub(crate) metrics: MetricCounters,
 }
 
+/// The loop's counters, written only by the loop thread and read by any.
 #[derive(Default)]
 pub(crate) struct MetricCounters {
     pub(crate) iterations: AtomicU64,
@@ -64,12 +70,14 @@ pub struct LoopMetrics {
     pub timers_fired: u64,
 }
 
-impl Shared {
+impl LoopShared {
+    /// Whether the caller runs on the loop thread.
     pub(crate) fn is_in_loop_thread(&self) -> bool {
         current_thread_id() == self.thread_id
     }
 
-    pub(crate) fn push(&self, task: Task) -> Result<(), LoopClosed> {
+    /// Queues `task`, waking the loop if it might not otherwise see it this round.
+    pub(crate) fn push(&self, task: SendTask) -> Result<(), LoopClosed> {
         self.queue.lock().as_mut().ok_or(LoopClosed)?.push(task);
         // The loop runs queued functions after dispatching I/O, before it waits again, so
         // a function queued on the loop thread needs no wake-up, unless the loop is
@@ -80,6 +88,7 @@ impl Shared {
         Ok(())
     }
 
+    /// Writes the waker unless a wake-up is already pending.
     pub(crate) fn wake(&self) {
         if !self.notified.swap(true, Ordering::SeqCst) {
             if let Err(e) = self.waker.notify() {
@@ -88,6 +97,7 @@ impl Shared {
         }
     }
 
+    /// A snapshot of the counters.
     pub(crate) fn metrics(&self) -> LoopMetrics {
         let m = &self.metrics;
         LoopMetrics {
@@ -126,7 +136,7 @@ impl Shared {
 /// without running. Functions still queued when the loop is dropped are dropped too.
 #[derive(Clone)]
 pub struct LoopHandle {
-    pub(crate) shared: Arc<Shared>,
+    pub(crate) shared: Arc<LoopShared>,
 }
 
 impl LoopHandle {

@@ -12,17 +12,17 @@ use duo_sys::{Epoll, Events, Interest, Ready};
 /// fills it (see [`duo_sys::Events`]), so a loop with many busy descriptors needs fewer
 /// `epoll_wait` calls per round of work.
 #[derive(Debug)]
-pub struct Poller {
+pub(crate) struct Poller {
     epoll: Epoll,
     events: Events,
 }
 
 impl Poller {
     /// The event buffer's starting capacity.
-    pub const INITIAL_EVENTS: usize = 64;
+    pub(crate) const INITIAL_EVENTS: usize = 64;
 
     /// Creates a poller with a new epoll instance.
-    pub fn new() -> io::Result<Poller> {
+    pub(crate) fn new() -> io::Result<Poller> {
         Ok(Poller {
             epoll: Epoll::new()?,
             events: Events::with_capacity(Self::INITIAL_EVENTS),
@@ -32,32 +32,32 @@ impl Poller {
     /// Waits for readiness (`None` = until something is ready) and returns how many
     /// events are ready; read them with [`Poller::event`]. A signal interrupting the wait
     /// returns `Ok(0)`.
-    pub fn poll(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
+    pub(crate) fn poll(&mut self, timeout: Option<Duration>) -> io::Result<usize> {
         self.epoll.wait(&mut self.events, timeout)
     }
 
     /// The `i`th event of the last poll as `(token, readiness)`.
-    pub fn event(&self, i: usize) -> Option<(u64, Ready)> {
+    pub(crate) fn event(&self, i: usize) -> Option<(u64, Ready)> {
         self.events.get(i)
     }
 
-    /// Capacity of the event buffer (grows when a poll fills it).
-    pub fn capacity(&self) -> usize {
-        self.events.capacity()
-    }
-
     /// Registers `fd`.
-    pub fn add(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+    pub(crate) fn add(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
         self.epoll.add(fd, interest, token)
     }
 
     /// Changes the registration of `fd`.
-    pub fn modify(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+    pub(crate) fn modify(
+        &self,
+        fd: BorrowedFd<'_>,
+        interest: Interest,
+        token: u64,
+    ) -> io::Result<()> {
         self.epoll.modify(fd, interest, token)
     }
 
     /// Removes the registration of `fd`.
-    pub fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+    pub(crate) fn delete(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
         self.epoll.delete(fd)
     }
 }

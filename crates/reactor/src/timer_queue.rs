@@ -26,48 +26,9 @@ pub(crate) struct Timer {
 
 /// The timers of one [`EventLoop`]: a `BTreeMap` ordered by `(deadline, sequence)` and one
 /// `timerfd` armed at the earliest deadline, so the loop waits for timers and I/O in the
-/// same `epoll_wait`.
-///
-/// Timers are added with [`EventLoop::run_at`], [`run_after`](EventLoop::run_after) and
-/// [`run_every`](EventLoop::run_every) on the loop thread, or the same methods of
-/// [`LoopHandle`](crate::LoopHandle) from any thread, and cancelled with
-/// [`cancel`](EventLoop::cancel).
-///
-/// # Guarantees
-///
-/// - A timer never runs before its deadline; it runs in the first loop iteration after the
-///   `timerfd` reports the deadline passed.
-/// - Timers run in deadline order; timers with the same deadline run in the order they
-///   were scheduled.
-/// - Cancelling is exact and O(log n); cancelling from inside any timer's callback works,
-///   including a repeating timer cancelling itself.
-/// - A timer scheduled by a timer callback for a deadline that has already passed runs in
-///   the next iteration, not in the same batch, so timers cannot starve I/O.
-/// - A repeating timer is rescheduled at `previous deadline + interval`, so it does not
-///   drift; if the loop fell so far behind that this is already past, missed periods are
-///   skipped (the next run is `now + interval`) instead of firing in a burst.
-///
-/// ```
-/// use duo_reactor::EventLoop;
-/// use std::time::{Duration, Instant};
-///
-/// let mut lp = EventLoop::new()?;
-/// let mut fired = Vec::new();
-/// let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
-/// let (a, b) = (log.clone(), log.clone());
-/// // Deadlines from one instant: their order does not depend on how fast we schedule.
-/// let t0 = Instant::now();
-/// lp.run_at(t0 + Duration::from_millis(2), move |_| a.borrow_mut().push("second"));
-/// lp.run_at(t0 + Duration::from_millis(1), move |_| b.borrow_mut().push("first"));
-/// let doomed = lp.run_after(Duration::from_millis(1), |_| unreachable!());
-/// assert!(lp.cancel(doomed));
-/// lp.run_at(t0 + Duration::from_millis(3), |lp| lp.quit());
-/// lp.run()?;
-/// fired.extend(log.borrow().iter().copied());
-/// assert_eq!(fired, ["first", "second"]);
-/// # Ok::<(), Box<dyn std::error::Error>>(())
-/// ```
-pub struct TimerQueue {
+/// same `epoll_wait`. Users reach it through the loop's timer methods; the guarantees are
+/// documented on [`EventLoop`] ("Timers").
+pub(crate) struct TimerQueue {
     pub(crate) timerfd: TimerFd,
     timers: BTreeMap<(Instant, u64), Timer>,
     /// Deadline of every live timer by sequence number. A repeating timer whose callback
@@ -92,17 +53,12 @@ impl TimerQueue {
     }
 
     /// Number of pending timers (a repeating timer counts once).
-    pub fn len(&self) -> usize {
+    pub(crate) fn len(&self) -> usize {
         self.active.len()
     }
 
-    /// Whether no timer is pending.
-    pub fn is_empty(&self) -> bool {
-        self.active.is_empty()
-    }
-
     /// The earliest pending deadline.
-    pub fn next_deadline(&self) -> Option<Instant> {
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
         self.timers.keys().next().map(|&(d, _)| d)
     }
 

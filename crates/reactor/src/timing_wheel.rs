@@ -7,8 +7,10 @@ use std::hash::Hash;
 /// Where a live key sits in the ring: the bucket of the tick interval it was last touched
 /// in, and its position inside that bucket (so it can leave the bucket in O(1)).
 #[derive(Clone, Copy, Debug)]
-struct Slot {
+struct Position {
+    /// The bucket of the tick interval the key was last touched in.
     bucket: usize,
+    /// The key's index inside that bucket.
     index: usize,
 }
 
@@ -85,7 +87,7 @@ struct Slot {
 /// ```
 pub struct TimingWheel<K> {
     /// Every tracked key and where its single entry in `ring` is.
-    slots: HashMap<K, Slot>,
+    positions: HashMap<K, Position>,
     /// `buckets + 1` buckets; `ring[cursor]` holds the keys touched in the current interval,
     /// `ring[cursor - a (mod len)]` those last touched `a` intervals ago.
     ring: Vec<Vec<K>>,
@@ -118,7 +120,7 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
         let mut ring = Vec::with_capacity(buckets + 1);
         ring.resize_with(buckets + 1, Vec::new);
         TimingWheel {
-            slots: HashMap::new(),
+            positions: HashMap::new(),
             ring,
             cursor: 0,
             tick: 0,
@@ -138,12 +140,12 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
             return;
         }
         let bucket = &mut self.ring[self.cursor];
-        let slot = Slot {
+        let pos = Position {
             bucket: self.cursor,
             index: bucket.len(),
         };
         bucket.push(key.clone());
-        self.slots.insert(key, slot);
+        self.positions.insert(key, pos);
     }
 
     /// Marks `key` as touched now, postponing its expiry to
@@ -153,15 +155,15 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
     /// O(1); refreshing again within the same tick interval is a lookup and nothing else.
     pub fn refresh(&mut self, key: &K) -> bool {
         let cursor = self.cursor;
-        let Some(slot) = self.slots.get_mut(key) else {
+        let Some(pos) = self.positions.get_mut(key) else {
             return false;
         };
-        if slot.bucket == cursor {
+        if pos.bucket == cursor {
             return true;
         }
-        let old = *slot;
-        slot.bucket = cursor;
-        slot.index = self.ring[cursor].len();
+        let old = *pos;
+        pos.bucket = cursor;
+        pos.index = self.ring[cursor].len();
         if let Some(key) = self.take_entry(old) {
             self.ring[cursor].push(key);
         }
@@ -171,9 +173,9 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
     /// Stops tracking `key` (e.g. its connection closed first): it will not be returned by
     /// [`tick`](Self::tick). Returns whether it was tracked.
     pub fn remove(&mut self, key: &K) -> bool {
-        match self.slots.remove(key) {
-            Some(slot) => {
-                self.take_entry(slot);
+        match self.positions.remove(key) {
+            Some(pos) => {
+                self.take_entry(pos);
                 true
             }
             None => false,
@@ -182,27 +184,27 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
 
     /// Whether `key` is tracked: inserted, and neither removed nor expired since.
     pub fn contains(&self, key: &K) -> bool {
-        self.slots.contains_key(key)
+        self.positions.contains_key(key)
     }
 
     /// The number of the tick (see [`current_tick`](Self::current_tick)) that will return
     /// `key` unless it is refreshed or removed first, or `None` if it is not tracked.
     pub fn deadline_tick(&self, key: &K) -> Option<u64> {
-        let slot = self.slots.get(key)?;
+        let pos = self.positions.get(key)?;
         let len = self.ring.len();
         // Intervals since the key was touched: 0 ..= buckets.
-        let age = (self.cursor + len - slot.bucket) % len;
+        let age = (self.cursor + len - pos.bucket) % len;
         Some(self.tick.wrapping_add((len - age) as u64))
     }
 
     /// The number of tracked keys.
     pub fn len(&self) -> usize {
-        self.slots.len()
+        self.positions.len()
     }
 
     /// Whether no key is tracked.
     pub fn is_empty(&self) -> bool {
-        self.slots.is_empty()
+        self.positions.is_empty()
     }
 
     /// Advances one tick and returns the keys that were neither inserted nor refreshed
@@ -227,7 +229,7 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
         let bucket = &mut self.ring[self.cursor];
         out.reserve(bucket.len());
         for key in bucket.drain(..) {
-            self.slots.remove(&key);
+            self.positions.remove(&key);
             out.push(key);
         }
     }
@@ -239,25 +241,28 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
     }
 
     /// Entries held in the buckets beyond one per tracked key. Always 0 by construction;
-    /// exposed for tests of the memory bound.
-    #[doc(hidden)]
-    pub fn stale_entries(&self) -> usize {
+    /// for the tests of the memory bound.
+    #[cfg(test)]
+    fn stale_entries(&self) -> usize {
         let entries: usize = self.ring.iter().map(Vec::len).sum();
-        entries.saturating_sub(self.slots.len())
+        entries.saturating_sub(self.positions.len())
     }
 
-    /// Takes the entry at `slot` out of its bucket in O(1), moving the bucket's last entry
-    /// into the hole and updating that key's slot.
-    fn take_entry(&mut self, slot: Slot) -> Option<K> {
-        let bucket = self.ring.get_mut(slot.bucket)?;
-        debug_assert!(slot.index < bucket.len(), "timing wheel slot out of bounds");
-        if slot.index >= bucket.len() {
+    /// Takes the entry at `pos` out of its bucket in O(1), moving the bucket's last entry
+    /// into the hole and updating that key's position.
+    fn take_entry(&mut self, pos: Position) -> Option<K> {
+        let bucket = self.ring.get_mut(pos.bucket)?;
+        debug_assert!(
+            pos.index < bucket.len(),
+            "timing wheel position out of bounds"
+        );
+        if pos.index >= bucket.len() {
             return None;
         }
-        let key = bucket.swap_remove(slot.index);
-        if let Some(moved) = bucket.get(slot.index) {
-            if let Some(moved_slot) = self.slots.get_mut(moved) {
-                moved_slot.index = slot.index;
+        let key = bucket.swap_remove(pos.index);
+        if let Some(moved) = bucket.get(pos.index) {
+            if let Some(moved_pos) = self.positions.get_mut(moved) {
+                moved_pos.index = pos.index;
             }
         }
         Some(key)
@@ -269,7 +274,7 @@ impl<K> fmt::Debug for TimingWheel<K> {
         f.debug_struct("TimingWheel")
             .field("buckets", &(self.ring.len() - 1))
             .field("current_tick", &self.tick)
-            .field("len", &self.slots.len())
+            .field("len", &self.positions.len())
             .finish()
     }
 }
@@ -277,14 +282,112 @@ impl<K> fmt::Debug for TimingWheel<K> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
-    /// Every tracked key has exactly one entry, where its slot says, and nothing else is
+    fn sorted<K: Ord>(mut keys: Vec<K>) -> Vec<K> {
+        keys.sort();
+        keys
+    }
+
+    #[test]
+    fn many_refreshes_and_churn_in_one_tick_keep_memory_flat() {
+        let mut wheel = TimingWheel::new(5);
+        for k in 0..1000u32 {
+            wheel.insert(k);
+        }
+        for tick in 0..20 {
+            for _ in 0..50 {
+                for k in 0..1000u32 {
+                    assert!(wheel.refresh(&k));
+                }
+            }
+            for k in (tick..1000u32).step_by(7) {
+                assert!(wheel.remove(&k));
+                wheel.insert(k);
+            }
+            assert_eq!(wheel.stale_entries(), 0);
+            assert_eq!(wheel.len(), 1000);
+            assert!(wheel.tick().is_empty());
+        }
+    }
+
+    /// The obvious model: last touched tick per key; at each tick, expire everything touched
+    /// `buckets + 1` or more ticks ago.
+    #[derive(Debug, Default)]
+    struct Model {
+        last: HashMap<u8, u64>,
+        tick: u64,
+    }
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Insert(u8),
+        Refresh(u8),
+        Remove(u8),
+        Tick,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            3 => (0..24u8).prop_map(Op::Insert),
+            3 => (0..24u8).prop_map(Op::Refresh),
+            1 => (0..24u8).prop_map(Op::Remove),
+            3 => Just(Op::Tick),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(512))]
+
+        #[test]
+        fn matches_a_brute_force_model(buckets in 0..7usize, ops in prop::collection::vec(op(), 0..400)) {
+            let mut wheel = TimingWheel::new(buckets);
+            let n = buckets.max(1) as u64;
+            let mut model = Model::default();
+            for op in ops {
+                match op {
+                    Op::Insert(k) => {
+                        wheel.insert(k);
+                        model.last.insert(k, model.tick);
+                    }
+                    Op::Refresh(k) => {
+                        let known = model.last.contains_key(&k);
+                        if known {
+                            model.last.insert(k, model.tick);
+                        }
+                        prop_assert_eq!(wheel.refresh(&k), known);
+                    }
+                    Op::Remove(k) => {
+                        prop_assert_eq!(wheel.remove(&k), model.last.remove(&k).is_some());
+                    }
+                    Op::Tick => {
+                        model.tick += 1;
+                        let now = model.tick;
+                        let mut due: Vec<u8> =
+                            model.last.iter().filter(|(_, &t)| now - t > n).map(|(&k, _)| k).collect();
+                        due.sort();
+                        model.last.retain(|_, t| now - *t <= n);
+                        prop_assert_eq!(sorted(wheel.tick()), due);
+                    }
+                }
+                prop_assert_eq!(wheel.len(), model.last.len());
+                prop_assert_eq!(wheel.current_tick(), model.tick);
+                prop_assert_eq!(wheel.stale_entries(), 0);
+                for k in 0..24u8 {
+                    prop_assert_eq!(wheel.contains(&k), model.last.contains_key(&k));
+                    prop_assert_eq!(wheel.deadline_tick(&k), model.last.get(&k).map(|t| t + n + 1));
+                }
+            }
+        }
+    }
+
+    /// Every tracked key has exactly one entry, where its position says, and nothing else is
     /// in the ring.
     fn check_invariants<K: Eq + Hash + Clone + fmt::Debug>(wheel: &TimingWheel<K>) {
         let entries: usize = wheel.ring.iter().map(Vec::len).sum();
-        assert_eq!(entries, wheel.slots.len());
-        for (key, slot) in &wheel.slots {
-            assert_eq!(wheel.ring[slot.bucket].get(slot.index), Some(key));
+        assert_eq!(entries, wheel.positions.len());
+        for (key, pos) in &wheel.positions {
+            assert_eq!(wheel.ring[pos.bucket].get(pos.index), Some(key));
         }
     }
 
@@ -315,7 +418,7 @@ mod tests {
     }
 
     #[test]
-    fn moving_keys_between_buckets_keeps_slots_consistent() {
+    fn moving_keys_between_buckets_keeps_positions_consistent() {
         let mut wheel = TimingWheel::new(3);
         for t in 0..50u32 {
             for k in 0..20u32 {

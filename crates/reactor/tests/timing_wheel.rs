@@ -1,12 +1,12 @@
-//! TimingWheel: exact expiry tick, refresh, remove, re-insert, memory bound, a model-based
-//! proptest, and one real-time run on a plain thread.
+//! TimingWheel: exact expiry tick, refresh, remove, re-insert, and one real-time run on a
+//! plain thread. The memory bound and the model-based proptest, which look inside the
+//! wheel, are unit tests in `src/timing_wheel.rs`.
 
 use std::collections::HashMap;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_reactor::TimingWheel;
-use proptest::prelude::*;
 
 fn sorted<K: Ord>(mut keys: Vec<K>) -> Vec<K> {
     keys.sort();
@@ -128,28 +128,6 @@ fn zero_buckets_is_clamped_to_one() {
 }
 
 #[test]
-fn many_refreshes_and_churn_in_one_tick_keep_memory_flat() {
-    let mut wheel = TimingWheel::new(5);
-    for k in 0..1000u32 {
-        wheel.insert(k);
-    }
-    for tick in 0..20 {
-        for _ in 0..50 {
-            for k in 0..1000u32 {
-                assert!(wheel.refresh(&k));
-            }
-        }
-        for k in (tick..1000u32).step_by(7) {
-            assert!(wheel.remove(&k));
-            wheel.insert(k);
-        }
-        assert_eq!(wheel.stale_entries(), 0);
-        assert_eq!(wheel.len(), 1000);
-        assert!(wheel.tick().is_empty());
-    }
-}
-
-#[test]
 fn tick_into_appends_without_clearing() {
     let mut wheel = TimingWheel::new(1);
     let mut out = vec![100u32];
@@ -157,76 +135,6 @@ fn tick_into_appends_without_clearing() {
     wheel.tick_into(&mut out);
     wheel.tick_into(&mut out);
     assert_eq!(out, [100, 1]);
-}
-
-/// The obvious model: last touched tick per key; at each tick, expire everything touched
-/// `buckets + 1` or more ticks ago.
-#[derive(Debug, Default)]
-struct Model {
-    last: HashMap<u8, u64>,
-    tick: u64,
-}
-
-#[derive(Debug, Clone)]
-enum Op {
-    Insert(u8),
-    Refresh(u8),
-    Remove(u8),
-    Tick,
-}
-
-fn op() -> impl Strategy<Value = Op> {
-    prop_oneof![
-        3 => (0..24u8).prop_map(Op::Insert),
-        3 => (0..24u8).prop_map(Op::Refresh),
-        1 => (0..24u8).prop_map(Op::Remove),
-        3 => Just(Op::Tick),
-    ]
-}
-
-proptest! {
-    #![proptest_config(ProptestConfig::with_cases(512))]
-
-    #[test]
-    fn matches_a_brute_force_model(buckets in 0..7usize, ops in prop::collection::vec(op(), 0..400)) {
-        let mut wheel = TimingWheel::new(buckets);
-        let n = buckets.max(1) as u64;
-        let mut model = Model::default();
-        for op in ops {
-            match op {
-                Op::Insert(k) => {
-                    wheel.insert(k);
-                    model.last.insert(k, model.tick);
-                }
-                Op::Refresh(k) => {
-                    let known = model.last.contains_key(&k);
-                    if known {
-                        model.last.insert(k, model.tick);
-                    }
-                    prop_assert_eq!(wheel.refresh(&k), known);
-                }
-                Op::Remove(k) => {
-                    prop_assert_eq!(wheel.remove(&k), model.last.remove(&k).is_some());
-                }
-                Op::Tick => {
-                    model.tick += 1;
-                    let now = model.tick;
-                    let mut due: Vec<u8> =
-                        model.last.iter().filter(|(_, &t)| now - t > n).map(|(&k, _)| k).collect();
-                    due.sort();
-                    model.last.retain(|_, t| now - *t <= n);
-                    prop_assert_eq!(sorted(wheel.tick()), due);
-                }
-            }
-            prop_assert_eq!(wheel.len(), model.last.len());
-            prop_assert_eq!(wheel.current_tick(), model.tick);
-            prop_assert_eq!(wheel.stale_entries(), 0);
-            for k in 0..24u8 {
-                prop_assert_eq!(wheel.contains(&k), model.last.contains_key(&k));
-                prop_assert_eq!(wheel.deadline_tick(&k), model.last.get(&k).map(|t| t + n + 1));
-            }
-        }
-    }
 }
 
 /// Drives the wheel from a plain thread ticking every `P`, each tick at least `P` after

@@ -10,8 +10,9 @@
 //! Level-triggered interest (the default) reports a descriptor on every wait while it is
 //! ready. [`Interest::EDGE`] reports it once per *change* to ready: the caller must read
 //! (or write) until `EAGAIN`, or until a short read proves the receive queue empty, before
-//! it can expect another event. [`Interest::ONESHOT`] disables the registration after one
-//! event until it is re-armed with [`Epoll::modify`].
+//! it can expect another event. (There is no one-shot interest: the reactor re-arms a
+//! registration only when its interest changes, so an `EPOLLONESHOT` channel would go
+//! silent after one event.)
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -39,8 +40,6 @@ impl Interest {
     pub const WRITABLE: Interest = Interest(libc::EPOLLOUT as u32);
     /// Edge-triggered (`EPOLLET`): one event per transition to ready.
     pub const EDGE: Interest = Interest(libc::EPOLLET as u32);
-    /// One-shot (`EPOLLONESHOT`): disabled after one event until modified again.
-    pub const ONESHOT: Interest = Interest(libc::EPOLLONESHOT as u32);
 
     /// Whether readable events are requested.
     pub const fn is_readable(self) -> bool {
@@ -53,10 +52,6 @@ impl Interest {
     /// Whether the registration is edge-triggered.
     pub const fn is_edge(self) -> bool {
         self.0 & libc::EPOLLET as u32 != 0
-    }
-    /// Whether the registration is one-shot.
-    pub const fn is_oneshot(self) -> bool {
-        self.0 & libc::EPOLLONESHOT as u32 != 0
     }
     /// Adds the flags of `other`.
     #[must_use]
@@ -95,7 +90,6 @@ impl std::fmt::Debug for Interest {
             (self.is_readable(), "READABLE"),
             (self.is_writable(), "WRITABLE"),
             (self.is_edge(), "EDGE"),
-            (self.is_oneshot(), "ONESHOT"),
         ] {
             if set {
                 write!(f, "{sep}{name}")?;

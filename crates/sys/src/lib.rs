@@ -36,8 +36,7 @@ pub use signalfd::{
 };
 pub use socket::{
     accept4, bytes_available, bytes_unacknowledged, is_connect_in_progress, is_fd_exhaustion,
-    readv, recv, recv_vectored, send, send_vectored, shutdown_write, take_socket_error, writev,
-    IOV_MAX,
+    readv, recv_vectored, send_vectored, shutdown_write, take_socket_error, writev, IOV_MAX,
 };
 pub use timerfd::TimerFd;
 

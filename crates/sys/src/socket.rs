@@ -80,13 +80,13 @@ pub fn readv(fd: BorrowedFd<'_>, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usiz
     })
 }
 
-/// Receives into `buf` with one `recv` call.
+/// Receives into `buf` with one `recv` call: the one-buffer path of [`recv_vectored`].
 ///
 /// Returns the number of bytes read; `Ok(0)` with a non-empty `buf` means end of stream.
 /// Cheaper than [`readv`] with one buffer: the kernel looks the socket up directly instead
 /// of going through the file layer and copying an iovec array in. Fails with `ENOTSOCK` on
 /// descriptors that are not sockets.
-pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
+fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     retry_eintr(|| {
         // SAFETY: the pointer and length describe `buf`, a valid writable slice borrowed
         // for the duration of the call; `fd` is a live descriptor.
@@ -94,7 +94,7 @@ pub fn recv(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<usize> {
     })
 }
 
-/// Receives into several buffers from a socket, filling them in order: one [`recv`] when
+/// Receives into several buffers from a socket, filling them in order: one `recv(2)` when
 /// there is one buffer (the common case, and the cheaper call), one [`readv`] otherwise.
 ///
 /// Returns the number of bytes read; `Ok(0)` with non-empty buffers means end of stream.
@@ -105,12 +105,13 @@ pub fn recv_vectored(fd: BorrowedFd<'_>, bufs: &mut [IoSliceMut<'_>]) -> io::Res
     }
 }
 
-/// Sends `buf` on a socket with one `send(MSG_NOSIGNAL)` call.
+/// Sends `buf` on a socket with one `send(MSG_NOSIGNAL)` call: the one-buffer path of
+/// [`send_vectored`].
 ///
 /// Returns the number of bytes sent, which may be less than `buf.len()`. A send to a
 /// connection the peer has reset fails with `EPIPE` instead of raising `SIGPIPE`. Fails
 /// with `ENOTSOCK` on descriptors that are not sockets.
-pub fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
     retry_eintr(|| {
         // SAFETY: the pointer and length describe `buf`, a valid slice borrowed for the
         // duration of the call that the kernel only reads; `fd` is a live descriptor.
@@ -151,7 +152,7 @@ pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 /// Same as [`writev`] but a write to a connection the peer has reset fails with `EPIPE`
 /// instead of raising `SIGPIPE`, so a library never kills its process on peer behaviour.
 /// Fails with `ENOTSOCK` on descriptors that are not sockets. One buffer goes out with the
-/// cheaper [`send`] (no `msghdr` and iovec to copy in).
+/// cheaper `send(2)` (no `msghdr` and iovec to copy in).
 pub fn send_vectored(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
     if let [one] = bufs {
         return send(fd, one);

@@ -71,12 +71,6 @@ impl TimerFd {
         self.arm_after(deadline.saturating_duration_since(Instant::now()))
     }
 
-    /// Arms the timer to fire after `first` and then every `interval` (a zero interval
-    /// means once).
-    pub fn arm_interval(&self, first: Duration, interval: Duration) -> io::Result<()> {
-        self.settime(first.max(Duration::from_nanos(1)), interval)
-    }
-
     /// Disarms the timer. Expirations that already happened stay readable until
     /// [`TimerFd::read`].
     pub fn disarm(&self) -> io::Result<()> {

@@ -7,7 +7,7 @@ use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use duo_sys::{
-    accept4, bytes_available, readv, recv, recv_vectored, send, send_vectored, shutdown_write,
+    accept4, bytes_available, readv, recv_vectored, send_vectored, shutdown_write,
     take_socket_error, writev,
 };
 
@@ -95,7 +95,9 @@ fn send_to_a_closed_peer_is_epipe_not_sigpipe() {
         ErrorKind::BrokenPipe
     );
     assert_eq!(
-        send(a.as_fd(), b"x").unwrap_err().kind(),
+        send_vectored(a.as_fd(), &[IoSlice::new(b"x")])
+            .unwrap_err()
+            .kind(),
         ErrorKind::BrokenPipe
     );
 }
@@ -105,25 +107,40 @@ fn recv_and_send_move_bytes_and_report_eof_and_would_block() {
     let (a, b) = pair();
     let mut buf = [0u8; 16];
     assert_eq!(
-        recv(b.as_fd(), &mut buf).unwrap_err().kind(),
+        recv_vectored(b.as_fd(), &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err()
+            .kind(),
         ErrorKind::WouldBlock
     );
-    assert_eq!(send(a.as_fd(), b"hello").unwrap(), 5);
-    assert_eq!(recv(b.as_fd(), &mut buf).unwrap(), 5);
+    assert_eq!(
+        send_vectored(a.as_fd(), &[IoSlice::new(b"hello")]).unwrap(),
+        5
+    );
+    assert_eq!(
+        recv_vectored(b.as_fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap(),
+        5
+    );
     assert_eq!(&buf[..5], b"hello");
     // One slice goes through recv, two through readv; both fill in order.
-    assert_eq!(send(a.as_fd(), b"abcdefgh").unwrap(), 8);
+    assert_eq!(
+        send_vectored(a.as_fd(), &[IoSlice::new(b"abcdefgh")]).unwrap(),
+        8
+    );
     let (mut x, mut y) = ([0u8; 3], [0u8; 8]);
     let mut bufs = [IoSliceMut::new(&mut x), IoSliceMut::new(&mut y)];
     assert_eq!(recv_vectored(b.as_fd(), &mut bufs).unwrap(), 8);
     assert_eq!((&x, &y[..5]), (b"abc", &b"defgh"[..]));
-    assert_eq!(send(a.as_fd(), b"z").unwrap(), 1);
+    assert_eq!(send_vectored(a.as_fd(), &[IoSlice::new(b"z")]).unwrap(), 1);
     assert_eq!(
         recv_vectored(b.as_fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap(),
         1
     );
     drop(a);
-    assert_eq!(recv(b.as_fd(), &mut buf).unwrap(), 0, "end of stream");
+    assert_eq!(
+        recv_vectored(b.as_fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap(),
+        0,
+        "end of stream"
+    );
 }
 
 #[test]
@@ -131,11 +148,15 @@ fn recv_and_send_refuse_non_sockets() {
     let file = std::fs::File::open("/proc/self/status").unwrap();
     let mut buf = [0u8; 4];
     assert_eq!(
-        recv(file.as_fd(), &mut buf).unwrap_err().raw_os_error(),
+        recv_vectored(file.as_fd(), &mut [IoSliceMut::new(&mut buf)])
+            .unwrap_err()
+            .raw_os_error(),
         Some(libc_enotsock())
     );
     assert_eq!(
-        send(file.as_fd(), b"x").unwrap_err().raw_os_error(),
+        send_vectored(file.as_fd(), &[IoSlice::new(b"x")])
+            .unwrap_err()
+            .raw_os_error(),
         Some(libc_enotsock())
     );
 }

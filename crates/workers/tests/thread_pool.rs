@@ -1,4 +1,4 @@
-//! Tests of [`duo_net::ThreadPool`]: bounded queue, `Full`/`Stopped`, draining stop, panics,
+//! Tests of [`duo_workers::ThreadPool`]: bounded queue, `Full`/`Stopped`, draining stop, panics,
 //! counters, thread names, many producers, lost wakeups and shutdown races.
 //!
 //! Every wait has a deadline: tests wait on channels or barriers with timeouts (never on
@@ -12,7 +12,7 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_net::{SubmitError, ThreadPool};
+use duo_workers::{SubmitError, ThreadPool};
 
 /// The longest any single wait may take before the test is declared hung.
 const DEADLINE: Duration = Duration::from_secs(5);
@@ -313,7 +313,7 @@ fn many_producers_every_job_runs_exactly_once() {
                 for i in 0..PER_PRODUCER {
                     let id = p * PER_PRODUCER + i;
                     let runs = runs.clone();
-                    let mut job: duo_net::Job = Box::new(move || {
+                    let mut job: duo_workers::Job = Box::new(move || {
                         runs[id].fetch_add(1, Ordering::SeqCst);
                     });
                     loop {

@@ -1,12 +1,12 @@
 //! [`ThreadPool`]: fixed worker threads for blocking or heavy business logic.
 
 use std::fmt;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
 
-use crossbeam_queue::ArrayQueue;
-use parking_lot::{Condvar, Mutex, RwLock};
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+use parking_lot::{Mutex, RwLock};
 
 /// A job for the pool.
 pub type Job = Box<dyn FnOnce() + Send + 'static>;
@@ -31,28 +31,17 @@ impl fmt::Debug for SubmitError {
     }
 }
 
-struct Shared {
-    queue: ArrayQueue<Job>,
-    stopping: AtomicBool,
-    /// Submitters hold it shared from their `stopping` check to their push; `stop` takes
-    /// it exclusively to set `stopping`. So every accepted job is in the queue before
-    /// `stopping` is set, and a worker that sees `stopping` and then an empty queue knows
-    /// no accepted job can still appear.
-    gate: RwLock<()>,
-    /// Workers sleep on `ready` when the queue is empty; non-worker callers of `stop` wait
-    /// on `exited` for the last worker to leave.
-    lock: Mutex<()>,
-    ready: Condvar,
-    exited: Condvar,
-    sleeping: AtomicU64,
-    /// Workers started and not yet exited.
-    alive: AtomicUsize,
+/// What the workers count, read by any thread.
+#[derive(Default)]
+struct Counters {
+    /// Jobs that returned or panicked.
     completed: AtomicU64,
+    /// Jobs that panicked.
     panicked: AtomicU64,
 }
 
-/// A fixed set of worker threads fed by a bounded queue (`crossbeam-queue`'s
-/// `ArrayQueue`), so I/O threads never block on business logic and a flood of requests
+/// A fixed set of worker threads fed by a bounded queue (a `crossbeam-channel` of
+/// `capacity` jobs), so I/O threads never block on business logic and a flood of requests
 /// meets a clear "full" answer instead of unbounded memory.
 ///
 /// - [`submit`](ThreadPool::submit) never waits for the workers or for room: it fails
@@ -63,8 +52,20 @@ struct Shared {
 ///   Every job for which `submit` returned `Ok` runs exactly once, even when `submit` races
 ///   with `stop`. Dropping the pool stops it.
 ///
+/// # How it holds those promises
+///
+/// The channel does the hard part. Workers loop on `recv`, which sleeps while the queue is
+/// empty and, once every sender is gone, still returns each queued job before it reports
+/// the disconnection: so stopping is dropping the one sender, and draining is the workers'
+/// ordinary loop. The sender sits in an `RwLock<Option<_>>`: `submit` holds it shared from
+/// its check to its `try_send`, `stop` takes it exclusively to drop the sender, so no job is
+/// sent after the workers may have seen the disconnection. Each worker also holds a clone
+/// of an `exit` sender that never sends; a `stop` caller waits for all of them to be
+/// dropped (every worker gone), which needs no condvar even when several threads stop at
+/// once.
+///
 /// ```
-/// use duo_net::ThreadPool;
+/// use duo_workers::ThreadPool;
 /// use std::sync::mpsc;
 ///
 /// let pool = ThreadPool::new("worker", 2, 64)?;
@@ -80,7 +81,13 @@ struct Shared {
 /// # Ok::<(), std::io::Error>(())
 /// ```
 pub struct ThreadPool {
-    shared: Arc<Shared>,
+    /// The queue's only sender; `None` once [`stop`](ThreadPool::stop) has been called.
+    jobs: RwLock<Option<Sender<Job>>>,
+    /// A receiver of the queue kept only to report its length and capacity.
+    queue: Receiver<Job>,
+    /// Disconnected when the last worker has exited (each holds an `exit` sender).
+    exited: Receiver<()>,
+    counters: Arc<Counters>,
     /// Join handles, taken by the first `stop`.
     workers: Mutex<Vec<JoinHandle<()>>>,
     /// The workers' thread ids, to recognise `stop` called from a job.
@@ -96,44 +103,34 @@ impl ThreadPool {
     ///
     /// The error of spawning a thread; the workers already started are stopped.
     pub fn new(name: &str, threads: usize, capacity: usize) -> std::io::Result<ThreadPool> {
-        let shared = Arc::new(Shared {
-            queue: ArrayQueue::new(capacity.max(1)),
-            stopping: AtomicBool::new(false),
-            gate: RwLock::new(()),
-            lock: Mutex::new(()),
-            ready: Condvar::new(),
-            exited: Condvar::new(),
-            sleeping: AtomicU64::new(0),
-            alive: AtomicUsize::new(0),
-            completed: AtomicU64::new(0),
-            panicked: AtomicU64::new(0),
-        });
+        let (jobs, queue) = crossbeam_channel::bounded(capacity.max(1));
+        let (exit, exited) = crossbeam_channel::bounded::<()>(0);
         let mut pool = ThreadPool {
-            shared,
+            jobs: RwLock::new(Some(jobs)),
+            queue,
+            exited,
+            counters: Arc::default(),
             workers: Mutex::new(Vec::new()),
             worker_ids: Vec::new(),
             name: name.to_owned(),
         };
-        for i in 0..threads.max(1) {
-            let shared = pool.shared.clone();
-            // Counted before the thread starts, so `stop` never sees 0 while one is coming.
-            pool.shared.alive.fetch_add(1, Ordering::SeqCst);
-            let spawned = thread::Builder::new()
-                .name(format!("{name}-{i}"))
-                .spawn(move || worker(&shared));
-            match spawned {
-                Ok(t) => {
-                    pool.worker_ids.push(t.thread().id());
-                    pool.workers.get_mut().push(t);
-                }
-                Err(e) => {
-                    // The closure (and its guard-less share) was dropped unrun.
-                    pool.shared.alive.fetch_sub(1, Ordering::SeqCst);
-                    return Err(e); // dropping `pool` stops the workers already started
-                }
-            }
-        }
+        // On an error `exit` is dropped on the way out of `spawn_workers`, before `pool`:
+        // the workers already started are then the only holders its `stop` waits for.
+        pool.spawn_workers(threads.max(1), exit)?;
         Ok(pool)
+    }
+
+    /// Starts `threads` workers, each with a clone of `exit`.
+    fn spawn_workers(&mut self, threads: usize, exit: Sender<()>) -> std::io::Result<()> {
+        for i in 0..threads {
+            let (queue, exit, counters) = (self.queue.clone(), exit.clone(), self.counters.clone());
+            let worker = thread::Builder::new()
+                .name(format!("{}-{i}", self.name))
+                .spawn(move || work(&queue, &counters, exit))?;
+            self.worker_ids.push(worker.thread().id());
+            self.workers.get_mut().push(worker);
+        }
+        Ok(())
     }
 
     /// Queues `job`; never waits for room or for a worker.
@@ -147,51 +144,48 @@ impl ThreadPool {
     }
 
     /// [`ThreadPool::submit`] for an already boxed job.
+    ///
+    /// # Errors
+    ///
+    /// As [`ThreadPool::submit`].
     pub fn submit_boxed(&self, job: Job) -> Result<(), SubmitError> {
-        {
-            let _gate = self.shared.gate.read();
-            if self.shared.stopping.load(Ordering::SeqCst) {
-                return Err(SubmitError::Stopped(job));
-            }
-            self.shared.queue.push(job).map_err(SubmitError::Full)?;
-        }
-        // Pairs with the fence in `worker`: either we see its `sleeping` registration, or
-        // it sees our job when it re-checks the queue.
-        fence(Ordering::SeqCst);
-        // Wake a sleeper only if there is one; taking the lock orders us with a worker
-        // that is about to sleep (it re-checks the queue under the same lock).
-        if self.shared.sleeping.load(Ordering::SeqCst) > 0 {
-            let _guard = self.shared.lock.lock();
-            self.shared.ready.notify_one();
-        }
-        Ok(())
+        let jobs = self.jobs.read();
+        let Some(jobs) = jobs.as_ref() else {
+            return Err(SubmitError::Stopped(job));
+        };
+        jobs.try_send(job).map_err(|e| match e {
+            TrySendError::Full(job) => SubmitError::Full(job),
+            // Cannot happen while `self.queue` lives; refused all the same.
+            TrySendError::Disconnected(job) => SubmitError::Stopped(job),
+        })
     }
 
     /// Jobs waiting in the queue.
     pub fn queued(&self) -> usize {
-        self.shared.queue.len()
+        self.queue.len()
     }
 
     /// The queue's capacity.
     pub fn capacity(&self) -> usize {
-        self.shared.queue.capacity()
+        self.queue.capacity().unwrap_or(usize::MAX)
     }
 
     /// Jobs finished (including those that panicked). A job is counted just after it
     /// returns, so a job's own side effects may be seen slightly before the count moves;
     /// after [`stop`](ThreadPool::stop) returns the count is final.
     pub fn completed(&self) -> u64 {
-        self.shared.completed.load(Ordering::SeqCst)
+        // Relaxed: a statistic; `stop`'s wait for the workers orders the final value.
+        self.counters.completed.load(Ordering::Relaxed)
     }
 
     /// Jobs that panicked (also counted in [`completed`](ThreadPool::completed)).
     pub fn panicked(&self) -> u64 {
-        self.shared.panicked.load(Ordering::SeqCst)
+        self.counters.panicked.load(Ordering::Relaxed)
     }
 
     /// Whether [`stop`](ThreadPool::stop) has been called (new jobs are refused).
     pub fn is_stopped(&self) -> bool {
-        self.shared.stopping.load(Ordering::SeqCst)
+        self.jobs.read().is_none()
     }
 
     /// Refuses new jobs, finishes the queued ones, joins the workers. Idempotent and safe
@@ -203,14 +197,8 @@ impl ThreadPool {
     /// returns without waiting for it (joining the other workers first if it is the first
     /// call); that worker exits once the job returns and the queue is empty.
     pub fn stop(&self) {
-        {
-            let _gate = self.shared.gate.write();
-            self.shared.stopping.store(true, Ordering::SeqCst);
-        }
-        {
-            let _guard = self.shared.lock.lock();
-            self.shared.ready.notify_all();
-        }
+        // Dropping the sender disconnects the queue; the workers drain it, then exit.
+        drop(self.jobs.write().take());
         let me = thread::current().id();
         let on_worker = self.worker_ids.contains(&me);
         if on_worker {
@@ -222,66 +210,36 @@ impl ThreadPool {
         // Take the handles and release the lock before joining: a job calling `stop`
         // meanwhile must not block on the lock while we wait for its worker.
         let handles = std::mem::take(&mut *self.workers.lock());
-        for t in handles {
-            if t.thread().id() == me {
+        for worker in handles {
+            if worker.thread().id() == me {
                 continue; // detached; it exits by itself after this job
             }
-            if t.join().is_err() {
+            if worker.join().is_err() {
                 log::error!("ThreadPool {}: a worker thread panicked", self.name);
             }
         }
         if !on_worker {
             // Another caller may hold the handles and still be joining: wait for the
-            // workers themselves.
-            let mut guard = self.shared.lock.lock();
-            while self.shared.alive.load(Ordering::SeqCst) > 0 {
-                self.shared.exited.wait(&mut guard);
-            }
+            // workers themselves. Nothing is ever sent: `recv` returns when the last
+            // worker's `exit` sender is dropped.
+            let _ = self.exited.recv();
         }
     }
 }
 
-/// Counts a worker out when it leaves, however it leaves.
-struct Alive<'a>(&'a Shared);
-
-impl Drop for Alive<'_> {
-    fn drop(&mut self) {
-        let _guard = self.0.lock.lock();
-        self.0.alive.fetch_sub(1, Ordering::SeqCst);
-        self.0.exited.notify_all();
-    }
-}
-
-fn worker(shared: &Shared) {
-    let _alive = Alive(shared);
-    loop {
-        if let Some(job) = shared.queue.pop() {
-            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
-                shared.panicked.fetch_add(1, Ordering::SeqCst);
-                log::error!("a worker job panicked; the worker goes on");
-                // A payload whose destructor panics must not kill the worker either.
-                let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload)));
-            }
-            shared.completed.fetch_add(1, Ordering::SeqCst);
-            continue;
+/// A worker's life: runs jobs until the queue is disconnected and empty; `exit` is dropped
+/// when it leaves, however it leaves.
+fn work(queue: &Receiver<Job>, counters: &Counters, exit: Sender<()>) {
+    for job in queue {
+        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+            counters.panicked.fetch_add(1, Ordering::Relaxed);
+            log::error!("a worker job panicked; the worker goes on");
+            // A payload whose destructor panics must not kill the worker either.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload)));
         }
-        let mut guard = shared.lock.lock();
-        // Re-check under the lock: a submitter that saw `sleeping == 0` pushed before we
-        // registered; one that sees our registration notifies under this lock.
-        shared.sleeping.fetch_add(1, Ordering::SeqCst);
-        fence(Ordering::SeqCst);
-        // `stopping` before the queue: every accepted job was pushed before `stopping` was
-        // set (see `Shared::gate`), so an empty queue seen after it is empty for good.
-        let stopping = shared.stopping.load(Ordering::SeqCst);
-        if shared.queue.is_empty() {
-            if stopping {
-                shared.sleeping.fetch_sub(1, Ordering::SeqCst);
-                return;
-            }
-            shared.ready.wait(&mut guard);
-        }
-        shared.sleeping.fetch_sub(1, Ordering::SeqCst);
+        counters.completed.fetch_add(1, Ordering::Relaxed);
     }
+    drop(exit);
 }
 
 impl Drop for ThreadPool {

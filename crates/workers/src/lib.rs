@@ -1,0 +1,14 @@
+//! Worker threads for duo: [`ThreadPool`], a fixed set of threads fed by a bounded queue,
+//! for blocking or heavy work (a database, a disk, a password hash) that must never run on
+//! an I/O loop's thread.
+//!
+//! It knows nothing of networking; `duo-net` re-exports it (`duo_net::ThreadPool`) so a
+//! server's users find it beside the server.
+//!
+//! This crate is safe Rust.
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod thread_pool;
+
+pub use thread_pool::{Job, SubmitError, ThreadPool};
