@@ -48,6 +48,7 @@ pub mod codec;
 mod connection;
 mod idle;
 mod options;
+pub mod process;
 mod server;
 mod stats;
 mod thread_pool;
@@ -68,4 +69,4 @@ pub use stats::{LoopStats, ServerStats};
 pub use thread_pool::{Job, SubmitError, ThreadPool};
 
 pub use duo_buffer::InputBuffer;
-pub use duo_reactor::{EventLoop, LoopHandle};
+pub use duo_reactor::{EventLoop, LoopHandle, Signal};
