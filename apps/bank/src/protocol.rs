@@ -565,42 +565,38 @@ mod tests {
 
     #[test]
     fn errors_have_the_right_codes() {
-        assert_eq!(code("FROB"), ErrorCode::UnknownCommand);
-        assert_eq!(code("BALANCE now"), ErrorCode::BadRequest);
-        assert_eq!(code("REGISTER alice"), ErrorCode::BadRequest);
-        assert_eq!(code("REGISTER al-ice secret123"), ErrorCode::BadRequest);
-        assert_eq!(code("REGISTER alice short"), ErrorCode::BadRequest);
-        assert_eq!(
-            code(&format!("REGISTER {} secret123", "a".repeat(33))),
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            code(&format!("REGISTER alice {}", "p".repeat(129))),
-            ErrorCode::BadRequest
-        );
-        assert_eq!(code("LOGIN alice"), ErrorCode::BadRequest);
-        assert_eq!(code("DEPOSIT"), ErrorCode::BadRequest);
-        assert_eq!(code("DEPOSIT 0"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT -5"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT 1.5"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT abc"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT 1000000000001"), ErrorCode::InvalidAmount);
-        assert_eq!(
-            code("WITHDRAW 99999999999999999999"),
-            ErrorCode::InvalidAmount
-        );
-        assert_eq!(code("TRANSFER bob"), ErrorCode::BadRequest);
-        assert_eq!(code("TRANSFER bob 0"), ErrorCode::InvalidAmount);
-        assert_eq!(code("TRANSFER bob 5 bad/id"), ErrorCode::BadRequest);
-        assert_eq!(code("TRANSFER bob 5 id extra"), ErrorCode::BadRequest);
-        assert_eq!(code("HISTORY 0"), ErrorCode::BadRequest);
-        assert_eq!(code("HISTORY 1001"), ErrorCode::BadRequest);
-        assert_eq!(code("HISTORY x"), ErrorCode::BadRequest);
-        assert_eq!(code("PING PONG"), ErrorCode::BadRequest);
-        assert_eq!(
-            parse_line(b"PING \xff\xfe").unwrap_err().code,
-            ErrorCode::BadRequest
-        );
+        use ErrorCode::{BadRequest, InvalidAmount, UnknownCommand};
+        let long_user = format!("REGISTER {} secret123", "a".repeat(33));
+        let long_password = format!("REGISTER alice {}", "p".repeat(129));
+        let cases = [
+            ("FROB", UnknownCommand),
+            ("BALANCE now", BadRequest),
+            ("REGISTER alice", BadRequest),
+            ("REGISTER al-ice secret123", BadRequest),
+            ("REGISTER alice short", BadRequest),
+            (&long_user, BadRequest),
+            (&long_password, BadRequest),
+            ("LOGIN alice", BadRequest),
+            ("DEPOSIT", BadRequest),
+            ("DEPOSIT 0", InvalidAmount),
+            ("DEPOSIT -5", InvalidAmount),
+            ("DEPOSIT 1.5", InvalidAmount),
+            ("DEPOSIT abc", InvalidAmount),
+            ("DEPOSIT 1000000000001", InvalidAmount),
+            ("WITHDRAW 99999999999999999999", InvalidAmount),
+            ("TRANSFER bob", BadRequest),
+            ("TRANSFER bob 0", InvalidAmount),
+            ("TRANSFER bob 5 bad/id", BadRequest),
+            ("TRANSFER bob 5 id extra", BadRequest),
+            ("HISTORY 0", BadRequest),
+            ("HISTORY 1001", BadRequest),
+            ("HISTORY x", BadRequest),
+            ("PING PONG", BadRequest),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(code(line), expected, "{line:?}");
+        }
+        assert_eq!(parse_line(b"PING \xff\xfe").unwrap_err().code, BadRequest);
     }
 
     #[test]
