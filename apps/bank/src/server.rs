@@ -3,13 +3,13 @@
 //!
 //! # Replies in request order
 //!
-//! Each connection carries a [`Session`] in its context: the logged-in account, the count
+//! Each connection carries a `Session` in its context: the logged-in account, the count
 //! of failed logins, and a queue of parsed commands not yet answered. A connection has at
 //! most **one job outstanding** on the workers; the other commands wait in its queue. All of
 //! the session's state is touched only on the connection's I/O loop:
 //!
 //! 1. the message callback splits lines with a `LineCodec`, parses them, appends them to the
-//!    queue and calls [`pump`];
+//!    queue and calls `pump`;
 //! 2. `pump` answers queued commands that need no database (`PING`, `QUIT`, parse errors,
 //!    `NOT_AUTHENTICATED`) right away, and stops at the first that does: it submits a job
 //!    and marks the session busy;
@@ -24,9 +24,9 @@
 //! pipelining client shares commits too (see `store` for group commit across connections).
 //!
 //! A client that pipelines faster than its commands complete is paused (the server stops
-//! reading its socket) once [`QUEUE_HIGH`] commands wait, and resumed below [`QUEUE_LOW`].
+//! reading its socket) once `QUEUE_HIGH` commands wait, and resumed below `QUEUE_LOW`.
 //! A client that pipelines and does not read its replies is held the same way: `pump`
-//! starts no command while [`OUTPUT_HIGH`] bytes of replies wait to be written, and resumes
+//! starts no command while `OUTPUT_HIGH` bytes of replies wait to be written, and resumes
 //! when the output has drained (the write-complete callback), so the memory a connection
 //! holds is bounded by the queue, one job's reply and that mark, whatever it sends.
 
