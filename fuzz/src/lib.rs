@@ -1,23 +1,16 @@
 //! The properties the fuzz targets check, one public function per target, each taking the
 //! raw fuzz input and panicking on a violation.
 //!
-//! The echo packet decoder and the bank command parser live in binary crates; their source
-//! files are self-contained (std, `duo_buffer` and nothing else from their crate), so they
-//! are compiled here as modules with `#[path]` rather than exposed as libraries.
+//! The echo packet decoder and the bank command parser come from the libraries of the two
+//! apps (`echo::framed`, `bank::protocol`), the codecs from `duo_net::codec`.
 //!
 //! Every target reads its input through [`Plan`]: a few leading bytes choose the parameters
 //! (maximum frame or line size, how to split the stream), the rest is the byte stream.
 
-use duo_buffer::InputBuffer;
+use bank::protocol;
 use duo_net::codec::{CodecError, Frame, LengthHeaderCodec, LineCodec};
-
-#[allow(dead_code)]
-#[path = "../../apps/echo/src/framed.rs"]
-mod framed;
-
-#[allow(dead_code)]
-#[path = "../../apps/bank/src/protocol.rs"]
-mod protocol;
+use duo_net::InputBuffer;
+use echo::framed;
 
 /// How one fuzz input is read.
 ///
@@ -151,6 +144,25 @@ fn some_cuts(len: usize) -> impl Iterator<Item = usize> {
     (0..len.min(12)).chain(len.saturating_sub(12).max(12)..len)
 }
 
+/// `encoded`, the encoding of `payload` as one frame, decodes to exactly that frame, and
+/// none of its proper prefixes decodes to anything yet.
+fn assert_decodes_whole(
+    decode: impl for<'a> Fn(&'a [u8]) -> Result<Option<Frame<'a>>, CodecError>,
+    payload: &[u8],
+    encoded: &[u8],
+) {
+    assert_eq!(
+        decode(encoded),
+        Ok(Some(Frame {
+            payload,
+            consumed: encoded.len()
+        }))
+    );
+    for cut in some_cuts(encoded.len()) {
+        assert_eq!(decode(&encoded[..cut]), Ok(None), "prefix {cut}");
+    }
+}
+
 // ---- LengthHeaderCodec ----
 
 /// `LengthHeaderCodec`: decode agrees with the header on any bytes; one-shot and split
@@ -215,16 +227,7 @@ pub fn length_header(data: &[u8]) {
             let encoded = &encoded[1..];
             assert!(wire.len() <= max);
             assert_eq!(encoded.len(), 4 + wire.len());
-            assert_eq!(
-                codec.decode(encoded),
-                Ok(Some(Frame {
-                    payload: wire,
-                    consumed: encoded.len()
-                }))
-            );
-            for cut in some_cuts(encoded.len()) {
-                assert_eq!(codec.decode(&encoded[..cut]), Ok(None), "prefix {cut}");
-            }
+            assert_decodes_whole(|b| codec.decode(b), wire, encoded);
         }
         Err(e) => {
             assert_eq!(
@@ -319,16 +322,7 @@ pub fn line(data: &[u8]) {
     if expected.is_ok() {
         let encoded = &encoded[1..];
         assert_eq!(encoded.len(), wire.len() + 1);
-        assert_eq!(
-            codec.decode(encoded),
-            Ok(Some(Frame {
-                payload: wire,
-                consumed: encoded.len()
-            }))
-        );
-        for cut in some_cuts(encoded.len()) {
-            assert_eq!(codec.decode(&encoded[..cut]), Ok(None), "prefix {cut}");
-        }
+        assert_decodes_whole(|b| codec.decode(b), wire, encoded);
     } else {
         assert_eq!(encoded, b"x", "nothing appended on error");
     }

@@ -11,7 +11,7 @@ use argon2::{Algorithm, Argon2, Params, Version};
 
 /// How expensive new password hashes are.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub(crate) enum HashCost {
+pub enum HashCost {
     /// argon2's recommended parameters (argon2id, 19 MiB, 2 passes).
     Default,
     /// Minimal parameters (8 KiB, 1 pass), for tests only: debug builds hash slowly.

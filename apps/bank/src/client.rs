@@ -22,7 +22,7 @@ const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why the client failed.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ClientError {
+pub enum ClientError {
     /// Could not connect.
     #[error("cannot connect to {addr}: {source}")]
     Connect {
@@ -104,7 +104,7 @@ fn print_reply(reply: &[String]) -> io::Result<()> {
 }
 
 /// Runs the client; `Ok(true)` if every reply was a success.
-pub(crate) fn run(addr: &str, words: &[String]) -> Result<bool, ClientError> {
+pub fn run(addr: &str, words: &[String]) -> Result<bool, ClientError> {
     let mut conn = Conn::open(addr)?;
     if words.is_empty() {
         interactive(&mut conn)

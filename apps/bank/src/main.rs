@@ -10,12 +10,6 @@
 //! error.
 #![forbid(unsafe_code)]
 
-mod auth;
-mod client;
-mod protocol;
-mod server;
-mod store;
-
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,8 +17,8 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::auth::HashCost;
-use crate::server::ServeConfig;
+use bank::server::{self, ServeConfig};
+use bank::{client, HashCost};
 
 /// An online bank over a line protocol, on the duo reactor library.
 #[derive(Debug, Parser)]

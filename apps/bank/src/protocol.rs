@@ -12,25 +12,25 @@
 use std::fmt;
 
 /// The longest command line accepted, line end not counted.
-pub(crate) const MAX_LINE: usize = 1024;
+pub const MAX_LINE: usize = 1024;
 /// The largest amount of one deposit, withdrawal or transfer, in cents.
-pub(crate) const MAX_AMOUNT: i64 = 1_000_000_000_000;
+pub const MAX_AMOUNT: i64 = 1_000_000_000_000;
 /// Longest user name.
-pub(crate) const USER_MAX: usize = 32;
+pub const USER_MAX: usize = 32;
 /// Shortest password, in bytes.
-pub(crate) const PASSWORD_MIN: usize = 8;
+pub const PASSWORD_MIN: usize = 8;
 /// Longest password, in bytes.
-pub(crate) const PASSWORD_MAX: usize = 128;
+pub const PASSWORD_MAX: usize = 128;
 /// Longest transfer request id.
-pub(crate) const REQUEST_ID_MAX: usize = 64;
+pub const REQUEST_ID_MAX: usize = 64;
 /// Entries `HISTORY` returns when no count is given.
-pub(crate) const HISTORY_DEFAULT: usize = 10;
+pub const HISTORY_DEFAULT: usize = 10;
 /// Most entries one `HISTORY` returns.
-pub(crate) const HISTORY_MAX: usize = 1000;
+pub const HISTORY_MAX: usize = 1000;
 
 /// The error codes of `ERR` replies.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) enum ErrorCode {
+pub enum ErrorCode {
     /// Malformed command: wrong arguments, invalid UTF-8, bad user name or password format.
     BadRequest,
     /// The command word is not known.
@@ -58,7 +58,7 @@ pub(crate) enum ErrorCode {
 
 impl ErrorCode {
     /// Every code, for tests and parsing.
-    pub(crate) const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 11] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::NotAuthenticated,
@@ -73,7 +73,7 @@ impl ErrorCode {
     ];
 
     /// The code as written on the wire.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             ErrorCode::BadRequest => "BAD_REQUEST",
             ErrorCode::UnknownCommand => "UNKNOWN_COMMAND",
@@ -90,7 +90,7 @@ impl ErrorCode {
     }
 
     /// The code written as `s`, if any.
-    pub(crate) fn parse(s: &str) -> Option<ErrorCode> {
+    pub fn parse(s: &str) -> Option<ErrorCode> {
         ErrorCode::ALL.into_iter().find(|c| c.as_str() == s)
     }
 }
@@ -103,16 +103,16 @@ impl fmt::Display for ErrorCode {
 
 /// An error reply: a code and a human-readable message (one line, no line end).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct ProtoError {
+pub struct ProtoError {
     /// The code.
-    pub(crate) code: ErrorCode,
+    pub code: ErrorCode,
     /// The message; line ends are replaced by spaces when formatted.
-    pub(crate) message: String,
+    pub message: String,
 }
 
 impl ProtoError {
     /// An error with `code` and `message`.
-    pub(crate) fn new(code: ErrorCode, message: impl Into<String>) -> ProtoError {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> ProtoError {
         ProtoError {
             code,
             message: message.into(),
@@ -120,14 +120,14 @@ impl ProtoError {
     }
 
     /// The reply line, `ERR <CODE> <message>\n`.
-    pub(crate) fn line(&self) -> String {
+    pub fn line(&self) -> String {
         err_line(self.code, &self.message)
     }
 }
 
 /// A parsed command.
 #[derive(Clone, PartialEq, Eq)]
-pub(crate) enum Command {
+pub enum Command {
     /// `REGISTER <user> <password>`.
     Register {
         /// The new user's name (validated).
@@ -177,7 +177,7 @@ pub(crate) enum Command {
 
 impl Command {
     /// The command word, upper case.
-    pub(crate) fn name(&self) -> &'static str {
+    pub fn name(&self) -> &'static str {
         match self {
             Command::Register { .. } => "REGISTER",
             Command::Login { .. } => "LOGIN",
@@ -224,7 +224,7 @@ fn bad(message: impl Into<String>) -> ProtoError {
 }
 
 /// Parses one line (without its line end). `Ok(None)` for a blank line.
-pub(crate) fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
+pub fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
     let text = std::str::from_utf8(line).map_err(|_| bad("line is not valid UTF-8"))?;
     let mut words = text.split([' ', '\t']).filter(|w| !w.is_empty());
     let Some(word) = words.next() else {
@@ -319,7 +319,7 @@ pub(crate) fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
 
 /// An amount in cents: decimal digits only (an optional leading `+`), value in
 /// `1..=MAX_AMOUNT`; anything else is `INVALID_AMOUNT`.
-pub(crate) fn parse_amount(s: &str) -> Result<i64, ProtoError> {
+pub fn parse_amount(s: &str) -> Result<i64, ProtoError> {
     let digits = s.strip_prefix('+').unwrap_or(s);
     let valid = !digits.is_empty() && digits.bytes().all(|b| b.is_ascii_digit());
     match digits.parse::<i64>() {
@@ -332,25 +332,25 @@ pub(crate) fn parse_amount(s: &str) -> Result<i64, ProtoError> {
 }
 
 /// Whether `s` is a valid user name: 1-32 of `[A-Za-z0-9_]`.
-pub(crate) fn valid_user(s: &str) -> bool {
+pub fn valid_user(s: &str) -> bool {
     (1..=USER_MAX).contains(&s.len()) && s.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_')
 }
 
 /// Whether `s` is a valid request id: 1-64 of `[A-Za-z0-9_-]`.
-pub(crate) fn valid_request_id(s: &str) -> bool {
+pub fn valid_request_id(s: &str) -> bool {
     (1..=REQUEST_ID_MAX).contains(&s.len())
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
 }
 
 /// Whether `password` has an acceptable length.
-pub(crate) fn valid_password(password: &str) -> bool {
+pub fn valid_password(password: &str) -> bool {
     (PASSWORD_MIN..=PASSWORD_MAX).contains(&password.len())
 }
 
 /// At most `max` characters of `s`, non-printable ones shown as `?`: safe to echo in a
 /// reply or a log line.
-pub(crate) fn printable(s: &str, max: usize) -> String {
+pub fn printable(s: &str, max: usize) -> String {
     s.chars()
         .take(max)
         .map(|c| if c.is_ascii_graphic() { c } else { '?' })
@@ -358,12 +358,12 @@ pub(crate) fn printable(s: &str, max: usize) -> String {
 }
 
 /// `OK <text>\n`.
-pub(crate) fn ok_line(text: impl fmt::Display) -> String {
+pub fn ok_line(text: impl fmt::Display) -> String {
     format!("OK {text}\n")
 }
 
 /// `ERR <CODE> <message>\n`, with any line end in `message` replaced by a space.
-pub(crate) fn err_line(code: ErrorCode, message: &str) -> String {
+pub fn err_line(code: ErrorCode, message: &str) -> String {
     let message: String = message
         .chars()
         .map(|c| if c == '\n' || c == '\r' { ' ' } else { c })
@@ -372,11 +372,11 @@ pub(crate) fn err_line(code: ErrorCode, message: &str) -> String {
 }
 
 /// The reply to `PING`.
-pub(crate) const PONG: &str = "PONG\n";
+pub const PONG: &str = "PONG\n";
 
 /// What a ledger entry records.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum EntryKind {
+pub enum EntryKind {
     /// Money paid in.
     Deposit,
     /// Money paid out.
@@ -389,7 +389,7 @@ pub(crate) enum EntryKind {
 
 impl EntryKind {
     /// The kind as written in history lines and stored in the database.
-    pub(crate) fn as_str(self) -> &'static str {
+    pub fn as_str(self) -> &'static str {
         match self {
             EntryKind::Deposit => "deposit",
             EntryKind::Withdraw => "withdraw",
@@ -399,7 +399,7 @@ impl EntryKind {
     }
 
     /// The kind written as `s`.
-    pub(crate) fn parse(s: &str) -> Option<EntryKind> {
+    pub fn parse(s: &str) -> Option<EntryKind> {
         [
             EntryKind::Deposit,
             EntryKind::Withdraw,
@@ -413,25 +413,25 @@ impl EntryKind {
 
 /// One line of a `HISTORY` reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct HistoryEntry {
+pub struct HistoryEntry {
     /// The ledger entry's id (increasing with time).
-    pub(crate) id: i64,
+    pub id: i64,
     /// What happened.
-    pub(crate) kind: EntryKind,
+    pub kind: EntryKind,
     /// The other user of a transfer.
-    pub(crate) counterparty: Option<String>,
+    pub counterparty: Option<String>,
     /// Signed change of the balance, in cents.
-    pub(crate) amount: i64,
+    pub amount: i64,
     /// The balance right after this entry.
-    pub(crate) balance_after: i64,
+    pub balance_after: i64,
     /// When, in seconds since the Unix epoch.
-    pub(crate) time: i64,
+    pub time: i64,
 }
 
 impl HistoryEntry {
     /// `<id> <kind> <counterparty or -> <signed cents> <balance after> <unix seconds>`
     /// (no line end). Positive amounts carry a `+`.
-    pub(crate) fn line(&self) -> String {
+    pub fn line(&self) -> String {
         format!(
             "{} {} {} {:+} {} {}",
             self.id,
@@ -445,7 +445,7 @@ impl HistoryEntry {
 
     /// Parses a line written by [`HistoryEntry::line`].
     #[cfg_attr(not(test), allow(dead_code))]
-    pub(crate) fn parse(line: &str) -> Option<HistoryEntry> {
+    pub fn parse(line: &str) -> Option<HistoryEntry> {
         let mut w = line.split(' ');
         let entry = HistoryEntry {
             id: w.next()?.parse().ok()?,
@@ -464,7 +464,7 @@ impl HistoryEntry {
 }
 
 /// The whole reply to `HISTORY`: `OK <count>` and one line per entry.
-pub(crate) fn history_reply(entries: &[HistoryEntry]) -> String {
+pub fn history_reply(entries: &[HistoryEntry]) -> String {
     let mut out = ok_line(entries.len());
     for e in entries {
         out.push_str(&e.line());
@@ -475,7 +475,7 @@ pub(crate) fn history_reply(entries: &[HistoryEntry]) -> String {
 
 /// For a client: how many more lines follow the first reply line `first` to the command
 /// line `sent` (the entries of a successful `HISTORY`, else 0).
-pub(crate) fn extra_reply_lines(sent: &str, first: &str) -> usize {
+pub fn extra_reply_lines(sent: &str, first: &str) -> usize {
     let is_history = sent
         .split([' ', '\t'])
         .find(|w| !w.is_empty())
@@ -565,42 +565,38 @@ mod tests {
 
     #[test]
     fn errors_have_the_right_codes() {
-        assert_eq!(code("FROB"), ErrorCode::UnknownCommand);
-        assert_eq!(code("BALANCE now"), ErrorCode::BadRequest);
-        assert_eq!(code("REGISTER alice"), ErrorCode::BadRequest);
-        assert_eq!(code("REGISTER al-ice secret123"), ErrorCode::BadRequest);
-        assert_eq!(code("REGISTER alice short"), ErrorCode::BadRequest);
-        assert_eq!(
-            code(&format!("REGISTER {} secret123", "a".repeat(33))),
-            ErrorCode::BadRequest
-        );
-        assert_eq!(
-            code(&format!("REGISTER alice {}", "p".repeat(129))),
-            ErrorCode::BadRequest
-        );
-        assert_eq!(code("LOGIN alice"), ErrorCode::BadRequest);
-        assert_eq!(code("DEPOSIT"), ErrorCode::BadRequest);
-        assert_eq!(code("DEPOSIT 0"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT -5"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT 1.5"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT abc"), ErrorCode::InvalidAmount);
-        assert_eq!(code("DEPOSIT 1000000000001"), ErrorCode::InvalidAmount);
-        assert_eq!(
-            code("WITHDRAW 99999999999999999999"),
-            ErrorCode::InvalidAmount
-        );
-        assert_eq!(code("TRANSFER bob"), ErrorCode::BadRequest);
-        assert_eq!(code("TRANSFER bob 0"), ErrorCode::InvalidAmount);
-        assert_eq!(code("TRANSFER bob 5 bad/id"), ErrorCode::BadRequest);
-        assert_eq!(code("TRANSFER bob 5 id extra"), ErrorCode::BadRequest);
-        assert_eq!(code("HISTORY 0"), ErrorCode::BadRequest);
-        assert_eq!(code("HISTORY 1001"), ErrorCode::BadRequest);
-        assert_eq!(code("HISTORY x"), ErrorCode::BadRequest);
-        assert_eq!(code("PING PONG"), ErrorCode::BadRequest);
-        assert_eq!(
-            parse_line(b"PING \xff\xfe").unwrap_err().code,
-            ErrorCode::BadRequest
-        );
+        use ErrorCode::{BadRequest, InvalidAmount, UnknownCommand};
+        let long_user = format!("REGISTER {} secret123", "a".repeat(33));
+        let long_password = format!("REGISTER alice {}", "p".repeat(129));
+        let cases = [
+            ("FROB", UnknownCommand),
+            ("BALANCE now", BadRequest),
+            ("REGISTER alice", BadRequest),
+            ("REGISTER al-ice secret123", BadRequest),
+            ("REGISTER alice short", BadRequest),
+            (&long_user, BadRequest),
+            (&long_password, BadRequest),
+            ("LOGIN alice", BadRequest),
+            ("DEPOSIT", BadRequest),
+            ("DEPOSIT 0", InvalidAmount),
+            ("DEPOSIT -5", InvalidAmount),
+            ("DEPOSIT 1.5", InvalidAmount),
+            ("DEPOSIT abc", InvalidAmount),
+            ("DEPOSIT 1000000000001", InvalidAmount),
+            ("WITHDRAW 99999999999999999999", InvalidAmount),
+            ("TRANSFER bob", BadRequest),
+            ("TRANSFER bob 0", InvalidAmount),
+            ("TRANSFER bob 5 bad/id", BadRequest),
+            ("TRANSFER bob 5 id extra", BadRequest),
+            ("HISTORY 0", BadRequest),
+            ("HISTORY 1001", BadRequest),
+            ("HISTORY x", BadRequest),
+            ("PING PONG", BadRequest),
+        ];
+        for (line, expected) in cases {
+            assert_eq!(code(line), expected, "{line:?}");
+        }
+        assert_eq!(parse_line(b"PING \xff\xfe").unwrap_err().code, BadRequest);
     }
 
     #[test]
@@ -907,7 +903,7 @@ mod tests {
             junk in proptest::collection::vec(any::<u8>(), 0..16),
             pieces in proptest::collection::vec(1usize..32, 1..6),
         ) {
-            use duo_buffer::InputBuffer;
+            use duo_net::InputBuffer;
             use duo_net::codec::LineCodec;
             let mut wire = Vec::new();
             for (l, crlf) in &lines {

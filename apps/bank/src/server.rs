@@ -3,13 +3,13 @@
 //!
 //! # Replies in request order
 //!
-//! Each connection carries a [`Session`] in its context: the logged-in account, the count
+//! Each connection carries a `Session` in its context: the logged-in account, the count
 //! of failed logins, and a queue of parsed commands not yet answered. A connection has at
 //! most **one job outstanding** on the workers; the other commands wait in its queue. All of
 //! the session's state is touched only on the connection's I/O loop:
 //!
 //! 1. the message callback splits lines with a `LineCodec`, parses them, appends them to the
-//!    queue and calls [`pump`];
+//!    queue and calls `pump`;
 //! 2. `pump` answers queued commands that need no database (`PING`, `QUIT`, parse errors,
 //!    `NOT_AUTHENTICATED`) right away, and stops at the first that does: it submits a job
 //!    and marks the session busy;
@@ -24,23 +24,22 @@
 //! pipelining client shares commits too (see `store` for group commit across connections).
 //!
 //! A client that pipelines faster than its commands complete is paused (the server stops
-//! reading its socket) once [`QUEUE_HIGH`] commands wait, and resumed below [`QUEUE_LOW`].
+//! reading its socket) once `QUEUE_HIGH` commands wait, and resumed below `QUEUE_LOW`.
 //! A client that pipelines and does not read its replies is held the same way: `pump`
-//! starts no command while [`OUTPUT_HIGH`] bytes of replies wait to be written, and resumes
+//! starts no command while `OUTPUT_HIGH` bytes of replies wait to be written, and resumes
 //! when the output has drained (the write-complete callback), so the memory a connection
 //! holds is bounded by the queue, one job's reply and that mark, whatever it sends.
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::io::Write;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use duo_net::codec::{CodecError, LineCodec};
+use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{ConnCtx, EventLoop, InputBuffer, SubmitError, TcpConnection, TcpServer, ThreadPool};
-use duo_sys::Signal;
 
 use crate::auth::{HashCost, Hasher};
 use crate::protocol::{
@@ -67,28 +66,28 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 
 /// Settings of `bank serve`.
 #[derive(Debug, Clone)]
-pub(crate) struct ServeConfig {
+pub struct ServeConfig {
     /// Address to listen on.
-    pub(crate) listen: SocketAddr,
+    pub listen: SocketAddr,
     /// The SQLite file.
-    pub(crate) db: PathBuf,
+    pub db: PathBuf,
     /// I/O threads (sub reactors); 0 serves everything on the main loop.
-    pub(crate) io_threads: usize,
+    pub io_threads: usize,
     /// Worker threads for database work and password hashing.
-    pub(crate) workers: usize,
+    pub workers: usize,
     /// Jobs the worker queue holds before commands are answered `BUSY`.
-    pub(crate) queue_capacity: usize,
+    pub queue_capacity: usize,
     /// Idle connections are closed after this long; zero disables.
-    pub(crate) idle_timeout: Duration,
+    pub idle_timeout: Duration,
     /// Batch concurrent writes into shared commits.
-    pub(crate) group_commit: bool,
+    pub group_commit: bool,
     /// Cost of new password hashes.
-    pub(crate) hash_cost: HashCost,
+    pub hash_cost: HashCost,
 }
 
 /// Why the server could not run.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum ServeError {
+pub enum ServeError {
     /// Opening or creating the database.
     #[error("cannot open database {path}: {source}")]
     Database {
@@ -231,16 +230,10 @@ fn spawn(
 
 /// Runs the server until SIGINT or SIGTERM; then stops accepting, lets connections finish,
 /// completes the queued database work and returns.
-pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
-    // Before any thread exists: every thread inherits this mask, so the signals reach the
-    // main loop's signalfd and nothing else.
-    duo_sys::block_signals(&[Signal::INT, Signal::TERM]).map_err(startup("blocking signals"))?;
-    duo_sys::ignore_sigpipe().map_err(startup("ignoring SIGPIPE"))?;
-    // A server holds a descriptor per connection: take what the hard limit allows.
-    match duo_sys::raise_fd_limit() {
-        Ok(n) => log::debug!("open-file limit: {n}"),
-        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
-    }
+pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
+    // Before any thread exists: every thread inherits the signal mask, so the stop signals
+    // reach the main loop's signalfd and nothing else.
+    process::prepare_server(&STOP_SIGNALS).map_err(startup("process set-up"))?;
 
     let store = Store::open(&cfg.db, cfg.group_commit).map_err(|source| ServeError::Database {
         path: cfg.db.clone(),
@@ -304,18 +297,12 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         .start(&mut lp)
         .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", cfg.listen)))?;
 
-    let handle = server.clone_handle();
-    let mut signalled = false;
-    lp.watch_signals(&[Signal::INT, Signal::TERM], move |lp, sig| {
-        if signalled {
-            log::warn!("{sig} again: stopping now");
-            lp.quit();
-            return;
-        }
-        signalled = true;
-        log::info!("{sig}: shutting down");
-        handle.shutdown(SHUTDOWN_GRACE, |lp| lp.quit());
-    })
+    process::shutdown_on_signals(
+        &mut lp,
+        &STOP_SIGNALS,
+        server.clone_handle(),
+        SHUTDOWN_GRACE,
+    )
     .map_err(startup("signalfd"))?;
 
     let addr = server.local_addr();
@@ -326,12 +313,7 @@ pub(crate) fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.workers,
         if cfg.group_commit { "on" } else { "off" }
     );
-    {
-        let mut out = std::io::stdout().lock();
-        writeln!(out, "listening on {addr}")
-            .and_then(|()| out.flush())
-            .map_err(startup("stdout"))?;
-    }
+    process::announce_listening(addr).map_err(startup("stdout"))?;
 
     let ran = lp.run();
     // Connections are closed; finish the database work already queued (its replies go

@@ -77,7 +77,7 @@ PRAGMA user_version = 1;
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
-pub(crate) enum StoreError {
+pub enum StoreError {
     /// An SQLite error.
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),

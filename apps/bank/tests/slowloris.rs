@@ -142,8 +142,8 @@ const AFTER: u8 = 2;
 fn trickling_connections_are_evicted_and_a_good_client_is_unharmed() {
     let test_start = Instant::now();
     // The test holds 2 000 sockets, and so does the server, which inherits our limit.
-    let raised = duo_sys::raise_fd_limit();
-    let (soft, hard) = duo_sys::fd_limit().unwrap_or((0, 0));
+    let raised = duo_net::process::raise_fd_limit();
+    let (soft, hard) = duo_net::process::fd_limit().unwrap_or((0, 0));
     if soft < CONNS as u64 + SPARE_FDS {
         eprintln!(
             "SKIPPED: needs {} open files, the limit is {soft} (hard {hard}; raising: {raised:?})",

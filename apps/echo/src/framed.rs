@@ -18,29 +18,29 @@
 //! buffer and [`echo_frames`] hands the reply out as two slices (a fresh header and the
 //! borrowed payload), so the payload is never copied on its way back.
 
-use duo_buffer::InputBuffer;
+use duo_net::InputBuffer;
 
 /// Size of the packet header: type and length, both `u32` big-endian.
-pub(crate) const HEADER_LEN: usize = 8;
+pub const HEADER_LEN: usize = 8;
 /// Type of a packet from the client to be echoed (`PT_DATA_SEND`).
-pub(crate) const DATA_SEND: u32 = 1;
+pub const DATA_SEND: u32 = 1;
 /// Type of the server's answer to a [`DATA_SEND`] (`PT_DATA_ECHO`).
-pub(crate) const DATA_ECHO: u32 = 2;
+pub const DATA_ECHO: u32 = 2;
 /// Largest payload accepted: 1 MiB (a payload of exactly this size is fine).
-pub(crate) const MAX_PAYLOAD: usize = 1 << 20;
+pub const MAX_PAYLOAD: usize = 1 << 20;
 
 /// A packet header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Header {
+pub struct Header {
     /// Packet type ([`DATA_SEND`], [`DATA_ECHO`]).
-    pub(crate) kind: u32,
+    pub kind: u32,
     /// Payload length in bytes.
-    pub(crate) len: u32,
+    pub len: u32,
 }
 
 impl Header {
     /// The header at the front of `bytes`, if 8 bytes are there.
-    pub(crate) fn parse(bytes: &[u8]) -> Option<Header> {
+    pub fn parse(bytes: &[u8]) -> Option<Header> {
         let h = bytes.first_chunk::<HEADER_LEN>()?;
         Some(Header {
             kind: u32::from_be_bytes([h[0], h[1], h[2], h[3]]),
@@ -49,7 +49,7 @@ impl Header {
     }
 
     /// The header's wire form.
-    pub(crate) fn encode(self) -> [u8; HEADER_LEN] {
+    pub fn encode(self) -> [u8; HEADER_LEN] {
         let mut out = [0u8; HEADER_LEN];
         out[..4].copy_from_slice(&self.kind.to_be_bytes());
         out[4..].copy_from_slice(&self.len.to_be_bytes());
@@ -59,7 +59,7 @@ impl Header {
 
 /// A protocol violation by the peer; the connection must be closed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum FrameError {
+pub enum FrameError {
     /// A packet type the server does not accept (anything but [`DATA_SEND`]).
     UnknownType(u32),
     /// A length above [`MAX_PAYLOAD`].
@@ -81,21 +81,21 @@ impl std::error::Error for FrameError {}
 
 /// One complete [`DATA_SEND`] packet, borrowed from the input.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) struct Frame<'a> {
+pub struct Frame<'a> {
     /// The payload.
-    pub(crate) payload: &'a [u8],
+    pub payload: &'a [u8],
 }
 
 impl Frame<'_> {
     /// Bytes the packet occupies in the input, header included: consume this many.
-    pub(crate) fn wire_len(&self) -> usize {
+    pub fn wire_len(&self) -> usize {
         HEADER_LEN + self.payload.len()
     }
 }
 
 /// Decodes the packet at the front of `bytes`: `Ok(None)` while the header or the payload
 /// is incomplete; an error as soon as a complete header is invalid.
-pub(crate) fn decode(bytes: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
+pub fn decode(bytes: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
     let Some(header) = Header::parse(bytes) else {
         return Ok(None);
     };
@@ -117,7 +117,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<Option<Frame<'_>>, FrameError> {
 /// connection no longer sends), the rest of the input is dropped and decoding stops.
 /// Returns the number of packets answered, or the first protocol violation (the packets
 /// before it were answered and consumed; the offending bytes stay in `input`).
-pub(crate) fn echo_frames(
+pub fn echo_frames(
     input: &mut InputBuffer,
     mut reply: impl FnMut(&[&[u8]]) -> bool,
 ) -> Result<usize, FrameError> {

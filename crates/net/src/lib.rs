@@ -44,7 +44,7 @@
 // Dependencies between the modules run one way (`xtask/tests/tidy.rs` rejects a `use`
 // cycle): `close_reason`, `guard`, `codec`, `config`, `stats` use none of the others;
 // `per_loop` the loop's services; `conn` the connection, on top of them; `server` and
-// `client` on top of `conn`; `process` is on its own.
+// `client` on top of `conn`; `process` (set-up for server binaries) on top of `server`.
 mod client;
 mod close_reason;
 pub mod codec;
@@ -52,6 +52,7 @@ mod config;
 mod conn;
 mod guard;
 mod per_loop;
+pub mod process;
 mod server;
 mod stats;
 
@@ -62,9 +63,9 @@ pub use conn::{
     ConnCtx, ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
     ServerConnections, TcpConnection,
 };
+pub use duo_workers::{Job, SubmitError, ThreadPool};
 pub use server::{ServerBuilder, ServerHandle, TcpServer};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
-pub use duo_workers::{Job, SubmitError, ThreadPool};
 
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};
-pub use duo_reactor::{EventLoop, LoopHandle};
+pub use duo_reactor::{EventLoop, LoopHandle, Signal};

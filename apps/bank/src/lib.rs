@@ -1,0 +1,13 @@
+//! The bank of duo as a library: the line protocol ([`protocol`]), the server
+//! ([`server::serve`]) with its storage and password hashing, and the blocking client
+//! ([`client::run`]); the `bank` binary is the command line in front of them.
+#![forbid(unsafe_code)]
+
+mod auth;
+pub mod client;
+pub mod protocol;
+pub mod server;
+mod store;
+
+pub use auth::HashCost;
+pub use store::StoreError;

@@ -1,0 +1,158 @@
+//! Process set-up for a server binary: what every duo server does before it serves and
+//! when it is told to stop.
+//!
+//! 1. [`prepare_server`], first thing on the main thread, before any thread starts:
+//!    blocks the stop signals (threads inherit the mask, so the signals can only be taken
+//!    from the main loop's signalfd, never by their default action on another thread),
+//!    ignores `SIGPIPE` (a write to a closed connection is an `EPIPE` error, not death),
+//!    and raises the open-file limit (a server holds a descriptor per connection).
+//! 2. [`shutdown_on_signals`], on the main loop: the first stop signal shuts the server
+//!    down gracefully and quits the loop when it is done; a second one quits at once.
+//! 3. [`announce_listening`]: prints `listening on ADDR` on stdout and flushes it, so a
+//!    script or test that started the server on port 0 learns the real port.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use duo_net::process::{self, STOP_SIGNALS};
+//! use duo_net::{EventLoop, TcpServer};
+//!
+//! // Before any thread exists (the server's I/O threads inherit the signal mask).
+//! process::prepare_server(&STOP_SIGNALS)?;
+//! let mut main_loop = EventLoop::new()?;
+//! let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+//!     .io_threads(2)
+//!     .on_message(|conn, input| {
+//!         conn.send(input.peek());
+//!         input.consume_all();
+//!     })
+//!     .start(&mut main_loop)?;
+//! let grace = Duration::from_secs(4);
+//! process::shutdown_on_signals(&mut main_loop, &STOP_SIGNALS, server.clone_handle(), grace)?;
+//! process::announce_listening(server.local_addr())?;
+//! main_loop.run()?; // until SIGINT or SIGTERM, and the graceful shutdown, are through
+//! server.stop(&mut main_loop);
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+use std::io::{self, Write};
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use crate::{EventLoop, ServerHandle, Signal};
+
+pub use duo_sys::{fd_limit, raise_fd_limit};
+
+/// The signals a server stops on: `SIGINT` (Ctrl-C) and `SIGTERM` (`kill`, service
+/// managers).
+pub const STOP_SIGNALS: [Signal; 2] = [Signal::INT, Signal::TERM];
+
+/// Prepares this process to serve: blocks `stop_signals` in the calling thread, ignores
+/// `SIGPIPE`, and raises the soft open-file limit to the hard one.
+///
+/// Call it on the main thread before starting any thread: threads inherit the signal
+/// mask, so a stop signal then reaches only the signalfd of [`shutdown_on_signals`] (or of
+/// [`EventLoop::watch_signals`]). Failing to raise the open-file limit is logged as a
+/// warning, not returned: the server still runs, with fewer connections at most.
+///
+/// # Errors
+///
+/// Blocking the signals or ignoring `SIGPIPE` failed (the message says which).
+pub fn prepare_server(stop_signals: &[Signal]) -> io::Result<()> {
+    duo_sys::block_signals(stop_signals).map_err(context("blocking the stop signals"))?;
+    duo_sys::ignore_sigpipe().map_err(context("ignoring SIGPIPE"))?;
+    match raise_fd_limit() {
+        Ok(n) => log::debug!("open-file limit: {n}"),
+        Err(e) => log::warn!("cannot raise the open-file limit: {e}"),
+    }
+    Ok(())
+}
+
+/// Stops `server` when one of `signals` arrives, "first signal drains, second quits":
+/// the first starts a graceful [`shutdown`](ServerHandle::shutdown) with `grace`, which
+/// quits `main_loop` once every connection has closed; any later one quits `main_loop` at
+/// once (connections still open are then dropped by [`TcpServer::stop`](crate::TcpServer::stop)).
+///
+/// `main_loop` is the loop the server was started on. The signals are read from a
+/// signalfd on it (see [`EventLoop::watch_signals`]); block them first with
+/// [`prepare_server`], before any thread starts.
+///
+/// # Errors
+///
+/// The signalfd could not be created or registered.
+pub fn shutdown_on_signals(
+    main_loop: &mut EventLoop,
+    signals: &[Signal],
+    server: ServerHandle,
+    grace: Duration,
+) -> io::Result<()> {
+    let drain = move |_: &mut EventLoop, sig: Signal| {
+        log::info!("{sig}: shutting down (grace {grace:?}; again to quit at once)");
+        server.shutdown(grace, |lp| lp.quit());
+    };
+    let quit = |lp: &mut EventLoop, sig: Signal| {
+        log::warn!("{sig} again: quitting now");
+        lp.quit();
+    };
+    main_loop.watch_signals(signals, drain_then_quit(drain, quit))?;
+    Ok(())
+}
+
+/// Prints `listening on ADDR` to stdout and flushes it: the line a script or test that
+/// started the server (on port 0, say) waits for to learn that it is ready, and where.
+///
+/// # Errors
+///
+/// Writing to stdout failed.
+pub fn announce_listening(addr: SocketAddr) -> io::Result<()> {
+    let mut out = io::stdout().lock();
+    writeln!(out, "listening on {addr}")?;
+    out.flush()
+}
+
+/// The "first signal drains, second quits" rule: a signal handler that calls `drain` on
+/// the first signal and `quit` on every later one. Generic over the loop so the rule is
+/// tested without signals.
+fn drain_then_quit<L, S>(
+    drain: impl FnOnce(&mut L, S),
+    mut quit: impl FnMut(&mut L, S),
+) -> impl FnMut(&mut L, S) {
+    let mut drain = Some(drain);
+    move |lp, sig| match drain.take() {
+        Some(drain) => drain(lp, sig),
+        None => quit(lp, sig),
+    }
+}
+
+/// Prefixes an error with what was being done.
+fn context(what: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+    move |e| io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn first_signal_drains_later_ones_quit() {
+        let mut handler = drain_then_quit(
+            |log: &mut Vec<String>, sig: Signal| log.push(format!("drain {sig}")),
+            |log: &mut Vec<String>, sig: Signal| log.push(format!("quit {sig}")),
+        );
+        let mut log = Vec::new();
+        handler(&mut log, Signal::TERM);
+        assert_eq!(log, ["drain SIGTERM"]);
+        handler(&mut log, Signal::INT);
+        handler(&mut log, Signal::TERM);
+        assert_eq!(log, ["drain SIGTERM", "quit SIGINT", "quit SIGTERM"]);
+    }
+
+    #[test]
+    fn errors_say_what_failed() {
+        let e = context("ignoring SIGPIPE")(io::Error::from(io::ErrorKind::PermissionDenied));
+        assert_eq!(e.kind(), io::ErrorKind::PermissionDenied);
+        assert!(e.to_string().starts_with("ignoring SIGPIPE: "), "{e}");
+    }
+}
