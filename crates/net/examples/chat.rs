@@ -29,8 +29,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duo_net::codec::LengthHeaderCodec;
-use duo_net::{OutputLimit, TcpServer};
-use duo_reactor::{EventLoop, Signal};
+use duo_net::process::{self, STOP_SIGNALS};
+use duo_net::{EventLoop, OutputLimit, TcpServer};
 
 /// Largest payload a client may send; a header announcing more closes its connection.
 const MAX_MESSAGE: usize = 64 << 10;
@@ -46,6 +46,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let codec = LengthHeaderCodec::new(MAX_MESSAGE);
 
+    // Before any thread starts: the stop signals are read from the main loop only.
+    process::prepare_server(&STOP_SIGNALS)?;
     let mut main_loop = EventLoop::new()?;
     let server = TcpServer::builder("chat", addr)
         .io_threads(2)
@@ -92,14 +94,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         })
         .start(&mut main_loop)?;
 
-    println!("listening on {}", server.local_addr());
-    std::io::Write::flush(&mut std::io::stdout())?;
-
     // Ctrl-C or SIGTERM: stop accepting, let queued messages drain, then quit the loop.
-    let handle = server.clone_handle();
-    main_loop.watch_signals(&[Signal::INT, Signal::TERM], move |_, _| {
-        handle.shutdown(Duration::from_secs(3), |lp| lp.quit())
-    })?;
+    process::shutdown_on_signals(
+        &mut main_loop,
+        &STOP_SIGNALS,
+        server.clone_handle(),
+        Duration::from_secs(3),
+    )?;
+    process::announce_listening(server.local_addr())?;
     main_loop.run()?;
     server.stop(&mut main_loop);
     Ok(())

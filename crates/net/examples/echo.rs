@@ -2,8 +2,8 @@
 //! then `nc 127.0.0.1 7000`. Ctrl-C stops it.
 use std::time::Duration;
 
-use duo_net::TcpServer;
-use duo_reactor::{EventLoop, Signal};
+use duo_net::process::{self, STOP_SIGNALS};
+use duo_net::{EventLoop, TcpServer};
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -14,6 +14,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .parse()?;
     let io_threads = args.next().map_or(Ok(2), |n| n.parse())?;
 
+    // Before any thread starts: the stop signals are read from the main loop only.
+    process::prepare_server(&STOP_SIGNALS)?;
     let mut main_loop = EventLoop::new()?;
     let server = TcpServer::builder("echo", addr)
         .io_threads(io_threads)
@@ -22,12 +24,15 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             input.consume_all();
         })
         .start(&mut main_loop)?;
-    println!("listening on {}", server.local_addr());
-    // Ctrl-C: stop accepting, let pending output drain, then quit the loop.
-    let handle = server.clone_handle();
-    main_loop.watch_signals(&[Signal::INT, Signal::TERM], move |_, _| {
-        handle.shutdown(Duration::from_secs(3), |lp| lp.quit())
-    })?;
+    // Ctrl-C: stop accepting, let pending output drain, then quit the loop (a second
+    // Ctrl-C quits at once).
+    process::shutdown_on_signals(
+        &mut main_loop,
+        &STOP_SIGNALS,
+        server.clone_handle(),
+        Duration::from_secs(3),
+    )?;
+    process::announce_listening(server.local_addr())?;
     main_loop.run()?;
     server.stop(&mut main_loop);
     Ok(())

@@ -35,16 +35,15 @@
 //! `RUST_LOG=debug` shows each connection's "up" and "down (REASON)" lines. Ctrl-C stops
 //! accepting and lets open relays finish for a few seconds.
 
-use std::io::Write;
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
+use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
-    Backpressure, CloseReason, ConnCtx, CtxUnavailable, InputBuffer, TcpClient, TcpConnection,
-    TcpServer,
+    Backpressure, CloseReason, ConnCtx, CtxUnavailable, EventLoop, InputBuffer, TcpClient,
+    TcpConnection, TcpServer,
 };
-use duo_reactor::{EventLoop, Signal};
 
 /// Output buffered for one peer above which the connection feeding it stops reading.
 const HIGH_WATER: usize = 1 << 20;
@@ -103,6 +102,8 @@ fn resolve(addr: &str) -> Result<SocketAddr, String> {
 }
 
 fn run(listen: SocketAddr, backend: SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
+    // Before any thread starts: the stop signals are read from the main loop only.
+    process::prepare_server(&STOP_SIGNALS)?;
     let mut main_loop = EventLoop::new()?;
     let server = TcpServer::builder("tunnel", listen)
         .io_threads(IO_THREADS)
@@ -140,13 +141,14 @@ fn run(listen: SocketAddr, backend: SocketAddr) -> Result<(), Box<dyn std::error
         // does) instead of half-closing A under a transfer.
         .on_shutdown(|_| {})
         .start(&mut main_loop)?;
-    let handle = server.clone_handle();
-    main_loop.watch_signals(&[Signal::INT, Signal::TERM], move |_, _| {
-        handle.shutdown(SHUTDOWN_GRACE, |lp| lp.quit())
-    })?;
+    process::shutdown_on_signals(
+        &mut main_loop,
+        &STOP_SIGNALS,
+        server.clone_handle(),
+        SHUTDOWN_GRACE,
+    )?;
     // Ready: everything is set up (a signal from now on stops the tunnel gracefully).
-    println!("listening on {}", server.local_addr());
-    std::io::stdout().flush()?;
+    process::announce_listening(server.local_addr())?;
     log::info!("relaying {} to {backend}", server.local_addr());
     main_loop.run()?;
     server.stop(&mut main_loop);

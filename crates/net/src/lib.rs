@@ -18,6 +18,24 @@
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread; re-exported from `duo-workers`.
+//! - [`process`]: what a server binary does before it serves and when told to stop
+//!   (signals, `SIGPIPE`, the descriptor limit, the `listening on` line).
+//!
+//! # How the crate is built
+//!
+//! | module | what it is |
+//! |---|---|
+//! | `conn/` | the connection: the handle ([`TcpConnection`], any thread), [`ConnCtx`] (inside callbacks), the loop-side state machine (`conn/machine.rs`: two enums, `ReadSide` and `WriteSide`, and one close function that takes a [`CloseReason`]), the callbacks and [`ServerConnections`] |
+//! | `config.rs` | `ConnConfig`: every connection setting and its default ([`defaults`]), with the builder methods written once for servers and clients |
+//! | `per_loop.rs` | the net layer's state of one loop: idle wheels and buffer-trim timers |
+//! | `server/` | builder, accepting, the running server and its shutdown |
+//! | `client/` | the client and its connect attempts |
+//! | `close_reason.rs`, `stats.rs` | why connections close, and the counters ([`ServerStats`], [`LoopStats`], [`CloseCounts`]) |
+//! | `guard.rs` | the one place that catches a panic from application code |
+//!
+//! Dependencies between these modules run one way (a tidy test rejects a cycle):
+//! servers and clients use connections, connections use the per-loop state and the
+//! settings, never the reverse.
 //!
 //! # Example: an echo server
 //!

@@ -53,8 +53,8 @@ pub(crate) fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<Socket
 }
 
 /// The handler of a listening socket: level-triggered, accepts until `EAGAIN` on every
-/// event (seed 004's bug of accepting one connection per event, and losing the rest under
-/// edge triggering, cannot happen), and survives descriptor exhaustion.
+/// event (accepting one connection per event would leave the rest of a burst in the backlog,
+/// unannounced under edge triggering), and survives descriptor exhaustion.
 ///
 /// # `EMFILE`
 ///
@@ -94,6 +94,9 @@ impl Acceptor {
                 // connection was really there to shed, or the loop never ends.
                 let shed = match duo_sys::accept4(ch.fd()) {
                     Ok((fd, _)) => {
+                        // Counted before the close the peer sees: whoever watches the
+                        // peer's side then reads a counter that already includes it.
+                        (self.on_exhausted)();
                         drop(fd);
                         true
                     }
@@ -112,7 +115,6 @@ impl Acceptor {
                 };
                 self.spare = open_spare();
                 if shed {
-                    (self.on_exhausted)();
                     log::warn!(
                         "accept on {}: out of file descriptors; shed one connection",
                         self.local
