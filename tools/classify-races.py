@@ -69,17 +69,17 @@ KNOWN = [
     (r"duo_reactor::loop_handle::LoopShared::push|Box<\(?dyn core::ops::function::FnOnce",
      "a queued function: moved into the loop's queue under its parking_lot Mutex, "
      "taken out under it on the loop thread"),
-    (r"duo_net::connection::Shared$",
+    (r"duo_net::conn::handle::ConnShared$",
      "a connection handle (Arc): ids, name, addresses fixed; state and last activity "
      "atomic; token in a OnceLock; user context in a Mutex"),
-    (r"duo_net::connection::(ConnEnv|ConnOptions)$|duo_net::callbacks::Callbacks$|"
+    (r"duo_net::conn::machine::Owner$|duo_net::conn::callbacks::Callbacks$|"
      r"duo_net::stats::IoCounters$",
-     "per-server connection environment (Arc): fixed once the server or client is "
-     "built; byte counters atomic"),
+     "a server's or client's connection owner (Arc): fixed once the server or client is "
+     "built; byte and close counters atomic"),
     (r"duo_net::server::ServerShared$",
-     "a server's shared part (Arc): fixed fields; acceptor token in a Mutex; stopping "
-     "flag and counters atomic"),
-    (r"duo_net::client::Inner$",
+     "a server's shared part (Arc): fixed fields; acceptor token and shutdown "
+     "continuations in Mutexes; stopping flag and counters atomic"),
+    (r"duo_net::client::connector::Inner$",
      "a client's shared part (Arc): fixed configuration; connection state in a Mutex; "
      "ids atomic"),
     (r"duo_workers::thread_pool::",
@@ -90,7 +90,7 @@ KNOWN = [
      "caches thread-local, their counters atomic"),
     (r"std::sync::mpmc::",
      "a message in a std mpsc channel (sent by one thread, received by another)"),
-    (r"^Arc<str>$|^duo_net::server::(ServerBuilder::start|new_connection_handler)$",
+    (r"^Arc<str>$|^duo_net::server::(builder::ServerBuilder::start|accept::new_connection_handler)$",
      "immutable data (a name, the vector of per-loop counters) built before it is "
      "shared (Arc)"),
     (r"lock_api::mutex::Mutex<|std::sync::(poison::)?mutex::Mutex<",

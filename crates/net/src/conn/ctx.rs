@@ -122,7 +122,7 @@ impl<'a> ConnCtx<'a> {
     }
 
     /// Whether the peer has half-closed (sent EOF); see
-    /// [`HalfCloseCallback`](crate::ServerBuilder::on_peer_half_close).
+    /// [`on_peer_half_close`](crate::ServerBuilder::on_peer_half_close).
     pub fn peer_half_closed(&self) -> bool {
         self.m.read == ReadSide::Eof
     }
