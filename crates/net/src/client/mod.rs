@@ -295,32 +295,22 @@ impl TcpClient {
     /// (Dropping a client without `disconnect` closes the connection at once and drops
     /// unsent output, like [`stop`](TcpClient::stop).)
     pub fn disconnect(&self) {
-        {
-            let mut st = self.inner.state.lock();
-            st.wanted = false;
-            st.draining = true;
-            st.ending = true;
-        }
-        let inner = self.inner.clone();
-        let _ = self.inner.lp.queue_in_loop(move |lp| {
-            cancel_attempt(lp, &inner);
-            let conn = match &inner.state.lock().phase {
-                Phase::Connected(c) => Some(c.clone()),
-                _ => None,
-            };
-            if let Some(conn) = conn {
-                let _ = conn.shutdown();
-            }
-        });
+        self.end(true);
     }
 
     /// Stops connecting and retrying and closes the connection now (unsent output is
     /// dropped).
     pub fn stop(&self) {
+        self.end(false);
+    }
+
+    /// Stops connecting and retrying, and ends the current connection: half-closed once
+    /// its output is written (`drain`), or closed now.
+    fn end(&self, drain: bool) {
         {
             let mut st = self.inner.state.lock();
             st.wanted = false;
-            st.draining = false;
+            st.draining = drain;
             st.ending = true;
         }
         let inner = self.inner.clone();
@@ -330,14 +320,17 @@ impl TcpClient {
                 Phase::Connected(c) => Some(c.clone()),
                 _ => None,
             };
-            if let Some(conn) = conn {
-                // Closed here and now, so that a `connect` queued after this `stop`
-                // finds the client idle.
-                LoopConn::with_machine(lp, &conn, |lp, ch, m| m.close(lp, ch, CloseReason::User));
-                if !conn.is_closed() {
-                    // Its own callback is running further up the stack: queue it.
-                    let _ = conn.force_close();
-                }
+            let Some(conn) = conn else { return };
+            if drain {
+                let _ = conn.shutdown();
+                return;
+            }
+            // Closed here and now, so that a `connect` queued after this `stop` finds the
+            // client idle.
+            LoopConn::with_machine(lp, &conn, |lp, ch, m| m.close(lp, ch, CloseReason::User));
+            if !conn.is_closed() {
+                // Its own callback is running further up the stack: queue it.
+                let _ = conn.force_close();
             }
         });
     }
