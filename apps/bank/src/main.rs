@@ -1,4 +1,4 @@
-//! `bank`: an online-bank demo on duo (seed 001 item 35).
+//! `bank`: duo's online-bank demo, a line-protocol service on `duo-net`.
 //!
 //! - `bank serve`: a line-protocol server (see `docs/bank-protocol.md`) on a `duo_net`
 //!   `TcpServer`, with accounts in an embedded SQLite database, password hashes (argon2),

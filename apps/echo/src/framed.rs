@@ -1,4 +1,4 @@
-//! The packet protocol of `echo --framed` (seed 003).
+//! The packet protocol of `echo --framed`: an 8-byte header (type, length), then the payload.
 //!
 //! Every packet is an 8-byte header followed by its payload:
 //!

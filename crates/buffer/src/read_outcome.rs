@@ -10,7 +10,10 @@ pub enum ReadOutcome {
         len: usize,
         /// The read returned fewer bytes than it was offered. On a TCP socket this proves the
         /// receive queue was empty at that moment, so under edge triggering the caller may
-        /// skip the next read (which would only return `EAGAIN`).
+        /// skip the next read (which would only return `EAGAIN`), unless the same readiness
+        /// event also reported the peer's half-close (`EPOLLRDHUP`): then the end of stream
+        /// came with the data, no new edge will report it, and the caller must read on to
+        /// see it.
         drained: bool,
     },
     /// Nothing to read now (`EAGAIN`/`EWOULDBLOCK` on a non-blocking descriptor).

@@ -1,4 +1,20 @@
 //! [`EventLoopThread`]: a thread that runs one loop.
+//!
+//! The loop is created on the new thread (an [`EventLoop`] never leaves the thread that
+//! made it), the optional init function runs there with it, and then its [`LoopHandle`]
+//! comes back over a channel: `spawn` returns a loop that is ready for work, and an init
+//! function that panics is an error, not a hang.
+//!
+//! # Signal mask
+//!
+//! A loop thread blocks the stop signals ([`duo_sys::TERMINATION_SIGNALS`]: `SIGINT`,
+//! `SIGTERM`, `SIGHUP`, `SIGQUIT`) before it does anything else. A process-directed stop
+//! signal is delivered to some thread that does not block it; if that were an I/O loop
+//! running the default action, the whole process would end without the application's
+//! graceful shutdown. With the loops blocking them, the signals reach the application's
+//! threads, where [`EventLoop::watch_signals`] can turn them into loop events through a
+//! `signalfd`. Only loop threads do this: threads duo spawns elsewhere (the workers of a
+//! `duo_workers::ThreadPool`) keep the mask they inherit.
 
 use std::fmt;
 use std::io;

@@ -10,6 +10,40 @@
 //! - [`EventLoopThread`], [`EventLoopThreadPool`]: loops on their own threads, for the
 //!   main-reactor + sub-reactors model.
 //!
+//! # Why a handler gets `&mut EventLoop` (the ownership choice)
+//!
+//! muduo gives every `Channel` callbacks that capture `this`, and C++ lets a callback call
+//! back into the loop that is dispatching it. In Rust that is a `&mut` aliasing problem.
+//! A common answer is shared ownership with run-time borrow checks (calloop, for one, keeps
+//! its event sources in `Rc<RefCell<_>>`). duo's answer is its own, with neither
+//! `Rc<RefCell<_>>` nor `unsafe`:
+//!
+//! - The loop keeps its channels in a slab (`channel_slab.rs`), each slot a channel and its
+//!   `Box<dyn Handler>`, addressed by a [`Token`]: slot index plus generation, which is
+//!   also the epoll event's data.
+//! - For the duration of a callback the channel and its handler are **taken out** of their
+//!   slot. The handler then gets `&mut EventLoop` and `&mut Channel` with no aliasing: it
+//!   can add and remove channels (itself included), schedule timers, queue work, or quit.
+//! - When the handler returns, the loop puts the pair back and applies what it asked for:
+//!   one `epoll_ctl(MOD)` if the interest changed, or deregistration, close and drop if
+//!   the channel was removed. If another handler removed it while it was out, the slot
+//!   remembers, and the same happens on return.
+//! - An event for a slot removed earlier in the same batch, or reused since, fails the
+//!   generation check and is dropped: muduo's `tie()`/`weak_ptr` guard, for free.
+//! - Code that is not a handler (a queued function, a timer) reaches a channel by token:
+//!   [`EventLoop::with_channel`], or typed, [`EventLoop::with_handler`] (a downcast through
+//!   `Any`). Per-loop state that is no channel's (an idle wheel, say) is a loop-local
+//!   value ([`EventLoop::insert_local`], [`EventLoop::with_local`]), taken out the same
+//!   way, so code on the loop reaches it without a global or a lock.
+//! - Work from other threads is a `Box<dyn FnOnce(&mut EventLoop) + Send>` queued through a
+//!   [`LoopHandle`]; [`EventLoop::queue_in_loop`] takes non-`Send` functions for the loop's
+//!   own use.
+//!
+//! The rest of the design is documented where it lives: one iteration, timers and
+//! threading on [`EventLoop`]; wake-ups and ordering on [`LoopHandle`]; coarse timeouts on
+//! [`TimingWheel`]; loop threads and their signal mask in `event_loop_thread.rs`; the
+//! timer queue's costs in `timer_queue.rs`.
+//!
 //! This crate is safe Rust; every system call goes through [`duo_sys`].
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]

@@ -146,7 +146,7 @@ impl LoopHandle {
     /// the loop is already borrowed by whoever called us (a handler, a timer, a queued
     /// function), so a handle cannot run `f` with `&mut EventLoop` right here: it queues `f`
     /// without a wake-up, and the loop runs it after the current batch of events, before it
-    /// next waits for I/O. (There is no muduo-style `queue_in_loop`: code that holds
+    /// next waits for I/O. (There is no muduo-style `run_in_loop`: code that holds
     /// `&mut EventLoop` runs in the loop already and simply calls `f(lp)`.)
     pub fn queue_in_loop(
         &self,

@@ -1,4 +1,17 @@
 //! [`TimerQueue`]: the timers of one loop, on a single `timerfd`.
+//!
+//! The guarantees (order, no early run, no drift, exact cancel) are documented on
+//! [`EventLoop`]; this is how they are kept:
+//!
+//! - A `BTreeMap<(deadline, seq), Timer>` plus a `seq -> deadline` map, so cancelling is
+//!   exact and O(log n). A repeating timer whose callback is running stays in the
+//!   `seq` map, so a cancel from its own callback is seen and it is not rescheduled.
+//! - Sequence numbers are taken when `run_*` is called (on the calling thread for a
+//!   [`LoopHandle`](crate::LoopHandle)), so equal deadlines run in call order.
+//! - The `timerfd` is re-armed only when the earliest deadline changes; a cancel leaves it
+//!   armed, costing at most one spurious wake-up instead of a system call per cancel.
+//! - Due timers are collected first, then taken out and run one by one, each looked up
+//!   again, so a callback can cancel a later timer of the same batch.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;

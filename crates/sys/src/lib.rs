@@ -15,6 +15,24 @@
 //! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
 //!
 //! Sockets themselves are created and configured with [`socket2`], re-exported here.
+//!
+//! # Rules this crate keeps
+//!
+//! - **Descriptors.** Every descriptor is created `CLOEXEC`, atomically with its creation,
+//!   so there is no window in which a `fork` + `exec` on another thread leaks it into a
+//!   child process.
+//! - **`unsafe`.** Every `unsafe` block carries a `// SAFETY:` argument
+//!   (`clippy::undocumented_unsafe_blocks` is denied here, and a test in
+//!   `xtask/tests/tidy.rs` checks it too). The crates above this one are
+//!   `#![forbid(unsafe_code)]` and never mention `libc::` (also tidy tests), so this crate
+//!   is the whole of duo's unsafe surface.
+//! - **Errors.** The hot I/O calls ([`accept4`], [`readv`], [`recv_vectored`], [`writev`],
+//!   [`send_vectored`]) return the kernel's error untouched, because their callers branch
+//!   on it (`WouldBlock`, `EMFILE`, `EPIPE`). Set-up calls (`epoll_create1`, `epoll_ctl`,
+//!   `timerfd_settime`, ...) name the failing call in the message and keep the
+//!   [`ErrorKind`](std::io::ErrorKind). `EINTR` is retried inside, except by
+//!   [`Epoll::wait`], which returns `Ok(0)` so that its caller re-checks its own state (a
+//!   quit flag) before waiting again.
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 

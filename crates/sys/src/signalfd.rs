@@ -8,6 +8,10 @@
 //! thread that does not block it, and if that thread runs the default action the whole
 //! process ends. So call [`block_signals`] (or create the [`SignalFd`]) on the main thread
 //! **before spawning any thread**: threads inherit the mask of the thread that spawns them.
+//!
+//! Its test, `crates/sys/tests/signalfd_process.rs`, is a `harness = false` integration
+//! test for exactly that reason: under the default harness other threads exist before the
+//! test could block the signal, and one of them could take it and end the process.
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
@@ -112,10 +116,11 @@ pub fn block_signals(signals: &[Signal]) -> io::Result<()> {
 /// The signals that ask a process to stop: `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGQUIT`.
 pub const TERMINATION_SIGNALS: [Signal; 4] = [Signal::INT, Signal::TERM, Signal::HUP, Signal::QUIT];
 
-/// Blocks [`TERMINATION_SIGNALS`] in the calling thread. duo's own threads (I/O loops,
-/// worker pools) call it when they start, so a process-directed stop signal is handled by
-/// a thread of the application (the main thread, or a [`SignalFd`]) and never by a
-/// library thread.
+/// Blocks [`TERMINATION_SIGNALS`] in the calling thread. duo's loop threads
+/// (`duo_reactor::EventLoopThread`) call it when they start, so a process-directed stop
+/// signal is handled by a thread of the application (the main thread, or a [`SignalFd`])
+/// and never by an I/O loop. Other threads (a `duo_workers::ThreadPool`'s workers, say)
+/// keep the mask they inherit from the thread that spawned them.
 pub fn block_termination_signals() -> io::Result<()> {
     block_signals(&TERMINATION_SIGNALS)
 }

@@ -5,6 +5,12 @@
 //! It knows nothing of networking; `duo-net` re-exports it (`duo_net::ThreadPool`) so a
 //! server's users find it beside the server.
 //!
+//! Workers leave their signal mask alone: they inherit the mask of the thread that spawns
+//! the pool. A server that takes its stop signals through a `signalfd` blocks them on the
+//! main thread before it starts any thread (`duo_net::process::prepare_server`), and the
+//! workers inherit that. (Only duo's loop threads block the stop signals themselves:
+//! `duo_reactor::EventLoopThread`.)
+//!
 //! This crate is safe Rust.
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]

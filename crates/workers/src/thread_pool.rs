@@ -48,7 +48,7 @@ struct Counters {
 ///   with [`SubmitError::Full`] or [`SubmitError::Stopped`] and hands the job back.
 /// - A job that panics is logged and counted; the worker goes on.
 /// - [`stop`](ThreadPool::stop) refuses new jobs, lets the workers finish every job already
-///   queued, and joins them (seed 001's fix: a stopping pool must not drop accepted work).
+///   queued, and joins them: a stopping pool must not drop work it accepted.
 ///   Every job for which `submit` returned `Ok` runs exactly once, even when `submit` races
 ///   with `stop`. Dropping the pool stops it.
 ///
