@@ -27,6 +27,8 @@ pub struct ChildServer {
     stderr: Arc<Mutex<String>>,
     /// The thread collecting stderr; it ends when the pipe does.
     stderr_reader: Option<JoinHandle<()>>,
+    /// Whether stderr is collected (not sent elsewhere by the builder).
+    collects_stderr: bool,
     stdout: Arc<Mutex<String>>,
 }
 
@@ -70,6 +72,7 @@ impl ChildServer {
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
             stderr,
             stderr_reader,
+            collects_stderr: collect_stderr,
             stdout,
         };
         let line = match first_line.recv_timeout(startup) {
@@ -230,7 +233,7 @@ impl ChildServer {
 impl Drop for ChildServer {
     fn drop(&mut self) {
         self.kill();
-        if thread::panicking() {
+        if thread::panicking() && self.collects_stderr {
             let log = self.stderr_to_end(Duration::from_secs(1));
             eprintln!("--- {} log ---\n{log}--- end of log ---", self.name);
         }

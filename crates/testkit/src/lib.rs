@@ -10,7 +10,8 @@
 //! - [`wait_until`], [`wait_until_within`], [`join_within`], [`join_before`],
 //!   [`wait_child_within`]: every wait of a test polls with a deadline instead of sleeping
 //!   on a guess or blocking forever.
-//! - [`run_within`]: a command run to completion with a deadline, its output collected.
+//! - [`run_within`], [`finish_within`]: a command run to completion with a deadline, its
+//!   output collected.
 //! - [`example_binary`]: a Cargo example of the workspace, built (once per test process)
 //!   and located next to the running test binary.
 //! - [`Rng`]: a small seeded PRNG (xorshift64* seeded through splitmix64) for reproducible
@@ -31,6 +32,6 @@ mod wait;
 pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
 pub use example::example_binary;
-pub use process::{run_within, send_signal, wait_child_within, Finished};
+pub use process::{finish_within, run_within, send_signal, wait_child_within, Finished};
 pub use rng::{random_bytes, Rng};
 pub use wait::{join_before, join_within, wait_until, wait_until_within, LIMIT};

@@ -44,32 +44,48 @@ pub struct Finished {
 }
 
 /// Runs `cmd` to completion (stdin empty, stdout and stderr collected), killing it by PID
-/// if it is still running after `limit`; that is an error naming the program.
+/// if it is still running after `limit`; that is an error naming the program, with what it
+/// wrote until then.
 pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<Finished, String> {
-    let mut child = cmd
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    finish_within(child, limit).map_err(|e| format!("{:?} {e}", cmd.get_program()))
+}
+
+/// Waits for a spawned `child` to exit, collecting its stdout and stderr (those that are
+/// piped; the others come back empty). If it is still running after `limit` it is killed
+/// by PID and reaped, and that is an error with what it wrote until then.
+pub fn finish_within(mut child: Child, limit: Duration) -> Result<Finished, String> {
     // Both pipes are read to their end on threads, joined once the process has exited (the
     // pipes close with it), so nothing written just before the exit is missed and the child
     // never blocks on a full pipe.
-    let stdout = read_to_end(child.stdout.take().expect("piped stdout"));
-    let stderr = read_to_end(child.stderr.take().expect("piped stderr"));
-    let Some(status) = wait_child_within(&mut child, limit) else {
+    let stdout = child.stdout.take().map(read_to_end);
+    let stderr = child.stderr.take().map(read_to_end);
+    let status = wait_child_within(&mut child, limit);
+    if status.is_none() {
         let _ = child.kill();
         let _ = wait_child_within(&mut child, limit);
-        return Err(format!(
-            "{:?} still running after {limit:?}; killed",
-            cmd.get_program()
-        ));
-    };
-    Ok(Finished {
-        status,
-        stdout: stdout.join().unwrap_or_default(),
-        stderr: stderr.join().unwrap_or_default(),
-    })
+    }
+    let stdout = stdout
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    let stderr = stderr
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    match status {
+        Some(status) => Ok(Finished {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(format!(
+            "still running after {limit:?}; killed\nstdout: {stdout:?}\nstderr: {stderr:?}"
+        )),
+    }
 }
 
 /// Reads `pipe` to its end on a thread of its own.
