@@ -3,7 +3,7 @@
 use std::io::{self, BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{mpsc, Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -15,9 +15,9 @@ use crate::ChildServerBuilder;
 const REAP: Duration = Duration::from_secs(10);
 
 /// A running server process that announced its address with a `listening on ADDR` line on
-/// stdout (its first line). Both pipes are drained by threads of their own, so the server
-/// never blocks on a full pipe; what it writes is collected ([`stderr`](Self::stderr),
-/// [`stdout`](Self::stdout)). Dropping it kills the process by its PID (`SIGKILL`, harmless
+/// stdout. Both pipes are drained by threads of their own, so the server never blocks on a
+/// full pipe: its stderr is collected ([`stderr`](Self::stderr)), its later stdout lines
+/// can be read with a deadline ([`line_starting`](Self::line_starting)). Dropping it kills the process by its PID (`SIGKILL`, harmless
 /// if it has exited) and reaps it; if the test is failing, the collected stderr is printed.
 #[derive(Debug)]
 pub struct ChildServer {
@@ -29,12 +29,15 @@ pub struct ChildServer {
     stderr_reader: Option<JoinHandle<()>>,
     /// Whether stderr is collected (not sent elsewhere by the builder).
     collects_stderr: bool,
-    stdout: Arc<Mutex<String>>,
+    /// The stdout lines after the `listening on` one, as they come.
+    lines: Mutex<mpsc::Receiver<String>>,
+    stdin: Option<ChildStdin>,
 }
 
 impl ChildServer {
     /// Starts `command` (stdin empty, stdout and stderr piped) and waits, at most 20 s, for
-    /// its `listening on ADDR` line; panics if it does not come. The command carries the
+    /// its `listening on ADDR` line (earlier lines, a test harness's say, are echoed to the
+    /// test's stdout); panics if it does not come. The command carries the
     /// listening address to use (`--listen 127.0.0.1:0`, say): the server prints the real
     /// one.
     pub fn start(command: Command) -> ChildServer {
@@ -51,11 +54,12 @@ impl ChildServer {
             mut command,
             startup,
             stderr,
+            stdin,
         } = options;
         let name = program_name(&command);
         let collect_stderr = stderr.is_none();
         let mut child = command
-            .stdin(Stdio::null())
+            .stdin(stdin.unwrap_or_else(Stdio::null))
             .stdout(Stdio::piped())
             .stderr(stderr.unwrap_or_else(Stdio::piped))
             .spawn()
@@ -63,8 +67,8 @@ impl ChildServer {
         let stderr = Arc::new(Mutex::new(String::new()));
         let stderr_reader = collect_stderr
             .then(|| collect(child.stderr.take().expect("piped stderr"), stderr.clone()));
-        let stdout = Arc::new(Mutex::new(String::new()));
-        let first_line = first_line(child.stdout.take().expect("piped stdout"), stdout.clone());
+        let lines = read_lines(child.stdout.take().expect("piped stdout"));
+        let stdin = child.stdin.take();
         // The guard exists from here: a failure below still kills the child.
         let mut server = ChildServer {
             name,
@@ -73,22 +77,16 @@ impl ChildServer {
             stderr,
             stderr_reader,
             collects_stderr: collect_stderr,
-            stdout,
+            lines: Mutex::new(lines),
+            stdin,
         };
-        let line = match first_line.recv_timeout(startup) {
-            Ok(Some(line)) => line,
-            Ok(None) => return Err(server.failed("exited before printing `listening on`")),
-            Err(_) => {
-                let what = format!("printed no `listening on` line within {startup:?}");
-                return Err(server.failed(&what));
-            }
-        };
+        let line = server.try_line_starting("listening on ", startup)?;
         server.addr = match line
             .strip_prefix("listening on ")
             .and_then(|a| a.trim().parse().ok())
         {
             Some(addr) => addr,
-            None => return Err(server.failed(&format!("unexpected first line {line:?}"))),
+            None => return Err(server.failed(&format!("printed {line:?}"))),
         };
         Ok(server)
     }
@@ -121,9 +119,41 @@ impl ChildServer {
         self.stderr()
     }
 
-    /// What the server has written to stdout after its `listening on` line.
-    pub fn stdout(&self) -> String {
-        lock(&self.stdout).clone()
+    /// The next stdout line that starts with `prefix`, waiting at most `limit`; the lines
+    /// before it are echoed to the test's stdout. Panics if none comes.
+    pub fn line_starting(&mut self, prefix: &str, limit: Duration) -> String {
+        self.try_line_starting(prefix, limit)
+            .unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`line_starting`](Self::line_starting), but an error (the server is killed)
+    /// instead of a panic.
+    pub fn try_line_starting(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {
+        let deadline = Instant::now() + limit;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            // A `Mutex` only to keep the server `Sync`; `&mut self` needs no locking.
+            let lines = self.lines.get_mut().unwrap_or_else(PoisonError::into_inner);
+            let next = lines.recv_timeout(left);
+            match next {
+                Ok(line) if line.starts_with(prefix) => return Ok(line),
+                Ok(line) => println!("{}: {line}", self.name),
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    let what = format!("closed its stdout before a `{prefix}` line");
+                    return Err(self.failed(&what));
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    let what = format!("printed no `{prefix}` line within {limit:?}");
+                    return Err(self.failed(&what));
+                }
+            }
+        }
+    }
+
+    /// The server's stdin, if the builder piped it ([`ChildServerBuilder::stdin`]); panics
+    /// otherwise. Dropping the server closes it.
+    pub fn stdin(&mut self) -> &mut ChildStdin {
+        self.stdin.as_mut().expect("the server's stdin is piped")
     }
 
     /// Waits until stderr contains `needle`; panics with the log after `limit`.
@@ -225,6 +255,7 @@ impl ChildServer {
     /// An error for a server that did not start: `what`, and its log.
     fn failed(&mut self, what: &str) -> String {
         self.kill();
+        self.stdin = None;
         let log = self.stderr_to_end(Duration::from_secs(1));
         format!("{} {what}; stderr:\n{log}", self.name)
     }
@@ -250,8 +281,8 @@ fn program_name(command: &Command) -> String {
         .into_owned()
 }
 
-/// Locks a collected output, even if a collecting thread panicked.
-fn lock(out: &Mutex<String>) -> std::sync::MutexGuard<'_, String> {
+/// Locks what a reading thread shares, even if it panicked.
+fn lock<T>(out: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     out.lock().unwrap_or_else(PoisonError::into_inner)
 }
 
@@ -268,20 +299,13 @@ fn collect(mut pipe: impl Read + Send + 'static, out: Arc<Mutex<String>>) -> Joi
     })
 }
 
-/// Reads `stdout` on a thread of its own: its first line goes to the receiver (`None` if
-/// the stream ends first), every later line is appended to `rest`.
-fn first_line(
-    stdout: impl Read + Send + 'static,
-    rest: Arc<Mutex<String>>,
-) -> mpsc::Receiver<Option<String>> {
+/// Reads `stdout` line by line on a thread of its own, sending each line to the receiver.
+fn read_lines(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        let mut lines = BufReader::new(stdout).lines().map_while(Result::ok);
-        let _ = tx.send(lines.next());
-        for line in lines {
-            let mut out = lock(&rest);
-            out.push_str(&line);
-            out.push('\n');
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            // Keep reading after the receiver is gone, so the server never blocks.
+            let _ = tx.send(line);
         }
     });
     rx

@@ -15,6 +15,7 @@ pub struct ChildServerBuilder {
     pub(crate) command: Command,
     pub(crate) startup: Duration,
     pub(crate) stderr: Option<Stdio>,
+    pub(crate) stdin: Option<Stdio>,
 }
 
 impl ChildServerBuilder {
@@ -23,6 +24,7 @@ impl ChildServerBuilder {
             command,
             startup: STARTUP,
             stderr: None,
+            stdin: None,
         }
     }
 
@@ -36,6 +38,13 @@ impl ChildServerBuilder {
     /// collecting it; [`ChildServer::stderr`] is then empty.
     pub fn stderr(mut self, to: impl Into<Stdio>) -> ChildServerBuilder {
         self.stderr = Some(to.into());
+        self
+    }
+
+    /// Gives the server `from` as its stdin (`Stdio::piped()` for a control channel the test
+    /// writes to, [`ChildServer::stdin`]) instead of an empty one.
+    pub fn stdin(mut self, from: impl Into<Stdio>) -> ChildServerBuilder {
+        self.stdin = Some(from.into());
         self
     }
 
