@@ -17,6 +17,8 @@
 //! - [`Rng`]: a small seeded PRNG (xorshift64* seeded through splitmix64) for reproducible
 //!   test data, without the `rand` crate.
 //!
+//! - [`nonblocking_pair`]: a connected, non-blocking `AF_UNIX` stream pair.
+//!
 //! Everything here stands on `std` alone: signals are sent through `kill(1)`, so no test
 //! needs `libc`.
 #![forbid(unsafe_code)]
@@ -27,6 +29,7 @@ mod child_server_builder;
 mod example;
 mod process;
 mod rng;
+mod socket;
 mod wait;
 
 pub use child_server::ChildServer;
@@ -34,4 +37,5 @@ pub use child_server_builder::ChildServerBuilder;
 pub use example::example_binary;
 pub use process::{finish_within, run_within, send_signal, wait_child_within, Finished};
 pub use rng::{random_bytes, Rng};
+pub use socket::nonblocking_pair;
 pub use wait::{join_before, join_within, wait_until, wait_until_within, LIMIT};
