@@ -7,29 +7,19 @@
 
 mod common;
 
-use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use common::{Client, Rng, Server, TempDir, BANK, PW};
+use common::{Client, Server, TempDir, BANK, PW};
+use duo_testkit::{run_within, Rng};
 
 /// How a `bank serve` run ended.
 struct Run {
     code: Option<i32>,
     stdout: String,
     stderr: String,
-}
-
-/// Kills a child by PID when dropped (if it still runs).
-struct Reap(std::process::Child);
-
-impl Drop for Reap {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 /// Runs `[wrapper..] bank serve --db <db>` to its exit (at most 10 s; a server that is still
@@ -44,55 +34,26 @@ fn serve(wrapper: &[&str], db: &Path) -> Run {
     if !wrapper.is_empty() {
         cmd.arg(BANK);
     }
-    let child = cmd
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hash-cost",
-            "low",
-            "--db",
-        ])
-        .arg(db)
-        .env("RUST_LOG", "warn")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn bank serve");
-    let mut child = Reap(child);
-    let mut out = child.0.stdout.take().unwrap();
-    let mut err = child.0.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--hash-cost",
+        "low",
+        "--db",
+    ])
+    .arg(db)
+    .env("RUST_LOG", "warn");
+    let done = run_within(&mut cmd, Duration::from_secs(10)).unwrap_or_else(|e| {
+        panic!(
+            "bank serve --db {} (it started on a bad database): {e}",
+            db.display()
+        )
     });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let start = Instant::now();
-    let status = loop {
-        if let Some(status) = child.0.try_wait().expect("try_wait") {
-            break status;
-        }
-        if start.elapsed() > Duration::from_secs(10) {
-            drop(child); // kill, so the pipes close and the readers end
-            panic!(
-                "bank serve --db {} still running after 10 s (it started on a bad database); \
-                 stdout {:?}",
-                db.display(),
-                out.join().unwrap()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    };
     Run {
-        code: status.code(),
-        stdout: out.join().unwrap(),
-        stderr: err.join().unwrap(),
+        code: done.status.code(),
+        stdout: done.stdout,
+        stderr: done.stderr,
     }
 }
 
@@ -191,7 +152,7 @@ fn random_bytes_are_refused_and_left_alone() {
     let dir = TempDir::new("baddb-random");
     let db = dir.db();
     let mut rng = Rng::new(7);
-    let bytes: Vec<u8> = (0..8192).map(|_| rng.next() as u8).collect();
+    let bytes: Vec<u8> = (0..8192).map(|_| rng.next_u64() as u8).collect();
     std::fs::write(&db, &bytes).unwrap();
     let run = serve(&[], &db);
     assert_refused(&run, &db, "file is not a database");
@@ -208,7 +169,7 @@ fn a_sqlite_header_with_garbage_behind_it_is_refused() {
     let db = dir.db();
     let mut bytes = b"SQLite format 3\0".to_vec();
     let mut rng = Rng::new(11);
-    bytes.extend((0..200).map(|_| rng.next() as u8));
+    bytes.extend((0..200).map(|_| rng.next_u64() as u8));
     std::fs::write(&db, &bytes).unwrap();
     let run = serve(&[], &db);
     assert_eq!(run.code, Some(1), "{}", run.stderr);

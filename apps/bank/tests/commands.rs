@@ -8,6 +8,7 @@ use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use common::{ok_number, Client, Server, TempDir, BANK, PW};
+use duo_testkit::finish_within;
 
 fn code(reply: &str) -> &str {
     assert!(
@@ -274,20 +275,9 @@ fn the_client_binary_works_one_shot_and_interactively() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot connect"));
 }
 
-fn wait_output(mut child: std::process::Child, limit: Duration) -> (Option<i32>, String) {
-    let start = std::time::Instant::now();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().unwrap();
-            return (out.status.code(), String::from_utf8(out.stdout).unwrap());
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("child did not exit within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_output(child: std::process::Child, limit: Duration) -> (Option<i32>, String) {
+    let out = finish_within(child, limit).unwrap_or_else(|e| panic!("child {e}"));
+    (out.status.code(), out.stdout)
 }
 
 #[test]

@@ -5,7 +5,8 @@ mod common;
 
 use std::collections::HashMap;
 
-use common::{ok_number, Client, Gate, Rng, Server, TempDir, PW};
+use common::{ok_number, Client, Gate, Server, TempDir, PW};
+use duo_testkit::Rng;
 
 #[test]
 fn a_thousand_pipelined_commands_are_answered_in_order() {

@@ -24,7 +24,8 @@ use std::net::{SocketAddr, TcpStream};
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use common::{ok_number, Client, Gate, Rng, Server, TempDir, PW};
+use common::{ok_number, Client, Gate, Server, TempDir, PW};
+use duo_testkit::Rng;
 
 /// Accounts; each has a client paying the others.
 const ACCOUNTS: usize = 5;
@@ -464,7 +465,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
         let clients: Vec<_> = (0..ACCOUNTS)
             .map(|a| {
                 let gate = gate.clone();
-                let seed = rng.next();
+                let seed = rng.next_u64();
                 std::thread::spawn(move || storm(addr, a, round, seed, &gate))
             })
             .collect();

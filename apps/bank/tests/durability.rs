@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ok_number, Client, Gate, Rng, Server, TempDir, PW};
+use common::{ok_number, Client, Gate, Server, TempDir, PW};
+use duo_testkit::Rng;
 
 #[test]
 fn a_restarted_server_finds_everything_as_it_was() {

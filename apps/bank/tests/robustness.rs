@@ -8,7 +8,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Client, Rng, Server, TempDir, PW};
+use common::{Client, Server, TempDir, PW};
+use duo_testkit::Rng;
 
 #[test]
 fn silent_connections_are_evicted_and_heartbeats_keep_them() {

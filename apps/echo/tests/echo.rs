@@ -4,180 +4,22 @@
 //! Every child is killed (by PID) and reaped by a drop guard, every wait and every socket
 //! read has a deadline, so a broken server fails a test instead of hanging it.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, TcpStream};
+use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-const STARTUP: Duration = Duration::from_secs(20);
-const IO_TIMEOUT: Duration = Duration::from_secs(20);
-
-/// A running `echo` server; killed and reaped on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    /// Starts `echo [serve] --listen 127.0.0.1:0 ARGS..` (`serve` is kept first if given).
-    fn start(args: &[&str]) -> Server {
-        let (sub, args) = match args.split_first() {
-            Some((&"serve", rest)) => (&["serve"][..], rest),
-            _ => (&[][..], args),
-        };
-        let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
-            .args(sub)
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn echo");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let stderr = drain(child.stderr.take().expect("piped stderr"));
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep reading so the child never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let mut server = Server {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            stderr,
-        };
-        let line = match rx.recv_timeout(STARTUP) {
-            Ok(line) => line,
-            Err(e) => panic!(
-                "no `listening on` line within {STARTUP:?} ({e}); stderr:\n{}",
-                server.stderr()
-            ),
-        };
-        server.addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-            .parse()
-            .expect("listening address");
-        assert_ne!(server.addr.port(), 0, "the real port is printed");
-        server
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect(self.addr).expect("connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    /// Waits until stderr contains `needle`; panics with the log after `timeout`.
-    fn wait_for_log(&self, needle: &str, timeout: Duration) {
-        let deadline = Instant::now() + timeout;
-        while !self.stderr().contains(needle) {
-            assert!(
-                Instant::now() < deadline,
-                "no log line with {needle:?} within {timeout:?}; stderr:\n{}",
-                self.stderr()
-            );
-            thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    fn signal(&self, name: &str) {
-        let status = Command::new("kill")
-            .args([&format!("-{name}"), &self.child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -{name} failed");
-    }
-
-    fn wait_exit(&mut self, timeout: Duration) -> ExitStatus {
-        wait_with_deadline(&mut self.child, timeout).unwrap_or_else(|| {
-            panic!(
-                "server still running after {timeout:?}; stderr:\n{}",
-                self.stderr()
-            )
-        })
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        // Child::kill sends SIGKILL to this child's PID; harmless if it has exited.
-        let _ = self.child.kill();
-        let _ = wait_with_deadline(&mut self.child, Duration::from_secs(10));
-    }
-}
-
-/// Collects everything a pipe yields into a shared string (on a thread).
-fn drain(mut pipe: impl Read + Send + 'static) -> Arc<Mutex<String>> {
-    let out = Arc::new(Mutex::new(String::new()));
-    let sink = out.clone();
-    thread::spawn(move || {
-        let mut buf = [0u8; 4096];
-        while let Ok(n) = pipe.read(&mut buf) {
-            if n == 0 {
-                break;
-            }
-            sink.lock()
-                .unwrap()
-                .push_str(&String::from_utf8_lossy(&buf[..n]));
-        }
-    });
-    out
-}
-
-fn wait_with_deadline(child: &mut Child, timeout: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
-/// A small deterministic PRNG (xorshift64*), enough for test data.
-struct Rng(u64);
-
-impl Rng {
-    fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1)
-    }
-    fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
-    }
-    fn below(&mut self, n: usize) -> usize {
-        (self.next() % n as u64) as usize
-    }
-    fn bytes(&mut self, n: usize) -> Vec<u8> {
-        (0..n).map(|_| self.next() as u8).collect()
-    }
-}
+use common::{Server, IO_TIMEOUT};
+use duo_testkit::{run_within, Rng};
 
 /// Writes `data` in random-sized pieces.
 fn write_chunked(stream: &mut TcpStream, data: &[u8], rng: &mut Rng, max_chunk: usize) {
     let mut rest = data;
     while !rest.is_empty() {
-        let n = (1 + rng.below(max_chunk)).min(rest.len());
+        let n = rng.range(1, max_chunk).min(rest.len());
         stream.write_all(&rest[..n]).expect("write");
         rest = &rest[n..];
     }
@@ -269,9 +111,9 @@ fn framed_echo_answers_every_packet_in_order() {
                 let mut payloads: Vec<Vec<u8>> = (0..300)
                     .map(|_| {
                         let len = if rng.below(10) == 0 {
-                            rng.below(200_000)
+                            rng.below(200_000) as usize
                         } else {
-                            rng.below(2_000)
+                            rng.below(2_000) as usize
                         };
                         rng.bytes(len)
                     })
@@ -318,7 +160,7 @@ fn framed_unknown_type_closes_only_that_connection() {
     framed_round_trip(&mut bad, b"valid first");
     bad.write_all(&packet(7, b"")).unwrap();
     assert!(read_eof(&mut bad), "the server closes the connection (EOF)");
-    server.wait_for_log("unknown packet type 7", Duration::from_secs(5));
+    server.wait_for_stderr("unknown packet type 7", Duration::from_secs(5));
     framed_round_trip(&mut good, b"still served");
     // A new connection is still accepted and served.
     framed_round_trip(&mut server.connect(), b"new one");
@@ -333,7 +175,7 @@ fn framed_oversize_length_closes_the_connection() {
     header.extend_from_slice(&((1u32 << 20) + 1).to_be_bytes());
     s.write_all(&header).unwrap();
     assert!(read_eof(&mut s), "the server closes the connection (EOF)");
-    server.wait_for_log("exceeds the maximum", Duration::from_secs(5));
+    server.wait_for_stderr("exceeds the maximum", Duration::from_secs(5));
     framed_round_trip(&mut server.connect(), b"others are fine");
 }
 
@@ -377,33 +219,11 @@ fn sigint_without_clients_exits_zero() {
 
 /// Runs the binary to completion with a deadline; returns (status, stdout, stderr).
 fn run_to_exit(args: &[&str]) -> (ExitStatus, String, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn echo");
-    // Read both pipes to their end on threads, joined once the process has exited (the
-    // pipes close with it), so nothing written just before exit is missed.
-    let read_all = |mut pipe: Box<dyn std::io::Read + Send>| {
-        thread::spawn(move || {
-            let mut text = String::new();
-            let _ = pipe.read_to_string(&mut text);
-            text
-        })
-    };
-    let out = read_all(Box::new(child.stdout.take().unwrap()));
-    let err = read_all(Box::new(child.stderr.take().unwrap()));
-    let status = wait_with_deadline(&mut child, Duration::from_secs(10));
-    let Some(status) = status else {
-        let _ = child.kill();
-        let _ = wait_with_deadline(&mut child, Duration::from_secs(10));
-        panic!("echo {args:?} did not exit");
-    };
-    let out = out.join().expect("stdout reader");
-    let err = err.join().expect("stderr reader");
-    (status, out, err)
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo"));
+    cmd.args(args);
+    let done = run_within(&mut cmd, Duration::from_secs(10))
+        .unwrap_or_else(|e| panic!("echo {args:?} did not exit: {e}"));
+    (done.status, done.stdout, done.stderr)
 }
 
 #[test]
@@ -429,7 +249,7 @@ fn bad_flags_are_usage_errors() {
 #[test]
 fn address_in_use_is_a_runtime_error() {
     let first = Server::start(&[]);
-    let addr = first.addr.to_string();
+    let addr = first.addr().to_string();
     let (status, out, err) = run_to_exit(&["serve", "--listen", &addr]);
     assert_eq!(status.code(), Some(1), "stderr:\n{err}");
     assert!(!out.contains("listening on"), "stdout: {out:?}");
@@ -526,7 +346,7 @@ fn stats_interval_logs_a_line_per_interval() {
         let mut b = [0u8; 1000];
         s.read_exact(&mut b).unwrap();
     }
-    server.wait_for_log("stats: 1 connections", Duration::from_secs(5));
+    server.wait_for_stderr("stats: 1 connections", Duration::from_secs(5));
     let log = server.stderr();
     let line = log
         .lines()

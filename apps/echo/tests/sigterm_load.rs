@@ -13,99 +13,22 @@
 //!
 //! And the server exits 0 within 5 s of the signal.
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, Command, Stdio};
+mod common;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::TcpStream;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
+
+use common::Server;
 
 const STREAMERS: u64 = 3;
 const BACKLOGGERS: u64 = 3;
 /// What each backlogger writes beyond what the kernel's buffers can hold: the part of the
 /// echo that waits in the server's output buffer (under its 4 MiB high-water mark).
 const BACKLOG_EXTRA: usize = 3 << 19;
-/// Any single socket operation.
-const IO_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A running `echo`; killed (SIGKILL by PID) and reaped on drop.
-struct Server {
-    child: Child,
-    addr: SocketAddr,
-    stderr: Arc<Mutex<String>>,
-}
-
-impl Server {
-    fn start(args: &[&str]) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
-            .args(["--listen", "127.0.0.1:0"])
-            .args(args)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn echo");
-        let stdout = child.stdout.take().unwrap();
-        let mut stderr_pipe = child.stderr.take().unwrap();
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let sink = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                sink.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let (tx, rx) = mpsc::channel();
-        thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            for _ in lines {}
-        });
-        let mut server = Server {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            stderr,
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("no `listening on` line: {e}; {}", server.stderr()));
-        server.addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        server
-    }
-
-    fn stderr(&self) -> String {
-        self.stderr.lock().unwrap().clone()
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while self.child.try_wait().ok().flatten().is_none() && Instant::now() < deadline {
-            thread::sleep(Duration::from_millis(10));
-        }
-    }
-}
 
 /// The most a TCP send buffer grows to (`net.ipv4.tcp_wmem`, third field).
 fn wmem_max() -> usize {
@@ -261,7 +184,7 @@ fn sigterm_under_load_delivers_a_clean_prefix_and_every_queued_byte() {
     // The server has read every backlog byte (its receive queue is empty), and what the
     // kernel does not hold of the echo (the server's send queue, the client's receive
     // queue) is in the server's output buffer.
-    let port = server.addr.port();
+    let port = server.addr().port();
     let mut in_user_space = Vec::new();
     for (i, s) in backloggers.iter().enumerate() {
         let me = s.local_addr().unwrap().port();
@@ -295,11 +218,7 @@ fn sigterm_under_load_delivers_a_clean_prefix_and_every_queued_byte() {
         .collect();
 
     let signalled = Instant::now();
-    let status = Command::new("kill")
-        .args(["-TERM", &server.child.id().to_string()])
-        .status()
-        .expect("run kill");
-    assert!(status.success());
+    server.signal("TERM");
 
     // Backloggers stop sending (they had) and read: everything comes back, then EOF.
     let backlogs: Vec<_> = backloggers
@@ -344,21 +263,16 @@ fn sigterm_under_load_delivers_a_clean_prefix_and_every_queued_byte() {
     }
 
     // The server exits 0 within 5 s of the signal.
-    let status = loop {
-        if let Some(s) = server.child.try_wait().expect("try_wait") {
-            break s;
-        }
-        assert!(
-            signalled.elapsed() < Duration::from_secs(5),
+    let left = Duration::from_secs(5).saturating_sub(signalled.elapsed());
+    let status = server.wait_exit_within(left).unwrap_or_else(|| {
+        panic!(
             "echo still running 5 s after SIGTERM; stderr:\n{}",
             server.stderr()
-        );
-        thread::sleep(Duration::from_millis(10));
-    };
+        )
+    });
     let exited = signalled.elapsed();
     assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
-    thread::sleep(Duration::from_millis(50));
-    let log = server.stderr();
+    let log = server.stderr_to_end(Duration::from_secs(5));
     assert!(!log.contains("panicked"), "stderr:\n{log}");
     eprintln!(
         "sigterm_load: exited 0 after {exited:?}; streamers (sent, echoed): {report:?}; \

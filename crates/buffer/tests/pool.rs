@@ -16,6 +16,16 @@ fn no_cache(cap: Option<usize>) -> BufPool {
     })
 }
 
+/// The expected counters of the class of `size`.
+fn expected(size: usize, allocated: usize, free: usize, in_use: usize) -> ClassStats {
+    ClassStats {
+        size,
+        allocated,
+        free,
+        in_use,
+    }
+}
+
 fn class(pool: BufPool, size: usize) -> ClassStats {
     *pool.stats().class(size).expect("a size class")
 }
@@ -83,47 +93,15 @@ fn counters_are_exact_without_thread_cache() {
     let pool = no_cache(None);
     let bufs: Vec<IoBuf> = (0..3).map(|_| pool.alloc(100).expect("alloc")).collect();
     let big = pool.alloc(K64).expect("alloc");
-    assert_eq!(
-        class(pool, K4),
-        ClassStats {
-            size: K4,
-            allocated: 3,
-            free: 0,
-            in_use: 3
-        }
-    );
-    assert_eq!(
-        class(pool, K64),
-        ClassStats {
-            size: K64,
-            allocated: 1,
-            free: 0,
-            in_use: 1
-        }
-    );
+    assert_eq!(class(pool, K4), expected(K4, 3, 0, 3));
+    assert_eq!(class(pool, K64), expected(K64, 1, 0, 1));
     assert_eq!(pool.stats().allocated_bytes, 3 * K4 + K64);
     assert_eq!(pool.stats().in_use_bytes(), 3 * K4 + K64);
     drop(big);
     let mut bufs = bufs;
     bufs.pop();
-    assert_eq!(
-        class(pool, K4),
-        ClassStats {
-            size: K4,
-            allocated: 3,
-            free: 1,
-            in_use: 2
-        }
-    );
-    assert_eq!(
-        class(pool, K64),
-        ClassStats {
-            size: K64,
-            allocated: 1,
-            free: 1,
-            in_use: 0
-        }
-    );
+    assert_eq!(class(pool, K4), expected(K4, 3, 1, 2));
+    assert_eq!(class(pool, K64), expected(K64, 1, 1, 0));
     assert_eq!(pool.stats().free_bytes(), K4 + K64);
     drop(bufs);
     assert_quiescent_and_idle(pool);
@@ -133,35 +111,11 @@ fn counters_are_exact_without_thread_cache() {
 fn counters_are_exact_with_thread_cache() {
     let pool = BufPool::new(PoolConfig::default());
     let bufs: Vec<IoBuf> = (0..200).map(|_| pool.alloc(K16).expect("alloc")).collect();
-    assert_eq!(
-        class(pool, K16),
-        ClassStats {
-            size: K16,
-            allocated: 200,
-            free: 0,
-            in_use: 200
-        }
-    );
+    assert_eq!(class(pool, K16), expected(K16, 200, 0, 200));
     drop(bufs); // 64 stay in this thread's cache at most, the rest go to the shared list
-    assert_eq!(
-        class(pool, K16),
-        ClassStats {
-            size: K16,
-            allocated: 200,
-            free: 200,
-            in_use: 0
-        }
-    );
+    assert_eq!(class(pool, K16), expected(K16, 200, 200, 0));
     let again: Vec<IoBuf> = (0..150).map(|_| pool.alloc(K16).expect("alloc")).collect();
-    assert_eq!(
-        class(pool, K16),
-        ClassStats {
-            size: K16,
-            allocated: 200,
-            free: 50,
-            in_use: 150
-        }
-    );
+    assert_eq!(class(pool, K16), expected(K16, 200, 50, 150));
     drop(again);
     assert_quiescent_and_idle(pool);
 }
@@ -228,15 +182,7 @@ fn cap_reclaims_free_blocks_of_other_classes() {
     drop(small);
     // 64 KiB needs 12 of the 16 free 4 KiB blocks released (deficit 48 KiB).
     let big = pool.alloc(K64).expect("reclaimed from the 4 KiB class");
-    assert_eq!(
-        class(pool, K4),
-        ClassStats {
-            size: K4,
-            allocated: 4,
-            free: 4,
-            in_use: 0
-        }
-    );
+    assert_eq!(class(pool, K4), expected(K4, 4, 4, 0));
     assert_eq!(class(pool, K64).in_use, 1);
     assert_eq!(pool.stats().allocated_bytes, cap);
     // Nothing free can make room for another 64 KiB block.
@@ -305,24 +251,8 @@ fn cross_thread_free() {
     let freer = thread::spawn(move || drop(rx.recv().expect("bufs")));
     tx.send(bufs).expect("send");
     freer.join().expect("join");
-    assert_eq!(
-        class(pool, K4),
-        ClassStats {
-            size: K4,
-            allocated: 50,
-            free: 50,
-            in_use: 0
-        }
-    );
-    assert_eq!(
-        class(pool, K64),
-        ClassStats {
-            size: K64,
-            allocated: 50,
-            free: 50,
-            in_use: 0
-        }
-    );
+    assert_eq!(class(pool, K4), expected(K4, 50, 50, 0));
+    assert_eq!(class(pool, K64), expected(K64, 50, 50, 0));
     // The freeing thread flushed its cache on exit, so the blocks are reusable here.
     let again: Vec<IoBuf> = (0..50).map(|_| pool.alloc(K64).expect("alloc")).collect();
     assert_eq!(class(pool, K64).allocated, 50);
@@ -341,15 +271,7 @@ fn thread_exit_flushes_its_cache() {
     })
     .join()
     .expect("join");
-    assert_eq!(
-        class(pool, K16),
-        ClassStats {
-            size: K16,
-            allocated: 10,
-            free: 10,
-            in_use: 0
-        }
-    );
+    assert_eq!(class(pool, K16), expected(K16, 10, 10, 0));
     // The blocks are on the shared list: trim (which cannot reach other threads' caches)
     // releases all of them.
     assert_eq!(pool.trim(), 10 * K16);
@@ -368,15 +290,7 @@ fn trim_releases_free_blocks_and_keeps_live_ones() {
     let stats = pool.stats();
     assert_eq!(stats.allocated_bytes, K64);
     assert_eq!(class(pool, K4).allocated, 0);
-    assert_eq!(
-        class(pool, K64),
-        ClassStats {
-            size: K64,
-            allocated: 1,
-            free: 0,
-            in_use: 1
-        }
-    );
+    assert_eq!(class(pool, K64), expected(K64, 1, 0, 1));
     assert_eq!(pool.trim(), 0);
     drop(keep);
     assert_eq!(pool.trim(), K64);

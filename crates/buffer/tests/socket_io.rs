@@ -4,22 +4,15 @@ mod util;
 
 use std::io::{self, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 
 use duo_buffer::{BufPool, BufferError, InputBuffer, OutputBuffer, PoolConfig, ReadOutcome};
 use duo_sys::socket2::SockRef;
+use duo_testkit::nonblocking_pair;
 use util::{pattern, tcp_pair, until};
-
-fn unix_pair() -> (UnixStream, UnixStream) {
-    let (a, b) = UnixStream::pair().expect("socketpair");
-    a.set_nonblocking(true).expect("nonblocking");
-    b.set_nonblocking(true).expect("nonblocking");
-    (a, b)
-}
 
 #[test]
 fn read_from_an_empty_socket_would_block_and_holds_nothing() {
-    let (_a, b) = unix_pair();
+    let (_a, b) = nonblocking_pair();
     let pool = BufPool::new(PoolConfig::default());
     let mut input = InputBuffer::with_pool(pool, 1 << 20);
     assert_eq!(
@@ -32,7 +25,7 @@ fn read_from_an_empty_socket_would_block_and_holds_nothing() {
 
 #[test]
 fn read_from_reports_data_then_eof() {
-    let (mut a, b) = unix_pair();
+    let (mut a, b) = nonblocking_pair();
     a.write_all(b"hello").expect("write");
     drop(a);
     let mut input = InputBuffer::new();
@@ -65,7 +58,7 @@ fn read_errors_other_than_would_block_are_io_errors() {
 
 #[test]
 fn one_read_uses_block_and_spill_area_and_respects_max_len() {
-    let (mut a, b) = unix_pair();
+    let (mut a, b) = nonblocking_pair();
     SockRef::from(&a)
         .set_send_buffer_size(1 << 20)
         .expect("sndbuf");
@@ -100,7 +93,7 @@ fn one_read_uses_block_and_spill_area_and_respects_max_len() {
 
 #[test]
 fn write_to_would_block_when_the_socket_is_full_and_keeps_the_data() {
-    let (a, mut b) = unix_pair();
+    let (a, mut b) = nonblocking_pair();
     SockRef::from(&a)
         .set_send_buffer_size(4096)
         .expect("sndbuf");
@@ -124,7 +117,7 @@ fn write_to_would_block_when_the_socket_is_full_and_keeps_the_data() {
 
 #[test]
 fn send_to_a_closed_peer_is_epipe_not_sigpipe() {
-    let (a, b) = unix_pair();
+    let (a, b) = nonblocking_pair();
     drop(b);
     let mut out = OutputBuffer::new();
     out.append(b"nobody listens").expect("append");
@@ -174,7 +167,7 @@ fn transfer(
 
 #[test]
 fn one_mib_over_a_unix_socketpair_with_a_small_send_buffer() {
-    let (a, b) = unix_pair();
+    let (a, b) = nonblocking_pair();
     SockRef::from(&a)
         .set_send_buffer_size(4096)
         .expect("sndbuf");

@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use duo_buffer::BufPool;
 
-use util::{connect, echo_builder, init_log, join_within, localhost, random_bytes, TestServer};
+use duo_testkit::{join_within, random_bytes};
+use util::{connect, echo_builder, init_log, localhost, TestServer};
 
 /// High-water mark of the output buffer: reading stops above it.
 const HIGH: usize = 1 << 20;

@@ -9,7 +9,8 @@ use std::io::Write;
 use std::time::Duration;
 
 use duo_buffer::BufPool;
-use util::{connect, echo_builder, init_log, localhost, wait_until, TestServer};
+use duo_testkit::wait_until;
+use util::{connect, echo_builder, init_log, localhost, TestServer};
 
 #[test]
 fn free_blocks_return_to_the_system_after_a_burst() {

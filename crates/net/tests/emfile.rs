@@ -11,16 +11,17 @@
 
 mod util;
 
-use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{BufRead, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::process::{Command, Stdio};
+use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::EventLoop;
 
-use util::{connect, echo_builder, init_log, is_peer_close, localhost, LIMIT};
+use duo_testkit::{ChildServer, LIMIT};
+use util::{connect, echo_builder, init_log, is_peer_close, localhost};
 
 /// Set in the child's environment, to the number of I/O threads its server runs.
 const CHILD_ENV: &str = "DUO_NET_EMFILE_CHILD";
@@ -76,85 +77,38 @@ fn emfile_child_server() {
 
 /// The child process; killed and reaped on drop. Its stderr is kept and shown if the
 /// test fails.
-struct ChildServer {
-    child: Child,
-    stdin: Option<ChildStdin>,
-    lines: mpsc::Receiver<String>,
-    stderr: Arc<Mutex<String>>,
-    addr: SocketAddr,
-}
+struct Child(ChildServer);
 
-impl ChildServer {
-    fn spawn(io_threads: usize) -> ChildServer {
+impl Child {
+    fn spawn(io_threads: usize) -> Child {
         let exe = std::env::current_exe().expect("test binary path");
-        let mut child = Command::new(exe)
-            .args([
-                "--exact",
-                "emfile_child_server",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, io_threads.to_string())
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "--exact",
+            "emfile_child_server",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_ENV, io_threads.to_string());
+        let server = ChildServer::builder(cmd)
+            .startup(LIMIT)
             .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the child server");
-        let stdin = child.stdin.take();
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr_pipe = child.stderr.take().expect("piped stderr");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let keep = stderr.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr_pipe.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                keep.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = ChildServer {
-            child,
-            stdin,
-            lines,
-            stderr,
-            addr: localhost(),
-        };
-        let line = server.line_starting("listening on ");
-        server.addr = line["listening on ".len()..]
-            .parse()
-            .expect("listening address");
-        server
+            .start();
+        Child(server)
+    }
+
+    fn addr(&self) -> SocketAddr {
+        self.0.addr()
     }
 
     /// The next stdout line starting with `prefix` (others are the test harness's).
-    fn line_starting(&self, prefix: &str) -> String {
-        let deadline = Instant::now() + LIMIT;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok(line) if line.starts_with(prefix) => return line,
-                Ok(line) => println!("child: {line}"),
-                Err(e) => panic!("no `{prefix}` line from the child: {e}"),
-            }
-        }
+    fn line_starting(&mut self, prefix: &str) -> String {
+        self.0.line_starting(prefix, LIMIT)
     }
 
     /// The child's counters, as `name=value` pairs.
     fn stats(&mut self) -> Vec<(String, u64)> {
-        let stdin = self.stdin.as_mut().expect("child stdin");
+        let stdin = self.0.stdin();
         stdin.write_all(b"stats\n").unwrap();
         stdin.flush().unwrap();
         let line = self.line_starting("stats ");
@@ -177,25 +131,7 @@ impl ChildServer {
 
     /// User + system CPU time the child has used so far (`/proc/PID/stat`).
     fn cpu_time(&self) -> Duration {
-        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))
-            .expect("read /proc/PID/stat");
-        // Fields after the command name (which may hold spaces) start at field 3 (state);
-        // utime and stime are fields 14 and 15.
-        let rest = &stat[stat.rfind(')').expect("comm") + 1..];
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        let hz = duo_sys::clock_ticks_per_second().expect("clock ticks");
-        Duration::from_secs_f64(ticks as f64 / hz as f64)
-    }
-}
-
-impl Drop for ChildServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("child stderr:\n{}", self.stderr.lock().unwrap());
-        }
+        duo_sys::cpu_time(self.0.pid()).expect("CPU time of the child")
     }
 }
 
@@ -268,8 +204,8 @@ fn exhaust_and_recover(io_threads: usize) {
     // blur the CPU measurement.
     static ONE_AT_A_TIME: Mutex<()> = Mutex::new(());
     let _turn = ONE_AT_A_TIME.lock().unwrap_or_else(|e| e.into_inner());
-    let mut child = ChildServer::spawn(io_threads);
-    let addr = child.addr;
+    let mut child = Child::spawn(io_threads);
+    let addr = child.addr();
     // Fill the child's descriptor table.
     let mut served = Vec::new();
     let mut shed = 0;

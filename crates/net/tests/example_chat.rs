@@ -14,14 +14,15 @@
 //! message to the connections registered when the relay reaches their I/O thread.
 
 use std::collections::HashMap;
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, BufReader, ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{mpsc, Arc, Condvar, Mutex, MutexGuard, OnceLock};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
+
+use duo_testkit::{example_binary, ChildServer};
 
 /// The example's largest accepted payload.
 const MAX_FRAME: usize = 64 << 10;
@@ -40,143 +41,33 @@ const WINDOW: u64 = 16;
 // ---------------------------------------------------------------------------------------
 // The server process.
 
-/// The example binary, brought up to date once per test binary.
-///
-/// `cargo test` builds the examples before running the tests, but `cargo test --test
-/// example_chat` does not, and would leave an old binary (or none) in place: so this asks
-/// cargo to build it, which takes a moment when it is already up to date.
-fn chat_binary() -> &'static Path {
-    static BINARY: OnceLock<PathBuf> = OnceLock::new();
-    BINARY.get_or_init(|| {
-        // target/<profile>/deps/example_chat-HASH -> target/<profile>/examples/chat
-        let exe = std::env::current_exe().expect("path of the test binary");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/<profile>/deps");
-        let binary = profile_dir
-            .join("examples")
-            .join(format!("chat{}", std::env::consts::EXE_SUFFIX));
-        build_example(profile_dir);
-        assert!(binary.exists(), "{} was not built", binary.display());
-        binary
-    })
-}
-
-/// Builds the example into `profile_dir` (`cargo build --example chat`, `--release` for
-/// a release test binary), with a deadline.
-fn build_example(profile_dir: &Path) {
-    let mut cargo = Command::new(env!("CARGO"));
-    cargo.args(["build", "--quiet", "--example", "chat", "-p", "duo-net"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        cargo.arg("--release");
-    }
-    if let Some(target_dir) = profile_dir.parent() {
-        cargo.arg("--target-dir").arg(target_dir);
-    }
-    let mut child = cargo
-        .stdin(Stdio::null())
-        .spawn()
-        .expect("cargo build starts");
-    let status = wait_with_deadline(&mut child, Duration::from_secs(300)).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("cargo build --example chat did not finish in 300 s")
-    });
-    assert!(status.success(), "cargo build --example chat: {status}");
-}
-
-/// Waits for `child` to exit until `limit` passes (polling: `Child` has no timed wait).
-fn wait_with_deadline(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait().expect("try_wait") {
-            return Some(status);
-        }
-        if Instant::now() >= deadline {
-            return None;
-        }
-        thread::sleep(Duration::from_millis(10));
-    }
-}
-
 /// The running example. Dropping it kills the process (and prints its log if the test is
 /// failing).
 struct ChatServer {
-    child: Child,
+    server: ChildServer,
     addr: SocketAddr,
-    log: Arc<Mutex<String>>,
 }
 
 impl ChatServer {
     /// Starts `chat 127.0.0.1:0` and waits for its `listening on ADDR` line.
     fn start() -> ChatServer {
         let log_filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into());
-        let mut child = Command::new(chat_binary())
-            .arg("127.0.0.1:0")
-            .env("RUST_LOG", log_filter)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("chat example starts");
-        // Both pipes are drained by threads of their own, so the server never blocks on a
-        // full pipe, and stdout can be read with a deadline.
-        let log = Arc::new(Mutex::new(String::new()));
-        let stderr = child.stderr.take().expect("piped stderr");
-        let sink = log.clone();
-        thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                let mut log = sink.lock().unwrap_or_else(|e| e.into_inner());
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let stdout = child.stdout.take().expect("piped stdout");
-        let (lines_tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if lines_tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        let mut server = ChatServer {
-            child,
-            addr: "0.0.0.0:0".parse().unwrap(),
-            log,
-        };
-        let line = lines
-            .recv_timeout(WAIT)
-            .expect("the server prints `listening on ADDR` within the deadline");
-        server.addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from the server: {line:?}"));
-        server
+        let mut cmd = Command::new(example_binary("duo-net", "chat"));
+        cmd.arg("127.0.0.1:0").env("RUST_LOG", log_filter);
+        let server = ChildServer::builder(cmd).startup(WAIT).start();
+        ChatServer {
+            addr: server.addr(),
+            server,
+        }
     }
 
     /// Stops the server with `SIGTERM` (through `kill(1)`: these tests call no libc) and
     /// returns how it exited; `None` if `kill` cannot be run here.
     fn terminate(&mut self) -> Option<ExitStatus> {
-        let sent = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status()
-            .ok()?;
-        assert!(sent.success(), "kill -TERM {}: {sent}", self.child.id());
-        let status = wait_with_deadline(&mut self.child, WAIT);
+        let sent = self.server.try_signal("TERM").ok()?;
+        assert!(sent.success(), "kill -TERM {}: {sent}", self.server.pid());
+        let status = self.server.wait_exit_within(WAIT);
         Some(status.expect("the server exits within the deadline after SIGTERM"))
-    }
-}
-
-impl Drop for ChatServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            let log = self.log.lock().unwrap_or_else(|e| e.into_inner());
-            eprintln!("--- chat server log ---\n{log}--- end of log ---");
-        }
     }
 }
 

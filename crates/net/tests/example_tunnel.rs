@@ -10,16 +10,19 @@
 
 mod util;
 
-use std::io::{self, BufRead, BufReader, ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::path::PathBuf;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex, OnceLock};
+use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
-use util::{connect, is_peer_close, random_bytes, wait_until, wait_until_within, LIMIT};
+use duo_testkit::{
+    example_binary, random_bytes, run_within, wait_until, wait_until_within, ChildServer, LIMIT,
+};
+use util::{connect, is_peer_close};
 
 /// The tunnel's high-water mark (see the example): what it may buffer per direction.
 const TUNNEL_HIGH_WATER: usize = 1 << 20;
@@ -27,120 +30,34 @@ const TUNNEL_HIGH_WATER: usize = 1 << 20;
 // ---------------------------------------------------------------------------------------
 // The tunnel as a child process.
 
-/// The example's binary, next to this test's: `target/PROFILE/deps/example_tunnel-HASH`
-/// -> `target/PROFILE/examples/tunnel`. `cargo test` builds the examples before the tests,
-/// `cargo test --test example_tunnel` does not; and a binary left from an earlier build may
-/// be stale. So `cargo build` runs once per test process (a no-op when it is up to date).
-fn tunnel_binary() -> &'static Path {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
-        let exe = std::env::current_exe().expect("test binary path");
-        let profile_dir = exe
-            .parent()
-            .and_then(Path::parent)
-            .expect("the test binary lives in target/PROFILE/deps");
-        let bin = profile_dir
-            .join("examples")
-            .join(format!("tunnel{}", std::env::consts::EXE_SUFFIX));
-        let mut cmd = Command::new(env!("CARGO"));
-        cmd.args(["build", "--example", "tunnel", "-p", "duo-net"])
-            .current_dir(env!("CARGO_MANIFEST_DIR"));
-        match profile_dir.file_name().and_then(|n| n.to_str()) {
-            Some("debug") | None => {}
-            Some("release") => {
-                cmd.arg("--release");
-            }
-            Some(profile) => {
-                cmd.args(["--profile", profile]);
-            }
-        }
-        // The target directory this test was built in (unless it is a cross-compilation
-        // layout, target/TRIPLE/PROFILE, where cargo's default is left alone).
-        if let Some(target_dir) = profile_dir.parent() {
-            if target_dir.join("CACHEDIR.TAG").exists() {
-                cmd.arg("--target-dir").arg(target_dir);
-            }
-        }
-        match cmd.status() {
-            Ok(status) => assert!(status.success(), "cargo build --example tunnel: {status}"),
-            // No cargo (the test binary run by hand, elsewhere): an existing binary will do.
-            Err(e) if bin.exists() => {
-                eprintln!("cannot run cargo ({e}); using {}", bin.display())
-            }
-            Err(e) => panic!("cannot run cargo to build the tunnel example: {e}"),
-        }
-        assert!(
-            bin.exists(),
-            "no tunnel example binary at {}",
-            bin.display()
-        );
-        bin
-    })
+/// The example's binary, next to this test's (built once per test process).
+fn tunnel_binary() -> PathBuf {
+    example_binary("duo-net", "tunnel")
 }
 
 /// A running `tunnel 127.0.0.1:0 BACKEND`; killed and reaped on drop. Its stderr (the log)
 /// is kept, and printed if the test fails.
 struct Tunnel {
-    child: Child,
+    server: ChildServer,
     addr: SocketAddr,
-    log: Arc<Mutex<String>>,
 }
 
 impl Tunnel {
     fn start(backend: SocketAddr) -> Tunnel {
-        let mut child = Command::new(tunnel_binary())
-            .args(["127.0.0.1:0", &backend.to_string()])
-            .env(
-                "RUST_LOG",
-                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn the tunnel example");
-        let stdout = child.stdout.take().expect("piped stdout");
-        let mut stderr = child.stderr.take().expect("piped stderr");
-        let log = Arc::new(Mutex::new(String::new()));
-        let keep = log.clone();
-        thread::spawn(move || {
-            let mut buf = [0u8; 4096];
-            while let Ok(n) = stderr.read(&mut buf) {
-                if n == 0 {
-                    break;
-                }
-                keep.lock()
-                    .unwrap()
-                    .push_str(&String::from_utf8_lossy(&buf[..n]));
-            }
-        });
-        let (tx, lines) = mpsc::channel();
-        thread::spawn(move || {
-            for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { break };
-                if tx.send(line).is_err() {
-                    break;
-                }
-            }
-        });
-        // The guard exists from here: a failure below still kills the child.
-        let mut tunnel = Tunnel {
-            child,
-            addr: "127.0.0.1:0".parse().unwrap(),
-            log,
-        };
-        let line = lines
-            .recv_timeout(LIMIT)
-            .unwrap_or_else(|e| panic!("no line from the tunnel within {LIMIT:?}: {e}"));
-        tunnel.addr = line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.parse().ok())
-            .unwrap_or_else(|| panic!("unexpected first line from the tunnel: {line:?}"));
-        tunnel
+        let mut cmd = Command::new(tunnel_binary());
+        cmd.args(["127.0.0.1:0", &backend.to_string()]).env(
+            "RUST_LOG",
+            std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+        );
+        let server = ChildServer::builder(cmd).startup(LIMIT).start();
+        Tunnel {
+            addr: server.addr(),
+            server,
+        }
     }
 
     fn pid(&self) -> u32 {
-        self.child.id()
+        self.server.pid()
     }
 
     /// The tunnel's resident set size, from `/proc/PID/status`.
@@ -190,22 +107,12 @@ impl Tunnel {
     }
 
     fn assert_running(&mut self) {
-        let status = self.child.try_wait().expect("try_wait on the tunnel");
+        let status = self.server.try_wait();
         assert!(status.is_none(), "the tunnel exited: {status:?}");
     }
 
     fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
-    }
-}
-
-impl Drop for Tunnel {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if thread::panicking() {
-            eprintln!("tunnel log:\n{}", self.log());
-        }
+        self.server.stderr()
     }
 }
 
@@ -385,16 +292,13 @@ fn bad_arguments_give_the_usage_and_exit_code_2() {
         &["127.0.0.1:0"][..],
         &["nonsense", "127.0.0.1:1"][..],
     ] {
-        let out = Command::new(tunnel_binary())
-            .args(args)
-            .stdin(Stdio::null())
-            .output()
-            .expect("run the tunnel");
+        let out =
+            run_within(Command::new(tunnel_binary()).args(args), LIMIT).expect("run the tunnel");
         assert_eq!(out.status.code(), Some(2), "args {args:?}");
         assert!(
-            String::from_utf8_lossy(&out.stderr).contains("usage: tunnel"),
+            out.stderr.contains("usage: tunnel"),
             "args {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
+            out.stderr
         );
     }
 }

@@ -2,14 +2,15 @@
 //! when the application asks for that with `on_peer_half_close`; without it, the server
 //! closes once its output is written.
 
+mod util;
+
 use std::io::{Read, Write};
 use std::net::{Shutdown, TcpStream};
 use std::sync::mpsc;
-use std::thread;
 use std::time::Duration;
 
 use duo_net::TcpServer;
-use duo_reactor::EventLoop;
+use util::{localhost, TestServer};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
@@ -18,22 +19,11 @@ const DEADLINE: Duration = Duration::from_secs(10);
 fn serve(
     build: impl FnOnce(duo_net::ServerBuilder) -> duo_net::ServerBuilder + Send + 'static,
 ) -> (std::net::SocketAddr, impl FnOnce()) {
-    let (tx, rx) = mpsc::channel();
-    let thread = thread::spawn(move || {
-        let mut lp = EventLoop::new().unwrap();
-        let server =
-            build(TcpServer::builder("half-close", "127.0.0.1:0".parse().unwrap()).io_threads(1))
-                .start(&mut lp)
-                .unwrap();
-        tx.send(server.clone_handle()).unwrap();
-        lp.run().unwrap();
-        server.stop(&mut lp);
+    let mut server = TestServer::start(move || {
+        build(TcpServer::builder("half-close", localhost()).io_threads(1))
     });
-    let handle = rx.recv_timeout(DEADLINE).unwrap();
-    let addr = handle.local_addr();
-    (addr, move || {
-        handle.shutdown(Duration::from_millis(200), |lp| lp.quit());
-        thread.join().unwrap();
+    (server.addr(), move || {
+        server.shutdown_and_join(Duration::from_millis(200));
     })
 }
 

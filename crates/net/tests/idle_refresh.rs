@@ -1,23 +1,22 @@
 //! `idle_refresh_on_read(false)`: only the application's `refresh_idle` counts as activity,
 //! so a peer that trickles bytes but never completes a message (slowloris) is evicted.
 
+mod util;
+
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::TcpServer;
-use duo_reactor::EventLoop;
+use util::{localhost, TestServer};
 
 const DEADLINE: Duration = Duration::from_secs(10);
 
 #[test]
 fn a_trickling_peer_is_evicted_and_a_chatty_one_is_not() {
-    let (tx, rx) = mpsc::channel();
-    let server = thread::spawn(move || {
-        let mut lp = EventLoop::new().unwrap();
-        let server = TcpServer::builder("slowloris", "127.0.0.1:0".parse().unwrap())
+    let server = TestServer::start(|| {
+        TcpServer::builder("slowloris", localhost())
             .io_threads(1)
             .idle_timeout(Duration::from_millis(300))
             .idle_refresh_on_read(false)
@@ -29,14 +28,9 @@ fn a_trickling_peer_is_evicted_and_a_chatty_one_is_not() {
                     ctx.refresh_idle();
                 }
             })
-            .start(&mut lp)
-            .unwrap();
-        tx.send(server.clone_handle()).unwrap();
-        lp.run().unwrap();
-        server.stop(&mut lp);
     });
-    let handle = rx.recv_timeout(DEADLINE).unwrap();
-    let addr = handle.local_addr();
+    let handle = server.handle();
+    let addr = server.addr();
 
     let mut trickler = TcpStream::connect(addr).unwrap();
     let mut chatty = TcpStream::connect(addr).unwrap();
@@ -76,9 +70,9 @@ fn a_trickling_peer_is_evicted_and_a_chatty_one_is_not() {
         1,
         "the chatty peer must still be open"
     );
-    handle.shutdown(Duration::from_millis(200), |lp| lp.quit());
     drop(chatty);
-    server.join().unwrap();
+    let mut server = server;
+    server.shutdown_and_join(Duration::from_millis(200));
 }
 
 /// A peer that sends nothing but is still reading a large reply (a slow download) is not
@@ -87,10 +81,8 @@ fn a_trickling_peer_is_evicted_and_a_chatty_one_is_not() {
 #[test]
 fn a_slow_download_is_not_cut_by_the_idle_timeout() {
     const SIZE: usize = 16 << 20;
-    let (tx, rx) = mpsc::channel();
-    let server = thread::spawn(move || {
-        let mut lp = EventLoop::new().unwrap();
-        let server = TcpServer::builder("download", "127.0.0.1:0".parse().unwrap())
+    let server = TestServer::start(|| {
+        TcpServer::builder("download", localhost())
             .io_threads(1)
             .idle_timeout(Duration::from_millis(300))
             .on_message(|ctx, input| {
@@ -101,13 +93,8 @@ fn a_slow_download_is_not_cut_by_the_idle_timeout() {
                     ctx.close_after_flush();
                 }
             })
-            .start(&mut lp)
-            .unwrap();
-        tx.send(server.clone_handle()).unwrap();
-        lp.run().unwrap();
-        server.stop(&mut lp);
     });
-    let handle = rx.recv_timeout(DEADLINE).unwrap();
+    let handle = server.handle();
     let mut client = TcpStream::connect(handle.local_addr()).unwrap();
     client.set_read_timeout(Some(DEADLINE)).unwrap();
     client.write_all(b"GET\n").unwrap();
@@ -125,6 +112,6 @@ fn a_slow_download_is_not_cut_by_the_idle_timeout() {
     }
     assert_eq!(got.len(), SIZE, "the download was cut short");
     assert!(got.iter().enumerate().all(|(i, &b)| b == (i % 253) as u8));
-    handle.shutdown(Duration::from_millis(100), |lp| lp.quit());
-    server.join().unwrap();
+    let mut server = server;
+    server.shutdown_and_join(Duration::from_millis(100));
 }

@@ -13,7 +13,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duo_net::{CloseReason, TcpConnection, TcpServer};
-use util::{connect, init_log, localhost, wait_until, TestServer, LIMIT};
+use duo_testkit::{wait_until, LIMIT};
+use util::{connect, init_log, localhost, TestServer};
 
 const SIZE: usize = 100_000;
 

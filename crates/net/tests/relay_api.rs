@@ -25,10 +25,8 @@ use duo_net::{
 use duo_reactor::EventLoopThread;
 use socket2::{Domain, Socket, Type};
 
-use util::{
-    connect, init_log, join_within, localhost, random_bytes, read_until_closed, wait_until, End,
-    Rng, TestServer, LIMIT,
-};
+use duo_testkit::{join_within, random_bytes, wait_until, Rng, LIMIT};
+use util::{connect, init_log, localhost, read_until_closed, End, TestServer};
 
 // ---------------------------------------------------------------------------------------
 // Helpers

@@ -17,9 +17,10 @@ use std::time::{Duration, Instant};
 
 use duo_net::{ConnectionClosed, TcpConnection, ThreadPool};
 
+use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
 use util::{
-    connect, echo_builder, echo_clients, echo_once, finish, init_log, join_within, localhost,
-    random_bytes, read_until_closed, wait_until, EchoLoad, TestServer, LIMIT,
+    connect, echo_builder, echo_clients, echo_once, finish, init_log, localhost, read_until_closed,
+    EchoLoad, TestServer,
 };
 
 /// Sends RST instead of FIN: `SO_LINGER` with a zero timeout, then close.

@@ -5,19 +5,12 @@ mod util;
 
 use std::cell::RefCell;
 use std::io::{IoSliceMut, Write};
-use std::os::unix::net::UnixStream;
 use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
 use duo_reactor::{Channel, EventLoop, FnHandler, Handler, Interest, Token};
-
-fn pair() -> (UnixStream, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
-    (a, b)
-}
+use duo_testkit::nonblocking_pair;
 
 fn read_all(ch: &Channel) -> Vec<u8> {
     let mut out = Vec::new();
@@ -40,8 +33,8 @@ fn guard(lp: &mut EventLoop, ms: u64) {
 fn channel_removed_by_another_handler_gets_no_further_events() {
     let mut lp = EventLoop::new().unwrap();
     let log = Rc::new(RefCell::new(Vec::<&str>::new()));
-    let (a1, b1) = pair();
-    let (a2, b2) = pair();
+    let (a1, b1) = nonblocking_pair();
+    let (a2, b2) = nonblocking_pair();
     // Both become readable before the loop polls, so both events arrive in one batch.
     (&a1).write_all(b"x").unwrap();
     (&a2).write_all(b"y").unwrap();
@@ -73,7 +66,7 @@ fn channel_removed_by_another_handler_gets_no_further_events() {
 #[test]
 fn self_removal_in_read_skips_write_and_closes_the_fd() {
     let mut lp = EventLoop::new().unwrap();
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     (&a).write_all(b"bye").unwrap();
     let log = Rc::new(RefCell::new(Vec::new()));
     let (lr, lw) = (log.clone(), log.clone());
@@ -100,7 +93,7 @@ fn dispatch_order_is_error_close_read_write() {
     // A hung-up socketpair end with unread data: readable + hup; with write interest the
     // event also carries writable... order must be read before write.
     let mut lp = EventLoop::new().unwrap();
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     (&a).write_all(b"data").unwrap();
     let log = Rc::new(RefCell::new(Vec::new()));
     let h = order_logger(&log);
@@ -183,7 +176,7 @@ fn hangup_without_data_is_close_and_errors_come_first() {
 #[test]
 fn interest_changes_apply_when_the_handler_returns() {
     let mut lp = EventLoop::new().unwrap();
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     let writes = Rc::new(RefCell::new(0));
     let w = writes.clone();
     let h = FnHandler::new()
@@ -210,7 +203,7 @@ fn interest_changes_apply_when_the_handler_returns() {
 #[test]
 fn edge_triggered_channel_is_told_once_per_edge() {
     let mut lp = EventLoop::new().unwrap();
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     let reads = Rc::new(RefCell::new(0));
     let r = reads.clone();
     // Never reads the data: with edge triggering it must hear about it once.
@@ -240,7 +233,7 @@ impl Handler for Counter {
 #[test]
 fn typed_handler_access_and_cross_thread_reach() {
     let mut lp = EventLoop::new().unwrap();
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     let t = lp
         .add_channel(b, Interest::READABLE, Counter { reads: 0 })
         .unwrap();
@@ -274,12 +267,12 @@ fn typed_handler_access_and_cross_thread_reach() {
 #[test]
 fn stale_token_never_reaches_a_reused_slot() {
     let mut lp = EventLoop::new().unwrap();
-    let (_a, b) = pair();
+    let (_a, b) = nonblocking_pair();
     let old = lp
         .add_channel(b, Interest::READABLE, FnHandler::new())
         .unwrap();
     assert!(lp.remove_channel(old));
-    let (_c, d) = pair();
+    let (_c, d) = nonblocking_pair();
     let new = lp
         .add_channel(d, Interest::READABLE, FnHandler::new())
         .unwrap();
@@ -306,7 +299,7 @@ fn a_failed_registration_hands_the_fd_back() {
 fn ready_reports_the_peer_half_close_that_came_with_the_data() {
     let mut lp = EventLoop::new().unwrap();
     guard(&mut lp, 5_000);
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     (&a).write_all(b"last words").unwrap();
     a.shutdown(std::net::Shutdown::Write).unwrap();
     let seen = Rc::new(RefCell::new(None));
@@ -326,7 +319,7 @@ fn ready_reports_the_peer_half_close_that_came_with_the_data() {
     // FIN again, which is why the readiness is exposed.
     assert_eq!(*seen.borrow(), Some((true, true)));
     let t = lp
-        .add_channel(pair().0, Interest::READABLE, FnHandler::new())
+        .add_channel(nonblocking_pair().0, Interest::READABLE, FnHandler::new())
         .unwrap();
     lp.with_channel(t, |_, ch, _| assert_eq!(ch.ready().bits(), 0));
 }

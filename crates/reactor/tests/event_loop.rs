@@ -8,7 +8,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, LoopClosed, LoopError};
-use util::{join_within, spawn_loop, LIMIT};
+use duo_testkit::{join_within, LIMIT};
+use util::spawn_loop;
 
 #[test]
 fn second_loop_on_one_thread_is_refused() {
@@ -70,7 +71,7 @@ fn queue_from_8_threads_all_run_fifo_per_producer_on_the_loop_thread() {
     for p in producers {
         p.join().unwrap();
     }
-    let next = join_within(watcher);
+    let next = join_within("the watcher", watcher);
     assert!(next.iter().all(|&n| n == PER));
     assert_eq!(lp.metrics().tasks_run, (PRODUCERS * PER) as u64);
     done.fetch_add(1, Ordering::Relaxed);
@@ -83,7 +84,7 @@ fn quit_from_another_thread_ends_run_promptly() {
     thread::sleep(Duration::from_millis(20));
     let start = Instant::now();
     handle.quit();
-    join_within(t);
+    join_within("the loop thread", t);
     assert!(
         start.elapsed() < Duration::from_secs(1),
         "took {:?}",
@@ -189,7 +190,7 @@ fn handle_thread_checks() {
         .unwrap();
     assert!(rx.recv_timeout(LIMIT).unwrap());
     handle.quit();
-    join_within(t);
+    join_within("the loop thread", t);
 }
 
 #[test]

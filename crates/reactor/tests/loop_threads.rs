@@ -1,14 +1,12 @@
 //! `EventLoopThread` and `EventLoopThreadPool`.
 
-mod util;
-
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
 use duo_reactor::{EventLoop, EventLoopThread, EventLoopThreadPool, LoopHandle};
-use util::LIMIT;
+use duo_testkit::LIMIT;
 
 /// The thread a loop runs on, asked through its handle.
 fn thread_of(h: &LoopHandle) -> thread::ThreadId {

@@ -9,29 +9,19 @@ use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, TimerId};
-use util::{join_within, spawn_loop, LIMIT};
-
-/// A small deterministic generator (xorshift), so the test needs no extra crate.
-fn rng(seed: u64) -> impl FnMut() -> u64 {
-    let mut x = seed;
-    move || {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        x
-    }
-}
+use duo_testkit::{join_within, Rng, LIMIT};
+use util::spawn_loop;
 
 #[test]
 fn ten_thousand_random_deadlines_fire_in_order_and_never_early() {
     const N: usize = 10_000;
     let mut lp = EventLoop::new().unwrap();
     let fired: Rc<RefCell<Vec<(Instant, usize, Instant)>>> = Rc::default();
-    let mut next = rng(0x9e37_79b9_7f4a_7c15);
+    let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let base = Instant::now();
     for i in 0..N {
         // Deadlines over 0..200 ms, many sharing the same millisecond.
-        let deadline = base + Duration::from_millis(next() % 200);
+        let deadline = base + Duration::from_millis(rng.below(200));
         let fired = fired.clone();
         lp.run_at(deadline, move |_| {
             fired.borrow_mut().push((deadline, i, Instant::now()))
@@ -141,7 +131,7 @@ fn run_every_from_another_thread_then_cancel_through_the_handle() {
         Err(mpsc::RecvTimeoutError::Disconnected)
     ));
     handle.quit();
-    join_within(t);
+    join_within("the loop thread", t);
 }
 
 #[test]
@@ -164,7 +154,7 @@ fn equal_deadlines_from_other_threads_run_in_scheduling_order() {
     rx.recv_timeout(LIMIT).unwrap();
     assert_eq!(*order.lock(), (0..100).collect::<Vec<_>>());
     handle.quit();
-    join_within(t);
+    join_within("the loop thread", t);
 }
 
 #[test]

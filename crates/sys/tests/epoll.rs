@@ -3,21 +3,14 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_sys::{Epoll, EventFd, Events, Interest};
+use duo_testkit::nonblocking_pair;
 
 const WAIT: Option<Duration> = Some(Duration::from_secs(5));
 const NO_WAIT: Option<Duration> = Some(Duration::ZERO);
-
-fn pair() -> (UnixStream, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
-    (a, b)
-}
 
 #[test]
 fn eventfd_from_another_thread_wakes_a_blocked_wait() {
@@ -46,7 +39,7 @@ fn eventfd_from_another_thread_wakes_a_blocked_wait() {
 #[test]
 fn edge_triggered_reports_once_per_edge() {
     let epoll = Epoll::new().unwrap();
-    let (mut a, mut b) = pair();
+    let (mut a, mut b) = nonblocking_pair();
     epoll
         .add(b.as_fd(), Interest::READABLE | Interest::EDGE, 1)
         .unwrap();
@@ -71,7 +64,7 @@ fn edge_triggered_reports_once_per_edge() {
 #[test]
 fn level_triggered_reports_until_drained() {
     let epoll = Epoll::new().unwrap();
-    let (mut a, mut b) = pair();
+    let (mut a, mut b) = nonblocking_pair();
     epoll.add(b.as_fd(), Interest::READABLE, 1).unwrap();
     let mut events = Events::with_capacity(8);
     a.write_all(b"x").unwrap();
@@ -100,7 +93,7 @@ fn modify_changes_the_token() {
 #[test]
 fn writable_and_hangup_are_reported() {
     let epoll = Epoll::new().unwrap();
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     epoll
         .add(b.as_fd(), Interest::READABLE | Interest::WRITABLE, 9)
         .unwrap();

@@ -3,24 +3,17 @@
 use std::io::{ErrorKind, IoSlice, IoSliceMut, Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::os::fd::AsFd;
-use std::os::unix::net::UnixStream;
 use std::time::{Duration, Instant};
 
 use duo_sys::{
     accept4, bytes_available, readv, recv_vectored, send_vectored, shutdown_write,
     take_socket_error, writev,
 };
-
-fn pair() -> (UnixStream, UnixStream) {
-    let (a, b) = UnixStream::pair().unwrap();
-    a.set_nonblocking(true).unwrap();
-    b.set_nonblocking(true).unwrap();
-    (a, b)
-}
+use duo_testkit::nonblocking_pair;
 
 #[test]
 fn readv_writev_round_trip() {
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     let parts: [&[u8]; 3] = [b"hello, ", b"vectored ", b"world"];
     let slices: Vec<IoSlice<'_>> = parts.iter().map(|p| IoSlice::new(p)).collect();
     assert_eq!(writev(a.as_fd(), &slices).unwrap(), 21);
@@ -50,7 +43,7 @@ fn readv_writev_round_trip() {
 
 #[test]
 fn writev_is_partial_when_the_peer_is_full() {
-    let (a, _b) = pair();
+    let (a, _b) = nonblocking_pair();
     let chunk = vec![7u8; 64 * 1024];
     let slices = [IoSlice::new(&chunk), IoSlice::new(&chunk)];
     let mut total = 0;
@@ -72,7 +65,7 @@ fn writev_is_partial_when_the_peer_is_full() {
 
 #[test]
 fn eof_reads_zero() {
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     drop(a);
     let mut buf = [0u8; 8];
     assert_eq!(
@@ -83,7 +76,7 @@ fn eof_reads_zero() {
 
 #[test]
 fn send_to_a_closed_peer_is_epipe_not_sigpipe() {
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     drop(b);
     // Without MSG_NOSIGNAL this would kill the test process.
     let err = send_vectored(a.as_fd(), &[IoSlice::new(b"x")]).unwrap_err();
@@ -104,7 +97,7 @@ fn send_to_a_closed_peer_is_epipe_not_sigpipe() {
 
 #[test]
 fn recv_and_send_move_bytes_and_report_eof_and_would_block() {
-    let (a, b) = pair();
+    let (a, b) = nonblocking_pair();
     let mut buf = [0u8; 16];
     assert_eq!(
         recv_vectored(b.as_fd(), &mut [IoSliceMut::new(&mut buf)])

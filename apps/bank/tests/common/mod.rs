@@ -7,10 +7,11 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc;
 use std::time::{Duration, Instant};
+
+use duo_testkit::ChildServer;
 
 /// The `bank` binary under test.
 pub(crate) const BANK: &str = env!("CARGO_BIN_EXE_bank");
@@ -50,64 +51,42 @@ impl Drop for TempDir {
     }
 }
 
-/// A running `bank serve`, killed (SIGKILL) and reaped on drop.
+/// A running `bank serve`, killed (SIGKILL by PID) and reaped on drop.
 pub(crate) struct Server {
-    child: Option<Child>,
+    child: ChildServer,
     pub(crate) addr: SocketAddr,
 }
 
 impl Server {
     /// Starts `bank serve --listen 127.0.0.1:0 --db <db> --hash-cost low <extra>` and waits
-    /// (at most 20 s) for its `listening on` line.
+    /// (at most 20 s) for its `listening on` line. Its log goes to the test's stderr.
     pub(crate) fn start(db: &Path, extra: &[&str]) -> Server {
-        let mut child = Command::new(BANK)
-            .args(["serve", "--listen", "127.0.0.1:0", "--db"])
+        let mut cmd = Command::new(BANK);
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
             .args(["--hash-cost", "low"])
             .args(extra)
             .env(
                 "RUST_LOG",
                 std::env::var("BANK_TEST_LOG").unwrap_or("warn".into()),
-            )
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
+            );
+        let child = ChildServer::builder(cmd)
+            .startup(Duration::from_secs(20))
             .stderr(Stdio::inherit())
-            .spawn()
-            .expect("spawn bank serve");
-        let stdout = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            let mut lines = BufReader::new(stdout).lines();
-            if let Some(Ok(line)) = lines.next() {
-                let _ = tx.send(line);
-            }
-            // Keep draining so the server never blocks on a full pipe.
-            for _ in lines {}
-        });
-        let mut server = Server {
-            child: Some(child),
-            addr: "0.0.0.0:0".parse().unwrap(),
-        };
-        let line = rx
-            .recv_timeout(Duration::from_secs(20))
-            .expect("no `listening on` line within 20 s");
-        let addr = line
-            .strip_prefix("listening on ")
-            .unwrap_or_else(|| panic!("unexpected first line {line:?}"));
-        server.addr = addr.parse().expect("address in the listening line");
-        server
+            .start();
+        Server {
+            addr: child.addr(),
+            child,
+        }
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.child.pid()
     }
 
     /// SIGKILL, and reap.
     pub(crate) fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.child.kill();
     }
 
     /// Sends `signal` (a name for `kill -s`) and waits at most `limit` for the exit.
@@ -117,30 +96,7 @@ impl Server {
         signal: &str,
         limit: Duration,
     ) -> (ExitStatus, Duration) {
-        let mut child = self.child.take().expect("running");
-        let start = Instant::now();
-        let status = Command::new("kill")
-            .args(["-s", signal, &child.id().to_string()])
-            .status()
-            .expect("run kill");
-        assert!(status.success(), "kill -s {signal} failed");
-        loop {
-            if let Some(status) = child.try_wait().expect("try_wait") {
-                return (status, start.elapsed());
-            }
-            if start.elapsed() > limit {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("server did not exit within {limit:?} of {signal}");
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.kill9();
+        self.child.terminate(signal, limit)
     }
 }
 
@@ -256,27 +212,6 @@ impl Client {
 
     pub(crate) fn stream(&self) -> &TcpStream {
         &self.stream
-    }
-}
-
-/// A small deterministic random generator (xorshift64*).
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub(crate) fn next(&mut self) -> u64 {
-        self.0 ^= self.0 >> 12;
-        self.0 ^= self.0 << 25;
-        self.0 ^= self.0 >> 27;
-        self.0.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `0..n`.
-    pub(crate) fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
     }
 }
 

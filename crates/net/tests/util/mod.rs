@@ -10,9 +10,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use duo_net::{EventLoop, ServerBuilder, ServerHandle, ServerStats, TcpServer};
-
-/// The longest any single wait in these tests may take before the test fails.
-pub(crate) const LIMIT: Duration = Duration::from_secs(10);
+use duo_testkit::{join_before, random_bytes, Rng, LIMIT};
 
 /// The grace period the harness gives a server's graceful shutdown.
 pub(crate) const GRACE: Duration = Duration::from_secs(1);
@@ -124,17 +122,7 @@ impl TestServer {
     /// end within `limit` or panicked.
     pub(crate) fn join_within(&mut self, limit: Duration) {
         let Some(t) = self.thread.take() else { return };
-        let deadline = Instant::now() + limit;
-        while !t.is_finished() {
-            assert!(
-                Instant::now() < deadline,
-                "the server's main loop did not return within {limit:?}"
-            );
-            thread::sleep(Duration::from_millis(1));
-        }
-        if let Err(p) = t.join() {
-            std::panic::resume_unwind(p);
-        }
+        join_before(Instant::now() + limit, "the server's main loop", t);
     }
 }
 
@@ -153,40 +141,6 @@ impl Drop for TestServer {
                 panic!("the server's main loop thread panicked");
             }
         }
-    }
-}
-
-/// Waits until `cond` holds, polling it, or panics after [`LIMIT`].
-pub(crate) fn wait_until(what: &str, cond: impl FnMut() -> bool) {
-    wait_until_within(LIMIT, what, cond);
-}
-
-/// Waits until `cond` holds, polling it, or panics after `limit`.
-pub(crate) fn wait_until_within(limit: Duration, what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + limit;
-    while !cond() {
-        assert!(
-            Instant::now() < deadline,
-            "timed out after {limit:?} waiting for {what}"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
-}
-
-/// Joins a thread, failing the test if it does not finish within [`LIMIT`]; a panic of the
-/// thread is re-raised.
-pub(crate) fn join_within<T>(what: &str, t: JoinHandle<T>) -> T {
-    let deadline = Instant::now() + LIMIT;
-    while !t.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "{what}: thread did not finish within {LIMIT:?}"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
-    match t.join() {
-        Ok(v) => v,
-        Err(p) => std::panic::resume_unwind(p),
     }
 }
 
@@ -246,48 +200,6 @@ pub(crate) fn finish(mut s: TcpStream) -> Vec<u8> {
     let (got, end) = read_until_closed(&mut s);
     assert_eq!(end, End::Eof, "the server resets instead of closing");
     got
-}
-
-/// A small, fast, reproducible generator (xorshift64*); good enough for test data.
-#[derive(Debug, Clone)]
-pub(crate) struct Rng(u64);
-
-impl Rng {
-    pub(crate) fn new(seed: u64) -> Rng {
-        // Any non-zero state works; mix the seed so that 0, 1, 2.. give unrelated streams.
-        Rng(seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1)
-    }
-
-    pub(crate) fn next_u64(&mut self) -> u64 {
-        let mut x = self.0;
-        x ^= x >> 12;
-        x ^= x << 25;
-        x ^= x >> 27;
-        self.0 = x;
-        x.wrapping_mul(0x2545_F491_4F6C_DD1D)
-    }
-
-    /// A number in `lo..=hi`.
-    pub(crate) fn range(&mut self, lo: usize, hi: usize) -> usize {
-        lo + (self.next_u64() % (hi - lo + 1) as u64) as usize
-    }
-
-    pub(crate) fn fill(&mut self, buf: &mut [u8]) {
-        let mut chunks = buf.chunks_exact_mut(8);
-        for c in &mut chunks {
-            c.copy_from_slice(&self.next_u64().to_le_bytes());
-        }
-        let rest = chunks.into_remainder();
-        let last = self.next_u64().to_le_bytes();
-        rest.copy_from_slice(&last[..rest.len()]);
-    }
-}
-
-/// `len` pseudo-random bytes from `seed`.
-pub(crate) fn random_bytes(seed: u64, len: usize) -> Vec<u8> {
-    let mut v = vec![0u8; len];
-    Rng::new(seed).fill(&mut v);
-    v
 }
 
 /// One client of [`echo_clients`]: what it sends, how far it got.
@@ -403,23 +315,10 @@ pub(crate) fn echo_clients(
         g.send(()).expect("driver waiting for the start");
     }
     for t in threads {
-        join_within_deadline(t, deadline + Duration::from_secs(1));
+        join_before(deadline + Duration::from_secs(1), "echo driver", t);
     }
     EchoRun {
         transfer: started.elapsed(),
-    }
-}
-
-fn join_within_deadline(t: JoinHandle<()>, deadline: Instant) {
-    while !t.is_finished() {
-        assert!(
-            Instant::now() < deadline,
-            "echo driver did not finish in time"
-        );
-        thread::sleep(Duration::from_millis(1));
-    }
-    if let Err(p) = t.join() {
-        std::panic::resume_unwind(p);
     }
 }
 

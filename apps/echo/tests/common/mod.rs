@@ -1,0 +1,56 @@
+//! The `echo` binary as a child process, shared by the end-to-end tests.
+#![allow(dead_code)]
+
+use std::net::TcpStream;
+use std::ops::{Deref, DerefMut};
+use std::process::Command;
+use std::time::Duration;
+
+use duo_testkit::ChildServer;
+
+/// Any single socket operation.
+pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A running `echo` server; killed (SIGKILL by PID) and reaped on drop. Derefs to the
+/// [`ChildServer`] (address, log, signals, exit).
+pub(crate) struct Server(ChildServer);
+
+impl Server {
+    /// Starts `echo [serve] --listen 127.0.0.1:0 ARGS..` (`serve` is kept first if given)
+    /// and waits for its `listening on` line.
+    pub(crate) fn start(args: &[&str]) -> Server {
+        let (sub, args) = match args.split_first() {
+            Some((&"serve", rest)) => (&["serve"][..], rest),
+            _ => (&[][..], args),
+        };
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo"));
+        cmd.args(sub)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "info");
+        let server = ChildServer::start(cmd);
+        assert_ne!(server.addr().port(), 0, "the real port is printed");
+        Server(server)
+    }
+
+    /// A blocking client connection whose every operation has a deadline.
+    pub(crate) fn connect(&self) -> TcpStream {
+        let s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(5)).expect("connect");
+        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
+        s
+    }
+}
+
+impl Deref for Server {
+    type Target = ChildServer;
+    fn deref(&self) -> &ChildServer {
+        &self.0
+    }
+}
+
+impl DerefMut for Server {
+    fn deref_mut(&mut self) -> &mut ChildServer {
+        &mut self.0
+    }
+}

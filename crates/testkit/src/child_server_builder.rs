@@ -1,0 +1,62 @@
+//! How a [`ChildServer`] is started.
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use crate::ChildServer;
+
+/// The default time a server may take to print its `listening on` line: generous, since a
+/// loaded machine may be slow to start a fresh binary.
+pub(crate) const STARTUP: Duration = Duration::from_secs(20);
+
+/// Options for starting a [`ChildServer`]; made by [`ChildServer::builder`].
+#[derive(Debug)]
+pub struct ChildServerBuilder {
+    pub(crate) command: Command,
+    pub(crate) startup: Duration,
+    pub(crate) stderr: Option<Stdio>,
+    pub(crate) stdin: Option<Stdio>,
+}
+
+impl ChildServerBuilder {
+    pub(crate) fn new(command: Command) -> ChildServerBuilder {
+        ChildServerBuilder {
+            command,
+            startup: STARTUP,
+            stderr: None,
+            stdin: None,
+        }
+    }
+
+    /// How long the server may take to print its `listening on` line (default 20 s).
+    pub fn startup(mut self, limit: Duration) -> ChildServerBuilder {
+        self.startup = limit;
+        self
+    }
+
+    /// Sends the server's stderr to `to` (a log file, the test's own stderr) instead of
+    /// collecting it; [`ChildServer::stderr`] is then empty.
+    pub fn stderr(mut self, to: impl Into<Stdio>) -> ChildServerBuilder {
+        self.stderr = Some(to.into());
+        self
+    }
+
+    /// Gives the server `from` as its stdin (`Stdio::piped()` for a control channel the test
+    /// writes to, [`ChildServer::stdin`]) instead of an empty one.
+    pub fn stdin(mut self, from: impl Into<Stdio>) -> ChildServerBuilder {
+        self.stdin = Some(from.into());
+        self
+    }
+
+    /// Starts the server and waits for its `listening on ADDR` line; panics (with what the
+    /// server wrote to stderr) if it does not come in time.
+    pub fn start(self) -> ChildServer {
+        self.try_start().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// As [`start`](ChildServerBuilder::start), but an error (naming the program, with
+    /// its collected stderr) instead of a panic: for harnesses that report and go on.
+    pub fn try_start(self) -> Result<ChildServer, String> {
+        ChildServer::launch(self)
+    }
+}

@@ -1,0 +1,98 @@
+//! Child processes without a server: run to completion, wait with a deadline, signal.
+
+use std::io::{self, Read};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::thread::{self, JoinHandle};
+use std::time::{Duration, Instant};
+
+/// How often a wait for a child's exit looks again (`Child` has no timed wait).
+const POLL: Duration = Duration::from_millis(10);
+
+/// Waits for `child` to exit until `limit` passes; `None` if it is still running then.
+pub fn wait_child_within(child: &mut Child, limit: Duration) -> Option<ExitStatus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(status) = child.try_wait().expect("try_wait on a child") {
+            return Some(status);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        thread::sleep(POLL);
+    }
+}
+
+/// Sends `signal` (a name for `kill -s`: `TERM`, `INT`, `HUP`, `KILL`) to process `pid`
+/// through `kill(1)`, so tests call no libc. Returns how `kill` exited; an error if it
+/// cannot be run here.
+pub fn send_signal(pid: u32, signal: &str) -> io::Result<ExitStatus> {
+    Command::new("kill")
+        .args(["-s", signal, &pid.to_string()])
+        .stdin(Stdio::null())
+        .status()
+}
+
+/// How a command run by [`run_within`] ended, and everything it wrote.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    /// Its exit status.
+    pub status: ExitStatus,
+    /// All of its standard output.
+    pub stdout: String,
+    /// All of its standard error.
+    pub stderr: String,
+}
+
+/// Runs `cmd` to completion (stdin empty, stdout and stderr collected), killing it by PID
+/// if it is still running after `limit`; that is an error naming the program, with what it
+/// wrote until then.
+pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<Finished, String> {
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    finish_within(child, limit).map_err(|e| format!("{:?} {e}", cmd.get_program()))
+}
+
+/// Waits for a spawned `child` to exit, collecting its stdout and stderr (those that are
+/// piped; the others come back empty). If it is still running after `limit` it is killed
+/// by PID and reaped, and that is an error with what it wrote until then.
+pub fn finish_within(mut child: Child, limit: Duration) -> Result<Finished, String> {
+    // Both pipes are read to their end on threads, joined once the process has exited (the
+    // pipes close with it), so nothing written just before the exit is missed and the child
+    // never blocks on a full pipe.
+    let stdout = child.stdout.take().map(read_to_end);
+    let stderr = child.stderr.take().map(read_to_end);
+    let status = wait_child_within(&mut child, limit);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = wait_child_within(&mut child, limit);
+    }
+    let stdout = stdout
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    let stderr = stderr
+        .map(|t| t.join().unwrap_or_default())
+        .unwrap_or_default();
+    match status {
+        Some(status) => Ok(Finished {
+            status,
+            stdout,
+            stderr,
+        }),
+        None => Err(format!(
+            "still running after {limit:?}; killed\nstdout: {stdout:?}\nstderr: {stderr:?}"
+        )),
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_to_end(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
+    thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = pipe.read_to_end(&mut bytes);
+        String::from_utf8_lossy(&bytes).into_owned()
+    })
+}
