@@ -7,7 +7,12 @@
 //!   a repeating timer, muduo's idle-connection eviction). Every read refreshes the
 //!   connection's token in O(1); a connection that sees no traffic for the timeout falls
 //!   off the wheel and is closed. Tokens carry a generation, so the token of a connection
-//!   that closed and whose slot was reused cannot close the new one.
+//!   that closed and whose slot was reused cannot close the new one. The wheel ticks every
+//!   1/8 of the timeout (10 ms to 1 s), so a silent connection closes between the timeout
+//!   and the timeout plus one tick. Each read, and each write of queued output (a slow
+//!   download is not idle), refreshes the connection; with `idle_refresh_on_read(false)`
+//!   only `ConnCtx::refresh_idle` does (the bank refreshes on complete requests, so a
+//!   slow-loris peer that trickles bytes is evicted too).
 //! - **Buffer trimming**: connections take their blocks from a [`BufPool`], which keeps
 //!   freed blocks for reuse: after 10 000 clients each sent a megabyte and left, the pool
 //!   would hold that memory for good. Each loop a server runs on therefore checks the

@@ -1,5 +1,13 @@
 //! Connect attempts: a non-blocking connect (`EINPROGRESS`, then writability and
 //! `SO_ERROR`), its timeout, retries with backoff, and the client's phase.
+//!
+//! On success the descriptor is duplicated for the connection's own channel (the connect
+//! channel closes its copy when its handler returns). A connection to itself (on loopback
+//! the kernel may pick the server's port as the ephemeral port, and a connect to a port
+//! nobody listens on then "succeeds") is detected (`local == peer`) and retried without
+//! counting as a failure. Failed attempts retry after a delay doubling from 500 ms to
+//! 30 s (`retry_backoff`), up to `max_attempts` if set, each within `connect_timeout` if
+//! set; errors a retry cannot fix (permission, bad address family) end the attempts.
 
 use std::io;
 use std::net::SocketAddr;

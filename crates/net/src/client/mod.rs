@@ -182,7 +182,7 @@ impl fmt::Debug for ClientBuilder {
 /// (`ctx.event_loop().handle()` or `conn.loop_handle()`): the client's connection then
 /// lives on the same thread as the server's connection, and each side can act on the
 /// other at once with [`TcpConnection::with_ctx`]. Set
-/// [`Backpressure::Notify`] on both (a relay pauses the *source*
+/// [`Backpressure::Notify`](crate::Backpressure::Notify) on both (a relay pauses the *source*
 /// connection when the destination's output passes the high-water mark, and resumes it on
 /// write-complete), and close the inbound connection from `on_connect_failed` when the
 /// backend is unreachable. `crates/net/examples/tunnel.rs` does all of this.

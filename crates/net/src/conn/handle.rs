@@ -22,8 +22,11 @@ pub enum ConnState {
     Connecting = 0,
     /// Open in both directions.
     Connected = 1,
-    /// Closing: a shutdown was requested or the peer half-closed; the output buffer is
-    /// being drained.
+    /// Closing: the application asked for it ([`shutdown`](TcpConnection::shutdown),
+    /// [`close_after_flush`](TcpConnection::close_after_flush), a server's graceful
+    /// shutdown) or the peer half-closed and no half-close callback keeps the connection
+    /// open; no more sends are accepted, the output buffer is being drained (and, after a
+    /// shutdown, our side stays half-closed until the peer closes its side).
     Disconnecting = 2,
     /// Closed; the handle is inert.
     Disconnected = 3,

@@ -13,7 +13,25 @@
 //!   write), its queued output dropped.
 //!
 //! Every close goes through [`Machine::close`] with a [`CloseReason`]; the other
-//! transitions only decide *when*. `docs/architecture.md` draws the diagram.
+//! transitions only decide *when*. `docs/architecture.md` draws the diagram. (The one
+//! exception: [`TcpServer::stop`](crate::TcpServer::stop) drops the connections still
+//! open on its I/O loops together with those loops, without callbacks.)
+//!
+//! # Reading and writing
+//!
+//! An edge-triggered connection reads until `EAGAIN` or a short read (a short read proves
+//! the receive queue empty, unless the same event reported the peer's half-close), within
+//! a read budget per event (`read_budget`, default 256 KiB); the rest is read by a
+//! function queued on the loop, which runs after the iteration's other events, so one
+//! fast sender cannot hold its loop and a pause requested from elsewhere lands between
+//! two reads at most a budget apart. A level-triggered connection reads once per event.
+//! The input is delivered after each read; bytes read while the application paused
+//! reading from another thread are held until it resumes.
+//!
+//! A send writes straight to the socket while nothing is queued (one `sendmsg` of up to
+//! eight pieces, no copy) and buffers only the rest, then asks for writability until the
+//! buffer drains. Write-complete after a direct write is queued, not called, so a callback
+//! that sends again cannot recurse; it runs only with the output empty.
 
 use std::io::{self, IoSlice};
 use std::sync::Arc;
@@ -135,12 +153,15 @@ impl LoopConn {
                 read_queued: false,
             },
         };
-        let hook = conn.m.owner.on_close.clone();
+        let owner = conn.m.owner.clone();
         let token = match lp.add_channel(socket, interest, conn) {
             Ok(t) => t,
             Err(e) => {
-                handle.mark_closed(CloseReason::Error(e.error.kind()));
-                if let Some(hook) = hook {
+                // Never up, so no callbacks; closed and counted like any other close.
+                let reason = CloseReason::Error(e.error.kind());
+                handle.mark_closed(reason);
+                owner.counters.add_close(reason);
+                if let Some(hook) = &owner.on_close {
                     hook(&handle);
                 }
                 return Err(e.error);

@@ -620,3 +620,28 @@ fn panic_in_the_message_callback_closes_only_that_connection() {
         "only the panicking connection closed"
     );
 }
+
+#[test]
+fn a_failed_registration_is_a_close_with_its_error_and_is_counted() {
+    let mut lp = EventLoop::new().expect("event loop");
+    let log = Log::default();
+    let owner = owner(recording(&log), ConnConfig::default());
+    // epoll refuses a regular file (`EPERM`): registering it fails like a full epoll set.
+    let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+    let socket = socket2::Socket::from(OwnedFd::from(file));
+    let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
+    let handle = TcpConnection::new(9, Arc::from("test"), addr, addr, lp.handle());
+    assert!(LoopConn::establish(&mut lp, socket, handle.clone(), owner.clone()).is_err());
+    assert_eq!(handle.state(), ConnState::Disconnected);
+    assert_eq!(
+        handle.close_reason(),
+        Some(CloseReason::Error(io::ErrorKind::PermissionDenied))
+    );
+    let closes = owner.counters.snapshot().closes;
+    assert_eq!((closes.error, closes.total()), (1, 1), "{closes:?}");
+    assert_eq!(
+        log.count(|e| *e == Ev::Up),
+        0,
+        "never up, so no up/down callbacks"
+    );
+}

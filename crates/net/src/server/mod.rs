@@ -1,5 +1,31 @@
 //! [`TcpServer`]: main reactor + sub reactors, muduo's `TcpServer`.
 //!
+//! # Threads
+//!
+//! A server runs its acceptor on the application's loop (the *main loop*) and hands each
+//! accepted socket, round robin, to one of `io_threads(n)` I/O loops, which alone touches
+//! it from then on; with `io_threads(0)` the main loop serves the connections itself.
+//!
+//! # No list of connections
+//!
+//! The server keeps no set of its connections: it counts the open ones with an atomic
+//! (raised on accept, lowered by each connection's close hook on its own loop, so a close
+//! costs no message to the main loop), and whatever must reach all of them (a broadcast,
+//! a graceful shutdown) is queued to each loop, which visits its own connections
+//! ([`ServerConnections`]). An idle connection therefore costs the server nothing beyond
+//! its own state.
+//!
+//! # Graceful shutdown
+//!
+//! [`ServerHandle::shutdown`]`(grace, then)`: stop accepting (the listening channel is
+//! removed); on each loop, hand every connection to the `on_shutdown` callback, or
+//! half-close it once its output is written; after `grace`, close what is still open
+//! ([`CloseReason::Shutdown`]); when the open count reaches zero, run `then` on the main
+//! loop. Every connection accepted before the listener went is reached: its registration
+//! was queued to its loop before the shutdown's visit, and a loop runs what is queued in
+//! order. [`TcpServer::stop`] then closes the main loop's own connections and joins the
+//! I/O threads (whose remaining connections go with their loops, without callbacks).
+//!
 //! - [`builder`]: the settings, and starting a server;
 //! - [`accept`]: the listening socket and what happens to each accepted connection;
 //! - this file: the running server, its handle, and stopping it (graceful shutdown or at
