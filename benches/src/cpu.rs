@@ -1,0 +1,45 @@
+//! CPU time of a process (user plus system), read from `/proc/PID/stat`: what the load
+//! generator and `cargo xtask bench` charge a server under test for its work.
+
+use std::io;
+use std::time::Duration;
+
+/// CPU time process `pid` has used so far, user plus system (`utime + stime` of
+/// `/proc/PID/stat`, in clock ticks of [`duo_sys::clock_ticks_per_second`], usually
+/// 10 ms), summed over all its threads.
+///
+/// # Errors
+///
+/// `NotFound` if there is no such process; `InvalidData` if the file cannot be parsed.
+pub fn cpu_time(pid: u32) -> io::Result<Duration> {
+    let path = format!("/proc/{pid}/stat");
+    let stat = std::fs::read_to_string(&path)?;
+    let ticks = stat_ticks(&stat)
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("malformed {path}")))?;
+    let hz = duo_sys::clock_ticks_per_second()?;
+    Ok(Duration::from_secs_f64(ticks as f64 / hz as f64))
+}
+
+/// `utime + stime` (fields 14 and 15) of the text of a `/proc/PID/stat` file, in clock
+/// ticks; `None` if it is malformed.
+fn stat_ticks(stat: &str) -> Option<u64> {
+    // The command name (field 2) is in parentheses and may contain spaces or ')': split
+    // after the last ')'. Then the state is field 3, utime field 14 and stime field 15.
+    let (_, rest) = stat.rsplit_once(')')?;
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    Some(ticks(11)? + ticks(12)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stat_ticks_skips_a_command_name_with_spaces_and_parentheses() {
+        let stat = "42 (a (b) c) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 0 0 20 0 1 0";
+        assert_eq!(stat_ticks(stat), Some(12));
+        assert_eq!(stat_ticks("42 (x) S 1"), None);
+        assert_eq!(stat_ticks("no parenthesis"), None);
+    }
+}
