@@ -104,7 +104,11 @@ fn wakeup_rounds(handle: &LoopHandle, wait: Wait, iters: u64) -> Duration {
                 Wait::Park => thread::park_timeout(Duration::from_secs(1)),
                 Wait::Spin => std::hint::spin_loop(),
             }
-            assert!(Instant::now() < give_up, "{}", timed_out("wake-up round trip"));
+            assert!(
+                Instant::now() < give_up,
+                "{}",
+                timed_out("wake-up round trip")
+            );
         }
         total += start.elapsed();
     }

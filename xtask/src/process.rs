@@ -127,7 +127,7 @@ impl Drop for Server {
 
 /// `utime + stime` of a process, from `/proc/PID/stat`.
 pub(crate) fn cpu_time(pid: u32) -> Result<Duration, String> {
-    duo_sys::cpu_time(pid).map_err(|e| format!("CPU time of {pid}: {e}"))
+    duo_benches::cpu::cpu_time(pid).map_err(|e| format!("CPU time of {pid}: {e}"))
 }
 
 /// A numeric field of `/proc/PID/status` (`VmRSS`, `RssAnon` in KiB, `Threads`).
