@@ -13,7 +13,7 @@ use super::{
     COOL_DOWN, FD_SETTLE, IDLE_CONNS, IDLE_HOLD, IDLE_TIMEOUT, RSS_SLACK_KIB, RSS_TOLERANCE,
     WARM_UP_FRACTION,
 };
-use crate::report::machine;
+use crate::report::{machine, markdown};
 
 /// How the soak ran, for the report's first lines.
 pub(super) struct RunInfo {
@@ -122,19 +122,28 @@ pub(super) fn print_summary(
         "anomalies"
     );
     for h in hostile {
+        let [name, conns, failed, mib, closed, replies, evicted, anomalies] = hostile_cells(h);
         println!(
-            "{:<22} {:>7} {:>8} {:>10.1} {:>8} {:>8} {:>20} {:>9}",
-            h.name,
-            h.get(&h.conns),
-            h.get(&h.connect_failed),
-            h.get(&h.bytes_sent) as f64 / (1024.0 * 1024.0),
-            h.get(&h.closed_by_server),
-            h.get(&h.replies),
-            evicted_text(h),
-            h.get(&h.anomalies)
+            "{name:<22} {conns:>7} {failed:>8} {mib:>10} {closed:>8} {replies:>8} {evicted:>20} \
+             {anomalies:>9}"
         );
     }
     println!();
+}
+
+/// One hostile kind's figures: name, connections, connect failures, MiB sent, closed by
+/// the server, reply lines, evictions, anomalies.
+fn hostile_cells(h: &Hostile) -> [String; 8] {
+    [
+        h.name.to_owned(),
+        h.get(&h.conns).to_string(),
+        h.get(&h.connect_failed).to_string(),
+        format!("{:.1}", h.get(&h.bytes_sent) as f64 / (1024.0 * 1024.0)),
+        h.get(&h.closed_by_server).to_string(),
+        h.get(&h.replies).to_string(),
+        evicted_text(h),
+        h.get(&h.anomalies).to_string(),
+    ]
 }
 
 /// The slow readers' evictions (longest wait) and warm-up cycles, or `-`.
@@ -206,87 +215,10 @@ pub(super) fn report_md(
         RSS_SLACK_KIB,
         idle = IDLE_TIMEOUT.as_secs()
     );
-    let _ = writeln!(
-        md,
-        "## Checks\n\n| check | server | value | result |\n|---|---|---|---|"
-    );
-    for c in checks {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {} |",
-            c.what,
-            c.server,
-            c.value,
-            if c.ok { "ok" } else { "**FAIL**" }
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\n## Samples\n\n![VmRSS](rss.svg)\n\n![descriptors](fds.svg)\n"
-    );
-    let mut head = "| t (s) | phase |".to_owned();
-    let mut rule = "|---|---|".to_owned();
-    for s in servers {
-        let _ = write!(
-            head,
-            " {0} VmRSS KiB | {0} RssAnon KiB | {0} fds | {0} threads{1} |",
-            s.name,
-            if s.name == "echo" { " / conns" } else { "" }
-        );
-        rule.push_str("---|---|---|---|");
-    }
-    let _ = writeln!(md, "{head}\n{rule}");
-    for s in samples.iter().filter(|s| s.mark != Mark::Fine) {
-        let _ = write!(md, "| {:.1} | {} |", s.t, s.mark.label());
-        for p in &s.procs {
-            let _ = write!(md, " {} |", fmt_proc(p).join(" | "));
-        }
-        md.push('\n');
-    }
-    let _ = writeln!(
-        md,
-        "\n## loadgen lanes (all at once, one run after another)\n\n\
-         | lane | mode and options | runs | work | bank totals conserved | errors |\n\
-         |---|---|---|---|---|---|"
-    );
-    for (lane, r) in LANES.iter().zip(lanes) {
-        let _ = writeln!(
-            md,
-            "| {} | `{} {}` | {} | {} | {} | {} |",
-            lane.name,
-            lane.mode,
-            if lane.mode == "idle" {
-                format!("--conns {IDLE_CONNS} --hold {}", IDLE_HOLD.as_secs())
-            } else {
-                lane.args.join(" ")
-            },
-            r.runs,
-            r.work,
-            r.conserved_cell(lane),
-            r.errors_cell()
-        );
-    }
-    let _ = writeln!(
-        md,
-        "\n## Hostile clients\n\n\
-         | kind | conns | connect failures | MiB sent | closed by server | reply lines | \
-         slow readers evicted (longest wait) +w short warm-up cycles | anomalies |\n\
-         |---|---|---|---|---|---|---|---|"
-    );
-    for h in hostile {
-        let _ = writeln!(
-            md,
-            "| {} | {} | {} | {:.1} | {} | {} | {} | {} |",
-            h.name,
-            h.get(&h.conns),
-            h.get(&h.connect_failed),
-            h.get(&h.bytes_sent) as f64 / (1024.0 * 1024.0),
-            h.get(&h.closed_by_server),
-            h.get(&h.replies),
-            evicted_text(h),
-            h.get(&h.anomalies)
-        );
-    }
+    md.push_str(&checks_md(checks));
+    md.push_str(&samples_md(servers, samples));
+    md.push_str(&lanes_md(lanes));
+    md.push_str(&hostile_md(hostile));
     let _ = writeln!(md, "\n## Server logs\n");
     for (s, l) in servers.iter().zip(logs) {
         let _ = writeln!(
@@ -304,4 +236,94 @@ pub(super) fn report_md(
         }
     }
     md
+}
+
+fn checks_md(checks: &[Check]) -> String {
+    let rows = checks.iter().map(|c| {
+        [
+            c.what.to_owned(),
+            c.server.to_owned(),
+            c.value.clone(),
+            if c.ok { "ok" } else { "**FAIL**" }.to_owned(),
+        ]
+    });
+    format!(
+        "## Checks\n\n{}",
+        markdown::table(&["check", "server", "value", "result"], rows)
+    )
+}
+
+/// The samples at the phase boundaries and every `interval`, one row each.
+fn samples_md(servers: &[Srv], samples: &[Sample]) -> String {
+    let mut header = vec!["t (s)".to_owned(), "phase".to_owned()];
+    for s in servers {
+        let conns = if s.name == "echo" { " / conns" } else { "" };
+        header.extend([
+            format!("{} VmRSS KiB", s.name),
+            format!("{} RssAnon KiB", s.name),
+            format!("{} fds", s.name),
+            format!("{} threads{conns}", s.name),
+        ]);
+    }
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    let rows = samples.iter().filter(|s| s.mark != Mark::Fine).map(|s| {
+        let mut row = vec![format!("{:.1}", s.t), s.mark.label().to_owned()];
+        row.extend(s.procs.iter().flat_map(fmt_proc));
+        row
+    });
+    format!(
+        "\n## Samples\n\n![VmRSS](rss.svg)\n\n![descriptors](fds.svg)\n\n{}",
+        markdown::table(&header, rows)
+    )
+}
+
+fn lanes_md(lanes: &[LaneResult]) -> String {
+    let rows = LANES.iter().zip(lanes).map(|(lane, r)| {
+        let options = if lane.mode == "idle" {
+            format!("--conns {IDLE_CONNS} --hold {}", IDLE_HOLD.as_secs())
+        } else {
+            lane.args.join(" ")
+        };
+        [
+            lane.name.to_owned(),
+            format!("`{} {options}`", lane.mode),
+            r.runs.to_string(),
+            r.work.to_string(),
+            r.conserved_cell(lane),
+            r.errors_cell(),
+        ]
+    });
+    format!(
+        "\n## loadgen lanes (all at once, one run after another)\n\n{}",
+        markdown::table(
+            &[
+                "lane",
+                "mode and options",
+                "runs",
+                "work",
+                "bank totals conserved",
+                "errors",
+            ],
+            rows,
+        )
+    )
+}
+
+fn hostile_md(hostile: &[Arc<Hostile>]) -> String {
+    format!(
+        "\n## Hostile clients\n\n{}",
+        markdown::table(
+            &[
+                "kind",
+                "conns",
+                "connect failures",
+                "MiB sent",
+                "closed by server",
+                "reply lines",
+                "slow readers evicted (longest wait) +w short warm-up cycles",
+                "anomalies",
+            ],
+            hostile.iter().map(|h| hostile_cells(h)),
+        )
+    )
 }
