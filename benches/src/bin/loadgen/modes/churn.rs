@@ -41,13 +41,13 @@ pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
     let results = run_threads(
         threads,
         |t, ticket| {
-            let part = Part {
-                t,
-                threads,
-                conns,
-                sources,
-            };
-            worker(env, part, size, args.secs, ticket)
+            worker(
+                env,
+                Part::new(t, threads, conns, sources),
+                size,
+                args.secs,
+                ticket,
+            )
         },
         |gate| {
             gate.wait_arrivals(threads, Instant::now() + env.timeout);

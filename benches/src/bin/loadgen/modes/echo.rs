@@ -63,13 +63,14 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
     let results = run_threads(
         threads,
         |t, ticket| {
-            let part = Part {
-                t,
-                threads,
-                conns,
-                sources: 0,
-            };
-            worker(env, part, size, args.secs, setup_deadline, ticket)
+            worker(
+                env,
+                Part::new(t, threads, conns, 0),
+                size,
+                args.secs,
+                setup_deadline,
+                ticket,
+            )
         },
         |gate| {
             gate.wait_arrivals(threads, setup_deadline);

@@ -66,13 +66,13 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     let results = run_threads(
         threads,
         |t, ticket| {
-            let part = Part {
-                t,
-                threads,
-                conns,
-                sources,
-            };
-            worker(env, part, batch, connect_deadline, ticket)
+            worker(
+                env,
+                Part::new(t, threads, conns, sources),
+                batch,
+                connect_deadline,
+                ticket,
+            )
         },
         |gate| {
             gate.wait_arrivals(threads, connect_deadline);

@@ -117,6 +117,18 @@ pub(crate) struct Part {
     pub(crate) sources: usize,
 }
 
+impl Part {
+    /// Thread `t` of `threads`, of `conns` connections spread over `sources` addresses.
+    pub(crate) fn new(t: usize, threads: usize, conns: usize, sources: usize) -> Part {
+        Part {
+            t,
+            threads,
+            conns,
+            sources,
+        }
+    }
+}
+
 /// What one worker thread measured.
 #[derive(Debug, Default)]
 pub(crate) struct Tally {
