@@ -30,6 +30,7 @@ pub(super) enum Mark {
 }
 
 impl Mark {
+    /// The phase column of the report's table.
     pub(super) fn label(self) -> &'static str {
         match self {
             Mark::Baseline => "baseline",
@@ -41,6 +42,7 @@ impl Mark {
     }
 }
 
+/// Every server sampled at one moment.
 pub(super) struct Sample {
     /// Seconds since the load started (negative for the baseline).
     pub(super) t: f64,
