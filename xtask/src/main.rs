@@ -2,23 +2,61 @@
 //! `.cargo/config.toml`).
 //!
 //! Commands:
-//! - `bench [--quick] [--only NAME] [--secs N]`: builds release binaries, runs the
-//!   micro-benchmarks, then every load scenario against every server (see [`mod@bench`]), and
-//!   writes `target/bench/report.{md,json}` and SVG charts.
+//! - `bench [--quick] [--only NAME] [--secs N] [--reps N]`: runs the criterion
+//!   micro-benchmarks, builds release binaries, then every load scenario against every
+//!   server (see [`mod@bench`]), and writes `target/bench/report.{md,json}` and SVG charts.
+//! - `soak [--quick] [--secs N]`: the echo and bank servers under long mixed and hostile
+//!   load (see [`mod@soak`]).
 //! - `ci`: runs `.ci/run`, the same checks CI runs.
+//!
+//! Shared by bench and soak: [`mod@report`] (machine description, markdown tables, SVG
+//! charts, result files) and [`mod@process`] (the child processes).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitCode};
 
+use clap::{Parser, Subcommand};
+
 mod bench;
 mod process;
+mod report;
 mod soak;
 
+/// Project automation for duo.
+#[derive(Debug, Parser)]
+#[command(name = "cargo xtask", bin_name = "cargo xtask")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Micro-benchmarks, then every load scenario against duo's echo (0, 1, 2 I/O
+    /// threads), raw-epoll-echo and tokio-echo, and the bank; writes target/bench/report.*
+    Bench(bench::BenchArgs),
+    /// Echo and bank servers under mixed and hostile load, sampled every second; fails on
+    /// crashes, leaks, lost money.
+    Soak(soak::SoakArgs),
+    /// Run .ci/run, the checks CI runs.
+    Ci,
+}
+
 fn main() -> ExitCode {
-    match try_main() {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and version go to stdout with status 0; usage errors exit with 2.
+        Err(e) => e.exit(),
+    };
+    let result = match cli.command {
+        Cmd::Bench(args) => bench::bench(args),
+        Cmd::Soak(args) => soak::soak(args),
+        Cmd::Ci => run(Command::new("bash").arg(root().join(".ci/run"))),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Usage(msg)) => {
-            eprintln!("error: {msg}\n\n{USAGE}");
+            eprintln!("error: {msg}");
             ExitCode::from(2)
         }
         Err(Failure::Run(msg)) => {
@@ -28,37 +66,13 @@ fn main() -> ExitCode {
     }
 }
 
-const USAGE: &str = "usage: cargo xtask <command>
-
-commands:
-  bench [--quick] [--only NAME] [--secs N] [--reps N]
-                                  micro-benchmarks, then every load scenario against
-                                  duo's echo (0, 1, 2 I/O threads), raw-epoll-echo and
-                                  tokio-echo, and the bank; writes target/bench/report.*
-  soak [--quick] [--secs N]       echo and bank servers under mixed and hostile load,
-                                  sampled every 10 s; fails on crashes, leaks, lost money
-  ci                              run .ci/run, the checks CI runs";
-
+/// Why a command failed: bad usage (exit status 2) or a failed run (1).
 pub(crate) enum Failure {
     Usage(String),
     Run(String),
 }
 
-fn try_main() -> Result<(), Failure> {
-    let mut args = std::env::args().skip(1);
-    match args.next().as_deref() {
-        Some("bench") => bench::bench(args.collect()),
-        Some("soak") => soak::soak(args.collect()),
-        Some("ci") => run(Command::new("bash").arg(root().join(".ci/run"))),
-        Some("-h" | "--help") => {
-            println!("{USAGE}");
-            Ok(())
-        }
-        Some(other) => Err(Failure::Usage(format!("unknown command `{other}`"))),
-        None => Err(Failure::Usage("no command given".into())),
-    }
-}
-
+/// Runs a command to completion; a failure to start or a non-zero exit is an error.
 pub(crate) fn run(cmd: &mut Command) -> Result<(), Failure> {
     let status = cmd
         .status()

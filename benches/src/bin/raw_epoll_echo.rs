@@ -33,9 +33,9 @@ use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
+use clap::Parser;
 use socket2::{Domain, Socket, Type};
 
-const USAGE: &str = "usage: raw_epoll_echo [--listen ADDR]   (default 127.0.0.1:0)";
 /// Bytes read per `recv`; also the most a connection ever keeps unsent.
 const BUF_SIZE: usize = 64 << 10;
 /// How long accepting pauses when the process is out of descriptors.
@@ -47,18 +47,17 @@ struct Conn {
     pending: Vec<u8>,
 }
 
+/// The raw-epoll peer echo server of `cargo xtask bench`.
+#[derive(Debug, Parser)]
+#[command(name = "raw_epoll_echo")]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+}
+
 fn main() -> ExitCode {
-    let mut addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        match (arg.as_str(), args.next().map(|v| v.parse())) {
-            ("--listen", Some(Ok(a))) => addr = a,
-            _ => {
-                eprintln!("{USAGE}");
-                return ExitCode::from(2);
-            }
-        }
-    }
+    let addr = Cli::parse().listen;
     match serve(addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -23,34 +23,34 @@ use std::net::SocketAddr;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use clap::Parser;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
-const USAGE: &str = "\
-usage: tokio_echo [--listen ADDR] [--threads N]
-  --listen ADDR   address to listen on (default 127.0.0.1:0)
-  --threads N     tokio worker threads (default: number of cores)";
 /// Bytes read per `read`, per connection.
 const BUF_SIZE: usize = 16 << 10;
 /// How long accepting pauses when the process is out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// The tokio peer echo server of `cargo xtask bench`.
+#[derive(Debug, Parser)]
+#[command(name = "tokio_echo")]
+struct Cli {
+    /// Address to listen on.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    listen: SocketAddr,
+    /// Tokio worker threads [default: number of cores].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
+    threads: Option<u16>,
+}
+
 fn main() -> ExitCode {
-    let mut addr: SocketAddr = ([127, 0, 0, 1], 0).into();
-    let mut threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    let mut args = std::env::args().skip(1);
-    while let Some(arg) = args.next() {
-        let value = args.next();
-        let ok = match (arg.as_str(), value) {
-            ("--listen", Some(v)) => v.parse().map(|a| addr = a).is_ok(),
-            ("--threads", Some(v)) => v.parse().map(|n| threads = n).is_ok() && threads > 0,
-            _ => false,
-        };
-        if !ok {
-            eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    }
+    let cli = Cli::parse();
+    let addr = cli.listen;
+    let threads = cli.threads.map_or_else(
+        || std::thread::available_parallelism().map_or(1, |n| n.get()),
+        usize::from,
+    );
     let _ = duo_sys::raise_fd_limit(); // the idle scenario holds 10 000 connections
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(threads)

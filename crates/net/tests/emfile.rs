@@ -131,7 +131,7 @@ impl Child {
 
     /// User + system CPU time the child has used so far (`/proc/PID/stat`).
     fn cpu_time(&self) -> Duration {
-        duo_sys::cpu_time(self.0.pid()).expect("CPU time of the child")
+        duo_testkit::cpu_time(self.0.pid()).expect("CPU time of the child")
     }
 }
 

@@ -45,9 +45,7 @@ pub mod timerfd;
 
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
-pub use process::{
-    clock_ticks_per_second, cpu_time, fd_limit, raise_fd_limit, release_free_heap, set_fd_limit,
-};
+pub use process::{fd_limit, raise_fd_limit, release_free_heap, set_fd_limit};
 pub use signalfd::{
     block_signals, block_termination_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo,
     TERMINATION_SIGNALS,

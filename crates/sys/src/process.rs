@@ -1,9 +1,8 @@
-//! Process-wide facts and limits: the open-file limit (`RLIMIT_NOFILE`), which servers
-//! and load generators holding many sockets need to read and raise, and the CPU time a
-//! process has used (from `/proc/PID/stat`, counted in clock ticks).
+//! Process-wide limits and memory: the open-file limit (`RLIMIT_NOFILE`), which servers
+//! and load generators holding many sockets need to read and raise, and giving free heap
+//! back to the system.
 
 use std::io;
-use std::time::Duration;
 
 use crate::{context, cvt};
 
@@ -38,43 +37,6 @@ pub fn set_fd_limit(soft: u64) -> io::Result<u64> {
 pub fn raise_fd_limit() -> io::Result<u64> {
     let (_, hard) = fd_limit()?;
     set_fd_limit(hard)
-}
-
-/// Clock ticks per second (`sysconf(_SC_CLK_TCK)`): the unit of the `utime` and `stime`
-/// fields of `/proc/PID/stat`.
-pub fn clock_ticks_per_second() -> io::Result<u64> {
-    // SAFETY: `sysconf` takes a plain integer name and touches no memory of ours.
-    let n = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
-    if n <= 0 {
-        return Err(context("sysconf(_SC_CLK_TCK)")(io::Error::last_os_error()));
-    }
-    Ok(n as u64)
-}
-
-/// CPU time process `pid` has used so far, user plus system (`utime + stime` of
-/// `/proc/PID/stat`, in clock ticks of [`clock_ticks_per_second`], usually 10 ms), summed
-/// over all its threads.
-///
-/// # Errors
-///
-/// `NotFound` if there is no such process; `InvalidData` if the file cannot be parsed.
-pub fn cpu_time(pid: u32) -> io::Result<Duration> {
-    let path = format!("/proc/{pid}/stat");
-    let stat = std::fs::read_to_string(&path)?;
-    let malformed = || io::Error::new(io::ErrorKind::InvalidData, format!("malformed {path}"));
-    // The command name (field 2) is in parentheses and may contain spaces or ')': split
-    // after the last ')'. Then the state is field 3, utime field 14 and stime field 15.
-    let (_, rest) = stat.rsplit_once(')').ok_or_else(malformed)?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| -> io::Result<u64> {
-        fields
-            .get(i)
-            .and_then(|f| f.parse().ok())
-            .ok_or_else(malformed)
-    };
-    let total = ticks(11)? + ticks(12)?;
-    let hz = clock_ticks_per_second()?;
-    Ok(Duration::from_secs_f64(total as f64 / hz as f64))
 }
 
 /// Asks the C allocator to give free heap memory back to the system (`malloc_trim(0)` on

@@ -18,6 +18,8 @@
 //!   test data, without the `rand` crate.
 //!
 //! - [`nonblocking_pair`]: a connected, non-blocking `AF_UNIX` stream pair.
+//! - [`cpu_time`]: the CPU time a process has used (`/proc/PID/stat`), for tests and for
+//!   the benchmark tools, which charge a server under test for its work.
 //!
 //! Everything here stands on `std` alone: signals are sent through `kill(1)`, so no test
 //! needs `libc`.
@@ -26,6 +28,7 @@
 
 mod child_server;
 mod child_server_builder;
+mod cpu;
 mod example;
 mod process;
 mod rng;
@@ -34,6 +37,7 @@ mod wait;
 
 pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
+pub use cpu::{clock_ticks_per_second, cpu_time};
 pub use example::example_binary;
 pub use process::{finish_within, run_within, send_signal, wait_child_within, Finished};
 pub use rng::{random_bytes, Rng};

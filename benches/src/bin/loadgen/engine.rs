@@ -308,21 +308,7 @@ impl<S: Session> Engine<S> {
             if !matches!(self.slots[idx].state, State::Open) {
                 continue;
             }
-            let Engine {
-                slots,
-                shared,
-                faults,
-                ..
-            } = self;
-            let slot = &mut slots[idx];
-            let conn = slot.conn.as_mut().expect("an open slot has a connection");
-            let mut ctx = Ctx {
-                now: Instant::now(),
-                out: &mut conn.out,
-                shared,
-                faults,
-            };
-            let step = f(&mut slot.session, &mut ctx);
+            let step = self.with_session(idx, |session, _, ctx| f(session, ctx));
             self.apply(idx, step);
         }
     }
@@ -437,22 +423,8 @@ impl<S: Session> Engine<S> {
         }
         self.connecting -= 1;
         self.open += 1;
-        let Engine {
-            slots,
-            shared,
-            faults,
-            ..
-        } = self;
-        let slot = &mut slots[idx];
-        slot.state = State::Open;
-        let conn = slot.conn.as_mut().expect("connecting");
-        let mut ctx = Ctx {
-            now: Instant::now(),
-            out: &mut conn.out,
-            shared,
-            faults,
-        };
-        let step = slot.session.on_open(&mut ctx);
+        self.slots[idx].state = State::Open;
+        let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
         // Edge-triggered: bytes that came with the connect edge must be read now.
         if self.apply(idx, step) && ready.is_readable() {
             self.read(idx);
@@ -489,8 +461,14 @@ impl<S: Session> Engine<S> {
         self.scratch = scratch;
     }
 
-    /// Gives `data` to the session; returns whether the connection is still open.
-    fn deliver(&mut self, idx: usize, data: &[u8]) -> bool {
+    /// Runs `f` with the session of the open slot `idx`, its connection's unconsumed input
+    /// and a callback context: the one split borrow of the engine every session callback
+    /// goes through.
+    fn with_session<R>(
+        &mut self,
+        idx: usize,
+        f: impl FnOnce(&mut S, &mut Vec<u8>, &mut Ctx<'_, S::Shared>) -> R,
+    ) -> R {
         let Engine {
             slots,
             shared,
@@ -498,35 +476,35 @@ impl<S: Session> Engine<S> {
             ..
         } = self;
         let slot = &mut slots[idx];
-        let conn = slot.conn.as_mut().expect("open");
-        let now = Instant::now();
-        let result = if conn.input.is_empty() {
-            // The common case: the session reads straight from the read buffer.
-            let mut ctx = Ctx {
-                now,
-                out: &mut conn.out,
-                shared,
-                faults,
-            };
-            let result = slot.session.on_data(data, &mut ctx);
-            if let Ok((used, _)) = result {
-                conn.input.extend_from_slice(&data[used.min(data.len())..]);
-            }
-            result
-        } else {
-            conn.input.extend_from_slice(data);
-            let mut ctx = Ctx {
-                now,
-                out: &mut conn.out,
-                shared,
-                faults,
-            };
-            let result = slot.session.on_data(&conn.input, &mut ctx);
-            if let Ok((used, _)) = result {
-                conn.input.drain(..used.min(conn.input.len()));
-            }
-            result
+        let conn = slot.conn.as_mut().expect("an open slot has a connection");
+        let mut ctx = Ctx {
+            now: Instant::now(),
+            out: &mut conn.out,
+            shared,
+            faults,
         };
+        f(&mut slot.session, &mut conn.input, &mut ctx)
+    }
+
+    /// Gives `data` to the session; returns whether the connection is still open.
+    fn deliver(&mut self, idx: usize, data: &[u8]) -> bool {
+        let result = self.with_session(idx, |session, input, ctx| {
+            if input.is_empty() {
+                // The common case: the session reads straight from the read buffer.
+                let result = session.on_data(data, ctx);
+                if let Ok((used, _)) = result {
+                    input.extend_from_slice(&data[used.min(data.len())..]);
+                }
+                result
+            } else {
+                input.extend_from_slice(data);
+                let result = session.on_data(input, ctx);
+                if let Ok((used, _)) = result {
+                    input.drain(..used.min(input.len()));
+                }
+                result
+            }
+        });
         match result {
             Ok((_, step)) => self.apply(idx, step),
             Err(fault) => {

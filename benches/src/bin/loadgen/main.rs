@@ -26,17 +26,16 @@ mod latency;
 mod modes;
 mod net;
 mod report;
-mod rng;
 mod runner;
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
+use duo_benches::loadgen_json::LoadgenJson;
 
 use crate::cli::{Cli, Mode};
 use crate::modes::{echo, Env};
-use crate::report::json_string;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -78,7 +77,7 @@ fn main() -> ExitCode {
         }
     };
     if common.json {
-        println!("{}", report.to_json());
+        println!("{}", report.to_json().to_line());
     } else {
         print!("{}", report.to_human());
     }
@@ -102,11 +101,14 @@ fn arm_watchdog(mode: &'static str, limit: Duration, json: bool) {
             );
             eprintln!("loadgen {mode}: {msg}");
             if json {
-                println!(
-                    "{{\"mode\":{},\"errors\":{{\"hard_timeout\":1}},\"failure\":{}}}",
-                    json_string(mode),
-                    json_string(&msg)
-                );
+                let report = LoadgenJson {
+                    mode: mode.to_owned(),
+                    errors: [("hard_timeout".to_owned(), 1)].into(),
+                    error_total: 1,
+                    failure: Some(msg),
+                    ..LoadgenJson::default()
+                };
+                println!("{}", report.to_line());
             }
             std::process::exit(1);
         });

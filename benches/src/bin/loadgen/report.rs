@@ -1,11 +1,13 @@
 //! The result of a run: a human-readable summary, or one JSON object line (`--json`).
 //!
-//! The JSON is written by hand (no serde): a flat object whose fields are those of
+//! The JSON is a [`LoadgenJson`] (serde): a flat object whose fields are those of
 //! [`Report`] that apply to the mode; `errors` is an object of counts by kind, empty when
 //! nothing failed.
 
 use std::fmt::Write as _;
 use std::net::SocketAddr;
+
+use duo_benches::loadgen_json::{round3, LoadgenJson};
 
 use crate::fault::Faults;
 use crate::latency::Summary;
@@ -105,70 +107,50 @@ impl Report {
         }
     }
 
-    /// The single-line JSON object.
-    pub(crate) fn to_json(&self) -> String {
-        let mut j = JsonObject::default();
-        j.str("mode", self.mode);
-        if let Some(a) = self.addr {
-            j.str("addr", &a.to_string());
+    /// The report as `--json` prints it (see [`LoadgenJson`]).
+    pub(crate) fn to_json(&self) -> LoadgenJson {
+        let f = |v: Option<f64>| v.map(round3);
+        let l = self.latency.as_ref();
+        LoadgenJson {
+            mode: self.mode.to_owned(),
+            addr: self.addr.map(|a| a.to_string()),
+            threads: Some(self.threads as u64),
+            conns: self.conns,
+            requested_conns: self.requested_conns,
+            size: self.size,
+            secs: f(self.secs),
+            elapsed_secs: f(self.elapsed_secs),
+            msgs: self.msgs,
+            bytes: self.bytes,
+            msgs_per_sec: f(self.msgs_per_sec),
+            mib_per_sec: f(self.mib_per_sec),
+            server_cpu_secs: f(self.server_cpu_secs),
+            latency_samples: l.map(|l| l.count),
+            mean_us: f(l.map(|l| l.mean_us)),
+            p50_us: f(l.map(|l| l.p50_us)),
+            p99_us: f(l.map(|l| l.p99_us)),
+            p999_us: f(l.map(|l| l.p999_us)),
+            max_us: f(l.map(|l| l.max_us)),
+            errors: self.errors.iter().map(|(k, n)| (k.to_owned(), n)).collect(),
+            error_total: self.errors.total(),
+            established: self.established,
+            connect_secs: f(self.connect_secs),
+            hold_secs: f(self.hold_secs),
+            rss_before_kib: self.rss_before_kib,
+            rss_hold_kib: self.rss_hold_kib,
+            rss_per_conn_bytes: f(self.rss_per_conn_bytes),
+            accounts: self.accounts,
+            transfers: self.transfers,
+            transfers_per_sec: f(self.transfers_per_sec),
+            insufficient: self.insufficient,
+            total_deposited: self.total_deposited,
+            total_final: self.total_final,
+            total_ok: self.total_ok,
+            fd_limit: self.fd_limit,
+            verification_failed: self.verification_failed(),
+            failure: self.failure.clone(),
+            notes: self.notes.clone(),
         }
-        j.uint("threads", Some(self.threads as u64));
-        j.uint("conns", self.conns);
-        j.uint("requested_conns", self.requested_conns);
-        j.uint("size", self.size);
-        j.float("secs", self.secs);
-        j.float("elapsed_secs", self.elapsed_secs);
-        j.uint("msgs", self.msgs);
-        j.uint("bytes", self.bytes);
-        j.float("msgs_per_sec", self.msgs_per_sec);
-        j.float("mib_per_sec", self.mib_per_sec);
-        j.float("server_cpu_secs", self.server_cpu_secs);
-        if let Some(l) = &self.latency {
-            j.uint("latency_samples", Some(l.count));
-            j.float("mean_us", Some(l.mean_us));
-            j.float("p50_us", Some(l.p50_us));
-            j.float("p99_us", Some(l.p99_us));
-            j.float("p999_us", Some(l.p999_us));
-            j.float("max_us", Some(l.max_us));
-        }
-        let mut errors = JsonObject::default();
-        for (kind, n) in self.errors.iter() {
-            errors.uint(kind, Some(n));
-        }
-        j.raw("errors", &errors.finish());
-        j.uint("error_total", Some(self.errors.total()));
-        j.uint("established", self.established);
-        j.float("connect_secs", self.connect_secs);
-        j.float("hold_secs", self.hold_secs);
-        j.uint("rss_before_kib", self.rss_before_kib);
-        j.uint("rss_hold_kib", self.rss_hold_kib);
-        j.float("rss_per_conn_bytes", self.rss_per_conn_bytes);
-        j.uint("accounts", self.accounts);
-        j.uint("transfers", self.transfers);
-        j.float("transfers_per_sec", self.transfers_per_sec);
-        j.uint("insufficient", self.insufficient);
-        j.int("total_deposited", self.total_deposited);
-        j.int("total_final", self.total_final);
-        if let Some(ok) = self.total_ok {
-            j.raw("total_ok", if ok { "true" } else { "false" });
-        }
-        j.uint("fd_limit", self.fd_limit);
-        j.raw(
-            "verification_failed",
-            if self.verification_failed() {
-                "true"
-            } else {
-                "false"
-            },
-        );
-        if let Some(f) = &self.failure {
-            j.str("failure", f);
-        }
-        if !self.notes.is_empty() {
-            let notes: Vec<String> = self.notes.iter().map(|n| json_string(n)).collect();
-            j.raw("notes", &format!("[{}]", notes.join(",")));
-        }
-        j.finish()
     }
 
     /// The human-readable summary, several lines.
@@ -310,74 +292,6 @@ fn group(v: f64) -> String {
     out
 }
 
-/// A JSON string literal.
-pub(crate) fn json_string(s: &str) -> String {
-    let mut out = String::with_capacity(s.len() + 2);
-    out.push('"');
-    for c in s.chars() {
-        match c {
-            '"' => out.push_str("\\\""),
-            '\\' => out.push_str("\\\\"),
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if (c as u32) < 0x20 => {
-                let _ = write!(out, "\\u{:04x}", c as u32);
-            }
-            c => out.push(c),
-        }
-    }
-    out.push('"');
-    out
-}
-
-/// A JSON object built field by field; `None` values are left out.
-#[derive(Debug, Default)]
-struct JsonObject {
-    body: String,
-}
-
-impl JsonObject {
-    fn raw(&mut self, key: &str, value: &str) {
-        if !self.body.is_empty() {
-            self.body.push(',');
-        }
-        let _ = write!(self.body, "{}:{value}", json_string(key));
-    }
-
-    fn str(&mut self, key: &str, value: &str) {
-        self.raw(key, &json_string(value));
-    }
-
-    fn uint(&mut self, key: &str, value: Option<u64>) {
-        if let Some(v) = value {
-            self.raw(key, &v.to_string());
-        }
-    }
-
-    fn int(&mut self, key: &str, value: Option<i64>) {
-        if let Some(v) = value {
-            self.raw(key, &v.to_string());
-        }
-    }
-
-    fn float(&mut self, key: &str, value: Option<f64>) {
-        match value {
-            Some(v) if v.is_finite() => {
-                // Three decimals are plenty for rates, seconds and microseconds.
-                let v = (v * 1000.0).round() / 1000.0;
-                self.raw(key, &v.to_string());
-            }
-            Some(_) => self.raw(key, "null"),
-            None => {}
-        }
-    }
-
-    fn finish(self) -> String {
-        format!("{{{}}}", self.body)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -394,11 +308,12 @@ mod tests {
             ..Report::default()
         };
         r.errors.count(Fault::Reset);
-        let j = r.to_json();
+        let j = r.to_json().to_line();
         assert!(!j.contains('\n'));
         assert!(j.starts_with("{\"mode\":\"rr\""));
         assert!(j.contains("\"msgs_per_sec\":12.346"));
         assert!(j.contains("\"errors\":{\"reset\":1}"));
+        assert!(j.contains("\"error_total\":1"));
         assert!(j.contains("a \\\"quoted\\\" note"));
         assert!(!j.contains("p50_us"));
     }

@@ -142,7 +142,7 @@ pub(crate) fn open_and_measure(gate: &Gate, pid: Option<u32>, secs: Duration) ->
         gate.open();
         return ServerCpu(None);
     };
-    let before = duo_sys::cpu_time(pid);
+    let before = duo_testkit::cpu_time(pid);
     let go = gate.open();
     let end = go + secs;
     while let Some(left) = end.checked_duration_since(Instant::now()) {
@@ -151,7 +151,7 @@ pub(crate) fn open_and_measure(gate: &Gate, pid: Option<u32>, secs: Duration) ->
         }
         thread::sleep(left);
     }
-    let after = duo_sys::cpu_time(pid);
+    let after = duo_testkit::cpu_time(pid);
     ServerCpu(Some(match (before, after) {
         (Ok(b), Ok(a)) => Ok(a.saturating_sub(b)),
         (Err(e), _) | (_, Err(e)) => Err(format!("process {pid}: {e}")),

@@ -26,8 +26,8 @@ use crate::fault::{Fault, Faults};
 use crate::latency::Latency;
 use crate::modes::{merge_all, Env};
 use crate::report::Report;
-use crate::rng::XorShift;
 use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
+use duo_testkit::Rng as XorShift;
 
 /// Account names and their password for one run.
 #[derive(Debug, Clone)]

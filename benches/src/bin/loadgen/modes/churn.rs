@@ -16,11 +16,10 @@ use crate::cli::ChurnArgs;
 use crate::engine::{Ctx, Engine, Session, Step};
 use crate::fault::Fault;
 use crate::latency::Latency;
-use crate::modes::{merge_all, Env, Tally};
-use crate::net::source_addr;
+use crate::modes::{finish, Env, Part, Tally};
 use crate::report::Report;
-use crate::rng::XorShift;
-use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
+use crate::runner::{open_and_measure, run_threads, ServerCpu, Ticket};
+use duo_testkit::Rng as XorShift;
 
 /// Runs `churn`.
 pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
@@ -41,26 +40,28 @@ pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
     let mut cpu = ServerCpu::default();
     let results = run_threads(
         threads,
-        |t, ticket| worker(env, t, threads, conns, sources, size, args.secs, ticket),
+        |t, ticket| {
+            worker(
+                env,
+                Part::new(t, threads, conns, sources),
+                size,
+                args.secs,
+                ticket,
+            )
+        },
         |gate| {
             gate.wait_arrivals(threads, Instant::now() + env.timeout);
             cpu = open_and_measure(gate, env.server_pid, args.secs);
         },
     );
-    cpu.fill(&mut report);
-    let tally = merge_all(results, Tally::merge)?;
-    tally.fill(&mut report, false);
+    finish(&mut report, cpu, results, false)?;
     Ok(report)
 }
 
 /// One thread: its workers cycle until the end of the run.
-#[allow(clippy::too_many_arguments)]
 fn worker(
     env: &Env,
-    t: usize,
-    threads: usize,
-    conns: usize,
-    sources: usize,
+    part: Part,
     size: usize,
     secs: Duration,
     mut ticket: Ticket<'_>,
@@ -69,15 +70,13 @@ fn worker(
     let Some(go) = ticket.gate().wait_open() else {
         return Ok(Tally::default());
     };
-    let sessions = share(conns, threads, t)
-        .map(|i| {
-            (
-                ChurnSession::new(size, env.seed_for(i), go),
-                source_addr(env.target, sources, i),
-            )
-        })
-        .collect();
-    let mut engine = Engine::new(env.target, sessions, Shared::default(), env.options(conns))?;
+    let sessions = env.sessions(part, |seed| ChurnSession::new(size, seed, go));
+    let mut engine = Engine::new(
+        env.target,
+        sessions,
+        Shared::default(),
+        env.options(part.conns),
+    )?;
     let end = go + secs;
     while Instant::now() < end {
         engine.poll(end)?;

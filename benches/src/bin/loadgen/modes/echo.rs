@@ -16,10 +16,10 @@ use crate::cli::EchoArgs;
 use crate::engine::{Ctx, Engine, Session, Step};
 use crate::fault::Fault;
 use crate::latency::Latency;
-use crate::modes::{merge_all, Env, Tally};
+use crate::modes::{finish, Env, Part, Tally};
 use crate::report::Report;
-use crate::rng::XorShift;
-use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
+use crate::runner::{open_and_measure, run_threads, ServerCpu, Ticket};
+use duo_testkit::Rng as XorShift;
 
 /// Extra tape beyond one message: the range of message start offsets.
 const TAPE_SLACK: usize = 4096;
@@ -65,9 +65,7 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
         |t, ticket| {
             worker(
                 env,
-                t,
-                threads,
-                conns,
+                Part::new(t, threads, conns, 0),
                 size,
                 args.secs,
                 setup_deadline,
@@ -79,9 +77,7 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
             cpu = open_and_measure(gate, env.server_pid, args.secs);
         },
     );
-    cpu.fill(&mut report);
-    let tally = merge_all(results, Tally::merge)?;
-    tally.fill(&mut report, true);
+    let tally = finish(&mut report, cpu, results, true)?;
     report.established = Some(tally.established);
     if tally.established < conns as u64 {
         report.notes.push(format!(
@@ -93,20 +89,15 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
 }
 
 /// One thread: connect its share, wait for the gate, ping-pong until the end.
-#[allow(clippy::too_many_arguments)]
 fn worker(
     env: &Env,
-    t: usize,
-    threads: usize,
-    conns: usize,
+    part: Part,
     size: usize,
     secs: Duration,
     setup_deadline: Instant,
     mut ticket: Ticket<'_>,
 ) -> io::Result<Tally> {
-    let sessions = share(conns, threads, t)
-        .map(|i| (EchoSession::new(size, env.seed_for(i)), None))
-        .collect();
+    let sessions = env.sessions(part, |seed| EchoSession::new(size, seed));
     let mut engine = Engine::new(
         env.target,
         sessions,

@@ -18,11 +18,10 @@ use crate::cli::IdleArgs;
 use crate::engine::{Ctx, Engine, Session, Step};
 use crate::fault::{Fault, Faults};
 use crate::host::rss_kib;
-use crate::modes::{merge_all, Env};
-use crate::net::source_addr;
+use crate::modes::{merge_all, Env, Part};
 use crate::report::Report;
-use crate::rng::XorShift;
-use crate::runner::{run_threads, share, Ticket};
+use crate::runner::{run_threads, Ticket};
+use duo_testkit::Rng as XorShift;
 
 /// Bytes of the echo that confirms a connection.
 const PROBE: usize = 8;
@@ -69,10 +68,7 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
         |t, ticket| {
             worker(
                 env,
-                t,
-                threads,
-                conns,
-                sources,
+                Part::new(t, threads, conns, sources),
                 batch,
                 connect_deadline,
                 ticket,
@@ -161,25 +157,14 @@ impl IdleTally {
 }
 
 /// One thread: open and confirm its share, then hold until told to stop.
-#[allow(clippy::too_many_arguments)]
 fn worker(
     env: &Env,
-    t: usize,
-    threads: usize,
-    conns: usize,
-    sources: usize,
+    part: Part,
     batch: usize,
     connect_deadline: Instant,
     mut ticket: Ticket<'_>,
 ) -> io::Result<IdleTally> {
-    let sessions: Vec<_> = share(conns, threads, t)
-        .map(|i| {
-            (
-                IdleSession::new(env.seed_for(i)),
-                source_addr(env.target, sources, i),
-            )
-        })
-        .collect();
+    let sessions = env.sessions(part, IdleSession::new);
     let mine = sessions.len() as u64;
     let mut engine = Engine::new(env.target, sessions, Shared::default(), env.options(batch))?;
     while engine.shared().confirmed + (engine.done_count() as u64) < mine

@@ -6,14 +6,16 @@ pub(crate) mod echo;
 pub(crate) mod idle;
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use crate::engine::Options;
 use crate::fault::Faults;
 use crate::host::FdBudget;
 use crate::latency::Latency;
+use crate::net::source_addr;
 use crate::report::Report;
+use crate::runner::{share, ServerCpu};
 
 /// Connects in flight at most per thread, for the modes that have no `--batch`.
 const CONNECT_BATCH: usize = 512;
@@ -85,6 +87,46 @@ impl Env {
     pub(crate) fn seed_for(&self, i: usize) -> u64 {
         self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
+
+    /// The sessions of one worker thread's `part`, each made by `make` from its
+    /// connection's seed, with the source address it connects from.
+    pub(crate) fn sessions<S>(
+        &self,
+        part: Part,
+        mut make: impl FnMut(u64) -> S,
+    ) -> Vec<(S, Option<IpAddr>)> {
+        share(part.conns, part.threads, part.t)
+            .map(|i| {
+                let source = source_addr(self.target, part.sources, i);
+                (make(self.seed_for(i)), source)
+            })
+            .collect()
+    }
+}
+
+/// One worker thread's part of a mode's connections.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Part {
+    /// The thread's index.
+    pub(crate) t: usize,
+    /// Worker threads.
+    pub(crate) threads: usize,
+    /// Connections of the whole run.
+    pub(crate) conns: usize,
+    /// Source addresses to spread the connections over (0: the kernel chooses).
+    pub(crate) sources: usize,
+}
+
+impl Part {
+    /// Thread `t` of `threads`, of `conns` connections spread over `sources` addresses.
+    pub(crate) fn new(t: usize, threads: usize, conns: usize, sources: usize) -> Part {
+        Part {
+            t,
+            threads,
+            conns,
+            sources,
+        }
+    }
 }
 
 /// What one worker thread measured.
@@ -129,6 +171,20 @@ impl Tally {
         report.latency = self.latency.summary();
         report.errors.merge(&self.faults);
     }
+}
+
+/// Fills `report` with the server's CPU time and the workers' merged tallies (`bytes`
+/// too with `with_bytes`); returns the merged tally.
+pub(crate) fn finish(
+    report: &mut Report,
+    cpu: ServerCpu,
+    results: Vec<io::Result<Tally>>,
+    with_bytes: bool,
+) -> Result<Tally, String> {
+    cpu.fill(report);
+    let tally = merge_all(results, Tally::merge)?;
+    tally.fill(report, with_bytes);
+    Ok(tally)
 }
 
 /// Merges the workers' results; the first worker error (creating an epoll instance,

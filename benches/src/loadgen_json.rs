@@ -1,0 +1,196 @@
+//! The report `loadgen --json` prints: one JSON object on one line. `loadgen` writes it
+//! and `cargo xtask bench` and `soak` read it back, both through [`LoadgenJson`], so the
+//! field names are written down once.
+//!
+//! Fields that do not apply to a mode are left out (`None`); `errors` is an object of
+//! counts by kind, empty when nothing failed.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One `loadgen` run's figures, as printed with `--json`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoadgenJson {
+    /// `pingpong`, `rr`, `idle`, `churn` or `bank`.
+    pub mode: String,
+    /// The server's address.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub addr: Option<String>,
+    /// Worker threads.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub threads: Option<u64>,
+    /// Connections (or churn workers, or bank clients) used.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub conns: Option<u64>,
+    /// Connections asked for, when the open-file limit forced fewer.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub requested_conns: Option<u64>,
+    /// Message size in bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// The measured phase's length as asked (`--secs`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secs: Option<f64>,
+    /// The measured phase's length as it ran.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub elapsed_secs: Option<f64>,
+    /// Completed units of work (echoed messages, requests, connect cycles).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs: Option<u64>,
+    /// Payload bytes echoed back (each was also sent).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub bytes: Option<u64>,
+    /// `msgs` per second of `elapsed_secs`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub msgs_per_sec: Option<f64>,
+    /// `bytes` per second, in MiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mib_per_sec: Option<f64>,
+    /// The server's CPU time (user + system) during the measured phase, with
+    /// `--server-pid`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_cpu_secs: Option<f64>,
+    /// Latency samples taken.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub latency_samples: Option<u64>,
+    /// Mean latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub mean_us: Option<f64>,
+    /// Median latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p50_us: Option<f64>,
+    /// 99th percentile of latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p99_us: Option<f64>,
+    /// 99.9th percentile of latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub p999_us: Option<f64>,
+    /// Largest latency, µs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_us: Option<f64>,
+    /// Failures by kind (`refused`, `reset`, `timeout`, `mismatch`, ...).
+    pub errors: BTreeMap<String, u64>,
+    /// The sum of `errors`.
+    pub error_total: u64,
+    /// Connections established (idle: confirmed with an echo; bank: clients logged in).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub established: Option<u64>,
+    /// Seconds the idle connections took to open and confirm.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub connect_secs: Option<f64>,
+    /// Seconds the idle connections were held.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hold_secs: Option<f64>,
+    /// Server RSS before connecting, KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_before_kib: Option<u64>,
+    /// Server RSS while holding the connections, KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_hold_kib: Option<u64>,
+    /// `(rss_hold - rss_before) / established`, bytes.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub rss_per_conn_bytes: Option<f64>,
+    /// Bank accounts.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub accounts: Option<u64>,
+    /// Successful transfers.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfers: Option<u64>,
+    /// Successful transfers per second.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub transfers_per_sec: Option<f64>,
+    /// Transfers refused with `INSUFFICIENT_FUNDS` (normal, not an error).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub insufficient: Option<u64>,
+    /// Sum of the balances after the deposits, cents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_deposited: Option<i64>,
+    /// Sum of the balances read at the end, cents.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_final: Option<i64>,
+    /// Whether the final sum equals the deposited sum (and every account was read).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_ok: Option<bool>,
+    /// Soft open-file limit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub fd_limit: Option<u64>,
+    /// Wrong bytes echoed or money not conserved (`cargo xtask` also sets it when
+    /// `loadgen` exited non-zero).
+    pub verification_failed: bool,
+    /// Why the run could not do its job.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub failure: Option<String>,
+    /// Remarks for the reader (limits hit, phases cut short).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl LoadgenJson {
+    /// The report as one line of JSON.
+    pub fn to_line(&self) -> String {
+        serde_json::to_string(self).expect("a LoadgenJson always serializes")
+    }
+
+    /// The last line of `stdout` that is a `loadgen` report, if any.
+    pub fn find_in(stdout: &str) -> Option<LoadgenJson> {
+        stdout
+            .lines()
+            .rev()
+            .find_map(|l| serde_json::from_str(l.trim()).ok())
+    }
+
+    /// Completed units of work: transfers for the bank, `msgs` for the other modes.
+    pub fn work(&self) -> Option<u64> {
+        self.transfers.or(self.msgs)
+    }
+
+    /// Units of work per second: transfers for the bank, `msgs` for the other modes.
+    pub fn rate(&self) -> Option<f64> {
+        self.transfers_per_sec.or(self.msgs_per_sec)
+    }
+}
+
+/// `v` rounded to three decimals (plenty for rates, seconds and microseconds).
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_and_leaves_out_what_does_not_apply() {
+        let r = LoadgenJson {
+            mode: "rr".into(),
+            threads: Some(2),
+            msgs: Some(10),
+            msgs_per_sec: Some(12.346),
+            errors: BTreeMap::from([("reset".to_owned(), 1)]),
+            error_total: 1,
+            notes: vec!["a \"quoted\" note".into()],
+            ..LoadgenJson::default()
+        };
+        let line = r.to_line();
+        assert!(!line.contains('\n'));
+        assert!(line.starts_with("{\"mode\":\"rr\""), "{line}");
+        assert!(line.contains("\"errors\":{\"reset\":1}"));
+        assert!(line.contains("a \\\"quoted\\\" note"));
+        assert!(!line.contains("p50_us"));
+        let back = LoadgenJson::find_in(&format!("noise\n{line}\n")).unwrap();
+        assert_eq!(back, r);
+        assert_eq!(back.work(), Some(10));
+    }
+
+    #[test]
+    fn a_not_finite_figure_is_null() {
+        let r = LoadgenJson {
+            mib_per_sec: Some(f64::NAN),
+            ..LoadgenJson::default()
+        };
+        assert!(r.to_line().contains("\"mib_per_sec\":null"));
+        assert_eq!(round3(1.23456), 1.235);
+    }
+}

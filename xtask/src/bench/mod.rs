@@ -1,0 +1,266 @@
+//! `cargo xtask bench`: the micro-benchmarks, then every scenario against every server,
+//! one table, with ratios.
+//!
+//! Micro-benchmarks: the criterion benches of `duo-benches` (`benches/benches/*.rs`), run
+//! with `cargo bench`; their medians are read back from `target/criterion` ([`micro`]).
+//!
+//! Servers: duo's `echo` as a single reactor and with 1 and 2 I/O threads, and the two
+//! peers built in the same workspace, `raw_epoll_echo` (one thread, level-triggered, libc
+//! epoll: "close to the limit") and `tokio_echo` (the idiomatic Rust peer). Each scenario
+//! starts a fresh server, runs `loadgen` against it, which samples the server's CPU time
+//! (`utime + stime` from `/proc/PID/stat`) over the measured phase alone (connecting and
+//! logging in excluded), and stops it. Throughput on this kind of shared machine swings
+//! 30-50 % between runs; CPU time per message holds within about 10 %, so the report
+//! gives both and ranks by the latter.
+
+mod micro;
+mod outcome;
+mod report;
+mod runner;
+mod scenarios;
+
+use std::num::NonZeroU64;
+use std::path::Path;
+
+use clap::Args;
+
+use self::micro::Estimate;
+use self::outcome::Outcome;
+use self::report::{Header, Results};
+use self::runner::Setting;
+use self::scenarios::{Scenario, MICRO, SCENARIOS};
+use crate::report::{create_dir, machine, unix_now, write};
+use crate::{build_release_bins, target_dir, Failure};
+
+/// Options of `cargo xtask bench`.
+#[derive(Debug, Args)]
+pub(crate) struct BenchArgs {
+    /// A short version of everything (1 s per run, one repetition, short criterion runs).
+    #[arg(long)]
+    quick: bool,
+    /// Only the micro-benchmarks and scenarios whose name starts with NAME.
+    #[arg(long, value_name = "NAME")]
+    only: Option<String>,
+    /// Seconds of load per run [default: 10, 1 with --quick].
+    #[arg(long, value_name = "N")]
+    secs: Option<NonZeroU64>,
+    /// Interleaved repetitions of every run [default: 3, 1 with --quick].
+    #[arg(long, value_name = "N")]
+    reps: Option<NonZeroU64>,
+}
+
+impl BenchArgs {
+    fn selected(&self, name: &str) -> bool {
+        self.only.as_deref().is_none_or(|o| name.starts_with(o))
+    }
+
+    /// The command line, for the report.
+    fn command(&self) -> String {
+        let mut c = "cargo xtask bench".to_owned();
+        if self.quick {
+            c.push_str(" --quick");
+        }
+        if let Some(r) = self.reps {
+            c.push_str(&format!(" --reps {r}"));
+        }
+        if let Some(o) = &self.only {
+            c.push_str(&format!(" --only {o}"));
+        }
+        if let Some(s) = self.secs {
+            c.push_str(&format!(" --secs {s}"));
+        }
+        c
+    }
+
+    /// Whether this is a full run, the kind that rewrites `docs/benchmarks.md`.
+    fn full(&self) -> bool {
+        !self.quick && self.only.is_none() && self.secs.is_none() && self.reps.is_none()
+    }
+}
+
+/// Runs `cargo xtask bench`.
+pub(crate) fn bench(opts: BenchArgs) -> Result<(), Failure> {
+    check_only(&opts)?;
+    let out_dir = target_dir().join("bench");
+    let mut micro = Vec::new();
+    for m in MICRO.iter().filter(|m| opts.selected(m.name)) {
+        println!("\n## {} — {}\n", m.name, m.about);
+        micro.extend(micro::run_micro(m, opts.quick)?);
+    }
+    let micro_md = if micro.is_empty() {
+        String::new()
+    } else {
+        let md = micro::table(&micro);
+        println!("\nmicro-benchmarks (criterion medians):\n\n{md}");
+        md
+    };
+    let scenarios: Vec<&Scenario> = SCENARIOS.iter().filter(|s| opts.selected(s.name)).collect();
+    if scenarios.is_empty() {
+        create_dir(&out_dir)?;
+        return write(&out_dir.join("micro.md"), &micro_md);
+    }
+    let release = build_release_bins()?;
+    let logs = out_dir.join("logs");
+    create_dir(&logs)?;
+    let secs = opts
+        .secs
+        .map_or(if opts.quick { 1 } else { 10 }, NonZeroU64::get);
+    let reps = opts
+        .reps
+        .map_or(if opts.quick { 1 } else { 3 }, |r| r.get() as usize);
+    let set = Setting {
+        secs,
+        quick: opts.quick,
+        release: &release,
+        logs: &logs,
+    };
+    let fd_limit = raise_fd_limit();
+    let mut results = Vec::new();
+    for sc in scenarios {
+        results.push((sc, run_scenario(sc, reps, fd_limit, &set, &out_dir)?));
+    }
+    let (machine, command) = (machine(), opts.command());
+    let header = Header {
+        command: &command,
+        machine: &machine,
+        secs,
+        reps,
+    };
+    let md = write_reports(&out_dir, &results, &micro, &micro_md, &header)?;
+    if opts.full() {
+        report::update_docs(&md)?;
+        println!("docs/benchmarks.md updated with this run");
+    }
+    failed_runs(&results)
+}
+
+/// `--only` must name something.
+fn check_only(opts: &BenchArgs) -> Result<(), Failure> {
+    let Some(only) = &opts.only else {
+        return Ok(());
+    };
+    let known: Vec<&str> = MICRO
+        .iter()
+        .map(|m| m.name)
+        .chain(SCENARIOS.iter().map(|s| s.name))
+        .collect();
+    if known.iter().any(|k| k.starts_with(only.as_str())) {
+        Ok(())
+    } else {
+        Err(Failure::Usage(format!(
+            "no benchmark or scenario named `{only}` (known: {})",
+            known.join(", ")
+        )))
+    }
+}
+
+/// Raises this process's open-file limit (the servers and `loadgen` inherit it); returns
+/// it.
+fn raise_fd_limit() -> u64 {
+    let limit = match duo_sys::raise_fd_limit() {
+        Ok(n) => n,
+        Err(e) => {
+            eprintln!("warning: cannot raise the open-file limit: {e}");
+            duo_sys::fd_limit().map(|l| l.0).unwrap_or(1024)
+        }
+    };
+    println!("\nopen-file limit for the servers and the load generator: {limit}");
+    limit
+}
+
+/// Runs one scenario: every server in turn, `reps` times (interleaved, so that a slow
+/// spell of the machine hits all of them rather than one).
+fn run_scenario(
+    sc: &Scenario,
+    reps: usize,
+    fd_limit: u64,
+    set: &Setting<'_>,
+    out_dir: &Path,
+) -> Result<Vec<Outcome>, Failure> {
+    println!("\n== {} ({})", sc.name, sc.about);
+    if sc.conns + 64 > fd_limit {
+        println!(
+            "   note: needs about {} descriptors per process, limit is {fd_limit}; \
+             the load generator reports how many it got",
+            sc.conns + 64
+        );
+    }
+    let db_dir = out_dir.join(format!("bank-{}-{}", sc.name, unix_now()));
+    let entrants = scenarios::entrants(sc, set.release, &db_dir);
+    let mut outcomes: Vec<Outcome> = entrants
+        .iter()
+        .map(|e| Outcome {
+            server: e.name.to_owned(),
+            duo: e.duo,
+            runs: Vec::new(),
+        })
+        .collect();
+    let bank = sc.mode == "bank";
+    for rep in 0..reps {
+        for (entrant, outcome) in entrants.iter().zip(&mut outcomes) {
+            if bank {
+                // A fresh database per run.
+                let _ = std::fs::remove_dir_all(&db_dir);
+                create_dir(&db_dir)?;
+            }
+            let tag = format!("{}-{}-{rep}", sc.name, entrant.name);
+            let run = runner::run_one(sc, entrant, &tag, set);
+            runner::print_run(entrant.name, rep, &run);
+            outcome.runs.push(run);
+        }
+    }
+    if bank {
+        let _ = std::fs::remove_dir_all(&db_dir);
+    }
+    if reps > 1 {
+        outcomes.iter().for_each(runner::print_outcome);
+    }
+    Ok(outcomes)
+}
+
+/// Writes `report.md`, `report.json` and the charts; prints the report. Returns the
+/// markdown of the scenarios (what goes into `docs/benchmarks.md`).
+fn write_reports(
+    out_dir: &Path,
+    results: &Results<'_>,
+    micro: &[Estimate],
+    micro_md: &str,
+    header: &Header<'_>,
+) -> Result<String, Failure> {
+    let md = report::scenarios_md(results, header);
+    let full_md = if micro_md.is_empty() {
+        md.clone()
+    } else {
+        format!("Micro-benchmarks (criterion medians):\n\n{micro_md}\n{md}")
+    };
+    write(&out_dir.join("report.md"), &full_md)?;
+    let json = report::report_json(results, micro, header);
+    write(
+        &out_dir.join("report.json"),
+        &serde_json::to_string_pretty(&json).unwrap_or_default(),
+    )?;
+    report::write_charts(out_dir, results)?;
+    println!("\n{md}");
+    println!("report: {}", out_dir.join("report.md").display());
+    Ok(md)
+}
+
+/// An error naming every run that could not be made at all.
+fn failed_runs(results: &Results<'_>) -> Result<(), Failure> {
+    let failed: Vec<String> = results
+        .iter()
+        .flat_map(|(sc, os)| {
+            os.iter()
+                .filter(|o| o.failure().is_some())
+                .map(move |o| format!("{} on {}", sc.name, o.server))
+        })
+        .collect();
+    if failed.is_empty() {
+        Ok(())
+    } else {
+        Err(Failure::Run(format!(
+            "runs that failed: {}",
+            failed.join(", ")
+        )))
+    }
+}

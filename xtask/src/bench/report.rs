@@ -1,0 +1,383 @@
+//! The bench report: markdown (`report.md`, and the section of `docs/benchmarks.md`
+//! between the markers), JSON (`report.json`) and the SVG charts.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use serde_json::{json, Value};
+
+use super::micro::Estimate;
+use super::outcome::{fmt_rate, ratio, spread, Outcome};
+use super::scenarios::{Scenario, Target, ECHO_SERVERS};
+use crate::report::{markdown, svg, unix_now, write};
+use crate::{root, Failure};
+
+/// Every scenario run, with one outcome per server.
+pub(super) type Results<'a> = [(&'a Scenario, Vec<Outcome>)];
+
+/// How the run was made, for the report's first line.
+pub(super) struct Header<'a> {
+    pub(super) command: &'a str,
+    pub(super) machine: &'a str,
+    pub(super) secs: u64,
+    pub(super) reps: usize,
+}
+
+/// The markdown report of the load scenarios.
+pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
+    let mut md = String::new();
+    let _ = writeln!(
+        md,
+        "Command: `{}` ({} s per run, {} interleaved repetition(s), medians \
+         with min-max). Machine: {}.\n",
+        h.command, h.secs, h.reps, h.machine
+    );
+    let _ = writeln!(
+        md,
+        "Servers: `duo-0` is duo's echo as a single reactor (one thread, like \
+         `raw-epoll`), `duo-1` and `duo-2` add 1 and 2 I/O threads to the acceptor's loop, \
+         `tokio` runs 2 workers. Each cell: the server's CPU time (user + system, from \
+         `/proc/PID/stat`, over the measured phase only: set-up such as connecting or the \
+         bank's logins is excluded) per operation, the ranking figure because it holds within about \
+         10 % on this machine while throughput swings 30-50 %; then throughput (messages, \
+         requests or connections per second). Idle: server RSS per held connection.\n"
+    );
+    echo_tables(&mut md, results);
+    bank_table(&mut md, results);
+    errors_list(&mut md, results);
+    let _ = writeln!(
+        md,
+        "\nCharts: `target/bench/throughput.svg`, `cpu.svg`, `latency.svg`."
+    );
+    md
+}
+
+/// The echo scenarios: every server's headline, then the ratios at equal thread counts.
+fn echo_tables(md: &mut String, results: &Results<'_>) {
+    let echo = || results.iter().filter(|(sc, _)| sc.target == Target::Echo);
+    let servers: Vec<&str> = ECHO_SERVERS.iter().map(|s| s.name).collect();
+    let header: Vec<&str> = ["scenario"]
+        .into_iter()
+        .chain(servers.iter().copied())
+        .chain(["ranking"])
+        .collect();
+    md.push_str(&markdown::table(
+        &header,
+        echo().map(|(sc, outcomes)| {
+            let cells = servers.iter().map(|name| {
+                outcomes
+                    .iter()
+                    .find(|o| o.server == *name)
+                    .map_or("-".into(), |o| headline(sc, o))
+            });
+            std::iter::once(sc.name.to_owned())
+                .chain(cells)
+                .chain([ranking(sc, outcomes)])
+                .collect::<Vec<_>>()
+        }),
+    ));
+    let _ = writeln!(
+        md,
+        "\nRatios at equal thread counts, duo / peer: CPU per operation (< 1 favours duo), \
+         then throughput (> 1 favours duo); for idle, RSS per connection.\n"
+    );
+    md.push_str(&markdown::table(
+        &["scenario", "duo-0 / raw-epoll", "duo-2 / tokio"],
+        echo().map(|(sc, outcomes)| {
+            let get = |name: &str| outcomes.iter().find(|o| o.server == name);
+            let cell = |duo: &str, peer: &str| -> String {
+                let (Some(d), Some(p)) = (get(duo), get(peer)) else {
+                    return "-".into();
+                };
+                if sc.mode == "idle" {
+                    let rss = |o: &Outcome| o.median(|j| j.rss_per_conn_bytes);
+                    ratio(rss(d), rss(p))
+                } else {
+                    format!(
+                        "{} / {}",
+                        ratio(d.cpu_per_op_us(), p.cpu_per_op_us()),
+                        ratio(d.rate(), p.rate())
+                    )
+                }
+            };
+            [
+                sc.name.to_owned(),
+                cell("duo-0", "raw-epoll"),
+                cell("duo-2", "tokio"),
+            ]
+        }),
+    ));
+}
+
+/// The bank scenarios, and group commit against one commit per transfer.
+fn bank_table(md: &mut String, results: &Results<'_>) {
+    let bank: Vec<_> = results
+        .iter()
+        .filter(|(sc, _)| sc.target != Target::Echo)
+        .collect();
+    if bank.is_empty() {
+        return;
+    }
+    let _ = writeln!(md, "\nBank (durable transfers: every `OK` is on disk):\n");
+    let rows = bank.iter().flat_map(|(sc, outcomes)| {
+        outcomes.iter().map(|o| {
+            let n = o.runs.len();
+            let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} µs"));
+            [
+                sc.name.to_owned(),
+                if o.failed() {
+                    "failed".into()
+                } else {
+                    spread(o.rate_stats(), n, |v| format!("{:.1} k", v / 1e3))
+                },
+                us(o.median(|j| j.p50_us)),
+                us(o.median(|j| j.p99_us)),
+                spread(o.cpu_stats(), n, |v| format!("{v:.0} µs")),
+                totals(o).into(),
+            ]
+        })
+    });
+    md.push_str(&markdown::table(
+        &[
+            "scenario",
+            "transfers/s",
+            "p50",
+            "p99",
+            "server CPU/transfer",
+            "totals",
+        ],
+        rows,
+    ));
+    let find = |group| {
+        results
+            .iter()
+            .find(|(sc, _)| sc.target == Target::Bank(group))
+    };
+    if let (Some((_, g)), Some((_, s))) = (find(true), find(false)) {
+        let _ = writeln!(
+            md,
+            "\nGroup commit / one commit per transfer: {}x the transfers per second.",
+            ratio(
+                g.first().and_then(Outcome::rate),
+                s.first().and_then(Outcome::rate)
+            )
+        );
+    }
+}
+
+/// Whether the bank's money was conserved in every run.
+fn totals(o: &Outcome) -> &'static str {
+    let conserved: Vec<Option<bool>> = o.runs.iter().map(|r| r.get(|j| j.total_ok)).collect();
+    if conserved.contains(&Some(false)) {
+        "**NOT conserved**"
+    } else if !conserved.is_empty() && conserved.iter().all(|c| *c == Some(true)) {
+        "conserved"
+    } else {
+        "-"
+    }
+}
+
+/// The runs that failed or counted errors, not hidden.
+fn errors_list(md: &mut String, results: &Results<'_>) {
+    let errors: Vec<String> = results
+        .iter()
+        .flat_map(|(sc, os)| os.iter().filter_map(move |o| run_errors(sc, o)))
+        .collect();
+    if !errors.is_empty() {
+        let _ = writeln!(
+            md,
+            "\n**Runs with errors** (not hidden; see `target/bench/logs/`):\n"
+        );
+        for e in errors {
+            let _ = writeln!(md, "{e}");
+        }
+    }
+}
+
+fn run_errors(sc: &Scenario, o: &Outcome) -> Option<String> {
+    if let Some(e) = o.failure() {
+        return Some(format!("- {} on {}: {e}", sc.name, o.server));
+    }
+    if o.errors() == 0 && !o.verification_failed() {
+        return None;
+    }
+    let kinds: Vec<String> = o
+        .runs
+        .iter()
+        .filter_map(|r| serde_json::to_string(&r.result.as_ref().ok()?.errors).ok())
+        .collect();
+    Some(format!(
+        "- {} on {}: {} errors{}: {}",
+        sc.name,
+        o.server,
+        o.errors(),
+        if o.verification_failed() {
+            ", verification failed"
+        } else {
+            ""
+        },
+        kinds.join(" ")
+    ))
+}
+
+/// The scenario's main figures for one server, as table text: CPU per operation (the
+/// ranking figure), throughput, and p99 where latency is measured.
+fn headline(sc: &Scenario, o: &Outcome) -> String {
+    if o.failed() {
+        return "failed".into();
+    }
+    let n = o.runs.len();
+    let mut s = if sc.mode == "idle" {
+        spread(o.stats(|j| j.rss_per_conn_bytes), n, |b| format!("{b:.0}"))
+            + &format!(
+                " B/conn ({:.0} conns)",
+                o.median(|j| j.established.map(|e| e as f64)).unwrap_or(0.0)
+            )
+    } else {
+        let mut s = format!(
+            "CPU {} µs/op; {}",
+            spread(o.cpu_stats(), n, |v| format!("{v:.2}")),
+            fmt_rate(o.rate())
+        );
+        if let Some(m) = o.median(|j| j.mib_per_sec).filter(|m| *m >= 1.0) {
+            let _ = write!(s, " ({m:.0} MiB/s)");
+        }
+        if matches!(sc.mode, "rr" | "bank") {
+            let _ = write!(
+                s,
+                ", p99 {}",
+                o.median(|j| j.p99_us)
+                    .map_or("-".into(), |v| format!("{v:.0} µs"))
+            );
+        }
+        s
+    };
+    if o.errors() > 0 {
+        let _ = write!(s, "; **{} errors**", o.errors());
+    }
+    if o.verification_failed() {
+        s.push_str("; **verification failed**");
+    }
+    s
+}
+
+/// Servers of a scenario from best to worst by CPU per operation (RSS per connection
+/// for the idle scenario).
+fn ranking(sc: &Scenario, outcomes: &[Outcome]) -> String {
+    let key = |o: &Outcome| {
+        if sc.mode == "idle" {
+            o.median(|j| j.rss_per_conn_bytes)
+        } else {
+            o.cpu_per_op_us()
+        }
+    };
+    let mut ranked: Vec<(&str, f64)> = outcomes
+        .iter()
+        .filter_map(|o| Some((o.server.as_str(), key(o)?)))
+        .collect();
+    ranked.sort_by(|a, b| a.1.total_cmp(&b.1));
+    ranked
+        .iter()
+        .map(|(name, _)| *name)
+        .collect::<Vec<_>>()
+        .join(" < ")
+}
+
+/// The machine-readable report: every run's `loadgen` output and the micro-benchmarks'
+/// estimates.
+pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<'_>) -> Value {
+    let scenarios: Vec<Value> = results
+        .iter()
+        .map(|(sc, outcomes)| {
+            json!({
+                "scenario": sc.name,
+                "about": sc.about,
+                "servers": outcomes.iter().map(|o| json!({
+                    "server": o.server,
+                    "duo": o.duo,
+                    "median_rate": o.rate(),
+                    "median_server_cpu_per_op_us": o.cpu_per_op_us(),
+                    "runs": o.runs.iter().map(|r| json!({
+                        "server_cpu_secs": r.cpu.as_secs_f64(),
+                        "server_cpu_per_op_us": r.cpu_per_op_us(),
+                        "loadgen": r.result.as_ref().ok(),
+                        "error": r.result.as_ref().err(),
+                    })).collect::<Vec<_>>(),
+                })).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({
+        "command": h.command,
+        "machine": h.machine,
+        "secs": h.secs,
+        "unix_time": unix_now(),
+        "micro": micro,
+        "scenarios": scenarios,
+    })
+}
+
+/// Writes `throughput.svg`, `cpu.svg` and `latency.svg` into `dir`.
+pub(super) fn write_charts(dir: &Path, results: &Results<'_>) -> Result<(), Failure> {
+    let servers: Vec<&str> = ECHO_SERVERS.iter().map(|s| s.name).collect();
+    let groups = |value: &dyn Fn(&Outcome) -> Option<f64>| -> Vec<(&str, Vec<Option<f64>>)> {
+        results
+            .iter()
+            .filter(|(sc, _)| sc.target == Target::Echo && sc.mode != "idle")
+            .map(|(sc, os)| (sc.name, os.iter().map(value).collect()))
+            .collect()
+    };
+    write(
+        &dir.join("throughput.svg"),
+        &svg::relative_bars(
+            "throughput relative to the best server (higher is better)",
+            &servers,
+            &groups(&Outcome::rate),
+            false,
+        ),
+    )?;
+    write(
+        &dir.join("cpu.svg"),
+        &svg::relative_bars(
+            "server CPU per operation relative to the best (lower is better)",
+            &servers,
+            &groups(&Outcome::cpu_per_op_us),
+            true,
+        ),
+    )?;
+    let rows: Vec<(String, f64, f64)> = results
+        .iter()
+        .filter(|(sc, _)| sc.mode == "rr")
+        .flat_map(|(_, os)| os.iter())
+        .filter_map(|o| {
+            Some((
+                o.server.clone(),
+                o.median(|j| j.p50_us)?,
+                o.median(|j| j.p99_us)?,
+            ))
+        })
+        .collect();
+    write(
+        &dir.join("latency.svg"),
+        &svg::latency_bars("rr-100x64 latency: p50 (dark) and p99 (light), µs", &rows),
+    )
+}
+
+const DOCS_BEGIN: &str = "<!-- bench:begin -->";
+const DOCS_END: &str = "<!-- bench:end -->";
+
+/// Replaces the end-to-end section of `docs/benchmarks.md` (between the markers) with
+/// this run's report.
+pub(super) fn update_docs(md: &str) -> Result<(), Failure> {
+    let path = root().join("docs/benchmarks.md");
+    let doc = std::fs::read_to_string(&path)
+        .map_err(|e| Failure::Run(format!("{}: {e}", path.display())))?;
+    let (Some(b), Some(e)) = (doc.find(DOCS_BEGIN), doc.find(DOCS_END)) else {
+        return Err(Failure::Run(format!(
+            "{} lacks the {DOCS_BEGIN} ... {DOCS_END} markers",
+            path.display()
+        )));
+    };
+    let new = format!("{}{DOCS_BEGIN}\n{md}{}", &doc[..b], &doc[e..]);
+    write(&path, &new)
+}

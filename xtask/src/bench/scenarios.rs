@@ -1,0 +1,246 @@
+//! What `cargo xtask bench` runs: the micro-benchmarks, the servers under test and the
+//! load scenarios.
+
+use std::path::{Path, PathBuf};
+
+/// A criterion benchmark of `duo-benches` (`benches/benches/NAME.rs`).
+pub(super) struct Micro {
+    /// The bench target, also the name `--only` matches.
+    pub(super) name: &'static str,
+    /// The criterion groups it measures (directories under `target/criterion`).
+    pub(super) groups: &'static [&'static str],
+    pub(super) about: &'static str,
+}
+
+pub(super) const MICRO: &[Micro] = &[
+    Micro {
+        name: "bufpool",
+        groups: &["bufpool"],
+        about: "BufPool allocate+free against the system allocator, 1 and 2 threads",
+    },
+    Micro {
+        name: "reactor",
+        groups: &["reactor-wakeup", "reactor-timers", "reactor-queue"],
+        about: "cross-thread wake-up latency, timer schedule/cancel/fire, queue_in_loop throughput",
+    },
+];
+
+/// An echo server under test.
+pub(super) struct EchoServer {
+    pub(super) name: &'static str,
+    /// Binary in `target/release`.
+    bin: &'static str,
+    args: &'static [&'static str],
+    /// Whether this is duo (the others are baselines).
+    duo: bool,
+}
+
+impl EchoServer {
+    /// duo's `echo serve` with the given arguments.
+    const fn duo(name: &'static str, args: &'static [&'static str]) -> EchoServer {
+        EchoServer {
+            name,
+            bin: "echo",
+            args,
+            duo: true,
+        }
+    }
+
+    /// A peer baseline.
+    const fn peer(
+        name: &'static str,
+        bin: &'static str,
+        args: &'static [&'static str],
+    ) -> EchoServer {
+        EchoServer {
+            name,
+            bin,
+            args,
+            duo: false,
+        }
+    }
+}
+
+pub(super) const ECHO_SERVERS: &[EchoServer] = &[
+    EchoServer::duo(
+        "duo-0",
+        &["serve", "--listen", "127.0.0.1:0", "--io-threads", "0"],
+    ),
+    EchoServer::duo(
+        "duo-1",
+        &["serve", "--listen", "127.0.0.1:0", "--io-threads", "1"],
+    ),
+    EchoServer::duo(
+        "duo-2",
+        &["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"],
+    ),
+    EchoServer::peer("raw-epoll", "raw_epoll_echo", &["--listen", "127.0.0.1:0"]),
+    EchoServer::peer(
+        "tokio",
+        "tokio_echo",
+        &["--listen", "127.0.0.1:0", "--threads", "2"],
+    ),
+];
+
+/// What a scenario runs against.
+#[derive(Clone, Copy, PartialEq)]
+pub(super) enum Target {
+    Echo,
+    /// The bank server; `true` = group commit.
+    Bank(bool),
+}
+
+/// One load scenario: a `loadgen` mode and its options, against a kind of server.
+pub(super) struct Scenario {
+    pub(super) name: &'static str,
+    pub(super) about: &'static str,
+    pub(super) target: Target,
+    /// `loadgen` mode.
+    pub(super) mode: &'static str,
+    /// `loadgen` arguments after the mode, without `--addr`, `--secs`, `--json`.
+    pub(super) args: &'static [&'static str],
+    /// Connections the load generator opens (for the descriptor check).
+    pub(super) conns: u64,
+}
+
+impl Scenario {
+    const fn new(
+        name: &'static str,
+        about: &'static str,
+        target: Target,
+        mode: &'static str,
+        args: &'static [&'static str],
+        conns: u64,
+    ) -> Scenario {
+        Scenario {
+            name,
+            about,
+            target,
+            mode,
+            args,
+            conns,
+        }
+    }
+}
+
+pub(super) const SCENARIOS: &[Scenario] = &[
+    Scenario::new(
+        "pingpong-1x16k",
+        "pingpong, 1 connection x 16 KiB",
+        Target::Echo,
+        "pingpong",
+        &["--conns", "1", "--size", "16384", "--threads", "1"],
+        1,
+    ),
+    Scenario::new(
+        "pingpong-100x16k",
+        "pingpong, 100 connections x 16 KiB",
+        Target::Echo,
+        "pingpong",
+        &["--conns", "100", "--size", "16384", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "pingpong-1000x64",
+        "pingpong, 1 000 connections x 64 B",
+        Target::Echo,
+        "pingpong",
+        &["--conns", "1000", "--size", "64", "--threads", "2"],
+        1000,
+    ),
+    Scenario::new(
+        "rr-100x64",
+        "request/response latency, 100 connections x 64 B",
+        Target::Echo,
+        "rr",
+        &["--conns", "100", "--size", "64", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "idle-10k",
+        "10 000 idle connections: server RSS per connection",
+        Target::Echo,
+        "idle",
+        &["--conns", "10000", "--threads", "2"],
+        10_000,
+    ),
+    Scenario::new(
+        "churn-50",
+        "connect, 64 B round trip, close; 50 concurrent",
+        Target::Echo,
+        "churn",
+        &["--conns", "50", "--threads", "2"],
+        50,
+    ),
+    Scenario::new(
+        "bank-group",
+        "bank, 100 clients doing transfers, group commit",
+        Target::Bank(true),
+        "bank",
+        &["--clients", "100", "--accounts", "50", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "bank-single",
+        "bank, 100 clients doing transfers, one commit per transfer",
+        Target::Bank(false),
+        "bank",
+        &["--clients", "100", "--accounts", "50", "--threads", "2"],
+        100,
+    ),
+];
+
+/// A server a scenario runs against: its name, whether it is duo, binary and arguments.
+pub(super) struct Entrant {
+    pub(super) name: &'static str,
+    pub(super) duo: bool,
+    pub(super) exe: PathBuf,
+    pub(super) args: Vec<String>,
+}
+
+/// The servers of `sc`, binaries in `release`; for the bank, its database lives in
+/// `db_dir`.
+pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entrant> {
+    match sc.target {
+        Target::Echo => ECHO_SERVERS
+            .iter()
+            .map(|srv| Entrant {
+                name: srv.name,
+                duo: srv.duo,
+                exe: release.join(srv.bin),
+                args: srv.args.iter().map(|a| a.to_string()).collect(),
+            })
+            .collect(),
+        Target::Bank(group) => {
+            let db = db_dir.join("bank.db").display().to_string();
+            let mut args: Vec<String> = [
+                "serve",
+                "--listen",
+                "127.0.0.1:0",
+                "--io-threads",
+                "1",
+                "--workers",
+                "2",
+                "--db",
+                &db,
+                // Password hashing runs only while loadgen logs its clients in, before the
+                // measured phase: a cheap cost keeps that set-up short and changes nothing
+                // that is measured.
+                "--hash-cost",
+                "low",
+            ]
+            .iter()
+            .map(|a| a.to_string())
+            .collect();
+            if !group {
+                args.push("--no-group-commit".into());
+            }
+            vec![Entrant {
+                name: "duo-bank",
+                duo: true,
+                exe: release.join("bank"),
+                args,
+            }]
+        }
+    }
+}
