@@ -115,7 +115,7 @@ impl Default for ConnConfig {
 /// Writes the connection-setting methods of a builder (`ServerBuilder`, `ClientBuilder`)
 /// whose `conn` field is a [`ConnConfig`]: one text for both, so they cannot drift.
 macro_rules! conn_config_setters {
-    ($builder:literal) => {
+    () => {
         /// Edge-triggered connections (the default: read and write until `EAGAIN`) or
         /// level-triggered ones (one read per readiness event).
         pub fn edge_triggered(mut self, on: bool) -> Self {

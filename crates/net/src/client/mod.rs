@@ -100,7 +100,7 @@ impl ClientBuilder {
         self.connect_failed = Some(Arc::new(f));
         self
     }
-    conn_config_setters!("ClientBuilder");
+    conn_config_setters!();
     callback_setters!();
 
     /// Creates the client on the loop behind `lp` and starts connecting. The connection

@@ -94,7 +94,7 @@ impl ServerBuilder {
         self.buffer_trim_interval = Some(interval).filter(|i| !i.is_zero());
         self
     }
-    conn_config_setters!("ServerBuilder");
+    conn_config_setters!();
     callback_setters!();
     /// Called for each open connection when a graceful
     /// [`shutdown`](crate::ServerHandle::shutdown) begins. Without it, a connection
