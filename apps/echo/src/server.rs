@@ -68,19 +68,10 @@ pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
     };
     let server = builder.start(&mut main_loop)?;
 
-    process::shutdown_on_signals(
-        &mut main_loop,
-        &STOP_SIGNALS,
-        server.clone_handle(),
-        SHUTDOWN_GRACE,
-    )?;
     if let Some(every) = cfg.stats_interval {
         report_stats(&mut main_loop, server.clone_handle(), messages, every);
     }
-    process::announce_listening(server.local_addr())?;
-
-    main_loop.run()?;
-    server.stop(&mut main_loop);
+    process::run_until_stopped(&mut main_loop, server, SHUTDOWN_GRACE)?;
     log::info!("stopped");
     Ok(())
 }

@@ -26,14 +26,6 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .start(&mut main_loop)?;
     // Ctrl-C: stop accepting, let pending output drain, then quit the loop (a second
     // Ctrl-C quits at once).
-    process::shutdown_on_signals(
-        &mut main_loop,
-        &STOP_SIGNALS,
-        server.clone_handle(),
-        Duration::from_secs(3),
-    )?;
-    process::announce_listening(server.local_addr())?;
-    main_loop.run()?;
-    server.stop(&mut main_loop);
+    process::run_until_stopped(&mut main_loop, server, Duration::from_secs(3))?;
     Ok(())
 }

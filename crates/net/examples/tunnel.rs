@@ -141,17 +141,10 @@ fn run(listen: SocketAddr, backend: SocketAddr) -> Result<(), Box<dyn std::error
         // does) instead of half-closing A under a transfer.
         .on_shutdown(|_| {})
         .start(&mut main_loop)?;
-    process::shutdown_on_signals(
-        &mut main_loop,
-        &STOP_SIGNALS,
-        server.clone_handle(),
-        SHUTDOWN_GRACE,
-    )?;
-    // Ready: everything is set up (a signal from now on stops the tunnel gracefully).
-    process::announce_listening(server.local_addr())?;
     log::info!("relaying {} to {backend}", server.local_addr());
-    main_loop.run()?;
-    server.stop(&mut main_loop);
+    // Ready once it prints `listening on`: a signal from then on stops the tunnel
+    // gracefully.
+    process::run_until_stopped(&mut main_loop, server, SHUTDOWN_GRACE)?;
     Ok(())
 }
 

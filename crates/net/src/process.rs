@@ -11,6 +11,8 @@
 //! 3. [`announce_listening`]: prints `listening on ADDR` on stdout and flushes it, so a
 //!    script or test that started the server on port 0 learns the real port.
 //!
+//! [`run_until_stopped`] does 2 and 3, runs the loop and stops the server.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -29,11 +31,8 @@
 //!         input.consume_all();
 //!     })
 //!     .start(&mut main_loop)?;
-//! let grace = Duration::from_secs(4);
-//! process::shutdown_on_signals(&mut main_loop, &STOP_SIGNALS, server.clone_handle(), grace)?;
-//! process::announce_listening(server.local_addr())?;
-//! main_loop.run()?; // until SIGINT or SIGTERM, and the graceful shutdown, are through
-//! server.stop(&mut main_loop);
+//! // Until SIGINT or SIGTERM, and the graceful shutdown they start, are through.
+//! process::run_until_stopped(&mut main_loop, server, Duration::from_secs(4))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -41,7 +40,7 @@ use std::io::{self, Write};
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use crate::{EventLoop, ServerHandle, Signal};
+use crate::{EventLoop, ServerHandle, Signal, TcpServer};
 
 pub use duo_sys::{fd_limit, raise_fd_limit};
 
@@ -110,6 +109,29 @@ pub fn announce_listening(addr: SocketAddr) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "listening on {addr}")?;
     out.flush()
+}
+
+/// Serves a started `server` until it is stopped by [`STOP_SIGNALS`]: installs
+/// [`shutdown_on_signals`] with `grace`, prints the [`announce_listening`] line, runs
+/// `main_loop` (the loop the server was started on), then stops the server
+/// ([`TcpServer::stop`]). Call [`prepare_server`] with [`STOP_SIGNALS`] first, before any
+/// thread starts. For a server that has more to do between the loop's end and the stop
+/// (the bank finishes its database work), use the three steps separately.
+///
+/// # Errors
+///
+/// The signalfd could not be set up, stdout could not be written, or the loop failed (the
+/// server is stopped in that case too).
+pub fn run_until_stopped(
+    main_loop: &mut EventLoop,
+    server: TcpServer,
+    grace: Duration,
+) -> io::Result<()> {
+    shutdown_on_signals(main_loop, &STOP_SIGNALS, server.clone_handle(), grace)?;
+    announce_listening(server.local_addr())?;
+    let ran = main_loop.run();
+    server.stop(main_loop);
+    ran
 }
 
 /// The "first signal drains, second quits" rule: a signal handler that calls `drain` on

@@ -86,53 +86,46 @@ impl Acceptor {
     }
 
     fn exhausted(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
-        match self.spare.take() {
-            Some(spare) => {
-                drop(spare);
-                // Linux allocates the descriptor before it looks at the backlog, so
-                // EMFILE comes even when nobody is waiting: only go on accepting if a
-                // connection was really there to shed, or the loop never ends.
-                let shed = match duo_sys::accept4(ch.fd()) {
-                    Ok((fd, _)) => {
-                        // Counted before the close the peer sees: whoever watches the
-                        // peer's side then reads a counter that already includes it.
-                        (self.on_exhausted)();
-                        drop(fd);
-                        true
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => false,
-                    Err(e) => {
-                        // Another thread took the freed descriptor, say: pause.
-                        (self.on_exhausted)();
-                        log::warn!(
-                            "accept on {} with the spare freed: {e}; pausing",
-                            self.local
-                        );
-                        self.spare = open_spare();
-                        pause(lp, ch);
-                        return false;
-                    }
-                };
-                self.spare = open_spare();
-                if shed {
-                    log::warn!(
-                        "accept on {}: out of file descriptors; shed one connection",
-                        self.local
-                    );
-                }
-                shed
-            }
-            None => {
+        let Some(spare) = self.spare.take() else {
+            self.pause(lp, ch, "out of file descriptors and no spare");
+            return false;
+        };
+        drop(spare);
+        // Linux allocates the descriptor before it looks at the backlog, so EMFILE comes
+        // even when nobody is waiting: only go on accepting if a connection was really
+        // there to shed, or the loop never ends.
+        match duo_sys::accept4(ch.fd()) {
+            Ok((fd, _)) => {
+                // Counted before the close the peer sees: whoever watches the peer's side
+                // then reads a counter that already includes it.
                 (self.on_exhausted)();
+                drop(fd);
+                self.spare = open_spare();
                 log::warn!(
-                    "accept on {}: out of file descriptors and no spare; pausing",
+                    "accept on {}: out of file descriptors; shed one connection",
                     self.local
                 );
+                true
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
                 self.spare = open_spare();
-                pause(lp, ch);
+                false
+            }
+            Err(e) => {
+                // Another thread took the freed descriptor, say.
+                self.pause(lp, ch, &format!("{e} with the spare freed"));
                 false
             }
         }
+    }
+
+    /// Counts an exhaustion that shed nothing, logs `why`, tries to get the spare back,
+    /// and stops accepting for a moment.
+    fn pause(&mut self, lp: &mut EventLoop, ch: &mut Channel, why: &str) {
+        (self.on_exhausted)();
+        log::warn!("accept on {}: {why}; pausing", self.local);
+        self.spare = open_spare();
+        pause(lp, ch);
     }
 }
 
