@@ -5,9 +5,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::close_reason::CloseReason;
 
-/// Closes by reason, in the order of [`CloseCounts`]' fields.
+/// The number of [`CloseReason`] kinds counted apart (every `Error` counts as one).
 const REASONS: usize = 9;
 
+/// Where `reason` is counted: its index in [`IoCounters::closes`] and
+/// [`CloseCounts::as_array`].
 fn slot(reason: CloseReason) -> usize {
     match reason {
         CloseReason::Peer => 0,
@@ -46,21 +48,12 @@ impl IoCounters {
         Self::add(&self.closes[slot(reason)], 1);
     }
     pub(crate) fn snapshot(&self) -> LoopStats {
-        let c = |r| self.closes[slot(r)].load(Ordering::Relaxed);
         LoopStats {
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
-            closes: CloseCounts {
-                peer: c(CloseReason::Peer),
-                error: c(CloseReason::Error(std::io::ErrorKind::Other)),
-                idle: c(CloseReason::Idle),
-                user: c(CloseReason::User),
-                shutdown: c(CloseReason::Shutdown),
-                input_too_large: c(CloseReason::InputTooLarge),
-                output_limit: c(CloseReason::OutputLimit),
-                out_of_memory: c(CloseReason::OutOfMemory),
-                panic: c(CloseReason::Panic),
-            },
+            closes: CloseCounts::from_array(
+                self.closes.each_ref().map(|c| c.load(Ordering::Relaxed)),
+            ),
         }
     }
 }
@@ -91,43 +84,48 @@ pub struct CloseCounts {
 impl CloseCounts {
     /// Closes counted for `reason` (for [`CloseReason::Error`], every error).
     pub fn of(&self, reason: CloseReason) -> u64 {
-        match reason {
-            CloseReason::Peer => self.peer,
-            CloseReason::Error(_) => self.error,
-            CloseReason::Idle => self.idle,
-            CloseReason::User => self.user,
-            CloseReason::Shutdown => self.shutdown,
-            CloseReason::InputTooLarge => self.input_too_large,
-            CloseReason::OutputLimit => self.output_limit,
-            CloseReason::OutOfMemory => self.out_of_memory,
-            CloseReason::Panic => self.panic,
-        }
+        self.as_array()[slot(reason)]
     }
 
     /// All closes.
     pub fn total(&self) -> u64 {
-        self.peer
-            + self.error
-            + self.idle
-            + self.user
-            + self.shutdown
-            + self.input_too_large
-            + self.output_limit
-            + self.out_of_memory
-            + self.panic
+        self.as_array().iter().sum()
     }
 
-    fn sum(mut self, o: &CloseCounts) -> CloseCounts {
-        self.peer += o.peer;
-        self.error += o.error;
-        self.idle += o.idle;
-        self.user += o.user;
-        self.shutdown += o.shutdown;
-        self.input_too_large += o.input_too_large;
-        self.output_limit += o.output_limit;
-        self.out_of_memory += o.out_of_memory;
-        self.panic += o.panic;
-        self
+    /// The counts in the order of [`slot`].
+    fn as_array(&self) -> [u64; REASONS] {
+        [
+            self.peer,
+            self.error,
+            self.idle,
+            self.user,
+            self.shutdown,
+            self.input_too_large,
+            self.output_limit,
+            self.out_of_memory,
+            self.panic,
+        ]
+    }
+
+    fn from_array(c: [u64; REASONS]) -> CloseCounts {
+        let [peer, error, idle, user, shutdown, input_too_large, output_limit, out_of_memory, panic] =
+            c;
+        CloseCounts {
+            peer,
+            error,
+            idle,
+            user,
+            shutdown,
+            input_too_large,
+            output_limit,
+            out_of_memory,
+            panic,
+        }
+    }
+
+    fn sum(&self, other: &CloseCounts) -> CloseCounts {
+        let (a, b) = (self.as_array(), other.as_array());
+        CloseCounts::from_array(std::array::from_fn(|i| a[i] + b[i]))
     }
 }
 
@@ -192,5 +190,46 @@ impl ServerStats {
         self.per_loop
             .iter()
             .fold(CloseCounts::default(), |acc, l| acc.sum(&l.closes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn each_reason_is_counted_in_its_own_field() {
+        let reasons = [
+            CloseReason::Peer,
+            CloseReason::Error(std::io::ErrorKind::ConnectionReset),
+            CloseReason::Idle,
+            CloseReason::User,
+            CloseReason::Shutdown,
+            CloseReason::InputTooLarge,
+            CloseReason::OutputLimit,
+            CloseReason::OutOfMemory,
+            CloseReason::Panic,
+        ];
+        let counters = IoCounters::default();
+        for (i, &reason) in reasons.iter().enumerate() {
+            for _ in 0..=i {
+                counters.add_close(reason);
+            }
+        }
+        counters.add_close(CloseReason::Error(std::io::ErrorKind::TimedOut));
+        let closes = counters.snapshot().closes;
+        assert_eq!(closes.peer, 1);
+        assert_eq!(closes.error, 3, "every error kind counts as an error");
+        assert_eq!(closes.panic, 9);
+        for (i, &reason) in reasons.iter().enumerate().skip(2) {
+            assert_eq!(closes.of(reason), i as u64 + 1, "{reason:?}");
+        }
+        assert_eq!(closes.total(), 46);
+        let both = ServerStats {
+            per_loop: vec![counters.snapshot(), counters.snapshot()],
+            ..ServerStats::default()
+        };
+        assert_eq!(both.closes().total(), 92);
+        assert_eq!(both.closes().idle, 6);
     }
 }

@@ -428,12 +428,7 @@ impl TcpConnection {
 
     /// Closes the connection now, dropping unsent output (reason [`CloseReason::User`]).
     pub fn force_close(&self) -> Result<(), ConnectionClosed> {
-        self.close_with(CloseReason::User)
-    }
-
-    /// Closes the connection now with `reason`.
-    pub(crate) fn close_with(&self, reason: CloseReason) -> Result<(), ConnectionClosed> {
-        self.queue_in_loop(move |ctx| ctx.close(reason))
+        self.queue_in_loop(|ctx| ctx.force_close())
     }
 
     /// Stops reading and closes once everything queued before this call is written

@@ -19,6 +19,8 @@
 //!
 //! # Reading and writing
 //!
+//! (`reading.rs` and `writing.rs` hold the two halves' code.)
+//!
 //! An edge-triggered connection reads until `EAGAIN` or a short read (a short read proves
 //! the receive queue empty, unless the same event reported the peer's half-close), within
 //! a read budget per event (`read_budget`, default 256 KiB); the rest is read by a
@@ -33,10 +35,10 @@
 //! buffer drains. Write-complete after a direct write is queued, not called, so a callback
 //! that sends again cannot recurse; it runs only with the output empty.
 
-use std::io::{self, IoSlice};
+use std::io;
 use std::sync::Arc;
 
-use duo_buffer::{BufferError, InputBuffer, OutputBuffer, ReadOutcome};
+use duo_buffer::{InputBuffer, OutputBuffer};
 use duo_reactor::{Channel, EventLoop, Handler, Interest, Token};
 
 use super::callbacks::Callbacks;
@@ -44,7 +46,7 @@ use super::ctx::ConnCtx;
 use super::group::ServerLink;
 use super::handle::{ConnState, TcpConnection};
 use crate::close_reason::CloseReason;
-use crate::config::{Backpressure, ConnConfig, OutputLimit};
+use crate::config::ConnConfig;
 use crate::guard::catch_user_panic;
 use crate::per_loop::NetLoop;
 use crate::stats::IoCounters;
@@ -109,8 +111,8 @@ pub(crate) enum WriteSide {
 
 /// The handler registered with the connection's loop.
 pub(crate) struct LoopConn {
-    input: InputBuffer,
-    m: Machine,
+    pub(super) input: InputBuffer,
+    pub(super) m: Machine,
 }
 
 /// Everything of the loop side but the input buffer, so that a message callback can hold
@@ -123,9 +125,9 @@ pub(crate) struct Machine {
     pub(super) write: WriteSide,
     /// Bytes were read but not yet delivered: the application paused reading (from
     /// another thread) while the read was under way. Delivered when reading resumes.
-    held_input: bool,
+    pub(super) held_input: bool,
     /// A continuation of reading (the read budget of one event was used up) is queued.
-    read_queued: bool,
+    pub(super) read_queued: bool,
 }
 
 impl LoopConn {
@@ -243,171 +245,6 @@ impl LoopConn {
             });
         }
     }
-
-    /// Reads what the socket has, delivering it to the message callback, within the read
-    /// budget of one event. `until_eagain`: a short read does not prove the socket drained
-    /// (the peer's FIN may have come with the data, or this is a continuation run outside
-    /// an event), so read on until `EAGAIN` or end of stream.
-    fn read_ready(&mut self, lp: &mut EventLoop, ch: &mut Channel, until_eagain: bool) {
-        let mut budget = self.m.owner.config.read_budget;
-        if !self.m.wants_reading() {
-            self.m.sync_reading(ch);
-            return;
-        }
-        if std::mem::take(&mut self.m.held_input) && !self.deliver_and_settle(lp, ch) {
-            return;
-        }
-        loop {
-            if !self.m.wants_reading() {
-                self.m.sync_reading(ch);
-                return;
-            }
-            match self.input.recv_from(ch.fd()) {
-                Ok(ReadOutcome::Data { len, drained }) => {
-                    self.m.owner.counters.add_in(len);
-                    self.m.handle.touch(lp.poll_time());
-                    if self.m.owner.config.idle_refresh_on_read {
-                        self.m.idle_refresh(lp, ch.token());
-                    }
-                    if self.m.user_paused() {
-                        // Paused (from another thread) while we were reading: no callback
-                        // starts after `stop_reading` returned. Keep the bytes for later.
-                        self.hold_input(lp, ch);
-                        return;
-                    }
-                    if !self.deliver_and_settle(lp, ch) || !self.m.owner.config.edge_triggered {
-                        return;
-                    }
-                    // A short read means the socket is drained, and saves the read that
-                    // would return EAGAIN, unless the peer's FIN came with the data: then
-                    // no new edge will report it, so read on to see the EOF now.
-                    if drained && !until_eagain {
-                        return;
-                    }
-                    budget = budget.saturating_sub(len);
-                    if budget == 0 {
-                        // Enough for one event: serve the others, then read on.
-                        self.queue_more_reading(lp, ch);
-                        return;
-                    }
-                }
-                Ok(ReadOutcome::WouldBlock) => return,
-                Ok(ReadOutcome::Eof) => {
-                    self.peer_finished(lp, ch);
-                    return;
-                }
-                Err(BufferError::Full { limit }) => {
-                    log::warn!(
-                        "{}: {limit} bytes of input not consumed by the message callback; closing",
-                        self.m.handle.name()
-                    );
-                    self.m.close(lp, ch, CloseReason::InputTooLarge);
-                    return;
-                }
-                Err(BufferError::Io(e)) => {
-                    // The kernel reports an error only once the receive queue is empty:
-                    // nothing the peer sent is left behind.
-                    log::debug!("{}: read: {e}", self.m.handle.name());
-                    let kind = self.m.gone_error().unwrap_or(e.kind());
-                    self.m.close(lp, ch, CloseReason::Error(kind));
-                    return;
-                }
-                Err(e) => {
-                    log::error!("{}: read: {e}; closing", self.m.handle.name());
-                    self.m.close(lp, ch, CloseReason::OutOfMemory);
-                    return;
-                }
-            }
-        }
-    }
-
-    /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
-    fn hold_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        self.m.held_input = true;
-        if self.settle_input(lp, ch) {
-            self.m.sync_reading(ch);
-        }
-    }
-
-    /// Hands the input to the message callback, keeps what it left, and applies a pause it
-    /// asked for (through its `ConnCtx` or a handle). True if the connection is still open
-    /// and reading.
-    fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
-        self.deliver(lp, ch);
-        if !self.settle_input(lp, ch) || ch.is_removed() || self.m.closed() {
-            return false;
-        }
-        self.m.sync_reading(ch);
-        ch.is_reading()
-    }
-
-    /// Moves bytes a callback left in the thread's read area to a block of their own
-    /// (usually there are none: nothing is copied); false if that failed and the
-    /// connection was closed.
-    fn settle_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
-        match self.input.settle() {
-            Ok(()) => true,
-            Err(e) => {
-                log::error!(
-                    "{}: cannot keep unparsed input: {e}; closing",
-                    self.m.handle.name()
-                );
-                self.m.close(lp, ch, CloseReason::OutOfMemory);
-                false
-            }
-        }
-    }
-
-    /// Queues the rest of an edge-triggered read for after the other events of this
-    /// iteration (no further edge would report what is left).
-    fn queue_more_reading(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if std::mem::replace(&mut self.m.read_queued, true) {
-            return;
-        }
-        let token = ch.token();
-        lp.queue_in_loop(move |lp| {
-            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
-                conn.m.read_queued = false;
-                conn.read_ready(lp, ch, true);
-            });
-        });
-    }
-
-    /// The peer sent EOF, after everything it sent has been delivered.
-    fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        self.m.read = ReadSide::Eof;
-        ch.disable_reading();
-        if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {
-            // Both directions are done.
-            let reason = self.m.peer_reason();
-            self.m.close(lp, ch, reason);
-            return;
-        }
-        let owner = self.m.owner.clone();
-        match owner.callbacks.half_close.as_deref() {
-            // The application finishes its work and closes when it is done.
-            Some(cb) => {
-                self.m
-                    .run_guarded(lp, ch, "half-close callback", |ctx| cb(ctx));
-            }
-            None => self.m.close_after_flush(lp, ch, CloseReason::Peer),
-        }
-    }
-
-    /// Hands the input to the message callback.
-    fn deliver(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        // A clone of this loop's `Owner` pointer (a cache line only this thread touches),
-        // not of the callback's, whose count every I/O thread would bounce.
-        let owner = self.m.owner.clone();
-        let Some(cb) = owner.callbacks.message.as_deref() else {
-            // Nobody wants the bytes: drop them rather than let the buffer fill.
-            self.input.consume_all();
-            return;
-        };
-        let input = &mut self.input;
-        self.m
-            .run_guarded(lp, ch, "message callback", |ctx| cb(ctx, input));
-    }
 }
 
 impl Handler for LoopConn {
@@ -497,7 +334,7 @@ impl Machine {
     }
 
     /// The socket error that ended the connection, if the peer is gone because of one.
-    fn gone_error(&self) -> Option<io::ErrorKind> {
+    pub(super) fn gone_error(&self) -> Option<io::ErrorKind> {
         match self.write {
             WriteSide::Gone { error } => error,
             _ => None,
@@ -505,7 +342,7 @@ impl Machine {
     }
 
     /// The reason for a close the peer caused: its error if there was one.
-    fn peer_reason(&self) -> CloseReason {
+    pub(super) fn peer_reason(&self) -> CloseReason {
         self.gone_error()
             .map_or(CloseReason::Peer, CloseReason::Error)
     }
@@ -515,7 +352,7 @@ impl Machine {
     }
 
     /// Whether the connection should be reading now.
-    fn wants_reading(&self) -> bool {
+    pub(super) fn wants_reading(&self) -> bool {
         matches!(self.read, ReadSide::Open | ReadSide::Parked)
             && !self.user_paused()
             && !matches!(self.write, WriteSide::Draining(AfterDrain::Close(_)))
@@ -541,7 +378,12 @@ impl Machine {
     /// The peer can no longer receive (`error`: the socket error that says why, if any):
     /// drop the output, stop asking for writability. If the application was only waiting
     /// for the output to drain before closing, close now.
-    fn peer_gone(&mut self, lp: &mut EventLoop, ch: &mut Channel, error: Option<io::ErrorKind>) {
+    pub(super) fn peer_gone(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        error: Option<io::ErrorKind>,
+    ) {
         let before = std::mem::replace(&mut self.write, WriteSide::Gone { error });
         if let WriteSide::Gone { error: earlier } = before {
             // Already gone; keep the first error seen.
@@ -586,186 +428,6 @@ impl Machine {
             });
         }
     }
-
-    /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
-    /// before is still read; the close follows its end of stream (or the hang-up's event).
-    fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
-        log::debug!("{}: write: {e}", self.handle.name());
-        self.peer_gone(lp, ch, Some(e.kind()));
-        if self.read == ReadSide::Eof && !self.closed() {
-            let reason = self.peer_reason();
-            self.close(lp, ch, reason);
-        }
-    }
-
-    /// Queues `parts` for sending (or, with `shared`, the one shared message `parts`
-    /// views), writing directly when nothing is queued.
-    pub(super) fn send(
-        &mut self,
-        lp: &mut EventLoop,
-        ch: &mut Channel,
-        parts: &[&[u8]],
-        shared: Option<Arc<[u8]>>,
-    ) -> bool {
-        if self.write != WriteSide::Open || self.closed() {
-            return false;
-        }
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        if let Some((limit, policy)) = self.owner.config.output_limit {
-            if !self.output.is_empty() && self.output.len() + total > limit {
-                match policy {
-                    OutputLimit::Close => {
-                        log::info!(
-                            "{}: {} bytes of output queued (limit {limit}); closing",
-                            self.handle.name(),
-                            self.output.len()
-                        );
-                        self.close(lp, ch, CloseReason::OutputLimit);
-                    }
-                    OutputLimit::Discard => log::trace!(
-                        "{}: output limit {limit}: {total} bytes discarded",
-                        self.handle.name()
-                    ),
-                }
-                return false;
-            }
-        }
-        let mut written = 0;
-        if self.output.is_empty() && !ch.is_writing() {
-            // No allocation: up to 8 pieces go out in one call; any further pieces are
-            // buffered below like any unwritten rest.
-            let mut slices = [IoSlice::new(&[]); 8];
-            let count = parts.len().min(slices.len());
-            for (slot, part) in slices.iter_mut().zip(parts) {
-                *slot = IoSlice::new(part);
-            }
-            match duo_sys::send_vectored(ch.fd(), &slices[..count]) {
-                Ok(n) => {
-                    written = n;
-                    self.owner.counters.add_out(n);
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
-                Err(e) => {
-                    self.write_failed(lp, ch, &e);
-                    return false;
-                }
-            }
-        }
-        if written == total {
-            if self.owner.callbacks.write_complete.is_some() {
-                // Queued, not called: a callback that sends again from write-complete
-                // would otherwise recurse without bound.
-                let token = ch.token();
-                lp.queue_in_loop(move |lp| {
-                    lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
-                        // A later send may have left output queued meanwhile: then the
-                        // flush that drains it reports completion, not this notice.
-                        if conn.m.output.is_empty() {
-                            conn.m.write_complete(lp, ch)
-                        }
-                    });
-                });
-            }
-            return true;
-        }
-        let before = self.output.len();
-        if let Some(data) = shared {
-            self.output.push_shared(data, written);
-        } else {
-            let mut skip = written;
-            for part in parts {
-                if skip >= part.len() {
-                    skip -= part.len();
-                    continue;
-                }
-                if let Err(e) = self.output.append(&part[skip..]) {
-                    log::error!("{}: cannot buffer output: {e}; closing", self.handle.name());
-                    self.close(lp, ch, CloseReason::OutOfMemory);
-                    return false;
-                }
-                skip = 0;
-            }
-        }
-        ch.enable_writing();
-        let after = self.output.len();
-        let hwm = self.owner.config.high_water;
-        if after > hwm
-            && self.read == ReadSide::Open
-            && self.owner.config.backpressure == Backpressure::PauseReading
-        {
-            // Backpressure: stop reading until the peer drains what we owe it.
-            self.read = ReadSide::Backpressured;
-            ch.disable_reading();
-        }
-        if before <= hwm && after > hwm {
-            let owner = self.owner.clone();
-            if let Some(cb) = owner.callbacks.high_water_mark.as_deref() {
-                if self
-                    .run_guarded(lp, ch, "high-water-mark callback", |ctx| cb(ctx, after))
-                    .is_none()
-                {
-                    return false;
-                }
-            }
-        }
-        true
-    }
-
-    /// Writes as much of the output buffer as the socket takes.
-    fn flush(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if !ch.is_writing() || matches!(self.write, WriteSide::Gone { .. }) {
-            return;
-        }
-        loop {
-            match self.output.send_to(ch.fd()) {
-                Ok(n) => {
-                    self.owner.counters.add_out(n);
-                    if self.owner.config.idle_refresh_on_read {
-                        // A peer still taking queued output (a slow download) is not
-                        // idle, even if it sends nothing.
-                        self.idle_refresh(lp, ch.token());
-                    }
-                    if self.output.is_empty() {
-                        ch.disable_writing();
-                        self.resume_if_drained(lp, ch);
-                        self.write_complete(lp, ch);
-                        if let WriteSide::Draining(then) = self.write {
-                            self.drained(lp, ch, then);
-                        }
-                        return;
-                    }
-                    self.resume_if_drained(lp, ch);
-                    if !self.owner.config.edge_triggered {
-                        return;
-                    }
-                }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
-                Err(e) => {
-                    self.write_failed(lp, ch, &e);
-                    return;
-                }
-            }
-        }
-    }
-
-    fn resume_if_drained(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self.read == ReadSide::Backpressured && self.output.len() <= self.owner.config.low_water
-        {
-            self.read = ReadSide::Open;
-            self.reading_changed(lp, ch);
-        }
-    }
-
-    fn write_complete(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self.closed() {
-            return;
-        }
-        let owner = self.owner.clone();
-        if let Some(cb) = owner.callbacks.write_complete.as_deref() {
-            self.run_guarded(lp, ch, "write-complete callback", |ctx| cb(ctx));
-        }
-    }
-
     /// Half-close once the output is written ([`ConnCtx::shutdown`]).
     pub(super) fn shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         if self.handle.state() != ConnState::Connected {
@@ -809,7 +471,7 @@ impl Machine {
 
     /// The output is written while draining: half-close (or close, if the peer is done
     /// too), or close.
-    fn drained(&mut self, lp: &mut EventLoop, ch: &mut Channel, then: AfterDrain) {
+    pub(super) fn drained(&mut self, lp: &mut EventLoop, ch: &mut Channel, then: AfterDrain) {
         match then {
             AfterDrain::Close(reason) => self.close(lp, ch, reason),
             // Nothing more can come from the peer either: both directions are done.

@@ -3,7 +3,8 @@
 //!
 //! A connection lives in two halves:
 //! - the **loop side** ([`machine`]: `LoopConn`, the handler registered with the
-//!   connection's loop, and its `Machine`) owns the socket, the input and output buffers
+//!   connection's loop, and its `Machine`; the read path in `reading.rs`, the write path in
+//!   `writing.rs`) owns the socket, the input and output buffers
 //!   and the read/write state; only the loop thread touches it, so the hot path takes no
 //!   lock. Callbacks reach it through a [`ConnCtx`] ([`ctx`]), which acts at once;
 //! - the **handle** ([`TcpConnection`], [`handle`]; `Send + Sync + Clone`) holds what any
@@ -33,8 +34,10 @@ pub(crate) mod ctx;
 pub(crate) mod group;
 pub(crate) mod handle;
 pub(crate) mod machine;
+mod reading;
 #[cfg(test)]
 mod tests;
+mod writing;
 
 pub use ctx::ConnCtx;
 pub use group::ServerConnections;

@@ -1,0 +1,271 @@
+//! Unit tests of the bank's store module.
+
+use super::*;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+/// A fresh directory, removed on drop.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new() -> TempDir {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let dir = std::env::temp_dir().join(format!(
+            "bank-store-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::SeqCst)
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+fn setup(group_commit: bool) -> (TempDir, Store, i64, i64) {
+    let dir = TempDir::new();
+    let store = Store::open(&dir.0.join("bank.db"), group_commit).unwrap();
+    let reg = |name: &str| WriteOp::Register {
+        name: name.into(),
+        hash: "$argon2id$fake".into(),
+    };
+    let r = store.write_now(&[reg("alice"), reg("bob"), reg("alice")]);
+    assert_eq!(r[0].as_ref().unwrap(), &WriteOutcome::Registered);
+    assert_eq!(r[1].as_ref().unwrap(), &WriteOutcome::Registered);
+    assert!(matches!(
+        r[2].as_ref().unwrap(),
+        WriteOutcome::Rejected(ErrorCode::UserExists, _)
+    ));
+    let a = store.user("alice").unwrap().unwrap().id;
+    let b = store.user("bob").unwrap().unwrap().id;
+    (dir, store, a, b)
+}
+
+fn balance(r: &Result<WriteOutcome, StoreError>) -> i64 {
+    match r {
+        Ok(WriteOutcome::Balance(b)) => *b,
+        other => panic!("expected a balance, got {other:?}"),
+    }
+}
+
+fn code(r: &Result<WriteOutcome, StoreError>) -> ErrorCode {
+    match r {
+        Ok(WriteOutcome::Rejected(c, _)) => *c,
+        other => panic!("expected a rejection, got {other:?}"),
+    }
+}
+
+fn tr(from: i64, to: &str, amount: i64, rid: Option<&str>) -> WriteOp {
+    WriteOp::Transfer {
+        from,
+        from_name: if from == 1 { "alice" } else { "bob" }.into(),
+        to: to.into(),
+        amount,
+        request_id: rid.map(Into::into),
+    }
+}
+
+#[test]
+fn creates_schema_in_wal_mode_and_reopens() {
+    let (dir, store, a, _) = setup(true);
+    assert_eq!(
+        balance(&store.write_now(&[WriteOp::Deposit { user: a, amount: 5 }])[0]),
+        5
+    );
+    drop(store);
+    let store = Store::open(&dir.0.join("bank.db"), true).unwrap();
+    assert_eq!(store.balance(a).unwrap(), 5);
+    let mode: String = store
+        .writer
+        .lock()
+        .query_row("PRAGMA journal_mode", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(mode, "wal");
+    let sync: i64 = store
+        .writer
+        .lock()
+        .query_row("PRAGMA synchronous", [], |r| r.get(0))
+        .unwrap();
+    assert_eq!(sync, 2, "FULL");
+}
+
+#[test]
+fn deposits_withdrawals_and_transfers() {
+    let (_dir, store, a, b) = setup(true);
+    let r = store.write_now(&[
+        WriteOp::Deposit {
+            user: a,
+            amount: 1000,
+        },
+        WriteOp::Withdraw { user: a, amount: 1 },
+        WriteOp::Withdraw {
+            user: a,
+            amount: 5000,
+        },
+        tr(a, "bob", 300, None),
+        tr(a, "carol", 1, None),
+        tr(a, "alice", 1, None),
+        tr(a, "bob", 700, None),
+    ]);
+    assert_eq!(balance(&r[0]), 1000);
+    assert_eq!(balance(&r[1]), 999);
+    assert_eq!(code(&r[2]), ErrorCode::InsufficientFunds);
+    assert_eq!(balance(&r[3]), 699);
+    assert_eq!(code(&r[4]), ErrorCode::NoSuchUser);
+    assert_eq!(code(&r[5]), ErrorCode::BadRequest);
+    assert_eq!(code(&r[6]), ErrorCode::InsufficientFunds);
+    assert_eq!(store.balance(a).unwrap(), 699);
+    assert_eq!(store.balance(b).unwrap(), 300);
+    assert_eq!(store.total().unwrap(), 999);
+
+    let h = store.history(a, 10).unwrap();
+    let lines: Vec<String> = h.iter().map(|e| e.line()).collect();
+    assert_eq!(h.len(), 3, "{lines:?}");
+    assert_eq!(h[0].kind, EntryKind::TransferOut);
+    assert_eq!(h[0].counterparty.as_deref(), Some("bob"));
+    assert_eq!((h[0].amount, h[0].balance_after), (-300, 699));
+    assert_eq!((h[1].kind, h[1].amount), (EntryKind::Withdraw, -1));
+    assert_eq!((h[2].kind, h[2].amount), (EntryKind::Deposit, 1000));
+    assert!(h[0].id > h[1].id && h[1].id > h[2].id);
+    let hb = store.history(b, 10).unwrap();
+    assert_eq!(hb.len(), 1);
+    assert_eq!(hb[0].kind, EntryKind::TransferIn);
+    assert_eq!(hb[0].counterparty.as_deref(), Some("alice"));
+    assert_eq!(store.history(a, 1).unwrap().len(), 1);
+}
+
+#[test]
+fn balances_cannot_overflow() {
+    let (_dir, store, a, _) = setup(true);
+    store
+        .writer
+        .lock()
+        .execute(
+            "UPDATE users SET balance = ?1 WHERE id = ?2",
+            params![i64::MAX - 5, a],
+        )
+        .unwrap();
+    let r = store.write_now(&[WriteOp::Deposit { user: a, amount: 6 }]);
+    assert_eq!(code(&r[0]), ErrorCode::InvalidAmount);
+    assert_eq!(store.balance(a).unwrap(), i64::MAX - 5);
+}
+
+#[test]
+fn request_ids_make_transfers_idempotent() {
+    let (_dir, store, a, b) = setup(true);
+    store.write_now(&[WriteOp::Deposit {
+        user: a,
+        amount: 100,
+    }]);
+    let r = store.write_now(&[
+        tr(a, "bob", 40, Some("r1")),
+        tr(a, "bob", 40, Some("r1")),
+        tr(a, "bob", 41, Some("r1")),
+        tr(a, "bob", 500, Some("r2")),
+        tr(b, "alice", 10, Some("r1")),
+    ]);
+    assert_eq!(balance(&r[0]), 60);
+    assert_eq!(balance(&r[1]), 60, "replayed");
+    assert_eq!(
+        code(&r[2]),
+        ErrorCode::BadRequest,
+        "same id, other transfer"
+    );
+    assert_eq!(code(&r[3]), ErrorCode::InsufficientFunds);
+    assert_eq!(balance(&r[4]), 30, "ids are per user");
+    // The refusal is replayed too, even though the balance now covers it.
+    store.write_now(&[WriteOp::Deposit {
+        user: a,
+        amount: 1000,
+    }]);
+    let r = store.write_now(&[tr(a, "bob", 500, Some("r2")), tr(a, "bob", 40, Some("r1"))]);
+    assert_eq!(code(&r[0]), ErrorCode::InsufficientFunds);
+    assert_eq!(balance(&r[1]), 60);
+    assert_eq!(store.balance(a).unwrap(), 1070);
+    assert_eq!(store.balance(b).unwrap(), 30);
+}
+
+#[test]
+fn group_commit_batches_and_delivers_every_result() {
+    for group in [true, false] {
+        let (_dir, store, a, b) = setup(group);
+        let store = Arc::new(store);
+        store.write_now(&[WriteOp::Deposit {
+            user: a,
+            amount: 1000,
+        }]);
+        let (tx, rx) = std::sync::mpsc::channel();
+        let threads: Vec<_> = (0..8)
+            .map(|t| {
+                let store = store.clone();
+                let tx = tx.clone();
+                std::thread::spawn(move || {
+                    for i in 0..25 {
+                        let tx = tx.clone();
+                        let (from, to) = if (t + i) % 2 == 0 {
+                            (a, "bob")
+                        } else {
+                            (b, "alice")
+                        };
+                        store.submit_write(WriteJob {
+                            ops: vec![tr(from, to, 7, None), tr(from, to, 3, None)],
+                            done: Box::new(move |r| tx.send(r).unwrap()),
+                        });
+                    }
+                })
+            })
+            .collect();
+        drop(tx);
+        for t in threads {
+            t.join().unwrap();
+        }
+        let results: Vec<WriteResults> = rx.iter().collect();
+        assert_eq!(results.len(), 200);
+        assert!(results.iter().all(|r| r.len() == 2));
+        assert_eq!(store.total().unwrap(), 1000);
+        assert!(store.balance(a).unwrap() >= 0 && store.balance(b).unwrap() >= 0);
+        let oks = results
+            .iter()
+            .flatten()
+            .filter(|r| matches!(r, Ok(WriteOutcome::Balance(_))))
+            .count();
+        let ledger = store.history(a, 1000).unwrap().len() + store.history(b, 1000).unwrap().len();
+        assert_eq!(ledger, 1 + 2 * oks);
+    }
+}
+
+#[test]
+fn a_failing_write_fails_alone_and_the_others_apply_once() {
+    let (_dir, store, a, b) = setup(true);
+    // User 999 999 does not exist: reading its balance is a database error (no row),
+    // which sends the batch down the one-savepoint-per-operation path.
+    let ghost = 999_999;
+    let results = store.write_now(&[
+        WriteOp::Deposit {
+            user: a,
+            amount: 100,
+        },
+        WriteOp::Deposit {
+            user: ghost,
+            amount: 5,
+        },
+        tr(a, "bob", 30, None),
+        WriteOp::Withdraw {
+            user: ghost,
+            amount: 1,
+        },
+    ]);
+    assert!(matches!(results[0], Ok(WriteOutcome::Balance(100))));
+    assert!(results[1].is_err());
+    assert!(matches!(results[2], Ok(WriteOutcome::Balance(70))));
+    assert!(results[3].is_err());
+    // Applied exactly once, though the first attempt had applied the first ones.
+    assert_eq!(store.balance(a).unwrap(), 70);
+    assert_eq!(store.balance(b).unwrap(), 30);
+    assert_eq!(store.total().unwrap(), 100);
+    assert_eq!(store.history(a, 10).unwrap().len(), 2);
+}

@@ -1,0 +1,176 @@
+//! The receiving half of a connection's loop side: reading within a budget, delivering to
+//! the message callback, holding input a pause caught, and the peer's end of stream.
+//! (State and transitions: [`super::machine`].)
+
+use duo_buffer::{BufferError, ReadOutcome};
+use duo_reactor::{Channel, EventLoop};
+
+use super::machine::{LoopConn, ReadSide, WriteSide};
+use crate::close_reason::CloseReason;
+
+impl LoopConn {
+    /// Reads what the socket has, delivering it to the message callback, within the read
+    /// budget of one event. `until_eagain`: a short read does not prove the socket drained
+    /// (the peer's FIN may have come with the data, or this is a continuation run outside
+    /// an event), so read on until `EAGAIN` or end of stream.
+    pub(super) fn read_ready(&mut self, lp: &mut EventLoop, ch: &mut Channel, until_eagain: bool) {
+        let mut budget = self.m.owner.config.read_budget;
+        if !self.m.wants_reading() {
+            self.m.sync_reading(ch);
+            return;
+        }
+        if std::mem::take(&mut self.m.held_input) && !self.deliver_and_settle(lp, ch) {
+            return;
+        }
+        loop {
+            if !self.m.wants_reading() {
+                self.m.sync_reading(ch);
+                return;
+            }
+            match self.input.recv_from(ch.fd()) {
+                Ok(ReadOutcome::Data { len, drained }) => {
+                    self.m.owner.counters.add_in(len);
+                    self.m.handle.touch(lp.poll_time());
+                    if self.m.owner.config.idle_refresh_on_read {
+                        self.m.idle_refresh(lp, ch.token());
+                    }
+                    if self.m.user_paused() {
+                        // Paused (from another thread) while we were reading: no callback
+                        // starts after `stop_reading` returned. Keep the bytes for later.
+                        self.hold_input(lp, ch);
+                        return;
+                    }
+                    if !self.deliver_and_settle(lp, ch) || !self.m.owner.config.edge_triggered {
+                        return;
+                    }
+                    // A short read means the socket is drained, and saves the read that
+                    // would return EAGAIN, unless the peer's FIN came with the data: then
+                    // no new edge will report it, so read on to see the EOF now.
+                    if drained && !until_eagain {
+                        return;
+                    }
+                    budget = budget.saturating_sub(len);
+                    if budget == 0 {
+                        // Enough for one event: serve the others, then read on.
+                        self.queue_more_reading(lp, ch);
+                        return;
+                    }
+                }
+                Ok(ReadOutcome::WouldBlock) => return,
+                Ok(ReadOutcome::Eof) => {
+                    self.peer_finished(lp, ch);
+                    return;
+                }
+                Err(BufferError::Full { limit }) => {
+                    log::warn!(
+                        "{}: {limit} bytes of input not consumed by the message callback; closing",
+                        self.m.handle.name()
+                    );
+                    self.m.close(lp, ch, CloseReason::InputTooLarge);
+                    return;
+                }
+                Err(BufferError::Io(e)) => {
+                    // The kernel reports an error only once the receive queue is empty:
+                    // nothing the peer sent is left behind.
+                    log::debug!("{}: read: {e}", self.m.handle.name());
+                    let kind = self.m.gone_error().unwrap_or(e.kind());
+                    self.m.close(lp, ch, CloseReason::Error(kind));
+                    return;
+                }
+                Err(e) => {
+                    log::error!("{}: read: {e}; closing", self.m.handle.name());
+                    self.m.close(lp, ch, CloseReason::OutOfMemory);
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
+    fn hold_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.m.held_input = true;
+        if self.settle_input(lp, ch) {
+            self.m.sync_reading(ch);
+        }
+    }
+
+    /// Hands the input to the message callback, keeps what it left, and applies a pause it
+    /// asked for (through its `ConnCtx` or a handle). True if the connection is still open
+    /// and reading.
+    fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        self.deliver(lp, ch);
+        if !self.settle_input(lp, ch) || ch.is_removed() || self.m.closed() {
+            return false;
+        }
+        self.m.sync_reading(ch);
+        ch.is_reading()
+    }
+
+    /// Moves bytes a callback left in the thread's read area to a block of their own
+    /// (usually there are none: nothing is copied); false if that failed and the
+    /// connection was closed.
+    fn settle_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        match self.input.settle() {
+            Ok(()) => true,
+            Err(e) => {
+                log::error!(
+                    "{}: cannot keep unparsed input: {e}; closing",
+                    self.m.handle.name()
+                );
+                self.m.close(lp, ch, CloseReason::OutOfMemory);
+                false
+            }
+        }
+    }
+
+    /// Queues the rest of an edge-triggered read for after the other events of this
+    /// iteration (no further edge would report what is left).
+    fn queue_more_reading(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if std::mem::replace(&mut self.m.read_queued, true) {
+            return;
+        }
+        let token = ch.token();
+        lp.queue_in_loop(move |lp| {
+            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                conn.m.read_queued = false;
+                conn.read_ready(lp, ch, true);
+            });
+        });
+    }
+
+    /// The peer sent EOF, after everything it sent has been delivered.
+    fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.m.read = ReadSide::Eof;
+        ch.disable_reading();
+        if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {
+            // Both directions are done.
+            let reason = self.m.peer_reason();
+            self.m.close(lp, ch, reason);
+            return;
+        }
+        let owner = self.m.owner.clone();
+        match owner.callbacks.half_close.as_deref() {
+            // The application finishes its work and closes when it is done.
+            Some(cb) => {
+                self.m
+                    .run_guarded(lp, ch, "half-close callback", |ctx| cb(ctx));
+            }
+            None => self.m.close_after_flush(lp, ch, CloseReason::Peer),
+        }
+    }
+
+    /// Hands the input to the message callback.
+    fn deliver(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        // A clone of this loop's `Owner` pointer (a cache line only this thread touches),
+        // not of the callback's, whose count every I/O thread would bounce.
+        let owner = self.m.owner.clone();
+        let Some(cb) = owner.callbacks.message.as_deref() else {
+            // Nobody wants the bytes: drop them rather than let the buffer fill.
+            self.input.consume_all();
+            return;
+        };
+        let input = &mut self.input;
+        self.m
+            .run_guarded(lp, ch, "message callback", |ctx| cb(ctx, input));
+    }
+}

@@ -1,0 +1,193 @@
+//! The sending half of a connection's loop side: direct writes, the output buffer, the
+//! output limit, backpressure, write-complete notices. (State and transitions:
+//! [`super::machine`].)
+
+use std::io::{self, IoSlice};
+use std::sync::Arc;
+
+use duo_reactor::{Channel, EventLoop};
+
+use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
+use crate::close_reason::CloseReason;
+use crate::config::{Backpressure, OutputLimit};
+
+impl Machine {
+    /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
+    /// before is still read; the close follows its end of stream (or the hang-up's event).
+    fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
+        log::debug!("{}: write: {e}", self.handle.name());
+        self.peer_gone(lp, ch, Some(e.kind()));
+        if self.read == ReadSide::Eof && !self.closed() {
+            let reason = self.peer_reason();
+            self.close(lp, ch, reason);
+        }
+    }
+
+    /// Queues `parts` for sending (or, with `shared`, the one shared message `parts`
+    /// views), writing directly when nothing is queued.
+    pub(super) fn send(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        parts: &[&[u8]],
+        shared: Option<Arc<[u8]>>,
+    ) -> bool {
+        if self.write != WriteSide::Open || self.closed() {
+            return false;
+        }
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        if let Some((limit, policy)) = self.owner.config.output_limit {
+            if !self.output.is_empty() && self.output.len() + total > limit {
+                match policy {
+                    OutputLimit::Close => {
+                        log::info!(
+                            "{}: {} bytes of output queued (limit {limit}); closing",
+                            self.handle.name(),
+                            self.output.len()
+                        );
+                        self.close(lp, ch, CloseReason::OutputLimit);
+                    }
+                    OutputLimit::Discard => log::trace!(
+                        "{}: output limit {limit}: {total} bytes discarded",
+                        self.handle.name()
+                    ),
+                }
+                return false;
+            }
+        }
+        let mut written = 0;
+        if self.output.is_empty() && !ch.is_writing() {
+            // No allocation: up to 8 pieces go out in one call; any further pieces are
+            // buffered below like any unwritten rest.
+            let mut slices = [IoSlice::new(&[]); 8];
+            let count = parts.len().min(slices.len());
+            for (slot, part) in slices.iter_mut().zip(parts) {
+                *slot = IoSlice::new(part);
+            }
+            match duo_sys::send_vectored(ch.fd(), &slices[..count]) {
+                Ok(n) => {
+                    written = n;
+                    self.owner.counters.add_out(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.write_failed(lp, ch, &e);
+                    return false;
+                }
+            }
+        }
+        if written == total {
+            if self.owner.callbacks.write_complete.is_some() {
+                // Queued, not called: a callback that sends again from write-complete
+                // would otherwise recurse without bound.
+                let token = ch.token();
+                lp.queue_in_loop(move |lp| {
+                    lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                        // A later send may have left output queued meanwhile: then the
+                        // flush that drains it reports completion, not this notice.
+                        if conn.m.output.is_empty() {
+                            conn.m.write_complete(lp, ch)
+                        }
+                    });
+                });
+            }
+            return true;
+        }
+        let before = self.output.len();
+        if let Some(data) = shared {
+            self.output.push_shared(data, written);
+        } else {
+            let mut skip = written;
+            for part in parts {
+                if skip >= part.len() {
+                    skip -= part.len();
+                    continue;
+                }
+                if let Err(e) = self.output.append(&part[skip..]) {
+                    log::error!("{}: cannot buffer output: {e}; closing", self.handle.name());
+                    self.close(lp, ch, CloseReason::OutOfMemory);
+                    return false;
+                }
+                skip = 0;
+            }
+        }
+        ch.enable_writing();
+        let after = self.output.len();
+        let hwm = self.owner.config.high_water;
+        if after > hwm
+            && self.read == ReadSide::Open
+            && self.owner.config.backpressure == Backpressure::PauseReading
+        {
+            // Backpressure: stop reading until the peer drains what we owe it.
+            self.read = ReadSide::Backpressured;
+            ch.disable_reading();
+        }
+        if before <= hwm && after > hwm {
+            let owner = self.owner.clone();
+            if let Some(cb) = owner.callbacks.high_water_mark.as_deref() {
+                if self
+                    .run_guarded(lp, ch, "high-water-mark callback", |ctx| cb(ctx, after))
+                    .is_none()
+                {
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    /// Writes as much of the output buffer as the socket takes.
+    pub(super) fn flush(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if !ch.is_writing() || matches!(self.write, WriteSide::Gone { .. }) {
+            return;
+        }
+        loop {
+            match self.output.send_to(ch.fd()) {
+                Ok(n) => {
+                    self.owner.counters.add_out(n);
+                    if self.owner.config.idle_refresh_on_read {
+                        // A peer still taking queued output (a slow download) is not
+                        // idle, even if it sends nothing.
+                        self.idle_refresh(lp, ch.token());
+                    }
+                    if self.output.is_empty() {
+                        ch.disable_writing();
+                        self.resume_if_drained(lp, ch);
+                        self.write_complete(lp, ch);
+                        if let WriteSide::Draining(then) = self.write {
+                            self.drained(lp, ch, then);
+                        }
+                        return;
+                    }
+                    self.resume_if_drained(lp, ch);
+                    if !self.owner.config.edge_triggered {
+                        return;
+                    }
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) => {
+                    self.write_failed(lp, ch, &e);
+                    return;
+                }
+            }
+        }
+    }
+
+    fn resume_if_drained(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.read == ReadSide::Backpressured && self.output.len() <= self.owner.config.low_water
+        {
+            self.read = ReadSide::Open;
+            self.reading_changed(lp, ch);
+        }
+    }
+
+    fn write_complete(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.closed() {
+            return;
+        }
+        let owner = self.owner.clone();
+        if let Some(cb) = owner.callbacks.write_complete.as_deref() {
+            self.run_guarded(lp, ch, "write-complete callback", |ctx| cb(ctx));
+        }
+    }
+}
