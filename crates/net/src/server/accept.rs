@@ -192,7 +192,6 @@ pub(super) fn new_connection_handler(
     let mut next_id = 0u64;
     // Shared by every connection (one allocation per server, not per connection).
     let server_name: Arc<str> = Arc::from(shared.name.as_str());
-    let tcp_nodelay = owners.first().is_some_and(|o| o.config.tcp_nodelay);
     Box::new(move |lp, socket, peer| {
         let c = &shared.counters;
         let active = c.active.load(Ordering::Relaxed);
@@ -204,7 +203,11 @@ pub(super) fn new_connection_handler(
             );
             return;
         }
-        if tcp_nodelay {
+        next_id += 1;
+        let index = next_loop % loops.len();
+        next_loop = next_loop.wrapping_add(1);
+        let (target, owner) = (loops[index].clone(), owners[index].clone());
+        if owner.config.tcp_nodelay {
             if let Err(e) = socket.set_nodelay(true) {
                 log::debug!("{}: TCP_NODELAY for {peer}: {e}", shared.name);
             }
@@ -220,16 +223,11 @@ pub(super) fn new_connection_handler(
         } else {
             shared.local_addr
         };
-        next_id += 1;
-        let index = next_loop % loops.len();
-        next_loop = next_loop.wrapping_add(1);
-        let target = loops[index].clone();
         let handle = TcpConnection::new(next_id, server_name.clone(), peer, local, target.clone());
         AcceptCounters::bump(&c.accepted);
         // Counted open until its close hook runs (also if registering it fails).
         c.active.fetch_add(1, Ordering::Relaxed);
 
-        let owner = owners[index].clone();
         if target.is_in_loop_thread() {
             if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
                 log::warn!("{}: cannot register {peer}: {e}", shared.name);
