@@ -91,6 +91,8 @@ impl Child {
         ])
         .env(CHILD_ENV, io_threads.to_string());
         let server = ChildServer::builder(cmd)
+            // The child is this test binary: the harness prints its own lines first.
+            .allow_preamble()
             .startup(LIMIT)
             .stdin(Stdio::piped())
             .start();

@@ -55,6 +55,7 @@ impl ChildServer {
             startup,
             stderr,
             stdin,
+            allow_preamble,
         } = options;
         let name = program_name(&command);
         let collect_stderr = stderr.is_none();
@@ -80,7 +81,11 @@ impl ChildServer {
             lines: Mutex::new(lines),
             stdin,
         };
-        let line = server.try_line_starting("listening on ", startup)?;
+        let line = if allow_preamble {
+            server.try_line_starting("listening on ", startup)?
+        } else {
+            server.next_line(Instant::now() + startup, startup, "a `listening on` line")?
+        };
         server.addr = match line
             .strip_prefix("listening on ")
             .and_then(|a| a.trim().parse().ok())
@@ -128,24 +133,36 @@ impl ChildServer {
 
     /// As [`line_starting`](Self::line_starting), but an error (the server is killed)
     /// instead of a panic.
-    pub fn try_line_starting(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {
+    fn try_line_starting(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {
         let deadline = Instant::now() + limit;
         loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            // A `Mutex` only to keep the server `Sync`; `&mut self` needs no locking.
-            let lines = self.lines.get_mut().unwrap_or_else(PoisonError::into_inner);
-            let next = lines.recv_timeout(left);
-            match next {
-                Ok(line) if line.starts_with(prefix) => return Ok(line),
-                Ok(line) => println!("{}: {line}", self.name),
-                Err(mpsc::RecvTimeoutError::Disconnected) => {
-                    let what = format!("closed its stdout before a `{prefix}` line");
-                    return Err(self.failed(&what));
-                }
-                Err(mpsc::RecvTimeoutError::Timeout) => {
-                    let what = format!("printed no `{prefix}` line within {limit:?}");
-                    return Err(self.failed(&what));
-                }
+            let line = self.next_line(deadline, limit, &format!("a `{prefix}` line"))?;
+            if line.starts_with(prefix) {
+                return Ok(line);
+            }
+            println!("{}: {line}", self.name);
+        }
+    }
+
+    /// The next stdout line, before `deadline` (the end of the wait of `limit` it is part
+    /// of); an error (the server is killed) naming `what` was awaited if the server closes
+    /// its stdout or stays silent.
+    fn next_line(
+        &mut self,
+        deadline: Instant,
+        limit: Duration,
+        what: &str,
+    ) -> Result<String, String> {
+        let left = deadline.saturating_duration_since(Instant::now());
+        // A `Mutex` only to keep the server `Sync`; `&mut self` needs no locking.
+        let lines = self.lines.get_mut().unwrap_or_else(PoisonError::into_inner);
+        match lines.recv_timeout(left) {
+            Ok(line) => Ok(line),
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                Err(self.failed(&format!("closed its stdout before {what}")))
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                Err(self.failed(&format!("printed no {what} within {limit:?}")))
             }
         }
     }
@@ -299,13 +316,23 @@ fn collect(mut pipe: impl Read + Send + 'static, out: Arc<Mutex<String>>) -> Joi
     })
 }
 
-/// Reads `stdout` line by line on a thread of its own, sending each line to the receiver.
+/// Reads `stdout` line by line on a thread of its own, sending each line to the receiver
+/// (bytes that are not UTF-8 replaced, so one bad line never stops the reading).
 fn read_lines(stdout: impl Read + Send + 'static) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
     thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            // Keep reading after the receiver is gone, so the server never blocks.
-            let _ = tx.send(line);
+        let mut reader = BufReader::new(stdout);
+        let mut line = Vec::new();
+        loop {
+            line.clear();
+            match reader.read_until(b'\n', &mut line) {
+                Ok(0) | Err(_) => break,
+                Ok(_) => {
+                    let text = String::from_utf8_lossy(&line);
+                    // Keep reading after the receiver is gone, so the server never blocks.
+                    let _ = tx.send(text.trim_end_matches(['\n', '\r']).to_owned());
+                }
+            }
         }
     });
     rx

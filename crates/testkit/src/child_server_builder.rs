@@ -16,6 +16,7 @@ pub struct ChildServerBuilder {
     pub(crate) startup: Duration,
     pub(crate) stderr: Option<Stdio>,
     pub(crate) stdin: Option<Stdio>,
+    pub(crate) allow_preamble: bool,
 }
 
 impl ChildServerBuilder {
@@ -25,6 +26,7 @@ impl ChildServerBuilder {
             startup: STARTUP,
             stderr: None,
             stdin: None,
+            allow_preamble: false,
         }
     }
 
@@ -45,6 +47,15 @@ impl ChildServerBuilder {
     /// writes to, [`ChildServer::stdin`]) instead of an empty one.
     pub fn stdin(mut self, from: impl Into<Stdio>) -> ChildServerBuilder {
         self.stdin = Some(from.into());
+        self
+    }
+
+    /// Accepts stdout lines before `listening on` (echoed to the test's stdout) instead of
+    /// failing on them: for a child that is itself a test harness, which prints its own
+    /// lines first. By default the `listening on` line must be the first, so a server that
+    /// starts printing something else on stdout fails the test.
+    pub fn allow_preamble(mut self) -> ChildServerBuilder {
+        self.allow_preamble = true;
         self
     }
 

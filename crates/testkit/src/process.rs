@@ -2,6 +2,7 @@
 
 use std::io::{self, Read};
 use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
@@ -60,9 +61,10 @@ pub fn run_within(cmd: &mut Command, limit: Duration) -> Result<Finished, String
 /// piped; the others come back empty). If it is still running after `limit` it is killed
 /// by PID and reaped, and that is an error with what it wrote until then.
 pub fn finish_within(mut child: Child, limit: Duration) -> Result<Finished, String> {
-    // Both pipes are read to their end on threads, joined once the process has exited (the
-    // pipes close with it), so nothing written just before the exit is missed and the child
-    // never blocks on a full pipe.
+    // Both pipes are read on threads until they close (when the process exits, unless a
+    // process it started keeps them open), so nothing written just before the exit is missed
+    // and the child never blocks on a full pipe.
+    let deadline = Instant::now() + limit;
     let stdout = child.stdout.take().map(read_to_end);
     let stderr = child.stderr.take().map(read_to_end);
     let status = wait_child_within(&mut child, limit);
@@ -70,12 +72,10 @@ pub fn finish_within(mut child: Child, limit: Duration) -> Result<Finished, Stri
         let _ = child.kill();
         let _ = wait_child_within(&mut child, limit);
     }
-    let stdout = stdout
-        .map(|t| t.join().unwrap_or_default())
-        .unwrap_or_default();
-    let stderr = stderr
-        .map(|t| t.join().unwrap_or_default())
-        .unwrap_or_default();
+    // The reading is bounded too: a grandchild that inherited a pipe and lives on must not
+    // hold the caller past its limit (what was read by then is returned).
+    let stdout = stdout.map_or_else(String::new, |r| r.take_by(deadline));
+    let stderr = stderr.map_or_else(String::new, |r| r.take_by(deadline));
     match status {
         Some(status) => Ok(Finished {
             status,
@@ -88,11 +88,39 @@ pub fn finish_within(mut child: Child, limit: Duration) -> Result<Finished, Stri
     }
 }
 
-/// Reads `pipe` to its end on a thread of its own.
-fn read_to_end(mut pipe: impl Read + Send + 'static) -> JoinHandle<String> {
-    thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = pipe.read_to_end(&mut bytes);
+/// What a pipe reader thread has read so far, and the thread.
+struct PipeReader {
+    bytes: Arc<Mutex<Vec<u8>>>,
+    thread: JoinHandle<()>,
+}
+
+impl PipeReader {
+    /// What was read, once the pipe has closed or `deadline` has passed (at least a moment
+    /// after the process's exit, for the last bytes in flight).
+    fn take_by(self, deadline: Instant) -> String {
+        let deadline = deadline.max(Instant::now() + Duration::from_millis(100));
+        while !self.thread.is_finished() && Instant::now() < deadline {
+            thread::sleep(Duration::from_millis(5));
+        }
+        let bytes = self.bytes.lock().unwrap_or_else(PoisonError::into_inner);
         String::from_utf8_lossy(&bytes).into_owned()
-    })
+    }
+}
+
+/// Reads `pipe` to its end on a thread of its own.
+fn read_to_end(mut pipe: impl Read + Send + 'static) -> PipeReader {
+    let bytes = Arc::new(Mutex::new(Vec::new()));
+    let sink = bytes.clone();
+    let thread = thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n) = pipe.read(&mut buf) {
+            if n == 0 {
+                break;
+            }
+            sink.lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .extend_from_slice(&buf[..n]);
+        }
+    });
+    PipeReader { bytes, thread }
 }

@@ -64,6 +64,40 @@ fn run_within_collects_both_streams_and_bounds_the_time() {
     );
     let hung = run_within(&mut sh("exec sleep 30"), Duration::from_millis(100));
     assert!(hung.expect_err("killed").contains("still running"));
+    // A process the child started keeps the pipes open after the child is killed: the
+    // limit still holds (the grandchild ends by itself 3 s later).
+    let start = std::time::Instant::now();
+    let orphaned = run_within(
+        &mut sh("sleep 3 & echo started; exec sleep 30"),
+        Duration::from_millis(200),
+    );
+    let took = start.elapsed();
+    let err = orphaned.expect_err("killed");
+    assert!(
+        err.contains("still running") && err.contains("started"),
+        "{err}"
+    );
+    assert!(took < Duration::from_secs(2), "run_within took {took:?}");
+}
+
+#[test]
+fn the_listening_line_must_come_first_unless_a_preamble_is_allowed() {
+    let script = "echo banner; echo 'listening on 127.0.0.1:9'; exec sleep 30";
+    let strict = ChildServer::builder(sh(script)).try_start();
+    assert!(strict.expect_err("banner first").contains("\"banner\""));
+    let lenient = ChildServer::builder(sh(script)).allow_preamble().start();
+    assert_eq!(lenient.addr(), "127.0.0.1:9".parse().unwrap());
+}
+
+#[test]
+fn a_line_that_is_not_utf8_does_not_stop_the_reading() {
+    let mut server = ChildServer::start(sh(
+        "echo 'listening on 127.0.0.1:9'; printf 'bad \\377 byte\\n'; echo after; exec sleep 30",
+    ));
+    assert_eq!(
+        server.line_starting("after", Duration::from_secs(10)),
+        "after"
+    );
 }
 
 #[test]
@@ -71,6 +105,7 @@ fn earlier_lines_are_skipped_and_stdin_can_be_piped() {
     let mut server = ChildServer::builder(sh(
         "echo 'running 1 test'; echo 'listening on [::1]:80'; read x; echo \"got $x\"; exec sleep 30",
     ))
+    .allow_preamble()
     .stdin(std::process::Stdio::piped())
     .start();
     assert_eq!(server.addr(), "[::1]:80".parse().unwrap());
