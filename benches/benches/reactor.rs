@@ -17,10 +17,9 @@
 //! `cargo xtask bench` runs it and reports the medians.
 
 use std::cell::RefCell;
-use std::hint::black_box;
 use std::io;
 use std::rc::Rc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -157,7 +156,9 @@ fn schedule_and_cancel(handle: &LoopHandle, n: usize, pattern: Pattern) -> Durat
 /// State shared by the timer callbacks of one firing batch (loop thread only).
 struct FireState {
     fired: usize,
-    done: Option<mpsc::Sender<Instant>>,
+    /// Timers that ran before their deadline (must stay 0).
+    early: usize,
+    done: Option<mpsc::Sender<(Instant, usize)>>,
 }
 
 /// Schedules [`FIRE_TIMERS`] timers spread over [`FIRE_SPREAD`] and waits for all of them
@@ -170,6 +171,7 @@ fn fire_batch(handle: &LoopHandle) -> Duration {
         .queue_in_loop(move |lp: &mut EventLoop| {
             let state = Rc::new(RefCell::new(FireState {
                 fired: 0,
+                early: 0,
                 done: Some(tx),
             }));
             let start = Instant::now();
@@ -180,11 +182,14 @@ fn fire_batch(handle: &LoopHandle) -> Duration {
                 let deadline = start + spread.mul_f64(slot as f64 / n as f64);
                 let state = state.clone();
                 lp.run_at(deadline, move |_| {
+                    let now = Instant::now();
                     let mut s = state.borrow_mut();
                     s.fired += 1;
+                    s.early += usize::from(now < deadline);
                     if s.fired == n {
+                        let early = s.early;
                         if let Some(done) = s.done.take() {
-                            let _ = done.send(Instant::now());
+                            let _ = done.send((now, early));
                         }
                     }
                 });
@@ -196,9 +201,10 @@ fn fire_batch(handle: &LoopHandle) -> Duration {
     let start = srx
         .recv_timeout(wait)
         .unwrap_or_else(|_| panic!("{}", timed_out("timer scheduling")));
-    let end = rx
+    let (end, early) = rx
         .recv_timeout(wait)
         .unwrap_or_else(|_| panic!("{}", timed_out("timer firing")));
+    assert_eq!(early, 0, "timers fired before their deadline");
     end.duration_since(start)
 }
 
@@ -234,19 +240,22 @@ fn queue_calls(handle: &LoopHandle, producers: usize, iters: u64) -> Duration {
     let per_producer = (iters as usize).div_ceil(producers);
     let (tx, rx) = mpsc::channel::<Instant>();
     let barrier = Arc::new(Barrier::new(producers));
+    let ran = Arc::new(AtomicUsize::new(0));
     let workers: Vec<_> = (0..producers)
         .map(|p| {
             let (handle, tx, barrier) = (handle.clone(), tx.clone(), barrier.clone());
+            let ran = ran.clone();
             thread::Builder::new()
                 .name(format!("bench-producer-{p}"))
                 .spawn(move || -> io::Result<Instant> {
                     barrier.wait();
                     let start = Instant::now();
-                    for i in 0..per_producer {
-                        // Captures 8 bytes, so each call allocates its box like a real
-                        // closure would.
+                    for _ in 0..per_producer {
+                        // Captures 8 bytes (the counter), so each call allocates its box
+                        // like a real closure would; the count proves every one ran.
+                        let ran = ran.clone();
                         handle.queue_in_loop(move |_| {
-                            black_box(i);
+                            ran.fetch_add(1, Ordering::Relaxed);
                         })?;
                     }
                     // FIFO: when this runs, every function of this producer has run.
@@ -275,6 +284,12 @@ fn queue_calls(handle: &LoopHandle, producers: usize, iters: u64) -> Duration {
         })
         .max()
         .expect("one producer at least");
+    // Every producer's marker ran after its functions (FIFO): all of them have run.
+    assert_eq!(
+        ran.load(Ordering::Relaxed),
+        per_producer * producers,
+        "the loop ran every queued function"
+    );
     end.duration_since(start)
 }
 

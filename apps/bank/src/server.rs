@@ -233,7 +233,7 @@ fn spawn(
 pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     // Before any thread exists: every thread inherits the signal mask, so the stop signals
     // reach the main loop's signalfd and nothing else.
-    process::prepare_server(&STOP_SIGNALS).map_err(startup("process set-up"))?;
+    process::prepare_server(&STOP_SIGNALS).map_err(|e| ServeError::Startup(e.to_string()))?;
 
     let store = Store::open(&cfg.db, cfg.group_commit).map_err(|source| ServeError::Database {
         path: cfg.db.clone(),

@@ -13,6 +13,7 @@
 //! | [`eventfd`] | `eventfd`: [`EventFd`], a counter used to wake a sleeping loop |
 //! | [`signalfd`] | `signalfd`, `pthread_sigmask`: [`SignalFd`], [`Signal`], [`ignore_sigpipe`] |
 //! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
+//! | [`process`] | `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: [`fd_limit`], [`raise_fd_limit`]; `malloc_trim`: [`release_free_heap`] |
 //!
 //! Sockets themselves are created and configured with [`socket2`], re-exported here.
 //!
@@ -25,7 +26,8 @@
 //!   (`clippy::undocumented_unsafe_blocks` is denied here, and a test in
 //!   `xtask/tests/tidy.rs` checks it too). The crates above this one are
 //!   `#![forbid(unsafe_code)]` and never mention `libc::` (also tidy tests), so this crate
-//!   is the whole of duo's unsafe surface.
+//!   is the whole of duo's unsafe surface (the one other `libc` user is the
+//!   `raw_epoll_echo` benchmark baseline, exempt by design: it is the raw-epoll yardstick).
 //! - **Errors.** The hot I/O calls ([`accept4`], [`readv`], [`recv_vectored`], [`writev`],
 //!   [`send_vectored`]) return the kernel's error untouched, because their callers branch
 //!   on it (`WouldBlock`, `EMFILE`, `EPIPE`). Set-up calls (`epoll_create1`, `epoll_ctl`,

@@ -59,7 +59,7 @@ impl TimerFd {
     /// A zero delay fires at once: the kernel reads a zero `it_value` as "disarm", so it
     /// is raised to one nanosecond here.
     pub fn arm_after(&self, delay: Duration) -> io::Result<()> {
-        self.settime(delay.max(Duration::from_nanos(1)), Duration::ZERO)
+        self.settime(delay.max(Duration::from_nanos(1)))
     }
 
     /// Arms the timer to fire once at `deadline`, replacing any earlier setting. A deadline
@@ -74,12 +74,13 @@ impl TimerFd {
     /// Disarms the timer. Expirations that already happened stay readable until
     /// [`TimerFd::read`].
     pub fn disarm(&self) -> io::Result<()> {
-        self.settime(Duration::ZERO, Duration::ZERO)
+        self.settime(Duration::ZERO)
     }
 
-    fn settime(&self, value: Duration, interval: Duration) -> io::Result<()> {
+    /// Arms the timer to expire once after `value` (zero disarms it).
+    fn settime(&self, value: Duration) -> io::Result<()> {
         let spec = libc::itimerspec {
-            it_interval: timespec(interval),
+            it_interval: timespec(Duration::ZERO),
             it_value: timespec(value),
         };
         // SAFETY: `spec` is a valid `itimerspec` the kernel only reads; passing a null

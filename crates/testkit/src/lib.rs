@@ -1,28 +1,33 @@
-//! Test support shared by duo's test suites (a dev-dependency only; never published).
+//! Test and tool support for duo, never published. The test suites use it as a
+//! dev-dependency; the benchmark tools (`loadgen`, `cargo xtask`) link it for [`Rng`],
+//! [`cpu_time`] and [`loadgen_json`].
 //!
-//! What used to be copied from one `tests/` directory to the next lives here once:
+//! What used to be copied from one `tests/` directory (or tool) to the next lives here once:
 //!
-//! - [`ChildServer`]: a server binary run as a child process, as a user would run it. It is
-//!   started with `--listen 127.0.0.1:0` (or the like), the test waits with a deadline for
-//!   its `listening on ADDR` stdout line, talks to it, sends it signals, waits for its exit
-//!   with a deadline; dropping it kills the process by PID and reaps it, and prints its
-//!   collected stderr if the test is failing.
+//! - [`ChildServer`] (started through a [`ChildServerBuilder`]): a server binary run as a
+//!   child process, as a user would run it. It is started with `--listen 127.0.0.1:0` (or
+//!   the like), the test waits with a deadline for its `listening on ADDR` stdout line
+//!   (which must come first, unless [`ChildServerBuilder::allow_preamble`]), talks to it,
+//!   sends it signals, waits for its exit with a deadline; dropping it kills the process by
+//!   PID and reaps it, and prints its collected stderr if the test is failing.
 //! - [`wait_until`], [`wait_until_within`], [`join_within`], [`join_before`],
-//!   [`wait_child_within`]: every wait of a test polls with a deadline instead of sleeping
-//!   on a guess or blocking forever.
-//! - [`run_within`], [`finish_within`]: a command run to completion with a deadline, its
-//!   output collected.
+//!   [`wait_child_within`] (all bounded by [`LIMIT`] or a given limit): every wait of a test
+//!   polls with a deadline instead of sleeping on a guess or blocking forever.
+//! - [`run_within`], [`finish_within`] (giving a [`Finished`]): a command run to completion
+//!   with a deadline, its output collected; [`send_signal`] to a process by PID.
 //! - [`example_binary`]: a Cargo example of the workspace, built (once per test process)
 //!   and located next to the running test binary.
-//! - [`Rng`]: a small seeded PRNG (xorshift64* seeded through splitmix64) for reproducible
-//!   test data, without the `rand` crate.
-//!
+//! - [`Rng`], [`random_bytes`]: a small seeded PRNG (xorshift64* seeded through splitmix64)
+//!   for reproducible test data and load, without the `rand` crate.
 //! - [`nonblocking_pair`]: a connected, non-blocking `AF_UNIX` stream pair.
-//! - [`cpu_time`]: the CPU time a process has used (`/proc/PID/stat`), for tests and for
-//!   the benchmark tools, which charge a server under test for its work.
+//! - [`cpu_time`], [`clock_ticks_per_second`]: the CPU time a process has used
+//!   (`/proc/PID/stat`), for tests and for the benchmark tools, which charge a server under
+//!   test for its work.
+//! - [`loadgen_json`]: the one-line JSON report `loadgen --json` prints and the xtask
+//!   bench and soak read back.
 //!
-//! Everything here stands on `std` alone: signals are sent through `kill(1)`, so no test
-//! needs `libc`.
+//! Nothing here depends on duo, and there is no `libc`: signals are sent through `kill(1)`,
+//! the clock tick comes from `getconf`.
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
 
@@ -30,6 +35,7 @@ mod child_server;
 mod child_server_builder;
 mod cpu;
 mod example;
+pub mod loadgen_json;
 mod process;
 mod rng;
 mod socket;

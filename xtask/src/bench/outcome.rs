@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use duo_benches::loadgen_json::LoadgenJson;
+use duo_testkit::loadgen_json::LoadgenJson;
 
 /// One run of one server in one scenario.
 pub(super) struct Run {

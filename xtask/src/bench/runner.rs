@@ -5,7 +5,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-use duo_benches::loadgen_json::LoadgenJson;
+use duo_testkit::loadgen_json::LoadgenJson;
 
 use super::outcome::{fmt_rate, fmt_us, Outcome, Run};
 use super::scenarios::{Entrant, Scenario};

@@ -232,7 +232,7 @@ fn slow_reader(
 /// server is echoing.
 fn echo_resetter(addr: SocketAddr, stop: &AtomicBool, h: &Hostile) {
     let mut rng = Rng::new(seed());
-    let big: Vec<u8> = (0..1 << 20).map(|_| rng.next_u64() as u8).collect();
+    let big = rng.bytes(1 << 20);
     let mut i: u64 = 0;
     while !nap(Duration::from_millis(10), stop) {
         i += 1;

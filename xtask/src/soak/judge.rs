@@ -293,7 +293,7 @@ pub(super) fn summarize_log(path: &Path) -> LogSummary {
         return s;
     };
     for line in text.lines() {
-        if line.contains("panicked") || line.contains("panic") {
+        if line.contains("panic") {
             s.panics += 1;
         }
         let level = if line.contains(" WARN ") {
@@ -312,8 +312,8 @@ pub(super) fn summarize_log(path: &Path) -> LogSummary {
             .chars()
             .map(|c| if c.is_ascii_digit() { '#' } else { c })
             .collect();
-        let mut key = format!("{level} {folded}");
-        key.truncate(160);
+        // At most 160 characters (a byte index could split a character).
+        let key: String = format!("{level} {folded}").chars().take(160).collect();
         *s.kinds.entry(key).or_default() += 1;
     }
     s

@@ -8,7 +8,7 @@ use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
-use duo_benches::loadgen_json::LoadgenJson;
+use duo_testkit::loadgen_json::LoadgenJson;
 
 use super::report::fmt_errors;
 use super::{IDLE_CONNS, IDLE_HOLD, MAX_ANOMALIES, MIN_RUN};
@@ -191,7 +191,7 @@ fn lane_command(
 /// Adds one run's report to the lane's result; returns whether the run was clean.
 fn lane_run(res: &mut LaneResult, v: &LoadgenJson, ok: bool, log: &Path) -> bool {
     res.work += v.work().unwrap_or(0);
-    let mut clean = ok;
+    let mut clean = true;
     for (kind, &n) in &v.errors {
         if n > 0 {
             *res.errors.entry(kind.clone()).or_default() += n;
@@ -221,6 +221,7 @@ fn lane_run(res: &mut LaneResult, v: &LoadgenJson, ok: bool, log: &Path) -> bool
             .push(format!("run {}: verification failed", res.runs));
         clean = false;
     }
+    // A non-zero exit that nothing above explains.
     if !ok && clean {
         res.failures
             .push(format!("run {}: loadgen exited non-zero", res.runs));

@@ -509,10 +509,11 @@ fn stop_servers(servers: &mut [Srv]) -> Vec<Stopped> {
                 if status.success() {
                     Ok((took.as_secs_f64(), code))
                 } else {
-                    Err(format!("{} exited with {status} after SIGTERM", s.name))
+                    Err(format!("exited with {status} after SIGTERM"))
                 }
             });
-            r.map_err(|e| format!("{}: {e}", s.name))
+            // Named by the caller (`server_failures`).
+            r
         })
         .collect()
 }

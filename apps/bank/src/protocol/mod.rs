@@ -247,7 +247,7 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
                 "user name must be 1-{USER_MAX} characters of A-Z a-z 0-9 _"
             )));
         }
-        if !(PASSWORD_MIN..=PASSWORD_MAX).contains(&password.len()) {
+        if !valid_password(password) {
             return Err(bad(format!(
                 "password must be {PASSWORD_MIN}-{PASSWORD_MAX} bytes"
             )));

@@ -32,7 +32,7 @@ use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use clap::Parser;
-use duo_benches::loadgen_json::LoadgenJson;
+use duo_testkit::loadgen_json::LoadgenJson;
 
 use crate::cli::{Cli, Mode};
 use crate::modes::{echo, Env};

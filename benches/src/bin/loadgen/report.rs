@@ -7,7 +7,7 @@
 use std::fmt::Write as _;
 use std::net::SocketAddr;
 
-use duo_benches::loadgen_json::{round3, LoadgenJson};
+use duo_testkit::loadgen_json::{round3, LoadgenJson};
 
 use crate::fault::Faults;
 use crate::latency::Summary;
