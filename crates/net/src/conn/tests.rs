@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duo_reactor::EventLoop;
+use duo_testkit::{nonblocking_pair, LIMIT};
 use parking_lot::Mutex;
 
 use super::callbacks::Callbacks;
@@ -22,8 +23,6 @@ use crate::close_reason::CloseReason;
 use crate::config::{Backpressure, ConnConfig, OutputLimit};
 use crate::stats::{CloseCounts, IoCounters};
 
-/// Longest any single wait of a test may take before it fails.
-const DEADLINE: Duration = Duration::from_secs(10);
 /// More than a socketpair's kernel buffers hold: a send of this size leaves output queued.
 const BIG: usize = 1 << 20;
 const HIGH: usize = 64 << 10;
@@ -170,9 +169,7 @@ impl Conn {
 /// Registers one end of a fresh socketpair with `lp` as a connection of `owner`; returns
 /// it and the peer's end.
 fn open(lp: &mut EventLoop, owner: &Arc<Owner>, id: u64) -> (Conn, UnixStream) {
-    let (ours, peer) = UnixStream::pair().expect("socketpair");
-    ours.set_nonblocking(true).unwrap();
-    peer.set_nonblocking(true).unwrap();
+    let (ours, peer) = nonblocking_pair();
     let socket = socket2::Socket::from(OwnedFd::from(ours));
     let peer_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
@@ -207,9 +204,9 @@ fn step(lp: &mut EventLoop) {
     lp.run().expect("event loop failed");
 }
 
-/// Runs the loop until `cond` holds; fails after [`DEADLINE`].
+/// Runs the loop until `cond` holds; fails after [`LIMIT`].
 fn run_until(lp: &mut EventLoop, what: &str, mut cond: impl FnMut(&mut EventLoop) -> bool) {
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + LIMIT;
     while !cond(lp) {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         step(lp);
@@ -235,7 +232,7 @@ enum End {
 fn peer_read_to_end(lp: &mut EventLoop, peer: &mut UnixStream) -> (Vec<u8>, End) {
     let mut got = Vec::new();
     let mut buf = vec![0; 64 << 10];
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + LIMIT;
     loop {
         match peer.read(&mut buf) {
             Ok(0) => return (got, End::Eof),
@@ -257,7 +254,7 @@ fn peer_read_to_end(lp: &mut EventLoop, peer: &mut UnixStream) -> (Vec<u8>, End)
 fn peer_read_exact(lp: &mut EventLoop, peer: &mut UnixStream, n: usize) -> Vec<u8> {
     let mut got = vec![0; n];
     let mut filled = 0;
-    let deadline = Instant::now() + DEADLINE;
+    let deadline = Instant::now() + LIMIT;
     while filled < n {
         match peer.read(&mut got[filled..]) {
             Ok(0) => panic!("end of stream after {filled} of {n} bytes"),
