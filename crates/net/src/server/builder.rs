@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, ThreadInit};
 use parking_lot::Mutex;
+use socket2::{Socket, Type};
 
 use super::accept::{listen, new_connection_handler, Acceptor, ListenOptions};
 use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER};
@@ -24,6 +25,8 @@ use crate::ConnCtx;
 pub struct ServerBuilder {
     name: String,
     addr: SocketAddr,
+    /// A socket already listening (inherited), used instead of binding `addr`.
+    listener: Option<Socket>,
     io_threads: usize,
     reuse_port: bool,
     idle_timeout: Option<Duration>,
@@ -39,6 +42,7 @@ impl ServerBuilder {
         ServerBuilder {
             name: name.to_owned(),
             addr,
+            listener: None,
             io_threads: 0,
             reuse_port: false,
             idle_timeout: None,
@@ -48,6 +52,13 @@ impl ServerBuilder {
             callbacks: Callbacks::default(),
             thread_init: None,
         }
+    }
+
+    pub(super) fn on_listener(name: &str, listener: Socket) -> io::Result<ServerBuilder> {
+        let addr = check_listener(&listener)?;
+        let mut builder = ServerBuilder::new(name, addr);
+        builder.listener = Some(listener);
+        Ok(builder)
     }
 
     /// Number of I/O threads (sub reactors); 0 (the default) serves every connection on
@@ -116,13 +127,16 @@ impl ServerBuilder {
 
     /// Binds, starts the I/O threads and starts accepting on `main`, the calling thread's
     /// loop (which must then [`run`](EventLoop::run)).
-    pub fn start(self, main: &mut EventLoop) -> io::Result<TcpServer> {
-        let listener = listen(
-            self.addr,
-            ListenOptions {
-                reuse_port: self.reuse_port,
-            },
-        )?;
+    pub fn start(mut self, main: &mut EventLoop) -> io::Result<TcpServer> {
+        let listener = match self.listener.take() {
+            Some(listener) => listener,
+            None => listen(
+                self.addr,
+                ListenOptions {
+                    reuse_port: self.reuse_port,
+                },
+            )?,
+        };
         let local_addr = listener
             .local_addr()?
             .as_socket()
@@ -212,6 +226,29 @@ impl ServerBuilder {
         );
         Ok(TcpServer { shared, threads })
     }
+}
+
+/// Checks that `socket` is a listening TCP socket, makes it non-blocking and
+/// close-on-exec, and returns its address.
+fn check_listener(socket: &Socket) -> io::Result<SocketAddr> {
+    let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
+    if socket.r#type()? != Type::STREAM {
+        return Err(invalid(
+            "the inherited socket is not a stream socket".into(),
+        ));
+    }
+    let addr = socket
+        .local_addr()?
+        .as_socket()
+        .ok_or_else(|| invalid("the inherited socket is not a TCP (IPv4/IPv6) socket".into()))?;
+    if !socket.is_listener()? {
+        return Err(invalid(format!(
+            "the inherited socket on {addr} is not listening"
+        )));
+    }
+    socket.set_nonblocking(true)?;
+    socket.set_cloexec(true)?;
+    Ok(addr)
 }
 
 impl fmt::Debug for ServerBuilder {

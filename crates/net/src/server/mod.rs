@@ -35,6 +35,7 @@ mod accept;
 mod builder;
 
 use std::fmt;
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -172,6 +173,19 @@ impl TcpServer {
     /// read it back with [`TcpServer::local_addr`]).
     pub fn builder(name: &str, addr: SocketAddr) -> ServerBuilder {
         ServerBuilder::new(name, addr)
+    }
+
+    /// A builder for a server that accepts on `listener`, a socket that is already bound
+    /// and listening: one inherited from systemd (socket activation) or from a supervisor
+    /// process, shared with other processes. Nothing is bound; the server's address is
+    /// the listener's. The socket is made non-blocking and close-on-exec.
+    ///
+    /// # Errors
+    ///
+    /// `listener` is not a listening TCP socket (`InvalidInput`), or its address cannot
+    /// be read.
+    pub fn builder_on(name: &str, listener: std::net::TcpListener) -> io::Result<ServerBuilder> {
+        ServerBuilder::on_listener(name, listener.into())
     }
 
     /// The address the server listens on.
