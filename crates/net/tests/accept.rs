@@ -6,7 +6,7 @@ mod util;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{TcpListener, TcpStream};
 
-use duo_net::TcpServer;
+use duo_net::{AcceptMode, TcpServer};
 use duo_testkit::LIMIT;
 use util::{init_log, TestServer};
 
@@ -59,4 +59,105 @@ fn a_socket_that_is_not_listening_is_refused_with_a_clear_error() {
     let err = TcpServer::builder_on("not-listening", TcpListener::from(bound)).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
     assert!(err.to_string().contains("not listening"), "{err}");
+}
+
+/// Connections from several threads at once, each echoed and closed; returns the server's
+/// statistics once all are closed.
+fn serve_clients(server: &TestServer, clients: usize, threads: usize) -> duo_net::ServerStats {
+    let addr = server.addr();
+    let workers: Vec<_> = (0..threads)
+        .map(|t| {
+            std::thread::spawn(move || {
+                for i in 0..clients / threads {
+                    let msg = format!("client {t}/{i}");
+                    assert_eq!(round_trip(addr, msg.as_bytes()), msg.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        duo_testkit::join_before(std::time::Instant::now() + LIMIT, "clients", w);
+    }
+    let handle = server.handle().clone();
+    duo_testkit::wait_until("every connection closed", || {
+        handle.stats().closed == clients as u64
+    });
+    handle.stats()
+}
+
+#[test]
+fn every_accept_mode_serves_concurrent_clients_with_unique_names() {
+    init_log();
+    use std::collections::HashSet;
+    use std::sync::{Arc, Mutex};
+    for mode in [AcceptMode::MainLoop, AcceptMode::Shared, AcceptMode::ReusePort] {
+        let names = Arc::new(Mutex::new(Vec::new()));
+        let seen = names.clone();
+        let server = TestServer::start(move || {
+            util::echo_builder("modes", util::localhost())
+                .io_threads(2)
+                .accept_mode(mode)
+                .on_connection(move |c| {
+                    if c.is_connected() {
+                        seen.lock().unwrap().push(c.name().to_string());
+                    }
+                })
+        });
+        let stats = serve_clients(&server, 200, 4);
+        assert_eq!((stats.accepted, stats.active), (200, 0), "{mode:?}");
+        let names = names.lock().unwrap().clone();
+        assert_eq!(names.len(), 200, "{mode:?}");
+        assert_eq!(
+            names.iter().collect::<HashSet<_>>().len(),
+            200,
+            "{mode:?}: connection names are unique across loops"
+        );
+        let served: Vec<u64> = stats.per_loop.iter().map(|l| l.bytes_in).collect();
+        println!("{mode:?}: bytes per loop {served:?}");
+        if mode != AcceptMode::Shared {
+            // Round robin, or the kernel's hash over 200 different source ports: both
+            // loops serve (for the hash, all on one loop has probability 2^-199).
+            assert!(served.iter().all(|&b| b > 0), "{mode:?}: {served:?}");
+        }
+        server.stop();
+    }
+}
+
+#[test]
+fn an_inherited_listener_is_shared_by_the_loops_even_when_reuse_port_is_asked() {
+    init_log();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = TestServer::start(move || {
+        echo_on("inherited-reuseport", listener)
+            .io_threads(2)
+            .accept_mode(AcceptMode::ReusePort)
+    });
+    let stats = serve_clients(&server, 40, 2);
+    assert_eq!(stats.accepted, 40);
+    server.stop();
+}
+
+#[test]
+fn a_shared_listener_stays_open_while_another_holder_has_it() {
+    // A worker process stopping (graceful shutdown) must not close a socket that the
+    // supervisor and the next generation still accept on: connections made after the
+    // server stopped accepting are queued for the other holder, never refused or reset.
+    init_log();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let other_holder = listener.try_clone().unwrap();
+    let server = TestServer::start(move || {
+        echo_on("leaving", listener)
+            .io_threads(2)
+            .accept_mode(AcceptMode::Shared)
+    });
+    let addr = server.addr();
+    assert_eq!(round_trip(addr, b"before"), b"before");
+    server.stop();
+    // The server is gone; its loops dropped their descriptors. The socket still listens.
+    let mut late = TcpStream::connect(addr).expect("queued, not refused");
+    late.write_all(b"after").unwrap();
+    let (mut accepted, _) = other_holder.accept().expect("the other holder gets it");
+    let mut buf = [0u8; 5];
+    accepted.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"after");
 }

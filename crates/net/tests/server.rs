@@ -15,7 +15,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_net::{ConnectionClosed, TcpConnection, ThreadPool};
+use duo_net::{AcceptMode, ConnectionClosed, TcpConnection, ThreadPool};
 
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
 use util::{
@@ -50,7 +50,12 @@ fn thousand_concurrent_clients_echo_64k_each() {
         println!("RLIMIT_NOFILE is {soft}: running the clients in batches of {batch}");
     }
 
-    let server = TestServer::start(|| echo_builder("echo-1000", localhost()).io_threads(2));
+    // Round robin, so that each loop's share is known exactly.
+    let server = TestServer::start(|| {
+        echo_builder("echo-1000", localhost())
+            .io_threads(2)
+            .accept_mode(AcceptMode::MainLoop)
+    });
     let addr = server.addr();
     let handle = server.handle().clone();
     let started = Instant::now();

@@ -40,6 +40,16 @@ impl Interest {
     pub const WRITABLE: Interest = Interest(libc::EPOLLOUT as u32);
     /// Edge-triggered (`EPOLLET`): one event per transition to ready.
     pub const EDGE: Interest = Interest(libc::EPOLLET as u32);
+    /// Exclusive wake-up (`EPOLLEXCLUSIVE`), for a descriptor that several epoll instances
+    /// watch (one listening socket shared by several loops or processes): an event wakes
+    /// one of the instances that are asleep in `epoll_wait` (and any that are busy), not
+    /// all of them, so that a new connection does not wake every loop to race for it.
+    ///
+    /// The kernel accepts it only at registration and with `EPOLLIN`, `EPOLLOUT` and
+    /// `EPOLLET`: the read-hang-up bit of [`Interest::READABLE`] is left out of an
+    /// exclusive registration (a listening socket has no peer to hang up), and
+    /// [`Epoll::modify`] re-registers an exclusive descriptor instead of modifying it.
+    pub const EXCLUSIVE: Interest = Interest(libc::EPOLLEXCLUSIVE as u32);
 
     /// Whether readable events are requested.
     pub const fn is_readable(self) -> bool {
@@ -52,6 +62,10 @@ impl Interest {
     /// Whether the registration is edge-triggered.
     pub const fn is_edge(self) -> bool {
         self.0 & libc::EPOLLET as u32 != 0
+    }
+    /// Whether the registration asks for exclusive wake-ups.
+    pub const fn is_exclusive(self) -> bool {
+        self.0 & libc::EPOLLEXCLUSIVE as u32 != 0
     }
     /// Adds the flags of `other`.
     #[must_use]
@@ -90,6 +104,7 @@ impl std::fmt::Debug for Interest {
             (self.is_readable(), "READABLE"),
             (self.is_writable(), "WRITABLE"),
             (self.is_edge(), "EDGE"),
+            (self.is_exclusive(), "EXCLUSIVE"),
         ] {
             if set {
                 write!(f, "{sep}{name}")?;
@@ -273,10 +288,19 @@ impl Epoll {
             .map_err(context("epoll_ctl(ADD)"))
     }
 
-    /// Changes the interest and token of a registered `fd` (also re-arms a one-shot one).
+    /// Changes the interest and token of a registered `fd`.
+    ///
+    /// The kernel refuses to modify an exclusive registration; when `interest` has
+    /// [`Interest::EXCLUSIVE`] (keep the flag when changing an exclusive registration),
+    /// the registration is deleted and added again instead. For a level-triggered
+    /// descriptor nothing is lost: readiness is re-evaluated when it is added.
     ///
     /// Fails with [`io::ErrorKind::NotFound`] if `fd` is not registered.
     pub fn modify(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
+        if interest.is_exclusive() {
+            self.delete(fd)?;
+            return self.add(fd, interest, token);
+        }
         self.ctl(libc::EPOLL_CTL_MOD, fd, interest, token)
             .map_err(context("epoll_ctl(MOD)"))
     }
@@ -296,8 +320,13 @@ impl Epoll {
         interest: Interest,
         token: u64,
     ) -> io::Result<()> {
+        let events = if interest.is_exclusive() {
+            interest.0 & !(libc::EPOLLRDHUP as u32)
+        } else {
+            interest.0
+        };
         let mut event = libc::epoll_event {
-            events: interest.0,
+            events,
             u64: token,
         };
         // SAFETY: both descriptors are live for the call and `event` is a valid

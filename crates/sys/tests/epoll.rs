@@ -184,3 +184,29 @@ fn interest_debug_and_flags() {
     assert_eq!(format!("{:?}", Interest::NONE), "Interest(NONE)");
     assert!(!i.remove(Interest::WRITABLE).is_writable());
 }
+
+#[test]
+fn exclusive_registration_of_a_listener_can_be_paused_and_resumed() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let epoll = Epoll::new().unwrap();
+    // READABLE carries the read-hang-up bit, which the kernel refuses with EXCLUSIVE: it
+    // is left out rather than failing the registration.
+    let interest = Interest::READABLE | Interest::EXCLUSIVE;
+    assert!(format!("{interest:?}").contains("EXCLUSIVE"));
+    epoll.add(listener.as_fd(), interest, 7).unwrap();
+    let _client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let mut events = Events::with_capacity(8);
+    assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
+    assert_eq!(events.get(0).unwrap().0, 7);
+
+    // The kernel refuses EPOLL_CTL_MOD on an exclusive registration: modify re-registers.
+    epoll
+        .modify(listener.as_fd(), Interest::EXCLUSIVE, 8)
+        .unwrap();
+    assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 0, "paused");
+    epoll.modify(listener.as_fd(), interest, 9).unwrap();
+    assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1, "resumed, still pending");
+    assert_eq!(events.get(0).unwrap().0, 9);
+    epoll.delete(listener.as_fd()).unwrap();
+}

@@ -25,7 +25,44 @@ const BACKLOG: i32 = 4096;
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the acceptor does with each accepted socket.
-pub(crate) type NewConnection = Box<dyn FnMut(&mut EventLoop, Socket, SocketAddr)>;
+pub(crate) type NewConnection = Box<dyn FnMut(&mut EventLoop, Socket, SocketAddr) + Send>;
+
+/// How a server with I/O threads gets its connections to the loop that serves them.
+///
+/// With no I/O threads (`io_threads(0)`) the main loop accepts and serves everything, and
+/// the mode makes no difference.
+///
+/// # The trade-off
+///
+/// | | [`MainLoop`](AcceptMode::MainLoop) | [`Shared`](AcceptMode::Shared) | [`ReusePort`](AcceptMode::ReusePort) |
+/// |---|---|---|---|
+/// | who accepts | the main loop | every I/O loop, one socket | every I/O loop, its own socket |
+/// | thread hops per connection | 2 (hand-over, and the main loop's wake-up) | 0 | 0 |
+/// | spreading | round robin, exact | load-aware: the kernel wakes a loop that is asleep in `epoll_wait`, busy loops accept what they find | the kernel's hash of the 4-tuple: even on average, blind to load |
+/// | one listener closes | all queued connections reset (there is one) | nothing lost while another loop or process holds the socket | the connections queued on that listener are reset |
+/// | across processes | no | yes: the socket a supervisor or systemd passes | only if every process binds its own |
+///
+/// The default is [`Shared`](AcceptMode::Shared): no hop, load-aware, and it serves an
+/// inherited socket (worker processes, socket activation) the same way.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum AcceptMode {
+    /// The main loop accepts every connection and hands it, round robin, to an I/O loop
+    /// (muduo's main reactor + sub reactors). Costs a queued function and a wake-up of the
+    /// chosen loop per connection; spreads connections exactly evenly by count.
+    MainLoop,
+    /// Every I/O loop accepts on the one listening socket, registered with
+    /// `EPOLLEXCLUSIVE` so that a connection wakes one sleeping loop rather than all of
+    /// them; a connection is served by the loop that accepted it and never crosses
+    /// threads.
+    #[default]
+    Shared,
+    /// Every I/O loop binds its own `SO_REUSEPORT` listener on the address and the kernel
+    /// spreads connections over them by a hash of the addresses. Closing a listener
+    /// resets the connections still queued on it. On an inherited socket (see
+    /// [`TcpServer::builder_on`](crate::TcpServer::builder_on)), which cannot be
+    /// re-bound, [`Shared`](AcceptMode::Shared) is used instead.
+    ReusePort,
+}
 
 /// Options for the listening socket.
 #[derive(Debug, Clone, Copy)]
@@ -67,7 +104,7 @@ pub(crate) struct Acceptor {
     spare: Option<File>,
     on_new: NewConnection,
     /// Called once per exhaustion event (for counting).
-    on_exhausted: Box<dyn FnMut()>,
+    on_exhausted: Box<dyn FnMut() + Send>,
     local: SocketAddr,
 }
 
@@ -75,7 +112,7 @@ impl Acceptor {
     pub(crate) fn new(
         local: SocketAddr,
         on_new: NewConnection,
-        on_exhausted: Box<dyn FnMut()>,
+        on_exhausted: Box<dyn FnMut() + Send>,
     ) -> Acceptor {
         Acceptor {
             spare: open_spare(),
@@ -181,15 +218,25 @@ impl fmt::Debug for Acceptor {
     }
 }
 
-/// The acceptor's callback for each new socket: admission, naming, choice of loop.
+/// Connection ids an acceptor hands out: `first`, `first + stride`, ... (acceptors on
+/// several loops interleave, so ids stay unique without a shared counter).
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Ids {
+    pub(super) first: u64,
+    pub(super) stride: u64,
+}
+
+/// The acceptor's callback for each new socket: admission, naming, choice of loop (round
+/// robin over `loops`; an acceptor on an I/O loop is given that loop alone).
 pub(super) fn new_connection_handler(
     shared: Arc<ServerShared>,
     loops: Vec<LoopHandle>,
     owners: Vec<Arc<Owner>>,
     max_connections: Option<usize>,
+    ids: Ids,
 ) -> NewConnection {
     let mut next_loop = 0usize;
-    let mut next_id = 0u64;
+    let mut next_id = ids.first;
     // Shared by every connection (one allocation per server, not per connection).
     let server_name: Arc<str> = Arc::from(shared.name.as_str());
     Box::new(move |lp, socket, peer| {
@@ -203,7 +250,8 @@ pub(super) fn new_connection_handler(
             );
             return;
         }
-        next_id += 1;
+        let id = next_id;
+        next_id += ids.stride;
         let index = next_loop % loops.len();
         next_loop = next_loop.wrapping_add(1);
         let (target, owner) = (loops[index].clone(), owners[index].clone());
@@ -223,7 +271,7 @@ pub(super) fn new_connection_handler(
         } else {
             shared.local_addr
         };
-        let handle = TcpConnection::new(next_id, server_name.clone(), peer, local, target.clone());
+        let handle = TcpConnection::new(id, server_name.clone(), peer, local, target.clone());
         AcceptCounters::bump(&c.accepted);
         // Counted open until its close hook runs (also if registering it fails).
         c.active.fetch_add(1, Ordering::Relaxed);

@@ -11,7 +11,7 @@ use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, ThreadInit};
 use parking_lot::Mutex;
 use socket2::{Socket, Type};
 
-use super::accept::{listen, new_connection_handler, Acceptor, ListenOptions};
+use super::accept::{listen, new_connection_handler, AcceptMode, Acceptor, Ids, ListenOptions};
 use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER};
 use crate::config::{conn_config_setters, defaults, ConnConfig};
 use crate::conn::callbacks::{callback_setters, Callbacks};
@@ -29,6 +29,7 @@ pub struct ServerBuilder {
     listener: Option<Socket>,
     io_threads: usize,
     reuse_port: bool,
+    accept_mode: AcceptMode,
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
     buffer_trim_interval: Option<Duration>,
@@ -45,6 +46,7 @@ impl ServerBuilder {
             listener: None,
             io_threads: 0,
             reuse_port: false,
+            accept_mode: AcceptMode::default(),
             idle_timeout: None,
             max_connections: None,
             buffer_trim_interval: Some(defaults::BUFFER_TRIM_INTERVAL),
@@ -70,6 +72,13 @@ impl ServerBuilder {
     /// Sets `SO_REUSEPORT` on the listening socket (several servers on one port).
     pub fn reuse_port(mut self, on: bool) -> Self {
         self.reuse_port = on;
+        self
+    }
+    /// How the I/O loops get their connections (default [`AcceptMode::Shared`]: every
+    /// I/O loop accepts for itself on the one listening socket). See [`AcceptMode`] for
+    /// the trade-off.
+    pub fn accept_mode(mut self, mode: AcceptMode) -> Self {
+        self.accept_mode = mode;
         self
     }
     /// Closes connections that show no activity for `timeout` (a timing wheel per loop;
@@ -128,12 +137,13 @@ impl ServerBuilder {
     /// Binds, starts the I/O threads and starts accepting on `main`, the calling thread's
     /// loop (which must then [`run`](EventLoop::run)).
     pub fn start(mut self, main: &mut EventLoop) -> io::Result<TcpServer> {
+        let inherited = self.listener.is_some();
         let listener = match self.listener.take() {
             Some(listener) => listener,
             None => listen(
                 self.addr,
                 ListenOptions {
-                    reuse_port: self.reuse_port,
+                    reuse_port: self.reuse_port || self.accept_mode == AcceptMode::ReusePort,
                 },
             )?,
         };
@@ -159,7 +169,7 @@ impl ServerBuilder {
                 .iter()
                 .map(|_| Arc::new(IoCounters::default()))
                 .collect(),
-            acceptor: Mutex::new(None),
+            acceptors: Mutex::new(Vec::new()),
             stopping: AtomicBool::new(false),
             shutdown_begun: AtomicBool::new(false),
             on_empty: Mutex::new(Vec::new()),
@@ -210,17 +220,80 @@ impl ServerBuilder {
                 })
             })
             .collect();
-        let on_new = new_connection_handler(shared.clone(), loops, owners, self.max_connections);
-        let counters = shared.clone();
-        let acceptor = Acceptor::new(
-            local_addr,
-            on_new,
-            Box::new(move || AcceptCounters::bump(&counters.counters.emfile)),
-        );
-        let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
-        *shared.acceptor.lock() = Some(token);
+        let mode = match self.accept_mode {
+            _ if self.io_threads == 0 => AcceptMode::MainLoop,
+            AcceptMode::ReusePort if inherited => {
+                log::info!(
+                    "server {}: an inherited socket cannot be re-bound per loop; \
+                     the I/O loops share it",
+                    self.name
+                );
+                AcceptMode::Shared
+            }
+            mode => mode,
+        };
+        let max = self.max_connections;
+        let on_exhausted = |shared: &Arc<ServerShared>| -> Box<dyn FnMut() + Send> {
+            let shared = shared.clone();
+            Box::new(move || AcceptCounters::bump(&shared.counters.emfile))
+        };
+        if mode == AcceptMode::MainLoop {
+            let ids = Ids {
+                first: 1,
+                stride: 1,
+            };
+            let on_new = new_connection_handler(shared.clone(), loops, owners, max, ids);
+            let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
+            let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
+            shared.acceptors.lock().push((main.handle(), token));
+        } else {
+            // One acceptor per I/O loop, registered by the loop itself; wait for each so
+            // that a failure is this call's error and the server accepts once we return.
+            let n = loops.len();
+            let (done, registered) = std::sync::mpsc::channel();
+            for (i, (h, owner)) in loops.iter().zip(owners).enumerate() {
+                let socket = match mode {
+                    AcceptMode::ReusePort if i > 0 => listen(
+                        local_addr,
+                        ListenOptions { reuse_port: true },
+                    )?,
+                    _ => listener.try_clone()?,
+                };
+                let ids = Ids {
+                    first: i as u64 + 1,
+                    stride: n as u64,
+                };
+                let on_new =
+                    new_connection_handler(shared.clone(), vec![h.clone()], vec![owner], max, ids);
+                let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
+                let interest = match mode {
+                    AcceptMode::Shared => Interest::READABLE | Interest::EXCLUSIVE,
+                    _ => Interest::READABLE,
+                };
+                let done = done.clone();
+                let handle = h.clone();
+                h.queue_in_loop(move |lp| {
+                    let _ = done.send(
+                        lp.add_channel(socket, interest, acceptor)
+                            .map(|token| (handle, token))
+                            .map_err(io::Error::from),
+                    );
+                })
+                .map_err(io::Error::from)?;
+            }
+            drop(done);
+            for _ in 0..n {
+                let (h, token) = registered
+                    .recv()
+                    .map_err(|_| io::Error::other("an I/O loop ended while starting"))??;
+                shared.acceptors.lock().push((h, token));
+            }
+            // The loops hold their own descriptors of the socket (`Shared`) or sockets of
+            // their own (`ReusePort`).
+            drop(listener);
+        }
         log::info!(
-            "server {} listening on {local_addr} with {} I/O threads",
+            "server {} listening on {local_addr} with {} I/O threads, accepting: {mode:?}",
             self.name,
             self.io_threads
         );
@@ -257,6 +330,7 @@ impl fmt::Debug for ServerBuilder {
             .field("name", &self.name)
             .field("addr", &self.addr)
             .field("io_threads", &self.io_threads)
+            .field("accept_mode", &self.accept_mode)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
             .field("buffer_trim_interval", &self.buffer_trim_interval)

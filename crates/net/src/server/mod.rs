@@ -45,6 +45,7 @@ use duo_buffer::BufPool;
 use duo_reactor::{EventLoop, EventLoopThreadPool, LoopHandle, Token};
 use parking_lot::Mutex;
 
+pub use accept::AcceptMode;
 pub use builder::ServerBuilder;
 
 use crate::close_reason::CloseReason;
@@ -69,7 +70,8 @@ struct ServerShared {
     counters: AcceptCounters,
     /// Byte and close counters, one per I/O loop (index = position in the pool's handles).
     io: Vec<Arc<IoCounters>>,
-    acceptor: Mutex<Option<Token>>,
+    /// The listening channels: one on the main loop, or one per I/O loop.
+    acceptors: Mutex<Vec<(LoopHandle, Token)>>,
     stopping: AtomicBool,
     /// A graceful shutdown has begun (a second `shutdown` only adds its continuation).
     shutdown_begun: AtomicBool,
@@ -259,10 +261,7 @@ impl TcpServer {
 /// The main-loop half of stopping: listener, main-loop connections, per-loop services.
 /// Idempotent.
 fn stop_on_main(lp: &mut EventLoop, shared: &Arc<ServerShared>) {
-    shared.stopping.store(true, Ordering::SeqCst);
-    if let Some(token) = shared.acceptor.lock().take() {
-        lp.remove_channel(token);
-    }
+    stop_accepting(shared, Some(lp));
     let id = shared.id;
     NetLoop::idle_uninstall(lp, id);
     if shared.trims_main.swap(false, Ordering::SeqCst) {
@@ -287,15 +286,30 @@ fn stats(shared: &ServerShared) -> ServerStats {
     }
 }
 
-/// Removes the acceptor's channel (closing the listening socket) on the main loop.
-fn stop_accepting(shared: &Arc<ServerShared>) {
+/// Removes the listening channels, each on its own loop (directly if it is `current`,
+/// else queued). Each loop drops its descriptor of the listening socket with it; the
+/// socket closes with the last one (unless another process holds it too).
+///
+/// No connection is stranded in a socket shared with `EPOLLEXCLUSIVE`: a loop dispatches
+/// the events of an iteration before it runs its queued functions, so a wake-up that
+/// picked this loop is accepted before the removal runs, and a connection that arrives
+/// after it wakes a loop still registered.
+fn stop_accepting(shared: &Arc<ServerShared>, current: Option<&mut EventLoop>) {
     shared.stopping.store(true, Ordering::SeqCst);
-    let Some(token) = shared.acceptor.lock().take() else {
-        return;
-    };
-    let _ = shared.main.queue_in_loop(move |lp| {
-        lp.remove_channel(token);
-    });
+    let acceptors = std::mem::take(&mut *shared.acceptors.lock());
+    let mut current = current;
+    for (h, token) in acceptors {
+        match current.as_deref_mut() {
+            Some(lp) if lp.handle().same_loop(&h) => {
+                lp.remove_channel(token);
+            }
+            _ => {
+                let _ = h.queue_in_loop(move |lp| {
+                    lp.remove_channel(token);
+                });
+            }
+        }
+    }
 }
 
 /// A graceful shutdown: stop accepting, tell every connection (on its own loop), close
@@ -305,7 +319,7 @@ fn stop_accepting(shared: &Arc<ServerShared>) {
 /// queued its registration to its loop before it queues the shutdown's visit there, and
 /// a loop runs queued functions in order.
 fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
-    stop_accepting(shared);
+    stop_accepting(shared, None);
     let first = !shared.shutdown_begun.swap(true, Ordering::SeqCst);
     let s = shared.clone();
     let queued = shared.main.queue_in_loop(move |lp| {
