@@ -1,7 +1,8 @@
 //! `echo`: the duo echo server, and the target of `cargo xtask bench`.
 //!
 //! ```text
-//! echo [serve] [--listen ADDR] [--io-threads N] [--trigger edge|level]
+//! echo [serve] [--listen ADDR] [--io-threads N] [--accept main|shared|reuseport]
+//!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //! ```
 //!
@@ -9,6 +10,10 @@
 //!   is ready it prints one line to stdout, `listening on HOST:PORT`, with the real port.
 //! - `--io-threads N`: I/O threads (sub reactors); default the number of cores, 0 serves
 //!   everything on the main thread (single reactor).
+//! - `--accept main|shared|reuseport`: who accepts (default `shared`: every I/O thread on
+//!   the one listening socket, so a connection never changes threads; `main`: the main
+//!   loop, handing connections round robin to the I/O threads; `reuseport`: every I/O
+//!   thread on a `SO_REUSEPORT` socket of its own). See `duo_net::AcceptMode`.
 //! - `--trigger edge|level`: how connections are polled (default `edge`).
 //! - `--idle-timeout SECS`: close connections that send nothing for that long.
 //! - `--max-conns N`: beyond `N` open connections, new ones are accepted and closed.
@@ -34,6 +39,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use duo_net::AcceptMode;
 use echo::ServeConfig;
 
 /// The echo server of duo (raw bytes, or the packet protocol with `--framed`).
@@ -62,6 +68,11 @@ struct ServeArgs {
     /// [default: number of cores]
     #[arg(long, value_name = "N")]
     io_threads: Option<usize>,
+    /// Who accepts connections: the main loop (handing them round robin to the I/O
+    /// threads), every I/O thread on the one listening socket (`EPOLLEXCLUSIVE`), or every
+    /// I/O thread on a listening socket of its own (`SO_REUSEPORT`).
+    #[arg(long, value_enum, default_value_t = Accept::Shared)]
+    accept: Accept,
     /// Edge- or level-triggered polling of connections.
     #[arg(long, value_enum, default_value_t = Trigger::Edge)]
     trigger: Trigger,
@@ -87,6 +98,17 @@ enum Trigger {
     Edge,
     /// Level-triggered: one read per readiness event.
     Level,
+}
+
+/// Who accepts connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Accept {
+    /// The main loop accepts and hands each connection to an I/O thread, round robin.
+    Main,
+    /// Every I/O thread accepts on the one listening socket (`EPOLLEXCLUSIVE`).
+    Shared,
+    /// Every I/O thread accepts on its own `SO_REUSEPORT` listening socket.
+    Reuseport,
 }
 
 /// Parses `HOST:PORT`, resolving a host name (`localhost:7000`) to its first address.
@@ -124,6 +146,11 @@ fn config(args: &ServeArgs) -> ServeConfig {
             .io_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
         edge_triggered: args.trigger == Trigger::Edge,
+        accept: match args.accept {
+            Accept::Main => AcceptMode::MainLoop,
+            Accept::Shared => AcceptMode::Shared,
+            Accept::Reuseport => AcceptMode::ReusePort,
+        },
         idle_timeout: args.idle_timeout.map(Duration::from_secs),
         max_conns: args.max_conns,
         framed: args.framed,

@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duo_net::process::{self, STOP_SIGNALS};
-use duo_net::{ConnCtx, EventLoop, InputBuffer, ServerHandle, TcpServer};
+use duo_net::{AcceptMode, ConnCtx, EventLoop, InputBuffer, ServerHandle, TcpServer};
 
 use crate::framed;
 
@@ -24,6 +24,8 @@ pub struct ServeConfig {
     pub io_threads: usize,
     /// Poll connections edge-triggered (else level-triggered).
     pub edge_triggered: bool,
+    /// Who accepts connections.
+    pub accept: AcceptMode,
     /// Close connections that send nothing for this long.
     pub idle_timeout: Option<Duration>,
     /// Beyond this many open connections, new ones are accepted and closed.
@@ -51,6 +53,7 @@ pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
     let messages = Arc::new(AtomicU64::new(0));
     let mut builder = TcpServer::builder("echo", cfg.listen)
         .io_threads(cfg.io_threads)
+        .accept_mode(cfg.accept)
         .edge_triggered(cfg.edge_triggered);
     if let Some(timeout) = cfg.idle_timeout {
         builder = builder.idle_timeout(timeout);

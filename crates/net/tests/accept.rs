@@ -90,7 +90,11 @@ fn every_accept_mode_serves_concurrent_clients_with_unique_names() {
     init_log();
     use std::collections::HashSet;
     use std::sync::{Arc, Mutex};
-    for mode in [AcceptMode::MainLoop, AcceptMode::Shared, AcceptMode::ReusePort] {
+    for mode in [
+        AcceptMode::MainLoop,
+        AcceptMode::Shared,
+        AcceptMode::ReusePort,
+    ] {
         let names = Arc::new(Mutex::new(Vec::new()));
         let seen = names.clone();
         let server = TestServer::start(move || {

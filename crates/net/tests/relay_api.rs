@@ -19,8 +19,8 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::{
-    AcceptMode, Backpressure, CloseReason, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
-    EventLoop, OutputLimit, TcpClient, TcpConnection, TcpServer,
+    AcceptMode, Backpressure, CloseReason, ConnState, ConnectionClosed, ContextError,
+    CtxUnavailable, EventLoop, OutputLimit, TcpClient, TcpConnection, TcpServer,
 };
 use duo_reactor::EventLoopThread;
 use socket2::{Domain, Socket, Type};

@@ -341,6 +341,9 @@ impl EventLoop {
     }
 
     fn deregister(&self, entry: &ChannelEntry) {
+        if entry.channel.sole {
+            return; // closing the descriptor, next, removes it from epoll
+        }
         if let Err(e) = self.poller.delete(entry.channel.fd()) {
             log::warn!("removing {:?}: {e}", entry.channel.token());
         }

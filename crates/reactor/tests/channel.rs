@@ -323,3 +323,47 @@ fn ready_reports_the_peer_half_close_that_came_with_the_data() {
         .unwrap();
     lp.with_channel(t, |_, ch, _| assert_eq!(ch.ready().bits(), 0));
 }
+
+#[test]
+fn a_sole_descriptor_leaves_epoll_with_its_close() {
+    // No EPOLL_CTL_DEL is made for it: the close alone must end the registration, so the
+    // peer's later writes wake nothing and a new channel on the reused slot is not
+    // disturbed by events of the old one.
+    let mut lp = EventLoop::new().unwrap();
+    let (a, b) = nonblocking_pair();
+    (&a).write_all(b"first").unwrap();
+    let reads = Rc::new(RefCell::new(0));
+    let r = reads.clone();
+    let h = FnHandler::new().on_read(move |_, ch| {
+        *r.borrow_mut() += 1;
+        read_all(ch);
+        ch.set_sole_descriptor();
+        ch.remove();
+    });
+    lp.add_channel(b, Interest::READABLE, h).unwrap();
+    guard(&mut lp, 30);
+    lp.run().unwrap();
+    assert_eq!(*reads.borrow(), 1);
+    assert_eq!(lp.channel_count(), 0);
+    // Closed: the peer sees a broken pipe, and nothing reaches the loop any more.
+    let err = duo_sys::send_vectored(std::os::fd::AsFd::as_fd(&a), &[std::io::IoSlice::new(b"x")])
+        .unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
+    let (c, d) = nonblocking_pair();
+    let later = Rc::new(RefCell::new(0));
+    let l = later.clone();
+    lp.add_channel(
+        d,
+        Interest::READABLE,
+        FnHandler::new().on_read(move |_, ch| {
+            *l.borrow_mut() += 1;
+            read_all(ch);
+        }),
+    )
+    .unwrap();
+    (&c).write_all(b"second").unwrap();
+    guard(&mut lp, 30);
+    lp.run().unwrap();
+    assert_eq!(*later.borrow(), 1, "the new channel gets its one event");
+    assert_eq!(*reads.borrow(), 1, "the old handler is gone");
+}

@@ -325,10 +325,7 @@ impl Epoll {
         } else {
             interest.0
         };
-        let mut event = libc::epoll_event {
-            events,
-            u64: token,
-        };
+        let mut event = libc::epoll_event { events, u64: token };
         // SAFETY: both descriptors are live for the call and `event` is a valid
         // `epoll_event` that the kernel only reads (it is ignored for `EPOLL_CTL_DEL`).
         cvt(unsafe { libc::epoll_ctl(self.fd.as_raw_fd(), op, fd.as_raw_fd(), &mut event) })?;

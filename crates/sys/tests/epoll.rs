@@ -206,7 +206,11 @@ fn exclusive_registration_of_a_listener_can_be_paused_and_resumed() {
         .unwrap();
     assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 0, "paused");
     epoll.modify(listener.as_fd(), interest, 9).unwrap();
-    assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1, "resumed, still pending");
+    assert_eq!(
+        epoll.wait(&mut events, WAIT).unwrap(),
+        1,
+        "resumed, still pending"
+    );
     assert_eq!(events.get(0).unwrap().0, 9);
     epoll.delete(listener.as_fd()).unwrap();
 }

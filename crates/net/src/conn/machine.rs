@@ -173,6 +173,9 @@ impl LoopConn {
         handle.set_state(ConnState::Connected);
         log::debug!("{}: up", handle.name());
         lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+            // The socket is never duplicated (duo-net does not hand out its descriptor):
+            // its close alone takes it out of epoll.
+            ch.set_sole_descriptor();
             conn.m.idle_refresh(lp, ch.token());
             let up = catch_user_panic(
                 &mut conn.m,
@@ -281,6 +284,12 @@ impl Handler for LoopConn {
     }
 
     fn handle_error(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if ch.ready().is_readable() && self.m.wants_reading() {
+            // The read reports the error (after whatever the peer sent before it) and
+            // closes with it: no `SO_ERROR` system call needed.
+            self.read_ready(lp, ch, true);
+            return;
+        }
         let kind = match duo_sys::take_socket_error(ch.fd()) {
             Ok(Some(e)) => {
                 log::debug!("{}: socket error: {e}", self.m.handle.name());

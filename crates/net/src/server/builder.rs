@@ -253,10 +253,9 @@ impl ServerBuilder {
             let (done, registered) = std::sync::mpsc::channel();
             for (i, (h, owner)) in loops.iter().zip(owners).enumerate() {
                 let socket = match mode {
-                    AcceptMode::ReusePort if i > 0 => listen(
-                        local_addr,
-                        ListenOptions { reuse_port: true },
-                    )?,
+                    AcceptMode::ReusePort if i > 0 => {
+                        listen(local_addr, ListenOptions { reuse_port: true })?
+                    }
                     _ => listener.try_clone()?,
                 };
                 let ids = Ids {
