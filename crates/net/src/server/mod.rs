@@ -2,9 +2,13 @@
 //!
 //! # Threads
 //!
-//! A server runs its acceptor on the application's loop (the *main loop*) and hands each
-//! accepted socket, round robin, to one of `io_threads(n)` I/O loops, which alone touches
-//! it from then on; with `io_threads(0)` the main loop serves the connections itself.
+//! With `io_threads(0)` the application's loop (the *main loop*) accepts and serves every
+//! connection itself. With `io_threads(n)`, n I/O loops serve them, and the
+//! [`AcceptMode`] says who accepts: by default every I/O loop accepts for itself on the
+//! one listening socket (registered with `EPOLLEXCLUSIVE`), so a connection is served by
+//! the thread that accepted it and never crosses threads; or each I/O loop has a
+//! `SO_REUSEPORT` socket of its own; or, as in muduo, the main loop accepts and hands each
+//! socket round robin to an I/O loop. Either way one loop alone touches a connection.
 //!
 //! # No list of connections
 //!
@@ -18,12 +22,14 @@
 //! # Graceful shutdown
 //!
 //! [`ServerHandle::shutdown`]`(grace, then)`: stop accepting (the listening channel is
-//! removed); on each loop, hand every connection to the `on_shutdown` callback, or
+//! removed, on each loop that has one); on each loop, hand every connection to the `on_shutdown` callback, or
 //! half-close it once its output is written; after `grace`, close what is still open
 //! ([`CloseReason::Shutdown`]); when the open count reaches zero, run `then` on the main
-//! loop. Every connection accepted before the listener went is reached: its registration
-//! was queued to its loop before the shutdown's visit, and a loop runs what is queued in
-//! order. [`TcpServer::stop`] then closes the main loop's own connections and joins the
+//! loop. Every connection accepted before the listener went is reached: a loop that
+//! accepts for itself registers the connection at once, and the removal of its listener
+//! is queued to it before the shutdown's visit; the main loop, accepting for others,
+//! queues each registration before it queues the visit; and a loop runs what is queued
+//! in order. [`TcpServer::stop`] then closes the main loop's own connections and joins the
 //! I/O threads (whose remaining connections go with their loops, without callbacks).
 //!
 //! - [`builder`]: the settings, and starting a server;
@@ -112,8 +118,9 @@ fn run_when_empty(lp: &mut EventLoop, shared: &ServerShared) {
     }
 }
 
-/// A TCP server: an acceptor on the main loop and a pool of I/O loops that own the
-/// connections (muduo's main reactor + sub reactors).
+/// A TCP server: a pool of I/O loops that own the connections and accept them (or an
+/// acceptor on the main loop that hands them out: muduo's main reactor + sub reactors;
+/// see [`AcceptMode`]).
 ///
 /// # Lifecycle
 ///
@@ -315,9 +322,10 @@ fn stop_accepting(shared: &Arc<ServerShared>, current: Option<&mut EventLoop>) {
 /// A graceful shutdown: stop accepting, tell every connection (on its own loop), close
 /// what is left at the deadline, run `then` when none is left.
 ///
-/// Every connection accepted before the listener was removed is told: the main loop
-/// queued its registration to its loop before it queues the shutdown's visit there, and
-/// a loop runs queued functions in order.
+/// Every connection accepted before the listener was removed is told: the removal of an
+/// I/O loop's own listener is queued to it before the visit (and it registers what it
+/// accepts at once); the main loop, accepting for others, queued each registration
+/// before it queues the visit; a loop runs queued functions in order.
 fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
     stop_accepting(shared, None);
     let first = !shared.shutdown_begun.swap(true, Ordering::SeqCst);
