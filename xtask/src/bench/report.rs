@@ -35,7 +35,11 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
     let _ = writeln!(
         md,
         "Servers: `duo-0` is duo's echo as a single reactor (one thread, like \
-         `raw-epoll`), `duo-1` and `duo-2` add 1 and 2 I/O threads to the acceptor's loop, \
+         `raw-epoll`), `duo-1` and `duo-2` serve on 1 and 2 I/O threads that accept for \
+         themselves on the one listening socket (`EPOLLEXCLUSIVE`, the default), \
+         `duo-2-main` has the main loop accept and hand connections round robin to 2 I/O \
+         threads, `duo-2-reuseport` gives each of 2 I/O threads a `SO_REUSEPORT` socket \
+         (those two only where accepting matters: churn and 1 000 connections); \
          `tokio` runs 2 workers. Each cell: the server's CPU time (user + system, from \
          `/proc/PID/stat`, over the measured phase only: set-up such as connecting or the \
          bank's logins is excluded) per operation, the ranking figure because it holds within about \
@@ -82,7 +86,13 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
          then throughput (> 1 favours duo); for idle, RSS per connection.\n"
     );
     md.push_str(&markdown::table(
-        &["scenario", "duo-0 / raw-epoll", "duo-2 / tokio"],
+        &[
+            "scenario",
+            "duo-0 / raw-epoll",
+            "duo-2 / tokio",
+            "duo-2-main / tokio",
+            "duo-2-reuseport / tokio",
+        ],
         echo().map(|(sc, outcomes)| {
             let get = |name: &str| outcomes.iter().find(|o| o.server == name);
             let cell = |duo: &str, peer: &str| -> String {
@@ -104,6 +114,8 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
                 sc.name.to_owned(),
                 cell("duo-0", "raw-epoll"),
                 cell("duo-2", "tokio"),
+                cell("duo-2-main", "tokio"),
+                cell("duo-2-reuseport", "tokio"),
             ]
         }),
     ));

@@ -96,7 +96,7 @@ fn loadgen_command(sc: &Scenario, server: &Server, set: &Setting<'_>) -> Command
 pub(super) fn print_run(server: &str, rep: usize, r: &Run) {
     match &r.result {
         Ok(_) => println!(
-            "   {server:<10} #{rep}  rate {:>12}  server CPU/op {:>9}  errors {}{}",
+            "   {server:<16} #{rep}  rate {:>12}  server CPU/op {:>9}  errors {}{}",
             fmt_rate(r.rate()),
             fmt_us(r.cpu_per_op_us()),
             r.errors(),
@@ -106,7 +106,7 @@ pub(super) fn print_run(server: &str, rep: usize, r: &Run) {
                 ""
             }
         ),
-        Err(e) => println!("   {server:<10} #{rep}  FAILED: {e}"),
+        Err(e) => println!("   {server:<16} #{rep}  FAILED: {e}"),
     }
 }
 

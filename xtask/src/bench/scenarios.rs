@@ -33,6 +33,8 @@ pub(super) struct EchoServer {
     args: &'static [&'static str],
     /// Whether this is duo (the others are baselines).
     duo: bool,
+    /// The scenarios it runs in (empty: all).
+    only_in: &'static [&'static str],
 }
 
 impl EchoServer {
@@ -43,6 +45,24 @@ impl EchoServer {
             bin: "echo",
             args,
             duo: true,
+            only_in: &[],
+        }
+    }
+
+    /// duo's `echo serve` with the given arguments, in the named scenarios only (the
+    /// accept modes other than the default: they differ where connections come and go,
+    /// or where many are spread over the loops).
+    const fn duo_in(
+        name: &'static str,
+        args: &'static [&'static str],
+        only_in: &'static [&'static str],
+    ) -> EchoServer {
+        EchoServer {
+            name,
+            bin: "echo",
+            args,
+            duo: true,
+            only_in,
         }
     }
 
@@ -57,6 +77,7 @@ impl EchoServer {
             bin,
             args,
             duo: false,
+            only_in: &[],
         }
     }
 }
@@ -74,6 +95,32 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         "duo-2",
         &["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"],
     ),
+    EchoServer::duo_in(
+        "duo-2-main",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "2",
+            "--accept",
+            "main",
+        ],
+        ACCEPT_MODE_SCENARIOS,
+    ),
+    EchoServer::duo_in(
+        "duo-2-reuseport",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "2",
+            "--accept",
+            "reuseport",
+        ],
+        ACCEPT_MODE_SCENARIOS,
+    ),
     EchoServer::peer("raw-epoll", "raw_epoll_echo", &["--listen", "127.0.0.1:0"]),
     EchoServer::peer(
         "tokio",
@@ -81,6 +128,10 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         &["--listen", "127.0.0.1:0", "--threads", "2"],
     ),
 ];
+
+/// Where the accept modes other than the default (`duo-2` accepts on every I/O loop with
+/// `EPOLLEXCLUSIVE`) are measured too.
+const ACCEPT_MODE_SCENARIOS: &[&str] = &["churn-50", "pingpong-1000x64"];
 
 /// What a scenario runs against.
 #[derive(Clone, Copy, PartialEq)]
@@ -204,6 +255,7 @@ pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entr
     match sc.target {
         Target::Echo => ECHO_SERVERS
             .iter()
+            .filter(|srv| srv.only_in.is_empty() || srv.only_in.contains(&sc.name))
             .map(|srv| Entrant {
                 name: srv.name,
                 duo: srv.duo,
