@@ -188,7 +188,14 @@ fn checked_pid(pid: u32) -> io::Result<libc::pid_t> {
 fn kill(pid: u32, signo: libc::c_int, what: &'static str) -> io::Result<()> {
     let pid = checked_pid(pid)?;
     // SAFETY: `pid` is a single positive process id (checked), `signo` a valid signal.
-    cvt(unsafe { libc::kill(pid, signo) }).map_err(context(what))?;
+    cvt(unsafe { libc::kill(pid, signo) }).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            // The kernel's ESRCH has no `ErrorKind` of its own; callers branch on it.
+            io::Error::new(io::ErrorKind::NotFound, format!("{what}: no process {pid}"))
+        } else {
+            context(what)(e)
+        }
+    })?;
     Ok(())
 }
 
@@ -212,7 +219,7 @@ pub fn kill_process(pid: u32) -> io::Result<()> {
 pub fn process_exists(pid: u32) -> bool {
     match kill(pid, 0, "kill(0)") {
         Ok(()) => true,
-        Err(e) => e.raw_os_error() == Some(libc::EPERM),
+        Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
     }
 }
 
