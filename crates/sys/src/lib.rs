@@ -69,7 +69,7 @@ pub use socket::{
 };
 pub use spawn::{
     dup_at_least, kill_process, pass_fds, pipe, process_exists, reap_any, set_inherit_on_exec,
-    set_parent_death_signal, signal_process,
+    set_parent_death_signal, signal_process, unblock_signals_in_child,
 };
 pub use timerfd::TimerFd;
 

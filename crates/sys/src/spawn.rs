@@ -98,6 +98,32 @@ pub fn set_parent_death_signal(cmd: &mut Command, signal: Signal) {
     }
 }
 
+/// Makes the child `cmd` starts begin with no signal blocked (`sigprocmask(SIG_SETMASK,
+/// empty)` before the `exec`). A process that reads signals from a signalfd blocks them,
+/// and a child inherits the mask across `exec`: without this a worker would never die of
+/// (or see) the `SIGTERM` its supervisor sends.
+///
+/// # Errors
+///
+/// Building the empty signal set failed (it cannot, in practice).
+pub fn unblock_signals_in_child(cmd: &mut Command) -> io::Result<()> {
+    let empty = crate::signalfd::sigset(&[])?;
+    let hook = move || {
+        // SAFETY: `empty` is an initialised `sigset_t` owned by the closure; a null old-set
+        // pointer is allowed; `sigprocmask` is async-signal-safe and we are in the forked,
+        // single-threaded child.
+        if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes one async-signal-safe system call and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    Ok(())
+}
+
 /// Duplicates `fd` to the lowest free number at or above `min`, close-on-exec
 /// (`fcntl(F_DUPFD_CLOEXEC)`).
 ///
@@ -341,6 +367,7 @@ mod tests {
         let mut cmd = Command::new("/bin/sh");
         cmd.args(["-c", "exit 7"]);
         set_parent_death_signal(&mut cmd, Signal::TERM);
+        unblock_signals_in_child(&mut cmd).unwrap();
         let child = cmd.spawn().unwrap();
         assert_eq!(reap(child.id()).code(), Some(7));
     }
