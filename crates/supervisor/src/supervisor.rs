@@ -176,6 +176,7 @@ impl Supervisor {
             free_rows: (0..rows).rev().collect(),
             workers: BTreeMap::new(),
             generation: self.adopted_generation,
+            last_started: self.adopted_generation,
             pending: None,
             restart_timer: None,
             stopping: false,
@@ -256,6 +257,8 @@ struct State {
     workers: BTreeMap<u32, WorkerProc>,
     /// The serving generation (0 before the first is ready).
     generation: u64,
+    /// The newest generation started.
+    last_started: u64,
     pending: Option<Pending>,
     restart_timer: Option<TimerId>,
     backoff: Backoff,
@@ -295,7 +298,10 @@ impl State {
 
     /// Starts the next generation: `workers` processes that must all report ready.
     fn start_generation(&mut self, lp: &mut EventLoop) {
-        let generation = self.generation + 1;
+        // Numbers are never reused, so a log line names one generation (a failed reload
+        // keeps its number).
+        let generation = self.last_started + 1;
+        self.last_started = generation;
         log::info!(
             "starting generation {generation}: {} workers of {}",
             self.cfg.workers,
