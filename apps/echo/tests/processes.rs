@@ -9,7 +9,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
@@ -32,7 +32,13 @@ fn children(pid: u32) -> BTreeSet<u32> {
 /// Whether `pid` runs (a zombie does not).
 fn alive(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| !s.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        .map(|s| {
+            !s.rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
         .unwrap_or(false)
 }
 
@@ -52,7 +58,9 @@ fn sockets(pid: u32) -> usize {
 
 fn supervisor(n: &str) -> Server {
     let server = Server::start(&["serve", "--processes", n, "--io-threads", "1"]);
-    wait_until("the workers", || children(server.pid()).len() == n.parse::<usize>().unwrap());
+    wait_until("the workers", || {
+        children(server.pid()).len() == n.parse::<usize>().unwrap()
+    });
     server
 }
 
@@ -81,7 +89,11 @@ struct Churn {
     closed_early: u64,
 }
 
-fn churn(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Churn> {
+fn churn(
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    progress: Arc<AtomicU64>,
+) -> thread::JoinHandle<Churn> {
     thread::spawn(move || {
         let mut c = Churn::default();
         while !stop.load(Ordering::Relaxed) {
@@ -97,7 +109,10 @@ fn churn(addr: SocketAddr, stop: Arc<AtomicBool>) -> thread::JoinHandle<Churn> {
             let mut b = [0u8; 1];
             let r = s.write_all(b"x").and_then(|()| s.read(&mut b));
             match r {
-                Ok(1) => c.ok += 1,
+                Ok(1) => {
+                    c.ok += 1;
+                    progress.fetch_add(1, Ordering::Relaxed);
+                }
                 Ok(_) => c.closed_early += 1,
                 Err(e) if e.kind() == ErrorKind::ConnectionReset => c.reset += 1,
                 Err(e) if e.kind() == ErrorKind::BrokenPipe => c.reset += 1,
@@ -119,10 +134,7 @@ fn two_processes_serve_and_both_workers_accept() {
         let mut s = server.connect();
         round_trip(&mut s, b"hello");
         held.push(s);
-        let grew = workers
-            .iter()
-            .zip(&before)
-            .all(|(p, n)| sockets(*p) > *n);
+        let grew = workers.iter().zip(&before).all(|(p, n)| sockets(*p) > *n);
         if grew {
             break;
         }
@@ -209,8 +221,9 @@ fn reload_under_churn(upgrade: bool) {
     round_trip(&mut held, b"before");
 
     let stop = Arc::new(AtomicBool::new(false));
-    let churner = churn(server.addr(), stop.clone());
-    wait_until("churn under way", || sockets(sup_pid) > 0);
+    let progress = Arc::new(AtomicU64::new(0));
+    let churner = churn(server.addr(), stop.clone(), progress.clone());
+    wait_until("churn under way", || progress.load(Ordering::Relaxed) > 0);
     held.write_all(b"across").unwrap();
     let mut reload = Command::new(ECHO);
     reload.args(["reload", "--pid", &sup_pid.to_string()]);
@@ -228,10 +241,10 @@ fn reload_under_churn(upgrade: bool) {
     assert_eq!(new.len(), 2, "{new:?}");
     assert!(new.is_disjoint(&old), "new {new:?}, old {old:?}");
     // Some more churn on the new generation alone.
-    let t = Instant::now();
-    while t.elapsed() < Duration::from_millis(200) {
-        thread::sleep(Duration::from_millis(10));
-    }
+    let now = progress.load(Ordering::Relaxed);
+    wait_until("churn on the new workers", || {
+        progress.load(Ordering::Relaxed) > now + 50
+    });
     stop.store(true, Ordering::Relaxed);
     let c = join_within("the churn thread", churner);
     eprintln!("churn: {c:?}");
@@ -258,8 +271,11 @@ fn upgrade_keeps_the_supervisor_pid_and_serves_throughout() {
 fn reload_refuses_a_process_that_is_not_an_echo_supervisor() {
     let single = Server::start(&["serve", "--io-threads", "0"]);
     for pid in [single.pid(), std::process::id(), 999_999_999] {
-        let done = run_within(Command::new(ECHO).args(["reload", "--pid", &pid.to_string()]), LIMIT)
-            .unwrap();
+        let done = run_within(
+            Command::new(ECHO).args(["reload", "--pid", &pid.to_string()]),
+            LIMIT,
+        )
+        .unwrap();
         assert_eq!(done.status.code(), Some(1), "{done:?}");
         assert!(done.stderr.contains("echo reload:"), "{}", done.stderr);
     }
@@ -295,7 +311,8 @@ fn an_activation_descriptor_that_is_not_a_listening_socket_is_a_usage_error() {
     .unwrap();
     assert_eq!(done.status.code(), Some(2), "{done:?}");
     assert!(
-        done.stderr.contains("descriptor 3 is not a listening TCP socket"),
+        done.stderr
+            .contains("descriptor 3 is not a listening TCP socket"),
         "{}",
         done.stderr
     );

@@ -464,13 +464,11 @@ impl State {
         duo_sys::pass_fds(&mut cmd, &fds, first)?;
         duo_sys::set_parent_death_signal(&mut cmd, Signal::TERM);
         duo_sys::unblock_signals_in_child(&mut cmd)?;
-        let child = cmd.spawn()?;
-        drop(cmd);
-        drop(ready_w);
-        let pid = child.id();
         // Reaped by pid with `reap_any`; the `Child` is not needed (dropping it neither
         // waits nor kills).
-        drop(child);
+        let pid = cmd.spawn()?.id();
+        drop(cmd);
+        drop(ready_w);
         let on_read = FnHandler::new()
             .on_read(move |lp, ch| read_ready(lp, ch.fd(), pid))
             .on_close(move |lp, _| {

@@ -306,10 +306,11 @@ mod tests {
         cmd.args(["-c", "printf one >&4; printf two >&3"])
             .stdin(Stdio::null());
         pass_fds(&mut cmd, &[w2.as_fd(), w1.as_fd()], 3).unwrap();
-        let child = cmd.spawn().unwrap();
+        // Reaped by pid (`reap`), as a supervisor does.
+        let pid = cmd.spawn().unwrap().id();
         drop(cmd);
         drop((w1, w2));
-        let status = reap(child.id());
+        let status = reap(pid);
         assert!(status.success(), "{status}");
         let mut got = String::new();
         std::fs::File::from(r1).read_to_string(&mut got).unwrap();
@@ -328,8 +329,7 @@ mod tests {
 
     #[test]
     fn a_killed_child_is_reaped_with_its_signal() {
-        let child = Command::new("sleep").arg("30").spawn().unwrap();
-        let pid = child.id();
+        let pid = Command::new("sleep").arg("30").spawn().unwrap().id();
         assert!(process_exists(pid));
         kill_process(pid).unwrap();
         let status = reap(pid);
@@ -368,7 +368,7 @@ mod tests {
         cmd.args(["-c", "exit 7"]);
         set_parent_death_signal(&mut cmd, Signal::TERM);
         unblock_signals_in_child(&mut cmd).unwrap();
-        let child = cmd.spawn().unwrap();
-        assert_eq!(reap(child.id()).code(), Some(7));
+        let pid = cmd.spawn().unwrap().id();
+        assert_eq!(reap(pid).code(), Some(7));
     }
 }
