@@ -229,8 +229,29 @@ fn reload(args: &ReloadArgs) -> ExitCode {
     }
 }
 
-/// Whether `pid` runs this same binary with `--processes` (an echo supervisor).
+/// Whether `pid` runs this same binary with `--processes` (an echo supervisor), and is
+/// not one of its workers (which run with the same command line).
 fn check_supervisor(pid: u32) -> Result<(), String> {
+    is_echo_with_processes(pid)?;
+    if let Some(parent) = parent_of(pid) {
+        if is_echo_with_processes(parent).is_ok() {
+            return Err(format!(
+                "process {pid} is a worker of the echo supervisor {parent}; reload that one"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// The parent of `pid`, from `/proc/PID/stat` ("pid (comm) state ppid ...").
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `Ok` if `pid` runs this same binary with `--processes`; else why not.
+fn is_echo_with_processes(pid: u32) -> Result<(), String> {
     let proc_dir = PathBuf::from(format!("/proc/{pid}"));
     let exe = std::fs::read_link(proc_dir.join("exe"))
         .map_err(|e| format!("no process {pid} that we may inspect ({e})"))?;

@@ -281,6 +281,56 @@ fn reload_refuses_a_process_that_is_not_an_echo_supervisor() {
     }
     // The single-process server did not get a SIGHUP.
     round_trip(&mut single.connect(), b"still here");
+    // Nor does a worker of a supervisor (same binary, same command line).
+    let server = supervisor("1");
+    let worker = *children(server.pid()).iter().next().unwrap();
+    let done = run_within(
+        Command::new(ECHO).args(["reload", "--pid", &worker.to_string()]),
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(done.status.code(), Some(1), "{done:?}");
+    assert!(done.stderr.contains("is a worker of"), "{}", done.stderr);
+    assert!(
+        children(server.pid()).contains(&worker),
+        "the worker lives on"
+    );
+}
+
+/// The last `stats:` line of `log` with its counters: (workers, accepted).
+fn last_stats(log: &str) -> Option<(u64, u64)> {
+    let line = log
+        .lines()
+        .rev()
+        .find(|l| l.contains("stats: generation"))?;
+    let number_before = |word: &str| -> Option<u64> {
+        let i = line.find(word)?;
+        line[..i].split_whitespace().last()?.parse().ok()
+    };
+    Some((number_before(" workers")?, number_before(" accepted")?))
+}
+
+#[test]
+fn the_supervisor_logs_counters_summed_over_its_workers() {
+    let server = Server::start(&[
+        "serve",
+        "--processes",
+        "2",
+        "--io-threads",
+        "1",
+        "--stats-interval",
+        "1",
+    ]);
+    let mut held = Vec::new();
+    for _ in 0..6 {
+        let mut s = server.connect();
+        round_trip(&mut s, b"counted");
+        held.push(s);
+    }
+    wait_until("a stats line counting the 6 connections", || {
+        last_stats(&server.stderr())
+            .is_some_and(|(workers, accepted)| workers == 2 && accepted == 6)
+    });
 }
 
 #[test]
