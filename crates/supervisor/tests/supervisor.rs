@@ -215,3 +215,29 @@ fn bad_configurations_exit_2_with_a_reason() {
     assert_eq!(done.status.code(), Some(2));
     assert!(done.stderr.contains("too many"), "{}", done.stderr);
 }
+
+#[test]
+fn without_its_binary_a_reload_and_an_upgrade_fail_and_the_old_workers_serve_on() {
+    // A copy of the demo in a directory of its own, removed once the supervisor runs.
+    let dir = std::env::temp_dir().join(format!("duo-sup-gone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let copy = dir.join("demo");
+    std::fs::copy(example_binary("duo-supervisor", "demo"), &copy).unwrap();
+    let mut cmd = Command::new(&copy);
+    cmd.arg("2");
+    let server = ChildServer::start(cmd);
+    let workers = children(server.pid());
+    std::fs::remove_dir_all(&dir).unwrap();
+
+    server.signal("HUP");
+    server.wait_for_stderr("cannot start a worker", LIMIT);
+    server.signal("USR2");
+    server.wait_for_stderr("this image keeps running", LIMIT);
+    assert_eq!(children(server.pid()), workers, "the same workers serve");
+    let pid = worker_of_connection(server.addr());
+    assert!(workers.contains(&pid));
+    // And it still stops cleanly.
+    let mut server = server;
+    let (status, _) = server.terminate("TERM", LIMIT);
+    assert!(status.success(), "{status}");
+}
