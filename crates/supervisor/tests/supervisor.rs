@@ -140,9 +140,12 @@ fn reload_starts_new_workers_and_retires_the_old() {
     server.signal("HUP");
     server.wait_for_stderr("generation 2 is serving", LIMIT);
     wait_until("old workers gone", || old.iter().all(|p| !alive(*p)));
+    // And reaped: then only the new ones are children.
+    wait_until("two new workers only", || {
+        let now = children(server.pid());
+        now.len() == 2 && now.is_disjoint(&old)
+    });
     let new = children(server.pid());
-    assert_eq!(new.len(), 2);
-    assert!(new.is_disjoint(&old), "{new:?} vs {old:?}");
     let pid = worker_of_connection(server.addr());
     assert!(new.contains(&pid));
 }
@@ -182,9 +185,12 @@ fn upgrade_re_executes_the_supervisor_with_the_same_pid() {
     server.wait_for_stderr("generation 2 is serving", LIMIT);
     assert!(server.stderr().contains("adopting worker"));
     wait_until("old workers gone", || old.iter().all(|p| !alive(*p)));
+    // And reaped: then only the new ones are children.
+    wait_until("two new workers only", || {
+        let now = children(server.pid());
+        now.len() == 2 && now.is_disjoint(&old)
+    });
     let new = children(server.pid());
-    assert_eq!(new.len(), 2);
-    assert!(new.is_disjoint(&old));
     let pid = worker_of_connection(server.addr());
     assert!(new.contains(&pid));
 }

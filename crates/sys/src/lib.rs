@@ -15,7 +15,7 @@
 //! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
 //! | [`process`] | `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: [`fd_limit`], [`raise_fd_limit`]; `malloc_trim`: [`release_free_heap`] |
 //! | [`activation`] | systemd socket activation ([`listen_fds`]: `LISTEN_PID`/`LISTEN_FDS`), descriptors announced by environment variables ([`take_fds_from_env`], [`take_fd_from_env`]), [`check_listening_tcp`] |
-//! | [`spawn`] | `dup2` in a `pre_exec` hook ([`pass_fds`]), `prctl(PR_SET_PDEATHSIG)`, `waitpid(-1, WNOHANG)` ([`reap_any`]), `kill` ([`signal_process`], [`kill_process`]), `pipe2` ([`pipe`]), `F_DUPFD_CLOEXEC` |
+//! | [`spawn`] | `dup2` in a `pre_exec` hook ([`pass_fds`]), `prctl(PR_SET_PDEATHSIG)`, `sigprocmask` in the child ([`unblock_signals_in_child`]), `waitpid(-1, WNOHANG)` ([`reap_any`]), `kill` ([`signal_process`], [`kill_process`]), `pipe2` ([`pipe`]), `F_DUPFD_CLOEXEC` |
 //! | [`shm`] | `memfd_create`, `ftruncate`, seals, `mmap(MAP_SHARED)`: [`SharedCounters`], `u64` counters shared between processes |
 //!
 //! Sockets themselves are created and configured with [`socket2`], re-exported here.
