@@ -434,3 +434,60 @@ fn socket_activation_single_process() {
 fn socket_activation_with_two_processes() {
     socket_activated(&["--processes", "2"]);
 }
+
+/// A client that never closes: after the server's half-close it keeps its end open.
+fn stubborn_client(server: &Server) -> TcpStream {
+    let mut s = server.connect();
+    round_trip(&mut s, b"hold");
+    s
+}
+
+#[test]
+fn the_drain_timeout_bounds_a_graceful_stop() {
+    let mut server = Server::start(&[
+        "serve",
+        "--processes",
+        "2",
+        "--io-threads",
+        "1",
+        "--drain-timeout",
+        "1",
+    ]);
+    let _held = stubborn_client(&server);
+    let (status, took) = server.terminate("TERM", LIMIT);
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert!(
+        took >= Duration::from_millis(900) && took < Duration::from_secs(4),
+        "stopped after {took:?} with a 1 s drain timeout"
+    );
+}
+
+#[test]
+fn a_second_signal_stops_at_once() {
+    let mut server = Server::start(&[
+        "serve",
+        "--processes",
+        "2",
+        "--io-threads",
+        "1",
+        "--drain-timeout",
+        "60",
+    ]);
+    let _held = stubborn_client(&server);
+    let sent = Instant::now();
+    server.signal("TERM");
+    server.wait_for_stderr("stopping", LIMIT);
+    server.signal("INT");
+    let status = server.wait_exit(LIMIT);
+    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    assert!(
+        sent.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        sent.elapsed()
+    );
+    assert!(
+        server.stderr().contains("quitting now"),
+        "{}",
+        server.stderr()
+    );
+}

@@ -9,9 +9,11 @@
 //! - `crash`: reports ready and exits with status 3 at once.
 //! - `fail`: exits with status 4 without reporting ready.
 //! - `silent`: never reports ready (and serves nothing).
+//! - `stubborn`: as `echo`, but blocks SIGTERM and SIGINT (only SIGKILL ends it).
 //!
 //! `DEMO_MODE_FILE`, if set, names a file holding the mode, read at each worker's start.
-//! `DEMO_READY_TIMEOUT_MS` sets the supervisor's ready timeout. Exit status 2: bad
+//! `DEMO_READY_TIMEOUT_MS` sets the supervisor's ready timeout, `DEMO_STOP_TIMEOUT_MS` its
+//! stop timeout. Exit status 2: bad
 //! configuration; 1: the supervisor failed.
 use std::io::{Read, Write};
 use std::net::TcpListener;
@@ -56,6 +58,12 @@ fn main() -> ExitCode {
     {
         cfg.ready_timeout = Duration::from_millis(ms);
     }
+    if let Some(ms) = std::env::var("DEMO_STOP_TIMEOUT_MS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        cfg.stop_timeout = Duration::from_millis(ms);
+    }
     cfg.stats_interval = Some(Duration::from_millis(200));
     let supervisor = match Supervisor::new(cfg, listeners) {
         Ok(s) => s,
@@ -89,6 +97,10 @@ fn work(mut worker: Worker) -> ExitCode {
         "silent" => loop {
             std::thread::park();
         },
+        "stubborn" => {
+            duo_sys::block_signals(&[duo_sys::Signal::TERM, duo_sys::Signal::INT])
+                .expect("block signals");
+        }
         _ => {}
     }
     let listener = worker.take_listeners().remove(0);

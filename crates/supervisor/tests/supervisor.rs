@@ -247,3 +247,25 @@ fn without_its_binary_a_reload_and_an_upgrade_fail_and_the_old_workers_serve_on(
     let (status, _) = server.terminate("TERM", LIMIT);
     assert!(status.success(), "{status}");
 }
+
+#[test]
+fn workers_that_ignore_the_stop_are_killed_at_the_deadline() {
+    let mut cmd = demo();
+    cmd.args(["2", "stubborn"])
+        .env("DEMO_STOP_TIMEOUT_MS", "500");
+    let mut server = ChildServer::start(cmd);
+    let workers = children(server.pid());
+    server.signal("TERM");
+    server.wait_for_stderr("stopping", LIMIT);
+    // A second signal forwards SIGINT (ignored here too); the deadline still holds.
+    server.signal("INT");
+    let status = server.wait_exit(LIMIT);
+    assert!(status.success(), "{status}");
+    let log = server.stderr_to_end(LIMIT);
+    assert!(log.contains("workers quit now (SIGINT)"), "{log}");
+    assert!(log.contains("SIGKILL"), "{log}");
+    assert_eq!(count(&log, "killed by signal 9"), 2, "{log}");
+    for pid in workers {
+        assert!(!alive(pid));
+    }
+}
