@@ -347,6 +347,23 @@ fn bad_process_counts_are_usage_errors() {
         assert!(done.stderr.contains(why), "{}", done.stderr);
         assert!(done.stdout.is_empty());
     }
+    // Under an open-file limit of 64 the supervisor's budget allows 23 workers: 30 are
+    // refused, with the arithmetic.
+    let done = run_within(
+        Command::new("/bin/sh").args([
+            "-c",
+            "ulimit -n 64 && exec \"$0\" serve --listen 127.0.0.1:0 --processes 30",
+            ECHO,
+        ]),
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(
+        done.stderr.contains("at most 23") && done.stderr.contains("open-file limit of 64"),
+        "{}",
+        done.stderr
+    );
 }
 
 #[test]
