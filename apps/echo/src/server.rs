@@ -153,7 +153,7 @@ fn publish_stats(
     slot: StatsSlot,
     every: Duration,
 ) {
-    lp.run_every(every, move |_| {
+    let publish = move || {
         let stats = server.stats();
         slot.publish(&WorkerStats {
             open: stats.active,
@@ -162,7 +162,11 @@ fn publish_stats(
             bytes_out: stats.bytes_out(),
             messages: messages.load(Ordering::Relaxed),
         });
-    });
+    };
+    // Once now, so the row carries this worker's PID from the start (an upgraded
+    // supervisor finds an adopted worker's row by it).
+    publish();
+    lp.run_every(every, move |_| publish());
 }
 
 /// Raw mode: send back every byte.

@@ -254,7 +254,13 @@ fn reload_under_churn(upgrade: bool) {
     assert!(c.ok > 10, "{c:?}");
     assert!(alive(sup_pid));
     if upgrade {
-        assert!(server.stderr().contains("adopting worker"));
+        let log = server.stderr();
+        assert_eq!(count(&log, "adopting worker"), 2, "{log}");
+        assert_eq!(
+            count(&log, "stats row"),
+            2,
+            "the stats region handed over: {log}"
+        );
     }
     round_trip(&mut server.connect(), b"after");
 }
@@ -385,6 +391,10 @@ fn an_activation_descriptor_that_is_not_a_listening_socket_is_a_usage_error() {
         "{}",
         done.stderr
     );
+}
+
+fn count(log: &str, needle: &str) -> usize {
+    log.matches(needle).count()
 }
 
 /// A free loopback port (bound and released: a tiny race with other tests is possible).

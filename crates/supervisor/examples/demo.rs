@@ -105,6 +105,9 @@ fn work(mut worker: Worker) -> ExitCode {
     }
     let listener = worker.take_listeners().remove(0);
     let stats = worker.stats();
+    if let Some(slot) = &stats {
+        slot.publish(&WorkerStats::default());
+    }
     worker.notify_ready().expect("ready");
     let mut accepted = 0;
     for conn in listener.incoming() {

@@ -26,6 +26,7 @@
 //! |---|---|
 //! | [`ADOPT_VAR`] | the PIDs of the serving workers, comma-separated: the new image adopts them |
 //! | [`GENERATION_VAR`] | their generation |
+//! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
 
 /// Set to `1` in a worker's environment.
 pub const WORKER_VAR: &str = "DUO_WORKER";
@@ -43,6 +44,8 @@ pub const WORKER_GENERATION_VAR: &str = "DUO_WORKER_GENERATION";
 pub const ADOPT_VAR: &str = "DUO_SUPERVISOR_ADOPT";
 /// The generation of the adopted workers.
 pub const GENERATION_VAR: &str = "DUO_SUPERVISOR_GENERATION";
+/// The stats region an upgraded supervisor goes on using.
+pub const STATS_VAR: &str = "DUO_SUPERVISOR_STATS_FD";
 
 /// Counters per worker row of the stats region.
 pub const ROW_LEN: usize = 8;

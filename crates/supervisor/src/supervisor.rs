@@ -19,7 +19,7 @@ use crate::backoff::Backoff;
 use crate::config::{ConfigError, SupervisorConfig};
 use crate::protocol::{
     ADOPT_VAR, GENERATION_VAR, LISTEN_FDS_VAR, READY_FD_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR,
-    WORKER_GENERATION_VAR, WORKER_VAR,
+    STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::worker::{read_row, WorkerStats};
 
@@ -73,6 +73,8 @@ pub struct Supervisor {
     listeners: Vec<TcpListener>,
     adopted: Vec<u32>,
     adopted_generation: u64,
+    /// The stats region of the previous image, handed over by an upgrade.
+    inherited_stats: Option<SharedCounters>,
     exe: PathBuf,
     args: Vec<OsString>,
 }
@@ -103,6 +105,16 @@ impl Supervisor {
             source,
         })?;
         let args = std::env::args_os().skip(1).collect();
+        let inherited_stats = match duo_sys::take_fd_from_env(STATS_VAR) {
+            Ok(Some(fd)) => SharedCounters::open(fd)
+                .map_err(|e| log::warn!("the previous image's stats region: {e}"))
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("the previous image's stats region: {e}");
+                None
+            }
+        };
         let adopted_generation = take_var(GENERATION_VAR)
             .and_then(|g| g.parse().ok())
             .unwrap_or(0);
@@ -123,6 +135,7 @@ impl Supervisor {
             listeners: relocate(listeners),
             adopted,
             adopted_generation,
+            inherited_stats,
             exe,
             args,
         })
@@ -147,13 +160,18 @@ impl Supervisor {
     pub fn run(self, on_ready: impl FnOnce() + 'static) -> Result<(), SupervisorError> {
         let mut lp = EventLoop::new()?;
         let rows = self.cfg.workers * 2;
-        let stats =
-            SharedCounters::create("duo-supervisor-stats", rows * ROW_LEN).map_err(|source| {
-                SupervisorError::Io {
+        let upgrade = self.is_upgrade();
+        // After an upgrade the previous image's region goes on (the adopted workers write
+        // into it), if it has the size this configuration needs.
+        let stats = match self.inherited_stats {
+            Some(region) if region.slots().len() == rows * ROW_LEN => region,
+            _ => SharedCounters::create("duo-supervisor-stats", rows * ROW_LEN).map_err(
+                |source| SupervisorError::Io {
                     what: "creating the shared stats region",
                     source,
-                }
-            })?;
+                },
+            )?,
+        };
         lp.watch_signals(&SIGNALS, |lp, sig| {
             lp.with_local(|lp, st: &mut State| st.on_signal(lp, sig));
         })
@@ -161,7 +179,6 @@ impl Supervisor {
             what: "watching signals",
             source,
         })?;
-        let upgrade = self.is_upgrade();
         let mut state = State {
             backoff: Backoff::new(
                 self.cfg.backoff_min,
@@ -184,8 +201,29 @@ impl Supervisor {
             on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce()>),
             last_stats: (Instant::now(), WorkerStats::default()),
         };
+        // A row belongs to an adopted worker if that worker's PID is in it; every other row
+        // is free (and cleared).
+        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+        for row in 0..rows {
+            let (pid, _) = read_row(state.row_cells(row));
+            if self.adopted.contains(&pid) {
+                owner.insert(pid, row);
+            } else {
+                state.clear_row(row);
+            }
+        }
+        state.free_rows.retain(|r| !owner.values().any(|o| o == r));
         for pid in self.adopted {
-            log::info!("adopting worker {pid} (generation {})", state.generation);
+            match owner.get(&pid) {
+                Some(row) => log::info!(
+                    "adopting worker {pid} (generation {}, stats row {row})",
+                    state.generation
+                ),
+                None => log::info!(
+                    "adopting worker {pid} (generation {}, no stats row)",
+                    state.generation
+                ),
+            }
             state.workers.insert(
                 pid,
                 WorkerProc {
@@ -193,7 +231,7 @@ impl Supervisor {
                     started: Instant::now(),
                     ready: true,
                     retiring: false,
-                    row: None,
+                    row: owner.get(&pid).copied(),
                     ready_token: None,
                 },
             );
@@ -230,8 +268,8 @@ struct WorkerProc {
     ready: bool,
     /// Sent `SIGTERM` as part of an old generation or a stop: its exit is expected.
     retiring: bool,
-    /// Its row of the stats region (none for an adopted worker, whose row is in the
-    /// previous image's region).
+    /// Its row of the stats region (none for an adopted worker that had not published
+    /// yet, whose row cannot be told).
     row: Option<usize>,
     /// The readiness pipe's channel, until the byte or EOF arrives.
     ready_token: Option<Token>,
@@ -442,9 +480,7 @@ impl State {
     }
 
     fn spawn_in_row(&mut self, lp: &mut EventLoop, generation: u64, row: usize) -> io::Result<u32> {
-        for cell in &self.stats.slots()[row * ROW_LEN..(row + 1) * ROW_LEN] {
-            cell.store(0, Ordering::Relaxed);
-        }
+        self.clear_row(row);
         let (ready_r, ready_w) = duo_sys::pipe()?;
         let n = self.listeners.len();
         let mut fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(AsFd::as_fd).collect();
@@ -460,7 +496,8 @@ impl State {
             .env(SLOT_VAR, row.to_string())
             .env(WORKER_GENERATION_VAR, generation.to_string())
             .env_remove(ADOPT_VAR)
-            .env_remove(GENERATION_VAR);
+            .env_remove(GENERATION_VAR)
+            .env_remove(STATS_VAR);
         duo_sys::pass_fds(&mut cmd, &fds, first)?;
         duo_sys::set_parent_death_signal(&mut cmd, Signal::TERM);
         duo_sys::unblock_signals_in_child(&mut cmd)?;
@@ -527,9 +564,7 @@ impl State {
             return;
         };
         if let Some(row) = w.row {
-            for cell in &self.stats.slots()[row * ROW_LEN..(row + 1) * ROW_LEN] {
-                cell.store(0, Ordering::Relaxed);
-            }
+            self.clear_row(row);
             self.free_rows.push(row);
         }
         let uptime = w.started.elapsed();
@@ -690,7 +725,12 @@ impl State {
             .env("LISTEN_PID", std::process::id().to_string())
             .env_remove("LISTEN_FDNAMES")
             .env(ADOPT_VAR, list.join(","))
-            .env(GENERATION_VAR, self.generation.to_string());
+            .env(GENERATION_VAR, self.generation.to_string())
+            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
+        if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
+            log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
+            cmd.env_remove(STATS_VAR);
+        }
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
                 log::error!("SIGUSR2: cannot upgrade: {e}");
@@ -707,6 +747,7 @@ impl State {
     }
 
     fn restore_cloexec(&self) {
+        let _ = duo_sys::set_inherit_on_exec(self.stats.fd(), false);
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), false) {
                 log::error!("restoring close-on-exec on a listener: {e}");
@@ -716,11 +757,21 @@ impl State {
 
     // ---- stats ----
 
+    fn row_cells(&self, row: usize) -> &[std::sync::atomic::AtomicU64] {
+        &self.stats.slots()[row * ROW_LEN..(row + 1) * ROW_LEN]
+    }
+
+    fn clear_row(&self, row: usize) {
+        for cell in self.row_cells(row) {
+            cell.store(0, Ordering::Relaxed);
+        }
+    }
+
     fn log_stats(&mut self) {
         let mut sum = WorkerStats::default();
         for w in self.workers.values() {
             if let Some(row) = w.row {
-                let (_, s) = read_row(&self.stats.slots()[row * ROW_LEN..(row + 1) * ROW_LEN]);
+                let (_, s) = read_row(self.row_cells(row));
                 sum.add(&s);
             }
         }

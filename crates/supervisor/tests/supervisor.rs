@@ -183,7 +183,13 @@ fn upgrade_re_executes_the_supervisor_with_the_same_pid() {
     let old = children(server.pid());
     server.signal("USR2");
     server.wait_for_stderr("generation 2 is serving", LIMIT);
-    assert!(server.stderr().contains("adopting worker"));
+    // The stats region was handed over too: each adopted worker's row is found.
+    assert_eq!(
+        count(&server.stderr(), "stats row"),
+        2,
+        "{}",
+        server.stderr()
+    );
     wait_until("old workers gone", || old.iter().all(|p| !alive(*p)));
     // And reaped: then only the new ones are children.
     wait_until("two new workers only", || {
