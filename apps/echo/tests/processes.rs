@@ -257,7 +257,7 @@ fn reload_under_churn(upgrade: bool) {
         let log = server.stderr();
         assert_eq!(count(&log, "adopting worker"), 2, "{log}");
         assert_eq!(
-            count(&log, "stats row"),
+            count(&log, ", stats row "),
             2,
             "the stats region handed over: {log}"
         );

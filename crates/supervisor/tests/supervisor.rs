@@ -185,7 +185,7 @@ fn upgrade_re_executes_the_supervisor_with_the_same_pid() {
     server.wait_for_stderr("generation 2 is serving", LIMIT);
     // The stats region was handed over too: each adopted worker's row is found.
     assert_eq!(
-        count(&server.stderr(), "stats row"),
+        count(&server.stderr(), ", stats row "),
         2,
         "{}",
         server.stderr()
