@@ -518,3 +518,36 @@ fn a_second_signal_stops_at_once() {
         server.stderr()
     );
 }
+
+#[test]
+fn two_activated_sockets_are_a_usage_error() {
+    if !Path::new(SOCKET_ACTIVATE).exists() {
+        println!("skipped: {SOCKET_ACTIVATE} is not installed");
+        return;
+    }
+    let (a, b) = (free_port(), free_port());
+    let first: SocketAddr = ([127, 0, 0, 1], a).into();
+    // The program is executed on the first connection: make one, then it exits.
+    let poke = thread::spawn(move || {
+        let deadline = Instant::now() + LIMIT;
+        while TcpStream::connect(first).is_err() {
+            assert!(Instant::now() < deadline, "nothing listens on {first}");
+            thread::sleep(Duration::from_millis(5));
+        }
+    });
+    let done = run_within(
+        Command::new(SOCKET_ACTIVATE).args([
+            "-l",
+            &first.to_string(),
+            "-l",
+            &format!("127.0.0.1:{b}"),
+            ECHO,
+            "serve",
+        ]),
+        LIMIT,
+    )
+    .unwrap();
+    join_within("the first connection", poke);
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(done.stderr.contains("passed 2 sockets"), "{}", done.stderr);
+}
