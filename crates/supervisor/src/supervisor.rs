@@ -1,5 +1,28 @@
 //! The supervisor: one event loop that starts, watches, restarts, reloads and stops the
 //! worker processes.
+//!
+//! # State
+//!
+//! Everything lives in one `State`, a loop-local of the supervisor's `EventLoop`; the
+//! signalfd handler, the readiness pipes and the timers reach it with `with_local`.
+//!
+//! ```text
+//! generation:  pending ──all N ready──▶ serving ──next one serving──▶ retired (SIGTERM)
+//!                 │ a worker exits before ready, or ready_timeout
+//!                 ▼
+//!              killed (SIGKILL); the serving one goes on (none: run fails)
+//!
+//! worker:      started ──byte on its pipe──▶ ready ──SIGTERM (retire or stop)──▶ retiring
+//!                 └──────────────── SIGCHLD, reaped by pid ◀──────────────────────┘
+//! ```
+//!
+//! - A worker of the serving generation that dies unasked is replaced: a restart timer
+//!   (the back-off delay) tops the serving generation up to N. A death of a pending or
+//!   retiring worker is not restarted.
+//! - A worker's readiness byte may still sit in its pipe when its `SIGCHLD` is handled
+//!   (ready, then dead at once): the pipe is read first, so it counts as having started.
+//! - Stop: every worker gets `SIGTERM` once; the next stop signal sends `SIGINT`; at
+//!   `stop_timeout` the rest get `SIGKILL`; the loop quits when the last one is reaped.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;

@@ -275,3 +275,26 @@ fn workers_that_ignore_the_stop_are_killed_at_the_deadline() {
         assert!(!alive(pid));
     }
 }
+
+#[test]
+fn a_worker_without_what_the_protocol_promises_refuses_to_start() {
+    let done = run_within(demo().env("DUO_WORKER", "1"), LIMIT).unwrap();
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(
+        done.stderr.contains("DUO_LISTEN_FDS is not set"),
+        "{}",
+        done.stderr
+    );
+    // A listener announced at a descriptor that is not open.
+    let done = run_within(
+        demo().env("DUO_WORKER", "1").env("DUO_LISTEN_FDS", "1"),
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(done.status.code(), Some(2), "{done:?}");
+    assert!(
+        done.stderr.contains("descriptor 3 is not open"),
+        "{}",
+        done.stderr
+    );
+}
