@@ -5,13 +5,19 @@
 //! # Ownership of inherited descriptors
 //!
 //! Taking an inherited descriptor number as an [`OwnedFd`] is sound only if nothing else in
-//! the process owns that number. The functions here make that so by construction: the
-//! numbers are announced by environment variables set by our parent, those variables are
-//! read and removed under one process-wide lock, so each announcement is taken at most
-//! once; the numbers were open when the process started (each is checked to be open now),
-//! so no later `open`/`socket` in this process can have been given them unless they were
-//! closed first, and only their taker closes them. Call these functions early in `main`,
-//! before other threads read the environment.
+//! the process owns that number. The functions here make that so by construction:
+//!
+//! - the numbers are announced by a variable that our parent set: it must be in the
+//!   environment the process was started with (`/proc/self/environ`), with the same value,
+//!   so code of this process cannot announce a descriptor it already owns by setting a
+//!   variable at run time;
+//! - the variables are read and removed under one process-wide lock, so each announcement
+//!   is taken at most once;
+//! - the numbers were open when the process started (each is checked to be open now), so no
+//!   later `open`/`socket` in this process can have been given them unless they were closed
+//!   first, and only their taker closes them.
+//!
+//! Call these functions early in `main`, before other threads read the environment.
 
 use std::io;
 use std::net::TcpListener;
@@ -53,6 +59,8 @@ pub enum ActivationError {
         /// What it is instead.
         reason: String,
     },
+    /// The environment the process started with could not be read.
+    Environ(io::Error),
     /// A system call on an announced descriptor failed.
     Io {
         /// The descriptor number.
@@ -77,6 +85,7 @@ impl std::fmt::Display for ActivationError {
                 f,
                 "inherited descriptor {fd} is not a listening TCP socket: {reason}"
             ),
+            ActivationError::Environ(e) => write!(f, "reading /proc/self/environ: {e}"),
             ActivationError::Io { fd, source } => {
                 write!(f, "inherited descriptor {fd}: {source}")
             }
@@ -87,7 +96,7 @@ impl std::fmt::Display for ActivationError {
 impl std::error::Error for ActivationError {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            ActivationError::Io { source, .. } => Some(source),
+            ActivationError::Io { source, .. } | ActivationError::Environ(source) => Some(source),
             _ => None,
         }
     }
@@ -124,8 +133,9 @@ pub fn listen_fds() -> Result<Vec<TcpListener>, ActivationError> {
         if pid != u64::from(std::process::id()) {
             return Ok(Vec::new());
         }
-        let count = parse_count("LISTEN_FDS", &count)?;
-        take_range(LISTEN_FDS_START, count)?
+        let n = parse_count("LISTEN_FDS", &count)?;
+        announced_at_start("LISTEN_FDS", &count)?;
+        take_range(LISTEN_FDS_START, n)?
     };
     fds.into_iter().map(into_listener).collect()
 }
@@ -147,8 +157,9 @@ pub fn take_fds_from_env(
         return Ok(None);
     };
     std::env::remove_var(count_var);
-    let count = parse_count(count_var, &count)?;
-    take_range(first, count).map(Some)
+    let n = parse_count(count_var, &count)?;
+    announced_at_start(count_var, &count)?;
+    take_range(first, n).map(Some)
 }
 
 /// Takes the one descriptor whose number `var` holds, removing the variable; `Ok(None)`
@@ -174,6 +185,7 @@ pub fn take_fd_from_env(var: &str) -> Result<Option<OwnedFd>, ActivationError> {
                 "not a descriptor number above stdio (3 or more)",
             )
         })?;
+    announced_at_start(var, &value)?;
     take_one(fd).map(Some)
 }
 
@@ -211,6 +223,25 @@ pub fn check_listening_tcp(fd: BorrowedFd<'_>) -> Result<(), ActivationError> {
 fn into_listener(fd: OwnedFd) -> Result<TcpListener, ActivationError> {
     check_listening_tcp(fd.as_fd())?;
     Ok(TcpListener::from(Socket::from(fd)))
+}
+
+/// Checks that `name=value` was in the environment this process was started with (module
+/// docs: only the parent may announce descriptors).
+fn announced_at_start(name: &str, value: &std::ffi::OsStr) -> Result<(), ActivationError> {
+    use std::os::unix::ffi::OsStrExt;
+    let mut entry = name.as_bytes().to_vec();
+    entry.push(b'=');
+    entry.extend_from_slice(value.as_bytes());
+    let environ = std::fs::read("/proc/self/environ").map_err(ActivationError::Environ)?;
+    if environ.split(|b| *b == 0).any(|e| e == entry.as_slice()) {
+        Ok(())
+    } else {
+        Err(bad(
+            name,
+            value,
+            "not set so when the process started: only the parent may announce descriptors",
+        ))
+    }
 }
 
 fn bad(name: &str, value: &std::ffi::OsStr, reason: &'static str) -> ActivationError {

@@ -139,9 +139,16 @@ fn child(case: &str) -> ExitCode {
             let fds = take_fds_from_env("X_FDS", 3).unwrap().unwrap();
             let one = take_fd_from_env("X_FD").unwrap().unwrap();
             use std::os::fd::AsRawFd;
+            // A variable set at run time announces nothing: the process may own that fd.
+            std::env::set_var("Y_FD", "5");
+            let forged = take_fd_from_env("Y_FD").unwrap_err().to_string();
             check(fds.len() == 2 && fds[1].as_raw_fd() == 4, "two from 3")
                 && check(one.as_raw_fd() == 5, "the one at 5")
                 && check(take_fd_from_env("X_FD").unwrap().is_none(), "taken once")
+                && check(
+                    forged.contains("only the parent may announce"),
+                    &format!("a forged announcement is refused: {forged}"),
+                )
         }
         _ => check(false, "unknown case"),
     };
