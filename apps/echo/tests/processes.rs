@@ -551,3 +551,17 @@ fn two_activated_sockets_are_a_usage_error() {
     assert_eq!(done.status.code(), Some(2), "{done:?}");
     assert!(done.stderr.contains("passed 2 sockets"), "{}", done.stderr);
 }
+
+#[test]
+fn an_address_in_use_is_a_runtime_error_in_supervisor_mode_too() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let done = run_within(
+        Command::new(ECHO).args(["serve", "--listen", &addr, "--processes", "2"]),
+        LIMIT,
+    )
+    .unwrap();
+    assert_eq!(done.status.code(), Some(1), "{done:?}");
+    assert!(done.stderr.contains(&addr), "{}", done.stderr);
+    assert!(done.stdout.is_empty());
+}
