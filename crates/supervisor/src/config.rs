@@ -130,7 +130,8 @@ impl SupervisorConfig {
     /// # Errors
     ///
     /// [`ConfigError::NoWorkers`], [`ConfigError::NoListeners`],
-    /// [`ConfigError::TooManyWorkers`].
+    /// [`ConfigError::TooManyWorkers`], [`ConfigError::BadBackoff`],
+    /// [`ConfigError::ZeroTimeout`].
     pub fn validate(&self, fd_limit: u64, listeners: usize) -> Result<(), ConfigError> {
         if self.workers == 0 {
             return Err(ConfigError::NoWorkers);
@@ -150,6 +151,9 @@ impl SupervisorConfig {
         }
         if self.backoff_min.is_zero() || self.backoff_max < self.backoff_min {
             return Err(ConfigError::BadBackoff);
+        }
+        if self.ready_timeout.is_zero() || self.stop_timeout.is_zero() {
+            return Err(ConfigError::ZeroTimeout);
         }
         Ok(())
     }
@@ -185,6 +189,9 @@ pub enum ConfigError {
     /// The restart delays are zero or inverted.
     #[error("the restart back-off must start above zero and not exceed its cap")]
     BadBackoff,
+    /// The ready or the stop timeout is zero (no worker could ever be ready in time).
+    #[error("the ready and stop timeouts must be above zero")]
+    ZeroTimeout,
 }
 
 #[cfg(test)]
@@ -214,6 +221,12 @@ mod tests {
             .validate(1 << 20, 1)
             .unwrap_err();
         assert!(matches!(e, ConfigError::TooManyWorkers { .. }), "{e}");
+        let mut zero = SupervisorConfig::new(1, cmd.clone());
+        zero.ready_timeout = Duration::ZERO;
+        assert_eq!(zero.validate(1024, 1), Err(ConfigError::ZeroTimeout));
+        let mut backoff = SupervisorConfig::new(1, cmd.clone());
+        backoff.backoff_max = Duration::from_millis(1);
+        assert_eq!(backoff.validate(1024, 1), Err(ConfigError::BadBackoff));
         SupervisorConfig::new(4, cmd).validate(1024, 1).unwrap();
     }
 }
