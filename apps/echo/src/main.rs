@@ -4,6 +4,8 @@
 //! echo [serve] [--listen ADDR] [--io-threads N] [--accept main|shared|reuseport]
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
+//!      [--drain-timeout SECS] [--processes N]
+//! echo reload --pid PID [--upgrade]
 //! ```
 //!
 //! - `--listen ADDR` (default `127.0.0.1:7000`; port 0 picks a free port). When the server
@@ -21,26 +23,50 @@
 //!   `u32` big-endian). Type 1 (DATA_SEND) is answered with type 2 (DATA_ECHO) and the same
 //!   payload; any other type, or a payload over 1 MiB, closes the connection. Without it,
 //!   every byte received is sent back as is.
-//! - `--stats-interval SECS`: log connections, messages/s and MiB/s every `SECS`.
+//! - `--stats-interval SECS`: log connections, messages/s and MiB/s every `SECS` (with
+//!   `--processes`, the supervisor logs one line summed over its workers).
+//! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
+//!   finish before it closes them.
+//! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
+//!   processes (this binary again; they find out from their environment, the worker
+//!   protocol of `duo_supervisor`) that all accept on that socket. It prints the
+//!   `listening on` line once the workers are ready; the workers print nothing on stdout.
+//!   A worker that dies is restarted (with a growing delay if it keeps dying young).
+//!   SIGHUP reloads: new workers (from the binary on disk) start, and once they are ready
+//!   the old ones drain; SIGUSR2 upgrades: the supervisor executes its binary again (same
+//!   PID) and then reloads. No connection is refused or reset meanwhile.
+//! - Socket activation: started by systemd (or `systemd-socket-activate`) with
+//!   `LISTEN_FDS`/`LISTEN_PID`, `echo serve` (with or without `--processes`) serves on the
+//!   inherited socket instead of binding `--listen`; exactly one socket is expected.
+//! - `echo reload --pid PID` sends SIGHUP to the echo supervisor `PID` (`--upgrade`:
+//!   SIGUSR2), after checking that `PID` is one (the same binary, run with `--processes`).
 //!
 //! Logs go to stderr (`RUST_LOG`, default `info`). SIGINT or SIGTERM stops the server
 //! gracefully: it stops accepting, half-closes every connection once its pending output is
-//! written, force-closes what is still open after 4 s, and exits with status 0. A second
-//! signal quits at once. Usage errors exit with status 2, runtime errors (the address is
-//! in use, say) with status 1.
+//! written, force-closes what is still open after the drain timeout, and exits with status
+//! 0 (a supervisor forwards the signal to its workers and exits once they have). A second
+//! signal quits at once. Usage errors (a bad flag, `--processes 0`, more processes than
+//! the supervisor's descriptor budget allows, an inherited socket that is not a listening
+//! TCP socket) exit with status 2, runtime errors (the address is in use, no such
+//! supervisor to reload) with status 1.
 //!
 //! Try it with `cargo run --release -p echo -- --listen 127.0.0.1:7000`, then
 //! `nc 127.0.0.1 7000`.
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use duo_net::AcceptMode;
-use echo::ServeConfig;
+use duo_supervisor::{SupervisorError, Worker};
+use echo::{supervise, ServeConfig};
+
+/// Exit status of a usage error.
+const USAGE: u8 = 2;
 
 /// The echo server of duo (raw bytes, or the packet protocol with `--framed`).
 #[derive(Debug, Parser)]
@@ -56,6 +82,20 @@ struct Cli {
 enum Command {
     /// Run the echo server (the default).
     Serve(ServeArgs),
+    /// Tell a running echo supervisor (`serve --processes N`) to reload its workers
+    /// (SIGHUP), or to upgrade itself (SIGUSR2).
+    Reload(ReloadArgs),
+}
+
+/// Options of `echo reload`.
+#[derive(Debug, Clone, Args)]
+struct ReloadArgs {
+    /// The supervisor's process id.
+    #[arg(long, value_name = "PID")]
+    pid: u32,
+    /// Re-execute the supervisor's binary (SIGUSR2) instead of only starting new workers.
+    #[arg(long)]
+    upgrade: bool,
 }
 
 /// Options of `echo serve`.
@@ -89,6 +129,12 @@ struct ServeArgs {
     /// Log connections, messages/s and MiB/s every SECS seconds.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
     stats_interval: Option<u64>,
+    /// How long a graceful stop waits for connections to finish before closing them.
+    #[arg(long, value_name = "SECS", default_value_t = 4)]
+    drain_timeout: u64,
+    /// Run N worker processes under a supervisor that owns the listening socket.
+    #[arg(long, value_name = "N")]
+    processes: Option<usize>,
 }
 
 /// How connections are polled.
@@ -123,19 +169,157 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 }
 
 fn main() -> ExitCode {
+    // What the parent handed over comes first, before any thread could read the
+    // environment: the worker protocol of a supervisor, or systemd's socket activation.
+    let worker = match Worker::inherit() {
+        Ok(w) => w,
+        Err(e) => return fail(USAGE, &format!("echo worker: {e}")),
+    };
+    let inherited = match duo_sys::listen_fds() {
+        Ok(l) => l,
+        Err(e) => return fail(USAGE, &format!("echo: socket activation: {e}")),
+    };
     let cli = Cli::parse();
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let args = match cli.command {
         Some(Command::Serve(args)) => args,
+        Some(Command::Reload(args)) => return reload(&args),
         None => cli.serve,
     };
-    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    match echo::serve(&config(&args)) {
+    let cfg = config(&args);
+    if let Some(worker) = worker {
+        return report(echo::serve_worker(&cfg, worker));
+    }
+    let inherited = match inherited.len() {
+        0 => None,
+        1 => inherited.into_iter().next(),
+        n => {
+            return fail(
+                USAGE,
+                &format!("echo: socket activation passed {n} sockets; echo serves exactly one"),
+            )
+        }
+    };
+    match args.processes {
+        None => match inherited {
+            Some(listener) => report(echo::serve_on(&cfg, listener)),
+            None => report(echo::serve(&cfg)),
+        },
+        Some(0) => fail(USAGE, "echo: --processes must be at least 1"),
+        Some(n) => run_supervisor(&cfg, n, inherited),
+    }
+}
+
+/// `serve --processes N`: binds (unless a socket was inherited) and supervises.
+fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
+    let listener = match inherited {
+        Some(l) => l,
+        None => match supervise::bind(cfg.listen) {
+            Ok(l) => l,
+            Err(e) => return fail(1, &format!("echo: {e}")),
+        },
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(1, &format!("echo: the listening socket: {e}")),
+    };
+    let result = supervise::supervisor(cfg, n, listener).and_then(|s| supervise::run(s, addr));
+    match result {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("echo: {e}");
-            ExitCode::FAILURE
+        Err(e @ SupervisorError::Config(_)) => fail(USAGE, &format!("echo: {e}")),
+        Err(e) => fail(1, &format!("echo: {e}")),
+    }
+}
+
+/// `echo reload`: signals the supervisor `PID` after checking it is one.
+fn reload(args: &ReloadArgs) -> ExitCode {
+    let pid = args.pid;
+    if let Err(why) = check_supervisor(pid) {
+        return fail(1, &format!("echo reload: {why}"));
+    }
+    let (signal, name) = if args.upgrade {
+        (duo_net::Signal::USR2, "upgrade")
+    } else {
+        (duo_net::Signal::HUP, "reload")
+    };
+    match duo_sys::signal_process(pid, signal) {
+        Ok(()) => {
+            eprintln!("echo reload: sent {signal} ({name}) to {pid}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(1, &format!("echo reload: {e}")),
+    }
+}
+
+/// Whether `pid` runs this same binary with `--processes` (an echo supervisor), and is
+/// not one of its workers (which run with the same command line).
+fn check_supervisor(pid: u32) -> Result<(), String> {
+    is_echo_with_processes(pid)?;
+    if let Some(parent) = parent_of(pid) {
+        if is_echo_with_processes(parent).is_ok() {
+            return Err(format!(
+                "process {pid} is a worker of the echo supervisor {parent}; reload that one"
+            ));
         }
     }
+    Ok(())
+}
+
+/// The parent of `pid`, from `/proc/PID/stat` ("pid (comm) state ppid ...").
+fn parent_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(1)?.parse().ok()
+}
+
+/// `Ok` if `pid` runs this same binary with `--processes`; else why not.
+fn is_echo_with_processes(pid: u32) -> Result<(), String> {
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    let exe = std::fs::read_link(proc_dir.join("exe"))
+        .map_err(|e| format!("no process {pid} that we may inspect ({e})"))?;
+    let me = std::env::current_exe().map_err(|e| format!("the echo binary: {e}"))?;
+    if !same_binary(&exe, &me) {
+        return Err(format!(
+            "process {pid} runs {}, not this echo ({})",
+            exe.display(),
+            me.display()
+        ));
+    }
+    let cmdline = std::fs::read(proc_dir.join("cmdline"))
+        .map_err(|e| format!("reading the command line of {pid}: {e}"))?;
+    let supervises = cmdline
+        .split(|b| *b == 0)
+        .any(|arg| arg == b"--processes" || arg.starts_with(b"--processes="));
+    if !supervises {
+        return Err(format!(
+            "process {pid} is an echo server without --processes, not a supervisor"
+        ));
+    }
+    Ok(())
+}
+
+/// Whether two `/proc/PID/exe` targets are the same file path; a binary replaced on disk
+/// since the process started reads `PATH (deleted)`.
+fn same_binary(a: &Path, b: &Path) -> bool {
+    let strip = |p: &Path| {
+        let s = p.to_string_lossy();
+        s.strip_suffix(" (deleted)").unwrap_or(&s).to_owned()
+    };
+    strip(a) == strip(b)
+}
+
+/// Exit 0, or print the error and exit 1.
+fn report(result: std::io::Result<()>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(1, &format!("echo: {e}")),
+    }
+}
+
+/// Prints `message` to stderr and exits with `status`.
+fn fail(status: u8, message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(status)
 }
 
 /// The server's settings from the command line.
@@ -155,5 +339,6 @@ fn config(args: &ServeArgs) -> ServeConfig {
         max_conns: args.max_conns,
         framed: args.framed,
         stats_interval: args.stats_interval.map(Duration::from_secs),
+        drain_timeout: Duration::from_secs(args.drain_timeout),
     }
 }

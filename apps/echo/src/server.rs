@@ -1,19 +1,25 @@
 //! The echo server itself: a `duo_net::TcpServer` that sends back what it receives, raw
-//! or as [`framed`](crate::framed) packets, with a graceful stop on SIGINT or SIGTERM.
+//! or as [`framed`](crate::framed) packets, with a graceful stop on SIGINT or SIGTERM; as a
+//! single process on its own socket ([`serve`]) or an inherited one ([`serve_on`]), or as
+//! a worker of a supervisor ([`serve_worker`]).
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duo_net::process::{self, STOP_SIGNALS};
-use duo_net::{AcceptMode, ConnCtx, EventLoop, InputBuffer, ServerHandle, TcpServer};
+use duo_net::{
+    AcceptMode, ConnCtx, EventLoop, InputBuffer, ServerBuilder, ServerHandle, TcpServer,
+};
+use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
 use crate::framed;
 
-/// How long a graceful shutdown waits for connections to close before forcing them.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(4);
+/// How often a worker publishes its counters for the supervisor (or at its stats interval,
+/// if that is shorter).
+const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 
 /// Settings of `echo serve`.
 #[derive(Debug, Clone)]
@@ -34,11 +40,14 @@ pub struct ServeConfig {
     pub framed: bool,
     /// Log connections, messages/s and MiB/s this often.
     pub stats_interval: Option<Duration>,
+    /// How long a graceful shutdown waits for connections to close before forcing them.
+    pub drain_timeout: Duration,
 }
 
 /// Runs the server until a stop signal has been handled: prepares the process
-/// ([`process::prepare_server`]), starts the server, prints `listening on ADDR` on stdout,
-/// and on SIGINT or SIGTERM shuts down gracefully (a second signal quits at once).
+/// ([`process::prepare_server`]), starts the server on `cfg.listen`, prints `listening on
+/// ADDR` on stdout, and on SIGINT or SIGTERM shuts down gracefully (a second signal quits
+/// at once).
 ///
 /// Call it from the main thread before starting any other thread.
 ///
@@ -48,10 +57,45 @@ pub struct ServeConfig {
 /// use, say), or stdout could not be written.
 pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
     process::prepare_server(&STOP_SIGNALS)?;
+    run(cfg, TcpServer::builder("echo", cfg.listen), None)
+}
 
+/// As [`serve`], on an already listening socket (socket activation) instead of
+/// `cfg.listen`.
+///
+/// # Errors
+///
+/// As [`serve`]; `InvalidInput` if `listener` is not a listening TCP socket.
+pub fn serve_on(cfg: &ServeConfig, listener: TcpListener) -> io::Result<()> {
+    process::prepare_server(&STOP_SIGNALS)?;
+    run(cfg, TcpServer::builder_on("echo", listener)?, None)
+}
+
+/// Runs the server as a worker of a `duo_supervisor::Supervisor`: on the first listening
+/// socket it inherited, telling the supervisor it is ready once it accepts, publishing its
+/// counters into its stats row, printing nothing on stdout. SIGTERM drains it as in
+/// [`serve`].
+///
+/// # Errors
+///
+/// As [`serve`]; `InvalidInput` if the supervisor handed over no listening socket.
+pub fn serve_worker(cfg: &ServeConfig, mut worker: Worker) -> io::Result<()> {
+    process::prepare_server(&STOP_SIGNALS)?;
+    let listener = worker.take_listeners().into_iter().next().ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the supervisor handed over no listening socket",
+        )
+    })?;
+    run(cfg, TcpServer::builder_on("echo", listener)?, Some(worker))
+}
+
+/// Starts the server from `builder` and serves until stopped; announces itself on stdout,
+/// or (as a `worker`) to its supervisor.
+fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io::Result<()> {
     let mut main_loop = EventLoop::new()?;
     let messages = Arc::new(AtomicU64::new(0));
-    let mut builder = TcpServer::builder("echo", cfg.listen)
+    let mut builder = builder
         .io_threads(cfg.io_threads)
         .accept_mode(cfg.accept)
         .edge_triggered(cfg.edge_triggered);
@@ -71,12 +115,63 @@ pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
     };
     let server = builder.start(&mut main_loop)?;
 
-    if let Some(every) = cfg.stats_interval {
-        report_stats(&mut main_loop, server.clone_handle(), messages, every);
+    let Some(mut worker) = worker else {
+        if let Some(every) = cfg.stats_interval {
+            report_stats(&mut main_loop, server.clone_handle(), messages, every);
+        }
+        process::run_until_stopped(&mut main_loop, server, cfg.drain_timeout)?;
+        log::info!("stopped");
+        return Ok(());
+    };
+    if let Some(slot) = worker.stats() {
+        let every = cfg
+            .stats_interval
+            .map_or(PUBLISH_EVERY, |s| s.min(PUBLISH_EVERY));
+        publish_stats(&mut main_loop, server.clone_handle(), messages, slot, every);
     }
-    process::run_until_stopped(&mut main_loop, server, SHUTDOWN_GRACE)?;
-    log::info!("stopped");
+    process::shutdown_on_signals(
+        &mut main_loop,
+        &STOP_SIGNALS,
+        server.clone_handle(),
+        cfg.drain_timeout,
+    )?;
+    // The server accepts from the moment it started: tell the supervisor.
+    worker.notify_ready()?;
+    log::info!(
+        "worker {} (generation {}) serving {}",
+        std::process::id(),
+        worker.generation(),
+        server.local_addr()
+    );
+    let ran = main_loop.run();
+    server.stop(&mut main_loop);
+    ran?;
+    log::info!("worker {} stopped", std::process::id());
     Ok(())
+}
+
+/// Publishes the server's counters into the worker's stats row every `every`.
+fn publish_stats(
+    lp: &mut EventLoop,
+    server: ServerHandle,
+    messages: Arc<AtomicU64>,
+    slot: StatsSlot,
+    every: Duration,
+) {
+    let publish = move || {
+        let stats = server.stats();
+        slot.publish(&WorkerStats {
+            open: stats.active,
+            accepted: stats.accepted,
+            bytes_in: stats.bytes_in(),
+            bytes_out: stats.bytes_out(),
+            messages: messages.load(Ordering::Relaxed),
+        });
+    };
+    // Once now, so the row carries this worker's PID from the start (an upgraded
+    // supervisor finds an adopted worker's row by it).
+    publish();
+    lp.run_every(every, move |_| publish());
 }
 
 /// Raw mode: send back every byte.

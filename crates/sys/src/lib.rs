@@ -14,6 +14,9 @@
 //! | [`signalfd`] | `signalfd`, `pthread_sigmask`: [`SignalFd`], [`Signal`], [`ignore_sigpipe`] |
 //! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
 //! | [`process`] | `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: [`fd_limit`], [`raise_fd_limit`]; `malloc_trim`: [`release_free_heap`] |
+//! | [`activation`] | systemd socket activation ([`listen_fds`]: `LISTEN_PID`/`LISTEN_FDS`), descriptors announced by environment variables ([`take_fds_from_env`], [`take_fd_from_env`]), [`check_listening_tcp`] |
+//! | [`spawn`] | `dup2` in a `pre_exec` hook ([`pass_fds`]), `prctl(PR_SET_PDEATHSIG)`, `sigprocmask` in the child ([`unblock_signals_in_child`]), `waitpid(-1, WNOHANG)` ([`reap_any`]), `kill` ([`signal_process`], [`kill_process`]), `pipe2` ([`pipe`]), `F_DUPFD_CLOEXEC` |
+//! | [`shm`] | `memfd_create`, `ftruncate`, seals, `mmap(MAP_SHARED)`: [`SharedCounters`], `u64` counters shared between processes |
 //!
 //! Sockets themselves are created and configured with [`socket2`], re-exported here.
 //!
@@ -38,16 +41,24 @@
 #![warn(missing_docs, missing_debug_implementations)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 
+pub mod activation;
 pub mod epoll;
 pub mod eventfd;
 pub mod process;
+pub mod shm;
 pub mod signalfd;
 pub mod socket;
+pub mod spawn;
 pub mod timerfd;
 
+pub use activation::{
+    check_listening_tcp, listen_fds, take_fd_from_env, take_fds_from_env, ActivationError,
+    LISTEN_FDS_START,
+};
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
 pub use process::{fd_limit, raise_fd_limit, release_free_heap, set_fd_limit};
+pub use shm::SharedCounters;
 pub use signalfd::{
     block_signals, block_termination_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo,
     TERMINATION_SIGNALS,
@@ -55,6 +66,10 @@ pub use signalfd::{
 pub use socket::{
     accept4, bytes_available, bytes_unacknowledged, is_connect_in_progress, is_fd_exhaustion,
     readv, recv_vectored, send_vectored, shutdown_write, take_socket_error, writev, IOV_MAX,
+};
+pub use spawn::{
+    dup_at_least, kill_process, pass_fds, pipe, process_exists, reap_any, set_inherit_on_exec,
+    set_parent_death_signal, signal_process, unblock_signals_in_child,
 };
 pub use timerfd::TimerFd;
 

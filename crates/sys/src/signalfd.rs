@@ -81,7 +81,7 @@ pub struct SignalInfo {
     pub sender_pid: u32,
 }
 
-fn sigset(signals: &[Signal]) -> io::Result<libc::sigset_t> {
+pub(crate) fn sigset(signals: &[Signal]) -> io::Result<libc::sigset_t> {
     // SAFETY: `sigset_t` is plain data; all-zero is a valid value that `sigemptyset` then
     // initialises properly.
     let mut set: libc::sigset_t = unsafe { std::mem::zeroed() };

@@ -1,0 +1,72 @@
+//! `echo serve --processes N`: the supervisor of N echo worker processes (the same binary,
+//! started again with the worker protocol of `duo_supervisor` in its environment).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::time::Duration;
+
+use duo_net::process;
+use duo_supervisor::{Supervisor, SupervisorConfig, SupervisorError, WorkerCommand};
+
+use crate::ServeConfig;
+
+/// Room the supervisor leaves its workers beyond their drain timeout before it kills them.
+const STOP_MARGIN: Duration = Duration::from_secs(2);
+
+/// Binds `addr` for the workers: `SO_REUSEADDR`, a backlog of 1024 (connections queue
+/// there while workers are replaced), close-on-exec.
+///
+/// # Errors
+///
+/// The address is in use or not ours to bind.
+pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
+    use duo_sys::socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    socket.listen(1024)?;
+    Ok(socket.into())
+}
+
+/// A supervisor of `processes` echo workers on `listener`, started from this binary with
+/// this process's arguments (a worker ignores `--processes`).
+///
+/// # Errors
+///
+/// [`SupervisorError::Config`] for a refused configuration (0 workers, more than the
+/// descriptor budget allows), or the path of this binary is unknown.
+pub fn supervisor(
+    cfg: &ServeConfig,
+    processes: usize,
+    listener: TcpListener,
+) -> Result<Supervisor, SupervisorError> {
+    let me = std::env::current_exe().map_err(|source| SupervisorError::Io {
+        what: "finding the echo binary",
+        source,
+    })?;
+    let command = WorkerCommand::new(me).args(std::env::args_os().skip(1));
+    let mut sup_cfg = SupervisorConfig::new(processes, command);
+    sup_cfg.stats_interval = cfg.stats_interval;
+    sup_cfg.stop_timeout = cfg.drain_timeout + STOP_MARGIN;
+    if let Err(e) = duo_net::process::raise_fd_limit() {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
+    Supervisor::new(sup_cfg, vec![listener])
+}
+
+/// Runs `supervisor` until a stop signal has been handled and every worker has exited;
+/// prints `listening on ADDR` once the first workers are ready (not again after an
+/// upgrade, whose first image printed it).
+///
+/// # Errors
+///
+/// As [`Supervisor::run`].
+pub fn run(supervisor: Supervisor, addr: SocketAddr) -> Result<(), SupervisorError> {
+    supervisor.run(move || {
+        if let Err(e) = process::announce_listening(addr) {
+            log::error!("writing the listening line: {e}");
+        }
+    })
+}

@@ -1,0 +1,73 @@
+//! Worker processes for duo servers, nginx's master/worker model in small: a supervisor
+//! that owns the listening sockets and runs N copies of a worker program on them.
+//!
+//! Loops use the cores of one process; worker processes go further: each has its own
+//! open-file limit and heap, a crashed one is restarted without taking the others down,
+//! and a new binary or configuration is rolled out without refusing or resetting a single
+//! connection, because the listening sockets stay open in the supervisor the whole time
+//! and the kernel keeps queueing connections on them while workers come and go.
+//!
+//! # Lifecycle
+//!
+//! - **Start.** [`Supervisor::run`] starts generation 1: N workers, each handed the
+//!   listening sockets, a readiness pipe and a row of shared counters (the
+//!   [worker protocol](protocol)). Once every one has written its "ready" byte, `on_ready`
+//!   runs (a server prints `listening on ADDR` there). A worker that exits before it is
+//!   ready, or a generation not ready within [`SupervisorConfig::ready_timeout`], fails
+//!   the start.
+//! - **Crash.** A worker that dies is restarted (its exit status or signal is logged).
+//!   One that dies within [`SupervisorConfig::stable_after`] of its start is restarted
+//!   only after a delay that doubles from [`SupervisorConfig::backoff_min`] up to
+//!   [`SupervisorConfig::backoff_max`], so a worker that cannot start is never a fork bomb.
+//! - **`SIGINT`/`SIGTERM`.** `SIGTERM` to every worker (each stops accepting and drains);
+//!   when all have exited, `run` returns `Ok`. A second signal sends `SIGINT` (workers
+//!   quit at once); after [`SupervisorConfig::stop_timeout`] the stragglers get `SIGKILL`.
+//! - **`SIGHUP`: reload.** A new generation is started from the program's path on disk
+//!   (so a new binary there is picked up); once all of it is ready, the old generation
+//!   gets `SIGTERM` and drains. If the new one does not become ready in time, it is killed
+//!   and the old one keeps serving.
+//! - **`SIGUSR2`: upgrade.** The supervisor executes its own binary again (same PID),
+//!   handing over the listening sockets by the systemd protocol and its workers' PIDs (see
+//!   [`protocol`]); the new image adopts them as the old generation and reloads. If the
+//!   `exec` fails, the old image logs it and goes on.
+//! - **Stats.** Every [`SupervisorConfig::stats_interval`] one log line sums the counters
+//!   the workers publish ([`StatsSlot::publish`]).
+//!
+//! Workers get `SIGTERM` if the supervisor dies (`PR_SET_PDEATHSIG`), so none outlives it
+//! for long. Between supervisor and workers there is nothing but signals, descriptors,
+//! exit statuses, a pipe for readiness and the shared counters.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::net::TcpListener;
+//! use duo_supervisor::{Supervisor, SupervisorConfig, Worker, WorkerCommand};
+//!
+//! if let Some(mut worker) = Worker::inherit()? {
+//!     let listeners = worker.take_listeners();
+//!     // ... serve on `listeners`, then:
+//!     worker.notify_ready()?;
+//!     // ... until SIGTERM.
+//!     return Ok(());
+//! }
+//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let addr = listener.local_addr()?;
+//! let me = std::env::current_exe()?;
+//! let cfg = SupervisorConfig::new(4, WorkerCommand::new(me).args(std::env::args_os().skip(1)));
+//! Supervisor::new(cfg, vec![listener])?.run(move || println!("listening on {addr}"))?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+#![forbid(unsafe_code)]
+#![warn(missing_docs, missing_debug_implementations)]
+
+mod backoff;
+mod config;
+pub mod protocol;
+mod supervisor;
+mod worker;
+
+pub use config::{
+    ConfigError, SupervisorConfig, WorkerCommand, BASE_FDS, FDS_PER_WORKER, MAX_WORKERS,
+};
+pub use supervisor::{Supervisor, SupervisorError};
+pub use worker::{StatsSlot, Worker, WorkerError, WorkerStats};

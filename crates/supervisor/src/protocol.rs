@@ -1,0 +1,63 @@
+//! The worker protocol: what a supervisor hands a worker process, and where.
+//!
+//! A worker is started with these environment variables and descriptors (all of them
+//! without close-on-exec, every other descriptor of the supervisor is close-on-exec):
+//!
+//! | Variable | Value |
+//! |---|---|
+//! | `DUO_WORKER` | `1`: this process is a worker (the app takes its worker path) |
+//! | `DUO_LISTEN_FDS` | `n`: the listening sockets are descriptors `3..3+n`, in order |
+//! | `DUO_READY_FD` | the write end of a pipe (`3+n`): one byte on it means "I am listening" |
+//! | `DUO_STATS_FD` | a sealed memfd of `u64` counters (`4+n`), shared with the supervisor |
+//! | `DUO_WORKER_SLOT` | the worker's row in that region ([`ROW_LEN`] counters from `slot * ROW_LEN`) |
+//! | `DUO_WORKER_GENERATION` | the generation (1 for the first, +1 per reload) |
+//!
+//! The worker reads them with [`Worker::inherit`](crate::Worker::inherit), which removes
+//! them from its environment. From the supervisor it gets signals only: `SIGTERM` means
+//! "stop accepting, drain, exit" (a second signal: quit at once); `SIGTERM` also comes if
+//! the supervisor dies (`PR_SET_PDEATHSIG`). Its exit status tells the supervisor how it
+//! ended. Nothing else goes between them: no RPC.
+//!
+//! A supervisor that upgrades itself (`SIGUSR2`) executes its own binary again with the
+//! systemd protocol for its listening sockets (`LISTEN_FDS`, `LISTEN_PID` = its own PID,
+//! which `exec` keeps) and these:
+//!
+//! | Variable | Value |
+//! |---|---|
+//! | [`ADOPT_VAR`] | the PIDs of the serving workers, comma-separated: the new image adopts them |
+//! | [`GENERATION_VAR`] | their generation |
+//! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
+
+/// Set to `1` in a worker's environment.
+pub const WORKER_VAR: &str = "DUO_WORKER";
+/// The number of listening sockets, from descriptor 3 on.
+pub const LISTEN_FDS_VAR: &str = "DUO_LISTEN_FDS";
+/// The descriptor number of the readiness pipe's write end.
+pub const READY_FD_VAR: &str = "DUO_READY_FD";
+/// The descriptor number of the shared stats memfd.
+pub const STATS_FD_VAR: &str = "DUO_STATS_FD";
+/// The worker's row in the stats region.
+pub const SLOT_VAR: &str = "DUO_WORKER_SLOT";
+/// The worker's generation.
+pub const WORKER_GENERATION_VAR: &str = "DUO_WORKER_GENERATION";
+/// The PIDs an upgraded supervisor adopts.
+pub const ADOPT_VAR: &str = "DUO_SUPERVISOR_ADOPT";
+/// The generation of the adopted workers.
+pub const GENERATION_VAR: &str = "DUO_SUPERVISOR_GENERATION";
+/// The stats region an upgraded supervisor goes on using.
+pub const STATS_VAR: &str = "DUO_SUPERVISOR_STATS_FD";
+
+/// Counters per worker row of the stats region.
+pub const ROW_LEN: usize = 8;
+/// Row column: the worker's PID (0: row unused).
+pub(crate) const COL_PID: usize = 0;
+/// Row column: connections open now.
+pub(crate) const COL_OPEN: usize = 1;
+/// Row column: connections accepted in total.
+pub(crate) const COL_ACCEPTED: usize = 2;
+/// Row column: bytes received in total.
+pub(crate) const COL_BYTES_IN: usize = 3;
+/// Row column: bytes sent in total.
+pub(crate) const COL_BYTES_OUT: usize = 4;
+/// Row column: messages handled in total.
+pub(crate) const COL_MESSAGES: usize = 5;

@@ -1,0 +1,933 @@
+//! The supervisor: one event loop that starts, watches, restarts, reloads and stops the
+//! worker processes.
+//!
+//! # State
+//!
+//! Everything lives in one `State`, a loop-local of the supervisor's `EventLoop`; the
+//! signalfd handler, the readiness pipes and the timers reach it with `with_local`.
+//!
+//! ```text
+//! generation:  pending ──all N ready──▶ serving ──next one serving──▶ retired (SIGTERM)
+//!                 │ a worker exits before ready, or ready_timeout
+//!                 ▼
+//!              killed (SIGKILL); the serving one goes on (none: run fails)
+//!
+//! worker:      started ──byte on its pipe──▶ ready ──SIGTERM (retire or stop)──▶ retiring
+//!                 └──────────────── SIGCHLD, reaped by pid ◀──────────────────────┘
+//! ```
+//!
+//! - A worker of the serving generation that dies unasked is replaced: a restart timer
+//!   (the back-off delay) tops the serving generation up to N. A death of a pending or
+//!   retiring worker is not restarted.
+//! - A worker's readiness byte may still sit in its pipe when its `SIGCHLD` is handled
+//!   (ready, then dead at once): the pipe is read first, so it counts as having started.
+//! - Stop: every worker gets `SIGTERM` once; the next stop signal sends `SIGINT`; at
+//!   `stop_timeout` the rest get `SIGKILL`; the loop quits when the last one is reaped.
+
+use std::collections::BTreeMap;
+use std::ffi::OsString;
+use std::io::{self, IoSliceMut};
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use duo_reactor::{EventLoop, FnHandler, Interest, LoopError, Signal, TimerId, Token};
+use duo_sys::SharedCounters;
+
+use crate::backoff::Backoff;
+use crate::config::{ConfigError, SupervisorConfig};
+use crate::protocol::{
+    ADOPT_VAR, GENERATION_VAR, LISTEN_FDS_VAR, READY_FD_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR,
+    STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
+};
+use crate::worker::{read_row, WorkerStats};
+
+/// The signals the supervisor handles.
+const SIGNALS: [Signal; 5] = [
+    Signal::INT,
+    Signal::TERM,
+    Signal::HUP,
+    Signal::USR2,
+    Signal::CHLD,
+];
+
+/// After the stop deadline's `SIGKILL`s, how long the supervisor waits for the reaping
+/// before it gives up and returns anyway.
+const AFTER_KILL: Duration = Duration::from_secs(2);
+
+/// Why [`Supervisor::run`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    /// The configuration was refused.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The event loop could not be created.
+    #[error(transparent)]
+    Loop(#[from] LoopError),
+    /// A system call of the set-up failed.
+    #[error("{what}: {source}")]
+    Io {
+        /// What was being done.
+        what: &'static str,
+        /// The error.
+        source: io::Error,
+    },
+    /// The first generation of workers did not all report ready.
+    #[error("the workers did not start: {0}")]
+    NotReady(String),
+}
+
+/// A supervisor of worker processes, nginx's master process in small.
+///
+/// It owns the listening sockets (bound once by the caller, or inherited through socket
+/// activation) and never closes them while it runs, so a connection is never refused
+/// for want of a listener, and workers hand over to each other through the sockets'
+/// shared accept queue. See the [crate docs](crate) for signals and the lifecycle.
+///
+/// Create it, then [`run`](Supervisor::run) it, on the main thread before any other
+/// thread starts (the signals it handles must be blocked in every thread).
+#[derive(Debug)]
+pub struct Supervisor {
+    cfg: SupervisorConfig,
+    listeners: Vec<TcpListener>,
+    adopted: Vec<u32>,
+    adopted_generation: u64,
+    /// The stats region of the previous image, handed over by an upgrade.
+    inherited_stats: Option<SharedCounters>,
+    exe: PathBuf,
+    args: Vec<OsString>,
+}
+
+impl Supervisor {
+    /// A supervisor for `listeners` (at least one) with `cfg`.
+    ///
+    /// Reads (and removes) the variables an upgrading supervisor leaves for its new
+    /// image ([`ADOPT_VAR`], [`GENERATION_VAR`]); the workers they name are adopted if
+    /// they are children of this process. Moves the listeners to descriptors `3..3+n` when
+    /// those are free (an upgrade needs them there).
+    ///
+    /// # Errors
+    ///
+    /// The configuration is refused ([`ConfigError`], the open-file limit counted), or
+    /// the path of the running binary is unknown.
+    pub fn new(
+        cfg: SupervisorConfig,
+        listeners: Vec<TcpListener>,
+    ) -> Result<Supervisor, SupervisorError> {
+        let (fd_limit, _) = duo_sys::fd_limit().map_err(|source| SupervisorError::Io {
+            what: "reading the open-file limit",
+            source,
+        })?;
+        cfg.validate(fd_limit, listeners.len())?;
+        let exe = std::env::current_exe().map_err(|source| SupervisorError::Io {
+            what: "finding the supervisor's own binary",
+            source,
+        })?;
+        let args = std::env::args_os().skip(1).collect();
+        let inherited_stats = match duo_sys::take_fd_from_env(STATS_VAR) {
+            Ok(Some(fd)) => SharedCounters::open(fd)
+                .map_err(|e| log::warn!("the previous image's stats region: {e}"))
+                .ok(),
+            Ok(None) => None,
+            Err(e) => {
+                log::warn!("the previous image's stats region: {e}");
+                None
+            }
+        };
+        let adopted_generation = take_var(GENERATION_VAR)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0);
+        let adopted = take_var(ADOPT_VAR)
+            .map(|list| parse_pids(&list))
+            .unwrap_or_default()
+            .into_iter()
+            .filter(|pid| {
+                let ours = is_child(*pid);
+                if !ours {
+                    log::warn!("not adopting pid {pid}: not a child of this process");
+                }
+                ours
+            })
+            .collect();
+        Ok(Supervisor {
+            cfg,
+            listeners: relocate(listeners),
+            adopted,
+            adopted_generation,
+            inherited_stats,
+            exe,
+            args,
+        })
+    }
+
+    /// Whether this process is a supervisor that re-executed itself (`SIGUSR2`) and adopted
+    /// the workers of its previous image: then [`run`](Supervisor::run) does not call its
+    /// `on_ready` (the first image already announced itself).
+    pub fn is_upgrade(&self) -> bool {
+        !self.adopted.is_empty()
+    }
+
+    /// Runs the workers until a stop signal has been handled and every worker has exited.
+    /// `on_ready` runs once, when the first generation has reported ready (not after an
+    /// upgrade: see [`is_upgrade`](Supervisor::is_upgrade)); a server prints its
+    /// `listening on` line there.
+    ///
+    /// # Errors
+    ///
+    /// The set-up failed (event loop, signalfd, stats region), or the first generation
+    /// did not become ready (a worker exited first, or the ready timeout passed).
+    pub fn run(self, on_ready: impl FnOnce() + 'static) -> Result<(), SupervisorError> {
+        let mut lp = EventLoop::new()?;
+        let rows = self.cfg.workers * 2;
+        let upgrade = self.is_upgrade();
+        // After an upgrade the previous image's region goes on (the adopted workers write
+        // into it), if it has the size this configuration needs.
+        let stats = match self.inherited_stats {
+            Some(region) if region.slots().len() == rows * ROW_LEN => region,
+            _ => SharedCounters::create("duo-supervisor-stats", rows * ROW_LEN).map_err(
+                |source| SupervisorError::Io {
+                    what: "creating the shared stats region",
+                    source,
+                },
+            )?,
+        };
+        lp.watch_signals(&SIGNALS, |lp, sig| {
+            lp.with_local(|lp, st: &mut State| st.on_signal(lp, sig));
+        })
+        .map_err(|source| SupervisorError::Io {
+            what: "watching signals",
+            source,
+        })?;
+        let mut state = State {
+            backoff: Backoff::new(
+                self.cfg.backoff_min,
+                self.cfg.backoff_max,
+                self.cfg.stable_after,
+            ),
+            cfg: self.cfg,
+            listeners: self.listeners,
+            exe: self.exe,
+            args: self.args,
+            stats,
+            free_rows: (0..rows).rev().collect(),
+            workers: BTreeMap::new(),
+            generation: self.adopted_generation,
+            last_started: self.adopted_generation,
+            pending: None,
+            restart_timer: None,
+            stopping: false,
+            failure: None,
+            on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce()>),
+            last_stats: (Instant::now(), WorkerStats::default()),
+        };
+        // A row belongs to an adopted worker if that worker's PID is in it; every other row
+        // is free (and cleared).
+        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+        for row in 0..rows {
+            let (pid, _) = read_row(state.row_cells(row));
+            if self.adopted.contains(&pid) {
+                owner.insert(pid, row);
+            } else {
+                state.clear_row(row);
+            }
+        }
+        state.free_rows.retain(|r| !owner.values().any(|o| o == r));
+        for pid in self.adopted {
+            match owner.get(&pid) {
+                Some(row) => log::info!(
+                    "adopting worker {pid} (generation {}, stats row {row})",
+                    state.generation
+                ),
+                None => log::info!(
+                    "adopting worker {pid} (generation {}, no stats row)",
+                    state.generation
+                ),
+            }
+            state.workers.insert(
+                pid,
+                WorkerProc {
+                    generation: state.generation,
+                    started: Instant::now(),
+                    ready: true,
+                    retiring: false,
+                    row: owner.get(&pid).copied(),
+                    ready_token: None,
+                },
+            );
+        }
+        if let Some(every) = state.cfg.stats_interval {
+            lp.run_every(every, |lp| {
+                lp.with_local(|_, st: &mut State| st.log_stats());
+            });
+        }
+        lp.insert_local(state);
+        lp.with_local(|lp, st: &mut State| {
+            // Children of a previous image may have ended during the exec.
+            st.reap(lp);
+            st.start_generation(lp);
+        });
+        let ran = lp.run();
+        let state = lp.remove_local::<State>();
+        ran.map_err(|source| SupervisorError::Io {
+            what: "running the supervisor's loop",
+            source,
+        })?;
+        match state.and_then(|s| s.failure) {
+            Some(why) => Err(SupervisorError::NotReady(why)),
+            None => Ok(()),
+        }
+    }
+}
+
+/// One worker process.
+#[derive(Debug)]
+struct WorkerProc {
+    generation: u64,
+    started: Instant,
+    ready: bool,
+    /// Sent `SIGTERM` as part of an old generation or a stop: its exit is expected.
+    retiring: bool,
+    /// Its row of the stats region (none for an adopted worker that had not published
+    /// yet, whose row cannot be told).
+    row: Option<usize>,
+    /// The readiness pipe's channel, until the byte or EOF arrives.
+    ready_token: Option<Token>,
+}
+
+/// A generation that is starting and not yet all ready.
+#[derive(Debug)]
+struct Pending {
+    generation: u64,
+    timer: TimerId,
+    /// How many of its workers have reported ready.
+    ready: usize,
+}
+
+/// The supervisor's state, a loop-local of its event loop.
+struct State {
+    cfg: SupervisorConfig,
+    listeners: Vec<TcpListener>,
+    exe: PathBuf,
+    args: Vec<OsString>,
+    stats: SharedCounters,
+    free_rows: Vec<usize>,
+    workers: BTreeMap<u32, WorkerProc>,
+    /// The serving generation (0 before the first is ready).
+    generation: u64,
+    /// The newest generation started.
+    last_started: u64,
+    pending: Option<Pending>,
+    restart_timer: Option<TimerId>,
+    backoff: Backoff,
+    /// A stop is in progress (a further stop signal means "quit now").
+    stopping: bool,
+    /// Why the first generation failed; `run` returns it.
+    failure: Option<String>,
+    on_ready: Option<Box<dyn FnOnce()>>,
+    last_stats: (Instant, WorkerStats),
+}
+
+impl State {
+    fn on_signal(&mut self, lp: &mut EventLoop, sig: Signal) {
+        match sig {
+            Signal::CHLD => self.reap(lp),
+            Signal::HUP => self.reload(lp),
+            Signal::USR2 => self.upgrade(lp),
+            _ => self.stop(lp, sig),
+        }
+    }
+
+    /// Reaps every child that has ended.
+    fn reap(&mut self, lp: &mut EventLoop) {
+        loop {
+            match duo_sys::reap_any() {
+                Ok(Some((pid, status))) => self.on_exit(lp, pid, status),
+                Ok(None) => return,
+                Err(e) => {
+                    log::error!("reaping workers: {e}");
+                    return;
+                }
+            }
+        }
+    }
+
+    // ---- generations ----
+
+    /// Starts the next generation: `workers` processes that must all report ready.
+    fn start_generation(&mut self, lp: &mut EventLoop) {
+        // Numbers are never reused, so a log line names one generation (a failed reload
+        // keeps its number).
+        let generation = self.last_started + 1;
+        self.last_started = generation;
+        log::info!(
+            "starting generation {generation}: {} workers of {}",
+            self.cfg.workers,
+            self.cfg.command.program().display()
+        );
+        let timer = lp.run_after(self.cfg.ready_timeout, move |lp| {
+            lp.with_local(|lp, st: &mut State| st.ready_timeout(lp, generation));
+        });
+        self.pending = Some(Pending {
+            generation,
+            timer,
+            ready: 0,
+        });
+        for _ in 0..self.cfg.workers {
+            if let Err(e) = self.spawn(lp, generation) {
+                self.abort_pending(lp, &format!("cannot start a worker: {e}"));
+                return;
+            }
+        }
+    }
+
+    fn reload(&mut self, lp: &mut EventLoop) {
+        if self.stopping {
+            log::info!("SIGHUP while stopping: ignored");
+        } else if let Some(p) = &self.pending {
+            log::warn!(
+                "SIGHUP: generation {} is still starting; ignored",
+                p.generation
+            );
+        } else {
+            log::info!("SIGHUP: reloading (new workers, then the old ones drain)");
+            self.start_generation(lp);
+        }
+    }
+
+    fn on_ready(&mut self, lp: &mut EventLoop, pid: u32) {
+        let Some(w) = self.workers.get_mut(&pid) else {
+            return;
+        };
+        if w.ready {
+            return;
+        }
+        w.ready = true;
+        log::info!("worker {pid} (generation {}) is ready", w.generation);
+        let Some(p) = &mut self.pending else { return };
+        if p.generation != w.generation {
+            return;
+        }
+        // Counted here rather than among the live workers: one may report ready and
+        // exit at once, and it still counts as having started.
+        p.ready += 1;
+        if p.ready >= self.cfg.workers {
+            let generation = p.generation;
+            self.promote(lp, generation);
+        }
+    }
+
+    /// Generation `generation` is all ready: it serves; the older ones drain.
+    fn promote(&mut self, lp: &mut EventLoop, generation: u64) {
+        if let Some(p) = self.pending.take() {
+            lp.cancel(p.timer);
+        }
+        self.generation = generation;
+        let pids: Vec<u32> = self.pids_where(|w| w.generation == generation);
+        log::info!("generation {generation} is serving: workers {pids:?}");
+        let old = self.pids_where(|w| w.generation < generation && !w.retiring);
+        if !old.is_empty() {
+            log::info!("retiring the previous workers {old:?} (SIGTERM: they drain)");
+        }
+        self.retire(&old, Signal::TERM);
+        if let Some(f) = self.on_ready.take() {
+            f();
+        }
+        // A worker that reported ready and then died before this point was not
+        // restarted (its generation was not serving yet): make up the count.
+        if pids.len() < self.cfg.workers {
+            let delay = self.backoff.after_death(Duration::ZERO);
+            self.schedule_restart(lp, delay);
+        }
+    }
+
+    fn ready_timeout(&mut self, lp: &mut EventLoop, generation: u64) {
+        if self.pending.as_ref().map(|p| p.generation) == Some(generation) {
+            let why = format!(
+                "generation {generation} was not ready within {:?}",
+                self.cfg.ready_timeout
+            );
+            self.abort_pending(lp, &why);
+        }
+    }
+
+    /// The starting generation failed: kill it; the serving one (if any) goes on.
+    fn abort_pending(&mut self, lp: &mut EventLoop, why: &str) {
+        let Some(p) = self.pending.take() else { return };
+        lp.cancel(p.timer);
+        let doomed = self.pids_where(|w| w.generation == p.generation);
+        for pid in &doomed {
+            if let Some(w) = self.workers.get_mut(pid) {
+                w.retiring = true;
+            }
+            if let Err(e) = duo_sys::kill_process(*pid) {
+                log::warn!("killing worker {pid}: {e}");
+            }
+        }
+        if self.generation == 0 {
+            log::error!("{why}; giving up");
+            self.failure = Some(why.to_owned());
+            self.stop(lp, Signal::TERM);
+        } else {
+            log::error!(
+                "{why}; killed it ({doomed:?}), generation {} keeps serving",
+                self.generation
+            );
+        }
+    }
+
+    // ---- workers ----
+
+    fn pids_where(&self, f: impl Fn(&WorkerProc) -> bool) -> Vec<u32> {
+        self.workers
+            .iter()
+            .filter(|(_, w)| f(w))
+            .map(|(pid, _)| *pid)
+            .collect()
+    }
+
+    /// Starts one worker of `generation`.
+    fn spawn(&mut self, lp: &mut EventLoop, generation: u64) -> io::Result<u32> {
+        let row = self
+            .free_rows
+            .pop()
+            .ok_or_else(|| io::Error::other("no free stats row (too many workers alive)"))?;
+        let spawned = self.spawn_in_row(lp, generation, row);
+        if spawned.is_err() {
+            self.free_rows.push(row);
+        }
+        spawned
+    }
+
+    fn spawn_in_row(&mut self, lp: &mut EventLoop, generation: u64, row: usize) -> io::Result<u32> {
+        self.clear_row(row);
+        let (ready_r, ready_w) = duo_sys::pipe()?;
+        let n = self.listeners.len();
+        let mut fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(AsFd::as_fd).collect();
+        fds.push(ready_w.as_fd());
+        fds.push(self.stats.fd());
+        let first = duo_sys::LISTEN_FDS_START;
+        let mut cmd = self.cfg.command.command();
+        cmd.stdin(Stdio::null())
+            .env(WORKER_VAR, "1")
+            .env(LISTEN_FDS_VAR, n.to_string())
+            .env(READY_FD_VAR, (first + n as RawFd).to_string())
+            .env(STATS_FD_VAR, (first + n as RawFd + 1).to_string())
+            .env(SLOT_VAR, row.to_string())
+            .env(WORKER_GENERATION_VAR, generation.to_string())
+            .env_remove(ADOPT_VAR)
+            .env_remove(GENERATION_VAR)
+            .env_remove(STATS_VAR);
+        duo_sys::pass_fds(&mut cmd, &fds, first)?;
+        duo_sys::set_parent_death_signal(&mut cmd, Signal::TERM);
+        duo_sys::unblock_signals_in_child(&mut cmd)?;
+        // Reaped by pid with `reap_any`; the `Child` is not needed (dropping it neither
+        // waits nor kills).
+        let pid = cmd.spawn()?.id();
+        drop(cmd);
+        drop(ready_w);
+        let on_read = FnHandler::new()
+            .on_read(move |lp, ch| read_ready(lp, ch.fd(), pid))
+            .on_close(move |lp, _| {
+                lp.with_local(|lp, st: &mut State| st.ready_pipe_closed(lp, pid));
+            });
+        let token = match lp.add_channel(ready_r, Interest::READABLE, on_read) {
+            Ok(token) => Some(token),
+            Err(e) => {
+                log::error!("watching worker {pid}'s readiness pipe: {}", e.error);
+                None
+            }
+        };
+        log::info!("started worker {pid} (generation {generation}, slot {row})");
+        self.workers.insert(
+            pid,
+            WorkerProc {
+                generation,
+                started: Instant::now(),
+                ready: false,
+                retiring: false,
+                row: Some(row),
+                ready_token: token,
+            },
+        );
+        Ok(pid)
+    }
+
+    fn ready_pipe_closed(&mut self, lp: &mut EventLoop, pid: u32) {
+        if let Some(token) = self
+            .workers
+            .get_mut(&pid)
+            .and_then(|w| w.ready_token.take())
+        {
+            lp.remove_channel(token);
+        }
+    }
+
+    fn on_exit(&mut self, lp: &mut EventLoop, pid: u32, status: ExitStatus) {
+        // A byte written just before the exit is still in the pipe: read it first, so "ready
+        // then exited" is told apart from "exited before it was ready".
+        if let Some(token) = self.workers.get(&pid).and_then(|w| w.ready_token) {
+            let byte = lp.with_channel(token, |_, ch, _| read_byte(ch.fd()));
+            if byte == Some(Some(true)) {
+                self.on_ready(lp, pid);
+            }
+            if let Some(w) = self.workers.get_mut(&pid) {
+                w.ready_token = None;
+            }
+            lp.remove_channel(token);
+        }
+        let Some(w) = self.workers.remove(&pid) else {
+            log::info!(
+                "reaped process {pid} ({}), not a current worker",
+                describe(status)
+            );
+            return;
+        };
+        if let Some(row) = w.row {
+            self.clear_row(row);
+            self.free_rows.push(row);
+        }
+        let uptime = w.started.elapsed();
+        let how = describe(status);
+        if self.stopping || w.retiring {
+            log::info!("worker {pid} (generation {}) exited: {how}", w.generation);
+            if self.stopping && self.workers.is_empty() {
+                log::info!("all workers have exited");
+                lp.quit();
+            }
+            return;
+        }
+        log::warn!(
+            "worker {pid} (generation {}) died after {uptime:.1?}: {how}",
+            w.generation
+        );
+        if self.pending.as_ref().map(|p| p.generation) == Some(w.generation) && !w.ready {
+            self.abort_pending(
+                lp,
+                &format!("worker {pid} exited before it was ready: {how}"),
+            );
+            return;
+        }
+        if w.generation == self.generation {
+            let delay = self.backoff.after_death(uptime);
+            self.schedule_restart(lp, delay);
+        }
+    }
+
+    fn schedule_restart(&mut self, lp: &mut EventLoop, delay: Duration) {
+        if self.restart_timer.is_some() || self.stopping {
+            return;
+        }
+        if !delay.is_zero() {
+            log::warn!("restarting in {delay:?} (workers keep dying young)");
+        }
+        self.restart_timer = Some(lp.run_after(delay, |lp| {
+            lp.with_local(|lp, st: &mut State| {
+                st.restart_timer = None;
+                st.fill_generation(lp);
+            });
+        }));
+    }
+
+    /// Starts workers until the serving generation has its full count again.
+    fn fill_generation(&mut self, lp: &mut EventLoop) {
+        if self.stopping {
+            return;
+        }
+        let generation = self.generation;
+        let live = self
+            .workers
+            .values()
+            .filter(|w| w.generation == generation && !w.retiring)
+            .count();
+        for _ in live..self.cfg.workers {
+            if let Err(e) = self.spawn(lp, generation) {
+                log::error!("cannot restart a worker: {e}");
+                let delay = self.backoff.after_death(Duration::ZERO);
+                self.schedule_restart(lp, delay);
+                return;
+            }
+        }
+    }
+
+    /// Sends `sig` to `pids` and marks them retiring.
+    fn retire(&mut self, pids: &[u32], sig: Signal) {
+        for pid in pids {
+            if let Some(w) = self.workers.get_mut(pid) {
+                w.retiring = true;
+            }
+            if let Err(e) = duo_sys::signal_process(*pid, sig) {
+                log::warn!("{sig} to worker {pid}: {e}");
+            }
+        }
+    }
+
+    // ---- stopping ----
+
+    fn stop(&mut self, lp: &mut EventLoop, sig: Signal) {
+        if self.stopping {
+            log::warn!("{sig} again: workers quit now (SIGINT)");
+            let pids = self.pids_where(|_| true);
+            self.retire(&pids, Signal::INT);
+            return;
+        }
+        self.stopping = true;
+        if let Some(p) = self.pending.take() {
+            lp.cancel(p.timer);
+        }
+        if let Some(t) = self.restart_timer.take() {
+            lp.cancel(t);
+        }
+        let pids = self.pids_where(|w| !w.retiring);
+        log::info!(
+            "{sig}: stopping; SIGTERM to workers {pids:?} (they drain; SIGKILL after {:?})",
+            self.cfg.stop_timeout
+        );
+        self.retire(&pids, Signal::TERM);
+        if self.workers.is_empty() {
+            lp.quit();
+            return;
+        }
+        lp.run_after(self.cfg.stop_timeout, |lp| {
+            lp.with_local(|lp, st: &mut State| st.kill_stragglers(lp));
+        });
+    }
+
+    fn kill_stragglers(&mut self, lp: &mut EventLoop) {
+        let pids = self.pids_where(|_| true);
+        if pids.is_empty() {
+            return;
+        }
+        log::error!(
+            "workers {pids:?} still running {:?} after the stop: SIGKILL",
+            self.cfg.stop_timeout
+        );
+        for pid in pids {
+            if let Err(e) = duo_sys::kill_process(pid) {
+                log::warn!("SIGKILL to worker {pid}: {e}");
+            }
+        }
+        lp.run_after(AFTER_KILL, |lp| {
+            log::error!("killed workers not reaped after {AFTER_KILL:?}; exiting anyway");
+            lp.quit();
+        });
+    }
+
+    // ---- upgrade ----
+
+    fn upgrade(&mut self, lp: &mut EventLoop) {
+        let _ = lp;
+        if self.stopping || self.pending.is_some() {
+            log::warn!("SIGUSR2: not now (stopping, or a generation is starting); ignored");
+            return;
+        }
+        let misplaced = self
+            .listeners
+            .iter()
+            .enumerate()
+            .any(|(i, l)| l.as_raw_fd() != duo_sys::LISTEN_FDS_START + i as RawFd);
+        if misplaced {
+            log::error!(
+                "SIGUSR2: cannot upgrade: the listening sockets are not at descriptors 3.. \
+                 (they were taken when the supervisor started)"
+            );
+            return;
+        }
+        let serving = self.pids_where(|w| w.generation == self.generation && !w.retiring);
+        let list: Vec<String> = serving.iter().map(u32::to_string).collect();
+        log::info!(
+            "SIGUSR2: upgrading: executing {} again, handing over workers {serving:?}",
+            self.exe.display()
+        );
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.args(&self.args)
+            .env("LISTEN_FDS", self.listeners.len().to_string())
+            .env("LISTEN_PID", std::process::id().to_string())
+            .env_remove("LISTEN_FDNAMES")
+            .env(ADOPT_VAR, list.join(","))
+            .env(GENERATION_VAR, self.generation.to_string())
+            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
+        if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
+            log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
+            cmd.env_remove(STATS_VAR);
+        }
+        for l in &self.listeners {
+            if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
+                log::error!("SIGUSR2: cannot upgrade: {e}");
+                self.restore_cloexec();
+                return;
+            }
+        }
+        let err = cmd.exec();
+        self.restore_cloexec();
+        log::error!(
+            "SIGUSR2: executing {} failed: {err}; this image keeps running",
+            self.exe.display()
+        );
+    }
+
+    fn restore_cloexec(&self) {
+        let _ = duo_sys::set_inherit_on_exec(self.stats.fd(), false);
+        for l in &self.listeners {
+            if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), false) {
+                log::error!("restoring close-on-exec on a listener: {e}");
+            }
+        }
+    }
+
+    // ---- stats ----
+
+    fn row_cells(&self, row: usize) -> &[std::sync::atomic::AtomicU64] {
+        &self.stats.slots()[row * ROW_LEN..(row + 1) * ROW_LEN]
+    }
+
+    fn clear_row(&self, row: usize) {
+        for cell in self.row_cells(row) {
+            cell.store(0, Ordering::Relaxed);
+        }
+    }
+
+    fn log_stats(&mut self) {
+        let mut sum = WorkerStats::default();
+        for w in self.workers.values() {
+            if let Some(row) = w.row {
+                let (_, s) = read_row(self.row_cells(row));
+                sum.add(&s);
+            }
+        }
+        let now = Instant::now();
+        let (then, before) = self.last_stats;
+        let secs = now.duration_since(then).as_secs_f64().max(1e-9);
+        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        let mib = 1024.0 * 1024.0;
+        log::info!(
+            "stats: generation {}, {} workers, {} connections open, {} accepted, \
+             {:.0} msg/s, in {:.2} MiB/s, out {:.2} MiB/s",
+            self.generation,
+            self.workers.len(),
+            sum.open,
+            sum.accepted,
+            rate(sum.messages, before.messages),
+            rate(sum.bytes_in, before.bytes_in) / mib,
+            rate(sum.bytes_out, before.bytes_out) / mib,
+        );
+        self.last_stats = (now, sum);
+    }
+}
+
+/// The readiness pipe of worker `pid` is readable: a byte means ready, EOF means it closed
+/// the pipe (the exit is handled on `SIGCHLD`).
+fn read_ready(lp: &mut EventLoop, fd: BorrowedFd<'_>, pid: u32) {
+    match read_byte(fd) {
+        Some(true) => {
+            lp.with_local(|lp, st: &mut State| {
+                st.on_ready(lp, pid);
+                st.ready_pipe_closed(lp, pid);
+            });
+        }
+        Some(false) => {
+            lp.with_local(|lp, st: &mut State| st.ready_pipe_closed(lp, pid));
+        }
+        None => {}
+    }
+}
+
+/// One read of a readiness pipe: `Some(true)` a byte, `Some(false)` EOF or an error,
+/// `None` nothing yet.
+fn read_byte(fd: BorrowedFd<'_>) -> Option<bool> {
+    let mut buf = [0u8; 1];
+    match duo_sys::readv(fd, &mut [IoSliceMut::new(&mut buf)]) {
+        Ok(0) => Some(false),
+        Ok(_) => Some(true),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+        Err(_) => Some(false),
+    }
+}
+
+/// "exit status 3", "killed by signal 9".
+fn describe(status: ExitStatus) -> String {
+    match (status.code(), status.signal()) {
+        (Some(code), _) => format!("exit status {code}"),
+        (None, Some(sig)) => format!("killed by signal {sig}"),
+        _ => status.to_string(),
+    }
+}
+
+/// The value of `var`, removed from the environment.
+fn take_var(var: &str) -> Option<String> {
+    let v = std::env::var(var).ok();
+    std::env::remove_var(var);
+    v
+}
+
+/// `"12,34"` -> `[12, 34]`; anything that is not a positive number is skipped.
+fn parse_pids(list: &str) -> Vec<u32> {
+    list.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .filter(|p| *p > 0)
+        .collect()
+}
+
+/// Whether `pid` is a child of this process (its parent in `/proc/PID/stat`).
+fn is_child(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(std::process::id())
+}
+
+/// Moves listener `i` to descriptor `3 + i` where that number is free (an upgrade hands
+/// them over there); leaves it where it is otherwise.
+fn relocate(listeners: Vec<TcpListener>) -> Vec<TcpListener> {
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let target = duo_sys::LISTEN_FDS_START + i as RawFd;
+            if l.as_raw_fd() == target {
+                return l;
+            }
+            match duo_sys::dup_at_least(l.as_fd(), target) {
+                Ok(fd) if fd.as_raw_fd() == target => TcpListener::from(fd),
+                _ => l,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_lists_skip_garbage() {
+        assert_eq!(parse_pids("12, 34,x,,0,-5"), [12, 34]);
+        assert!(parse_pids("").is_empty());
+    }
+
+    #[test]
+    fn only_children_are_adoptable() {
+        assert!(!is_child(std::process::id()));
+        assert!(!is_child(1));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(is_child(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+
+    #[test]
+    fn statuses_read_well() {
+        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exit status 3");
+        assert_eq!(describe(ExitStatus::from_raw(9)), "killed by signal 9");
+    }
+}

@@ -1,0 +1,374 @@
+//! Starting and managing child processes beyond what [`std::process`] offers: handing
+//! descriptors to a child at fixed numbers, a parent-death signal, reaping any child
+//! (`waitpid(-1)`), signalling a child by PID, and pipes.
+//!
+//! A supervisor that re-executes itself keeps its children but loses their
+//! [`std::process::Child`] values; [`reap_any`] and [`signal_process`] work from the PID
+//! alone.
+
+use std::io;
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::process::{Command, ExitStatus};
+
+use crate::{context, cvt, Signal};
+
+/// Arranges for `fds[i]` to be descriptor `first + i` in the child that `cmd` starts,
+/// without close-on-exec (so the program it executes inherits them), as the systemd
+/// protocol (`first` = 3) and duo's worker protocol expect. Other descriptors stay as they
+/// are (duo's are all close-on-exec).
+///
+/// Each source is first duplicated in the parent (`F_DUPFD_CLOEXEC`) to a number at or
+/// above `first + fds.len()`, so no target number can be one of the sources and the
+/// `dup2` calls in the child cannot overwrite a descriptor that a later one still has to
+/// copy. The child side (a `pre_exec` hook) only calls `dup2`, which is
+/// async-signal-safe, and allocates nothing. The duplicates live as long as `cmd`.
+///
+/// One caveat of every such scheme: `std` reports a failed `exec` through a close-on-exec
+/// pipe of its own, which may land on one of the target numbers; then the child's `dup2`
+/// closes it, and a failing `exec` shows as a child exiting at once (status 127-ish)
+/// instead of an error from `spawn`.
+///
+/// # Errors
+///
+/// `first` is below 3 (the targets would replace stdio), or duplicating failed (`EMFILE`).
+pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::Result<()> {
+    if first < 3 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "pass_fds: target descriptors below 3 would replace stdin/stdout/stderr",
+        ));
+    }
+    let above = i32::try_from(fds.len())
+        .ok()
+        .and_then(|n| first.checked_add(n))
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pass_fds: too many"))?;
+    let sources = fds
+        .iter()
+        .map(|fd| dup_at_least(*fd, above))
+        .collect::<io::Result<Vec<OwnedFd>>>()?;
+    let hook = move || {
+        for (i, src) in sources.iter().enumerate() {
+            // `i < fds.len()`, and `first + fds.len()` did not overflow above.
+            let target = first + i as RawFd;
+            // SAFETY: both are plain descriptor numbers; `src` is open (owned by the
+            // closure, which lives until the exec) and `target` is not one of the sources
+            // (all are >= `above`). `dup2` is async-signal-safe and the new descriptor does
+            // not have close-on-exec. We are in the forked child, where nothing else runs.
+            if unsafe { libc::dup2(src.as_raw_fd(), target) } == -1 {
+                return Err(io::Error::last_os_error());
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only calls `dup2` (async-signal-safe) and reads its own vector of
+    // descriptors (no allocation, no lock), as `pre_exec` requires.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    Ok(())
+}
+
+/// Makes the child `cmd` starts receive `signal` when this thread ends (`prctl(PR_SET_PDEATHSIG)`),
+/// so workers do not outlive a supervisor killed with `SIGKILL`. If the parent is already
+/// gone when the child starts, the child exits at once (status 1).
+///
+/// The signal follows the *thread* that spawned the child: spawn from a thread that lives
+/// as long as the parent (the main thread).
+pub fn set_parent_death_signal(cmd: &mut Command, signal: Signal) {
+    // SAFETY: `getpid` has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    let hook = move || {
+        // SAFETY: `prctl(PR_SET_PDEATHSIG, sig)` only sets a flag of the calling process;
+        // it and `getppid` are async-signal-safe system calls.
+        unsafe {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, signal.as_raw() as libc::c_ulong) == -1 {
+                return Err(io::Error::last_os_error());
+            }
+            if libc::getppid() != parent {
+                // The parent died before the flag was set; its signal would never come.
+                libc::_exit(1);
+            }
+        }
+        Ok(())
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
+/// Makes the child `cmd` starts begin with no signal blocked (`sigprocmask(SIG_SETMASK,
+/// empty)` before the `exec`). A process that reads signals from a signalfd blocks them,
+/// and a child inherits the mask across `exec`: without this a worker would never die of
+/// (or see) the `SIGTERM` its supervisor sends.
+///
+/// # Errors
+///
+/// Building the empty signal set failed (it cannot, in practice).
+pub fn unblock_signals_in_child(cmd: &mut Command) -> io::Result<()> {
+    let empty = crate::signalfd::sigset(&[])?;
+    let hook = move || {
+        // SAFETY: `empty` is an initialised `sigset_t` owned by the closure; a null old-set
+        // pointer is allowed; `sigprocmask` is async-signal-safe and we are in the forked,
+        // single-threaded child.
+        if unsafe { libc::sigprocmask(libc::SIG_SETMASK, &empty, std::ptr::null_mut()) } == -1 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes one async-signal-safe system call and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    Ok(())
+}
+
+/// Duplicates `fd` to the lowest free number at or above `min`, close-on-exec
+/// (`fcntl(F_DUPFD_CLOEXEC)`).
+///
+/// # Errors
+///
+/// `min` is negative, or no descriptor is free (`EMFILE`, `EINVAL` above the limit).
+pub fn dup_at_least(fd: BorrowedFd<'_>, min: RawFd) -> io::Result<OwnedFd> {
+    if min < 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "dup_at_least: negative descriptor number",
+        ));
+    }
+    // SAFETY: `fd` is borrowed, so open; `F_DUPFD_CLOEXEC` creates a new descriptor.
+    let new = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) })
+        .map_err(context("fcntl(F_DUPFD_CLOEXEC)"))?;
+    // SAFETY: the call succeeded, so `new` is a fresh descriptor nothing else owns.
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+/// Sets (`inherit` = false) or clears (`inherit` = true) close-on-exec on `fd`, for a
+/// process about to `exec` itself with its descriptors kept in place. Clearing it lets any
+/// child started meanwhile by another thread inherit the descriptor: do it only in a
+/// single-threaded process, just before the `exec`.
+///
+/// # Errors
+///
+/// `fcntl` failed.
+pub fn set_inherit_on_exec(fd: BorrowedFd<'_>, inherit: bool) -> io::Result<()> {
+    // SAFETY: `F_GETFD` only reads the flags of a descriptor we borrow.
+    let flags = cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETFD) })
+        .map_err(context("fcntl(F_GETFD)"))?;
+    let flags = if inherit {
+        flags & !libc::FD_CLOEXEC
+    } else {
+        flags | libc::FD_CLOEXEC
+    };
+    // SAFETY: `F_SETFD` only sets the flags of a descriptor we borrow.
+    cvt(unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFD, flags) })
+        .map_err(context("fcntl(F_SETFD)"))?;
+    Ok(())
+}
+
+/// Reaps one child that has ended (`waitpid(-1, WNOHANG)`): its PID and exit status, or
+/// `Ok(None)` if no child has ended (or there are no children). Call it in a loop on
+/// `SIGCHLD`, which the kernel coalesces. Children whose [`std::process::Child`] is still
+/// held are reaped too (the `Child` then cannot `wait`), so use it only in a process that
+/// tracks its children by PID.
+///
+/// # Errors
+///
+/// `waitpid` failed with something other than `ECHILD` or `EINTR`.
+pub fn reap_any() -> io::Result<Option<(u32, ExitStatus)>> {
+    let mut status: libc::c_int = 0;
+    loop {
+        // SAFETY: `status` is a valid `int` the kernel writes; `-1` means any child.
+        let pid = unsafe { libc::waitpid(-1, &mut status, libc::WNOHANG) };
+        return match pid {
+            0 => Ok(None),
+            -1 => {
+                let err = io::Error::last_os_error();
+                match err.raw_os_error() {
+                    Some(libc::ECHILD) => Ok(None),
+                    Some(libc::EINTR) => continue,
+                    _ => Err(context("waitpid")(err)),
+                }
+            }
+            // `waitpid` returns a positive PID here.
+            pid => Ok(Some((pid as u32, ExitStatus::from_raw(status)))),
+        };
+    }
+}
+
+/// A PID as `kill` takes it, refusing 0 and values that would name a process group or
+/// every process (`kill(0)`, `kill(-1)`, `kill(-pgid)`).
+fn checked_pid(pid: u32) -> io::Result<libc::pid_t> {
+    libc::pid_t::try_from(pid)
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("kill: {pid} is not a process id"),
+            )
+        })
+}
+
+fn kill(pid: u32, signo: libc::c_int, what: &'static str) -> io::Result<()> {
+    let pid = checked_pid(pid)?;
+    // SAFETY: `pid` is a single positive process id (checked), `signo` a valid signal.
+    cvt(unsafe { libc::kill(pid, signo) }).map_err(|e| {
+        if e.raw_os_error() == Some(libc::ESRCH) {
+            // The kernel's ESRCH has no `ErrorKind` of its own; callers branch on it.
+            io::Error::new(io::ErrorKind::NotFound, format!("{what}: no process {pid}"))
+        } else {
+            context(what)(e)
+        }
+    })?;
+    Ok(())
+}
+
+/// Sends `signal` to the one process `pid` (`kill(2)`).
+///
+/// # Errors
+///
+/// `pid` is 0 or above `i32::MAX` (`InvalidInput`: they would mean a process group or
+/// every process), there is no such process (`ESRCH`, kind `NotFound`), or it is not ours
+/// to signal (`PermissionDenied`).
+pub fn signal_process(pid: u32, signal: Signal) -> io::Result<()> {
+    kill(pid, signal.as_raw(), "kill")
+}
+
+/// Sends `SIGKILL` to the one process `pid`. Errors as [`signal_process`].
+pub fn kill_process(pid: u32) -> io::Result<()> {
+    kill(pid, libc::SIGKILL, "kill(SIGKILL)")
+}
+
+/// Whether process `pid` exists (`kill(pid, 0)`; a zombie still exists until reaped).
+pub fn process_exists(pid: u32) -> bool {
+    match kill(pid, 0, "kill(0)") {
+        Ok(()) => true,
+        Err(e) => e.kind() == io::ErrorKind::PermissionDenied,
+    }
+}
+
+/// A pipe, both ends close-on-exec and non-blocking (`pipe2(O_CLOEXEC | O_NONBLOCK)`):
+/// `(read end, write end)`.
+///
+/// # Errors
+///
+/// `pipe2` failed (`EMFILE`).
+pub fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0 as libc::c_int; 2];
+    // SAFETY: `fds` is an array of two ints, what `pipe2` writes.
+    cvt(unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC | libc::O_NONBLOCK) })
+        .map_err(context("pipe2"))?;
+    // SAFETY: the call succeeded, so both are fresh descriptors nothing else owns.
+    let (r, w) = unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+    Ok((r, w))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Read, Write};
+    use std::os::fd::AsFd;
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    /// Reaps `pid` with `reap_any`, polling with a deadline. Tests run in parallel and
+    /// `reap_any` takes any child, so what one test reaps for another is kept for it.
+    fn reap(pid: u32) -> ExitStatus {
+        use std::collections::HashMap;
+        use std::sync::Mutex;
+        static REAPED: Mutex<Option<HashMap<u32, ExitStatus>>> = Mutex::new(None);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            {
+                let mut reaped = REAPED.lock().unwrap_or_else(|p| p.into_inner());
+                let reaped = reaped.get_or_insert_with(HashMap::new);
+                while let Some((p, status)) = reap_any().unwrap() {
+                    reaped.insert(p, status);
+                }
+                if let Some(status) = reaped.remove(&pid) {
+                    return status;
+                }
+            }
+            assert!(Instant::now() < deadline, "child {pid} not reaped");
+            std::thread::sleep(Duration::from_millis(2));
+        }
+    }
+
+    #[test]
+    fn descriptors_arrive_at_fixed_numbers_even_when_sources_overlap_targets() {
+        let (r1, w1) = pipe().unwrap();
+        let (r2, w2) = pipe().unwrap();
+        // Sources in the reverse order of the targets, at low numbers that may be targets.
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "printf one >&4; printf two >&3"])
+            .stdin(Stdio::null());
+        pass_fds(&mut cmd, &[w2.as_fd(), w1.as_fd()], 3).unwrap();
+        // Reaped by pid (`reap`), as a supervisor does.
+        let pid = cmd.spawn().unwrap().id();
+        drop(cmd);
+        drop((w1, w2));
+        let status = reap(pid);
+        assert!(status.success(), "{status}");
+        let mut got = String::new();
+        std::fs::File::from(r1).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "one");
+        got.clear();
+        std::fs::File::from(r2).read_to_string(&mut got).unwrap();
+        assert_eq!(got, "two");
+    }
+
+    #[test]
+    fn targets_below_three_are_refused() {
+        let (_r, w) = pipe().unwrap();
+        let e = pass_fds(&mut Command::new("true"), &[w.as_fd()], 1).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::InvalidInput);
+    }
+
+    #[test]
+    fn a_killed_child_is_reaped_with_its_signal() {
+        let pid = Command::new("sleep").arg("30").spawn().unwrap().id();
+        assert!(process_exists(pid));
+        kill_process(pid).unwrap();
+        let status = reap(pid);
+        assert_eq!(status.signal(), Some(libc::SIGKILL));
+        assert!(!process_exists(pid));
+        let e = signal_process(pid, Signal::TERM).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::NotFound, "{e}");
+    }
+
+    #[test]
+    fn group_and_broadcast_pids_are_refused() {
+        for pid in [0, u32::MAX, 1 << 31] {
+            let e = signal_process(pid, Signal::TERM).unwrap_err();
+            assert_eq!(e.kind(), io::ErrorKind::InvalidInput, "{pid}");
+        }
+    }
+
+    #[test]
+    fn a_pipe_is_nonblocking_and_closes_on_exec() {
+        let (r, w) = pipe().unwrap();
+        let mut r = std::fs::File::from(r);
+        let e = r.read(&mut [0u8; 1]).unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::WouldBlock);
+        std::fs::File::from(w).write_all(b"x").unwrap();
+        let mut b = [0u8; 1];
+        assert_eq!(r.read(&mut b).unwrap(), 1);
+        set_inherit_on_exec(r.as_fd(), true).unwrap();
+        set_inherit_on_exec(r.as_fd(), false).unwrap();
+        let d = dup_at_least(r.as_fd(), 100).unwrap();
+        assert!(d.as_raw_fd() >= 100);
+    }
+
+    #[test]
+    fn parent_death_signal_is_set_in_the_child() {
+        let mut cmd = Command::new("/bin/sh");
+        cmd.args(["-c", "exit 7"]);
+        set_parent_death_signal(&mut cmd, Signal::TERM);
+        unblock_signals_in_child(&mut cmd).unwrap();
+        let pid = cmd.spawn().unwrap().id();
+        assert_eq!(reap(pid).code(), Some(7));
+    }
+}
