@@ -18,7 +18,10 @@
 //!   thread on a `SO_REUSEPORT` socket of its own). See `duo_net::AcceptMode`.
 //! - `--trigger edge|level`: how connections are polled (default `edge`).
 //! - `--idle-timeout SECS`: close connections that send nothing for that long.
-//! - `--max-conns N`: beyond `N` open connections, new ones are accepted and closed.
+//! - `--max-conns N`: beyond `N` open connections, new ones are accepted and closed. With
+//!   `--processes`, `N` is per worker, and a worker at its maximum (by default: its
+//!   open-file limit less a reserve) stops accepting instead, leaving new connections to
+//!   the other workers.
 //! - `--framed`: the packet protocol of [`echo::framed`] (8-byte header: type and length,
 //!   `u32` big-endian). Type 1 (DATA_SEND) is answered with type 2 (DATA_ECHO) and the same
 //!   payload; any other type, or a payload over 1 MiB, closes the connection. Without it,
@@ -119,7 +122,8 @@ struct ServeArgs {
     /// Close connections that send nothing for SECS seconds (0: never).
     #[arg(long, value_name = "SECS")]
     idle_timeout: Option<u64>,
-    /// Accept at most N connections at a time; further ones are closed at once.
+    /// Accept at most N connections at a time; further ones are closed at once (with
+    /// --processes: per worker, and a full worker leaves them to the others).
     #[arg(long, value_name = "N")]
     max_conns: Option<usize>,
     /// Packet mode: 8-byte header (type, length; u32 big-endian) + payload; type 1 is

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
-    AcceptMode, ConnCtx, EventLoop, InputBuffer, ServerBuilder, ServerHandle, TcpServer,
+    AcceptMode, ConnCtx, EventLoop, InputBuffer, ServerBuilder, ServerHandle, TcpServer, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -43,6 +43,10 @@ pub struct ServeConfig {
     /// How long a graceful shutdown waits for connections to close before forcing them.
     pub drain_timeout: Duration,
 }
+
+/// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
+/// descriptors, standard streams) below its open-file limit; the rest are for connections.
+const WORKER_FD_RESERVE: u64 = 64;
 
 /// Runs the server until a stop signal has been handled: prepares the process
 /// ([`process::prepare_server`]), starts the server on `cfg.listen`, prints `listening on
@@ -102,7 +106,23 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
     if let Some(timeout) = cfg.idle_timeout {
         builder = builder.idle_timeout(timeout);
     }
-    if let Some(n) = cfg.max_conns {
+    if worker.is_some() {
+        // A worker shares its listening socket with the others: at its maximum (or when
+        // its descriptors run out) it stops accepting and leaves new connections queued
+        // for them, rather than accepting and closing them.
+        let room = match process::fd_limit() {
+            Ok((soft, _)) => {
+                usize::try_from(soft.saturating_sub(WORKER_FD_RESERVE)).unwrap_or(usize::MAX)
+            }
+            Err(e) => {
+                log::warn!("cannot read the open-file limit: {e}");
+                usize::MAX
+            }
+        };
+        builder = builder
+            .max_connections(cfg.max_conns.map_or(room, |n| n.min(room)))
+            .when_full(WhenFull::Pause);
+    } else if let Some(n) = cfg.max_conns {
         builder = builder.max_connections(n);
     }
     // Count messages only when someone reads the count: an atomic shared by every I/O

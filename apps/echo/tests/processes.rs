@@ -125,25 +125,41 @@ fn churn(
 
 #[test]
 fn two_processes_serve_and_both_workers_accept() {
-    let server = supervisor("2");
+    // Each worker takes at most 2 connections; a full worker stops accepting and leaves
+    // the socket's queue to the other, so 4 connections in a row (each a round trip, so
+    // no two arrive at once) must land 2 and 2. Without the limit, one idle worker can
+    // take them all: `EPOLLEXCLUSIVE` wakes the first waiter that is asleep.
+    let server = Server::start(&[
+        "serve",
+        "--processes",
+        "2",
+        "--io-threads",
+        "1",
+        "--max-conns",
+        "2",
+    ]);
+    wait_until("the workers", || children(server.pid()).len() == 2);
     let workers: Vec<u32> = children(server.pid()).into_iter().collect();
     let before: Vec<usize> = workers.iter().map(|p| sockets(*p)).collect();
     let mut held = Vec::new();
-    let deadline = Instant::now() + LIMIT;
-    loop {
+    for i in 0..4 {
         let mut s = server.connect();
-        round_trip(&mut s, b"hello");
+        round_trip(&mut s, format!("hello {i}").as_bytes());
         held.push(s);
-        let grew = workers.iter().zip(&before).all(|(p, n)| sockets(*p) > *n);
-        if grew {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline && held.len() < 500,
-            "not every worker accepted: {} connections",
-            held.len()
-        );
     }
+    let grew: Vec<usize> = workers
+        .iter()
+        .zip(&before)
+        .map(|(p, n)| sockets(*p) - n)
+        .collect();
+    assert_eq!(grew, [2, 2], "connections per worker");
+    // A fifth waits in the queue until a worker has room again.
+    let mut fifth = server.connect();
+    fifth.write_all(b"fifth").unwrap();
+    drop(held.pop());
+    let mut buf = [0u8; 5];
+    fifth.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"fifth");
     assert!(!server.stderr().contains("stats:"), "no stats unless asked");
 }
 

@@ -82,7 +82,7 @@ pub use conn::{
     ServerConnections, TcpConnection,
 };
 pub use duo_workers::{Job, SubmitError, ThreadPool};
-pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer};
+pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer, WhenFull};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
 
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};

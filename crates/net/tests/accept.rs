@@ -165,3 +165,54 @@ fn a_shared_listener_stays_open_while_another_holder_has_it() {
     accepted.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"after");
 }
+
+#[test]
+fn a_full_server_that_pauses_leaves_extra_connections_queued_until_one_closes() {
+    init_log();
+    for mode in [AcceptMode::MainLoop, AcceptMode::Shared] {
+        let server = TestServer::start(move || {
+            util::echo_builder("pausing", util::localhost())
+                .io_threads(2)
+                .accept_mode(mode)
+                .max_connections(3)
+                .when_full(duo_net::WhenFull::Pause)
+        });
+        let addr = server.addr();
+        let connect = || {
+            let s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(LIMIT)).unwrap();
+            s
+        };
+        let echo = |s: &mut TcpStream, msg: &[u8]| {
+            s.write_all(msg).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(back, msg);
+        };
+        let mut open: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+        for s in &mut open {
+            echo(s, b"in");
+        }
+        // The fourth completes its handshake in the kernel's queue, and waits there.
+        let mut fourth = connect();
+        fourth.write_all(b"queued").unwrap();
+        for s in &mut open {
+            echo(s, b"still served");
+        }
+        let handle = server.handle().clone();
+        let stats = handle.stats();
+        assert_eq!(
+            (stats.accepted, stats.rejected),
+            (3, 0),
+            "{mode:?}: not accepted while full, not rejected either"
+        );
+        drop(open.pop());
+        duo_testkit::wait_until("the queued connection accepted", || {
+            handle.stats().accepted == 4
+        });
+        let mut back = [0u8; 6];
+        fourth.read_exact(&mut back).unwrap();
+        assert_eq!(&back, b"queued", "{mode:?}");
+        server.stop();
+    }
+}

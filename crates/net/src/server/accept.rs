@@ -24,8 +24,33 @@ const BACKLOG: i32 = 4096;
 /// How long accepting pauses when the spare-descriptor trick is not available.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// What the acceptor does with each accepted socket.
-pub(crate) type NewConnection = Box<dyn FnMut(&mut EventLoop, Socket, SocketAddr) + Send>;
+/// What the acceptor does with each accepted socket; says whether to go on accepting.
+pub(crate) type NewConnection =
+    Box<dyn FnMut(&mut EventLoop, Socket, SocketAddr) -> Admission + Send>;
+
+/// After a connection: accept more, or stop accepting until a connection closes (the
+/// server is full and [`WhenFull::Pause`] is its policy).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Admission {
+    Continue,
+    Pause,
+}
+
+/// What a server does with connections beyond
+/// [`max_connections`](crate::ServerBuilder::max_connections).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum WhenFull {
+    /// Accept each extra connection and close it at once (counted as rejected): the peer
+    /// learns at once that there is no room. The right policy for a server alone on its
+    /// listening socket.
+    #[default]
+    Reject,
+    /// Stop accepting until a connection closes: extra connections wait in the kernel's
+    /// listen queue, where another process or server on the same socket (worker
+    /// processes, `SO_REUSEPORT` siblings) takes them. The count may exceed the maximum
+    /// by at most one connection per accepting loop (loops decide at the same moment).
+    Pause,
+}
 
 /// How a server with I/O threads gets its connections to the loop that serves them.
 ///
@@ -105,19 +130,27 @@ pub(crate) struct Acceptor {
     on_new: NewConnection,
     /// Called once per exhaustion event (for counting).
     on_exhausted: Box<dyn FnMut() + Send>,
+    /// Asked before accepting, on a server that pauses when full: a loop that has not
+    /// accepted since the server filled up learns it here, before it takes one more.
+    admit: Option<Admit>,
     local: SocketAddr,
 }
+
+/// Whether there is room for another connection (see [`WhenFull::Pause`]).
+pub(crate) type Admit = Box<dyn Fn() -> Admission + Send>;
 
 impl Acceptor {
     pub(crate) fn new(
         local: SocketAddr,
         on_new: NewConnection,
         on_exhausted: Box<dyn FnMut() + Send>,
+        admit: Option<Admit>,
     ) -> Acceptor {
         Acceptor {
             spare: open_spare(),
             on_new,
             on_exhausted,
+            admit,
             local,
         }
     }
@@ -181,13 +214,25 @@ fn open_spare() -> Option<File> {
 
 impl Handler for Acceptor {
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self
+            .admit
+            .as_ref()
+            .is_some_and(|admit| admit() == Admission::Pause)
+        {
+            ch.disable_reading();
+            return;
+        }
         loop {
             match duo_sys::accept4(ch.fd()) {
                 Ok((fd, peer)) => {
                     let Some(peer) = peer.as_socket() else {
                         continue;
                     };
-                    (self.on_new)(lp, Socket::from(fd), peer);
+                    if (self.on_new)(lp, Socket::from(fd), peer) == Admission::Pause {
+                        // Full: the close that makes room enables reading again.
+                        ch.disable_reading();
+                        return;
+                    }
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
@@ -233,6 +278,7 @@ pub(super) fn new_connection_handler(
     loops: Vec<LoopHandle>,
     owners: Vec<Arc<Owner>>,
     max_connections: Option<usize>,
+    when_full: WhenFull,
     ids: Ids,
 ) -> NewConnection {
     let mut next_loop = 0usize;
@@ -243,12 +289,18 @@ pub(super) fn new_connection_handler(
         let c = &shared.counters;
         let active = c.active.load(Ordering::Relaxed);
         if max_connections.is_some_and(|max| active >= max as u64) {
-            AcceptCounters::bump(&c.rejected);
-            log::debug!(
-                "{}: rejecting {peer}: {active} connections open",
-                shared.name
-            );
-            return;
+            if when_full == WhenFull::Pause {
+                // Raced with another loop to the last place: serve it (one over at most
+                // per loop) rather than drop a connection another process could take.
+                log::debug!("{}: {peer} accepted over the maximum", shared.name);
+            } else {
+                AcceptCounters::bump(&c.rejected);
+                log::debug!(
+                    "{}: rejecting {peer}: {active} connections open",
+                    shared.name
+                );
+                return Admission::Continue;
+            }
         }
         let id = next_id;
         next_id += ids.stride;
@@ -274,7 +326,7 @@ pub(super) fn new_connection_handler(
         let handle = TcpConnection::new(id, server_name.clone(), peer, local, target.clone());
         AcceptCounters::bump(&c.accepted);
         // Counted open until its close hook runs (also if registering it fails).
-        c.active.fetch_add(1, Ordering::Relaxed);
+        c.active.fetch_add(1, Ordering::SeqCst);
 
         if target.is_in_loop_thread() {
             if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
@@ -290,6 +342,10 @@ pub(super) fn new_connection_handler(
                 log::warn!("{}: I/O loop gone; dropping {peer}", shared.name);
                 c.active.fetch_sub(1, Ordering::Relaxed);
             }
+        }
+        match max_connections {
+            Some(max) if when_full == WhenFull::Pause => super::pause_if_full(&shared, max as u64),
+            _ => Admission::Continue,
         }
     })
 }

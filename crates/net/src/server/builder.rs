@@ -11,8 +11,10 @@ use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, ThreadInit};
 use parking_lot::Mutex;
 use socket2::{Socket, Type};
 
-use super::accept::{listen, new_connection_handler, AcceptMode, Acceptor, Ids, ListenOptions};
-use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER};
+use super::accept::{
+    listen, new_connection_handler, AcceptMode, Acceptor, Admit, Ids, ListenOptions, WhenFull,
+};
+use super::{close_hook, pause_if_full, ServerShared, TcpServer, NEXT_SERVER};
 use crate::config::{conn_config_setters, defaults, ConnConfig};
 use crate::conn::callbacks::{callback_setters, Callbacks};
 use crate::conn::group::ServerLink;
@@ -32,6 +34,7 @@ pub struct ServerBuilder {
     accept_mode: AcceptMode,
     idle_timeout: Option<Duration>,
     max_connections: Option<usize>,
+    when_full: WhenFull,
     buffer_trim_interval: Option<Duration>,
     conn: ConnConfig,
     callbacks: Callbacks,
@@ -49,6 +52,7 @@ impl ServerBuilder {
             accept_mode: AcceptMode::default(),
             idle_timeout: None,
             max_connections: None,
+            when_full: WhenFull::default(),
             buffer_trim_interval: Some(defaults::BUFFER_TRIM_INTERVAL),
             conn: ConnConfig::default(),
             callbacks: Callbacks::default(),
@@ -100,9 +104,15 @@ impl ServerBuilder {
         self
     }
     /// Beyond `n` open connections, new ones are accepted and closed at once (counted as
-    /// rejected).
+    /// rejected), or left in the listen queue: see [`when_full`](ServerBuilder::when_full).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = Some(n);
+        self
+    }
+    /// What happens beyond [`max_connections`](ServerBuilder::max_connections): reject
+    /// (the default) or pause accepting until a connection closes ([`WhenFull`]).
+    pub fn when_full(mut self, policy: WhenFull) -> Self {
+        self.when_full = policy;
         self
     }
     /// How often each of the server's loops checks the server's buffer pool (see
@@ -170,6 +180,11 @@ impl ServerBuilder {
                 .map(|_| Arc::new(IoCounters::default()))
                 .collect(),
             acceptors: Mutex::new(Vec::new()),
+            pause_at: self
+                .max_connections
+                .filter(|_| self.when_full == WhenFull::Pause)
+                .map(|n| n as u64),
+            accept_paused: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
             shutdown_begun: AtomicBool::new(false),
             on_empty: Mutex::new(Vec::new()),
@@ -237,13 +252,19 @@ impl ServerBuilder {
             let shared = shared.clone();
             Box::new(move || AcceptCounters::bump(&shared.counters.emfile))
         };
+        let admit = |shared: &Arc<ServerShared>| -> Option<Admit> {
+            let max = shared.pause_at?;
+            let shared = shared.clone();
+            Some(Box::new(move || pause_if_full(&shared, max)))
+        };
         if mode == AcceptMode::MainLoop {
             let ids = Ids {
                 first: 1,
                 stride: 1,
             };
-            let on_new = new_connection_handler(shared.clone(), loops, owners, max, ids);
-            let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
+            let on_new =
+                new_connection_handler(shared.clone(), loops, owners, max, self.when_full, ids);
+            let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared), admit(&shared));
             let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
             shared.acceptors.lock().push((main.handle(), token));
         } else {
@@ -262,9 +283,16 @@ impl ServerBuilder {
                     first: i as u64 + 1,
                     stride: n as u64,
                 };
-                let on_new =
-                    new_connection_handler(shared.clone(), vec![h.clone()], vec![owner], max, ids);
-                let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
+                let on_new = new_connection_handler(
+                    shared.clone(),
+                    vec![h.clone()],
+                    vec![owner],
+                    max,
+                    self.when_full,
+                    ids,
+                );
+                let acceptor =
+                    Acceptor::new(local_addr, on_new, on_exhausted(&shared), admit(&shared));
                 let interest = match mode {
                     AcceptMode::Shared => Interest::READABLE | Interest::EXCLUSIVE,
                     _ => Interest::READABLE,
@@ -332,6 +360,7 @@ impl fmt::Debug for ServerBuilder {
             .field("accept_mode", &self.accept_mode)
             .field("idle_timeout", &self.idle_timeout)
             .field("max_connections", &self.max_connections)
+            .field("when_full", &self.when_full)
             .field("buffer_trim_interval", &self.buffer_trim_interval)
             .field("conn", &self.conn)
             .field("callbacks", &self.callbacks)

@@ -51,7 +51,8 @@ use duo_buffer::BufPool;
 use duo_reactor::{EventLoop, EventLoopThreadPool, LoopHandle, Token};
 use parking_lot::Mutex;
 
-pub use accept::AcceptMode;
+use accept::Admission;
+pub use accept::{AcceptMode, WhenFull};
 pub use builder::ServerBuilder;
 
 use crate::close_reason::CloseReason;
@@ -78,6 +79,11 @@ struct ServerShared {
     io: Vec<Arc<IoCounters>>,
     /// The listening channels: one on the main loop, or one per I/O loop.
     acceptors: Mutex<Vec<(LoopHandle, Token)>>,
+    /// `max_connections` under [`WhenFull::Pause`]: acceptors pause at this many open
+    /// connections, and the close that makes room resumes them.
+    pause_at: Option<u64>,
+    /// Some acceptor paused because the server was full (see [`pause_if_full`]).
+    accept_paused: AtomicBool,
     stopping: AtomicBool,
     /// A graceful shutdown has begun (a second `shutdown` only adds its continuation).
     shutdown_begun: AtomicBool,
@@ -99,12 +105,54 @@ fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
     Arc::new(move |_conn| {
         let c = &shared.counters;
         AcceptCounters::bump(&c.closed);
-        let left = c.active.fetch_sub(1, Ordering::AcqRel) - 1;
+        let left = c.active.fetch_sub(1, Ordering::SeqCst) - 1;
+        if shared.pause_at.is_some_and(|max| left < max)
+            && shared.accept_paused.load(Ordering::SeqCst)
+            && shared.accept_paused.swap(false, Ordering::SeqCst)
+        {
+            resume_accepting(&shared);
+        }
         if left == 0 && shared.shutdown_begun.load(Ordering::Acquire) {
             let s = shared.clone();
             let _ = shared.main.queue_in_loop(move |lp| run_when_empty(lp, &s));
         }
     })
+}
+
+/// After a connection was accepted on a server that pauses when full: whether the
+/// acceptor must stop accepting.
+///
+/// The pause flag and the open count are written and read in opposite orders by this
+/// function (set the flag, read the count) and the close hook (lower the count, read the
+/// flag), all sequentially consistent: either the close sees the flag and resumes the
+/// acceptors, or this sees the lowered count and does not stay paused.
+fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
+    let active = &shared.counters.active;
+    if active.load(Ordering::SeqCst) < max {
+        return Admission::Continue;
+    }
+    shared.accept_paused.store(true, Ordering::SeqCst);
+    if active.load(Ordering::SeqCst) < max && shared.accept_paused.swap(false, Ordering::SeqCst) {
+        // Room was made meanwhile, unseen by the close: wake any acceptor that paused.
+        resume_accepting(shared);
+        return Admission::Continue;
+    }
+    log::debug!(
+        "server {}: {max} connections open; not accepting until one closes",
+        shared.name
+    );
+    Admission::Pause
+}
+
+/// Enables reading on every acceptor again (each on its own loop); a level-triggered
+/// listener then reports the connections that waited.
+fn resume_accepting(shared: &ServerShared) {
+    for (h, token) in shared.acceptors.lock().iter() {
+        let token = *token;
+        let _ = h.queue_in_loop(move |lp| {
+            lp.with_channel(token, |_, ch, _| ch.enable_reading());
+        });
+    }
 }
 
 /// Runs the shutdown continuations if no connection is open (on the main loop).
