@@ -87,6 +87,15 @@ pub(crate) trait Session {
         let _ = (fault, shared);
         false
     }
+
+    /// The server ended the stream (an orderly close: FIN) and the run reconnects on that
+    /// ([`Options::reconnect`]): forget this connection's state and return how many
+    /// requests were outstanding on it. The engine then opens a new connection for the
+    /// session at once.
+    fn on_server_close(&mut self, shared: &mut Self::Shared) -> u64 {
+        let _ = shared;
+        u64::from(self.waiting_since().is_some())
+    }
 }
 
 /// Engine settings.
@@ -98,6 +107,10 @@ pub(crate) struct Options {
     pub(crate) timeout: Duration,
     /// Pause before a failed session connects again (so a refused connect does not spin).
     pub(crate) retry_delay: Duration,
+    /// An orderly close by the server (end of stream) is not a failure: it is counted
+    /// apart ([`Engine::closed_by_server`]) and the session gets a new connection
+    /// (`--reconnect`, for a server that drains its connections on a reload).
+    pub(crate) reconnect: bool,
 }
 
 /// Where a slot is in its life.
@@ -197,6 +210,10 @@ pub(crate) struct Engine<S: Session> {
     done: usize,
     /// The open-file limit was hit: open no more connections.
     fd_exhausted: bool,
+    /// Connections the server closed in an orderly way, with [`Options::reconnect`].
+    server_closed: u64,
+    /// Requests outstanding on those when they closed.
+    unanswered_on_close: u64,
     scratch: Vec<u8>,
     next_sweep: Instant,
 }
@@ -237,6 +254,8 @@ impl<S: Session> Engine<S> {
             open: 0,
             done: 0,
             fd_exhausted: false,
+            server_closed: 0,
+            unanswered_on_close: 0,
             scratch: vec![0; READ_CHUNK],
             next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
@@ -270,6 +289,32 @@ impl<S: Session> Engine<S> {
     /// Whether every slot is either open or finished: no connect under way or to come.
     pub(crate) fn is_settled(&self) -> bool {
         self.queue.is_empty() && self.delayed.is_empty() && self.connecting == 0
+    }
+
+    /// With [`Options::reconnect`]: connections the server closed in an orderly way, and
+    /// the requests that were outstanding on them then.
+    pub(crate) fn closed_by_server(&self) -> (u64, u64) {
+        (self.server_closed, self.unanswered_on_close)
+    }
+
+    /// Calls `f` on the session of slot `idx` if its connection is open, then acts on its
+    /// [`Step`]; returns whether it was open.
+    pub(crate) fn poke(
+        &mut self,
+        idx: usize,
+        f: impl FnOnce(&mut S, &mut Ctx<'_, S::Shared>) -> Step,
+    ) -> bool {
+        if !matches!(self.slots.get(idx).map(|s| s.state), Some(State::Open)) {
+            return false;
+        }
+        let step = self.with_session(idx, |session, _, ctx| f(session, ctx));
+        self.apply(idx, step);
+        true
+    }
+
+    /// Slots (sessions), open or not.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Whether the open-file limit stopped the engine from opening connections.
@@ -438,7 +483,11 @@ impl<S: Session> Engine<S> {
             let conn = self.slots[idx].conn.as_mut().expect("open");
             match conn.stream().read(&mut scratch) {
                 Ok(0) => {
-                    self.fail(idx, Fault::Closed);
+                    if self.opts.reconnect {
+                        self.closed_by_peer(idx);
+                    } else {
+                        self.fail(idx, Fault::Closed);
+                    }
                     break;
                 }
                 Ok(n) => {
@@ -551,6 +600,16 @@ impl<S: Session> Engine<S> {
         }
         slot.conn = None;
         slot.state = State::Pending;
+    }
+
+    /// The server closed slot `idx`'s connection in an orderly way and the run reconnects
+    /// on that: counts it, closes this side and queues a new connect.
+    fn closed_by_peer(&mut self, idx: usize) {
+        let unanswered = self.slots[idx].session.on_server_close(&mut self.shared);
+        self.server_closed += 1;
+        self.unanswered_on_close += unanswered;
+        self.close(idx);
+        self.queue.push_back(idx);
     }
 
     /// Counts `fault`, closes the connection and asks the session whether to retry.
