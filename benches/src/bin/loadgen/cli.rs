@@ -241,7 +241,11 @@ impl Mode {
             // children.
             Mode::Idle(a) => {
                 let setup = a.setup_limit(t);
-                let parent = if a.procs > 1 { margin * 2 } else { Duration::ZERO };
+                let parent = if a.procs > 1 {
+                    margin * 2
+                } else {
+                    Duration::ZERO
+                };
                 setup * 2 + a.hold + a.verify_limit(t) + margin + parent
             }
             Mode::Churn(a) => a.secs + margin,

@@ -451,7 +451,7 @@ impl<S: Session> Engine<S> {
                     }
                 }
                 if ready.is_readable() || ready.is_hup() || ready.is_error() {
-                    self.read(idx);
+                    self.read(idx, ready);
                 }
             }
             State::Pending | State::Done => {}
@@ -472,12 +472,13 @@ impl<S: Session> Engine<S> {
         let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
         // Edge-triggered: bytes that came with the connect edge must be read now.
         if self.apply(idx, step) && ready.is_readable() {
-            self.read(idx);
+            self.read(idx, ready);
         }
     }
 
-    /// Reads until the socket is drained, handing the bytes to the session.
-    fn read(&mut self, idx: usize) {
+    /// Reads until the socket is drained, handing the bytes to the session. `ready` is the
+    /// event that said there is something to read.
+    fn read(&mut self, idx: usize, ready: Ready) {
         let mut scratch = std::mem::take(&mut self.scratch);
         loop {
             let conn = self.slots[idx].conn.as_mut().expect("open");
@@ -494,8 +495,10 @@ impl<S: Session> Engine<S> {
                     if !self.deliver(idx, &scratch[..n]) {
                         break;
                     }
-                    // A short read proves the receive queue empty (no extra read for EAGAIN).
-                    if n < scratch.len() {
+                    // A short read proves the receive queue empty (no extra read for EAGAIN),
+                    // unless the peer's FIN came with the data: the end of the stream is then
+                    // still to be read, and being edge-triggered, no new event would say so.
+                    if n < scratch.len() && !ready.is_read_hup() {
                         break;
                     }
                 }

@@ -206,7 +206,9 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     let mut state = Children::new(procs, lines);
 
     // 1. Every child opens its connections and says `held N`.
-    state.collect_until(start + setup + MARGIN, |c| c.held.iter().all(Option::is_some));
+    state.collect_until(start + setup + MARGIN, |c| {
+        c.held.iter().all(Option::is_some)
+    });
     let connect = start.elapsed();
     if let Some(i) = (0..procs).find(|&i| state.held[i].is_none()) {
         let why = if state.ended[i] {
@@ -245,7 +247,9 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
         }
     }
     let verify_limit = args.verify_limit(env.timeout) + MARGIN;
-    state.collect_until(Instant::now() + verify_limit, |c| c.ended.iter().all(|&e| e));
+    state.collect_until(Instant::now() + verify_limit, |c| {
+        c.ended.iter().all(|&e| e)
+    });
     let statuses = reap(Instant::now() + MARGIN);
 
     report.connect_secs = Some(connect.as_secs_f64());
@@ -416,7 +420,9 @@ fn aggregate(
     for (i, r) in reports.iter().enumerate() {
         let code = codes.get(i).copied().flatten();
         let Some(r) = r else {
-            failed.push(format!("process {i} printed no report (exit code {code:?})"));
+            failed.push(format!(
+                "process {i} printed no report (exit code {code:?})"
+            ));
             continue;
         };
         established += r.established.unwrap_or(0);
@@ -425,9 +431,9 @@ fn aggregate(
         report.fd_limit = report.fd_limit.max(r.fd_limit);
         for (name, &n) in &r.errors {
             let kind = Fault::from_name(name).unwrap_or_else(|| {
-                report
-                    .notes
-                    .push(format!("process {i}: unknown error kind `{name}` counted as io"));
+                report.notes.push(format!(
+                    "process {i}: unknown error kind `{name}` counted as io"
+                ));
                 Fault::Io
             });
             report.errors.add(kind, n);
