@@ -112,6 +112,11 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
                 gate.stop();
                 return;
             }
+            // What `cargo xtask scale` waits for before it samples memory.
+            eprintln!(
+                "loadgen idle: holding {} connections in 1 process",
+                confirmed_at_hold.load(Ordering::Acquire)
+            );
             let hold_end = hold_start + args.hold;
             // Sample through the hold; the last sample (at its end) is the one reported.
             loop {
