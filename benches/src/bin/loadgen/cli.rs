@@ -266,11 +266,11 @@ impl IdleArgs {
             .unwrap_or_else(|| timeout + Duration::from_secs_f64(self.conns as f64 / MIN_RATE))
     }
 
-    /// How long the final verification may last: `timeout` plus 1 s per [`MIN_RATE`]
-    /// connections of this process.
+    /// How long the final verification may last: as long as the connect phase (the
+    /// processes of `--procs` verify all at once, as they connected: the server answers
+    /// them all).
     pub(crate) fn verify_limit(&self, timeout: Duration) -> Duration {
-        let mine = self.conns.div_ceil(self.procs);
-        timeout + Duration::from_secs_f64(mine as f64 / MIN_RATE)
+        self.setup_limit(timeout)
     }
 }
 
