@@ -279,11 +279,14 @@ fn run_scale(bins: &Bins, plan: &Plan, logs: &Path, json: bool) -> Result<Outcom
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
+    let log = logs.join("loadgen.log");
+    let log_file =
+        File::create(&log).map_err(|e| Failure::Run(format!("{}: {e}", log.display())))?;
     let mut child = cmd
         .spawn()
         .map_err(|e| Failure::Run(format!("cannot start loadgen: {e}")))?;
     let loadgen_pid = child.id();
-    let holding = forward_stderr(&mut child, &logs.join("loadgen.log"))?;
+    let holding = forward_stderr(&mut child, log_file);
     // Connecting takes at most loadgen's connect phase; it says when it holds.
     let setup = Duration::from_secs(LOADGEN_TIMEOUT + 30) + Duration::from_secs(plan.conns / 5_000);
     let mut sample_errors = Vec::new();
@@ -298,7 +301,7 @@ fn run_scale(bins: &Bins, plan: &Plan, logs: &Path, json: bool) -> Result<Outcom
         }
         Err(_) => sample_errors.push(format!(
             "loadgen never said it was holding its connections (see {})",
-            logs.join("loadgen.log").display()
+            log.display()
         )),
     }
     let bound = setup * 2 + Duration::from_secs_f64(plan.hold) + Duration::from_secs(60);
@@ -334,19 +337,13 @@ fn keep<T>(r: Result<T, String>, errors: &mut Vec<String>) -> Option<T> {
     r.map_err(|e| errors.push(e)).ok()
 }
 
-/// Copies the child's stderr to `log` on a thread; the receiver gets the line saying
+/// Copies the child's stderr to `file` on a thread; the receiver gets the line saying
 /// that the connections are held.
-fn forward_stderr(
-    child: &mut std::process::Child,
-    log: &Path,
-) -> Result<mpsc::Receiver<String>, Failure> {
-    let mut file =
-        File::create(log).map_err(|e| Failure::Run(format!("{}: {e}", log.display())))?;
-    let stderr = child
-        .stderr
-        .take()
-        .ok_or_else(|| Failure::Run("loadgen has no stderr pipe".into()))?;
+fn forward_stderr(child: &mut std::process::Child, mut file: File) -> mpsc::Receiver<String> {
     let (tx, rx) = mpsc::channel();
+    let Some(stderr) = child.stderr.take() else {
+        return rx; // not piped: the sender is gone, so nobody waits for the line
+    };
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines() {
             let Ok(line) = line else { break };
@@ -356,7 +353,7 @@ fn forward_stderr(
             }
         }
     });
-    Ok(rx)
+    rx
 }
 
 impl Outcome {

@@ -365,7 +365,13 @@ impl Children {
                         return;
                     }
                 }
-                Err(RecvTimeoutError::Timeout | RecvTimeoutError::Disconnected) => return,
+                Err(RecvTimeoutError::Timeout) => return,
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Every child's stdout has ended: nothing more will come; the wait is
+                    // still a wait (the hold goes on), not a spin.
+                    std::thread::sleep(deadline.saturating_duration_since(Instant::now()));
+                    return;
+                }
             }
             if done(self) {
                 return;
