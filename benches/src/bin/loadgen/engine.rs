@@ -111,6 +111,13 @@ pub(crate) struct Options {
     /// apart ([`Engine::closed_by_server`]) and the session gets a new connection
     /// (`--reconnect`, for a server that drains its connections on a reload).
     pub(crate) reconnect: bool,
+    /// A new connection counts against [`Options::max_connecting`] until its session
+    /// first awaits no reply ([`Session::waiting_since`] is `None`: `idle`'s probe came
+    /// back), not only until the connect completes. The kernel completes handshakes
+    /// whether or not the server accepts, so without this a slow server's accept queue
+    /// fills with connections whose probes then time out; with it, connections are opened
+    /// as fast as the server confirms them.
+    pub(crate) budget_until_reply: bool,
 }
 
 /// Where a slot is in its life.
@@ -189,6 +196,8 @@ struct Slot<S> {
     generation: u32,
     state: State,
     conn: Option<Conn>,
+    /// Open, counted in [`Engine::awaiting`] until its first reply.
+    awaiting_first: bool,
 }
 
 /// Client connections driven by one epoll instance on the calling thread.
@@ -206,6 +215,9 @@ pub(crate) struct Engine<S: Session> {
     /// Slots to connect again once the time has come.
     delayed: Vec<(Instant, usize)>,
     connecting: usize,
+    /// Open connections still awaiting their first reply, with
+    /// [`Options::budget_until_reply`].
+    awaiting: usize,
     open: usize,
     done: usize,
     /// The open-file limit was hit: open no more connections.
@@ -235,6 +247,7 @@ impl<S: Session> Engine<S> {
                 generation: 0,
                 state: State::Pending,
                 conn: None,
+                awaiting_first: false,
             })
             .collect();
         Ok(Engine {
@@ -251,6 +264,7 @@ impl<S: Session> Engine<S> {
             faults: Faults::default(),
             delayed: Vec::new(),
             connecting: 0,
+            awaiting: 0,
             open: 0,
             done: 0,
             fd_exhausted: false,
@@ -392,7 +406,7 @@ impl<S: Session> Engine<S> {
                 i += 1;
             }
         }
-        while self.connecting < self.opts.max_connecting {
+        while self.connecting + self.awaiting < self.opts.max_connecting {
             let Some(idx) = self.queue.pop_front() else {
                 break;
             };
@@ -469,6 +483,10 @@ impl<S: Session> Engine<S> {
         self.connecting -= 1;
         self.open += 1;
         self.slots[idx].state = State::Open;
+        if self.opts.budget_until_reply {
+            self.slots[idx].awaiting_first = true;
+            self.awaiting += 1;
+        }
         let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
         // Edge-triggered: bytes that came with the connect edge must be read now.
         if self.apply(idx, step) && ready.is_readable() {
@@ -558,7 +576,14 @@ impl<S: Session> Engine<S> {
             }
         });
         match result {
-            Ok((_, step)) => self.apply(idx, step),
+            Ok((_, step)) => {
+                let slot = &mut self.slots[idx];
+                if slot.awaiting_first && slot.session.waiting_since().is_none() {
+                    slot.awaiting_first = false;
+                    self.awaiting -= 1;
+                }
+                self.apply(idx, step)
+            }
             Err(fault) => {
                 self.fail(idx, fault);
                 false
@@ -600,6 +625,10 @@ impl<S: Session> Engine<S> {
             State::Connecting(_) => self.connecting -= 1,
             State::Open => self.open -= 1,
             State::Pending | State::Done => {}
+        }
+        if slot.awaiting_first {
+            slot.awaiting_first = false;
+            self.awaiting -= 1;
         }
         slot.conn = None;
         slot.state = State::Pending;

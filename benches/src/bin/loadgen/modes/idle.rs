@@ -1,6 +1,8 @@
 //! `idle`: many open, quiet connections, and what they cost the server in memory.
 //!
-//! Connections are opened with non-blocking connects, `--batch` in flight per thread, from
+//! Connections are opened with non-blocking connects, `--batch` in flight per thread (a
+//! connection is in flight until its probe comes back, so a slow server is not buried under
+//! connections it has not accepted yet, see [`Options::budget_until_reply`]), from
 //! source addresses 127.0.0.2, 127.0.0.3, ... (`--per-source` connections each at most), each
 //! bound before the connect with port 0. Why at most 10 000 per address by default: to pick
 //! a port for `bind`, Linux searches the odd half of the ephemeral range (about 14 000
@@ -29,7 +31,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::IdleArgs;
-use crate::engine::{Ctx, Engine, Session, Step};
+use crate::engine::{Ctx, Engine, Options, Session, Step};
 use crate::fault::{Fault, Faults};
 use crate::host::rss_kib;
 use crate::modes::{merge_all, Env, Part};
@@ -232,12 +234,11 @@ fn worker(
 ) -> io::Result<IdleTally> {
     let sessions = env.sessions(part, IdleSession::new);
     let mine = sessions.len() as u64;
-    let mut engine = Engine::new(
-        env.target,
-        sessions,
-        Shared::default(),
-        env.options(phases.batch),
-    )?;
+    let opts = Options {
+        budget_until_reply: true,
+        ..env.options(phases.batch)
+    };
+    let mut engine = Engine::new(env.target, sessions, Shared::default(), opts)?;
     let connect_deadline = phases.connect_deadline;
     while engine.shared().confirmed + (engine.done_count() as u64) < mine
         && Instant::now() < connect_deadline

@@ -83,6 +83,7 @@ impl Env {
             timeout: self.timeout,
             retry_delay: Duration::from_millis(10),
             reconnect: self.reconnect,
+            budget_until_reply: false,
         }
     }
 
