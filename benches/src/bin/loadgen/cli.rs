@@ -117,7 +117,9 @@ pub(crate) struct IdleArgs {
     /// Seconds to hold the connections once they are open.
     #[arg(long, default_value = "5", value_parser = parse_secs_or_zero, value_name = "SECS")]
     pub(crate) hold: Duration,
-    /// The server's process id: sample its VmRSS before connecting and while holding.
+    /// The server's process id: sample its VmRSS before connecting and while holding (that
+    /// process alone: for a server of several processes, `cargo xtask scale` sums the
+    /// whole process tree).
     #[arg(long)]
     pub(crate) pid: Option<u32>,
     /// Connects (and final verification probes) in flight at most, per thread [default:
