@@ -269,7 +269,7 @@ impl Report {
             let unanswered = self.unanswered_on_close.unwrap_or(0);
             line(
                 &mut s,
-                "server closed",
+                "server FIN",
                 format!("{n} connections (reopened; {unanswered} requests unanswered on them)"),
             );
         }
