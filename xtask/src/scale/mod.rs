@@ -7,8 +7,10 @@
 //!    `fs.nr_open`, `net.ipv4.ip_local_port_range`, `net.core.somaxconn` and the
 //!    connection-tracking table. If one of them does not allow N connections the run does
 //!    not start: the message names it and the largest N it allows (exit status 1).
-//! 2. **Plan**: K server worker processes and P load generator processes, each holding
-//!    at most its hard open-file limit less a margin (19 000 under 20 000), unless given.
+//! 2. **Plan**: P load generator processes, each holding at most its hard open-file limit
+//!    less a margin (19 000 under 20 000), and K server worker processes planned 80 % full
+//!    (15 200 each: they share an accept queue, so their shares need not be equal), unless
+//!    given.
 //! 3. **Run**: builds the release `echo` and `loadgen` (like `cargo xtask bench`), starts
 //!    `echo serve --io-threads 0 --listen 127.0.0.1:0` (with `--processes K` when K > 1),
 //!    samples the baseline (the server's process tree, the kernel), runs `loadgen idle
@@ -50,6 +52,11 @@ const QUICK_HOLD: f64 = 2.0;
 pub(super) const SETTLE: Duration = Duration::from_millis(300);
 /// How long the server may take to exit after SIGTERM.
 pub(super) const STOP_GRACE: Duration = Duration::from_secs(30);
+/// How full (of its per-process share) a server worker is planned to be by default. The
+/// load generator splits its connections exactly; the server's workers share one accept
+/// queue and need not take equal shares, so each gets headroom: 100 000 connections go to
+/// 7 workers, not 6.
+const SERVER_FILL_PERCENT: u64 = 80;
 /// `loadgen`'s `--timeout`.
 pub(super) const LOADGEN_TIMEOUT: u64 = 10;
 
@@ -110,8 +117,12 @@ pub(crate) fn scale(args: ScaleArgs) -> Result<(), Failure> {
     let per_proc = host.conns_per_process();
     let plan = Plan {
         conns,
-        server_procs: args.processes.unwrap_or(conns.div_ceil(per_proc)),
-        loadgen_procs: args.procs.unwrap_or(conns.div_ceil(per_proc)),
+        server_procs: args
+            .processes
+            .unwrap_or_else(|| default_processes(conns, per_proc).0),
+        loadgen_procs: args
+            .procs
+            .unwrap_or_else(|| default_processes(conns, per_proc).1),
         hold,
     };
     say(
@@ -137,6 +148,16 @@ pub(crate) fn scale(args: ScaleArgs) -> Result<(), Failure> {
         problems if problems.is_empty() => Ok(()),
         problems => Err(Failure::Run(problems.join("; "))),
     }
+}
+
+/// The default `(server workers, load generator processes)` for `conns` connections when
+/// one process may hold `per_proc`.
+fn default_processes(conns: u64, per_proc: u64) -> (u64, u64) {
+    let server_share = (per_proc * SERVER_FILL_PERCENT / 100).max(1);
+    (
+        conns.div_ceil(server_share),
+        conns.div_ceil(per_proc.max(1)),
+    )
 }
 
 /// Progress: on stdout, or on stderr when stdout is for the JSON line.
@@ -229,5 +250,17 @@ fn check_processes_flag(bins: &Bins, plan: &Plan, per_proc: u64) -> Result<(), F
              per process), but this echo has no `serve --processes`; use --conns {} or less",
             plan.conns, plan.server_procs, per_proc, per_proc
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::default_processes;
+
+    #[test]
+    fn processes_follow_the_per_process_limit() {
+        assert_eq!(default_processes(15_000, 19_000), (1, 1));
+        assert_eq!(default_processes(100_000, 19_000), (7, 6));
+        assert_eq!(default_processes(1_000_000, 19_000), (66, 53));
     }
 }
