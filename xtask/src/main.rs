@@ -7,6 +7,9 @@
 //!   server (see [`mod@bench`]), and writes `target/bench/report.{md,json}` and SVG charts.
 //! - `soak [--quick] [--secs N]`: the echo and bank servers under long mixed and hostile
 //!   load (see [`mod@soak`]).
+//! - `scale --conns N [--quick] [--processes K] [--procs P] [--hold SECS] [--json]`: checks
+//!   the host's limits, then has duo's echo server hold N idle connections and reports what
+//!   each costs in memory (see [`mod@scale`]).
 //! - `ci`: runs `.ci/run`, the same checks CI runs.
 //!
 //! Shared by bench and soak: [`mod@report`] (machine description, markdown tables, SVG
@@ -20,6 +23,7 @@ use clap::{Parser, Subcommand};
 mod bench;
 mod process;
 mod report;
+mod scale;
 mod soak;
 
 /// Project automation for duo.
@@ -38,6 +42,9 @@ enum Cmd {
     /// Echo and bank servers under mixed and hostile load, sampled every second; fails on
     /// crashes, leaks, lost money.
     Soak(soak::SoakArgs),
+    /// Checks the host's limits, then has the echo server hold N idle connections (K server
+    /// processes, P load generator processes) and reports the memory each costs.
+    Scale(scale::ScaleArgs),
     /// Run .ci/run, the checks CI runs.
     Ci,
 }
@@ -51,6 +58,7 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Soak(args) => soak::soak(args),
+        Cmd::Scale(args) => scale::scale(args),
         Cmd::Ci => run(Command::new("bash").arg(root().join(".ci/run"))),
     };
     match result {

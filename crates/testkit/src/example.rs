@@ -1,4 +1,4 @@
-//! A Cargo example of the workspace, as a binary a test can run.
+//! A Cargo example (or binary) of the workspace, as a program a test can run.
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
@@ -21,9 +21,37 @@ const BUILD: Duration = Duration::from_secs(300);
 /// directory, with a deadline. Without cargo (a test binary run by hand elsewhere) an
 /// existing binary will do.
 pub fn example_binary(package: &str, name: &str) -> PathBuf {
+    built_binary(package, Target::Example, name)
+}
+
+/// The binary target `name` of package `package` (an app such as `echo`, from a test of
+/// another package), brought up to date once per test process like [`example_binary`]:
+/// `target/PROFILE/deps/TEST-HASH` -> `target/PROFILE/NAME`.
+pub fn package_binary(package: &str, name: &str) -> PathBuf {
+    built_binary(package, Target::Bin, name)
+}
+
+/// What kind of Cargo target is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Target {
+    Example,
+    Bin,
+}
+
+impl Target {
+    /// The `cargo build` option that selects it.
+    fn option(self) -> &'static str {
+        match self {
+            Target::Example => "--example",
+            Target::Bin => "--bin",
+        }
+    }
+}
+
+fn built_binary(package: &str, target: Target, name: &str) -> PathBuf {
     static BUILT: Mutex<Option<HashMap<String, PathBuf>>> = Mutex::new(None);
     let mut built = BUILT.lock().unwrap_or_else(PoisonError::into_inner);
-    let key = format!("{package}/{name}");
+    let key = format!("{package}/{}/{name}", target.option());
     if let Some(binary) = built.get_or_insert_with(HashMap::new).get(&key) {
         return binary.clone();
     }
@@ -32,10 +60,12 @@ pub fn example_binary(package: &str, name: &str) -> PathBuf {
         .parent()
         .and_then(Path::parent)
         .expect("the test binary lives in target/PROFILE/deps");
-    let binary = profile_dir
-        .join("examples")
-        .join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
-    build(package, name, profile_dir, &binary);
+    let dir = match target {
+        Target::Example => profile_dir.join("examples"),
+        Target::Bin => profile_dir.to_path_buf(),
+    };
+    let binary = dir.join(format!("{name}{}", std::env::consts::EXE_SUFFIX));
+    build(package, target, name, profile_dir, &binary);
     assert!(binary.exists(), "{} was not built", binary.display());
     built
         .get_or_insert_with(HashMap::new)
@@ -43,11 +73,11 @@ pub fn example_binary(package: &str, name: &str) -> PathBuf {
     binary
 }
 
-/// `cargo build --example NAME -p PACKAGE` into `profile_dir`, with a deadline.
-fn build(package: &str, name: &str, profile_dir: &Path, binary: &Path) {
+/// `cargo build --example NAME -p PACKAGE` (or `--bin`) into `profile_dir`, with a deadline.
+fn build(package: &str, target: Target, name: &str, profile_dir: &Path, binary: &Path) {
     let mut cargo = Command::new(env!("CARGO"));
     cargo
-        .args(["build", "--quiet", "--example", name, "-p", package])
+        .args(["build", "--quiet", target.option(), name, "-p", package])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null());
     match profile_dir.file_name().and_then(|n| n.to_str()) {
@@ -72,12 +102,19 @@ fn build(package: &str, name: &str, profile_dir: &Path, binary: &Path) {
             eprintln!("cannot run cargo ({e}); using {}", binary.display());
             return;
         }
-        Err(e) => panic!("cannot run cargo to build the {name} example: {e}"),
+        Err(e) => panic!("cannot run cargo to build {name}: {e}"),
     };
     let Some(status) = wait_child_within(&mut child, BUILD) else {
         let _ = child.kill();
         let _ = child.wait();
-        panic!("cargo build --example {name} did not finish in {BUILD:?}");
+        panic!(
+            "cargo build {} {name} did not finish in {BUILD:?}",
+            target.option()
+        );
     };
-    assert!(status.success(), "cargo build --example {name}: {status}");
+    assert!(
+        status.success(),
+        "cargo build {} {name}: {status}",
+        target.option()
+    );
 }

@@ -15,8 +15,8 @@
 //!   polls with a deadline instead of sleeping on a guess or blocking forever.
 //! - [`run_within`], [`finish_within`] (giving a [`Finished`]): a command run to completion
 //!   with a deadline, its output collected; [`send_signal`] to a process by PID.
-//! - [`example_binary`]: a Cargo example of the workspace, built (once per test process)
-//!   and located next to the running test binary.
+//! - [`example_binary`], [`package_binary`]: a Cargo example or binary of the workspace,
+//!   built (once per test process) and located next to the running test binary.
 //! - [`Rng`], [`random_bytes`]: a small seeded PRNG (xorshift64* seeded through splitmix64)
 //!   for reproducible test data and load, without the `rand` crate.
 //! - [`nonblocking_pair`]: a connected, non-blocking `AF_UNIX` stream pair.
@@ -44,7 +44,7 @@ mod wait;
 pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
 pub use cpu::{clock_ticks_per_second, cpu_time};
-pub use example::example_binary;
+pub use example::{example_binary, package_binary};
 pub use process::{finish_within, run_within, send_signal, wait_child_within, Finished};
 pub use rng::{random_bytes, Rng};
 pub use socket::nonblocking_pair;

@@ -92,6 +92,31 @@ pub struct LoadgenJson {
     /// `(rss_hold - rss_before) / established`, bytes.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub rss_per_conn_bytes: Option<f64>,
+    /// `idle`: connections that echoed a second probe at the end of the hold (every
+    /// connection still works after being held).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verified_end: Option<u64>,
+    /// `idle`: seconds the verification at the end of the hold took.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verify_secs: Option<f64>,
+    /// `idle`: connections established and confirmed per second of the connect phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub setup_per_sec: Option<f64>,
+    /// `idle --procs P`: the load generator processes the connections were spread over.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub procs: Option<u64>,
+    /// `idle --procs P`: the summed VmRSS of the load generator's processes while holding,
+    /// KiB.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub loadgen_rss_kib: Option<u64>,
+    /// `--reconnect`: connections the server closed in an orderly way (end of stream), each
+    /// replaced by a new one; not errors.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub server_closed: Option<u64>,
+    /// `--reconnect`: requests that were outstanding on those connections when the end of
+    /// stream came (sent, never answered).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unanswered_on_close: Option<u64>,
     /// Bank accounts.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accounts: Option<u64>,
@@ -182,6 +207,27 @@ mod tests {
         let back = LoadgenJson::find_in(&format!("noise\n{line}\n")).unwrap();
         assert_eq!(back, r);
         assert_eq!(back.work(), Some(10));
+    }
+
+    #[test]
+    fn parses_the_reconnect_and_multi_process_fields() {
+        let line = r#"{"mode":"rr","errors":{},"error_total":0,"verification_failed":false,"server_closed":7,"unanswered_on_close":3,"procs":4,"verified_end":398,"verify_secs":0.25,"setup_per_sec":1234.5,"loadgen_rss_kib":8192}"#;
+        let r = LoadgenJson::find_in(line).unwrap();
+        assert_eq!(r.server_closed, Some(7));
+        assert_eq!(r.unanswered_on_close, Some(3));
+        assert_eq!(r.procs, Some(4));
+        assert_eq!(r.verified_end, Some(398));
+        assert_eq!(r.verify_secs, Some(0.25));
+        assert_eq!(r.setup_per_sec, Some(1234.5));
+        assert_eq!(r.loadgen_rss_kib, Some(8192));
+        // Absent without --reconnect, and not printed then.
+        let plain = LoadgenJson {
+            mode: "rr".into(),
+            ..LoadgenJson::default()
+        };
+        assert_eq!(plain.server_closed, None);
+        assert!(!plain.to_line().contains("server_closed"));
+        assert_eq!(LoadgenJson::find_in(&plain.to_line()).unwrap(), plain);
     }
 
     #[test]

@@ -85,6 +85,12 @@ pub(crate) struct EchoArgs {
     /// Length of the measured phase, in seconds (a hard bound).
     #[arg(long, default_value = "5", value_parser = parse_secs, value_name = "SECS")]
     pub(crate) secs: Duration,
+    /// An orderly close by the server (end of stream, FIN) is not an error: it is counted
+    /// as `server_closed` (and the requests then outstanding on the connection as
+    /// `unanswered_on_close`) and the connection is reopened at once. For a server that
+    /// drains its connections on a reload. Refused, reset, timeout and mismatch stay errors.
+    #[arg(long)]
+    pub(crate) reconnect: bool,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -95,22 +101,43 @@ pub(crate) struct IdleArgs {
     /// The echo server (loopback only).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) addr: String,
-    /// Connections to open.
+    /// Connections to open (in all, over the `--procs` processes).
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     pub(crate) conns: u64,
+    /// Processes to spread the connections over: with more than 1, this process starts P
+    /// children of its own binary, each opening its share of CONNS from source addresses
+    /// of its own, and sums their reports. Each process needs a descriptor per connection,
+    /// so CONNS / P must fit under the open-file limit (`ulimit -Hn`).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u64).range(1..=1_000))]
+    pub(crate) procs: u64,
+    /// The longest the connect phase may last [default: --timeout plus 1 s per 5 000
+    /// connections of the whole run].
+    #[arg(long, value_parser = parse_secs, value_name = "SECS")]
+    pub(crate) setup_secs: Option<Duration>,
     /// Seconds to hold the connections once they are open.
     #[arg(long, default_value = "5", value_parser = parse_secs_or_zero, value_name = "SECS")]
     pub(crate) hold: Duration,
-    /// The server's process id: sample its VmRSS before connecting and while holding.
+    /// The server's process id: sample its VmRSS before connecting and while holding (that
+    /// process alone: for a server of several processes, `cargo xtask scale` sums the
+    /// whole process tree).
     #[arg(long)]
     pub(crate) pid: Option<u32>,
-    /// Connects in flight at most, per thread.
-    #[arg(long, default_value_t = 256, value_parser = clap::value_parser!(u64).range(1..=100_000))]
-    pub(crate) batch: u64,
+    /// Connects (and final verification probes) in flight at most, per thread [default:
+    /// 256; with --procs, 2048 over all processes and threads, at least 16 each].
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    pub(crate) batch: Option<u64>,
     /// Connections per source address (127.0.0.2, 127.0.0.3, ...), at most. Above ~14 000
     /// the kernel's choice of a local port slows down sharply.
     #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=28_000))]
     pub(crate) per_source: u64,
+    /// (Internal: a child of `--procs`.) Print `held N` on stdout once the connections are
+    /// open, hold them until a line arrives on stdin, then verify them; exit at once if
+    /// stdin ends first (the parent is gone).
+    #[arg(long, hide = true)]
+    pub(crate) child: bool,
+    /// (Internal, with `--child`.) The index of this process's first source address.
+    #[arg(long, hide = true, default_value_t = 0)]
+    pub(crate) source_base: u64,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -133,6 +160,12 @@ pub(crate) struct ChurnArgs {
     /// Source addresses to spread the connections over (127.0.0.2, 127.0.0.3, ...).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=250))]
     pub(crate) sources: u64,
+    /// An orderly close by the server (end of stream, FIN) is not an error: it is counted
+    /// as `server_closed` (and the requests then outstanding on the connection as
+    /// `unanswered_on_close`) and the connection is reopened at once. For a server that
+    /// drains its connections on a reload. Refused, reset, timeout and mismatch stay errors.
+    #[arg(long)]
+    pub(crate) reconnect: bool,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -205,11 +238,41 @@ impl Mode {
         let t = self.common().timeout;
         match self {
             Mode::Pingpong(a) | Mode::Rr(a) => a.secs + t + margin,
-            Mode::Idle(a) => a.hold + t + margin,
+            // Connecting, waiting for the other processes to connect (--procs), the hold,
+            // the final verification; a parent of --procs waits a little longer than its
+            // children.
+            Mode::Idle(a) => {
+                let setup = a.setup_limit(t);
+                let parent = if a.procs > 1 {
+                    margin * 2
+                } else {
+                    Duration::ZERO
+                };
+                setup * 2 + a.hold + a.verify_limit(t) + margin + parent
+            }
             Mode::Churn(a) => a.secs + margin,
             // Set-up, logins, the drain of outstanding transfers, the balance check.
             Mode::Bank(a) => a.secs + t * 4 + margin,
         }
+    }
+}
+
+/// Connections per second that the default limits of `idle`'s phases assume at least.
+const MIN_RATE: f64 = 5_000.0;
+
+impl IdleArgs {
+    /// How long the connect phase may last: `--setup-secs`, or `timeout` plus 1 s per
+    /// [`MIN_RATE`] connections of the whole run.
+    pub(crate) fn setup_limit(&self, timeout: Duration) -> Duration {
+        self.setup_secs
+            .unwrap_or_else(|| timeout + Duration::from_secs_f64(self.conns as f64 / MIN_RATE))
+    }
+
+    /// How long the final verification may last: as long as the connect phase (the
+    /// processes of `--procs` verify all at once, as they connected: the server answers
+    /// them all).
+    pub(crate) fn verify_limit(&self, timeout: Duration) -> Duration {
+        self.setup_limit(timeout)
     }
 }
 

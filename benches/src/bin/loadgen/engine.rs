@@ -87,6 +87,15 @@ pub(crate) trait Session {
         let _ = (fault, shared);
         false
     }
+
+    /// The server ended the stream (an orderly close: FIN) and the run reconnects on that
+    /// ([`Options::reconnect`]): forget this connection's state and return how many
+    /// requests were outstanding on it. The engine then opens a new connection for the
+    /// session at once.
+    fn on_server_close(&mut self, shared: &mut Self::Shared) -> u64 {
+        let _ = shared;
+        u64::from(self.waiting_since().is_some())
+    }
 }
 
 /// Engine settings.
@@ -98,6 +107,17 @@ pub(crate) struct Options {
     pub(crate) timeout: Duration,
     /// Pause before a failed session connects again (so a refused connect does not spin).
     pub(crate) retry_delay: Duration,
+    /// An orderly close by the server (end of stream) is not a failure: it is counted
+    /// apart ([`Engine::closed_by_server`]) and the session gets a new connection
+    /// (`--reconnect`, for a server that drains its connections on a reload).
+    pub(crate) reconnect: bool,
+    /// A new connection counts against [`Options::max_connecting`] until its session
+    /// first awaits no reply ([`Session::waiting_since`] is `None`: `idle`'s probe came
+    /// back), not only until the connect completes. The kernel completes handshakes
+    /// whether or not the server accepts, so without this a slow server's accept queue
+    /// fills with connections whose probes then time out; with it, connections are opened
+    /// as fast as the server confirms them.
+    pub(crate) budget_until_reply: bool,
 }
 
 /// Where a slot is in its life.
@@ -176,6 +196,8 @@ struct Slot<S> {
     generation: u32,
     state: State,
     conn: Option<Conn>,
+    /// Open, counted in [`Engine::awaiting`] until its first reply.
+    awaiting_first: bool,
 }
 
 /// Client connections driven by one epoll instance on the calling thread.
@@ -193,10 +215,17 @@ pub(crate) struct Engine<S: Session> {
     /// Slots to connect again once the time has come.
     delayed: Vec<(Instant, usize)>,
     connecting: usize,
+    /// Open connections still awaiting their first reply, with
+    /// [`Options::budget_until_reply`].
+    awaiting: usize,
     open: usize,
     done: usize,
     /// The open-file limit was hit: open no more connections.
     fd_exhausted: bool,
+    /// Connections the server closed in an orderly way, with [`Options::reconnect`].
+    server_closed: u64,
+    /// Requests outstanding on those when they closed.
+    unanswered_on_close: u64,
     scratch: Vec<u8>,
     next_sweep: Instant,
 }
@@ -218,6 +247,7 @@ impl<S: Session> Engine<S> {
                 generation: 0,
                 state: State::Pending,
                 conn: None,
+                awaiting_first: false,
             })
             .collect();
         Ok(Engine {
@@ -234,9 +264,12 @@ impl<S: Session> Engine<S> {
             faults: Faults::default(),
             delayed: Vec::new(),
             connecting: 0,
+            awaiting: 0,
             open: 0,
             done: 0,
             fd_exhausted: false,
+            server_closed: 0,
+            unanswered_on_close: 0,
             scratch: vec![0; READ_CHUNK],
             next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
@@ -270,6 +303,32 @@ impl<S: Session> Engine<S> {
     /// Whether every slot is either open or finished: no connect under way or to come.
     pub(crate) fn is_settled(&self) -> bool {
         self.queue.is_empty() && self.delayed.is_empty() && self.connecting == 0
+    }
+
+    /// With [`Options::reconnect`]: connections the server closed in an orderly way, and
+    /// the requests that were outstanding on them then.
+    pub(crate) fn closed_by_server(&self) -> (u64, u64) {
+        (self.server_closed, self.unanswered_on_close)
+    }
+
+    /// Calls `f` on the session of slot `idx` if its connection is open, then acts on its
+    /// [`Step`]; returns whether it was open.
+    pub(crate) fn poke(
+        &mut self,
+        idx: usize,
+        f: impl FnOnce(&mut S, &mut Ctx<'_, S::Shared>) -> Step,
+    ) -> bool {
+        if !matches!(self.slots.get(idx).map(|s| s.state), Some(State::Open)) {
+            return false;
+        }
+        let step = self.with_session(idx, |session, _, ctx| f(session, ctx));
+        self.apply(idx, step);
+        true
+    }
+
+    /// Slots (sessions), open or not.
+    pub(crate) fn slot_count(&self) -> usize {
+        self.slots.len()
     }
 
     /// Whether the open-file limit stopped the engine from opening connections.
@@ -347,7 +406,7 @@ impl<S: Session> Engine<S> {
                 i += 1;
             }
         }
-        while self.connecting < self.opts.max_connecting {
+        while self.connecting + self.awaiting < self.opts.max_connecting {
             let Some(idx) = self.queue.pop_front() else {
                 break;
             };
@@ -406,7 +465,7 @@ impl<S: Session> Engine<S> {
                     }
                 }
                 if ready.is_readable() || ready.is_hup() || ready.is_error() {
-                    self.read(idx);
+                    self.read(idx, ready);
                 }
             }
             State::Pending | State::Done => {}
@@ -424,29 +483,40 @@ impl<S: Session> Engine<S> {
         self.connecting -= 1;
         self.open += 1;
         self.slots[idx].state = State::Open;
+        if self.opts.budget_until_reply {
+            self.slots[idx].awaiting_first = true;
+            self.awaiting += 1;
+        }
         let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
         // Edge-triggered: bytes that came with the connect edge must be read now.
         if self.apply(idx, step) && ready.is_readable() {
-            self.read(idx);
+            self.read(idx, ready);
         }
     }
 
-    /// Reads until the socket is drained, handing the bytes to the session.
-    fn read(&mut self, idx: usize) {
+    /// Reads until the socket is drained, handing the bytes to the session. `ready` is the
+    /// event that said there is something to read.
+    fn read(&mut self, idx: usize, ready: Ready) {
         let mut scratch = std::mem::take(&mut self.scratch);
         loop {
             let conn = self.slots[idx].conn.as_mut().expect("open");
             match conn.stream().read(&mut scratch) {
                 Ok(0) => {
-                    self.fail(idx, Fault::Closed);
+                    if self.opts.reconnect {
+                        self.closed_by_peer(idx);
+                    } else {
+                        self.fail(idx, Fault::Closed);
+                    }
                     break;
                 }
                 Ok(n) => {
                     if !self.deliver(idx, &scratch[..n]) {
                         break;
                     }
-                    // A short read proves the receive queue empty (no extra read for EAGAIN).
-                    if n < scratch.len() {
+                    // A short read proves the receive queue empty (no extra read for EAGAIN),
+                    // unless the peer's FIN came with the data: the end of the stream is then
+                    // still to be read, and being edge-triggered, no new event would say so.
+                    if n < scratch.len() && !ready.is_read_hup() {
                         break;
                     }
                 }
@@ -506,7 +576,14 @@ impl<S: Session> Engine<S> {
             }
         });
         match result {
-            Ok((_, step)) => self.apply(idx, step),
+            Ok((_, step)) => {
+                let slot = &mut self.slots[idx];
+                if slot.awaiting_first && slot.session.waiting_since().is_none() {
+                    slot.awaiting_first = false;
+                    self.awaiting -= 1;
+                }
+                self.apply(idx, step)
+            }
             Err(fault) => {
                 self.fail(idx, fault);
                 false
@@ -549,8 +626,22 @@ impl<S: Session> Engine<S> {
             State::Open => self.open -= 1,
             State::Pending | State::Done => {}
         }
+        if slot.awaiting_first {
+            slot.awaiting_first = false;
+            self.awaiting -= 1;
+        }
         slot.conn = None;
         slot.state = State::Pending;
+    }
+
+    /// The server closed slot `idx`'s connection in an orderly way and the run reconnects
+    /// on that: counts it, closes this side and queues a new connect.
+    fn closed_by_peer(&mut self, idx: usize) {
+        let unanswered = self.slots[idx].session.on_server_close(&mut self.shared);
+        self.server_closed += 1;
+        self.unanswered_on_close += unanswered;
+        self.close(idx);
+        self.queue.push_back(idx);
     }
 
     /// Counts `fault`, closes the connection and asks the session whether to retry.

@@ -30,6 +30,8 @@ pub(crate) enum Fault {
     BadReply,
     /// Any other I/O error.
     Io,
+    /// A process gave up at its hard time limit (`idle --procs`: a child's watchdog).
+    HardTimeout,
 }
 
 impl Fault {
@@ -47,7 +49,29 @@ impl Fault {
             Fault::LoginFailed => "login_failed",
             Fault::BadReply => "bad_reply",
             Fault::Io => "io",
+            Fault::HardTimeout => "hard_timeout",
         }
+    }
+
+    /// Every kind.
+    const ALL: [Fault; 12] = [
+        Fault::Refused,
+        Fault::Reset,
+        Fault::Closed,
+        Fault::Timeout,
+        Fault::Mismatch,
+        Fault::AddrUnavailable,
+        Fault::FdLimit,
+        Fault::Busy,
+        Fault::LoginFailed,
+        Fault::BadReply,
+        Fault::Io,
+        Fault::HardTimeout,
+    ];
+
+    /// The kind named `name` in reports (the inverse of [`Fault::name`]).
+    pub(crate) fn from_name(name: &str) -> Option<Fault> {
+        Fault::ALL.into_iter().find(|f| f.name() == name)
     }
 
     /// Whether this failure means the server returned wrong data (the run then fails its
@@ -113,5 +137,18 @@ impl Faults {
     /// `(name, count)` in a stable order.
     pub(crate) fn iter(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
         self.counts.iter().map(|(k, &n)| (k.name(), n))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Fault;
+
+    #[test]
+    fn names_round_trip() {
+        for f in Fault::ALL {
+            assert_eq!(Fault::from_name(f.name()), Some(f));
+        }
+        assert_eq!(Fault::from_name("no_such_kind"), None);
     }
 }

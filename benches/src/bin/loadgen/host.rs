@@ -4,7 +4,7 @@ use std::fs;
 
 /// Descriptors kept free for things other than connections (stdio, epoll instances, the
 /// files `/proc` is read through).
-const SPARE_FDS: u64 = 64;
+pub(crate) const SPARE_FDS: u64 = 64;
 
 /// How many connections the open-file limit allows, after trying to raise it.
 #[derive(Debug, Clone)]

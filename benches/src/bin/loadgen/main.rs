@@ -3,8 +3,8 @@
 //! ```text
 //! loadgen pingpong --addr 127.0.0.1:7000 --conns 100 --size 16384 --secs 10 [--threads 2]
 //! loadgen rr       --addr 127.0.0.1:7000 --conns 100 --size 64 --secs 10
-//! loadgen idle     --addr 127.0.0.1:7000 --conns 10000 --hold 5 [--pid SERVER_PID]
-//! loadgen churn    --addr 127.0.0.1:7000 --conns 50 --secs 10
+//! loadgen idle     --addr 127.0.0.1:7000 --conns 10000 --hold 5 [--pid SERVER_PID] [--procs P]
+//! loadgen churn    --addr 127.0.0.1:7000 --conns 50 --secs 10 [--reconnect]
 //! loadgen bank     --addr 127.0.0.1:7100 --clients 100 --accounts 50 --secs 10
 //! ... [--json] [--strict] [--timeout SECS] [--seed N]
 //! ```
@@ -16,6 +16,10 @@
 //! echoed byte differs, bank money not conserved) or, with `--strict`, on any error; 2 on
 //! bad usage, such as an address that is not loopback. Every run ends within a hard time
 //! limit (see [`cli::Mode::hard_limit`]), whatever the server does.
+//!
+//! `idle --procs P` spreads its connections over P child processes of this binary (one
+//! process can hold only as many connections as its open-file limit allows): see
+//! [`modes::procs`].
 #![forbid(unsafe_code)]
 
 mod cli;
@@ -48,6 +52,18 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    let procs = match &mode {
+        Mode::Idle(a) if a.procs > 1 => Some(a),
+        _ => None,
+    };
+    if let Some(args) = procs {
+        // Before any thread starts, so that every thread has the signals blocked.
+        if let Err(e) = modes::procs::check_usage(args) {
+            eprintln!("loadgen idle: {e}");
+            return ExitCode::from(2);
+        }
+        modes::procs::watch_signals();
+    }
     arm_watchdog(mode.name(), mode.hard_limit(), common.json);
 
     let env = Env {
@@ -61,10 +77,20 @@ fn main() -> ExitCode {
         }),
         fds: host::fd_budget(),
         server_pid: common.server_pid,
+        reconnect: match &mode {
+            Mode::Pingpong(a) | Mode::Rr(a) => a.reconnect,
+            Mode::Churn(a) => a.reconnect,
+            Mode::Idle(_) | Mode::Bank(_) => false,
+        },
+        source_base: match &mode {
+            Mode::Idle(a) => a.source_base as usize,
+            _ => 0,
+        },
     };
     let result = match &mode {
         Mode::Pingpong(a) => echo::run(echo::Kind::Pingpong, a, &env),
         Mode::Rr(a) => echo::run(echo::Kind::Rr, a, &env),
+        Mode::Idle(a) if a.procs > 1 => modes::procs::run(a, &env),
         Mode::Idle(a) => modes::idle::run(a, &env),
         Mode::Churn(a) => modes::churn::run(a, &env),
         Mode::Bank(a) => modes::bank::run(a, &env),
@@ -100,6 +126,7 @@ fn arm_watchdog(mode: &'static str, limit: Duration, json: bool) {
                 limit.as_secs_f64()
             );
             eprintln!("loadgen {mode}: {msg}");
+            modes::procs::kill_children();
             if json {
                 let report = LoadgenJson {
                     mode: mode.to_owned(),

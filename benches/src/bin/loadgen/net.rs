@@ -30,18 +30,27 @@ pub(crate) fn loopback_target(addr: &str) -> Result<SocketAddr, String> {
         .unwrap_or(addrs[0]))
 }
 
-/// The `i`th of `count` source addresses, `127.0.0.2`, `127.0.0.3`, ...: each source
+/// The `i`th of `count` source addresses, `127.0.0.2`, `127.0.0.3`, ... (shifted by `base`
+/// addresses, so that processes of one run use disjoint sets): each source
 /// address has its own range of ephemeral ports, so spreading connections over several
 /// lifts the ~28 000-connection limit of one address. `None` (let the kernel choose) when
 /// `count` is 0 or the target is IPv6, which has only one loopback address.
-pub(crate) fn source_addr(target: SocketAddr, count: usize, i: usize) -> Option<IpAddr> {
+pub(crate) fn source_addr(
+    target: SocketAddr,
+    count: usize,
+    base: usize,
+    i: usize,
+) -> Option<IpAddr> {
     if count == 0 || !target.is_ipv4() {
         return None;
     }
-    let n = (i % count) as u32 + 2;
+    let n = ((base + i % count) as u32).min(MAX_SOURCES - 1) + 2;
     // 127.0.0.2 .. 127.255.255.254: the whole of 127/8 is loopback on Linux.
     Some(IpAddr::V4(Ipv4Addr::from(0x7F00_0000 + n)))
 }
+
+/// Source addresses there are: 127.0.0.2 .. 127.255.255.254.
+pub(crate) const MAX_SOURCES: u32 = 0x00FF_FFFD;
 
 /// Starts a non-blocking connect to `target`, from `source` if given (bound before the
 /// connect, port chosen by the kernel). The connect completes in the background: the

@@ -57,6 +57,20 @@ pub(crate) struct Report {
     pub(crate) rss_hold_kib: Option<u64>,
     /// `(rss_hold - rss_before) / established`, bytes.
     pub(crate) rss_per_conn_bytes: Option<f64>,
+    /// `idle`: connections that echoed a second probe at the end of the hold.
+    pub(crate) verified_end: Option<u64>,
+    /// `idle`: seconds the verification at the end of the hold took.
+    pub(crate) verify_secs: Option<f64>,
+    /// `idle`: confirmed connections per second of the connect phase.
+    pub(crate) setup_per_sec: Option<f64>,
+    /// `idle --procs`: processes the connections were spread over.
+    pub(crate) procs: Option<u64>,
+    /// `idle --procs`: the load generator's summed VmRSS while holding, KiB.
+    pub(crate) loadgen_rss_kib: Option<u64>,
+    /// `--reconnect`: connections the server closed in an orderly way (then reopened).
+    pub(crate) server_closed: Option<u64>,
+    /// `--reconnect`: requests outstanding on those connections when their end came.
+    pub(crate) unanswered_on_close: Option<u64>,
     /// Bank accounts.
     pub(crate) accounts: Option<u64>,
     /// Successful transfers.
@@ -139,6 +153,13 @@ impl Report {
             rss_before_kib: self.rss_before_kib,
             rss_hold_kib: self.rss_hold_kib,
             rss_per_conn_bytes: f(self.rss_per_conn_bytes),
+            verified_end: self.verified_end,
+            verify_secs: f(self.verify_secs),
+            setup_per_sec: f(self.setup_per_sec),
+            procs: self.procs,
+            loadgen_rss_kib: self.loadgen_rss_kib,
+            server_closed: self.server_closed,
+            unanswered_on_close: self.unanswered_on_close,
             accounts: self.accounts,
             transfers: self.transfers,
             transfers_per_sec: f(self.transfers_per_sec),
@@ -172,6 +193,9 @@ impl Report {
             let _ = write!(head, " x {b} B");
         }
         let _ = write!(head, ", {} thread(s)", self.threads);
+        if let Some(p) = self.procs {
+            let _ = write!(head, " in each of {p} processes");
+        }
         if let Some(t) = self.elapsed_secs {
             let _ = write!(head, ", {t:.2} s");
         }
@@ -220,10 +244,34 @@ impl Report {
             line(&mut s, "server CPU", format!("{cpu:.2} s{per}"));
         }
         if let Some(t) = self.connect_secs {
-            line(&mut s, "connect time", format!("{t:.2} s"));
+            let rate = self
+                .setup_per_sec
+                .map_or(String::new(), |r| format!(" ({} connections/s)", group(r)));
+            line(&mut s, "connect time", format!("{t:.2} s{rate}"));
         }
         if let Some(t) = self.hold_secs {
             line(&mut s, "held for", format!("{t:.2} s"));
+        }
+        if let Some(n) = self.verified_end {
+            let took = self
+                .verify_secs
+                .map_or(String::new(), |t| format!(" (in {t:.2} s)"));
+            line(
+                &mut s,
+                "verified end",
+                format!("{n} still echo after the hold{took}"),
+            );
+        }
+        if let Some(kib) = self.loadgen_rss_kib {
+            line(&mut s, "loadgen RSS", format!("{kib} KiB (all processes)"));
+        }
+        if let Some(n) = self.server_closed {
+            let unanswered = self.unanswered_on_close.unwrap_or(0);
+            line(
+                &mut s,
+                "server FIN",
+                format!("{n} connections (reopened; {unanswered} requests unanswered on them)"),
+            );
         }
         if let (Some(before), Some(hold)) = (self.rss_before_kib, self.rss_hold_kib) {
             let per = self

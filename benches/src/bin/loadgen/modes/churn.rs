@@ -54,7 +54,10 @@ pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
             cpu = open_and_measure(gate, env.server_pid, args.secs);
         },
     );
-    finish(&mut report, cpu, results, false)?;
+    let tally = finish(&mut report, cpu, results, false)?;
+    if args.reconnect {
+        tally.fill_closes(&mut report);
+    }
     Ok(report)
 }
 
@@ -82,6 +85,7 @@ fn worker(
         engine.poll(end)?;
     }
     let elapsed = go.elapsed();
+    let (server_closed, unanswered_on_close) = engine.closed_by_server();
     let (shared, faults) = engine.finish();
     Ok(Tally {
         msgs: shared.cycles,
@@ -90,6 +94,8 @@ fn worker(
         faults,
         elapsed,
         established: 0,
+        server_closed,
+        unanswered_on_close,
     })
 }
 
@@ -163,5 +169,12 @@ impl Session for ChurnSession {
         self.sent_at = None;
         self.cycle_start = Instant::now();
         true
+    }
+
+    fn on_server_close(&mut self, _shared: &mut Shared) -> u64 {
+        // The cycle starts again on the new connection.
+        self.received = 0;
+        self.cycle_start = Instant::now();
+        u64::from(self.sent_at.take().is_some())
     }
 }

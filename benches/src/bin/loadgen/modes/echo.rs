@@ -78,6 +78,9 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
         },
     );
     let tally = finish(&mut report, cpu, results, true)?;
+    if args.reconnect {
+        tally.fill_closes(&mut report);
+    }
     report.established = Some(tally.established);
     if tally.established < conns as u64 {
         report.notes.push(format!(
@@ -121,6 +124,7 @@ fn worker(
         engine.poll(end)?;
     }
     let elapsed = go.elapsed();
+    let (server_closed, unanswered_on_close) = engine.closed_by_server();
     let (shared, faults) = engine.finish();
     Ok(Tally {
         msgs: shared.msgs,
@@ -129,6 +133,8 @@ fn worker(
         faults,
         elapsed,
         established,
+        server_closed,
+        unanswered_on_close,
     })
 }
 
@@ -218,5 +224,12 @@ impl Session for EchoSession {
 
     fn waiting_since(&self) -> Option<Instant> {
         self.sent_at
+    }
+
+    fn on_server_close(&mut self, _shared: &mut Shared) -> u64 {
+        // The request in flight, if any, is lost with the connection; a new one goes out
+        // when the next connection opens.
+        self.received = 0;
+        u64::from(self.sent_at.take().is_some())
     }
 }

@@ -1,21 +1,37 @@
 //! `idle`: many open, quiet connections, and what they cost the server in memory.
 //!
-//! Connections are opened with non-blocking connects, `--batch` in flight per thread, from
+//! Connections are opened with non-blocking connects, `--batch` in flight per thread (a
+//! connection is in flight until its probe comes back, so a slow server is not buried under
+//! connections it has not accepted yet, see [`Options::budget_until_reply`]), from
 //! source addresses 127.0.0.2, 127.0.0.3, ... (`--per-source` connections each at most), each
 //! bound before the connect with port 0. Why at most 10 000 per address by default: to pick
 //! a port for `bind`, Linux searches the odd half of the ephemeral range (about 14 000
 //! ports of 32768-60999) before the even half, and once that half is full each `bind`
 //! scans all of it: measured here, 19 000 connections from one address stalled at about
-//! 14 300 (under 2 000 connects/s), while two addresses opened all 19 000 in 0.8 s. Each is confirmed with an 8-byte echo.
-//! When all are confirmed (or `--timeout` is up) the connections are held for `--hold`
-//! seconds, during which a connection the server closes counts as an error. With `--pid`
-//! the server's VmRSS is read before connecting and at the end of the hold.
+//! 14 300 (under 2 000 connects/s), while two addresses opened all 19 000 in 0.8 s. Each is
+//! confirmed with an 8-byte echo. When all are confirmed (or the connect phase, see
+//! [`IdleArgs::setup_limit`], is up) the connections are held for `--hold` seconds, during
+//! which a connection the server closes counts as an error. With `--pid` the server's VmRSS
+//! is read before connecting and at the end of the hold.
+//!
+//! At the end of the hold every connection proves it still works with a second 8-byte
+//! echo (other bytes than the first), `--batch` probes in flight per thread at most so
+//! that a million connections do not all write at once: `verified_end`. A connection that
+//! does not answer within `--timeout` (or by the end of [`IdleArgs::verify_limit`]) counts
+//! as a timeout.
+//!
+//! As a child of `idle --procs` ([`super::procs`], `--child`), the process prints `held N`
+//! on stdout when its connect phase is over, holds until a line arrives on stdin (the
+//! parent says when every process is holding and the hold is over), then verifies; if
+//! stdin ends first, the parent is gone and the process exits at once.
 
-use std::io;
+use std::io::{self, BufRead, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crate::cli::IdleArgs;
-use crate::engine::{Ctx, Engine, Session, Step};
+use crate::engine::{Ctx, Engine, Options, Session, Step};
 use crate::fault::{Fault, Faults};
 use crate::host::rss_kib;
 use crate::modes::{merge_all, Env, Part};
@@ -23,8 +39,11 @@ use crate::report::Report;
 use crate::runner::{run_threads, Ticket};
 use duo_testkit::Rng as XorShift;
 
-/// Bytes of the echo that confirms a connection.
+/// Bytes of the echo that confirms a connection (and of the one that verifies it at the
+/// end).
 const PROBE: usize = 8;
+/// Connects in flight per thread unless `--batch` says otherwise.
+pub(crate) const DEFAULT_BATCH: u64 = 256;
 /// How often the server's RSS is read while holding.
 const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -57,27 +76,49 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
         }
     }
 
+    let released = args.child.then(watch_parent);
     let start = Instant::now();
-    let connect_deadline = start + env.timeout;
-    let batch = args.batch as usize;
+    let connect_deadline = start + args.setup_limit(env.timeout);
+    let verify_limit = args.verify_limit(env.timeout);
+    let batch = args.batch.unwrap_or(DEFAULT_BATCH) as usize;
+    let confirmed_at_hold = AtomicU64::new(0);
     let mut connect_secs = 0.0;
     let mut hold_samples = Vec::new();
     let mut held = Duration::ZERO;
     let results = run_threads(
         threads,
         |t, ticket| {
-            worker(
-                env,
-                Part::new(t, threads, conns, sources),
+            let phases = Phases {
                 batch,
                 connect_deadline,
-                ticket,
-            )
+                verify_limit,
+                confirmed: &confirmed_at_hold,
+            };
+            worker(env, Part::new(t, threads, conns, sources), &phases, ticket)
         },
         |gate| {
             gate.wait_arrivals(threads, connect_deadline);
             connect_secs = start.elapsed().as_secs_f64();
             let hold_start = gate.open();
+            if let Some(released) = &released {
+                // A child of --procs: say so, and hold until the parent says the hold is
+                // over (the watchdog bounds this wait; a gone parent ends the process).
+                let mut out = io::stdout().lock();
+                let _ = writeln!(out, "held {}", confirmed_at_hold.load(Ordering::Acquire));
+                let _ = out.flush();
+                drop(out);
+                while !released.load(Ordering::Acquire) {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                held = hold_start.elapsed();
+                gate.stop();
+                return;
+            }
+            // What `cargo xtask scale` waits for before it samples memory.
+            eprintln!(
+                "loadgen idle: holding {} connections in 1 process",
+                confirmed_at_hold.load(Ordering::Acquire)
+            );
             let hold_end = hold_start + args.hold;
             // Sample through the hold; the last sample (at its end) is the one reported.
             loop {
@@ -106,6 +147,9 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     report.connect_secs = Some(connect_secs);
     report.elapsed_secs = Some(connect_secs);
     report.msgs_per_sec = (connect_secs > 0.0).then(|| total.confirmed as f64 / connect_secs);
+    report.setup_per_sec = report.msgs_per_sec;
+    report.verified_end = Some(total.verified_end);
+    report.verify_secs = Some(total.verify.as_secs_f64());
     report.hold_secs = Some(held.as_secs_f64());
     report.errors.merge(&total.faults);
     match hold_samples.pop() {
@@ -129,6 +173,12 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
         }
         report.notes.push(note);
     }
+    if total.verified_end < total.confirmed {
+        report.notes.push(format!(
+            "{} of {} confirmed connections echoed again at the end of the hold",
+            total.verified_end, total.confirmed
+        ));
+    }
     if total.lost > 0 {
         report.notes.push(format!(
             "{} confirmed connections were lost while holding",
@@ -142,6 +192,9 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
 #[derive(Debug, Default)]
 struct IdleTally {
     confirmed: u64,
+    verified_end: u64,
+    /// How long the final verification took.
+    verify: Duration,
     lost: u64,
     faults: Faults,
     fd_exhausted: bool,
@@ -150,23 +203,43 @@ struct IdleTally {
 impl IdleTally {
     fn merge(&mut self, other: &IdleTally) {
         self.confirmed += other.confirmed;
+        self.verified_end += other.verified_end;
+        self.verify = self.verify.max(other.verify);
         self.lost += other.lost;
         self.faults.merge(&other.faults);
         self.fd_exhausted |= other.fd_exhausted;
     }
 }
 
-/// One thread: open and confirm its share, then hold until told to stop.
+/// What every worker thread of a run shares: its limits, and where it adds its count.
+#[derive(Debug)]
+struct Phases<'a> {
+    /// Connects (and final probes) in flight at most.
+    batch: usize,
+    /// The end of the connect phase.
+    connect_deadline: Instant,
+    /// How long the final verification may last.
+    verify_limit: Duration,
+    /// Connections confirmed by the end of the connect phase, over all threads.
+    confirmed: &'a AtomicU64,
+}
+
+/// One thread: open and confirm its share, hold until told to stop, then verify each
+/// connection again.
 fn worker(
     env: &Env,
     part: Part,
-    batch: usize,
-    connect_deadline: Instant,
+    phases: &Phases<'_>,
     mut ticket: Ticket<'_>,
 ) -> io::Result<IdleTally> {
     let sessions = env.sessions(part, IdleSession::new);
     let mine = sessions.len() as u64;
-    let mut engine = Engine::new(env.target, sessions, Shared::default(), env.options(batch))?;
+    let opts = Options {
+        budget_until_reply: true,
+        ..env.options(phases.batch)
+    };
+    let mut engine = Engine::new(env.target, sessions, Shared::default(), opts)?;
+    let connect_deadline = phases.connect_deadline;
     while engine.shared().confirmed + (engine.done_count() as u64) < mine
         && Instant::now() < connect_deadline
     {
@@ -177,19 +250,88 @@ fn worker(
     // confirm), but are not part of `established`.
     engine.cancel_pending(Fault::Timeout);
     let confirmed = engine.shared().confirmed;
+    phases.confirmed.fetch_add(confirmed, Ordering::AcqRel);
     let fd_exhausted = engine.fd_exhausted();
+    let mut verify = Duration::ZERO;
     if ticket.arrive_and_wait(&mut engine)?.is_some() {
         while !ticket.gate().stopped() {
             engine.poll(Instant::now() + Duration::from_millis(100))?;
         }
+        let started = Instant::now();
+        verify_all(&mut engine, phases.batch, started + phases.verify_limit)?;
+        verify = started.elapsed();
     }
     let (shared, faults) = engine.finish();
     Ok(IdleTally {
         confirmed,
+        verified_end: shared.verified_end,
+        verify,
         lost: shared.lost,
         faults,
         fd_exhausted,
     })
+}
+
+/// Sends every open connection its second probe, `window` in flight at most, and waits for
+/// the echoes until `deadline`; a connection still open and unverified then counts as a
+/// timeout.
+fn verify_all(
+    engine: &mut Engine<IdleSession>,
+    window: usize,
+    deadline: Instant,
+) -> io::Result<()> {
+    engine.shared_mut().final_round = true;
+    let slots = engine.slot_count();
+    let window = window.max(1) as u64;
+    let (mut next, mut sent) = (0, 0u64);
+    loop {
+        let shared = engine.shared();
+        let mut in_flight = sent.saturating_sub(shared.verified_end + shared.lost_final);
+        while in_flight < window && next < slots {
+            if engine.poke(next, IdleSession::send_final) {
+                sent += 1;
+                in_flight += 1;
+            }
+            next += 1;
+        }
+        if (next >= slots && in_flight == 0) || Instant::now() >= deadline {
+            break;
+        }
+        engine.poll(deadline)?;
+    }
+    engine.each(|session, ctx| {
+        if session.stage != Stage::Verified {
+            ctx.faults.count(Fault::Timeout);
+        }
+        Step::Continue
+    });
+    Ok(())
+}
+
+/// In a child of `--procs`: a thread that waits for the parent's line on stdin; returns the
+/// flag it raises then. If stdin ends first, the parent is gone: the process exits at once
+/// (its connections close with it).
+fn watch_parent() -> Arc<AtomicBool> {
+    let released = Arc::new(AtomicBool::new(false));
+    let flag = released.clone();
+    let spawned = std::thread::Builder::new()
+        .name("loadgen-parent".into())
+        .spawn(move || {
+            let mut line = String::new();
+            match io::stdin().lock().read_line(&mut line) {
+                Ok(n) if n > 0 => flag.store(true, Ordering::Release),
+                _ => {
+                    eprintln!("loadgen idle: the parent process is gone (stdin closed); exiting");
+                    std::process::exit(1);
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        // Without the thread the hold would never end: give up at once.
+        eprintln!("loadgen idle: cannot start the thread that reads stdin: {e}");
+        std::process::exit(1);
+    }
+    released
 }
 
 /// Counters of one thread.
@@ -197,27 +339,62 @@ fn worker(
 struct Shared {
     confirmed: u64,
     lost: u64,
+    /// The final verification has begun: a connection confirmed now is verified at once.
+    final_round: bool,
+    verified_end: u64,
+    /// Connections asked for their second probe that failed instead.
+    lost_final: u64,
 }
 
-/// One connection: its probe and whether it came back.
+/// Where a connection is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Stage {
+    /// The first probe is out.
+    Probing,
+    /// The first probe came back.
+    Confirmed,
+    /// The second probe is out.
+    Final,
+    /// The second probe came back.
+    Verified,
+}
+
+/// One connection: its two probes and how far it got.
 #[derive(Debug)]
 struct IdleSession {
-    probe: [u8; PROBE],
+    /// The first probe, then the second.
+    probes: [u8; 2 * PROBE],
+    stage: Stage,
     received: usize,
     sent_at: Option<Instant>,
-    confirmed: bool,
+    /// The final verification has asked for the second probe.
+    final_asked: bool,
 }
 
 impl IdleSession {
     fn new(seed: u64) -> IdleSession {
-        let mut probe = [0; PROBE];
-        XorShift::new(seed).fill(&mut probe);
+        let mut probes = [0; 2 * PROBE];
+        XorShift::new(seed).fill(&mut probes);
         IdleSession {
-            probe,
+            probes,
+            stage: Stage::Probing,
             received: 0,
             sent_at: None,
-            confirmed: false,
+            final_asked: false,
         }
+    }
+
+    /// Queues the second probe (or, if the first has not come back yet, leaves it to be
+    /// sent when it does).
+    fn send_final(&mut self, ctx: &mut Ctx<'_, Shared>) -> Step {
+        self.final_asked = true;
+        if self.stage == Stage::Confirmed {
+            ctx.out.extend_from_slice(&self.probes[PROBE..]);
+            self.stage = Stage::Final;
+            self.received = 0;
+            self.sent_at = Some(ctx.now);
+        }
+        Step::Continue
     }
 }
 
@@ -225,21 +402,35 @@ impl Session for IdleSession {
     type Shared = Shared;
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Shared>) -> Step {
-        ctx.out.extend_from_slice(&self.probe);
+        ctx.out.extend_from_slice(&self.probes[..PROBE]);
         self.sent_at = Some(ctx.now);
         Step::Continue
     }
 
     fn on_data(&mut self, input: &[u8], ctx: &mut Ctx<'_, Shared>) -> Result<(usize, Step), Fault> {
-        let expected = &self.probe[self.received..];
-        if self.confirmed || input.len() > expected.len() || input != &expected[..input.len()] {
+        let probe = match self.stage {
+            Stage::Probing => &self.probes[..PROBE],
+            Stage::Final => &self.probes[PROBE..],
+            Stage::Confirmed | Stage::Verified => return Err(Fault::Mismatch),
+        };
+        let expected = &probe[self.received..];
+        if input.len() > expected.len() || input != &expected[..input.len()] {
             return Err(Fault::Mismatch);
         }
         self.received += input.len();
-        if self.received == PROBE {
-            self.confirmed = true;
-            self.sent_at = None;
+        if self.received < PROBE {
+            return Ok((input.len(), Step::Continue));
+        }
+        self.sent_at = None;
+        if self.stage == Stage::Probing {
+            self.stage = Stage::Confirmed;
             ctx.shared.confirmed += 1;
+            if ctx.shared.final_round {
+                return Ok((input.len(), self.send_final(ctx)));
+            }
+        } else {
+            self.stage = Stage::Verified;
+            ctx.shared.verified_end += 1;
         }
         Ok((input.len(), Step::Continue))
     }
@@ -249,8 +440,11 @@ impl Session for IdleSession {
     }
 
     fn retry_after(&mut self, _fault: Fault, shared: &mut Shared) -> bool {
-        if self.confirmed {
+        if self.stage != Stage::Probing {
             shared.lost += 1;
+        }
+        if self.final_asked {
+            shared.lost_final += 1;
         }
         false
     }

@@ -4,6 +4,7 @@ pub(crate) mod bank;
 pub(crate) mod churn;
 pub(crate) mod echo;
 pub(crate) mod idle;
+pub(crate) mod procs;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};
@@ -35,6 +36,12 @@ pub(crate) struct Env {
     pub(crate) fds: FdBudget,
     /// `--server-pid`.
     pub(crate) server_pid: Option<u32>,
+    /// `--reconnect`: an orderly close by the server is counted apart and the connection
+    /// reopened, not an error.
+    pub(crate) reconnect: bool,
+    /// The index of the first source address this process uses (`idle --procs`: each
+    /// process has its own addresses, so their local ports never collide).
+    pub(crate) source_base: usize,
 }
 
 impl Env {
@@ -75,6 +82,8 @@ impl Env {
             max_connecting,
             timeout: self.timeout,
             retry_delay: Duration::from_millis(10),
+            reconnect: self.reconnect,
+            budget_until_reply: false,
         }
     }
 
@@ -97,7 +106,7 @@ impl Env {
     ) -> Vec<(S, Option<IpAddr>)> {
         share(part.conns, part.threads, part.t)
             .map(|i| {
-                let source = source_addr(self.target, part.sources, i);
+                let source = source_addr(self.target, part.sources, self.source_base, i);
                 (make(self.seed_for(i)), source)
             })
             .collect()
@@ -144,6 +153,10 @@ pub(crate) struct Tally {
     pub(crate) elapsed: Duration,
     /// Connections open when the measured phase started.
     pub(crate) established: u64,
+    /// `--reconnect`: connections the server closed in an orderly way.
+    pub(crate) server_closed: u64,
+    /// `--reconnect`: requests outstanding on them when they closed.
+    pub(crate) unanswered_on_close: u64,
 }
 
 impl Tally {
@@ -155,6 +168,8 @@ impl Tally {
         self.faults.merge(&other.faults);
         self.elapsed = self.elapsed.max(other.elapsed);
         self.established += other.established;
+        self.server_closed += other.server_closed;
+        self.unanswered_on_close += other.unanswered_on_close;
     }
 
     /// Fills the report's throughput, latency and error fields.
@@ -170,6 +185,12 @@ impl Tally {
         }
         report.latency = self.latency.summary();
         report.errors.merge(&self.faults);
+    }
+
+    /// Fills the `--reconnect` counts of the report.
+    pub(crate) fn fill_closes(&self, report: &mut Report) {
+        report.server_closed = Some(self.server_closed);
+        report.unanswered_on_close = Some(self.unanswered_on_close);
     }
 }
 
