@@ -18,7 +18,7 @@ use duo_testkit::{package_binary, run_within, send_signal, wait_until, ChildServ
 /// Reloads under load.
 const RELOADS: usize = 5;
 /// How long each load generator runs: long enough for every reload, which the test checks.
-const LOAD_SECS: u64 = 20;
+const LOAD_SECS: u64 = 30;
 
 /// The worker processes of supervisor `pid`.
 fn children(pid: u32) -> BTreeSet<u32> {

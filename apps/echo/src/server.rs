@@ -111,9 +111,16 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         // its descriptors run out) it stops accepting and leaves new connections queued
         // for them, rather than accepting and closing them.
         let room = match process::fd_limit() {
-            Ok((soft, _)) => {
-                usize::try_from(soft.saturating_sub(WORKER_FD_RESERVE)).unwrap_or(usize::MAX)
+            Ok((soft, _)) if soft <= WORKER_FD_RESERVE => {
+                return Err(io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!(
+                        "the open-file limit ({soft}) leaves a worker no room for connections \
+                         ({WORKER_FD_RESERVE} descriptors are its own): raise `ulimit -n`"
+                    ),
+                ));
             }
+            Ok((soft, _)) => usize::try_from(soft - WORKER_FD_RESERVE).unwrap_or(usize::MAX),
             Err(e) => {
                 log::warn!("cannot read the open-file limit: {e}");
                 usize::MAX

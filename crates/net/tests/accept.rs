@@ -160,7 +160,15 @@ fn a_shared_listener_stays_open_while_another_holder_has_it() {
     // The server is gone; its loops dropped their descriptors. The socket still listens.
     let mut late = TcpStream::connect(addr).expect("queued, not refused");
     late.write_all(b"after").unwrap();
-    let (mut accepted, _) = other_holder.accept().expect("the other holder gets it");
+    other_holder.set_nonblocking(true).unwrap();
+    let mut accepted = None;
+    duo_testkit::wait_until("the other holder accepts it", || {
+        accepted = other_holder.accept().ok().map(|(s, _)| s);
+        accepted.is_some()
+    });
+    let mut accepted = accepted.unwrap();
+    accepted.set_nonblocking(false).unwrap();
+    accepted.set_read_timeout(Some(LIMIT)).unwrap();
     let mut buf = [0u8; 5];
     accepted.read_exact(&mut buf).unwrap();
     assert_eq!(&buf, b"after");
@@ -169,12 +177,14 @@ fn a_shared_listener_stays_open_while_another_holder_has_it() {
 #[test]
 fn a_full_server_that_pauses_leaves_extra_connections_queued_until_one_closes() {
     init_log();
+    const MAX: usize = 3;
+    const LOOPS: usize = 2;
     for mode in [AcceptMode::MainLoop, AcceptMode::Shared] {
         let server = TestServer::start(move || {
             util::echo_builder("pausing", util::localhost())
-                .io_threads(2)
+                .io_threads(LOOPS)
                 .accept_mode(mode)
-                .max_connections(3)
+                .max_connections(MAX)
                 .when_full(duo_net::WhenFull::Pause)
         });
         let addr = server.addr();
@@ -189,30 +199,41 @@ fn a_full_server_that_pauses_leaves_extra_connections_queued_until_one_closes() 
             s.read_exact(&mut back).unwrap();
             assert_eq!(back, msg);
         };
-        let mut open: Vec<TcpStream> = (0..3).map(|_| connect()).collect();
+        let mut open: Vec<TcpStream> = (0..MAX).map(|_| connect()).collect();
         for s in &mut open {
             echo(s, b"in");
         }
-        // The fourth completes its handshake in the kernel's queue, and waits there.
-        let mut fourth = connect();
-        fourth.write_all(b"queued").unwrap();
+        // Two more complete their handshakes in the kernel's queue. A loop that was woken
+        // for one before its pause arrived takes it (one over at most per loop, never a
+        // connection declined unannounced); the rest wait.
+        let mut extra: Vec<TcpStream> = (0..LOOPS).map(|_| connect()).collect();
+        for s in &mut extra {
+            s.write_all(b"queued").unwrap();
+        }
         for s in &mut open {
             echo(s, b"still served");
         }
         let handle = server.handle().clone();
         let stats = handle.stats();
-        assert_eq!(
-            (stats.accepted, stats.rejected),
-            (3, 0),
-            "{mode:?}: not accepted while full, not rejected either"
+        let most = if mode == AcceptMode::MainLoop {
+            MAX // one acceptor: it pauses at once
+        } else {
+            MAX + LOOPS - 1
+        };
+        assert!(
+            (MAX as u64..=most as u64).contains(&stats.accepted) && stats.rejected == 0,
+            "{mode:?}: {MAX}..={most} accepted while full, none rejected: {stats:?}"
         );
-        drop(open.pop());
-        duo_testkit::wait_until("the queued connection accepted", || {
-            handle.stats().accepted == 4
+        // Room again: every queued connection is accepted and served.
+        open.clear();
+        duo_testkit::wait_until("the queued connections accepted", || {
+            handle.stats().accepted == (MAX + LOOPS) as u64
         });
-        let mut back = [0u8; 6];
-        fourth.read_exact(&mut back).unwrap();
-        assert_eq!(&back, b"queued", "{mode:?}");
+        for s in &mut extra {
+            let mut back = [0u8; 6];
+            s.read_exact(&mut back).unwrap();
+            assert_eq!(&back, b"queued", "{mode:?}");
+        }
         server.stop();
     }
 }

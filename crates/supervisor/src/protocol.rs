@@ -26,6 +26,7 @@
 //! |---|---|
 //! | [`ADOPT_VAR`] | the PIDs of the serving workers, comma-separated: the new image adopts them |
 //! | [`GENERATION_VAR`] | their generation |
+//! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed at a stop's deadline) |
 //! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
 
 /// Set to `1` in a worker's environment.
@@ -42,6 +43,8 @@ pub const SLOT_VAR: &str = "DUO_WORKER_SLOT";
 pub const WORKER_GENERATION_VAR: &str = "DUO_WORKER_GENERATION";
 /// The PIDs an upgraded supervisor adopts.
 pub const ADOPT_VAR: &str = "DUO_SUPERVISOR_ADOPT";
+/// The PIDs of draining workers an upgraded supervisor adopts as retiring.
+pub const RETIRING_VAR: &str = "DUO_SUPERVISOR_RETIRING";
 /// The generation of the adopted workers.
 pub const GENERATION_VAR: &str = "DUO_SUPERVISOR_GENERATION";
 /// The stats region an upgraded supervisor goes on using.

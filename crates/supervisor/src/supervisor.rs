@@ -41,8 +41,8 @@ use duo_sys::SharedCounters;
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, SupervisorConfig};
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LISTEN_FDS_VAR, READY_FD_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR,
-    STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
+    ADOPT_VAR, GENERATION_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR, ROW_LEN, SLOT_VAR,
+    STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::worker::{read_row, WorkerStats};
 
@@ -95,6 +95,8 @@ pub struct Supervisor {
     cfg: SupervisorConfig,
     listeners: Vec<TcpListener>,
     adopted: Vec<u32>,
+    /// Workers of older generations the previous image was still draining.
+    adopted_retiring: Vec<u32>,
     adopted_generation: u64,
     /// The stats region of the previous image, handed over by an upgrade.
     inherited_stats: Option<SharedCounters>,
@@ -141,22 +143,27 @@ impl Supervisor {
         let adopted_generation = take_var(GENERATION_VAR)
             .and_then(|g| g.parse().ok())
             .unwrap_or(0);
-        let adopted = take_var(ADOPT_VAR)
-            .map(|list| parse_pids(&list))
-            .unwrap_or_default()
-            .into_iter()
-            .filter(|pid| {
-                let ours = is_child(*pid);
-                if !ours {
-                    log::warn!("not adopting pid {pid}: not a child of this process");
-                }
-                ours
-            })
-            .collect();
+        let children_in = |var: &str| -> Vec<u32> {
+            take_var(var)
+                .map(|list| parse_pids(&list))
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|pid| {
+                    let ours = is_child(*pid);
+                    if !ours {
+                        log::warn!("not adopting pid {pid}: not a child of this process");
+                    }
+                    ours
+                })
+                .collect()
+        };
+        let adopted = children_in(ADOPT_VAR);
+        let adopted_retiring = children_in(RETIRING_VAR);
         Ok(Supervisor {
             cfg,
             listeners: relocate(listeners),
             adopted,
+            adopted_retiring,
             adopted_generation,
             inherited_stats,
             exe,
@@ -182,7 +189,9 @@ impl Supervisor {
     /// did not become ready (a worker exited first, or the ready timeout passed).
     pub fn run(self, on_ready: impl FnOnce() + 'static) -> Result<(), SupervisorError> {
         let mut lp = EventLoop::new()?;
-        let rows = self.cfg.workers * 2;
+        // Serving, starting and draining generations at once (a reload while the previous
+        // one still drains); beyond that, workers go uncounted (see `spawn`).
+        let rows = self.cfg.workers * 3;
         let upgrade = self.is_upgrade();
         // After an upgrade the previous image's region goes on (the adopted workers write
         // into it), if it has the size this configuration needs.
@@ -229,7 +238,7 @@ impl Supervisor {
         let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
         for row in 0..rows {
             let (pid, _) = read_row(state.row_cells(row));
-            if self.adopted.contains(&pid) {
+            if self.adopted.contains(&pid) || self.adopted_retiring.contains(&pid) {
                 owner.insert(pid, row);
             } else {
                 state.clear_row(row);
@@ -254,6 +263,20 @@ impl Supervisor {
                     started: Instant::now(),
                     ready: true,
                     retiring: false,
+                    row: owner.get(&pid).copied(),
+                    ready_token: None,
+                },
+            );
+        }
+        for pid in self.adopted_retiring {
+            log::info!("adopting worker {pid}, still draining");
+            state.workers.insert(
+                pid,
+                WorkerProc {
+                    generation: state.generation.saturating_sub(1),
+                    started: Instant::now(),
+                    ready: true,
+                    retiring: true,
                     row: owner.get(&pid).copied(),
                     ready_token: None,
                 },
@@ -476,6 +499,14 @@ impl State {
                 "{why}; killed it ({doomed:?}), generation {} keeps serving",
                 self.generation
             );
+            // It may have been left short meanwhile (an upgrade that adopted nobody, say):
+            // make up its count rather than serve with fewer workers, or none.
+            let generation = self.generation;
+            let live = self.pids_where(|w| w.generation == generation && !w.retiring);
+            if live.len() < self.cfg.workers && self.restart_timer.is_none() {
+                let delay = self.backoff.after_death(Duration::ZERO);
+                self.schedule_restart(lp, delay);
+            }
         }
     }
 
@@ -491,19 +522,28 @@ impl State {
 
     /// Starts one worker of `generation`.
     fn spawn(&mut self, lp: &mut EventLoop, generation: u64) -> io::Result<u32> {
-        let row = self
-            .free_rows
-            .pop()
-            .ok_or_else(|| io::Error::other("no free stats row (too many workers alive)"))?;
+        // Rows run out only when generations pile up (reloads while older ones still
+        // drain): such a worker serves all the same, left out of the stats line.
+        let row = self.free_rows.pop();
+        if row.is_none() {
+            log::warn!("no free stats row: a worker of generation {generation} goes uncounted");
+        }
         let spawned = self.spawn_in_row(lp, generation, row);
-        if spawned.is_err() {
+        if let (Err(_), Some(row)) = (&spawned, row) {
             self.free_rows.push(row);
         }
         spawned
     }
 
-    fn spawn_in_row(&mut self, lp: &mut EventLoop, generation: u64, row: usize) -> io::Result<u32> {
-        self.clear_row(row);
+    fn spawn_in_row(
+        &mut self,
+        lp: &mut EventLoop,
+        generation: u64,
+        row: Option<usize>,
+    ) -> io::Result<u32> {
+        if let Some(row) = row {
+            self.clear_row(row);
+        }
         let (ready_r, ready_w) = duo_sys::pipe()?;
         let n = self.listeners.len();
         let mut fds: Vec<BorrowedFd<'_>> = self.listeners.iter().map(AsFd::as_fd).collect();
@@ -516,11 +556,15 @@ impl State {
             .env(LISTEN_FDS_VAR, n.to_string())
             .env(READY_FD_VAR, (first + n as RawFd).to_string())
             .env(STATS_FD_VAR, (first + n as RawFd + 1).to_string())
-            .env(SLOT_VAR, row.to_string())
             .env(WORKER_GENERATION_VAR, generation.to_string())
             .env_remove(ADOPT_VAR)
+            .env_remove(RETIRING_VAR)
             .env_remove(GENERATION_VAR)
             .env_remove(STATS_VAR);
+        match row {
+            Some(row) => cmd.env(SLOT_VAR, row.to_string()),
+            None => cmd.env_remove(SLOT_VAR),
+        };
         duo_sys::pass_fds(&mut cmd, &fds, first)?;
         duo_sys::set_parent_death_signal(&mut cmd, Signal::TERM);
         duo_sys::unblock_signals_in_child(&mut cmd)?;
@@ -541,7 +585,10 @@ impl State {
                 None
             }
         };
-        log::info!("started worker {pid} (generation {generation}, slot {row})");
+        match row {
+            Some(row) => log::info!("started worker {pid} (generation {generation}, slot {row})"),
+            None => log::info!("started worker {pid} (generation {generation}, uncounted)"),
+        }
         self.workers.insert(
             pid,
             WorkerProc {
@@ -549,7 +596,7 @@ impl State {
                 started: Instant::now(),
                 ready: false,
                 retiring: false,
-                row: Some(row),
+                row,
                 ready_token: token,
             },
         );
@@ -611,7 +658,9 @@ impl State {
             );
             return;
         }
-        if w.generation == self.generation {
+        // One restart at a time fills every missing place: a death while one is pending
+        // does not lengthen the back-off again.
+        if w.generation == self.generation && self.restart_timer.is_none() {
             let delay = self.backoff.after_death(uptime);
             self.schedule_restart(lp, delay);
         }
@@ -738,6 +787,11 @@ impl State {
         }
         let serving = self.pids_where(|w| w.generation == self.generation && !w.retiring);
         let list: Vec<String> = serving.iter().map(u32::to_string).collect();
+        let draining: Vec<String> = self
+            .pids_where(|w| w.retiring)
+            .iter()
+            .map(u32::to_string)
+            .collect();
         log::info!(
             "SIGUSR2: upgrading: executing {} again, handing over workers {serving:?}",
             self.exe.display()
@@ -748,6 +802,7 @@ impl State {
             .env("LISTEN_PID", std::process::id().to_string())
             .env_remove("LISTEN_FDNAMES")
             .env(ADOPT_VAR, list.join(","))
+            .env(RETIRING_VAR, draining.join(","))
             .env(GENERATION_VAR, self.generation.to_string())
             .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
         if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
@@ -835,17 +890,21 @@ fn read_ready(lp: &mut EventLoop, fd: BorrowedFd<'_>, pid: u32) {
     }
 }
 
-/// One read of a readiness pipe: `Some(true)` a byte, `Some(false)` EOF or an error,
-/// `None` nothing yet.
+/// One read of a readiness pipe: `Some(true)` the ready byte ([`READY`]), `Some(false)`
+/// EOF, an error or anything else (std's report of a failed `exec` starts with a zero
+/// byte, should its pipe ever land on this number), `None` nothing yet.
 fn read_byte(fd: BorrowedFd<'_>) -> Option<bool> {
     let mut buf = [0u8; 1];
     match duo_sys::readv(fd, &mut [IoSliceMut::new(&mut buf)]) {
         Ok(0) => Some(false),
-        Ok(_) => Some(true),
+        Ok(_) => Some(buf[0] == READY),
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
         Err(_) => Some(false),
     }
 }
+
+/// The byte a worker writes on its readiness pipe ([`Worker::notify_ready`](crate::Worker::notify_ready)).
+pub(crate) const READY: u8 = b'R';
 
 /// "exit status 3", "killed by signal 9".
 fn describe(status: ExitStatus) -> String {

@@ -193,7 +193,7 @@ impl Worker {
     /// Writing to the pipe failed (the supervisor is gone: `EPIPE`).
     pub fn notify_ready(&mut self) -> io::Result<()> {
         match self.ready.take() {
-            Some(mut pipe) => pipe.write_all(b"R"),
+            Some(mut pipe) => pipe.write_all(&[crate::supervisor::READY]),
             None => Ok(()),
         }
     }

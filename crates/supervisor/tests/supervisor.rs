@@ -254,6 +254,23 @@ fn without_its_binary_a_reload_and_an_upgrade_fail_and_the_old_workers_serve_on(
     assert!(status.success(), "{status}");
 }
 
+/// On a failing test, SIGKILLs the listed PIDs that still run the demo binary.
+struct KillStubbornOnPanic(Vec<u32>);
+
+impl Drop for KillStubbornOnPanic {
+    fn drop(&mut self) {
+        if !std::thread::panicking() {
+            return;
+        }
+        for pid in &self.0 {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if String::from_utf8_lossy(&cmdline).contains("demo") {
+                let _ = duo_testkit::send_signal(*pid, "KILL");
+            }
+        }
+    }
+}
+
 #[test]
 fn workers_that_ignore_the_stop_are_killed_at_the_deadline() {
     let mut cmd = demo();
@@ -261,6 +278,9 @@ fn workers_that_ignore_the_stop_are_killed_at_the_deadline() {
         .env("DEMO_STOP_TIMEOUT_MS", "500");
     let mut server = ChildServer::start(cmd);
     let workers = children(server.pid());
+    // These workers ignore SIGTERM, even the one their parent's death sends: should this
+    // test fail before they are killed, kill them (still running the demo) by PID.
+    let _cleanup = KillStubbornOnPanic(workers.iter().copied().collect());
     server.signal("TERM");
     server.wait_for_stderr("stopping", LIMIT);
     // A second signal forwards SIGINT (ignored here too); the deadline still holds.

@@ -52,6 +52,13 @@ pub enum ActivationError {
         /// The descriptor number.
         fd: RawFd,
     },
+    /// An announced descriptor is close-on-exec: it cannot have survived the `exec` that
+    /// started this process, so this process opened it itself (or took it already: a
+    /// number announced twice).
+    NotInherited {
+        /// The descriptor number.
+        fd: RawFd,
+    },
     /// An announced descriptor is not a listening TCP (IPv4 or IPv6 stream) socket.
     NotListeningTcp {
         /// The descriptor number.
@@ -81,6 +88,11 @@ impl std::fmt::Display for ActivationError {
             ActivationError::NotOpen { fd } => {
                 write!(f, "inherited descriptor {fd} is not open")
             }
+            ActivationError::NotInherited { fd } => write!(
+                f,
+                "descriptor {fd} is close-on-exec, so it was not inherited \
+                 (opened by this process, or announced twice)"
+            ),
             ActivationError::NotListeningTcp { fd, reason } => write!(
                 f,
                 "inherited descriptor {fd} is not a listening TCP socket: {reason}"
@@ -157,6 +169,13 @@ pub fn take_fds_from_env(
         return Ok(None);
     };
     std::env::remove_var(count_var);
+    if first < 3 {
+        return Err(bad(
+            count_var,
+            &count,
+            "descriptors must start above stdio (3 or more)",
+        ));
+    }
     let n = parse_count(count_var, &count)?;
     announced_at_start(count_var, &count)?;
     take_range(first, n).map(Some)
@@ -281,9 +300,16 @@ fn take_one(fd: RawFd) -> Result<OwnedFd, ActivationError> {
     if flags == -1 {
         return Err(ActivationError::NotOpen { fd });
     }
-    // SAFETY: `fd` is open (checked just above), and nothing else in this process owns it:
-    // it was announced by a variable that was read and removed under `ENV_LOCK`, so this
-    // is the only taker (see the module docs for the whole argument).
+    if flags & libc::FD_CLOEXEC != 0 {
+        // Everything this process opens (std, duo) is close-on-exec, and so is every
+        // descriptor taken here: only one inherited through `exec` is not.
+        return Err(ActivationError::NotInherited { fd });
+    }
+    // SAFETY: `fd` is open (checked just above) and nothing else in this process owns it:
+    // it is not close-on-exec, so it came through the `exec` that started the process
+    // (every descriptor the process opens itself, and every one taken here before, is
+    // close-on-exec), and it was announced by a variable that was read and removed under
+    // `ENV_LOCK` (see the module docs for the whole argument).
     let owned = unsafe { OwnedFd::from_raw_fd(fd) };
     // SAFETY: `F_SETFD` on a descriptor we own; only sets its flags.
     cvt(unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) })
@@ -303,6 +329,19 @@ mod tests {
         let e = parse_count("LISTEN_FDS", std::ffi::OsStr::new("100000")).unwrap_err();
         assert!(matches!(e, ActivationError::BadVariable { .. }), "{e}");
         assert_eq!(parse_count("N", std::ffi::OsStr::new("2")).unwrap(), 2);
+    }
+
+    #[test]
+    fn a_descriptor_this_process_opened_or_took_already_is_not_taken() {
+        // std opens close-on-exec, and so is everything `take_one` returns: neither can
+        // have come through `exec`, so neither gets a second owner.
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let e = take_one(file.as_raw_fd()).unwrap_err();
+        assert!(matches!(e, ActivationError::NotInherited { .. }), "{e}");
+        assert!(e.to_string().contains("close-on-exec"), "{e}");
+        // The file is still ours and open.
+        let mut buf = [0u8; 1];
+        assert_eq!(std::io::Read::read(&mut &file, &mut buf).unwrap(), 1);
     }
 
     #[test]

@@ -47,8 +47,10 @@ pub enum WhenFull {
     Reject,
     /// Stop accepting until a connection closes: extra connections wait in the kernel's
     /// listen queue, where another process or server on the same socket (worker
-    /// processes, `SO_REUSEPORT` siblings) takes them. The count may exceed the maximum
-    /// by at most one connection per accepting loop (loops decide at the same moment).
+    /// processes, `SO_REUSEPORT` siblings) takes them. The loop that finds the server
+    /// full pauses every acceptor of the server; one woken before its pause arrives takes
+    /// one connection over the maximum (so at most one per accepting loop), rather than
+    /// leave it queued unannounced.
     Pause,
 }
 
@@ -130,27 +132,19 @@ pub(crate) struct Acceptor {
     on_new: NewConnection,
     /// Called once per exhaustion event (for counting).
     on_exhausted: Box<dyn FnMut() + Send>,
-    /// Asked before accepting, on a server that pauses when full: a loop that has not
-    /// accepted since the server filled up learns it here, before it takes one more.
-    admit: Option<Admit>,
     local: SocketAddr,
 }
-
-/// Whether there is room for another connection (see [`WhenFull::Pause`]).
-pub(crate) type Admit = Box<dyn Fn() -> Admission + Send>;
 
 impl Acceptor {
     pub(crate) fn new(
         local: SocketAddr,
         on_new: NewConnection,
         on_exhausted: Box<dyn FnMut() + Send>,
-        admit: Option<Admit>,
     ) -> Acceptor {
         Acceptor {
             spare: open_spare(),
             on_new,
             on_exhausted,
-            admit,
             local,
         }
     }
@@ -214,14 +208,11 @@ fn open_spare() -> Option<File> {
 
 impl Handler for Acceptor {
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self
-            .admit
-            .as_ref()
-            .is_some_and(|admit| admit() == Admission::Pause)
-        {
-            ch.disable_reading();
-            return;
-        }
+        // No "full?" check before accepting: with `EPOLLEXCLUSIVE` this wake-up may be
+        // the only one the connection gets, so declining it would leave the connection in
+        // the queue with no other loop or process told. A full server's other loops are
+        // paused when the first one finds it full (`pause_if_full`); one woken before
+        // that takes one connection over the maximum.
         loop {
             match duo_sys::accept4(ch.fd()) {
                 Ok((fd, peer)) => {

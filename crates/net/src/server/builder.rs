@@ -12,9 +12,9 @@ use parking_lot::Mutex;
 use socket2::{Socket, Type};
 
 use super::accept::{
-    listen, new_connection_handler, AcceptMode, Acceptor, Admit, Ids, ListenOptions, WhenFull,
+    listen, new_connection_handler, AcceptMode, Acceptor, Ids, ListenOptions, WhenFull,
 };
-use super::{close_hook, pause_if_full, ServerShared, TcpServer, NEXT_SERVER};
+use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER};
 use crate::config::{conn_config_setters, defaults, ConnConfig};
 use crate::conn::callbacks::{callback_setters, Callbacks};
 use crate::conn::group::ServerLink;
@@ -252,11 +252,6 @@ impl ServerBuilder {
             let shared = shared.clone();
             Box::new(move || AcceptCounters::bump(&shared.counters.emfile))
         };
-        let admit = |shared: &Arc<ServerShared>| -> Option<Admit> {
-            let max = shared.pause_at?;
-            let shared = shared.clone();
-            Some(Box::new(move || pause_if_full(&shared, max)))
-        };
         if mode == AcceptMode::MainLoop {
             let ids = Ids {
                 first: 1,
@@ -264,7 +259,7 @@ impl ServerBuilder {
             };
             let on_new =
                 new_connection_handler(shared.clone(), loops, owners, max, self.when_full, ids);
-            let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared), admit(&shared));
+            let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
             let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
             shared.acceptors.lock().push((main.handle(), token));
         } else {
@@ -291,8 +286,7 @@ impl ServerBuilder {
                     self.when_full,
                     ids,
                 );
-                let acceptor =
-                    Acceptor::new(local_addr, on_new, on_exhausted(&shared), admit(&shared));
+                let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
                 let interest = match mode {
                     AcceptMode::Shared => Interest::READABLE | Interest::EXCLUSIVE,
                     _ => Interest::READABLE,

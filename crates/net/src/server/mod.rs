@@ -119,21 +119,31 @@ fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
     })
 }
 
-/// After a connection was accepted on a server that pauses when full: whether the
-/// acceptor must stop accepting.
+/// After a connection was accepted on a server that pauses when full: whether this
+/// acceptor must stop accepting. When it must, every other acceptor of the server is
+/// paused too (a queued function on its loop), so that idle loops stop taking wake-ups
+/// of the shared socket that other processes could serve.
 ///
 /// The pause flag and the open count are written and read in opposite orders by this
 /// function (set the flag, read the count) and the close hook (lower the count, read the
 /// flag), all sequentially consistent: either the close sees the flag and resumes the
-/// acceptors, or this sees the lowered count and does not stay paused.
+/// acceptors, or this sees the lowered count and resumes them itself. The pauses are
+/// queued before the flag is set, so a resume (queued after the flag was seen) always
+/// runs after them on every loop.
 fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
     let active = &shared.counters.active;
     if active.load(Ordering::SeqCst) < max {
         return Admission::Continue;
     }
+    for (h, token) in shared.acceptors.lock().iter() {
+        let token = *token;
+        let _ = h.queue_in_loop(move |lp| {
+            lp.with_channel(token, |_, ch, _| ch.disable_reading());
+        });
+    }
     shared.accept_paused.store(true, Ordering::SeqCst);
     if active.load(Ordering::SeqCst) < max && shared.accept_paused.swap(false, Ordering::SeqCst) {
-        // Room was made meanwhile, unseen by the close: wake any acceptor that paused.
+        // Room was made meanwhile, unseen by the close: undo the pauses.
         resume_accepting(shared);
         return Admission::Continue;
     }
