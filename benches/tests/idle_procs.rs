@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use duo_testkit::loadgen_json::LoadgenJson;
 use duo_testkit::{
-    package_binary, run_within, send_signal, wait_child_within, wait_until, ChildServer, LIMIT,
+    children, package_binary, run_within, send_signal, wait_child_within, wait_until, ChildServer,
+    LIMIT,
 };
 
 /// Connections of the run: a few hundred, so the test is quick and light.
@@ -65,15 +66,6 @@ fn idle_procs_spreads_over_two_processes_and_verifies_every_connection_twice() {
     // Every child is gone: none of them is left holding connections to the server.
     let (status, _) = server.terminate("TERM", Duration::from_secs(10));
     assert!(status.success(), "echo exited with {status}");
-}
-
-/// The children of process `pid` (of its main thread, which starts them).
-fn children(pid: u32) -> Vec<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .collect()
 }
 
 #[test]

@@ -5,7 +5,6 @@
 //! server did not close; the server's orderly closes of old-generation connections (after
 //! their replies were written) are counted apart, and the clients reconnect.
 
-use std::collections::BTreeSet;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -13,21 +12,12 @@ use std::thread;
 use std::time::Duration;
 
 use duo_testkit::loadgen_json::LoadgenJson;
-use duo_testkit::{package_binary, run_within, send_signal, wait_until, ChildServer};
+use duo_testkit::{children, package_binary, run_within, send_signal, wait_until, ChildServer};
 
 /// Reloads under load.
 const RELOADS: usize = 5;
 /// How long each load generator runs: long enough for every reload, which the test checks.
 const LOAD_SECS: u64 = 30;
-
-/// The worker processes of supervisor `pid`.
-fn children(pid: u32) -> BTreeSet<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|c| c.parse().ok())
-        .collect()
-}
 
 /// Starts `loadgen MODE ... --reconnect --json` on a thread; `done` is set when it ends.
 fn load(

@@ -4,7 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::Path;
@@ -14,33 +13,11 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::Server;
-use duo_testkit::{join_within, run_within, wait_until, ChildServer, LIMIT};
+use common::{tcp_queues, Server};
+use duo_testkit::{children, is_running, join_within, run_within, wait_until, ChildServer, LIMIT};
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
-
-/// The supervisor's children now, from `/proc/PID/task/PID/children`.
-fn children(pid: u32) -> BTreeSet<u32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// Whether `pid` runs (a zombie does not).
-fn alive(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
-}
 
 /// How many sockets process `pid` has open.
 fn sockets(pid: u32) -> usize {
@@ -179,23 +156,6 @@ fn a_killed_worker_is_replaced_and_service_continues() {
     }
 }
 
-/// (send queue, receive queue) of the IPv4 socket `local` -> `remote` (`/proc/net/tcp`).
-fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let (l, r) = (format!(":{local:04X}"), format!(":{remote:04X}"));
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 5 || !f[1].ends_with(&l) || !f[2].ends_with(&r) {
-            return None;
-        }
-        let (tx, rx) = f[4].split_once(':')?;
-        Some((
-            u64::from_str_radix(tx, 16).ok()?,
-            u64::from_str_radix(rx, 16).ok()?,
-        ))
-    })
-}
-
 #[test]
 fn sigterm_delivers_a_large_pending_reply_whole_then_exits_0() {
     let mut server = supervisor("2");
@@ -221,7 +181,7 @@ fn sigterm_delivers_a_large_pending_reply_whole_then_exits_0() {
     let status = server.wait_exit(LIMIT);
     assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
     for pid in workers {
-        assert!(!alive(pid), "worker {pid} exited");
+        assert!(!is_running(pid), "worker {pid} exited");
     }
     assert!(server.stderr().contains("all workers have exited"));
 }
@@ -252,7 +212,9 @@ fn reload_under_churn(upgrade: bool) {
     // The old worker serving `held` drains it: the reply, then EOF.
     assert_eq!(read_to_eof(&mut held), b"across");
     drop(held);
-    wait_until("the old workers exit", || old.iter().all(|p| !alive(*p)));
+    wait_until("the old workers exit", || {
+        old.iter().all(|p| !is_running(*p))
+    });
     // And are reaped: then only the new ones are children.
     wait_until("two new workers only", || {
         let now = children(sup_pid);
@@ -268,7 +230,7 @@ fn reload_under_churn(upgrade: bool) {
     eprintln!("churn: {c:?}");
     assert_eq!((c.refused, c.reset), (0, 0), "{c:?}");
     assert!(c.ok > 10, "{c:?}");
-    assert!(alive(sup_pid));
+    assert!(is_running(sup_pid));
     if upgrade {
         let log = server.stderr();
         assert_eq!(count(&log, "adopting worker"), 2, "{log}");
@@ -422,28 +384,39 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// Connects to `addr`, retrying while nothing listens yet, and round-trips `msg`.
+/// Connects to `addr` once something listens there (the activator binds a moment after it
+/// starts: poll with a deadline, there is no event to wait on).
+fn connect_when_listening(addr: SocketAddr) -> TcpStream {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => return s,
+            Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
+            Err(e) => panic!("connect {addr}: {e}"),
+        }
+    }
+}
+
+/// Connects to `addr` once something listens there, and round-trips `msg`.
 fn connect_and_echo(addr: SocketAddr, msg: &'static [u8]) -> thread::JoinHandle<()> {
     thread::spawn(move || {
-        let deadline = Instant::now() + LIMIT;
-        let mut s = loop {
-            match TcpStream::connect(addr) {
-                Ok(s) => break s,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
-                    thread::sleep(Duration::from_millis(5));
-                }
-                Err(e) => panic!("connect {addr}: {e}"),
-            }
-        };
+        let mut s = connect_when_listening(addr);
         s.set_read_timeout(Some(LIMIT)).unwrap();
         round_trip(&mut s, msg);
     })
 }
 
-fn socket_activated(extra: &[&str]) {
-    if !Path::new(SOCKET_ACTIVATE).exists() {
+/// Whether `systemd-socket-activate` is installed (else the test says it is skipped).
+fn have_activator() -> bool {
+    let there = Path::new(SOCKET_ACTIVATE).exists();
+    if !there {
         println!("skipped: {SOCKET_ACTIVATE} is not installed");
+    }
+    there
+}
+
+fn socket_activated(extra: &[&str]) {
+    if !have_activator() {
         return;
     }
     let port = free_port();
@@ -537,20 +510,13 @@ fn a_second_signal_stops_at_once() {
 
 #[test]
 fn two_activated_sockets_are_a_usage_error() {
-    if !Path::new(SOCKET_ACTIVATE).exists() {
-        println!("skipped: {SOCKET_ACTIVATE} is not installed");
+    if !have_activator() {
         return;
     }
     let (a, b) = (free_port(), free_port());
     let first: SocketAddr = ([127, 0, 0, 1], a).into();
     // The program is executed on the first connection: make one, then it exits.
-    let poke = thread::spawn(move || {
-        let deadline = Instant::now() + LIMIT;
-        while TcpStream::connect(first).is_err() {
-            assert!(Instant::now() < deadline, "nothing listens on {first}");
-            thread::sleep(Duration::from_millis(5));
-        }
-    });
+    let poke = thread::spawn(move || drop(connect_when_listening(first)));
     let done = run_within(
         Command::new(SOCKET_ACTIVATE).args([
             "-l",

@@ -7,7 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use duo_testkit::{example_binary, run_within, wait_until, ChildServer, LIMIT};
+use duo_testkit::{
+    children, example_binary, is_running, run_within, wait_until, ChildServer, LIMIT,
+};
 
 fn demo() -> Command {
     Command::new(example_binary("duo-supervisor", "demo"))
@@ -17,29 +19,6 @@ fn start(args: &[&str]) -> ChildServer {
     let mut cmd = demo();
     cmd.args(args);
     ChildServer::start(cmd)
-}
-
-/// The supervisor's children now, from `/proc/PID/task/PID/children`.
-fn children(pid: u32) -> BTreeSet<u32> {
-    let path = format!("/proc/{pid}/task/{pid}/children");
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-fn alive(pid: u32) -> bool {
-    // A zombie is not alive for our purposes.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            !s.rsplit(')')
-                .next()
-                .unwrap_or("")
-                .trim_start()
-                .starts_with('Z')
-        })
-        .unwrap_or(false)
 }
 
 /// Connects and reads the worker's `pid N` greeting.
@@ -129,7 +108,7 @@ fn sigterm_stops_every_worker_then_the_supervisor_exits_0() {
     assert_eq!(count(&log, "killed by signal 15"), 3, "{log}");
     assert!(log.contains("all workers have exited"), "{log}");
     for pid in workers {
-        wait_until("worker gone", || !alive(pid));
+        wait_until("worker gone", || !is_running(pid));
     }
 }
 
@@ -139,7 +118,7 @@ fn reload_starts_new_workers_and_retires_the_old() {
     let old = children(server.pid());
     server.signal("HUP");
     server.wait_for_stderr("generation 2 is serving", LIMIT);
-    wait_until("old workers gone", || old.iter().all(|p| !alive(*p)));
+    wait_until("old workers gone", || old.iter().all(|p| !is_running(*p)));
     // And reaped: then only the new ones are children.
     wait_until("two new workers only", || {
         let now = children(server.pid());
@@ -190,7 +169,7 @@ fn upgrade_re_executes_the_supervisor_with_the_same_pid() {
         "{}",
         server.stderr()
     );
-    wait_until("old workers gone", || old.iter().all(|p| !alive(*p)));
+    wait_until("old workers gone", || old.iter().all(|p| !is_running(*p)));
     // And reaped: then only the new ones are children.
     wait_until("two new workers only", || {
         let now = children(server.pid());
@@ -292,7 +271,7 @@ fn workers_that_ignore_the_stop_are_killed_at_the_deadline() {
     assert!(log.contains("SIGKILL"), "{log}");
     assert_eq!(count(&log, "killed by signal 9"), 2, "{log}");
     for pid in workers {
-        assert!(!alive(pid));
+        assert!(!is_running(pid));
     }
 }
 

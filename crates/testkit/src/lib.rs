@@ -45,7 +45,9 @@ pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
 pub use cpu::{clock_ticks_per_second, cpu_time};
 pub use example::{example_binary, package_binary};
-pub use process::{finish_within, run_within, send_signal, wait_child_within, Finished};
+pub use process::{
+    children, finish_within, is_running, run_within, send_signal, wait_child_within, Finished,
+};
 pub use rng::{random_bytes, Rng};
 pub use socket::nonblocking_pair;
 pub use wait::{join_before, join_within, wait_until, wait_until_within, LIMIT};

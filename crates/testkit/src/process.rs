@@ -124,3 +124,30 @@ fn read_to_end(mut pipe: impl Read + Send + 'static) -> PipeReader {
     });
     PipeReader { bytes, thread }
 }
+
+/// The child processes of `pid` (those its main thread started), from
+/// `/proc/PID/task/PID/children`; empty if `pid` is gone. A child that exited but was not
+/// yet reaped (a zombie) is still listed.
+pub fn children(pid: u32) -> std::collections::BTreeSet<u32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// Whether process `pid` exists and is not a zombie (exited, not yet reaped).
+pub fn is_running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|stat| {
+            // The state follows the command name, which is in parentheses and may hold any
+            // character: read it after the last ')'.
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
+        .unwrap_or(false)
+}

@@ -135,7 +135,6 @@ pub(crate) fn scale(args: ScaleArgs) -> Result<(), Failure> {
     );
     check_limits(&host, &plan, args.json)?;
     let bins = build_bins(args.json)?;
-    check_processes_flag(&bins, &plan, per_proc)?;
     let logs = target_dir().join("scale").join("logs");
     create_dir(&logs)?;
     let outcome = run_scale(&bins, &plan, &logs, args.json)?;
@@ -230,27 +229,6 @@ fn build_bins(json: bool) -> Result<Bins, Failure> {
         echo: release.join("echo"),
         loadgen: release.join("loadgen"),
     })
-}
-
-/// With K > 1, the echo server must have `--processes`: say so plainly if it has not.
-fn check_processes_flag(bins: &Bins, plan: &Plan, per_proc: u64) -> Result<(), Failure> {
-    if plan.server_procs <= 1 {
-        return Ok(());
-    }
-    let help = duo_testkit::run_within(
-        Command::new(&bins.echo).args(["serve", "--help"]),
-        Duration::from_secs(10),
-    )
-    .map_err(Failure::Run)?;
-    if help.stdout.contains("--processes") {
-        Ok(())
-    } else {
-        Err(Failure::Run(format!(
-            "{} connections need {} server processes (the open-file limit allows about {} \
-             per process), but this echo has no `serve --processes`; use --conns {} or less",
-            plan.conns, plan.server_procs, per_proc, per_proc
-        )))
-    }
 }
 
 #[cfg(test)]

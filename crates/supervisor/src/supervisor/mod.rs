@@ -21,6 +21,9 @@
 //!   retiring worker is not restarted.
 //! - A worker's readiness byte may still sit in its pipe when its `SIGCHLD` is handled
 //!   (ready, then dead at once): the pipe is read first, so it counts as having started.
+//! - Files: this one holds the state machine (generations, workers, stopping);
+//!   `upgrade.rs` the re-execution in place and what the new image adopts; `stats.rs` the
+//!   shared stats rows and the summed log line.
 //! - Stop: every worker gets `SIGTERM` once; the next stop signal sends `SIGINT`; at
 //!   `stop_timeout` the rest get `SIGKILL`; the loop quits when the last one is reaped.
 
@@ -28,11 +31,10 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io::{self, IoSliceMut};
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, FnHandler, Interest, LoopError, Signal, TimerId, Token};
@@ -45,6 +47,11 @@ use crate::protocol::{
     STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::worker::{read_row, WorkerStats};
+
+mod stats;
+mod upgrade;
+
+use upgrade::{is_child, parse_pids, relocate, take_var};
 
 /// The signals the supervisor handles.
 const SIGNALS: [Signal; 5] = [
@@ -359,7 +366,7 @@ impl State {
         match sig {
             Signal::CHLD => self.reap(lp),
             Signal::HUP => self.reload(lp),
-            Signal::USR2 => self.upgrade(lp),
+            Signal::USR2 => self.upgrade(),
             _ => self.stop(lp, sig),
         }
     }
@@ -764,113 +771,6 @@ impl State {
             lp.quit();
         });
     }
-
-    // ---- upgrade ----
-
-    fn upgrade(&mut self, lp: &mut EventLoop) {
-        let _ = lp;
-        if self.stopping || self.pending.is_some() {
-            log::warn!("SIGUSR2: not now (stopping, or a generation is starting); ignored");
-            return;
-        }
-        let misplaced = self
-            .listeners
-            .iter()
-            .enumerate()
-            .any(|(i, l)| l.as_raw_fd() != duo_sys::LISTEN_FDS_START + i as RawFd);
-        if misplaced {
-            log::error!(
-                "SIGUSR2: cannot upgrade: the listening sockets are not at descriptors 3.. \
-                 (they were taken when the supervisor started)"
-            );
-            return;
-        }
-        let serving = self.pids_where(|w| w.generation == self.generation && !w.retiring);
-        let list: Vec<String> = serving.iter().map(u32::to_string).collect();
-        let draining: Vec<String> = self
-            .pids_where(|w| w.retiring)
-            .iter()
-            .map(u32::to_string)
-            .collect();
-        log::info!(
-            "SIGUSR2: upgrading: executing {} again, handing over workers {serving:?}",
-            self.exe.display()
-        );
-        let mut cmd = std::process::Command::new(&self.exe);
-        cmd.args(&self.args)
-            .env("LISTEN_FDS", self.listeners.len().to_string())
-            .env("LISTEN_PID", std::process::id().to_string())
-            .env_remove("LISTEN_FDNAMES")
-            .env(ADOPT_VAR, list.join(","))
-            .env(RETIRING_VAR, draining.join(","))
-            .env(GENERATION_VAR, self.generation.to_string())
-            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
-        if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
-            log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
-            cmd.env_remove(STATS_VAR);
-        }
-        for l in &self.listeners {
-            if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
-                log::error!("SIGUSR2: cannot upgrade: {e}");
-                self.restore_cloexec();
-                return;
-            }
-        }
-        let err = cmd.exec();
-        self.restore_cloexec();
-        log::error!(
-            "SIGUSR2: executing {} failed: {err}; this image keeps running",
-            self.exe.display()
-        );
-    }
-
-    fn restore_cloexec(&self) {
-        let _ = duo_sys::set_inherit_on_exec(self.stats.fd(), false);
-        for l in &self.listeners {
-            if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), false) {
-                log::error!("restoring close-on-exec on a listener: {e}");
-            }
-        }
-    }
-
-    // ---- stats ----
-
-    fn row_cells(&self, row: usize) -> &[std::sync::atomic::AtomicU64] {
-        &self.stats.slots()[row * ROW_LEN..(row + 1) * ROW_LEN]
-    }
-
-    fn clear_row(&self, row: usize) {
-        for cell in self.row_cells(row) {
-            cell.store(0, Ordering::Relaxed);
-        }
-    }
-
-    fn log_stats(&mut self) {
-        let mut sum = WorkerStats::default();
-        for w in self.workers.values() {
-            if let Some(row) = w.row {
-                let (_, s) = read_row(self.row_cells(row));
-                sum.add(&s);
-            }
-        }
-        let now = Instant::now();
-        let (then, before) = self.last_stats;
-        let secs = now.duration_since(then).as_secs_f64().max(1e-9);
-        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
-        let mib = 1024.0 * 1024.0;
-        log::info!(
-            "stats: generation {}, {} workers, {} connections open, {} accepted, \
-             {:.0} msg/s, in {:.2} MiB/s, out {:.2} MiB/s",
-            self.generation,
-            self.workers.len(),
-            sum.open,
-            sum.accepted,
-            rate(sum.messages, before.messages),
-            rate(sum.bytes_in, before.bytes_in) / mib,
-            rate(sum.bytes_out, before.bytes_out) / mib,
-        );
-        self.last_stats = (now, sum);
-    }
 }
 
 /// The readiness pipe of worker `pid` is readable: a byte means ready, EOF means it closed
@@ -915,74 +815,9 @@ fn describe(status: ExitStatus) -> String {
     }
 }
 
-/// The value of `var`, removed from the environment.
-fn take_var(var: &str) -> Option<String> {
-    let v = std::env::var(var).ok();
-    std::env::remove_var(var);
-    v
-}
-
-/// `"12,34"` -> `[12, 34]`; anything that is not a positive number is skipped.
-fn parse_pids(list: &str) -> Vec<u32> {
-    list.split(',')
-        .filter_map(|p| p.trim().parse().ok())
-        .filter(|p| *p > 0)
-        .collect()
-}
-
-/// Whether `pid` is a child of this process (its parent in `/proc/PID/stat`).
-fn is_child(pid: u32) -> bool {
-    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
-        return false;
-    };
-    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
-    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
-        return false;
-    };
-    rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(std::process::id())
-}
-
-/// Moves listener `i` to descriptor `3 + i` where that number is free (an upgrade hands
-/// them over there); leaves it where it is otherwise.
-fn relocate(listeners: Vec<TcpListener>) -> Vec<TcpListener> {
-    listeners
-        .into_iter()
-        .enumerate()
-        .map(|(i, l)| {
-            let target = duo_sys::LISTEN_FDS_START + i as RawFd;
-            if l.as_raw_fd() == target {
-                return l;
-            }
-            match duo_sys::dup_at_least(l.as_fd(), target) {
-                Ok(fd) if fd.as_raw_fd() == target => TcpListener::from(fd),
-                _ => l,
-            }
-        })
-        .collect()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn pid_lists_skip_garbage() {
-        assert_eq!(parse_pids("12, 34,x,,0,-5"), [12, 34]);
-        assert!(parse_pids("").is_empty());
-    }
-
-    #[test]
-    fn only_children_are_adoptable() {
-        assert!(!is_child(std::process::id()));
-        assert!(!is_child(1));
-        let mut child = std::process::Command::new("sleep")
-            .arg("5")
-            .spawn()
-            .unwrap();
-        assert!(is_child(child.id()));
-        child.kill().unwrap();
-        child.wait().unwrap();
-    }
 
     #[test]
     fn statuses_read_well() {

@@ -1,0 +1,147 @@
+//! Upgrading in place (`SIGUSR2`): the supervisor executes its own binary again, same
+//! PID, handing over its listening sockets (systemd's protocol), its workers and its stats
+//! region; and the new image's side: which handed-over workers are really its children.
+
+use std::net::TcpListener;
+use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::unix::process::CommandExt;
+
+use super::State;
+use crate::protocol::{ADOPT_VAR, GENERATION_VAR, RETIRING_VAR, STATS_VAR};
+
+impl State {
+    pub(super) fn upgrade(&mut self) {
+        if self.stopping || self.pending.is_some() {
+            log::warn!("SIGUSR2: not now (stopping, or a generation is starting); ignored");
+            return;
+        }
+        let misplaced = self
+            .listeners
+            .iter()
+            .enumerate()
+            .any(|(i, l)| l.as_raw_fd() != duo_sys::LISTEN_FDS_START + i as RawFd);
+        if misplaced {
+            log::error!(
+                "SIGUSR2: cannot upgrade: the listening sockets are not at descriptors 3.. \
+                 (they were taken when the supervisor started)"
+            );
+            return;
+        }
+        let serving = self.pids_where(|w| w.generation == self.generation && !w.retiring);
+        let list: Vec<String> = serving.iter().map(u32::to_string).collect();
+        let draining: Vec<String> = self
+            .pids_where(|w| w.retiring)
+            .iter()
+            .map(u32::to_string)
+            .collect();
+        log::info!(
+            "SIGUSR2: upgrading: executing {} again, handing over workers {serving:?}",
+            self.exe.display()
+        );
+        let mut cmd = std::process::Command::new(&self.exe);
+        cmd.args(&self.args)
+            .env("LISTEN_FDS", self.listeners.len().to_string())
+            .env("LISTEN_PID", std::process::id().to_string())
+            .env_remove("LISTEN_FDNAMES")
+            .env(ADOPT_VAR, list.join(","))
+            .env(RETIRING_VAR, draining.join(","))
+            .env(GENERATION_VAR, self.generation.to_string())
+            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
+        if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
+            log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
+            cmd.env_remove(STATS_VAR);
+        }
+        for l in &self.listeners {
+            if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
+                log::error!("SIGUSR2: cannot upgrade: {e}");
+                self.restore_cloexec();
+                return;
+            }
+        }
+        let err = cmd.exec();
+        self.restore_cloexec();
+        log::error!(
+            "SIGUSR2: executing {} failed: {err}; this image keeps running",
+            self.exe.display()
+        );
+    }
+
+    pub(super) fn restore_cloexec(&self) {
+        let _ = duo_sys::set_inherit_on_exec(self.stats.fd(), false);
+        for l in &self.listeners {
+            if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), false) {
+                log::error!("restoring close-on-exec on a listener: {e}");
+            }
+        }
+    }
+}
+
+/// The value of `var`, removed from the environment.
+pub(super) fn take_var(var: &str) -> Option<String> {
+    let v = std::env::var(var).ok();
+    std::env::remove_var(var);
+    v
+}
+
+/// `"12,34"` -> `[12, 34]`; anything that is not a positive number is skipped.
+pub(super) fn parse_pids(list: &str) -> Vec<u32> {
+    list.split(',')
+        .filter_map(|p| p.trim().parse().ok())
+        .filter(|p| *p > 0)
+        .collect()
+}
+
+/// Whether `pid` is a child of this process (its parent in `/proc/PID/stat`).
+pub(super) fn is_child(pid: u32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // "pid (comm) state ppid ...": comm may hold spaces and parentheses; the last ')' ends it.
+    let Some(rest) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    rest.split_whitespace().nth(1).and_then(|p| p.parse().ok()) == Some(std::process::id())
+}
+
+/// Moves listener `i` to descriptor `3 + i` where that number is free (an upgrade hands
+/// them over there); leaves it where it is otherwise.
+pub(super) fn relocate(listeners: Vec<TcpListener>) -> Vec<TcpListener> {
+    listeners
+        .into_iter()
+        .enumerate()
+        .map(|(i, l)| {
+            let target = duo_sys::LISTEN_FDS_START + i as RawFd;
+            if l.as_raw_fd() == target {
+                return l;
+            }
+            match duo_sys::dup_at_least(l.as_fd(), target) {
+                Ok(fd) if fd.as_raw_fd() == target => TcpListener::from(fd),
+                _ => l,
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pid_lists_skip_garbage() {
+        assert_eq!(parse_pids("12, 34,x,,0,-5"), [12, 34]);
+        assert!(parse_pids("").is_empty());
+    }
+
+    #[test]
+    fn only_children_are_adoptable() {
+        assert!(!is_child(std::process::id()));
+        assert!(!is_child(1));
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .spawn()
+            .unwrap();
+        assert!(is_child(child.id()));
+        child.kill().unwrap();
+        child.wait().unwrap();
+    }
+}
