@@ -10,4 +10,4 @@ pub mod server;
 mod store;
 
 pub use auth::HashCost;
-pub use store::StoreError;
+pub use store::{Database, StoreError, StoreOptions};

@@ -1,7 +1,8 @@
 //! `bank`: duo's online-bank demo, a line-protocol service on `duo-net`.
 //!
 //! - `bank serve`: a line-protocol server (see `docs/bank-protocol.md`) on a `duo_net`
-//!   `TcpServer`, with accounts in an embedded SQLite database, password hashes (argon2),
+//!   `TcpServer`, with accounts in an embedded SQLite database or on a PostgreSQL server,
+//!   password hashes (argon2),
 //!   database work on a worker pool, replies in request order, group commit, heartbeat and
 //!   idle eviction, graceful shutdown on SIGINT/SIGTERM.
 //! - `bank client`: a blocking client, one-shot or interactive.
@@ -11,14 +12,13 @@
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 
 use bank::server::{self, ServeConfig};
-use bank::{client, HashCost};
+use bank::{client, Database, HashCost};
 
 /// An online bank over a line protocol, on the duo reactor library.
 #[derive(Debug, Parser)]
@@ -41,9 +41,15 @@ struct ServeArgs {
     /// Address to listen on (port 0 picks a free port; the chosen address is printed).
     #[arg(long, default_value = "127.0.0.1:7100", value_parser = parse_addr)]
     listen: SocketAddr,
-    /// SQLite database file, created with its schema if absent.
-    #[arg(long, default_value = "bank.db")]
-    db: PathBuf,
+    /// The database: an SQLite file (`bank.db`, `sqlite:PATH`; created with its schema if
+    /// absent) or a PostgreSQL server (`postgres://USER@HOST:PORT/DB`, also
+    /// `postgresql:///DB?host=/socket/dir`; the schema is created or checked at start).
+    #[arg(long, default_value = "bank.db", value_parser = Database::parse)]
+    db: Database,
+    /// Transactions that may commit at once on PostgreSQL (with group commit; without it,
+    /// every worker commits its own).
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    db_writers: u16,
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
     io_threads: u16,
@@ -101,6 +107,7 @@ fn main() -> ExitCode {
             let cfg = ServeConfig {
                 listen: a.listen,
                 db: a.db,
+                db_writers: a.db_writers.into(),
                 io_threads: a.io_threads.into(),
                 workers,
                 queue_capacity: a.queue_capacity as usize,

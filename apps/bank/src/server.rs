@@ -33,7 +33,6 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -46,7 +45,9 @@ use crate::protocol::{
     err_line, history_reply, ok_line, parse_line, valid_password, valid_user, Command, ErrorCode,
     ProtoError, MAX_LINE, PONG,
 };
-use crate::store::{Store, StoreError, WriteJob, WriteOp, WriteOutcome, WriteResults};
+use crate::store::{
+    Database, Store, StoreError, StoreOptions, WriteJob, WriteOp, WriteOutcome, WriteResults,
+};
 
 /// Commands queued on one connection at which the server stops reading from it.
 const QUEUE_HIGH: usize = 4096;
@@ -69,8 +70,10 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub struct ServeConfig {
     /// Address to listen on.
     pub listen: SocketAddr,
-    /// The SQLite file.
-    pub db: PathBuf,
+    /// The database: an SQLite file or a PostgreSQL server.
+    pub db: Database,
+    /// Transactions that may commit at once on PostgreSQL (SQLite has one writer).
+    pub db_writers: usize,
     /// I/O threads (sub reactors); 0 serves everything on the main loop.
     pub io_threads: usize,
     /// Worker threads for database work and password hashing.
@@ -89,10 +92,10 @@ pub struct ServeConfig {
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     /// Opening or creating the database.
-    #[error("cannot open database {path}: {source}")]
+    #[error("cannot open database {db}: {source}")]
     Database {
-        /// The file.
-        path: PathBuf,
+        /// The database.
+        db: Database,
         /// Why.
         source: StoreError,
     },
@@ -176,6 +179,21 @@ fn internal(e: &dyn fmt::Display) -> String {
     err_line(ErrorCode::Internal, "internal server error")
 }
 
+/// The reply to a command the database failed: `UNAVAILABLE` if it could not be reached,
+/// else `INTERNAL`.
+fn store_failed(e: &StoreError) -> String {
+    match e.code() {
+        ErrorCode::Unavailable => {
+            log::warn!("{e}");
+            err_line(
+                ErrorCode::Unavailable,
+                "database unavailable; try again later",
+            )
+        }
+        _ => internal(e),
+    }
+}
+
 /// Hands a job's result back to its connection's loop. If the job panics before finishing,
 /// dropping it answers `INTERNAL`, so the connection is never left waiting.
 struct Responder {
@@ -235,8 +253,18 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     // reach the main loop's signalfd and nothing else.
     process::prepare_server(&STOP_SIGNALS).map_err(|e| ServeError::Startup(e.to_string()))?;
 
-    let store = Store::open(&cfg.db, cfg.group_commit).map_err(|source| ServeError::Database {
-        path: cfg.db.clone(),
+    let options = StoreOptions {
+        group_commit: cfg.group_commit,
+        // Without group commit every worker runs its own transactions, as a classic
+        // connection pool would (SQLite ignores it: it has one writer).
+        writers: if cfg.group_commit {
+            cfg.db_writers
+        } else {
+            cfg.workers
+        },
+    };
+    let store = Store::open(&cfg.db, options).map_err(|source| ServeError::Database {
+        db: cfg.db.clone(),
         source,
     })?;
     let hasher = Hasher::new(cfg.hash_cost).map_err(startup("password hasher"))?;
@@ -308,7 +336,7 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     let addr = server.local_addr();
     log::info!(
         "bank serving {} on {addr}: {} I/O threads, {} workers, group commit {}",
-        cfg.db.display(),
+        cfg.db,
         cfg.io_threads,
         cfg.workers,
         if cfg.group_commit { "on" } else { "off" }
@@ -445,7 +473,7 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
                 }
                 let reply = match app.store.balance(id) {
                     Ok(b) => ok_line(b),
-                    Err(e) => internal(&e),
+                    Err(e) => store_failed(&e),
                 };
                 r.finish(Completion::reply(reply));
             }),
@@ -455,7 +483,7 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
                 }
                 let reply = match app.store.history(id, limit) {
                     Ok(entries) => history_reply(&entries),
-                    Err(e) => internal(&e),
+                    Err(e) => store_failed(&e),
                 };
                 r.finish(Completion::reply(reply));
             }),
@@ -638,7 +666,7 @@ fn login_failed(s: &mut Session) -> Step {
 fn login(app: &App, user: &str, password: &str) -> Completion {
     let row = match app.store.user(user) {
         Ok(row) => row,
-        Err(e) => return Completion::reply(internal(&e)),
+        Err(e) => return Completion::reply(store_failed(&e)),
     };
     // An unknown user costs a hash check too, against a dummy hash.
     match row {
@@ -671,7 +699,7 @@ fn register(app: &App, user: String, password: &str, r: Responder) {
             )))
         }
         Ok(None) => {}
-        Err(e) => return r.finish(Completion::reply(internal(&e))),
+        Err(e) => return r.finish(Completion::reply(store_failed(&e))),
     }
     let hash = match app.hasher.hash(password) {
         Ok(h) => h,
@@ -690,7 +718,7 @@ fn write_replies(results: WriteResults) -> Completion {
             Ok(WriteOutcome::Registered) => ok_line("registered"),
             Ok(WriteOutcome::Balance(b)) => ok_line(b),
             Ok(WriteOutcome::Rejected(code, message)) => err_line(code, &message),
-            Err(e) => internal(&e),
+            Err(e) => store_failed(&e),
         });
     }
     Completion::reply(reply)

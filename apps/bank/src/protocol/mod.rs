@@ -54,11 +54,15 @@ pub enum ErrorCode {
     /// A server-side failure (database error); the command may or may not have happened
     /// only if it was cut off by a crash, never otherwise.
     Internal,
+    /// The database server cannot be reached (down, restarting). Reads and logins did not
+    /// happen; a write did not happen either, unless the connection broke while it was
+    /// committing: a `TRANSFER` retried with the same request id then answers what did.
+    Unavailable,
 }
 
 impl ErrorCode {
     /// Every code, for tests and parsing.
-    pub const ALL: [ErrorCode; 11] = [
+    pub const ALL: [ErrorCode; 12] = [
         ErrorCode::BadRequest,
         ErrorCode::UnknownCommand,
         ErrorCode::NotAuthenticated,
@@ -70,6 +74,7 @@ impl ErrorCode {
         ErrorCode::LineTooLong,
         ErrorCode::Busy,
         ErrorCode::Internal,
+        ErrorCode::Unavailable,
     ];
 
     /// The code as written on the wire.
@@ -86,6 +91,7 @@ impl ErrorCode {
             ErrorCode::LineTooLong => "LINE_TOO_LONG",
             ErrorCode::Busy => "BUSY",
             ErrorCode::Internal => "INTERNAL",
+            ErrorCode::Unavailable => "UNAVAILABLE",
         }
     }
 

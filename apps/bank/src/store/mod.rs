@@ -1,79 +1,109 @@
-//! Storage: one SQLite file in WAL mode with `synchronous=FULL`, through `rusqlite`.
+//! Storage: the bank's accounts behind one boundary, with two backends.
 //!
-//! # Tables
+//! - [`sqlite`]: one SQLite file next to the server (the embedded default, `--db bank.db`).
+//! - [`postgres`]: a PostgreSQL server shared by any number of front-ends
+//!   (`--db postgres://...`).
 //!
-//! - `users`: id, unique name, argon2 PHC hash, balance in cents (`CHECK (balance >= 0)`).
+//! Both keep the same three tables and give the same answers, so the protocol cannot tell
+//! them apart (`docs/bank-protocol.md` lists the few backend-specific behaviours):
+//!
+//! - `users`: id, unique name, argon2 PHC hash, balance in cents (never negative).
 //! - `ledger`: one row per balance change (deposit, withdraw, transfer out, transfer in),
 //!   with the counterparty of a transfer and the balance after it.
 //! - `requests`: the outcome of every `TRANSFER` that carried a request id, keyed by
-//!   (user, request id), so a retry returns the first outcome and moves no money again.
+//!   (user, request id), so a retry returns the first outcome and moves no money again,
+//!   whichever front-end it reaches.
 //!
 //! # Reads and writes
 //!
-//! Reads (`BALANCE`, `HISTORY`, the password hash of `LOGIN`) use a small pool of
-//! read-only connections; WAL lets them run beside the writer and see every committed
-//! write.
-//!
-//! Writes go through one writer connection behind a mutex, with **group commit**
-//! ([`Store::submit_write`]): a worker queues its [`WriteJob`] and tries to take the writer.
-//! The worker that gets it (the leader) takes *everything* queued, runs it in one
-//! transaction (an operation that fails with a database error makes the batch run again
-//! with a savepoint per operation, so it does not undo the others), commits once (one WAL `fsync`), then hands each job its results. Workers
-//! that find the writer taken simply return: the current leader picks their jobs up, in
-//! queue order, before it lets go. So while one commit is syncing, the next batch gathers,
-//! and the number of syncs per second, not of requests, is what the disk limits. With group
-//! commit off, every operation gets its own transaction and sync.
-//!
-//! Every operation checks its preconditions inside the transaction that applies it, and
-//! only one transaction writes at a time, so balances never go negative and a transfer
-//! moves exactly what it debits.
+//! Reads (`BALANCE`, `HISTORY`, the password hash of `LOGIN`) run on pooled connections
+//! and see every committed write. Writes go through [`GroupCommit`]: the operations of many
+//! connections are batched into one transaction and one durable commit, and each operation
+//! keeps its own outcome (an insufficient balance fails that transfer alone, in order).
+//! Every operation checks its preconditions inside the transaction that applies it, so
+//! balances never go negative and a transfer moves exactly what it debits.
 
-use std::collections::VecDeque;
 use std::fmt;
-use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::path::PathBuf;
 
-use parking_lot::Mutex;
-use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
+use crate::protocol::{ErrorCode, HistoryEntry};
 
-use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
+mod group;
+pub(crate) mod postgres;
+pub(crate) mod sqlite;
 
-/// Most operations in one group-commit transaction.
-const MAX_BATCH_OPS: usize = 4096;
-/// How long a connection waits for a lock held by another (a checkpoint, say).
-const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) use group::GroupCommit;
 
-const SCHEMA: &str = "
-CREATE TABLE IF NOT EXISTS users (
-    id            INTEGER PRIMARY KEY,
-    name          TEXT    NOT NULL UNIQUE,
-    password_hash TEXT    NOT NULL,
-    balance       INTEGER NOT NULL DEFAULT 0 CHECK (balance >= 0),
-    created       INTEGER NOT NULL
-);
-CREATE TABLE IF NOT EXISTS ledger (
-    id            INTEGER PRIMARY KEY,
-    user_id       INTEGER NOT NULL REFERENCES users(id),
-    kind          TEXT    NOT NULL
-                  CHECK (kind IN ('deposit', 'withdraw', 'transfer_out', 'transfer_in')),
-    counterparty  TEXT,
-    amount        INTEGER NOT NULL CHECK (amount <> 0),
-    balance_after INTEGER NOT NULL CHECK (balance_after >= 0),
-    time          INTEGER NOT NULL
-);
-CREATE INDEX IF NOT EXISTS ledger_by_user ON ledger (user_id, id);
-CREATE TABLE IF NOT EXISTS requests (
-    user_id    INTEGER NOT NULL REFERENCES users(id),
-    request_id TEXT    NOT NULL,
-    to_user    TEXT    NOT NULL,
-    amount     INTEGER NOT NULL,
-    status     TEXT    NOT NULL,
-    balance    INTEGER,
-    message    TEXT,
-    PRIMARY KEY (user_id, request_id)
-) WITHOUT ROWID;
-PRAGMA user_version = 1;
-";
+/// Where the accounts live, as given to `bank serve --db`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Database {
+    /// An SQLite file (`bank.db`, `sqlite:PATH`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL server (`postgres://...`, `postgresql://...`), as a connection URL.
+    Postgres(String),
+}
+
+impl Database {
+    /// Reads a `--db` value: a `postgres://` or `postgresql://` URL (also with
+    /// `?host=/path/to/socket/dir`), `sqlite:PATH`, or a plain file path (SQLite).
+    ///
+    /// ```
+    /// use bank::Database;
+    /// assert!(matches!(Database::parse("bank.db"), Ok(Database::Sqlite(_))));
+    /// assert!(matches!(Database::parse("sqlite:/var/lib/bank.db"), Ok(Database::Sqlite(_))));
+    /// assert!(matches!(
+    ///     Database::parse("postgres://bank@127.0.0.1:5432/bank"),
+    ///     Ok(Database::Postgres(_))
+    /// ));
+    /// assert!(Database::parse("mysql://db/bank").is_err());
+    /// ```
+    pub fn parse(s: &str) -> Result<Database, String> {
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            postgres::check_url(s)?;
+            return Ok(Database::Postgres(s.to_owned()));
+        }
+        if let Some(path) = s.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err("sqlite: needs a file path (sqlite:PATH)".to_owned());
+            }
+            return Ok(Database::Sqlite(PathBuf::from(path)));
+        }
+        if let Some((scheme, _)) = s.split_once("://") {
+            return Err(format!(
+                "unknown database URL scheme {scheme:?}: use a file path, sqlite:PATH or \
+                 postgres://..."
+            ));
+        }
+        if s.is_empty() {
+            return Err("empty database path".to_owned());
+        }
+        Ok(Database::Sqlite(PathBuf::from(s)))
+    }
+
+    /// Whether several server processes may use the database at once.
+    pub fn allows_several_front_ends(&self) -> bool {
+        matches!(self, Database::Postgres(_))
+    }
+}
+
+impl fmt::Display for Database {
+    /// The database for messages and logs: a PostgreSQL URL without its password.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => write!(f, "{}", path.display()),
+            Database::Postgres(url) => f.write_str(&postgres::redact(url)),
+        }
+    }
+}
+
+/// How the server uses its database.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StoreOptions {
+    /// Batch concurrent writes into shared commits.
+    pub group_commit: bool,
+    /// Transactions that may commit at once (PostgreSQL; SQLite has one writer).
+    pub writers: usize,
+}
 
 /// A storage failure.
 #[derive(Debug, thiserror::Error)]
@@ -81,12 +111,30 @@ pub enum StoreError {
     /// An SQLite error.
     #[error("database: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// A PostgreSQL error other than the database being unreachable.
+    #[error("database: {0}")]
+    Postgres(String),
+    /// The database server cannot be reached (down, restarting, connection lost). A write
+    /// that gets this may or may not have been committed if the connection broke during
+    /// its commit; a retried transfer with the same request id tells which.
+    #[error("database unavailable: {0}")]
+    Unavailable(String),
     /// The transaction an operation belonged to failed to commit.
     #[error("database commit failed: {0}")]
     Commit(String),
-    /// The database file is not a bank database.
+    /// The database is not a bank database, or of a newer version.
     #[error("{0}")]
     Schema(String),
+}
+
+impl StoreError {
+    /// The protocol error a client gets for it.
+    pub(crate) fn code(&self) -> ErrorCode {
+        match self {
+            StoreError::Unavailable(_) => ErrorCode::Unavailable,
+            _ => ErrorCode::Internal,
+        }
+    }
 }
 
 /// A change to the database, applied by the writer.
@@ -168,557 +216,100 @@ pub(crate) struct UserRow {
     pub(crate) hash: String,
 }
 
-/// The bank's database.
-pub(crate) struct Store {
-    path: PathBuf,
-    group_commit: bool,
-    writer: Mutex<Connection>,
-    readers: Mutex<Vec<Connection>>,
-    pending: Mutex<VecDeque<WriteJob>>,
-}
-
-impl fmt::Debug for Store {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("path", &self.path)
-            .field("group_commit", &self.group_commit)
-            .finish_non_exhaustive()
-    }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
-}
-
-fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
-    let conn = Connection::open_with_flags(path, flags)?;
-    conn.busy_timeout(BUSY_TIMEOUT)?;
-    conn.pragma_update(None, "synchronous", "FULL")?;
-    conn.pragma_update(None, "foreign_keys", "ON")?;
-    if read_only {
-        conn.pragma_update(None, "query_only", "ON")?;
-    }
-    Ok(conn)
+/// The bank's database, whichever backend holds it.
+#[derive(Debug)]
+pub(crate) enum Store {
+    /// An SQLite file.
+    Sqlite(sqlite::SqliteStore),
+    /// A PostgreSQL server.
+    Postgres(Box<postgres::PgStore>),
 }
 
 impl Store {
-    /// Opens (creating if absent) the database at `path`: WAL mode, `synchronous=FULL`,
-    /// the schema.
-    pub(crate) fn open(path: &Path, group_commit: bool) -> Result<Store, StoreError> {
-        let writer = open_connection(path, false)?;
-        // Before changing anything in the file (journal mode, tables): it must be empty or
-        // a bank database, never some other program's database that gets bank tables
-        // added to it.
-        check_schema(&writer, path)?;
-        let mode: String = writer.query_row("PRAGMA journal_mode = WAL", [], |r| r.get(0))?;
-        if !mode.eq_ignore_ascii_case("wal") {
-            return Err(StoreError::Schema(format!(
-                "{}: cannot switch to WAL mode (journal mode is {mode})",
-                path.display()
-            )));
-        }
-        // One transaction, so a crash cannot leave a partial schema behind.
-        writer.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
-        Ok(Store {
-            path: path.to_owned(),
-            group_commit,
-            writer: Mutex::new(writer),
-            readers: Mutex::new(Vec::new()),
-            pending: Mutex::new(VecDeque::new()),
+    /// Opens the database (creating or migrating its schema); fails if it cannot be
+    /// reached or is not a bank database.
+    pub(crate) fn open(db: &Database, options: StoreOptions) -> Result<Store, StoreError> {
+        Ok(match db {
+            Database::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::open(path, options)?),
+            Database::Postgres(url) => {
+                Store::Postgres(Box::new(postgres::PgStore::open(url, options)?))
+            }
         })
-    }
-
-    /// Runs `f` on a pooled read-only connection.
-    fn read<R>(&self, f: impl FnOnce(&Connection) -> rusqlite::Result<R>) -> Result<R, StoreError> {
-        let pooled = self.readers.lock().pop();
-        let conn = match pooled {
-            Some(c) => c,
-            None => open_connection(&self.path, true)?,
-        };
-        let result = f(&conn);
-        self.readers.lock().push(conn);
-        Ok(result?)
     }
 
     /// The user named `name`, if any.
     pub(crate) fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT id, password_hash FROM users WHERE name = ?1")?
-                .query_row([name], |r| {
-                    Ok(UserRow {
-                        id: r.get(0)?,
-                        hash: r.get(1)?,
-                    })
-                })
-                .optional()
-        })
+        match self {
+            Store::Sqlite(s) => s.user(name),
+            Store::Postgres(s) => s.user(name),
+        }
     }
 
     /// The balance of user `id`.
     pub(crate) fn balance(&self, id: i64) -> Result<i64, StoreError> {
-        self.read(|c| {
-            c.prepare_cached("SELECT balance FROM users WHERE id = ?1")?
-                .query_row([id], |r| r.get(0))
-        })
+        match self {
+            Store::Sqlite(s) => s.balance(id),
+            Store::Postgres(s) => s.balance(id),
+        }
     }
 
     /// The latest `limit` ledger entries of user `id`, newest first.
     pub(crate) fn history(&self, id: i64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
-        self.read(|c| {
-            let mut stmt = c.prepare_cached(
-                "SELECT id, kind, counterparty, amount, balance_after, time FROM ledger
-                 WHERE user_id = ?1 ORDER BY id DESC LIMIT ?2",
-            )?;
-            let rows = stmt.query_map(params![id, limit as i64], |r| {
-                let kind: String = r.get(1)?;
-                Ok(HistoryEntry {
-                    id: r.get(0)?,
-                    kind: EntryKind::parse(&kind).unwrap_or(EntryKind::Deposit),
-                    counterparty: r.get(2)?,
-                    amount: r.get(3)?,
-                    balance_after: r.get(4)?,
-                    time: r.get(5)?,
-                })
-            })?;
-            rows.collect()
-        })
+        match self {
+            Store::Sqlite(s) => s.history(id, limit),
+            Store::Postgres(s) => s.history(id, limit),
+        }
     }
 
-    /// Queues `job` for the writer and, if the writer is free, becomes the leader and
-    /// commits everything queued (see the module documentation). Blocks for the commits it
-    /// leads; call it on a worker thread. `job.done` runs on whichever thread led the
-    /// commit.
+    /// Queues `job` for a writer and commits what is queued if a writer is free (see
+    /// [`GroupCommit::submit`]). Blocks for the commits it leads; call it on a worker
+    /// thread. `job.done` runs on whichever thread led the commit.
     pub(crate) fn submit_write(&self, job: WriteJob) {
-        self.pending.lock().push_back(job);
-        loop {
-            let Some(mut conn) = self.writer.try_lock() else {
-                // The leader will take our job before it lets go of the writer: it checks
-                // the queue after every batch, and again after unlocking.
-                return;
-            };
-            loop {
-                let batch = self.take_batch();
-                if batch.is_empty() {
-                    break;
-                }
-                let ops: Vec<&WriteOp> = batch.iter().flat_map(|j| j.ops.iter()).collect();
-                let mut results = execute(&mut conn, &ops).into_iter();
-                for job in batch {
-                    let mine: WriteResults = results.by_ref().take(job.ops.len()).collect();
-                    (job.done)(mine);
-                }
-            }
-            drop(conn);
-            // A job queued after our last look whose worker found the writer still taken
-            // is ours to run.
-            if self.pending.lock().is_empty() {
-                return;
-            }
+        match self {
+            Store::Sqlite(s) => s.submit_write(job),
+            Store::Postgres(s) => s.submit_write(job),
         }
     }
 
-    /// The next batch: whole jobs in queue order, up to the operation limit (at least one
-    /// job); one operation's job at a time without group commit.
-    fn take_batch(&self) -> Vec<WriteJob> {
-        let limit = if self.group_commit { MAX_BATCH_OPS } else { 1 };
-        let mut pending = self.pending.lock();
-        let mut batch = Vec::new();
-        let mut ops = 0;
-        while let Some(job) = pending.front() {
-            if !batch.is_empty() && ops + job.ops.len() > limit {
-                break;
-            }
-            ops += job.ops.len();
-            batch.extend(pending.pop_front());
-        }
-        batch
-    }
-
-    /// Applies `ops` now, in one transaction, on the calling thread (waits for the writer).
+    /// Applies `ops` now, in one transaction, on the calling thread.
     #[cfg(test)]
     pub(crate) fn write_now(&self, ops: &[WriteOp]) -> WriteResults {
-        let refs: Vec<&WriteOp> = ops.iter().collect();
-        execute(&mut self.writer.lock(), &refs)
+        match self {
+            Store::Sqlite(s) => s.write_now(ops),
+            Store::Postgres(s) => s.write_now(ops),
+        }
     }
 
     /// The sum of all balances.
     #[cfg(test)]
     pub(crate) fn total(&self) -> Result<i64, StoreError> {
-        self.read(|c| {
-            c.query_row("SELECT COALESCE(SUM(balance), 0) FROM users", [], |r| {
-                r.get(0)
-            })
-        })
-    }
-}
-
-/// The tables of a bank database and the columns the program uses.
-const TABLES: [(&str, &[&str]); 3] = [
-    (
-        "users",
-        &["id", "name", "password_hash", "balance", "created"],
-    ),
-    (
-        "ledger",
-        &[
-            "id",
-            "user_id",
-            "kind",
-            "counterparty",
-            "amount",
-            "balance_after",
-            "time",
-        ],
-    ),
-    (
-        "requests",
-        &[
-            "user_id",
-            "request_id",
-            "to_user",
-            "amount",
-            "status",
-            "balance",
-            "message",
-        ],
-    ),
-];
-
-/// Checks that the database is empty (a new bank) or a bank database of a version this
-/// program knows.
-fn check_schema(c: &Connection, path: &Path) -> Result<(), StoreError> {
-    let not_ours = |why: String| {
-        StoreError::Schema(format!(
-            "{}: not a bank database ({why}); refusing to use it",
-            path.display()
-        ))
-    };
-    let version: i64 = c.query_row("PRAGMA user_version", [], |r| r.get(0))?;
-    if version > 1 {
-        return Err(StoreError::Schema(format!(
-            "{}: schema version {version} is newer than this program's (1)",
-            path.display()
-        )));
-    }
-    let tables: Vec<String> = c
-        .prepare("SELECT name FROM sqlite_master WHERE type = 'table' ORDER BY name")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    if tables.is_empty() {
-        return Ok(()); // a new database
-    }
-    if version != 1 {
-        return Err(not_ours(format!(
-            "schema version {version}, tables {}",
-            tables.join(", ")
-        )));
-    }
-    for (table, columns) in TABLES {
-        let have: Vec<String> = c
-            .prepare(&format!("PRAGMA table_info({table})"))?
-            .query_map([], |r| r.get(1))?
-            .collect::<rusqlite::Result<_>>()?;
-        if have.is_empty() {
-            return Err(not_ours(format!("no table {table}")));
-        }
-        if let Some(missing) = columns.iter().find(|col| !have.iter().any(|h| h == *col)) {
-            return Err(not_ours(format!("table {table} has no column {missing}")));
-        }
-    }
-    Ok(())
-}
-
-/// Runs `ops` in one transaction and commits once.
-///
-/// Every operation checks its preconditions before it writes, so a rejection (insufficient
-/// funds, unknown user) writes nothing and the batch goes on. Only a database error can
-/// stop an operation halfway; then the whole transaction is rolled back and the batch runs
-/// again with each operation in its own savepoint, so that the failing one alone fails.
-/// Savepoints cost a statement journal and two statements per operation, so the common
-/// case does without them.
-fn execute(conn: &mut Connection, ops: &[&WriteOp]) -> WriteResults {
-    let all_failed = |e: &dyn fmt::Display| -> WriteResults {
-        log::error!("write transaction of {} operations failed: {e}", ops.len());
-        ops.iter()
-            .map(|_| Err(StoreError::Commit(e.to_string())))
-            .collect()
-    };
-    let now = unix_now();
-    let tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return all_failed(&e),
-    };
-    let applied: rusqlite::Result<Vec<WriteOutcome>> =
-        ops.iter().map(|op| apply(&tx, op, now)).collect();
-    let results = match applied {
-        Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
-        Err(e) => {
-            log::warn!(
-                "a write of a batch of {} failed ({e}); running them one by one",
-                ops.len()
-            );
-            drop(tx); // rolls back
-            return execute_isolated(conn, ops, now, &all_failed);
-        }
-    };
-    match tx.commit() {
-        Ok(()) => results,
-        Err(e) => all_failed(&e),
-    }
-}
-
-/// [`execute`]'s fallback: one transaction, each operation in a savepoint.
-fn execute_isolated(
-    conn: &mut Connection,
-    ops: &[&WriteOp],
-    now: i64,
-    all_failed: &dyn Fn(&dyn fmt::Display) -> WriteResults,
-) -> WriteResults {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return all_failed(&e),
-    };
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        let result = (|| {
-            let sp = tx.savepoint()?;
-            let outcome = apply(&sp, op, now)?;
-            sp.commit()?;
-            Ok(outcome)
-        })();
-        if let Err(e) = &result {
-            log::error!("write {op:?} failed: {e}");
-        }
-        results.push(result);
-    }
-    match tx.commit() {
-        Ok(()) => results,
-        Err(e) => all_failed(&e),
-    }
-}
-
-fn balance_of(c: &Connection, id: i64) -> rusqlite::Result<i64> {
-    c.prepare_cached("SELECT balance FROM users WHERE id = ?1")?
-        .query_row([id], |r| r.get(0))
-}
-
-fn set_balance(c: &Connection, id: i64, balance: i64) -> rusqlite::Result<()> {
-    c.prepare_cached("UPDATE users SET balance = ?2 WHERE id = ?1")?
-        .execute(params![id, balance])?;
-    Ok(())
-}
-
-/// Takes `amount` from user `id` if the balance covers it; the new balance, or `None` if
-/// it does not (nothing changes then). The check and the update are one statement.
-fn debit(c: &Connection, id: i64, amount: i64) -> rusqlite::Result<Option<i64>> {
-    c.prepare_cached(
-        "UPDATE users SET balance = balance - ?2 WHERE id = ?1 AND balance >= ?2 RETURNING balance",
-    )?
-    .query_row(params![id, amount], |r| r.get(0))
-    .optional()
-}
-
-fn add_entry(
-    c: &Connection,
-    user: i64,
-    kind: EntryKind,
-    counterparty: Option<&str>,
-    amount: i64,
-    balance_after: i64,
-    now: i64,
-) -> rusqlite::Result<()> {
-    c.prepare_cached(
-        "INSERT INTO ledger (user_id, kind, counterparty, amount, balance_after, time)
-         VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
-    )?
-    .execute(params![
-        user,
-        kind.as_str(),
-        counterparty,
-        amount,
-        balance_after,
-        now
-    ])?;
-    Ok(())
-}
-
-fn rejected(code: ErrorCode, message: &str) -> WriteOutcome {
-    WriteOutcome::Rejected(code, message.to_owned())
-}
-
-/// Applies one operation inside the current transaction.
-fn apply(c: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOutcome> {
-    match op {
-        WriteOp::Register { name, hash } => {
-            let inserted = c
-                .prepare_cached(
-                    "INSERT INTO users (name, password_hash, balance, created)
-                     VALUES (?1, ?2, 0, ?3) ON CONFLICT (name) DO NOTHING",
-                )?
-                .execute(params![name, hash, now])?;
-            Ok(if inserted == 1 {
-                WriteOutcome::Registered
-            } else {
-                rejected(ErrorCode::UserExists, "user name is taken")
-            })
-        }
-        WriteOp::Deposit { user, amount } => {
-            let Some(balance) = balance_of(c, *user)?.checked_add(*amount) else {
-                return Ok(rejected(
-                    ErrorCode::InvalidAmount,
-                    "the balance would exceed the largest amount the bank can hold",
-                ));
-            };
-            set_balance(c, *user, balance)?;
-            add_entry(c, *user, EntryKind::Deposit, None, *amount, balance, now)?;
-            Ok(WriteOutcome::Balance(balance))
-        }
-        WriteOp::Withdraw { user, amount } => {
-            let balance = balance_of(c, *user)?;
-            if balance < *amount {
-                return Ok(rejected(
-                    ErrorCode::InsufficientFunds,
-                    "the balance does not cover the withdrawal",
-                ));
-            }
-            let balance = balance - amount;
-            set_balance(c, *user, balance)?;
-            add_entry(c, *user, EntryKind::Withdraw, None, -amount, balance, now)?;
-            Ok(WriteOutcome::Balance(balance))
-        }
-        WriteOp::Transfer {
-            from,
-            from_name,
-            to,
-            amount,
-            request_id,
-        } => {
-            if let Some(rid) = request_id {
-                if let Some(first) = replay(c, *from, rid, to, *amount)? {
-                    return Ok(first);
-                }
-            }
-            let outcome = transfer(c, *from, from_name, to, *amount, now)?;
-            if let Some(rid) = request_id {
-                let (status, balance, message) = match &outcome {
-                    WriteOutcome::Balance(b) => ("OK", Some(*b), None),
-                    WriteOutcome::Rejected(code, m) => (code.as_str(), None, Some(m.as_str())),
-                    WriteOutcome::Registered => ("OK", None, None),
-                };
-                c.prepare_cached(
-                    "INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
-                     VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
-                )?
-                .execute(params![from, rid, to, amount, status, balance, message])?;
-            }
-            Ok(outcome)
+        match self {
+            Store::Sqlite(s) => s.total(),
+            Store::Postgres(s) => s.total(),
         }
     }
 }
 
-/// The recorded outcome of transfer `rid` of user `from`, if it was seen before.
-fn replay(
-    c: &Connection,
-    from: i64,
-    rid: &str,
-    to: &str,
-    amount: i64,
-) -> rusqlite::Result<Option<WriteOutcome>> {
-    type Row = (String, i64, String, Option<i64>, Option<String>);
-    let row: Option<Row> = c
-        .prepare_cached(
-            "SELECT to_user, amount, status, balance, message FROM requests
-             WHERE user_id = ?1 AND request_id = ?2",
-        )?
-        .query_row(params![from, rid], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .optional()?;
-    let Some((first_to, first_amount, status, balance, message)) = row else {
-        return Ok(None);
-    };
-    if first_to != to || first_amount != amount {
-        return Ok(Some(rejected(
-            ErrorCode::BadRequest,
-            "request id already used for a different transfer",
-        )));
-    }
-    Ok(Some(match (status.as_str(), balance) {
-        ("OK", Some(b)) => WriteOutcome::Balance(b),
-        _ => WriteOutcome::Rejected(
-            ErrorCode::parse(&status).unwrap_or(ErrorCode::Internal),
-            message.unwrap_or_default(),
-        ),
-    }))
-}
-
-fn transfer(
-    c: &Connection,
-    from: i64,
-    from_name: &str,
-    to: &str,
-    amount: i64,
-    now: i64,
-) -> rusqlite::Result<WriteOutcome> {
-    // Five statements on the common path: the payee (id and balance) in one read, the
-    // payer's check and debit in one `UPDATE ... RETURNING`, the credit, two ledger rows.
-    let payee: Option<(i64, i64)> = c
-        .prepare_cached("SELECT id, balance FROM users WHERE name = ?1")?
-        .query_row([to], |r| Ok((r.get(0)?, r.get(1)?)))
-        .optional()?;
-    let Some((to_id, to_balance)) = payee else {
-        return Ok(rejected(ErrorCode::NoSuchUser, "no such user"));
-    };
-    if to_id == from {
-        return Ok(rejected(
-            ErrorCode::BadRequest,
-            "cannot transfer to your own account",
-        ));
-    }
-    let insufficient = || {
-        rejected(
-            ErrorCode::InsufficientFunds,
-            "the balance does not cover the transfer",
-        )
-    };
-    let Some(to_balance) = to_balance.checked_add(amount) else {
-        // Rare: report a lack of funds first, as for any other transfer.
-        if balance_of(c, from)? < amount {
-            return Ok(insufficient());
-        }
-        return Ok(rejected(
-            ErrorCode::InvalidAmount,
-            "the recipient's balance would exceed the largest amount the bank can hold",
-        ));
-    };
-    let Some(from_balance) = debit(c, from, amount)? else {
-        return Ok(insufficient());
-    };
-    set_balance(c, to_id, to_balance)?;
-    add_entry(
-        c,
-        from,
-        EntryKind::TransferOut,
-        Some(to),
-        -amount,
-        from_balance,
-        now,
-    )?;
-    add_entry(
-        c,
-        to_id,
-        EntryKind::TransferIn,
-        Some(from_name),
-        amount,
-        to_balance,
-        now,
-    )?;
-    Ok(WriteOutcome::Balance(from_balance))
+/// Rejection messages, the same on both backends.
+pub(crate) mod messages {
+    /// `REGISTER` of a taken name.
+    pub(crate) const USER_EXISTS: &str = "user name is taken";
+    /// A deposit or credit past `i64::MAX`.
+    pub(crate) const DEPOSIT_OVERFLOW: &str =
+        "the balance would exceed the largest amount the bank can hold";
+    /// A transfer whose payee would pass `i64::MAX`.
+    pub(crate) const CREDIT_OVERFLOW: &str =
+        "the recipient's balance would exceed the largest amount the bank can hold";
+    /// A withdrawal beyond the balance.
+    pub(crate) const WITHDRAW_FUNDS: &str = "the balance does not cover the withdrawal";
+    /// A transfer beyond the balance.
+    pub(crate) const TRANSFER_FUNDS: &str = "the balance does not cover the transfer";
+    /// A transfer to nobody.
+    pub(crate) const NO_SUCH_USER: &str = "no such user";
+    /// A transfer to oneself.
+    pub(crate) const SELF_TRANSFER: &str = "cannot transfer to your own account";
+    /// A request id reused for another transfer.
+    pub(crate) const RID_REUSED: &str = "request id already used for a different transfer";
 }
 
 #[cfg(test)]

@@ -1,0 +1,577 @@
+//! The PostgreSQL backend: any number of front-ends on one database server, through the
+//! `postgres` crate (blocking calls on the server's worker threads).
+//!
+//! # Writes: one round trip and one commit per batch
+//!
+//! A batch of operations ([`GroupCommit`]) is sent as one call of the server-side function
+//! `bank_apply` (`postgres.sql`), in autocommit: the arrays of the batch's operations go
+//! in, one outcome per operation comes out, in order, and the statement's implicit
+//! transaction commits once. `synchronous_commit` is left as the server has it (on by
+//! default): an `OK` means the commit is on disk. Several writer connections
+//! ([`StoreOptions::writers`]) let batches overlap, one syncing while the next runs.
+//!
+//! Concurrent batches (other writers, other front-ends) lock the user rows they touch in
+//! id order first, so they wait for each other rather than deadlock; a batch that still
+//! fails with a serialization failure or a detected deadlock is run again after a short,
+//! growing pause. A batch that fails with another database error runs again with each
+//! operation in its own subtransaction, so that the failing one fails alone.
+//!
+//! # When the server goes away
+//!
+//! A connection that breaks is dropped and made again on next use. An error the server
+//! reports (it is shutting down, it does not accept connections yet) means the batch did
+//! not commit, and it is tried once more on a new connection; if that fails too, every
+//! operation of the batch gets [`StoreError::Unavailable`] (`ERR UNAVAILABLE`). A
+//! connection lost *during* a call leaves the outcome unknown: the operations get
+//! `UNAVAILABLE` as well, and a transfer retried with the same request id returns what
+//! happened (applied once, or not at all). Reads are retried once on a new connection.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use parking_lot::Mutex;
+use postgres::error::SqlState;
+use postgres::types::Type;
+use postgres::{Client, Config, NoTls, Statement};
+
+use super::{
+    GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome, WriteResults,
+};
+use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
+
+/// The schema and the batch function, idempotent (see the file's comments).
+const SCHEMA: &str = include_str!("postgres.sql");
+/// The schema version this program writes and understands.
+const SCHEMA_VERSION: i64 = 1;
+/// Key of the advisory lock that serialises schema set-up between front-ends.
+const SCHEMA_LOCK: i64 = 0x6261_6e6b; // "bank"
+/// How long connecting may take when the URL does not say.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Runs of a batch that keeps failing on serialization or deadlock before giving up.
+const MAX_ATTEMPTS: u32 = 10;
+/// First pause before running such a batch again; it doubles each time.
+const FIRST_BACKOFF: Duration = Duration::from_millis(2);
+
+/// Checks a `postgres://` URL without connecting.
+pub(crate) fn check_url(url: &str) -> Result<(), String> {
+    Config::from_str(url)
+        .map(drop)
+        .map_err(|e| format!("{}: {e}", redact(url)))
+}
+
+/// The URL with any password replaced by `***` (for messages and logs).
+pub(crate) fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let (authority, tail) = match rest.find(['/', '?']) {
+        Some(i) => rest.split_at(i),
+        None => (rest, ""),
+    };
+    let authority = match authority.rsplit_once('@') {
+        Some((userinfo, host)) => match userinfo.split_once(':') {
+            Some((user, _password)) => format!("{user}:***@{host}"),
+            None => authority.to_owned(),
+        },
+        None => authority.to_owned(),
+    };
+    let tail: String = match tail.split_once('?') {
+        Some((path, query)) => {
+            let params: Vec<String> = query
+                .split('&')
+                .map(|p| match p.split_once('=') {
+                    Some(("password", _)) => "password=***".to_owned(),
+                    _ => p.to_owned(),
+                })
+                .collect();
+            format!("{path}?{}", params.join("&"))
+        }
+        None => tail.to_owned(),
+    };
+    format!("{scheme}://{authority}{tail}")
+}
+
+/// What went wrong with a call, for deciding what to do next.
+enum Failure {
+    /// The server aborted the transaction to resolve a conflict: run it again.
+    Conflict,
+    /// The server refused or ended the session before doing anything (shutting down, not
+    /// started yet, too many connections): nothing was committed; a new connection may
+    /// do better.
+    Refused(String),
+    /// The connection broke: whatever was in flight may or may not have committed.
+    Lost(String),
+    /// Any other database error (the transaction rolled back).
+    Other(String),
+}
+
+fn classify(e: &postgres::Error) -> Failure {
+    let Some(db) = e.as_db_error() else {
+        return Failure::Lost(e.to_string());
+    };
+    let code = db.code();
+    if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
+        return Failure::Conflict;
+    }
+    let class = &code.code()[..2];
+    // 08: connection exception, 57: operator intervention (shutdown, crash, cannot connect
+    // now), 53: insufficient resources (too many connections).
+    if matches!(class, "08" | "57" | "53") {
+        return Failure::Refused(db.to_string());
+    }
+    Failure::Other(db.to_string())
+}
+
+/// A writer connection with its prepared call of `bank_apply`; made when first needed.
+#[derive(Default)]
+pub(crate) struct Writer {
+    session: Option<(Client, Statement)>,
+}
+
+/// A reader connection with its prepared queries.
+struct Reader {
+    client: Client,
+    user: Statement,
+    balance: Statement,
+    history: Statement,
+}
+
+/// The bank's accounts on a PostgreSQL server.
+pub(crate) struct PgStore {
+    config: Config,
+    shown: String,
+    writes: GroupCommit<Writer>,
+    readers: Mutex<Vec<Reader>>,
+}
+
+impl fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("PgStore")
+            .field("url", &self.shown)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The batch's operations as the columns `bank_apply` takes.
+#[derive(Default)]
+struct Columns<'a> {
+    kinds: Vec<i16>,
+    uids: Vec<Option<i64>>,
+    names: Vec<Option<&'a str>>,
+    extras: Vec<Option<&'a str>>,
+    amounts: Vec<Option<i64>>,
+    rids: Vec<Option<&'a str>>,
+}
+
+impl<'a> Columns<'a> {
+    fn new(ops: &[&'a WriteOp]) -> Columns<'a> {
+        let mut c = Columns::default();
+        for op in ops {
+            let (kind, uid, name, extra, amount, rid) = match op {
+                WriteOp::Register { name, hash } => (
+                    1,
+                    None,
+                    Some(name.as_str()),
+                    Some(hash.as_str()),
+                    None,
+                    None,
+                ),
+                WriteOp::Deposit { user, amount } => {
+                    (2, Some(*user), None, None, Some(*amount), None)
+                }
+                WriteOp::Withdraw { user, amount } => {
+                    (3, Some(*user), None, None, Some(*amount), None)
+                }
+                WriteOp::Transfer {
+                    from,
+                    from_name,
+                    to,
+                    amount,
+                    request_id,
+                } => (
+                    4,
+                    Some(*from),
+                    Some(to.as_str()),
+                    Some(from_name.as_str()),
+                    Some(*amount),
+                    request_id.as_deref(),
+                ),
+            };
+            c.kinds.push(kind);
+            c.uids.push(uid);
+            c.names.push(name);
+            c.extras.push(extra);
+            c.amounts.push(amount);
+            c.rids.push(rid);
+        }
+        c
+    }
+}
+
+fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
+}
+
+impl PgStore {
+    /// Connects, creates or checks the schema, and keeps the connection as the first
+    /// writer. Fails if the server cannot be reached or the database holds something else.
+    pub(crate) fn open(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
+        let shown = redact(url);
+        let mut config =
+            Config::from_str(url).map_err(|e| StoreError::Schema(format!("{shown}: {e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(CONNECT_TIMEOUT);
+        }
+        if config.get_application_name().is_none() {
+            config.application_name("bank");
+        }
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {shown}: {e}")))?;
+        migrate(&mut client, &shown)?;
+        let first = Writer {
+            session: Some(prepare_writer(client).map_err(|e| pg_error(&e))?),
+        };
+        let mut writers = vec![first];
+        writers.resize_with(options.writers.max(1), Writer::default);
+        Ok(PgStore {
+            config,
+            shown,
+            writes: GroupCommit::new(writers, options.group_commit),
+            readers: Mutex::new(Vec::new()),
+        })
+    }
+
+    fn connect(&self) -> Result<Client, StoreError> {
+        self.config
+            .connect(NoTls)
+            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", self.shown)))
+    }
+
+    /// Runs `f` on a pooled reader; once more on a new connection if the pooled one had
+    /// broken or the server refused it.
+    fn read<R>(
+        &self,
+        f: impl Fn(&mut Reader) -> Result<R, postgres::Error>,
+    ) -> Result<R, StoreError> {
+        let mut last = None;
+        for _ in 0..2 {
+            let pooled = self.readers.lock().pop();
+            let mut reader = match pooled {
+                Some(r) => r,
+                None => self.new_reader()?,
+            };
+            match f(&mut reader) {
+                Ok(v) => {
+                    self.readers.lock().push(reader);
+                    return Ok(v);
+                }
+                Err(e) => match classify(&e) {
+                    Failure::Refused(m) | Failure::Lost(m) => {
+                        log::warn!("database read failed ({m}); reconnecting");
+                        last = Some(StoreError::Unavailable(m));
+                    }
+                    Failure::Conflict | Failure::Other(_) => {
+                        self.readers.lock().push(reader);
+                        return Err(pg_error(&e));
+                    }
+                },
+            }
+        }
+        Err(last.unwrap_or_else(|| StoreError::Unavailable("no connection".to_owned())))
+    }
+
+    fn new_reader(&self) -> Result<Reader, StoreError> {
+        let mut client = self.connect()?;
+        let prepared = (|| {
+            Ok::<_, postgres::Error>((
+                client.prepare("SELECT id, password_hash FROM users WHERE name = $1")?,
+                client.prepare("SELECT balance FROM users WHERE id = $1")?,
+                client.prepare(
+                    "SELECT id, kind, counterparty, amount, balance_after, time FROM ledger
+                     WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
+                )?,
+            ))
+        })();
+        let (user, balance, history) = prepared.map_err(|e| match classify(&e) {
+            Failure::Refused(m) | Failure::Lost(m) => StoreError::Unavailable(m),
+            _ => pg_error(&e),
+        })?;
+        Ok(Reader {
+            client,
+            user,
+            balance,
+            history,
+        })
+    }
+
+    /// The user named `name`, if any.
+    pub(crate) fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
+        self.read(|r| {
+            let row = r.client.query_opt(&r.user, &[&name])?;
+            Ok(row.map(|row| UserRow {
+                id: row.get(0),
+                hash: row.get(1),
+            }))
+        })
+    }
+
+    /// The balance of user `id`.
+    pub(crate) fn balance(&self, id: i64) -> Result<i64, StoreError> {
+        let found = self.read(|r| {
+            let row = r.client.query_opt(&r.balance, &[&id])?;
+            Ok(row.map(|row| row.get::<_, i64>(0)))
+        })?;
+        found.ok_or_else(|| StoreError::Postgres(format!("no user with id {id}")))
+    }
+
+    /// The latest `limit` ledger entries of user `id`, newest first.
+    pub(crate) fn history(&self, id: i64, limit: usize) -> Result<Vec<HistoryEntry>, StoreError> {
+        let limit = i64::try_from(limit).unwrap_or(i64::MAX);
+        self.read(|r| {
+            let rows = r.client.query(&r.history, &[&id, &limit])?;
+            Ok(rows
+                .iter()
+                .map(|row| HistoryEntry {
+                    id: row.get(0),
+                    kind: EntryKind::parse(row.get(1)).unwrap_or(EntryKind::Deposit),
+                    counterparty: row.get(2),
+                    amount: row.get(3),
+                    balance_after: row.get(4),
+                    time: row.get(5),
+                })
+                .collect())
+        })
+    }
+
+    /// Queues `job` for a writer (see [`GroupCommit::submit`]).
+    pub(crate) fn submit_write(&self, job: WriteJob) {
+        self.writes.submit(job, |w, ops| self.execute(w, ops));
+    }
+
+    /// Applies `ops` in order as one transaction (see the module docs for the retries).
+    fn execute(&self, w: &mut Writer, ops: &[&WriteOp]) -> WriteResults {
+        let columns = Columns::new(ops);
+        let now = unix_now();
+        let mut isolate = false;
+        let mut refused_once = false;
+        let mut backoff = FIRST_BACKOFF;
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let (client, call) = match w.session.as_mut() {
+                Some(s) => s,
+                None => match self
+                    .connect()
+                    .and_then(|c| prepare_writer(c).map_err(|e| pg_error(&e)))
+                {
+                    Ok(s) => w.session.insert(s),
+                    Err(e) => return all_failed(ops.len(), &e),
+                },
+            };
+            let c = &columns;
+            let rows = client.query(
+                &*call,
+                &[
+                    &c.kinds, &c.uids, &c.names, &c.extras, &c.amounts, &c.rids, &now, &isolate,
+                ],
+            );
+            let e = match rows {
+                Ok(rows) => return outcomes(ops.len(), &rows),
+                Err(e) => e,
+            };
+            match classify(&e) {
+                Failure::Conflict if attempt < MAX_ATTEMPTS => {
+                    log::debug!(
+                        "batch of {} conflicted ({e}); again in {backoff:?}",
+                        ops.len()
+                    );
+                    std::thread::sleep(backoff);
+                    backoff *= 2;
+                }
+                Failure::Refused(m) if !refused_once => {
+                    // Nothing committed; the connection is likely stale (the server
+                    // restarted since it was made).
+                    log::warn!("database refused a batch ({m}); reconnecting");
+                    refused_once = true;
+                    w.session = None;
+                }
+                Failure::Refused(m) => {
+                    w.session = None;
+                    return all_failed(ops.len(), &StoreError::Unavailable(m));
+                }
+                Failure::Lost(m) => {
+                    log::error!(
+                        "database connection lost during a batch of {} ({m}); their outcome is unknown",
+                        ops.len()
+                    );
+                    w.session = None;
+                    return all_failed(ops.len(), &StoreError::Unavailable(m));
+                }
+                Failure::Other(m) if !isolate => {
+                    log::warn!(
+                        "a write of a batch of {} failed ({m}); running them one by one",
+                        ops.len()
+                    );
+                    isolate = true;
+                }
+                Failure::Conflict | Failure::Other(_) => {
+                    return all_failed(ops.len(), &pg_error(&e));
+                }
+            }
+        }
+    }
+
+    /// Applies `ops` now, in one transaction, on the calling thread.
+    #[cfg(test)]
+    pub(crate) fn write_now(&self, ops: &[WriteOp]) -> WriteResults {
+        let refs: Vec<&WriteOp> = ops.iter().collect();
+        self.writes.with_writer(|w| self.execute(w, &refs))
+    }
+
+    /// The sum of all balances.
+    #[cfg(test)]
+    pub(crate) fn total(&self) -> Result<i64, StoreError> {
+        self.read(|r| {
+            let row = r
+                .client
+                .query_one("SELECT COALESCE(SUM(balance), 0)::bigint FROM users", &[])?;
+            Ok(row.get(0))
+        })
+    }
+
+    /// Runs `sql` on a new connection (tests that reach under the store).
+    #[cfg(test)]
+    pub(crate) fn execute_sql(&self, sql: &str) -> Result<(), StoreError> {
+        self.connect()?.batch_execute(sql).map_err(|e| pg_error(&e))
+    }
+}
+
+fn pg_error(e: &postgres::Error) -> StoreError {
+    StoreError::Postgres(match e.as_db_error() {
+        Some(db) => db.to_string(),
+        None => e.to_string(),
+    })
+}
+
+fn all_failed(n: usize, e: &StoreError) -> WriteResults {
+    log::error!("write batch of {n} operations failed: {e}");
+    (0..n)
+        .map(|_| {
+            Err(match e {
+                StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
+                other => StoreError::Commit(other.to_string()),
+            })
+        })
+        .collect()
+}
+
+/// The outcomes `bank_apply` returned, one per operation.
+fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
+    if rows.len() != n {
+        let e = StoreError::Postgres(format!(
+            "bank_apply returned {} rows for {n} operations",
+            rows.len()
+        ));
+        return all_failed(n, &e);
+    }
+    rows.iter()
+        .map(|row| {
+            let status: &str = row.get(0);
+            let balance: Option<i64> = row.get(1);
+            let message: Option<String> = row.get(2);
+            match (status, balance) {
+                ("OK", Some(b)) => Ok(WriteOutcome::Balance(b)),
+                ("REGISTERED", _) => Ok(WriteOutcome::Registered),
+                ("INTERNAL", _) => Err(StoreError::Postgres(message.unwrap_or_default())),
+                (code, _) => match ErrorCode::parse(code) {
+                    Some(code) => Ok(WriteOutcome::Rejected(code, message.unwrap_or_default())),
+                    None => Err(StoreError::Postgres(format!("unknown outcome {code:?}"))),
+                },
+            }
+        })
+        .collect()
+}
+
+fn prepare_writer(mut client: Client) -> Result<(Client, Statement), postgres::Error> {
+    let call = client.prepare_typed(
+        "SELECT status, balance, message FROM bank_apply($1, $2, $3, $4, $5, $6, $7, $8)",
+        &[
+            Type::INT2_ARRAY,
+            Type::INT8_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::INT8_ARRAY,
+            Type::TEXT_ARRAY,
+            Type::INT8,
+            Type::BOOL,
+        ],
+    )?;
+    Ok((client, call))
+}
+
+/// Creates the schema in an empty database, or checks that it is a bank database of a
+/// version this program knows (refusing a newer one or someone else's tables), and brings
+/// the functions up to date.
+fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
+    let refuse = |why: String| StoreError::Schema(format!("{shown}: {why}; refusing to use it"));
+    let mut tx = client.transaction().map_err(|e| pg_error(&e))?;
+    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
+        .map_err(|e| pg_error(&e))?;
+    let meta: Option<String> = tx
+        .query_one("SELECT to_regclass('bank_meta')::text", &[])
+        .map_err(|e| pg_error(&e))?
+        .get(0);
+    if meta.is_some() {
+        let version: Option<String> = tx
+            .query_opt(
+                "SELECT value FROM bank_meta WHERE key = 'schema_version'",
+                &[],
+            )
+            .map_err(|e| pg_error(&e))?
+            .map(|r| r.get(0));
+        let Some(version) = version else {
+            return Err(refuse(
+                "not a bank database (bank_meta has no schema_version)".to_owned(),
+            ));
+        };
+        match version.parse::<i64>() {
+            Ok(v) if v > SCHEMA_VERSION => {
+                return Err(StoreError::Schema(format!(
+                    "{shown}: schema version {v} is newer than this program's ({SCHEMA_VERSION})"
+                )))
+            }
+            Ok(v) if v == SCHEMA_VERSION => {}
+            _ => {
+                return Err(refuse(format!(
+                    "not a bank database (schema version {version:?})"
+                )))
+            }
+        }
+    } else {
+        let foreign: Vec<String> = tx
+            .query(
+                "SELECT c.relname::text FROM pg_class c
+                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = current_schema()
+                   AND c.relname IN ('users', 'ledger', 'requests')
+                 ORDER BY 1",
+                &[],
+            )
+            .map_err(|e| pg_error(&e))?
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        if !foreign.is_empty() {
+            return Err(refuse(format!(
+                "not a bank database (it has tables {} but no bank_meta)",
+                foreign.join(", ")
+            )));
+        }
+    }
+    tx.batch_execute(SCHEMA).map_err(|e| pg_error(&e))?;
+    tx.commit().map_err(|e| pg_error(&e))
+}
