@@ -23,6 +23,10 @@
 //! - [`cpu_time`], [`clock_ticks_per_second`]: the CPU time a process has used
 //!   (`/proc/PID/stat`), for tests and for the benchmark tools, which charge a server under
 //!   test for its work.
+//! - [`pg`]: a throwaway PostgreSQL cluster ([`pg::PgCluster`]) for tests and benchmarks,
+//!   made by `initdb` in a temporary directory, started on a free loopback port and a Unix
+//!   socket, removed (its server stopped, killed by PID if need be) when dropped; tests
+//!   skip with one line where PostgreSQL is not installed, except under CI.
 //! - [`loadgen_json`]: the one-line JSON report `loadgen --json` prints and the xtask
 //!   bench and soak read back.
 //!
@@ -36,6 +40,7 @@ mod child_server_builder;
 mod cpu;
 mod example;
 pub mod loadgen_json;
+pub mod pg;
 mod process;
 mod rng;
 mod socket;
