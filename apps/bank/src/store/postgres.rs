@@ -32,7 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use parking_lot::Mutex;
 use postgres::error::SqlState;
-use postgres::types::Type;
+use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, NoTls, Statement};
 
 use super::{
@@ -352,11 +352,32 @@ impl PgStore {
         self.writes.submit(job, |w, ops| self.execute(w, ops));
     }
 
-    /// Applies `ops` in order as one transaction (see the module docs for the retries).
+    /// Applies `ops` in order as one transaction (see the module docs for the retries);
+    /// after a database error, one transaction per operation.
     fn execute(&self, w: &mut Writer, ops: &[&WriteOp]) -> WriteResults {
-        let columns = Columns::new(ops);
+        match self.call(w, ops) {
+            Err(Failure::Other(m)) if ops.len() > 1 => {
+                log::warn!(
+                    "a write of a batch of {} failed ({m}); applying them one by one",
+                    ops.len()
+                );
+                ops.iter()
+                    .flat_map(|op| match self.call(w, std::slice::from_ref(op)) {
+                        Ok(results) => results,
+                        Err(f) => failed(1, f),
+                    })
+                    .collect()
+            }
+            Ok(results) => results,
+            Err(f) => failed(ops.len(), f),
+        }
+    }
+
+    /// One call of `bank_apply` for `ops`: their outcomes, or why the call failed (a
+    /// conflict is retried here, a refused call once on a new connection).
+    fn call(&self, w: &mut Writer, ops: &[&WriteOp]) -> Result<WriteResults, Failure> {
+        let c = Columns::new(ops);
         let now = unix_now();
-        let mut isolate = false;
         let mut refused_once = false;
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
@@ -364,23 +385,21 @@ impl PgStore {
             attempt += 1;
             let (client, call) = match w.session.as_mut() {
                 Some(s) => s,
-                None => match self
-                    .connect()
-                    .and_then(|c| prepare_writer(c).map_err(|e| pg_error(&e)))
-                {
-                    Ok(s) => w.session.insert(s),
-                    Err(e) => return all_failed(ops.len(), &e),
-                },
+                None => {
+                    let session = self
+                        .connect()
+                        .and_then(|c| prepare_writer(c).map_err(|e| pg_error(&e)));
+                    match session {
+                        Ok(s) => w.session.insert(s),
+                        Err(e) => return Err(Failure::Refused(e.to_string())),
+                    }
+                }
             };
-            let c = &columns;
-            let rows = client.query(
-                &*call,
-                &[
-                    &c.kinds, &c.uids, &c.names, &c.extras, &c.amounts, &c.rids, &now, &isolate,
-                ],
-            );
-            let e = match rows {
-                Ok(rows) => return outcomes(ops.len(), &rows),
+            let params: [&(dyn ToSql + Sync); 7] = [
+                &c.kinds, &c.uids, &c.names, &c.extras, &c.amounts, &c.rids, &now,
+            ];
+            let e = match client.query(&*call, &params) {
+                Ok(rows) => return Ok(outcomes(ops.len(), &rows)),
                 Err(e) => e,
             };
             match classify(&e) {
@@ -399,28 +418,12 @@ impl PgStore {
                     refused_once = true;
                     w.session = None;
                 }
-                Failure::Refused(m) => {
+                f @ (Failure::Refused(_) | Failure::Lost(_)) => {
                     w.session = None;
-                    return all_failed(ops.len(), &StoreError::Unavailable(m));
+                    return Err(f);
                 }
-                Failure::Lost(m) => {
-                    log::error!(
-                        "database connection lost during a batch of {} ({m}); their outcome is unknown",
-                        ops.len()
-                    );
-                    w.session = None;
-                    return all_failed(ops.len(), &StoreError::Unavailable(m));
-                }
-                Failure::Other(m) if !isolate => {
-                    log::warn!(
-                        "a write of a batch of {} failed ({m}); running them one by one",
-                        ops.len()
-                    );
-                    isolate = true;
-                }
-                Failure::Conflict | Failure::Other(_) => {
-                    return all_failed(ops.len(), &pg_error(&e));
-                }
+                Failure::Conflict => return Err(Failure::Other(e.to_string())),
+                f @ Failure::Other(_) => return Err(f),
             }
         }
     }
@@ -457,11 +460,28 @@ fn pg_error(e: &postgres::Error) -> StoreError {
     })
 }
 
-fn all_failed(n: usize, e: &StoreError) -> WriteResults {
-    log::error!("write batch of {n} operations failed: {e}");
+/// `n` operations that failed with `f`.
+fn failed(n: usize, f: Failure) -> WriteResults {
+    let e = match f {
+        Failure::Lost(m) => {
+            log::error!(
+                "database connection lost during a batch of {n}: {m}; their outcome is unknown"
+            );
+            StoreError::Unavailable(m)
+        }
+        Failure::Refused(m) => {
+            log::error!("database unavailable for a batch of {n}: {m}");
+            StoreError::Unavailable(m)
+        }
+        Failure::Conflict => StoreError::Commit("conflict".to_owned()),
+        Failure::Other(m) => {
+            log::error!("write batch of {n} operations failed: {m}");
+            StoreError::Commit(m)
+        }
+    };
     (0..n)
         .map(|_| {
-            Err(match e {
+            Err(match &e {
                 StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
                 other => StoreError::Commit(other.to_string()),
             })
@@ -472,11 +492,8 @@ fn all_failed(n: usize, e: &StoreError) -> WriteResults {
 /// The outcomes `bank_apply` returned, one per operation.
 fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
     if rows.len() != n {
-        let e = StoreError::Postgres(format!(
-            "bank_apply returned {} rows for {n} operations",
-            rows.len()
-        ));
-        return all_failed(n, &e);
+        let m = format!("bank_apply returned {} rows for {n} operations", rows.len());
+        return failed(n, Failure::Other(m));
     }
     rows.iter()
         .map(|row| {
@@ -498,7 +515,7 @@ fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
 
 fn prepare_writer(mut client: Client) -> Result<(Client, Statement), postgres::Error> {
     let call = client.prepare_typed(
-        "SELECT status, balance, message FROM bank_apply($1, $2, $3, $4, $5, $6, $7, $8)",
+        "SELECT status, balance, message FROM bank_apply($1, $2, $3, $4, $5, $6, $7)",
         &[
             Type::INT2_ARRAY,
             Type::INT8_ARRAY,
@@ -507,7 +524,6 @@ fn prepare_writer(mut client: Client) -> Result<(Client, Statement), postgres::E
             Type::INT8_ARRAY,
             Type::TEXT_ARRAY,
             Type::INT8,
-            Type::BOOL,
         ],
     )?;
     Ok((client, call))

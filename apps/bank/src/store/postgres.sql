@@ -52,168 +52,201 @@ DO $$ BEGIN
 EXCEPTION WHEN duplicate_object THEN NULL;
 END $$;
 
--- Applies one operation. kind: 1 register (name, extra = hash), 2 deposit (uid, amount),
--- 3 withdraw (uid, amount), 4 transfer (uid = payer, extra = payer's name, name = payee,
--- amount, rid). Checks every precondition before it writes, so a refusal changes nothing
--- (but is recorded for a request id). An unknown payer or depositor is a database error.
-CREATE OR REPLACE FUNCTION bank_op(
-    kind smallint, uid bigint, name_ text, extra text, amount_ bigint, rid text, now_ bigint)
-RETURNS bank_outcome
-LANGUAGE plpgsql AS $$
-DECLARE
-    max_balance CONSTANT bigint := 9223372036854775807;
-    r        bank_outcome;
-    prev     requests%ROWTYPE;
-    to_id    bigint;
-    to_bal   bigint;
-    from_bal bigint;
-BEGIN
-    IF kind = 1 THEN
-        INSERT INTO users (name, password_hash, balance, created)
-            VALUES (name_, extra, 0, now_) ON CONFLICT (name) DO NOTHING;
-        IF FOUND THEN
-            RETURN ROW('REGISTERED', NULL, NULL)::bank_outcome;
-        END IF;
-        RETURN ROW('USER_EXISTS', NULL, 'user name is taken')::bank_outcome;
-    ELSIF kind = 2 THEN
-        UPDATE users SET balance = balance + amount_
-            WHERE id = uid AND balance <= max_balance - amount_
-            RETURNING balance INTO from_bal;
-        IF NOT FOUND THEN
-            PERFORM 1 FROM users WHERE id = uid;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'no user with id %', uid;
-            END IF;
-            RETURN ROW('INVALID_AMOUNT', NULL,
-                'the balance would exceed the largest amount the bank can hold')::bank_outcome;
-        END IF;
-        INSERT INTO ledger (user_id, kind, counterparty, amount, balance_after, time)
-            VALUES (uid, 'deposit', NULL, amount_, from_bal, now_);
-        RETURN ROW('OK', from_bal, NULL)::bank_outcome;
-    ELSIF kind = 3 THEN
-        UPDATE users SET balance = balance - amount_
-            WHERE id = uid AND balance >= amount_
-            RETURNING balance INTO from_bal;
-        IF NOT FOUND THEN
-            PERFORM 1 FROM users WHERE id = uid;
-            IF NOT FOUND THEN
-                RAISE EXCEPTION 'no user with id %', uid;
-            END IF;
-            RETURN ROW('INSUFFICIENT_FUNDS', NULL,
-                'the balance does not cover the withdrawal')::bank_outcome;
-        END IF;
-        INSERT INTO ledger (user_id, kind, counterparty, amount, balance_after, time)
-            VALUES (uid, 'withdraw', NULL, -amount_, from_bal, now_);
-        RETURN ROW('OK', from_bal, NULL)::bank_outcome;
-    ELSIF kind = 4 THEN
-        IF rid IS NOT NULL THEN
-            SELECT * INTO prev FROM requests q WHERE q.user_id = uid AND q.request_id = rid;
-            IF FOUND THEN
-                IF prev.to_user <> name_ OR prev.amount <> amount_ THEN
-                    RETURN ROW('BAD_REQUEST', NULL,
-                        'request id already used for a different transfer')::bank_outcome;
-                END IF;
-                RETURN ROW(prev.status, prev.balance, prev.message)::bank_outcome;
-            END IF;
-        END IF;
-        r := bank_transfer(uid, extra, name_, amount_, now_);
-        IF rid IS NOT NULL THEN
-            INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
-                VALUES (uid, rid, name_, amount_, r.status, r.balance, r.message);
-        END IF;
-        RETURN r;
-    END IF;
-    RAISE EXCEPTION 'unknown operation kind %', kind;
-END $$;
-
--- A transfer of amount_ from user uid (named from_name) to the user named to_name.
-CREATE OR REPLACE FUNCTION bank_transfer(
-    uid bigint, from_name text, to_name text, amount_ bigint, now_ bigint)
-RETURNS bank_outcome
-LANGUAGE plpgsql AS $$
-DECLARE
-    max_balance CONSTANT bigint := 9223372036854775807;
-    to_id    bigint;
-    to_bal   bigint;
-    from_bal bigint;
-BEGIN
-    SELECT id, balance INTO to_id, to_bal FROM users WHERE name = to_name FOR UPDATE;
-    IF NOT FOUND THEN
-        RETURN ROW('NO_SUCH_USER', NULL, 'no such user')::bank_outcome;
-    END IF;
-    IF to_id = uid THEN
-        RETURN ROW('BAD_REQUEST', NULL, 'cannot transfer to your own account')::bank_outcome;
-    END IF;
-    IF to_bal > max_balance - amount_ THEN
-        -- Rare: report a lack of funds first, as for any other transfer.
-        SELECT balance INTO from_bal FROM users WHERE id = uid;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'no user with id %', uid;
-        END IF;
-        IF from_bal < amount_ THEN
-            RETURN ROW('INSUFFICIENT_FUNDS', NULL,
-                'the balance does not cover the transfer')::bank_outcome;
-        END IF;
-        RETURN ROW('INVALID_AMOUNT', NULL,
-            'the recipient''s balance would exceed the largest amount the bank can hold')::bank_outcome;
-    END IF;
-    UPDATE users SET balance = balance - amount_
-        WHERE id = uid AND balance >= amount_
-        RETURNING balance INTO from_bal;
-    IF NOT FOUND THEN
-        PERFORM 1 FROM users WHERE id = uid;
-        IF NOT FOUND THEN
-            RAISE EXCEPTION 'no user with id %', uid;
-        END IF;
-        RETURN ROW('INSUFFICIENT_FUNDS', NULL,
-            'the balance does not cover the transfer')::bank_outcome;
-    END IF;
-    UPDATE users SET balance = to_bal + amount_ WHERE id = to_id;
-    INSERT INTO ledger (user_id, kind, counterparty, amount, balance_after, time)
-        VALUES (uid, 'transfer_out', to_name, -amount_, from_bal, now_),
-               (to_id, 'transfer_in', from_name, amount_, to_bal + amount_, now_);
-    RETURN ROW('OK', from_bal, NULL)::bank_outcome;
-END $$;
-
 -- Applies a batch of operations in order, in the caller's transaction (one statement in
 -- autocommit: one commit), and returns one outcome per operation, in order.
 --
--- First it locks every existing user row the batch names, in id order: batches of
--- different front-ends that share accounts then wait for each other instead of
--- deadlocking (a row created during the batch can still be locked out of order; the
--- caller retries on deadlock_detected). Under READ COMMITTED every statement of the
--- functions sees what the batches before it committed, so a request id retried through
--- another front-end finds the first outcome.
+-- Operations: kinds[i] = 1 register (names[i], extras[i] = hash), 2 deposit and
+-- 3 withdraw (uids[i], amounts[i]), 4 transfer (uids[i] = payer, extras[i] = payer's
+-- name, names[i] = payee, amounts[i], rids[i] = request id or NULL).
 --
--- isolate: run each operation in its own subtransaction, so that one failing with a
--- database error fails alone ('INTERNAL' with the error) instead of aborting the batch.
--- The caller sets it only after a batch failed that way: subtransactions cost a
--- transaction id each.
+-- How:
+-- 1. Lock every existing user row the batch names, in id order, and read their
+--    balances. Batches of other writers and front-ends that share accounts wait for each
+--    other instead of deadlocking (a row another front-end creates meanwhile can still be
+--    locked out of order; the caller retries on deadlock_detected).
+-- 2. Read the recorded outcomes of the batch's request ids. Under READ COMMITTED each
+--    statement sees what committed before it started, and a request id's payer row is
+--    locked in step 1, so a retry through another front-end finds the first outcome.
+-- 3. Apply the operations one by one to the balances in memory, checking each one's
+--    preconditions (a refusal changes nothing), collecting ledger and request rows.
+--    Registrations insert their user row at once (a later transfer may pay them).
+-- 4. Write: one UPDATE of every changed balance, one INSERT of the ledger rows (in
+--    operation order, so ids follow it), one INSERT of the request rows.
+-- So a batch costs a handful of statements, not several per operation, and each user
+-- row gets one new version per batch, not one per operation that touches it.
+--
+-- An operation on a user id that does not exist raises an error: the caller then applies
+-- the batch's operations one call each, so that it fails alone.
 CREATE OR REPLACE FUNCTION bank_apply(
     kinds smallint[], uids bigint[], names text[], extras text[], amounts bigint[],
-    rids text[], now_ bigint, isolate boolean)
+    rids text[], now_ bigint)
 RETURNS SETOF bank_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
-    r bank_outcome;
+    max_balance CONSTANT bigint := 9223372036854775807;
+    -- The accounts (step 1), and whether their balance changed.
+    a_id    bigint[];
+    a_name  text[];
+    a_bal   bigint[];
+    a_dirty boolean[];
+    -- Request outcomes known, recorded earlier or in this batch (step 2): key 'uid:rid'.
+    r_key    text[];
+    r_to     text[];
+    r_amount bigint[];
+    r_status text[];
+    r_bal    bigint[];
+    r_msg    text[];
+    r_new    int := 0; -- how many at the end of the r_ arrays are new
+    -- Ledger rows to insert.
+    l_user   bigint[] := '{}';
+    l_kind   text[]   := '{}';
+    l_cp     text[]   := '{}';
+    l_amount bigint[] := '{}';
+    l_after  bigint[] := '{}';
+    -- Per operation.
+    n       int := coalesce(array_length(kinds, 1), 0);
+    amt     bigint;
+    p       int;
+    q       int;
+    k       text;
+    new_id  bigint;
+    r       bank_outcome;
 BEGIN
-    PERFORM 1 FROM users
-        WHERE id = ANY (uids) OR name = ANY (names)
-        ORDER BY id FOR UPDATE;
-    FOR i IN 1 .. coalesce(array_length(kinds, 1), 0) LOOP
-        IF isolate THEN
-            BEGIN
-                r := bank_op(kinds[i], uids[i], names[i], extras[i], amounts[i], rids[i], now_);
-            EXCEPTION
-                WHEN serialization_failure OR deadlock_detected OR query_canceled
-                     OR admin_shutdown THEN
-                    RAISE;
-                WHEN OTHERS THEN
-                    r := ROW('INTERNAL', NULL, SQLERRM)::bank_outcome;
-            END;
+    SELECT coalesce(array_agg(s.id ORDER BY s.id), '{}'),
+           coalesce(array_agg(s.name ORDER BY s.id), '{}'),
+           coalesce(array_agg(s.balance ORDER BY s.id), '{}'),
+           coalesce(array_agg(false), '{}')
+      INTO a_id, a_name, a_bal, a_dirty
+      FROM (SELECT u.id, u.name, u.balance FROM users u
+             WHERE u.id = ANY (uids) OR u.name = ANY (names)
+             ORDER BY u.id FOR UPDATE) s;
+
+    SELECT coalesce(array_agg(q.user_id || ':' || q.request_id), '{}'),
+           coalesce(array_agg(q.to_user), '{}'), coalesce(array_agg(q.amount), '{}'),
+           coalesce(array_agg(q.status), '{}'), coalesce(array_agg(q.balance), '{}'),
+           coalesce(array_agg(q.message), '{}')
+      INTO r_key, r_to, r_amount, r_status, r_bal, r_msg
+      FROM requests q
+      JOIN (SELECT DISTINCT b.u, b.rid FROM unnest(uids, rids) AS b(u, rid)
+             WHERE b.rid IS NOT NULL) b
+        ON q.user_id = b.u AND q.request_id = b.rid;
+
+    FOR i IN 1 .. n LOOP
+        amt := amounts[i];
+        IF kinds[i] = 1 THEN
+            INSERT INTO users (name, password_hash, balance, created)
+                VALUES (names[i], extras[i], 0, now_)
+                ON CONFLICT (name) DO NOTHING
+                RETURNING id INTO new_id;
+            IF FOUND THEN
+                a_id := a_id || new_id;
+                a_name := a_name || names[i];
+                a_bal := a_bal || 0::bigint;
+                a_dirty := a_dirty || false;
+                r := ROW('REGISTERED', NULL, NULL);
+            ELSE
+                r := ROW('USER_EXISTS', NULL, 'user name is taken');
+            END IF;
+        ELSIF kinds[i] IN (2, 3) THEN
+            p := array_position(a_id, uids[i]);
+            IF p IS NULL THEN
+                RAISE EXCEPTION 'no user with id %', uids[i];
+            END IF;
+            IF kinds[i] = 2 AND a_bal[p] > max_balance - amt THEN
+                r := ROW('INVALID_AMOUNT', NULL,
+                    'the balance would exceed the largest amount the bank can hold');
+            ELSIF kinds[i] = 3 AND a_bal[p] < amt THEN
+                r := ROW('INSUFFICIENT_FUNDS', NULL,
+                    'the balance does not cover the withdrawal');
+            ELSE
+                IF kinds[i] = 3 THEN
+                    amt := -amt;
+                END IF;
+                a_bal[p] := a_bal[p] + amt;
+                a_dirty[p] := true;
+                l_user := l_user || uids[i];
+                l_kind := l_kind || CASE WHEN kinds[i] = 2 THEN 'deposit' ELSE 'withdraw' END;
+                l_cp := l_cp || NULL::text;
+                l_amount := l_amount || amt;
+                l_after := l_after || a_bal[p];
+                r := ROW('OK', a_bal[p], NULL);
+            END IF;
+        ELSIF kinds[i] = 4 THEN
+            k := NULL;
+            q := NULL;
+            IF rids[i] IS NOT NULL THEN
+                k := uids[i] || ':' || rids[i];
+                q := array_position(r_key, k);
+            END IF;
+            IF q IS NOT NULL THEN
+                IF r_to[q] <> names[i] OR r_amount[q] <> amt THEN
+                    r := ROW('BAD_REQUEST', NULL,
+                        'request id already used for a different transfer');
+                ELSE
+                    r := ROW(r_status[q], r_bal[q], r_msg[q]);
+                END IF;
+                RETURN NEXT r;
+                CONTINUE;
+            END IF;
+            p := array_position(a_id, uids[i]);
+            IF p IS NULL THEN
+                RAISE EXCEPTION 'no user with id %', uids[i];
+            END IF;
+            q := array_position(a_name, names[i]);
+            IF q IS NULL THEN
+                r := ROW('NO_SUCH_USER', NULL, 'no such user');
+            ELSIF q = p THEN
+                r := ROW('BAD_REQUEST', NULL, 'cannot transfer to your own account');
+            ELSIF a_bal[p] < amt THEN
+                r := ROW('INSUFFICIENT_FUNDS', NULL, 'the balance does not cover the transfer');
+            ELSIF a_bal[q] > max_balance - amt THEN
+                r := ROW('INVALID_AMOUNT', NULL,
+                    'the recipient''s balance would exceed the largest amount the bank can hold');
+            ELSE
+                a_bal[p] := a_bal[p] - amt;
+                a_bal[q] := a_bal[q] + amt;
+                a_dirty[p] := true;
+                a_dirty[q] := true;
+                l_user := l_user || a_id[p] || a_id[q];
+                l_kind := l_kind || 'transfer_out'::text || 'transfer_in'::text;
+                l_cp := l_cp || names[i] || extras[i];
+                l_amount := l_amount || -amt || amt;
+                l_after := l_after || a_bal[p] || a_bal[q];
+                r := ROW('OK', a_bal[p], NULL);
+            END IF;
+            IF k IS NOT NULL THEN
+                r_key := r_key || k;
+                r_to := r_to || names[i];
+                r_amount := r_amount || amt;
+                r_status := r_status || r.status;
+                r_bal := r_bal || r.balance;
+                r_msg := r_msg || r.message;
+                r_new := r_new + 1;
+            END IF;
         ELSE
-            r := bank_op(kinds[i], uids[i], names[i], extras[i], amounts[i], rids[i], now_);
+            RAISE EXCEPTION 'unknown operation kind %', kinds[i];
         END IF;
         RETURN NEXT r;
     END LOOP;
+
+    UPDATE users u SET balance = c.bal
+      FROM unnest(a_id, a_bal, a_dirty) AS c(id, bal, dirty)
+     WHERE c.dirty AND u.id = c.id;
+    INSERT INTO ledger (user_id, kind, counterparty, amount, balance_after, time)
+        SELECT t.u, t.k, t.c, t.a, t.b, now_
+          FROM unnest(l_user, l_kind, l_cp, l_amount, l_after)
+               WITH ORDINALITY AS t(u, k, c, a, b, o)
+         ORDER BY t.o;
+    IF r_new > 0 THEN
+        INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
+            SELECT split_part(t.key, ':', 1)::bigint, substr(t.key, strpos(t.key, ':') + 1),
+                   t.too, t.amount, t.status, t.bal, t.msg
+              FROM unnest(r_key[array_length(r_key, 1) - r_new + 1 :],
+                          r_to[array_length(r_key, 1) - r_new + 1 :],
+                          r_amount[array_length(r_key, 1) - r_new + 1 :],
+                          r_status[array_length(r_key, 1) - r_new + 1 :],
+                          r_bal[array_length(r_key, 1) - r_new + 1 :],
+                          r_msg[array_length(r_key, 1) - r_new + 1 :])
+                   AS t(key, too, amount, status, bal, msg);
+    END IF;
 END $$;
