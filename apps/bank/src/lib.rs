@@ -8,6 +8,7 @@ pub mod client;
 pub mod protocol;
 pub mod server;
 mod store;
+pub mod supervise;
 
 pub use auth::HashCost;
 pub use store::{Database, StoreError, StoreOptions};

@@ -5,20 +5,36 @@
 //!   password hashes (argon2),
 //!   database work on a worker pool, replies in request order, group commit, heartbeat and
 //!   idle eviction, graceful shutdown on SIGINT/SIGTERM.
+//! - `bank serve --processes N`: a supervisor (`duo_supervisor`) binds `--listen` once and
+//!   runs `N` worker processes (this binary again), each a whole bank server accepting on
+//!   that socket; more than one only on PostgreSQL (SQLite has one writer process). It
+//!   prints the `listening on` line once the workers are ready. SIGINT/SIGTERM drains every
+//!   worker and exits 0; SIGHUP reloads (new workers from the binary on disk, then the old
+//!   ones drain); SIGUSR2 upgrades (the supervisor executes its binary again, same PID,
+//!   then reloads); a worker that dies is restarted.
+//! - Socket activation: started with `LISTEN_FDS`/`LISTEN_PID` (systemd,
+//!   `systemd-socket-activate`), `bank serve` (with or without `--processes`) serves on the
+//!   inherited socket instead of binding `--listen`; exactly one socket is expected.
 //! - `bank client`: a blocking client, one-shot or interactive.
 //!
 //! Exit status: 0 on success, 1 on a runtime error (the message says why), 2 on a usage
-//! error.
+//! error (a bad flag, `--processes 0`, `--processes` above 1 on SQLite, more processes
+//! than the descriptor budget allows, an inherited socket that is not one listening TCP
+//! socket).
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use duo_supervisor::{SupervisorError, Worker};
 
-use bank::server::{self, ServeConfig};
-use bank::{client, Database, HashCost};
+use bank::server::{self, ServeConfig, ServeError};
+use bank::{client, supervise, Database, HashCost};
+
+/// Exit status of a usage error.
+const USAGE: u8 = 2;
 
 /// An online bank over a line protocol, on the duo reactor library.
 #[derive(Debug, Parser)]
@@ -46,9 +62,10 @@ struct ServeArgs {
     /// `postgresql:///DB?host=/socket/dir`; the schema is created or checked at start).
     #[arg(long, default_value = "bank.db", value_parser = Database::parse)]
     db: Database,
-    /// Transactions that may commit at once on PostgreSQL (with group commit; without it,
-    /// every worker commits its own).
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u16).range(1..=64))]
+    /// Batches that may commit at once on PostgreSQL with group commit (without it, every
+    /// worker commits its own). More than one helps only when concurrent batches touch
+    /// different accounts: batches that share one wait for each other's commit.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     db_writers: u16,
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
@@ -66,6 +83,10 @@ struct ServeArgs {
     /// writes that arrive together into shared commits.
     #[arg(long)]
     no_group_commit: bool,
+    /// Run N worker processes, each a whole server, under a supervisor that owns the
+    /// listening socket; more than 1 needs PostgreSQL.
+    #[arg(long, value_name = "N")]
+    processes: Option<usize>,
     /// Cost of new password hashes; `low` is for tests only.
     #[arg(long, value_enum, default_value = "default", hide = true)]
     hash_cost: HashCost,
@@ -96,33 +117,21 @@ fn init_logging() {
 }
 
 fn main() -> ExitCode {
+    // What the parent handed over comes first, before any thread could read the
+    // environment: the worker protocol of a supervisor, or systemd's socket activation.
+    let worker = match Worker::inherit() {
+        Ok(w) => w,
+        Err(e) => return fail(USAGE, &format!("bank worker: {e}")),
+    };
+    let inherited = match duo_sys::listen_fds() {
+        Ok(l) => l,
+        Err(e) => return fail(USAGE, &format!("bank: socket activation: {e}")),
+    };
     let cli = Cli::parse(); // usage errors exit with status 2
     match cli.command {
         Cmd::Serve(a) => {
             init_logging();
-            let workers = a.workers.map_or_else(
-                || std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
-                usize::from,
-            );
-            let cfg = ServeConfig {
-                listen: a.listen,
-                db: a.db,
-                db_writers: a.db_writers.into(),
-                io_threads: a.io_threads.into(),
-                workers,
-                queue_capacity: a.queue_capacity as usize,
-                idle_timeout: Duration::from_secs(a.idle_timeout),
-                group_commit: !a.no_group_commit,
-                hash_cost: a.hash_cost,
-            };
-            match server::serve(cfg) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    log::error!("{e}");
-                    eprintln!("bank: error: {e}");
-                    ExitCode::FAILURE
-                }
-            }
+            serve(a, worker, inherited)
         }
         Cmd::Client(a) => {
             if std::env::var_os("RUST_LOG").is_some() {
@@ -138,4 +147,94 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+/// `bank serve`: as a worker of a supervisor, as a supervisor (`--processes`), or alone;
+/// on an inherited socket or on `--listen`.
+fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> ExitCode {
+    let processes = a.processes;
+    let cfg = config(a);
+    if let Some(worker) = worker {
+        return report(server::serve_worker(cfg, worker));
+    }
+    if let Some(n) = processes {
+        if let Err(why) = supervise::check_processes(n, &cfg.db) {
+            return fail(USAGE, &format!("bank: {why}"));
+        }
+    }
+    let inherited = match inherited.len() {
+        0 => None,
+        1 => inherited.into_iter().next(),
+        n => {
+            return fail(
+                USAGE,
+                &format!("bank: socket activation passed {n} sockets; bank serves exactly one"),
+            )
+        }
+    };
+    match (processes, inherited) {
+        (None, None) => report(server::serve(cfg)),
+        (None, Some(listener)) => report(server::serve_on(cfg, listener)),
+        (Some(n), inherited) => run_supervisor(&cfg, n, inherited),
+    }
+}
+
+/// `serve --processes N`: binds (unless a socket was inherited) and supervises.
+fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
+    let listener = match inherited {
+        Some(l) => l,
+        None => match duo_supervisor::bind_listener(cfg.listen) {
+            Ok(l) => l,
+            Err(e) => return fail(1, &format!("bank: error: {e}")),
+        },
+    };
+    let addr = match listener.local_addr() {
+        Ok(a) => a,
+        Err(e) => return fail(1, &format!("bank: error: the listening socket: {e}")),
+    };
+    log::info!(
+        "bank supervisor: {n} worker processes on {addr}, database {}",
+        cfg.db
+    );
+    match supervise::supervisor(n, listener).and_then(|s| supervise::run(s, addr)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e @ SupervisorError::Config(_)) => fail(USAGE, &format!("bank: {e}")),
+        Err(e) => fail(1, &format!("bank: error: {e}")),
+    }
+}
+
+/// The server's settings from the command line.
+fn config(a: ServeArgs) -> ServeConfig {
+    let workers = a.workers.map_or_else(
+        || std::thread::available_parallelism().map_or(2, |n| n.get().max(2)),
+        usize::from,
+    );
+    ServeConfig {
+        listen: a.listen,
+        db: a.db,
+        db_writers: a.db_writers.into(),
+        io_threads: a.io_threads.into(),
+        workers,
+        queue_capacity: a.queue_capacity as usize,
+        idle_timeout: Duration::from_secs(a.idle_timeout),
+        group_commit: !a.no_group_commit,
+        hash_cost: a.hash_cost,
+    }
+}
+
+/// Exit 0, or log and print the error and exit 1.
+fn report(result: Result<(), ServeError>) -> ExitCode {
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            log::error!("{e}");
+            fail(1, &format!("bank: error: {e}"))
+        }
+    }
+}
+
+/// Prints `message` to stderr and exits with `status`.
+fn fail(status: u8, message: &str) -> ExitCode {
+    eprintln!("{message}");
+    ExitCode::from(status)
 }

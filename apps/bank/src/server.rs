@@ -32,13 +32,17 @@
 
 use std::collections::VecDeque;
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
 use duo_net::codec::{CodecError, LineCodec};
 use duo_net::process::{self, STOP_SIGNALS};
-use duo_net::{ConnCtx, EventLoop, InputBuffer, SubmitError, TcpConnection, TcpServer, ThreadPool};
+use duo_net::{
+    ConnCtx, EventLoop, InputBuffer, ServerBuilder, SubmitError, TcpConnection, TcpServer,
+    ThreadPool, WhenFull,
+};
+use duo_supervisor::Worker;
 
 use crate::auth::{HashCost, Hasher};
 use crate::protocol::{
@@ -62,8 +66,13 @@ const MAX_WRITES_PER_JOB: usize = 256;
 /// After the server half-closes a connection (QUIT, LINE_TOO_LONG, too many failed logins),
 /// how long the peer has to close its side before the server closes it anyway.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
-/// How long a graceful shutdown waits for connections to finish.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long a graceful shutdown waits for connections to finish before closing them (the
+/// database work already queued is completed after that).
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// Descriptors a worker process keeps for itself (loops, timers, signals, the acceptor's
+/// spare descriptor, standard streams, the SQLite files) below its open-file limit, on top
+/// of one per worker thread and writer (database connections); the rest are for clients.
+const WORKER_FD_RESERVE: u64 = 64;
 
 /// Settings of `bank serve`.
 #[derive(Debug, Clone)]
@@ -246,13 +255,76 @@ fn spawn(
     })
 }
 
-/// Runs the server until SIGINT or SIGTERM; then stops accepting, lets connections finish,
-/// completes the queued database work and returns.
+/// Runs the server on `cfg.listen` until SIGINT or SIGTERM; then stops accepting, lets
+/// connections finish, completes the queued database work and returns. Prints `listening
+/// on ADDR` on stdout once it accepts.
+///
+/// Call it from the main thread before starting any other thread.
+///
+/// # Errors
+///
+/// The database cannot be opened, the address cannot be bound, or another start-up step
+/// (event loop, threads, stdout) failed.
 pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
-    // Before any thread exists: every thread inherits the signal mask, so the stop signals
-    // reach the main loop's signalfd and nothing else.
-    process::prepare_server(&STOP_SIGNALS).map_err(|e| ServeError::Startup(e.to_string()))?;
+    prepare()?;
+    let builder = TcpServer::builder("bank", cfg.listen);
+    run(&cfg, builder, cfg.listen, None)
+}
 
+/// As [`serve`], on an already listening socket (systemd's socket activation) instead of
+/// `cfg.listen`.
+///
+/// # Errors
+///
+/// As [`serve`]; also if `listener` is not a listening TCP socket.
+pub fn serve_on(cfg: ServeConfig, listener: TcpListener) -> Result<(), ServeError> {
+    prepare()?;
+    let (builder, addr) = on_listener(listener)?;
+    run(&cfg, builder, addr, None)
+}
+
+/// Runs the server as a worker process of a `duo_supervisor::Supervisor` (`bank serve
+/// --processes N`): on the listening socket the supervisor handed over, telling it that
+/// the worker is ready once it accepts, printing nothing on stdout. A full worker (at its
+/// open-file limit) stops accepting and leaves new connections to the other workers.
+/// SIGTERM drains it as in [`serve`].
+///
+/// # Errors
+///
+/// As [`serve`]; also if the supervisor handed over no listening socket.
+pub fn serve_worker(cfg: ServeConfig, mut worker: Worker) -> Result<(), ServeError> {
+    prepare()?;
+    let listener = worker.take_listeners().into_iter().next().ok_or_else(|| {
+        ServeError::Startup("the supervisor handed over no listening socket".to_owned())
+    })?;
+    let (builder, addr) = on_listener(listener)?;
+    run(&cfg, builder, addr, Some(worker))
+}
+
+/// Prepares the process; before any thread exists, since every thread inherits the signal
+/// mask: so the stop signals reach the main loop's signalfd and nothing else.
+fn prepare() -> Result<(), ServeError> {
+    process::prepare_server(&STOP_SIGNALS).map_err(|e| ServeError::Startup(e.to_string()))
+}
+
+/// A server builder on `listener`, and its address.
+fn on_listener(listener: TcpListener) -> Result<(ServerBuilder, SocketAddr), ServeError> {
+    let addr = listener
+        .local_addr()
+        .map_err(startup("the listening socket"))?;
+    let builder = TcpServer::builder_on("bank", listener)
+        .map_err(|e| ServeError::Startup(format!("cannot serve on {addr}: {e}")))?;
+    Ok((builder, addr))
+}
+
+/// Opens the database, starts the server from `builder` (bound to `listen`, or to be) and
+/// serves until stopped; announces itself on stdout, or (as a `worker`) to its supervisor.
+fn run(
+    cfg: &ServeConfig,
+    builder: ServerBuilder,
+    listen: SocketAddr,
+    worker: Option<Worker>,
+) -> Result<(), ServeError> {
     let options = StoreOptions {
         group_commit: cfg.group_commit,
         // Without group commit every worker runs its own transactions, as a classic
@@ -283,7 +355,7 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         let app = app.clone();
         move |ctx: &mut ConnCtx<'_>, input: &mut InputBuffer| on_message(ctx, input, &app, codec)
     };
-    let mut builder = TcpServer::builder("bank", cfg.listen)
+    let mut builder = builder
         .io_threads(cfg.io_threads)
         .on_connection(|conn| {
             if conn.is_connected() {
@@ -321,9 +393,17 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
             .idle_timeout(cfg.idle_timeout)
             .idle_refresh_on_read(false);
     }
+    if worker.is_some() {
+        // The other workers accept on the same socket: at its limit this one stops
+        // accepting and leaves new connections queued for them.
+        let reserve = WORKER_FD_RESERVE + (cfg.workers + cfg.db_writers) as u64;
+        let room = duo_supervisor::worker_connection_limit(reserve, None)
+            .map_err(startup("worker connection limit"))?;
+        builder = builder.max_connections(room).when_full(WhenFull::Pause);
+    }
     let server = builder
         .start(&mut lp)
-        .map_err(|e| ServeError::Startup(format!("cannot listen on {}: {e}", cfg.listen)))?;
+        .map_err(|e| ServeError::Startup(format!("cannot listen on {listen}: {e}")))?;
 
     process::shutdown_on_signals(
         &mut lp,
@@ -341,7 +421,25 @@ pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
         cfg.workers,
         if cfg.group_commit { "on" } else { "off" }
     );
-    process::announce_listening(addr).map_err(startup("stdout"))?;
+    match worker {
+        Some(mut worker) => {
+            if let Some(slot) = worker.stats() {
+                // The bank publishes no counters, but the row carries this worker's PID
+                // (an upgraded supervisor finds an adopted worker's row by it).
+                slot.publish(&duo_supervisor::WorkerStats::default());
+            }
+            // The server accepts from the moment it started: tell the supervisor.
+            worker
+                .notify_ready()
+                .map_err(startup("telling the supervisor"))?;
+            log::info!(
+                "worker {} (generation {}) ready",
+                std::process::id(),
+                worker.generation()
+            );
+        }
+        None => process::announce_listening(addr).map_err(startup("stdout"))?,
+    }
 
     let ran = lp.run();
     // Connections are closed; finish the database work already queued (its replies go

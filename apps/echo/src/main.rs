@@ -218,7 +218,7 @@ fn main() -> ExitCode {
 fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
     let listener = match inherited {
         Some(l) => l,
-        None => match supervise::bind(cfg.listen) {
+        None => match duo_supervisor::bind_listener(cfg.listen) {
             Ok(l) => l,
             Err(e) => return fail(1, &format!("echo: {e}")),
         },

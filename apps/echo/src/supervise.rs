@@ -1,7 +1,6 @@
 //! `echo serve --processes N`: the supervisor of N echo worker processes (the same binary,
 //! started again with the worker protocol of `duo_supervisor` in its environment).
 
-use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -12,23 +11,6 @@ use crate::ServeConfig;
 
 /// Room the supervisor leaves its workers beyond their drain timeout before it kills them.
 const STOP_MARGIN: Duration = Duration::from_secs(2);
-
-/// Binds `addr` for the workers: `SO_REUSEADDR`, a backlog of 1024 (connections queue
-/// there while workers are replaced), close-on-exec.
-///
-/// # Errors
-///
-/// The address is in use or not ours to bind.
-pub fn bind(addr: SocketAddr) -> io::Result<TcpListener> {
-    use duo_sys::socket2::{Domain, Socket, Type};
-    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
-    socket.set_reuse_address(true)?;
-    socket
-        .bind(&addr.into())
-        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
-    socket.listen(1024)?;
-    Ok(socket.into())
-}
 
 /// A supervisor of `processes` echo workers on `listener`, started from this binary with
 /// this process's arguments (a worker ignores `--processes`).
@@ -42,11 +24,10 @@ pub fn supervisor(
     processes: usize,
     listener: TcpListener,
 ) -> Result<Supervisor, SupervisorError> {
-    let me = std::env::current_exe().map_err(|source| SupervisorError::Io {
+    let command = WorkerCommand::this_program().map_err(|source| SupervisorError::Io {
         what: "finding the echo binary",
         source,
     })?;
-    let command = WorkerCommand::new(me).args(std::env::args_os().skip(1));
     let mut sup_cfg = SupervisorConfig::new(processes, command);
     sup_cfg.stats_interval = cfg.stats_interval;
     sup_cfg.stop_timeout = cfg.drain_timeout + STOP_MARGIN;

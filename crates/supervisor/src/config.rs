@@ -39,6 +39,17 @@ impl WorkerCommand {
         }
     }
 
+    /// This program again ([`std::env::current_exe`]) with this process's arguments: a
+    /// server binary that serves as a worker when it finds the worker protocol in its
+    /// environment ([`Worker::inherit`](crate::Worker::inherit)) and supervises otherwise.
+    ///
+    /// # Errors
+    ///
+    /// The path of the running binary is unknown.
+    pub fn this_program() -> std::io::Result<WorkerCommand> {
+        Ok(WorkerCommand::new(std::env::current_exe()?).args(std::env::args_os().skip(1)))
+    }
+
     /// Adds an argument.
     pub fn arg(mut self, arg: impl AsRef<OsStr>) -> WorkerCommand {
         self.args.push(arg.as_ref().to_owned());
@@ -197,6 +208,15 @@ pub enum ConfigError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn this_program_is_the_running_binary_with_its_arguments() {
+        let cmd = WorkerCommand::this_program().unwrap();
+        assert_eq!(cmd.program(), std::env::current_exe().unwrap());
+        let args: Vec<OsString> = std::env::args_os().skip(1).collect();
+        assert_eq!(cmd.args, args);
+        assert!(cmd.env.is_empty());
+    }
 
     #[test]
     fn bad_configurations_are_refused_with_reasons() {

@@ -33,6 +33,10 @@
 //! - **Stats.** Every [`SupervisorConfig::stats_interval`] one log line sums the counters
 //!   the workers publish ([`StatsSlot::publish`]).
 //!
+//! Around it, for a server program: [`bind_listener`] binds the socket the workers share,
+//! [`WorkerCommand::this_program`] runs the program itself again as a worker, and
+//! [`worker_connection_limit`] says how many connections one worker may hold.
+//!
 //! Workers get `SIGTERM` if the supervisor dies (`PR_SET_PDEATHSIG`), so none outlives it
 //! for long. Between supervisor and workers there is nothing but signals, descriptors,
 //! exit statuses, a pipe for readiness and the shared counters.
@@ -40,7 +44,6 @@
 //! # Example
 //!
 //! ```no_run
-//! use std::net::TcpListener;
 //! use duo_supervisor::{Supervisor, SupervisorConfig, Worker, WorkerCommand};
 //!
 //! if let Some(mut worker) = Worker::inherit()? {
@@ -50,10 +53,9 @@
 //!     // ... until SIGTERM.
 //!     return Ok(());
 //! }
-//! let listener = TcpListener::bind("127.0.0.1:0")?;
+//! let listener = duo_supervisor::bind_listener("127.0.0.1:0".parse()?)?;
 //! let addr = listener.local_addr()?;
-//! let me = std::env::current_exe()?;
-//! let cfg = SupervisorConfig::new(4, WorkerCommand::new(me).args(std::env::args_os().skip(1)));
+//! let cfg = SupervisorConfig::new(4, WorkerCommand::this_program()?);
 //! Supervisor::new(cfg, vec![listener])?.run(move || println!("listening on {addr}"))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
@@ -63,11 +65,13 @@
 mod backoff;
 mod config;
 pub mod protocol;
+mod serving;
 mod supervisor;
 mod worker;
 
 pub use config::{
     ConfigError, SupervisorConfig, WorkerCommand, BASE_FDS, FDS_PER_WORKER, MAX_WORKERS,
 };
+pub use serving::{bind_listener, worker_connection_limit, LISTEN_BACKLOG};
 pub use supervisor::{Supervisor, SupervisorError};
 pub use worker::{StatsSlot, Worker, WorkerError, WorkerStats};

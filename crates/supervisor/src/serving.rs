@@ -1,0 +1,136 @@
+//! What every server program built on the supervisor needs besides it: the listening
+//! socket the supervisor binds for its workers ([`bind_listener`]), and how many
+//! connections one worker may hold ([`worker_connection_limit`]).
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+
+use duo_sys::socket2::{Domain, Socket, Type};
+
+/// Backlog of a socket from [`bind_listener`]: connections queue there while workers are
+/// replaced (a reload, a crashed worker), so it is deeper than a single server's.
+pub const LISTEN_BACKLOG: i32 = 1024;
+
+/// Binds `addr` for a supervisor's workers: `SO_REUSEADDR` (a restarted supervisor binds
+/// again at once), a backlog of [`LISTEN_BACKLOG`], close-on-exec (the supervisor hands
+/// the socket to its workers itself, by the [worker protocol](crate::protocol)). Port 0
+/// picks a free port: read it with [`TcpListener::local_addr`].
+///
+/// # Errors
+///
+/// The address is in use or not ours to bind (the message names `addr`), or the socket
+/// could not be created.
+///
+/// # Example
+///
+/// ```
+/// let listener = duo_supervisor::bind_listener("127.0.0.1:0".parse().unwrap())?;
+/// assert_ne!(listener.local_addr()?.port(), 0);
+/// # Ok::<(), std::io::Error>(())
+/// ```
+pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
+    socket.set_reuse_address(true)?;
+    socket
+        .bind(&addr.into())
+        .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;
+    socket.listen(LISTEN_BACKLOG)?;
+    Ok(socket.into())
+}
+
+/// How many connections a worker may hold at once: its soft open-file limit less
+/// `reserve` descriptors it keeps for itself (loops, timers, signals, files, database
+/// connections, standard streams). Capped by `wanted` (a `--max-conns`) if given.
+///
+/// A worker shares its listening socket with the others, so at this limit it should stop
+/// accepting (`duo_net::WhenFull::Pause`) and leave new connections to them, rather than
+/// accept and close them. If the limit cannot be read, `wanted` (or no limit) is returned
+/// and a warning logged.
+///
+/// # Errors
+///
+/// `InvalidInput` if the limit leaves no room beyond `reserve` (the message says to raise
+/// `ulimit -n`).
+pub fn worker_connection_limit(reserve: u64, wanted: Option<usize>) -> io::Result<usize> {
+    let room = match duo_sys::fd_limit() {
+        Ok((soft, _)) => room_below(soft, reserve)?,
+        Err(e) => {
+            log::warn!("cannot read the open-file limit: {e}");
+            usize::MAX
+        }
+    };
+    Ok(wanted.map_or(room, |n| n.min(room)))
+}
+
+/// The descriptors below `soft` beyond `reserve`.
+fn room_below(soft: u64, reserve: u64) -> io::Result<usize> {
+    if soft <= reserve {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!(
+                "the open-file limit ({soft}) leaves a worker no room for connections \
+                 ({reserve} descriptors are its own): raise `ulimit -n`"
+            ),
+        ));
+    }
+    Ok(usize::try_from(soft - reserve).unwrap_or(usize::MAX))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn binds_a_free_port_listening_and_close_on_exec() {
+        let listener = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = listener.local_addr().unwrap();
+        assert_ne!(addr.port(), 0);
+        let socket = Socket::from(listener);
+        assert!(socket.reuse_address().unwrap());
+        assert!(socket.is_listener().unwrap());
+        assert!(close_on_exec(&socket), "close-on-exec");
+        let listener: TcpListener = socket.into();
+        let _client = std::net::TcpStream::connect(addr).unwrap();
+        listener.accept().unwrap();
+    }
+
+    /// Whether `fd` has `O_CLOEXEC` (`02000000`), from the octal `flags` of its fdinfo.
+    fn close_on_exec(fd: &impl std::os::fd::AsRawFd) -> bool {
+        let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{}", fd.as_raw_fd()))
+            .expect("fdinfo");
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .and_then(|f| u64::from_str_radix(f.trim(), 8).ok())
+            .expect("flags in fdinfo");
+        flags & 0o2_000_000 != 0
+    }
+
+    #[test]
+    fn an_address_in_use_is_named_in_the_error() {
+        let first = bind_listener("127.0.0.1:0".parse().unwrap()).unwrap();
+        let addr = first.local_addr().unwrap();
+        let err = bind_listener(addr).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains(&addr.to_string()), "{err}");
+    }
+
+    #[test]
+    fn connection_room_is_the_limit_less_the_reserve() {
+        assert_eq!(room_below(1024, 64).unwrap(), 960);
+        let err = room_below(64, 64).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput);
+        assert!(err.to_string().contains("ulimit -n"), "{err}");
+        assert_eq!(
+            room_below(10, 64).unwrap_err().kind(),
+            io::ErrorKind::InvalidInput
+        );
+    }
+
+    #[test]
+    fn a_wanted_limit_caps_the_room() {
+        assert_eq!(worker_connection_limit(0, Some(3)).unwrap(), 3);
+        let room = worker_connection_limit(0, None).unwrap();
+        assert!(room >= 3);
+    }
+}
