@@ -20,9 +20,6 @@ use parking_lot::Mutex;
 
 use super::{WriteJob, WriteOp, WriteResults};
 
-/// Most operations in one group-commit batch.
-pub(crate) const MAX_BATCH_OPS: usize = 4096;
-
 /// The queue of write jobs and the writers that commit them.
 pub(crate) struct GroupCommit<W> {
     pending: Mutex<VecDeque<WriteJob>>,
@@ -31,14 +28,14 @@ pub(crate) struct GroupCommit<W> {
 }
 
 impl<W> GroupCommit<W> {
-    /// Commits through `writers` (at least one), batching up to [`MAX_BATCH_OPS`]
+    /// Commits through `writers` (at least one), batching whole jobs up to `max_ops`
     /// operations if `group_commit`, else one job per batch.
-    pub(crate) fn new(writers: Vec<W>, group_commit: bool) -> GroupCommit<W> {
+    pub(crate) fn new(writers: Vec<W>, group_commit: bool, max_ops: usize) -> GroupCommit<W> {
         assert!(!writers.is_empty(), "group commit needs a writer");
         GroupCommit {
             pending: Mutex::new(VecDeque::new()),
             writers: writers.into_iter().map(Mutex::new).collect(),
-            max_ops: if group_commit { MAX_BATCH_OPS } else { 1 },
+            max_ops: if group_commit { max_ops } else { 1 },
         }
     }
 

@@ -46,6 +46,10 @@ const SCHEMA: &str = include_str!("postgres.sql");
 const SCHEMA_VERSION: i64 = 1;
 /// Key of the advisory lock that serialises schema set-up between front-ends.
 const SCHEMA_LOCK: i64 = 0x6261_6e6b; // "bank"
+/// Most operations in one call of `bank_apply`. A batch's set-up (locking its accounts,
+/// resolving them) grows faster than its size past a few hundred operations, and batches
+/// of 100 clients stay well below this.
+const MAX_BATCH_OPS: usize = 512;
 /// How long connecting may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs of a batch that keeps failing on serialization or deadlock before giving up.
@@ -240,7 +244,7 @@ impl PgStore {
         Ok(PgStore {
             config,
             shown,
-            writes: GroupCommit::new(writers, options.group_commit),
+            writes: GroupCommit::new(writers, options.group_commit, MAX_BATCH_OPS),
             readers: Mutex::new(Vec::new()),
         })
     }

@@ -67,10 +67,13 @@ END $$;
 -- 2. Read the recorded outcomes of the batch's request ids. Under READ COMMITTED each
 --    statement sees what committed before it started, and a request id's payer row is
 --    locked in step 1, so a retry through another front-end finds the first outcome.
--- 3. Apply the operations one by one to the balances in memory, checking each one's
+-- 3. Resolve, with joins, each operation's accounts (positions in the arrays of step 1),
+--    its recorded request, and an earlier operation of the batch with the same request
+--    id: the loop then looks nothing up, so a batch costs time linear in its size.
+-- 4. Apply the operations one by one to the balances in memory, checking each one's
 --    preconditions (a refusal changes nothing), collecting ledger and request rows.
 --    Registrations insert their user row at once (a later transfer may pay them).
--- 4. Write: one UPDATE of every changed balance, one INSERT of the ledger rows (in
+-- 5. Write: one UPDATE of every changed balance, one INSERT of the ledger rows (in
 --    operation order, so ids follow it), one INSERT of the request rows.
 -- So a batch costs a handful of statements, not several per operation, and each user
 -- row gets one new version per batch, not one per operation that touches it.
@@ -84,33 +87,47 @@ RETURNS SETOF bank_outcome
 LANGUAGE plpgsql AS $$
 DECLARE
     max_balance CONSTANT bigint := 9223372036854775807;
+    n int := coalesce(array_length(kinds, 1), 0);
     -- The accounts (step 1), and whether their balance changed.
     a_id    bigint[];
     a_name  text[];
     a_bal   bigint[];
     a_dirty boolean[];
-    -- Request outcomes known, recorded earlier or in this batch (step 2): key 'uid:rid'.
-    r_key    text[];
+    -- Users registered by this batch: name and position in the a_ arrays.
+    n_name text[] := '{}';
+    n_pos  int[]  := '{}';
+    -- Recorded requests of the batch's request ids (step 2).
     r_to     text[];
     r_amount bigint[];
     r_status text[];
     r_bal    bigint[];
     r_msg    text[];
-    r_new    int := 0; -- how many at the end of the r_ arrays are new
-    -- Ledger rows to insert.
+    -- Per operation (step 3): payer/depositor position, payee position, recorded request,
+    -- first operation of the batch with the same payer and request id.
+    pos_u int[];
+    pos_n int[];
+    req   int[];
+    first int[];
+    -- Per operation: the outcome.
+    o_status text[] := '{}';
+    o_bal    bigint[] := '{}';
+    o_msg    text[] := '{}';
+    -- Ledger rows to insert (nl of them). Arrays grow by element assignment, which
+    -- PL/pgSQL does in place; `a := a || x || y` would copy the array every time.
+    nl       int := 0;
     l_user   bigint[] := '{}';
     l_kind   text[]   := '{}';
     l_cp     text[]   := '{}';
     l_amount bigint[] := '{}';
     l_after  bigint[] := '{}';
-    -- Per operation.
-    n       int := coalesce(array_length(kinds, 1), 0);
-    amt     bigint;
-    p       int;
-    q       int;
-    k       text;
-    new_id  bigint;
-    r       bank_outcome;
+    -- Request rows to insert: the operations that record theirs (nq of them).
+    nq   int := 0;
+    q_op int[] := '{}';
+    amt    bigint;
+    p      int;
+    q      int;
+    new_id bigint;
+    r      bank_outcome;
 BEGIN
     SELECT coalesce(array_agg(s.id ORDER BY s.id), '{}'),
            coalesce(array_agg(s.name ORDER BY s.id), '{}'),
@@ -121,15 +138,37 @@ BEGIN
              WHERE u.id = ANY (uids) OR u.name = ANY (names)
              ORDER BY u.id FOR UPDATE) s;
 
-    SELECT coalesce(array_agg(q.user_id || ':' || q.request_id), '{}'),
-           coalesce(array_agg(q.to_user), '{}'), coalesce(array_agg(q.amount), '{}'),
-           coalesce(array_agg(q.status), '{}'), coalesce(array_agg(q.balance), '{}'),
-           coalesce(array_agg(q.message), '{}')
-      INTO r_key, r_to, r_amount, r_status, r_bal, r_msg
-      FROM requests q
-      JOIN (SELECT DISTINCT b.u, b.rid FROM unnest(uids, rids) AS b(u, rid)
-             WHERE b.rid IS NOT NULL) b
-        ON q.user_id = b.u AND q.request_id = b.rid;
+    WITH ops AS (
+        SELECT t.o, t.u, t.nm, t.rid
+          FROM unnest(uids, names, rids) WITH ORDINALITY AS t(u, nm, rid, o)
+    ), recorded AS (
+        SELECT row_number() OVER () AS idx, q.*
+          FROM requests q
+         WHERE (q.user_id, q.request_id) IN
+               (SELECT ops.u, ops.rid FROM ops WHERE ops.rid IS NOT NULL)
+    ), repeated AS (
+        -- Request ids used more than once in this batch (rare): their first operation.
+        SELECT ops.u, ops.rid, min(ops.o) AS first
+          FROM ops WHERE ops.rid IS NOT NULL
+         GROUP BY ops.u, ops.rid HAVING count(*) > 1
+    ), resolved AS (
+        SELECT ops.o, au.pos AS pu, an.pos AS pn, rec.idx AS req, rep.first
+          FROM ops
+          LEFT JOIN unnest(a_id) WITH ORDINALITY AS au(id, pos) ON au.id = ops.u
+          LEFT JOIN unnest(a_name) WITH ORDINALITY AS an(name, pos) ON an.name = ops.nm
+          LEFT JOIN recorded rec ON rec.user_id = ops.u AND rec.request_id = ops.rid
+          LEFT JOIN repeated rep ON rep.u = ops.u AND rep.rid = ops.rid
+    )
+    SELECT (SELECT coalesce(array_agg(x.pu ORDER BY x.o), '{}') FROM resolved x),
+           (SELECT coalesce(array_agg(x.pn ORDER BY x.o), '{}') FROM resolved x),
+           (SELECT coalesce(array_agg(x.req ORDER BY x.o), '{}') FROM resolved x),
+           (SELECT coalesce(array_agg(x.first::int ORDER BY x.o), '{}') FROM resolved x),
+           (SELECT coalesce(array_agg(rec.to_user ORDER BY rec.idx), '{}') FROM recorded rec),
+           (SELECT coalesce(array_agg(rec.amount ORDER BY rec.idx), '{}') FROM recorded rec),
+           (SELECT coalesce(array_agg(rec.status ORDER BY rec.idx), '{}') FROM recorded rec),
+           (SELECT coalesce(array_agg(rec.balance ORDER BY rec.idx), '{}') FROM recorded rec),
+           (SELECT coalesce(array_agg(rec.message ORDER BY rec.idx), '{}') FROM recorded rec)
+      INTO pos_u, pos_n, req, first, r_to, r_amount, r_status, r_bal, r_msg;
 
     FOR i IN 1 .. n LOOP
         amt := amounts[i];
@@ -139,16 +178,19 @@ BEGIN
                 ON CONFLICT (name) DO NOTHING
                 RETURNING id INTO new_id;
             IF FOUND THEN
-                a_id := a_id || new_id;
-                a_name := a_name || names[i];
-                a_bal := a_bal || 0::bigint;
-                a_dirty := a_dirty || false;
+                p := coalesce(array_length(a_id, 1), 0) + 1;
+                a_id[p] := new_id;
+                a_name[p] := names[i];
+                a_bal[p] := 0;
+                a_dirty[p] := false;
+                n_name[coalesce(array_length(n_name, 1), 0) + 1] := names[i];
+                n_pos[coalesce(array_length(n_pos, 1), 0) + 1] := p;
                 r := ROW('REGISTERED', NULL, NULL);
             ELSE
                 r := ROW('USER_EXISTS', NULL, 'user name is taken');
             END IF;
         ELSIF kinds[i] IN (2, 3) THEN
-            p := array_position(a_id, uids[i]);
+            p := pos_u[i];
             IF p IS NULL THEN
                 RAISE EXCEPTION 'no user with id %', uids[i];
             END IF;
@@ -164,35 +206,39 @@ BEGIN
                 END IF;
                 a_bal[p] := a_bal[p] + amt;
                 a_dirty[p] := true;
-                l_user := l_user || uids[i];
-                l_kind := l_kind || CASE WHEN kinds[i] = 2 THEN 'deposit' ELSE 'withdraw' END;
-                l_cp := l_cp || NULL::text;
-                l_amount := l_amount || amt;
-                l_after := l_after || a_bal[p];
+                nl := nl + 1;
+                l_user[nl] := uids[i];
+                l_kind[nl] := CASE WHEN kinds[i] = 2 THEN 'deposit' ELSE 'withdraw' END;
+                l_cp[nl] := NULL;
+                l_amount[nl] := amt;
+                l_after[nl] := a_bal[p];
                 r := ROW('OK', a_bal[p], NULL);
             END IF;
-        ELSIF kinds[i] = 4 THEN
-            k := NULL;
-            q := NULL;
-            IF rids[i] IS NOT NULL THEN
-                k := uids[i] || ':' || rids[i];
-                q := array_position(r_key, k);
-            END IF;
-            IF q IS NOT NULL THEN
+        ELSIF kinds[i] = 4 AND (req[i] IS NOT NULL OR first[i] < i) THEN
+            -- A request id seen before: recorded, or earlier in this batch.
+            IF req[i] IS NOT NULL THEN
+                q := req[i];
                 IF r_to[q] <> names[i] OR r_amount[q] <> amt THEN
                     r := ROW('BAD_REQUEST', NULL,
                         'request id already used for a different transfer');
                 ELSE
                     r := ROW(r_status[q], r_bal[q], r_msg[q]);
                 END IF;
-                RETURN NEXT r;
-                CONTINUE;
+            ELSE
+                q := first[i];
+                IF names[q] <> names[i] OR amounts[q] <> amt THEN
+                    r := ROW('BAD_REQUEST', NULL,
+                        'request id already used for a different transfer');
+                ELSE
+                    r := ROW(o_status[q], o_bal[q], o_msg[q]);
+                END IF;
             END IF;
-            p := array_position(a_id, uids[i]);
+        ELSIF kinds[i] = 4 THEN
+            p := pos_u[i];
             IF p IS NULL THEN
                 RAISE EXCEPTION 'no user with id %', uids[i];
             END IF;
-            q := array_position(a_name, names[i]);
+            q := coalesce(pos_n[i], n_pos[array_position(n_name, names[i])]);
             IF q IS NULL THEN
                 r := ROW('NO_SUCH_USER', NULL, 'no such user');
             ELSIF q = p THEN
@@ -207,25 +253,29 @@ BEGIN
                 a_bal[q] := a_bal[q] + amt;
                 a_dirty[p] := true;
                 a_dirty[q] := true;
-                l_user := l_user || a_id[p] || a_id[q];
-                l_kind := l_kind || 'transfer_out'::text || 'transfer_in'::text;
-                l_cp := l_cp || names[i] || extras[i];
-                l_amount := l_amount || -amt || amt;
-                l_after := l_after || a_bal[p] || a_bal[q];
+                l_user[nl + 1] := a_id[p];
+                l_kind[nl + 1] := 'transfer_out';
+                l_cp[nl + 1] := names[i];
+                l_amount[nl + 1] := -amt;
+                l_after[nl + 1] := a_bal[p];
+                l_user[nl + 2] := a_id[q];
+                l_kind[nl + 2] := 'transfer_in';
+                l_cp[nl + 2] := extras[i];
+                l_amount[nl + 2] := amt;
+                l_after[nl + 2] := a_bal[q];
+                nl := nl + 2;
                 r := ROW('OK', a_bal[p], NULL);
             END IF;
-            IF k IS NOT NULL THEN
-                r_key := r_key || k;
-                r_to := r_to || names[i];
-                r_amount := r_amount || amt;
-                r_status := r_status || r.status;
-                r_bal := r_bal || r.balance;
-                r_msg := r_msg || r.message;
-                r_new := r_new + 1;
+            IF rids[i] IS NOT NULL THEN
+                nq := nq + 1;
+                q_op[nq] := i;
             END IF;
         ELSE
             RAISE EXCEPTION 'unknown operation kind %', kinds[i];
         END IF;
+        o_status[i] := r.status;
+        o_bal[i] := r.balance;
+        o_msg[i] := r.message;
         RETURN NEXT r;
     END LOOP;
 
@@ -237,16 +287,7 @@ BEGIN
           FROM unnest(l_user, l_kind, l_cp, l_amount, l_after)
                WITH ORDINALITY AS t(u, k, c, a, b, o)
          ORDER BY t.o;
-    IF r_new > 0 THEN
-        INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
-            SELECT split_part(t.key, ':', 1)::bigint, substr(t.key, strpos(t.key, ':') + 1),
-                   t.too, t.amount, t.status, t.bal, t.msg
-              FROM unnest(r_key[array_length(r_key, 1) - r_new + 1 :],
-                          r_to[array_length(r_key, 1) - r_new + 1 :],
-                          r_amount[array_length(r_key, 1) - r_new + 1 :],
-                          r_status[array_length(r_key, 1) - r_new + 1 :],
-                          r_bal[array_length(r_key, 1) - r_new + 1 :],
-                          r_msg[array_length(r_key, 1) - r_new + 1 :])
-                   AS t(key, too, amount, status, bal, msg);
-    END IF;
+    INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
+        SELECT uids[j], rids[j], names[j], amounts[j], o_status[j], o_bal[j], o_msg[j]
+          FROM unnest(q_op) AS j;
 END $$;

@@ -20,6 +20,8 @@ use super::{
 };
 use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
 
+/// Most operations in one group-commit transaction.
+const MAX_BATCH_OPS: usize = 4096;
 /// How long a connection waits for a lock held by another (a checkpoint, say).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -111,7 +113,7 @@ impl SqliteStore {
         writer.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            writes: GroupCommit::new(vec![writer], options.group_commit),
+            writes: GroupCommit::new(vec![writer], options.group_commit, MAX_BATCH_OPS),
             readers: Mutex::new(Vec::new()),
         })
     }
