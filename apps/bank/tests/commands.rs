@@ -1,14 +1,25 @@
 //! Every command's success and error paths, the client binary, the command line, and
-//! shutdown on SIGTERM: against the real binary over TCP.
+//! shutdown on SIGTERM: against the real binary over TCP, on both storage backends
+//! (`NAME::sqlite`, `NAME::postgres`) except the command-line checks of an SQLite path.
 
+#[macro_use]
 mod common;
 
 use std::io::Write;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{ok_number, Client, Server, TempDir, BANK, PW};
+use common::{ok_number, Backend, Client, TempDir, TestDb, BANK, PW};
 use duo_testkit::finish_within;
+
+on_both_backends! {
+    every_command_succeeds_and_fails_as_documented,
+    a_full_worker_queue_answers_busy,
+    the_client_binary_works_one_shot_and_interactively,
+    sigterm_and_sigint_stop_the_server_cleanly,
+    sigterm_answers_every_command_already_read,
+    a_client_that_half_closes_after_its_commands_gets_every_reply,
+}
 
 fn code(reply: &str) -> &str {
     assert!(
@@ -18,10 +29,11 @@ fn code(reply: &str) -> &str {
     reply.split(' ').nth(1).unwrap()
 }
 
-#[test]
-fn every_command_succeeds_and_fails_as_documented() {
-    let dir = TempDir::new("commands");
-    let server = Server::start(&dir.db(), &[]);
+fn every_command_succeeds_and_fails_as_documented(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "commands") else {
+        return;
+    };
+    let server = db.start(&[]);
     let mut c = Client::connect(server.addr);
 
     // Anonymous commands.
@@ -175,10 +187,11 @@ fn every_command_succeeds_and_fails_as_documented() {
     assert_eq!(b.cmd("PING"), "PONG");
 }
 
-#[test]
-fn a_full_worker_queue_answers_busy() {
-    let dir = TempDir::new("busy");
-    let server = Server::start(&dir.db(), &["--workers", "1", "--queue-capacity", "1"]);
+fn a_full_worker_queue_answers_busy(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "busy") else {
+        return;
+    };
+    let server = db.start(&["--workers", "1", "--queue-capacity", "1"]);
     let mut clients: Vec<Client> = (0..24)
         .map(|i| Client::logged_in(server.addr, &format!("u{i}")))
         .collect();
@@ -209,10 +222,11 @@ fn a_full_worker_queue_answers_busy() {
     }
 }
 
-#[test]
-fn the_client_binary_works_one_shot_and_interactively() {
-    let dir = TempDir::new("client");
-    let server = Server::start(&dir.db(), &[]);
+fn the_client_binary_works_one_shot_and_interactively(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "client") else {
+        return;
+    };
+    let server = db.start(&[]);
     let addr = server.addr.to_string();
     let run = |args: &[&str]| {
         let out = Command::new(BANK)
@@ -331,11 +345,13 @@ fn bad_flags_exit_2_and_runtime_errors_exit_1() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("cannot listen"));
 }
 
-#[test]
-fn sigterm_and_sigint_stop_the_server_cleanly() {
+fn sigterm_and_sigint_stop_the_server_cleanly(backend: Backend) {
+    let Some(first) = TestDb::new(backend, "signal") else {
+        return;
+    };
     for signal in ["TERM", "INT"] {
-        let dir = TempDir::new("signal");
-        let mut server = Server::start(&dir.db(), &[]);
+        let db = first.sibling("signal");
+        let mut server = db.start(&[]);
         let mut idle = Client::logged_in(server.addr, "erin");
         assert_eq!(idle.cmd("DEPOSIT 42"), "OK 42");
         // A connection that has not even finished its line.
@@ -349,7 +365,7 @@ fn sigterm_and_sigint_stop_the_server_cleanly() {
         partial.expect_closed(Duration::from_secs(5));
 
         // What was acknowledged is there after the restart.
-        let server = Server::start(&dir.db(), &[]);
+        let server = db.start(&[]);
         let mut c = Client::logged_in(server.addr, "erin");
         assert_eq!(c.cmd("BALANCE"), "OK 42");
         assert_eq!(ok_number(&c.cmd("DEPOSIT 1")), Some(43));
@@ -360,11 +376,12 @@ fn sigterm_and_sigint_stop_the_server_cleanly() {
 /// server had read is answered before it closes, so the replies the client got and the
 /// balance after a restart agree exactly (a write committed with its reply dropped would
 /// show as a balance above the acknowledged count).
-#[test]
-fn sigterm_answers_every_command_already_read() {
+fn sigterm_answers_every_command_already_read(backend: Backend) {
     const DEPOSITS: usize = 4000;
-    let dir = TempDir::new("sigterm-inflight");
-    let mut server = Server::start(&dir.db(), &[]);
+    let Some(db) = TestDb::new(backend, "sigterm-inflight") else {
+        return;
+    };
+    let mut server = db.start(&[]);
     let mut c = Client::logged_in(server.addr, "sam");
     c.send("DEPOSIT 1\n".repeat(DEPOSITS).as_bytes());
     assert_eq!(c.line(), "OK 1");
@@ -382,7 +399,7 @@ fn sigterm_answers_every_command_already_read() {
     }
     eprintln!("{acknowledged} of {DEPOSITS} deposits acknowledged before the exit");
 
-    let server = Server::start(&dir.db(), &[]);
+    let server = db.start(&[]);
     let mut c = Client::connect(server.addr);
     assert_eq!(c.cmd(&format!("LOGIN sam {PW}")), "OK welcome sam");
     assert_eq!(
@@ -392,10 +409,11 @@ fn sigterm_answers_every_command_already_read() {
     );
 }
 
-#[test]
-fn a_client_that_half_closes_after_its_commands_gets_every_reply() {
-    let dir = TempDir::new("half-close");
-    let server = Server::start(&dir.db(), &[]);
+fn a_client_that_half_closes_after_its_commands_gets_every_reply(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "half-close") else {
+        return;
+    };
+    let server = db.start(&[]);
     let mut c = Client::connect(server.addr);
     // All commands in one write, then end of stream at once (`nc -N`): the replies are
     // computed on workers after the server has seen the EOF.

@@ -1,17 +1,25 @@
 //! Ordering of pipelined commands, money conservation under concurrent transfers, and
-//! request-id idempotency.
+//! request-id idempotency, on both storage backends (`NAME::sqlite`, `NAME::postgres`).
 
+#[macro_use]
 mod common;
 
 use std::collections::HashMap;
 
-use common::{ok_number, Client, Gate, Server, TempDir, PW};
+use common::{ok_number, Backend, Client, Gate, TestDb, PW};
 use duo_testkit::Rng;
 
-#[test]
-fn a_thousand_pipelined_commands_are_answered_in_order() {
-    let dir = TempDir::new("pipeline");
-    let server = Server::start(&dir.db(), &[]);
+on_both_backends! {
+    a_thousand_pipelined_commands_are_answered_in_order,
+    concurrent_random_transfers_conserve_money,
+    request_ids_make_transfers_idempotent,
+}
+
+fn a_thousand_pipelined_commands_are_answered_in_order(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "pipeline") else {
+        return;
+    };
+    let server = db.start(&[]);
     Client::logged_in(server.addr, "bob");
     let mut alice = Client::connect(server.addr);
     assert_eq!(alice.cmd(&format!("REGISTER alice {PW}")), "OK registered");
@@ -74,14 +82,15 @@ fn a_thousand_pipelined_commands_are_answered_in_order() {
     assert_eq!(alice.history(1000).len(), history_len);
 }
 
-#[test]
-fn concurrent_random_transfers_conserve_money() {
+fn concurrent_random_transfers_conserve_money(backend: Backend) {
     const ACCOUNTS: usize = 20;
     const CLIENTS: usize = 50;
     const TRANSFERS: usize = 40;
     const START: i64 = 10_000;
-    let dir = TempDir::new("transfers");
-    let server = Server::start(&dir.db(), &[]);
+    let Some(db) = TestDb::new(backend, "transfers") else {
+        return;
+    };
+    let server = db.start(&[]);
     let addr = server.addr;
     for a in 0..ACCOUNTS {
         let mut c = Client::logged_in(addr, &format!("acct{a}"));
@@ -164,10 +173,11 @@ fn concurrent_random_transfers_conserve_money() {
     assert_eq!(total, START * ACCOUNTS as i64, "money created or destroyed");
 }
 
-#[test]
-fn request_ids_make_transfers_idempotent() {
-    let dir = TempDir::new("idempotent");
-    let server = Server::start(&dir.db(), &[]);
+fn request_ids_make_transfers_idempotent(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "idempotent") else {
+        return;
+    };
+    let server = db.start(&[]);
     let mut bob = Client::logged_in(server.addr, "bob");
     let mut alice = Client::logged_in(server.addr, "alice");
     assert_eq!(alice.cmd("DEPOSIT 1000"), "OK 1000");

@@ -1,20 +1,30 @@
 //! What the database keeps: across a restart, and across `kill -9` in the middle of a
-//! transfer storm (an `OK` means committed to disk), with and without group commit.
+//! transfer storm (an `OK` means committed to disk), with and without group commit, on
+//! both storage backends (`NAME::sqlite`, `NAME::postgres`: there the front-end is killed
+//! and restarted, the PostgreSQL server stays up).
 
+#[macro_use]
 mod common;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{ok_number, Client, Gate, Server, TempDir, PW};
+use common::{ok_number, Backend, Client, Gate, TestDb, PW};
 use duo_testkit::Rng;
 
-#[test]
-fn a_restarted_server_finds_everything_as_it_was() {
-    let dir = TempDir::new("restart");
+on_both_backends! {
+    a_restarted_server_finds_everything_as_it_was,
+    acknowledged_transfers_survive_kill_9_with_group_commit,
+    acknowledged_transfers_survive_kill_9_without_group_commit,
+}
+
+fn a_restarted_server_finds_everything_as_it_was(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "restart") else {
+        return;
+    };
     let (alice_history, bob_history) = {
-        let mut server = Server::start(&dir.db(), &[]);
+        let mut server = db.start(&[]);
         let mut alice = Client::logged_in(server.addr, "alice");
         let mut bob = Client::logged_in(server.addr, "bob");
         assert_eq!(alice.cmd("DEPOSIT 5000"), "OK 5000");
@@ -26,9 +36,11 @@ fn a_restarted_server_finds_everything_as_it_was() {
         assert!(status.success());
         histories
     };
-    assert!(dir.db().exists());
+    if backend == Backend::Sqlite {
+        assert!(std::path::Path::new(db.arg()).exists());
+    }
 
-    let server = Server::start(&dir.db(), &[]);
+    let server = db.start(&[]);
     let mut alice = Client::connect(server.addr);
     assert_eq!(
         alice.cmd("LOGIN alice wrongpass").split(' ').nth(1),
@@ -56,12 +68,14 @@ struct Acked {
     reply: String,
 }
 
-fn storm_then_kill(extra: &[&str]) {
+fn storm_then_kill(backend: Backend, extra: &[&str]) {
     const SOURCES: usize = 6;
     const SINKS: usize = 3;
     const FUNDS: i64 = 1_000_000_000;
-    let dir = TempDir::new("kill9");
-    let mut server = Server::start(&dir.db(), extra);
+    let Some(db) = TestDb::new(backend, "kill9") else {
+        return;
+    };
+    let mut server = db.start(extra);
     let addr = server.addr;
     for s in 0..SOURCES {
         let mut c = Client::logged_in(addr, &format!("src{s}"));
@@ -112,10 +126,10 @@ fn storm_then_kill(extra: &[&str]) {
         .map(|t| t.join().expect("storm thread"))
         .collect();
     let total_acked: usize = acked.iter().map(Vec::len).sum();
-    eprintln!("{extra:?}: {total_acked} transfers acknowledged before kill -9");
+    eprintln!("{backend:?} {extra:?}: {total_acked} transfers acknowledged before kill -9");
     assert!(total_acked >= SOURCES * 5, "storm too small: {total_acked}");
 
-    let server = Server::start(&dir.db(), extra);
+    let server = db.start(extra);
     let mut total = 0;
     for (s, acks) in acked.iter().enumerate() {
         let mut c = Client::connect(server.addr);
@@ -160,12 +174,10 @@ fn storm_then_kill(extra: &[&str]) {
     assert_eq!(total, FUNDS * SOURCES as i64, "money created or destroyed");
 }
 
-#[test]
-fn acknowledged_transfers_survive_kill_9_with_group_commit() {
-    storm_then_kill(&[]);
+fn acknowledged_transfers_survive_kill_9_with_group_commit(backend: Backend) {
+    storm_then_kill(backend, &[]);
 }
 
-#[test]
-fn acknowledged_transfers_survive_kill_9_without_group_commit() {
-    storm_then_kill(&["--no-group-commit"]);
+fn acknowledged_transfers_survive_kill_9_without_group_commit(backend: Backend) {
+    storm_then_kill(backend, &["--no-group-commit"]);
 }

@@ -1,20 +1,30 @@
 //! Hostile and broken clients: idle and half-open connections, overlong lines, password
 //! guessing, garbage and binary input. None of them may crash the server or disturb
-//! other clients.
+//! other clients, on either storage backend (`NAME::sqlite`, `NAME::postgres`).
 
+#[macro_use]
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, TempDir, PW};
-use duo_testkit::Rng;
+use common::{Backend, Client, TestDb, PW};
+use duo_testkit::{wait_until, Rng};
 
-#[test]
-fn silent_connections_are_evicted_and_heartbeats_keep_them() {
-    let dir = TempDir::new("idle");
-    let server = Server::start(&dir.db(), &["--idle-timeout", "1"]);
+on_both_backends! {
+    silent_connections_are_evicted_and_heartbeats_keep_them,
+    an_overlong_line_is_answered_then_the_connection_closes,
+    five_failed_logins_close_the_connection,
+    garbage_gets_bad_request_and_disturbs_nobody,
+    a_client_that_never_reads_its_replies_cannot_grow_the_server,
+}
+
+fn silent_connections_are_evicted_and_heartbeats_keep_them(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "idle") else {
+        return;
+    };
+    let server = db.start(&["--idle-timeout", "1"]);
     let mut silent = Client::connect(server.addr);
     let mut half_line = Client::connect(server.addr);
     half_line.send(b"BALAN"); // never finished
@@ -47,10 +57,11 @@ fn silent_connections_are_evicted_and_heartbeats_keep_them() {
     assert_eq!(again.cmd(&format!("LOGIN ivy {PW}")), "OK welcome ivy");
 }
 
-#[test]
-fn an_overlong_line_is_answered_then_the_connection_closes() {
-    let dir = TempDir::new("long");
-    let server = Server::start(&dir.db(), &[]);
+fn an_overlong_line_is_answered_then_the_connection_closes(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "long") else {
+        return;
+    };
+    let server = db.start(&[]);
 
     // Exactly 1024 bytes is still a line (an unknown command); the connection stays.
     let mut c = Client::connect(server.addr);
@@ -85,10 +96,11 @@ fn an_overlong_line_is_answered_then_the_connection_closes() {
     assert_eq!(other.cmd("PING"), "PONG");
 }
 
-#[test]
-fn five_failed_logins_close_the_connection() {
-    let dir = TempDir::new("logins");
-    let server = Server::start(&dir.db(), &[]);
+fn five_failed_logins_close_the_connection(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "logins") else {
+        return;
+    };
+    let server = db.start(&[]);
     Client::logged_in(server.addr, "mallory_target");
 
     let mut c = Client::connect(server.addr);
@@ -118,28 +130,35 @@ fn five_failed_logins_close_the_connection() {
     );
 }
 
-#[test]
-fn garbage_gets_bad_request_and_disturbs_nobody() {
-    let dir = TempDir::new("garbage");
-    let server = Server::start(&dir.db(), &[]);
+fn garbage_gets_bad_request_and_disturbs_nobody(backend: Backend) {
+    let Some(db) = TestDb::new(backend, "garbage") else {
+        return;
+    };
+    let server = db.start(&[]);
     let addr = server.addr;
 
-    // A well-behaved client keeps working throughout.
+    // A well-behaved client keeps working throughout: the garbage starts once it has
+    // made its first deposit (its set-up may take longer than the garbage does).
     let stop = Arc::new(AtomicBool::new(false));
+    let deposited = Arc::new(AtomicUsize::new(0));
     let witness = {
-        let stop = stop.clone();
+        let (stop, deposited) = (stop.clone(), deposited.clone());
         std::thread::spawn(move || {
             let mut c = Client::logged_in(addr, "wendy");
             let mut n = 0i64;
             while !stop.load(Ordering::Relaxed) {
                 n += 1;
                 assert_eq!(c.cmd("DEPOSIT 1"), format!("OK {n}"));
+                deposited.fetch_add(1, Ordering::Relaxed);
                 assert_eq!(c.cmd("PING"), "PONG");
             }
             assert_eq!(c.balance(), n);
             n
         })
     };
+    wait_until("the well-behaved client's first deposit", || {
+        deposited.load(Ordering::Relaxed) > 0 || witness.is_finished()
+    });
 
     // Invalid UTF-8 lines: ERR BAD_REQUEST each, and the connection is still usable.
     let mut c = Client::connect(addr);
@@ -214,12 +233,13 @@ fn rss_bytes(pid: u32) -> u64 {
     kib * 1024
 }
 
-#[test]
-fn a_client_that_never_reads_its_replies_cannot_grow_the_server() {
+fn a_client_that_never_reads_its_replies_cannot_grow_the_server(backend: Backend) {
     const ENTRIES: usize = 1000;
     const REQUESTS: usize = 3000;
-    let dir = TempDir::new("nonreader");
-    let server = Server::start(&dir.db(), &[]);
+    let Some(db) = TestDb::new(backend, "nonreader") else {
+        return;
+    };
+    let server = db.start(&[]);
 
     // 1 000 history entries make each `HISTORY 1000` reply ~35 KB: 3 000 of them would be
     // ~100 MB of output if the server kept answering a peer that never reads.

@@ -110,9 +110,27 @@ enum Failure {
     Other(String),
 }
 
+/// `e` with its causes ("error connecting to server: Connection refused ...").
+fn describe(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return db.to_string();
+    }
+    let mut text = e.to_string();
+    let mut source = std::error::Error::source(e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
 fn classify(e: &postgres::Error) -> Failure {
     let Some(db) = e.as_db_error() else {
-        return Failure::Lost(e.to_string());
+        return Failure::Lost(describe(e));
     };
     let code = db.code();
     if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
@@ -232,9 +250,9 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("bank");
         }
-        let mut client = config
-            .connect(NoTls)
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {shown}: {e}")))?;
+        let mut client = config.connect(NoTls).map_err(|e| {
+            StoreError::Unavailable(format!("cannot connect to {shown}: {}", describe(&e)))
+        })?;
         migrate(&mut client, &shown)?;
         let first = Writer {
             session: Some(prepare_writer(client).map_err(|e| pg_error(&e))?),
@@ -250,9 +268,13 @@ impl PgStore {
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        self.config
-            .connect(NoTls)
-            .map_err(|e| StoreError::Unavailable(format!("cannot connect to {}: {e}", self.shown)))
+        self.config.connect(NoTls).map_err(|e| {
+            StoreError::Unavailable(format!(
+                "cannot connect to {}: {}",
+                self.shown,
+                describe(&e)
+            ))
+        })
     }
 
     /// Runs `f` on a pooled reader; once more on a new connection if the pooled one had
@@ -262,8 +284,14 @@ impl PgStore {
         f: impl Fn(&mut Reader) -> Result<R, postgres::Error>,
     ) -> Result<R, StoreError> {
         let mut last = None;
-        for _ in 0..2 {
-            let pooled = self.readers.lock().pop();
+        for attempt in 0..2 {
+            // The second attempt is always on a new connection: the pooled ones most
+            // likely broke with the first (a restarted server ends them all).
+            let pooled = if attempt == 0 {
+                self.readers.lock().pop()
+            } else {
+                None
+            };
             let mut reader = match pooled {
                 Some(r) => r,
                 None => self.new_reader()?,
@@ -276,6 +304,8 @@ impl PgStore {
                 Err(e) => match classify(&e) {
                     Failure::Refused(m) | Failure::Lost(m) => {
                         log::warn!("database read failed ({m}); reconnecting");
+                        // Whatever else is pooled is as old as the one that broke.
+                        self.readers.lock().clear();
                         last = Some(StoreError::Unavailable(m));
                     }
                     Failure::Conflict | Failure::Other(_) => {
@@ -426,7 +456,7 @@ impl PgStore {
                     w.session = None;
                     return Err(f);
                 }
-                Failure::Conflict => return Err(Failure::Other(e.to_string())),
+                Failure::Conflict => return Err(Failure::Other(describe(&e))),
                 f @ Failure::Other(_) => return Err(f),
             }
         }
@@ -458,10 +488,7 @@ impl PgStore {
 }
 
 fn pg_error(e: &postgres::Error) -> StoreError {
-    StoreError::Postgres(match e.as_db_error() {
-        Some(db) => db.to_string(),
-        None => e.to_string(),
-    })
+    StoreError::Postgres(describe(e))
 }
 
 /// `n` operations that failed with `f`.

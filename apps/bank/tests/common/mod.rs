@@ -2,16 +2,24 @@
 //!
 //! Every wait has a deadline; every server is killed by PID when its guard drops; every
 //! temporary directory is removed when its guard drops.
+//!
+//! The protocol suites run on both storage backends: a [`TestDb`] is a fresh SQLite file
+//! or a fresh PostgreSQL database (on a cluster shared by the tests of one test binary
+//! that run at the same time), and [`on_both_backends!`] turns each `fn NAME(Backend)`
+//! into the tests `NAME::sqlite` and `NAME::postgres`.
 #![allow(dead_code)]
 
+use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::{Duration, Instant};
 
-use duo_testkit::ChildServer;
+use duo_testkit::pg::PgCluster;
+use duo_testkit::{run_within, ChildServer};
 
 /// The `bank` binary under test.
 pub(crate) const BANK: &str = env!("CARGO_BIN_EXE_bank");
@@ -61,6 +69,16 @@ impl Server {
     /// Starts `bank serve --listen 127.0.0.1:0 --db <db> --hash-cost low <extra>` and waits
     /// (at most 20 s) for its `listening on` line. Its log goes to the test's stderr.
     pub(crate) fn start(db: &Path, extra: &[&str]) -> Server {
+        Server::start_on(db.as_os_str(), extra)
+    }
+
+    /// [`Server::start`] with any `--db` value: a PostgreSQL URL, `sqlite:PATH`.
+    pub(crate) fn start_url(db: &str, extra: &[&str]) -> Server {
+        Server::start_on(OsStr::new(db), extra)
+    }
+
+    /// [`Server::start`] with the `--db` value `db`.
+    fn start_on(db: &OsStr, extra: &[&str]) -> Server {
         let mut cmd = Command::new(BANK);
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
             .arg(db)
@@ -249,4 +267,181 @@ impl Gate {
             std::thread::sleep(Duration::from_millis(1));
         }
     }
+}
+
+/// Where a test's accounts live: the two `bank serve --db` backends.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Backend {
+    /// A fresh SQLite file in a [`TempDir`].
+    Sqlite,
+    /// A fresh database on a throwaway PostgreSQL cluster ([`shared_cluster`]).
+    Postgres,
+}
+
+/// For each `fn NAME(backend: Backend)` of the test file, the tests `NAME::sqlite` and
+/// `NAME::postgres` (the latter skipped with one line where PostgreSQL is not installed,
+/// failing under `CI`; see [`TestDb::new`]). The file declares `#[macro_use] mod common;`.
+#[allow(unused_macros)] // not every test file runs on both backends
+macro_rules! on_both_backends {
+    ($($name:ident),* $(,)?) => {
+        $(
+            mod $name {
+                #[test]
+                fn sqlite() {
+                    super::$name($crate::common::Backend::Sqlite);
+                }
+
+                #[test]
+                fn postgres() {
+                    super::$name($crate::common::Backend::Postgres);
+                }
+            }
+        )*
+    };
+}
+
+/// The cluster the PostgreSQL tests of this test binary share while any of them runs.
+static SHARED_CLUSTER: Mutex<Weak<PgCluster>> = Mutex::new(Weak::new());
+
+/// The PostgreSQL cluster of this test binary: the one a running test already holds, or a
+/// new one (`fsync=off`, 300 connections) made for `test`. It is stopped and removed when
+/// the last test holding it drops it, so a test binary leaves none behind (a later test
+/// may then make another). `None` (after one `skipped` line) where PostgreSQL is not
+/// installed and `CI` is unset; panics under `CI`. A test that restarts or stops its
+/// cluster makes its own with [`PgCluster::builder`] instead.
+pub(crate) fn shared_cluster(test: &str) -> Option<Arc<PgCluster>> {
+    let mut shared = SHARED_CLUSTER
+        .lock()
+        .unwrap_or_else(PoisonError::into_inner);
+    if let Some(cluster) = shared.upgrade() {
+        return Some(cluster);
+    }
+    // Made under the lock: tests starting together share the one cluster.
+    let cluster = Arc::new(
+        PgCluster::builder()
+            .setting("fsync", "off")
+            .max_connections(300)
+            .for_test(test)?,
+    );
+    *shared = Arc::downgrade(&cluster);
+    Some(cluster)
+}
+
+/// A fresh, empty database for one test: an SQLite file or a PostgreSQL database of its
+/// own. The file's directory is removed on drop; the PostgreSQL database goes with its
+/// cluster.
+pub(crate) struct TestDb {
+    backend: Backend,
+    /// The `--db` value.
+    arg: OsString,
+    /// The SQLite file's directory.
+    dir: Option<TempDir>,
+    /// The PostgreSQL cluster and the database's name on it.
+    pg: Option<(Arc<PgCluster>, String)>,
+}
+
+impl TestDb {
+    /// A fresh database of `backend` for the test `tag` (a word naming it, used in paths
+    /// and database names), or `None` if the backend is PostgreSQL and it is not installed
+    /// (see [`shared_cluster`]).
+    pub(crate) fn new(backend: Backend, tag: &str) -> Option<TestDb> {
+        match backend {
+            Backend::Sqlite => {
+                let dir = TempDir::new(tag);
+                Some(TestDb {
+                    backend,
+                    arg: dir.db().into_os_string(),
+                    dir: Some(dir),
+                    pg: None,
+                })
+            }
+            Backend::Postgres => {
+                let cluster = shared_cluster(&format!("{tag} on PostgreSQL"))?;
+                Some(TestDb::on_cluster(cluster, tag))
+            }
+        }
+    }
+
+    /// A new database named after `tag` on `cluster`.
+    pub(crate) fn on_cluster(cluster: Arc<PgCluster>, tag: &str) -> TestDb {
+        static N: AtomicUsize = AtomicUsize::new(0);
+        let word: String = tag
+            .chars()
+            .map(|c| {
+                if c.is_ascii_alphanumeric() {
+                    c.to_ascii_lowercase()
+                } else {
+                    '_'
+                }
+            })
+            .take(40)
+            .collect();
+        let name = format!("t_{word}_{}", N.fetch_add(1, Ordering::SeqCst));
+        cluster
+            .psql(&format!("CREATE DATABASE {name}"))
+            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+        let url = format!("postgres://bank@127.0.0.1:{}/{name}", cluster.port());
+        TestDb {
+            backend: Backend::Postgres,
+            arg: url.into(),
+            dir: None,
+            pg: Some((cluster, name)),
+        }
+    }
+
+    /// Another fresh database of the same backend (on the same cluster), for a test that
+    /// needs several.
+    pub(crate) fn sibling(&self, tag: &str) -> TestDb {
+        match &self.pg {
+            Some((cluster, _)) => TestDb::on_cluster(cluster.clone(), tag),
+            None => TestDb::new(Backend::Sqlite, tag).expect("SQLite is always there"),
+        }
+    }
+
+    pub(crate) fn backend(&self) -> Backend {
+        self.backend
+    }
+
+    /// The `--db` value: the SQLite file's path, or the PostgreSQL URL (TCP).
+    pub(crate) fn arg(&self) -> &OsStr {
+        &self.arg
+    }
+
+    /// The `--db` value as text.
+    pub(crate) fn url(&self) -> String {
+        self.arg.to_string_lossy().into_owned()
+    }
+
+    /// Starts `bank serve` on this database ([`Server::start`]).
+    pub(crate) fn start(&self, extra: &[&str]) -> Server {
+        Server::start_on(&self.arg, extra)
+    }
+
+    /// The PostgreSQL cluster, if that is the backend.
+    pub(crate) fn cluster(&self) -> Option<&PgCluster> {
+        self.pg.as_ref().map(|(c, _)| &**c)
+    }
+
+    /// Runs `sql` in this PostgreSQL database with `psql -X -At -v ON_ERROR_STOP=1` (at
+    /// most 30 s); its output trimmed. Panics on an SQLite database or a failure.
+    pub(crate) fn psql(&self, sql: &str) -> String {
+        let (cluster, name) = self.pg.as_ref().expect("psql on a PostgreSQL database");
+        psql_in(cluster, name, sql)
+    }
+}
+
+/// Runs `sql` in database `db` of `cluster` with `psql` (at most 30 s); its output
+/// trimmed. Panics (with psql's stderr) if it fails.
+pub(crate) fn psql_in(cluster: &PgCluster, db: &str, sql: &str) -> String {
+    let mut cmd = cluster.command("psql");
+    cmd.args(["-X", "-At", "-v", "ON_ERROR_STOP=1", "-d", db, "-c", sql]);
+    let done = run_within(&mut cmd, Duration::from_secs(30))
+        .unwrap_or_else(|e| panic!("psql {sql:?}: {e}"));
+    assert!(
+        done.status.success(),
+        "psql {sql:?}: {}: {}",
+        done.status,
+        done.stderr
+    );
+    done.stdout.trim().to_owned()
 }
