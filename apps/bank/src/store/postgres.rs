@@ -250,9 +250,9 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("bank");
         }
-        let mut client = config.connect(NoTls).map_err(|e| {
-            StoreError::Unavailable(format!("cannot connect to {shown}: {}", describe(&e)))
-        })?;
+        let mut client = config
+            .connect(NoTls)
+            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
         migrate(&mut client, &shown)?;
         let first = Writer {
             session: Some(prepare_writer(client).map_err(|e| pg_error(&e))?),
