@@ -12,9 +12,17 @@
 //! logging in excluded), and stops it. Throughput on this kind of shared machine swings
 //! 30-50 % between runs; CPU time per message holds within about 10 %, so the report
 //! gives both and ranks by the latter.
+//!
+//! The bank runs on SQLite (`bank-group`, `bank-single`) and on PostgreSQL
+//! (`bank-pg-group`, `bank-pg-group-2` with 2 front-end processes, `bank-pg-single`),
+//! where PostgreSQL's own `pgbench` on the same cluster (`bank-pg-pgbench`, run whenever
+//! one of those is) is the baseline, and the CPU time of the front-end's processes and of
+//! the database server is reported per transfer ([`pg`]). Where PostgreSQL is not
+//! installed those are skipped with one line, unless `CI` is set.
 
 mod micro;
 mod outcome;
+mod pg;
 mod report;
 mod runner;
 mod scenarios;
@@ -23,12 +31,13 @@ use std::num::NonZeroU64;
 use std::path::Path;
 
 use clap::Args;
+use duo_testkit::pg::PgCluster;
 
 use self::micro::Estimate;
 use self::outcome::Outcome;
 use self::report::{Header, Results};
 use self::runner::Setting;
-use self::scenarios::{Scenario, MICRO, SCENARIOS};
+use self::scenarios::{Scenario, Target, MICRO, SCENARIOS};
 use crate::report::{create_dir, machine, unix_now, write};
 use crate::{build_release_bins, target_dir, Failure};
 
@@ -94,12 +103,15 @@ pub(crate) fn bench(opts: BenchArgs) -> Result<(), Failure> {
         println!("\nmicro-benchmarks (criterion medians):\n\n{md}");
         md
     };
-    let scenarios: Vec<&Scenario> = SCENARIOS.iter().filter(|s| opts.selected(s.name)).collect();
+    let mut scenarios: Vec<&Scenario> =
+        SCENARIOS.iter().filter(|s| opts.selected(s.name)).collect();
     if scenarios.is_empty() {
         create_dir(&out_dir)?;
         return write(&out_dir.join("micro.md"), &micro_md);
     }
     let release = build_release_bins()?;
+    let mut skipped = Vec::new();
+    let pg = postgres_scenarios(&mut scenarios, &release, opts.quick, &mut skipped)?;
     let logs = out_dir.join("logs");
     create_dir(&logs)?;
     let secs = opts
@@ -117,14 +129,17 @@ pub(crate) fn bench(opts: BenchArgs) -> Result<(), Failure> {
     let fd_limit = raise_fd_limit();
     let mut results = Vec::new();
     for sc in scenarios {
-        results.push((sc, run_scenario(sc, reps, fd_limit, &set, &out_dir)?));
+        let outcomes = run_scenario(sc, reps, fd_limit, &set, &out_dir, pg.as_ref())?;
+        results.push((sc, outcomes));
     }
+    drop(pg);
     let (machine, command) = (machine(), opts.command());
     let header = Header {
         command: &command,
         machine: &machine,
         secs,
         reps,
+        skipped: &skipped,
     };
     let md = write_reports(&out_dir, &results, &micro, &micro_md, &header)?;
     if opts.full() {
@@ -132,6 +147,54 @@ pub(crate) fn bench(opts: BenchArgs) -> Result<(), Failure> {
         println!("docs/benchmarks.md updated with this run");
     }
     failed_runs(&results)
+}
+
+/// Prepares the PostgreSQL scenarios among `scenarios`: adds the `pgbench` baseline when
+/// a bank one is there, and starts the cluster they share. Leaves them out, with a note
+/// in `skipped`, where PostgreSQL is absent (an error under CI, see
+/// [`pg::start_cluster`]); leaves out the one with 2 front-end processes when this
+/// `bank` has no `serve --processes` yet.
+fn postgres_scenarios(
+    scenarios: &mut Vec<&Scenario>,
+    release: &Path,
+    quick: bool,
+    skipped: &mut Vec<String>,
+) -> Result<Option<PgCluster>, Failure> {
+    let bank_pg = |sc: &Scenario| matches!(sc.target, Target::BankPg { .. });
+    let several =
+        |sc: &Scenario| matches!(sc.target, Target::BankPg { processes, .. } if processes > 1);
+    let pgbench = |sc: &Scenario| sc.target == Target::PgBench;
+    if !scenarios.iter().any(|s| bank_pg(s) || pgbench(s)) {
+        return Ok(None);
+    }
+    if scenarios.iter().any(|s| bank_pg(s)) && !scenarios.iter().any(|s| pgbench(s)) {
+        scenarios.extend(SCENARIOS.iter().filter(|s| pgbench(s)));
+    }
+    if scenarios.iter().any(|s| several(s)) && !pg::bank_has_processes(release) {
+        let names: Vec<&str> = scenarios
+            .iter()
+            .filter(|s| several(s))
+            .map(|s| s.name)
+            .collect();
+        let note = format!(
+            "{}: this `bank serve` has no `--processes` (several front-end processes) yet",
+            names.join(", ")
+        );
+        println!("\nskipped {note}");
+        skipped.push(note);
+        scenarios.retain(|s| !several(s));
+    }
+    let names: Vec<&str> = scenarios
+        .iter()
+        .filter(|s| s.target.on_postgres())
+        .map(|s| s.name)
+        .collect();
+    let pg = pg::start_cluster(&names, quick)?;
+    if pg.is_none() {
+        skipped.push(format!("{}: PostgreSQL not found", names.join(", ")));
+        scenarios.retain(|sc| !sc.target.on_postgres());
+    }
+    Ok(pg)
 }
 
 /// `--only` must name something.
@@ -176,6 +239,7 @@ fn run_scenario(
     fd_limit: u64,
     set: &Setting<'_>,
     out_dir: &Path,
+    pg: Option<&PgCluster>,
 ) -> Result<Vec<Outcome>, Failure> {
     println!("\n== {} ({})", sc.name, sc.about);
     if sc.conns + 64 > fd_limit {
@@ -195,7 +259,8 @@ fn run_scenario(
             runs: Vec::new(),
         })
         .collect();
-    let bank = sc.mode == "bank";
+    // On SQLite; on PostgreSQL, the runner makes a database per run.
+    let bank = matches!(sc.target, Target::Bank(_));
     for rep in 0..reps {
         for (entrant, outcome) in entrants.iter().zip(&mut outcomes) {
             if bank {
@@ -204,7 +269,7 @@ fn run_scenario(
                 create_dir(&db_dir)?;
             }
             let tag = format!("{}-{}-{rep}", sc.name, entrant.name);
-            let run = runner::run_one(sc, entrant, &tag, set);
+            let run = runner::run_one(sc, entrant, &tag, set, pg);
             runner::print_run(entrant.name, rep, &run);
             outcome.runs.push(run);
         }

@@ -9,11 +9,24 @@ use duo_testkit::loadgen_json::LoadgenJson;
 pub(super) struct Run {
     /// `loadgen --json` output, or the error that prevented it.
     pub(super) result: Result<LoadgenJson, String>,
-    /// Server CPU time (user + system) during the run.
+    /// Server CPU time (user + system) during the run: on PostgreSQL, of the front-end's
+    /// processes, over the measured phase.
     pub(super) cpu: Duration,
+    /// On PostgreSQL: the database server's CPU time (the postmaster and its backends)
+    /// over the measured phase.
+    pub(super) db_cpu: Option<Duration>,
 }
 
 impl Run {
+    /// A run that could not be made.
+    pub(super) fn failed(why: String) -> Run {
+        Run {
+            result: Err(why),
+            cpu: Duration::ZERO,
+            db_cpu: None,
+        }
+    }
+
     /// A figure of the `loadgen` report, if the run made one.
     pub(super) fn get<T>(&self, f: impl Fn(&LoadgenJson) -> Option<T>) -> Option<T> {
         self.result.as_ref().ok().and_then(f)
@@ -24,8 +37,19 @@ impl Run {
     }
 
     pub(super) fn cpu_per_op_us(&self) -> Option<f64> {
+        if self.get(|j| Some(j.mode == "pgbench")) == Some(true) {
+            // pgbench is a client: there is no front-end (only `db_cpu`).
+            return None;
+        }
         let ops = self.get(LoadgenJson::work)?;
         (ops > 0).then(|| self.cpu.as_secs_f64() * 1e6 / ops as f64)
+    }
+
+    /// Database server CPU time per unit of work, in microseconds (PostgreSQL runs).
+    pub(super) fn db_cpu_per_op_us(&self) -> Option<f64> {
+        let ops = self.get(LoadgenJson::work)?;
+        let cpu = self.db_cpu?;
+        (ops > 0).then(|| cpu.as_secs_f64() * 1e6 / ops as f64)
     }
 
     pub(super) fn errors(&self) -> u64 {
@@ -103,6 +127,11 @@ impl Outcome {
 
     pub(super) fn cpu_per_op_us(&self) -> Option<f64> {
         self.cpu_stats().map(|s| s.median)
+    }
+
+    /// Database server CPU time per unit of work, in microseconds (PostgreSQL runs).
+    pub(super) fn db_cpu_stats(&self) -> Option<Stats> {
+        stats(self.runs.iter().map(Run::db_cpu_per_op_us))
     }
 
     pub(super) fn errors(&self) -> u64 {

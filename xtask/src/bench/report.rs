@@ -21,6 +21,8 @@ pub(super) struct Header<'a> {
     pub(super) machine: &'a str,
     pub(super) secs: u64,
     pub(super) reps: usize,
+    /// Scenarios left out, and why.
+    pub(super) skipped: &'a [String],
 }
 
 /// The markdown report of the load scenarios.
@@ -48,6 +50,10 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
     );
     echo_tables(&mut md, results);
     bank_table(&mut md, results);
+    pg_table(&mut md, results);
+    for note in h.skipped {
+        let _ = writeln!(md, "\nSkipped {note}.");
+    }
     errors_list(&mut md, results);
     let _ = writeln!(
         md,
@@ -59,6 +65,9 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
 /// The echo scenarios: every server's headline, then the ratios at equal thread counts.
 fn echo_tables(md: &mut String, results: &Results<'_>) {
     let echo = || results.iter().filter(|(sc, _)| sc.target == Target::Echo);
+    if echo().next().is_none() {
+        return;
+    }
     let servers: Vec<&str> = ECHO_SERVERS.iter().map(|s| s.name).collect();
     let header: Vec<&str> = ["scenario"]
         .into_iter()
@@ -121,11 +130,11 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
     ));
 }
 
-/// The bank scenarios, and group commit against one commit per transfer.
+/// The bank scenarios on SQLite, and group commit against one commit per transfer.
 fn bank_table(md: &mut String, results: &Results<'_>) {
     let bank: Vec<_> = results
         .iter()
-        .filter(|(sc, _)| sc.target != Target::Echo)
+        .filter(|(sc, _)| matches!(sc.target, Target::Bank(_)))
         .collect();
     if bank.is_empty() {
         return;
@@ -174,6 +183,239 @@ fn bank_table(md: &mut String, results: &Results<'_>) {
                 s.first().and_then(Outcome::rate)
             )
         );
+    }
+}
+
+/// The PostgreSQL scenarios: the bank's runs and pgbench's, CPU per transfer split
+/// between the front-end and the database server, then the ratios and the targets.
+fn pg_table(md: &mut String, results: &Results<'_>) {
+    let pg: Vec<_> = results
+        .iter()
+        .filter(|(sc, _)| sc.target.on_postgres())
+        .collect();
+    if pg.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nBank on PostgreSQL (durable: `fsync` and `synchronous_commit` on; a fresh \
+         database per run), and PostgreSQL's own `pgbench` (TPC-B-like, `-M prepared`, \
+         the same 100 clients, same cluster) as the baseline. CPU per transfer (per \
+         transaction for pgbench): the front-end's processes and the database server's \
+         (postmaster and backends), sampled every 50 ms from `/proc` over the measured \
+         phase (the phase-long window where the database worked most: set-up and the \
+         final check fall outside).\n"
+    );
+    let us = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0} µs"));
+    let rows = pg.iter().flat_map(|(sc, outcomes)| {
+        outcomes.iter().map(move |o| {
+            let n = o.runs.len();
+            let pgbench = sc.target == Target::PgBench;
+            let cpu = |st| spread(st, n, |v| format!("{v:.0} µs"));
+            [
+                sc.name.to_owned(),
+                if o.failed() {
+                    "failed".into()
+                } else {
+                    spread(o.rate_stats(), n, |v| format!("{:.1} k", v / 1e3))
+                },
+                if pgbench {
+                    format!("avg {}", us(o.median(|j| j.mean_us)))
+                } else {
+                    us(o.median(|j| j.p99_us))
+                },
+                if pgbench {
+                    "-".into()
+                } else {
+                    totals(o).into()
+                },
+                if pgbench {
+                    "-".into()
+                } else {
+                    cpu(o.cpu_stats())
+                },
+                cpu(o.db_cpu_stats()),
+                us(total_cpu_us(o)),
+            ]
+        })
+    });
+    md.push_str(&markdown::table(
+        &[
+            "scenario",
+            "transfers/s",
+            "p99",
+            "totals",
+            "front-end CPU/transfer",
+            "database CPU/transfer",
+            "total CPU/transfer",
+        ],
+        rows,
+    ));
+    let s = PgSummary::of(results);
+    let _ = writeln!(md, "\nTargets (figures of this run):\n");
+    md.push_str(&markdown::table(
+        &["target", "this run", "met"],
+        s.targets().into_iter().map(|t| {
+            [
+                t.name.to_owned(),
+                t.value,
+                match t.met {
+                    Some(true) => "yes".into(),
+                    Some(false) => "**no**".into(),
+                    None => "-".into(),
+                },
+            ]
+        }),
+    ));
+    let _ = writeln!(
+        md,
+        "\nCPU per transfer, total (front-end + database): group / pgbench {}, \
+         group / one transaction per transfer {}, 2 front-ends / 1 {} (< 1: less CPU).",
+        fmt_ratio(s.cpu_group_over_pgbench),
+        fmt_ratio(s.cpu_group_over_single),
+        fmt_ratio(s.cpu_two_over_one),
+    );
+}
+
+/// Front-end plus database CPU time per transfer, µs (the median run's of each).
+fn total_cpu_us(o: &Outcome) -> Option<f64> {
+    let db = o.db_cpu_stats()?.median;
+    let front = o.cpu_per_op_us().unwrap_or(0.0);
+    Some(front + db)
+}
+
+fn fmt_ratio(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.2}x"))
+}
+
+/// The issue's targets for the bank on PostgreSQL.
+const TARGET_RATE: f64 = 20_000.0;
+const TARGET_OVER_PGBENCH: f64 = 10.0;
+const TARGET_OVER_SINGLE: f64 = 5.0;
+const TARGET_P99_US: f64 = 20_000.0;
+
+/// The PostgreSQL scenarios' headline figures (medians) and ratios.
+#[derive(Default, serde::Serialize)]
+struct PgSummary {
+    group_rate: Option<f64>,
+    group_2_rate: Option<f64>,
+    single_rate: Option<f64>,
+    pgbench_tps: Option<f64>,
+    group_p99_us: Option<f64>,
+    group_2_p99_us: Option<f64>,
+    /// Every PostgreSQL bank run conserved the total (`None`: none was checked).
+    totals_conserved: Option<bool>,
+    group_over_pgbench: Option<f64>,
+    group_over_single: Option<f64>,
+    two_over_one: Option<f64>,
+    cpu_group_over_pgbench: Option<f64>,
+    cpu_group_over_single: Option<f64>,
+    cpu_two_over_one: Option<f64>,
+}
+
+/// One target: what, this run's figure, whether it was met (`None`: not measured).
+struct TargetCheck {
+    name: &'static str,
+    value: String,
+    met: Option<bool>,
+}
+
+impl PgSummary {
+    fn of(results: &Results<'_>) -> PgSummary {
+        let find = |want: Target| {
+            results
+                .iter()
+                .find(|(sc, _)| sc.target == want)
+                .and_then(|(_, os)| os.first())
+                .filter(|o| !o.failed())
+        };
+        let group = find(Target::BankPg {
+            group: true,
+            processes: 1,
+        });
+        let group_2 = find(Target::BankPg {
+            group: true,
+            processes: 2,
+        });
+        let single = find(Target::BankPg {
+            group: false,
+            processes: 1,
+        });
+        let pgbench = find(Target::PgBench);
+        let rate = |o: Option<&Outcome>| o.and_then(Outcome::rate);
+        let p99 = |o: Option<&Outcome>| o.and_then(|o| o.median(|j| j.p99_us));
+        let cpu = |o: Option<&Outcome>| o.and_then(total_cpu_us);
+        let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
+            (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+            _ => None,
+        };
+        let checked: Vec<&str> = results
+            .iter()
+            .filter(|(sc, _)| matches!(sc.target, Target::BankPg { .. }))
+            .flat_map(|(_, os)| os.iter().map(totals))
+            .collect();
+        PgSummary {
+            group_rate: rate(group),
+            group_2_rate: rate(group_2),
+            single_rate: rate(single),
+            pgbench_tps: rate(pgbench),
+            group_p99_us: p99(group),
+            group_2_p99_us: p99(group_2),
+            totals_conserved: (!checked.is_empty() && !checked.contains(&"-"))
+                .then(|| checked.iter().all(|t| *t == "conserved")),
+            group_over_pgbench: div(rate(group), rate(pgbench)),
+            group_over_single: div(rate(group), rate(single)),
+            two_over_one: div(rate(group_2), rate(group)),
+            cpu_group_over_pgbench: div(cpu(group), cpu(pgbench)),
+            cpu_group_over_single: div(cpu(group), cpu(single)),
+            cpu_two_over_one: div(cpu(group_2), cpu(group)),
+        }
+    }
+
+    fn targets(&self) -> Vec<TargetCheck> {
+        let at_least = |v: Option<f64>, min: f64| v.map(|v| v >= min);
+        let p99_ms = |v: Option<f64>| v.map_or("-".into(), |v| format!("{:.1} ms", v / 1e3));
+        vec![
+            TargetCheck {
+                name: "group commit ≥ 20 000 durable transfers/s",
+                value: self.group_rate.map_or("-".into(), |v| format!("{v:.0}/s")),
+                met: at_least(self.group_rate, TARGET_RATE),
+            },
+            TargetCheck {
+                name: "group commit ≥ 10 x pgbench's transactions/s",
+                value: fmt_ratio(self.group_over_pgbench),
+                met: at_least(self.group_over_pgbench, TARGET_OVER_PGBENCH),
+            },
+            TargetCheck {
+                name: "group commit ≥ 5 x one transaction per transfer",
+                value: fmt_ratio(self.group_over_single),
+                met: at_least(self.group_over_single, TARGET_OVER_SINGLE),
+            },
+            TargetCheck {
+                name: "group commit p99 ≤ 20 ms",
+                value: p99_ms(self.group_p99_us),
+                met: self.group_p99_us.map(|v| v <= TARGET_P99_US),
+            },
+            TargetCheck {
+                name: "2 front-ends, group commit p99 ≤ 20 ms",
+                value: p99_ms(self.group_2_p99_us),
+                met: self.group_2_p99_us.map(|v| v <= TARGET_P99_US),
+            },
+            TargetCheck {
+                name: "totals conserved in every run",
+                value: match self.totals_conserved {
+                    Some(true) => "conserved".into(),
+                    Some(false) => "NOT conserved".into(),
+                    None => "-".into(),
+                },
+                met: self.totals_conserved,
+            },
+            TargetCheck {
+                name: "2 front-ends / 1, transfers/s (no target)",
+                value: fmt_ratio(self.two_over_one),
+                met: None,
+            },
+        ]
     }
 }
 
@@ -309,9 +551,12 @@ pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<
                     "duo": o.duo,
                     "median_rate": o.rate(),
                     "median_server_cpu_per_op_us": o.cpu_per_op_us(),
+                    "median_db_cpu_per_op_us": o.db_cpu_stats().map(|s| s.median),
                     "runs": o.runs.iter().map(|r| json!({
                         "server_cpu_secs": r.cpu.as_secs_f64(),
                         "server_cpu_per_op_us": r.cpu_per_op_us(),
+                        "db_cpu_secs": r.db_cpu.map(|c| c.as_secs_f64()),
+                        "db_cpu_per_op_us": r.db_cpu_per_op_us(),
                         "loadgen": r.result.as_ref().ok(),
                         "error": r.result.as_ref().err(),
                     })).collect::<Vec<_>>(),
@@ -319,13 +564,27 @@ pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<
             })
         })
         .collect();
+    let postgres = results
+        .iter()
+        .any(|(sc, _)| sc.target.on_postgres())
+        .then(|| {
+            let s = PgSummary::of(results);
+            let targets: Vec<Value> = s
+                .targets()
+                .iter()
+                .map(|t| json!({"target": t.name, "value": t.value, "met": t.met}))
+                .collect();
+            json!({"summary": s, "targets": targets})
+        });
     json!({
         "command": h.command,
         "machine": h.machine,
         "secs": h.secs,
         "unix_time": unix_now(),
+        "skipped": h.skipped,
         "micro": micro,
         "scenarios": scenarios,
+        "postgres": postgres,
     })
 }
 

@@ -6,9 +6,11 @@ use std::process::Command;
 use std::time::Duration;
 
 use duo_testkit::loadgen_json::LoadgenJson;
+use duo_testkit::pg::PgCluster;
 
 use super::outcome::{fmt_rate, fmt_us, Outcome, Run};
-use super::scenarios::{Entrant, Scenario};
+use super::pg::{run_pgbench, RunDatabase, Sampler};
+use super::scenarios::{Entrant, Scenario, Target};
 use crate::process::{run_bounded, Server};
 
 /// Where and how long runs go.
@@ -24,18 +26,50 @@ pub(super) struct Setting<'a> {
 }
 
 /// Starts `entrant`, runs the scenario's `loadgen` against it and stops it; `tag` names
-/// the logs.
-pub(super) fn run_one(sc: &Scenario, entrant: &Entrant, tag: &str, set: &Setting<'_>) -> Run {
-    let server_log = set.logs.join(format!("{tag}.server.log"));
-    let server = match Server::start(tag, &entrant.exe, &entrant.args, &server_log) {
-        Ok(s) => s,
-        Err(e) => {
-            return Run {
-                result: Err(e),
-                cpu: Duration::ZERO,
+/// the logs. The PostgreSQL scenarios run on `pg`: the bank on a database made for the
+/// run, with the CPU of its processes and of the database server sampled (see
+/// [`super::pg`]); `pgbench` instead of `loadgen` for the baseline.
+pub(super) fn run_one(
+    sc: &Scenario,
+    entrant: &Entrant,
+    tag: &str,
+    set: &Setting<'_>,
+    pg: Option<&PgCluster>,
+) -> Run {
+    match (sc.target, pg) {
+        (Target::PgBench, Some(pg)) => run_pgbench(pg, tag, set),
+        (Target::BankPg { .. }, Some(pg)) => match RunDatabase::create(pg) {
+            // The database outlives the server (dropped first, in `run_server`).
+            Ok(db) => {
+                let mut args = entrant.args.clone();
+                args.extend(["--db".into(), db.url()]);
+                run_server(sc, entrant, &args, tag, set, pg.postmaster_pid())
             }
+            Err(e) => Run::failed(e),
+        },
+        (target, None) if target.on_postgres() => {
+            Run::failed("no PostgreSQL cluster for this scenario".into())
         }
+        _ => run_server(sc, entrant, &entrant.args, tag, set, None),
+    }
+}
+
+/// [`run_one`] with the server's arguments; with `postmaster`, the CPU time of the
+/// server's and the database's process trees over the measured phase is sampled.
+fn run_server(
+    sc: &Scenario,
+    entrant: &Entrant,
+    args: &[String],
+    tag: &str,
+    set: &Setting<'_>,
+    postmaster: Option<u32>,
+) -> Run {
+    let server_log = set.logs.join(format!("{tag}.server.log"));
+    let server = match Server::start(tag, &entrant.exe, args, &server_log) {
+        Ok(s) => s,
+        Err(e) => return Run::failed(e),
     };
+    let sampler = postmaster.map(|pm| Sampler::start(Some(server.pid()), pm));
     let mut cmd = loadgen_command(sc, &server, set);
     let before = server.cpu_time();
     let ran = run_bounded(
@@ -60,8 +94,20 @@ pub(super) fn run_one(sc: &Scenario, entrant: &Entrant, tag: &str, set: &Setting
         }
         Ok(report)
     });
+    let mut db_cpu = None;
+    if let Some(sampler) = sampler {
+        let phase = result.as_ref().ok().and_then(|j| j.elapsed_secs);
+        let phase_cpu = sampler.finish(phase.map(Duration::from_secs_f64));
+        // The front-end's processes over the same window as the database's.
+        cpu = phase_cpu.and_then(|c| c.front).unwrap_or(Duration::ZERO);
+        db_cpu = phase_cpu.map(|c| c.db);
+    }
     drop(server);
-    Run { result, cpu }
+    Run {
+        result,
+        cpu,
+        db_cpu,
+    }
 }
 
 /// The `loadgen` command line of `sc` against `server`.
@@ -96,9 +142,13 @@ fn loadgen_command(sc: &Scenario, server: &Server, set: &Setting<'_>) -> Command
 pub(super) fn print_run(server: &str, rep: usize, r: &Run) {
     match &r.result {
         Ok(_) => println!(
-            "   {server:<16} #{rep}  rate {:>12}  server CPU/op {:>9}  errors {}{}",
+            "   {server:<16} #{rep}  rate {:>12}  server CPU/op {:>9}{}  errors {}{}",
             fmt_rate(r.rate()),
             fmt_us(r.cpu_per_op_us()),
+            r.db_cpu.map_or(String::new(), |_| format!(
+                "  database CPU/op {:>9}",
+                fmt_us(r.db_cpu_per_op_us())
+            )),
             r.errors(),
             if r.verification_failed() {
                 "  VERIFICATION FAILED"

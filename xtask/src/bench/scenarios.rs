@@ -137,8 +137,24 @@ const ACCEPT_MODE_SCENARIOS: &[&str] = &["churn-50", "pingpong-1000x64"];
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Target {
     Echo,
-    /// The bank server; `true` = group commit.
+    /// The bank server on SQLite; `true` = group commit.
     Bank(bool),
+    /// The bank server on PostgreSQL (the harness's cluster, a fresh database per run).
+    BankPg {
+        /// Group commit (else `--no-group-commit`).
+        group: bool,
+        /// Front-end processes (`--processes`, when more than 1).
+        processes: u32,
+    },
+    /// PostgreSQL's own `pgbench` (TPC-B-like) on the same cluster: the baseline.
+    PgBench,
+}
+
+impl Target {
+    /// Whether it runs on the harness's PostgreSQL cluster.
+    pub(super) fn on_postgres(self) -> bool {
+        matches!(self, Target::BankPg { .. } | Target::PgBench)
+    }
 }
 
 /// One load scenario: a `loadgen` mode and its options, against a kind of server.
@@ -239,6 +255,48 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         &["--clients", "100", "--accounts", "50", "--threads", "2"],
         100,
     ),
+    Scenario::new(
+        "bank-pg-group",
+        "bank on PostgreSQL, 100 clients doing transfers, group commit",
+        Target::BankPg {
+            group: true,
+            processes: 1,
+        },
+        "bank",
+        &["--clients", "100", "--accounts", "50", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "bank-pg-group-2",
+        "bank on PostgreSQL, 2 front-end processes, 100 clients, group commit",
+        Target::BankPg {
+            group: true,
+            processes: 2,
+        },
+        "bank",
+        &["--clients", "100", "--accounts", "50", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "bank-pg-single",
+        "bank on PostgreSQL, 100 clients doing transfers, one transaction per transfer",
+        Target::BankPg {
+            group: false,
+            processes: 1,
+        },
+        "bank",
+        &["--clients", "100", "--accounts", "50", "--threads", "2"],
+        100,
+    ),
+    // Runs whenever a PostgreSQL bank scenario does (see `bench`).
+    Scenario::new(
+        "bank-pg-pgbench",
+        "PostgreSQL's pgbench (TPC-B-like), 100 clients, same cluster: the baseline",
+        Target::PgBench,
+        "pgbench",
+        &[],
+        100,
+    ),
 ];
 
 /// A server a scenario runs against: its name, whether it is duo, binary and arguments.
@@ -249,8 +307,8 @@ pub(super) struct Entrant {
     pub(super) args: Vec<String>,
 }
 
-/// The servers of `sc`, binaries in `release`; for the bank, its database lives in
-/// `db_dir`.
+/// The servers of `sc`, binaries in `release`; for the bank on SQLite, its database lives
+/// in `db_dir` (on PostgreSQL the runner adds `--db URL`).
 pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entrant> {
     match sc.target {
         Target::Echo => ECHO_SERVERS
@@ -265,25 +323,8 @@ pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entr
             .collect(),
         Target::Bank(group) => {
             let db = db_dir.join("bank.db").display().to_string();
-            let mut args: Vec<String> = [
-                "serve",
-                "--listen",
-                "127.0.0.1:0",
-                "--io-threads",
-                "1",
-                "--workers",
-                "2",
-                "--db",
-                &db,
-                // Password hashing runs only while loadgen logs its clients in, before the
-                // measured phase: a cheap cost keeps that set-up short and changes nothing
-                // that is measured.
-                "--hash-cost",
-                "low",
-            ]
-            .iter()
-            .map(|a| a.to_string())
-            .collect();
+            let mut args = bank_args();
+            args.extend(["--db".into(), db]);
             if !group {
                 args.push("--no-group-commit".into());
             }
@@ -294,5 +335,47 @@ pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entr
                 args,
             }]
         }
+        Target::BankPg { group, processes } => {
+            let mut args = bank_args();
+            if !group {
+                args.push("--no-group-commit".into());
+            }
+            if processes > 1 {
+                args.extend(["--processes".into(), processes.to_string()]);
+            }
+            vec![Entrant {
+                name: "duo-bank",
+                duo: true,
+                exe: release.join("bank"),
+                args,
+            }]
+        }
+        Target::PgBench => vec![Entrant {
+            name: "pgbench",
+            duo: false,
+            exe: PathBuf::from("pgbench"),
+            args: Vec::new(),
+        }],
     }
+}
+
+/// `bank serve`'s arguments in every bank scenario, without `--db`.
+fn bank_args() -> Vec<String> {
+    [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--io-threads",
+        "1",
+        "--workers",
+        "2",
+        // Password hashing runs only while loadgen logs its clients in, before the
+        // measured phase: a cheap cost keeps that set-up short and changes nothing that
+        // is measured.
+        "--hash-cost",
+        "low",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect()
 }
