@@ -1,5 +1,5 @@
 //! The PostgreSQL side of `cargo xtask bench`: the cluster the `bank-pg-*` scenarios run
-//! on, a fresh database per run, PostgreSQL's own `pgbench` as the baseline, and the CPU
+//! on, a fresh database and a `CHECKPOINT` before every run, PostgreSQL's own `pgbench` as the baseline, and the CPU
 //! time of process trees (the front-end's processes, the postmaster and its backends)
 //! over the measured phase.
 //!
@@ -110,6 +110,15 @@ pub(super) fn start_cluster(names: &[&str], quick: bool) -> Result<Option<PgClus
     Ok(Some(pg))
 }
 
+/// `CHECKPOINT`: flushes what earlier runs (and `pgbench -i`'s gigabyte) left dirty, so
+/// that no run pays for a checkpoint it did not cause (a checkpoint under way also makes
+/// every first change of a page log the whole page). Run before every measured run.
+fn checkpoint(pg: &PgCluster) -> Result<(), String> {
+    pg.psql("CHECKPOINT")
+        .map(drop)
+        .map_err(|e| format!("CHECKPOINT: {e}"))
+}
+
 /// Runs `sql` on the cluster's `bank` database.
 fn psql(pg: &PgCluster, sql: &str) -> Result<String, Failure> {
     pg.psql(sql)
@@ -128,6 +137,7 @@ impl<'a> RunDatabase<'a> {
         let name = format!("bank_run_{}", DATABASES.fetch_add(1, Ordering::Relaxed));
         pg.psql(&format!("CREATE DATABASE {name}"))
             .map_err(|e| format!("CREATE DATABASE {name}: {e}"))?;
+        checkpoint(pg)?;
         Ok(RunDatabase { pg, name })
     }
 
@@ -295,6 +305,9 @@ pub(super) fn run_pgbench(pg: &PgCluster, tag: &str, set: &Setting<'_>) -> Run {
     let Some(postmaster) = pg.postmaster_pid() else {
         return Run::failed("the PostgreSQL server is not running".into());
     };
+    if let Err(e) = checkpoint(pg) {
+        return Run::failed(e);
+    }
     let mut cmd = pg.command("pgbench");
     cmd.env("PGDATABASE", PGBENCH_DB).args([
         "-c",
