@@ -108,8 +108,8 @@ DECLARE
     -- first operation of the batch with the same payer and request id.
     pos_u int[];
     pos_n int[];
-    req   int[];
-    first int[];
+    req   int[] := '{}';
+    first int[] := '{}';
     -- Per operation: the outcome.
     o_status text[] := '{}';
     o_bal    bigint[] := '{}';
@@ -140,37 +140,44 @@ BEGIN
              WHERE u.id = ANY (uids) OR u.name = ANY (names)
              ORDER BY u.id FOR UPDATE) s;
 
-    WITH ops AS (
-        SELECT t.o, t.u, t.nm, t.rid
-          FROM unnest(uids, names, rids) WITH ORDINALITY AS t(u, nm, rid, o)
-    ), recorded AS (
-        SELECT row_number() OVER () AS idx, q.*
-          FROM requests q
-         WHERE (q.user_id, q.request_id) IN
-               (SELECT ops.u, ops.rid FROM ops WHERE ops.rid IS NOT NULL)
-    ), repeated AS (
-        -- Request ids used more than once in this batch (rare): their first operation.
-        SELECT ops.u, ops.rid, min(ops.o) AS first
-          FROM ops WHERE ops.rid IS NOT NULL
-         GROUP BY ops.u, ops.rid HAVING count(*) > 1
-    ), resolved AS (
-        SELECT ops.o, au.pos AS pu, an.pos AS pn, rec.idx AS req, rep.first
-          FROM ops
-          LEFT JOIN unnest(a_id) WITH ORDINALITY AS au(id, pos) ON au.id = ops.u
-          LEFT JOIN unnest(a_name) WITH ORDINALITY AS an(name, pos) ON an.name = ops.nm
-          LEFT JOIN recorded rec ON rec.user_id = ops.u AND rec.request_id = ops.rid
-          LEFT JOIN repeated rep ON rep.u = ops.u AND rep.rid = ops.rid
-    )
-    SELECT (SELECT coalesce(array_agg(x.pu ORDER BY x.o), '{}') FROM resolved x),
-           (SELECT coalesce(array_agg(x.pn ORDER BY x.o), '{}') FROM resolved x),
-           (SELECT coalesce(array_agg(x.req ORDER BY x.o), '{}') FROM resolved x),
-           (SELECT coalesce(array_agg(x.first::int ORDER BY x.o), '{}') FROM resolved x),
-           (SELECT coalesce(array_agg(rec.to_user ORDER BY rec.idx), '{}') FROM recorded rec),
-           (SELECT coalesce(array_agg(rec.amount ORDER BY rec.idx), '{}') FROM recorded rec),
-           (SELECT coalesce(array_agg(rec.status ORDER BY rec.idx), '{}') FROM recorded rec),
-           (SELECT coalesce(array_agg(rec.balance ORDER BY rec.idx), '{}') FROM recorded rec),
-           (SELECT coalesce(array_agg(rec.message ORDER BY rec.idx), '{}') FROM recorded rec)
-      INTO pos_u, pos_n, req, first, r_to, r_amount, r_status, r_bal, r_msg;
+    SELECT coalesce(array_agg(au.pos ORDER BY t.o), '{}'),
+           coalesce(array_agg(an.pos ORDER BY t.o), '{}')
+      INTO pos_u, pos_n
+      FROM unnest(uids, names) WITH ORDINALITY AS t(u, nm, o)
+      LEFT JOIN unnest(a_id) WITH ORDINALITY AS au(id, pos) ON au.id = t.u
+      LEFT JOIN unnest(a_name) WITH ORDINALITY AS an(name, pos) ON an.name = t.nm;
+
+    -- Request ids: only for a batch that has some (req and first stay empty otherwise,
+    -- and an empty array's element is NULL).
+    IF cardinality(array_remove(rids, NULL)) > 0 THEN
+        WITH ops AS (
+            SELECT t.o, t.u, t.rid
+              FROM unnest(uids, rids) WITH ORDINALITY AS t(u, rid, o)
+             WHERE t.rid IS NOT NULL
+        ), recorded AS (
+            SELECT row_number() OVER () AS idx, q.*
+              FROM requests q
+             WHERE (q.user_id, q.request_id) IN (SELECT ops.u, ops.rid FROM ops)
+        ), repeated AS (
+            -- Request ids used more than once in this batch (rare): their first operation.
+            SELECT ops.u, ops.rid, min(ops.o) AS first
+              FROM ops GROUP BY ops.u, ops.rid HAVING count(*) > 1
+        ), resolved AS (
+            SELECT t.o, rec.idx AS req, rep.first
+              FROM generate_series(1, n) AS t(o)
+              LEFT JOIN ops ON ops.o = t.o
+              LEFT JOIN recorded rec ON rec.user_id = ops.u AND rec.request_id = ops.rid
+              LEFT JOIN repeated rep ON rep.u = ops.u AND rep.rid = ops.rid
+        )
+        SELECT (SELECT array_agg(x.req ORDER BY x.o) FROM resolved x),
+               (SELECT array_agg(x.first::int ORDER BY x.o) FROM resolved x),
+               (SELECT coalesce(array_agg(rec.to_user ORDER BY rec.idx), '{}') FROM recorded rec),
+               (SELECT coalesce(array_agg(rec.amount ORDER BY rec.idx), '{}') FROM recorded rec),
+               (SELECT coalesce(array_agg(rec.status ORDER BY rec.idx), '{}') FROM recorded rec),
+               (SELECT coalesce(array_agg(rec.balance ORDER BY rec.idx), '{}') FROM recorded rec),
+               (SELECT coalesce(array_agg(rec.message ORDER BY rec.idx), '{}') FROM recorded rec)
+          INTO req, first, r_to, r_amount, r_status, r_bal, r_msg;
+    END IF;
 
     FOR i IN 1 .. n LOOP
         amt := amounts[i];
