@@ -73,10 +73,10 @@ END $$;
 --    its recorded request, and an earlier operation of the batch with the same request
 --    id: the loop then looks nothing up, so a batch costs time linear in its size.
 -- 4. Apply the operations one by one to the balances in memory, checking each one's
---    preconditions (a refusal changes nothing), collecting ledger and request rows.
+--    preconditions (a refusal changes nothing), keeping each applied one's outcome.
 --    Registrations insert their user row at once (a later transfer may pay them).
--- 5. Write: one UPDATE of every changed balance, one INSERT of the ledger rows (in
---    operation order, so ids follow it), one INSERT of the request rows.
+-- 5. Write: one UPDATE of every changed balance, one INSERT of the ledger rows made from
+--    the outcomes (in operation order, so ids follow it), one INSERT of the request rows.
 -- So a batch costs a handful of statements, not several per operation, and each user
 -- row gets one new version per batch, not one per operation that touches it.
 --
@@ -90,11 +90,11 @@ LANGUAGE plpgsql AS $$
 DECLARE
     max_balance CONSTANT bigint := 9223372036854775807;
     n int := coalesce(array_length(kinds, 1), 0);
-    -- The accounts (step 1), and whether their balance changed.
-    a_id    bigint[];
-    a_name  text[];
-    a_bal   bigint[];
-    a_dirty boolean[];
+    -- The accounts (step 1): ids, names, balances now and as read.
+    a_id   bigint[];
+    a_name text[];
+    a_bal  bigint[];
+    a_bal0 bigint[];
     -- Users registered by this batch: name and position in the a_ arrays.
     n_name text[] := '{}';
     n_pos  int[]  := '{}';
@@ -110,21 +110,15 @@ DECLARE
     pos_n int[];
     req   int[] := '{}';
     first int[] := '{}';
-    -- Per operation: the outcome.
-    o_status text[] := '{}';
-    o_bal    bigint[] := '{}';
-    o_msg    text[] := '{}';
-    -- Ledger rows to insert (nl of them). Arrays grow by element assignment, which
-    -- PL/pgSQL does in place; `a := a || x || y` would copy the array every time.
-    nl       int := 0;
-    l_user   bigint[] := '{}';
-    l_kind   text[]   := '{}';
-    l_cp     text[]   := '{}';
-    l_amount bigint[] := '{}';
-    l_after  bigint[] := '{}';
-    -- Request rows to insert: the operations that record theirs (nq of them).
-    nq   int := 0;
-    q_op int[] := '{}';
+    -- Per operation applied (not replayed): its status, its (payer's) balance after, the
+    -- payee's id and balance after; the message of a refusal with a request id. The
+    -- ledger and request rows are made from these in step 5. Arrays grow by element
+    -- assignment, which PL/pgSQL does in place (`a := a || x` in a loop would copy).
+    o_status   text[]   := '{}';
+    o_bal      bigint[] := '{}';
+    o_peer     bigint[] := '{}';
+    o_peer_bal bigint[] := '{}';
+    o_msg      text[]   := '{}';
     amt    bigint;
     p      int;
     q      int;
@@ -133,9 +127,8 @@ DECLARE
 BEGIN
     SELECT coalesce(array_agg(s.id ORDER BY s.id), '{}'),
            coalesce(array_agg(s.name ORDER BY s.id), '{}'),
-           coalesce(array_agg(s.balance ORDER BY s.id), '{}'),
-           coalesce(array_agg(false), '{}')
-      INTO a_id, a_name, a_bal, a_dirty
+           coalesce(array_agg(s.balance ORDER BY s.id), '{}')
+      INTO a_id, a_name, a_bal
       FROM (SELECT u.id, u.name, u.balance FROM users u
              WHERE u.id = ANY (uids) OR u.name = ANY (names)
              ORDER BY u.id FOR UPDATE) s;
@@ -179,9 +172,63 @@ BEGIN
           INTO req, first, r_to, r_amount, r_status, r_bal, r_msg;
     END IF;
 
+    a_bal0 := a_bal;
     FOR i IN 1 .. n LOOP
         amt := amounts[i];
-        IF kinds[i] = 1 THEN
+        IF kinds[i] = 4 THEN
+            IF req[i] IS NOT NULL THEN
+                -- A request id recorded by an earlier batch.
+                q := req[i];
+                IF r_to[q] <> names[i] OR r_amount[q] <> amt THEN
+                    r := ROW('BAD_REQUEST', NULL,
+                        'request id already used for a different transfer');
+                ELSE
+                    r := ROW(r_status[q], r_bal[q], r_msg[q]);
+                END IF;
+                RETURN NEXT r;
+                CONTINUE;
+            ELSIF first[i] < i THEN
+                -- A request id used earlier in this batch.
+                q := first[i];
+                IF names[q] <> names[i] OR amounts[q] <> amt THEN
+                    r := ROW('BAD_REQUEST', NULL,
+                        'request id already used for a different transfer');
+                ELSE
+                    r := ROW(o_status[q], o_bal[q], o_msg[q]);
+                END IF;
+                RETURN NEXT r;
+                CONTINUE;
+            END IF;
+            p := pos_u[i];
+            IF p IS NULL THEN
+                RAISE EXCEPTION 'no user with id %', uids[i];
+            END IF;
+            q := coalesce(pos_n[i], n_pos[array_position(n_name, names[i])]);
+            IF q IS NULL THEN
+                r := ROW('NO_SUCH_USER', NULL, 'no such user');
+            ELSIF q = p THEN
+                r := ROW('BAD_REQUEST', NULL, 'cannot transfer to your own account');
+            ELSIF a_bal[p] < amt THEN
+                r := ROW('INSUFFICIENT_FUNDS', NULL, 'the balance does not cover the transfer');
+            ELSIF a_bal[q] > max_balance - amt THEN
+                r := ROW('INVALID_AMOUNT', NULL,
+                    'the recipient''s balance would exceed the largest amount the bank can hold');
+            ELSE
+                a_bal[p] := a_bal[p] - amt;
+                a_bal[q] := a_bal[q] + amt;
+                o_status[i] := 'OK';
+                o_bal[i] := a_bal[p];
+                o_peer[i] := a_id[q];
+                o_peer_bal[i] := a_bal[q];
+                RETURN NEXT ROW('OK', a_bal[p], NULL)::bank_outcome;
+                CONTINUE;
+            END IF;
+            IF rids[i] IS NOT NULL THEN
+                -- A refusal is recorded too, so that a retry gets it again.
+                o_status[i] := r.status;
+                o_msg[i] := r.message;
+            END IF;
+        ELSIF kinds[i] = 1 THEN
             INSERT INTO users (name, password_hash, balance, created)
                 VALUES (names[i], extras[i], 0, now_)
                 ON CONFLICT (name) DO NOTHING
@@ -191,7 +238,7 @@ BEGIN
                 a_id[p] := new_id;
                 a_name[p] := names[i];
                 a_bal[p] := 0;
-                a_dirty[p] := false;
+                a_bal0[p] := 0;
                 n_name[coalesce(array_length(n_name, 1), 0) + 1] := names[i];
                 n_pos[coalesce(array_length(n_pos, 1), 0) + 1] := p;
                 r := ROW('REGISTERED', NULL, NULL);
@@ -210,93 +257,46 @@ BEGIN
                 r := ROW('INSUFFICIENT_FUNDS', NULL,
                     'the balance does not cover the withdrawal');
             ELSE
-                IF kinds[i] = 3 THEN
-                    amt := -amt;
-                END IF;
-                a_bal[p] := a_bal[p] + amt;
-                a_dirty[p] := true;
-                nl := nl + 1;
-                l_user[nl] := uids[i];
-                l_kind[nl] := CASE WHEN kinds[i] = 2 THEN 'deposit' ELSE 'withdraw' END;
-                l_cp[nl] := NULL;
-                l_amount[nl] := amt;
-                l_after[nl] := a_bal[p];
-                r := ROW('OK', a_bal[p], NULL);
-            END IF;
-        ELSIF kinds[i] = 4 AND (req[i] IS NOT NULL OR first[i] < i) THEN
-            -- A request id seen before: recorded, or earlier in this batch.
-            IF req[i] IS NOT NULL THEN
-                q := req[i];
-                IF r_to[q] <> names[i] OR r_amount[q] <> amt THEN
-                    r := ROW('BAD_REQUEST', NULL,
-                        'request id already used for a different transfer');
+                IF kinds[i] = 2 THEN
+                    a_bal[p] := a_bal[p] + amt;
                 ELSE
-                    r := ROW(r_status[q], r_bal[q], r_msg[q]);
+                    a_bal[p] := a_bal[p] - amt;
                 END IF;
-            ELSE
-                q := first[i];
-                IF names[q] <> names[i] OR amounts[q] <> amt THEN
-                    r := ROW('BAD_REQUEST', NULL,
-                        'request id already used for a different transfer');
-                ELSE
-                    r := ROW(o_status[q], o_bal[q], o_msg[q]);
-                END IF;
-            END IF;
-        ELSIF kinds[i] = 4 THEN
-            p := pos_u[i];
-            IF p IS NULL THEN
-                RAISE EXCEPTION 'no user with id %', uids[i];
-            END IF;
-            q := coalesce(pos_n[i], n_pos[array_position(n_name, names[i])]);
-            IF q IS NULL THEN
-                r := ROW('NO_SUCH_USER', NULL, 'no such user');
-            ELSIF q = p THEN
-                r := ROW('BAD_REQUEST', NULL, 'cannot transfer to your own account');
-            ELSIF a_bal[p] < amt THEN
-                r := ROW('INSUFFICIENT_FUNDS', NULL, 'the balance does not cover the transfer');
-            ELSIF a_bal[q] > max_balance - amt THEN
-                r := ROW('INVALID_AMOUNT', NULL,
-                    'the recipient''s balance would exceed the largest amount the bank can hold');
-            ELSE
-                a_bal[p] := a_bal[p] - amt;
-                a_bal[q] := a_bal[q] + amt;
-                a_dirty[p] := true;
-                a_dirty[q] := true;
-                l_user[nl + 1] := a_id[p];
-                l_kind[nl + 1] := 'transfer_out';
-                l_cp[nl + 1] := names[i];
-                l_amount[nl + 1] := -amt;
-                l_after[nl + 1] := a_bal[p];
-                l_user[nl + 2] := a_id[q];
-                l_kind[nl + 2] := 'transfer_in';
-                l_cp[nl + 2] := extras[i];
-                l_amount[nl + 2] := amt;
-                l_after[nl + 2] := a_bal[q];
-                nl := nl + 2;
+                o_status[i] := 'OK';
+                o_bal[i] := a_bal[p];
                 r := ROW('OK', a_bal[p], NULL);
-            END IF;
-            IF rids[i] IS NOT NULL THEN
-                nq := nq + 1;
-                q_op[nq] := i;
             END IF;
         ELSE
             RAISE EXCEPTION 'unknown operation kind %', kinds[i];
         END IF;
-        o_status[i] := r.status;
-        o_bal[i] := r.balance;
-        o_msg[i] := r.message;
         RETURN NEXT r;
     END LOOP;
 
     UPDATE users u SET balance = c.bal
-      FROM unnest(a_id, a_bal, a_dirty) AS c(id, bal, dirty)
-     WHERE c.dirty AND u.id = c.id;
+      FROM unnest(a_id, a_bal, a_bal0) AS c(id, bal, bal0)
+     WHERE c.bal <> c.bal0 AND u.id = c.id;
+    -- The ledger rows of the operations applied, in operation order (so ids follow it): a
+    -- deposit or withdrawal one, a transfer two (out, then in).
     INSERT INTO ledger (user_id, kind, counterparty, amount, balance_after, time)
-        SELECT t.u, t.k, t.c, t.a, t.b, now_
-          FROM unnest(l_user, l_kind, l_cp, l_amount, l_after)
-               WITH ORDINALITY AS t(u, k, c, a, b, o)
-         ORDER BY t.o;
+        SELECT l.u, l.k, l.c, l.a, l.b, now_
+          FROM unnest(kinds, uids, names, extras, amounts, o_status, o_bal, o_peer,
+                      o_peer_bal) WITH ORDINALITY
+               AS t(kind, uid, nm, ex, amount, status, bal, peer, peer_bal, o),
+               LATERAL (VALUES
+                   (1, t.uid,
+                    CASE t.kind WHEN 2 THEN 'deposit' WHEN 3 THEN 'withdraw'
+                                ELSE 'transfer_out' END,
+                    CASE WHEN t.kind = 4 THEN t.nm END,
+                    CASE WHEN t.kind = 2 THEN t.amount ELSE -t.amount END,
+                    t.bal),
+                   (2, t.peer, 'transfer_in', t.ex, t.amount, t.peer_bal)
+               ) AS l(part, u, k, c, a, b)
+         WHERE t.status = 'OK' AND (l.part = 1 OR t.kind = 4)
+         ORDER BY t.o, l.part;
+    -- The outcome of every transfer with a request id that was applied or refused here.
     INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
-        SELECT uids[j], rids[j], names[j], amounts[j], o_status[j], o_bal[j], o_msg[j]
-          FROM unnest(q_op) AS j;
+        SELECT t.uid, t.rid, t.nm, t.amount, t.status, t.bal, t.msg
+          FROM unnest(kinds, uids, rids, names, amounts, o_status, o_bal, o_msg)
+               AS t(kind, uid, rid, nm, amount, status, bal, msg)
+         WHERE t.kind = 4 AND t.rid IS NOT NULL AND t.status IS NOT NULL;
 END $$;
