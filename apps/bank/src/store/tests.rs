@@ -124,6 +124,7 @@ on_both_backends! {
     a_failing_write_fails_alone_and_the_others_apply_once,
     reopens_with_the_data,
     refuses_a_newer_or_foreign_schema,
+    a_batch_records_every_outcome_whatever_comes_first,
 }
 
 fn balance(r: &Result<WriteOutcome, StoreError>) -> i64 {
@@ -309,6 +310,84 @@ fn request_ids_make_transfers_idempotent(backend: Backend, name: &str) {
     assert_eq!(balance(&r[1]), 60);
     assert_eq!(store.balance(a).unwrap(), 1070);
     assert_eq!(store.balance(b).unwrap(), 30);
+}
+
+/// A batch whose first operations record nothing (a refusal without a request id, a
+/// replay) still records the ledger rows and request outcomes of the ones after them, in
+/// the right place: a retry then replays instead of moving money again.
+fn a_batch_records_every_outcome_whatever_comes_first(backend: Backend, name: &str) {
+    let Some((_guard, store, a, b)) = setup(backend, name, true) else {
+        return;
+    };
+    store.write_now(&[WriteOp::Deposit {
+        user: a,
+        amount: 100,
+    }]);
+    let r = store.write_now(&[tr(a, "bob", 5, Some("r0"))]);
+    assert_eq!(balance(&r[0]), 95);
+    // A refusal first, then a transfer with an id: its outcome must be recorded.
+    let r = store.write_now(&[
+        WriteOp::Withdraw {
+            user: b,
+            amount: 50,
+        },
+        tr(a, "bob", 3, Some("q")),
+    ]);
+    assert_eq!(code(&r[0]), ErrorCode::InsufficientFunds);
+    assert_eq!(balance(&r[1]), 92);
+    let again = store.write_now(&[tr(a, "bob", 3, Some("q"))]);
+    assert_eq!(balance(&again[0]), 92, "replayed, not moved again");
+    assert_eq!(store.balance(a).unwrap(), 92);
+    let r = store.write_now(&[
+        WriteOp::Withdraw {
+            user: b,
+            amount: 50,
+        }, // refused: bob has 5
+        tr(a, "bob", 5, Some("r0")),             // a replay
+        tr(a, "carol", 1, None),                 // refused, nothing recorded
+        tr(a, "bob", 10, Some("r1")),            // applied
+        tr(a, "nobody", 1, Some("r2")),          // refused, recorded
+        WriteOp::Deposit { user: b, amount: 7 }, // applied
+    ]);
+    assert_eq!(code(&r[0]), ErrorCode::InsufficientFunds);
+    assert_eq!(balance(&r[1]), 95, "replayed");
+    assert_eq!(code(&r[2]), ErrorCode::NoSuchUser);
+    assert_eq!(balance(&r[3]), 82);
+    assert_eq!(code(&r[4]), ErrorCode::NoSuchUser);
+    assert_eq!(balance(&r[5]), 25);
+    // Retries move nothing and answer as the first time, message included.
+    let again = store.write_now(&[tr(a, "bob", 10, Some("r1")), tr(a, "nobody", 1, Some("r2"))]);
+    assert_eq!(balance(&again[0]), 82);
+    assert_eq!(again[1].as_ref().ok(), r[4].as_ref().ok());
+    assert_eq!(store.balance(a).unwrap(), 82);
+    assert_eq!(store.balance(b).unwrap(), 25);
+    // The ledger has exactly the changes that happened, newest first.
+    let kinds = |id| {
+        store
+            .history(id, 10)
+            .unwrap()
+            .into_iter()
+            .map(|e| (e.kind, e.amount, e.balance_after))
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(
+        kinds(a),
+        [
+            (EntryKind::TransferOut, -10, 82),
+            (EntryKind::TransferOut, -3, 92),
+            (EntryKind::TransferOut, -5, 95),
+            (EntryKind::Deposit, 100, 100),
+        ]
+    );
+    assert_eq!(
+        kinds(b),
+        [
+            (EntryKind::Deposit, 7, 25),
+            (EntryKind::TransferIn, 10, 18),
+            (EntryKind::TransferIn, 3, 8),
+            (EntryKind::TransferIn, 5, 5),
+        ]
+    );
 }
 
 fn group_commit_batches_and_delivers_every_result(backend: Backend, name: &str) {
