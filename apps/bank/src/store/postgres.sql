@@ -112,13 +112,15 @@ DECLARE
     first int[] := '{}';
     -- Per operation applied (not replayed): its status, its (payer's) balance after, the
     -- payee's id and balance after; the message of a refusal with a request id. The
-    -- ledger and request rows are made from these in step 5. Arrays grow by element
-    -- assignment, which PL/pgSQL does in place (`a := a || x` in a loop would copy).
-    o_status   text[]   := '{}';
-    o_bal      bigint[] := '{}';
-    o_peer     bigint[] := '{}';
-    o_peer_bal bigint[] := '{}';
-    o_msg      text[]   := '{}';
+    -- ledger and request rows are made from these in step 5, by unnesting them beside the
+    -- operations' arrays: so they must have exactly n elements from index 1 (an element
+    -- assigned into an empty array would start it at that index, and unnest would pair
+    -- it with the first operation). PL/pgSQL assigns elements in place.
+    o_status   text[]   := array_fill(NULL::text, ARRAY[n]);
+    o_bal      bigint[] := array_fill(NULL::bigint, ARRAY[n]);
+    o_peer     bigint[] := array_fill(NULL::bigint, ARRAY[n]);
+    o_peer_bal bigint[] := array_fill(NULL::bigint, ARRAY[n]);
+    o_msg      text[]   := array_fill(NULL::text, ARRAY[n]);
     amt    bigint;
     p      int;
     q      int;
