@@ -71,8 +71,11 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 /// Descriptors a worker process keeps for itself (loops, timers, signals, the acceptor's
 /// spare descriptor, standard streams, the SQLite files) below its open-file limit, on top
-/// of one per worker thread and writer (database connections); the rest are for clients.
+/// of its database connections; the rest are for clients.
 const WORKER_FD_RESERVE: u64 = 64;
+/// Descriptors one PostgreSQL connection holds (its socket, and the epoll and eventfd of
+/// the small runtime the client drives it with).
+const FDS_PER_DB_CONNECTION: u64 = 3;
 
 /// Settings of `bank serve`.
 #[derive(Debug, Clone)]
@@ -396,7 +399,10 @@ fn run(
     if worker.is_some() {
         // The other workers accept on the same socket: at its limit this one stops
         // accepting and leaves new connections queued for them.
-        let reserve = WORKER_FD_RESERVE + (cfg.workers + cfg.db_writers) as u64;
+        // At most: a reader per worker, and a writer per worker (without group commit)
+        // or per `--db-writers`.
+        let connections = (cfg.workers + cfg.workers.max(cfg.db_writers)) as u64;
+        let reserve = WORKER_FD_RESERVE + FDS_PER_DB_CONNECTION * connections;
         let room = duo_supervisor::worker_connection_limit(reserve, None)
             .map_err(startup("worker connection limit"))?;
         builder = builder.max_connections(room).when_full(WhenFull::Pause);

@@ -50,6 +50,11 @@ const SCHEMA_LOCK: i64 = 0x6261_6e6b; // "bank"
 /// resolving them) grows faster than its size past a few hundred operations, and batches
 /// of 100 clients stay well below this.
 const MAX_BATCH_OPS: usize = 512;
+/// How long sent data may stay unacknowledged before the connection is given up, when
+/// the URL does not say (`tcp_user_timeout`).
+const TCP_USER_TIMEOUT: Duration = Duration::from_secs(20);
+/// Idle time before TCP keepalive probes start, when the URL does not say.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(30);
 /// How long connecting may take when the URL does not say.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Runs of a batch that keeps failing on serialization or deadlock before giving up.
@@ -94,6 +99,20 @@ pub(crate) fn redact(url: &str) -> String {
         None => tail.to_owned(),
     };
     format!("{scheme}://{authority}{tail}")
+}
+
+/// A failed connection attempt: `UNAVAILABLE` when the server cannot be reached or does
+/// not take connections now, a plain database error otherwise (a wrong password, a
+/// database that does not exist: retrying will not help). `url` prefixes the message.
+fn connect_failed(e: &postgres::Error, url: Option<&str>) -> StoreError {
+    let text = match url {
+        Some(url) => format!("cannot connect to {url}: {}", describe(e)),
+        None => describe(e),
+    };
+    match classify(e) {
+        Failure::Other(_) => StoreError::Postgres(text),
+        _ => StoreError::Unavailable(text),
+    }
 }
 
 /// What went wrong with a call, for deciding what to do next.
@@ -250,9 +269,18 @@ impl PgStore {
         if config.get_application_name().is_none() {
             config.application_name("bank");
         }
+        // A server that vanishes without closing (a partition, a dead host) must not hold
+        // a call for the kernel's default of about 15 minutes: unacknowledged data or
+        // silent keepalives end the connection, and the call gets `UNAVAILABLE`.
+        if config.get_tcp_user_timeout().is_none() {
+            config.tcp_user_timeout(TCP_USER_TIMEOUT);
+        }
+        if config.get_keepalives_idle() == Config::new().get_keepalives_idle() {
+            config.keepalives_idle(KEEPALIVE_IDLE);
+        }
         let mut client = config
             .connect(NoTls)
-            .map_err(|e| StoreError::Unavailable(describe(&e)))?;
+            .map_err(|e| connect_failed(&e, None))?;
         migrate(&mut client, &shown)?;
         let first = Writer {
             session: Some(prepare_writer(client).map_err(|e| pg_error(&e))?),
@@ -268,13 +296,9 @@ impl PgStore {
     }
 
     fn connect(&self) -> Result<Client, StoreError> {
-        self.config.connect(NoTls).map_err(|e| {
-            StoreError::Unavailable(format!(
-                "cannot connect to {}: {}",
-                self.shown,
-                describe(&e)
-            ))
-        })
+        self.config
+            .connect(NoTls)
+            .map_err(|e| connect_failed(&e, Some(&self.shown)))
     }
 
     /// Runs `f` on a pooled reader; once more on a new connection if the pooled one had
@@ -304,8 +328,10 @@ impl PgStore {
                 Err(e) => match classify(&e) {
                     Failure::Refused(m) | Failure::Lost(m) => {
                         log::warn!("database read failed ({m}); reconnecting");
-                        // Whatever else is pooled is as old as the one that broke.
-                        self.readers.lock().clear();
+                        // Whatever else is pooled is as old as the one that broke
+                        // (dropped outside the lock: a drop waits for the close).
+                        let stale = std::mem::take(&mut *self.readers.lock());
+                        drop(stale);
                         last = Some(StoreError::Unavailable(m));
                     }
                     Failure::Conflict | Failure::Other(_) => {
@@ -417,6 +443,10 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if w.session.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+                // Ended while idle (the server restarted): nothing was sent on it.
+                w.session = None;
+            }
             let (client, call) = match w.session.as_mut() {
                 Some(s) => s,
                 None => {
@@ -565,7 +595,13 @@ fn prepare_writer(mut client: Client) -> Result<(Client, Statement), postgres::E
 /// the functions up to date.
 fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
     let refuse = |why: String| StoreError::Schema(format!("{shown}: {why}; refusing to use it"));
-    let mut tx = client.transaction().map_err(|e| pg_error(&e))?;
+    // READ COMMITTED whatever the database's default: a front-end that waited for the
+    // lock must see what the one before it committed.
+    let mut tx = client
+        .build_transaction()
+        .isolation_level(postgres::IsolationLevel::ReadCommitted)
+        .start()
+        .map_err(|e| pg_error(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .map_err(|e| pg_error(&e))?;
     let meta: Option<String> = tx
