@@ -181,16 +181,9 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> E
 
 /// `serve --processes N`: binds (unless a socket was inherited) and supervises.
 fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
-    let listener = match inherited {
-        Some(l) => l,
-        None => match duo_supervisor::bind_listener(cfg.listen) {
-            Ok(l) => l,
-            Err(e) => return fail(1, &format!("bank: error: {e}")),
-        },
-    };
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => return fail(1, &format!("bank: error: the listening socket: {e}")),
+    let (listener, addr) = match duo_supervisor::inherited_or_bound(inherited, cfg.listen) {
+        Ok(bound) => bound,
+        Err(e) => return fail(1, &format!("bank: error: {e}")),
     };
     log::info!(
         "bank supervisor: {n} worker processes on {addr}, database {}",

@@ -216,16 +216,9 @@ fn main() -> ExitCode {
 
 /// `serve --processes N`: binds (unless a socket was inherited) and supervises.
 fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
-    let listener = match inherited {
-        Some(l) => l,
-        None => match duo_supervisor::bind_listener(cfg.listen) {
-            Ok(l) => l,
-            Err(e) => return fail(1, &format!("echo: {e}")),
-        },
-    };
-    let addr = match listener.local_addr() {
-        Ok(a) => a,
-        Err(e) => return fail(1, &format!("echo: the listening socket: {e}")),
+    let (listener, addr) = match duo_supervisor::inherited_or_bound(inherited, cfg.listen) {
+        Ok(bound) => bound,
+        Err(e) => return fail(1, &format!("echo: {e}")),
     };
     let result = supervise::supervisor(cfg, n, listener).and_then(|s| supervise::run(s, addr));
     match result {

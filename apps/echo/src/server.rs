@@ -110,25 +110,8 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         // A worker shares its listening socket with the others: at its maximum (or when
         // its descriptors run out) it stops accepting and leaves new connections queued
         // for them, rather than accepting and closing them.
-        let room = match process::fd_limit() {
-            Ok((soft, _)) if soft <= WORKER_FD_RESERVE => {
-                return Err(io::Error::new(
-                    io::ErrorKind::InvalidInput,
-                    format!(
-                        "the open-file limit ({soft}) leaves a worker no room for connections \
-                         ({WORKER_FD_RESERVE} descriptors are its own): raise `ulimit -n`"
-                    ),
-                ));
-            }
-            Ok((soft, _)) => usize::try_from(soft - WORKER_FD_RESERVE).unwrap_or(usize::MAX),
-            Err(e) => {
-                log::warn!("cannot read the open-file limit: {e}");
-                usize::MAX
-            }
-        };
-        builder = builder
-            .max_connections(cfg.max_conns.map_or(room, |n| n.min(room)))
-            .when_full(WhenFull::Pause);
+        let room = duo_supervisor::worker_connection_limit(WORKER_FD_RESERVE, cfg.max_conns)?;
+        builder = builder.max_connections(room).when_full(WhenFull::Pause);
     } else if let Some(n) = cfg.max_conns {
         builder = builder.max_connections(n);
     }

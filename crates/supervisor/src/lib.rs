@@ -72,6 +72,6 @@ mod worker;
 pub use config::{
     ConfigError, SupervisorConfig, WorkerCommand, BASE_FDS, FDS_PER_WORKER, MAX_WORKERS,
 };
-pub use serving::{bind_listener, worker_connection_limit, LISTEN_BACKLOG};
+pub use serving::{bind_listener, inherited_or_bound, worker_connection_limit, LISTEN_BACKLOG};
 pub use supervisor::{Supervisor, SupervisorError};
 pub use worker::{StatsSlot, Worker, WorkerError, WorkerStats};

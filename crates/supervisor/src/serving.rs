@@ -38,6 +38,26 @@ pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// The listening socket a supervisor hands its workers, and its address: `inherited` (from
+/// socket activation) if there is one, else `addr` bound by [`bind_listener`].
+///
+/// # Errors
+///
+/// Binding fails (the message names the address), or the socket's address cannot be read.
+pub fn inherited_or_bound(
+    inherited: Option<TcpListener>,
+    addr: SocketAddr,
+) -> io::Result<(TcpListener, SocketAddr)> {
+    let listener = match inherited {
+        Some(l) => l,
+        None => bind_listener(addr)?,
+    };
+    let local = listener
+        .local_addr()
+        .map_err(|e| io::Error::new(e.kind(), format!("the listening socket's address: {e}")))?;
+    Ok((listener, local))
+}
+
 /// How many connections a worker may hold at once: its soft open-file limit less
 /// `reserve` descriptors it keeps for itself (loops, timers, signals, files, database
 /// connections, standard streams). Capped by `wanted` (a `--max-conns`) if given.

@@ -25,6 +25,7 @@
 
 use std::fmt;
 use std::path::PathBuf;
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::protocol::{ErrorCode, HistoryEntry};
 
@@ -288,6 +289,13 @@ impl Store {
             Store::Postgres(s) => s.total(),
         }
     }
+}
+
+/// Seconds since the Unix epoch, the ledger's time stamps.
+pub(crate) fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// Rejection messages, the same on both backends.

@@ -28,7 +28,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use postgres::error::SqlState;
@@ -36,7 +36,8 @@ use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, NoTls, Statement};
 
 use super::{
-    GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome, WriteResults,
+    unix_now, GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome,
+    WriteResults,
 };
 use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
 
@@ -248,12 +249,6 @@ impl<'a> Columns<'a> {
         }
         c
     }
-}
-
-fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 impl PgStore {

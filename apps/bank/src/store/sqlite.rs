@@ -9,14 +9,15 @@
 
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use rusqlite::{params, Connection, OpenFlags, OptionalExtension, TransactionBehavior};
 
 use super::messages::*;
 use super::{
-    GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome, WriteResults,
+    unix_now, GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome,
+    WriteResults,
 };
 use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
 
@@ -70,13 +71,6 @@ impl fmt::Debug for SqliteStore {
             .field("path", &self.path)
             .finish_non_exhaustive()
     }
-}
-
-/// Seconds since the Unix epoch, the ledger's time stamps.
-pub(crate) fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
