@@ -10,9 +10,10 @@
 //!
 //! 1. the message callback splits lines with a `LineCodec`, parses them, appends them to the
 //!    queue and calls `pump`;
-//! 2. `pump` answers queued commands that need no database (`PING`, `QUIT`, parse errors,
-//!    `NOT_AUTHENTICATED`) right away, and stops at the first that does: it submits a job
-//!    and marks the session busy;
+//! 2. `pump` asks `session::next_step` what the next queued command needs: it answers
+//!    those that need no database (`PING`, `QUIT`, parse errors, `NOT_AUTHENTICATED`)
+//!    right away, and stops at the first that does: it submits a job and marks the
+//!    session busy;
 //! 3. the job runs on a worker and finishes by queueing its reply onto the connection's
 //!    loop (`TcpConnection::queue_in_loop`), which sends it, updates the session (a login),
 //!    clears `busy` and calls `pump` again.
@@ -30,7 +31,6 @@
 //! when the output has drained (the write-complete callback), so the memory a connection
 //! holds is bounded by the queue, one job's reply and that mark, whatever it sends.
 
-use std::collections::VecDeque;
 use std::fmt;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
@@ -46,12 +46,14 @@ use duo_supervisor::Worker;
 
 use crate::auth::{HashCost, Hasher};
 use crate::protocol::{
-    err_line, history_reply, ok_line, parse_line, valid_password, valid_user, Command, ErrorCode,
-    ProtoError, MAX_LINE, PONG,
+    err_line, history_reply, ok_line, parse_line, ErrorCode, ProtoError, MAX_LINE,
 };
+mod session;
+
 use crate::store::{
     Database, Store, StoreError, StoreOptions, WriteJob, WriteOp, WriteOutcome, WriteResults,
 };
+use session::{auth_failed_line, login_failed, next_step, Account, Pending, Session, Step};
 
 /// Commands queued on one connection at which the server stops reading from it.
 const QUEUE_HIGH: usize = 4096;
@@ -59,10 +61,6 @@ const QUEUE_HIGH: usize = 4096;
 const QUEUE_LOW: usize = 1024;
 /// Unwritten reply bytes at which a connection's queued commands stop being started.
 const OUTPUT_HIGH: usize = 256 << 10;
-/// Failed logins after which a connection is closed.
-const MAX_FAILED_LOGINS: u32 = 5;
-/// Most commands of one connection sent to the writer as one job.
-const MAX_WRITES_PER_JOB: usize = 256;
 /// After the server half-closes a connection (QUIT, LINE_TOO_LONG, too many failed logins),
 /// how long the peer has to close its side before the server closes it anyway.
 const CLOSE_LINGER: Duration = Duration::from_secs(2);
@@ -126,43 +124,6 @@ struct App {
     hasher: Hasher,
     pool: ThreadPool,
     group_commit: bool,
-}
-
-/// An account a connection is logged in to.
-#[derive(Debug, Clone)]
-struct Account {
-    id: i64,
-    name: String,
-}
-
-/// A line waiting for its turn.
-#[derive(Debug)]
-enum Pending {
-    /// A command.
-    Command(Command),
-    /// A line that failed to parse: answered with this error.
-    Invalid(ProtoError),
-    /// A line too long: answered with this error, then the connection closes.
-    Fatal(ProtoError),
-}
-
-/// The per-connection state, kept in the connection's context.
-#[derive(Debug, Default)]
-struct Session {
-    user: Option<Account>,
-    failed_logins: u32,
-    queue: VecDeque<Pending>,
-    /// A job of this connection is on the workers.
-    busy: bool,
-    /// The server is closing the connection: answer nothing more.
-    closing: bool,
-    /// Input after a too-long line is discarded.
-    discard_input: bool,
-    /// Reading paused because the queue is long.
-    paused: bool,
-    /// The peer half-closed, or the server is shutting down: read nothing more, and close
-    /// once every queued command is answered.
-    peer_done: bool,
 }
 
 /// What a finished job asks the loop to do.
@@ -502,26 +463,6 @@ fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, co
     pump(ctx, app);
 }
 
-/// The next thing to do for a connection, decided under its context's lock.
-enum Step {
-    /// Nothing (queue empty, a job outstanding, or closing).
-    Idle,
-    /// Send this.
-    Reply(String),
-    /// Send this, then close.
-    Close(String),
-    /// Check a password.
-    Login { user: String, password: String },
-    /// Create an account.
-    Register { user: String, password: String },
-    /// Read a balance.
-    Balance(i64),
-    /// Read a history.
-    History(i64, usize),
-    /// Apply these writes (replies in order).
-    Writes(Vec<WriteOp>),
-}
-
 /// Answers or dispatches queued commands until one needs a worker (see the module docs).
 fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
     let conn = ctx.connection().clone();
@@ -644,126 +585,6 @@ fn close_gently(ctx: &mut ConnCtx<'_>) {
     ctx.start_reading(); // to see the peer's end of stream
     ctx.shutdown();
     let _ = ctx.connection().force_close_after(CLOSE_LINGER);
-}
-
-fn is_write(cmd: &Command) -> bool {
-    matches!(
-        cmd,
-        Command::Deposit { .. } | Command::Withdraw { .. } | Command::Transfer { .. }
-    )
-}
-
-/// Pops the next queued command and decides what to do with it. Sets `busy` when the
-/// answer needs a worker, `closing` when the connection is to close.
-fn next_step(s: &mut Session, group_commit: bool) -> Step {
-    if s.busy || s.closing {
-        return Step::Idle;
-    }
-    let Some(item) = s.queue.pop_front() else {
-        return Step::Idle;
-    };
-    let cmd = match item {
-        Pending::Command(cmd) => cmd,
-        Pending::Invalid(e) => return Step::Reply(e.line()),
-        Pending::Fatal(e) => {
-            s.closing = true;
-            s.queue.clear();
-            return Step::Close(e.line());
-        }
-    };
-    let not_authenticated = || {
-        Step::Reply(err_line(
-            ErrorCode::NotAuthenticated,
-            "log in first: LOGIN <user> <password>",
-        ))
-    };
-    let step = match cmd {
-        Command::Ping => return Step::Reply(PONG.to_owned()),
-        Command::Quit => {
-            s.closing = true;
-            s.queue.clear();
-            return Step::Close(ok_line("bye"));
-        }
-        Command::Register { user, password } => Step::Register { user, password },
-        Command::Login { user, password } => {
-            if !valid_user(&user) || !valid_password(&password) {
-                // Cannot match any account: fail without a worker, counted all the same.
-                return login_failed(s);
-            }
-            Step::Login { user, password }
-        }
-        Command::Balance => match &s.user {
-            Some(u) => Step::Balance(u.id),
-            None => return not_authenticated(),
-        },
-        Command::History { limit } => match &s.user {
-            Some(u) => Step::History(u.id, limit),
-            None => return not_authenticated(),
-        },
-        write => {
-            let Some(user) = s.user.clone() else {
-                return not_authenticated();
-            };
-            let mut ops = vec![write_op(&user, write)];
-            // Later writes queued right behind it join the same job (and commit).
-            while group_commit && ops.len() < MAX_WRITES_PER_JOB {
-                match s.queue.front() {
-                    Some(Pending::Command(c)) if is_write(c) => {}
-                    _ => break,
-                }
-                if let Some(Pending::Command(c)) = s.queue.pop_front() {
-                    ops.push(write_op(&user, c));
-                }
-            }
-            Step::Writes(ops)
-        }
-    };
-    s.busy = true;
-    step
-}
-
-fn write_op(user: &Account, cmd: Command) -> WriteOp {
-    match cmd {
-        Command::Deposit { amount } => WriteOp::Deposit {
-            user: user.id,
-            amount,
-        },
-        Command::Withdraw { amount } => WriteOp::Withdraw {
-            user: user.id,
-            amount,
-        },
-        Command::Transfer {
-            to,
-            amount,
-            request_id,
-        } => WriteOp::Transfer {
-            from: user.id,
-            from_name: user.name.clone(),
-            to,
-            amount,
-            request_id,
-        },
-        other => unreachable!("{other:?} is not a write"),
-    }
-}
-
-fn auth_failed_line() -> String {
-    err_line(ErrorCode::AuthFailed, "wrong user name or password")
-}
-
-/// Counts a failed login; the step answers it, and closes after the last allowed one.
-fn login_failed(s: &mut Session) -> Step {
-    s.failed_logins += 1;
-    if s.failed_logins >= MAX_FAILED_LOGINS {
-        s.closing = true;
-        s.queue.clear();
-        Step::Close(err_line(
-            ErrorCode::AuthFailed,
-            "wrong user name or password; too many failed logins, closing",
-        ))
-    } else {
-        Step::Reply(auth_failed_line())
-    }
 }
 
 /// On a worker: checks a password.
