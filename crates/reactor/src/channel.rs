@@ -61,6 +61,8 @@ pub struct Channel {
     removed: bool,
     /// No other descriptor refers to the open file (see [`Channel::set_sole_descriptor`]).
     pub(crate) sole: bool,
+    /// The handler reported progress during this dispatch ([`Channel::progressed`]).
+    pub(crate) progress: bool,
 }
 
 impl Channel {
@@ -73,6 +75,7 @@ impl Channel {
             ready: Ready::from_bits(0),
             removed: false,
             sole: false,
+            progress: false,
         }
     }
 
@@ -104,6 +107,17 @@ impl Channel {
     /// descriptors are close-on-exec, so that window ends at its `exec`.)
     pub fn set_sole_descriptor(&mut self) {
         self.sole = true;
+    }
+
+    /// Tells the loop's spin detector that this event got something done (bytes moved, a
+    /// connection accepted, a signal read). Handlers that consume their readiness call it;
+    /// without it, a channel reported with the same readiness for
+    /// [`HealthConfig::spin_threshold`](crate::HealthConfig) iterations in a row, while
+    /// nothing else happens on the loop, is reported as a spin (a level-triggered
+    /// readiness nobody consumes looks exactly like that). Changing the interest or
+    /// removing the channel counts as progress too. It costs one store.
+    pub fn progressed(&mut self) {
+        self.progress = true;
     }
 
     /// This channel's token.
@@ -230,6 +244,11 @@ pub trait Handler: Any {
     /// An error is pending on the descriptor (read it with `duo_sys::take_socket_error`).
     fn handle_error(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
         let _ = (lp, channel);
+    }
+    /// What this handler serves, for the loop's reports (a stall names the callback that
+    /// ran too long): a connection's name, say. `None` by default.
+    fn label(&self) -> Option<&str> {
+        None
     }
 }
 

@@ -17,7 +17,10 @@ use parking_lot::Mutex;
 use crate::channel::{Channel, Handler, Token};
 use crate::channel_slab::{ChannelEntry, ChannelSlab, Removal, TakeOutcome};
 use crate::error::{InsertError, LoopError};
-use crate::loop_handle::{LoopHandle, LoopMetrics, LoopShared, MetricCounters, SendTask};
+use crate::health::{CallbackKind, HealthConfig, HealthTracker};
+use crate::loop_handle::{
+    self, LoopHandle, LoopMetrics, LoopShared, MetricCounters, Queued, SendTask,
+};
 use crate::poller::Poller;
 use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId, TimerQueue};
@@ -33,7 +36,7 @@ thread_local! {
 }
 
 /// A function queued on the loop thread itself; it may capture non-`Send` state.
-type LocalTask = Box<dyn FnOnce(&mut EventLoop)>;
+type LocalTask = Queued<dyn FnOnce(&mut EventLoop)>;
 
 /// A reactor: waits for readiness on its channels, its timers and its queue of functions,
 /// and runs the matching callbacks, all on the one thread that created it.
@@ -162,6 +165,8 @@ pub struct EventLoop {
     iteration_tasks: u64,
     /// Timer callbacks run in this iteration.
     iteration_timers: u64,
+    /// Time split, longest callback, stall and spin detectors (see [`crate::health`]).
+    health: HealthTracker,
     /// Makes the loop `!Send` and `!Sync`: it stays on its thread.
     _not_send: PhantomData<*const ()>,
 }
@@ -179,8 +184,12 @@ impl EventLoop {
         let waker = EventFd::new()?;
         poller.add(waker.as_fd(), Interest::READABLE, WAKER_TOKEN)?;
         poller.add(timers.timerfd.as_fd(), Interest::READABLE, TIMERFD_TOKEN)?;
+        let thread_id = current_thread_id();
+        let name = std::thread::current()
+            .name()
+            .map_or_else(|| format!("loop-{thread_id}"), str::to_owned);
         let shared = Arc::new(LoopShared {
-            thread_id: current_thread_id(),
+            thread_id,
             queue: Mutex::new(Some(Vec::new())),
             notified: AtomicBool::new(false),
             draining: AtomicBool::new(false),
@@ -188,7 +197,9 @@ impl EventLoop {
             waker,
             next_timer: AtomicU64::new(0),
             metrics: MetricCounters::default(),
+            name,
         });
+        loop_handle::register(&shared);
         HAS_LOOP.with(|h| h.set(true));
         log::debug!("event loop created on thread {}", shared.thread_id);
         Ok(EventLoop {
@@ -204,6 +215,7 @@ impl EventLoop {
             iteration_events: 0,
             iteration_tasks: 0,
             iteration_timers: 0,
+            health: HealthTracker::new(HealthConfig::process_default()),
             _not_send: PhantomData,
         })
     }
@@ -262,6 +274,8 @@ impl EventLoop {
         };
         let n = self.poller.poll(timeout)?;
         self.poll_time = Instant::now();
+        self.health
+            .polled(self.poll_time, &self.shared.metrics.health);
         MetricCounters::add(&self.shared.metrics.iterations, 1);
         for i in 0..n {
             let Some((data, ready)) = self.poller.event(i) else {
@@ -273,16 +287,21 @@ impl EventLoop {
                     // still set has queued its function before our swap below.
                     let _ = self.shared.waker.drain();
                     self.shared.notified.store(false, Ordering::SeqCst);
+                    self.health.restart_clock();
                 }
                 TIMERFD_TOKEN => self.run_timers(),
                 token => {
                     self.iteration_events += 1;
+                    self.health.dispatching(token, ready.bits());
                     self.dispatch(Token(token), ready);
                 }
             }
         }
         self.run_queued();
+        let io_events = self.iteration_events;
         self.publish_metrics();
+        self.health
+            .iteration_done(io_events, &self.shared.name, &self.shared.metrics.health);
         Ok(())
     }
 
@@ -320,18 +339,33 @@ impl EventLoop {
             step(entry.handler.as_mut(), self, &mut entry.channel);
         }
         entry.channel.ready = Ready::from_bits(0);
+        if std::mem::take(&mut entry.channel.progress) {
+            self.health.progressed();
+        }
+        let describe = || {
+            let label = entry.handler.label().unwrap_or("a handler without label");
+            format!("{label}, channel {token:?}, readiness {ready:?}")
+        };
+        self.health.callback_done(
+            CallbackKind::Io,
+            &describe,
+            &self.shared.name,
+            &self.shared.metrics.health,
+        );
         self.put_back(token, entry);
     }
 
     /// Returns a taken-out entry to its slot, applying interest changes or removal.
     fn put_back(&mut self, token: Token, mut entry: ChannelEntry) {
         if entry.channel.is_removed() || self.channels.removal_pending(token) {
+            self.health.progressed();
             self.channels.free(token);
             self.deregister(&entry);
             return;
         }
         let want = entry.channel.interest();
         if want != entry.channel.registered {
+            self.health.progressed();
             match self.poller.modify(entry.channel.fd(), want, token.0) {
                 Ok(()) => entry.channel.registered = want,
                 Err(e) => log::error!("cannot change interest of {token:?} to {want:?}: {e}"),
@@ -358,7 +392,17 @@ impl EventLoop {
             let Some(mut timer) = self.timers.take(key) else {
                 continue; // cancelled by an earlier callback of this batch
             };
+            self.health
+                .timer_fired(key.0, now, &self.shared.metrics.health);
+            self.health.restart_clock();
             (timer.callback)(self);
+            let name = timer.name;
+            self.health.callback_done(
+                CallbackKind::Timer,
+                &|| format!("timer {name}"),
+                &self.shared.name,
+                &self.shared.metrics.health,
+            );
             self.iteration_timers += 1;
             self.timers.reschedule(key, now, timer);
         }
@@ -386,16 +430,31 @@ impl EventLoop {
             return;
         }
         self.shared.draining.store(true, Ordering::SeqCst);
-        self.iteration_tasks += (batch.len() + local.len()) as u64;
+        let n = batch.len() + local.len();
+        self.iteration_tasks += n as u64;
+        self.health.task_batch(n, &self.shared.metrics.health);
         for task in batch.drain(..) {
-            task(self);
+            let name = task.name;
+            (task.f)(self);
+            self.task_done(name);
         }
         for task in local.drain(..) {
-            task(self);
+            let name = task.name;
+            (task.f)(self);
+            self.task_done(name);
         }
         self.shared.draining.store(false, Ordering::SeqCst);
         self.running = batch;
         self.running_local = local;
+    }
+
+    fn task_done(&mut self, name: &'static str) {
+        self.health.callback_done(
+            CallbackKind::Task,
+            &|| format!("queued function {name}"),
+            &self.shared.name,
+            &self.shared.metrics.health,
+        );
     }
 
     /// Asks the loop to stop: [`EventLoop::run`] returns at the end of this iteration.
@@ -505,7 +564,10 @@ impl EventLoop {
     /// Queues `f` to run on this loop after the current batch of events. Unlike
     /// [`LoopHandle::queue_in_loop`], `f` need not be `Send`.
     pub fn queue_in_loop(&mut self, f: impl FnOnce(&mut EventLoop) + 'static) {
-        self.local_tasks.push(Box::new(f));
+        self.local_tasks.push(Queued {
+            name: std::any::type_name_of_val(&f),
+            f: Box::new(f),
+        });
     }
 
     /// Runs `f` once at `deadline` (in the next iteration if it has passed).
@@ -514,7 +576,8 @@ impl EventLoop {
         deadline: Instant,
         f: impl FnMut(&mut EventLoop) + 'static,
     ) -> TimerId {
-        self.schedule(deadline, None, Box::new(f))
+        let name = std::any::type_name_of_val(&f);
+        self.schedule(deadline, None, Box::new(f), name)
     }
 
     /// Runs `f` once after `delay`.
@@ -523,7 +586,8 @@ impl EventLoop {
         delay: Duration,
         f: impl FnMut(&mut EventLoop) + 'static,
     ) -> TimerId {
-        self.schedule(Instant::now() + delay, None, Box::new(f))
+        let name = std::any::type_name_of_val(&f);
+        self.schedule(Instant::now() + delay, None, Box::new(f), name)
     }
 
     /// Runs `f` every `interval` until cancelled, first after one interval.
@@ -532,7 +596,8 @@ impl EventLoop {
         interval: Duration,
         f: impl FnMut(&mut EventLoop) + 'static,
     ) -> TimerId {
-        self.schedule(Instant::now() + interval, Some(interval), Box::new(f))
+        let name = std::any::type_name_of_val(&f);
+        self.schedule(Instant::now() + interval, Some(interval), Box::new(f), name)
     }
 
     fn schedule(
@@ -540,10 +605,18 @@ impl EventLoop {
         deadline: Instant,
         interval: Option<Duration>,
         callback: Box<dyn FnMut(&mut EventLoop)>,
+        name: &'static str,
     ) -> TimerId {
         let seq = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
-        self.timers
-            .insert(seq, deadline, Timer { callback, interval });
+        self.timers.insert(
+            seq,
+            deadline,
+            Timer {
+                callback,
+                interval,
+                name,
+            },
+        );
         TimerId(seq)
     }
 
@@ -605,9 +678,25 @@ impl EventLoop {
     }
 
     /// The loop's counters. The iteration count includes the current iteration; the
-    /// other counters are published at the end of each iteration.
+    /// other counters are published at the end of each iteration (times and the
+    /// detectors' counts as each callback returns).
     pub fn metrics(&self) -> LoopMetrics {
         self.shared.metrics()
+    }
+
+    /// The loop's name (see [`LoopHandle::name`]).
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The stall and spin thresholds of this loop.
+    pub fn health_config(&self) -> HealthConfig {
+        self.health.config
+    }
+
+    /// Changes the stall and spin thresholds of this loop (see [`HealthConfig`]).
+    pub fn set_health_config(&mut self, config: HealthConfig) {
+        self.health.config = config;
     }
 }
 

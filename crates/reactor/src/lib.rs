@@ -54,6 +54,7 @@ mod error;
 mod event_loop;
 mod event_loop_thread;
 mod event_loop_thread_pool;
+pub mod health;
 mod loop_handle;
 mod poller;
 mod signals;
@@ -66,7 +67,8 @@ pub use error::{InsertError, LoopClosed, LoopError};
 pub use event_loop::EventLoop;
 pub use event_loop_thread::{EventLoopThread, ThreadInit};
 pub use event_loop_thread_pool::EventLoopThreadPool;
-pub use loop_handle::{LoopHandle, LoopMetrics};
+pub use health::{HealthConfig, LatencyHistogram};
+pub use loop_handle::{loops, LoopHandle, LoopMetrics};
 pub use timer_queue::TimerId;
 pub use timing_wheel::TimingWheel;
 

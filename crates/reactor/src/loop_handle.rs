@@ -2,19 +2,67 @@
 
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
 use duo_sys::EventFd;
 use parking_lot::Mutex;
 
 use crate::error::LoopClosed;
+use crate::health::{HealthCounters, LatencyHistogram, EVENT_BUCKETS};
 use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId};
 use crate::EventLoop;
 
 /// A function queued to run on a loop through its shared queue (from any thread, so `Send`).
-pub(crate) type SendTask = Box<dyn FnOnce(&mut EventLoop) + Send>;
+pub(crate) type SendTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
+
+/// A queued function with the name of its type (the closure's path in the source, for the
+/// stall report).
+pub(crate) struct Queued<F: ?Sized> {
+    pub(crate) name: &'static str,
+    pub(crate) f: Box<F>,
+}
+
+impl Queued<dyn FnOnce(&mut EventLoop) + Send> {
+    pub(crate) fn new(f: impl FnOnce(&mut EventLoop) + Send + 'static) -> Self {
+        Queued {
+            name: std::any::type_name_of_val(&f),
+            f: Box::new(f),
+        }
+    }
+}
+
+/// Every loop of the process (weakly: a dropped loop's entry is pruned).
+static LOOPS: Mutex<Vec<Weak<LoopShared>>> = Mutex::new(Vec::new());
+
+/// Records a new loop in the process's list.
+pub(crate) fn register(shared: &Arc<LoopShared>) {
+    let mut loops = LOOPS.lock();
+    loops.retain(|w| w.upgrade().is_some_and(|s| s.queue.lock().is_some()));
+    loops.push(Arc::downgrade(shared));
+}
+
+/// Handles of every loop of this process that has not been dropped, oldest first: what
+/// a metrics endpoint or a debugging page walks to show every loop's
+/// [`LoopMetrics`].
+///
+/// ```
+/// use duo_reactor::EventLoop;
+///
+/// let lp = EventLoop::new()?;
+/// assert!(duo_reactor::loops().iter().any(|h| h.same_loop(&lp.handle())));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn loops() -> Vec<LoopHandle> {
+    LOOPS
+        .lock()
+        .iter()
+        .filter_map(Weak::upgrade)
+        .map(|shared| LoopHandle { shared })
+        .filter(|h| !h.is_closed())
+        .collect()
+}
 
 /// The part of a loop its handles share (`Arc`): what any thread may touch.
 pub(crate) struct LoopShared {
@@ -36,6 +84,8 @@ pub(crate) struct LoopShared {
     pub(crate) next_timer: AtomicU64,
     /// The counters behind [`LoopMetrics`].
     pub(crate) metrics: MetricCounters,
+    /// The loop's name: its thread's name, else `loop-<thread id>`.
+    pub(crate) name: String,
 }
 
 /// The loop's counters, written only by the loop thread and read by any.
@@ -45,6 +95,7 @@ pub(crate) struct MetricCounters {
     pub(crate) io_events: AtomicU64,
     pub(crate) tasks_run: AtomicU64,
     pub(crate) timers_fired: AtomicU64,
+    pub(crate) health: HealthCounters,
 }
 
 impl MetricCounters {
@@ -57,7 +108,14 @@ impl MetricCounters {
     }
 }
 
-/// Counters of one loop, read with [`LoopHandle::metrics`] or [`EventLoop::metrics`].
+/// Counters of one loop, read with [`LoopHandle::metrics`] or [`EventLoop::metrics`]: a
+/// snapshot of counters the loop thread keeps without locks (each value is exact; values
+/// read together may be a few events apart).
+///
+/// Times are wall-clock time on the loop thread, split by what the thread was doing:
+/// waiting in `epoll_wait` (`poll_time`), running I/O handlers (`io_time`), timer
+/// callbacks (`timer_time`) and queued functions (`task_time`); the rest (the loop's own
+/// bookkeeping) is small. See [`crate::health`] for the detectors.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct LoopMetrics {
     /// Returns from `epoll_wait`.
@@ -68,6 +126,33 @@ pub struct LoopMetrics {
     pub tasks_run: u64,
     /// Timer callbacks run.
     pub timers_fired: u64,
+    /// Iterations that found nothing to do: no I/O event, no timer due, no queued
+    /// function (a wake-up for a function already run, a timer already cancelled).
+    pub empty_wakeups: u64,
+    /// Iterations by the number of I/O events they dispatched, in the buckets of
+    /// [`EVENT_BUCKET_BOUNDS`](crate::health::EVENT_BUCKET_BOUNDS) (not cumulative).
+    pub events_per_iteration: [u64; EVENT_BUCKETS],
+    /// Time spent waiting in `epoll_wait`.
+    pub poll_time: Duration,
+    /// Time spent in I/O handlers.
+    pub io_time: Duration,
+    /// Time spent in timer callbacks.
+    pub timer_time: Duration,
+    /// Time spent in queued functions.
+    pub task_time: Duration,
+    /// How late timers fired (from their deadline to the start of their callback): the
+    /// loop's lag.
+    pub timer_lateness: LatencyHistogram,
+    /// Functions queued through handles and not yet run, when the snapshot was taken.
+    pub tasks_queued: u64,
+    /// The most queued functions one iteration has run.
+    pub largest_task_batch: u64,
+    /// The longest single callback (I/O handler, timer or queued function) so far.
+    pub longest_callback: Duration,
+    /// Stalls: callbacks that ran longer than the stall threshold.
+    pub stalls: u64,
+    /// Spins: runs of iterations without progress as long as the spin threshold.
+    pub spins: u64,
 }
 
 impl LoopShared {
@@ -100,11 +185,29 @@ impl LoopShared {
     /// A snapshot of the counters.
     pub(crate) fn metrics(&self) -> LoopMetrics {
         let m = &self.metrics;
+        let h = &m.health;
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let time = |c: &AtomicU64| Duration::from_nanos(c.load(Ordering::Relaxed));
         LoopMetrics {
-            iterations: m.iterations.load(Ordering::Relaxed),
-            io_events: m.io_events.load(Ordering::Relaxed),
-            tasks_run: m.tasks_run.load(Ordering::Relaxed),
-            timers_fired: m.timers_fired.load(Ordering::Relaxed),
+            iterations: load(&m.iterations),
+            io_events: load(&m.io_events),
+            tasks_run: load(&m.tasks_run),
+            timers_fired: load(&m.timers_fired),
+            empty_wakeups: load(&h.empty_wakeups),
+            events_per_iteration: h.events_per_iteration.each_ref().map(load),
+            poll_time: time(&h.poll_nanos),
+            io_time: time(&h.io_nanos),
+            timer_time: time(&h.timer_nanos),
+            task_time: time(&h.task_nanos),
+            timer_lateness: HealthCounters::latency_histogram(
+                &h.timer_lateness,
+                &h.timer_lateness_nanos,
+            ),
+            tasks_queued: self.queue.lock().as_ref().map_or(0, |q| q.len() as u64),
+            largest_task_batch: load(&h.largest_task_batch),
+            longest_callback: time(&h.longest_callback_nanos),
+            stalls: load(&h.stalls),
+            spins: load(&h.spins),
         }
     }
 }
@@ -152,7 +255,7 @@ impl LoopHandle {
         &self,
         f: impl FnOnce(&mut EventLoop) + Send + 'static,
     ) -> Result<(), LoopClosed> {
-        self.shared.push(Box::new(f))
+        self.shared.push(Queued::new(f))
     }
 
     /// Runs `f` once at `deadline` (at once if it has passed).
@@ -161,7 +264,8 @@ impl LoopHandle {
         deadline: Instant,
         f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> Result<TimerId, LoopClosed> {
-        self.schedule(deadline, None, Box::new(f))
+        let name = std::any::type_name_of_val(&f);
+        self.schedule(deadline, None, Box::new(f), name)
     }
 
     /// Runs `f` once after `delay`.
@@ -170,7 +274,8 @@ impl LoopHandle {
         delay: Duration,
         f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> Result<TimerId, LoopClosed> {
-        self.schedule(Instant::now() + delay, None, Box::new(f))
+        let name = std::any::type_name_of_val(&f);
+        self.schedule(Instant::now() + delay, None, Box::new(f), name)
     }
 
     /// Runs `f` every `interval`, first after one interval, until cancelled.
@@ -179,7 +284,8 @@ impl LoopHandle {
         interval: Duration,
         f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> Result<TimerId, LoopClosed> {
-        self.schedule(Instant::now() + interval, Some(interval), Box::new(f))
+        let name = std::any::type_name_of_val(&f);
+        self.schedule(Instant::now() + interval, Some(interval), Box::new(f), name)
     }
 
     fn schedule(
@@ -187,13 +293,21 @@ impl LoopHandle {
         deadline: Instant,
         interval: Option<Duration>,
         callback: Box<dyn FnMut(&mut EventLoop) + Send>,
+        name: &'static str,
     ) -> Result<TimerId, LoopClosed> {
         // The id is taken here, in the caller's order, so timers with equal deadlines run
         // in the order their `run_*` calls were made, whichever thread made them.
         let seq = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
-        self.shared.push(Box::new(move |lp: &mut EventLoop| {
-            lp.timers
-                .insert(seq, deadline, Timer { callback, interval });
+        self.shared.push(Queued::new(move |lp: &mut EventLoop| {
+            lp.timers.insert(
+                seq,
+                deadline,
+                Timer {
+                    callback,
+                    interval,
+                    name,
+                },
+            );
         }))?;
         Ok(TimerId(seq))
     }
@@ -202,7 +316,7 @@ impl LoopHandle {
     /// after every function queued before it, in particular after the timer's own
     /// scheduling.
     pub fn cancel(&self, id: TimerId) -> Result<(), LoopClosed> {
-        self.shared.push(Box::new(move |lp: &mut EventLoop| {
+        self.shared.push(Queued::new(move |lp: &mut EventLoop| {
             lp.cancel(id);
         }))
     }
@@ -241,6 +355,12 @@ impl LoopHandle {
     /// The loop's counters.
     pub fn metrics(&self) -> LoopMetrics {
         self.shared.metrics()
+    }
+
+    /// The loop's name: the name of its thread (`EventLoopThread` names its threads after
+    /// the server, say `echo-io-0`), else `loop-<thread id>`. Metrics label loops with it.
+    pub fn name(&self) -> &str {
+        &self.shared.name
     }
 
     /// Whether two handles refer to the same loop.

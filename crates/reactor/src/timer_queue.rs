@@ -35,6 +35,8 @@ pub(crate) type TimerCallback = Box<dyn FnMut(&mut EventLoop)>;
 pub(crate) struct Timer {
     pub(crate) callback: TimerCallback,
     pub(crate) interval: Option<Duration>,
+    /// The callback's type name (its path in the source), for the stall report.
+    pub(crate) name: &'static str,
 }
 
 /// The timers of one [`EventLoop`]: a `BTreeMap` ordered by `(deadline, sequence)` and one

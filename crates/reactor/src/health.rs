@@ -1,0 +1,500 @@
+//! Loop health: where each loop's time goes, how busy its iterations are, how late its
+//! timers fire, and two detectors that report a loop in trouble: the **stall detector**
+//! (one callback ran too long: everything else on the loop waited) and the **spin
+//! detector** (the loop keeps waking without getting anything done: a level-triggered
+//! readiness nobody consumes, or a storm of empty wake-ups).
+//!
+//! Everything here is always on and lock-free: the loop thread measures with one clock
+//! read per callback (the same reads serve the time split, the longest callback and the
+//! stall detector) and publishes into counters only it writes, which any thread reads
+//! with [`EventLoop::metrics`](crate::EventLoop::metrics) or
+//! [`LoopHandle::metrics`](crate::LoopHandle::metrics).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+/// Number of buckets of [`LoopMetrics::events_per_iteration`](crate::LoopMetrics).
+pub const EVENT_BUCKETS: usize = 8;
+
+/// Inclusive upper bounds of the first `EVENT_BUCKETS - 1` buckets of
+/// [`LoopMetrics::events_per_iteration`](crate::LoopMetrics); the last bucket holds
+/// iterations with more than 63 I/O events.
+pub const EVENT_BUCKET_BOUNDS: [u64; EVENT_BUCKETS - 1] = [0, 1, 3, 7, 15, 31, 63];
+
+/// Number of buckets of a [`LatencyHistogram`].
+pub const LATENCY_BUCKETS: usize = 8;
+
+/// Inclusive upper bounds of the first `LATENCY_BUCKETS - 1` buckets of a
+/// [`LatencyHistogram`]; the last bucket is unbounded.
+pub const LATENCY_BUCKET_BOUNDS: [Duration; LATENCY_BUCKETS - 1] = [
+    Duration::from_micros(100),
+    Duration::from_micros(500),
+    Duration::from_millis(1),
+    Duration::from_millis(5),
+    Duration::from_millis(25),
+    Duration::from_millis(100),
+    Duration::from_secs(1),
+];
+
+/// A histogram of durations with the fixed buckets of [`LATENCY_BUCKET_BOUNDS`]: counts
+/// per bucket (not cumulative) and the sum of all observations.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LatencyHistogram {
+    /// Observations per bucket: `counts[i]` counts those `≤ LATENCY_BUCKET_BOUNDS[i]` and
+    /// above the previous bound; the last bucket, those above one second.
+    pub counts: [u64; LATENCY_BUCKETS],
+    /// The sum of all observations.
+    pub sum: Duration,
+}
+
+impl LatencyHistogram {
+    /// The number of observations.
+    pub fn count(&self) -> u64 {
+        self.counts.iter().sum()
+    }
+}
+
+/// The bucket of `d` in a [`LatencyHistogram`].
+fn latency_bucket(d: Duration) -> usize {
+    LATENCY_BUCKET_BOUNDS
+        .iter()
+        .position(|&bound| d <= bound)
+        .unwrap_or(LATENCY_BUCKETS - 1)
+}
+
+/// The bucket of `n` events in `events_per_iteration`.
+fn event_bucket(n: u64) -> usize {
+    // 0 → 0, 1 → 1, 2..=3 → 2, 4..=7 → 3, ... , 64.. → 7
+    let b = (u64::BITS - n.leading_zeros()) as usize;
+    b.min(EVENT_BUCKETS - 1)
+}
+
+/// How a loop watches itself: the stall and spin thresholds.
+///
+/// Every new loop starts with the process default ([`HealthConfig::process_default`],
+/// initially [`HealthConfig::default`]); change one loop with
+/// [`EventLoop::set_health_config`](crate::EventLoop::set_health_config), or every loop
+/// created afterwards with [`HealthConfig::set_process_default`] (servers create their
+/// I/O loops themselves, so that is the way to configure them).
+///
+/// ```
+/// use duo_reactor::{EventLoop, HealthConfig};
+/// use std::time::Duration;
+///
+/// let mut lp = EventLoop::new()?;
+/// lp.set_health_config(HealthConfig {
+///     stall_threshold: Some(Duration::from_millis(100)),
+///     spin_threshold: None, // off
+/// });
+/// assert_eq!(lp.health_config().stall_threshold, Some(Duration::from_millis(100)));
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct HealthConfig {
+    /// A single callback (an I/O event's handler, a timer, a queued function) running
+    /// longer than this is a stall: counted, and logged (at most once per second per
+    /// loop) with what ran. `None` switches the detector off. Default 25 ms.
+    pub stall_threshold: Option<Duration>,
+    /// This many loop iterations in a row without progress are a spin: counted, and
+    /// logged (at most once per second per loop). An iteration makes no progress when it
+    /// ran no timer and no queued function, and either dispatched no I/O event at all (an
+    /// empty wake-up) or, without sleeping in `epoll_wait`, dispatched exactly the same
+    /// readiness as the iteration before while no channel reported progress
+    /// ([`Channel::progressed`](crate::Channel::progressed)), changed its interest or went
+    /// away.
+    /// `None` switches the detector off. Default 10 000.
+    pub spin_threshold: Option<u32>,
+}
+
+impl Default for HealthConfig {
+    fn default() -> HealthConfig {
+        HealthConfig {
+            stall_threshold: Some(Duration::from_millis(25)),
+            spin_threshold: Some(10_000),
+        }
+    }
+}
+
+/// The process default, as two atomics (`u64::MAX` = off).
+static DEFAULT_STALL_NANOS: AtomicU64 = AtomicU64::new(25_000_000);
+static DEFAULT_SPIN: AtomicU64 = AtomicU64::new(10_000);
+
+impl HealthConfig {
+    /// The configuration new loops start with.
+    pub fn process_default() -> HealthConfig {
+        let stall = DEFAULT_STALL_NANOS.load(Ordering::Relaxed);
+        let spin = DEFAULT_SPIN.load(Ordering::Relaxed);
+        HealthConfig {
+            stall_threshold: (stall != u64::MAX).then(|| Duration::from_nanos(stall)),
+            spin_threshold: (spin != u64::MAX).then_some(spin as u32),
+        }
+    }
+
+    /// Sets the configuration loops created from now on start with (existing loops keep
+    /// theirs).
+    pub fn set_process_default(config: HealthConfig) {
+        let stall = config.stall_threshold.map_or(u64::MAX, |d| {
+            u64::try_from(d.as_nanos()).unwrap_or(u64::MAX - 1)
+        });
+        DEFAULT_STALL_NANOS.store(stall, Ordering::Relaxed);
+        DEFAULT_SPIN.store(
+            config.spin_threshold.map_or(u64::MAX, u64::from),
+            Ordering::Relaxed,
+        );
+    }
+}
+
+/// What a callback was, for the stall report and the longest-callback record.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CallbackKind {
+    /// An I/O event's handler.
+    Io,
+    /// A timer's callback.
+    Timer,
+    /// A queued function.
+    Task,
+}
+
+impl CallbackKind {
+    /// A short lowercase name (`io`, `timer`, `task`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CallbackKind::Io => "io",
+            CallbackKind::Timer => "timer",
+            CallbackKind::Task => "task",
+        }
+    }
+}
+
+/// The health counters of one loop, written only by its thread (a plain load and store,
+/// no locked instruction) and read by any.
+#[derive(Default)]
+pub(crate) struct HealthCounters {
+    pub(crate) empty_wakeups: AtomicU64,
+    pub(crate) events_per_iteration: [AtomicU64; EVENT_BUCKETS],
+    pub(crate) poll_nanos: AtomicU64,
+    pub(crate) io_nanos: AtomicU64,
+    pub(crate) timer_nanos: AtomicU64,
+    pub(crate) task_nanos: AtomicU64,
+    pub(crate) timer_lateness: [AtomicU64; LATENCY_BUCKETS],
+    pub(crate) timer_lateness_nanos: AtomicU64,
+    pub(crate) largest_task_batch: AtomicU64,
+    pub(crate) longest_callback_nanos: AtomicU64,
+    pub(crate) stalls: AtomicU64,
+    pub(crate) spins: AtomicU64,
+}
+
+/// Adds to a counter only one thread writes.
+pub(crate) fn bump(counter: &AtomicU64, n: u64) {
+    if n != 0 {
+        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+}
+
+fn nanos(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+impl HealthCounters {
+    pub(crate) fn latency_histogram(
+        buckets: &[AtomicU64; LATENCY_BUCKETS],
+        sum: &AtomicU64,
+    ) -> LatencyHistogram {
+        LatencyHistogram {
+            counts: buckets.each_ref().map(|c| c.load(Ordering::Relaxed)),
+            sum: Duration::from_nanos(sum.load(Ordering::Relaxed)),
+        }
+    }
+}
+
+/// An `epoll_wait` that returns within this time is taken not to have slept: the events
+/// were ready when it was called. (Returning events that were already pending costs well
+/// under a microsecond; sleeping and being woken, several.)
+const SLEPT: Duration = Duration::from_micros(5);
+
+/// Reports are rate-limited to one per this interval per loop and detector.
+const REPORT_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The loop-confined side of health keeping: the clock chain, the spin run, the report
+/// limiters. Lives inside the [`EventLoop`](crate::EventLoop).
+pub(crate) struct HealthTracker {
+    pub(crate) config: HealthConfig,
+    /// The last clock read: every callback's duration is the time since the previous read.
+    clock: Instant,
+    /// When the current iteration's poll began (the previous iteration's end).
+    poll_began: Instant,
+    /// Iterations in a row without progress.
+    spin_run: u32,
+    /// The readiness dispatched by the previous iteration (a hash; 0 = none).
+    last_signature: u64,
+    /// The readiness dispatched by this iteration so far.
+    signature: u64,
+    /// Whether anything in this iteration made progress.
+    progress: bool,
+    /// Whether this iteration's `epoll_wait` slept (took longer than [`SLEPT`]).
+    slept: bool,
+    /// Timer callbacks and queued functions run in this iteration.
+    work: u64,
+    /// When a stall / spin was last logged, and how many were not logged since.
+    stall_logged: Option<Instant>,
+    stalls_unlogged: u64,
+    spin_logged: Option<Instant>,
+    spins_unlogged: u64,
+    /// Local copies of the published maxima (to skip needless stores).
+    longest_callback: u64,
+    largest_task_batch: u64,
+}
+
+impl HealthTracker {
+    pub(crate) fn new(config: HealthConfig) -> HealthTracker {
+        let now = Instant::now();
+        HealthTracker {
+            config,
+            clock: now,
+            poll_began: now,
+            spin_run: 0,
+            last_signature: 0,
+            signature: 0,
+            progress: false,
+            slept: false,
+            work: 0,
+            stall_logged: None,
+            stalls_unlogged: 0,
+            spin_logged: None,
+            spins_unlogged: 0,
+            longest_callback: 0,
+            largest_task_batch: 0,
+        }
+    }
+
+    /// The poll returned at `now`.
+    pub(crate) fn polled(&mut self, now: Instant, counters: &HealthCounters) {
+        let waited = now - self.poll_began;
+        self.slept = waited > SLEPT;
+        bump(&counters.poll_nanos, nanos(waited));
+        self.clock = now;
+    }
+
+    /// Restarts the clock without charging anyone (after the loop's own bookkeeping).
+    pub(crate) fn restart_clock(&mut self) {
+        self.clock = Instant::now();
+    }
+
+    /// A callback of `kind` just returned; `what` names it for a stall report. Returns
+    /// its duration.
+    pub(crate) fn callback_done(
+        &mut self,
+        kind: CallbackKind,
+        what: &dyn Fn() -> String,
+        loop_name: &str,
+        counters: &HealthCounters,
+    ) -> Duration {
+        let now = Instant::now();
+        let took = now - self.clock;
+        self.clock = now;
+        let ns = nanos(took);
+        let total = match kind {
+            CallbackKind::Io => &counters.io_nanos,
+            CallbackKind::Timer => &counters.timer_nanos,
+            CallbackKind::Task => &counters.task_nanos,
+        };
+        bump(total, ns);
+        if kind != CallbackKind::Io {
+            self.work += 1;
+        }
+        if ns > self.longest_callback {
+            self.longest_callback = ns;
+            counters.longest_callback_nanos.store(ns, Ordering::Relaxed);
+        }
+        if let Some(threshold) = self.config.stall_threshold {
+            if took > threshold {
+                self.stalled(kind, took, what, loop_name, counters, now);
+            }
+        }
+        took
+    }
+
+    #[cold]
+    fn stalled(
+        &mut self,
+        kind: CallbackKind,
+        took: Duration,
+        what: &dyn Fn() -> String,
+        loop_name: &str,
+        counters: &HealthCounters,
+        now: Instant,
+    ) {
+        bump(&counters.stalls, 1);
+        if self
+            .stall_logged
+            .is_some_and(|at| now.duration_since(at) < REPORT_INTERVAL)
+        {
+            self.stalls_unlogged += 1;
+            return;
+        }
+        let more = std::mem::take(&mut self.stalls_unlogged);
+        let more = if more > 0 {
+            format!(" ({more} more stalls since the last report)")
+        } else {
+            String::new()
+        };
+        log::warn!(
+            "loop {loop_name} stalled: one {} callback ran {:.1} ms ({}); everything else \
+             on this loop waited{more}",
+            kind.as_str(),
+            took.as_secs_f64() * 1e3,
+            what(),
+        );
+        self.stall_logged = Some(now);
+    }
+
+    /// One I/O event with `token` and `ready` bits is being dispatched.
+    pub(crate) fn dispatching(&mut self, token: u64, ready: u32) {
+        // An order-independent mix of the events: the same set gives the same signature.
+        let h = (token ^ (u64::from(ready) << 48))
+            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
+            .rotate_left(29);
+        self.signature = self.signature.wrapping_add(h | 1);
+    }
+
+    /// Something in this iteration made progress (a channel said so, or changed its
+    /// interest, or went away).
+    pub(crate) fn progressed(&mut self) {
+        self.progress = true;
+    }
+
+    /// A batch of `n` queued functions is about to run.
+    pub(crate) fn task_batch(&mut self, n: usize, counters: &HealthCounters) {
+        let n = n as u64;
+        if n > self.largest_task_batch {
+            self.largest_task_batch = n;
+            counters.largest_task_batch.store(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A timer due at `deadline` fires at `now`.
+    pub(crate) fn timer_fired(&mut self, deadline: Instant, now: Instant, c: &HealthCounters) {
+        let late = now.saturating_duration_since(deadline);
+        bump(&c.timer_lateness[latency_bucket(late)], 1);
+        bump(&c.timer_lateness_nanos, nanos(late));
+    }
+
+    /// The iteration that dispatched `io_events` I/O events ends.
+    pub(crate) fn iteration_done(
+        &mut self,
+        io_events: u64,
+        loop_name: &str,
+        counters: &HealthCounters,
+    ) {
+        let now = Instant::now();
+        self.poll_began = now;
+        bump(&counters.events_per_iteration[event_bucket(io_events)], 1);
+        let empty = io_events == 0 && self.work == 0;
+        if empty {
+            bump(&counters.empty_wakeups, 1);
+        }
+        let signature = std::mem::take(&mut self.signature);
+        // Stuck: nothing got done, and either nothing was dispatched at all, or the very
+        // readiness of the last iteration came back without the loop even sleeping (a
+        // request/response peer on one connection also repeats the readiness, but the
+        // loop sleeps while the peer thinks).
+        let stuck = self.work == 0
+            && !self.progress
+            && (io_events == 0 || (signature == self.last_signature && !self.slept));
+        self.last_signature = signature;
+        self.progress = false;
+        self.work = 0;
+        let Some(threshold) = self.config.spin_threshold else {
+            return;
+        };
+        if !stuck {
+            self.spin_run = 0;
+            return;
+        }
+        self.spin_run += 1;
+        if self.spin_run >= threshold.max(1) {
+            self.spin_run = 0;
+            self.spun(io_events, threshold, loop_name, counters, now);
+        }
+    }
+
+    #[cold]
+    fn spun(
+        &mut self,
+        io_events: u64,
+        threshold: u32,
+        loop_name: &str,
+        counters: &HealthCounters,
+        now: Instant,
+    ) {
+        bump(&counters.spins, 1);
+        if self
+            .spin_logged
+            .is_some_and(|at| now.duration_since(at) < REPORT_INTERVAL)
+        {
+            self.spins_unlogged += 1;
+            return;
+        }
+        let more = std::mem::take(&mut self.spins_unlogged);
+        let more = if more > 0 {
+            format!(" ({more} more spins since the last report)")
+        } else {
+            String::new()
+        };
+        if io_events == 0 {
+            log::warn!(
+                "loop {loop_name} is spinning: {threshold} wake-ups in a row found nothing \
+                 to do{more}"
+            );
+        } else {
+            log::warn!(
+                "loop {loop_name} is spinning: {threshold} iterations in a row got the same \
+                 readiness ({io_events} events) and nothing made progress; a \
+                 level-triggered descriptor whose readiness is never consumed?{more}"
+            );
+        }
+        self.spin_logged = Some(now);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_buckets_follow_their_bounds() {
+        for n in 0..200u64 {
+            let b = event_bucket(n);
+            if b < EVENT_BUCKETS - 1 {
+                assert!(n <= EVENT_BUCKET_BOUNDS[b], "{n} in {b}");
+            }
+            if b > 0 {
+                assert!(n > EVENT_BUCKET_BOUNDS[b - 1], "{n} in {b}");
+            }
+        }
+        assert_eq!(event_bucket(u64::MAX), EVENT_BUCKETS - 1);
+    }
+
+    #[test]
+    fn latency_buckets_follow_their_bounds() {
+        assert_eq!(latency_bucket(Duration::ZERO), 0);
+        assert_eq!(latency_bucket(Duration::from_micros(100)), 0);
+        assert_eq!(latency_bucket(Duration::from_micros(101)), 1);
+        assert_eq!(latency_bucket(Duration::from_millis(25)), 4);
+        assert_eq!(latency_bucket(Duration::from_secs(5)), LATENCY_BUCKETS - 1);
+    }
+
+    #[test]
+    fn process_default_round_trips() {
+        let before = HealthConfig::process_default();
+        assert_eq!(before, HealthConfig::default());
+        let off = HealthConfig {
+            stall_threshold: None,
+            spin_threshold: None,
+        };
+        HealthConfig::set_process_default(off);
+        assert_eq!(HealthConfig::process_default(), off);
+        HealthConfig::set_process_default(before);
+        assert_eq!(HealthConfig::process_default(), before);
+    }
+}

@@ -1,0 +1,291 @@
+//! Loop health: the time split and counters, the stall detector (a callback that sleeps
+//! 50 ms) and the spin detector (a level-triggered readiness nobody consumes), and their
+//! silence under normal traffic.
+
+use std::io::{IoSliceMut, Read, Write};
+use std::sync::{Mutex, Once};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duo_reactor::{EventLoop, FnHandler, HealthConfig, Interest};
+use duo_testkit::nonblocking_pair;
+
+/// The warnings logged by this test binary, by thread name.
+static LINES: Mutex<Vec<(String, String)>> = Mutex::new(Vec::new());
+
+struct Capture;
+
+impl log::Log for Capture {
+    fn enabled(&self, m: &log::Metadata<'_>) -> bool {
+        m.level() <= log::Level::Warn
+    }
+    fn log(&self, record: &log::Record<'_>) {
+        if self.enabled(record.metadata()) {
+            let thread = thread::current().name().unwrap_or("").to_owned();
+            LINES
+                .lock()
+                .unwrap()
+                .push((thread, record.args().to_string()));
+        }
+    }
+    fn flush(&self) {}
+}
+
+fn capture_logs() {
+    static INIT: Once = Once::new();
+    INIT.call_once(|| {
+        log::set_logger(&Capture).unwrap();
+        log::set_max_level(log::LevelFilter::Warn);
+    });
+}
+
+/// The warnings logged so far by the current thread (each test runs on its own thread,
+/// named after the test).
+fn my_warnings() -> Vec<String> {
+    let me = thread::current().name().unwrap_or("").to_owned();
+    LINES
+        .lock()
+        .unwrap()
+        .iter()
+        .filter(|(t, _)| *t == me)
+        .map(|(_, l)| l.clone())
+        .collect()
+}
+
+/// Stops the loop after `ms` so that a broken test fails instead of hanging.
+fn guard(lp: &mut EventLoop, ms: u64) {
+    lp.run_after(Duration::from_millis(ms), |lp| lp.quit());
+}
+
+#[test]
+fn a_callback_that_sleeps_50_ms_is_reported_once_with_its_name() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    assert_eq!(
+        lp.health_config().stall_threshold,
+        Some(Duration::from_millis(25))
+    );
+    fn slow_function(_: &mut EventLoop) {
+        thread::sleep(Duration::from_millis(50));
+    }
+    lp.queue_in_loop(slow_function);
+    lp.queue_in_loop(|lp| lp.quit());
+    lp.run().unwrap();
+    let m = lp.metrics();
+    assert_eq!(m.stalls, 1, "{m:?}");
+    assert!(m.longest_callback >= Duration::from_millis(50), "{m:?}");
+    assert!(m.task_time >= Duration::from_millis(50), "{m:?}");
+    let warnings = my_warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("stalled") && warnings[0].contains("slow_function"),
+        "the report names what ran: {warnings:?}"
+    );
+}
+
+#[test]
+fn a_slow_io_handler_is_reported_with_its_label() {
+    capture_logs();
+    struct Slow;
+    impl duo_reactor::Handler for Slow {
+        fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut duo_reactor::Channel) {
+            let mut buf = [0u8; 16];
+            let _ = duo_sys::readv(ch.fd(), &mut [IoSliceMut::new(&mut buf)]);
+            ch.progressed();
+            thread::sleep(Duration::from_millis(40));
+            lp.quit();
+        }
+        fn label(&self) -> Option<&str> {
+            Some("the slow peer")
+        }
+    }
+    let mut lp = EventLoop::new().unwrap();
+    guard(&mut lp, 5_000);
+    let (a, b) = nonblocking_pair();
+    lp.add_channel(b, Interest::READABLE, Slow).unwrap();
+    (&a).write_all(b"x").unwrap();
+    lp.run().unwrap();
+    assert_eq!(lp.metrics().stalls, 1);
+    let warnings = my_warnings();
+    assert!(
+        warnings.len() == 1 && warnings[0].contains("the slow peer"),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn stalls_are_counted_every_time_but_logged_at_most_once_a_second() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    lp.set_health_config(HealthConfig {
+        stall_threshold: Some(Duration::from_millis(2)),
+        spin_threshold: None,
+    });
+    for _ in 0..5 {
+        lp.queue_in_loop(|_| thread::sleep(Duration::from_millis(3)));
+    }
+    lp.queue_in_loop(|lp| lp.quit());
+    lp.run().unwrap();
+    assert_eq!(lp.metrics().stalls, 5);
+    assert_eq!(my_warnings().len(), 1, "{:?}", my_warnings());
+}
+
+#[test]
+fn the_stall_detector_can_be_switched_off() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    lp.set_health_config(HealthConfig {
+        stall_threshold: None,
+        spin_threshold: None,
+    });
+    lp.queue_in_loop(|_| thread::sleep(Duration::from_millis(30)));
+    lp.queue_in_loop(|lp| lp.quit());
+    lp.run().unwrap();
+    let m = lp.metrics();
+    assert_eq!(m.stalls, 0);
+    assert!(
+        m.longest_callback >= Duration::from_millis(30),
+        "still measured"
+    );
+    assert!(my_warnings().is_empty());
+}
+
+#[test]
+fn a_level_triggered_readiness_nobody_consumes_is_reported_as_a_spin() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    assert_eq!(lp.health_config().spin_threshold, Some(10_000));
+    guard(&mut lp, 10_000);
+    let (a, b) = nonblocking_pair();
+    // The handler never reads: level triggering reports the byte on every wait.
+    let handler = FnHandler::new().on_read(|lp, _ch| {
+        if lp.metrics().spins > 0 {
+            lp.quit();
+        }
+    });
+    lp.add_channel(b, Interest::READABLE, handler).unwrap();
+    (&a).write_all(b"x").unwrap();
+    let t0 = Instant::now();
+    lp.run().unwrap();
+    let m = lp.metrics();
+    assert!(
+        m.spins >= 1,
+        "no spin reported in {:?}: {m:?}",
+        t0.elapsed()
+    );
+    let warnings = my_warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spinning") && w.contains("same readiness")),
+        "{warnings:?}"
+    );
+}
+
+#[test]
+fn the_spin_detector_can_be_switched_off() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    lp.set_health_config(HealthConfig {
+        stall_threshold: None,
+        spin_threshold: None,
+    });
+    let (a, b) = nonblocking_pair();
+    let handler = FnHandler::new().on_read(|lp, _ch| {
+        if lp.metrics().iterations > 30_000 {
+            lp.quit();
+        }
+    });
+    lp.add_channel(b, Interest::READABLE, handler).unwrap();
+    guard(&mut lp, 10_000);
+    (&a).write_all(b"x").unwrap();
+    lp.run().unwrap();
+    assert!(lp.metrics().iterations > 30_000);
+    assert_eq!(lp.metrics().spins, 0);
+    assert!(my_warnings().is_empty(), "{:?}", my_warnings());
+}
+
+/// Request/response over one connection, and a stream over another, both level-triggered
+/// with handlers that do not call `progressed`: the loop sleeps between requests and the
+/// stream's readiness is consumed, so neither detector speaks.
+#[test]
+fn detectors_stay_silent_under_normal_traffic() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    lp.set_health_config(HealthConfig {
+        stall_threshold: Some(Duration::from_millis(25)),
+        spin_threshold: Some(1_000),
+    });
+    const ROUNDS: usize = 20_000;
+    let (client, server) = nonblocking_pair();
+    client.set_nonblocking(false).unwrap();
+    let peer = thread::spawn(move || {
+        let mut client = client;
+        let mut buf = [0u8; 64];
+        for i in 0..ROUNDS {
+            client.write_all(&[i as u8; 64]).unwrap();
+            client.read_exact(&mut buf).unwrap();
+            assert_eq!(buf, [i as u8; 64]);
+        }
+    });
+    let echo = FnHandler::new().on_read(move |lp, ch| {
+        let mut buf = [0u8; 64];
+        let n = duo_sys::readv(ch.fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap_or(0);
+        if n == 0 {
+            lp.quit();
+            return;
+        }
+        duo_sys::writev(ch.fd(), &[std::io::IoSlice::new(&buf[..n])]).unwrap();
+    });
+    lp.add_channel(server, Interest::READABLE, echo).unwrap();
+    guard(&mut lp, 60_000);
+    lp.run().unwrap();
+    peer.join().unwrap();
+    let m = lp.metrics();
+    assert_eq!((m.spins, m.stalls), (0, 0), "{m:?}");
+    assert!(m.io_events >= ROUNDS as u64, "{m:?}");
+    assert!(my_warnings().is_empty(), "{:?}", my_warnings());
+}
+
+#[test]
+fn the_counters_add_up() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    let handle = lp.handle();
+    assert!(duo_reactor::loops().iter().any(|h| h.same_loop(&handle)));
+    assert_eq!(handle.name(), lp.name());
+    let t0 = Instant::now();
+    let deadline = t0 + Duration::from_millis(20);
+    lp.run_at(deadline, |_| {});
+    lp.run_at(deadline + Duration::from_millis(20), |lp| lp.quit());
+    let waker = thread::spawn(move || {
+        for _ in 0..10 {
+            handle.queue_in_loop(|_| {}).unwrap();
+            thread::sleep(Duration::from_millis(1));
+        }
+    });
+    lp.run().unwrap();
+    waker.join().unwrap();
+    let m = lp.metrics();
+    assert_eq!(m.timers_fired, 2);
+    assert_eq!(m.timer_lateness.count(), 2);
+    assert!(m.tasks_run >= 10 && m.largest_task_batch >= 1, "{m:?}");
+    assert_eq!(
+        m.events_per_iteration.iter().sum::<u64>(),
+        m.iterations,
+        "every iteration lands in one bucket: {m:?}"
+    );
+    let busy = m.poll_time + m.io_time + m.timer_time + m.task_time;
+    assert!(
+        busy <= t0.elapsed() + Duration::from_millis(1),
+        "the split cannot exceed the wall time: {m:?}"
+    );
+    assert!(
+        m.poll_time >= Duration::from_millis(30),
+        "the loop mostly waited: {m:?}"
+    );
+    drop(lp);
+    assert!(!duo_reactor::loops()
+        .iter()
+        .any(|h| h.name() == thread::current().name().unwrap()));
+}
