@@ -3,7 +3,7 @@
 use std::cell::RefCell;
 use std::fmt;
 use std::ptr;
-use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
 use std::sync::{Arc, OnceLock};
 
 use parking_lot::Mutex;
@@ -120,6 +120,9 @@ pub struct ClassStats {
     pub free: usize,
     /// Blocks held by live [`IoBuf`]s (`allocated - free`).
     pub in_use: usize,
+    /// Blocks returned to the system since the pool was created (by [`BufPool::trim`], or
+    /// to stay under the memory cap): a cumulative count.
+    pub released: u64,
 }
 
 /// A snapshot of a pool's counters, from [`BufPool::stats`].
@@ -322,6 +325,8 @@ struct ClassShared {
     free: Mutex<Vec<Box<[u8]>>>,
     /// Blocks obtained from the system and not released.
     allocated: AtomicUsize,
+    /// Blocks returned to the system, ever.
+    released: AtomicU64,
 }
 
 /// The free-block counts a thread cache publishes. Written only by its owning thread, read by
@@ -355,6 +360,7 @@ impl PoolInner {
             classes: std::array::from_fn(|_| ClassShared {
                 free: Mutex::new(Vec::new()),
                 allocated: AtomicUsize::new(0),
+                released: AtomicU64::new(0),
             }),
             allocated_bytes: AtomicUsize::new(0),
             caches: Mutex::new(Vec::new()),
@@ -470,6 +476,7 @@ impl PoolInner {
         drop(block);
         if let Some(shared) = self.classes.get(class) {
             shared.allocated.fetch_sub(1, Relaxed);
+            shared.released.fetch_add(1, Relaxed);
         }
         self.allocated_bytes.fetch_sub(size, Relaxed);
     }
@@ -479,6 +486,7 @@ impl PoolInner {
         for ((stats, shared), size) in classes.iter_mut().zip(&self.classes).zip(SIZE_CLASSES) {
             stats.size = size;
             stats.allocated = shared.allocated.load(Relaxed);
+            stats.released = shared.released.load(Relaxed);
             stats.free = shared.free.lock().len();
         }
         for counters in self.caches.lock().iter() {

@@ -16,18 +16,27 @@ fn no_cache(cap: Option<usize>) -> BufPool {
     })
 }
 
-/// The expected counters of the class of `size`.
+/// The expected counters of the class of `size` (blocks released to the system aside:
+/// [`class`] leaves them out, the trim and cap tests check them).
 fn expected(size: usize, allocated: usize, free: usize, in_use: usize) -> ClassStats {
     ClassStats {
         size,
         allocated,
         free,
         in_use,
+        released: 0,
     }
 }
 
 fn class(pool: BufPool, size: usize) -> ClassStats {
-    *pool.stats().class(size).expect("a size class")
+    ClassStats {
+        released: 0,
+        ..*pool.stats().class(size).expect("a size class")
+    }
+}
+
+fn released(pool: BufPool, size: usize) -> u64 {
+    pool.stats().class(size).expect("a size class").released
 }
 
 /// Every class: allocated == free + in_use, and nothing is in use.
@@ -290,10 +299,14 @@ fn trim_releases_free_blocks_and_keeps_live_ones() {
     let stats = pool.stats();
     assert_eq!(stats.allocated_bytes, K64);
     assert_eq!(class(pool, K4).allocated, 0);
+    assert_eq!(released(pool, K4), 100, "every trimmed block is counted");
+    assert_eq!(released(pool, MAX_BLOCK), 1);
     assert_eq!(class(pool, K64), expected(K64, 1, 0, 1));
+    assert_eq!(released(pool, K64), 0);
     assert_eq!(pool.trim(), 0);
     drop(keep);
     assert_eq!(pool.trim(), K64);
+    assert_eq!(released(pool, K64), 1);
     assert_eq!(pool.stats().allocated_bytes, 0);
 }
 
