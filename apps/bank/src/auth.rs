@@ -80,7 +80,10 @@ impl Hasher {
     pub(crate) fn verify(&self, password: &str, stored: Option<&str>) -> bool {
         let phc = stored.unwrap_or(&self.dummy);
         let Ok(parsed) = PasswordHash::new(phc) else {
-            log::error!("a stored password hash is not a valid PHC string");
+            duo_net::log_limited!(
+                log::Level::Error,
+                "a stored password hash is not a valid PHC string"
+            );
             return false;
         };
         let ok = self

@@ -199,7 +199,11 @@ fn on_packets(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, messages: Option<&
     let answered = match result {
         Ok(n) => n,
         Err(e) => {
-            log::warn!("{}: {e}; closing", ctx.connection().name());
+            duo_net::log_limited!(
+                log::Level::Warn,
+                "{}: {e}; closing",
+                ctx.connection().name()
+            );
             input.consume_all();
             // The replies to the good packets before the bad one still go out.
             ctx.close_after_flush();

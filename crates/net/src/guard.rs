@@ -9,8 +9,14 @@
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use duo_reactor::LogLimiter;
+
+/// One kind for every caught panic, whoever's callback it was: a peer that can make one
+/// callback panic can usually make it panic again.
+static PANICS: LogLimiter = LogLimiter::new("panics in callbacks");
+
 /// Runs `f(target)`; if it panics, logs `"{name(target)}: {what} panicked"` at `error`
-/// level and returns `None`.
+/// level (rate-limited: see [`duo_reactor::log_limit`]) and returns `None`.
 ///
 /// The panic is not resumed: the loop goes on. `target` is handed to `f` and, after a
 /// panic, to `name`, so that the name can be taken from the same state `f` used
@@ -25,7 +31,12 @@ pub(crate) fn catch_user_panic<T: ?Sized, R>(
     match catch_unwind(AssertUnwindSafe(|| f(&mut *target))) {
         Ok(r) => Some(r),
         Err(_) => {
-            log::error!("{}: {what} panicked", name(target));
+            duo_reactor::log_limited!(
+                limiter: PANICS,
+                log::Level::Error,
+                "{}: {what} panicked",
+                name(target)
+            );
             None
         }
     }

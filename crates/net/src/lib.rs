@@ -86,4 +86,5 @@ pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer, WhenFull};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
 
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};
+pub use duo_reactor::{log_limited, report_suppressed, LogLimiter};
 pub use duo_reactor::{EventLoop, LoopHandle, Signal};

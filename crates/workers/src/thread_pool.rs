@@ -233,7 +233,10 @@ fn work(queue: &Receiver<Job>, counters: &Counters, exit: Sender<()>) {
     for job in queue {
         if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
             counters.panicked.fetch_add(1, Ordering::Relaxed);
-            log::error!("a worker job panicked; the worker goes on");
+            duo_reactor::log_limited!(
+                log::Level::Error,
+                "a worker job panicked; the worker goes on"
+            );
             // A payload whose destructor panics must not kill the worker either.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload)));
         }

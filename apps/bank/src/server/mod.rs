@@ -148,7 +148,7 @@ impl Completion {
 }
 
 fn internal(e: &dyn fmt::Display) -> String {
-    log::error!("{e}");
+    duo_net::log_limited!(log::Level::Error, "{e}");
     err_line(ErrorCode::Internal, "internal server error")
 }
 
@@ -157,7 +157,7 @@ fn internal(e: &dyn fmt::Display) -> String {
 fn store_failed(e: &StoreError) -> String {
     match e.code() {
         ErrorCode::Unavailable => {
-            log::warn!("{e}");
+            duo_net::log_limited!(log::Level::Warn, "{e}");
             err_line(
                 ErrorCode::Unavailable,
                 "database unavailable; try again later",
@@ -457,7 +457,11 @@ fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, co
         })
         .unwrap_or(false);
     if pause {
-        log::debug!("{}: {QUEUE_HIGH} commands queued; pausing", conn.name());
+        duo_net::log_limited!(
+            log::Level::Debug,
+            "{}: {QUEUE_HIGH} commands queued; pausing",
+            conn.name()
+        );
         ctx.stop_reading();
     }
     pump(ctx, app);

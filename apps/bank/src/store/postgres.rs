@@ -322,7 +322,10 @@ impl PgStore {
                 }
                 Err(e) => match classify(&e) {
                     Failure::Refused(m) | Failure::Lost(m) => {
-                        log::warn!("database read failed ({m}); reconnecting");
+                        duo_net::log_limited!(
+                            log::Level::Warn,
+                            "database read failed ({m}); reconnecting"
+                        );
                         // Whatever else is pooled is as old as the one that broke
                         // (dropped outside the lock: a drop waits for the close).
                         let stale = std::mem::take(&mut *self.readers.lock());
@@ -412,7 +415,8 @@ impl PgStore {
     fn execute(&self, w: &mut Writer, ops: &[&WriteOp]) -> WriteResults {
         match self.call(w, ops) {
             Err(Failure::Other(m)) if ops.len() > 1 => {
-                log::warn!(
+                duo_net::log_limited!(
+                    log::Level::Warn,
                     "a write of a batch of {} failed ({m}); applying them one by one",
                     ops.len()
                 );
@@ -463,7 +467,8 @@ impl PgStore {
             };
             match classify(&e) {
                 Failure::Conflict if attempt < MAX_ATTEMPTS => {
-                    log::debug!(
+                    duo_net::log_limited!(
+                        log::Level::Debug,
                         "batch of {} conflicted ({e}); again in {backoff:?}",
                         ops.len()
                     );
@@ -473,7 +478,10 @@ impl PgStore {
                 Failure::Refused(m) if !refused_once => {
                     // Nothing committed; the connection is likely stale (the server
                     // restarted since it was made).
-                    log::warn!("database refused a batch ({m}); reconnecting");
+                    duo_net::log_limited!(
+                        log::Level::Warn,
+                        "database refused a batch ({m}); reconnecting"
+                    );
                     refused_once = true;
                     w.session = None;
                 }
@@ -520,18 +528,25 @@ fn pg_error(e: &postgres::Error) -> StoreError {
 fn failed(n: usize, f: Failure) -> WriteResults {
     let e = match f {
         Failure::Lost(m) => {
-            log::error!(
+            duo_net::log_limited!(
+                log::Level::Error,
                 "database connection lost during a batch of {n}: {m}; their outcome is unknown"
             );
             StoreError::Unavailable(m)
         }
         Failure::Refused(m) => {
-            log::error!("database unavailable for a batch of {n}: {m}");
+            duo_net::log_limited!(
+                log::Level::Error,
+                "database unavailable for a batch of {n}: {m}"
+            );
             StoreError::Unavailable(m)
         }
         Failure::Conflict => StoreError::Commit("conflict".to_owned()),
         Failure::Other(m) => {
-            log::error!("write batch of {n} operations failed: {m}");
+            duo_net::log_limited!(
+                log::Level::Error,
+                "write batch of {n} operations failed: {m}"
+            );
             StoreError::Commit(m)
         }
     };

@@ -295,7 +295,11 @@ fn check_schema(c: &Connection, path: &Path) -> Result<(), StoreError> {
 /// case does without them.
 fn execute(conn: &mut Connection, ops: &[&WriteOp]) -> WriteResults {
     let all_failed = |e: &dyn fmt::Display| -> WriteResults {
-        log::error!("write transaction of {} operations failed: {e}", ops.len());
+        duo_net::log_limited!(
+            log::Level::Error,
+            "write transaction of {} operations failed: {e}",
+            ops.len()
+        );
         ops.iter()
             .map(|_| Err(StoreError::Commit(e.to_string())))
             .collect()
@@ -310,7 +314,8 @@ fn execute(conn: &mut Connection, ops: &[&WriteOp]) -> WriteResults {
     let results = match applied {
         Ok(outcomes) => outcomes.into_iter().map(Ok).collect(),
         Err(e) => {
-            log::warn!(
+            duo_net::log_limited!(
+                log::Level::Warn,
                 "a write of a batch of {} failed ({e}); running them one by one",
                 ops.len()
             );
@@ -344,7 +349,7 @@ fn execute_isolated(
             Ok(outcome)
         })();
         if let Err(e) = &result {
-            log::error!("write {op:?} failed: {e}");
+            duo_net::log_limited!(log::Level::Error, "write {op:?} failed: {e}");
         }
         results.push(result);
     }

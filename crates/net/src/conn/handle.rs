@@ -453,7 +453,11 @@ impl TcpConnection {
     pub fn set_tcp_nodelay(&self, on: bool) -> Result<(), ConnectionClosed> {
         self.queue_in_loop(move |ctx| {
             if let Err(e) = ctx.set_tcp_nodelay(on) {
-                log::warn!("{}: TCP_NODELAY: {e}", ctx.connection().name());
+                duo_reactor::log_limited!(
+                    log::Level::Warn,
+                    "{}: TCP_NODELAY: {e}",
+                    ctx.connection().name()
+                );
             }
         })
     }
@@ -462,7 +466,11 @@ impl TcpConnection {
     pub fn set_keepalive(&self, on: bool) -> Result<(), ConnectionClosed> {
         self.queue_in_loop(move |ctx| {
             if let Err(e) = ctx.set_keepalive(on) {
-                log::warn!("{}: SO_KEEPALIVE: {e}", ctx.connection().name());
+                duo_reactor::log_limited!(
+                    log::Level::Warn,
+                    "{}: SO_KEEPALIVE: {e}",
+                    ctx.connection().name()
+                );
             }
         })
     }

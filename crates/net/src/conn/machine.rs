@@ -225,7 +225,11 @@ impl LoopConn {
     /// timeout.
     pub(crate) fn idle_expired(lp: &mut EventLoop, token: Token) {
         lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
-            log::info!("{}: idle timeout; closing", conn.m.handle.name());
+            duo_reactor::log_limited!(
+                log::Level::Info,
+                "{}: idle timeout; closing",
+                conn.m.handle.name()
+            );
             conn.m.close(lp, ch, CloseReason::Idle);
         });
     }
@@ -274,7 +278,8 @@ impl Handler for LoopConn {
         } else if self.m.wants_reading() {
             self.read_ready(lp, ch, true);
         } else if self.m.read != ReadSide::Parked {
-            log::debug!(
+            duo_reactor::log_limited!(
+                log::Level::Debug,
                 "{}: peer gone while reading is paused; its last bytes wait for start_reading",
                 self.m.handle.name()
             );
@@ -292,12 +297,20 @@ impl Handler for LoopConn {
         }
         let kind = match duo_sys::take_socket_error(ch.fd()) {
             Ok(Some(e)) => {
-                log::debug!("{}: socket error: {e}", self.m.handle.name());
+                duo_reactor::log_limited!(
+                    log::Level::Debug,
+                    "{}: socket error: {e}",
+                    self.m.handle.name()
+                );
                 e.kind()
             }
             Ok(None) => return,
             Err(e) => {
-                log::debug!("{}: SO_ERROR: {e}", self.m.handle.name());
+                duo_reactor::log_limited!(
+                    log::Level::Debug,
+                    "{}: SO_ERROR: {e}",
+                    self.m.handle.name()
+                );
                 e.kind()
             }
         };
@@ -403,7 +416,8 @@ impl Machine {
         }
         let unsent = self.output.len();
         if unsent > 0 {
-            log::debug!(
+            duo_reactor::log_limited!(
+                log::Level::Debug,
                 "{}: peer gone with {unsent} bytes unsent; dropped",
                 self.handle.name()
             );
@@ -491,7 +505,11 @@ impl Machine {
             AfterDrain::HalfClose => {
                 self.write = WriteSide::Shut;
                 if let Err(e) = duo_sys::shutdown_write(ch.fd()) {
-                    log::debug!("{}: shutdown: {e}", self.handle.name());
+                    duo_reactor::log_limited!(
+                        log::Level::Debug,
+                        "{}: shutdown: {e}",
+                        self.handle.name()
+                    );
                 }
             }
         }

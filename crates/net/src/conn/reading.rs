@@ -3,10 +3,14 @@
 //! (State and transitions: [`super::machine`].)
 
 use duo_buffer::{BufferError, ReadOutcome};
-use duo_reactor::{Channel, EventLoop};
+use duo_reactor::{Channel, EventLoop, LogLimiter};
 
 use super::machine::{LoopConn, ReadSide, WriteSide};
 use crate::close_reason::CloseReason;
+
+/// Connections closed for input their message callback did not consume: a peer can
+/// cause as many as it opens.
+static INPUT_TOO_LARGE: LogLimiter = LogLimiter::new("input too large");
 
 impl LoopConn {
     /// Reads what the socket has, delivering it to the message callback, within the read
@@ -62,7 +66,9 @@ impl LoopConn {
                     return;
                 }
                 Err(BufferError::Full { limit }) => {
-                    log::warn!(
+                    duo_reactor::log_limited!(
+                        limiter: INPUT_TOO_LARGE,
+                        log::Level::Warn,
                         "{}: {limit} bytes of input not consumed by the message callback; closing",
                         self.m.handle.name()
                     );
@@ -72,13 +78,21 @@ impl LoopConn {
                 Err(BufferError::Io(e)) => {
                     // The kernel reports an error only once the receive queue is empty:
                     // nothing the peer sent is left behind.
-                    log::debug!("{}: read: {e}", self.m.handle.name());
+                    duo_reactor::log_limited!(
+                        log::Level::Debug,
+                        "{}: read: {e}",
+                        self.m.handle.name()
+                    );
                     let kind = self.m.gone_error().unwrap_or(e.kind());
                     self.m.close(lp, ch, CloseReason::Error(kind));
                     return;
                 }
                 Err(e) => {
-                    log::error!("{}: read: {e}; closing", self.m.handle.name());
+                    duo_reactor::log_limited!(
+                        log::Level::Error,
+                        "{}: read: {e}; closing",
+                        self.m.handle.name()
+                    );
                     self.m.close(lp, ch, CloseReason::OutOfMemory);
                     return;
                 }
@@ -113,7 +127,8 @@ impl LoopConn {
         match self.input.settle() {
             Ok(()) => true,
             Err(e) => {
-                log::error!(
+                duo_reactor::log_limited!(
+                    log::Level::Error,
                     "{}: cannot keep unparsed input: {e}; closing",
                     self.m.handle.name()
                 );

@@ -15,7 +15,7 @@ impl Machine {
     /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
     /// before is still read; the close follows its end of stream (or the hang-up's event).
     fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
-        log::debug!("{}: write: {e}", self.handle.name());
+        duo_reactor::log_limited!(log::Level::Debug, "{}: write: {e}", self.handle.name());
         self.peer_gone(lp, ch, Some(e.kind()));
         if self.read == ReadSide::Eof && !self.closed() {
             let reason = self.peer_reason();
@@ -40,14 +40,16 @@ impl Machine {
             if !self.output.is_empty() && self.output.len() + total > limit {
                 match policy {
                     OutputLimit::Close => {
-                        log::info!(
+                        duo_reactor::log_limited!(
+                            log::Level::Info,
                             "{}: {} bytes of output queued (limit {limit}); closing",
                             self.handle.name(),
                             self.output.len()
                         );
                         self.close(lp, ch, CloseReason::OutputLimit);
                     }
-                    OutputLimit::Discard => log::trace!(
+                    OutputLimit::Discard => duo_reactor::log_limited!(
+                        log::Level::Trace,
                         "{}: output limit {limit}: {total} bytes discarded",
                         self.handle.name()
                     ),
@@ -104,7 +106,11 @@ impl Machine {
                     continue;
                 }
                 if let Err(e) = self.output.append(&part[skip..]) {
-                    log::error!("{}: cannot buffer output: {e}; closing", self.handle.name());
+                    duo_reactor::log_limited!(
+                        log::Level::Error,
+                        "{}: cannot buffer output: {e}; closing",
+                        self.handle.name()
+                    );
                     self.close(lp, ch, CloseReason::OutOfMemory);
                     return false;
                 }

@@ -165,7 +165,8 @@ impl Acceptor {
                 (self.on_exhausted)();
                 drop(fd);
                 self.spare = open_spare();
-                log::warn!(
+                duo_reactor::log_limited!(
+                    log::Level::Warn,
                     "accept on {}: out of file descriptors; shed one connection",
                     self.local
                 );
@@ -187,7 +188,7 @@ impl Acceptor {
     /// and stops accepting for a moment.
     fn pause(&mut self, lp: &mut EventLoop, ch: &mut Channel, why: &str) {
         (self.on_exhausted)();
-        log::warn!("accept on {}: {why}; pausing", self.local);
+        duo_reactor::log_limited!(log::Level::Warn, "accept on {}: {why}; pausing", self.local);
         self.spare = open_spare();
         pause(lp, ch);
     }
@@ -233,7 +234,11 @@ impl Handler for Acceptor {
                     }
                 }
                 Err(e) => {
-                    log::error!("accept on {}: {e}; pausing", self.local);
+                    duo_reactor::log_limited!(
+                        log::Level::Error,
+                        "accept on {}: {e}; pausing",
+                        self.local
+                    );
                     pause(lp, ch);
                     return;
                 }
@@ -283,10 +288,15 @@ pub(super) fn new_connection_handler(
             if when_full == WhenFull::Pause {
                 // Raced with another loop to the last place: serve it (one over at most
                 // per loop) rather than drop a connection another process could take.
-                log::debug!("{}: {peer} accepted over the maximum", shared.name);
+                duo_reactor::log_limited!(
+                    log::Level::Debug,
+                    "{}: {peer} accepted over the maximum",
+                    shared.name
+                );
             } else {
                 AcceptCounters::bump(&c.rejected);
-                log::debug!(
+                duo_reactor::log_limited!(
+                    log::Level::Debug,
                     "{}: rejecting {peer}: {active} connections open",
                     shared.name
                 );
@@ -300,7 +310,11 @@ pub(super) fn new_connection_handler(
         let (target, owner) = (loops[index].clone(), owners[index].clone());
         if owner.config.tcp_nodelay {
             if let Err(e) = socket.set_nodelay(true) {
-                log::debug!("{}: TCP_NODELAY for {peer}: {e}", shared.name);
+                duo_reactor::log_limited!(
+                    log::Level::Debug,
+                    "{}: TCP_NODELAY for {peer}: {e}",
+                    shared.name
+                );
             }
         }
         // A listener bound to one address accepts connections to exactly that address:
@@ -321,16 +335,24 @@ pub(super) fn new_connection_handler(
 
         if target.is_in_loop_thread() {
             if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
-                log::warn!("{}: cannot register {peer}: {e}", shared.name);
+                duo_reactor::log_limited!(
+                    log::Level::Warn,
+                    "{}: cannot register {peer}: {e}",
+                    shared.name
+                );
             }
         } else {
             let queued = target.queue_in_loop(move |lp| {
                 if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
-                    log::warn!("cannot register {peer}: {e}");
+                    duo_reactor::log_limited!(log::Level::Warn, "cannot register {peer}: {e}");
                 }
             });
             if queued.is_err() {
-                log::warn!("{}: I/O loop gone; dropping {peer}", shared.name);
+                duo_reactor::log_limited!(
+                    log::Level::Warn,
+                    "{}: I/O loop gone; dropping {peer}",
+                    shared.name
+                );
                 c.active.fetch_sub(1, Ordering::Relaxed);
             }
         }

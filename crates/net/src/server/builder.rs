@@ -189,6 +189,7 @@ impl ServerBuilder {
             shutdown_begun: AtomicBool::new(false),
             on_empty: Mutex::new(Vec::new()),
             trims_main: AtomicBool::new(false),
+            report_timer: Mutex::new(None),
             pool,
             link: Arc::new(ServerLink {
                 id,
@@ -313,6 +314,11 @@ impl ServerBuilder {
             // their own (`ReusePort`).
             drop(listener);
         }
+        // Suppressed log counts that no later line of their kind reports.
+        let report = main.run_every(duo_reactor::log_limit::DEFAULT_INTERVAL, |_| {
+            duo_reactor::report_suppressed();
+        });
+        *shared.report_timer.lock() = Some(report);
         log::info!(
             "server {} listening on {local_addr} with {} I/O threads, accepting: {mode:?}",
             self.name,

@@ -92,6 +92,9 @@ struct ServerShared {
     on_empty: Mutex<Vec<WhenEmpty>>,
     /// The server installed a buffer-pool trim timer on the main loop (no I/O threads).
     trims_main: AtomicBool,
+    /// The main loop's timer that reports suppressed log lines (see
+    /// [`duo_reactor::log_limit`]); cancelled by the stop.
+    report_timer: Mutex<Option<duo_reactor::TimerId>>,
     /// The connections' buffer pool.
     pool: BufPool,
     /// The server's key and loops, as its connections know them.
@@ -147,7 +150,8 @@ fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
         resume_accepting(shared);
         return Admission::Continue;
     }
-    log::debug!(
+    duo_reactor::log_limited!(
+        log::Level::Debug,
         "server {}: {max} connections open; not accepting until one closes",
         shared.name
     );
@@ -332,6 +336,10 @@ fn stop_on_main(lp: &mut EventLoop, shared: &Arc<ServerShared>) {
     if shared.trims_main.swap(false, Ordering::SeqCst) {
         NetLoop::trim_uninstall(lp, shared.pool);
     }
+    if let Some(timer) = shared.report_timer.lock().take() {
+        lp.cancel(timer);
+        duo_reactor::report_suppressed();
+    }
     // Connections the main loop serves itself (no I/O threads); the I/O threads' ones go
     // with their loops.
     LoopConn::for_each_of_server(lp, id, "server stop", &|ctx| {
@@ -398,7 +406,8 @@ fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
             if open > 0 {
                 lp.run_after(grace, move |_| {
                     conns.for_each(|ctx| {
-                        log::info!(
+                        duo_reactor::log_limited!(
+                            log::Level::Info,
                             "{}: still open at the shutdown deadline; closing",
                             ctx.connection().name()
                         );

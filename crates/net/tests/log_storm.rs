@@ -1,0 +1,245 @@
+//! No log storms: 100 000 hostile events produce a bounded number of log lines, and every
+//! event is still accounted for (logged, or counted in a "suppressed" report).
+//!
+//! This test binary installs its own counting `log::Log` (so it holds one test only: the
+//! logger and the rate limiters are process-wide). A real server on loopback gets 100 000
+//! hostile connections from a few client threads: half send a byte that makes the
+//! message callback panic, half send more input than the callback consumes and the
+//! server allows. Each is one logged event of its kind ("panics in callbacks", "input too
+//! large"), and the server closes the connection. Meanwhile and afterwards a well-behaved
+//! client is served.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duo_net::{CloseReason, ServerStats, TcpServer};
+use duo_reactor::log_limit::{DEFAULT_BURST, DEFAULT_INTERVAL};
+use duo_testkit::{join_before, LIMIT};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use util::{connect, echo_once, localhost, TestServer};
+
+/// Hostile events driven through the server.
+const EVENTS: u64 = 100_000;
+/// Client threads driving them.
+const CLIENTS: u64 = 4;
+/// The server's input limit; the "too large" clients send more.
+const MAX_INPUT: usize = 256;
+/// The first byte that makes the message callback panic.
+const PANIC: u8 = b'P';
+/// The first byte of input the message callback keeps without consuming.
+const HOLD: u8 = b'H';
+/// The panic message, told apart from real failures by the panic hook.
+const HOSTILE: &str = "hostile input";
+/// How long the storm may take before the test fails (a debug build on a loaded machine).
+const STORM_LIMIT: Duration = Duration::from_secs(120);
+
+/// Every line logged in this process at `info` or above: level and text.
+struct Counting {
+    lines: Mutex<Vec<(Level, String)>>,
+}
+
+impl Log for Counting {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        m.level() <= Level::Info
+    }
+
+    fn log(&self, r: &Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let text = r.args().to_string();
+            self.lines.lock().unwrap().push((r.level(), text));
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Counting = Counting {
+    lines: Mutex::new(Vec::new()),
+};
+
+/// The number `N` in `"N similar messages suppressed"` or `"N similar message suppressed"`
+/// in `line`, 0 if there is none.
+fn suppressed_in(line: &str) -> u64 {
+    let Some(at) = line.find(" similar message") else {
+        return 0;
+    };
+    let digits = line[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or("");
+    digits.parse().unwrap_or(0)
+}
+
+/// Lines of one kind: those containing `marker` (the line itself, with any suppressed
+/// count appended) or starting with `summary` (a `report_suppressed` line).
+#[derive(Debug, Default)]
+struct Kind {
+    lines: u64,
+    accounted: u64,
+}
+
+fn kind(lines: &[(Level, String)], marker: &str, summary: &str) -> Kind {
+    let mut k = Kind::default();
+    for (_, line) in lines {
+        if line.starts_with(summary) {
+            k.lines += 1;
+            k.accounted += suppressed_in(line);
+        } else if line.contains(marker) {
+            k.lines += 1;
+            k.accounted += 1 + suppressed_in(line);
+        }
+    }
+    k
+}
+
+/// One hostile connection: sends its bytes, then waits until the server closes it.
+fn hostile(addr: SocketAddr, panic: bool) {
+    let mut s = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            // The backlog overflowed for a moment, say: try again (bounded by the caller).
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => thread::yield_now(),
+            Err(e) => panic!("connect to {addr}: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.set_write_timeout(Some(LIMIT)).unwrap();
+    let bytes = if panic {
+        vec![PANIC]
+    } else {
+        vec![HOLD; MAX_INPUT * 2]
+    };
+    // The server may close before everything is written (input too large): a reset here
+    // is the expected end.
+    let _ = s.write_all(&bytes);
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if util::is_peer_close(&e) => return,
+            Err(e) => panic!("the server did not close a hostile connection: {e}"),
+        }
+    }
+}
+
+fn closes(stats: &ServerStats, reason: CloseReason) -> u64 {
+    stats.closes().of(reason)
+}
+
+#[test]
+fn a_hundred_thousand_hostile_events_log_a_bounded_number_of_lines() {
+    log::set_logger(&LOGGER).expect("the only logger of this test binary");
+    log::set_max_level(LevelFilter::Info);
+    let default_hook = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        // The callback's panics are the test's input, not failures: keep stderr quiet.
+        if info.payload().downcast_ref::<&str>() != Some(&HOSTILE) {
+            default_hook(info);
+        }
+    }));
+
+    let server = TestServer::start(|| {
+        TcpServer::builder("storm", localhost())
+            .io_threads(2)
+            .max_input(MAX_INPUT)
+            .on_message(|ctx, input| match input.peek().first() {
+                Some(&PANIC) => std::panic::panic_any(HOSTILE),
+                Some(&HOLD) => {}
+                _ => {
+                    ctx.send(input.peek());
+                    input.consume_all();
+                }
+            })
+    });
+    let addr = server.addr();
+    let mut good = connect(addr);
+    echo_once(&mut good, b"before the storm");
+
+    let started = Instant::now();
+    let sent = std::sync::Arc::new(AtomicU64::new(0));
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let sent = sent.clone();
+            thread::spawn(move || {
+                let mut i = c;
+                while i < EVENTS {
+                    hostile(addr, i % 2 == 0);
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    i += CLIENTS;
+                }
+            })
+        })
+        .collect();
+    let deadline = started + STORM_LIMIT;
+    for (i, c) in clients.into_iter().enumerate() {
+        join_before(deadline, &format!("hostile client {i}"), c);
+    }
+    // Every hostile connection has been closed by the server (each client waited for
+    // it); the close counters are bumped before the socket is closed.
+    let storm = started.elapsed();
+    assert_eq!(sent.load(Ordering::Relaxed), EVENTS);
+
+    // Still serving, on the old connection and a new one.
+    echo_once(&mut good, b"after the storm");
+    echo_once(&mut connect(addr), b"a new client");
+    let stats = server.stats();
+    let panics = closes(&stats, CloseReason::Panic);
+    let too_large = closes(&stats, CloseReason::InputTooLarge);
+    assert_eq!(panics, EVENTS / 2, "every panic closed its connection");
+    assert_eq!(
+        too_large,
+        EVENTS / 2,
+        "every oversized input closed its connection"
+    );
+    drop(good);
+    server.stop();
+    // What no later line reported: one summary line per kind.
+    duo_net::report_suppressed();
+
+    let lines = LOGGER.lines.lock().unwrap().clone();
+    let panic_lines = kind(&lines, "message callback panicked", "panics in callbacks:");
+    let large_lines = kind(&lines, "bytes of input not consumed", "input too large:");
+    // Per kind: a burst per window started, plus the summaries (one per report: the
+    // server's timer every interval, its stop, and ours).
+    let windows = storm.as_secs_f64() / DEFAULT_INTERVAL.as_secs_f64();
+    let bound = DEFAULT_BURST as u64 * (windows.ceil() as u64 + 1) + windows.ceil() as u64 + 2;
+    eprintln!(
+        "{EVENTS} hostile events in {storm:.1?}: {} lines logged in all; panics {} lines \
+         for {panics} events, input too large {} lines for {too_large} events (bound {bound} \
+         per kind)",
+        lines.len(),
+        panic_lines.lines,
+        large_lines.lines
+    );
+    assert!(
+        panic_lines.lines >= 1 && panic_lines.lines <= bound,
+        "{panic_lines:?}"
+    );
+    assert!(
+        large_lines.lines >= 1 && large_lines.lines <= bound,
+        "{large_lines:?}"
+    );
+    assert_eq!(
+        panic_lines.accounted, panics,
+        "every panic is logged or counted as suppressed"
+    );
+    assert_eq!(
+        large_lines.accounted, too_large,
+        "every oversized input is logged or counted as suppressed"
+    );
+    // Everything else the server logged (start, stop): a handful of lines.
+    let others = lines.len() as u64 - panic_lines.lines - large_lines.lines;
+    assert!(
+        others <= 20,
+        "unexpected lines: {:#?}",
+        &lines[..lines.len().min(50)]
+    );
+}
