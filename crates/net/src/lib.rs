@@ -87,4 +87,4 @@ pub use stats::{CloseCounts, LoopStats, ServerStats};
 
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};
 pub use duo_reactor::{log_limited, report_suppressed, LogLimiter};
-pub use duo_reactor::{EventLoop, LoopHandle, Signal};
+pub use duo_reactor::{loops, EventLoop, HealthConfig, LoopHandle, LoopMetrics, Signal};

@@ -29,14 +29,58 @@ fn slot(reason: CloseReason) -> usize {
 /// anyone.
 #[derive(Debug, Default)]
 pub(crate) struct IoCounters {
+    /// The loop's name ([`duo_reactor::LoopHandle::name`]); empty for a client's.
+    loop_name: String,
+    opened: AtomicU64,
     bytes_in: AtomicU64,
     bytes_out: AtomicU64,
+    messages_in: AtomicU64,
+    messages_out: AtomicU64,
+    /// Bytes in output buffers (a gauge: added as they are queued, taken as they are
+    /// written or dropped).
+    output_queued: AtomicU64,
+    /// Connections whose reading is paused by backpressure (a gauge).
+    backpressured: AtomicU64,
     closes: [AtomicU64; REASONS],
 }
 
 impl IoCounters {
+    /// Counters of the loop named `loop_name`.
+    pub(crate) fn named(loop_name: &str) -> IoCounters {
+        IoCounters {
+            loop_name: loop_name.to_owned(),
+            ..IoCounters::default()
+        }
+    }
     fn add(counter: &AtomicU64, n: u64) {
         counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+    }
+    fn sub(counter: &AtomicU64, n: u64) {
+        let v = counter.load(Ordering::Relaxed);
+        debug_assert!(v >= n, "gauge below zero");
+        counter.store(v.saturating_sub(n), Ordering::Relaxed);
+    }
+    pub(crate) fn add_opened(&self) {
+        Self::add(&self.opened, 1);
+    }
+    pub(crate) fn add_message_in(&self) {
+        Self::add(&self.messages_in, 1);
+    }
+    pub(crate) fn add_message_out(&self) {
+        Self::add(&self.messages_out, 1);
+    }
+    pub(crate) fn queued(&self, n: usize) {
+        Self::add(&self.output_queued, n as u64);
+    }
+    pub(crate) fn unqueued(&self, n: usize) {
+        Self::sub(&self.output_queued, n as u64);
+    }
+    pub(crate) fn backpressure(&self, paused: bool) {
+        if paused {
+            Self::add(&self.backpressured, 1);
+        } else {
+            Self::sub(&self.backpressured, 1);
+        }
     }
     pub(crate) fn add_in(&self, n: usize) {
         Self::add(&self.bytes_in, n as u64);
@@ -48,7 +92,14 @@ impl IoCounters {
         Self::add(&self.closes[slot(reason)], 1);
     }
     pub(crate) fn snapshot(&self) -> LoopStats {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         LoopStats {
+            loop_name: self.loop_name.clone(),
+            opened: load(&self.opened),
+            messages_in: load(&self.messages_in),
+            messages_out: load(&self.messages_out),
+            output_queued: load(&self.output_queued),
+            backpressured: load(&self.backpressured),
             bytes_in: self.bytes_in.load(Ordering::Relaxed),
             bytes_out: self.bytes_out.load(Ordering::Relaxed),
             closes: CloseCounts::from_array(
@@ -137,6 +188,8 @@ pub(crate) struct AcceptCounters {
     pub(crate) closed: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) emfile: AtomicU64,
+    pub(crate) accept_errors: AtomicU64,
+    pub(crate) full_pauses: AtomicU64,
     pub(crate) active: AtomicU64,
 }
 
@@ -147,12 +200,27 @@ impl AcceptCounters {
 }
 
 /// What the connections of one server (or client) did on one loop.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct LoopStats {
+    /// The loop's name ([`duo_reactor::LoopHandle::name`], the label of its own
+    /// figures); empty for a client.
+    pub loop_name: String,
+    /// Connections established on this loop.
+    pub opened: u64,
     /// Bytes read from connections.
     pub bytes_in: u64,
     /// Bytes written to connections.
     pub bytes_out: u64,
+    /// Input deliveries: calls of the message callback (each with whatever a read brought:
+    /// a stream has no message boundaries of its own; a codec counts frames itself).
+    pub messages_in: u64,
+    /// Sends: calls of `send` (and its variants) that were accepted.
+    pub messages_out: u64,
+    /// Bytes queued in output buffers now, waiting for the peers to take them.
+    pub output_queued: u64,
+    /// Connections whose reading is paused now because their output passed the
+    /// high-water mark (backpressure).
+    pub backpressured: u64,
     /// Connections closed, by reason.
     pub closes: CloseCounts,
 }
@@ -171,8 +239,21 @@ pub struct ServerStats {
     /// Times `accept` failed for lack of descriptors (`EMFILE`/`ENFILE`); each time one
     /// pending connection was accepted and closed so the loop would not spin.
     pub fd_exhausted: u64,
+    /// `accept` errors other than running out of descriptors (each pauses accepting on
+    /// that loop briefly).
+    pub accept_errors: u64,
+    /// Times the server stopped accepting because it was full
+    /// ([`WhenFull::Pause`](crate::WhenFull::Pause)).
+    pub full_pauses: u64,
     /// Bytes per I/O loop, in the order of the loops.
     pub per_loop: Vec<LoopStats>,
+}
+
+impl LoopStats {
+    /// Connections open on this loop now (established and not yet closed).
+    pub fn open(&self) -> u64 {
+        self.opened.saturating_sub(self.closes.total())
+    }
 }
 
 impl ServerStats {

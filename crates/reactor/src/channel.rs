@@ -246,8 +246,9 @@ pub trait Handler: Any {
         let _ = (lp, channel);
     }
     /// What this handler serves, for the loop's reports (a stall names the callback that
-    /// ran too long): a connection's name, say. `None` by default.
-    fn label(&self) -> Option<&str> {
+    /// ran too long): a connection's name, say. Called only to write such a report.
+    /// `None` by default.
+    fn label(&self) -> Option<String> {
         None
     }
 }

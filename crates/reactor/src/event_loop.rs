@@ -343,7 +343,8 @@ impl EventLoop {
             self.health.progressed();
         }
         let describe = || {
-            let label = entry.handler.label().unwrap_or("a handler without label");
+            let label = entry.handler.label();
+            let label = label.as_deref().unwrap_or("a handler without label");
             format!("{label}, channel {token:?}, readiness {ready:?}")
         };
         self.health.callback_done(
@@ -368,7 +369,10 @@ impl EventLoop {
             self.health.progressed();
             match self.poller.modify(entry.channel.fd(), want, token.0) {
                 Ok(()) => entry.channel.registered = want,
-                Err(e) => log::error!("cannot change interest of {token:?} to {want:?}: {e}"),
+                Err(e) => crate::log_limited!(
+                    log::Level::Error,
+                    "cannot change interest of {token:?} to {want:?}: {e}"
+                ),
             }
         }
         self.channels.fill(token, entry);
@@ -379,7 +383,11 @@ impl EventLoop {
             return; // closing the descriptor, next, removes it from epoll
         }
         if let Err(e) = self.poller.delete(entry.channel.fd()) {
-            log::warn!("removing {:?}: {e}", entry.channel.token());
+            crate::log_limited!(
+                log::Level::Warn,
+                "removing {:?}: {e}",
+                entry.channel.token()
+            );
         }
     }
 

@@ -177,7 +177,7 @@ impl LoopShared {
     pub(crate) fn wake(&self) {
         if !self.notified.swap(true, Ordering::SeqCst) {
             if let Err(e) = self.waker.notify() {
-                log::error!("cannot wake the event loop: {e}");
+                crate::log_limited!(log::Level::Error, "cannot wake the event loop: {e}");
             }
         }
     }

@@ -22,7 +22,7 @@ impl<F: FnMut(&mut EventLoop, Signal) + 'static> Handler for SignalHandler<F> {
                 }
                 Ok(None) => return,
                 Err(e) => {
-                    log::error!("reading the signalfd: {e}");
+                    crate::log_limited!(log::Level::Error, "reading the signalfd: {e}");
                     return;
                 }
             }

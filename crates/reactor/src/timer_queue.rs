@@ -154,7 +154,7 @@ impl TimerQueue {
             Ok(()) => self.armed = deadline,
             // Cannot happen with a valid timerfd and in-range times; if it did, timers
             // would stall, so say so loudly.
-            Err(e) => log::error!("cannot arm the loop's timerfd: {e}"),
+            Err(e) => crate::log_limited!(log::Level::Error, "cannot arm the loop's timerfd: {e}"),
         }
     }
 

@@ -95,8 +95,8 @@ fn a_slow_io_handler_is_reported_with_its_label() {
             thread::sleep(Duration::from_millis(40));
             lp.quit();
         }
-        fn label(&self) -> Option<&str> {
-            Some("the slow peer")
+        fn label(&self) -> Option<String> {
+            Some("the slow peer".into())
         }
     }
     let mut lp = EventLoop::new().unwrap();

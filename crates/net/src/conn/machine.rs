@@ -156,6 +156,8 @@ impl LoopConn {
             },
         };
         let owner = conn.m.owner.clone();
+        // Counted before registering: a registration that fails counts as a close.
+        owner.counters.add_opened();
         let token = match lp.add_channel(socket, interest, conn) {
             Ok(t) => t,
             Err(e) => {
@@ -255,6 +257,10 @@ impl LoopConn {
 }
 
 impl Handler for LoopConn {
+    fn label(&self) -> Option<String> {
+        Some(format!("connection {}", self.m.handle.name()))
+    }
+
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         let until_eagain = ch.ready().is_read_hup() || ch.ready().is_hup();
         self.read_ready(lp, ch, until_eagain);
@@ -283,7 +289,7 @@ impl Handler for LoopConn {
                 "{}: peer gone while reading is paused; its last bytes wait for start_reading",
                 self.m.handle.name()
             );
-            self.m.read = ReadSide::Parked;
+            self.m.set_read(ReadSide::Parked);
             ch.set_edge_triggered(true);
         }
     }
@@ -351,6 +357,16 @@ impl Machine {
         }
     }
 
+    /// Changes the read state, keeping the server's count of backpressured connections
+    /// (a closed connection was taken off it by [`Machine::close`]).
+    pub(super) fn set_read(&mut self, read: ReadSide) {
+        let was = std::mem::replace(&mut self.read, read) == ReadSide::Backpressured;
+        let is = read == ReadSide::Backpressured;
+        if was != is && !self.closed() {
+            self.owner.counters.backpressure(is);
+        }
+    }
+
     pub(super) fn closed(&self) -> bool {
         self.handle.state() == ConnState::Disconnected
     }
@@ -386,7 +402,7 @@ impl Machine {
     pub(super) fn sync_reading(&mut self, ch: &mut Channel) {
         if self.wants_reading() {
             if self.read == ReadSide::Parked {
-                self.read = ReadSide::Open;
+                self.set_read(ReadSide::Open);
                 ch.set_edge_triggered(self.owner.config.edge_triggered);
             }
             // Re-enabling makes epoll re-check readiness, so data (or a hang-up) that
@@ -422,6 +438,7 @@ impl Machine {
                 self.handle.name()
             );
             self.output.clear();
+            self.owner.counters.unqueued(unsent);
         }
         ch.disable_writing();
         if let WriteSide::Draining(AfterDrain::Close(reason)) = before {
@@ -429,7 +446,7 @@ impl Machine {
             return;
         }
         if self.read == ReadSide::Backpressured {
-            self.read = ReadSide::Open;
+            self.set_read(ReadSide::Open);
         }
         self.reading_changed(lp, ch);
     }
@@ -546,6 +563,10 @@ impl Machine {
         }
         self.owner.counters.add_close(reason);
         let dropped = self.output.len();
+        self.owner.counters.unqueued(dropped);
+        if self.read == ReadSide::Backpressured {
+            self.owner.counters.backpressure(false);
+        }
         if dropped > 0 {
             log::debug!(
                 "{}: down ({reason}), {dropped} bytes unsent",

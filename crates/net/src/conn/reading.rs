@@ -34,6 +34,7 @@ impl LoopConn {
             match self.input.recv_from(ch.fd()) {
                 Ok(ReadOutcome::Data { len, drained }) => {
                     self.m.owner.counters.add_in(len);
+                    ch.progressed();
                     self.m.handle.touch(lp.poll_time());
                     if self.m.owner.config.idle_refresh_on_read {
                         self.m.idle_refresh(lp, ch.token());
@@ -155,7 +156,7 @@ impl LoopConn {
 
     /// The peer sent EOF, after everything it sent has been delivered.
     fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        self.m.read = ReadSide::Eof;
+        self.m.set_read(ReadSide::Eof);
         ch.disable_reading();
         if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {
             // Both directions are done.
@@ -185,6 +186,7 @@ impl LoopConn {
             return;
         };
         let input = &mut self.input;
+        owner.counters.add_message_in();
         self.m
             .run_guarded(lp, ch, "message callback", |ctx| cb(ctx, input));
     }

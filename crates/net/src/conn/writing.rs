@@ -70,6 +70,7 @@ impl Machine {
                 Ok(n) => {
                     written = n;
                     self.owner.counters.add_out(n);
+                    ch.progressed();
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                 Err(e) => {
@@ -79,6 +80,7 @@ impl Machine {
             }
         }
         if written == total {
+            self.owner.counters.add_message_out();
             if self.owner.callbacks.write_complete.is_some() {
                 // Queued, not called: a callback that sends again from write-complete
                 // would otherwise recurse without bound.
@@ -106,6 +108,8 @@ impl Machine {
                     continue;
                 }
                 if let Err(e) = self.output.append(&part[skip..]) {
+                    // What did fit is counted, so that the close takes it off again.
+                    self.owner.counters.queued(self.output.len() - before);
                     duo_reactor::log_limited!(
                         log::Level::Error,
                         "{}: cannot buffer output: {e}; closing",
@@ -119,13 +123,15 @@ impl Machine {
         }
         ch.enable_writing();
         let after = self.output.len();
+        self.owner.counters.add_message_out();
+        self.owner.counters.queued(after - before);
         let hwm = self.owner.config.high_water;
         if after > hwm
             && self.read == ReadSide::Open
             && self.owner.config.backpressure == Backpressure::PauseReading
         {
             // Backpressure: stop reading until the peer drains what we owe it.
-            self.read = ReadSide::Backpressured;
+            self.set_read(ReadSide::Backpressured);
             ch.disable_reading();
         }
         if before <= hwm && after > hwm {
@@ -151,6 +157,8 @@ impl Machine {
             match self.output.send_to(ch.fd()) {
                 Ok(n) => {
                     self.owner.counters.add_out(n);
+                    self.owner.counters.unqueued(n);
+                    ch.progressed();
                     if self.owner.config.idle_refresh_on_read {
                         // A peer still taking queued output (a slow download) is not
                         // idle, even if it sends nothing.
@@ -182,7 +190,7 @@ impl Machine {
     fn resume_if_drained(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         if self.read == ReadSide::Backpressured && self.output.len() <= self.owner.config.low_water
         {
-            self.read = ReadSide::Open;
+            self.set_read(ReadSide::Open);
             self.reading_changed(lp, ch);
         }
     }

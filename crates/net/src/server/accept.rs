@@ -127,11 +127,20 @@ pub(crate) fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<Socket
 /// The acceptor keeps one spare descriptor (`/dev/null`); on exhaustion it closes the spare,
 /// accepts the connection, closes it (the peer sees an orderly close instead of hanging),
 /// and reopens the spare. If even that fails, it stops listening for a short pause.
+/// What went wrong with an `accept`, for the server's counters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AcceptTrouble {
+    /// Out of file descriptors (`EMFILE`/`ENFILE`).
+    FdExhausted,
+    /// Any other error (the acceptor pauses briefly).
+    Error,
+}
+
 pub(crate) struct Acceptor {
     spare: Option<File>,
     on_new: NewConnection,
-    /// Called once per exhaustion event (for counting).
-    on_exhausted: Box<dyn FnMut() + Send>,
+    /// Called once per exhaustion event or other accept error (for counting).
+    on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
     local: SocketAddr,
 }
 
@@ -139,12 +148,12 @@ impl Acceptor {
     pub(crate) fn new(
         local: SocketAddr,
         on_new: NewConnection,
-        on_exhausted: Box<dyn FnMut() + Send>,
+        on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
     ) -> Acceptor {
         Acceptor {
             spare: open_spare(),
             on_new,
-            on_exhausted,
+            on_trouble,
             local,
         }
     }
@@ -162,7 +171,7 @@ impl Acceptor {
             Ok((fd, _)) => {
                 // Counted before the close the peer sees: whoever watches the peer's side
                 // then reads a counter that already includes it.
-                (self.on_exhausted)();
+                (self.on_trouble)(AcceptTrouble::FdExhausted);
                 drop(fd);
                 self.spare = open_spare();
                 duo_reactor::log_limited!(
@@ -187,7 +196,7 @@ impl Acceptor {
     /// Counts an exhaustion that shed nothing, logs `why`, tries to get the spare back,
     /// and stops accepting for a moment.
     fn pause(&mut self, lp: &mut EventLoop, ch: &mut Channel, why: &str) {
-        (self.on_exhausted)();
+        (self.on_trouble)(AcceptTrouble::FdExhausted);
         duo_reactor::log_limited!(log::Level::Warn, "accept on {}: {why}; pausing", self.local);
         self.spare = open_spare();
         pause(lp, ch);
@@ -217,6 +226,7 @@ impl Handler for Acceptor {
         loop {
             match duo_sys::accept4(ch.fd()) {
                 Ok((fd, peer)) => {
+                    ch.progressed();
                     let Some(peer) = peer.as_socket() else {
                         continue;
                     };
@@ -234,6 +244,7 @@ impl Handler for Acceptor {
                     }
                 }
                 Err(e) => {
+                    (self.on_trouble)(AcceptTrouble::Error);
                     duo_reactor::log_limited!(
                         log::Level::Error,
                         "accept on {}: {e}; pausing",

@@ -12,7 +12,8 @@ use parking_lot::Mutex;
 use socket2::{Socket, Type};
 
 use super::accept::{
-    listen, new_connection_handler, AcceptMode, Acceptor, Ids, ListenOptions, WhenFull,
+    listen, new_connection_handler, AcceptMode, AcceptTrouble, Acceptor, Ids, ListenOptions,
+    WhenFull,
 };
 use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER};
 use crate::config::{conn_config_setters, defaults, ConnConfig};
@@ -177,7 +178,7 @@ impl ServerBuilder {
             counters: AcceptCounters::default(),
             io: loops
                 .iter()
-                .map(|_| Arc::new(IoCounters::default()))
+                .map(|h| Arc::new(IoCounters::named(h.name())))
                 .collect(),
             acceptors: Mutex::new(Vec::new()),
             pause_at: self
@@ -249,9 +250,14 @@ impl ServerBuilder {
             mode => mode,
         };
         let max = self.max_connections;
-        let on_exhausted = |shared: &Arc<ServerShared>| -> Box<dyn FnMut() + Send> {
+        let on_exhausted = |shared: &Arc<ServerShared>| -> Box<dyn FnMut(AcceptTrouble) + Send> {
             let shared = shared.clone();
-            Box::new(move || AcceptCounters::bump(&shared.counters.emfile))
+            Box::new(move |trouble| {
+                AcceptCounters::bump(match trouble {
+                    AcceptTrouble::FdExhausted => &shared.counters.emfile,
+                    AcceptTrouble::Error => &shared.counters.accept_errors,
+                })
+            })
         };
         if mode == AcceptMode::MainLoop {
             let ids = Ids {

@@ -150,6 +150,7 @@ fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
         resume_accepting(shared);
         return Admission::Continue;
     }
+    AcceptCounters::bump(&shared.counters.full_pauses);
     duo_reactor::log_limited!(
         log::Level::Debug,
         "server {}: {max} connections open; not accepting until one closes",
@@ -355,6 +356,8 @@ fn stats(shared: &ServerShared) -> ServerStats {
         closed: c.closed.load(Ordering::Relaxed),
         rejected: c.rejected.load(Ordering::Relaxed),
         fd_exhausted: c.emfile.load(Ordering::Relaxed),
+        accept_errors: c.accept_errors.load(Ordering::Relaxed),
+        full_pauses: c.full_pauses.load(Ordering::Relaxed),
         per_loop: shared.io.iter().map(|io| io.snapshot()).collect(),
     }
 }
