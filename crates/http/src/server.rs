@@ -115,6 +115,12 @@ impl HttpServer {
         self.tcp.shutdown(grace, then);
     }
 
+    /// The underlying TCP server, for what takes one: say
+    /// [`duo_net::process::run_until_stopped`], which serves until a stop signal.
+    pub fn into_tcp_server(self) -> TcpServer {
+        self.tcp
+    }
+
     /// Stops now, on `main`, the loop it was started on (see [`TcpServer::stop`]).
     pub fn stop(self, main: &mut EventLoop) {
         self.tcp.stop(main);
