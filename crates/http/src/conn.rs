@@ -65,6 +65,9 @@ pub(crate) struct HttpConn {
     deadline: Instant,
     /// The pending timer and when it fires.
     armed: Option<(TimerId, Instant)>,
+    /// Counts the timers armed: a timer that fires finds its number here, or was replaced
+    /// (and does nothing).
+    timer_seq: u64,
     /// `100 Continue` went out for the request being received.
     continue_sent: bool,
     /// Bytes of an unfinished request in the input buffer.
@@ -83,6 +86,7 @@ impl Service {
             phase: Phase::Head,
             deadline: Instant::now() + self.header_timeout,
             armed: None,
+            timer_seq: 0,
             continue_sent: false,
             pending: 0,
             closing_since: None,
@@ -90,8 +94,11 @@ impl Service {
         let svc = self.clone();
         let _ = conn.queue_in_loop(move |ctx| {
             svc.with_state(ctx, |svc, ctx, st| {
-                let at = st.deadline;
-                svc.arm(ctx, st, at);
+                // Unless bytes came first and armed it already.
+                if st.armed.is_none() {
+                    let at = st.deadline;
+                    svc.arm(ctx, st, at);
+                }
             })
         });
     }
@@ -253,18 +260,24 @@ impl Service {
         }
     }
 
+    /// Arms the connection's timer for `at` (the caller cancelled any pending one).
     fn arm(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn, at: Instant) {
+        st.timer_seq += 1;
+        let seq = st.timer_seq;
         let conn = ctx.connection().clone();
         let svc = self.clone();
         let timer = ctx.event_loop().run_at(at, move |lp| {
             // Closed meanwhile: nothing to do.
-            let _ = conn.with_ctx(lp, |ctx| svc.on_timer(ctx));
+            let _ = conn.with_ctx(lp, |ctx| svc.on_timer(ctx, seq));
         });
         st.armed = Some((timer, at));
     }
 
-    fn on_timer(self: &Arc<Service>, ctx: &mut ConnCtx<'_>) {
+    fn on_timer(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, seq: u64) {
         self.with_state(ctx, |svc, ctx, st| {
+            if seq != st.timer_seq {
+                return; // replaced by a later timer
+            }
             st.armed = None;
             if Instant::now() < st.deadline {
                 let at = st.deadline;

@@ -360,7 +360,8 @@ impl HttpServerThread {
     }
 
     /// Stops the server (its listening socket and connections close) and joins its
-    /// thread.
+    /// thread. The stop runs on the server's loop, after the handler running there (if
+    /// any) returns.
     ///
     /// # Errors
     ///

@@ -270,6 +270,13 @@ fn http10_closes_unless_kept_alive() {
             (200, Some("keep-alive"))
         );
     }
+    // A request followed by the client's half-close is still answered, then closed.
+    let mut half = Client::connect(server.local_addr());
+    half.send(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n");
+    half.stream.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(half.read_reply(false).text(), "hello");
+    half.expect_eof();
+
     // `Connection: close` on HTTP/1.1 closes too.
     c.send(b"GET /hello HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
     assert_eq!(c.read_reply(false).header("connection"), Some("close"));
