@@ -250,15 +250,18 @@ impl HttpServerBuilder {
     ///
     /// let mut lp = EventLoop::new()?;
     /// let server = HttpServer::builder("hello", "127.0.0.1:0".parse()?)
-    ///     .route(Method::Get, "/", |req| Response::text(StatusCode::OK, format!("hi {}\n", req.peer_addr().ip())))
+    ///     .route(Method::Get, "/", |req| {
+    ///         Response::text(StatusCode::OK, format!("hi {}\n", req.peer_addr().ip()))
+    ///     })
     ///     .start(&mut lp)?;
     /// let addr = server.local_addr();
+    /// let (reply_tx, reply) = std::sync::mpsc::channel();
     /// let client = std::thread::spawn(move || {
     ///     let mut s = std::net::TcpStream::connect(addr).unwrap();
     ///     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
-    ///     let mut reply = String::new();
-    ///     s.read_to_string(&mut reply).unwrap();
-    ///     reply
+    ///     let mut text = String::new();
+    ///     s.read_to_string(&mut text).unwrap(); // HTTP/1.0: closed after the response
+    ///     reply_tx.send(text).unwrap();
     /// });
     /// let handle = server.clone_handle();
     /// lp.run_every(Duration::from_millis(5), move |_| {
@@ -268,6 +271,9 @@ impl HttpServerBuilder {
     /// });
     /// lp.run()?;
     /// server.stop(&mut lp);
+    /// let reply = reply.recv()?;
+    /// assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"));
+    /// assert!(reply.ends_with("\r\n\r\nhi 127.0.0.1\n"));
     /// # Ok::<(), Box<dyn std::error::Error>>(())
     /// ```
     ///
