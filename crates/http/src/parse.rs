@@ -1,0 +1,402 @@
+//! [`parse_request`]: bytes to a [`Request`], with `httparse` for the head, and the checks
+//! that make a request acceptable (size limits, `Host`, `Content-Length`, transfer codings,
+//! `Expect`).
+
+use std::net::SocketAddr;
+
+use crate::{Headers, Limits, Method, Request, StatusCode, Version};
+
+/// What [`parse_request`] found at the start of a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed {
+    /// A whole request, and how many bytes of the buffer it took (the rest belongs to
+    /// the next, pipelined request).
+    Complete(Request, usize),
+    /// The request is not all there yet; nothing is wrong so far.
+    Partial(Partial),
+}
+
+/// How far an incomplete request has come.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Partial {
+    /// The head's length once it is complete (the body is still arriving); `None` while
+    /// the head itself is incomplete.
+    pub head_len: Option<usize>,
+    /// The head is complete and asks for `100 Continue` before it sends its body.
+    pub expects_continue: bool,
+}
+
+/// Why a request is refused: the status to answer (a 4xx, or 501/505) and a short reason
+/// for the response body and the log. The server closes the connection after it.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{status}: {reason}")]
+pub struct ParseError {
+    status: StatusCode,
+    reason: &'static str,
+}
+
+impl ParseError {
+    fn new(status: StatusCode, reason: &'static str) -> ParseError {
+        ParseError { status, reason }
+    }
+
+    /// The status to answer.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// What was wrong, in a few words.
+    pub fn reason(&self) -> &'static str {
+        self.reason
+    }
+}
+
+/// Parses the request at the start of `buf` under `limits`; `peer` becomes the request's
+/// [`peer_addr`](Request::peer_addr). This is what the server runs on each connection's
+/// input; it is public for tests and fuzzing. It never panics, whatever the bytes.
+///
+/// Accepted: HTTP/1.0 and 1.1 requests with a method of [`Method::ALL`], a target in
+/// origin form (`/path?query`), absolute form (`http://host/path`, whose path and query
+/// are kept) or `*` (`OPTIONS` only); HTTP/1.1 requests must have exactly one `Host`. A
+/// body needs `Content-Length` (one value, or identical repeats).
+///
+/// # Errors
+///
+/// The head is longer than `limits.max_head` or has more than `limits.max_headers` fields
+/// (431); the body is longer than `limits.max_body` (413, as soon as the head is in); a
+/// request with `Transfer-Encoding` (411 for a body sent chunked, which this parser does
+/// not decode; 501 for another coding; 400 with `Content-Length` as well, or in HTTP/1.0);
+/// an `Expect` other than `100-continue` (417); an unknown method (501); a version other
+/// than 1.0 and 1.1 (505); anything else malformed (400).
+///
+/// ```
+/// use duo_http::{parse_request, Limits, Parsed, StatusCode};
+///
+/// let peer = "127.0.0.1:5000".parse()?;
+/// let bytes = b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /next";
+/// let Ok(Parsed::Complete(req, used)) = parse_request(bytes, &Limits::default(), peer) else {
+///     panic!("a whole request");
+/// };
+/// assert_eq!((req.path(), &bytes[used..]), ("/healthz", &b"GET /next"[..]));
+///
+/// let err = parse_request(b"GET / HTTP/1.1\r\n\x01\r\n\r\n", &Limits::default(), peer);
+/// assert_eq!(err.unwrap_err().status(), StatusCode::BAD_REQUEST);
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Parsed, ParseError> {
+    let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
+    let mut raw = httparse::Request::new(&mut fields);
+    let head_len = match raw.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            if buf.len() > limits.max_head {
+                return Err(ParseError::new(
+                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                    "request head too large",
+                ));
+            }
+            return Ok(Parsed::Partial(Partial {
+                head_len: None,
+                expects_continue: false,
+            }));
+        }
+        Err(e) => return Err(head_error(e)),
+    };
+    if head_len > limits.max_head {
+        return Err(ParseError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request head too large",
+        ));
+    }
+    let head = check_head(&raw)?;
+    let body_len = body_length(&head.headers, head.version, limits)?;
+    let expects_continue = expectation(&head.headers, head.version)?;
+    let end = head_len
+        .checked_add(body_len)
+        .filter(|&end| end <= buf.len());
+    let Some(end) = end else {
+        return Ok(Parsed::Partial(Partial {
+            head_len: Some(head_len),
+            expects_continue: expects_continue && body_len > 0,
+        }));
+    };
+    let body = buf[head_len..end].to_vec();
+    let request = Request::from_parts(
+        head.method,
+        head.target,
+        head.version,
+        head.headers,
+        body,
+        peer,
+    );
+    Ok(Parsed::Complete(request, end))
+}
+
+/// The checked parts of a complete head.
+struct Head {
+    method: Method,
+    target: String,
+    version: Version,
+    headers: Headers,
+}
+
+fn head_error(e: httparse::Error) -> ParseError {
+    match e {
+        httparse::Error::TooManyHeaders => ParseError::new(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "too many header fields",
+        ),
+        httparse::Error::Version => ParseError::new(
+            StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+            "only HTTP/1.0 and HTTP/1.1 are supported",
+        ),
+        httparse::Error::Token => {
+            ParseError::new(StatusCode::BAD_REQUEST, "malformed request line")
+        }
+        httparse::Error::HeaderName | httparse::Error::HeaderValue => {
+            ParseError::new(StatusCode::BAD_REQUEST, "malformed header field")
+        }
+        _ => ParseError::new(StatusCode::BAD_REQUEST, "malformed request"),
+    }
+}
+
+fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
+    let bad = |reason| ParseError::new(StatusCode::BAD_REQUEST, reason);
+    // A complete parse fills the request line.
+    let (Some(method), Some(target), Some(version)) = (raw.method, raw.path, raw.version) else {
+        return Err(bad("malformed request line"));
+    };
+    let method = Method::from_token(method)
+        .ok_or_else(|| ParseError::new(StatusCode::NOT_IMPLEMENTED, "unknown method"))?;
+    let version = match version {
+        0 => Version::Http10,
+        1 => Version::Http11,
+        _ => {
+            return Err(ParseError::new(
+                StatusCode::HTTP_VERSION_NOT_SUPPORTED,
+                "only HTTP/1.0 and HTTP/1.1 are supported",
+            ))
+        }
+    };
+    let target = match target {
+        t if t.starts_with('/') => t.to_owned(),
+        "*" if method == Method::Options => "*".to_owned(),
+        t => absolute_form_path(t).ok_or_else(|| bad("malformed request target"))?,
+    };
+    let mut headers = Headers::new();
+    for f in raw.headers.iter() {
+        headers.append(f.name, f.value.trim_ascii());
+    }
+    let hosts = headers.get_all("host").count();
+    if hosts > 1 || (version == Version::Http11 && hosts == 0) {
+        return Err(bad("an HTTP/1.1 request needs exactly one Host field"));
+    }
+    Ok(Head {
+        method,
+        target,
+        version,
+        headers,
+    })
+}
+
+/// The path and query of an absolute-form target (`http://host:port/path?q` →
+/// `/path?q`; no path → `/`).
+fn absolute_form_path(target: &str) -> Option<String> {
+    let scheme_end = target.find("://")?;
+    let scheme = &target[..scheme_end];
+    if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
+        return None;
+    }
+    let rest = &target[scheme_end + 3..];
+    let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
+    if path_start == 0 {
+        return None; // no authority
+    }
+    match &rest[path_start..] {
+        "" => Some("/".to_owned()),
+        p if p.starts_with('?') => Some(format!("/{p}")),
+        p => Some(p.to_owned()),
+    }
+}
+
+/// The body's length from `Content-Length` (0 without one).
+fn body_length(headers: &Headers, version: Version, limits: &Limits) -> Result<usize, ParseError> {
+    let bad = |reason| ParseError::new(StatusCode::BAD_REQUEST, reason);
+    if headers.contains("transfer-encoding") {
+        if headers.contains("content-length") {
+            return Err(bad("both Transfer-Encoding and Content-Length"));
+        }
+        if version == Version::Http10 {
+            return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
+        }
+        if headers.has_token("transfer-encoding", "chunked") {
+            return Err(ParseError::new(
+                StatusCode::LENGTH_REQUIRED,
+                "chunked request bodies are not supported; send Content-Length",
+            ));
+        }
+        return Err(ParseError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported transfer coding",
+        ));
+    }
+    let mut length: Option<u64> = None;
+    for value in headers.get_all("content-length") {
+        for item in value.split(|&b| b == b',') {
+            let item = item.trim_ascii();
+            if item.is_empty() || !item.iter().all(u8::is_ascii_digit) {
+                return Err(bad("malformed Content-Length"));
+            }
+            // Leading zeros aside, more than 19 digits cannot be a length we accept.
+            let digits = item
+                .iter()
+                .position(|&b| b != b'0')
+                .map_or(&item[..0], |i| &item[i..]);
+            let n = if digits.len() > 19 {
+                u64::MAX
+            } else {
+                digits
+                    .iter()
+                    .fold(0u64, |n, &d| n * 10 + u64::from(d - b'0'))
+            };
+            if length.is_some_and(|l| l != n) {
+                return Err(bad("conflicting Content-Length values"));
+            }
+            length = Some(n);
+        }
+    }
+    match length {
+        None => Ok(0),
+        Some(n) if n > limits.max_body as u64 => Err(ParseError::new(
+            StatusCode::CONTENT_TOO_LARGE,
+            "request body too large",
+        )),
+        Some(n) => Ok(n as usize),
+    }
+}
+
+/// Whether the request expects `100 Continue`.
+fn expectation(headers: &Headers, version: Version) -> Result<bool, ParseError> {
+    let mut values = headers.get_all("expect").peekable();
+    if values.peek().is_none() {
+        return Ok(false);
+    }
+    if values.all(|v| v.eq_ignore_ascii_case(b"100-continue")) {
+        // An HTTP/1.0 client cannot understand 100 Continue: ignore its expectation.
+        return Ok(version == Version::Http11);
+    }
+    Err(ParseError::new(
+        StatusCode::EXPECTATION_FAILED,
+        "only Expect: 100-continue is supported",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer() -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], 1))
+    }
+
+    fn parse(buf: &[u8]) -> Result<Parsed, ParseError> {
+        parse_request(buf, &Limits::default(), peer())
+    }
+
+    fn status(buf: &[u8]) -> u16 {
+        parse(buf).unwrap_err().status().as_u16()
+    }
+
+    #[test]
+    fn complete_with_body_and_pipelined_rest() {
+        let buf = b"POST /p?q=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\nabcGET";
+        let Ok(Parsed::Complete(r, n)) = parse(buf) else {
+            panic!()
+        };
+        assert_eq!(
+            (r.method(), r.path(), r.query()),
+            (Method::Post, "/p", Some("q=1"))
+        );
+        assert_eq!((r.body(), &buf[n..]), (&b"abc"[..], &b"GET"[..]));
+        assert_eq!(r.peer_addr(), peer());
+    }
+
+    #[test]
+    fn partial_head_and_partial_body() {
+        assert_eq!(
+            parse(b"GET / HTTP/1.1\r\nHo"),
+            Ok(Parsed::Partial(Partial {
+                head_len: None,
+                expects_continue: false
+            }))
+        );
+        let head =
+            b"PUT / HTTP/1.1\r\nHost: h\r\nExpect: 100-continue\r\nContent-Length: 5\r\n\r\n";
+        assert_eq!(
+            parse(head),
+            Ok(Parsed::Partial(Partial {
+                head_len: Some(head.len()),
+                expects_continue: true
+            }))
+        );
+    }
+
+    #[test]
+    fn refusals_have_their_status() {
+        assert_eq!(status(b"GET / HTTP/1.1\r\n\r\n"), 400); // no Host
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n"), 400);
+        assert_eq!(status(b"BREW / HTTP/1.1\r\nHost: a\r\n\r\n"), 501);
+        assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(status(b"GET nope HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status(chunked), 411);
+        let gzip = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n";
+        assert_eq!(status(gzip), 501);
+        let both = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
+        assert_eq!(status(both), 400);
+        let two = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
+        assert_eq!(status(two), 400);
+        let neg = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: -1\r\n\r\n";
+        assert_eq!(status(neg), 400);
+        let big = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 99999999999999999999999\r\n\r\n";
+        assert_eq!(status(big), 413);
+        let expect = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n";
+        assert_eq!(status(expect), 417);
+    }
+
+    #[test]
+    fn head_limits() {
+        let limits = Limits {
+            max_head: 64,
+            max_headers: 2,
+            ..Limits::default()
+        };
+        let long = [b'a'; 100];
+        let mut buf = b"GET /".to_vec();
+        buf.extend_from_slice(&long);
+        let err = parse_request(&buf, &limits, peer()).unwrap_err();
+        assert_eq!(err.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+        let many = b"GET / HTTP/1.1\r\nHost: a\r\nA: 1\r\nB: 2\r\n\r\n";
+        let err = parse_request(many, &limits, peer()).unwrap_err();
+        assert_eq!(err.status(), StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE);
+    }
+
+    #[test]
+    fn absolute_form_and_http10_without_host() {
+        let Ok(Parsed::Complete(r, _)) = parse(b"GET http://h:1/x?y HTTP/1.1\r\nHost: h\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!((r.path(), r.query()), ("/x", Some("y")));
+        assert_eq!(absolute_form_path("http://h"), Some("/".into()));
+        assert_eq!(absolute_form_path("http://h?a"), Some("/?a".into()));
+        assert_eq!(absolute_form_path("http:///x"), None);
+        assert_eq!(absolute_form_path("ftp://h/x"), None);
+        let Ok(Parsed::Complete(r, _)) = parse(b"GET / HTTP/1.0\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!(r.version(), Version::Http10);
+        assert!(!r.keep_alive());
+    }
+}

@@ -1,0 +1,208 @@
+//! [`Response`]: what a handler returns, and how the server writes it.
+
+use std::fmt::Write as _;
+
+use crate::StatusCode;
+
+/// Header fields the server writes itself; a handler's values for them are dropped.
+const RESERVED: [&str; 3] = ["content-length", "connection", "transfer-encoding"];
+
+/// The content type of [`Response::text`].
+pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
+
+/// A response: status, header fields, body.
+///
+/// The server adds `Content-Length` (except to 204 and 304, which have no body) and, when
+/// it closes the connection after the response, `Connection: close`; a handler's own
+/// `Content-Length`, `Connection` or `Transfer-Encoding` fields are dropped (logged). A
+/// field whose name is not an HTTP token or whose value holds CR, LF or NUL is dropped
+/// too, so a handler cannot split the response.
+///
+/// ```
+/// use duo_http::{Response, StatusCode};
+///
+/// let r = Response::text(StatusCode::OK, "ok\n").header("Cache-Control", "no-store");
+/// assert_eq!(r.status(), StatusCode::OK);
+/// assert_eq!(r.header_value("content-type"), Some("text/plain; charset=utf-8"));
+/// assert_eq!(r.body(), b"ok\n");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Response {
+    status: StatusCode,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    /// A response with `status`, no field and an empty body.
+    pub fn new(status: StatusCode) -> Response {
+        Response {
+            status,
+            headers: Vec::new(),
+            body: Vec::new(),
+        }
+    }
+
+    /// A plain-text response (`text/plain; charset=utf-8`).
+    pub fn text(status: StatusCode, body: impl Into<String>) -> Response {
+        Response::with_body(status, TEXT_PLAIN, body.into())
+    }
+
+    /// A response with a body of the given content type (`application/json`, or
+    /// Prometheus' `text/plain; version=0.0.4; charset=utf-8`).
+    pub fn with_body(status: StatusCode, content_type: &str, body: impl Into<Vec<u8>>) -> Response {
+        Response::new(status)
+            .content_type(content_type)
+            .body_bytes(body)
+    }
+
+    /// Adds a header field (a name may repeat). Dropped, with a warning in the log, if
+    /// the name is not a token, the value holds CR, LF or NUL, or the server sets the
+    /// field itself (see the type's documentation).
+    pub fn header(mut self, name: &str, value: &str) -> Response {
+        if let Some(why) = refuse_field(name, value) {
+            log::warn!("response header {name:?} dropped: {why}");
+        } else {
+            self.headers.push((name.to_owned(), value.to_owned()));
+        }
+        self
+    }
+
+    /// Sets `Content-Type`, replacing any earlier one.
+    pub fn content_type(mut self, value: &str) -> Response {
+        self.headers
+            .retain(|(n, _)| !n.eq_ignore_ascii_case("content-type"));
+        self.header("Content-Type", value)
+    }
+
+    /// Replaces the body.
+    pub fn body_bytes(mut self, body: impl Into<Vec<u8>>) -> Response {
+        self.body = body.into();
+        self
+    }
+
+    /// The status.
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    /// The header fields, in order, as given.
+    pub fn headers(&self) -> impl Iterator<Item = (&str, &str)> {
+        self.headers.iter().map(|(n, v)| (n.as_str(), v.as_str()))
+    }
+
+    /// The first value of field `name` (any case).
+    pub fn header_value(&self, name: &str) -> Option<&str> {
+        self.headers()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v)
+    }
+
+    /// The body.
+    pub fn body(&self) -> &[u8] {
+        &self.body
+    }
+
+    /// Writes the status line and the head into `out` (then the body is to be sent
+    /// unless `head_only`: the response to a `HEAD` request); returns the body to send.
+    pub(crate) fn encode_head(&self, out: &mut Vec<u8>, head_only: bool, conn: ConnField) -> &[u8] {
+        let mut head = String::with_capacity(128);
+        let _ = write!(
+            head,
+            "HTTP/1.1 {} {}\r\n",
+            self.status.as_u16(),
+            self.status.reason()
+        );
+        for (n, v) in &self.headers {
+            let _ = write!(head, "{n}: {v}\r\n");
+        }
+        let has_body = self.status.has_body();
+        if has_body {
+            let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+        }
+        match conn {
+            ConnField::Close => head.push_str("Connection: close\r\n"),
+            ConnField::KeepAlive => head.push_str("Connection: keep-alive\r\n"),
+            ConnField::None => {}
+        }
+        head.push_str("\r\n");
+        out.extend_from_slice(head.as_bytes());
+        if has_body && !head_only {
+            &self.body
+        } else {
+            &[]
+        }
+    }
+}
+
+/// The `Connection` field the server adds to a response.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum ConnField {
+    /// The connection closes after this response.
+    Close,
+    /// An HTTP/1.0 connection that asked to stay open, stays open.
+    KeepAlive,
+    /// HTTP/1.1 staying open: nothing to say.
+    None,
+}
+
+/// Why a response header field cannot be sent, if it cannot.
+fn refuse_field(name: &str, value: &str) -> Option<&'static str> {
+    if name.is_empty() || !name.bytes().all(is_token_byte) {
+        return Some("the name is not an HTTP token");
+    }
+    if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        return Some("the value holds CR, LF or NUL");
+    }
+    if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
+        return Some("the server sets this field itself");
+    }
+    None
+}
+
+/// `tchar` of RFC 9110, section 5.6.2.
+fn is_token_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn encode(r: &Response, head_only: bool, conn: ConnField) -> String {
+        let mut out = Vec::new();
+        let body = r.encode_head(&mut out, head_only, conn).to_vec();
+        out.extend_from_slice(&body);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn encodes_length_and_connection() {
+        let r = Response::text(StatusCode::OK, "hi");
+        assert_eq!(
+            encode(&r, false, ConnField::Close),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Content-Length: 2\r\nConnection: close\r\n\r\nhi"
+        );
+        assert!(encode(&r, true, ConnField::None).ends_with("Content-Length: 2\r\n\r\n"));
+        let r = Response::new(StatusCode::NO_CONTENT);
+        assert_eq!(
+            encode(&r, false, ConnField::None),
+            "HTTP/1.1 204 No Content\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn unsafe_or_reserved_fields_are_dropped() {
+        let r = Response::new(StatusCode::OK)
+            .header("X-Ok", "1")
+            .header("X-Split", "a\r\nSet-Cookie: b")
+            .header("Bad Name", "1")
+            .header("content-length", "5")
+            .header("Connection", "keep-alive");
+        assert_eq!(r.headers().collect::<Vec<_>>(), [("X-Ok", "1")]);
+        let r = r.content_type("a/b").content_type("c/d");
+        assert_eq!(r.header_value("CONTENT-TYPE"), Some("c/d"));
+        assert_eq!(r.headers().count(), 2);
+    }
+}

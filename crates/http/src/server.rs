@@ -1,0 +1,413 @@
+//! [`HttpServer`] (on the application's loop), [`HttpServerThread`] (on a loop thread of
+//! its own) and their builder.
+
+use std::fmt;
+use std::io;
+use std::net::SocketAddr;
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use duo_net::{EventLoop, ServerHandle, ServerStats, TcpServer};
+use duo_reactor::EventLoopThread;
+
+use crate::conn::Service;
+use crate::limits::defaults;
+use crate::{Limits, Method, Request, Response, Router};
+
+/// An HTTP/1.1 server on a [`TcpServer`]: routes from a [`Router`], keep-alive and
+/// pipelining, size and time limits, and a clear 4xx (then close) for a bad request.
+///
+/// Two ways to run it:
+/// - [`HttpServerBuilder::start`] on the application's own [`EventLoop`], like a
+///   [`TcpServer`] (handlers run on that loop, or on the server's I/O threads with
+///   [`io_threads`](HttpServerBuilder::io_threads));
+/// - [`HttpServerBuilder::spawn`] on a loop thread of its own ([`HttpServerThread`]): an
+///   endpoint that must answer even while the application's loops are stalled (metrics,
+///   health).
+///
+/// # What it does on the wire
+///
+/// - Every response has `Content-Length` (204 and 304 have no body and no length);
+///   responses to pipelined requests go out in request order; `HEAD` gets the `GET`
+///   route's head without its body.
+/// - HTTP/1.1 connections stay open unless the request says `Connection: close`; HTTP/1.0
+///   ones close after the response unless the request says `Connection: keep-alive`.
+/// - Request bodies need `Content-Length`; a chunked body is refused with 411 (see
+///   [`parse_request`](crate::parse_request) for every refusal). `Expect: 100-continue`
+///   gets `100 Continue` once the head is accepted.
+/// - Limits ([`defaults`](crate::defaults)): head 8 KiB → 431, body 1 MiB → 413 (before
+///   it is read), head within 10 s → 408, body within 30 s → 408, 60 s idle between
+///   requests → close; [`max_connections`](HttpServerBuilder::max_connections) beyond
+///   which new connections are closed at once.
+/// - After a response that ends the connection the server half-closes, reads and drops
+///   what the peer still sends for up to the linger time (2 s), then closes: the peer
+///   reads the response instead of a reset.
+/// - A peer's bytes never panic the server; a handler that panics gets its client a 500
+///   and its connection closed, and every other connection goes on.
+///
+/// # Example
+///
+/// A server on its own thread, one request with a plain [`std::net::TcpStream`], stop:
+///
+/// ```
+/// use std::io::{Read, Write};
+/// use duo_http::{HttpServer, Method, Response, StatusCode};
+///
+/// let server = HttpServer::builder("status", "127.0.0.1:0".parse()?)
+///     .route(Method::Get, "/healthz", |_req| Response::text(StatusCode::OK, "ok\n"))
+///     .spawn()?;
+/// let mut s = std::net::TcpStream::connect(server.local_addr())?;
+/// s.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")?;
+/// let mut reply = String::new();
+/// s.read_to_string(&mut reply)?; // the server closes after this response
+/// assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"));
+/// assert!(reply.ends_with("\r\n\r\nok\n"));
+/// server.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct HttpServer {
+    tcp: TcpServer,
+}
+
+impl HttpServer {
+    /// A builder for a server named `name` (in logs and thread names) on `addr` (port 0
+    /// picks a free port; the server reports the real one).
+    pub fn builder(name: &str, addr: SocketAddr) -> HttpServerBuilder {
+        HttpServerBuilder {
+            name: name.to_owned(),
+            addr,
+            router: Router::new(),
+            limits: Limits::default(),
+            header_timeout: defaults::HEADER_TIMEOUT,
+            body_timeout: defaults::BODY_TIMEOUT,
+            keep_alive_timeout: defaults::KEEP_ALIVE_TIMEOUT,
+            linger: defaults::LINGER,
+            max_connections: None,
+            io_threads: 0,
+        }
+    }
+
+    /// The address the server listens on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.tcp.local_addr()
+    }
+
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        self.tcp.name()
+    }
+
+    /// The underlying TCP server's counters (connections, bytes).
+    pub fn stats(&self) -> ServerStats {
+        self.tcp.stats()
+    }
+
+    /// A `Send + Sync` handle to the underlying TCP server: stats and graceful shutdown
+    /// from any thread.
+    pub fn clone_handle(&self) -> ServerHandle {
+        self.tcp.clone_handle()
+    }
+
+    /// Graceful stop: stop accepting, close each connection once its responses are
+    /// written, force-close what is left after `grace`, then run `then` on the loop the
+    /// server was started on (see [`TcpServer::shutdown`]).
+    pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {
+        self.tcp.shutdown(grace, then);
+    }
+
+    /// The underlying TCP server, for what takes one: say
+    /// [`duo_net::process::run_until_stopped`], which serves until a stop signal.
+    pub fn into_tcp_server(self) -> TcpServer {
+        self.tcp
+    }
+
+    /// Stops now, on `main`, the loop it was started on (see [`TcpServer::stop`]).
+    pub fn stop(self, main: &mut EventLoop) {
+        self.tcp.stop(main);
+    }
+}
+
+impl fmt::Debug for HttpServer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpServer")
+            .field("tcp", &self.tcp)
+            .finish()
+    }
+}
+
+/// Builds and starts an [`HttpServer`]; from [`HttpServer::builder`].
+#[derive(Debug)]
+pub struct HttpServerBuilder {
+    name: String,
+    addr: SocketAddr,
+    router: Router,
+    limits: Limits,
+    header_timeout: Duration,
+    body_timeout: Duration,
+    keep_alive_timeout: Duration,
+    linger: Duration,
+    max_connections: Option<usize>,
+    io_threads: usize,
+}
+
+/// The shortest timeout: a zero one is taken as this.
+const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+impl HttpServerBuilder {
+    /// Routes `method` requests for the exact `path` to `handler` (see [`Router`]).
+    /// Handlers run on a loop thread: keep them quick (see [`Handler`](crate::Handler)).
+    pub fn route(
+        mut self,
+        method: Method,
+        path: &str,
+        handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
+    ) -> Self {
+        self.router.add(method, path, Arc::new(handler));
+        self
+    }
+
+    /// Replaces the routes with `router`'s.
+    pub fn router(mut self, router: Router) -> Self {
+        self.router = router;
+        self
+    }
+
+    /// All size limits at once.
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
+    /// Longest request head (default [`defaults::MAX_HEAD`]); longer → 431.
+    pub fn max_head_bytes(mut self, n: usize) -> Self {
+        self.limits.max_head = n;
+        self
+    }
+
+    /// Most header fields in a request (default [`defaults::MAX_HEADERS`]); more → 431.
+    pub fn max_headers(mut self, n: usize) -> Self {
+        self.limits.max_headers = n;
+        self
+    }
+
+    /// Longest request body (default [`defaults::MAX_BODY`]); longer → 413.
+    pub fn max_body_bytes(mut self, n: usize) -> Self {
+        self.limits.max_body = n;
+        self
+    }
+
+    /// Time for a request head to arrive (default [`defaults::HEADER_TIMEOUT`]), counted
+    /// from the connection's start for its first request and from the first byte of each
+    /// later one; past it → 408 and close (or a plain close if nothing came).
+    pub fn header_timeout(mut self, t: Duration) -> Self {
+        self.header_timeout = t.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// Time for a request body to arrive after its head (default
+    /// [`defaults::BODY_TIMEOUT`]); past it → 408 and close.
+    pub fn body_timeout(mut self, t: Duration) -> Self {
+        self.body_timeout = t.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// How long a connection may wait between requests (default
+    /// [`defaults::KEEP_ALIVE_TIMEOUT`]); then it is closed.
+    pub fn keep_alive_timeout(mut self, t: Duration) -> Self {
+        self.keep_alive_timeout = t.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// How long, after a response that ends the connection, the server waits for the
+    /// peer to close (default [`defaults::LINGER`]).
+    pub fn linger(mut self, t: Duration) -> Self {
+        self.linger = t.max(MIN_TIMEOUT);
+        self
+    }
+
+    /// Beyond `n` open connections, new ones are accepted and closed at once (no limit
+    /// by default).
+    pub fn max_connections(mut self, n: usize) -> Self {
+        self.max_connections = Some(n);
+        self
+    }
+
+    /// I/O threads of the underlying [`TcpServer`] (default 0: the loop the server runs
+    /// on serves every connection, which is right for a few routes).
+    pub fn io_threads(mut self, n: usize) -> Self {
+        self.io_threads = n;
+        self
+    }
+
+    /// Binds and starts serving on `main`, the calling thread's loop (which must then
+    /// run).
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use std::time::Duration;
+    /// use duo_http::{HttpServer, Method, Response, StatusCode};
+    /// use duo_net::EventLoop;
+    ///
+    /// let mut lp = EventLoop::new()?;
+    /// let server = HttpServer::builder("hello", "127.0.0.1:0".parse()?)
+    ///     .route(Method::Get, "/", |req| {
+    ///         Response::text(StatusCode::OK, format!("hi {}\n", req.peer_addr().ip()))
+    ///     })
+    ///     .start(&mut lp)?;
+    /// let addr = server.local_addr();
+    /// let (reply_tx, reply) = std::sync::mpsc::channel();
+    /// let client = std::thread::spawn(move || {
+    ///     let mut s = std::net::TcpStream::connect(addr).unwrap();
+    ///     s.write_all(b"GET / HTTP/1.0\r\n\r\n").unwrap();
+    ///     let mut text = String::new();
+    ///     s.read_to_string(&mut text).unwrap(); // HTTP/1.0: closed after the response
+    ///     reply_tx.send(text).unwrap();
+    /// });
+    /// let handle = server.clone_handle();
+    /// lp.run_every(Duration::from_millis(5), move |_| {
+    ///     if client.is_finished() {
+    ///         handle.shutdown(Duration::from_secs(1), |lp| lp.quit());
+    ///     }
+    /// });
+    /// lp.run()?;
+    /// server.stop(&mut lp);
+    /// let reply = reply.recv()?;
+    /// assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"));
+    /// assert!(reply.ends_with("\r\n\r\nhi 127.0.0.1\n"));
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Binding or listening failed, or the I/O threads could not start.
+    pub fn start(self, main: &mut EventLoop) -> io::Result<HttpServer> {
+        let limits = self.limits;
+        let svc = Arc::new(Service {
+            router: self.router,
+            limits,
+            header_timeout: self.header_timeout,
+            body_timeout: self.body_timeout,
+            keep_alive_timeout: self.keep_alive_timeout,
+            linger: self.linger,
+        });
+        // The input a connection may hold: one unfinished request, plus what one read
+        // brings of the next ones; the request limits are checked before that.
+        let max_input = limits
+            .max_head
+            .saturating_add(limits.max_body)
+            .saturating_add(2 * duo_net::defaults::READ_BUDGET);
+        let (on_up, on_msg) = (svc.clone(), svc);
+        let mut tcp = TcpServer::builder(&self.name, self.addr)
+            .io_threads(self.io_threads)
+            .max_input(max_input)
+            .tcp_nodelay(true)
+            .on_connection(move |conn| on_up.on_connection(conn))
+            .on_message(move |ctx, input| on_msg.on_message(ctx, input))
+            .on_close(Service::on_close);
+        if let Some(n) = self.max_connections {
+            tcp = tcp.max_connections(n);
+        }
+        let tcp = tcp.start(main)?;
+        log::info!("http server {} on {}", self.name, tcp.local_addr());
+        Ok(HttpServer { tcp })
+    }
+
+    /// Starts the server on a loop thread of its own (named after the server), where its
+    /// handlers run: it keeps answering while the application's loops are busy or
+    /// stalled. Returns once the server listens.
+    ///
+    /// # Errors
+    ///
+    /// The thread could not start, or [`start`](HttpServerBuilder::start) failed on it.
+    pub fn spawn(self) -> io::Result<HttpServerThread> {
+        let thread = EventLoopThread::spawn(&self.name, None)?;
+        let (tx, rx) = mpsc::channel();
+        thread
+            .handle()
+            .queue_in_loop(move |lp| {
+                let started = self.start(lp).map(|server| {
+                    let handle = server.clone_handle();
+                    lp.insert_local(Running(server));
+                    handle
+                });
+                let _ = tx.send(started);
+            })
+            .map_err(io::Error::from)?;
+        let handle = rx
+            .recv()
+            .map_err(|_| io::Error::other("the server's loop thread ended while starting"))??;
+        Ok(HttpServerThread {
+            thread: Some(thread),
+            handle,
+        })
+    }
+}
+
+/// The server a [`HttpServerThread`]'s loop runs (a loop-local value).
+struct Running(HttpServer);
+
+/// An [`HttpServer`] running on a loop thread of its own, from
+/// [`HttpServerBuilder::spawn`]. Dropping it stops the server and joins the thread, as
+/// [`stop`](HttpServerThread::stop) does.
+pub struct HttpServerThread {
+    thread: Option<EventLoopThread>,
+    handle: ServerHandle,
+}
+
+impl HttpServerThread {
+    /// The address the server listens on (the real port when it was bound to port 0).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.handle.local_addr()
+    }
+
+    /// The underlying TCP server's counters.
+    pub fn stats(&self) -> ServerStats {
+        self.handle.stats()
+    }
+
+    /// Stops the server (its listening socket and connections close) and joins its
+    /// thread. The stop runs on the server's loop, after the handler running there (if
+    /// any) returns.
+    ///
+    /// # Errors
+    ///
+    /// The loop ended with an error, or its thread panicked.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> io::Result<()> {
+        let Some(thread) = self.thread.take() else {
+            return Ok(());
+        };
+        let (done, stopped) = mpsc::channel();
+        let queued = thread.handle().queue_in_loop(move |lp| {
+            if let Some(Running(server)) = lp.remove_local::<Running>() {
+                server.stop(lp);
+            }
+            let _ = done.send(());
+        });
+        if queued.is_ok() {
+            // Only fails if the loop ended without running it; joining says why.
+            let _ = stopped.recv();
+        }
+        thread.stop()
+    }
+}
+
+impl Drop for HttpServerThread {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            log::error!("http server on {}: {e}", self.handle.local_addr());
+        }
+    }
+}
+
+impl fmt::Debug for HttpServerThread {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpServerThread")
+            .field("server", &self.handle)
+            .field("running", &self.thread.is_some())
+            .finish()
+    }
+}

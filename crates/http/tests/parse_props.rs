@@ -1,0 +1,126 @@
+//! Properties of the request parser: whatever the bytes, it never panics and either
+//! parses, asks for more, or refuses with a client error (or 501/505, the two refusals
+//! RFC 9110 gives as server errors); and a valid request parses the same however it is
+//! cut.
+
+use std::net::SocketAddr;
+
+use duo_http::{parse_request, Limits, Method, Parsed};
+use proptest::prelude::*;
+
+fn peer() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 4242))
+}
+
+/// The outcome of parsing `buf` is one of the allowed ones.
+fn check_any(buf: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
+    match parse_request(buf, limits, peer()) {
+        Ok(Parsed::Complete(req, used)) => {
+            prop_assert!(used <= buf.len());
+            prop_assert!(req.body().len() <= limits.max_body);
+            prop_assert!(req.path().starts_with('/') || req.path() == "*");
+        }
+        Ok(Parsed::Partial(p)) => {
+            prop_assert!(buf.len() <= limits.max_head || p.head_len.is_some());
+        }
+        Err(e) => {
+            let code = e.status().as_u16();
+            prop_assert!(
+                e.status().is_client_error() || code == 501 || code == 505,
+                "refused with {code}"
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Bytes that look like the start of a request more often than random ones do.
+fn requestish() -> impl Strategy<Value = Vec<u8>> {
+    let line = prop::sample::select(vec![
+        "GET / HTTP/1.1\r\n",
+        "POST /echo HTTP/1.1\r\n",
+        "HEAD /x?y HTTP/1.0\r\n",
+        "OPTIONS * HTTP/1.1\r\n",
+        "GET http://h/p HTTP/1.1\r\n",
+    ]);
+    let field = prop::sample::select(vec![
+        "Host: h\r\n",
+        "Content-Length: 3\r\n",
+        "Content-Length: 3, 3\r\n",
+        "Content-Length: 99999999999999999999\r\n",
+        "Transfer-Encoding: chunked\r\n",
+        "Expect: 100-continue\r\n",
+        "Connection: close\r\n",
+        "\r\n",
+        "abc",
+    ]);
+    (
+        line,
+        prop::collection::vec(field, 0..8),
+        prop::collection::vec(any::<u8>(), 0..64),
+    )
+        .prop_map(|(line, fields, tail)| {
+            let mut buf = line.as_bytes().to_vec();
+            for f in fields {
+                buf.extend_from_slice(f.as_bytes());
+            }
+            buf.extend_from_slice(&tail);
+            buf
+        })
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn arbitrary_bytes_never_panic(buf in prop::collection::vec(any::<u8>(), 0..2048)) {
+        check_any(&buf, &Limits::default())?;
+        let tight = Limits { max_head: 64, max_headers: 2, max_body: 4 };
+        check_any(&buf, &tight)?;
+    }
+
+    #[test]
+    fn request_like_bytes_never_panic(buf in requestish()) {
+        check_any(&buf, &Limits::default())?;
+        let tight = Limits { max_head: 48, max_headers: 3, max_body: 2 };
+        check_any(&buf, &tight)?;
+    }
+
+    /// Every proper prefix of a valid request is `Partial`; the whole is `Complete` and
+    /// takes exactly its own bytes, whatever follows.
+    #[test]
+    fn a_valid_request_parses_however_it_is_cut(
+        path in "/[a-z0-9/._-]{0,20}",
+        query in proptest::option::of("[a-z0-9=&]{0,10}"),
+        body in prop::collection::vec(any::<u8>(), 0..100),
+        next in prop::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let target = match &query {
+            Some(q) => format!("{path}?{q}"),
+            None => path.clone(),
+        };
+        let mut req = format!(
+            "POST {target} HTTP/1.1\r\nHost: h\r\nX-Any: v\r\nContent-Length: {}\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        let limits = Limits::default();
+        for cut in 0..req.len() {
+            let parsed = parse_request(&req[..cut], &limits, peer());
+            prop_assert!(matches!(parsed, Ok(Parsed::Partial(_))), "cut at {}: {:?}", cut, parsed);
+        }
+        let mut buf = req.clone();
+        buf.extend_from_slice(&next);
+        let Ok(Parsed::Complete(r, used)) = parse_request(&buf, &limits, peer()) else {
+            return Err(TestCaseError::fail("the whole request did not parse"));
+        };
+        prop_assert_eq!(used, req.len());
+        prop_assert_eq!(r.method(), Method::Post);
+        prop_assert_eq!(r.path(), path.as_str());
+        prop_assert_eq!(r.query(), query.as_deref());
+        prop_assert_eq!(r.body(), &body[..]);
+        prop_assert_eq!(r.header("x-any"), Some("v"));
+        prop_assert_eq!(r.peer_addr(), peer());
+    }
+}

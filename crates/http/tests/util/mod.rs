@@ -1,0 +1,155 @@
+//! Helpers of the HTTP tests: a server with a few routes on its own thread, and a raw
+//! client that reads responses off a real socket with a deadline on every read.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::{Duration, Instant};
+
+use duo_http::{HttpServer, HttpServerBuilder, HttpServerThread, Method, Response, StatusCode};
+use duo_testkit::LIMIT;
+
+pub fn init_log() {
+    let _ = env_logger::builder().is_test(true).try_init();
+}
+
+/// A builder with the test routes: `GET /hello` ("hello"), `POST /echo` (the body back),
+/// `GET /query` (the query string), `GET /panic` (panics), `GET /empty` (204).
+pub fn test_builder() -> HttpServerBuilder {
+    HttpServer::builder("http-test", "127.0.0.1:0".parse().unwrap())
+        .route(Method::Get, "/hello", |_| {
+            Response::text(StatusCode::OK, "hello")
+        })
+        .route(Method::Post, "/echo", |req| {
+            Response::with_body(StatusCode::OK, "application/octet-stream", req.body())
+        })
+        .route(Method::Get, "/query", |req| {
+            Response::text(StatusCode::OK, req.query().unwrap_or("-"))
+        })
+        .route(Method::Get, "/panic", |_| panic!("a handler that panics"))
+        .route(Method::Get, "/empty", |_| {
+            Response::new(StatusCode::NO_CONTENT)
+        })
+}
+
+pub fn start(builder: HttpServerBuilder) -> HttpServerThread {
+    init_log();
+    builder.spawn().expect("start the HTTP server")
+}
+
+/// A response as read off the socket.
+#[derive(Debug)]
+pub struct Reply {
+    pub status: u16,
+    pub headers: Vec<(String, String)>,
+    pub body: Vec<u8>,
+}
+
+impl Reply {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(&self.body).expect("a UTF-8 body")
+    }
+}
+
+/// A client connection: what it read beyond the last response stays buffered.
+pub struct Client {
+    pub stream: TcpStream,
+    buf: Vec<u8>,
+}
+
+impl Client {
+    pub fn connect(addr: SocketAddr) -> Client {
+        let stream = TcpStream::connect(addr).expect("connect");
+        stream.set_read_timeout(Some(LIMIT)).unwrap();
+        Client {
+            stream,
+            buf: Vec::new(),
+        }
+    }
+
+    pub fn send(&mut self, bytes: &[u8]) {
+        self.stream.write_all(bytes).expect("write a request");
+    }
+
+    /// Sends `GET path` (HTTP/1.1, with Host) and reads the response.
+    pub fn get(&mut self, path: &str) -> Reply {
+        self.send(format!("GET {path} HTTP/1.1\r\nHost: test\r\n\r\n").as_bytes());
+        self.read_reply(false)
+    }
+
+    fn fill(&mut self) -> usize {
+        let mut chunk = [0u8; 16 << 10];
+        let n = self.stream.read(&mut chunk).expect("read a response");
+        self.buf.extend_from_slice(&chunk[..n]);
+        n
+    }
+
+    /// Reads one response (without a body if `head_only`: the answer to HEAD).
+    pub fn read_reply(&mut self, head_only: bool) -> Reply {
+        loop {
+            let mut fields = [httparse::EMPTY_HEADER; 32];
+            let mut resp = httparse::Response::new(&mut fields);
+            match resp.parse(&self.buf).expect("a well-formed response") {
+                httparse::Status::Complete(head_len) => {
+                    let status = resp.code.unwrap();
+                    let headers: Vec<(String, String)> = resp
+                        .headers
+                        .iter()
+                        .map(|h| {
+                            (
+                                h.name.to_owned(),
+                                String::from_utf8(h.value.to_vec()).unwrap(),
+                            )
+                        })
+                        .collect();
+                    let len = headers
+                        .iter()
+                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
+                        .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
+                    let body_len = if head_only { 0 } else { len };
+                    while self.buf.len() < head_len + body_len {
+                        assert!(self.fill() > 0, "EOF inside a response body");
+                    }
+                    let body = self.buf[head_len..head_len + body_len].to_vec();
+                    self.buf.drain(..head_len + body_len);
+                    return Reply {
+                        status,
+                        headers,
+                        body,
+                    };
+                }
+                httparse::Status::Partial => {
+                    assert!(
+                        self.fill() > 0,
+                        "EOF before a whole response head: {:?}",
+                        self.buf
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for the server's EOF (nothing more after the responses read), within
+    /// `LIMIT`; returns how long it took.
+    pub fn expect_eof(&mut self) -> Duration {
+        let started = Instant::now();
+        assert!(self.buf.is_empty(), "unread bytes: {:?}", self.buf);
+        let mut chunk = [0u8; 4096];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return started.elapsed(),
+                Ok(n) => panic!("bytes instead of EOF: {:?}", &chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => panic!("no EOF: {e}"),
+            }
+        }
+    }
+}
