@@ -1,0 +1,166 @@
+//! The processes `observe` starts (echo, loadgen, Prometheus): each held by a guard that
+//! stops it by its PID when dropped, also when the run fails half-way.
+
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duo_testkit::{send_signal, wait_child_within};
+
+/// How long a stopped process may take to exit after SIGTERM before it is killed.
+const STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// A running child process; dropping it sends SIGTERM to its PID, waits up to
+/// [`STOP_GRACE`], then sends SIGKILL, and reaps it.
+#[derive(Debug)]
+pub(super) struct Running {
+    name: String,
+    child: Child,
+}
+
+impl Running {
+    /// Starts `cmd` with stdin empty, stderr written to `log` and stdout too, or piped
+    /// with `pipe_stdout`.
+    pub(super) fn spawn(
+        name: &str,
+        cmd: &mut Command,
+        log: &Path,
+        pipe_stdout: bool,
+    ) -> Result<Running, String> {
+        let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+        let stdout = if pipe_stdout {
+            Stdio::piped()
+        } else {
+            log_file
+                .try_clone()
+                .map_err(|e| format!("{}: {e}", log.display()))?
+                .into()
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(stdout)
+            .stderr(log_file)
+            .spawn()
+            .map_err(|e| format!("cannot start {name} ({:?}): {e}", cmd.get_program()))?;
+        Ok(Running {
+            name: name.to_owned(),
+            child,
+        })
+    }
+
+    pub(super) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// How the process ended, if it has (without waiting).
+    pub(super) fn exited(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().ok().flatten()
+    }
+
+    /// An error if the process has exited.
+    pub(super) fn still_running(&mut self) -> Result<(), String> {
+        match self.exited() {
+            None => Ok(()),
+            Some(status) => Err(format!(
+                "{} (PID {}) exited: {status}",
+                self.name,
+                self.pid()
+            )),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        if self.exited().is_some() {
+            return;
+        }
+        let pid = self.pid();
+        let termed = send_signal(pid, "TERM").is_ok_and(|s| s.success());
+        if !termed || wait_child_within(&mut self.child, STOP_GRACE).is_none() {
+            let _ = self.child.kill();
+            let _ = wait_child_within(&mut self.child, STOP_GRACE);
+        }
+    }
+}
+
+/// The echo server, started with `--metrics`, and the two addresses it printed.
+#[derive(Debug)]
+pub(super) struct Echo {
+    pub(super) process: Running,
+    /// Where it serves echo (the `listening on` line).
+    pub(super) addr: SocketAddr,
+    /// Where it serves `/metrics` (the `metrics on` line).
+    pub(super) metrics: SocketAddr,
+}
+
+impl Echo {
+    /// Starts `exe serve --listen 127.0.0.1:0 --metrics 127.0.0.1:0` (stderr to `log`) and
+    /// waits up to `startup` for its `listening on ADDR` and `metrics on ADDR` lines.
+    pub(super) fn start(exe: &Path, log: &Path, startup: Duration) -> Result<Echo, String> {
+        let mut cmd = Command::new(exe);
+        cmd.args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--metrics",
+            "127.0.0.1:0",
+        ]);
+        let mut process = Running::spawn("echo", &mut cmd, log, true)?;
+        let lines = read_lines(&mut process)?;
+        let deadline = Instant::now() + startup;
+        let next = |prefix: &str| -> Result<SocketAddr, String> {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = match lines.recv_timeout(left) {
+                Ok(line) => line,
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    return Err(format!(
+                        "echo printed no `{prefix}` line within {startup:?} (see {})",
+                        log.display()
+                    ))
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(format!(
+                        "echo closed its stdout before a `{prefix}` line (see {}; does it \
+                         know --metrics?)",
+                        log.display()
+                    ))
+                }
+            };
+            line.strip_prefix(prefix)
+                .and_then(|a| a.trim().parse().ok())
+                .ok_or_else(|| format!("echo printed {line:?} where `{prefix}ADDR` was due"))
+        };
+        let addr = next("listening on ")?;
+        let metrics = next("metrics on ")?;
+        Ok(Echo {
+            process,
+            addr,
+            metrics,
+        })
+    }
+}
+
+/// Reads the child's piped stdout line by line on a thread of its own (which keeps
+/// draining it, so the child never blocks on a full pipe).
+fn read_lines(process: &mut Running) -> Result<mpsc::Receiver<String>, String> {
+    let stdout = process
+        .child
+        .stdout
+        .take()
+        .ok_or_else(|| format!("{}: stdout is not piped", process.name))?;
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            // Keep reading after the receiver is gone.
+            let _ = tx.send(line);
+        }
+    });
+    Ok(rx)
+}
