@@ -120,14 +120,14 @@ impl Echo {
                 Ok(line) => line,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(format!(
-                        "echo printed no `{prefix}` line within {startup:?} (see {})",
+                        "echo printed no `{prefix}` line within {startup:?} (its log: {})",
                         log.display()
                     ))
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(format!(
-                        "echo closed its stdout before a `{prefix}` line (see {}; does it \
-                         know --metrics?)",
+                        "echo closed its stdout before a `{prefix}` line (does it know \
+                         --metrics? its log: {})",
                         log.display()
                     ))
                 }

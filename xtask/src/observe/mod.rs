@@ -69,6 +69,7 @@ pub(crate) fn observe(args: ObserveArgs) -> Result<(), Failure> {
     let began = Instant::now();
     let exe = prometheus::find().map_err(Failure::Run)?;
     let version = prometheus::version(&exe).map_err(Failure::Run)?;
+    println!("{} ({version})", exe.display());
     let (expect, limit) = if args.quick {
         (
             Expect {
@@ -102,7 +103,6 @@ pub(crate) fn observe(args: ObserveArgs) -> Result<(), Failure> {
                 .prometheus
                 .as_ref()
                 .map_or(Duration::ZERO, |p| p.startup);
-            println!("{version}");
             print!("{}", findings.describe());
             println!(
                 "ok: every check passed in {:.1} s (Prometheus ready after {:.1} s)",
