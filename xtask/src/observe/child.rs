@@ -101,7 +101,8 @@ pub(super) struct Echo {
 
 impl Echo {
     /// Starts `exe serve --listen 127.0.0.1:0 --metrics 127.0.0.1:0` (stderr to `log`) and
-    /// waits up to `startup` for its `listening on ADDR` and `metrics on ADDR` lines.
+    /// waits up to `startup` for its `listening on ADDR` and `metrics on ADDR` lines (in
+    /// either order).
     pub(super) fn start(exe: &Path, log: &Path, startup: Duration) -> Result<Echo, String> {
         let mut cmd = Command::new(exe);
         cmd.args([
@@ -114,30 +115,42 @@ impl Echo {
         let mut process = Running::spawn("echo", &mut cmd, log, true)?;
         let lines = read_lines(&mut process)?;
         let deadline = Instant::now() + startup;
-        let next = |prefix: &str| -> Result<SocketAddr, String> {
+        // Both lines, in either order; any other line is an error.
+        let (mut addr, mut metrics) = (None, None);
+        let (addr, metrics) = loop {
+            if let (Some(a), Some(m)) = (addr, metrics) {
+                break (a, m);
+            }
             let left = deadline.saturating_duration_since(Instant::now());
             let line = match lines.recv_timeout(left) {
                 Ok(line) => line,
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     return Err(format!(
-                        "echo printed no `{prefix}` line within {startup:?} (its log: {})",
+                        "echo printed no `listening on` and `metrics on` lines within \
+                         {startup:?} (its log: {})",
                         log.display()
                     ))
                 }
                 Err(mpsc::RecvTimeoutError::Disconnected) => {
                     return Err(format!(
-                        "echo closed its stdout before a `{prefix}` line (does it know \
-                         --metrics? its log: {})",
+                        "echo closed its stdout before its `listening on` and `metrics on` \
+                         lines (does it know --metrics? its log: {})",
                         log.display()
                     ))
                 }
             };
-            line.strip_prefix(prefix)
-                .and_then(|a| a.trim().parse().ok())
-                .ok_or_else(|| format!("echo printed {line:?} where `{prefix}ADDR` was due"))
+            let parse = |prefix: &str| line.strip_prefix(prefix)?.trim().parse().ok();
+            if let Some(a) = parse("listening on ") {
+                addr = Some(a);
+            } else if let Some(a) = parse("metrics on ") {
+                metrics = Some(a);
+            } else {
+                return Err(format!(
+                    "echo printed {line:?} where `listening on ADDR` or `metrics on ADDR` \
+                     was due"
+                ));
+            }
         };
-        let addr = next("listening on ")?;
-        let metrics = next("metrics on ")?;
         Ok(Echo {
             process,
             addr,
@@ -163,4 +176,59 @@ fn read_lines(process: &mut Running) -> Result<mpsc::Receiver<String>, String> {
         }
     });
     Ok(rx)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt;
+    use std::path::{Path, PathBuf};
+    use std::time::Duration;
+
+    use super::Echo;
+    use crate::observe::RunDir;
+
+    /// A stand-in for echo in `dir`: a shell script that prints `lines`, then sleeps.
+    fn fake_echo(dir: &Path, lines: &str) -> PathBuf {
+        let exe = dir.join("echo");
+        std::fs::write(
+            &exe,
+            format!("#!/bin/sh\nprintf '{lines}'\nexec sleep 60\n"),
+        )
+        .expect("write the stand-in");
+        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
+            .expect("make it executable");
+        exe
+    }
+
+    #[test]
+    fn reads_both_addresses_in_either_order() {
+        let dir = RunDir::create("child_both", false).expect("a directory");
+        let exe = fake_echo(
+            &dir.path,
+            "metrics on 127.0.0.1:9100\\nlistening on 127.0.0.1:7000\\n",
+        );
+        let mut echo = Echo::start(&exe, &dir.path.join("echo.log"), Duration::from_secs(20))
+            .unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(echo.addr.to_string(), "127.0.0.1:7000");
+        assert_eq!(echo.metrics.to_string(), "127.0.0.1:9100");
+        assert!(echo.process.still_running().is_ok());
+        let pid = echo.process.pid();
+        drop(echo);
+        assert!(
+            !duo_testkit::is_running(pid),
+            "dropping the guard stops {pid}"
+        );
+    }
+
+    #[test]
+    fn a_stray_line_or_a_silent_exit_is_an_error() {
+        let dir = RunDir::create("child_bad", false).expect("a directory");
+        let log = dir.path.join("echo.log");
+        let stray = fake_echo(&dir.path, "listening on 127.0.0.1:7000\\nhello\\n");
+        let err = Echo::start(&stray, &log, Duration::from_secs(20)).expect_err("a stray line");
+        assert!(err.contains("\"hello\""), "{err}");
+        std::fs::write(dir.path.join("echo"), "#!/bin/sh\nexit 2\n").expect("rewrite");
+        let err = Echo::start(&stray, &log, Duration::from_secs(20)).expect_err("an exit");
+        assert!(err.contains("closed its stdout"), "{err}");
+    }
 }
