@@ -10,6 +10,9 @@
 //! - `scale --conns N [--quick] [--processes K] [--procs P] [--hold SECS] [--json]`: checks
 //!   the host's limits, then has duo's echo server hold N idle connections and reports what
 //!   each costs in memory (see [`mod@scale`]).
+//! - `observe [--quick] [--keep-dir]`: a real Prometheus server scrapes the echo server
+//!   under load; its query API must show `duo_` series and growing counters (see
+//!   [`mod@observe`]).
 //! - `ci`: runs `.ci/run`, the same checks CI runs.
 //!
 //! Shared by bench and soak: [`mod@report`] (machine description, markdown tables, SVG
@@ -21,6 +24,7 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 mod bench;
+mod observe;
 mod process;
 mod report;
 mod scale;
@@ -45,6 +49,9 @@ enum Cmd {
     /// Checks the host's limits, then has the echo server hold N idle connections (K server
     /// processes, P load generator processes) and reports the memory each costs.
     Scale(scale::ScaleArgs),
+    /// A real Prometheus server scrapes the echo server under load; its query API must show
+    /// duo_ series and counters that grow.
+    Observe(observe::ObserveArgs),
     /// Run .ci/run, the checks CI runs.
     Ci,
 }
@@ -59,6 +66,7 @@ fn main() -> ExitCode {
         Cmd::Bench(args) => bench::bench(args),
         Cmd::Soak(args) => soak::soak(args),
         Cmd::Scale(args) => scale::scale(args),
+        Cmd::Observe(args) => observe::observe(args),
         Cmd::Ci => run(Command::new("bash").arg(root().join(".ci/run"))),
     };
     match result {
