@@ -182,6 +182,19 @@ pub(crate) struct HealthCounters {
     pub(crate) longest_callback_nanos: AtomicU64,
     pub(crate) stalls: AtomicU64,
     pub(crate) spins: AtomicU64,
+    /// When the loop last returned from a callback or from `epoll_wait`, in nanoseconds
+    /// since [`epoch`] (plus one, so that 0 can mean "waiting in `epoll_wait`").
+    pub(crate) busy_since: AtomicU64,
+}
+
+/// The process's reference instant for [`HealthCounters::busy_since`].
+fn epoch() -> Instant {
+    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
+    *EPOCH.get_or_init(Instant::now)
+}
+
+fn since_epoch(at: Instant) -> u64 {
+    nanos(at.saturating_duration_since(epoch())) + 1
 }
 
 /// Adds to a counter only one thread writes.
@@ -196,6 +209,18 @@ fn nanos(d: Duration) -> u64 {
 }
 
 impl HealthCounters {
+    /// How long the loop has been running without coming back to `epoll_wait` or
+    /// finishing a callback; `None` while it waits in `epoll_wait`.
+    pub(crate) fn busy_for(&self) -> Option<Duration> {
+        match self.busy_since.load(Ordering::Relaxed) {
+            0 => None,
+            at => {
+                let at = epoch() + Duration::from_nanos(at - 1);
+                Some(Instant::now().saturating_duration_since(at))
+            }
+        }
+    }
+
     pub(crate) fn latency_histogram(
         buckets: &[AtomicU64; LATENCY_BUCKETS],
         sum: &AtomicU64,
@@ -272,6 +297,7 @@ impl HealthTracker {
         let waited = now - self.poll_began;
         self.slept = waited > SLEPT;
         bump(&counters.poll_nanos, nanos(waited));
+        counters.busy_since.store(since_epoch(now), Ordering::Relaxed);
         self.clock = now;
     }
 
@@ -292,6 +318,7 @@ impl HealthTracker {
         let now = Instant::now();
         let took = now - self.clock;
         self.clock = now;
+        counters.busy_since.store(since_epoch(now), Ordering::Relaxed);
         let ns = nanos(took);
         let total = match kind {
             CallbackKind::Io => &counters.io_nanos,
@@ -388,6 +415,7 @@ impl HealthTracker {
     ) {
         let now = Instant::now();
         self.poll_began = now;
+        counters.busy_since.store(0, Ordering::Relaxed);
         bump(&counters.events_per_iteration[event_bucket(io_events)], 1);
         let empty = io_events == 0 && self.work == 0;
         if empty {

@@ -153,6 +153,10 @@ pub struct LoopMetrics {
     pub stalls: u64,
     /// Spins: runs of iterations without progress as long as the spin threshold.
     pub spins: u64,
+    /// How long the loop has been busy since it last finished a callback or returned
+    /// from `epoll_wait`, when the snapshot was taken; `None` while it waits for events.
+    /// A loop stuck in one callback shows it growing (a health check's figure).
+    pub busy_for: Option<Duration>,
 }
 
 impl LoopShared {
@@ -208,6 +212,7 @@ impl LoopShared {
             longest_callback: time(&h.longest_callback_nanos),
             stalls: load(&h.stalls),
             spins: load(&h.spins),
+            busy_for: h.busy_for(),
         }
     }
 }

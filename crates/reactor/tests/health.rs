@@ -289,3 +289,39 @@ fn the_counters_add_up() {
         .iter()
         .any(|h| h.name() == thread::current().name().unwrap()));
 }
+
+#[test]
+fn a_loop_stuck_in_a_callback_shows_how_long_it_has_been_busy() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    lp.set_health_config(HealthConfig {
+        stall_threshold: None,
+        spin_threshold: None,
+    });
+    let handle = lp.handle();
+    let watcher = thread::spawn(move || {
+        // Idle first: waiting in epoll_wait is not being busy.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while handle.metrics().iterations == 0 || handle.metrics().busy_for.is_some() {
+            assert!(Instant::now() < deadline, "{:?}", handle.metrics());
+            thread::sleep(Duration::from_millis(1));
+        }
+        handle
+            .queue_in_loop(|_| thread::sleep(Duration::from_millis(300)))
+            .unwrap();
+        let mut longest = Duration::ZERO;
+        while longest < Duration::from_millis(100) {
+            assert!(Instant::now() < deadline, "never seen busy: {longest:?}");
+            longest = longest.max(handle.metrics().busy_for.unwrap_or_default());
+            thread::sleep(Duration::from_millis(5));
+        }
+        handle.quit();
+        longest
+    });
+    // Something to wake for before the watcher's function arrives.
+    lp.run_after(Duration::from_millis(5), |_| {});
+    lp.run().unwrap();
+    let longest = watcher.join().unwrap();
+    assert!(longest >= Duration::from_millis(100), "{longest:?}");
+    assert!(lp.metrics().busy_for.is_none() || lp.metrics().busy_for < Some(longest));
+}

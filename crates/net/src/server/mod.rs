@@ -446,6 +446,11 @@ impl ServerHandle {
         stats(&self.shared)
     }
 
+    /// The server's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr

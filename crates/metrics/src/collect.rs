@@ -1,0 +1,431 @@
+//! [`DuoCollector`]: every loop of the process, the servers it was given, and the buffer
+//! pool, encoded at each scrape from the snapshots duo keeps anyway (nothing is counted
+//! twice, nothing is locked on the hot path).
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_buffer::BufPool;
+use duo_net::{CloseCounts, ServerHandle};
+use duo_reactor::health::{EVENT_BUCKET_BOUNDS, LATENCY_BUCKET_BOUNDS};
+use duo_reactor::{LatencyHistogram, LoopHandle, LoopMetrics};
+use parking_lot::Mutex;
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::metrics::MetricType;
+
+/// The label set of a family with one unlabelled series.
+const NO_LABELS: [(&str, &str); 0] = [];
+
+/// A value of one series.
+enum Value {
+    Count(u64),
+    Seconds(f64),
+    Gauge(i64),
+    /// Non-cumulative bucket counts with their upper bounds (`f64::MAX` = `+Inf`).
+    Histogram {
+        sum: f64,
+        buckets: Vec<(f64, u64)>,
+    },
+}
+
+/// Writes one metric family: its descriptor, then one series per row.
+fn family<L: EncodeLabelSet>(
+    enc: &mut DescriptorEncoder<'_>,
+    name: &str,
+    help: &str,
+    ty: MetricType,
+    rows: impl IntoIterator<Item = (L, Value)>,
+) -> fmt::Result {
+    let mut metric = enc.encode_descriptor(name, help, None, ty)?;
+    for (labels, value) in rows {
+        let mut series = metric.encode_family(&labels)?;
+        match value {
+            Value::Count(v) => series.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+            Value::Seconds(v) => match ty {
+                MetricType::Counter => series.encode_counter::<NoLabelSet, _, u64>(&v, None)?,
+                _ => series.encode_gauge(&v)?,
+            },
+            Value::Gauge(v) => series.encode_gauge(&v)?,
+            Value::Histogram { sum, buckets } => {
+                let count = buckets.iter().map(|b| b.1).sum();
+                series.encode_histogram::<NoLabelSet>(sum, count, &buckets, None)?
+            }
+        }
+    }
+    Ok(())
+}
+
+fn gauge(n: u64) -> Value {
+    Value::Gauge(i64::try_from(n).unwrap_or(i64::MAX))
+}
+
+fn latency(h: &LatencyHistogram) -> Value {
+    let bounds = LATENCY_BUCKET_BOUNDS
+        .iter()
+        .map(Duration::as_secs_f64)
+        .chain([f64::MAX]);
+    Value::Histogram {
+        sum: h.sum.as_secs_f64(),
+        buckets: bounds.zip(h.counts).collect(),
+    }
+}
+
+/// The loop figures, one series per loop (label `loop`).
+pub(crate) fn encode_loops(
+    enc: &mut DescriptorEncoder<'_>,
+    loops: &[(String, LoopMetrics)],
+) -> fmt::Result {
+    use MetricType::{Counter, Gauge, Histogram};
+    let rows = |f: &dyn Fn(&LoopMetrics) -> Value| {
+        loops
+            .iter()
+            .map(|(name, m)| ([("loop", name.as_str())], f(m)))
+            .collect::<Vec<_>>()
+    };
+    let counters: [(&str, &str, fn(&LoopMetrics) -> u64); 7] = [
+        ("duo_loop_iterations", "Returns from epoll_wait.", |m| {
+            m.iterations
+        }),
+        (
+            "duo_loop_io_events",
+            "I/O events dispatched to channels.",
+            |m| m.io_events,
+        ),
+        ("duo_loop_tasks", "Queued functions run.", |m| m.tasks_run),
+        ("duo_loop_timers", "Timer callbacks run.", |m| {
+            m.timers_fired
+        }),
+        (
+            "duo_loop_empty_wakeups",
+            "Iterations that found nothing to do.",
+            |m| m.empty_wakeups,
+        ),
+        (
+            "duo_loop_stalls",
+            "Callbacks that ran longer than the stall threshold.",
+            |m| m.stalls,
+        ),
+        (
+            "duo_loop_spins",
+            "Runs of iterations without progress as long as the spin threshold.",
+            |m| m.spins,
+        ),
+    ];
+    for (name, help, f) in counters {
+        family(enc, name, help, Counter, rows(&|m| Value::Count(f(m))))?;
+    }
+    let phases: [(&str, fn(&LoopMetrics) -> Duration); 4] = [
+        ("poll", |m| m.poll_time),
+        ("io", |m| m.io_time),
+        ("timers", |m| m.timer_time),
+        ("tasks", |m| m.task_time),
+    ];
+    family(
+        enc,
+        "duo_loop_seconds",
+        "Wall-clock time of the loop thread by what it did: waiting in epoll_wait (poll), \
+         running I/O handlers (io), timer callbacks (timers), queued functions (tasks).",
+        Counter,
+        loops.iter().flat_map(|(name, m)| {
+            phases.iter().map(move |(phase, f)| {
+                (
+                    [("loop", name.as_str()), ("phase", *phase)],
+                    Value::Seconds(f(m).as_secs_f64()),
+                )
+            })
+        }),
+    )?;
+    family(
+        enc,
+        "duo_loop_events_per_iteration",
+        "Iterations by the number of I/O events they dispatched.",
+        Histogram,
+        rows(&|m| {
+            let bounds = EVENT_BUCKET_BOUNDS
+                .iter()
+                .map(|&b| b as f64)
+                .chain([f64::MAX]);
+            Value::Histogram {
+                sum: m.io_events as f64,
+                buckets: bounds.zip(m.events_per_iteration).collect(),
+            }
+        }),
+    )?;
+    family(
+        enc,
+        "duo_loop_timer_lateness_seconds",
+        "How late timers fired, from their deadline to their callback: the loop's lag.",
+        Histogram,
+        rows(&|m| latency(&m.timer_lateness)),
+    )?;
+    family(
+        enc,
+        "duo_loop_tasks_queued",
+        "Functions queued to the loop and not yet run.",
+        Gauge,
+        rows(&|m| gauge(m.tasks_queued)),
+    )?;
+    family(
+        enc,
+        "duo_loop_largest_task_batch",
+        "The most queued functions one iteration has run.",
+        Gauge,
+        rows(&|m| gauge(m.largest_task_batch)),
+    )?;
+    family(
+        enc,
+        "duo_loop_longest_callback_seconds",
+        "The longest single callback so far.",
+        Gauge,
+        rows(&|m| Value::Seconds(m.longest_callback.as_secs_f64())),
+    )
+}
+
+/// The close reasons, as label values, with their counts.
+fn close_rows(c: &CloseCounts) -> [(&'static str, u64); 9] {
+    [
+        ("peer", c.peer),
+        ("error", c.error),
+        ("idle", c.idle),
+        ("user", c.user),
+        ("shutdown", c.shutdown),
+        ("input_too_large", c.input_too_large),
+        ("output_limit", c.output_limit),
+        ("out_of_memory", c.out_of_memory),
+        ("panic", c.panic),
+    ]
+}
+
+/// The server figures (label `server`, and `loop` for what each loop counts).
+pub(crate) fn encode_servers(
+    enc: &mut DescriptorEncoder<'_>,
+    servers: &[ServerHandle],
+) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let stats: Vec<_> = servers
+        .iter()
+        .map(|s| (s.name().to_owned(), s.stats()))
+        .collect();
+    let per_server = |f: &dyn Fn(&duo_net::ServerStats) -> Value| {
+        stats
+            .iter()
+            .map(|(name, s)| ([("server", name.as_str())], f(s)))
+            .collect::<Vec<_>>()
+    };
+    family(
+        enc,
+        "duo_server_connections_accepted",
+        "Connections accepted and served.",
+        Counter,
+        per_server(&|s| Value::Count(s.accepted)),
+    )?;
+    family(
+        enc,
+        "duo_server_connections_closed",
+        "Connections closed.",
+        Counter,
+        per_server(&|s| Value::Count(s.closed)),
+    )?;
+    family(
+        enc,
+        "duo_server_connections_rejected",
+        "Connections accepted and closed at once because the server was full.",
+        Counter,
+        per_server(&|s| Value::Count(s.rejected)),
+    )?;
+    family(
+        enc,
+        "duo_server_fd_exhausted",
+        "Times accept failed for lack of file descriptors (EMFILE/ENFILE).",
+        Counter,
+        per_server(&|s| Value::Count(s.fd_exhausted)),
+    )?;
+    family(
+        enc,
+        "duo_server_connections",
+        "Connections open now.",
+        Gauge,
+        per_server(&|s| gauge(s.active)),
+    )?;
+    family(
+        enc,
+        "duo_server_closes",
+        "Connections closed, by reason.",
+        Counter,
+        stats.iter().flat_map(|(name, s)| {
+            close_rows(&s.closes()).map(|(reason, n)| {
+                (
+                    [("server", name.as_str()), ("reason", reason)],
+                    Value::Count(n),
+                )
+            })
+        }),
+    )?;
+    family(
+        enc,
+        "duo_server_accept_errors",
+        "accept errors other than running out of descriptors (each pauses that acceptor \
+         briefly).",
+        Counter,
+        per_server(&|s| Value::Count(s.accept_errors)),
+    )?;
+    family(
+        enc,
+        "duo_server_full_pauses",
+        "Times the server stopped accepting because it was full (WhenFull::Pause).",
+        Counter,
+        per_server(&|s| Value::Count(s.full_pauses)),
+    )?;
+    let per_loop = |f: fn(&duo_net::LoopStats) -> Value| {
+        stats
+            .iter()
+            .flat_map(|(name, s)| {
+                s.per_loop.iter().map(move |l| {
+                    (
+                        [("server", name.as_str()), ("loop", l.loop_name.as_str())],
+                        f(l),
+                    )
+                })
+            })
+            .collect::<Vec<_>>()
+    };
+    let loop_counters: [(&str, &str, fn(&duo_net::LoopStats) -> Value); 5] = [
+        (
+            "duo_server_loop_connections_opened",
+            "Connections established on the loop.",
+            |l| Value::Count(l.opened),
+        ),
+        ("duo_server_bytes_in", "Bytes read from connections.", |l| {
+            Value::Count(l.bytes_in)
+        }),
+        (
+            "duo_server_bytes_out",
+            "Bytes written to connections.",
+            |l| Value::Count(l.bytes_out),
+        ),
+        (
+            "duo_server_messages_in",
+            "Input deliveries (calls of the message callback).",
+            |l| Value::Count(l.messages_in),
+        ),
+        (
+            "duo_server_messages_out",
+            "Sends accepted (calls of send and its variants).",
+            |l| Value::Count(l.messages_out),
+        ),
+    ];
+    for (name, help, f) in loop_counters {
+        family(enc, name, help, Counter, per_loop(f))?;
+    }
+    family(
+        enc,
+        "duo_server_loop_connections",
+        "Connections open on the loop now.",
+        Gauge,
+        per_loop(|l| gauge(l.open())),
+    )?;
+    family(
+        enc,
+        "duo_server_output_queued_bytes",
+        "Bytes queued in output buffers, waiting for the peers to take them.",
+        Gauge,
+        per_loop(|l| gauge(l.output_queued)),
+    )?;
+    family(
+        enc,
+        "duo_server_backpressured_connections",
+        "Connections whose reading is paused because their output passed the high-water \
+         mark.",
+        Gauge,
+        per_loop(|l| gauge(l.backpressured)),
+    )
+}
+
+/// The buffer pool's figures, per size class (label `class`, the block size in bytes).
+pub(crate) fn encode_pool(enc: &mut DescriptorEncoder<'_>, pool: BufPool) -> fmt::Result {
+    let stats = pool.stats();
+    family(
+        enc,
+        "duo_buffer_pool_bytes",
+        "Bytes of pooled I/O buffer blocks by size class and state: held by live buffers \
+         (in_use) or free in the pool's lists and thread caches (cached).",
+        MetricType::Gauge,
+        stats.classes.iter().flat_map(|c| {
+            let class = c.size.to_string();
+            [("in_use", c.in_use), ("cached", c.free)].map(|(state, blocks)| {
+                (
+                    [("class", class.clone()), ("state", state.to_owned())],
+                    gauge((blocks * c.size) as u64),
+                )
+            })
+        }),
+    )?;
+    family(
+        enc,
+        "duo_buffer_pool_released_blocks",
+        "Blocks returned to the system (trimmed, or released to stay under the cap), by \
+         size class.",
+        MetricType::Counter,
+        stats
+            .classes
+            .iter()
+            .map(|c| ([("class", c.size.to_string())], Value::Count(c.released))),
+    )?;
+    family(
+        enc,
+        "duo_buffer_pool_allocated_bytes",
+        "Bytes of blocks obtained from the system and not released.",
+        MetricType::Gauge,
+        [(NO_LABELS, gauge(stats.allocated_bytes as u64))],
+    )
+}
+
+/// A [`Collector`] of duo's figures for a `prometheus_client` [`Registry`]: every loop of
+/// the process ([`duo_reactor::loops`]), the servers added with
+/// [`add_server`](DuoCollector::add_server), and the global buffer pool, read at each
+/// scrape. Clones share the server list.
+///
+/// [`Registry`]: prometheus_client::registry::Registry
+#[derive(Clone, Default)]
+pub struct DuoCollector {
+    servers: Arc<Mutex<Vec<ServerHandle>>>,
+}
+
+impl DuoCollector {
+    /// A collector with no server yet.
+    pub fn new() -> DuoCollector {
+        DuoCollector::default()
+    }
+
+    /// Adds a server whose figures are exported (label `server`: its name).
+    pub fn add_server(&self, server: ServerHandle) {
+        self.servers.lock().push(server);
+    }
+
+    /// The loops' names and metrics, oldest loop first.
+    pub fn loop_snapshots() -> Vec<(String, LoopMetrics)> {
+        duo_reactor::loops()
+            .iter()
+            .map(|h: &LoopHandle| (h.name().to_owned(), h.metrics()))
+            .collect()
+    }
+}
+
+impl fmt::Debug for DuoCollector {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DuoCollector")
+            .field("servers", &self.servers.lock().len())
+            .finish()
+    }
+}
+
+impl Collector for DuoCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
+        encode_loops(&mut encoder, &DuoCollector::loop_snapshots())?;
+        let servers = self.servers.lock().clone();
+        encode_servers(&mut encoder, &servers)?;
+        encode_pool(&mut encoder, BufPool::global())
+    }
+}
