@@ -15,6 +15,12 @@ use prometheus_client::collector::Collector;
 use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
+/// A family written from a snapshot of type `T`: name, help, and how to read its value.
+type Field<T, V> = (&'static str, &'static str, fn(&T) -> V);
+
+/// A phase of a loop's time: its label and where the snapshot keeps it.
+type Phase = (&'static str, fn(&LoopMetrics) -> Duration);
+
 /// The label set of a family with one unlabelled series.
 const NO_LABELS: [(&str, &str); 0] = [];
 
@@ -84,7 +90,7 @@ pub(crate) fn encode_loops(
             .map(|(name, m)| ([("loop", name.as_str())], f(m)))
             .collect::<Vec<_>>()
     };
-    let counters: [(&str, &str, fn(&LoopMetrics) -> u64); 7] = [
+    let counters: [Field<LoopMetrics, u64>; 7] = [
         ("duo_loop_iterations", "Returns from epoll_wait.", |m| {
             m.iterations
         }),
@@ -116,7 +122,7 @@ pub(crate) fn encode_loops(
     for (name, help, f) in counters {
         family(enc, name, help, Counter, rows(&|m| Value::Count(f(m))))?;
     }
-    let phases: [(&str, fn(&LoopMetrics) -> Duration); 4] = [
+    let phases: [Phase; 4] = [
         ("poll", |m| m.poll_time),
         ("io", |m| m.io_time),
         ("timers", |m| m.timer_time),
@@ -291,7 +297,7 @@ pub(crate) fn encode_servers(
             })
             .collect::<Vec<_>>()
     };
-    let loop_counters: [(&str, &str, fn(&duo_net::LoopStats) -> Value); 5] = [
+    let loop_counters: [Field<duo_net::LoopStats, Value>; 5] = [
         (
             "duo_server_loop_connections_opened",
             "Connections established on the loop.",
