@@ -4,7 +4,7 @@
 //! echo [serve] [--listen ADDR] [--io-threads N] [--accept main|shared|reuseport]
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
-//!      [--drain-timeout SECS] [--processes N]
+//!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
 //! echo reload --pid PID [--upgrade]
 //! ```
 //!
@@ -28,6 +28,14 @@
 //!   every byte received is sent back as is.
 //! - `--stats-interval SECS`: log connections, messages/s and MiB/s every `SECS` (with
 //!   `--processes`, the supervisor logs one line summed over its workers).
+//! - `--metrics ADDR`: serve `GET /metrics` (Prometheus/OpenMetrics text: every loop's
+//!   health, the server's connections and traffic, the buffer pool; see
+//!   `docs/observability.md`), `GET /healthz` and `GET /debug/loops` on `ADDR`, from a
+//!   thread of its own. Port 0 picks a free port: the real address is printed on stdout
+//!   as `metrics on HOST:PORT`, right after the `listening on` line. Not with `--processes`
+//!   (each worker would need an address of its own; a usage error for now).
+//! - `--stall-ms MS` (default 25; 0 switches it off): a callback that holds a loop longer
+//!   than this is logged as a stall (rate-limited) and counted in `duo_loop_stalls_total`.
 //! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
 //!   finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
@@ -139,6 +147,13 @@ struct ServeArgs {
     /// Run N worker processes under a supervisor that owns the listening socket.
     #[arg(long, value_name = "N")]
     processes: Option<usize>,
+    /// Serve /metrics (Prometheus), /healthz and /debug/loops on ADDR (port 0: any free
+    /// port, printed as `metrics on HOST:PORT`).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    metrics: Option<SocketAddr>,
+    /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
+    #[arg(long, value_name = "MS", default_value_t = 25)]
+    stall_ms: u64,
 }
 
 /// How connections are polled.
@@ -210,6 +225,11 @@ fn main() -> ExitCode {
             None => report(echo::serve(&cfg)),
         },
         Some(0) => fail(USAGE, "echo: --processes must be at least 1"),
+        Some(_) if args.metrics.is_some() => fail(
+            USAGE,
+            "echo: --metrics is not supported with --processes (every worker would need an \
+             address of its own)",
+        ),
         Some(n) => run_supervisor(&cfg, n, inherited),
     }
 }
@@ -337,5 +357,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
         framed: args.framed,
         stats_interval: args.stats_interval.map(Duration::from_secs),
         drain_timeout: Duration::from_secs(args.drain_timeout),
+        metrics: args.metrics,
+        stall_threshold: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
     }
 }

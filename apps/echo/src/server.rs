@@ -3,15 +3,17 @@
 //! single process on its own socket ([`serve`]) or an inherited one ([`serve_on`]), or as
 //! a worker of a supervisor ([`serve_worker`]).
 
-use std::io;
+use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
-    AcceptMode, ConnCtx, EventLoop, InputBuffer, ServerBuilder, ServerHandle, TcpServer, WhenFull,
+    AcceptMode, ConnCtx, EventLoop, HealthConfig, InputBuffer, ServerBuilder, ServerHandle,
+    TcpServer, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -42,6 +44,10 @@ pub struct ServeConfig {
     pub stats_interval: Option<Duration>,
     /// How long a graceful shutdown waits for connections to close before forcing them.
     pub drain_timeout: Duration,
+    /// Serve the metrics endpoint (`duo_metrics`) here, and print `metrics on ADDR`.
+    pub metrics: Option<SocketAddr>,
+    /// The loops' stall threshold (`None`: the stall detector is off).
+    pub stall_threshold: Option<Duration>,
 }
 
 /// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
@@ -97,6 +103,10 @@ pub fn serve_worker(cfg: &ServeConfig, mut worker: Worker) -> io::Result<()> {
 /// Starts the server from `builder` and serves until stopped; announces itself on stdout,
 /// or (as a `worker`) to its supervisor.
 fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io::Result<()> {
+    HealthConfig::set_process_default(HealthConfig {
+        stall_threshold: cfg.stall_threshold,
+        ..HealthConfig::process_default()
+    });
     let mut main_loop = EventLoop::new()?;
     let messages = Arc::new(AtomicU64::new(0));
     let mut builder = builder
@@ -129,7 +139,26 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         if let Some(every) = cfg.stats_interval {
             report_stats(&mut main_loop, server.clone_handle(), messages, every);
         }
-        process::run_until_stopped(&mut main_loop, server, cfg.drain_timeout)?;
+        // Stopped (and its thread joined) when this function returns.
+        let metrics = match cfg.metrics {
+            Some(addr) => Some(serve_metrics(addr, server.clone_handle())?),
+            None => None,
+        };
+        process::shutdown_on_signals(
+            &mut main_loop,
+            &STOP_SIGNALS,
+            server.clone_handle(),
+            cfg.drain_timeout,
+        )?;
+        process::announce_listening(server.local_addr())?;
+        if let Some(metrics) = &metrics {
+            let mut out = io::stdout().lock();
+            writeln!(out, "metrics on {}", metrics.local_addr())?;
+            out.flush()?;
+        }
+        let ran = main_loop.run();
+        server.stop(&mut main_loop);
+        ran?;
         log::info!("stopped");
         return Ok(());
     };
@@ -158,6 +187,15 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
     ran?;
     log::info!("worker {} stopped", std::process::id());
     Ok(())
+}
+
+/// Starts the metrics endpoint for `server` on `addr`.
+fn serve_metrics(addr: SocketAddr, server: ServerHandle) -> io::Result<MetricsServer> {
+    let mut endpoint = MetricsEndpoint::new();
+    endpoint.add_server(server);
+    endpoint
+        .spawn(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
 }
 
 /// Publishes the server's counters into the worker's stats row every `every`.

@@ -7,13 +7,13 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, TcpStream};
+use std::net::{Shutdown, SocketAddr, TcpStream};
 use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Server, IO_TIMEOUT};
-use duo_testkit::{run_within, Rng};
+use duo_testkit::{run_within, ChildServer, Rng};
 
 /// Writes `data` in random-sized pieces.
 fn write_chunked(stream: &mut TcpStream, data: &[u8], rng: &mut Rng, max_chunk: usize) {
@@ -356,4 +356,72 @@ fn stats_interval_logs_a_line_per_interval() {
         line.contains("msg/s") && line.contains("MiB/s"),
         "line: {line}"
     );
+}
+
+/// One GET over a fresh connection: (status, body).
+fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    let status = reply[9..12].parse().unwrap();
+    let body = reply.split_once("\r\n\r\n").map_or("", |p| p.1).to_owned();
+    (status, body)
+}
+
+#[test]
+fn metrics_are_served_next_to_the_echo() {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo"));
+    cmd.args([
+        "--listen",
+        "127.0.0.1:0",
+        "--io-threads",
+        "1",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    let mut server = ChildServer::start(cmd);
+    let line = server.line_starting("metrics on ", Duration::from_secs(10));
+    let metrics: SocketAddr = line["metrics on ".len()..].trim().parse().unwrap();
+    let mut client = TcpStream::connect(server.addr()).unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    client.write_all(&[9u8; 500]).unwrap();
+    let mut back = [0u8; 500];
+    client.read_exact(&mut back).unwrap();
+    let (status, text) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200);
+    let bytes_in = text
+        .lines()
+        .find(|l| l.starts_with("duo_server_bytes_in_total{server=\"echo\""))
+        .unwrap_or_else(|| panic!("no bytes_in series:\n{text}"));
+    assert!(bytes_in.ends_with(" 500"), "{bytes_in}");
+    assert!(
+        text.contains("duo_loop_stalls_total{loop=\"echo-0\"} 0"),
+        "{text}"
+    );
+    assert_eq!(http_get(metrics, "/healthz"), (200, "ok\n".to_owned()));
+    drop(client);
+    let (status, _) = server.terminate("TERM", Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+}
+
+#[test]
+fn metrics_with_processes_is_a_usage_error() {
+    let (status, _, err) = run_to_exit(&[
+        "--listen",
+        "127.0.0.1:0",
+        "--processes",
+        "2",
+        "--metrics",
+        "127.0.0.1:0",
+    ]);
+    assert_eq!(status.code(), Some(2), "{err}");
+    assert!(err.contains("--metrics"), "{err}");
 }
