@@ -15,6 +15,13 @@ pub(super) struct Run {
     /// On PostgreSQL: the database server's CPU time (the postmaster and its backends)
     /// over the measured phase.
     pub(super) db_cpu: Option<Duration>,
+    /// Hypervisor steal over the measured phase, as a percentage of the machine's CPU
+    /// time (see [`super::steal`]); `None` when it could not be read.
+    pub(super) steal_pct: Option<f64>,
+    /// Attempts made for this run: more than 1 when steal spoiled the earlier ones.
+    pub(super) attempts: u32,
+    /// Every attempt's steal was above the threshold: this is the attempt with the least.
+    pub(super) steal_high: bool,
 }
 
 impl Run {
@@ -24,6 +31,9 @@ impl Run {
             result: Err(why),
             cpu: Duration::ZERO,
             db_cpu: None,
+            steal_pct: None,
+            attempts: 1,
+            steal_high: false,
         }
     }
 
@@ -134,6 +144,21 @@ impl Outcome {
         stats(self.runs.iter().map(Run::db_cpu_per_op_us))
     }
 
+    /// Hypervisor steal over the kept runs, % of the machine's CPU time.
+    pub(super) fn steal_stats(&self) -> Option<Stats> {
+        stats(self.runs.iter().map(|r| r.steal_pct))
+    }
+
+    /// Extra attempts made because steal was high.
+    pub(super) fn repeats(&self) -> u32 {
+        self.runs.iter().map(|r| r.attempts.saturating_sub(1)).sum()
+    }
+
+    /// Whether some kept run had high steal in every attempt.
+    pub(super) fn steal_high(&self) -> bool {
+        self.runs.iter().any(|r| r.steal_high)
+    }
+
     pub(super) fn errors(&self) -> u64 {
         self.runs.iter().map(Run::errors).sum()
     }
@@ -165,6 +190,11 @@ pub(super) fn fmt_rate(v: Option<f64>) -> String {
 
 pub(super) fn fmt_us(v: Option<f64>) -> String {
     v.map_or("-".into(), |v| format!("{v:.2} µs"))
+}
+
+/// A steal percentage, `-` when unknown.
+pub(super) fn fmt_steal(v: Option<f64>) -> String {
+    v.map_or("-".into(), |v| format!("{v:.1} %"))
 }
 
 pub(super) fn ratio(a: Option<f64>, b: Option<f64>) -> String {

@@ -37,6 +37,7 @@ use duo_testkit::pg::{bin_dir, PgCluster};
 
 use super::outcome::Run;
 use super::runner::Setting;
+use super::steal::StealMeter;
 use crate::process::run_bounded;
 use crate::Failure;
 
@@ -322,7 +323,9 @@ pub(super) fn run_pgbench(pg: &PgCluster, tag: &str, set: &Setting<'_>) -> Run {
     ]);
     let log = set.logs.join(format!("{tag}.pgbench.log"));
     let sampler = Sampler::start(None, postmaster);
+    let steal = StealMeter::start();
     let ran = run_bounded(&mut cmd, Duration::from_secs(set.secs + 120), &log);
+    let steal_pct = steal.finish();
     let result = ran.and_then(|(ok, out)| {
         if !ok {
             return Err(format!("pgbench failed (see {})", log.display()));
@@ -339,6 +342,9 @@ pub(super) fn run_pgbench(pg: &PgCluster, tag: &str, set: &Setting<'_>) -> Run {
         result,
         cpu: Duration::ZERO,
         db_cpu: cpu.map(|c| c.db),
+        steal_pct,
+        attempts: 1,
+        steal_high: false,
     }
 }
 

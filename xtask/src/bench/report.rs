@@ -7,8 +7,9 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::micro::Estimate;
-use super::outcome::{fmt_rate, ratio, spread, Outcome};
-use super::scenarios::{Scenario, Target, ECHO_SERVERS};
+use super::outcome::{fmt_rate, fmt_steal, ratio, spread, Outcome, Stats};
+use super::runner::StealPolicy;
+use super::scenarios::{Scenario, Target, ECHO_SERVERS, TAIL_SCENARIO};
 use crate::report::{markdown, svg, unix_now, write};
 use crate::{root, Failure};
 
@@ -23,6 +24,8 @@ pub(super) struct Header<'a> {
     pub(super) reps: usize,
     /// Scenarios left out, and why.
     pub(super) skipped: &'a [String],
+    /// When runs spoiled by steal time were repeated.
+    pub(super) steal: StealPolicy,
 }
 
 /// The markdown report of the load scenarios.
@@ -42,13 +45,23 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
          `duo-2-main` has the main loop accept and hand connections round robin to 2 I/O \
          threads, `duo-2-reuseport` gives each of 2 I/O threads a `SO_REUSEPORT` socket \
          (those two only where accepting matters: churn and 1 000 connections); \
-         `tokio` runs 2 workers. Each cell: the server's CPU time (user + system, from \
+         `tokio` runs 2 workers and `tokio-1` one (rr and pingpong-100x16k only). In \
+         both tokio servers the main thread only accepts (`block_on`) and the workers \
+         serve the connections, so `tokio-1` serves on one thread, as `duo-0` does \
+         (accepting on that same thread) and as `duo-1` does (its main loop idle, its I/O \
+         thread accepting): the fair one-thread comparisons are `duo-0` / `tokio-1`, the \
+         strict one (everything on one thread), and `duo-1` / `tokio-1`, the same thread \
+         layout; at two, `duo-2` / `tokio`. Each cell: the server's CPU time (user + \
+         system, from \
          `/proc/PID/stat`, over the measured phase only: set-up such as connecting or the \
          bank's logins is excluded) per operation, the ranking figure because it holds within about \
          10 % on this machine while throughput swings 30-50 %; then throughput (messages, \
-         requests or connections per second). Idle: server RSS per held connection.\n"
+         requests or connections per second), with p99 and p99.9 for rr. Idle: server RSS \
+         per held connection. Every cell ends with the median steal of its runs.\n"
     );
+    steal_note(&mut md, results, h);
     echo_tables(&mut md, results);
+    tail_table(&mut md, results);
     bank_table(&mut md, results);
     pg_table(&mut md, results);
     for note in h.skipped {
@@ -98,6 +111,7 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
         &[
             "scenario",
             "duo-0 / raw-epoll",
+            "duo-0 / tokio-1",
             "duo-2 / tokio",
             "duo-2-main / tokio",
             "duo-2-reuseport / tokio",
@@ -122,6 +136,7 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
             [
                 sc.name.to_owned(),
                 cell("duo-0", "raw-epoll"),
+                cell("duo-0", "tokio-1"),
                 cell("duo-2", "tokio"),
                 cell("duo-2-main", "tokio"),
                 cell("duo-2-reuseport", "tokio"),
@@ -155,6 +170,7 @@ fn bank_table(md: &mut String, results: &Results<'_>) {
                 us(o.median(|j| j.p99_us)),
                 spread(o.cpu_stats(), n, |v| format!("{v:.0} µs")),
                 totals(o).into(),
+                steal_cell(o),
             ]
         })
     });
@@ -166,6 +182,7 @@ fn bank_table(md: &mut String, results: &Results<'_>) {
             "p99",
             "server CPU/transfer",
             "totals",
+            "steal",
         ],
         rows,
     ));
@@ -236,6 +253,7 @@ fn pg_table(md: &mut String, results: &Results<'_>) {
                 },
                 cpu(o.db_cpu_stats()),
                 us(total_cpu_us(o)),
+                steal_cell(o),
             ]
         })
     });
@@ -248,6 +266,7 @@ fn pg_table(md: &mut String, results: &Results<'_>) {
             "front-end CPU/transfer",
             "database CPU/transfer",
             "total CPU/transfer",
+            "steal",
         ],
         rows,
     ));
@@ -504,8 +523,17 @@ fn headline(sc: &Scenario, o: &Outcome) -> String {
                     .map_or("-".into(), |v| format!("{v:.0} µs"))
             );
         }
+        if sc.mode == "rr" {
+            let _ = write!(
+                s,
+                ", p99.9 {}",
+                o.median(|j| j.p999_us)
+                    .map_or("-".into(), |v| format!("{v:.0} µs"))
+            );
+        }
         s
     };
+    let _ = write!(s, "; steal {}", steal_cell(o));
     if o.errors() > 0 {
         let _ = write!(s, "; **{} errors**", o.errors());
     }
@@ -552,11 +580,16 @@ pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<
                     "median_rate": o.rate(),
                     "median_server_cpu_per_op_us": o.cpu_per_op_us(),
                     "median_db_cpu_per_op_us": o.db_cpu_stats().map(|s| s.median),
+                    "median_steal_pct": o.steal_stats().map(|s| s.median),
+                    "steal_repeats": o.repeats(),
                     "runs": o.runs.iter().map(|r| json!({
                         "server_cpu_secs": r.cpu.as_secs_f64(),
                         "server_cpu_per_op_us": r.cpu_per_op_us(),
                         "db_cpu_secs": r.db_cpu.map(|c| c.as_secs_f64()),
                         "db_cpu_per_op_us": r.db_cpu_per_op_us(),
+                        "steal_pct": r.steal_pct,
+                        "attempts": r.attempts,
+                        "steal_high": r.steal_high,
                         "loadgen": r.result.as_ref().ok(),
                         "error": r.result.as_ref().err(),
                     })).collect::<Vec<_>>(),
@@ -582,6 +615,9 @@ pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<
         "secs": h.secs,
         "unix_time": unix_now(),
         "skipped": h.skipped,
+        "max_steal_pct": h.steal.max_pct,
+        "steal_retries": h.steal.retries,
+        "tail": tail_rows(results).iter().map(TailRow::json).collect::<Vec<_>>(),
         "micro": micro,
         "scenarios": scenarios,
         "postgres": postgres,
@@ -595,7 +631,14 @@ pub(super) fn write_charts(dir: &Path, results: &Results<'_>) -> Result<(), Fail
         results
             .iter()
             .filter(|(sc, _)| sc.target == Target::Echo && sc.mode != "idle")
-            .map(|(sc, os)| (sc.name, os.iter().map(value).collect()))
+            .map(|(sc, os)| {
+                // One bar slot per server of the list, in its order (a scenario runs
+                // only some of them).
+                let by_name = servers
+                    .iter()
+                    .map(|name| os.iter().find(|o| o.server == *name).and_then(value));
+                (sc.name, by_name.collect())
+            })
             .collect()
     };
     write(
@@ -651,4 +694,190 @@ pub(super) fn update_docs(md: &str) -> Result<(), Failure> {
     };
     let new = format!("{}{DOCS_BEGIN}\n{md}{}", &doc[..b], &doc[e..]);
     write(&path, &new)
+}
+
+/// Marks a cell whose figures include a run where every attempt had high steal.
+const STEAL_MARK: &str = "‡";
+
+/// A server's median steal over its kept runs, marked when one of them had high steal
+/// in every attempt.
+fn steal_cell(o: &Outcome) -> String {
+    let mark = if o.steal_high() {
+        format!(" {STEAL_MARK}")
+    } else {
+        String::new()
+    };
+    format!("{}{mark}", fmt_steal(o.steal_stats().map(|s| s.median)))
+}
+
+/// What steal time is, the threshold, and how many runs it made repeat.
+fn steal_note(md: &mut String, results: &Results<'_>, h: &Header<'_>) {
+    let outcomes = || results.iter().flat_map(|(_, os)| os.iter());
+    let runs: usize = outcomes().map(|o| o.runs.len()).sum();
+    let repeated = outcomes()
+        .flat_map(|o| o.runs.iter())
+        .filter(|r| r.attempts > 1)
+        .count();
+    let attempts: u32 = outcomes().map(Outcome::repeats).sum();
+    let spoiled = outcomes()
+        .flat_map(|o| o.runs.iter())
+        .filter(|r| r.steal_high)
+        .count();
+    let worst = outcomes()
+        .flat_map(|o| o.runs.iter())
+        .filter_map(|r| r.steal_pct)
+        .fold(None, |m: Option<f64>, v| Some(m.map_or(v, |m| m.max(v))));
+    let _ = writeln!(
+        md,
+        "Steal: the hypervisor's steal time over each run (the load generator's whole \
+         run, from the `cpu` line of `/proc/stat`: stolen ticks over all ticks of the \
+         machine), as a share of the machine's CPU time; every cell gives the median \
+         over its runs. Time stolen from a vCPU stalls whatever runs on it, so it shows \
+         in tail latency first, then in throughput. A run with more than {} % steal is \
+         made again at once (before the next server's, keeping the repetitions \
+         interleaved), up to {} more time(s); the first attempt under the threshold \
+         is kept, else the one with the least steal, and its cell is marked \
+         {STEAL_MARK}. This report: {repeated} of {runs} run(s) repeated ({attempts} \
+         extra attempt(s)), {spoiled} kept with high steal, highest steal of a kept \
+         run {}.\n",
+        h.steal.max_pct,
+        h.steal.retries,
+        fmt_steal(worst)
+    );
+}
+
+/// One line of the tail-latency comparison: a duo server against a peer with the same
+/// number of serving threads, in the rr scenario.
+struct TailRow<'a> {
+    threads: &'static str,
+    duo: &'a Outcome,
+    peer: &'a Outcome,
+}
+
+/// The comparisons the issue asks for: one thread (`duo-0` strict, `duo-1` same layout,
+/// against `tokio-1`) and two (`duo-2` against `tokio`).
+const TAIL_PAIRS: &[(&str, &str, &str)] = &[
+    ("1", "duo-0", "tokio-1"),
+    ("1", "duo-1", "tokio-1"),
+    ("2", "duo-2", "tokio"),
+];
+
+fn tail_rows<'a>(results: &'a Results<'_>) -> Vec<TailRow<'a>> {
+    let Some((_, outcomes)) = results.iter().find(|(sc, _)| sc.name == TAIL_SCENARIO) else {
+        return Vec::new();
+    };
+    let get = |name: &str| outcomes.iter().find(|o| o.server == name && !o.failed());
+    TAIL_PAIRS
+        .iter()
+        .filter_map(|(threads, duo, peer)| {
+            Some(TailRow {
+                threads,
+                duo: get(duo)?,
+                peer: get(peer)?,
+            })
+        })
+        .collect()
+}
+
+/// p99 and p99.9 of a server's runs.
+fn p99(o: &Outcome) -> Option<Stats> {
+    o.stats(|j| j.p99_us)
+}
+
+fn p999(o: &Outcome) -> Option<Stats> {
+    o.stats(|j| j.p999_us)
+}
+
+/// `duo / peer` of two medians.
+fn median_ratio(duo: Option<Stats>, peer: Option<Stats>) -> Option<f64> {
+    match (duo, peer) {
+        (Some(d), Some(p)) if p.median > 0.0 => Some(d.median / p.median),
+        _ => None,
+    }
+}
+
+impl TailRow<'_> {
+    fn p99_ratio(&self) -> Option<f64> {
+        median_ratio(p99(self.duo), p99(self.peer))
+    }
+
+    fn p999_ratio(&self) -> Option<f64> {
+        median_ratio(p999(self.duo), p999(self.peer))
+    }
+
+    fn json(&self) -> Value {
+        let st =
+            |s: Option<Stats>| s.map(|s| json!({"median": s.median, "min": s.min, "max": s.max}));
+        json!({
+            "threads": self.threads,
+            "duo": self.duo.server,
+            "peer": self.peer.server,
+            "duo_p99_us": st(p99(self.duo)),
+            "peer_p99_us": st(p99(self.peer)),
+            "p99_ratio": self.p99_ratio(),
+            "duo_p999_us": st(p999(self.duo)),
+            "peer_p999_us": st(p999(self.peer)),
+            "p999_ratio": self.p999_ratio(),
+            "p99_met": self.p99_ratio().map(|r| r <= 1.0),
+            "p999_met": self.p999_ratio().map(|r| r <= 1.0),
+            "duo_steal_pct": self.duo.steal_stats().map(|s| s.median),
+            "peer_steal_pct": self.peer.steal_stats().map(|s| s.median),
+            "steal_high": self.duo.steal_high() || self.peer.steal_high(),
+        })
+    }
+}
+
+/// duo's request/response tail against tokio's at one and at two serving threads, with
+/// the target (duo ≤ tokio) and the steal of those runs.
+fn tail_table(md: &mut String, results: &Results<'_>) {
+    let rows = tail_rows(results);
+    if rows.is_empty() {
+        return;
+    }
+    let n = |o: &Outcome| o.runs.len();
+    let us = |st: Option<Stats>, runs: usize| spread(st, runs, |v| format!("{v:.0}"));
+    let met = |r: Option<f64>| match r {
+        Some(r) if r <= 1.0 => format!("{r:.2}, met"),
+        // Three decimals where two would read as 1.00.
+        Some(r) if r < 1.005 => format!("{r:.3}, **not met**"),
+        Some(r) => format!("{r:.2}, **not met**"),
+        None => "-".into(),
+    };
+    let _ = writeln!(
+        md,
+        "\nTail latency, {TAIL_SCENARIO} (100 connections, one 64 B request at a time \
+         each): p99 and p99.9 in µs, medians (min-max) over the repetitions of this run, \
+         duo and tokio interleaved; target: duo / tokio ≤ 1 for both, at one and at two \
+         serving threads. `duo-0` / `tokio-1` is the strict one-thread comparison (duo \
+         accepts and serves on its one thread, tokio accepts on its main thread); \
+         `duo-1` / `tokio-1` has the same layout on both sides (an idle accepting or \
+         main thread, one serving thread). Steal: medians of the duo / tokio runs \
+         ({STEAL_MARK}: a run kept with high steal).\n"
+    );
+    md.push_str(&markdown::table(
+        &[
+            "threads",
+            "duo / peer",
+            "p99 duo",
+            "p99 peer",
+            "p99 duo/peer ≤ 1",
+            "p99.9 duo",
+            "p99.9 peer",
+            "p99.9 duo/peer ≤ 1",
+            "steal duo / peer",
+        ],
+        rows.iter().map(|r| {
+            [
+                r.threads.to_owned(),
+                format!("{} / {}", r.duo.server, r.peer.server),
+                us(p99(r.duo), n(r.duo)),
+                us(p99(r.peer), n(r.peer)),
+                met(r.p99_ratio()),
+                us(p999(r.duo), n(r.duo)),
+                us(p999(r.peer), n(r.peer)),
+                met(r.p999_ratio()),
+                format!("{} / {}", steal_cell(r.duo), steal_cell(r.peer)),
+            ]
+        }),
+    ));
 }

@@ -8,9 +8,10 @@ use std::time::Duration;
 use duo_testkit::loadgen_json::LoadgenJson;
 use duo_testkit::pg::PgCluster;
 
-use super::outcome::{fmt_rate, fmt_us, Outcome, Run};
+use super::outcome::{fmt_rate, fmt_steal, fmt_us, Outcome, Run};
 use super::pg::{run_pgbench, RunDatabase, Sampler};
 use super::scenarios::{Entrant, Scenario, Target};
+use super::steal::StealMeter;
 use crate::process::{run_bounded, Server};
 
 /// Where and how long runs go.
@@ -23,6 +24,17 @@ pub(super) struct Setting<'a> {
     pub(super) release: &'a Path,
     /// Where server and `loadgen` logs go.
     pub(super) logs: &'a Path,
+    /// When a run spoiled by steal time is repeated.
+    pub(super) steal: StealPolicy,
+}
+
+/// When a run spoiled by the hypervisor's steal time is repeated.
+#[derive(Clone, Copy)]
+pub(super) struct StealPolicy {
+    /// Steal above this (% of the machine's CPU time over the run) spoils a run.
+    pub(super) max_pct: f64,
+    /// Extra attempts at most.
+    pub(super) retries: u32,
 }
 
 /// Starts `entrant`, runs the scenario's `loadgen` against it and stops it; `tag` names
@@ -72,11 +84,13 @@ fn run_server(
     let sampler = postmaster.map(|pm| Sampler::start(Some(server.pid()), pm));
     let mut cmd = loadgen_command(sc, &server, set);
     let before = server.cpu_time();
+    let steal = StealMeter::start();
     let ran = run_bounded(
         &mut cmd,
         Duration::from_secs(set.secs + 120),
         &set.logs.join(format!("{tag}.loadgen.log")),
     );
+    let steal_pct = steal.finish();
     let after = server.cpu_time();
     let mut cpu = match (after, before) {
         (Ok(a), Ok(b)) => a.saturating_sub(b),
@@ -107,6 +121,9 @@ fn run_server(
         result,
         cpu,
         db_cpu,
+        steal_pct,
+        attempts: 1,
+        steal_high: false,
     }
 }
 
@@ -140,15 +157,28 @@ fn loadgen_command(sc: &Scenario, server: &Server, set: &Setting<'_>) -> Command
 
 /// One line per run, as it finishes.
 pub(super) fn print_run(server: &str, rep: usize, r: &Run) {
+    let tail = match (r.get(|j| j.p99_us), r.get(|j| j.p999_us)) {
+        (Some(p99), Some(p999)) if r.get(|j| Some(j.mode == "rr")) == Some(true) => {
+            format!("  p99 {p99:.0} µs  p99.9 {p999:.0} µs")
+        }
+        _ => String::new(),
+    };
+    let attempts = match (r.attempts, r.steal_high) {
+        (1, _) => String::new(),
+        (n, false) => format!(" (attempt {n})"),
+        (n, true) => format!(" (HIGH in all {n} attempts, least kept)"),
+    };
     match &r.result {
         Ok(_) => println!(
-            "   {server:<16} #{rep}  rate {:>12}  server CPU/op {:>9}{}  errors {}{}",
+            "   {server:<16} #{rep}  rate {:>12}  server CPU/op {:>9}{}{tail}  \
+             steal {:>6}{attempts}  errors {}{}",
             fmt_rate(r.rate()),
             fmt_us(r.cpu_per_op_us()),
             r.db_cpu.map_or(String::new(), |_| format!(
                 "  database CPU/op {:>9}",
                 fmt_us(r.db_cpu_per_op_us())
             )),
+            fmt_steal(r.steal_pct),
             r.errors(),
             if r.verification_failed() {
                 "  VERIFICATION FAILED"
@@ -163,10 +193,11 @@ pub(super) fn print_run(server: &str, rep: usize, r: &Run) {
 /// One line per server with the medians over its repetitions.
 pub(super) fn print_outcome(o: &Outcome) {
     println!(
-        "   {:<10} median  rate {:>12}  server CPU/op {:>9}  errors {}",
+        "   {:<16} median  rate {:>12}  server CPU/op {:>9}  steal {:>6}  errors {}",
         o.server,
         fmt_rate(o.rate()),
         fmt_us(o.cpu_per_op_us()),
+        fmt_steal(o.steal_stats().map(|s| s.median)),
         o.errors()
     );
 }

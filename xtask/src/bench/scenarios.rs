@@ -80,6 +80,22 @@ impl EchoServer {
             only_in: &[],
         }
     }
+
+    /// A peer baseline, in the named scenarios only.
+    const fn peer_in(
+        name: &'static str,
+        bin: &'static str,
+        args: &'static [&'static str],
+        only_in: &'static [&'static str],
+    ) -> EchoServer {
+        EchoServer {
+            name,
+            bin,
+            args,
+            duo: false,
+            only_in,
+        }
+    }
 }
 
 pub(super) const ECHO_SERVERS: &[EchoServer] = &[
@@ -122,6 +138,12 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         ACCEPT_MODE_SCENARIOS,
     ),
     EchoServer::peer("raw-epoll", "raw_epoll_echo", &["--listen", "127.0.0.1:0"]),
+    EchoServer::peer_in(
+        "tokio-1",
+        "tokio_echo",
+        &["--listen", "127.0.0.1:0", "--threads", "1"],
+        ONE_THREAD_SCENARIOS,
+    ),
     EchoServer::peer(
         "tokio",
         "tokio_echo",
@@ -132,6 +154,13 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
 /// Where the accept modes other than the default (`duo-2` accepts on every I/O loop with
 /// `EPOLLEXCLUSIVE`) are measured too.
 const ACCEPT_MODE_SCENARIOS: &[&str] = &["churn-50", "pingpong-1000x64"];
+
+/// Where tokio is measured with one worker as well as two, to compare duo's tail latency
+/// with it at one thread (`duo-0`) as at two (`duo-2` against `tokio`).
+pub(super) const ONE_THREAD_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
+
+/// The scenario of the tail-latency comparison.
+pub(super) const TAIL_SCENARIO: &str = "rr-100x64";
 
 /// What a scenario runs against.
 #[derive(Clone, Copy, PartialEq)]
