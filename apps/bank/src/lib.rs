@@ -5,10 +5,12 @@
 
 mod auth;
 pub mod client;
+pub mod metrics;
 pub mod protocol;
 pub mod server;
 mod store;
 pub mod supervise;
 
 pub use auth::HashCost;
+pub use metrics::BankMetrics;
 pub use store::{Database, StoreError, StoreOptions};

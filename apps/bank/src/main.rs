@@ -15,6 +15,11 @@
 //! - Socket activation: started with `LISTEN_FDS`/`LISTEN_PID` (systemd,
 //!   `systemd-socket-activate`), `bank serve` (with or without `--processes`) serves on the
 //!   inherited socket instead of binding `--listen`; exactly one socket is expected.
+//! - `bank serve --metrics ADDR`: serves `GET /metrics` (duo's loop and server figures and
+//!   the bank's own: writes by kind and outcome, batch sizes, commit latency, failed
+//!   logins, database errors; see `docs/observability.md`), `/healthz` and `/debug/loops`
+//!   on `ADDR`, and prints `metrics on HOST:PORT` after the `listening on` line. Not with
+//!   `--processes` (a usage error for now).
 //! - `bank client`: a blocking client, one-shot or interactive.
 //!
 //! Exit status: 0 on success, 1 on a runtime error (the message says why), 2 on a usage
@@ -87,6 +92,13 @@ struct ServeArgs {
     /// listening socket; more than 1 needs PostgreSQL.
     #[arg(long, value_name = "N")]
     processes: Option<usize>,
+    /// Serve /metrics (Prometheus), /healthz and /debug/loops on ADDR (port 0: any free
+    /// port, printed as `metrics on HOST:PORT`).
+    #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
+    metrics: Option<SocketAddr>,
+    /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
+    #[arg(long, value_name = "MS", default_value_t = 25)]
+    stall_ms: u64,
     /// Cost of new password hashes; `low` is for tests only.
     #[arg(long, value_enum, default_value = "default", hide = true)]
     hash_cost: HashCost,
@@ -161,6 +173,13 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> E
         if let Err(why) = supervise::check_processes(n, &cfg.db) {
             return fail(USAGE, &format!("bank: {why}"));
         }
+        if cfg.metrics.is_some() {
+            return fail(
+                USAGE,
+                "bank: --metrics is not supported with --processes (every worker would \
+                 need an address of its own)",
+            );
+        }
     }
     let inherited = match inherited.len() {
         0 => None,
@@ -212,6 +231,8 @@ fn config(a: ServeArgs) -> ServeConfig {
         idle_timeout: Duration::from_secs(a.idle_timeout),
         group_commit: !a.no_group_commit,
         hash_cost: a.hash_cost,
+        metrics: a.metrics,
+        stall_threshold: (a.stall_ms > 0).then(|| Duration::from_millis(a.stall_ms)),
     }
 }
 

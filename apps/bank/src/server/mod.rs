@@ -32,19 +32,22 @@
 //! holds is bounded by the queue, one job's reply and that mark, whatever it sends.
 
 use std::fmt;
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
+use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::codec::{CodecError, LineCodec};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
-    ConnCtx, EventLoop, InputBuffer, ServerBuilder, SubmitError, TcpConnection, TcpServer,
-    ThreadPool, WhenFull,
+    ConnCtx, EventLoop, HealthConfig, InputBuffer, ServerBuilder, SubmitError, TcpConnection,
+    TcpServer, ThreadPool, WhenFull,
 };
 use duo_supervisor::Worker;
 
 use crate::auth::{HashCost, Hasher};
+use crate::metrics::BankMetrics;
 use crate::protocol::{
     err_line, history_reply, ok_line, parse_line, ErrorCode, ProtoError, MAX_LINE,
 };
@@ -96,6 +99,10 @@ pub struct ServeConfig {
     pub group_commit: bool,
     /// Cost of new password hashes.
     pub hash_cost: HashCost,
+    /// Serve the metrics endpoint here (and print `metrics on ADDR`).
+    pub metrics: Option<SocketAddr>,
+    /// The loops' stall threshold (`None`: the stall detector is off).
+    pub stall_threshold: Option<Duration>,
 }
 
 /// Why the server could not run.
@@ -124,6 +131,7 @@ struct App {
     hasher: Hasher,
     pool: ThreadPool,
     group_commit: bool,
+    metrics: BankMetrics,
 }
 
 /// What a finished job asks the loop to do.
@@ -153,8 +161,9 @@ fn internal(e: &dyn fmt::Display) -> String {
 }
 
 /// The reply to a command the database failed: `UNAVAILABLE` if it could not be reached,
-/// else `INTERNAL`.
-fn store_failed(e: &StoreError) -> String {
+/// else `INTERNAL`; counted in `metrics`.
+fn store_failed(metrics: &BankMetrics, e: &StoreError) -> String {
+    metrics.db_error(e.code());
     match e.code() {
         ErrorCode::Unavailable => {
             duo_net::log_limited!(log::Level::Warn, "{e}");
@@ -289,7 +298,13 @@ fn run(
     listen: SocketAddr,
     worker: Option<Worker>,
 ) -> Result<(), ServeError> {
+    HealthConfig::set_process_default(HealthConfig {
+        stall_threshold: cfg.stall_threshold,
+        ..HealthConfig::process_default()
+    });
+    let metrics = BankMetrics::default();
     let options = StoreOptions {
+        metrics: metrics.clone(),
         group_commit: cfg.group_commit,
         // Without group commit every worker runs its own transactions, as a classic
         // connection pool would (SQLite ignores it: it has one writer).
@@ -311,6 +326,7 @@ fn run(
         hasher,
         pool,
         group_commit: cfg.group_commit,
+        metrics: metrics.clone(),
     });
 
     let mut lp = EventLoop::new().map_err(startup("event loop"))?;
@@ -407,6 +423,11 @@ fn run(
         }
         None => process::announce_listening(addr).map_err(startup("stdout"))?,
     }
+    // Stopped (and its thread joined) when this function returns.
+    let endpoint = match cfg.metrics {
+        Some(at) => Some(serve_metrics(at, &server, &metrics)?),
+        None => None,
+    };
 
     let ran = lp.run();
     // Connections are closed; finish the database work already queued (its replies go
@@ -414,8 +435,29 @@ fn run(
     app.pool.stop();
     server.stop(&mut lp);
     ran.map_err(startup("event loop"))?;
+    drop(endpoint);
     log::info!("bank stopped");
     Ok(())
+}
+
+/// Starts the metrics endpoint (duo's figures for `server`, and `metrics`) on `addr` and
+/// prints `metrics on ADDR`.
+fn serve_metrics(
+    addr: SocketAddr,
+    server: &TcpServer,
+    metrics: &BankMetrics,
+) -> Result<MetricsServer, ServeError> {
+    let mut endpoint = MetricsEndpoint::new();
+    endpoint.add_server(server.clone_handle());
+    metrics.register(endpoint.registry_mut());
+    let running = endpoint
+        .spawn(addr)
+        .map_err(|e| ServeError::Startup(format!("metrics endpoint on {addr}: {e}")))?;
+    let mut out = std::io::stdout().lock();
+    writeln!(out, "metrics on {}", running.local_addr())
+        .and_then(|()| out.flush())
+        .map_err(startup("stdout"))?;
+    Ok(running)
 }
 
 fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, codec: LineCodec) {
@@ -479,7 +521,11 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
         let mut resume = false;
         let step = conn
             .with_context(|s: &mut Session| {
+                let failed_before = s.failed_logins;
                 let step = next_step(s, app.group_commit);
+                if s.failed_logins > failed_before {
+                    app.metrics.login_failed();
+                }
                 if s.paused && s.queue.len() < QUEUE_LOW {
                     s.paused = false;
                     resume = true;
@@ -522,7 +568,7 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
                 }
                 let reply = match app.store.balance(id) {
                     Ok(b) => ok_line(b),
-                    Err(e) => store_failed(&e),
+                    Err(e) => store_failed(&app.metrics, &e),
                 };
                 r.finish(Completion::reply(reply));
             }),
@@ -532,16 +578,17 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
                 }
                 let reply = match app.store.history(id, limit) {
                     Ok(entries) => history_reply(&entries),
-                    Err(e) => store_failed(&e),
+                    Err(e) => store_failed(&app.metrics, &e),
                 };
                 r.finish(Completion::reply(reply));
             }),
             Step::Writes(ops) => {
                 answers = ops.len();
                 spawn(ctx, app, move |app, r| {
+                    let metrics = app.metrics.clone();
                     app.store.submit_write(WriteJob {
                         ops,
-                        done: Box::new(move |results| r.finish(write_replies(results))),
+                        done: Box::new(move |results| r.finish(write_replies(&metrics, results))),
                     });
                 })
             }
@@ -595,7 +642,7 @@ fn close_gently(ctx: &mut ConnCtx<'_>) {
 fn login(app: &App, user: &str, password: &str) -> Completion {
     let row = match app.store.user(user) {
         Ok(row) => row,
-        Err(e) => return Completion::reply(store_failed(&e)),
+        Err(e) => return Completion::reply(store_failed(&app.metrics, &e)),
     };
     // An unknown user costs a hash check too, against a dummy hash.
     match row {
@@ -628,26 +675,27 @@ fn register(app: &App, user: String, password: &str, r: Responder) {
             )))
         }
         Ok(None) => {}
-        Err(e) => return r.finish(Completion::reply(store_failed(&e))),
+        Err(e) => return r.finish(Completion::reply(store_failed(&app.metrics, &e))),
     }
     let hash = match app.hasher.hash(password) {
         Ok(h) => h,
         Err(e) => return r.finish(Completion::reply(internal(&e))),
     };
+    let metrics = app.metrics.clone();
     app.store.submit_write(WriteJob {
         ops: vec![WriteOp::Register { name: user, hash }],
-        done: Box::new(move |results| r.finish(write_replies(results))),
+        done: Box::new(move |results| r.finish(write_replies(&metrics, results))),
     });
 }
 
-fn write_replies(results: WriteResults) -> Completion {
+fn write_replies(metrics: &BankMetrics, results: WriteResults) -> Completion {
     let mut reply = String::new();
     for result in results {
         reply.push_str(&match result {
             Ok(WriteOutcome::Registered) => ok_line("registered"),
             Ok(WriteOutcome::Balance(b)) => ok_line(b),
             Ok(WriteOutcome::Rejected(code, message)) => err_line(code, &message),
-            Err(e) => store_failed(&e),
+            Err(e) => store_failed(metrics, &e),
         });
     }
     Completion::reply(reply)
@@ -665,10 +713,13 @@ fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
                     s.user = Some(account);
                     None
                 }
-                Effect::LoginFailed => match login_failed(s) {
-                    Step::Close(line) => Some(line),
-                    _ => None,
-                },
+                Effect::LoginFailed => {
+                    app.metrics.login_failed();
+                    match login_failed(s) {
+                        Step::Close(line) => Some(line),
+                        _ => None,
+                    }
+                }
             }
         })
         .ok()

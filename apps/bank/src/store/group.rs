@@ -15,27 +15,37 @@
 //! group commit a batch is one job.
 
 use std::collections::VecDeque;
+use std::time::Instant;
 
 use parking_lot::Mutex;
 
 use super::{WriteJob, WriteOp, WriteResults};
+use crate::metrics::BankMetrics;
 
 /// The queue of write jobs and the writers that commit them.
 pub(crate) struct GroupCommit<W> {
     pending: Mutex<VecDeque<WriteJob>>,
     writers: Vec<Mutex<W>>,
     max_ops: usize,
+    metrics: BankMetrics,
 }
 
 impl<W> GroupCommit<W> {
     /// Commits through `writers` (at least one), batching whole jobs up to `max_ops`
-    /// operations if `group_commit`, else one job per batch.
-    pub(crate) fn new(writers: Vec<W>, group_commit: bool, max_ops: usize) -> GroupCommit<W> {
+    /// operations if `group_commit`, else one job per batch; counts every batch in
+    /// `metrics`.
+    pub(crate) fn new(
+        writers: Vec<W>,
+        group_commit: bool,
+        max_ops: usize,
+        metrics: BankMetrics,
+    ) -> GroupCommit<W> {
         assert!(!writers.is_empty(), "group commit needs a writer");
         GroupCommit {
             pending: Mutex::new(VecDeque::new()),
             writers: writers.into_iter().map(Mutex::new).collect(),
             max_ops: if group_commit { max_ops } else { 1 },
+            metrics,
         }
     }
 
@@ -58,7 +68,10 @@ impl<W> GroupCommit<W> {
                     break;
                 }
                 let ops: Vec<&WriteOp> = batch.iter().flat_map(|j| j.ops.iter()).collect();
-                let mut results = execute(&mut writer, &ops).into_iter();
+                let began = Instant::now();
+                let results = execute(&mut writer, &ops);
+                self.metrics.batch(&ops, &results, began.elapsed());
+                let mut results = results.into_iter();
                 for job in batch {
                     let mine: WriteResults = results.by_ref().take(job.ops.len()).collect();
                     (job.done)(mine);

@@ -23,6 +23,7 @@
 //! Every operation checks its preconditions inside the transaction that applies it, so
 //! balances never go negative and a transfer moves exactly what it debits.
 
+use crate::metrics::BankMetrics;
 use std::fmt;
 use std::path::PathBuf;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -98,12 +99,14 @@ impl fmt::Display for Database {
 }
 
 /// How the server uses its database.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub struct StoreOptions {
     /// Batch concurrent writes into shared commits.
     pub group_commit: bool,
     /// Transactions that may commit at once (PostgreSQL; SQLite has one writer).
     pub writers: usize,
+    /// Where batches are counted (sizes, commit times, outcomes).
+    pub metrics: BankMetrics,
 }
 
 /// A storage failure.

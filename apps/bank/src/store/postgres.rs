@@ -285,7 +285,12 @@ impl PgStore {
         Ok(PgStore {
             config,
             shown,
-            writes: GroupCommit::new(writers, options.group_commit, MAX_BATCH_OPS),
+            writes: GroupCommit::new(
+                writers,
+                options.group_commit,
+                MAX_BATCH_OPS,
+                options.metrics.clone(),
+            ),
             readers: Mutex::new(Vec::new()),
         })
     }

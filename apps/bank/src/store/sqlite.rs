@@ -107,7 +107,12 @@ impl SqliteStore {
         writer.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
         Ok(SqliteStore {
             path: path.to_owned(),
-            writes: GroupCommit::new(vec![writer], options.group_commit, MAX_BATCH_OPS),
+            writes: GroupCommit::new(
+                vec![writer],
+                options.group_commit,
+                MAX_BATCH_OPS,
+                options.metrics.clone(),
+            ),
             readers: Mutex::new(Vec::new()),
         })
     }

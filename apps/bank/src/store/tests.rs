@@ -63,6 +63,7 @@ fn options(group_commit: bool) -> StoreOptions {
     StoreOptions {
         group_commit,
         writers: 2,
+        metrics: crate::BankMetrics::default(),
     }
 }
 

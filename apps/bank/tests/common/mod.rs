@@ -102,6 +102,18 @@ impl Server {
         self.child.pid()
     }
 
+    /// The address of its metrics endpoint (started with `--metrics 127.0.0.1:0`): the
+    /// `metrics on ADDR` line after `listening on`.
+    pub(crate) fn metrics_addr(&mut self) -> SocketAddr {
+        let line = self
+            .child
+            .line_starting("metrics on ", Duration::from_secs(10));
+        line["metrics on ".len()..]
+            .trim()
+            .parse()
+            .expect("metrics address")
+    }
+
     /// SIGKILL, and reap.
     pub(crate) fn kill9(&mut self) {
         self.child.kill();

@@ -1,0 +1,82 @@
+//! `bank serve --metrics`: the bank's own figures (writes by kind and outcome, batches,
+//! commit latency, failed logins) next to duo's, scraped over HTTP as Prometheus would.
+
+#[allow(dead_code)]
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::time::Duration;
+
+use common::{Client, Server, TempDir, PW};
+
+/// `GET /metrics`: the body.
+fn scrape(addr: SocketAddr) -> String {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut reply = String::new();
+    s.read_to_string(&mut reply).unwrap();
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
+    reply.split_once("\r\n\r\n").map_or("", |p| p.1).to_owned()
+}
+
+/// The value of the series written exactly as `series` (name and labels).
+fn value(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[test]
+fn the_bank_s_figures_are_on_its_metrics_page() {
+    let dir = TempDir::new("metrics");
+    let mut server = Server::start(&dir.db(), &["--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+
+    let mut alice = Client::connect(server.addr);
+    assert!(alice.cmd(&format!("REGISTER alice {PW}")).starts_with("OK"));
+    assert!(alice.cmd(&format!("REGISTER bob {PW}")).starts_with("OK"));
+    assert!(alice.cmd("LOGIN alice wrong-password").starts_with("ERR"));
+    assert!(alice.cmd(&format!("LOGIN alice {PW}")).starts_with("OK"));
+    assert!(alice.cmd("DEPOSIT 1000").starts_with("OK"));
+    for _ in 0..3 {
+        assert!(alice.cmd("TRANSFER bob 100").starts_with("OK"));
+    }
+    assert!(alice.cmd("TRANSFER bob 100000").starts_with("ERR"));
+
+    let text = scrape(metrics);
+    let writes = |kind: &str, outcome: &str| {
+        value(
+            &text,
+            &format!("bank_writes_total{{kind=\"{kind}\",outcome=\"{outcome}\"}}"),
+        )
+    };
+    assert_eq!(writes("register", "ok"), Some(2.0), "{text}");
+    assert_eq!(writes("deposit", "ok"), Some(1.0));
+    assert_eq!(writes("transfer", "ok"), Some(3.0));
+    assert_eq!(writes("transfer", "rejected"), Some(1.0));
+    assert_eq!(value(&text, "bank_failed_logins_total"), Some(1.0));
+    // Every write above waited for its reply: 7 batches of one operation or more.
+    let batches = value(&text, "bank_batch_operations_count").unwrap();
+    assert!((1.0..=7.0).contains(&batches), "{text}");
+    assert_eq!(value(&text, "bank_batch_operations_sum"), Some(7.0));
+    assert_eq!(value(&text, "bank_commit_seconds_count"), Some(batches));
+    // duo's own figures for the bank's server are there too.
+    assert_eq!(
+        value(&text, "duo_server_connections{server=\"bank\"}"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        text.contains("duo_loop_stalls_total{loop=\"bank-0\"}"),
+        "{text}"
+    );
+    drop(alice);
+    let (status, _) = server.signal_and_wait("TERM", Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
