@@ -1,7 +1,6 @@
 //! `bank serve --metrics`: the bank's own figures (writes by kind and outcome, batches,
 //! commit latency, failed logins) next to duo's, scraped over HTTP as Prometheus would.
 
-#[allow(dead_code)]
 mod common;
 
 use std::io::{Read, Write};
