@@ -46,35 +46,36 @@ impl Default for BankMetrics {
 }
 
 impl BankMetrics {
-    /// Registers the metrics in `registry` under the prefix `bank`.
+    /// Registers the metrics in `registry` under the prefix `bank` (`prometheus_client`
+    /// ends every help text with a full stop itself).
     pub fn register(&self, registry: &mut Registry) {
         let bank = registry.sub_registry_with_prefix("bank");
         bank.register(
             "writes",
             "Write operations committed (or refused) by kind (register, deposit, withdraw, \
              transfer) and outcome (ok, rejected: a business rule said no; error: the \
-             database failed).",
+             database failed)",
             self.writes.clone(),
         );
         bank.register(
             "batch_operations",
-            "Operations per committed batch: one transaction and one durable commit each.",
+            "Operations per committed batch: one transaction and one durable commit each",
             self.batch_ops.clone(),
         );
         bank.register(
             "commit_seconds",
-            "Time to apply and durably commit one batch.",
+            "Time to apply and durably commit one batch",
             self.commit_seconds.clone(),
         );
         bank.register(
             "failed_logins",
-            "Logins refused: wrong user name or password.",
+            "Logins refused: wrong user name or password",
             self.failed_logins.clone(),
         );
         bank.register(
             "database_errors",
             "Commands answered with a database error, by protocol code (UNAVAILABLE, \
-             INTERNAL).",
+             INTERNAL)",
             self.db_errors.clone(),
         );
     }

@@ -385,6 +385,13 @@ pub(crate) fn encode_pool(enc: &mut DescriptorEncoder<'_>, pool: BufPool) -> fmt
         "Bytes of blocks obtained from the system and not released.",
         MetricType::Gauge,
         [(NO_LABELS, gauge(stats.allocated_bytes as u64))],
+    )?;
+    family(
+        enc,
+        "duo_buffer_pool_memory_cap_bytes",
+        "The pool's memory cap (allocations beyond it fail); absent when unbounded.",
+        MetricType::Gauge,
+        stats.memory_cap.map(|cap| (NO_LABELS, gauge(cap as u64))),
     )
 }
 

@@ -22,7 +22,7 @@
 //!
 //! let mut endpoint = MetricsEndpoint::new();
 //! let jobs: Counter = Counter::default();
-//! endpoint.registry_mut().register("myapp_jobs", "Jobs done.", jobs.clone());
+//! endpoint.registry_mut().register("myapp_jobs", "Jobs done", jobs.clone());
 //! jobs.inc();
 //! let server = endpoint.spawn("127.0.0.1:0".parse()?)?;
 //!

@@ -180,8 +180,10 @@ impl CloseCounts {
     }
 }
 
-/// Connection counters of a server: `accepted`, `rejected` and `emfile` are written by
-/// the accepting loop, `closed` and `active` by the loop each connection closes on.
+/// Connection counters of a server: `accepted`, `rejected`, `emfile`, `accept_errors` and
+/// `full_pauses` are written by whichever loop accepts (every I/O loop in the shared and
+/// reuse-port modes, hence `fetch_add`), `closed` and `active` by the loop each connection
+/// closes on.
 #[derive(Debug, Default)]
 pub(crate) struct AcceptCounters {
     pub(crate) accepted: AtomicU64,

@@ -400,9 +400,9 @@ impl EventLoop {
             let Some(mut timer) = self.timers.take(key) else {
                 continue; // cancelled by an earlier callback of this batch
             };
+            let started = self.health.restart_clock();
             self.health
-                .timer_fired(key.0, now, &self.shared.metrics.health);
-            self.health.restart_clock();
+                .timer_fired(key.0, started, &self.shared.metrics.health);
             (timer.callback)(self);
             let name = timer.name;
             self.health.callback_done(

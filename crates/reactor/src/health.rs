@@ -98,7 +98,8 @@ pub struct HealthConfig {
     /// This many loop iterations in a row without progress are a spin: counted, and
     /// logged (at most once per second per loop). An iteration makes no progress when it
     /// ran no timer and no queued function, and either dispatched no I/O event at all (an
-    /// empty wake-up) or, without sleeping in `epoll_wait`, dispatched exactly the same
+    /// empty wake-up, less than a millisecond after the previous iteration) or, without
+    /// sleeping in `epoll_wait`, dispatched exactly the same
     /// readiness as the iteration before while no channel reported progress
     /// ([`Channel::progressed`](crate::Channel::progressed)), changed its interest or went
     /// away.
@@ -237,6 +238,10 @@ impl HealthCounters {
 /// under a microsecond; sleeping and being woken, several.)
 const SLEPT: Duration = Duration::from_micros(5);
 
+/// Empty wake-ups at least this far apart do not make a spin: a loop woken now and then
+/// for nothing is idle, not spinning.
+const EMPTY_WAKEUPS_APART: Duration = Duration::from_millis(1);
+
 /// Reports are rate-limited to one per this interval per loop and detector.
 const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 
@@ -256,8 +261,8 @@ pub(crate) struct HealthTracker {
     signature: u64,
     /// Whether anything in this iteration made progress.
     progress: bool,
-    /// Whether this iteration's `epoll_wait` slept (took longer than [`SLEPT`]).
-    slept: bool,
+    /// How long this iteration's `epoll_wait` took.
+    waited: Duration,
     /// Timer callbacks and queued functions run in this iteration.
     work: u64,
     /// When a stall / spin was last logged, and how many were not logged since.
@@ -281,7 +286,7 @@ impl HealthTracker {
             last_signature: 0,
             signature: 0,
             progress: false,
-            slept: false,
+            waited: Duration::ZERO,
             work: 0,
             stall_logged: None,
             stalls_unlogged: 0,
@@ -295,15 +300,19 @@ impl HealthTracker {
     /// The poll returned at `now`.
     pub(crate) fn polled(&mut self, now: Instant, counters: &HealthCounters) {
         let waited = now - self.poll_began;
-        self.slept = waited > SLEPT;
+        self.waited = waited;
         bump(&counters.poll_nanos, nanos(waited));
-        counters.busy_since.store(since_epoch(now), Ordering::Relaxed);
+        counters
+            .busy_since
+            .store(since_epoch(now), Ordering::Relaxed);
         self.clock = now;
     }
 
-    /// Restarts the clock without charging anyone (after the loop's own bookkeeping).
-    pub(crate) fn restart_clock(&mut self) {
+    /// Restarts the clock without charging anyone (after the loop's own bookkeeping);
+    /// returns the time read.
+    pub(crate) fn restart_clock(&mut self) -> Instant {
         self.clock = Instant::now();
+        self.clock
     }
 
     /// A callback of `kind` just returned; `what` names it for a stall report. Returns
@@ -318,7 +327,9 @@ impl HealthTracker {
         let now = Instant::now();
         let took = now - self.clock;
         self.clock = now;
-        counters.busy_since.store(since_epoch(now), Ordering::Relaxed);
+        counters
+            .busy_since
+            .store(since_epoch(now), Ordering::Relaxed);
         let ns = nanos(took);
         let total = match kind {
             CallbackKind::Io => &counters.io_nanos,
@@ -422,13 +433,18 @@ impl HealthTracker {
             bump(&counters.empty_wakeups, 1);
         }
         let signature = std::mem::take(&mut self.signature);
-        // Stuck: nothing got done, and either nothing was dispatched at all, or the very
+        // Stuck: nothing got done, and either nothing was dispatched at all after a short
+        // wait (wake-ups far apart are an idle loop, not a spinning one), or the very
         // readiness of the last iteration came back without the loop even sleeping (a
         // request/response peer on one connection also repeats the readiness, but the
         // loop sleeps while the peer thinks).
         let stuck = self.work == 0
             && !self.progress
-            && (io_events == 0 || (signature == self.last_signature && !self.slept));
+            && if io_events == 0 {
+                self.waited < EMPTY_WAKEUPS_APART
+            } else {
+                signature == self.last_signature && self.waited <= SLEPT
+            };
         self.last_signature = signature;
         self.progress = false;
         self.work = 0;

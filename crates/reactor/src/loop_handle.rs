@@ -363,7 +363,7 @@ impl LoopHandle {
     }
 
     /// The loop's name: the name of its thread (`EventLoopThread` names its threads after
-    /// the server, say `echo-io-0`), else `loop-<thread id>`. Metrics label loops with it.
+    /// the server and numbered, say `echo-0`), else `loop-<thread id>`. Metrics label loops with it.
     pub fn name(&self) -> &str {
         &self.shared.name
     }
