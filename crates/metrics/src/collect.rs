@@ -2,7 +2,7 @@
 //! pool, encoded at each scrape from the snapshots duo keeps anyway (nothing is counted
 //! twice, nothing is locked on the hot path).
 
-use std::fmt;
+use std::fmt::{self, Write as _};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,9 @@ use duo_reactor::health::{EVENT_BUCKET_BOUNDS, LATENCY_BUCKET_BOUNDS};
 use duo_reactor::{LatencyHistogram, LoopHandle, LoopMetrics};
 use parking_lot::Mutex;
 use prometheus_client::collector::Collector;
-use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, NoLabelSet};
+use prometheus_client::encoding::{
+    DescriptorEncoder, EncodeLabelSet, EncodeLabelValue, LabelValueEncoder, NoLabelSet,
+};
 use prometheus_client::metrics::MetricType;
 
 /// A family written from a snapshot of type `T`: name, help, and how to read its value.
@@ -23,6 +25,28 @@ type Phase = (&'static str, fn(&LoopMetrics) -> Duration);
 
 /// The label set of a family with one unlabelled series.
 const NO_LABELS: [(&str, &str); 0] = [];
+
+/// A label value written with the exposition format's escapes (`\\`, `\"`, `\n`):
+/// server and loop names are the user's, and `prometheus_client` writes values as they
+/// are.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub(crate) struct Esc<'a>(pub(crate) &'a str);
+
+impl EncodeLabelValue for Esc<'_> {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        let mut rest = self.0;
+        while let Some(i) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..i])?;
+            encoder.write_str(match rest.as_bytes()[i] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            })?;
+            rest = &rest[i + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
 
 /// A value of one series.
 enum Value {
@@ -87,7 +111,7 @@ pub(crate) fn encode_loops(
     let rows = |f: &dyn Fn(&LoopMetrics) -> Value| {
         loops
             .iter()
-            .map(|(name, m)| ([("loop", name.as_str())], f(m)))
+            .map(|(name, m)| ([("loop", Esc(name))], f(m)))
             .collect::<Vec<_>>()
     };
     let counters: [Field<LoopMetrics, u64>; 7] = [
@@ -137,7 +161,7 @@ pub(crate) fn encode_loops(
         loops.iter().flat_map(|(name, m)| {
             phases.iter().map(move |(phase, f)| {
                 (
-                    [("loop", name.as_str()), ("phase", *phase)],
+                    [("loop", Esc(name)), ("phase", Esc(phase))],
                     Value::Seconds(f(m).as_secs_f64()),
                 )
             })
@@ -217,7 +241,7 @@ pub(crate) fn encode_servers(
     let per_server = |f: &dyn Fn(&duo_net::ServerStats) -> Value| {
         stats
             .iter()
-            .map(|(name, s)| ([("server", name.as_str())], f(s)))
+            .map(|(name, s)| ([("server", Esc(name))], f(s)))
             .collect::<Vec<_>>()
     };
     family(
@@ -263,7 +287,7 @@ pub(crate) fn encode_servers(
         stats.iter().flat_map(|(name, s)| {
             close_rows(&s.closes()).map(|(reason, n)| {
                 (
-                    [("server", name.as_str()), ("reason", reason)],
+                    [("server", Esc(name)), ("reason", Esc(reason))],
                     Value::Count(n),
                 )
             })
@@ -288,12 +312,9 @@ pub(crate) fn encode_servers(
         stats
             .iter()
             .flat_map(|(name, s)| {
-                s.per_loop.iter().map(move |l| {
-                    (
-                        [("server", name.as_str()), ("loop", l.loop_name.as_str())],
-                        f(l),
-                    )
-                })
+                s.per_loop
+                    .iter()
+                    .map(move |l| ([("server", Esc(name)), ("loop", Esc(&l.loop_name))], f(l)))
             })
             .collect::<Vec<_>>()
     };

@@ -76,8 +76,9 @@ impl MetricsEndpoint {
         &mut self.registry
     }
 
-    /// How long a loop may stay busy in one go (one callback, or the stretch between two
-    /// returns to `epoll_wait`) before `/healthz` answers `503` (default 5 s).
+    /// How long a loop may stay busy in one go (in one callback, or in `epoll_wait`'s
+    /// return and the loop's own bookkeeping before the next callback) before `/healthz`
+    /// answers `503` (default 5 s).
     pub fn health_limit(&mut self, limit: Duration) -> &mut Self {
         self.health_limit = limit;
         self

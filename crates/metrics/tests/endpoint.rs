@@ -148,3 +148,57 @@ fn an_echo_server_s_figures_are_scraped_over_http() {
     stop_tx.send(()).unwrap();
     server_thread.join().unwrap();
 }
+
+#[test]
+fn names_are_escaped_and_loops_of_same_named_servers_kept_apart() {
+    let (tx, rx) = mpsc::channel();
+    let (stop_tx, stop_rx) = mpsc::channel::<()>();
+    let server_thread = thread::Builder::new()
+        .name("odd-main".into())
+        .spawn(move || {
+            let mut lp = EventLoop::new().unwrap();
+            let start = |lp: &mut EventLoop| {
+                TcpServer::builder("we\"ird\\name\n", "127.0.0.1:0".parse().unwrap())
+                    .io_threads(1)
+                    .start(lp)
+                    .unwrap()
+            };
+            let (a, b) = (start(&mut lp), start(&mut lp));
+            tx.send((a.clone_handle(), b.clone_handle())).unwrap();
+            lp.run_every(Duration::from_millis(5), move |lp| {
+                if stop_rx.try_recv().is_ok() {
+                    lp.quit();
+                }
+            });
+            lp.run().unwrap();
+            a.stop(&mut lp);
+            b.stop(&mut lp);
+        })
+        .unwrap();
+    let (a, b) = rx.recv_timeout(LIMIT).unwrap();
+    let mut endpoint = MetricsEndpoint::new();
+    endpoint.add_server(a.clone());
+    endpoint.add_server(b.clone());
+    let text = endpoint.render();
+    assert!(
+        text.contains(r#"duo_server_connections{server="we\"ird\\name\n"} 0"#),
+        "{text}"
+    );
+    let (la, lb) = (a.stats().per_loop, b.stats().per_loop);
+    assert_ne!(la[0].loop_name, lb[0].loop_name, "two loops, two names");
+    for line in text
+        .lines()
+        .filter(|l| l.starts_with("duo_loop_iterations_total{"))
+    {
+        let series = line.rsplit_once(' ').unwrap().0;
+        assert_eq!(
+            text.lines()
+                .filter(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+                .count(),
+            1,
+            "{series} appears once"
+        );
+    }
+    stop_tx.send(()).unwrap();
+    server_thread.join().unwrap();
+}

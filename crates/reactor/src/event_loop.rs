@@ -188,18 +188,19 @@ impl EventLoop {
         let name = std::thread::current()
             .name()
             .map_or_else(|| format!("loop-{thread_id}"), str::to_owned);
-        let shared = Arc::new(LoopShared {
-            thread_id,
-            queue: Mutex::new(Some(Vec::new())),
-            notified: AtomicBool::new(false),
-            draining: AtomicBool::new(false),
-            quit: AtomicBool::new(false),
-            waker,
-            next_timer: AtomicU64::new(0),
-            metrics: MetricCounters::default(),
-            name,
+        let shared = loop_handle::register(name, thread_id, |name| {
+            Arc::new(LoopShared {
+                thread_id,
+                queue: Mutex::new(Some(Vec::new())),
+                notified: AtomicBool::new(false),
+                draining: AtomicBool::new(false),
+                quit: AtomicBool::new(false),
+                waker,
+                next_timer: AtomicU64::new(0),
+                metrics: MetricCounters::default(),
+                name,
+            })
         });
-        loop_handle::register(&shared);
         HAS_LOOP.with(|h| h.set(true));
         log::debug!("event loop created on thread {}", shared.thread_id);
         Ok(EventLoop {
@@ -250,8 +251,11 @@ impl EventLoop {
         log::trace!("event loop {} running", self.shared.thread_id);
         // A panic out of an earlier `run` may have left this set.
         self.shared.draining.store(false, Ordering::SeqCst);
+        // Time outside `run` is nobody's: not a callback's, not the first poll's.
+        self.health.restart_clock();
         // Functions queued on this thread before `run` did not wake us.
         self.run_queued();
+        self.health.idle(&self.shared.metrics.health);
         let result = loop {
             if self.shared.quit.load(Ordering::SeqCst) {
                 break Ok(());
@@ -261,6 +265,7 @@ impl EventLoop {
             }
         };
         self.shared.quit.store(false, Ordering::SeqCst);
+        self.health.idle(&self.shared.metrics.health);
         log::trace!("event loop {} stopped", self.shared.thread_id);
         result
     }

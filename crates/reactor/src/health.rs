@@ -401,6 +401,13 @@ impl HealthTracker {
         self.progress = true;
     }
 
+    /// The loop is about to wait (or stops running): not busy, and the next poll's wait
+    /// starts now.
+    pub(crate) fn idle(&mut self, counters: &HealthCounters) {
+        self.poll_began = Instant::now();
+        counters.busy_since.store(0, Ordering::Relaxed);
+    }
+
     /// A batch of `n` queued functions is about to run.
     pub(crate) fn task_batch(&mut self, n: usize, counters: &HealthCounters) {
         let n = n as u64;

@@ -36,11 +36,28 @@ impl Queued<dyn FnOnce(&mut EventLoop) + Send> {
 /// Every loop of the process (weakly: a dropped loop's entry is pruned).
 static LOOPS: Mutex<Vec<Weak<LoopShared>>> = Mutex::new(Vec::new());
 
-/// Records a new loop in the process's list.
-pub(crate) fn register(shared: &Arc<LoopShared>) {
+/// Makes a new loop's shared part with `make`, given a name unique among the live loops
+/// of the process (`name`, or `name#<thread id>` if a live loop has it already: two
+/// servers with the same name, say), and records it in the process's list.
+pub(crate) fn register(
+    name: String,
+    thread_id: u64,
+    make: impl FnOnce(String) -> Arc<LoopShared>,
+) -> Arc<LoopShared> {
     let mut loops = LOOPS.lock();
     loops.retain(|w| w.upgrade().is_some_and(|s| s.queue.lock().is_some()));
-    loops.push(Arc::downgrade(shared));
+    let taken = loops
+        .iter()
+        .filter_map(Weak::upgrade)
+        .any(|s| s.name == name);
+    let name = if taken {
+        format!("{name}#{thread_id}")
+    } else {
+        name
+    };
+    let shared = make(name);
+    loops.push(Arc::downgrade(&shared));
+    shared
 }
 
 /// Handles of every loop of this process that has not been dropped, oldest first: what
@@ -363,7 +380,9 @@ impl LoopHandle {
     }
 
     /// The loop's name: the name of its thread (`EventLoopThread` names its threads after
-    /// the server and numbered, say `echo-0`), else `loop-<thread id>`. Metrics label loops with it.
+    /// the server and numbered, say `echo-0`), else `loop-<thread id>`; if a live loop of
+    /// the process already has that name, `#<thread id>` is appended, so that names are
+    /// unique. Metrics label loops with it.
     pub fn name(&self) -> &str {
         &self.shared.name
     }

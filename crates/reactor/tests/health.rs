@@ -325,3 +325,18 @@ fn a_loop_stuck_in_a_callback_shows_how_long_it_has_been_busy() {
     assert!(longest >= Duration::from_millis(100), "{longest:?}");
     assert!(lp.metrics().busy_for.is_none() || lp.metrics().busy_for < Some(longest));
 }
+
+#[test]
+fn time_before_run_is_nobody_s_and_a_stopped_loop_is_not_busy() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    thread::sleep(Duration::from_millis(60));
+    lp.queue_in_loop(|_| {});
+    lp.queue_in_loop(|lp| lp.quit());
+    lp.run().unwrap();
+    let m = lp.metrics();
+    assert_eq!(m.stalls, 0, "the wait before run is no callback's: {m:?}");
+    assert!(m.longest_callback < Duration::from_millis(50), "{m:?}");
+    assert_eq!(m.busy_for, None, "{m:?}");
+    assert!(my_warnings().is_empty(), "{:?}", my_warnings());
+}
