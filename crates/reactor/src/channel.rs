@@ -7,6 +7,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 
 use duo_sys::{Interest, Ready};
 
+use crate::health::SpinWatch;
 use crate::EventLoop;
 
 /// Names a registration in one [`EventLoop`]: a slot index and the slot's generation.
@@ -50,7 +51,7 @@ impl fmt::Debug for Token {
 /// from epoll and closed, the handler is dropped, and no further event reaches either,
 /// including events of the same `epoll_wait` batch that were not yet dispatched.
 pub struct Channel {
-    fd: OwnedFd,
+    pub(crate) fd: OwnedFd,
     token: Token,
     /// What the owner wants.
     interest: Interest,
@@ -63,6 +64,8 @@ pub struct Channel {
     pub(crate) sole: bool,
     /// The handler reported progress during this dispatch ([`Channel::progressed`]).
     pub(crate) progress: bool,
+    /// The spin detector's record of this channel's recent dispatches.
+    pub(crate) watch: SpinWatch,
 }
 
 impl Channel {
@@ -76,6 +79,7 @@ impl Channel {
             removed: false,
             sole: false,
             progress: false,
+            watch: SpinWatch::default(),
         }
     }
 
@@ -110,12 +114,14 @@ impl Channel {
     }
 
     /// Tells the loop's spin detector that this event got something done (bytes moved, a
-    /// connection accepted, a signal read). Handlers that consume their readiness call it;
-    /// without it, a channel reported with the same readiness for
-    /// [`HealthConfig::spin_threshold`](crate::HealthConfig) iterations in a row, while
-    /// nothing else happens on the loop, is reported as a spin (a level-triggered
+    /// connection accepted, a signal read). A channel dispatched with the same readiness
+    /// [`HealthConfig::spin_threshold`](crate::HealthConfig) times in a row, the loop never
+    /// sleeping in between, without progress is reported as a spin (a level-triggered
     /// readiness nobody consumes looks exactly like that). Changing the interest or
-    /// removing the channel counts as progress too. It costs one store.
+    /// removing the channel counts as progress too. Once a handler has called it, its word
+    /// is taken; for a handler that never does, the detector checks before it reports that
+    /// the socket's queues did not move either (`FIONREAD`, `SIOCOUTQ`), so a busy stream
+    /// is not mistaken for a spin. It costs one store.
     pub fn progressed(&mut self) {
         self.progress = true;
     }

@@ -297,7 +297,6 @@ impl EventLoop {
                 TIMERFD_TOKEN => self.run_timers(),
                 token => {
                     self.iteration_events += 1;
-                    self.health.dispatching(token, ready.bits());
                     self.dispatch(Token(token), ready);
                 }
             }
@@ -344,9 +343,6 @@ impl EventLoop {
             step(entry.handler.as_mut(), self, &mut entry.channel);
         }
         entry.channel.ready = Ready::from_bits(0);
-        if std::mem::take(&mut entry.channel.progress) {
-            self.health.progressed();
-        }
         let describe = || {
             let label = entry.handler.label();
             let label = label.as_deref().unwrap_or("a handler without label");
@@ -358,20 +354,32 @@ impl EventLoop {
             &self.shared.name,
             &self.shared.metrics.health,
         );
+        // Progress: the handler said so, or changed the interest, or the channel goes.
+        let progressed = std::mem::take(&mut entry.channel.progress)
+            || entry.channel.interest() != entry.channel.registered
+            || entry.channel.is_removed()
+            || self.channels.removal_pending(token);
+        self.health.watch(
+            &mut entry.channel.watch,
+            ready.bits(),
+            progressed,
+            entry.channel.fd.as_fd(),
+            &describe,
+            &self.shared.name,
+            &self.shared.metrics.health,
+        );
         self.put_back(token, entry);
     }
 
     /// Returns a taken-out entry to its slot, applying interest changes or removal.
     fn put_back(&mut self, token: Token, mut entry: ChannelEntry) {
         if entry.channel.is_removed() || self.channels.removal_pending(token) {
-            self.health.progressed();
             self.channels.free(token);
             self.deregister(&entry);
             return;
         }
         let want = entry.channel.interest();
         if want != entry.channel.registered {
-            self.health.progressed();
             match self.poller.modify(entry.channel.fd(), want, token.0) {
                 Ok(()) => entry.channel.registered = want,
                 Err(e) => crate::log_limited!(

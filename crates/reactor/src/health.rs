@@ -10,6 +10,7 @@
 //! with [`EventLoop::metrics`](crate::EventLoop::metrics) or
 //! [`LoopHandle::metrics`](crate::LoopHandle::metrics).
 
+use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -95,14 +96,16 @@ pub struct HealthConfig {
     /// longer than this is a stall: counted, and logged (at most once per second per
     /// loop) with what ran. `None` switches the detector off. Default 25 ms.
     pub stall_threshold: Option<Duration>,
-    /// This many loop iterations in a row without progress are a spin: counted, and
-    /// logged (at most once per second per loop). An iteration makes no progress when it
-    /// ran no timer and no queued function, and either dispatched no I/O event at all (an
-    /// empty wake-up, less than a millisecond after the previous iteration) or, without
-    /// sleeping in `epoll_wait`, dispatched exactly the same
-    /// readiness as the iteration before while no channel reported progress
-    /// ([`Channel::progressed`](crate::Channel::progressed)), changed its interest or went
-    /// away.
+    /// A spin is counted, and logged (at most once per second per loop), when either
+    /// - one channel is dispatched this many times in a row with the same readiness, the
+    ///   loop never sleeping in between, and nothing gets done: its handler neither reports
+    ///   progress ([`Channel::progressed`](crate::Channel::progressed)) nor changes the
+    ///   interest nor removes it (for a handler that never reports progress, the socket's
+    ///   queue lengths must not have moved either); other channels' traffic does not hide
+    ///   it; or
+    /// - the loop wakes this many times in a row with nothing to do, each wake-up less
+    ///   than a millisecond after the previous iteration.
+    ///
     /// `None` switches the detector off. Default 10 000.
     pub spin_threshold: Option<u32>,
 }
@@ -238,6 +241,33 @@ impl HealthCounters {
 /// under a microsecond; sleeping and being woken, several.)
 const SLEPT: Duration = Duration::from_micros(5);
 
+/// How many times a run of dispatches without progress samples the queues of a channel
+/// whose handler never reports progress.
+const PROBES: u32 = 4;
+
+/// The lengths of a socket's receive and send queues (`None` where the descriptor has no
+/// such queue: an eventfd, a listening socket), to tell a busy stream from a stuck one.
+fn queues(fd: BorrowedFd<'_>) -> (Option<usize>, Option<usize>) {
+    (
+        duo_sys::bytes_available(fd).ok(),
+        duo_sys::bytes_unacknowledged(fd).ok(),
+    )
+}
+
+/// The spin detector's record of one channel (kept in the channel, touched only by its
+/// loop).
+#[derive(Debug, Default)]
+pub(crate) struct SpinWatch {
+    /// Dispatches in a row with readiness `ready`, no progress, the loop never sleeping.
+    count: u32,
+    ready: u32,
+    /// The handler has reported progress at least once: its word is taken.
+    reports: bool,
+    /// The queue lengths first sampled in this run, and whether a later sample differed.
+    probe: Option<(Option<usize>, Option<usize>)>,
+    moved: bool,
+}
+
 /// Empty wake-ups at least this far apart do not make a spin: a loop woken now and then
 /// for nothing is idle, not spinning.
 const EMPTY_WAKEUPS_APART: Duration = Duration::from_millis(1);
@@ -253,14 +283,8 @@ pub(crate) struct HealthTracker {
     clock: Instant,
     /// When the current iteration's poll began (the previous iteration's end).
     poll_began: Instant,
-    /// Iterations in a row without progress.
+    /// Empty wake-ups in a row (each soon after the previous iteration).
     spin_run: u32,
-    /// The readiness dispatched by the previous iteration (a hash; 0 = none).
-    last_signature: u64,
-    /// The readiness dispatched by this iteration so far.
-    signature: u64,
-    /// Whether anything in this iteration made progress.
-    progress: bool,
     /// How long this iteration's `epoll_wait` took.
     waited: Duration,
     /// Timer callbacks and queued functions run in this iteration.
@@ -283,9 +307,6 @@ impl HealthTracker {
             clock: now,
             poll_began: now,
             spin_run: 0,
-            last_signature: 0,
-            signature: 0,
-            progress: false,
             waited: Duration::ZERO,
             work: 0,
             stall_logged: None,
@@ -386,19 +407,65 @@ impl HealthTracker {
         self.stall_logged = Some(now);
     }
 
-    /// One I/O event with `token` and `ready` bits is being dispatched.
-    pub(crate) fn dispatching(&mut self, token: u64, ready: u32) {
-        // An order-independent mix of the events: the same set gives the same signature.
-        let h = (token ^ (u64::from(ready) << 48))
-            .wrapping_mul(0x9e37_79b9_7f4a_7c15)
-            .rotate_left(29);
-        self.signature = self.signature.wrapping_add(h | 1);
-    }
-
-    /// Something in this iteration made progress (a channel said so, or changed its
-    /// interest, or went away).
-    pub(crate) fn progressed(&mut self) {
-        self.progress = true;
+    /// A channel was dispatched with `ready` bits; `progressed`: its handler said so, or
+    /// changed its interest, or removed it. Counts the dispatches in a row with the same
+    /// readiness and no progress, the loop never sleeping; at the spin threshold, reports
+    /// a spin, unless the handler never reports progress and its socket's queues moved
+    /// meanwhile (a busy stream served by a handler that does not call `progressed`).
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn watch(
+        &mut self,
+        w: &mut SpinWatch,
+        ready: u32,
+        progressed: bool,
+        fd: BorrowedFd<'_>,
+        what: &dyn Fn() -> String,
+        loop_name: &str,
+        counters: &HealthCounters,
+    ) {
+        w.reports |= progressed;
+        let Some(threshold) = self.config.spin_threshold else {
+            return;
+        };
+        if progressed || ready != w.ready || self.waited > SLEPT {
+            *w = SpinWatch {
+                ready,
+                reports: w.reports,
+                ..SpinWatch::default()
+            };
+            return;
+        }
+        w.count += 1;
+        let threshold = threshold.max(1);
+        if !w.reports && w.count % (threshold / PROBES).max(1) == 0 {
+            let now = queues(fd);
+            match w.probe {
+                None => w.probe = Some(now),
+                Some(first) if first != now => w.moved = true,
+                Some(_) => {}
+            }
+        }
+        if w.count >= threshold {
+            let confirmed = w.reports || !w.moved;
+            *w = SpinWatch {
+                ready,
+                reports: w.reports,
+                ..SpinWatch::default()
+            };
+            if confirmed {
+                self.spun(
+                    &format!(
+                        "{} was dispatched {threshold} times in a row with the same \
+                    readiness and nothing got done (a level-triggered readiness nobody \
+                    consumes?)",
+                        what()
+                    ),
+                    loop_name,
+                    counters,
+                    Instant::now(),
+                );
+            }
+        }
     }
 
     /// The loop is about to wait (or stops running): not busy, and the next poll's wait
@@ -439,45 +506,30 @@ impl HealthTracker {
         if empty {
             bump(&counters.empty_wakeups, 1);
         }
-        let signature = std::mem::take(&mut self.signature);
-        // Stuck: nothing got done, and either nothing was dispatched at all after a short
-        // wait (wake-ups far apart are an idle loop, not a spinning one), or the very
-        // readiness of the last iteration came back without the loop even sleeping (a
-        // request/response peer on one connection also repeats the readiness, but the
-        // loop sleeps while the peer thinks).
-        let stuck = self.work == 0
-            && !self.progress
-            && if io_events == 0 {
-                self.waited < EMPTY_WAKEUPS_APART
-            } else {
-                signature == self.last_signature && self.waited <= SLEPT
-            };
-        self.last_signature = signature;
-        self.progress = false;
         self.work = 0;
         let Some(threshold) = self.config.spin_threshold else {
             return;
         };
-        if !stuck {
+        // Wake-ups far apart are an idle loop, not a spinning one. (Channels reported
+        // again and again are watched one by one: `watch`.)
+        if !empty || self.waited >= EMPTY_WAKEUPS_APART {
             self.spin_run = 0;
             return;
         }
         self.spin_run += 1;
         if self.spin_run >= threshold.max(1) {
             self.spin_run = 0;
-            self.spun(io_events, threshold, loop_name, counters, now);
+            self.spun(
+                &format!("{threshold} wake-ups in a row found nothing to do"),
+                loop_name,
+                counters,
+                now,
+            );
         }
     }
 
     #[cold]
-    fn spun(
-        &mut self,
-        io_events: u64,
-        threshold: u32,
-        loop_name: &str,
-        counters: &HealthCounters,
-        now: Instant,
-    ) {
+    fn spun(&mut self, why: &str, loop_name: &str, counters: &HealthCounters, now: Instant) {
         bump(&counters.spins, 1);
         if self
             .spin_logged
@@ -492,18 +544,7 @@ impl HealthTracker {
         } else {
             String::new()
         };
-        if io_events == 0 {
-            log::warn!(
-                "loop {loop_name} is spinning: {threshold} wake-ups in a row found nothing \
-                 to do{more}"
-            );
-        } else {
-            log::warn!(
-                "loop {loop_name} is spinning: {threshold} iterations in a row got the same \
-                 readiness ({io_events} events) and nothing made progress; a \
-                 level-triggered descriptor whose readiness is never consumed?{more}"
-            );
-        }
+        log::warn!("loop {loop_name} is spinning: {why}{more}");
         self.spin_logged = Some(now);
     }
 }

@@ -205,9 +205,8 @@ fn the_spin_detector_can_be_switched_off() {
     assert!(my_warnings().is_empty(), "{:?}", my_warnings());
 }
 
-/// Request/response over one connection, and a stream over another, both level-triggered
-/// with handlers that do not call `progressed`: the loop sleeps between requests and the
-/// stream's readiness is consumed, so neither detector speaks.
+/// Request/response over one connection, level-triggered, with a handler that does not
+/// call `progressed`: the loop sleeps between requests, so neither detector speaks.
 #[test]
 fn detectors_stay_silent_under_normal_traffic() {
     capture_logs();
@@ -338,5 +337,98 @@ fn time_before_run_is_nobody_s_and_a_stopped_loop_is_not_busy() {
     assert_eq!(m.stalls, 0, "the wait before run is no callback's: {m:?}");
     assert!(m.longest_callback < Duration::from_millis(50), "{m:?}");
     assert_eq!(m.busy_for, None, "{m:?}");
+    assert!(my_warnings().is_empty(), "{:?}", my_warnings());
+}
+
+/// A channel whose level-triggered readiness nobody consumes is found even while another
+/// channel of the same loop has traffic (and reports progress).
+#[test]
+fn a_stuck_channel_is_found_among_busy_ones() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    lp.set_health_config(HealthConfig {
+        stall_threshold: None,
+        spin_threshold: Some(2_000),
+    });
+    guard(&mut lp, 20_000);
+    let (stuck_peer, stuck) = nonblocking_pair();
+    lp.add_channel(
+        stuck,
+        Interest::READABLE,
+        FnHandler::new().on_read(|_, _| {}),
+    )
+    .unwrap();
+    (&stuck_peer).write_all(b"never read").unwrap();
+    let (pinger, busy) = nonblocking_pair();
+    let busy_handler = FnHandler::new().on_read(|lp, ch| {
+        let mut buf = [0u8; 64];
+        if duo_sys::readv(ch.fd(), &mut [IoSliceMut::new(&mut buf)]).unwrap_or(0) > 0 {
+            ch.progressed();
+        }
+        if lp.metrics().spins > 0 {
+            lp.quit();
+        }
+    });
+    lp.add_channel(busy, Interest::READABLE, busy_handler)
+        .unwrap();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let ping = thread::spawn(move || {
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            let _ = (&pinger).write(b"p");
+            thread::sleep(Duration::from_micros(200));
+        }
+    });
+    lp.run().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    ping.join().unwrap();
+    assert!(lp.metrics().spins >= 1, "{:?}", lp.metrics());
+    let warnings = my_warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spinning") && w.contains("same readiness")),
+        "{warnings:?}"
+    );
+}
+
+/// A handler that never calls `progressed` but does consume a busy stream (64 bytes per
+/// event from a writer that never stops) is not taken for a spin: the socket's queue moves.
+#[test]
+fn a_busy_stream_served_without_progress_reports_is_no_spin() {
+    capture_logs();
+    let mut lp = EventLoop::new().unwrap();
+    lp.set_health_config(HealthConfig {
+        stall_threshold: None,
+        spin_threshold: Some(1_000),
+    });
+    guard(&mut lp, 20_000);
+    let (writer, reader) = nonblocking_pair();
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop2 = stop.clone();
+    let feed = thread::spawn(move || {
+        let chunk = [7u8; 4096];
+        while !stop2.load(std::sync::atomic::Ordering::Relaxed) {
+            if (&writer).write(&chunk).is_err() {
+                thread::yield_now();
+            }
+        }
+    });
+    let mut events = 0u64;
+    let handler = FnHandler::new().on_read(move |lp, ch| {
+        let mut buf = [0u8; 64];
+        let _ = duo_sys::readv(ch.fd(), &mut [IoSliceMut::new(&mut buf)]);
+        events += 1;
+        if events == 50_000 {
+            lp.quit();
+        }
+    });
+    lp.add_channel(reader, Interest::READABLE, handler).unwrap();
+    lp.run().unwrap();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    feed.join().unwrap();
+    let m = lp.metrics();
+    assert!(m.io_events >= 50_000, "{m:?}");
+    assert_eq!(m.spins, 0, "{m:?}");
     assert!(my_warnings().is_empty(), "{:?}", my_warnings());
 }
