@@ -139,7 +139,7 @@ pub(crate) fn encode_loops(
         ),
         (
             "duo_loop_spins",
-            "Runs of iterations without progress as long as the spin threshold.",
+            "Spins: a channel dispatched again and again without progress, or a run of empty wake-ups.",
             |m| m.spins,
         ),
     ];

@@ -168,7 +168,8 @@ pub struct LoopMetrics {
     pub longest_callback: Duration,
     /// Stalls: callbacks that ran longer than the stall threshold.
     pub stalls: u64,
-    /// Spins: runs of iterations without progress as long as the spin threshold.
+    /// Spins: a channel dispatched the spin threshold times in a row without progress, or
+    /// as many empty wake-ups in a row (see [`HealthConfig::spin_threshold`](crate::HealthConfig)).
     pub spins: u64,
     /// How long the loop has been busy since it last finished a callback or returned
     /// from `epoll_wait`, when the snapshot was taken; `None` while it waits for events.
