@@ -65,6 +65,11 @@ pub(super) struct Findings {
     pub(super) names: Vec<(String, u64)>,
     /// [`GROWING`], then [`ACCEPTED`].
     pub(super) counters: Vec<Counter>,
+    /// `sum(duo_loop_spins_total)` and `sum(duo_loop_stalls_total)` now: the detectors
+    /// must stay silent under normal load (spins are judged; stalls, wall-clock time that
+    /// a preempted thread on a loaded 2-core machine can run up, are only reported).
+    pub(super) spins: f64,
+    pub(super) stalls: f64,
 }
 
 impl Findings {
@@ -101,7 +106,11 @@ impl Findings {
                     .sum(),
             });
         }
+        let spins = scalar_or_zero(&query(addr, "sum(duo_loop_spins_total)")?)?;
+        let stalls = scalar_or_zero(&query(addr, "sum(duo_loop_stalls_total)")?)?;
         Ok(Findings {
+            spins,
+            stalls,
             scrapes: up_values.len(),
             scrapes_up: up_values.iter().filter(|v| **v == 1.0).count(),
             up: up_values.last().copied(),
@@ -128,6 +137,12 @@ impl Findings {
         }
         if self.duo_series == 0 {
             out.push("count({__name__=~\"duo_.+\"}) found no series".into());
+        }
+        if self.spins > 0.0 {
+            out.push(format!(
+                "the spin detector fired {} times under normal load (duo_loop_spins_total)",
+                self.spins
+            ));
         }
         for c in &self.counters {
             if c.series == 0 {
@@ -176,6 +191,11 @@ impl Findings {
             } else {
                 names.join(", ")
             }
+        );
+        let _ = writeln!(
+            s,
+            "  loop detectors under load: {} spins, {} stalls",
+            self.spins, self.stalls
         );
         for c in &self.counters {
             let _ = writeln!(
@@ -321,8 +341,16 @@ mod tests {
                 counter(GROWING[1], 5.0, 50.0),
                 counter(ACCEPTED, 20.0, 20.0),
             ],
+            spins: 0.0,
+            stalls: 2.0,
         };
-        assert!(good.problems(&expect).is_empty());
+        assert!(
+            good.problems(&expect).is_empty(),
+            "stalls are only reported"
+        );
+        let mut spinning = good.clone();
+        spinning.spins = 1.0;
+        assert!(spinning.problems(&expect)[0].contains("spin detector fired 1 times"));
         let mut flat = good.clone();
         flat.counters[0].last = 10.0;
         flat.counters[2].last = 3.0;
