@@ -10,12 +10,28 @@
 //! | `Head` | the rest of a request head | header timeout, from the connection's start (first request) or the request's first byte | 408 and close; a first request of which nothing came: close |
 //! | `Body` | the rest of a body | body timeout, from the end of the head | 408 and close |
 //! | `Idle` | the next request | keep-alive timeout, from the last response | close |
+//! | `Blocked` | the client to read the responses queued for it, with requests still to answer | keep-alive timeout, renewed while the queued output shrinks | close |
 //! | `Closing` | the peer's close, after our last response and FIN | linger (renewed while the response is still being written, up to the keep-alive timeout) | close |
 //!
 //! One loop timer per connection serves all of them: a deadline moved later leaves the
 //! timer as it is (when it fires it sees the later deadline and re-arms), a deadline moved
 //! earlier re-arms it. So a busy keep-alive connection costs about one timer operation per
 //! header timeout, not two per request.
+//!
+//! # Pipelined requests and a client that does not read
+//!
+//! Requests are answered as they come, in order, as long as the connection's queued
+//! output stays within [`Service::max_pending_output`]. Past it, the connection enters
+//! `Blocked`: the unanswered requests move to the connection's backlog (they already left
+//! the socket), reading stops, and the rest waits until the client has taken everything
+//! queued (the write-complete callback); then the backlog is served on, and reading
+//! resumes once it holds no complete request. So a client that pipelines without reading
+//! makes the server hold at most the bound plus one response, and TCP flow control slows
+//! the client down. The request timeouts do not run meanwhile: a connection is not late
+//! with its next request while the server has not answered the last one.
+//!
+//! While the backlog holds the start of a request (it ended in one), later input is
+//! appended to it and parsed from there, so order is kept; it is freed once empty.
 //!
 //! # Closing
 //!
@@ -32,7 +48,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duo_net::{ConnCtx, InputBuffer, TcpConnection};
+use duo_net::{log_limited, ConnCtx, InputBuffer, TcpConnection};
 use duo_reactor::TimerId;
 
 use crate::response::ConnField;
@@ -48,6 +64,9 @@ pub(crate) struct Service {
     pub(crate) body_timeout: Duration,
     pub(crate) keep_alive_timeout: Duration,
     pub(crate) linger: Duration,
+    /// Queued output beyond which a connection answers no further request until its
+    /// client has read what is queued.
+    pub(crate) max_pending_output: usize,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -55,7 +74,79 @@ enum Phase {
     Head,
     Body,
     Idle,
+    Blocked,
     Closing,
+}
+
+/// The bytes a request is parsed from: the connection's input buffer, or its backlog.
+trait Source {
+    fn peek(&self) -> &[u8];
+    fn consume(&mut self, n: usize);
+    fn consume_all(&mut self);
+    fn len(&self) -> usize {
+        self.peek().len()
+    }
+    fn is_empty(&self) -> bool {
+        self.peek().is_empty()
+    }
+}
+
+impl Source for InputBuffer {
+    fn peek(&self) -> &[u8] {
+        InputBuffer::peek(self)
+    }
+    fn consume(&mut self, n: usize) {
+        InputBuffer::consume(self, n);
+    }
+    fn consume_all(&mut self) {
+        InputBuffer::consume_all(self);
+    }
+}
+
+/// Requests read from the socket but not answered yet, while the connection was
+/// `Blocked` (and what came after them): see the module docs.
+#[derive(Debug, Default)]
+struct Backlog {
+    buf: Vec<u8>,
+    /// Bytes at the front already consumed.
+    start: usize,
+}
+
+impl Backlog {
+    /// Appends `bytes` (and drops the consumed front first when it is most of the
+    /// buffer, so appending costs amortised O(bytes)).
+    fn append(&mut self, bytes: &[u8]) {
+        if self.start > 0 && self.start >= self.buf.len() / 2 {
+            self.buf.drain(..self.start);
+            self.start = 0;
+        }
+        self.buf.extend_from_slice(bytes);
+    }
+}
+
+impl Source for Backlog {
+    fn peek(&self) -> &[u8] {
+        &self.buf[self.start..]
+    }
+    fn consume(&mut self, n: usize) {
+        self.start = (self.start + n).min(self.buf.len());
+        if self.start == self.buf.len() {
+            self.consume_all();
+        }
+    }
+    fn consume_all(&mut self) {
+        // Frees the memory: a backlog is the exception, not worth keeping allocated.
+        *self = Backlog::default();
+    }
+}
+
+/// What [`Service::serve`] stopped at.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Served {
+    /// Everything it could: the source is empty or holds the start of a request.
+    All,
+    /// A complete request waits at the front of the source: the output is full.
+    OutputFull,
 }
 
 /// One connection's HTTP state.
@@ -74,6 +165,11 @@ pub(crate) struct HttpConn {
     pending: usize,
     /// When the connection entered `Closing`.
     closing_since: Option<Instant>,
+    /// Input taken off the input buffer and not answered yet (see the module docs).
+    backlog: Backlog,
+    /// While `Blocked`: the queued output when the timer was last set, to tell a client
+    /// that reads slowly from one that does not read.
+    blocked_output: usize,
 }
 
 impl Service {
@@ -90,6 +186,8 @@ impl Service {
             continue_sent: false,
             pending: 0,
             closing_since: None,
+            backlog: Backlog::default(),
+            blocked_output: 0,
         });
         let svc = self.clone();
         let _ = conn.queue_in_loop(move |ctx| {
@@ -118,7 +216,64 @@ impl Service {
 
     /// Bytes arrived (the server's `on_message`).
     pub(crate) fn on_message(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, input: &mut InputBuffer) {
-        self.with_state(ctx, |svc, ctx, st| svc.serve(ctx, st, input));
+        self.with_state(ctx, |svc, ctx, st| {
+            if st.backlog.is_empty() {
+                if svc.serve(ctx, st, input) == Served::OutputFull {
+                    st.backlog.append(input.peek());
+                    input.consume_all();
+                    svc.block(ctx, st);
+                }
+                st.pending = input.len();
+            } else {
+                // After what is in the backlog, in order.
+                st.backlog.append(input.peek());
+                input.consume_all();
+                svc.serve_backlog(ctx, st);
+            }
+        });
+    }
+
+    /// The connection's output has all been written (the server's `on_write_complete`):
+    /// a `Blocked` connection answers the requests it holds.
+    pub(crate) fn on_write_complete(self: &Arc<Service>, ctx: &mut ConnCtx<'_>) {
+        // Cheap test first: this runs after nearly every response, and a `Blocked`
+        // connection has stopped reading.
+        if !ctx.is_reading_paused() {
+            return;
+        }
+        self.with_state(ctx, |svc, ctx, st| {
+            if st.phase == Phase::Blocked {
+                svc.serve_backlog(ctx, st);
+            }
+        });
+    }
+
+    /// Serves the backlog; blocks again if the output fills, else reads on.
+    fn serve_backlog(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
+        let mut backlog = std::mem::take(&mut st.backlog);
+        let served = self.serve(ctx, st, &mut backlog);
+        st.pending = backlog.len();
+        st.backlog = backlog;
+        match served {
+            Served::OutputFull => self.block(ctx, st),
+            Served::All => {
+                if st.phase == Phase::Blocked {
+                    // Not reached (a blocked backlog starts with a complete request), but
+                    // a connection must not stay blocked with nothing to wait for.
+                    st.phase = Phase::Idle;
+                    self.set_deadline(ctx, st, Instant::now() + self.keep_alive_timeout);
+                }
+                ctx.start_reading();
+            }
+        }
+    }
+
+    /// Stops answering (and reading) until the client has read the queued output.
+    fn block(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
+        ctx.stop_reading();
+        st.phase = Phase::Blocked;
+        st.blocked_output = ctx.output_len();
+        self.set_deadline(ctx, st, Instant::now() + self.keep_alive_timeout);
     }
 
     /// Runs `f` on the connection's state, taken out of its context and put back after
@@ -142,13 +297,14 @@ impl Service {
         }
     }
 
-    /// Answers every complete request in `input`, in order.
+    /// Answers the complete requests in `input`, in order, while the queued output stays
+    /// within the bound.
     fn serve(
         self: &Arc<Service>,
         ctx: &mut ConnCtx<'_>,
         st: &mut HttpConn,
-        input: &mut InputBuffer,
-    ) {
+        input: &mut impl Source,
+    ) -> Served {
         let peer = ctx.connection().peer_addr();
         loop {
             if st.phase == Phase::Closing {
@@ -158,7 +314,7 @@ impl Service {
             if input.is_empty() {
                 break;
             }
-            if st.phase == Phase::Idle {
+            if matches!(st.phase, Phase::Idle | Phase::Blocked) {
                 st.phase = Phase::Head;
                 self.set_deadline(ctx, st, Instant::now() + self.header_timeout);
             }
@@ -178,6 +334,9 @@ impl Service {
                     }
                     break;
                 }
+                Ok(Parsed::Complete(_, _)) if ctx.output_len() > self.max_pending_output => {
+                    return Served::OutputFull;
+                }
                 Ok(Parsed::Complete(req, used)) => {
                     input.consume(used);
                     st.continue_sent = false;
@@ -185,7 +344,7 @@ impl Service {
                 }
             }
         }
-        st.pending = input.len();
+        Served::All
     }
 
     /// Runs the request's handler and sends its response.
@@ -193,7 +352,9 @@ impl Service {
         let (resp, keep) = match catch_unwind(AssertUnwindSafe(|| self.router.respond(req))) {
             Ok(resp) => (resp, req.keep_alive()),
             Err(_) => {
-                log::error!(
+                // A peer can make a buggy handler panic as often as it likes.
+                log_limited!(
+                    log::Level::Error,
                     "{}: the handler of {} {} panicked; answering 500",
                     ctx.connection().name(),
                     req.method(),
@@ -226,7 +387,12 @@ impl Service {
         status: StatusCode,
         reason: &str,
     ) {
-        log::debug!("{}: {status}: {reason}", ctx.connection().name());
+        // Every line a peer can cause is rate-limited, even at debug level.
+        log_limited!(
+            log::Level::Debug,
+            "{}: {status}: {reason}",
+            ctx.connection().name()
+        );
         let resp = Response::text(status, format!("{reason}\n"));
         send(ctx, &resp, false, ConnField::Close);
         self.close_gracefully(ctx, st);
@@ -287,7 +453,10 @@ impl Service {
             let name = ctx.connection().name().to_string();
             match st.phase {
                 Phase::Head if st.pending == 0 => {
-                    log::debug!("{name}: no request within the header timeout; closing");
+                    log_limited!(
+                        log::Level::Debug,
+                        "{name}: no request within the header timeout; closing"
+                    );
                     ctx.force_close();
                 }
                 Phase::Head | Phase::Body => {
@@ -299,7 +468,25 @@ impl Service {
                     );
                 }
                 Phase::Idle => {
-                    log::debug!("{name}: idle past the keep-alive timeout; closing");
+                    log_limited!(
+                        log::Level::Debug,
+                        "{name}: idle past the keep-alive timeout; closing"
+                    );
+                    ctx.force_close();
+                }
+                // Written out meanwhile (its write-complete is on its way): serve on.
+                Phase::Blocked if ctx.output_len() == 0 => svc.serve_backlog(ctx, st),
+                // Reading, slowly: wait on.
+                Phase::Blocked if ctx.output_len() < st.blocked_output => {
+                    st.blocked_output = ctx.output_len();
+                    let at = Instant::now() + svc.keep_alive_timeout;
+                    svc.set_deadline(ctx, st, at);
+                }
+                Phase::Blocked => {
+                    log_limited!(
+                        log::Level::Debug,
+                        "{name}: took none of its responses within the keep-alive timeout; closing"
+                    );
                     ctx.force_close();
                 }
                 // A large last response still going out to a slow reader gets up to the
@@ -324,4 +511,31 @@ fn send(ctx: &mut ConnCtx<'_>, resp: &Response, head_only: bool, field: ConnFiel
     let mut head = Vec::with_capacity(256);
     let body = resp.encode_head(&mut head, head_only, field);
     ctx.send_parts(&[&head, body]);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Backlog, Source};
+
+    #[test]
+    fn backlog_keeps_order_compacts_and_frees() {
+        let mut b = Backlog::default();
+        assert!(b.is_empty());
+        b.append(b"abcdef");
+        b.consume(4);
+        assert_eq!(b.peek(), b"ef");
+        // Most of it consumed: the front goes before appending.
+        b.append(b"gh");
+        assert_eq!((b.peek(), b.start), (&b"efgh"[..], 0));
+        b.consume(1);
+        b.append(b"i");
+        assert_eq!(b.peek(), b"fghi");
+        // Consumed whole: the memory is freed.
+        b.consume(10);
+        assert!(b.is_empty());
+        assert_eq!(b.buf.capacity(), 0);
+        b.append(b"xy");
+        b.consume_all();
+        assert_eq!((b.len(), b.buf.capacity()), (0, 0));
+    }
 }

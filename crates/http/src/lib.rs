@@ -39,7 +39,7 @@
 //! | `limits.rs` | [`Limits`] and every default ([`defaults`]) |
 //! | `parse.rs` | [`parse_request`]: bytes to a request, or the 4xx/5xx that refuses it |
 //! | `router.rs` | [`Router`] and [`Handler`] |
-//! | `conn.rs` | one connection on its loop: phases, the one timer per connection, closing |
+//! | `conn.rs` | one connection on its loop: phases, the one timer per connection, pipelining within an output bound, closing |
 //! | `server.rs` | [`HttpServer`], [`HttpServerBuilder`], [`HttpServerThread`] |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]

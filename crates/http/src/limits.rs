@@ -26,6 +26,20 @@ pub mod defaults {
     /// unread request does not turn the close into a reset that destroys the response):
     /// 2 s.
     pub const LINGER: Duration = Duration::from_secs(2);
+    /// Longest any timeout may be: one day. A longer one (say `Duration::MAX`, for "no
+    /// timeout") is taken as this, so that deadlines never overflow.
+    pub const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 60 * 60);
+    /// Output a connection may have queued (its client not reading it yet) before the
+    /// server stops answering its pipelined requests, and reading them, until the client
+    /// has read it all: 1 MiB.
+    pub const MAX_PENDING_OUTPUT: usize = 1 << 20;
+    /// What a connection's queued output may reach beyond
+    /// [`MAX_PENDING_OUTPUT`](self::MAX_PENDING_OUTPUT) (or the server's
+    /// [`max_pending_output`](crate::HttpServerBuilder::max_pending_output)) before it is
+    /// closed: 64 MiB. The server never queues that much by itself (at most the bound
+    /// plus one response); this is a backstop. A single response larger than this, sent
+    /// while earlier ones are still queued, closes its connection.
+    pub const OUTPUT_BACKSTOP: usize = 64 << 20;
 }
 
 /// The size limits a request is parsed under ([`parse_request`](crate::parse_request),

@@ -61,7 +61,8 @@ impl Response {
     /// field itself (see the type's documentation).
     pub fn header(mut self, name: &str, value: &str) -> Response {
         if let Some(why) = refuse_field(name, value) {
-            log::warn!("response header {name:?} dropped: {why}");
+            // Rate-limited: a handler may build its headers from what a peer sent.
+            duo_net::log_limited!(log::Level::Warn, "response header {name:?} dropped: {why}");
         } else {
             self.headers.push((name.to_owned(), value.to_owned()));
         }

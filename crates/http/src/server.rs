@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::{mpsc, Arc};
 use std::time::Duration;
 
-use duo_net::{EventLoop, ServerHandle, ServerStats, TcpServer};
+use duo_net::{EventLoop, OutputLimit, ServerHandle, ServerStats, TcpServer};
 use duo_reactor::EventLoopThread;
 
 use crate::conn::Service;
@@ -38,7 +38,14 @@ use crate::{Limits, Method, Request, Response, Router};
 /// - Limits ([`defaults`](crate::defaults)): head 8 KiB → 431, body 1 MiB → 413 (before
 ///   it is read), head within 10 s → 408, body within 30 s → 408, 60 s idle between
 ///   requests → close; [`max_connections`](HttpServerBuilder::max_connections) beyond
-///   which new connections are closed at once.
+///   which new connections are closed at once. Timeouts are clamped to
+///   [`defaults::MAX_TIMEOUT`](crate::defaults::MAX_TIMEOUT) (one day).
+/// - A client that pipelines requests without reading the responses gets no further
+///   answers (and its further requests are not read) once 1 MiB of output is queued for
+///   it ([`max_pending_output`](HttpServerBuilder::max_pending_output)), until it has
+///   read them; then the server answers on, in order. Meanwhile the request timeouts do
+///   not run; a client that reads none of its responses for the keep-alive timeout is
+///   closed.
 /// - After a response that ends the connection the server half-closes, reads and drops
 ///   what the peer still sends for up to the linger time (2 s), then closes: the peer
 ///   reads the response instead of a reset.
@@ -82,6 +89,7 @@ impl HttpServer {
             body_timeout: defaults::BODY_TIMEOUT,
             keep_alive_timeout: defaults::KEEP_ALIVE_TIMEOUT,
             linger: defaults::LINGER,
+            max_pending_output: defaults::MAX_PENDING_OUTPUT,
             max_connections: None,
             io_threads: 0,
         }
@@ -146,12 +154,18 @@ pub struct HttpServerBuilder {
     body_timeout: Duration,
     keep_alive_timeout: Duration,
     linger: Duration,
+    max_pending_output: usize,
     max_connections: Option<usize>,
     io_threads: usize,
 }
 
 /// The shortest timeout: a zero one is taken as this.
 const MIN_TIMEOUT: Duration = Duration::from_millis(1);
+
+/// `t` within [`MIN_TIMEOUT`] and [`defaults::MAX_TIMEOUT`].
+fn clamp_timeout(t: Duration) -> Duration {
+    t.clamp(MIN_TIMEOUT, defaults::MAX_TIMEOUT)
+}
 
 impl HttpServerBuilder {
     /// Routes `method` requests for the exact `path` to `handler` (see [`Router`]).
@@ -198,30 +212,40 @@ impl HttpServerBuilder {
 
     /// Time for a request head to arrive (default [`defaults::HEADER_TIMEOUT`]), counted
     /// from the connection's start for its first request and from the first byte of each
-    /// later one; past it → 408 and close (or a plain close if nothing came).
+    /// later one; past it → 408 and close (or a plain close if nothing came). Clamped,
+    /// like every timeout, to [`defaults::MAX_TIMEOUT`] (one day).
     pub fn header_timeout(mut self, t: Duration) -> Self {
-        self.header_timeout = t.max(MIN_TIMEOUT);
+        self.header_timeout = clamp_timeout(t);
         self
     }
 
     /// Time for a request body to arrive after its head (default
     /// [`defaults::BODY_TIMEOUT`]); past it → 408 and close.
     pub fn body_timeout(mut self, t: Duration) -> Self {
-        self.body_timeout = t.max(MIN_TIMEOUT);
+        self.body_timeout = clamp_timeout(t);
         self
     }
 
     /// How long a connection may wait between requests (default
     /// [`defaults::KEEP_ALIVE_TIMEOUT`]); then it is closed.
     pub fn keep_alive_timeout(mut self, t: Duration) -> Self {
-        self.keep_alive_timeout = t.max(MIN_TIMEOUT);
+        self.keep_alive_timeout = clamp_timeout(t);
         self
     }
 
     /// How long, after a response that ends the connection, the server waits for the
     /// peer to close (default [`defaults::LINGER`]).
     pub fn linger(mut self, t: Duration) -> Self {
-        self.linger = t.max(MIN_TIMEOUT);
+        self.linger = clamp_timeout(t);
+        self
+    }
+
+    /// Output a connection may have queued for its client before the server stops
+    /// answering (and reading) its pipelined requests until the client has read it all
+    /// (default [`defaults::MAX_PENDING_OUTPUT`], 1 MiB). A connection holds at most this
+    /// plus one response; one past this plus [`defaults::OUTPUT_BACKSTOP`] is closed.
+    pub fn max_pending_output(mut self, bytes: usize) -> Self {
+        self.max_pending_output = bytes;
         self
     }
 
@@ -289,6 +313,7 @@ impl HttpServerBuilder {
             body_timeout: self.body_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
             linger: self.linger,
+            max_pending_output: self.max_pending_output,
         });
         // The input a connection may hold: one unfinished request, plus what one read
         // brings of the next ones; the request limits are checked before that.
@@ -296,13 +321,20 @@ impl HttpServerBuilder {
             .max_head
             .saturating_add(limits.max_body)
             .saturating_add(2 * duo_net::defaults::READ_BUDGET);
-        let (on_up, on_msg) = (svc.clone(), svc);
+        // `serve` keeps each connection's output within the bound plus one response; the
+        // limit only backs that up.
+        let backstop = self
+            .max_pending_output
+            .saturating_add(defaults::OUTPUT_BACKSTOP);
+        let (on_up, on_msg, on_drained) = (svc.clone(), svc.clone(), svc);
         let mut tcp = TcpServer::builder(&self.name, self.addr)
             .io_threads(self.io_threads)
             .max_input(max_input)
+            .output_limit(backstop, OutputLimit::Close)
             .tcp_nodelay(true)
             .on_connection(move |conn| on_up.on_connection(conn))
             .on_message(move |ctx, input| on_msg.on_message(ctx, input))
+            .on_write_complete(move |ctx| on_drained.on_write_complete(ctx))
             .on_close(Service::on_close);
         if let Some(n) = self.max_connections {
             tcp = tcp.max_connections(n);
