@@ -143,6 +143,9 @@ fn main() -> ExitCode {
     match cli.command {
         Cmd::Serve(a) => {
             init_logging();
+            // A peer that makes a callback panic gets rate-limited log lines, not a
+            // stderr dump (with a backtrace under RUST_BACKTRACE) per event.
+            duo_net::process::install_panic_hook();
             serve(a, worker, inherited)
         }
         Cmd::Client(a) => {

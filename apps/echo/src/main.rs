@@ -205,6 +205,9 @@ fn main() -> ExitCode {
         Some(Command::Reload(args)) => return reload(&args),
         None => cli.serve,
     };
+    // A peer that makes a callback panic gets rate-limited log lines, not a stderr dump
+    // (with a backtrace under RUST_BACKTRACE) per event.
+    duo_net::process::install_panic_hook();
     let cfg = config(&args);
     if let Some(worker) = worker {
         return report(echo::serve_worker(&cfg, worker));

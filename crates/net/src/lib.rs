@@ -19,7 +19,8 @@
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread; re-exported from `duo-workers`.
 //! - [`process`]: what a server binary does before it serves and when told to stop
-//!   (signals, `SIGPIPE`, the descriptor limit, the `listening on` line).
+//!   (signals, `SIGPIPE`, the descriptor limit, the `listening on` line, a rate-limited
+//!   panic hook).
 //!
 //! # How the crate is built
 //!

@@ -13,6 +13,11 @@
 //!
 //! [`run_until_stopped`] does 2 and 3, runs the loop and stops the server.
 //!
+//! [`install_panic_hook`], right after the logger is set up, routes panics through the
+//! log with a rate limit, so that a peer who can make a callback panic (duo catches
+//! those and closes the connection) cannot also flood stderr with panic messages and
+//! backtraces.
+//!
 //! # Example
 //!
 //! ```no_run
@@ -23,6 +28,8 @@
 //!
 //! // Before any thread exists (the server's I/O threads inherit the signal mask).
 //! process::prepare_server(&STOP_SIGNALS)?;
+//! // (After the logger is initialised.)
+//! process::install_panic_hook();
 //! let mut main_loop = EventLoop::new()?;
 //! let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
 //!     .io_threads(2)
@@ -36,9 +43,15 @@
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
+use std::backtrace::Backtrace;
+use std::fmt;
 use std::io::{self, Write};
 use std::net::SocketAddr;
+use std::panic::PanicHookInfo;
+use std::sync::Once;
 use std::time::Duration;
+
+use duo_reactor::LogLimiter;
 
 use crate::{EventLoop, ServerHandle, Signal, TcpServer};
 
@@ -134,6 +147,137 @@ pub fn run_until_stopped(
     ran
 }
 
+/// Budget of the panic reports [`install_panic_hook`] lets through: the default burst
+/// (10 per 10 s); the rest are counted, and the count is logged with the next report or
+/// by [`report_suppressed`](crate::report_suppressed) (a running server calls it
+/// periodically and when it stops).
+static PANIC_REPORTS: LogLimiter = LogLimiter::new("panics");
+
+/// Replaces the process's panic hook with one that reports panics through the log
+/// (`error` level, target `duo_net::process`), rate-limited: the first panics of a burst
+/// (10 per 10 s) are logged in full (thread, location, message, and a backtrace if
+/// `RUST_BACKTRACE` asks for one, as the default hook would), later ones are only counted
+/// and the count is logged with the next report let through, or by
+/// [`report_suppressed`](crate::report_suppressed).
+///
+/// Why: duo catches a panic of an application callback and closes that connection, but
+/// Rust's panic hook runs before any `catch_unwind`, so without this every caught panic
+/// still writes its message (and, under `RUST_BACKTRACE=1`, a whole backtrace) to
+/// stderr. A peer that can make a callback panic once can do so a hundred thousand times.
+///
+/// Panics that may end the process are never rate-limited; they go to the hook that was
+/// installed before (by default Rust's, on stderr), every time:
+///
+/// - panics on the **main thread** that duo is not about to catch: the process exits
+///   of those. (A callback's panic that duo catches, on a single-reactor server's main
+///   loop say, is rate-limited like any other.)
+/// - every panic when the panic strategy is `abort`;
+/// - every panic while no logger takes `error` records for `duo_net::process` (there
+///   would be nowhere to report it).
+///
+/// Install it once, after the logger is set up: later calls do nothing. Panics on other
+/// threads that are not caught end only their thread, and the first of a burst are logged
+/// in full, so a thread dying of a panic is not hidden either (at worst it is one of the
+/// events of a storm that is counted).
+///
+/// # Example
+///
+/// ```
+/// // The logger first: the hook reports through it.
+/// env_logger::init();
+/// duo_net::process::install_panic_hook();
+///
+/// // A panic on another thread is now one `error` line (rate-limited), not a stderr dump.
+/// let caught = std::thread::spawn(|| panic!("a callback's bug")).join();
+/// assert!(caught.is_err());
+/// ```
+pub fn install_panic_hook() {
+    static INSTALLED: Once = Once::new();
+    INSTALLED.call_once(|| {
+        let backtraces = BacktraceStyle::from_env(std::env::var_os("RUST_BACKTRACE").as_deref());
+        let previous = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            let thread = std::thread::current();
+            // A panic on the main thread ends the process unless duo catches it (callbacks
+            // of a single-reactor server run there): the default report for those.
+            let fatal = thread.name() == Some("main") && !crate::guard::catching();
+            if fatal || cfg!(panic = "abort") || !logger_takes_panic_reports() {
+                return previous(info);
+            }
+            let Some(permit) = PANIC_REPORTS.admit(log::Level::Error, module_path!()) else {
+                return;
+            };
+            let backtrace = match backtraces {
+                BacktraceStyle::Off => None,
+                style => Some((style, Backtrace::force_capture())),
+            };
+            log::error!(
+                "{}{permit}",
+                PanicReport {
+                    thread: thread.name().unwrap_or("<unnamed>"),
+                    info,
+                    backtrace: backtrace.as_ref().map(|(s, b)| (*s, b)),
+                }
+            );
+        }));
+    });
+}
+
+/// Whether the logger would take an `error` record of this module (false when no logger
+/// is set, or it filters these out).
+fn logger_takes_panic_reports() -> bool {
+    log::log_enabled!(log::Level::Error)
+}
+
+/// What `RUST_BACKTRACE` asks the panic hook for, like the default hook reads it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BacktraceStyle {
+    /// Unset or `0`: no backtrace.
+    Off,
+    /// `full`: every frame.
+    Full,
+    /// Any other value (`1`): the usual backtrace.
+    Short,
+}
+
+impl BacktraceStyle {
+    fn from_env(value: Option<&std::ffi::OsStr>) -> Self {
+        match value.and_then(|v| v.to_str()) {
+            None | Some("0") => Self::Off,
+            Some("full") => Self::Full,
+            Some(_) => Self::Short,
+        }
+    }
+}
+
+/// A panic as the hook logs it: the default hook's text, on one record.
+struct PanicReport<'a> {
+    thread: &'a str,
+    info: &'a PanicHookInfo<'a>,
+    backtrace: Option<(BacktraceStyle, &'a Backtrace)>,
+}
+
+impl fmt::Display for PanicReport<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let payload = self.info.payload();
+        let message = payload
+            .downcast_ref::<&str>()
+            .copied()
+            .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+            .unwrap_or("Box<dyn Any>");
+        write!(f, "thread '{}' panicked", self.thread)?;
+        if let Some(at) = self.info.location() {
+            write!(f, " at {at}")?;
+        }
+        write!(f, ": {message}")?;
+        match self.backtrace {
+            Some((BacktraceStyle::Full, bt)) => write!(f, "\nstack backtrace:\n{bt:#}"),
+            Some((_, bt)) => write!(f, "\nstack backtrace:\n{bt}"),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The "first signal drains, second quits" rule: a signal handler that calls `drain` on
 /// the first signal and `quit` on every later one. Generic over the loop so the rule is
 /// tested without signals.
@@ -169,6 +313,24 @@ mod tests {
         handler(&mut log, Signal::INT);
         handler(&mut log, Signal::TERM);
         assert_eq!(log, ["drain SIGTERM", "quit SIGINT", "quit SIGTERM"]);
+    }
+
+    #[test]
+    fn rust_backtrace_is_read_like_the_default_hook() {
+        use std::ffi::OsStr;
+        assert_eq!(BacktraceStyle::from_env(None), BacktraceStyle::Off);
+        assert_eq!(
+            BacktraceStyle::from_env(Some(OsStr::new("0"))),
+            BacktraceStyle::Off
+        );
+        assert_eq!(
+            BacktraceStyle::from_env(Some(OsStr::new("1"))),
+            BacktraceStyle::Short
+        );
+        assert_eq!(
+            BacktraceStyle::from_env(Some(OsStr::new("full"))),
+            BacktraceStyle::Full
+        );
     }
 
     #[test]

@@ -1,0 +1,196 @@
+//! `process::install_panic_hook`: panics that duo catches in callbacks are reported
+//! through the log, rate-limited, instead of one stderr dump each.
+//!
+//! This test binary owns the process-wide logger and panic hook (so it holds one test
+//! only). A real server on loopback gets 2 000 connections whose first byte makes the
+//! message callback panic; the panic reports logged stay within the limiter's bounds, the
+//! first of them are complete, and a well-behaved client is still served.
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::Mutex;
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duo_net::{CloseReason, TcpServer};
+use duo_reactor::log_limit::{DEFAULT_BURST, DEFAULT_INTERVAL};
+use duo_testkit::{join_before, LIMIT};
+use log::{Level, LevelFilter, Log, Metadata, Record};
+use util::{connect, echo_once, is_peer_close, localhost, TestServer};
+
+/// Panicking connections driven through the server.
+const EVENTS: u64 = 2_000;
+/// Client threads driving them.
+const CLIENTS: u64 = 4;
+/// The first byte that makes the message callback panic.
+const PANIC: u8 = b'P';
+/// The panic message.
+const HOSTILE: &str = "hostile input";
+/// How long the storm may take before the test fails (a debug build on a loaded machine).
+const STORM_LIMIT: Duration = Duration::from_secs(60);
+
+/// Every line logged in this process at `info` or above, with its target.
+struct Counting {
+    lines: Mutex<Vec<(String, String)>>,
+}
+
+impl Log for Counting {
+    fn enabled(&self, m: &Metadata<'_>) -> bool {
+        m.level() <= Level::Info
+    }
+
+    fn log(&self, r: &Record<'_>) {
+        if self.enabled(r.metadata()) {
+            let line = (r.target().to_owned(), r.args().to_string());
+            self.lines.lock().unwrap().push(line);
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+static LOGGER: Counting = Counting {
+    lines: Mutex::new(Vec::new()),
+};
+
+/// The number `N` in `"N similar message(s) suppressed"` in `line`, 0 if there is none.
+fn suppressed_in(line: &str) -> u64 {
+    let Some(at) = line.find(" similar message") else {
+        return 0;
+    };
+    let digits = line[..at]
+        .rsplit(|c: char| !c.is_ascii_digit())
+        .next()
+        .unwrap_or("");
+    digits.parse().unwrap_or(0)
+}
+
+/// One panicking connection: sends the byte, then waits until the server closes it.
+fn hostile(addr: SocketAddr) {
+    let mut s = loop {
+        match TcpStream::connect(addr) {
+            Ok(s) => break s,
+            // The backlog overflowed for a moment, say: try again (bounded by the caller).
+            Err(e) if e.kind() == ErrorKind::ConnectionRefused => thread::yield_now(),
+            Err(e) => panic!("connect to {addr}: {e}"),
+        }
+    };
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.set_write_timeout(Some(LIMIT)).unwrap();
+    let _ = s.write_all(&[PANIC]);
+    let mut buf = [0u8; 64];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) if is_peer_close(&e) => return,
+            Err(e) => panic!("the server did not close a panicking connection: {e}"),
+        }
+    }
+}
+
+#[test]
+fn caught_panics_are_logged_rate_limited_and_the_server_goes_on() {
+    log::set_logger(&LOGGER).expect("the only logger of this test binary");
+    log::set_max_level(LevelFilter::Info);
+    duo_net::process::install_panic_hook();
+
+    let server = TestServer::start(|| {
+        TcpServer::builder("panics", localhost())
+            .io_threads(2)
+            .on_message(|ctx, input| {
+                if input.peek().first() == Some(&PANIC) {
+                    std::panic::panic_any(HOSTILE);
+                }
+                ctx.send(input.peek());
+                input.consume_all();
+            })
+    });
+    let addr = server.addr();
+    let mut good = connect(addr);
+    echo_once(&mut good, b"before the storm");
+
+    let started = Instant::now();
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            thread::spawn(move || {
+                let mut i = c;
+                while i < EVENTS {
+                    hostile(addr);
+                    i += CLIENTS;
+                }
+            })
+        })
+        .collect();
+    let deadline = started + STORM_LIMIT;
+    for (i, c) in clients.into_iter().enumerate() {
+        join_before(deadline, &format!("panicking client {i}"), c);
+    }
+    let storm = started.elapsed();
+
+    // Still serving, on the old connection and a new one.
+    echo_once(&mut good, b"after the storm");
+    echo_once(&mut connect(addr), b"a new client");
+    assert_eq!(
+        server.stats().closes().of(CloseReason::Panic),
+        EVENTS,
+        "every panic closed its connection"
+    );
+    drop(good);
+    server.stop();
+    // What no later report counted: one summary line per limiter.
+    duo_net::report_suppressed();
+
+    let lines = LOGGER.lines.lock().unwrap().clone();
+    // The hook's lines: its reports ("thread '…' panicked at …") and its limiter's
+    // summaries ("panics: N similar messages suppressed …").
+    let hook: Vec<&str> = lines
+        .iter()
+        .filter(|(target, _)| target == "duo_net::process")
+        .map(|(_, line)| line.as_str())
+        .filter(|line| line.contains(" panicked at ") || line.starts_with("panics:"))
+        .collect();
+    let reports: Vec<&str> = hook
+        .iter()
+        .copied()
+        .filter(|l| l.contains(" panicked at "))
+        .collect();
+    let accounted: u64 = hook
+        .iter()
+        .map(|l| u64::from(l.contains(" panicked at ")) + suppressed_in(l))
+        .sum();
+    // A burst per window started, plus the summaries (one per report_suppressed: the
+    // server's timer every interval, its stop, and ours).
+    let windows = (storm.as_secs_f64() / DEFAULT_INTERVAL.as_secs_f64()).ceil() as u64;
+    let bound = u64::from(DEFAULT_BURST) * (windows + 1) + windows + 2;
+    eprintln!(
+        "{EVENTS} caught panics in {storm:.1?}: {} panic-hook lines ({} reports), {} lines \
+         logged in all (bound on the hook's lines: {bound})",
+        hook.len(),
+        reports.len(),
+        lines.len()
+    );
+    assert!(
+        hook.len() as u64 <= bound,
+        "{} panic-hook lines for {EVENTS} panics (bound {bound})",
+        hook.len()
+    );
+    assert_eq!(
+        accounted, EVENTS,
+        "every panic is reported or counted in a suppressed count"
+    );
+    let first = reports.first().expect("the first panics are reported");
+    assert!(
+        first.contains("panicked at ")
+            && first.contains("panic_hook.rs")
+            && first.contains(HOSTILE),
+        "a report names the location and the message: {first}"
+    );
+    assert!(
+        first.starts_with("thread 'panics-"),
+        "a report names the I/O thread: {first}"
+    );
+}
