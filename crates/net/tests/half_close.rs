@@ -90,3 +90,42 @@ fn without_the_callback_the_server_closes_after_its_output() {
     );
     stop();
 }
+
+/// A write-complete callback that sends a large last reply and shuts down: the peer gets
+/// every byte of it before the end of stream (the drain that the callback's own send
+/// restarted is not cut short by the flush that called it).
+#[test]
+fn a_shutdown_from_write_complete_after_a_large_send_delivers_it_all() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Arc;
+    const FIRST: usize = 8 << 20;
+    const LAST: usize = 4 << 20;
+    let sent_last = Arc::new(AtomicBool::new(false));
+    let server = util::TestServer::start(move || {
+        let sent_last = sent_last.clone();
+        duo_net::TcpServer::builder("wc-shutdown", util::localhost())
+            .on_message(|ctx, input| {
+                input.consume_all();
+                ctx.send(&vec![1u8; FIRST]);
+            })
+            .on_write_complete(move |ctx| {
+                if !sent_last.swap(true, Ordering::SeqCst) {
+                    ctx.send(&vec![2u8; LAST]);
+                    ctx.shutdown();
+                }
+            })
+    });
+    let mut client = util::connect(server.addr());
+    client.write_all(b"go").unwrap();
+    // Let the server's socket fill before reading, so the last reply is buffered.
+    std::thread::sleep(std::time::Duration::from_millis(100));
+    let mut got = Vec::new();
+    client.read_to_end(&mut got).unwrap();
+    assert_eq!(
+        got.len(),
+        FIRST + LAST,
+        "every byte before the end of stream"
+    );
+    assert!(got[..FIRST].iter().all(|&b| b == 1) && got[FIRST..].iter().all(|&b| b == 2));
+    server.stop();
+}

@@ -168,7 +168,12 @@ impl Machine {
                         ch.disable_writing();
                         self.resume_if_drained(lp, ch);
                         self.write_complete(lp, ch);
-                        if let WriteSide::Draining(then) = self.write {
+                        // The callback may have sent more (and asked for a shutdown or a
+                        // close after it): then the drain is not over yet; the flush that
+                        // empties the output again finishes it.
+                        if let (WriteSide::Draining(then), true) =
+                            (self.write, self.output.is_empty())
+                        {
                             self.drained(lp, ch, then);
                         }
                         return;

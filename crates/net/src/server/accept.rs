@@ -169,6 +169,8 @@ impl Acceptor {
         // there to shed, or the loop never ends.
         match duo_sys::accept4(ch.fd()) {
             Ok((fd, _)) => {
+                // Shedding a connection is progress, for the spin detector.
+                ch.progressed();
                 // Counted before the close the peer sees: whoever watches the peer's side
                 // then reads a counter that already includes it.
                 (self.on_trouble)(AcceptTrouble::FdExhausted);
