@@ -7,25 +7,13 @@
 //! decides the consequence (a connection closes with
 //! [`CloseReason::Panic`](crate::CloseReason::Panic)).
 
-use std::cell::Cell;
-use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::panic::AssertUnwindSafe;
 
 use duo_reactor::LogLimiter;
 
 /// One kind for every caught panic, whoever's callback it was: a peer that can make one
 /// callback panic can usually make it panic again.
 static PANICS: LogLimiter = LogLimiter::new("panics in callbacks");
-
-thread_local! {
-    /// How many [`catch_user_panic`] calls are running on this thread: a panic now will be
-    /// caught (the panic hook of [`crate::process::install_panic_hook`] asks).
-    static CATCHING: Cell<u32> = const { Cell::new(0) };
-}
-
-/// Whether a panic on this thread now would be caught by [`catch_user_panic`].
-pub(crate) fn catching() -> bool {
-    CATCHING.with(|c| c.get() > 0)
-}
 
 /// Runs `f(target)`; if it panics, logs `"{name(target)}: {what} panicked"` at `error`
 /// level (rate-limited: see [`duo_reactor::log_limit`]) and returns `None`.
@@ -40,10 +28,7 @@ pub(crate) fn catch_user_panic<T: ?Sized, R>(
     name: impl FnOnce(&T) -> String,
     what: &str,
 ) -> Option<R> {
-    CATCHING.with(|c| c.set(c.get() + 1));
-    let caught = catch_unwind(AssertUnwindSafe(|| f(&mut *target)));
-    CATCHING.with(|c| c.set(c.get() - 1));
-    match caught {
+    match duo_reactor::catch_panic(AssertUnwindSafe(|| f(&mut *target))) {
         Ok(r) => Some(r),
         Err(_) => {
             duo_reactor::log_limited!(

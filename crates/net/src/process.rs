@@ -153,11 +153,12 @@ pub fn run_until_stopped(
 /// periodically and when it stops).
 static PANIC_REPORTS: LogLimiter = LogLimiter::new("panics");
 
-/// Replaces the process's panic hook with one that reports panics through the log
-/// (`error` level, target `duo_net::process`), rate-limited: the first panics of a burst
-/// (10 per 10 s) are logged in full (thread, location, message, and a backtrace if
-/// `RUST_BACKTRACE` asks for one, as the default hook would), later ones are only counted
-/// and the count is logged with the next report let through, or by
+/// Replaces the process's panic hook with one that reports the panics duo catches (of
+/// application callbacks, of worker-pool jobs: those inside [`duo_reactor::catch_panic`])
+/// through the log (`error` level, target `duo_net::process`), rate-limited: the first of
+/// a burst (10 per 10 s) are logged in full (thread, location, message, and a backtrace
+/// if `RUST_BACKTRACE` asks for one, as the default hook would), later ones are only
+/// counted and the count is logged with the next report let through, or by
 /// [`report_suppressed`](crate::report_suppressed).
 ///
 /// Why: duo catches a panic of an application callback and closes that connection, but
@@ -165,20 +166,14 @@ static PANIC_REPORTS: LogLimiter = LogLimiter::new("panics");
 /// still writes its message (and, under `RUST_BACKTRACE=1`, a whole backtrace) to
 /// stderr. A peer that can make a callback panic once can do so a hundred thousand times.
 ///
-/// Panics that may end the process are never rate-limited; they go to the hook that was
-/// installed before (by default Rust's, on stderr), every time:
+/// Every other panic goes to the hook that was installed before (by default Rust's, on
+/// stderr), every time, never rate-limited: a panic nobody catches ends its thread or the
+/// process, and its report is all there is. So do a second panic during the unwinding of
+/// a first (it aborts), every panic when the panic strategy is `abort`, and every panic
+/// while no logger takes `error` records for `duo_net::process` (there would be nowhere to
+/// report it).
 ///
-/// - panics on the **main thread** that duo is not about to catch: the process exits
-///   of those. (A callback's panic that duo catches, on a single-reactor server's main
-///   loop say, is rate-limited like any other.)
-/// - every panic when the panic strategy is `abort`;
-/// - every panic while no logger takes `error` records for `duo_net::process` (there
-///   would be nowhere to report it).
-///
-/// Install it once, after the logger is set up: later calls do nothing. Panics on other
-/// threads that are not caught end only their thread, and the first of a burst are logged
-/// in full, so a thread dying of a panic is not hidden either (at worst it is one of the
-/// events of a storm that is counted).
+/// Install it once, after the logger is set up: later calls do nothing.
 ///
 /// # Example
 ///
@@ -187,8 +182,8 @@ static PANIC_REPORTS: LogLimiter = LogLimiter::new("panics");
 /// env_logger::init();
 /// duo_net::process::install_panic_hook();
 ///
-/// // A panic on another thread is now one `error` line (rate-limited), not a stderr dump.
-/// let caught = std::thread::spawn(|| panic!("a callback's bug")).join();
+/// // A panic duo catches is now one `error` line (rate-limited), not a stderr dump.
+/// let caught = duo_reactor::catch_panic(|| panic!("a callback's bug"));
 /// assert!(caught.is_err());
 /// ```
 pub fn install_panic_hook() {
@@ -198,10 +193,13 @@ pub fn install_panic_hook() {
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
             let thread = std::thread::current();
-            // A panic on the main thread ends the process unless duo catches it (callbacks
-            // of a single-reactor server run there): the default report for those.
-            let fatal = thread.name() == Some("main") && !crate::guard::catching();
-            if fatal || cfg!(panic = "abort") || !logger_takes_panic_reports() {
+            // A panic that nobody catches ends its thread or the process: its report is
+            // all there is, in full, never rate-limited. Only those duo catches (user
+            // callbacks, worker jobs) are.
+            if !duo_reactor::panic_will_be_caught()
+                || cfg!(panic = "abort")
+                || !logger_takes_panic_reports()
+            {
                 return previous(info);
             }
             let Some(permit) = PANIC_REPORTS.admit(log::Level::Error, module_path!()) else {

@@ -57,6 +57,7 @@ mod event_loop_thread_pool;
 pub mod health;
 pub mod log_limit;
 mod loop_handle;
+mod panic_scope;
 mod poller;
 mod signals;
 mod thread_id;
@@ -71,6 +72,7 @@ pub use event_loop_thread_pool::EventLoopThreadPool;
 pub use health::{HealthConfig, LatencyHistogram};
 pub use log_limit::{report_suppressed, LogLimiter, Permit};
 pub use loop_handle::{loops, LoopHandle, LoopMetrics};
+pub use panic_scope::{catch_panic, panic_will_be_caught};
 pub use timer_queue::TimerId;
 pub use timing_wheel::TimingWheel;
 

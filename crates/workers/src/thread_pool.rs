@@ -231,7 +231,7 @@ impl ThreadPool {
 /// when it leaves, however it leaves.
 fn work(queue: &Receiver<Job>, counters: &Counters, exit: Sender<()>) {
     for job in queue {
-        if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(job)) {
+        if let Err(payload) = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(job)) {
             counters.panicked.fetch_add(1, Ordering::Relaxed);
             duo_reactor::log_limited!(
                 log::Level::Error,
