@@ -333,6 +333,10 @@ impl EventLoop {
             (ready.is_writable(), |h, lp, ch| h.handle_write(lp, ch)),
         ];
         entry.channel.ready = ready;
+        let before = self
+            .health
+            .probe_due(&entry.channel.watch, ready.bits())
+            .then(|| crate::health::queues(entry.channel.fd.as_fd()));
         for (wanted, step) in steps {
             if !wanted {
                 continue;
@@ -355,14 +359,16 @@ impl EventLoop {
             &self.shared.metrics.health,
         );
         // Progress: the handler said so, or changed the interest, or the channel goes.
-        let progressed = std::mem::take(&mut entry.channel.progress)
-            || entry.channel.interest() != entry.channel.registered
+        let reported = std::mem::take(&mut entry.channel.progress);
+        let changed = entry.channel.interest() != entry.channel.registered
             || entry.channel.is_removed()
             || self.channels.removal_pending(token);
         self.health.watch(
             &mut entry.channel.watch,
             ready.bits(),
-            progressed,
+            reported,
+            changed,
+            before,
             entry.channel.fd.as_fd(),
             &describe,
             &self.shared.name,

@@ -245,9 +245,12 @@ const SLEPT: Duration = Duration::from_micros(5);
 /// whose handler never reports progress.
 const PROBES: u32 = 4;
 
+/// A socket's receive and send queue lengths, where it has them.
+pub(crate) type Queues = (Option<usize>, Option<usize>);
+
 /// The lengths of a socket's receive and send queues (`None` where the descriptor has no
 /// such queue: an eventfd, a listening socket), to tell a busy stream from a stuck one.
-fn queues(fd: BorrowedFd<'_>) -> (Option<usize>, Option<usize>) {
+pub(crate) fn queues(fd: BorrowedFd<'_>) -> Queues {
     (
         duo_sys::bytes_available(fd).ok(),
         duo_sys::bytes_unacknowledged(fd).ok(),
@@ -263,8 +266,10 @@ pub(crate) struct SpinWatch {
     ready: u32,
     /// The handler has reported progress at least once: its word is taken.
     reports: bool,
-    /// The queue lengths first sampled in this run, and whether a later sample differed.
-    probe: Option<(Option<usize>, Option<usize>)>,
+    /// The loop's sleep count when the run began: a sleep in between ends the run.
+    slept: u64,
+    /// The queue lengths first sampled in this run, and whether they ever moved.
+    probe: Option<Queues>,
     moved: bool,
 }
 
@@ -287,6 +292,8 @@ pub(crate) struct HealthTracker {
     spin_run: u32,
     /// How long this iteration's `epoll_wait` took.
     waited: Duration,
+    /// How many `epoll_wait`s slept (took longer than [`SLEPT`]) so far.
+    slept: u64,
     /// Timer callbacks and queued functions run in this iteration.
     work: u64,
     /// When a stall / spin was last logged, and how many were not logged since.
@@ -308,6 +315,7 @@ impl HealthTracker {
             poll_began: now,
             spin_run: 0,
             waited: Duration::ZERO,
+            slept: 0,
             work: 0,
             stall_logged: None,
             stalls_unlogged: 0,
@@ -322,6 +330,9 @@ impl HealthTracker {
     pub(crate) fn polled(&mut self, now: Instant, counters: &HealthCounters) {
         let waited = now - self.poll_began;
         self.waited = waited;
+        if waited > SLEPT {
+            self.slept += 1;
+        }
         bump(&counters.poll_nanos, nanos(waited));
         counters
             .busy_since
@@ -407,57 +418,76 @@ impl HealthTracker {
         self.stall_logged = Some(now);
     }
 
-    /// A channel was dispatched with `ready` bits; `progressed`: its handler said so, or
-    /// changed its interest, or removed it. Counts the dispatches in a row with the same
-    /// readiness and no progress, the loop never sleeping; at the spin threshold, reports
-    /// a spin, unless the handler never reports progress and its socket's queues moved
-    /// meanwhile (a busy stream served by a handler that does not call `progressed`).
+    /// Whether the coming dispatch of the channel watched by `w` is one where its queues
+    /// are probed (then the caller samples them before the handler runs, with [`queues`]).
+    pub(crate) fn probe_due(&self, w: &SpinWatch, ready: u32) -> bool {
+        let Some(threshold) = self.config.spin_threshold else {
+            return false;
+        };
+        let continues = ready == w.ready && w.slept == self.slept;
+        let next = if continues { w.count + 1 } else { 1 };
+        !w.reports && next % (threshold.max(1) / PROBES).max(1) == 0
+    }
+
+    /// A channel was dispatched with `ready` bits. `reported`: its handler called
+    /// `progressed`; `changed`: the interest changed or the channel goes. `before`: its
+    /// queues sampled before the handler, on probe dispatches ([`probe_due`]). Counts the
+    /// dispatches in a row with the same readiness and no progress, the loop not sleeping
+    /// once meanwhile; at the spin threshold, reports a spin, unless the handler never
+    /// reports progress and its socket's queues moved meanwhile (a busy stream served by
+    /// a handler that does not call `progressed`).
+    ///
+    /// [`probe_due`]: HealthTracker::probe_due
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn watch(
         &mut self,
         w: &mut SpinWatch,
         ready: u32,
-        progressed: bool,
+        reported: bool,
+        changed: bool,
+        before: Option<Queues>,
         fd: BorrowedFd<'_>,
         what: &dyn Fn() -> String,
         loop_name: &str,
         counters: &HealthCounters,
     ) {
-        w.reports |= progressed;
+        w.reports |= reported;
         let Some(threshold) = self.config.spin_threshold else {
             return;
         };
-        if progressed || ready != w.ready || self.waited > SLEPT {
+        if reported || changed || ready != w.ready || w.slept != self.slept {
             *w = SpinWatch {
                 ready,
                 reports: w.reports,
+                slept: self.slept,
                 ..SpinWatch::default()
             };
             return;
         }
         w.count += 1;
         let threshold = threshold.max(1);
-        if !w.reports && w.count % (threshold / PROBES).max(1) == 0 {
+        if let Some(before) = before {
             let now = queues(fd);
-            match w.probe {
-                None => w.probe = Some(now),
-                Some(first) if first != now => w.moved = true,
-                Some(_) => {}
+            // Moved during the handler (it consumed, or wrote), or since the first probe.
+            if before != now || w.probe.is_some_and(|first| first != now) {
+                w.moved = true;
             }
+            w.probe.get_or_insert(now);
         }
         if w.count >= threshold {
             let confirmed = w.reports || !w.moved;
             *w = SpinWatch {
                 ready,
                 reports: w.reports,
+                slept: self.slept,
                 ..SpinWatch::default()
             };
             if confirmed {
                 self.spun(
                     &format!(
                         "{} was dispatched {threshold} times in a row with the same \
-                    readiness and nothing got done (a level-triggered readiness nobody \
-                    consumes?)",
+                         readiness and nothing got done (a level-triggered readiness \
+                         nobody consumes?)",
                         what()
                     ),
                     loop_name,
