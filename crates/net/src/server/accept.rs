@@ -219,6 +219,10 @@ fn open_spare() -> Option<File> {
 }
 
 impl Handler for Acceptor {
+    fn label(&self) -> Option<String> {
+        Some(format!("acceptor on {}", self.local))
+    }
+
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         // No "full?" check before accepting: with `EPOLLEXCLUSIVE` this wake-up may be
         // the only one the connection gets, so declining it would leave the connection in
