@@ -10,6 +10,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
+use bank::protocol::HISTORY_MAX;
 use common::{ok_number, Backend, Client, Gate, TestDb, PW};
 use duo_testkit::Rng;
 
@@ -145,14 +146,17 @@ fn storm_then_kill(backend: Backend, extra: &[&str]) {
             before <= last,
             "src{s}: {before} > last acknowledged {last}"
         );
+        // HISTORY shows at most the last HISTORY_MAX entries: a fast machine acknowledges
+        // more than that per source in the storm (1 189 seen in a release build), and the
+        // retries below prove every one of them kept anyway.
         let outs = c
-            .history(1000)
+            .history(HISTORY_MAX)
             .iter()
             .filter(|l| l.contains(" transfer_out "))
             .count();
         assert!(
-            outs >= acks.len(),
-            "src{s}: {outs} transfers kept, {} acknowledged",
+            outs >= acks.len().min(HISTORY_MAX),
+            "src{s}: {outs} transfers in the history, {} acknowledged",
             acks.len()
         );
         // Every acknowledged transfer is recorded: its retry replays the first reply...
