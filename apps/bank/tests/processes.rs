@@ -230,6 +230,13 @@ fn socket_activation_one_process_on_sqlite() {
         let deadline = Instant::now() + LIMIT;
         let stream = loop {
             match TcpStream::connect(addr) {
+                // Dialling a port nobody listens on yet, the kernel may pick that very
+                // port as the source and connect the socket to itself (TCP simultaneous
+                // open): not the activator; drop it and dial again.
+                Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => {
+                    drop(s);
+                    std::thread::sleep(Duration::from_millis(5));
+                }
                 Ok(s) => break s,
                 Err(_) if Instant::now() < deadline => {
                     std::thread::sleep(Duration::from_millis(5));

@@ -390,6 +390,11 @@ fn connect_when_listening(addr: SocketAddr) -> TcpStream {
     let deadline = Instant::now() + LIMIT;
     loop {
         match TcpStream::connect(addr) {
+            // Dialling a port nobody listens on yet, the kernel may pick that very port as
+            // the source and connect the socket to itself: not the activator; dial again.
+            Ok(s) if s.local_addr().ok() == s.peer_addr().ok() => {
+                thread::sleep(Duration::from_millis(5))
+            }
             Ok(s) => return s,
             Err(_) if Instant::now() < deadline => thread::sleep(Duration::from_millis(5)),
             Err(e) => panic!("connect {addr}: {e}"),
