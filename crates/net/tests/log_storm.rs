@@ -11,17 +11,14 @@
 
 mod util;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::{CloseReason, ServerStats, TcpServer};
-use duo_reactor::log_limit::{DEFAULT_BURST, DEFAULT_INTERVAL};
-use duo_testkit::{join_before, LIMIT};
-use log::{Level, LevelFilter, Log, Metadata, Record};
+use duo_testkit::join_before;
+use util::storm::{self, suppressed_in, LogLine};
 use util::{connect, echo_once, localhost, TestServer};
 
 /// Hostile events driven through the server.
@@ -39,43 +36,6 @@ const HOSTILE: &str = "hostile input";
 /// How long the storm may take before the test fails (a debug build on a loaded machine).
 const STORM_LIMIT: Duration = Duration::from_secs(120);
 
-/// Every line logged in this process at `info` or above: level and text.
-struct Counting {
-    lines: Mutex<Vec<(Level, String)>>,
-}
-
-impl Log for Counting {
-    fn enabled(&self, m: &Metadata<'_>) -> bool {
-        m.level() <= Level::Info
-    }
-
-    fn log(&self, r: &Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let text = r.args().to_string();
-            self.lines.lock().unwrap().push((r.level(), text));
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: Counting = Counting {
-    lines: Mutex::new(Vec::new()),
-};
-
-/// The number `N` in `"N similar messages suppressed"` or `"N similar message suppressed"`
-/// in `line`, 0 if there is none.
-fn suppressed_in(line: &str) -> u64 {
-    let Some(at) = line.find(" similar message") else {
-        return 0;
-    };
-    let digits = line[..at]
-        .rsplit(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap_or("");
-    digits.parse().unwrap_or(0)
-}
-
 /// Lines of one kind: those containing `marker` (the line itself, with any suppressed
 /// count appended) or starting with `summary` (a `report_suppressed` line).
 #[derive(Debug, Default)]
@@ -84,9 +44,9 @@ struct Kind {
     accounted: u64,
 }
 
-fn kind(lines: &[(Level, String)], marker: &str, summary: &str) -> Kind {
+fn kind(lines: &[LogLine], marker: &str, summary: &str) -> Kind {
     let mut k = Kind::default();
-    for (_, line) in lines {
+    for line in lines.iter().map(|l| l.text.as_str()) {
         if line.starts_with(summary) {
             k.lines += 1;
             k.accounted += suppressed_in(line);
@@ -98,35 +58,13 @@ fn kind(lines: &[(Level, String)], marker: &str, summary: &str) -> Kind {
     k
 }
 
-/// One hostile connection: sends its bytes, then waits until the server closes it.
+/// One hostile connection: a byte that makes the callback panic, or more input than
+/// the server allows.
 fn hostile(addr: SocketAddr, panic: bool) {
-    let mut s = loop {
-        match TcpStream::connect(addr) {
-            Ok(s) => break s,
-            // The backlog overflowed for a moment, say: try again (bounded by the caller).
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => thread::yield_now(),
-            Err(e) => panic!("connect to {addr}: {e}"),
-        }
-    };
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    s.set_write_timeout(Some(LIMIT)).unwrap();
-    let bytes = if panic {
-        vec![PANIC]
+    if panic {
+        storm::hostile(addr, &[PANIC], "panicking");
     } else {
-        vec![HOLD; MAX_INPUT * 2]
-    };
-    // The server may close before everything is written (input too large): a reset here
-    // is the expected end.
-    let _ = s.write_all(&bytes);
-    let mut buf = [0u8; 64];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if util::is_peer_close(&e) => return,
-            Err(e) => panic!("the server did not close a hostile connection: {e}"),
-        }
+        storm::hostile(addr, &[HOLD; MAX_INPUT * 2], "oversized");
     }
 }
 
@@ -136,8 +74,7 @@ fn closes(stats: &ServerStats, reason: CloseReason) -> u64 {
 
 #[test]
 fn a_hundred_thousand_hostile_events_log_a_bounded_number_of_lines() {
-    log::set_logger(&LOGGER).expect("the only logger of this test binary");
-    log::set_max_level(LevelFilter::Info);
+    storm::capture_logs();
     let default_hook = std::panic::take_hook();
     std::panic::set_hook(Box::new(move |info| {
         // The callback's panics are the test's input, not failures: keep stderr quiet.
@@ -204,13 +141,12 @@ fn a_hundred_thousand_hostile_events_log_a_bounded_number_of_lines() {
     // What no later line reported: one summary line per kind.
     duo_net::report_suppressed();
 
-    let lines = LOGGER.lines.lock().unwrap().clone();
+    let lines = storm::captured();
     let panic_lines = kind(&lines, "message callback panicked", "panics in callbacks:");
     let large_lines = kind(&lines, "bytes of input not consumed", "input too large:");
     // Per kind: a burst per window started, plus the summaries (one per report: the
     // server's timer every interval, its stop, and ours).
-    let windows = storm.as_secs_f64() / DEFAULT_INTERVAL.as_secs_f64();
-    let bound = DEFAULT_BURST as u64 * (windows.ceil() as u64 + 1) + windows.ceil() as u64 + 2;
+    let bound = storm::storm_bound(storm);
     eprintln!(
         "{EVENTS} hostile events in {storm:.1?}: {} lines logged in all; panics {} lines \
          for {panics} events, input too large {} lines for {too_large} events (bound {bound} \

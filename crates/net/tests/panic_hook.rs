@@ -8,17 +8,13 @@
 
 mod util;
 
-use std::io::{ErrorKind, Read, Write};
-use std::net::{SocketAddr, TcpStream};
-use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::{CloseReason, TcpServer};
-use duo_reactor::log_limit::{DEFAULT_BURST, DEFAULT_INTERVAL};
-use duo_testkit::{join_before, LIMIT};
-use log::{Level, LevelFilter, Log, Metadata, Record};
-use util::{connect, echo_once, is_peer_close, localhost, TestServer};
+use duo_testkit::join_before;
+use util::storm;
+use util::{connect, echo_once, localhost, TestServer};
 
 /// Panicking connections driven through the server.
 const EVENTS: u64 = 2_000;
@@ -31,71 +27,9 @@ const HOSTILE: &str = "hostile input";
 /// How long the storm may take before the test fails (a debug build on a loaded machine).
 const STORM_LIMIT: Duration = Duration::from_secs(60);
 
-/// Every line logged in this process at `info` or above, with its target.
-struct Counting {
-    lines: Mutex<Vec<(String, String)>>,
-}
-
-impl Log for Counting {
-    fn enabled(&self, m: &Metadata<'_>) -> bool {
-        m.level() <= Level::Info
-    }
-
-    fn log(&self, r: &Record<'_>) {
-        if self.enabled(r.metadata()) {
-            let line = (r.target().to_owned(), r.args().to_string());
-            self.lines.lock().unwrap().push(line);
-        }
-    }
-
-    fn flush(&self) {}
-}
-
-static LOGGER: Counting = Counting {
-    lines: Mutex::new(Vec::new()),
-};
-
-/// The number `N` in `"N similar message(s) suppressed"` in `line`, 0 if there is none.
-fn suppressed_in(line: &str) -> u64 {
-    let Some(at) = line.find(" similar message") else {
-        return 0;
-    };
-    let digits = line[..at]
-        .rsplit(|c: char| !c.is_ascii_digit())
-        .next()
-        .unwrap_or("");
-    digits.parse().unwrap_or(0)
-}
-
-/// One panicking connection: sends the byte, then waits until the server closes it.
-fn hostile(addr: SocketAddr) {
-    let mut s = loop {
-        match TcpStream::connect(addr) {
-            Ok(s) => break s,
-            // The backlog overflowed for a moment, say: try again (bounded by the caller).
-            Err(e) if e.kind() == ErrorKind::ConnectionRefused => thread::yield_now(),
-            Err(e) => panic!("connect to {addr}: {e}"),
-        }
-    };
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    s.set_write_timeout(Some(LIMIT)).unwrap();
-    let _ = s.write_all(&[PANIC]);
-    let mut buf = [0u8; 64];
-    loop {
-        match s.read(&mut buf) {
-            Ok(0) => return,
-            Ok(_) => {}
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) if is_peer_close(&e) => return,
-            Err(e) => panic!("the server did not close a panicking connection: {e}"),
-        }
-    }
-}
-
 #[test]
 fn caught_panics_are_logged_rate_limited_and_the_server_goes_on() {
-    log::set_logger(&LOGGER).expect("the only logger of this test binary");
-    log::set_max_level(LevelFilter::Info);
+    storm::capture_logs();
     duo_net::process::install_panic_hook();
 
     let server = TestServer::start(|| {
@@ -119,7 +53,7 @@ fn caught_panics_are_logged_rate_limited_and_the_server_goes_on() {
             thread::spawn(move || {
                 let mut i = c;
                 while i < EVENTS {
-                    hostile(addr);
+                    storm::hostile(addr, &[PANIC], "panicking");
                     i += CLIENTS;
                 }
             })
@@ -144,13 +78,13 @@ fn caught_panics_are_logged_rate_limited_and_the_server_goes_on() {
     // What no later report counted: one summary line per limiter.
     duo_net::report_suppressed();
 
-    let lines = LOGGER.lines.lock().unwrap().clone();
+    let lines = storm::captured();
     // The hook's lines: its reports ("thread '…' panicked at …") and its limiter's
     // summaries ("panics: N similar messages suppressed …").
     let hook: Vec<&str> = lines
         .iter()
-        .filter(|(target, _)| target == "duo_net::process")
-        .map(|(_, line)| line.as_str())
+        .filter(|l| l.target == "duo_net::process")
+        .map(|l| l.text.as_str())
         .filter(|line| line.contains(" panicked at ") || line.starts_with("panics:"))
         .collect();
     let reports: Vec<&str> = hook
@@ -160,12 +94,11 @@ fn caught_panics_are_logged_rate_limited_and_the_server_goes_on() {
         .collect();
     let accounted: u64 = hook
         .iter()
-        .map(|l| u64::from(l.contains(" panicked at ")) + suppressed_in(l))
+        .map(|l| u64::from(l.contains(" panicked at ")) + storm::suppressed_in(l))
         .sum();
     // A burst per window started, plus the summaries (one per report_suppressed: the
     // server's timer every interval, its stop, and ours).
-    let windows = (storm.as_secs_f64() / DEFAULT_INTERVAL.as_secs_f64()).ceil() as u64;
-    let bound = u64::from(DEFAULT_BURST) * (windows + 1) + windows + 2;
+    let bound = storm::storm_bound(storm);
     eprintln!(
         "{EVENTS} caught panics in {storm:.1?}: {} panic-hook lines ({} reports), {} lines \
          logged in all (bound on the hook's lines: {bound})",
