@@ -13,7 +13,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{Server, IO_TIMEOUT};
-use duo_testkit::{run_within, ChildServer, Rng};
+use duo_testkit::{http_get, run_within, ChildServer, Rng};
 
 /// Writes `data` in random-sized pieces.
 fn write_chunked(stream: &mut TcpStream, data: &[u8], rng: &mut Rng, max_chunk: usize) {
@@ -356,22 +356,6 @@ fn stats_interval_logs_a_line_per_interval() {
         line.contains("msg/s") && line.contains("MiB/s"),
         "line: {line}"
     );
-}
-
-/// One GET over a fresh connection: (status, body).
-fn http_get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let status = reply[9..12].parse().unwrap();
-    let body = reply.split_once("\r\n\r\n").map_or("", |p| p.1).to_owned();
-    (status, body)
 }
 
 #[test]

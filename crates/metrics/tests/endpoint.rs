@@ -2,30 +2,14 @@
 //! HTTP, `/healthz` and `/debug/loops`.
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_metrics::MetricsEndpoint;
 use duo_net::{EventLoop, TcpServer};
-use duo_testkit::LIMIT;
-
-/// One GET over a fresh connection: (status, body).
-fn get(addr: SocketAddr, path: &str) -> (u16, String) {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    write!(
-        s,
-        "GET {path} HTTP/1.1\r\nHost: test\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    let status = reply[9..12].parse().unwrap();
-    let body = reply.split_once("\r\n\r\n").map_or("", |p| p.1).to_owned();
-    (status, body)
-}
+use duo_testkit::{http_get, LIMIT};
 
 /// The value of the series `name{labels}` (labels as written, in order) in `text`.
 fn value(text: &str, series: &str) -> Option<f64> {
@@ -79,7 +63,7 @@ fn an_echo_server_s_figures_are_scraped_over_http() {
         thread::sleep(Duration::from_millis(2));
     }
 
-    let (status, text) = get(metrics.local_addr(), "/metrics");
+    let (status, text) = http_get(metrics.local_addr(), "/metrics");
     assert_eq!(status, 200);
     assert!(text.ends_with("# EOF\n"), "OpenMetrics ends with EOF");
     assert_eq!(
@@ -125,10 +109,10 @@ fn an_echo_server_s_figures_are_scraped_over_http() {
         "{text}"
     );
 
-    let (status, body) = get(metrics.local_addr(), "/healthz");
+    let (status, body) = http_get(metrics.local_addr(), "/healthz");
     assert_eq!((status, body.as_str()), (200, "ok\n"));
 
-    let (status, body) = get(metrics.local_addr(), "/debug/loops");
+    let (status, body) = http_get(metrics.local_addr(), "/debug/loops");
     assert_eq!(status, 200);
     let loops: serde_json::Value = serde_json::from_str(&body).unwrap();
     let names: Vec<&str> = loops
@@ -142,7 +126,7 @@ fn an_echo_server_s_figures_are_scraped_over_http() {
         "{names:?}"
     );
 
-    assert_eq!(get(metrics.local_addr(), "/nope").0, 404);
+    assert_eq!(http_get(metrics.local_addr(), "/nope").0, 404);
     drop(client);
     metrics.stop().unwrap();
     stop_tx.send(()).unwrap();

@@ -39,6 +39,7 @@ mod child_server;
 mod child_server_builder;
 mod cpu;
 mod example;
+mod http;
 pub mod loadgen_json;
 pub mod pg;
 mod process;
@@ -50,6 +51,7 @@ pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
 pub use cpu::{clock_ticks_per_second, cpu_time};
 pub use example::{example_binary, package_binary};
+pub use http::http_get;
 pub use process::{
     children, finish_within, is_running, run_within, send_signal, wait_child_within, Finished,
 };
