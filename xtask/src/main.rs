@@ -131,6 +131,31 @@ pub(crate) fn build_release_bins() -> Result<PathBuf, Failure> {
     Ok(target_dir().join("release"))
 }
 
+/// Builds the release `echo` and `loadgen` only (what `observe` and `scale` run), as
+/// [`build_release_bins`] does; `stdout` false keeps cargo off our standard output (for a
+/// JSON report). Returns the directory they are in.
+pub(crate) fn build_echo_and_loadgen(stdout: bool) -> Result<PathBuf, Failure> {
+    let mut cmd = Command::new(cargo());
+    cmd.current_dir(root()).args([
+        "build",
+        "--release",
+        "--quiet",
+        "-p",
+        "echo",
+        "-p",
+        "duo-benches",
+        "--bin",
+        "echo",
+        "--bin",
+        "loadgen",
+    ]);
+    if !stdout {
+        cmd.stdout(std::process::Stdio::null());
+    }
+    run(&mut cmd)?;
+    Ok(target_dir().join("release"))
+}
+
 /// The cargo that runs us (so `cargo +nightly xtask` stays on nightly).
 pub(crate) fn cargo() -> String {
     std::env::var("CARGO").unwrap_or_else(|_| "cargo".into())

@@ -43,7 +43,7 @@ use clap::Args;
 use self::check::{wait_for, Expect};
 use self::child::{Echo, Running};
 use self::prometheus::{tail, Prometheus};
-use crate::{cargo, root, run, target_dir, Failure};
+use crate::Failure;
 
 /// Connections of the load (`loadgen rr --conns`).
 const CONNS: u32 = 20;
@@ -212,22 +212,8 @@ impl Drop for RunDir {
     }
 }
 
-/// Builds the release `echo` and `loadgen` (only those), as `cargo xtask bench` does;
-/// returns the directory they are in.
+/// Builds the release `echo` and `loadgen`; returns the directory they are in.
 fn build_bins() -> Result<PathBuf, Failure> {
     println!("building release echo and loadgen...");
-    run(Command::new(cargo()).current_dir(root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "echo",
-        "-p",
-        "duo-benches",
-        "--bin",
-        "echo",
-        "--bin",
-        "loadgen",
-    ]))?;
-    Ok(target_dir().join("release"))
+    crate::build_echo_and_loadgen(true)
 }

@@ -33,7 +33,6 @@ mod one_run;
 mod outcome;
 
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use clap::Args;
@@ -41,7 +40,7 @@ use clap::Args;
 use self::limits::Host;
 use self::one_run::run_scale;
 use crate::report::create_dir;
-use crate::{cargo, root, run, target_dir, Failure};
+use crate::{target_dir, Failure};
 
 /// Connections of `--quick`.
 const QUICK_CONNS: u64 = 100_000;
@@ -205,26 +204,8 @@ pub(super) struct Bins {
 /// Builds the release `echo` and `loadgen` (only those), as `cargo xtask bench` does.
 fn build_bins(json: bool) -> Result<Bins, Failure> {
     say(json, "building release echo and loadgen...");
-    let mut cmd = Command::new(cargo());
-    cmd.current_dir(root()).args([
-        "build",
-        "--release",
-        "--quiet",
-        "-p",
-        "echo",
-        "-p",
-        "duo-benches",
-        "--bin",
-        "echo",
-        "--bin",
-        "loadgen",
-    ]);
-    if json {
-        // Keep stdout for the JSON line.
-        cmd.stdout(Stdio::null());
-    }
-    run(&mut cmd)?;
-    let release = target_dir().join("release");
+    // Keep stdout for the JSON line.
+    let release = crate::build_echo_and_loadgen(!json)?;
     Ok(Bins {
         echo: release.join("echo"),
         loadgen: release.join("loadgen"),
