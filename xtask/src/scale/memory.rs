@@ -23,7 +23,12 @@ impl TreeMem {
     pub(crate) fn of(pid: u32) -> Result<TreeMem, String> {
         let mut mem = TreeMem::default();
         for p in tree(pid) {
-            let (rss, pss) = smaps_rollup(p)?;
+            let (rss, pss) = match smaps_rollup(p) {
+                Ok(m) => m,
+                // A descendant that exited since the listing has no memory left to count.
+                Err(e) if p != pid && e.contains("No such process") => continue,
+                Err(e) => return Err(e),
+            };
             mem.procs += 1;
             mem.rss_kib += rss;
             mem.pss_kib += pss;
