@@ -25,8 +25,15 @@ impl TreeMem {
         for p in tree(pid) {
             let (rss, pss) = match smaps_rollup(p) {
                 Ok(m) => m,
-                // A descendant that exited since the listing has no memory left to count.
-                Err(e) if p != pid && e.contains("No such process") => continue,
+                // A descendant that exited since the listing (a zombie answers ESRCH, a
+                // reaped process has no directory) has no memory left to count.
+                Err(e)
+                    if p != pid
+                        && (e.contains("No such process")
+                            || !std::path::Path::new(&format!("/proc/{p}")).exists()) =>
+                {
+                    continue
+                }
                 Err(e) => return Err(e),
             };
             mem.procs += 1;
