@@ -52,6 +52,17 @@ fn my_warnings() -> Vec<String> {
         .collect()
 }
 
+/// This thread's warnings include a channel spin report ("spinning … same readiness").
+fn assert_channel_spin_reported() {
+    let warnings = my_warnings();
+    assert!(
+        warnings
+            .iter()
+            .any(|w| w.contains("spinning") && w.contains("same readiness")),
+        "{warnings:?}"
+    );
+}
+
 /// Stops the loop after `ms` so that a broken test fails instead of hanging.
 fn guard(lp: &mut EventLoop, ms: u64) {
     lp.run_after(Duration::from_millis(ms), |lp| lp.quit());
@@ -173,13 +184,7 @@ fn a_level_triggered_readiness_nobody_consumes_is_reported_as_a_spin() {
         "no spin reported in {:?}: {m:?}",
         t0.elapsed()
     );
-    let warnings = my_warnings();
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("spinning") && w.contains("same readiness")),
-        "{warnings:?}"
-    );
+    assert_channel_spin_reported();
 }
 
 #[test]
@@ -383,13 +388,7 @@ fn a_stuck_channel_is_found_among_busy_ones() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     ping.join().unwrap();
     assert!(lp.metrics().spins >= 1, "{:?}", lp.metrics());
-    let warnings = my_warnings();
-    assert!(
-        warnings
-            .iter()
-            .any(|w| w.contains("spinning") && w.contains("same readiness")),
-        "{warnings:?}"
-    );
+    assert_channel_spin_reported();
 }
 
 /// A handler that never calls `progressed` but does consume a busy stream (64 bytes per
