@@ -120,8 +120,8 @@ impl Channel {
     /// readiness nobody consumes looks exactly like that). Changing the interest or
     /// removing the channel counts as progress too. Once a handler has called it, its word
     /// is taken; for a handler that never does, the detector checks before it reports that
-    /// the socket's queues did not move either (`FIONREAD`, `SIOCOUTQ`), so a busy stream
-    /// is not mistaken for a spin. It costs one store.
+    /// the socket's queues did not move either (`FIONREAD`, `SIOCOUTQ`) and that the loop's
+    /// thread kept its CPU during the handler, so a busy stream is not mistaken for a spin. It costs one store.
     pub fn progressed(&mut self) {
         self.progress = true;
     }

@@ -336,7 +336,7 @@ impl EventLoop {
         let before = self
             .health
             .probe_due(&entry.channel.watch, ready.bits())
-            .then(|| crate::health::queues(entry.channel.fd.as_fd()));
+            .then(|| crate::health::probe(entry.channel.fd.as_fd()));
         for (wanted, step) in steps {
             if !wanted {
                 continue;

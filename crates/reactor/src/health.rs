@@ -101,7 +101,8 @@ pub struct HealthConfig {
     ///   loop never sleeping in between, and nothing gets done: its handler neither reports
     ///   progress ([`Channel::progressed`](crate::Channel::progressed)) nor changes the
     ///   interest nor removes it (for a handler that never reports progress, the socket's
-    ///   queue lengths must not have moved either); other channels' traffic does not hide
+    ///   queue lengths must not have moved either, nor may the loop's thread have lost its
+    ///   CPU during the handler); other channels' traffic does not hide
     ///   it; or
     /// - the loop wakes this many times in a row with nothing to do, each wake-up less
     ///   than a millisecond after the previous iteration.
@@ -248,13 +249,28 @@ const PROBES: u32 = 4;
 /// A socket's receive and send queue lengths, where it has them.
 pub(crate) type Queues = (Option<usize>, Option<usize>);
 
-/// The lengths of a socket's receive and send queues (`None` where the descriptor has no
-/// such queue: an eventfd, a listening socket), to tell a busy stream from a stuck one.
-pub(crate) fn queues(fd: BorrowedFd<'_>) -> Queues {
-    (
-        duo_sys::bytes_available(fd).ok(),
-        duo_sys::bytes_unacknowledged(fd).ok(),
-    )
+/// What a probe samples before and after a handler: the socket's queues, and how often
+/// the loop's thread has been switched off its CPU so far.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Probe {
+    queues: Queues,
+    switches: Option<u64>,
+}
+
+/// Samples the lengths of a socket's receive and send queues (`None` where the
+/// descriptor has no such queue: an eventfd, a listening socket), to tell a busy stream
+/// from a stuck one, and this thread's context switches: a peer that answers while the
+/// handler's thread is off its CPU (both on one core: the handler's write wakes the peer,
+/// which preempts it, reads and sends the next request) leaves the queues exactly as they
+/// were, but not the switch count.
+pub(crate) fn probe(fd: BorrowedFd<'_>) -> Probe {
+    Probe {
+        queues: (
+            duo_sys::bytes_available(fd).ok(),
+            duo_sys::bytes_unacknowledged(fd).ok(),
+        ),
+        switches: duo_sys::thread_context_switches().ok(),
+    }
 }
 
 /// The spin detector's record of one channel (kept in the channel, touched only by its
@@ -419,7 +435,7 @@ impl HealthTracker {
     }
 
     /// Whether the coming dispatch of the channel watched by `w` is one where its queues
-    /// are probed (then the caller samples them before the handler runs, with [`queues`]).
+    /// are probed (then the caller samples them before the handler runs, with [`probe`]).
     pub(crate) fn probe_due(&self, w: &SpinWatch, ready: u32) -> bool {
         let Some(threshold) = self.config.spin_threshold else {
             return false;
@@ -445,7 +461,7 @@ impl HealthTracker {
         ready: u32,
         reported: bool,
         changed: bool,
-        before: Option<Queues>,
+        before: Option<Probe>,
         fd: BorrowedFd<'_>,
         what: &dyn Fn() -> String,
         loop_name: &str,
@@ -467,12 +483,14 @@ impl HealthTracker {
         w.count += 1;
         let threshold = threshold.max(1);
         if let Some(before) = before {
-            let now = queues(fd);
-            // Moved during the handler (it consumed, or wrote), or since the first probe.
-            if before != now || w.probe.is_some_and(|first| first != now) {
+            let now = probe(fd);
+            // Moved during the handler (it consumed, or wrote, or its thread lost the CPU
+            // meanwhile, so that the peer may have answered in between), or the queues
+            // moved since the first probe.
+            if before != now || w.probe.is_some_and(|first| first != now.queues) {
                 w.moved = true;
             }
-            w.probe.get_or_insert(now);
+            w.probe.get_or_insert(now.queues);
         }
         if w.count >= threshold {
             let confirmed = w.reports || !w.moved;

@@ -214,6 +214,22 @@ fn the_spin_detector_can_be_switched_off() {
 /// call `progressed`: the loop sleeps between requests, so neither detector speaks.
 #[test]
 fn detectors_stay_silent_under_normal_traffic() {
+    request_response_without_spins(false);
+}
+
+/// The same with the loop and its peer on one CPU: each reply wakes the peer, which
+/// preempts the loop's thread, reads it and sends the next request before the handler
+/// returns, so the socket's queues look the same before and after every dispatch and the
+/// loop never waits. (Taken for a spin before the probes counted context switches.)
+#[test]
+fn detectors_stay_silent_when_the_loop_and_its_peer_share_one_cpu() {
+    request_response_without_spins(true);
+}
+
+fn request_response_without_spins(one_cpu: bool) {
+    if one_cpu {
+        duo_sys::pin_thread(&[0]).unwrap();
+    }
     capture_logs();
     let mut lp = EventLoop::new().unwrap();
     lp.set_health_config(HealthConfig {
@@ -224,6 +240,9 @@ fn detectors_stay_silent_under_normal_traffic() {
     let (client, server) = nonblocking_pair();
     client.set_nonblocking(false).unwrap();
     let peer = thread::spawn(move || {
+        if one_cpu {
+            duo_sys::pin_thread(&[0]).unwrap();
+        }
         let mut client = client;
         let mut buf = [0u8; 64];
         for i in 0..ROUNDS {

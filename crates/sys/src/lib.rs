@@ -57,7 +57,9 @@ pub use activation::{
 };
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
-pub use process::{fd_limit, raise_fd_limit, release_free_heap, set_fd_limit};
+pub use process::{
+    fd_limit, pin_thread, raise_fd_limit, release_free_heap, set_fd_limit, thread_context_switches,
+};
 pub use shm::SharedCounters;
 pub use signalfd::{
     block_signals, block_termination_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo,
