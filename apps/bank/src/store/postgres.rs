@@ -619,10 +619,30 @@ fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
         .map_err(|e| pg_error(&e))?;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .map_err(|e| pg_error(&e))?;
-    let meta: Option<String> = tx
-        .query_one("SELECT to_regclass('bank_meta')::text", &[])
-        .map_err(|e| pg_error(&e))?
-        .get(0);
+    // Where the search path finds bank_meta, and where it would create tables: the two
+    // must agree, or the schema's `CREATE TABLE IF NOT EXISTS` would start a second, empty
+    // bank in front of the real one (a role whose own schema appeared after the bank was
+    // set up in `public`, say).
+    let row = tx
+        .query_one(
+            "SELECT (SELECT n.nspname::text FROM pg_class c
+                     JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE c.oid = to_regclass('bank_meta')),
+                    current_schema()::text",
+            &[],
+        )
+        .map_err(|e| pg_error(&e))?;
+    let (meta, current): (Option<String>, Option<String>) = (row.get(0), row.get(1));
+    let Some(current) = current else {
+        return Err(refuse(
+            "no schema of the search_path exists to hold the bank's tables".to_owned(),
+        ));
+    };
+    if let Some(found) = meta.as_deref().filter(|&found| found != current) {
+        return Err(refuse(format!(
+            "the bank's tables are in schema {found:?} but the search_path puts new              tables in {current:?} (set search_path so that {found:?} comes first)"
+        )));
+    }
     if meta.is_some() {
         let version: Option<String> = tx
             .query_opt(

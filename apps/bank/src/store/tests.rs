@@ -218,6 +218,34 @@ fn refuses_a_newer_or_foreign_schema(backend: Backend, name: &str) {
     }
 }
 
+/// A bank set up in `public`, then a schema named after the role appears (first on the
+/// default search path): the server refuses, naming both schemas, instead of creating a
+/// second, empty bank there.
+#[test]
+fn a_bank_behind_another_schema_of_the_search_path_is_refused() {
+    let Some((_guard, db)) = database(Backend::Postgres, "search_path") else {
+        return;
+    };
+    let store = Store::open(&db, options(true)).unwrap();
+    drop(store);
+    let Database::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let mut c = ::postgres::Client::connect(url, ::postgres::NoTls).unwrap();
+    c.batch_execute("CREATE SCHEMA AUTHORIZATION CURRENT_USER")
+        .unwrap();
+    let e = Store::open(&db, options(true)).unwrap_err().to_string();
+    assert!(e.contains("\"public\"") && e.contains("search_path"), "{e}");
+    let tables: i64 = c
+        .query_one(
+            "SELECT count(*) FROM information_schema.tables WHERE table_schema = current_user",
+            &[],
+        )
+        .unwrap()
+        .get(0);
+    assert_eq!(tables, 0, "tables created in the role's own schema");
+}
+
 fn deposits_withdrawals_and_transfers(backend: Backend, name: &str) {
     let Some((_guard, store, a, b)) = setup(backend, name, true) else {
         return;
