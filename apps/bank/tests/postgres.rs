@@ -684,3 +684,30 @@ fn the_first_read_after_a_database_restart_succeeds() {
         "reads right after the restart ({pooled} pooled connections before it)"
     );
 }
+
+/// The database restarts while the front-end has nothing to write: the writer's idle
+/// connection is dead, but nothing was sent on it, so the next writes must just work
+/// (not `UNAVAILABLE`, which tells a client the outcome is unknown).
+#[test]
+fn writes_after_a_database_restart_while_idle_succeed() {
+    let Some(cluster) = PgCluster::builder()
+        .setting("fsync", "off")
+        .for_test("postgres::writes_after_a_database_restart_while_idle_succeed")
+    else {
+        return;
+    };
+    let server = Server::start_url(&cluster.url(), &[]);
+    let mut c = funded(server.addr, "u0", 100);
+    drop(Client::logged_in(server.addr, "u1"));
+    cluster
+        .restart_fast()
+        .unwrap_or_else(|e| panic!("restart: {e}"));
+    for (n, left) in [(1, 99), (2, 97), (3, 94)] {
+        assert_eq!(
+            c.cmd(&format!("TRANSFER u1 {n}")),
+            format!("OK {left}"),
+            "transfer {n} after the restart"
+        );
+    }
+    assert_eq!(balance_of(server.addr, "u1"), 6);
+}
