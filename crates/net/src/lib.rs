@@ -74,6 +74,8 @@ mod per_loop;
 pub mod process;
 mod server;
 mod stats;
+// UDP: its own module beside TCP (uses the reactor and sys layers only).
+pub mod udp;
 
 pub use client::{ClientBuilder, ConnectFailure, TcpClient};
 pub use close_reason::CloseReason;
@@ -85,6 +87,7 @@ pub use conn::{
 pub use duo_workers::{Job, SubmitError, ThreadPool};
 pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer, WhenFull};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
+pub use udp::{UdpBuilder, UdpCtx, UdpSendError, UdpSocket, UdpStats};
 
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};
 pub use duo_reactor::{log_limited, report_suppressed, LogLimiter};

@@ -26,7 +26,7 @@ use crate::{cvt, cvt_size};
 pub const MAX_BATCH: usize = 1024;
 
 /// What one received datagram was: its length, its source and whether it was cut.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct RecvMeta {
     /// Bytes written into the buffer (at most the buffer's length).
     pub len: usize,
@@ -34,16 +34,6 @@ pub struct RecvMeta {
     pub from: Option<SocketAddr>,
     /// The datagram was larger than the buffer and its tail was discarded by the kernel.
     pub truncated: bool,
-}
-
-impl Default for RecvMeta {
-    fn default() -> RecvMeta {
-        RecvMeta {
-            len: 0,
-            from: None,
-            truncated: false,
-        }
-    }
 }
 
 /// The message headers, iovecs and address storage of one batch call, kept between calls
@@ -161,14 +151,14 @@ pub fn recv_mmsg(
             other => break other? as usize,
         }
     };
-    for i in 0..got {
+    for (i, m) in meta.iter_mut().enumerate().take(got) {
         let hdr = &scratch.hdrs[i];
         let len = hdr.msg_len as usize;
         // SAFETY: the kernel filled `addrs[i]` with an address of `msg_namelen` bytes
         // (at most the storage's size); the rest of the storage is zeroed or old bytes of
         // an earlier address, which `SockAddr` never reads past `len`.
         let from = unsafe { SockAddr::new(scratch.addrs[i], hdr.msg_hdr.msg_namelen) };
-        meta[i] = RecvMeta {
+        *m = RecvMeta {
             len: len.min(slot),
             from: from.as_socket(),
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
