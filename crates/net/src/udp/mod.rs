@@ -1,4 +1,4 @@
-//! UDP on the loop: [`UdpSocket`], a datagram socket served by an [`EventLoop`], its
+//! UDP on the loop: [`UdpSocket`], a datagram socket served by an [`EventLoop`](duo_reactor::EventLoop), its
 //! [`UdpBuilder`], the callback's [`UdpCtx`] and the counters ([`UdpStats`]).
 //!
 //! - **Receive in batches.** The socket is level-triggered; a readable event takes one
