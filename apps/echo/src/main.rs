@@ -5,6 +5,7 @@
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
+//!      [--udp]
 //! echo reload --pid PID [--upgrade]
 //! ```
 //!
@@ -36,6 +37,12 @@
 //!   (each worker would need an address of its own; a usage error for now).
 //! - `--stall-ms MS` (default 25; 0 switches it off): a callback that holds a loop longer
 //!   than this is logged as a stall (rate-limited) and counted in `duo_loop_stalls_total`.
+//! - `--udp`: also echo UDP datagrams on the same address and port number as the TCP
+//!   listener (one `duo_net::UdpSocket` on the main loop: `recvmmsg`/`sendmmsg` batches
+//!   of 32, datagrams up to 2 KiB; larger ones are counted as truncated and not echoed).
+//!   Printed on stdout as `udp on HOST:PORT`, after the `listening on` (and `metrics on`)
+//!   line. Not with `--processes` (a usage error: the supervisor hands its workers the
+//!   TCP socket only) nor with socket activation of the TCP socket alone (same reason).
 //! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
 //!   finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
@@ -154,6 +161,9 @@ struct ServeArgs {
     /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
     #[arg(long, value_name = "MS", default_value_t = 25)]
     stall_ms: u64,
+    /// Also echo UDP datagrams on the listener's address (printed as `udp on HOST:PORT`).
+    #[arg(long)]
+    udp: bool,
 }
 
 /// How connections are polled.
@@ -224,10 +234,20 @@ fn main() -> ExitCode {
     };
     match args.processes {
         None => match inherited {
+            Some(_) if args.udp => fail(
+                USAGE,
+                "echo: --udp is not supported with socket activation (one TCP socket is \
+                 inherited)",
+            ),
             Some(listener) => report(echo::serve_on(&cfg, listener)),
             None => report(echo::serve(&cfg)),
         },
         Some(0) => fail(USAGE, "echo: --processes must be at least 1"),
+        Some(_) if args.udp => fail(
+            USAGE,
+            "echo: --udp is not supported with --processes (the supervisor hands its workers \
+             the TCP socket only)",
+        ),
         Some(_) if args.metrics.is_some() => fail(
             USAGE,
             "echo: --metrics is not supported with --processes (every worker would need an \
@@ -362,5 +382,6 @@ fn config(args: &ServeArgs) -> ServeConfig {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         metrics: args.metrics,
         stall_threshold: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
+        udp: args.udp,
     }
 }

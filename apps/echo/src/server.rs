@@ -13,7 +13,7 @@ use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
     AcceptMode, ConnCtx, EventLoop, HealthConfig, InputBuffer, ServerBuilder, ServerHandle,
-    TcpServer, WhenFull,
+    TcpServer, UdpSocket, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -48,6 +48,9 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// The loops' stall threshold (`None`: the stall detector is off).
     pub stall_threshold: Option<Duration>,
+    /// Also echo UDP datagrams on the listener's address (same IP and port number), from
+    /// one `duo_net::UdpSocket` on the main loop; printed as `udp on ADDR`.
+    pub udp: bool,
 }
 
 /// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
@@ -150,13 +153,27 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
             server.clone_handle(),
             cfg.drain_timeout,
         )?;
+        let udp = if cfg.udp {
+            Some(start_udp(&main_loop, server.local_addr())?)
+        } else {
+            None
+        };
         process::announce_listening(server.local_addr())?;
         if let Some(metrics) = &metrics {
             let mut out = io::stdout().lock();
             writeln!(out, "metrics on {}", metrics.local_addr())?;
             out.flush()?;
         }
+        if let Some(udp) = &udp {
+            let mut out = io::stdout().lock();
+            writeln!(out, "udp on {}", udp.local_addr())?;
+            out.flush()?;
+        }
         let ran = main_loop.run();
+        if let Some(udp) = &udp {
+            udp.stop();
+            log::info!("udp: {:?}", udp.stats());
+        }
         server.stop(&mut main_loop);
         ran?;
         log::info!("stopped");
@@ -187,6 +204,18 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
     ran?;
     log::info!("worker {} stopped", std::process::id());
     Ok(())
+}
+
+/// Starts the UDP echo on `addr` (the TCP listener's address), served by `main_loop`.
+fn start_udp(main_loop: &EventLoop, addr: SocketAddr) -> io::Result<UdpSocket> {
+    UdpSocket::builder("echo-udp", addr)
+        .on_datagram(|ctx, payload, from| {
+            // A full send queue is counted (`dropped`) and logged by the socket; an echo
+            // has nothing better to do with the error.
+            let _ = ctx.send_to(payload, from);
+        })
+        .start(&main_loop.handle())
+        .map_err(|e| io::Error::new(e.kind(), format!("--udp: {e}")))
 }
 
 /// Starts the metrics endpoint for `server` on `addr`.
