@@ -5,7 +5,7 @@
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
-//!      [--udp]
+//!      [--udp [--udp-batch N]]
 //! echo reload --pid PID [--upgrade]
 //! ```
 //!
@@ -43,6 +43,8 @@
 //!   Printed on stdout as `udp on HOST:PORT`, after the `listening on` (and `metrics on`)
 //!   line. Not with `--processes` (a usage error: the supervisor hands its workers the
 //!   TCP socket only) nor with socket activation of the TCP socket alone (same reason).
+//!   `--udp-batch N` (default 32): datagrams per `recvmmsg`/`sendmmsg`; 1 receives with
+//!   one `recvfrom` per datagram (the benchmark's comparison).
 //! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
 //!   finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
@@ -164,6 +166,10 @@ struct ServeArgs {
     /// Also echo UDP datagrams on the listener's address (printed as `udp on HOST:PORT`).
     #[arg(long)]
     udp: bool,
+    /// With --udp: datagrams per recvmmsg/sendmmsg (1: one recvfrom per datagram).
+    #[arg(long, value_name = "N", default_value_t = 32, requires = "udp",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    udp_batch: u16,
 }
 
 /// How connections are polled.
@@ -383,5 +389,6 @@ fn config(args: &ServeArgs) -> ServeConfig {
         metrics: args.metrics,
         stall_threshold: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
         udp: args.udp,
+        udp_batch: usize::from(args.udp_batch),
     }
 }

@@ -51,6 +51,8 @@ pub struct ServeConfig {
     /// Also echo UDP datagrams on the listener's address (same IP and port number), from
     /// one `duo_net::UdpSocket` on the main loop; printed as `udp on ADDR`.
     pub udp: bool,
+    /// Datagrams per `recvmmsg`/`sendmmsg` of the UDP echo (1: one `recvfrom` each).
+    pub udp_batch: usize,
 }
 
 /// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
@@ -154,7 +156,7 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
             cfg.drain_timeout,
         )?;
         let udp = if cfg.udp {
-            Some(start_udp(&main_loop, server.local_addr())?)
+            Some(start_udp(&main_loop, server.local_addr(), cfg.udp_batch)?)
         } else {
             None
         };
@@ -207,8 +209,10 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
 }
 
 /// Starts the UDP echo on `addr` (the TCP listener's address), served by `main_loop`.
-fn start_udp(main_loop: &EventLoop, addr: SocketAddr) -> io::Result<UdpSocket> {
+fn start_udp(main_loop: &EventLoop, addr: SocketAddr, batch: usize) -> io::Result<UdpSocket> {
     UdpSocket::builder("echo-udp", addr)
+        .batch(batch)
+        .unbatched_receive(batch == 1)
         .on_datagram(|ctx, payload, from| {
             // A full send queue is counted (`dropped`) and logged by the socket; an echo
             // has nothing better to do with the error.
