@@ -39,7 +39,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use duo_testkit::loadgen_json::LoadgenJson;
 
-use crate::cli::{Cli, EchoArgs, Mode};
+use crate::cli::{Cli, Mode};
 use crate::modes::{echo, Env};
 
 fn main() -> ExitCode {
@@ -65,14 +65,8 @@ fn main() -> ExitCode {
         }
         modes::procs::watch_signals();
     }
-    if let Mode::Pingpong(EchoArgs { udp: true, .. })
-    | Mode::Rr(EchoArgs {
-        udp: true,
-        reconnect: true,
-        ..
-    }) = &mode
-    {
-        eprintln!("loadgen: --udp goes with rr alone, and without --reconnect");
+    if let Err(e) = modes::udp::check_usage(&mode) {
+        eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }
     arm_watchdog(mode.name(), mode.hard_limit(), common.json);

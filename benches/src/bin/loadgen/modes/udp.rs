@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use duo_sys::{Epoll, Events, Interest};
 
-use crate::cli::EchoArgs;
+use crate::cli::{EchoArgs, Mode};
 use crate::fault::Fault;
 use crate::modes::{finish, Env, Tally};
 use crate::report::Report;
@@ -26,15 +26,29 @@ const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 /// The header of each datagram: sequence number and socket index (`u64` big-endian each).
 const HEADER: usize = 16;
 
+/// Refuses `--udp` where it does not apply: with another mode than `rr`, with
+/// `--reconnect`, or with a size that cannot carry the header or is no datagram.
+pub(crate) fn check_usage(mode: &Mode) -> Result<(), String> {
+    match mode {
+        Mode::Pingpong(a) if a.udp => Err("--udp goes with rr alone".into()),
+        Mode::Rr(a) if a.udp && a.reconnect => Err("--udp has no connections to reopen: \
+             drop --reconnect"
+            .into()),
+        Mode::Rr(EchoArgs {
+            udp: true,
+            size: Some(size),
+            ..
+        }) if !(HEADER as u64..=duo_net::udp::MAX_PAYLOAD as u64).contains(size) => Err(format!(
+            "--size must be {HEADER}..={} with --udp",
+            duo_net::udp::MAX_PAYLOAD
+        )),
+        _ => Ok(()),
+    }
+}
+
 /// Runs `rr --udp`.
 pub(crate) fn run(args: &EchoArgs, env: &Env) -> Result<Report, String> {
     let size = args.size.unwrap_or(64) as usize;
-    if !(HEADER..=duo_net::udp::MAX_PAYLOAD).contains(&size) {
-        return Err(format!(
-            "--size must be {HEADER}..={} with --udp",
-            duo_net::udp::MAX_PAYLOAD
-        ));
-    }
     let mut report = Report {
         mode: "udp-rr",
         unit: "requests",
