@@ -319,3 +319,24 @@ fn binding_a_taken_address_fails_at_start() {
     assert!(err.to_string().contains("bind"), "{err}");
     io.stop().unwrap();
 }
+
+#[test]
+fn large_datagrams_are_delivered_whole_with_a_large_slot() {
+    let io = EventLoopThread::spawn("udp-large", None).unwrap();
+    // 1 024 slots of 64 KiB would not fit one pooled block: the batch is cut to fit.
+    let sock = UdpSocket::builder("large", localhost())
+        .max_datagram(duo_net::udp::MAX_PAYLOAD)
+        .batch(1024)
+        .on_datagram(|ctx, payload, from| {
+            ctx.send_to(payload, from).unwrap();
+        })
+        .start(io.handle())
+        .unwrap();
+    let c = client("127.0.0.1:0");
+    let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
+    c.send_to(&big, sock.local_addr()).unwrap();
+    assert_eq!(recv(&c), big);
+    assert_eq!(sock.stats().truncated, 0);
+    sock.stop();
+    io.stop().unwrap();
+}

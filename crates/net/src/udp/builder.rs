@@ -85,7 +85,9 @@ impl UdpBuilder {
     }
 
     /// Datagrams received per `recvmmsg` and sent per `sendmmsg` (default
-    /// [`DEFAULT_BATCH`], clamped to `1..=1024`).
+    /// [`DEFAULT_BATCH`], clamped to `1..=1024`, and to what one pooled block of
+    /// [`MAX_BLOCK`](duo_buffer::MAX_BLOCK) bytes holds of [`max_datagram`](UdpBuilder::max_datagram)
+    /// slots).
     pub fn batch(mut self, n: usize) -> UdpBuilder {
         self.batch = n.clamp(1, duo_sys::udp::MAX_BATCH);
         self
@@ -188,6 +190,12 @@ impl UdpBuilder {
             stopped: AtomicBool::new(false),
             closed: AtomicBool::new(false),
         });
+        // One receive block holds a whole batch: no more slots than the pool's largest
+        // block has room for (32 x 64 KiB datagrams fit in 2 MiB; 8 MiB is the most).
+        let batch = self
+            .batch
+            .min(duo_buffer::MAX_BLOCK / self.max_datagram)
+            .max(1);
         let handler = UdpHandler {
             shared: Arc::clone(&shared),
             on_datagram: self
@@ -195,8 +203,8 @@ impl UdpBuilder {
                 .unwrap_or_else(|| Arc::new(|_: &mut UdpCtx<'_>, _: &[u8], _| {})),
             pool: self.pool,
             slot: self.max_datagram,
-            scratch: MmsgScratch::new(self.batch),
-            meta: vec![RecvMeta::default(); self.batch],
+            scratch: MmsgScratch::new(batch),
+            meta: vec![RecvMeta::default(); batch],
             queue: SendQueue::default(),
             single_recv: self.single_recv,
             flush_scheduled: false,

@@ -436,3 +436,61 @@ pub(crate) fn check_len(len: usize) -> Result<(), UdpSendError> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::VecDeque;
+    use std::net::SocketAddr;
+
+    use proptest::prelude::*;
+
+    use super::{SendQueue, ENTRY_COST};
+
+    /// A push (payload length and a port) or a pop of up to n entries.
+    #[derive(Debug, Clone)]
+    enum Op {
+        Push(usize, u16),
+        Pop(usize),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            (0usize..300, any::<u16>()).prop_map(|(n, p)| Op::Push(n, p)),
+            (1usize..5).prop_map(Op::Pop),
+        ]
+    }
+
+    proptest! {
+        /// The queue against a `VecDeque` of owned datagrams: same datagrams, same order,
+        /// same addresses, and the cost it reports is payloads plus the entry cost.
+        #[test]
+        fn behaves_like_a_deque_of_datagrams(ops in proptest::collection::vec(op(), 0..200)) {
+            let mut q = SendQueue::default();
+            let mut model: VecDeque<(Vec<u8>, Option<SocketAddr>)> = VecDeque::new();
+            for (i, op) in ops.into_iter().enumerate() {
+                match op {
+                    Op::Push(len, port) => {
+                        let data = vec![i as u8; len];
+                        let to = (port % 2 == 0).then(|| SocketAddr::from(([127, 0, 0, 1], port)));
+                        q.push(&data, to);
+                        model.push_back((data, to));
+                    }
+                    Op::Pop(n) => {
+                        let n = n.min(model.len());
+                        let front: Vec<(Vec<u8>, Option<SocketAddr>)> =
+                            q.front(n).map(|(d, t)| (d.to_vec(), t)).collect();
+                        let want: Vec<_> = model.drain(..n).collect();
+                        prop_assert_eq!(&front, &want);
+                        let bytes: usize = want.iter().map(|(d, _)| d.len()).sum();
+                        prop_assert_eq!(q.pop(n), bytes);
+                    }
+                }
+                let cost: usize = model.iter().map(|(d, _)| d.len() + ENTRY_COST).sum();
+                prop_assert_eq!(q.cost, cost);
+                prop_assert_eq!(q.is_empty(), model.is_empty());
+                let all: Vec<_> = q.front(usize::MAX).map(|(d, t)| (d.to_vec(), t)).collect();
+                prop_assert_eq!(all, model.iter().cloned().collect::<Vec<_>>());
+            }
+        }
+    }
+}
