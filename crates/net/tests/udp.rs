@@ -340,3 +340,29 @@ fn large_datagrams_are_delivered_whole_with_a_large_slot() {
     sock.stop();
     io.stop().unwrap();
 }
+
+#[test]
+fn unbatched_receive_echoes_the_same() {
+    let io = EventLoopThread::spawn("udp-unbatched", None).unwrap();
+    let sock = UdpSocket::builder("unbatched", localhost())
+        .batch(8)
+        .unbatched_receive(true)
+        .on_datagram(|ctx, payload, from| {
+            ctx.send_to(payload, from).unwrap();
+        })
+        .start(io.handle())
+        .unwrap();
+    let c = client("127.0.0.1:0");
+    let release = block_loop(io.handle());
+    for i in 0..40u32 {
+        c.send_to(&i.to_be_bytes(), sock.local_addr()).unwrap();
+    }
+    drop(release);
+    let mut seen: Vec<u32> = (0..40)
+        .map(|_| u32::from_be_bytes(recv(&c).try_into().unwrap()))
+        .collect();
+    seen.sort_unstable();
+    assert_eq!(seen, (0..40).collect::<Vec<_>>());
+    sock.stop();
+    io.stop().unwrap();
+}

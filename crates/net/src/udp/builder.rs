@@ -102,8 +102,9 @@ impl UdpBuilder {
         self
     }
 
-    /// Receives with one `recvfrom` per datagram instead of `recvmmsg` batches: only for
-    /// measuring what batching saves.
+    /// Receives with one `recvfrom` per datagram (up to [`batch`](UdpBuilder::batch) in a
+    /// row) instead of one `recvmmsg` per batch: only for measuring what batching saves.
+    /// With `batch(1)` sends are unbatched too (one `sendto` per datagram).
     pub fn unbatched_receive(mut self, yes: bool) -> UdpBuilder {
         self.single_recv = yes;
         self

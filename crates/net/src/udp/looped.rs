@@ -182,10 +182,7 @@ impl UdpHandler {
         let batch = (buf.len() / self.slot).max(1);
         for _ in 0..ROUNDS_PER_EVENT {
             let got = if self.single_recv {
-                duo_sys::recv_from(ch.fd(), &mut buf[..self.slot]).map(|m| {
-                    self.meta[0] = m;
-                    1
-                })
+                self.recv_each(ch, buf, batch)
             } else {
                 duo_sys::recv_mmsg(ch.fd(), &mut self.scratch, buf, self.slot, &mut self.meta)
             };
@@ -205,6 +202,27 @@ impl UdpHandler {
                 return;
             }
         }
+    }
+
+    /// Receives up to `batch` datagrams with one `recvfrom` each, into successive slots of
+    /// `buf` (the unbatched receive: what `recvmmsg` saves is measured against it).
+    fn recv_each(&mut self, ch: &Channel, buf: &mut [u8], batch: usize) -> io::Result<usize> {
+        let mut n = 0;
+        while n < batch {
+            match duo_sys::recv_from(ch.fd(), &mut buf[n * self.slot..(n + 1) * self.slot]) {
+                Ok(m) => {
+                    self.meta[n] = m;
+                    n += 1;
+                }
+                Err(e) if n == 0 => return Err(e),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    self.recv_error(&e);
+                    break;
+                }
+            }
+        }
+        Ok(n)
     }
 
     /// Hands the first `n` received datagrams to the callback (truncated ones are counted
