@@ -41,8 +41,11 @@
 //!   listener (one `duo_net::UdpSocket` on the main loop: `recvmmsg`/`sendmmsg` batches
 //!   of 32, datagrams up to 2 KiB; larger ones are counted as truncated and not echoed).
 //!   Printed on stdout as `udp on HOST:PORT`, after the `listening on` (and `metrics on`)
-//!   line. Not with `--processes` (a usage error: the supervisor hands its workers the
-//!   TCP socket only) nor with socket activation of the TCP socket alone (same reason).
+//!   line. With `--processes`, every worker binds a UDP socket of its own on that
+//!   address with `SO_REUSEPORT` (the kernel spreads datagrams over them by source), and
+//!   the supervisor prints the `udp on` line (a worker that cannot bind it, because a
+//!   socket without `SO_REUSEPORT` holds the port, fails and is restarted with back-off).
+//!   Under socket activation the UDP socket is bound beside the inherited TCP one.
 //!   `--udp-batch N` (default 32): datagrams per `recvmmsg`/`sendmmsg`; 1 receives with
 //!   one `recvfrom` per datagram (the benchmark's comparison).
 //! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
@@ -240,20 +243,10 @@ fn main() -> ExitCode {
     };
     match args.processes {
         None => match inherited {
-            Some(_) if args.udp => fail(
-                USAGE,
-                "echo: --udp is not supported with socket activation (one TCP socket is \
-                 inherited)",
-            ),
             Some(listener) => report(echo::serve_on(&cfg, listener)),
             None => report(echo::serve(&cfg)),
         },
         Some(0) => fail(USAGE, "echo: --processes must be at least 1"),
-        Some(_) if args.udp => fail(
-            USAGE,
-            "echo: --udp is not supported with --processes (the supervisor hands its workers \
-             the TCP socket only)",
-        ),
         Some(_) if args.metrics.is_some() => fail(
             USAGE,
             "echo: --metrics is not supported with --processes (every worker would need an \
@@ -269,7 +262,8 @@ fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -
         Ok(bound) => bound,
         Err(e) => return fail(1, &format!("echo: {e}")),
     };
-    let result = supervise::supervisor(cfg, n, listener).and_then(|s| supervise::run(s, addr));
+    let result =
+        supervise::supervisor(cfg, n, listener).and_then(|s| supervise::run(s, addr, cfg.udp));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ SupervisorError::Config(_)) => fail(USAGE, &format!("echo: {e}")),

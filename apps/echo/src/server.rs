@@ -49,7 +49,8 @@ pub struct ServeConfig {
     /// The loops' stall threshold (`None`: the stall detector is off).
     pub stall_threshold: Option<Duration>,
     /// Also echo UDP datagrams on the listener's address (same IP and port number), from
-    /// one `duo_net::UdpSocket` on the main loop; printed as `udp on ADDR`.
+    /// one `duo_net::UdpSocket` on the main loop (a worker: one per worker, with
+    /// `SO_REUSEPORT`); printed as `udp on ADDR`.
     pub udp: bool,
     /// Datagrams per `recvmmsg`/`sendmmsg` of the UDP echo (1: one `recvfrom` each).
     pub udp_batch: usize,
@@ -156,7 +157,12 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
             cfg.drain_timeout,
         )?;
         let udp = if cfg.udp {
-            Some(start_udp(&main_loop, server.local_addr(), cfg.udp_batch)?)
+            Some(start_udp(
+                &main_loop,
+                server.local_addr(),
+                cfg.udp_batch,
+                false,
+            )?)
         } else {
             None
         };
@@ -193,6 +199,18 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         server.clone_handle(),
         cfg.drain_timeout,
     )?;
+    // Every worker binds its own UDP socket with SO_REUSEPORT on the shared address: the
+    // kernel spreads datagrams over them by source address and port.
+    let udp = if cfg.udp {
+        Some(start_udp(
+            &main_loop,
+            server.local_addr(),
+            cfg.udp_batch,
+            true,
+        )?)
+    } else {
+        None
+    };
     // The server accepts from the moment it started: tell the supervisor.
     worker.notify_ready()?;
     log::info!(
@@ -202,15 +220,26 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         server.local_addr()
     );
     let ran = main_loop.run();
+    if let Some(udp) = &udp {
+        udp.stop();
+        log::info!("worker {} udp: {:?}", std::process::id(), udp.stats());
+    }
     server.stop(&mut main_loop);
     ran?;
     log::info!("worker {} stopped", std::process::id());
     Ok(())
 }
 
-/// Starts the UDP echo on `addr` (the TCP listener's address), served by `main_loop`.
-fn start_udp(main_loop: &EventLoop, addr: SocketAddr, batch: usize) -> io::Result<UdpSocket> {
+/// Starts the UDP echo on `addr` (the TCP listener's address), served by `main_loop`;
+/// with `reuse_port` (a worker of several) beside the other workers' sockets.
+fn start_udp(
+    main_loop: &EventLoop,
+    addr: SocketAddr,
+    batch: usize,
+    reuse_port: bool,
+) -> io::Result<UdpSocket> {
     UdpSocket::builder("echo-udp", addr)
+        .reuse_port(reuse_port)
         .batch(batch)
         .unbatched_receive(batch == 1)
         .on_datagram(|ctx, payload, from| {

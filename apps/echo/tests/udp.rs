@@ -106,18 +106,42 @@ fn socat_gets_its_datagram_back() {
 }
 
 #[test]
-fn udp_with_processes_is_a_usage_error() {
-    let out = run_within(
-        Command::new(env!("CARGO_BIN_EXE_echo")).args([
-            "--listen",
-            "127.0.0.1:0",
-            "--processes",
-            "2",
-            "--udp",
-        ]),
-        Duration::from_secs(10),
-    )
-    .unwrap();
-    assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
-    assert!(out.stderr.contains("--udp"), "{}", out.stderr);
+fn every_worker_serves_udp_on_the_shared_port() {
+    let (mut server, udp) = start(&["--processes", "2", "--io-threads", "1"]);
+    assert_eq!(udp, server.addr());
+    // Twenty sources: the kernel spreads them over the two workers' sockets by hash.
+    let clients: Vec<UdpSocket> = (0..20)
+        .map(|_| {
+            let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+            c.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
+            c
+        })
+        .collect();
+    let mut buf = [0u8; 64];
+    for round in 0..5 {
+        for (i, c) in clients.iter().enumerate() {
+            let msg = format!("{round}:{i}");
+            c.send_to(msg.as_bytes(), udp).unwrap();
+            let n = c.recv(&mut buf).unwrap();
+            assert_eq!(&buf[..n], msg.as_bytes());
+        }
+    }
+    let (status, _) = server.terminate("TERM", Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+    let log = server.stderr_to_end(Duration::from_secs(5));
+    let served: Vec<u64> = log
+        .lines()
+        .filter(|l| l.contains(" udp: UdpStats"))
+        .map(|l| {
+            let at = l.find("datagrams_in: ").unwrap() + "datagrams_in: ".len();
+            l[at..].split(',').next().unwrap().parse().unwrap()
+        })
+        .collect();
+    println!("served per worker: {served:?}");
+    assert_eq!(served.len(), 2, "{log}");
+    assert_eq!(served.iter().sum::<u64>(), 100, "{log}");
+    assert!(
+        served.iter().all(|&n| n > 0),
+        "one worker served nothing: {log}"
+    );
 }
