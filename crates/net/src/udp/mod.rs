@@ -112,6 +112,29 @@ pub(crate) struct Shared {
 /// and queues it onto the socket's loop, which sends it (batched with whatever else is
 /// queued). Dropping the handles does not stop the socket: [`stop`](UdpSocket::stop) does,
 /// or the end of its loop.
+///
+/// ```
+/// use duo_net::UdpSocket;
+/// use duo_reactor::EventLoopThread;
+///
+/// let io = EventLoopThread::spawn("udp", None)?;
+/// let sender = UdpSocket::builder("sender", "127.0.0.1:0".parse()?).start(io.handle())?;
+/// let peer = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+///
+/// // From another thread: the datagram is queued onto the socket's loop.
+/// let handle = sender.clone();
+/// let to = peer.local_addr()?;
+/// std::thread::spawn(move || handle.send_to(&b"hello"[..], to)).join().unwrap()?;
+/// let mut buf = [0u8; 16];
+/// let (n, from) = peer.recv_from(&mut buf)?;
+/// assert_eq!((&buf[..n], from), (&b"hello"[..], sender.local_addr()));
+///
+/// sender.stop();
+/// assert!(sender.send_to(&b"late"[..], to).is_err());
+/// io.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
 #[derive(Clone)]
 pub struct UdpSocket {
     shared: Arc<Shared>,
