@@ -23,6 +23,11 @@ pub(super) const MICRO: &[Micro] = &[
         groups: &["reactor-wakeup", "reactor-timers", "reactor-queue"],
         about: "cross-thread wake-up latency, timer schedule/cancel/fire, queue_in_loop throughput",
     },
+    Micro {
+        name: "udp",
+        groups: &["udp-send", "udp-recv"],
+        about: "sendto against sendmmsg of 1 and 32, recvfrom against recvmmsg of 32 (64 B)",
+    },
 ];
 
 /// An echo server under test.
