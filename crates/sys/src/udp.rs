@@ -4,10 +4,13 @@
 //! Socket set-up (`bind`, `SO_RCVBUF`, `SO_SNDBUF`, `IPV6_V6ONLY`, `SO_REUSEPORT`,
 //! `connect`) is [`socket2`]'s; this module holds only the calls it lacks.
 //!
-//! Why batch: on loopback one `recvfrom` costs about as much as the datagram's whole trip
-//! through the kernel, so a socket that receives 32 datagrams in one `recvmmsg` saves
-//! 31 entries into the kernel. For one datagram the plain call is cheaper (no
-//! `mmsghdr` to fill and copy in), which is why [`send_to`] and [`recv_from`] exist too.
+//! Batching saves entries into the kernel, not the kernel's work per datagram, which
+//! dominates (`benches/benches/udp.rs`: on loopback a `sendmmsg` of 32 costs a few per
+//! cent less per datagram than 32 `sendto`, and a `recvmmsg` of 32 about what 32
+//! `recvfrom` cost); what a batch saves its caller is the work around each call (one
+//! readiness event, one buffer, one dispatch for many datagrams). For one datagram the
+//! plain call is cheaper (no `mmsghdr` to fill and copy in: `sendto` about 12 % less
+//! than a `sendmmsg` of one), which is why [`send_to`] and [`recv_from`] exist too.
 //!
 //! Truncation: a datagram larger than its buffer is cut by the kernel. Both receive
 //! calls report it ([`RecvMeta::truncated`]): `recvmmsg` from `MSG_TRUNC` in the message's
