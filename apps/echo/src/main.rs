@@ -5,6 +5,7 @@
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
+//!      [--udp [--udp-batch N]]
 //! echo reload --pid PID [--upgrade]
 //! ```
 //!
@@ -36,6 +37,17 @@
 //!   (each worker would need an address of its own; a usage error for now).
 //! - `--stall-ms MS` (default 25; 0 switches it off): a callback that holds a loop longer
 //!   than this is logged as a stall (rate-limited) and counted in `duo_loop_stalls_total`.
+//! - `--udp`: also echo UDP datagrams on the same address and port number as the TCP
+//!   listener (one `duo_net::UdpSocket` on the main loop: `recvmmsg`/`sendmmsg` batches
+//!   of 32, datagrams up to 2 KiB; larger ones are counted as truncated and not echoed).
+//!   Printed on stdout as `udp on HOST:PORT`, after the `listening on` (and `metrics on`)
+//!   line. With `--processes`, every worker binds a UDP socket of its own on that
+//!   address with `SO_REUSEPORT` (the kernel spreads datagrams over them by source), and
+//!   the supervisor prints the `udp on` line (a worker that cannot bind it, because a
+//!   socket without `SO_REUSEPORT` holds the port, fails and is restarted with back-off).
+//!   Under socket activation the UDP socket is bound beside the inherited TCP one.
+//!   `--udp-batch N` (default 32): datagrams per `recvmmsg`/`sendmmsg`; 1 receives with
+//!   one `recvfrom` per datagram (the benchmark's comparison).
 //! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
 //!   finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
@@ -154,6 +166,13 @@ struct ServeArgs {
     /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
     #[arg(long, value_name = "MS", default_value_t = 25)]
     stall_ms: u64,
+    /// Also echo UDP datagrams on the listener's address (printed as `udp on HOST:PORT`).
+    #[arg(long)]
+    udp: bool,
+    /// With --udp: datagrams per recvmmsg/sendmmsg (1: one recvfrom per datagram).
+    #[arg(long, value_name = "N", default_value_t = 32, requires = "udp",
+          value_parser = clap::value_parser!(u16).range(1..=1024))]
+    udp_batch: u16,
 }
 
 /// How connections are polled.
@@ -243,7 +262,8 @@ fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -
         Ok(bound) => bound,
         Err(e) => return fail(1, &format!("echo: {e}")),
     };
-    let result = supervise::supervisor(cfg, n, listener).and_then(|s| supervise::run(s, addr));
+    let result =
+        supervise::supervisor(cfg, n, listener).and_then(|s| supervise::run(s, addr, cfg.udp));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ SupervisorError::Config(_)) => fail(USAGE, &format!("echo: {e}")),
@@ -362,5 +382,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         metrics: args.metrics,
         stall_threshold: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
+        udp: args.udp,
+        udp_batch: usize::from(args.udp_batch),
     }
 }

@@ -13,7 +13,7 @@ use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
     AcceptMode, ConnCtx, EventLoop, HealthConfig, InputBuffer, ServerBuilder, ServerHandle,
-    TcpServer, WhenFull,
+    TcpServer, UdpSocket, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -48,6 +48,12 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// The loops' stall threshold (`None`: the stall detector is off).
     pub stall_threshold: Option<Duration>,
+    /// Also echo UDP datagrams on the listener's address (same IP and port number), from
+    /// one `duo_net::UdpSocket` on the main loop (a worker: one per worker, with
+    /// `SO_REUSEPORT`); printed as `udp on ADDR`.
+    pub udp: bool,
+    /// Datagrams per `recvmmsg`/`sendmmsg` of the UDP echo (1: one `recvfrom` each).
+    pub udp_batch: usize,
 }
 
 /// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
@@ -150,13 +156,32 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
             server.clone_handle(),
             cfg.drain_timeout,
         )?;
+        let udp = if cfg.udp {
+            Some(start_udp(
+                &main_loop,
+                server.local_addr(),
+                cfg.udp_batch,
+                false,
+            )?)
+        } else {
+            None
+        };
         process::announce_listening(server.local_addr())?;
         if let Some(metrics) = &metrics {
             let mut out = io::stdout().lock();
             writeln!(out, "metrics on {}", metrics.local_addr())?;
             out.flush()?;
         }
+        if let Some(udp) = &udp {
+            let mut out = io::stdout().lock();
+            writeln!(out, "udp on {}", udp.local_addr())?;
+            out.flush()?;
+        }
         let ran = main_loop.run();
+        if let Some(udp) = &udp {
+            udp.stop();
+            log::info!("udp: {:?}", udp.stats());
+        }
         server.stop(&mut main_loop);
         ran?;
         log::info!("stopped");
@@ -174,6 +199,18 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         server.clone_handle(),
         cfg.drain_timeout,
     )?;
+    // Every worker binds its own UDP socket with SO_REUSEPORT on the shared address: the
+    // kernel spreads datagrams over them by source address and port.
+    let udp = if cfg.udp {
+        Some(start_udp(
+            &main_loop,
+            server.local_addr(),
+            cfg.udp_batch,
+            true,
+        )?)
+    } else {
+        None
+    };
     // The server accepts from the moment it started: tell the supervisor.
     worker.notify_ready()?;
     log::info!(
@@ -183,10 +220,35 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         server.local_addr()
     );
     let ran = main_loop.run();
+    if let Some(udp) = &udp {
+        udp.stop();
+        log::info!("worker {} udp: {:?}", std::process::id(), udp.stats());
+    }
     server.stop(&mut main_loop);
     ran?;
     log::info!("worker {} stopped", std::process::id());
     Ok(())
+}
+
+/// Starts the UDP echo on `addr` (the TCP listener's address), served by `main_loop`;
+/// with `reuse_port` (a worker of several) beside the other workers' sockets.
+fn start_udp(
+    main_loop: &EventLoop,
+    addr: SocketAddr,
+    batch: usize,
+    reuse_port: bool,
+) -> io::Result<UdpSocket> {
+    UdpSocket::builder("echo-udp", addr)
+        .reuse_port(reuse_port)
+        .batch(batch)
+        .unbatched_receive(batch == 1)
+        .on_datagram(|ctx, payload, from| {
+            // A full send queue is counted (`dropped`) and logged by the socket; an echo
+            // has nothing better to do with the error.
+            let _ = ctx.send_to(payload, from);
+        })
+        .start(&main_loop.handle())
+        .map_err(|e| io::Error::new(e.kind(), format!("--udp: {e}")))
 }
 
 /// Starts the metrics endpoint for `server` on `addr`.

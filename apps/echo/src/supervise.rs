@@ -1,6 +1,7 @@
 //! `echo serve --processes N`: the supervisor of N echo worker processes (the same binary,
 //! started again with the worker protocol of `duo_supervisor` in its environment).
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -39,15 +40,22 @@ pub fn supervisor(
 
 /// Runs `supervisor` until a stop signal has been handled and every worker has exited;
 /// prints `listening on ADDR` once the first workers are ready (not again after an
-/// upgrade, whose first image printed it).
+/// upgrade, whose first image printed it), and `udp on ADDR` after it with `udp` (each
+/// worker serves UDP on `addr` with a `SO_REUSEPORT` socket of its own).
 ///
 /// # Errors
 ///
 /// As [`Supervisor::run`].
-pub fn run(supervisor: Supervisor, addr: SocketAddr) -> Result<(), SupervisorError> {
+pub fn run(supervisor: Supervisor, addr: SocketAddr, udp: bool) -> Result<(), SupervisorError> {
     supervisor.run(move || {
         if let Err(e) = process::announce_listening(addr) {
             log::error!("writing the listening line: {e}");
+        }
+        if udp {
+            let mut out = std::io::stdout().lock();
+            if let Err(e) = writeln!(out, "udp on {addr}").and_then(|()| out.flush()) {
+                log::error!("writing the udp line: {e}");
+            }
         }
     })
 }

@@ -15,6 +15,9 @@
 //! - [`ServerConnections`]: every open connection of a server, for a broadcast that sends
 //!   one shared buffer to all of them ([`ServerConnections::broadcast`]), bounded per
 //!   reader by an [`OutputLimit`].
+//! - [`UdpSocket`]: a UDP socket on a loop ([`udp`]): `on_datagram(ctx, payload, from)`,
+//!   sends from any thread, `recvmmsg`/`sendmmsg` batches, pooled receive buffers,
+//!   truncated datagrams detected, a bounded send queue.
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread; re-exported from `duo-workers`.
@@ -33,6 +36,7 @@
 //! | `client/` | the client and its connect attempts |
 //! | `close_reason.rs`, `stats.rs` | why connections close, and the counters ([`ServerStats`], [`LoopStats`], [`CloseCounts`]) |
 //! | `guard.rs` | the one place that catches a panic from application code |
+//! | `udp/` | [`UdpSocket`]: the handle, its builder, the loop side (`udp/looped.rs`: handler, send queue, [`UdpCtx`]) and [`UdpStats`]; uses no other module of this crate |
 //!
 //! Dependencies between these modules run one way (a tidy test rejects a cycle):
 //! servers and clients use connections, connections use the per-loop state and the
@@ -74,6 +78,8 @@ mod per_loop;
 pub mod process;
 mod server;
 mod stats;
+// UDP: its own module beside TCP (uses the reactor and sys layers only).
+pub mod udp;
 
 pub use client::{ClientBuilder, ConnectFailure, TcpClient};
 pub use close_reason::CloseReason;
@@ -85,6 +91,7 @@ pub use conn::{
 pub use duo_workers::{Job, SubmitError, ThreadPool};
 pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer, WhenFull};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
+pub use udp::{UdpBuilder, UdpCtx, UdpSendError, UdpSocket, UdpStats};
 
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};
 pub use duo_reactor::{log_limited, report_suppressed, LogLimiter};

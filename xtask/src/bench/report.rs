@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::micro::Estimate;
 use super::outcome::{fmt_rate, fmt_steal, ratio, spread, Outcome, Stats};
 use super::runner::StealPolicy;
-use super::scenarios::{Scenario, Target, ECHO_SERVERS, TAIL_SCENARIO};
+use super::scenarios::{Scenario, Target, ECHO_SERVERS, TAIL_SCENARIO, UDP_SERVERS};
 use crate::report::{markdown, svg, unix_now, write};
 use crate::{root, Failure};
 
@@ -62,6 +62,7 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
     steal_note(&mut md, results, h);
     echo_tables(&mut md, results);
     tail_table(&mut md, results);
+    udp_table(&mut md, results);
     bank_table(&mut md, results);
     pg_table(&mut md, results);
     for note in h.skipped {
@@ -141,6 +142,72 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
                 cell("duo-2-main", "tokio"),
                 cell("duo-2-reuseport", "tokio"),
             ]
+        }),
+    ));
+}
+
+/// The UDP scenarios: every server's headline, then duo's ratios against the peers and
+/// batched against unbatched (CPU per datagram: < 1 favours the first).
+fn udp_table(md: &mut String, results: &Results<'_>) {
+    let udp = || results.iter().filter(|(sc, _)| sc.target == Target::Udp);
+    if udp().next().is_none() {
+        return;
+    }
+    let servers: Vec<&str> = UDP_SERVERS.iter().map(|s| s.name).collect();
+    let _ = writeln!(
+        md,
+        "\nUDP echo, one serving thread each: duo `echo --udp` (recvmmsg/sendmmsg batches \
+         of 32, and `--udp-batch 1`: one recvfrom per datagram), tokio's UDP echo (one \
+         task, current-thread runtime) and a blocking std recv_from/send_to loop. One \
+         request is one datagram echoed.\n"
+    );
+    let header: Vec<&str> = ["scenario"]
+        .into_iter()
+        .chain(servers.iter().copied())
+        .collect();
+    md.push_str(&markdown::table(
+        &header,
+        udp().map(|(sc, outcomes)| {
+            let cells = servers.iter().map(|name| {
+                outcomes
+                    .iter()
+                    .find(|o| o.server == *name)
+                    .map_or("-".into(), |o| headline(sc, o))
+            });
+            std::iter::once(sc.name.to_owned())
+                .chain(cells)
+                .collect::<Vec<_>>()
+        }),
+    ));
+    let _ = writeln!(
+        md,
+        "\nCPU per datagram / throughput ratios (CPU < 1 and throughput > 1 favour the \
+         first).\n"
+    );
+    let pairs = [
+        ("duo-udp", "tokio-udp"),
+        ("duo-udp", "std-udp"),
+        ("duo-udp", "duo-udp-unbatched"),
+    ];
+    let header: Vec<String> = std::iter::once("scenario".to_owned())
+        .chain(pairs.iter().map(|(a, b)| format!("{a} / {b}")))
+        .collect();
+    let header: Vec<&str> = header.iter().map(String::as_str).collect();
+    md.push_str(&markdown::table(
+        &header,
+        udp().map(|(sc, outcomes)| {
+            let get = |name: &str| outcomes.iter().find(|o| o.server == name);
+            let cells = pairs.iter().map(|(a, b)| match (get(a), get(b)) {
+                (Some(a), Some(b)) => format!(
+                    "{} / {}",
+                    ratio(a.cpu_per_op_us(), b.cpu_per_op_us()),
+                    ratio(a.rate(), b.rate())
+                ),
+                _ => "-".into(),
+            });
+            std::iter::once(sc.name.to_owned())
+                .chain(cells)
+                .collect::<Vec<_>>()
         }),
     ));
 }
@@ -661,7 +728,7 @@ pub(super) fn write_charts(dir: &Path, results: &Results<'_>) -> Result<(), Fail
     )?;
     let rows: Vec<(String, f64, f64)> = results
         .iter()
-        .filter(|(sc, _)| sc.mode == "rr")
+        .filter(|(sc, _)| sc.mode == "rr" && sc.target == Target::Echo)
         .flat_map(|(_, os)| os.iter())
         .filter_map(|o| {
             Some((

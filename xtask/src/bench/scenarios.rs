@@ -23,6 +23,11 @@ pub(super) const MICRO: &[Micro] = &[
         groups: &["reactor-wakeup", "reactor-timers", "reactor-queue"],
         about: "cross-thread wake-up latency, timer schedule/cancel/fire, queue_in_loop throughput",
     },
+    Micro {
+        name: "udp",
+        groups: &["udp-send", "udp-recv"],
+        about: "sendto against sendmmsg of 1 and 32, recvfrom against recvmmsg of 32 (64 B)",
+    },
 ];
 
 /// An echo server under test.
@@ -151,6 +156,39 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
     ),
 ];
 
+/// The UDP echo servers (scenarios with [`Target::Udp`]): duo's `echo --udp` with
+/// `recvmmsg`/`sendmmsg` batches and with one `recvfrom` per datagram (what batching
+/// saves), tokio's idiomatic UDP echo and a blocking std loop (`udp_echo_peer`). Each
+/// serves UDP on one thread.
+pub(super) const UDP_SERVERS: &[EchoServer] = &[
+    EchoServer::duo(
+        "duo-udp",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "0",
+            "--udp",
+        ],
+    ),
+    EchoServer::duo(
+        "duo-udp-unbatched",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "0",
+            "--udp",
+            "--udp-batch",
+            "1",
+        ],
+    ),
+    EchoServer::peer("tokio-udp", "udp_echo_peer", &["--runtime", "tokio"]),
+    EchoServer::peer("std-udp", "udp_echo_peer", &["--runtime", "blocking"]),
+];
+
 /// Where the accept modes other than the default (`duo-2` accepts on every I/O loop with
 /// `EPOLLEXCLUSIVE`) are measured too.
 const ACCEPT_MODE_SCENARIOS: &[&str] = &["churn-50", "pingpong-1000x64"];
@@ -166,6 +204,8 @@ pub(super) const TAIL_SCENARIO: &str = "rr-100x64";
 #[derive(Clone, Copy, PartialEq)]
 pub(super) enum Target {
     Echo,
+    /// The UDP echo servers ([`UDP_SERVERS`]).
+    Udp,
     /// The bank server on SQLite; `true` = group commit.
     Bank(bool),
     /// The bank server on PostgreSQL (the harness's cluster, a fresh database per run).
@@ -317,6 +357,14 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         &["--clients", "100", "--accounts", "50", "--threads", "2"],
         100,
     ),
+    Scenario::new(
+        "udp-rr-100x64",
+        "UDP request/response, 100 sockets x 64 B datagrams",
+        Target::Udp,
+        "rr",
+        &["--udp", "--conns", "100", "--size", "64", "--threads", "2"],
+        100,
+    ),
     // Runs whenever a PostgreSQL bank scenario does (see `bench`).
     Scenario::new(
         "bank-pg-pgbench",
@@ -340,16 +388,19 @@ pub(super) struct Entrant {
 /// in `db_dir` (on PostgreSQL the runner adds `--db URL`).
 pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entrant> {
     match sc.target {
-        Target::Echo => ECHO_SERVERS
-            .iter()
-            .filter(|srv| srv.only_in.is_empty() || srv.only_in.contains(&sc.name))
-            .map(|srv| Entrant {
-                name: srv.name,
-                duo: srv.duo,
-                exe: release.join(srv.bin),
-                args: srv.args.iter().map(|a| a.to_string()).collect(),
-            })
-            .collect(),
+        Target::Echo | Target::Udp => match sc.target {
+            Target::Udp => UDP_SERVERS,
+            _ => ECHO_SERVERS,
+        }
+        .iter()
+        .filter(|srv| srv.only_in.is_empty() || srv.only_in.contains(&sc.name))
+        .map(|srv| Entrant {
+            name: srv.name,
+            duo: srv.duo,
+            exe: release.join(srv.bin),
+            args: srv.args.iter().map(|a| a.to_string()).collect(),
+        })
+        .collect(),
         Target::Bank(group) => {
             let db = db_dir.join("bank.db").display().to_string();
             let mut args = bank_args();

@@ -91,6 +91,10 @@ pub(crate) struct EchoArgs {
     /// drains its connections on a reload. Refused, reset, timeout and mismatch stay errors.
     #[arg(long)]
     pub(crate) reconnect: bool,
+    /// `rr` only: over UDP (connected sockets, one datagram outstanding each; a request
+    /// unanswered after 200 ms counts as `lost` and the next one is sent). SIZE >= 16.
+    #[arg(long)]
+    pub(crate) udp: bool,
     #[command(flatten)]
     pub(crate) common: Common,
 }

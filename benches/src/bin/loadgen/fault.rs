@@ -32,6 +32,8 @@ pub(crate) enum Fault {
     Io,
     /// A process gave up at its hard time limit (`idle --procs`: a child's watchdog).
     HardTimeout,
+    /// `rr --udp`: a datagram (or its echo) was lost: no echo within the loss timeout.
+    Lost,
 }
 
 impl Fault {
@@ -50,11 +52,12 @@ impl Fault {
             Fault::BadReply => "bad_reply",
             Fault::Io => "io",
             Fault::HardTimeout => "hard_timeout",
+            Fault::Lost => "lost",
         }
     }
 
     /// Every kind.
-    const ALL: [Fault; 12] = [
+    const ALL: [Fault; 13] = [
         Fault::Refused,
         Fault::Reset,
         Fault::Closed,
@@ -67,6 +70,7 @@ impl Fault {
         Fault::BadReply,
         Fault::Io,
         Fault::HardTimeout,
+        Fault::Lost,
     ];
 
     /// The kind named `name` in reports (the inverse of [`Fault::name`]).

@@ -3,6 +3,7 @@
 //! ```text
 //! loadgen pingpong --addr 127.0.0.1:7000 --conns 100 --size 16384 --secs 10 [--threads 2]
 //! loadgen rr       --addr 127.0.0.1:7000 --conns 100 --size 64 --secs 10
+//! loadgen rr --udp --addr 127.0.0.1:7000 --conns 100 --size 64 --secs 10
 //! loadgen idle     --addr 127.0.0.1:7000 --conns 10000 --hold 5 [--pid SERVER_PID] [--procs P]
 //! loadgen churn    --addr 127.0.0.1:7000 --conns 50 --secs 10 [--reconnect]
 //! loadgen bank     --addr 127.0.0.1:7100 --clients 100 --accounts 50 --secs 10
@@ -64,6 +65,10 @@ fn main() -> ExitCode {
         }
         modes::procs::watch_signals();
     }
+    if let Err(e) = modes::udp::check_usage(&mode) {
+        eprintln!("loadgen: {e}");
+        return ExitCode::from(2);
+    }
     arm_watchdog(mode.name(), mode.hard_limit(), common.json);
 
     let env = Env {
@@ -89,6 +94,7 @@ fn main() -> ExitCode {
     };
     let result = match &mode {
         Mode::Pingpong(a) => echo::run(echo::Kind::Pingpong, a, &env),
+        Mode::Rr(a) if a.udp => modes::udp::run(a, &env),
         Mode::Rr(a) => echo::run(echo::Kind::Rr, a, &env),
         Mode::Idle(a) if a.procs > 1 => modes::procs::run(a, &env),
         Mode::Idle(a) => modes::idle::run(a, &env),

@@ -5,6 +5,7 @@ pub(crate) mod churn;
 pub(crate) mod echo;
 pub(crate) mod idle;
 pub(crate) mod procs;
+pub(crate) mod udp;
 
 use std::io;
 use std::net::{IpAddr, SocketAddr};

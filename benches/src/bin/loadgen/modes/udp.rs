@@ -1,0 +1,206 @@
+//! `rr --udp`: request/response over UDP. Each of CONNS connected UDP sockets sends a
+//! SIZE-byte datagram (a sequence number, the socket's index, then bytes of its own) and
+//! waits for the echo before sending the next; the echo must be the same bytes.
+//!
+//! UDP may lose a datagram: a request unanswered after [`LOSS_TIMEOUT`] (or `--timeout`,
+//! if shorter) is counted as `lost` and the socket sends the next one; an echo that comes
+//! back later is recognised by its old sequence number and ignored. Latency, rate and the
+//! report are those of the TCP `rr` mode.
+
+use std::io;
+use std::net::{SocketAddr, UdpSocket};
+use std::os::fd::AsFd;
+use std::time::{Duration, Instant};
+
+use duo_sys::{Epoll, Events, Interest};
+
+use crate::cli::{EchoArgs, Mode};
+use crate::fault::Fault;
+use crate::modes::{finish, Env, Tally};
+use crate::report::Report;
+use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
+
+/// How long a request may wait for its echo before it counts as lost.
+const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
+
+/// The header of each datagram: sequence number and socket index (`u64` big-endian each).
+const HEADER: usize = 16;
+
+/// Refuses `--udp` where it does not apply: with another mode than `rr`, with
+/// `--reconnect`, or with a size that cannot carry the header or is no datagram.
+pub(crate) fn check_usage(mode: &Mode) -> Result<(), String> {
+    match mode {
+        Mode::Pingpong(a) if a.udp => Err("--udp goes with rr alone".into()),
+        Mode::Rr(a) if a.udp && a.reconnect => Err("--udp has no connections to reopen: \
+             drop --reconnect"
+            .into()),
+        Mode::Rr(EchoArgs {
+            udp: true,
+            size: Some(size),
+            ..
+        }) if !(HEADER as u64..=duo_net::udp::MAX_PAYLOAD as u64).contains(size) => Err(format!(
+            "--size must be {HEADER}..={} with --udp",
+            duo_net::udp::MAX_PAYLOAD
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// Runs `rr --udp`.
+pub(crate) fn run(args: &EchoArgs, env: &Env) -> Result<Report, String> {
+    let size = args.size.unwrap_or(64) as usize;
+    let mut report = Report {
+        mode: "udp-rr",
+        unit: "requests",
+        addr: Some(env.target),
+        size: Some(size as u64),
+        secs: Some(args.secs.as_secs_f64()),
+        ..Report::default()
+    };
+    let conns = env.cap_conns(args.conns, &mut report) as usize;
+    let threads = env.threads_for(conns as u64);
+    report.threads = threads;
+    report.conns = Some(conns as u64);
+    let setup_deadline = Instant::now() + env.timeout;
+    let loss = LOSS_TIMEOUT.min(env.timeout);
+    let mut cpu = ServerCpu::default();
+    let results = run_threads(
+        threads,
+        |t, ticket| {
+            let mine: Vec<usize> = share(conns, threads, t).collect();
+            worker(env, &mine, size, args.secs, loss, ticket)
+        },
+        |gate| {
+            gate.wait_arrivals(threads, setup_deadline);
+            cpu = open_and_measure(gate, env.server_pid, args.secs);
+        },
+    );
+    let tally = finish(&mut report, cpu, results, true)?;
+    report.established = Some(tally.established);
+    Ok(report)
+}
+
+/// One socket and its outstanding request.
+struct Client {
+    sock: UdpSocket,
+    /// The request in flight (its sequence number is in the first 8 bytes).
+    request: Vec<u8>,
+    seq: u64,
+    sent_at: Instant,
+    /// An error was counted for this request: its expiry is not counted as a loss too.
+    failed: bool,
+}
+
+impl Client {
+    fn new(index: usize, target: SocketAddr, size: usize, seed: u64) -> io::Result<Client> {
+        let local: SocketAddr = if target.is_ipv4() {
+            "127.0.0.1:0".parse().expect("constant address")
+        } else {
+            "[::1]:0".parse().expect("constant address")
+        };
+        let sock = UdpSocket::bind(local)?;
+        sock.connect(target)?;
+        sock.set_nonblocking(true)?;
+        let mut request = duo_testkit::random_bytes(seed, size);
+        request[8..HEADER].copy_from_slice(&(index as u64).to_be_bytes());
+        Ok(Client {
+            sock,
+            request,
+            seq: 0,
+            sent_at: Instant::now(),
+            failed: false,
+        })
+    }
+
+    /// Sends the next request.
+    fn send_next(&mut self, faults: &mut crate::fault::Faults) {
+        self.seq += 1;
+        self.request[..8].copy_from_slice(&self.seq.to_be_bytes());
+        self.sent_at = Instant::now();
+        self.failed = false;
+        if let Err(e) = self.sock.send(&self.request) {
+            faults.count(Fault::of(&e));
+            self.failed = true;
+        }
+    }
+}
+
+/// One thread: its sockets, one request outstanding each, until the measured phase ends.
+fn worker(
+    env: &Env,
+    mine: &[usize],
+    size: usize,
+    secs: Duration,
+    loss: Duration,
+    mut ticket: Ticket<'_>,
+) -> io::Result<Tally> {
+    let epoll = Epoll::new()?;
+    let mut clients = Vec::with_capacity(mine.len());
+    for &i in mine {
+        let c = Client::new(i, env.target, size, env.seed_for(i))?;
+        epoll.add(c.sock.as_fd(), Interest::READABLE, clients.len() as u64)?;
+        clients.push(c);
+    }
+    ticket.arrive();
+    let Some(go) = ticket.gate().wait_open() else {
+        return Ok(Tally::default());
+    };
+    let end = go + secs;
+    let mut tally = Tally {
+        established: clients.len() as u64,
+        ..Tally::default()
+    };
+    for c in &mut clients {
+        c.send_next(&mut tally.faults);
+    }
+    let mut events = Events::with_capacity(256);
+    let mut buf = vec![0u8; size + 1];
+    let mut next_sweep = Instant::now() + loss / 4;
+    loop {
+        let now = Instant::now();
+        if now >= end {
+            break;
+        }
+        if now >= next_sweep {
+            for c in &mut clients {
+                if now.duration_since(c.sent_at) >= loss {
+                    if !c.failed {
+                        tally.faults.count(Fault::Lost);
+                    }
+                    c.send_next(&mut tally.faults);
+                }
+            }
+            next_sweep = now + loss / 4;
+        }
+        epoll.wait(&mut events, Some(next_sweep.min(end) - now))?;
+        for (token, _) in events.iter() {
+            let c = &mut clients[token as usize];
+            loop {
+                match c.sock.recv(&mut buf) {
+                    Ok(n) => {
+                        if buf[..8] != c.request[..8] {
+                            continue; // the late echo of a request counted as lost
+                        }
+                        if buf[..n] != c.request[..] {
+                            tally.faults.count(Fault::Mismatch);
+                        } else {
+                            tally.msgs += 1;
+                            tally.bytes += size as u64;
+                            tally.latency.record(c.sent_at.elapsed());
+                        }
+                        c.send_next(&mut tally.faults);
+                    }
+                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                    Err(e) => {
+                        // An ICMP error (nothing listens): the request expires as usual.
+                        tally.faults.count(Fault::of(&e));
+                        c.failed = true;
+                        break;
+                    }
+                }
+            }
+        }
+    }
+    tally.elapsed = go.elapsed();
+    Ok(tally)
+}

@@ -1,0 +1,137 @@
+//! `loadgen rr --udp` against tiny in-process UDP echo servers: a faithful one, one that
+//! drops every 50th datagram (counted as `lost`, the run goes on), one that corrupts
+//! (a verification failure), and the usage errors.
+
+use std::io::Read;
+use std::net::{SocketAddr, UdpSocket};
+use std::process::{Command, Stdio};
+use std::thread;
+use std::time::{Duration, Instant};
+
+/// How long one loadgen run may take before the test kills it and fails.
+const RUN_LIMIT: Duration = Duration::from_secs(30);
+
+/// What the test server does to the datagrams it echoes.
+#[derive(Clone, Copy)]
+enum Behaviour {
+    Faithful,
+    DropEvery(u64),
+    Corrupt,
+}
+
+/// A UDP echo on a free loopback port, for as long as the test process lives.
+fn udp_echo(behaviour: Behaviour) -> SocketAddr {
+    let socket = UdpSocket::bind("127.0.0.1:0").expect("bind");
+    let addr = socket.local_addr().expect("local addr");
+    thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        let mut seen = 0u64;
+        loop {
+            let Ok((n, from)) = socket.recv_from(&mut buf) else {
+                continue;
+            };
+            seen += 1;
+            match behaviour {
+                Behaviour::DropEvery(k) if seen % k == 0 => continue,
+                Behaviour::Corrupt if seen % 100 == 0 => buf[n - 1] ^= 1,
+                _ => {}
+            }
+            let _ = socket.send_to(&buf[..n], from);
+        }
+    });
+    addr
+}
+
+/// Runs loadgen with `args`; returns its exit code and stdout.
+fn loadgen(args: &[&str]) -> (i32, String) {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
+        .args(args)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("start loadgen");
+    let deadline = Instant::now() + RUN_LIMIT;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for loadgen") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("loadgen {args:?} ran longer than {RUN_LIMIT:?}");
+        }
+        thread::sleep(Duration::from_millis(20));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .expect("piped stdout")
+        .read_to_string(&mut out)
+        .expect("read stdout");
+    (status.code().unwrap_or(-1), out)
+}
+
+/// The raw text of a top-level field of a flat JSON object.
+fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
+    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
+    let rest = &json[start..];
+    let end = if rest.starts_with('{') {
+        rest.find('}')? + 1
+    } else {
+        rest.find([',', '}'])?
+    };
+    Some(&rest[..end])
+}
+
+fn number(json: &str, key: &str) -> f64 {
+    field(json, key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("no number `{key}` in {json}"))
+}
+
+fn run(behaviour: Behaviour, extra: &[&str]) -> (i32, String) {
+    let addr = udp_echo(behaviour).to_string();
+    let mut args = vec![
+        "rr", "--udp", "--addr", &addr, "--json", "--secs", "1", "--conns", "8",
+    ];
+    args.extend_from_slice(extra);
+    let (code, out) = loadgen(&args);
+    (code, out.trim().to_owned())
+}
+
+#[test]
+fn udp_rr_measures_requests_and_latency() {
+    let (code, json) = run(Behaviour::Faithful, &["--threads", "2"]);
+    assert_eq!(code, 0, "{json}");
+    assert_eq!(field(&json, "mode"), Some("\"udp-rr\""));
+    assert!(number(&json, "msgs") > 0.0, "{json}");
+    assert_eq!(number(&json, "established"), 8.0);
+    assert!(number(&json, "p99_us") > 0.0, "{json}");
+    assert_eq!(field(&json, "errors"), Some("{}"), "{json}");
+}
+
+#[test]
+fn lost_datagrams_are_counted_and_the_run_goes_on() {
+    let (code, json) = run(Behaviour::DropEvery(50), &[]);
+    assert_eq!(code, 0, "{json}");
+    let errors = field(&json, "errors").unwrap();
+    assert!(errors.contains("\"lost\":"), "{json}");
+    assert!(number(&json, "msgs") > 0.0, "{json}");
+    assert_eq!(field(&json, "verification_failed"), Some("false"));
+}
+
+#[test]
+fn a_corrupted_echo_fails_verification() {
+    let (code, json) = run(Behaviour::Corrupt, &[]);
+    assert_eq!(code, 1, "{json}");
+    assert_eq!(field(&json, "verification_failed"), Some("true"), "{json}");
+}
+
+#[test]
+fn udp_goes_with_rr_alone() {
+    let (code, _) = loadgen(&["pingpong", "--udp", "--addr", "127.0.0.1:9"]);
+    assert_eq!(code, 2);
+    let (code, _) = loadgen(&["rr", "--udp", "--size", "8", "--addr", "127.0.0.1:9"]);
+    assert_eq!(code, 2);
+}

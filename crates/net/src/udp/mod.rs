@@ -1,0 +1,265 @@
+//! UDP on the loop: [`UdpSocket`], a datagram socket served by an [`EventLoop`](duo_reactor::EventLoop), its
+//! [`UdpBuilder`], the callback's [`UdpCtx`] and the counters ([`UdpStats`]).
+//!
+//! - **Receive in batches.** The socket is level-triggered; a readable event takes one
+//!   64 KiB block from the [`BufPool`](duo_buffer::BufPool) (by default: 32 slots of
+//!   2 KiB), fills it with one `recvmmsg` (up to four batches per event), calls
+//!   `on_datagram` for each datagram, and gives the block back when the event ends. An
+//!   idle socket holds no receive buffer.
+//! - **Send in batches.** Replies from `on_datagram` and sends from other threads go into
+//!   a send queue that is flushed when the batch of callbacks ends (or the queued
+//!   function runs): one `sendto` for one datagram, `sendmmsg` for several.
+//! - **Truncation.** A datagram larger than the slot
+//!   ([`UdpBuilder::max_datagram`]) is detected (`MSG_TRUNC`), counted
+//!   ([`UdpStats::truncated`]), logged (rate-limited) and **not delivered**: a cut
+//!   datagram is not the datagram its sender sent.
+//! - **Backpressure.** When the socket's send buffer is full (`EAGAIN`) the queue waits
+//!   for writability; beyond its limit ([`UdpBuilder::send_queue_bytes`]) a send is
+//!   refused with [`UdpSendError::QueueFull`] and counted ([`UdpStats::dropped`]). Nothing
+//!   is dropped silently. A datagram the kernel refuses (`EMSGSIZE`, ...) is counted in
+//!   [`UdpStats::send_errors`] and logged.
+//! - **ICMP errors** (`ECONNREFUSED` on a connected socket) are counted
+//!   ([`UdpStats::refused`]) and logged; the socket goes on.
+//!
+//! # Example: an echo, and a client
+//!
+//! ```
+//! use duo_net::UdpSocket;
+//! use duo_reactor::EventLoopThread;
+//!
+//! let io = EventLoopThread::spawn("udp", None)?;
+//! let echo = UdpSocket::builder("echo", "127.0.0.1:0".parse()?)
+//!     .on_datagram(|ctx, payload, from| {
+//!         let _ = ctx.send_to(payload, from);
+//!     })
+//!     .start(io.handle())?;
+//!
+//! let client = std::net::UdpSocket::bind("127.0.0.1:0")?;
+//! client.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+//! client.send_to(b"ping", echo.local_addr())?;
+//! let mut buf = [0u8; 16];
+//! let (n, _) = client.recv_from(&mut buf)?;
+//! assert_eq!(&buf[..n], b"ping");
+//! assert_eq!(echo.stats().datagrams_in, 1);
+//!
+//! echo.stop();
+//! io.stop()?;
+//! # Ok::<(), Box<dyn std::error::Error>>(())
+//! ```
+
+mod builder;
+mod looped;
+mod stats;
+#[cfg(test)]
+mod tests;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, OnceLock};
+
+use duo_reactor::{LoopHandle, Token};
+
+pub use builder::{UdpBuilder, DEFAULT_BATCH, DEFAULT_MAX_DATAGRAM, DEFAULT_SEND_QUEUE};
+pub use looped::UdpCtx;
+pub use stats::UdpStats;
+
+use looped::{check_len, UdpHandler, ENTRY_COST};
+use stats::UdpCounters;
+
+/// The largest UDP payload (the 16-bit length field less the UDP header).
+pub const MAX_PAYLOAD: usize = 65_535 - 8;
+
+/// Why a datagram was not queued.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UdpSendError {
+    /// The socket was stopped (or its loop ended).
+    #[error("udp socket stopped")]
+    Stopped,
+    /// The send queue is at its limit: the socket's send buffer has stayed full.
+    #[error("udp send queue full ({limit} bytes)")]
+    QueueFull {
+        /// The queue's limit in bytes ([`UdpBuilder::send_queue_bytes`]).
+        limit: usize,
+    },
+    /// No UDP datagram carries this many bytes.
+    #[error("udp payload of {len} bytes is larger than {MAX_PAYLOAD}")]
+    TooLarge {
+        /// The payload's length.
+        len: usize,
+    },
+}
+
+/// What any thread may read of a socket.
+pub(crate) struct Shared {
+    name: String,
+    local_addr: SocketAddr,
+    peer: Option<SocketAddr>,
+    lp: LoopHandle,
+    /// Set once the loop registered the socket.
+    token: OnceLock<Token>,
+    counters: UdpCounters,
+    queue_limit: usize,
+    /// Sends are refused from now on.
+    stopped: AtomicBool,
+    /// The descriptor is closed.
+    closed: AtomicBool,
+}
+
+/// A UDP socket served on an [`EventLoop`](duo_reactor::EventLoop): the `Send + Sync +
+/// Clone` handle.
+///
+/// Every method is safe from any thread. [`send_to`](UdpSocket::send_to) copies the payload
+/// and queues it onto the socket's loop, which sends it (batched with whatever else is
+/// queued). Dropping the handles does not stop the socket: [`stop`](UdpSocket::stop) does,
+/// or the end of its loop.
+///
+/// ```
+/// use duo_net::UdpSocket;
+/// use duo_reactor::EventLoopThread;
+///
+/// let io = EventLoopThread::spawn("udp", None)?;
+/// let sender = UdpSocket::builder("sender", "127.0.0.1:0".parse()?).start(io.handle())?;
+/// let peer = std::net::UdpSocket::bind("127.0.0.1:0")?;
+/// peer.set_read_timeout(Some(std::time::Duration::from_secs(5)))?;
+///
+/// // From another thread: the datagram is queued onto the socket's loop.
+/// let handle = sender.clone();
+/// let to = peer.local_addr()?;
+/// std::thread::spawn(move || handle.send_to(&b"hello"[..], to)).join().unwrap()?;
+/// let mut buf = [0u8; 16];
+/// let (n, from) = peer.recv_from(&mut buf)?;
+/// assert_eq!((&buf[..n], from), (&b"hello"[..], sender.local_addr()));
+///
+/// sender.stop();
+/// assert!(sender.send_to(&b"late"[..], to).is_err());
+/// io.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone)]
+pub struct UdpSocket {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for UdpSocket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("UdpSocket")
+            .field("name", &self.shared.name)
+            .field("local_addr", &self.shared.local_addr)
+            .field("peer", &self.shared.peer)
+            .finish()
+    }
+}
+
+impl UdpSocket {
+    /// Settings for a socket named `name` (in logs) bound to `addr`.
+    pub fn builder(name: &str, addr: SocketAddr) -> UdpBuilder {
+        UdpBuilder::new(name, addr)
+    }
+
+    /// The socket's name.
+    pub fn name(&self) -> &str {
+        &self.shared.name
+    }
+
+    /// The address the socket is bound to (with the real port if `0` was asked for).
+    pub fn local_addr(&self) -> SocketAddr {
+        self.shared.local_addr
+    }
+
+    /// The connected peer ([`UdpBuilder::connect`]), if any.
+    pub fn peer_addr(&self) -> Option<SocketAddr> {
+        self.shared.peer
+    }
+
+    /// Queues `data` for `to` on the socket's loop.
+    ///
+    /// # Errors
+    ///
+    /// [`UdpSendError::Stopped`] after [`stop`](UdpSocket::stop) or once the loop ended;
+    /// [`UdpSendError::QueueFull`] when the bytes queued (on the loop and on their way to
+    /// it) are at the limit; [`UdpSendError::TooLarge`] beyond [`MAX_PAYLOAD`]. A datagram
+    /// accepted here may still fail in the kernel: see [`UdpStats::send_errors`].
+    pub fn send_to(&self, data: impl Into<Vec<u8>>, to: SocketAddr) -> Result<(), UdpSendError> {
+        self.queue(data.into(), Some(to))
+    }
+
+    /// Queues `data` for the connected peer ([`UdpBuilder::connect`]).
+    ///
+    /// # Errors
+    ///
+    /// As [`send_to`](UdpSocket::send_to).
+    pub fn send(&self, data: impl Into<Vec<u8>>) -> Result<(), UdpSendError> {
+        self.queue(data.into(), None)
+    }
+
+    fn queue(&self, data: Vec<u8>, to: Option<SocketAddr>) -> Result<(), UdpSendError> {
+        check_len(data.len())?;
+        let s = &self.shared;
+        if s.stopped.load(Ordering::Acquire) {
+            return Err(UdpSendError::Stopped);
+        }
+        let cost = (data.len() + ENTRY_COST) as u64;
+        let before = s.counters.in_flight.fetch_add(cost, Ordering::Relaxed);
+        let queued = s.counters.queued_bytes.load(Ordering::Relaxed);
+        if before + queued + cost > s.queue_limit as u64 && before + queued > 0 {
+            s.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
+            s.counters.dropped.fetch_add(1, Ordering::Relaxed);
+            return Err(UdpSendError::QueueFull {
+                limit: s.queue_limit,
+            });
+        }
+        let shared = Arc::clone(s);
+        let task = move |lp: &mut duo_reactor::EventLoop| {
+            shared.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
+            let Some(&token) = shared.token.get() else {
+                return;
+            };
+            // Checked against the limit above, with this datagram counted in flight.
+            let first = lp
+                .with_handler(token, |_, _, h: &mut UdpHandler| {
+                    h.queue_unchecked(&data, to)
+                })
+                .unwrap_or(false);
+            if first {
+                // Sends queued by other threads in the same drain of the loop's queue go
+                // out together, after it.
+                lp.queue_in_loop(move |lp| {
+                    lp.with_handler(token, |_, ch, h: &mut UdpHandler| h.scheduled_flush(ch));
+                });
+            }
+        };
+        s.lp.queue_in_loop(task).map_err(|_| {
+            s.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
+            UdpSendError::Stopped
+        })
+    }
+
+    /// Stops the socket: sends are refused from now on, and the loop closes the
+    /// descriptor when it runs the queued stop (datagrams still queued then are counted as
+    /// dropped). [`is_closed`](UdpSocket::is_closed) tells when that happened.
+    pub fn stop(&self) {
+        let s = &self.shared;
+        s.stopped.store(true, Ordering::Release);
+        let shared = Arc::clone(s);
+        let _ = s.lp.queue_in_loop(move |lp| {
+            if let Some(&token) = shared.token.get() {
+                lp.remove_channel(token);
+            }
+        });
+    }
+
+    /// Whether the socket was stopped ([`stop`](UdpSocket::stop), [`UdpCtx::stop`]).
+    pub fn is_stopped(&self) -> bool {
+        self.shared.stopped.load(Ordering::Acquire)
+    }
+
+    /// Whether the socket's descriptor is closed (the address is free again).
+    pub fn is_closed(&self) -> bool {
+        self.shared.closed.load(Ordering::Acquire)
+    }
+
+    /// A snapshot of the socket's counters.
+    pub fn stats(&self) -> UdpStats {
+        self.shared.counters.snapshot()
+    }
+}

@@ -1,0 +1,55 @@
+//! The send buffer full path (`EAGAIN`, wait for writability, flush the rest), with a
+//! real kernel `EAGAIN`.
+//!
+//! Over loopback a UDP send never meets a full send buffer: the loopback device releases
+//! the sender's buffer space as soon as the datagram is handed on (to the receiver's queue,
+//! or dropped if that is full). A connected `AF_UNIX` datagram socket does block: a peer
+//! that does not read fills its queue and the sender gets `EAGAIN`. The socket's code is
+//! the same for both families, so that is where this path is tested.
+
+use std::os::fd::OwnedFd;
+use std::os::unix::net::UnixDatagram;
+
+use duo_reactor::EventLoopThread;
+use duo_testkit::{wait_until, LIMIT};
+
+use super::UdpSocket;
+
+#[test]
+fn a_full_send_buffer_waits_for_writability_and_sends_everything() {
+    let io = EventLoopThread::spawn("udp-eagain", None).unwrap();
+    let (ours, peer) = UnixDatagram::pair().unwrap();
+    ours.set_nonblocking(true).unwrap();
+    let addr = "127.0.0.1:9".parse().unwrap();
+    let sock = UdpSocket::builder("eagain", addr)
+        .serve(OwnedFd::from(ours), addr, io.handle())
+        .unwrap();
+    // Far more than a unix datagram queue holds (max_dgram_qlen, 512 by default, or the
+    // receive buffer), while the peer reads nothing.
+    let total = 3000u32;
+    for i in 0..total {
+        sock.send(i.to_be_bytes().to_vec()).unwrap();
+    }
+    wait_until("the send buffer full", || sock.stats().send_buffer_full > 0);
+    let s = sock.stats();
+    assert!(
+        s.datagrams_out < u64::from(total) && s.queued_bytes > 0,
+        "{s:?}"
+    );
+    // Now the peer reads: the loop is told the socket is writable and sends the rest, in
+    // order.
+    peer.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut buf = [0u8; 8];
+    for i in 0..total {
+        let n = peer.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], &i.to_be_bytes(), "datagram {i}");
+    }
+    wait_until("the queue drained", || sock.stats().queued_bytes == 0);
+    let s = sock.stats();
+    assert_eq!(
+        (s.datagrams_out, s.dropped, s.send_errors),
+        (u64::from(total), 0, 0)
+    );
+    sock.stop();
+    io.stop().unwrap();
+}

@@ -1,0 +1,427 @@
+//! Datagram system calls: `recvmmsg`/`sendmmsg` (many datagrams per call) and their
+//! one-datagram twins `recvfrom`/`sendto`, over caller-provided buffers.
+//!
+//! Socket set-up (`bind`, `SO_RCVBUF`, `SO_SNDBUF`, `IPV6_V6ONLY`, `SO_REUSEPORT`,
+//! `connect`) is [`socket2`]'s; this module holds only the calls it lacks.
+//!
+//! Batching saves entries into the kernel, not the kernel's work per datagram, which
+//! dominates (`benches/benches/udp.rs`: on loopback a `sendmmsg` of 32 costs a few per
+//! cent less per datagram than 32 `sendto`, and a `recvmmsg` of 32 about what 32
+//! `recvfrom` cost); what a batch saves its caller is the work around each call (one
+//! readiness event, one buffer, one dispatch for many datagrams). For one datagram the
+//! plain call is cheaper (no `mmsghdr` to fill and copy in: `sendto` about 12 % less
+//! than a `sendmmsg` of one), which is why [`send_to`] and [`recv_from`] exist too.
+//!
+//! Truncation: a datagram larger than its buffer is cut by the kernel. Both receive
+//! calls report it ([`RecvMeta::truncated`]): `recvmmsg` from `MSG_TRUNC` in the message's
+//! `msg_flags`, `recvfrom` by asking for the real length with the `MSG_TRUNC` flag.
+
+use std::io;
+use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+
+use socket2::SockAddr;
+
+use crate::{cvt, cvt_size};
+
+/// The most datagrams one [`recv_mmsg`] or [`send_mmsg`] call handles (Linux caps `vlen`
+/// at `UIO_MAXIOV`, 1024; more than this gains nothing measurable).
+pub const MAX_BATCH: usize = 1024;
+
+/// What one received datagram was: its length, its source and whether it was cut.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RecvMeta {
+    /// Bytes written into the buffer (at most the buffer's length).
+    pub len: usize,
+    /// The sender (`None` only for an address family other than IPv4 and IPv6).
+    pub from: Option<SocketAddr>,
+    /// The datagram was larger than the buffer and its tail was discarded by the kernel.
+    pub truncated: bool,
+}
+
+/// The message headers, iovecs and address storage of one batch call, kept between calls
+/// so that a batch allocates nothing.
+///
+/// Its capacity (fixed at creation, at most [`MAX_BATCH`]) bounds how many datagrams one
+/// [`recv_mmsg`] or [`send_mmsg`] handles. The pointers inside are written at the start of
+/// each call and only used during it.
+pub struct MmsgScratch {
+    hdrs: Vec<libc::mmsghdr>,
+    iovs: Vec<libc::iovec>,
+    addrs: Vec<libc::sockaddr_storage>,
+}
+
+// SAFETY: the raw pointers inside `hdrs` and `iovs` point into buffers borrowed for the
+// duration of one call (and into `addrs`, owned here); they are rewritten at the start of
+// every call and never read between calls, so moving the scratch to another thread cannot
+// make anything reachable from two threads.
+unsafe impl Send for MmsgScratch {}
+
+impl std::fmt::Debug for MmsgScratch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MmsgScratch")
+            .field("capacity", &self.capacity())
+            .finish()
+    }
+}
+
+impl MmsgScratch {
+    /// Room for `capacity` datagrams per call (clamped to `1..=MAX_BATCH`).
+    pub fn new(capacity: usize) -> MmsgScratch {
+        let capacity = capacity.clamp(1, MAX_BATCH);
+        // SAFETY: `mmsghdr`, `iovec` and `sockaddr_storage` are plain C structs for which
+        // all-zero bytes are a valid value (null pointers, zero lengths, family 0).
+        let (hdr, iov, addr) = unsafe {
+            (
+                std::mem::zeroed::<libc::mmsghdr>(),
+                std::mem::zeroed::<libc::iovec>(),
+                std::mem::zeroed::<libc::sockaddr_storage>(),
+            )
+        };
+        MmsgScratch {
+            hdrs: vec![hdr; capacity],
+            iovs: vec![iov; capacity],
+            addrs: vec![addr; capacity],
+        }
+    }
+
+    /// How many datagrams one call handles at most.
+    pub fn capacity(&self) -> usize {
+        self.hdrs.len()
+    }
+}
+
+/// Receives up to `meta.len()` datagrams with one `recvmmsg` call.
+///
+/// `buf` is cut into slots of `slot` bytes: datagram `i` lands at
+/// `buf[i * slot..i * slot + meta[i].len]`. At most `min(buf.len() / slot, meta.len(),
+/// scratch.capacity())` datagrams are received. Returns how many arrived; when none is
+/// waiting the error kind is [`io::ErrorKind::WouldBlock`] (the socket is non-blocking).
+/// A pending socket error (an ICMP "port unreachable" on a connected socket:
+/// `ECONNREFUSED`) is returned, and cleared, by the call that meets it. `EINTR` is retried.
+pub fn recv_mmsg(
+    fd: BorrowedFd<'_>,
+    scratch: &mut MmsgScratch,
+    buf: &mut [u8],
+    slot: usize,
+    meta: &mut [RecvMeta],
+) -> io::Result<usize> {
+    if slot == 0 {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "recvmmsg: slot size 0",
+        ));
+    }
+    let n = (buf.len() / slot).min(meta.len()).min(scratch.capacity());
+    if n == 0 {
+        return Ok(0);
+    }
+    let base = buf.as_mut_ptr();
+    for i in 0..n {
+        scratch.iovs[i] = libc::iovec {
+            // SAFETY: `i * slot + slot <= n * slot <= buf.len()`, so the offset stays
+            // inside `buf`.
+            iov_base: unsafe { base.add(i * slot) }.cast::<libc::c_void>(),
+            iov_len: slot,
+        };
+        let hdr = &mut scratch.hdrs[i].msg_hdr;
+        hdr.msg_name = (&mut scratch.addrs[i] as *mut libc::sockaddr_storage).cast();
+        hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        hdr.msg_iov = &mut scratch.iovs[i];
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = std::ptr::null_mut();
+        hdr.msg_controllen = 0;
+        hdr.msg_flags = 0;
+        scratch.hdrs[i].msg_len = 0;
+    }
+    let got = loop {
+        // SAFETY: the first `n` headers each point at one iovec covering a distinct
+        // `slot`-byte part of `buf` (exclusively borrowed for the call) and at one
+        // `sockaddr_storage` of `scratch` whose size is in `msg_namelen`; the kernel
+        // writes at most those bytes, the message lengths and flags; `fd` is live; a null
+        // timeout means none.
+        let ret = unsafe {
+            libc::recvmmsg(
+                fd.as_raw_fd(),
+                scratch.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        match cvt(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => break other? as usize,
+        }
+    };
+    for (i, m) in meta.iter_mut().enumerate().take(got) {
+        let hdr = &scratch.hdrs[i];
+        let len = hdr.msg_len as usize;
+        // SAFETY: the kernel filled `addrs[i]` with an address of `msg_namelen` bytes
+        // (at most the storage's size); the rest of the storage is zeroed or old bytes of
+        // an earlier address, which `SockAddr` never reads past `len`.
+        let from = unsafe { SockAddr::new(scratch.addrs[i], hdr.msg_hdr.msg_namelen) };
+        *m = RecvMeta {
+            len: len.min(slot),
+            from: from.as_socket(),
+            truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+        };
+    }
+    Ok(got)
+}
+
+/// Sends the datagrams of `msgs` (payload, destination; `None` on a connected socket)
+/// with one `sendmmsg(MSG_NOSIGNAL)` call, at most `scratch.capacity()` of them.
+///
+/// Returns how many the kernel took, in order (fewer than offered when the send buffer
+/// filled or a later datagram met an error: the error comes back from the next call).
+/// A full send buffer before the first datagram is [`io::ErrorKind::WouldBlock`].
+/// `EINTR` is retried.
+pub fn send_mmsg<'a>(
+    fd: BorrowedFd<'_>,
+    scratch: &mut MmsgScratch,
+    msgs: impl IntoIterator<Item = (&'a [u8], Option<SocketAddr>)>,
+) -> io::Result<usize> {
+    let mut n = 0;
+    for (data, to) in msgs.into_iter().take(scratch.capacity()) {
+        scratch.iovs[n] = libc::iovec {
+            iov_base: data.as_ptr().cast_mut().cast::<libc::c_void>(),
+            iov_len: data.len(),
+        };
+        let hdr = &mut scratch.hdrs[n].msg_hdr;
+        match to {
+            Some(addr) => {
+                let addr = SockAddr::from(addr);
+                hdr.msg_namelen = addr.len();
+                scratch.addrs[n] = addr.as_storage();
+                hdr.msg_name = (&mut scratch.addrs[n] as *mut libc::sockaddr_storage).cast();
+            }
+            None => {
+                hdr.msg_name = std::ptr::null_mut();
+                hdr.msg_namelen = 0;
+            }
+        }
+        hdr.msg_iov = &mut scratch.iovs[n];
+        hdr.msg_iovlen = 1;
+        hdr.msg_control = std::ptr::null_mut();
+        hdr.msg_controllen = 0;
+        hdr.msg_flags = 0;
+        n += 1;
+    }
+    if n == 0 {
+        return Ok(0);
+    }
+    loop {
+        // SAFETY: the first `n` headers each point at one iovec over a payload slice
+        // borrowed (with lifetime `'a`, so live) for the call, and at an address in
+        // `scratch` of the length given, or at none; `sendmmsg` only reads the payloads
+        // (the `cast_mut` above never leads to a write) and writes `msg_len`; `fd` is live.
+        let ret = unsafe {
+            libc::sendmmsg(
+                fd.as_raw_fd(),
+                scratch.hdrs.as_mut_ptr(),
+                n as libc::c_uint,
+                libc::MSG_NOSIGNAL,
+            )
+        };
+        match cvt(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other.map(|sent| sent as usize),
+        }
+    }
+}
+
+/// Receives one datagram with `recvfrom(MSG_TRUNC)` into `buf`.
+///
+/// [`RecvMeta::len`] is the bytes written (at most `buf.len()`); a longer datagram is
+/// reported [`truncated`](RecvMeta::truncated). Errors as [`recv_mmsg`].
+pub fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RecvMeta> {
+    loop {
+        let mut full = 0usize;
+        // SAFETY: `try_init` hands us a zeroed `sockaddr_storage` and its length; the
+        // kernel writes at most that many address bytes and at most `buf.len()` payload
+        // bytes into `buf`, exclusively borrowed for the call; `fd` is live.
+        let res = unsafe {
+            SockAddr::try_init(|storage, len| {
+                full = cvt_size(libc::recvfrom(
+                    fd.as_raw_fd(),
+                    buf.as_mut_ptr().cast::<libc::c_void>(),
+                    buf.len(),
+                    libc::MSG_TRUNC,
+                    storage.cast::<libc::sockaddr>(),
+                    len,
+                ))?;
+                Ok(())
+            })
+        };
+        return match res {
+            Ok(((), from)) => Ok(RecvMeta {
+                len: full.min(buf.len()),
+                from: from.as_socket(),
+                truncated: full > buf.len(),
+            }),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => Err(e),
+        };
+    }
+}
+
+/// Sends one datagram with `sendto(MSG_NOSIGNAL)` (`send` when `to` is `None`, on a
+/// connected socket). Returns the bytes sent (all of them: a datagram is never cut on
+/// send; one too large fails with `EMSGSIZE`). Errors as [`send_mmsg`].
+pub fn send_to(fd: BorrowedFd<'_>, data: &[u8], to: Option<SocketAddr>) -> io::Result<usize> {
+    let addr = to.map(SockAddr::from);
+    let (name, len) = match &addr {
+        Some(a) => (a.as_ptr(), a.len()),
+        None => (std::ptr::null(), 0),
+    };
+    loop {
+        // SAFETY: `data` is a live slice the kernel only reads; `name` is null or points at
+        // a `SockAddr` (alive in `addr` for the call) of `len` bytes; `fd` is live.
+        let ret = unsafe {
+            libc::sendto(
+                fd.as_raw_fd(),
+                data.as_ptr().cast::<libc::c_void>(),
+                data.len(),
+                libc::MSG_NOSIGNAL,
+                name,
+                len,
+            )
+        };
+        match cvt_size(ret) {
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            other => return other,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::UdpSocket;
+    use std::os::fd::AsFd;
+    use std::time::Duration;
+
+    fn pair() -> (UdpSocket, UdpSocket) {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let b = UdpSocket::bind("127.0.0.1:0").unwrap();
+        b.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        (a, b)
+    }
+
+    /// Waits (bounded) until `sock` has a datagram queued.
+    fn wait_readable(sock: &UdpSocket) {
+        sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut one = [0u8; 1];
+        sock.peek_from(&mut one).unwrap();
+    }
+
+    #[test]
+    fn recv_mmsg_takes_a_batch_with_sources_and_lengths() {
+        let (a, b) = pair();
+        for i in 0..5u8 {
+            a.send_to(&vec![i; 10 + usize::from(i)], b.local_addr().unwrap())
+                .unwrap();
+        }
+        wait_readable(&b);
+        b.set_nonblocking(true).unwrap();
+        let mut scratch = MmsgScratch::new(8);
+        let mut buf = vec![0u8; 8 * 64];
+        let mut meta = [RecvMeta::default(); 8];
+        let mut got = 0;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while got < 5 && std::time::Instant::now() < deadline {
+            match recv_mmsg(b.as_fd(), &mut scratch, &mut buf, 64, &mut meta) {
+                Ok(n) => {
+                    for (i, m) in meta[..n].iter().enumerate() {
+                        let k = (got + i) as u8;
+                        assert_eq!(m.len, 10 + usize::from(k));
+                        assert_eq!(m.from, Some(a.local_addr().unwrap()));
+                        assert!(!m.truncated);
+                        assert!(buf[i * 64..i * 64 + m.len].iter().all(|&x| x == k));
+                    }
+                    got += n;
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => std::thread::yield_now(),
+                Err(e) => panic!("{e}"),
+            }
+        }
+        assert_eq!(got, 5);
+        let err = recv_mmsg(b.as_fd(), &mut scratch, &mut buf, 64, &mut meta).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    }
+
+    #[test]
+    fn truncation_is_reported_by_both_receive_calls() {
+        let (a, b) = pair();
+        let to = b.local_addr().unwrap();
+        a.send_to(&[7u8; 100], to).unwrap();
+        a.send_to(&[8u8; 100], to).unwrap();
+        wait_readable(&b);
+        let mut scratch = MmsgScratch::new(1);
+        let mut buf = [0u8; 16];
+        let mut meta = [RecvMeta::default(); 1];
+        assert_eq!(
+            recv_mmsg(b.as_fd(), &mut scratch, &mut buf, 16, &mut meta).unwrap(),
+            1
+        );
+        assert_eq!((meta[0].len, meta[0].truncated), (16, true));
+        wait_readable(&b);
+        let m = recv_from(b.as_fd(), &mut buf).unwrap();
+        assert_eq!((m.len, m.truncated), (16, true));
+        assert_eq!(m.from, Some(a.local_addr().unwrap()));
+        assert_eq!(buf, [8u8; 16]);
+    }
+
+    #[test]
+    fn send_mmsg_and_send_to_deliver_to_each_destination() {
+        let (a, b) = pair();
+        let c = UdpSocket::bind("127.0.0.1:0").unwrap();
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut scratch = MmsgScratch::new(4);
+        let (tb, tc) = (b.local_addr().unwrap(), c.local_addr().unwrap());
+        let msgs: [(&[u8], Option<SocketAddr>); 3] =
+            [(b"one", Some(tb)), (b"two", Some(tc)), (b"three", Some(tb))];
+        assert_eq!(send_mmsg(a.as_fd(), &mut scratch, msgs).unwrap(), 3);
+        assert_eq!(send_to(a.as_fd(), b"four", Some(tc)).unwrap(), 4);
+        let mut buf = [0u8; 16];
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"one");
+        let n = b.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"three");
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"two");
+        let n = c.recv(&mut buf).unwrap();
+        assert_eq!(&buf[..n], b"four");
+    }
+
+    #[test]
+    fn connected_socket_sends_without_an_address_and_sees_icmp_refusal() {
+        let a = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let gone = UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = gone.local_addr().unwrap();
+        drop(gone);
+        a.connect(to).unwrap();
+        send_to(a.as_fd(), b"x", None).unwrap();
+        // The ICMP error arrives asynchronously: a blocking receive returns it.
+        a.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let mut buf = [0u8; 4];
+        let err = recv_from(a.as_fd(), &mut buf).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    #[test]
+    fn empty_batches_and_zero_slots() {
+        let (_a, b) = pair();
+        let mut scratch = MmsgScratch::new(0);
+        assert_eq!(scratch.capacity(), 1);
+        let mut meta = [RecvMeta::default(); 1];
+        assert_eq!(
+            recv_mmsg(b.as_fd(), &mut scratch, &mut [], 8, &mut meta).unwrap(),
+            0
+        );
+        assert!(recv_mmsg(b.as_fd(), &mut scratch, &mut [0; 8], 0, &mut meta).is_err());
+        let none: [(&[u8], Option<SocketAddr>); 0] = [];
+        assert_eq!(send_mmsg(b.as_fd(), &mut scratch, none).unwrap(), 0);
+    }
+}
