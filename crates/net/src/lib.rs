@@ -15,6 +15,8 @@
 //! - [`ServerConnections`]: every open connection of a server, for a broadcast that sends
 //!   one shared buffer to all of them ([`ServerConnections::broadcast`]), bounded per
 //!   reader by an [`OutputLimit`].
+//! - [`tls`] (feature `tls`, on by default): TLS through rustls on the same connections
+//!   ([`ServerBuilder::tls`], [`ClientBuilder::tls`]), callbacks seeing plaintext.
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread; re-exported from `duo-workers`.
@@ -74,10 +76,14 @@ mod per_loop;
 pub mod process;
 mod server;
 mod stats;
+#[cfg(feature = "tls")]
+pub mod tls;
 
 pub use client::{ClientBuilder, ConnectFailure, TcpClient};
-pub use close_reason::CloseReason;
+pub use close_reason::{CloseReason, TlsFailure};
 pub use config::{defaults, Backpressure, OutputLimit};
+#[cfg(feature = "tls")]
+pub use conn::TlsInfo;
 pub use conn::{
     ConnCtx, ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
     ServerConnections, TcpConnection,

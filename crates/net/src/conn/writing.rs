@@ -14,7 +14,7 @@ use crate::config::{Backpressure, OutputLimit};
 impl Machine {
     /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
     /// before is still read; the close follows its end of stream (or the hang-up's event).
-    fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
+    pub(super) fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
         duo_reactor::log_limited!(log::Level::Debug, "{}: write: {e}", self.handle.name());
         self.peer_gone(lp, ch, Some(e.kind()));
         if self.read == ReadSide::Eof && !self.closed() {
@@ -35,6 +35,21 @@ impl Machine {
         if self.write != WriteSide::Open || self.closed() {
             return false;
         }
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return self.send_tls(lp, ch, parts);
+        }
+        self.send_wire(lp, ch, parts, shared)
+    }
+
+    /// [`send`](Machine::send) of bytes as they go on the wire (for TLS: the records).
+    pub(super) fn send_wire(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        parts: &[&[u8]],
+        shared: Option<Arc<[u8]>>,
+    ) -> bool {
         let total: usize = parts.iter().map(|p| p.len()).sum();
         if let Some((limit, policy)) = self.owner.config.output_limit {
             if !self.output.is_empty() && self.output.len() + total > limit {
