@@ -5,6 +5,7 @@
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
+//!      [--tls-cert PEM --tls-key PEM]
 //! echo reload --pid PID [--upgrade]
 //! ```
 //!
@@ -36,6 +37,10 @@
 //!   (each worker would need an address of its own; a usage error for now).
 //! - `--stall-ms MS` (default 25; 0 switches it off): a callback that holds a loop longer
 //!   than this is logged as a stall (rate-limited) and counted in `duo_loop_stalls_total`.
+//! - `--tls-cert PEM --tls-key PEM`: serve TLS (rustls; TLS 1.3 and 1.2) with the
+//!   certificate chain and private key in these PEM files (both or neither). The echo is
+//!   of the plaintext. With `--processes`, every worker loads the files itself. A file
+//!   that cannot be read or holds no certificate (key) is a usage error.
 //! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
 //!   finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
@@ -154,6 +159,12 @@ struct ServeArgs {
     /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
     #[arg(long, value_name = "MS", default_value_t = 25)]
     stall_ms: u64,
+    /// Serve TLS with the certificate chain in this PEM file (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// How connections are polled.
@@ -209,6 +220,12 @@ fn main() -> ExitCode {
     // (with a backtrace under RUST_BACKTRACE) per event.
     duo_net::process::install_panic_hook();
     let cfg = config(&args);
+    if let Some((cert, key)) = &cfg.tls {
+        // Checked once here, so that a bad file is one clear error (not one per worker).
+        if let Err(e) = duo_net::tls::server_config_from_pem(cert, key) {
+            return fail(USAGE, &format!("echo: {e}"));
+        }
+    }
     if let Some(worker) = worker {
         return report(echo::serve_worker(&cfg, worker));
     }
@@ -362,5 +379,6 @@ fn config(args: &ServeArgs) -> ServeConfig {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         metrics: args.metrics,
         stall_threshold: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
     }
 }

@@ -268,7 +268,7 @@ impl LoopConn {
         for token in lp.channel_tokens() {
             lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
                 let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
-                if ours && !conn.m.closed() {
+                if ours && !conn.m.closed() && conn.m.is_up() {
                     conn.m.run_guarded(lp, ch, what, f);
                 }
             });
@@ -405,6 +405,15 @@ impl Machine {
         if was != is && !self.closed() {
             self.owner.counters.backpressure(is);
         }
+    }
+
+    /// Whether the application has seen the connection: always for plain TCP; for TLS
+    /// once the handshake completed.
+    pub(super) fn is_up(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return !self.tls_pending();
+        #[cfg(not(feature = "tls"))]
+        true
     }
 
     pub(super) fn closed(&self) -> bool {
@@ -588,6 +597,11 @@ impl Machine {
     /// callback if there is one, else a half-close once the output is written.
     pub(super) fn begin_shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         if self.handle.state() != ConnState::Connected {
+            return;
+        }
+        if !self.is_up() {
+            // A TLS handshake still under way: no callback has seen the connection.
+            self.close(lp, ch, CloseReason::Shutdown);
             return;
         }
         let owner = self.owner.clone();

@@ -163,9 +163,8 @@ fn drain_records(conn: &mut Connection, out: &mut Vec<u8>) {
 }
 
 impl Machine {
-    /// Whether the connection is up (always for plain TCP; for TLS once the handshake
-    /// completed).
-    fn tls_pending(&self) -> bool {
+    /// Whether a TLS handshake is still under way (never for plain TCP).
+    pub(super) fn tls_pending(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| !t.up)
     }
 
@@ -340,6 +339,15 @@ impl Machine {
             put_out_vec(out);
         }
         self.close(lp, ch, CloseReason::Tls(failure));
+    }
+}
+
+/// A reader with nothing to read yet.
+struct NothingYet;
+
+impl io::Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
     }
 }
 
@@ -526,6 +534,12 @@ impl LoopConn {
                     }
                 }
             }
+        }
+        if failure.is_none() && !tls.peer_closed {
+            // rustls gives its read buffer back down to 4 KiB when it holds no partial
+            // record, but only when asked for the next read: ask now (a reader with
+            // nothing yet), so that an idle connection does not keep a large one.
+            let _ = tls.conn.read_tls(&mut NothingYet);
         }
         let just_up = failure.is_none() && !tls.up && !tls.conn.is_handshaking();
         if just_up {
