@@ -209,10 +209,10 @@ fn half_close_with_close_notify_still_gets_late_replies() {
     server.stop();
 }
 
-/// Pumps a non-blocking rustls client: sends `data` (writing only, until the socket pushes
-/// back, so that the server's output passes its high-water mark), then reads and writes
-/// until everything came back.
-fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], deadline: Instant) {
+/// Pumps a non-blocking rustls client: sends `data` without reading until `paused` is set
+/// (the server's output passed its high-water mark: the kernel's buffers both ways are
+/// full) or everything is sent, then reads and writes until everything came back.
+fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], paused: &AtomicBool, deadline: Instant) {
     let mut sock = TcpStream::connect(addr).unwrap();
     let mut conn =
         ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
@@ -239,7 +239,7 @@ fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], deadline: Instant) {
             match conn.write_tls(&mut sock) {
                 Ok(_) => progress = true,
                 Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                    reading = true;
+                    reading = paused.load(Ordering::SeqCst);
                     break;
                 }
                 Err(e) => panic!("write: {e}"),
@@ -275,8 +275,15 @@ fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], deadline: Instant) {
 fn large_transfer_from_a_rustls_client_with_backpressure() {
     let pki = pki();
     let (server, seen) = tls_echo(&pki, |b| b.water_marks(64 << 10, 16 << 10));
-    let data = random_bytes(7, 8 << 20);
-    pump_echo(server.addr(), &pki, &data, Instant::now() + LIMIT * 3);
+    // More than the kernel's loopback buffers hold both ways (up to about 10 MiB each).
+    let data = random_bytes(7, 32 << 20);
+    pump_echo(
+        server.addr(),
+        &pki,
+        &data,
+        &seen.high_water,
+        Instant::now() + LIMIT * 3,
+    );
     assert!(
         seen.high_water.load(Ordering::SeqCst),
         "the output passed the high-water mark"
@@ -510,5 +517,36 @@ fn a_garbled_record_after_the_handshake_is_a_protocol_error() {
         [CloseReason::Tls(TlsFailure::Protocol)]
     );
     good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn an_output_limit_discards_whole_messages_and_the_stream_stays_valid() {
+    let pki = pki();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    let (server, _seen) = tls_echo(&pki, move |b| {
+        b.output_limit(256 << 10, duo_net::OutputLimit::Discard)
+            .on_message(move |ctx, input| {
+                input.consume_all();
+                // More than the kernel's loopback buffers hold (up to about 10 MiB).
+                let msg = vec![b'x'; 64 << 10];
+                for _ in 0..200 {
+                    if ctx.send(&msg) {
+                        a.fetch_add(msg.len(), Ordering::SeqCst);
+                    }
+                }
+                ctx.shutdown(); // close_notify after the accepted messages
+            })
+    });
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    c.write_all(b"go").unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("every record decrypts, then close_notify");
+    let accepted = accepted.load(Ordering::SeqCst);
+    assert_eq!(got.len(), accepted);
+    assert!(accepted < 200 * (64 << 10), "some messages were discarded");
+    assert!(got.iter().all(|&b| b == b'x'));
     server.stop();
 }
