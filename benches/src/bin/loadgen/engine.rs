@@ -247,6 +247,8 @@ pub(crate) struct Engine<S: Session> {
     scratch: Vec<u8>,
     /// Plaintext of one read, with TLS.
     plain: Vec<u8>,
+    /// Connections whose TLS handshake is under way.
+    handshaking: usize,
     next_sweep: Instant,
 }
 
@@ -292,6 +294,7 @@ impl<S: Session> Engine<S> {
             unanswered_on_close: 0,
             scratch: vec![0; READ_CHUNK],
             plain: Vec::new(),
+            handshaking: 0,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
     }
@@ -323,7 +326,10 @@ impl<S: Session> Engine<S> {
 
     /// Whether every slot is either open or finished: no connect under way or to come.
     pub(crate) fn is_settled(&self) -> bool {
-        self.queue.is_empty() && self.delayed.is_empty() && self.connecting == 0
+        self.queue.is_empty()
+            && self.delayed.is_empty()
+            && self.connecting == 0
+            && self.handshaking == 0
     }
 
     /// With [`Options::reconnect`]: connections the server closed in an orderly way, and
@@ -385,7 +391,7 @@ impl<S: Session> Engine<S> {
     /// (sending what it queued). Used to start a measured phase on every connection at once.
     pub(crate) fn each(&mut self, mut f: impl FnMut(&mut S, &mut Ctx<'_, S::Shared>) -> Step) {
         for idx in 0..self.slots.len() {
-            if !matches!(self.slots[idx].state, State::Open) {
+            if !matches!(self.slots[idx].state, State::Open) || self.is_handshaking(idx) {
                 continue;
             }
             let step = self.with_session(idx, |session, _, ctx| f(session, ctx));
@@ -515,6 +521,7 @@ impl<S: Session> Engine<S> {
                 Ok(tls) => conn.tls = Some(tls),
                 Err(fault) => return self.fail(idx, fault),
             }
+            self.handshaking += 1;
             if let Err(fault) = conn.flush() {
                 return self.fail(idx, fault);
             }
@@ -608,6 +615,9 @@ impl<S: Session> Engine<S> {
                 false
             }
             Ok(just_up) => {
+                if just_up {
+                    self.handshaking -= 1;
+                }
                 // Handshake answers (and nothing else yet) go out now.
                 let mut open = match conn.flush() {
                     Ok(()) => true,
@@ -692,8 +702,18 @@ impl<S: Session> Engine<S> {
         }
     }
 
+    /// Whether slot `idx` is connected and its TLS handshake still under way (its session
+    /// not opened yet).
+    fn is_handshaking(&self, idx: usize) -> bool {
+        let conn = self.slots[idx].conn.as_ref();
+        conn.and_then(|c| c.tls.as_ref()).is_some_and(|t| !t.up)
+    }
+
     /// Closes the slot's connection, if any, and leaves it pending.
     fn close(&mut self, idx: usize) {
+        if self.is_handshaking(idx) {
+            self.handshaking -= 1;
+        }
         let slot = &mut self.slots[idx];
         match slot.state {
             State::Connecting(_) => self.connecting -= 1,
