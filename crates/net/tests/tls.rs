@@ -231,7 +231,7 @@ fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], paused: &AtomicBool, dead
             data.len()
         );
         let mut progress = false;
-        if sent < data.len() && conn.wants_write() == false {
+        if sent < data.len() && !conn.wants_write() {
             let n = (data.len() - sent).min(16 << 10);
             sent += conn.writer().write(&data[sent..sent + n]).unwrap();
         }
