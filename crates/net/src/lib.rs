@@ -35,6 +35,7 @@
 //! | `client/` | the client and its connect attempts |
 //! | `close_reason.rs`, `stats.rs` | why connections close, and the counters ([`ServerStats`], [`LoopStats`], [`CloseCounts`]) |
 //! | `guard.rs` | the one place that catches a panic from application code |
+//! | `tls.rs`, `conn/tls.rs` | feature `tls`: the public helpers (PEM files to rustls configurations), and the rustls session inside a connection (ciphertext in from the socket, plaintext out to the input buffer; plaintext sends encrypted into the output buffer) |
 //!
 //! Dependencies between these modules run one way (a tidy test rejects a cycle):
 //! servers and clients use connections, connections use the per-loop state and the

@@ -550,3 +550,31 @@ fn an_output_limit_discards_whole_messages_and_the_stream_stays_valid() {
     assert!(got.iter().all(|&b| b == b'x'));
     server.stop();
 }
+
+#[test]
+fn a_duo_client_whose_handshake_fails_sees_no_callback() {
+    let pki = pki();
+    let (server, _seen) = tls_echo(&pki, |b| b);
+    let mut lp = EventLoop::new().unwrap();
+    let called = Arc::new(AtomicBool::new(false));
+    let c = called.clone();
+    let client = TcpClient::builder("tls-wrong-name", server.addr())
+        .tls(
+            pki.client_config(),
+            tls::server_name("example.com").unwrap(),
+        )
+        .on_connection(move |_| c.store(true, Ordering::SeqCst))
+        .connect(&lp.handle());
+    let deadline = Instant::now() + LIMIT;
+    while client.stats().closes.tls == 0 && Instant::now() < deadline {
+        let until = lp.run_after(Duration::from_millis(20), |lp| lp.quit());
+        lp.run().unwrap();
+        lp.cancel(until);
+    }
+    assert_eq!(client.stats().closes.tls, 1, "closed as a TLS failure");
+    assert!(!called.load(Ordering::SeqCst), "never up, so no callback");
+    assert!(client.connection().is_none());
+    drop(client);
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
