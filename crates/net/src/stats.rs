@@ -214,9 +214,9 @@ pub struct LoopStats {
     pub loop_name: String,
     /// Connections established on this loop.
     pub opened: u64,
-    /// Bytes read from connections.
+    /// Bytes read from connections (as on the wire: ciphertext for TLS).
     pub bytes_in: u64,
-    /// Bytes written to connections.
+    /// Bytes written to connections (as on the wire: ciphertext for TLS).
     pub bytes_out: u64,
     /// Input deliveries: calls of the message callback (each with whatever a read brought:
     /// a stream has no message boundaries of its own; a codec counts frames itself).
