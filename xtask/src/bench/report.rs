@@ -159,7 +159,8 @@ fn tls_table(md: &mut String, results: &Results<'_>) {
         md,
         "\nTLS (rustls, same certificate and provider on both): duo-tls-2 against \
          tokio-rustls (2 threads each); duo / peer: CPU per operation (per handshake for \
-         the handshake scenario; < 1 favours duo), then throughput (> 1 favours duo).\n"
+         the handshake scenario; < 1 favours duo), then throughput (> 1 favours duo); for \
+         idle, RSS per connection (< 1 favours duo).\n"
     );
     md.push_str(&markdown::table(
         &["scenario", "duo-tls-2", "tokio-rustls", "duo / peer"],
@@ -167,6 +168,10 @@ fn tls_table(md: &mut String, results: &Results<'_>) {
             let get = |name: &str| outcomes.iter().find(|o| o.server == name);
             let cell = |name: &str| get(name).map_or("-".into(), |o| headline(sc, o));
             let ratios = match (get("duo-tls-2"), get("tokio-rustls")) {
+                (Some(d), Some(p)) if sc.mode == "idle" => {
+                    let rss = |o: &Outcome| o.median(|j| j.rss_per_conn_bytes);
+                    format!("RSS {}", ratio(rss(d), rss(p)))
+                }
                 (Some(d), Some(p)) => format!(
                     "{} / {}",
                     ratio(d.cpu_per_op_us(), p.cpu_per_op_us()),

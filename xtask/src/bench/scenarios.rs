@@ -287,6 +287,14 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         100,
     ),
     Scenario::new(
+        "tls-idle-2k",
+        "2 000 idle TLS connections (handshake and one echo each): server RSS per connection",
+        Target::EchoTls,
+        "idle",
+        &["--conns", "2000", "--threads", "2"],
+        2000,
+    ),
+    Scenario::new(
         "tls-handshakes-50",
         "TLS connect, handshake, 64 B round trip, close; 50 concurrent (CPU per handshake)",
         Target::EchoTls,
