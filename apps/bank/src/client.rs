@@ -1,4 +1,6 @@
-//! `bank client`: a plain blocking TCP client.
+//! `bank client`: a blocking TCP client, TLS with `--tls` (rustls, verifying the server's
+//! certificate against `--ca PEM`, by default the system's CA bundle, as the host name of
+//! `--connect`).
 //!
 //! - One-shot: `bank client [--connect ADDR] COMMAND ...` sends the words as one command
 //!   line and prints the reply. A lone `;` separates several commands sent on the same
@@ -10,9 +12,12 @@
 //! Exit status: 1 if the connection fails or, in one-shot mode, after an `ERR` reply;
 //! else 0.
 
-use std::io::{self, BufRead, BufReader, IsTerminal, Write};
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
+
+use duo_net::tls::{self, rustls};
 
 use crate::protocol::extra_reply_lines;
 
@@ -37,16 +42,59 @@ pub enum ClientError {
     /// The server closed the connection before replying.
     #[error("the server closed the connection")]
     Closed,
+    /// The TLS settings could not be loaded (`--ca`), or the host is no valid name.
+    #[error("TLS: {0}")]
+    Tls(#[from] tls::TlsConfigError),
 }
+
+/// Where the system's CA certificates are (Debian, Ubuntu, Alpine; Fedora's is linked
+/// there too on most systems).
+pub const SYSTEM_CA_BUNDLE: &str = "/etc/ssl/certs/ca-certificates.crt";
+
+/// How the client connects: plain TCP, or TLS trusting the CA certificates of a PEM file.
+#[derive(Debug, Clone, Default)]
+pub struct ClientTls {
+    /// Speak TLS.
+    pub enabled: bool,
+    /// CA certificates (PEM) to verify the server with; `None`: [`SYSTEM_CA_BUNDLE`].
+    pub ca: Option<PathBuf>,
+}
+
+/// A byte stream to the server: TCP, or TLS over TCP.
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
 
 /// A connection to the bank.
 struct Conn {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    /// Reads buffered; writes go through `get_mut()`.
+    reader: BufReader<Box<dyn Stream>>,
+}
+
+/// The host part of `HOST:PORT` (`[::1]:7100` gives `::1`).
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
+    host.trim_start_matches('[').trim_end_matches(']')
 }
 
 impl Conn {
-    fn open(addr: &str) -> Result<Conn, ClientError> {
+    fn open(addr: &str, tls: &ClientTls) -> Result<Conn, ClientError> {
+        let stream = Conn::connect(addr)?;
+        let stream: Box<dyn Stream> = if tls.enabled {
+            let ca = tls.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
+            let config = tls::client_config_from_pem(ca)?;
+            let name = tls::server_name(host_of(addr))?;
+            let session = rustls::ClientConnection::new(config, name)
+                .map_err(|e| ClientError::Tls(e.into()))?;
+            Box::new(rustls::StreamOwned::new(session, stream))
+        } else {
+            Box::new(stream)
+        };
+        Ok(Conn {
+            reader: BufReader::new(stream),
+        })
+    }
+
+    fn connect(addr: &str) -> Result<TcpStream, ClientError> {
         let connect_err = |source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
@@ -57,10 +105,7 @@ impl Conn {
                 Ok(stream) => {
                     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
                     let _ = stream.set_nodelay(true);
-                    return Ok(Conn {
-                        reader: BufReader::new(stream.try_clone()?),
-                        writer: stream,
-                    });
+                    return Ok(stream);
                 }
                 Err(e) => last = e,
             }
@@ -70,7 +115,9 @@ impl Conn {
 
     /// Sends `line`; returns the reply's lines (more than one after `HISTORY`).
     fn call(&mut self, line: &str) -> Result<Vec<String>, ClientError> {
-        self.writer.write_all(format!("{line}\n").as_bytes())?;
+        let writer = self.reader.get_mut();
+        writer.write_all(format!("{line}\n").as_bytes())?;
+        writer.flush()?;
         let first = self.read_line()?;
         let extra = extra_reply_lines(line, &first);
         let mut lines = vec![first];
@@ -104,8 +151,8 @@ fn print_reply(reply: &[String]) -> io::Result<()> {
 }
 
 /// Runs the client; `Ok(true)` if every reply was a success.
-pub fn run(addr: &str, words: &[String]) -> Result<bool, ClientError> {
-    let mut conn = Conn::open(addr)?;
+pub fn run(addr: &str, tls: &ClientTls, words: &[String]) -> Result<bool, ClientError> {
+    let mut conn = Conn::open(addr, tls)?;
     if words.is_empty() {
         interactive(&mut conn)
     } else {

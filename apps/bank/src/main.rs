@@ -20,7 +20,12 @@
 //!   logins, database errors; see `docs/observability.md`), `/healthz` and `/debug/loops`
 //!   on `ADDR`, and prints `metrics on HOST:PORT` after the `listening on` line. Not with
 //!   `--processes` (a usage error for now).
-//! - `bank client`: a blocking client, one-shot or interactive.
+//! - `bank serve --tls-cert PEM --tls-key PEM`: serves TLS (rustls) with that certificate
+//!   chain and key (both or neither; a file that cannot be used is a usage error); every
+//!   worker process loads them itself.
+//! - `bank client`: a blocking client, one-shot or interactive; `--tls [--ca PEM]` speaks
+//!   TLS, verifying the server against the CA certificates of `--ca` (default: the
+//!   system's bundle) as the host name of `--connect`.
 //!
 //! Exit status: 0 on success, 1 on a runtime error (the message says why), 2 on a usage
 //! error (a bad flag, `--processes 0`, `--processes` above 1 on SQLite, more processes
@@ -99,6 +104,12 @@ struct ServeArgs {
     /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
     #[arg(long, value_name = "MS", default_value_t = 25)]
     stall_ms: u64,
+    /// Serve TLS with the certificate chain in this PEM file (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<std::path::PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<std::path::PathBuf>,
     /// Cost of new password hashes; `low` is for tests only.
     #[arg(long, value_enum, default_value = "default", hide = true)]
     hash_cost: HashCost,
@@ -109,6 +120,12 @@ struct ClientArgs {
     /// Server address.
     #[arg(long, default_value = "127.0.0.1:7100")]
     connect: String,
+    /// Speak TLS, verifying the server's certificate as the host of --connect.
+    #[arg(long)]
+    tls: bool,
+    /// CA certificates (PEM) to verify the server with [default: the system's bundle].
+    #[arg(long, value_name = "PEM", requires = "tls")]
+    ca: Option<std::path::PathBuf>,
     /// A command and its arguments (a lone `;` separates several); none for an
     /// interactive session.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
@@ -152,7 +169,11 @@ fn main() -> ExitCode {
             if std::env::var_os("RUST_LOG").is_some() {
                 init_logging();
             }
-            match client::run(&a.connect, &a.command) {
+            let tls = client::ClientTls {
+                enabled: a.tls,
+                ca: a.ca,
+            };
+            match client::run(&a.connect, &tls, &a.command) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
                 Err(e) => {
@@ -169,6 +190,12 @@ fn main() -> ExitCode {
 fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> ExitCode {
     let processes = a.processes;
     let cfg = config(a);
+    if let Some((cert, key)) = &cfg.tls {
+        // Checked once here: a bad file is one clear usage error, not one per worker.
+        if let Err(e) = duo_net::tls::server_config_from_pem(cert, key) {
+            return fail(USAGE, &format!("bank: {e}"));
+        }
+    }
     if let Some(worker) = worker {
         return report(server::serve_worker(cfg, worker));
     }
@@ -236,6 +263,7 @@ fn config(a: ServeArgs) -> ServeConfig {
         hash_cost: a.hash_cost,
         metrics: a.metrics,
         stall_threshold: (a.stall_ms > 0).then(|| Duration::from_millis(a.stall_ms)),
+        tls: a.tls_cert.zip(a.tls_key),
     }
 }
 

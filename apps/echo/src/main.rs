@@ -6,6 +6,7 @@
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
 //!      [--udp [--udp-batch N]]
+//!      [--tls-cert PEM --tls-key PEM]
 //! echo reload --pid PID [--upgrade]
 //! ```
 //!
@@ -48,6 +49,10 @@
 //!   Under socket activation the UDP socket is bound beside the inherited TCP one.
 //!   `--udp-batch N` (default 32): datagrams per `recvmmsg`/`sendmmsg`; 1 receives with
 //!   one `recvfrom` per datagram (the benchmark's comparison).
+//! - `--tls-cert PEM --tls-key PEM`: serve TLS (rustls; TLS 1.3 and 1.2) with the
+//!   certificate chain and private key in these PEM files (both or neither). The echo is
+//!   of the plaintext. With `--processes`, every worker loads the files itself. A file
+//!   that cannot be read or holds no certificate (key) is a usage error.
 //! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
 //!   finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
@@ -101,6 +106,8 @@ struct Cli {
     serve: ServeArgs,
 }
 
+// Parsed once at start-up: the size of the largest variant costs nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Run the echo server (the default).
@@ -173,6 +180,12 @@ struct ServeArgs {
     #[arg(long, value_name = "N", default_value_t = 32, requires = "udp",
           value_parser = clap::value_parser!(u16).range(1..=1024))]
     udp_batch: u16,
+    /// Serve TLS with the certificate chain in this PEM file (with --tls-key).
+    #[arg(long, value_name = "PEM", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key (PEM) of --tls-cert.
+    #[arg(long, value_name = "PEM", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
 }
 
 /// How connections are polled.
@@ -228,6 +241,12 @@ fn main() -> ExitCode {
     // (with a backtrace under RUST_BACKTRACE) per event.
     duo_net::process::install_panic_hook();
     let cfg = config(&args);
+    if let Some((cert, key)) = &cfg.tls {
+        // Checked once here, so that a bad file is one clear error (not one per worker).
+        if let Err(e) = duo_net::tls::server_config_from_pem(cert, key) {
+            return fail(USAGE, &format!("echo: {e}"));
+        }
+    }
     if let Some(worker) = worker {
         return report(echo::serve_worker(&cfg, worker));
     }
@@ -384,5 +403,6 @@ fn config(args: &ServeArgs) -> ServeConfig {
         stall_threshold: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
         udp: args.udp,
         udp_batch: usize::from(args.udp_batch),
+        tls: args.tls_cert.clone().zip(args.tls_key.clone()),
     }
 }

@@ -54,6 +54,9 @@ pub struct ServeConfig {
     pub udp: bool,
     /// Datagrams per `recvmmsg`/`sendmmsg` of the UDP echo (1: one `recvfrom` each).
     pub udp_batch: usize,
+    /// Serve TLS with this certificate chain and private key (PEM files), loaded by each
+    /// process that serves.
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
@@ -121,6 +124,11 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         .edge_triggered(cfg.edge_triggered);
     if let Some(timeout) = cfg.idle_timeout {
         builder = builder.idle_timeout(timeout);
+    }
+    if let Some((cert, key)) = &cfg.tls {
+        let config = duo_net::tls::server_config_from_pem(cert, key)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        builder = builder.tls(config);
     }
     if worker.is_some() {
         // A worker shares its listening socket with the others: at its maximum (or when

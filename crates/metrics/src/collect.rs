@@ -214,7 +214,7 @@ pub(crate) fn encode_loops(
 }
 
 /// The close reasons, as label values, with their counts.
-fn close_rows(c: &CloseCounts) -> [(&'static str, u64); 9] {
+fn close_rows(c: &CloseCounts) -> [(&'static str, u64); 10] {
     [
         ("peer", c.peer),
         ("error", c.error),
@@ -225,6 +225,7 @@ fn close_rows(c: &CloseCounts) -> [(&'static str, u64); 9] {
         ("output_limit", c.output_limit),
         ("out_of_memory", c.out_of_memory),
         ("panic", c.panic),
+        ("tls", c.tls),
     ]
 }
 

@@ -32,6 +32,37 @@ pub enum CloseReason {
     OutOfMemory,
     /// A callback of the application panicked.
     Panic,
+    /// A TLS connection failed: its handshake, the protocol, or the peer ended the
+    /// stream without `close_notify` ([`TlsFailure`] says which).
+    Tls(TlsFailure),
+}
+
+/// How a TLS connection failed ([`CloseReason::Tls`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum TlsFailure {
+    /// The handshake failed (a bad certificate, no common protocol or cipher suite,
+    /// plaintext sent to a TLS port, the peer closed mid-handshake, ...): the connection
+    /// never was up, so the application saw no callback for it.
+    Handshake,
+    /// The handshake did not complete within the handshake timeout.
+    HandshakeTimeout,
+    /// A protocol error after the handshake (a bad record, a fatal alert from the peer).
+    Protocol,
+    /// The peer ended the TCP stream without `close_notify`: what it sent may have been
+    /// cut short (a truncation attack, or a peer that does not bother to close cleanly).
+    Truncated,
+}
+
+impl fmt::Display for TlsFailure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            TlsFailure::Handshake => "handshake failed",
+            TlsFailure::HandshakeTimeout => "handshake timed out",
+            TlsFailure::Protocol => "protocol error",
+            TlsFailure::Truncated => "stream ended without close_notify",
+        })
+    }
 }
 
 impl fmt::Display for CloseReason {
@@ -46,6 +77,7 @@ impl fmt::Display for CloseReason {
             CloseReason::OutputLimit => f.write_str("output limit exceeded"),
             CloseReason::OutOfMemory => f.write_str("buffer memory exhausted"),
             CloseReason::Panic => f.write_str("a callback panicked"),
+            CloseReason::Tls(failure) => write!(f, "TLS: {failure}"),
         }
     }
 }

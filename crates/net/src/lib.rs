@@ -18,6 +18,8 @@
 //! - [`UdpSocket`]: a UDP socket on a loop ([`udp`]): `on_datagram(ctx, payload, from)`,
 //!   sends from any thread, `recvmmsg`/`sendmmsg` batches, pooled receive buffers,
 //!   truncated datagrams detected, a bounded send queue.
+//! - [`tls`] (feature `tls`, on by default): TLS through rustls on the same connections
+//!   ([`ServerBuilder::tls`], [`ClientBuilder::tls`]), callbacks seeing plaintext.
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread; re-exported from `duo-workers`.
@@ -37,6 +39,7 @@
 //! | `close_reason.rs`, `stats.rs` | why connections close, and the counters ([`ServerStats`], [`LoopStats`], [`CloseCounts`]) |
 //! | `guard.rs` | the one place that catches a panic from application code |
 //! | `udp/` | [`UdpSocket`]: the handle, its builder, the loop side (`udp/looped.rs`: handler, send queue, [`UdpCtx`]) and [`UdpStats`]; uses no other module of this crate |
+//! | `tls.rs`, `conn/tls.rs` | feature `tls`: the public helpers (PEM files to rustls configurations), and the rustls session inside a connection (ciphertext in from the socket, plaintext out to the input buffer; plaintext sends encrypted into the output buffer) |
 //!
 //! Dependencies between these modules run one way (a tidy test rejects a cycle):
 //! servers and clients use connections, connections use the per-loop state and the
@@ -79,11 +82,15 @@ pub mod process;
 mod server;
 mod stats;
 // UDP: its own module beside TCP (uses the reactor and sys layers only).
+#[cfg(feature = "tls")]
+pub mod tls;
 pub mod udp;
 
 pub use client::{ClientBuilder, ConnectFailure, TcpClient};
-pub use close_reason::CloseReason;
+pub use close_reason::{CloseReason, TlsFailure};
 pub use config::{defaults, Backpressure, OutputLimit};
+#[cfg(feature = "tls")]
+pub use conn::TlsInfo;
 pub use conn::{
     ConnCtx, ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
     ServerConnections, TcpConnection,

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use crate::close_reason::CloseReason;
 
 /// The number of [`CloseReason`] kinds counted apart (every `Error` counts as one).
-const REASONS: usize = 9;
+const REASONS: usize = 10;
 
 /// Where `reason` is counted: its index in [`IoCounters::closes`] and
 /// [`CloseCounts::as_array`].
@@ -21,6 +21,7 @@ fn slot(reason: CloseReason) -> usize {
         CloseReason::OutputLimit => 6,
         CloseReason::OutOfMemory => 7,
         CloseReason::Panic => 8,
+        CloseReason::Tls(_) => 9,
     }
 }
 
@@ -130,6 +131,8 @@ pub struct CloseCounts {
     pub out_of_memory: u64,
     /// [`CloseReason::Panic`].
     pub panic: u64,
+    /// [`CloseReason::Tls`], whatever the failure.
+    pub tls: u64,
 }
 
 impl CloseCounts {
@@ -155,11 +158,12 @@ impl CloseCounts {
             self.output_limit,
             self.out_of_memory,
             self.panic,
+            self.tls,
         ]
     }
 
     fn from_array(c: [u64; REASONS]) -> CloseCounts {
-        let [peer, error, idle, user, shutdown, input_too_large, output_limit, out_of_memory, panic] =
+        let [peer, error, idle, user, shutdown, input_too_large, output_limit, out_of_memory, panic, tls] =
             c;
         CloseCounts {
             peer,
@@ -171,6 +175,7 @@ impl CloseCounts {
             output_limit,
             out_of_memory,
             panic,
+            tls,
         }
     }
 
@@ -209,9 +214,9 @@ pub struct LoopStats {
     pub loop_name: String,
     /// Connections established on this loop.
     pub opened: u64,
-    /// Bytes read from connections.
+    /// Bytes read from connections (as on the wire: ciphertext for TLS).
     pub bytes_in: u64,
-    /// Bytes written to connections.
+    /// Bytes written to connections (as on the wire: ciphertext for TLS).
     pub bytes_out: u64,
     /// Input deliveries: calls of the message callback (each with whatever a read brought:
     /// a stream has no message boundaries of its own; a codec counts frames itself).
@@ -292,6 +297,7 @@ mod tests {
             CloseReason::OutputLimit,
             CloseReason::OutOfMemory,
             CloseReason::Panic,
+            CloseReason::Tls(crate::TlsFailure::Truncated),
         ];
         let counters = IoCounters::default();
         for (i, &reason) in reasons.iter().enumerate() {
@@ -307,12 +313,13 @@ mod tests {
         for (i, &reason) in reasons.iter().enumerate().skip(2) {
             assert_eq!(closes.of(reason), i as u64 + 1, "{reason:?}");
         }
-        assert_eq!(closes.total(), 46);
+        assert_eq!(closes.tls, 10);
+        assert_eq!(closes.total(), 56);
         let both = ServerStats {
             per_loop: vec![counters.snapshot(), counters.snapshot()],
             ..ServerStats::default()
         };
-        assert_eq!(both.closes().total(), 92);
+        assert_eq!(both.closes().total(), 112);
         assert_eq!(both.closes().idle, 6);
     }
 }

@@ -61,6 +61,7 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
     );
     steal_note(&mut md, results, h);
     echo_tables(&mut md, results);
+    tls_table(&mut md, results);
     tail_table(&mut md, results);
     udp_table(&mut md, results);
     bank_table(&mut md, results);
@@ -208,6 +209,49 @@ fn udp_table(md: &mut String, results: &Results<'_>) {
             std::iter::once(sc.name.to_owned())
                 .chain(cells)
                 .collect::<Vec<_>>()
+        }),
+    ));
+}
+
+/// The TLS echo scenarios: duo against the tokio-rustls peer, both on 2 threads.
+fn tls_table(md: &mut String, results: &Results<'_>) {
+    let tls: Vec<_> = results
+        .iter()
+        .filter(|(sc, _)| sc.target == Target::EchoTls)
+        .collect();
+    if tls.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nTLS (rustls, same certificate and provider on both): duo-tls-2 against \
+         tokio-rustls (2 threads each); duo / peer: CPU per operation (per handshake for \
+         the handshake scenario; < 1 favours duo), then throughput (> 1 favours duo); for \
+         idle, RSS per connection (< 1 favours duo).\n"
+    );
+    md.push_str(&markdown::table(
+        &["scenario", "duo-tls-2", "tokio-rustls", "duo / peer"],
+        tls.iter().map(|(sc, outcomes)| {
+            let get = |name: &str| outcomes.iter().find(|o| o.server == name);
+            let cell = |name: &str| get(name).map_or("-".into(), |o| headline(sc, o));
+            let ratios = match (get("duo-tls-2"), get("tokio-rustls")) {
+                (Some(d), Some(p)) if sc.mode == "idle" => {
+                    let rss = |o: &Outcome| o.median(|j| j.rss_per_conn_bytes);
+                    format!("RSS {}", ratio(rss(d), rss(p)))
+                }
+                (Some(d), Some(p)) => format!(
+                    "{} / {}",
+                    ratio(d.cpu_per_op_us(), p.cpu_per_op_us()),
+                    ratio(d.rate(), p.rate())
+                ),
+                _ => "-".into(),
+            };
+            [
+                sc.name.to_owned(),
+                cell("duo-tls-2"),
+                cell("tokio-rustls"),
+                ratios,
+            ]
         }),
     ));
 }

@@ -134,6 +134,10 @@ fn loadgen_command(sc: &Scenario, server: &Server, set: &Setting<'_>) -> Command
         .args(["--addr", &server.addr().to_string()])
         .args(sc.args)
         .arg("--json");
+    if sc.target == Target::EchoTls {
+        let (_, _, ca) = super::scenarios::tls_files();
+        cmd.arg("--tls-ca").arg(ca);
+    }
     if sc.mode == "idle" {
         let hold = if set.quick { 1 } else { set.secs.min(5) };
         cmd.args([

@@ -206,6 +206,8 @@ pub(super) enum Target {
     Echo,
     /// The UDP echo servers ([`UDP_SERVERS`]).
     Udp,
+    /// The echo servers over TLS ([`TLS_SERVERS`]); loadgen speaks TLS (`--tls-ca`).
+    EchoTls,
     /// The bank server on SQLite; `true` = group commit.
     Bank(bool),
     /// The bank server on PostgreSQL (the harness's cluster, a fresh database per run).
@@ -309,6 +311,38 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         50,
     ),
     Scenario::new(
+        "tls-pingpong-100x16k",
+        "TLS pingpong, 100 connections x 16 KiB",
+        Target::EchoTls,
+        "pingpong",
+        &["--conns", "100", "--size", "16384", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "tls-rr-100x64",
+        "TLS request/response, 100 connections x 64 B",
+        Target::EchoTls,
+        "rr",
+        &["--conns", "100", "--size", "64", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "tls-idle-2k",
+        "2 000 idle TLS connections (handshake and one echo each): server RSS per connection",
+        Target::EchoTls,
+        "idle",
+        &["--conns", "2000", "--threads", "2"],
+        2000,
+    ),
+    Scenario::new(
+        "tls-handshakes-50",
+        "TLS connect, handshake, 64 B round trip, close; 50 concurrent (CPU per handshake)",
+        Target::EchoTls,
+        "churn",
+        &["--conns", "50", "--threads", "2"],
+        50,
+    ),
+    Scenario::new(
         "bank-group",
         "bank, 100 clients doing transfers, group commit",
         Target::Bank(true),
@@ -376,6 +410,58 @@ pub(super) const SCENARIOS: &[Scenario] = &[
     ),
 ];
 
+/// The TLS echo servers: duo's echo and the tokio-rustls peer, with the same certificate
+/// (files from [`tls_files`], appended by [`entrants`]).
+pub(super) const TLS_SERVERS: &[EchoServer] = &[
+    EchoServer::duo(
+        "duo-tls-2",
+        &["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"],
+    ),
+    EchoServer::peer(
+        "tokio-rustls",
+        "tokio_tls_echo",
+        &["--listen", "127.0.0.1:0", "--threads", "2"],
+    ),
+];
+
+/// The TLS scenarios' certificate chain, key and CA (PEM), made once per run directory
+/// with rcgen under `target/bench/tls`: (cert, key, ca).
+pub(super) fn tls_files() -> (PathBuf, PathBuf, PathBuf) {
+    let dir = crate::target_dir().join("bench").join("tls");
+    let files = (
+        dir.join("cert.pem"),
+        dir.join("key.pem"),
+        dir.join("ca.pem"),
+    );
+    if files.0.exists() && files.1.exists() && files.2.exists() {
+        return files;
+    }
+    let made = (|| -> Result<(), String> {
+        std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+        let ca_key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).map_err(|e| e.to_string())?;
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "duo bench CA");
+        let ca = ca_params.self_signed(&ca_key).map_err(|e| e.to_string())?;
+        let key = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
+        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .and_then(|p| p.signed_by(&key, &ca, &ca_key))
+            .map_err(|e| e.to_string())?;
+        let write = |p: &Path, s: String| std::fs::write(p, s).map_err(|e| e.to_string());
+        write(&files.0, leaf.pem())?;
+        write(&files.1, key.serialize_pem())?;
+        write(&files.2, ca.pem())
+    })();
+    if let Err(e) = made {
+        // The runs then fail with the server's own message about the missing file.
+        eprintln!("bench: cannot make the TLS test certificate: {e}");
+    }
+    files
+}
+
 /// A server a scenario runs against: its name, whether it is duo, binary and arguments.
 pub(super) struct Entrant {
     pub(super) name: &'static str,
@@ -401,6 +487,28 @@ pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entr
             args: srv.args.iter().map(|a| a.to_string()).collect(),
         })
         .collect(),
+        Target::EchoTls => {
+            let (cert, key, _) = tls_files();
+            TLS_SERVERS
+                .iter()
+                .map(|srv| Entrant {
+                    name: srv.name,
+                    duo: srv.duo,
+                    exe: release.join(srv.bin),
+                    args: srv
+                        .args
+                        .iter()
+                        .map(|a| a.to_string())
+                        .chain([
+                            "--tls-cert".into(),
+                            cert.display().to_string(),
+                            "--tls-key".into(),
+                            key.display().to_string(),
+                        ])
+                        .collect(),
+                })
+                .collect()
+        }
         Target::Bank(group) => {
             let db = db_dir.join("bank.db").display().to_string();
             let mut args = bank_args();

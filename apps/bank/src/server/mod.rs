@@ -103,6 +103,8 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// The loops' stall threshold (`None`: the stall detector is off).
     pub stall_threshold: Option<Duration>,
+    /// Serve TLS with this certificate chain and private key (PEM files).
+    pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
 
 /// Why the server could not run.
@@ -368,6 +370,10 @@ fn run(
             let _ = conn.with_context(|s: &mut Session| s.peer_done = true);
             close_if_done(ctx);
         });
+    if let Some((cert, key)) = &cfg.tls {
+        let config = duo_net::tls::server_config_from_pem(cert, key).map_err(startup("TLS"))?;
+        builder = builder.tls(config);
+    }
     if !cfg.idle_timeout.is_zero() {
         builder = builder
             .idle_timeout(cfg.idle_timeout)

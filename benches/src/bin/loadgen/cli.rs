@@ -68,6 +68,10 @@ pub(crate) struct Common {
     /// alone (set-up such as connecting or logging in excluded), as `server_cpu_secs`.
     #[arg(long, value_name = "PID")]
     pub(crate) server_pid: Option<u32>,
+    /// Speak TLS (rustls), verifying the server as `localhost` against the CA
+    /// certificates of this PEM file.
+    #[arg(long, value_name = "PEM")]
+    pub(crate) tls_ca: Option<std::path::PathBuf>,
 }
 
 /// `pingpong` and `rr`.

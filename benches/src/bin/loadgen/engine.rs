@@ -29,6 +29,7 @@ use duo_sys::{Epoll, Events, Interest, Ready};
 
 use crate::fault::{Fault, Faults};
 use crate::net;
+use crate::tls::TlsConn;
 
 /// How often connects and outstanding replies are checked against the timeout.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
@@ -142,6 +143,8 @@ struct Conn {
     /// Queued for sending; `out[out_pos..]` is still unsent.
     out: Vec<u8>,
     out_pos: usize,
+    /// The TLS session, with `--tls-ca` (`out` is then plaintext).
+    tls: Option<Box<TlsConn>>,
 }
 
 impl Conn {
@@ -151,6 +154,7 @@ impl Conn {
             input: Vec::new(),
             out: Vec::new(),
             out_pos: 0,
+            tls: None,
         }
     }
 
@@ -160,6 +164,20 @@ impl Conn {
 
     /// Writes queued output until it is all sent or the socket is full.
     fn flush(&mut self) -> Result<(), Fault> {
+        if let Some(tls) = &mut self.tls {
+            let stream = self.stream.as_mut().expect("a live Conn has a stream");
+            let plain = if tls.up {
+                &self.out[self.out_pos..]
+            } else {
+                &[][..]
+            };
+            tls.flush(plain, stream)?;
+            if tls.up {
+                self.out.clear();
+                self.out_pos = 0;
+            }
+            return Ok(());
+        }
         while self.out_pos < self.out.len() {
             let stream = self.stream.as_mut().expect("a live Conn has a stream");
             match stream.write(&self.out[self.out_pos..]) {
@@ -227,6 +245,10 @@ pub(crate) struct Engine<S: Session> {
     /// Requests outstanding on those when they closed.
     unanswered_on_close: u64,
     scratch: Vec<u8>,
+    /// Plaintext of one read, with TLS.
+    plain: Vec<u8>,
+    /// Connections whose TLS handshake is under way.
+    handshaking: usize,
     next_sweep: Instant,
 }
 
@@ -271,6 +293,8 @@ impl<S: Session> Engine<S> {
             server_closed: 0,
             unanswered_on_close: 0,
             scratch: vec![0; READ_CHUNK],
+            plain: Vec::new(),
+            handshaking: 0,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
     }
@@ -302,7 +326,10 @@ impl<S: Session> Engine<S> {
 
     /// Whether every slot is either open or finished: no connect under way or to come.
     pub(crate) fn is_settled(&self) -> bool {
-        self.queue.is_empty() && self.delayed.is_empty() && self.connecting == 0
+        self.queue.is_empty()
+            && self.delayed.is_empty()
+            && self.connecting == 0
+            && self.handshaking == 0
     }
 
     /// With [`Options::reconnect`]: connections the server closed in an orderly way, and
@@ -364,7 +391,7 @@ impl<S: Session> Engine<S> {
     /// (sending what it queued). Used to start a measured phase on every connection at once.
     pub(crate) fn each(&mut self, mut f: impl FnMut(&mut S, &mut Ctx<'_, S::Shared>) -> Step) {
         for idx in 0..self.slots.len() {
-            if !matches!(self.slots[idx].state, State::Open) {
+            if !matches!(self.slots[idx].state, State::Open) || self.is_handshaking(idx) {
                 continue;
             }
             let step = self.with_session(idx, |session, _, ctx| f(session, ctx));
@@ -487,6 +514,22 @@ impl<S: Session> Engine<S> {
             self.slots[idx].awaiting_first = true;
             self.awaiting += 1;
         }
+        if let Some(tls) = TlsConn::start() {
+            // The session opens once the handshake completes (in `read`).
+            let conn = self.slots[idx].conn.as_mut().expect("open");
+            match tls {
+                Ok(tls) => conn.tls = Some(tls),
+                Err(fault) => return self.fail(idx, fault),
+            }
+            self.handshaking += 1;
+            if let Err(fault) = conn.flush() {
+                return self.fail(idx, fault);
+            }
+            if ready.is_readable() {
+                self.read(idx, ready);
+            }
+            return;
+        }
         let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
         // Edge-triggered: bytes that came with the connect edge must be read now.
         if self.apply(idx, step) && ready.is_readable() {
@@ -510,7 +553,7 @@ impl<S: Session> Engine<S> {
                     break;
                 }
                 Ok(n) => {
-                    if !self.deliver(idx, &scratch[..n]) {
+                    if !self.deliver_wire(idx, &scratch[..n]) {
                         break;
                     }
                     // A short read proves the receive queue empty (no extra read for EAGAIN),
@@ -554,6 +597,47 @@ impl<S: Session> Engine<S> {
             faults,
         };
         f(&mut slot.session, &mut conn.input, &mut ctx)
+    }
+
+    /// Gives bytes read from the socket to the session (through TLS, with `--tls-ca`);
+    /// returns whether the connection is still open.
+    fn deliver_wire(&mut self, idx: usize, data: &[u8]) -> bool {
+        let conn = self.slots[idx].conn.as_mut().expect("open");
+        let Some(tls) = &mut conn.tls else {
+            return self.deliver(idx, data);
+        };
+        let mut plain = std::mem::take(&mut self.plain);
+        plain.clear();
+        let result = tls.take_in(data, &mut plain);
+        let open = match result {
+            Err(fault) => {
+                self.fail(idx, fault);
+                false
+            }
+            Ok(just_up) => {
+                if just_up {
+                    self.handshaking -= 1;
+                }
+                // Handshake answers (and nothing else yet) go out now.
+                let mut open = match conn.flush() {
+                    Ok(()) => true,
+                    Err(fault) => {
+                        self.fail(idx, fault);
+                        false
+                    }
+                };
+                if open && just_up {
+                    let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
+                    open = self.apply(idx, step);
+                }
+                if open && !plain.is_empty() {
+                    open = self.deliver(idx, &plain);
+                }
+                open
+            }
+        };
+        self.plain = plain;
+        open
     }
 
     /// Gives `data` to the session; returns whether the connection is still open.
@@ -618,8 +702,18 @@ impl<S: Session> Engine<S> {
         }
     }
 
+    /// Whether slot `idx` is connected and its TLS handshake still under way (its session
+    /// not opened yet).
+    fn is_handshaking(&self, idx: usize) -> bool {
+        let conn = self.slots[idx].conn.as_ref();
+        conn.and_then(|c| c.tls.as_ref()).is_some_and(|t| !t.up)
+    }
+
     /// Closes the slot's connection, if any, and leaves it pending.
     fn close(&mut self, idx: usize) {
+        if self.is_handshaking(idx) {
+            self.handshaking -= 1;
+        }
         let slot = &mut self.slots[idx];
         match slot.state {
             State::Connecting(_) => self.connecting -= 1,

@@ -7,7 +7,7 @@
 //! loadgen idle     --addr 127.0.0.1:7000 --conns 10000 --hold 5 [--pid SERVER_PID] [--procs P]
 //! loadgen churn    --addr 127.0.0.1:7000 --conns 50 --secs 10 [--reconnect]
 //! loadgen bank     --addr 127.0.0.1:7100 --clients 100 --accounts 50 --secs 10
-//! ... [--json] [--strict] [--timeout SECS] [--seed N]
+//! ... [--json] [--strict] [--timeout SECS] [--seed N] [--tls-ca PEM]
 //! ```
 //!
 //! Each of `--threads` threads runs its own epoll loop ([`engine::Engine`], on
@@ -32,6 +32,7 @@ mod modes;
 mod net;
 mod report;
 mod runner;
+mod tls;
 
 use std::process::ExitCode;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -70,6 +71,12 @@ fn main() -> ExitCode {
         return ExitCode::from(2);
     }
     arm_watchdog(mode.name(), mode.hard_limit(), common.json);
+    if let Some(ca) = &common.tls_ca {
+        if let Err(e) = tls::enable(ca) {
+            eprintln!("loadgen: --tls-ca: {e}");
+            return ExitCode::from(2);
+        }
+    }
 
     let env = Env {
         target,

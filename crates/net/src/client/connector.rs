@@ -73,6 +73,8 @@ pub(super) struct Inner {
     pub(super) callbacks: Arc<Callbacks>,
     pub(super) connect_failed: Option<ConnectFailedCallback>,
     pub(super) conn: ConnConfig,
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<crate::conn::TlsSetup>,
     pub(super) counters: Arc<IoCounters>,
     pub(super) attempts: AtomicU64,
     pub(super) state: Mutex<State>,
@@ -302,6 +304,8 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         on_close: Some(hook),
         counters: inner.counters.clone(),
         server: None,
+        #[cfg(feature = "tls")]
+        tls: inner.tls.clone(),
     });
     let establish = LoopConn::establish(lp, socket, handle, owner);
     if let Err(e) = establish {

@@ -57,6 +57,8 @@ pub struct ClientBuilder {
     conn: ConnConfig,
     callbacks: Callbacks,
     connect_failed: Option<ConnectFailedCallback>,
+    #[cfg(feature = "tls")]
+    tls: Option<crate::conn::TlsSetup>,
 }
 
 impl ClientBuilder {
@@ -102,6 +104,40 @@ impl ClientBuilder {
     }
     conn_config_setters!();
     callback_setters!();
+    /// Speaks TLS with `config`, verifying the server's certificate as `server_name`
+    /// (see [`crate::tls`]; [`tls::server_name`](crate::tls::server_name) makes one from
+    /// a string). The connection callback runs once the handshake completes; a failed
+    /// handshake closes the connection ([`CloseReason::Tls`](crate::CloseReason::Tls),
+    /// logged) without any callback, and counts as a connection that closed (a client
+    /// with [`reconnect`](ClientBuilder::reconnect) tries again).
+    #[cfg(feature = "tls")]
+    pub fn tls(
+        mut self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: rustls::pki_types::ServerName<'static>,
+    ) -> Self {
+        let handshake_timeout = self
+            .tls
+            .as_ref()
+            .map_or(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
+                t.handshake_timeout
+            });
+        self.tls = Some(crate::conn::TlsSetup {
+            role: crate::conn::TlsRole::Client(config, server_name),
+            handshake_timeout,
+        });
+        self
+    }
+    /// Closes the connection if its TLS handshake has not completed after `timeout`
+    /// (default 10 s); call after [`tls`](ClientBuilder::tls).
+    #[cfg(feature = "tls")]
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        if let Some(tls) = &mut self.tls {
+            tls.handshake_timeout =
+                timeout.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+        }
+        self
+    }
 
     /// Creates the client on the loop behind `lp` and starts connecting. The connection
     /// will live on that loop. Calling this from a callback of a server's connection with
@@ -120,6 +156,8 @@ impl ClientBuilder {
             callbacks: Arc::new(self.callbacks),
             connect_failed: self.connect_failed,
             conn: self.conn,
+            #[cfg(feature = "tls")]
+            tls: self.tls,
             counters: Arc::new(IoCounters::default()),
             attempts: AtomicU64::new(0),
             state: Mutex::new(State {
@@ -234,6 +272,8 @@ impl TcpClient {
             conn: ConnConfig::default(),
             callbacks: Callbacks::default(),
             connect_failed: None,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 

@@ -121,6 +121,13 @@ impl<'a> ConnCtx<'a> {
         self.m.idle_refresh(self.lp, self.ch.token());
     }
 
+    /// What the TLS handshake negotiated (protocol, cipher suite, ALPN, the peer's
+    /// certificates); `None` for a plain TCP connection.
+    #[cfg(feature = "tls")]
+    pub fn tls_info(&self) -> Option<crate::TlsInfo> {
+        self.m.tls_info()
+    }
+
     /// Whether the peer has half-closed (sent EOF); see
     /// [`on_peer_half_close`](crate::ServerBuilder::on_peer_half_close).
     pub fn peer_half_closed(&self) -> bool {

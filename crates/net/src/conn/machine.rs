@@ -67,6 +67,9 @@ pub(crate) struct Owner {
     pub(crate) counters: Arc<IoCounters>,
     /// The owning server (none for a client's connection).
     pub(crate) server: Option<Arc<ServerLink>>,
+    /// TLS on every connection of this owner (`None`: plain TCP).
+    #[cfg(feature = "tls")]
+    pub(crate) tls: Option<super::tls::TlsSetup>,
 }
 
 /// The receiving direction, as far as the loop decides it.
@@ -128,6 +131,9 @@ pub(crate) struct Machine {
     pub(super) held_input: bool,
     /// A continuation of reading (the read budget of one event was used up) is queued.
     pub(super) read_queued: bool,
+    /// The TLS session (`None` for plain TCP); see `tls.rs`.
+    #[cfg(feature = "tls")]
+    pub(super) tls: Option<Box<super::tls::TlsState>>,
 }
 
 impl LoopConn {
@@ -143,6 +149,26 @@ impl LoopConn {
             interest |= Interest::EDGE;
         }
         let pool = owner.config.pool;
+        #[cfg(feature = "tls")]
+        let tls = match owner
+            .tls
+            .as_ref()
+            .map(super::tls::TlsState::new)
+            .transpose()
+        {
+            Ok(tls) => tls,
+            Err(e) => {
+                // Never up; counted like a failed registration.
+                let reason = CloseReason::Tls(crate::TlsFailure::Handshake);
+                owner.counters.add_opened();
+                handle.mark_closed(reason);
+                owner.counters.add_close(reason);
+                if let Some(hook) = &owner.on_close {
+                    hook(&handle);
+                }
+                return Err(io::Error::other(format!("TLS session: {e}")));
+            }
+        };
         let conn = LoopConn {
             input: InputBuffer::with_pool(pool, owner.config.max_input),
             m: Machine {
@@ -153,6 +179,8 @@ impl LoopConn {
                 write: WriteSide::Open,
                 held_input: false,
                 read_queued: false,
+                #[cfg(feature = "tls")]
+                tls,
             },
         };
         let owner = conn.m.owner.clone();
@@ -179,22 +207,14 @@ impl LoopConn {
             // its close alone takes it out of epoll.
             ch.set_sole_descriptor();
             conn.m.idle_refresh(lp, ch.token());
-            let up = catch_user_panic(
-                &mut conn.m,
-                |m| {
-                    if let Some(cb) = &m.owner.callbacks.connection {
-                        cb(&m.handle);
-                    }
-                },
-                |m| m.handle.name().to_string(),
-                "connection callback",
-            );
-            if up.is_none() {
-                conn.m.close(lp, ch, CloseReason::Panic);
-            } else {
-                // The "up" callback may have paused reading through the handle.
-                conn.m.sync_reading(ch);
+            // A TLS connection is up once its handshake completes.
+            #[cfg(feature = "tls")]
+            if let Some(setup) = &conn.m.owner.tls {
+                let timeout = setup.handshake_timeout;
+                conn.m.tls_start(lp, ch, timeout);
+                return;
             }
+            conn.m.up(lp, ch);
         });
         Ok(token)
     }
@@ -248,7 +268,7 @@ impl LoopConn {
         for token in lp.channel_tokens() {
             lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
                 let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
-                if ours && !conn.m.closed() {
+                if ours && !conn.m.closed() && conn.m.is_up() {
                     conn.m.run_guarded(lp, ch, what, f);
                 }
             });
@@ -330,6 +350,26 @@ impl Handler for LoopConn {
 }
 
 impl Machine {
+    /// Runs the "up" callback (the connection callback of a new connection).
+    pub(super) fn up(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        let up = catch_user_panic(
+            self,
+            |m| {
+                if let Some(cb) = &m.owner.callbacks.connection {
+                    cb(&m.handle);
+                }
+            },
+            |m| m.handle.name().to_string(),
+            "connection callback",
+        );
+        if up.is_none() {
+            self.close(lp, ch, CloseReason::Panic);
+        } else {
+            // The "up" callback may have paused reading through the handle.
+            self.sync_reading(ch);
+        }
+    }
+
     /// Runs `f` with this connection's [`ConnCtx`], catching a panic: a panicking `f`
     /// closes the connection (reason [`CloseReason::Panic`]) and gives `None`.
     pub(super) fn run_guarded<R>(
@@ -365,6 +405,15 @@ impl Machine {
         if was != is && !self.closed() {
             self.owner.counters.backpressure(is);
         }
+    }
+
+    /// Whether the application has seen the connection: always for plain TCP; for TLS
+    /// once the handshake completed.
+    pub(super) fn is_up(&self) -> bool {
+        #[cfg(feature = "tls")]
+        return !self.tls_pending();
+        #[cfg(not(feature = "tls"))]
+        true
     }
 
     pub(super) fn closed(&self) -> bool {
@@ -476,6 +525,11 @@ impl Machine {
         self.handle.set_state(ConnState::Disconnecting);
         if self.write == WriteSide::Open {
             self.write = WriteSide::Draining(AfterDrain::HalfClose);
+            #[cfg(feature = "tls")]
+            self.tls_close_notify(lp, ch);
+            if self.closed() {
+                return;
+            }
             if self.output.is_empty() {
                 self.drained(lp, ch, AfterDrain::HalfClose);
             }
@@ -499,6 +553,13 @@ impl Machine {
             _ => reason,
         };
         let sending = matches!(self.write, WriteSide::Open | WriteSide::Draining(_));
+        #[cfg(feature = "tls")]
+        if sending {
+            self.tls_close_notify(lp, ch);
+            if self.closed() {
+                return;
+            }
+        }
         if sending && !self.output.is_empty() {
             self.write = WriteSide::Draining(AfterDrain::Close(reason));
             if self.handle.state() == ConnState::Connected {
@@ -536,6 +597,11 @@ impl Machine {
     /// callback if there is one, else a half-close once the output is written.
     pub(super) fn begin_shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         if self.handle.state() != ConnState::Connected {
+            return;
+        }
+        if !self.is_up() {
+            // A TLS handshake still under way: no callback has seen the connection.
+            self.close(lp, ch, CloseReason::Shutdown);
             return;
         }
         let owner = self.owner.clone();
@@ -579,6 +645,11 @@ impl Machine {
         // consistent owner (a client with no connection, say).
         if let Some(hook) = &self.owner.on_close {
             hook(&self.handle);
+        }
+        // A TLS connection whose handshake did not complete never was up: no callbacks.
+        #[cfg(feature = "tls")]
+        if !self.tls_closing(lp, reason) {
+            return;
         }
         let callbacks = [
             (&self.owner.callbacks.connection, "connection callback"),

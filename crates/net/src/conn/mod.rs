@@ -37,6 +37,8 @@ pub(crate) mod machine;
 mod reading;
 #[cfg(test)]
 mod tests;
+#[cfg(feature = "tls")]
+mod tls;
 mod writing;
 
 pub use ctx::ConnCtx;
@@ -44,3 +46,7 @@ pub use group::ServerConnections;
 pub use handle::{
     ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable, TcpConnection,
 };
+#[cfg(feature = "tls")]
+pub use tls::TlsInfo;
+#[cfg(feature = "tls")]
+pub(crate) use tls::{TlsRole, TlsSetup};

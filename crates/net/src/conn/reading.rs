@@ -18,6 +18,10 @@ impl LoopConn {
     /// (the peer's FIN may have come with the data, or this is a continuation run outside
     /// an event), so read on until `EAGAIN` or end of stream.
     pub(super) fn read_ready(&mut self, lp: &mut EventLoop, ch: &mut Channel, until_eagain: bool) {
+        #[cfg(feature = "tls")]
+        if self.m.tls.is_some() {
+            return self.tls_read_ready(lp, ch, until_eagain);
+        }
         let mut budget = self.m.owner.config.read_budget;
         if !self.m.wants_reading() {
             self.m.sync_reading(ch);
@@ -102,7 +106,7 @@ impl LoopConn {
     }
 
     /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
-    fn hold_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+    pub(super) fn hold_input(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         self.m.held_input = true;
         if self.settle_input(lp, ch) {
             self.m.sync_reading(ch);
@@ -112,7 +116,7 @@ impl LoopConn {
     /// Hands the input to the message callback, keeps what it left, and applies a pause it
     /// asked for (through its `ConnCtx` or a handle). True if the connection is still open
     /// and reading.
-    fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+    pub(super) fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
         self.deliver(lp, ch);
         if !self.settle_input(lp, ch) || ch.is_removed() || self.m.closed() {
             return false;
@@ -141,7 +145,7 @@ impl LoopConn {
 
     /// Queues the rest of an edge-triggered read for after the other events of this
     /// iteration (no further edge would report what is left).
-    fn queue_more_reading(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+    pub(super) fn queue_more_reading(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         if std::mem::replace(&mut self.m.read_queued, true) {
             return;
         }
@@ -155,7 +159,7 @@ impl LoopConn {
     }
 
     /// The peer sent EOF, after everything it sent has been delivered.
-    fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+    pub(super) fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         self.m.set_read(ReadSide::Eof);
         ch.disable_reading();
         if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {

@@ -112,6 +112,8 @@ fn owner(callbacks: Callbacks, config: ConnConfig) -> Arc<Owner> {
         on_close: None,
         counters: Arc::new(IoCounters::default()),
         server: None,
+        #[cfg(feature = "tls")]
+        tls: None,
     })
 }
 

@@ -14,7 +14,7 @@ use crate::config::{Backpressure, OutputLimit};
 impl Machine {
     /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
     /// before is still read; the close follows its end of stream (or the hang-up's event).
-    fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
+    pub(super) fn write_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
         duo_reactor::log_limited!(log::Level::Debug, "{}: write: {e}", self.handle.name());
         self.peer_gone(lp, ch, Some(e.kind()));
         if self.read == ReadSide::Eof && !self.closed() {
@@ -36,6 +36,21 @@ impl Machine {
             return false;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
+        if self.refused_by_limit(lp, ch, total) {
+            return false;
+        }
+        // TLS: the limit was checked on the plaintext, before encrypting it (records
+        // once made must all be sent, or the stream breaks).
+        #[cfg(feature = "tls")]
+        if self.tls.is_some() {
+            return self.send_tls(lp, ch, parts);
+        }
+        self.send_wire(lp, ch, parts, shared)
+    }
+
+    /// Whether the [`OutputLimit`] refuses `total` more bytes (and the connection is
+    /// closed if its policy says so).
+    fn refused_by_limit(&mut self, lp: &mut EventLoop, ch: &mut Channel, total: usize) -> bool {
         if let Some((limit, policy)) = self.owner.config.output_limit {
             if !self.output.is_empty() && self.output.len() + total > limit {
                 match policy {
@@ -54,9 +69,22 @@ impl Machine {
                         self.handle.name()
                     ),
                 }
-                return false;
+                return true;
             }
         }
+        false
+    }
+
+    /// [`send`](Machine::send) of bytes as they go on the wire (for TLS: the records),
+    /// after the checks.
+    pub(super) fn send_wire(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        parts: &[&[u8]],
+        shared: Option<Arc<[u8]>>,
+    ) -> bool {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
         let mut written = 0;
         if self.output.is_empty() && !ch.is_writing() {
             // No allocation: up to 8 pieces go out in one call; any further pieces are
@@ -201,7 +229,8 @@ impl Machine {
     }
 
     fn write_complete(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self.closed() {
+        // (A TLS connection's handshake flights are no output of the application.)
+        if self.closed() || !self.is_up() {
             return;
         }
         let owner = self.owner.clone();

@@ -40,6 +40,10 @@ pub struct ServerBuilder {
     conn: ConnConfig,
     callbacks: Callbacks,
     thread_init: Option<ThreadInit>,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<rustls::ServerConfig>>,
+    #[cfg(feature = "tls")]
+    tls_handshake_timeout: Duration,
 }
 
 impl ServerBuilder {
@@ -58,6 +62,10 @@ impl ServerBuilder {
             conn: ConnConfig::default(),
             callbacks: Callbacks::default(),
             thread_init: None,
+            #[cfg(feature = "tls")]
+            tls: None,
+            #[cfg(feature = "tls")]
+            tls_handshake_timeout: crate::tls::DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -127,6 +135,24 @@ impl ServerBuilder {
     }
     conn_config_setters!();
     callback_setters!();
+    /// Serves TLS with `config` on every connection (see [`crate::tls`]): the callbacks
+    /// see plaintext; a connection is up (its connection callback runs) once its
+    /// handshake completes; one whose handshake fails is closed, counted
+    /// ([`CloseReason::Tls`](crate::CloseReason::Tls)) and logged, and no callback sees it.
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+    /// Closes a TLS connection whose handshake has not completed after `timeout`
+    /// (default [`tls::DEFAULT_HANDSHAKE_TIMEOUT`](crate::tls::DEFAULT_HANDSHAKE_TIMEOUT),
+    /// 10 s).
+    #[cfg(feature = "tls")]
+    pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        self.tls_handshake_timeout =
+            timeout.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+        self
+    }
     /// Called for each open connection when a graceful
     /// [`shutdown`](crate::ServerHandle::shutdown) begins. Without it, a connection
     /// half-closes once its output is written. With it, the callback decides: an
@@ -234,6 +260,11 @@ impl ServerBuilder {
                     on_close: Some(close_hook(&shared)),
                     counters: counters.clone(),
                     server: Some(shared.link.clone()),
+                    #[cfg(feature = "tls")]
+                    tls: self.tls.clone().map(|config| crate::conn::TlsSetup {
+                        role: crate::conn::TlsRole::Server(config),
+                        handshake_timeout: self.tls_handshake_timeout,
+                    }),
                 })
             })
             .collect();

@@ -1,0 +1,617 @@
+//! TLS inside a connection: a rustls session on the connection's loop, between the
+//! socket and the connection's buffers (feature `tls`).
+//!
+//! rustls does no I/O of its own, so it fits the state machine without a thread or a
+//! runtime. The connection keeps its shape (`ReadSide`, `WriteSide`, one close); a TLS
+//! connection's [`Machine`] holds one more thing, a boxed [`TlsState`] (`None` for plain
+//! TCP: a plain connection pays one branch on its read and send paths).
+//!
+//! - **Reading.** One `recv` takes up to 64 KiB of ciphertext into a per-thread area
+//!   (nothing per connection); it is all handed to rustls (`read_tls`, then
+//!   `process_new_packets`), and all the plaintext rustls then holds is moved into the
+//!   connection's [`InputBuffer`](duo_buffer::InputBuffer) at once, before the message
+//!   callback runs. So rustls never keeps deliverable plaintext after an event: with edge
+//!   triggering nothing can be stranded without a new edge; only a partial record waits
+//!   in rustls for the rest of its bytes, which come with a new edge. The read budget,
+//!   the input limit and pauses work as for plain TCP.
+//! - **Writing.** A send encrypts the plaintext (`writer()`), and the records rustls made
+//!   are taken out at once (`write_tls`) into a per-thread vector, then go the plain
+//!   way: straight to the socket when nothing is queued, the rest into the pooled
+//!   [`OutputBuffer`](duo_buffer::OutputBuffer). rustls' own send buffer stays empty;
+//!   flushing, the output limit, backpressure and write-complete work on the ciphertext
+//!   unchanged.
+//! - **Handshake.** Its flights go out the same way after each read. The "up" callback
+//!   runs once the handshake completes; a connection whose handshake fails (or does not
+//!   finish within the handshake timeout, a loop timer) never was up: no callback sees
+//!   it, it is counted (`CloseReason::Tls`) and logged, rate-limited, with the reason.
+//! - **Ending.** `shutdown` and `close_after_flush` queue `close_notify` after the
+//!   ciphertext of what was sent before. The peer's `close_notify` is its end of stream
+//!   (the half-close callback, as for TCP). A TCP end of stream without `close_notify`
+//!   closes with [`TlsFailure::Truncated`] once the output is written; a protocol error
+//!   sends rustls' alert (best effort) and closes with [`TlsFailure::Protocol`].
+//!
+//! Statistics count bytes on the wire (ciphertext), as for plain TCP.
+
+use std::cell::Cell;
+use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::sync::Arc;
+use std::time::Duration;
+
+use duo_buffer::{BufferError, ReadOutcome};
+use duo_reactor::{Channel, EventLoop, LogLimiter, TimerId};
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
+
+use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
+use crate::close_reason::{CloseReason, TlsFailure};
+
+/// Failed handshakes: a peer (or a port scanner) can cause as many as it opens.
+static HANDSHAKE_FAILED: LogLimiter = LogLimiter::new("TLS handshake failed");
+/// TLS errors after the handshake.
+static TLS_ERROR: LogLimiter = LogLimiter::new("TLS error");
+
+/// Most ciphertext one read takes from the socket.
+const CIPHER_READ: usize = 64 << 10;
+/// Capacity of the per-thread ciphertext vector kept between sends.
+const CIPHER_OUT_KEEP: usize = 256 << 10;
+
+type CipherArea = [u8; CIPHER_READ];
+
+thread_local! {
+    /// This thread's area for ciphertext read from a socket, taken for one read.
+    static CIPHER_IN: Cell<Option<Box<CipherArea>>> = const { Cell::new(None) };
+    /// This thread's vector for the records of one send, taken for one send.
+    static CIPHER_OUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
+}
+
+fn take_in_area() -> Box<CipherArea> {
+    CIPHER_IN
+        .try_with(Cell::take)
+        .ok()
+        .flatten()
+        .unwrap_or_else(|| Box::new([0u8; CIPHER_READ]))
+}
+
+fn put_in_area(area: Box<CipherArea>) {
+    let _ = CIPHER_IN.try_with(move |c| c.set(Some(area)));
+}
+
+fn take_out_vec() -> Vec<u8> {
+    CIPHER_OUT.try_with(Cell::take).unwrap_or_default()
+}
+
+fn put_out_vec(mut v: Vec<u8>) {
+    v.clear();
+    v.shrink_to(CIPHER_OUT_KEEP);
+    let _ = CIPHER_OUT.try_with(move |c| c.set(v));
+}
+
+/// Which side of the handshake the connections of an owner take.
+#[derive(Clone)]
+pub(crate) enum TlsRole {
+    /// A server's accepted connections.
+    Server(Arc<ServerConfig>),
+    /// A client's connection, verifying the server as `ServerName`.
+    Client(Arc<ClientConfig>, ServerName<'static>),
+}
+
+/// TLS settings shared by every connection of a server or client.
+#[derive(Clone)]
+pub(crate) struct TlsSetup {
+    pub(crate) role: TlsRole,
+    /// A handshake not complete after this closes its connection.
+    pub(crate) handshake_timeout: Duration,
+}
+
+impl TlsSetup {
+    /// A fresh session for one connection.
+    fn session(&self) -> Result<Connection, rustls::Error> {
+        Ok(match &self.role {
+            TlsRole::Server(config) => ServerConnection::new(config.clone())?.into(),
+            TlsRole::Client(config, name) => {
+                ClientConnection::new(config.clone(), name.clone())?.into()
+            }
+        })
+    }
+}
+
+/// The TLS side of one connection.
+pub(crate) struct TlsState {
+    conn: Connection,
+    /// The handshake completed and the "up" callback ran.
+    up: bool,
+    /// The peer's `close_notify` arrived and all the plaintext before it was taken out.
+    peer_closed: bool,
+    /// The handshake timeout.
+    timer: Option<TimerId>,
+}
+
+impl TlsState {
+    /// A session for a new connection of an owner with `setup`.
+    pub(crate) fn new(setup: &TlsSetup) -> Result<Box<TlsState>, rustls::Error> {
+        Ok(Box::new(TlsState {
+            conn: setup.session()?,
+            up: false,
+            peer_closed: false,
+            timer: None,
+        }))
+    }
+}
+
+/// What the negotiation of a TLS connection settled on
+/// ([`ConnCtx::tls_info`](crate::ConnCtx::tls_info)).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsInfo {
+    /// The protocol version (`TLSv1_3`, `TLSv1_2`).
+    pub protocol: Option<rustls::ProtocolVersion>,
+    /// The cipher suite.
+    pub cipher_suite: Option<rustls::CipherSuite>,
+    /// The application protocol agreed through ALPN, if any.
+    pub alpn: Option<Vec<u8>>,
+    /// The peer's certificate chain (DER), end entity first, if it presented one.
+    pub peer_certificates: Vec<Vec<u8>>,
+}
+
+/// Writes every record rustls holds to `out`.
+fn drain_records(conn: &mut Connection, out: &mut Vec<u8>) {
+    while conn.wants_write() {
+        // Writing into a vector cannot fail.
+        if conn.write_tls(out).is_err() {
+            break;
+        }
+    }
+}
+
+impl Machine {
+    /// Whether a TLS handshake is still under way (never for plain TCP).
+    pub(super) fn tls_pending(&self) -> bool {
+        self.tls.as_ref().is_some_and(|t| !t.up)
+    }
+
+    /// What the handshake negotiated (`None` for plain TCP or before the handshake
+    /// completed).
+    pub(super) fn tls_info(&self) -> Option<TlsInfo> {
+        let tls = self.tls.as_ref().filter(|t| t.up)?;
+        let c = &tls.conn;
+        Some(TlsInfo {
+            protocol: c.protocol_version(),
+            cipher_suite: c.negotiated_cipher_suite().map(|s| s.suite()),
+            alpn: c.alpn_protocol().map(<[u8]>::to_vec),
+            peer_certificates: c
+                .peer_certificates()
+                .map(|certs| certs.iter().map(|c| c.as_ref().to_vec()).collect())
+                .unwrap_or_default(),
+        })
+    }
+
+    /// A new TLS connection is registered: start the handshake timer and send the first
+    /// flight (a client's hello).
+    pub(super) fn tls_start(&mut self, lp: &mut EventLoop, ch: &mut Channel, timeout: Duration) {
+        let token = ch.token();
+        let timer = lp.run_after(timeout, move |lp| {
+            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                if let Some(tls) = conn.m.tls.as_mut() {
+                    tls.timer = None;
+                }
+                if conn.m.tls_pending() {
+                    conn.m
+                        .tls_fail(lp, ch, TlsFailure::HandshakeTimeout, &"no handshake");
+                }
+            });
+        });
+        if let Some(tls) = self.tls.as_mut() {
+            tls.timer = Some(timer);
+        }
+        self.tls_flush(lp, ch);
+    }
+
+    /// Sends the records rustls made by itself (handshake flights, alerts,
+    /// `close_notify`), after everything queued before.
+    fn tls_flush(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        if !tls.conn.wants_write() {
+            return;
+        }
+        let mut out = take_out_vec();
+        drain_records(&mut tls.conn, &mut out);
+        self.send_raw(lp, ch, &out);
+        put_out_vec(out);
+    }
+
+    /// Queues ciphertext that is no message of the application: not counted as one, no
+    /// limit or high-water mark; written at once if nothing is queued.
+    fn send_raw(&mut self, lp: &mut EventLoop, ch: &mut Channel, mut bytes: &[u8]) {
+        if bytes.is_empty() || matches!(self.write, WriteSide::Gone { .. }) || self.closed() {
+            return;
+        }
+        if self.output.is_empty() && !ch.is_writing() {
+            match duo_sys::send_vectored(ch.fd(), &[IoSlice::new(bytes)]) {
+                Ok(n) => {
+                    self.owner.counters.add_out(n);
+                    bytes = &bytes[n..];
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+                Err(e) => {
+                    self.write_failed(lp, ch, &e);
+                    return;
+                }
+            }
+            if bytes.is_empty() {
+                return;
+            }
+        }
+        if let Err(e) = self.output.append(bytes) {
+            duo_reactor::log_limited!(
+                log::Level::Error,
+                "{}: cannot buffer TLS output: {e}; closing",
+                self.handle.name()
+            );
+            self.close(lp, ch, CloseReason::OutOfMemory);
+            return;
+        }
+        self.owner.counters.queued(bytes.len());
+        ch.enable_writing();
+    }
+
+    /// Encrypts `parts` and sends the records as one message of the application.
+    pub(super) fn send_tls(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        parts: &[&[u8]],
+    ) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return false;
+        };
+        let mut out = take_out_vec();
+        let accepted = encrypt(&mut tls.conn, parts, &mut out);
+        let ok = if out.is_empty() {
+            // Everything waits in rustls for the handshake to complete.
+            if accepted {
+                self.owner.counters.add_message_out();
+            }
+            accepted
+        } else {
+            self.send_wire(lp, ch, &[&out], None) && accepted
+        };
+        put_out_vec(out);
+        ok
+    }
+
+    /// Queues `close_notify` after everything sent so far (once; nothing for plain TCP).
+    pub(super) fn tls_close_notify(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        let Some(tls) = self.tls.as_mut() else { return };
+        tls.conn.send_close_notify();
+        self.tls_flush(lp, ch);
+    }
+
+    /// Called by [`Machine::close`]: stops the handshake timer; false if the connection
+    /// never was up (no callback may see it).
+    pub(super) fn tls_closing(&mut self, lp: &mut EventLoop, reason: CloseReason) -> bool {
+        let Some(tls) = self.tls.as_mut() else {
+            return true;
+        };
+        if let Some(timer) = tls.timer.take() {
+            lp.cancel(timer);
+        }
+        if !tls.up && !matches!(reason, CloseReason::Tls(_)) {
+            duo_reactor::log_limited!(
+                limiter: HANDSHAKE_FAILED,
+                log::Level::Info,
+                "{}: TLS handshake not completed: {reason}",
+                self.handle.name()
+            );
+        }
+        tls.up
+    }
+
+    /// The TLS session failed: send its alert (best effort), log, close.
+    fn tls_fail(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        failure: TlsFailure,
+        why: &dyn std::fmt::Display,
+    ) {
+        let failure = match failure {
+            TlsFailure::Protocol if self.tls_pending() => TlsFailure::Handshake,
+            f => f,
+        };
+        let limiter = if failure == TlsFailure::Handshake || failure == TlsFailure::HandshakeTimeout
+        {
+            &HANDSHAKE_FAILED
+        } else {
+            &TLS_ERROR
+        };
+        duo_reactor::log_limited!(
+            limiter: *limiter,
+            log::Level::Info,
+            "{}: TLS {failure}: {why}; closing",
+            self.handle.name()
+        );
+        // The alert rustls queued goes out if the socket takes it now; nobody waits.
+        if let Some(tls) = self.tls.as_mut() {
+            let mut out = take_out_vec();
+            drain_records(&mut tls.conn, &mut out);
+            if self.output.is_empty() && !ch.is_writing() && !out.is_empty() {
+                let _ = duo_sys::send_vectored(ch.fd(), &[IoSlice::new(&out)]);
+            }
+            put_out_vec(out);
+        }
+        self.close(lp, ch, CloseReason::Tls(failure));
+    }
+}
+
+/// A reader with nothing to read yet.
+struct NothingYet;
+
+impl io::Read for NothingYet {
+    fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+        Err(io::ErrorKind::WouldBlock.into())
+    }
+}
+
+/// Encrypts `parts` into records appended to `out`; false if rustls took not all of it
+/// (its buffer of plaintext waiting for the handshake is full, or the session failed).
+fn encrypt(conn: &mut Connection, parts: &[&[u8]], out: &mut Vec<u8>) -> bool {
+    let total: usize = parts.iter().map(|p| p.len()).sum();
+    let mut done = 0;
+    if (2..=8).contains(&parts.len()) {
+        // Several pieces (a header and a payload) in one record.
+        let mut slices = [IoSlice::new(&[]); 8];
+        for (slot, part) in slices.iter_mut().zip(parts) {
+            *slot = IoSlice::new(part);
+        }
+        done = conn
+            .writer()
+            .write_vectored(&slices[..parts.len()])
+            .unwrap_or(0);
+        drain_records(conn, out);
+    }
+    while done < total {
+        let (i, off) = locate(parts, done);
+        let n = conn.writer().write(&parts[i][off..]).unwrap_or(0);
+        let before = out.len();
+        drain_records(conn, out);
+        if n == 0 && out.len() == before {
+            return false;
+        }
+        done += n;
+    }
+    true
+}
+
+/// Where byte `at` of `parts` lies: (part index, offset in it).
+fn locate(parts: &[&[u8]], mut at: usize) -> (usize, usize) {
+    for (i, p) in parts.iter().enumerate() {
+        if at < p.len() {
+            return (i, at);
+        }
+        at -= p.len();
+    }
+    (
+        parts.len().saturating_sub(1),
+        parts.last().map_or(0, |p| p.len()),
+    )
+}
+
+impl LoopConn {
+    /// [`LoopConn::read_ready`] for a TLS connection.
+    pub(super) fn tls_read_ready(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        until_eagain: bool,
+    ) {
+        let mut budget = self.m.owner.config.read_budget;
+        if !self.m.wants_reading() {
+            self.m.sync_reading(ch);
+            return;
+        }
+        if std::mem::take(&mut self.m.held_input) {
+            if !self.input.is_empty() && !self.deliver_and_settle(lp, ch) {
+                return;
+            }
+            if self.tls_peer_closed() {
+                self.peer_finished(lp, ch);
+                return;
+            }
+        }
+        loop {
+            if !self.m.wants_reading() {
+                self.m.sync_reading(ch);
+                return;
+            }
+            let mut area = take_in_area();
+            let result = duo_sys::recv_vectored(ch.fd(), &mut [IoSliceMut::new(&mut area[..])]);
+            let (len, drained) = match result {
+                Ok(0) => {
+                    put_in_area(area);
+                    self.tls_eof(lp, ch);
+                    return;
+                }
+                Ok(n) => {
+                    let open = self.tls_take_in(lp, ch, &area[..n]);
+                    put_in_area(area);
+                    if !open {
+                        return;
+                    }
+                    (n, n < CIPHER_READ)
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    put_in_area(area);
+                    return;
+                }
+                Err(e) => {
+                    put_in_area(area);
+                    duo_reactor::log_limited!(
+                        log::Level::Debug,
+                        "{}: read: {e}",
+                        self.m.handle.name()
+                    );
+                    let kind = self.m.gone_error().unwrap_or(e.kind());
+                    self.m.close(lp, ch, CloseReason::Error(kind));
+                    return;
+                }
+            };
+            if !self.m.tls_pending() {
+                if !self.input.is_empty() {
+                    if self.m.user_paused() {
+                        self.hold_input(lp, ch);
+                        return;
+                    }
+                    if !self.deliver_and_settle(lp, ch) {
+                        return;
+                    }
+                }
+                if self.tls_peer_closed() {
+                    if self.m.wants_reading() {
+                        self.peer_finished(lp, ch);
+                    } else {
+                        // Seen when reading resumes.
+                        self.m.held_input = true;
+                        self.m.sync_reading(ch);
+                    }
+                    return;
+                }
+            }
+            if !self.m.owner.config.edge_triggered || (drained && !until_eagain) {
+                return;
+            }
+            budget = budget.saturating_sub(len);
+            if budget == 0 {
+                self.queue_more_reading(lp, ch);
+                return;
+            }
+        }
+    }
+
+    fn tls_peer_closed(&self) -> bool {
+        self.m.tls.as_ref().is_some_and(|t| t.peer_closed) && self.m.read != ReadSide::Eof
+    }
+
+    /// Hands `wire` (ciphertext just read) to rustls, sends what the handshake answers,
+    /// moves the plaintext into the input buffer, and runs the "up" callback when the
+    /// handshake completes. False if the connection closed.
+    fn tls_take_in(&mut self, lp: &mut EventLoop, ch: &mut Channel, mut wire: &[u8]) -> bool {
+        self.m.owner.counters.add_in(wire.len());
+        ch.progressed();
+        self.m.handle.touch(lp.poll_time());
+        if self.m.owner.config.idle_refresh_on_read {
+            self.m.idle_refresh(lp, ch.token());
+        }
+        let LoopConn { input, m } = self;
+        let Some(tls) = m.tls.as_mut() else {
+            return false;
+        };
+        let mut failure: Option<(TlsFailure, String)> = None;
+        let mut too_large = None;
+        while !wire.is_empty() && failure.is_none() && too_large.is_none() {
+            match tls.conn.read_tls(&mut wire) {
+                Ok(0) => break, // after close_notify rustls takes nothing more
+                Ok(_) => {}
+                Err(e) => {
+                    failure = Some((TlsFailure::Protocol, e.to_string()));
+                    break;
+                }
+            }
+            if let Err(e) = tls.conn.process_new_packets() {
+                failure = Some((TlsFailure::Protocol, e.to_string()));
+            }
+            // Whatever was decrypted, also before an error.
+            loop {
+                match input.read_with(|iovs| io::Read::read_vectored(&mut tls.conn.reader(), iovs))
+                {
+                    Ok(ReadOutcome::Data { .. }) => {}
+                    Ok(ReadOutcome::WouldBlock) => break,
+                    Ok(ReadOutcome::Eof) => {
+                        tls.peer_closed = true;
+                        break;
+                    }
+                    Err(e) => {
+                        too_large = Some(e);
+                        break;
+                    }
+                }
+            }
+        }
+        if failure.is_none() && !tls.peer_closed {
+            // rustls gives its read buffer back down to 4 KiB when it holds no partial
+            // record, but only when asked for the next read: ask now (a reader with
+            // nothing yet), so that an idle connection does not keep a large one.
+            let _ = tls.conn.read_tls(&mut NothingYet);
+        }
+        let just_up = failure.is_none() && !tls.up && !tls.conn.is_handshaking();
+        if just_up {
+            tls.up = true;
+            if let Some(timer) = tls.timer.take() {
+                lp.cancel(timer);
+            }
+        }
+        if let Some((f, why)) = failure {
+            m.tls_fail(lp, ch, f, &why);
+            return false;
+        }
+        m.tls_flush(lp, ch);
+        if m.closed() {
+            return false;
+        }
+        match too_large {
+            Some(BufferError::Full { limit }) => {
+                duo_reactor::log_limited!(
+                    log::Level::Warn,
+                    "{}: {limit} bytes of input not consumed by the message callback; closing",
+                    m.handle.name()
+                );
+                m.close(lp, ch, CloseReason::InputTooLarge);
+                return false;
+            }
+            Some(e) => {
+                duo_reactor::log_limited!(
+                    log::Level::Error,
+                    "{}: read: {e}; closing",
+                    m.handle.name()
+                );
+                m.close(lp, ch, CloseReason::OutOfMemory);
+                return false;
+            }
+            None => {}
+        }
+        if just_up {
+            log::debug!("{}: TLS handshake complete", m.handle.name());
+            m.up(lp, ch);
+        }
+        !m.closed()
+    }
+
+    /// The TCP stream ended.
+    fn tls_eof(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.m.tls_pending() {
+            self.m.tls_fail(
+                lp,
+                ch,
+                TlsFailure::Handshake,
+                &"the peer closed the connection",
+            );
+            return;
+        }
+        if self.tls_peer_closed() {
+            self.peer_finished(lp, ch);
+            return;
+        }
+        duo_reactor::log_limited!(
+            limiter: TLS_ERROR,
+            log::Level::Debug,
+            "{}: the peer ended the stream without close_notify",
+            self.m.handle.name()
+        );
+        self.m.set_read(ReadSide::Eof);
+        ch.disable_reading();
+        let reason = CloseReason::Tls(TlsFailure::Truncated);
+        if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {
+            self.m.close(lp, ch, reason);
+        } else {
+            self.m.close_after_flush(lp, ch, reason);
+        }
+    }
+}

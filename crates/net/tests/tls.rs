@@ -1,0 +1,580 @@
+//! TLS over loopback against real rustls peers: a blocking rustls client against a duo
+//! server, a duo client against a plain rustls server, large transfers both ways with
+//! backpressure, close_notify, and every way a handshake or a session can fail (each a
+//! clear close with its reason, the server serving the next good client).
+#![cfg(feature = "tls")]
+
+mod util;
+
+use std::io::{ErrorKind, Read, Write};
+use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duo_net::tls::{self, rustls};
+use duo_net::{CloseReason, EventLoop, TcpClient, TcpServer, TlsFailure};
+use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::{ClientConnection, ServerConnection, StreamOwned};
+use util::{localhost, TestServer};
+
+/// A test CA and a certificate for "localhost" it signed.
+struct Pki {
+    ca: CertificateDer<'static>,
+    leaf: CertificateDer<'static>,
+    leaf_key: Vec<u8>,
+}
+
+fn make_ca() -> (rcgen::Certificate, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "duo test CA");
+    (params.self_signed(&key).unwrap(), key)
+}
+
+fn pki() -> Pki {
+    let (ca, ca_key) = make_ca();
+    let leaf_key = rcgen::KeyPair::generate().unwrap();
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+        .unwrap()
+        .signed_by(&leaf_key, &ca, &ca_key)
+        .unwrap();
+    Pki {
+        ca: ca.der().clone(),
+        leaf: leaf.der().clone(),
+        leaf_key: leaf_key.serialize_der(),
+    }
+}
+
+impl Pki {
+    fn server_config(&self) -> Arc<rustls::ServerConfig> {
+        let key = PrivateKeyDer::Pkcs8(self.leaf_key.clone().into());
+        Arc::new(
+            rustls::ServerConfig::builder_with_provider(tls::provider())
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(vec![self.leaf.clone()], key)
+                .unwrap(),
+        )
+    }
+    fn client_config(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        tls::client_config(roots).unwrap()
+    }
+}
+
+/// What the test server saw.
+#[derive(Default)]
+struct Seen {
+    up: AtomicUsize,
+    reasons: Mutex<Vec<CloseReason>>,
+    high_water: AtomicBool,
+}
+
+/// A TLS echo server that records its connections' ups and close reasons.
+fn tls_echo(
+    pki: &Pki,
+    build: impl FnOnce(duo_net::ServerBuilder) -> duo_net::ServerBuilder + Send + 'static,
+) -> (TestServer, Arc<Seen>) {
+    let config = pki.server_config();
+    let seen = Arc::new(Seen::default());
+    let s = seen.clone();
+    let server = TestServer::start(move || {
+        let (s1, s2) = (s.clone(), s.clone());
+        build(
+            TcpServer::builder("tls-echo", localhost())
+                .io_threads(1)
+                .tls(config)
+                .on_connection(move |conn| {
+                    if conn.is_connected() {
+                        s1.up.fetch_add(1, Ordering::SeqCst);
+                    } else if let Some(r) = conn.close_reason() {
+                        s1.reasons.lock().unwrap().push(r);
+                    }
+                })
+                .on_high_water_mark(move |_, _| s2.high_water.store(true, Ordering::SeqCst))
+                .on_message(|ctx, input| {
+                    assert!(ctx.tls_info().is_some());
+                    ctx.send(input.peek());
+                    input.consume_all();
+                }),
+        )
+    });
+    (server, seen)
+}
+
+/// A blocking rustls client connected to `addr`, verifying "localhost".
+fn rustls_client(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    name: &str,
+) -> StreamOwned<ClientConnection, TcpStream> {
+    let sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    sock.set_write_timeout(Some(LIMIT)).unwrap();
+    let conn = ClientConnection::new(config, tls::server_name(name).unwrap()).unwrap();
+    StreamOwned::new(conn, sock)
+}
+
+/// One echo through a fresh client: the server still serves.
+fn good_echo(addr: SocketAddr, pki: &Pki) {
+    let mut c = rustls_client(addr, pki.client_config(), "localhost");
+    c.write_all(b"still serving").unwrap();
+    let mut back = [0u8; 13];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still serving");
+}
+
+/// Reads from a raw socket until the server closes it; true if it did within LIMIT.
+fn closed_by_server(s: &mut TcpStream) -> bool {
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => return e.kind() != ErrorKind::WouldBlock && e.kind() != ErrorKind::TimedOut,
+        }
+    }
+}
+
+/// A real ClientHello, as a rustls client sends it first.
+fn client_hello(pki: &Pki) -> Vec<u8> {
+    let mut conn =
+        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
+    let mut hello = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut hello).unwrap();
+    }
+    hello
+}
+
+fn tls_closes(server: &TestServer) -> u64 {
+    server.stats().closes().tls
+}
+
+#[test]
+fn rustls_client_echoes_and_close_notify_ends_it() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b);
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    c.write_all(b"hello over tls").unwrap();
+    let mut back = [0u8; 14];
+    c.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"hello over tls");
+    assert_eq!(seen.up.load(Ordering::SeqCst), 1);
+    // Our close_notify is the server's end of stream: it answers with its own and closes.
+    c.conn.send_close_notify();
+    c.flush().unwrap();
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest)
+        .expect("a clean close_notify from the server");
+    assert!(rest.is_empty());
+    wait_until("the close is counted", || {
+        seen.reasons.lock().unwrap().as_slice() == [CloseReason::Peer]
+    });
+    let stats = server.stats();
+    assert!(
+        stats.bytes_in() > 14 && stats.bytes_out() > 14,
+        "ciphertext counted"
+    );
+    server.stop();
+}
+
+#[test]
+fn half_close_with_close_notify_still_gets_late_replies() {
+    let pki = pki();
+    let (server, _seen) = tls_echo(&pki, |b| {
+        b.on_peer_half_close(|ctx| {
+            assert!(ctx.peer_half_closed());
+            ctx.send(b" bye");
+            ctx.close_after_flush();
+        })
+    });
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    c.write_all(b"last words").unwrap();
+    c.conn.send_close_notify();
+    c.flush().unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last words bye");
+    server.stop();
+}
+
+/// Pumps a non-blocking rustls client: sends `data` without reading until `paused` is set
+/// (the server's output passed its high-water mark: the kernel's buffers both ways are
+/// full) or everything is sent, then reads and writes until everything came back.
+fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], paused: &AtomicBool, deadline: Instant) {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    let mut conn =
+        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    sock.set_nonblocking(true).unwrap();
+    let (mut sent, mut received) = (0, 0);
+    let mut reading = false;
+    let mut buf = vec![0u8; 64 << 10];
+    while received < data.len() {
+        assert!(
+            Instant::now() < deadline,
+            "sent {sent} got {received} of {}",
+            data.len()
+        );
+        let mut progress = false;
+        if sent < data.len() && !conn.wants_write() {
+            let n = (data.len() - sent).min(16 << 10);
+            sent += conn.writer().write(&data[sent..sent + n]).unwrap();
+        }
+        while conn.wants_write() {
+            match conn.write_tls(&mut sock) {
+                Ok(_) => progress = true,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    reading = paused.load(Ordering::SeqCst);
+                    break;
+                }
+                Err(e) => panic!("write: {e}"),
+            }
+        }
+        if reading || sent == data.len() {
+            match conn.read_tls(&mut sock) {
+                Ok(0) => panic!("EOF after {received}"),
+                Ok(_) => {
+                    progress = true;
+                    conn.process_new_packets().unwrap();
+                    loop {
+                        match conn.reader().read(&mut buf) {
+                            Ok(n) if n > 0 => {
+                                assert_eq!(buf[..n], data[received..received + n]);
+                                received += n;
+                            }
+                            _ => break,
+                        }
+                    }
+                }
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        if !progress {
+            thread::sleep(Duration::from_micros(200));
+        }
+    }
+}
+
+#[test]
+fn large_transfer_from_a_rustls_client_with_backpressure() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b.water_marks(64 << 10, 16 << 10));
+    // More than the kernel's loopback buffers hold both ways (up to about 10 MiB each).
+    let data = random_bytes(7, 32 << 20);
+    pump_echo(
+        server.addr(),
+        &pki,
+        &data,
+        &seen.high_water,
+        Instant::now() + LIMIT * 3,
+    );
+    assert!(
+        seen.high_water.load(Ordering::SeqCst),
+        "the output passed the high-water mark"
+    );
+    server.stop();
+}
+
+/// A plain rustls echo server on a std listener, one connection: echoes until the
+/// client's close_notify, then sends its own and closes.
+fn rustls_echo_server(pki: &Pki) -> (SocketAddr, thread::JoinHandle<usize>) {
+    let listener = TcpListener::bind(localhost()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = pki.server_config();
+    let t = thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        sock.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut s = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
+        let mut buf = vec![0u8; 64 << 10];
+        let mut total = 0;
+        loop {
+            match s.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    total += n;
+                    s.write_all(&buf[..n]).unwrap();
+                }
+                Err(e) => panic!("rustls server read: {e}"),
+            }
+        }
+        s.conn.send_close_notify();
+        s.flush().unwrap();
+        total
+    });
+    (addr, t)
+}
+
+#[test]
+fn duo_client_against_a_rustls_server_large_transfer_and_close_notify() {
+    let pki = pki();
+    let (addr, peer) = rustls_echo_server(&pki);
+    let data = Arc::new(random_bytes(11, 4 << 20));
+    let mut lp = EventLoop::new().unwrap();
+    let got = Arc::new(Mutex::new(Vec::new()));
+    let (closed_tx, closed_rx) = mpsc::channel();
+    let (d, g) = (data.clone(), got.clone());
+    let g2 = got.clone();
+    let want = data.len();
+    let client = TcpClient::builder("tls-client", addr)
+        .tls(pki.client_config(), tls::server_name("localhost").unwrap())
+        .water_marks(64 << 10, 16 << 10)
+        .on_connection(move |conn| {
+            if conn.is_connected() {
+                // Several sends, far past the high-water mark.
+                for chunk in d.chunks(256 << 10) {
+                    assert!(conn.send(chunk.to_vec()).is_ok());
+                }
+            } else {
+                let _ = closed_tx.send(conn.close_reason());
+            }
+        })
+        .on_message(move |ctx, input| {
+            let mut g = g.lock().unwrap();
+            g.extend_from_slice(input.peek());
+            input.consume_all();
+            if g.len() == want {
+                ctx.shutdown(); // close_notify, then FIN
+            }
+        })
+        .on_close(move |conn| {
+            let _ = conn.loop_handle().queue_in_loop(|lp| lp.quit());
+        })
+        .connect(&lp.handle());
+    let guard = lp.run_after(LIMIT * 2, |lp| lp.quit());
+    lp.run().unwrap();
+    lp.cancel(guard);
+    assert_eq!(g2.lock().unwrap().len(), want, "everything echoed");
+    assert!(*g2.lock().unwrap() == *data);
+    assert_eq!(closed_rx.try_recv().unwrap(), Some(CloseReason::Peer));
+    assert_eq!(join_within("rustls server", peer), want);
+    drop(client);
+}
+
+#[test]
+fn a_client_that_does_not_trust_the_certificate_fails_and_the_server_goes_on() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b);
+    let other = self::pki(); // another CA
+    let mut c = rustls_client(server.addr(), other.client_config(), "localhost");
+    let err = c.write_all(b"x").and_then(|_| c.flush()).and_then(|_| {
+        let mut b = [0u8; 1];
+        c.read(&mut b).map(|_| ())
+    });
+    assert!(err.is_err(), "the client refuses the server's certificate");
+    wait_until("the server closes it as a TLS failure", || {
+        tls_closes(&server) == 1
+    });
+    assert_eq!(seen.up.load(Ordering::SeqCst), 0, "never up");
+    assert!(
+        seen.reasons.lock().unwrap().is_empty(),
+        "no callback for the failed one"
+    );
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn a_wrong_server_name_fails_the_handshake() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b);
+    let mut c = rustls_client(server.addr(), pki.client_config(), "example.com");
+    let err = c.write_all(b"x").and_then(|_| c.flush()).and_then(|_| {
+        let mut b = [0u8; 1];
+        c.read(&mut b).map(|_| ())
+    });
+    let err = err.expect_err("the name does not match");
+    assert!(
+        err.to_string().contains("NotValidForName") || err.to_string().contains("name"),
+        "{err}"
+    );
+    wait_until("the server closes it as a TLS failure", || {
+        tls_closes(&server) == 1
+    });
+    assert_eq!(seen.up.load(Ordering::SeqCst), 0);
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn plaintext_sent_to_the_tls_port_is_refused() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b);
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .unwrap();
+    assert!(closed_by_server(&mut s));
+    wait_until("counted as a TLS failure", || tls_closes(&server) == 1);
+    assert_eq!(seen.up.load(Ordering::SeqCst), 0);
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn a_truncated_handshake_is_closed() {
+    let pki = pki();
+    let (server, _seen) = tls_echo(&pki, |b| b);
+    let hello = client_hello(&pki);
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    s.write_all(&hello[..hello.len() / 2]).unwrap();
+    s.shutdown(Shutdown::Write).unwrap();
+    assert!(closed_by_server(&mut s));
+    wait_until("counted as a TLS failure", || tls_closes(&server) == 1);
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn a_stalled_handshake_times_out() {
+    let pki = pki();
+    let timeout = Duration::from_millis(300);
+    let (server, _seen) = tls_echo(&pki, move |b| b.tls_handshake_timeout(timeout));
+    let hello = client_hello(&pki);
+    let mut s = TcpStream::connect(server.addr()).unwrap();
+    let started = Instant::now();
+    s.write_all(&hello[..hello.len() / 2]).unwrap();
+    // We keep the connection open and say nothing more.
+    assert!(closed_by_server(&mut s));
+    assert!(
+        started.elapsed() >= timeout,
+        "closed by the timeout, not before"
+    );
+    wait_until("counted as a TLS failure", || tls_closes(&server) == 1);
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn a_peer_that_stops_mid_record_is_closed_as_truncated() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b);
+    let mut sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut conn =
+        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    conn.writer().write_all(&[7u8; 1000]).unwrap();
+    let mut record = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut record).unwrap();
+    }
+    sock.write_all(&record[..record.len() / 2]).unwrap();
+    sock.shutdown(Shutdown::Write).unwrap();
+    assert!(closed_by_server(&mut sock));
+    wait_until("the close is seen", || {
+        !seen.reasons.lock().unwrap().is_empty()
+    });
+    assert_eq!(
+        seen.reasons.lock().unwrap().as_slice(),
+        [CloseReason::Tls(TlsFailure::Truncated)]
+    );
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn a_garbled_record_after_the_handshake_is_a_protocol_error() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b);
+    let mut sock = TcpStream::connect(server.addr()).unwrap();
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut conn =
+        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    conn.writer().write_all(b"hello").unwrap();
+    let mut record = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut record).unwrap();
+    }
+    let last = record.len() - 1;
+    record[last] ^= 0xff; // the authentication tag no longer matches
+    sock.write_all(&record).unwrap();
+    assert!(closed_by_server(&mut sock));
+    wait_until("the close is seen", || {
+        !seen.reasons.lock().unwrap().is_empty()
+    });
+    assert_eq!(
+        seen.reasons.lock().unwrap().as_slice(),
+        [CloseReason::Tls(TlsFailure::Protocol)]
+    );
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
+
+#[test]
+fn an_output_limit_discards_whole_messages_and_the_stream_stays_valid() {
+    let pki = pki();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let a = accepted.clone();
+    let (server, _seen) = tls_echo(&pki, move |b| {
+        b.output_limit(256 << 10, duo_net::OutputLimit::Discard)
+            .on_message(move |ctx, input| {
+                input.consume_all();
+                // More than the kernel's loopback buffers hold (up to about 10 MiB).
+                let msg = vec![b'x'; 64 << 10];
+                for _ in 0..200 {
+                    if ctx.send(&msg) {
+                        a.fetch_add(msg.len(), Ordering::SeqCst);
+                    }
+                }
+                ctx.shutdown(); // close_notify after the accepted messages
+            })
+    });
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    c.write_all(b"go").unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got)
+        .expect("every record decrypts, then close_notify");
+    let accepted = accepted.load(Ordering::SeqCst);
+    assert_eq!(got.len(), accepted);
+    assert!(accepted < 200 * (64 << 10), "some messages were discarded");
+    assert!(got.iter().all(|&b| b == b'x'));
+    server.stop();
+}
+
+#[test]
+fn a_duo_client_whose_handshake_fails_sees_no_callback() {
+    let pki = pki();
+    let (server, _seen) = tls_echo(&pki, |b| b);
+    let mut lp = EventLoop::new().unwrap();
+    let called = Arc::new(AtomicBool::new(false));
+    let c = called.clone();
+    let client = TcpClient::builder("tls-wrong-name", server.addr())
+        .tls(
+            pki.client_config(),
+            tls::server_name("example.com").unwrap(),
+        )
+        .on_connection(move |_| c.store(true, Ordering::SeqCst))
+        .connect(&lp.handle());
+    let deadline = Instant::now() + LIMIT;
+    while client.stats().closes.tls == 0 && Instant::now() < deadline {
+        let until = lp.run_after(Duration::from_millis(20), |lp| lp.quit());
+        lp.run().unwrap();
+        lp.cancel(until);
+    }
+    assert_eq!(client.stats().closes.tls, 1, "closed as a TLS failure");
+    assert!(!called.load(Ordering::SeqCst), "never up, so no callback");
+    assert!(client.connection().is_none());
+    drop(client);
+    good_echo(server.addr(), &pki);
+    server.stop();
+}
