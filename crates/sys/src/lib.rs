@@ -50,6 +50,7 @@ pub mod signalfd;
 pub mod socket;
 pub mod spawn;
 pub mod timerfd;
+pub mod unix;
 
 pub use activation::{
     check_listening_tcp, listen_fds, take_fd_from_env, take_fds_from_env, ActivationError,
@@ -72,6 +73,7 @@ pub use spawn::{
     set_parent_death_signal, signal_process, unblock_signals_in_child,
 };
 pub use timerfd::TimerFd;
+pub use unix::{own_credentials, peer_credentials, PeerCredentials};
 
 pub use socket2;
 
