@@ -45,7 +45,7 @@
 //! use duo_reactor::EventLoop;
 //!
 //! let mut main_loop = EventLoop::new()?;
-//! let _server = TcpServer::builder("echo", "127.0.0.1:7000".parse()?)
+//! let _server = TcpServer::builder("echo", "127.0.0.1:7000".parse::<duo_net::Endpoint>()?)
 //!     .io_threads(2)
 //!     .on_message(|conn, input| {
 //!         conn.send(input.peek());
@@ -69,6 +69,7 @@ mod close_reason;
 pub mod codec;
 mod config;
 mod conn;
+mod endpoint;
 mod guard;
 mod per_loop;
 pub mod process;
@@ -82,7 +83,9 @@ pub use conn::{
     ConnCtx, ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
     ServerConnections, TcpConnection,
 };
+pub use duo_sys::PeerCredentials;
 pub use duo_workers::{Job, SubmitError, ThreadPool};
+pub use endpoint::{Endpoint, ParseEndpointError};
 pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer, WhenFull};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
 
