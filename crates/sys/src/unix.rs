@@ -99,6 +99,22 @@ mod tests {
         assert_eq!(peer_credentials(server.as_fd()).unwrap(), own_credentials());
     }
 
+    /// The spin detector's queue probes (`FIONREAD`, `SIOCOUTQ`) answer on AF_UNIX too:
+    /// `SIOCOUTQ` counts the memory of what the peer has not read yet (not bytes), so
+    /// it is non-zero while data waits and zero once it is read.
+    #[test]
+    fn queue_probes_work_on_unix_streams() {
+        use std::io::{Read, Write};
+        let (mut a, mut b) = UnixStream::pair().unwrap();
+        a.write_all(b"hello").unwrap();
+        assert_eq!(crate::bytes_available(b.as_fd()).unwrap(), 5);
+        assert!(crate::bytes_unacknowledged(a.as_fd()).unwrap() > 0);
+        let mut buf = [0u8; 5];
+        b.read_exact(&mut buf).unwrap();
+        assert_eq!(crate::bytes_available(b.as_fd()).unwrap(), 0);
+        assert_eq!(crate::bytes_unacknowledged(a.as_fd()).unwrap(), 0);
+    }
+
     #[test]
     fn a_tcp_socket_has_no_unix_credentials() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
