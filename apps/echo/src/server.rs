@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
-    AcceptMode, ConnCtx, EventLoop, HealthConfig, InputBuffer, ServerBuilder, ServerHandle,
-    TcpServer, WhenFull,
+    AcceptMode, ConnCtx, Endpoint, EventLoop, HealthConfig, InputBuffer, ServerBuilder,
+    ServerHandle, TcpServer, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -26,8 +26,9 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Settings of `echo serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Address to listen on (port 0: any free port).
-    pub listen: SocketAddr,
+    /// Address to listen on: TCP (port 0: any free port) or Unix-domain (`unix:/path`,
+    /// `unix:@name`).
+    pub listen: Endpoint,
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     pub io_threads: usize,
     /// Poll connections edge-triggered (else level-triggered).
@@ -67,7 +68,7 @@ const WORKER_FD_RESERVE: u64 = 64;
 /// use, say), or stdout could not be written.
 pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
     process::prepare_server(&STOP_SIGNALS)?;
-    run(cfg, TcpServer::builder("echo", cfg.listen), None)
+    run(cfg, TcpServer::builder("echo", cfg.listen.clone()), None)
 }
 
 /// As [`serve`], on an already listening socket (socket activation) instead of
@@ -150,7 +151,7 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
             server.clone_handle(),
             cfg.drain_timeout,
         )?;
-        process::announce_listening(server.local_addr())?;
+        process::announce_listening(server.endpoint())?;
         if let Some(metrics) = &metrics {
             let mut out = io::stdout().lock();
             writeln!(out, "metrics on {}", metrics.local_addr())?;
