@@ -1,4 +1,5 @@
-//! `bank client`: a plain blocking TCP client.
+//! `bank client`: a plain blocking client, over TCP or a Unix-domain socket
+//! (`--connect unix:/path`, `unix:@name`).
 //!
 //! - One-shot: `bank client [--connect ADDR] COMMAND ...` sends the words as one command
 //!   line and prints the reply. A lone `;` separates several commands sent on the same
@@ -10,8 +11,9 @@
 //! Exit status: 1 if the connection fails or, in one-shot mode, after an `ERR` reply;
 //! else 0.
 
-use std::io::{self, BufRead, BufReader, IsTerminal, Write};
+use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::time::Duration;
 
 use crate::protocol::extra_reply_lines;
@@ -41,8 +43,8 @@ pub enum ClientError {
 
 /// A connection to the bank.
 struct Conn {
-    writer: TcpStream,
-    reader: BufReader<TcpStream>,
+    writer: Box<dyn Write>,
+    reader: BufReader<Box<dyn Read>>,
 }
 
 impl Conn {
@@ -51,6 +53,14 @@ impl Conn {
             addr: addr.to_owned(),
             source,
         };
+        if let Some(rest) = addr.strip_prefix("unix:") {
+            let stream = connect_unix(rest).map_err(connect_err)?;
+            stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            return Ok(Conn {
+                reader: BufReader::new(Box::new(stream.try_clone()?)),
+                writer: Box::new(stream),
+            });
+        }
         let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
         for a in addr.to_socket_addrs().map_err(connect_err)? {
             match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
@@ -58,8 +68,8 @@ impl Conn {
                     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
                     let _ = stream.set_nodelay(true);
                     return Ok(Conn {
-                        reader: BufReader::new(stream.try_clone()?),
-                        writer: stream,
+                        reader: BufReader::new(Box::new(stream.try_clone()?)),
+                        writer: Box::new(stream),
                     });
                 }
                 Err(e) => last = e,
@@ -88,6 +98,18 @@ impl Conn {
         let trimmed = buf.trim_end_matches(['\n', '\r']).len();
         buf.truncate(trimmed);
         Ok(buf)
+    }
+}
+
+/// Connects to `/path` or `@name` (an abstract name), the part after `unix:`.
+fn connect_unix(rest: &str) -> io::Result<UnixStream> {
+    match rest.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            UnixStream::connect_addr(&addr)
+        }
+        None => UnixStream::connect(rest),
     }
 }
 
