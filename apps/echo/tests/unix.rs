@@ -99,6 +99,7 @@ fn serves_an_abstract_name_framed() {
     s.read_exact(&mut reply).unwrap();
     assert_eq!(&reply[..4], &2u32.to_be_bytes());
     assert_eq!(&reply[8..], b"hello");
+    drop(s);
     let (status, _) = server.terminate("TERM", Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
