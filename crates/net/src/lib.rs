@@ -15,6 +15,11 @@
 //! - [`ServerConnections`]: every open connection of a server, for a broadcast that sends
 //!   one shared buffer to all of them ([`ServerConnections::broadcast`]), bounded per
 //!   reader by an [`OutputLimit`].
+//! - [`Endpoint`]: where a server listens or a client connects, TCP or Unix-domain
+//!   (`127.0.0.1:7000`, `unix:/run/app.sock`, `unix:@name`): the same server, client and
+//!   connection API over both, with the stale-socket-file policy at bind, the file removed
+//!   at stop, and the peer's [`PeerCredentials`] on Unix-domain connections (example at
+//!   [`TcpServer::builder`]).
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread; re-exported from `duo-workers`.
@@ -31,6 +36,7 @@
 //! | `per_loop.rs` | the net layer's state of one loop: idle wheels and buffer-trim timers |
 //! | `server/` | builder, accepting, the running server and its shutdown |
 //! | `client/` | the client and its connect attempts |
+//! | `endpoint.rs` | [`Endpoint`]: TCP and Unix-domain addresses, parsed and displayed |
 //! | `close_reason.rs`, `stats.rs` | why connections close, and the counters ([`ServerStats`], [`LoopStats`], [`CloseCounts`]) |
 //! | `guard.rs` | the one place that catches a panic from application code |
 //!
