@@ -372,3 +372,38 @@ fn a_client_retries_until_the_path_exists() {
     drop(client);
     server.stop();
 }
+
+#[test]
+fn a_peer_that_leaves_mid_reply_is_closed_and_others_are_served() {
+    init_log();
+    let path = TempPath::new("leaver");
+    let at = path.endpoint();
+    let big = std::sync::Arc::new(random_bytes(7, 4 * 1024 * 1024));
+    let server = TestServer::start(move || {
+        TcpServer::builder("uds-leaver", at)
+            .io_threads(1)
+            .on_message(move |ctx, input| {
+                if input.peek() == b"big" {
+                    ctx.send(&big);
+                } else {
+                    ctx.send(input.peek());
+                }
+                input.consume_all();
+            })
+    });
+    // Asks for 4 MiB, reads none of it, and goes: the server's writes fail (EPIPE or
+    // ECONNRESET) while most of the reply is still queued.
+    let mut leaver = connect(&path);
+    leaver.write_all(b"big").unwrap();
+    wait_until("the reply is being written", || {
+        server.stats().active == 1 && server.stats().bytes_out() > 0
+    });
+    drop(leaver);
+    wait_until("the leaver's connection closed", || {
+        server.stats().closed == 1
+    });
+    let closes = server.stats().closes();
+    assert_eq!(closes.error + closes.peer, 1, "{closes:?}");
+    round_trip(&mut connect(&path), b"still serving");
+    server.stop();
+}
