@@ -90,6 +90,7 @@ fn echo_over_a_socket_path() {
         round_trip(c, format!("hello {i}").as_bytes());
     }
     wait_until("4 connections counted", || server.stats().accepted == 4);
+    drop(clients);
     server.stop();
 }
 
@@ -114,6 +115,7 @@ fn echo_over_an_abstract_name() {
         .expect("the name is taken");
     assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
     assert!(err.to_string().contains(&name), "{err}");
+    drop(c);
     server.stop();
 }
 
@@ -285,6 +287,9 @@ fn peer_credentials_and_names_on_both_sides() {
     assert_eq!(local, path.endpoint());
     assert!(unix);
     assert_eq!(name, format!("uds-cred-unix:pid{}#1", me.pid));
+    // The client's loop owns its socket: dropping it closes the connection, so the
+    // server's stop does not wait out its grace period.
+    drop(lp);
     server.stop();
 }
 
@@ -370,6 +375,7 @@ fn a_client_retries_until_the_path_exists() {
     lp.run().unwrap();
     assert!(client.connection().is_some(), "connected within {LIMIT:?}");
     drop(client);
+    drop(lp);
     server.stop();
 }
 
