@@ -54,7 +54,9 @@
 //!   PID) and then reloads. No connection is refused or reset meanwhile.
 //! - Socket activation: started by systemd (or `systemd-socket-activate`) with
 //!   `LISTEN_FDS`/`LISTEN_PID`, `echo serve` (with or without `--processes`) serves on the
-//!   inherited socket instead of binding `--listen`; exactly one socket is expected.
+//!   inherited socket instead of binding `--listen`; exactly one socket is expected. A
+//!   Unix-domain one (`ListenStream=/path`) is served too, by one process (not with
+//!   `--processes`), and its file is left in place at exit.
 //! - `echo reload --pid PID` sends SIGHUP to the echo supervisor `PID` (`--upgrade`:
 //!   SIGUSR2), after checking that `PID` is one (the same binary, run with `--processes`).
 //!
@@ -80,6 +82,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use duo_net::{AcceptMode, Endpoint};
 use duo_supervisor::{SupervisorError, Worker};
+use duo_sys::ActivatedListener;
 use echo::{supervise, ServeConfig};
 
 /// Exit status of a usage error.
@@ -209,7 +212,7 @@ fn main() -> ExitCode {
         Ok(w) => w,
         Err(e) => return fail(USAGE, &format!("echo worker: {e}")),
     };
-    let inherited = match duo_sys::listen_fds() {
+    let inherited = match duo_sys::listen_fds_any() {
         Ok(l) => l,
         Err(e) => return fail(USAGE, &format!("echo: socket activation: {e}")),
     };
@@ -236,6 +239,21 @@ fn main() -> ExitCode {
                 &format!("echo: socket activation passed {n} sockets; echo serves exactly one"),
             )
         }
+    };
+    // A Unix-domain socket from socket activation: served by this one process.
+    let inherited = match inherited {
+        Some(ActivatedListener::Unix(_)) if args.processes.is_some() => {
+            return fail(
+                USAGE,
+                "echo: --processes needs a TCP socket (the supervisor hands TCP listeners \
+                 to its workers); socket activation passed a Unix-domain one",
+            )
+        }
+        Some(ActivatedListener::Unix(listener)) => {
+            return report(echo::serve_on_unix(&cfg, listener))
+        }
+        Some(ActivatedListener::Tcp(listener)) => Some(listener),
+        None => None,
     };
     match args.processes {
         None => match inherited {

@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -80,6 +81,17 @@ pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
 pub fn serve_on(cfg: &ServeConfig, listener: TcpListener) -> io::Result<()> {
     process::prepare_server(&STOP_SIGNALS)?;
     run(cfg, TcpServer::builder_on("echo", listener)?, None)
+}
+
+/// As [`serve_on`], on an inherited Unix-domain listening socket (socket activation of
+/// a `ListenStream=/path` unit); its socket file is left in place at exit (not ours).
+///
+/// # Errors
+///
+/// As [`serve`]; `InvalidInput` if `listener` is not listening.
+pub fn serve_on_unix(cfg: &ServeConfig, listener: UnixListener) -> io::Result<()> {
+    process::prepare_server(&STOP_SIGNALS)?;
+    run(cfg, TcpServer::builder_on_unix("echo", listener)?, None)
 }
 
 /// Runs the server as a worker of a `duo_supervisor::Supervisor`: on the first listening

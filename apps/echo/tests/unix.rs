@@ -1,7 +1,7 @@
 //! `echo serve --listen unix:...`, run as a user would: the `listening on unix:` line,
 //! raw and framed echo over the socket file and over an abstract name, the file removed
-//! at a graceful stop, a live server's path refused, and `--processes` refused with a
-//! usage error.
+//! at a graceful stop, a live server's path refused, `--processes` refused with a usage
+//! error, and a socket-activated Unix-domain listener.
 
 use std::io::{Read, Write};
 use std::net::Shutdown;
@@ -115,4 +115,46 @@ fn processes_with_a_unix_address_is_a_usage_error() {
     let stderr = &out.stderr;
     assert!(stderr.contains("--processes needs a TCP"), "{stderr}");
     assert!(!path.exists());
+}
+
+/// `systemd-socket-activate -l /path echo serve`: echo serves the inherited Unix-domain
+/// socket (the activator executes it at the first connection) and leaves its file, which
+/// is not echo's, at exit.
+#[test]
+fn serves_a_socket_activated_unix_listener() {
+    const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
+    if !std::path::Path::new(SOCKET_ACTIVATE).exists() {
+        println!("skipped: {SOCKET_ACTIVATE} is not installed");
+        return;
+    }
+    let path = temp_path("activated");
+    let mut cmd = Command::new(SOCKET_ACTIVATE);
+    cmd.args(["-l"])
+        .arg(&path)
+        .args([env!("CARGO_BIN_EXE_echo"), "serve", "--io-threads", "1"])
+        .env("RUST_LOG", "info");
+    // The activator executes echo on the first connection: connect first (once the
+    // activator listens), then the `listening on` line comes.
+    let first_path = path.clone();
+    let first = std::thread::spawn(move || {
+        let deadline = std::time::Instant::now() + IO_TIMEOUT;
+        let s = loop {
+            match UnixStream::connect(&first_path) {
+                Ok(s) => break s,
+                Err(_) if std::time::Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => panic!("connect to {}: {e}", first_path.display()),
+            }
+        };
+        round_trip(timeouts(s), 1, 1000);
+    });
+    let mut server = ChildServer::start(cmd);
+    assert_eq!(server.announced(), format!("unix:{}", path.display()));
+    first.join().expect("the first connection");
+    round_trip(timeouts(UnixStream::connect(&path).unwrap()), 2, 1000);
+    let (status, _) = server.terminate("TERM", Duration::from_secs(10));
+    assert!(status.success(), "{status:?}");
+    assert!(path.exists(), "an inherited socket's file is left alone");
+    let _ = std::fs::remove_file(&path);
 }

@@ -56,6 +56,7 @@ pub use activation::{
     check_listening_tcp, listen_fds, take_fd_from_env, take_fds_from_env, ActivationError,
     LISTEN_FDS_START,
 };
+pub use activation::{listen_fds_any, ActivatedListener};
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
 pub use process::{fd_limit, raise_fd_limit, release_free_heap, set_fd_limit};
