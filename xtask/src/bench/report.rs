@@ -149,7 +149,7 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
 /// duo over a Unix-domain socket against duo over TCP loopback: same binary, threads and
 /// load, in the same run (`UDS_SCENARIOS`).
 fn uds_table(md: &mut String, results: &Results<'_>) {
-    let rows: Vec<[String; 4]> = results
+    let rows: Vec<[String; 5]> = results
         .iter()
         .filter(|(sc, _)| UDS_SCENARIOS.contains(&sc.name))
         .filter_map(|(sc, outcomes)| {
@@ -164,6 +164,13 @@ fn uds_table(md: &mut String, results: &Results<'_>) {
                 ),
                 ratio(uds.cpu_per_op_us(), tcp.cpu_per_op_us()),
                 ratio(uds.rate(), tcp.rate()),
+                get("tokio-uds").map_or("-".into(), |t| {
+                    format!(
+                        "{} / {}",
+                        ratio(uds.cpu_per_op_us(), t.cpu_per_op_us()),
+                        ratio(uds.rate(), t.rate())
+                    )
+                }),
             ])
         })
         .collect();
@@ -173,7 +180,8 @@ fn uds_table(md: &mut String, results: &Results<'_>) {
     let _ = writeln!(
         md,
         "\nUnix-domain socket against TCP loopback, the same duo server (`duo-2-uds` / \
-         `duo-2`): server CPU per operation (< 1: UDS is cheaper), then throughput.\n"
+         `duo-2`): server CPU per operation (< 1: UDS is cheaper), then throughput; and \
+         duo against tokio on the same transport (`tokio-uds`, 2 workers).\n"
     );
     md.push_str(&markdown::table(
         &[
@@ -181,6 +189,7 @@ fn uds_table(md: &mut String, results: &Results<'_>) {
             "CPU µs/op UDS / TCP",
             "CPU ratio UDS / TCP",
             "throughput ratio UDS / TCP",
+            "duo-2-uds / tokio-uds (CPU / throughput)",
         ],
         rows,
     ));

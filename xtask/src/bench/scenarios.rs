@@ -150,6 +150,12 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         ],
         UDS_SCENARIOS,
     ),
+    EchoServer::peer_in(
+        "tokio-uds",
+        "tokio_echo",
+        &["--listen", "unix:@duo-bench-tokio-{pid}", "--threads", "2"],
+        UDS_SCENARIOS,
+    ),
     EchoServer::peer("raw-epoll", "raw_epoll_echo", &["--listen", "127.0.0.1:0"]),
     EchoServer::peer_in(
         "tokio-1",
@@ -169,7 +175,8 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
 const ACCEPT_MODE_SCENARIOS: &[&str] = &["churn-50", "pingpong-1000x64"];
 
 /// Where duo over a Unix-domain socket (`duo-2-uds`) is measured beside `duo-2` on TCP
-/// loopback: the ratio UDS / TCP of CPU per message, in the same run.
+/// loopback (the ratio UDS / TCP of CPU per message, in the same run) and beside tokio on
+/// the same transport (`tokio-uds`, 2 workers).
 pub(super) const UDS_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
 
 /// Where tokio is measured with one worker as well as two, to compare duo's tail latency
