@@ -39,11 +39,31 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 #[command(name = "tokio_echo")]
 struct Cli {
     /// Address to listen on: HOST:PORT, unix:/path or unix:@name.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    listen: String,
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", value_parser = parse_listen)]
+    listen: Listen,
     /// Tokio worker threads [default: number of cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+}
+
+/// Where to listen: TCP, or a Unix-domain `unix:/path` / `unix:@name` (kept as given).
+#[derive(Debug, Clone)]
+enum Listen {
+    Inet(SocketAddr),
+    Unix(String),
+}
+
+/// A usage error (exit 2) for anything but `HOST:PORT` with an IP, `unix:/path` or
+/// `unix:@name`.
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s.strip_prefix("unix:") {
+        Some("" | "@") => Err(format!("`{s}`: the Unix-domain address is empty")),
+        Some(_) => Ok(Listen::Unix(s.to_owned())),
+        None => s
+            .parse()
+            .map(Listen::Inet)
+            .map_err(|e| format!("`{s}`: {e}")),
+    }
 }
 
 fn main() -> ExitCode {
@@ -57,15 +77,9 @@ fn main() -> ExitCode {
         .worker_threads(threads)
         .enable_all()
         .build();
-    let served = runtime.and_then(|rt| match cli.listen.strip_prefix("unix:") {
-        Some(rest) => rt.block_on(serve_unix(&cli.listen, rest)),
-        None => match cli.listen.parse() {
-            Ok(addr) => rt.block_on(serve(addr)),
-            Err(e) => Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                format!("--listen {}: {e}", cli.listen),
-            )),
-        },
+    let served = runtime.and_then(|rt| match &cli.listen {
+        Listen::Inet(addr) => rt.block_on(serve(*addr)),
+        Listen::Unix(shown) => rt.block_on(serve_unix(shown, &shown["unix:".len()..])),
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
