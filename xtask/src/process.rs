@@ -46,6 +46,12 @@ impl Server {
         self.child.addr()
     }
 
+    /// The address as the `listening on` line gave it: `HOST:PORT`, or `unix:/path`,
+    /// `unix:@name` for a server on a Unix-domain socket.
+    pub(crate) fn announced(&self) -> &str {
+        self.child.announced()
+    }
+
     pub(crate) fn pid(&self) -> u32 {
         self.child.pid()
     }

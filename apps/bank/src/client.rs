@@ -1,6 +1,7 @@
-//! `bank client`: a blocking TCP client, TLS with `--tls` (rustls, verifying the server's
+//! `bank client`: a blocking client over TCP or a Unix-domain socket (`--connect
+//! unix:/path`, `unix:@name`), TLS with `--tls` (rustls, verifying the server's
 //! certificate against `--ca PEM`, by default the system's CA bundle, as the host name of
-//! `--connect`).
+//! `--connect`; as `localhost` over a Unix-domain socket).
 //!
 //! - One-shot: `bank client [--connect ADDR] COMMAND ...` sends the words as one command
 //!   line and prints the reply. A lone `;` separates several commands sent on the same
@@ -14,6 +15,7 @@
 
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -60,7 +62,7 @@ pub struct ClientTls {
     pub ca: Option<PathBuf>,
 }
 
-/// A byte stream to the server: TCP, or TLS over TCP.
+/// A byte stream to the server: TCP or a Unix-domain socket, or TLS over either.
 trait Stream: Read + Write {}
 impl<T: Read + Write> Stream for T {}
 
@@ -70,8 +72,12 @@ struct Conn {
     reader: BufReader<Box<dyn Stream>>,
 }
 
-/// The host part of `HOST:PORT` (`[::1]:7100` gives `::1`).
+/// The host part of `HOST:PORT` (`[::1]:7100` gives `::1`); `localhost` for a
+/// Unix-domain address.
 fn host_of(addr: &str) -> &str {
+    if addr.starts_with("unix:") {
+        return "localhost";
+    }
     let host = addr.rsplit_once(':').map_or(addr, |(h, _)| h);
     host.trim_start_matches('[').trim_end_matches(']')
 }
@@ -87,25 +93,30 @@ impl Conn {
                 .map_err(|e| ClientError::Tls(e.into()))?;
             Box::new(rustls::StreamOwned::new(session, stream))
         } else {
-            Box::new(stream)
+            stream
         };
         Ok(Conn {
             reader: BufReader::new(stream),
         })
     }
 
-    fn connect(addr: &str) -> Result<TcpStream, ClientError> {
+    fn connect(addr: &str) -> Result<Box<dyn Stream>, ClientError> {
         let connect_err = |source| ClientError::Connect {
             addr: addr.to_owned(),
             source,
         };
+        if let Some(rest) = addr.strip_prefix("unix:") {
+            let stream = connect_unix(rest).map_err(connect_err)?;
+            stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
+            return Ok(Box::new(stream));
+        }
         let mut last = io::Error::new(io::ErrorKind::NotFound, "address resolved to nothing");
         for a in addr.to_socket_addrs().map_err(connect_err)? {
             match TcpStream::connect_timeout(&a, CONNECT_TIMEOUT) {
                 Ok(stream) => {
                     stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
                     let _ = stream.set_nodelay(true);
-                    return Ok(stream);
+                    return Ok(Box::new(stream));
                 }
                 Err(e) => last = e,
             }
@@ -135,6 +146,18 @@ impl Conn {
         let trimmed = buf.trim_end_matches(['\n', '\r']).len();
         buf.truncate(trimmed);
         Ok(buf)
+    }
+}
+
+/// Connects to `/path` or `@name` (an abstract name), the part after `unix:`.
+fn connect_unix(rest: &str) -> io::Result<UnixStream> {
+    match rest.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            UnixStream::connect_addr(&addr)
+        }
+        None => UnixStream::connect(rest),
     }
 }
 

@@ -26,6 +26,10 @@
 //! - `bank client`: a blocking client, one-shot or interactive; `--tls [--ca PEM]` speaks
 //!   TLS, verifying the server against the CA certificates of `--ca` (default: the
 //!   system's bundle) as the host name of `--connect`.
+//! - `bank serve --listen unix:/path` (or `unix:@name`): serves on a Unix-domain socket (a
+//!   dead server's socket file is replaced, a live one's refused; the file is removed at
+//!   exit); not with `--processes` (a usage error). `bank client --connect unix:/path`
+//!   talks to it.
 //!
 //! Exit status: 0 on success, 1 on a runtime error (the message says why), 2 on a usage
 //! error (a bad flag, `--processes 0`, `--processes` above 1 on SQLite, more processes
@@ -38,6 +42,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use duo_net::Endpoint;
 use duo_supervisor::{SupervisorError, Worker};
 
 use bank::server::{self, ServeConfig, ServeError};
@@ -64,9 +69,10 @@ enum Cmd {
 
 #[derive(Debug, Args)]
 struct ServeArgs {
-    /// Address to listen on (port 0 picks a free port; the chosen address is printed).
-    #[arg(long, default_value = "127.0.0.1:7100", value_parser = parse_addr)]
-    listen: SocketAddr,
+    /// Address to listen on: HOST:PORT (port 0 picks a free port; the chosen address is
+    /// printed), unix:/path or unix:@name (a Unix-domain socket).
+    #[arg(long, default_value = "127.0.0.1:7100", value_parser = parse_listen)]
+    listen: Endpoint,
     /// The database: an SQLite file (`bank.db`, `sqlite:PATH`; created with its schema if
     /// absent) or a PostgreSQL server (`postgres://USER@HOST:PORT/DB`, also
     /// `postgresql:///DB?host=/socket/dir`; the schema is created or checked at start).
@@ -117,7 +123,7 @@ struct ServeArgs {
 
 #[derive(Debug, Args)]
 struct ClientArgs {
-    /// Server address.
+    /// Server address: HOST:PORT, unix:/path or unix:@name.
     #[arg(long, default_value = "127.0.0.1:7100")]
     connect: String,
     /// Speak TLS, verifying the server's certificate as the host of --connect.
@@ -130,6 +136,14 @@ struct ClientArgs {
     /// interactive session.
     #[arg(trailing_var_arg = true, allow_hyphen_values = true)]
     command: Vec<String>,
+}
+
+/// `unix:/path`, `unix:@name`, or `HOST:PORT` as [`parse_addr`] reads it.
+fn parse_listen(s: &str) -> Result<Endpoint, String> {
+    if s.starts_with("unix:") {
+        return s.parse().map_err(|e| format!("{e}"));
+    }
+    parse_addr(s).map(Endpoint::Inet)
 }
 
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
@@ -200,6 +214,13 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> E
         return report(server::serve_worker(cfg, worker));
     }
     if let Some(n) = processes {
+        if cfg.listen.is_unix() {
+            return fail(
+                USAGE,
+                "bank: --processes needs a TCP --listen address (the supervisor hands TCP \
+                 listeners to its workers); serve a unix: address from one process",
+            );
+        }
         if let Err(why) = supervise::check_processes(n, &cfg.db) {
             return fail(USAGE, &format!("bank: {why}"));
         }
@@ -230,7 +251,10 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> E
 
 /// `serve --processes N`: binds (unless a socket was inherited) and supervises.
 fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
-    let (listener, addr) = match duo_supervisor::inherited_or_bound(inherited, cfg.listen) {
+    let Some(listen) = cfg.listen.as_inet() else {
+        return fail(USAGE, "bank: --processes needs a TCP --listen address");
+    };
+    let (listener, addr) = match duo_supervisor::inherited_or_bound(inherited, listen) {
         Ok(bound) => bound,
         Err(e) => return fail(1, &format!("bank: error: {e}")),
     };

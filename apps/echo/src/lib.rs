@@ -7,4 +7,5 @@ pub mod framed;
 mod server;
 pub mod supervise;
 
+pub use server::serve_on_unix;
 pub use server::{serve, serve_on, serve_worker, ServeConfig};

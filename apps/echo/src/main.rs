@@ -12,6 +12,12 @@
 //!
 //! - `--listen ADDR` (default `127.0.0.1:7000`; port 0 picks a free port). When the server
 //!   is ready it prints one line to stdout, `listening on HOST:PORT`, with the real port.
+//!   `unix:/path` listens on a Unix-domain socket file (a dead server's file is replaced,
+//!   a live server's or anything that is not a socket is refused; the file is removed at
+//!   exit) and `unix:@name` on an abstract Unix-domain name; the line then reads
+//!   `listening on unix:/path` (or `unix:@name`). Not with `--processes` (the supervisor
+//!   hands TCP listeners to its workers; a usage error), and `--accept reuseport` falls
+//!   back to `shared` there.
 //! - `--io-threads N`: I/O threads (sub reactors); default the number of cores, 0 serves
 //!   everything on the main thread (single reactor).
 //! - `--accept main|shared|reuseport`: who accepts (default `shared`: every I/O thread on
@@ -65,7 +71,9 @@
 //!   PID) and then reloads. No connection is refused or reset meanwhile.
 //! - Socket activation: started by systemd (or `systemd-socket-activate`) with
 //!   `LISTEN_FDS`/`LISTEN_PID`, `echo serve` (with or without `--processes`) serves on the
-//!   inherited socket instead of binding `--listen`; exactly one socket is expected.
+//!   inherited socket instead of binding `--listen`; exactly one socket is expected. A
+//!   Unix-domain one (`ListenStream=/path`) is served too, by one process (not with
+//!   `--processes`), and its file is left in place at exit.
 //! - `echo reload --pid PID` sends SIGHUP to the echo supervisor `PID` (`--upgrade`:
 //!   SIGUSR2), after checking that `PID` is one (the same binary, run with `--processes`).
 //!
@@ -89,8 +97,9 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use duo_net::AcceptMode;
+use duo_net::{AcceptMode, Endpoint};
 use duo_supervisor::{SupervisorError, Worker};
+use duo_sys::ActivatedListener;
 use echo::{supervise, ServeConfig};
 
 /// Exit status of a usage error.
@@ -131,9 +140,10 @@ struct ReloadArgs {
 /// Options of `echo serve`.
 #[derive(Debug, Clone, Args)]
 struct ServeArgs {
-    /// Address to listen on (port 0: any free port).
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000", value_parser = parse_addr)]
-    listen: SocketAddr,
+    /// Address to listen on: HOST:PORT (port 0: any free port), unix:/path (a Unix-domain
+    /// socket file) or unix:@name (an abstract Unix-domain name).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000", value_parser = parse_listen)]
+    listen: Endpoint,
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     /// [default: number of cores]
     #[arg(long, value_name = "N")]
@@ -208,6 +218,14 @@ enum Accept {
     Reuseport,
 }
 
+/// Parses `unix:/path`, `unix:@name`, or `HOST:PORT` as [`parse_addr`] does.
+fn parse_listen(s: &str) -> Result<Endpoint, String> {
+    if s.starts_with("unix:") {
+        return s.parse().map_err(|e| format!("{e}"));
+    }
+    parse_addr(s).map(Endpoint::Inet)
+}
+
 /// Parses `HOST:PORT`, resolving a host name (`localhost:7000`) to its first address.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse() {
@@ -226,7 +244,7 @@ fn main() -> ExitCode {
         Ok(w) => w,
         Err(e) => return fail(USAGE, &format!("echo worker: {e}")),
     };
-    let inherited = match duo_sys::listen_fds() {
+    let inherited = match duo_sys::listen_fds_any() {
         Ok(l) => l,
         Err(e) => return fail(USAGE, &format!("echo: socket activation: {e}")),
     };
@@ -260,12 +278,47 @@ fn main() -> ExitCode {
             )
         }
     };
+    // A Unix-domain socket from socket activation: served by this one process.
+    let inherited = match inherited {
+        Some(ActivatedListener::Unix(_)) if args.processes.is_some() => {
+            return fail(
+                USAGE,
+                "echo: --processes needs a TCP socket (the supervisor hands TCP listeners \
+                 to its workers); socket activation passed a Unix-domain one",
+            )
+        }
+        Some(ActivatedListener::Unix(_)) if args.udp => {
+            return fail(
+                USAGE,
+                "echo: --udp needs a TCP socket (datagrams are echoed on its IP address and \
+                 port); socket activation passed a Unix-domain one",
+            )
+        }
+        Some(ActivatedListener::Unix(listener)) => {
+            return report(echo::serve_on_unix(&cfg, listener))
+        }
+        Some(ActivatedListener::Tcp(listener)) => Some(listener),
+        None => None,
+    };
+    if args.udp && inherited.is_none() && args.listen.is_unix() {
+        return fail(
+            USAGE,
+            "echo: --udp needs a TCP --listen address (datagrams are echoed on its IP \
+             address and port)",
+        );
+    }
     match args.processes {
         None => match inherited {
             Some(listener) => report(echo::serve_on(&cfg, listener)),
             None => report(echo::serve(&cfg)),
         },
         Some(0) => fail(USAGE, "echo: --processes must be at least 1"),
+        Some(_) if args.listen.is_unix() => fail(
+            USAGE,
+            "echo: --processes needs a TCP --listen address (the supervisor hands TCP \
+             listeners to its workers); serve a unix: address from one process with \
+             --io-threads",
+        ),
         Some(_) if args.metrics.is_some() => fail(
             USAGE,
             "echo: --metrics is not supported with --processes (every worker would need an \
@@ -277,7 +330,10 @@ fn main() -> ExitCode {
 
 /// `serve --processes N`: binds (unless a socket was inherited) and supervises.
 fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
-    let (listener, addr) = match duo_supervisor::inherited_or_bound(inherited, cfg.listen) {
+    let Some(listen) = cfg.listen.as_inet() else {
+        return fail(USAGE, "echo: --processes needs a TCP --listen address");
+    };
+    let (listener, addr) = match duo_supervisor::inherited_or_bound(inherited, listen) {
         Ok(bound) => bound,
         Err(e) => return fail(1, &format!("echo: {e}")),
     };
@@ -384,7 +440,7 @@ fn fail(status: u8, message: &str) -> ExitCode {
 /// The server's settings from the command line.
 fn config(args: &ServeArgs) -> ServeConfig {
     ServeConfig {
-        listen: args.listen,
+        listen: args.listen.clone(),
         io_threads: args
             .io_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),

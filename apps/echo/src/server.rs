@@ -5,6 +5,7 @@
 
 use std::io::{self, Write};
 use std::net::{SocketAddr, TcpListener};
+use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -12,8 +13,8 @@ use std::time::{Duration, Instant};
 use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
-    AcceptMode, ConnCtx, EventLoop, HealthConfig, InputBuffer, ServerBuilder, ServerHandle,
-    TcpServer, UdpSocket, WhenFull,
+    AcceptMode, ConnCtx, Endpoint, EventLoop, HealthConfig, InputBuffer, ServerBuilder,
+    ServerHandle, TcpServer, UdpSocket, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -26,8 +27,9 @@ const PUBLISH_EVERY: Duration = Duration::from_secs(1);
 /// Settings of `echo serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Address to listen on (port 0: any free port).
-    pub listen: SocketAddr,
+    /// Address to listen on: TCP (port 0: any free port) or Unix-domain (`unix:/path`,
+    /// `unix:@name`).
+    pub listen: Endpoint,
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     pub io_threads: usize,
     /// Poll connections edge-triggered (else level-triggered).
@@ -76,7 +78,7 @@ const WORKER_FD_RESERVE: u64 = 64;
 /// use, say), or stdout could not be written.
 pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
     process::prepare_server(&STOP_SIGNALS)?;
-    run(cfg, TcpServer::builder("echo", cfg.listen), None)
+    run(cfg, TcpServer::builder("echo", cfg.listen.clone()), None)
 }
 
 /// As [`serve`], on an already listening socket (socket activation) instead of
@@ -88,6 +90,17 @@ pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
 pub fn serve_on(cfg: &ServeConfig, listener: TcpListener) -> io::Result<()> {
     process::prepare_server(&STOP_SIGNALS)?;
     run(cfg, TcpServer::builder_on("echo", listener)?, None)
+}
+
+/// As [`serve_on`], on an inherited Unix-domain listening socket (socket activation of
+/// a `ListenStream=/path` unit); its socket file is left in place at exit (not ours).
+///
+/// # Errors
+///
+/// As [`serve`]; `InvalidInput` if `listener` is not listening.
+pub fn serve_on_unix(cfg: &ServeConfig, listener: UnixListener) -> io::Result<()> {
+    process::prepare_server(&STOP_SIGNALS)?;
+    run(cfg, TcpServer::builder_on_unix("echo", listener)?, None)
 }
 
 /// Runs the server as a worker of a `duo_supervisor::Supervisor`: on the first listening
@@ -174,7 +187,7 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         } else {
             None
         };
-        process::announce_listening(server.local_addr())?;
+        process::announce_listening(server.endpoint())?;
         if let Some(metrics) = &metrics {
             let mut out = io::stdout().lock();
             writeln!(out, "metrics on {}", metrics.local_addr())?;

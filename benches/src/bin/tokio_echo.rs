@@ -14,7 +14,9 @@
 //! ```text
 //! tokio_echo [--listen ADDR] [--threads N]     (defaults 127.0.0.1:0, number of cores)
 //! ```
-//! It prints `listening on HOST:PORT` once the socket listens.
+//! It prints `listening on HOST:PORT` once the socket listens. `--listen unix:/path` or
+//! `unix:@name` serves a Unix-domain socket instead (tokio's `UnixListener`; a path must
+//! not exist yet), announced as `listening on unix:...`.
 
 #![forbid(unsafe_code)]
 
@@ -24,8 +26,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
-use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
-use tokio::net::{TcpSocket, TcpStream};
+use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
+use tokio::net::TcpSocket;
 
 /// Bytes read per `read`, per connection.
 const BUF_SIZE: usize = 16 << 10;
@@ -36,17 +38,36 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 #[derive(Debug, Parser)]
 #[command(name = "tokio_echo")]
 struct Cli {
-    /// Address to listen on.
-    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
-    listen: SocketAddr,
+    /// Address to listen on: HOST:PORT, unix:/path or unix:@name.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0", value_parser = parse_listen)]
+    listen: Listen,
     /// Tokio worker threads [default: number of cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
 }
 
+/// Where to listen: TCP, or a Unix-domain `unix:/path` / `unix:@name` (kept as given).
+#[derive(Debug, Clone)]
+enum Listen {
+    Inet(SocketAddr),
+    Unix(String),
+}
+
+/// A usage error (exit 2) for anything but `HOST:PORT` with an IP, `unix:/path` or
+/// `unix:@name`.
+fn parse_listen(s: &str) -> Result<Listen, String> {
+    match s.strip_prefix("unix:") {
+        Some("" | "@") => Err(format!("`{s}`: the Unix-domain address is empty")),
+        Some(_) => Ok(Listen::Unix(s.to_owned())),
+        None => s
+            .parse()
+            .map(Listen::Inet)
+            .map_err(|e| format!("`{s}`: {e}")),
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    let addr = cli.listen;
     let threads = cli.threads.map_or_else(
         || std::thread::available_parallelism().map_or(1, |n| n.get()),
         usize::from,
@@ -56,7 +77,11 @@ fn main() -> ExitCode {
         .worker_threads(threads)
         .enable_all()
         .build();
-    match runtime.and_then(|rt| rt.block_on(serve(addr))) {
+    let served = runtime.and_then(|rt| match &cli.listen {
+        Listen::Inet(addr) => rt.block_on(serve(*addr)),
+        Listen::Unix(shown) => rt.block_on(serve_unix(shown, &shown["unix:".len()..])),
+    });
+    match served {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tokio_echo: {e}");
@@ -91,14 +116,42 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
     }
 }
 
+/// [`serve`] on a Unix-domain socket: `rest` is `/path` or `@name` (abstract).
+async fn serve_unix(shown: &str, rest: &str) -> io::Result<()> {
+    let std_listener = match rest.strip_prefix('@') {
+        Some(name) => {
+            use std::os::linux::net::SocketAddrExt as _;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+            std::os::unix::net::UnixListener::bind_addr(&addr)?
+        }
+        None => std::os::unix::net::UnixListener::bind(rest)?,
+    };
+    std_listener.set_nonblocking(true)?;
+    let listener = tokio::net::UnixListener::from_std(std_listener)?;
+    println!("listening on {shown}");
+    io::stdout().flush()?;
+    loop {
+        match listener.accept().await {
+            Ok((stream, _)) => {
+                tokio::spawn(echo(stream));
+            }
+            Err(e) if out_of_resources(&e) => {
+                eprintln!("tokio_echo: accept: {e}; pausing accept for {ACCEPT_PAUSE:?}");
+                tokio::time::sleep(ACCEPT_PAUSE).await;
+            }
+            Err(_) => {}
+        }
+    }
+}
+
 /// `EMFILE`, `ENFILE`, `ENOMEM`, `ENOBUFS` (24, 23, 12, 105 on Linux; `std` has no
 /// `ErrorKind` for the first two and this file uses no `libc`).
 fn out_of_resources(e: &io::Error) -> bool {
     matches!(e.raw_os_error(), Some(24 | 23 | 12 | 105))
 }
 
-/// Echoes one connection until end of file or an error.
-async fn echo(mut stream: TcpStream) {
+/// Echoes one connection (TCP or Unix-domain) until end of file or an error.
+async fn echo<S: AsyncRead + AsyncWrite + Unpin>(mut stream: S) {
     let mut buf = vec![0u8; BUF_SIZE];
     loop {
         let n = match stream.read(&mut buf).await {

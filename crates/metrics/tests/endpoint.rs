@@ -26,14 +26,17 @@ fn an_echo_server_s_figures_are_scraped_over_http() {
         .name("scraped-main".into())
         .spawn(move || {
             let mut lp = EventLoop::new().unwrap();
-            let server = TcpServer::builder("scraped", "127.0.0.1:0".parse().unwrap())
-                .io_threads(1)
-                .on_message(|ctx, input| {
-                    ctx.send(input.peek());
-                    input.consume_all();
-                })
-                .start(&mut lp)
-                .unwrap();
+            let server = TcpServer::builder(
+                "scraped",
+                "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+            )
+            .io_threads(1)
+            .on_message(|ctx, input| {
+                ctx.send(input.peek());
+                input.consume_all();
+            })
+            .start(&mut lp)
+            .unwrap();
             tx.send((server.local_addr(), server.clone_handle()))
                 .unwrap();
             lp.run_every(Duration::from_millis(5), move |lp| {
@@ -142,10 +145,13 @@ fn names_are_escaped_and_loops_of_same_named_servers_kept_apart() {
         .spawn(move || {
             let mut lp = EventLoop::new().unwrap();
             let start = |lp: &mut EventLoop| {
-                TcpServer::builder("we\"ird\\name\n", "127.0.0.1:0".parse().unwrap())
-                    .io_threads(1)
-                    .start(lp)
-                    .unwrap()
+                TcpServer::builder(
+                    "we\"ird\\name\n",
+                    "127.0.0.1:0".parse::<std::net::SocketAddr>().unwrap(),
+                )
+                .io_threads(1)
+                .start(lp)
+                .unwrap()
             };
             let (a, b) = (start(&mut lp), start(&mut lp));
             tx.send((a.clone_handle(), b.clone_handle())).unwrap();

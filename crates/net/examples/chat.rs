@@ -43,7 +43,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::env::args()
         .nth(1)
         .unwrap_or_else(|| "127.0.0.1:7200".into())
-        .parse()?;
+        .parse::<duo_net::Endpoint>()?;
     let codec = LengthHeaderCodec::new(MAX_MESSAGE);
 
     // Before any thread starts: the stop signals are read from the main loop only.

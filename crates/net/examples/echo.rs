@@ -11,7 +11,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = args
         .next()
         .unwrap_or_else(|| "127.0.0.1:7000".into())
-        .parse()?;
+        .parse::<duo_net::Endpoint>()?;
     let io_threads = args.next().map_or(Ok(2), |n| n.parse())?;
 
     // Before any thread starts: the stop signals are read from the main loop only.

@@ -20,6 +20,11 @@
 //!   truncated datagrams detected, a bounded send queue.
 //! - [`tls`] (feature `tls`, on by default): TLS through rustls on the same connections
 //!   ([`ServerBuilder::tls`], [`ClientBuilder::tls`]), callbacks seeing plaintext.
+//! - [`Endpoint`]: where a server listens or a client connects, TCP or Unix-domain
+//!   (`127.0.0.1:7000`, `unix:/run/app.sock`, `unix:@name`): the same server, client and
+//!   connection API over both, with the stale-socket-file policy at bind, the file removed
+//!   at stop, and the peer's [`PeerCredentials`] on Unix-domain connections (example at
+//!   [`TcpServer::builder`]).
 //! - [`codec`]: framing helpers (length header, lines) that parse in place.
 //! - [`ThreadPool`]: a bounded worker pool for blocking work (database, disk) that must
 //!   never run on an I/O thread; re-exported from `duo-workers`.
@@ -36,6 +41,7 @@
 //! | `per_loop.rs` | the net layer's state of one loop: idle wheels and buffer-trim timers |
 //! | `server/` | builder, accepting, the running server and its shutdown |
 //! | `client/` | the client and its connect attempts |
+//! | `endpoint.rs` | [`Endpoint`]: TCP and Unix-domain addresses, parsed and displayed |
 //! | `close_reason.rs`, `stats.rs` | why connections close, and the counters ([`ServerStats`], [`LoopStats`], [`CloseCounts`]) |
 //! | `guard.rs` | the one place that catches a panic from application code |
 //! | `udp/` | [`UdpSocket`]: the handle, its builder, the loop side (`udp/looped.rs`: handler, send queue, [`UdpCtx`]) and [`UdpStats`]; uses no other module of this crate |
@@ -52,7 +58,7 @@
 //! use duo_reactor::EventLoop;
 //!
 //! let mut main_loop = EventLoop::new()?;
-//! let _server = TcpServer::builder("echo", "127.0.0.1:7000".parse()?)
+//! let _server = TcpServer::builder("echo", "127.0.0.1:7000".parse::<duo_net::Endpoint>()?)
 //!     .io_threads(2)
 //!     .on_message(|conn, input| {
 //!         conn.send(input.peek());
@@ -76,6 +82,7 @@ mod close_reason;
 pub mod codec;
 mod config;
 mod conn;
+mod endpoint;
 mod guard;
 mod per_loop;
 pub mod process;
@@ -95,7 +102,9 @@ pub use conn::{
     ConnCtx, ConnName, ConnState, ConnectionClosed, ContextError, CtxUnavailable,
     ServerConnections, TcpConnection,
 };
+pub use duo_sys::PeerCredentials;
 pub use duo_workers::{Job, SubmitError, ThreadPool};
+pub use endpoint::{Endpoint, ParseEndpointError};
 pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer, WhenFull};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
 pub use udp::{UdpBuilder, UdpCtx, UdpSendError, UdpSocket, UdpStats};

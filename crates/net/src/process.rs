@@ -31,7 +31,7 @@
 //! // (After the logger is initialised.)
 //! process::install_panic_hook();
 //! let mut main_loop = EventLoop::new()?;
-//! let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+//! let server = TcpServer::builder("echo", "127.0.0.1:0".parse::<duo_net::Endpoint>()?)
 //!     .io_threads(2)
 //!     .on_message(|conn, input| {
 //!         conn.send(input.peek());
@@ -46,7 +46,6 @@
 use std::backtrace::Backtrace;
 use std::fmt;
 use std::io::{self, Write};
-use std::net::SocketAddr;
 use std::panic::PanicHookInfo;
 use std::sync::Once;
 use std::time::Duration;
@@ -112,13 +111,14 @@ pub fn shutdown_on_signals(
     Ok(())
 }
 
-/// Prints `listening on ADDR` to stdout and flushes it: the line a script or test that
+/// Prints `listening on ADDR` to stdout and flushes it (`ADDR` as `HOST:PORT`, `unix:/path`
+/// or `unix:@name`: see [`Endpoint`](crate::Endpoint)): the line a script or test that
 /// started the server (on port 0, say) waits for to learn that it is ready, and where.
 ///
 /// # Errors
 ///
 /// Writing to stdout failed.
-pub fn announce_listening(addr: SocketAddr) -> io::Result<()> {
+pub fn announce_listening(addr: impl std::fmt::Display) -> io::Result<()> {
     let mut out = io::stdout().lock();
     writeln!(out, "listening on {addr}")?;
     out.flush()
@@ -141,7 +141,7 @@ pub fn run_until_stopped(
     grace: Duration,
 ) -> io::Result<()> {
     shutdown_on_signals(main_loop, &STOP_SIGNALS, server.clone_handle(), grace)?;
-    announce_listening(server.local_addr())?;
+    announce_listening(server.endpoint())?;
     let ran = main_loop.run();
     server.stop(main_loop);
     ran

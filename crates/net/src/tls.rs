@@ -31,7 +31,7 @@
 //! let client_config = tls::client_config(roots)?;
 //!
 //! let mut lp = EventLoop::new()?;
-//! let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+//! let server = TcpServer::builder("echo", "127.0.0.1:0".parse::<std::net::SocketAddr>()?)
 //!     .tls(Arc::new(server_config))
 //!     .on_message(|ctx, input| {
 //!         ctx.send(input.peek());

@@ -131,6 +131,35 @@ static ENV_LOCK: Mutex<()> = Mutex::new(());
 ///
 /// A variable is malformed, or a descriptor is closed or not a listening TCP socket.
 pub fn listen_fds() -> Result<Vec<TcpListener>, ActivationError> {
+    take_listen_fds()?.into_iter().map(into_listener).collect()
+}
+
+/// A listening socket handed over by socket activation ([`listen_fds_any`]).
+#[derive(Debug)]
+pub enum ActivatedListener {
+    /// A listening TCP (IPv4 or IPv6) socket.
+    Tcp(TcpListener),
+    /// A listening Unix-domain stream socket (systemd's `ListenStream=/path`).
+    Unix(std::os::unix::net::UnixListener),
+}
+
+/// As [`listen_fds`], but a listening Unix-domain stream socket is accepted too (a
+/// `ListenStream=/run/app.sock` unit, `systemd-socket-activate -l /run/app.sock`).
+///
+/// # Errors
+///
+/// As [`listen_fds`]; a descriptor that is neither kind of listening stream socket is
+/// refused with [`ActivationError::NotListeningTcp`], saying what it is.
+pub fn listen_fds_any() -> Result<Vec<ActivatedListener>, ActivationError> {
+    take_listen_fds()?
+        .into_iter()
+        .map(into_any_listener)
+        .collect()
+}
+
+/// The descriptors of the systemd protocol meant for this process (see [`listen_fds`]),
+/// unchecked; the variables are removed either way.
+fn take_listen_fds() -> Result<Vec<OwnedFd>, ActivationError> {
     let fds = {
         let _guard = ENV_LOCK.lock().unwrap_or_else(|p| p.into_inner());
         let pid = std::env::var_os("LISTEN_PID");
@@ -149,7 +178,7 @@ pub fn listen_fds() -> Result<Vec<TcpListener>, ActivationError> {
         announced_at_start("LISTEN_FDS", &count)?;
         take_range(LISTEN_FDS_START, n)?
     };
-    fds.into_iter().map(into_listener).collect()
+    Ok(fds)
 }
 
 /// Takes the descriptors announced by `count_var` (a count, descriptors from
@@ -236,6 +265,30 @@ pub fn check_listening_tcp(fd: BorrowedFd<'_>) -> Result<(), ActivationError> {
         return Err(not("not listening (no listen() was called)".into()));
     }
     Ok(())
+}
+
+/// A listening TCP socket (checked by [`check_listening_tcp`]) or a listening
+/// Unix-domain stream socket.
+fn into_any_listener(fd: OwnedFd) -> Result<ActivatedListener, ActivationError> {
+    let raw = fd.as_raw_fd();
+    let socket = socket2::SockRef::from(&fd);
+    if socket.domain().ok() != Some(Domain::UNIX) {
+        return into_listener(fd).map(ActivatedListener::Tcp);
+    }
+    let io_err = |source| ActivationError::Io { fd: raw, source };
+    let not = |reason: &str| ActivationError::NotListeningTcp {
+        fd: raw,
+        reason: format!("a Unix-domain socket, {reason}"),
+    };
+    if socket.r#type().map_err(io_err)? != Type::STREAM {
+        return Err(not("not a stream socket"));
+    }
+    if !socket.is_listener().map_err(io_err)? {
+        return Err(not("not listening (no listen() was called)"));
+    }
+    Ok(ActivatedListener::Unix(
+        std::os::unix::net::UnixListener::from(fd),
+    ))
 }
 
 /// A descriptor checked by [`check_listening_tcp`], as a [`TcpListener`].
@@ -342,6 +395,37 @@ mod tests {
         // The file is still ours and open.
         let mut buf = [0u8; 1];
         assert_eq!(std::io::Read::read(&mut &file, &mut buf).unwrap(), 1);
+    }
+
+    #[test]
+    fn unix_listeners_are_taken_as_such_others_are_refused() {
+        let dir = std::env::temp_dir().join(format!("duo-activation-{}", std::process::id()));
+        let _ = std::fs::remove_file(&dir);
+        let listener = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        let fd = OwnedFd::from(listener);
+        assert!(matches!(
+            into_any_listener(fd).unwrap(),
+            ActivatedListener::Unix(_)
+        ));
+        let _ = std::fs::remove_file(&dir);
+
+        let tcp = TcpListener::bind("127.0.0.1:0").unwrap();
+        assert!(matches!(
+            into_any_listener(OwnedFd::from(tcp)).unwrap(),
+            ActivatedListener::Tcp(_)
+        ));
+
+        let (unix, _) = std::os::unix::net::UnixStream::pair().unwrap();
+        let e = into_any_listener(OwnedFd::from(unix)).unwrap_err();
+        assert!(
+            e.to_string()
+                .contains("a Unix-domain socket, not listening"),
+            "{e}"
+        );
+
+        let file = std::fs::File::open("/proc/self/stat").unwrap();
+        let e = into_any_listener(OwnedFd::from(file)).unwrap_err();
+        assert!(e.to_string().contains("not a socket"), "{e}");
     }
 
     #[test]

@@ -52,11 +52,13 @@ pub mod socket;
 pub mod spawn;
 pub mod timerfd;
 pub mod udp;
+pub mod unix;
 
 pub use activation::{
     check_listening_tcp, listen_fds, take_fd_from_env, take_fds_from_env, ActivationError,
     LISTEN_FDS_START,
 };
+pub use activation::{listen_fds_any, ActivatedListener};
 pub use epoll::{Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
 pub use process::{
@@ -77,6 +79,7 @@ pub use spawn::{
 };
 pub use timerfd::TimerFd;
 pub use udp::{recv_from, recv_mmsg, send_mmsg, send_to, MmsgScratch, RecvMeta};
+pub use unix::{own_credentials, peer_credentials, PeerCredentials};
 
 pub use socket2;
 

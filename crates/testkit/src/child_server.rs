@@ -24,6 +24,8 @@ pub struct ChildServer {
     name: String,
     child: Child,
     addr: SocketAddr,
+    /// The address as the `listening on` line gave it (also `unix:/path`, `unix:@name`).
+    announced: String,
     stderr: Arc<Mutex<String>>,
     /// The thread collecting stderr; it ends when the pipe does.
     stderr_reader: Option<JoinHandle<()>>,
@@ -75,6 +77,7 @@ impl ChildServer {
             name,
             child,
             addr: SocketAddr::from(([127, 0, 0, 1], 0)),
+            announced: String::new(),
             stderr,
             stderr_reader,
             collects_stderr: collect_stderr,
@@ -86,19 +89,29 @@ impl ChildServer {
         } else {
             server.next_line(Instant::now() + startup, startup, "a `listening on` line")?
         };
-        server.addr = match line
-            .strip_prefix("listening on ")
-            .and_then(|a| a.trim().parse().ok())
-        {
-            Some(addr) => addr,
+        let announced = line.strip_prefix("listening on ").map(str::trim);
+        server.addr = match announced {
+            Some(a) if a.starts_with("unix:") => SocketAddr::from(([0, 0, 0, 0], 0)),
+            Some(a) => match a.parse() {
+                Ok(addr) => addr,
+                Err(_) => return Err(server.failed(&format!("printed {line:?}"))),
+            },
             None => return Err(server.failed(&format!("printed {line:?}"))),
         };
+        server.announced = announced.unwrap_or_default().to_owned();
         Ok(server)
     }
 
-    /// The address from the `listening on` line.
+    /// The address from the `listening on` line (`0.0.0.0:0` when it was a Unix-domain
+    /// one: see [`announced`](Self::announced)).
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The address exactly as the `listening on` line gave it: `HOST:PORT`, or
+    /// `unix:/path` / `unix:@name` for a Unix-domain server.
+    pub fn announced(&self) -> &str {
+        &self.announced
     }
 
     /// The server's process id.

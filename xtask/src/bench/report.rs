@@ -7,9 +7,9 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::micro::Estimate;
-use super::outcome::{fmt_rate, fmt_steal, ratio, spread, Outcome, Stats};
+use super::outcome::{fmt_rate, fmt_steal, fmt_us, ratio, spread, Outcome, Stats};
 use super::runner::StealPolicy;
-use super::scenarios::{Scenario, Target, ECHO_SERVERS, TAIL_SCENARIO, UDP_SERVERS};
+use super::scenarios::{Scenario, Target, ECHO_SERVERS, TAIL_SCENARIO, UDP_SERVERS, UDS_SCENARIOS};
 use crate::report::{markdown, svg, unix_now, write};
 use crate::{root, Failure};
 
@@ -144,6 +144,56 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
                 cell("duo-2-reuseport", "tokio"),
             ]
         }),
+    ));
+    uds_table(md, results);
+}
+
+/// duo over a Unix-domain socket against duo over TCP loopback: same binary, threads and
+/// load, in the same run (`UDS_SCENARIOS`).
+fn uds_table(md: &mut String, results: &Results<'_>) {
+    let rows: Vec<[String; 5]> = results
+        .iter()
+        .filter(|(sc, _)| UDS_SCENARIOS.contains(&sc.name))
+        .filter_map(|(sc, outcomes)| {
+            let get = |name: &str| outcomes.iter().find(|o| o.server == name);
+            let (uds, tcp) = (get("duo-2-uds")?, get("duo-2")?);
+            Some([
+                sc.name.to_owned(),
+                format!(
+                    "{} / {}",
+                    fmt_us(uds.cpu_per_op_us()),
+                    fmt_us(tcp.cpu_per_op_us())
+                ),
+                ratio(uds.cpu_per_op_us(), tcp.cpu_per_op_us()),
+                ratio(uds.rate(), tcp.rate()),
+                get("tokio-uds").map_or("-".into(), |t| {
+                    format!(
+                        "{} / {}",
+                        ratio(uds.cpu_per_op_us(), t.cpu_per_op_us()),
+                        ratio(uds.rate(), t.rate())
+                    )
+                }),
+            ])
+        })
+        .collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nUnix-domain socket against TCP loopback, the same duo server (`duo-2-uds` / \
+         `duo-2`): server CPU per operation (< 1: UDS is cheaper), then throughput; and \
+         duo against tokio on the same transport (`tokio-uds`, 2 workers).\n"
+    );
+    md.push_str(&markdown::table(
+        &[
+            "scenario",
+            "CPU µs/op UDS / TCP",
+            "CPU ratio UDS / TCP",
+            "throughput ratio UDS / TCP",
+            "duo-2-uds / tokio-uds (CPU / throughput)",
+        ],
+        rows,
     ));
 }
 

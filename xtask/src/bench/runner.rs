@@ -131,7 +131,7 @@ fn run_server(
 fn loadgen_command(sc: &Scenario, server: &Server, set: &Setting<'_>) -> Command {
     let mut cmd = Command::new(set.release.join("loadgen"));
     cmd.arg(sc.mode)
-        .args(["--addr", &server.addr().to_string()])
+        .args(["--addr", server.announced()])
         .args(sc.args)
         .arg("--json");
     if sc.target == Target::EchoTls {

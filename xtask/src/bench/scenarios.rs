@@ -142,6 +142,25 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         ],
         ACCEPT_MODE_SCENARIOS,
     ),
+    // Unix-domain sockets: the same binary and threads as `duo-2`, over an abstract name
+    // (`{pid}`: the harness's process id, so that two harnesses never collide).
+    EchoServer::duo_in(
+        "duo-2-uds",
+        &[
+            "serve",
+            "--listen",
+            "unix:@duo-bench-echo-{pid}",
+            "--io-threads",
+            "2",
+        ],
+        UDS_SCENARIOS,
+    ),
+    EchoServer::peer_in(
+        "tokio-uds",
+        "tokio_echo",
+        &["--listen", "unix:@duo-bench-tokio-{pid}", "--threads", "2"],
+        UDS_SCENARIOS,
+    ),
     EchoServer::peer("raw-epoll", "raw_epoll_echo", &["--listen", "127.0.0.1:0"]),
     EchoServer::peer_in(
         "tokio-1",
@@ -192,6 +211,11 @@ pub(super) const UDP_SERVERS: &[EchoServer] = &[
 /// Where the accept modes other than the default (`duo-2` accepts on every I/O loop with
 /// `EPOLLEXCLUSIVE`) are measured too.
 const ACCEPT_MODE_SCENARIOS: &[&str] = &["churn-50", "pingpong-1000x64"];
+
+/// Where duo over a Unix-domain socket (`duo-2-uds`) is measured beside `duo-2` on TCP
+/// loopback (the ratio UDS / TCP of CPU per message, in the same run) and beside tokio on
+/// the same transport (`tokio-uds`, 2 workers).
+pub(super) const UDS_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
 
 /// Where tokio is measured with one worker as well as two, to compare duo's tail latency
 /// with it at one thread (`duo-0`) as at two (`duo-2` against `tokio`).
@@ -484,7 +508,11 @@ pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entr
             name: srv.name,
             duo: srv.duo,
             exe: release.join(srv.bin),
-            args: srv.args.iter().map(|a| a.to_string()).collect(),
+            args: srv
+                .args
+                .iter()
+                .map(|a| a.replace("{pid}", &std::process::id().to_string()))
+                .collect(),
         })
         .collect(),
         Target::EchoTls => {

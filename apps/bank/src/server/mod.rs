@@ -41,8 +41,8 @@ use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::codec::{CodecError, LineCodec};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
-    ConnCtx, EventLoop, HealthConfig, InputBuffer, ServerBuilder, SubmitError, TcpConnection,
-    TcpServer, ThreadPool, WhenFull,
+    ConnCtx, Endpoint, EventLoop, HealthConfig, InputBuffer, ServerBuilder, SubmitError,
+    TcpConnection, TcpServer, ThreadPool, WhenFull,
 };
 use duo_supervisor::Worker;
 
@@ -81,8 +81,8 @@ const FDS_PER_DB_CONNECTION: u64 = 3;
 /// Settings of `bank serve`.
 #[derive(Debug, Clone)]
 pub struct ServeConfig {
-    /// Address to listen on.
-    pub listen: SocketAddr,
+    /// Address to listen on: TCP, or Unix-domain (`unix:/path`, `unix:@name`).
+    pub listen: Endpoint,
     /// The database: an SQLite file or a PostgreSQL server.
     pub db: Database,
     /// Transactions that may commit at once on PostgreSQL (SQLite has one writer).
@@ -242,8 +242,9 @@ fn spawn(
 /// (event loop, threads, stdout) failed.
 pub fn serve(cfg: ServeConfig) -> Result<(), ServeError> {
     prepare()?;
-    let builder = TcpServer::builder("bank", cfg.listen);
-    run(&cfg, builder, cfg.listen, None)
+    let builder = TcpServer::builder("bank", cfg.listen.clone());
+    let listen = cfg.listen.clone();
+    run(&cfg, builder, listen, None)
 }
 
 /// As [`serve`], on an already listening socket (systemd's socket activation) instead of
@@ -283,13 +284,13 @@ fn prepare() -> Result<(), ServeError> {
 }
 
 /// A server builder on `listener`, and its address.
-fn on_listener(listener: TcpListener) -> Result<(ServerBuilder, SocketAddr), ServeError> {
+fn on_listener(listener: TcpListener) -> Result<(ServerBuilder, Endpoint), ServeError> {
     let addr = listener
         .local_addr()
         .map_err(startup("the listening socket"))?;
     let builder = TcpServer::builder_on("bank", listener)
         .map_err(|e| ServeError::Startup(format!("cannot serve on {addr}: {e}")))?;
-    Ok((builder, addr))
+    Ok((builder, addr.into()))
 }
 
 /// Opens the database, starts the server from `builder` (bound to `listen`, or to be) and
@@ -297,7 +298,7 @@ fn on_listener(listener: TcpListener) -> Result<(ServerBuilder, SocketAddr), Ser
 fn run(
     cfg: &ServeConfig,
     builder: ServerBuilder,
-    listen: SocketAddr,
+    listen: Endpoint,
     worker: Option<Worker>,
 ) -> Result<(), ServeError> {
     HealthConfig::set_process_default(HealthConfig {
@@ -402,7 +403,7 @@ fn run(
     )
     .map_err(startup("signalfd"))?;
 
-    let addr = server.local_addr();
+    let addr = server.endpoint().clone();
     log::info!(
         "bank serving {} on {addr}: {} I/O threads, {} workers, group commit {}",
         cfg.db,
@@ -427,7 +428,7 @@ fn run(
                 worker.generation()
             );
         }
-        None => process::announce_listening(addr).map_err(startup("stdout"))?,
+        None => process::announce_listening(&addr).map_err(startup("stdout"))?,
     }
     // Stopped (and its thread joined) when this function returns.
     let endpoint = match cfg.metrics {

@@ -6,6 +6,11 @@ use clap::{Args, Parser, Subcommand};
 
 /// Load generator for duo's echo and bank servers (loopback only).
 ///
+/// `--addr` takes a loopback `HOST:PORT` or a Unix-domain socket of this host
+/// (`unix:/path`, `unix:@name`). Over a Unix-domain socket there are no source addresses
+/// to spread connections over: `idle --per-source` and `churn --sources` do not apply (the
+/// report says so), and nothing limits the connections but descriptors.
+///
 /// Every mode runs `--threads` threads, each with its own epoll loop over its share of the
 /// connections. Errors (refused, reset, timeout, mismatch, ...) are counted and printed. Exit
 /// code: 0 = ran (errors, if any, are reported), 1 = verification failed (wrong bytes echoed,
@@ -77,7 +82,8 @@ pub(crate) struct Common {
 /// `pingpong` and `rr`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EchoArgs {
-    /// The echo server (loopback only).
+    /// The echo server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
+    /// unix:@name).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) addr: String,
     /// Connections.
@@ -106,7 +112,8 @@ pub(crate) struct EchoArgs {
 /// `idle`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct IdleArgs {
-    /// The echo server (loopback only).
+    /// The echo server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
+    /// unix:@name).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) addr: String,
     /// Connections to open (in all, over the `--procs` processes).
@@ -153,7 +160,8 @@ pub(crate) struct IdleArgs {
 /// `churn`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ChurnArgs {
-    /// The echo server (loopback only).
+    /// The echo server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
+    /// unix:@name).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) addr: String,
     /// Concurrent workers (each holds at most one connection at a time).
@@ -181,7 +189,8 @@ pub(crate) struct ChurnArgs {
 /// `bank`.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct BankArgs {
-    /// The bank server (loopback only).
+    /// The bank server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
+    /// unix:@name).
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub(crate) addr: String,
     /// Logged-in clients doing transfers; client i uses account i % ACCOUNTS.

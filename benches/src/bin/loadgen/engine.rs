@@ -21,7 +21,11 @@
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
-use std::net::{IpAddr, SocketAddr, TcpStream};
+use std::net::IpAddr;
+
+use duo_sys::socket2::Socket;
+
+use crate::net::Target;
 use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
@@ -137,7 +141,7 @@ enum State {
 /// A connected (or connecting) socket and its bytes.
 #[derive(Debug)]
 struct Conn {
-    stream: Option<TcpStream>,
+    stream: Option<Socket>,
     /// Received, not yet consumed by the session.
     input: Vec<u8>,
     /// Queued for sending; `out[out_pos..]` is still unsent.
@@ -148,7 +152,7 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(stream: TcpStream) -> Conn {
+    fn new(stream: Socket) -> Conn {
         Conn {
             stream: Some(stream),
             input: Vec::new(),
@@ -158,7 +162,7 @@ impl Conn {
         }
     }
 
-    fn stream(&mut self) -> &mut TcpStream {
+    fn stream(&mut self) -> &mut Socket {
         self.stream.as_mut().expect("a live Conn has a stream")
     }
 
@@ -223,7 +227,7 @@ struct Slot<S> {
 pub(crate) struct Engine<S: Session> {
     epoll: Epoll,
     events: Events,
-    target: SocketAddr,
+    target: Target,
     opts: Options,
     slots: Vec<Slot<S>>,
     shared: S::Shared,
@@ -256,7 +260,7 @@ impl<S: Session> Engine<S> {
     /// An engine for `sessions`, each with the source address to bind to (if any), all
     /// waiting to connect to `target`. Nothing happens before the first [`Engine::poll`].
     pub(crate) fn new(
-        target: SocketAddr,
+        target: Target,
         sessions: Vec<(S, Option<IpAddr>)>,
         shared: S::Shared,
         opts: Options,
@@ -450,7 +454,7 @@ impl<S: Session> Engine<S> {
         let slot = &mut self.slots[idx];
         slot.generation = slot.generation.wrapping_add(1);
         let token = Self::token(idx, slot.generation);
-        let stream = net::start_connect(self.target, slot.source).and_then(|stream| {
+        let stream = net::start_connect(&self.target, slot.source).and_then(|stream| {
             // Registered once for both directions, edge-triggered: no `epoll_ctl` per
             // message. The first writable edge says the connect is done.
             let interest = Interest::READABLE | Interest::WRITABLE | Interest::EDGE;

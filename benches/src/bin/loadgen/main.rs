@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let mode = cli.mode;
     let common = mode.common().clone();
-    let target = match net::loopback_target(mode.addr()) {
+    let target = match net::target(mode.addr()) {
         Ok(t) => t,
         Err(e) => {
             eprintln!("loadgen: {e}");

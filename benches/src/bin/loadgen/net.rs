@@ -1,10 +1,62 @@
-//! Sockets: the loopback-only target, source addresses, non-blocking connect, abortive close.
+//! Sockets: the loopback-only target (TCP, or a Unix-domain socket of this host), source
+//! addresses, non-blocking connect, abortive close.
 
+use std::fmt;
 use std::io;
-use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpStream, ToSocketAddrs};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
 use std::time::Duration;
 
-use duo_sys::socket2::{Domain, Protocol, SockRef, Socket, Type};
+use duo_sys::socket2::{Domain, Protocol, SockAddr, Socket, Type};
+
+/// Where the load goes: a loopback TCP address, or a Unix-domain socket (`unix:/path`,
+/// `unix:@name`), which is local by nature.
+#[derive(Debug, Clone)]
+pub(crate) enum Target {
+    /// A loopback TCP address.
+    Inet(SocketAddr),
+    /// A Unix-domain address, and the form it was given in (for reports).
+    Unix(SockAddr, String),
+}
+
+impl Target {
+    /// The TCP address, if the target is one.
+    pub(crate) fn inet(&self) -> Option<SocketAddr> {
+        match self {
+            Target::Inet(a) => Some(*a),
+            Target::Unix(..) => None,
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Inet(a) => write!(f, "{a}"),
+            Target::Unix(_, shown) => f.write_str(shown),
+        }
+    }
+}
+
+/// `unix:/path` or `unix:@name` as a Unix-domain target, anything else as
+/// [`loopback_target`].
+pub(crate) fn target(addr: &str) -> Result<Target, String> {
+    let Some(rest) = addr.strip_prefix("unix:") else {
+        return loopback_target(addr).map(Target::Inet);
+    };
+    let bytes: Vec<u8> = match rest.strip_prefix('@') {
+        // socket2 reads a leading NUL byte as Linux's abstract namespace.
+        Some(name) => [&[0u8][..], name.as_bytes()].concat(),
+        None => rest.as_bytes().to_vec(),
+    };
+    if bytes.is_empty() || bytes == [0] {
+        return Err(format!("`{addr}`: the Unix-domain address is empty"));
+    }
+    let path = std::path::PathBuf::from(
+        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
+    );
+    let sock = SockAddr::unix(path).map_err(|e| format!("`{addr}`: {e}"))?;
+    Ok(Target::Unix(sock, addr.to_owned()))
+}
 
 /// Resolves `addr` and accepts it only if it is a loopback address: the load generator
 /// must never be pointed at another machine.
@@ -35,13 +87,8 @@ pub(crate) fn loopback_target(addr: &str) -> Result<SocketAddr, String> {
 /// address has its own range of ephemeral ports, so spreading connections over several
 /// lifts the ~28 000-connection limit of one address. `None` (let the kernel choose) when
 /// `count` is 0 or the target is IPv6, which has only one loopback address.
-pub(crate) fn source_addr(
-    target: SocketAddr,
-    count: usize,
-    base: usize,
-    i: usize,
-) -> Option<IpAddr> {
-    if count == 0 || !target.is_ipv4() {
+pub(crate) fn source_addr(target: &Target, count: usize, base: usize, i: usize) -> Option<IpAddr> {
+    if count == 0 || !target.inet().is_some_and(|t| t.is_ipv4()) {
         return None;
     }
     let n = ((base + i % count) as u32).min(MAX_SOURCES - 1) + 2;
@@ -54,8 +101,18 @@ pub(crate) const MAX_SOURCES: u32 = 0x00FF_FFFD;
 
 /// Starts a non-blocking connect to `target`, from `source` if given (bound before the
 /// connect, port chosen by the kernel). The connect completes in the background: the
-/// socket becomes writable, and its `SO_ERROR` (`TcpStream::take_error`) says how it went.
-pub(crate) fn start_connect(target: SocketAddr, source: Option<IpAddr>) -> io::Result<TcpStream> {
+/// socket becomes writable, and its `SO_ERROR` (`Socket::take_error`) says how it went.
+/// A Unix-domain connect completes (or fails: `EAGAIN` when the server's backlog is full)
+/// at once.
+pub(crate) fn start_connect(target: &Target, source: Option<IpAddr>) -> io::Result<Socket> {
+    let target = match target {
+        Target::Inet(a) => *a,
+        Target::Unix(addr, _) => {
+            let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking(), None)?;
+            socket.connect(addr)?;
+            return Ok(socket);
+        }
+    };
     let socket = Socket::new(
         Domain::for_address(target),
         Type::STREAM.nonblocking(),
@@ -71,7 +128,7 @@ pub(crate) fn start_connect(target: SocketAddr, source: Option<IpAddr>) -> io::R
         Err(e) if duo_sys::is_connect_in_progress(&e) => {}
         Err(e) => return Err(e),
     }
-    Ok(socket.into())
+    Ok(socket)
 }
 
 /// Closes with `SO_LINGER` 0, which sends RST instead of FIN. The client closes first, so
@@ -80,7 +137,8 @@ pub(crate) fn start_connect(target: SocketAddr, source: Option<IpAddr>) -> io::R
 /// 10 000-connection runs in a row, would exhaust the ephemeral ports. An abortive close
 /// leaves nothing behind. Replies still in flight are discarded, which is fine: a connection
 /// is closed only when nothing more is expected from it.
-pub(crate) fn close_abortively(stream: TcpStream) {
-    let _ = SockRef::from(&stream).set_linger(Some(Duration::ZERO));
+/// (A Unix-domain socket has no `TIME_WAIT`; the linger setting is harmless there.)
+pub(crate) fn close_abortively(stream: Socket) {
+    let _ = stream.set_linger(Some(Duration::ZERO));
     drop(stream);
 }

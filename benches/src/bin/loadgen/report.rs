@@ -5,7 +5,6 @@
 //! nothing failed.
 
 use std::fmt::Write as _;
-use std::net::SocketAddr;
 
 use duo_testkit::loadgen_json::{round3, LoadgenJson};
 
@@ -20,7 +19,7 @@ pub(crate) struct Report {
     /// What one unit of `msgs` is, for the human summary ("messages", "requests", ...).
     pub(crate) unit: &'static str,
     /// The server.
-    pub(crate) addr: Option<SocketAddr>,
+    pub(crate) addr: Option<String>,
     /// Worker threads.
     pub(crate) threads: usize,
     /// Connections (or churn workers, or bank clients) used.
@@ -127,7 +126,7 @@ impl Report {
         let l = self.latency.as_ref();
         LoadgenJson {
             mode: self.mode.to_owned(),
-            addr: self.addr.map(|a| a.to_string()),
+            addr: self.addr.clone(),
             threads: Some(self.threads as u64),
             conns: self.conns,
             requested_conns: self.requested_conns,
@@ -178,7 +177,7 @@ impl Report {
     pub(crate) fn to_human(&self) -> String {
         let mut s = String::new();
         let mut head = format!("loadgen {}", self.mode);
-        if let Some(a) = self.addr {
+        if let Some(a) = &self.addr {
             let _ = write!(head, " -> {a}");
         }
         if let Some(c) = self.conns {

@@ -4,7 +4,6 @@
 //! plaintext. TLS failures count as `io` errors.
 
 use std::io::{self, Read, Write};
-use std::net::TcpStream;
 use std::sync::{Arc, OnceLock};
 
 use duo_net::tls::{self, rustls};
@@ -73,7 +72,11 @@ impl TlsConn {
 
     /// Encrypts `plain` (once the handshake is done) and writes the ciphertext until it is
     /// all sent or the socket is full.
-    pub(crate) fn flush(&mut self, plain: &[u8], stream: &mut TcpStream) -> Result<(), Fault> {
+    pub(crate) fn flush(
+        &mut self,
+        plain: &[u8],
+        stream: &mut socket2::Socket,
+    ) -> Result<(), Fault> {
         if !plain.is_empty() {
             self.session
                 .writer()

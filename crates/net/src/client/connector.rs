@@ -10,19 +10,19 @@
 //! set; errors a retry cannot fix (permission, bad address family) end the attempts.
 
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopHandle, TimerId, Token};
 use parking_lot::Mutex;
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 use super::{ConnectFailedCallback, ConnectFailure};
 use crate::config::ConnConfig;
 use crate::conn::callbacks::Callbacks;
 use crate::conn::machine::{CloseHook, LoopConn, Owner};
+use crate::endpoint::Endpoint;
 use crate::guard::catch_user_panic;
 use crate::stats::IoCounters;
 use crate::TcpConnection;
@@ -63,7 +63,7 @@ pub(super) struct State {
 
 pub(super) struct Inner {
     pub(super) name: String,
-    pub(super) addr: SocketAddr,
+    pub(super) addr: Endpoint,
     pub(super) lp: LoopHandle,
     pub(super) reconnect: bool,
     pub(super) retry_initial: Duration,
@@ -129,15 +129,18 @@ pub(super) fn start(lp: &mut EventLoop, inner: &Arc<Inner>) {
         }
     }
     inner.attempts.fetch_add(1, Ordering::Relaxed);
-    let socket = match Socket::new(
-        Domain::for_address(inner.addr),
-        Type::STREAM.nonblocking().cloexec(),
-        None,
-    ) {
+    let (domain, addr) = match (&inner.addr, inner.addr.to_sock_addr()) {
+        (Endpoint::Inet(a), Ok(addr)) => (Domain::for_address(*a), addr),
+        (_, Ok(addr)) => (Domain::UNIX, addr),
+        (_, Err(e)) => return failed(lp, inner, e),
+    };
+    let socket = match Socket::new(domain, Type::STREAM.nonblocking().cloexec(), None) {
         Ok(s) => s,
         Err(e) => return failed(lp, inner, io::Error::new(e.kind(), format!("socket: {e}"))),
     };
-    match socket.connect(&SockAddr::from(inner.addr)) {
+    // A Unix-domain connect completes at once or fails at once (`EAGAIN`: the server's
+    // backlog is full, retried like any failure); only TCP's goes on in the background.
+    match socket.connect(&addr) {
         Ok(()) => connected(lp, inner, socket),
         Err(e) if duo_sys::is_connect_in_progress(&e) => {
             let handler = Connecting {
@@ -256,17 +259,30 @@ fn retry(lp: &mut EventLoop, inner: &Arc<Inner>, why: &str) {
 /// The connect completed: set the connection up on this loop.
 fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     let (local, peer) = match (socket.local_addr(), socket.peer_addr()) {
-        (Ok(l), Ok(p)) => (l.as_socket(), p.as_socket()),
+        (Ok(l), Ok(p)) => (Endpoint::from_sock_addr(&l), Endpoint::from_sock_addr(&p)),
         (Err(e), _) | (_, Err(e)) => return failed(lp, inner, e),
     };
     let (Some(local), Some(peer)) = (local, peer) else {
         return failed(
             lp,
             inner,
-            io::Error::new(io::ErrorKind::Unsupported, "not an inet socket"),
+            io::Error::new(
+                io::ErrorKind::Unsupported,
+                "neither an inet nor a unix socket",
+            ),
         );
     };
-    if local == peer {
+    // Only TCP can connect to itself; Unix-domain peers are told by their credentials.
+    let unix = peer.is_unix();
+    let credentials = if unix {
+        match duo_sys::peer_credentials(std::os::fd::AsFd::as_fd(&socket)) {
+            Ok(c) => Some(c),
+            Err(e) => return failed(lp, inner, e),
+        }
+    } else {
+        None
+    };
+    if !unix && local == peer {
         drop(socket);
         // Not the server's fault nor the network's: does not count as a failure.
         return retry(lp, inner, "connected to itself");
@@ -274,7 +290,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     if !inner.state.lock().wanted {
         return;
     }
-    if inner.conn.tcp_nodelay {
+    if inner.conn.tcp_nodelay && !unix {
         if let Err(e) = socket.set_nodelay(true) {
             log::debug!("client {}: TCP_NODELAY: {e}", inner.name);
         }
@@ -282,7 +298,14 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     // Numbered process-wide, so that the connections of several clients with the same
     // name (one per relayed connection, say) are told apart in logs.
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
-    let handle = TcpConnection::new(id, Arc::from(inner.name.as_str()), peer, local, lp.handle());
+    let handle = TcpConnection::new(
+        id,
+        Arc::from(inner.name.as_str()),
+        peer,
+        local,
+        credentials,
+        lp.handle(),
+    );
     {
         let mut st = inner.state.lock();
         st.phase = Phase::Connected(handle.clone());

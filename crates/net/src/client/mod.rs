@@ -23,6 +23,7 @@ use crate::close_reason::CloseReason;
 use crate::config::{conn_config_setters, defaults, ConnConfig};
 use crate::conn::callbacks::{callback_setters, Callbacks};
 use crate::conn::machine::LoopConn;
+use crate::endpoint::Endpoint;
 use crate::stats::{IoCounters, LoopStats};
 use crate::TcpConnection;
 
@@ -48,7 +49,7 @@ pub(crate) type ConnectFailedCallback = Arc<dyn Fn(&ConnectFailure) + Send + Syn
 /// Builds a [`TcpClient`]; from [`TcpClient::builder`].
 pub struct ClientBuilder {
     name: String,
-    addr: SocketAddr,
+    addr: Endpoint,
     reconnect: bool,
     retry_initial: Duration,
     retry_max: Duration,
@@ -232,7 +233,7 @@ impl fmt::Debug for ClientBuilder {
 /// use duo_reactor::EventLoop;
 ///
 /// let mut lp = EventLoop::new()?;
-/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse::<duo_net::Endpoint>()?)
 ///     .on_message(|ctx, input| {
 ///         ctx.send(input.peek());
 ///         input.consume_all();
@@ -259,8 +260,11 @@ pub struct TcpClient {
 }
 
 impl TcpClient {
-    /// A builder for a client named `name` that connects to `addr`.
-    pub fn builder(name: &str, addr: SocketAddr) -> ClientBuilder {
+    /// A builder for a client named `name` that connects to `addr`: a TCP address or a
+    /// Unix-domain [`Endpoint`] (`unix:/path`, `unix:@name`; example at
+    /// [`TcpServer::builder`](crate::TcpServer::builder)).
+    pub fn builder(name: &str, addr: impl Into<Endpoint>) -> ClientBuilder {
+        let addr = addr.into();
         ClientBuilder {
             name: name.to_owned(),
             addr,
@@ -277,9 +281,18 @@ impl TcpClient {
         }
     }
 
-    /// The server address.
+    /// The server's TCP address; `0.0.0.0:0` for a Unix-domain server (see
+    /// [`server_endpoint`](TcpClient::server_endpoint)).
     pub fn server_addr(&self) -> SocketAddr {
-        self.inner.addr
+        self.inner
+            .addr
+            .as_inet()
+            .unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)))
+    }
+
+    /// The server's address, on any transport.
+    pub fn server_endpoint(&self) -> &Endpoint {
+        &self.inner.addr
     }
 
     /// The client's name.

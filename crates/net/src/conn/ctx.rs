@@ -145,13 +145,21 @@ impl<'a> ConnCtx<'a> {
         self.m.owner.server.clone().map(ServerConnections::new)
     }
 
-    /// Sets `TCP_NODELAY`.
+    /// Sets `TCP_NODELAY`. On a Unix-domain connection, which has no Nagle delay, it
+    /// does nothing and returns `Ok`.
     pub fn set_tcp_nodelay(&self, on: bool) -> io::Result<()> {
+        if self.m.handle.is_unix() {
+            return Ok(());
+        }
         socket2::SockRef::from(&self.ch.fd()).set_nodelay(on)
     }
 
-    /// Sets `SO_KEEPALIVE`.
+    /// Sets `SO_KEEPALIVE`. On a Unix-domain connection, whose peer's end is known at
+    /// once, it does nothing and returns `Ok`.
     pub fn set_keepalive(&self, on: bool) -> io::Result<()> {
+        if self.m.handle.is_unix() {
+            return Ok(());
+        }
         socket2::SockRef::from(&self.ch.fd()).set_keepalive(on)
     }
 

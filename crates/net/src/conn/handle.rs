@@ -2,7 +2,7 @@
 
 use std::any::{type_name, Any};
 use std::fmt;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
@@ -13,6 +13,11 @@ use parking_lot::Mutex;
 use super::ctx::ConnCtx;
 use super::machine::LoopConn;
 use crate::close_reason::CloseReason;
+use crate::endpoint::Endpoint;
+use duo_sys::PeerCredentials;
+
+/// What the TCP-address accessors return on a Unix-domain connection.
+const NO_INET: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 /// Where a connection is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -126,8 +131,11 @@ struct ConnShared {
     id: u64,
     /// The server's or client's name, shared by all its connections.
     owner: Arc<str>,
-    peer: SocketAddr,
-    local: SocketAddr,
+    peer: Endpoint,
+    local: Endpoint,
+    /// The peer process's credentials (Unix-domain connections), read once when the
+    /// connection was made.
+    credentials: Option<PeerCredentials>,
     state: AtomicU8,
     /// Reading paused by the application (set at once by any thread; the loop applies it
     /// to the channel before its next read).
@@ -180,8 +188,9 @@ impl TcpConnection {
     pub(crate) fn new(
         id: u64,
         owner: Arc<str>,
-        peer: SocketAddr,
-        local: SocketAddr,
+        peer: Endpoint,
+        local: Endpoint,
+        credentials: Option<PeerCredentials>,
         lp: LoopHandle,
     ) -> TcpConnection {
         TcpConnection {
@@ -190,6 +199,7 @@ impl TcpConnection {
                 owner,
                 peer,
                 local,
+                credentials,
                 state: AtomicU8::new(ConnState::Connecting as u8),
                 read_paused: AtomicBool::new(false),
                 lp,
@@ -212,14 +222,45 @@ impl TcpConnection {
         ConnName(&self.shared)
     }
 
-    /// The peer's address.
+    /// The peer's TCP address. A Unix-domain connection has none: this returns the
+    /// unspecified address `0.0.0.0:0` for it; [`peer_endpoint`](Self::peer_endpoint)
+    /// answers for every transport.
     pub fn peer_addr(&self) -> SocketAddr {
-        self.shared.peer
+        self.shared.peer.as_inet().unwrap_or(NO_INET)
     }
 
-    /// Our side's address.
+    /// Our side's TCP address (`0.0.0.0:0` on a Unix-domain connection; see
+    /// [`local_endpoint`](Self::local_endpoint)).
     pub fn local_addr(&self) -> SocketAddr {
-        self.shared.local
+        self.shared.local.as_inet().unwrap_or(NO_INET)
+    }
+
+    /// The peer's address on any transport: a TCP address, or for a Unix-domain
+    /// connection the peer socket's path or name, usually
+    /// [`Endpoint::UnixUnnamed`] (a client that did not bind; its
+    /// [`peer_credentials`](Self::peer_credentials) say who it is).
+    pub fn peer_endpoint(&self) -> &Endpoint {
+        &self.shared.peer
+    }
+
+    /// Our side's address on any transport (a server's connections: the address it
+    /// listens on).
+    pub fn local_endpoint(&self) -> &Endpoint {
+        &self.shared.local
+    }
+
+    /// The peer process's pid, uid and gid on a Unix-domain connection, as the kernel
+    /// recorded them when the connection was made (`SO_PEERCRED`, read once then);
+    /// `None` on TCP.
+    pub fn peer_credentials(&self) -> Option<PeerCredentials> {
+        self.shared.credentials
+    }
+
+    /// Whether this is a Unix-domain connection (the TCP-only setters
+    /// [`set_tcp_nodelay`](Self::set_tcp_nodelay) and
+    /// [`set_keepalive`](Self::set_keepalive) do nothing on it).
+    pub fn is_unix(&self) -> bool {
+        self.shared.local.is_unix()
     }
 
     /// The current state.
@@ -450,6 +491,7 @@ impl TcpConnection {
     }
 
     /// Sets `TCP_NODELAY` (disables Nagle's algorithm) on the loop; errors are logged.
+    /// Nothing on a Unix-domain connection (it has no Nagle delay).
     pub fn set_tcp_nodelay(&self, on: bool) -> Result<(), ConnectionClosed> {
         self.queue_in_loop(move |ctx| {
             if let Err(e) = ctx.set_tcp_nodelay(on) {
@@ -462,7 +504,8 @@ impl TcpConnection {
         })
     }
 
-    /// Enables or disables `SO_KEEPALIVE` on the loop; errors are logged.
+    /// Enables or disables `SO_KEEPALIVE` on the loop; errors are logged. Nothing on a
+    /// Unix-domain connection (the kernel knows at once when its peer is gone).
     pub fn set_keepalive(&self, on: bool) -> Result<(), ConnectionClosed> {
         self.queue_in_loop(move |ctx| {
             if let Err(e) = ctx.set_keepalive(on) {
@@ -553,7 +596,13 @@ pub struct ConnName<'a>(&'a ConnShared);
 
 impl fmt::Display for ConnName<'_> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}-{}#{}", self.0.owner, self.0.peer, self.0.id)
+        match (&self.0.peer, self.0.credentials) {
+            // An unnamed Unix-domain peer is told apart by its process.
+            (Endpoint::UnixUnnamed, Some(c)) => {
+                write!(f, "{}-unix:pid{}#{}", self.0.owner, c.pid, self.0.id)
+            }
+            (peer, _) => write!(f, "{}-{}#{}", self.0.owner, peer, self.0.id),
+        }
     }
 }
 

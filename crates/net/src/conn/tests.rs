@@ -175,7 +175,14 @@ fn open(lp: &mut EventLoop, owner: &Arc<Owner>, id: u64) -> (Conn, UnixStream) {
     let socket = socket2::Socket::from(OwnedFd::from(ours));
     let peer_addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
-    let handle = TcpConnection::new(id, Arc::from("test"), peer_addr, local, lp.handle());
+    let handle = TcpConnection::new(
+        id,
+        Arc::from("test"),
+        peer_addr.into(),
+        local.into(),
+        None,
+        lp.handle(),
+    );
     LoopConn::establish(lp, socket, handle.clone(), owner.clone()).expect("establish");
     assert_eq!(handle.state(), ConnState::Connected);
     let conn = Conn {
@@ -629,7 +636,14 @@ fn a_failed_registration_is_a_close_with_its_error_and_is_counted() {
     let file = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
     let socket = socket2::Socket::from(OwnedFd::from(file));
     let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
-    let handle = TcpConnection::new(9, Arc::from("test"), addr, addr, lp.handle());
+    let handle = TcpConnection::new(
+        9,
+        Arc::from("test"),
+        addr.into(),
+        addr.into(),
+        None,
+        lp.handle(),
+    );
     assert!(LoopConn::establish(&mut lp, socket, handle.clone(), owner.clone()).is_err());
     assert_eq!(handle.state(), ConnState::Disconnected);
     assert_eq!(

@@ -15,18 +15,19 @@ use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::ServerShared;
 use crate::conn::machine::{LoopConn, Owner};
+use crate::endpoint::Endpoint;
 use crate::stats::AcceptCounters;
 use crate::TcpConnection;
 
 /// The backlog passed to `listen`; the kernel caps it at `net.core.somaxconn`.
-const BACKLOG: i32 = 4096;
+pub(super) const BACKLOG: i32 = 4096;
 
 /// How long accepting pauses when the spare-descriptor trick is not available.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// What the acceptor does with each accepted socket; says whether to go on accepting.
 pub(crate) type NewConnection =
-    Box<dyn FnMut(&mut EventLoop, Socket, SocketAddr) -> Admission + Send>;
+    Box<dyn FnMut(&mut EventLoop, Socket, Endpoint) -> Admission + Send>;
 
 /// After a connection: accept more, or stop accepting until a connection closes (the
 /// server is full and [`WhenFull::Pause`] is its policy).
@@ -141,12 +142,12 @@ pub(crate) struct Acceptor {
     on_new: NewConnection,
     /// Called once per exhaustion event or other accept error (for counting).
     on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
-    local: SocketAddr,
+    local: Endpoint,
 }
 
 impl Acceptor {
     pub(crate) fn new(
-        local: SocketAddr,
+        local: Endpoint,
         on_new: NewConnection,
         on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
     ) -> Acceptor {
@@ -233,7 +234,7 @@ impl Handler for Acceptor {
             match duo_sys::accept4(ch.fd()) {
                 Ok((fd, peer)) => {
                     ch.progressed();
-                    let Some(peer) = peer.as_socket() else {
+                    let Some(peer) = Endpoint::from_sock_addr(&peer) else {
                         continue;
                     };
                     if (self.on_new)(lp, Socket::from(fd), peer) == Admission::Pause {
@@ -325,7 +326,8 @@ pub(super) fn new_connection_handler(
         let index = next_loop % loops.len();
         next_loop = next_loop.wrapping_add(1);
         let (target, owner) = (loops[index].clone(), owners[index].clone());
-        if owner.config.tcp_nodelay {
+        let unix = peer.is_unix();
+        if owner.config.tcp_nodelay && !unix {
             if let Err(e) = socket.set_nodelay(true) {
                 duo_reactor::log_limited!(
                     log::Level::Debug,
@@ -336,16 +338,39 @@ pub(super) fn new_connection_handler(
         }
         // A listener bound to one address accepts connections to exactly that address:
         // only a wildcard listener needs `getsockname` to learn which one was dialled.
-        let local = if shared.local_addr.ip().is_unspecified() {
-            socket
+        let local = match &shared.endpoint {
+            Endpoint::Inet(addr) if addr.ip().is_unspecified() => socket
                 .local_addr()
                 .ok()
                 .and_then(|a| a.as_socket())
-                .unwrap_or(shared.local_addr)
-        } else {
-            shared.local_addr
+                .map_or_else(|| shared.endpoint.clone(), Endpoint::Inet),
+            endpoint => endpoint.clone(),
         };
-        let handle = TcpConnection::new(id, server_name.clone(), peer, local, target.clone());
+        // Read once, here: the kernel recorded them at `connect`.
+        let credentials = if unix {
+            match duo_sys::peer_credentials(std::os::fd::AsFd::as_fd(&socket)) {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    duo_reactor::log_limited!(
+                        log::Level::Debug,
+                        "{}: credentials of {peer}: {e}",
+                        shared.name
+                    );
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let log_peer = peer.clone();
+        let handle = TcpConnection::new(
+            id,
+            server_name.clone(),
+            peer,
+            local,
+            credentials,
+            target.clone(),
+        );
         AcceptCounters::bump(&c.accepted);
         // Counted open until its close hook runs (also if registering it fails).
         c.active.fetch_add(1, Ordering::SeqCst);
@@ -354,20 +379,20 @@ pub(super) fn new_connection_handler(
             if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
                 duo_reactor::log_limited!(
                     log::Level::Warn,
-                    "{}: cannot register {peer}: {e}",
+                    "{}: cannot register {log_peer}: {e}",
                     shared.name
                 );
             }
         } else {
             let queued = target.queue_in_loop(move |lp| {
                 if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
-                    duo_reactor::log_limited!(log::Level::Warn, "cannot register {peer}: {e}");
+                    duo_reactor::log_limited!(log::Level::Warn, "cannot register {log_peer}: {e}");
                 }
             });
             if queued.is_err() {
                 duo_reactor::log_limited!(
                     log::Level::Warn,
-                    "{}: I/O loop gone; dropping {peer}",
+                    "{}: I/O loop gone; dropping connection #{id}",
                     shared.name
                 );
                 c.active.fetch_sub(1, Ordering::Relaxed);

@@ -2,7 +2,6 @@
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,11 +14,13 @@ use super::accept::{
     listen, new_connection_handler, AcceptMode, AcceptTrouble, Acceptor, Ids, ListenOptions,
     WhenFull,
 };
-use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER};
+use super::unix::listen_unix;
+use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER, NO_INET};
 use crate::config::{conn_config_setters, defaults, ConnConfig};
 use crate::conn::callbacks::{callback_setters, Callbacks};
 use crate::conn::group::ServerLink;
 use crate::conn::machine::{LoopConn, Owner};
+use crate::endpoint::Endpoint;
 use crate::per_loop::NetLoop;
 use crate::stats::{AcceptCounters, IoCounters};
 use crate::ConnCtx;
@@ -27,7 +28,7 @@ use crate::ConnCtx;
 /// Builds and starts a [`TcpServer`]; from [`TcpServer::builder`].
 pub struct ServerBuilder {
     name: String,
-    addr: SocketAddr,
+    addr: Endpoint,
     /// A socket already listening (inherited), used instead of binding `addr`.
     listener: Option<Socket>,
     io_threads: usize,
@@ -47,7 +48,7 @@ pub struct ServerBuilder {
 }
 
 impl ServerBuilder {
-    pub(super) fn new(name: &str, addr: SocketAddr) -> ServerBuilder {
+    pub(super) fn new(name: &str, addr: Endpoint) -> ServerBuilder {
         ServerBuilder {
             name: name.to_owned(),
             addr,
@@ -82,7 +83,8 @@ impl ServerBuilder {
         self.io_threads = n;
         self
     }
-    /// Sets `SO_REUSEPORT` on the listening socket (several servers on one port).
+    /// Sets `SO_REUSEPORT` on the listening socket (several servers on one port). Not
+    /// on a Unix-domain socket, where it has no meaning: ignored there.
     pub fn reuse_port(mut self, on: bool) -> Self {
         self.reuse_port = on;
         self
@@ -175,19 +177,23 @@ impl ServerBuilder {
     /// loop (which must then [`run`](EventLoop::run)).
     pub fn start(mut self, main: &mut EventLoop) -> io::Result<TcpServer> {
         let inherited = self.listener.is_some();
-        let listener = match self.listener.take() {
-            Some(listener) => listener,
-            None => listen(
-                self.addr,
-                ListenOptions {
-                    reuse_port: self.reuse_port || self.accept_mode == AcceptMode::ReusePort,
-                },
-            )?,
+        let (listener, socket_file) = match (self.listener.take(), &self.addr) {
+            (Some(listener), _) => (listener, None),
+            (None, Endpoint::Inet(addr)) => (
+                listen(
+                    *addr,
+                    ListenOptions {
+                        reuse_port: self.reuse_port || self.accept_mode == AcceptMode::ReusePort,
+                    },
+                )?,
+                None,
+            ),
+            (None, unix) => listen_unix(unix)?,
         };
-        let local_addr = listener
-            .local_addr()?
-            .as_socket()
-            .ok_or_else(|| io::Error::other("listening socket has no inet address"))?;
+        // A relative path reads back as given; an abstract name as its bytes.
+        let endpoint = Endpoint::from_sock_addr(&listener.local_addr()?)
+            .ok_or_else(|| io::Error::other("the listening socket has no inet or unix address"))?;
+        let local_addr = endpoint.as_inet().unwrap_or(NO_INET);
         let mut threads = EventLoopThreadPool::new(main.handle(), &self.name, self.io_threads);
         if let Some(init) = self.thread_init.clone() {
             threads.set_thread_init(init);
@@ -200,6 +206,8 @@ impl ServerBuilder {
             id,
             name: self.name.clone(),
             local_addr,
+            endpoint: endpoint.clone(),
+            socket_file: Mutex::new(socket_file),
             main: main.handle(),
             counters: AcceptCounters::default(),
             io: loops
@@ -278,6 +286,14 @@ impl ServerBuilder {
                 );
                 AcceptMode::Shared
             }
+            AcceptMode::ReusePort if endpoint.is_unix() => {
+                log::info!(
+                    "server {}: SO_REUSEPORT has no meaning for a Unix-domain socket; \
+                     the I/O loops share it",
+                    self.name
+                );
+                AcceptMode::Shared
+            }
             mode => mode,
         };
         let max = self.max_connections;
@@ -297,7 +313,7 @@ impl ServerBuilder {
             };
             let on_new =
                 new_connection_handler(shared.clone(), loops, owners, max, self.when_full, ids);
-            let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
+            let acceptor = Acceptor::new(endpoint.clone(), on_new, on_exhausted(&shared));
             let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
             shared.acceptors.lock().push((main.handle(), token));
         } else {
@@ -324,7 +340,7 @@ impl ServerBuilder {
                     self.when_full,
                     ids,
                 );
-                let acceptor = Acceptor::new(local_addr, on_new, on_exhausted(&shared));
+                let acceptor = Acceptor::new(endpoint.clone(), on_new, on_exhausted(&shared));
                 let interest = match mode {
                     AcceptMode::Shared => Interest::READABLE | Interest::EXCLUSIVE,
                     _ => Interest::READABLE,
@@ -357,7 +373,7 @@ impl ServerBuilder {
         });
         *shared.report_timer.lock() = Some(report);
         log::info!(
-            "server {} listening on {local_addr} with {} I/O threads, accepting: {mode:?}",
+            "server {} listening on {endpoint} with {} I/O threads, accepting: {mode:?}",
             self.name,
             self.io_threads
         );
@@ -365,19 +381,18 @@ impl ServerBuilder {
     }
 }
 
-/// Checks that `socket` is a listening TCP socket, makes it non-blocking and
-/// close-on-exec, and returns its address.
-fn check_listener(socket: &Socket) -> io::Result<SocketAddr> {
+/// Checks that `socket` is a listening TCP or Unix-domain stream socket, makes it
+/// non-blocking and close-on-exec, and returns its address.
+fn check_listener(socket: &Socket) -> io::Result<Endpoint> {
     let invalid = |why: String| io::Error::new(io::ErrorKind::InvalidInput, why);
     if socket.r#type()? != Type::STREAM {
         return Err(invalid(
             "the inherited socket is not a stream socket".into(),
         ));
     }
-    let addr = socket
-        .local_addr()?
-        .as_socket()
-        .ok_or_else(|| invalid("the inherited socket is not a TCP (IPv4/IPv6) socket".into()))?;
+    let addr = Endpoint::from_sock_addr(&socket.local_addr()?).ok_or_else(|| {
+        invalid("the inherited socket is neither a TCP (IPv4/IPv6) nor a Unix-domain socket".into())
+    })?;
     if !socket.is_listener()? {
         return Err(invalid(format!(
             "the inherited socket on {addr} is not listening"

@@ -39,10 +39,11 @@
 
 mod accept;
 mod builder;
+mod unix;
 
 use std::fmt;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,10 +59,14 @@ pub use builder::ServerBuilder;
 use crate::close_reason::CloseReason;
 use crate::conn::group::{ServerConnections, ServerLink};
 use crate::conn::machine::{CloseHook, LoopConn};
+use crate::endpoint::Endpoint;
 use crate::per_loop::NetLoop;
 use crate::stats::{AcceptCounters, IoCounters, ServerStats};
 
 static NEXT_SERVER: AtomicU64 = AtomicU64::new(1);
+
+/// What the TCP-address accessors return for a Unix-domain server.
+const NO_INET: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
 /// A function run on the main loop once a graceful shutdown has closed every connection.
 type WhenEmpty = Box<dyn FnOnce(&mut EventLoop) + Send>;
@@ -70,7 +75,11 @@ type WhenEmpty = Box<dyn FnOnce(&mut EventLoop) + Send>;
 struct ServerShared {
     id: u64,
     name: String,
+    /// The TCP address, or [`NO_INET`] for a Unix-domain server.
     local_addr: SocketAddr,
+    endpoint: Endpoint,
+    /// The socket file this server's bind created (removed when it stops accepting).
+    socket_file: Mutex<Option<unix::SocketFile>>,
     main: LoopHandle,
     /// Accepted, open, closed...: `active` is the number of open connections, raised on
     /// accept and lowered by each connection's close hook on its own loop.
@@ -203,7 +212,7 @@ fn run_when_empty(lp: &mut EventLoop, shared: &ServerShared) {
 /// use std::time::Duration;
 ///
 /// let mut lp = EventLoop::new()?;
-/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse()?)
+/// let server = TcpServer::builder("echo", "127.0.0.1:0".parse::<duo_net::Endpoint>()?)
 ///     .io_threads(1)
 ///     .on_message(|ctx, input| {
 ///         ctx.send(input.peek());
@@ -241,10 +250,50 @@ pub struct ServerHandle {
 }
 
 impl TcpServer {
-    /// A builder for a server named `name` listening on `addr` (port 0 picks a free port;
-    /// read it back with [`TcpServer::local_addr`]).
-    pub fn builder(name: &str, addr: SocketAddr) -> ServerBuilder {
-        ServerBuilder::new(name, addr)
+    /// A builder for a server named `name` listening on `addr`: a TCP address (port 0
+    /// picks a free port; read it back with [`TcpServer::local_addr`]) or a Unix-domain
+    /// [`Endpoint`] (`unix:/path`, `unix:@name`; see the stale-file policy in
+    /// [`TcpServer::endpoint`]).
+    ///
+    /// # Example: a Unix-domain echo server and a client
+    ///
+    /// ```
+    /// use duo_net::{Endpoint, TcpClient, TcpServer};
+    /// use duo_reactor::EventLoop;
+    ///
+    /// let path = std::env::temp_dir().join(format!("duo-doc-{}.sock", std::process::id()));
+    /// let endpoint = Endpoint::unix(&path)?;
+    /// let mut lp = EventLoop::new()?;
+    /// let server = TcpServer::builder("echo", endpoint.clone())
+    ///     .on_message(|ctx, input| {
+    ///         ctx.send(input.peek());
+    ///         input.consume_all();
+    ///     })
+    ///     .start(&mut lp)?;
+    /// assert_eq!(server.endpoint(), &endpoint);
+    /// let client = TcpClient::builder("hello", endpoint)
+    ///     .on_connection(|conn| {
+    ///         if conn.is_connected() {
+    ///             // Who is on the other side: here, this very process.
+    ///             let me = conn.peer_credentials().unwrap();
+    ///             assert_eq!(me.pid, std::process::id());
+    ///             let _ = conn.send(b"hello");
+    ///         }
+    ///     })
+    ///     .on_message(|ctx, input| {
+    ///         if input.peek() == b"hello" {
+    ///             ctx.event_loop().quit();
+    ///         }
+    ///     })
+    ///     .connect(&lp.handle());
+    /// lp.run()?;
+    /// drop(client);
+    /// server.stop(&mut lp);
+    /// assert!(!path.exists(), "the socket file goes with the server");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn builder(name: &str, addr: impl Into<Endpoint>) -> ServerBuilder {
+        ServerBuilder::new(name, addr.into())
     }
 
     /// A builder for a server that accepts on `listener`, a socket that is already bound
@@ -260,9 +309,38 @@ impl TcpServer {
         ServerBuilder::on_listener(name, listener.into())
     }
 
-    /// The address the server listens on.
+    /// [`builder_on`](TcpServer::builder_on) for an inherited Unix-domain listening
+    /// socket. The server did not create its socket file, so it leaves the file in place
+    /// when it stops.
+    ///
+    /// # Errors
+    ///
+    /// `listener` is not listening (`InvalidInput`), or its address cannot be read.
+    pub fn builder_on_unix(
+        name: &str,
+        listener: std::os::unix::net::UnixListener,
+    ) -> io::Result<ServerBuilder> {
+        ServerBuilder::on_listener(name, std::os::fd::OwnedFd::from(listener).into())
+    }
+
+    /// The TCP address the server listens on; `0.0.0.0:0` for a Unix-domain server (see
+    /// [`endpoint`](TcpServer::endpoint)).
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// Where the server listens, on any transport.
+    ///
+    /// # Unix-domain sockets
+    ///
+    /// A path that exists at start is replaced only if it is a socket nobody listens on
+    /// (a dead server's); a live server's socket, or anything that is not a socket, is
+    /// refused with [`io::ErrorKind::AddrInUse`] and left as it is. The server removes its
+    /// socket file when it stops accepting (stop or graceful shutdown), if the file is
+    /// still the one it created. Connections carry the peer process's
+    /// [`peer_credentials`](crate::TcpConnection::peer_credentials).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
     }
 
     /// The server's name.
@@ -316,6 +394,8 @@ impl TcpServer {
     }
 
     fn stop_inner(&mut self) {
+        // Also when the main loop is gone and the queued stop below never runs.
+        drop(self.shared.socket_file.lock().take());
         // Whatever `stop` did not do directly (or everything, from `drop`) is queued.
         let shared = self.shared.clone();
         let _ = self
@@ -372,6 +452,8 @@ fn stats(shared: &ServerShared) -> ServerStats {
 /// after it wakes a loop still registered.
 fn stop_accepting(shared: &Arc<ServerShared>, current: Option<&mut EventLoop>) {
     shared.stopping.store(true, Ordering::SeqCst);
+    // New connections would wait for nobody: the path goes now.
+    drop(shared.socket_file.lock().take());
     let acceptors = std::mem::take(&mut *shared.acceptors.lock());
     let mut current = current;
     for (h, token) in acceptors {
@@ -451,9 +533,14 @@ impl ServerHandle {
         &self.shared.name
     }
 
-    /// The address the server listens on.
+    /// The TCP address the server listens on; `0.0.0.0:0` for a Unix-domain server.
     pub fn local_addr(&self) -> SocketAddr {
         self.shared.local_addr
+    }
+
+    /// Where the server listens, on any transport ([`TcpServer::endpoint`]).
+    pub fn endpoint(&self) -> &Endpoint {
+        &self.shared.endpoint
     }
 
     /// The server's open connections, on all its loops: run a function on each, or
@@ -478,7 +565,7 @@ impl fmt::Debug for TcpServer {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("TcpServer")
             .field("name", &self.shared.name)
-            .field("local_addr", &self.shared.local_addr)
+            .field("endpoint", &self.shared.endpoint)
             .field("io_threads", &self.threads.num_threads())
             .finish()
     }
@@ -488,7 +575,7 @@ impl fmt::Debug for ServerHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("ServerHandle")
             .field("name", &self.shared.name)
-            .field("local_addr", &self.shared.local_addr)
+            .field("endpoint", &self.shared.endpoint)
             .finish()
     }
 }

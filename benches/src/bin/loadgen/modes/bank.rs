@@ -61,7 +61,7 @@ pub(crate) fn run(args: &BankArgs, env: &Env) -> Result<Report, String> {
     let mut report = Report {
         mode: "bank",
         unit: "requests",
-        addr: Some(env.target),
+        addr: Some(env.target.to_string()),
         secs: Some(args.secs.as_secs_f64()),
         ..Report::default()
     };
@@ -207,7 +207,7 @@ fn client_worker(
         .collect();
     let mine = sessions.len() as u64;
     let mut engine = Engine::new(
-        env.target,
+        env.target.clone(),
         sessions,
         ClientShared::default(),
         env.default_options(),
@@ -409,7 +409,7 @@ fn accounts_phase(
                 })
                 .collect();
             let mut engine = Engine::new(
-                env.target,
+                env.target.clone(),
                 sessions,
                 AccountsTally::default(),
                 env.default_options(),

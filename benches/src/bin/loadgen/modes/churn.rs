@@ -26,7 +26,7 @@ pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
     let mut report = Report {
         mode: "churn",
         unit: "connections",
-        addr: Some(env.target),
+        addr: Some(env.target.to_string()),
         size: Some(args.size),
         secs: Some(args.secs.as_secs_f64()),
         ..Report::default()
@@ -36,6 +36,11 @@ pub(crate) fn run(args: &ChurnArgs, env: &Env) -> Result<Report, String> {
     report.threads = threads;
     report.conns = Some(conns as u64);
     let sources = args.sources as usize;
+    if env.target.inet().is_none() {
+        report
+            .notes
+            .push("Unix-domain target: no source addresses (--sources unused)".into());
+    }
     let size = args.size as usize;
     let mut cpu = ServerCpu::default();
     let results = run_threads(
@@ -75,7 +80,7 @@ fn worker(
     };
     let sessions = env.sessions(part, |seed| ChurnSession::new(size, seed, go));
     let mut engine = Engine::new(
-        env.target,
+        env.target.clone(),
         sessions,
         Shared::default(),
         env.options(part.conns),

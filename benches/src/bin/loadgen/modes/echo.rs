@@ -48,7 +48,7 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
             Kind::Pingpong => "messages",
             Kind::Rr => "requests",
         },
-        addr: Some(env.target),
+        addr: Some(env.target.to_string()),
         size: Some(size as u64),
         secs: Some(args.secs.as_secs_f64()),
         ..Report::default()
@@ -102,7 +102,7 @@ fn worker(
 ) -> io::Result<Tally> {
     let sessions = env.sessions(part, |seed| EchoSession::new(size, seed));
     let mut engine = Engine::new(
-        env.target,
+        env.target.clone(),
         sessions,
         Shared::default(),
         env.default_options(),

@@ -52,7 +52,7 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     let mut report = Report {
         mode: "idle",
         unit: "confirmed",
-        addr: Some(env.target),
+        addr: Some(env.target.to_string()),
         size: Some(PROBE as u64),
         ..Report::default()
     };
@@ -60,8 +60,13 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     let threads = env.threads_for(conns as u64);
     report.threads = threads;
     report.conns = Some(conns as u64);
-    let sources = if env.target.is_ipv4() {
+    let sources = if env.target.inet().is_some_and(|t| t.is_ipv4()) {
         conns.div_ceil(args.per_source as usize).max(1)
+    } else if env.target.inet().is_none() {
+        report
+            .notes
+            .push("Unix-domain target: no source addresses (--per-source unused)".into());
+        0
     } else {
         report
             .notes
@@ -238,7 +243,7 @@ fn worker(
         budget_until_reply: true,
         ..env.options(phases.batch)
     };
-    let mut engine = Engine::new(env.target, sessions, Shared::default(), opts)?;
+    let mut engine = Engine::new(env.target.clone(), sessions, Shared::default(), opts)?;
     let connect_deadline = phases.connect_deadline;
     while engine.shared().confirmed + (engine.done_count() as u64) < mine
         && Instant::now() < connect_deadline

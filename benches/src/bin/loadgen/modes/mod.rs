@@ -8,14 +8,14 @@ pub(crate) mod procs;
 pub(crate) mod udp;
 
 use std::io;
-use std::net::{IpAddr, SocketAddr};
+use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::engine::Options;
 use crate::fault::Faults;
 use crate::host::FdBudget;
 use crate::latency::Latency;
-use crate::net::source_addr;
+use crate::net::{source_addr, Target};
 use crate::report::Report;
 use crate::runner::{share, ServerCpu};
 
@@ -26,7 +26,7 @@ const CONNECT_BATCH: usize = 512;
 #[derive(Debug, Clone)]
 pub(crate) struct Env {
     /// The server (a loopback address).
-    pub(crate) target: SocketAddr,
+    pub(crate) target: Target,
     /// `--threads`.
     pub(crate) threads: usize,
     /// `--timeout`.
@@ -107,7 +107,7 @@ impl Env {
     ) -> Vec<(S, Option<IpAddr>)> {
         share(part.conns, part.threads, part.t)
             .map(|i| {
-                let source = source_addr(self.target, part.sources, self.source_base, i);
+                let source = source_addr(&self.target, part.sources, self.source_base, i);
                 (make(self.seed_for(i)), source)
             })
             .collect()

@@ -48,11 +48,17 @@ pub(crate) fn check_usage(mode: &Mode) -> Result<(), String> {
 
 /// Runs `rr --udp`.
 pub(crate) fn run(args: &EchoArgs, env: &Env) -> Result<Report, String> {
+    let Some(target) = env.target.inet() else {
+        return Err(format!(
+            "rr --udp needs a HOST:PORT --addr, not the Unix-domain {}",
+            env.target
+        ));
+    };
     let size = args.size.unwrap_or(64) as usize;
     let mut report = Report {
         mode: "udp-rr",
         unit: "requests",
-        addr: Some(env.target),
+        addr: Some(env.target.to_string()),
         size: Some(size as u64),
         secs: Some(args.secs.as_secs_f64()),
         ..Report::default()
@@ -68,7 +74,7 @@ pub(crate) fn run(args: &EchoArgs, env: &Env) -> Result<Report, String> {
         threads,
         |t, ticket| {
             let mine: Vec<usize> = share(conns, threads, t).collect();
-            worker(env, &mine, size, args.secs, loss, ticket)
+            worker(env, target, &mine, size, args.secs, loss, ticket)
         },
         |gate| {
             gate.wait_arrivals(threads, setup_deadline);
@@ -128,6 +134,7 @@ impl Client {
 /// One thread: its sockets, one request outstanding each, until the measured phase ends.
 fn worker(
     env: &Env,
+    target: SocketAddr,
     mine: &[usize],
     size: usize,
     secs: Duration,
@@ -137,7 +144,7 @@ fn worker(
     let epoll = Epoll::new()?;
     let mut clients = Vec::with_capacity(mine.len());
     for &i in mine {
-        let c = Client::new(i, env.target, size, env.seed_for(i))?;
+        let c = Client::new(i, target, size, env.seed_for(i))?;
         epoll.add(c.sock.as_fd(), Interest::READABLE, clients.len() as u64)?;
         clients.push(c);
     }

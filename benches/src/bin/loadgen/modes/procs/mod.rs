@@ -117,7 +117,7 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     let mut report = Report {
         mode: "idle",
         unit: "confirmed",
-        addr: Some(env.target),
+        addr: Some(env.target.to_string()),
         size: Some(8),
         threads: env.threads,
         conns: Some(args.conns),

@@ -1,0 +1,306 @@
+//! [`Endpoint`]: where a server listens or a client connects: a TCP address, a
+//! Unix-domain socket path, or a Linux abstract Unix-domain name.
+
+use std::fmt;
+use std::io;
+use std::net::{SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::sync::Arc;
+
+use socket2::SockAddr;
+
+/// The longest name a Unix-domain address holds (`sun_path` is 108 bytes; a path needs
+/// its terminating NUL, an abstract name its leading one).
+const SUN_PATH_MAX: usize = 107;
+
+/// A stream endpoint: an IPv4/IPv6 address (TCP), a Unix-domain socket path, or an
+/// abstract Unix-domain name (Linux only: no file, gone with the last socket).
+///
+/// Parsed from and displayed as `127.0.0.1:7000`, `[::1]:7000`, `unix:/run/echo.sock`,
+/// `unix:@echo`. Every server and client builder takes one (`impl Into<Endpoint>`; a
+/// [`SocketAddr`] converts), and connections report theirs
+/// ([`TcpConnection::peer_endpoint`](crate::TcpConnection::peer_endpoint)).
+///
+/// Cloning is cheap: names are reference-counted, so a server hands its path to every
+/// connection without copying it.
+///
+/// # Example
+///
+/// ```
+/// use duo_net::Endpoint;
+///
+/// let tcp: Endpoint = "127.0.0.1:7000".parse()?;
+/// assert_eq!(tcp.as_inet(), Some("127.0.0.1:7000".parse()?));
+///
+/// let path: Endpoint = "unix:/tmp/echo.sock".parse()?;
+/// assert!(path.is_unix());
+/// assert_eq!(path.to_string(), "unix:/tmp/echo.sock");
+///
+/// let name: Endpoint = "unix:@echo".parse()?;
+/// assert_eq!(name, Endpoint::abstract_name("echo")?);
+/// assert_eq!(name.to_string(), "unix:@echo");
+///
+/// assert!("unix:".parse::<Endpoint>().is_err());
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub enum Endpoint {
+    /// A TCP address (IPv4 or IPv6).
+    Inet(SocketAddr),
+    /// A Unix-domain socket bound to a path in the file system.
+    Unix(Arc<Path>),
+    /// A Linux abstract Unix-domain name (the bytes after the leading NUL; no file).
+    Abstract(Arc<[u8]>),
+    /// A Unix-domain socket with no address: the usual peer of a server's connection (a
+    /// client that connects without binding first). Displays as `unix:(unnamed)`; not
+    /// something to listen on or connect to.
+    UnixUnnamed,
+}
+
+/// Why a string is not an [`Endpoint`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ParseEndpointError {
+    /// Neither `unix:...` nor an IP address with a port (`127.0.0.1:7000`, `[::1]:7000`).
+    #[error("{0:?} is not an address (expected HOST:PORT, [IPv6]:PORT, unix:/path or unix:@name)")]
+    NotAnAddress(String),
+    /// `unix:` or `unix:@` with nothing after it.
+    #[error("{0:?}: the Unix-domain address is empty")]
+    Empty(String),
+    /// A path or name longer than a Unix-domain address holds (107 bytes).
+    #[error("{0:?}: a Unix-domain address holds at most {SUN_PATH_MAX} bytes")]
+    TooLong(String),
+    /// A path with a NUL byte.
+    #[error("{0:?}: a Unix-domain path cannot contain a NUL byte")]
+    Nul(String),
+}
+
+impl Endpoint {
+    /// A Unix-domain socket path (checked: not empty, no NUL, at most 107 bytes).
+    pub fn unix(path: impl AsRef<Path>) -> Result<Endpoint, ParseEndpointError> {
+        let path = path.as_ref();
+        let bytes = path.as_os_str().as_bytes();
+        let shown = || path.display().to_string();
+        if bytes.is_empty() {
+            return Err(ParseEndpointError::Empty(shown()));
+        }
+        if bytes.contains(&0) {
+            return Err(ParseEndpointError::Nul(shown()));
+        }
+        if bytes.len() > SUN_PATH_MAX {
+            return Err(ParseEndpointError::TooLong(shown()));
+        }
+        Ok(Endpoint::Unix(Arc::from(path)))
+    }
+
+    /// An abstract Unix-domain name (checked: not empty, at most 107 bytes).
+    pub fn abstract_name(name: impl AsRef<[u8]>) -> Result<Endpoint, ParseEndpointError> {
+        let name = name.as_ref();
+        let shown = || String::from_utf8_lossy(name).into_owned();
+        if name.is_empty() {
+            return Err(ParseEndpointError::Empty(shown()));
+        }
+        if name.len() > SUN_PATH_MAX {
+            return Err(ParseEndpointError::TooLong(shown()));
+        }
+        Ok(Endpoint::Abstract(Arc::from(name)))
+    }
+
+    /// The TCP address, if this is one.
+    pub fn as_inet(&self) -> Option<SocketAddr> {
+        match self {
+            Endpoint::Inet(addr) => Some(*addr),
+            _ => None,
+        }
+    }
+
+    /// The socket file's path, for a path-bound Unix-domain endpoint.
+    pub fn as_path(&self) -> Option<&Path> {
+        match self {
+            Endpoint::Unix(path) => Some(path),
+            _ => None,
+        }
+    }
+
+    /// Whether this is a Unix-domain endpoint (path, abstract or unnamed).
+    pub fn is_unix(&self) -> bool {
+        !matches!(self, Endpoint::Inet(_))
+    }
+
+    /// The address in the form the socket calls take.
+    pub(crate) fn to_sock_addr(&self) -> io::Result<SockAddr> {
+        match self {
+            Endpoint::Inet(addr) => Ok(SockAddr::from(*addr)),
+            Endpoint::Unix(path) => SockAddr::unix(path),
+            Endpoint::Abstract(name) => {
+                // socket2 reads a leading NUL byte as "abstract" (Linux's convention).
+                let mut bytes = Vec::with_capacity(name.len() + 1);
+                bytes.push(0);
+                bytes.extend_from_slice(name);
+                SockAddr::unix(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+            }
+            Endpoint::UnixUnnamed => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "an unnamed Unix-domain socket has no address to bind or connect to",
+            )),
+        }
+    }
+
+    /// The endpoint of a socket address the kernel returned (`accept`, `getsockname`);
+    /// `None` for families other than IPv4, IPv6 and Unix.
+    pub(crate) fn from_sock_addr(addr: &SockAddr) -> Option<Endpoint> {
+        if let Some(inet) = addr.as_socket() {
+            return Some(Endpoint::Inet(inet));
+        }
+        if addr.domain() != socket2::Domain::UNIX {
+            return None;
+        }
+        if let Some(path) = addr.as_pathname() {
+            return Some(Endpoint::Unix(Arc::from(path)));
+        }
+        if let Some(name) = addr.as_abstract_namespace() {
+            return Some(Endpoint::Abstract(Arc::from(name)));
+        }
+        Some(Endpoint::UnixUnnamed)
+    }
+}
+
+impl From<SocketAddr> for Endpoint {
+    fn from(addr: SocketAddr) -> Endpoint {
+        Endpoint::Inet(addr)
+    }
+}
+
+impl From<SocketAddrV4> for Endpoint {
+    fn from(addr: SocketAddrV4) -> Endpoint {
+        Endpoint::Inet(addr.into())
+    }
+}
+
+impl From<SocketAddrV6> for Endpoint {
+    fn from(addr: SocketAddrV6) -> Endpoint {
+        Endpoint::Inet(addr.into())
+    }
+}
+
+impl PartialEq<SocketAddr> for Endpoint {
+    fn eq(&self, other: &SocketAddr) -> bool {
+        self.as_inet() == Some(*other)
+    }
+}
+
+impl FromStr for Endpoint {
+    type Err = ParseEndpointError;
+
+    /// `HOST:PORT` with an IP address (`127.0.0.1:7000`, `[::1]:7000`), `unix:/path`
+    /// (a relative path is allowed: `unix:echo.sock`) or `unix:@name`.
+    fn from_str(s: &str) -> Result<Endpoint, ParseEndpointError> {
+        let with_context = |e: ParseEndpointError| match e {
+            ParseEndpointError::Empty(_) => ParseEndpointError::Empty(s.to_owned()),
+            ParseEndpointError::TooLong(_) => ParseEndpointError::TooLong(s.to_owned()),
+            ParseEndpointError::Nul(_) => ParseEndpointError::Nul(s.to_owned()),
+            other => other,
+        };
+        match s.strip_prefix("unix:") {
+            Some(rest) => match rest.strip_prefix('@') {
+                Some(name) => Endpoint::abstract_name(name).map_err(with_context),
+                None => Endpoint::unix(rest).map_err(with_context),
+            },
+            None => s
+                .parse::<SocketAddr>()
+                .map(Endpoint::Inet)
+                .map_err(|_| ParseEndpointError::NotAnAddress(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for Endpoint {
+    /// The form [`FromStr`] reads back: `127.0.0.1:7000`, `[::1]:7000`, `unix:/path`,
+    /// `unix:@name` (bytes of an abstract name that are not printable ASCII are written
+    /// as `\xNN`); an unnamed socket shows as `unix:(unnamed)`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Endpoint::Inet(addr) => write!(f, "{addr}"),
+            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Abstract(name) => {
+                f.write_str("unix:@")?;
+                for &b in name.iter() {
+                    if b.is_ascii_graphic() || b == b' ' {
+                        write!(f, "{}", b as char)?;
+                    } else {
+                        write!(f, "\\x{b:02x}")?;
+                    }
+                }
+                Ok(())
+            }
+            Endpoint::UnixUnnamed => f.write_str("unix:(unnamed)"),
+        }
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{self}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_form_reads_back_from_its_display() {
+        for s in [
+            "127.0.0.1:7000",
+            "[::1]:7000",
+            "0.0.0.0:0",
+            "unix:/tmp/echo.sock",
+            "unix:relative.sock",
+            "unix:@echo",
+            "unix:@with space",
+        ] {
+            let e: Endpoint = s.parse().unwrap();
+            assert_eq!(e.to_string(), s);
+            assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn bad_forms_are_refused_with_the_input_named() {
+        for (s, want) in [
+            ("localhost:7000", "not an address"),
+            ("7000", "not an address"),
+            ("unix:", "empty"),
+            ("unix:@", "empty"),
+        ] {
+            let err = s.parse::<Endpoint>().unwrap_err().to_string();
+            assert!(err.contains(want) && err.contains(s), "{s}: {err}");
+        }
+        let long = format!("unix:/{}", "x".repeat(107));
+        let err = long.parse::<Endpoint>().unwrap_err().to_string();
+        assert!(err.contains("at most 107 bytes"), "{err}");
+        assert!(format!("unix:/{}", "x".repeat(106))
+            .parse::<Endpoint>()
+            .is_ok());
+        assert!(format!("unix:@{}", "x".repeat(107))
+            .parse::<Endpoint>()
+            .is_ok());
+    }
+
+    #[test]
+    fn socket_addresses_round_trip() {
+        for s in ["127.0.0.1:7000", "unix:/tmp/x.sock", "unix:@duo-x"] {
+            let e: Endpoint = s.parse().unwrap();
+            let back = Endpoint::from_sock_addr(&e.to_sock_addr().unwrap()).unwrap();
+            assert_eq!(back, e);
+        }
+        assert!(Endpoint::UnixUnnamed.to_sock_addr().is_err());
+    }
+
+    #[test]
+    fn non_printable_abstract_bytes_are_escaped() {
+        let e = Endpoint::abstract_name(b"a\x01\n").unwrap();
+        assert_eq!(e.to_string(), "unix:@a\\x01\\x0a");
+    }
+}

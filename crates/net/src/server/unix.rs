@@ -1,0 +1,135 @@
+//! Listening on a Unix-domain socket: the stale-file policy at bind, and removing the
+//! socket file at stop.
+//!
+//! # A path that already exists
+//!
+//! A server that dies without removing its socket file leaves it behind, and `bind` then
+//! fails with `EADDRINUSE` although nobody listens. Before binding, the path is looked at
+//! (`lstat`, never following a symbolic link):
+//!
+//! | what is there | what happens |
+//! |---|---|
+//! | nothing | bind |
+//! | a socket, and a connect to it succeeds (or would block: a full backlog) | refused: `AddrInUse`, naming the path; a live server owns it |
+//! | a socket, and the connect is refused (no listener) | the stale file is removed, then bind |
+//! | anything else (a file, a directory, a symbolic link) | refused: `AddrInUse`, and the path is left as it is |
+//!
+//! The probe and the removal are not atomic: two servers started at the same moment on
+//! the same dead path may both find it stale, and the second to bind removes the first's
+//! fresh file. Start one server per path.
+//!
+//! # At stop
+//!
+//! The server remembers the device and inode of the file its `bind` created, and removes
+//! the path at stop only if it is still that file: a successor that already replaced it
+//! keeps its own. Abstract names (`unix:@name`) have no file: the kernel frees the name
+//! with the last socket.
+
+use std::fs;
+use std::io;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::Path;
+use std::sync::Arc;
+
+use socket2::{Domain, SockAddr, Socket, Type};
+
+use super::accept::BACKLOG;
+use crate::endpoint::Endpoint;
+
+/// The socket file a server created by binding; dropping it (at the server's stop, or
+/// when starting fails) removes the file if it is still there.
+#[derive(Debug)]
+pub(super) struct SocketFile {
+    path: Arc<Path>,
+    dev: u64,
+    ino: u64,
+}
+
+impl Drop for SocketFile {
+    /// Removes the file if it is still the one the bind created (device and inode).
+    fn drop(&mut self) {
+        match fs::symlink_metadata(&self.path) {
+            Ok(m) if m.dev() == self.dev && m.ino() == self.ino => {
+                if let Err(e) = fs::remove_file(&self.path) {
+                    log::warn!("cannot remove socket file {}: {e}", self.path.display());
+                }
+            }
+            Ok(_) => log::info!(
+                "socket file {} was replaced by another; leaving it",
+                self.path.display()
+            ),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => log::warn!("socket file {}: {e}", self.path.display()),
+        }
+    }
+}
+
+/// Binds and listens on a Unix-domain endpoint (path or abstract name), non-blocking and
+/// close-on-exec, after clearing a stale socket file (see the module docs). Returns the
+/// socket and, for a path, the file to remove at stop.
+pub(super) fn listen_unix(endpoint: &Endpoint) -> io::Result<(Socket, Option<SocketFile>)> {
+    let addr = endpoint.to_sock_addr()?;
+    if let Some(path) = endpoint.as_path() {
+        clear_stale(path)?;
+    }
+    let socket = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    socket
+        .bind(&addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {endpoint}: {e}")))?;
+    let file = match endpoint {
+        Endpoint::Unix(path) => {
+            let m = fs::symlink_metadata(path)?;
+            Some(SocketFile {
+                path: path.clone(),
+                dev: m.dev(),
+                ino: m.ino(),
+            })
+        }
+        _ => None,
+    };
+    if let Err(e) = socket.listen(BACKLOG) {
+        drop(file);
+        return Err(io::Error::new(
+            e.kind(),
+            format!("cannot listen on {endpoint}: {e}"),
+        ));
+    }
+    Ok((socket, file))
+}
+
+/// Makes way for a bind on `path`: nothing there, or a stale socket (removed). A live
+/// server's socket and anything that is not a socket are refused with `AddrInUse`.
+fn clear_stale(path: &Path) -> io::Result<()> {
+    let in_use = |why: String| io::Error::new(io::ErrorKind::AddrInUse, why);
+    let shown = path.display();
+    let meta = match fs::symlink_metadata(path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io::Error::new(e.kind(), format!("unix:{shown}: {e}"))),
+    };
+    if !meta.file_type().is_socket() {
+        return Err(in_use(format!(
+            "unix:{shown} exists and is not a socket; not replacing it"
+        )));
+    }
+    // Non-blocking, so that a live server with a full backlog answers `EAGAIN` at once
+    // instead of holding us up.
+    let probe = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
+    match probe.connect(&SockAddr::unix(path)?) {
+        Ok(()) => Err(in_use(format!(
+            "unix:{shown} is in use: a server is listening on it"
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(in_use(format!(
+            "unix:{shown} is in use: a server is listening on it (its backlog is full)"
+        ))),
+        Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+            fs::remove_file(path)
+                .map_err(|e| io::Error::new(e.kind(), format!("unix:{shown}: {e}")))?;
+            log::info!("removed the stale socket file {shown} (nobody listened on it)");
+            Ok(())
+        }
+        Err(e) => Err(in_use(format!(
+            "unix:{shown} exists and cannot be probed ({e}); not replacing it"
+        ))),
+    }
+}

@@ -1,0 +1,49 @@
+//! `Endpoint`'s parser and display, by property: every address form reads back from its
+//! display, and no input makes the parser panic.
+
+use std::net::SocketAddr;
+
+use duo_net::Endpoint;
+use proptest::prelude::*;
+
+proptest! {
+    #[test]
+    fn any_string_parses_or_is_refused_without_panic(s in ".{0,200}") {
+        let _ = s.parse::<Endpoint>();
+        let _ = format!("unix:{s}").parse::<Endpoint>();
+        let _ = format!("unix:@{s}").parse::<Endpoint>();
+    }
+
+    #[test]
+    fn inet_addresses_read_back(ip in any::<std::net::IpAddr>(), port in any::<u16>()) {
+        // (Not `any::<SocketAddr>()`: an IPv6 flow label does not show in the text form.)
+        let addr = SocketAddr::new(ip, port);
+        let e = Endpoint::from(addr);
+        prop_assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e.clone());
+        prop_assert_eq!(e.as_inet(), Some(addr));
+        prop_assert!(!e.is_unix());
+    }
+
+    #[test]
+    fn unix_paths_read_back(path in "/[a-zA-Z0-9_./ -]{1,100}") {
+        let e: Endpoint = format!("unix:{path}").parse().unwrap();
+        prop_assert_eq!(e.as_path().map(|p| p.to_str().unwrap().to_owned()), Some(path.clone()));
+        prop_assert_eq!(e.to_string(), format!("unix:{path}"));
+        prop_assert!(e.is_unix());
+    }
+
+    #[test]
+    fn printable_abstract_names_read_back(name in "[ -~]{1,107}") {
+        let e: Endpoint = format!("unix:@{name}").parse().unwrap();
+        prop_assert_eq!(&e, &Endpoint::abstract_name(&name).unwrap());
+        prop_assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e.clone());
+    }
+
+    #[test]
+    fn names_too_long_are_refused(len in 108usize..300) {
+        let long = "x".repeat(len);
+        let (name, path) = (format!("unix:@{long}"), format!("unix:{long}"));
+        prop_assert!(name.parse::<Endpoint>().is_err());
+        prop_assert!(path.parse::<Endpoint>().is_err());
+    }
+}
