@@ -1,14 +1,13 @@
 //! Smoke tests of the `loadgen` binary: each mode against a tiny in-process echo server
 //! (one std thread per connection), about a second each, checking the `--json` output.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::process::{Command, Stdio};
 use std::thread;
-use std::time::{Duration, Instant};
 
-/// How long one loadgen run may take before the test kills it and fails.
-const RUN_LIMIT: Duration = Duration::from_secs(30);
+use common::{field, loadgen, number};
 
 /// Starts an echo server on a free loopback port; it lives as long as the test process.
 /// With `corrupt`, it flips one bit of the 1000th byte of each connection.
@@ -40,55 +39,6 @@ fn echo(mut stream: TcpStream, corrupt: bool) {
             return;
         }
     }
-}
-
-/// Runs loadgen with `args`; returns its exit code and stdout. Fails the test if it runs
-/// longer than [`RUN_LIMIT`].
-fn loadgen(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start loadgen");
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for loadgen") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("loadgen {args:?} ran longer than {RUN_LIMIT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut out)
-        .expect("read stdout");
-    (status.code().unwrap_or(-1), out)
-}
-
-/// The raw text of a top-level field of a flat JSON object (numbers, `true`, `{...}`).
-fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &json[start..];
-    let end = if rest.starts_with('{') {
-        rest.find('}')? + 1
-    } else {
-        rest.find([',', '}'])?
-    };
-    Some(&rest[..end])
-}
-
-fn number(json: &str, key: &str) -> f64 {
-    field(json, key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number `{key}` in {json}"))
 }
 
 /// Runs a mode with `--json` and checks the common expectations: one JSON line, exit 0,

@@ -2,14 +2,12 @@
 //! drops every 50th datagram (counted as `lost`, the run goes on), one that corrupts
 //! (a verification failure), and the usage errors.
 
-use std::io::Read;
-use std::net::{SocketAddr, UdpSocket};
-use std::process::{Command, Stdio};
-use std::thread;
-use std::time::{Duration, Instant};
+mod common;
 
-/// How long one loadgen run may take before the test kills it and fails.
-const RUN_LIMIT: Duration = Duration::from_secs(30);
+use std::net::{SocketAddr, UdpSocket};
+use std::thread;
+
+use common::{field, loadgen, number};
 
 /// What the test server does to the datagrams it echoes.
 #[derive(Clone, Copy)]
@@ -40,54 +38,6 @@ fn udp_echo(behaviour: Behaviour) -> SocketAddr {
         }
     });
     addr
-}
-
-/// Runs loadgen with `args`; returns its exit code and stdout.
-fn loadgen(args: &[&str]) -> (i32, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
-        .args(args)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("start loadgen");
-    let deadline = Instant::now() + RUN_LIMIT;
-    let status = loop {
-        if let Some(status) = child.try_wait().expect("wait for loadgen") {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("loadgen {args:?} ran longer than {RUN_LIMIT:?}");
-        }
-        thread::sleep(Duration::from_millis(20));
-    };
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut out)
-        .expect("read stdout");
-    (status.code().unwrap_or(-1), out)
-}
-
-/// The raw text of a top-level field of a flat JSON object.
-fn field<'a>(json: &'a str, key: &str) -> Option<&'a str> {
-    let start = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    let rest = &json[start..];
-    let end = if rest.starts_with('{') {
-        rest.find('}')? + 1
-    } else {
-        rest.find([',', '}'])?
-    };
-    Some(&rest[..end])
-}
-
-fn number(json: &str, key: &str) -> f64 {
-    field(json, key)
-        .and_then(|v| v.parse().ok())
-        .unwrap_or_else(|| panic!("no number `{key}` in {json}"))
 }
 
 fn run(behaviour: Behaviour, extra: &[&str]) -> (i32, String) {
