@@ -302,13 +302,24 @@ impl UdpHandler {
             });
         }
         self.queue.push(data, to);
+        self.store_queued();
         Ok(())
+    }
+
+    /// Publishes the queue's cost to the gauge other threads' sends check against the
+    /// limit (Release: pairs with their Acquire of `in_flight`, see `UdpSocket::send_to`).
+    fn store_queued(&self) {
+        self.shared
+            .counters
+            .queued_bytes
+            .store(self.queue.cost as u64, Ordering::Release);
     }
 
     /// Queues a datagram from another thread's send, already checked against the limit.
     /// Returns true if a flush must be scheduled (none is yet).
     pub(crate) fn queue_unchecked(&mut self, data: &[u8], to: Option<SocketAddr>) -> bool {
         self.queue.push(data, to);
+        self.store_queued();
         !std::mem::replace(&mut self.flush_scheduled, true)
     }
 
@@ -374,8 +385,9 @@ impl UdpHandler {
         UdpCounters::add(&c.datagrams_out, count);
         UdpCounters::add(&c.bytes_out, bytes);
         UdpCounters::add(&c.send_calls, calls);
-        c.queued_bytes
-            .store(self.queue.cost as u64, Ordering::Relaxed);
+        // Popping only lowers the gauge: storing it once here leaves it high meanwhile,
+        // which errs on the refusing side.
+        self.store_queued();
     }
 }
 

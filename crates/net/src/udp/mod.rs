@@ -199,8 +199,10 @@ impl UdpSocket {
             return Err(UdpSendError::Stopped);
         }
         let cost = (data.len() + ENTRY_COST) as u64;
-        let before = s.counters.in_flight.fetch_add(cost, Ordering::Relaxed);
-        let queued = s.counters.queued_bytes.load(Ordering::Relaxed);
+        // Acquire: pairs with the loop's Release when it moves a datagram from in flight
+        // into its queue (see the task below), so the gauge read next counts it.
+        let before = s.counters.in_flight.fetch_add(cost, Ordering::AcqRel);
+        let queued = s.counters.queued_bytes.load(Ordering::Acquire);
         if before + queued + cost > s.queue_limit as u64 && before + queued > 0 {
             s.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
             s.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -210,16 +212,23 @@ impl UdpSocket {
         }
         let shared = Arc::clone(s);
         let task = move |lp: &mut duo_reactor::EventLoop| {
-            shared.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
-            let Some(&token) = shared.token.get() else {
-                return;
-            };
-            // Checked against the limit above, with this datagram counted in flight.
-            let first = lp
-                .with_handler(token, |_, _, h: &mut UdpHandler| {
+            let c = &shared.counters;
+            // Checked against the limit above, with this datagram counted in flight. It is
+            // counted in the queue's gauge (`queue_unchecked` stores it) before it leaves
+            // `in_flight`, so other threads' checks never miss it.
+            let token = shared.token.get().copied();
+            let first = token.and_then(|token| {
+                lp.with_handler(token, |_, _, h: &mut UdpHandler| {
                     h.queue_unchecked(&data, to)
                 })
-                .unwrap_or(false);
+            });
+            c.in_flight.fetch_sub(cost, Ordering::Release);
+            let (Some(token), Some(first)) = (token, first) else {
+                // The socket was stopped (and its queue dropped) after this send was
+                // accepted: the datagram is dropped, and counted as such.
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
             if first {
                 // Sends queued by other threads in the same drain of the loop's queue go
                 // out together, after it.
