@@ -350,8 +350,12 @@ impl UdpHandler {
                     bytes += self.queue.pop(k) as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    UdpCounters::add(&self.shared.counters.send_buffer_full, 1);
-                    ch.enable_writing();
+                    // Counted once per wait for writability, not again by the flushes of
+                    // read events (or `UdpCtx::flush`) that meet it still full meanwhile.
+                    if !ch.is_writing() {
+                        UdpCounters::add(&self.shared.counters.send_buffer_full, 1);
+                        ch.enable_writing();
+                    }
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !refused_once => {
@@ -418,7 +422,9 @@ impl UdpCtx<'_> {
     ///
     /// [`UdpSendError::QueueFull`] if the send queue is at its limit (the socket's send
     /// buffer has been full for a while: the peer or the network is slower than the
-    /// sender); [`UdpSendError::TooLarge`] beyond 65 535 bytes.
+    /// sender); [`UdpSendError::TooLarge`] beyond [`MAX_PAYLOAD`](super::MAX_PAYLOAD)
+    /// bytes (over IPv4 the kernel refuses more than 65 507: see
+    /// [`MAX_PAYLOAD`](super::MAX_PAYLOAD)).
     pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> Result<(), UdpSendError> {
         check_len(data.len())?;
         self.handler.enqueue(data, Some(to))

@@ -66,7 +66,13 @@ pub use stats::UdpStats;
 use looped::{check_len, UdpHandler, ENTRY_COST};
 use stats::UdpCounters;
 
-/// The largest UDP payload (the 16-bit length field less the UDP header).
+/// The largest UDP payload (the 16-bit length field less the UDP header): 65 527 bytes,
+/// what sends accept and what [`UdpBuilder::max_datagram`] is clamped to.
+///
+/// Over IPv4 the IP header (20 bytes) comes out of the same 65 535, so the kernel refuses
+/// payloads of 65 508 to 65 527 bytes with `EMSGSIZE`: such a send is accepted here and
+/// then dropped and counted in [`UdpStats::send_errors`] (IPv6 without jumbograms takes
+/// up to 65 527).
 pub const MAX_PAYLOAD: usize = 65_535 - 8;
 
 /// Why a datagram was not queued.
@@ -178,7 +184,9 @@ impl UdpSocket {
     /// [`UdpSendError::Stopped`] after [`stop`](UdpSocket::stop) or once the loop ended;
     /// [`UdpSendError::QueueFull`] when the bytes queued (on the loop and on their way to
     /// it) are at the limit; [`UdpSendError::TooLarge`] beyond [`MAX_PAYLOAD`]. A datagram
-    /// accepted here may still fail in the kernel: see [`UdpStats::send_errors`].
+    /// accepted here may still fail in the kernel (over IPv4 anything above 65 507 bytes
+    /// does): see [`UdpStats::send_errors`]. One accepted just before the socket stops
+    /// may reach the loop after it closed: it is then counted in [`UdpStats::dropped`].
     pub fn send_to(&self, data: impl Into<Vec<u8>>, to: SocketAddr) -> Result<(), UdpSendError> {
         self.queue(data.into(), Some(to))
     }
