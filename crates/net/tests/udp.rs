@@ -366,3 +366,89 @@ fn unbatched_receive_echoes_the_same() {
     sock.stop();
     io.stop().unwrap();
 }
+
+/// Runs a no-op on the loop and waits for it: everything queued on the loop before it has
+/// run when this returns.
+fn loop_barrier(lp: &LoopHandle) {
+    let (done, wait) = mpsc::channel();
+    lp.queue_in_loop(move |_| {
+        let _ = done.send(());
+    })
+    .unwrap();
+    wait.recv_timeout(LIMIT).unwrap();
+}
+
+/// A cross-thread send accepted (`Ok`) while the callback stops the socket reaches the
+/// loop after the socket closed: it is counted as dropped, not lost without a trace.
+#[test]
+fn a_send_accepted_just_before_a_stop_is_counted_when_it_cannot_go_out() {
+    let io = EventLoopThread::spawn("udp-send-stop", None).unwrap();
+    let (accepted_tx, accepted) = mpsc::channel();
+    let sock = UdpSocket::builder("send-stop", localhost())
+        .on_datagram(move |ctx, payload, from| {
+            // Through the handle: queued on the loop, so it runs after the stop below.
+            let ok = ctx.socket().send_to(payload.to_vec(), from).is_ok();
+            let _ = accepted_tx.send(ok);
+            ctx.stop();
+        })
+        .start(io.handle())
+        .unwrap();
+    let c = client("127.0.0.1:0");
+    c.send_to(b"ping", sock.local_addr()).unwrap();
+    assert!(accepted.recv_timeout(LIMIT).unwrap(), "send_to said Ok");
+    wait_until("the socket closed", || sock.is_closed());
+    // The queued send ran before this barrier.
+    loop_barrier(io.handle());
+    let st = sock.stats();
+    assert_eq!(
+        st.datagrams_out + st.dropped + st.send_errors,
+        1,
+        "the accepted datagram is sent or counted: {st:?}"
+    );
+    io.stop().unwrap();
+}
+
+/// A datagram another thread queued is counted against the limit all the way: once the
+/// loop has taken it into its queue (before the flush that sends it), a second send that
+/// would pass the limit is refused.
+#[test]
+fn a_cross_thread_send_taken_by_the_loop_still_counts_against_the_limit() {
+    let io = EventLoopThread::spawn("udp-bound", None).unwrap();
+    let sock = UdpSocket::builder("bound", localhost())
+        .send_queue_bytes(10_000)
+        .on_datagram(|_, _, _| {})
+        .start(io.handle())
+        .unwrap();
+    let c = client("127.0.0.1:0");
+    let to = c.local_addr().unwrap();
+    // Queue the send and a second block behind it while the loop is held: both run in
+    // the same drain of the loop's queue, and the flush the send schedules waits for the
+    // next one, so while the second block holds the loop the datagram is in the loop's
+    // queue, not sent.
+    let first = block_loop(io.handle());
+    sock.send_to(vec![1u8; 6_000], to).unwrap();
+    let (release, wait) = mpsc::channel::<()>();
+    let (ready_tx, ready) = mpsc::channel();
+    io.handle()
+        .queue_in_loop(move |_| {
+            ready_tx.send(()).unwrap();
+            let _ = wait.recv_timeout(LIMIT);
+        })
+        .unwrap();
+    drop(first);
+    ready.recv_timeout(LIMIT).unwrap();
+    assert_eq!(sock.stats().datagrams_out, 0);
+    assert!(
+        matches!(
+            sock.send_to(vec![2u8; 6_000], to),
+            Err(UdpSendError::QueueFull { limit: 10_000 })
+        ),
+        "12 096 bytes would be queued against a limit of 10 000: {:?}",
+        sock.stats()
+    );
+    drop(release);
+    assert_eq!(recv(&c), vec![1u8; 6_000]);
+    wait_until("the gauge back to 0", || sock.stats().queued_bytes == 0);
+    sock.stop();
+    io.stop().unwrap();
+}

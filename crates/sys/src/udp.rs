@@ -117,17 +117,32 @@ pub fn recv_mmsg(
         return Ok(0);
     }
     let base = buf.as_mut_ptr();
+    // Raw pointers to the iovecs and addresses are derived once from each vector (never
+    // from a reference to one element, which a later borrow of the vector would
+    // invalidate under Stacked Borrows) and only written through until the call.
+    let iovs = scratch.iovs.as_mut_ptr();
+    let addrs = scratch.addrs.as_mut_ptr();
     for i in 0..n {
-        scratch.iovs[i] = libc::iovec {
-            // SAFETY: `i * slot + slot <= n * slot <= buf.len()`, so the offset stays
-            // inside `buf`.
-            iov_base: unsafe { base.add(i * slot) }.cast::<libc::c_void>(),
-            iov_len: slot,
+        // SAFETY: `i < n <= scratch.capacity()`, the length of `iovs` and `addrs`, so both
+        // offsets stay inside their vectors; `i * slot + slot <= n * slot <= buf.len()`,
+        // so the payload offset stays inside `buf`. The writes go through pointers
+        // derived from the vectors' `as_mut_ptr`, which nothing else borrows meanwhile.
+        let (iov, addr) = unsafe {
+            let iov = iovs.add(i);
+            iov.write(libc::iovec {
+                iov_base: base.add(i * slot).cast::<libc::c_void>(),
+                iov_len: slot,
+            });
+            let addr = addrs.add(i);
+            // Family 0 (AF_UNSPEC) unless the kernel writes an address: an address of
+            // length 0 then reads as none, not as the previous datagram's source.
+            (*addr).ss_family = 0;
+            (iov, addr)
         };
         let hdr = &mut scratch.hdrs[i].msg_hdr;
-        hdr.msg_name = (&mut scratch.addrs[i] as *mut libc::sockaddr_storage).cast();
+        hdr.msg_name = addr.cast();
         hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
-        hdr.msg_iov = &mut scratch.iovs[i];
+        hdr.msg_iov = iov;
         hdr.msg_iovlen = 1;
         hdr.msg_control = std::ptr::null_mut();
         hdr.msg_controllen = 0;
@@ -157,13 +172,24 @@ pub fn recv_mmsg(
     for (i, m) in meta.iter_mut().enumerate().take(got) {
         let hdr = &scratch.hdrs[i];
         let len = hdr.msg_len as usize;
-        // SAFETY: the kernel filled `addrs[i]` with an address of `msg_namelen` bytes
-        // (at most the storage's size); the rest of the storage is zeroed or old bytes of
-        // an earlier address, which `SockAddr` never reads past `len`.
-        let from = unsafe { SockAddr::new(scratch.addrs[i], hdr.msg_hdr.msg_namelen) };
+        let namelen = hdr.msg_hdr.msg_namelen;
+        let from = if namelen == 0 {
+            // No address (possible on an AF_UNIX socket): none, whatever the storage holds.
+            None
+        } else {
+            // SAFETY: the storage is a fully initialised `sockaddr_storage` (zeroed at
+            // creation, written only with whole addresses since), so any read of it is of
+            // initialised bytes. `SockAddr::as_socket` dispatches on `ss_family` and reads
+            // the `sockaddr_in`/`sockaddr_in6` of that family, not bounded by `namelen`:
+            // the family was reset to 0 before the call and the kernel, when it writes an
+            // address of `namelen` (> 0, at most the storage's size) bytes, writes the
+            // family first, so a family of 4 or 6 is this datagram's own address.
+            let addr = unsafe { SockAddr::new(scratch.addrs[i], namelen) };
+            addr.as_socket()
+        };
         *m = RecvMeta {
             len: len.min(slot),
-            from: from.as_socket(),
+            from,
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         };
     }
@@ -174,8 +200,11 @@ pub fn recv_mmsg(
 /// with one `sendmmsg(MSG_NOSIGNAL)` call, at most `scratch.capacity()` of them.
 ///
 /// Returns how many the kernel took, in order (fewer than offered when the send buffer
-/// filled or a later datagram met an error: the error comes back from the next call).
-/// A full send buffer before the first datagram is [`io::ErrorKind::WouldBlock`].
+/// filled or a later datagram met an error: the error comes back from the next call),
+/// at least 1 when `msgs` is not empty: a call that takes none is an error (the first
+/// datagram's, or [`io::ErrorKind::Other`] if the kernel returned 0), so a caller that
+/// drops the first datagram on error always progresses. A full send buffer before the
+/// first datagram is [`io::ErrorKind::WouldBlock`].
 /// `EINTR` is retried.
 pub fn send_mmsg<'a>(
     fd: BorrowedFd<'_>,
@@ -183,25 +212,36 @@ pub fn send_mmsg<'a>(
     msgs: impl IntoIterator<Item = (&'a [u8], Option<SocketAddr>)>,
 ) -> io::Result<usize> {
     let mut n = 0;
+    // As in `recv_mmsg`: element pointers derived once from each vector's `as_mut_ptr`.
+    let iovs = scratch.iovs.as_mut_ptr();
+    let addrs = scratch.addrs.as_mut_ptr();
     for (data, to) in msgs.into_iter().take(scratch.capacity()) {
-        scratch.iovs[n] = libc::iovec {
-            iov_base: data.as_ptr().cast_mut().cast::<libc::c_void>(),
-            iov_len: data.len(),
-        };
+        // SAFETY: `n < scratch.capacity()` (the `take` above), the length of `iovs` and
+        // `addrs`: the offsets stay inside the vectors, written only through these
+        // pointers until the call.
+        let (iov, addr_slot) = unsafe { (iovs.add(n), addrs.add(n)) };
+        // SAFETY: as above; `iov` points at a valid `iovec` of `scratch`.
+        unsafe {
+            iov.write(libc::iovec {
+                iov_base: data.as_ptr().cast_mut().cast::<libc::c_void>(),
+                iov_len: data.len(),
+            });
+        }
         let hdr = &mut scratch.hdrs[n].msg_hdr;
         match to {
             Some(addr) => {
                 let addr = SockAddr::from(addr);
                 hdr.msg_namelen = addr.len();
-                scratch.addrs[n] = addr.as_storage();
-                hdr.msg_name = (&mut scratch.addrs[n] as *mut libc::sockaddr_storage).cast();
+                // SAFETY: `addr_slot` points at a valid `sockaddr_storage` of `scratch`.
+                unsafe { addr_slot.write(addr.as_storage()) };
+                hdr.msg_name = addr_slot.cast();
             }
             None => {
                 hdr.msg_name = std::ptr::null_mut();
                 hdr.msg_namelen = 0;
             }
         }
-        hdr.msg_iov = &mut scratch.iovs[n];
+        hdr.msg_iov = iov;
         hdr.msg_iovlen = 1;
         hdr.msg_control = std::ptr::null_mut();
         hdr.msg_controllen = 0;
@@ -226,6 +266,14 @@ pub fn send_mmsg<'a>(
         };
         match cvt(ret) {
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            // Not expected from Linux (it reports the first datagram's error instead), but
+            // a caller looping until its queue is empty would spin on it: an error, so that
+            // the caller drops the first datagram and goes on.
+            Ok(0) => {
+                return Err(io::Error::other(format!(
+                    "sendmmsg took none of {n} datagrams"
+                )))
+            }
             other => return other.map(|sent| sent as usize),
         }
     }
@@ -314,6 +362,36 @@ mod tests {
         sock.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
         let mut one = [0u8; 1];
         sock.peek_from(&mut one).unwrap();
+    }
+
+    /// A datagram that comes without an address (here from the unnamed end of an
+    /// `AF_UNIX` socket pair: `msg_namelen` 0) has no source, not the source a previous
+    /// call left in the same scratch's address storage.
+    #[test]
+    fn recv_mmsg_reports_no_source_for_an_address_of_length_0() {
+        let (a, b) = pair();
+        a.send_to(b"inet", b.local_addr().unwrap()).unwrap();
+        let mut scratch = MmsgScratch::new(1);
+        let mut buf = [0u8; 64];
+        let mut meta = [RecvMeta::default(); 1];
+        wait_readable(&b);
+        assert_eq!(
+            recv_mmsg(b.as_fd(), &mut scratch, &mut buf, 64, &mut meta).unwrap(),
+            1
+        );
+        assert_eq!(meta[0].from, Some(a.local_addr().unwrap()));
+
+        let (u, v) = std::os::unix::net::UnixDatagram::pair().unwrap();
+        // An AF_UNIX send puts the datagram on the peer's receive queue before it
+        // returns: no wait needed.
+        u.send(b"unix").unwrap();
+        v.set_nonblocking(true).unwrap();
+        assert_eq!(
+            recv_mmsg(v.as_fd(), &mut scratch, &mut buf, 64, &mut meta).unwrap(),
+            1
+        );
+        assert_eq!(&buf[..meta[0].len], b"unix");
+        assert_eq!(meta[0].from, None, "a stale source: {:?}", meta[0].from);
     }
 
     #[test]

@@ -93,8 +93,8 @@ impl UdpBuilder {
         self
     }
 
-    /// The largest datagram delivered whole (default [`DEFAULT_MAX_DATAGRAM`], at most
-    /// 65 535). A larger one is cut by the kernel, counted in
+    /// The largest datagram delivered whole (default [`DEFAULT_MAX_DATAGRAM`], clamped to
+    /// `1..=`[`MAX_PAYLOAD`](super::MAX_PAYLOAD), 65 527). A larger one is cut by the kernel, counted in
     /// [`UdpStats::truncated`](super::UdpStats::truncated), logged (rate-limited) and not
     /// delivered.
     pub fn max_datagram(mut self, bytes: usize) -> UdpBuilder {
@@ -111,7 +111,8 @@ impl UdpBuilder {
     }
 
     /// The send queue's limit in bytes (default [`DEFAULT_SEND_QUEUE`]): datagrams wait
-    /// there while the socket's send buffer is full; beyond it a send is refused with
+    /// there while the socket's send buffer is full, each counted as its payload plus a
+    /// 48-byte entry cost (so that empty datagrams are bounded too); beyond it a send is refused with
     /// [`UdpSendError::QueueFull`](super::UdpSendError::QueueFull) and counted as
     /// dropped.
     pub fn send_queue_bytes(mut self, bytes: usize) -> UdpBuilder {

@@ -302,13 +302,24 @@ impl UdpHandler {
             });
         }
         self.queue.push(data, to);
+        self.store_queued();
         Ok(())
+    }
+
+    /// Publishes the queue's cost to the gauge other threads' sends check against the
+    /// limit (Release: pairs with their Acquire of `in_flight`, see `UdpSocket::send_to`).
+    fn store_queued(&self) {
+        self.shared
+            .counters
+            .queued_bytes
+            .store(self.queue.cost as u64, Ordering::Release);
     }
 
     /// Queues a datagram from another thread's send, already checked against the limit.
     /// Returns true if a flush must be scheduled (none is yet).
     pub(crate) fn queue_unchecked(&mut self, data: &[u8], to: Option<SocketAddr>) -> bool {
         self.queue.push(data, to);
+        self.store_queued();
         !std::mem::replace(&mut self.flush_scheduled, true)
     }
 
@@ -339,8 +350,12 @@ impl UdpHandler {
                     bytes += self.queue.pop(k) as u64;
                 }
                 Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    UdpCounters::add(&self.shared.counters.send_buffer_full, 1);
-                    ch.enable_writing();
+                    // Counted once per wait for writability, not again by the flushes of
+                    // read events (or `UdpCtx::flush`) that meet it still full meanwhile.
+                    if !ch.is_writing() {
+                        UdpCounters::add(&self.shared.counters.send_buffer_full, 1);
+                        ch.enable_writing();
+                    }
                     break;
                 }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !refused_once => {
@@ -374,8 +389,9 @@ impl UdpHandler {
         UdpCounters::add(&c.datagrams_out, count);
         UdpCounters::add(&c.bytes_out, bytes);
         UdpCounters::add(&c.send_calls, calls);
-        c.queued_bytes
-            .store(self.queue.cost as u64, Ordering::Relaxed);
+        // Popping only lowers the gauge: storing it once here leaves it high meanwhile,
+        // which errs on the refusing side.
+        self.store_queued();
     }
 }
 
@@ -406,7 +422,9 @@ impl UdpCtx<'_> {
     ///
     /// [`UdpSendError::QueueFull`] if the send queue is at its limit (the socket's send
     /// buffer has been full for a while: the peer or the network is slower than the
-    /// sender); [`UdpSendError::TooLarge`] beyond 65 535 bytes.
+    /// sender); [`UdpSendError::TooLarge`] beyond [`MAX_PAYLOAD`](super::MAX_PAYLOAD)
+    /// bytes (over IPv4 the kernel refuses more than 65 507: see
+    /// [`MAX_PAYLOAD`](super::MAX_PAYLOAD)).
     pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> Result<(), UdpSendError> {
         check_len(data.len())?;
         self.handler.enqueue(data, Some(to))

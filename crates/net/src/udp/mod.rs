@@ -66,7 +66,13 @@ pub use stats::UdpStats;
 use looped::{check_len, UdpHandler, ENTRY_COST};
 use stats::UdpCounters;
 
-/// The largest UDP payload (the 16-bit length field less the UDP header).
+/// The largest UDP payload (the 16-bit length field less the UDP header): 65 527 bytes,
+/// what sends accept and what [`UdpBuilder::max_datagram`] is clamped to.
+///
+/// Over IPv4 the IP header (20 bytes) comes out of the same 65 535, so the kernel refuses
+/// payloads of 65 508 to 65 527 bytes with `EMSGSIZE`: such a send is accepted here and
+/// then dropped and counted in [`UdpStats::send_errors`] (IPv6 without jumbograms takes
+/// up to 65 527).
 pub const MAX_PAYLOAD: usize = 65_535 - 8;
 
 /// Why a datagram was not queued.
@@ -178,7 +184,9 @@ impl UdpSocket {
     /// [`UdpSendError::Stopped`] after [`stop`](UdpSocket::stop) or once the loop ended;
     /// [`UdpSendError::QueueFull`] when the bytes queued (on the loop and on their way to
     /// it) are at the limit; [`UdpSendError::TooLarge`] beyond [`MAX_PAYLOAD`]. A datagram
-    /// accepted here may still fail in the kernel: see [`UdpStats::send_errors`].
+    /// accepted here may still fail in the kernel (over IPv4 anything above 65 507 bytes
+    /// does): see [`UdpStats::send_errors`]. One accepted just before the socket stops
+    /// may reach the loop after it closed: it is then counted in [`UdpStats::dropped`].
     pub fn send_to(&self, data: impl Into<Vec<u8>>, to: SocketAddr) -> Result<(), UdpSendError> {
         self.queue(data.into(), Some(to))
     }
@@ -199,8 +207,10 @@ impl UdpSocket {
             return Err(UdpSendError::Stopped);
         }
         let cost = (data.len() + ENTRY_COST) as u64;
-        let before = s.counters.in_flight.fetch_add(cost, Ordering::Relaxed);
-        let queued = s.counters.queued_bytes.load(Ordering::Relaxed);
+        // Acquire: pairs with the loop's Release when it moves a datagram from in flight
+        // into its queue (see the task below), so the gauge read next counts it.
+        let before = s.counters.in_flight.fetch_add(cost, Ordering::AcqRel);
+        let queued = s.counters.queued_bytes.load(Ordering::Acquire);
         if before + queued + cost > s.queue_limit as u64 && before + queued > 0 {
             s.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
             s.counters.dropped.fetch_add(1, Ordering::Relaxed);
@@ -210,16 +220,23 @@ impl UdpSocket {
         }
         let shared = Arc::clone(s);
         let task = move |lp: &mut duo_reactor::EventLoop| {
-            shared.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
-            let Some(&token) = shared.token.get() else {
-                return;
-            };
-            // Checked against the limit above, with this datagram counted in flight.
-            let first = lp
-                .with_handler(token, |_, _, h: &mut UdpHandler| {
+            let c = &shared.counters;
+            // Checked against the limit above, with this datagram counted in flight. It is
+            // counted in the queue's gauge (`queue_unchecked` stores it) before it leaves
+            // `in_flight`, so other threads' checks never miss it.
+            let token = shared.token.get().copied();
+            let first = token.and_then(|token| {
+                lp.with_handler(token, |_, _, h: &mut UdpHandler| {
                     h.queue_unchecked(&data, to)
                 })
-                .unwrap_or(false);
+            });
+            c.in_flight.fetch_sub(cost, Ordering::Release);
+            let (Some(token), Some(first)) = (token, first) else {
+                // The socket was stopped (and its queue dropped) after this send was
+                // accepted: the datagram is dropped, and counted as such.
+                c.dropped.fetch_add(1, Ordering::Relaxed);
+                return;
+            };
             if first {
                 // Sends queued by other threads in the same drain of the loop's queue go
                 // out together, after it.

@@ -19,12 +19,17 @@ pub struct UdpStats {
     /// Datagrams the kernel refused to send (`EMSGSIZE`, `ENETUNREACH`, ...): dropped and
     /// counted here.
     pub send_errors: u64,
-    /// Datagrams refused at [`send_to`](super::UdpSocket::send_to) because the send queue
-    /// was at its limit ([`send_queue_bytes`](super::UdpBuilder::send_queue_bytes)); the
-    /// caller got [`UdpSendError::QueueFull`](super::UdpSendError::QueueFull).
+    /// Datagrams not sent for want of room or of a socket: refused at
+    /// [`UdpSocket::send_to`](super::UdpSocket::send_to) or
+    /// [`UdpCtx::send_to`](super::UdpCtx::send_to) because the send queue was at its limit
+    /// ([`send_queue_bytes`](super::UdpBuilder::send_queue_bytes); the caller got
+    /// [`UdpSendError::QueueFull`](super::UdpSendError::QueueFull)), still queued when the
+    /// socket stopped, or accepted by `UdpSocket::send_to` just before the stop and
+    /// reaching the loop after it (the caller got `Ok`).
     pub dropped: u64,
-    /// Times the socket's send buffer was full (`EAGAIN`): the rest of the queue waited for
-    /// writability.
+    /// Times the socket's send buffer was found full (`EAGAIN`) and the rest of the queue
+    /// began to wait for writability: once per wait, however many flushes meet it full
+    /// before the socket is writable again.
     pub send_buffer_full: u64,
     /// ICMP errors the kernel reported (`ECONNREFUSED`: "port unreachable" for an earlier
     /// datagram of a connected socket). The socket goes on.
@@ -36,7 +41,10 @@ pub struct UdpStats {
     pub recv_calls: u64,
     /// `sendto`/`sendmmsg` calls that sent datagrams.
     pub send_calls: u64,
-    /// Bytes waiting in the send queue now (a gauge).
+    /// The send queue's size now (a gauge), as counted against
+    /// [`send_queue_bytes`](super::UdpBuilder::send_queue_bytes): payload bytes plus 48 per
+    /// datagram queued. Datagrams other threads sent that have not reached the loop yet
+    /// are not in it.
     pub queued_bytes: u64,
 }
 

@@ -26,12 +26,29 @@ fn a_full_send_buffer_waits_for_writability_and_sends_everything() {
         .unwrap();
     // Far more than a unix datagram queue holds (max_dgram_qlen, 512 by default, or the
     // receive buffer), while the peer reads nothing.
-    let total = 3000u32;
-    for i in 0..total {
+    let first = 3000u32;
+    for i in 0..first {
         sock.send(i.to_be_bytes().to_vec()).unwrap();
     }
     wait_until("the send buffer full", || sock.stats().send_buffer_full > 0);
+    // More sends while the socket waits for writability: each one's flush meets the full
+    // buffer again, and the wait is still counted once.
+    let total = first + 5;
+    for i in first..total {
+        sock.send(i.to_be_bytes().to_vec()).unwrap();
+        let (done, wait) = std::sync::mpsc::channel();
+        io.handle()
+            .queue_in_loop(move |lp| {
+                // After the flush the send scheduled (queued behind this barrier's own run).
+                lp.queue_in_loop(move |_| {
+                    let _ = done.send(());
+                });
+            })
+            .unwrap();
+        wait.recv_timeout(LIMIT).unwrap();
+    }
     let s = sock.stats();
+    assert_eq!(s.send_buffer_full, 1, "one wait for writability: {s:?}");
     assert!(
         s.datagrams_out < u64::from(total) && s.queued_bytes > 0,
         "{s:?}"
