@@ -578,3 +578,237 @@ fn a_duo_client_whose_handshake_fails_sees_no_callback() {
     good_echo(server.addr(), &pki);
     server.stop();
 }
+
+/// A callback that consumes everything gets all of a transfer whose plaintext per read is
+/// larger than `max_input` (TLS decrypts up to 64 KiB of ciphertext per read).
+#[test]
+fn max_input_below_one_read_still_serves_a_consuming_callback() {
+    let pki = pki();
+    let (server, seen) = tls_echo(&pki, |b| b.max_input(4096));
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    let data = vec![b'a'; 32 << 10];
+    c.write_all(&data).unwrap();
+    c.flush().unwrap();
+    let mut got = vec![0u8; data.len()];
+    let r = c.read_exact(&mut got);
+    let reasons = seen.reasons.lock().unwrap().clone();
+    assert!(
+        r.is_ok() && reasons.is_empty(),
+        "read: {r:?}, reasons: {reasons:?}"
+    );
+    server.stop();
+}
+
+/// The plain-TCP twin of the test above.
+#[test]
+fn max_input_below_one_read_plain_tcp() {
+    let server = TestServer::start(|| {
+        TcpServer::builder("plain", localhost())
+            .io_threads(1)
+            .max_input(4096)
+            .on_message(|ctx, input| {
+                ctx.send(input.peek());
+                input.consume_all();
+            })
+    });
+    let mut c = TcpStream::connect(server.addr()).unwrap();
+    c.set_read_timeout(Some(LIMIT)).unwrap();
+    let data = vec![b'a'; 32 << 10];
+    c.write_all(&data).unwrap();
+    let mut got = vec![0u8; data.len()];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(server.stats().closes().input_too_large, 0);
+    server.stop();
+}
+
+/// A rustls server that starts its handshake only when told, and reports the plaintext
+/// it received (until close_notify, EOF, error or 3 s of silence).
+fn gated_rustls_server(
+    pki: &Pki,
+) -> (
+    SocketAddr,
+    mpsc::Sender<()>,
+    mpsc::Receiver<(usize, String)>,
+) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    let config = pki.server_config();
+    let (go_tx, go_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel();
+    thread::spawn(move || {
+        let (sock, _) = listener.accept().unwrap();
+        if go_rx.recv().is_err() {
+            return;
+        }
+        sock.set_read_timeout(Some(Duration::from_secs(3))).unwrap();
+        let mut s = StreamOwned::new(ServerConnection::new(config).unwrap(), sock);
+        let mut n = 0;
+        let mut buf = [0u8; 16384];
+        let end = loop {
+            match s.read(&mut buf) {
+                Ok(0) => break "eof/close_notify".to_string(),
+                Ok(k) => n += k,
+                Err(e) => break format!("{e}"),
+            }
+        };
+        let _ = done_tx.send((n, end));
+    });
+    (addr, go_tx, done_rx)
+}
+
+/// Runs `lp` for `ms` milliseconds.
+fn spin(lp: &mut EventLoop, ms: u64) {
+    let until = lp.run_after(Duration::from_millis(ms), |lp| lp.quit());
+    lp.run().unwrap();
+    lp.cancel(until);
+}
+
+/// Spins `lp` until `cond` or the deadline.
+fn spin_until(lp: &mut EventLoop, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + LIMIT;
+    while !cond() {
+        if Instant::now() >= deadline {
+            return false;
+        }
+        spin(lp, 5);
+    }
+    true
+}
+
+/// A TLS client publishes its connection only once the handshake completed (as a plain
+/// client publishes it only once connected); then a send larger than rustls'
+/// pre-handshake buffer and a shutdown right after it arrive whole.
+#[test]
+fn a_tls_client_publishes_its_connection_once_up_and_nothing_sent_is_cut() {
+    let pki = pki();
+    let (addr, go, done) = gated_rustls_server(&pki);
+    let mut lp = EventLoop::new().unwrap();
+    let up = Arc::new(AtomicBool::new(false));
+    let u = up.clone();
+    let client = TcpClient::builder("publish", addr)
+        .tls(pki.client_config(), tls::server_name("localhost").unwrap())
+        .on_connection(move |c| {
+            if c.is_connected() {
+                u.store(true, Ordering::SeqCst)
+            }
+        })
+        .connect(&lp.handle());
+    // The client hello went out: the connection is registered, its handshake under way.
+    assert!(spin_until(&mut lp, || client.stats().bytes_out > 0));
+    assert!(client.connection().is_none(), "no handle while handshaking");
+    go.send(()).unwrap();
+    assert!(spin_until(&mut lp, || up.load(Ordering::SeqCst)));
+    let conn = client.connection().expect("up");
+    assert!(conn.is_connected());
+    assert!(conn.send(vec![b'z'; 100 << 10]).is_ok());
+    assert!(conn.shutdown().is_ok());
+    let mut result = None;
+    assert!(spin_until(&mut lp, || {
+        result = done.try_recv().ok();
+        result.is_some()
+    }));
+    let (n, end) = result.unwrap();
+    assert_eq!(n, 100 << 10, "server got {n} bytes, then {end}");
+    assert_eq!(end, "eof/close_notify");
+}
+
+/// `disconnect` while the handshake is under way ends the connection (it never was up:
+/// no callback), instead of sending close_notify into the handshake.
+#[test]
+fn disconnect_during_the_handshake_closes_without_callbacks() {
+    let pki = pki();
+    let (addr, go, done) = gated_rustls_server(&pki);
+    let mut lp = EventLoop::new().unwrap();
+    let called = Arc::new(AtomicBool::new(false));
+    let c2 = called.clone();
+    let client = TcpClient::builder("disconnect", addr)
+        .tls(pki.client_config(), tls::server_name("localhost").unwrap())
+        .on_connection(move |_| c2.store(true, Ordering::SeqCst))
+        .connect(&lp.handle());
+    assert!(spin_until(&mut lp, || client.stats().bytes_out > 0));
+    client.disconnect();
+    assert!(spin_until(&mut lp, || client.stats().closes.total() > 0));
+    assert!(client.connection().is_none());
+    assert!(!called.load(Ordering::SeqCst), "never up, so no callback");
+    go.send(()).unwrap();
+    let (n, end) = done.recv_timeout(LIMIT).unwrap();
+    assert_eq!(n, 0, "then {end}");
+}
+
+/// Data and close_notify in one read while the message callback pauses reading: when
+/// reading resumes the peer's close_notify is acted on (half-close, our close_notify).
+#[test]
+fn close_notify_seen_while_the_callback_paused_reading_ends_the_connection() {
+    let pki = pki();
+    let config = pki.server_config();
+    let server = TestServer::start(move || {
+        TcpServer::builder("pause", localhost())
+            .io_threads(1)
+            .tls(config)
+            .on_message(|ctx, input| {
+                let hello = input.peek().ends_with(b"hello");
+                ctx.send(input.peek());
+                input.consume_all();
+                if hello {
+                    ctx.stop_reading();
+                    let conn = ctx.connection().clone();
+                    ctx.event_loop()
+                        .run_after(Duration::from_millis(50), move |_| {
+                            let _ = conn.start_reading();
+                        });
+                }
+            })
+    });
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    c.write_all(b"x").unwrap();
+    let mut one = [0u8; 1];
+    c.read_exact(&mut one).unwrap();
+    c.conn.writer().write_all(b"hello").unwrap();
+    c.conn.send_close_notify();
+    let mut wire = Vec::new();
+    while c.conn.wants_write() {
+        c.conn.write_tls(&mut wire).unwrap();
+    }
+    // One write, TCP left open: the server's close_notify must come by itself.
+    c.sock.write_all(&wire).unwrap();
+    c.sock.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut got = Vec::new();
+    let r = c.read_to_end(&mut got);
+    assert!(r.is_ok(), "{r:?}; got {:?}", String::from_utf8_lossy(&got));
+    assert_eq!(got, b"hello");
+    server.stop();
+}
+
+/// With a small `max_input`, a callback that pauses reading in every delivery (resumed
+/// from a timer) still gets the whole stream, in order: the ciphertext and plaintext
+/// not yet delivered wait for the resume.
+#[test]
+fn pausing_in_every_delivery_with_a_small_max_input_loses_nothing() {
+    let pki = pki();
+    let config = pki.server_config();
+    let server = TestServer::start(move || {
+        TcpServer::builder("pause-small", localhost())
+            .io_threads(1)
+            .max_input(4096)
+            .tls(config)
+            .on_message(|ctx, input| {
+                ctx.send(input.peek());
+                input.consume_all();
+                ctx.stop_reading();
+                let conn = ctx.connection().clone();
+                ctx.event_loop()
+                    .run_after(Duration::from_millis(1), move |_| {
+                        let _ = conn.start_reading();
+                    });
+            })
+    });
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    let data = random_bytes(7, 48 << 10);
+    c.write_all(&data).unwrap();
+    c.flush().unwrap();
+    let mut got = vec![0u8; data.len()];
+    c.read_exact(&mut got).unwrap();
+    assert!(got == data, "echo differs");
+    assert_eq!(server.stats().closes().total(), 0);
+    server.stop();
+}

@@ -25,7 +25,7 @@ use crate::conn::callbacks::{callback_setters, Callbacks};
 use crate::conn::machine::LoopConn;
 use crate::endpoint::Endpoint;
 use crate::stats::{IoCounters, LoopStats};
-use crate::TcpConnection;
+use crate::{ConnState, TcpConnection};
 
 /// A failed connect attempt, as the [`on_connect_failed`](ClientBuilder::on_connect_failed)
 /// callback sees it.
@@ -60,6 +60,9 @@ pub struct ClientBuilder {
     connect_failed: Option<ConnectFailedCallback>,
     #[cfg(feature = "tls")]
     tls: Option<crate::conn::TlsSetup>,
+    /// Set by `tls_handshake_timeout`, before or after `tls`.
+    #[cfg(feature = "tls")]
+    tls_handshake_timeout: Option<Duration>,
 }
 
 impl ClientBuilder {
@@ -107,35 +110,46 @@ impl ClientBuilder {
     callback_setters!();
     /// Speaks TLS with `config`, verifying the server's certificate as `server_name`
     /// (see [`crate::tls`]; [`tls::server_name`](crate::tls::server_name) makes one from
-    /// a string). The connection callback runs once the handshake completes; a failed
-    /// handshake closes the connection ([`CloseReason::Tls`](crate::CloseReason::Tls),
-    /// logged) without any callback, and counts as a connection that closed (a client
-    /// with [`reconnect`](ClientBuilder::reconnect) tries again).
+    /// a string). Needs the feature `tls` (on by default).
+    ///
+    /// The connection is up once the handshake completes: only then does the connection
+    /// callback run and does [`TcpClient::connection`] return its handle (while the
+    /// handshake is under way the client is still connecting, as a plain client is until
+    /// its connect completes: `connection()` is `None`), so nothing can be sent before
+    /// the handshake and everything accepted afterwards goes out in order.
+    /// [`disconnect`](TcpClient::disconnect) or [`stop`](TcpClient::stop) during the
+    /// handshake just closes the connection.
+    ///
+    /// A failed handshake closes the connection ([`CloseReason::Tls`](crate::CloseReason::Tls),
+    /// logged, counted in [`TcpClient::stats`]) without any callback, not even
+    /// [`on_connect_failed`](ClientBuilder::on_connect_failed) (the connect itself
+    /// succeeded); it counts as a connection that closed (a client with
+    /// [`reconnect`](ClientBuilder::reconnect) tries again; without it, the logs and the
+    /// statistics are all there is to see).
     #[cfg(feature = "tls")]
     pub fn tls(
         mut self,
         config: Arc<rustls::ClientConfig>,
         server_name: rustls::pki_types::ServerName<'static>,
     ) -> Self {
-        let handshake_timeout = self
-            .tls
-            .as_ref()
-            .map_or(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT, |t| {
-                t.handshake_timeout
-            });
         self.tls = Some(crate::conn::TlsSetup {
             role: crate::conn::TlsRole::Client(config, server_name),
-            handshake_timeout,
+            handshake_timeout: self
+                .tls_handshake_timeout
+                .unwrap_or(crate::tls::DEFAULT_HANDSHAKE_TIMEOUT),
         });
         self
     }
     /// Closes the connection if its TLS handshake has not completed after `timeout`
-    /// (default 10 s); call after [`tls`](ClientBuilder::tls).
+    /// (default [`tls::DEFAULT_HANDSHAKE_TIMEOUT`](crate::tls::DEFAULT_HANDSHAKE_TIMEOUT),
+    /// 10 s), whether called before or after [`tls`](ClientBuilder::tls). Needs the
+    /// feature `tls`.
     #[cfg(feature = "tls")]
     pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
+        let timeout = timeout.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+        self.tls_handshake_timeout = Some(timeout);
         if let Some(tls) = &mut self.tls {
-            tls.handshake_timeout =
-                timeout.clamp(Duration::from_millis(1), Duration::from_secs(86_400));
+            tls.handshake_timeout = timeout;
         }
         self
     }
@@ -278,6 +292,8 @@ impl TcpClient {
             connect_failed: None,
             #[cfg(feature = "tls")]
             tls: None,
+            #[cfg(feature = "tls")]
+            tls_handshake_timeout: None,
         }
     }
 
@@ -300,10 +316,12 @@ impl TcpClient {
         &self.inner.name
     }
 
-    /// The current connection, if connected.
+    /// The current connection, if connected: `None` while connecting, and for a TLS
+    /// client also while its handshake is under way (the connection is up, and its
+    /// handle returned, only once the handshake completes).
     pub fn connection(&self) -> Option<TcpConnection> {
         match &self.inner.state.lock().phase {
-            Phase::Connected(c) => Some(c.clone()),
+            Phase::Connected(c) if c.state() != ConnState::Connecting => Some(c.clone()),
             _ => None,
         }
     }

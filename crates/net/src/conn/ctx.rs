@@ -50,7 +50,9 @@ impl<'a> ConnCtx<'a> {
 
     /// Sends a shared message without copying it: what the socket does not take at once
     /// stays queued as a reference to `data` (one allocation for all the connections a
-    /// message is broadcast to). Otherwise as [`send`](ConnCtx::send).
+    /// message is broadcast to). Otherwise as [`send`](ConnCtx::send). Over TLS each
+    /// connection encrypts the message with its own keys: what is queued is that
+    /// connection's ciphertext, a copy.
     pub fn send_shared(&mut self, data: Arc<[u8]>) -> bool {
         let view = data.clone();
         self.m.send(self.lp, self.ch, &[&view[..]], Some(data))
@@ -122,7 +124,7 @@ impl<'a> ConnCtx<'a> {
     }
 
     /// What the TLS handshake negotiated (protocol, cipher suite, ALPN, the peer's
-    /// certificates); `None` for a plain TCP connection.
+    /// certificates); `None` for a plain TCP connection. Needs the feature `tls`.
     #[cfg(feature = "tls")]
     pub fn tls_info(&self) -> Option<crate::TlsInfo> {
         self.m.tls_info()

@@ -51,8 +51,8 @@ impl ServerConnections {
     }
 
     /// Sends `msg` to every open connection without copying it per connection (see
-    /// [`ConnCtx::send_shared`]); each connection's [`OutputLimit`] and
-    /// [`Backpressure`] policy apply as to any send.
+    /// [`ConnCtx::send_shared`]; over TLS each connection encrypts its own copy); each
+    /// connection's [`OutputLimit`] and [`Backpressure`] policy apply as to any send.
     ///
     /// ```no_run
     /// # fn demo(server: &duo_net::ServerHandle) {

@@ -451,7 +451,8 @@ impl TcpConnection {
 
     /// Sends a shared message without copying it: the connection's output buffer keeps a
     /// reference to `data` until it is written (see [`ConnCtx::send_shared`]). For one
-    /// message sent to many connections.
+    /// message sent to many connections. (Over TLS each connection queues its own
+    /// ciphertext: see [`ConnCtx::send_shared`].)
     pub fn send_shared(&self, data: Arc<[u8]>) -> Result<(), ConnectionClosed> {
         if !self.is_connected() {
             return Err(ConnectionClosed);

@@ -200,8 +200,16 @@ impl LoopConn {
             }
         };
         handle.set_token(token);
-        handle.set_state(ConnState::Connected);
-        log::debug!("{}: up", handle.name());
+        // A TLS connection stays `Connecting` (its handle refuses sends) until its
+        // handshake completes.
+        #[cfg(feature = "tls")]
+        let plain = owner.tls.is_none();
+        #[cfg(not(feature = "tls"))]
+        let plain = true;
+        if plain {
+            handle.set_state(ConnState::Connected);
+            log::debug!("{}: up", handle.name());
+        }
         lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
             // The socket is never duplicated (duo-net does not hand out its descriptor):
             // its close alone takes it out of epoll.
@@ -519,6 +527,16 @@ impl Machine {
     }
     /// Half-close once the output is written ([`ConnCtx::shutdown`]).
     pub(super) fn shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if self.closed() {
+            return;
+        }
+        if !self.is_up() {
+            // A TLS handshake still under way (only the client's `disconnect` gets here):
+            // nothing was accepted for sending yet, and close_notify cannot go out before
+            // the handshake; the connection never was up, so it just ends.
+            self.close(lp, ch, CloseReason::User);
+            return;
+        }
         if self.handle.state() != ConnState::Connected {
             return;
         }
@@ -527,7 +545,9 @@ impl Machine {
             self.write = WriteSide::Draining(AfterDrain::HalfClose);
             #[cfg(feature = "tls")]
             self.tls_close_notify(lp, ch);
-            if self.closed() {
+            // Writing close_notify may have found the peer gone (its error is kept for
+            // the close reason) or closed the connection.
+            if self.closed() || matches!(self.write, WriteSide::Gone { .. }) {
                 return;
             }
             if self.output.is_empty() {
@@ -596,12 +616,15 @@ impl Machine {
     /// The start of a graceful server shutdown for this connection: the shutdown
     /// callback if there is one, else a half-close once the output is written.
     pub(super) fn begin_shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self.handle.state() != ConnState::Connected {
+        if self.closed() {
             return;
         }
         if !self.is_up() {
             // A TLS handshake still under way: no callback has seen the connection.
             self.close(lp, ch, CloseReason::Shutdown);
+            return;
+        }
+        if self.handle.state() != ConnState::Connected {
             return;
         }
         let owner = self.owner.clone();

@@ -8,20 +8,26 @@
 //!
 //! - **Reading.** One `recv` takes up to 64 KiB of ciphertext into a per-thread area
 //!   (nothing per connection); it is all handed to rustls (`read_tls`, then
-//!   `process_new_packets`), and all the plaintext rustls then holds is moved into the
-//!   connection's [`InputBuffer`](duo_buffer::InputBuffer) at once, before the message
-//!   callback runs. So rustls never keeps deliverable plaintext after an event: with edge
-//!   triggering nothing can be stranded without a new edge; only a partial record waits
-//!   in rustls for the rest of its bytes, which come with a new edge. The read budget,
-//!   the input limit and pauses work as for plain TCP.
+//!   `process_new_packets`), and the plaintext rustls then holds is moved into the
+//!   connection's [`InputBuffer`](duo_buffer::InputBuffer) before the message callback
+//!   runs: in pieces of at most `max_input`, the callback getting each full buffer
+//!   before the next piece (a callback that leaves it full closes `InputTooLarge`). A
+//!   delivery that pauses reading leaves the ciphertext not yet handed over in
+//!   `wire_left` and the plaintext in rustls, taken up when reading resumes (the
+//!   held-input path, as is a `close_notify` rustls already consumed). Otherwise rustls
+//!   never keeps deliverable plaintext after an event: with edge triggering nothing can
+//!   be stranded without a new edge; only a partial record waits in rustls for the rest
+//!   of its bytes, which come with a new edge. The read budget and pauses work as for
+//!   plain TCP.
 //! - **Writing.** A send encrypts the plaintext (`writer()`), and the records rustls made
 //!   are taken out at once (`write_tls`) into a per-thread vector, then go the plain
 //!   way: straight to the socket when nothing is queued, the rest into the pooled
 //!   [`OutputBuffer`](duo_buffer::OutputBuffer). rustls' own send buffer stays empty;
 //!   flushing, the output limit, backpressure and write-complete work on the ciphertext
 //!   unchanged.
-//! - **Handshake.** Its flights go out the same way after each read. The "up" callback
-//!   runs once the handshake completes; a connection whose handshake fails (or does not
+//! - **Handshake.** Its flights go out the same way after each read. The connection is
+//!   `Connecting` (its handle refuses sends; a client does not publish it) and the "up"
+//!   callback runs once the handshake completes; a connection whose handshake fails (or does not
 //!   finish within the handshake timeout, a loop timer) never was up: no callback sees
 //!   it, it is counted (`CloseReason::Tls`) and logged, rate-limited, with the reason.
 //! - **Ending.** `shutdown` and `close_after_flush` queue `close_notify` after the
@@ -37,11 +43,12 @@ use std::io::{self, IoSlice, IoSliceMut, Write};
 use std::sync::Arc;
 use std::time::Duration;
 
-use duo_buffer::{BufferError, ReadOutcome};
+use duo_buffer::{BufferError, InputBuffer, ReadOutcome};
 use duo_reactor::{Channel, EventLoop, LogLimiter, TimerId};
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerConnection};
 
+use super::handle::ConnState;
 use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::{CloseReason, TlsFailure};
 
@@ -124,6 +131,9 @@ pub(crate) struct TlsState {
     peer_closed: bool,
     /// The handshake timeout.
     timer: Option<TimerId>,
+    /// Ciphertext read but not yet handed to rustls: the input buffer was full and the
+    /// delivery that emptied it paused reading (usually empty, no allocation).
+    wire_left: Vec<u8>,
 }
 
 impl TlsState {
@@ -134,6 +144,7 @@ impl TlsState {
             up: false,
             peer_closed: false,
             timer: None,
+            wire_left: Vec::new(),
         }))
     }
 }
@@ -260,18 +271,23 @@ impl Machine {
         ch: &mut Channel,
         parts: &[&[u8]],
     ) -> bool {
-        let Some(tls) = self.tls.as_mut() else {
+        // Before the handshake completes nothing is accepted: no callback has the
+        // connection and its handle refuses sends (`Connecting`), and rustls could keep
+        // only part of it.
+        let Some(tls) = self.tls.as_mut().filter(|t| t.up) else {
             return false;
         };
         let mut out = take_out_vec();
+        // After the handshake rustls encrypts everything (its buffer limit is drained
+        // record by record).
         let accepted = encrypt(&mut tls.conn, parts, &mut out);
         let ok = if out.is_empty() {
-            // Everything waits in rustls for the handshake to complete.
             if accepted {
                 self.owner.counters.add_message_out();
             }
             accepted
         } else {
+            // Records made are sent in any case: a gap would break the stream.
             self.send_wire(lp, ch, &[&out], None) && accepted
         };
         put_out_vec(out);
@@ -334,7 +350,9 @@ impl Machine {
             let mut out = take_out_vec();
             drain_records(&mut tls.conn, &mut out);
             if self.output.is_empty() && !ch.is_writing() && !out.is_empty() {
-                let _ = duo_sys::send_vectored(ch.fd(), &[IoSlice::new(&out)]);
+                if let Ok(n) = duo_sys::send_vectored(ch.fd(), &[IoSlice::new(&out)]) {
+                    self.owner.counters.add_out(n);
+                }
             }
             put_out_vec(out);
         }
@@ -381,6 +399,61 @@ fn encrypt(conn: &mut Connection, parts: &[&[u8]], out: &mut Vec<u8>) -> bool {
     true
 }
 
+/// How one [`LoopConn::tls_pump`] round of decryption ended.
+enum Step {
+    /// The ciphertext is all handed over and rustls holds no more plaintext (or the peer
+    /// sent `close_notify`).
+    Done,
+    /// The input buffer is full and rustls holds more plaintext.
+    Full,
+    /// The session failed (a protocol error).
+    Failed(String),
+    /// The input buffer could not grow.
+    Buffer(BufferError),
+}
+
+/// What [`LoopConn::tls_pump`] left.
+#[derive(PartialEq, Eq)]
+enum Pump {
+    /// Everything was decrypted; the input waits for delivery.
+    Open,
+    /// A delivery paused reading; the rest waits until reading resumes.
+    Held,
+    /// The connection closed.
+    Closed,
+}
+
+/// Hands `wire` to rustls and moves the plaintext into `input`, until both are done or
+/// the input is full.
+fn decrypt(tls: &mut TlsState, input: &mut InputBuffer, wire: &mut &[u8]) -> Step {
+    loop {
+        let state = match tls.conn.process_new_packets() {
+            Ok(state) => state,
+            Err(e) => return Step::Failed(e.to_string()),
+        };
+        if state.plaintext_bytes_to_read() > 0 {
+            match input.read_with(|iovs| io::Read::read_vectored(&mut tls.conn.reader(), iovs)) {
+                Ok(ReadOutcome::Data { .. }) => continue,
+                Ok(ReadOutcome::WouldBlock | ReadOutcome::Eof) => {}
+                Err(BufferError::Full { .. }) => return Step::Full,
+                Err(e) => return Step::Buffer(e),
+            }
+        }
+        if state.peer_has_closed() && state.plaintext_bytes_to_read() == 0 {
+            tls.peer_closed = true;
+            return Step::Done;
+        }
+        if wire.is_empty() {
+            return Step::Done;
+        }
+        match tls.conn.read_tls(wire) {
+            Ok(0) => return Step::Done, // after close_notify rustls takes nothing more
+            Ok(_) => {}
+            Err(e) => return Step::Failed(e.to_string()),
+        }
+    }
+}
+
 /// Where byte `at` of `parts` lies: (part index, offset in it).
 fn locate(parts: &[&[u8]], mut at: usize) -> (usize, usize) {
     for (i, p) in parts.iter().enumerate() {
@@ -410,6 +483,21 @@ impl LoopConn {
         }
         if std::mem::take(&mut self.m.held_input) {
             if !self.input.is_empty() && !self.deliver_and_settle(lp, ch) {
+                self.keep_pending();
+                return;
+            }
+            // What was left in rustls and in `wire_left` when a delivery paused reading.
+            let rest = self
+                .m
+                .tls
+                .as_mut()
+                .map(|t| std::mem::take(&mut t.wire_left))
+                .unwrap_or_default();
+            if self.tls_pump(lp, ch, &rest) != Pump::Open {
+                return;
+            }
+            if !self.input.is_empty() && !self.deliver_and_settle(lp, ch) {
+                self.keep_pending();
                 return;
             }
             if self.tls_peer_closed() {
@@ -431,9 +519,15 @@ impl LoopConn {
                     return;
                 }
                 Ok(n) => {
-                    let open = self.tls_take_in(lp, ch, &area[..n]);
+                    self.m.owner.counters.add_in(n);
+                    ch.progressed();
+                    self.m.handle.touch(lp.poll_time());
+                    if self.m.owner.config.idle_refresh_on_read {
+                        self.m.idle_refresh(lp, ch.token());
+                    }
+                    let pump = self.tls_pump(lp, ch, &area[..n]);
                     put_in_area(area);
-                    if !open {
+                    if pump != Pump::Open {
                         return;
                     }
                     (n, n < CIPHER_READ)
@@ -461,6 +555,7 @@ impl LoopConn {
                         return;
                     }
                     if !self.deliver_and_settle(lp, ch) {
+                        self.keep_pending();
                         return;
                     }
                 }
@@ -486,102 +581,140 @@ impl LoopConn {
         }
     }
 
+    /// A delivery paused reading (or closed the connection): if rustls already consumed
+    /// the peer's `close_notify`, or holds plaintext not yet delivered, no new edge will
+    /// announce it, so it must be seen when reading resumes (`reading_changed` re-runs
+    /// the read for held input).
+    fn keep_pending(&mut self) {
+        if !self.m.closed() && (self.tls_peer_closed() || self.tls_more_pending()) {
+            self.m.held_input = true;
+        }
+    }
+
     fn tls_peer_closed(&self) -> bool {
         self.m.tls.as_ref().is_some_and(|t| t.peer_closed) && self.m.read != ReadSide::Eof
     }
 
-    /// Hands `wire` (ciphertext just read) to rustls, sends what the handshake answers,
-    /// moves the plaintext into the input buffer, and runs the "up" callback when the
-    /// handshake completes. False if the connection closed.
-    fn tls_take_in(&mut self, lp: &mut EventLoop, ch: &mut Channel, mut wire: &[u8]) -> bool {
-        self.m.owner.counters.add_in(wire.len());
-        ch.progressed();
-        self.m.handle.touch(lp.poll_time());
-        if self.m.owner.config.idle_refresh_on_read {
-            self.m.idle_refresh(lp, ch.token());
-        }
-        let LoopConn { input, m } = self;
-        let Some(tls) = m.tls.as_mut() else {
-            return false;
-        };
-        let mut failure: Option<(TlsFailure, String)> = None;
-        let mut too_large = None;
-        while !wire.is_empty() && failure.is_none() && too_large.is_none() {
-            match tls.conn.read_tls(&mut wire) {
-                Ok(0) => break, // after close_notify rustls takes nothing more
-                Ok(_) => {}
-                Err(e) => {
-                    failure = Some((TlsFailure::Protocol, e.to_string()));
-                    break;
+    /// Hands `wire` (ciphertext from the socket, or kept from an earlier read) to rustls,
+    /// sends what the handshake answers, moves the plaintext into the input buffer, and
+    /// runs the "up" callback when the handshake completes. When the input buffer fills
+    /// up (`max_input`) while rustls still holds plaintext, the message callback gets
+    /// what is there first (as plain TCP reads at most `max_input` before each
+    /// delivery); only a callback that leaves the buffer full closes the connection
+    /// (`InputTooLarge`). If a delivery pauses reading, the ciphertext not yet handed
+    /// over is kept (with the plaintext in rustls) until reading resumes.
+    fn tls_pump(&mut self, lp: &mut EventLoop, ch: &mut Channel, mut wire: &[u8]) -> Pump {
+        loop {
+            let LoopConn { input, m } = self;
+            let Some(tls) = m.tls.as_mut() else {
+                return Pump::Closed;
+            };
+            let step = decrypt(tls, input, &mut wire);
+            if matches!(step, Step::Done) && !tls.peer_closed {
+                // rustls gives its read buffer back down to 4 KiB when it holds no partial
+                // record, but only when asked for the next read: ask now (a reader with
+                // nothing yet), so that an idle connection does not keep a large one.
+                let _ = tls.conn.read_tls(&mut NothingYet);
+            }
+            let failed = matches!(step, Step::Failed(_));
+            let just_up = !failed && !tls.up && !tls.conn.is_handshaking();
+            if just_up {
+                tls.up = true;
+                if let Some(timer) = tls.timer.take() {
+                    lp.cancel(timer);
                 }
             }
-            if let Err(e) = tls.conn.process_new_packets() {
-                failure = Some((TlsFailure::Protocol, e.to_string()));
+            match step {
+                // Plaintext decrypted before the error is dropped with the connection.
+                Step::Failed(why) => {
+                    m.tls_fail(lp, ch, TlsFailure::Protocol, &why);
+                    return Pump::Closed;
+                }
+                Step::Buffer(e) => {
+                    duo_reactor::log_limited!(
+                        log::Level::Error,
+                        "{}: read: {e}; closing",
+                        m.handle.name()
+                    );
+                    m.close(lp, ch, CloseReason::OutOfMemory);
+                    return Pump::Closed;
+                }
+                Step::Done | Step::Full => {}
             }
-            // Whatever was decrypted, also before an error.
-            loop {
-                match input.read_with(|iovs| io::Read::read_vectored(&mut tls.conn.reader(), iovs))
-                {
-                    Ok(ReadOutcome::Data { .. }) => {}
-                    Ok(ReadOutcome::WouldBlock) => break,
-                    Ok(ReadOutcome::Eof) => {
-                        tls.peer_closed = true;
-                        break;
-                    }
-                    Err(e) => {
-                        too_large = Some(e);
-                        break;
-                    }
+            m.tls_flush(lp, ch);
+            if m.closed() {
+                return Pump::Closed;
+            }
+            if just_up {
+                log::debug!("{}: TLS handshake complete; up", m.handle.name());
+                m.handle.set_state(ConnState::Connected);
+                m.up(lp, ch);
+                if m.closed() {
+                    return Pump::Closed;
                 }
             }
-        }
-        if failure.is_none() && !tls.peer_closed {
-            // rustls gives its read buffer back down to 4 KiB when it holds no partial
-            // record, but only when asked for the next read: ask now (a reader with
-            // nothing yet), so that an idle connection does not keep a large one.
-            let _ = tls.conn.read_tls(&mut NothingYet);
-        }
-        let just_up = failure.is_none() && !tls.up && !tls.conn.is_handshaking();
-        if just_up {
-            tls.up = true;
-            if let Some(timer) = tls.timer.take() {
-                lp.cancel(timer);
+            if matches!(step, Step::Done) {
+                return Pump::Open;
+            }
+            // The input is full and rustls holds more plaintext: deliver, then go on.
+            if m.tls_pending() {
+                self.input_too_large(lp, ch);
+                return Pump::Closed;
+            }
+            if !self.m.wants_reading() {
+                self.keep_wire(wire);
+                self.hold_input(lp, ch);
+                return self.pump_paused();
+            }
+            if !self.deliver_and_settle(lp, ch) {
+                if self.m.closed() {
+                    return Pump::Closed;
+                }
+                self.keep_wire(wire);
+                self.m.held_input = true;
+                return Pump::Held;
+            }
+            if self.input.len() >= self.m.owner.config.max_input {
+                self.input_too_large(lp, ch);
+                return Pump::Closed;
             }
         }
-        if let Some((f, why)) = failure {
-            m.tls_fail(lp, ch, f, &why);
-            return false;
+    }
+
+    fn pump_paused(&self) -> Pump {
+        if self.m.closed() {
+            Pump::Closed
+        } else {
+            Pump::Held
         }
-        m.tls_flush(lp, ch);
-        if m.closed() {
-            return false;
+    }
+
+    /// Keeps ciphertext not yet handed to rustls for when reading resumes.
+    fn keep_wire(&mut self, wire: &[u8]) {
+        if let Some(tls) = self.m.tls.as_mut() {
+            tls.wire_left.extend_from_slice(wire);
         }
-        match too_large {
-            Some(BufferError::Full { limit }) => {
-                duo_reactor::log_limited!(
-                    log::Level::Warn,
-                    "{}: {limit} bytes of input not consumed by the message callback; closing",
-                    m.handle.name()
-                );
-                m.close(lp, ch, CloseReason::InputTooLarge);
-                return false;
-            }
-            Some(e) => {
-                duo_reactor::log_limited!(
-                    log::Level::Error,
-                    "{}: read: {e}; closing",
-                    m.handle.name()
-                );
-                m.close(lp, ch, CloseReason::OutOfMemory);
-                return false;
-            }
-            None => {}
-        }
-        if just_up {
-            log::debug!("{}: TLS handshake complete", m.handle.name());
-            m.up(lp, ch);
-        }
-        !m.closed()
+    }
+
+    /// Whether rustls holds plaintext not yet in the input, or ciphertext waits in
+    /// `wire_left`.
+    fn tls_more_pending(&mut self) -> bool {
+        self.m.tls.as_mut().is_some_and(|t| {
+            !t.wire_left.is_empty()
+                || t.conn
+                    .process_new_packets()
+                    .is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+        })
+    }
+
+    fn input_too_large(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        duo_reactor::log_limited!(
+            log::Level::Warn,
+            "{}: {} bytes of input not consumed by the message callback; closing",
+            self.m.handle.name(),
+            self.m.owner.config.max_input
+        );
+        self.m.close(lp, ch, CloseReason::InputTooLarge);
     }
 
     /// The TCP stream ended.

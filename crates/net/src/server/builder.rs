@@ -141,6 +141,7 @@ impl ServerBuilder {
     /// see plaintext; a connection is up (its connection callback runs) once its
     /// handshake completes; one whose handshake fails is closed, counted
     /// ([`CloseReason::Tls`](crate::CloseReason::Tls)) and logged, and no callback sees it.
+    /// Needs the feature `tls` (on by default).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(config);
@@ -148,7 +149,8 @@ impl ServerBuilder {
     }
     /// Closes a TLS connection whose handshake has not completed after `timeout`
     /// (default [`tls::DEFAULT_HANDSHAKE_TIMEOUT`](crate::tls::DEFAULT_HANDSHAKE_TIMEOUT),
-    /// 10 s).
+    /// 10 s), whether called before or after [`tls`](ServerBuilder::tls). Needs the
+    /// feature `tls`.
     #[cfg(feature = "tls")]
     pub fn tls_handshake_timeout(mut self, timeout: Duration) -> Self {
         self.tls_handshake_timeout =
