@@ -1013,16 +1013,16 @@ fn stop_reading_from_another_thread_takes_effect_at_once() {
         let before = flow.after_stop.load(Ordering::SeqCst);
         x_conn.stop_reading().unwrap();
         flow.stopped.store(true, Ordering::SeqCst);
-        thread::sleep(Duration::from_millis(5));
-        let settled = flow.after_stop.load(Ordering::SeqCst);
-        thread::sleep(Duration::from_millis(20));
+        // Long enough for a loop that kept reading to start many callbacks. (At most one
+        // late start: the one whose thread passed the pause check an instant before the
+        // flag flipped, which on a loaded machine may be descheduled for milliseconds
+        // before it reads the flag, so no time bound is put on it.)
+        thread::sleep(Duration::from_millis(25));
         let after = flow.after_stop.load(Ordering::SeqCst);
-        // Never more than one late start, and never one long after the stop.
         assert!(
-            settled - before <= 1 && after == settled,
-            "message callbacks kept starting after stop_reading: {} within 5 ms, {} after",
-            settled - before,
-            after - settled
+            after - before <= 1,
+            "message callbacks kept starting after stop_reading: {} in 25 ms",
+            after - before
         );
         if after > before {
             violating_cycles += 1;
