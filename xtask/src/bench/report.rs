@@ -7,11 +7,16 @@ use std::path::Path;
 use serde_json::{json, Value};
 
 use super::micro::Estimate;
-use super::outcome::{fmt_rate, fmt_steal, fmt_us, ratio, spread, Outcome, Stats};
+use super::outcome::{fmt_rate, fmt_steal, ratio, spread, Outcome};
 use super::runner::StealPolicy;
-use super::scenarios::{Scenario, Target, ECHO_SERVERS, TAIL_SCENARIO, UDP_SERVERS, UDS_SCENARIOS};
+use super::scenarios::{Scenario, Target, ECHO_SERVERS};
 use crate::report::{markdown, svg, unix_now, write};
 use crate::{root, Failure};
+
+mod tail;
+mod transports;
+use tail::{tail_rows, tail_table, TailRow};
+use transports::{tls_table, udp_table, uds_table};
 
 /// Every scenario run, with one outcome per server.
 pub(super) type Results<'a> = [(&'a Scenario, Vec<Outcome>)];
@@ -26,6 +31,14 @@ pub(super) struct Header<'a> {
     pub(super) skipped: &'a [String],
     /// When runs spoiled by steal time were repeated.
     pub(super) steal: StealPolicy,
+}
+
+/// `name`'s headline in a scenario's outcomes, or `-` where it did not run.
+fn server_cell(sc: &Scenario, outcomes: &[Outcome], name: &str) -> String {
+    outcomes
+        .iter()
+        .find(|o| o.server == name)
+        .map_or("-".into(), |o| headline(sc, o))
 }
 
 /// The markdown report of the load scenarios.
@@ -92,12 +105,7 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
     md.push_str(&markdown::table(
         &header,
         echo().map(|(sc, outcomes)| {
-            let cells = servers.iter().map(|name| {
-                outcomes
-                    .iter()
-                    .find(|o| o.server == *name)
-                    .map_or("-".into(), |o| headline(sc, o))
-            });
+            let cells = servers.iter().map(|name| server_cell(sc, outcomes, name));
             std::iter::once(sc.name.to_owned())
                 .chain(cells)
                 .chain([ranking(sc, outcomes)])
@@ -146,164 +154,6 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
         }),
     ));
     uds_table(md, results);
-}
-
-/// duo over a Unix-domain socket against duo over TCP loopback: same binary, threads and
-/// load, in the same run (`UDS_SCENARIOS`).
-fn uds_table(md: &mut String, results: &Results<'_>) {
-    let rows: Vec<[String; 5]> = results
-        .iter()
-        .filter(|(sc, _)| UDS_SCENARIOS.contains(&sc.name))
-        .filter_map(|(sc, outcomes)| {
-            let get = |name: &str| outcomes.iter().find(|o| o.server == name);
-            let (uds, tcp) = (get("duo-2-uds")?, get("duo-2")?);
-            Some([
-                sc.name.to_owned(),
-                format!(
-                    "{} / {}",
-                    fmt_us(uds.cpu_per_op_us()),
-                    fmt_us(tcp.cpu_per_op_us())
-                ),
-                ratio(uds.cpu_per_op_us(), tcp.cpu_per_op_us()),
-                ratio(uds.rate(), tcp.rate()),
-                get("tokio-uds").map_or("-".into(), |t| {
-                    format!(
-                        "{} / {}",
-                        ratio(uds.cpu_per_op_us(), t.cpu_per_op_us()),
-                        ratio(uds.rate(), t.rate())
-                    )
-                }),
-            ])
-        })
-        .collect();
-    if rows.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        md,
-        "\nUnix-domain socket against TCP loopback, the same duo server (`duo-2-uds` / \
-         `duo-2`): server CPU per operation (< 1: UDS is cheaper), then throughput; and \
-         duo against tokio on the same transport (`tokio-uds`, 2 workers).\n"
-    );
-    md.push_str(&markdown::table(
-        &[
-            "scenario",
-            "CPU µs/op UDS / TCP",
-            "CPU ratio UDS / TCP",
-            "throughput ratio UDS / TCP",
-            "duo-2-uds / tokio-uds (CPU / throughput)",
-        ],
-        rows,
-    ));
-}
-
-/// The UDP scenarios: every server's headline, then duo's ratios against the peers and
-/// batched against unbatched (CPU per datagram: < 1 favours the first).
-fn udp_table(md: &mut String, results: &Results<'_>) {
-    let udp = || results.iter().filter(|(sc, _)| sc.target == Target::Udp);
-    if udp().next().is_none() {
-        return;
-    }
-    let servers: Vec<&str> = UDP_SERVERS.iter().map(|s| s.name).collect();
-    let _ = writeln!(
-        md,
-        "\nUDP echo, one serving thread each: duo `echo --udp` (recvmmsg/sendmmsg batches \
-         of 32, and `--udp-batch 1`: one recvfrom per datagram), tokio's UDP echo (one \
-         task, current-thread runtime) and a blocking std recv_from/send_to loop. One \
-         request is one datagram echoed.\n"
-    );
-    let header: Vec<&str> = ["scenario"]
-        .into_iter()
-        .chain(servers.iter().copied())
-        .collect();
-    md.push_str(&markdown::table(
-        &header,
-        udp().map(|(sc, outcomes)| {
-            let cells = servers.iter().map(|name| {
-                outcomes
-                    .iter()
-                    .find(|o| o.server == *name)
-                    .map_or("-".into(), |o| headline(sc, o))
-            });
-            std::iter::once(sc.name.to_owned())
-                .chain(cells)
-                .collect::<Vec<_>>()
-        }),
-    ));
-    let _ = writeln!(
-        md,
-        "\nCPU per datagram / throughput ratios (CPU < 1 and throughput > 1 favour the \
-         first).\n"
-    );
-    let pairs = [
-        ("duo-udp", "tokio-udp"),
-        ("duo-udp", "std-udp"),
-        ("duo-udp", "duo-udp-unbatched"),
-    ];
-    let header: Vec<String> = std::iter::once("scenario".to_owned())
-        .chain(pairs.iter().map(|(a, b)| format!("{a} / {b}")))
-        .collect();
-    let header: Vec<&str> = header.iter().map(String::as_str).collect();
-    md.push_str(&markdown::table(
-        &header,
-        udp().map(|(sc, outcomes)| {
-            let get = |name: &str| outcomes.iter().find(|o| o.server == name);
-            let cells = pairs.iter().map(|(a, b)| match (get(a), get(b)) {
-                (Some(a), Some(b)) => format!(
-                    "{} / {}",
-                    ratio(a.cpu_per_op_us(), b.cpu_per_op_us()),
-                    ratio(a.rate(), b.rate())
-                ),
-                _ => "-".into(),
-            });
-            std::iter::once(sc.name.to_owned())
-                .chain(cells)
-                .collect::<Vec<_>>()
-        }),
-    ));
-}
-
-/// The TLS echo scenarios: duo against the tokio-rustls peer, both on 2 threads.
-fn tls_table(md: &mut String, results: &Results<'_>) {
-    let tls: Vec<_> = results
-        .iter()
-        .filter(|(sc, _)| sc.target == Target::EchoTls)
-        .collect();
-    if tls.is_empty() {
-        return;
-    }
-    let _ = writeln!(
-        md,
-        "\nTLS (rustls, same certificate and provider on both): duo-tls-2 against \
-         tokio-rustls (2 threads each); duo / peer: CPU per operation (per handshake for \
-         the handshake scenario; < 1 favours duo), then throughput (> 1 favours duo); for \
-         idle, RSS per connection (< 1 favours duo).\n"
-    );
-    md.push_str(&markdown::table(
-        &["scenario", "duo-tls-2", "tokio-rustls", "duo / peer"],
-        tls.iter().map(|(sc, outcomes)| {
-            let get = |name: &str| outcomes.iter().find(|o| o.server == name);
-            let cell = |name: &str| get(name).map_or("-".into(), |o| headline(sc, o));
-            let ratios = match (get("duo-tls-2"), get("tokio-rustls")) {
-                (Some(d), Some(p)) if sc.mode == "idle" => {
-                    let rss = |o: &Outcome| o.median(|j| j.rss_per_conn_bytes);
-                    format!("RSS {}", ratio(rss(d), rss(p)))
-                }
-                (Some(d), Some(p)) => format!(
-                    "{} / {}",
-                    ratio(d.cpu_per_op_us(), p.cpu_per_op_us()),
-                    ratio(d.rate(), p.rate())
-                ),
-                _ => "-".into(),
-            };
-            [
-                sc.name.to_owned(),
-                cell("duo-tls-2"),
-                cell("tokio-rustls"),
-                ratios,
-            ]
-        }),
-    ));
 }
 
 /// The bank scenarios on SQLite, and group commit against one commit per transfer.
@@ -905,140 +755,4 @@ fn steal_note(md: &mut String, results: &Results<'_>, h: &Header<'_>) {
         h.steal.retries,
         fmt_steal(worst)
     );
-}
-
-/// One line of the tail-latency comparison: a duo server against a peer with the same
-/// number of serving threads, in the rr scenario.
-struct TailRow<'a> {
-    threads: &'static str,
-    duo: &'a Outcome,
-    peer: &'a Outcome,
-}
-
-/// The comparisons the issue asks for: one thread (`duo-0` strict, `duo-1` same layout,
-/// against `tokio-1`) and two (`duo-2` against `tokio`).
-const TAIL_PAIRS: &[(&str, &str, &str)] = &[
-    ("1", "duo-0", "tokio-1"),
-    ("1", "duo-1", "tokio-1"),
-    ("2", "duo-2", "tokio"),
-];
-
-fn tail_rows<'a>(results: &'a Results<'_>) -> Vec<TailRow<'a>> {
-    let Some((_, outcomes)) = results.iter().find(|(sc, _)| sc.name == TAIL_SCENARIO) else {
-        return Vec::new();
-    };
-    let get = |name: &str| outcomes.iter().find(|o| o.server == name && !o.failed());
-    TAIL_PAIRS
-        .iter()
-        .filter_map(|(threads, duo, peer)| {
-            Some(TailRow {
-                threads,
-                duo: get(duo)?,
-                peer: get(peer)?,
-            })
-        })
-        .collect()
-}
-
-/// p99 and p99.9 of a server's runs.
-fn p99(o: &Outcome) -> Option<Stats> {
-    o.stats(|j| j.p99_us)
-}
-
-fn p999(o: &Outcome) -> Option<Stats> {
-    o.stats(|j| j.p999_us)
-}
-
-/// `duo / peer` of two medians.
-fn median_ratio(duo: Option<Stats>, peer: Option<Stats>) -> Option<f64> {
-    match (duo, peer) {
-        (Some(d), Some(p)) if p.median > 0.0 => Some(d.median / p.median),
-        _ => None,
-    }
-}
-
-impl TailRow<'_> {
-    fn p99_ratio(&self) -> Option<f64> {
-        median_ratio(p99(self.duo), p99(self.peer))
-    }
-
-    fn p999_ratio(&self) -> Option<f64> {
-        median_ratio(p999(self.duo), p999(self.peer))
-    }
-
-    fn json(&self) -> Value {
-        let st =
-            |s: Option<Stats>| s.map(|s| json!({"median": s.median, "min": s.min, "max": s.max}));
-        json!({
-            "threads": self.threads,
-            "duo": self.duo.server,
-            "peer": self.peer.server,
-            "duo_p99_us": st(p99(self.duo)),
-            "peer_p99_us": st(p99(self.peer)),
-            "p99_ratio": self.p99_ratio(),
-            "duo_p999_us": st(p999(self.duo)),
-            "peer_p999_us": st(p999(self.peer)),
-            "p999_ratio": self.p999_ratio(),
-            "p99_met": self.p99_ratio().map(|r| r <= 1.0),
-            "p999_met": self.p999_ratio().map(|r| r <= 1.0),
-            "duo_steal_pct": self.duo.steal_stats().map(|s| s.median),
-            "peer_steal_pct": self.peer.steal_stats().map(|s| s.median),
-            "steal_high": self.duo.steal_high() || self.peer.steal_high(),
-        })
-    }
-}
-
-/// duo's request/response tail against tokio's at one and at two serving threads, with
-/// the target (duo ≤ tokio) and the steal of those runs.
-fn tail_table(md: &mut String, results: &Results<'_>) {
-    let rows = tail_rows(results);
-    if rows.is_empty() {
-        return;
-    }
-    let n = |o: &Outcome| o.runs.len();
-    let us = |st: Option<Stats>, runs: usize| spread(st, runs, |v| format!("{v:.0}"));
-    let met = |r: Option<f64>| match r {
-        Some(r) if r <= 1.0 => format!("{r:.2}, met"),
-        // Three decimals where two would read as 1.00.
-        Some(r) if r < 1.005 => format!("{r:.3}, **not met**"),
-        Some(r) => format!("{r:.2}, **not met**"),
-        None => "-".into(),
-    };
-    let _ = writeln!(
-        md,
-        "\nTail latency, {TAIL_SCENARIO} (100 connections, one 64 B request at a time \
-         each): p99 and p99.9 in µs, medians (min-max) over the repetitions of this run, \
-         duo and tokio interleaved; target: duo / tokio ≤ 1 for both, at one and at two \
-         serving threads. `duo-0` / `tokio-1` is the strict one-thread comparison (duo \
-         accepts and serves on its one thread, tokio accepts on its main thread); \
-         `duo-1` / `tokio-1` has the same layout on both sides (an idle accepting or \
-         main thread, one serving thread). Steal: medians of the duo / tokio runs \
-         ({STEAL_MARK}: a run kept with high steal).\n"
-    );
-    md.push_str(&markdown::table(
-        &[
-            "threads",
-            "duo / peer",
-            "p99 duo",
-            "p99 peer",
-            "p99 duo/peer ≤ 1",
-            "p99.9 duo",
-            "p99.9 peer",
-            "p99.9 duo/peer ≤ 1",
-            "steal duo / peer",
-        ],
-        rows.iter().map(|r| {
-            [
-                r.threads.to_owned(),
-                format!("{} / {}", r.duo.server, r.peer.server),
-                us(p99(r.duo), n(r.duo)),
-                us(p99(r.peer), n(r.peer)),
-                met(r.p99_ratio()),
-                us(p999(r.duo), n(r.duo)),
-                us(p999(r.peer), n(r.peer)),
-                met(r.p999_ratio()),
-                format!("{} / {}", steal_cell(r.duo), steal_cell(r.peer)),
-            ]
-        }),
-    ));
 }

@@ -2,10 +2,12 @@
 //! the message callback, holding input a pause caught, and the peer's end of stream.
 //! (State and transitions: [`super::machine`].)
 
+use std::io;
+
 use duo_buffer::{BufferError, ReadOutcome};
 use duo_reactor::{Channel, EventLoop, LogLimiter};
 
-use super::machine::{LoopConn, ReadSide, WriteSide};
+use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::CloseReason;
 
 /// Connections closed for input their message callback did not consume: a peer can
@@ -81,15 +83,7 @@ impl LoopConn {
                     return;
                 }
                 Err(BufferError::Io(e)) => {
-                    // The kernel reports an error only once the receive queue is empty:
-                    // nothing the peer sent is left behind.
-                    duo_reactor::log_limited!(
-                        log::Level::Debug,
-                        "{}: read: {e}",
-                        self.m.handle.name()
-                    );
-                    let kind = self.m.gone_error().unwrap_or(e.kind());
-                    self.m.close(lp, ch, CloseReason::Error(kind));
+                    self.m.read_failed(lp, ch, &e);
                     return;
                 }
                 Err(e) => {
@@ -193,5 +187,16 @@ impl LoopConn {
         owner.counters.add_message_in();
         self.m
             .run_guarded(lp, ch, "message callback", |ctx| cb(ctx, input));
+    }
+}
+
+impl Machine {
+    /// A read from the socket failed: the connection ends with the socket's error (or
+    /// the error that already made the peer gone). The kernel reports an error only once
+    /// the receive queue is empty: nothing the peer sent is left behind.
+    pub(super) fn read_failed(&mut self, lp: &mut EventLoop, ch: &mut Channel, e: &io::Error) {
+        duo_reactor::log_limited!(log::Level::Debug, "{}: read: {e}", self.handle.name());
+        let kind = self.gone_error().unwrap_or(e.kind());
+        self.close(lp, ch, CloseReason::Error(kind));
     }
 }

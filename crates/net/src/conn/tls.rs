@@ -538,13 +538,7 @@ impl LoopConn {
                 }
                 Err(e) => {
                     put_in_area(area);
-                    duo_reactor::log_limited!(
-                        log::Level::Debug,
-                        "{}: read: {e}",
-                        self.m.handle.name()
-                    );
-                    let kind = self.m.gone_error().unwrap_or(e.kind());
-                    self.m.close(lp, ch, CloseReason::Error(kind));
+                    self.m.read_failed(lp, ch, &e);
                     return;
                 }
             };
