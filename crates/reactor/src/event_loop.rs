@@ -279,8 +279,7 @@ impl EventLoop {
         };
         let n = self.poller.poll(timeout)?;
         self.poll_time = Instant::now();
-        self.health
-            .polled(self.poll_time, &self.shared.metrics.health);
+        self.health.polled(&self.shared.metrics.health);
         MetricCounters::add(&self.shared.metrics.iterations, 1);
         for i in 0..n {
             let Some((data, ready)) = self.poller.event(i) else {
@@ -419,9 +418,9 @@ impl EventLoop {
             let Some(mut timer) = self.timers.take(key) else {
                 continue; // cancelled by an earlier callback of this batch
             };
-            let started = self.health.restart_clock();
+            self.health.restart_clock();
             self.health
-                .timer_fired(key.0, started, &self.shared.metrics.health);
+                .timer_fired(key.0, Instant::now(), &self.shared.metrics.health);
             (timer.callback)(self);
             let name = timer.name;
             self.health.callback_done(

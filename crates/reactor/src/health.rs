@@ -14,6 +14,8 @@ use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
+use duo_sys::monotonic_nanos;
+
 /// Number of buckets of [`LoopMetrics::events_per_iteration`](crate::LoopMetrics).
 pub const EVENT_BUCKETS: usize = 8;
 
@@ -187,19 +189,9 @@ pub(crate) struct HealthCounters {
     pub(crate) longest_callback_nanos: AtomicU64,
     pub(crate) stalls: AtomicU64,
     pub(crate) spins: AtomicU64,
-    /// When the loop last returned from a callback or from `epoll_wait`, in nanoseconds
-    /// since [`epoch`] (plus one, so that 0 can mean "waiting in `epoll_wait`").
+    /// When the loop last returned from a callback or from `epoll_wait`, a reading of
+    /// [`monotonic_nanos`] plus one (so that 0 can mean "waiting in `epoll_wait`").
     pub(crate) busy_since: AtomicU64,
-}
-
-/// The process's reference instant for [`HealthCounters::busy_since`].
-fn epoch() -> Instant {
-    static EPOCH: std::sync::OnceLock<Instant> = std::sync::OnceLock::new();
-    *EPOCH.get_or_init(Instant::now)
-}
-
-fn since_epoch(at: Instant) -> u64 {
-    nanos(at.saturating_duration_since(epoch())) + 1
 }
 
 /// Adds to a counter only one thread writes.
@@ -219,10 +211,9 @@ impl HealthCounters {
     pub(crate) fn busy_for(&self) -> Option<Duration> {
         match self.busy_since.load(Ordering::Relaxed) {
             0 => None,
-            at => {
-                let at = epoch() + Duration::from_nanos(at - 1);
-                Some(Instant::now().saturating_duration_since(at))
-            }
+            at => Some(Duration::from_nanos(
+                monotonic_nanos().saturating_sub(at - 1),
+            )),
         }
     }
 
@@ -300,10 +291,12 @@ const REPORT_INTERVAL: Duration = Duration::from_secs(1);
 /// limiters. Lives inside the [`EventLoop`](crate::EventLoop).
 pub(crate) struct HealthTracker {
     pub(crate) config: HealthConfig,
-    /// The last clock read: every callback's duration is the time since the previous read.
-    clock: Instant,
+    /// The last clock read ([`monotonic_nanos`]): every callback's duration is the time
+    /// since the previous read. (Plain nanoseconds, not `Instant`s: this is read and
+    /// subtracted around every callback, and a `u64` difference is one instruction.)
+    clock: u64,
     /// When the current iteration's poll began (the previous iteration's end).
-    poll_began: Instant,
+    poll_began: u64,
     /// Empty wake-ups in a row (each soon after the previous iteration).
     spin_run: u32,
     /// How long this iteration's `epoll_wait` took.
@@ -324,7 +317,7 @@ pub(crate) struct HealthTracker {
 
 impl HealthTracker {
     pub(crate) fn new(config: HealthConfig) -> HealthTracker {
-        let now = Instant::now();
+        let now = monotonic_nanos();
         HealthTracker {
             config,
             clock: now,
@@ -342,25 +335,22 @@ impl HealthTracker {
         }
     }
 
-    /// The poll returned at `now`.
-    pub(crate) fn polled(&mut self, now: Instant, counters: &HealthCounters) {
-        let waited = now - self.poll_began;
-        self.waited = waited;
-        if waited > SLEPT {
+    /// The poll returned (just now).
+    pub(crate) fn polled(&mut self, counters: &HealthCounters) {
+        let now = monotonic_nanos();
+        let waited = now.saturating_sub(self.poll_began);
+        self.waited = Duration::from_nanos(waited);
+        if self.waited > SLEPT {
             self.slept += 1;
         }
-        bump(&counters.poll_nanos, nanos(waited));
-        counters
-            .busy_since
-            .store(since_epoch(now), Ordering::Relaxed);
+        bump(&counters.poll_nanos, waited);
+        counters.busy_since.store(now + 1, Ordering::Relaxed);
         self.clock = now;
     }
 
-    /// Restarts the clock without charging anyone (after the loop's own bookkeeping);
-    /// returns the time read.
-    pub(crate) fn restart_clock(&mut self) -> Instant {
-        self.clock = Instant::now();
-        self.clock
+    /// Restarts the clock without charging anyone (after the loop's own bookkeeping).
+    pub(crate) fn restart_clock(&mut self) {
+        self.clock = monotonic_nanos();
     }
 
     /// A callback of `kind` just returned; `what` names it for a stall report. Returns
@@ -372,13 +362,11 @@ impl HealthTracker {
         loop_name: &str,
         counters: &HealthCounters,
     ) -> Duration {
-        let now = Instant::now();
-        let took = now - self.clock;
+        let now = monotonic_nanos();
+        let ns = now.saturating_sub(self.clock);
+        let took = Duration::from_nanos(ns);
         self.clock = now;
-        counters
-            .busy_since
-            .store(since_epoch(now), Ordering::Relaxed);
-        let ns = nanos(took);
+        counters.busy_since.store(now + 1, Ordering::Relaxed);
         let total = match kind {
             CallbackKind::Io => &counters.io_nanos,
             CallbackKind::Timer => &counters.timer_nanos,
@@ -394,7 +382,7 @@ impl HealthTracker {
         }
         if let Some(threshold) = self.config.stall_threshold {
             if took > threshold {
-                self.stalled(kind, took, what, loop_name, counters, now);
+                self.stalled(kind, took, what, loop_name, counters);
             }
         }
         took
@@ -408,8 +396,8 @@ impl HealthTracker {
         what: &dyn Fn() -> String,
         loop_name: &str,
         counters: &HealthCounters,
-        now: Instant,
     ) {
+        let now = Instant::now();
         bump(&counters.stalls, 1);
         if self
             .stall_logged
@@ -510,7 +498,6 @@ impl HealthTracker {
                     ),
                     loop_name,
                     counters,
-                    Instant::now(),
                 );
             }
         }
@@ -519,7 +506,7 @@ impl HealthTracker {
     /// The loop is about to wait (or stops running): not busy, and the next poll's wait
     /// starts now.
     pub(crate) fn idle(&mut self, counters: &HealthCounters) {
-        self.poll_began = Instant::now();
+        self.poll_began = monotonic_nanos();
         counters.busy_since.store(0, Ordering::Relaxed);
     }
 
@@ -546,8 +533,7 @@ impl HealthTracker {
         loop_name: &str,
         counters: &HealthCounters,
     ) {
-        let now = Instant::now();
-        self.poll_began = now;
+        self.poll_began = monotonic_nanos();
         counters.busy_since.store(0, Ordering::Relaxed);
         bump(&counters.events_per_iteration[event_bucket(io_events)], 1);
         let empty = io_events == 0 && self.work == 0;
@@ -571,13 +557,13 @@ impl HealthTracker {
                 &format!("{threshold} wake-ups in a row found nothing to do"),
                 loop_name,
                 counters,
-                now,
             );
         }
     }
 
     #[cold]
-    fn spun(&mut self, why: &str, loop_name: &str, counters: &HealthCounters, now: Instant) {
+    fn spun(&mut self, why: &str, loop_name: &str, counters: &HealthCounters) {
+        let now = Instant::now();
         bump(&counters.spins, 1);
         if self
             .spin_logged
