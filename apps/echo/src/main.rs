@@ -5,6 +5,7 @@
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
+//!      [--busy-poll-us US]
 //!      [--udp [--udp-batch N]]
 //!      [--tls-cert PEM --tls-key PEM]
 //! echo reload --pid PID [--upgrade]
@@ -44,6 +45,10 @@
 //!   (each worker would need an address of its own; a usage error for now).
 //! - `--stall-ms MS` (default 25; 0 switches it off): a callback that holds a loop longer
 //!   than this is logged as a stall (rate-limited) and counted in `duo_loop_stalls_total`.
+//! - `--busy-poll-us US` (default 0: off): after an iteration that found work, each loop
+//!   polls again without blocking for up to US microseconds before it sleeps
+//!   (`ServerBuilder::busy_poll`): fewer sleeps and wake-ups under steady load, for tail
+//!   latency, at the price of CPU.
 //! - `--udp`: also echo UDP datagrams on the same address and port number as the TCP
 //!   listener (one `duo_net::UdpSocket` on the main loop: `recvmmsg`/`sendmmsg` batches
 //!   of 32, datagrams up to 2 KiB; larger ones are counted as truncated and not echoed).
@@ -183,6 +188,11 @@ struct ServeArgs {
     /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
     #[arg(long, value_name = "MS", default_value_t = 25)]
     stall_ms: u64,
+    /// Busy polling: after an iteration that found work, a loop polls again without
+    /// blocking for up to US microseconds before sleeping; 0: off.
+    #[arg(long, value_name = "US", default_value_t = 0,
+          value_parser = clap::value_parser!(u64).range(0..=1_000_000))]
+    busy_poll_us: u64,
     /// Also echo UDP datagrams on the listener's address (printed as `udp on HOST:PORT`).
     #[arg(long)]
     udp: bool,
@@ -457,6 +467,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
         drain_timeout: Duration::from_secs(args.drain_timeout),
         metrics: args.metrics,
         stall_threshold: (args.stall_ms > 0).then(|| Duration::from_millis(args.stall_ms)),
+        busy_poll: Duration::from_micros(args.busy_poll_us),
         udp: args.udp,
         udp_batch: usize::from(args.udp_batch),
         tls: args.tls_cert.clone().zip(args.tls_key.clone()),

@@ -50,6 +50,8 @@ pub struct ServeConfig {
     pub metrics: Option<SocketAddr>,
     /// The loops' stall threshold (`None`: the stall detector is off).
     pub stall_threshold: Option<Duration>,
+    /// Busy polling on the loops (`Duration::ZERO`: off); see `ServerBuilder::busy_poll`.
+    pub busy_poll: Duration,
     /// Also echo UDP datagrams on the listener's address (same IP and port number), from
     /// one `duo_net::UdpSocket` on the main loop (a worker: one per worker, with
     /// `SO_REUSEPORT`); printed as `udp on ADDR`.
@@ -134,7 +136,8 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
     let mut builder = builder
         .io_threads(cfg.io_threads)
         .accept_mode(cfg.accept)
-        .edge_triggered(cfg.edge_triggered);
+        .edge_triggered(cfg.edge_triggered)
+        .busy_poll(cfg.busy_poll);
     if let Some(timeout) = cfg.idle_timeout {
         builder = builder.idle_timeout(timeout);
     }

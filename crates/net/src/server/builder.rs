@@ -35,6 +35,7 @@ pub struct ServerBuilder {
     reuse_port: bool,
     accept_mode: AcceptMode,
     idle_timeout: Option<Duration>,
+    busy_poll: Duration,
     max_connections: Option<usize>,
     when_full: WhenFull,
     buffer_trim_interval: Option<Duration>,
@@ -57,6 +58,7 @@ impl ServerBuilder {
             reuse_port: false,
             accept_mode: AcceptMode::default(),
             idle_timeout: None,
+            busy_poll: Duration::ZERO,
             max_connections: None,
             when_full: WhenFull::default(),
             buffer_trim_interval: Some(defaults::BUFFER_TRIM_INTERVAL),
@@ -94,6 +96,16 @@ impl ServerBuilder {
     /// the trade-off.
     pub fn accept_mode(mut self, mode: AcceptMode) -> Self {
         self.accept_mode = mode;
+        self
+    }
+    /// Busy polling on the server's loops (default off): after an iteration that found
+    /// work, a loop looks again without blocking for up to `spin` before sleeping in
+    /// `epoll_wait`. Trades CPU for tail latency under steady load; see
+    /// [`EventLoop::set_busy_poll`] for when it pays. Set on every loop the server serves
+    /// on (its I/O threads, or the main loop when it has none), so other users of those
+    /// loops see it too.
+    pub fn busy_poll(mut self, spin: Duration) -> Self {
+        self.busy_poll = spin;
         self
     }
     /// Closes connections that show no activity for `timeout` (a timing wheel per loop;
@@ -235,6 +247,17 @@ impl ServerBuilder {
         });
         // Per-loop services: installed on the main loop directly, on the server's own
         // I/O threads by a queued function (they end with their loop).
+        if !self.busy_poll.is_zero() {
+            let spin = self.busy_poll;
+            for h in &loops {
+                if h.is_in_loop_thread() {
+                    main.set_busy_poll(spin);
+                } else {
+                    h.queue_in_loop(move |lp| lp.set_busy_poll(spin))
+                        .map_err(io::Error::from)?;
+                }
+            }
+        }
         if let Some(timeout) = self.idle_timeout {
             for h in &loops {
                 if h.is_in_loop_thread() {
@@ -413,6 +436,7 @@ impl fmt::Debug for ServerBuilder {
             .field("io_threads", &self.io_threads)
             .field("accept_mode", &self.accept_mode)
             .field("idle_timeout", &self.idle_timeout)
+            .field("busy_poll", &self.busy_poll)
             .field("max_connections", &self.max_connections)
             .field("when_full", &self.when_full)
             .field("buffer_trim_interval", &self.buffer_trim_interval)

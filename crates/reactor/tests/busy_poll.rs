@@ -1,0 +1,102 @@
+//! Busy polling (`EventLoop::set_busy_poll`): a loop that just found work stays awake
+//! through a short gap (the next event is served without the loop thread blocking), and an
+//! idle loop still goes to sleep after the busy-polling time.
+
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use duo_reactor::{EventLoop, EventLoopThread, ThreadInit};
+use duo_sys::thread_context_switches;
+use duo_testkit::LIMIT;
+
+/// CPU time (user + system) of the calling thread so far, in clock ticks (1/100 s).
+fn thread_cpu_ticks() -> u64 {
+    let stat = std::fs::read_to_string("/proc/thread-self/stat").expect("read stat");
+    // The fields after the command name (which may hold spaces) end with ')'.
+    let rest = &stat[stat.rfind(')').expect("stat format") + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of stat(5): 12 and 13 after the name.
+    fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+}
+
+fn spawn_with_busy_poll(name: &str, spin: Duration) -> EventLoopThread {
+    let init: ThreadInit = Arc::new(move |lp: &mut EventLoop| lp.set_busy_poll(spin));
+    EventLoopThread::spawn(name, Some(init)).unwrap()
+}
+
+#[test]
+fn a_busy_polling_loop_serves_the_next_event_without_sleeping() {
+    let t = spawn_with_busy_poll("busy", Duration::from_millis(300));
+    // The loop thread may still lose its core to another thread in the gap (counted as a
+    // switch too) on a loaded machine: a few attempts, one clean one proves the point.
+    for _ in 0..10 {
+        let (tx, rx) = mpsc::channel();
+        let tx2 = tx.clone();
+        t.handle()
+            .queue_in_loop(move |_| tx.send(thread_context_switches().unwrap()).unwrap())
+            .unwrap();
+        let first = rx.recv_timeout(LIMIT).unwrap();
+        // A gap well inside the busy-polling time: without busy polling the loop blocks
+        // in epoll_wait here (a voluntary switch) and is woken by the next function.
+        thread::sleep(Duration::from_millis(5));
+        t.handle()
+            .queue_in_loop(move |_| tx2.send(thread_context_switches().unwrap()).unwrap())
+            .unwrap();
+        let second = rx.recv_timeout(LIMIT).unwrap();
+        if second == first {
+            t.stop().unwrap();
+            return;
+        }
+    }
+    panic!("the loop thread was switched off its CPU in every gap: it slept");
+}
+
+#[test]
+fn without_busy_polling_the_loop_sleeps_in_the_gap() {
+    let t = EventLoopThread::spawn("sleepy", None).unwrap();
+    let (tx, rx) = mpsc::channel();
+    let tx2 = tx.clone();
+    t.handle()
+        .queue_in_loop(move |lp| {
+            assert_eq!(lp.busy_poll(), Duration::ZERO);
+            tx.send(thread_context_switches().unwrap()).unwrap()
+        })
+        .unwrap();
+    let first = rx.recv_timeout(LIMIT).unwrap();
+    thread::sleep(Duration::from_millis(5));
+    t.handle()
+        .queue_in_loop(move |_| tx2.send(thread_context_switches().unwrap()).unwrap())
+        .unwrap();
+    let second = rx.recv_timeout(LIMIT).unwrap();
+    assert!(
+        second > first,
+        "the loop blocked in epoll_wait between the two"
+    );
+    t.stop().unwrap();
+}
+
+#[test]
+fn an_idle_busy_polling_loop_still_sleeps() {
+    let t = spawn_with_busy_poll("idle", Duration::from_millis(50));
+    let (tx, rx) = mpsc::channel();
+    t.handle()
+        .queue_in_loop(move |lp| {
+            let before = thread_cpu_ticks();
+            // Nothing else happens for a second: the loop busy-polls 50 ms after this
+            // function, then must block until the timer fires.
+            lp.run_after(Duration::from_secs(1), move |_| {
+                tx.send(thread_cpu_ticks() - before).unwrap()
+            });
+        })
+        .unwrap();
+    let used = rx.recv_timeout(LIMIT).unwrap();
+    // A loop that kept polling would have used about 100 ticks; 50 ms of busy polling
+    // (twice: after the function, after its own timer set-up) and scheduling noise stay
+    // far below 40.
+    assert!(
+        used < 40,
+        "an idle loop used {used} ticks of CPU in one second"
+    );
+    t.stop().unwrap();
+}
