@@ -57,7 +57,8 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
          themselves on the one listening socket (`EPOLLEXCLUSIVE`, the default), \
          `duo-2-main` has the main loop accept and hand connections round robin to 2 I/O \
          threads, `duo-2-reuseport` gives each of 2 I/O threads a `SO_REUSEPORT` socket \
-         (those two only where accepting matters: churn and 1 000 connections); \
+         (those two only where accepting matters: churn and 1 000 connections), \
+         `duo-2-busy` is `duo-2` with busy polling (`--busy-poll-us 20`, rr only); \
          `tokio` runs 2 workers and `tokio-1` one (rr and pingpong-100x16k only). In \
          both tokio servers the main thread only accepts (`block_on`) and the workers \
          serve the connections, so `tokio-1` serves on one thread, as `duo-0` does \

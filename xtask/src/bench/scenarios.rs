@@ -142,6 +142,21 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         ],
         ACCEPT_MODE_SCENARIOS,
     ),
+    // Busy polling (opt-in, `--busy-poll-us`): the two-thread tail with loops that stay
+    // awake 20 µs after finding work instead of sleeping at once.
+    EchoServer::duo_in(
+        "duo-2-busy",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "2",
+            "--busy-poll-us",
+            "20",
+        ],
+        BUSY_POLL_SCENARIOS,
+    ),
     // Unix-domain sockets: the same binary and threads as `duo-2`, over an abstract name
     // (`{pid}`: the harness's process id, so that two harnesses never collide).
     EchoServer::duo_in(
@@ -220,6 +235,10 @@ pub(super) const UDS_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
 /// Where tokio is measured with one worker as well as two, to compare duo's tail latency
 /// with it at one thread (`duo-0`) as at two (`duo-2` against `tokio`).
 pub(super) const ONE_THREAD_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
+
+/// Where duo with busy polling (`duo-2-busy`, `--busy-poll-us 20`) is measured beside
+/// `duo-2`: the tail comparison at two threads.
+pub(super) const BUSY_POLL_SCENARIOS: &[&str] = &["rr-100x64"];
 
 /// The scenario of the tail-latency comparison.
 pub(super) const TAIL_SCENARIO: &str = "rr-100x64";

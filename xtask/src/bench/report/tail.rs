@@ -19,11 +19,12 @@ pub(super) struct TailRow<'a> {
 }
 
 /// The comparisons the issue asks for: one thread (`duo-0` strict, `duo-1` same layout,
-/// against `tokio-1`) and two (`duo-2` against `tokio`).
+/// against `tokio-1`) and two (`duo-2` against `tokio`; also `duo-2-busy`, busy polling).
 const TAIL_PAIRS: &[(&str, &str, &str)] = &[
     ("1", "duo-0", "tokio-1"),
     ("1", "duo-1", "tokio-1"),
     ("2", "duo-2", "tokio"),
+    ("2", "duo-2-busy", "tokio"),
 ];
 
 pub(super) fn tail_rows<'a>(results: &'a Results<'_>) -> Vec<TailRow<'a>> {
