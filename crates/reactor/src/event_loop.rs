@@ -289,15 +289,7 @@ impl EventLoop {
         // is not put to sleep and woken (and, on a crowded machine, made to wait for a
         // core) between two bursts that arrive microseconds apart.
         let n = if timeout.is_none() && self.busy_poll_nanos > 0 && self.had_events {
-            let deadline = duo_sys::monotonic_nanos() + self.busy_poll_nanos;
-            let mut n = 0;
-            while n == 0 && duo_sys::monotonic_nanos() < deadline {
-                n = self.poller.poll(Some(Duration::ZERO))?;
-            }
-            if n == 0 {
-                n = self.poller.poll(None)?;
-            }
-            n
+            self.poller.poll_spinning(self.busy_poll_nanos)?
         } else {
             self.poller.poll(timeout)?
         };

@@ -36,6 +36,21 @@ impl Poller {
         self.epoll.wait(&mut self.events, timeout)
     }
 
+    /// Busy polling ([`EventLoop::set_busy_poll`](crate::EventLoop::set_busy_poll)):
+    /// polls without blocking for up to `spin_nanos`, then, if nothing came, blocks.
+    pub(crate) fn poll_spinning(&mut self, spin_nanos: u64) -> io::Result<usize> {
+        let deadline = duo_sys::monotonic_nanos() + spin_nanos;
+        loop {
+            let n = self.poll(Some(Duration::ZERO))?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if duo_sys::monotonic_nanos() >= deadline {
+                return self.poll(None);
+            }
+        }
+    }
+
     /// The `i`th event of the last poll as `(token, readiness)`.
     pub(crate) fn event(&self, i: usize) -> Option<(u64, Ready)> {
         self.events.get(i)

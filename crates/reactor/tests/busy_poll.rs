@@ -32,6 +32,24 @@ fn thread_cpu_ticks() -> u64 {
     fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
 }
 
+/// The loop thread's [`thread_sleeps`] when it runs a first queued function and when it
+/// runs a second one queued 5 ms later (a gap a busy-polling loop stays awake through;
+/// without busy polling the loop blocks in `epoll_wait` there).
+fn sleeps_across_a_gap(t: &EventLoopThread) -> (u64, u64) {
+    let (tx, rx) = mpsc::channel();
+    for gap in [Duration::ZERO, Duration::from_millis(5)] {
+        thread::sleep(gap);
+        let tx = tx.clone();
+        t.handle()
+            .queue_in_loop(move |_| tx.send(thread_sleeps()).unwrap())
+            .unwrap();
+    }
+    (
+        rx.recv_timeout(LIMIT).unwrap(),
+        rx.recv_timeout(LIMIT).unwrap(),
+    )
+}
+
 fn spawn_with_busy_poll(name: &str, spin: Duration) -> EventLoopThread {
     let init: ThreadInit = Arc::new(move |lp: &mut EventLoop| lp.set_busy_poll(spin));
     EventLoopThread::spawn(name, Some(init)).unwrap()
@@ -43,19 +61,7 @@ fn a_busy_polling_loop_serves_the_next_event_without_sleeping() {
     // Preemptions are not counted; a few attempts all the same, in case the loop thread
     // blocks for another reason (a contended lock when the function is queued).
     for _ in 0..10 {
-        let (tx, rx) = mpsc::channel();
-        let tx2 = tx.clone();
-        t.handle()
-            .queue_in_loop(move |_| tx.send(thread_sleeps()).unwrap())
-            .unwrap();
-        let first = rx.recv_timeout(LIMIT).unwrap();
-        // A gap well inside the busy-polling time: without busy polling the loop blocks
-        // in epoll_wait here (a voluntary switch) and is woken by the next function.
-        thread::sleep(Duration::from_millis(5));
-        t.handle()
-            .queue_in_loop(move |_| tx2.send(thread_sleeps()).unwrap())
-            .unwrap();
-        let second = rx.recv_timeout(LIMIT).unwrap();
+        let (first, second) = sleeps_across_a_gap(&t);
         if second == first {
             t.stop().unwrap();
             return;
@@ -67,20 +73,7 @@ fn a_busy_polling_loop_serves_the_next_event_without_sleeping() {
 #[test]
 fn without_busy_polling_the_loop_sleeps_in_the_gap() {
     let t = EventLoopThread::spawn("sleepy", None).unwrap();
-    let (tx, rx) = mpsc::channel();
-    let tx2 = tx.clone();
-    t.handle()
-        .queue_in_loop(move |lp| {
-            assert_eq!(lp.busy_poll(), Duration::ZERO);
-            tx.send(thread_sleeps()).unwrap()
-        })
-        .unwrap();
-    let first = rx.recv_timeout(LIMIT).unwrap();
-    thread::sleep(Duration::from_millis(5));
-    t.handle()
-        .queue_in_loop(move |_| tx2.send(thread_sleeps()).unwrap())
-        .unwrap();
-    let second = rx.recv_timeout(LIMIT).unwrap();
+    let (first, second) = sleeps_across_a_gap(&t);
     assert!(
         second > first,
         "the loop blocked in epoll_wait between the two"

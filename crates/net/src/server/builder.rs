@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, ThreadInit};
+use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, LoopHandle, ThreadInit};
 use parking_lot::Mutex;
 use socket2::{Socket, Type};
 
@@ -249,36 +249,19 @@ impl ServerBuilder {
         // I/O threads by a queued function (they end with their loop).
         if !self.busy_poll.is_zero() {
             let spin = self.busy_poll;
-            for h in &loops {
-                if h.is_in_loop_thread() {
-                    main.set_busy_poll(spin);
-                } else {
-                    h.queue_in_loop(move |lp| lp.set_busy_poll(spin))
-                        .map_err(io::Error::from)?;
-                }
-            }
+            on_each_loop(main, &loops, move |lp| lp.set_busy_poll(spin))?;
         }
         if let Some(timeout) = self.idle_timeout {
-            for h in &loops {
-                if h.is_in_loop_thread() {
-                    NetLoop::idle_install(main, id, timeout, LoopConn::idle_expired);
-                } else {
-                    h.queue_in_loop(move |lp| {
-                        NetLoop::idle_install(lp, id, timeout, LoopConn::idle_expired)
-                    })
-                    .map_err(io::Error::from)?;
-                }
-            }
+            on_each_loop(main, &loops, move |lp| {
+                NetLoop::idle_install(lp, id, timeout, LoopConn::idle_expired)
+            })?;
         }
         if let Some(interval) = self.buffer_trim_interval {
-            for h in &loops {
-                if h.is_in_loop_thread() {
-                    NetLoop::trim_install(main, pool, interval);
-                    shared.trims_main.store(true, Ordering::SeqCst);
-                } else {
-                    h.queue_in_loop(move |lp| NetLoop::trim_install(lp, pool, interval))
-                        .map_err(io::Error::from)?;
-                }
+            on_each_loop(main, &loops, move |lp| {
+                NetLoop::trim_install(lp, pool, interval)
+            })?;
+            if loops.iter().any(|h| h.is_in_loop_thread()) {
+                shared.trims_main.store(true, Ordering::SeqCst);
             }
         }
         let callbacks = Arc::new(self.callbacks);
@@ -426,6 +409,23 @@ fn check_listener(socket: &Socket) -> io::Result<Endpoint> {
     socket.set_nonblocking(true)?;
     socket.set_cloexec(true)?;
     Ok(addr)
+}
+
+/// Runs `f` on each of the server's loops: at once on the main loop (the caller's), by a
+/// queued function on the server's own I/O threads (what it installs ends with them).
+fn on_each_loop(
+    main: &mut EventLoop,
+    loops: &[LoopHandle],
+    f: impl Fn(&mut EventLoop) + Clone + Send + 'static,
+) -> io::Result<()> {
+    for h in loops {
+        if h.is_in_loop_thread() {
+            f(main);
+        } else {
+            h.queue_in_loop(f.clone()).map_err(io::Error::from)?;
+        }
+    }
+    Ok(())
 }
 
 impl fmt::Debug for ServerBuilder {
