@@ -32,6 +32,19 @@ impl Token {
     pub fn as_u64(self) -> u64 {
         self.0
     }
+
+    /// The token whose [`as_u64`](Token::as_u64) is `raw`: for keeping a token in an
+    /// `AtomicU64`. Harmless on any value: a token that names no live channel of the loop
+    /// it is used with is simply not found.
+    ///
+    /// ```
+    /// use duo_reactor::Token;
+    /// let raw = 42u64;
+    /// assert_eq!(Token::from_u64(raw).as_u64(), raw);
+    /// ```
+    pub fn from_u64(raw: u64) -> Token {
+        Token(raw)
+    }
 }
 
 impl fmt::Debug for Token {

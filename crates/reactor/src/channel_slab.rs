@@ -3,16 +3,23 @@
 //! An entry is *taken out* of its slot while its handler runs and put back afterwards.
 //! While it is out, the slot remembers whether someone asked to remove it, so removal from
 //! inside any handler is safe and takes effect when the entry comes back.
+//!
+//! An entry is one allocation holding the channel and its handler side by side, so that
+//! taking it out and putting it back (twice per event) moves a pointer, not the channel.
 
 use crate::channel::{Channel, Handler, Token};
 
-/// A channel and its handler, as stored in a slot of the [`ChannelSlab`].
-pub(crate) struct ChannelEntry {
+/// A channel and its handler, as stored (boxed: [`Entry`]) in a slot of the
+/// [`ChannelSlab`]; built with a concrete handler type `H` and used as `dyn Handler`.
+pub(crate) struct ChannelEntry<H: ?Sized = dyn Handler> {
     /// The descriptor and its interest.
     pub(crate) channel: Channel,
     /// What reacts to the channel's events.
-    pub(crate) handler: Box<dyn Handler>,
+    pub(crate) handler: H,
 }
+
+/// A boxed [`ChannelEntry`]: what moves in and out of a slot.
+pub(crate) type Entry = Box<ChannelEntry>;
 
 /// What a slot holds.
 enum SlotState {
@@ -21,7 +28,7 @@ enum SlotState {
     /// A live channel.
     Occupied {
         /// `None` while the entry is taken out (reserved but not filled yet, or in dispatch).
-        entry: Option<ChannelEntry>,
+        entry: Option<Entry>,
         /// Removal was asked for while the entry was taken out: drop it when it comes back.
         removal_pending: bool,
     },
@@ -37,7 +44,7 @@ struct Slot {
 /// What [`ChannelSlab::take_out`] found.
 pub(crate) enum TakeOutcome {
     /// The entry, now out of its slot; put it back with [`ChannelSlab::fill`] or free it.
-    Taken(ChannelEntry),
+    Taken(Entry),
     /// The token is live but its entry is already out (a nested call, further up the
     /// stack, holds it).
     AlreadyTaken,
@@ -49,7 +56,7 @@ pub(crate) enum TakeOutcome {
 pub(crate) enum Removal {
     /// The entry was in its slot: the slot is freed and the entry handed over, for the
     /// caller to deregister and drop.
-    Now(ChannelEntry),
+    Now(Entry),
     /// The entry is taken out (its handler is running): it is marked, and dropped when it
     /// comes back.
     Deferred,
@@ -141,7 +148,7 @@ impl ChannelSlab {
     }
 
     /// Puts a taken-out (or freshly reserved) entry back into its slot.
-    pub(crate) fn fill(&mut self, token: Token, new: ChannelEntry) {
+    pub(crate) fn fill(&mut self, token: Token, new: Entry) {
         if let Some(Slot {
             state: SlotState::Occupied { entry, .. },
             ..
@@ -201,7 +208,7 @@ impl ChannelSlab {
     }
 
     /// Takes every entry out, leaving the slab empty (used on drop).
-    pub(crate) fn drain(&mut self) -> Vec<ChannelEntry> {
+    pub(crate) fn drain(&mut self) -> Vec<Entry> {
         let out = self
             .slots
             .drain(..)

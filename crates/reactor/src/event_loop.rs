@@ -15,7 +15,7 @@ use duo_sys::{EventFd, Interest, Ready};
 use parking_lot::Mutex;
 
 use crate::channel::{Channel, Handler, Token};
-use crate::channel_slab::{ChannelEntry, ChannelSlab, Removal, TakeOutcome};
+use crate::channel_slab::{ChannelEntry, ChannelSlab, Entry, Removal, TakeOutcome};
 use crate::error::{InsertError, LoopError};
 use crate::health::{CallbackKind, HealthConfig, HealthTracker};
 use crate::loop_handle::{
@@ -156,8 +156,9 @@ pub struct EventLoop {
     running: Vec<SendTask>,
     /// Reusable buffer `local_tasks` is swapped into while they run.
     running_local: Vec<LocalTask>,
-    /// When the current iteration's poll returned.
-    poll_time: Instant,
+    /// When the current iteration's poll returned, on the [`duo_sys::monotonic_nanos`]
+    /// clock (read once per iteration, by the health tracker).
+    poll_nanos: u64,
     /// I/O events dispatched in this iteration; with the next two, loop-confined counters
     /// published to `shared.metrics` once per iteration.
     iteration_events: u64,
@@ -217,7 +218,7 @@ impl EventLoop {
             locals: HashMap::new(),
             running: Vec::new(),
             running_local: Vec::new(),
-            poll_time: Instant::now(),
+            poll_nanos: duo_sys::monotonic_nanos(),
             iteration_events: 0,
             iteration_tasks: 0,
             iteration_timers: 0,
@@ -232,8 +233,27 @@ impl EventLoop {
     /// and shared by every event it dispatches (muduo's `pollReturnTime`). Callbacks that
     /// stamp activity use it instead of reading the clock per event; it lags the true time
     /// by at most the time the iteration has run so far.
+    ///
+    /// The loop keeps this moment as [`poll_time_nanos`](EventLoop::poll_time_nanos); an
+    /// `Instant` is made from it on demand (two clock reads), so a callback that runs per
+    /// event should prefer the nanoseconds.
     pub fn poll_time(&self) -> Instant {
-        self.poll_time
+        let now = Instant::now();
+        let age = duo_sys::monotonic_nanos().saturating_sub(self.poll_nanos);
+        now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
+    }
+
+    /// [`poll_time`](EventLoop::poll_time) on the clock of [`duo_sys::monotonic_nanos`]
+    /// (`CLOCK_MONOTONIC`, the clock `Instant` reads on Linux): free to read, and a plain
+    /// number to store in an atomic or subtract.
+    ///
+    /// ```
+    /// let lp = duo_reactor::EventLoop::new()?;
+    /// assert!(lp.poll_time_nanos() <= duo_sys::monotonic_nanos());
+    /// # Ok::<(), duo_reactor::LoopError>(())
+    /// ```
+    pub fn poll_time_nanos(&self) -> u64 {
+        self.poll_nanos
     }
 
     /// A handle for other threads (and for storing in `Send` callbacks).
@@ -294,8 +314,7 @@ impl EventLoop {
             self.poller.poll(timeout)?
         };
         self.had_events = n > 0;
-        self.poll_time = Instant::now();
-        self.health.polled(&self.shared.metrics.health);
+        self.poll_nanos = self.health.polled(&self.shared.metrics.health);
         MetricCounters::add(&self.shared.metrics.iterations, 1);
         for i in 0..n {
             let Some((data, ready)) = self.poller.event(i) else {
@@ -359,7 +378,8 @@ impl EventLoop {
             if entry.channel.is_removed() || self.channels.removal_pending(token) {
                 break;
             }
-            step(entry.handler.as_mut(), self, &mut entry.channel);
+            let entry = &mut *entry;
+            step(&mut entry.handler, self, &mut entry.channel);
         }
         entry.channel.ready = Ready::from_bits(0);
         let describe = || {
@@ -393,7 +413,7 @@ impl EventLoop {
     }
 
     /// Returns a taken-out entry to its slot, applying interest changes or removal.
-    fn put_back(&mut self, token: Token, mut entry: ChannelEntry) {
+    fn put_back(&mut self, token: Token, mut entry: Entry) {
         if entry.channel.is_removed() || self.channels.removal_pending(token) {
             self.channels.free(token);
             self.deregister(&entry);
@@ -515,29 +535,26 @@ impl EventLoop {
         interest: Interest,
         handler: impl Handler,
     ) -> Result<Token, InsertError> {
-        self.add_channel_boxed(fd.into(), interest, Box::new(handler))
-    }
-
-    /// [`EventLoop::add_channel`] with an already boxed handler.
-    pub fn add_channel_boxed(
-        &mut self,
-        fd: OwnedFd,
-        interest: Interest,
-        handler: Box<dyn Handler>,
-    ) -> Result<Token, InsertError> {
+        let fd = fd.into();
         let Some(token) = self.channels.reserve() else {
             return Err(InsertError {
                 error: io::Error::new(io::ErrorKind::OutOfMemory, "too many channels on one loop"),
                 fd,
-                handler,
+                handler: Box::new(handler),
             });
         };
         if let Err(error) = self.poller.add(fd.as_fd(), interest, token.0) {
             self.channels.free(token);
-            return Err(InsertError { error, fd, handler });
+            return Err(InsertError {
+                error,
+                fd,
+                handler: Box::new(handler),
+            });
         }
         let channel = Channel::new(fd, token, interest);
-        self.channels.fill(token, ChannelEntry { channel, handler });
+        // One allocation for the channel and its handler together.
+        self.channels
+            .fill(token, Box::new(ChannelEntry { channel, handler }));
         Ok(token)
     }
 
@@ -571,7 +588,8 @@ impl EventLoop {
         let TakeOutcome::Taken(mut entry) = self.channels.take_out(token) else {
             return None;
         };
-        let r = f(self, &mut entry.channel, entry.handler.as_mut());
+        let e = &mut *entry;
+        let r = f(self, &mut e.channel, &mut e.handler);
         self.put_back(token, entry);
         Some(r)
     }

@@ -335,8 +335,8 @@ impl HealthTracker {
         }
     }
 
-    /// The poll returned (just now).
-    pub(crate) fn polled(&mut self, counters: &HealthCounters) {
+    /// The poll returned (just now); returns the clock read that says so.
+    pub(crate) fn polled(&mut self, counters: &HealthCounters) -> u64 {
         let now = monotonic_nanos();
         let waited = now.saturating_sub(self.poll_began);
         self.waited = Duration::from_nanos(waited);
@@ -346,6 +346,7 @@ impl HealthTracker {
         bump(&counters.poll_nanos, waited);
         counters.busy_since.store(now + 1, Ordering::Relaxed);
         self.clock = now;
+        now
     }
 
     /// Restarts the clock without charging anyone (after the loop's own bookkeeping).

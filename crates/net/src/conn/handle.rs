@@ -4,7 +4,7 @@ use std::any::{type_name, Any};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, LoopHandle, Token};
@@ -89,18 +89,18 @@ pub enum ContextError {
     },
 }
 
-/// Process-wide origin of the activity clock (an `Instant` cannot be stored atomically).
-fn clock_base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
+/// The activity clock: milliseconds of [`duo_sys::monotonic_nanos`] (`CLOCK_MONOTONIC`,
+/// the clock of `Instant`), a plain number an atomic can hold.
 fn now_ms() -> u64 {
-    ms_since_base(Instant::now())
+    duo_sys::monotonic_nanos() / 1_000_000
 }
 
-fn ms_since_base(at: Instant) -> u64 {
-    at.saturating_duration_since(clock_base()).as_millis() as u64
+/// No token yet: never a channel's (a slab index never has all 32 bits set).
+const NO_TOKEN: u64 = u64::MAX;
+
+fn token_of(shared: &ConnShared) -> Option<Token> {
+    let raw = shared.token.load(Ordering::Acquire);
+    (raw != NO_TOKEN).then(|| Token::from_u64(raw))
 }
 
 /// A user value stored with a connection. Its type's name comes from the vtable, so the
@@ -141,7 +141,8 @@ struct ConnShared {
     /// to the channel before its next read).
     read_paused: AtomicBool,
     lp: LoopHandle,
-    token: OnceLock<Token>,
+    /// The channel's token on `lp` ([`Token::as_u64`]), [`NO_TOKEN`] until registered.
+    token: AtomicU64,
     /// Set once, when the connection closes (a one-byte lock and a one-byte value: the
     /// handle stays as small as before close reasons existed).
     close_reason: Mutex<Option<CloseReason>>,
@@ -203,7 +204,7 @@ impl TcpConnection {
                 state: AtomicU8::new(ConnState::Connecting as u8),
                 read_paused: AtomicBool::new(false),
                 lp,
-                token: OnceLock::new(),
+                token: AtomicU64::new(NO_TOKEN),
                 close_reason: Mutex::new(None),
                 context: Mutex::new(None),
                 last_activity_ms: AtomicU64::new(now_ms()),
@@ -295,7 +296,9 @@ impl TcpConnection {
 
     /// When bytes last arrived (or the connection was opened).
     pub fn last_activity(&self) -> Instant {
-        clock_base() + Duration::from_millis(self.shared.last_activity_ms.load(Ordering::Relaxed))
+        let age = now_ms().saturating_sub(self.shared.last_activity_ms.load(Ordering::Relaxed));
+        let now = Instant::now();
+        now.checked_sub(Duration::from_millis(age)).unwrap_or(now)
     }
 
     /// Stores a user value with the connection (a session, a parser state, the other
@@ -393,7 +396,7 @@ impl TcpConnection {
         self.shared
             .lp
             .queue_in_loop(move |lp| {
-                if let Some(&token) = shared.token.get() {
+                if let Some(token) = token_of(&shared) {
                     LoopConn::with_ctx_at(lp, token, "function run on the loop", f);
                 }
             })
@@ -421,7 +424,7 @@ impl TcpConnection {
         if !self.shared.lp.is_in_loop_thread() {
             return Err(CtxUnavailable::OtherLoop);
         }
-        let Some(&token) = self.shared.token.get() else {
+        let Some(token) = token_of(&self.shared) else {
             return Err(CtxUnavailable::Closed);
         };
         if self.is_closed() {
@@ -554,12 +557,19 @@ impl TcpConnection {
     }
 
     pub(crate) fn set_token(&self, token: Token) {
-        let _ = self.shared.token.set(token);
+        // Set once, by the loop, before anyone can ask for it from another thread (the
+        // queued functions that read it run on the same loop, after this).
+        let _ = self.shared.token.compare_exchange(
+            NO_TOKEN,
+            token.as_u64(),
+            Ordering::Release,
+            Ordering::Relaxed,
+        );
     }
 
     /// The token of the connection's channel on its loop, once registered.
     pub(crate) fn token(&self) -> Option<Token> {
-        self.shared.token.get().copied()
+        token_of(&self.shared)
     }
 
     pub(crate) fn set_read_paused(&self, paused: bool) {
@@ -572,11 +582,12 @@ impl TcpConnection {
         self.set_state(ConnState::Disconnected);
     }
 
-    /// Records activity at `at` (the loop's poll time: no clock read per event).
-    pub(crate) fn touch(&self, at: Instant) {
+    /// Records activity at `at_nanos` (the loop's poll time,
+    /// [`EventLoop::poll_time_nanos`]: no clock read per event).
+    pub(crate) fn touch(&self, at_nanos: u64) {
         self.shared
             .last_activity_ms
-            .store(ms_since_base(at), Ordering::Relaxed);
+            .store(at_nanos / 1_000_000, Ordering::Relaxed);
     }
 }
 

@@ -41,7 +41,7 @@ impl LoopConn {
                 Ok(ReadOutcome::Data { len, drained }) => {
                     self.m.owner.counters.add_in(len);
                     ch.progressed();
-                    self.m.handle.touch(lp.poll_time());
+                    self.m.handle.touch(lp.poll_time_nanos());
                     if self.m.owner.config.idle_refresh_on_read {
                         self.m.idle_refresh(lp, ch.token());
                     }

@@ -521,7 +521,7 @@ impl LoopConn {
                 Ok(n) => {
                     self.m.owner.counters.add_in(n);
                     ch.progressed();
-                    self.m.handle.touch(lp.poll_time());
+                    self.m.handle.touch(lp.poll_time_nanos());
                     if self.m.owner.config.idle_refresh_on_read {
                         self.m.idle_refresh(lp, ch.token());
                     }
