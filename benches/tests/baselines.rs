@@ -1,6 +1,7 @@
-//! The peer baselines of `cargo xtask bench` (`raw_epoll_echo`, `tokio_echo`) echo every
-//! byte, in order, to several concurrent clients, including one that reads late (so the
-//! server must hold back and stop reading), and close on end of file.
+//! The peer baselines of `cargo xtask bench` (`raw_epoll_echo` on one thread and on two in
+//! both of its threading models, `tokio_echo`) echo every byte, in order, to several
+//! concurrent clients, including one that reads late (so the server must hold back and
+//! stop reading), and close on end of file.
 
 use std::io::{Read as _, Write as _};
 use std::net::{Shutdown, SocketAddr, TcpStream};
@@ -80,6 +81,22 @@ fn raw_epoll_echo_echoes_concurrent_clients() {
 }
 
 #[test]
+fn raw_epoll_echo_on_two_threads_with_a_connection_per_thread() {
+    check_server(
+        env!("CARGO_BIN_EXE_raw_epoll_echo"),
+        &["--threads", "2", "--spread", "reuseport"],
+    );
+}
+
+#[test]
+fn raw_epoll_echo_on_two_threads_sharing_one_epoll_set() {
+    check_server(
+        env!("CARGO_BIN_EXE_raw_epoll_echo"),
+        &["--threads", "2", "--spread", "shared"],
+    );
+}
+
+#[test]
 fn tokio_echo_echoes_concurrent_clients() {
     check_server(env!("CARGO_BIN_EXE_tokio_echo"), &["--threads", "2"]);
 }
@@ -96,5 +113,13 @@ fn bad_arguments_are_refused() {
             .status()
             .unwrap();
         assert_eq!(status.code(), Some(2), "{exe}");
+    }
+    for bad in [["--threads", "0"], ["--spread", "sideways"]] {
+        let status = Command::new(env!("CARGO_BIN_EXE_raw_epoll_echo"))
+            .args(bad)
+            .stderr(Stdio::null())
+            .status()
+            .unwrap();
+        assert_eq!(status.code(), Some(2), "{bad:?}");
     }
 }

@@ -22,8 +22,23 @@
 //!   otherwise wake the loop in a spin). The pending connections wait in the backlog.
 //! - No `TCP_NODELAY`, as duo's own echo server; stops on SIGTERM/SIGINT's default action.
 //!
+//! # More threads, two ways
+//!
+//! With `--threads N` (N > 1) the server runs N threads, spread one of two ways, the two
+//! models a multi-threaded reactor can follow (see `docs/benchmarks.md`, issue 15):
+//! - `--spread reuseport` (the default): each thread runs the loop above on its own
+//!   `SO_REUSEPORT` listener and epoll set. A connection belongs to the thread that accepted
+//!   it, as in duo (one loop per thread) and muduo.
+//! - `--spread shared`: the threads share one epoll set and any of them serves any
+//!   connection (work sharing, the model of tokio's multi-threaded runtime). Connections are
+//!   registered `EPOLLONESHOT`: an event disarms its connection until the thread serving it
+//!   re-arms it (one `epoll_ctl` per event, the price of the model on epoll), so one
+//!   connection is never served by two threads at once. Each thread takes at most
+//!   [`SHARED_BATCH`] events per `epoll_wait`, so a thread that loses its CPU strands few
+//!   connections; the others keep serving the rest.
+//!
 //! ```text
-//! raw_epoll_echo [--listen ADDR]        (default 127.0.0.1:0)
+//! raw_epoll_echo [--listen ADDR] [--threads N] [--spread reuseport|shared]
 //! ```
 //! It prints `listening on HOST:PORT` once the socket listens.
 
@@ -31,15 +46,19 @@ use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::process::ExitCode;
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use clap::Parser;
+use clap::{Parser, ValueEnum};
 use socket2::{Domain, Socket, Type};
 
 /// Bytes read per `recv`; also the most a connection ever keeps unsent.
 const BUF_SIZE: usize = 64 << 10;
 /// How long accepting pauses when the process is out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
+
+/// Events one thread takes per `epoll_wait` in `--spread shared` mode.
+const SHARED_BATCH: usize = 8;
 
 /// One client: its socket and what it sent that could not be echoed yet.
 struct Conn {
@@ -54,11 +73,32 @@ struct Cli {
     /// Address to listen on.
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
     listen: SocketAddr,
+    /// Threads serving connections.
+    #[arg(long, value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u16).range(1..=64))]
+    threads: u16,
+    /// How more than one thread shares the connections.
+    #[arg(long, value_enum, default_value_t = Spread::Reuseport)]
+    spread: Spread,
+}
+
+/// How `--threads N` threads share the connections.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Spread {
+    /// A listener and an epoll set per thread; a connection stays on its thread.
+    Reuseport,
+    /// One epoll set for all threads; any thread serves any connection.
+    Shared,
 }
 
 fn main() -> ExitCode {
-    let addr = Cli::parse().listen;
-    match serve(addr) {
+    let cli = Cli::parse();
+    let result = match (cli.threads, cli.spread) {
+        (1, _) => listen(cli.listen, false).and_then(|l| announce(&l).and_then(|()| serve(l))),
+        (n, Spread::Reuseport) => serve_reuseport(cli.listen, n.into()),
+        (n, Spread::Shared) => serve_shared(cli.listen, n.into()),
+    };
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("raw_epoll_echo: {e}");
@@ -76,13 +116,14 @@ fn cvt<T: Default + PartialOrd>(ret: T) -> io::Result<T> {
     }
 }
 
-fn listen(addr: SocketAddr) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
         None,
     )?;
     socket.set_reuse_address(true)?;
+    socket.set_reuse_port(reuse_port)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?; // duo's backlog
     Ok(socket.into())
@@ -99,18 +140,60 @@ fn ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32) -> io::Result<()> {
     cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
 }
 
-fn serve(addr: SocketAddr) -> io::Result<()> {
-    // More descriptors if the hard limit allows (the idle scenario holds 10 000).
-    let _ = duo_sys::raise_fd_limit();
-    let listener = listen(addr)?;
-    let lfd = listener.as_raw_fd();
+/// Prints the line the harness waits for.
+fn announce(listener: &TcpListener) -> io::Result<()> {
+    println!("listening on {}", listener.local_addr()?);
+    io::stdout().flush()
+}
+
+fn epoll_create() -> io::Result<OwnedFd> {
     // SAFETY: `epoll_create1` takes a flag and no pointers; its result is checked by `cvt`
     // before `OwnedFd` takes sole ownership of the new descriptor.
-    let ep = unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) };
+    Ok(unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) })
+}
+
+/// `n` threads, each with its own `SO_REUSEPORT` listener on the address the first one
+/// bound, each running [`serve`].
+fn serve_reuseport(addr: SocketAddr, n: usize) -> io::Result<()> {
+    let first = listen(addr, true)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..n {
+        listeners.push(listen(bound, true)?);
+    }
+    announce(&listeners[0])?;
+    std::thread::scope(|s| {
+        let threads = listeners
+            .into_iter()
+            .map(|l| s.spawn(move || exit_on_error(serve(l))))
+            .collect();
+        join_all(threads)
+    })
+}
+
+/// Ends the process with the error of a server thread (the others cannot go on usefully).
+fn exit_on_error(result: io::Result<()>) {
+    if let Err(e) = result {
+        eprintln!("raw_epoll_echo: {e}");
+        std::process::exit(1);
+    }
+}
+
+/// Waits for the server threads, which return only by ending the process
+/// ([`exit_on_error`]) or by panicking.
+fn join_all(threads: Vec<std::thread::ScopedJoinHandle<'_, ()>>) -> io::Result<()> {
+    threads
+        .into_iter()
+        .try_for_each(|t| t.join().map_err(|_| io::Error::other("a thread panicked")))
+}
+
+fn serve(listener: TcpListener) -> io::Result<()> {
+    // More descriptors if the hard limit allows (the idle scenario holds 10 000).
+    let _ = duo_sys::raise_fd_limit();
+    let lfd = listener.as_raw_fd();
+    let ep = epoll_create()?;
     let epfd = ep.as_raw_fd();
     ctl(epfd, libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN as u32)?;
-    println!("listening on {}", listener.local_addr()?);
-    io::stdout().flush()?;
 
     let mut conns: Vec<Option<Conn>> = Vec::new();
     let mut buf = [0u8; BUF_SIZE];
@@ -141,7 +224,14 @@ fn serve(addr: SocketAddr) -> io::Result<()> {
                     resume_accept = Some(Instant::now() + ACCEPT_PAUSE);
                 }
             } else if let Some(slot) = conns.get_mut(fd as usize) {
-                if slot.as_mut().is_some_and(|c| !service(epfd, c, &mut buf)) {
+                let Some(c) = slot.as_mut() else {
+                    continue;
+                };
+                let before = interest(c);
+                if !service(c, &mut buf)
+                    || (interest(c) != before
+                        && ctl(epfd, libc::EPOLL_CTL_MOD, fd, interest(c)).is_err())
+                {
                     *slot = None; // closes the socket, which also leaves the epoll set
                 }
             }
@@ -184,17 +274,17 @@ fn accept_all(epfd: RawFd, lfd: RawFd, conns: &mut Vec<Option<Conn>>) -> io::Res
 }
 
 /// Handles one event of `c`: flushes what is pending, else reads and echoes. Returns
-/// `false` when the connection is finished (end of file or error).
-fn service(epfd: RawFd, c: &mut Conn, buf: &mut [u8; BUF_SIZE]) -> bool {
+/// `false` when the connection is finished (end of file or error). A connection with
+/// output pending waits for `EPOLLOUT` instead of `EPOLLIN` ([`interest`]); the caller
+/// applies the change.
+fn service(c: &mut Conn, buf: &mut [u8; BUF_SIZE]) -> bool {
     let fd = c.fd.as_raw_fd();
     if !c.pending.is_empty() {
         match send(fd, &c.pending) {
             Ok(n) => drop(c.pending.drain(..n)),
             Err(e) => return transient(&e),
         }
-        // Once drained, wait for input again instead of output.
-        return !c.pending.is_empty()
-            || ctl(epfd, libc::EPOLL_CTL_MOD, fd, libc::EPOLLIN as u32).is_ok();
+        return true;
     }
     // SAFETY: `buf` is writable for `buf.len()` bytes, the most `recv` writes.
     let ret = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), buf.len(), 0) };
@@ -208,12 +298,140 @@ fn service(epfd: RawFd, c: &mut Conn, buf: &mut [u8; BUF_SIZE]) -> bool {
         Err(e) if transient(&e) => 0,
         Err(_) => return false,
     };
-    if sent < n {
-        // Backpressure: stop reading until the rest is out.
-        c.pending.extend_from_slice(&buf[sent..n]);
-        return ctl(epfd, libc::EPOLL_CTL_MOD, fd, libc::EPOLLOUT as u32).is_ok();
-    }
+    // Backpressure: the rest waits, and reading stops until it is out.
+    c.pending.extend_from_slice(&buf[sent..n]);
     true
+}
+
+/// What `c` waits for: output room while it has bytes pending, else input.
+fn interest(c: &Conn) -> u32 {
+    if c.pending.is_empty() {
+        libc::EPOLLIN as u32
+    } else {
+        libc::EPOLLOUT as u32
+    }
+}
+
+/// `n` threads on one epoll set, any of them serving any connection (see the module
+/// documentation). The listener is level-triggered and every thread that sees it accepts
+/// until `EAGAIN`; connections are `EPOLLONESHOT` and re-armed by the thread that served
+/// the event, after it has put the connection back in the table.
+fn serve_shared(addr: SocketAddr, n: usize) -> io::Result<()> {
+    let fd_limit = duo_sys::raise_fd_limit().unwrap_or(1024) as usize;
+    let listener = listen(addr, false)?;
+    let lfd = listener.as_raw_fd();
+    let ep = epoll_create()?;
+    let epfd = ep.as_raw_fd();
+    ctl(epfd, libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN as u32)?;
+    // Indexed by descriptor, sized once: a descriptor is below the limit. A slot's lock is
+    // never contended for long: while a connection is disarmed only the thread serving it
+    // looks at it (the accepting thread fills a slot before arming its descriptor).
+    let conns: Vec<Mutex<Option<Conn>>> = (0..fd_limit).map(|_| Mutex::new(None)).collect();
+    let paused = std::sync::atomic::AtomicBool::new(false);
+    announce(&listener)?;
+    std::thread::scope(|s| {
+        let threads = (0..n)
+            .map(|_| s.spawn(|| exit_on_error(shared_worker(epfd, lfd, &conns, &paused))))
+            .collect();
+        join_all(threads)
+    })
+}
+
+/// One thread of [`serve_shared`].
+fn shared_worker(
+    epfd: RawFd,
+    lfd: RawFd,
+    conns: &[Mutex<Option<Conn>>],
+    paused: &std::sync::atomic::AtomicBool,
+) -> io::Result<()> {
+    use std::sync::atomic::Ordering;
+    let armed = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
+    let mut buf = [0u8; BUF_SIZE];
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; SHARED_BATCH];
+    loop {
+        // Accepting paused for lack of descriptors: this thread's wait ends the pause.
+        let timeout = if paused.load(Ordering::Relaxed) {
+            ACCEPT_PAUSE.as_millis() as i32
+        } else {
+            -1
+        };
+        // SAFETY: `events` is a writable array of `events.len()` entries, all the kernel may
+        // fill.
+        let n =
+            unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, timeout) };
+        let n = match cvt(n) {
+            Ok(n) => n as usize,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(e),
+        };
+        if n == 0 && paused.swap(false, Ordering::Relaxed) {
+            ctl(epfd, libc::EPOLL_CTL_MOD, lfd, libc::EPOLLIN as u32)?;
+        }
+        for ev in &events[..n] {
+            let fd = ev.u64 as RawFd;
+            if fd == lfd {
+                accept_shared(epfd, lfd, conns, paused, armed)?;
+                continue;
+            }
+            let Some(slot) = conns.get(fd as usize) else {
+                continue;
+            };
+            let mut slot = slot.lock().unwrap_or_else(|e| e.into_inner());
+            let Some(c) = slot.as_mut() else {
+                continue;
+            };
+            // Re-armed for what the connection now waits for; from the `epoll_ctl` on,
+            // another thread may take its next event (and waits for this lock).
+            let oneshot = libc::EPOLLONESHOT as u32;
+            if !service(c, &mut buf)
+                || ctl(epfd, libc::EPOLL_CTL_MOD, fd, interest(c) | oneshot).is_err()
+            {
+                *slot = None; // closes the socket, which also leaves the epoll set
+            }
+        }
+    }
+}
+
+/// [`accept_all`] for the shared epoll set: fills the slot, then arms the descriptor.
+fn accept_shared(
+    epfd: RawFd,
+    lfd: RawFd,
+    conns: &[Mutex<Option<Conn>>],
+    paused: &std::sync::atomic::AtomicBool,
+    armed: u32,
+) -> io::Result<()> {
+    loop {
+        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
+        // SAFETY: null address pointers are allowed (the peer address is not wanted).
+        let ret = unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
+        let fd = match cvt(ret) {
+            // SAFETY: `accept4` succeeded, so `fd` is a new descriptor nobody else owns.
+            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Err(e) => match e.raw_os_error() {
+                Some(libc::EAGAIN) => return Ok(()),
+                Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
+                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
+                    eprintln!("raw_epoll_echo: accept: {e}; pausing accept for {ACCEPT_PAUSE:?}");
+                    ctl(epfd, libc::EPOLL_CTL_MOD, lfd, 0)?;
+                    paused.store(true, std::sync::atomic::Ordering::Relaxed);
+                    return Ok(());
+                }
+                _ => return Err(e),
+            },
+        };
+        let raw = fd.as_raw_fd();
+        let Some(slot) = conns.get(raw as usize) else {
+            continue; // beyond the limit the table was sized for: cannot happen; closes
+        };
+        *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Conn {
+            fd,
+            pending: Vec::new(),
+        });
+        if let Err(e) = ctl(epfd, libc::EPOLL_CTL_ADD, raw, armed) {
+            eprintln!("raw_epoll_echo: epoll_ctl: {e}; dropping the connection");
+            *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
+        }
+    }
 }
 
 /// Whether a failed `recv`/`send` is worth retrying at the next event.

@@ -15,7 +15,7 @@ use crate::{root, Failure};
 
 mod tail;
 mod transports;
-use tail::{tail_rows, tail_table, TailRow};
+use tail::{model_rows, models_table, tail_rows, tail_table, TailRow};
 use transports::{tls_table, udp_table, uds_table};
 
 /// Every scenario run, with one outcome per server.
@@ -59,6 +59,9 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
          threads, `duo-2-reuseport` gives each of 2 I/O threads a `SO_REUSEPORT` socket \
          (those two only where accepting matters: churn and 1 000 connections), \
          `duo-2-busy` is `duo-2` with busy polling (`--busy-poll-us 20`, rr only); \
+         `raw-epoll-2` and `raw-epoll-2-shared` (rr only) are the raw epoll server on 2 \
+         threads, a connection per thread (`SO_REUSEPORT`) and any thread serving any \
+         connection (one shared epoll set, `EPOLLONESHOT`); \
          `tokio` runs 2 workers and `tokio-1` one (rr and pingpong-100x16k only). In \
          both tokio servers the main thread only accepts (`block_on`) and the workers \
          serve the connections, so `tokio-1` serves on one thread, as `duo-0` does \
@@ -77,6 +80,7 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
     echo_tables(&mut md, results);
     tls_table(&mut md, results);
     tail_table(&mut md, results);
+    models_table(&mut md, results);
     udp_table(&mut md, results);
     bank_table(&mut md, results);
     pg_table(&mut md, results);
@@ -630,6 +634,7 @@ pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<
         "max_steal_pct": h.steal.max_pct,
         "steal_retries": h.steal.retries,
         "tail": tail_rows(results).iter().map(TailRow::json).collect::<Vec<_>>(),
+        "tail_models": model_rows(results).iter().map(TailRow::json).collect::<Vec<_>>(),
         "micro": micro,
         "scenarios": scenarios,
         "postgres": postgres,

@@ -177,6 +177,35 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         UDS_SCENARIOS,
     ),
     EchoServer::peer("raw-epoll", "raw_epoll_echo", &["--listen", "127.0.0.1:0"]),
+    // The two threading models at two threads, without duo's code in the way: a
+    // connection per thread (duo's and muduo's model) and work sharing over one epoll set
+    // (tokio's): the tail comparison's control experiment.
+    EchoServer::peer_in(
+        "raw-epoll-2",
+        "raw_epoll_echo",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--spread",
+            "reuseport",
+        ],
+        MODEL_SCENARIOS,
+    ),
+    EchoServer::peer_in(
+        "raw-epoll-2-shared",
+        "raw_epoll_echo",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--spread",
+            "shared",
+        ],
+        MODEL_SCENARIOS,
+    ),
     EchoServer::peer_in(
         "tokio-1",
         "tokio_echo",
@@ -239,6 +268,10 @@ pub(super) const ONE_THREAD_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16
 /// Where duo with busy polling (`duo-2-busy`, `--busy-poll-us 20`) is measured beside
 /// `duo-2`: the tail comparison at two threads.
 pub(super) const BUSY_POLL_SCENARIOS: &[&str] = &["rr-100x64"];
+
+/// Where the raw epoll server runs at two threads in both threading models
+/// (`raw-epoll-2`: a connection per thread; `raw-epoll-2-shared`: work sharing).
+pub(super) const MODEL_SCENARIOS: &[&str] = &["rr-100x64"];
 
 /// The scenario of the tail-latency comparison.
 pub(super) const TAIL_SCENARIO: &str = "rr-100x64";

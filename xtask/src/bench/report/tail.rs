@@ -27,12 +27,31 @@ const TAIL_PAIRS: &[(&str, &str, &str)] = &[
     ("2", "duo-2-busy", "tokio"),
 ];
 
+/// The control experiment: the raw epoll server at two threads in duo's threading model
+/// (a connection per thread) and in tokio's (work sharing), each against tokio.
+const MODEL_PAIRS: &[(&str, &str, &str)] = &[
+    ("2", "raw-epoll-2", "tokio"),
+    ("2", "raw-epoll-2-shared", "tokio"),
+];
+
 pub(super) fn tail_rows<'a>(results: &'a Results<'_>) -> Vec<TailRow<'a>> {
+    rows_of(results, TAIL_PAIRS)
+}
+
+/// The rows of [`MODEL_PAIRS`] this run has.
+pub(super) fn model_rows<'a>(results: &'a Results<'_>) -> Vec<TailRow<'a>> {
+    rows_of(results, MODEL_PAIRS)
+}
+
+fn rows_of<'a>(
+    results: &'a Results<'_>,
+    pairs: &'static [(&'static str, &'static str, &'static str)],
+) -> Vec<TailRow<'a>> {
     let Some((_, outcomes)) = results.iter().find(|(sc, _)| sc.name == TAIL_SCENARIO) else {
         return Vec::new();
     };
     let get = |name: &str| outcomes.iter().find(|o| o.server == name && !o.failed());
-    TAIL_PAIRS
+    pairs
         .iter()
         .filter_map(|(threads, duo, peer)| {
             Some(TailRow {
@@ -99,15 +118,6 @@ pub(super) fn tail_table(md: &mut String, results: &Results<'_>) {
     if rows.is_empty() {
         return;
     }
-    let n = |o: &Outcome| o.runs.len();
-    let us = |st: Option<Stats>, runs: usize| spread(st, runs, |v| format!("{v:.0}"));
-    let met = |r: Option<f64>| match r {
-        Some(r) if r <= 1.0 => format!("{r:.2}, met"),
-        // Three decimals where two would read as 1.00.
-        Some(r) if r < 1.005 => format!("{r:.3}, **not met**"),
-        Some(r) => format!("{r:.2}, **not met**"),
-        None => "-".into(),
-    };
     let _ = writeln!(
         md,
         "\nTail latency, {TAIL_SCENARIO} (100 connections, one 64 B request at a time \
@@ -119,16 +129,58 @@ pub(super) fn tail_table(md: &mut String, results: &Results<'_>) {
          main thread, one serving thread). Steal: medians of the duo / tokio runs \
          ({STEAL_MARK}: a run kept with high steal).\n"
     );
+    rows_table(md, &rows, true);
+}
+
+/// The tail of a server with no duo code in it, in the two threading models, against
+/// tokio's: what the two-thread gap above comes from.
+pub(super) fn models_table(md: &mut String, results: &Results<'_>) {
+    let rows = model_rows(results);
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        md,
+        "\nThe same tail for the two threading models without duo's code: the raw epoll \
+         server on 2 threads with a connection per thread (`raw-epoll-2`, `SO_REUSEPORT`: \
+         duo's and muduo's model) and with any thread serving any connection \
+         (`raw-epoll-2-shared`, one epoll set, `EPOLLONESHOT`: work sharing, tokio's \
+         model), each against tokio (here the \"duo\" columns are the raw server's).\n"
+    );
+    rows_table(md, &rows, false);
+}
+
+/// The rows as a table; `target`: the ratios are judged against duo's target (≤ 1),
+/// otherwise shown plain (a comparison of peers).
+fn rows_table(md: &mut String, rows: &[TailRow<'_>], target: bool) {
+    let n = |o: &Outcome| o.runs.len();
+    let us = |st: Option<Stats>, runs: usize| spread(st, runs, |v| format!("{v:.0}"));
+    let met = |r: Option<f64>| match r {
+        Some(r) if !target => format!("{r:.2}"),
+        Some(r) if r <= 1.0 => format!("{r:.2}, met"),
+        // Three decimals where two would read as 1.00.
+        Some(r) if r < 1.005 => format!("{r:.3}, **not met**"),
+        Some(r) => format!("{r:.2}, **not met**"),
+        None => "-".into(),
+    };
     md.push_str(&markdown::table(
         &[
             "threads",
             "duo / peer",
             "p99 duo",
             "p99 peer",
-            "p99 duo/peer ≤ 1",
+            if target {
+                "p99 duo/peer ≤ 1"
+            } else {
+                "p99 ratio"
+            },
             "p99.9 duo",
             "p99.9 peer",
-            "p99.9 duo/peer ≤ 1",
+            if target {
+                "p99.9 duo/peer ≤ 1"
+            } else {
+                "p99.9 ratio"
+            },
             "steal duo / peer",
         ],
         rows.iter().map(|r| {
