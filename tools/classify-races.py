@@ -71,7 +71,7 @@ KNOWN = [
      "taken out under it on the loop thread"),
     (r"duo_net::conn::handle::ConnShared$",
      "a connection handle (Arc): ids, name, addresses fixed; state and last activity "
-     "atomic; token in a OnceLock; user context in a Mutex"),
+     "atomic; token atomic (set once, by the loop); user context in a Mutex"),
     (r"duo_net::conn::machine::Owner$|duo_net::conn::callbacks::Callbacks$|"
      r"duo_net::stats::IoCounters$",
      "a server's or client's connection owner (Arc): fixed once the server or client is "
@@ -98,7 +98,7 @@ KNOWN = [
     (r"\{closure_env#\d+\}|\{\{closure\}\}|::\{closure#\d+\}",
      "a closure (or what it owns) moved to another thread: thread::spawn, a loop's "
      "queue, a timer, a ThreadPool job, or an mpsc message"),
-    (r"static:.*(clock_base|BufPool6global|BufPool::global|OnceLock|ONE_AT_A_TIME)",
+    (r"static:.*(BufPool6global|BufPool::global|OnceLock|ONE_AT_A_TIME)",
      "a static OnceLock / Mutex, initialised once"),
 ]
 
