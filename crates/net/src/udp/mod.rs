@@ -186,7 +186,8 @@ impl UdpSocket {
     /// it) are at the limit; [`UdpSendError::TooLarge`] beyond [`MAX_PAYLOAD`]. A datagram
     /// accepted here may still fail in the kernel (over IPv4 anything above 65 507 bytes
     /// does): see [`UdpStats::send_errors`]. One accepted just before the socket stops
-    /// may reach the loop after it closed: it is then counted in [`UdpStats::dropped`].
+    /// may reach the loop after it closed, and one accepted just before the loop ends may
+    /// never run: either is then counted in [`UdpStats::dropped`].
     pub fn send_to(&self, data: impl Into<Vec<u8>>, to: SocketAddr) -> Result<(), UdpSendError> {
         self.queue(data.into(), Some(to))
     }
@@ -218,25 +219,27 @@ impl UdpSocket {
                 limit: s.queue_limit,
             });
         }
-        let shared = Arc::clone(s);
+        let mut pending = InFlight {
+            shared: Arc::clone(s),
+            cost,
+            arrived: false,
+        };
         let task = move |lp: &mut duo_reactor::EventLoop| {
-            let c = &shared.counters;
             // Checked against the limit above, with this datagram counted in flight. It is
             // counted in the queue's gauge (`queue_unchecked` stores it) before it leaves
             // `in_flight`, so other threads' checks never miss it.
-            let token = shared.token.get().copied();
+            let token = pending.shared.token.get().copied();
             let first = token.and_then(|token| {
                 lp.with_handler(token, |_, _, h: &mut UdpHandler| {
                     h.queue_unchecked(&data, to)
                 })
             });
-            c.in_flight.fetch_sub(cost, Ordering::Release);
             let (Some(token), Some(first)) = (token, first) else {
                 // The socket was stopped (and its queue dropped) after this send was
-                // accepted: the datagram is dropped, and counted as such.
-                c.dropped.fetch_add(1, Ordering::Relaxed);
+                // accepted: `pending`, dropped here, counts the datagram as dropped.
                 return;
             };
+            pending.arrived();
             if first {
                 // Sends queued by other threads in the same drain of the loop's queue go
                 // out together, after it.
@@ -246,7 +249,9 @@ impl UdpSocket {
             }
         };
         s.lp.queue_in_loop(task).map_err(|_| {
-            s.counters.in_flight.fetch_sub(cost, Ordering::Relaxed);
+            // The task was dropped unrun, and its `InFlight` counted the datagram dropped;
+            // this one was refused (the caller has the error), not dropped.
+            s.counters.dropped.fetch_sub(1, Ordering::Relaxed);
             UdpSendError::Stopped
         })
     }
@@ -278,5 +283,36 @@ impl UdpSocket {
     /// A snapshot of the socket's counters.
     pub fn stats(&self) -> UdpStats {
         self.shared.counters.snapshot()
+    }
+}
+
+/// A datagram accepted by [`UdpSocket::send_to`] on its way to the loop, counted in
+/// `in_flight` until it reaches the socket's queue ([`InFlight::arrived`]). Dropped on the
+/// way (the socket stopped first, or the loop ended with the send still queued: the loop
+/// drops queued functions unrun), it counts the datagram as dropped: the caller got `Ok`,
+/// so the count is all that tells the datagram never left.
+struct InFlight {
+    shared: Arc<Shared>,
+    cost: u64,
+    arrived: bool,
+}
+
+impl InFlight {
+    /// The datagram is in the socket's queue (and counted in its gauge).
+    fn arrived(&mut self) {
+        // Release: pairs with the Acquire of the senders' check (see `queue`).
+        let c = &self.shared.counters;
+        c.in_flight.fetch_sub(self.cost, Ordering::Release);
+        self.arrived = true;
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        if !self.arrived {
+            let c = &self.shared.counters;
+            c.in_flight.fetch_sub(self.cost, Ordering::Release);
+            c.dropped.fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

@@ -24,8 +24,9 @@ pub struct UdpStats {
     /// [`UdpCtx::send_to`](super::UdpCtx::send_to) because the send queue was at its limit
     /// ([`send_queue_bytes`](super::UdpBuilder::send_queue_bytes); the caller got
     /// [`UdpSendError::QueueFull`](super::UdpSendError::QueueFull)), still queued when the
-    /// socket stopped, or accepted by `UdpSocket::send_to` just before the stop and
-    /// reaching the loop after it (the caller got `Ok`).
+    /// socket stopped, or accepted by `UdpSocket::send_to` just before the stop (or the
+    /// end of the socket's loop) and reaching the loop after it, or never (the caller got
+    /// `Ok`).
     pub dropped: u64,
     /// Times the socket's send buffer was found full (`EAGAIN`) and the rest of the queue
     /// began to wait for writability: once per wait, however many flushes meet it full

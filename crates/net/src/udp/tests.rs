@@ -70,3 +70,43 @@ fn a_full_send_buffer_waits_for_writability_and_sends_everything() {
     sock.stop();
     io.stop().unwrap();
 }
+
+/// A send accepted while the loop is alive but busy, whose loop then ends before it runs
+/// the send, is counted as dropped (the caller got `Ok`, so the count is all that says the
+/// datagram never left), and leaves nothing counted in flight.
+#[test]
+fn a_send_whose_loop_ends_before_running_it_is_counted_dropped() {
+    let io = EventLoopThread::spawn("udp-loop-ends", None).unwrap();
+    let sock = UdpSocket::builder("loop-ends", "127.0.0.1:0".parse().unwrap())
+        .start(&io.handle())
+        .unwrap();
+    // Hold the loop inside a queued function until the send below is queued behind it;
+    // that function then asks the loop to quit, so the send is never run.
+    let (entered, is_inside) = std::sync::mpsc::channel();
+    let (release, wait_release) = std::sync::mpsc::channel::<()>();
+    io.handle()
+        .queue_in_loop(move |lp| {
+            let _ = entered.send(());
+            let _ = wait_release.recv_timeout(LIMIT);
+            lp.quit();
+        })
+        .unwrap();
+    is_inside.recv_timeout(LIMIT).unwrap();
+    let to = "127.0.0.1:9".parse().unwrap();
+    sock.send_to(b"never sent".to_vec(), to)
+        .expect("the loop is alive: the send is accepted");
+    release.send(()).unwrap();
+    // Joins the loop thread: the loop, and the send still queued on it, are gone.
+    drop(io);
+    let s = sock.stats();
+    assert_eq!((s.dropped, s.datagrams_out), (1, 0), "{s:?}");
+    assert!(
+        sock.send_to(b"late".to_vec(), to).is_err(),
+        "a send after the loop ended is refused"
+    );
+    assert_eq!(
+        sock.stats().dropped,
+        1,
+        "a refused send is the caller's error, not a drop"
+    );
+}
