@@ -78,7 +78,7 @@ fn a_full_send_buffer_waits_for_writability_and_sends_everything() {
 fn a_send_whose_loop_ends_before_running_it_is_counted_dropped() {
     let io = EventLoopThread::spawn("udp-loop-ends", None).unwrap();
     let sock = UdpSocket::builder("loop-ends", "127.0.0.1:0".parse().unwrap())
-        .start(&io.handle())
+        .start(io.handle())
         .unwrap();
     // Hold the loop inside a queued function until the send below is queued behind it;
     // that function then asks the loop to quit, so the send is never run.
