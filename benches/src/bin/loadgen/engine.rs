@@ -756,14 +756,18 @@ impl<S: Session> Engine<S> {
         }
     }
 
-    /// Fails connects and awaited replies older than the timeout.
+    /// Fails connects, TLS handshakes and awaited replies older than the timeout.
     fn sweep(&mut self, now: Instant) {
         let timeout = self.opts.timeout;
         for idx in 0..self.slots.len() {
             let slot = &self.slots[idx];
             let since = match slot.state {
                 State::Connecting(since) => Some(since),
-                State::Open => slot.session.waiting_since(),
+                // A TLS handshake under way waits for the server as much as a request.
+                State::Open => match slot.conn.as_ref().and_then(|c| c.tls.as_deref()) {
+                    Some(tls) if !tls.up => Some(tls.started),
+                    _ => slot.session.waiting_since(),
+                },
                 State::Pending | State::Done => None,
             };
             if since.is_some_and(|t| now.saturating_duration_since(t) > timeout) {

@@ -28,6 +28,9 @@ pub(crate) struct TlsConn {
     wire_pos: usize,
     /// The handshake completed and the session's `on_open` ran.
     pub(crate) up: bool,
+    /// When the handshake began: one that takes longer than `--timeout` fails the
+    /// connection as a timeout, like a stalled connect.
+    pub(crate) started: std::time::Instant,
 }
 
 impl TlsConn {
@@ -43,6 +46,7 @@ impl TlsConn {
                     wire: Vec::new(),
                     wire_pos: 0,
                     up: false,
+                    started: std::time::Instant::now(),
                 }))
             }
             Err(_) => Err(Fault::Io),
