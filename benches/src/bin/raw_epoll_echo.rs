@@ -239,24 +239,45 @@ fn serve(listener: TcpListener) -> io::Result<()> {
     }
 }
 
-/// Accepts until `EAGAIN`. Returns `false` if out of descriptors (accepting should pause).
-fn accept_all(epfd: RawFd, lfd: RawFd, conns: &mut Vec<Option<Conn>>) -> io::Result<bool> {
+/// What one `accept4` gave.
+enum Accepted {
+    /// A new connection.
+    Conn(OwnedFd),
+    /// No connection waiting (`EAGAIN`).
+    Drained,
+    /// Out of descriptors or memory (logged): accepting should pause.
+    Exhausted,
+}
+
+/// One `accept4`, retried over errors that concern one connection only.
+fn accept_one(lfd: RawFd) -> io::Result<Accepted> {
     loop {
         let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
         // SAFETY: null address pointers are allowed (the peer address is not wanted).
         let ret = unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
-        let fd = match cvt(ret) {
+        return match cvt(ret) {
             // SAFETY: `accept4` succeeded, so `fd` is a new descriptor nobody else owns.
-            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
+            Ok(fd) => Ok(Accepted::Conn(unsafe { OwnedFd::from_raw_fd(fd) })),
             Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN) => return Ok(true),
+                Some(libc::EAGAIN) => Ok(Accepted::Drained),
                 Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
                 Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
                     eprintln!("raw_epoll_echo: accept: {e}; pausing accept for {ACCEPT_PAUSE:?}");
-                    return Ok(false);
+                    Ok(Accepted::Exhausted)
                 }
-                _ => return Err(e),
+                _ => Err(e),
             },
+        };
+    }
+}
+
+/// Accepts until `EAGAIN`. Returns `false` if out of descriptors (accepting should pause).
+fn accept_all(epfd: RawFd, lfd: RawFd, conns: &mut Vec<Option<Conn>>) -> io::Result<bool> {
+    loop {
+        let fd = match accept_one(lfd)? {
+            Accepted::Conn(fd) => fd,
+            Accepted::Drained => return Ok(true),
+            Accepted::Exhausted => return Ok(false),
         };
         let raw = fd.as_raw_fd();
         if let Err(e) = ctl(epfd, libc::EPOLL_CTL_ADD, raw, libc::EPOLLIN as u32) {
@@ -401,23 +422,14 @@ fn accept_shared(
     armed: u32,
 ) -> io::Result<()> {
     loop {
-        let flags = libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC;
-        // SAFETY: null address pointers are allowed (the peer address is not wanted).
-        let ret = unsafe { libc::accept4(lfd, std::ptr::null_mut(), std::ptr::null_mut(), flags) };
-        let fd = match cvt(ret) {
-            // SAFETY: `accept4` succeeded, so `fd` is a new descriptor nobody else owns.
-            Ok(fd) => unsafe { OwnedFd::from_raw_fd(fd) },
-            Err(e) => match e.raw_os_error() {
-                Some(libc::EAGAIN) => return Ok(()),
-                Some(libc::EINTR | libc::ECONNABORTED | libc::EPROTO | libc::EPERM) => continue,
-                Some(libc::EMFILE | libc::ENFILE | libc::ENOBUFS | libc::ENOMEM) => {
-                    eprintln!("raw_epoll_echo: accept: {e}; pausing accept for {ACCEPT_PAUSE:?}");
-                    ctl(epfd, libc::EPOLL_CTL_MOD, lfd, 0)?;
-                    paused.store(true, std::sync::atomic::Ordering::Relaxed);
-                    return Ok(());
-                }
-                _ => return Err(e),
-            },
+        let fd = match accept_one(lfd)? {
+            Accepted::Conn(fd) => fd,
+            Accepted::Drained => return Ok(()),
+            Accepted::Exhausted => {
+                ctl(epfd, libc::EPOLL_CTL_MOD, lfd, 0)?;
+                paused.store(true, std::sync::atomic::Ordering::Relaxed);
+                return Ok(());
+            }
         };
         let raw = fd.as_raw_fd();
         let Some(slot) = conns.get(raw as usize) else {
