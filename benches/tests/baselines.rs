@@ -123,3 +123,58 @@ fn bad_arguments_are_refused() {
         assert_eq!(status.code(), Some(2), "{bad:?}");
     }
 }
+
+/// Out of descriptors, every mode stops accepting for a moment and then resumes, also
+/// while its other connections keep it busy (in `--spread shared` the pause used to end
+/// only on a wait that found no event at all, so busy connections held it off forever).
+#[test]
+fn accepting_resumes_after_running_out_of_descriptors_under_load() {
+    if Command::new("prlimit").arg("--version").output().is_err() {
+        eprintln!("skipped: no prlimit on this machine");
+        return;
+    }
+    for extra in [
+        &[][..],
+        &["--threads", "2", "--spread", "reuseport"][..],
+        &["--threads", "2", "--spread", "shared"][..],
+    ] {
+        let mut cmd = Command::new("prlimit");
+        cmd.args(["--nofile=32:32", env!("CARGO_BIN_EXE_raw_epoll_echo")])
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra);
+        let server = ChildServer::builder(cmd).startup(DEADLINE).start();
+        let addr = server.addr();
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        // Busy connections: a steady stream of events for the server's threads.
+        let busy: Vec<_> = (0..4)
+            .map(|_| {
+                let stop = stop.clone();
+                let mut s = TcpStream::connect(addr).unwrap();
+                s.set_read_timeout(Some(DEADLINE)).unwrap();
+                thread::spawn(move || {
+                    let mut b = [0u8; 1];
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        s.write_all(b"x").unwrap();
+                        s.read_exact(&mut b).unwrap();
+                    }
+                })
+            })
+            .collect();
+        // More connections than the server has descriptors: the last ones wait in the
+        // backlog while the server is out of them.
+        let mut held: Vec<TcpStream> = (0..40).map(|_| TcpStream::connect(addr).unwrap()).collect();
+        let waiting = held.split_off(20);
+        drop(held); // frees descriptors on the server once it sees the closes
+        for (i, mut s) in waiting.into_iter().enumerate() {
+            s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            s.write_all(b"?").unwrap();
+            let mut b = [0u8; 1];
+            s.read_exact(&mut b)
+                .unwrap_or_else(|e| panic!("{extra:?}: waiting connection {i} never served: {e}"));
+        }
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in busy {
+            t.join().unwrap();
+        }
+    }
+}

@@ -46,6 +46,7 @@ use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd};
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -59,6 +60,10 @@ const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
 /// Events one thread takes per `epoll_wait` in `--spread shared` mode.
 const SHARED_BATCH: usize = 8;
+/// The most connections `--spread shared` holds (its table is allocated up front, one
+/// slot per descriptor number, so it is not sized to an unbounded descriptor limit);
+/// a connection whose descriptor is beyond it is closed at once.
+const SHARED_MAX_FDS: usize = 1 << 17;
 
 /// One client: its socket and what it sent that could not be echoed yet.
 struct Conn {
@@ -338,7 +343,8 @@ fn interest(c: &Conn) -> u32 {
 /// until `EAGAIN`; connections are `EPOLLONESHOT` and re-armed by the thread that served
 /// the event, after it has put the connection back in the table.
 fn serve_shared(addr: SocketAddr, n: usize) -> io::Result<()> {
-    let fd_limit = duo_sys::raise_fd_limit().unwrap_or(1024) as usize;
+    let fd_limit =
+        duo_sys::raise_fd_limit().map_or(1024, |n| n.min(SHARED_MAX_FDS as u64)) as usize;
     let listener = listen(addr, false)?;
     let lfd = listener.as_raw_fd();
     let ep = epoll_create()?;
@@ -348,7 +354,9 @@ fn serve_shared(addr: SocketAddr, n: usize) -> io::Result<()> {
     // never contended for long: while a connection is disarmed only the thread serving it
     // looks at it (the accepting thread fills a slot before arming its descriptor).
     let conns: Vec<Mutex<Option<Conn>>> = (0..fd_limit).map(|_| Mutex::new(None)).collect();
-    let paused = std::sync::atomic::AtomicBool::new(false);
+    // When accepting resumes after running out of descriptors (`monotonic_nanos`), 0 while
+    // it is not paused.
+    let paused = AtomicU64::new(0);
     announce(&listener)?;
     std::thread::scope(|s| {
         let threads = (0..n)
@@ -363,18 +371,19 @@ fn shared_worker(
     epfd: RawFd,
     lfd: RawFd,
     conns: &[Mutex<Option<Conn>>],
-    paused: &std::sync::atomic::AtomicBool,
+    paused: &AtomicU64,
 ) -> io::Result<()> {
-    use std::sync::atomic::Ordering;
     let armed = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
     let mut buf = [0u8; BUF_SIZE];
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; SHARED_BATCH];
     loop {
-        // Accepting paused for lack of descriptors: this thread's wait ends the pause.
-        let timeout = if paused.load(Ordering::Relaxed) {
-            ACCEPT_PAUSE.as_millis() as i32
-        } else {
+        // Accepting paused for lack of descriptors: no thread waits past its end.
+        let resume_at = paused.load(Ordering::Acquire);
+        let timeout = if resume_at == 0 {
             -1
+        } else {
+            let left = resume_at.saturating_sub(duo_sys::monotonic_nanos());
+            (left / 1_000_000) as i32 + 1
         };
         // SAFETY: `events` is a writable array of `events.len()` entries, all the kernel may
         // fill.
@@ -385,7 +394,13 @@ fn shared_worker(
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(e),
         };
-        if n == 0 && paused.swap(false, Ordering::Relaxed) {
+        // After every wait, busy or not: the thread that claims an ended pause resumes.
+        if resume_at != 0
+            && duo_sys::monotonic_nanos() >= resume_at
+            && paused
+                .compare_exchange(resume_at, 0, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
             ctl(epfd, libc::EPOLL_CTL_MOD, lfd, libc::EPOLLIN as u32)?;
         }
         for ev in &events[..n] {
@@ -418,7 +433,7 @@ fn accept_shared(
     epfd: RawFd,
     lfd: RawFd,
     conns: &[Mutex<Option<Conn>>],
-    paused: &std::sync::atomic::AtomicBool,
+    paused: &AtomicU64,
     armed: u32,
 ) -> io::Result<()> {
     loop {
@@ -427,13 +442,14 @@ fn accept_shared(
             Accepted::Drained => return Ok(()),
             Accepted::Exhausted => {
                 ctl(epfd, libc::EPOLL_CTL_MOD, lfd, 0)?;
-                paused.store(true, std::sync::atomic::Ordering::Relaxed);
+                let resume_at = duo_sys::monotonic_nanos() + ACCEPT_PAUSE.as_nanos() as u64;
+                paused.store(resume_at, Ordering::Release);
                 return Ok(());
             }
         };
         let raw = fd.as_raw_fd();
         let Some(slot) = conns.get(raw as usize) else {
-            continue; // beyond the limit the table was sized for: cannot happen; closes
+            continue; // beyond the table (`SHARED_MAX_FDS`): closed here
         };
         *slot.lock().unwrap_or_else(|e| e.into_inner()) = Some(Conn {
             fd,

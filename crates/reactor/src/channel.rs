@@ -34,8 +34,9 @@ impl Token {
     }
 
     /// The token whose [`as_u64`](Token::as_u64) is `raw`: for keeping a token in an
-    /// `AtomicU64`. Harmless on any value: a token that names no live channel of the loop
-    /// it is used with is simply not found.
+    /// `AtomicU64`. Safe on any value, but meant for values `as_u64` gave: a made-up or
+    /// another loop's token names no channel (not found) or, by chance, a live one of
+    /// this loop, which the caller would then act on.
     ///
     /// ```
     /// use duo_reactor::Token;

@@ -234,13 +234,11 @@ impl EventLoop {
     /// stamp activity use it instead of reading the clock per event; it lags the true time
     /// by at most the time the iteration has run so far.
     ///
-    /// The loop keeps this moment as [`poll_time_nanos`](EventLoop::poll_time_nanos); an
-    /// `Instant` is made from it on demand (two clock reads), so a callback that runs per
-    /// event should prefer the nanoseconds.
+    /// The same value for every call within an iteration. The loop keeps this moment as
+    /// [`poll_time_nanos`](EventLoop::poll_time_nanos) and converts it
+    /// ([`duo_sys::instant_of_nanos`], no clock read).
     pub fn poll_time(&self) -> Instant {
-        let now = Instant::now();
-        let age = duo_sys::monotonic_nanos().saturating_sub(self.poll_nanos);
-        now.checked_sub(Duration::from_nanos(age)).unwrap_or(now)
+        duo_sys::instant_of_nanos(self.poll_nanos)
     }
 
     /// [`poll_time`](EventLoop::poll_time) on the clock of [`duo_sys::monotonic_nanos`]

@@ -229,3 +229,38 @@ fn loop_local_values() {
     assert_eq!(lp.remove_local::<Wheel>(), Some(Wheel(vec![])));
     assert!(lp.with_local::<Wheel, _>(|_, _| ()).is_none());
 }
+
+#[test]
+fn poll_time_is_one_moment_per_iteration_and_moves_with_the_iterations() {
+    let mut lp = EventLoop::new().unwrap();
+    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let first = seen.clone();
+    lp.queue_in_loop(move |lp| {
+        let before = lp.poll_time();
+        thread::sleep(Duration::from_millis(2));
+        assert_eq!(
+            lp.poll_time(),
+            before,
+            "the same moment within an iteration"
+        );
+        assert_eq!(
+            lp.poll_time(),
+            duo_sys::instant_of_nanos(lp.poll_time_nanos())
+        );
+        first.borrow_mut().push(before);
+        let second = first.clone();
+        // Queued from a queued function: runs in the next iteration, after its poll.
+        lp.queue_in_loop(move |lp| {
+            second.borrow_mut().push(lp.poll_time());
+            lp.quit();
+        });
+    });
+    lp.run().unwrap();
+    let seen = seen.borrow();
+    assert_eq!(seen.len(), 2);
+    assert!(
+        seen[1] >= seen[0] + Duration::from_millis(2),
+        "the next iteration polled after the sleep: {seen:?}"
+    );
+    assert!(seen[1] <= Instant::now());
+}

@@ -9,7 +9,7 @@
 //! | Module | What it wraps |
 //! |---|---|
 //! | [`epoll`] | `epoll_create1`, `epoll_ctl`, `epoll_wait`: [`Epoll`], [`Interest`], [`Events`], [`Ready`] |
-//! | [`timerfd`] | `timerfd_create`, `timerfd_settime`: [`TimerFd`] on `CLOCK_MONOTONIC`; `clock_gettime(CLOCK_MONOTONIC)` as plain nanoseconds: [`monotonic_nanos`] |
+//! | [`timerfd`] | `timerfd_create`, `timerfd_settime`: [`TimerFd`] on `CLOCK_MONOTONIC`; `clock_gettime(CLOCK_MONOTONIC)` as plain nanoseconds: [`monotonic_nanos`], and back to an `Instant`: [`instant_of_nanos`] |
 //! | [`eventfd`] | `eventfd`: [`EventFd`], a counter used to wake a sleeping loop |
 //! | [`signalfd`] | `signalfd`, `pthread_sigmask`: [`SignalFd`], [`Signal`], [`ignore_sigpipe`] |
 //! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
@@ -77,7 +77,7 @@ pub use spawn::{
     dup_at_least, kill_process, pass_fds, pipe, process_exists, reap_any, set_inherit_on_exec,
     set_parent_death_signal, signal_process, unblock_signals_in_child,
 };
-pub use timerfd::{monotonic_nanos, TimerFd};
+pub use timerfd::{instant_of_nanos, monotonic_nanos, TimerFd};
 pub use udp::{recv_from, recv_mmsg, send_mmsg, send_to, MmsgScratch, RecvMeta};
 pub use unix::{own_credentials, peer_credentials, PeerCredentials};
 

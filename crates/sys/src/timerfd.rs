@@ -62,6 +62,36 @@ pub fn monotonic_nanos() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
+/// The [`Instant`](std::time::Instant) of a [`monotonic_nanos`] reading, for code that
+/// stores the cheap `u64` and hands out an `Instant` now and then.
+///
+/// Deterministic: the same reading always gives the same `Instant`, and later readings
+/// later ones (the conversion is an offset from one anchor pair, an `Instant` and a
+/// reading taken together once per process; no clock is read after that).
+///
+/// ```
+/// let n = duo_sys::monotonic_nanos();
+/// let at = duo_sys::instant_of_nanos(n);
+/// assert_eq!(at, duo_sys::instant_of_nanos(n));
+/// assert!(duo_sys::instant_of_nanos(n + 1_000) > at);
+/// assert!(at <= std::time::Instant::now());
+/// ```
+pub fn instant_of_nanos(nanos: u64) -> std::time::Instant {
+    static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
+    // The reading first: the anchor's `Instant` is then no earlier than its reading, so a
+    // converted moment never lies in the future.
+    let &(at, base) = ANCHOR.get_or_init(|| {
+        let base = monotonic_nanos();
+        (std::time::Instant::now(), base)
+    });
+    if nanos >= base {
+        at + Duration::from_nanos(nanos - base)
+    } else {
+        at.checked_sub(Duration::from_nanos(base - nanos))
+            .unwrap_or(at)
+    }
+}
+
 impl TimerFd {
     /// Creates a disarmed timer (`TFD_NONBLOCK | TFD_CLOEXEC`).
     pub fn new() -> io::Result<TimerFd> {

@@ -15,7 +15,7 @@ use crate::{root, Failure};
 
 mod tail;
 mod transports;
-use tail::{model_rows, models_table, tail_rows, tail_table, TailRow};
+use tail::{model_rows, models_table, tail_rows, tail_table};
 use transports::{tls_table, udp_table, uds_table};
 
 /// Every scenario run, with one outcome per server.
@@ -633,8 +633,8 @@ pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<
         "skipped": h.skipped,
         "max_steal_pct": h.steal.max_pct,
         "steal_retries": h.steal.retries,
-        "tail": tail_rows(results).iter().map(TailRow::json).collect::<Vec<_>>(),
-        "tail_models": model_rows(results).iter().map(TailRow::json).collect::<Vec<_>>(),
+        "tail": tail_rows(results).iter().map(|r| r.json(true)).collect::<Vec<_>>(),
+        "tail_models": model_rows(results).iter().map(|r| r.json(false)).collect::<Vec<_>>(),
         "micro": micro,
         "scenarios": scenarios,
         "postgres": postgres,

@@ -296,9 +296,8 @@ impl TcpConnection {
 
     /// When bytes last arrived (or the connection was opened).
     pub fn last_activity(&self) -> Instant {
-        let age = now_ms().saturating_sub(self.shared.last_activity_ms.load(Ordering::Relaxed));
-        let now = Instant::now();
-        now.checked_sub(Duration::from_millis(age)).unwrap_or(now)
+        let ms = self.shared.last_activity_ms.load(Ordering::Relaxed);
+        duo_sys::instant_of_nanos(ms.saturating_mul(1_000_000))
     }
 
     /// Stores a user value with the connection (a session, a parser state, the other

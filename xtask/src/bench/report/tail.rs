@@ -89,7 +89,9 @@ impl TailRow<'_> {
         median_ratio(p999(self.duo), p999(self.peer))
     }
 
-    pub(super) fn json(&self) -> Value {
+    /// The row as JSON; `target`: with whether duo's target (≤ 1) is met (not for a
+    /// comparison of peers).
+    pub(super) fn json(&self, target: bool) -> Value {
         let st =
             |s: Option<Stats>| s.map(|s| json!({"median": s.median, "min": s.min, "max": s.max}));
         json!({
@@ -102,8 +104,8 @@ impl TailRow<'_> {
             "duo_p999_us": st(p999(self.duo)),
             "peer_p999_us": st(p999(self.peer)),
             "p999_ratio": self.p999_ratio(),
-            "p99_met": self.p99_ratio().map(|r| r <= 1.0),
-            "p999_met": self.p999_ratio().map(|r| r <= 1.0),
+            "p99_met": self.p99_ratio().filter(|_| target).map(|r| r <= 1.0),
+            "p999_met": self.p999_ratio().filter(|_| target).map(|r| r <= 1.0),
             "duo_steal_pct": self.duo.steal_stats().map(|s| s.median),
             "peer_steal_pct": self.peer.steal_stats().map(|s| s.median),
             "steal_high": self.duo.steal_high() || self.peer.steal_high(),
