@@ -145,6 +145,18 @@ fn ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32) -> io::Result<()> {
     cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
 }
 
+/// One `epoll_wait` into `events`; an interrupted wait reports no event.
+fn wait(epfd: RawFd, events: &mut [libc::epoll_event], timeout: i32) -> io::Result<usize> {
+    // SAFETY: `events` is a writable array of `events.len()` entries, all the kernel may
+    // fill.
+    let n = unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, timeout) };
+    match cvt(n) {
+        Ok(n) => Ok(n as usize),
+        Err(e) if e.kind() == io::ErrorKind::Interrupted => Ok(0),
+        Err(e) => Err(e),
+    }
+}
+
 /// Prints the line the harness waits for.
 fn announce(listener: &TcpListener) -> io::Result<()> {
     println!("listening on {}", listener.local_addr()?);
@@ -208,15 +220,7 @@ fn serve(listener: TcpListener) -> io::Result<()> {
         let timeout = resume_accept.map_or(-1, |t| {
             t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1
         });
-        // SAFETY: `events` is a writable array of `events.len()` entries, all the kernel may
-        // fill.
-        let n =
-            unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, timeout) };
-        let n = match cvt(n) {
-            Ok(n) => n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let n = wait(epfd, &mut events, timeout)?;
         if resume_accept.is_some_and(|t| Instant::now() >= t) {
             resume_accept = None;
             ctl(epfd, libc::EPOLL_CTL_MOD, lfd, libc::EPOLLIN as u32)?;
@@ -385,15 +389,7 @@ fn shared_worker(
             let left = resume_at.saturating_sub(duo_sys::monotonic_nanos());
             (left / 1_000_000) as i32 + 1
         };
-        // SAFETY: `events` is a writable array of `events.len()` entries, all the kernel may
-        // fill.
-        let n =
-            unsafe { libc::epoll_wait(epfd, events.as_mut_ptr(), events.len() as i32, timeout) };
-        let n = match cvt(n) {
-            Ok(n) => n as usize,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(e),
-        };
+        let n = wait(epfd, &mut events, timeout)?;
         // After every wait, busy or not: the thread that claims an ended pause resumes.
         if resume_at != 0
             && duo_sys::monotonic_nanos() >= resume_at

@@ -62,7 +62,7 @@ pub fn monotonic_nanos() -> u64 {
         .wrapping_add(ts.tv_nsec as u64)
 }
 
-/// The [`Instant`](std::time::Instant) of a [`monotonic_nanos`] reading, for code that
+/// The [`Instant`] of a [`monotonic_nanos`] reading, for code that
 /// stores the cheap `u64` and hands out an `Instant` now and then.
 ///
 /// Deterministic: the same reading always gives the same `Instant`, and later readings
