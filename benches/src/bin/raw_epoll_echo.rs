@@ -58,6 +58,8 @@ const BUF_SIZE: usize = 64 << 10;
 /// How long accepting pauses when the process is out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
+/// `--spread shared` registers connections one event at a time.
+const ONESHOT: u32 = libc::EPOLLONESHOT as u32;
 /// Events one thread takes per `epoll_wait` in `--spread shared` mode.
 const SHARED_BATCH: usize = 8;
 /// The most connections `--spread shared` holds (its table is allocated up front, one
@@ -98,6 +100,8 @@ enum Spread {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // More descriptors if the hard limit allows (the idle scenario holds 10 000).
+    let _ = duo_sys::raise_fd_limit();
     let result = match (cli.threads, cli.spread) {
         (1, _) => listen(cli.listen, false).and_then(|l| announce(&l).and_then(|()| serve(l))),
         (n, Spread::Reuseport) => serve_reuseport(cli.listen, n.into()),
@@ -205,8 +209,6 @@ fn join_all(threads: Vec<std::thread::ScopedJoinHandle<'_, ()>>) -> io::Result<(
 }
 
 fn serve(listener: TcpListener) -> io::Result<()> {
-    // More descriptors if the hard limit allows (the idle scenario holds 10 000).
-    let _ = duo_sys::raise_fd_limit();
     let lfd = listener.as_raw_fd();
     let ep = epoll_create()?;
     let epfd = ep.as_raw_fd();
@@ -348,7 +350,7 @@ fn interest(c: &Conn) -> u32 {
 /// the event, after it has put the connection back in the table.
 fn serve_shared(addr: SocketAddr, n: usize) -> io::Result<()> {
     let fd_limit =
-        duo_sys::raise_fd_limit().map_or(1024, |n| n.min(SHARED_MAX_FDS as u64)) as usize;
+        duo_sys::fd_limit().map_or(1024, |(soft, _)| soft.min(SHARED_MAX_FDS as u64)) as usize;
     let listener = listen(addr, false)?;
     let lfd = listener.as_raw_fd();
     let ep = epoll_create()?;
@@ -377,7 +379,6 @@ fn shared_worker(
     conns: &[Mutex<Option<Conn>>],
     paused: &AtomicU64,
 ) -> io::Result<()> {
-    let armed = (libc::EPOLLIN | libc::EPOLLONESHOT) as u32;
     let mut buf = [0u8; BUF_SIZE];
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; SHARED_BATCH];
     loop {
@@ -402,7 +403,7 @@ fn shared_worker(
         for ev in &events[..n] {
             let fd = ev.u64 as RawFd;
             if fd == lfd {
-                accept_shared(epfd, lfd, conns, paused, armed)?;
+                accept_shared(epfd, lfd, conns, paused)?;
                 continue;
             }
             let Some(slot) = conns.get(fd as usize) else {
@@ -414,9 +415,8 @@ fn shared_worker(
             };
             // Re-armed for what the connection now waits for; from the `epoll_ctl` on,
             // another thread may take its next event (and waits for this lock).
-            let oneshot = libc::EPOLLONESHOT as u32;
             if !service(c, &mut buf)
-                || ctl(epfd, libc::EPOLL_CTL_MOD, fd, interest(c) | oneshot).is_err()
+                || ctl(epfd, libc::EPOLL_CTL_MOD, fd, interest(c) | ONESHOT).is_err()
             {
                 *slot = None; // closes the socket, which also leaves the epoll set
             }
@@ -430,7 +430,6 @@ fn accept_shared(
     lfd: RawFd,
     conns: &[Mutex<Option<Conn>>],
     paused: &AtomicU64,
-    armed: u32,
 ) -> io::Result<()> {
     loop {
         let fd = match accept_one(lfd)? {
@@ -451,7 +450,12 @@ fn accept_shared(
             fd,
             pending: Vec::new(),
         });
-        if let Err(e) = ctl(epfd, libc::EPOLL_CTL_ADD, raw, armed) {
+        if let Err(e) = ctl(
+            epfd,
+            libc::EPOLL_CTL_ADD,
+            raw,
+            libc::EPOLLIN as u32 | ONESHOT,
+        ) {
             eprintln!("raw_epoll_echo: epoll_ctl: {e}; dropping the connection");
             *slot.lock().unwrap_or_else(|e| e.into_inner()) = None;
         }
