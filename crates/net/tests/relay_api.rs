@@ -1045,10 +1045,11 @@ fn stop_reading_from_another_thread_takes_effect_at_once() {
     // A callback counts as late when it reads the flag set just after `stop_reading`
     // returned. The loop may have passed its pause check an instant before the flag flipped
     // and be on its way into the callback: no other thread can tell that instant apart, so
-    // a rare late count is expected. Delivering what an in-progress `recv` returned (the
-    // bug) made it happen in a third to two thirds of the cycles.
+    // a rare late count is expected (up to 11 of 200 cycles seen on a loaded CI run, so
+    // the bound is a tenth). Delivering what an in-progress `recv` returned (the bug) made
+    // it happen in a third to two thirds of the cycles.
     assert!(
-        violating_cycles <= CYCLES / 20,
+        violating_cycles <= CYCLES / 10,
         "in {violating_cycles} of {CYCLES} cycles a message callback started after \
          stop_reading (called from another thread) had returned: {late} in all"
     );
