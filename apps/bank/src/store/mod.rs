@@ -224,7 +224,7 @@ pub(crate) struct UserRow {
 #[derive(Debug)]
 pub(crate) enum Store {
     /// An SQLite file.
-    Sqlite(sqlite::SqliteStore),
+    Sqlite(Box<sqlite::SqliteStore>),
     /// A PostgreSQL server.
     Postgres(Box<postgres::PgStore>),
 }
@@ -234,7 +234,9 @@ impl Store {
     /// reached or is not a bank database.
     pub(crate) fn open(db: &Database, options: StoreOptions) -> Result<Store, StoreError> {
         Ok(match db {
-            Database::Sqlite(path) => Store::Sqlite(sqlite::SqliteStore::open(path, options)?),
+            Database::Sqlite(path) => {
+                Store::Sqlite(Box::new(sqlite::SqliteStore::open(path, options)?))
+            }
             Database::Postgres(url) => {
                 Store::Postgres(Box::new(postgres::PgStore::open(url, options)?))
             }
