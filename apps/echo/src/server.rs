@@ -52,6 +52,9 @@ pub struct ServeConfig {
     pub stall_threshold: Option<Duration>,
     /// Busy polling on the loops (`Duration::ZERO`: off); see `ServerBuilder::busy_poll`.
     pub busy_poll: Duration,
+    /// Accept TCP connections once their first bytes arrived (`Duration::ZERO`: off); see
+    /// `ServerBuilder::defer_accept`.
+    pub defer_accept: Duration,
     /// Also echo UDP datagrams on the listener's address (same IP and port number), from
     /// one `duo_net::UdpSocket` on the main loop (a worker: one per worker, with
     /// `SO_REUSEPORT`); printed as `udp on ADDR`.
@@ -137,7 +140,8 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
         .io_threads(cfg.io_threads)
         .accept_mode(cfg.accept)
         .edge_triggered(cfg.edge_triggered)
-        .busy_poll(cfg.busy_poll);
+        .busy_poll(cfg.busy_poll)
+        .defer_accept(cfg.defer_accept);
     if let Some(timeout) = cfg.idle_timeout {
         builder = builder.idle_timeout(timeout);
     }

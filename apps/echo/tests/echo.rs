@@ -234,6 +234,8 @@ fn bad_flags_are_usage_errors() {
         &["--io-threads", "many"],
         &["--listen", "not an address"],
         &["--stats-interval", "0"],
+        &["--defer-accept", "3601"],
+        &["--defer-accept", "-1"],
     ] {
         let (status, out, err) = run_to_exit(args);
         assert_eq!(status.code(), Some(2), "echo {args:?}; stderr:\n{err}");
@@ -283,6 +285,19 @@ fn level_triggered_works() {
     let mut s = framed.connect();
     for i in 0..50 {
         framed_round_trip(&mut s, format!("packet {i}").as_bytes());
+    }
+}
+
+#[test]
+fn deferred_accepting_serves_as_usual() {
+    for threads in ["0", "2"] {
+        let server = Server::start(&["--defer-accept", "5", "--io-threads", threads]);
+        thread::scope(|scope| {
+            for i in 0..4u64 {
+                let server = &server;
+                scope.spawn(move || raw_round_trip(server, 300 + i, 100_000));
+            }
+        });
     }
 }
 

@@ -87,6 +87,10 @@ struct Cli {
     /// How more than one thread shares the connections.
     #[arg(long, value_enum, default_value_t = Spread::Reuseport)]
     spread: Spread,
+    /// `TCP_DEFER_ACCEPT` on the listener(s): accept a connection only once its first
+    /// bytes arrived, or after about SECS seconds (0: off); like `echo --defer-accept`.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    defer_accept: u32,
 }
 
 /// How `--threads N` threads share the connections.
@@ -103,9 +107,10 @@ fn main() -> ExitCode {
     // More descriptors if the hard limit allows (the idle scenario holds 10 000).
     let _ = duo_sys::raise_fd_limit();
     let result = match (cli.threads, cli.spread) {
-        (1, _) => listen(cli.listen, false).and_then(|l| announce(&l).and_then(|()| serve(l))),
-        (n, Spread::Reuseport) => serve_reuseport(cli.listen, n.into()),
-        (n, Spread::Shared) => serve_shared(cli.listen, n.into()),
+        (1, _) => listen(cli.listen, false, cli.defer_accept)
+            .and_then(|l| announce(&l).and_then(|()| serve(l))),
+        (n, Spread::Reuseport) => serve_reuseport(cli.listen, n.into(), cli.defer_accept),
+        (n, Spread::Shared) => serve_shared(cli.listen, n.into(), cli.defer_accept),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -125,7 +130,7 @@ fn cvt<T: Default + PartialOrd>(ret: T) -> io::Result<T> {
     }
 }
 
-fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
+fn listen(addr: SocketAddr, reuse_port: bool, defer_accept: u32) -> io::Result<TcpListener> {
     let socket = Socket::new(
         Domain::for_address(addr),
         Type::STREAM.nonblocking().cloexec(),
@@ -135,6 +140,9 @@ fn listen(addr: SocketAddr, reuse_port: bool) -> io::Result<TcpListener> {
     socket.set_reuse_port(reuse_port)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?; // duo's backlog
+    if defer_accept > 0 {
+        duo_sys::set_tcp_defer_accept(std::os::fd::AsFd::as_fd(&socket), defer_accept)?;
+    }
     Ok(socket.into())
 }
 
@@ -175,12 +183,12 @@ fn epoll_create() -> io::Result<OwnedFd> {
 
 /// `n` threads, each with its own `SO_REUSEPORT` listener on the address the first one
 /// bound, each running [`serve`].
-fn serve_reuseport(addr: SocketAddr, n: usize) -> io::Result<()> {
-    let first = listen(addr, true)?;
+fn serve_reuseport(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<()> {
+    let first = listen(addr, true, defer_accept)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
     for _ in 1..n {
-        listeners.push(listen(bound, true)?);
+        listeners.push(listen(bound, true, defer_accept)?);
     }
     announce(&listeners[0])?;
     std::thread::scope(|s| {
@@ -348,10 +356,10 @@ fn interest(c: &Conn) -> u32 {
 /// documentation). The listener is level-triggered and every thread that sees it accepts
 /// until `EAGAIN`; connections are `EPOLLONESHOT` and re-armed by the thread that served
 /// the event, after it has put the connection back in the table.
-fn serve_shared(addr: SocketAddr, n: usize) -> io::Result<()> {
+fn serve_shared(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<()> {
     let fd_limit =
         duo_sys::fd_limit().map_or(1024, |(soft, _)| soft.min(SHARED_MAX_FDS as u64)) as usize;
-    let listener = listen(addr, false)?;
+    let listener = listen(addr, false, defer_accept)?;
     let lfd = listener.as_raw_fd();
     let ep = epoll_create()?;
     let epfd = ep.as_raw_fd();

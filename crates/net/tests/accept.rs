@@ -237,3 +237,66 @@ fn a_full_server_that_pauses_leaves_extra_connections_queued_until_one_closes() 
         server.stop();
     }
 }
+
+#[test]
+fn a_deferred_accept_hands_over_a_connection_with_its_first_bytes_in_every_mode() {
+    init_log();
+    let wait = std::time::Duration::from_secs(5);
+    let bound = |mode: AcceptMode| {
+        TestServer::start(move || {
+            util::echo_builder("deferred", util::localhost())
+                .io_threads(2)
+                .accept_mode(mode)
+                .defer_accept(wait)
+        })
+    };
+    let inherited = || {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        TestServer::start(move || echo_on("deferred", listener).defer_accept(wait))
+    };
+    let servers = [
+        ("main loop", bound(AcceptMode::MainLoop)),
+        ("shared", bound(AcceptMode::Shared)),
+        ("reuseport", bound(AcceptMode::ReusePort)),
+        ("inherited", inherited()),
+    ];
+    for (what, server) in servers {
+        // Connected as far as the client can tell, but not handed to the server while it
+        // has sent nothing (the wait is 5 s; this looks after 200 ms).
+        let mut silent = TcpStream::connect(server.addr()).unwrap();
+        silent.set_read_timeout(Some(LIMIT)).unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(200)); // the silence under test
+        assert_eq!(
+            server.stats().accepted,
+            0,
+            "{what}: accepted before any bytes"
+        );
+        // Its first bytes bring it in, and they are served at once.
+        util::echo_once(&mut silent, b"first bytes");
+        assert_eq!(server.stats().accepted, 1, "{what}");
+        assert_eq!(round_trip(server.addr(), b"another"), b"another", "{what}");
+        drop(silent);
+        server.stop();
+    }
+}
+
+#[test]
+fn deferred_accepting_is_off_by_default_and_set_on_an_inherited_listener() {
+    use std::os::fd::AsFd;
+    init_log();
+    let plain = TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = plain.try_clone().unwrap();
+    let server = TestServer::start(move || echo_on("plain", plain));
+    assert_eq!(round_trip(server.addr(), b"x"), b"x");
+    assert_eq!(duo_sys::tcp_defer_accept(probe.as_fd()).unwrap(), 0);
+    server.stop();
+
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let probe = listener.try_clone().unwrap();
+    // 1.5 s rounds up to 2 s (the kernel may report more: it keeps retransmissions).
+    let server = TestServer::start(move || {
+        echo_on("deferred", listener).defer_accept(std::time::Duration::from_millis(1500))
+    });
+    assert!(duo_sys::tcp_defer_accept(probe.as_fd()).unwrap() >= 2);
+    server.stop();
+}

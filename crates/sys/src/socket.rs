@@ -206,6 +206,50 @@ pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
     Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
 }
 
+/// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: the kernel completes a connection
+/// (and wakes `accept`) only once the client has sent data, or after about `secs` seconds
+/// without any (then the connection is handed over as usual). For protocols where the
+/// client speaks first this saves the server a wake-up and a readiness event per
+/// connection, and connections that never send anything cost it nothing until then.
+/// `secs == 0` turns it off.
+pub fn set_tcp_defer_accept(fd: BorrowedFd<'_>, secs: u32) -> io::Result<()> {
+    let value = libc::c_int::try_from(secs).unwrap_or(libc::c_int::MAX);
+    // SAFETY: the option value is one `int`, passed by pointer with its exact size; the
+    // kernel only reads it.
+    cvt(unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&value as *const libc::c_int).cast::<libc::c_void>(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    })
+    .map_err(context("setsockopt(TCP_DEFER_ACCEPT)"))?;
+    Ok(())
+}
+
+/// Reads `TCP_DEFER_ACCEPT` of a listening TCP socket, in seconds (0: off). The kernel keeps
+/// it as a number of SYN-ACK retransmissions, so this may be larger than what was set
+/// (1 s reads back as 3 s, for example).
+pub fn tcp_defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
+    let mut value: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `value` and `len` are valid for writes, and `len` holds the size of `value`,
+    // so the kernel writes at most an int into it.
+    cvt(unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&mut value as *mut libc::c_int).cast::<libc::c_void>(),
+            &mut len,
+        )
+    })
+    .map_err(context("getsockopt(TCP_DEFER_ACCEPT)"))?;
+    Ok(u32::try_from(value).unwrap_or(0))
+}
+
 /// The number of bytes waiting in a socket's receive queue (`ioctl(FIONREAD)`).
 pub fn bytes_available(fd: BorrowedFd<'_>) -> io::Result<usize> {
     let mut n: libc::c_int = 0;

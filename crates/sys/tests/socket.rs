@@ -6,8 +6,8 @@ use std::os::fd::AsFd;
 use std::time::{Duration, Instant};
 
 use duo_sys::{
-    accept4, bytes_available, readv, recv_vectored, send_vectored, shutdown_write,
-    take_socket_error, writev,
+    accept4, bytes_available, readv, recv_vectored, send_vectored, set_tcp_defer_accept,
+    shutdown_write, take_socket_error, tcp_defer_accept, writev,
 };
 use duo_testkit::nonblocking_pair;
 
@@ -328,4 +328,36 @@ fn release_free_heap_returns_fragmented_free_memory() {
     } else {
         assert!(!released);
     }
+}
+
+#[test]
+fn deferred_accept_waits_for_the_clients_first_bytes() {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    assert_eq!(tcp_defer_accept(listener.as_fd()).unwrap(), 0);
+    set_tcp_defer_accept(listener.as_fd(), 5).unwrap();
+    assert!(tcp_defer_accept(listener.as_fd()).unwrap() >= 5);
+
+    // Connected on the client's side, but not acceptable while it has sent nothing.
+    let mut client = TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    std::thread::sleep(Duration::from_millis(200)); // the silence under test
+    let err = accept4(listener.as_fd()).unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::WouldBlock);
+
+    // Its first bytes complete the connection, and they are there to read at once.
+    client.write_all(b"hi").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let (fd, _) = loop {
+        match accept4(listener.as_fd()) {
+            Ok(accepted) => break accepted,
+            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(1));
+            }
+            Err(e) => panic!("accept4: {e}"),
+        }
+    };
+    assert_eq!(bytes_available(fd.as_fd()).unwrap(), 2);
+
+    set_tcp_defer_accept(listener.as_fd(), 0).unwrap();
+    assert_eq!(tcp_defer_accept(listener.as_fd()).unwrap(), 0);
 }

@@ -142,6 +142,35 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         ],
         ACCEPT_MODE_SCENARIOS,
     ),
+    // Deferred accepting (opt-in, `--defer-accept`): the kernel hands a connection over
+    // with its first bytes, in one wake-up instead of two (`raw-epoll-defer` is the same
+    // socket option on the raw server, the like-for-like baseline).
+    EchoServer::duo_in(
+        "duo-0-defer",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "0",
+            "--defer-accept",
+            "5",
+        ],
+        DEFER_SCENARIOS,
+    ),
+    EchoServer::duo_in(
+        "duo-2-defer",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "2",
+            "--defer-accept",
+            "5",
+        ],
+        DEFER_SCENARIOS,
+    ),
     // Busy polling (opt-in, `--busy-poll-us`): the two-thread tail with loops that stay
     // awake 20 µs after finding work instead of sleeping at once.
     EchoServer::duo_in(
@@ -177,6 +206,12 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         UDS_SCENARIOS,
     ),
     EchoServer::peer("raw-epoll", "raw_epoll_echo", &["--listen", "127.0.0.1:0"]),
+    EchoServer::peer_in(
+        "raw-epoll-defer",
+        "raw_epoll_echo",
+        &["--listen", "127.0.0.1:0", "--defer-accept", "5"],
+        DEFER_SCENARIOS,
+    ),
     // The two threading models at two threads, without duo's code in the way: a
     // connection per thread (duo's and muduo's model) and work sharing over one epoll set
     // (tokio's): the tail comparison's control experiment.
@@ -264,6 +299,11 @@ pub(super) const UDS_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
 /// Where tokio is measured with one worker as well as two, to compare duo's tail latency
 /// with it at one thread (`duo-0`) as at two (`duo-2` against `tokio`).
 pub(super) const ONE_THREAD_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
+
+/// Where deferred accepting (`duo-0-defer`, `duo-2-defer`, `raw-epoll-defer`:
+/// `TCP_DEFER_ACCEPT`) is measured: short-lived connections, where it saves a wake-up per
+/// connection.
+pub(super) const DEFER_SCENARIOS: &[&str] = &["churn-50"];
 
 /// Where duo with busy polling (`duo-2-busy`, `--busy-poll-us 20`) is measured beside
 /// `duo-2`: the tail comparison at two threads.

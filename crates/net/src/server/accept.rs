@@ -96,10 +96,12 @@ pub enum AcceptMode {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ListenOptions {
     pub(crate) reuse_port: bool,
+    /// `TCP_DEFER_ACCEPT`, in seconds (0: off).
+    pub(crate) defer_accept_secs: u32,
 }
 
-/// Binds and listens on `addr` (IPv4 or IPv6) with `SO_REUSEADDR` (and `SO_REUSEPORT` if
-/// asked), non-blocking and close-on-exec.
+/// Binds and listens on `addr` (IPv4 or IPv6) with `SO_REUSEADDR` (and `SO_REUSEPORT` and
+/// `TCP_DEFER_ACCEPT` if asked), non-blocking and close-on-exec.
 pub(crate) fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<Socket> {
     let socket = Socket::new(
         Domain::for_address(addr),
@@ -114,6 +116,9 @@ pub(crate) fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<Socket
         .bind(&SockAddr::from(addr))
         .map_err(|e| io::Error::new(e.kind(), format!("cannot bind {addr}: {e}")))?;
     socket.listen(BACKLOG)?;
+    if opts.defer_accept_secs > 0 {
+        duo_sys::set_tcp_defer_accept(std::os::fd::AsFd::as_fd(&socket), opts.defer_accept_secs)?;
+    }
     Ok(socket)
 }
 
