@@ -55,6 +55,11 @@ fn a_stalled_tls_handshake_times_out() {
         "each stalled handshake fails as a timeout (before: no error at all, a run with \
          no message reported as clean): {json}"
     );
+    assert_eq!(
+        field(json, "established"),
+        Some("0"),
+        "a connection whose handshake never completed was never established: {json}"
+    );
     // The hard limit would be --secs + --timeout + 5 s.
     assert!(took < Duration::from_secs(6), "took {took:?}: {json}");
 }

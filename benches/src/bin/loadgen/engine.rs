@@ -318,9 +318,11 @@ impl<S: Session> Engine<S> {
         self.slots.iter().map(|s| &s.session)
     }
 
-    /// Connections open now.
+    /// Connections established now: connected and, with TLS, past the handshake (a
+    /// connection whose handshake is still under way is not, and its session has not
+    /// opened).
     pub(crate) fn open_count(&self) -> usize {
-        self.open
+        self.open - self.handshaking
     }
 
     /// Sessions that are finished.
