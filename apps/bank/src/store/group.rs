@@ -55,11 +55,11 @@ struct Queue {
 impl Queue {
     /// Whether a free writer should take the queue now: when no batch is in flight, or
     /// when the queue holds as many operations as an average batch in flight (and at
-    /// least [`Queue::side_min`]). Otherwise
-    /// the jobs gather for a leader in flight to take when its batch ends: a batch sent
-    /// beside another one that shares accounts waits for that one's commit anyway, so
-    /// sending jobs one by one as they arrive would buy a commit per job, and batches
-    /// that touch hot accounts would queue behind each other one operation at a time.
+    /// least [`Queue::side_min`]). Otherwise the jobs gather for a leader in flight to
+    /// take when its batch ends: a batch sent beside another one that shares accounts
+    /// waits for that one's commit anyway, so sending jobs one by one as they arrive
+    /// would buy a commit per job, and batches that touch hot accounts would queue
+    /// behind each other one operation at a time.
     fn may_start(&self) -> bool {
         !self.jobs.is_empty()
             && (self.busy == 0
