@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 
 use duo_net::{
     AcceptMode, Backpressure, CloseReason, ConnState, ConnectionClosed, ContextError,
-    CtxUnavailable, EventLoop, OutputLimit, TcpClient, TcpConnection, TcpServer,
+    CtxUnavailable, EventLoop, OutputLimit, ServerBuilder, TcpClient, TcpConnection, TcpServer,
 };
 use duo_reactor::EventLoopThread;
 use socket2::{Domain, Socket, Type};
@@ -68,6 +68,57 @@ impl Conns {
         });
         found.unwrap()
     }
+
+    /// For `on_connection`: stops reading on a connection as it comes up (what its peer
+    /// sends waits in the kernel until the test resumes it), then remembers it.
+    fn on_connection_paused(&self, conn: &TcpConnection) {
+        if conn.is_connected() {
+            conn.stop_reading().unwrap();
+        }
+        self.on_connection(conn);
+    }
+
+    /// The server's side of the client `s`, waiting for it to come up.
+    fn of(&self, s: &TcpStream) -> TcpConnection {
+        self.for_peer(s.local_addr().unwrap())
+    }
+
+    /// A blocking client of `addr` (see [`connect`]) and the server's side of it, once up.
+    fn connect(&self, addr: SocketAddr) -> (TcpStream, TcpConnection) {
+        let s = connect(addr);
+        let conn = self.of(&s);
+        (s, conn)
+    }
+
+    /// `n` blocking clients of `addr`, all connected first, then the server's side of each
+    /// (in the same order), once up.
+    fn connect_many(&self, addr: SocketAddr, n: usize) -> (Vec<TcpStream>, Vec<TcpConnection>) {
+        let clients: Vec<TcpStream> = (0..n).map(|_| connect(addr)).collect();
+        let conns = clients.iter().map(|c| self.of(c)).collect();
+        (clients, conns)
+    }
+}
+
+/// Starts the server `make` builds with an `on_connection` (in place of any `make` set)
+/// that records each connection as it comes up.
+fn tracked_server(make: impl FnOnce() -> ServerBuilder + Send + 'static) -> (TestServer, Conns) {
+    start_tracked(make, Conns::on_connection)
+}
+
+/// As [`tracked_server`], but each connection comes up with reading stopped
+/// ([`Conns::on_connection_paused`]).
+fn paused_server(make: impl FnOnce() -> ServerBuilder + Send + 'static) -> (TestServer, Conns) {
+    start_tracked(make, Conns::on_connection_paused)
+}
+
+fn start_tracked(
+    make: impl FnOnce() -> ServerBuilder + Send + 'static,
+    up: fn(&Conns, &TcpConnection),
+) -> (TestServer, Conns) {
+    let conns = Conns::default();
+    let c2 = conns.clone();
+    let server = TestServer::start(move || make().on_connection(move |c| up(&c2, c)));
+    (server, conns)
 }
 
 /// A blocking client whose receive buffer is small (16 KiB asked, set before connecting
@@ -97,6 +148,24 @@ fn read_n(s: &mut TcpStream, n: usize) -> Vec<u8> {
     s.read_exact(&mut buf)
         .unwrap_or_else(|e| panic!("reading {n} bytes: {e}"));
     buf
+}
+
+/// Half-closes `s` and expects the server to close it too with nothing more to read.
+fn expect_clean_end(s: &mut TcpStream, what: &str) {
+    s.shutdown(Shutdown::Write).unwrap();
+    let (rest, end) = read_until_closed(s);
+    assert_eq!((rest.len(), end), (0, End::Eof), "{what}");
+}
+
+/// The connection's output length, read by a function queued on its loop: everything
+/// queued on that loop before it has run when this returns.
+fn output_len_on_loop(conn: &TcpConnection) -> usize {
+    let (tx, rx) = mpsc::channel();
+    conn.queue_in_loop(move |ctx| {
+        let _ = tx.send(ctx.output_len());
+    })
+    .expect("the connection is open");
+    rx.recv_timeout(LIMIT).expect("the loop runs")
 }
 
 /// Length of the repeating test pattern: a prime, so that a lost, repeated or reordered
@@ -130,6 +199,51 @@ fn stream_matches(pattern: &[u8], at: usize, got: &[u8]) -> bool {
         rest = &rest[n..];
     }
     true
+}
+
+/// Spawns a thread that writes the stream repeating `pattern` to `s` in 1 MiB chunks, as
+/// fast as it can, until `done` is set; then it half-closes, expects the server to close
+/// with nothing to read, and returns how many bytes it wrote.
+fn spawn_writer_until(
+    mut s: TcpStream,
+    pattern: Arc<Vec<u8>>,
+    done: Arc<AtomicBool>,
+) -> thread::JoinHandle<usize> {
+    thread::spawn(move || {
+        let mut written = 0usize;
+        while !done.load(Ordering::SeqCst) {
+            let chunk = stream_bytes(&pattern, written, 1 << 20);
+            s.write_all(&chunk).expect("X's peer writes");
+            written += chunk.len();
+        }
+        s.shutdown(Shutdown::Write).unwrap();
+        let (rest, _) = read_until_closed(&mut s);
+        assert!(rest.is_empty());
+        written
+    })
+}
+
+/// Writes the first `total` bytes of the stream repeating `pattern` to `s` in chunks of
+/// 256 KiB (storing the count written so far in `written` after each, if given), then
+/// half-closes.
+fn write_stream(
+    s: &mut TcpStream,
+    pattern: &[u8],
+    total: usize,
+    written: Option<&AtomicUsize>,
+    who: &str,
+) {
+    let mut at = 0;
+    while at < total {
+        let chunk = stream_bytes(pattern, at, (256 << 10).min(total - at));
+        s.write_all(&chunk)
+            .unwrap_or_else(|e| panic!("{who} writes: {e}"));
+        at += chunk.len();
+        if let Some(w) = written {
+            w.store(at, Ordering::SeqCst);
+        }
+    }
+    s.shutdown(Shutdown::Write).unwrap();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -185,15 +299,15 @@ fn big_sender(policy: Backpressure, data: Arc<[u8]>) -> (TestServer, Arc<BpSeen>
     (server, seen)
 }
 
-/// With `Backpressure::Notify`, a connection whose output is far above the high-water
-/// mark (16 MiB sent to a peer that reads nothing) keeps reading: every byte the peer
-/// sends meanwhile reaches the message callback, which sees the output above the mark;
-/// the high-water callback ran. Then the peer reads all 16 MiB, intact.
-#[test]
-fn notify_keeps_reading_while_the_output_is_above_the_high_water_mark() {
-    init_log();
-    let data: Arc<[u8]> = Arc::from(random_bytes(1, BP_BIG));
-    let (server, seen) = big_sender(Backpressure::Notify, data.clone());
+/// A [`big_sender`] with `policy` sending 16 MiB of random bytes (seeded `seed`), and a
+/// client with a small receive buffer that reads nothing: once the server's high-water
+/// callback has run, the client sends `BP_SMALL` bytes (10 writes of 1 000 bytes).
+fn big_sender_and_silent_client(
+    policy: Backpressure,
+    seed: u64,
+) -> (TestServer, Arc<BpSeen>, Arc<[u8]>, TcpStream) {
+    let data: Arc<[u8]> = Arc::from(random_bytes(seed, BP_BIG));
+    let (server, seen) = big_sender(policy, data.clone());
     let mut c = connect_small_rcvbuf(server.addr());
     wait_until("the high-water-mark callback", || {
         seen.high_calls.load(Ordering::SeqCst) >= 1
@@ -201,6 +315,17 @@ fn notify_keeps_reading_while_the_output_is_above_the_high_water_mark() {
     for _ in 0..10 {
         c.write_all(&[7u8; 1000]).unwrap();
     }
+    (server, seen, data, c)
+}
+
+/// With `Backpressure::Notify`, a connection whose output is far above the high-water
+/// mark (16 MiB sent to a peer that reads nothing) keeps reading: every byte the peer
+/// sends meanwhile reaches the message callback, which sees the output above the mark;
+/// the high-water callback ran. Then the peer reads all 16 MiB, intact.
+#[test]
+fn notify_keeps_reading_while_the_output_is_above_the_high_water_mark() {
+    init_log();
+    let (server, seen, data, mut c) = big_sender_and_silent_client(Backpressure::Notify, 1);
     wait_until(
         "the peer's bytes reaching on_message while the output is high",
         || seen.received.load(Ordering::SeqCst) == BP_SMALL,
@@ -215,9 +340,7 @@ fn notify_keeps_reading_while_the_output_is_above_the_high_water_mark() {
         read_n(&mut c, BP_BIG) == data[..],
         "the 16 MiB arrived altered"
     );
-    c.shutdown(Shutdown::Write).unwrap();
-    let (rest, end) = read_until_closed(&mut c);
-    assert_eq!((rest.len(), end), (0, End::Eof));
+    expect_clean_end(&mut c, "bytes after the 16 MiB");
     assert_eq!(seen.received.load(Ordering::SeqCst), BP_SMALL);
     server.stop();
 }
@@ -229,15 +352,7 @@ fn notify_keeps_reading_while_the_output_is_above_the_high_water_mark() {
 #[test]
 fn pause_reading_stops_reading_while_the_output_is_above_the_high_water_mark() {
     init_log();
-    let data: Arc<[u8]> = Arc::from(random_bytes(2, BP_BIG));
-    let (server, seen) = big_sender(Backpressure::PauseReading, data.clone());
-    let mut c = connect_small_rcvbuf(server.addr());
-    wait_until("the high-water-mark callback", || {
-        seen.high_calls.load(Ordering::SeqCst) >= 1
-    });
-    for _ in 0..10 {
-        c.write_all(&[7u8; 1000]).unwrap();
-    }
+    let (server, seen, data, mut c) = big_sender_and_silent_client(Backpressure::PauseReading, 2);
     thread::sleep(Duration::from_millis(300));
     assert_eq!(
         seen.received.load(Ordering::SeqCst),
@@ -257,9 +372,7 @@ fn pause_reading_stops_reading_while_the_output_is_above_the_high_water_mark() {
         max_out <= BP_HIGH / 2,
         "on_message ran with {max_out} bytes queued: reading resumed above the low mark"
     );
-    c.shutdown(Shutdown::Write).unwrap();
-    let (rest, end) = read_until_closed(&mut c);
-    assert_eq!((rest.len(), end), (0, End::Eof));
+    expect_clean_end(&mut c, "bytes after the 16 MiB");
     server.stop();
 }
 
@@ -276,14 +389,11 @@ fn output_limit_close_drops_the_slow_reader_only() {
     init_log();
     const OUT_LIMIT: usize = 1 << 20;
     const CHUNK: usize = 32 << 10;
-    let conns = Conns::default();
     let (tx, closed) = mpsc::channel();
-    let c2 = conns.clone();
-    let server = TestServer::start(move || {
+    let (server, conns) = tracked_server(move || {
         TcpServer::builder("limit-close", localhost())
             .io_threads(1)
             .output_limit(OUT_LIMIT, OutputLimit::Close)
-            .on_connection(move |c| c2.on_connection(c))
             .on_close(move |c| {
                 let _ = tx.send((c.peer_addr(), c.close_reason()));
             })
@@ -291,8 +401,8 @@ fn output_limit_close_drops_the_slow_reader_only() {
     let pattern = Arc::new(random_bytes(11, PATTERN_LEN));
     let mut slow = connect_small_rcvbuf(server.addr());
     let fast = connect(server.addr());
-    let slow_conn = conns.for_peer(slow.local_addr().unwrap());
-    let fast_conn = conns.for_peer(fast.local_addr().unwrap());
+    let slow_conn = conns.of(&slow);
+    let fast_conn = conns.of(&fast);
 
     // The fast client reads everything on a thread of its own, checking the stream.
     let received = Arc::new(AtomicUsize::new(0));
@@ -354,13 +464,7 @@ fn output_limit_close_drops_the_slow_reader_only() {
     assert!(refused[1].load(Ordering::SeqCst) >= 1);
 
     // Everything queued to the fast connection has run (one FIFO per loop).
-    let (done_tx, done_rx) = mpsc::channel();
-    fast_conn
-        .queue_in_loop(move |ctx| {
-            let _ = done_tx.send(ctx.output_len());
-        })
-        .expect("the fast connection is open");
-    done_rx.recv_timeout(LIMIT).expect("the loop runs");
+    output_len_on_loop(&fast_conn);
     assert_eq!(
         refused[0].load(Ordering::SeqCst),
         0,
@@ -478,16 +582,13 @@ fn read_accepted(s: &mut TcpStream, sent: &[Sent]) {
 #[test]
 fn output_limit_discard_refuses_whole_messages_and_keeps_the_connection() {
     init_log();
-    let conns = Conns::default();
-    let c2 = conns.clone();
-    let server = TestServer::start(move || {
+    let (server, conns) = tracked_server(|| {
         TcpServer::builder("limit-discard", localhost())
             .io_threads(1)
             .output_limit(DISCARD_LIMIT, OutputLimit::Discard)
-            .on_connection(move |c| c2.on_connection(c))
     });
     let mut c = connect_small_rcvbuf(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let conn = conns.of(&c);
 
     let sizes = |seq: u32| Rng::new(u64::from(seq)).range(1, 40_000);
     let (sent, out_len) = send_batch(&conn, 0..400, sizes);
@@ -523,13 +624,7 @@ fn output_limit_discard_refuses_whole_messages_and_keeps_the_connection() {
     read_accepted(&mut c, &again);
 
     // Nothing else comes: the server closes after our FIN.
-    c.shutdown(Shutdown::Write).unwrap();
-    let (rest, end) = read_until_closed(&mut c);
-    assert_eq!(
-        (rest.len(), end),
-        (0, End::Eof),
-        "bytes after the last message"
-    );
+    expect_clean_end(&mut c, "bytes after the last message");
     server.stop();
 }
 
@@ -570,15 +665,13 @@ enum CtxOutcome {
 fn with_ctx_reaches_another_connection_of_the_same_loop_at_once() {
     init_log();
     const BIG: usize = 16 << 20;
-    let conns = Conns::default();
     let target: Arc<Mutex<Option<TcpConnection>>> = Arc::default();
     let (tx, outcomes) = mpsc::channel();
     let big = Arc::new(random_bytes(3, BIG));
-    let (c2, t2, big2) = (conns.clone(), target.clone(), big.clone());
-    let server = TestServer::start(move || {
+    let (t2, big2) = (target.clone(), big.clone());
+    let (server, conns) = tracked_server(move || {
         TcpServer::builder("with-ctx", localhost())
             .io_threads(1)
-            .on_connection(move |c| c2.on_connection(c))
             .on_message(move |ctx, input| {
                 let cmds = input.peek().to_vec();
                 input.consume_all();
@@ -623,8 +716,8 @@ fn with_ctx_reaches_another_connection_of_the_same_loop_at_once() {
 
     let mut a = connect(server.addr());
     let mut b = connect_small_rcvbuf(server.addr());
-    let _a_conn = conns.for_peer(a.local_addr().unwrap());
-    let b_conn = conns.for_peer(b.local_addr().unwrap());
+    let _a_conn = conns.of(&a);
+    let b_conn = conns.of(&b);
     *target.lock().unwrap() = Some(b_conn.clone());
 
     // A send through with_ctx is done (written or buffered) when the call returns.
@@ -687,8 +780,7 @@ fn with_ctx_reaches_another_connection_of_the_same_loop_at_once() {
     );
 
     // A connection its peer closed.
-    let d = connect(server.addr());
-    let d_conn = conns.for_peer(d.local_addr().unwrap());
+    let (d, d_conn) = conns.connect(server.addr());
     *target.lock().unwrap() = Some(d_conn.clone());
     assert_eq!(command(&mut a, b'L'), CtxOutcome::Len(Ok(0)));
     drop(d);
@@ -779,13 +871,11 @@ fn stop_reading_from_another_connections_callback_takes_effect_at_once() {
     init_log();
     let pattern = Arc::new(random_bytes(5, PATTERN_LEN));
     let flow = Arc::new(Flow::default());
-    let conns = Conns::default();
-    let (f2, p2, c2) = (flow.clone(), pattern.clone(), conns.clone());
-    let server = TestServer::start(move || {
+    let (f2, p2) = (flow.clone(), pattern.clone());
+    let (server, conns) = tracked_server(move || {
         TcpServer::builder("stop-reading", localhost())
             .io_threads(1)
             .read_budget(64 << 20)
-            .on_connection(move |c| c2.on_connection(c))
             .on_message(move |ctx, input| {
                 if f2.is_x(ctx.connection()) {
                     f2.on_x(&p2, input.peek());
@@ -814,28 +904,13 @@ fn stop_reading_from_another_connections_callback_takes_effect_at_once() {
     });
     let mut y = connect(server.addr());
     let x = connect(server.addr());
-    let _y_conn = conns.for_peer(y.local_addr().unwrap());
-    let x_conn = conns.for_peer(x.local_addr().unwrap());
+    let _y_conn = conns.of(&y);
+    let x_conn = conns.of(&x);
     *flow.x.lock().unwrap() = Some(x_conn.clone());
 
     // X's peer writes the stream as fast as it can until told to stop.
     let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (pattern, done) = (pattern.clone(), done.clone());
-        let mut x = x;
-        thread::spawn(move || {
-            let mut written = 0usize;
-            while !done.load(Ordering::SeqCst) {
-                let chunk = stream_bytes(&pattern, written, 1 << 20);
-                x.write_all(&chunk).expect("X's peer writes");
-                written += chunk.len();
-            }
-            x.shutdown(Shutdown::Write).unwrap();
-            let (rest, _) = read_until_closed(&mut x);
-            assert!(rest.is_empty());
-            written
-        })
-    };
+    let writer = spawn_writer_until(x, pattern.clone(), done.clone());
 
     let mut ack = [0u8; 1];
     for cycle in 0..8 {
@@ -887,19 +962,12 @@ fn stop_reading_through_the_handle_stops_a_large_read_midway() {
     const TOTAL: usize = 8 << 20;
     let pattern = Arc::new(random_bytes(6, PATTERN_LEN));
     let flow = Arc::new(Flow::default());
-    let conns = Conns::default();
-    let (f2, p2, c2) = (flow.clone(), pattern.clone(), conns.clone());
-    let server = TestServer::start(move || {
+    let (f2, p2) = (flow.clone(), pattern.clone());
+    // Connections start paused, so the peer's 8 MiB pile up in the kernel.
+    let (server, conns) = paused_server(move || {
         TcpServer::builder("stop-midway", localhost())
             .io_threads(1)
             .read_budget(64 << 20)
-            .on_connection(move |c| {
-                if c.is_connected() {
-                    // Start paused, so the peer's 8 MiB pile up in the kernel.
-                    c.stop_reading().unwrap();
-                }
-                c2.on_connection(c);
-            })
             .on_message(move |ctx, input| {
                 f2.on_x(&p2, input.peek());
                 input.consume_all();
@@ -913,8 +981,7 @@ fn stop_reading_through_the_handle_stops_a_large_read_midway() {
                 }
             })
     });
-    let x = connect(server.addr());
-    let x_conn = conns.for_peer(x.local_addr().unwrap());
+    let (x, x_conn) = conns.connect(server.addr());
     let writer = {
         let data = stream_bytes(&pattern, 0, TOTAL);
         let mut x = x;
@@ -952,9 +1019,7 @@ fn stop_reading_through_the_handle_stops_a_large_read_midway() {
         "X's stream arrived altered"
     );
     let mut x = join_within("X's writer", writer);
-    x.shutdown(Shutdown::Write).unwrap();
-    let (rest, end) = read_until_closed(&mut x);
-    assert_eq!((rest.len(), end), (0, End::Eof));
+    expect_clean_end(&mut x, "bytes from the server");
     server.stop();
 }
 
@@ -973,36 +1038,18 @@ fn stop_reading_from_another_thread_takes_effect_at_once() {
     const CYCLES: usize = 200;
     let pattern = Arc::new(random_bytes(12, PATTERN_LEN));
     let flow = Arc::new(Flow::default());
-    let conns = Conns::default();
-    let (f2, p2, c2) = (flow.clone(), pattern.clone(), conns.clone());
-    let server = TestServer::start(move || {
+    let (f2, p2) = (flow.clone(), pattern.clone());
+    let (server, conns) = tracked_server(move || {
         TcpServer::builder("stop-thread", localhost())
             .io_threads(1)
-            .on_connection(move |c| c2.on_connection(c))
             .on_message(move |_, input| {
                 f2.on_x(&p2, input.peek());
                 input.consume_all();
             })
     });
-    let x = connect(server.addr());
-    let x_conn = conns.for_peer(x.local_addr().unwrap());
+    let (x, x_conn) = conns.connect(server.addr());
     let done = Arc::new(AtomicBool::new(false));
-    let writer = {
-        let (pattern, done) = (pattern.clone(), done.clone());
-        let mut x = x;
-        thread::spawn(move || {
-            let mut written = 0usize;
-            while !done.load(Ordering::SeqCst) {
-                let chunk = stream_bytes(&pattern, written, 1 << 20);
-                x.write_all(&chunk).expect("X's peer writes");
-                written += chunk.len();
-            }
-            x.shutdown(Shutdown::Write).unwrap();
-            let (rest, _) = read_until_closed(&mut x);
-            assert!(rest.is_empty());
-            written
-        })
-    };
+    let writer = spawn_writer_until(x, pattern.clone(), done.clone());
     let mut violating_cycles = 0;
     let mut late = 0;
     for _ in 0..CYCLES {
@@ -1091,18 +1138,11 @@ fn read_budget_lets_another_connection_through_a_flood() {
     }
     let seen = Arc::new(Seen::default());
     let pattern = Arc::new(random_bytes(7, PATTERN_LEN));
-    let conns = Conns::default();
-    let (s2, c2, p2) = (seen.clone(), conns.clone(), pattern.clone());
-    let server = TestServer::start(move || {
+    let (s2, p2) = (seen.clone(), pattern.clone());
+    let (server, conns) = paused_server(move || {
         TcpServer::builder("read-budget", localhost())
             .io_threads(1)
             .read_budget(BUDGET)
-            .on_connection(move |c| {
-                if c.is_connected() {
-                    c.stop_reading().unwrap();
-                }
-                c2.on_connection(c);
-            })
             .on_message(move |ctx, input| {
                 let is_f = *s2.f.lock().unwrap() == Some(ctx.connection().id());
                 if is_f {
@@ -1124,8 +1164,8 @@ fn read_budget_lets_another_connection_through_a_flood() {
     let mut s = connect(server.addr());
     s.set_nodelay(true).unwrap();
     let f = connect(server.addr());
-    let s_conn = conns.for_peer(s.local_addr().unwrap());
-    let f_conn = conns.for_peer(f.local_addr().unwrap());
+    let s_conn = conns.of(&s);
+    let f_conn = conns.of(&f);
     *seen.f.lock().unwrap() = Some(f_conn.id());
 
     let written = Arc::new(AtomicUsize::new(0));
@@ -1133,14 +1173,7 @@ fn read_budget_lets_another_connection_through_a_flood() {
         let (pattern, written) = (pattern.clone(), written.clone());
         let mut f = f;
         thread::spawn(move || {
-            let mut at = 0;
-            while at < FLOOD {
-                let chunk = stream_bytes(&pattern, at, (256 << 10).min(FLOOD - at));
-                f.write_all(&chunk).expect("F's peer writes");
-                at += chunk.len();
-                written.store(at, Ordering::SeqCst);
-            }
-            f.shutdown(Shutdown::Write).unwrap();
+            write_stream(&mut f, &pattern, FLOOD, Some(&written), "F's peer");
             let (rest, _) = read_until_closed(&mut f);
             assert!(rest.is_empty());
         })
@@ -1225,19 +1258,13 @@ fn broadcast_reaches_every_connection_in_per_sender_order() {
     init_log();
     const CLIENTS: usize = 6;
     const PER_SENDER: usize = 200;
-    let conns = Conns::default();
-    let c2 = conns.clone();
-    let server = TestServer::start(move || {
+    let (server, conns) = tracked_server(|| {
         TcpServer::builder("broadcast", localhost())
             .io_threads(2)
             // Round robin puts the six connections on both loops for certain.
             .accept_mode(AcceptMode::MainLoop)
-            .on_connection(move |c| c2.on_connection(c))
     });
-    let clients: Vec<TcpStream> = (0..CLIENTS).map(|_| connect(server.addr())).collect();
-    for c in &clients {
-        conns.for_peer(c.local_addr().unwrap());
-    }
+    let (clients, _) = conns.connect_many(server.addr(), CLIENTS);
     assert_eq!(conns.len(), CLIENTS);
     let all = conns.all();
     let loops = all.iter().map(|c| c.loop_handle()).fold(
@@ -1330,12 +1357,9 @@ fn broadcast_reaches_every_connection_in_per_sender_order() {
 #[test]
 fn broadcast_from_a_callback_through_server_connections() {
     init_log();
-    let conns = Conns::default();
-    let c2 = conns.clone();
-    let server = TestServer::start(move || {
+    let (server, conns) = tracked_server(|| {
         TcpServer::builder("chat", localhost())
             .io_threads(2)
-            .on_connection(move |c| c2.on_connection(c))
             .on_message(|ctx, input| {
                 let everyone = ctx.server_connections().expect("a server's connection");
                 while let Some(end) = input.peek().iter().position(|&b| b == b'\n') {
@@ -1399,16 +1423,11 @@ fn broadcast_from_a_callback_through_server_connections() {
 fn broadcast_of_a_large_message_shares_it_instead_of_copying() {
     init_log();
     const BIG: usize = 16 << 20;
-    let conns = Conns::default();
-    let c2 = conns.clone();
-    let server = TestServer::start(move || {
-        TcpServer::builder("shared", localhost())
-            .io_threads(1)
-            .on_connection(move |c| c2.on_connection(c))
-    });
+    let (server, conns) =
+        tracked_server(|| TcpServer::builder("shared", localhost()).io_threads(1));
     let mut c = connect_small_rcvbuf(server.addr());
     // Up on its loop (registered there), so the broadcast below finds it.
-    conns.for_peer(c.local_addr().unwrap());
+    conns.of(&c);
     let msg: Arc<[u8]> = Arc::from(random_bytes(8, BIG));
     let everyone = server.handle().connections();
     everyone.broadcast(msg.clone());
@@ -1440,18 +1459,9 @@ fn broadcast_of_a_large_message_shares_it_instead_of_copying() {
 #[test]
 fn a_panic_in_for_each_closes_only_that_connection() {
     init_log();
-    let conns = Conns::default();
-    let c2 = conns.clone();
-    let server = TestServer::start(move || {
-        TcpServer::builder("for-each-panic", localhost())
-            .io_threads(2)
-            .on_connection(move |c| c2.on_connection(c))
-    });
-    let clients: Vec<TcpStream> = (0..4).map(|_| connect(server.addr())).collect();
-    let all: Vec<TcpConnection> = clients
-        .iter()
-        .map(|c| conns.for_peer(c.local_addr().unwrap()))
-        .collect();
+    let (server, conns) =
+        tracked_server(|| TcpServer::builder("for-each-panic", localhost()).io_threads(2));
+    let (clients, all) = conns.connect_many(server.addr(), 4);
     let victim = all[1].id();
     let visited = Arc::new(AtomicUsize::new(0));
     let v2 = visited.clone();
@@ -1498,10 +1508,7 @@ fn broadcast_on_a_single_reactor_server() {
         server.stop(&mut lp);
     });
     let (addr, everyone, handle) = rx.recv_timeout(LIMIT).expect("the server started");
-    let mut clients: Vec<TcpStream> = (0..2).map(|_| connect(addr)).collect();
-    for c in &clients {
-        conns.for_peer(c.local_addr().unwrap());
-    }
+    let (mut clients, _) = conns.connect_many(addr, 2);
     everyone.broadcast(&b"to both\n"[..]);
     for c in &mut clients {
         assert_eq!(read_n(c, 8), b"to both\n");
@@ -1534,6 +1541,18 @@ fn relay_b(a: &TcpConnection) -> Option<TcpConnection> {
         .flatten()
 }
 
+/// From a callback of another connection of `to`'s loop (`lp` its loop): sends `bytes`
+/// into `to` at once through `with_ctx` and records in `peak` the largest output length
+/// `to` had right after such a send.
+fn forward(to: &TcpConnection, lp: &mut EventLoop, bytes: &[u8], peak: &AtomicUsize) {
+    if let Ok(queued) = to.with_ctx(lp, |ctx| {
+        ctx.send(bytes);
+        ctx.output_len()
+    }) {
+        peak.fetch_max(queued, Ordering::SeqCst);
+    }
+}
+
 /// What the relay saw.
 #[derive(Default)]
 struct RelaySeen {
@@ -1560,19 +1579,9 @@ struct RelaySeen {
 #[test]
 fn relay_with_notify_and_with_ctx_keeps_both_directions_bounded() {
     init_log();
-    let backend_conns = Conns::default();
-    let bc = backend_conns.clone();
-    let backend = TestServer::start(move || {
-        util::echo_builder("backend", localhost())
-            .io_threads(1)
-            .on_connection(move |c| {
-                if c.is_connected() {
-                    // Reads nothing until the test says so.
-                    c.stop_reading().unwrap();
-                }
-                bc.on_connection(c);
-            })
-    });
+    // The backend reads nothing until the test says so.
+    let (backend, backend_conns) =
+        paused_server(|| util::echo_builder("backend", localhost()).io_threads(1));
     let backend_addr = backend.addr();
     let seen = Arc::new(RelaySeen::default());
     let (s1, s2, s3) = (seen.clone(), seen.clone(), seen.clone());
@@ -1601,12 +1610,7 @@ fn relay_with_notify_and_with_ctx_keeps_both_directions_bounded() {
                     })
                     .on_message(move |bctx, input| {
                         // Backend to client, into A at once.
-                        if let Ok(queued) = a2.with_ctx(bctx.event_loop(), |actx| {
-                            actx.send(input.peek());
-                            actx.output_len()
-                        }) {
-                            s1.peak_to_client.fetch_max(queued, Ordering::SeqCst);
-                        }
+                        forward(&a2, bctx.event_loop(), input.peek(), &s1.peak_to_client);
                         input.consume_all();
                     })
                     .on_high_water_mark(move |_, _| {
@@ -1628,12 +1632,7 @@ fn relay_with_notify_and_with_ctx_keeps_both_directions_bounded() {
             .on_message(move |actx, input| {
                 // Client to backend, into B at once.
                 let b = relay_b(actx.connection()).expect("A reads only once B is up");
-                if let Ok(queued) = b.with_ctx(actx.event_loop(), |bctx| {
-                    bctx.send(input.peek());
-                    bctx.output_len()
-                }) {
-                    s2.peak_to_backend.fetch_max(queued, Ordering::SeqCst);
-                }
+                forward(&b, actx.event_loop(), input.peek(), &s2.peak_to_backend);
                 input.consume_all();
             })
             .on_high_water_mark(move |actx, _| {
@@ -1668,15 +1667,7 @@ fn relay_with_notify_and_with_ctx_keeps_both_directions_bounded() {
     let writer = {
         let pattern = pattern.clone();
         let mut c = c.try_clone().unwrap();
-        thread::spawn(move || {
-            let mut at = 0;
-            while at < RELAY_BYTES {
-                let chunk = stream_bytes(&pattern, at, (256 << 10).min(RELAY_BYTES - at));
-                c.write_all(&chunk).expect("the client writes");
-                at += chunk.len();
-            }
-            c.shutdown(Shutdown::Write).unwrap();
-        })
+        thread::spawn(move || write_stream(&mut c, &pattern, RELAY_BYTES, None, "the client"))
     };
     wait_until("B's high-water mark (the backend reads nothing)", || {
         seen.b_high.load(Ordering::SeqCst) >= 1
@@ -1773,15 +1764,9 @@ struct Session {
 #[test]
 fn context_errors_name_the_types_and_a_wrong_take_leaves_the_context() {
     init_log();
-    let conns = Conns::default();
-    let c2 = conns.clone();
-    let server = TestServer::start(move || {
-        TcpServer::builder("context", localhost())
-            .io_threads(1)
-            .on_connection(move |c| c2.on_connection(c))
-    });
-    let c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (server, conns) =
+        tracked_server(|| TcpServer::builder("context", localhost()).io_threads(1));
+    let (c, conn) = conns.connect(server.addr());
     let session = std::any::type_name::<Session>();
 
     assert_eq!(
@@ -1882,6 +1867,22 @@ fn failing_client(
     (b.connect(lp.handle()), rx, ups)
 }
 
+/// Expects the next `on_connect_failed` calls to be `want`, in order.
+fn expect_failures(failures: &mpsc::Receiver<Failure>, want: &[Failure], what: &str) {
+    for &w in want {
+        assert_eq!(
+            failures.recv_timeout(LIMIT).expect("a connect failure"),
+            w,
+            "{what}"
+        );
+    }
+}
+
+/// Expects no `on_connect_failed` call within many retry delays: the client gave up.
+fn expect_given_up(failures: &mpsc::Receiver<Failure>) {
+    assert!(failures.recv_timeout(Duration::from_millis(300)).is_err());
+}
+
 /// `max_attempts(3)` against a port nothing listens on: `on_connect_failed` runs three
 /// times (attempts 1, 2, 3; will_retry true, true, false; `ConnectionRefused`), then the
 /// client stops trying (no call, `attempts()` stays 3). `connect()` starts over: three
@@ -1902,22 +1903,13 @@ fn connect_failures_are_reported_and_max_attempts_stops_retrying() {
         (3, false, ErrorKind::ConnectionRefused),
     ];
     for round in 1..=2u64 {
-        for want in expected {
-            assert_eq!(
-                failures.recv_timeout(LIMIT).expect("a connect failure"),
-                want,
-                "round {round}"
-            );
-        }
-        // Given up: nothing more within many retry delays.
-        assert!(failures.recv_timeout(Duration::from_millis(300)).is_err());
+        expect_failures(&failures, &expected, &format!("round {round}"));
+        expect_given_up(&failures);
         assert_eq!(client.attempts(), 3 * round);
         assert!(client.connection().is_none());
         client.connect();
     }
-    for want in expected {
-        assert_eq!(failures.recv_timeout(LIMIT).expect("a failure"), want);
-    }
+    expect_failures(&failures, &expected, "round 3");
     assert_eq!(client.attempts(), 9);
     assert_eq!(ups.load(Ordering::SeqCst), 0);
     client.stop();
@@ -1942,17 +1934,17 @@ fn connect_timeout_fails_an_attempt_that_gets_no_answer() {
     let lp = EventLoopThread::spawn("timeout-client", None).unwrap();
     let started = Instant::now();
     let (client, failures, ups) = failing_client(addr, &lp, 2, Some(Duration::from_millis(200)));
-    assert_eq!(
-        failures.recv_timeout(LIMIT).expect("a failure"),
-        (1, true, ErrorKind::TimedOut)
-    );
-    assert_eq!(
-        failures.recv_timeout(LIMIT).expect("a failure"),
-        (2, false, ErrorKind::TimedOut)
+    expect_failures(
+        &failures,
+        &[
+            (1, true, ErrorKind::TimedOut),
+            (2, false, ErrorKind::TimedOut),
+        ],
+        "connect timeouts",
     );
     // Not a timing claim: the two failures cannot have come before two timeouts.
     assert!(started.elapsed() >= Duration::from_millis(400));
-    assert!(failures.recv_timeout(Duration::from_millis(300)).is_err());
+    expect_given_up(&failures);
     assert_eq!(client.attempts(), 2);
     assert_eq!(ups.load(Ordering::SeqCst), 0);
     client.stop();
@@ -1985,15 +1977,15 @@ fn reconnect_failures_count_from_one_after_a_connection() {
     assert_eq!(ups.recv_timeout(LIMIT), Ok(true));
     server.stop();
     assert_eq!(ups.recv_timeout(LIMIT), Ok(false));
-    assert_eq!(
-        failures.recv_timeout(LIMIT).expect("a failure"),
-        (1, true, ErrorKind::ConnectionRefused)
+    expect_failures(
+        &failures,
+        &[
+            (1, true, ErrorKind::ConnectionRefused),
+            (2, false, ErrorKind::ConnectionRefused),
+        ],
+        "reconnect attempts",
     );
-    assert_eq!(
-        failures.recv_timeout(LIMIT).expect("a failure"),
-        (2, false, ErrorKind::ConnectionRefused)
-    );
-    assert!(failures.recv_timeout(Duration::from_millis(300)).is_err());
+    expect_given_up(&failures);
     assert_eq!(client.attempts(), 3);
     client.stop();
     lp.stop().unwrap();
@@ -2005,30 +1997,23 @@ fn reconnect_failures_count_from_one_after_a_connection() {
 
 const DRAIN_BYTES: usize = 16 << 20;
 
-/// A server whose connections start paused and record every byte, and report their
-/// close reason.
 /// Every byte a server received.
 type Received = Arc<Mutex<Vec<u8>>>;
 
+/// A server whose connections start paused and record every byte, and report their
+/// close reason.
 fn recording_server() -> (
     TestServer,
     Conns,
     Received,
     mpsc::Receiver<Option<CloseReason>>,
 ) {
-    let conns = Conns::default();
     let got: Arc<Mutex<Vec<u8>>> = Arc::default();
     let (tx, closed) = mpsc::channel();
-    let (c2, g2) = (conns.clone(), got.clone());
-    let server = TestServer::start(move || {
+    let g2 = got.clone();
+    let (server, conns) = paused_server(move || {
         TcpServer::builder("drain", localhost())
             .io_threads(1)
-            .on_connection(move |c| {
-                if c.is_connected() {
-                    c.stop_reading().unwrap();
-                }
-                c2.on_connection(c);
-            })
             .on_message(move |_, input| {
                 g2.lock().unwrap().extend_from_slice(input.peek());
                 input.consume_all();
@@ -2055,15 +2040,48 @@ fn client_with_queued_output(
     });
     let conn = conn.unwrap();
     conn.send(data.to_vec()).expect("connected");
-    let (tx, rx) = mpsc::channel();
-    conn.queue_in_loop(move |ctx| {
-        let _ = tx.send(ctx.output_len());
-    })
-    .unwrap();
-    let queued = rx.recv_timeout(LIMIT).expect("ran");
+    let queued = output_len_on_loop(&conn);
     println!("client: {queued} of {} bytes still queued", data.len());
     assert!(queued > 0, "the kernel took all 16 MiB: nothing to drain");
     (client, conn)
+}
+
+/// What the client-drain tests start from.
+struct Drain {
+    server: TestServer,
+    /// Every byte the server received.
+    got: Received,
+    /// The server's close reasons.
+    closed: mpsc::Receiver<Option<CloseReason>>,
+    /// The client's loop.
+    lp: EventLoopThread,
+    /// What the client sent (`DRAIN_BYTES`).
+    data: Vec<u8>,
+    client: TcpClient,
+    /// The client's connection.
+    conn: TcpConnection,
+    /// The server's side of it (reading stopped).
+    server_conn: TcpConnection,
+}
+
+/// A [`recording_server`] and, on a loop thread named `lp_name`, a client with
+/// `DRAIN_BYTES` random bytes (seeded `seed`) queued ([`client_with_queued_output`]).
+fn drain_setup(lp_name: &str, seed: u64) -> Drain {
+    let (server, conns, got, closed) = recording_server();
+    let lp = EventLoopThread::spawn(lp_name, None).unwrap();
+    let data = random_bytes(seed, DRAIN_BYTES);
+    let (client, conn) = client_with_queued_output(server.addr(), &lp, &data);
+    let server_conn = conns.for_peer(conn.local_addr());
+    Drain {
+        server,
+        got,
+        closed,
+        lp,
+        data,
+        client,
+        conn,
+        server_conn,
+    }
 }
 
 /// `disconnect()` then dropping the `TcpClient`: the connection goes on by itself,
@@ -2074,32 +2092,28 @@ fn client_with_queued_output(
 #[test]
 fn client_disconnect_then_drop_drains_the_output() {
     init_log();
-    let (server, conns, got, closed) = recording_server();
-    let lp = EventLoopThread::spawn("drain-client", None).unwrap();
-    let data = random_bytes(9, DRAIN_BYTES);
-    let (client, conn) = client_with_queued_output(server.addr(), &lp, &data);
-    let server_conn = conns.for_peer(conn.local_addr());
-    client.disconnect();
-    drop(client);
+    let d = drain_setup("drain-client", 9);
+    d.client.disconnect();
+    drop(d.client);
     wait_until("the client's connection to be disconnecting", || {
-        conn.state() == ConnState::Disconnecting
+        d.conn.state() == ConnState::Disconnecting
     });
     thread::sleep(Duration::from_millis(100));
     assert!(
-        !conn.is_closed(),
+        !d.conn.is_closed(),
         "dropped after disconnect: closed before draining"
     );
 
-    server_conn.start_reading().unwrap();
-    let reason = closed.recv_timeout(LIMIT).expect("the server's close");
+    d.server_conn.start_reading().unwrap();
+    let reason = d.closed.recv_timeout(LIMIT).expect("the server's close");
     assert_eq!(reason, Some(CloseReason::Peer));
-    let received = std::mem::take(&mut *got.lock().unwrap());
+    let received = std::mem::take(&mut *d.got.lock().unwrap());
     assert_eq!(received.len(), DRAIN_BYTES, "bytes lost in the drain");
-    assert!(received == data, "the drained bytes arrived altered");
-    wait_until("the client's connection to close", || conn.is_closed());
-    assert_eq!(conn.close_reason(), Some(CloseReason::Peer));
-    lp.stop().unwrap();
-    server.stop();
+    assert!(received == d.data, "the drained bytes arrived altered");
+    wait_until("the client's connection to close", || d.conn.is_closed());
+    assert_eq!(d.conn.close_reason(), Some(CloseReason::Peer));
+    d.lp.stop().unwrap();
+    d.server.stop();
 }
 
 /// Dropping the `TcpClient` without `disconnect` closes its connection at once
@@ -2109,17 +2123,13 @@ fn client_disconnect_then_drop_drains_the_output() {
 #[test]
 fn client_drop_without_disconnect_closes_at_once() {
     init_log();
-    let (server, conns, got, closed) = recording_server();
-    let lp = EventLoopThread::spawn("drop-client", None).unwrap();
-    let data = random_bytes(10, DRAIN_BYTES);
-    let (client, conn) = client_with_queued_output(server.addr(), &lp, &data);
-    let server_conn = conns.for_peer(conn.local_addr());
-    drop(client);
-    wait_until("the client's connection to close", || conn.is_closed());
-    assert_eq!(conn.close_reason(), Some(CloseReason::User));
+    let d = drain_setup("drop-client", 10);
+    drop(d.client);
+    wait_until("the client's connection to close", || d.conn.is_closed());
+    assert_eq!(d.conn.close_reason(), Some(CloseReason::User));
 
-    server_conn.start_reading().unwrap();
-    let reason = closed.recv_timeout(LIMIT).expect("the server's close");
+    d.server_conn.start_reading().unwrap();
+    let reason = d.closed.recv_timeout(LIMIT).expect("the server's close");
     assert!(
         matches!(
             reason,
@@ -2127,18 +2137,18 @@ fn client_drop_without_disconnect_closes_at_once() {
         ),
         "{reason:?}"
     );
-    let received = std::mem::take(&mut *got.lock().unwrap());
+    let received = std::mem::take(&mut *d.got.lock().unwrap());
     println!("dropped client: the server got {} bytes", received.len());
     assert!(
         received.len() < DRAIN_BYTES,
         "all {DRAIN_BYTES} bytes arrived although the client was dropped"
     );
     assert!(
-        received[..] == data[..received.len()],
+        received[..] == d.data[..received.len()],
         "what arrived is not a prefix of what was sent"
     );
-    lp.stop().unwrap();
-    server.stop();
+    d.lp.stop().unwrap();
+    d.server.stop();
 }
 
 // ---------------------------------------------------------------------------------------
@@ -2176,11 +2186,13 @@ fn reason_server(
     (server, conns, rx)
 }
 
-/// Waits for one close and checks that both callbacks saw `want`.
-fn expect_reason(rx: &Reasons, want: CloseReason) {
+/// Waits for one close and checks that both callbacks saw `want`, and that `conn` (the
+/// connection that closed) reports it too.
+fn expect_reason(rx: &Reasons, conn: &TcpConnection, want: CloseReason) {
     let (at_down, at_close) = rx.recv_timeout(LIMIT).expect("a close");
     assert_eq!(at_down, Some(want), "reason seen by the \"down\" callback");
     assert_eq!(at_close, Some(want), "reason seen by the close callback");
+    assert_eq!(conn.close_reason(), Some(want));
 }
 
 /// The peer's end of stream: `CloseReason::Peer`, after its bytes were delivered.
@@ -2188,13 +2200,11 @@ fn expect_reason(rx: &Reasons, want: CloseReason) {
 fn close_reason_peer_on_eof() {
     init_log();
     let (server, conns, rx) = reason_server(|| util::echo_builder("reason-peer", localhost()));
-    let mut c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (mut c, conn) = conns.connect(server.addr());
     util::echo_once(&mut c, b"hello");
     let echoed = util::finish(c);
     assert!(echoed.is_empty());
-    expect_reason(&rx, CloseReason::Peer);
-    assert_eq!(conn.close_reason(), Some(CloseReason::Peer));
+    expect_reason(&rx, &conn, CloseReason::Peer);
     server.stop();
 }
 
@@ -2205,10 +2215,8 @@ fn close_reason_idle() {
     let (server, conns, rx) = reason_server(|| {
         TcpServer::builder("reason-idle", localhost()).idle_timeout(Duration::from_millis(200))
     });
-    let mut c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
-    expect_reason(&rx, CloseReason::Idle);
-    assert_eq!(conn.close_reason(), Some(CloseReason::Idle));
+    let (mut c, conn) = conns.connect(server.addr());
+    expect_reason(&rx, &conn, CloseReason::Idle);
     let (_, end) = read_until_closed(&mut c);
     assert_eq!(end, End::Eof);
     server.stop();
@@ -2223,12 +2231,10 @@ fn close_reason_input_too_large() {
             .max_input(64 << 10)
             .on_message(|_, _| {}) // never consumes
     });
-    let mut c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (mut c, conn) = conns.connect(server.addr());
     // The server may close (even reset) before all of it is written.
     let _ = c.write_all(&vec![1u8; 1 << 20]);
-    expect_reason(&rx, CloseReason::InputTooLarge);
-    assert_eq!(conn.close_reason(), Some(CloseReason::InputTooLarge));
+    expect_reason(&rx, &conn, CloseReason::InputTooLarge);
     let _ = read_until_closed(&mut c);
     server.stop();
 }
@@ -2245,11 +2251,9 @@ fn close_reason_panic() {
             input.consume_all();
         })
     });
-    let mut c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (mut c, conn) = conns.connect(server.addr());
     c.write_all(b"boom").unwrap();
-    expect_reason(&rx, CloseReason::Panic);
-    assert_eq!(conn.close_reason(), Some(CloseReason::Panic));
+    expect_reason(&rx, &conn, CloseReason::Panic);
     let _ = read_until_closed(&mut c);
     server.stop();
 }
@@ -2266,19 +2270,15 @@ fn close_reason_user_on_force_close() {
             input.consume_all();
         })
     });
-    let mut c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (mut c, conn) = conns.connect(server.addr());
     c.write_all(b"close").unwrap();
-    expect_reason(&rx, CloseReason::User);
-    assert_eq!(conn.close_reason(), Some(CloseReason::User));
+    expect_reason(&rx, &conn, CloseReason::User);
     let (_, end) = read_until_closed(&mut c);
     assert_eq!(end, End::Eof);
 
-    let mut c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (mut c, conn) = conns.connect(server.addr());
     conn.force_close().unwrap();
-    expect_reason(&rx, CloseReason::User);
-    assert_eq!(conn.close_reason(), Some(CloseReason::User));
+    expect_reason(&rx, &conn, CloseReason::User);
     let (_, end) = read_until_closed(&mut c);
     assert_eq!(end, End::Eof);
     server.stop();
@@ -2297,18 +2297,13 @@ fn close_reason_error_on_reset() {
             input.consume_all();
         })
     });
-    let mut c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (mut c, conn) = conns.connect(server.addr());
     c.write_all(b"last words").unwrap();
     wait_until("the bytes before the reset", || {
         got.load(Ordering::SeqCst) == 10
     });
     reset(c);
-    expect_reason(&rx, CloseReason::Error(ErrorKind::ConnectionReset));
-    assert_eq!(
-        conn.close_reason(),
-        Some(CloseReason::Error(ErrorKind::ConnectionReset))
-    );
+    expect_reason(&rx, &conn, CloseReason::Error(ErrorKind::ConnectionReset));
     server.stop();
 }
 
@@ -2319,11 +2314,9 @@ fn close_reason_shutdown_at_the_deadline() {
     init_log();
     let (mut server, conns, rx) =
         reason_server(|| TcpServer::builder("reason-shutdown", localhost()));
-    let c = connect(server.addr());
-    let conn = conns.for_peer(c.local_addr().unwrap());
+    let (c, conn) = conns.connect(server.addr());
     server.shutdown_and_join(Duration::from_millis(200));
-    expect_reason(&rx, CloseReason::Shutdown);
-    assert_eq!(conn.close_reason(), Some(CloseReason::Shutdown));
+    expect_reason(&rx, &conn, CloseReason::Shutdown);
     drop(c);
 }
 
@@ -2344,20 +2337,18 @@ fn held_input_is_delivered_when_backpressure_lifts_the_pause() {
     const REPLY: usize = 16 << 20;
     const CYCLES: usize = 100;
     let received = Arc::new(AtomicUsize::new(0));
-    let conns = Conns::default();
-    let (r2, c2) = (received.clone(), conns.clone());
-    let server = TestServer::start(move || {
+    let r2 = received.clone();
+    let (server, conns) = tracked_server(move || {
         TcpServer::builder("held", localhost())
             .io_threads(1)
             .water_marks(64 << 10, 32 << 10)
-            .on_connection(move |c| c2.on_connection(c))
             .on_message(move |_, input| {
                 r2.fetch_add(input.len(), Ordering::SeqCst);
                 input.consume_all();
             })
     });
     let mut client = connect_small_rcvbuf(server.addr());
-    let x = conns.for_peer(client.local_addr().unwrap());
+    let x = conns.of(&client);
     let mut rng = Rng::new(7);
     let request = vec![7u8; REQ];
     let mut reply = vec![0u8; REPLY];

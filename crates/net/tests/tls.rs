@@ -6,7 +6,7 @@
 
 mod util;
 
-use std::io::{ErrorKind, Read, Write};
+use std::io::{self, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -14,7 +14,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::tls::{self, rustls};
-use duo_net::{CloseReason, EventLoop, TcpClient, TcpServer, TlsFailure};
+use duo_net::{
+    ClientBuilder, CloseReason, ConnCtx, EventLoop, ServerBuilder, TcpClient, TcpServer, TlsFailure,
+};
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
@@ -78,6 +80,29 @@ struct Seen {
     high_water: AtomicBool,
 }
 
+/// A builder for a TLS server on loopback with one I/O thread.
+fn tls_builder(name: &str, config: Arc<rustls::ServerConfig>) -> ServerBuilder {
+    TcpServer::builder(name, localhost())
+        .io_threads(1)
+        .tls(config)
+}
+
+/// A builder for a duo TLS client of `addr` that trusts the test CA and expects the
+/// server to be `server_name`.
+fn tls_client(name: &str, addr: SocketAddr, pki: &Pki, server_name: &str) -> ClientBuilder {
+    TcpClient::builder(name, addr).tls(pki.client_config(), tls::server_name(server_name).unwrap())
+}
+
+/// From a message callback: stops reading on the connection and resumes it from a timer
+/// after `delay`.
+fn pause_reading_for(ctx: &mut ConnCtx<'_>, delay: Duration) {
+    ctx.stop_reading();
+    let conn = ctx.connection().clone();
+    ctx.event_loop().run_after(delay, move |_| {
+        let _ = conn.start_reading();
+    });
+}
+
 /// A TLS echo server that records its connections' ups and close reasons.
 fn tls_echo(
     pki: &Pki,
@@ -89,9 +114,7 @@ fn tls_echo(
     let server = TestServer::start(move || {
         let (s1, s2) = (s.clone(), s.clone());
         build(
-            TcpServer::builder("tls-echo", localhost())
-                .io_threads(1)
-                .tls(config)
+            tls_builder("tls-echo", config)
                 .on_connection(move |conn| {
                     if conn.is_connected() {
                         s1.up.fetch_add(1, Ordering::SeqCst);
@@ -123,13 +146,71 @@ fn rustls_client(
     StreamOwned::new(conn, sock)
 }
 
-/// One echo through a fresh client: the server still serves.
-fn good_echo(addr: SocketAddr, pki: &Pki) {
-    let mut c = rustls_client(addr, pki.client_config(), "localhost");
-    c.write_all(b"still serving").unwrap();
-    let mut back = [0u8; 13];
+/// A rustls client connected to `addr` (see [`rustls_client`]) with its handshake done
+/// (reads bounded by [`LIMIT`]), as a socket and a rustls connection to drive by hand.
+fn handshaken(addr: SocketAddr, pki: &Pki) -> (TcpStream, ClientConnection) {
+    let mut sock = TcpStream::connect(addr).unwrap();
+    sock.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut conn = client_conn(pki);
+    while conn.is_handshaking() {
+        conn.complete_io(&mut sock).unwrap();
+    }
+    (sock, conn)
+}
+
+/// A rustls client connection (not connected) that trusts the test CA and expects
+/// "localhost".
+fn client_conn(pki: &Pki) -> ClientConnection {
+    ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap()
+}
+
+/// The TLS records `conn` has queued to send, taken out of it.
+fn pending_tls(conn: &mut ClientConnection) -> Vec<u8> {
+    let mut wire = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut wire).unwrap();
+    }
+    wire
+}
+
+/// Sends `msg` and expects exactly `msg` back.
+fn echo_through(c: &mut (impl Read + Write), msg: &[u8]) {
+    c.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
     c.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"still serving");
+    assert_eq!(back, msg);
+}
+
+/// One echo through a fresh client (the server still serves), then a graceful stop.
+fn good_echo_then_stop(server: TestServer, pki: &Pki) {
+    let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
+    echo_through(&mut c, b"still serving");
+    drop(c);
+    server.stop();
+}
+
+/// Waits for the server to count one connection closed as a TLS failure.
+fn wait_one_tls_failure(server: &TestServer) {
+    wait_until("the server closes it as a TLS failure", || {
+        tls_closes(server) == 1
+    });
+}
+
+/// Writes a byte and reads one through a client whose handshake is expected to fail;
+/// returns how the first of these that failed failed.
+fn first_exchange(c: &mut StreamOwned<ClientConnection, TcpStream>) -> io::Result<()> {
+    c.write_all(b"x").and_then(|_| c.flush()).and_then(|_| {
+        let mut b = [0u8; 1];
+        c.read(&mut b).map(|_| ())
+    })
+}
+
+/// Waits for the server to see one close, and expects its reason to be `want`.
+fn expect_one_close(seen: &Seen, want: CloseReason) {
+    wait_until("the close is seen", || {
+        !seen.reasons.lock().unwrap().is_empty()
+    });
+    assert_eq!(seen.reasons.lock().unwrap().as_slice(), [want]);
 }
 
 /// Reads from a raw socket until the server closes it; true if it did within LIMIT.
@@ -148,13 +229,7 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 
 /// A real ClientHello, as a rustls client sends it first.
 fn client_hello(pki: &Pki) -> Vec<u8> {
-    let mut conn =
-        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
-    let mut hello = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut hello).unwrap();
-    }
-    hello
+    pending_tls(&mut client_conn(pki))
 }
 
 fn tls_closes(server: &TestServer) -> u64 {
@@ -166,10 +241,7 @@ fn rustls_client_echoes_and_close_notify_ends_it() {
     let pki = pki();
     let (server, seen) = tls_echo(&pki, |b| b);
     let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
-    c.write_all(b"hello over tls").unwrap();
-    let mut back = [0u8; 14];
-    c.read_exact(&mut back).unwrap();
-    assert_eq!(&back, b"hello over tls");
+    echo_through(&mut c, b"hello over tls");
     assert_eq!(seen.up.load(Ordering::SeqCst), 1);
     // Our close_notify is the server's end of stream: it answers with its own and closes.
     c.conn.send_close_notify();
@@ -213,13 +285,7 @@ fn half_close_with_close_notify_still_gets_late_replies() {
 /// (the server's output passed its high-water mark: the kernel's buffers both ways are
 /// full) or everything is sent, then reads and writes until everything came back.
 fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], paused: &AtomicBool, deadline: Instant) {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    let mut conn =
-        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
-    sock.set_read_timeout(Some(LIMIT)).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).unwrap();
-    }
+    let (mut sock, mut conn) = handshaken(addr, pki);
     sock.set_nonblocking(true).unwrap();
     let (mut sent, mut received) = (0, 0);
     let mut reading = false;
@@ -331,8 +397,7 @@ fn duo_client_against_a_rustls_server_large_transfer_and_close_notify() {
     let (d, g) = (data.clone(), got.clone());
     let g2 = got.clone();
     let want = data.len();
-    let client = TcpClient::builder("tls-client", addr)
-        .tls(pki.client_config(), tls::server_name("localhost").unwrap())
+    let client = tls_client("tls-client", addr, &pki, "localhost")
         .water_marks(64 << 10, 16 << 10)
         .on_connection(move |conn| {
             if conn.is_connected() {
@@ -372,21 +437,15 @@ fn a_client_that_does_not_trust_the_certificate_fails_and_the_server_goes_on() {
     let (server, seen) = tls_echo(&pki, |b| b);
     let other = self::pki(); // another CA
     let mut c = rustls_client(server.addr(), other.client_config(), "localhost");
-    let err = c.write_all(b"x").and_then(|_| c.flush()).and_then(|_| {
-        let mut b = [0u8; 1];
-        c.read(&mut b).map(|_| ())
-    });
+    let err = first_exchange(&mut c);
     assert!(err.is_err(), "the client refuses the server's certificate");
-    wait_until("the server closes it as a TLS failure", || {
-        tls_closes(&server) == 1
-    });
+    wait_one_tls_failure(&server);
     assert_eq!(seen.up.load(Ordering::SeqCst), 0, "never up");
     assert!(
         seen.reasons.lock().unwrap().is_empty(),
         "no callback for the failed one"
     );
-    good_echo(server.addr(), &pki);
-    server.stop();
+    good_echo_then_stop(server, &pki);
 }
 
 #[test]
@@ -394,21 +453,15 @@ fn a_wrong_server_name_fails_the_handshake() {
     let pki = pki();
     let (server, seen) = tls_echo(&pki, |b| b);
     let mut c = rustls_client(server.addr(), pki.client_config(), "example.com");
-    let err = c.write_all(b"x").and_then(|_| c.flush()).and_then(|_| {
-        let mut b = [0u8; 1];
-        c.read(&mut b).map(|_| ())
-    });
+    let err = first_exchange(&mut c);
     let err = err.expect_err("the name does not match");
     assert!(
         err.to_string().contains("NotValidForName") || err.to_string().contains("name"),
         "{err}"
     );
-    wait_until("the server closes it as a TLS failure", || {
-        tls_closes(&server) == 1
-    });
+    wait_one_tls_failure(&server);
     assert_eq!(seen.up.load(Ordering::SeqCst), 0);
-    good_echo(server.addr(), &pki);
-    server.stop();
+    good_echo_then_stop(server, &pki);
 }
 
 #[test]
@@ -419,10 +472,9 @@ fn plaintext_sent_to_the_tls_port_is_refused() {
     s.write_all(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .unwrap();
     assert!(closed_by_server(&mut s));
-    wait_until("counted as a TLS failure", || tls_closes(&server) == 1);
+    wait_one_tls_failure(&server);
     assert_eq!(seen.up.load(Ordering::SeqCst), 0);
-    good_echo(server.addr(), &pki);
-    server.stop();
+    good_echo_then_stop(server, &pki);
 }
 
 #[test]
@@ -434,9 +486,8 @@ fn a_truncated_handshake_is_closed() {
     s.write_all(&hello[..hello.len() / 2]).unwrap();
     s.shutdown(Shutdown::Write).unwrap();
     assert!(closed_by_server(&mut s));
-    wait_until("counted as a TLS failure", || tls_closes(&server) == 1);
-    good_echo(server.addr(), &pki);
-    server.stop();
+    wait_one_tls_failure(&server);
+    good_echo_then_stop(server, &pki);
 }
 
 #[test]
@@ -454,70 +505,37 @@ fn a_stalled_handshake_times_out() {
         started.elapsed() >= timeout,
         "closed by the timeout, not before"
     );
-    wait_until("counted as a TLS failure", || tls_closes(&server) == 1);
-    good_echo(server.addr(), &pki);
-    server.stop();
+    wait_one_tls_failure(&server);
+    good_echo_then_stop(server, &pki);
 }
 
 #[test]
 fn a_peer_that_stops_mid_record_is_closed_as_truncated() {
     let pki = pki();
     let (server, seen) = tls_echo(&pki, |b| b);
-    let mut sock = TcpStream::connect(server.addr()).unwrap();
-    sock.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut conn =
-        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).unwrap();
-    }
+    let (mut sock, mut conn) = handshaken(server.addr(), &pki);
     conn.writer().write_all(&[7u8; 1000]).unwrap();
-    let mut record = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut record).unwrap();
-    }
+    let record = pending_tls(&mut conn);
     sock.write_all(&record[..record.len() / 2]).unwrap();
     sock.shutdown(Shutdown::Write).unwrap();
     assert!(closed_by_server(&mut sock));
-    wait_until("the close is seen", || {
-        !seen.reasons.lock().unwrap().is_empty()
-    });
-    assert_eq!(
-        seen.reasons.lock().unwrap().as_slice(),
-        [CloseReason::Tls(TlsFailure::Truncated)]
-    );
-    good_echo(server.addr(), &pki);
-    server.stop();
+    expect_one_close(&seen, CloseReason::Tls(TlsFailure::Truncated));
+    good_echo_then_stop(server, &pki);
 }
 
 #[test]
 fn a_garbled_record_after_the_handshake_is_a_protocol_error() {
     let pki = pki();
     let (server, seen) = tls_echo(&pki, |b| b);
-    let mut sock = TcpStream::connect(server.addr()).unwrap();
-    sock.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut conn =
-        ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).unwrap();
-    }
+    let (mut sock, mut conn) = handshaken(server.addr(), &pki);
     conn.writer().write_all(b"hello").unwrap();
-    let mut record = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut record).unwrap();
-    }
+    let mut record = pending_tls(&mut conn);
     let last = record.len() - 1;
     record[last] ^= 0xff; // the authentication tag no longer matches
     sock.write_all(&record).unwrap();
     assert!(closed_by_server(&mut sock));
-    wait_until("the close is seen", || {
-        !seen.reasons.lock().unwrap().is_empty()
-    });
-    assert_eq!(
-        seen.reasons.lock().unwrap().as_slice(),
-        [CloseReason::Tls(TlsFailure::Protocol)]
-    );
-    good_echo(server.addr(), &pki);
-    server.stop();
+    expect_one_close(&seen, CloseReason::Tls(TlsFailure::Protocol));
+    good_echo_then_stop(server, &pki);
 }
 
 #[test]
@@ -558,25 +576,15 @@ fn a_duo_client_whose_handshake_fails_sees_no_callback() {
     let mut lp = EventLoop::new().unwrap();
     let called = Arc::new(AtomicBool::new(false));
     let c = called.clone();
-    let client = TcpClient::builder("tls-wrong-name", server.addr())
-        .tls(
-            pki.client_config(),
-            tls::server_name("example.com").unwrap(),
-        )
+    let client = tls_client("tls-wrong-name", server.addr(), &pki, "example.com")
         .on_connection(move |_| c.store(true, Ordering::SeqCst))
         .connect(&lp.handle());
-    let deadline = Instant::now() + LIMIT;
-    while client.stats().closes.tls == 0 && Instant::now() < deadline {
-        let until = lp.run_after(Duration::from_millis(20), |lp| lp.quit());
-        lp.run().unwrap();
-        lp.cancel(until);
-    }
+    spin_until(&mut lp, || client.stats().closes.tls != 0);
     assert_eq!(client.stats().closes.tls, 1, "closed as a TLS failure");
     assert!(!called.load(Ordering::SeqCst), "never up, so no callback");
     assert!(client.connection().is_none());
     drop(client);
-    good_echo(server.addr(), &pki);
-    server.stop();
+    good_echo_then_stop(server, &pki);
 }
 
 /// A callback that consumes everything gets all of a transfer whose plaintext per read is
@@ -685,8 +693,7 @@ fn a_tls_client_publishes_its_connection_once_up_and_nothing_sent_is_cut() {
     let mut lp = EventLoop::new().unwrap();
     let up = Arc::new(AtomicBool::new(false));
     let u = up.clone();
-    let client = TcpClient::builder("publish", addr)
-        .tls(pki.client_config(), tls::server_name("localhost").unwrap())
+    let client = tls_client("publish", addr, &pki, "localhost")
         .on_connection(move |c| {
             if c.is_connected() {
                 u.store(true, Ordering::SeqCst)
@@ -721,8 +728,7 @@ fn disconnect_during_the_handshake_closes_without_callbacks() {
     let mut lp = EventLoop::new().unwrap();
     let called = Arc::new(AtomicBool::new(false));
     let c2 = called.clone();
-    let client = TcpClient::builder("disconnect", addr)
-        .tls(pki.client_config(), tls::server_name("localhost").unwrap())
+    let client = tls_client("disconnect", addr, &pki, "localhost")
         .on_connection(move |_| c2.store(true, Ordering::SeqCst))
         .connect(&lp.handle());
     assert!(spin_until(&mut lp, || client.stats().bytes_out > 0));
@@ -742,22 +748,14 @@ fn close_notify_seen_while_the_callback_paused_reading_ends_the_connection() {
     let pki = pki();
     let config = pki.server_config();
     let server = TestServer::start(move || {
-        TcpServer::builder("pause", localhost())
-            .io_threads(1)
-            .tls(config)
-            .on_message(|ctx, input| {
-                let hello = input.peek().ends_with(b"hello");
-                ctx.send(input.peek());
-                input.consume_all();
-                if hello {
-                    ctx.stop_reading();
-                    let conn = ctx.connection().clone();
-                    ctx.event_loop()
-                        .run_after(Duration::from_millis(50), move |_| {
-                            let _ = conn.start_reading();
-                        });
-                }
-            })
+        tls_builder("pause", config).on_message(|ctx, input| {
+            let hello = input.peek().ends_with(b"hello");
+            ctx.send(input.peek());
+            input.consume_all();
+            if hello {
+                pause_reading_for(ctx, Duration::from_millis(50));
+            }
+        })
     });
     let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
     c.write_all(b"x").unwrap();
@@ -765,10 +763,7 @@ fn close_notify_seen_while_the_callback_paused_reading_ends_the_connection() {
     c.read_exact(&mut one).unwrap();
     c.conn.writer().write_all(b"hello").unwrap();
     c.conn.send_close_notify();
-    let mut wire = Vec::new();
-    while c.conn.wants_write() {
-        c.conn.write_tls(&mut wire).unwrap();
-    }
+    let wire = pending_tls(&mut c.conn);
     // One write, TCP left open: the server's close_notify must come by itself.
     c.sock.write_all(&wire).unwrap();
     c.sock.set_read_timeout(Some(LIMIT)).unwrap();
@@ -787,19 +782,12 @@ fn pausing_in_every_delivery_with_a_small_max_input_loses_nothing() {
     let pki = pki();
     let config = pki.server_config();
     let server = TestServer::start(move || {
-        TcpServer::builder("pause-small", localhost())
-            .io_threads(1)
+        tls_builder("pause-small", config)
             .max_input(4096)
-            .tls(config)
             .on_message(|ctx, input| {
                 ctx.send(input.peek());
                 input.consume_all();
-                ctx.stop_reading();
-                let conn = ctx.connection().clone();
-                ctx.event_loop()
-                    .run_after(Duration::from_millis(1), move |_| {
-                        let _ = conn.start_reading();
-                    });
+                pause_reading_for(ctx, Duration::from_millis(1));
             })
     });
     let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");

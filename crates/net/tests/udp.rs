@@ -5,7 +5,7 @@ use std::net::{SocketAddr, UdpSocket as StdUdp};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 
-use duo_net::{UdpSendError, UdpSocket};
+use duo_net::{UdpBuilder, UdpSendError, UdpSocket};
 use duo_reactor::{EventLoopThread, LoopHandle};
 use duo_testkit::{wait_until, LIMIT};
 
@@ -19,13 +19,31 @@ fn client(addr: &str) -> StdUdp {
     c
 }
 
+/// `builder` with a datagram callback that sends every datagram back to its sender.
+fn echoing(builder: UdpBuilder) -> UdpBuilder {
+    builder.on_datagram(|ctx, payload, from| {
+        ctx.send_to(payload, from).unwrap();
+    })
+}
+
+/// An echo socket bound to `addr`, on `io`'s loop.
 fn echo(io: &EventLoopThread, addr: SocketAddr) -> UdpSocket {
-    UdpSocket::builder("echo", addr)
-        .on_datagram(|ctx, payload, from| {
-            ctx.send_to(payload, from).unwrap();
-        })
+    echoing(UdpSocket::builder("echo", addr))
         .start(io.handle())
         .unwrap()
+}
+
+/// A loop thread named `thread` and the socket `builder` makes, started on its loop.
+fn start_on_thread(thread: &str, builder: UdpBuilder) -> (EventLoopThread, UdpSocket) {
+    let io = EventLoopThread::spawn(thread, None).unwrap();
+    let sock = builder.start(io.handle()).unwrap();
+    (io, sock)
+}
+
+/// Stops the socket, then its loop thread.
+fn stop(io: EventLoopThread, sock: UdpSocket) {
+    sock.stop();
+    io.stop().unwrap();
 }
 
 fn recv(c: &StdUdp) -> Vec<u8> {
@@ -34,9 +52,10 @@ fn recv(c: &StdUdp) -> Vec<u8> {
     buf[..n].to_vec()
 }
 
-/// Holds the loop in a queued function until the returned sender is dropped or sent to,
-/// so that datagrams pile up in the socket meanwhile.
-fn block_loop(lp: &LoopHandle) -> mpsc::Sender<()> {
+/// Queues a function that holds the loop until the returned sender is dropped or sent
+/// to; the returned receiver gets a message once the function has started (the loop is
+/// held from then on).
+fn queue_hold(lp: &LoopHandle) -> (mpsc::Sender<()>, mpsc::Receiver<()>) {
     let (release, wait) = mpsc::channel::<()>();
     let (ready_tx, ready) = mpsc::channel();
     lp.queue_in_loop(move |_| {
@@ -44,8 +63,31 @@ fn block_loop(lp: &LoopHandle) -> mpsc::Sender<()> {
         let _ = wait.recv_timeout(LIMIT);
     })
     .unwrap();
+    (release, ready)
+}
+
+/// Holds the loop in a queued function until the returned sender is dropped or sent to,
+/// so that datagrams pile up in the socket meanwhile.
+fn block_loop(lp: &LoopHandle) -> mpsc::Sender<()> {
+    let (release, ready) = queue_hold(lp);
     ready.recv_timeout(LIMIT).unwrap();
     release
+}
+
+/// Sends the numbers `0..n` (big-endian `u32`, one per datagram) from `c` to the echo
+/// socket `sock` while `io`'s loop is held, so that they pile up in the socket, then lets
+/// the loop go; returns the numbers echoed back, sorted.
+fn echo_backlog(io: &EventLoopThread, sock: &UdpSocket, c: &StdUdp, n: u32) -> Vec<u32> {
+    let release = block_loop(io.handle());
+    for i in 0..n {
+        c.send_to(&i.to_be_bytes(), sock.local_addr()).unwrap();
+    }
+    drop(release);
+    let mut seen: Vec<u32> = (0..n)
+        .map(|_| u32::from_be_bytes(recv(c).try_into().unwrap()))
+        .collect();
+    seen.sort_unstable();
+    seen
 }
 
 #[test]
@@ -72,30 +114,17 @@ fn echoes_many_datagrams() {
     assert_eq!(s.datagrams_in, 400);
     assert_eq!(s.bytes_in, s.bytes_out);
     assert_eq!(s.truncated + s.dropped + s.send_errors, 0);
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
 fn a_backlog_larger_than_the_batch_is_read_in_batches_and_echoed_in_batches() {
-    let io = EventLoopThread::spawn("udp-batch", None).unwrap();
-    let sock = UdpSocket::builder("batch", localhost())
-        .batch(4)
-        .on_datagram(|ctx, payload, from| {
-            ctx.send_to(payload, from).unwrap();
-        })
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread(
+        "udp-batch",
+        echoing(UdpSocket::builder("batch", localhost()).batch(4)),
+    );
     let c = client("127.0.0.1:0");
-    let release = block_loop(io.handle());
-    for i in 0..100u32 {
-        c.send_to(&i.to_be_bytes(), sock.local_addr()).unwrap();
-    }
-    drop(release);
-    let mut seen: Vec<u32> = (0..100)
-        .map(|_| u32::from_be_bytes(recv(&c).try_into().unwrap()))
-        .collect();
-    seen.sort_unstable();
+    let seen = echo_backlog(&io, &sock, &c, 100);
     assert_eq!(seen, (0..100).collect::<Vec<_>>());
     let s = sock.stats();
     assert_eq!(s.datagrams_in, 100);
@@ -103,16 +132,12 @@ fn a_backlog_larger_than_the_batch_is_read_in_batches_and_echoed_in_batches() {
     assert_eq!(s.recv_calls, 25, "{s:?}");
     // Replies of one batch go out together: far fewer send calls than datagrams.
     assert!(s.send_calls <= 25, "{s:?}");
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
 fn sends_from_another_thread_reach_the_peer() {
-    let io = EventLoopThread::spawn("udp-send", None).unwrap();
-    let sock = UdpSocket::builder("sender", localhost())
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread("udp-send", UdpSocket::builder("sender", localhost()));
     let c = client("127.0.0.1:0");
     let to = c.local_addr().unwrap();
     let h = sock.clone();
@@ -137,38 +162,32 @@ fn sends_from_another_thread_reach_the_peer() {
     }
     wait_until("the counters", || sock.stats().datagrams_out == 50);
     assert_eq!(sock.stats().bytes_out, 5000);
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
 fn truncated_datagrams_are_counted_not_delivered() {
-    let io = EventLoopThread::spawn("udp-trunc", None).unwrap();
-    let sock = UdpSocket::builder("trunc", localhost())
-        .max_datagram(64)
-        .on_datagram(|ctx, payload, from| {
-            ctx.send_to(payload, from).unwrap();
-        })
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread(
+        "udp-trunc",
+        echoing(UdpSocket::builder("trunc", localhost()).max_datagram(64)),
+    );
     let c = client("127.0.0.1:0");
     c.send_to(&[1u8; 65], sock.local_addr()).unwrap();
     c.send_to(&[2u8; 64], sock.local_addr()).unwrap();
     assert_eq!(recv(&c), vec![2u8; 64]);
     wait_until("the truncation counted", || sock.stats().truncated == 1);
     assert_eq!(sock.stats().datagrams_in, 1);
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
 fn a_full_send_queue_refuses_and_counts_and_the_rest_is_sent() {
-    let io = EventLoopThread::spawn("udp-full", None).unwrap();
-    let sock = UdpSocket::builder("full", localhost())
-        .send_buffer_size(4096)
-        .send_queue_bytes(64 * 1024)
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread(
+        "udp-full",
+        UdpSocket::builder("full", localhost())
+            .send_buffer_size(4096)
+            .send_queue_bytes(64 * 1024),
+    );
     // A peer that never reads: its receive queue overflows, which UDP allows.
     let sink = StdUdp::bind("127.0.0.1:0").unwrap();
     let to = sink.local_addr().unwrap();
@@ -196,25 +215,24 @@ fn a_full_send_queue_refuses_and_counts_and_the_rest_is_sent() {
         "accepted {accepted}, refused {refused}, send buffer full {} times, {} send calls",
         s.send_buffer_full, s.send_calls
     );
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
 fn icmp_port_unreachable_is_reported_and_the_socket_goes_on() {
-    let io = EventLoopThread::spawn("udp-icmp", None).unwrap();
     let gone = StdUdp::bind("127.0.0.1:0").unwrap();
     let peer = gone.local_addr().unwrap();
     drop(gone);
     let got = Arc::new(AtomicUsize::new(0));
     let g = Arc::clone(&got);
-    let sock = UdpSocket::builder("icmp", localhost())
-        .connect(peer)
-        .on_datagram(move |_, _, _| {
-            g.fetch_add(1, Ordering::Relaxed);
-        })
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread(
+        "udp-icmp",
+        UdpSocket::builder("icmp", localhost())
+            .connect(peer)
+            .on_datagram(move |_, _, _| {
+                g.fetch_add(1, Ordering::Relaxed);
+            }),
+    );
     sock.send(b"anyone?".to_vec()).unwrap();
     wait_until("the refusal reported", || sock.stats().refused >= 1);
     // Somebody listens there now (unless another process took the port meanwhile).
@@ -228,8 +246,7 @@ fn icmp_port_unreachable_is_reported_and_the_socket_goes_on() {
     back.send_to(b"yes", sock.local_addr()).unwrap();
     wait_until("the answer delivered", || got.load(Ordering::Relaxed) == 1);
     assert!(!sock.is_stopped());
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
@@ -244,8 +261,7 @@ fn echoes_over_ipv6_loopback() {
     assert!(sock.local_addr().is_ipv6());
     c.send_to(b"over v6", sock.local_addr()).unwrap();
     assert_eq!(recv(&c), b"over v6");
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
@@ -281,20 +297,18 @@ fn the_end_of_the_loop_closes_the_socket() {
 
 #[test]
 fn a_panicking_callback_loses_its_datagram_only() {
-    let io = EventLoopThread::spawn("udp-panic", None).unwrap();
-    let sock = UdpSocket::builder("panicky", localhost())
-        .on_datagram(|ctx, payload, from| {
+    let (io, sock) = start_on_thread(
+        "udp-panic",
+        UdpSocket::builder("panicky", localhost()).on_datagram(|ctx, payload, from| {
             assert_ne!(payload, b"boom", "a callback that panics");
             ctx.send_to(payload, from).unwrap();
-        })
-        .start(io.handle())
-        .unwrap();
+        }),
+    );
     let c = client("127.0.0.1:0");
     c.send_to(b"boom", sock.local_addr()).unwrap();
     c.send_to(b"fine", sock.local_addr()).unwrap();
     assert_eq!(recv(&c), b"fine");
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
@@ -305,8 +319,7 @@ fn oversized_payloads_are_refused_at_once() {
         .send_to(vec![0u8; 70_000], "127.0.0.1:9".parse().unwrap())
         .unwrap_err();
     assert_eq!(err, UdpSendError::TooLarge { len: 70_000 });
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
@@ -322,49 +335,37 @@ fn binding_a_taken_address_fails_at_start() {
 
 #[test]
 fn large_datagrams_are_delivered_whole_with_a_large_slot() {
-    let io = EventLoopThread::spawn("udp-large", None).unwrap();
     // 1 024 slots of 64 KiB would not fit one pooled block: the batch is cut to fit.
-    let sock = UdpSocket::builder("large", localhost())
-        .max_datagram(duo_net::udp::MAX_PAYLOAD)
-        .batch(1024)
-        .on_datagram(|ctx, payload, from| {
-            ctx.send_to(payload, from).unwrap();
-        })
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread(
+        "udp-large",
+        echoing(
+            UdpSocket::builder("large", localhost())
+                .max_datagram(duo_net::udp::MAX_PAYLOAD)
+                .batch(1024),
+        ),
+    );
     let c = client("127.0.0.1:0");
     let big: Vec<u8> = (0..60_000u32).map(|i| (i % 251) as u8).collect();
     c.send_to(&big, sock.local_addr()).unwrap();
     assert_eq!(recv(&c), big);
     assert_eq!(sock.stats().truncated, 0);
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 #[test]
 fn unbatched_receive_echoes_the_same() {
-    let io = EventLoopThread::spawn("udp-unbatched", None).unwrap();
-    let sock = UdpSocket::builder("unbatched", localhost())
-        .batch(8)
-        .unbatched_receive(true)
-        .on_datagram(|ctx, payload, from| {
-            ctx.send_to(payload, from).unwrap();
-        })
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread(
+        "udp-unbatched",
+        echoing(
+            UdpSocket::builder("unbatched", localhost())
+                .batch(8)
+                .unbatched_receive(true),
+        ),
+    );
     let c = client("127.0.0.1:0");
-    let release = block_loop(io.handle());
-    for i in 0..40u32 {
-        c.send_to(&i.to_be_bytes(), sock.local_addr()).unwrap();
-    }
-    drop(release);
-    let mut seen: Vec<u32> = (0..40)
-        .map(|_| u32::from_be_bytes(recv(&c).try_into().unwrap()))
-        .collect();
-    seen.sort_unstable();
+    let seen = echo_backlog(&io, &sock, &c, 40);
     assert_eq!(seen, (0..40).collect::<Vec<_>>());
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
 
 /// Runs a no-op on the loop and waits for it: everything queued on the loop before it has
@@ -382,17 +383,16 @@ fn loop_barrier(lp: &LoopHandle) {
 /// loop after the socket closed: it is counted as dropped, not lost without a trace.
 #[test]
 fn a_send_accepted_just_before_a_stop_is_counted_when_it_cannot_go_out() {
-    let io = EventLoopThread::spawn("udp-send-stop", None).unwrap();
     let (accepted_tx, accepted) = mpsc::channel();
-    let sock = UdpSocket::builder("send-stop", localhost())
-        .on_datagram(move |ctx, payload, from| {
+    let (io, sock) = start_on_thread(
+        "udp-send-stop",
+        UdpSocket::builder("send-stop", localhost()).on_datagram(move |ctx, payload, from| {
             // Through the handle: queued on the loop, so it runs after the stop below.
             let ok = ctx.socket().send_to(payload.to_vec(), from).is_ok();
             let _ = accepted_tx.send(ok);
             ctx.stop();
-        })
-        .start(io.handle())
-        .unwrap();
+        }),
+    );
     let c = client("127.0.0.1:0");
     c.send_to(b"ping", sock.local_addr()).unwrap();
     assert!(accepted.recv_timeout(LIMIT).unwrap(), "send_to said Ok");
@@ -413,12 +413,12 @@ fn a_send_accepted_just_before_a_stop_is_counted_when_it_cannot_go_out() {
 /// would pass the limit is refused.
 #[test]
 fn a_cross_thread_send_taken_by_the_loop_still_counts_against_the_limit() {
-    let io = EventLoopThread::spawn("udp-bound", None).unwrap();
-    let sock = UdpSocket::builder("bound", localhost())
-        .send_queue_bytes(10_000)
-        .on_datagram(|_, _, _| {})
-        .start(io.handle())
-        .unwrap();
+    let (io, sock) = start_on_thread(
+        "udp-bound",
+        UdpSocket::builder("bound", localhost())
+            .send_queue_bytes(10_000)
+            .on_datagram(|_, _, _| {}),
+    );
     let c = client("127.0.0.1:0");
     let to = c.local_addr().unwrap();
     // Queue the send and a second block behind it while the loop is held: both run in
@@ -427,14 +427,7 @@ fn a_cross_thread_send_taken_by_the_loop_still_counts_against_the_limit() {
     // queue, not sent.
     let first = block_loop(io.handle());
     sock.send_to(vec![1u8; 6_000], to).unwrap();
-    let (release, wait) = mpsc::channel::<()>();
-    let (ready_tx, ready) = mpsc::channel();
-    io.handle()
-        .queue_in_loop(move |_| {
-            ready_tx.send(()).unwrap();
-            let _ = wait.recv_timeout(LIMIT);
-        })
-        .unwrap();
+    let (release, ready) = queue_hold(io.handle());
     drop(first);
     ready.recv_timeout(LIMIT).unwrap();
     assert_eq!(sock.stats().datagrams_out, 0);
@@ -449,6 +442,5 @@ fn a_cross_thread_send_taken_by_the_loop_still_counts_against_the_limit() {
     drop(release);
     assert_eq!(recv(&c), vec![1u8; 6_000]);
     wait_until("the gauge back to 0", || sock.stats().queued_bytes == 0);
-    sock.stop();
-    io.stop().unwrap();
+    stop(io, sock);
 }
