@@ -13,11 +13,9 @@ mod util;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use duo_net::{CloseReason, ServerStats, TcpServer};
-use duo_testkit::join_before;
 use util::storm::{self, suppressed_in, LogLine};
 use util::{connect, echo_once, localhost, TestServer};
 
@@ -100,28 +98,14 @@ fn a_hundred_thousand_hostile_events_log_a_bounded_number_of_lines() {
     let mut good = connect(addr);
     echo_once(&mut good, b"before the storm");
 
-    let started = Instant::now();
     let sent = std::sync::Arc::new(AtomicU64::new(0));
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            let sent = sent.clone();
-            thread::spawn(move || {
-                let mut i = c;
-                while i < EVENTS {
-                    hostile(addr, i % 2 == 0);
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    i += CLIENTS;
-                }
-            })
-        })
-        .collect();
-    let deadline = started + STORM_LIMIT;
-    for (i, c) in clients.into_iter().enumerate() {
-        join_before(deadline, &format!("hostile client {i}"), c);
-    }
+    let counted = sent.clone();
+    let storm = storm::run_clients(CLIENTS, EVENTS, STORM_LIMIT, "hostile", move |i| {
+        hostile(addr, i % 2 == 0);
+        counted.fetch_add(1, Ordering::Relaxed);
+    });
     // Every hostile connection has been closed by the server (each client waited for
     // it); the close counters are bumped before the socket is closed.
-    let storm = started.elapsed();
     assert_eq!(sent.load(Ordering::Relaxed), EVENTS);
 
     // Still serving, on the old connection and a new one.

@@ -8,11 +8,9 @@
 
 mod util;
 
-use std::thread;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use duo_net::{CloseReason, TcpServer};
-use duo_testkit::join_before;
 use util::storm;
 use util::{connect, echo_once, localhost, TestServer};
 
@@ -47,23 +45,9 @@ fn caught_panics_are_logged_rate_limited_and_the_server_goes_on() {
     let mut good = connect(addr);
     echo_once(&mut good, b"before the storm");
 
-    let started = Instant::now();
-    let clients: Vec<_> = (0..CLIENTS)
-        .map(|c| {
-            thread::spawn(move || {
-                let mut i = c;
-                while i < EVENTS {
-                    storm::hostile(addr, &[PANIC], "panicking");
-                    i += CLIENTS;
-                }
-            })
-        })
-        .collect();
-    let deadline = started + STORM_LIMIT;
-    for (i, c) in clients.into_iter().enumerate() {
-        join_before(deadline, &format!("panicking client {i}"), c);
-    }
-    let storm = started.elapsed();
+    let storm = storm::run_clients(CLIENTS, EVENTS, STORM_LIMIT, "panicking", move |_| {
+        storm::hostile(addr, &[PANIC], "panicking");
+    });
 
     // Still serving, on the old connection and a new one.
     echo_once(&mut good, b"after the storm");

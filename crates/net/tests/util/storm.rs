@@ -5,7 +5,7 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Mutex;
 use std::thread;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duo_reactor::log_limit::{DEFAULT_BURST, DEFAULT_INTERVAL};
 use duo_testkit::LIMIT;
@@ -105,4 +105,34 @@ pub(crate) fn hostile(addr: SocketAddr, bytes: &[u8], what: &str) {
             Err(e) => panic!("the server did not close a {what} connection: {e}"),
         }
     }
+}
+
+/// Runs events `0..events` spread over `clients` threads (thread `c` runs `c`, `c +
+/// clients`, ...), calling `event(i)` for each; fails the test if they are not all done
+/// within `limit`. Returns how long they took.
+pub(crate) fn run_clients(
+    clients: u64,
+    events: u64,
+    limit: Duration,
+    what: &str,
+    event: impl Fn(u64) + Send + Sync + Clone + 'static,
+) -> Duration {
+    let started = Instant::now();
+    let threads: Vec<_> = (0..clients)
+        .map(|c| {
+            let event = event.clone();
+            thread::spawn(move || {
+                let mut i = c;
+                while i < events {
+                    event(i);
+                    i += clients;
+                }
+            })
+        })
+        .collect();
+    let deadline = started + limit;
+    for (i, t) in threads.into_iter().enumerate() {
+        duo_testkit::join_before(deadline, &format!("{what} client {i}"), t);
+    }
+    started.elapsed()
 }
