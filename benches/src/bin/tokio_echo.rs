@@ -44,6 +44,10 @@ struct Cli {
     /// Tokio worker threads [default: number of cores].
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..))]
     threads: Option<u16>,
+    /// `TCP_DEFER_ACCEPT` on the TCP listener: accept a connection only once its first
+    /// bytes arrived, or after about SECS seconds (0: off); like `echo --defer-accept`.
+    #[arg(long, value_name = "SECS", default_value_t = 0)]
+    defer_accept: u32,
 }
 
 /// Where to listen: TCP, or a Unix-domain `unix:/path` / `unix:@name` (kept as given).
@@ -78,7 +82,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build();
     let served = runtime.and_then(|rt| match &cli.listen {
-        Listen::Inet(addr) => rt.block_on(serve(*addr)),
+        Listen::Inet(addr) => rt.block_on(serve(*addr, cli.defer_accept)),
         Listen::Unix(shown) => rt.block_on(serve_unix(shown, &shown["unix:".len()..])),
     });
     match served {
@@ -90,7 +94,7 @@ fn main() -> ExitCode {
     }
 }
 
-async fn serve(addr: SocketAddr) -> io::Result<()> {
+async fn serve(addr: SocketAddr, defer_accept: u32) -> io::Result<()> {
     let socket = match addr {
         SocketAddr::V4(_) => TcpSocket::new_v4()?,
         SocketAddr::V6(_) => TcpSocket::new_v6()?,
@@ -98,6 +102,9 @@ async fn serve(addr: SocketAddr) -> io::Result<()> {
     socket.set_reuseaddr(true)?;
     socket.bind(addr)?;
     let listener = socket.listen(4096)?;
+    if defer_accept > 0 {
+        duo_sys::set_tcp_defer_accept(std::os::fd::AsFd::as_fd(&listener), defer_accept)?;
+    }
     println!("listening on {}", listener.local_addr()?);
     io::stdout().flush()?;
     loop {

@@ -59,9 +59,9 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
          threads, `duo-2-reuseport` gives each of 2 I/O threads a `SO_REUSEPORT` socket \
          (those two only where accepting matters: churn and 1 000 connections), \
          `duo-2-busy` is `duo-2` with busy polling (`--busy-poll-us 20`, rr only); \
-         `duo-0-defer`, `duo-2-defer` and `raw-epoll-defer` (churn only) accept a \
-         connection only once its first bytes arrived (`--defer-accept`, \
-         `TCP_DEFER_ACCEPT`; tokio's echo does not set it); \
+         `duo-0-defer`, `duo-2-defer`, `raw-epoll-defer` and `tokio-defer` (churn \
+         only) accept a connection only once its first bytes arrived \
+         (`--defer-accept`, `TCP_DEFER_ACCEPT`, the same socket option on each); \
          `raw-epoll-2` and `raw-epoll-2-shared` (rr only) are the raw epoll server on 2 \
          threads, a connection per thread (`SO_REUSEPORT`) and any thread serving any \
          connection (one shared epoll set, `EPOLLONESHOT`); \
@@ -135,7 +135,7 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
             "duo-2-reuseport / tokio",
             "duo-0-defer / raw-epoll-defer",
             "duo-0-defer / raw-epoll",
-            "duo-2-defer / tokio",
+            "duo-2-defer / tokio-defer",
         ],
         echo().map(|(sc, outcomes)| {
             let get = |name: &str| outcomes.iter().find(|o| o.server == name);
@@ -163,7 +163,7 @@ fn echo_tables(md: &mut String, results: &Results<'_>) {
                 cell("duo-2-reuseport", "tokio"),
                 cell("duo-0-defer", "raw-epoll-defer"),
                 cell("duo-0-defer", "raw-epoll"),
-                cell("duo-2-defer", "tokio"),
+                cell("duo-2-defer", "tokio-defer"),
             ]
         }),
     ));

@@ -252,6 +252,19 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         "tokio_echo",
         &["--listen", "127.0.0.1:0", "--threads", "2"],
     ),
+    EchoServer::peer_in(
+        "tokio-defer",
+        "tokio_echo",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--defer-accept",
+            "5",
+        ],
+        DEFER_SCENARIOS,
+    ),
 ];
 
 /// The UDP echo servers (scenarios with [`Target::Udp`]): duo's `echo --udp` with
@@ -300,7 +313,8 @@ pub(super) const UDS_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
 /// with it at one thread (`duo-0`) as at two (`duo-2` against `tokio`).
 pub(super) const ONE_THREAD_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k"];
 
-/// Where deferred accepting (`duo-0-defer`, `duo-2-defer`, `raw-epoll-defer`:
+/// Where deferred accepting (`duo-0-defer`, `duo-2-defer`, `raw-epoll-defer`,
+/// `tokio-defer`:
 /// `TCP_DEFER_ACCEPT`) is measured: short-lived connections, where it saves a wake-up per
 /// connection.
 pub(super) const DEFER_SCENARIOS: &[&str] = &["churn-50"];
