@@ -189,21 +189,32 @@ pub fn shutdown_write(fd: BorrowedFd<'_>) -> io::Result<()> {
 /// Returns `Ok(None)` when there is none. This is how a non-blocking `connect` learns its
 /// outcome, and how an `EPOLLERR` event learns its cause.
 pub fn take_socket_error(fd: BorrowedFd<'_>) -> io::Result<Option<io::Error>> {
-    let mut err: libc::c_int = 0;
+    let err = getsockopt_int(fd, libc::SOL_SOCKET, libc::SO_ERROR, "getsockopt(SO_ERROR)")?;
+    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+}
+
+/// `getsockopt` of an option whose value is one `int`; `what` names the call in errors.
+fn getsockopt_int(
+    fd: BorrowedFd<'_>,
+    level: libc::c_int,
+    name: libc::c_int,
+    what: &'static str,
+) -> io::Result<libc::c_int> {
+    let mut value: libc::c_int = 0;
     let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `err` and `len` are valid for writes, and `len` holds the size of `err`, so
-    // the kernel writes at most an int into it.
+    // SAFETY: `value` and `len` are valid for writes, and `len` holds the size of `value`,
+    // so the kernel writes at most an int into it.
     cvt(unsafe {
         libc::getsockopt(
             fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_ERROR,
-            (&mut err as *mut libc::c_int).cast::<libc::c_void>(),
+            level,
+            name,
+            (&mut value as *mut libc::c_int).cast::<libc::c_void>(),
             &mut len,
         )
     })
-    .map_err(context("getsockopt(SO_ERROR)"))?;
-    Ok((err != 0).then(|| io::Error::from_raw_os_error(err)))
+    .map_err(context(what))?;
+    Ok(value)
 }
 
 /// Sets `TCP_DEFER_ACCEPT` on a listening TCP socket: the kernel completes a connection
@@ -233,20 +244,12 @@ pub fn set_tcp_defer_accept(fd: BorrowedFd<'_>, secs: u32) -> io::Result<()> {
 /// it as a number of SYN-ACK retransmissions, so this may be larger than what was set
 /// (1 s reads back as 3 s, for example).
 pub fn tcp_defer_accept(fd: BorrowedFd<'_>) -> io::Result<u32> {
-    let mut value: libc::c_int = 0;
-    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
-    // SAFETY: `value` and `len` are valid for writes, and `len` holds the size of `value`,
-    // so the kernel writes at most an int into it.
-    cvt(unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_DEFER_ACCEPT,
-            (&mut value as *mut libc::c_int).cast::<libc::c_void>(),
-            &mut len,
-        )
-    })
-    .map_err(context("getsockopt(TCP_DEFER_ACCEPT)"))?;
+    let value = getsockopt_int(
+        fd,
+        libc::IPPROTO_TCP,
+        libc::TCP_DEFER_ACCEPT,
+        "getsockopt(TCP_DEFER_ACCEPT)",
+    )?;
     Ok(u32::try_from(value).unwrap_or(0))
 }
 
