@@ -293,7 +293,7 @@ fn deferred_accepting_is_off_by_default_and_set_on_an_inherited_listener() {
 
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let probe = listener.try_clone().unwrap();
-    // 1.5 s rounds up to 2 s (the kernel may report more: it keeps retransmissions).
+    // 1.5 s rounds up to 2 s (which the kernel reports as 3 s: it keeps retransmissions).
     let server = TestServer::start(move || {
         echo_on("deferred", listener).defer_accept(std::time::Duration::from_millis(1500))
     });
