@@ -99,6 +99,12 @@ struct ServeArgs {
     /// writes that arrive together into shared commits.
     #[arg(long)]
     no_group_commit: bool,
+    /// On PostgreSQL, let every commit hold its row locks until it is on disk. By default
+    /// a batch's locks go as soon as it commits and its replies wait for a flush barrier
+    /// (an OK still means on disk); use this behind a transaction-pooling proxy, which
+    /// breaks the session the barrier relies on.
+    #[arg(long)]
+    no_early_release: bool,
     /// Run N worker processes, each a whole server, under a supervisor that owns the
     /// listening socket; more than 1 needs PostgreSQL.
     #[arg(long, value_name = "N")]
@@ -284,6 +290,7 @@ fn config(a: ServeArgs) -> ServeConfig {
         queue_capacity: a.queue_capacity as usize,
         idle_timeout: Duration::from_secs(a.idle_timeout),
         group_commit: !a.no_group_commit,
+        early_release: !a.no_early_release,
         hash_cost: a.hash_cost,
         metrics: a.metrics,
         stall_threshold: (a.stall_ms > 0).then(|| Duration::from_millis(a.stall_ms)),

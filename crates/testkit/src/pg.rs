@@ -382,6 +382,14 @@ impl PgCluster {
         self.pg_ctl("restart", &["-m", "fast"]).map(drop)
     }
 
+    /// Crashes and restarts the server (`pg_ctl restart -m immediate`: every process ends
+    /// at once, nothing is checkpointed, and what was in the server's memory only, such as
+    /// WAL of commits that did not wait for it to reach the disk, is lost; start-up then
+    /// recovers from the WAL files); returns once it accepts connections again.
+    pub fn restart_immediate(&self) -> io::Result<()> {
+        self.pg_ctl("restart", &["-m", "immediate"]).map(drop)
+    }
+
     /// Stops the server (`pg_ctl stop -m fast`) and waits until it is gone; nothing to do
     /// if it is not running. The directory stays until the cluster is dropped.
     pub fn stop(&mut self) -> io::Result<()> {

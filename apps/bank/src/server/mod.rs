@@ -97,6 +97,10 @@ pub struct ServeConfig {
     pub idle_timeout: Duration,
     /// Batch concurrent writes into shared commits.
     pub group_commit: bool,
+    /// On PostgreSQL with group commit, release a batch's locks at its commit and hold
+    /// its replies until a flush barrier says it is on disk (early lock release); off,
+    /// every commit holds its locks until it is on disk. SQLite ignores it.
+    pub early_release: bool,
     /// Cost of new password hashes.
     pub hash_cost: HashCost,
     /// Serve the metrics endpoint here (and print `metrics on ADDR`).
@@ -309,6 +313,7 @@ fn run(
     let options = StoreOptions {
         metrics: metrics.clone(),
         group_commit: cfg.group_commit,
+        early_release: cfg.early_release,
         // Without group commit every worker runs its own transactions, as a classic
         // connection pool would (SQLite ignores it: it has one writer).
         writers: if cfg.group_commit {

@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use parking_lot::Mutex;
 
-use super::{WriteJob, WriteOp, WriteResults};
+use super::{StoreError, WriteJob, WriteOp, WriteResults};
 use crate::metrics::BankMetrics;
 
 /// The queue of write jobs and the writers that commit them.
@@ -95,11 +95,24 @@ impl<W> GroupCommit<W> {
 
     /// Queues `job` and, if a writer is free and the queue should go now
     /// ([`Queue::may_start`]), leads: runs batches through `execute` (which returns one
-    /// result per operation, in order) until nothing is left for it to take.
+    /// result per operation, in order) until nothing is left for it to take, handing each
+    /// batch's results to its jobs at once.
     pub(crate) fn submit(
         &self,
         job: WriteJob,
         execute: impl Fn(&mut W, &[&WriteOp]) -> WriteResults,
+    ) {
+        self.submit_with(job, execute, |_, applied| applied.deliver(Ok(())));
+    }
+
+    /// As [`GroupCommit::submit`], but each batch's results go to `release` (with the
+    /// writer that ran it) instead of to the jobs: it delivers them ([`Applied::deliver`])
+    /// now or later, from any thread. The leader moves on to the next batch meanwhile.
+    pub(crate) fn submit_with(
+        &self,
+        job: WriteJob,
+        execute: impl Fn(&mut W, &[&WriteOp]) -> WriteResults,
+        release: impl Fn(&mut W, Applied),
     ) {
         {
             let mut queue = self.queue.lock();
@@ -115,17 +128,20 @@ impl<W> GroupCommit<W> {
                 // Every writer has a leader, which takes our job before it lets go.
                 return;
             };
-            while let Some((batch, in_flight)) = self.next_batch() {
-                let ops: Vec<&WriteOp> = batch.iter().flat_map(|j| j.ops.iter()).collect();
+            while let Some((jobs, in_flight)) = self.next_batch() {
                 let began = Instant::now();
-                let results = execute(&mut writer, &ops);
-                self.metrics.batch(&ops, &results, began.elapsed());
+                let results = {
+                    let ops: Vec<&WriteOp> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
+                    execute(&mut writer, &ops)
+                };
                 drop(in_flight);
-                let mut results = results.into_iter();
-                for job in batch {
-                    let mine: WriteResults = results.by_ref().take(job.ops.len()).collect();
-                    (job.done)(mine);
-                }
+                let applied = Applied {
+                    jobs,
+                    results,
+                    began,
+                    metrics: self.metrics.clone(),
+                };
+                release(&mut writer, applied);
             }
             drop(writer);
             // A job queued after our last look, whose worker found every writer taken, is
@@ -184,6 +200,51 @@ impl Drop for InFlight<'_> {
         let mut queue = self.queue.lock();
         queue.busy -= 1;
         queue.busy_ops -= self.ops;
+    }
+}
+
+/// A batch that has run: its jobs and their results, not yet handed over.
+pub(crate) struct Applied {
+    jobs: Vec<WriteJob>,
+    results: WriteResults,
+    began: Instant,
+    metrics: BankMetrics,
+}
+
+impl Applied {
+    /// Whether an operation of the batch may have changed the database (some result is
+    /// not an error): only then has its commit anything to make durable.
+    pub(crate) fn committed_something(&self) -> bool {
+        self.results.iter().any(Result::is_ok)
+    }
+
+    /// Hands each job its results, and counts the batch (its time up to now, so a
+    /// delivery that waited for the disk counts that wait). With `Err`, every operation
+    /// gets [`StoreError::Unavailable`] instead: the batch may or may not be durable.
+    pub(crate) fn deliver(self, durable: Result<(), StoreError>) {
+        let Applied {
+            jobs,
+            mut results,
+            began,
+            metrics,
+        } = self;
+        if let Err(e) = durable {
+            let m = match e {
+                StoreError::Unavailable(m) => m,
+                other => other.to_string(),
+            };
+            results = (0..results.len())
+                .map(|_| Err(StoreError::Unavailable(m.clone())))
+                .collect();
+        }
+        let ops: Vec<&WriteOp> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
+        metrics.batch(&ops, &results, began.elapsed());
+        drop(ops);
+        let mut results = results.into_iter();
+        for job in jobs {
+            let mine: WriteResults = results.by_ref().take(job.ops.len()).collect();
+            (job.done)(mine);
+        }
     }
 }
 

@@ -30,6 +30,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use crate::protocol::{ErrorCode, HistoryEntry};
 
+mod flush;
 mod group;
 pub(crate) mod postgres;
 pub(crate) mod sqlite;
@@ -103,6 +104,10 @@ impl fmt::Display for Database {
 pub struct StoreOptions {
     /// Batch concurrent writes into shared commits.
     pub group_commit: bool,
+    /// With group commit on PostgreSQL, let a batch's commit return before it is on disk
+    /// (its locks go at once) and hold its replies until a flush barrier has returned
+    /// (see the `flush` module). Off: every commit waits for its own flush.
+    pub early_release: bool,
     /// Transactions that may commit at once (PostgreSQL; SQLite has one writer).
     pub writers: usize,
     /// Where batches are counted (sizes, commit times, outcomes).

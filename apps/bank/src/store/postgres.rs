@@ -6,9 +6,12 @@
 //! A batch of operations ([`GroupCommit`]) is sent as one call of the server-side function
 //! `bank_apply` (`postgres.sql`), in autocommit: the arrays of the batch's operations go
 //! in, one outcome per operation comes out, in order, and the statement's implicit
-//! transaction commits once. `synchronous_commit` is left as the server has it (on by
-//! default): an `OK` means the commit is on disk. Several writer connections
-//! ([`StoreOptions::writers`]) let batches overlap, one syncing while the next runs.
+//! transaction commits once. An `OK` means the commit is on disk. With group commit the
+//! writers commit without waiting for the disk, so that the next batch need not wait for
+//! this one's locks, and the results wait for a flush barrier instead (early lock
+//! release, [`super::flush`]); without it, or with `--no-early-release`, every commit
+//! waits for its own flush as the server's `synchronous_commit` says. Several writer
+//! connections ([`StoreOptions::writers`]) let batches overlap.
 //!
 //! Concurrent batches (other writers, other front-ends) lock the user rows they touch in
 //! id order first, so they wait for each other rather than deadlock; a batch that still
@@ -35,6 +38,8 @@ use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, NoTls, Statement};
 
+use super::flush::{Barrier, Flusher};
+use super::group::Applied;
 use super::{
     unix_now, GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome,
     WriteResults,
@@ -169,6 +174,75 @@ fn classify(e: &postgres::Error) -> Failure {
 #[derive(Default)]
 pub(crate) struct Writer {
     session: Option<(Client, Statement)>,
+    /// The barrier session up when the current batch began ([`Flusher::session`]).
+    sent_on: u64,
+}
+
+/// The session that runs flush barriers ([`super::flush`]).
+struct PgBarrier {
+    client: Client,
+    statement: Statement,
+}
+
+impl Barrier for PgBarrier {
+    fn barrier(&mut self) -> Result<(), StoreError> {
+        self.client
+            .execute(&self.statement, &[])
+            .map(drop)
+            .map_err(|e| StoreError::Unavailable(describe(&e)))
+    }
+}
+
+/// The barrier: a transactional logical-decoding message (an empty one, prefix `bank`)
+/// is the smallest transaction that writes WAL and so commits with a flush (one that
+/// writes nothing, such as `SELECT txid_current()`, commits without waiting for the disk).
+/// It needs no table and no privilege, and is ignored unless someone decodes the WAL.
+const BARRIER_SQL: &str = "SELECT pg_logical_emit_message(true, 'bank', '')";
+
+/// A read's extra column: whether the server's WAL was flushed as far as it was written
+/// when the row was produced (after the statement's snapshot was taken), i.e. whether
+/// every commit the statement could see is durable.
+const FLUSHED: &str = "pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()";
+
+/// Starts the flush barriers after one barrier has run: `None` (with a warning) if the
+/// server refuses it (a PostgreSQL-compatible server without `pg_logical_emit_message`,
+/// a role not allowed to run it); then every commit waits for its own flush.
+fn start_flusher(config: &Config, shown: &str) -> Result<Option<Flusher>, StoreError> {
+    let mut client = config
+        .connect(NoTls)
+        .map_err(|e| connect_failed(&e, Some(shown)))?;
+    let first = client.prepare(BARRIER_SQL).and_then(|statement| {
+        client.execute(&statement, &[])?;
+        Ok(statement)
+    });
+    let first = match first {
+        Ok(statement) => PgBarrier { client, statement },
+        Err(e) => {
+            return match classify(&e) {
+                Failure::Other(m) => {
+                    log::warn!(
+                        "{shown}: flush barriers are not available ({m}); every commit holds its \
+                     locks until it is on disk (early lock release is off)"
+                    );
+                    Ok(None)
+                }
+                _ => Err(StoreError::Unavailable(describe(&e))),
+            }
+        }
+    };
+    let (config, shown) = (config.clone(), shown.to_owned());
+    let flusher = Flusher::start(first, Box::new(move || barrier_session(&config, &shown)))
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the flush thread: {e}")))?;
+    Ok(Some(flusher))
+}
+
+/// A new barrier session, with its statement prepared.
+fn barrier_session(config: &Config, shown: &str) -> Result<PgBarrier, StoreError> {
+    let mut client = config
+        .connect(NoTls)
+        .map_err(|e| connect_failed(&e, Some(shown)))?;
+    let statement = client.prepare(BARRIER_SQL).map_err(|e| pg_error(&e))?;
+    Ok(PgBarrier { client, statement })
 }
 
 /// A reader connection with its prepared queries.
@@ -185,6 +259,11 @@ pub(crate) struct PgStore {
     shown: String,
     writes: GroupCommit<Writer>,
     readers: Mutex<Vec<Reader>>,
+    /// Flush barriers (`None` if the server does not run them: then no read waits, and
+    /// every commit waits for its own flush).
+    flusher: Option<Flusher>,
+    /// Whether the writers commit without waiting for the disk ([`super::flush`]).
+    early_release: bool,
 }
 
 impl fmt::Debug for PgStore {
@@ -277,8 +356,11 @@ impl PgStore {
             .connect(NoTls)
             .map_err(|e| connect_failed(&e, None))?;
         migrate(&mut client, &shown)?;
+        let flusher = start_flusher(&config, &shown)?;
+        let early_release = options.early_release && options.group_commit && flusher.is_some();
         let first = Writer {
-            session: Some(prepare_writer(client).map_err(|e| pg_error(&e))?),
+            session: Some(prepare_writer(client, early_release).map_err(|e| pg_error(&e))?),
+            sent_on: 0,
         };
         let mut writers = vec![first];
         writers.resize_with(options.writers.max(1), Writer::default);
@@ -292,6 +374,8 @@ impl PgStore {
                 options.metrics.clone(),
             ),
             readers: Mutex::new(Vec::new()),
+            flusher,
+            early_release,
         })
     }
 
@@ -302,10 +386,12 @@ impl PgStore {
     }
 
     /// Runs `f` on a pooled reader; once more on a new connection if the pooled one had
-    /// broken or the server refused it.
+    /// broken or the server refused it. `f` also says whether the server's WAL was
+    /// flushed as far as it was written when it read ([`FLUSHED`]); if not, what it read
+    /// may include commits not yet durable, and the answer waits for a flush barrier.
     fn read<R>(
         &self,
-        f: impl Fn(&mut Reader) -> Result<R, postgres::Error>,
+        f: impl Fn(&mut Reader) -> Result<(R, bool), postgres::Error>,
     ) -> Result<R, StoreError> {
         let mut last = None;
         for attempt in 0..2 {
@@ -320,9 +406,14 @@ impl PgStore {
                 Some(r) => r,
                 None => self.new_reader()?,
             };
+            let session = self.flusher.as_ref().map(Flusher::session);
             match f(&mut reader) {
-                Ok(v) => {
+                Ok((v, flushed)) => {
                     self.readers.lock().push(reader);
+                    if let (false, Some(flusher), Some(session)) = (flushed, &self.flusher, session)
+                    {
+                        flusher.wait(session)?;
+                    }
                     return Ok(v);
                 }
                 Err(e) => match classify(&e) {
@@ -351,12 +442,16 @@ impl PgStore {
         let mut client = self.connect()?;
         let prepared = (|| {
             Ok::<_, postgres::Error>((
-                client.prepare("SELECT id, password_hash FROM users WHERE name = $1")?,
-                client.prepare("SELECT balance FROM users WHERE id = $1")?,
-                client.prepare(
-                    "SELECT id, kind, counterparty, amount, balance_after, time FROM ledger
-                     WHERE user_id = $1 ORDER BY id DESC LIMIT $2",
-                )?,
+                client.prepare(&format!(
+                    "SELECT id, password_hash, {FLUSHED} FROM users WHERE name = $1"
+                ))?,
+                client.prepare(&format!(
+                    "SELECT balance, {FLUSHED} FROM users WHERE id = $1"
+                ))?,
+                client.prepare(&format!(
+                    "SELECT id, kind, counterparty, amount, balance_after, time, {FLUSHED}
+                     FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT $2"
+                ))?,
             ))
         })();
         let (user, balance, history) = prepared.map_err(|e| match classify(&e) {
@@ -375,10 +470,13 @@ impl PgStore {
     pub(crate) fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
         self.read(|r| {
             let row = r.client.query_opt(&r.user, &[&name])?;
-            Ok(row.map(|row| UserRow {
+            // No row: nothing read that a commit made (users are never deleted).
+            let flushed = row.as_ref().is_none_or(|row| row.get(2));
+            let user = row.map(|row| UserRow {
                 id: row.get(0),
                 hash: row.get(1),
-            }))
+            });
+            Ok((user, flushed))
         })
     }
 
@@ -386,7 +484,8 @@ impl PgStore {
     pub(crate) fn balance(&self, id: i64) -> Result<i64, StoreError> {
         let found = self.read(|r| {
             let row = r.client.query_opt(&r.balance, &[&id])?;
-            Ok(row.map(|row| row.get::<_, i64>(0)))
+            let flushed = row.as_ref().is_none_or(|row| row.get(1));
+            Ok((row.map(|row| row.get::<_, i64>(0)), flushed))
         })?;
         found.ok_or_else(|| StoreError::Postgres(format!("no user with id {id}")))
     }
@@ -396,7 +495,8 @@ impl PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|r| {
             let rows = r.client.query(&r.history, &[&id, &limit])?;
-            Ok(rows
+            let flushed = rows.iter().all(|row| row.get::<_, bool>(6));
+            let entries = rows
                 .iter()
                 .map(|row| HistoryEntry {
                     id: row.get(0),
@@ -406,18 +506,40 @@ impl PgStore {
                     balance_after: row.get(4),
                     time: row.get(5),
                 })
-                .collect())
+                .collect();
+            Ok((entries, flushed))
         })
     }
 
     /// Queues `job` for a writer (see [`GroupCommit::submit`]).
     pub(crate) fn submit_write(&self, job: WriteJob) {
-        self.writes.submit(job, |w, ops| self.execute(w, ops));
+        self.writes.submit_with(
+            job,
+            |w, ops| self.execute(w, ops),
+            |w, applied| self.release(w, applied),
+        );
+    }
+
+    /// Hands a batch's results over: at once if its commit waited for the disk (or it
+    /// committed nothing), else after a flush barrier on the session it was sent under.
+    fn release(&self, w: &Writer, applied: Applied) {
+        match &self.flusher {
+            Some(flusher) if self.early_release && applied.committed_something() => {
+                flusher.after_barrier(w.sent_on, Box::new(move |r| applied.deliver(r)));
+            }
+            _ => applied.deliver(Ok(())),
+        }
     }
 
     /// Applies `ops` in order as one transaction (see the module docs for the retries);
     /// after a database error, one transaction per operation.
     fn execute(&self, w: &mut Writer, ops: &[&WriteOp]) -> WriteResults {
+        // Every commit of this batch must be confirmed by a barrier on the session up
+        // before the first of them was sent.
+        w.sent_on = match &self.flusher {
+            Some(flusher) if self.early_release => flusher.session_for_send(),
+            _ => 0,
+        };
         match self.call(w, ops) {
             Err(Failure::Other(m)) if ops.len() > 1 => {
                 duo_net::log_limited!(
@@ -447,6 +569,12 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
+            if self.early_release && w.sent_on == 0 {
+                // Nothing committed now could be confirmed: do not send.
+                return Err(Failure::Refused(
+                    "no database session to confirm commits on (reconnecting)".to_owned(),
+                ));
+            }
             if w.session.as_ref().is_some_and(|(c, _)| c.is_closed()) {
                 // Ended while idle (the server restarted): nothing was sent on it.
                 w.session = None;
@@ -454,9 +582,9 @@ impl PgStore {
             let (client, call) = match w.session.as_mut() {
                 Some(s) => s,
                 None => {
-                    let session = self
-                        .connect()
-                        .and_then(|c| prepare_writer(c).map_err(|e| pg_error(&e)));
+                    let session = self.connect().and_then(|c| {
+                        prepare_writer(c, self.early_release).map_err(|e| pg_error(&e))
+                    });
                     match session {
                         Ok(s) => w.session.insert(s),
                         Err(e) => return Err(Failure::Refused(e.to_string())),
@@ -504,7 +632,27 @@ impl PgStore {
     #[cfg(test)]
     pub(crate) fn write_now(&self, ops: &[WriteOp]) -> WriteResults {
         let refs: Vec<&WriteOp> = ops.iter().collect();
-        self.writes.with_writer(|w| self.execute(w, &refs))
+        let (results, sent_on) = self
+            .writes
+            .with_writer(|w| (self.execute(w, &refs), w.sent_on));
+        match &self.flusher {
+            Some(flusher) if self.early_release && results.iter().any(Result::is_ok) => {
+                match flusher.wait(sent_on) {
+                    Ok(()) => results,
+                    Err(e) => results
+                        .iter()
+                        .map(|_| Err(StoreError::Unavailable(e.to_string())))
+                        .collect(),
+                }
+            }
+            _ => results,
+        }
+    }
+
+    /// Whether the writers commit without waiting for the disk (early lock release).
+    #[cfg(test)]
+    pub(crate) fn early_release(&self) -> bool {
+        self.early_release
     }
 
     /// The sum of all balances.
@@ -514,7 +662,7 @@ impl PgStore {
             let row = r
                 .client
                 .query_one("SELECT COALESCE(SUM(balance), 0)::bigint FROM users", &[])?;
-            Ok(row.get(0))
+            Ok((row.get(0), true))
         })
     }
 
@@ -589,7 +737,15 @@ fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
         .collect()
 }
 
-fn prepare_writer(mut client: Client) -> Result<(Client, Statement), postgres::Error> {
+/// Prepares a writer session; with `early_release`, its commits do not wait for the disk
+/// (the barrier does, before anyone hears of them).
+fn prepare_writer(
+    mut client: Client,
+    early_release: bool,
+) -> Result<(Client, Statement), postgres::Error> {
+    if early_release {
+        client.batch_execute("SET synchronous_commit = off")?;
+    }
     let call = client.prepare_typed(
         "SELECT status, balance, message FROM bank_apply($1, $2, $3, $4, $5, $6, $7)",
         &[

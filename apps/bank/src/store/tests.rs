@@ -62,6 +62,7 @@ fn database(backend: Backend, name: &str) -> Option<(Guard, Database)> {
 fn options(group_commit: bool) -> StoreOptions {
     StoreOptions {
         group_commit,
+        early_release: true,
         writers: 2,
         metrics: crate::BankMetrics::default(),
     }
@@ -161,6 +162,68 @@ fn sqlite_is_in_wal_mode_with_full_sync() {
     let (mode, sync) = s.pragmas();
     assert_eq!(mode, "wal");
     assert_eq!(sync, 2, "FULL");
+}
+
+/// Early lock release (the writers commit without waiting for the disk, a flush barrier
+/// before any reply) is on with group commit unless turned off, and off where the server
+/// will not run barriers, where every write still works.
+#[test]
+fn postgres_releases_locks_early_with_group_commit_where_barriers_run() {
+    let Some((guard, db)) = database(Backend::Postgres, "early_release") else {
+        return;
+    };
+    let cluster = guard.downcast_ref::<PgCluster>().unwrap();
+    let opened = std::cell::Cell::new(0);
+    let open = |db: &Database, group_commit: bool, early_release: bool| {
+        opened.set(opened.get() + 1);
+        let store = Store::open(
+            db,
+            StoreOptions {
+                group_commit,
+                early_release,
+                writers: 1,
+                metrics: crate::BankMetrics::default(),
+            },
+        )
+        .unwrap();
+        let Store::Postgres(pg) = &store else {
+            unreachable!()
+        };
+        let early = pg.early_release();
+        let r = store.write_now(&[WriteOp::Register {
+            name: format!("u{}", opened.get()),
+            hash: "h".into(),
+        }]);
+        assert!(matches!(r[0], Ok(WriteOutcome::Registered)), "{r:?}");
+        (store, early)
+    };
+    // A role that may not run the barrier's function, in a database it sets up itself.
+    cluster
+        .psql(
+            "CREATE ROLE plain LOGIN; GRANT CREATE ON SCHEMA public TO plain; \
+             REVOKE EXECUTE ON FUNCTION pg_logical_emit_message(boolean, text, text) \
+             FROM PUBLIC",
+        )
+        .unwrap();
+    let Database::Postgres(url) = &db else {
+        unreachable!()
+    };
+    let plain = Database::Postgres(url.replacen("bank@", "plain@", 1));
+    let (store, early) = open(&plain, true, true);
+    assert!(
+        !early,
+        "no barriers: every commit must wait for its own flush"
+    );
+    let u = store.user("u1").unwrap().unwrap().id;
+    assert_eq!(
+        balance(&store.write_now(&[WriteOp::Deposit { user: u, amount: 7 }])[0]),
+        7
+    );
+    assert_eq!(store.balance(u).unwrap(), 7);
+    drop(store);
+    assert!(open(&db, true, true).1);
+    assert!(!open(&db, false, true).1, "without group commit");
+    assert!(!open(&db, true, false).1, "turned off");
 }
 
 fn reopens_with_the_data(backend: Backend, name: &str) {
