@@ -352,6 +352,9 @@ struct PgSummary {
     group_over_pgbench: Option<f64>,
     group_over_single: Option<f64>,
     two_over_one: Option<f64>,
+    /// Group commit with early lock release over the same holding its locks through the
+    /// flush (`--no-early-release`).
+    early_over_locked: Option<f64>,
     cpu_group_over_pgbench: Option<f64>,
     cpu_group_over_single: Option<f64>,
     cpu_two_over_one: Option<f64>,
@@ -376,14 +379,22 @@ impl PgSummary {
         let group = find(Target::BankPg {
             group: true,
             processes: 1,
+            early_release: true,
         });
         let group_2 = find(Target::BankPg {
             group: true,
             processes: 2,
+            early_release: true,
+        });
+        let locked = find(Target::BankPg {
+            group: true,
+            processes: 1,
+            early_release: false,
         });
         let single = find(Target::BankPg {
             group: false,
             processes: 1,
+            early_release: true,
         });
         let pgbench = find(Target::PgBench);
         let rate = |o: Option<&Outcome>| o.and_then(Outcome::rate);
@@ -410,6 +421,7 @@ impl PgSummary {
             group_over_pgbench: div(rate(group), rate(pgbench)),
             group_over_single: div(rate(group), rate(single)),
             two_over_one: div(rate(group_2), rate(group)),
+            early_over_locked: div(rate(group), rate(locked)),
             cpu_group_over_pgbench: div(cpu(group), cpu(pgbench)),
             cpu_group_over_single: div(cpu(group), cpu(single)),
             cpu_two_over_one: div(cpu(group_2), cpu(group)),
@@ -457,6 +469,12 @@ impl PgSummary {
             TargetCheck {
                 name: "2 front-ends / 1, transfers/s (no target)",
                 value: fmt_ratio(self.two_over_one),
+                met: None,
+            },
+            TargetCheck {
+                name: "early lock release / locks held through the flush, transfers/s (no \
+                       target)",
+                value: fmt_ratio(self.early_over_locked),
                 met: None,
             },
         ]

@@ -346,6 +346,9 @@ pub(super) enum Target {
         group: bool,
         /// Front-end processes (`--processes`, when more than 1).
         processes: u32,
+        /// Early lock release (else `--no-early-release`: every commit holds its locks
+        /// until it is on disk). Without group commit the bank ignores it.
+        early_release: bool,
     },
     /// PostgreSQL's own `pgbench` (TPC-B-like) on the same cluster: the baseline.
     PgBench,
@@ -494,6 +497,7 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         Target::BankPg {
             group: true,
             processes: 1,
+            early_release: true,
         },
         "bank",
         &["--clients", "100", "--accounts", "50", "--threads", "2"],
@@ -505,6 +509,20 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         Target::BankPg {
             group: true,
             processes: 2,
+            early_release: true,
+        },
+        "bank",
+        &["--clients", "100", "--accounts", "50", "--threads", "2"],
+        100,
+    ),
+    Scenario::new(
+        "bank-pg-group-locked",
+        "bank on PostgreSQL, 100 clients, group commit holding locks through the flush \
+         (--no-early-release)",
+        Target::BankPg {
+            group: true,
+            processes: 1,
+            early_release: false,
         },
         "bank",
         &["--clients", "100", "--accounts", "50", "--threads", "2"],
@@ -516,6 +534,7 @@ pub(super) const SCENARIOS: &[Scenario] = &[
         Target::BankPg {
             group: false,
             processes: 1,
+            early_release: true,
         },
         "bank",
         &["--clients", "100", "--accounts", "50", "--threads", "2"],
@@ -657,10 +676,17 @@ pub(super) fn entrants(sc: &Scenario, release: &Path, db_dir: &Path) -> Vec<Entr
                 args,
             }]
         }
-        Target::BankPg { group, processes } => {
+        Target::BankPg {
+            group,
+            processes,
+            early_release,
+        } => {
             let mut args = bank_args();
             if !group {
                 args.push("--no-group-commit".into());
+            }
+            if !early_release {
+                args.push("--no-early-release".into());
             }
             if processes > 1 {
                 args.extend(["--processes".into(), processes.to_string()]);

@@ -209,7 +209,8 @@ impl Flusher {
 }
 
 impl Drop for Flusher {
-    /// Stops the thread; whatever still waits gets [`StoreError::Unavailable`].
+    /// Stops the thread after one last barrier for whatever still waits (what that cannot
+    /// confirm gets [`StoreError::Unavailable`]); whatever asks after that gets it too.
     fn drop(&mut self) {
         self.shared.state.lock().stop = true;
         self.shared.wake.notify_all();
@@ -240,9 +241,20 @@ fn run<B: Barrier>(shared: &Shared, mut session: Option<B>, connect: &Connect<B>
             shared.wake.wait(&mut state);
         }
         if state.stop {
-            let waiting = std::mem::take(&mut state.waiting);
+            // One last barrier for what still waits, if there is a session to run it on.
+            let (number, waiting) = (state.session, std::mem::take(&mut state.waiting));
             drop(state);
-            release_all(waiting, |_| Err(stopping()));
+            let last = match session.as_mut() {
+                Some(current) if !waiting.is_empty() => current.barrier().is_ok(),
+                _ => false,
+            };
+            release_all(waiting, |w| {
+                if last && w.session == number {
+                    Ok(())
+                } else {
+                    Err(stopping())
+                }
+            });
             return;
         }
         let Some(current) = session.as_mut() else {
@@ -498,16 +510,16 @@ mod tests {
     }
 
     #[test]
-    fn stopping_releases_whatever_waits() {
+    fn stopping_runs_a_last_barrier_for_whatever_waits() {
         let (rig, control) = rig(vec![], true);
         let (started, go) = control.unwrap();
         let (tx, rx) = mpsc::channel();
         let t = tx.clone();
         rig.flusher
-            .after_barrier(1, Box::new(move |r| t.send(r).unwrap()));
+            .after_barrier(1, Box::new(move |r| t.send(("first", r)).unwrap()));
         started.recv_timeout(Duration::from_secs(10)).unwrap();
         rig.flusher
-            .after_barrier(1, Box::new(move |r| tx.send(r).unwrap()));
+            .after_barrier(1, Box::new(move |r| tx.send(("second", r)).unwrap()));
         let Rig { flusher, .. } = rig;
         let shared = flusher.shared.clone();
         let dropper = std::thread::spawn(move || drop(flusher));
@@ -516,12 +528,18 @@ mod tests {
             assert!(std::time::Instant::now() < deadline, "not stopping");
             std::thread::sleep(Duration::from_millis(1));
         }
+        // The barrier in flight confirms the first.
         go.send(()).unwrap();
+        let (name, r) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(name, "first");
+        r.unwrap();
+        // The second joined during it: one last barrier confirms it before the thread
+        // ends, rather than leaving a durable commit reported as unknown.
+        started.recv_timeout(Duration::from_secs(10)).unwrap();
+        go.send(()).unwrap();
+        let (name, r) = rx.recv_timeout(Duration::from_secs(10)).unwrap();
+        assert_eq!(name, "second");
+        r.unwrap();
         dropper.join().unwrap();
-        // The barrier in flight confirmed the first; the second never got one.
-        rx.recv_timeout(Duration::from_secs(10)).unwrap().unwrap();
-        assert!(is_unavailable(
-            &rx.recv_timeout(Duration::from_secs(10)).unwrap()
-        ));
     }
 }
