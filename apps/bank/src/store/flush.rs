@@ -112,12 +112,24 @@ struct Shared {
 pub(crate) struct Flusher {
     shared: Arc<Shared>,
     thread: Option<JoinHandle<()>>,
+    /// [`FRESH`], shorter in tests.
+    fresh: Duration,
 }
 
 impl Flusher {
     /// Starts the barrier thread with `first` as its session; `connect` makes the next one
     /// when a session breaks.
     pub(crate) fn start<B: Barrier>(first: B, connect: Connect<B>) -> std::io::Result<Flusher> {
+        Flusher::start_with(first, connect, FRESH)
+    }
+
+    /// As [`Flusher::start`], taking a session to be up without asking for `fresh`
+    /// after its last barrier.
+    fn start_with<B: Barrier>(
+        first: B,
+        connect: Connect<B>,
+        fresh: Duration,
+    ) -> std::io::Result<Flusher> {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 session: 1,
@@ -138,6 +150,7 @@ impl Flusher {
         Ok(Flusher {
             shared,
             thread: Some(thread),
+            fresh,
         })
     }
 
@@ -155,7 +168,7 @@ impl Flusher {
     pub(crate) fn session_for_send(&self) -> u64 {
         let session = {
             let state = self.shared.state.lock();
-            if state.session != 0 && state.last_ok.elapsed() < FRESH {
+            if state.session != 0 && state.last_ok.elapsed() < self.fresh {
                 return state.session;
             }
             state.session
@@ -376,6 +389,11 @@ mod tests {
     /// A flusher whose barriers follow `script`; with `gate`, each barrier waits for a
     /// message on `go` after saying it started.
     fn rig(script: Vec<bool>, gated: bool) -> (Rig, Option<Control>) {
+        rig_fresh(script, gated, FRESH)
+    }
+
+    /// As [`rig`], taking a session to be up for `fresh` after its last barrier.
+    fn rig_fresh(script: Vec<bool>, gated: bool, fresh: Duration) -> (Rig, Option<Control>) {
         let script = Arc::new(Mutex::new(script));
         let barriers = Arc::new(AtomicUsize::new(0));
         let connects = Arc::new(AtomicUsize::new(0));
@@ -405,7 +423,7 @@ mod tests {
                 Ok(make())
             })
         };
-        let flusher = Flusher::start(first, connect).unwrap();
+        let flusher = Flusher::start_with(first, connect, fresh).unwrap();
         (
             Rig {
                 flusher,
@@ -500,6 +518,25 @@ mod tests {
         // its barrier succeeds: the server may have lost it.
         assert!(is_unavailable(&rig.flusher.wait(1)));
         // One sent on the new session is.
+        rig.flusher.wait(2).unwrap();
+    }
+
+    #[test]
+    fn a_batch_is_sent_under_a_session_seen_up_since_its_last_barrier() {
+        // Fresh: no barrier needed before sending.
+        let (rig, _) = rig_fresh(vec![], false, Duration::from_secs(3600));
+        assert_eq!(rig.flusher.session_for_send(), 1);
+        assert_eq!(rig.barriers.load(Ordering::SeqCst), 0);
+        // Stale: one barrier first shows the session is still up.
+        let (rig, _) = rig_fresh(vec![], false, Duration::ZERO);
+        assert_eq!(rig.flusher.session_for_send(), 1);
+        assert_eq!(rig.barriers.load(Ordering::SeqCst), 1);
+        // Stale and dead (the database restarted while idle): the batch goes under the
+        // new session, so its barrier can confirm it (not UNAVAILABLE for a write that
+        // was never in doubt).
+        let (rig, _) = rig_fresh(vec![false], false, Duration::ZERO);
+        assert_eq!(rig.flusher.session_for_send(), 2);
+        assert_eq!(rig.connects.load(Ordering::SeqCst), 1);
         rig.flusher.wait(2).unwrap();
     }
 
