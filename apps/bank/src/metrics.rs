@@ -25,6 +25,10 @@ pub struct BankMetrics {
     batch_ops: Histogram,
     /// Time to apply and commit one batch.
     commit_seconds: Histogram,
+    /// Time of one flush barrier (PostgreSQL with early lock release).
+    flush_seconds: Histogram,
+    /// Flush barriers that failed.
+    flush_failures: Counter,
     /// Logins refused (wrong name or password).
     failed_logins: Counter,
     /// Commands answered with a database error, by protocol code.
@@ -39,6 +43,8 @@ impl Default for BankMetrics {
             batch_ops: Histogram::new(exponential_buckets(1.0, 2.0, 13)),
             // 100 µs ... about 3.3 s.
             commit_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
+            flush_seconds: Histogram::new(exponential_buckets(1e-4, 2.0, 16)),
+            flush_failures: Counter::default(),
             failed_logins: Counter::default(),
             db_errors: Family::default(),
         }
@@ -66,6 +72,19 @@ impl BankMetrics {
             "commit_seconds",
             "Time to apply and durably commit one batch",
             self.commit_seconds.clone(),
+        );
+        bank.register(
+            "flush_seconds",
+            "Time of one flush barrier: a synchronous commit on the PostgreSQL session that \
+             confirms the batches committed without waiting for the disk (early lock \
+             release); every such batch's replies wait for one",
+            self.flush_seconds.clone(),
+        );
+        bank.register(
+            "flush_failures",
+            "Flush barriers that failed: the batches and reads waiting for them were \
+             answered UNAVAILABLE",
+            self.flush_failures.clone(),
         );
         bank.register(
             "failed_logins",
@@ -99,6 +118,14 @@ impl BankMetrics {
             self.writes
                 .get_or_create(&[("kind", kind), ("outcome", outcome)])
                 .inc();
+        }
+    }
+
+    /// A flush barrier took `took`, and succeeded or not.
+    pub(crate) fn flush(&self, took: Duration, ok: bool) {
+        self.flush_seconds.observe(took.as_secs_f64());
+        if !ok {
+            self.flush_failures.inc();
         }
     }
 

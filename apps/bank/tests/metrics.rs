@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Client, Server, TempDir, PW};
+use common::{Backend, Client, Server, TempDir, TestDb, PW};
 
 /// `GET /metrics`: the body.
 fn scrape(addr: SocketAddr) -> String {
@@ -73,6 +73,39 @@ fn the_bank_s_figures_are_on_its_metrics_page() {
     );
     assert!(
         text.contains("duo_loop_stalls_total{loop=\"bank-0\"}"),
+        "{text}"
+    );
+    drop(alice);
+    let (status, _) = server.signal_and_wait("TERM", Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
+
+/// On PostgreSQL with group commit, every write's replies wait for a flush barrier (early
+/// lock release): the barriers are counted and timed, and none failed.
+#[test]
+fn flush_barriers_are_on_the_metrics_page_on_postgres() {
+    let Some(db) = TestDb::new(Backend::Postgres, "metrics_flush") else {
+        return;
+    };
+    let mut server = db.start(&["--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let mut alice = Client::connect(server.addr);
+    assert!(alice.cmd(&format!("REGISTER alice {PW}")).starts_with("OK"));
+    assert!(alice.cmd(&format!("LOGIN alice {PW}")).starts_with("OK"));
+    for n in 1..=3 {
+        assert_eq!(
+            alice.cmd(&format!("DEPOSIT {n}")),
+            format!("OK {}", n * (n + 1) / 2)
+        );
+    }
+    let text = scrape(metrics);
+    // Each of the four writes waited for a barrier that began after its commit.
+    let barriers = value(&text, "bank_flush_seconds_count").unwrap();
+    assert!(barriers >= 4.0, "{text}");
+    assert!(value(&text, "bank_flush_seconds_sum").unwrap() > 0.0);
+    assert_eq!(
+        value(&text, "bank_flush_failures_total"),
+        Some(0.0),
         "{text}"
     );
     drop(alice);

@@ -193,7 +193,7 @@ impl Flusher {
 
     /// Calls `release` once a barrier that starts from now on has returned on session
     /// `session`: with `Ok` if it did, else with the error (the barrier failed, or its
-    /// session is not `session`). Called on the barrier thread.
+    /// session is not `session`). `release` runs on the barrier thread, with no lock held.
     pub(crate) fn after_barrier(&self, session: u64, release: Release) {
         let mut state = self.shared.state.lock();
         if state.stop {

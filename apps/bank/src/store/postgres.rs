@@ -31,7 +31,7 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 use postgres::error::SqlState;
@@ -44,6 +44,7 @@ use super::{
     unix_now, GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome,
     WriteResults,
 };
+use crate::metrics::BankMetrics;
 use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
 
 /// The schema and the batch function, idempotent (see the file's comments).
@@ -182,12 +183,15 @@ pub(crate) struct Writer {
 struct PgBarrier {
     client: Client,
     statement: Statement,
+    metrics: BankMetrics,
 }
 
 impl Barrier for PgBarrier {
     fn barrier(&mut self) -> Result<(), StoreError> {
-        self.client
-            .execute(&self.statement, &[])
+        let began = Instant::now();
+        let result = self.client.execute(&self.statement, &[]);
+        self.metrics.flush(began.elapsed(), result.is_ok());
+        result
             .map(drop)
             .map_err(|e| StoreError::Unavailable(describe(&e)))
     }
@@ -207,7 +211,11 @@ const FLUSHED: &str = "pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()
 /// Starts the flush barriers after one barrier has run: `None` (with a warning) if the
 /// server refuses it (a PostgreSQL-compatible server without `pg_logical_emit_message`,
 /// a role not allowed to run it); then every commit waits for its own flush.
-fn start_flusher(config: &Config, shown: &str) -> Result<Option<Flusher>, StoreError> {
+fn start_flusher(
+    config: &Config,
+    shown: &str,
+    metrics: &BankMetrics,
+) -> Result<Option<Flusher>, StoreError> {
     let mut client = config
         .connect(NoTls)
         .map_err(|e| connect_failed(&e, Some(shown)))?;
@@ -216,7 +224,11 @@ fn start_flusher(config: &Config, shown: &str) -> Result<Option<Flusher>, StoreE
         Ok(statement)
     });
     let first = match first {
-        Ok(statement) => PgBarrier { client, statement },
+        Ok(statement) => PgBarrier {
+            client,
+            statement,
+            metrics: metrics.clone(),
+        },
         Err(e) => {
             return match classify(&e) {
                 Failure::Other(m) => {
@@ -230,19 +242,30 @@ fn start_flusher(config: &Config, shown: &str) -> Result<Option<Flusher>, StoreE
             }
         }
     };
-    let (config, shown) = (config.clone(), shown.to_owned());
-    let flusher = Flusher::start(first, Box::new(move || barrier_session(&config, &shown)))
-        .map_err(|e| StoreError::Unavailable(format!("cannot start the flush thread: {e}")))?;
+    let (config, shown, metrics) = (config.clone(), shown.to_owned(), metrics.clone());
+    let flusher = Flusher::start(
+        first,
+        Box::new(move || barrier_session(&config, &shown, &metrics)),
+    )
+    .map_err(|e| StoreError::Unavailable(format!("cannot start the flush thread: {e}")))?;
     Ok(Some(flusher))
 }
 
 /// A new barrier session, with its statement prepared.
-fn barrier_session(config: &Config, shown: &str) -> Result<PgBarrier, StoreError> {
+fn barrier_session(
+    config: &Config,
+    shown: &str,
+    metrics: &BankMetrics,
+) -> Result<PgBarrier, StoreError> {
     let mut client = config
         .connect(NoTls)
         .map_err(|e| connect_failed(&e, Some(shown)))?;
     let statement = client.prepare(BARRIER_SQL).map_err(|e| pg_error(&e))?;
-    Ok(PgBarrier { client, statement })
+    Ok(PgBarrier {
+        client,
+        statement,
+        metrics: metrics.clone(),
+    })
 }
 
 /// A reader connection with its prepared queries.
@@ -356,7 +379,7 @@ impl PgStore {
             .connect(NoTls)
             .map_err(|e| connect_failed(&e, None))?;
         migrate(&mut client, &shown)?;
-        let flusher = start_flusher(&config, &shown)?;
+        let flusher = start_flusher(&config, &shown, &options.metrics)?;
         let early_release = options.early_release && options.group_commit && flusher.is_some();
         let first = Writer {
             session: Some(prepare_writer(client, early_release).map_err(|e| pg_error(&e))?),
