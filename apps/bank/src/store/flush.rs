@@ -37,7 +37,15 @@
 //! and only a barrier on that same session confirms it. A barrier that fails, or one on a
 //! newer session (the old one broke and was replaced), delivers
 //! [`StoreError::Unavailable`] instead: the outcome is unknown, and a transfer retried with
-//! its request id returns what happened. While no session is up, writers do not send.
+//! its request id returns what happened. While no session is up, writers do not send; a
+//! session counts as up only once it has run a barrier, and one idle for longer than
+//! [`FRESH`] is pinged before a batch is sent under it (a session that died with an idle
+//! restart would otherwise turn the next batch's certain outcome into an unknown one).
+//!
+//! The argument assumes that the writer and barrier sessions reach one and the same
+//! server (a multi-host URL could put them on two), and that the barrier session commits
+//! synchronously: one that the server sets to `synchronous_commit = off` is refused, and
+//! early release is then off.
 //!
 //! This needs the writer and barrier sessions to be real server sessions: a
 //! transaction-pooling proxy between the bank and PostgreSQL (pgBouncer in `transaction`
@@ -47,10 +55,12 @@
 //! # Reads
 //!
 //! A read may see a batch that committed but is not yet flushed. Each read also asks the
-//! server, in the same statement, whether its WAL is flushed as far as it is written; when
-//! it is not, the reply waits for the next barrier, like a batch's
-//! ([`Flusher::wait`]).
+//! server, in the same statement, whether its WAL is flushed as far as it is written (and
+//! whether a synchronous standby is configured, which the writers' commits do not wait
+//! for either); when it is not, or one is, the reply waits for the next barrier, like a
+//! batch's ([`Flusher::wait`]).
 
+use std::panic::{self, AssertUnwindSafe};
 use std::sync::{mpsc, Arc};
 use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
@@ -64,6 +74,9 @@ pub(crate) trait Barrier: Send + 'static {
     /// Commits a small transaction synchronously: returns `Ok` once everything committed
     /// on the server before the call is durable; any error leaves that unknown.
     fn barrier(&mut self) -> Result<(), StoreError>;
+
+    /// Shows the session is up (a round trip that writes nothing).
+    fn ping(&mut self) -> Result<(), StoreError>;
 }
 
 /// Makes a new barrier session.
@@ -87,6 +100,8 @@ const RECONNECT_WAIT: Duration = Duration::from_secs(5);
 struct Waiter {
     session: u64,
     release: Release,
+    /// Only wants to know that the session is up: a ping does (so does a barrier).
+    ping: bool,
 }
 
 struct State {
@@ -96,7 +111,7 @@ struct State {
     last: u64,
     /// Waiting for the next barrier (which starts after they joined).
     waiting: Vec<Waiter>,
-    /// When a barrier last succeeded.
+    /// When the latest barrier or ping that succeeded began.
     last_ok: Instant,
     /// Whether the latest attempt to make a session failed.
     connect_failed: bool,
@@ -173,8 +188,11 @@ impl Flusher {
             }
             state.session
         };
-        if session != 0 && self.wait(session).is_ok() {
-            return session;
+        if session != 0 && self.ping().is_ok() {
+            let state = self.shared.state.lock();
+            if state.session == session {
+                return session;
+            }
         }
         let deadline = Instant::now() + RECONNECT_WAIT;
         let mut state = self.shared.state.lock();
@@ -195,26 +213,51 @@ impl Flusher {
     /// `session`: with `Ok` if it did, else with the error (the barrier failed, or its
     /// session is not `session`). `release` runs on the barrier thread, with no lock held.
     pub(crate) fn after_barrier(&self, session: u64, release: Release) {
+        self.join(session, release, false);
+    }
+
+    fn join(&self, session: u64, release: Release, ping: bool) {
         let mut state = self.shared.state.lock();
         if state.stop {
             drop(state);
             release(Err(stopping()));
             return;
         }
-        state.waiting.push(Waiter { session, release });
+        if !ping && session != state.session {
+            // Session numbers only grow: no barrier will ever run on `session` again.
+            drop(state);
+            release(Err(session_changed()));
+            return;
+        }
+        state.waiting.push(Waiter {
+            session,
+            release,
+            ping,
+        });
         self.shared.wake.notify_all();
+    }
+
+    /// Blocks until the session up now has answered a ping (or a barrier): `Ok` if it
+    /// did, else why not (then the session is replaced).
+    fn ping(&self) -> Result<(), StoreError> {
+        self.block_on(0, true)
     }
 
     /// Blocks until a barrier that starts from now on has returned on session `session`
     /// (see [`Flusher::after_barrier`]).
     pub(crate) fn wait(&self, session: u64) -> Result<(), StoreError> {
+        self.block_on(session, false)
+    }
+
+    fn block_on(&self, session: u64, ping: bool) -> Result<(), StoreError> {
         let (tx, rx) = mpsc::sync_channel(1);
-        self.after_barrier(
+        self.join(
             session,
             Box::new(move |r| {
                 // The receiver waits below; it is gone only if this thread unwound.
                 let _ = tx.send(r);
             }),
+            ping,
         );
         rx.recv()
             .unwrap_or_else(|_| Err(StoreError::Unavailable("the flush thread ended".into())))
@@ -233,15 +276,37 @@ impl Drop for Flusher {
     }
 }
 
+fn session_changed() -> StoreError {
+    StoreError::Unavailable(
+        "the database session changed before the commit was confirmed; the outcome is unknown"
+            .to_owned(),
+    )
+}
+
 fn stopping() -> StoreError {
     StoreError::Unavailable("the server is stopping; the outcome is unknown".to_owned())
 }
 
+/// Hands each waiter its result. A release that panics is caught and logged: the
+/// barrier thread must outlive it, or everything that waits later would wait forever.
 fn release_all(waiters: Vec<Waiter>, result: impl Fn(&Waiter) -> Result<(), StoreError>) {
     for w in waiters {
         let r = result(&w);
-        (w.release)(r);
+        let release = w.release;
+        if panic::catch_unwind(AssertUnwindSafe(move || release(r))).is_err() {
+            log::error!("a release after a flush barrier panicked");
+        }
     }
+}
+
+/// `f`, with a panic turned into [`StoreError::Unavailable`] (see [`release_all`]).
+fn guarded<T>(what: &str, f: impl FnOnce() -> Result<T, StoreError>) -> Result<T, StoreError> {
+    panic::catch_unwind(AssertUnwindSafe(f)).unwrap_or_else(|_| {
+        log::error!("the flush thread's {what} panicked");
+        Err(StoreError::Unavailable(format!(
+            "the flush thread's {what} panicked"
+        )))
+    })
 }
 
 /// The barrier thread: while something waits, runs a barrier and releases what waited
@@ -258,7 +323,9 @@ fn run<B: Barrier>(shared: &Shared, mut session: Option<B>, connect: &Connect<B>
             let (number, waiting) = (state.session, std::mem::take(&mut state.waiting));
             drop(state);
             let last = match session.as_mut() {
-                Some(current) if !waiting.is_empty() => current.barrier().is_ok(),
+                Some(current) if !waiting.is_empty() => {
+                    guarded("barrier", || current.barrier()).is_ok()
+                }
                 _ => false,
             };
             release_all(waiting, |w| {
@@ -280,7 +347,7 @@ fn run<B: Barrier>(shared: &Shared, mut session: Option<B>, connect: &Connect<B>
                         .to_owned(),
                 ))
             });
-            match connect() {
+            match guarded("connect", connect) {
                 Ok(s) => {
                     session = Some(s);
                     let mut state = shared.state.lock();
@@ -311,7 +378,12 @@ fn run<B: Barrier>(shared: &Shared, mut session: Option<B>, connect: &Connect<B>
         let number = state.session;
         let waiting = std::mem::take(&mut state.waiting);
         drop(state);
-        let result = current.barrier();
+        let began = Instant::now();
+        let result = if waiting.iter().all(|w| w.ping) {
+            guarded("ping", || current.ping())
+        } else {
+            guarded("barrier", || current.barrier())
+        };
         if let Err(e) = &result {
             duo_net::log_limited!(
                 log::Level::Warn,
@@ -323,15 +395,12 @@ fn run<B: Barrier>(shared: &Shared, mut session: Option<B>, connect: &Connect<B>
             state.session = 0;
             state.connect_failed = false;
         } else {
-            shared.state.lock().last_ok = Instant::now();
+            let mut state = shared.state.lock();
+            state.last_ok = state.last_ok.max(began);
         }
         release_all(waiting, |w| match &result {
-            Ok(()) if w.session == number => Ok(()),
-            Ok(()) => Err(StoreError::Unavailable(
-                "the database session changed before the commit was confirmed; the outcome \
-                 is unknown"
-                    .to_owned(),
-            )),
+            Ok(()) if w.ping || w.session == number => Ok(()),
+            Ok(()) => Err(session_changed()),
             Err(StoreError::Unavailable(m)) => Err(StoreError::Unavailable(m.clone())),
             Err(e) => Err(StoreError::Unavailable(e.to_string())),
         });
@@ -349,11 +418,13 @@ mod tests {
     /// The test's end of the gate: "started" in, "go" out.
     type Control = (mpsc::Receiver<()>, mpsc::Sender<()>);
 
-    /// A fake session: each barrier takes its turn from `script` (`true`: succeeds), after
-    /// announcing itself on `started` and waiting for `go` if given.
+    /// A fake session: each barrier or ping takes its turn from `script` (`true`: the
+    /// session is up); a barrier first announces itself on `started` and waits for `go`
+    /// if given; a barrier on `panic_on` (its number, from 1) panics.
     struct Fake {
         script: Arc<Mutex<Vec<bool>>>,
         barriers: Arc<AtomicUsize>,
+        pings: Arc<AtomicUsize>,
         gate: Option<Gate>,
     }
 
@@ -364,6 +435,17 @@ mod tests {
                 started.send(()).unwrap();
                 go.lock().recv_timeout(Duration::from_secs(10)).unwrap();
             }
+            self.next()
+        }
+
+        fn ping(&mut self) -> Result<(), StoreError> {
+            self.pings.fetch_add(1, Ordering::SeqCst);
+            self.next()
+        }
+    }
+
+    impl Fake {
+        fn next(&self) -> Result<(), StoreError> {
             let ok = {
                 let mut script = self.script.lock();
                 if script.is_empty() {
@@ -383,6 +465,7 @@ mod tests {
     struct Rig {
         flusher: Flusher,
         barriers: Arc<AtomicUsize>,
+        pings: Arc<AtomicUsize>,
         connects: Arc<AtomicUsize>,
     }
 
@@ -396,6 +479,7 @@ mod tests {
     fn rig_fresh(script: Vec<bool>, gated: bool, fresh: Duration) -> (Rig, Option<Control>) {
         let script = Arc::new(Mutex::new(script));
         let barriers = Arc::new(AtomicUsize::new(0));
+        let pings = Arc::new(AtomicUsize::new(0));
         let connects = Arc::new(AtomicUsize::new(0));
         let (gate, control) = if gated {
             let (started_tx, started_rx) = mpsc::channel();
@@ -408,10 +492,16 @@ mod tests {
             (None, None)
         };
         let make = {
-            let (script, barriers, gate) = (script.clone(), barriers.clone(), gate.clone());
+            let (script, barriers, pings, gate) = (
+                script.clone(),
+                barriers.clone(),
+                pings.clone(),
+                gate.clone(),
+            );
             move || Fake {
                 script: script.clone(),
                 barriers: barriers.clone(),
+                pings: pings.clone(),
                 gate: gate.clone(),
             }
         };
@@ -428,6 +518,7 @@ mod tests {
             Rig {
                 flusher,
                 barriers,
+                pings,
                 connects,
             },
             control,
@@ -527,10 +618,12 @@ mod tests {
         let (rig, _) = rig_fresh(vec![], false, Duration::from_secs(3600));
         assert_eq!(rig.flusher.session_for_send(), 1);
         assert_eq!(rig.barriers.load(Ordering::SeqCst), 0);
-        // Stale: one barrier first shows the session is still up.
+        assert_eq!(rig.pings.load(Ordering::SeqCst), 0);
+        // Stale: a ping first shows the session is still up (no WAL flush for that).
         let (rig, _) = rig_fresh(vec![], false, Duration::ZERO);
         assert_eq!(rig.flusher.session_for_send(), 1);
-        assert_eq!(rig.barriers.load(Ordering::SeqCst), 1);
+        assert_eq!(rig.pings.load(Ordering::SeqCst), 1);
+        assert_eq!(rig.barriers.load(Ordering::SeqCst), 0);
         // Stale and dead (the database restarted while idle): the batch goes under the
         // new session, so its barrier can confirm it (not UNAVAILABLE for a write that
         // was never in doubt).
@@ -538,6 +631,38 @@ mod tests {
         assert_eq!(rig.flusher.session_for_send(), 2);
         assert_eq!(rig.connects.load(Ordering::SeqCst), 1);
         rig.flusher.wait(2).unwrap();
+    }
+
+    #[test]
+    fn nothing_is_sent_while_no_session_can_be_made() {
+        // The first session dies at its first barrier and no new one can be made (the
+        // server is down, or refuses barriers now): a writer is told there is no session,
+        // so it sends nothing, rather than committing what could never be confirmed.
+        let attempts_seen = Arc::new(AtomicUsize::new(0));
+        let first = Fake {
+            script: Arc::new(Mutex::new(vec![false])),
+            barriers: Arc::new(AtomicUsize::new(0)),
+            pings: Arc::new(AtomicUsize::new(0)),
+            gate: None,
+        };
+        let attempts = attempts_seen.clone();
+        let connect: Connect<Fake> = Box::new(move || {
+            attempts.fetch_add(1, Ordering::SeqCst);
+            Err(StoreError::Postgres("permission denied".to_owned()))
+        });
+        let flusher = Flusher::start_with(first, connect, Duration::ZERO).unwrap();
+        assert_eq!(flusher.session_for_send(), 0);
+        assert!(attempts_seen.load(Ordering::SeqCst) >= 1);
+        assert!(is_unavailable(&flusher.wait(0)));
+    }
+
+    #[test]
+    fn a_release_that_panics_does_not_strand_later_waiters() {
+        let (rig, _) = rig(vec![], false);
+        rig.flusher
+            .after_barrier(1, Box::new(|_| panic!("a release panicked (on purpose)")));
+        rig.flusher.wait(1).unwrap();
+        rig.flusher.wait(1).unwrap();
     }
 
     #[test]

@@ -195,6 +195,12 @@ impl Barrier for PgBarrier {
             .map(drop)
             .map_err(|e| StoreError::Unavailable(describe(&e)))
     }
+
+    fn ping(&mut self) -> Result<(), StoreError> {
+        self.client
+            .batch_execute("SELECT 1")
+            .map_err(|e| StoreError::Unavailable(describe(&e)))
+    }
 }
 
 /// The barrier: a transactional logical-decoding message (an empty one, prefix `bank`)
@@ -203,69 +209,91 @@ impl Barrier for PgBarrier {
 /// It needs no table and no privilege, and is ignored unless someone decodes the WAL.
 const BARRIER_SQL: &str = "SELECT pg_logical_emit_message(true, 'bank', '')";
 
-/// A read's extra column: whether the server's WAL was flushed as far as it was written
-/// when the row was produced (after the statement's snapshot was taken), i.e. whether
-/// every commit the statement could see is durable.
-const FLUSHED: &str = "pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn()";
+/// A read's extra column, with early lock release: whether every commit the statement
+/// could see is durable. True when the server's WAL was flushed as far as it was written
+/// when the row was produced (after the statement's snapshot was taken) and no
+/// synchronous standby is configured: the writers' commits do not wait for a standby
+/// either, so with one only a barrier (which does) can tell.
+const FLUSHED: &str = "pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() \
+                       AND current_setting('synchronous_standby_names') = ''";
 
-/// Starts the flush barriers after one barrier has run: `None` (with a warning) if the
-/// server refuses it (a PostgreSQL-compatible server without `pg_logical_emit_message`,
-/// a role not allowed to run it); then every commit waits for its own flush.
-fn start_flusher(
-    config: &Config,
-    shown: &str,
-    metrics: &BankMetrics,
-) -> Result<Option<Flusher>, StoreError> {
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|e| connect_failed(&e, Some(shown)))?;
-    let first = client.prepare(BARRIER_SQL).and_then(|statement| {
-        client.execute(&statement, &[])?;
-        Ok(statement)
-    });
-    let first = match first {
-        Ok(statement) => PgBarrier {
-            client,
-            statement,
-            metrics: metrics.clone(),
-        },
-        Err(e) => {
-            return match classify(&e) {
-                Failure::Other(m) => {
-                    log::warn!(
-                        "{shown}: flush barriers are not available ({m}); every commit holds its \
-                     locks until it is on disk (early lock release is off)"
-                    );
-                    Ok(None)
-                }
-                _ => Err(StoreError::Unavailable(describe(&e))),
-            }
-        }
-    };
-    let (config, shown, metrics) = (config.clone(), shown.to_owned(), metrics.clone());
-    let flusher = Flusher::start(
-        first,
-        Box::new(move || barrier_session(&config, &shown, &metrics)),
-    )
-    .map_err(|e| StoreError::Unavailable(format!("cannot start the flush thread: {e}")))?;
-    Ok(Some(flusher))
+/// Why a session cannot run flush barriers.
+enum NoBarrier {
+    /// The server cannot be reached (or refused the session): try again later.
+    Unreachable(StoreError),
+    /// The server will not run them (a missing function or privilege, or
+    /// `synchronous_commit = off`, under which a barrier would flush nothing).
+    Refused(String),
 }
 
-/// A new barrier session, with its statement prepared.
+/// A new barrier session: connected, its statement prepared, the functions reads use
+/// checked, and one barrier run, so that a session counts as up only once it has shown
+/// it can confirm commits.
 fn barrier_session(
     config: &Config,
     shown: &str,
     metrics: &BankMetrics,
-) -> Result<PgBarrier, StoreError> {
+) -> Result<PgBarrier, NoBarrier> {
     let mut client = config
         .connect(NoTls)
-        .map_err(|e| connect_failed(&e, Some(shown)))?;
-    let statement = client.prepare(BARRIER_SQL).map_err(|e| pg_error(&e))?;
+        .map_err(|e| NoBarrier::Unreachable(connect_failed(&e, Some(shown))))?;
+    let failed = |e: postgres::Error| match classify(&e) {
+        Failure::Other(m) => NoBarrier::Refused(m),
+        _ => NoBarrier::Unreachable(StoreError::Unavailable(describe(&e))),
+    };
+    let sync: String = client
+        .query_one(
+            &format!("SELECT current_setting('synchronous_commit'), {FLUSHED}"),
+            &[],
+        )
+        .map_err(failed)?
+        .get(0);
+    if sync == "off" {
+        return Err(NoBarrier::Refused(
+            "synchronous_commit is off for the bank's sessions, so no commit waits for the \
+             disk"
+                .to_owned(),
+        ));
+    }
+    let statement = client.prepare(BARRIER_SQL).map_err(failed)?;
+    client.execute(&statement, &[]).map_err(failed)?;
     Ok(PgBarrier {
         client,
         statement,
         metrics: metrics.clone(),
     })
+}
+
+/// Starts the flush barriers on a first session ([`barrier_session`]): `None` (with a
+/// warning) if the server will not run them; then every commit waits for its own flush.
+fn start_flusher(
+    config: &Config,
+    shown: &str,
+    metrics: &BankMetrics,
+) -> Result<Option<Flusher>, StoreError> {
+    let first = match barrier_session(config, shown, metrics) {
+        Ok(first) => first,
+        Err(NoBarrier::Unreachable(e)) => return Err(e),
+        Err(NoBarrier::Refused(m)) => {
+            log::warn!(
+                "{shown}: flush barriers are not available ({m}); every commit holds its \
+                 locks until it is on disk (early lock release is off)"
+            );
+            return Ok(None);
+        }
+    };
+    let (config, shown, metrics) = (config.clone(), shown.to_owned(), metrics.clone());
+    let connect = move || {
+        barrier_session(&config, &shown, &metrics).map_err(|e| match e {
+            NoBarrier::Unreachable(e) => e,
+            // Writers send nothing while there is no session: their writes get
+            // UNAVAILABLE without having happened.
+            NoBarrier::Refused(m) => StoreError::Postgres(m),
+        })
+    };
+    let flusher = Flusher::start(first, Box::new(connect))
+        .map_err(|e| StoreError::Unavailable(format!("cannot start the flush thread: {e}")))?;
+    Ok(Some(flusher))
 }
 
 /// A reader connection with its prepared queries.
@@ -282,8 +310,8 @@ pub(crate) struct PgStore {
     shown: String,
     writes: GroupCommit<Writer>,
     readers: Mutex<Vec<Reader>>,
-    /// Flush barriers (`None` if the server does not run them: then no read waits, and
-    /// every commit waits for its own flush).
+    /// Flush barriers, with early lock release (`None` without it, or if the server will
+    /// not run them: then every commit waits for its own flush and no read waits).
     flusher: Option<Flusher>,
     /// Whether the writers commit without waiting for the disk ([`super::flush`]).
     early_release: bool,
@@ -379,8 +407,15 @@ impl PgStore {
             .connect(NoTls)
             .map_err(|e| connect_failed(&e, None))?;
         migrate(&mut client, &shown)?;
-        let flusher = start_flusher(&config, &shown, &options.metrics)?;
-        let early_release = options.early_release && options.group_commit && flusher.is_some();
+        // Only with early lock release: otherwise every commit of this front-end waits for
+        // its own flush, and reads need no barrier (every front-end of one database
+        // should use the same setting; see docs/bank-protocol.md).
+        let flusher = if options.early_release && options.group_commit {
+            start_flusher(&config, &shown, &options.metrics)?
+        } else {
+            None
+        };
+        let early_release = flusher.is_some();
         let first = Writer {
             session: Some(prepare_writer(client, early_release).map_err(|e| pg_error(&e))?),
             sent_on: 0,
@@ -429,15 +464,26 @@ impl PgStore {
                 Some(r) => r,
                 None => self.new_reader()?,
             };
-            let session = self.flusher.as_ref().map(Flusher::session);
+            // Noted before the read. After a failed wait (the session had died, with a
+            // database restart say), the read is made again under a session known to be up.
+            let session = self.flusher.as_ref().map(|f| {
+                if attempt == 0 {
+                    f.session()
+                } else {
+                    f.session_for_send()
+                }
+            });
             match f(&mut reader) {
                 Ok((v, flushed)) => {
                     self.readers.lock().push(reader);
-                    if let (false, Some(flusher), Some(session)) = (flushed, &self.flusher, session)
-                    {
-                        flusher.wait(session)?;
+                    let (false, Some(flusher), Some(session)) = (flushed, &self.flusher, session)
+                    else {
+                        return Ok(v);
+                    };
+                    match flusher.wait(session) {
+                        Ok(()) => return Ok(v),
+                        Err(e) => last = Some(e),
                     }
-                    return Ok(v);
                 }
                 Err(e) => match classify(&e) {
                     Failure::Refused(m) | Failure::Lost(m) => {
@@ -463,16 +509,22 @@ impl PgStore {
 
     fn new_reader(&self) -> Result<Reader, StoreError> {
         let mut client = self.connect()?;
+        // Without early lock release every commit waited for its flush: nothing to ask.
+        let flushed = if self.flusher.is_some() {
+            FLUSHED
+        } else {
+            "true"
+        };
         let prepared = (|| {
             Ok::<_, postgres::Error>((
                 client.prepare(&format!(
-                    "SELECT id, password_hash, {FLUSHED} FROM users WHERE name = $1"
+                    "SELECT id, password_hash, {flushed} FROM users WHERE name = $1"
                 ))?,
                 client.prepare(&format!(
-                    "SELECT balance, {FLUSHED} FROM users WHERE id = $1"
+                    "SELECT balance, {flushed} FROM users WHERE id = $1"
                 ))?,
                 client.prepare(&format!(
-                    "SELECT id, kind, counterparty, amount, balance_after, time, {FLUSHED}
+                    "SELECT id, kind, counterparty, amount, balance_after, time, {flushed}
                      FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT $2"
                 ))?,
             ))
