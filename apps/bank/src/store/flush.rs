@@ -169,9 +169,9 @@ impl Flusher {
         })
     }
 
-    /// The barrier session up now, or 0 if there is none (then nothing sent now could be
-    /// confirmed). Note it *before* sending a batch, and hand it to
-    /// [`Flusher::after_barrier`] with the batch's results.
+    /// The barrier session up now, or 0 if there is none. A read notes it before reading,
+    /// and hands it to [`Flusher::wait`] if what it read may not be durable; a batch uses
+    /// [`Flusher::session_for_send`] instead.
     pub(crate) fn session(&self) -> u64 {
         self.shared.state.lock().session
     }
@@ -536,9 +536,9 @@ mod tests {
         assert_eq!(session, 1);
         rig.flusher.wait(session).unwrap();
         assert_eq!(rig.barriers.load(Ordering::SeqCst), 1);
-        // Nothing waits: no barrier runs.
-        std::thread::sleep(Duration::from_millis(20));
-        assert_eq!(rig.barriers.load(Ordering::SeqCst), 1);
+        // One barrier per wait when they come one at a time: none runs for nobody.
+        rig.flusher.wait(session).unwrap();
+        assert_eq!(rig.barriers.load(Ordering::SeqCst), 2);
     }
 
     #[test]
@@ -598,12 +598,8 @@ mod tests {
         let (rig, _) = rig(vec![false], false);
         // The barrier fails: the outcome is unknown.
         assert!(is_unavailable(&rig.flusher.wait(1)));
-        // A new session is made; until then, nothing can be confirmed.
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while rig.flusher.session() != 2 {
-            assert!(std::time::Instant::now() < deadline, "no new session");
-            std::thread::sleep(Duration::from_millis(1));
-        }
+        // A new session is made (a sender waits for it).
+        assert_eq!(rig.flusher.session_for_send(), 2);
         assert_eq!(rig.connects.load(Ordering::SeqCst), 1);
         // A batch sent on the old session is not confirmed by the new one, even though
         // its barrier succeeds: the server may have lost it.
@@ -682,14 +678,12 @@ mod tests {
         started.recv_timeout(Duration::from_secs(10)).unwrap();
         rig.flusher
             .after_barrier(1, Box::new(move |r| tx.send(("second", r)).unwrap()));
+        // Stop as `Drop` does, while the barrier is still in flight; the drop below then
+        // only joins the thread.
         let Rig { flusher, .. } = rig;
-        let shared = flusher.shared.clone();
+        flusher.shared.state.lock().stop = true;
+        flusher.shared.wake.notify_all();
         let dropper = std::thread::spawn(move || drop(flusher));
-        let deadline = std::time::Instant::now() + Duration::from_secs(10);
-        while !shared.state.lock().stop {
-            assert!(std::time::Instant::now() < deadline, "not stopping");
-            std::thread::sleep(Duration::from_millis(1));
-        }
         // The barrier in flight confirms the first.
         go.send(()).unwrap();
         let (name, r) = rx.recv_timeout(Duration::from_secs(10)).unwrap();

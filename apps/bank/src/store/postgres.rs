@@ -31,28 +31,27 @@
 
 use std::fmt;
 use std::str::FromStr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use parking_lot::Mutex;
 use postgres::error::SqlState;
 use postgres::types::{ToSql, Type};
 use postgres::{Client, Config, NoTls, Statement};
 
-use super::flush::{Barrier, Flusher};
+use super::flush::Flusher;
 use super::group::Applied;
 use super::{
     unix_now, GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome,
     WriteResults,
 };
-use crate::metrics::BankMetrics;
 use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
 
-/// The schema and the batch function, idempotent (see the file's comments).
-const SCHEMA: &str = include_str!("postgres.sql");
-/// The schema version this program writes and understands.
-const SCHEMA_VERSION: i64 = 1;
-/// Key of the advisory lock that serialises schema set-up between front-ends.
-const SCHEMA_LOCK: i64 = 0x6261_6e6b; // "bank"
+mod barrier;
+mod schema;
+
+use barrier::{start_flusher, FLUSHED};
+use schema::migrate;
+
 /// Most operations in one call of `bank_apply`. A batch's set-up (locking its accounts,
 /// resolving them) grows faster than its size past a few hundred operations, and batches
 /// of 100 clients stay well below this.
@@ -179,123 +178,6 @@ pub(crate) struct Writer {
     sent_on: u64,
 }
 
-/// The session that runs flush barriers ([`super::flush`]).
-struct PgBarrier {
-    client: Client,
-    statement: Statement,
-    metrics: BankMetrics,
-}
-
-impl Barrier for PgBarrier {
-    fn barrier(&mut self) -> Result<(), StoreError> {
-        let began = Instant::now();
-        let result = self.client.execute(&self.statement, &[]);
-        self.metrics.flush(began.elapsed(), result.is_ok());
-        result
-            .map(drop)
-            .map_err(|e| StoreError::Unavailable(describe(&e)))
-    }
-
-    fn ping(&mut self) -> Result<(), StoreError> {
-        self.client
-            .batch_execute("SELECT 1")
-            .map_err(|e| StoreError::Unavailable(describe(&e)))
-    }
-}
-
-/// The barrier: a transactional logical-decoding message (an empty one, prefix `bank`)
-/// is the smallest transaction that writes WAL and so commits with a flush (one that
-/// writes nothing, such as `SELECT txid_current()`, commits without waiting for the disk).
-/// It needs no table and no privilege, and is ignored unless someone decodes the WAL.
-const BARRIER_SQL: &str = "SELECT pg_logical_emit_message(true, 'bank', '')";
-
-/// A read's extra column, with early lock release: whether every commit the statement
-/// could see is durable. True when the server's WAL was flushed as far as it was written
-/// when the row was produced (after the statement's snapshot was taken) and no
-/// synchronous standby is configured: the writers' commits do not wait for a standby
-/// either, so with one only a barrier (which does) can tell.
-const FLUSHED: &str = "pg_current_wal_flush_lsn() >= pg_current_wal_insert_lsn() \
-                       AND current_setting('synchronous_standby_names') = ''";
-
-/// Why a session cannot run flush barriers.
-enum NoBarrier {
-    /// The server cannot be reached (or refused the session): try again later.
-    Unreachable(StoreError),
-    /// The server will not run them (a missing function or privilege, or
-    /// `synchronous_commit = off`, under which a barrier would flush nothing).
-    Refused(String),
-}
-
-/// A new barrier session: connected, its statement prepared, the functions reads use
-/// checked, and one barrier run, so that a session counts as up only once it has shown
-/// it can confirm commits.
-fn barrier_session(
-    config: &Config,
-    shown: &str,
-    metrics: &BankMetrics,
-) -> Result<PgBarrier, NoBarrier> {
-    let mut client = config
-        .connect(NoTls)
-        .map_err(|e| NoBarrier::Unreachable(connect_failed(&e, Some(shown))))?;
-    let failed = |e: postgres::Error| match classify(&e) {
-        Failure::Other(m) => NoBarrier::Refused(m),
-        _ => NoBarrier::Unreachable(StoreError::Unavailable(describe(&e))),
-    };
-    let sync: String = client
-        .query_one(
-            &format!("SELECT current_setting('synchronous_commit'), {FLUSHED}"),
-            &[],
-        )
-        .map_err(failed)?
-        .get(0);
-    if sync == "off" {
-        return Err(NoBarrier::Refused(
-            "synchronous_commit is off for the bank's sessions, so no commit waits for the \
-             disk"
-                .to_owned(),
-        ));
-    }
-    let statement = client.prepare(BARRIER_SQL).map_err(failed)?;
-    client.execute(&statement, &[]).map_err(failed)?;
-    Ok(PgBarrier {
-        client,
-        statement,
-        metrics: metrics.clone(),
-    })
-}
-
-/// Starts the flush barriers on a first session ([`barrier_session`]): `None` (with a
-/// warning) if the server will not run them; then every commit waits for its own flush.
-fn start_flusher(
-    config: &Config,
-    shown: &str,
-    metrics: &BankMetrics,
-) -> Result<Option<Flusher>, StoreError> {
-    let first = match barrier_session(config, shown, metrics) {
-        Ok(first) => first,
-        Err(NoBarrier::Unreachable(e)) => return Err(e),
-        Err(NoBarrier::Refused(m)) => {
-            log::warn!(
-                "{shown}: flush barriers are not available ({m}); every commit holds its \
-                 locks until it is on disk (early lock release is off)"
-            );
-            return Ok(None);
-        }
-    };
-    let (config, shown, metrics) = (config.clone(), shown.to_owned(), metrics.clone());
-    let connect = move || {
-        barrier_session(&config, &shown, &metrics).map_err(|e| match e {
-            NoBarrier::Unreachable(e) => e,
-            // Writers send nothing while there is no session: their writes get
-            // UNAVAILABLE without having happened.
-            NoBarrier::Refused(m) => StoreError::Postgres(m),
-        })
-    };
-    let flusher = Flusher::start(first, Box::new(connect))
-        .map_err(|e| StoreError::Unavailable(format!("cannot start the flush thread: {e}")))?;
-    Ok(Some(flusher))
-}
-
 /// A reader connection with its prepared queries.
 struct Reader {
     client: Client,
@@ -313,8 +195,6 @@ pub(crate) struct PgStore {
     /// Flush barriers, with early lock release (`None` without it, or if the server will
     /// not run them: then every commit waits for its own flush and no read waits).
     flusher: Option<Flusher>,
-    /// Whether the writers commit without waiting for the disk ([`super::flush`]).
-    early_release: bool,
 }
 
 impl fmt::Debug for PgStore {
@@ -415,9 +295,8 @@ impl PgStore {
         } else {
             None
         };
-        let early_release = flusher.is_some();
         let first = Writer {
-            session: Some(prepare_writer(client, early_release).map_err(|e| pg_error(&e))?),
+            session: Some(prepare_writer(client, flusher.is_some()).map_err(|e| pg_error(&e))?),
             sent_on: 0,
         };
         let mut writers = vec![first];
@@ -433,7 +312,6 @@ impl PgStore {
             ),
             readers: Mutex::new(Vec::new()),
             flusher,
-            early_release,
         })
     }
 
@@ -599,7 +477,7 @@ impl PgStore {
     /// committed nothing), else after a flush barrier on the session it was sent under.
     fn release(&self, w: &Writer, applied: Applied) {
         match &self.flusher {
-            Some(flusher) if self.early_release && applied.committed_something() => {
+            Some(flusher) if applied.committed_something() => {
                 flusher.after_barrier(w.sent_on, Box::new(move |r| applied.deliver(r)));
             }
             _ => applied.deliver(Ok(())),
@@ -611,10 +489,18 @@ impl PgStore {
     fn execute(&self, w: &mut Writer, ops: &[&WriteOp]) -> WriteResults {
         // Every commit of this batch must be confirmed by a barrier on the session up
         // before the first of them was sent.
-        w.sent_on = match &self.flusher {
-            Some(flusher) if self.early_release => flusher.session_for_send(),
-            _ => 0,
-        };
+        if let Some(flusher) = &self.flusher {
+            w.sent_on = flusher.session_for_send();
+            if w.sent_on == 0 {
+                // Nothing committed now could be confirmed: send nothing.
+                return failed(
+                    ops.len(),
+                    Failure::Refused(
+                        "no database session to confirm commits on (reconnecting)".to_owned(),
+                    ),
+                );
+            }
+        }
         match self.call(w, ops) {
             Err(Failure::Other(m)) if ops.len() > 1 => {
                 duo_net::log_limited!(
@@ -644,12 +530,6 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if self.early_release && w.sent_on == 0 {
-                // Nothing committed now could be confirmed: do not send.
-                return Err(Failure::Refused(
-                    "no database session to confirm commits on (reconnecting)".to_owned(),
-                ));
-            }
             if w.session.as_ref().is_some_and(|(c, _)| c.is_closed()) {
                 // Ended while idle (the server restarted): nothing was sent on it.
                 w.session = None;
@@ -658,7 +538,7 @@ impl PgStore {
                 Some(s) => s,
                 None => {
                     let session = self.connect().and_then(|c| {
-                        prepare_writer(c, self.early_release).map_err(|e| pg_error(&e))
+                        prepare_writer(c, self.flusher.is_some()).map_err(|e| pg_error(&e))
                     });
                     match session {
                         Ok(s) => w.session.insert(s),
@@ -703,31 +583,23 @@ impl PgStore {
         }
     }
 
-    /// Applies `ops` now, in one transaction, on the calling thread.
+    /// Applies `ops` as one job, the way a connection's writes go (group commit, flush
+    /// barrier), and waits for their results.
     #[cfg(test)]
     pub(crate) fn write_now(&self, ops: &[WriteOp]) -> WriteResults {
-        let refs: Vec<&WriteOp> = ops.iter().collect();
-        let (results, sent_on) = self
-            .writes
-            .with_writer(|w| (self.execute(w, &refs), w.sent_on));
-        match &self.flusher {
-            Some(flusher) if self.early_release && results.iter().any(Result::is_ok) => {
-                match flusher.wait(sent_on) {
-                    Ok(()) => results,
-                    Err(e) => results
-                        .iter()
-                        .map(|_| Err(StoreError::Unavailable(e.to_string())))
-                        .collect(),
-                }
-            }
-            _ => results,
-        }
+        let (tx, rx) = std::sync::mpsc::channel();
+        self.submit_write(WriteJob {
+            ops: ops.to_vec(),
+            done: Box::new(move |results| tx.send(results).unwrap()),
+        });
+        rx.recv_timeout(Duration::from_secs(30))
+            .expect("the write's results")
     }
 
     /// Whether the writers commit without waiting for the disk (early lock release).
     #[cfg(test)]
     pub(crate) fn early_release(&self) -> bool {
-        self.early_release
+        self.flusher.is_some()
     }
 
     /// The sum of all balances.
@@ -834,93 +706,4 @@ fn prepare_writer(
         ],
     )?;
     Ok((client, call))
-}
-
-/// Creates the schema in an empty database, or checks that it is a bank database of a
-/// version this program knows (refusing a newer one or someone else's tables), and brings
-/// the functions up to date.
-fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
-    let refuse = |why: String| StoreError::Schema(format!("{shown}: {why}; refusing to use it"));
-    // READ COMMITTED whatever the database's default: a front-end that waited for the
-    // lock must see what the one before it committed.
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::ReadCommitted)
-        .start()
-        .map_err(|e| pg_error(&e))?;
-    tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
-        .map_err(|e| pg_error(&e))?;
-    // Where the search path finds bank_meta, and where it would create tables: the two
-    // must agree, or the schema's `CREATE TABLE IF NOT EXISTS` would start a second, empty
-    // bank in front of the real one (a role whose own schema appeared after the bank was
-    // set up in `public`, say).
-    let row = tx
-        .query_one(
-            "SELECT (SELECT n.nspname::text FROM pg_class c
-                     JOIN pg_namespace n ON n.oid = c.relnamespace
-                     WHERE c.oid = to_regclass('bank_meta')),
-                    current_schema()::text",
-            &[],
-        )
-        .map_err(|e| pg_error(&e))?;
-    let (meta, current): (Option<String>, Option<String>) = (row.get(0), row.get(1));
-    let Some(current) = current else {
-        return Err(refuse(
-            "no schema of the search_path exists to hold the bank's tables".to_owned(),
-        ));
-    };
-    if let Some(found) = meta.as_deref().filter(|&found| found != current) {
-        return Err(refuse(format!(
-            "the bank's tables are in schema {found:?} but the search_path puts new              tables in {current:?} (set search_path so that {found:?} comes first)"
-        )));
-    }
-    if meta.is_some() {
-        let version: Option<String> = tx
-            .query_opt(
-                "SELECT value FROM bank_meta WHERE key = 'schema_version'",
-                &[],
-            )
-            .map_err(|e| pg_error(&e))?
-            .map(|r| r.get(0));
-        let Some(version) = version else {
-            return Err(refuse(
-                "not a bank database (bank_meta has no schema_version)".to_owned(),
-            ));
-        };
-        match version.parse::<i64>() {
-            Ok(v) if v > SCHEMA_VERSION => {
-                return Err(StoreError::Schema(format!(
-                    "{shown}: schema version {v} is newer than this program's ({SCHEMA_VERSION})"
-                )))
-            }
-            Ok(v) if v == SCHEMA_VERSION => {}
-            _ => {
-                return Err(refuse(format!(
-                    "not a bank database (schema version {version:?})"
-                )))
-            }
-        }
-    } else {
-        let foreign: Vec<String> = tx
-            .query(
-                "SELECT c.relname::text FROM pg_class c
-                 JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = current_schema()
-                   AND c.relname IN ('users', 'ledger', 'requests')
-                 ORDER BY 1",
-                &[],
-            )
-            .map_err(|e| pg_error(&e))?
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        if !foreign.is_empty() {
-            return Err(refuse(format!(
-                "not a bank database (it has tables {} but no bank_meta)",
-                foreign.join(", ")
-            )));
-        }
-    }
-    tx.batch_execute(SCHEMA).map_err(|e| pg_error(&e))?;
-    tx.commit().map_err(|e| pg_error(&e))
 }
