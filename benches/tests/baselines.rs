@@ -97,6 +97,14 @@ fn raw_epoll_echo_on_two_threads_sharing_one_epoll_set() {
 }
 
 #[test]
+fn raw_epoll_echo_on_two_threads_sharing_more_reactors() {
+    check_server(
+        env!("CARGO_BIN_EXE_raw_epoll_echo"),
+        &["--threads", "2", "--spread", "loops", "--loops", "5"],
+    );
+}
+
+#[test]
 fn tokio_echo_echoes_concurrent_clients() {
     check_server(env!("CARGO_BIN_EXE_tokio_echo"), &["--threads", "2"]);
 }
@@ -114,7 +122,14 @@ fn bad_arguments_are_refused() {
             .unwrap();
         assert_eq!(status.code(), Some(2), "{exe}");
     }
-    for bad in [["--threads", "0"], ["--spread", "sideways"]] {
+    for bad in [
+        &["--threads", "0"][..],
+        &["--spread", "sideways"],
+        &["--threads", "2", "--spread", "loops", "--loops", "0"],
+        // `--loops` means nothing in the other models.
+        &["--threads", "2", "--loops", "4"],
+        &["--spread", "loops", "--loops", "4"],
+    ] {
         let status = Command::new(env!("CARGO_BIN_EXE_raw_epoll_echo"))
             .args(bad)
             .stderr(Stdio::null())
@@ -137,6 +152,7 @@ fn accepting_resumes_after_running_out_of_descriptors_under_load() {
         &[][..],
         &["--threads", "2", "--spread", "reuseport"][..],
         &["--threads", "2", "--spread", "shared"][..],
+        &["--threads", "2", "--spread", "loops", "--loops", "3"][..],
     ] {
         let mut cmd = Command::new("prlimit");
         cmd.args(["--nofile=32:32", env!("CARGO_BIN_EXE_raw_epoll_echo")])

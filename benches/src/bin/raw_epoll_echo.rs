@@ -22,9 +22,9 @@
 //!   otherwise wake the loop in a spin). The pending connections wait in the backlog.
 //! - No `TCP_NODELAY`, as duo's own echo server; stops on SIGTERM/SIGINT's default action.
 //!
-//! # More threads, two ways
+//! # More threads, three ways
 //!
-//! With `--threads N` (N > 1) the server runs N threads, spread one of two ways, the two
+//! With `--threads N` (N > 1) the server runs N threads, spread one of three ways, the
 //! models a multi-threaded reactor can follow (see `docs/benchmarks.md`, issue 15):
 //! - `--spread reuseport` (the default): each thread runs the loop above on its own
 //!   `SO_REUSEPORT` listener and epoll set. A connection belongs to the thread that accepted
@@ -36,9 +36,17 @@
 //!   connection is never served by two threads at once. Each thread takes at most
 //!   [`SHARED_BATCH`] events per `epoll_wait`, so a thread that loses its CPU strands few
 //!   connections; the others keep serving the rest.
+//! - `--spread loops` (with `--loops M`, default N): M reactors, each the loop above with
+//!   its own `SO_REUSEPORT` listener and epoll set, so a connection belongs to one reactor
+//!   and is served without a lock, as in duo; but a reactor is not tied to a thread. The
+//!   reactors' epoll sets are registered `EPOLLONESHOT` in one outer epoll set that every
+//!   thread waits on; the thread that takes a reactor's readiness locks it, runs one turn
+//!   of it, and re-arms it (one `epoll_ctl` per turn, not per event). So a reactor whose
+//!   thread lost its CPU is run by another thread, and with more reactors than threads a
+//!   thread that loses its CPU mid-turn strands a small share of the connections.
 //!
 //! ```text
-//! raw_epoll_echo [--listen ADDR] [--threads N] [--spread reuseport|shared]
+//! raw_epoll_echo [--listen ADDR] [--threads N] [--spread reuseport|shared|loops] [--loops M]
 //! ```
 //! It prints `listening on HOST:PORT` once the socket listens.
 
@@ -91,6 +99,10 @@ struct Cli {
     /// bytes arrived, or after about SECS seconds (0: off); like `echo --defer-accept`.
     #[arg(long, value_name = "SECS", default_value_t = 0)]
     defer_accept: u32,
+    /// Reactors of `--spread loops` (default: as many as threads).
+    #[arg(long, value_name = "M",
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    loops: Option<u16>,
 }
 
 /// How `--threads N` threads share the connections.
@@ -100,10 +112,22 @@ enum Spread {
     Reuseport,
     /// One epoll set for all threads; any thread serves any connection.
     Shared,
+    /// `--loops M` reactors (a listener and an epoll set each, a connection stays on its
+    /// reactor), and any thread runs any reactor's next turn.
+    Loops,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if cli.loops.is_some() && (cli.spread != Spread::Loops || cli.threads == 1) {
+        use clap::CommandFactory as _;
+        Cli::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--loops needs --spread loops and --threads of 2 or more",
+            )
+            .exit();
+    }
     // More descriptors if the hard limit allows (the idle scenario holds 10 000).
     let _ = duo_sys::raise_fd_limit();
     let result = match (cli.threads, cli.spread) {
@@ -111,6 +135,12 @@ fn main() -> ExitCode {
             .and_then(|l| announce(&l).and_then(|()| serve(l))),
         (n, Spread::Reuseport) => serve_reuseport(cli.listen, n.into(), cli.defer_accept),
         (n, Spread::Shared) => serve_shared(cli.listen, n.into(), cli.defer_accept),
+        (n, Spread::Loops) => serve_loops(
+            cli.listen,
+            n.into(),
+            cli.loops.unwrap_or(n).into(),
+            cli.defer_accept,
+        ),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
@@ -146,12 +176,15 @@ fn listen(addr: SocketAddr, reuse_port: bool, defer_accept: u32) -> io::Result<T
     Ok(socket.into())
 }
 
-/// Adds, modifies or (with `events == 0`) disables the interest in `fd`.
+/// Adds, modifies or (with `events == 0`) disables the interest in `fd`, with `fd` as
+/// the event's token.
 fn ctl(epfd: RawFd, op: i32, fd: RawFd, events: u32) -> io::Result<()> {
-    let mut ev = libc::epoll_event {
-        events,
-        u64: fd as u64,
-    };
+    ctl_token(epfd, op, fd, events, fd as u64)
+}
+
+/// [`ctl`] with a token of the caller's choice.
+fn ctl_token(epfd: RawFd, op: i32, fd: RawFd, events: u32, token: u64) -> io::Result<()> {
+    let mut ev = libc::epoll_event { events, u64: token };
     // SAFETY: `ev` is a valid `epoll_event` the kernel only reads; bad descriptors or ops
     // are reported as errors, not undefined behaviour.
     cvt(unsafe { libc::epoll_ctl(epfd, op, fd, &mut ev) }).map(drop)
@@ -200,6 +233,112 @@ fn serve_reuseport(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<
     })
 }
 
+/// `--spread loops`: `loops` reactors ([`Unit`], each with its own `SO_REUSEPORT`
+/// listener, so a connection stays on the reactor that accepted it and is served without
+/// a lock) and `n` threads that run any reactor whose turn is due. Every reactor's epoll
+/// set is in one outer epoll set, registered `EPOLLONESHOT`: the thread that takes a
+/// reactor's readiness locks it, runs one turn (`epoll_wait` with no timeout, then its
+/// events), unlocks it and re-arms it (one `epoll_ctl` per turn, not per event). So a
+/// reactor whose thread lost its CPU is served by the other thread, the way work sharing
+/// serves a connection, at the granularity of a reactor.
+fn serve_loops(addr: SocketAddr, n: usize, loops: usize, defer_accept: u32) -> io::Result<()> {
+    let first = listen(addr, true, defer_accept)?;
+    let bound = first.local_addr()?;
+    let mut listeners = vec![first];
+    for _ in 1..loops {
+        listeners.push(listen(bound, true, defer_accept)?);
+    }
+    announce(&listeners[0])?;
+    let units = listeners
+        .into_iter()
+        .map(|l| Unit::new(l).map(Mutex::new))
+        .collect::<io::Result<Vec<_>>>()?;
+    let unit_fds: Vec<RawFd> = units
+        .iter()
+        .map(|u| u.lock().unwrap_or_else(|e| e.into_inner()).ep.as_raw_fd())
+        .collect();
+    let outer = epoll_create()?;
+    for (i, &fd) in unit_fds.iter().enumerate() {
+        let events = libc::EPOLLIN as u32 | ONESHOT;
+        ctl_token(outer.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, events, i as u64)?;
+    }
+    // The earliest end of a reactor's accept pause (`monotonic_nanos`), `u64::MAX` if
+    // none: a paused reactor may have no event to wake anyone when its pause ends.
+    let paused = AtomicU64::new(u64::MAX);
+    std::thread::scope(|s| {
+        let threads = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    exit_on_error(loops_worker(outer.as_raw_fd(), &units, &unit_fds, &paused))
+                })
+            })
+            .collect();
+        join_all(threads)
+    })
+}
+
+/// One thread of [`serve_loops`].
+fn loops_worker(
+    outer: RawFd,
+    units: &[Mutex<Unit>],
+    unit_fds: &[RawFd],
+    paused: &AtomicU64,
+) -> io::Result<()> {
+    let mut buf = [0u8; BUF_SIZE];
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
+    // One reactor per wait: a thread that loses its CPU holds up no other.
+    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 1];
+    loop {
+        let resume_at = paused.load(Ordering::Acquire);
+        let timeout = if resume_at == u64::MAX {
+            -1
+        } else {
+            let left = resume_at.saturating_sub(duo_sys::monotonic_nanos());
+            (left / 1_000_000) as i32 + 1
+        };
+        let got = wait(outer, &mut ready, timeout)?;
+        if resume_at != u64::MAX
+            && duo_sys::monotonic_nanos() >= resume_at
+            && paused
+                .compare_exchange(resume_at, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Whoever claims an ended pause gives every paused reactor a turn (which
+            // resumes its accepting if due) and notes the pauses still running.
+            for unit in units {
+                let mut unit = unit.lock().unwrap_or_else(|e| e.into_inner());
+                if unit.resume_accept.is_some() {
+                    unit.turn(0, &mut buf, &mut events)?;
+                }
+                note_pause(&unit, paused);
+            }
+        }
+        for ev in &ready[..got] {
+            let i = ev.u64 as usize;
+            {
+                let mut unit = units[i].lock().unwrap_or_else(|e| e.into_inner());
+                unit.turn(0, &mut buf, &mut events)?;
+                note_pause(&unit, paused);
+            }
+            ctl_token(
+                outer,
+                libc::EPOLL_CTL_MOD,
+                unit_fds[i],
+                libc::EPOLLIN as u32 | ONESHOT,
+                i as u64,
+            )?;
+        }
+    }
+}
+
+/// Records `unit`'s accept pause, if any, in the earliest pause end.
+fn note_pause(unit: &Unit, paused: &AtomicU64) {
+    if let Some(t) = unit.resume_accept {
+        let left = t.saturating_duration_since(Instant::now()).as_nanos() as u64;
+        paused.fetch_min(duo_sys::monotonic_nanos() + left, Ordering::AcqRel);
+    }
+}
+
 /// Ends the process with the error of a server thread (the others cannot go on usefully).
 fn exit_on_error(result: io::Result<()>) {
     if let Err(e) = result {
@@ -217,37 +356,76 @@ fn join_all(threads: Vec<std::thread::ScopedJoinHandle<'_, ()>>) -> io::Result<(
 }
 
 fn serve(listener: TcpListener) -> io::Result<()> {
-    let lfd = listener.as_raw_fd();
-    let ep = epoll_create()?;
-    let epfd = ep.as_raw_fd();
-    ctl(epfd, libc::EPOLL_CTL_ADD, lfd, libc::EPOLLIN as u32)?;
-
-    let mut conns: Vec<Option<Conn>> = Vec::new();
+    let mut unit = Unit::new(listener)?;
     let mut buf = [0u8; BUF_SIZE];
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut resume_accept: Option<Instant> = None;
     loop {
-        let timeout = resume_accept.map_or(-1, |t| {
+        let timeout = unit.timeout();
+        unit.turn(timeout, &mut buf, &mut events)?;
+    }
+}
+
+/// One reactor: a listener, an epoll set and the connections it accepted. [`serve`] runs
+/// one on its own thread; `--spread loops` hands each turn of one to whichever thread is
+/// free ([`serve_loops`]).
+struct Unit {
+    listener: TcpListener,
+    ep: OwnedFd,
+    conns: Vec<Option<Conn>>,
+    /// When accepting resumes after running out of descriptors.
+    resume_accept: Option<Instant>,
+}
+
+impl Unit {
+    fn new(listener: TcpListener) -> io::Result<Unit> {
+        let ep = epoll_create()?;
+        ctl(
+            ep.as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            listener.as_raw_fd(),
+            libc::EPOLLIN as u32,
+        )?;
+        Ok(Unit {
+            listener,
+            ep,
+            conns: Vec::new(),
+            resume_accept: None,
+        })
+    }
+
+    /// How long a wait may block: until accepting resumes, else for ever (`-1`).
+    fn timeout(&self) -> i32 {
+        self.resume_accept.map_or(-1, |t| {
             t.saturating_duration_since(Instant::now()).as_millis() as i32 + 1
-        });
-        let n = wait(epfd, &mut events, timeout)?;
-        if resume_accept.is_some_and(|t| Instant::now() >= t) {
-            resume_accept = None;
+        })
+    }
+
+    /// One `epoll_wait` (up to `timeout` ms) and the handling of its events.
+    fn turn(
+        &mut self,
+        timeout: i32,
+        buf: &mut [u8; BUF_SIZE],
+        events: &mut [libc::epoll_event],
+    ) -> io::Result<()> {
+        let (epfd, lfd) = (self.ep.as_raw_fd(), self.listener.as_raw_fd());
+        let n = wait(epfd, events, timeout)?;
+        if self.resume_accept.is_some_and(|t| Instant::now() >= t) {
+            self.resume_accept = None;
             ctl(epfd, libc::EPOLL_CTL_MOD, lfd, libc::EPOLLIN as u32)?;
         }
         for ev in &events[..n] {
             let fd = ev.u64 as RawFd;
             if fd == lfd {
-                if !accept_all(epfd, lfd, &mut conns)? {
+                if !accept_all(epfd, lfd, &mut self.conns)? {
                     ctl(epfd, libc::EPOLL_CTL_MOD, lfd, 0)?;
-                    resume_accept = Some(Instant::now() + ACCEPT_PAUSE);
+                    self.resume_accept = Some(Instant::now() + ACCEPT_PAUSE);
                 }
-            } else if let Some(slot) = conns.get_mut(fd as usize) {
+            } else if let Some(slot) = self.conns.get_mut(fd as usize) {
                 let Some(c) = slot.as_mut() else {
                     continue;
                 };
                 let before = interest(c);
-                if !service(c, &mut buf)
+                if !service(c, buf)
                     || (interest(c) != before
                         && ctl(epfd, libc::EPOLL_CTL_MOD, fd, interest(c)).is_err())
                 {
@@ -255,6 +433,7 @@ fn serve(listener: TcpListener) -> io::Result<()> {
                 }
             }
         }
+        Ok(())
     }
 }
 

@@ -242,6 +242,21 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         MODEL_SCENARIOS,
     ),
     EchoServer::peer_in(
+        "raw-epoll-2-loops",
+        "raw_epoll_echo",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--spread",
+            "loops",
+            "--loops",
+            "16",
+        ],
+        MODEL_SCENARIOS,
+    ),
+    EchoServer::peer_in(
         "tokio-1",
         "tokio_echo",
         &["--listen", "127.0.0.1:0", "--threads", "1"],
@@ -324,7 +339,8 @@ pub(super) const DEFER_SCENARIOS: &[&str] = &["churn-50"];
 pub(super) const BUSY_POLL_SCENARIOS: &[&str] = &["rr-100x64"];
 
 /// Where the raw epoll server runs at two threads in both threading models
-/// (`raw-epoll-2`: a connection per thread; `raw-epoll-2-shared`: work sharing).
+/// (`raw-epoll-2`: a connection per thread; `raw-epoll-2-shared`: work sharing;
+/// `raw-epoll-2-loops`: 16 reactors, each run by whichever thread is free).
 pub(super) const MODEL_SCENARIOS: &[&str] = &["rr-100x64"];
 
 /// The scenario of the tail-latency comparison.

@@ -28,10 +28,12 @@ const TAIL_PAIRS: &[(&str, &str, &str)] = &[
 ];
 
 /// The control experiment: the raw epoll server at two threads in duo's threading model
-/// (a connection per thread) and in tokio's (work sharing), each against tokio.
+/// (a connection per thread), in tokio's (work sharing) and in between (a connection per
+/// reactor, reactors shared by the threads), each against tokio.
 const MODEL_PAIRS: &[(&str, &str, &str)] = &[
     ("2", "raw-epoll-2", "tokio"),
     ("2", "raw-epoll-2-shared", "tokio"),
+    ("2", "raw-epoll-2-loops", "tokio"),
 ];
 
 pub(super) fn tail_rows<'a>(results: &'a Results<'_>) -> Vec<TailRow<'a>> {
@@ -143,11 +145,14 @@ pub(super) fn models_table(md: &mut String, results: &Results<'_>) {
     }
     let _ = writeln!(
         md,
-        "\nThe same tail for the two threading models without duo's code: the raw epoll \
+        "\nThe same tail for three threading models without duo's code: the raw epoll \
          server on 2 threads with a connection per thread (`raw-epoll-2`, `SO_REUSEPORT`: \
-         duo's and muduo's model) and with any thread serving any connection \
+         duo's and muduo's model), with any thread serving any connection \
          (`raw-epoll-2-shared`, one epoll set, `EPOLLONESHOT`: work sharing, tokio's \
-         model), each against tokio (here the \"duo\" columns are the raw server's).\n"
+         model), and with a connection per reactor but any thread running any reactor's \
+         next turn (`raw-epoll-2-loops`: 16 reactors, each an epoll set and a \
+         `SO_REUSEPORT` listener, their epoll sets `EPOLLONESHOT` in one outer set), each \
+         against tokio (here the \"duo\" columns are the raw server's).\n"
     );
     rows_table(md, &rows, false);
 }
