@@ -214,9 +214,12 @@ fn epoll_create() -> io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(cvt(libc::epoll_create1(libc::EPOLL_CLOEXEC))?) })
 }
 
-/// `n` threads, each with its own `SO_REUSEPORT` listener on the address the first one
-/// bound, each running [`serve`].
-fn serve_reuseport(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<()> {
+/// `n` `SO_REUSEPORT` listeners on the address the first one bound, announced.
+fn reuseport_listeners(
+    addr: SocketAddr,
+    n: usize,
+    defer_accept: u32,
+) -> io::Result<Vec<TcpListener>> {
     let first = listen(addr, true, defer_accept)?;
     let bound = first.local_addr()?;
     let mut listeners = vec![first];
@@ -224,6 +227,13 @@ fn serve_reuseport(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<
         listeners.push(listen(bound, true, defer_accept)?);
     }
     announce(&listeners[0])?;
+    Ok(listeners)
+}
+
+/// `n` threads, each with its own `SO_REUSEPORT` listener on the address the first one
+/// bound, each running [`serve`].
+fn serve_reuseport(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<()> {
+    let listeners = reuseport_listeners(addr, n, defer_accept)?;
     std::thread::scope(|s| {
         let threads = listeners
             .into_iter()
@@ -242,21 +252,12 @@ fn serve_reuseport(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<
 /// reactor whose thread lost its CPU is served by the other thread, the way work sharing
 /// serves a connection, at the granularity of a reactor.
 fn serve_loops(addr: SocketAddr, n: usize, loops: usize, defer_accept: u32) -> io::Result<()> {
-    let first = listen(addr, true, defer_accept)?;
-    let bound = first.local_addr()?;
-    let mut listeners = vec![first];
-    for _ in 1..loops {
-        listeners.push(listen(bound, true, defer_accept)?);
-    }
-    announce(&listeners[0])?;
-    let units = listeners
+    let units = reuseport_listeners(addr, loops, defer_accept)?
         .into_iter()
-        .map(|l| Unit::new(l).map(Mutex::new))
+        .map(Unit::new)
         .collect::<io::Result<Vec<_>>>()?;
-    let unit_fds: Vec<RawFd> = units
-        .iter()
-        .map(|u| u.lock().unwrap_or_else(|e| e.into_inner()).ep.as_raw_fd())
-        .collect();
+    let unit_fds: Vec<RawFd> = units.iter().map(|u| u.ep.as_raw_fd()).collect();
+    let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
     let outer = epoll_create()?;
     for (i, &fd) in unit_fds.iter().enumerate() {
         let events = libc::EPOLLIN as u32 | ONESHOT;

@@ -212,9 +212,10 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         &["--listen", "127.0.0.1:0", "--defer-accept", "5"],
         DEFER_SCENARIOS,
     ),
-    // The two threading models at two threads, without duo's code in the way: a
-    // connection per thread (duo's and muduo's model) and work sharing over one epoll set
-    // (tokio's): the tail comparison's control experiment.
+    // Three threading models at two threads, without duo's code in the way: a connection
+    // per thread (duo's and muduo's model), work sharing over one epoll set (tokio's), and
+    // a connection per reactor with reactors shared by the threads: the tail comparison's
+    // control experiment.
     EchoServer::peer_in(
         "raw-epoll-2",
         "raw_epoll_echo",

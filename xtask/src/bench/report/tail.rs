@@ -136,7 +136,7 @@ pub(super) fn tail_table(md: &mut String, results: &Results<'_>) {
     rows_table(md, &rows, true);
 }
 
-/// The tail of a server with no duo code in it, in the two threading models, against
+/// The tail of a server with no duo code in it, in three threading models, against
 /// tokio's: what the two-thread gap above comes from.
 pub(super) fn models_table(md: &mut String, results: &Results<'_>) {
     let rows = model_rows(results);
