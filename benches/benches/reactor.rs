@@ -16,9 +16,8 @@
 //! ```
 //! `cargo xtask bench` runs it and reports the medians.
 
-use std::cell::RefCell;
+use parking_lot::Mutex;
 use std::io;
-use std::rc::Rc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Barrier};
 use std::thread;
@@ -169,7 +168,7 @@ fn fire_batch(handle: &LoopHandle) -> Duration {
     let (stx, srx) = mpsc::channel();
     handle
         .queue_in_loop(move |lp: &mut EventLoop| {
-            let state = Rc::new(RefCell::new(FireState {
+            let state = Arc::new(Mutex::new(FireState {
                 fired: 0,
                 early: 0,
                 done: Some(tx),
@@ -183,7 +182,7 @@ fn fire_batch(handle: &LoopHandle) -> Duration {
                 let state = state.clone();
                 lp.run_at(deadline, move |_| {
                     let now = Instant::now();
-                    let mut s = state.borrow_mut();
+                    let mut s = state.lock();
                     s.fired += 1;
                     s.early += usize::from(now < deadline);
                     if s.fired == n {

@@ -241,7 +241,7 @@ impl fmt::Debug for Channel {
 /// The default methods do nothing. A handler lives on its loop's thread and need not be
 /// `Send`. Implementors can be found again by token and type with
 /// [`EventLoop::with_handler`].
-pub trait Handler: Any {
+pub trait Handler: Any + Send {
     /// The descriptor is readable, or the peer shut down its writing half.
     fn handle_read(&mut self, lp: &mut EventLoop, channel: &mut Channel) {
         let _ = (lp, channel);
@@ -274,7 +274,7 @@ pub trait Handler: Any {
 }
 
 /// A callback of an [`FnHandler`].
-type Callback = Box<dyn FnMut(&mut EventLoop, &mut Channel)>;
+type Callback = Box<dyn FnMut(&mut EventLoop, &mut Channel) + Send>;
 
 /// A [`Handler`] made of closures, muduo's `Channel::setReadCallback` style.
 ///
@@ -312,22 +312,22 @@ impl FnHandler {
         FnHandler::default()
     }
     /// Sets the read callback.
-    pub fn on_read(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+    pub fn on_read(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static) -> Self {
         self.read = Some(Box::new(f));
         self
     }
     /// Sets the write callback.
-    pub fn on_write(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+    pub fn on_write(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static) -> Self {
         self.write = Some(Box::new(f));
         self
     }
     /// Sets the close (hang-up) callback.
-    pub fn on_close(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+    pub fn on_close(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static) -> Self {
         self.close = Some(Box::new(f));
         self
     }
     /// Sets the error callback.
-    pub fn on_error(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + 'static) -> Self {
+    pub fn on_error(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static) -> Self {
         self.error = Some(Box::new(f));
         self
     }

@@ -5,7 +5,6 @@ use std::cell::Cell;
 use std::collections::HashMap;
 use std::fmt;
 use std::io;
-use std::marker::PhantomData;
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
@@ -38,7 +37,7 @@ thread_local! {
 }
 
 /// A function queued on the loop thread itself; it may capture non-`Send` state.
-type LocalTask = Queued<dyn FnOnce(&mut EventLoop)>;
+type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 
 /// A reactor: waits for readiness on its channels, its timers and its queue of functions,
 /// and runs the matching callbacks, all on the one thread that created it.
@@ -102,17 +101,17 @@ type LocalTask = Queued<dyn FnOnce(&mut EventLoop)>;
 ///
 /// let mut lp = EventLoop::new()?;
 /// let mut fired = Vec::new();
-/// let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+/// let log = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
 /// let (a, b) = (log.clone(), log.clone());
 /// // Deadlines from one instant: their order does not depend on how fast we schedule.
 /// let t0 = Instant::now();
-/// lp.run_at(t0 + Duration::from_millis(2), move |_| a.borrow_mut().push("second"));
-/// lp.run_at(t0 + Duration::from_millis(1), move |_| b.borrow_mut().push("first"));
+/// lp.run_at(t0 + Duration::from_millis(2), move |_| a.lock().push("second"));
+/// lp.run_at(t0 + Duration::from_millis(1), move |_| b.lock().push("first"));
 /// let doomed = lp.run_after(Duration::from_millis(1), |_| unreachable!());
 /// assert!(lp.cancel(doomed));
 /// lp.run_at(t0 + Duration::from_millis(3), |lp| lp.quit());
 /// lp.run()?;
-/// fired.extend(log.borrow().iter().copied());
+/// fired.extend(log.lock().iter().copied());
 /// assert_eq!(fired, ["first", "second"]);
 /// # Ok::<(), Box<dyn std::error::Error>>(())
 /// ```
@@ -153,7 +152,7 @@ pub struct EventLoop {
     /// Functions queued with [`EventLoop::queue_in_loop`], run after this iteration's events.
     local_tasks: Vec<LocalTask>,
     /// Loop-local values by type (`None` while taken out by `with_local`).
-    locals: HashMap<TypeId, Option<Box<dyn Any>>>,
+    locals: HashMap<TypeId, Option<Box<dyn Any + Send>>>,
     /// Reusable buffer the shared queue is swapped into while it runs.
     running: Vec<SendTask>,
     /// Reusable buffer `local_tasks` is swapped into while they run.
@@ -175,8 +174,6 @@ pub struct EventLoop {
     busy_poll_nanos: u64,
     /// The last poll returned events (busy polling follows only such iterations).
     had_events: bool,
-    /// Makes the loop `!Send` and `!Sync`: it stays on its thread.
-    _not_send: PhantomData<*const ()>,
 }
 
 impl EventLoop {
@@ -187,18 +184,33 @@ impl EventLoop {
         if HAS_LOOP.with(|h| h.get()) {
             return Err(LoopError::AlreadyExists);
         }
+        let thread_id = current_thread_id();
+        let name = std::thread::current()
+            .name()
+            .map_or_else(|| format!("loop-{thread_id}"), str::to_owned);
+        let lp = EventLoop::build(name, thread_id)?;
+        HAS_LOOP.with(|h| h.set(true));
+        log::debug!("event loop created on thread {thread_id}");
+        Ok(lp)
+    }
+
+    /// A loop of a [`LoopGroup`](crate::LoopGroup): bound to no thread (it runs on the
+    /// group's threads one turn at a time) and not counted as the calling thread's loop.
+    pub(crate) fn detached(name: String) -> Result<EventLoop, LoopError> {
+        let lp = EventLoop::build(name, 0)?;
+        log::debug!("event loop {} created for a loop group", lp.name());
+        Ok(lp)
+    }
+
+    fn build(name: String, thread_id: u64) -> Result<EventLoop, LoopError> {
         let poller = Poller::new()?;
         let timers = TimerQueue::new()?;
         let waker = EventFd::new()?;
         poller.add(waker.as_fd(), Interest::READABLE, WAKER_TOKEN)?;
         poller.add(timers.timerfd.as_fd(), Interest::READABLE, TIMERFD_TOKEN)?;
-        let thread_id = current_thread_id();
-        let name = std::thread::current()
-            .name()
-            .map_or_else(|| format!("loop-{thread_id}"), str::to_owned);
         let shared = loop_handle::register(name, thread_id, |name| {
             Arc::new(LoopShared {
-                thread_id,
+                thread_id: AtomicU64::new(thread_id),
                 queue: Mutex::new(Some(Vec::new())),
                 notified: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
@@ -209,8 +221,6 @@ impl EventLoop {
                 name,
             })
         });
-        HAS_LOOP.with(|h| h.set(true));
-        log::debug!("event loop created on thread {}", shared.thread_id);
         Ok(EventLoop {
             shared,
             poller,
@@ -227,7 +237,6 @@ impl EventLoop {
             health: HealthTracker::new(HealthConfig::process_default()),
             busy_poll_nanos: 0,
             had_events: false,
-            _not_send: PhantomData,
         })
     }
 
@@ -275,7 +284,7 @@ impl EventLoop {
     /// loop stays usable. Libraries on top (`duo-net`) catch panics of user callbacks
     /// themselves so that one bad connection never unwinds the loop.
     pub fn run(&mut self) -> io::Result<()> {
-        log::trace!("event loop {} running", self.shared.thread_id);
+        log::trace!("event loop {} running", self.shared.name);
         // A panic out of an earlier `run` may have left this set.
         self.shared.draining.store(false, Ordering::SeqCst);
         // Time outside `run` is nobody's: not a callback's, not the first poll's.
@@ -287,19 +296,54 @@ impl EventLoop {
             if self.shared.quit.load(Ordering::SeqCst) {
                 break Ok(());
             }
-            if let Err(e) = self.run_once() {
+            if let Err(e) = self.run_once(true) {
                 break Err(e);
             }
         };
         self.shared.quit.store(false, Ordering::SeqCst);
         self.health.idle(&self.shared.metrics.health);
-        log::trace!("event loop {} stopped", self.shared.thread_id);
+        log::trace!("event loop {} stopped", self.shared.name);
         result
     }
 
-    /// One iteration: wait, dispatch, run queued functions.
-    fn run_once(&mut self) -> io::Result<()> {
-        let timeout = if self.local_tasks.is_empty() {
+    /// One turn of a loop of a [`LoopGroup`](crate::LoopGroup), on whichever of the
+    /// group's threads took the loop's readiness: one iteration without blocking (its
+    /// epoll set was ready), with the calling thread as the loop's thread for its length.
+    /// Returns whether the loop was asked to quit.
+    pub(crate) fn turn(&mut self) -> io::Result<bool> {
+        self.shared
+            .thread_id
+            .store(current_thread_id(), Ordering::SeqCst);
+        let result = self.run_once(false);
+        // Functions this turn queued for itself run in the next turn, which only
+        // readiness of the loop's epoll set brings.
+        if !self.local_tasks.is_empty() {
+            self.shared.wake();
+        }
+        self.health.idle(&self.shared.metrics.health);
+        self.shared.thread_id.store(0, Ordering::SeqCst);
+        result.map(|()| self.shared.quit.load(Ordering::SeqCst))
+    }
+
+    /// Runs `f` with the calling thread as the loop's thread (a detached loop's set-up,
+    /// before its first turn).
+    pub(crate) fn adopted<R>(&mut self, f: impl FnOnce(&mut EventLoop) -> R) -> R {
+        self.shared
+            .thread_id
+            .store(current_thread_id(), Ordering::SeqCst);
+        let r = f(self);
+        self.shared.thread_id.store(0, Ordering::SeqCst);
+        r
+    }
+
+    /// The loop's epoll descriptor: readable when the loop has work.
+    pub(crate) fn poll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        self.poller.as_fd()
+    }
+
+    /// One iteration: wait (unless `block` is false), dispatch, run queued functions.
+    fn run_once(&mut self, block: bool) -> io::Result<()> {
+        let timeout = if block && self.local_tasks.is_empty() {
             None
         } else {
             Some(Duration::ZERO)
@@ -623,7 +667,7 @@ impl EventLoop {
 
     /// Queues `f` to run on this loop after the current batch of events. Unlike
     /// [`LoopHandle::queue_in_loop`], `f` need not be `Send`.
-    pub fn queue_in_loop(&mut self, f: impl FnOnce(&mut EventLoop) + 'static) {
+    pub fn queue_in_loop(&mut self, f: impl FnOnce(&mut EventLoop) + Send + 'static) {
         self.local_tasks.push(Queued {
             name: std::any::type_name_of_val(&f),
             f: Box::new(f),
@@ -634,7 +678,7 @@ impl EventLoop {
     pub fn run_at(
         &mut self,
         deadline: Instant,
-        f: impl FnMut(&mut EventLoop) + 'static,
+        f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> TimerId {
         let name = std::any::type_name_of_val(&f);
         self.schedule(deadline, None, Box::new(f), name)
@@ -644,7 +688,7 @@ impl EventLoop {
     pub fn run_after(
         &mut self,
         delay: Duration,
-        f: impl FnMut(&mut EventLoop) + 'static,
+        f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> TimerId {
         let name = std::any::type_name_of_val(&f);
         self.schedule(Instant::now() + delay, None, Box::new(f), name)
@@ -654,7 +698,7 @@ impl EventLoop {
     pub fn run_every(
         &mut self,
         interval: Duration,
-        f: impl FnMut(&mut EventLoop) + 'static,
+        f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> TimerId {
         let name = std::any::type_name_of_val(&f);
         self.schedule(Instant::now() + interval, Some(interval), Box::new(f), name)
@@ -664,7 +708,7 @@ impl EventLoop {
         &mut self,
         deadline: Instant,
         interval: Option<Duration>,
-        callback: Box<dyn FnMut(&mut EventLoop)>,
+        callback: Box<dyn FnMut(&mut EventLoop) + Send>,
         name: &'static str,
     ) -> TimerId {
         let seq = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
@@ -753,14 +797,14 @@ impl Drop for EventLoop {
             self.deregister(&entry);
         }
         HAS_LOOP.with(|h| h.set(false));
-        log::debug!("event loop on thread {} dropped", self.shared.thread_id);
+        log::debug!("event loop {} dropped", self.shared.name);
     }
 }
 
 impl fmt::Debug for EventLoop {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("EventLoop")
-            .field("thread", &self.shared.thread_id)
+            .field("thread", &self.shared.thread_id.load(Ordering::Relaxed))
             .field("channels", &self.channels.len())
             .field("timers", &self.timers)
             .field("local_tasks", &self.local_tasks.len())

@@ -50,8 +50,12 @@ pub(crate) fn register(
         .iter()
         .filter_map(Weak::upgrade)
         .any(|s| s.name == name);
-    let name = if taken {
+    let name = if taken && thread_id != 0 {
         format!("{name}#{thread_id}")
+    } else if taken {
+        // A loop of a `LoopGroup` has no thread of its own to tell it apart.
+        static DETACHED: AtomicU64 = AtomicU64::new(1);
+        format!("{name}#g{}", DETACHED.fetch_add(1, Ordering::Relaxed))
     } else {
         name
     };
@@ -83,8 +87,10 @@ pub fn loops() -> Vec<LoopHandle> {
 
 /// The part of a loop its handles share (`Arc`): what any thread may touch.
 pub(crate) struct LoopShared {
-    /// The loop thread's id ([`current_thread_id`]).
-    pub(crate) thread_id: u64,
+    /// The id ([`current_thread_id`]) of the thread the loop runs on: the thread that made
+    /// it, for its whole life, or for a loop of a [`LoopGroup`](crate::LoopGroup) the
+    /// thread running its turn now (0 between turns).
+    pub(crate) thread_id: AtomicU64,
     /// Queued functions; `None` once the loop is dropped.
     pub(crate) queue: Mutex<Option<Vec<SendTask>>>,
     /// Set when the waker has been written and the loop has not yet drained it, so that
@@ -180,7 +186,7 @@ pub struct LoopMetrics {
 impl LoopShared {
     /// Whether the caller runs on the loop thread.
     pub(crate) fn is_in_loop_thread(&self) -> bool {
-        current_thread_id() == self.thread_id
+        current_thread_id() == self.thread_id.load(Ordering::Relaxed)
     }
 
     /// Queues `task`, waking the loop if it might not otherwise see it this round.
@@ -353,6 +359,12 @@ impl LoopHandle {
         }
     }
 
+    /// Wakes the loop (its next turn, in a [`LoopGroup`](crate::LoopGroup)) even with
+    /// nothing queued.
+    pub(crate) fn wake(&self) {
+        self.shared.wake();
+    }
+
     /// Whether the caller runs on the loop's thread (a thread-local integer compare).
     pub fn is_in_loop_thread(&self) -> bool {
         self.shared.is_in_loop_thread()
@@ -365,7 +377,7 @@ impl LoopHandle {
         assert!(
             self.is_in_loop_thread(),
             "called off the loop thread (loop thread {}, caller {})",
-            self.shared.thread_id,
+            self.shared.thread_id.load(Ordering::Relaxed),
             current_thread_id()
         );
     }
@@ -397,7 +409,7 @@ impl LoopHandle {
 impl fmt::Debug for LoopHandle {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LoopHandle")
-            .field("thread", &self.shared.thread_id)
+            .field("thread", &self.shared.thread_id.load(Ordering::Relaxed))
             .field("closed", &self.is_closed())
             .finish()
     }

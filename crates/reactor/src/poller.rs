@@ -56,6 +56,11 @@ impl Poller {
         self.events.get(i)
     }
 
+    /// The epoll descriptor (readable when a registered descriptor is ready).
+    pub(crate) fn as_fd(&self) -> BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.epoll)
+    }
+
     /// Registers `fd`.
     pub(crate) fn add(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
         self.epoll.add(fd, interest, token)

@@ -12,7 +12,7 @@ struct SignalHandler<F> {
     on_signal: F,
 }
 
-impl<F: FnMut(&mut EventLoop, Signal) + 'static> Handler for SignalHandler<F> {
+impl<F: FnMut(&mut EventLoop, Signal) + Send + 'static> Handler for SignalHandler<F> {
     fn handle_read(&mut self, lp: &mut EventLoop, _ch: &mut Channel) {
         loop {
             match self.signals.read() {
@@ -59,7 +59,7 @@ impl EventLoop {
     pub fn watch_signals(
         &mut self,
         signals: &[Signal],
-        on_signal: impl FnMut(&mut EventLoop, Signal) + 'static,
+        on_signal: impl FnMut(&mut EventLoop, Signal) + Send + 'static,
     ) -> io::Result<Token> {
         let fd = SignalFd::new(signals)?;
         // The loop owns the registered descriptor; the handler keeps the signalfd itself

@@ -30,7 +30,7 @@ use crate::EventLoop;
 pub struct TimerId(pub(crate) u64);
 
 /// A timer's callback. It runs on the loop thread with the loop at hand.
-pub(crate) type TimerCallback = Box<dyn FnMut(&mut EventLoop)>;
+pub(crate) type TimerCallback = Box<dyn FnMut(&mut EventLoop) + Send>;
 
 pub(crate) struct Timer {
     pub(crate) callback: TimerCallback,

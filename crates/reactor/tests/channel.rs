@@ -3,9 +3,9 @@
 
 mod util;
 
-use std::cell::RefCell;
+use parking_lot::Mutex;
 use std::io::{IoSliceMut, Write};
-use std::rc::Rc;
+use std::sync::Arc;
 use std::sync::mpsc::Sender;
 use std::time::Duration;
 
@@ -32,20 +32,20 @@ fn guard(lp: &mut EventLoop, ms: u64) {
 #[test]
 fn channel_removed_by_another_handler_gets_no_further_events() {
     let mut lp = EventLoop::new().unwrap();
-    let log = Rc::new(RefCell::new(Vec::<&str>::new()));
+    let log = Arc::new(Mutex::new(Vec::<&str>::new()));
     let (a1, b1) = nonblocking_pair();
     let (a2, b2) = nonblocking_pair();
     // Both become readable before the loop polls, so both events arrive in one batch.
     (&a1).write_all(b"x").unwrap();
     (&a2).write_all(b"y").unwrap();
-    let victim: Rc<RefCell<Vec<Token>>> = Rc::default();
+    let victim: Arc<Mutex<Vec<Token>>> = Arc::default();
 
     // Each handler removes the other channel: whichever runs first.
     let remover = || {
         let (log, victim) = (log.clone(), victim.clone());
         FnHandler::new().on_read(move |lp, ch| {
-            log.borrow_mut().push("first");
-            for t in victim.borrow().iter().filter(|&&t| t != ch.token()) {
+            log.lock().push("first");
+            for t in victim.lock().iter().filter(|&&t| t != ch.token()) {
                 assert!(lp.remove_channel(*t));
             }
             read_all(ch);
@@ -53,12 +53,12 @@ fn channel_removed_by_another_handler_gets_no_further_events() {
     };
     let t1 = lp.add_channel(b1, Interest::READABLE, remover()).unwrap();
     let t2 = lp.add_channel(b2, Interest::READABLE, remover()).unwrap();
-    victim.borrow_mut().extend([t1, t2]);
+    victim.lock().extend([t1, t2]);
     guard(&mut lp, 50);
     lp.run().unwrap();
     // Exactly one handler ran: whichever came first removed the other, whose event was
     // already in the same epoll batch.
-    assert_eq!(*log.borrow(), ["first"]);
+    assert_eq!(*log.lock(), ["first"]);
     assert_eq!(lp.channel_count(), 1);
     drop((a1, a2));
 }
@@ -68,19 +68,19 @@ fn self_removal_in_read_skips_write_and_closes_the_fd() {
     let mut lp = EventLoop::new().unwrap();
     let (a, b) = nonblocking_pair();
     (&a).write_all(b"bye").unwrap();
-    let log = Rc::new(RefCell::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     let (lr, lw) = (log.clone(), log.clone());
     let h = FnHandler::new()
         .on_read(move |_, ch| {
-            lr.borrow_mut().push("read");
+            lr.lock().push("read");
             ch.remove();
         })
-        .on_write(move |_, _| lw.borrow_mut().push("write"));
+        .on_write(move |_, _| lw.lock().push("write"));
     lp.add_channel(b, Interest::READABLE | Interest::WRITABLE, h)
         .unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(*log.borrow(), ["read"]);
+    assert_eq!(*log.lock(), ["read"]);
     assert_eq!(lp.channel_count(), 0);
     // Our end was closed: the peer sees a broken pipe.
     let err = duo_sys::send_vectored(std::os::fd::AsFd::as_fd(&a), &[std::io::IoSlice::new(b"x")])
@@ -95,7 +95,7 @@ fn dispatch_order_is_error_close_read_write() {
     let mut lp = EventLoop::new().unwrap();
     let (a, b) = nonblocking_pair();
     (&a).write_all(b"data").unwrap();
-    let log = Rc::new(RefCell::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     let h = order_logger(&log);
     let t = lp
         .add_channel(
@@ -106,12 +106,12 @@ fn dispatch_order_is_error_close_read_write() {
         .unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(*log.borrow(), ["read", "write"]);
+    assert_eq!(*log.lock(), ["read", "write"]);
 
     // Now the peer goes away and the data is drained: hang-up without readable data is
     // a close... but a hung-up unix socket still reports EPOLLIN (EOF is readable), so
     // close is reported through read; check the handler sees EOF there.
-    log.borrow_mut().clear();
+    log.lock().clear();
     drop(a);
     lp.with_channel(t, |_, ch, _| {
         let got = read_all(ch);
@@ -120,13 +120,13 @@ fn dispatch_order_is_error_close_read_write() {
     .unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(log.borrow()[0], "read");
+    assert_eq!(log.lock()[0], "read");
 }
 
-fn order_logger(log: &Rc<RefCell<Vec<&'static str>>>) -> FnHandler {
+fn order_logger(log: &Arc<Mutex<Vec<&'static str>>>) -> FnHandler {
     let mk = |name: &'static str| {
         let log = log.clone();
-        move |_: &mut EventLoop, _: &mut Channel| log.borrow_mut().push(name)
+        move |_: &mut EventLoop, _: &mut Channel| log.lock().push(name)
     };
     FnHandler::new()
         .on_error(mk("error"))
@@ -141,13 +141,13 @@ fn hangup_without_data_is_close_and_errors_come_first() {
     let mut lp = EventLoop::new().unwrap();
     // A TCP socket that was never connected reports EPOLLHUP (and not EPOLLIN).
     let idle = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-    let log = Rc::new(RefCell::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     lp.add_channel(idle, Interest::READABLE, order_logger(&log))
         .unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(log.borrow()[0], "close", "{:?}", log.borrow());
-    assert!(!log.borrow().contains(&"read"));
+    assert_eq!(log.lock()[0], "close", "{:?}", log.lock());
+    assert!(!log.lock().contains(&"read"));
 
     // A refused non-blocking connect reports EPOLLERR: the error handler runs first.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
@@ -161,7 +161,7 @@ fn hangup_without_data_is_close_and_errors_come_first() {
         [127, 0, 0, 1],
         port,
     ))));
-    let log2 = Rc::new(RefCell::new(Vec::new()));
+    let log2 = Arc::new(Mutex::new(Vec::new()));
     lp.add_channel(
         sock,
         Interest::READABLE | Interest::WRITABLE,
@@ -170,14 +170,14 @@ fn hangup_without_data_is_close_and_errors_come_first() {
     .unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(log2.borrow().first(), Some(&"error"), "{:?}", log2.borrow());
+    assert_eq!(log2.lock().first(), Some(&"error"), "{:?}", log2.lock());
 }
 
 #[test]
 fn interest_changes_apply_when_the_handler_returns() {
     let mut lp = EventLoop::new().unwrap();
     let (a, b) = nonblocking_pair();
-    let writes = Rc::new(RefCell::new(0));
+    let writes = Arc::new(Mutex::new(0));
     let w = writes.clone();
     let h = FnHandler::new()
         .on_read(|_, ch| {
@@ -185,9 +185,9 @@ fn interest_changes_apply_when_the_handler_returns() {
             ch.enable_writing();
         })
         .on_write(move |_, ch| {
-            *w.borrow_mut() += 1;
+            *w.lock() += 1;
             // Level-triggered writable fires on every iteration until disabled.
-            if *w.borrow() == 3 {
+            if *w.lock() == 3 {
                 ch.disable_writing();
             }
         });
@@ -195,7 +195,7 @@ fn interest_changes_apply_when_the_handler_returns() {
     (&a).write_all(b"go").unwrap();
     guard(&mut lp, 40);
     lp.run().unwrap();
-    assert_eq!(*writes.borrow(), 3, "writable stopped once disabled");
+    assert_eq!(*writes.lock(), 3, "writable stopped once disabled");
     let interest = lp.with_channel(t, |_, ch, _| ch.interest()).unwrap();
     assert!(interest.is_readable() && !interest.is_writable());
 }
@@ -204,20 +204,20 @@ fn interest_changes_apply_when_the_handler_returns() {
 fn edge_triggered_channel_is_told_once_per_edge() {
     let mut lp = EventLoop::new().unwrap();
     let (a, b) = nonblocking_pair();
-    let reads = Rc::new(RefCell::new(0));
+    let reads = Arc::new(Mutex::new(0));
     let r = reads.clone();
     // Never reads the data: with edge triggering it must hear about it once.
-    let h = FnHandler::new().on_read(move |_, _| *r.borrow_mut() += 1);
+    let h = FnHandler::new().on_read(move |_, _| *r.lock() += 1);
     lp.add_channel(b, Interest::READABLE | Interest::EDGE, h)
         .unwrap();
     (&a).write_all(b"1").unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(*reads.borrow(), 1);
+    assert_eq!(*reads.lock(), 1);
     (&a).write_all(b"2").unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(*reads.borrow(), 2);
+    assert_eq!(*reads.lock(), 2);
 }
 
 struct Counter {
@@ -302,13 +302,13 @@ fn ready_reports_the_peer_half_close_that_came_with_the_data() {
     let (a, b) = nonblocking_pair();
     (&a).write_all(b"last words").unwrap();
     a.shutdown(std::net::Shutdown::Write).unwrap();
-    let seen = Rc::new(RefCell::new(None));
+    let seen = Arc::new(Mutex::new(None));
     let s = seen.clone();
     lp.add_channel(
         b,
         Interest::READABLE | Interest::EDGE,
         FnHandler::new().on_read(move |lp, ch| {
-            *s.borrow_mut() = Some((ch.ready().is_readable(), ch.ready().is_read_hup()));
+            *s.lock() = Some((ch.ready().is_readable(), ch.ready().is_read_hup()));
             ch.remove();
             lp.quit();
         }),
@@ -317,7 +317,7 @@ fn ready_reports_the_peer_half_close_that_came_with_the_data() {
     lp.run().unwrap();
     // One edge carried both: a reader that stopped after the data would never hear of the
     // FIN again, which is why the readiness is exposed.
-    assert_eq!(*seen.borrow(), Some((true, true)));
+    assert_eq!(*seen.lock(), Some((true, true)));
     let t = lp
         .add_channel(nonblocking_pair().0, Interest::READABLE, FnHandler::new())
         .unwrap();
@@ -332,10 +332,10 @@ fn a_sole_descriptor_leaves_epoll_with_its_close() {
     let mut lp = EventLoop::new().unwrap();
     let (a, b) = nonblocking_pair();
     (&a).write_all(b"first").unwrap();
-    let reads = Rc::new(RefCell::new(0));
+    let reads = Arc::new(Mutex::new(0));
     let r = reads.clone();
     let h = FnHandler::new().on_read(move |_, ch| {
-        *r.borrow_mut() += 1;
+        *r.lock() += 1;
         read_all(ch);
         ch.set_sole_descriptor();
         ch.remove();
@@ -343,20 +343,20 @@ fn a_sole_descriptor_leaves_epoll_with_its_close() {
     lp.add_channel(b, Interest::READABLE, h).unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(*reads.borrow(), 1);
+    assert_eq!(*reads.lock(), 1);
     assert_eq!(lp.channel_count(), 0);
     // Closed: the peer sees a broken pipe, and nothing reaches the loop any more.
     let err = duo_sys::send_vectored(std::os::fd::AsFd::as_fd(&a), &[std::io::IoSlice::new(b"x")])
         .unwrap_err();
     assert_eq!(err.kind(), std::io::ErrorKind::BrokenPipe);
     let (c, d) = nonblocking_pair();
-    let later = Rc::new(RefCell::new(0));
+    let later = Arc::new(Mutex::new(0));
     let l = later.clone();
     lp.add_channel(
         d,
         Interest::READABLE,
         FnHandler::new().on_read(move |_, ch| {
-            *l.borrow_mut() += 1;
+            *l.lock() += 1;
             read_all(ch);
         }),
     )
@@ -364,6 +364,6 @@ fn a_sole_descriptor_leaves_epoll_with_its_close() {
     (&c).write_all(b"second").unwrap();
     guard(&mut lp, 30);
     lp.run().unwrap();
-    assert_eq!(*later.borrow(), 1, "the new channel gets its one event");
-    assert_eq!(*reads.borrow(), 1, "the old handler is gone");
+    assert_eq!(*later.lock(), 1, "the new channel gets its one event");
+    assert_eq!(*reads.lock(), 1, "the old handler is gone");
 }

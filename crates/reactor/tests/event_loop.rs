@@ -146,14 +146,14 @@ fn functions_queued_while_draining_run_next_iteration_without_hanging() {
 #[test]
 fn local_non_send_functions_run_in_order() {
     let mut lp = EventLoop::new().unwrap();
-    let log = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let log = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
     for i in 0..5 {
         let log = log.clone();
-        lp.queue_in_loop(move |_| log.borrow_mut().push(i));
+        lp.queue_in_loop(move |_| log.lock().push(i));
     }
     lp.queue_in_loop(|lp| lp.quit());
     lp.run().unwrap();
-    assert_eq!(*log.borrow(), [0, 1, 2, 3, 4]);
+    assert_eq!(*log.lock(), [0, 1, 2, 3, 4]);
 }
 
 #[test]
@@ -233,7 +233,7 @@ fn loop_local_values() {
 #[test]
 fn poll_time_is_one_moment_per_iteration_and_moves_with_the_iterations() {
     let mut lp = EventLoop::new().unwrap();
-    let seen = std::rc::Rc::new(std::cell::RefCell::new(Vec::new()));
+    let seen = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
     let first = seen.clone();
     lp.queue_in_loop(move |lp| {
         let before = lp.poll_time();
@@ -247,16 +247,16 @@ fn poll_time_is_one_moment_per_iteration_and_moves_with_the_iterations() {
             lp.poll_time(),
             duo_sys::instant_of_nanos(lp.poll_time_nanos())
         );
-        first.borrow_mut().push(before);
+        first.lock().push(before);
         let second = first.clone();
         // Queued from a queued function: runs in the next iteration, after its poll.
         lp.queue_in_loop(move |lp| {
-            second.borrow_mut().push(lp.poll_time());
+            second.lock().push(lp.poll_time());
             lp.quit();
         });
     });
     lp.run().unwrap();
-    let seen = seen.borrow();
+    let seen = seen.lock();
     assert_eq!(seen.len(), 2);
     assert!(
         seen[1] >= seen[0] + Duration::from_millis(2),

@@ -3,8 +3,7 @@
 
 mod util;
 
-use std::cell::RefCell;
-use std::rc::Rc;
+use parking_lot::Mutex;
 use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use util::spawn_loop;
 fn ten_thousand_random_deadlines_fire_in_order_and_never_early() {
     const N: usize = 10_000;
     let mut lp = EventLoop::new().unwrap();
-    let fired: Rc<RefCell<Vec<(Instant, usize, Instant)>>> = Rc::default();
+    let fired: Arc<Mutex<Vec<(Instant, usize, Instant)>>> = Arc::default();
     let mut rng = Rng::new(0x9e37_79b9_7f4a_7c15);
     let base = Instant::now();
     for i in 0..N {
@@ -24,19 +23,19 @@ fn ten_thousand_random_deadlines_fire_in_order_and_never_early() {
         let deadline = base + Duration::from_millis(rng.below(200));
         let fired = fired.clone();
         lp.run_at(deadline, move |_| {
-            fired.borrow_mut().push((deadline, i, Instant::now()))
+            fired.lock().push((deadline, i, Instant::now()))
         });
     }
     assert_eq!(lp.timer_count(), N);
     let f = fired.clone();
     lp.run_every(Duration::from_millis(5), move |lp| {
-        if f.borrow().len() == N {
+        if f.lock().len() == N {
             lp.quit();
         }
     });
     lp.run_after(LIMIT, |lp| lp.quit());
     lp.run().unwrap();
-    let fired = fired.borrow();
+    let fired = fired.lock();
     assert_eq!(fired.len(), N);
     for w in fired.windows(2) {
         let ((d0, i0, _), (d1, i1, _)) = (w[0], w[1]);
@@ -55,40 +54,40 @@ fn ten_thousand_random_deadlines_fire_in_order_and_never_early() {
 #[test]
 fn cancel_before_firing_and_from_an_earlier_callback_of_the_same_batch() {
     let mut lp = EventLoop::new().unwrap();
-    let log = Rc::new(RefCell::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     let at = Instant::now() + Duration::from_millis(5);
     let l = log.clone();
-    let cancelled_early = lp.run_at(at, move |_| l.borrow_mut().push("cancelled early"));
+    let cancelled_early = lp.run_at(at, move |_| l.lock().push("cancelled early"));
     assert!(lp.cancel(cancelled_early));
     assert!(!lp.cancel(cancelled_early), "second cancel is a no-op");
 
     // Same deadline: the first callback cancels the second, already due, one.
-    let victim: Rc<RefCell<Option<TimerId>>> = Rc::default();
+    let victim: Arc<Mutex<Option<TimerId>>> = Arc::default();
     let (l, v) = (log.clone(), victim.clone());
     lp.run_at(at, move |lp| {
-        l.borrow_mut().push("first");
-        assert!(lp.cancel(v.borrow().unwrap()));
+        l.lock().push("first");
+        assert!(lp.cancel(v.lock().unwrap()));
     });
     let l = log.clone();
-    *victim.borrow_mut() = Some(lp.run_at(at, move |_| l.borrow_mut().push("victim")));
+    *victim.lock() = Some(lp.run_at(at, move |_| l.lock().push("victim")));
     lp.run_at(at + Duration::from_millis(5), |lp| lp.quit());
     lp.run().unwrap();
-    assert_eq!(*log.borrow(), ["first"]);
+    assert_eq!(*log.lock(), ["first"]);
     assert_eq!(lp.timer_count(), 0);
 }
 
 #[test]
 fn run_every_fires_n_times_then_cancels_itself() {
     let mut lp = EventLoop::new().unwrap();
-    let count = Rc::new(RefCell::new(0));
-    let id: Rc<RefCell<Option<TimerId>>> = Rc::default();
+    let count = Arc::new(Mutex::new(0));
+    let id: Arc<Mutex<Option<TimerId>>> = Arc::default();
     let (c, i) = (count.clone(), id.clone());
     let start = Instant::now();
-    *id.borrow_mut() = Some(lp.run_every(Duration::from_millis(2), move |lp| {
-        *c.borrow_mut() += 1;
-        if *c.borrow() == 5 {
+    *id.lock() = Some(lp.run_every(Duration::from_millis(2), move |lp| {
+        *c.lock() += 1;
+        if *c.lock() == 5 {
             assert!(
-                lp.cancel(i.borrow().unwrap()),
+                lp.cancel(i.lock().unwrap()),
                 "a running repeating timer is cancellable"
             );
         }
@@ -96,7 +95,7 @@ fn run_every_fires_n_times_then_cancels_itself() {
     // Give it time to (wrongly) fire a sixth time.
     lp.run_after(Duration::from_millis(30), |lp| lp.quit());
     lp.run().unwrap();
-    assert_eq!(*count.borrow(), 5);
+    assert_eq!(*count.lock(), 5);
     assert!(
         start.elapsed() >= Duration::from_millis(10),
         "5 periods of 2 ms"
@@ -160,19 +159,19 @@ fn equal_deadlines_from_other_threads_run_in_scheduling_order() {
 #[test]
 fn timer_scheduled_by_a_timer_in_the_past_runs_next_iteration() {
     let mut lp = EventLoop::new().unwrap();
-    let log = Rc::new(RefCell::new(Vec::new()));
+    let log = Arc::new(Mutex::new(Vec::new()));
     let l = log.clone();
     lp.run_after(Duration::ZERO, move |lp| {
         let iteration = lp.metrics().iterations;
         let l2 = l.clone();
-        l.borrow_mut().push(iteration);
+        l.lock().push(iteration);
         lp.run_after(Duration::ZERO, move |lp| {
-            l2.borrow_mut().push(lp.metrics().iterations);
+            l2.lock().push(lp.metrics().iterations);
             lp.quit();
         });
     });
     lp.run().unwrap();
-    let log = log.borrow();
+    let log = log.lock();
     assert_eq!(log.len(), 2);
     assert!(log[1] > log[0], "{log:?}");
 }

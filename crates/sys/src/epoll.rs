@@ -50,6 +50,12 @@ impl Interest {
     /// exclusive registration (a listening socket has no peer to hang up), and
     /// [`Epoll::modify`] re-registers an exclusive descriptor instead of modifying it.
     pub const EXCLUSIVE: Interest = Interest(libc::EPOLLEXCLUSIVE as u32);
+    /// One event per arming (`EPOLLONESHOT`): after the descriptor is reported once it
+    /// stays registered but silent until [`Epoll::modify`] arms it again. Several threads
+    /// waiting on one epoll instance use it so that a ready descriptor is handed to one of
+    /// them, which owns it until it re-arms it (a readiness already pending at re-arming is
+    /// reported at once).
+    pub const ONESHOT: Interest = Interest(libc::EPOLLONESHOT as u32);
 
     /// Whether readable events are requested.
     pub const fn is_readable(self) -> bool {
@@ -66,6 +72,10 @@ impl Interest {
     /// Whether the registration asks for exclusive wake-ups.
     pub const fn is_exclusive(self) -> bool {
         self.0 & libc::EPOLLEXCLUSIVE as u32 != 0
+    }
+    /// Whether the registration is one-shot.
+    pub const fn is_oneshot(self) -> bool {
+        self.0 & libc::EPOLLONESHOT as u32 != 0
     }
     /// Adds the flags of `other`.
     #[must_use]
@@ -105,6 +115,7 @@ impl std::fmt::Debug for Interest {
             (self.is_writable(), "WRITABLE"),
             (self.is_edge(), "EDGE"),
             (self.is_exclusive(), "EXCLUSIVE"),
+            (self.is_oneshot(), "ONESHOT"),
         ] {
             if set {
                 write!(f, "{sep}{name}")?;
@@ -175,6 +186,8 @@ impl std::fmt::Debug for Ready {
 pub struct Events {
     buf: Vec<libc::epoll_event>,
     len: usize,
+    /// Whether a full wait doubles the capacity ([`Events::fixed`] does not).
+    grows: bool,
 }
 
 impl Events {
@@ -187,6 +200,17 @@ impl Events {
         Events {
             buf: vec![libc::epoll_event { events: 0, u64: 0 }; capacity],
             len: 0,
+            grows: true,
+        }
+    }
+
+    /// A buffer that always takes at most `capacity` events (at least 1) per wait: for
+    /// threads that share one epoll instance and must each take only what they will
+    /// handle, leaving the rest ready for the others.
+    pub fn fixed(capacity: usize) -> Events {
+        Events {
+            grows: false,
+            ..Events::with_capacity(capacity)
         }
     }
 
@@ -227,7 +251,7 @@ impl Events {
     /// Doubles the capacity if the last wait filled the buffer.
     fn grow_if_full(&mut self) {
         let cap = self.buf.len();
-        if self.len == cap && cap < Self::MAX_CAPACITY {
+        if self.grows && self.len == cap && cap < Self::MAX_CAPACITY {
             let new_cap = (cap * 2).min(Self::MAX_CAPACITY);
             self.buf
                 .resize(new_cap, libc::epoll_event { events: 0, u64: 0 });

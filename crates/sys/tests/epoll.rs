@@ -135,6 +135,48 @@ fn events_buffer_doubles_when_a_wait_fills_it() {
 }
 
 #[test]
+fn a_fixed_events_buffer_never_grows() {
+    let epoll = Epoll::new().unwrap();
+    let fds: Vec<EventFd> = (0..3).map(|_| EventFd::new().unwrap()).collect();
+    for (i, fd) in fds.iter().enumerate() {
+        epoll.add(fd.as_fd(), Interest::READABLE, i as u64).unwrap();
+        fd.notify().unwrap();
+    }
+    let mut events = Events::fixed(1);
+    for _ in 0..4 {
+        assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
+        assert_eq!(events.capacity(), 1);
+    }
+}
+
+#[test]
+fn oneshot_reports_once_until_rearmed_and_rearming_reports_pending_readiness() {
+    let epoll = Epoll::new().unwrap();
+    let efd = EventFd::new().unwrap();
+    let oneshot = Interest::READABLE | Interest::ONESHOT;
+    epoll.add(efd.as_fd(), oneshot, 5).unwrap();
+    efd.notify().unwrap();
+    let mut events = Events::with_capacity(4);
+    assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
+    assert_eq!(events.get(0).map(|(t, _)| t), Some(5));
+    // Still readable (level), but disarmed: nothing more until re-armed.
+    assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 0);
+    efd.notify().unwrap();
+    assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 0);
+    // Re-arming with the readiness pending reports it at once.
+    epoll.modify(efd.as_fd(), oneshot, 6).unwrap();
+    assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 1);
+    assert_eq!(events.get(0).map(|(t, _)| t), Some(6));
+    // Drained and re-armed: silent until the next notification.
+    efd.drain().unwrap();
+    epoll.modify(efd.as_fd(), oneshot, 6).unwrap();
+    assert_eq!(epoll.wait(&mut events, NO_WAIT).unwrap(), 0);
+    efd.notify().unwrap();
+    assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
+    assert_eq!(format!("{oneshot:?}"), "Interest(READABLE | ONESHOT)");
+}
+
+#[test]
 fn timeout_is_rounded_up_not_down() {
     let epoll = Epoll::new().unwrap();
     let mut events = Events::with_capacity(1);

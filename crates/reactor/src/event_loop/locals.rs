@@ -10,7 +10,7 @@ impl EventLoop {
     /// Loop-local values are how a library keeps per-loop state next to the loop without
     /// locks: `duo-net` keeps each loop's idle-connection wheel and counters this way. They
     /// are dropped with the loop.
-    pub fn insert_local<T: 'static>(&mut self, value: T) -> Option<T> {
+    pub fn insert_local<T: Send + 'static>(&mut self, value: T) -> Option<T> {
         let old = self.locals.insert(TypeId::of::<T>(), Some(Box::new(value)));
         old.flatten()
             .and_then(|b| b.downcast::<T>().ok())
@@ -18,7 +18,7 @@ impl EventLoop {
     }
 
     /// Removes and returns the loop-local value of type `T`.
-    pub fn remove_local<T: 'static>(&mut self) -> Option<T> {
+    pub fn remove_local<T: Send + 'static>(&mut self) -> Option<T> {
         let old = self.locals.remove(&TypeId::of::<T>());
         old.flatten()
             .and_then(|b| b.downcast::<T>().ok())
@@ -27,7 +27,7 @@ impl EventLoop {
 
     /// The loop-local value of type `T`, if any (and not currently taken by
     /// [`EventLoop::with_local`]).
-    pub fn local<T: 'static>(&self) -> Option<&T> {
+    pub fn local<T: Send + 'static>(&self) -> Option<&T> {
         self.locals
             .get(&TypeId::of::<T>())?
             .as_ref()?
@@ -37,7 +37,7 @@ impl EventLoop {
     /// Gives `f` the loop together with the loop-local value of type `T` (taken out of the
     /// loop for the call, as handlers are). `None` if there is no such value, or if it is
     /// already taken further up the stack.
-    pub fn with_local<T: 'static, R>(
+    pub fn with_local<T: Send + 'static, R>(
         &mut self,
         f: impl FnOnce(&mut EventLoop, &mut T) -> R,
     ) -> Option<R> {

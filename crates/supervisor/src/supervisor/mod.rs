@@ -194,7 +194,7 @@ impl Supervisor {
     ///
     /// The set-up failed (event loop, signalfd, stats region), or the first generation
     /// did not become ready (a worker exited first, or the ready timeout passed).
-    pub fn run(self, on_ready: impl FnOnce() + 'static) -> Result<(), SupervisorError> {
+    pub fn run(self, on_ready: impl FnOnce() + Send + 'static) -> Result<(), SupervisorError> {
         let mut lp = EventLoop::new()?;
         // Serving, starting and draining generations at once (a reload while the previous
         // one still drains); beyond that, workers go uncounted (see `spawn`).
@@ -237,7 +237,7 @@ impl Supervisor {
             restart_timer: None,
             stopping: false,
             failure: None,
-            on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce()>),
+            on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce() + Send>),
             last_stats: (Instant::now(), WorkerStats::default()),
         };
         // A row belongs to an adopted worker if that worker's PID is in it; every other row
@@ -357,7 +357,7 @@ struct State {
     stopping: bool,
     /// Why the first generation failed; `run` returns it.
     failure: Option<String>,
-    on_ready: Option<Box<dyn FnOnce()>>,
+    on_ready: Option<Box<dyn FnOnce() + Send>>,
     last_stats: (Instant, WorkerStats),
 }
 

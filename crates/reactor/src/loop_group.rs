@@ -1,0 +1,313 @@
+//! [`LoopGroup`]: more loops than threads; any of the group's threads runs a loop's next
+//! turn.
+//!
+//! # Why
+//!
+//! With one loop per thread (muduo's model, [`EventLoopThreadPool`]), a connection waits
+//! for its thread: when that thread loses its core (to another process, to the load
+//! generator on a benchmark host) every connection of its loop waits a scheduler slice,
+//! even if the other core is free. That is the tail of a reactor server on a busy
+//! machine. A work-stealing runtime (tokio) moves single tasks to the free thread, at the
+//! price of a lock or atomic handover per task. A group moves whole loops instead: a
+//! connection still belongs to one loop that serves it without a lock, but a loop belongs
+//! to no thread. With several loops per thread, a loop whose thread is off its core is
+//! run by another one, and only the connections of the one loop being run when a thread
+//! is preempted wait for it.
+//!
+//! # How
+//!
+//! Every loop's epoll descriptor sits in one outer epoll set, registered
+//! [`Interest::ONESHOT`]. Each thread waits on the outer set for one ready loop at a time
+//! (a fixed one-event buffer, so a thread never holds readiness it is not serving), takes
+//! the loop out of its slot, runs one turn (an `epoll_wait` without timeout on the loop's
+//! own set, its events, timers and queued functions), puts it back and re-arms it: one
+//! `epoll_ctl` per turn, not per event. One-shot delivery means a loop is run by one
+//! thread at a time, and re-arming reports readiness that arrived during the turn at
+//! once. For the length of its turn the running thread is the loop's thread
+//! ([`LoopHandle::is_in_loop_thread`]); between turns no thread is.
+//!
+//! A loop that quits (or whose turn fails or panics) is dropped, closing its channels;
+//! when the last one is gone the group's threads end.
+//!
+//! [`EventLoopThreadPool`]: crate::EventLoopThreadPool
+
+use std::fmt;
+use std::io;
+use std::os::fd::AsFd;
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+
+use duo_sys::{Epoll, EventFd, Events, Interest};
+use parking_lot::Mutex;
+
+use crate::event_loop_thread::ThreadInit;
+use crate::{EventLoop, LoopHandle};
+
+/// Token of the group's stop eventfd in the outer epoll set.
+const STOP_TOKEN: u64 = u64::MAX;
+
+/// How a loop is registered in the outer set.
+const ARMED: Interest = Interest::READABLE.add(Interest::ONESHOT);
+
+/// M loops served by N threads (M ≥ N): the loops stay what they are (a connection
+/// belongs to one loop and is served without a lock), but any free thread of the group
+/// runs a ready loop's next turn. See the module documentation for why and how.
+///
+/// Loops are named `{name}-{i}` and threads `{name}-t{j}`. Work reaches the loops
+/// through their [`LoopHandle`]s, as with an [`EventLoopThreadPool`](crate::EventLoopThreadPool).
+/// Dropping the group (or [`stop`](LoopGroup::stop)) quits every loop and joins every
+/// thread.
+///
+/// Everything a loop owns is `Send` (handlers, timers, queued functions, loop-local
+/// values), which is what lets a loop change threads between turns.
+///
+/// ```
+/// use duo_reactor::LoopGroup;
+///
+/// let group = LoopGroup::start("io", 2, 8, None)?;
+/// assert_eq!(group.handles().len(), 8);
+/// let (tx, rx) = std::sync::mpsc::channel();
+/// for h in group.handles() {
+///     let tx = tx.clone();
+///     h.queue_in_loop(move |lp| tx.send(lp.name().to_owned()).unwrap())?;
+/// }
+/// let mut names: Vec<String> = (0..8).map(|_| rx.recv().unwrap()).collect();
+/// names.sort();
+/// assert_eq!(names[0], "io-0");
+/// group.stop()?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+pub struct LoopGroup {
+    name: String,
+    core: Arc<GroupCore>,
+    handles: Vec<LoopHandle>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+/// What the group's threads share.
+struct GroupCore {
+    /// The outer set: every live loop's epoll descriptor (one-shot) and `stop`.
+    outer: Epoll,
+    /// The loops, each in its slot between turns (`None` while a thread runs its turn,
+    /// and once it has ended).
+    slots: Vec<Mutex<Option<EventLoop>>>,
+    /// Loops not yet ended.
+    live: AtomicUsize,
+    /// Written when the last loop ends: every thread returns (level-triggered, never
+    /// drained).
+    stop: EventFd,
+    /// How loops ended other than by quitting (failed poll, panic), for `stop`.
+    failures: Mutex<Vec<String>>,
+}
+
+impl LoopGroup {
+    /// Creates `loops` loops, runs `init` (if any) on each, and starts `threads` threads
+    /// that serve them. `threads` must be at least 1 and `loops` at least `threads`.
+    ///
+    /// The threads block the stop signals, as [`EventLoopThread`](crate::EventLoopThread)'s
+    /// do. On failure nothing is left running.
+    pub fn start(
+        name: &str,
+        threads: usize,
+        loops: usize,
+        init: Option<ThreadInit>,
+    ) -> io::Result<LoopGroup> {
+        if threads == 0 || loops < threads {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "loop group {name}: needs at least one thread and at least as many \
+                     loops as threads (got {threads} threads, {loops} loops)"
+                ),
+            ));
+        }
+        let outer = Epoll::new()?;
+        let stop = EventFd::new()?;
+        outer.add(stop.as_fd(), Interest::READABLE, STOP_TOKEN)?;
+        let mut made = Vec::with_capacity(loops);
+        for i in 0..loops {
+            let mut lp = EventLoop::detached(format!("{name}-{i}")).map_err(io::Error::from)?;
+            if let Some(init) = &init {
+                lp.adopted(|lp| init(lp));
+            }
+            outer.add(lp.poll_fd(), ARMED, i as u64)?;
+            made.push(lp);
+        }
+        let handles: Vec<LoopHandle> = made.iter().map(EventLoop::handle).collect();
+        let core = Arc::new(GroupCore {
+            outer,
+            slots: made.into_iter().map(|lp| Mutex::new(Some(lp))).collect(),
+            live: AtomicUsize::new(loops),
+            stop,
+            failures: Mutex::new(Vec::new()),
+        });
+        let mut group = LoopGroup {
+            name: name.to_owned(),
+            core,
+            handles,
+            threads: Vec::with_capacity(threads),
+        };
+        for j in 0..threads {
+            let core = group.core.clone();
+            let spawned = thread::Builder::new()
+                .name(format!("{name}-t{j}"))
+                .spawn(move || {
+                    if let Err(e) = duo_sys::block_termination_signals() {
+                        log::warn!("cannot block stop signals on a loop thread: {e}");
+                    }
+                    core.serve();
+                });
+            match spawned {
+                Ok(t) => group.threads.push(t),
+                Err(e) => {
+                    let _ = group.stop_inner();
+                    return Err(e);
+                }
+            }
+        }
+        // Work queued during `init` (by the loop itself, so without a wake-up) runs now.
+        for h in &group.handles {
+            h.wake();
+        }
+        log::debug!("loop group {name} started: {loops} loops on {threads} threads");
+        Ok(group)
+    }
+
+    /// Every loop of the group, in order.
+    pub fn handles(&self) -> &[LoopHandle] {
+        &self.handles
+    }
+
+    /// The number of threads serving the loops.
+    pub fn num_threads(&self) -> usize {
+        self.threads.len()
+    }
+
+    /// The group's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Quits every loop, joins every thread, and reports a loop that ended by a failed
+    /// poll or a panic.
+    pub fn stop(mut self) -> io::Result<()> {
+        self.stop_inner()
+    }
+
+    fn stop_inner(&mut self) -> io::Result<()> {
+        for h in &self.handles {
+            h.quit();
+        }
+        if self.threads.is_empty() {
+            // Never started serving: end the loops here.
+            for slot in &self.core.slots {
+                drop(slot.lock().take());
+            }
+        }
+        let mut panicked = false;
+        for t in self.threads.drain(..) {
+            panicked |= t.join().is_err();
+        }
+        let failures = std::mem::take(&mut *self.core.failures.lock());
+        if panicked {
+            return Err(io::Error::other(format!(
+                "loop group {}: a thread panicked",
+                self.name
+            )));
+        }
+        match failures.into_iter().next() {
+            Some(first) => Err(io::Error::other(first)),
+            None => Ok(()),
+        }
+    }
+}
+
+impl GroupCore {
+    /// A thread's life: take a ready loop, run its turn, put it back, re-arm it; until
+    /// every loop has ended.
+    fn serve(&self) {
+        let mut events = Events::fixed(1);
+        loop {
+            if let Err(e) = self.outer.wait(&mut events, None) {
+                // Cannot happen with a valid epoll descriptor and buffer; do not spin.
+                log::error!("loop group: waiting for ready loops failed: {e}");
+                self.failures.lock().push(format!("waiting for ready loops: {e}"));
+                let _ = self.stop.notify();
+                return;
+            }
+            let Some((token, _)) = events.get(0) else {
+                continue; // interrupted by a signal
+            };
+            if token == STOP_TOKEN {
+                return;
+            }
+            let i = token as usize;
+            let Some(slot) = self.slots.get(i) else {
+                continue;
+            };
+            let Some(mut lp) = slot.lock().take() else {
+                continue; // ended already (one-shot delivery makes this rare)
+            };
+            let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn()));
+            let ended = match outcome {
+                Ok(Ok(false)) => None,
+                Ok(Ok(true)) => Some(None),
+                Ok(Err(e)) => Some(Some(format!("loop {}: {e}", lp.name()))),
+                Err(_) => Some(Some(format!("loop {} panicked", lp.name()))),
+            };
+            match ended {
+                None => {
+                    // Back in its slot before re-arming: once re-armed, another thread
+                    // may take its readiness at once, and must find it there.
+                    let mut slot = slot.lock();
+                    let rearmed = self.outer.modify(lp.poll_fd(), ARMED, token);
+                    match rearmed {
+                        Ok(()) => *slot = Some(lp),
+                        Err(e) => {
+                            drop(slot);
+                            let why = format!("loop {}: cannot re-arm it: {e}", lp.name());
+                            self.end(lp, Some(why));
+                        }
+                    }
+                }
+                Some(why) => self.end(lp, why),
+            }
+        }
+    }
+
+    /// A loop ended: drop it (closing its channels; its epoll descriptor leaves the outer
+    /// set as it closes), and stop the threads after the last one.
+    fn end(&self, lp: EventLoop, failure: Option<String>) {
+        if let Some(why) = failure {
+            log::error!("{why}");
+            self.failures.lock().push(why);
+        }
+        drop(lp);
+        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+            if let Err(e) = self.stop.notify() {
+                log::error!("loop group: cannot wake its threads to stop: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for LoopGroup {
+    fn drop(&mut self) {
+        if let Err(e) = self.stop_inner() {
+            log::error!("loop group {}: {e}", self.name);
+        }
+    }
+}
+
+impl fmt::Debug for LoopGroup {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LoopGroup")
+            .field("name", &self.name)
+            .field("loops", &self.handles.len())
+            .field("threads", &self.threads.len())
+            .field("live", &self.core.live.load(Ordering::Relaxed))
+            .finish()
+    }
+}

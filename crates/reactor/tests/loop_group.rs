@@ -1,0 +1,238 @@
+//! `LoopGroup`: more loops than threads, any thread runs a ready loop's turn.
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::Duration;
+
+use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopGroup, LoopHandle};
+use duo_testkit::{nonblocking_pair, wait_until, LIMIT};
+
+/// Runs `f` on the loop and returns its result.
+fn on_loop<R: Send + 'static>(
+    h: &LoopHandle,
+    f: impl FnOnce(&mut EventLoop) -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = mpsc::channel();
+    h.queue_in_loop(move |lp| {
+        let _ = tx.send(f(lp));
+    })
+    .unwrap();
+    rx.recv_timeout(LIMIT).expect("the loop answers")
+}
+
+#[test]
+fn bad_sizes_are_refused() {
+    for (threads, loops) in [(0, 4), (0, 0), (4, 2)] {
+        let e = LoopGroup::start("bad", threads, loops, None).unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{threads} threads, {loops} loops");
+        assert!(e.to_string().contains("loops"), "{e}");
+    }
+}
+
+#[test]
+fn every_loop_runs_on_the_group_threads_which_are_its_thread_only_during_a_turn() {
+    let inits = Arc::new(AtomicUsize::new(0));
+    let i = inits.clone();
+    let group = LoopGroup::start(
+        "grp",
+        2,
+        6,
+        Some(Arc::new(move |lp: &mut EventLoop| {
+            assert!(lp.handle().is_in_loop_thread(), "init runs as the loop's thread");
+            i.fetch_add(1, Ordering::SeqCst);
+        })),
+    )
+    .unwrap();
+    assert_eq!(inits.load(Ordering::SeqCst), 6);
+    assert_eq!(group.num_threads(), 2);
+    let mut names = Vec::new();
+    let mut threads = HashSet::new();
+    for h in group.handles() {
+        assert!(!h.is_in_loop_thread(), "no thread is a loop's between turns");
+        let h2 = h.clone();
+        let (name, thread, inside) = on_loop(h, move |lp| {
+            (
+                lp.name().to_owned(),
+                thread::current().name().unwrap_or("").to_owned(),
+                h2.is_in_loop_thread(),
+            )
+        });
+        assert!(inside, "the thread running a turn is the loop's thread");
+        assert!(thread.starts_with("grp-t"), "{thread}");
+        names.push(name);
+        threads.insert(thread);
+    }
+    assert_eq!(names, ["grp-0", "grp-1", "grp-2", "grp-3", "grp-4", "grp-5"]);
+    assert!(threads.len() <= 2);
+    group.stop().unwrap();
+}
+
+#[test]
+fn a_loop_blocked_in_a_callback_strands_only_its_own_work() {
+    // Two threads, eight loops: while one thread is stuck in loop 0's turn, the other
+    // serves all the other loops.
+    let group = LoopGroup::start("strand", 2, 8, None).unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    group.handles()[0]
+        .queue_in_loop(move |_| {
+            entered_tx.send(()).unwrap();
+            release_rx.recv_timeout(LIMIT).expect("released");
+        })
+        .unwrap();
+    entered_rx.recv_timeout(LIMIT).expect("loop 0 is running");
+    for round in 0..20 {
+        for h in &group.handles()[1..] {
+            assert_eq!(on_loop(h, move |_| round), round);
+        }
+    }
+    // A timer on another loop fires too.
+    let (fired_tx, fired_rx) = mpsc::channel();
+    group.handles()[3]
+        .run_after(Duration::from_millis(5), move |_| {
+            let _ = fired_tx.send(());
+        })
+        .unwrap();
+    fired_rx.recv_timeout(LIMIT).expect("timer fired");
+    release_tx.send(()).unwrap();
+    assert_eq!(on_loop(&group.handles()[0], |_| 7), 7);
+    group.stop().unwrap();
+}
+
+/// Echoes what it reads and checks that no two threads are ever inside it at once.
+struct Echo {
+    sock: std::os::unix::net::UnixStream,
+    inside: Arc<AtomicBool>,
+    overlaps: Arc<AtomicUsize>,
+}
+
+impl Handler for Echo {
+    fn handle_read(&mut self, _lp: &mut EventLoop, _ch: &mut Channel) {
+        if self.inside.swap(true, Ordering::SeqCst) {
+            self.overlaps.fetch_add(1, Ordering::SeqCst);
+        }
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.sock.write_all(&buf[..n]).expect("echo"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        self.inside.store(false, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn channels_on_many_loops_are_served_and_no_loop_runs_on_two_threads_at_once() {
+    const LOOPS: usize = 8;
+    const ROUNDS: usize = 300;
+    let group = LoopGroup::start("echo", 2, LOOPS, None).unwrap();
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    for (i, h) in group.handles().iter().enumerate() {
+        // Two channels per loop share one `inside` flag: the loop's.
+        let inside = Arc::new(AtomicBool::new(false));
+        for _ in 0..2 {
+            let (ours, theirs) = nonblocking_pair();
+            let handler = Echo {
+                sock: theirs.try_clone().unwrap(),
+                inside: inside.clone(),
+                overlaps: overlaps.clone(),
+            };
+            let fd = OwnedFd::from(theirs);
+            on_loop(h, move |lp| {
+                lp.add_channel(fd, Interest::READABLE, handler)
+                    .map(|_| ())
+                    .map_err(|e| e.error.to_string())
+            })
+            .unwrap();
+            ours.set_nonblocking(false).unwrap();
+            ours.set_read_timeout(Some(LIMIT)).unwrap();
+            clients.push((i, ours));
+        }
+    }
+    // Every client in its own thread, all at once, so that loops are ready together.
+    let workers: Vec<_> = clients
+        .into_iter()
+        .map(|(i, mut c)| {
+            thread::spawn(move || {
+                for r in 0..ROUNDS {
+                    let msg = format!("{i}:{r};");
+                    c.write_all(msg.as_bytes()).unwrap();
+                    let mut back = vec![0u8; msg.len()];
+                    c.read_exact(&mut back).unwrap();
+                    assert_eq!(back, msg.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        duo_testkit::join_within("echo client", w);
+    }
+    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a loop ran on two threads at once");
+    let turns: u64 = group.handles().iter().map(|h| h.metrics().iterations).sum();
+    assert!(turns >= ROUNDS as u64, "{turns} turns");
+    group.stop().unwrap();
+}
+
+#[test]
+fn work_a_turn_queues_for_its_own_loop_runs_in_a_later_turn() {
+    let group = LoopGroup::start("self", 1, 2, None).unwrap();
+    let (tx, rx) = mpsc::channel();
+    group.handles()[1]
+        .queue_in_loop(move |lp| {
+            // Queued from the loop's own turn: no wake-up is written for it, so the group
+            // must notice it by itself.
+            lp.queue_in_loop(move |lp| {
+                lp.queue_in_loop(move |lp| tx.send(lp.name().to_owned()).unwrap());
+            });
+        })
+        .unwrap();
+    assert_eq!(rx.recv_timeout(LIMIT).unwrap(), "self-1");
+    group.stop().unwrap();
+}
+
+#[test]
+fn a_loop_that_quits_ends_alone_and_a_panic_ends_only_its_loop() {
+    let group = LoopGroup::start("end", 2, 4, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    handles[1].quit();
+    wait_until("loop 1 ends", || handles[1].is_closed());
+    handles[2]
+        .queue_in_loop(|_| panic!("a callback panics"))
+        .unwrap();
+    wait_until("loop 2 ends", || handles[2].is_closed());
+    for h in [&handles[0], &handles[3]] {
+        assert_eq!(on_loop(h, |_| 1), 1);
+    }
+    let e = group.stop().unwrap_err();
+    assert!(e.to_string().contains("end-2 panicked"), "{e}");
+    assert!(handles.iter().all(LoopHandle::is_closed));
+}
+
+#[test]
+fn stop_ends_every_loop_and_thread_with_channels_closed() {
+    let group = LoopGroup::start("close", 2, 3, None).unwrap();
+    let (ours, theirs) = nonblocking_pair();
+    let fd = OwnedFd::from(theirs);
+    on_loop(&group.handles()[2], move |lp| {
+        lp.add_channel(fd, Interest::READABLE, duo_reactor::FnHandler::new())
+            .map(|_| ())
+            .map_err(|e| e.error.to_string())
+    })
+    .unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    drop(group);
+    assert!(handles.iter().all(LoopHandle::is_closed));
+    // The loop closed its channel's descriptor: the peer sees end of file.
+    ours.set_nonblocking(false).unwrap();
+    ours.set_read_timeout(Some(LIMIT)).unwrap();
+    let mut buf = [0u8; 1];
+    assert_eq!((&ours).read(&mut buf).unwrap(), 0);
+}
