@@ -1,7 +1,7 @@
 //! `echo`: the duo echo server, and the target of `cargo xtask bench`.
 //!
 //! ```text
-//! echo [serve] [--listen ADDR] [--io-threads N] [--accept main|shared|reuseport]
+//! echo [serve] [--listen ADDR] [--io-threads N] [--loops M] [--accept main|shared|reuseport]
 //!      [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
@@ -21,6 +21,11 @@
 //!   back to `shared` there.
 //! - `--io-threads N`: I/O threads (sub reactors); default the number of cores, 0 serves
 //!   everything on the main thread (single reactor).
+//! - `--loops M`: serve the connections on `M` loops shared by the I/O threads instead of
+//!   one loop per thread (`ServerBuilder::loops`): any free I/O thread runs a ready loop's
+//!   next turn, so a thread that loses its core holds up one loop's connections, not its
+//!   whole share. Needs `--io-threads` of at least 1 (a usage error otherwise); `M` at
+//!   most the number of I/O threads changes nothing.
 //! - `--accept main|shared|reuseport`: who accepts (default `shared`: every I/O thread on
 //!   the one listening socket, so a connection never changes threads; `main`: the main
 //!   loop, handing connections round robin to the I/O threads; `reuseport`: every I/O
@@ -158,6 +163,11 @@ struct ServeArgs {
     /// [default: number of cores]
     #[arg(long, value_name = "N")]
     io_threads: Option<usize>,
+    /// Serve the connections on N loops shared by the I/O threads (any free thread runs a
+    /// ready loop's turn): a shorter latency tail on a busy host. Default: one loop per
+    /// I/O thread.
+    #[arg(long, value_name = "N")]
+    loops: Option<usize>,
     /// Who accepts connections: the main loop (handing them round robin to the I/O
     /// threads), every I/O thread on the one listening socket (`EPOLLEXCLUSIVE`), or every
     /// I/O thread on a listening socket of its own (`SO_REUSEPORT`).
@@ -279,6 +289,12 @@ fn main() -> ExitCode {
     // (with a backtrace under RUST_BACKTRACE) per event.
     duo_net::process::install_panic_hook();
     let cfg = config(&args);
+    if cfg.loops > 0 && cfg.io_threads == 0 {
+        return fail(
+            USAGE,
+            "echo: --loops needs I/O threads to run on (--io-threads is 0)",
+        );
+    }
     if let Some((cert, key)) = &cfg.tls {
         // Checked once here, so that a bad file is one clear error (not one per worker).
         if let Err(e) = duo_net::tls::server_config_from_pem(cert, key) {
@@ -464,6 +480,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
         io_threads: args
             .io_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
+        loops: args.loops.unwrap_or(0),
         edge_triggered: args.trigger == Trigger::Edge,
         accept: match args.accept {
             Accept::Main => AcceptMode::MainLoop,

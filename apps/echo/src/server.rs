@@ -32,6 +32,9 @@ pub struct ServeConfig {
     pub listen: Endpoint,
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     pub io_threads: usize,
+    /// Loops on the I/O threads (more than `io_threads`: any free I/O thread runs a ready
+    /// loop; see `ServerBuilder::loops`); 0: one loop per thread.
+    pub loops: usize,
     /// Poll connections edge-triggered (else level-triggered).
     pub edge_triggered: bool,
     /// Who accepts connections.
@@ -138,6 +141,7 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
     let messages = Arc::new(AtomicU64::new(0));
     let mut builder = builder
         .io_threads(cfg.io_threads)
+        .loops(cfg.loops)
         .accept_mode(cfg.accept)
         .edge_triggered(cfg.edge_triggered)
         .busy_poll(cfg.busy_poll)

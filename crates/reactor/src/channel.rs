@@ -317,17 +317,26 @@ impl FnHandler {
         self
     }
     /// Sets the write callback.
-    pub fn on_write(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static) -> Self {
+    pub fn on_write(
+        mut self,
+        f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static,
+    ) -> Self {
         self.write = Some(Box::new(f));
         self
     }
     /// Sets the close (hang-up) callback.
-    pub fn on_close(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static) -> Self {
+    pub fn on_close(
+        mut self,
+        f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static,
+    ) -> Self {
         self.close = Some(Box::new(f));
         self
     }
     /// Sets the error callback.
-    pub fn on_error(mut self, f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static) -> Self {
+    pub fn on_error(
+        mut self,
+        f: impl FnMut(&mut EventLoop, &mut Channel) + Send + 'static,
+    ) -> Self {
         self.error = Some(Box::new(f));
         self
     }

@@ -5,10 +5,14 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::event_loop_thread::{EventLoopThread, ThreadInit};
-use crate::LoopHandle;
+use crate::{LoopGroup, LoopHandle};
 
 /// N threads, each running one loop, plus a base loop (the caller's, usually the one
 /// that accepts connections) that serves everything when N is zero.
+///
+/// With [`set_loops`](EventLoopThreadPool::set_loops) above N, the pool runs M loops on
+/// its N threads instead (a [`LoopGroup`]: any free thread runs a ready loop's next
+/// turn), so that a thread that loses its core strands only the loop it was running.
 ///
 /// Work is spread with [`next_loop`](EventLoopThreadPool::next_loop) (round robin) or
 /// [`loop_for_hash`](EventLoopThreadPool::loop_for_hash) (the same key always lands on
@@ -32,8 +36,12 @@ pub struct EventLoopThreadPool {
     base: LoopHandle,
     name: String,
     num_threads: usize,
+    /// Loops to run on the threads (0 or at most `num_threads`: one loop per thread).
+    num_loops: usize,
     init: Option<ThreadInit>,
     threads: Vec<EventLoopThread>,
+    /// The loops and threads when there are more loops than threads.
+    group: Option<LoopGroup>,
     handles: Vec<LoopHandle>,
     next: AtomicUsize,
 }
@@ -45,8 +53,10 @@ impl EventLoopThreadPool {
             base,
             name: name.to_owned(),
             num_threads,
+            num_loops: 0,
             init: None,
             threads: Vec::new(),
+            group: None,
             handles: Vec::new(),
             next: AtomicUsize::new(0),
         }
@@ -57,14 +67,35 @@ impl EventLoopThreadPool {
         self.init = Some(init);
     }
 
+    /// Runs `loops` loops on the pool's threads (set before [`start`]): more loops than
+    /// threads makes the pool a [`LoopGroup`]; `loops` at most the number of threads (the
+    /// default, 0, included) keeps one loop per thread. With no threads, the base loop
+    /// serves everything and this has no effect.
+    ///
+    /// [`start`]: EventLoopThreadPool::start
+    pub fn set_loops(&mut self, loops: usize) {
+        self.num_loops = loops;
+    }
+
     /// Starts the threads; returns when every loop is ready. On failure the threads
     /// already started are stopped again.
     pub fn start(&mut self) -> io::Result<()> {
-        if !self.threads.is_empty() {
+        if !self.threads.is_empty() || self.group.is_some() {
             return Err(io::Error::new(
                 io::ErrorKind::AlreadyExists,
                 "thread pool already started",
             ));
+        }
+        if self.num_threads > 0 && self.num_loops > self.num_threads {
+            let group = LoopGroup::start(
+                &self.name,
+                self.num_threads,
+                self.num_loops,
+                self.init.clone(),
+            )?;
+            self.handles = group.handles().to_vec();
+            self.group = Some(group);
+            return Ok(());
         }
         for i in 0..self.num_threads {
             match EventLoopThread::spawn(&format!("{}-{i}", self.name), self.init.clone()) {
@@ -123,6 +154,16 @@ impl EventLoopThreadPool {
         self.num_threads
     }
 
+    /// Number of loops on the threads (not counting the base loop): the number of
+    /// threads, or more with [`set_loops`](EventLoopThreadPool::set_loops).
+    pub fn num_loops(&self) -> usize {
+        if self.num_threads == 0 {
+            0
+        } else {
+            self.num_loops.max(self.num_threads)
+        }
+    }
+
     /// Quits every loop and joins every thread; reports the first failure.
     pub fn stop(&mut self) -> io::Result<()> {
         self.stop_threads()
@@ -130,6 +171,9 @@ impl EventLoopThreadPool {
 
     fn stop_threads(&mut self) -> io::Result<()> {
         self.handles.clear();
+        if let Some(group) = self.group.take() {
+            return group.stop();
+        }
         // Ask every loop to quit first, so they wind down in parallel.
         for t in &self.threads {
             t.handle().quit();
@@ -157,7 +201,11 @@ impl fmt::Debug for EventLoopThreadPool {
         f.debug_struct("EventLoopThreadPool")
             .field("name", &self.name)
             .field("num_threads", &self.num_threads)
-            .field("running", &self.threads.len())
+            .field("num_loops", &self.num_loops())
+            .field(
+                "running",
+                &(self.threads.len() + self.group.as_ref().map_or(0, |g| g.num_threads())),
+            )
             .finish()
     }
 }

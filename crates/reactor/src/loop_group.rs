@@ -233,7 +233,9 @@ impl GroupCore {
             if let Err(e) = self.outer.wait(&mut events, None) {
                 // Cannot happen with a valid epoll descriptor and buffer; do not spin.
                 log::error!("loop group: waiting for ready loops failed: {e}");
-                self.failures.lock().push(format!("waiting for ready loops: {e}"));
+                self.failures
+                    .lock()
+                    .push(format!("waiting for ready loops: {e}"));
                 let _ = self.stop.notify();
                 return;
             }

@@ -5,8 +5,8 @@ mod util;
 
 use parking_lot::Mutex;
 use std::io::{IoSliceMut, Write};
-use std::sync::Arc;
 use std::sync::mpsc::Sender;
+use std::sync::Arc;
 use std::time::Duration;
 
 use duo_reactor::{Channel, EventLoop, FnHandler, Handler, Interest, Token};

@@ -28,7 +28,11 @@ fn on_loop<R: Send + 'static>(
 fn bad_sizes_are_refused() {
     for (threads, loops) in [(0, 4), (0, 0), (4, 2)] {
         let e = LoopGroup::start("bad", threads, loops, None).unwrap_err();
-        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{threads} threads, {loops} loops");
+        assert_eq!(
+            e.kind(),
+            ErrorKind::InvalidInput,
+            "{threads} threads, {loops} loops"
+        );
         assert!(e.to_string().contains("loops"), "{e}");
     }
 }
@@ -42,7 +46,10 @@ fn every_loop_runs_on_the_group_threads_which_are_its_thread_only_during_a_turn(
         2,
         6,
         Some(Arc::new(move |lp: &mut EventLoop| {
-            assert!(lp.handle().is_in_loop_thread(), "init runs as the loop's thread");
+            assert!(
+                lp.handle().is_in_loop_thread(),
+                "init runs as the loop's thread"
+            );
             i.fetch_add(1, Ordering::SeqCst);
         })),
     )
@@ -52,7 +59,10 @@ fn every_loop_runs_on_the_group_threads_which_are_its_thread_only_during_a_turn(
     let mut names = Vec::new();
     let mut threads = HashSet::new();
     for h in group.handles() {
-        assert!(!h.is_in_loop_thread(), "no thread is a loop's between turns");
+        assert!(
+            !h.is_in_loop_thread(),
+            "no thread is a loop's between turns"
+        );
         let h2 = h.clone();
         let (name, thread, inside) = on_loop(h, move |lp| {
             (
@@ -66,7 +76,10 @@ fn every_loop_runs_on_the_group_threads_which_are_its_thread_only_during_a_turn(
         names.push(name);
         threads.insert(thread);
     }
-    assert_eq!(names, ["grp-0", "grp-1", "grp-2", "grp-3", "grp-4", "grp-5"]);
+    assert_eq!(
+        names,
+        ["grp-0", "grp-1", "grp-2", "grp-3", "grp-4", "grp-5"]
+    );
     assert!(threads.len() <= 2);
     group.stop().unwrap();
 }
@@ -175,7 +188,11 @@ fn channels_on_many_loops_are_served_and_no_loop_runs_on_two_threads_at_once() {
     for w in workers {
         duo_testkit::join_within("echo client", w);
     }
-    assert_eq!(overlaps.load(Ordering::SeqCst), 0, "a loop ran on two threads at once");
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "a loop ran on two threads at once"
+    );
     let turns: u64 = group.handles().iter().map(|h| h.metrics().iterations).sum();
     assert!(turns >= ROUNDS as u64, "{turns} turns");
     group.stop().unwrap();

@@ -59,6 +59,9 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
          threads, `duo-2-reuseport` gives each of 2 I/O threads a `SO_REUSEPORT` socket \
          (those two only where accepting matters: churn and 1 000 connections), \
          `duo-2-busy` is `duo-2` with busy polling (`--busy-poll-us 20`, rr only); \
+         `duo-2-loops` and `duo-2-loops64` run 16 and 64 loops on the 2 I/O threads \
+         (`--loops`: any free thread runs a ready loop's turn; each loop accepts on a \
+         `SO_REUSEPORT` socket of its own; 64 in rr only); \
          `duo-0-defer`, `duo-2-defer`, `raw-epoll-defer` and `tokio-defer` (churn \
          only) accept a connection only once its first bytes arrived \
          (`--defer-accept`, `TCP_DEFER_ACCEPT`, the same socket option on each); \

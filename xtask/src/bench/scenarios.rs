@@ -186,6 +186,35 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         ],
         BUSY_POLL_SCENARIOS,
     ),
+    // A loop group: the two I/O threads run 16 (and 64) loops, any free thread a ready
+    // loop's turn (`ServerBuilder::loops`): the two-thread tail without a lock per
+    // connection.
+    EchoServer::duo_in(
+        "duo-2-loops",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "2",
+            "--loops",
+            "16",
+        ],
+        LOOPS_SCENARIOS,
+    ),
+    EchoServer::duo_in(
+        "duo-2-loops64",
+        &[
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--io-threads",
+            "2",
+            "--loops",
+            "64",
+        ],
+        MODEL_SCENARIOS,
+    ),
     // Unix-domain sockets: the same binary and threads as `duo-2`, over an abstract name
     // (`{pid}`: the harness's process id, so that two harnesses never collide).
     EchoServer::duo_in(
@@ -339,9 +368,15 @@ pub(super) const DEFER_SCENARIOS: &[&str] = &["churn-50"];
 /// `duo-2`: the tail comparison at two threads.
 pub(super) const BUSY_POLL_SCENARIOS: &[&str] = &["rr-100x64"];
 
+/// Where duo with a loop group (`duo-2-loops`: 16 loops on the 2 I/O threads) is measured
+/// beside `duo-2`: the tail, bulk transfer, and short connections (each loop accepts on a
+/// `SO_REUSEPORT` listener of its own).
+pub(super) const LOOPS_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k", "churn-50"];
+
 /// Where the raw epoll server runs at two threads in both threading models
 /// (`raw-epoll-2`: a connection per thread; `raw-epoll-2-shared`: work sharing;
-/// `raw-epoll-2-loops`: 16 reactors, each run by whichever thread is free).
+/// `raw-epoll-2-loops`: 16 reactors, each run by whichever thread is free), and duo with
+/// 64 loops on its two threads (`duo-2-loops64`).
 pub(super) const MODEL_SCENARIOS: &[&str] = &["rr-100x64"];
 
 /// The scenario of the tail-latency comparison.

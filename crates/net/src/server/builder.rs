@@ -32,6 +32,8 @@ pub struct ServerBuilder {
     /// A socket already listening (inherited), used instead of binding `addr`.
     listener: Option<Socket>,
     io_threads: usize,
+    /// Loops on the I/O threads (more than `io_threads`: a loop group).
+    loops: usize,
     reuse_port: bool,
     defer_accept_secs: u32,
     accept_mode: AcceptMode,
@@ -56,6 +58,7 @@ impl ServerBuilder {
             addr,
             listener: None,
             io_threads: 0,
+            loops: 0,
             reuse_port: false,
             defer_accept_secs: 0,
             accept_mode: AcceptMode::default(),
@@ -85,6 +88,27 @@ impl ServerBuilder {
     /// the main loop (single reactor).
     pub fn io_threads(mut self, n: usize) -> Self {
         self.io_threads = n;
+        self
+    }
+    /// Serves the connections on `n` I/O loops shared by the
+    /// [`io_threads`](ServerBuilder::io_threads) threads (default: one loop per thread).
+    ///
+    /// A connection belongs to one loop, which serves it without a lock as always; with
+    /// more loops than threads a loop belongs to no thread: any free I/O thread runs a
+    /// ready loop's next turn ([`duo_reactor::LoopGroup`]). A thread that loses its core
+    /// (to another process on a busy host) then holds up only the connections of the one
+    /// loop it was running, instead of every connection of its thread: a shorter latency
+    /// tail on a crowded machine, for a little more CPU per event (one `epoll_ctl` per
+    /// turn). A few loops per thread (8 for two threads) take most of the gain; see
+    /// `docs/benchmarks.md`. With `n` at most `io_threads` this has no effect; with no
+    /// I/O threads, `start` refuses it.
+    ///
+    /// [`AcceptMode::Shared`] (the default) becomes [`AcceptMode::ReusePort`] with more
+    /// loops than threads ([`AcceptMode::MainLoop`] on an inherited or Unix-domain socket):
+    /// the group's loops wait together in one outer epoll set, where `EPOLLEXCLUSIVE`
+    /// cannot choose one loop per connection.
+    pub fn loops(mut self, n: usize) -> Self {
+        self.loops = n;
         self
     }
     /// Sets `SO_REUSEPORT` on the listening socket (several servers on one port). Not
@@ -210,7 +234,36 @@ impl ServerBuilder {
     /// Binds, starts the I/O threads and starts accepting on `main`, the calling thread's
     /// loop (which must then [`run`](EventLoop::run)).
     pub fn start(mut self, main: &mut EventLoop) -> io::Result<TcpServer> {
+        if self.io_threads == 0 && self.loops > 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "server {}: {} loops need I/O threads to run on (io_threads is 0)",
+                    self.name, self.loops
+                ),
+            ));
+        }
         let inherited = self.listener.is_some();
+        if self.io_threads > 0
+            && self.loops > self.io_threads
+            && self.accept_mode == AcceptMode::Shared
+        {
+            // A group's loops wait in one outer epoll set, not in their own `epoll_wait`,
+            // so `EPOLLEXCLUSIVE` cannot pick one of them: every loop would take a turn
+            // for every connection and the first would accept them all.
+            self.accept_mode = if inherited || self.addr.as_inet().is_none() {
+                AcceptMode::MainLoop
+            } else {
+                AcceptMode::ReusePort
+            };
+            log::info!(
+                "server {}: {} loops on {} threads accept {:?} instead of Shared",
+                self.name,
+                self.loops,
+                self.io_threads,
+                self.accept_mode
+            );
+        }
         let (listener, socket_file) = match (self.listener.take(), &self.addr) {
             (Some(listener), _) => (listener, None),
             (None, Endpoint::Inet(addr)) => (
@@ -236,6 +289,7 @@ impl ServerBuilder {
             )?;
         }
         let mut threads = EventLoopThreadPool::new(main.handle(), &self.name, self.io_threads);
+        threads.set_loops(self.loops);
         if let Some(init) = self.thread_init.clone() {
             threads.set_thread_init(init);
         }
@@ -412,9 +466,10 @@ impl ServerBuilder {
         });
         *shared.report_timer.lock() = Some(report);
         log::info!(
-            "server {} listening on {endpoint} with {} I/O threads, accepting: {mode:?}",
+            "server {} listening on {endpoint} with {} I/O threads, {} loops, accepting: {mode:?}",
             self.name,
-            self.io_threads
+            self.io_threads,
+            threads.num_loops()
         );
         Ok(TcpServer { shared, threads })
     }
@@ -465,6 +520,7 @@ impl fmt::Debug for ServerBuilder {
             .field("name", &self.name)
             .field("addr", &self.addr)
             .field("io_threads", &self.io_threads)
+            .field("loops", &self.loops)
             .field("accept_mode", &self.accept_mode)
             .field("idle_timeout", &self.idle_timeout)
             .field("busy_poll", &self.busy_poll)

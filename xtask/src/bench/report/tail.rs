@@ -19,12 +19,15 @@ pub(super) struct TailRow<'a> {
 }
 
 /// The comparisons the issue asks for: one thread (`duo-0` strict, `duo-1` same layout,
-/// against `tokio-1`) and two (`duo-2` against `tokio`; also `duo-2-busy`, busy polling).
+/// against `tokio-1`) and two (`duo-2` against `tokio`; also `duo-2-busy`, busy polling,
+/// and `duo-2-loops`/`duo-2-loops64`, 16 and 64 loops on the two threads).
 const TAIL_PAIRS: &[(&str, &str, &str)] = &[
     ("1", "duo-0", "tokio-1"),
     ("1", "duo-1", "tokio-1"),
     ("2", "duo-2", "tokio"),
     ("2", "duo-2-busy", "tokio"),
+    ("2", "duo-2-loops", "tokio"),
+    ("2", "duo-2-loops64", "tokio"),
 ];
 
 /// The control experiment: the raw epoll server at two threads in duo's threading model
