@@ -232,6 +232,7 @@ fn bad_flags_are_usage_errors() {
         &["--bogus"][..],
         &["serve", "--trigger", "sideways"],
         &["--io-threads", "many"],
+        &["--loops", "-1"],
         &["--listen", "not an address"],
         &["--stats-interval", "0"],
         &["--defer-accept", "3601"],
@@ -286,6 +287,30 @@ fn level_triggered_works() {
     for i in 0..50 {
         framed_round_trip(&mut s, format!("packet {i}").as_bytes());
     }
+}
+
+#[test]
+fn more_loops_than_io_threads_serve_as_usual() {
+    let server = Server::start(&["--io-threads", "2", "--loops", "8"]);
+    thread::scope(|scope| {
+        for i in 0..8u64 {
+            let server = &server;
+            scope.spawn(move || raw_round_trip(server, 400 + i, 200_000));
+        }
+    });
+    let framed = Server::start(&["--io-threads", "1", "--loops", "4", "--framed"]);
+    let mut s = framed.connect();
+    for i in 0..50 {
+        framed_round_trip(&mut s, format!("packet {i}").as_bytes());
+    }
+}
+
+#[test]
+fn loops_without_io_threads_is_a_usage_error() {
+    let (status, out, err) = run_to_exit(&["--io-threads", "0", "--loops", "4"]);
+    assert_eq!(status.code(), Some(2), "stderr:\n{err}");
+    assert!(out.is_empty(), "stdout: {out:?}");
+    assert!(err.contains("--loops needs I/O threads"), "stderr:\n{err}");
 }
 
 #[test]

@@ -36,21 +36,28 @@ thread_local! {
     static HAS_LOOP: Cell<bool> = const { Cell::new(false) };
 }
 
-/// A function queued on the loop thread itself; it may capture non-`Send` state.
+/// A function queued on the loop itself (no lock, no wake-up).
 type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 
 /// A reactor: waits for readiness on its channels, its timers and its queue of functions,
-/// and runs the matching callbacks, all on the one thread that created it.
+/// and runs the matching callbacks, on one thread at a time.
 ///
 /// # Threading
 ///
-/// An `EventLoop` is created on the thread that will run it and cannot leave it (it is
-/// neither `Send` nor `Sync`; the compiler enforces loop-thread affinity). A thread can have
-/// at most one loop: a second [`EventLoop::new`] on the same thread fails with
-/// [`LoopError::AlreadyExists`]. Everything the loop owns (channels, handlers, timers) is
-/// touched only on its thread, so dispatch takes no lock. Other threads reach the loop
-/// through a [`LoopHandle`] (`Send + Sync + Clone`, from [`EventLoop::handle`]): they queue
-/// functions that later run on the loop with `&mut EventLoop`, schedule timers, or quit it.
+/// An `EventLoop` made with [`EventLoop::new`] belongs to the thread that created it, which
+/// runs it ([`EventLoop::run`]); a thread can have at most one such loop: a second
+/// [`EventLoop::new`] on the same thread fails with [`LoopError::AlreadyExists`]. The loops
+/// of a [`LoopGroup`](crate::LoopGroup) instead belong to no thread: any of the group's
+/// threads runs a ready loop's next turn, one thread at a time. Either way the loop is
+/// driven through `&mut EventLoop` by one thread at a time, so everything it owns
+/// (channels, handlers, timers) is touched without a lock, and "the loop's thread"
+/// ([`LoopHandle::is_in_loop_thread`]) is the thread running it now. Because a group's loop
+/// changes threads between turns, the loop is `Send`, and so must be everything it owns:
+/// handlers, timer callbacks, queued functions and loop-local values (`Arc` and a mutex
+/// where a test or an application shares state with a callback, not `Rc` and `RefCell`).
+/// Other threads reach the loop through a [`LoopHandle`] (`Send + Sync + Clone`, from
+/// [`EventLoop::handle`]): they queue functions that later run on the loop with
+/// `&mut EventLoop`, schedule timers, or quit it.
 ///
 /// # Ordering of callbacks
 ///
@@ -323,17 +330,6 @@ impl EventLoop {
         self.health.idle(&self.shared.metrics.health);
         self.shared.thread_id.store(0, Ordering::SeqCst);
         result.map(|()| self.shared.quit.load(Ordering::SeqCst))
-    }
-
-    /// Runs `f` with the calling thread as the loop's thread (a detached loop's set-up,
-    /// before its first turn).
-    pub(crate) fn adopted<R>(&mut self, f: impl FnOnce(&mut EventLoop) -> R) -> R {
-        self.shared
-            .thread_id
-            .store(current_thread_id(), Ordering::SeqCst);
-        let r = f(self);
-        self.shared.thread_id.store(0, Ordering::SeqCst);
-        r
     }
 
     /// The loop's epoll descriptor: readable when the loop has work.
@@ -665,8 +661,8 @@ impl EventLoop {
         self.channels.len()
     }
 
-    /// Queues `f` to run on this loop after the current batch of events. Unlike
-    /// [`LoopHandle::queue_in_loop`], `f` need not be `Send`.
+    /// Queues `f` to run on this loop after the current batch of events: from code running
+    /// on the loop, cheaper than [`LoopHandle::queue_in_loop`] (no lock, no wake-up).
     pub fn queue_in_loop(&mut self, f: impl FnOnce(&mut EventLoop) + Send + 'static) {
         self.local_tasks.push(Queued {
             name: std::any::type_name_of_val(&f),

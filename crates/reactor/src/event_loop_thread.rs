@@ -1,7 +1,7 @@
 //! [`EventLoopThread`]: a thread that runs one loop.
 //!
-//! The loop is created on the new thread (an [`EventLoop`] never leaves the thread that
-//! made it), the optional init function runs there with it, and then its [`LoopHandle`]
+//! The loop is created on the new thread (an [`EventLoop`] made by [`EventLoop::new`]
+//! stays with the thread that made it), the optional init function runs there with it, and then its [`LoopHandle`]
 //! comes back over a channel: `spawn` returns a loop that is ready for work, and an init
 //! function that panics is an error, not a hang.
 //!

@@ -2,13 +2,17 @@
 //!
 //! - [`EventLoop`]: waits on epoll and dispatches to [`Channel`]s and their [`Handler`]s,
 //!   runs timers (all on one `timerfd`) and functions queued from other threads.
-//!   Confined to the thread that created it; at most one per thread.
+//!   Driven by one thread at a time: the thread that created it (at most one per thread),
+//!   or, in a [`LoopGroup`], whichever of the group's threads runs its turn.
 //! - [`LoopHandle`]: the `Send + Sync + Clone` way in from other threads
 //!   (`queue_in_loop`, timers, `quit`, metrics), woken through an `eventfd`
 //!   only when needed.
 //! - [`TimingWheel`]: coarse timeouts over many keys (idle connections) in O(1) per refresh.
 //! - [`EventLoopThread`], [`EventLoopThreadPool`]: loops on their own threads, for the
 //!   main-reactor + sub-reactors model.
+//! - [`LoopGroup`]: more loops than threads, any free thread running a ready loop's next
+//!   turn, so that a thread that loses its core holds up one loop, not its whole share of
+//!   the connections (a pool with [`EventLoopThreadPool::set_loops`] makes one).
 //!
 //! # Why a handler gets `&mut EventLoop` (the ownership choice)
 //!
@@ -36,8 +40,9 @@
 //!   value ([`EventLoop::insert_local`], [`EventLoop::with_local`]), taken out the same
 //!   way, so code on the loop reaches it without a global or a lock.
 //! - Work from other threads is a `Box<dyn FnOnce(&mut EventLoop) + Send>` queued through a
-//!   [`LoopHandle`]; [`EventLoop::queue_in_loop`] takes non-`Send` functions for the loop's
-//!   own use.
+//!   [`LoopHandle`]; [`EventLoop::queue_in_loop`] queues the loop's own work without a lock.
+//!   Everything a loop owns is `Send`, so that a [`LoopGroup`] can move a loop between
+//!   threads between turns.
 //!
 //! The rest of the design is documented where it lives: one iteration, timers and
 //! threading on [`EventLoop`]; wake-ups and ordering on [`LoopHandle`]; coarse timeouts on

@@ -33,7 +33,7 @@
 
 use std::fmt;
 use std::io;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -90,9 +90,8 @@ pub struct LoopGroup {
 struct GroupCore {
     /// The outer set: every live loop's epoll descriptor (one-shot) and `stop`.
     outer: Epoll,
-    /// The loops, each in its slot between turns (`None` while a thread runs its turn,
-    /// and once it has ended).
-    slots: Vec<Mutex<Option<EventLoop>>>,
+    /// The loops, each in its slot between turns.
+    slots: Vec<Slot>,
     /// Loops not yet ended.
     live: AtomicUsize,
     /// Written when the last loop ends: every thread returns (level-triggered, never
@@ -102,9 +101,20 @@ struct GroupCore {
     failures: Mutex<Vec<String>>,
 }
 
+/// One loop of the group.
+struct Slot {
+    /// The loop between turns (`None` while a thread runs its turn, and once it ended).
+    lp: Mutex<Option<EventLoop>>,
+    /// A duplicate of the loop's epoll descriptor: what the outer set watches, re-armed
+    /// after each turn without the loop at hand (and removed from the set when the loop
+    /// ends, since this duplicate keeps the epoll instance open).
+    fd: OwnedFd,
+}
+
 impl LoopGroup {
-    /// Creates `loops` loops, runs `init` (if any) on each, and starts `threads` threads
-    /// that serve them. `threads` must be at least 1 and `loops` at least `threads`.
+    /// Creates `loops` loops, starts `threads` threads that serve them, and runs `init` (if
+    /// any) on each loop (on a group thread, as the loop's thread) before returning.
+    /// `threads` must be at least 1 and `loops` at least `threads`.
     ///
     /// The threads block the stop signals, as [`EventLoopThread`](crate::EventLoopThread)'s
     /// do. On failure nothing is left running.
@@ -128,17 +138,21 @@ impl LoopGroup {
         outer.add(stop.as_fd(), Interest::READABLE, STOP_TOKEN)?;
         let mut made = Vec::with_capacity(loops);
         for i in 0..loops {
-            let mut lp = EventLoop::detached(format!("{name}-{i}")).map_err(io::Error::from)?;
-            if let Some(init) = &init {
-                lp.adopted(|lp| init(lp));
-            }
-            outer.add(lp.poll_fd(), ARMED, i as u64)?;
-            made.push(lp);
+            let lp = EventLoop::detached(format!("{name}-{i}")).map_err(io::Error::from)?;
+            let fd = lp.poll_fd().try_clone_to_owned()?;
+            outer.add(fd.as_fd(), ARMED, i as u64)?;
+            made.push(Slot {
+                lp: Mutex::new(Some(lp)),
+                fd,
+            });
         }
-        let handles: Vec<LoopHandle> = made.iter().map(EventLoop::handle).collect();
+        let handles: Vec<LoopHandle> = made
+            .iter()
+            .filter_map(|slot| slot.lp.lock().as_ref().map(EventLoop::handle))
+            .collect();
         let core = Arc::new(GroupCore {
             outer,
-            slots: made.into_iter().map(|lp| Mutex::new(Some(lp))).collect(),
+            slots: made,
             live: AtomicUsize::new(loops),
             stop,
             failures: Mutex::new(Vec::new()),
@@ -167,12 +181,40 @@ impl LoopGroup {
                 }
             }
         }
-        // Work queued during `init` (by the loop itself, so without a wake-up) runs now.
-        for h in &group.handles {
-            h.wake();
+        if let Some(init) = init {
+            group.init_each(&init)?;
         }
         log::debug!("loop group {name} started: {loops} loops on {threads} threads");
         Ok(group)
+    }
+
+    /// Runs `init` on every loop, as its first turn's work, and waits for all of them: a
+    /// loop whose `init` panics ends, and so does the group, with an error.
+    fn init_each(&mut self, init: &ThreadInit) -> io::Result<()> {
+        let (done, finished) = std::sync::mpsc::channel();
+        for h in &self.handles {
+            let (init, done) = (init.clone(), done.clone());
+            let queued = h.queue_in_loop(move |lp| {
+                init(lp);
+                let _ = done.send(());
+            });
+            if queued.is_err() {
+                break; // counted below: fewer than all report
+            }
+        }
+        drop(done);
+        let ran = finished.iter().take(self.handles.len()).count();
+        if ran < self.handles.len() {
+            let why = self
+                .stop_inner()
+                .err()
+                .map_or_else(|| "a loop ended".to_owned(), |e| e.to_string());
+            return Err(io::Error::other(format!(
+                "loop group {}: the init function failed: {why}",
+                self.name
+            )));
+        }
+        Ok(())
     }
 
     /// Every loop of the group, in order.
@@ -203,7 +245,7 @@ impl LoopGroup {
         if self.threads.is_empty() {
             // Never started serving: end the loops here.
             for slot in &self.core.slots {
-                drop(slot.lock().take());
+                drop(slot.lp.lock().take());
             }
         }
         let mut panicked = false;
@@ -249,7 +291,7 @@ impl GroupCore {
             let Some(slot) = self.slots.get(i) else {
                 continue;
             };
-            let Some(mut lp) = slot.lock().take() else {
+            let Some(mut lp) = slot.lp.lock().take() else {
                 continue; // ended already (one-shot delivery makes this rare)
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn()));
@@ -262,29 +304,32 @@ impl GroupCore {
             match ended {
                 None => {
                     // Back in its slot before re-arming: once re-armed, another thread
-                    // may take its readiness at once, and must find it there.
-                    let mut slot = slot.lock();
-                    let rearmed = self.outer.modify(lp.poll_fd(), ARMED, token);
-                    match rearmed {
-                        Ok(()) => *slot = Some(lp),
-                        Err(e) => {
-                            drop(slot);
+                    // may take its readiness at once, and must find it there. Until then
+                    // it is disarmed, so nobody else takes it out meanwhile, and the slot
+                    // is not locked across the system call (a thread that got the loop's
+                    // readiness would otherwise wait for the lock, and sleep on it).
+                    *slot.lp.lock() = Some(lp);
+                    if let Err(e) = self.outer.modify(slot.fd.as_fd(), ARMED, token) {
+                        if let Some(lp) = slot.lp.lock().take() {
                             let why = format!("loop {}: cannot re-arm it: {e}", lp.name());
-                            self.end(lp, Some(why));
+                            self.end(slot, lp, Some(why));
                         }
                     }
                 }
-                Some(why) => self.end(lp, why),
+                Some(why) => self.end(slot, lp, why),
             }
         }
     }
 
-    /// A loop ended: drop it (closing its channels; its epoll descriptor leaves the outer
-    /// set as it closes), and stop the threads after the last one.
-    fn end(&self, lp: EventLoop, failure: Option<String>) {
+    /// A loop ended: take it out of the outer set, drop it (closing its channels), and
+    /// stop the threads after the last one.
+    fn end(&self, slot: &Slot, lp: EventLoop, failure: Option<String>) {
         if let Some(why) = failure {
             log::error!("{why}");
             self.failures.lock().push(why);
+        }
+        if let Err(e) = self.outer.delete(slot.fd.as_fd()) {
+            log::warn!("loop {}: removing it from its group's set: {e}", lp.name());
         }
         drop(lp);
         if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {

@@ -359,12 +359,6 @@ impl LoopHandle {
         }
     }
 
-    /// Wakes the loop (its next turn, in a [`LoopGroup`](crate::LoopGroup)) even with
-    /// nothing queued.
-    pub(crate) fn wake(&self) {
-        self.shared.wake();
-    }
-
     /// Whether the caller runs on the loop's thread (a thread-local integer compare).
     pub fn is_in_loop_thread(&self) -> bool {
         self.shared.is_in_loop_thread()

@@ -104,3 +104,40 @@ fn loop_thread_runs_work_and_stops() {
     t.stop().unwrap();
     assert!(h.is_closed());
 }
+
+#[test]
+fn a_pool_with_more_loops_than_threads_runs_a_loop_group() {
+    let base = EventLoop::new().unwrap();
+    let inits = Arc::new(AtomicUsize::new(0));
+    let mut pool = EventLoopThreadPool::new(base.handle(), "grouped", 2);
+    pool.set_loops(6);
+    let i = inits.clone();
+    pool.set_thread_init(Arc::new(move |_: &mut EventLoop| {
+        i.fetch_add(1, Ordering::SeqCst);
+    }));
+    pool.start().unwrap();
+    assert_eq!(inits.load(Ordering::SeqCst), 6, "init ran once per loop");
+    assert_eq!((pool.num_threads(), pool.num_loops()), (2, 6));
+    let handles = pool.handles();
+    assert_eq!(handles.len(), 6);
+    let a = pool.next_loop();
+    assert!(
+        !a.same_loop(&pool.next_loop()),
+        "round robin over the loops"
+    );
+    // Six loops, at most two threads among them, none of them this one.
+    let threads: HashSet<_> = handles.iter().map(thread_of).collect();
+    assert!((1..=2).contains(&threads.len()), "{threads:?}");
+    assert!(!threads.contains(&thread::current().id()));
+    pool.stop().unwrap();
+    assert!(handles.iter().all(LoopHandle::is_closed));
+
+    // At most as many loops as threads: one loop per thread, as without `set_loops`.
+    let mut pool = EventLoopThreadPool::new(base.handle(), "pinned", 2);
+    pool.set_loops(2);
+    pool.start().unwrap();
+    assert_eq!(pool.num_loops(), 2);
+    let threads: HashSet<_> = pool.handles().iter().map(thread_of).collect();
+    assert_eq!(threads.len(), 2);
+    pool.stop().unwrap();
+}

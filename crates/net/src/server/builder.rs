@@ -225,7 +225,9 @@ impl ServerBuilder {
         self.callbacks.shutdown = Some(Arc::new(f));
         self
     }
-    /// Runs on each I/O thread's loop before it starts.
+    /// Runs on each I/O loop, on its thread, before the server uses it (with
+    /// [`loops`](ServerBuilder::loops) above the number of threads: once per loop, on
+    /// whichever I/O thread runs the loop's first turn).
     pub fn thread_init(mut self, f: impl Fn(&mut EventLoop) + Send + Sync + 'static) -> Self {
         self.thread_init = Some(Arc::new(f));
         self

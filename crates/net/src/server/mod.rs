@@ -10,6 +10,14 @@
 //! `SO_REUSEPORT` socket of its own; or, as in muduo, the main loop accepts and hands each
 //! socket round robin to an I/O loop. Either way one loop alone touches a connection.
 //!
+//! With [`loops(m)`](ServerBuilder::loops) above n, the n I/O threads serve m loops
+//! instead ([`duo_reactor::LoopGroup`]): a connection still belongs to one loop, which
+//! alone touches it, but any free I/O thread runs a ready loop's next turn, so a thread
+//! that loses its core holds up only the loop it was running. Each loop then accepts on a
+//! `SO_REUSEPORT` socket of its own (or the main loop accepts, on an inherited or
+//! Unix-domain socket): the group's loops wait together in one epoll set, where
+//! `EPOLLEXCLUSIVE` cannot pick one of them.
+//!
 //! # No list of connections
 //!
 //! The server keeps no set of its connections: it counts the open ones with an atomic

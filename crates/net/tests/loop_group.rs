@@ -1,0 +1,170 @@
+//! A server on more loops than I/O threads (`ServerBuilder::loops`): the connections are
+//! served by loops that any of the I/O threads runs, one turn at a time.
+
+mod util;
+
+use std::collections::HashSet;
+use std::io::{ErrorKind, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use duo_net::{EventLoop, TcpServer};
+use duo_testkit::{join_before, wait_until, LIMIT};
+use util::{echo_builder, init_log, localhost, TestServer};
+
+const THREADS: usize = 2;
+const LOOPS: usize = 8;
+
+fn connect(addr: SocketAddr) -> TcpStream {
+    let s = TcpStream::connect(addr).expect("connect");
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s
+}
+
+fn echo(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut back = vec![0u8; msg.len()];
+    s.read_exact(&mut back).expect("echo");
+    assert_eq!(back, msg);
+}
+
+/// `clients` connections from 4 threads, each echoing a few messages, held open together
+/// until every one has been echoed, then closed.
+fn serve_clients(addr: SocketAddr, clients: usize) {
+    let workers: Vec<_> = (0..4)
+        .map(|t| {
+            std::thread::spawn(move || {
+                let mut conns: Vec<TcpStream> = (0..clients / 4).map(|_| connect(addr)).collect();
+                for round in 0..5 {
+                    for (i, c) in conns.iter_mut().enumerate() {
+                        echo(c, format!("{t}/{i}/{round}").as_bytes());
+                    }
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        join_before(Instant::now() + LIMIT, "clients", w);
+    }
+}
+
+#[test]
+fn connections_spread_over_every_loop_and_callbacks_run_as_their_loops_thread() {
+    init_log();
+    let names = Arc::new(Mutex::new(Vec::new()));
+    let off_thread = Arc::new(AtomicUsize::new(0));
+    let (seen, off) = (names.clone(), off_thread.clone());
+    let server = TestServer::start(move || {
+        TcpServer::builder("grouped", localhost())
+            .io_threads(THREADS)
+            .loops(LOOPS)
+            .on_connection(move |c| {
+                if c.is_connected() {
+                    seen.lock().unwrap().push(c.name().to_string());
+                }
+            })
+            .on_message(move |ctx, input| {
+                let handle = ctx.connection().loop_handle();
+                if !handle.is_in_loop_thread() {
+                    off.fetch_add(1, Ordering::SeqCst);
+                }
+                ctx.send(input.peek());
+                input.consume_all();
+            })
+    });
+    serve_clients(server.addr(), 200);
+    let handle = server.handle().clone();
+    wait_until("every connection closed", || handle.stats().closed == 200);
+    let stats = handle.stats();
+    assert_eq!((stats.accepted, stats.active), (200, 0));
+    assert_eq!(
+        stats.per_loop.len(),
+        LOOPS,
+        "one figure per loop, not per thread"
+    );
+    // Each loop accepts on a `SO_REUSEPORT` socket of its own: the kernel's hash over 200
+    // source ports leaves a loop empty with probability about 8 x (7/8)^200 = 2e-11.
+    let served: Vec<u64> = stats.per_loop.iter().map(|l| l.bytes_in).collect();
+    assert!(served.iter().all(|&b| b > 0), "{served:?}");
+    let names = names.lock().unwrap().clone();
+    assert_eq!(
+        names.iter().collect::<HashSet<_>>().len(),
+        200,
+        "unique names"
+    );
+    assert_eq!(off_thread.load(Ordering::SeqCst), 0);
+    server.stop();
+}
+
+#[test]
+fn an_inherited_listener_is_accepted_on_the_main_loop_and_handed_round_robin() {
+    init_log();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let server = TestServer::start(move || {
+        TcpServer::builder_on("grouped-inherited", listener)
+            .expect("a listening socket")
+            .io_threads(THREADS)
+            .loops(LOOPS)
+            .on_message(|ctx, input| {
+                ctx.send(input.peek());
+                input.consume_all();
+            })
+    });
+    serve_clients(server.addr(), 80);
+    let handle = server.handle().clone();
+    wait_until("every connection closed", || handle.stats().closed == 80);
+    let stats = handle.stats();
+    let per_loop: Vec<u64> = stats.per_loop.iter().map(|l| l.opened).collect();
+    assert_eq!(per_loop, vec![10; LOOPS], "round robin, exact");
+    server.stop();
+}
+
+#[test]
+fn loops_without_io_threads_are_refused() {
+    init_log();
+    let mut lp = EventLoop::new().unwrap();
+    let err = echo_builder("no-threads", localhost())
+        .loops(4)
+        .start(&mut lp)
+        .map(|_| ())
+        .unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::InvalidInput);
+    assert!(err.to_string().contains("io_threads is 0"), "{err}");
+}
+
+#[test]
+fn idle_timeouts_fire_and_a_graceful_shutdown_closes_what_is_left_on_every_loop() {
+    init_log();
+    let server = TestServer::start(|| {
+        echo_builder("grouped-idle", localhost())
+            .io_threads(THREADS)
+            .loops(LOOPS)
+            .idle_timeout(Duration::from_millis(200))
+    });
+    let addr = server.addr();
+    // Silent connections: the idle timer (a timer on each connection's loop) closes them.
+    let mut idle: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
+    for s in &mut idle {
+        let mut buf = [0u8; 1];
+        assert_eq!(s.read(&mut buf).expect("closed by the server"), 0);
+    }
+    let handle = server.handle().clone();
+    wait_until("the idle connections counted closed", || {
+        handle.stats().closed == 16
+    });
+    // Busy ones outlive the idle timeout, then the shutdown closes them.
+    let mut busy: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
+    for s in &mut busy {
+        echo(s, b"still here");
+    }
+    wait_until("every busy connection accepted", || {
+        handle.stats().active == 16
+    });
+    server.stop();
+    for s in &mut busy {
+        let mut buf = [0u8; 1];
+        assert_eq!(s.read(&mut buf).expect("closed by the shutdown"), 0);
+    }
+}
