@@ -1,4 +1,5 @@
-//! The reactor layer of duo: one event loop per thread, muduo style.
+//! The reactor layer of duo: one event loop per thread, muduo style (or, in a
+//! [`LoopGroup`], more loops than threads).
 //!
 //! - [`EventLoop`]: waits on epoll and dispatches to [`Channel`]s and their [`Handler`]s,
 //!   runs timers (all on one `timerfd`) and functions queued from other threads.
