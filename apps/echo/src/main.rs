@@ -27,7 +27,7 @@
 //!   whole share. Needs `--io-threads` of at least 1 (a usage error otherwise); `M` at
 //!   most the number of I/O threads changes nothing.
 //! - `--accept main|shared|reuseport`: who accepts (default `shared`: every I/O thread on
-//!   the one listening socket, so a connection never changes threads; `main`: the main
+//!   the one listening socket, so a connection never changes loops; `main`: the main
 //!   loop, handing connections round robin to the I/O threads; `reuseport`: every I/O
 //!   thread on a `SO_REUSEPORT` socket of its own). See `duo_net::AcceptMode`.
 //! - `--trigger edge|level`: how connections are polled (default `edge`).

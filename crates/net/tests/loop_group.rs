@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use duo_net::{EventLoop, TcpServer};
+use duo_net::{AcceptMode, EventLoop, TcpServer};
 use duo_testkit::{join_before, wait_until, LIMIT};
 use util::{echo_builder, init_log, localhost, TestServer};
 
@@ -101,24 +101,29 @@ fn connections_spread_over_every_loop_and_callbacks_run_as_their_loops_thread() 
 #[test]
 fn an_inherited_listener_is_accepted_on_the_main_loop_and_handed_round_robin() {
     init_log();
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let server = TestServer::start(move || {
-        TcpServer::builder_on("grouped-inherited", listener)
-            .expect("a listening socket")
-            .io_threads(THREADS)
-            .loops(LOOPS)
-            .on_message(|ctx, input| {
-                ctx.send(input.peek());
-                input.consume_all();
-            })
-    });
-    serve_clients(server.addr(), 80);
-    let handle = server.handle().clone();
-    wait_until("every connection closed", || handle.stats().closed == 80);
-    let stats = handle.stats();
-    let per_loop: Vec<u64> = stats.per_loop.iter().map(|l| l.opened).collect();
-    assert_eq!(per_loop, vec![10; LOOPS], "round robin, exact");
-    server.stop();
+    // Whichever mode is asked: neither `Shared` nor `ReusePort` can serve a group on a
+    // socket that cannot be re-bound.
+    for mode in [AcceptMode::Shared, AcceptMode::ReusePort] {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let server = TestServer::start(move || {
+            TcpServer::builder_on("grouped-inherited", listener)
+                .expect("a listening socket")
+                .io_threads(THREADS)
+                .loops(LOOPS)
+                .accept_mode(mode)
+                .on_message(|ctx, input| {
+                    ctx.send(input.peek());
+                    input.consume_all();
+                })
+        });
+        serve_clients(server.addr(), 80);
+        let handle = server.handle().clone();
+        wait_until("every connection closed", || handle.stats().closed == 80);
+        let stats = handle.stats();
+        let per_loop: Vec<u64> = stats.per_loop.iter().map(|l| l.opened).collect();
+        assert_eq!(per_loop, vec![10; LOOPS], "{mode:?}: round robin, exact");
+        server.stop();
+    }
 }
 
 #[test]

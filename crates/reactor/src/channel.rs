@@ -238,8 +238,8 @@ impl fmt::Debug for Channel {
 /// channels, add timers, queue work, quit) and the channel; the handler itself is taken out
 /// of the loop for the duration of the call, so there is no aliasing and no `RefCell`.
 ///
-/// The default methods do nothing. A handler lives on its loop's thread and need not be
-/// `Send`. Implementors can be found again by token and type with
+/// The default methods do nothing. A handler is called by whichever thread runs its loop
+/// (one at a time), so it must be `Send`. Implementors can be found again by token and type with
 /// [`EventLoop::with_handler`].
 pub trait Handler: Any + Send {
     /// The descriptor is readable, or the peer shut down its writing half.

@@ -1,4 +1,4 @@
-//! [`EventLoop`]: one reactor, owned by and confined to one thread.
+//! [`EventLoop`]: one reactor, driven by one thread at a time.
 
 use std::any::{Any, TypeId};
 use std::cell::Cell;
@@ -181,6 +181,9 @@ pub struct EventLoop {
     busy_poll_nanos: u64,
     /// The last poll returned events (busy polling follows only such iterations).
     had_events: bool,
+    /// The thread that made the loop with [`EventLoop::new`] (it counts as that thread's
+    /// one loop until dropped there); `None` for a loop of a group.
+    owner_thread: Option<u64>,
 }
 
 impl EventLoop {
@@ -195,7 +198,8 @@ impl EventLoop {
         let name = std::thread::current()
             .name()
             .map_or_else(|| format!("loop-{thread_id}"), str::to_owned);
-        let lp = EventLoop::build(name, thread_id)?;
+        let mut lp = EventLoop::build(name, thread_id)?;
+        lp.owner_thread = Some(thread_id);
         HAS_LOOP.with(|h| h.set(true));
         log::debug!("event loop created on thread {thread_id}");
         Ok(lp)
@@ -244,6 +248,7 @@ impl EventLoop {
             health: HealthTracker::new(HealthConfig::process_default()),
             busy_poll_nanos: 0,
             had_events: false,
+            owner_thread: None,
         })
     }
 
@@ -292,6 +297,10 @@ impl EventLoop {
     /// themselves so that one bad connection never unwinds the loop.
     pub fn run(&mut self) -> io::Result<()> {
         log::trace!("event loop {} running", self.shared.name);
+        // The loop is `Send`: whoever runs it is its thread from now on.
+        self.shared
+            .thread_id
+            .store(current_thread_id(), Ordering::SeqCst);
         // A panic out of an earlier `run` may have left this set.
         self.shared.draining.store(false, Ordering::SeqCst);
         // Time outside `run` is nobody's: not a callback's, not the first poll's.
@@ -317,6 +326,9 @@ impl EventLoop {
     /// group's threads took the loop's readiness: one iteration without blocking (its
     /// epoll set was ready), with the calling thread as the loop's thread for its length.
     /// Returns whether the loop was asked to quit.
+    ///
+    /// A panic out of the turn leaves the calling thread recorded as the loop's thread;
+    /// the group then drops the loop, which clears it.
     pub(crate) fn turn(&mut self) -> io::Result<bool> {
         self.shared
             .thread_id
@@ -792,7 +804,12 @@ impl Drop for EventLoop {
         for entry in self.channels.drain() {
             self.deregister(&entry);
         }
-        HAS_LOOP.with(|h| h.set(false));
+        // No thread is this loop's any more: a handle's "in the loop thread" check (which
+        // lets a caller use the `&mut EventLoop` it has as this loop) fails everywhere.
+        self.shared.thread_id.store(0, Ordering::SeqCst);
+        if self.owner_thread == Some(current_thread_id()) {
+            HAS_LOOP.with(|h| h.set(false));
+        }
         log::debug!("event loop {} dropped", self.shared.name);
     }
 }

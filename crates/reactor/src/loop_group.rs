@@ -29,6 +29,12 @@
 //! A loop that quits (or whose turn fails or panics) is dropped, closing its channels;
 //! when the last one is gone the group's threads end.
 //!
+//! What changes for a loop in a group: busy polling
+//! ([`EventLoop::set_busy_poll`](crate::EventLoop::set_busy_poll)) has no effect (a turn
+//! never blocks in the loop's own `epoll_wait`), and the loop's poll time counts all the
+//! time between two turns, including time it was ready and waiting for a free thread. Stop
+//! the group from outside it: a thread of the group cannot join itself.
+//!
 //! [`EventLoopThreadPool`]: crate::EventLoopThreadPool
 
 use std::fmt;
@@ -84,6 +90,8 @@ pub struct LoopGroup {
     core: Arc<GroupCore>,
     handles: Vec<LoopHandle>,
     threads: Vec<JoinHandle<()>>,
+    /// Some thread was started (from then on, the threads end the loops).
+    started: bool,
 }
 
 /// What the group's threads share.
@@ -162,6 +170,7 @@ impl LoopGroup {
             core,
             handles,
             threads: Vec::with_capacity(threads),
+            started: false,
         };
         for j in 0..threads {
             let core = group.core.clone();
@@ -174,7 +183,10 @@ impl LoopGroup {
                     core.serve();
                 });
             match spawned {
-                Ok(t) => group.threads.push(t),
+                Ok(t) => {
+                    group.threads.push(t);
+                    group.started = true;
+                }
                 Err(e) => {
                     let _ = group.stop_inner();
                     return Err(e);
@@ -242,11 +254,22 @@ impl LoopGroup {
         for h in &self.handles {
             h.quit();
         }
-        if self.threads.is_empty() {
-            // Never started serving: end the loops here.
+        if !self.started {
+            // Never served: end the loops here.
             for slot in &self.core.slots {
                 drop(slot.lp.lock().take());
             }
+        }
+        let me = thread::current().id();
+        if self.threads.iter().any(|t| t.thread().id() == me) {
+            // A thread cannot join itself. The loops were asked to quit, and the threads
+            // end once the last one has (this one when its turn returns).
+            self.threads.clear();
+            return Err(io::Error::other(format!(
+                "loop group {}: stopped from one of its own threads; its loops are quitting \
+                 and its threads end on their own",
+                self.name
+            )));
         }
         let mut panicked = false;
         for t in self.threads.drain(..) {
@@ -292,7 +315,11 @@ impl GroupCore {
                 continue;
             };
             let Some(mut lp) = slot.lp.lock().take() else {
-                continue; // ended already (one-shot delivery makes this rare)
+                // One-shot delivery hands a loop to one thread at a time, and an ended
+                // loop has left the set: only a loop ended by a `stop` that never started
+                // the threads is missing, and then no thread runs this.
+                log::warn!("loop group: a ready loop (#{i}) was not in its slot");
+                continue;
             };
             let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn()));
             let ended = match outcome {
@@ -303,7 +330,9 @@ impl GroupCore {
             };
             match ended {
                 None => {
-                    // Back in its slot before re-arming: once re-armed, another thread
+                    // Back in its slot before re-arming (the slot's lock also hands this
+                    // turn's writes, the loop's single-writer counters among them, to the
+                    // thread that runs the next turn): once re-armed, another thread
                     // may take its readiness at once, and must find it there. Until then
                     // it is disarmed, so nobody else takes it out meanwhile, and the slot
                     // is not locked across the system call (a thread that got the loop's
@@ -331,7 +360,14 @@ impl GroupCore {
         if let Err(e) = self.outer.delete(slot.fd.as_fd()) {
             log::warn!("loop {}: removing it from its group's set: {e}", lp.name());
         }
-        drop(lp);
+        let name = lp.name().to_owned();
+        // Dropping runs handlers' and closures' destructors: a panic there must not take
+        // the thread down before the count below, or the other threads would wait forever.
+        if catch_unwind(AssertUnwindSafe(move || drop(lp))).is_err() {
+            let why = format!("loop {name}: dropping it panicked");
+            log::error!("{why}");
+            self.failures.lock().push(why);
+        }
         if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
             if let Err(e) = self.stop.notify() {
                 log::error!("loop group: cannot wake its threads to stop: {e}");

@@ -38,7 +38,8 @@ static LOOPS: Mutex<Vec<Weak<LoopShared>>> = Mutex::new(Vec::new());
 
 /// Makes a new loop's shared part with `make`, given a name unique among the live loops
 /// of the process (`name`, or `name#<thread id>` if a live loop has it already: two
-/// servers with the same name, say), and records it in the process's list.
+/// servers with the same name, say; `name#g<n>` for a loop of a group, which has no thread
+/// of its own), and records it in the process's list.
 pub(crate) fn register(
     name: String,
     thread_id: u64,
@@ -107,7 +108,8 @@ pub(crate) struct LoopShared {
     pub(crate) next_timer: AtomicU64,
     /// The counters behind [`LoopMetrics`].
     pub(crate) metrics: MetricCounters,
-    /// The loop's name: its thread's name, else `loop-<thread id>`.
+    /// The loop's name: its thread's name, else `loop-<thread id>`; in a group,
+    /// `{group}-{i}`.
     pub(crate) name: String,
 }
 
@@ -387,9 +389,10 @@ impl LoopHandle {
     }
 
     /// The loop's name: the name of its thread (`EventLoopThread` names its threads after
-    /// the server and numbered, say `echo-0`), else `loop-<thread id>`; if a live loop of
-    /// the process already has that name, `#<thread id>` is appended, so that names are
-    /// unique. Metrics label loops with it.
+    /// the server and numbered, say `echo-0`), else `loop-<thread id>`, or for a loop of a
+    /// [`LoopGroup`](crate::LoopGroup) the group's name and its number (`echo-12`); if a
+    /// live loop of the process already has that name, `#<thread id>` (a group's loop:
+    /// `#g<n>`) is appended, so that names are unique. Metrics label loops with it.
     pub fn name(&self) -> &str {
         &self.shared.name
     }

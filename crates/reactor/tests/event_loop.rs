@@ -144,7 +144,7 @@ fn functions_queued_while_draining_run_next_iteration_without_hanging() {
 }
 
 #[test]
-fn local_non_send_functions_run_in_order() {
+fn functions_queued_on_the_loop_itself_run_in_order() {
     let mut lp = EventLoop::new().unwrap();
     let log = std::sync::Arc::new(parking_lot::Mutex::new(Vec::new()));
     for i in 0..5 {
@@ -263,4 +263,26 @@ fn poll_time_is_one_moment_per_iteration_and_moves_with_the_iterations() {
         "the next iteration polled after the sleep: {seen:?}"
     );
     assert!(seen[1] <= Instant::now());
+}
+
+#[test]
+fn a_loop_made_on_one_thread_and_run_on_another_is_that_threads_loop() {
+    let lp = EventLoop::new().unwrap();
+    let h = lp.handle();
+    let runner = std::thread::spawn(move || {
+        let mut lp = lp;
+        lp.run().unwrap();
+        lp
+    });
+    // Once it runs elsewhere, this thread is not its thread: a quit from here wakes it.
+    let (tx, rx) = std::sync::mpsc::channel();
+    let h2 = h.clone();
+    h.queue_in_loop(move |_| tx.send(h2.is_in_loop_thread()).unwrap())
+        .unwrap();
+    assert!(rx.recv_timeout(duo_testkit::LIMIT).unwrap());
+    assert!(!h.is_in_loop_thread());
+    h.quit();
+    let lp = duo_testkit::join_within("the loop's runner", runner);
+    drop(lp);
+    assert!(h.is_closed());
 }

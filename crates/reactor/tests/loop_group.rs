@@ -253,3 +253,105 @@ fn stop_ends_every_loop_and_thread_with_channels_closed() {
     let mut buf = [0u8; 1];
     assert_eq!((&ours).read(&mut buf).unwrap(), 0);
 }
+
+#[test]
+fn a_failed_start_leaves_the_callers_own_loop_counted() {
+    let _mine = EventLoop::new().unwrap();
+    let e = LoopGroup::start(
+        "failing",
+        1,
+        2,
+        Some(Arc::new(|_: &mut EventLoop| panic!("init fails"))),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("init function failed"), "{e}");
+    // The group's loops ended, but this thread still has its loop: one per thread.
+    assert!(matches!(
+        EventLoop::new(),
+        Err(duo_reactor::LoopError::AlreadyExists)
+    ));
+}
+
+#[test]
+fn after_a_panic_no_thread_counts_as_the_dead_loops_thread() {
+    // One thread: the turn after the panic runs on the thread that ran the panicking one.
+    let group = LoopGroup::start("deadthread", 1, 2, None).unwrap();
+    let dead = group.handles()[0].clone();
+    dead.queue_in_loop(|_| panic!("a callback panics")).unwrap();
+    wait_until("loop 0 ends", || dead.is_closed());
+    let d = dead.clone();
+    assert!(!on_loop(&group.handles()[1], move |_| d.is_in_loop_thread()));
+    assert!(group.stop().is_err(), "the panic is reported");
+}
+
+/// A handler whose destructor panics.
+struct PanicsOnDrop;
+
+impl Handler for PanicsOnDrop {}
+
+impl Drop for PanicsOnDrop {
+    fn drop(&mut self) {
+        panic!("a handler's destructor panics");
+    }
+}
+
+#[test]
+fn a_destructor_that_panics_as_a_loop_ends_does_not_hang_stop() {
+    let group = LoopGroup::start("dropping", 2, 3, None).unwrap();
+    let (_ours, theirs) = nonblocking_pair();
+    let fd = OwnedFd::from(theirs);
+    on_loop(&group.handles()[1], move |lp| {
+        lp.add_channel(fd, Interest::READABLE, PanicsOnDrop)
+            .map(|_| ())
+            .map_err(|e| e.error.to_string())
+    })
+    .unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let stopper = thread::spawn(move || group.stop());
+    let e = duo_testkit::join_within("stop", stopper).unwrap_err();
+    assert!(
+        e.to_string().contains("dropping-1: dropping it panicked"),
+        "{e}"
+    );
+    assert!(handles.iter().all(LoopHandle::is_closed));
+}
+
+#[test]
+fn stopping_from_a_group_thread_is_an_error_and_the_group_still_ends() {
+    let group = LoopGroup::start("selfstop", 2, 4, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let (tx, rx) = mpsc::channel();
+    handles[0]
+        .queue_in_loop(move |_| {
+            let _ = tx.send(group.stop().map_err(|e| e.to_string()));
+        })
+        .unwrap();
+    let e = rx.recv_timeout(LIMIT).unwrap().unwrap_err();
+    assert!(e.contains("stopped from one of its own threads"), "{e}");
+    wait_until("every loop ends", || {
+        handles.iter().all(LoopHandle::is_closed)
+    });
+}
+
+#[test]
+fn an_init_that_panics_is_an_error_and_leaves_nothing_running() {
+    let e = LoopGroup::start(
+        "badinit",
+        2,
+        4,
+        Some(Arc::new(|lp: &mut EventLoop| {
+            if lp.name() == "badinit-2" {
+                panic!("init fails on one loop");
+            }
+        })),
+    )
+    .unwrap_err();
+    assert!(e.to_string().contains("init function failed"), "{e}");
+    assert!(e.to_string().contains("badinit-2 panicked"), "{e}");
+    assert!(
+        !duo_reactor::loops()
+            .iter()
+            .any(|h| h.name().starts_with("badinit")),
+        "every loop of the group ended"
+    );
+}

@@ -157,7 +157,7 @@ impl ClientBuilder {
     /// Creates the client on the loop behind `lp` and starts connecting. The connection
     /// will live on that loop. Calling this from a callback of a server's connection with
     /// that connection's loop (`ctx.event_loop().handle()`) is allowed and is how a relay
-    /// keeps both of its connections on one thread.
+    /// keeps both of its connections on one loop.
     pub fn connect(self, lp: &LoopHandle) -> TcpClient {
         let inner = Arc::new(Inner {
             name: self.name,
@@ -233,7 +233,7 @@ impl fmt::Debug for ClientBuilder {
 ///
 /// A server callback may create a client with its own loop's handle
 /// (`ctx.event_loop().handle()` or `conn.loop_handle()`): the client's connection then
-/// lives on the same thread as the server's connection, and each side can act on the
+/// lives on the same loop as the server's connection, and each side can act on the
 /// other at once with [`TcpConnection::with_ctx`]. Set
 /// [`Backpressure::Notify`](crate::Backpressure::Notify) on both (a relay pauses the *source*
 /// connection when the destination's output passes the high-water mark, and resumes it on

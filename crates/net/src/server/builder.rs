@@ -104,9 +104,14 @@ impl ServerBuilder {
     /// I/O threads, `start` refuses it.
     ///
     /// [`AcceptMode::Shared`] (the default) becomes [`AcceptMode::ReusePort`] with more
-    /// loops than threads ([`AcceptMode::MainLoop`] on an inherited or Unix-domain socket):
-    /// the group's loops wait together in one outer epoll set, where `EPOLLEXCLUSIVE`
-    /// cannot choose one loop per connection.
+    /// loops than threads ([`AcceptMode::MainLoop`] on an inherited or Unix-domain socket,
+    /// whichever mode was asked): the group's loops wait together in one outer epoll set,
+    /// where `EPOLLEXCLUSIVE` cannot choose one loop per connection. Mind what
+    /// `ReusePort` means when a server stops: the connections still queued on a loop's
+    /// listener when it closes are reset (see [`AcceptMode`]), so a server that must hand
+    /// its queue over to a successor (worker processes, reloads) serves on an inherited
+    /// socket, where the main loop accepts. Busy polling
+    /// ([`busy_poll`](ServerBuilder::busy_poll)) has no effect on a group.
     pub fn loops(mut self, n: usize) -> Self {
         self.loops = n;
         self
@@ -246,10 +251,8 @@ impl ServerBuilder {
             ));
         }
         let inherited = self.listener.is_some();
-        if self.io_threads > 0
-            && self.loops > self.io_threads
-            && self.accept_mode == AcceptMode::Shared
-        {
+        let grouped = self.io_threads > 0 && self.loops > self.io_threads;
+        if grouped && self.accept_mode == AcceptMode::Shared {
             // A group's loops wait in one outer epoll set, not in their own `epoll_wait`,
             // so `EPOLLEXCLUSIVE` cannot pick one of them: every loop would take a turn
             // for every connection and the first would accept them all.
@@ -387,6 +390,20 @@ impl ServerBuilder {
             }
             mode => mode,
         };
+        // A `ReusePort` that fell back to `Shared` above: on a group, the main loop accepts
+        // instead (see the start of this function for why not `Shared`).
+        let mode = if grouped && mode == AcceptMode::Shared {
+            AcceptMode::MainLoop
+        } else {
+            mode
+        };
+        if grouped && !self.busy_poll.is_zero() {
+            log::info!(
+                "server {}: busy polling has no effect on a loop group (a turn never waits \
+                 in its loop's own epoll_wait)",
+                self.name
+            );
+        }
         let max = self.max_connections;
         let on_exhausted = |shared: &Arc<ServerShared>| -> Box<dyn FnMut(AcceptTrouble) + Send> {
             let shared = shared.clone();

@@ -94,6 +94,11 @@ impl TailRow<'_> {
         median_ratio(p999(self.duo), p999(self.peer))
     }
 
+    /// duo's CPU per request over the peer's: what the tail costs.
+    fn cpu_ratio(&self) -> Option<f64> {
+        median_ratio(self.duo.cpu_stats(), self.peer.cpu_stats())
+    }
+
     /// The row as JSON; `target`: with whether duo's target (≤ 1) is met (not for a
     /// comparison of peers).
     pub(super) fn json(&self, target: bool) -> Value {
@@ -111,6 +116,7 @@ impl TailRow<'_> {
             "p999_ratio": self.p999_ratio(),
             "p99_met": self.p99_ratio().filter(|_| target).map(|r| r <= 1.0),
             "p999_met": self.p999_ratio().filter(|_| target).map(|r| r <= 1.0),
+            "cpu_ratio": self.cpu_ratio(),
             "duo_steal_pct": self.duo.steal_stats().map(|s| s.median),
             "peer_steal_pct": self.peer.steal_stats().map(|s| s.median),
             "steal_high": self.duo.steal_high() || self.peer.steal_high(),
@@ -133,8 +139,10 @@ pub(super) fn tail_table(md: &mut String, results: &Results<'_>) {
          serving threads. `duo-0` / `tokio-1` is the strict one-thread comparison (duo \
          accepts and serves on its one thread, tokio accepts on its main thread); \
          `duo-1` / `tokio-1` has the same layout on both sides (an idle accepting or \
-         main thread, one serving thread). Steal: medians of the duo / tokio runs \
-         ({STEAL_MARK}: a run kept with high steal).\n"
+         main thread, one serving thread). CPU per request: the ratio of the medians, \
+         what each row's tail costs (`duo-2-loops` and `duo-2-loops64` pay a turn's \
+         overhead for theirs). Steal: medians of the duo / tokio runs ({STEAL_MARK}: a \
+         run kept with high steal).\n"
     );
     rows_table(md, &rows, true);
 }
@@ -191,6 +199,7 @@ fn rows_table(md: &mut String, rows: &[TailRow<'_>], target: bool) {
             } else {
                 "p99.9 ratio"
             },
+            "CPU per request duo/peer",
             "steal duo / peer",
         ],
         rows.iter().map(|r| {
@@ -203,6 +212,8 @@ fn rows_table(md: &mut String, rows: &[TailRow<'_>], target: bool) {
                 us(p999(r.duo), n(r.duo)),
                 us(p999(r.peer), n(r.peer)),
                 met(r.p999_ratio()),
+                r.cpu_ratio()
+                    .map_or_else(|| "-".into(), |c| format!("{c:.2}")),
                 format!("{} / {}", steal_cell(r.duo), steal_cell(r.peer)),
             ]
         }),
