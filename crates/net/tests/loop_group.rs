@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use duo_net::{AcceptMode, EventLoop, TcpServer};
+use duo_net::{AcceptMode, EventLoop, ServerStats, TcpServer};
 use duo_testkit::{join_before, wait_until, LIMIT};
 use util::{echo_builder, init_log, localhost, TestServer};
 
@@ -31,8 +31,10 @@ fn echo(s: &mut TcpStream, msg: &[u8]) {
 }
 
 /// `clients` connections from 4 threads, each echoing a few messages, held open together
-/// until every one has been echoed, then closed.
-fn serve_clients(addr: SocketAddr, clients: usize) {
+/// until every one has been echoed, then closed; the server's figures once it counted
+/// every one closed.
+fn serve_clients(server: &TestServer, clients: usize) -> ServerStats {
+    let addr = server.addr();
     let workers: Vec<_> = (0..4)
         .map(|t| {
             std::thread::spawn(move || {
@@ -48,6 +50,11 @@ fn serve_clients(addr: SocketAddr, clients: usize) {
     for w in workers {
         join_before(Instant::now() + LIMIT, "clients", w);
     }
+    let handle = server.handle().clone();
+    wait_until("every connection closed", || {
+        handle.stats().closed == clients as u64
+    });
+    handle.stats()
 }
 
 #[test]
@@ -74,10 +81,7 @@ fn connections_spread_over_every_loop_and_callbacks_run_as_their_loops_thread() 
                 input.consume_all();
             })
     });
-    serve_clients(server.addr(), 200);
-    let handle = server.handle().clone();
-    wait_until("every connection closed", || handle.stats().closed == 200);
-    let stats = handle.stats();
+    let stats = serve_clients(&server, 200);
     assert_eq!((stats.accepted, stats.active), (200, 0));
     assert_eq!(
         stats.per_loop.len(),
@@ -116,10 +120,7 @@ fn an_inherited_listener_is_accepted_on_the_main_loop_and_handed_round_robin() {
                     input.consume_all();
                 })
         });
-        serve_clients(server.addr(), 80);
-        let handle = server.handle().clone();
-        wait_until("every connection closed", || handle.stats().closed == 80);
-        let stats = handle.stats();
+        let stats = serve_clients(&server, 80);
         let per_loop: Vec<u64> = stats.per_loop.iter().map(|l| l.opened).collect();
         assert_eq!(per_loop, vec![10; LOOPS], "{mode:?}: round robin, exact");
         server.stop();

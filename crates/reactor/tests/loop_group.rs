@@ -24,6 +24,17 @@ fn on_loop<R: Send + 'static>(
     rx.recv_timeout(LIMIT).expect("the loop answers")
 }
 
+/// Registers `sock` (readable) with `handler` on the loop behind `h`.
+fn add_on(h: &LoopHandle, sock: std::os::unix::net::UnixStream, handler: impl Handler) {
+    let fd = OwnedFd::from(sock);
+    on_loop(h, move |lp| {
+        lp.add_channel(fd, Interest::READABLE, handler)
+            .map(|_| ())
+            .map_err(|e| e.error.to_string())
+    })
+    .expect("the channel is registered");
+}
+
 #[test]
 fn bad_sizes_are_refused() {
     for (threads, loops) in [(0, 4), (0, 0), (4, 2)] {
@@ -158,13 +169,7 @@ fn channels_on_many_loops_are_served_and_no_loop_runs_on_two_threads_at_once() {
                 inside: inside.clone(),
                 overlaps: overlaps.clone(),
             };
-            let fd = OwnedFd::from(theirs);
-            on_loop(h, move |lp| {
-                lp.add_channel(fd, Interest::READABLE, handler)
-                    .map(|_| ())
-                    .map_err(|e| e.error.to_string())
-            })
-            .unwrap();
+            add_on(h, theirs, handler);
             ours.set_nonblocking(false).unwrap();
             ours.set_read_timeout(Some(LIMIT)).unwrap();
             clients.push((i, ours));
@@ -237,13 +242,7 @@ fn a_loop_that_quits_ends_alone_and_a_panic_ends_only_its_loop() {
 fn stop_ends_every_loop_and_thread_with_channels_closed() {
     let group = LoopGroup::start("close", 2, 3, None).unwrap();
     let (ours, theirs) = nonblocking_pair();
-    let fd = OwnedFd::from(theirs);
-    on_loop(&group.handles()[2], move |lp| {
-        lp.add_channel(fd, Interest::READABLE, duo_reactor::FnHandler::new())
-            .map(|_| ())
-            .map_err(|e| e.error.to_string())
-    })
-    .unwrap();
+    add_on(&group.handles()[2], theirs, duo_reactor::FnHandler::new());
     let handles: Vec<LoopHandle> = group.handles().to_vec();
     drop(group);
     assert!(handles.iter().all(LoopHandle::is_closed));
@@ -299,13 +298,7 @@ impl Drop for PanicsOnDrop {
 fn a_destructor_that_panics_as_a_loop_ends_does_not_hang_stop() {
     let group = LoopGroup::start("dropping", 2, 3, None).unwrap();
     let (_ours, theirs) = nonblocking_pair();
-    let fd = OwnedFd::from(theirs);
-    on_loop(&group.handles()[1], move |lp| {
-        lp.add_channel(fd, Interest::READABLE, PanicsOnDrop)
-            .map(|_| ())
-            .map_err(|e| e.error.to_string())
-    })
-    .unwrap();
+    add_on(&group.handles()[1], theirs, PanicsOnDrop);
     let handles: Vec<LoopHandle> = group.handles().to_vec();
     let stopper = thread::spawn(move || group.stop());
     let e = duo_testkit::join_within("stop", stopper).unwrap_err();
