@@ -174,3 +174,69 @@ fn idle_timeouts_fire_and_a_graceful_shutdown_closes_what_is_left_on_every_loop(
         assert_eq!(s.read(&mut buf).expect("closed by the shutdown"), 0);
     }
 }
+
+#[test]
+fn with_ctx_reaches_a_connection_of_the_same_loop_and_not_one_of_another_loop_on_the_same_thread() {
+    init_log();
+    // One thread runs both loops; the main loop hands connections round robin (an
+    // inherited socket), so the first and third connections share loop 0 and the second
+    // is on loop 1: the same thread, another loop.
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let conns: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
+    // What the commands '0' and '1' reach, set by the test once every connection is up.
+    let targets: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
+    let (tx, outcomes) = std::sync::mpsc::channel();
+    let (seen, known) = (conns.clone(), targets.clone());
+    let server = TestServer::start(move || {
+        TcpServer::builder_on("grouped-ctx", listener)
+            .expect("a listening socket")
+            .io_threads(1)
+            .loops(2)
+            .on_connection(move |c| {
+                if c.is_connected() {
+                    seen.lock().unwrap().push(c.clone());
+                }
+            })
+            .on_message(move |ctx, input| {
+                let cmds = input.peek().to_vec();
+                input.consume_all();
+                for cmd in cmds {
+                    let target = known.lock().unwrap()[usize::from(cmd - b'0')].clone();
+                    let outcome = target.with_ctx(ctx.event_loop(), |t| {
+                        t.send(b"via with_ctx");
+                    });
+                    let _ = tx.send(outcome);
+                }
+            })
+    });
+    let mut a = connect(server.addr());
+    let b = connect(server.addr());
+    let mut c = connect(server.addr());
+    wait_until("three connections", || conns.lock().unwrap().len() == 3);
+    let of = |s: &TcpStream| {
+        let port = s.local_addr().unwrap();
+        let conns = conns.lock().unwrap();
+        conns
+            .iter()
+            .find(|k| k.peer_addr() == port)
+            .expect("the server's side of a client")
+            .clone()
+    };
+    let (a_conn, b_conn, c_conn) = (of(&a), of(&b), of(&c));
+    assert!(a_conn.loop_handle().same_loop(c_conn.loop_handle()));
+    assert!(!a_conn.loop_handle().same_loop(b_conn.loop_handle()));
+    *targets.lock().unwrap() = vec![b_conn, c_conn];
+    a.write_all(b"0").unwrap();
+    assert_eq!(
+        outcomes.recv_timeout(LIMIT).unwrap(),
+        Err(duo_net::CtxUnavailable::OtherLoop),
+        "a connection of another loop, although this thread may run that loop too"
+    );
+    a.write_all(b"1").unwrap();
+    assert_eq!(outcomes.recv_timeout(LIMIT).unwrap(), Ok(()));
+    let mut got = [0u8; 12];
+    c.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"via with_ctx");
+    drop(b);
+    server.stop();
+}
