@@ -144,6 +144,12 @@ impl EventLoopThreadPool {
         }
     }
 
+    /// The loop group, when the pool runs more loops than threads (started, with
+    /// [`set_loops`](EventLoopThreadPool::set_loops)).
+    pub fn group(&self) -> Option<&LoopGroup> {
+        self.group.as_ref()
+    }
+
     /// The base loop.
     pub fn base(&self) -> &LoopHandle {
         &self.base

@@ -29,9 +29,10 @@
 //! A loop that quits (or whose turn fails or panics) is dropped, closing its channels;
 //! when the last one is gone the group's threads end.
 //!
-//! What changes for a loop in a group: busy polling
+//! What changes for a loop in a group: its own busy polling
 //! ([`EventLoop::set_busy_poll`](crate::EventLoop::set_busy_poll)) has no effect (a turn
-//! never blocks in the loop's own `epoll_wait`), and the loop's poll time counts all the
+//! never blocks in the loop's own `epoll_wait`; the group's threads spin instead, with
+//! [`LoopGroup::set_busy_poll`]), and the loop's poll time counts all the
 //! time between two turns, including time it was ready and waiting for a free thread. Stop
 //! the group from outside it: a thread of the group cannot join itself.
 //!
@@ -41,9 +42,10 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
+use std::time::Duration;
 
 use duo_sys::{Epoll, EventFd, Events, Interest};
 use parking_lot::Mutex;
@@ -107,6 +109,8 @@ struct GroupCore {
     stop: EventFd,
     /// How loops ended other than by quitting (failed poll, panic), for `stop`.
     failures: Mutex<Vec<String>>,
+    /// Busy polling of the outer set ([`LoopGroup::set_busy_poll`]), in nanoseconds.
+    busy_poll_nanos: AtomicU64,
 }
 
 /// One loop of the group.
@@ -164,6 +168,7 @@ impl LoopGroup {
             live: AtomicUsize::new(loops),
             stop,
             failures: Mutex::new(Vec::new()),
+            busy_poll_nanos: AtomicU64::new(0),
         });
         let mut group = LoopGroup {
             name: name.to_owned(),
@@ -227,6 +232,22 @@ impl LoopGroup {
             )));
         }
         Ok(())
+    }
+
+    /// Busy polling for the group's threads (default off): after running a turn, a
+    /// thread looks for the next ready loop without blocking for up to `spin` before it
+    /// sleeps in `epoll_wait` (what [`EventLoop::set_busy_poll`] does for a loop of its
+    /// own thread, which has no effect on a group's loops). With many small loops a
+    /// thread otherwise sleeps and is woken between most turns; spinning trades that for
+    /// CPU time while the group is busy. Takes effect from each thread's next wait.
+    pub fn set_busy_poll(&self, spin: Duration) {
+        let nanos = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
+        self.core.busy_poll_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The busy-polling time set with [`set_busy_poll`](LoopGroup::set_busy_poll).
+    pub fn busy_poll(&self) -> Duration {
+        Duration::from_nanos(self.core.busy_poll_nanos.load(Ordering::Relaxed))
     }
 
     /// Every loop of the group, in order.
@@ -294,8 +315,9 @@ impl GroupCore {
     /// every loop has ended.
     fn serve(&self) {
         let mut events = Events::fixed(1);
+        let mut ran = false;
         loop {
-            if let Err(e) = self.outer.wait(&mut events, None) {
+            if let Err(e) = self.next_ready(&mut events, ran) {
                 // Cannot happen with a valid epoll descriptor and buffer; do not spin.
                 log::error!("loop group: waiting for ready loops failed: {e}");
                 self.failures
@@ -310,6 +332,7 @@ impl GroupCore {
             if token == STOP_TOKEN {
                 return;
             }
+            ran = true;
             let i = token as usize;
             let Some(slot) = self.slots.get(i) else {
                 continue;
@@ -348,6 +371,26 @@ impl GroupCore {
                 Some(why) => self.end(slot, lp, why),
             }
         }
+    }
+
+    /// Waits for the next ready loop (or the stop event). After a turn (`ran`), with busy
+    /// polling on, it looks without blocking until the spin time is up, then sleeps.
+    fn next_ready(&self, events: &mut Events, ran: bool) -> io::Result<usize> {
+        let spin = self.busy_poll_nanos.load(Ordering::Relaxed);
+        if ran && spin > 0 {
+            let deadline = duo_sys::monotonic_nanos().saturating_add(spin);
+            loop {
+                let n = self.outer.wait(events, Some(Duration::ZERO))?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                if duo_sys::monotonic_nanos() >= deadline {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        self.outer.wait(events, None)
     }
 
     /// A loop ended: take it out of the outer set, drop it (closing its channels), and

@@ -348,3 +348,25 @@ fn an_init_that_panics_is_an_error_and_leaves_nothing_running() {
         "every loop of the group ended"
     );
 }
+
+#[test]
+fn busy_polling_threads_serve_as_sleeping_ones_do() {
+    let group = LoopGroup::start("spinning", 2, 4, None).unwrap();
+    assert_eq!(group.busy_poll(), Duration::ZERO);
+    group.set_busy_poll(Duration::from_micros(50));
+    assert_eq!(group.busy_poll(), Duration::from_micros(50));
+    for round in 0..50 {
+        for h in group.handles() {
+            assert_eq!(on_loop(h, move |_| round), round);
+        }
+    }
+    // A timer, with nothing else to wake a thread when it is due.
+    let (tx, rx) = mpsc::channel();
+    group.handles()[2]
+        .run_after(Duration::from_millis(20), move |_| {
+            let _ = tx.send(());
+        })
+        .unwrap();
+    rx.recv_timeout(LIMIT).expect("the timer fired");
+    group.stop().unwrap();
+}

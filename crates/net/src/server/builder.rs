@@ -111,7 +111,8 @@ impl ServerBuilder {
     /// listener when it closes are reset (see [`AcceptMode`]), so a server that must hand
     /// its queue over to a successor (worker processes, reloads) serves on an inherited
     /// socket, where the main loop accepts. Busy polling
-    /// ([`busy_poll`](ServerBuilder::busy_poll)) has no effect on a group.
+    /// ([`busy_poll`](ServerBuilder::busy_poll)) applies to the group's threads
+    /// ([`duo_reactor::LoopGroup::set_busy_poll`]).
     pub fn loops(mut self, n: usize) -> Self {
         self.loops = n;
         self
@@ -152,7 +153,8 @@ impl ServerBuilder {
     /// `epoll_wait`. Trades CPU for tail latency under steady load; see
     /// [`EventLoop::set_busy_poll`] for when it pays. Set on every loop the server serves
     /// on (its I/O threads, or the main loop when it has none), so other users of those
-    /// loops see it too.
+    /// loops see it too; with [`loops`](ServerBuilder::loops) above the number of I/O
+    /// threads, on the group's threads, which spin for the next ready loop.
     pub fn busy_poll(mut self, spin: Duration) -> Self {
         self.busy_poll = spin;
         self
@@ -335,7 +337,11 @@ impl ServerBuilder {
         // I/O threads by a queued function (they end with their loop).
         if !self.busy_poll.is_zero() {
             let spin = self.busy_poll;
-            on_each_loop(main, &loops, move |lp| lp.set_busy_poll(spin))?;
+            match threads.group() {
+                // A group's threads spin on the group's set, not on a loop's.
+                Some(group) => group.set_busy_poll(spin),
+                None => on_each_loop(main, &loops, move |lp| lp.set_busy_poll(spin))?,
+            }
         }
         if let Some(timeout) = self.idle_timeout {
             on_each_loop(main, &loops, move |lp| {
@@ -397,13 +403,6 @@ impl ServerBuilder {
         } else {
             mode
         };
-        if grouped && !self.busy_poll.is_zero() {
-            log::info!(
-                "server {}: busy polling has no effect on a loop group (a turn never waits \
-                 in its loop's own epoll_wait)",
-                self.name
-            );
-        }
         let max = self.max_connections;
         let on_exhausted = |shared: &Arc<ServerShared>| -> Box<dyn FnMut(AcceptTrouble) + Send> {
             let shared = shared.clone();
