@@ -24,6 +24,7 @@ use crate::poller::Poller;
 use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId, TimerQueue};
 
+mod group;
 mod locals;
 
 /// Reserved token (epoll data) of the loop's own wake-up eventfd.
@@ -205,14 +206,6 @@ impl EventLoop {
         Ok(lp)
     }
 
-    /// A loop of a [`LoopGroup`](crate::LoopGroup): bound to no thread (it runs on the
-    /// group's threads one turn at a time) and not counted as the calling thread's loop.
-    pub(crate) fn detached(name: String) -> Result<EventLoop, LoopError> {
-        let lp = EventLoop::build(name, 0)?;
-        log::debug!("event loop {} created for a loop group", lp.name());
-        Ok(lp)
-    }
-
     fn build(name: String, thread_id: u64) -> Result<EventLoop, LoopError> {
         let poller = Poller::new()?;
         let timers = TimerQueue::new()?;
@@ -320,33 +313,6 @@ impl EventLoop {
         self.health.idle(&self.shared.metrics.health);
         log::trace!("event loop {} stopped", self.shared.name);
         result
-    }
-
-    /// One turn of a loop of a [`LoopGroup`](crate::LoopGroup), on whichever of the
-    /// group's threads took the loop's readiness: one iteration without blocking (its
-    /// epoll set was ready), with the calling thread as the loop's thread for its length.
-    /// Returns whether the loop was asked to quit.
-    ///
-    /// A panic out of the turn leaves the calling thread recorded as the loop's thread;
-    /// the group then drops the loop, which clears it.
-    pub(crate) fn turn(&mut self) -> io::Result<bool> {
-        self.shared
-            .thread_id
-            .store(current_thread_id(), Ordering::SeqCst);
-        let result = self.run_once(false);
-        // Functions this turn queued for itself run in the next turn, which only
-        // readiness of the loop's epoll set brings.
-        if !self.local_tasks.is_empty() {
-            self.shared.wake();
-        }
-        self.health.idle(&self.shared.metrics.health);
-        self.shared.thread_id.store(0, Ordering::SeqCst);
-        result.map(|()| self.shared.quit.load(Ordering::SeqCst))
-    }
-
-    /// The loop's epoll descriptor: readable when the loop has work.
-    pub(crate) fn poll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
-        self.poller.as_fd()
     }
 
     /// One iteration: wait (unless `block` is false), dispatch, run queued functions.

@@ -376,21 +376,10 @@ impl GroupCore {
     /// Waits for the next ready loop (or the stop event). After a turn (`ran`), with busy
     /// polling on, it looks without blocking until the spin time is up, then sleeps.
     fn next_ready(&self, events: &mut Events, ran: bool) -> io::Result<usize> {
-        let spin = self.busy_poll_nanos.load(Ordering::Relaxed);
-        if ran && spin > 0 {
-            let deadline = duo_sys::monotonic_nanos().saturating_add(spin);
-            loop {
-                let n = self.outer.wait(events, Some(Duration::ZERO))?;
-                if n > 0 {
-                    return Ok(n);
-                }
-                if duo_sys::monotonic_nanos() >= deadline {
-                    break;
-                }
-                std::hint::spin_loop();
-            }
+        match self.busy_poll_nanos.load(Ordering::Relaxed) {
+            spin if ran && spin > 0 => self.outer.wait_spinning(events, spin),
+            _ => self.outer.wait(events, None),
         }
-        self.outer.wait(events, None)
     }
 
     /// A loop ended: take it out of the outer set, drop it (closing its channels), and

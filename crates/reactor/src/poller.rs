@@ -39,16 +39,7 @@ impl Poller {
     /// Busy polling ([`EventLoop::set_busy_poll`](crate::EventLoop::set_busy_poll)):
     /// polls without blocking for up to `spin_nanos`, then, if nothing came, blocks.
     pub(crate) fn poll_spinning(&mut self, spin_nanos: u64) -> io::Result<usize> {
-        let deadline = duo_sys::monotonic_nanos() + spin_nanos;
-        loop {
-            let n = self.poll(Some(Duration::ZERO))?;
-            if n > 0 {
-                return Ok(n);
-            }
-            if duo_sys::monotonic_nanos() >= deadline {
-                return self.poll(None);
-            }
-        }
+        self.epoll.wait_spinning(&mut self.events, spin_nanos)
     }
 
     /// The `i`th event of the last poll as `(token, readiness)`.

@@ -404,6 +404,24 @@ impl Epoll {
             }
         }
     }
+
+    /// Busy polling: waits without blocking, again and again, for up to `spin_nanos` (on
+    /// the [`monotonic_nanos`](crate::monotonic_nanos) clock), and blocks (no timeout)
+    /// only if nothing came by then. For a thread that expects work within microseconds
+    /// and would rather spend them than sleep and be woken.
+    pub fn wait_spinning(&self, events: &mut Events, spin_nanos: u64) -> io::Result<usize> {
+        let deadline = crate::monotonic_nanos().saturating_add(spin_nanos);
+        loop {
+            let n = self.wait(events, Some(Duration::ZERO))?;
+            if n > 0 {
+                return Ok(n);
+            }
+            if crate::monotonic_nanos() >= deadline {
+                return self.wait(events, None);
+            }
+            std::hint::spin_loop();
+        }
+    }
 }
 
 impl AsFd for Epoll {
