@@ -98,9 +98,11 @@ impl ServerBuilder {
     /// ready loop's next turn ([`duo_reactor::LoopGroup`]). A thread that loses its core
     /// (to another process on a busy host) then holds up only the connections of the one
     /// loop it was running, instead of every connection of its thread: a shorter latency
-    /// tail on a crowded machine, for a little more CPU per event (one `epoll_ctl` per
-    /// turn). A few loops per thread (8 for two threads) take most of the gain; see
-    /// `docs/benchmarks.md`. With `n` at most `io_threads` this has no effect; with no
+    /// tail on a crowded machine, for more CPU per event (a turn costs an `epoll_wait` on
+    /// the group's set and an `epoll_ctl`, and threads sleep and wake between turns).
+    /// Measured with 100 request/response connections on 2 threads: 16 loops brought the
+    /// p99 to within 10 % of tokio's for 0-20 % more CPU per request, 64 loops brought
+    /// p99 and p99.9 below tokio's for 20-55 % more (`docs/benchmarks.md`). With `n` at most `io_threads` this has no effect; with no
     /// I/O threads, `start` refuses it.
     ///
     /// [`AcceptMode::Shared`] (the default) becomes [`AcceptMode::ReusePort`] with more
@@ -253,31 +255,14 @@ impl ServerBuilder {
             ));
         }
         let inherited = self.listener.is_some();
-        let grouped = self.io_threads > 0 && self.loops > self.io_threads;
-        if grouped && self.accept_mode == AcceptMode::Shared {
-            // A group's loops wait in one outer epoll set, not in their own `epoll_wait`,
-            // so `EPOLLEXCLUSIVE` cannot pick one of them: every loop would take a turn
-            // for every connection and the first would accept them all.
-            self.accept_mode = if inherited || self.addr.as_inet().is_none() {
-                AcceptMode::MainLoop
-            } else {
-                AcceptMode::ReusePort
-            };
-            log::info!(
-                "server {}: {} loops on {} threads accept {:?} instead of Shared",
-                self.name,
-                self.loops,
-                self.io_threads,
-                self.accept_mode
-            );
-        }
+        let mode = self.resolve_accept_mode(inherited);
         let (listener, socket_file) = match (self.listener.take(), &self.addr) {
             (Some(listener), _) => (listener, None),
             (None, Endpoint::Inet(addr)) => (
                 listen(
                     *addr,
                     ListenOptions {
-                        reuse_port: self.reuse_port || self.accept_mode == AcceptMode::ReusePort,
+                        reuse_port: self.reuse_port || mode == AcceptMode::ReusePort,
                         defer_accept_secs: self.defer_accept_secs,
                     },
                 )?,
@@ -376,33 +361,6 @@ impl ServerBuilder {
                 })
             })
             .collect();
-        let mode = match self.accept_mode {
-            _ if self.io_threads == 0 => AcceptMode::MainLoop,
-            AcceptMode::ReusePort if inherited => {
-                log::info!(
-                    "server {}: an inherited socket cannot be re-bound per loop; \
-                     the I/O loops share it",
-                    self.name
-                );
-                AcceptMode::Shared
-            }
-            AcceptMode::ReusePort if endpoint.is_unix() => {
-                log::info!(
-                    "server {}: SO_REUSEPORT has no meaning for a Unix-domain socket; \
-                     the I/O loops share it",
-                    self.name
-                );
-                AcceptMode::Shared
-            }
-            mode => mode,
-        };
-        // A `ReusePort` that fell back to `Shared` above: on a group, the main loop accepts
-        // instead (see the start of this function for why not `Shared`).
-        let mode = if grouped && mode == AcceptMode::Shared {
-            AcceptMode::MainLoop
-        } else {
-            mode
-        };
         let max = self.max_connections;
         let on_exhausted = |shared: &Arc<ServerShared>| -> Box<dyn FnMut(AcceptTrouble) + Send> {
             let shared = shared.clone();
@@ -490,6 +448,42 @@ impl ServerBuilder {
             threads.num_loops()
         );
         Ok(TcpServer { shared, threads })
+    }
+
+    /// Who accepts, from the mode asked and what the socket allows: with no I/O threads
+    /// the main loop; `ReusePort` needs a socket this server binds itself (not an inherited
+    /// or Unix-domain one) and falls back to `Shared`; and a loop group cannot use
+    /// `Shared`: its loops wait together in one outer epoll set, not in their own
+    /// `epoll_wait`, so `EPOLLEXCLUSIVE` cannot pick one of them (every loop would take a
+    /// turn for every connection and the first would accept them all): it gets its own
+    /// `SO_REUSEPORT` sockets where it can bind them, else the main loop accepts.
+    fn resolve_accept_mode(&self, inherited: bool) -> AcceptMode {
+        let rebindable = !inherited && self.addr.as_inet().is_some();
+        let grouped = self.loops > self.io_threads;
+        let mode = match self.accept_mode {
+            _ if self.io_threads == 0 => AcceptMode::MainLoop,
+            AcceptMode::Shared if grouped && rebindable => AcceptMode::ReusePort,
+            AcceptMode::Shared | AcceptMode::ReusePort if grouped && !rebindable => {
+                AcceptMode::MainLoop
+            }
+            AcceptMode::ReusePort if !rebindable => AcceptMode::Shared,
+            mode => mode,
+        };
+        if mode != self.accept_mode {
+            log::info!(
+                "server {}: accepting {mode:?} instead of {:?} ({} loops on {} I/O threads, {})",
+                self.name,
+                self.accept_mode,
+                self.loops.max(self.io_threads),
+                self.io_threads,
+                if rebindable {
+                    "a socket it binds"
+                } else {
+                    "an inherited or Unix-domain socket"
+                }
+            );
+        }
+        mode
     }
 }
 
