@@ -1716,7 +1716,8 @@ fn relay_with_notify_and_with_ctx_keeps_both_directions_bounded() {
 /// "the output is empty": a small send written at once (whose completion notice is
 /// queued) followed in the same callback by 16 MiB that stay queued must not produce a
 /// write-complete call while those are still queued; the one call comes once the peer has
-/// read everything.
+/// read everything. (A reader fast enough to take the 16 MiB during the send makes both
+/// sends go out whole: their one shared notice is still the only call.)
 #[test]
 fn write_complete_runs_only_with_the_output_empty() {
     init_log();

@@ -77,7 +77,8 @@ macro_rules! callback_setters {
         }
         /// Called when a connection's output buffer has been fully written to the kernel:
         /// only when nothing is left queued (after a send that went out whole, or when a
-        /// flush drains the buffer), so a relay can resume its source here.
+        /// flush drains the buffer), so a relay can resume its source here. Sends that
+        /// go out whole share one call, made after the callback that sent them.
         pub fn on_write_complete(
             mut self,
             f: impl Fn(&mut $crate::ConnCtx<'_>) + Send + Sync + 'static,

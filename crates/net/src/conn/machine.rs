@@ -131,6 +131,10 @@ pub(crate) struct Machine {
     pub(super) held_input: bool,
     /// A continuation of reading (the read budget of one event was used up) is queued.
     pub(super) read_queued: bool,
+    /// A write-complete notice is queued (a send went out whole): further whole sends
+    /// before it runs share it, and output queued meanwhile cancels it (the flush that
+    /// drains that output reports completion instead).
+    pub(super) complete_queued: bool,
     /// The TLS session (`None` for plain TCP); see `tls.rs`.
     #[cfg(feature = "tls")]
     pub(super) tls: Option<Box<super::tls::TlsState>>,
@@ -179,6 +183,7 @@ impl LoopConn {
                 write: WriteSide::Open,
                 held_input: false,
                 read_queued: false,
+                complete_queued: false,
                 #[cfg(feature = "tls")]
                 tls,
             },

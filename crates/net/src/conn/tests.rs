@@ -437,6 +437,28 @@ fn notify_backpressure_only_calls_back_and_keeps_reading() {
     assert_eq!(c.read_side(&mut lp), ReadSide::Open);
 }
 
+/// Sends that each go out whole in one callback make one write-complete call, once the
+/// output is empty: a notice per send would tell a relay twice that the same output
+/// drained (and with a fast reader, a big second send can go out whole too).
+#[test]
+fn sends_written_whole_in_one_callback_complete_once() {
+    let (mut lp, log, c, mut peer) = setup(ConnConfig::default(), as_recorded);
+    c.ctx(&mut lp, |ctx| {
+        assert!(ctx.send(b"one"));
+        assert!(ctx.send(b"two"));
+        assert!(ctx.send(b"three"));
+    });
+    let got = peer_read_exact(&mut lp, &mut peer, 11);
+    assert_eq!(got, b"onetwothree");
+    run_for(&mut lp, Duration::from_millis(20));
+    assert_eq!(log.count(|e| *e == Ev::WriteComplete), 1);
+    // A later send is a new round: it is reported again.
+    c.ctx(&mut lp, |ctx| assert!(ctx.send(b"four")));
+    assert_eq!(peer_read_exact(&mut lp, &mut peer, 4), b"four");
+    run_for(&mut lp, Duration::from_millis(20));
+    assert_eq!(log.count(|e| *e == Ev::WriteComplete), 2);
+}
+
 // 3. The application's pause.
 
 /// Pauses with `pause`, shows the peer's bytes wait, resumes with `resume`.

@@ -109,15 +109,18 @@ impl Machine {
         }
         if written == total {
             self.owner.counters.add_message_out();
-            if self.owner.callbacks.write_complete.is_some() {
+            if self.owner.callbacks.write_complete.is_some() && !self.complete_queued {
                 // Queued, not called: a callback that sends again from write-complete
-                // would otherwise recurse without bound.
+                // would otherwise recurse without bound. One notice covers every send
+                // made before it runs.
+                self.complete_queued = true;
                 let token = ch.token();
                 lp.queue_in_loop(move |lp| {
                     lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
-                        // A later send may have left output queued meanwhile: then the
-                        // flush that drains it reports completion, not this notice.
-                        if conn.m.output.is_empty() {
+                        // A later send may have left output queued meanwhile (which
+                        // cancelled this notice): then the flush that drains it reports
+                        // completion, not this notice.
+                        if std::mem::take(&mut conn.m.complete_queued) && conn.m.output.is_empty() {
                             conn.m.write_complete(lp, ch)
                         }
                     });
@@ -150,6 +153,9 @@ impl Machine {
             }
         }
         ch.enable_writing();
+        // The flush that empties the output reports completion; a queued notice of an
+        // earlier whole send would report it too early or twice.
+        self.complete_queued = false;
         let after = self.output.len();
         self.owner.counters.add_message_out();
         self.owner.counters.queued(after - before);
