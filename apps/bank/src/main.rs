@@ -86,6 +86,12 @@ struct ServeArgs {
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
     io_threads: u16,
+    /// Serve the connections on M loops shared by the I/O threads instead of one loop per
+    /// thread: any free I/O thread runs a ready loop, so a thread that loses its core holds
+    /// up only the loop it was running (lower tail latency for more CPU per request; see
+    /// docs/scaling.md). Needs I/O threads; 0: one loop per thread.
+    #[arg(long, value_name = "M", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=4096))]
+    loops: u16,
     /// Worker threads for database work and password hashing [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
@@ -216,6 +222,12 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> E
             return fail(USAGE, &format!("bank: {e}"));
         }
     }
+    if cfg.loops > 0 && cfg.io_threads == 0 {
+        return fail(
+            USAGE,
+            "bank: --loops needs I/O threads to run on (--io-threads is 0)",
+        );
+    }
     if let Some(worker) = worker {
         return report(server::serve_worker(cfg, worker));
     }
@@ -286,6 +298,7 @@ fn config(a: ServeArgs) -> ServeConfig {
         db: a.db,
         db_writers: a.db_writers.into(),
         io_threads: a.io_threads.into(),
+        loops: a.loops.into(),
         workers,
         queue_capacity: a.queue_capacity as usize,
         idle_timeout: Duration::from_secs(a.idle_timeout),

@@ -306,11 +306,17 @@ fn bad_flags_exit_2_and_runtime_errors_exit_1() {
         vec!["serve", "--workers", "many", "--db", db],
         vec!["serve", "--listen", "not an address", "--db", db],
         vec!["serve", "--idle-timeout", "-1", "--db", db],
+        vec!["serve", "--loops", "-1", "--db", db],
+        vec!["serve", "--io-threads", "0", "--loops", "4", "--db", db],
         vec!["frobnicate"],
     ] {
         let out = Command::new(BANK).args(&args).output().unwrap();
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         assert!(!out.stderr.is_empty(), "{args:?}: a usage message");
+        if args.contains(&"--loops") && args.contains(&"0") {
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(err.contains("--loops needs I/O threads"), "{err}");
+        }
     }
     let out = Command::new(BANK).args(["--help"]).output().unwrap();
     assert_eq!(out.status.code(), Some(0));

@@ -12,6 +12,7 @@ use duo_testkit::Rng;
 on_both_backends! {
     a_thousand_pipelined_commands_are_answered_in_order,
     concurrent_random_transfers_conserve_money,
+    concurrent_transfers_on_a_loop_group_conserve_money,
     request_ids_make_transfers_idempotent,
 }
 
@@ -83,6 +84,16 @@ fn a_thousand_pipelined_commands_are_answered_in_order(backend: Backend) {
 }
 
 fn concurrent_random_transfers_conserve_money(backend: Backend) {
+    transfers_conserve_money(backend, &[]);
+}
+
+/// The same on 8 loops shared by 2 I/O threads (`--loops`): the workers' replies reach
+/// connections whose loop moves between threads.
+fn concurrent_transfers_on_a_loop_group_conserve_money(backend: Backend) {
+    transfers_conserve_money(backend, &["--io-threads", "2", "--loops", "8"]);
+}
+
+fn transfers_conserve_money(backend: Backend, server_args: &[&str]) {
     const ACCOUNTS: usize = 20;
     const CLIENTS: usize = 50;
     const TRANSFERS: usize = 40;
@@ -90,7 +101,7 @@ fn concurrent_random_transfers_conserve_money(backend: Backend) {
     let Some(db) = TestDb::new(backend, "transfers") else {
         return;
     };
-    let server = db.start(&[]);
+    let server = db.start(server_args);
     let addr = server.addr;
     for a in 0..ACCOUNTS {
         let mut c = Client::logged_in(addr, &format!("acct{a}"));

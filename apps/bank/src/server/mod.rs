@@ -89,6 +89,8 @@ pub struct ServeConfig {
     pub db_writers: usize,
     /// I/O threads (sub reactors); 0 serves everything on the main loop.
     pub io_threads: usize,
+    /// Loops shared by the I/O threads (`ServerBuilder::loops`); 0: one loop per thread.
+    pub loops: usize,
     /// Worker threads for database work and password hashing.
     pub workers: usize,
     /// Jobs the worker queue holds before commands are answered `BUSY`.
@@ -345,6 +347,7 @@ fn run(
     };
     let mut builder = builder
         .io_threads(cfg.io_threads)
+        .loops(cfg.loops)
         .on_connection(|conn| {
             if conn.is_connected() {
                 log::debug!("{} up", conn.name());
@@ -410,9 +413,14 @@ fn run(
 
     let addr = server.endpoint().clone();
     log::info!(
-        "bank serving {} on {addr}: {} I/O threads, {} workers, group commit {}",
+        "bank serving {} on {addr}: {} I/O threads{}, {} workers, group commit {}",
         cfg.db,
         cfg.io_threads,
+        if cfg.loops > 0 {
+            format!(" running {} loops", cfg.loops)
+        } else {
+            String::new()
+        },
         cfg.workers,
         if cfg.group_commit { "on" } else { "off" }
     );
