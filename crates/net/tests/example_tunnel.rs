@@ -444,11 +444,9 @@ fn two_hundred_half_closed_transfers_each_get_exactly_their_bytes() {
 
 #[test]
 fn an_unreachable_backend_closes_the_client_and_the_tunnel_goes_on() {
-    // A port nobody listens on: bound, then released.
-    let dead = TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .expect("bind a port");
-    let mut tunnel = Tunnel::start(dead);
+    // A port nobody listens on (bound, not listening, held to the end).
+    let dead = duo_testkit::RefusedPort::new();
+    let mut tunnel = Tunnel::start(dead.addr());
     let fds = tunnel.open_fds();
     const CLOSED_WITHIN: Duration = Duration::from_secs(5);
     for i in 0..3 {

@@ -129,7 +129,9 @@ fn connections_messages_queued_output_and_backpressure_are_counted_per_loop() {
             .unwrap_or_else(|| panic!("loop {} listed", l.loop_name));
         let m = h.metrics();
         assert!(m.io_events > 0 || l.opened == 0, "{m:?}");
-        assert_eq!((m.stalls, m.spins), (0, 0), "{m:?}");
+        // No spin under this load. (Stalls are wall-clock time: a loop thread that loses
+        // its core for 25 ms on a loaded host counts one, so they are not asserted here.)
+        assert_eq!(m.spins, 0, "{m:?}");
     }
     server.stop();
 }

@@ -67,27 +67,21 @@ fn late_replies_reach_a_peer_that_half_closed() {
 
 #[test]
 fn without_the_callback_the_server_closes_after_its_output() {
-    let (late_tx, late_rx) = mpsc::channel();
+    let (conn_tx, conn_rx) = mpsc::channel();
+    let conn_tx = std::sync::Mutex::new(conn_tx);
     let (addr, stop) = serve(move |b| {
         b.on_message(move |ctx, input| {
             ctx.send(input.peek());
             input.consume_all();
-            let conn = ctx.connection().clone();
-            let late_tx = late_tx.clone();
-            let _ = conn
-                .loop_handle()
-                .clone()
-                .run_after(Duration::from_millis(50), move |_| {
-                    let _ = late_tx.send(conn.send(&b"late"[..]));
-                });
+            let _ = conn_tx.lock().unwrap().send(ctx.connection().clone());
         })
     });
+    // The reply, then the end of stream: the server closed once its output was written.
     assert_eq!(request(addr, b"echo me"), b"echo me");
+    let conn = conn_rx.recv_timeout(DEADLINE).unwrap();
+    duo_testkit::wait_until("the connection closed", || conn.is_closed());
     // Too late: the connection closed when the peer's EOF came.
-    assert_eq!(
-        late_rx.recv_timeout(DEADLINE).unwrap(),
-        Err(duo_net::ConnectionClosed)
-    );
+    assert_eq!(conn.send(&b"late"[..]), Err(duo_net::ConnectionClosed));
     stop();
 }
 

@@ -160,13 +160,14 @@ fn idle_timeouts_fire_and_a_graceful_shutdown_closes_what_is_left_on_every_loop(
     wait_until("the idle connections counted closed", || {
         handle.stats().closed == 16
     });
-    // Busy ones outlive the idle timeout, then the shutdown closes them.
+    // Served ones, then the shutdown closes what is left of them (on a slow host the
+    // idle timeout may have closed some first: either way each is closed, none is left).
     let mut busy: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
     for s in &mut busy {
         echo(s, b"still here");
     }
     wait_until("every busy connection accepted", || {
-        handle.stats().active == 16
+        handle.stats().accepted == 32
     });
     server.stop();
     for s in &mut busy {

@@ -1092,11 +1092,12 @@ fn stop_reading_from_another_thread_takes_effect_at_once() {
     // A callback counts as late when it reads the flag set just after `stop_reading`
     // returned. The loop may have passed its pause check an instant before the flag flipped
     // and be on its way into the callback: no other thread can tell that instant apart, so
-    // a rare late count is expected (up to 11 of 200 cycles seen on a loaded CI run, so
-    // the bound is a tenth). Delivering what an in-progress `recv` returned (the bug) made
-    // it happen in a third to two thirds of the cycles.
+    // a rare late count is expected (up to 11 of 200 cycles seen on a loaded CI run, and
+    // more preemption makes more: the bound is a fifth). Delivering what an in-progress
+    // `recv` returned (the bug) made it happen in a third to two thirds of the cycles,
+    // which at 200 cycles lies far above a fifth.
     assert!(
-        violating_cycles <= CYCLES / 10,
+        violating_cycles <= CYCLES / 5,
         "in {violating_cycles} of {CYCLES} cycles a message callback started after \
          stop_reading (called from another thread) had returned: {late} in all"
     );
@@ -1891,11 +1892,9 @@ fn expect_given_up(failures: &mpsc::Receiver<Failure>) {
 #[test]
 fn connect_failures_are_reported_and_max_attempts_stops_retrying() {
     init_log();
-    // Reserve a port, then free it so that connecting is refused.
-    let addr = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // A port bound but not listening: connecting is refused.
+    let refused = duo_testkit::RefusedPort::new();
+    let addr = refused.addr();
     let lp = EventLoopThread::spawn("failing-client", None).unwrap();
     let (client, failures, ups) = failing_client(addr, &lp, 3, None);
     let expected = [

@@ -496,8 +496,10 @@ fn a_stalled_handshake_times_out() {
     let timeout = Duration::from_millis(300);
     let (server, _seen) = tls_echo(&pki, move |b| b.tls_handshake_timeout(timeout));
     let hello = client_hello(&pki);
-    let mut s = TcpStream::connect(server.addr()).unwrap();
+    // Before connecting: the server's timer starts when it registers the connection,
+    // which may be before this thread runs again after `connect`.
     let started = Instant::now();
+    let mut s = TcpStream::connect(server.addr()).unwrap();
     s.write_all(&hello[..hello.len() / 2]).unwrap();
     // We keep the connection open and say nothing more.
     assert!(closed_by_server(&mut s));
@@ -542,12 +544,15 @@ fn a_garbled_record_after_the_handshake_is_a_protocol_error() {
 fn an_output_limit_discards_whole_messages_and_the_stream_stays_valid() {
     let pki = pki();
     let accepted = Arc::new(AtomicUsize::new(0));
-    let a = accepted.clone();
+    let done = Arc::new(AtomicBool::new(false));
+    let (a, d) = (accepted.clone(), done.clone());
     let (server, _seen) = tls_echo(&pki, move |b| {
         b.output_limit(256 << 10, duo_net::OutputLimit::Discard)
             .on_message(move |ctx, input| {
                 input.consume_all();
-                // More than the kernel's loopback buffers hold (up to about 10 MiB).
+                // 12.5 MiB while the client reads nothing: more than the kernel's buffers
+                // hold before the peer reads (a reader taking them as they come could
+                // let every message through, and nothing would be tested).
                 let msg = vec![b'x'; 64 << 10];
                 for _ in 0..200 {
                     if ctx.send(&msg) {
@@ -555,10 +560,12 @@ fn an_output_limit_discards_whole_messages_and_the_stream_stays_valid() {
                     }
                 }
                 ctx.shutdown(); // close_notify after the accepted messages
+                d.store(true, Ordering::SeqCst);
             })
     });
     let mut c = rustls_client(server.addr(), pki.client_config(), "localhost");
     c.write_all(b"go").unwrap();
+    wait_until("the 200 sends", || done.load(Ordering::SeqCst));
     let mut got = Vec::new();
     c.read_to_end(&mut got)
         .expect("every record decrypts, then close_notify");

@@ -128,8 +128,10 @@ fn a_backlog_larger_than_the_batch_is_read_in_batches_and_echoed_in_batches() {
     assert_eq!(seen, (0..100).collect::<Vec<_>>());
     let s = sock.stats();
     assert_eq!(s.datagrams_in, 100);
-    // Every receive took a full batch of 4 (the backlog was there before the loop woke).
-    assert_eq!(s.recv_calls, 25, "{s:?}");
+    // Receives took full batches of 4: the backlog was there before the loop woke (all
+    // 25 full as a rule; a loaded host may deliver some loopback datagrams a little late,
+    // in softirq context, and a batch then ends short).
+    assert!((25..=35).contains(&s.recv_calls), "{s:?}");
     // Replies of one batch go out together: far fewer send calls than datagrams.
     assert!(s.send_calls <= 25, "{s:?}");
     stop(io, sock);

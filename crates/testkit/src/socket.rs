@@ -1,5 +1,6 @@
 //! Connected socket pairs for tests of readiness and socket I/O.
 
+use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
 
 /// A connected `AF_UNIX` stream pair (`socketpair(2)`), both ends non-blocking: what a
@@ -9,4 +10,46 @@ pub fn nonblocking_pair() -> (UnixStream, UnixStream) {
     a.set_nonblocking(true).expect("non-blocking");
     b.set_nonblocking(true).expect("non-blocking");
     (a, b)
+}
+
+/// A loopback TCP port that refuses connections: bound, never listening. As long as it is
+/// held, connecting to [`addr`](RefusedPort::addr) is refused (`ECONNREFUSED`) and no
+/// other test's `bind` to port 0 can be given the port (where binding and then releasing a
+/// port would let a test running beside it take it). Dropping it frees the port, for
+/// instance for a server a test starts there later.
+#[derive(Debug)]
+pub struct RefusedPort {
+    /// Held for its port; closed with this.
+    _socket: socket2::Socket,
+    addr: SocketAddr,
+}
+
+impl RefusedPort {
+    /// Binds a fresh port on 127.0.0.1.
+    pub fn new() -> RefusedPort {
+        let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)
+            .expect("a TCP socket");
+        let any: SocketAddr = (std::net::Ipv4Addr::LOCALHOST, 0).into();
+        socket.bind(&any.into()).expect("bind a loopback port");
+        let addr = socket
+            .local_addr()
+            .ok()
+            .and_then(|a| a.as_socket())
+            .expect("the bound address");
+        RefusedPort {
+            _socket: socket,
+            addr,
+        }
+    }
+
+    /// The port's address.
+    pub fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Default for RefusedPort {
+    fn default() -> Self {
+        RefusedPort::new()
+    }
 }
