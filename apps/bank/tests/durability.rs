@@ -6,13 +6,16 @@
 #[macro_use]
 mod common;
 
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use bank::protocol::HISTORY_MAX;
 use common::{ok_number, Backend, Client, Gate, TestDb, PW};
-use duo_testkit::Rng;
+use duo_testkit::{wait_until_within, Rng};
+
+/// How long the storm may take to get 5 transfers of every source acknowledged.
+const STORM_LIMIT: Duration = Duration::from_secs(30);
 
 on_both_backends! {
     a_restarted_server_finds_everything_as_it_was,
@@ -88,9 +91,12 @@ fn storm_then_kill(backend: Backend, extra: &[&str]) {
 
     let stop = Arc::new(AtomicBool::new(false));
     let started = Gate::new(SOURCES + 1);
+    // Transfers acknowledged so far, per source.
+    let counts: Arc<Vec<AtomicUsize>> =
+        Arc::new((0..SOURCES).map(|_| AtomicUsize::new(0)).collect());
     let threads: Vec<_> = (0..SOURCES)
         .map(|s| {
-            let (stop, started) = (stop.clone(), started.clone());
+            let (stop, started, counts) = (stop.clone(), started.clone(), counts.clone());
             std::thread::spawn(move || {
                 let mut c = Client::connect(addr);
                 assert_eq!(
@@ -113,13 +119,21 @@ fn storm_then_kill(backend: Backend, extra: &[&str]) {
                     };
                     assert!(ok_number(&reply).is_some(), "{line}: {reply}");
                     acked.push(Acked { id, line, reply });
+                    counts[s].fetch_add(1, Ordering::Relaxed);
                 }
                 acked
             })
         })
         .collect();
     started.wait();
-    std::thread::sleep(Duration::from_millis(600));
+    // Every source has a few acknowledged (however slow the host), then a little more
+    // storm so that the kill lands in the middle of commits.
+    wait_until_within(
+        STORM_LIMIT,
+        "5 acknowledged transfers of every source",
+        || counts.iter().all(|c| c.load(Ordering::Relaxed) >= 5),
+    );
+    std::thread::sleep(Duration::from_millis(200));
     stop.store(true, Ordering::Relaxed);
     server.kill9();
     let acked: Vec<Vec<Acked>> = threads
