@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duo_reactor::{Channel, EventLoop, FnHandler, Handler, Interest, Token};
-use duo_testkit::nonblocking_pair;
+use duo_testkit::{nonblocking_pair, LIMIT};
 
 fn read_all(ch: &Channel) -> Vec<u8> {
     let mut out = Vec::new();
@@ -179,22 +179,35 @@ fn interest_changes_apply_when_the_handler_returns() {
     let (a, b) = nonblocking_pair();
     let writes = Arc::new(Mutex::new(0));
     let w = writes.clone();
+    // Stops a loop that never gets to the third writable event, and says so.
+    let timed_out = Arc::new(Mutex::new(false));
+    let to = timed_out.clone();
+    lp.run_after(LIMIT, move |lp| {
+        *to.lock() = true;
+        lp.quit();
+    });
     let h = FnHandler::new()
         .on_read(|_, ch| {
             read_all(ch);
             ch.enable_writing();
         })
-        .on_write(move |_, ch| {
+        .on_write(move |lp, ch| {
             *w.lock() += 1;
             // Level-triggered writable fires on every iteration until disabled.
             if *w.lock() == 3 {
                 ch.disable_writing();
+                // Time for (wrong) further writable events, counted from the change.
+                lp.run_after(Duration::from_millis(20), |lp| lp.quit());
             }
         });
     let t = lp.add_channel(b, Interest::READABLE, h).unwrap();
     (&a).write_all(b"go").unwrap();
-    guard(&mut lp, 40);
     lp.run().unwrap();
+    assert!(
+        !*timed_out.lock(),
+        "{} writable events within {LIMIT:?}",
+        writes.lock()
+    );
     assert_eq!(*writes.lock(), 3, "writable stopped once disabled");
     let interest = lp.with_channel(t, |_, ch, _| ch.interest()).unwrap();
     assert!(interest.is_readable() && !interest.is_writable());

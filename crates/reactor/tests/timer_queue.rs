@@ -81,6 +81,13 @@ fn run_every_fires_n_times_then_cancels_itself() {
     let mut lp = EventLoop::new().unwrap();
     let count = Arc::new(Mutex::new(0));
     let id: Arc<Mutex<Option<TimerId>>> = Arc::default();
+    // Stops a loop that never gets to the fifth tick, and says so.
+    let timed_out = Arc::new(Mutex::new(false));
+    let t = timed_out.clone();
+    let guard = lp.run_after(LIMIT, move |lp| {
+        *t.lock() = true;
+        lp.quit();
+    });
     let (c, i) = (count.clone(), id.clone());
     let start = Instant::now();
     *id.lock() = Some(lp.run_every(Duration::from_millis(2), move |lp| {
@@ -90,11 +97,20 @@ fn run_every_fires_n_times_then_cancels_itself() {
                 lp.cancel(i.lock().unwrap()),
                 "a running repeating timer is cancellable"
             );
+            // Give it time to (wrongly) fire a sixth time: 10 periods, counted from the
+            // cancellation however late the loop got here.
+            lp.run_after(Duration::from_millis(20), move |lp| {
+                lp.cancel(guard);
+                lp.quit();
+            });
         }
     }));
-    // Give it time to (wrongly) fire a sixth time.
-    lp.run_after(Duration::from_millis(30), |lp| lp.quit());
     lp.run().unwrap();
+    assert!(
+        !*timed_out.lock(),
+        "no fifth tick within {LIMIT:?}: {} ticks",
+        count.lock()
+    );
     assert_eq!(*count.lock(), 5);
     assert!(
         start.elapsed() >= Duration::from_millis(10),

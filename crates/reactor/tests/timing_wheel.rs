@@ -141,9 +141,25 @@ fn tick_into_appends_without_clearing() {
 /// the previous one (an `Instant` deadline from the last tick). A key touched right after a
 /// tick and one touched right before the next (both in the same interval) must expire
 /// after an idle time in `[N·P, (N+1)·P]`, give or take the measured scheduling lateness
-/// of the ticks, while a key refreshed every tick stays.
+/// of the ticks, while a key refreshed every tick stays. A run whose ticks came so late in
+/// all that the upper bound says little (a loaded machine) is run again, a few times.
 #[test]
 fn real_time_idle_keys_expire_within_one_tick_of_the_timeout() {
+    const ATTEMPTS: usize = 5;
+    let mut too_late = Vec::new();
+    for _ in 0..ATTEMPTS {
+        match real_time_run() {
+            None => return,
+            Some(lateness) => too_late.push(lateness),
+        }
+    }
+    panic!("ticks too late to judge in all {ATTEMPTS} runs: {too_late:?}");
+}
+
+/// One run of [`real_time_idle_keys_expire_within_one_tick_of_the_timeout`]: fails on a
+/// wrong expiry; `Some(lateness)` if the ticks were too late in all to judge the upper
+/// bound, `None` if the run proved it.
+fn real_time_run() -> Option<Duration> {
     const P: Duration = Duration::from_millis(10);
     const N: usize = 5;
     const TICKS: u64 = 2 * N as u64 + 4; // ~140 ms
@@ -184,6 +200,7 @@ fn real_time_idle_keys_expire_within_one_tick_of_the_timeout() {
 
     assert_eq!(expired.len(), 2, "{expired:?}");
     let timeout = P * N as u32;
+    let mut worst = Duration::ZERO;
     for (key, at, tick) in expired {
         // Both were touched during interval 2: due at tick 2 + N + 1.
         assert_eq!(tick, 2 + N as u64 + 1, "{key}");
@@ -193,10 +210,7 @@ fn real_time_idle_keys_expire_within_one_tick_of_the_timeout() {
         // late the thread was scheduled for those ticks.
         let span = tick_at[tick as usize] - tick_at[2];
         assert!(idle <= span, "{key}: idle {idle:?} > span {span:?}");
-        let lateness = span.saturating_sub(timeout + P);
-        assert!(
-            lateness < Duration::from_millis(200),
-            "ticks too late to judge: {lateness:?}"
-        );
+        worst = worst.max(span.saturating_sub(timeout + P));
     }
+    (worst >= Duration::from_millis(200)).then_some(worst)
 }
