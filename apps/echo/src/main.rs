@@ -60,7 +60,8 @@
 //!   instead of two, about 10 % less server CPU per short-lived connection here. Ignored
 //!   on a Unix-domain socket.
 //! - `--udp`: also echo UDP datagrams on the same address and port number as the TCP
-//!   listener (one `duo_net::UdpSocket` on the main loop: `recvmmsg`/`sendmmsg` batches
+//!   listener (with port 0, a port free for both protocols is chosen; one
+//!   `duo_net::UdpSocket` on the main loop: `recvmmsg`/`sendmmsg` batches
 //!   of 32, datagrams up to 2 KiB; larger ones are counted as truncated and not echoed).
 //!   Printed on stdout as `udp on HOST:PORT`, after the `listening on` (and `metrics on`)
 //!   line. With `--processes`, every worker binds a UDP socket of its own on that

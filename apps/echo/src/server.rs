@@ -86,7 +86,40 @@ const WORKER_FD_RESERVE: u64 = 64;
 /// use, say), or stdout could not be written.
 pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
     process::prepare_server(&STOP_SIGNALS)?;
-    run(cfg, TcpServer::builder("echo", cfg.listen.clone()), None)
+    match cfg.listen.as_inet() {
+        // `--udp` on "any port": one free for TCP and UDP alike (a port the kernel picks
+        // for TCP may be taken for UDP).
+        Some(addr) if cfg.udp && addr.port() == 0 => {
+            let (addr, udp) = port_free_for_tcp_and_udp(addr)?;
+            let builder = TcpServer::builder("echo", addr);
+            run_with_udp(cfg, builder, None, Some(udp))
+        }
+        _ => run(cfg, TcpServer::builder("echo", cfg.listen.clone()), None),
+    }
+}
+
+/// A port of `addr`'s IP free for both protocols: a UDP socket bound to it (held, so the
+/// port stays ours for UDP) and its address, where a TCP listener could bind too (checked
+/// by binding one, which is closed again for the server to bind).
+fn port_free_for_tcp_and_udp(addr: SocketAddr) -> io::Result<(SocketAddr, std::net::UdpSocket)> {
+    const TRIES: usize = 64;
+    for _ in 0..TRIES {
+        let udp = std::net::UdpSocket::bind(addr)
+            .map_err(|e| io::Error::new(e.kind(), format!("--udp: bind {addr}: {e}")))?;
+        let chosen = udp.local_addr()?;
+        match TcpListener::bind(chosen) {
+            Ok(_probe) => return Ok((chosen, udp)),
+            Err(e) if e.kind() == io::ErrorKind::AddrInUse => continue,
+            Err(e) => return Err(io::Error::new(e.kind(), format!("bind {chosen}: {e}"))),
+        }
+    }
+    Err(io::Error::new(
+        io::ErrorKind::AddrInUse,
+        format!(
+            "--udp: no port of {} free for both TCP and UDP in {TRIES} tries",
+            addr.ip()
+        ),
+    ))
 }
 
 /// As [`serve`], on an already listening socket (socket activation) instead of
@@ -133,6 +166,16 @@ pub fn serve_worker(cfg: &ServeConfig, mut worker: Worker) -> io::Result<()> {
 /// Starts the server from `builder` and serves until stopped; announces itself on stdout,
 /// or (as a `worker`) to its supervisor.
 fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io::Result<()> {
+    run_with_udp(cfg, builder, worker, None)
+}
+
+/// As [`run`], with `--udp` served on `udp` (bound already) if given.
+fn run_with_udp(
+    cfg: &ServeConfig,
+    builder: ServerBuilder,
+    worker: Option<Worker>,
+    udp_bound: Option<std::net::UdpSocket>,
+) -> io::Result<()> {
     HealthConfig::set_process_default(HealthConfig {
         stall_threshold: cfg.stall_threshold,
         ..HealthConfig::process_default()
@@ -189,12 +232,11 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
             cfg.drain_timeout,
         )?;
         let udp = if cfg.udp {
-            Some(start_udp(
-                &main_loop,
-                server.local_addr(),
-                cfg.udp_batch,
-                false,
-            )?)
+            let at = match udp_bound {
+                Some(socket) => UdpAt::Bound(socket),
+                None => UdpAt::Addr(server.local_addr()),
+            };
+            Some(start_udp(&main_loop, at, cfg.udp_batch, false)?)
         } else {
             None
         };
@@ -236,7 +278,7 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
     let udp = if cfg.udp {
         Some(start_udp(
             &main_loop,
-            server.local_addr(),
+            UdpAt::Addr(server.local_addr()),
             cfg.udp_batch,
             true,
         )?)
@@ -262,15 +304,27 @@ fn run(cfg: &ServeConfig, builder: ServerBuilder, worker: Option<Worker>) -> io:
     Ok(())
 }
 
-/// Starts the UDP echo on `addr` (the TCP listener's address), served by `main_loop`;
-/// with `reuse_port` (a worker of several) beside the other workers' sockets.
+/// Where the UDP echo serves.
+enum UdpAt {
+    /// Bound here (the TCP listener's address).
+    Addr(SocketAddr),
+    /// On this socket, bound already.
+    Bound(std::net::UdpSocket),
+}
+
+/// Starts the UDP echo `at` the TCP listener's address, served by `main_loop`; with
+/// `reuse_port` (a worker of several) beside the other workers' sockets.
 fn start_udp(
     main_loop: &EventLoop,
-    addr: SocketAddr,
+    at: UdpAt,
     batch: usize,
     reuse_port: bool,
 ) -> io::Result<UdpSocket> {
-    UdpSocket::builder("echo-udp", addr)
+    let builder = match at {
+        UdpAt::Addr(addr) => UdpSocket::builder("echo-udp", addr),
+        UdpAt::Bound(socket) => UdpSocket::builder_on("echo-udp", socket)?,
+    };
+    builder
         .reuse_port(reuse_port)
         .batch(batch)
         .unbatched_receive(batch == 1)
@@ -375,4 +429,26 @@ fn report_stats(
         );
         last = (now, msgs, bytes_in, bytes_out);
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The port chosen for `--udp` on port 0 is held for UDP and free for TCP: the
+    /// server's TCP bind and the UDP echo both get it, whatever other sockets hold.
+    #[test]
+    fn a_port_for_udp_on_port_0_is_free_for_both() {
+        let any: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        for _ in 0..20 {
+            let (addr, udp) = port_free_for_tcp_and_udp(any).unwrap();
+            assert_ne!(addr.port(), 0);
+            assert_eq!(udp.local_addr().unwrap(), addr);
+            // Held: nobody else can bind it for UDP now.
+            let again = std::net::UdpSocket::bind(addr).unwrap_err();
+            assert_eq!(again.kind(), io::ErrorKind::AddrInUse);
+            // Free for TCP, as the server will bind it.
+            TcpListener::bind(addr).expect("the port is free for TCP");
+        }
+    }
 }

@@ -446,3 +446,23 @@ fn a_cross_thread_send_taken_by_the_loop_still_counts_against_the_limit() {
     wait_until("the gauge back to 0", || sock.stats().queued_bytes == 0);
     stop(io, sock);
 }
+
+/// `builder_on`: a socket bound by the caller (blocking, as std makes it) is served as it
+/// is, at its address, non-blocking; the buffer size asked for is applied to it.
+#[test]
+fn a_socket_bound_already_is_served_at_its_address() {
+    let bound = StdUdp::bind(localhost()).unwrap();
+    let addr = bound.local_addr().unwrap();
+    let builder = UdpSocket::builder_on("bound", bound)
+        .unwrap()
+        .recv_buffer_size(256 << 10);
+    let (io, sock) = start_on_thread("udp-bound", echoing(builder));
+    assert_eq!(sock.local_addr(), addr);
+    let c = client("127.0.0.1:0");
+    for i in 0..3u8 {
+        c.send_to(&[i; 100], addr).unwrap();
+        assert_eq!(recv(&c), vec![i; 100]);
+    }
+    wait_until("three echoed", || sock.stats().datagrams_out == 3);
+    stop(io, sock);
+}

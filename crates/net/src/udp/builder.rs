@@ -31,6 +31,8 @@ pub struct UdpBuilder {
     connect: Option<SocketAddr>,
     pool: BufPool,
     single_recv: bool,
+    /// A socket bound already ([`UdpSocket::builder_on`]): served instead of binding one.
+    bound: Option<Socket>,
 }
 
 impl std::fmt::Debug for UdpBuilder {
@@ -70,7 +72,16 @@ impl UdpBuilder {
             connect: None,
             pool: BufPool::global(),
             single_recv: false,
+            bound: None,
         }
+    }
+
+    /// Settings for a socket bound already, `socket`, at its address.
+    pub(super) fn on(name: &str, socket: std::net::UdpSocket) -> io::Result<UdpBuilder> {
+        let addr = socket.local_addr()?;
+        let mut builder = UdpBuilder::new(name, addr);
+        builder.bound = Some(Socket::from(OwnedFd::from(socket)));
+        Ok(builder)
     }
 
     /// The callback for each datagram received whole: the context (replies, the handle),
@@ -165,8 +176,11 @@ impl UdpBuilder {
     /// # Errors
     ///
     /// Creating, configuring, binding or connecting the socket.
-    pub fn start(self, lp: &LoopHandle) -> io::Result<UdpSocket> {
-        let socket = self.bind()?;
+    pub fn start(mut self, lp: &LoopHandle) -> io::Result<UdpSocket> {
+        let socket = match self.bound.take() {
+            Some(socket) => self.configure(socket)?,
+            None => self.bind()?,
+        };
         let local_addr = socket
             .local_addr()?
             .as_socket()
@@ -258,6 +272,39 @@ impl UdpBuilder {
                 .map_err(context("SO_SNDBUF"))?;
         }
         socket.bind(&self.addr.into()).map_err(context("bind"))?;
+        if let Some(peer) = self.connect {
+            socket.connect(&peer.into()).map_err(context("connect"))?;
+        }
+        Ok(socket)
+    }
+
+    /// Configures a socket bound already: non-blocking, close-on-exec, the buffer sizes,
+    /// and the connection (binding options such as `SO_REUSEPORT` were the binder's).
+    fn configure(&self, socket: Socket) -> io::Result<Socket> {
+        let context = |what: &'static str| {
+            let addr = self.addr;
+            move |e: io::Error| io::Error::new(e.kind(), format!("udp {addr}: {what}: {e}"))
+        };
+        if socket.r#type().map_err(context("SO_TYPE"))? != Type::DGRAM {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!("udp {}: not a datagram socket", self.addr),
+            ));
+        }
+        socket
+            .set_nonblocking(true)
+            .map_err(context("O_NONBLOCK"))?;
+        socket.set_cloexec(true).map_err(context("FD_CLOEXEC"))?;
+        if let Some(n) = self.recv_buffer {
+            socket
+                .set_recv_buffer_size(n)
+                .map_err(context("SO_RCVBUF"))?;
+        }
+        if let Some(n) = self.send_buffer {
+            socket
+                .set_send_buffer_size(n)
+                .map_err(context("SO_SNDBUF"))?;
+        }
         if let Some(peer) = self.connect {
             socket.connect(&peer.into()).map_err(context("connect"))?;
         }

@@ -53,6 +53,7 @@ mod stats;
 #[cfg(test)]
 mod tests;
 
+use std::io;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
@@ -160,6 +161,21 @@ impl UdpSocket {
     /// Settings for a socket named `name` (in logs) bound to `addr`.
     pub fn builder(name: &str, addr: SocketAddr) -> UdpBuilder {
         UdpBuilder::new(name, addr)
+    }
+
+    /// Settings for serving `socket`, a UDP socket bound already (inherited through socket
+    /// activation, or bound by the caller, for instance on a port chosen to be free for
+    /// TCP too). [`start`](UdpBuilder::start) makes it non-blocking and applies the
+    /// buffer sizes and [`connect`](UdpBuilder::connect); options that act at binding
+    /// ([`reuse_port`](UdpBuilder::reuse_port), [`only_v6`](UdpBuilder::only_v6)) were the
+    /// binder's and are ignored.
+    ///
+    /// # Errors
+    ///
+    /// The socket's address cannot be read (it is not bound, or not an IP socket);
+    /// `start` fails with `InvalidInput` if it is not a datagram socket.
+    pub fn builder_on(name: &str, socket: std::net::UdpSocket) -> io::Result<UdpBuilder> {
+        UdpBuilder::on(name, socket)
     }
 
     /// The socket's name.
