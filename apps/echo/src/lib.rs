@@ -8,4 +8,4 @@ mod server;
 pub mod supervise;
 
 pub use server::serve_on_unix;
-pub use server::{serve, serve_on, serve_worker, ServeConfig};
+pub use server::{port_free_for_tcp_and_udp, serve, serve_on, serve_worker, ServeConfig};

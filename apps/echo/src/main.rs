@@ -367,9 +367,18 @@ fn main() -> ExitCode {
 
 /// `serve --processes N`: binds (unless a socket was inherited) and supervises.
 fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -> ExitCode {
-    let Some(listen) = cfg.listen.as_inet() else {
+    let Some(mut listen) = cfg.listen.as_inet() else {
         return fail(USAGE, "echo: --processes needs a TCP --listen address");
     };
+    if cfg.udp && inherited.is_none() && listen.port() == 0 {
+        // Every worker binds the TCP listener's port for UDP (`SO_REUSEPORT`): choose one
+        // free for both. (The probe's UDP socket closes here, so that the workers' can
+        // bind; the port is taken again at once.)
+        match echo::port_free_for_tcp_and_udp(listen) {
+            Ok((addr, _probe)) => listen = addr,
+            Err(e) => return fail(1, &format!("echo: {e}")),
+        }
+    }
     let (listener, addr) = match duo_supervisor::inherited_or_bound(inherited, listen) {
         Ok(bound) => bound,
         Err(e) => return fail(1, &format!("echo: {e}")),

@@ -101,7 +101,14 @@ pub fn serve(cfg: &ServeConfig) -> io::Result<()> {
 /// A port of `addr`'s IP free for both protocols: a UDP socket bound to it (held, so the
 /// port stays ours for UDP) and its address, where a TCP listener could bind too (checked
 /// by binding one, which is closed again for the server to bind).
-fn port_free_for_tcp_and_udp(addr: SocketAddr) -> io::Result<(SocketAddr, std::net::UdpSocket)> {
+///
+/// # Errors
+///
+/// Binding fails for another reason than the port being in use, or 64 ports in a row
+/// were taken for TCP.
+pub fn port_free_for_tcp_and_udp(
+    addr: SocketAddr,
+) -> io::Result<(SocketAddr, std::net::UdpSocket)> {
     const TRIES: usize = 64;
     for _ in 0..TRIES {
         let udp = std::net::UdpSocket::bind(addr)
