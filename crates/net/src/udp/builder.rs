@@ -243,49 +243,34 @@ impl UdpBuilder {
 
     /// Creates, configures and binds (and connects) the socket.
     fn bind(&self) -> io::Result<Socket> {
-        let context = |what: &'static str| {
-            let addr = self.addr;
-            move |e: io::Error| io::Error::new(e.kind(), format!("udp {addr}: {what}: {e}"))
-        };
         let socket = Socket::new(
             Domain::for_address(self.addr),
             Type::DGRAM.nonblocking().cloexec(),
             Some(Protocol::UDP),
         )
-        .map_err(context("socket"))?;
+        .map_err(self.context("socket"))?;
         if let (Some(v6), true) = (self.only_v6, self.addr.is_ipv6()) {
-            socket.set_only_v6(v6).map_err(context("IPV6_V6ONLY"))?;
+            socket
+                .set_only_v6(v6)
+                .map_err(self.context("IPV6_V6ONLY"))?;
         }
         if self.reuse_port {
             socket
                 .set_reuse_port(true)
-                .map_err(context("SO_REUSEPORT"))?;
+                .map_err(self.context("SO_REUSEPORT"))?;
         }
-        if let Some(n) = self.recv_buffer {
-            socket
-                .set_recv_buffer_size(n)
-                .map_err(context("SO_RCVBUF"))?;
-        }
-        if let Some(n) = self.send_buffer {
-            socket
-                .set_send_buffer_size(n)
-                .map_err(context("SO_SNDBUF"))?;
-        }
-        socket.bind(&self.addr.into()).map_err(context("bind"))?;
-        if let Some(peer) = self.connect {
-            socket.connect(&peer.into()).map_err(context("connect"))?;
-        }
+        self.set_buffers(&socket)?;
+        socket
+            .bind(&self.addr.into())
+            .map_err(self.context("bind"))?;
+        self.connect_peer(&socket)?;
         Ok(socket)
     }
 
     /// Configures a socket bound already: non-blocking, close-on-exec, the buffer sizes,
     /// and the connection (binding options such as `SO_REUSEPORT` were the binder's).
     fn configure(&self, socket: Socket) -> io::Result<Socket> {
-        let context = |what: &'static str| {
-            let addr = self.addr;
-            move |e: io::Error| io::Error::new(e.kind(), format!("udp {addr}: {what}: {e}"))
-        };
-        if socket.r#type().map_err(context("SO_TYPE"))? != Type::DGRAM {
+        if socket.r#type().map_err(self.context("SO_TYPE"))? != Type::DGRAM {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 format!("udp {}: not a datagram socket", self.addr),
@@ -293,21 +278,43 @@ impl UdpBuilder {
         }
         socket
             .set_nonblocking(true)
-            .map_err(context("O_NONBLOCK"))?;
-        socket.set_cloexec(true).map_err(context("FD_CLOEXEC"))?;
+            .map_err(self.context("O_NONBLOCK"))?;
+        socket
+            .set_cloexec(true)
+            .map_err(self.context("FD_CLOEXEC"))?;
+        self.set_buffers(&socket)?;
+        self.connect_peer(&socket)?;
+        Ok(socket)
+    }
+
+    /// The buffer sizes asked for.
+    fn set_buffers(&self, socket: &Socket) -> io::Result<()> {
         if let Some(n) = self.recv_buffer {
             socket
                 .set_recv_buffer_size(n)
-                .map_err(context("SO_RCVBUF"))?;
+                .map_err(self.context("SO_RCVBUF"))?;
         }
         if let Some(n) = self.send_buffer {
             socket
                 .set_send_buffer_size(n)
-                .map_err(context("SO_SNDBUF"))?;
+                .map_err(self.context("SO_SNDBUF"))?;
         }
-        if let Some(peer) = self.connect {
-            socket.connect(&peer.into()).map_err(context("connect"))?;
+        Ok(())
+    }
+
+    /// Connects to the peer asked for, if any.
+    fn connect_peer(&self, socket: &Socket) -> io::Result<()> {
+        match self.connect {
+            Some(peer) => socket
+                .connect(&peer.into())
+                .map_err(self.context("connect")),
+            None => Ok(()),
         }
-        Ok(socket)
+    }
+
+    /// An error of step `what` on this socket, naming its address.
+    fn context(&self, what: &'static str) -> impl FnOnce(io::Error) -> io::Error {
+        let addr = self.addr;
+        move |e: io::Error| io::Error::new(e.kind(), format!("udp {addr}: {what}: {e}"))
     }
 }
