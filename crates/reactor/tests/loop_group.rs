@@ -115,13 +115,7 @@ fn a_loop_blocked_in_a_callback_strands_only_its_own_work() {
         }
     }
     // A timer on another loop fires too.
-    let (fired_tx, fired_rx) = mpsc::channel();
-    group.handles()[3]
-        .run_after(Duration::from_millis(5), move |_| {
-            let _ = fired_tx.send(());
-        })
-        .unwrap();
-    fired_rx.recv_timeout(LIMIT).expect("timer fired");
+    timer_fires(&group.handles()[3], Duration::from_millis(5));
     release_tx.send(()).unwrap();
     assert_eq!(on_loop(&group.handles()[0], |_| 7), 7);
     group.stop().unwrap();
@@ -361,12 +355,18 @@ fn busy_polling_threads_serve_as_sleeping_ones_do() {
         }
     }
     // A timer, with nothing else to wake a thread when it is due.
-    let (tx, rx) = mpsc::channel();
-    group.handles()[2]
-        .run_after(Duration::from_millis(20), move |_| {
-            let _ = tx.send(());
+    timer_fires(&group.handles()[2], Duration::from_millis(20));
+    group.stop().unwrap();
+}
+
+/// Sets a timer on the loop of `handle`, due after `delay`, and waits (up to `LIMIT`) for
+/// it to fire.
+fn timer_fires(handle: &LoopHandle, delay: Duration) {
+    let (fired_tx, fired_rx) = mpsc::channel();
+    handle
+        .run_after(delay, move |_| {
+            let _ = fired_tx.send(());
         })
         .unwrap();
-    rx.recv_timeout(LIMIT).expect("the timer fired");
-    group.stop().unwrap();
+    fired_rx.recv_timeout(LIMIT).expect("the timer fired");
 }
