@@ -24,6 +24,10 @@ pub mod defaults {
     pub const RETRY_INITIAL: Duration = Duration::from_millis(500);
     /// A client's retry delay doubles after each failure up to this: 30 s.
     pub const RETRY_MAX: Duration = Duration::from_secs(30);
+    /// Longest a graceful close that found unread input waits for the peer's end of
+    /// stream, reading and dropping what it sends, before it closes anyway: 5 s (see
+    /// `close_linger` on the builders).
+    pub const CLOSE_LINGER: Duration = Duration::from_secs(5);
 }
 
 /// What a connection does when its output buffer crosses the high-water mark
@@ -93,6 +97,8 @@ pub(crate) struct ConnConfig {
     pub(crate) idle_refresh_on_read: bool,
     /// Where the connection's input and output blocks come from.
     pub(crate) pool: BufPool,
+    /// Bound of a lingering close (`conn/linger.rs`); zero: no lingering.
+    pub(crate) close_linger: std::time::Duration,
 }
 
 impl Default for ConnConfig {
@@ -108,6 +114,7 @@ impl Default for ConnConfig {
             tcp_nodelay: false,
             idle_refresh_on_read: true,
             pool: BufPool::global(),
+            close_linger: defaults::CLOSE_LINGER,
         }
     }
 }
@@ -185,6 +192,21 @@ macro_rules! conn_config_setters {
         /// others go on. A server's trim timer trims this pool.
         pub fn buffer_pool(mut self, pool: duo_buffer::BufPool) -> Self {
             self.conn.pool = pool;
+            self
+        }
+        /// How long a graceful close may linger (default
+        /// [`defaults::CLOSE_LINGER`](crate::defaults::CLOSE_LINGER)). Closing a socket
+        /// with unread input makes the kernel reset the connection and drop the output
+        /// it still holds, so a close after the output is written
+        /// ([`close_after_flush`](crate::ConnCtx::close_after_flush), the end of a
+        /// graceful shutdown) that finds input nobody read half-closes instead, reads
+        /// and drops what the peer sends until its end of stream, and closes then, or
+        /// after `linger` at the latest. A close that finds no unread input closes at
+        /// once, as does [`force_close`](crate::ConnCtx::force_close) always.
+        /// `Duration::ZERO` closes at once in every case (a reset may then cut the last
+        /// output short).
+        pub fn close_linger(mut self, linger: std::time::Duration) -> Self {
+            self.conn.close_linger = linger;
             self
         }
     };

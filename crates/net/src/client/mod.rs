@@ -383,6 +383,13 @@ impl TcpClient {
             st.wanted = false;
             st.draining = drain;
             st.ending = true;
+            if let (false, Phase::Connected(c)) = (drain, &st.phase) {
+                // The close below is queued (it runs after the loop's current batch of
+                // events): paused now, the connection starts no message callback after
+                // `stop` returned, even one whose input is ready in that batch. What it
+                // holds is dropped by the close.
+                c.set_read_paused(true);
+            }
         }
         let inner = self.inner.clone();
         let _ = self.inner.lp.queue_in_loop(move |lp| {

@@ -76,7 +76,11 @@ impl<'a> ConnCtx<'a> {
     /// Stops reading and closes as soon as the output buffer is written: for ending a
     /// connection after a final reply (an error to a hostile peer, say) without losing
     /// the replies before it, and without waiting for the peer as
-    /// [`shutdown`](ConnCtx::shutdown) does.
+    /// [`shutdown`](ConnCtx::shutdown) does. If the peer has sent input that was not
+    /// read, closing would make the kernel reset the connection and drop the reply's
+    /// unsent tail: then the connection half-closes instead and reads and drops the
+    /// peer's input until its end of stream (at most
+    /// [`close_linger`](crate::ServerBuilder::close_linger)) before it closes.
     pub fn close_after_flush(&mut self) {
         self.m
             .close_after_flush(self.lp, self.ch, CloseReason::User);

@@ -40,13 +40,31 @@ impl ServerConnections {
     /// the function, and miss it (order *across* senders, or relative to a connection's
     /// arrival, is not promised). A panic in `f` closes that connection only.
     pub fn for_each(&self, f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static) {
-        let f: Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync> = Arc::new(f);
+        self.visit("function run on every connection", false, Arc::new(f));
+    }
+
+    /// As [`for_each`](ServerConnections::for_each), but also on the connections still
+    /// in their TLS handshake, which no callback has seen: for the server's graceful
+    /// shutdown and its deadline, which must end those too.
+    pub(crate) fn for_each_with_pending(
+        &self,
+        what: &'static str,
+        f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static,
+    ) {
+        self.visit(what, true, Arc::new(f));
+    }
+
+    fn visit(
+        &self,
+        what: &'static str,
+        pending: bool,
+        f: Arc<dyn Fn(&mut ConnCtx<'_>) + Send + Sync>,
+    ) {
         let id = self.link.id;
         for lp in &self.link.loops {
             let f = f.clone();
-            let _ = lp.queue_in_loop(move |lp| {
-                LoopConn::for_each_of_server(lp, id, "function run on every connection", &*f)
-            });
+            let _ = lp
+                .queue_in_loop(move |lp| LoopConn::for_each_of_server(lp, id, what, pending, &*f));
         }
     }
 

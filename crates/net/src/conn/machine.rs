@@ -9,13 +9,16 @@
 //!   it and have it take effect at once.)
 //! - [`WriteSide`]: `Open` → `Draining { then }` (after [`ConnCtx::shutdown`] or
 //!   [`ConnCtx::close_after_flush`], until the output is written) → `Shut` (half-closed)
-//!   or closed; or `Gone` once the peer cannot receive any more (hang-up, reset, failed
-//!   write), its queued output dropped.
+//!   or closed, or `Lingering` (closing, half-closed, dropping input the peer still sends:
+//!   `linger.rs`); or `Gone` once the peer cannot receive any more (hang-up, reset,
+//!   failed write), its queued output dropped.
 //!
 //! Every close goes through [`Machine::close`] with a [`CloseReason`]; the other
 //! transitions only decide *when*. `docs/architecture.md` draws the diagram. (The one
 //! exception: [`TcpServer::stop`](crate::TcpServer::stop) drops the connections still
-//! open on its I/O loops together with those loops, without callbacks.)
+//! open on its I/O loops together with those loops, without callbacks; so does a client's
+//! loop that ends. Such a connection is still marked closed, counted and forgotten by its
+//! owner, with reason `Shutdown`: `impl Drop for LoopConn`.)
 //!
 //! # Reading and writing
 //!
@@ -39,7 +42,7 @@ use std::io;
 use std::sync::Arc;
 
 use duo_buffer::{InputBuffer, OutputBuffer};
-use duo_reactor::{Channel, EventLoop, Handler, Interest, Token};
+use duo_reactor::{Channel, EventLoop, Handler, Interest, TimerId, Token};
 
 use super::callbacks::Callbacks;
 use super::ctx::ConnCtx;
@@ -110,6 +113,14 @@ pub(crate) enum WriteSide {
     /// queued was dropped. `error` is the socket error, reported as the close reason once
     /// the peer's last bytes have been read.
     Gone { error: Option<io::ErrorKind> },
+    /// A graceful close found input nobody will read: the output is written and we
+    /// half-closed; what the peer still sends is read and dropped until its end of stream
+    /// (or `timer`, the `close_linger` bound), then the connection closes with `reason`.
+    /// See [`Machine::close_gracefully`].
+    Lingering {
+        reason: CloseReason,
+        timer: Option<TimerId>,
+    },
 }
 
 /// The handler registered with the connection's loop.
@@ -269,22 +280,50 @@ impl LoopConn {
         });
     }
 
-    /// Runs `f` on each open connection of `server` on this loop. The loop's channels are
+    /// Runs `f` on each open connection of `server` on this loop: those the application
+    /// has seen, and with `pending` also those still in their TLS handshake (for the
+    /// server's own shutdown and stop, which must end them too). The loop's channels are
     /// visited (no per-connection bookkeeping: an idle connection costs nothing more, and
     /// opening or closing one costs no set insertion or removal).
     pub(crate) fn for_each_of_server(
         lp: &mut EventLoop,
         server: u64,
         what: &str,
+        pending: bool,
         f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
     ) {
         for token in lp.channel_tokens() {
             lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
                 let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
-                if ours && !conn.m.closed() && conn.m.is_up() {
+                if ours && !conn.m.closed() && (pending || conn.m.is_up()) {
                     conn.m.run_guarded(lp, ch, what, f);
                 }
             });
+        }
+    }
+}
+
+/// A connection dropped still open, with its loop (a client's loop that ended, the I/O
+/// loops `TcpServer::stop` drops): no callback can run any more, but the handle must say
+/// closed (`is_closed`, whoever waits on it), the close must be counted, and the owner
+/// must forget it (a server's open count, a client's current connection), as for any
+/// close: reason [`CloseReason::Shutdown`].
+impl Drop for LoopConn {
+    fn drop(&mut self) {
+        let m = &mut self.m;
+        if m.closed() {
+            return;
+        }
+        let reason = CloseReason::Shutdown;
+        m.handle.mark_closed(reason);
+        m.owner.counters.add_close(reason);
+        m.owner.counters.unqueued(m.output.len());
+        if m.read == ReadSide::Backpressured {
+            m.owner.counters.backpressure(false);
+        }
+        log::debug!("{}: dropped with its loop", m.handle.name());
+        if let Some(hook) = &m.owner.on_close {
+            hook(&m.handle);
         }
     }
 }
@@ -451,8 +490,12 @@ impl Machine {
         self.handle.is_reading_stopped()
     }
 
-    /// Whether the connection should be reading now.
+    /// Whether the connection should be reading now (while lingering it reads to drop
+    /// the input, whatever the application's pause).
     pub(super) fn wants_reading(&self) -> bool {
+        if matches!(self.write, WriteSide::Lingering { .. }) {
+            return !self.closed();
+        }
         matches!(self.read, ReadSide::Open | ReadSide::Parked)
             && !self.user_paused()
             && !matches!(self.write, WriteSide::Draining(AfterDrain::Close(_)))
@@ -503,7 +546,9 @@ impl Machine {
             self.owner.counters.unqueued(unsent);
         }
         ch.disable_writing();
-        if let WriteSide::Draining(AfterDrain::Close(reason)) = before {
+        if let WriteSide::Draining(AfterDrain::Close(reason))
+        | WriteSide::Lingering { reason, .. } = before
+        {
             self.close(lp, ch, error.map_or(reason, CloseReason::Error));
             return;
         }
@@ -569,7 +614,7 @@ impl Machine {
         ch: &mut Channel,
         reason: CloseReason,
     ) {
-        if self.closed() {
+        if self.closed() || matches!(self.write, WriteSide::Lingering { .. }) {
             return;
         }
         ch.disable_reading();
@@ -590,8 +635,10 @@ impl Machine {
             if self.handle.state() == ConnState::Connected {
                 self.handle.set_state(ConnState::Disconnecting);
             }
-        } else {
+        } else if matches!(self.write, WriteSide::Gone { .. }) {
             self.close(lp, ch, reason);
+        } else {
+            self.close_gracefully(lp, ch, reason);
         }
     }
 
@@ -599,7 +646,7 @@ impl Machine {
     /// too), or close.
     pub(super) fn drained(&mut self, lp: &mut EventLoop, ch: &mut Channel, then: AfterDrain) {
         match then {
-            AfterDrain::Close(reason) => self.close(lp, ch, reason),
+            AfterDrain::Close(reason) => self.close_gracefully(lp, ch, reason),
             // Nothing more can come from the peer either: both directions are done.
             AfterDrain::HalfClose if self.read == ReadSide::Eof => {
                 let reason = self.peer_reason();
@@ -649,6 +696,12 @@ impl Machine {
             return;
         }
         self.handle.mark_closed(reason);
+        if let WriteSide::Lingering {
+            timer: Some(timer), ..
+        } = self.write
+        {
+            lp.cancel(timer);
+        }
         ch.disable_all();
         ch.remove();
         let token = ch.token();

@@ -33,6 +33,7 @@ pub(crate) mod callbacks;
 pub(crate) mod ctx;
 pub(crate) mod group;
 pub(crate) mod handle;
+mod linger;
 pub(crate) mod machine;
 mod reading;
 #[cfg(test)]

@@ -20,6 +20,11 @@ impl LoopConn {
     /// (the peer's FIN may have come with the data, or this is a continuation run outside
     /// an event), so read on until `EAGAIN` or end of stream.
     pub(super) fn read_ready(&mut self, lp: &mut EventLoop, ch: &mut Channel, until_eagain: bool) {
+        if matches!(self.m.write, WriteSide::Lingering { .. }) {
+            // Closing: what comes now is dropped (see `linger.rs`), TLS records included.
+            self.m.linger_read(lp, ch);
+            return;
+        }
         #[cfg(feature = "tls")]
         if self.m.tls.is_some() {
             return self.tls_read_ready(lp, ch, until_eagain);

@@ -556,13 +556,38 @@ fn close_after_flush_stops_reading_delivers_the_output_then_closes_with_user() {
         "the peer got {} of {BIG} bytes",
         got.len()
     );
-    // Our close with "ignored" unread makes the kernel report a reset after the data.
-    assert!(
-        matches!(end, End::Eof | End::Error(io::ErrorKind::ConnectionReset)),
-        "{end:?}"
-    );
+    // "ignored" was never read: closing then would reset the connection, so the
+    // connection half-closed (our end of stream after the data) and lingers, dropping
+    // input, until the peer's end of stream.
+    assert_eq!(end, End::Eof);
+    assert!(matches!(
+        c.write_side(&mut lp),
+        WriteSide::Lingering {
+            reason: CloseReason::User,
+            ..
+        }
+    ));
+    assert_eq!(c.handle.state(), ConnState::Disconnecting);
+    peer.write_all(b"dropped too").unwrap();
+    drop(peer);
+    run_until(&mut lp, "the close at the peer's end of stream", |_| {
+        c.handle.is_closed()
+    });
     assert!(log.messages().is_empty());
     c.assert_closed(&log, CloseReason::User);
+}
+
+#[test]
+fn close_after_flush_with_nothing_unread_closes_at_once() {
+    let (mut lp, log, c, mut peer) = setup(ConnConfig::default(), as_recorded);
+    send_big(&mut lp, &c);
+    c.ctx(&mut lp, |ctx| ctx.close_after_flush());
+    let (got, end) = peer_read_to_end(&mut lp, &mut peer);
+    assert!(got == pattern(BIG));
+    assert_eq!(end, End::Eof);
+    // The peer still holds its socket open: the close did not wait for it.
+    c.assert_closed(&log, CloseReason::User);
+    drop(peer);
 }
 
 #[test]

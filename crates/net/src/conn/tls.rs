@@ -33,7 +33,8 @@
 //! - **Ending.** `shutdown` and `close_after_flush` queue `close_notify` after the
 //!   ciphertext of what was sent before. The peer's `close_notify` is its end of stream
 //!   (the half-close callback, as for TCP). A TCP end of stream without `close_notify`
-//!   closes with [`TlsFailure::Truncated`] once the output is written; a protocol error
+//!   closes with [`TlsFailure::Truncated`] once the output is written (with the socket
+//!   error instead, such as a reset, when one was seen first); a protocol error
 //!   sends rustls' alert (best effort) and closes with [`TlsFailure::Protocol`].
 //!
 //! Statistics count bytes on the wire (ciphertext), as for plain TCP.
@@ -734,7 +735,12 @@ impl LoopConn {
         );
         self.m.set_read(ReadSide::Eof);
         ch.disable_reading();
-        let reason = CloseReason::Tls(TlsFailure::Truncated);
+        // A reset seen first by a write or by `SO_ERROR` (the peer is gone with an
+        // error) is the reason, as on plain TCP; a bare end of stream is a truncation.
+        let reason = self
+            .m
+            .gone_error()
+            .map_or(CloseReason::Tls(TlsFailure::Truncated), CloseReason::Error);
         if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {
             self.m.close(lp, ch, reason);
         } else {

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -302,6 +302,7 @@ impl ServerBuilder {
                 .map(|h| Arc::new(IoCounters::named(h.name())))
                 .collect(),
             acceptors: Mutex::new(Vec::new()),
+            removals_pending: AtomicUsize::new(0),
             pause_at: self
                 .max_connections
                 .filter(|_| self.when_full == WhenFull::Pause)

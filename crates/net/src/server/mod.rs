@@ -52,7 +52,7 @@ mod unix;
 use std::fmt;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -96,6 +96,10 @@ struct ServerShared {
     io: Vec<Arc<IoCounters>>,
     /// The listening channels: one on the main loop, or one per I/O loop.
     acceptors: Mutex<Vec<(LoopHandle, Token)>>,
+    /// Removals of listening channels queued to their loops and not yet run: until they
+    /// have, a loop may still accept (and count) a connection, so a graceful shutdown
+    /// does not count the server empty (see [`stop_accepting`]).
+    removals_pending: AtomicUsize,
     /// `max_connections` under [`WhenFull::Pause`]: acceptors pause at this many open
     /// connections, and the close that makes room resumes them.
     pause_at: Option<u64>,
@@ -187,9 +191,12 @@ fn resume_accepting(shared: &ServerShared) {
     }
 }
 
-/// Runs the shutdown continuations if no connection is open (on the main loop).
+/// Runs the shutdown continuations if no connection is open and no loop can accept one
+/// any more (on the main loop).
 fn run_when_empty(lp: &mut EventLoop, shared: &ServerShared) {
-    if shared.counters.active.load(Ordering::Acquire) != 0 {
+    if shared.removals_pending.load(Ordering::Acquire) != 0
+        || shared.counters.active.load(Ordering::Acquire) != 0
+    {
         return;
     }
     let done = std::mem::take(&mut *shared.on_empty.lock());
@@ -431,7 +438,7 @@ fn stop_on_main(lp: &mut EventLoop, shared: &Arc<ServerShared>) {
     }
     // Connections the main loop serves itself (no I/O threads); the I/O threads' ones go
     // with their loops.
-    LoopConn::for_each_of_server(lp, id, "server stop", &|ctx| {
+    LoopConn::for_each_of_server(lp, id, "server stop", true, &|ctx| {
         ctx.close(CloseReason::Shutdown)
     });
 }
@@ -458,6 +465,10 @@ fn stats(shared: &ServerShared) -> ServerStats {
 /// the events of an iteration before it runs its queued functions, so a wake-up that
 /// picked this loop is accepted before the removal runs, and a connection that arrives
 /// after it wakes a loop still registered.
+///
+/// A loop busy elsewhere may accept (and count) connections until its removal runs, after
+/// this returns: `removals_pending` counts the removals not yet run, and the last one to
+/// run lets a graceful shutdown check again whether the server is empty.
 fn stop_accepting(shared: &Arc<ServerShared>, current: Option<&mut EventLoop>) {
     shared.stopping.store(true, Ordering::SeqCst);
     // New connections would wait for nobody: the path goes now.
@@ -470,10 +481,37 @@ fn stop_accepting(shared: &Arc<ServerShared>, current: Option<&mut EventLoop>) {
                 lp.remove_channel(token);
             }
             _ => {
+                let pending = RemovalPending::new(shared);
+                // Dropped unrun if the loop is gone (its listener went with it): counted
+                // done either way.
                 let _ = h.queue_in_loop(move |lp| {
                     lp.remove_channel(token);
+                    drop(pending);
                 });
             }
+        }
+    }
+}
+
+/// A listener removal queued by [`stop_accepting`], counted in `removals_pending` until
+/// it has run (or was dropped unrun): after the last one, a graceful shutdown under way
+/// checks whether the server is empty.
+struct RemovalPending(Arc<ServerShared>);
+
+impl RemovalPending {
+    fn new(shared: &Arc<ServerShared>) -> RemovalPending {
+        shared.removals_pending.fetch_add(1, Ordering::SeqCst);
+        RemovalPending(shared.clone())
+    }
+}
+
+impl Drop for RemovalPending {
+    fn drop(&mut self) {
+        let shared = &self.0;
+        let left = shared.removals_pending.fetch_sub(1, Ordering::SeqCst) - 1;
+        if left == 0 && shared.shutdown_begun.load(Ordering::Acquire) {
+            let s = shared.clone();
+            let _ = shared.main.queue_in_loop(move |lp| run_when_empty(lp, &s));
         }
     }
 }
@@ -493,12 +531,15 @@ fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
         s.on_empty.lock().push(then);
         if first {
             let open = s.counters.active.load(Ordering::Acquire);
+            // A loop whose listener is still registered may yet accept connections,
+            // which the visit below (queued to it after the removal) reaches.
+            let accepting = s.removals_pending.load(Ordering::Acquire);
             log::info!("server {}: shutting down, {open} connections open", s.name);
             let conns = ServerConnections::new(s.link.clone());
-            conns.for_each(|ctx| ctx.begin_shutdown());
-            if open > 0 {
+            conns.for_each_with_pending("graceful shutdown", |ctx| ctx.begin_shutdown());
+            if open > 0 || accepting > 0 {
                 lp.run_after(grace, move |_| {
-                    conns.for_each(|ctx| {
+                    conns.for_each_with_pending("shutdown deadline", |ctx| {
                         duo_reactor::log_limited!(
                             log::Level::Info,
                             "{}: still open at the shutdown deadline; closing",
