@@ -201,7 +201,8 @@ macro_rules! conn_config_setters {
         /// ([`close_after_flush`](crate::ConnCtx::close_after_flush), the end of a
         /// graceful shutdown) that finds input nobody read half-closes instead, reads
         /// and drops what the peer sends until its end of stream, and closes then, or
-        /// after `linger` at the latest. A close that finds no unread input closes at
+        /// after `linger` (extended by another `linger` each time the peer has taken
+        /// some of the output meanwhile). A close that finds no unread input closes at
         /// once, as does [`force_close`](crate::ConnCtx::force_close) always.
         /// `Duration::ZERO` closes at once in every case (a reset may then cut the last
         /// output short).

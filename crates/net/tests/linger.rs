@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_net::{CloseReason, TcpServer};
+use duo_net::{CloseReason, ServerBuilder, TcpConnection, TcpServer};
 use duo_testkit::{random_bytes, LIMIT};
 use util::{localhost, TestServer};
 
@@ -20,29 +20,75 @@ use util::{localhost, TestServer};
 /// closes.
 const REPLY: usize = 4 << 20;
 
-/// A server that answers the first bytes of each connection with `reply` and
-/// `close_after_flush`, never reading more; reports each close reason.
-fn serve(
+/// What the tests see of a server: its closes (with their reasons) and its connections.
+struct Seen {
+    closes: mpsc::Receiver<CloseReason>,
+    conns: mpsc::Receiver<TcpConnection>,
+}
+
+/// A server that stops reading at a connection's first bytes, answers `+` and hands the
+/// connection to the test, which then sends the last reply and asks for
+/// `close_after_flush` through the handle. Bytes the peer sends after the `+` are never
+/// read: they are in the server's receive queue when it closes.
+fn serve(linger: Duration) -> (TestServer, Seen) {
+    serve_with(linger, |b| b)
+}
+
+/// [`serve`], with more settings made by `tweak`.
+fn serve_with(
     linger: Duration,
-    reply: Arc<Vec<u8>>,
-) -> (TestServer, mpsc::Receiver<(CloseReason, Instant)>) {
-    let (tx, rx) = mpsc::channel();
-    let tx = Mutex::new(tx);
+    tweak: impl FnOnce(ServerBuilder) -> ServerBuilder + Send + 'static,
+) -> (TestServer, Seen) {
+    let (close_tx, closes) = mpsc::channel();
+    let (conn_tx, conns) = mpsc::channel();
+    let (close_tx, conn_tx) = (Mutex::new(close_tx), Mutex::new(conn_tx));
     let server = TestServer::start(move || {
-        TcpServer::builder("linger", localhost())
+        tweak(TcpServer::builder("linger", localhost()))
             .io_threads(1)
             .close_linger(linger)
             .on_message(move |ctx, input| {
                 input.consume_all();
-                ctx.send(&reply[..]);
-                ctx.close_after_flush();
+                ctx.stop_reading();
+                ctx.send(b"+");
+                let _ = conn_tx.lock().unwrap().send(ctx.connection().clone());
             })
             .on_close(move |conn| {
                 let reason = conn.close_reason().expect("closed");
-                let _ = tx.lock().unwrap().send((reason, Instant::now()));
+                let _ = close_tx.lock().unwrap().send(reason);
             })
     });
-    (server, rx)
+    (server, Seen { closes, conns })
+}
+
+/// Connects (with a small receive buffer when `small_window`, so that most of a large
+/// reply waits on the server's side), sends a request, waits for the `+`, then sends
+/// 100 000 bytes the server will never read. Returns the stream and the server's handle
+/// of the connection.
+fn client_with_unread_input(
+    server: &TestServer,
+    seen: &Seen,
+    small_window: bool,
+) -> (TcpStream, TcpConnection) {
+    let sock = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    if small_window {
+        sock.set_recv_buffer_size(64 << 10).unwrap();
+    }
+    sock.connect(&server.addr().into()).unwrap();
+    let mut c: TcpStream = sock.into();
+    c.set_read_timeout(Some(LIMIT)).unwrap();
+    c.write_all(b"request").unwrap();
+    let mut plus = [0u8; 1];
+    c.read_exact(&mut plus).unwrap();
+    assert_eq!(&plus, b"+");
+    let conn = seen.conns.recv_timeout(LIMIT).expect("the connection");
+    c.write_all(&vec![b'r'; 100_000]).unwrap();
+    (c, conn)
+}
+
+/// The server sends `reply` and closes after it, from the test's thread.
+fn reply_and_close(conn: &TcpConnection, reply: &[u8]) {
+    conn.send(reply.to_vec()).unwrap();
+    conn.close_after_flush().unwrap();
 }
 
 /// Reads until end of stream (or an error), with a deadline.
@@ -62,17 +108,14 @@ fn read_all(s: &mut TcpStream) -> (Vec<u8>, Option<ErrorKind>) {
 
 /// A peer that keeps sending after its request and never closes gets the whole reply
 /// and the end of stream; the server closes it at the linger bound, for the reason the
-/// application asked (`User`), not later.
+/// application asked (`User`).
 #[test]
 fn a_peer_that_never_stops_sending_gets_the_whole_reply_and_is_cut_off_at_the_bound() {
-    let reply = Arc::new(random_bytes(7, REPLY));
-    // The bound counts from the output's hand-over to the kernel: long enough for this
-    // peer to read the rest of the reply on a loaded machine (else the close at the bound
-    // resets it, as documented).
-    let linger = Duration::from_secs(3);
-    let (server, closes) = serve(linger, reply.clone());
-    let mut c = TcpStream::connect(server.addr()).unwrap();
-    c.write_all(b"request").unwrap();
+    let reply = random_bytes(7, REPLY);
+    // The bound counts from the output's hand-over to the kernel and is extended while
+    // the peer takes the output; 1 s is far shorter than the 10 s this test allows.
+    let (server, seen) = serve(Duration::from_secs(1));
+    let (mut c, conn) = client_with_unread_input(&server, &seen, false);
     // Keep sending from another thread, as a pipelining or uploading peer does, until
     // the server is gone.
     let stop = Arc::new(AtomicBool::new(false));
@@ -93,16 +136,18 @@ fn a_peer_that_never_stops_sending_gets_the_whole_reply_and_is_cut_off_at_the_bo
             }
         })
     };
+    reply_and_close(&conn, &reply);
     let (got, error) = read_all(&mut c);
+    assert_eq!(got.len(), REPLY, "the reply cut short (then {error:?})");
+    assert!(got == reply, "the reply corrupted");
     assert_eq!(
         error, None,
         "the reply must end with the end of stream, not an error"
     );
-    assert_eq!(got.len(), REPLY, "the reply cut short");
-    assert!(got == *reply, "the reply corrupted");
     // Still sending and still open: the server closes at the bound.
-    let (reason, _) = closes
-        .recv_timeout(linger + LIMIT)
+    let reason = seen
+        .closes
+        .recv_timeout(LIMIT)
         .expect("closed at the bound");
     assert_eq!(reason, CloseReason::User);
     stop.store(true, Ordering::Relaxed);
@@ -114,19 +159,22 @@ fn a_peer_that_never_stops_sending_gets_the_whole_reply_and_is_cut_off_at_the_bo
 /// close comes with its end of stream, long before a bound of a minute.
 #[test]
 fn the_peers_end_of_stream_ends_the_linger() {
-    let reply = Arc::new(random_bytes(8, REPLY));
-    let (server, closes) = serve(Duration::from_secs(60), reply.clone());
-    let mut c = TcpStream::connect(server.addr()).unwrap();
-    // More than the request: the rest stays unread on the server.
-    c.write_all(&vec![b'r'; 100_000]).unwrap();
+    let reply = random_bytes(8, REPLY);
+    let (server, seen) = serve(Duration::from_secs(60));
+    let (mut c, conn) = client_with_unread_input(&server, &seen, false);
+    reply_and_close(&conn, &reply);
     let (got, error) = read_all(&mut c);
     assert_eq!((got.len(), error), (REPLY, None));
+    assert!(
+        conn.is_connected() || !conn.is_closed(),
+        "closed before the peer ended"
+    );
     drop(c);
-    let (reason, _) = closes
+    let reason = seen
+        .closes
         .recv_timeout(LIMIT)
         .expect("closed with the end of stream");
     assert_eq!(reason, CloseReason::User);
-    assert_eq!(server.stats().active, 0);
     server.stop();
 }
 
@@ -134,11 +182,66 @@ fn the_peers_end_of_stream_ends_the_linger() {
 /// while the peer, which keeps its socket open, has not closed anything.
 #[test]
 fn a_zero_linger_closes_at_once() {
-    let reply = Arc::new(random_bytes(9, 1024));
-    let (server, closes) = serve(Duration::ZERO, reply);
-    let mut c = TcpStream::connect(server.addr()).unwrap();
-    c.write_all(&vec![b'r'; 100_000]).unwrap();
-    let (reason, _) = closes.recv_timeout(LIMIT).expect("closed without the peer");
+    let (server, seen) = serve(Duration::ZERO);
+    let (c, conn) = client_with_unread_input(&server, &seen, false);
+    reply_and_close(&conn, b"bye");
+    let reason = seen
+        .closes
+        .recv_timeout(LIMIT)
+        .expect("closed without the peer");
+    assert_eq!(reason, CloseReason::User);
+    drop(c);
+    server.stop();
+}
+
+/// A slow reader of a large last reply that keeps sending while it reads: the bound
+/// (much shorter than the reading) is extended while the reader takes the reply, so the
+/// server does not close (and the input arriving then does not reset the connection)
+/// before the reply is through.
+#[test]
+fn a_slow_reader_is_not_cut_off_while_it_takes_the_reply() {
+    let reply = random_bytes(10, REPLY);
+    let (server, seen) = serve(Duration::from_secs(1));
+    let (mut c, conn) = client_with_unread_input(&server, &seen, true);
+    reply_and_close(&conn, &reply);
+    let mut got = Vec::with_capacity(REPLY);
+    let mut buf = vec![0u8; 16 << 10];
+    let end = loop {
+        match c.read(&mut buf) {
+            Ok(0) => break None,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => break Some(e.kind()),
+        }
+        // More input for the server to drop (a write error: the server has closed).
+        let _ = c.write(&[b'k'; 256]);
+        // About 1.3 MB/s: the reply takes about 3 s, three linger periods.
+        thread::sleep(Duration::from_millis(12));
+    };
+    assert_eq!(got.len(), REPLY, "the reply cut short (then {end:?})");
+    assert!(got == reply, "the reply corrupted");
+    drop(c);
+    let reason = seen.closes.recv_timeout(LIMIT).expect("closed");
+    assert_eq!(reason, CloseReason::User);
+    server.stop();
+}
+
+/// An idle timeout shorter than the linger does not end a lingering connection with its
+/// own reason: the linger has its own bound, and the close keeps the reason asked for.
+#[test]
+fn an_idle_timeout_does_not_cut_a_linger_short() {
+    let (server, seen) = serve_with(Duration::from_millis(1500), |b| {
+        b.idle_timeout(Duration::from_millis(300))
+    });
+    let (mut c, conn) = client_with_unread_input(&server, &seen, false);
+    reply_and_close(&conn, b"bye");
+    let (got, end) = read_all(&mut c);
+    assert_eq!((got, end), (b"bye".to_vec(), None));
+    // The socket stays open: the linger runs to its bound, past several idle timeouts.
+    let reason = seen
+        .closes
+        .recv_timeout(LIMIT)
+        .expect("closed at the bound");
     assert_eq!(reason, CloseReason::User);
     drop(c);
     server.stop();

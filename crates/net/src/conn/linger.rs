@@ -16,7 +16,10 @@
 //!   output) and go on reading and dropping until the peer's end of stream, an error, or
 //!   the `close_linger` bound (default [`CLOSE_LINGER`](crate::defaults::CLOSE_LINGER)),
 //!   then close. A well-behaved peer closes once it has read our FIN, that is after the
-//!   whole output; a peer that never does is cut off at the bound.
+//!   whole output; a peer that never does is cut off at the bound. The bound is extended
+//!   by another period each time it finds the peer still taking our output (fewer bytes
+//!   unacknowledged in the send queue than when it was set: `ioctl(SIOCOUTQ)`), so a slow
+//!   reader of a large last reply is not cut off while it reads.
 //!
 //! Meanwhile the connection is `Disconnecting` ([`WriteSide::Lingering`]): sends are
 //! refused, no callback sees the dropped input, and the close callbacks run once, at the
@@ -29,8 +32,9 @@ use std::io::{self, IoSliceMut};
 use duo_reactor::{Channel, EventLoop};
 
 use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
-use super::TcpConnection;
+use super::{ConnState, TcpConnection};
 use crate::close_reason::CloseReason;
+use crate::per_loop::NetLoop;
 
 /// Bytes dropped per `recv` while lingering.
 const DISCARD_CHUNK: usize = 16 << 10;
@@ -83,12 +87,21 @@ impl Machine {
                     "{}: closing with unread input; lingering up to {linger:?} for the peer's end of stream",
                     self.handle.name()
                 );
-                let handle = self.handle.clone();
-                let timer = lp.run_after(linger, move |lp| linger_expired(lp, &handle));
                 self.write = WriteSide::Lingering {
                     reason,
-                    timer: Some(timer),
+                    timer: None,
+                    unacked: 0,
                 };
+                if self.handle.state() == ConnState::Connected {
+                    // (Nothing was queued, so no drain made it `Disconnecting` yet.)
+                    self.handle.set_state(ConnState::Disconnecting);
+                }
+                // The linger has its own bound: no idle timeout ends it with another
+                // reason.
+                if let Some(key) = self.owner.idle_key {
+                    NetLoop::idle_forget(lp, key, ch.token());
+                }
+                self.arm_linger(lp, ch);
                 if self.read != ReadSide::Open {
                     // Backpressure is moot with the output written; a parked hang-up is
                     // read (and dropped) now like any input.
@@ -101,6 +114,24 @@ impl Machine {
                 }
             }
         }
+    }
+
+    /// Sets the linger timer for one `close_linger` period, noting how much of our output
+    /// the peer has not acknowledged yet.
+    fn arm_linger(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        let WriteSide::Lingering { reason, .. } = self.write else {
+            return;
+        };
+        let unacked = duo_sys::bytes_unacknowledged(ch.fd()).unwrap_or(0);
+        let handle = self.handle.clone();
+        let timer = lp.run_after(self.owner.config.close_linger, move |lp| {
+            linger_expired(lp, &handle)
+        });
+        self.write = WriteSide::Lingering {
+            reason,
+            timer: Some(timer),
+            unacked,
+        };
     }
 
     /// Reads and drops what the socket has, within the read budget.
@@ -155,21 +186,32 @@ impl Machine {
     }
 }
 
-/// The `close_linger` bound passed before the peer ended its stream: close anyway.
+/// A `close_linger` period passed before the peer ended its stream: another period if
+/// the peer took some of our output during this one, else close anyway.
 fn linger_expired(lp: &mut EventLoop, handle: &TcpConnection) {
     LoopConn::with_machine(lp, handle, |lp, ch, m| {
-        if let WriteSide::Lingering { reason, .. } = m.write {
-            duo_reactor::log_limited!(
-                log::Level::Debug,
-                "{}: the peer did not end its stream within the close linger; closing",
-                m.handle.name()
-            );
-            // The timer has fired: nothing to cancel.
-            m.write = WriteSide::Lingering {
-                reason,
-                timer: None,
-            };
-            m.close(lp, ch, reason);
+        let WriteSide::Lingering {
+            reason, unacked, ..
+        } = m.write
+        else {
+            return;
+        };
+        // The timer has fired: nothing to cancel.
+        m.write = WriteSide::Lingering {
+            reason,
+            timer: None,
+            unacked,
+        };
+        let now = duo_sys::bytes_unacknowledged(ch.fd()).unwrap_or(0);
+        if now > 0 && now < unacked {
+            m.arm_linger(lp, ch);
+            return;
         }
+        duo_reactor::log_limited!(
+            log::Level::Debug,
+            "{}: the peer did not end its stream within the close linger; closing",
+            m.handle.name()
+        );
+        m.close(lp, ch, reason);
     });
 }

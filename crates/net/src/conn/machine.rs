@@ -115,11 +115,13 @@ pub(crate) enum WriteSide {
     Gone { error: Option<io::ErrorKind> },
     /// A graceful close found input nobody will read: the output is written and we
     /// half-closed; what the peer still sends is read and dropped until its end of stream
-    /// (or `timer`, the `close_linger` bound), then the connection closes with `reason`.
-    /// See [`Machine::close_gracefully`].
+    /// (or `timer`, the `close_linger` bound, extended while the peer still takes our
+    /// output: `unacked` is what it had not acknowledged when the timer was set), then
+    /// the connection closes with `reason`. See [`Machine::close_gracefully`].
     Lingering {
         reason: CloseReason,
         timer: Option<TimerId>,
+        unacked: usize,
     },
 }
 
@@ -528,6 +530,12 @@ impl Machine {
         error: Option<io::ErrorKind>,
     ) {
         let before = std::mem::replace(&mut self.write, WriteSide::Gone { error });
+        if let WriteSide::Lingering {
+            timer: Some(timer), ..
+        } = before
+        {
+            lp.cancel(timer);
+        }
         if let WriteSide::Gone { error: earlier } = before {
             // Already gone; keep the first error seen.
             self.write = WriteSide::Gone {

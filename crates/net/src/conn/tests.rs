@@ -578,6 +578,31 @@ fn close_after_flush_stops_reading_delivers_the_output_then_closes_with_user() {
 }
 
 #[test]
+fn close_after_flush_with_nothing_queued_but_input_unread_lingers_disconnecting() {
+    let (mut lp, log, c, mut peer) = setup(ConnConfig::default(), as_recorded);
+    c.ctx(&mut lp, |ctx| ctx.stop_reading());
+    peer.write_all(b"pipelined, never read").unwrap();
+    c.ctx(&mut lp, |ctx| ctx.close_after_flush());
+    assert!(matches!(
+        c.write_side(&mut lp),
+        WriteSide::Lingering {
+            reason: CloseReason::User,
+            ..
+        }
+    ));
+    // Closing, though no output was queued to drain: sends are refused at once.
+    assert_eq!(c.handle.state(), ConnState::Disconnecting);
+    assert!(c.handle.send(&b"late"[..]).is_err());
+    let (got, end) = peer_read_to_end(&mut lp, &mut peer);
+    assert_eq!((got.len(), end), (0, End::Eof));
+    drop(peer);
+    run_until(&mut lp, "the close at the peer's end of stream", |_| {
+        c.handle.is_closed()
+    });
+    c.assert_closed(&log, CloseReason::User);
+}
+
+#[test]
 fn close_after_flush_with_nothing_unread_closes_at_once() {
     let (mut lp, log, c, mut peer) = setup(ConnConfig::default(), as_recorded);
     send_big(&mut lp, &c);

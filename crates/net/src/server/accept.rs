@@ -389,18 +389,22 @@ pub(super) fn new_connection_handler(
                 );
             }
         } else {
+            let mut handover = Handover(Some((socket, handle, owner)));
             let queued = target.queue_in_loop(move |lp| {
+                let Some((socket, handle, owner)) = handover.0.take() else {
+                    return;
+                };
                 if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
                     duo_reactor::log_limited!(log::Level::Warn, "cannot register {log_peer}: {e}");
                 }
             });
             if queued.is_err() {
+                // (The hand-over, dropped with the refused function, counted it closed.)
                 duo_reactor::log_limited!(
                     log::Level::Warn,
                     "{}: I/O loop gone; dropping connection #{id}",
                     shared.name
                 );
-                c.active.fetch_sub(1, Ordering::Relaxed);
             }
         }
         match max_connections {
@@ -408,4 +412,25 @@ pub(super) fn new_connection_handler(
             _ => Admission::Continue,
         }
     })
+}
+
+/// An accepted connection on its way to another loop's queue. If that loop ends before it
+/// runs the registration (or refuses it), the connection is dropped unseen, but still
+/// counted: opened and closed (reason `Shutdown`, as for the connections dropped with
+/// their loop), and the server's open count lowered by its close hook.
+struct Handover(Option<(Socket, TcpConnection, Arc<Owner>)>);
+
+impl Drop for Handover {
+    fn drop(&mut self) {
+        let Some((_socket, handle, owner)) = self.0.take() else {
+            return;
+        };
+        let reason = crate::CloseReason::Shutdown;
+        handle.mark_closed(reason);
+        owner.counters.add_opened();
+        owner.counters.add_close(reason);
+        if let Some(hook) = &owner.on_close {
+            hook(&handle);
+        }
+    }
 }
