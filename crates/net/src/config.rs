@@ -158,7 +158,9 @@ macro_rules! conn_config_setters {
         }
         /// Bounds each connection's queued output to `bytes` (no bound by default): a
         /// send that would queue more closes the connection or is refused, as `policy`
-        /// says (see [`OutputLimit`](crate::OutputLimit)).
+        /// says (see [`OutputLimit`](crate::OutputLimit)). Sends from other threads
+        /// ([`TcpConnection::send`](crate::TcpConnection::send)) are held to it as well
+        /// while they wait for the loop, so a producer thread cannot queue without bound.
         pub fn output_limit(mut self, bytes: usize, policy: $crate::OutputLimit) -> Self {
             self.conn.output_limit = Some((bytes.max(1), policy));
             self

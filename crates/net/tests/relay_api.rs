@@ -2407,3 +2407,53 @@ fn client_stop_then_connect_connects_again() {
     lp.stop().unwrap();
     server.stop();
 }
+
+/// Sends from another thread count against the output limit before the loop takes them:
+/// with the loop held busy (so nothing reaches the output buffer), a producer's sends are
+/// refused once what it has queued passes the limit, and the connection closes with
+/// `OutputLimit`, where before they were all queued, unbounded, for the loop to find.
+#[test]
+fn output_limit_bounds_sends_from_other_threads_before_the_loop_takes_them() {
+    init_log();
+    const OUT_LIMIT: usize = 1 << 20;
+    const CHUNK: usize = 64 << 10;
+    let (tx, closed) = mpsc::channel();
+    let (server, conns) = tracked_server(move || {
+        TcpServer::builder("limit-transit", localhost())
+            .io_threads(1)
+            .output_limit(OUT_LIMIT, OutputLimit::Close)
+            .on_close(move |c| {
+                let _ = tx.send(c.close_reason());
+            })
+    });
+    let peer = connect(server.addr());
+    let conn = conns.of(&peer);
+    // Hold the connection's loop until the producer is done.
+    let (release, held) = mpsc::channel::<()>();
+    let (busy_tx, busy) = mpsc::channel();
+    conn.loop_handle()
+        .queue_in_loop(move |_| {
+            let _ = busy_tx.send(());
+            let _ = held.recv_timeout(LIMIT);
+        })
+        .unwrap();
+    busy.recv_timeout(LIMIT).expect("the loop is held");
+    let chunk = vec![7u8; CHUNK];
+    let mut accepted = 0usize;
+    for _ in 0..200 {
+        match conn.send(chunk.clone()) {
+            Ok(()) => accepted += CHUNK,
+            Err(_) => break,
+        }
+    }
+    assert!(
+        accepted <= OUT_LIMIT,
+        "{accepted} bytes queued from another thread past a limit of {OUT_LIMIT}"
+    );
+    assert!(conn.send(chunk.clone()).is_err(), "refused from then on");
+    drop(release);
+    let reason = closed.recv_timeout(LIMIT).expect("closed");
+    assert_eq!(reason, Some(CloseReason::OutputLimit));
+    drop(peer);
+    server.stop();
+}

@@ -3,7 +3,7 @@
 use std::any::{type_name, Any};
 use std::fmt;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -98,6 +98,27 @@ fn now_ms() -> u64 {
 /// No token yet: never a channel's (a slab index never has all 32 bits set).
 const NO_TOKEN: u64 = u64::MAX;
 
+/// `send_limit` of a connection without an output limit: sends from other threads are
+/// not counted.
+const NO_SEND_LIMIT: usize = usize::MAX;
+/// Flag bit of `send_limit`: past the limit the connection closes
+/// ([`OutputLimit::Close`]); without it the send is discarded.
+const LIMIT_CLOSES: usize = 1 << (usize::BITS - 1);
+/// `in_transit` once a send from another thread passed a closing limit: the close is
+/// queued, and every later send is refused (values near it, after the releases of sends
+/// queued before, mean the same).
+const TRANSIT_CLOSING: usize = usize::MAX;
+
+/// What [`TcpConnection::admit`] decided for a send from another thread.
+enum Admission {
+    /// Queue it; `counted`: its bytes are in transit until the loop takes them.
+    Queue { counted: bool },
+    /// Past a discarding limit: dropped here.
+    Discard,
+    /// Past a closing limit: the close was queued (by this send or an earlier one).
+    Closing,
+}
+
 fn token_of(shared: &ConnShared) -> Option<Token> {
     let raw = shared.token.load(Ordering::Acquire);
     (raw != NO_TOKEN).then(|| Token::from_u64(raw))
@@ -148,6 +169,14 @@ struct ConnShared {
     close_reason: Mutex<Option<CloseReason>>,
     context: Mutex<Option<Context>>,
     last_activity_ms: AtomicU64,
+    /// The connection's output limit as sends from other threads see it (bytes, with
+    /// [`LIMIT_CLOSES`] for the policy), [`NO_SEND_LIMIT`] without one: set when the
+    /// connection is registered.
+    send_limit: AtomicUsize,
+    /// Bytes sent from other threads that the loop has not taken into the output buffer
+    /// yet (counted only under an output limit): what such sends may add is bounded by
+    /// the limit, as the output buffer is.
+    in_transit: AtomicUsize,
 }
 
 /// A TCP connection, as seen from any thread: a cheap `Clone + Send + Sync` handle.
@@ -208,6 +237,8 @@ impl TcpConnection {
                 close_reason: Mutex::new(None),
                 context: Mutex::new(None),
                 last_activity_ms: AtomicU64::new(now_ms()),
+                send_limit: AtomicUsize::new(NO_SEND_LIMIT),
+                in_transit: AtomicUsize::new(0),
             }),
         }
     }
@@ -441,27 +472,115 @@ impl TcpConnection {
     /// [`ConnectionClosed`] if the connection is already closed (or closing, after a
     /// [`shutdown`](TcpConnection::shutdown)); if it closes before the loop gets to the
     /// data, the data is dropped.
+    ///
+    /// Under an [`output_limit`](crate::ServerBuilder::output_limit), what other threads
+    /// have sent and the loop has not taken yet counts against the limit too (apart from
+    /// the output buffer, so together they hold at most about twice the limit): a send
+    /// past it is dropped here ([`OutputLimit::Discard`]) or closes the connection
+    /// ([`OutputLimit::Close`]: this send and every later one return
+    /// [`ConnectionClosed`]). Without a limit such sends are not bounded: a thread that
+    /// produces faster than the peer reads should set one, or pace itself.
+    ///
+    /// [`OutputLimit::Discard`]: crate::OutputLimit::Discard
+    /// [`OutputLimit::Close`]: crate::OutputLimit::Close
     pub fn send(&self, data: impl Into<Vec<u8>>) -> Result<(), ConnectionClosed> {
         if !self.is_connected() {
             return Err(ConnectionClosed);
         }
         let data = data.into();
-        self.queue_in_loop(move |ctx| {
-            ctx.send(&data);
-        })
+        let n = data.len();
+        match self.admit(n) {
+            Admission::Queue { counted } => self.queue_in_loop(move |ctx| {
+                if counted {
+                    ctx.connection().release_in_transit(n);
+                }
+                ctx.send(&data);
+            }),
+            Admission::Discard => Ok(()),
+            Admission::Closing => Err(ConnectionClosed),
+        }
     }
 
     /// Sends a shared message without copying it: the connection's output buffer keeps a
     /// reference to `data` until it is written (see [`ConnCtx::send_shared`]). For one
     /// message sent to many connections. (Over TLS each connection queues its own
-    /// ciphertext: see [`ConnCtx::send_shared`].)
+    /// ciphertext: see [`ConnCtx::send_shared`].) The output limit applies as for
+    /// [`send`](TcpConnection::send).
     pub fn send_shared(&self, data: Arc<[u8]>) -> Result<(), ConnectionClosed> {
         if !self.is_connected() {
             return Err(ConnectionClosed);
         }
-        self.queue_in_loop(move |ctx| {
-            ctx.send_shared(data);
-        })
+        let n = data.len();
+        match self.admit(n) {
+            Admission::Queue { counted } => self.queue_in_loop(move |ctx| {
+                if counted {
+                    ctx.connection().release_in_transit(n);
+                }
+                ctx.send_shared(data);
+            }),
+            Admission::Discard => Ok(()),
+            Admission::Closing => Err(ConnectionClosed),
+        }
+    }
+
+    /// Counts `n` bytes sent from another thread against the output limit (see
+    /// [`send`](TcpConnection::send)). As on the loop, one message is taken whatever its
+    /// size when nothing else is in transit.
+    fn admit(&self, n: usize) -> Admission {
+        let limit = self.shared.send_limit.load(Ordering::Relaxed);
+        if limit == NO_SEND_LIMIT {
+            return Admission::Queue { counted: false };
+        }
+        let closes = limit & LIMIT_CLOSES != 0;
+        let limit = limit & !LIMIT_CLOSES;
+        let transit = &self.shared.in_transit;
+        let before = transit.fetch_add(n, Ordering::AcqRel);
+        if before >= TRANSIT_CLOSING / 2 {
+            transit.fetch_sub(n, Ordering::AcqRel);
+            return Admission::Closing;
+        }
+        if before == 0 || before.saturating_add(n) <= limit {
+            return Admission::Queue { counted: true };
+        }
+        transit.fetch_sub(n, Ordering::AcqRel);
+        if !closes {
+            duo_reactor::log_limited!(
+                log::Level::Trace,
+                "{}: output limit {limit}: {n} bytes sent from another thread discarded",
+                self.name()
+            );
+            return Admission::Discard;
+        }
+        if transit.swap(TRANSIT_CLOSING, Ordering::AcqRel) < TRANSIT_CLOSING / 2 {
+            duo_reactor::log_limited!(
+                log::Level::Info,
+                "{}: {before} bytes sent from other threads not yet queued (limit {limit}); closing",
+                self.name()
+            );
+            let _ = self.queue_in_loop(|ctx| ctx.close(CloseReason::OutputLimit));
+        }
+        Admission::Closing
+    }
+
+    /// The loop took `n` bytes sent from another thread.
+    fn release_in_transit(&self, n: usize) {
+        self.shared.in_transit.fetch_sub(n, Ordering::AcqRel);
+    }
+
+    /// Sets the output limit sends from other threads are held to (when the connection
+    /// is registered, before any of them).
+    pub(crate) fn set_output_limit(&self, limit: Option<(usize, crate::OutputLimit)>) {
+        let value = match limit {
+            None => NO_SEND_LIMIT,
+            Some((bytes, policy)) => {
+                let bytes = bytes.min(!LIMIT_CLOSES - 1);
+                match policy {
+                    crate::OutputLimit::Close => bytes | LIMIT_CLOSES,
+                    crate::OutputLimit::Discard => bytes,
+                }
+            }
+        };
+        self.shared.send_limit.store(value, Ordering::Relaxed);
     }
 
     /// Half-closes: once everything queued is written, shuts down the writing side. The

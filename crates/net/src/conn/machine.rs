@@ -202,6 +202,7 @@ impl LoopConn {
             },
         };
         let owner = conn.m.owner.clone();
+        handle.set_output_limit(owner.config.output_limit);
         // Counted before registering: a registration that fails counts as a close.
         owner.counters.add_opened();
         let token = match lp.add_channel(socket, interest, conn) {
