@@ -109,6 +109,16 @@ const LIMIT_CLOSES: usize = 1 << (usize::BITS - 1);
 /// queued before, mean the same).
 const TRANSIT_CLOSING: usize = usize::MAX;
 
+/// A [`TcpConnection`] held weakly ([`TcpConnection::downgrade`]).
+pub(crate) struct WeakConnection(std::sync::Weak<ConnShared>);
+
+impl WeakConnection {
+    /// The connection, if any handle of it is still alive.
+    pub(crate) fn upgrade(&self) -> Option<TcpConnection> {
+        self.0.upgrade().map(|shared| TcpConnection { shared })
+    }
+}
+
 /// What [`TcpConnection::admit`] decided for a send from another thread.
 enum Admission {
     /// Queue it; `counted`: its bytes are in transit until the loop takes them.
@@ -683,6 +693,11 @@ impl TcpConnection {
             Ordering::Release,
             Ordering::Relaxed,
         );
+    }
+
+    /// A reference that does not keep the connection alive (for timers of its own).
+    pub(crate) fn downgrade(&self) -> WeakConnection {
+        WeakConnection(Arc::downgrade(&self.shared))
     }
 
     /// The token of the connection's channel on its loop, once registered.

@@ -87,11 +87,7 @@ impl Machine {
                     "{}: closing with unread input; lingering up to {linger:?} for the peer's end of stream",
                     self.handle.name()
                 );
-                self.write = WriteSide::Lingering {
-                    reason,
-                    timer: None,
-                    unacked: 0,
-                };
+                self.write = WriteSide::Lingering { reason };
                 if self.handle.state() == ConnState::Connected {
                     // (Nothing was queued, so no drain made it `Disconnecting` yet.)
                     self.handle.set_state(ConnState::Disconnecting);
@@ -117,21 +113,16 @@ impl Machine {
     }
 
     /// Sets the linger timer for one `close_linger` period, noting how much of our output
-    /// the peer has not acknowledged yet.
+    /// the peer has not acknowledged yet. The timer holds the connection weakly: one that
+    /// closed meanwhile is not kept alive by it (nor its context).
     fn arm_linger(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        let WriteSide::Lingering { reason, .. } = self.write else {
-            return;
-        };
         let unacked = duo_sys::bytes_unacknowledged(ch.fd()).unwrap_or(0);
-        let handle = self.handle.clone();
-        let timer = lp.run_after(self.owner.config.close_linger, move |lp| {
-            linger_expired(lp, &handle)
+        let conn = self.handle.downgrade();
+        lp.run_after(self.owner.config.close_linger, move |lp| {
+            if let Some(handle) = conn.upgrade() {
+                linger_expired(lp, &handle, unacked);
+            }
         });
-        self.write = WriteSide::Lingering {
-            reason,
-            timer: Some(timer),
-            unacked,
-        };
     }
 
     /// Reads and drops what the socket has, within the read budget.
@@ -172,7 +163,7 @@ impl Machine {
     /// The socket of a lingering connection is readable: drop what came, close at the
     /// peer's end of stream or an error.
     pub(super) fn linger_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        let WriteSide::Lingering { reason, .. } = self.write else {
+        let WriteSide::Lingering { reason } = self.write else {
             return;
         };
         if self.closed() {
@@ -187,21 +178,16 @@ impl Machine {
 }
 
 /// A `close_linger` period passed before the peer ended its stream: another period if
-/// the peer took some of our output during this one, else close anyway.
-fn linger_expired(lp: &mut EventLoop, handle: &TcpConnection) {
+/// the peer took some of our output during this one (`unacked`: what it had not
+/// acknowledged when the period began), else close anyway.
+fn linger_expired(lp: &mut EventLoop, handle: &TcpConnection, unacked: usize) {
     LoopConn::with_machine(lp, handle, |lp, ch, m| {
-        let WriteSide::Lingering {
-            reason, unacked, ..
-        } = m.write
-        else {
+        let WriteSide::Lingering { reason } = m.write else {
             return;
         };
-        // The timer has fired: nothing to cancel.
-        m.write = WriteSide::Lingering {
-            reason,
-            timer: None,
-            unacked,
-        };
+        if m.closed() {
+            return;
+        }
         let now = duo_sys::bytes_unacknowledged(ch.fd()).unwrap_or(0);
         if now > 0 && now < unacked {
             m.arm_linger(lp, ch);

@@ -42,7 +42,7 @@ use std::io;
 use std::sync::Arc;
 
 use duo_buffer::{InputBuffer, OutputBuffer};
-use duo_reactor::{Channel, EventLoop, Handler, Interest, TimerId, Token};
+use duo_reactor::{Channel, EventLoop, Handler, Interest, Token};
 
 use super::callbacks::Callbacks;
 use super::ctx::ConnCtx;
@@ -115,14 +115,11 @@ pub(crate) enum WriteSide {
     Gone { error: Option<io::ErrorKind> },
     /// A graceful close found input nobody will read: the output is written and we
     /// half-closed; what the peer still sends is read and dropped until its end of stream
-    /// (or `timer`, the `close_linger` bound, extended while the peer still takes our
-    /// output: `unacked` is what it had not acknowledged when the timer was set), then
-    /// the connection closes with `reason`. See [`Machine::close_gracefully`].
-    Lingering {
-        reason: CloseReason,
-        timer: Option<TimerId>,
-        unacked: usize,
-    },
+    /// (or the `close_linger` bound, a loop timer, extended while the peer still takes
+    /// our output), then the connection closes with `reason`. See
+    /// [`Machine::close_gracefully`]. (The timer is not kept here: a connection's state
+    /// stays a few bytes; a timer that finds the connection closed does nothing.)
+    Lingering { reason: CloseReason },
 }
 
 /// The handler registered with the connection's loop.
@@ -531,12 +528,6 @@ impl Machine {
         error: Option<io::ErrorKind>,
     ) {
         let before = std::mem::replace(&mut self.write, WriteSide::Gone { error });
-        if let WriteSide::Lingering {
-            timer: Some(timer), ..
-        } = before
-        {
-            lp.cancel(timer);
-        }
         if let WriteSide::Gone { error: earlier } = before {
             // Already gone; keep the first error seen.
             self.write = WriteSide::Gone {
@@ -555,8 +546,8 @@ impl Machine {
             self.owner.counters.unqueued(unsent);
         }
         ch.disable_writing();
-        if let WriteSide::Draining(AfterDrain::Close(reason))
-        | WriteSide::Lingering { reason, .. } = before
+        if let WriteSide::Draining(AfterDrain::Close(reason)) | WriteSide::Lingering { reason } =
+            before
         {
             self.close(lp, ch, error.map_or(reason, CloseReason::Error));
             return;
@@ -705,12 +696,6 @@ impl Machine {
             return;
         }
         self.handle.mark_closed(reason);
-        if let WriteSide::Lingering {
-            timer: Some(timer), ..
-        } = self.write
-        {
-            lp.cancel(timer);
-        }
         ch.disable_all();
         ch.remove();
         let token = ch.token();
