@@ -611,8 +611,7 @@ fn reconnects_to_a_server_that_appears_and_resets_at_a_bounded_rate() {
     let before = client.attempts();
     let window = watch(Duration::from_millis(500));
     let made = client.attempts() - before;
-    // One attempt per retry delay at most (the delay starts at INITIAL again after each
-    // connection), plus slack for the edges.
+    // One attempt per INITIAL (the shortest delay) at most, plus slack for the edges.
     let allowed = (window.as_millis() / INITIAL.as_millis()) as u64 + 5;
     assert!(
         made <= allowed,
@@ -640,6 +639,50 @@ fn reconnects_to_a_server_that_appears_and_resets_at_a_bounded_rate() {
     done.store(true, Ordering::SeqCst);
     let accepted = join_within("the resetting server", resetter);
     assert!(accepted >= 4, "{accepted} connections accepted");
+    drop(client);
+    lp.stop().unwrap();
+}
+
+/// Against a server that accepts and drops every connection at once, the reconnects slow
+/// down: a connection that did not last resets no back-off, so the delay keeps doubling
+/// (it used to start again at the initial delay after each connection: one reconnect
+/// every initial delay, for ever).
+#[test]
+fn reconnects_to_a_server_that_drops_every_connection_back_off() {
+    init_log();
+    const INITIAL: Duration = Duration::from_millis(50);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let done = Arc::new(AtomicBool::new(false));
+    let d = done.clone();
+    let resetter = thread::spawn(move || {
+        while !d.load(Ordering::SeqCst) {
+            match listener.accept() {
+                Ok((s, _)) => reset(s),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => log::debug!("accept: {e}"),
+            }
+        }
+    });
+    let lp = EventLoopThread::spawn("cm-backoff", None).unwrap();
+    let log = Seen::new();
+    let client = logged_client("backoff", addr, &log)
+        .reconnect(true)
+        .retry_backoff(INITIAL, Duration::from_secs(5))
+        .connect(lp.handle());
+    // After four dropped connections the delay is at least 8 x INITIAL (400 ms).
+    wait_until("four connections up", || log.ups() >= 4);
+    let before = client.attempts();
+    let window = watch(Duration::from_millis(1200));
+    let made = client.attempts() - before;
+    // At the initial delay this window would hold about 24 attempts.
+    assert!(made <= 6, "{made} attempts in {window:?}: no back-off");
+    client.stop();
+    done.store(true, Ordering::SeqCst);
+    join_within("the resetting server", resetter);
     drop(client);
     lp.stop().unwrap();
 }

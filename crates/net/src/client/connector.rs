@@ -7,7 +7,9 @@
 //! nobody listens on then "succeeds") is detected (`local == peer`) and retried without
 //! counting as a failure. Failed attempts retry after a delay doubling from 500 ms to
 //! 30 s (`retry_backoff`), up to `max_attempts` if set, each within `connect_timeout` if
-//! set; errors a retry cannot fix (permission, bad address family) end the attempts.
+//! set; errors a retry cannot fix (permission, bad address family) end the attempts. A
+//! reconnect after a close waits the current delay too; a connection that stayed up at
+//! least that long resets it to the initial delay first.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -52,6 +54,9 @@ pub(super) struct State {
     pub(super) phase: Phase,
     /// The next retry delay.
     pub(super) delay: Duration,
+    /// When the current connection came up: one that stays up at least as long as the
+    /// retry delay resets it (see [`closed`]).
+    pub(super) up_since: Option<std::time::Instant>,
     /// Failed attempts in a row.
     pub(super) failures: u32,
     /// `disconnect` or `stop` asked the current connection to end.
@@ -309,7 +314,10 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     {
         let mut st = inner.state.lock();
         st.phase = Phase::Connected(handle.clone());
-        st.delay = inner.retry_initial;
+        // The delay is not reset here: a server that accepts and then drops every
+        // connection at once must see the reconnects slow down, not one every initial
+        // delay for ever. A connection that lasts resets it when it closes.
+        st.up_since = Some(std::time::Instant::now());
         st.failures = 0;
         st.ending = false;
         st.connect_after_close = false;
@@ -345,6 +353,11 @@ fn closed(inner: &Arc<Inner>, conn: &TcpConnection) {
         let mut st = inner.state.lock();
         if matches!(&st.phase, Phase::Connected(c) if c.id() == conn.id()) {
             st.phase = Phase::Idle;
+            // Up at least as long as the delay it would wait now: a working connection
+            // that ended, so the next one is tried soon again.
+            if st.up_since.take().is_some_and(|t| t.elapsed() >= st.delay) {
+                st.delay = inner.retry_initial;
+            }
         }
         let now = std::mem::take(&mut st.connect_after_close) && st.wanted;
         (now, st.wanted && inner.reconnect)

@@ -181,6 +181,7 @@ impl ClientBuilder {
                 phase: Phase::Idle,
                 delay: self.retry_initial,
                 failures: 0,
+                up_since: None,
                 ending: false,
                 connect_after_close: false,
             }),
@@ -211,7 +212,10 @@ impl fmt::Debug for ClientBuilder {
 /// attempt is retried after a delay that starts at 500 ms and doubles up to 30 s
 /// ([`ClientBuilder::retry_backoff`]); a connection to itself (possible on loopback when
 /// the kernel picks the server's port as the ephemeral port) is detected and retried.
-/// With [`ClientBuilder::reconnect`], a connection that closes is re-established.
+/// With [`ClientBuilder::reconnect`], a connection that closes is re-established, after
+/// the current retry delay: the delay starts again at its initial value only after a
+/// connection that stayed up at least that long, so a server that accepts and drops every
+/// connection at once sees the reconnects back off like failed attempts.
 ///
 /// All methods are callable from any thread.
 ///
