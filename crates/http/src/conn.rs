@@ -40,6 +40,15 @@
 //! is read and dropped until it closes too or the linger time passes: closing a socket
 //! with unread input would send a reset, and the peer could lose the response.
 //!
+//! # Graceful shutdown
+//!
+//! The server's shutdown marks each connection draining (the `on_shutdown` hook): an idle
+//! one, or one that has received nothing of its next request, closes at once (half-close
+//! and linger, as above); one with a request under way (being received, or waiting in the
+//! backlog) answers that request with `Connection: close` and closes after it. The rest
+//! of a pipeline is dropped without running its handlers: no request runs whose response
+//! could not be sent. The shutdown's grace period bounds it all.
+//!
 //! The state lives in the connection's context (a [`TcpConnection`] value); a callback
 //! takes it out, works on it and puts it back, so the context's lock is never held while
 //! the connection's own callbacks may run.
@@ -170,6 +179,8 @@ pub(crate) struct HttpConn {
     /// While `Blocked`: the queued output when the timer was last set, to tell a client
     /// that reads slowly from one that does not read.
     blocked_output: usize,
+    /// The server is shutting down: the request under way is the last one answered.
+    draining: bool,
 }
 
 impl Service {
@@ -188,6 +199,7 @@ impl Service {
             closing_since: None,
             backlog: Backlog::default(),
             blocked_output: 0,
+            draining: false,
         });
         let svc = self.clone();
         let _ = conn.queue_in_loop(move |ctx| {
@@ -212,6 +224,21 @@ impl Service {
                 lp.cancel(timer);
             });
         }
+    }
+
+    /// The server is shutting down (its `on_shutdown` hook): see the module docs.
+    pub(crate) fn on_shutdown(self: &Arc<Service>, ctx: &mut ConnCtx<'_>) {
+        self.with_state(ctx, |svc, ctx, st| {
+            st.draining = true;
+            let nothing_under_way = match st.phase {
+                Phase::Idle => true,
+                Phase::Head => st.pending == 0 && st.backlog.is_empty(),
+                Phase::Body | Phase::Blocked | Phase::Closing => false,
+            };
+            if nothing_under_way {
+                svc.close_gracefully(ctx, st);
+            }
+        });
     }
 
     /// Bytes arrived (the server's `on_message`).
@@ -307,7 +334,9 @@ impl Service {
     ) -> Served {
         let peer = ctx.connection().peer_addr();
         loop {
-            if st.phase == Phase::Closing {
+            // (Not connected: closing below us, so no response could be sent: run no
+            // handler.)
+            if st.phase == Phase::Closing || !ctx.connection().is_connected() {
                 input.consume_all();
                 break;
             }
@@ -350,7 +379,7 @@ impl Service {
     /// Runs the request's handler and sends its response.
     fn answer(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn, req: &Request) {
         let (resp, keep) = match catch_unwind(AssertUnwindSafe(|| self.router.respond(req))) {
-            Ok(resp) => (resp, req.keep_alive()),
+            Ok(resp) => (resp, req.keep_alive() && !st.draining),
             Err(_) => {
                 // A peer can make a buggy handler panic as often as it likes.
                 log_limited!(

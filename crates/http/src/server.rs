@@ -116,9 +116,12 @@ impl HttpServer {
         self.tcp.clone_handle()
     }
 
-    /// Graceful stop: stop accepting, close each connection once its responses are
-    /// written, force-close what is left after `grace`, then run `then` on the loop the
-    /// server was started on (see [`TcpServer::shutdown`]).
+    /// Graceful stop: stop accepting; an idle connection closes at once, one with a
+    /// request under way (being received, or waiting behind responses its client has
+    /// not read) answers that request with `Connection: close` and closes after it
+    /// (later pipelined requests are not run); force-close what is left after `grace`,
+    /// then run `then` on the loop the server was started on (see
+    /// [`TcpServer::shutdown`]).
     pub fn shutdown(&self, grace: Duration, then: impl FnOnce(&mut EventLoop) + Send + 'static) {
         self.tcp.shutdown(grace, then);
     }
@@ -326,7 +329,7 @@ impl HttpServerBuilder {
         let backstop = self
             .max_pending_output
             .saturating_add(defaults::OUTPUT_BACKSTOP);
-        let (on_up, on_msg, on_drained) = (svc.clone(), svc.clone(), svc);
+        let (on_up, on_msg, on_drained, on_stop) = (svc.clone(), svc.clone(), svc.clone(), svc);
         let mut tcp = TcpServer::builder(&self.name, self.addr)
             .io_threads(self.io_threads)
             .max_input(max_input)
@@ -335,6 +338,7 @@ impl HttpServerBuilder {
             .on_connection(move |conn| on_up.on_connection(conn))
             .on_message(move |ctx, input| on_msg.on_message(ctx, input))
             .on_write_complete(move |ctx| on_drained.on_write_complete(ctx))
+            .on_shutdown(move |ctx| on_stop.on_shutdown(ctx))
             .on_close(Service::on_close);
         if let Some(n) = self.max_connections {
             tcp = tcp.max_connections(n);
