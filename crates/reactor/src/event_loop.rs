@@ -6,6 +6,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -285,8 +286,9 @@ impl EventLoop {
     ///
     /// Returns an error only if `epoll_wait` itself fails, which means the loop cannot go
     /// on. A panic in a callback propagates out of `run`; the channel, timer or function
-    /// that panicked is dropped (a channel's descriptor is closed) and the rest of the
-    /// loop stays usable. Libraries on top (`duo-net`) catch panics of user callbacks
+    /// that panicked is dropped (a channel's descriptor is closed, a repeating timer
+    /// cancelled) and the rest of the loop stays usable: the other timers stay armed, and
+    /// the functions queued after the panicking one run first at the next `run`. Libraries on top (`duo-net`) catch panics of user callbacks
     /// themselves so that one bad connection never unwinds the loop.
     pub fn run(&mut self) -> io::Result<()> {
         log::trace!("event loop {} running", self.shared.name);
@@ -389,15 +391,21 @@ impl EventLoop {
             .health
             .probe_due(&entry.channel.watch, ready.bits())
             .then(|| crate::health::probe(entry.channel.fd.as_fd()));
-        for (wanted, step) in steps {
-            if !wanted {
-                continue;
+        let ran = catch_unwind(AssertUnwindSafe(|| {
+            for (wanted, step) in steps {
+                if !wanted {
+                    continue;
+                }
+                if entry.channel.is_removed() || self.channels.removal_pending(token) {
+                    break;
+                }
+                let entry = &mut *entry;
+                step(&mut entry.handler, self, &mut entry.channel);
             }
-            if entry.channel.is_removed() || self.channels.removal_pending(token) {
-                break;
-            }
-            let entry = &mut *entry;
-            step(&mut entry.handler, self, &mut entry.channel);
+        }));
+        if let Err(panic) = ran {
+            self.drop_panicked(token, entry);
+            resume_unwind(panic);
         }
         entry.channel.ready = Ready::from_bits(0);
         let describe = || {
@@ -428,6 +436,15 @@ impl EventLoop {
             &self.shared.metrics.health,
         );
         self.put_back(token, entry);
+    }
+
+    /// A channel's handler panicked while its entry was out of its slot: the channel goes
+    /// (slot freed, deregistered, descriptor closed), as `run`'s documentation promises,
+    /// instead of leaving its slot taken for ever.
+    fn drop_panicked(&mut self, token: Token, entry: Entry) {
+        self.channels.free(token);
+        self.deregister(&entry);
+        drop(entry);
     }
 
     /// Returns a taken-out entry to its slot, applying interest changes or removal.
@@ -475,7 +492,16 @@ impl EventLoop {
             self.health.restart_clock();
             self.health
                 .timer_fired(key.0, Instant::now(), &self.shared.metrics.health);
-            (timer.callback)(self);
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (timer.callback)(self))) {
+                // The panicking timer is dropped (a repeating one cancelled); the others
+                // stay pending, and the timerfd is armed again for them.
+                self.timers.cancel(key.1);
+                drop(timer);
+                expired.clear();
+                self.timers.put_expired_buffer(expired);
+                self.timers.rearm();
+                resume_unwind(panic);
+            }
             let name = timer.name;
             self.health.callback_done(
                 CallbackKind::Timer,
@@ -513,19 +539,48 @@ impl EventLoop {
         let n = batch.len() + local.len();
         self.iteration_tasks += n as u64;
         self.health.task_batch(n, &self.shared.metrics.health);
-        for task in batch.drain(..) {
+        let mut tasks = batch.drain(..);
+        while let Some(task) = tasks.next() {
             let name = task.name;
-            (task.f)(self);
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
+                let rest = tasks.collect();
+                self.requeue_after_panic(rest, std::mem::take(&mut local));
+                resume_unwind(panic);
+            }
             self.task_done(name);
         }
-        for task in local.drain(..) {
+        drop(tasks);
+        let mut tasks = local.drain(..);
+        while let Some(task) = tasks.next() {
             let name = task.name;
-            (task.f)(self);
+            if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
+                let rest = tasks.collect();
+                self.requeue_after_panic(Vec::new(), rest);
+                resume_unwind(panic);
+            }
             self.task_done(name);
         }
+        drop(tasks);
         self.shared.draining.store(false, Ordering::SeqCst);
         self.running = batch;
         self.running_local = local;
+    }
+
+    /// A queued function panicked: the functions after it in the batch go back to the
+    /// front of their queues, in order, so that the next `run` runs them first (the
+    /// panicking one is dropped; nothing else that was accepted is lost).
+    fn requeue_after_panic(
+        &mut self,
+        shared_rest: Vec<crate::loop_handle::SendTask>,
+        local_rest: Vec<LocalTask>,
+    ) {
+        if !shared_rest.is_empty() {
+            if let Some(q) = self.shared.queue.lock().as_mut() {
+                q.splice(0..0, shared_rest);
+            }
+        }
+        self.local_tasks.splice(0..0, local_rest);
+        self.shared.draining.store(false, Ordering::SeqCst);
     }
 
     fn task_done(&mut self, name: &'static str) {
@@ -607,7 +662,13 @@ impl EventLoop {
             return None;
         };
         let e = &mut *entry;
-        let r = f(self, &mut e.channel, &mut e.handler);
+        let r = match catch_unwind(AssertUnwindSafe(|| f(self, &mut e.channel, &mut e.handler))) {
+            Ok(r) => r,
+            Err(panic) => {
+                self.drop_panicked(token, entry);
+                resume_unwind(panic);
+            }
+        };
         self.put_back(token, entry);
         Some(r)
     }
