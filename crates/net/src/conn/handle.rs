@@ -498,17 +498,9 @@ impl TcpConnection {
             return Err(ConnectionClosed);
         }
         let data = data.into();
-        let n = data.len();
-        match self.admit(n) {
-            Admission::Queue { counted } => self.queue_in_loop(move |ctx| {
-                if counted {
-                    ctx.connection().release_in_transit(n);
-                }
-                ctx.send(&data);
-            }),
-            Admission::Discard => Ok(()),
-            Admission::Closing => Err(ConnectionClosed),
-        }
+        self.queue_send(data.len(), move |ctx| {
+            ctx.send(&data);
+        })
     }
 
     /// Sends a shared message without copying it: the connection's output buffer keeps a
@@ -520,13 +512,24 @@ impl TcpConnection {
         if !self.is_connected() {
             return Err(ConnectionClosed);
         }
-        let n = data.len();
+        self.queue_send(data.len(), move |ctx| {
+            ctx.send_shared(data);
+        })
+    }
+
+    /// Queues `send`, which sends `n` bytes on the loop, if the output limit admits them
+    /// (see [`send`](TcpConnection::send)).
+    fn queue_send(
+        &self,
+        n: usize,
+        send: impl FnOnce(&mut ConnCtx<'_>) + Send + 'static,
+    ) -> Result<(), ConnectionClosed> {
         match self.admit(n) {
             Admission::Queue { counted } => self.queue_in_loop(move |ctx| {
                 if counted {
                     ctx.connection().release_in_transit(n);
                 }
-                ctx.send_shared(data);
+                send(ctx);
             }),
             Admission::Discard => Ok(()),
             Admission::Closing => Err(ConnectionClosed),
