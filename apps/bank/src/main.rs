@@ -18,8 +18,9 @@
 //! - `bank serve --metrics ADDR`: serves `GET /metrics` (duo's loop and server figures and
 //!   the bank's own: writes by kind and outcome, batch sizes, commit latency, failed
 //!   logins, database errors; see `docs/observability.md`), `/healthz` and `/debug/loops`
-//!   on `ADDR`, and prints `metrics on HOST:PORT` after the `listening on` line. Not with
-//!   `--processes` (a usage error for now).
+//!   on `ADDR`, and prints `metrics on HOST:PORT` after the `listening on` line. With
+//!   `--processes` the supervisor serves `ADDR`, gathering every worker's figures at each
+//!   request, each sample labelled `process`, `pid` and `generation`.
 //! - `bank serve --tls-cert PEM --tls-key PEM`: serves TLS (rustls) with that certificate
 //!   chain and key (both or neither; a file that cannot be used is a usage error); every
 //!   worker process loads them itself.
@@ -242,13 +243,6 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> E
         if let Err(why) = supervise::check_processes(n, &cfg.db) {
             return fail(USAGE, &format!("bank: {why}"));
         }
-        if cfg.metrics.is_some() {
-            return fail(
-                USAGE,
-                "bank: --metrics is not supported with --processes (every worker would \
-                 need an address of its own)",
-            );
-        }
     }
     let inherited = match inherited.len() {
         0 => None,
@@ -280,7 +274,7 @@ fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -
         "bank supervisor: {n} worker processes on {addr}, database {}",
         cfg.db
     );
-    match supervise::supervisor(n, listener).and_then(|s| supervise::run(s, addr)) {
+    match supervise::supervisor(n, listener).and_then(|s| supervise::run(s, addr, cfg.metrics)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ SupervisorError::Config(_)) => fail(USAGE, &format!("bank: {e}")),
         Err(e) => fail(1, &format!("bank: error: {e}")),

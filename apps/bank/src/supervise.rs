@@ -59,15 +59,23 @@ pub fn supervisor(processes: usize, listener: TcpListener) -> Result<Supervisor,
 
 /// Runs `supervisor` until a stop signal has been handled and every worker has exited;
 /// prints `listening on ADDR` once the first workers are ready (not again after an
-/// upgrade, whose first image printed it).
+/// upgrade, whose first image printed it), then `metrics on ADDR` with `metrics` (the
+/// endpoint that gathers every worker's, served by the supervisor).
 ///
 /// # Errors
 ///
-/// As [`Supervisor::run`].
-pub fn run(supervisor: Supervisor, addr: SocketAddr) -> Result<(), SupervisorError> {
-    supervisor.run(move || {
+/// As [`duo_supervisor::metrics::run`].
+pub fn run(
+    supervisor: Supervisor,
+    addr: SocketAddr,
+    metrics: Option<SocketAddr>,
+) -> Result<(), SupervisorError> {
+    duo_supervisor::metrics::run(supervisor, metrics, move |metrics_at| {
         if let Err(e) = process::announce_listening(addr) {
             log::error!("writing the listening line: {e}");
+        }
+        if let Some(at) = metrics_at {
+            duo_supervisor::metrics::announce(at);
         }
     })
 }

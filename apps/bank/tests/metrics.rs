@@ -112,3 +112,46 @@ fn flush_barriers_are_on_the_metrics_page_on_postgres() {
     let (status, _) = server.signal_and_wait("TERM", Duration::from_secs(20));
     assert!(status.success(), "{status:?}");
 }
+
+/// `bank serve --processes 1 --metrics`: the supervisor serves the address and gathers its
+/// worker's figures, the bank's own among them, labelled with the worker's PID.
+#[test]
+fn a_supervisor_s_metrics_page_gathers_its_worker_s_figures() {
+    let dir = TempDir::new("metrics_supervisor");
+    let mut server = Server::start(&dir.db(), &["--processes", "1", "--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let worker = *duo_testkit::children(server.pid())
+        .iter()
+        .next()
+        .expect("a worker");
+
+    let mut alice = Client::connect(server.addr);
+    assert!(alice.cmd(&format!("REGISTER alice {PW}")).starts_with("OK"));
+    assert!(alice.cmd("LOGIN alice wrong-password").starts_with("ERR"));
+
+    let text = scrape(metrics);
+    let labels = format!("process=\"worker\",pid=\"{worker}\",generation=\"1\"");
+    assert_eq!(
+        value(
+            &text,
+            &format!("bank_writes_total{{{labels},kind=\"register\",outcome=\"ok\"}}")
+        ),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, &format!("bank_failed_logins_total{{{labels}}}")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(
+        value(&text, &format!("duo_aggregate_up{{{labels}}}")),
+        Some(1.0),
+        "{text}"
+    );
+    assert_eq!(text.matches("# TYPE bank_writes ").count(), 1, "{text}");
+    assert!(text.ends_with("# EOF\n"), "{text}");
+    drop(alice);
+    let (status, _) = server.signal_and_wait("TERM", Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}

@@ -46,8 +46,10 @@
 //!   health, the server's connections and traffic, the buffer pool; see
 //!   `docs/observability.md`), `GET /healthz` and `GET /debug/loops` on `ADDR`, from a
 //!   thread of its own. Port 0 picks a free port: the real address is printed on stdout
-//!   as `metrics on HOST:PORT`, right after the `listening on` line. Not with `--processes`
-//!   (each worker would need an address of its own; a usage error for now).
+//!   as `metrics on HOST:PORT`, right after the `listening on` line. With `--processes`
+//!   the supervisor serves `ADDR` and gathers every worker's figures at each request
+//!   (each worker serves its own on a loopback port it publishes to the supervisor); every
+//!   sample is labelled `process`, `pid` and `generation` (see `docs/observability.md`).
 //! - `--stall-ms MS` (default 25; 0 switches it off): a callback that holds a loop longer
 //!   than this is logged as a stall (rate-limited) and counted in `duo_loop_stalls_total`.
 //! - `--busy-poll-us US` (default 0: off): after an iteration that found work, each loop
@@ -356,11 +358,6 @@ fn main() -> ExitCode {
              listeners to its workers); serve a unix: address from one process with \
              --io-threads",
         ),
-        Some(_) if args.metrics.is_some() => fail(
-            USAGE,
-            "echo: --metrics is not supported with --processes (every worker would need an \
-             address of its own)",
-        ),
         Some(n) => run_supervisor(&cfg, n, inherited),
     }
 }
@@ -383,8 +380,8 @@ fn run_supervisor(cfg: &ServeConfig, n: usize, inherited: Option<TcpListener>) -
         Ok(bound) => bound,
         Err(e) => return fail(1, &format!("echo: {e}")),
     };
-    let result =
-        supervise::supervisor(cfg, n, listener).and_then(|s| supervise::run(s, addr, cfg.udp));
+    let result = supervise::supervisor(cfg, n, listener)
+        .and_then(|s| supervise::run(s, addr, cfg.metrics, cfg.udp));
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e @ SupervisorError::Config(_)) => fail(USAGE, &format!("echo: {e}")),

@@ -280,6 +280,14 @@ fn run_with_udp(
         server.clone_handle(),
         cfg.drain_timeout,
     )?;
+    // Its own endpoint on loopback, which the supervisor's `--metrics` address gathers;
+    // stopped when this function returns.
+    let _metrics = match cfg.metrics {
+        Some(_) => {
+            duo_supervisor::metrics::serve_worker(endpoint_for(server.clone_handle()), &worker)?
+        }
+        None => None,
+    };
     // Every worker binds its own UDP socket with SO_REUSEPORT on the shared address: the
     // kernel spreads datagrams over them by source address and port.
     let udp = if cfg.udp {
@@ -344,11 +352,16 @@ fn start_udp(
         .map_err(|e| io::Error::new(e.kind(), format!("--udp: {e}")))
 }
 
-/// Starts the metrics endpoint for `server` on `addr`.
-fn serve_metrics(addr: SocketAddr, server: ServerHandle) -> io::Result<MetricsServer> {
+/// The metrics endpoint for `server` (and every loop of the process).
+fn endpoint_for(server: ServerHandle) -> MetricsEndpoint {
     let mut endpoint = MetricsEndpoint::new();
     endpoint.add_server(server);
     endpoint
+}
+
+/// Starts the metrics endpoint for `server` on `addr`.
+fn serve_metrics(addr: SocketAddr, server: ServerHandle) -> io::Result<MetricsServer> {
+    endpoint_for(server)
         .spawn(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
 }

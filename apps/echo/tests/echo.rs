@@ -458,17 +458,3 @@ fn metrics_are_served_next_to_the_echo() {
     let (status, _) = server.terminate("TERM", Duration::from_secs(10));
     assert!(status.success(), "{status:?}");
 }
-
-#[test]
-fn metrics_with_processes_is_a_usage_error() {
-    let (status, _, err) = run_to_exit(&[
-        "--listen",
-        "127.0.0.1:0",
-        "--processes",
-        "2",
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
-    assert_eq!(status.code(), Some(2), "{err}");
-    assert!(err.contains("--metrics"), "{err}");
-}

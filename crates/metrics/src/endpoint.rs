@@ -14,6 +14,7 @@ use parking_lot::Mutex;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
+use crate::aggregate::{Aggregation, Labels, ScrapeTarget};
 use crate::collect::DuoCollector;
 
 /// The content type of `/metrics` (the OpenMetrics text format, which Prometheus prefers
@@ -24,6 +25,9 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 /// What `/healthz` calls stuck by default: a loop busy this long in one go.
 const DEFAULT_HEALTH_LIMIT: Duration = Duration::from_secs(5);
 
+/// How long an aggregating endpoint waits for its targets by default.
+const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
+
 /// The figures of a process and where to serve them: duo's own (every loop, the servers
 /// given with [`add_server`](MetricsEndpoint::add_server), the buffer pool) and the
 /// application's, registered in [`registry_mut`](MetricsEndpoint::registry_mut).
@@ -32,6 +36,7 @@ pub struct MetricsEndpoint {
     registry: Registry,
     collector: DuoCollector,
     health_limit: Duration,
+    aggregation: Option<Aggregation>,
 }
 
 impl Default for MetricsEndpoint {
@@ -45,6 +50,7 @@ impl fmt::Debug for MetricsEndpoint {
         f.debug_struct("MetricsEndpoint")
             .field("collector", &self.collector)
             .field("health_limit", &self.health_limit)
+            .field("aggregation", &self.aggregation)
             .finish()
     }
 }
@@ -59,7 +65,47 @@ impl MetricsEndpoint {
             registry,
             collector,
             health_limit: DEFAULT_HEALTH_LIMIT,
+            aggregation: None,
         }
+    }
+
+    /// Makes this the endpoint of a group of processes (a supervisor's, for its workers):
+    /// at every request it also fetches the same route from each of `targets()` (asked
+    /// anew each time), in parallel and within the [scrape
+    /// timeout](MetricsEndpoint::scrape_timeout), and answers for all of them:
+    ///
+    /// - `/metrics`: this process's figures labelled `own_labels` and every target's
+    ///   labelled with its [`ScrapeTarget::labels`], merged family by family
+    ///   ([`aggregate::merge`](crate::aggregate::merge)), plus `duo_aggregate_up` (1: the
+    ///   target answered) and `duo_aggregate_scrape_seconds` per target. A target that
+    ///   does not answer is left out of that scrape, not the whole scrape failed.
+    /// - `/healthz`: `200 ok` if this process and every target are healthy and there is
+    ///   at least one target; else `503` with a line per problem.
+    /// - `/debug/loops`: `{"self": {"labels", "loops"}, "targets": [{"labels", "loops"
+    ///   or "error"}]}`.
+    ///
+    /// The request waits for the targets on the endpoint's loop thread; the endpoint
+    /// serves nothing else meanwhile.
+    pub fn aggregate(
+        &mut self,
+        own_labels: Labels,
+        targets: impl Fn() -> Vec<ScrapeTarget> + Send + Sync + 'static,
+    ) -> &mut Self {
+        self.aggregation = Some(Aggregation {
+            own_labels,
+            targets: Arc::new(targets),
+            timeout: DEFAULT_SCRAPE_TIMEOUT,
+        });
+        self
+    }
+
+    /// How long an [aggregating](MetricsEndpoint::aggregate) endpoint waits for its
+    /// targets (default 3 s): a target slower than that is left out of the answer.
+    pub fn scrape_timeout(&mut self, timeout: Duration) -> &mut Self {
+        if let Some(aggregation) = &mut self.aggregation {
+            aggregation.timeout = timeout;
+        }
+        self
     }
 
     /// Exports the figures of `server` (label `server`: its name). Servers can be added
@@ -100,23 +146,43 @@ impl MetricsEndpoint {
         let registry = Arc::new(Mutex::new(self.registry));
         let health_limit = self.health_limit;
         let metrics = registry.clone();
+        let (group, group_health, group_loops) = (
+            self.aggregation.clone(),
+            self.aggregation.clone(),
+            self.aggregation,
+        );
         let http = HttpServer::builder("metrics", addr)
             .route(Method::Get, "/metrics", move |_: &Request| {
-                Response::with_body(
-                    StatusCode::OK,
-                    OPENMETRICS_CONTENT_TYPE,
-                    render(&metrics.lock()),
-                )
+                let own = render(&metrics.lock());
+                let text = match &group {
+                    Some(group) => group.metrics(&own),
+                    None => own,
+                };
+                Response::with_body(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text)
             })
             .route(Method::Get, "/healthz", move |_: &Request| {
-                healthz(&DuoCollector::loop_snapshots(), health_limit)
+                let own = stuck_loops(&DuoCollector::loop_snapshots(), health_limit);
+                let (healthy, text) = match &group_health {
+                    Some(group) => group.healthz(own),
+                    None => match own {
+                        None => (true, "ok\n".to_owned()),
+                        Some(stuck) => (false, format!("{stuck}\n")),
+                    },
+                };
+                let status = if healthy {
+                    StatusCode::OK
+                } else {
+                    StatusCode::SERVICE_UNAVAILABLE
+                };
+                Response::text(status, text)
             })
-            .route(Method::Get, "/debug/loops", |_: &Request| {
-                Response::with_body(
-                    StatusCode::OK,
-                    "application/json",
-                    loops_json(&DuoCollector::loop_snapshots()),
-                )
+            .route(Method::Get, "/debug/loops", move |_: &Request| {
+                let own = loops_json(&DuoCollector::loop_snapshots());
+                let text = match &group_loops {
+                    Some(group) => group.loops(own),
+                    None => pretty(&own),
+                };
+                Response::with_body(StatusCode::OK, "application/json", text)
             })
             .max_connections(64)
             .spawn()?;
@@ -139,8 +205,8 @@ fn render(registry: &Registry) -> String {
     out
 }
 
-/// `200 ok`, or `503` with the loops busy longer than `limit`.
-fn healthz(loops: &[(String, LoopMetrics)], limit: Duration) -> Response {
+/// `None` if no loop has been busy longer than `limit`, else `stuck: ...` naming them.
+fn stuck_loops(loops: &[(String, LoopMetrics)], limit: Duration) -> Option<String> {
     let stuck: Vec<String> = loops
         .iter()
         .filter_map(|(name, m)| {
@@ -148,18 +214,11 @@ fn healthz(loops: &[(String, LoopMetrics)], limit: Duration) -> Response {
             (busy > limit).then(|| format!("loop {name} busy for {:.1} s", busy.as_secs_f64()))
         })
         .collect();
-    if stuck.is_empty() {
-        Response::text(StatusCode::OK, "ok\n")
-    } else {
-        Response::text(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("stuck: {}\n", stuck.join("; ")),
-        )
-    }
+    (!stuck.is_empty()).then(|| format!("stuck: {}", stuck.join("; ")))
 }
 
 /// Every loop's figures as a JSON array.
-fn loops_json(loops: &[(String, LoopMetrics)]) -> String {
+fn loops_json(loops: &[(String, LoopMetrics)]) -> serde_json::Value {
     let secs = |d: Duration| d.as_secs_f64();
     let rows: Vec<_> = loops
         .iter()
@@ -191,7 +250,12 @@ fn loops_json(loops: &[(String, LoopMetrics)]) -> String {
             })
         })
         .collect();
-    let mut text = serde_json::to_string_pretty(&rows).unwrap_or_else(|e| {
+    serde_json::Value::Array(rows)
+}
+
+/// `value` as pretty JSON and a newline.
+fn pretty(value: &serde_json::Value) -> String {
+    let mut text = serde_json::to_string_pretty(value).unwrap_or_else(|e| {
         log::error!("encoding /debug/loops failed: {e}");
         "[]".into()
     });
@@ -259,12 +323,10 @@ mod tests {
                 metrics(Some(Duration::from_millis(3))),
             ),
         ];
-        assert_eq!(healthz(&loops, limit).status(), StatusCode::OK);
+        assert_eq!(stuck_loops(&loops, limit), None);
         let mut loops = loops;
         loops.push(("stuck".to_owned(), metrics(Some(Duration::from_secs(7)))));
-        let r = healthz(&loops, limit);
-        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
-        let body = String::from_utf8_lossy(r.body());
+        let body = stuck_loops(&loops, limit).expect("one is stuck");
         assert!(body.contains("loop stuck busy for 7.0 s"), "{body}");
         assert!(!body.contains("working"), "{body}");
     }
@@ -275,7 +337,7 @@ mod tests {
             ("a".to_owned(), metrics(None)),
             ("b".to_owned(), metrics(Some(Duration::from_millis(1500)))),
         ];
-        let v: serde_json::Value = serde_json::from_str(&loops_json(&loops)).unwrap();
+        let v: serde_json::Value = serde_json::from_str(&pretty(&loops_json(&loops))).unwrap();
         assert_eq!(v.as_array().map(Vec::len), Some(2));
         assert_eq!(v[1]["name"], "b");
         assert_eq!(v[1]["busy_for_seconds"], 1.5);

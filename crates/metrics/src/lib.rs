@@ -13,6 +13,11 @@
 //!     longer than the health limit (default 5 s);
 //!   - `GET /debug/loops`: every loop's figures as JSON, for people and scripts.
 //!
+//! - [`MetricsEndpoint::aggregate`] makes it the endpoint of a group of processes (a
+//!   supervisor's for its workers, see [`aggregate`]): each request also fetches the
+//!   route from every worker's endpoint and answers for all of them, each sample labelled
+//!   with its process.
+//!
 //! `docs/observability.md` lists every metric with its meaning.
 //!
 //! ```
@@ -39,9 +44,11 @@
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+pub mod aggregate;
 mod collect;
 mod endpoint;
 
+pub use aggregate::ScrapeTarget;
 pub use collect::DuoCollector;
 pub use endpoint::{MetricsEndpoint, MetricsServer, OPENMETRICS_CONTENT_TYPE};
 pub use prometheus_client;

@@ -32,6 +32,10 @@
 //!   `exec` fails, the old image logs it and goes on.
 //! - **Stats.** Every [`SupervisorConfig::stats_interval`] one log line sums the counters
 //!   the workers publish ([`StatsSlot::publish`]).
+//! - **Metrics.** A worker that serves a metrics endpoint on `127.0.0.1` publishes its
+//!   port ([`StatsSlot::publish_metrics_port`]); [`Supervisor::worker_table`] lists those
+//!   endpoints, so that the supervisor can serve one `/metrics` for all its workers
+//!   (`duo_metrics::MetricsEndpoint::aggregate`).
 //!
 //! Around it, for a server program: [`bind_listener`] binds the socket the workers share,
 //! [`WorkerCommand::this_program`] runs the program itself again as a worker, and
@@ -64,9 +68,12 @@
 
 mod backoff;
 mod config;
+#[cfg(feature = "metrics")]
+pub mod metrics;
 pub mod protocol;
 mod serving;
 mod supervisor;
+mod table;
 mod worker;
 
 pub use config::{
@@ -74,4 +81,5 @@ pub use config::{
 };
 pub use serving::{bind_listener, inherited_or_bound, worker_connection_limit, LISTEN_BACKLOG};
 pub use supervisor::{Supervisor, SupervisorError};
+pub use table::{WorkerEndpoint, WorkerTable};
 pub use worker::{StatsSlot, Worker, WorkerError, WorkerStats};

@@ -12,6 +12,11 @@
 //! | `DUO_WORKER_SLOT` | the worker's row in that region ([`ROW_LEN`] counters from `slot * ROW_LEN`) |
 //! | `DUO_WORKER_GENERATION` | the generation (1 for the first, +1 per reload) |
 //!
+//! A worker's row holds its PID, its counters, its generation and, if it serves one, the
+//! port of its metrics endpoint on `127.0.0.1` ([`StatsSlot::publish_metrics_port`](crate::StatsSlot::publish_metrics_port)):
+//! that is how a supervisor's aggregating `/metrics` finds the workers
+//! ([`WorkerTable`](crate::WorkerTable)), without any message between them.
+//!
 //! The worker reads them with [`Worker::inherit`](crate::Worker::inherit), which removes
 //! them from its environment. From the supervisor it gets signals only: `SIGTERM` means
 //! "stop accepting, drain, exit" (a second signal: quit at once); `SIGTERM` also comes if
@@ -64,3 +69,7 @@ pub(crate) const COL_BYTES_IN: usize = 3;
 pub(crate) const COL_BYTES_OUT: usize = 4;
 /// Row column: messages handled in total.
 pub(crate) const COL_MESSAGES: usize = 5;
+/// Row column: the port of the worker's metrics endpoint on `127.0.0.1` (0: none).
+pub(crate) const COL_METRICS_PORT: usize = 6;
+/// Row column: the worker's generation.
+pub(crate) const COL_GENERATION: usize = 7;

@@ -9,8 +9,9 @@ use std::sync::Arc;
 use duo_sys::{ActivationError, SharedCounters};
 
 use crate::protocol::{
-    COL_ACCEPTED, COL_BYTES_IN, COL_BYTES_OUT, COL_MESSAGES, COL_OPEN, COL_PID, LISTEN_FDS_VAR,
-    READY_FD_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
+    COL_ACCEPTED, COL_BYTES_IN, COL_BYTES_OUT, COL_MESSAGES, COL_METRICS_PORT, COL_OPEN, COL_PID,
+    LISTEN_FDS_VAR, READY_FD_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR, WORKER_GENERATION_VAR,
+    WORKER_VAR,
 };
 
 /// Why a worker could not take what its supervisor handed it.
@@ -88,6 +89,15 @@ impl StatsSlot {
         cells[COL_BYTES_IN].store(stats.bytes_in, Ordering::Relaxed);
         cells[COL_BYTES_OUT].store(stats.bytes_out, Ordering::Relaxed);
         cells[COL_MESSAGES].store(stats.messages, Ordering::Relaxed);
+        cells[COL_PID].store(u64::from(std::process::id()), Ordering::Relaxed);
+    }
+
+    /// Publishes the port of this worker's metrics endpoint, which must listen on
+    /// `127.0.0.1`: the supervisor's aggregating endpoint scrapes it from there (see
+    /// [`WorkerTable`](crate::WorkerTable)). Port 0 withdraws it.
+    pub fn publish_metrics_port(&self, port: u16) {
+        let cells = self.cells();
+        cells[COL_METRICS_PORT].store(u64::from(port), Ordering::Relaxed);
         cells[COL_PID].store(u64::from(std::process::id()), Ordering::Relaxed);
     }
 

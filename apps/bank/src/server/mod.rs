@@ -424,13 +424,24 @@ fn run(
         cfg.workers,
         if cfg.group_commit { "on" } else { "off" }
     );
-    match worker {
+    // Stopped (and its thread joined) when this function returns.
+    let endpoint = match worker {
         Some(mut worker) => {
             if let Some(slot) = worker.stats() {
                 // The bank publishes no counters, but the row carries this worker's PID
                 // (an upgraded supervisor finds an adopted worker's row by it).
                 slot.publish(&duo_supervisor::WorkerStats::default());
             }
+            // Its own endpoint on loopback, which the supervisor's `--metrics` address
+            // gathers.
+            let endpoint = match cfg.metrics {
+                Some(_) => duo_supervisor::metrics::serve_worker(
+                    metrics_endpoint(&server, &metrics),
+                    &worker,
+                )
+                .map_err(|e| ServeError::Startup(format!("worker metrics endpoint: {e}")))?,
+                None => None,
+            };
             // The server accepts from the moment it started: tell the supervisor.
             worker
                 .notify_ready()
@@ -440,13 +451,15 @@ fn run(
                 std::process::id(),
                 worker.generation()
             );
+            endpoint
         }
-        None => process::announce_listening(&addr).map_err(startup("stdout"))?,
-    }
-    // Stopped (and its thread joined) when this function returns.
-    let endpoint = match cfg.metrics {
-        Some(at) => Some(serve_metrics(at, &server, &metrics)?),
-        None => None,
+        None => {
+            process::announce_listening(&addr).map_err(startup("stdout"))?;
+            match cfg.metrics {
+                Some(at) => Some(serve_metrics(at, &server, &metrics)?),
+                None => None,
+            }
+        }
     };
 
     let ran = lp.run();
@@ -460,6 +473,15 @@ fn run(
     Ok(())
 }
 
+/// The metrics endpoint: duo's figures for `server` (and every loop of the process), and
+/// the bank's `metrics`.
+fn metrics_endpoint(server: &TcpServer, metrics: &BankMetrics) -> MetricsEndpoint {
+    let mut endpoint = MetricsEndpoint::new();
+    endpoint.add_server(server.clone_handle());
+    metrics.register(endpoint.registry_mut());
+    endpoint
+}
+
 /// Starts the metrics endpoint (duo's figures for `server`, and `metrics`) on `addr` and
 /// prints `metrics on ADDR`.
 fn serve_metrics(
@@ -467,10 +489,7 @@ fn serve_metrics(
     server: &TcpServer,
     metrics: &BankMetrics,
 ) -> Result<MetricsServer, ServeError> {
-    let mut endpoint = MetricsEndpoint::new();
-    endpoint.add_server(server.clone_handle());
-    metrics.register(endpoint.registry_mut());
-    let running = endpoint
+    let running = metrics_endpoint(server, metrics)
         .spawn(addr)
         .map_err(|e| ServeError::Startup(format!("metrics endpoint on {addr}: {e}")))?;
     let mut out = std::io::stdout().lock();

@@ -35,6 +35,7 @@ use std::os::fd::{AsFd, BorrowedFd, RawFd};
 use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, FnHandler, Interest, LoopError, Signal, TimerId, Token};
@@ -46,6 +47,7 @@ use crate::protocol::{
     ADOPT_VAR, GENERATION_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR, ROW_LEN, SLOT_VAR,
     STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
+use crate::table::WorkerTable;
 use crate::worker::{read_row, WorkerStats};
 
 mod stats;
@@ -61,6 +63,14 @@ const SIGNALS: [Signal; 5] = [
     Signal::USR2,
     Signal::CHLD,
 ];
+
+/// Blocks the signals the supervisor handles in the calling thread, so that a thread
+/// spawned from it afterwards (which inherits the mask) never takes one by its default
+/// action (`SIGUSR2`'s is to terminate). [`Supervisor::run`] blocks them anyway; call this
+/// first to start threads before it.
+pub(crate) fn block_handled_signals() -> io::Result<()> {
+    duo_sys::block_signals(&SIGNALS)
+}
 
 /// After the stop deadline's `SIGKILL`s, how long the supervisor waits for the reaping
 /// before it gives up and returns anyway.
@@ -109,6 +119,7 @@ pub struct Supervisor {
     inherited_stats: Option<SharedCounters>,
     exe: PathBuf,
     args: Vec<OsString>,
+    table: WorkerTable,
 }
 
 impl Supervisor {
@@ -175,7 +186,14 @@ impl Supervisor {
             inherited_stats,
             exe,
             args,
+            table: WorkerTable::default(),
         })
+    }
+
+    /// The workers' rows, for an endpoint that aggregates their metrics: filled once
+    /// [`run`](Supervisor::run) has started, readable from any thread of this process.
+    pub fn worker_table(&self) -> WorkerTable {
+        self.table.clone()
     }
 
     /// Whether this process is a supervisor that re-executed itself (`SIGUSR2`) and adopted
@@ -202,7 +220,7 @@ impl Supervisor {
         let upgrade = self.is_upgrade();
         // After an upgrade the previous image's region goes on (the adopted workers write
         // into it), if it has the size this configuration needs.
-        let stats = match self.inherited_stats {
+        let stats = Arc::new(match self.inherited_stats {
             Some(region) if region.slots().len() == rows * ROW_LEN => region,
             _ => SharedCounters::create("duo-supervisor-stats", rows * ROW_LEN).map_err(
                 |source| SupervisorError::Io {
@@ -210,7 +228,8 @@ impl Supervisor {
                     source,
                 },
             )?,
-        };
+        });
+        self.table.set(stats.clone());
         lp.watch_signals(&SIGNALS, |lp, sig| {
             lp.with_local(|lp, st: &mut State| st.on_signal(lp, sig));
         })
@@ -343,7 +362,7 @@ struct State {
     listeners: Vec<TcpListener>,
     exe: PathBuf,
     args: Vec<OsString>,
-    stats: SharedCounters,
+    stats: Arc<SharedCounters>,
     free_rows: Vec<usize>,
     workers: BTreeMap<u32, WorkerProc>,
     /// The serving generation (0 before the first is ready).
@@ -550,6 +569,7 @@ impl State {
     ) -> io::Result<u32> {
         if let Some(row) = row {
             self.clear_row(row);
+            self.set_row_generation(row, generation);
         }
         let (ready_r, ready_w) = duo_sys::pipe()?;
         let n = self.listeners.len();

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::State;
-use crate::protocol::ROW_LEN;
+use crate::protocol::{COL_GENERATION, ROW_LEN};
 use crate::worker::{read_row, WorkerStats};
 
 impl State {
@@ -17,6 +17,11 @@ impl State {
         for cell in self.row_cells(row) {
             cell.store(0, Ordering::Relaxed);
         }
+    }
+
+    /// Marks `row` as a worker of `generation` (for [`WorkerTable`](crate::WorkerTable)).
+    pub(super) fn set_row_generation(&self, row: usize, generation: u64) {
+        self.row_cells(row)[COL_GENERATION].store(generation, Ordering::Relaxed);
     }
 
     pub(super) fn log_stats(&mut self) {
