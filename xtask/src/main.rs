@@ -10,7 +10,7 @@
 //! - `scale --conns N [--quick] [--processes K] [--procs P] [--hold SECS] [--json]`: checks
 //!   the host's limits, then has duo's echo server hold N idle connections and reports what
 //!   each costs in memory (see [`mod@scale`]).
-//! - `observe [--quick] [--keep-dir]`: a real Prometheus server scrapes the echo server
+//! - `observe [--quick] [--keep-dir] [--processes N]`: a real Prometheus server scrapes the echo server
 //!   under load; its query API must show `duo_` series and growing counters (see
 //!   [`mod@observe`]).
 //! - `ci`: runs `.ci/run`, the same checks CI runs.

@@ -26,6 +26,8 @@ pub(super) struct Expect {
     pub(super) scrapes: usize,
     /// The least `sum(duo_server_connections_accepted_total)` at the last scrape.
     pub(super) accepted: f64,
+    /// Echo runs this many worker processes behind its supervisor's metrics address.
+    pub(super) workers: Option<usize>,
 }
 
 /// One counter's samples over the run, summed over its series.
@@ -70,6 +72,10 @@ pub(super) struct Findings {
     /// a preempted thread on a loaded 2-core machine can run up, are only reported).
     pub(super) spins: f64,
     pub(super) stalls: f64,
+    /// Workers with `duo_aggregate_up` 1 at the last scrape, and the distinct `pid`s of
+    /// `duo_server_bytes_in_total{process="worker"}` (worker processes only).
+    pub(super) workers_up: f64,
+    pub(super) worker_pids: f64,
 }
 
 impl Findings {
@@ -108,7 +114,14 @@ impl Findings {
         }
         let spins = scalar_or_zero(&query(addr, "sum(duo_loop_spins_total)")?)?;
         let stalls = scalar_or_zero(&query(addr, "sum(duo_loop_stalls_total)")?)?;
+        let workers_up = scalar_or_zero(&query(addr, "sum(duo_aggregate_up)")?)?;
+        let worker_pids = scalar_or_zero(&query(
+            addr,
+            "count(count by (pid) (duo_server_bytes_in_total{process=\"worker\"}))",
+        )?)?;
         Ok(Findings {
+            workers_up,
+            worker_pids,
             spins,
             stalls,
             scrapes: up_values.len(),
@@ -143,6 +156,22 @@ impl Findings {
                 "the spin detector fired {} times under normal load (duo_loop_spins_total)",
                 self.spins
             ));
+        }
+        if let Some(n) = expect.workers {
+            let n = n as f64;
+            if self.workers_up != n {
+                out.push(format!(
+                    "sum(duo_aggregate_up) is {}, not the {n} worker processes",
+                    self.workers_up
+                ));
+            }
+            if self.worker_pids != n {
+                out.push(format!(
+                    "duo_server_bytes_in_total{{process=\"worker\"}} has series of {} pids, \
+                     not {n}",
+                    self.worker_pids
+                ));
+            }
         }
         for c in &self.counters {
             if c.series == 0 {
@@ -197,6 +226,13 @@ impl Findings {
             "  loop detectors under load: {} spins, {} stalls",
             self.spins, self.stalls
         );
+        if self.worker_pids > 0.0 {
+            let _ = writeln!(
+                s,
+                "  worker processes: {} up, {} pids with traffic figures",
+                self.workers_up, self.worker_pids
+            );
+        }
         for c in &self.counters {
             let _ = writeln!(
                 s,
@@ -329,6 +365,7 @@ mod tests {
         let expect = Expect {
             scrapes: 2,
             accepted: 20.0,
+            workers: None,
         };
         let good = Findings {
             scrapes: 3,
@@ -343,11 +380,28 @@ mod tests {
             ],
             spins: 0.0,
             stalls: 2.0,
+            workers_up: 0.0,
+            worker_pids: 0.0,
         };
         assert!(
             good.problems(&expect).is_empty(),
             "stalls are only reported"
         );
+        let two = Expect {
+            workers: Some(2),
+            ..expect
+        };
+        let mut workers = good.clone();
+        (workers.workers_up, workers.worker_pids) = (2.0, 2.0);
+        assert!(workers.problems(&two).is_empty());
+        workers.workers_up = 1.0;
+        workers.worker_pids = 1.0;
+        let problems = workers.problems(&two).join("\n");
+        assert!(
+            problems.contains("sum(duo_aggregate_up) is 1"),
+            "{problems}"
+        );
+        assert!(problems.contains("series of 1 pids"), "{problems}");
         let mut spinning = good.clone();
         spinning.spins = 1.0;
         assert!(spinning.problems(&expect)[0].contains("spin detector fired 1 times"));

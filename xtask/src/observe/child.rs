@@ -100,10 +100,15 @@ pub(super) struct Echo {
 }
 
 impl Echo {
-    /// Starts `exe serve --listen 127.0.0.1:0 --metrics 127.0.0.1:0` (stderr to `log`) and
-    /// waits up to `startup` for its `listening on ADDR` and `metrics on ADDR` lines (in
-    /// either order).
-    pub(super) fn start(exe: &Path, log: &Path, startup: Duration) -> Result<Echo, String> {
+    /// Starts `exe serve --listen 127.0.0.1:0 --metrics 127.0.0.1:0` (with `--processes N`
+    /// if `processes` is given; stderr to `log`) and waits up to `startup` for its
+    /// `listening on ADDR` and `metrics on ADDR` lines (in either order).
+    pub(super) fn start(
+        exe: &Path,
+        log: &Path,
+        startup: Duration,
+        processes: Option<usize>,
+    ) -> Result<Echo, String> {
         let mut cmd = Command::new(exe);
         cmd.args([
             "serve",
@@ -112,6 +117,9 @@ impl Echo {
             "--metrics",
             "127.0.0.1:0",
         ]);
+        if let Some(n) = processes {
+            cmd.args(["--processes", &n.to_string()]);
+        }
         let mut process = Running::spawn("echo", &mut cmd, log, true)?;
         let lines = read_lines(&mut process)?;
         let deadline = Instant::now() + startup;
@@ -207,8 +215,13 @@ mod tests {
             &dir.path,
             "metrics on 127.0.0.1:9100\\nlistening on 127.0.0.1:7000\\n",
         );
-        let mut echo = Echo::start(&exe, &dir.path.join("echo.log"), Duration::from_secs(20))
-            .unwrap_or_else(|e| panic!("{e}"));
+        let mut echo = Echo::start(
+            &exe,
+            &dir.path.join("echo.log"),
+            Duration::from_secs(20),
+            None,
+        )
+        .unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(echo.addr.to_string(), "127.0.0.1:7000");
         assert_eq!(echo.metrics.to_string(), "127.0.0.1:9100");
         assert!(echo.process.still_running().is_ok());
@@ -225,10 +238,11 @@ mod tests {
         let dir = RunDir::create("child_bad", false).expect("a directory");
         let log = dir.path.join("echo.log");
         let stray = fake_echo(&dir.path, "listening on 127.0.0.1:7000\\nhello\\n");
-        let err = Echo::start(&stray, &log, Duration::from_secs(20)).expect_err("a stray line");
+        let err =
+            Echo::start(&stray, &log, Duration::from_secs(20), None).expect_err("a stray line");
         assert!(err.contains("\"hello\""), "{err}");
         std::fs::write(dir.path.join("echo"), "#!/bin/sh\nexit 2\n").expect("rewrite");
-        let err = Echo::start(&stray, &log, Duration::from_secs(20)).expect_err("an exit");
+        let err = Echo::start(&stray, &log, Duration::from_secs(20), None).expect_err("an exit");
         assert!(err.contains("closed its stdout"), "{err}");
     }
 }

@@ -22,6 +22,11 @@
 //!      went down between two scrapes, and the accepted connections reached the load's 20.
 //!
 //!    The server, the load generator and Prometheus must keep running meanwhile.
+//!
+//!    With `--processes N`, echo runs as a supervisor of N worker processes whose
+//!    `--metrics` address gathers every worker's figures: then also `duo_aggregate_up`
+//!    must be 1 for N workers and `duo_server_bytes_in_total{process="worker"}` must have
+//!    series of N distinct `pid`s.
 //! 5. Prints what Prometheus had (scrapes, series per `duo_` name, each counter's first
 //!    and last value) and the time taken; stops everything it started by PID (also when a
 //!    step fails) and deletes its directory unless `--keep-dir`. Exit status 0 only if
@@ -62,6 +67,10 @@ pub(crate) struct ObserveArgs {
     /// Keep the run's directory (prometheus.yml, Prometheus' database, the logs).
     #[arg(long)]
     keep_dir: bool,
+    /// Run echo as a supervisor of N worker processes, scraped through the supervisor's
+    /// one metrics address.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(1..=16))]
+    processes: Option<u16>,
 }
 
 /// Runs `cargo xtask observe`.
@@ -75,6 +84,7 @@ pub(crate) fn observe(args: ObserveArgs) -> Result<(), Failure> {
             Expect {
                 scrapes: 2,
                 accepted: f64::from(CONNS),
+                workers: args.processes.map(usize::from),
             },
             Duration::from_secs(30),
         )
@@ -83,6 +93,7 @@ pub(crate) fn observe(args: ObserveArgs) -> Result<(), Failure> {
             Expect {
                 scrapes: 10,
                 accepted: f64::from(CONNS),
+                workers: args.processes.map(usize::from),
             },
             Duration::from_secs(90),
         )
@@ -139,6 +150,7 @@ impl Run<'_> {
             &release.join("echo"),
             &self.dir.join("echo.log"),
             ECHO_STARTUP,
+            expect.workers,
         )?;
         let (addr, metrics) = (echo.addr, echo.metrics);
         let echo = self.echo.insert(echo);

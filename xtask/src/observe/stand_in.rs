@@ -126,6 +126,7 @@ fn prometheus_on(stand_in: &StandIn, test: &str) -> Option<(RunDir, Prometheus)>
 const EXPECT: Expect = Expect {
     scrapes: 2,
     accepted: 20.0,
+    workers: None,
 };
 
 #[test]
