@@ -392,7 +392,12 @@ pub fn merge(parts: &[(Labels, String)]) -> Merged {
                         None => family.kind = Some(value),
                     }
                 }
-                if created.contains(name) {
+                // Each kind of metadata once, from the part that created the family.
+                let repeated = family
+                    .meta
+                    .iter()
+                    .any(|m| m.trim_start_matches('#').trim_start().starts_with(kind));
+                if created.contains(name) && !repeated {
                     family.meta.push(line.to_owned());
                 }
                 continue;
