@@ -7,7 +7,7 @@
 mod common;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -433,8 +433,7 @@ fn metrics_are_served_next_to_the_echo() {
         "60000",
     ]);
     let mut server = ChildServer::start(cmd);
-    let line = server.line_starting("metrics on ", Duration::from_secs(10));
-    let metrics: SocketAddr = line["metrics on ".len()..].trim().parse().unwrap();
+    let metrics = server.metrics_addr(Duration::from_secs(10));
     let mut client = TcpStream::connect(server.addr()).unwrap();
     client
         .set_read_timeout(Some(Duration::from_secs(10)))

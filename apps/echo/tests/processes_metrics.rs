@@ -83,8 +83,7 @@ fn one_address_gathers_every_worker_through_a_reload_and_a_crash() {
         "--metrics",
         "127.0.0.1:0",
     ]);
-    let line = server.line_starting("metrics on ", LIMIT);
-    let metrics: SocketAddr = line["metrics on ".len()..].trim().parse().unwrap();
+    let metrics = server.metrics_addr(LIMIT);
     let sup = server.pid();
     wait_until("two workers", || children(sup).len() == 2);
     let first = children(sup);

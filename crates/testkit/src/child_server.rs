@@ -144,6 +144,16 @@ impl ChildServer {
             .unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// The address of the next `metrics on ADDR` line (what duo's servers print after
+    /// `listening on` when started with `--metrics HOST:0`), waiting at most `limit`.
+    pub fn metrics_addr(&mut self, limit: Duration) -> SocketAddr {
+        let line = self.line_starting("metrics on ", limit);
+        line["metrics on ".len()..]
+            .trim()
+            .parse()
+            .unwrap_or_else(|e| panic!("{}: a bad metrics line {line:?}: {e}", self.name))
+    }
+
     /// As [`line_starting`](Self::line_starting), but an error (the server is killed)
     /// instead of a panic.
     fn try_line_starting(&mut self, prefix: &str, limit: Duration) -> Result<String, String> {

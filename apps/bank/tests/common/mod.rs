@@ -105,13 +105,7 @@ impl Server {
     /// The address of its metrics endpoint (started with `--metrics 127.0.0.1:0`): the
     /// `metrics on ADDR` line after `listening on`.
     pub(crate) fn metrics_addr(&mut self) -> SocketAddr {
-        let line = self
-            .child
-            .line_starting("metrics on ", Duration::from_secs(10));
-        line["metrics on ".len()..]
-            .trim()
-            .parse()
-            .expect("metrics address")
+        self.child.metrics_addr(Duration::from_secs(10))
     }
 
     /// SIGKILL, and reap.
