@@ -15,29 +15,53 @@ use duo_metrics::{MetricsEndpoint, MetricsServer, ScrapeTarget};
 
 use crate::{Supervisor, SupervisorError, Worker, WorkerTable};
 
+/// The address an upgraded supervisor's metrics endpoint had, handed to its next image.
+const METRICS_ADDR_VAR: &str = "DUO_SUPERVISOR_METRICS_ADDR";
+
 /// [`Supervisor::run`] with the aggregating endpoint on `metrics` if given (started first,
 /// [`serve_supervisor`], stopped when the supervisor is done): `on_ready` gets the
 /// endpoint's address. A server prints its `listening on` line there, then
 /// [`announce`]s the endpoint.
+///
+/// An upgrade (`SIGUSR2`) closes the endpoint with the old image; the new image opens it
+/// again on the same address (with port 0 configured: the port the first image got, so
+/// the announced address stays right). Between the two a scrape is refused.
 ///
 /// # Errors
 ///
 /// The endpoint could not start (binding `metrics` failed, say), or as
 /// [`Supervisor::run`].
 pub fn run(
-    supervisor: Supervisor,
+    mut supervisor: Supervisor,
     metrics: Option<SocketAddr>,
     on_ready: impl FnOnce(Option<SocketAddr>) + Send + 'static,
 ) -> Result<(), SupervisorError> {
+    // What the previous image bound, if this one is an upgrade: with port 0 configured,
+    // the same port again, so that the address announced at the start stays right.
+    let previous: Option<SocketAddr> = std::env::var(METRICS_ADDR_VAR)
+        .ok()
+        .and_then(|a| a.parse().ok());
+    std::env::remove_var(METRICS_ADDR_VAR);
     let server = match metrics {
-        Some(at) => Some(
-            serve_supervisor(MetricsEndpoint::new(), supervisor.worker_table(), at).map_err(
-                |source| SupervisorError::Io {
+        Some(configured) => {
+            let at = match previous {
+                Some(prev)
+                    if supervisor.is_upgrade()
+                        && configured.port() == 0
+                        && prev.ip() == configured.ip() =>
+                {
+                    prev
+                }
+                _ => configured,
+            };
+            let server = serve_supervisor(MetricsEndpoint::new(), supervisor.worker_table(), at)
+                .map_err(|source| SupervisorError::Io {
                     what: "starting the metrics endpoint",
                     source,
-                },
-            )?,
-        ),
+                })?;
+            supervisor.carry_across_upgrade(METRICS_ADDR_VAR, &server.local_addr().to_string());
+            Some(server)
+        }
         None => None,
     };
     let at = server.as_ref().map(MetricsServer::local_addr);

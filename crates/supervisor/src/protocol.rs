@@ -31,6 +31,7 @@
 //! |---|---|
 //! | [`ADOPT_VAR`] | the PIDs of the serving workers, comma-separated: the new image adopts them |
 //! | [`GENERATION_VAR`] | their generation |
+//! | [`LAST_STARTED_VAR`] | the newest generation started (a reload that failed included): numbers are not reused |
 //! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed at a stop's deadline) |
 //! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
 
@@ -52,6 +53,9 @@ pub const ADOPT_VAR: &str = "DUO_SUPERVISOR_ADOPT";
 pub const RETIRING_VAR: &str = "DUO_SUPERVISOR_RETIRING";
 /// The generation of the adopted workers.
 pub const GENERATION_VAR: &str = "DUO_SUPERVISOR_GENERATION";
+/// The newest generation the previous image started (a failed reload's included): the
+/// new image numbers its generations after it, so that no number is used twice.
+pub const LAST_STARTED_VAR: &str = "DUO_SUPERVISOR_LAST_STARTED";
 /// The stats region an upgraded supervisor goes on using.
 pub const STATS_VAR: &str = "DUO_SUPERVISOR_STATS_FD";
 

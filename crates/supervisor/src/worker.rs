@@ -200,10 +200,26 @@ impl Worker {
     ///
     /// # Errors
     ///
-    /// Writing to the pipe failed (the supervisor is gone: `EPIPE`).
+    /// Writing to the pipe failed. A pipe nobody reads any more (`EPIPE`: the supervisor
+    /// upgraded itself while this worker started, and adopted it as serving) is not an
+    /// error; `SIGPIPE` must be ignored (as `duo_net::process::prepare_server` does), or
+    /// that write ends the process.
     pub fn notify_ready(&mut self) -> io::Result<()> {
         match self.ready.take() {
-            Some(mut pipe) => pipe.write_all(&[crate::supervisor::READY]),
+            Some(mut pipe) => match pipe.write_all(&[crate::supervisor::READY]) {
+                // Nobody reads the pipe any more: the supervisor upgraded itself while this
+                // worker was starting (the new image adopted it as serving, and the pipe's
+                // read end closed with the old image). A supervisor that died would have
+                // sent SIGTERM (`PR_SET_PDEATHSIG`).
+                Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
+                    log::info!(
+                        "worker {}: the supervisor no longer waits for readiness (upgraded)",
+                        std::process::id()
+                    );
+                    Ok(())
+                }
+                other => other,
+            },
             None => Ok(()),
         }
     }

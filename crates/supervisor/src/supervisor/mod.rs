@@ -44,8 +44,8 @@ use duo_sys::SharedCounters;
 use crate::backoff::Backoff;
 use crate::config::{ConfigError, SupervisorConfig};
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR, ROW_LEN, SLOT_VAR,
-    STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
+    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR,
+    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::table::WorkerTable;
 use crate::worker::{read_row, WorkerStats};
@@ -54,6 +54,10 @@ mod stats;
 mod upgrade;
 
 use upgrade::{is_child, parse_pids, relocate, take_var};
+
+/// Generations of a full set of workers the stats region has rows for: a serving one, a
+/// starting one, and six still draining.
+const ROW_GENERATIONS: usize = 8;
 
 /// The signals the supervisor handles.
 const SIGNALS: [Signal; 5] = [
@@ -115,6 +119,10 @@ pub struct Supervisor {
     /// Workers of older generations the previous image was still draining.
     adopted_retiring: Vec<u32>,
     adopted_generation: u64,
+    /// The newest generation the previous image started.
+    adopted_last_started: u64,
+    /// Variables for the image an upgrade executes ([`Supervisor::carry_across_upgrade`]).
+    upgrade_env: Vec<(String, String)>,
     /// The stats region of the previous image, handed over by an upgrade.
     inherited_stats: Option<SharedCounters>,
     exe: PathBuf,
@@ -161,6 +169,10 @@ impl Supervisor {
         let adopted_generation = take_var(GENERATION_VAR)
             .and_then(|g| g.parse().ok())
             .unwrap_or(0);
+        let adopted_last_started = take_var(LAST_STARTED_VAR)
+            .and_then(|g| g.parse().ok())
+            .unwrap_or(0)
+            .max(adopted_generation);
         let children_in = |var: &str| -> Vec<u32> {
             take_var(var)
                 .map(|list| parse_pids(&list))
@@ -183,11 +195,21 @@ impl Supervisor {
             adopted,
             adopted_retiring,
             adopted_generation,
+            adopted_last_started,
+            upgrade_env: Vec::new(),
             inherited_stats,
             exe,
             args,
             table: WorkerTable::default(),
         })
+    }
+
+    /// Sets `key=value` in the environment of the image an upgrade (`SIGUSR2`) executes,
+    /// beside the supervisor's own variables: how a part of the program started around
+    /// the supervisor (its metrics endpoint, say) hands something to its next image.
+    pub fn carry_across_upgrade(&mut self, key: &str, value: &str) {
+        self.upgrade_env.retain(|(k, _)| k != key);
+        self.upgrade_env.push((key.to_owned(), value.to_owned()));
     }
 
     /// The workers' rows, for an endpoint that aggregates their metrics: filled once
@@ -214,9 +236,10 @@ impl Supervisor {
     /// did not become ready (a worker exited first, or the ready timeout passed).
     pub fn run(self, on_ready: impl FnOnce() + Send + 'static) -> Result<(), SupervisorError> {
         let mut lp = EventLoop::new()?;
-        // Serving, starting and draining generations at once (a reload while the previous
-        // one still drains); beyond that, workers go uncounted (see `spawn`).
-        let rows = self.cfg.workers * 3;
+        // Serving, starting and draining generations at once (reloads while earlier
+        // generations still drain); beyond that, workers go uncounted and unseen by the
+        // metrics endpoint (see `spawn`). A row is 64 bytes.
+        let rows = self.cfg.workers * ROW_GENERATIONS;
         let upgrade = self.is_upgrade();
         // After an upgrade the previous image's region goes on (the adopted workers write
         // into it), if it has the size this configuration needs.
@@ -251,7 +274,8 @@ impl Supervisor {
             free_rows: (0..rows).rev().collect(),
             workers: BTreeMap::new(),
             generation: self.adopted_generation,
-            last_started: self.adopted_generation,
+            last_started: self.adopted_last_started,
+            upgrade_env: self.upgrade_env,
             pending: None,
             restart_timer: None,
             stopping: false,
@@ -295,11 +319,17 @@ impl Supervisor {
             );
         }
         for pid in self.adopted_retiring {
-            log::info!("adopting worker {pid}, still draining");
+            // Its row says its generation (the supervisor writes it there at the start).
+            let generation = owner
+                .get(&pid)
+                .map(|row| state.row_generation(*row))
+                .filter(|g| *g > 0)
+                .unwrap_or_else(|| state.generation.saturating_sub(1));
+            log::info!("adopting worker {pid} (generation {generation}), still draining");
             state.workers.insert(
                 pid,
                 WorkerProc {
-                    generation: state.generation.saturating_sub(1),
+                    generation,
                     started: Instant::now(),
                     ready: true,
                     retiring: true,
@@ -369,6 +399,8 @@ struct State {
     generation: u64,
     /// The newest generation started.
     last_started: u64,
+    /// Variables for the image an upgrade executes.
+    upgrade_env: Vec<(String, String)>,
     pending: Option<Pending>,
     restart_timer: Option<TimerId>,
     backoff: Backoff,

@@ -24,6 +24,11 @@ impl State {
         self.row_cells(row)[COL_GENERATION].store(generation, Ordering::Relaxed);
     }
 
+    /// The generation written into `row` at its worker's start (0: none).
+    pub(super) fn row_generation(&self, row: usize) -> u64 {
+        self.row_cells(row)[COL_GENERATION].load(Ordering::Relaxed)
+    }
+
     pub(super) fn log_stats(&mut self) {
         let mut sum = WorkerStats::default();
         for w in self.workers.values() {

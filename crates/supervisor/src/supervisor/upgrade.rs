@@ -7,7 +7,7 @@ use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 
 use super::State;
-use crate::protocol::{ADOPT_VAR, GENERATION_VAR, RETIRING_VAR, STATS_VAR};
+use crate::protocol::{ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, STATS_VAR};
 
 impl State {
     pub(super) fn upgrade(&mut self) {
@@ -46,7 +46,9 @@ impl State {
             .env(ADOPT_VAR, list.join(","))
             .env(RETIRING_VAR, draining.join(","))
             .env(GENERATION_VAR, self.generation.to_string())
-            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
+            .env(LAST_STARTED_VAR, self.last_started.to_string())
+            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string())
+            .envs(self.upgrade_env.iter().map(|(k, v)| (k, v)));
         if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
             log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
             cmd.env_remove(STATS_VAR);
