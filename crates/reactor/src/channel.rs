@@ -375,3 +375,25 @@ impl fmt::Debug for FnHandler {
             .finish()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every connection of every loop holds a channel, so its size is part of what an
+    /// idle connection costs (duo's target: at most 0.5 KiB of user space per connection,
+    /// measured by `cargo xtask bench --only idle`). Grow it knowingly: this fails first.
+    #[test]
+    fn a_channel_stays_small() {
+        assert!(
+            std::mem::size_of::<Channel>() <= 56,
+            "Channel is {} bytes",
+            std::mem::size_of::<Channel>()
+        );
+        assert!(
+            std::mem::size_of::<SpinWatch>() <= 28,
+            "SpinWatch is {} bytes",
+            std::mem::size_of::<SpinWatch>()
+        );
+    }
+}

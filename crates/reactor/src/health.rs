@@ -266,18 +266,54 @@ pub(crate) fn probe(fd: BorrowedFd<'_>) -> Probe {
 
 /// The spin detector's record of one channel (kept in the channel, touched only by its
 /// loop).
+///
+/// Every channel of every loop carries one, so it is kept to 20 bytes: a channel is most
+/// of what an idle connection costs (the counters and queue lengths are `u32`s, which is
+/// plenty for a run of dispatches and for comparing queue lengths).
 #[derive(Debug, Default)]
 pub(crate) struct SpinWatch {
     /// Dispatches in a row with readiness `ready`, no progress, the loop never sleeping.
     count: u32,
     ready: u32,
+    /// The low 32 bits of the loop's sleep count when the run began: a sleep in between
+    /// ends the run (only compared for equality, so the truncation matters only after
+    /// exactly 2^32 sleeps in between, and then at most delays a report).
+    slept: u32,
+    /// The queue lengths first sampled in this run ([`QueueSample`]), if any was.
+    probe: QueueSample,
     /// The handler has reported progress at least once: its word is taken.
     reports: bool,
-    /// The loop's sleep count when the run began: a sleep in between ends the run.
-    slept: u64,
-    /// The queue lengths first sampled in this run, and whether they ever moved.
-    probe: Option<Queues>,
+    /// The queues moved during this run.
     moved: bool,
+}
+
+/// [`Queues`] in 8 bytes: each length as a `u32`, [`QueueSample::NONE`] for "no such
+/// queue", lengths from `NONE - 1` up clamped (a queue is never that long); both `NONE`
+/// with `taken` false means "no sample yet".
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct QueueSample {
+    rx: u32,
+    tx: u32,
+    taken: bool,
+}
+
+impl QueueSample {
+    const NONE: u32 = u32::MAX;
+
+    fn of(queues: Queues) -> QueueSample {
+        let len = |q: Option<usize>| {
+            q.map_or(Self::NONE, |n| {
+                u32::try_from(n)
+                    .unwrap_or(Self::NONE - 1)
+                    .min(Self::NONE - 1)
+            })
+        };
+        QueueSample {
+            rx: len(queues.0),
+            tx: len(queues.1),
+            taken: true,
+        }
+    }
 }
 
 /// Empty wake-ups at least this far apart do not make a spin: a loop woken now and then
@@ -429,7 +465,7 @@ impl HealthTracker {
         let Some(threshold) = self.config.spin_threshold else {
             return false;
         };
-        let continues = ready == w.ready && w.slept == self.slept;
+        let continues = ready == w.ready && w.slept == self.slept as u32;
         let next = if continues { w.count + 1 } else { 1 };
         !w.reports && next % (threshold.max(1) / PROBES).max(1) == 0
     }
@@ -460,11 +496,11 @@ impl HealthTracker {
         let Some(threshold) = self.config.spin_threshold else {
             return;
         };
-        if reported || changed || ready != w.ready || w.slept != self.slept {
+        if reported || changed || ready != w.ready || w.slept != self.slept as u32 {
             *w = SpinWatch {
                 ready,
                 reports: w.reports,
-                slept: self.slept,
+                slept: self.slept as u32,
                 ..SpinWatch::default()
             };
             return;
@@ -476,17 +512,20 @@ impl HealthTracker {
             // Moved during the handler (it consumed, or wrote, or its thread lost the CPU
             // meanwhile, so that the peer may have answered in between), or the queues
             // moved since the first probe.
-            if before != now || w.probe.is_some_and(|first| first != now.queues) {
+            let sample = QueueSample::of(now.queues);
+            if before != now || (w.probe.taken && w.probe != sample) {
                 w.moved = true;
             }
-            w.probe.get_or_insert(now.queues);
+            if !w.probe.taken {
+                w.probe = sample;
+            }
         }
         if w.count >= threshold {
             let confirmed = w.reports || !w.moved;
             *w = SpinWatch {
                 ready,
                 reports: w.reports,
-                slept: self.slept,
+                slept: self.slept as u32,
                 ..SpinWatch::default()
             };
             if confirmed {

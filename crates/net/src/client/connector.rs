@@ -305,7 +305,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     let id = NEXT_CONN_ID.fetch_add(1, Ordering::Relaxed);
     let handle = TcpConnection::new(
         id,
-        Arc::from(inner.name.as_str()),
+        Arc::new(inner.name.clone()),
         peer,
         local,
         credentials,

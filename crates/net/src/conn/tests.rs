@@ -177,7 +177,7 @@ fn open(lp: &mut EventLoop, owner: &Arc<Owner>, id: u64) -> (Conn, UnixStream) {
     let local: SocketAddr = "127.0.0.1:7000".parse().unwrap();
     let handle = TcpConnection::new(
         id,
-        Arc::from("test"),
+        Arc::new("test".to_owned()),
         peer_addr.into(),
         local.into(),
         None,
@@ -721,7 +721,7 @@ fn a_failed_registration_is_a_close_with_its_error_and_is_counted() {
     let addr: SocketAddr = "127.0.0.1:40000".parse().unwrap();
     let handle = TcpConnection::new(
         9,
-        Arc::from("test"),
+        Arc::new("test".to_owned()),
         addr.into(),
         addr.into(),
         None,

@@ -303,7 +303,7 @@ pub(super) fn new_connection_handler(
     let mut next_loop = 0usize;
     let mut next_id = ids.first;
     // Shared by every connection (one allocation per server, not per connection).
-    let server_name: Arc<str> = Arc::from(shared.name.as_str());
+    let server_name = Arc::new(shared.name.clone());
     Box::new(move |lp, socket, peer| {
         let c = &shared.counters;
         let active = c.active.load(Ordering::Relaxed);
