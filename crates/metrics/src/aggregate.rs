@@ -356,6 +356,7 @@ pub fn merge(parts: &[(Labels, String)]) -> Merged {
     let mut families: HashMap<String, Family> = HashMap::new();
     let mut conflicts = 0;
     for (labels, text) in parts {
+        let names: Vec<&str> = labels.iter().map(|(name, _)| name.as_str()).collect();
         let labels = render_labels(labels);
         // Families this part created (its metadata is kept), and those it may not add to.
         let mut created: HashSet<String> = HashSet::new();
@@ -418,7 +419,7 @@ pub fn merge(parts: &[(Labels, String)]) -> Merged {
                 continue;
             }
             if let Some(family) = families.get_mut(&name) {
-                family.samples.push(with_labels(line, &labels));
+                family.samples.push(with_labels(line, &labels, &names));
             }
         }
     }
@@ -440,8 +441,11 @@ fn sample_name(line: &str) -> &str {
     &line[..end]
 }
 
-/// `line` (a sample) with `labels` (rendered) first in its label set.
-fn with_labels(line: &str, labels: &str) -> String {
+/// `line` (a sample) with `labels` (rendered) first in its label set. A label of the
+/// sample's own whose name is one of `names` (the added labels' names) is renamed
+/// `exported_NAME`, as Prometheus does with a target's labels that clash with its own: a
+/// label set must not name a label twice, or the whole scrape is refused.
+fn with_labels(line: &str, labels: &str, names: &[&str]) -> String {
     if labels.is_empty() {
         return line.to_owned();
     }
@@ -449,9 +453,54 @@ fn with_labels(line: &str, labels: &str) -> String {
     let rest = &line[name.len()..];
     match rest.strip_prefix('{') {
         Some(inner) if inner.starts_with('}') => format!("{name}{{{labels}{inner}"),
-        Some(inner) => format!("{name}{{{labels},{inner}"),
+        Some(inner) => format!("{name}{{{labels},{}", rename_taken(inner, names)),
         None => format!("{name}{{{labels}}}{rest}"),
     }
+}
+
+/// `inner` (a label set after its `{`, and the rest of the line) with each label named
+/// in `taken` renamed `exported_NAME`. Text it cannot parse as labels is kept as it is.
+fn rename_taken(inner: &str, taken: &[&str]) -> String {
+    let mut out = String::with_capacity(inner.len() + 16);
+    let mut rest = inner;
+    loop {
+        if rest.starts_with('}') {
+            break;
+        }
+        let Some(eq) = rest.find('=') else {
+            break;
+        };
+        if taken.contains(&rest[..eq].trim()) {
+            out.push_str("exported_");
+        }
+        out.push_str(&rest[..=eq]);
+        rest = &rest[eq + 1..];
+        let Some(value) = rest.strip_prefix('"') else {
+            break;
+        };
+        // The closing quote: the first `"` not escaped by a backslash.
+        let mut escaped = false;
+        let close = value.char_indices().find_map(|(i, c)| {
+            let end = !escaped && c == '"';
+            escaped = !escaped && c == '\\';
+            end.then_some(i)
+        });
+        let Some(close) = close else {
+            break;
+        };
+        let end = 1 + close + 1;
+        out.push_str(&rest[..end]);
+        rest = &rest[end..];
+        match rest.strip_prefix(',') {
+            Some(next) => {
+                out.push(',');
+                rest = next;
+            }
+            None => break,
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 #[cfg(test)]
@@ -467,13 +516,30 @@ mod tests {
 
     #[test]
     fn samples_get_the_labels_of_their_part() {
-        assert_eq!(with_labels("a 1", "p=\"1\""), "a{p=\"1\"} 1");
-        assert_eq!(with_labels("a{} 1", "p=\"1\""), "a{p=\"1\"} 1");
+        let p = &["p"][..];
+        assert_eq!(with_labels("a 1", "p=\"1\"", p), "a{p=\"1\"} 1");
+        assert_eq!(with_labels("a{} 1", "p=\"1\"", p), "a{p=\"1\"} 1");
         assert_eq!(
-            with_labels("a_bucket{le=\"0.5\"} 2", "p=\"1\""),
+            with_labels("a_bucket{le=\"0.5\"} 2", "p=\"1\"", p),
             "a_bucket{p=\"1\",le=\"0.5\"} 2"
         );
-        assert_eq!(with_labels("a 1", ""), "a 1");
+        assert_eq!(with_labels("a 1", "", &[]), "a 1");
+    }
+
+    #[test]
+    fn a_label_of_the_sample_s_own_with_an_added_name_is_renamed() {
+        let p = &["p", "q"][..];
+        assert_eq!(
+            with_labels("a{x=\"1\",p=\"7\"} 1", "p=\"1\",q=\"2\"", p),
+            "a{p=\"1\",q=\"2\",x=\"1\",exported_p=\"7\"} 1"
+        );
+        // Quotes, commas and braces inside values are not label boundaries.
+        assert_eq!(
+            with_labels("a{x=\"a\\\",p=}\",q=\"\"} 1", "p=\"1\"", p),
+            "a{p=\"1\",x=\"a\\\",p=}\",exported_q=\"\"} 1"
+        );
+        // What does not parse is kept.
+        assert_eq!(with_labels("a{p 1", "p=\"1\"", p), "a{p=\"1\",p 1");
     }
 
     #[test]
