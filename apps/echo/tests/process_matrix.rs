@@ -737,3 +737,33 @@ fn the_announced_metrics_address_answers_after_an_upgrade() {
     wait_up(metrics, &gen_of(&g2, 2));
     sup.stop_cleanly();
 }
+
+#[test]
+fn a_worker_adopted_before_it_published_anything_keeps_its_stats_row() {
+    // A replacement held at the gate has written nothing into its row when the upgrade
+    // comes: the row must still be known as its own (the supervisor writes the PID at
+    // the spawn), or the new image frees it and gives it to a new worker while this one
+    // writes into it too.
+    let gate = Gate::new("adopt-unpublished");
+    let sup = Sup::start(&gate.exe(), 2, &[]);
+    let g1 = sup.workers();
+    gate.close();
+    let victim = *g1.iter().next().unwrap();
+    send_signal(victim, "KILL").unwrap();
+    let mut replacement = 0;
+    eventually("a replacement waiting at the gate", || {
+        let log = sup.stderr();
+        let extra: Vec<u32> = spawned(&log).difference(&g1).copied().collect();
+        replacement = extra.first().copied().unwrap_or(0);
+        holds(extra.len() == 1, log)
+    });
+    sup.signal("USR2");
+    sup.log_has(&format!(
+        "adopting worker {replacement} (generation 1, stats row"
+    ));
+    gate.open();
+    let g2 = sup.serving(2);
+    sup.wait_workers("generation 2 alone", &g2);
+    round_trip(&mut sup.connect(), b"after");
+    sup.stop_cleanly();
+}

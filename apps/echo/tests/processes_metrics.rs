@@ -193,3 +193,28 @@ fn a_metrics_address_in_use_fails_the_start_with_exit_1() {
     assert_eq!(done.status.code(), Some(1), "{err}");
     assert!(err.contains("metrics endpoint on"), "{err}");
 }
+
+/// What an upgraded image finds when its metrics address was taken during the `exec`
+/// (the variable the previous image leaves, and the address in use): it must go on
+/// supervising without the endpoint, not end the service for it.
+#[test]
+fn an_upgraded_image_that_cannot_reopen_its_metrics_address_goes_on_serving() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let mut cmd = Command::new(ECHO);
+    cmd.args(["serve", "--listen", "127.0.0.1:0", "--processes", "1"])
+        .args(["--io-threads", "1", "--metrics", &addr])
+        .env("DUO_SUPERVISOR_METRICS_ADDR", &addr)
+        .env("RUST_LOG", "info");
+    let mut server = duo_testkit::ChildServer::start(cmd);
+    server.wait_for_stderr("supervising without it", LIMIT);
+    let mut s = std::net::TcpStream::connect(server.addr()).unwrap();
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.write_all(b"still here").unwrap();
+    let mut back = [0u8; 10];
+    s.read_exact(&mut back).unwrap();
+    assert_eq!(&back, b"still here");
+    drop(s);
+    let (status, _) = server.terminate("TERM", LIMIT);
+    assert!(status.success(), "{status:?}");
+}

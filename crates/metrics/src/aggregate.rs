@@ -62,29 +62,40 @@ const MAX_RESPONSE: usize = 64 << 20;
 type Fetched = (u16, Vec<u8>);
 
 impl Aggregation {
-    /// Fetches `path` from every current target in parallel, each within the deadline.
-    fn fetch_all(&self, path: &str) -> Vec<(ScrapeTarget, io::Result<Fetched>, Duration)> {
+    /// Fetches `path` from every current target in parallel, all within the scrape
+    /// timeout or `budget` (what the scraper allows), whichever is shorter.
+    fn fetch_all(
+        &self,
+        path: &str,
+        budget: Option<Duration>,
+    ) -> Vec<(ScrapeTarget, io::Result<Fetched>, Duration)> {
         let targets = (self.targets)();
-        let deadline = Instant::now() + self.timeout;
+        let timeout = budget.map_or(self.timeout, |b| b.min(self.timeout));
+        let deadline = Instant::now() + timeout;
         std::thread::scope(|scope| {
             let running: Vec<_> = targets
                 .into_iter()
                 .map(|target| {
                     let addr = target.addr;
-                    let fetch = scope.spawn(move || {
-                        let start = Instant::now();
-                        let got = fetch(addr, path, deadline);
-                        (got, start.elapsed())
-                    });
+                    let fetch = std::thread::Builder::new()
+                        .name("metrics-fetch".into())
+                        .spawn_scoped(scope, move || {
+                            let start = Instant::now();
+                            let got = fetch(addr, path, deadline);
+                            (got, start.elapsed())
+                        });
                     (target, fetch)
                 })
                 .collect();
             running
                 .into_iter()
                 .map(|(target, fetch)| {
-                    let (got, took) = fetch.join().unwrap_or_else(|_| {
-                        (Err(io::Error::other("the fetch panicked")), Duration::ZERO)
-                    });
+                    let (got, took) = match fetch {
+                        Ok(fetch) => fetch.join().unwrap_or_else(|_| {
+                            (Err(io::Error::other("the fetch panicked")), Duration::ZERO)
+                        }),
+                        Err(e) => (Err(e), Duration::ZERO),
+                    };
                     (target, got, took)
                 })
                 .collect()
@@ -93,8 +104,12 @@ impl Aggregation {
 
     /// `/metrics`: this process's `own` text and every target's, merged, with
     /// `duo_aggregate_up` and `duo_aggregate_scrape_seconds` per target.
-    pub(crate) fn metrics(&self, own: &str) -> String {
-        let fetched = self.fetch_all("/metrics");
+    ///
+    /// `budget`: how long the scraper waits (Prometheus sends its scrape timeout as
+    /// `X-Prometheus-Scrape-Timeout-Seconds`): a slow target must be left out before the
+    /// scraper gives up on the whole answer.
+    pub(crate) fn metrics(&self, own: &str, budget: Option<Duration>) -> String {
+        let fetched = self.fetch_all("/metrics", budget);
         let mut parts: Vec<(Labels, String)> = vec![(self.own_labels.clone(), own.to_owned())];
         let mut up = String::from(
             "# HELP duo_aggregate_up Whether this scrape got the target's metrics (1) or not (0).\n\
@@ -151,7 +166,7 @@ impl Aggregation {
     /// target's; `200 ok` if all are healthy and there is at least one target.
     pub(crate) fn healthz(&self, own: Option<String>) -> (bool, String) {
         let mut problems: Vec<String> = own.into_iter().collect();
-        let fetched = self.fetch_all("/healthz");
+        let fetched = self.fetch_all("/healthz", None);
         if fetched.is_empty() {
             problems.push("no process to aggregate serves an endpoint".into());
         }
@@ -184,7 +199,7 @@ impl Aggregation {
             )
         };
         let targets: Vec<Value> =
-            self.fetch_all("/debug/loops")
+            self.fetch_all("/debug/loops", None)
                 .into_iter()
                 .map(|(target, got, _)| {
                     let labels = labels_json(&target.labels);
@@ -264,6 +279,13 @@ fn parse_response(bytes: &[u8]) -> io::Result<Fetched> {
         Err(e) => return Err(invalid(format!("bad response: {e}"))),
     };
     let status = response.code.unwrap_or(0);
+    if response
+        .headers
+        .iter()
+        .any(|h| h.name.eq_ignore_ascii_case("transfer-encoding"))
+    {
+        return Err(invalid("a Transfer-Encoding is not supported".into()));
+    }
     let length = response
         .headers
         .iter()
@@ -437,7 +459,7 @@ pub fn merge(parts: &[(Labels, String)]) -> Merged {
 
 /// The metric name a sample line starts with.
 fn sample_name(line: &str) -> &str {
-    let end = line.find(['{', ' ']).unwrap_or(line.len());
+    let end = line.find(['{', ' ', '\t']).unwrap_or(line.len());
     &line[..end]
 }
 
@@ -459,48 +481,70 @@ fn with_labels(line: &str, labels: &str, names: &[&str]) -> String {
 }
 
 /// `inner` (a label set after its `{`, and the rest of the line) with each label named
-/// in `taken` renamed `exported_NAME`. Text it cannot parse as labels is kept as it is.
+/// in `taken` renamed `exported_NAME` (`exported_exported_NAME` if that is taken too, and
+/// so on). Text it cannot parse as labels is kept as it is.
 fn rename_taken(inner: &str, taken: &[&str]) -> String {
+    let names = label_names(inner);
+    let present: Vec<&str> = names.iter().map(|r| &inner[r.clone()]).collect();
     let mut out = String::with_capacity(inner.len() + 16);
-    let mut rest = inner;
+    let mut copied = 0;
+    for range in &names {
+        let name = &inner[range.clone()];
+        if !taken.contains(&name) {
+            continue;
+        }
+        let mut renamed = format!("exported_{name}");
+        while taken.contains(&renamed.as_str()) || present.contains(&renamed.as_str()) {
+            renamed.insert_str(0, "exported_");
+        }
+        out.push_str(&inner[copied..range.start]);
+        out.push_str(&renamed);
+        copied = range.end;
+    }
+    out.push_str(&inner[copied..]);
+    out
+}
+
+/// Where the label names of `inner` (a label set after its `{`) are, as far as it parses:
+/// `name = "value"` pairs separated by commas (blanks allowed around each part), values
+/// with backslash escapes, up to the closing `}`.
+fn label_names(inner: &str) -> Vec<std::ops::Range<usize>> {
+    let mut names = Vec::new();
+    let mut at = 0;
     loop {
-        if rest.starts_with('}') {
-            break;
-        }
-        let Some(eq) = rest.find('=') else {
-            break;
-        };
-        if taken.contains(&rest[..eq].trim()) {
-            out.push_str("exported_");
-        }
-        out.push_str(&rest[..=eq]);
-        rest = &rest[eq + 1..];
-        let Some(value) = rest.strip_prefix('"') else {
+        let rest = &inner[at..];
+        let start = at + (rest.len() - rest.trim_start().len());
+        let Some(eq) = inner[start..].find('=') else {
             break;
         };
+        let name = inner[start..start + eq].trim_end();
+        if name.is_empty() || name.contains(['}', ',', '"']) {
+            break;
+        }
+        names.push(start..start + name.len());
+        let value = &inner[start + eq + 1..];
+        let open = start + eq + 1 + (value.len() - value.trim_start().len());
+        if !inner[open..].starts_with('"') {
+            break;
+        }
         // The closing quote: the first `"` not escaped by a backslash.
         let mut escaped = false;
-        let close = value.char_indices().find_map(|(i, c)| {
+        let close = inner[open + 1..].char_indices().find_map(|(i, c)| {
             let end = !escaped && c == '"';
             escaped = !escaped && c == '\\';
-            end.then_some(i)
+            end.then_some(open + 1 + i)
         });
         let Some(close) = close else {
             break;
         };
-        let end = 1 + close + 1;
-        out.push_str(&rest[..end]);
-        rest = &rest[end..];
-        match rest.strip_prefix(',') {
-            Some(next) => {
-                out.push(',');
-                rest = next;
-            }
-            None => break,
+        let after = &inner[close + 1..];
+        let sep = close + 1 + (after.len() - after.trim_start().len());
+        if !inner[sep..].starts_with(',') {
+            break;
         }
+        at = sep + 1;
     }
-    out.push_str(rest);
-    out
+    names
 }
 
 #[cfg(test)]
@@ -540,6 +584,16 @@ mod tests {
         );
         // What does not parse is kept.
         assert_eq!(with_labels("a{p 1", "p=\"1\"", p), "a{p=\"1\",p 1");
+        // Blanks around the parts; a tab before the value; a renamed label taken too.
+        assert_eq!(
+            with_labels("a{ p = \"1\" , x=\"2\" } 1", "q=\"0\"", &["p"]),
+            "a{q=\"0\", exported_p = \"1\" , x=\"2\" } 1"
+        );
+        assert_eq!(with_labels("a\t1", "p=\"1\"", p), "a{p=\"1\"}\t1");
+        assert_eq!(
+            with_labels("a{exported_p=\"1\",p=\"2\"} 1", "p=\"0\"", &["p"]),
+            "a{p=\"0\",exported_p=\"1\",exported_exported_p=\"2\"} 1"
+        );
     }
 
     #[test]
@@ -594,6 +648,8 @@ mod tests {
         assert!(parse_response(short).is_err());
         assert!(parse_response(b"HTTP/1.1 200 OK\r\nConte").is_err());
         assert!(parse_response(b"garbage\r\n\r\n").is_err());
+        let chunked = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n";
+        assert!(parse_response(chunked).is_err());
         let closed = b"HTTP/1.1 503 Service Unavailable\r\n\r\nstuck";
         assert_eq!(parse_response(closed).unwrap(), (503, b"stuck".to_vec()));
     }

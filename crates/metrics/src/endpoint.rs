@@ -37,6 +37,7 @@ pub struct MetricsEndpoint {
     collector: DuoCollector,
     health_limit: Duration,
     aggregation: Option<Aggregation>,
+    scrape_timeout: Duration,
 }
 
 impl Default for MetricsEndpoint {
@@ -51,6 +52,7 @@ impl fmt::Debug for MetricsEndpoint {
             .field("collector", &self.collector)
             .field("health_limit", &self.health_limit)
             .field("aggregation", &self.aggregation)
+            .field("scrape_timeout", &self.scrape_timeout)
             .finish()
     }
 }
@@ -66,6 +68,7 @@ impl MetricsEndpoint {
             collector,
             health_limit: DEFAULT_HEALTH_LIMIT,
             aggregation: None,
+            scrape_timeout: DEFAULT_SCRAPE_TIMEOUT,
         }
     }
 
@@ -94,14 +97,18 @@ impl MetricsEndpoint {
         self.aggregation = Some(Aggregation {
             own_labels,
             targets: Arc::new(targets),
-            timeout: DEFAULT_SCRAPE_TIMEOUT,
+            timeout: self.scrape_timeout,
         });
         self
     }
 
     /// How long an [aggregating](MetricsEndpoint::aggregate) endpoint waits for its
-    /// targets (default 3 s): a target slower than that is left out of the answer.
+    /// targets (default 3 s; before or after `aggregate`): a target slower than that is
+    /// left out of the answer. A scraper that says how long it waits (Prometheus sends
+    /// `X-Prometheus-Scrape-Timeout-Seconds`) gets its answer within 80 % of that, if
+    /// that is shorter.
     pub fn scrape_timeout(&mut self, timeout: Duration) -> &mut Self {
+        self.scrape_timeout = timeout;
         if let Some(aggregation) = &mut self.aggregation {
             aggregation.timeout = timeout;
         }
@@ -152,10 +159,10 @@ impl MetricsEndpoint {
             self.aggregation,
         );
         let http = HttpServer::builder("metrics", addr)
-            .route(Method::Get, "/metrics", move |_: &Request| {
+            .route(Method::Get, "/metrics", move |req: &Request| {
                 let own = render(&metrics.lock());
                 let text = match &group {
-                    Some(group) => group.metrics(&own),
+                    Some(group) => group.metrics(&own, scraper_budget(req)),
                     None => own,
                 };
                 Response::with_body(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text)
@@ -193,6 +200,17 @@ impl MetricsEndpoint {
             _registry: registry,
         })
     }
+}
+
+/// 80 % of the time the scraper waits for its answer, if it says
+/// (`X-Prometheus-Scrape-Timeout-Seconds`).
+fn scraper_budget(req: &Request) -> Option<Duration> {
+    let secs: f64 = req
+        .header("x-prometheus-scrape-timeout-seconds")?
+        .trim()
+        .parse()
+        .ok()?;
+    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64((secs * 0.8).min(3600.0)))
 }
 
 /// Encodes `registry`; an encoding error (a collector failing to write) is a bug, logged,

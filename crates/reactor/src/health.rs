@@ -267,7 +267,7 @@ pub(crate) fn probe(fd: BorrowedFd<'_>) -> Probe {
 /// The spin detector's record of one channel (kept in the channel, touched only by its
 /// loop).
 ///
-/// Every channel of every loop carries one, so it is kept to 20 bytes: a channel is most
+/// Every channel of every loop carries one, so it is kept to 28 bytes: a channel is most
 /// of what an idle connection costs (the counters and queue lengths are `u32`s, which is
 /// plenty for a run of dispatches and for comparing queue lengths).
 #[derive(Debug, Default)]
@@ -287,9 +287,9 @@ pub(crate) struct SpinWatch {
     moved: bool,
 }
 
-/// [`Queues`] in 8 bytes: each length as a `u32`, [`QueueSample::NONE`] for "no such
-/// queue", lengths from `NONE - 1` up clamped (a queue is never that long); both `NONE`
-/// with `taken` false means "no sample yet".
+/// [`Queues`] in 12 bytes: each length as a `u32`, [`QueueSample::NONE`] for "no such
+/// queue", lengths from `NONE - 1` up clamped (a queue is never that long); `taken` false
+/// (the default) means "no sample yet".
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 struct QueueSample {
     rx: u32,

@@ -25,7 +25,10 @@ const METRICS_ADDR_VAR: &str = "DUO_SUPERVISOR_METRICS_ADDR";
 ///
 /// An upgrade (`SIGUSR2`) closes the endpoint with the old image; the new image opens it
 /// again on the same address (with port 0 configured: the port the first image got, so
-/// the announced address stays right). Between the two a scrape is refused.
+/// the announced address stays right; if that port was taken meanwhile, another). Between
+/// the two a scrape is refused. An upgraded image that cannot open it at all logs the
+/// error and supervises without it: the workers are serving, and an upgrade never ends
+/// the service for its metrics.
 ///
 /// # Errors
 ///
@@ -42,28 +45,44 @@ pub fn run(
         .ok()
         .and_then(|a| a.parse().ok());
     std::env::remove_var(METRICS_ADDR_VAR);
+    // Set by the previous image: this one is an upgrade, whose workers are serving.
+    let upgraded = previous.is_some();
     let server = match metrics {
         Some(configured) => {
-            let at = match previous {
-                Some(prev)
-                    if supervisor.is_upgrade()
-                        && configured.port() == 0
-                        && prev.ip() == configured.ip() =>
-                {
-                    prev
-                }
-                _ => configured,
+            let table = supervisor.worker_table();
+            let serve = |at| serve_supervisor(MetricsEndpoint::new(), table.clone(), at);
+            let started = match previous {
+                Some(prev) if configured.port() == 0 && prev.ip() == configured.ip() => serve(prev)
+                    .or_else(|e| {
+                        log::warn!("metrics endpoint: {prev} again: {e}; trying {configured}");
+                        serve(configured)
+                    }),
+                _ => serve(configured),
             };
-            let server = serve_supervisor(MetricsEndpoint::new(), supervisor.worker_table(), at)
-                .map_err(|source| SupervisorError::Io {
-                    what: "starting the metrics endpoint",
-                    source,
-                })?;
-            supervisor.carry_across_upgrade(METRICS_ADDR_VAR, &server.local_addr().to_string());
-            Some(server)
+            match started {
+                Ok(server) => Some(server),
+                // The workers serve on: an upgrade must not end the service for the sake
+                // of its metrics.
+                Err(e) if upgraded => {
+                    log::error!(
+                        "metrics endpoint after the upgrade: {e}; supervising without it \
+                         (until the next upgrade or restart)"
+                    );
+                    None
+                }
+                Err(source) => {
+                    return Err(SupervisorError::Io {
+                        what: "starting the metrics endpoint",
+                        source,
+                    })
+                }
+            }
         }
         None => None,
     };
+    if let Some(server) = &server {
+        supervisor.carry_across_upgrade(METRICS_ADDR_VAR, &server.local_addr().to_string());
+    }
     let at = server.as_ref().map(MetricsServer::local_addr);
     let ran = supervisor.run(move || on_ready(at));
     if let Some(server) = server {

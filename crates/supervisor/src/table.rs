@@ -56,9 +56,12 @@ impl WorkerTable {
                 let port = u16::try_from(get(COL_METRICS_PORT))
                     .ok()
                     .filter(|&p| p != 0)?;
-                Some(WorkerEndpoint {
+                let generation = get(COL_GENERATION);
+                // Read the PID again: a row reused meanwhile (its worker reaped, the next
+                // one started in it) must not pair one worker's PID with another's port.
+                (get(COL_PID) == u64::from(pid)).then_some(WorkerEndpoint {
                     pid,
-                    generation: get(COL_GENERATION),
+                    generation,
                     metrics: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
                 })
             })

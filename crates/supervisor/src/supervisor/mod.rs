@@ -206,7 +206,11 @@ impl Supervisor {
 
     /// Sets `key=value` in the environment of the image an upgrade (`SIGUSR2`) executes,
     /// beside the supervisor's own variables: how a part of the program started around
-    /// the supervisor (its metrics endpoint, say) hands something to its next image.
+    /// the supervisor (its metrics endpoint, say) hands something to its next image. The
+    /// next image should take the variable out of its environment before [`run`]
+    /// (`std::env::remove_var`), or its workers inherit it.
+    ///
+    /// [`run`]: Supervisor::run
     pub fn carry_across_upgrade(&mut self, key: &str, value: &str) {
         self.upgrade_env.retain(|(k, _)| k != key);
         self.upgrade_env.push((key.to_owned(), value.to_owned()));
@@ -630,6 +634,12 @@ impl State {
         // Reaped by pid with `reap_any`; the `Child` is not needed (dropping it neither
         // waits nor kills).
         let pid = cmd.spawn()?.id();
+        if let Some(row) = row {
+            // The row is this worker's from now on, before it publishes anything itself:
+            // an upgrade in between must find it by its PID (or it would free the row and
+            // hand it to another worker while this one still writes into it).
+            self.set_row_pid(row, pid);
+        }
         drop(cmd);
         drop(ready_w);
         let on_read = FnHandler::new()

@@ -5,7 +5,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
 use super::State;
-use crate::protocol::{COL_GENERATION, ROW_LEN};
+use crate::protocol::{COL_GENERATION, COL_PID, ROW_LEN};
 use crate::worker::{read_row, WorkerStats};
 
 impl State {
@@ -22,6 +22,11 @@ impl State {
     /// Marks `row` as a worker of `generation` (for [`WorkerTable`](crate::WorkerTable)).
     pub(super) fn set_row_generation(&self, row: usize, generation: u64) {
         self.row_cells(row)[COL_GENERATION].store(generation, Ordering::Relaxed);
+    }
+
+    /// Marks `row` as worker `pid`'s (the worker writes the same PID when it publishes).
+    pub(super) fn set_row_pid(&self, row: usize, pid: u32) {
+        self.row_cells(row)[COL_PID].store(u64::from(pid), Ordering::Relaxed);
     }
 
     /// The generation written into `row` at its worker's start (0: none).
