@@ -16,7 +16,7 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
 use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt;
@@ -25,7 +25,7 @@ use std::process::Command;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{tcp_queues, IO_TIMEOUT};
+use common::{read_to_eof, round_trip, tcp_queues, IO_TIMEOUT};
 use duo_testkit::{
     children, http_get, is_running, join_within, run_within, send_signal, wait_until, ChildServer,
     LIMIT,
@@ -102,19 +102,6 @@ fn settled(log: &str) -> bool {
         log.contains(&format!("generation {n} is serving"))
             || log.contains(&format!("generation {n} was not ready"))
     })
-}
-
-fn round_trip(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).unwrap();
-    assert_eq!(buf, msg);
-}
-
-fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).expect("read to EOF");
-    all
 }
 
 /// A supervisor under test. Dropped (a failing test too), it is SIGKILLed and reaped, then

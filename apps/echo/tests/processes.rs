@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{tcp_queues, Server};
+use common::{read_to_eof, round_trip, tcp_queues, Server};
 use duo_testkit::{
     children, is_running, join_within, run_within, wait_until, ChildServer, RefusedPort, LIMIT,
 };
@@ -41,20 +41,6 @@ fn supervisor(n: &str) -> Server {
         children(server.pid()).len() == n.parse::<usize>().unwrap()
     });
     server
-}
-
-fn round_trip(s: &mut TcpStream, msg: &[u8]) {
-    s.write_all(msg).unwrap();
-    let mut buf = vec![0u8; msg.len()];
-    s.read_exact(&mut buf).unwrap();
-    assert_eq!(buf, msg);
-}
-
-/// Reads until EOF; everything read.
-fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    s.read_to_end(&mut all).expect("read to EOF");
-    all
 }
 
 /// Connections made in a tight loop (connect, one byte each way, close) until stopped:

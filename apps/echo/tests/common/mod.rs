@@ -1,6 +1,7 @@
 //! The `echo` binary as a child process, shared by the end-to-end tests.
 #![allow(dead_code)]
 
+use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::ops::{Deref, DerefMut};
 use std::process::Command;
@@ -71,4 +72,19 @@ pub(crate) fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
             u64::from_str_radix(rx, 16).ok()?,
         ))
     })
+}
+
+/// Sends `msg` and reads it back, asserting the echo.
+pub(crate) fn round_trip(s: &mut TcpStream, msg: &[u8]) {
+    s.write_all(msg).unwrap();
+    let mut buf = vec![0u8; msg.len()];
+    s.read_exact(&mut buf).unwrap();
+    assert_eq!(buf, msg);
+}
+
+/// Reads until EOF; everything read.
+pub(crate) fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    s.read_to_end(&mut all).expect("read to EOF");
+    all
 }
