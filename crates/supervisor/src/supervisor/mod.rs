@@ -23,16 +23,16 @@
 //!   (ready, then dead at once): the pipe is read first, so it counts as having started.
 //! - Files: this one holds the state machine (generations, workers, stopping);
 //!   `upgrade.rs` the re-execution in place and what the new image adopts; `stats.rs` the
-//!   shared stats rows and the summed log line.
+//!   shared stats rows and the summed log line; `child.rs` a worker's readiness pipe and
+//!   how its exit is described.
 //! - Stop: every worker gets `SIGTERM` once; the next stop signal sends `SIGINT`; at
 //!   `stop_timeout` the rest get `SIGKILL`; the loop quits when the last one is reaped.
 
 use std::collections::BTreeMap;
 use std::ffi::OsString;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::net::TcpListener;
 use std::os::fd::{AsFd, BorrowedFd, RawFd};
-use std::os::unix::process::ExitStatusExt;
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -48,11 +48,14 @@ use crate::protocol::{
     ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::table::WorkerTable;
-use crate::worker::{read_row, WorkerStats};
+use crate::worker::WorkerStats;
 
+mod child;
 mod stats;
 mod upgrade;
 
+pub(crate) use child::READY;
+use child::{describe, read_byte, read_ready};
 use upgrade::{is_child, parse_pids, relocate, take_var};
 
 /// Generations of a full set of workers the stats region has rows for: a serving one, a
@@ -72,6 +75,7 @@ const SIGNALS: [Signal; 5] = [
 /// spawned from it afterwards (which inherits the mask) never takes one by its default
 /// action (`SIGUSR2`'s is to terminate). [`Supervisor::run`] blocks them anyway; call this
 /// first to start threads before it.
+#[cfg(feature = "metrics")]
 pub(crate) fn block_handled_signals() -> io::Result<()> {
     duo_sys::block_signals(&SIGNALS)
 }
@@ -287,61 +291,7 @@ impl Supervisor {
             on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce() + Send>),
             last_stats: (Instant::now(), WorkerStats::default()),
         };
-        // A row belongs to an adopted worker if that worker's PID is in it; every other row
-        // is free (and cleared).
-        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
-        for row in 0..rows {
-            let (pid, _) = read_row(state.row_cells(row));
-            if self.adopted.contains(&pid) || self.adopted_retiring.contains(&pid) {
-                owner.insert(pid, row);
-            } else {
-                state.clear_row(row);
-            }
-        }
-        state.free_rows.retain(|r| !owner.values().any(|o| o == r));
-        for pid in self.adopted {
-            match owner.get(&pid) {
-                Some(row) => log::info!(
-                    "adopting worker {pid} (generation {}, stats row {row})",
-                    state.generation
-                ),
-                None => log::info!(
-                    "adopting worker {pid} (generation {}, no stats row)",
-                    state.generation
-                ),
-            }
-            state.workers.insert(
-                pid,
-                WorkerProc {
-                    generation: state.generation,
-                    started: Instant::now(),
-                    ready: true,
-                    retiring: false,
-                    row: owner.get(&pid).copied(),
-                    ready_token: None,
-                },
-            );
-        }
-        for pid in self.adopted_retiring {
-            // Its row says its generation (the supervisor writes it there at the start).
-            let generation = owner
-                .get(&pid)
-                .map(|row| state.row_generation(*row))
-                .filter(|g| *g > 0)
-                .unwrap_or_else(|| state.generation.saturating_sub(1));
-            log::info!("adopting worker {pid} (generation {generation}), still draining");
-            state.workers.insert(
-                pid,
-                WorkerProc {
-                    generation,
-                    started: Instant::now(),
-                    ready: true,
-                    retiring: true,
-                    row: owner.get(&pid).copied(),
-                    ready_token: None,
-                },
-            );
-        }
+        state.adopt(self.adopted, self.adopted_retiring);
         if let Some(every) = state.cfg.stats_interval {
             lp.run_every(every, |lp| {
                 lp.with_local(|_, st: &mut State| st.log_stats());
@@ -832,58 +782,5 @@ impl State {
             log::error!("killed workers not reaped after {AFTER_KILL:?}; exiting anyway");
             lp.quit();
         });
-    }
-}
-
-/// The readiness pipe of worker `pid` is readable: a byte means ready, EOF means it closed
-/// the pipe (the exit is handled on `SIGCHLD`).
-fn read_ready(lp: &mut EventLoop, fd: BorrowedFd<'_>, pid: u32) {
-    match read_byte(fd) {
-        Some(true) => {
-            lp.with_local(|lp, st: &mut State| {
-                st.on_ready(lp, pid);
-                st.ready_pipe_closed(lp, pid);
-            });
-        }
-        Some(false) => {
-            lp.with_local(|lp, st: &mut State| st.ready_pipe_closed(lp, pid));
-        }
-        None => {}
-    }
-}
-
-/// One read of a readiness pipe: `Some(true)` the ready byte ([`READY`]), `Some(false)`
-/// EOF, an error or anything else (std's report of a failed `exec` starts with a zero
-/// byte, should its pipe ever land on this number), `None` nothing yet.
-fn read_byte(fd: BorrowedFd<'_>) -> Option<bool> {
-    let mut buf = [0u8; 1];
-    match duo_sys::readv(fd, &mut [IoSliceMut::new(&mut buf)]) {
-        Ok(0) => Some(false),
-        Ok(_) => Some(buf[0] == READY),
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
-        Err(_) => Some(false),
-    }
-}
-
-/// The byte a worker writes on its readiness pipe ([`Worker::notify_ready`](crate::Worker::notify_ready)).
-pub(crate) const READY: u8 = b'R';
-
-/// "exit status 3", "killed by signal 9".
-fn describe(status: ExitStatus) -> String {
-    match (status.code(), status.signal()) {
-        (Some(code), _) => format!("exit status {code}"),
-        (None, Some(sig)) => format!("killed by signal {sig}"),
-        _ => status.to_string(),
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn statuses_read_well() {
-        assert_eq!(describe(ExitStatus::from_raw(3 << 8)), "exit status 3");
-        assert_eq!(describe(ExitStatus::from_raw(9)), "killed by signal 9");
     }
 }

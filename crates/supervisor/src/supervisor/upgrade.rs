@@ -6,8 +6,14 @@ use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, RawFd};
 use std::os::unix::process::CommandExt;
 
-use super::State;
-use crate::protocol::{ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, STATS_VAR};
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use super::{State, WorkerProc};
+use crate::protocol::{
+    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, ROW_LEN, STATS_VAR,
+};
+use crate::worker::read_row;
 
 impl State {
     pub(super) fn upgrade(&mut self) {
@@ -66,6 +72,57 @@ impl State {
             "SIGUSR2: executing {} failed: {err}; this image keeps running",
             self.exe.display()
         );
+    }
+
+    /// The new image's side: takes over the previous image's `serving` workers (of the
+    /// serving generation) and its `retiring` ones (still draining), each with the stats
+    /// row that holds its PID. Every other row is cleared and free.
+    pub(super) fn adopt(&mut self, serving: Vec<u32>, retiring: Vec<u32>) {
+        let rows = self.stats.slots().len() / ROW_LEN;
+        let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
+        for row in 0..rows {
+            let (pid, _) = read_row(self.row_cells(row));
+            if serving.contains(&pid) || retiring.contains(&pid) {
+                owner.insert(pid, row);
+            } else {
+                self.clear_row(row);
+            }
+        }
+        self.free_rows.retain(|r| !owner.values().any(|o| o == r));
+        let adopted = serving.into_iter().map(|pid| (pid, false));
+        for (pid, draining) in adopted.chain(retiring.into_iter().map(|pid| (pid, true))) {
+            let row = owner.get(&pid).copied();
+            let generation = if draining {
+                // Its row says its generation (the supervisor writes it there at the start).
+                row.map(|row| self.row_generation(row))
+                    .filter(|g| *g > 0)
+                    .unwrap_or_else(|| self.generation.saturating_sub(1))
+            } else {
+                self.generation
+            };
+            match (row, draining) {
+                (_, true) => {
+                    log::info!("adopting worker {pid} (generation {generation}), still draining")
+                }
+                (Some(row), false) => {
+                    log::info!("adopting worker {pid} (generation {generation}, stats row {row})")
+                }
+                (None, false) => {
+                    log::info!("adopting worker {pid} (generation {generation}, no stats row)")
+                }
+            }
+            self.workers.insert(
+                pid,
+                WorkerProc {
+                    generation,
+                    started: Instant::now(),
+                    ready: true,
+                    retiring: draining,
+                    row,
+                    ready_token: None,
+                },
+            );
+        }
     }
 
     pub(super) fn restore_cloexec(&self) {
