@@ -129,16 +129,24 @@ impl Aggregation {
                         true
                     }
                     Err(_) => {
-                        log::warn!("metrics of {}: not UTF-8", target.addr);
+                        duo_reactor::log_limited!(
+                            log::Level::Warn,
+                            "metrics of {}: not UTF-8",
+                            target.addr
+                        );
                         false
                     }
                 },
                 Ok((status, _)) => {
-                    log::warn!("metrics of {}: status {status}", target.addr);
+                    duo_reactor::log_limited!(
+                        log::Level::Warn,
+                        "metrics of {}: status {status}",
+                        target.addr
+                    );
                     false
                 }
                 Err(e) => {
-                    log::warn!("metrics of {}: {e}", target.addr);
+                    duo_reactor::log_limited!(log::Level::Warn, "metrics of {}: {e}", target.addr);
                     false
                 }
             };
@@ -153,7 +161,8 @@ impl Aggregation {
         parts.push((Vec::new(), took_text));
         let merged = merge(&parts);
         if merged.conflicts > 0 {
-            log::warn!(
+            duo_reactor::log_limited!(
+                log::Level::Warn,
                 "metrics: {} metric families left out of a target's text: their type differs \
                  from another process's",
                 merged.conflicts
