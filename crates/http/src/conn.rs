@@ -11,6 +11,7 @@
 //! | `Body` | the rest of a body | body timeout, from the end of the head | 408 and close |
 //! | `Idle` | the next request | keep-alive timeout, from the last response | close |
 //! | `Blocked` | the client to read the responses queued for it, with requests still to answer | keep-alive timeout, renewed while the queued output shrinks | close |
+//! | `Waiting` | a deferred handler's answer (its [`Responder`]) | response timeout, from the request | 503 and close |
 //! | `Closing` | the peer's close, after our last response and FIN | linger (renewed while the response is still being written, up to the keep-alive timeout) | close |
 //!
 //! One loop timer per connection serves all of them: a deadline moved later leaves the
@@ -32,6 +33,15 @@
 //!
 //! While the backlog holds the start of a request (it ended in one), later input is
 //! appended to it and parsed from there, so order is kept; it is freed once empty.
+//!
+//! # Deferred answers
+//!
+//! A request routed to a [deferred handler](crate::Router::route_deferred) puts the
+//! connection in `Waiting`, as `Blocked` does: what follows the request moves to the
+//! backlog and reading stops. The handler's [`Responder`] queues its answer to the
+//! connection's loop ([`Service::on_answer`]), which sends it and serves the backlog on.
+//! Each deferred request has a number, so an answer that comes after the response timeout
+//! answered for it (or after a later request) is recognised and dropped.
 //!
 //! # Closing
 //!
@@ -61,8 +71,10 @@ use duo_net::{log_limited, ConnCtx, InputBuffer, TcpConnection};
 use duo_reactor::TimerId;
 
 use crate::response::ConnField;
+use crate::router::Dispatch;
 use crate::{
-    parse_request, Limits, Method, Parsed, Request, Response, Router, StatusCode, Version,
+    parse_request, DeferredHandler, Limits, Method, Parsed, Request, Responder, Response, Route,
+    Router, StatusCode, Version,
 };
 
 /// What every connection of one server shares: routes, limits, timeouts.
@@ -73,6 +85,8 @@ pub(crate) struct Service {
     pub(crate) body_timeout: Duration,
     pub(crate) keep_alive_timeout: Duration,
     pub(crate) linger: Duration,
+    /// How long a deferred handler may take to answer.
+    pub(crate) response_timeout: Duration,
     /// Queued output beyond which a connection answers no further request until its
     /// client has read what is queued.
     pub(crate) max_pending_output: usize,
@@ -84,7 +98,20 @@ enum Phase {
     Body,
     Idle,
     Blocked,
+    Waiting,
     Closing,
+}
+
+/// The request a deferred handler has yet to answer: how to send its answer.
+#[derive(Debug, Clone, Copy)]
+struct Awaited {
+    /// Its number among the connection's deferred requests.
+    seq: u64,
+    /// A `HEAD` request: the answer goes without its body.
+    head_only: bool,
+    /// The request let the connection stay open.
+    keep_alive: bool,
+    version: Version,
 }
 
 /// The bytes a request is parsed from: the connection's input buffer, or its backlog.
@@ -156,6 +183,8 @@ enum Served {
     All,
     /// A complete request waits at the front of the source: the output is full.
     OutputFull,
+    /// A deferred handler has yet to answer: the rest of the source waits.
+    Waiting,
 }
 
 /// One connection's HTTP state.
@@ -181,6 +210,10 @@ pub(crate) struct HttpConn {
     blocked_output: usize,
     /// The server is shutting down: the request under way is the last one answered.
     draining: bool,
+    /// While `Waiting`: the request whose answer is awaited.
+    awaited: Option<Awaited>,
+    /// Deferred requests so far (numbers their answers).
+    deferred: u64,
 }
 
 impl Service {
@@ -200,6 +233,8 @@ impl Service {
             backlog: Backlog::default(),
             blocked_output: 0,
             draining: false,
+            awaited: None,
+            deferred: 0,
         });
         let svc = self.clone();
         let _ = conn.queue_in_loop(move |ctx| {
@@ -233,7 +268,7 @@ impl Service {
             let nothing_under_way = match st.phase {
                 Phase::Idle => true,
                 Phase::Head => st.pending == 0 && st.backlog.is_empty(),
-                Phase::Body | Phase::Blocked | Phase::Closing => false,
+                Phase::Body | Phase::Blocked | Phase::Waiting | Phase::Closing => false,
             };
             if nothing_under_way {
                 svc.close_gracefully(ctx, st);
@@ -245,10 +280,18 @@ impl Service {
     pub(crate) fn on_message(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, input: &mut InputBuffer) {
         self.with_state(ctx, |svc, ctx, st| {
             if st.backlog.is_empty() {
-                if svc.serve(ctx, st, input) == Served::OutputFull {
-                    st.backlog.append(input.peek());
-                    input.consume_all();
-                    svc.block(ctx, st);
+                match svc.serve(ctx, st, input) {
+                    Served::All => {}
+                    Served::OutputFull => {
+                        st.backlog.append(input.peek());
+                        input.consume_all();
+                        svc.block(ctx, st);
+                    }
+                    Served::Waiting => {
+                        st.backlog.append(input.peek());
+                        input.consume_all();
+                        ctx.stop_reading();
+                    }
                 }
                 st.pending = input.len();
             } else {
@@ -283,6 +326,7 @@ impl Service {
         st.backlog = backlog;
         match served {
             Served::OutputFull => self.block(ctx, st),
+            Served::Waiting => ctx.stop_reading(),
             Served::All => {
                 if st.phase == Phase::Blocked {
                     // Not reached (a blocked backlog starts with a complete request), but
@@ -340,6 +384,9 @@ impl Service {
                 input.consume_all();
                 break;
             }
+            if st.phase == Phase::Waiting {
+                return Served::Waiting;
+            }
             if input.is_empty() {
                 break;
             }
@@ -376,30 +423,106 @@ impl Service {
         Served::All
     }
 
-    /// Runs the request's handler and sends its response.
+    /// Runs the request's handler and sends its response (or, for a deferred handler,
+    /// waits for it).
     fn answer(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn, req: &Request) {
-        let (resp, keep) = match catch_unwind(AssertUnwindSafe(|| self.router.respond(req))) {
-            Ok(resp) => (resp, req.keep_alive() && !st.draining),
-            Err(_) => {
-                // A peer can make a buggy handler panic as often as it likes.
-                log_limited!(
-                    log::Level::Error,
-                    "{}: the handler of {} {} panicked; answering 500",
-                    ctx.connection().name(),
-                    req.method(),
-                    req.path()
-                );
-                let resp =
-                    Response::text(StatusCode::INTERNAL_SERVER_ERROR, "internal server error\n");
-                (resp, false)
-            }
+        let handler = match self.router.dispatch(req) {
+            Dispatch::Miss(resp) => return self.send_answer(ctx, st, req.into(), &resp),
+            Dispatch::Route(Route::Deferred(h)) => return self.defer(ctx, st, req, h),
+            Dispatch::Route(Route::Now(h)) => h,
         };
-        let field = match (keep, req.version()) {
+        match catch_unwind(AssertUnwindSafe(|| handler(req))) {
+            Ok(resp) => self.send_answer(ctx, st, req.into(), &resp),
+            Err(_) => self.handler_panicked(ctx, st, req),
+        }
+    }
+
+    /// Runs a deferred handler: the connection waits for its answer (`Waiting`).
+    fn defer(
+        self: &Arc<Service>,
+        ctx: &mut ConnCtx<'_>,
+        st: &mut HttpConn,
+        req: &Request,
+        handler: &DeferredHandler,
+    ) {
+        st.deferred += 1;
+        let mut awaited = Awaited::from(req);
+        awaited.seq = st.deferred;
+        st.awaited = Some(awaited);
+        st.phase = Phase::Waiting;
+        self.set_deadline(ctx, st, Instant::now() + self.response_timeout);
+        let responder = Responder::for_conn(ctx.connection().clone(), self.clone(), awaited.seq);
+        if catch_unwind(AssertUnwindSafe(|| handler(req, responder))).is_err() {
+            // (The responder, dropped in the unwinding, queued a 500 that will find
+            // nothing awaited.)
+            st.awaited = None;
+            self.handler_panicked(ctx, st, req);
+        }
+    }
+
+    /// A deferred handler's answer to request `seq` (on the loop, queued by its
+    /// [`Responder`]); `failed`: the responder was dropped unanswered. An answer to a
+    /// request no longer awaited (answered 503 at the response timeout) is dropped.
+    pub(crate) fn on_answer(
+        self: &Arc<Service>,
+        ctx: &mut ConnCtx<'_>,
+        seq: u64,
+        resp: Response,
+        failed: bool,
+    ) {
+        self.with_state(ctx, |svc, ctx, st| {
+            let Some(mut awaited) = st.awaited.filter(|a| a.seq == seq) else {
+                log_limited!(
+                    log::Level::Debug,
+                    "{}: a deferred answer came after its request was answered; dropped",
+                    ctx.connection().name()
+                );
+                return;
+            };
+            st.awaited = None;
+            awaited.keep_alive &= !failed;
+            svc.send_answer(ctx, st, awaited, &resp);
+            // The next requests, if it stays open; else drops them and reads on to the
+            // peer's close (the linger).
+            svc.serve_backlog(ctx, st);
+        });
+    }
+
+    /// A handler panicked: a peer can make a buggy one do so as often as it likes.
+    fn handler_panicked(
+        self: &Arc<Service>,
+        ctx: &mut ConnCtx<'_>,
+        st: &mut HttpConn,
+        req: &Request,
+    ) {
+        log_limited!(
+            log::Level::Error,
+            "{}: the handler of {} {} panicked; answering 500",
+            ctx.connection().name(),
+            req.method(),
+            req.path()
+        );
+        let mut to = Awaited::from(req);
+        to.keep_alive = false;
+        self.send_answer(ctx, st, to, &Responder::unanswered());
+    }
+
+    /// Sends `resp` as the answer to the request `to` describes, then waits for the next
+    /// request or closes.
+    fn send_answer(
+        self: &Arc<Service>,
+        ctx: &mut ConnCtx<'_>,
+        st: &mut HttpConn,
+        to: Awaited,
+        resp: &Response,
+    ) {
+        let keep = to.keep_alive && !st.draining;
+        let field = match (keep, to.version) {
             (false, _) => ConnField::Close,
             (true, Version::Http10) => ConnField::KeepAlive,
             (true, Version::Http11) => ConnField::None,
         };
-        send(ctx, &resp, req.method() == Method::Head, field);
+        send(ctx, resp, to.head_only, field);
         if keep {
             st.phase = Phase::Idle;
             self.set_deadline(ctx, st, Instant::now() + self.keep_alive_timeout);
@@ -529,9 +652,45 @@ impl Service {
                     let at = Instant::now() + svc.linger;
                     svc.set_deadline(ctx, st, at);
                 }
+                Phase::Waiting => {
+                    // The application's fault, not the peer's: but a handler that never
+                    // answers could log once per request.
+                    log_limited!(
+                        log::Level::Warn,
+                        "{name}: no answer from a deferred handler within the response \
+                         timeout; answering 503"
+                    );
+                    let awaited = st.awaited.take();
+                    let resp = Response::text(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "no response within the response timeout\n",
+                    );
+                    let mut to = awaited.unwrap_or(Awaited {
+                        seq: 0,
+                        head_only: false,
+                        keep_alive: false,
+                        version: Version::Http11,
+                    });
+                    to.keep_alive = false;
+                    svc.send_answer(ctx, st, to, &resp);
+                    // Drops what waits and reads on to the peer's close.
+                    svc.serve_backlog(ctx, st);
+                }
                 Phase::Closing => ctx.force_close(),
             }
         });
+    }
+}
+
+impl From<&Request> for Awaited {
+    /// How to answer `req` (not deferred: numbered 0).
+    fn from(req: &Request) -> Awaited {
+        Awaited {
+            seq: 0,
+            head_only: req.method() == Method::Head,
+            keep_alive: req.keep_alive(),
+            version: req.version(),
+        }
     }
 }
 

@@ -11,7 +11,9 @@
 //! - [`parse_request`]: the request parser (on `httparse`) with its [`Limits`].
 //!
 //! Handlers are plain functions, `Fn(&Request) -> Response`, run on the connection's
-//! loop thread: they must be quick (see [`Handler`]).
+//! loop thread: they must be quick (see [`Handler`]). One whose answer takes I/O or time
+//! is routed as deferred ([`Router::route_deferred`]): it gets a [`Responder`] and
+//! answers through it later, from any thread, while the loop serves on.
 //!
 //! What it does not do: chunked request bodies (refused with 411), TLS, HTTP/2, upgrades,
 //! streaming responses (a response is one buffer), compression, path parameters or
@@ -38,7 +40,8 @@
 //! | `request.rs`, `response.rs` | [`Request`] with [`Headers`] and [`Version`]; [`Response`] and how it is written |
 //! | `limits.rs` | [`Limits`] and every default ([`defaults`]) |
 //! | `parse.rs` | [`parse_request`]: bytes to a request, or the 4xx/5xx that refuses it |
-//! | `router.rs` | [`Router`] and [`Handler`] |
+//! | `router.rs` | [`Router`], [`Route`], [`Handler`] and [`DeferredHandler`] |
+//! | `responder.rs` | [`Responder`]: a deferred answer, from any thread to the connection's loop |
 //! | `conn.rs` | one connection on its loop: phases, the one timer per connection, pipelining within an output bound, closing |
 //! | `server.rs` | [`HttpServer`], [`HttpServerBuilder`], [`HttpServerThread`] |
 #![forbid(unsafe_code)]
@@ -49,6 +52,7 @@ mod limits;
 mod method;
 mod parse;
 mod request;
+mod responder;
 mod response;
 mod router;
 mod server;
@@ -58,7 +62,8 @@ pub use limits::{defaults, Limits};
 pub use method::{Method, UnknownMethod};
 pub use parse::{parse_request, ParseError, Parsed, Partial};
 pub use request::{Headers, Request, Version};
+pub use responder::Responder;
 pub use response::{Response, TEXT_PLAIN};
-pub use router::{Handler, Router};
+pub use router::{DeferredHandler, Handler, Route, Router};
 pub use server::{HttpServer, HttpServerBuilder, HttpServerThread};
 pub use status::StatusCode;

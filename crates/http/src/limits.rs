@@ -21,6 +21,10 @@ pub mod defaults {
     /// How long a kept-alive connection may wait for its next request: 60 s. Then it is
     /// closed without a response.
     pub const KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+    /// How long a deferred handler
+    /// ([`route_deferred`](crate::HttpServerBuilder::route_deferred)) may take to answer:
+    /// 30 s, from the request. Exceeded → 503 and close.
+    pub const RESPONSE_TIMEOUT: Duration = Duration::from_secs(30);
     /// After a response that closes the connection, how long the server waits for the
     /// peer to close its side (reading and dropping what it still sends, so that an
     /// unread request does not turn the close into a reset that destroys the response):

@@ -4,7 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
-use crate::{Method, Request, Response, StatusCode};
+use crate::{Method, Request, Responder, Response, StatusCode};
 
 /// A request handler: runs on the loop thread of the connection the request came on, so
 /// it must be quick (render a page from figures at hand, never block on I/O or a lock held
@@ -15,6 +15,44 @@ use crate::{Method, Request, Response, StatusCode};
 /// the other connections go on.
 pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 
+/// A handler that answers later: it gets the request and a [`Responder`], and answers
+/// through the responder from any thread, when it has the answer (a worker pool's
+/// result, another server's reply). It runs on the connection's loop thread like a
+/// [`Handler`], so it too must return quickly: hand the work and the responder to
+/// another thread and return.
+///
+/// Meanwhile the connection waits: its later pipelined requests are neither read nor
+/// run, so responses keep their order, and the server's response timeout
+/// ([`HttpServerBuilder::response_timeout`](crate::HttpServerBuilder::response_timeout))
+/// bounds the wait. A responder dropped without an answer answers `500`; one that
+/// answers after the timeout is ignored.
+pub type DeferredHandler = Arc<dyn Fn(&Request, Responder) + Send + Sync>;
+
+/// How a route answers: at once ([`Handler`]) or later ([`DeferredHandler`]).
+#[derive(Clone)]
+pub enum Route {
+    /// The handler returns the response.
+    Now(Handler),
+    /// The handler answers through a [`Responder`], perhaps from another thread.
+    Deferred(DeferredHandler),
+}
+
+impl fmt::Debug for Route {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Route::Now(_) => "Route::Now",
+            Route::Deferred(_) => "Route::Deferred",
+        })
+    }
+}
+
+/// Where a request goes: its route, or the answer when it has none.
+pub(crate) enum Dispatch<'a> {
+    Route(&'a Route),
+    /// 404 or 405.
+    Miss(Response),
+}
+
 /// Routes requests to handlers by exact path and method.
 ///
 /// - a path no route has → `404 Not Found`;
@@ -24,6 +62,9 @@ pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 ///
 /// Paths are compared as sent, byte for byte (not percent-decoded; `/a` and `/a/` are
 /// two paths); the query string plays no part.
+///
+/// A route answers at once ([`route`](Router::route)) or later, through a [`Responder`]
+/// ([`route_deferred`](Router::route_deferred)).
 ///
 /// ```
 /// use duo_http::{Method, Request, Response, Router, StatusCode};
@@ -41,7 +82,7 @@ pub type Handler = Arc<dyn Fn(&Request) -> Response + Send + Sync>;
 /// ```
 #[derive(Clone, Default)]
 pub struct Router {
-    routes: HashMap<String, Vec<(Method, Handler)>>,
+    routes: HashMap<String, Vec<(Method, Route)>>,
 }
 
 impl Router {
@@ -58,20 +99,54 @@ impl Router {
         path: &str,
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> Router {
-        self.add(method, path, Arc::new(handler));
+        self.insert(method, path, Route::Now(Arc::new(handler)));
+        self
+    }
+
+    /// Routes `method` requests for `path` to `handler`, which answers later through
+    /// its [`Responder`] (see [`DeferredHandler`]), replacing an earlier handler of the
+    /// same method and path.
+    ///
+    /// ```
+    /// use duo_http::{Method, Request, Responder, Response, Router, StatusCode};
+    ///
+    /// let router = Router::new().route_deferred(Method::Get, "/slow", |req: &Request, r: Responder| {
+    ///     let path = req.path().to_owned();
+    ///     std::thread::spawn(move || r.respond(Response::text(StatusCode::OK, path)));
+    /// });
+    /// // Off a loop thread, `respond` waits for the answer.
+    /// assert_eq!(router.respond(&Request::new(Method::Get, "/slow")).body(), b"/slow");
+    /// ```
+    pub fn route_deferred(
+        mut self,
+        method: Method,
+        path: &str,
+        handler: impl Fn(&Request, Responder) + Send + Sync + 'static,
+    ) -> Router {
+        self.insert(method, path, Route::Deferred(Arc::new(handler)));
         self
     }
 
     /// As [`route`](Router::route), with a handler that is already shared.
     pub fn add(&mut self, method: Method, path: &str, handler: Handler) {
-        let methods = self.routes.entry(path.to_owned()).or_default();
-        methods.retain(|(m, _)| *m != method);
-        methods.push((method, handler));
+        self.insert(method, path, Route::Now(handler));
     }
 
-    /// The handler for `method` on `path`, if any (`GET`'s for `HEAD` without a `HEAD`
+    /// As [`route_deferred`](Router::route_deferred), with a handler that is already
+    /// shared.
+    pub fn add_deferred(&mut self, method: Method, path: &str, handler: DeferredHandler) {
+        self.insert(method, path, Route::Deferred(handler));
+    }
+
+    fn insert(&mut self, method: Method, path: &str, route: Route) {
+        let methods = self.routes.entry(path.to_owned()).or_default();
+        methods.retain(|(m, _)| *m != method);
+        methods.push((method, route));
+    }
+
+    /// The route for `method` on `path`, if any (`GET`'s for `HEAD` without a `HEAD`
     /// route).
-    pub fn handler(&self, method: Method, path: &str) -> Option<&Handler> {
+    pub fn handler(&self, method: Method, path: &str) -> Option<&Route> {
         let methods = self.routes.get(path)?;
         let find = |m: Method| methods.iter().find(|(rm, _)| *rm == m).map(|(_, h)| h);
         find(method).or_else(|| {
@@ -83,11 +158,29 @@ impl Router {
 
     /// The answer to `req`: its handler's response, or 404, or 405. (The body of a `HEAD`
     /// request's response is left to the server to drop.)
+    ///
+    /// A [deferred](Router::route_deferred) route's handler runs with a responder not
+    /// tied to a connection ([`Responder::channel`]), and this waits until it answers
+    /// (a `500` if it drops the responder): for tests and for callers off the loops,
+    /// never on the loop thread the answer needs.
     pub fn respond(&self, req: &Request) -> Response {
-        if let Some(h) = self.handler(req.method(), req.path()) {
-            return h(req);
+        match self.dispatch(req) {
+            Dispatch::Route(Route::Now(h)) => h(req),
+            Dispatch::Route(Route::Deferred(h)) => {
+                let (responder, answer) = Responder::channel();
+                h(req, responder);
+                answer.recv().unwrap_or_else(|_| Responder::unanswered())
+            }
+            Dispatch::Miss(resp) => resp,
         }
-        match self.routes.get(req.path()) {
+    }
+
+    /// The route of `req`, or the 404 or 405 that answers it.
+    pub(crate) fn dispatch(&self, req: &Request) -> Dispatch<'_> {
+        if let Some(route) = self.handler(req.method(), req.path()) {
+            return Dispatch::Route(route);
+        }
+        Dispatch::Miss(match self.routes.get(req.path()) {
             None => Response::text(StatusCode::NOT_FOUND, "not found\n"),
             Some(methods) => {
                 let allow = Method::ALL
@@ -103,7 +196,7 @@ impl Router {
                 Response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
                     .header("Allow", &allow)
             }
-        }
+        })
     }
 
     /// Number of (method, path) routes.
@@ -158,5 +251,26 @@ mod tests {
             format!("{r:?}"),
             r#"Router { routes: ["GET /a", "HEAD /a", "POST /b"] }"#
         );
+    }
+
+    #[test]
+    fn deferred_routes_answer_through_their_responder() {
+        let r = Router::new()
+            .route_deferred(Method::Get, "/d", |req: &Request, resp: Responder| {
+                let path = req.path().to_owned();
+                std::thread::spawn(move || resp.respond(Response::text(StatusCode::OK, path)));
+            })
+            .route_deferred(Method::Post, "/d", |_: &Request, resp: Responder| {
+                drop(resp)
+            });
+        assert!(matches!(
+            r.handler(Method::Head, "/d"),
+            Some(Route::Deferred(_))
+        ));
+        assert_eq!(r.respond(&Request::new(Method::Head, "/d")).body(), b"/d");
+        let dropped = r.respond(&Request::new(Method::Post, "/d"));
+        assert_eq!(dropped.status(), StatusCode::INTERNAL_SERVER_ERROR);
+        let put = r.respond(&Request::new(Method::Put, "/d"));
+        assert_eq!(put.header_value("Allow"), Some("GET, HEAD, POST"));
     }
 }

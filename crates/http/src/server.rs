@@ -12,7 +12,7 @@ use duo_reactor::EventLoopThread;
 
 use crate::conn::Service;
 use crate::limits::defaults;
-use crate::{Limits, Method, Request, Response, Router};
+use crate::{Limits, Method, Request, Responder, Response, Router};
 
 /// An HTTP/1.1 server on a [`TcpServer`]: routes from a [`Router`], keep-alive and
 /// pipelining, size and time limits, and a clear 4xx (then close) for a bad request.
@@ -49,6 +49,9 @@ use crate::{Limits, Method, Request, Response, Router};
 /// - After a response that ends the connection the server half-closes, reads and drops
 ///   what the peer still sends for up to the linger time (2 s), then closes: the peer
 ///   reads the response instead of a reset.
+/// - A [deferred](HttpServerBuilder::route_deferred) handler has 30 s to answer
+///   ([`response_timeout`](HttpServerBuilder::response_timeout)), else 503 and close;
+///   its connection reads and runs nothing further meanwhile.
 /// - A peer's bytes never panic the server; a handler that panics gets its client a 500
 ///   and its connection closed, and every other connection goes on.
 ///
@@ -89,6 +92,7 @@ impl HttpServer {
             body_timeout: defaults::BODY_TIMEOUT,
             keep_alive_timeout: defaults::KEEP_ALIVE_TIMEOUT,
             linger: defaults::LINGER,
+            response_timeout: defaults::RESPONSE_TIMEOUT,
             max_pending_output: defaults::MAX_PENDING_OUTPUT,
             max_connections: None,
             io_threads: 0,
@@ -157,6 +161,7 @@ pub struct HttpServerBuilder {
     body_timeout: Duration,
     keep_alive_timeout: Duration,
     linger: Duration,
+    response_timeout: Duration,
     max_pending_output: usize,
     max_connections: Option<usize>,
     io_threads: usize,
@@ -180,6 +185,43 @@ impl HttpServerBuilder {
         handler: impl Fn(&Request) -> Response + Send + Sync + 'static,
     ) -> Self {
         self.router.add(method, path, Arc::new(handler));
+        self
+    }
+
+    /// Routes `method` requests for the exact `path` to `handler`, which answers later,
+    /// from any thread, through its [`Responder`] (see
+    /// [`DeferredHandler`](crate::DeferredHandler)): for an answer that takes I/O or
+    /// time, without holding the loop.
+    ///
+    /// ```
+    /// use std::io::{Read, Write};
+    /// use duo_http::{HttpServer, Method, Request, Responder, Response, StatusCode};
+    ///
+    /// let server = HttpServer::builder("slow", "127.0.0.1:0".parse()?)
+    ///     .route_deferred(Method::Get, "/report", |_req: &Request, r: Responder| {
+    ///         // Work that must not run on the loop, on a thread of its own.
+    ///         std::thread::spawn(move || {
+    ///             let sum: u64 = (1..=1000).sum();
+    ///             r.respond(Response::text(StatusCode::OK, format!("{sum}\n")));
+    ///         });
+    ///     })
+    ///     .spawn()?;
+    /// let mut s = std::net::TcpStream::connect(server.local_addr())?;
+    /// s.write_all(b"GET /report HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")?;
+    /// let mut reply = String::new();
+    /// s.read_to_string(&mut reply)?;
+    /// assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"));
+    /// assert!(reply.ends_with("\r\n\r\n500500\n"));
+    /// server.stop()?;
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn route_deferred(
+        mut self,
+        method: Method,
+        path: &str,
+        handler: impl Fn(&Request, Responder) + Send + Sync + 'static,
+    ) -> Self {
+        self.router.add_deferred(method, path, Arc::new(handler));
         self
     }
 
@@ -240,6 +282,14 @@ impl HttpServerBuilder {
     /// peer to close (default [`defaults::LINGER`]).
     pub fn linger(mut self, t: Duration) -> Self {
         self.linger = clamp_timeout(t);
+        self
+    }
+
+    /// How long a [deferred](HttpServerBuilder::route_deferred) handler may take to
+    /// answer (default [`defaults::RESPONSE_TIMEOUT`]), counted from the request; past
+    /// it → 503 and close, and its late answer is dropped.
+    pub fn response_timeout(mut self, t: Duration) -> Self {
+        self.response_timeout = clamp_timeout(t);
         self
     }
 
@@ -316,6 +366,7 @@ impl HttpServerBuilder {
             body_timeout: self.body_timeout,
             keep_alive_timeout: self.keep_alive_timeout,
             linger: self.linger,
+            response_timeout: self.response_timeout,
             max_pending_output: self.max_pending_output,
         });
         // The input a connection may hold: one unfinished request, plus what one read

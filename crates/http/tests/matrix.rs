@@ -13,16 +13,15 @@
 mod util;
 
 use std::io::{ErrorKind, Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::{Shutdown, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread::{self, JoinHandle};
+use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_http::{HttpServerBuilder, HttpServerThread, Method, Response, StatusCode};
-use duo_net::{EventLoop, ServerHandle};
 use duo_testkit::{join_within, wait_until, LIMIT};
-use util::{start, test_builder, Client};
+use util::{start, test_builder, Client, LoopServer};
 
 /// Body size of `GET /big`.
 const BIG: usize = 128 << 10;
@@ -636,60 +635,6 @@ fn a_panicking_handler_mid_pipeline_ends_only_its_connection() {
         "a request after the panic was run"
     );
     server.stop().unwrap();
-}
-
-/// A server on an event loop of a test thread, for the graceful shutdown that
-/// [`HttpServerThread`] does not offer; dropping it shuts down at once and joins.
-struct LoopServer {
-    addr: SocketAddr,
-    handle: ServerHandle,
-    thread: Option<JoinHandle<()>>,
-}
-
-impl LoopServer {
-    fn start(builder: HttpServerBuilder) -> LoopServer {
-        util::init_log();
-        let (tx, rx) = mpsc::channel();
-        let thread = thread::spawn(move || {
-            let mut lp = EventLoop::new().expect("an event loop");
-            let server = builder.start(&mut lp).expect("start the HTTP server");
-            tx.send((server.local_addr(), server.clone_handle()))
-                .unwrap();
-            lp.run().expect("the loop runs");
-            server.stop(&mut lp);
-        });
-        let (addr, handle) = rx.recv_timeout(LIMIT).expect("the server to start");
-        LoopServer {
-            addr,
-            handle,
-            thread: Some(thread),
-        }
-    }
-
-    /// Begins a graceful shutdown; `done` gets a message when it has completed.
-    fn shutdown(&self, grace: Duration) -> mpsc::Receiver<()> {
-        let (tx, rx) = mpsc::channel();
-        self.handle.shutdown(grace, move |lp| {
-            let _ = tx.send(());
-            lp.quit();
-        });
-        rx
-    }
-
-    fn join(mut self) {
-        if let Some(t) = self.thread.take() {
-            join_within("the server's loop thread", t);
-        }
-    }
-}
-
-impl Drop for LoopServer {
-    fn drop(&mut self) {
-        if let Some(t) = self.thread.take() {
-            self.handle.shutdown(Duration::ZERO, |lp| lp.quit());
-            join_within("the server's loop thread", t);
-        }
-    }
 }
 
 /// A route `GET /slow` that tells `entered` it runs, then waits (at most `LIMIT`) for a

@@ -5,10 +5,13 @@
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
+use std::sync::mpsc;
+use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use duo_http::{HttpServer, HttpServerBuilder, HttpServerThread, Method, Response, StatusCode};
-use duo_testkit::LIMIT;
+use duo_net::{EventLoop, ServerHandle};
+use duo_testkit::{join_within, LIMIT};
 
 pub fn init_log() {
     let _ = env_logger::builder().is_test(true).try_init();
@@ -150,6 +153,60 @@ impl Client {
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => panic!("no EOF: {e}"),
             }
+        }
+    }
+}
+
+/// A server on an event loop of a test thread, for the graceful shutdown that
+/// [`HttpServerThread`] does not offer; dropping it shuts down at once and joins.
+pub struct LoopServer {
+    pub addr: SocketAddr,
+    pub handle: ServerHandle,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl LoopServer {
+    pub fn start(builder: HttpServerBuilder) -> LoopServer {
+        init_log();
+        let (tx, rx) = mpsc::channel();
+        let thread = thread::spawn(move || {
+            let mut lp = EventLoop::new().expect("an event loop");
+            let server = builder.start(&mut lp).expect("start the HTTP server");
+            tx.send((server.local_addr(), server.clone_handle()))
+                .unwrap();
+            lp.run().expect("the loop runs");
+            server.stop(&mut lp);
+        });
+        let (addr, handle) = rx.recv_timeout(LIMIT).expect("the server to start");
+        LoopServer {
+            addr,
+            handle,
+            thread: Some(thread),
+        }
+    }
+
+    /// Begins a graceful shutdown; `done` gets a message when it has completed.
+    pub fn shutdown(&self, grace: Duration) -> mpsc::Receiver<()> {
+        let (tx, rx) = mpsc::channel();
+        self.handle.shutdown(grace, move |lp| {
+            let _ = tx.send(());
+            lp.quit();
+        });
+        rx
+    }
+
+    pub fn join(mut self) {
+        if let Some(t) = self.thread.take() {
+            join_within("the server's loop thread", t);
+        }
+    }
+}
+
+impl Drop for LoopServer {
+    fn drop(&mut self) {
+        if let Some(t) = self.thread.take() {
+            self.handle.shutdown(Duration::ZERO, |lp| lp.quit());
+            join_within("the server's loop thread", t);
         }
     }
 }
