@@ -7,7 +7,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duo_http::{HttpServer, HttpServerThread, Method, Request, Response, StatusCode};
+use duo_http::{HttpServer, HttpServerThread, Method, Request, Responder, Response, StatusCode};
 use duo_net::ServerHandle;
 use duo_reactor::LoopMetrics;
 use parking_lot::Mutex;
@@ -87,8 +87,9 @@ impl MetricsEndpoint {
     /// - `/debug/loops`: `{"self": {"labels", "loops"}, "targets": [{"labels", "loops"
     ///   or "error"}]}`.
     ///
-    /// The request waits for the targets on the endpoint's loop thread; the endpoint
-    /// serves nothing else meanwhile.
+    /// Each request waits for the targets on a thread of its own, so the endpoint answers
+    /// other requests (several scrapers, a `/healthz` probe) meanwhile; a request not
+    /// answered within the scrape timeout plus 2 s gets `503`.
     pub fn aggregate(
         &mut self,
         own_labels: Labels,
@@ -153,23 +154,24 @@ impl MetricsEndpoint {
         let registry = Arc::new(Mutex::new(self.registry));
         let health_limit = self.health_limit;
         let metrics = registry.clone();
-        let (group, group_health, group_loops) = (
-            self.aggregation.clone(),
-            self.aggregation.clone(),
-            self.aggregation,
-        );
-        let http = HttpServer::builder("metrics", addr)
-            .route(Method::Get, "/metrics", move |req: &Request| {
+        let group = self.aggregation.map(Arc::new);
+        // What each route answers, from whichever thread computes it.
+        let answer_metrics = {
+            let group = group.clone();
+            move |budget: Option<Duration>| {
                 let own = render(&metrics.lock());
                 let text = match &group {
-                    Some(group) => group.metrics(&own, scraper_budget(req)),
+                    Some(group) => group.metrics(&own, budget),
                     None => own,
                 };
                 Response::with_body(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text)
-            })
-            .route(Method::Get, "/healthz", move |_: &Request| {
+            }
+        };
+        let answer_healthz = {
+            let group = group.clone();
+            move || {
                 let own = stuck_loops(&DuoCollector::loop_snapshots(), health_limit);
-                let (healthy, text) = match &group_health {
+                let (healthy, text) = match &group {
                     Some(group) => group.healthz(own),
                     None => match own {
                         None => (true, "ok\n".to_owned()),
@@ -182,23 +184,71 @@ impl MetricsEndpoint {
                     StatusCode::SERVICE_UNAVAILABLE
                 };
                 Response::text(status, text)
-            })
-            .route(Method::Get, "/debug/loops", move |_: &Request| {
+            }
+        };
+        let answer_loops = {
+            let group = group.clone();
+            move || {
                 let own = loops_json(&DuoCollector::loop_snapshots());
-                let text = match &group_loops {
+                let text = match &group {
                     Some(group) => group.loops(own),
                     None => pretty(&own),
                 };
                 Response::with_body(StatusCode::OK, "application/json", text)
-            })
-            .max_connections(64)
-            .spawn()?;
+            }
+        };
+        let builder = HttpServer::builder("metrics", addr).max_connections(64);
+        let builder = match &group {
+            // A process's own figures are at hand: answered on the loop.
+            None => builder
+                .route(Method::Get, "/metrics", move |req: &Request| {
+                    answer_metrics(scraper_budget(req))
+                })
+                .route(Method::Get, "/healthz", move |_: &Request| answer_healthz())
+                .route(Method::Get, "/debug/loops", move |_: &Request| {
+                    answer_loops()
+                }),
+            // The targets' take time (up to the scrape timeout): fetched on a thread of
+            // the request's own, so that the loop answers other requests meanwhile.
+            Some(group) => builder
+                .response_timeout(group.timeout + AGGREGATION_SLACK)
+                .route_deferred(Method::Get, "/metrics", move |req: &Request, r| {
+                    let (answer, budget) = (answer_metrics.clone(), scraper_budget(req));
+                    answer_off_loop(r, move || answer(budget));
+                })
+                .route_deferred(Method::Get, "/healthz", move |_: &Request, r| {
+                    answer_off_loop(r, answer_healthz.clone());
+                })
+                .route_deferred(Method::Get, "/debug/loops", move |_: &Request, r| {
+                    answer_off_loop(r, answer_loops.clone());
+                }),
+        };
+        let http = builder.spawn()?;
         log::info!("metrics on http://{}/metrics", http.local_addr());
         Ok(MetricsServer {
             http,
             collector,
             _registry: registry,
         })
+    }
+}
+
+/// What an aggregated answer may take beyond the scrape timeout (merging, writing) before
+/// the endpoint gives up on it (503).
+const AGGREGATION_SLACK: Duration = Duration::from_secs(2);
+
+/// Answers through `r` with what `answer` computes, on a thread of its own. If the thread
+/// cannot start, the responder is dropped with the closure: the client gets a 500 (and
+/// the error is logged).
+fn answer_off_loop(r: Responder, answer: impl FnOnce() -> Response + Send + 'static) {
+    let started = std::thread::Builder::new()
+        .name("metrics-aggregate".into())
+        .spawn(move || r.respond(answer()));
+    if let Err(e) = started {
+        duo_reactor::log_limited!(
+            log::Level::Error,
+            "metrics: no thread to aggregate a request: {e}"
+        );
     }
 }
 

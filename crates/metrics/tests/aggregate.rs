@@ -1,6 +1,7 @@
 //! An aggregating endpoint for real: two endpoints standing in for workers, one port that
 //! refuses and one peer that never answers, all on loopback.
 
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -123,4 +124,91 @@ fn the_group_s_figures_are_merged_and_silent_members_marked_down() {
     group.stop().unwrap();
     a.stop().unwrap();
     b.stop().unwrap();
+}
+
+/// A target that accepts, reads each request's head, and answers only when released:
+/// counts the requests it holds.
+struct HeldTarget {
+    addr: SocketAddr,
+    held: Arc<Mutex<Vec<std::net::TcpStream>>>,
+    accepting: std::thread::JoinHandle<()>,
+}
+
+impl HeldTarget {
+    fn start(expect: usize) -> HeldTarget {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        let held = Arc::new(Mutex::new(Vec::new()));
+        let keep = held.clone();
+        let accepting = std::thread::spawn(move || {
+            for _ in 0..expect {
+                let (mut s, _) = listener.accept().unwrap();
+                s.set_read_timeout(Some(duo_testkit::LIMIT)).unwrap();
+                let mut head = Vec::new();
+                let mut byte = [0u8; 1];
+                while !head.ends_with(b"\r\n\r\n") {
+                    assert_eq!(s.read(&mut byte).unwrap(), 1, "a whole request head");
+                    head.push(byte[0]);
+                }
+                keep.lock().push(s);
+            }
+        });
+        HeldTarget {
+            addr,
+            held,
+            accepting,
+        }
+    }
+
+    /// Answers every held request with a one-sample text.
+    fn release(self) {
+        duo_testkit::join_within("the held target's accepting thread", self.accepting);
+        let body = "# TYPE held_up gauge\nheld_up 1\n# EOF\n";
+        for mut s in self.held.lock().drain(..) {
+            let reply = format!(
+                "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                body.len()
+            );
+            s.write_all(reply.as_bytes()).unwrap();
+        }
+    }
+}
+
+/// Scrapes wait for their targets off the endpoint's loop: two scrapes are at the target
+/// at once, and a third request is answered while they wait.
+#[test]
+fn scrapes_wait_for_their_targets_in_parallel_and_the_endpoint_answers_meanwhile() {
+    let slow = HeldTarget::start(2);
+    let mut group = MetricsEndpoint::new();
+    let addr = slow.addr;
+    group
+        .aggregate(vec![("worker".to_owned(), "self".to_owned())], move || {
+            vec![target("slow", addr)]
+        })
+        .scrape_timeout(duo_testkit::LIMIT);
+    let group = group.spawn("127.0.0.1:0".parse().unwrap()).unwrap();
+    let at = group.local_addr();
+    let scrapes: Vec<_> = (0..2)
+        .map(|_| std::thread::spawn(move || http_get(at, "/metrics")))
+        .collect();
+    duo_testkit::wait_until("both scrapes at the target at once", || {
+        slow.held.lock().len() == 2
+    });
+    assert_eq!(
+        http_get(at, "/nope").0,
+        404,
+        "the endpoint answers meanwhile"
+    );
+    slow.release();
+    for scrape in scrapes {
+        let (status, text) = duo_testkit::join_within("a scrape", scrape);
+        assert_eq!(status, 200);
+        assert_eq!(
+            value(&text, "held_up{worker=\"slow\"}"),
+            Some(1.0),
+            "{text}"
+        );
+        assert_eq!(value(&text, "duo_aggregate_up{worker=\"slow\"}"), Some(1.0));
+    }
+    group.stop().unwrap();
 }
