@@ -22,6 +22,8 @@ use std::ops::{Deref, DerefMut};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -721,6 +723,44 @@ fn the_announced_metrics_address_answers_after_an_upgrade() {
             .map(drop)
             .map_err(|e| format!("{metrics}: {e}"))
     });
+    wait_up(metrics, &gen_of(&g2, 2));
+    sup.stop_cleanly();
+}
+
+/// The metrics endpoint's socket is handed to the upgraded image, not bound again: no
+/// connection attempt to it is refused while the supervisor re-executes itself, and the
+/// new image says it serves on the socket handed over.
+#[test]
+fn an_upgrade_hands_over_the_metrics_socket_and_refuses_no_scrape() {
+    let mut sup = Sup::echo(&["--metrics", "127.0.0.1:0"]);
+    let metrics = sup.metrics();
+    wait_up(metrics, &gen_of(&sup.workers(), 1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let knocking = {
+        let stop = stop.clone();
+        thread::spawn(move || {
+            let (mut tries, mut refused) = (0u32, Vec::new());
+            while !stop.load(Ordering::Relaxed) {
+                tries += 1;
+                if let Err(e) = TcpStream::connect_timeout(&metrics, IO_TIMEOUT) {
+                    refused.push(e.to_string());
+                }
+                // About a thousand a second: the `exec` is a few milliseconds.
+                thread::sleep(Duration::from_millis(1));
+            }
+            (tries, refused)
+        })
+    };
+    sup.reload(true);
+    let g2 = sup.serving(2);
+    sup.log_has("the socket the previous image handed over");
+    stop.store(true, Ordering::Relaxed);
+    let (tries, refused) = join_within("the connecting thread", knocking);
+    assert!(
+        refused.is_empty(),
+        "{} of {tries} connects failed: {refused:?}",
+        refused.len()
+    );
     wait_up(metrics, &gen_of(&g2, 2));
     sup.stop_cleanly();
 }

@@ -83,9 +83,24 @@ impl HttpServer {
     /// A builder for a server named `name` (in logs and thread names) on `addr` (port 0
     /// picks a free port; the server reports the real one).
     pub fn builder(name: &str, addr: SocketAddr) -> HttpServerBuilder {
+        HttpServerBuilder::new(name, Bind::Addr(addr))
+    }
+
+    /// A builder for a server that serves on `listener`, a TCP socket that is already
+    /// bound and listening (inherited from systemd or from a previous image of the
+    /// process, say): nothing is bound, and connections the kernel queued on it before the
+    /// server started are served. A socket that is not a listening TCP socket makes
+    /// [`start`](HttpServerBuilder::start) (or `spawn`) fail with `InvalidInput`.
+    pub fn builder_on(name: &str, listener: std::net::TcpListener) -> HttpServerBuilder {
+        HttpServerBuilder::new(name, Bind::Listener(listener))
+    }
+}
+
+impl HttpServerBuilder {
+    fn new(name: &str, bind: Bind) -> HttpServerBuilder {
         HttpServerBuilder {
             name: name.to_owned(),
-            addr,
+            bind,
             router: Router::new(),
             limits: Limits::default(),
             header_timeout: defaults::HEADER_TIMEOUT,
@@ -98,7 +113,9 @@ impl HttpServer {
             io_threads: 0,
         }
     }
+}
 
+impl HttpServer {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.tcp.local_addr()
@@ -154,7 +171,7 @@ impl fmt::Debug for HttpServer {
 #[derive(Debug)]
 pub struct HttpServerBuilder {
     name: String,
-    addr: SocketAddr,
+    bind: Bind,
     router: Router,
     limits: Limits,
     header_timeout: Duration,
@@ -165,6 +182,15 @@ pub struct HttpServerBuilder {
     max_pending_output: usize,
     max_connections: Option<usize>,
     io_threads: usize,
+}
+
+/// Where a server listens.
+#[derive(Debug)]
+enum Bind {
+    /// Bound when the server starts.
+    Addr(SocketAddr),
+    /// Already bound and listening.
+    Listener(std::net::TcpListener),
 }
 
 /// The shortest timeout: a zero one is taken as this.
@@ -356,7 +382,8 @@ impl HttpServerBuilder {
     ///
     /// # Errors
     ///
-    /// Binding or listening failed, or the I/O threads could not start.
+    /// Binding or listening failed (or the socket of [`HttpServer::builder_on`] is not a
+    /// listening TCP socket), or the I/O threads could not start.
     pub fn start(self, main: &mut EventLoop) -> io::Result<HttpServer> {
         let limits = self.limits;
         let svc = Arc::new(Service {
@@ -381,7 +408,11 @@ impl HttpServerBuilder {
             .max_pending_output
             .saturating_add(defaults::OUTPUT_BACKSTOP);
         let (on_up, on_msg, on_drained, on_stop) = (svc.clone(), svc.clone(), svc.clone(), svc);
-        let mut tcp = TcpServer::builder(&self.name, self.addr)
+        let tcp = match self.bind {
+            Bind::Addr(addr) => TcpServer::builder(&self.name, addr),
+            Bind::Listener(listener) => TcpServer::builder_on(&self.name, listener)?,
+        };
+        let mut tcp = tcp
             .io_threads(self.io_threads)
             .max_input(max_input)
             .output_limit(backstop, OutputLimit::Close)

@@ -7,7 +7,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duo_http::{HttpServer, HttpServerThread, Method, Request, Responder, Response, StatusCode};
+use duo_http::{
+    HttpServer, HttpServerBuilder, HttpServerThread, Method, Request, Responder, Response,
+    StatusCode,
+};
 use duo_net::ServerHandle;
 use duo_reactor::LoopMetrics;
 use parking_lot::Mutex;
@@ -150,6 +153,21 @@ impl MetricsEndpoint {
     ///
     /// Binding `addr` failed, or the thread could not start.
     pub fn spawn(self, addr: SocketAddr) -> io::Result<MetricsServer> {
+        self.serve(HttpServer::builder("metrics", addr))
+    }
+
+    /// As [`spawn`](MetricsEndpoint::spawn), on `listener`, a TCP socket already bound and
+    /// listening (one a previous image of the process handed over, say): connections
+    /// queued on it meanwhile are served.
+    ///
+    /// # Errors
+    ///
+    /// `listener` is not a listening TCP socket, or the thread could not start.
+    pub fn spawn_on(self, listener: std::net::TcpListener) -> io::Result<MetricsServer> {
+        self.serve(HttpServer::builder_on("metrics", listener))
+    }
+
+    fn serve(self, builder: HttpServerBuilder) -> io::Result<MetricsServer> {
         let collector = self.collector.clone();
         let registry = Arc::new(Mutex::new(self.registry));
         let health_limit = self.health_limit;
@@ -197,7 +215,7 @@ impl MetricsEndpoint {
                 Response::with_body(StatusCode::OK, "application/json", text)
             }
         };
-        let builder = HttpServer::builder("metrics", addr).max_connections(64);
+        let builder = builder.max_connections(64);
         let builder = match &group {
             // A process's own figures are at hand: answered on the loop.
             None => builder

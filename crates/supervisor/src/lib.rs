@@ -29,7 +29,10 @@
 //! - **`SIGUSR2`: upgrade.** The supervisor executes its own binary again (same PID),
 //!   handing over the listening sockets by the systemd protocol and its workers' PIDs (see
 //!   [`protocol`]); the new image adopts them as the old generation and reloads. If the
-//!   `exec` fails, the old image logs it and goes on.
+//!   `exec` fails, the old image logs it and goes on. A program hands its own state to
+//!   the next image with [`Supervisor::carry_across_upgrade`] (a variable) and
+//!   [`Supervisor::carry_fd_across_upgrade`] (a descriptor: the metrics endpoint's
+//!   listening socket, say).
 //! - **Stats.** Every [`SupervisorConfig::stats_interval`] one log line sums the counters
 //!   the workers publish ([`StatsSlot::publish`]).
 //! - **Metrics.** A worker that serves a metrics endpoint on `127.0.0.1` publishes its

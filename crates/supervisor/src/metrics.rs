@@ -9,26 +9,34 @@
 //! `duo_aggregate_up` says which workers answered.
 
 use std::io::{self, Write as _};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
+use std::os::fd::AsFd;
 
 use duo_metrics::{MetricsEndpoint, MetricsServer, ScrapeTarget};
 
 use crate::{Supervisor, SupervisorError, Worker, WorkerTable};
 
-/// The address an upgraded supervisor's metrics endpoint had, handed to its next image.
+/// The address an upgraded supervisor's metrics endpoint had, handed to its next image
+/// (used if the socket itself was not handed over).
 const METRICS_ADDR_VAR: &str = "DUO_SUPERVISOR_METRICS_ADDR";
 
+/// The descriptor of the endpoint's listening socket, handed to the next image.
+const METRICS_FD_VAR: &str = "DUO_SUPERVISOR_METRICS_FD";
+
 /// [`Supervisor::run`] with the aggregating endpoint on `metrics` if given (started first,
-/// [`serve_supervisor`], stopped when the supervisor is done): `on_ready` gets the
+/// [`serve_supervisor_on`], stopped when the supervisor is done): `on_ready` gets the
 /// endpoint's address. A server prints its `listening on` line there, then
 /// [`announce`]s the endpoint.
 ///
-/// An upgrade (`SIGUSR2`) closes the endpoint with the old image; the new image opens it
-/// again on the same address (with port 0 configured: the port the first image got, so
-/// the announced address stays right; if that port was taken meanwhile, another). Between
-/// the two a scrape is refused. An upgraded image that cannot open it at all logs the
-/// error and supervises without it: the workers are serving, and an upgrade never ends
-/// the service for its metrics.
+/// An upgrade (`SIGUSR2`) hands the endpoint's listening socket to the new image, as the
+/// workers' sockets are: nothing is bound again, so the address stays the same (also
+/// with port 0 configured) and a scrape that arrives during the `exec` waits in the
+/// socket's queue until the new image serves it; only a scrape the old image was
+/// answering at that moment fails. Should the socket not come across (an upgrade from a
+/// binary that did not hand it over), the new image binds the same address again. An
+/// upgraded image that cannot open the endpoint at all logs the error and supervises
+/// without it: the workers are serving, and an upgrade never ends the service for its
+/// metrics.
 ///
 /// # Errors
 ///
@@ -39,28 +47,32 @@ pub fn run(
     metrics: Option<SocketAddr>,
     on_ready: impl FnOnce(Option<SocketAddr>) + Send + 'static,
 ) -> Result<(), SupervisorError> {
-    // What the previous image bound, if this one is an upgrade: with port 0 configured,
-    // the same port again, so that the address announced at the start stays right.
+    // What the previous image had, if this one is an upgrade.
     let previous: Option<SocketAddr> = std::env::var(METRICS_ADDR_VAR)
         .ok()
         .and_then(|a| a.parse().ok());
     std::env::remove_var(METRICS_ADDR_VAR);
+    let inherited = inherited_listener();
     // Set by the previous image: this one is an upgrade, whose workers are serving.
-    let upgraded = previous.is_some();
+    let upgraded = previous.is_some() || inherited.is_some();
     let server = match metrics {
         Some(configured) => {
-            let table = supervisor.worker_table();
-            let serve = |at| serve_supervisor(MetricsEndpoint::new(), table.clone(), at);
-            let started = match previous {
-                Some(prev) if configured.port() == 0 && prev.ip() == configured.ip() => serve(prev)
-                    .or_else(|e| {
-                        log::warn!("metrics endpoint: {prev} again: {e}; trying {configured}");
-                        serve(configured)
-                    }),
-                _ => serve(configured),
-            };
+            let started = listener_for(configured, inherited, previous).and_then(|listener| {
+                let handover = listener.try_clone()?;
+                let server = serve_supervisor_on(
+                    MetricsEndpoint::new(),
+                    supervisor.worker_table(),
+                    listener,
+                )?;
+                Ok((server, handover))
+            });
             match started {
-                Ok(server) => Some(server),
+                Ok((server, handover)) => {
+                    supervisor.carry_fd_across_upgrade(METRICS_FD_VAR, handover.into());
+                    supervisor
+                        .carry_across_upgrade(METRICS_ADDR_VAR, &server.local_addr().to_string());
+                    Some(server)
+                }
                 // The workers serve on: an upgrade must not end the service for the sake
                 // of its metrics.
                 Err(e) if upgraded => {
@@ -80,9 +92,6 @@ pub fn run(
         }
         None => None,
     };
-    if let Some(server) = &server {
-        supervisor.carry_across_upgrade(METRICS_ADDR_VAR, &server.local_addr().to_string());
-    }
     let at = server.as_ref().map(MetricsServer::local_addr);
     let ran = supervisor.run(move || on_ready(at));
     if let Some(server) = server {
@@ -91,6 +100,61 @@ pub fn run(
         }
     }
     ran
+}
+
+/// The listening socket the previous image handed over, if there is one and it is one.
+fn inherited_listener() -> Option<TcpListener> {
+    match duo_sys::take_fd_from_env(METRICS_FD_VAR) {
+        Ok(Some(fd)) => match duo_sys::check_listening_tcp(fd.as_fd()) {
+            Ok(()) => Some(TcpListener::from(fd)),
+            Err(e) => {
+                log::warn!("the metrics socket handed over: {e}; binding again");
+                None
+            }
+        },
+        Ok(None) => None,
+        Err(e) => {
+            log::warn!("the metrics socket handed over: {e}; binding again");
+            None
+        }
+    }
+}
+
+/// The endpoint's listening socket: the one handed over if it is on the `configured`
+/// address (the same port, or any with port 0), else bound now: on the `previous`
+/// image's address when port 0 is configured, so the announced address stays right (if
+/// that port was taken meanwhile, another).
+fn listener_for(
+    configured: SocketAddr,
+    inherited: Option<TcpListener>,
+    previous: Option<SocketAddr>,
+) -> io::Result<TcpListener> {
+    if let Some(listener) = inherited {
+        match listener.local_addr() {
+            Ok(at)
+                if at.ip() == configured.ip()
+                    && (configured.port() == 0 || configured.port() == at.port()) =>
+            {
+                log::info!("metrics endpoint on {at}: the socket the previous image handed over");
+                return Ok(listener);
+            }
+            Ok(at) => log::info!("metrics: the socket handed over is on {at}, not {configured}"),
+            Err(e) => log::warn!("metrics: the socket handed over: {e}"),
+        }
+    }
+    let bind = |at: SocketAddr| {
+        TcpListener::bind(at)
+            .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {at}: {e}")))
+    };
+    match previous {
+        Some(prev) if configured.port() == 0 && prev.ip() == configured.ip() => {
+            bind(prev).or_else(|e| {
+                log::warn!("{e}; trying {configured}");
+                bind(configured)
+            })
+        }
+        _ => bind(configured),
+    }
 }
 
 /// Prints `metrics on ADDR` on stdout and flushes it (errors are logged): how a script
@@ -137,11 +201,35 @@ pub fn serve_worker(
 ///
 /// Binding `addr` failed, or the endpoint's thread could not start.
 pub fn serve_supervisor(
-    mut endpoint: MetricsEndpoint,
+    endpoint: MetricsEndpoint,
     table: WorkerTable,
     addr: SocketAddr,
 ) -> io::Result<MetricsServer> {
     crate::supervisor::block_handled_signals()?;
+    aggregating(endpoint, table)
+        .spawn(addr)
+        .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
+}
+
+/// As [`serve_supervisor`], on `listener`, a socket already bound and listening (one an
+/// upgrade handed over, or one the caller keeps a duplicate of to hand over:
+/// [`Supervisor::carry_fd_across_upgrade`](crate::Supervisor::carry_fd_across_upgrade)).
+///
+/// # Errors
+///
+/// `listener` is not a listening TCP socket, or the endpoint's thread could not start.
+pub fn serve_supervisor_on(
+    endpoint: MetricsEndpoint,
+    table: WorkerTable,
+    listener: TcpListener,
+) -> io::Result<MetricsServer> {
+    crate::supervisor::block_handled_signals()?;
+    aggregating(endpoint, table).spawn_on(listener)
+}
+
+/// `endpoint`, made to aggregate the workers of `table`, each labelled `process="worker"`,
+/// `pid` and `generation` (its own samples `process="supervisor"` and `pid`).
+fn aggregating(mut endpoint: MetricsEndpoint, table: WorkerTable) -> MetricsEndpoint {
     let own = vec![
         ("process".to_owned(), "supervisor".to_owned()),
         ("pid".to_owned(), std::process::id().to_string()),
@@ -161,6 +249,4 @@ pub fn serve_supervisor(
             .collect()
     });
     endpoint
-        .spawn(addr)
-        .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
 }

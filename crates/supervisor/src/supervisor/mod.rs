@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::io;
 use std::net::TcpListener;
-use std::os::fd::{AsFd, BorrowedFd, RawFd};
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
@@ -127,6 +127,8 @@ pub struct Supervisor {
     adopted_last_started: u64,
     /// Variables for the image an upgrade executes ([`Supervisor::carry_across_upgrade`]).
     upgrade_env: Vec<(String, String)>,
+    /// Descriptors for that image ([`Supervisor::carry_fd_across_upgrade`]).
+    upgrade_fds: Vec<(String, OwnedFd)>,
     /// The stats region of the previous image, handed over by an upgrade.
     inherited_stats: Option<SharedCounters>,
     exe: PathBuf,
@@ -201,6 +203,7 @@ impl Supervisor {
             adopted_generation,
             adopted_last_started,
             upgrade_env: Vec::new(),
+            upgrade_fds: Vec::new(),
             inherited_stats,
             exe,
             args,
@@ -218,6 +221,19 @@ impl Supervisor {
     pub fn carry_across_upgrade(&mut self, key: &str, value: &str) {
         self.upgrade_env.retain(|(k, _)| k != key);
         self.upgrade_env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Hands `fd` to the image an upgrade (`SIGUSR2`) executes: it is kept open across
+    /// the `exec` (only across that one: it stays close-on-exec otherwise, so no worker
+    /// inherits it) and the variable `key` holds its number, where the next image takes it
+    /// with [`duo_sys::take_fd_from_env`] (before [`run`]). How a listening socket of the
+    /// program's own (its metrics endpoint's, say) survives an upgrade without being
+    /// bound again. The supervisor keeps `fd` open until it ends.
+    ///
+    /// [`run`]: Supervisor::run
+    pub fn carry_fd_across_upgrade(&mut self, key: &str, fd: OwnedFd) {
+        self.upgrade_fds.retain(|(k, _)| k != key);
+        self.upgrade_fds.push((key.to_owned(), fd));
     }
 
     /// The workers' rows, for an endpoint that aggregates their metrics: filled once
@@ -284,6 +300,7 @@ impl Supervisor {
             generation: self.adopted_generation,
             last_started: self.adopted_last_started,
             upgrade_env: self.upgrade_env,
+            upgrade_fds: self.upgrade_fds,
             pending: None,
             restart_timer: None,
             stopping: false,
@@ -355,6 +372,8 @@ struct State {
     last_started: u64,
     /// Variables for the image an upgrade executes.
     upgrade_env: Vec<(String, String)>,
+    /// Descriptors for that image, each with the variable that names it.
+    upgrade_fds: Vec<(String, OwnedFd)>,
     pending: Option<Pending>,
     restart_timer: Option<TimerId>,
     backoff: Backoff,

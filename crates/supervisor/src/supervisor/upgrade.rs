@@ -59,6 +59,14 @@ impl State {
             log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
             cmd.env_remove(STATS_VAR);
         }
+        for (key, fd) in &self.upgrade_fds {
+            match duo_sys::set_inherit_on_exec(fd.as_fd(), true) {
+                Ok(()) => {
+                    cmd.env(key, fd.as_raw_fd().to_string());
+                }
+                Err(e) => log::warn!("SIGUSR2: {key} will not be handed over: {e}"),
+            }
+        }
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
                 log::error!("SIGUSR2: cannot upgrade: {e}");
@@ -127,6 +135,11 @@ impl State {
 
     pub(super) fn restore_cloexec(&self) {
         let _ = duo_sys::set_inherit_on_exec(self.stats.fd(), false);
+        for (key, fd) in &self.upgrade_fds {
+            if let Err(e) = duo_sys::set_inherit_on_exec(fd.as_fd(), false) {
+                log::error!("restoring close-on-exec on {key}: {e}");
+            }
+        }
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), false) {
                 log::error!("restoring close-on-exec on a listener: {e}");
