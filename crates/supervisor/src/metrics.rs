@@ -104,20 +104,14 @@ pub fn run(
 
 /// The listening socket the previous image handed over, if there is one and it is one.
 fn inherited_listener() -> Option<TcpListener> {
-    match duo_sys::take_fd_from_env(METRICS_FD_VAR) {
-        Ok(Some(fd)) => match duo_sys::check_listening_tcp(fd.as_fd()) {
-            Ok(()) => Some(TcpListener::from(fd)),
-            Err(e) => {
-                log::warn!("the metrics socket handed over: {e}; binding again");
-                None
-            }
-        },
-        Ok(None) => None,
-        Err(e) => {
-            log::warn!("the metrics socket handed over: {e}; binding again");
-            None
-        }
-    }
+    let taken = duo_sys::take_fd_from_env(METRICS_FD_VAR).and_then(|fd| match fd {
+        Some(fd) => duo_sys::check_listening_tcp(fd.as_fd()).map(|()| Some(TcpListener::from(fd))),
+        None => Ok(None),
+    });
+    taken.unwrap_or_else(|e| {
+        log::warn!("the metrics socket handed over: {e}; binding again");
+        None
+    })
 }
 
 /// The endpoint's listening socket: the one handed over if it is on the `configured`
