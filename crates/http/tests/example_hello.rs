@@ -23,6 +23,11 @@ fn hello_serves_its_routes_and_stops_on_sigterm() {
     c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 2\r\n\r\nhi");
     assert_eq!(c.read_reply(false).text(), "hi");
     assert_eq!(c.get("/").status, 200);
+    // The deferred route, answered by the example's worker pool.
+    assert_eq!(c.get("/primes?below=100").text(), "25 primes below 100\n");
+    assert_eq!(c.get("/primes?below=2").text(), "0 primes below 2\n");
+    assert_eq!(c.get("/primes?below=x").status, 400);
+    assert_eq!(c.get("/healthz").text(), "ok\n");
     drop(c);
     let (status, _) = server.terminate("TERM", Duration::from_secs(10));
     assert!(
