@@ -98,12 +98,13 @@ enum Phase {
     Body,
     Idle,
     Blocked,
-    Waiting,
+    /// For the answer to this request.
+    Waiting(Awaited),
     Closing,
 }
 
 /// The request a deferred handler has yet to answer: how to send its answer.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Awaited {
     /// Its number among the connection's deferred requests.
     seq: u64,
@@ -210,8 +211,6 @@ pub(crate) struct HttpConn {
     blocked_output: usize,
     /// The server is shutting down: the request under way is the last one answered.
     draining: bool,
-    /// While `Waiting`: the request whose answer is awaited.
-    awaited: Option<Awaited>,
     /// Deferred requests so far (numbers their answers).
     deferred: u64,
 }
@@ -233,7 +232,6 @@ impl Service {
             backlog: Backlog::default(),
             blocked_output: 0,
             draining: false,
-            awaited: None,
             deferred: 0,
         });
         let svc = self.clone();
@@ -268,7 +266,7 @@ impl Service {
             let nothing_under_way = match st.phase {
                 Phase::Idle => true,
                 Phase::Head => st.pending == 0 && st.backlog.is_empty(),
-                Phase::Body | Phase::Blocked | Phase::Waiting | Phase::Closing => false,
+                Phase::Body | Phase::Blocked | Phase::Waiting(_) | Phase::Closing => false,
             };
             if nothing_under_way {
                 svc.close_gracefully(ctx, st);
@@ -384,7 +382,7 @@ impl Service {
                 input.consume_all();
                 break;
             }
-            if st.phase == Phase::Waiting {
+            if matches!(st.phase, Phase::Waiting(_)) {
                 return Served::Waiting;
             }
             if input.is_empty() {
@@ -448,14 +446,12 @@ impl Service {
         st.deferred += 1;
         let mut awaited = Awaited::from(req);
         awaited.seq = st.deferred;
-        st.awaited = Some(awaited);
-        st.phase = Phase::Waiting;
+        st.phase = Phase::Waiting(awaited);
         self.set_deadline(ctx, st, Instant::now() + self.response_timeout);
-        let responder = Responder::for_conn(ctx.connection().clone(), self.clone(), awaited.seq);
+        let responder = Responder::for_conn(ctx.connection().clone(), self, awaited.seq);
         if catch_unwind(AssertUnwindSafe(|| handler(req, responder))).is_err() {
             // (The responder, dropped in the unwinding, queued a 500 that will find
-            // nothing awaited.)
-            st.awaited = None;
+            // nothing awaited: the connection is closing.)
             self.handler_panicked(ctx, st, req);
         }
     }
@@ -471,15 +467,17 @@ impl Service {
         failed: bool,
     ) {
         self.with_state(ctx, |svc, ctx, st| {
-            let Some(mut awaited) = st.awaited.filter(|a| a.seq == seq) else {
-                log_limited!(
-                    log::Level::Debug,
-                    "{}: a deferred answer came after its request was answered; dropped",
-                    ctx.connection().name()
-                );
-                return;
+            let mut awaited = match st.phase {
+                Phase::Waiting(awaited) if awaited.seq == seq => awaited,
+                _ => {
+                    log_limited!(
+                        log::Level::Debug,
+                        "{}: a deferred answer came after its request was answered; dropped",
+                        ctx.connection().name()
+                    );
+                    return;
+                }
             };
-            st.awaited = None;
             awaited.keep_alive &= !failed;
             svc.send_answer(ctx, st, awaited, &resp);
             // The next requests, if it stays open; else drops them and reads on to the
@@ -652,7 +650,7 @@ impl Service {
                     let at = Instant::now() + svc.linger;
                     svc.set_deadline(ctx, st, at);
                 }
-                Phase::Waiting => {
+                Phase::Waiting(mut to) => {
                     // The application's fault, not the peer's: but a handler that never
                     // answers could log once per request.
                     log_limited!(
@@ -660,17 +658,10 @@ impl Service {
                         "{name}: no answer from a deferred handler within the response \
                          timeout; answering 503"
                     );
-                    let awaited = st.awaited.take();
                     let resp = Response::text(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "no response within the response timeout\n",
                     );
-                    let mut to = awaited.unwrap_or(Awaited {
-                        seq: 0,
-                        head_only: false,
-                        keep_alive: false,
-                        version: Version::Http11,
-                    });
                     to.keep_alive = false;
                     svc.send_answer(ctx, st, to, &resp);
                     // Drops what waits and reads on to the peer's close.

@@ -2,7 +2,7 @@
 //! any thread.
 
 use std::fmt;
-use std::sync::{mpsc, Arc};
+use std::sync::{mpsc, Arc, Weak};
 
 use duo_net::{log_limited, TcpConnection};
 
@@ -26,10 +26,12 @@ pub struct Responder {
 /// Where the answer goes.
 enum To {
     /// The connection's state, on its loop: `seq` tells this request's answer from a
-    /// late one to an earlier request.
+    /// late one to an earlier request. (The server's service weakly: a handler that
+    /// keeps responders in its own state must not keep the server's routes, itself
+    /// among them, alive.)
     Conn {
         conn: TcpConnection,
-        svc: Arc<Service>,
+        svc: Weak<Service>,
         seq: u64,
     },
     /// A channel ([`Responder::channel`]).
@@ -38,9 +40,13 @@ enum To {
 
 impl Responder {
     /// The responder for request `seq` of `conn`.
-    pub(crate) fn for_conn(conn: TcpConnection, svc: Arc<Service>, seq: u64) -> Responder {
+    pub(crate) fn for_conn(conn: TcpConnection, svc: &Arc<Service>, seq: u64) -> Responder {
         Responder {
-            to: Some(To::Conn { conn, svc, seq }),
+            to: Some(To::Conn {
+                conn,
+                svc: Arc::downgrade(svc),
+                seq,
+            }),
         }
     }
 
@@ -102,8 +108,11 @@ impl Responder {
 fn deliver(to: To, resp: Response, failed: bool) {
     match to {
         To::Conn { conn, svc, seq } => {
-            // A closed connection takes nothing: the answer goes nowhere.
-            let _ = conn.queue_in_loop(move |ctx| svc.on_answer(ctx, seq, resp, failed));
+            // A closed connection (or a server gone) takes nothing: the answer goes
+            // nowhere.
+            if let Some(svc) = svc.upgrade() {
+                let _ = conn.queue_in_loop(move |ctx| svc.on_answer(ctx, seq, resp, failed));
+            }
         }
         To::Channel(tx) => {
             // The receiver gone: nobody waits.

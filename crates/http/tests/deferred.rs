@@ -9,72 +9,22 @@
 
 mod util;
 
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_http::{HttpServerBuilder, Method, Request, Responder, Response, StatusCode};
+use duo_http::{Response, StatusCode};
 use duo_testkit::{join_within, wait_until, LIMIT};
-use util::{start, test_builder, Client, LoopServer};
-
-/// The responders of `GET /held` requests, answered when a test says so.
-type Held = Arc<Mutex<Vec<(String, Responder)>>>;
-
-/// The test routes plus:
-/// - `GET /later?TEXT`: answers TEXT from another thread;
-/// - `GET /held?TEXT`: keeps its responder in the returned [`Held`] (the test answers);
-/// - `GET /drop`: drops its responder unanswered;
-/// - `GET /defer-panic`: panics;
-/// - `GET /count`: counts its calls in the returned counter (answers at once).
-fn deferred_builder() -> (HttpServerBuilder, Held, Arc<AtomicUsize>) {
-    let held: Held = Arc::default();
-    let hits = Arc::new(AtomicUsize::new(0));
-    let (keep, count) = (held.clone(), hits.clone());
-    let builder = test_builder()
-        .route_deferred(Method::Get, "/later", |req: &Request, r: Responder| {
-            let text = req.query().unwrap_or("-").to_owned();
-            thread::spawn(move || r.respond(Response::text(StatusCode::OK, text)));
-        })
-        .route_deferred(Method::Get, "/held", move |req: &Request, r: Responder| {
-            let text = req.query().unwrap_or("-").to_owned();
-            keep.lock().unwrap().push((text, r));
-        })
-        .route_deferred(Method::Get, "/drop", |_: &Request, r: Responder| drop(r))
-        .route_deferred(Method::Get, "/defer-panic", |_: &Request, _r: Responder| {
-            panic!("a deferred handler that panics")
-        })
-        .route(Method::Get, "/count", move |_| {
-            let n = count.fetch_add(1, Ordering::SeqCst) + 1;
-            Response::text(StatusCode::OK, n.to_string())
-        });
-    (builder, held, hits)
-}
-
-/// Waits until `n` `/held` requests hold their responders; answers each with its text.
-fn answer_held(held: &Held, n: usize) {
-    wait_until(&format!("{n} held requests"), || {
-        held.lock().unwrap().len() >= n
-    });
-    for (text, r) in held.lock().unwrap().drain(..) {
-        r.respond(Response::text(StatusCode::OK, text));
-    }
-}
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
-}
+use util::deferred::{answer_held, deferred_builder};
+use util::{get, start, Client, LoopServer};
 
 /// An answer from another thread, on a kept-alive connection, twice; `HEAD` gets the
 /// head only; a responder answered synchronously within its handler works too.
 #[test]
 fn answers_from_another_thread_keep_the_connection_alive() {
     let (builder, _held, _) = deferred_builder();
-    let server = start(
-        builder.route_deferred(Method::Get, "/now", |_: &Request, r| {
-            r.respond(Response::text(StatusCode::OK, "at once"))
-        }),
-    );
+    let server = start(builder);
     let mut c = Client::connect(server.local_addr());
     for text in ["one", "two"] {
         let r = c.get(&format!("/later?{text}"));
@@ -87,7 +37,7 @@ fn answers_from_another_thread_keep_the_connection_alive() {
         (head.status, head.header("content-length")),
         (200, Some("3"))
     );
-    assert_eq!(c.get("/now").text(), "at once");
+    assert_eq!(c.get("/now?at-once").text(), "at-once");
     assert_eq!(c.get("/hello").text(), "hello");
     server.stop().unwrap();
 }

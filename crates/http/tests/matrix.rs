@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use duo_http::{HttpServerBuilder, HttpServerThread, Method, Response, StatusCode};
 use duo_testkit::{join_within, wait_until, LIMIT};
-use util::{start, test_builder, Client, LoopServer};
+use util::{get, read_to_eof, start, test_builder, Client, LoopServer};
 
 /// Body size of `GET /big`.
 const BIG: usize = 128 << 10;
@@ -39,10 +39,6 @@ fn counting_builder(hits: &Arc<AtomicUsize>) -> HttpServerBuilder {
             let fill = req.query().and_then(|q| q.bytes().next()).unwrap_or(b'b');
             Response::with_body(StatusCode::OK, "application/octet-stream", vec![fill; BIG])
         })
-}
-
-fn get(path: &str) -> String {
-    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
 }
 
 fn post(path: &str, body: &str) -> String {
@@ -81,20 +77,6 @@ fn assert_final(c: &mut Client, status: u16, what: &str) {
     assert_eq!(r.header("connection"), Some("close"), "{what}");
     assert!(!r.body.is_empty(), "{what}: a refusal says why");
     c.expect_eof();
-}
-
-/// Reads what comes until EOF (within `LIMIT`); a reset or a read timeout fails.
-fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
-    let mut all = Vec::new();
-    let mut chunk = [0u8; 16 << 10];
-    loop {
-        match s.read(&mut chunk) {
-            Ok(0) => return all,
-            Ok(n) => all.extend_from_slice(&chunk[..n]),
-            Err(e) if e.kind() == ErrorKind::Interrupted => {}
-            Err(e) => panic!("no EOF after {} bytes: {e}", all.len()),
-        }
-    }
 }
 
 /// Waits until the server has output queued for some connection (its client not reading).

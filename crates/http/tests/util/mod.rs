@@ -4,6 +4,8 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::io::{ErrorKind, Read, Write};
+
+pub mod deferred;
 use std::net::{SocketAddr, TcpStream};
 use std::sync::mpsc;
 use std::thread::{self, JoinHandle};
@@ -207,6 +209,25 @@ impl Drop for LoopServer {
         if let Some(t) = self.thread.take() {
             self.handle.shutdown(Duration::ZERO, |lp| lp.quit());
             join_within("the server's loop thread", t);
+        }
+    }
+}
+
+/// `GET path` as an HTTP/1.1 request with a `Host` field.
+pub fn get(path: &str) -> String {
+    format!("GET {path} HTTP/1.1\r\nHost: t\r\n\r\n")
+}
+
+/// Reads what comes until EOF (within `LIMIT`); a reset or a read timeout fails.
+pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
+    let mut all = Vec::new();
+    let mut chunk = [0u8; 16 << 10];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return all,
+            Ok(n) => all.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("no EOF after {} bytes: {e}", all.len()),
         }
     }
 }
