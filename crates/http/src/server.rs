@@ -461,6 +461,9 @@ impl HttpServerBuilder {
     }
 }
 
+/// How long [`HttpServerThread::shutdown`] waits beyond its grace period.
+const SHUTDOWN_MARGIN: Duration = Duration::from_secs(1);
+
 /// The server a [`HttpServerThread`]'s loop runs (a loop-local value).
 struct Running(HttpServer);
 
@@ -491,6 +494,33 @@ impl HttpServerThread {
     ///
     /// The loop ended with an error, or its thread panicked.
     pub fn stop(mut self) -> io::Result<()> {
+        self.stop_inner()
+    }
+
+    /// Graceful stop, then [`stop`](HttpServerThread::stop): as [`HttpServer::shutdown`]
+    /// (idle connections close at once, a request under way, a deferred one too, is
+    /// answered with `Connection: close`, what is left after `grace` is closed), waiting
+    /// for it to finish before the thread is joined. Blocks the calling thread for at
+    /// most `grace` plus the time a handler running at that moment takes.
+    ///
+    /// # Errors
+    ///
+    /// As [`stop`](HttpServerThread::stop).
+    pub fn shutdown(mut self, grace: Duration) -> io::Result<()> {
+        if self.thread.is_some() {
+            let (done, finished) = mpsc::channel();
+            self.handle.shutdown(grace, move |_| {
+                let _ = done.send(());
+            });
+            // The shutdown's own deadline closes what is left after `grace`; the margin
+            // covers a handler still running then. Past it, `stop` closes the rest.
+            if finished.recv_timeout(grace + SHUTDOWN_MARGIN).is_err() {
+                log::warn!(
+                    "http server on {}: the graceful shutdown did not finish; stopping",
+                    self.handle.local_addr()
+                );
+            }
+        }
         self.stop_inner()
     }
 

@@ -227,3 +227,28 @@ fn concurrent_deferred_answers_reach_their_own_connections() {
     join_within("the answering thread", answering);
     server.stop().unwrap();
 }
+
+/// [`HttpServerThread::shutdown`](duo_http::HttpServerThread::shutdown): it returns once
+/// the answer outstanding has gone out with `Connection: close`, and an idle connection
+/// is closed at once.
+#[test]
+fn a_server_thread_shuts_down_gracefully() {
+    let (builder, held, _) = deferred_builder();
+    let server = start(builder);
+    let mut idle = Client::connect(server.local_addr());
+    assert_eq!(idle.get("/hello").text(), "hello");
+    let mut c = Client::connect(server.local_addr());
+    c.send(get("/held?bye").as_bytes());
+    wait_until("the request held", || held.lock().unwrap().len() == 1);
+    let shutting = thread::spawn(move || server.shutdown(LIMIT));
+    idle.expect_eof();
+    assert!(
+        !shutting.is_finished(),
+        "the shutdown ended with an answer outstanding"
+    );
+    answer_held(&held, 1);
+    let r = c.read_reply(false);
+    assert_eq!((r.text(), r.header("connection")), ("bye", Some("close")));
+    c.expect_eof();
+    join_within("the shutdown", shutting).expect("a clean shutdown");
+}

@@ -386,6 +386,17 @@ impl MetricsServer {
     pub fn stop(self) -> io::Result<()> {
         self.http.stop()
     }
+
+    /// Stops the endpoint after the requests under way are answered (at most `grace`:
+    /// [`HttpServerThread::shutdown`]), and joins its thread: a scraper idle between
+    /// scrapes is closed at once, one waiting for its answer gets it.
+    ///
+    /// # Errors
+    ///
+    /// The endpoint's loop failed or its thread panicked.
+    pub fn shutdown(self, grace: Duration) -> io::Result<()> {
+        self.http.shutdown(grace)
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,7 @@
 use std::io::{self, Write as _};
 use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::os::fd::AsFd;
+use std::time::Duration;
 
 use duo_metrics::{MetricsEndpoint, MetricsServer, ScrapeTarget};
 
@@ -22,6 +23,9 @@ const METRICS_ADDR_VAR: &str = "DUO_SUPERVISOR_METRICS_ADDR";
 
 /// The descriptor of the endpoint's listening socket, handed to the next image.
 const METRICS_FD_VAR: &str = "DUO_SUPERVISOR_METRICS_FD";
+
+/// How long the endpoint may finish the requests under way when the supervisor ends.
+const ENDPOINT_GRACE: Duration = Duration::from_secs(1);
 
 /// [`Supervisor::run`] with the aggregating endpoint on `metrics` if given (started first,
 /// [`serve_supervisor_on`], stopped when the supervisor is done): `on_ready` gets the
@@ -95,7 +99,8 @@ pub fn run(
     let at = server.as_ref().map(MetricsServer::local_addr);
     let ran = supervisor.run(move || on_ready(at));
     if let Some(server) = server {
-        if let Err(e) = server.stop() {
+        // A scrape under way gets its answer (the workers are gone: it comes quickly).
+        if let Err(e) = server.shutdown(ENDPOINT_GRACE) {
             log::warn!("stopping the metrics endpoint: {e}");
         }
     }
