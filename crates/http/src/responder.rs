@@ -83,12 +83,11 @@ impl Responder {
         }
     }
 
-    /// Whether the answer can still reach its client: `false` once the connection has
-    /// closed (the response timeout answered for it, or the server stopped), so a handler
-    /// can skip work nobody waits for. A client that went away while waiting is noticed
-    /// only when the answer is written: its connection reads nothing meanwhile, and a
-    /// FIN looks the same as a client that half-closed after its request and still
-    /// reads.
+    /// Whether the answer can still reach its client: `false` once the client reset the
+    /// connection or it closed (the response timeout answered for it, the server
+    /// stopped), so a handler can skip work nobody waits for. A client that closed its
+    /// socket normally is not seen here until the answer is written: its FIN looks the
+    /// same as a client that half-closed after its request and still reads.
     pub fn is_connected(&self) -> bool {
         match &self.to {
             Some(To::Conn { conn, .. }) => conn.is_connected(),

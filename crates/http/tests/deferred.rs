@@ -132,8 +132,8 @@ fn the_response_timeout_answers_503_and_drops_the_late_answer() {
 }
 
 /// A client that resets its connection, or closes it, while its answer is outstanding:
-/// the answer is written (or dropped, the peer gone), the connection closes, and the
-/// server serves on.
+/// the responder sees a reset at once ([`Responder::is_connected`]); the answer is
+/// written (or dropped, the peer gone), the connection closes, and the server serves on.
 #[test]
 fn a_client_that_leaves_first_does_not_harm_the_server() {
     let (builder, held, _) = deferred_builder();
@@ -148,6 +148,12 @@ fn a_client_that_leaves_first_does_not_harm_the_server() {
                 .unwrap();
         }
         drop(c);
+        if reset {
+            // A reset is seen at once: the responder knows nobody waits.
+            wait_until("the responder to see its client gone", || {
+                !held.lock().unwrap()[0].1.is_connected()
+            });
+        }
         answer_held(&held, 1);
         wait_until("the connection to close", || server.stats().active == 0);
         let mut c = Client::connect(server.local_addr());

@@ -31,7 +31,9 @@ pub enum ConnState {
     /// [`close_after_flush`](TcpConnection::close_after_flush), a server's graceful
     /// shutdown) or the peer half-closed and no half-close callback keeps the connection
     /// open; no more sends are accepted, the output buffer is being drained (and, after a
-    /// shutdown, our side stays half-closed until the peer closes its side).
+    /// shutdown, our side stays half-closed until the peer closes its side). Or the peer
+    /// is gone (a hang-up, a reset, a failed write) and the connection closes once what
+    /// the peer sent before has been delivered (at once, unless reading is paused).
     Disconnecting = 2,
     /// Closed; the handle is inert.
     Disconnected = 3,

@@ -535,6 +535,11 @@ impl Machine {
             };
             return;
         }
+        // No longer open in both directions: nothing more can be sent. (The close itself
+        // waits, if reading is paused, until the peer's last bytes have been delivered.)
+        if self.handle.state() == ConnState::Connected {
+            self.handle.set_state(ConnState::Disconnecting);
+        }
         let unsent = self.output.len();
         if unsent > 0 {
             duo_reactor::log_limited!(

@@ -526,6 +526,9 @@ fn hang_up_while_paused_parks_then_delivers_then_closes_with_peer() {
     assert_eq!(c.write_side(&mut lp), WriteSide::Gone { error: None });
     assert!(log.messages().is_empty(), "delivered while paused");
     assert!(!c.handle.is_closed(), "closed with the peer's bytes unread");
+    // Not open in both directions any more: nothing can be sent.
+    assert_eq!(c.handle.state(), ConnState::Disconnecting);
+    assert!(!c.handle.is_connected());
 
     c.handle.start_reading().unwrap();
     run_until(&mut lp, "the close", |_| c.handle.is_closed());
