@@ -16,7 +16,7 @@ use std::time::Duration;
 use duo_http::{HttpServer, Method, Request, Responder, Response, StatusCode};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::EventLoop;
-use duo_workers::ThreadPool;
+use duo_net::ThreadPool;
 use parking_lot::Mutex;
 
 /// The largest `below` `/primes` takes.
