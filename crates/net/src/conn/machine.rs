@@ -111,8 +111,13 @@ pub(crate) enum WriteSide {
     Shut,
     /// The peer can no longer receive (hang-up, socket error, failed write); what was
     /// queued was dropped. `error` is the socket error, reported as the close reason once
-    /// the peer's last bytes have been read.
-    Gone { error: Option<io::ErrorKind> },
+    /// the peer's last bytes have been read. `open`: the write side was open then (the
+    /// application had not begun closing), so the connection is still the application's
+    /// to shut down (its `on_shutdown` hook runs for it).
+    Gone {
+        error: Option<io::ErrorKind>,
+        open: bool,
+    },
     /// A graceful close found input nobody will read: the output is written and we
     /// half-closed; what the peer still sends is read and dropped until its end of stream
     /// (or the `close_linger` bound, a loop timer, extended while the peer still takes
@@ -416,9 +421,17 @@ impl Machine {
         );
         if up.is_none() {
             self.close(lp, ch, CloseReason::Panic);
-        } else {
-            // The "up" callback may have paused reading through the handle.
-            self.sync_reading(ch);
+            return;
+        }
+        // The "up" callback may have paused reading through the handle.
+        self.sync_reading(ch);
+        // A TLS handshake can complete after the peer is gone (its last flight arrived
+        // with the reset): up for the callback, which tells up from down by
+        // `is_connected`, but nothing can be sent any more.
+        if matches!(self.write, WriteSide::Gone { .. })
+            && self.handle.state() == ConnState::Connected
+        {
+            self.handle.set_state(ConnState::Disconnecting);
         }
     }
 
@@ -475,7 +488,7 @@ impl Machine {
     /// The socket error that ended the connection, if the peer is gone because of one.
     pub(super) fn gone_error(&self) -> Option<io::ErrorKind> {
         match self.write {
-            WriteSide::Gone { error } => error,
+            WriteSide::Gone { error, .. } => error,
             _ => None,
         }
     }
@@ -527,11 +540,17 @@ impl Machine {
         ch: &mut Channel,
         error: Option<io::ErrorKind>,
     ) {
-        let before = std::mem::replace(&mut self.write, WriteSide::Gone { error });
-        if let WriteSide::Gone { error: earlier } = before {
+        let open = self.write == WriteSide::Open;
+        let before = std::mem::replace(&mut self.write, WriteSide::Gone { error, open });
+        if let WriteSide::Gone {
+            error: earlier,
+            open,
+        } = before
+        {
             // Already gone; keep the first error seen.
             self.write = WriteSide::Gone {
                 error: earlier.or(error),
+                open,
             };
             return;
         }
@@ -681,7 +700,11 @@ impl Machine {
             self.close(lp, ch, CloseReason::Shutdown);
             return;
         }
-        if self.handle.state() != ConnState::Connected {
+        // Open, or gone from under an application that had not begun closing it (reading
+        // paused, the peer's last bytes waiting): the hook is how it learns to resume.
+        let open = self.handle.state() == ConnState::Connected
+            || matches!(self.write, WriteSide::Gone { open: true, .. });
+        if !open {
             return;
         }
         let owner = self.owner.clone();

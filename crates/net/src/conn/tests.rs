@@ -523,7 +523,13 @@ fn hang_up_while_paused_parks_then_delivers_then_closes_with_peer() {
     run_until(&mut lp, "the parked state", |lp| {
         c.read_side(lp) == ReadSide::Parked
     });
-    assert_eq!(c.write_side(&mut lp), WriteSide::Gone { error: None });
+    assert_eq!(
+        c.write_side(&mut lp),
+        WriteSide::Gone {
+            error: None,
+            open: true
+        }
+    );
     assert!(log.messages().is_empty(), "delivered while paused");
     assert!(!c.handle.is_closed(), "closed with the peer's bytes unread");
     // Not open in both directions any more: nothing can be sent.
