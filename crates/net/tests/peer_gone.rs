@@ -316,58 +316,23 @@ impl Probe {
 #[cfg(feature = "tls")]
 mod tls {
     use super::*;
-    use duo_net::tls::{self, rustls};
-    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
-    use rustls::ClientConnection;
+    use crate::util::pki::{pki, records, Pki};
 
-    struct Pki {
-        ca: CertificateDer<'static>,
-        leaf: CertificateDer<'static>,
-        leaf_key: Vec<u8>,
-    }
-
-    fn pki() -> Pki {
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        let ca = params.self_signed(&ca_key).unwrap();
-        let leaf_key = rcgen::KeyPair::generate().unwrap();
-        let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-            .unwrap()
-            .signed_by(&leaf_key, &ca, &ca_key)
-            .unwrap();
-        Pki {
-            ca: ca.der().clone(),
-            leaf: leaf.der().clone(),
-            leaf_key: leaf_key.serialize_der(),
-        }
-    }
-
-    fn server_config(pki: &Pki) -> Arc<rustls::ServerConfig> {
-        let key = PrivateKeyDer::Pkcs8(pki.leaf_key.clone().into());
-        Arc::new(
-            rustls::ServerConfig::builder_with_provider(tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![pki.leaf.clone()], key)
-                .unwrap(),
-        )
-    }
-
-    fn client_conn(pki: &Pki) -> ClientConnection {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(pki.ca.clone()).unwrap();
-        let config = tls::client_config(roots).unwrap();
-        ClientConnection::new(config, tls::server_name("localhost").unwrap()).unwrap()
-    }
-
-    fn records(conn: &mut ClientConnection) -> Vec<u8> {
-        let mut wire = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut wire).unwrap();
-        }
-        wire
+    /// A TLS server whose "up" callback pauses reading, with its certificates and probe.
+    fn paused_tls_server(name: &'static str) -> (Pki, Arc<Probe>, TestServer) {
+        init_log();
+        let pki = pki();
+        let probe = Arc::new(Probe::default());
+        let p = probe.clone();
+        let config = pki.server_config();
+        let server = TestServer::start(move || {
+            let plan = Plan {
+                pause: true,
+                ..Plan::default()
+            };
+            build(TcpServer::builder(name, localhost()).tls(config), plan, p)
+        });
+        (pki, probe, server)
     }
 
     /// Blocks `lp` until the returned sender is dropped (or sends).
@@ -390,23 +355,9 @@ mod tls {
     /// `Connected`: nothing can be sent on it.
     #[test]
     fn tls_handshake_completed_after_the_reset_is_not_connected() {
-        init_log();
-        let pki = pki();
-        let probe = Arc::new(Probe::default());
-        let p = probe.clone();
-        let config = server_config(&pki);
-        let server = TestServer::start(move || {
-            build(
-                TcpServer::builder("tls-peer-gone", localhost()).tls(config),
-                Plan {
-                    pause: true,
-                    ..Plan::default()
-                },
-                p,
-            )
-        });
+        let (pki, probe, server) = paused_tls_server("tls-peer-gone");
         let mut sock = connect(server.addr());
-        let mut tls = client_conn(&pki);
+        let mut tls = pki.client_conn();
         sock.write_all(&records(&mut tls)).unwrap();
         let mut buf = vec![0u8; 64 << 10];
         while tls.is_handshaking() {
@@ -447,23 +398,9 @@ mod tls {
     /// delivers then closes with the reset.
     #[test]
     fn tls_reset_while_paused_is_disconnecting_then_delivers() {
-        init_log();
-        let pki = pki();
-        let probe = Arc::new(Probe::default());
-        let p = probe.clone();
-        let config = server_config(&pki);
-        let server = TestServer::start(move || {
-            build(
-                TcpServer::builder("tls-paused-reset", localhost()).tls(config),
-                Plan {
-                    pause: true,
-                    ..Plan::default()
-                },
-                p,
-            )
-        });
+        let (pki, probe, server) = paused_tls_server("tls-paused-reset");
         let mut sock = connect(server.addr());
-        let mut tls = client_conn(&pki);
+        let mut tls = pki.client_conn();
         while tls.is_handshaking() {
             tls.complete_io(&mut sock).unwrap();
         }

@@ -18,59 +18,10 @@ use duo_net::{
     ClientBuilder, CloseReason, ConnCtx, EventLoop, ServerBuilder, TcpClient, TcpServer, TlsFailure,
 };
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
+use util::pki::{pki, records, Pki};
 use util::{localhost, TestServer};
-
-/// A test CA and a certificate for "localhost" it signed.
-struct Pki {
-    ca: CertificateDer<'static>,
-    leaf: CertificateDer<'static>,
-    leaf_key: Vec<u8>,
-}
-
-fn make_ca() -> (rcgen::Certificate, rcgen::KeyPair) {
-    let key = rcgen::KeyPair::generate().unwrap();
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, "duo test CA");
-    (params.self_signed(&key).unwrap(), key)
-}
-
-fn pki() -> Pki {
-    let (ca, ca_key) = make_ca();
-    let leaf_key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&leaf_key, &ca, &ca_key)
-        .unwrap();
-    Pki {
-        ca: ca.der().clone(),
-        leaf: leaf.der().clone(),
-        leaf_key: leaf_key.serialize_der(),
-    }
-}
-
-impl Pki {
-    fn server_config(&self) -> Arc<rustls::ServerConfig> {
-        let key = PrivateKeyDer::Pkcs8(self.leaf_key.clone().into());
-        Arc::new(
-            rustls::ServerConfig::builder_with_provider(tls::provider())
-                .with_safe_default_protocol_versions()
-                .unwrap()
-                .with_no_client_auth()
-                .with_single_cert(vec![self.leaf.clone()], key)
-                .unwrap(),
-        )
-    }
-    fn client_config(&self) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        roots.add(self.ca.clone()).unwrap();
-        tls::client_config(roots).unwrap()
-    }
-}
 
 /// What the test server saw.
 #[derive(Default)]
@@ -151,26 +102,11 @@ fn rustls_client(
 fn handshaken(addr: SocketAddr, pki: &Pki) -> (TcpStream, ClientConnection) {
     let mut sock = TcpStream::connect(addr).unwrap();
     sock.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut conn = client_conn(pki);
+    let mut conn = pki.client_conn();
     while conn.is_handshaking() {
         conn.complete_io(&mut sock).unwrap();
     }
     (sock, conn)
-}
-
-/// A rustls client connection (not connected) that trusts the test CA and expects
-/// "localhost".
-fn client_conn(pki: &Pki) -> ClientConnection {
-    ClientConnection::new(pki.client_config(), tls::server_name("localhost").unwrap()).unwrap()
-}
-
-/// The TLS records `conn` has queued to send, taken out of it.
-fn pending_tls(conn: &mut ClientConnection) -> Vec<u8> {
-    let mut wire = Vec::new();
-    while conn.wants_write() {
-        conn.write_tls(&mut wire).unwrap();
-    }
-    wire
 }
 
 /// Sends `msg` and expects exactly `msg` back.
@@ -229,7 +165,7 @@ fn closed_by_server(s: &mut TcpStream) -> bool {
 
 /// A real ClientHello, as a rustls client sends it first.
 fn client_hello(pki: &Pki) -> Vec<u8> {
-    pending_tls(&mut client_conn(pki))
+    records(&mut pki.client_conn())
 }
 
 fn tls_closes(server: &TestServer) -> u64 {
@@ -517,7 +453,7 @@ fn a_peer_that_stops_mid_record_is_closed_as_truncated() {
     let (server, seen) = tls_echo(&pki, |b| b);
     let (mut sock, mut conn) = handshaken(server.addr(), &pki);
     conn.writer().write_all(&[7u8; 1000]).unwrap();
-    let record = pending_tls(&mut conn);
+    let record = records(&mut conn);
     sock.write_all(&record[..record.len() / 2]).unwrap();
     sock.shutdown(Shutdown::Write).unwrap();
     assert!(closed_by_server(&mut sock));
@@ -531,7 +467,7 @@ fn a_garbled_record_after_the_handshake_is_a_protocol_error() {
     let (server, seen) = tls_echo(&pki, |b| b);
     let (mut sock, mut conn) = handshaken(server.addr(), &pki);
     conn.writer().write_all(b"hello").unwrap();
-    let mut record = pending_tls(&mut conn);
+    let mut record = records(&mut conn);
     let last = record.len() - 1;
     record[last] ^= 0xff; // the authentication tag no longer matches
     sock.write_all(&record).unwrap();
@@ -770,7 +706,7 @@ fn close_notify_seen_while_the_callback_paused_reading_ends_the_connection() {
     c.read_exact(&mut one).unwrap();
     c.conn.writer().write_all(b"hello").unwrap();
     c.conn.send_close_notify();
-    let wire = pending_tls(&mut c.conn);
+    let wire = records(&mut c.conn);
     // One write, TCP left open: the server's close_notify must come by itself.
     c.sock.write_all(&wire).unwrap();
     c.sock.set_read_timeout(Some(LIMIT)).unwrap();

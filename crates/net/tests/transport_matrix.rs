@@ -273,6 +273,7 @@ mod tls_cases {
     use rustls::pki_types::{CertificateDer, PrivateKeyDer};
     use rustls::{ClientConnection, StreamOwned};
     use util::localhost;
+    use util::pki::{client_conn, records};
 
     /// A self-signed certificate for "localhost" and its key.
     struct Pki {
@@ -316,19 +317,6 @@ mod tls_cases {
 
     fn client_config() -> Arc<rustls::ClientConfig> {
         client_config_trusting(&pki().cert)
-    }
-
-    fn client_conn(config: Arc<rustls::ClientConfig>) -> ClientConnection {
-        ClientConnection::new(config, tls::server_name("localhost").unwrap()).unwrap()
-    }
-
-    /// The records `conn` has queued to send, taken out of it.
-    fn records(conn: &mut ClientConnection) -> Vec<u8> {
-        let mut wire = Vec::new();
-        while conn.wants_write() {
-            conn.write_tls(&mut wire).unwrap();
-        }
-        wire
     }
 
     /// A rustls client over `sock` with its handshake done.

@@ -12,6 +12,8 @@ use std::time::{Duration, Instant};
 use duo_net::{EventLoop, ServerBuilder, ServerHandle, ServerStats, TcpServer};
 use duo_testkit::{join_before, random_bytes, Rng, LIMIT};
 
+#[cfg(feature = "tls")]
+pub(crate) mod pki;
 pub(crate) mod storm;
 
 /// The grace period the harness gives a server's graceful shutdown.
