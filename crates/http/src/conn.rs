@@ -278,18 +278,12 @@ impl Service {
     pub(crate) fn on_message(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, input: &mut InputBuffer) {
         self.with_state(ctx, |svc, ctx, st| {
             if st.backlog.is_empty() {
-                match svc.serve(ctx, st, input) {
-                    Served::All => {}
-                    Served::OutputFull => {
-                        st.backlog.append(input.peek());
-                        input.consume_all();
-                        svc.block(ctx, st);
-                    }
-                    Served::Waiting => {
-                        st.backlog.append(input.peek());
-                        input.consume_all();
-                        ctx.stop_reading();
-                    }
+                let served = svc.serve(ctx, st, input);
+                if served != Served::All {
+                    // The rest waits in the backlog, behind what holds the connection.
+                    st.backlog.append(input.peek());
+                    input.consume_all();
+                    svc.hold(ctx, st, served);
                 }
                 st.pending = input.len();
             } else {
@@ -323,8 +317,7 @@ impl Service {
         st.pending = backlog.len();
         st.backlog = backlog;
         match served {
-            Served::OutputFull => self.block(ctx, st),
-            Served::Waiting => ctx.stop_reading(),
+            Served::OutputFull | Served::Waiting => self.hold(ctx, st, served),
             Served::All => {
                 if st.phase == Phase::Blocked {
                     // Not reached (a blocked backlog starts with a complete request), but
@@ -334,6 +327,16 @@ impl Service {
                 }
                 ctx.start_reading();
             }
+        }
+    }
+
+    /// Stops reading while `served` says the connection is held: blocked on its output,
+    /// or waiting for a deferred answer.
+    fn hold(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn, served: Served) {
+        match served {
+            Served::OutputFull => self.block(ctx, st),
+            Served::Waiting => ctx.stop_reading(),
+            Served::All => {}
         }
     }
 

@@ -94,28 +94,7 @@ impl HttpServer {
     pub fn builder_on(name: &str, listener: std::net::TcpListener) -> HttpServerBuilder {
         HttpServerBuilder::new(name, Bind::Listener(listener))
     }
-}
 
-impl HttpServerBuilder {
-    fn new(name: &str, bind: Bind) -> HttpServerBuilder {
-        HttpServerBuilder {
-            name: name.to_owned(),
-            bind,
-            router: Router::new(),
-            limits: Limits::default(),
-            header_timeout: defaults::HEADER_TIMEOUT,
-            body_timeout: defaults::BODY_TIMEOUT,
-            keep_alive_timeout: defaults::KEEP_ALIVE_TIMEOUT,
-            linger: defaults::LINGER,
-            response_timeout: defaults::RESPONSE_TIMEOUT,
-            max_pending_output: defaults::MAX_PENDING_OUTPUT,
-            max_connections: None,
-            io_threads: 0,
-        }
-    }
-}
-
-impl HttpServer {
     /// The address the server listens on.
     pub fn local_addr(&self) -> SocketAddr {
         self.tcp.local_addr()
@@ -202,6 +181,23 @@ fn clamp_timeout(t: Duration) -> Duration {
 }
 
 impl HttpServerBuilder {
+    fn new(name: &str, bind: Bind) -> HttpServerBuilder {
+        HttpServerBuilder {
+            name: name.to_owned(),
+            bind,
+            router: Router::new(),
+            limits: Limits::default(),
+            header_timeout: defaults::HEADER_TIMEOUT,
+            body_timeout: defaults::BODY_TIMEOUT,
+            keep_alive_timeout: defaults::KEEP_ALIVE_TIMEOUT,
+            linger: defaults::LINGER,
+            response_timeout: defaults::RESPONSE_TIMEOUT,
+            max_pending_output: defaults::MAX_PENDING_OUTPUT,
+            max_connections: None,
+            io_threads: 0,
+        }
+    }
+
     /// Routes `method` requests for the exact `path` to `handler` (see [`Router`]).
     /// Handlers run on a loop thread: keep them quick (see [`Handler`](crate::Handler)).
     pub fn route(

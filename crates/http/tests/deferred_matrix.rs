@@ -5,7 +5,9 @@
 //! and the keep-alive timeout, graceful shutdown, half-closing clients, and the linger
 //! after an answer or a 503 that closes.
 //!
-//! The short sleeps make a split or an ordering likely; what is asserted holds either way.
+//! Every wait is on an event (a held request, bytes read, output queued, an idle
+//! connection closed by the shutdown), but one: proving the keep-alive timer does not end
+//! a waiting connection takes letting that timer pass.
 
 mod util;
 
@@ -15,10 +17,10 @@ use std::sync::atomic::Ordering;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_http::{Method, Request, Responder, Response, StatusCode};
+use duo_http::{HttpServerThread, Method, Request, Responder, Response, StatusCode};
 use duo_testkit::{join_within, wait_until, LIMIT};
 use util::deferred::{answer_held, deferred_builder, BIG};
-use util::{get, read_to_eof, start, Client, LoopServer};
+use util::{get, read_to_eof, start, wait_for_queued_output, Client, LoopServer};
 
 /// Deferred requests among big responses past the output bound, the client not reading
 /// at first: replies in order and whole.
@@ -74,17 +76,21 @@ fn a_pipeline_split_after_a_deferred_request() {
         let mut c = Client::connect(server.local_addr());
         c.send(format!("{}GET /query?x HT", get("/held?a")).as_bytes());
         wait_until("held", || held.lock().unwrap().len() == 1);
+        let rest = b"TP/1.1\r\nHost: t\r\n\r\nGET /held?b HTTP/1.1\r\n";
+        let before = bytes_in(&server);
         if rest_while_waiting {
-            c.send(b"TP/1.1\r\nHost: t\r\n\r\nGET /held?b HTTP/1.1\r\n");
-            thread::sleep(Duration::from_millis(50));
+            // Stays in the kernel: a waiting connection reads nothing.
+            c.send(rest);
             answer_held(&held, 1);
         } else {
             answer_held(&held, 1);
             assert_eq!(c.read_reply(false).text(), "a");
-            thread::sleep(Duration::from_millis(50));
-            c.send(b"TP/1.1\r\nHost: t\r\n\r\nGET /held?b HTTP/1.1\r\n");
+            c.send(rest);
         }
-        thread::sleep(Duration::from_millis(50));
+        // The last piece in a read of its own: once the server has read the rest.
+        wait_until("the server to read the rest", || {
+            bytes_in(&server) >= before + rest.len() as u64
+        });
         c.send(b"Host: t\r\n\r\n");
         if rest_while_waiting {
             assert_eq!(c.read_reply(false).text(), "a");
@@ -150,7 +156,6 @@ fn expect_continue_to_a_deferred_post() {
     c.send(get("/held?first").as_bytes());
     wait_until("held", || held.lock().unwrap().len() == 1);
     c.send(head);
-    thread::sleep(Duration::from_millis(50));
     answer_held(&held, 1);
     assert_eq!(c.read_reply(false).text(), "first");
     assert_eq!(c.read_reply(true).status, 100);
@@ -215,10 +220,7 @@ fn an_answer_that_closes_lingers_and_reads() {
     let r = c.read_reply(false);
     assert_eq!((r.text(), r.header("connection")), ("bye", Some("close")));
     // More junk after the answer: read and dropped.
-    for _ in 0..4 {
-        let _ = c.stream.write_all_ok(&[b'y'; 1024]);
-        thread::sleep(Duration::from_millis(20));
-    }
+    let _ = c.stream.write_all_ok(&[b'y'; 4096]);
     let rest = read_to_eof(&mut c.stream);
     assert!(rest.is_empty());
     server.stop().unwrap();
@@ -251,16 +253,24 @@ fn a_timeout_503_lingers_and_reads() {
     server.stop().unwrap();
 }
 
+/// Bytes the server has read, from all its connections.
+fn bytes_in(server: &HttpServerThread) -> u64 {
+    server.stats().per_loop.iter().map(|l| l.bytes_in).sum()
+}
+
 /// A graceful shutdown while waiting, with a part of the next request read.
 #[test]
 fn graceful_shutdown_while_waiting_with_a_partial_request_behind() {
     let (b, held, hits) = deferred_builder();
     let server = LoopServer::start(b);
+    let mut idle = Client::connect(server.addr);
+    assert_eq!(idle.get("/hello").text(), "hello");
     let mut c = Client::connect(server.addr);
     c.send(format!("{}GET /count HT", get("/held?last")).as_bytes());
     wait_until("held", || held.lock().unwrap().len() == 1);
     let done = server.shutdown(LIMIT);
-    thread::sleep(Duration::from_millis(50));
+    // The shutdown has reached the connections (one loop) once the idle one is closed.
+    idle.expect_eof();
     answer_held(&held, 1);
     let r = c.read_reply(false);
     assert_eq!((r.text(), r.header("connection")), ("last", Some("close")));
@@ -304,7 +314,6 @@ fn a_half_close_after_a_deferred_request_gets_its_answers() {
     c.send([get("/held?a"), get("/hello")].concat().as_bytes());
     c.stream.shutdown(Shutdown::Write).unwrap();
     wait_until("held", || held.lock().unwrap().len() == 1);
-    thread::sleep(Duration::from_millis(50));
     answer_held(&held, 1);
     assert_eq!(c.read_reply(false).text(), "a");
     assert_eq!(c.read_reply(false).text(), "hello");
@@ -356,7 +365,7 @@ fn deferred_failures_behind_the_output_bound() {
         p.push_str(&get(path));
         p.push_str(&get("/count"));
         c.send(p.as_bytes());
-        thread::sleep(Duration::from_millis(100));
+        wait_for_queued_output(|| server.stats());
         for _ in 0..16 {
             assert_eq!(c.read_reply(false).body.len(), BIG);
         }
@@ -381,6 +390,8 @@ fn deferred_failures_behind_the_output_bound() {
 fn graceful_shutdown_while_blocked_before_a_deferred_request() {
     let (b, held, hits) = deferred_builder();
     let server = LoopServer::start(b.max_pending_output(1024));
+    let mut idle = Client::connect(server.addr);
+    assert_eq!(idle.get("/hello").text(), "hello");
     let mut c = Client::connect(server.addr);
     let mut p = String::new();
     for _ in 0..16 {
@@ -389,9 +400,10 @@ fn graceful_shutdown_while_blocked_before_a_deferred_request() {
     p.push_str(&get("/held?d"));
     p.push_str(&get("/count"));
     c.send(p.as_bytes());
-    thread::sleep(Duration::from_millis(100));
+    wait_for_queued_output(|| server.handle.stats());
     let done = server.shutdown(LIMIT);
-    thread::sleep(Duration::from_millis(50));
+    // The shutdown has reached the connections (one loop) once the idle one is closed.
+    idle.expect_eof();
     let answering = {
         let held = held.clone();
         thread::spawn(move || answer_held(&held, 1))
@@ -420,7 +432,7 @@ fn graceful_shutdown_while_blocked_before_a_deferred_request() {
 /// queued behind, all delivered once the client reads, then EOF.
 #[test]
 fn a_timeout_while_the_client_does_not_read() {
-    let (b, _held, _) = deferred_builder();
+    let (b, held, _) = deferred_builder();
     let server = start(
         b.response_timeout(Duration::from_millis(100))
             .keep_alive_timeout(Duration::from_secs(5)),
@@ -432,7 +444,13 @@ fn a_timeout_while_the_client_does_not_read() {
     }
     p.push_str(&get("/held?never"));
     c.send(p.as_bytes());
-    thread::sleep(Duration::from_millis(800));
+    // The 503 has been queued once the connection is closing: its responder sees it.
+    wait_until("the response timeout's 503", || {
+        held.lock()
+            .unwrap()
+            .first()
+            .is_some_and(|(_, r)| !r.is_connected())
+    });
     for _ in 0..8 {
         assert_eq!(c.read_reply(false).body.len(), BIG);
     }

@@ -19,9 +19,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_http::{HttpServerBuilder, HttpServerThread, Method, Response, StatusCode};
+use duo_http::{HttpServerBuilder, Method, Response, StatusCode};
 use duo_testkit::{join_within, wait_until, LIMIT};
-use util::{get, read_to_eof, start, test_builder, Client, LoopServer};
+use util::{get, read_to_eof, start, test_builder, wait_for_queued_output, Client, LoopServer};
 
 /// Body size of `GET /big`.
 const BIG: usize = 128 << 10;
@@ -77,19 +77,6 @@ fn assert_final(c: &mut Client, status: u16, what: &str) {
     assert_eq!(r.header("connection"), Some("close"), "{what}");
     assert!(!r.body.is_empty(), "{what}: a refusal says why");
     c.expect_eof();
-}
-
-/// Waits until the server has output queued for some connection (its client not reading).
-fn wait_for_queued_output(server: &HttpServerThread) {
-    wait_until("the server to queue output", || {
-        server
-            .stats()
-            .per_loop
-            .iter()
-            .map(|l| l.output_queued)
-            .sum::<u64>()
-            > 0
-    });
 }
 
 /// Keep-alive and pipelining with every kind of reply (bodies, HEAD, 404 without body, 204,
@@ -271,7 +258,7 @@ fn a_bad_request_behind_the_output_bound_is_refused_after_every_earlier_reply() 
         writer.write_all(pipeline.as_bytes())?;
         writer.write_all(get("/count").repeat(2000).as_bytes())
     });
-    wait_for_queued_output(&server);
+    wait_for_queued_output(|| server.stats());
     for i in 0..REQUESTS {
         let r = c.read_reply(false);
         let fill = b'a' + (i % 26) as u8;
@@ -478,7 +465,7 @@ fn a_peer_that_half_closes_after_its_requests_gets_every_reply() {
     pipeline.push_str(&get("/count"));
     c.send(pipeline.as_bytes());
     c.stream.shutdown(Shutdown::Write).unwrap();
-    wait_for_queued_output(&server);
+    wait_for_queued_output(|| server.stats());
     for i in 0..REQUESTS {
         let r = c.read_reply(false);
         let fill = b'a' + (i % 26) as u8;
@@ -788,7 +775,7 @@ fn stop_with_requests_in_flight_ends_every_connection() {
     partial.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10\r\n\r\nabc");
     let mut unread = Client::connect(addr);
     unread.send(get("/big").repeat(256).as_bytes());
-    wait_for_queued_output(&server);
+    wait_for_queued_output(|| server.stats());
     let mut busy = Client::connect(addr);
     busy.send([get("/slow"), get("/count")].concat().as_bytes());
     entered

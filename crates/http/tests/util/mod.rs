@@ -12,7 +12,7 @@ use std::thread::{self, JoinHandle};
 use std::time::{Duration, Instant};
 
 use duo_http::{HttpServer, HttpServerBuilder, HttpServerThread, Method, Response, StatusCode};
-use duo_net::{EventLoop, ServerHandle};
+use duo_net::{EventLoop, ServerHandle, ServerStats};
 use duo_testkit::{join_within, LIMIT};
 
 pub fn init_log() {
@@ -230,4 +230,17 @@ pub fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
             Err(e) => panic!("no EOF after {} bytes: {e}", all.len()),
         }
     }
+}
+
+/// Waits until the server whose counters `stats` reads has output queued for some
+/// connection (its client not reading).
+pub fn wait_for_queued_output(stats: impl Fn() -> ServerStats) {
+    duo_testkit::wait_until("the server to queue output", || {
+        stats()
+            .per_loop
+            .iter()
+            .map(|l| l.output_queued)
+            .sum::<u64>()
+            > 0
+    });
 }
