@@ -1,8 +1,8 @@
 //! `echo`: the duo echo server, and the target of `cargo xtask bench`.
 //!
 //! ```text
-//! echo [serve] [--listen ADDR] [--io-threads N] [--loops M] [--accept main|shared|reuseport]
-//!      [--trigger edge|level]
+//! echo [serve] [--listen ADDR] [--io-threads N] [--loops M] [--loop-sharing owned|any]
+//!      [--accept main|shared|reuseport] [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
 //!      [--busy-poll-us US]
@@ -22,10 +22,14 @@
 //! - `--io-threads N`: I/O threads (sub reactors); default the number of cores, 0 serves
 //!   everything on the main thread (single reactor).
 //! - `--loops M`: serve the connections on `M` loops shared by the I/O threads instead of
-//!   one loop per thread (`ServerBuilder::loops`): any free I/O thread runs a ready loop's
-//!   next turn, so a thread that loses its core holds up one loop's connections, not its
-//!   whole share. Needs `--io-threads` of at least 1 (a usage error otherwise); `M` at
+//!   one loop per thread (`ServerBuilder::loops`): a ready loop whose thread is busy or
+//!   off its core is run by another I/O thread, so a thread that loses its core holds
+//!   up one loop's connections, not its whole share. Needs `--io-threads` of at least 1 (a usage error otherwise); `M` at
 //!   most the number of I/O threads changes nothing.
+//! - `--loop-sharing owned|any` (with `--loops`): `owned` (default) gives each loop an
+//!   owner thread and lets another run its turns only when the owner has made no
+//!   progress for 200 µs (a loop per thread's CPU cost); `any` lets any free thread run
+//!   any ready loop (the lowest tail, more CPU per request). See `duo_net::LoopSharing`.
 //! - `--accept main|shared|reuseport`: who accepts (default `shared`: every I/O thread on
 //!   the one listening socket, so a connection never changes loops; `main`: the main
 //!   loop, handing connections round robin to the I/O threads; `reuseport`: every I/O
@@ -166,11 +170,16 @@ struct ServeArgs {
     /// [default: number of cores]
     #[arg(long, value_name = "N")]
     io_threads: Option<usize>,
-    /// Serve the connections on N loops shared by the I/O threads (any free thread runs a
-    /// ready loop's turn): a shorter latency tail on a busy host. Default: one loop per
-    /// I/O thread.
+    /// Serve the connections on N loops shared by the I/O threads (a ready loop whose
+    /// thread is busy or off its core is run by another): a shorter latency tail on a
+    /// busy host. Default: one loop per I/O thread.
     #[arg(long, value_name = "N")]
     loops: Option<usize>,
+    /// With --loops: `owned` (each loop has an owner thread; another runs its turns when
+    /// the owner makes no progress) or `any` (any free thread runs any ready loop: the
+    /// lowest tail, more CPU per request).
+    #[arg(long, value_enum, default_value_t = Sharing::Owned, requires = "loops")]
+    loop_sharing: Sharing,
     /// Who accepts connections: the main loop (handing them round robin to the I/O
     /// threads), every I/O thread on the one listening socket (`EPOLLEXCLUSIVE`), or every
     /// I/O thread on a listening socket of its own (`SO_REUSEPORT`).
@@ -238,6 +247,16 @@ enum Trigger {
     Edge,
     /// Level-triggered: one read per readiness event.
     Level,
+}
+
+/// How `--loops` loops are shared by the I/O threads (`duo_net::LoopSharing`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Sharing {
+    /// Each loop has an owner thread; another thread runs its turns when the owner has
+    /// made no progress for 200 µs.
+    Owned,
+    /// Any free thread runs any ready loop, one at a time.
+    Any,
 }
 
 /// Who accepts connections.
@@ -488,6 +507,10 @@ fn config(args: &ServeArgs) -> ServeConfig {
             .io_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
         loops: args.loops.unwrap_or(0),
+        loop_sharing: match args.loop_sharing {
+            Sharing::Owned => duo_net::LoopSharing::Owned,
+            Sharing::Any => duo_net::LoopSharing::Any,
+        },
         edge_triggered: args.trigger == Trigger::Edge,
         accept: match args.accept {
             Accept::Main => AcceptMode::MainLoop,

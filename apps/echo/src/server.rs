@@ -35,6 +35,8 @@ pub struct ServeConfig {
     /// Loops on the I/O threads (more than `io_threads`: any free I/O thread runs a ready
     /// loop; see `ServerBuilder::loops`); 0: one loop per thread.
     pub loops: usize,
+    /// How the I/O threads share `loops` loops; see `ServerBuilder::loop_sharing`.
+    pub loop_sharing: duo_net::LoopSharing,
     /// Poll connections edge-triggered (else level-triggered).
     pub edge_triggered: bool,
     /// Who accepts connections.
@@ -192,6 +194,7 @@ fn run_with_udp(
     let mut builder = builder
         .io_threads(cfg.io_threads)
         .loops(cfg.loops)
+        .loop_sharing(cfg.loop_sharing)
         .accept_mode(cfg.accept)
         .edge_triggered(cfg.edge_triggered)
         .busy_poll(cfg.busy_poll)

@@ -22,9 +22,9 @@
 //!   otherwise wake the loop in a spin). The pending connections wait in the backlog.
 //! - No `TCP_NODELAY`, as duo's own echo server; stops on SIGTERM/SIGINT's default action.
 //!
-//! # More threads, three ways
+//! # More threads, four ways
 //!
-//! With `--threads N` (N > 1) the server runs N threads, spread one of three ways, the
+//! With `--threads N` (N > 1) the server runs N threads, spread one of four ways, the
 //! models a multi-threaded reactor can follow (see `docs/benchmarks.md`, issue 15):
 //! - `--spread reuseport` (the default): each thread runs the loop above on its own
 //!   `SO_REUSEPORT` listener and epoll set. A connection belongs to the thread that accepted
@@ -44,9 +44,14 @@
 //!   of it, and re-arms it (one `epoll_ctl` per turn, not per event). So a reactor whose
 //!   thread lost its CPU is run by another thread, and with more reactors than threads a
 //!   thread that loses its CPU mid-turn strands a small share of the connections.
+//! - `--spread owned` (with `--loops M`): M reactors as with `loops`, but reactor k is
+//!   owned by thread k mod N, whose own outer set holds it level-triggered (nothing to
+//!   re-arm). A thread that has made no progress for `--steal-after-us` (default 200) has
+//!   its ready reactors run by a thread that is running (duo's `LoopSharing::Owned`).
 //!
 //! ```text
-//! raw_epoll_echo [--listen ADDR] [--threads N] [--spread reuseport|shared|loops] [--loops M]
+//! raw_epoll_echo [--listen ADDR] [--threads N] [--spread reuseport|shared|loops|owned]
+//!                [--loops M] [--steal-after-us US]
 //! ```
 //! It prints `listening on HOST:PORT` once the socket listens.
 
@@ -103,6 +108,10 @@ struct Cli {
     #[arg(long, value_name = "M",
           value_parser = clap::value_parser!(u16).range(1..=256))]
     loops: Option<u16>,
+    /// `--spread owned`: how long a thread may make no progress before another runs its
+    /// ready reactors (and the least time between two looks at one thread).
+    #[arg(long, value_name = "US", default_value_t = 200)]
+    steal_after_us: u64,
 }
 
 /// How `--threads N` threads share the connections.
@@ -115,11 +124,17 @@ enum Spread {
     /// `--loops M` reactors (a listener and an epoll set each, a connection stays on its
     /// reactor), and any thread runs any reactor's next turn.
     Loops,
+    /// `--loops M` reactors, each owned by one thread (reactor k by thread k mod N), whose
+    /// epoll sets sit level-triggered in their owner's outer set; a thread that finds
+    /// another making no progress for `--steal-after-us` runs that one's ready reactors.
+    Owned,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if cli.loops.is_some() && (cli.spread != Spread::Loops || cli.threads == 1) {
+    if cli.loops.is_some()
+        && (!matches!(cli.spread, Spread::Loops | Spread::Owned) || cli.threads == 1)
+    {
         use clap::CommandFactory as _;
         Cli::command()
             .error(
@@ -140,6 +155,13 @@ fn main() -> ExitCode {
             n.into(),
             cli.loops.unwrap_or(n).into(),
             cli.defer_accept,
+        ),
+        (n, Spread::Owned) => serve_owned(
+            cli.listen,
+            n.into(),
+            cli.loops.unwrap_or(n).into(),
+            cli.defer_accept,
+            cli.steal_after_us * 1000,
         ),
     };
     match result {
@@ -332,6 +354,94 @@ fn loops_worker(
     }
 }
 
+/// Marks a progress stamp taken at the start of a wait.
+const WAITING: u64 = 1 << 63;
+
+/// `--spread owned`: `loops` reactors ([`Unit`], each with its own `SO_REUSEPORT`
+/// listener), reactor k owned by thread k mod n: its epoll set sits level-triggered in
+/// that thread's outer set, so the owner runs its ready reactors with nothing to re-arm.
+/// Each thread stamps its progress; after its own turns a thread runs the ready reactors
+/// (those not locked) of any thread that has made no progress for `after` nanoseconds:
+/// preempted mid-turn, or woken but given no core. duo's `LoopSharing::Owned` without
+/// duo's code.
+fn serve_owned(
+    addr: SocketAddr,
+    n: usize,
+    loops: usize,
+    defer_accept: u32,
+    after: u64,
+) -> io::Result<()> {
+    let units = reuseport_listeners(addr, loops, defer_accept)?
+        .into_iter()
+        .map(Unit::new)
+        .collect::<io::Result<Vec<_>>>()?;
+    let outers = (0..n)
+        .map(|_| epoll_create())
+        .collect::<io::Result<Vec<_>>>()?;
+    for (k, u) in units.iter().enumerate() {
+        ctl_token(
+            outers[k % n].as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            u.ep.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            k as u64,
+        )?;
+    }
+    let outer_fds: Vec<RawFd> = outers.iter().map(|o| o.as_raw_fd()).collect();
+    let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
+    let progress: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
+    std::thread::scope(|s| {
+        let threads = (0..n)
+            .map(|me| {
+                let (units, outer_fds, progress) = (&units, &outer_fds, &progress);
+                s.spawn(move || exit_on_error(owned_worker(me, units, outer_fds, progress, after)))
+            })
+            .collect();
+        join_all(threads)
+    })
+}
+
+/// Thread `me` of [`serve_owned`] (it blocks in its own wait: this control experiment
+/// has no timed look at the others for a thread that has nothing to do, which duo's
+/// group has, nor accept pauses across threads).
+fn owned_worker(
+    me: usize,
+    units: &[Mutex<Unit>],
+    outers: &[RawFd],
+    progress: &[AtomicU64],
+    after: u64,
+) -> io::Result<()> {
+    let mut buf = [0u8; BUF_SIZE];
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut tried = vec![0u64; outers.len()];
+    loop {
+        progress[me].store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
+        let got = wait(outers[me], &mut ready, -1)?;
+        for ev in &ready[..got] {
+            progress[me].store(duo_sys::monotonic_nanos(), Ordering::Release);
+            if let Ok(mut unit) = units[ev.u64 as usize].try_lock() {
+                unit.turn(0, &mut buf, &mut events)?;
+            }
+        }
+        let now = duo_sys::monotonic_nanos();
+        for (j, &outer) in outers.iter().enumerate() {
+            let stamp = progress[j].load(Ordering::Acquire) & !WAITING;
+            if j == me || now < stamp + after || now < tried[j] + after {
+                continue;
+            }
+            tried[j] = now;
+            let got = wait(outer, &mut ready, 0)?;
+            for ev in &ready[..got] {
+                if let Ok(mut unit) = units[ev.u64 as usize].try_lock() {
+                    let got = wait(unit.ep.as_raw_fd(), &mut events, 0)?;
+                    unit.handle(&events[..got], &mut buf)?;
+                }
+            }
+        }
+    }
+}
+
 /// Records `unit`'s accept pause, if any, in the earliest pause end.
 fn note_pause(unit: &Unit, paused: &AtomicU64) {
     if let Some(t) = unit.resume_accept {
@@ -408,13 +518,18 @@ impl Unit {
         buf: &mut [u8; BUF_SIZE],
         events: &mut [libc::epoll_event],
     ) -> io::Result<()> {
+        let n = wait(self.ep.as_raw_fd(), events, timeout)?;
+        self.handle(&events[..n], buf)
+    }
+
+    /// Handles `events`, which a wait on this reactor's epoll set returned.
+    fn handle(&mut self, events: &[libc::epoll_event], buf: &mut [u8; BUF_SIZE]) -> io::Result<()> {
         let (epfd, lfd) = (self.ep.as_raw_fd(), self.listener.as_raw_fd());
-        let n = wait(epfd, events, timeout)?;
         if self.resume_accept.is_some_and(|t| Instant::now() >= t) {
             self.resume_accept = None;
             ctl(epfd, libc::EPOLL_CTL_MOD, lfd, libc::EPOLLIN as u32)?;
         }
-        for ev in &events[..n] {
+        for ev in events {
             let fd = ev.u64 as RawFd;
             if fd == lfd {
                 if !accept_all(epfd, lfd, &mut self.conns)? {

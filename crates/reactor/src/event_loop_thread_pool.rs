@@ -5,14 +5,15 @@ use std::io;
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use crate::event_loop_thread::{EventLoopThread, ThreadInit};
-use crate::{LoopGroup, LoopHandle};
+use crate::{LoopGroup, LoopHandle, LoopSharing};
 
 /// N threads, each running one loop, plus a base loop (the caller's, usually the one
 /// that accepts connections) that serves everything when N is zero.
 ///
 /// With [`set_loops`](EventLoopThreadPool::set_loops) above N, the pool runs M loops on
-/// its N threads instead (a [`LoopGroup`]: any free thread runs a ready loop's next
-/// turn), so that a thread that loses its core strands only the loop it was running.
+/// its N threads instead (a [`LoopGroup`]: a ready loop whose thread is busy or off its
+/// core is run by another), so that a thread that loses its core strands only the loop it
+/// was running.
 ///
 /// Work is spread with [`next_loop`](EventLoopThreadPool::next_loop) (round robin) or
 /// [`loop_for_hash`](EventLoopThreadPool::loop_for_hash) (the same key always lands on
@@ -38,6 +39,8 @@ pub struct EventLoopThreadPool {
     num_threads: usize,
     /// Loops to run on the threads (0 or at most `num_threads`: one loop per thread).
     num_loops: usize,
+    /// How a group's threads share its loops.
+    sharing: LoopSharing,
     init: Option<ThreadInit>,
     threads: Vec<EventLoopThread>,
     /// The loops and threads when there are more loops than threads.
@@ -54,6 +57,7 @@ impl EventLoopThreadPool {
             name: name.to_owned(),
             num_threads,
             num_loops: 0,
+            sharing: LoopSharing::default(),
             init: None,
             threads: Vec::new(),
             group: None,
@@ -77,6 +81,14 @@ impl EventLoopThreadPool {
         self.num_loops = loops;
     }
 
+    /// How the threads share the loops when there are more loops than threads (set
+    /// before [`start`]; default [`LoopSharing::Owned`]).
+    ///
+    /// [`start`]: EventLoopThreadPool::start
+    pub fn set_loop_sharing(&mut self, sharing: LoopSharing) {
+        self.sharing = sharing;
+    }
+
     /// Starts the threads; returns when every loop is ready. On failure the threads
     /// already started are stopped again.
     pub fn start(&mut self) -> io::Result<()> {
@@ -87,10 +99,11 @@ impl EventLoopThreadPool {
             ));
         }
         if self.num_threads > 0 && self.num_loops > self.num_threads {
-            let group = LoopGroup::start(
+            let group = LoopGroup::start_sharing(
                 &self.name,
                 self.num_threads,
                 self.num_loops,
+                self.sharing,
                 self.init.clone(),
             )?;
             self.handles = group.handles().to_vec();

@@ -1,5 +1,5 @@
-//! [`LoopGroup`]: more loops than threads; any of the group's threads runs a loop's next
-//! turn.
+//! [`LoopGroup`]: more loops than threads; a loop whose thread is off its core is run by
+//! another.
 //!
 //! # Why
 //!
@@ -10,21 +10,32 @@
 //! machine. A work-stealing runtime (tokio) moves single tasks to the free thread, at the
 //! price of a lock or atomic handover per task. A group moves whole loops instead: a
 //! connection still belongs to one loop that serves it without a lock, but a loop belongs
-//! to no thread. With several loops per thread, a loop whose thread is off its core is
+//! to no one thread. With several loops per thread, a loop whose thread is off its core is
 //! run by another one, and only the connections of the one loop being run when a thread
 //! is preempted wait for it.
 //!
 //! # How
 //!
-//! Every loop's epoll descriptor sits in one outer epoll set, registered
-//! [`Interest::ONESHOT`]. Each thread waits on the outer set for one ready loop at a time
-//! (a fixed one-event buffer, so a thread never holds readiness it is not serving), takes
-//! the loop out of its slot, runs one turn (an `epoll_wait` without timeout on the loop's
-//! own set, its events, timers and queued functions), puts it back and re-arms it: one
-//! `epoll_ctl` per turn, not per event. One-shot delivery means a loop is run by one
-//! thread at a time, and re-arming reports readiness that arrived during the turn at
-//! once. For the length of its turn the running thread is the loop's thread
-//! ([`LoopHandle::is_in_loop_thread`]); between turns no thread is.
+//! A loop is taken out of its slot for a turn (an `epoll_wait` without timeout on the
+//! loop's own set, its events, timers and queued functions) and put back after it, so one
+//! thread at a time runs it. For the length of its turn the running thread is the loop's
+//! thread ([`LoopHandle::is_in_loop_thread`]); between turns no thread is. Which thread
+//! runs a ready loop depends on the [`LoopSharing`]:
+//!
+//! - [`LoopSharing::Owned`] (the default): loop `i` is owned by thread `i mod N`. Each
+//!   thread has an epoll set of its own loops' epoll descriptors, level-triggered, waits
+//!   on it and runs a turn of each ready loop it returned (up to 64 per wait): no
+//!   `epoll_ctl` per turn. Every thread stamps its progress (a turn started, or back from
+//!   its wait). After its own turns a thread looks at the others' stamps; a thread that
+//!   has made no progress for [`LoopGroup::steal_after`] (200 µs unless set) is helped:
+//!   this thread looks at its set without taking anything from it (level-triggered) and
+//!   runs a turn of each ready loop that is in its slot. A thread with nothing to do
+//!   sleeps with a timeout while another runs turns, so that it can help a thread stuck
+//!   in a long callback too (a thread that is woken but finds no core is helped by one
+//!   that is running; if a core is idle, the scheduler gives it that one).
+//! - [`LoopSharing::Any`]: every loop sits one-shot in one epoll set, each thread waits
+//!   on it for one ready loop at a time (so it never holds readiness it is not serving),
+//!   runs its turn, puts it back and re-arms it: one `epoll_ctl` per turn.
 //!
 //! A loop that quits (or whose turn fails or panics) is dropped, closing its channels;
 //! when the last one is gone the group's threads end.
@@ -56,12 +67,41 @@ use crate::{EventLoop, LoopHandle};
 /// Token of the group's stop eventfd in the outer epoll set.
 const STOP_TOKEN: u64 = u64::MAX;
 
-/// How a loop is registered in the outer set.
+/// Ready loops a thread takes from its home set per wait ([`LoopSharing::Owned`]).
+const READY_BATCH: usize = 64;
+
+/// How a loop is registered in the one set of [`LoopSharing::Any`].
 const ARMED: Interest = Interest::READABLE.add(Interest::ONESHOT);
 
+/// How a [`LoopGroup`]'s threads share its loops. Either way a connection belongs to
+/// one loop, which one thread at a time runs; they differ in which thread runs a ready
+/// loop's next turn.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LoopSharing {
+    /// Each loop has an owner thread (loop `i` is thread `i mod N`'s), which waits on its
+    /// own loops and runs the ready ones, a batch per wait, with nothing to re-arm (its
+    /// loops are level-triggered in its own epoll set). A thread that has made no
+    /// progress for [`LoopGroup::steal_after`] (preempted, blocked in a callback, or
+    /// woken but given no core) gets help: another thread runs turns of its ready loops.
+    /// So a loop per thread's cost, and a request waits for a core only when no thread of
+    /// the group has one (a work-stealing runtime's tail), or when its own loop's turn is
+    /// under way on a thread that lost its core. The default.
+    #[default]
+    Owned,
+    /// No owners: every loop sits one-shot in one epoll set, each thread takes one ready
+    /// loop per wait, runs its turn and re-arms it. A thread never holds readiness it is
+    /// not serving, which gives the lowest tail, at the price of a wait and an `epoll_ctl`
+    /// per turn (more CPU per request when turns are small).
+    Any,
+}
+
+/// Marks a progress stamp taken as its thread went to sleep in its home set.
+const WAITING: u64 = 1 << 63;
+
 /// M loops served by N threads (M ≥ N): the loops stay what they are (a connection
-/// belongs to one loop and is served without a lock), but any free thread of the group
-/// runs a ready loop's next turn. See the module documentation for why and how.
+/// belongs to one loop and is served without a lock), but a ready loop whose thread is
+/// busy elsewhere or off its core is run by another thread of the group, as its
+/// [`LoopSharing`] says. See the module documentation for why and how.
 ///
 /// Loops are named `{name}-{i}` and threads `{name}-t{j}`. Work reaches the loops
 /// through their [`LoopHandle`]s, as with an [`EventLoopThreadPool`](crate::EventLoopThreadPool).
@@ -98,8 +138,11 @@ pub struct LoopGroup {
 
 /// What the group's threads share.
 struct GroupCore {
-    /// The outer set: every live loop's epoll descriptor (one-shot) and `stop`.
-    outer: Epoll,
+    /// How the threads share the loops.
+    sharing: LoopSharing,
+    /// [`LoopSharing::Owned`]: one per thread, the loops it owns. [`LoopSharing::Any`]: one,
+    /// every loop, waited on by every thread.
+    homes: Vec<Home>,
     /// The loops, each in its slot between turns.
     slots: Vec<Slot>,
     /// Loops not yet ended.
@@ -109,21 +152,43 @@ struct GroupCore {
     stop: EventFd,
     /// How loops ended other than by quitting (failed poll, panic), for `stop`.
     failures: Mutex<Vec<String>>,
-    /// Busy polling of the outer set ([`LoopGroup::set_busy_poll`]), in nanoseconds.
+    /// Busy polling of the home sets ([`LoopGroup::set_busy_poll`]), in nanoseconds.
     busy_poll_nanos: AtomicU64,
+    /// [`LoopGroup::set_steal_after`], in nanoseconds (0: off).
+    steal_after_nanos: AtomicU64,
+    /// Turns run by a thread other than the loop's owner.
+    helped: AtomicU64,
+}
+
+/// A set of loops that threads wait on: a thread's own ([`LoopSharing::Owned`]) or all.
+// Aligned to a cache line: each thread writes its progress stamp at every turn.
+#[repr(align(64))]
+struct Home {
+    /// The epoll descriptors of the loops (level-triggered for an owner, one-shot for
+    /// [`LoopSharing::Any`]) and `stop`.
+    set: Epoll,
+    /// When the thread last made progress (`monotonic_nanos`: it started a turn or
+    /// came back from its wait), with [`WAITING`] set while it sleeps in its wait.
+    progress: AtomicU64,
 }
 
 /// One loop of the group.
 struct Slot {
     /// The loop between turns (`None` while a thread runs its turn, and once it ended).
     lp: Mutex<Option<EventLoop>>,
-    /// A duplicate of the loop's epoll descriptor: what the outer set watches, re-armed
-    /// after each turn without the loop at hand (and removed from the set when the loop
-    /// ends, since this duplicate keeps the epoll instance open).
+    /// A duplicate of the loop's epoll descriptor: what its owner's home set watches
+    /// (removed from the set when the loop ends, since this duplicate keeps the epoll
+    /// instance open).
     fd: OwnedFd,
+    /// Index of the set the loop is in (its owner's, with [`LoopSharing::Owned`]).
+    home: usize,
 }
 
 impl LoopGroup {
+    /// How long a thread may make no progress before another runs its ready loops, unless
+    /// set otherwise ([`LoopGroup::set_steal_after`]).
+    pub const DEFAULT_STEAL_AFTER: Duration = Duration::from_micros(200);
+
     /// Creates `loops` loops, starts `threads` threads that serve them, and runs `init` (if
     /// any) on each loop (on a group thread, as the loop's thread) before returning.
     /// `threads` must be at least 1 and `loops` at least `threads`.
@@ -136,6 +201,17 @@ impl LoopGroup {
         loops: usize,
         init: Option<ThreadInit>,
     ) -> io::Result<LoopGroup> {
+        LoopGroup::start_sharing(name, threads, loops, LoopSharing::Owned, init)
+    }
+
+    /// [`start`](LoopGroup::start) with the threads sharing the loops as `sharing` says.
+    pub fn start_sharing(
+        name: &str,
+        threads: usize,
+        loops: usize,
+        sharing: LoopSharing,
+        init: Option<ThreadInit>,
+    ) -> io::Result<LoopGroup> {
         if threads == 0 || loops < threads {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -145,17 +221,37 @@ impl LoopGroup {
                 ),
             ));
         }
-        let outer = Epoll::new()?;
         let stop = EventFd::new()?;
-        outer.add(stop.as_fd(), Interest::READABLE, STOP_TOKEN)?;
+        let sets = match sharing {
+            LoopSharing::Owned => threads,
+            LoopSharing::Any => 1,
+        };
+        let homes = (0..sets)
+            .map(|_| {
+                let set = Epoll::new()?;
+                // Level-triggered and never drained: every thread sees it, again and
+                // again, until it returns.
+                set.add(stop.as_fd(), Interest::READABLE, STOP_TOKEN)?;
+                Ok(Home {
+                    set,
+                    progress: AtomicU64::new(duo_sys::monotonic_nanos() | WAITING),
+                })
+            })
+            .collect::<io::Result<Vec<_>>>()?;
         let mut made = Vec::with_capacity(loops);
         for i in 0..loops {
             let lp = EventLoop::detached(format!("{name}-{i}")).map_err(io::Error::from)?;
             let fd = lp.poll_fd().try_clone_to_owned()?;
-            outer.add(fd.as_fd(), ARMED, i as u64)?;
+            let home = i % sets;
+            let interest = match sharing {
+                LoopSharing::Owned => Interest::READABLE,
+                LoopSharing::Any => ARMED,
+            };
+            homes[home].set.add(fd.as_fd(), interest, i as u64)?;
             made.push(Slot {
                 lp: Mutex::new(Some(lp)),
                 fd,
+                home,
             });
         }
         let handles: Vec<LoopHandle> = made
@@ -163,12 +259,15 @@ impl LoopGroup {
             .filter_map(|slot| slot.lp.lock().as_ref().map(EventLoop::handle))
             .collect();
         let core = Arc::new(GroupCore {
-            outer,
+            sharing,
+            homes,
             slots: made,
             live: AtomicUsize::new(loops),
             stop,
             failures: Mutex::new(Vec::new()),
             busy_poll_nanos: AtomicU64::new(0),
+            steal_after_nanos: AtomicU64::new(LoopGroup::DEFAULT_STEAL_AFTER.as_nanos() as u64),
+            helped: AtomicU64::new(0),
         });
         let mut group = LoopGroup {
             name: name.to_owned(),
@@ -185,7 +284,7 @@ impl LoopGroup {
                     if let Err(e) = duo_sys::block_termination_signals() {
                         log::warn!("cannot block stop signals on a loop thread: {e}");
                     }
-                    core.serve();
+                    core.serve(j);
                 });
             match spawned {
                 Ok(t) => {
@@ -201,7 +300,7 @@ impl LoopGroup {
         if let Some(init) = init {
             group.init_each(&init)?;
         }
-        log::debug!("loop group {name} started: {loops} loops on {threads} threads");
+        log::debug!("loop group {name} started: {loops} loops on {threads} threads, {sharing:?}");
         Ok(group)
     }
 
@@ -243,6 +342,29 @@ impl LoopGroup {
     pub fn set_busy_poll(&self, spin: Duration) {
         let nanos = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX);
         self.core.busy_poll_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// How long a thread may make no progress (start no turn, or not come back from its
+    /// wait although its loops are ready: woken, but given no core) before another thread
+    /// runs turns of its ready loops. Default [`LoopGroup::DEFAULT_STEAL_AFTER`]; `Duration::ZERO`
+    /// turns helping off (each loop then runs on its owner only). A thread that runs
+    /// turns looks at the others after each batch of its own, a sleeping thread
+    /// wakes to look while another runs turns (its wait's timeout, in whole
+    /// milliseconds); each thread is looked at no more often than this delay. Takes
+    /// effect from each thread's next wait.
+    pub fn set_steal_after(&self, after: Duration) {
+        let nanos = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX / 4);
+        self.core.steal_after_nanos.store(nanos, Ordering::Relaxed);
+    }
+
+    /// The delay set with [`set_steal_after`](LoopGroup::set_steal_after).
+    pub fn steal_after(&self) -> Duration {
+        Duration::from_nanos(self.core.steal_after_nanos.load(Ordering::Relaxed))
+    }
+
+    /// Turns run so far by a thread other than the loop's owner.
+    pub fn helped_turns(&self) -> u64 {
+        self.core.helped.load(Ordering::Relaxed)
     }
 
     /// The busy-polling time set with [`set_busy_poll`](LoopGroup::set_busy_poll).
@@ -311,13 +433,27 @@ impl LoopGroup {
 }
 
 impl GroupCore {
-    /// A thread's life: take a ready loop, run its turn, put it back, re-arm it; until
-    /// every loop has ended.
-    fn serve(&self) {
-        let mut events = Events::fixed(1);
+    /// The life of thread `me`: run the ready loops of its set, help a thread that
+    /// makes no progress ([`LoopSharing::Owned`]), until every loop has ended.
+    fn serve(&self, me: usize) {
+        let home = &self.homes[me % self.homes.len()];
+        // One ready loop per wait when threads share a set: a thread never holds
+        // readiness it is not serving.
+        let mut events = Events::fixed(match self.sharing {
+            LoopSharing::Owned => READY_BATCH,
+            LoopSharing::Any => 1,
+        });
+        let mut stolen = Events::fixed(READY_BATCH);
+        let mut tried = vec![0u64; self.homes.len()];
         let mut ran = false;
         loop {
-            if let Err(e) = self.next_ready(&mut events, ran) {
+            let timeout = self.help_due(me, &tried);
+            home.progress
+                .store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
+            let waited = self.wait_home(home, &mut events, ran, timeout);
+            home.progress
+                .store(duo_sys::monotonic_nanos(), Ordering::Release);
+            if let Err(e) = waited {
                 // Cannot happen with a valid epoll descriptor and buffer; do not spin.
                 log::error!("loop group: waiting for ready loops failed: {e}");
                 self.failures
@@ -326,70 +462,164 @@ impl GroupCore {
                 let _ = self.stop.notify();
                 return;
             }
-            let Some((token, _)) = events.get(0) else {
-                continue; // interrupted by a signal
-            };
-            if token == STOP_TOKEN {
-                return;
+            ran = false;
+            let mut skipped = false;
+            for (token, _) in events.iter() {
+                if token == STOP_TOKEN {
+                    return;
+                }
+                if self.run(token) {
+                    ran = true;
+                    home.progress
+                        .store(duo_sys::monotonic_nanos(), Ordering::Release);
+                } else {
+                    skipped = true;
+                }
             }
-            ran = true;
-            let i = token as usize;
-            let Some(slot) = self.slots.get(i) else {
+            if skipped && !ran {
+                // Every ready loop was being run by a helper, and level-triggered
+                // readiness would report them again at once: let the helper finish.
+                thread::yield_now();
+            }
+            if self.help(me, &mut tried, &mut stolen) {
+                ran = true;
+            }
+        }
+    }
+
+    /// Waits on `home` for ready loops (or the stop event), for at most `timeout`. After
+    /// turns (`ran`), with busy polling on, it looks without blocking until the spin time
+    /// is up before it sleeps.
+    fn wait_home(
+        &self,
+        home: &Home,
+        events: &mut Events,
+        ran: bool,
+        timeout: Option<Duration>,
+    ) -> io::Result<usize> {
+        let spin = self.busy_poll_nanos.load(Ordering::Relaxed);
+        if ran && spin > 0 {
+            let deadline = duo_sys::monotonic_nanos().saturating_add(spin);
+            loop {
+                let n = home.set.wait(events, Some(Duration::ZERO))?;
+                if n > 0 {
+                    return Ok(n);
+                }
+                if duo_sys::monotonic_nanos() >= deadline {
+                    break;
+                }
+                std::hint::spin_loop();
+            }
+        }
+        home.set.wait(events, timeout)
+    }
+
+    /// How long thread `me` may sleep before it should look at the others: until the
+    /// earliest moment one of those that is running turns now would have made no
+    /// progress for the help delay (a thread that sleeps in its own wait is woken by
+    /// its own loops; if it is woken and finds no core, a thread that runs turns helps).
+    /// `None` (sleep until woken) when every other thread sleeps or stealing is off.
+    fn help_due(&self, me: usize, tried: &[u64]) -> Option<Duration> {
+        let after = self.steal_after_nanos.load(Ordering::Relaxed);
+        if after == 0 || self.homes.len() == 1 {
+            return None;
+        }
+        let now = duo_sys::monotonic_nanos();
+        self.homes
+            .iter()
+            .enumerate()
+            .filter(|&(k, _)| k != me)
+            .filter_map(|(k, other)| {
+                let p = other.progress.load(Ordering::Acquire);
+                (p & WAITING == 0).then(|| (p + after).max(tried[k] + after))
+            })
+            .min()
+            .map(|due| Duration::from_nanos(due.saturating_sub(now)))
+    }
+
+    /// Thread `me` runs a turn of every ready loop, not being run, of each other thread
+    /// that has made no progress (started no turn, or not come back from its wait) for the
+    /// help delay; each thread is looked at no more often than that. Returns whether a
+    /// turn ran.
+    fn help(&self, me: usize, tried: &mut [u64], stolen: &mut Events) -> bool {
+        let after = self.steal_after_nanos.load(Ordering::Relaxed);
+        if after == 0 || self.homes.len() == 1 {
+            return false;
+        }
+        let now = duo_sys::monotonic_nanos();
+        let mut ran = false;
+        for (k, other) in self.homes.iter().enumerate() {
+            let since = other.progress.load(Ordering::Acquire) & !WAITING;
+            if k == me || now < since.saturating_add(after) || now < tried[k].saturating_add(after)
+            {
                 continue;
-            };
-            let Some(mut lp) = slot.lp.lock().take() else {
-                // One-shot delivery hands a loop to one thread at a time, and an ended
-                // loop has left the set: only a loop ended by a `stop` that never started
-                // the threads is missing, and then no thread runs this.
-                log::warn!("loop group: a ready loop (#{i}) was not in its slot");
+            }
+            tried[k] = now;
+            // Level-triggered: looking takes nothing from the owner, which sees the same
+            // loops ready when it comes back.
+            if let Err(e) = other.set.wait(stolen, Some(Duration::ZERO)) {
+                log::warn!("loop group: looking at another thread's loops: {e}");
                 continue;
-            };
-            let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn()));
-            let ended = match outcome {
-                Ok(Ok(false)) => None,
-                Ok(Ok(true)) => Some(None),
-                Ok(Err(e)) => Some(Some(format!("loop {}: {e}", lp.name()))),
-                Err(_) => Some(Some(format!("loop {} panicked", lp.name()))),
-            };
-            match ended {
-                None => {
-                    // Back in its slot before re-arming (the slot's lock also hands this
-                    // turn's writes, the loop's single-writer counters among them, to the
-                    // thread that runs the next turn): once re-armed, another thread
-                    // may take its readiness at once, and must find it there. Until then
-                    // it is disarmed, so nobody else takes it out meanwhile, and the slot
-                    // is not locked across the system call (a thread that got the loop's
-                    // readiness would otherwise wait for the lock, and sleep on it).
-                    *slot.lp.lock() = Some(lp);
-                    if let Err(e) = self.outer.modify(slot.fd.as_fd(), ARMED, token) {
+            }
+            for (token, _) in stolen.iter() {
+                if token != STOP_TOKEN && self.run(token) {
+                    ran = true;
+                    self.helped.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        ran
+    }
+
+    /// Runs one turn of loop `token` if no other thread is running it (returns whether
+    /// it ran), then puts it back in its slot, or ends it.
+    fn run(&self, token: u64) -> bool {
+        let Some(slot) = self.slots.get(token as usize) else {
+            return false;
+        };
+        // Taking the loop out of its slot is what makes this thread its only runner: a
+        // thread that finds the slot empty (another thread's turn, or an ended loop)
+        // skips it.
+        let Some(mut lp) = slot.lp.lock().take() else {
+            return false;
+        };
+        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn()));
+        let ended = match outcome {
+            Ok(Ok(false)) => None,
+            Ok(Ok(true)) => Some(None),
+            Ok(Err(e)) => Some(Some(format!("loop {}: {e}", lp.name()))),
+            Err(_) => Some(Some(format!("loop {} panicked", lp.name()))),
+        };
+        match ended {
+            None => {
+                // Back in its slot (the slot's lock also hands this turn's writes, the
+                // loop's single-writer counters among them, to the thread that runs the
+                // next turn). A one-shot loop is re-armed after that: once re-armed,
+                // another thread may take its readiness at once, and must find it there.
+                *slot.lp.lock() = Some(lp);
+                if self.sharing == LoopSharing::Any {
+                    let set = &self.homes[slot.home].set;
+                    if let Err(e) = set.modify(slot.fd.as_fd(), ARMED, token) {
                         if let Some(lp) = slot.lp.lock().take() {
                             let why = format!("loop {}: cannot re-arm it: {e}", lp.name());
                             self.end(slot, lp, Some(why));
                         }
                     }
                 }
-                Some(why) => self.end(slot, lp, why),
             }
+            Some(why) => self.end(slot, lp, why),
         }
+        true
     }
 
-    /// Waits for the next ready loop (or the stop event). After a turn (`ran`), with busy
-    /// polling on, it looks without blocking until the spin time is up, then sleeps.
-    fn next_ready(&self, events: &mut Events, ran: bool) -> io::Result<usize> {
-        match self.busy_poll_nanos.load(Ordering::Relaxed) {
-            spin if ran && spin > 0 => self.outer.wait_spinning(events, spin),
-            _ => self.outer.wait(events, None),
-        }
-    }
-
-    /// A loop ended: take it out of the outer set, drop it (closing its channels), and
+    /// A loop ended: take it out of its home set, drop it (closing its channels), and
     /// stop the threads after the last one.
     fn end(&self, slot: &Slot, lp: EventLoop, failure: Option<String>) {
         if let Some(why) = failure {
             log::error!("{why}");
             self.failures.lock().push(why);
         }
-        if let Err(e) = self.outer.delete(slot.fd.as_fd()) {
+        if let Err(e) = self.homes[slot.home].set.delete(slot.fd.as_fd()) {
             log::warn!("loop {}: removing it from its group's set: {e}", lp.name());
         }
         let name = lp.name().to_owned();
@@ -422,6 +652,7 @@ impl fmt::Debug for LoopGroup {
             .field("name", &self.name)
             .field("loops", &self.handles.len())
             .field("threads", &self.threads.len())
+            .field("sharing", &self.core.sharing)
             .field("live", &self.core.live.load(Ordering::Relaxed))
             .finish()
     }

@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopGroup, LoopHandle};
+use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopGroup, LoopHandle, LoopSharing};
 use duo_testkit::{nonblocking_pair, wait_until, LIMIT};
 
 /// Runs `f` on the loop and returns its result.
@@ -95,11 +95,19 @@ fn every_loop_runs_on_the_group_threads_which_are_its_thread_only_during_a_turn(
     group.stop().unwrap();
 }
 
+const SHARINGS: [LoopSharing; 2] = [LoopSharing::Owned, LoopSharing::Any];
+
 #[test]
 fn a_loop_blocked_in_a_callback_strands_only_its_own_work() {
+    for sharing in SHARINGS {
+        strand_one_loop(sharing);
+    }
+}
+
+fn strand_one_loop(sharing: LoopSharing) {
     // Two threads, eight loops: while one thread is stuck in loop 0's turn, the other
-    // serves all the other loops.
-    let group = LoopGroup::start("strand", 2, 8, None).unwrap();
+    // serves all the other loops, those its stuck owner owns (2, 4, 6) included.
+    let group = LoopGroup::start_sharing("strand", 2, 8, sharing, None).unwrap();
     let (release_tx, release_rx) = mpsc::channel::<()>();
     let (entered_tx, entered_rx) = mpsc::channel();
     group.handles()[0]
@@ -114,10 +122,39 @@ fn a_loop_blocked_in_a_callback_strands_only_its_own_work() {
             assert_eq!(on_loop(h, move |_| round), round);
         }
     }
-    // A timer on another loop fires too.
+    // A timer on another loop fires too, one of the stuck thread's among them.
     timer_fires(&group.handles()[3], Duration::from_millis(5));
+    timer_fires(&group.handles()[2], Duration::from_millis(5));
+    if sharing == LoopSharing::Owned {
+        assert!(
+            group.helped_turns() >= 20,
+            "the stuck thread's loops were run by the other: {} turns",
+            group.helped_turns()
+        );
+    }
     release_tx.send(()).unwrap();
     assert_eq!(on_loop(&group.handles()[0], |_| 7), 7);
+    group.stop().unwrap();
+}
+
+#[test]
+fn owned_loops_run_on_their_owner_while_it_keeps_up() {
+    // Helping off: every loop's turns run on its owner thread, loop i on thread i mod 2.
+    let group = LoopGroup::start_sharing("own", 2, 6, LoopSharing::Owned, None).unwrap();
+    assert_eq!(group.steal_after(), LoopGroup::DEFAULT_STEAL_AFTER);
+    group.set_steal_after(Duration::ZERO);
+    assert_eq!(group.steal_after(), Duration::ZERO);
+    for _round in 0..5 {
+        let threads: Vec<String> = group
+            .handles()
+            .iter()
+            .map(|h| on_loop(h, |_| thread::current().name().unwrap_or("").to_owned()))
+            .collect();
+        for (i, t) in threads.iter().enumerate() {
+            assert_eq!(t, &format!("own-t{}", i % 2), "loop {i}");
+        }
+    }
+    assert_eq!(group.helped_turns(), 0);
     group.stop().unwrap();
 }
 
@@ -148,9 +185,18 @@ impl Handler for Echo {
 
 #[test]
 fn channels_on_many_loops_are_served_and_no_loop_runs_on_two_threads_at_once() {
+    for sharing in SHARINGS {
+        echo_on_every_loop(sharing, LoopGroup::DEFAULT_STEAL_AFTER);
+    }
+    // Helping at every chance: owners and helpers contend for the same loops all along.
+    echo_on_every_loop(LoopSharing::Owned, Duration::from_nanos(1));
+}
+
+fn echo_on_every_loop(sharing: LoopSharing, steal_after: Duration) {
     const LOOPS: usize = 8;
     const ROUNDS: usize = 300;
-    let group = LoopGroup::start("echo", 2, LOOPS, None).unwrap();
+    let group = LoopGroup::start_sharing("echo", 2, LOOPS, sharing, None).unwrap();
+    group.set_steal_after(steal_after);
     let overlaps = Arc::new(AtomicUsize::new(0));
     let mut clients = Vec::new();
     for (i, h) in group.handles().iter().enumerate() {
@@ -345,7 +391,13 @@ fn an_init_that_panics_is_an_error_and_leaves_nothing_running() {
 
 #[test]
 fn busy_polling_threads_serve_as_sleeping_ones_do() {
-    let group = LoopGroup::start("spinning", 2, 4, None).unwrap();
+    for sharing in SHARINGS {
+        busy_poll_serves(sharing);
+    }
+}
+
+fn busy_poll_serves(sharing: LoopSharing) {
+    let group = LoopGroup::start_sharing("spinning", 2, 4, sharing, None).unwrap();
     assert_eq!(group.busy_poll(), Duration::ZERO);
     group.set_busy_poll(Duration::from_micros(50));
     assert_eq!(group.busy_poll(), Duration::from_micros(50));

@@ -59,9 +59,10 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
          threads, `duo-2-reuseport` gives each of 2 I/O threads a `SO_REUSEPORT` socket \
          (those two only where accepting matters: churn and 1 000 connections), \
          `duo-2-busy` is `duo-2` with busy polling (`--busy-poll-us 20`, rr only); \
-         `duo-2-loops` and `duo-2-loops64` run 16 and 64 loops on the 2 I/O threads \
-         (`--loops`: any free thread runs a ready loop's turn; each loop accepts on a \
-         `SO_REUSEPORT` socket of its own; 64 in rr only); \
+         `duo-2-loops` runs 16 loops on the 2 I/O threads (`--loops`: each loop owned by \
+         a thread, run by the other when its owner makes no progress for 200 µs) and \
+         `duo-2-loops64` 64 loops that any free thread runs (`--loop-sharing any`; rr \
+         only); each loop accepts on a `SO_REUSEPORT` socket of its own; \
          `duo-0-defer`, `duo-2-defer`, `raw-epoll-defer` and `tokio-defer` (churn \
          only) accept a connection only once its first bytes arrived \
          (`--defer-accept`, `TCP_DEFER_ACCEPT`, the same socket option on each); \

@@ -186,9 +186,10 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         ],
         BUSY_POLL_SCENARIOS,
     ),
-    // A loop group: the two I/O threads run 16 (and 64) loops, any free thread a ready
-    // loop's turn (`ServerBuilder::loops`): the two-thread tail without a lock per
-    // connection.
+    // A loop group (`ServerBuilder::loops`): the two I/O threads run 16 loops, each owned
+    // by one thread and run by the other when its owner makes no progress; and 64 loops,
+    // any free thread running any ready loop's turn (`--loop-sharing any`): the two-thread
+    // tail without a lock per connection.
     EchoServer::duo_in(
         "duo-2-loops",
         &[
@@ -212,6 +213,8 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
             "2",
             "--loops",
             "64",
+            "--loop-sharing",
+            "any",
         ],
         MODEL_SCENARIOS,
     ),

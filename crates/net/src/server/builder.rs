@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, LoopHandle, ThreadInit};
+use duo_reactor::{EventLoop, EventLoopThreadPool, Interest, LoopHandle, LoopSharing, ThreadInit};
 use parking_lot::Mutex;
 use socket2::{Socket, Type};
 
@@ -34,6 +34,7 @@ pub struct ServerBuilder {
     io_threads: usize,
     /// Loops on the I/O threads (more than `io_threads`: a loop group).
     loops: usize,
+    loop_sharing: LoopSharing,
     reuse_port: bool,
     defer_accept_secs: u32,
     accept_mode: AcceptMode,
@@ -59,6 +60,7 @@ impl ServerBuilder {
             listener: None,
             io_threads: 0,
             loops: 0,
+            loop_sharing: LoopSharing::default(),
             reuse_port: false,
             defer_accept_secs: 0,
             accept_mode: AcceptMode::default(),
@@ -94,21 +96,24 @@ impl ServerBuilder {
     /// [`io_threads`](ServerBuilder::io_threads) threads (default: one loop per thread).
     ///
     /// A connection belongs to one loop, which serves it without a lock as always; with
-    /// more loops than threads a loop belongs to no thread: any free I/O thread runs a
-    /// ready loop's next turn ([`duo_reactor::LoopGroup`]). A thread that loses its core
-    /// (to another process on a busy host) then holds up only the connections of the one
-    /// loop it was running, instead of every connection of its thread: a shorter latency
-    /// tail on a crowded machine, for more CPU per event (a turn costs an `epoll_wait` on
-    /// the group's set and an `epoll_ctl`, and threads sleep and wake between turns).
-    /// Measured with 100 request/response connections on 2 threads: 16 loops brought the
-    /// p99 to within 10 % of tokio's for 0-20 % more CPU per request, 64 loops brought
-    /// p99 and p99.9 below tokio's for 20-55 % more (`docs/benchmarks.md`). With `n` at most `io_threads` this has no effect; with no
-    /// I/O threads, `start` refuses it.
+    /// more loops than threads a loop is not tied to one thread: a ready loop whose
+    /// thread is busy elsewhere or off its core is run by another I/O thread
+    /// ([`duo_reactor::LoopGroup`], sharing as [`loop_sharing`](ServerBuilder::loop_sharing)
+    /// says). A thread that loses its core (to another process on a busy host) then holds
+    /// up only the connections of the one loop it was running, instead of every
+    /// connection of its thread: a shorter latency tail on a crowded machine. Measured
+    /// with 100 request/response connections on 2 threads (`docs/benchmarks.md`): 16
+    /// loops, owned (the default sharing), brought the p99 to 1.03-1.05 x tokio's (a loop
+    /// per thread: 1.8 x) at a loop per thread's CPU per request; 64 loops shared by
+    /// [`LoopSharing::Any`] brought p99 and p99.9 below tokio's for 20-55 % more CPU. With
+    /// `n` at most `io_threads` this has no effect; with no I/O threads, `start` refuses
+    /// it.
     ///
     /// [`AcceptMode::Shared`] (the default) becomes [`AcceptMode::ReusePort`] with more
     /// loops than threads ([`AcceptMode::MainLoop`] on an inherited or Unix-domain socket,
     /// whichever mode was asked): the group's loops wait together in one outer epoll set,
-    /// where `EPOLLEXCLUSIVE` cannot choose one loop per connection. Mind what
+    /// (or their threads' sets), where `EPOLLEXCLUSIVE` cannot choose one loop per
+    /// connection. Mind what
     /// `ReusePort` means when a server stops: the connections still queued on a loop's
     /// listener when it closes are reset (see [`AcceptMode`]), so a server that must hand
     /// its queue over to a successor (worker processes, reloads) serves on an inherited
@@ -117,6 +122,15 @@ impl ServerBuilder {
     /// ([`duo_reactor::LoopGroup::set_busy_poll`]).
     pub fn loops(mut self, n: usize) -> Self {
         self.loops = n;
+        self
+    }
+    /// How the I/O threads share the loops when there are more loops than threads
+    /// ([`loops`](ServerBuilder::loops)); default [`LoopSharing::Owned`]: each loop has an
+    /// owner thread and another thread runs its turns only when the owner has made no
+    /// progress for a while, for a loop per thread's cost. [`LoopSharing::Any`]: any
+    /// free thread runs any ready loop, for the lowest tail at more CPU per event.
+    pub fn loop_sharing(mut self, sharing: LoopSharing) -> Self {
+        self.loop_sharing = sharing;
         self
     }
     /// Sets `SO_REUSEPORT` on the listening socket (several servers on one port). Not
@@ -282,6 +296,7 @@ impl ServerBuilder {
         }
         let mut threads = EventLoopThreadPool::new(main.handle(), &self.name, self.io_threads);
         threads.set_loops(self.loops);
+        threads.set_loop_sharing(self.loop_sharing);
         if let Some(init) = self.thread_init.clone() {
             threads.set_thread_init(init);
         }
@@ -534,6 +549,7 @@ impl fmt::Debug for ServerBuilder {
             .field("addr", &self.addr)
             .field("io_threads", &self.io_threads)
             .field("loops", &self.loops)
+            .field("loop_sharing", &self.loop_sharing)
             .field("accept_mode", &self.accept_mode)
             .field("idle_timeout", &self.idle_timeout)
             .field("busy_poll", &self.busy_poll)
