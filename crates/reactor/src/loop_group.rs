@@ -30,9 +30,10 @@
 //!   has made no progress for [`LoopGroup::steal_after`] (200 µs unless set) is helped:
 //!   this thread looks at its set without taking anything from it (level-triggered) and
 //!   runs a turn of each ready loop that is in its slot. A thread with nothing to do
-//!   sleeps with a timeout while another runs turns, so that it can help a thread stuck
-//!   in a long callback too (a thread that is woken but finds no core is helped by one
-//!   that is running; if a core is idle, the scheduler gives it that one).
+//!   sleeps with a timeout (until another thread that runs turns would be due for help,
+//!   and at most 10 ms), so that it can help a thread stuck in a long callback too (a
+//!   thread that is woken but finds no core is helped by one that is running; if a core
+//!   is idle, the scheduler gives it that one).
 //! - [`LoopSharing::Any`]: every loop sits one-shot in one epoll set, each thread waits
 //!   on it for one ready loop at a time (so it never holds readiness it is not serving),
 //!   runs its turn, puts it back and re-arms it: one `epoll_ctl` per turn.
@@ -94,6 +95,11 @@ pub enum LoopSharing {
     /// per turn (more CPU per request when turns are small).
     Any,
 }
+
+/// The longest a thread of [`LoopSharing::Owned`] sleeps before it looks at the others
+/// (when they all slept as it went to sleep; else it wakes when one of them would be due
+/// for help).
+const IDLE_LOOK: Duration = Duration::from_millis(10);
 
 /// Marks a progress stamp taken as its thread went to sleep in its home set.
 const WAITING: u64 = 1 << 63;
@@ -348,10 +354,11 @@ impl LoopGroup {
     /// wait although its loops are ready: woken, but given no core) before another thread
     /// runs turns of its ready loops. Default [`LoopGroup::DEFAULT_STEAL_AFTER`]; `Duration::ZERO`
     /// turns helping off (each loop then runs on its owner only). A thread that runs
-    /// turns looks at the others after each batch of its own, a sleeping thread
-    /// wakes to look while another runs turns (its wait's timeout, in whole
-    /// milliseconds); each thread is looked at no more often than this delay. Takes
-    /// effect from each thread's next wait.
+    /// turns looks at the others after each batch of its own; a sleeping thread wakes
+    /// to look when another that runs turns would be due (its wait's timeout, in whole
+    /// milliseconds), and at least every 10 ms; each thread is looked at no more often
+    /// than this delay. Only for [`LoopSharing::Owned`]. Takes effect from each thread's
+    /// next wait.
     pub fn set_steal_after(&self, after: Duration) {
         let nanos = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX / 4);
         self.core.steal_after_nanos.store(nanos, Ordering::Relaxed);
@@ -516,16 +523,20 @@ impl GroupCore {
 
     /// How long thread `me` may sleep before it should look at the others: until the
     /// earliest moment one of those that is running turns now would have made no
-    /// progress for the help delay (a thread that sleeps in its own wait is woken by
-    /// its own loops; if it is woken and finds no core, a thread that runs turns helps).
-    /// `None` (sleep until woken) when every other thread sleeps or stealing is off.
+    /// progress for the help delay, and no longer than [`IDLE_LOOK`] (a thread that
+    /// sleeps now may start a turn that blocks for long while this one sleeps). A
+    /// thread that sleeps in its own wait is woken by its own loops; if it is woken and
+    /// finds no core, a thread that runs turns helps it, and an idle core is the
+    /// scheduler's to give. `None` (sleep until woken) when stealing is off or there is
+    /// no other thread.
     fn help_due(&self, me: usize, tried: &[u64]) -> Option<Duration> {
         let after = self.steal_after_nanos.load(Ordering::Relaxed);
         if after == 0 || self.homes.len() == 1 {
             return None;
         }
         let now = duo_sys::monotonic_nanos();
-        self.homes
+        let due = self
+            .homes
             .iter()
             .enumerate()
             .filter(|&(k, _)| k != me)
@@ -534,13 +545,17 @@ impl GroupCore {
                 (p & WAITING == 0).then(|| (p + after).max(tried[k] + after))
             })
             .min()
-            .map(|due| Duration::from_nanos(due.saturating_sub(now)))
+            .map_or(IDLE_LOOK, |due| {
+                Duration::from_nanos(due.saturating_sub(now))
+            });
+        Some(due.min(IDLE_LOOK))
     }
 
     /// Thread `me` runs a turn of every ready loop, not being run, of each other thread
     /// that has made no progress (started no turn, or not come back from its wait) for the
     /// help delay; each thread is looked at no more often than that. Returns whether a
-    /// turn ran.
+    /// turn ran. (Looking at a thread as soon as it sleeps, to catch one woken but given
+    /// no core at once, was measured: no better tail, more system calls.)
     fn help(&self, me: usize, tried: &mut [u64], stolen: &mut Events) -> bool {
         let after = self.steal_after_nanos.load(Ordering::Relaxed);
         if after == 0 || self.homes.len() == 1 {

@@ -138,6 +138,31 @@ fn strand_one_loop(sharing: LoopSharing) {
 }
 
 #[test]
+fn an_idle_thread_helps_an_owner_stuck_in_a_callback() {
+    // Thread 1 has nothing to do and sleeps; thread 0 then blocks in loop 0's turn. Work
+    // for loop 2, also thread 0's, must not wait for thread 0 (nor for work of thread 1's
+    // own to wake it).
+    let group = LoopGroup::start_sharing("idle", 2, 4, LoopSharing::Owned, None).unwrap();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    group.handles()[0]
+        .queue_in_loop(move |_| {
+            entered_tx.send(()).unwrap();
+            release_rx.recv_timeout(LIMIT).expect("released");
+        })
+        .unwrap();
+    entered_rx.recv_timeout(LIMIT).expect("loop 0 is running");
+    for round in 0..3 {
+        assert_eq!(on_loop(&group.handles()[2], move |_| round), round);
+    }
+    timer_fires(&group.handles()[2], Duration::from_millis(5));
+    assert!(group.helped_turns() >= 3, "{}", group.helped_turns());
+    release_tx.send(()).unwrap();
+    assert_eq!(on_loop(&group.handles()[0], |_| 7), 7);
+    group.stop().unwrap();
+}
+
+#[test]
 fn owned_loops_run_on_their_owner_while_it_keeps_up() {
     // Helping off: every loop's turns run on its owner thread, loop i on thread i mod 2.
     let group = LoopGroup::start_sharing("own", 2, 6, LoopSharing::Owned, None).unwrap();
