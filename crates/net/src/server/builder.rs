@@ -103,7 +103,7 @@ impl ServerBuilder {
     /// up only the connections of the one loop it was running, instead of every
     /// connection of its thread: a shorter latency tail on a crowded machine. Measured
     /// with 100 request/response connections on 2 threads (`docs/benchmarks.md`): 16
-    /// loops, owned (the default sharing), brought the p99 to 1.03-1.05 x tokio's (a loop
+    /// loops, owned (the default sharing), brought the p99 to 1.03-1.10 x tokio's (a loop
     /// per thread: 1.8 x) at a loop per thread's CPU per request; 64 loops shared by
     /// [`LoopSharing::Any`] brought p99 and p99.9 below tokio's for 20-55 % more CPU. With
     /// `n` at most `io_threads` this has no effect; with no I/O threads, `start` refuses
