@@ -56,6 +56,7 @@ mod upgrade;
 
 pub(crate) use child::READY;
 use child::{describe, read_byte, read_ready};
+use upgrade::Carried;
 use upgrade::{is_child, parse_pids, relocate, take_var};
 
 /// Generations of a full set of workers the stats region has rows for: a serving one, a
@@ -125,10 +126,8 @@ pub struct Supervisor {
     adopted_generation: u64,
     /// The newest generation the previous image started.
     adopted_last_started: u64,
-    /// Variables for the image an upgrade executes ([`Supervisor::carry_across_upgrade`]).
-    upgrade_env: Vec<(String, String)>,
-    /// Descriptors for that image ([`Supervisor::carry_fd_across_upgrade`]).
-    upgrade_fds: Vec<(String, OwnedFd)>,
+    /// What the image an upgrade executes gets from the program around the supervisor.
+    carried: Carried,
     /// The stats region of the previous image, handed over by an upgrade.
     inherited_stats: Option<SharedCounters>,
     exe: PathBuf,
@@ -202,8 +201,7 @@ impl Supervisor {
             adopted_retiring,
             adopted_generation,
             adopted_last_started,
-            upgrade_env: Vec::new(),
-            upgrade_fds: Vec::new(),
+            carried: Carried::default(),
             inherited_stats,
             exe,
             args,
@@ -219,8 +217,7 @@ impl Supervisor {
     ///
     /// [`run`]: Supervisor::run
     pub fn carry_across_upgrade(&mut self, key: &str, value: &str) {
-        self.upgrade_env.retain(|(k, _)| k != key);
-        self.upgrade_env.push((key.to_owned(), value.to_owned()));
+        self.carried.set_env(key, value);
     }
 
     /// Hands `fd` to the image an upgrade (`SIGUSR2`) executes: it is kept open across
@@ -232,8 +229,7 @@ impl Supervisor {
     ///
     /// [`run`]: Supervisor::run
     pub fn carry_fd_across_upgrade(&mut self, key: &str, fd: OwnedFd) {
-        self.upgrade_fds.retain(|(k, _)| k != key);
-        self.upgrade_fds.push((key.to_owned(), fd));
+        self.carried.set_fd(key, fd);
     }
 
     /// The workers' rows, for an endpoint that aggregates their metrics: filled once
@@ -299,8 +295,7 @@ impl Supervisor {
             workers: BTreeMap::new(),
             generation: self.adopted_generation,
             last_started: self.adopted_last_started,
-            upgrade_env: self.upgrade_env,
-            upgrade_fds: self.upgrade_fds,
+            carried: self.carried,
             pending: None,
             restart_timer: None,
             stopping: false,
@@ -370,10 +365,8 @@ struct State {
     generation: u64,
     /// The newest generation started.
     last_started: u64,
-    /// Variables for the image an upgrade executes.
-    upgrade_env: Vec<(String, String)>,
-    /// Descriptors for that image, each with the variable that names it.
-    upgrade_fds: Vec<(String, OwnedFd)>,
+    /// What the image an upgrade executes gets from the program around the supervisor.
+    carried: Carried,
     pending: Option<Pending>,
     restart_timer: Option<TimerId>,
     backoff: Backoff,

@@ -3,8 +3,9 @@
 //! region; and the new image's side: which handed-over workers are really its children.
 
 use std::net::TcpListener;
-use std::os::fd::{AsFd, AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::os::unix::process::CommandExt;
+use std::process::Command;
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -14,6 +15,58 @@ use crate::protocol::{
     ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, ROW_LEN, STATS_VAR,
 };
 use crate::worker::read_row;
+
+/// What the program around the supervisor hands to the image an upgrade executes, beside
+/// the supervisor's own state ([`Supervisor::carry_across_upgrade`],
+/// [`Supervisor::carry_fd_across_upgrade`]).
+///
+/// [`Supervisor::carry_across_upgrade`]: super::Supervisor::carry_across_upgrade
+/// [`Supervisor::carry_fd_across_upgrade`]: super::Supervisor::carry_fd_across_upgrade
+#[derive(Debug, Default)]
+pub(super) struct Carried {
+    /// Variables for that image.
+    env: Vec<(String, String)>,
+    /// Descriptors for it, each with the variable that names it.
+    fds: Vec<(String, OwnedFd)>,
+}
+
+impl Carried {
+    /// Sets `key=value`, replacing an earlier value of `key`.
+    pub(super) fn set_env(&mut self, key: &str, value: &str) {
+        self.env.retain(|(k, _)| k != key);
+        self.env.push((key.to_owned(), value.to_owned()));
+    }
+
+    /// Hands over `fd` as `key`, replacing an earlier descriptor of `key`.
+    pub(super) fn set_fd(&mut self, key: &str, fd: OwnedFd) {
+        self.fds.retain(|(k, _)| k != key);
+        self.fds.push((key.to_owned(), fd));
+    }
+
+    /// Puts the variables in `cmd`'s environment and makes each descriptor inheritable
+    /// across the `exec`, with its number in its variable (one that cannot be made
+    /// inheritable is left out, with a warning).
+    fn apply(&self, cmd: &mut Command) {
+        cmd.envs(self.env.iter().map(|(k, v)| (k, v)));
+        for (key, fd) in &self.fds {
+            match duo_sys::set_inherit_on_exec(fd.as_fd(), true) {
+                Ok(()) => {
+                    cmd.env(key, fd.as_raw_fd().to_string());
+                }
+                Err(e) => log::warn!("SIGUSR2: {key} will not be handed over: {e}"),
+            }
+        }
+    }
+
+    /// Makes the descriptors close-on-exec again, after a failed `exec`.
+    fn restore_cloexec(&self) {
+        for (key, fd) in &self.fds {
+            if let Err(e) = duo_sys::set_inherit_on_exec(fd.as_fd(), false) {
+                log::error!("restoring close-on-exec on {key}: {e}");
+            }
+        }
+    }
+}
 
 impl State {
     pub(super) fn upgrade(&mut self) {
@@ -53,20 +106,12 @@ impl State {
             .env(RETIRING_VAR, draining.join(","))
             .env(GENERATION_VAR, self.generation.to_string())
             .env(LAST_STARTED_VAR, self.last_started.to_string())
-            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string())
-            .envs(self.upgrade_env.iter().map(|(k, v)| (k, v)));
+            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
         if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
             log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
             cmd.env_remove(STATS_VAR);
         }
-        for (key, fd) in &self.upgrade_fds {
-            match duo_sys::set_inherit_on_exec(fd.as_fd(), true) {
-                Ok(()) => {
-                    cmd.env(key, fd.as_raw_fd().to_string());
-                }
-                Err(e) => log::warn!("SIGUSR2: {key} will not be handed over: {e}"),
-            }
-        }
+        self.carried.apply(&mut cmd);
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
                 log::error!("SIGUSR2: cannot upgrade: {e}");
@@ -135,11 +180,7 @@ impl State {
 
     pub(super) fn restore_cloexec(&self) {
         let _ = duo_sys::set_inherit_on_exec(self.stats.fd(), false);
-        for (key, fd) in &self.upgrade_fds {
-            if let Err(e) = duo_sys::set_inherit_on_exec(fd.as_fd(), false) {
-                log::error!("restoring close-on-exec on {key}: {e}");
-            }
-        }
+        self.carried.restore_cloexec();
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), false) {
                 log::error!("restoring close-on-exec on a listener: {e}");
