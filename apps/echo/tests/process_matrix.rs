@@ -27,10 +27,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{read_to_eof, round_trip, tcp_queues, IO_TIMEOUT};
+use common::{read_to_eof, round_trip, IO_TIMEOUT};
 use duo_testkit::{
-    children, http_get, is_running, join_within, run_within, send_signal, wait_until, ChildServer,
-    LIMIT,
+    children, http_get, is_running, join_within, run_within, send_signal, tcp_queues, wait_until,
+    ChildServer, LIMIT,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");

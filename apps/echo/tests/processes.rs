@@ -13,9 +13,10 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{read_to_eof, round_trip, tcp_queues, Server};
+use common::{read_to_eof, round_trip, Server};
 use duo_testkit::{
-    children, is_running, join_within, run_within, wait_until, ChildServer, RefusedPort, LIMIT,
+    children, is_running, join_within, run_within, tcp_queues, wait_until, ChildServer,
+    RefusedPort, LIMIT,
 };
 
 const ECHO: &str = env!("CARGO_BIN_EXE_echo");

@@ -22,7 +22,8 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{tcp_queues, Server};
+use common::Server;
+use duo_testkit::tcp_queues;
 
 const STREAMERS: u64 = 3;
 const BACKLOGGERS: u64 = 3;

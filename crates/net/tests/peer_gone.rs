@@ -12,12 +12,11 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
-use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::{CloseReason, ConnState, ServerBuilder, TcpConnection, TcpServer};
 use duo_reactor::LoopHandle;
-use duo_testkit::{wait_until, LIMIT};
+use duo_testkit::{tcp_queues, wait_until, LIMIT};
 use util::{connect, init_log, localhost, TestServer};
 
 /// What the server saw, for every connection.
@@ -370,9 +369,13 @@ mod tls {
         let release = block(&lp);
         tls.writer().write_all(b"last words").unwrap();
         sock.write_all(&records(&mut tls)).unwrap();
+        let (client, srv) = (sock.local_addr().unwrap().port(), server.addr().port());
         reset(sock);
-        // Let the segments arrive before the loop reads them.
-        thread::sleep(Duration::from_millis(50));
+        // The segments and the reset reach the server's socket before the loop reads
+        // them: a socket that has processed a reset is no longer listed.
+        wait_until("the reset reaches the server's socket", || {
+            tcp_queues(srv, client).is_none()
+        });
         drop(release);
         let conn = probe.handle(0);
         round_trip(&lp);

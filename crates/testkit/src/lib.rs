@@ -56,5 +56,5 @@ pub use process::{
     children, finish_within, is_running, run_within, send_signal, wait_child_within, Finished,
 };
 pub use rng::{random_bytes, Rng};
-pub use socket::{nonblocking_pair, RefusedPort};
+pub use socket::{nonblocking_pair, tcp_queues, RefusedPort};
 pub use wait::{join_before, join_within, wait_until, wait_until_within, LIMIT};

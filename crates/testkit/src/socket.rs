@@ -1,4 +1,5 @@
-//! Connected socket pairs for tests of readiness and socket I/O.
+//! Connected socket pairs for tests of readiness and socket I/O, and what the kernel
+//! says of a loopback TCP socket.
 
 use std::net::SocketAddr;
 use std::os::unix::net::UnixStream;
@@ -52,4 +53,25 @@ impl Default for RefusedPort {
     fn default() -> Self {
         RefusedPort::new()
     }
+}
+
+/// (send queue, receive queue) of the IPv4 TCP socket from port `local` to port `remote`
+/// (on any address), from `/proc/net/tcp`: bytes not yet acknowledged by the peer, bytes
+/// not yet read. `None` if the kernel lists no such socket: never connected, or closed,
+/// which a socket is as soon as it has processed a reset (its descriptor may still be
+/// open, with unread data).
+pub fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
+    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
+    let (l, r) = (format!(":{local:04X}"), format!(":{remote:04X}"));
+    table.lines().skip(1).find_map(|line| {
+        let f: Vec<&str> = line.split_whitespace().collect();
+        if f.len() < 5 || !f[1].ends_with(&l) || !f[2].ends_with(&r) {
+            return None;
+        }
+        let (tx, rx) = f[4].split_once(':')?;
+        Some((
+            u64::from_str_radix(tx, 16).ok()?,
+            u64::from_str_radix(rx, 16).ok()?,
+        ))
+    })
 }

@@ -56,24 +56,6 @@ impl DerefMut for Server {
     }
 }
 
-/// (send queue, receive queue) of the IPv4 loopback socket `local` -> `remote`, from
-/// `/proc/net/tcp`: bytes not yet acknowledged by the peer, bytes not yet read.
-pub(crate) fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
-    let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
-    let (l, r) = (format!(":{local:04X}"), format!(":{remote:04X}"));
-    table.lines().skip(1).find_map(|line| {
-        let f: Vec<&str> = line.split_whitespace().collect();
-        if f.len() < 5 || !f[1].ends_with(&l) || !f[2].ends_with(&r) {
-            return None;
-        }
-        let (tx, rx) = f[4].split_once(':')?;
-        Some((
-            u64::from_str_radix(tx, 16).ok()?,
-            u64::from_str_radix(rx, 16).ok()?,
-        ))
-    })
-}
-
 /// Sends `msg` and reads it back, asserting the echo.
 pub(crate) fn round_trip(s: &mut TcpStream, msg: &[u8]) {
     s.write_all(msg).unwrap();
