@@ -245,6 +245,8 @@ fn bad_flags_are_usage_errors() {
         &["serve", "--trigger", "sideways"],
         &["--io-threads", "many"],
         &["--loops", "-1"],
+        &["--loop-sharing", "any"],
+        &["--loops", "4", "--loop-sharing", "sometimes"],
         &["--listen", "not an address"],
         &["--stats-interval", "0"],
         &["--defer-accept", "3601"],
@@ -308,6 +310,14 @@ fn more_loops_than_io_threads_serve_as_usual() {
         for i in 0..8u64 {
             let server = &server;
             scope.spawn(move || raw_round_trip(server, 400 + i, 200_000));
+        }
+    });
+    // The same with any thread running any loop (one-shot set) instead of owners.
+    let any = Server::start(&["--io-threads", "2", "--loops", "8", "--loop-sharing", "any"]);
+    thread::scope(|scope| {
+        for i in 0..8u64 {
+            let any = &any;
+            scope.spawn(move || raw_round_trip(any, 500 + i, 200_000));
         }
     });
     let framed = Server::start(&["--io-threads", "1", "--loops", "4", "--framed"]);

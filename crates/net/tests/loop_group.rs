@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use duo_net::{AcceptMode, EventLoop, ServerStats, TcpServer};
+use duo_net::{AcceptMode, EventLoop, LoopSharing, ServerStats, TcpServer};
 use duo_testkit::{join_before, wait_until, LIMIT};
 use util::{echo_builder, init_log, localhost, TestServer};
 
@@ -60,6 +60,12 @@ fn serve_clients(server: &TestServer, clients: usize) -> ServerStats {
 #[test]
 fn connections_spread_over_every_loop_and_callbacks_run_as_their_loops_thread() {
     init_log();
+    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
+        spread_over_loops(sharing);
+    }
+}
+
+fn spread_over_loops(sharing: LoopSharing) {
     let names = Arc::new(Mutex::new(Vec::new()));
     let off_thread = Arc::new(AtomicUsize::new(0));
     let (seen, off) = (names.clone(), off_thread.clone());
@@ -67,6 +73,7 @@ fn connections_spread_over_every_loop_and_callbacks_run_as_their_loops_thread() 
         TcpServer::builder("grouped", localhost())
             .io_threads(THREADS)
             .loops(LOOPS)
+            .loop_sharing(sharing)
             .on_connection(move |c| {
                 if c.is_connected() {
                     seen.lock().unwrap().push(c.name().to_string());
@@ -96,9 +103,9 @@ fn connections_spread_over_every_loop_and_callbacks_run_as_their_loops_thread() 
     assert_eq!(
         names.iter().collect::<HashSet<_>>().len(),
         200,
-        "unique names"
+        "unique names ({sharing:?})"
     );
-    assert_eq!(off_thread.load(Ordering::SeqCst), 0);
+    assert_eq!(off_thread.load(Ordering::SeqCst), 0, "{sharing:?}");
     server.stop();
 }
 
