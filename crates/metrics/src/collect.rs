@@ -114,7 +114,7 @@ pub(crate) fn encode_loops(
             .map(|(name, m)| ([("loop", Esc(name))], f(m)))
             .collect::<Vec<_>>()
     };
-    let counters: [Field<LoopMetrics, u64>; 7] = [
+    let counters: [Field<LoopMetrics, u64>; 8] = [
         ("duo_loop_iterations", "Returns from epoll_wait.", |m| {
             m.iterations
         }),
@@ -127,6 +127,11 @@ pub(crate) fn encode_loops(
         ("duo_loop_timers", "Timer callbacks run.", |m| {
             m.timers_fired
         }),
+        (
+            "duo_loop_helped_turns",
+            "Turns run by a thread other than the loop's owner, which had stalled.",
+            |m| m.helped_turns,
+        ),
         (
             "duo_loop_empty_wakeups",
             "Iterations that found nothing to do.",

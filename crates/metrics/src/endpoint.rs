@@ -316,6 +316,7 @@ fn loops_json(loops: &[(String, LoopMetrics)]) -> serde_json::Value {
                 "tasks_run": m.tasks_run,
                 "timers_fired": m.timers_fired,
                 "empty_wakeups": m.empty_wakeups,
+                "helped_turns": m.helped_turns,
                 "events_per_iteration": m.events_per_iteration,
                 "seconds": {
                     "poll": secs(m.poll_time),

@@ -475,7 +475,7 @@ impl GroupCore {
                 if token == STOP_TOKEN {
                     return;
                 }
-                if self.run(token) {
+                if self.run(token, false) {
                     ran = true;
                     home.progress
                         .store(duo_sys::monotonic_nanos(), Ordering::Release);
@@ -577,7 +577,7 @@ impl GroupCore {
                 continue;
             }
             for (token, _) in stolen.iter() {
-                if token != STOP_TOKEN && self.run(token) {
+                if token != STOP_TOKEN && self.run(token, true) {
                     ran = true;
                     self.helped.fetch_add(1, Ordering::Relaxed);
                 }
@@ -587,8 +587,9 @@ impl GroupCore {
     }
 
     /// Runs one turn of loop `token` if no other thread is running it (returns whether
-    /// it ran), then puts it back in its slot, or ends it.
-    fn run(&self, token: u64) -> bool {
+    /// it ran), then puts it back in its slot, or ends it. `helped`: this thread is not
+    /// the loop's owner.
+    fn run(&self, token: u64, helped: bool) -> bool {
         let Some(slot) = self.slots.get(token as usize) else {
             return false;
         };
@@ -598,7 +599,7 @@ impl GroupCore {
         let Some(mut lp) = slot.lp.lock().take() else {
             return false;
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn()));
+        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn(helped)));
         let ended = match outcome {
             Ok(Ok(false)) => None,
             Ok(Ok(true)) => Some(None),

@@ -120,6 +120,7 @@ pub(crate) struct MetricCounters {
     pub(crate) io_events: AtomicU64,
     pub(crate) tasks_run: AtomicU64,
     pub(crate) timers_fired: AtomicU64,
+    pub(crate) helped_turns: AtomicU64,
     pub(crate) health: HealthCounters,
 }
 
@@ -183,6 +184,11 @@ pub struct LoopMetrics {
     /// from `epoll_wait`, when the snapshot was taken; `None` while it waits for events.
     /// A loop stuck in one callback shows it growing (a health check's figure).
     pub busy_for: Option<Duration>,
+    /// Turns run by a thread other than the loop's owner, because the owner had made no
+    /// progress for a while (a loop of a [`LoopGroup`](crate::LoopGroup) with
+    /// [`LoopSharing::Owned`](crate::LoopSharing::Owned); 0 for any other loop). Their
+    /// rate is how often the loop's thread was off its core or stuck with work waiting.
+    pub helped_turns: u64,
 }
 
 impl LoopShared {
@@ -239,6 +245,7 @@ impl LoopShared {
             stalls: load(&h.stalls),
             spins: load(&h.spins),
             busy_for: h.busy_for(),
+            helped_turns: load(&m.helped_turns),
         }
     }
 }

@@ -125,11 +125,29 @@ fn strand_one_loop(sharing: LoopSharing) {
     // A timer on another loop fires too, one of the stuck thread's among them.
     timer_fires(&group.handles()[3], Duration::from_millis(5));
     timer_fires(&group.handles()[2], Duration::from_millis(5));
+    let per_loop: Vec<u64> = group
+        .handles()
+        .iter()
+        .map(|h| h.metrics().helped_turns)
+        .collect();
     if sharing == LoopSharing::Owned {
         assert!(
             group.helped_turns() >= 20,
             "the stuck thread's loops were run by the other: {} turns",
             group.helped_turns()
+        );
+        // Each loop counts its own: the stuck thread's (0, 2, 4, 6), not the other's.
+        assert_eq!(
+            per_loop.iter().sum::<u64>(),
+            group.helped_turns(),
+            "{per_loop:?}"
+        );
+        assert!(per_loop[2] > 0 && per_loop[1] == 0, "{per_loop:?}");
+    } else {
+        assert_eq!(group.helped_turns(), 0);
+        assert!(
+            per_loop.iter().all(|&n| n == 0),
+            "no owners, no help: {per_loop:?}"
         );
     }
     release_tx.send(()).unwrap();

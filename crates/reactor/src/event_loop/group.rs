@@ -6,6 +6,7 @@ use std::sync::atomic::Ordering;
 
 use super::EventLoop;
 use crate::error::LoopError;
+use crate::loop_handle::MetricCounters;
 use crate::thread_id::current_thread_id;
 
 impl EventLoop {
@@ -23,11 +24,17 @@ impl EventLoop {
     /// Returns whether the loop was asked to quit.
     ///
     /// A panic out of the turn leaves the calling thread recorded as the loop's thread;
-    /// the group then drops the loop, which clears it.
-    pub(crate) fn turn(&mut self) -> io::Result<bool> {
+    /// the group then drops the loop, which clears it. `helped`: the turn is run by a
+    /// thread other than the loop's owner (counted in [`LoopMetrics::helped_turns`]).
+    ///
+    /// [`LoopMetrics::helped_turns`]: crate::LoopMetrics::helped_turns
+    pub(crate) fn turn(&mut self, helped: bool) -> io::Result<bool> {
         self.shared
             .thread_id
             .store(current_thread_id(), Ordering::SeqCst);
+        if helped {
+            MetricCounters::add(&self.shared.metrics.helped_turns, 1);
+        }
         let result = self.run_once(false);
         // Functions this turn queued for itself run in the next turn, which only
         // readiness of the loop's epoll set brings.

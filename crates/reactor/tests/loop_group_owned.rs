@@ -1,0 +1,579 @@
+//! `LoopGroup` with `LoopSharing::Owned`: helped turns (an owner stuck in a callback while
+//! another thread runs its loops) combined with quitting, panics, timers, stop, busy
+//! polling, more threads, loops re-queuing their own work, and helping at every chance.
+
+use std::io::{ErrorKind, Read, Write};
+use std::os::fd::OwnedFd;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopGroup, LoopHandle, LoopSharing};
+use duo_testkit::{nonblocking_pair, wait_until, LIMIT};
+
+/// Runs `f` on the loop and returns its result (waiting up to `limit`).
+fn on_loop_within<R: Send + 'static>(
+    limit: Duration,
+    h: &LoopHandle,
+    f: impl FnOnce(&mut EventLoop) -> R + Send + 'static,
+) -> R {
+    let (tx, rx) = mpsc::channel();
+    h.queue_in_loop(move |lp| {
+        let _ = tx.send(f(lp));
+    })
+    .unwrap();
+    rx.recv_timeout(limit)
+        .unwrap_or_else(|e| panic!("loop {} did not answer: {e}", h.name()))
+}
+
+/// Runs `f` on the loop and returns its result.
+fn on_loop<R: Send + 'static>(
+    h: &LoopHandle,
+    f: impl FnOnce(&mut EventLoop) -> R + Send + 'static,
+) -> R {
+    on_loop_within(LIMIT, h, f)
+}
+
+/// The name of the thread that runs the loop's next turn.
+fn runner(h: &LoopHandle) -> String {
+    on_loop(h, |_| current_thread_name())
+}
+
+fn current_thread_name() -> String {
+    thread::current().name().unwrap_or("").to_owned()
+}
+
+/// The index `j` of a group thread named `{group}-t{j}`.
+fn thread_index(name: &str) -> usize {
+    name.rsplit_once("-t")
+        .and_then(|(_, j)| j.parse().ok())
+        .unwrap_or_else(|| panic!("not a group thread: {name}"))
+}
+
+/// A group thread held inside a callback of one loop until released (or dropped: a
+/// failing test never leaves a group thread stuck).
+struct Stuck {
+    release: Option<mpsc::Sender<()>>,
+    /// The thread running the stuck turn.
+    thread: String,
+}
+
+impl Stuck {
+    fn index(&self) -> usize {
+        thread_index(&self.thread)
+    }
+
+    fn release(&mut self) {
+        drop(self.release.take());
+    }
+}
+
+/// Queues a callback on `h` that blocks its turn until released, and waits until a group
+/// thread is inside it.
+fn stick(h: &LoopHandle) -> Stuck {
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    let (entered_tx, entered_rx) = mpsc::channel();
+    h.queue_in_loop(move |_| {
+        entered_tx.send(current_thread_name()).unwrap();
+        // Released by a message or by the sender's drop.
+        let _ = release_rx.recv_timeout(LIMIT);
+    })
+    .unwrap();
+    let thread = entered_rx
+        .recv_timeout(LIMIT)
+        .expect("a thread enters the callback");
+    Stuck {
+        release: Some(release_tx),
+        thread,
+    }
+}
+
+/// The loops of a group of `threads` threads and `loops` loops that thread `owner` owns,
+/// other than `except`.
+fn owned_by(owner: usize, threads: usize, loops: usize, except: usize) -> Vec<usize> {
+    (0..loops)
+        .filter(|&i| i % threads == owner && i != except)
+        .collect()
+}
+
+/// Sets a timer on the loop of `handle`, due after `delay`, waits for it to fire and
+/// returns the thread it fired on.
+fn timer_fires(handle: &LoopHandle, delay: Duration) -> String {
+    let (fired_tx, fired_rx) = mpsc::channel();
+    handle
+        .run_after(delay, move |_| {
+            let _ = fired_tx.send(current_thread_name());
+        })
+        .unwrap();
+    fired_rx.recv_timeout(LIMIT).expect("the timer fired")
+}
+
+/// CPU time (user plus system) used so far by this process's thread named `name`.
+fn thread_cpu(name: &str) -> Duration {
+    let hz = duo_testkit::clock_ticks_per_second().expect("clock ticks");
+    for entry in std::fs::read_dir("/proc/self/task").expect("list threads") {
+        let dir = entry.expect("a thread").path();
+        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
+            continue;
+        };
+        if comm.trim_end() != name {
+            continue;
+        }
+        let stat = std::fs::read_to_string(dir.join("stat")).expect("thread stat");
+        let (_, rest) = stat.rsplit_once(')').expect("stat format");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+        return Duration::from_secs_f64(ticks as f64 / hz as f64);
+    }
+    panic!("no thread named {name}");
+}
+
+#[test]
+fn a_loop_that_quits_or_panics_in_a_helped_turn_ends_alone_and_stop_reports_it() {
+    for (sharing, name) in [(LoopSharing::Owned, "hqo"), (LoopSharing::Any, "hqa")] {
+        quit_and_panic_while_stuck(sharing, name);
+    }
+}
+
+fn quit_and_panic_while_stuck(sharing: LoopSharing, name: &str) {
+    const THREADS: usize = 2;
+    const LOOPS: usize = 8;
+    let group = LoopGroup::start_sharing(name, THREADS, LOOPS, sharing, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    let s = stuck.index();
+    // Three loops whose owner is stuck: only a helper can run them.
+    let stranded = owned_by(s, THREADS, LOOPS, 0);
+    let (quits, panics, timer_panics) = (stranded[0], stranded[1], stranded[2]);
+    for &i in &stranded {
+        assert_ne!(
+            runner(&handles[i]),
+            stuck.thread,
+            "loop {i} is run by a helper"
+        );
+    }
+    handles[quits].quit();
+    wait_until("the quitting loop ends", || handles[quits].is_closed());
+    handles[panics]
+        .queue_in_loop(|_| panic!("a callback panics in a helped turn"))
+        .unwrap();
+    wait_until("the panicking loop ends", || handles[panics].is_closed());
+    handles[timer_panics]
+        .run_after(Duration::from_millis(1), |_| {
+            panic!("a timer panics in a helped turn")
+        })
+        .unwrap();
+    wait_until("the loop whose timer panicked ends", || {
+        handles[timer_panics].is_closed()
+    });
+    // Every other loop is still served, the stuck thread's remaining ones included.
+    for (i, h) in handles.iter().enumerate() {
+        if i != 0 && ![quits, panics, timer_panics].contains(&i) {
+            assert_eq!(on_loop(h, move |_| i), i);
+        }
+    }
+    if sharing == LoopSharing::Owned {
+        assert!(group.helped_turns() >= 6, "{}", group.helped_turns());
+    }
+    stuck.release();
+    assert_eq!(on_loop(&handles[0], |_| 0), 0);
+    let e = group.stop().unwrap_err().to_string();
+    assert!(e.contains(&format!("{name}-{panics} panicked")), "{e}");
+    assert!(handles.iter().all(LoopHandle::is_closed));
+}
+
+#[test]
+fn timers_keep_firing_on_a_loop_whose_owner_is_stuck() {
+    let group = LoopGroup::start_sharing("htimer", 2, 4, LoopSharing::Owned, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    let helped = owned_by(stuck.index(), 2, 4, 0)[0];
+    // A one-shot timer, then a repeating one, with the owner stuck all along.
+    assert_ne!(
+        timer_fires(&handles[helped], Duration::from_millis(3)),
+        stuck.thread
+    );
+    let (tick_tx, tick_rx) = mpsc::channel();
+    let id = handles[helped]
+        .run_every(Duration::from_millis(2), move |_| {
+            let _ = tick_tx.send(current_thread_name());
+        })
+        .unwrap();
+    for _ in 0..5 {
+        let t = tick_rx
+            .recv_timeout(LIMIT)
+            .expect("the repeating timer fires");
+        assert_ne!(t, stuck.thread);
+    }
+    handles[helped].cancel(id).unwrap();
+    stuck.release();
+    group.stop().unwrap();
+}
+
+#[test]
+fn stop_ends_the_other_loops_at_once_and_waits_for_a_stuck_thread() {
+    for (sharing, name) in [(LoopSharing::Owned, "sto"), (LoopSharing::Any, "sta")] {
+        stop_while_stuck(sharing, name);
+    }
+}
+
+fn stop_while_stuck(sharing: LoopSharing, name: &str) {
+    let group = LoopGroup::start_sharing(name, 2, 6, sharing, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    let stopper = thread::spawn(move || group.stop());
+    wait_until("every loop but the stuck one ends", || {
+        handles[1..].iter().all(LoopHandle::is_closed)
+    });
+    assert!(
+        !handles[0].is_closed(),
+        "the stuck loop is still in its turn"
+    );
+    assert!(!stopper.is_finished(), "stop waits for the stuck thread");
+    stuck.release();
+    duo_testkit::join_within("stop", stopper).unwrap();
+    assert!(handles.iter().all(LoopHandle::is_closed));
+}
+
+#[test]
+fn stop_waits_for_a_helper_stuck_in_another_threads_loop() {
+    const LOOPS: usize = 6;
+    let group = LoopGroup::start_sharing("sthelp", 2, LOOPS, LoopSharing::Owned, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut first = stick(&handles[0]);
+    // A loop of the stuck thread: the other thread runs it, and gets stuck in it too.
+    let helped = owned_by(first.index(), 2, LOOPS, 0)[0];
+    let mut second = stick(&handles[helped]);
+    assert_ne!(second.thread, first.thread);
+    first.release();
+    let stopper = thread::spawn(move || group.stop());
+    wait_until("every loop but the helped one ends", || {
+        handles
+            .iter()
+            .enumerate()
+            .all(|(i, h)| i == helped || h.is_closed())
+    });
+    assert!(!stopper.is_finished(), "stop waits for the helper");
+    second.release();
+    duo_testkit::join_within("stop", stopper).unwrap();
+    assert!(handles.iter().all(LoopHandle::is_closed));
+}
+
+#[test]
+fn three_threads_serve_seven_loops_while_one_is_stuck() {
+    const THREADS: usize = 3;
+    const LOOPS: usize = 7;
+    let group = LoopGroup::start_sharing("tri", THREADS, LOOPS, LoopSharing::Owned, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    let stranded = owned_by(stuck.index(), THREADS, LOOPS, 0);
+    assert!(stranded.len() >= 2, "{stranded:?}");
+    for round in 0..20 {
+        for (i, h) in handles.iter().enumerate().skip(1) {
+            let (r, t) = on_loop(h, move |_| (round, current_thread_name()));
+            assert_eq!(r, round);
+            assert!(t.starts_with("tri-t"), "{t}");
+            if stranded.contains(&i) {
+                assert_ne!(t, stuck.thread, "loop {i} of the stuck thread");
+            }
+        }
+    }
+    assert_ne!(
+        timer_fires(
+            &handles[*stranded.last().unwrap()],
+            Duration::from_millis(5)
+        ),
+        stuck.thread
+    );
+    assert!(group.helped_turns() >= 40, "{}", group.helped_turns());
+    stuck.release();
+    assert_eq!(on_loop(&handles[0], |_| 0), 0);
+    group.stop().unwrap();
+}
+
+#[test]
+fn more_ready_loops_than_a_batch_are_all_served_for_a_stuck_owner() {
+    // 70 loops per thread: more than a wait takes at once (64).
+    const THREADS: usize = 2;
+    const LOOPS: usize = 140;
+    let group =
+        LoopGroup::start_sharing("batch", THREADS, LOOPS, LoopSharing::Owned, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    let stranded = owned_by(stuck.index(), THREADS, LOOPS, 0);
+    for _round in 0..3 {
+        let (tx, rx) = mpsc::channel();
+        for &i in &stranded {
+            let tx = tx.clone();
+            handles[i]
+                .queue_in_loop(move |_| tx.send(i).unwrap())
+                .unwrap();
+        }
+        drop(tx);
+        let mut got: Vec<usize> = rx.iter().take(stranded.len()).collect();
+        got.sort_unstable();
+        assert_eq!(got, stranded);
+    }
+    stuck.release();
+    group.stop().unwrap();
+}
+
+#[test]
+fn work_a_helped_turn_queues_for_its_own_loop_runs_in_a_later_turn() {
+    let group = LoopGroup::start_sharing("hself", 2, 4, LoopSharing::Owned, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    let helped = owned_by(stuck.index(), 2, 4, 0)[0];
+    // Queued through `&mut EventLoop` (local, no wake-up) and through the loop's own
+    // handle from inside its turn, three deep each: every step runs in a later turn,
+    // none on the stuck thread.
+    let (tx, rx) = mpsc::channel::<(&'static str, u64, String)>();
+    let record = |lp: &EventLoop| (lp.handle().metrics().iterations, current_thread_name());
+    let h = handles[helped].clone();
+    let tx2 = tx.clone();
+    handles[helped]
+        .queue_in_loop(move |lp| {
+            let (n, t) = record(lp);
+            tx.send(("local", n, t)).unwrap();
+            lp.queue_in_loop(move |lp| {
+                let (n, t) = record(lp);
+                tx.send(("local", n, t)).unwrap();
+                lp.queue_in_loop(move |lp| {
+                    let (n, t) = record(lp);
+                    tx.send(("local", n, t)).unwrap();
+                });
+            });
+        })
+        .unwrap();
+    handles[helped]
+        .queue_in_loop(move |lp| {
+            let (n, t) = record(lp);
+            tx2.send(("handle", n, t)).unwrap();
+            let h2 = h.clone();
+            h.queue_in_loop(move |lp| {
+                let (n, t) = record(lp);
+                tx2.send(("handle", n, t)).unwrap();
+                h2.queue_in_loop(move |lp| {
+                    let (n, t) = record(lp);
+                    tx2.send(("handle", n, t)).unwrap();
+                })
+                .unwrap();
+            })
+            .unwrap();
+        })
+        .unwrap();
+    let mut seen: Vec<(&str, u64, String)> = Vec::new();
+    for _ in 0..6 {
+        seen.push(rx.recv_timeout(LIMIT).expect("every step runs"));
+    }
+    for kind in ["local", "handle"] {
+        let turns: Vec<u64> = seen
+            .iter()
+            .filter(|(k, _, _)| *k == kind)
+            .map(|&(_, n, _)| n)
+            .collect();
+        assert_eq!(turns.len(), 3, "{kind}: {seen:?}");
+        assert!(
+            turns.windows(2).all(|w| w[0] < w[1]),
+            "{kind}: each step in a later turn: {seen:?}"
+        );
+    }
+    assert!(seen.iter().all(|(_, _, t)| *t != stuck.thread), "{seen:?}");
+    stuck.release();
+    group.stop().unwrap();
+}
+
+#[test]
+fn busy_polling_threads_help_a_stuck_owner() {
+    const LOOPS: usize = 6;
+    let group = LoopGroup::start_sharing("hspin", 2, LOOPS, LoopSharing::Owned, None).unwrap();
+    group.set_busy_poll(Duration::from_micros(100));
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    let stranded = owned_by(stuck.index(), 2, LOOPS, 0);
+    for round in 0..30 {
+        for (i, h) in handles.iter().enumerate().skip(1) {
+            let (r, t) = on_loop(h, move |_| (round, current_thread_name()));
+            assert_eq!(r, round);
+            if stranded.contains(&i) {
+                assert_ne!(t, stuck.thread, "loop {i}");
+            }
+        }
+    }
+    assert_ne!(
+        timer_fires(&handles[stranded[0]], Duration::from_millis(5)),
+        stuck.thread
+    );
+    stuck.release();
+    assert_eq!(on_loop(&handles[0], |_| 0), 0);
+    group.stop().unwrap();
+}
+
+/// Echoes what it reads and checks that no two threads are ever inside its loop at once.
+struct Echo {
+    sock: std::os::unix::net::UnixStream,
+    inside: Arc<AtomicBool>,
+    overlaps: Arc<AtomicUsize>,
+}
+
+impl Handler for Echo {
+    fn handle_read(&mut self, _lp: &mut EventLoop, _ch: &mut Channel) {
+        enter(&self.inside, &self.overlaps);
+        let mut buf = [0u8; 4096];
+        loop {
+            match self.sock.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => self.sock.write_all(&buf[..n]).expect("echo"),
+                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                Err(e) => panic!("read: {e}"),
+            }
+        }
+        self.inside.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Marks a loop as being run, counting an overlap if it already was.
+fn enter(inside: &AtomicBool, overlaps: &AtomicUsize) {
+    if inside.swap(true, Ordering::SeqCst) {
+        overlaps.fetch_add(1, Ordering::SeqCst);
+    }
+}
+
+#[test]
+fn helping_at_every_chance_with_three_threads_and_many_loops_loses_nothing() {
+    for busy_poll in [Duration::ZERO, Duration::from_micros(50)] {
+        echo_everywhere(busy_poll);
+    }
+}
+
+fn echo_everywhere(busy_poll: Duration) {
+    const THREADS: usize = 3;
+    const LOOPS: usize = 24;
+    const ROUNDS: usize = 150;
+    let group =
+        LoopGroup::start_sharing("hecho", THREADS, LOOPS, LoopSharing::Owned, None).unwrap();
+    group.set_steal_after(Duration::from_nanos(1));
+    group.set_busy_poll(busy_poll);
+    let overlaps = Arc::new(AtomicUsize::new(0));
+    let mut clients = Vec::new();
+    let mut timers = Vec::new();
+    for (i, h) in group.handles().iter().enumerate() {
+        let inside = Arc::new(AtomicBool::new(false));
+        for _ in 0..2 {
+            let (ours, theirs) = nonblocking_pair();
+            let handler = Echo {
+                sock: theirs.try_clone().unwrap(),
+                inside: inside.clone(),
+                overlaps: overlaps.clone(),
+            };
+            let fd = OwnedFd::from(theirs);
+            on_loop(h, move |lp| {
+                lp.add_channel(fd, Interest::READABLE, handler)
+                    .map(|_| ())
+                    .map_err(|e| e.error.to_string())
+            })
+            .expect("the channel is registered");
+            ours.set_nonblocking(false).unwrap();
+            ours.set_read_timeout(Some(LIMIT)).unwrap();
+            clients.push((i, ours));
+        }
+        // Timer turns too, under the same flag.
+        let (inside, overlaps) = (inside.clone(), overlaps.clone());
+        let id = h
+            .run_every(Duration::from_millis(1), move |_| {
+                enter(&inside, &overlaps);
+                inside.store(false, Ordering::SeqCst);
+            })
+            .unwrap();
+        timers.push((h.clone(), id));
+    }
+    let workers: Vec<_> = clients
+        .into_iter()
+        .map(|(i, mut c)| {
+            thread::spawn(move || {
+                for r in 0..ROUNDS {
+                    let msg = format!("{i}:{r};");
+                    c.write_all(msg.as_bytes()).unwrap();
+                    let mut back = vec![0u8; msg.len()];
+                    c.read_exact(&mut back).unwrap();
+                    assert_eq!(back, msg.as_bytes());
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        duo_testkit::join_within("echo client", w);
+    }
+    for (h, id) in timers {
+        h.cancel(id).unwrap();
+    }
+    assert_eq!(
+        overlaps.load(Ordering::SeqCst),
+        0,
+        "a loop ran on two threads at once"
+    );
+    assert!(group.helped_turns() > 0, "helping at every chance helped");
+    group.stop().unwrap();
+}
+
+#[test]
+fn an_owner_does_not_spin_while_a_helper_is_stuck_in_one_of_its_ready_loops() {
+    // Thread s is stuck in loop 0; the other thread helps s's loop b and gets stuck in
+    // it. Then s is released, and b gets more work: b is ready (level-triggered) in s's
+    // set, but held by the helper. s must not burn its core on it until the helper
+    // finishes.
+    const LOOPS: usize = 4;
+    const WINDOW: Duration = Duration::from_millis(400);
+    let group = LoopGroup::start_sharing("spin", 2, LOOPS, LoopSharing::Owned, None).unwrap();
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut first = stick(&handles[0]);
+    let owner = first.thread.clone();
+    let b = owned_by(first.index(), 2, LOOPS, 0)[0];
+    let mut second = stick(&handles[b]);
+    assert_ne!(second.thread, owner);
+    first.release();
+    assert_eq!(on_loop(&handles[0], |_| 0), 0, "the owner is free again");
+    let (done_tx, done_rx) = mpsc::channel();
+    handles[b]
+        .queue_in_loop(move |_| done_tx.send(()).unwrap())
+        .unwrap();
+    let cpu_before = thread_cpu(&owner);
+    let started = Instant::now();
+    // A measurement window, not a wait for an event: the owner's CPU time over it.
+    thread::sleep(WINDOW);
+    let used = thread_cpu(&owner) - cpu_before;
+    let wall = started.elapsed();
+    second.release();
+    done_rx.recv_timeout(LIMIT).expect("the work on b runs");
+    group.stop().unwrap();
+    assert!(
+        used < wall / 4,
+        "the owner {owner} used {used:?} of CPU in {wall:?} while its ready loop was \
+         held by a stuck helper"
+    );
+}
+
+#[test]
+fn a_huge_steal_after_means_no_help_and_no_overflow() {
+    // Between u64::MAX / 4 and u64::MAX nanoseconds (146 to 584 years): the setter does
+    // not clamp it, and the threads add it to their stamps.
+    let group = LoopGroup::start_sharing("huge", 2, 4, LoopSharing::Owned, None).unwrap();
+    let huge = Duration::from_nanos(u64::MAX - 1);
+    group.set_steal_after(huge);
+    let handles: Vec<LoopHandle> = group.handles().to_vec();
+    let mut stuck = stick(&handles[0]);
+    // A loop of the free thread, twice: the thread computes its next wait in between,
+    // with the stuck thread's stamp not marked waiting.
+    let free = owned_by(1 - stuck.index(), 2, 4, 0)[0];
+    for round in 0..3 {
+        assert_eq!(
+            on_loop_within(Duration::from_secs(2), &handles[free], move |_| round),
+            round
+        );
+    }
+    stuck.release();
+    assert_eq!(on_loop(&handles[0], |_| 0), 0);
+    assert_eq!(group.helped_turns(), 0);
+    group.stop().unwrap();
+}
