@@ -25,8 +25,8 @@
 //! - [`LoopSharing::Owned`] (the default): loop `i` is owned by thread `i mod N`. Each
 //!   thread has an epoll set of its own loops' epoll descriptors, level-triggered, waits
 //!   on it and runs a turn of each ready loop it returned (up to 64 per wait): no
-//!   `epoll_ctl` per turn. Every thread stamps its progress (a turn started, or back from
-//!   its wait). After its own turns a thread looks at the others' stamps; a thread that
+//!   `epoll_ctl` per turn. Every thread stamps its progress (back from its wait, and
+//!   after each turn of its own). After its own turns a thread looks at the others' stamps; a thread that
 //!   has made no progress for [`LoopGroup::steal_after`] (200 µs unless set) is helped:
 //!   this thread looks at its set without taking anything from it (level-triggered) and
 //!   runs a turn of each ready loop that is in its slot. A thread with nothing to do
@@ -84,9 +84,11 @@ pub enum LoopSharing {
     /// loops are level-triggered in its own epoll set). A thread that has made no
     /// progress for [`LoopGroup::steal_after`] (preempted, blocked in a callback, or
     /// woken but given no core) gets help: another thread runs turns of its ready loops.
-    /// So a loop per thread's cost, and a request waits for a core only when no thread of
-    /// the group has one (a work-stealing runtime's tail), or when its own loop's turn is
-    /// under way on a thread that lost its core. The default.
+    /// So a loop per thread's cost, and a request waits for a core for about the help
+    /// delay (rounded up to whole milliseconds when the thread that helps was asleep, up
+    /// to 10 ms if it went to sleep before the stall began) when another thread of the
+    /// group has one, longer when none has (a work-stealing runtime's tail), or when its
+    /// own loop's turn is under way on a thread that lost its core. The default.
     #[default]
     Owned,
     /// No owners: every loop sits one-shot in one epoll set, each thread takes one ready
@@ -162,8 +164,17 @@ struct GroupCore {
     busy_poll_nanos: AtomicU64,
     /// [`LoopGroup::set_steal_after`], in nanoseconds (0: off).
     steal_after_nanos: AtomicU64,
-    /// Turns run by a thread other than the loop's owner.
-    helped: AtomicU64,
+}
+
+/// What a [`Slot`]'s lock guards.
+struct SlotState {
+    /// The loop between turns (`None` while a thread runs its turn, and once it ended).
+    lp: Option<EventLoop>,
+    /// [`LoopSharing::Owned`]: the owner found the loop out of its slot (a helper runs
+    /// it) and disabled its level-triggered registration, which would otherwise report it
+    /// ready again and again while the helper runs it; whoever puts the loop back
+    /// enables it again.
+    parked: bool,
 }
 
 /// A set of loops that threads wait on: a thread's own ([`LoopSharing::Owned`]) or all.
@@ -173,15 +184,15 @@ struct Home {
     /// The epoll descriptors of the loops (level-triggered for an owner, one-shot for
     /// [`LoopSharing::Any`]) and `stop`.
     set: Epoll,
-    /// When the thread last made progress (`monotonic_nanos`: it started a turn or
+    /// When the thread last made progress (`monotonic_nanos`: it finished a turn of its own or
     /// came back from its wait), with [`WAITING`] set while it sleeps in its wait.
     progress: AtomicU64,
 }
 
 /// One loop of the group.
 struct Slot {
-    /// The loop between turns (`None` while a thread runs its turn, and once it ended).
-    lp: Mutex<Option<EventLoop>>,
+    /// The loop between turns, and whether its registration is parked.
+    state: Mutex<SlotState>,
     /// A duplicate of the loop's epoll descriptor: what its owner's home set watches
     /// (removed from the set when the loop ends, since this duplicate keeps the epoll
     /// instance open).
@@ -255,14 +266,17 @@ impl LoopGroup {
             };
             homes[home].set.add(fd.as_fd(), interest, i as u64)?;
             made.push(Slot {
-                lp: Mutex::new(Some(lp)),
+                state: Mutex::new(SlotState {
+                    lp: Some(lp),
+                    parked: false,
+                }),
                 fd,
                 home,
             });
         }
         let handles: Vec<LoopHandle> = made
             .iter()
-            .filter_map(|slot| slot.lp.lock().as_ref().map(EventLoop::handle))
+            .filter_map(|slot| slot.state.lock().lp.as_ref().map(EventLoop::handle))
             .collect();
         let core = Arc::new(GroupCore {
             sharing,
@@ -273,7 +287,6 @@ impl LoopGroup {
             failures: Mutex::new(Vec::new()),
             busy_poll_nanos: AtomicU64::new(0),
             steal_after_nanos: AtomicU64::new(LoopGroup::DEFAULT_STEAL_AFTER.as_nanos() as u64),
-            helped: AtomicU64::new(0),
         });
         let mut group = LoopGroup {
             name: name.to_owned(),
@@ -290,7 +303,9 @@ impl LoopGroup {
                     if let Err(e) = duo_sys::block_termination_signals() {
                         log::warn!("cannot block stop signals on a loop thread: {e}");
                     }
-                    core.serve(j);
+                    if catch_unwind(AssertUnwindSafe(|| core.serve(j))).is_err() {
+                        core.thread_died(j);
+                    }
                 });
             match spawned {
                 Ok(t) => {
@@ -358,7 +373,7 @@ impl LoopGroup {
     /// to look when another that runs turns would be due (its wait's timeout, in whole
     /// milliseconds), and at least every 10 ms; each thread is looked at no more often
     /// than this delay. Only for [`LoopSharing::Owned`]. Takes effect from each thread's
-    /// next wait.
+    /// next wait, within 10 ms.
     pub fn set_steal_after(&self, after: Duration) {
         let nanos = u64::try_from(after.as_nanos()).unwrap_or(u64::MAX / 4);
         self.core.steal_after_nanos.store(nanos, Ordering::Relaxed);
@@ -371,7 +386,7 @@ impl LoopGroup {
 
     /// Turns run so far by a thread other than the loop's owner.
     pub fn helped_turns(&self) -> u64 {
-        self.core.helped.load(Ordering::Relaxed)
+        self.handles.iter().map(|h| h.metrics().helped_turns).sum()
     }
 
     /// The busy-polling time set with [`set_busy_poll`](LoopGroup::set_busy_poll).
@@ -407,7 +422,7 @@ impl LoopGroup {
         if !self.started {
             // Never served: end the loops here.
             for slot in &self.core.slots {
-                drop(slot.lp.lock().take());
+                drop(slot.state.lock().lp.take());
             }
         }
         let me = thread::current().id();
@@ -470,7 +485,6 @@ impl GroupCore {
                 return;
             }
             ran = false;
-            let mut skipped = false;
             for (token, _) in events.iter() {
                 if token == STOP_TOKEN {
                     return;
@@ -479,18 +493,24 @@ impl GroupCore {
                     ran = true;
                     home.progress
                         .store(duo_sys::monotonic_nanos(), Ordering::Release);
-                } else {
-                    skipped = true;
                 }
-            }
-            if skipped && !ran {
-                // Every ready loop was being run by a helper, and level-triggered
-                // readiness would report them again at once: let the helper finish.
-                thread::yield_now();
             }
             if self.help(me, &mut tried, &mut stolen) {
                 ran = true;
             }
+        }
+    }
+
+    /// Thread `me` panicked outside a turn (a defect of the group itself): recorded as a
+    /// failure, and its stamp made as old as can be, so that the other threads run its
+    /// loops from now on ([`LoopSharing::Owned`]; with [`LoopSharing::Any`] they do
+    /// anyway), the group can still stop, and `stop` reports it.
+    fn thread_died(&self, me: usize) {
+        let why = format!("loop group thread {me} panicked; its loops are run by the others");
+        log::error!("{why}");
+        self.failures.lock().push(why);
+        if let Some(home) = self.homes.get(me) {
+            home.progress.store(0, Ordering::Release);
         }
     }
 
@@ -527,12 +547,18 @@ impl GroupCore {
     /// sleeps now may start a turn that blocks for long while this one sleeps). A
     /// thread that sleeps in its own wait is woken by its own loops; if it is woken and
     /// finds no core, a thread that runs turns helps it, and an idle core is the
-    /// scheduler's to give. `None` (sleep until woken) when stealing is off or there is
-    /// no other thread.
+    /// scheduler's to give. With helping off, [`IDLE_LOOK`] (so that turning it on
+    /// reaches a sleeping thread); `None` (sleep until woken) with one set for all
+    /// threads.
     fn help_due(&self, me: usize, tried: &[u64]) -> Option<Duration> {
         let after = self.steal_after_nanos.load(Ordering::Relaxed);
-        if after == 0 || self.homes.len() == 1 {
+        if self.homes.len() == 1 {
             return None;
+        }
+        if after == 0 {
+            // Helping off, for now: look again later, so that turning it on reaches a
+            // thread that sleeps.
+            return Some(IDLE_LOOK);
         }
         let now = duo_sys::monotonic_nanos();
         let due = self
@@ -542,7 +568,8 @@ impl GroupCore {
             .filter(|&(k, _)| k != me)
             .filter_map(|(k, other)| {
                 let p = other.progress.load(Ordering::Acquire);
-                (p & WAITING == 0).then(|| (p + after).max(tried[k] + after))
+                (p & WAITING == 0)
+                    .then(|| p.saturating_add(after).max(tried[k].saturating_add(after)))
             })
             .min()
             .map_or(IDLE_LOOK, |due| {
@@ -552,10 +579,12 @@ impl GroupCore {
     }
 
     /// Thread `me` runs a turn of every ready loop, not being run, of each other thread
-    /// that has made no progress (started no turn, or not come back from its wait) for the
-    /// help delay; each thread is looked at no more often than that. Returns whether a
-    /// turn ran. (Looking at a thread as soon as it sleeps, to catch one woken but given
-    /// no core at once, was measured: no better tail, more system calls.)
+    /// that has made no progress (finished no turn of its own, or not come back from its
+    /// wait) for the help delay; each thread is looked at no more often than that, so a
+    /// thread that runs turns beside one that sleeps makes an `epoll_wait` on its set
+    /// every help delay. Returns whether a turn ran. (Looking at a thread as soon as it
+    /// sleeps, to catch one woken but given no core at once, was measured: no better
+    /// tail, more system calls.)
     fn help(&self, me: usize, tried: &mut [u64], stolen: &mut Events) -> bool {
         let after = self.steal_after_nanos.load(Ordering::Relaxed);
         if after == 0 || self.homes.len() == 1 {
@@ -579,7 +608,6 @@ impl GroupCore {
             for (token, _) in stolen.iter() {
                 if token != STOP_TOKEN && self.run(token, true) {
                     ran = true;
-                    self.helped.fetch_add(1, Ordering::Relaxed);
                 }
             }
         }
@@ -596,7 +624,18 @@ impl GroupCore {
         // Taking the loop out of its slot is what makes this thread its only runner: a
         // thread that finds the slot empty (another thread's turn, or an ended loop)
         // skips it.
-        let Some(mut lp) = slot.lp.lock().take() else {
+        let taken = {
+            let mut state = slot.state.lock();
+            let taken = state.lp.take();
+            if taken.is_none() && !helped && !state.parked && self.sharing == LoopSharing::Owned {
+                // The owner, while a helper runs the loop: quiet its registration until
+                // the loop is back (an ended loop has left the set, and stays out).
+                let set = &self.homes[slot.home].set;
+                state.parked = set.modify(slot.fd.as_fd(), Interest::NONE, token).is_ok();
+            }
+            taken
+        };
+        let Some(mut lp) = taken else {
             return false;
         };
         let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn(helped)));
@@ -610,16 +649,30 @@ impl GroupCore {
             None => {
                 // Back in its slot (the slot's lock also hands this turn's writes, the
                 // loop's single-writer counters among them, to the thread that runs the
-                // next turn). A one-shot loop is re-armed after that: once re-armed,
-                // another thread may take its readiness at once, and must find it there.
-                *slot.lp.lock() = Some(lp);
-                if self.sharing == LoopSharing::Any {
-                    let set = &self.homes[slot.home].set;
-                    if let Err(e) = set.modify(slot.fd.as_fd(), ARMED, token) {
-                        if let Some(lp) = slot.lp.lock().take() {
-                            let why = format!("loop {}: cannot re-arm it: {e}", lp.name());
-                            self.end(slot, lp, Some(why));
+                // next turn). A parked owned loop is enabled again under the lock, so that no owner
+                // parks it meanwhile (only this rare case holds the lock across a system
+                // call). A one-shot loop is re-armed after the lock is released: once
+                // re-armed, another thread may take its readiness at once, and finds it
+                // in its slot.
+                let set = &self.homes[slot.home].set;
+                let rearmed = {
+                    let mut state = slot.state.lock();
+                    state.lp = Some(lp);
+                    match self.sharing {
+                        LoopSharing::Owned if std::mem::take(&mut state.parked) => {
+                            set.modify(slot.fd.as_fd(), Interest::READABLE, token)
                         }
+                        LoopSharing::Owned => Ok(()),
+                        LoopSharing::Any => {
+                            drop(state);
+                            set.modify(slot.fd.as_fd(), ARMED, token)
+                        }
+                    }
+                };
+                if let Err(e) = rearmed {
+                    if let Some(lp) = slot.state.lock().lp.take() {
+                        let why = format!("loop {}: cannot re-arm it: {e}", lp.name());
+                        self.end(slot, lp, Some(why));
                     }
                 }
             }

