@@ -1,39 +1,18 @@
-//! `LoopGroup`: more loops than threads, any thread runs a ready loop's turn.
+//! `LoopGroup`: more loops than threads; a ready loop whose thread is busy or off its core
+//! is run by another (both sharings).
 
 use std::collections::HashSet;
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::io::{ErrorKind, Read};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::Duration;
 
-use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopGroup, LoopHandle, LoopSharing};
+use duo_reactor::{EventLoop, Handler, LoopGroup, LoopHandle, LoopSharing};
 use duo_testkit::{nonblocking_pair, wait_until, LIMIT};
+use util::group::{add_on, on_loop, stick, timer_fires, EchoLoad};
 
-/// Runs `f` on the loop and returns its result.
-fn on_loop<R: Send + 'static>(
-    h: &LoopHandle,
-    f: impl FnOnce(&mut EventLoop) -> R + Send + 'static,
-) -> R {
-    let (tx, rx) = mpsc::channel();
-    h.queue_in_loop(move |lp| {
-        let _ = tx.send(f(lp));
-    })
-    .unwrap();
-    rx.recv_timeout(LIMIT).expect("the loop answers")
-}
-
-/// Registers `sock` (readable) with `handler` on the loop behind `h`.
-fn add_on(h: &LoopHandle, sock: std::os::unix::net::UnixStream, handler: impl Handler) {
-    let fd = OwnedFd::from(sock);
-    on_loop(h, move |lp| {
-        lp.add_channel(fd, Interest::READABLE, handler)
-            .map(|_| ())
-            .map_err(|e| e.error.to_string())
-    })
-    .expect("the channel is registered");
-}
+mod util;
 
 #[test]
 fn bad_sizes_are_refused() {
@@ -108,15 +87,7 @@ fn strand_one_loop(sharing: LoopSharing) {
     // Two threads, eight loops: while one thread is stuck in loop 0's turn, the other
     // serves all the other loops, those its stuck owner owns (2, 4, 6) included.
     let group = LoopGroup::start_sharing("strand", 2, 8, sharing, None).unwrap();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let (entered_tx, entered_rx) = mpsc::channel();
-    group.handles()[0]
-        .queue_in_loop(move |_| {
-            entered_tx.send(()).unwrap();
-            release_rx.recv_timeout(LIMIT).expect("released");
-        })
-        .unwrap();
-    entered_rx.recv_timeout(LIMIT).expect("loop 0 is running");
+    let mut stuck = stick(&group.handles()[0]);
     for round in 0..20 {
         for h in &group.handles()[1..] {
             assert_eq!(on_loop(h, move |_| round), round);
@@ -144,7 +115,7 @@ fn strand_one_loop(sharing: LoopSharing) {
             "no owners, no help: {per_loop:?}"
         );
     }
-    release_tx.send(()).unwrap();
+    stuck.release();
     assert_eq!(on_loop(&group.handles()[0], |_| 7), 7);
     group.stop().unwrap();
 }
@@ -155,21 +126,13 @@ fn an_idle_thread_helps_an_owner_stuck_in_a_callback() {
     // for loop 2, also thread 0's, must not wait for thread 0 (nor for work of thread 1's
     // own to wake it).
     let group = LoopGroup::start_sharing("idle", 2, 4, LoopSharing::Owned, None).unwrap();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let (entered_tx, entered_rx) = mpsc::channel();
-    group.handles()[0]
-        .queue_in_loop(move |_| {
-            entered_tx.send(()).unwrap();
-            release_rx.recv_timeout(LIMIT).expect("released");
-        })
-        .unwrap();
-    entered_rx.recv_timeout(LIMIT).expect("loop 0 is running");
+    let mut stuck = stick(&group.handles()[0]);
     for round in 0..3 {
         assert_eq!(on_loop(&group.handles()[2], move |_| round), round);
     }
     timer_fires(&group.handles()[2], Duration::from_millis(5));
     assert!(group.helped_turns() >= 3, "{}", group.helped_turns());
-    release_tx.send(()).unwrap();
+    stuck.release();
     assert_eq!(on_loop(&group.handles()[0], |_| 7), 7);
     group.stop().unwrap();
 }
@@ -195,31 +158,6 @@ fn owned_loops_run_on_their_owner_while_it_keeps_up() {
     group.stop().unwrap();
 }
 
-/// Echoes what it reads and checks that no two threads are ever inside it at once.
-struct Echo {
-    sock: std::os::unix::net::UnixStream,
-    inside: Arc<AtomicBool>,
-    overlaps: Arc<AtomicUsize>,
-}
-
-impl Handler for Echo {
-    fn handle_read(&mut self, _lp: &mut EventLoop, _ch: &mut Channel) {
-        if self.inside.swap(true, Ordering::SeqCst) {
-            self.overlaps.fetch_add(1, Ordering::SeqCst);
-        }
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.sock.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => self.sock.write_all(&buf[..n]).expect("echo"),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-        self.inside.store(false, Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn channels_on_many_loops_are_served_and_no_loop_runs_on_two_threads_at_once() {
     for sharing in SHARINGS {
@@ -230,54 +168,16 @@ fn channels_on_many_loops_are_served_and_no_loop_runs_on_two_threads_at_once() {
 }
 
 fn echo_on_every_loop(sharing: LoopSharing, steal_after: Duration) {
-    const LOOPS: usize = 8;
-    const ROUNDS: usize = 300;
-    let group = LoopGroup::start_sharing("echo", 2, LOOPS, sharing, None).unwrap();
-    group.set_steal_after(steal_after);
-    let overlaps = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    for (i, h) in group.handles().iter().enumerate() {
-        // Two channels per loop share one `inside` flag: the loop's.
-        let inside = Arc::new(AtomicBool::new(false));
-        for _ in 0..2 {
-            let (ours, theirs) = nonblocking_pair();
-            let handler = Echo {
-                sock: theirs.try_clone().unwrap(),
-                inside: inside.clone(),
-                overlaps: overlaps.clone(),
-            };
-            add_on(h, theirs, handler);
-            ours.set_nonblocking(false).unwrap();
-            ours.set_read_timeout(Some(LIMIT)).unwrap();
-            clients.push((i, ours));
-        }
+    EchoLoad {
+        threads: 2,
+        loops: 8,
+        rounds: 300,
+        sharing,
+        steal_after,
+        busy_poll: Duration::ZERO,
+        timers: false,
     }
-    // Every client in its own thread, all at once, so that loops are ready together.
-    let workers: Vec<_> = clients
-        .into_iter()
-        .map(|(i, mut c)| {
-            thread::spawn(move || {
-                for r in 0..ROUNDS {
-                    let msg = format!("{i}:{r};");
-                    c.write_all(msg.as_bytes()).unwrap();
-                    let mut back = vec![0u8; msg.len()];
-                    c.read_exact(&mut back).unwrap();
-                    assert_eq!(back, msg.as_bytes());
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        duo_testkit::join_within("echo client", w);
-    }
-    assert_eq!(
-        overlaps.load(Ordering::SeqCst),
-        0,
-        "a loop ran on two threads at once"
-    );
-    let turns: u64 = group.handles().iter().map(|h| h.metrics().iterations).sum();
-    assert!(turns >= ROUNDS as u64, "{turns} turns");
-    group.stop().unwrap();
+    .run("echo");
 }
 
 #[test]
@@ -446,16 +346,4 @@ fn busy_poll_serves(sharing: LoopSharing) {
     // A timer, with nothing else to wake a thread when it is due.
     timer_fires(&group.handles()[2], Duration::from_millis(20));
     group.stop().unwrap();
-}
-
-/// Sets a timer on the loop of `handle`, due after `delay`, and waits (up to `LIMIT`) for
-/// it to fire.
-fn timer_fires(handle: &LoopHandle, delay: Duration) {
-    let (fired_tx, fired_rx) = mpsc::channel();
-    handle
-        .run_after(delay, move |_| {
-            let _ = fired_tx.send(());
-        })
-        .unwrap();
-    fired_rx.recv_timeout(LIMIT).expect("the timer fired");
 }

@@ -2,91 +2,19 @@
 //! another thread runs its loops) combined with quitting, panics, timers, stop, busy
 //! polling, more threads, loops re-queuing their own work, and helping at every chance.
 
-use std::io::{ErrorKind, Read, Write};
-use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc};
+use std::sync::mpsc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopGroup, LoopHandle, LoopSharing};
-use duo_testkit::{nonblocking_pair, wait_until, LIMIT};
+use duo_reactor::{EventLoop, LoopGroup, LoopHandle, LoopSharing};
+use duo_testkit::{wait_until, LIMIT};
+use util::group::{current_thread_name, on_loop, stick, timer_fires, EchoLoad};
 
-/// Runs `f` on the loop and returns its result (waiting up to `limit`).
-fn on_loop_within<R: Send + 'static>(
-    limit: Duration,
-    h: &LoopHandle,
-    f: impl FnOnce(&mut EventLoop) -> R + Send + 'static,
-) -> R {
-    let (tx, rx) = mpsc::channel();
-    h.queue_in_loop(move |lp| {
-        let _ = tx.send(f(lp));
-    })
-    .unwrap();
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|e| panic!("loop {} did not answer: {e}", h.name()))
-}
-
-/// Runs `f` on the loop and returns its result.
-fn on_loop<R: Send + 'static>(
-    h: &LoopHandle,
-    f: impl FnOnce(&mut EventLoop) -> R + Send + 'static,
-) -> R {
-    on_loop_within(LIMIT, h, f)
-}
+mod util;
 
 /// The name of the thread that runs the loop's next turn.
 fn runner(h: &LoopHandle) -> String {
     on_loop(h, |_| current_thread_name())
-}
-
-fn current_thread_name() -> String {
-    thread::current().name().unwrap_or("").to_owned()
-}
-
-/// The index `j` of a group thread named `{group}-t{j}`.
-fn thread_index(name: &str) -> usize {
-    name.rsplit_once("-t")
-        .and_then(|(_, j)| j.parse().ok())
-        .unwrap_or_else(|| panic!("not a group thread: {name}"))
-}
-
-/// A group thread held inside a callback of one loop until released (or dropped: a
-/// failing test never leaves a group thread stuck).
-struct Stuck {
-    release: Option<mpsc::Sender<()>>,
-    /// The thread running the stuck turn.
-    thread: String,
-}
-
-impl Stuck {
-    fn index(&self) -> usize {
-        thread_index(&self.thread)
-    }
-
-    fn release(&mut self) {
-        drop(self.release.take());
-    }
-}
-
-/// Queues a callback on `h` that blocks its turn until released, and waits until a group
-/// thread is inside it.
-fn stick(h: &LoopHandle) -> Stuck {
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    let (entered_tx, entered_rx) = mpsc::channel();
-    h.queue_in_loop(move |_| {
-        entered_tx.send(current_thread_name()).unwrap();
-        // Released by a message or by the sender's drop.
-        let _ = release_rx.recv_timeout(LIMIT);
-    })
-    .unwrap();
-    let thread = entered_rx
-        .recv_timeout(LIMIT)
-        .expect("a thread enters the callback");
-    Stuck {
-        release: Some(release_tx),
-        thread,
-    }
 }
 
 /// The loops of a group of `threads` threads and `loops` loops that thread `owner` owns,
@@ -95,18 +23,6 @@ fn owned_by(owner: usize, threads: usize, loops: usize, except: usize) -> Vec<us
     (0..loops)
         .filter(|&i| i % threads == owner && i != except)
         .collect()
-}
-
-/// Sets a timer on the loop of `handle`, due after `delay`, waits for it to fire and
-/// returns the thread it fired on.
-fn timer_fires(handle: &LoopHandle, delay: Duration) -> String {
-    let (fired_tx, fired_rx) = mpsc::channel();
-    handle
-        .run_after(delay, move |_| {
-            let _ = fired_tx.send(current_thread_name());
-        })
-        .unwrap();
-    fired_rx.recv_timeout(LIMIT).expect("the timer fired")
 }
 
 /// CPU time (user plus system) used so far by this process's thread named `name`.
@@ -414,36 +330,6 @@ fn busy_polling_threads_help_a_stuck_owner() {
     group.stop().unwrap();
 }
 
-/// Echoes what it reads and checks that no two threads are ever inside its loop at once.
-struct Echo {
-    sock: std::os::unix::net::UnixStream,
-    inside: Arc<AtomicBool>,
-    overlaps: Arc<AtomicUsize>,
-}
-
-impl Handler for Echo {
-    fn handle_read(&mut self, _lp: &mut EventLoop, _ch: &mut Channel) {
-        enter(&self.inside, &self.overlaps);
-        let mut buf = [0u8; 4096];
-        loop {
-            match self.sock.read(&mut buf) {
-                Ok(0) => break,
-                Ok(n) => self.sock.write_all(&buf[..n]).expect("echo"),
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => panic!("read: {e}"),
-            }
-        }
-        self.inside.store(false, Ordering::SeqCst);
-    }
-}
-
-/// Marks a loop as being run, counting an overlap if it already was.
-fn enter(inside: &AtomicBool, overlaps: &AtomicUsize) {
-    if inside.swap(true, Ordering::SeqCst) {
-        overlaps.fetch_add(1, Ordering::SeqCst);
-    }
-}
-
 #[test]
 fn helping_at_every_chance_with_three_threads_and_many_loops_loses_nothing() {
     for busy_poll in [Duration::ZERO, Duration::from_micros(50)] {
@@ -452,73 +338,17 @@ fn helping_at_every_chance_with_three_threads_and_many_loops_loses_nothing() {
 }
 
 fn echo_everywhere(busy_poll: Duration) {
-    const THREADS: usize = 3;
-    const LOOPS: usize = 24;
-    const ROUNDS: usize = 150;
-    let group =
-        LoopGroup::start_sharing("hecho", THREADS, LOOPS, LoopSharing::Owned, None).unwrap();
-    group.set_steal_after(Duration::from_nanos(1));
-    group.set_busy_poll(busy_poll);
-    let overlaps = Arc::new(AtomicUsize::new(0));
-    let mut clients = Vec::new();
-    let mut timers = Vec::new();
-    for (i, h) in group.handles().iter().enumerate() {
-        let inside = Arc::new(AtomicBool::new(false));
-        for _ in 0..2 {
-            let (ours, theirs) = nonblocking_pair();
-            let handler = Echo {
-                sock: theirs.try_clone().unwrap(),
-                inside: inside.clone(),
-                overlaps: overlaps.clone(),
-            };
-            let fd = OwnedFd::from(theirs);
-            on_loop(h, move |lp| {
-                lp.add_channel(fd, Interest::READABLE, handler)
-                    .map(|_| ())
-                    .map_err(|e| e.error.to_string())
-            })
-            .expect("the channel is registered");
-            ours.set_nonblocking(false).unwrap();
-            ours.set_read_timeout(Some(LIMIT)).unwrap();
-            clients.push((i, ours));
-        }
-        // Timer turns too, under the same flag.
-        let (inside, overlaps) = (inside.clone(), overlaps.clone());
-        let id = h
-            .run_every(Duration::from_millis(1), move |_| {
-                enter(&inside, &overlaps);
-                inside.store(false, Ordering::SeqCst);
-            })
-            .unwrap();
-        timers.push((h.clone(), id));
+    let helped = EchoLoad {
+        threads: 3,
+        loops: 24,
+        rounds: 150,
+        sharing: LoopSharing::Owned,
+        steal_after: Duration::from_nanos(1),
+        busy_poll,
+        timers: true,
     }
-    let workers: Vec<_> = clients
-        .into_iter()
-        .map(|(i, mut c)| {
-            thread::spawn(move || {
-                for r in 0..ROUNDS {
-                    let msg = format!("{i}:{r};");
-                    c.write_all(msg.as_bytes()).unwrap();
-                    let mut back = vec![0u8; msg.len()];
-                    c.read_exact(&mut back).unwrap();
-                    assert_eq!(back, msg.as_bytes());
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        duo_testkit::join_within("echo client", w);
-    }
-    for (h, id) in timers {
-        h.cancel(id).unwrap();
-    }
-    assert_eq!(
-        overlaps.load(Ordering::SeqCst),
-        0,
-        "a loop ran on two threads at once"
-    );
-    assert!(group.helped_turns() > 0, "helping at every chance helped");
-    group.stop().unwrap();
+    .run("hecho");
+    assert!(helped > 0, "helping at every chance helped");
 }
 
 #[test]

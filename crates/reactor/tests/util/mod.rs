@@ -1,6 +1,8 @@
 //! Helpers shared by the reactor's integration tests.
 #![allow(dead_code)]
 
+pub(crate) mod group;
+
 use std::sync::mpsc;
 use std::thread::JoinHandle;
 
