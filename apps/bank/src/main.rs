@@ -88,9 +88,9 @@ struct ServeArgs {
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
     io_threads: u16,
     /// Serve the connections on M loops shared by the I/O threads instead of one loop per
-    /// thread: any free I/O thread runs a ready loop, so a thread that loses its core holds
-    /// up only the loop it was running (lower tail latency for more CPU per request; see
-    /// docs/scaling.md). Needs I/O threads; 0: one loop per thread.
+    /// thread: a ready loop whose thread is busy or off its core is run by another, so a
+    /// thread that loses its core holds up only the loop it was running (a lower tail on a
+    /// busy host; see docs/scaling.md). Needs I/O threads; 0: one loop per thread.
     #[arg(long, value_name = "M", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=4096))]
     loops: u16,
     /// Worker threads for database work and password hashing [default: number of CPUs].

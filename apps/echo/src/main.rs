@@ -24,8 +24,8 @@
 //! - `--loops M`: serve the connections on `M` loops shared by the I/O threads instead of
 //!   one loop per thread (`ServerBuilder::loops`): a ready loop whose thread is busy or
 //!   off its core is run by another I/O thread, so a thread that loses its core holds
-//!   up one loop's connections, not its whole share. Needs `--io-threads` of at least 1 (a usage error otherwise); `M` at
-//!   most the number of I/O threads changes nothing.
+//!   up one loop's connections, not its whole share. Needs `--io-threads` of at least 1
+//!   (a usage error otherwise); `M` at most the number of I/O threads changes nothing.
 //! - `--loop-sharing owned|any` (with `--loops`): `owned` (default) gives each loop an
 //!   owner thread and lets another run its turns only when the owner has made no
 //!   progress for 200 µs (a loop per thread's CPU cost); `any` lets any free thread run

@@ -32,8 +32,9 @@ pub struct ServeConfig {
     pub listen: Endpoint,
     /// I/O threads (sub reactors); 0 serves every connection on the main thread.
     pub io_threads: usize,
-    /// Loops on the I/O threads (more than `io_threads`: any free I/O thread runs a ready
-    /// loop; see `ServerBuilder::loops`); 0: one loop per thread.
+    /// Loops on the I/O threads (more than `io_threads`: a loop group, where a ready loop
+    /// whose thread is busy or off its core is run by another; see
+    /// `ServerBuilder::loops`); 0: one loop per thread.
     pub loops: usize,
     /// How the I/O threads share `loops` loops; see `ServerBuilder::loop_sharing`.
     pub loop_sharing: duo_net::LoopSharing,

@@ -26,10 +26,12 @@
 //!   thread has an epoll set of its own loops' epoll descriptors, level-triggered, waits
 //!   on it and runs a turn of each ready loop it returned (up to 64 per wait): no
 //!   `epoll_ctl` per turn. Every thread stamps its progress (back from its wait, and
-//!   after each turn of its own). After its own turns a thread looks at the others' stamps; a thread that
-//!   has made no progress for [`LoopGroup::steal_after`] (200 µs unless set) is helped:
-//!   this thread looks at its set without taking anything from it (level-triggered) and
-//!   runs a turn of each ready loop that is in its slot. A thread with nothing to do
+//!   after each turn of its own). After its own turns a thread looks at the others'
+//!   stamps; a thread that has made no progress for [`LoopGroup::steal_after`] (200 µs
+//!   unless set) is helped: this thread looks at its set without taking anything from it
+//!   (level-triggered) and runs a turn of each ready loop that is in its slot. Meanwhile
+//!   the owner parks the registration of a ready loop it finds taken, until the helper
+//!   puts it back. A thread with nothing to do
 //!   sleeps with a timeout (until another thread that runs turns would be due for help,
 //!   and at most 10 ms), so that it can help a thread stuck in a long callback too (a
 //!   thread that is woken but finds no core is helped by one that is running; if a core
@@ -65,7 +67,7 @@ use parking_lot::Mutex;
 use crate::event_loop_thread::ThreadInit;
 use crate::{EventLoop, LoopHandle};
 
-/// Token of the group's stop eventfd in the outer epoll set.
+/// Token of the group's stop eventfd in every set threads wait on.
 const STOP_TOKEN: u64 = u64::MAX;
 
 /// Ready loops a thread takes from its home set per wait ([`LoopSharing::Owned`]).
@@ -184,8 +186,8 @@ struct Home {
     /// The epoll descriptors of the loops (level-triggered for an owner, one-shot for
     /// [`LoopSharing::Any`]) and `stop`.
     set: Epoll,
-    /// When the thread last made progress (`monotonic_nanos`: it finished a turn of its own or
-    /// came back from its wait), with [`WAITING`] set while it sleeps in its wait.
+    /// When the thread last made progress (`monotonic_nanos`: it finished a turn of its
+    /// own or came back from its wait), with [`WAITING`] set while it sleeps in its wait.
     progress: AtomicU64,
 }
 
@@ -365,10 +367,11 @@ impl LoopGroup {
         self.core.busy_poll_nanos.store(nanos, Ordering::Relaxed);
     }
 
-    /// How long a thread may make no progress (start no turn, or not come back from its
-    /// wait although its loops are ready: woken, but given no core) before another thread
-    /// runs turns of its ready loops. Default [`LoopGroup::DEFAULT_STEAL_AFTER`]; `Duration::ZERO`
-    /// turns helping off (each loop then runs on its owner only). A thread that runs
+    /// How long a thread may make no progress (finish no turn of its own, or not come
+    /// back from its wait although its loops are ready: woken, but given no core) before
+    /// another thread runs turns of its ready loops. Default
+    /// [`LoopGroup::DEFAULT_STEAL_AFTER`]; `Duration::ZERO` turns helping off (each loop
+    /// then runs on its owner only). A thread that runs
     /// turns looks at the others after each batch of its own; a sleeping thread wakes
     /// to look when another that runs turns would be due (its wait's timeout, in whole
     /// milliseconds), and at least every 10 ms; each thread is looked at no more often
@@ -649,11 +652,12 @@ impl GroupCore {
             None => {
                 // Back in its slot (the slot's lock also hands this turn's writes, the
                 // loop's single-writer counters among them, to the thread that runs the
-                // next turn). A parked owned loop is enabled again under the lock, so that no owner
-                // parks it meanwhile (only this rare case holds the lock across a system
-                // call). A one-shot loop is re-armed after the lock is released: once
-                // re-armed, another thread may take its readiness at once, and finds it
-                // in its slot.
+                // next turn). A parked owned loop is enabled again under the lock, so
+                // that no owner parks it meanwhile (only this rare case holds the lock
+                // across a system call). A one-shot loop is re-armed after the lock is
+                // released: once re-armed, another thread may take its readiness at once,
+                // and finds it in its slot (a thread that got it would otherwise wait for
+                // the lock, and sleep on it).
                 let set = &self.homes[slot.home].set;
                 let rearmed = {
                     let mut state = slot.state.lock();

@@ -12,11 +12,12 @@
 //!
 //! With [`loops(m)`](ServerBuilder::loops) above n, the n I/O threads serve m loops
 //! instead ([`duo_reactor::LoopGroup`]): a connection still belongs to one loop, which
-//! alone touches it, but any free I/O thread runs a ready loop's next turn, so a thread
-//! that loses its core holds up only the loop it was running. Each loop then accepts on a
-//! `SO_REUSEPORT` socket of its own (or the main loop accepts, on an inherited or
-//! Unix-domain socket): the group's loops wait together in one epoll set, where
-//! `EPOLLEXCLUSIVE` cannot pick one of them.
+//! alone touches it, but a ready loop whose thread is busy or off its core is run by
+//! another I/O thread ([`ServerBuilder::loop_sharing`]), so a thread that loses its core
+//! holds up only the loop it was running. Each loop then accepts on a `SO_REUSEPORT`
+//! socket of its own (or the main loop accepts, on an inherited or Unix-domain socket):
+//! the group's loops wait together in epoll sets, where `EPOLLEXCLUSIVE` cannot pick one
+//! of them.
 //!
 //! # No list of connections
 //!
