@@ -161,7 +161,7 @@ fn main() -> ExitCode {
             n.into(),
             cli.loops.unwrap_or(n).into(),
             cli.defer_accept,
-            cli.steal_after_us * 1000,
+            cli.steal_after_us.saturating_mul(1000),
         ),
     };
     match result {
@@ -401,9 +401,11 @@ fn serve_owned(
     })
 }
 
-/// Thread `me` of [`serve_owned`] (it blocks in its own wait: this control experiment
-/// has no timed look at the others for a thread that has nothing to do, which duo's
-/// group has, nor accept pauses across threads).
+/// Thread `me` of [`serve_owned`]. Simpler than duo's group, as a control experiment:
+/// it blocks in its own wait (no timed look at the others for a thread that has nothing
+/// to do), has no accept pauses across threads, and an owner whose ready reactor another
+/// thread holds finds it ready again at once until that thread lets go (duo parks the
+/// registration instead), which costs it CPU only while it is being helped.
 fn owned_worker(
     me: usize,
     units: &[Mutex<Unit>],
@@ -427,15 +429,15 @@ fn owned_worker(
         let now = duo_sys::monotonic_nanos();
         for (j, &outer) in outers.iter().enumerate() {
             let stamp = progress[j].load(Ordering::Acquire) & !WAITING;
-            if j == me || now < stamp + after || now < tried[j] + after {
+            if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after)
+            {
                 continue;
             }
             tried[j] = now;
             let got = wait(outer, &mut ready, 0)?;
             for ev in &ready[..got] {
                 if let Ok(mut unit) = units[ev.u64 as usize].try_lock() {
-                    let got = wait(unit.ep.as_raw_fd(), &mut events, 0)?;
-                    unit.handle(&events[..got], &mut buf)?;
+                    unit.turn(0, &mut buf, &mut events)?;
                 }
             }
         }
@@ -518,18 +520,13 @@ impl Unit {
         buf: &mut [u8; BUF_SIZE],
         events: &mut [libc::epoll_event],
     ) -> io::Result<()> {
-        let n = wait(self.ep.as_raw_fd(), events, timeout)?;
-        self.handle(&events[..n], buf)
-    }
-
-    /// Handles `events`, which a wait on this reactor's epoll set returned.
-    fn handle(&mut self, events: &[libc::epoll_event], buf: &mut [u8; BUF_SIZE]) -> io::Result<()> {
         let (epfd, lfd) = (self.ep.as_raw_fd(), self.listener.as_raw_fd());
+        let n = wait(epfd, events, timeout)?;
         if self.resume_accept.is_some_and(|t| Instant::now() >= t) {
             self.resume_accept = None;
             ctl(epfd, libc::EPOLL_CTL_MOD, lfd, libc::EPOLLIN as u32)?;
         }
-        for ev in events {
+        for ev in &events[..n] {
             let fd = ev.u64 as RawFd;
             if fd == lfd {
                 if !accept_all(epfd, lfd, &mut self.conns)? {

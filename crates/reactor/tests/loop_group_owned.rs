@@ -7,7 +7,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, LoopGroup, LoopHandle, LoopSharing};
-use duo_testkit::{wait_until, LIMIT};
+use duo_testkit::{thread_cpu_time, wait_until, LIMIT};
 use util::group::{current_thread_name, on_loop, stick, timer_fires, EchoLoad};
 
 mod util;
@@ -23,26 +23,6 @@ fn owned_by(owner: usize, threads: usize, loops: usize, except: usize) -> Vec<us
     (0..loops)
         .filter(|&i| i % threads == owner && i != except)
         .collect()
-}
-
-/// CPU time (user plus system) used so far by this process's thread named `name`.
-fn thread_cpu(name: &str) -> Duration {
-    let hz = duo_testkit::clock_ticks_per_second().expect("clock ticks");
-    for entry in std::fs::read_dir("/proc/self/task").expect("list threads") {
-        let dir = entry.expect("a thread").path();
-        let Ok(comm) = std::fs::read_to_string(dir.join("comm")) else {
-            continue;
-        };
-        if comm.trim_end() != name {
-            continue;
-        }
-        let stat = std::fs::read_to_string(dir.join("stat")).expect("thread stat");
-        let (_, rest) = stat.rsplit_once(')').expect("stat format");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-        return Duration::from_secs_f64(ticks as f64 / hz as f64);
-    }
-    panic!("no thread named {name}");
 }
 
 #[test]
@@ -373,11 +353,11 @@ fn an_owner_does_not_spin_while_a_helper_is_stuck_in_one_of_its_ready_loops() {
     handles[b]
         .queue_in_loop(move |_| done_tx.send(()).unwrap())
         .unwrap();
-    let cpu_before = thread_cpu(&owner);
+    let cpu_before = thread_cpu_time(&owner).unwrap();
     let started = Instant::now();
     // A measurement window, not a wait for an event: the owner's CPU time over it.
     thread::sleep(WINDOW);
-    let used = thread_cpu(&owner) - cpu_before;
+    let used = thread_cpu_time(&owner).unwrap() - cpu_before;
     let wall = started.elapsed();
     second.release();
     done_rx.recv_timeout(LIMIT).expect("the work on b runs");

@@ -49,7 +49,7 @@ mod wait;
 
 pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
-pub use cpu::{clock_ticks_per_second, cpu_time};
+pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time};
 pub use example::{example_binary, package_binary};
 pub use http::http_get;
 pub use process::{
