@@ -188,23 +188,43 @@ fn read_lines(process: &mut Running) -> Result<mpsc::Receiver<String>, String> {
 
 #[cfg(test)]
 mod tests {
-    use std::os::unix::fs::PermissionsExt;
+    use std::io::Write;
     use std::path::{Path, PathBuf};
+    use std::process::{Command, Stdio};
     use std::time::Duration;
 
     use super::Echo;
     use crate::observe::RunDir;
 
+    /// Writes an executable shell script to `path`. A child shell writes it, so this
+    /// process never holds the file open for writing: a child that another test forks
+    /// meanwhile would inherit such a descriptor until its `exec`, and running the
+    /// script then fails with ETXTBSY ("Text file busy").
+    fn write_script(path: &Path, script: &str) {
+        let mut sh = Command::new("sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(path)
+            .stdin(Stdio::piped())
+            .spawn()
+            .expect("start sh");
+        let mut stdin = sh.stdin.take().expect("piped stdin");
+        stdin
+            .write_all(script.as_bytes())
+            .expect("write the script");
+        drop(stdin);
+        assert!(
+            sh.wait().expect("wait for sh").success(),
+            "sh wrote {path:?}"
+        );
+    }
+
     /// A stand-in for echo in `dir`: a shell script that prints `lines`, then sleeps.
     fn fake_echo(dir: &Path, lines: &str) -> PathBuf {
         let exe = dir.join("echo");
-        std::fs::write(
+        write_script(
             &exe,
-            format!("#!/bin/sh\nprintf '{lines}'\nexec sleep 60\n"),
-        )
-        .expect("write the stand-in");
-        std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o755))
-            .expect("make it executable");
+            &format!("#!/bin/sh\nprintf '{lines}'\nexec sleep 60\n"),
+        );
         exe
     }
 
@@ -241,7 +261,7 @@ mod tests {
         let err =
             Echo::start(&stray, &log, Duration::from_secs(20), None).expect_err("a stray line");
         assert!(err.contains("\"hello\""), "{err}");
-        std::fs::write(dir.path.join("echo"), "#!/bin/sh\nexit 2\n").expect("rewrite");
+        write_script(&stray, "#!/bin/sh\nexit 2\n");
         let err = Echo::start(&stray, &log, Duration::from_secs(20), None).expect_err("an exit");
         assert!(err.contains("closed its stdout"), "{err}");
     }
