@@ -93,6 +93,11 @@ struct ServeArgs {
     /// busy host; see docs/scaling.md). Needs I/O threads; 0: one loop per thread.
     #[arg(long, value_name = "M", default_value_t = 0, value_parser = clap::value_parser!(u16).range(0..=4096))]
     loops: u16,
+    /// With --loops: `owned` (each loop has an owner thread; another runs its turns when
+    /// the owner makes no progress) or `any` (any free thread runs any ready loop: the
+    /// lowest tail, more CPU per request; see docs/scaling.md).
+    #[arg(long, value_name = "owned|any", default_value_t, requires = "loops")]
+    loop_sharing: duo_net::LoopSharing,
     /// Worker threads for database work and password hashing [default: number of CPUs].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
@@ -293,6 +298,7 @@ fn config(a: ServeArgs) -> ServeConfig {
         db_writers: a.db_writers.into(),
         io_threads: a.io_threads.into(),
         loops: a.loops.into(),
+        loop_sharing: a.loop_sharing,
         workers,
         queue_capacity: a.queue_capacity as usize,
         idle_timeout: Duration::from_secs(a.idle_timeout),

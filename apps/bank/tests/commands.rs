@@ -308,6 +308,16 @@ fn bad_flags_exit_2_and_runtime_errors_exit_1() {
         vec!["serve", "--idle-timeout", "-1", "--db", db],
         vec!["serve", "--loops", "-1", "--db", db],
         vec!["serve", "--io-threads", "0", "--loops", "4", "--db", db],
+        vec!["serve", "--loop-sharing", "any", "--db", db],
+        vec![
+            "serve",
+            "--loops",
+            "4",
+            "--loop-sharing",
+            "sometimes",
+            "--db",
+            db,
+        ],
         vec!["frobnicate"],
     ] {
         let out = Command::new(BANK).args(&args).output().unwrap();

@@ -13,6 +13,7 @@ on_both_backends! {
     a_thousand_pipelined_commands_are_answered_in_order,
     concurrent_random_transfers_conserve_money,
     concurrent_transfers_on_a_loop_group_conserve_money,
+    concurrent_transfers_on_loops_any_thread_runs_conserve_money,
     request_ids_make_transfers_idempotent,
 }
 
@@ -91,6 +92,15 @@ fn concurrent_random_transfers_conserve_money(backend: Backend) {
 /// connections whose loop moves between threads.
 fn concurrent_transfers_on_a_loop_group_conserve_money(backend: Backend) {
     transfers_conserve_money(backend, &["--io-threads", "2", "--loops", "8"]);
+}
+
+/// The same with `--loop-sharing any`: no loop has an owner, any free thread runs its
+/// next turn.
+fn concurrent_transfers_on_loops_any_thread_runs_conserve_money(backend: Backend) {
+    transfers_conserve_money(
+        backend,
+        &["--io-threads", "2", "--loops", "8", "--loop-sharing", "any"],
+    );
 }
 
 fn transfers_conserve_money(backend: Backend, server_args: &[&str]) {

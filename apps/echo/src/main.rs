@@ -178,8 +178,8 @@ struct ServeArgs {
     /// With --loops: `owned` (each loop has an owner thread; another runs its turns when
     /// the owner makes no progress) or `any` (any free thread runs any ready loop: the
     /// lowest tail, more CPU per request).
-    #[arg(long, value_enum, default_value_t = Sharing::Owned, requires = "loops")]
-    loop_sharing: Sharing,
+    #[arg(long, value_name = "owned|any", default_value_t, requires = "loops")]
+    loop_sharing: duo_net::LoopSharing,
     /// Who accepts connections: the main loop (handing them round robin to the I/O
     /// threads), every I/O thread on the one listening socket (`EPOLLEXCLUSIVE`), or every
     /// I/O thread on a listening socket of its own (`SO_REUSEPORT`).
@@ -247,16 +247,6 @@ enum Trigger {
     Edge,
     /// Level-triggered: one read per readiness event.
     Level,
-}
-
-/// How `--loops` loops are shared by the I/O threads (`duo_net::LoopSharing`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-enum Sharing {
-    /// Each loop has an owner thread; another thread runs its turns when the owner has
-    /// made no progress for 200 µs.
-    Owned,
-    /// Any free thread runs any ready loop, one at a time.
-    Any,
 }
 
 /// Who accepts connections.
@@ -507,10 +497,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
             .io_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
         loops: args.loops.unwrap_or(0),
-        loop_sharing: match args.loop_sharing {
-            Sharing::Owned => duo_net::LoopSharing::Owned,
-            Sharing::Any => duo_net::LoopSharing::Any,
-        },
+        loop_sharing: args.loop_sharing,
         edge_triggered: args.trigger == Trigger::Edge,
         accept: match args.accept {
             Accept::Main => AcceptMode::MainLoop,

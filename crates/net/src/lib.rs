@@ -112,5 +112,6 @@ pub use udp::{UdpBuilder, UdpCtx, UdpSendError, UdpSocket, UdpStats};
 pub use duo_buffer::{BufPool, InputBuffer, PoolConfig};
 pub use duo_reactor::{log_limited, report_suppressed, LogLimiter};
 pub use duo_reactor::{
-    loops, EventLoop, HealthConfig, LoopHandle, LoopMetrics, LoopSharing, Signal,
+    loops, EventLoop, HealthConfig, LoopHandle, LoopMetrics, LoopSharing, ParseLoopSharingError,
+    Signal,
 };

@@ -78,7 +78,7 @@ pub use event_loop_thread::{EventLoopThread, ThreadInit};
 pub use event_loop_thread_pool::EventLoopThreadPool;
 pub use health::{HealthConfig, LatencyHistogram};
 pub use log_limit::{report_suppressed, LogLimiter, Permit};
-pub use loop_group::{LoopGroup, LoopSharing};
+pub use loop_group::{LoopGroup, LoopSharing, ParseLoopSharingError};
 pub use loop_handle::{loops, LoopHandle, LoopMetrics};
 pub use panic_scope::{catch_panic, panic_will_be_caught};
 pub use timer_queue::TimerId;

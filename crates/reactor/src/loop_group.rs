@@ -100,6 +100,49 @@ pub enum LoopSharing {
     Any,
 }
 
+impl LoopSharing {
+    /// The name [`Display`](fmt::Display) prints and [`FromStr`](std::str::FromStr)
+    /// reads: `owned` or `any` (what a command line spells, e.g. echo's and the bank's
+    /// `--loop-sharing`).
+    pub const fn name(self) -> &'static str {
+        match self {
+            LoopSharing::Owned => "owned",
+            LoopSharing::Any => "any",
+        }
+    }
+}
+
+impl fmt::Display for LoopSharing {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// A name that is not a [`LoopSharing`] (neither `owned` nor `any`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown loop sharing {0:?}: expected `owned` or `any`")]
+pub struct ParseLoopSharingError(String);
+
+impl std::str::FromStr for LoopSharing {
+    type Err = ParseLoopSharingError;
+
+    /// Reads `owned` or `any` (ASCII case ignored).
+    ///
+    /// ```
+    /// use duo_reactor::LoopSharing;
+    ///
+    /// assert_eq!("any".parse(), Ok(LoopSharing::Any));
+    /// assert_eq!(LoopSharing::Owned.to_string().parse(), Ok(LoopSharing::Owned));
+    /// assert!("sometimes".parse::<LoopSharing>().is_err());
+    /// ```
+    fn from_str(s: &str) -> Result<LoopSharing, ParseLoopSharingError> {
+        [LoopSharing::Owned, LoopSharing::Any]
+            .into_iter()
+            .find(|sharing| sharing.name().eq_ignore_ascii_case(s))
+            .ok_or_else(|| ParseLoopSharingError(s.to_owned()))
+    }
+}
+
 /// The longest a thread of [`LoopSharing::Owned`] sleeps before it looks at the others
 /// (when they all slept as it went to sleep; else it wakes when one of them would be due
 /// for help).

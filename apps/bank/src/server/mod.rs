@@ -91,6 +91,8 @@ pub struct ServeConfig {
     pub io_threads: usize,
     /// Loops shared by the I/O threads (`ServerBuilder::loops`); 0: one loop per thread.
     pub loops: usize,
+    /// How the I/O threads share `loops` loops (`ServerBuilder::loop_sharing`).
+    pub loop_sharing: duo_net::LoopSharing,
     /// Worker threads for database work and password hashing.
     pub workers: usize,
     /// Jobs the worker queue holds before commands are answered `BUSY`.
@@ -348,6 +350,7 @@ fn run(
     let mut builder = builder
         .io_threads(cfg.io_threads)
         .loops(cfg.loops)
+        .loop_sharing(cfg.loop_sharing)
         .on_connection(|conn| {
             if conn.is_connected() {
                 log::debug!("{} up", conn.name());
@@ -417,7 +420,7 @@ fn run(
         cfg.db,
         cfg.io_threads,
         if cfg.loops > 0 {
-            format!(" running {} loops", cfg.loops)
+            format!(" running {} loops ({})", cfg.loops, cfg.loop_sharing)
         } else {
             String::new()
         },
