@@ -31,7 +31,8 @@
 //!   progress for 200 µs (a loop per thread's CPU cost); `any` lets any free thread run
 //!   any ready loop (the lowest tail, more CPU per request). See `duo_net::LoopSharing`.
 //! - `--accept main|shared|reuseport`: who accepts (default `shared`: every I/O thread on
-//!   the one listening socket, so a connection never changes loops; `main`: the main
+//!   the one listening socket, handing a connection to the least loaded thread only
+//!   when its own holds clearly more; `main`: the main
 //!   loop, handing connections round robin to the I/O threads; `reuseport`: every I/O
 //!   thread on a `SO_REUSEPORT` socket of its own). See `duo_net::AcceptMode`.
 //! - `--trigger edge|level`: how connections are polled (default `edge`).

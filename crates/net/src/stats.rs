@@ -92,6 +92,14 @@ impl IoCounters {
     pub(crate) fn add_close(&self, reason: CloseReason) {
         Self::add(&self.closes[slot(reason)], 1);
     }
+    /// Connections open on this loop now (established, not yet closed), read from any
+    /// thread: what an acceptor balancing its loops compares. A close counted between the
+    /// two reads can make it one low.
+    pub(crate) fn open_now(&self) -> u64 {
+        let opened = self.opened.load(Ordering::Relaxed);
+        let closed: u64 = self.closes.iter().map(|c| c.load(Ordering::Relaxed)).sum();
+        opened.saturating_sub(closed)
+    }
     pub(crate) fn snapshot(&self) -> LoopStats {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         LoopStats {

@@ -300,3 +300,55 @@ fn deferred_accepting_is_off_by_default_and_set_on_an_inherited_listener() {
     assert!(duo_sys::tcp_defer_accept(probe.as_fd()).unwrap() >= 2);
     server.stop();
 }
+
+/// A burst of long-lived connections in the default mode (every I/O loop accepts on the
+/// one socket, `EPOLLEXCLUSIVE`) ends up spread over the loops: the kernel wakes one loop,
+/// which may drain the whole queue, so a loop that holds clearly more than the least
+/// loaded one hands what it accepts over to that one. Every connection, handed over or
+/// not, is served.
+#[test]
+fn a_burst_of_connections_is_spread_over_the_loops_of_the_shared_mode() {
+    init_log();
+    const CONNS: usize = 120;
+    for io_threads in [2usize, 3] {
+        let server = TestServer::start(move || {
+            util::echo_builder("burst", util::localhost())
+                .io_threads(io_threads)
+                .accept_mode(AcceptMode::Shared)
+        });
+        let addr = server.addr();
+        // Connected as fast as one thread can: they queue faster than one loop accepts.
+        let mut clients: Vec<TcpStream> = (0..CONNS)
+            .map(|_| TcpStream::connect(addr).expect("connect"))
+            .collect();
+        let handle = server.handle().clone();
+        duo_testkit::wait_until("every connection established on a loop", || {
+            let stats = handle.stats();
+            stats.per_loop.iter().map(|l| l.open()).sum::<u64>() == CONNS as u64
+        });
+        let open: Vec<u64> = handle.stats().per_loop.iter().map(|l| l.open()).collect();
+        println!("{io_threads} loops: connections per loop {open:?}");
+        let (least, most) = (*open.iter().min().unwrap(), *open.iter().max().unwrap());
+        // The rule allows one more than the least plus an eighth of it; acceptors that
+        // decide at the same moment can each add one.
+        assert!(
+            most <= least + 1 + least / 8 + io_threads as u64,
+            "{io_threads} loops: connections per loop {open:?}"
+        );
+        for (i, c) in clients.iter_mut().enumerate() {
+            c.set_read_timeout(Some(LIMIT)).unwrap();
+            let msg = format!("burst {i}");
+            c.write_all(msg.as_bytes()).unwrap();
+            let mut back = vec![0u8; msg.len()];
+            c.read_exact(&mut back).expect("echo");
+            assert_eq!(back, msg.as_bytes());
+        }
+        drop(clients);
+        duo_testkit::wait_until("every connection closed", || {
+            handle.stats().closed == CONNS as u64
+        });
+        let stats = handle.stats();
+        assert_eq!((stats.accepted, stats.active), (CONNS as u64, 0));
+        server.stop();
+    }
+}

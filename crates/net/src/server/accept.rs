@@ -7,7 +7,7 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use duo_reactor::{Channel, EventLoop, Handler, LoopHandle};
@@ -65,13 +65,14 @@ pub enum WhenFull {
 /// | | [`MainLoop`](AcceptMode::MainLoop) | [`Shared`](AcceptMode::Shared) | [`ReusePort`](AcceptMode::ReusePort) |
 /// |---|---|---|---|
 /// | who accepts | the main loop | every I/O loop, one socket | every I/O loop, its own socket |
-/// | thread hops per connection | 2 (hand-over, and the main loop's wake-up) | 0 | 0 |
-/// | spreading | round robin, exact | load-aware: the kernel wakes a loop that is asleep in `epoll_wait`, busy loops accept what they find | the kernel's hash of the 4-tuple: even on average, blind to load |
+/// | thread hops per connection | 2 (hand-over, and the main loop's wake-up) | 0, or a hand-over when the accepting loop holds clearly more than another | 0 |
+/// | spreading | round robin, exact | load-aware: the kernel wakes a loop that is asleep in `epoll_wait`, busy loops accept what they find, and a loop with clearly more connections than the least loaded hands new ones to it | the kernel's hash of the 4-tuple: even on average, blind to load |
 /// | one listener closes | all queued connections reset (there is one) | nothing lost while another loop or process holds the socket | the connections queued on that listener are reset |
 /// | across processes | no | yes: the socket a supervisor or systemd passes | only if every process binds its own |
 ///
-/// The default is [`Shared`](AcceptMode::Shared): no hop, load-aware, and it serves an
-/// inherited socket (worker processes, socket activation) the same way.
+/// The default is [`Shared`](AcceptMode::Shared): no hop while the loops are balanced,
+/// load-aware, and it serves an inherited socket (worker processes, socket activation)
+/// the same way.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AcceptMode {
     /// The main loop accepts every connection and hands it, round robin, to an I/O loop
@@ -80,8 +81,13 @@ pub enum AcceptMode {
     MainLoop,
     /// Every I/O loop accepts on the one listening socket, registered with
     /// `EPOLLEXCLUSIVE` so that a connection wakes one sleeping loop rather than all of
-    /// them; a connection is served by the loop that accepted it and never crosses
-    /// threads.
+    /// them; a connection is served by the loop that accepted it, unless that loop holds
+    /// more than one plus an eighth over the least loaded loop's open connections: then
+    /// it is handed over to that loop (a queued function and a wake-up, as with
+    /// [`MainLoop`](AcceptMode::MainLoop)). The kernel wakes one loop per wake-up and
+    /// that loop accepts until the queue is empty, so without the hand-over a burst of
+    /// connections lands on one loop (in tests, 119 of 120); with it the burst is spread
+    /// within that margin, and the short swings of short connections rarely cost a hop.
     #[default]
     Shared,
     /// Every I/O loop binds its own `SO_REUSEPORT` listener on the address and the kernel
@@ -290,12 +296,100 @@ pub(super) struct Ids {
     pub(super) stride: u64,
 }
 
-/// The acceptor's callback for each new socket: admission, naming, choice of loop (round
-/// robin over `loops`; an acceptor on an I/O loop is given that loop alone).
+/// Which loop an acceptor gives each connection it accepts.
+#[derive(Debug, Clone)]
+pub(super) enum Placement {
+    /// Round robin over the loops (the main loop's acceptor, [`AcceptMode::MainLoop`]).
+    RoundRobin,
+    /// Always loop `home`, the acceptor's own ([`AcceptMode::ReusePort`]: the kernel's
+    /// hash spreads the connections).
+    Home(usize),
+    /// Loop `home`, the acceptor's own, unless it holds clearly more connections than
+    /// the least loaded loop: then that one, through a hand-over ([`AcceptMode::Shared`]).
+    /// `in_flight[i]` counts the connections handed to loop `i` and not yet established
+    /// there (one count per server, shared by its acceptors), so that a burst handed out
+    /// by one acceptor counts against its target at once.
+    Balanced {
+        home: usize,
+        in_flight: Arc<[AtomicU64]>,
+    },
+}
+
+/// How many more connections than the least loaded loop an acceptor's own loop may hold
+/// before it hands new ones over: one, plus an eighth of the least loaded one's. A burst
+/// that one loop accepts alone (`EPOLLEXCLUSIVE` wakes one loop, which drains the queue)
+/// ends up spread within that margin, while the small swings of short connections
+/// (connect, a request, close) rarely cost a hand-over.
+fn balance_slack(least: u64) -> u64 {
+    1 + least / 8
+}
+
+impl Placement {
+    /// The loop for the next connection.
+    fn choose(&mut self, owners: &[Arc<Owner>], next_loop: &mut usize) -> usize {
+        match self {
+            Placement::RoundRobin => {
+                let index = *next_loop % owners.len();
+                *next_loop = next_loop.wrapping_add(1);
+                index
+            }
+            Placement::Home(home) => *home,
+            Placement::Balanced { home, in_flight } => {
+                let load =
+                    |i: usize| owners[i].counters.open_now() + in_flight[i].load(Ordering::Relaxed);
+                let mine = load(*home);
+                let (least_index, least) = (0..owners.len())
+                    .map(|i| (i, load(i)))
+                    .min_by_key(|&(_, l)| l)
+                    .unwrap_or((*home, mine));
+                if mine > least + balance_slack(least) {
+                    least_index
+                } else {
+                    *home
+                }
+            }
+        }
+    }
+
+    /// The hand-over count of loop `index`, if this placement keeps one.
+    fn in_flight(&self, index: usize) -> Option<InFlight> {
+        match self {
+            Placement::Balanced { in_flight, .. } => Some(InFlight {
+                counts: in_flight.clone(),
+                index,
+            }),
+            _ => None,
+        }
+    }
+}
+
+/// One connection counted in [`Placement::Balanced`]'s `in_flight[index]` until dropped
+/// (once established on its loop, or dropped with the hand-over).
+struct InFlight {
+    counts: Arc<[AtomicU64]>,
+    index: usize,
+}
+
+impl InFlight {
+    fn start(self) -> InFlight {
+        self.counts[self.index].fetch_add(1, Ordering::Relaxed);
+        self
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.counts[self.index].fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// The acceptor's callback for each new socket: admission, naming, choice of loop among
+/// `loops` (as `placement` says).
 pub(super) fn new_connection_handler(
     shared: Arc<ServerShared>,
     loops: Vec<LoopHandle>,
     owners: Vec<Arc<Owner>>,
+    mut placement: Placement,
     max_connections: Option<usize>,
     when_full: WhenFull,
     ids: Ids,
@@ -328,8 +422,7 @@ pub(super) fn new_connection_handler(
         }
         let id = next_id;
         next_id += ids.stride;
-        let index = next_loop % loops.len();
-        next_loop = next_loop.wrapping_add(1);
+        let index = placement.choose(&owners, &mut next_loop);
         let (target, owner) = (loops[index].clone(), owners[index].clone());
         let unix = peer.is_unix();
         if owner.config.tcp_nodelay && !unix {
@@ -389,6 +482,7 @@ pub(super) fn new_connection_handler(
                 );
             }
         } else {
+            let counted = placement.in_flight(index).map(InFlight::start);
             let mut handover = Handover(Some((socket, handle, owner)));
             let queued = target.queue_in_loop(move |lp| {
                 let Some((socket, handle, owner)) = handover.0.take() else {
@@ -397,6 +491,8 @@ pub(super) fn new_connection_handler(
                 if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {
                     duo_reactor::log_limited!(log::Level::Warn, "cannot register {log_peer}: {e}");
                 }
+                // Counted open on its loop now (or closed, if registering failed).
+                drop(counted);
             });
             if queued.is_err() {
                 // (The hand-over, dropped with the refused function, counted it closed.)

@@ -2,7 +2,7 @@
 
 use std::fmt;
 use std::io;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -12,7 +12,7 @@ use socket2::{Socket, Type};
 
 use super::accept::{
     listen, new_connection_handler, AcceptMode, AcceptTrouble, Acceptor, Ids, ListenOptions,
-    WhenFull,
+    Placement, WhenFull,
 };
 use super::unix::listen_unix;
 use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER, NO_INET};
@@ -392,8 +392,15 @@ impl ServerBuilder {
                 first: 1,
                 stride: 1,
             };
-            let on_new =
-                new_connection_handler(shared.clone(), loops, owners, max, self.when_full, ids);
+            let on_new = new_connection_handler(
+                shared.clone(),
+                loops,
+                owners,
+                Placement::RoundRobin,
+                max,
+                self.when_full,
+                ids,
+            );
             let acceptor = Acceptor::new(endpoint.clone(), on_new, on_exhausted(&shared));
             let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
             shared.acceptors.lock().push((main.handle(), token));
@@ -401,8 +408,9 @@ impl ServerBuilder {
             // One acceptor per I/O loop, registered by the loop itself; wait for each so
             // that a failure is this call's error and the server accepts once we return.
             let n = loops.len();
+            let in_flight: Arc<[AtomicU64]> = (0..n).map(|_| AtomicU64::new(0)).collect();
             let (done, registered) = std::sync::mpsc::channel();
-            for (i, (h, owner)) in loops.iter().zip(owners).enumerate() {
+            for (i, h) in loops.iter().enumerate() {
                 let socket = match mode {
                     AcceptMode::ReusePort if i > 0 => listen(
                         local_addr,
@@ -417,10 +425,18 @@ impl ServerBuilder {
                     first: i as u64 + 1,
                     stride: n as u64,
                 };
+                let placement = match mode {
+                    AcceptMode::Shared => Placement::Balanced {
+                        home: i,
+                        in_flight: in_flight.clone(),
+                    },
+                    _ => Placement::Home(i),
+                };
                 let on_new = new_connection_handler(
                     shared.clone(),
-                    vec![h.clone()],
-                    vec![owner],
+                    loops.clone(),
+                    owners.clone(),
+                    placement,
                     max,
                     self.when_full,
                     ids,

@@ -6,7 +6,8 @@
 //! connection itself. With `io_threads(n)`, n I/O loops serve them, and the
 //! [`AcceptMode`] says who accepts: by default every I/O loop accepts for itself on the
 //! one listening socket (registered with `EPOLLEXCLUSIVE`), so a connection is served by
-//! the thread that accepted it and never crosses threads; or each I/O loop has a
+//! the thread that accepted it (unless that loop holds clearly more connections than
+//! another: then it is handed to the least loaded one); or each I/O loop has a
 //! `SO_REUSEPORT` socket of its own; or, as in muduo, the main loop accepts and hands each
 //! socket round robin to an I/O loop. Either way one loop alone touches a connection.
 //!
