@@ -309,6 +309,15 @@ pub(crate) fn encode_servers(
     )?;
     family(
         enc,
+        "duo_server_handed_over",
+        "Connections accepted on one loop and handed to another to be served (every one \
+         when the main loop accepts; in the shared mode, those accepted by a loop that \
+         held clearly more connections than the least loaded one).",
+        Counter,
+        per_server(&|s| Value::Count(s.handed_over)),
+    )?;
+    family(
+        enc,
         "duo_server_full_pauses",
         "Times the server stopped accepting because it was full (WhenFull::Pause).",
         Counter,

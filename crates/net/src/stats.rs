@@ -193,13 +193,14 @@ impl CloseCounts {
     }
 }
 
-/// Connection counters of a server: `accepted`, `rejected`, `emfile`, `accept_errors` and
-/// `full_pauses` are written by whichever loop accepts (every I/O loop in the shared and
+/// Connection counters of a server: `accepted`, `handed_over`, `rejected`, `emfile`,
+/// `accept_errors` and `full_pauses` are written by whichever loop accepts (every I/O loop in the shared and
 /// reuse-port modes, hence `fetch_add`), `closed` and `active` by the loop each connection
 /// closes on.
 #[derive(Debug, Default)]
 pub(crate) struct AcceptCounters {
     pub(crate) accepted: AtomicU64,
+    pub(crate) handed_over: AtomicU64,
     pub(crate) closed: AtomicU64,
     pub(crate) rejected: AtomicU64,
     pub(crate) emfile: AtomicU64,
@@ -245,6 +246,12 @@ pub struct LoopStats {
 pub struct ServerStats {
     /// Connections accepted and served.
     pub accepted: u64,
+    /// Connections accepted on one loop and handed to another to be served: every one
+    /// when the main loop accepts ([`AcceptMode::MainLoop`](crate::AcceptMode::MainLoop)),
+    /// those accepted while the accepting loop held clearly more than the least loaded
+    /// one in the default [`AcceptMode::Shared`](crate::AcceptMode::Shared), none with
+    /// [`AcceptMode::ReusePort`](crate::AcceptMode::ReusePort).
+    pub handed_over: u64,
     /// Connections open now.
     pub active: u64,
     /// Connections closed.

@@ -118,6 +118,12 @@ fn every_accept_mode_serves_concurrent_clients_with_unique_names() {
         );
         let served: Vec<u64> = stats.per_loop.iter().map(|l| l.bytes_in).collect();
         println!("{mode:?}: bytes per loop {served:?}");
+        match mode {
+            AcceptMode::MainLoop => assert_eq!(stats.handed_over, 200, "every one"),
+            AcceptMode::ReusePort => assert_eq!(stats.handed_over, 0, "{mode:?}"),
+            // Only while the loops are uneven.
+            _ => assert!(stats.handed_over < 200, "{}", stats.handed_over),
+        }
         if mode != AcceptMode::Shared {
             // Round robin, or the kernel's hash over 200 different source ports: both
             // loops serve (for the hash, all on one loop has probability 2^-199).
@@ -349,6 +355,12 @@ fn a_burst_of_connections_is_spread_over_the_loops_of_the_shared_mode() {
         });
         let stats = handle.stats();
         assert_eq!((stats.accepted, stats.active), (CONNS as u64, 0));
+        // Some were handed over (the spread above needs it), and not every one.
+        assert!(
+            stats.handed_over > 0 && stats.handed_over < CONNS as u64,
+            "{io_threads} loops: {} handed over",
+            stats.handed_over
+        );
         server.stop();
     }
 }

@@ -482,6 +482,7 @@ pub(super) fn new_connection_handler(
                 );
             }
         } else {
+            AcceptCounters::bump(&c.handed_over);
             let counted = placement.in_flight(index).map(InFlight::start);
             let mut handover = Handover(Some((socket, handle, owner)));
             let queued = target.queue_in_loop(move |lp| {

@@ -449,6 +449,7 @@ fn stats(shared: &ServerShared) -> ServerStats {
     let c = &shared.counters;
     ServerStats {
         accepted: c.accepted.load(Ordering::Relaxed),
+        handed_over: c.handed_over.load(Ordering::Relaxed),
         active: c.active.load(Ordering::Relaxed),
         closed: c.closed.load(Ordering::Relaxed),
         rejected: c.rejected.load(Ordering::Relaxed),
