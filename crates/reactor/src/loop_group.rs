@@ -572,14 +572,24 @@ impl GroupCore {
     ) -> io::Result<usize> {
         let spin = self.busy_poll_nanos.load(Ordering::Relaxed);
         if ran && spin > 0 {
-            let deadline = duo_sys::monotonic_nanos().saturating_add(spin);
+            let start = duo_sys::monotonic_nanos();
+            // Spinning does not postpone help: it ends when another thread is due.
+            let help_at = timeout.map_or(u64::MAX, |t| {
+                start.saturating_add(u64::try_from(t.as_nanos()).unwrap_or(u64::MAX))
+            });
+            let deadline = start.saturating_add(spin).min(help_at);
             loop {
                 let n = home.set.wait(events, Some(Duration::ZERO))?;
                 if n > 0 {
                     return Ok(n);
                 }
-                if duo_sys::monotonic_nanos() >= deadline {
-                    break;
+                let now = duo_sys::monotonic_nanos();
+                if now >= help_at {
+                    return Ok(0);
+                }
+                if now >= deadline {
+                    let rest = timeout.map(|_| Duration::from_nanos(help_at - now));
+                    return home.set.wait(events, rest);
                 }
                 std::hint::spin_loop();
             }
@@ -632,14 +642,21 @@ impl GroupCore {
     /// sleeps, to catch one woken but given no core at once, was measured: no better
     /// tail, more system calls.)
     fn help(&self, me: usize, tried: &mut [u64], stolen: &mut Events) -> bool {
-        let after = self.steal_after_nanos.load(Ordering::Relaxed);
-        if after == 0 || self.homes.len() == 1 {
+        let steal_after = self.steal_after_nanos.load(Ordering::Relaxed);
+        if self.homes.len() == 1 {
             return false;
         }
         let now = duo_sys::monotonic_nanos();
         let mut ran = false;
         for (k, other) in self.homes.iter().enumerate() {
-            let since = other.progress.load(Ordering::Acquire) & !WAITING;
+            let p = other.progress.load(Ordering::Acquire);
+            // A thread that died (`thread_died`: stamp 0) is helped even with helping off.
+            let after = match (p, steal_after) {
+                (0, a) => a.max(1),
+                (_, 0) => continue,
+                (_, a) => a,
+            };
+            let since = p & !WAITING;
             if k == me || now < since.saturating_add(after) || now < tried[k].saturating_add(after)
             {
                 continue;
@@ -731,6 +748,18 @@ impl GroupCore {
     /// A loop ended: take it out of its home set, drop it (closing its channels), and
     /// stop the threads after the last one.
     fn end(&self, slot: &Slot, lp: EventLoop, failure: Option<String>) {
+        /// Counts the loop as ended however `end` is left (a logger that panics).
+        struct Ended<'a>(&'a GroupCore);
+        impl Drop for Ended<'_> {
+            fn drop(&mut self) {
+                if self.0.live.fetch_sub(1, Ordering::SeqCst) == 1 {
+                    if let Err(e) = self.0.stop.notify() {
+                        log::error!("loop group: cannot wake its threads to stop: {e}");
+                    }
+                }
+            }
+        }
+        let _ended = Ended(self);
         if let Some(why) = failure {
             log::error!("{why}");
             self.failures.lock().push(why);
@@ -745,11 +774,6 @@ impl GroupCore {
             let why = format!("loop {name}: dropping it panicked");
             log::error!("{why}");
             self.failures.lock().push(why);
-        }
-        if self.live.fetch_sub(1, Ordering::SeqCst) == 1 {
-            if let Err(e) = self.stop.notify() {
-                log::error!("loop group: cannot wake its threads to stop: {e}");
-            }
         }
     }
 }
