@@ -414,7 +414,8 @@ impl LoopGroup {
     /// back from its wait although its loops are ready: woken, but given no core) before
     /// another thread runs turns of its ready loops. Default
     /// [`LoopGroup::DEFAULT_STEAL_AFTER`]; `Duration::ZERO` turns helping off (each loop
-    /// then runs on its owner only). A thread that runs
+    /// then runs on its owner only, unless its owner thread died of a panic outside a
+    /// turn: then the others run its loops all the same). A thread that runs
     /// turns looks at the others after each batch of its own; a sleeping thread wakes
     /// to look when another that runs turns would be due (its wait's timeout, in whole
     /// milliseconds), and at least every 10 ms; each thread is looked at no more often
@@ -549,8 +550,9 @@ impl GroupCore {
 
     /// Thread `me` panicked outside a turn (a defect of the group itself): recorded as a
     /// failure, and its stamp made as old as can be, so that the other threads run its
-    /// loops from now on ([`LoopSharing::Owned`]; with [`LoopSharing::Any`] they do
-    /// anyway), the group can still stop, and `stop` reports it.
+    /// loops from now on, with helping off too ([`LoopSharing::Owned`]; with
+    /// [`LoopSharing::Any`] they do anyway), the group can still stop, and `stop` reports
+    /// it.
     fn thread_died(&self, me: usize) {
         let why = format!("loop group thread {me} panicked; its loops are run by the others");
         log::error!("{why}");
