@@ -351,13 +351,17 @@ impl Placement {
         }
     }
 
-    /// The hand-over count of loop `index`, if this placement keeps one.
-    fn in_flight(&self, index: usize) -> Option<InFlight> {
+    /// Counts a connection handed over to loop `index` as in flight, if this placement
+    /// keeps such counts, until the returned guard is dropped.
+    fn hand_over(&self, index: usize) -> Option<InFlight> {
         match self {
-            Placement::Balanced { in_flight, .. } => Some(InFlight {
-                counts: in_flight.clone(),
-                index,
-            }),
+            Placement::Balanced { in_flight, .. } => {
+                in_flight[index].fetch_add(1, Ordering::Relaxed);
+                Some(InFlight {
+                    counts: in_flight.clone(),
+                    index,
+                })
+            }
             _ => None,
         }
     }
@@ -368,13 +372,6 @@ impl Placement {
 struct InFlight {
     counts: Arc<[AtomicU64]>,
     index: usize,
-}
-
-impl InFlight {
-    fn start(self) -> InFlight {
-        self.counts[self.index].fetch_add(1, Ordering::Relaxed);
-        self
-    }
 }
 
 impl Drop for InFlight {
@@ -483,7 +480,7 @@ pub(super) fn new_connection_handler(
             }
         } else {
             AcceptCounters::bump(&c.handed_over);
-            let counted = placement.in_flight(index).map(InFlight::start);
+            let counted = placement.hand_over(index);
             let mut handover = Handover(Some((socket, handle, owner)));
             let queued = target.queue_in_loop(move |lp| {
                 let Some((socket, handle, owner)) = handover.0.take() else {
