@@ -169,20 +169,34 @@ impl Client {
         self.stream.write_all(bytes).is_ok()
     }
 
-    /// The next reply line, without its line end; panics on EOF or timeout.
+    /// The next reply line, without its line end; panics on EOF or timeout, saying which.
     pub(crate) fn line(&mut self) -> String {
-        self.try_line().expect("a reply line")
+        match self.read_reply() {
+            Ok(Some(line)) => line,
+            Ok(None) => panic!("a reply line: the bank closed the connection"),
+            Err(e) => panic!("a reply line: {e}"),
+        }
     }
 
     /// The next reply line, or `None` on EOF or error.
     pub(crate) fn try_line(&mut self) -> Option<String> {
+        self.read_reply().ok().flatten()
+    }
+
+    /// The next reply line; `None` at EOF; an error (with what was read of the line)
+    /// when the read fails or times out.
+    fn read_reply(&mut self) -> std::io::Result<Option<String>> {
         let mut buf = String::new();
         match self.reader.read_line(&mut buf) {
-            Ok(0) | Err(_) => None,
+            Ok(0) => Ok(None),
+            Err(e) => Err(std::io::Error::new(
+                e.kind(),
+                format!("{e} (read of the line so far: {buf:?})"),
+            )),
             Ok(_) => {
                 assert!(buf.ends_with('\n'), "partial line {buf:?}");
                 buf.pop();
-                Some(buf)
+                Ok(Some(buf))
             }
         }
     }
@@ -385,7 +399,12 @@ impl TestDb {
         let name = format!("t_{word}_{}", N.fetch_add(1, Ordering::SeqCst));
         cluster
             .psql(&format!("CREATE DATABASE {name}"))
-            .unwrap_or_else(|e| panic!("CREATE DATABASE {name}: {e}"));
+            .unwrap_or_else(|e| {
+                panic!(
+                    "CREATE DATABASE {name}: {e}\nthe cluster's log:\n{}",
+                    cluster.log_tail(40)
+                )
+            });
         let url = format!("postgres://bank@127.0.0.1:{}/{name}", cluster.port());
         TestDb {
             backend: Backend::Postgres,
