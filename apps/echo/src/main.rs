@@ -32,7 +32,7 @@
 //!   any ready loop (the lowest tail, more CPU per request). See `duo_net::LoopSharing`.
 //! - `--accept main|shared|reuseport`: who accepts (default `shared`: every I/O thread on
 //!   the one listening socket, handing a connection to the least loaded thread only
-//!   when its own holds clearly more; `main`: the main
+//!   when its own holds clearly more, unless `--no-accept-balance`; `main`: the main
 //!   loop, handing connections round robin to the I/O threads; `reuseport`: every I/O
 //!   thread on a `SO_REUSEPORT` socket of its own). See `duo_net::AcceptMode`.
 //! - `--trigger edge|level`: how connections are polled (default `edge`).
@@ -186,6 +186,11 @@ struct ServeArgs {
     /// I/O thread on a listening socket of its own (`SO_REUSEPORT`).
     #[arg(long, value_enum, default_value_t = Accept::Shared)]
     accept: Accept,
+    /// With `--accept shared`: never hand a connection to another thread, even when the
+    /// accepting thread holds clearly more connections (by default it hands it to the
+    /// least loaded one; off saves about 5 % CPU per connection for short connections).
+    #[arg(long)]
+    no_accept_balance: bool,
     /// Edge- or level-triggered polling of connections.
     #[arg(long, value_enum, default_value_t = Trigger::Edge)]
     trigger: Trigger,
@@ -505,6 +510,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
             Accept::Shared => AcceptMode::Shared,
             Accept::Reuseport => AcceptMode::ReusePort,
         },
+        balance_accepts: !args.no_accept_balance,
         idle_timeout: args.idle_timeout.map(Duration::from_secs),
         max_conns: args.max_conns,
         framed: args.framed,

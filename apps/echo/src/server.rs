@@ -42,6 +42,9 @@ pub struct ServeConfig {
     pub edge_triggered: bool,
     /// Who accepts connections.
     pub accept: AcceptMode,
+    /// With the shared accept mode: hand connections to the least loaded loop when the
+    /// accepting loop holds clearly more (`ServerBuilder::balance_accepts`).
+    pub balance_accepts: bool,
     /// Close connections that send nothing for this long.
     pub idle_timeout: Option<Duration>,
     /// Beyond this many open connections, new ones are accepted and closed.
@@ -197,6 +200,7 @@ fn run_with_udp(
         .loops(cfg.loops)
         .loop_sharing(cfg.loop_sharing)
         .accept_mode(cfg.accept)
+        .balance_accepts(cfg.balance_accepts)
         .edge_triggered(cfg.edge_triggered)
         .busy_poll(cfg.busy_poll)
         .defer_accept(cfg.defer_accept);

@@ -328,6 +328,23 @@ fn more_loops_than_io_threads_serve_as_usual() {
 }
 
 #[test]
+fn every_accept_mode_serves_as_usual() {
+    for args in [
+        &["--accept", "main"][..],
+        &["--accept", "shared", "--no-accept-balance"],
+        &["--accept", "reuseport"],
+    ] {
+        let server = Server::start(&[&["--io-threads", "2"][..], args].concat());
+        thread::scope(|scope| {
+            for i in 0..4u64 {
+                let server = &server;
+                scope.spawn(move || raw_round_trip(server, 600 + i, 50_000));
+            }
+        });
+    }
+}
+
+#[test]
 fn loops_without_io_threads_is_a_usage_error() {
     let (status, out, err) = run_to_exit(&["--io-threads", "0", "--loops", "4"]);
     assert_eq!(status.code(), Some(2), "stderr:\n{err}");

@@ -364,3 +364,40 @@ fn a_burst_of_connections_is_spread_over_the_loops_of_the_shared_mode() {
         server.stop();
     }
 }
+
+/// With balancing off (`balance_accepts(false)`), the shared mode never hands a
+/// connection over, whatever the spread; every connection is served where it was
+/// accepted.
+#[test]
+fn the_shared_mode_without_balancing_hands_nothing_over() {
+    init_log();
+    const CONNS: usize = 60;
+    let server = TestServer::start(move || {
+        util::echo_builder("unbalanced", util::localhost())
+            .io_threads(2)
+            .balance_accepts(false)
+    });
+    let addr = server.addr();
+    let clients: Vec<TcpStream> = (0..CONNS)
+        .map(|_| TcpStream::connect(addr).expect("connect"))
+        .collect();
+    let handle = server.handle().clone();
+    duo_testkit::wait_until("every connection established on a loop", || {
+        let stats = handle.stats();
+        stats.per_loop.iter().map(|l| l.open()).sum::<u64>() == CONNS as u64
+    });
+    for (i, mut c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(LIMIT)).unwrap();
+        let msg = format!("unbalanced {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).expect("echo");
+        assert_eq!(back, msg.as_bytes());
+    }
+    assert_eq!(handle.stats().handed_over, 0);
+    drop(clients);
+    duo_testkit::wait_until("every connection closed", || {
+        handle.stats().closed == CONNS as u64
+    });
+    server.stop();
+}
