@@ -307,6 +307,42 @@ fn deferred_accepting_is_off_by_default_and_set_on_an_inherited_listener() {
     server.stop();
 }
 
+/// Opens `n` connections to `server` as fast as one thread can (they queue faster than
+/// one loop accepts) and waits until every one is established on a loop; returns them
+/// and the connections open on each loop.
+fn open_burst(server: &TestServer, n: usize) -> (Vec<TcpStream>, Vec<u64>) {
+    let clients: Vec<TcpStream> = (0..n)
+        .map(|_| TcpStream::connect(server.addr()).expect("connect"))
+        .collect();
+    let handle = server.handle();
+    duo_testkit::wait_until("every connection established on a loop", || {
+        let stats = handle.stats();
+        stats.per_loop.iter().map(|l| l.open()).sum::<u64>() == n as u64
+    });
+    let open = handle.stats().per_loop.iter().map(|l| l.open()).collect();
+    (clients, open)
+}
+
+/// Echoes a line on every one of `clients`, closes them and waits until the server has
+/// closed them all; returns the server's statistics then.
+fn echo_and_close(server: &TestServer, clients: Vec<TcpStream>) -> duo_net::ServerStats {
+    for (i, mut c) in clients.iter().enumerate() {
+        c.set_read_timeout(Some(LIMIT)).unwrap();
+        let msg = format!("burst {i}");
+        c.write_all(msg.as_bytes()).unwrap();
+        let mut back = vec![0u8; msg.len()];
+        c.read_exact(&mut back).expect("echo");
+        assert_eq!(back, msg.as_bytes());
+    }
+    let n = clients.len() as u64;
+    drop(clients);
+    let handle = server.handle();
+    duo_testkit::wait_until("every connection closed", || handle.stats().closed == n);
+    let stats = handle.stats();
+    assert_eq!((stats.accepted, stats.active), (n, 0));
+    stats
+}
+
 /// A burst of long-lived connections in the default mode (every I/O loop accepts on the
 /// one socket, `EPOLLEXCLUSIVE`) ends up spread over the loops: the kernel wakes one loop,
 /// which may drain the whole queue, so a loop that holds clearly more than the least
@@ -322,17 +358,7 @@ fn a_burst_of_connections_is_spread_over_the_loops_of_the_shared_mode() {
                 .io_threads(io_threads)
                 .accept_mode(AcceptMode::Shared)
         });
-        let addr = server.addr();
-        // Connected as fast as one thread can: they queue faster than one loop accepts.
-        let mut clients: Vec<TcpStream> = (0..CONNS)
-            .map(|_| TcpStream::connect(addr).expect("connect"))
-            .collect();
-        let handle = server.handle().clone();
-        duo_testkit::wait_until("every connection established on a loop", || {
-            let stats = handle.stats();
-            stats.per_loop.iter().map(|l| l.open()).sum::<u64>() == CONNS as u64
-        });
-        let open: Vec<u64> = handle.stats().per_loop.iter().map(|l| l.open()).collect();
+        let (clients, open) = open_burst(&server, CONNS);
         println!("{io_threads} loops: connections per loop {open:?}");
         let (least, most) = (*open.iter().min().unwrap(), *open.iter().max().unwrap());
         // The rule allows one more than the least plus an eighth of it; acceptors that
@@ -341,20 +367,7 @@ fn a_burst_of_connections_is_spread_over_the_loops_of_the_shared_mode() {
             most <= least + 1 + least / 8 + io_threads as u64,
             "{io_threads} loops: connections per loop {open:?}"
         );
-        for (i, c) in clients.iter_mut().enumerate() {
-            c.set_read_timeout(Some(LIMIT)).unwrap();
-            let msg = format!("burst {i}");
-            c.write_all(msg.as_bytes()).unwrap();
-            let mut back = vec![0u8; msg.len()];
-            c.read_exact(&mut back).expect("echo");
-            assert_eq!(back, msg.as_bytes());
-        }
-        drop(clients);
-        duo_testkit::wait_until("every connection closed", || {
-            handle.stats().closed == CONNS as u64
-        });
-        let stats = handle.stats();
-        assert_eq!((stats.accepted, stats.active), (CONNS as u64, 0));
+        let stats = echo_and_close(&server, clients);
         // Some were handed over (the spread above needs it), and not every one.
         assert!(
             stats.handed_over > 0 && stats.handed_over < CONNS as u64,
@@ -371,33 +384,14 @@ fn a_burst_of_connections_is_spread_over_the_loops_of_the_shared_mode() {
 #[test]
 fn the_shared_mode_without_balancing_hands_nothing_over() {
     init_log();
-    const CONNS: usize = 60;
     let server = TestServer::start(move || {
         util::echo_builder("unbalanced", util::localhost())
             .io_threads(2)
             .balance_accepts(false)
     });
-    let addr = server.addr();
-    let clients: Vec<TcpStream> = (0..CONNS)
-        .map(|_| TcpStream::connect(addr).expect("connect"))
-        .collect();
-    let handle = server.handle().clone();
-    duo_testkit::wait_until("every connection established on a loop", || {
-        let stats = handle.stats();
-        stats.per_loop.iter().map(|l| l.open()).sum::<u64>() == CONNS as u64
-    });
-    for (i, mut c) in clients.iter().enumerate() {
-        c.set_read_timeout(Some(LIMIT)).unwrap();
-        let msg = format!("unbalanced {i}");
-        c.write_all(msg.as_bytes()).unwrap();
-        let mut back = vec![0u8; msg.len()];
-        c.read_exact(&mut back).expect("echo");
-        assert_eq!(back, msg.as_bytes());
-    }
-    assert_eq!(handle.stats().handed_over, 0);
-    drop(clients);
-    duo_testkit::wait_until("every connection closed", || {
-        handle.stats().closed == CONNS as u64
-    });
+    let (clients, open) = open_burst(&server, 60);
+    println!("connections per loop {open:?}");
+    let stats = echo_and_close(&server, clients);
+    assert_eq!(stats.handed_over, 0);
     server.stop();
 }
