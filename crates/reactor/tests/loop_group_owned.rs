@@ -8,21 +8,13 @@ use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, LoopGroup, LoopHandle, LoopSharing};
 use duo_testkit::{thread_cpu_time, wait_until, LIMIT};
-use util::group::{current_thread_name, on_loop, stick, timer_fires, EchoLoad};
+use util::group::{current_thread_name, on_loop, owned_by, stick, timer_fires, EchoLoad};
 
 mod util;
 
 /// The name of the thread that runs the loop's next turn.
 fn runner(h: &LoopHandle) -> String {
     on_loop(h, |_| current_thread_name())
-}
-
-/// The loops of a group of `threads` threads and `loops` loops that thread `owner` owns,
-/// other than `except`.
-fn owned_by(owner: usize, threads: usize, loops: usize, except: usize) -> Vec<usize> {
-    (0..loops)
-        .filter(|&i| i % threads == owner && i != except)
-        .collect()
 }
 
 #[test]

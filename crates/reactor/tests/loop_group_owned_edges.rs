@@ -13,17 +13,9 @@ use std::time::{Duration, Instant};
 use duo_reactor::{LoopGroup, LoopHandle, LoopSharing};
 use duo_testkit::{thread_cpu_time, wait_until, LIMIT};
 use log::{Level, LevelFilter, Log, Metadata, Record};
-use util::group::{current_thread_name, on_loop, stick};
+use util::group::{current_thread_name, on_loop, owned_by, stick};
 
 mod util;
-
-/// The loops of a group of `threads` threads and `loops` loops that thread `owner` owns,
-/// other than `except`.
-fn owned_by(owner: usize, threads: usize, loops: usize, except: usize) -> Vec<usize> {
-    (0..loops)
-        .filter(|&i| i % threads == owner && i != except)
-        .collect()
-}
 
 #[test]
 fn a_busy_polling_thread_still_helps_a_stuck_owner_within_the_help_delay() {

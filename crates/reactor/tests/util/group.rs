@@ -1,4 +1,5 @@
-//! Helpers of the `LoopGroup` tests (`loop_group.rs`, `loop_group_owned.rs`).
+//! Helpers of the `LoopGroup` tests (`loop_group.rs`, `loop_group_owned.rs`,
+//! `loop_group_owned_edges.rs`).
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::fd::OwnedFd;
@@ -49,6 +50,14 @@ pub(crate) fn timer_fires(handle: &LoopHandle, delay: Duration) -> String {
         })
         .unwrap();
     fired_rx.recv_timeout(LIMIT).expect("the timer fired")
+}
+
+/// The loops of a group of `threads` threads and `loops` loops that thread `owner` owns
+/// (loop `i` is thread `i mod threads`'s, `LoopSharing::Owned`), other than `except`.
+pub(crate) fn owned_by(owner: usize, threads: usize, loops: usize, except: usize) -> Vec<usize> {
+    (0..loops)
+        .filter(|&i| i % threads == owner && i != except)
+        .collect()
 }
 
 /// The index `j` of a group thread named `{group}-t{j}`.
