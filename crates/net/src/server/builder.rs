@@ -489,10 +489,15 @@ impl ServerBuilder {
         });
         *shared.report_timer.lock() = Some(report);
         log::info!(
-            "server {} listening on {endpoint} with {} I/O threads, {} loops, accepting: {mode:?}",
+            "server {} listening on {endpoint} with {} I/O threads, {} loops, accepting: {mode:?}{}",
             self.name,
             self.io_threads,
-            threads.num_loops()
+            threads.num_loops(),
+            match mode {
+                AcceptMode::Shared if self.balance_accepts => " (balanced)",
+                AcceptMode::Shared => " (unbalanced)",
+                _ => "",
+            }
         );
         Ok(TcpServer { shared, threads })
     }
@@ -582,6 +587,9 @@ impl fmt::Debug for ServerBuilder {
             .field("loops", &self.loops)
             .field("loop_sharing", &self.loop_sharing)
             .field("accept_mode", &self.accept_mode)
+            .field("balance_accepts", &self.balance_accepts)
+            .field("reuse_port", &self.reuse_port)
+            .field("defer_accept_secs", &self.defer_accept_secs)
             .field("idle_timeout", &self.idle_timeout)
             .field("busy_poll", &self.busy_poll)
             .field("max_connections", &self.max_connections)
