@@ -105,6 +105,41 @@ fn raw_epoll_echo_on_two_threads_sharing_more_reactors() {
 }
 
 #[test]
+fn raw_epoll_echo_on_two_threads_owning_more_reactors() {
+    check_server(
+        env!("CARGO_BIN_EXE_raw_epoll_echo"),
+        &["--threads", "2", "--spread", "owned", "--loops", "5"],
+    );
+}
+
+#[test]
+fn raw_epoll_echo_on_two_threads_owning_flat_reactors() {
+    check_server(
+        env!("CARGO_BIN_EXE_raw_epoll_echo"),
+        &["--threads", "2", "--spread", "flat", "--loops", "5"],
+    );
+}
+
+/// `--spread flat` with help on every stall (a help delay of 1 µs), so that events are
+/// served by both threads most of the time: every byte still comes back, in order.
+#[test]
+fn raw_epoll_echo_flat_reactors_helped_all_the_time() {
+    check_server(
+        env!("CARGO_BIN_EXE_raw_epoll_echo"),
+        &[
+            "--threads",
+            "2",
+            "--spread",
+            "flat",
+            "--loops",
+            "3",
+            "--steal-after-us",
+            "1",
+        ],
+    );
+}
+
+#[test]
 fn tokio_echo_echoes_concurrent_clients() {
     check_server(env!("CARGO_BIN_EXE_tokio_echo"), &["--threads", "2"]);
 }
@@ -129,6 +164,8 @@ fn bad_arguments_are_refused() {
         // `--loops` means nothing in the other models.
         &["--threads", "2", "--loops", "4"],
         &["--spread", "loops", "--loops", "4"],
+        &["--spread", "flat", "--loops", "4"],
+        &["--threads", "2", "--spread", "flat", "--loops", "0"],
     ] {
         let status = Command::new(env!("CARGO_BIN_EXE_raw_epoll_echo"))
             .args(bad)
@@ -153,6 +190,8 @@ fn accepting_resumes_after_running_out_of_descriptors_under_load() {
         &["--threads", "2", "--spread", "reuseport"][..],
         &["--threads", "2", "--spread", "shared"][..],
         &["--threads", "2", "--spread", "loops", "--loops", "3"][..],
+        &["--threads", "2", "--spread", "owned", "--loops", "3"][..],
+        &["--threads", "2", "--spread", "flat", "--loops", "3"][..],
     ] {
         let mut cmd = Command::new("prlimit");
         cmd.args(["--nofile=32:32", env!("CARGO_BIN_EXE_raw_epoll_echo")])

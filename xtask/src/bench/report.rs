@@ -66,11 +66,13 @@ pub(super) fn scenarios_md(results: &Results<'_>, h: &Header<'_>) -> String {
          `duo-0-defer`, `duo-2-defer`, `raw-epoll-defer` and `tokio-defer` (churn \
          only) accept a connection only once its first bytes arrived \
          (`--defer-accept`, `TCP_DEFER_ACCEPT`, the same socket option on each); \
-         `raw-epoll-2`, `raw-epoll-2-shared` and `raw-epoll-2-loops` (rr only) are the \
-         raw epoll server on 2 threads, a connection per thread (`SO_REUSEPORT`), any \
-         thread serving any connection (one shared epoll set, `EPOLLONESHOT`), and 16 \
-         reactors with a connection per reactor, any thread running any reactor's turn \
-         (`--spread loops`); \
+         `raw-epoll-2`, `raw-epoll-2-shared`, `raw-epoll-2-loops` and `raw-epoll-2-flat` \
+         (rr only) are the raw epoll server on 2 threads, a connection per thread \
+         (`SO_REUSEPORT`), any thread serving any connection (one shared epoll set, \
+         `EPOLLONESHOT`), 16 reactors with a connection per reactor, any thread running \
+         any reactor's turn (`--spread loops`), and 64 reactors owned by the threads, \
+         their connections in one epoll set per thread, served by the other thread when \
+         their owner makes no progress for 200 µs (`--spread flat`); \
          `tokio` runs 2 workers and `tokio-1` one (rr and pingpong-100x16k only). In \
          both tokio servers the main thread only accepts (`block_on`) and the workers \
          serve the connections, so `tokio-1` serves on one thread, as `duo-0` does \

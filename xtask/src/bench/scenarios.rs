@@ -244,9 +244,10 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
         &["--listen", "127.0.0.1:0", "--defer-accept", "5"],
         DEFER_SCENARIOS,
     ),
-    // Three threading models at two threads, without duo's code in the way: a connection
-    // per thread (duo's and muduo's model), work sharing over one epoll set (tokio's), and
-    // a connection per reactor with reactors shared by the threads: the tail comparison's
+    // Four threading models at two threads, without duo's code in the way: a connection
+    // per thread (duo's and muduo's model), work sharing over one epoll set (tokio's), a
+    // connection per reactor with reactors shared by the threads, and reactors owned by
+    // the threads but helped, in one flat epoll set per thread: the tail comparison's
     // control experiment.
     EchoServer::peer_in(
         "raw-epoll-2",
@@ -286,6 +287,21 @@ pub(super) const ECHO_SERVERS: &[EchoServer] = &[
             "loops",
             "--loops",
             "16",
+        ],
+        MODEL_SCENARIOS,
+    ),
+    EchoServer::peer_in(
+        "raw-epoll-2-flat",
+        "raw_epoll_echo",
+        &[
+            "--listen",
+            "127.0.0.1:0",
+            "--threads",
+            "2",
+            "--spread",
+            "flat",
+            "--loops",
+            "64",
         ],
         MODEL_SCENARIOS,
     ),
@@ -378,7 +394,9 @@ pub(super) const LOOPS_SCENARIOS: &[&str] = &["rr-100x64", "pingpong-100x16k", "
 
 /// Where the raw epoll server runs at two threads in both threading models
 /// (`raw-epoll-2`: a connection per thread; `raw-epoll-2-shared`: work sharing;
-/// `raw-epoll-2-loops`: 16 reactors, each run by whichever thread is free), and duo with
+/// `raw-epoll-2-loops`: 16 reactors, each run by whichever thread is free;
+/// `raw-epoll-2-flat`: 64 reactors owned by the threads, in one epoll set per thread,
+/// served by the other thread when their owner stalls), and duo with
 /// 64 loops on its two threads (`duo-2-loops64`).
 pub(super) const MODEL_SCENARIOS: &[&str] = &["rr-100x64"];
 

@@ -22,9 +22,9 @@
 //!   otherwise wake the loop in a spin). The pending connections wait in the backlog.
 //! - No `TCP_NODELAY`, as duo's own echo server; stops on SIGTERM/SIGINT's default action.
 //!
-//! # More threads, four ways
+//! # More threads, five ways
 //!
-//! With `--threads N` (N > 1) the server runs N threads, spread one of four ways, the
+//! With `--threads N` (N > 1) the server runs N threads, spread one of five ways, the
 //! models a multi-threaded reactor can follow (see `docs/benchmarks.md`, issue 15):
 //! - `--spread reuseport` (the default): each thread runs the loop above on its own
 //!   `SO_REUSEPORT` listener and epoll set. A connection belongs to the thread that accepted
@@ -48,9 +48,17 @@
 //!   owned by thread k mod N, whose own outer set holds it level-triggered (nothing to
 //!   re-arm). A thread that has made no progress for `--steal-after-us` (default 200) has
 //!   its ready reactors run by a thread that is running (duo's `LoopSharing::Owned`).
+//! - `--spread flat` (with `--loops M`): M reactors owned as with `owned`, but with no
+//!   epoll set of their own: a reactor's listener and connections sit directly in its
+//!   owner's one epoll set, level-triggered, with the reactor's number in the token, and
+//!   the thread that takes an event locks the event's reactor for that event alone. A
+//!   thread that has made no progress for `--steal-after-us` has its ready events served
+//!   by a running thread (`epoll_wait` on the stalled thread's set; an event of a reactor
+//!   its owner holds is left, and reported again). No nested epoll: no second wait per
+//!   turn and no wake-up chain, so many small reactors cost what one per thread does.
 //!
 //! ```text
-//! raw_epoll_echo [--listen ADDR] [--threads N] [--spread reuseport|shared|loops|owned]
+//! raw_epoll_echo [--listen ADDR] [--threads N] [--spread reuseport|shared|loops|owned|flat]
 //!                [--loops M] [--steal-after-us US]
 //! ```
 //! It prints `listening on HOST:PORT` once the socket listens.
@@ -66,12 +74,16 @@ use std::time::{Duration, Instant};
 use clap::{Parser, ValueEnum};
 use socket2::{Domain, Socket, Type};
 
+mod groups;
+
+use groups::{serve_flat, serve_loops, serve_owned};
+
 /// Bytes read per `recv`; also the most a connection ever keeps unsent.
 const BUF_SIZE: usize = 64 << 10;
 /// How long accepting pauses when the process is out of descriptors.
 const ACCEPT_PAUSE: Duration = Duration::from_millis(100);
 
-/// `--spread shared` registers connections one event at a time.
+/// `--spread shared` registers connections one event at a time (and `loops` its reactors).
 const ONESHOT: u32 = libc::EPOLLONESHOT as u32;
 /// Events one thread takes per `epoll_wait` in `--spread shared` mode.
 const SHARED_BATCH: usize = 8;
@@ -128,18 +140,24 @@ enum Spread {
     /// epoll sets sit level-triggered in their owner's outer set; a thread that finds
     /// another making no progress for `--steal-after-us` runs that one's ready reactors.
     Owned,
+    /// `--loops M` reactors as with `owned`, but with no epoll set of their own: their
+    /// listeners and connections sit directly in their owner thread's one epoll set (the
+    /// token names the reactor), and a reactor is locked per event rather than per turn.
+    /// A thread that has made no progress for `--steal-after-us` has its ready events
+    /// served by a thread that is running, reactor by reactor (those not locked).
+    Flat,
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if cli.loops.is_some()
-        && (!matches!(cli.spread, Spread::Loops | Spread::Owned) || cli.threads == 1)
+        && (!matches!(cli.spread, Spread::Loops | Spread::Owned | Spread::Flat) || cli.threads == 1)
     {
         use clap::CommandFactory as _;
         Cli::command()
             .error(
                 clap::error::ErrorKind::ArgumentConflict,
-                "--loops needs --spread loops and --threads of 2 or more",
+                "--loops needs --spread loops, owned or flat and --threads of 2 or more",
             )
             .exit();
     }
@@ -157,6 +175,13 @@ fn main() -> ExitCode {
             cli.defer_accept,
         ),
         (n, Spread::Owned) => serve_owned(
+            cli.listen,
+            n.into(),
+            cli.loops.unwrap_or(n).into(),
+            cli.defer_accept,
+            cli.steal_after_us.saturating_mul(1000),
+        ),
+        (n, Spread::Flat) => serve_flat(
             cli.listen,
             n.into(),
             cli.loops.unwrap_or(n).into(),
@@ -263,193 +288,6 @@ fn serve_reuseport(addr: SocketAddr, n: usize, defer_accept: u32) -> io::Result<
             .collect();
         join_all(threads)
     })
-}
-
-/// `--spread loops`: `loops` reactors ([`Unit`], each with its own `SO_REUSEPORT`
-/// listener, so a connection stays on the reactor that accepted it and is served without
-/// a lock) and `n` threads that run any reactor whose turn is due. Every reactor's epoll
-/// set is in one outer epoll set, registered `EPOLLONESHOT`: the thread that takes a
-/// reactor's readiness locks it, runs one turn (`epoll_wait` with no timeout, then its
-/// events), unlocks it and re-arms it (one `epoll_ctl` per turn, not per event). So a
-/// reactor whose thread lost its CPU is served by the other thread, the way work sharing
-/// serves a connection, at the granularity of a reactor.
-fn serve_loops(addr: SocketAddr, n: usize, loops: usize, defer_accept: u32) -> io::Result<()> {
-    let units = reuseport_listeners(addr, loops, defer_accept)?
-        .into_iter()
-        .map(Unit::new)
-        .collect::<io::Result<Vec<_>>>()?;
-    let unit_fds: Vec<RawFd> = units.iter().map(|u| u.ep.as_raw_fd()).collect();
-    let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
-    let outer = epoll_create()?;
-    for (i, &fd) in unit_fds.iter().enumerate() {
-        let events = libc::EPOLLIN as u32 | ONESHOT;
-        ctl_token(outer.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, events, i as u64)?;
-    }
-    // The earliest end of a reactor's accept pause (`monotonic_nanos`), `u64::MAX` if
-    // none: a paused reactor may have no event to wake anyone when its pause ends.
-    let paused = AtomicU64::new(u64::MAX);
-    std::thread::scope(|s| {
-        let threads = (0..n)
-            .map(|_| {
-                s.spawn(|| {
-                    exit_on_error(loops_worker(outer.as_raw_fd(), &units, &unit_fds, &paused))
-                })
-            })
-            .collect();
-        join_all(threads)
-    })
-}
-
-/// One thread of [`serve_loops`].
-fn loops_worker(
-    outer: RawFd,
-    units: &[Mutex<Unit>],
-    unit_fds: &[RawFd],
-    paused: &AtomicU64,
-) -> io::Result<()> {
-    let mut buf = [0u8; BUF_SIZE];
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
-    // One reactor per wait: a thread that loses its CPU holds up no other.
-    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 1];
-    loop {
-        let resume_at = paused.load(Ordering::Acquire);
-        let timeout = if resume_at == u64::MAX {
-            -1
-        } else {
-            let left = resume_at.saturating_sub(duo_sys::monotonic_nanos());
-            (left / 1_000_000) as i32 + 1
-        };
-        let got = wait(outer, &mut ready, timeout)?;
-        if resume_at != u64::MAX
-            && duo_sys::monotonic_nanos() >= resume_at
-            && paused
-                .compare_exchange(resume_at, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
-                .is_ok()
-        {
-            // Whoever claims an ended pause gives every paused reactor a turn (which
-            // resumes its accepting if due) and notes the pauses still running.
-            for unit in units {
-                let mut unit = unit.lock().unwrap_or_else(|e| e.into_inner());
-                if unit.resume_accept.is_some() {
-                    unit.turn(0, &mut buf, &mut events)?;
-                }
-                note_pause(&unit, paused);
-            }
-        }
-        for ev in &ready[..got] {
-            let i = ev.u64 as usize;
-            {
-                let mut unit = units[i].lock().unwrap_or_else(|e| e.into_inner());
-                unit.turn(0, &mut buf, &mut events)?;
-                note_pause(&unit, paused);
-            }
-            ctl_token(
-                outer,
-                libc::EPOLL_CTL_MOD,
-                unit_fds[i],
-                libc::EPOLLIN as u32 | ONESHOT,
-                i as u64,
-            )?;
-        }
-    }
-}
-
-/// Marks a progress stamp taken at the start of a wait.
-const WAITING: u64 = 1 << 63;
-
-/// `--spread owned`: `loops` reactors ([`Unit`], each with its own `SO_REUSEPORT`
-/// listener), reactor k owned by thread k mod n: its epoll set sits level-triggered in
-/// that thread's outer set, so the owner runs its ready reactors with nothing to re-arm.
-/// Each thread stamps its progress; after its own turns a thread runs the ready reactors
-/// (those not locked) of any thread that has made no progress for `after` nanoseconds:
-/// preempted mid-turn, or woken but given no core. duo's `LoopSharing::Owned` without
-/// duo's code.
-fn serve_owned(
-    addr: SocketAddr,
-    n: usize,
-    loops: usize,
-    defer_accept: u32,
-    after: u64,
-) -> io::Result<()> {
-    let units = reuseport_listeners(addr, loops, defer_accept)?
-        .into_iter()
-        .map(Unit::new)
-        .collect::<io::Result<Vec<_>>>()?;
-    let outers = (0..n)
-        .map(|_| epoll_create())
-        .collect::<io::Result<Vec<_>>>()?;
-    for (k, u) in units.iter().enumerate() {
-        ctl_token(
-            outers[k % n].as_raw_fd(),
-            libc::EPOLL_CTL_ADD,
-            u.ep.as_raw_fd(),
-            libc::EPOLLIN as u32,
-            k as u64,
-        )?;
-    }
-    let outer_fds: Vec<RawFd> = outers.iter().map(|o| o.as_raw_fd()).collect();
-    let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
-    let progress: Vec<AtomicU64> = (0..n).map(|_| AtomicU64::new(0)).collect();
-    std::thread::scope(|s| {
-        let threads = (0..n)
-            .map(|me| {
-                let (units, outer_fds, progress) = (&units, &outer_fds, &progress);
-                s.spawn(move || exit_on_error(owned_worker(me, units, outer_fds, progress, after)))
-            })
-            .collect();
-        join_all(threads)
-    })
-}
-
-/// Thread `me` of [`serve_owned`]. Simpler than duo's group, as a control experiment:
-/// it blocks in its own wait (no timed look at the others for a thread that has nothing
-/// to do), has no accept pauses across threads, and an owner whose ready reactor another
-/// thread holds finds it ready again at once until that thread lets go (duo parks the
-/// registration instead), which costs it CPU only while it is being helped.
-fn owned_worker(
-    me: usize,
-    units: &[Mutex<Unit>],
-    outers: &[RawFd],
-    progress: &[AtomicU64],
-    after: u64,
-) -> io::Result<()> {
-    let mut buf = [0u8; BUF_SIZE];
-    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
-    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 64];
-    let mut tried = vec![0u64; outers.len()];
-    loop {
-        progress[me].store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
-        let got = wait(outers[me], &mut ready, -1)?;
-        for ev in &ready[..got] {
-            progress[me].store(duo_sys::monotonic_nanos(), Ordering::Release);
-            if let Ok(mut unit) = units[ev.u64 as usize].try_lock() {
-                unit.turn(0, &mut buf, &mut events)?;
-            }
-        }
-        let now = duo_sys::monotonic_nanos();
-        for (j, &outer) in outers.iter().enumerate() {
-            let stamp = progress[j].load(Ordering::Acquire) & !WAITING;
-            if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after)
-            {
-                continue;
-            }
-            tried[j] = now;
-            let got = wait(outer, &mut ready, 0)?;
-            for ev in &ready[..got] {
-                if let Ok(mut unit) = units[ev.u64 as usize].try_lock() {
-                    unit.turn(0, &mut buf, &mut events)?;
-                }
-            }
-        }
-    }
-}
-
-/// Records `unit`'s accept pause, if any, in the earliest pause end.
-fn note_pause(unit: &Unit, paused: &AtomicU64) {
-    if let Some(t) = unit.resume_accept {
-        let left = t.saturating_duration_since(Instant::now()).as_nanos() as u64;
-        paused.fetch_min(duo_sys::monotonic_nanos() + left, Ordering::AcqRel);
-    }
 }
 
 /// Ends the process with the error of a server thread (the others cannot go on usefully).

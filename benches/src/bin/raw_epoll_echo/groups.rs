@@ -1,0 +1,422 @@
+//! The three ways `raw_epoll_echo` runs more reactors than threads (`--spread loops`,
+//! `owned` and `flat`; see the crate documentation): duo's `LoopGroup` models, without
+//! duo's code.
+
+use std::io;
+use std::net::{SocketAddr, TcpListener};
+use std::os::fd::{AsRawFd as _, RawFd};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Instant;
+
+use super::{
+    accept_one, ctl_token, epoll_create, exit_on_error, interest, join_all, reuseport_listeners,
+    service, wait, Accepted, Conn, Unit, ACCEPT_PAUSE, BUF_SIZE, ONESHOT,
+};
+
+/// `--spread loops`: `loops` reactors ([`Unit`], each with its own `SO_REUSEPORT`
+/// listener, so a connection stays on the reactor that accepted it and is served without
+/// a lock) and `n` threads that run any reactor whose turn is due. Every reactor's epoll
+/// set is in one outer epoll set, registered `EPOLLONESHOT`: the thread that takes a
+/// reactor's readiness locks it, runs one turn (`epoll_wait` with no timeout, then its
+/// events), unlocks it and re-arms it (one `epoll_ctl` per turn, not per event). So a
+/// reactor whose thread lost its CPU is served by the other thread, the way work sharing
+/// serves a connection, at the granularity of a reactor.
+pub(super) fn serve_loops(
+    addr: SocketAddr,
+    n: usize,
+    loops: usize,
+    defer_accept: u32,
+) -> io::Result<()> {
+    let units = reuseport_listeners(addr, loops, defer_accept)?
+        .into_iter()
+        .map(Unit::new)
+        .collect::<io::Result<Vec<_>>>()?;
+    let unit_fds: Vec<RawFd> = units.iter().map(|u| u.ep.as_raw_fd()).collect();
+    let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
+    let outer = epoll_create()?;
+    for (i, &fd) in unit_fds.iter().enumerate() {
+        let events = libc::EPOLLIN as u32 | ONESHOT;
+        ctl_token(outer.as_raw_fd(), libc::EPOLL_CTL_ADD, fd, events, i as u64)?;
+    }
+    // The earliest end of a reactor's accept pause (`monotonic_nanos`), `u64::MAX` if
+    // none: a paused reactor may have no event to wake anyone when its pause ends.
+    let paused = AtomicU64::new(u64::MAX);
+    std::thread::scope(|s| {
+        let threads = (0..n)
+            .map(|_| {
+                s.spawn(|| {
+                    exit_on_error(loops_worker(outer.as_raw_fd(), &units, &unit_fds, &paused))
+                })
+            })
+            .collect();
+        join_all(threads)
+    })
+}
+
+/// One thread of [`serve_loops`].
+fn loops_worker(
+    outer: RawFd,
+    units: &[Mutex<Unit>],
+    unit_fds: &[RawFd],
+    paused: &AtomicU64,
+) -> io::Result<()> {
+    let mut buf = [0u8; BUF_SIZE];
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
+    // One reactor per wait: a thread that loses its CPU holds up no other.
+    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 1];
+    loop {
+        let resume_at = paused.load(Ordering::Acquire);
+        let timeout = if resume_at == u64::MAX {
+            -1
+        } else {
+            let left = resume_at.saturating_sub(duo_sys::monotonic_nanos());
+            (left / 1_000_000) as i32 + 1
+        };
+        let got = wait(outer, &mut ready, timeout)?;
+        if resume_at != u64::MAX
+            && duo_sys::monotonic_nanos() >= resume_at
+            && paused
+                .compare_exchange(resume_at, u64::MAX, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            // Whoever claims an ended pause gives every paused reactor a turn (which
+            // resumes its accepting if due) and notes the pauses still running.
+            for unit in units {
+                let mut unit = unit.lock().unwrap_or_else(|e| e.into_inner());
+                if unit.resume_accept.is_some() {
+                    unit.turn(0, &mut buf, &mut events)?;
+                }
+                note_pause(&unit, paused);
+            }
+        }
+        for ev in &ready[..got] {
+            let i = ev.u64 as usize;
+            {
+                let mut unit = units[i].lock().unwrap_or_else(|e| e.into_inner());
+                unit.turn(0, &mut buf, &mut events)?;
+                note_pause(&unit, paused);
+            }
+            ctl_token(
+                outer,
+                libc::EPOLL_CTL_MOD,
+                unit_fds[i],
+                libc::EPOLLIN as u32 | ONESHOT,
+                i as u64,
+            )?;
+        }
+    }
+}
+
+/// Marks a progress stamp taken at the start of a wait.
+const WAITING: u64 = 1 << 63;
+
+/// `--spread owned`: `loops` reactors ([`Unit`], each with its own `SO_REUSEPORT`
+/// listener), reactor k owned by thread k mod n: its epoll set sits level-triggered in
+/// that thread's outer set, so the owner runs its ready reactors with nothing to re-arm.
+/// Each thread stamps its progress; after its own turns a thread runs the ready reactors
+/// (those not locked) of any thread that has made no progress for `after` nanoseconds:
+/// preempted mid-turn, or woken but given no core. duo's `LoopSharing::Owned` without
+/// duo's code.
+pub(super) fn serve_owned(
+    addr: SocketAddr,
+    n: usize,
+    loops: usize,
+    defer_accept: u32,
+    after: u64,
+) -> io::Result<()> {
+    let units = reuseport_listeners(addr, loops, defer_accept)?
+        .into_iter()
+        .map(Unit::new)
+        .collect::<io::Result<Vec<_>>>()?;
+    let outers = (0..n)
+        .map(|_| epoll_create())
+        .collect::<io::Result<Vec<_>>>()?;
+    for (k, u) in units.iter().enumerate() {
+        ctl_token(
+            outers[k % n].as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            u.ep.as_raw_fd(),
+            libc::EPOLLIN as u32,
+            k as u64,
+        )?;
+    }
+    let outer_fds: Vec<RawFd> = outers.iter().map(|o| o.as_raw_fd()).collect();
+    let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
+    let threads = GroupThread::many(n);
+    std::thread::scope(|s| {
+        let workers = (0..n)
+            .map(|me| {
+                let (units, outer_fds, threads) = (&units, &outer_fds, &threads);
+                s.spawn(move || exit_on_error(owned_worker(me, units, outer_fds, threads, after)))
+            })
+            .collect();
+        join_all(workers)
+    })
+}
+
+/// Thread `me` of [`serve_owned`]. Simpler than duo's group, as a control experiment:
+/// it blocks in its own wait (no timed look at the others for a thread that has nothing
+/// to do), and an owner whose ready reactor another
+/// thread holds finds it ready again at once until that thread lets go (duo parks the
+/// registration instead), which costs it CPU only while it is being helped.
+fn owned_worker(
+    me: usize,
+    units: &[Mutex<Unit>],
+    outers: &[RawFd],
+    threads: &[GroupThread],
+    after: u64,
+) -> io::Result<()> {
+    let n = outers.len();
+    let mut buf = [0u8; BUF_SIZE];
+    let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
+    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut tried = vec![0u64; n];
+    let progress = &threads[me].progress;
+    // A turn of reactor `k` if no other thread runs it; a reactor that stopped accepting
+    // is noted with its owner, which gives it a turn when the pause may have ended (a
+    // reactor with a disabled listener and no connection has no event to get one).
+    let mut run = |k: usize, buf: &mut [u8; BUF_SIZE]| -> io::Result<()> {
+        if let Ok(mut unit) = units[k].try_lock() {
+            unit.turn(0, buf, &mut events)?;
+            if unit.resume_accept.is_some() {
+                PAUSED.store(true, Ordering::Release);
+            }
+        }
+        Ok(())
+    };
+    loop {
+        let timeout = pause_timeout();
+        progress.store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
+        let got = wait(outers[me], &mut ready, timeout)?;
+        for ev in &ready[..got] {
+            progress.store(duo_sys::monotonic_nanos(), Ordering::Release);
+            run(ev.u64 as usize, &mut buf)?;
+        }
+        if timeout >= 0 && PAUSED.swap(false, Ordering::AcqRel) {
+            // A turn resumes accepting if the pause is over; one still paused sets the
+            // flag again.
+            for k in 0..units.len() {
+                run(k, &mut buf)?;
+            }
+        }
+        let now = duo_sys::monotonic_nanos();
+        for (j, &outer) in outers.iter().enumerate() {
+            let stamp = threads[j].progress.load(Ordering::Acquire) & !WAITING;
+            if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after)
+            {
+                continue;
+            }
+            tried[j] = now;
+            let got = wait(outer, &mut ready, 0)?;
+            for ev in &ready[..got] {
+                run(ev.u64 as usize, &mut buf)?;
+            }
+        }
+    }
+}
+
+/// A reactor of `--spread flat`: a listener and the connections it accepted, all
+/// registered in the epoll set of the reactor's owner thread with the token
+/// `reactor << 32 | fd`.
+struct FlatUnit {
+    listener: TcpListener,
+    conns: Vec<Option<Conn>>,
+    /// When accepting resumes after running out of descriptors.
+    resume_accept: Option<Instant>,
+}
+
+/// `--spread flat` (see [`Spread::Flat`]).
+pub(super) fn serve_flat(
+    addr: SocketAddr,
+    n: usize,
+    loops: usize,
+    defer_accept: u32,
+    after: u64,
+) -> io::Result<()> {
+    let sets = (0..n)
+        .map(|_| epoll_create())
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut units = Vec::with_capacity(loops);
+    for (k, listener) in reuseport_listeners(addr, loops, defer_accept)?
+        .into_iter()
+        .enumerate()
+    {
+        let lfd = listener.as_raw_fd();
+        let token = (k as u64) << 32 | lfd as u64;
+        ctl_token(
+            sets[k % n].as_raw_fd(),
+            libc::EPOLL_CTL_ADD,
+            lfd,
+            libc::EPOLLIN as u32,
+            token,
+        )?;
+        units.push(Mutex::new(FlatUnit {
+            listener,
+            conns: Vec::new(),
+            resume_accept: None,
+        }));
+    }
+    let set_fds: Vec<RawFd> = sets.iter().map(|o| o.as_raw_fd()).collect();
+    let threads = GroupThread::many(n);
+    std::thread::scope(|s| {
+        let workers = (0..n)
+            .map(|me| {
+                let (units, set_fds, threads) = (&units, &set_fds, &threads);
+                s.spawn(move || exit_on_error(flat_worker(me, units, set_fds, threads, after)))
+            })
+            .collect();
+        join_all(workers)
+    })
+}
+
+/// What the threads of [`serve_owned`] and [`serve_flat`] know of each other.
+struct GroupThread {
+    /// Its progress stamp (as in `--spread owned`).
+    progress: AtomicU64,
+}
+
+impl GroupThread {
+    fn many(n: usize) -> Vec<GroupThread> {
+        (0..n)
+            .map(|_| GroupThread {
+                progress: AtomicU64::new(0),
+            })
+            .collect()
+    }
+}
+
+/// Some reactor of `--spread owned` or `flat` stopped accepting for a while (out of
+/// descriptors). Such a reactor may have no event to give it a turn when its pause ends
+/// (its listener disabled, no connection), and whichever thread paused it may not be its
+/// owner, which may sleep meanwhile: so every thread waits at most [`ACCEPT_PAUSE`] while
+/// this is set, and the first to claim it looks at every reactor.
+static PAUSED: AtomicBool = AtomicBool::new(false);
+
+/// How long a thread may wait for events (ms): until an accept pause may have ended, or
+/// for ever (`-1`).
+fn pause_timeout() -> i32 {
+    if PAUSED.load(Ordering::Acquire) {
+        ACCEPT_PAUSE.as_millis() as i32
+    } else {
+        -1
+    }
+}
+
+/// Thread `me` of [`serve_flat`].
+fn flat_worker(
+    me: usize,
+    units: &[Mutex<FlatUnit>],
+    sets: &[RawFd],
+    threads: &[GroupThread],
+    after: u64,
+) -> io::Result<()> {
+    let n = sets.len();
+    let mut buf = [0u8; BUF_SIZE];
+    let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 64];
+    let mut tried = vec![0u64; n];
+    let progress = &threads[me].progress;
+    loop {
+        let timeout = pause_timeout();
+        progress.store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
+        let got = wait(sets[me], &mut ready, timeout)?;
+        for ev in &ready[..got] {
+            progress.store(duo_sys::monotonic_nanos(), Ordering::Release);
+            flat_event(units, sets[me], ev.u64, &mut buf)?;
+        }
+        if timeout >= 0 && PAUSED.swap(false, Ordering::AcqRel) {
+            for (k, unit) in units.iter().enumerate() {
+                let mut u = unit.lock().unwrap_or_else(|e| e.into_inner());
+                match u.resume_accept {
+                    Some(t) if Instant::now() >= t => {
+                        u.resume_accept = None;
+                        let lfd = u.listener.as_raw_fd();
+                        let token = (k as u64) << 32 | lfd as u64;
+                        let interest = libc::EPOLLIN as u32;
+                        ctl_token(sets[k % n], libc::EPOLL_CTL_MOD, lfd, interest, token)?;
+                    }
+                    Some(_) => PAUSED.store(true, Ordering::Release),
+                    None => {}
+                }
+            }
+        }
+        let now = duo_sys::monotonic_nanos();
+        for (j, &set) in sets.iter().enumerate() {
+            let stamp = threads[j].progress.load(Ordering::Acquire) & !WAITING;
+            if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after)
+            {
+                continue;
+            }
+            tried[j] = now;
+            let got = wait(set, &mut ready, 0)?;
+            for ev in &ready[..got] {
+                flat_event(units, set, ev.u64, &mut buf)?;
+            }
+        }
+    }
+}
+
+/// Serves one event of a `--spread flat` reactor (`token`: reactor << 32 | fd) whose
+/// owner's epoll set is `set`, unless another thread holds that reactor
+/// (level triggering reports the event again).
+fn flat_event(
+    units: &[Mutex<FlatUnit>],
+    set: RawFd,
+    token: u64,
+    buf: &mut [u8; BUF_SIZE],
+) -> io::Result<()> {
+    let (k, fd) = ((token >> 32) as usize, token as u32 as RawFd);
+    let Ok(mut u) = units[k].try_lock() else {
+        return Ok(());
+    };
+    let u = &mut *u;
+    if fd == u.listener.as_raw_fd() {
+        loop {
+            let c = match accept_one(fd)? {
+                Accepted::Conn(c) => c,
+                Accepted::Drained => return Ok(()),
+                Accepted::Exhausted => {
+                    ctl_token(set, libc::EPOLL_CTL_MOD, fd, 0, token)?;
+                    u.resume_accept = Some(Instant::now() + ACCEPT_PAUSE);
+                    PAUSED.store(true, Ordering::Release);
+                    return Ok(());
+                }
+            };
+            let raw = c.as_raw_fd();
+            let t = (k as u64) << 32 | raw as u64;
+            if let Err(e) = ctl_token(set, libc::EPOLL_CTL_ADD, raw, libc::EPOLLIN as u32, t) {
+                eprintln!("raw_epoll_echo: epoll_ctl: {e}; dropping the connection");
+                continue;
+            }
+            if u.conns.len() <= raw as usize {
+                u.conns.resize_with(raw as usize + 1, || None);
+            }
+            u.conns[raw as usize] = Some(Conn {
+                fd: c,
+                pending: Vec::new(),
+            });
+        }
+    }
+    let Some(slot) = u.conns.get_mut(fd as usize) else {
+        return Ok(());
+    };
+    let Some(c) = slot.as_mut() else {
+        return Ok(());
+    };
+    let before = interest(c);
+    if !service(c, buf)
+        || (interest(c) != before
+            && ctl_token(set, libc::EPOLL_CTL_MOD, fd, interest(c), token).is_err())
+    {
+        *slot = None;
+    }
+    Ok(())
+}
+
+/// Records `unit`'s accept pause, if any, in the earliest pause end.
+fn note_pause(unit: &Unit, paused: &AtomicU64) {
+    if let Some(t) = unit.resume_accept {
+        let left = t.saturating_duration_since(Instant::now()).as_nanos() as u64;
+        paused.fetch_min(duo_sys::monotonic_nanos() + left, Ordering::AcqRel);
+    }
+}
