@@ -317,14 +317,14 @@ fn flat_worker(
     let mut tried = vec![0u64; n];
     let progress = &threads[me].progress;
     loop {
-        let timeout = pause_timeout();
+        let timeout = look_timeout(me, threads, &tried, after, pause_timeout());
         progress.store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
         let got = wait(sets[me], &mut ready, timeout)?;
         for ev in &ready[..got] {
             progress.store(duo_sys::monotonic_nanos(), Ordering::Release);
             flat_event(units, sets[me], ev.u64, &mut buf)?;
         }
-        if timeout >= 0 && PAUSED.swap(false, Ordering::AcqRel) {
+        if PAUSED.load(Ordering::Acquire) && PAUSED.swap(false, Ordering::AcqRel) {
             for (k, unit) in units.iter().enumerate() {
                 let mut u = unit.lock().unwrap_or_else(|e| e.into_inner());
                 match u.resume_accept {
@@ -353,6 +353,37 @@ fn flat_worker(
                 flat_event(units, set, ev.u64, &mut buf)?;
             }
         }
+    }
+}
+
+/// How long thread `me` of [`serve_flat`] may sleep in its wait (ms, `-1`: until an
+/// event): no longer than `limit`, and only until the earliest moment one of the other
+/// threads that is running (not asleep in its own wait) would have made no progress for
+/// `after`, so that a thread preempted with events in hand is helped even when this one
+/// has nothing of its own to do (as duo's `LoopGroup` does). A sleeping thread is woken
+/// by its own events.
+fn look_timeout(me: usize, threads: &[GroupThread], tried: &[u64], after: u64, limit: i32) -> i32 {
+    let now = duo_sys::monotonic_nanos();
+    let due = threads
+        .iter()
+        .enumerate()
+        .filter(|&(j, _)| j != me)
+        .filter_map(|(j, t)| {
+            let p = t.progress.load(Ordering::Acquire);
+            (p & WAITING == 0).then(|| p.saturating_add(after).max(tried[j].saturating_add(after)))
+        })
+        .min();
+    match due {
+        // Rounded up to a millisecond, epoll's unit (at least 1: no spinning).
+        Some(due) => {
+            let ms = (due.saturating_sub(now).div_ceil(1_000_000)).max(1) as i32;
+            if limit < 0 {
+                ms
+            } else {
+                ms.min(limit)
+            }
+        }
+        None => limit,
     }
 }
 
