@@ -174,7 +174,7 @@ fn owned_worker(
     let mut tried = vec![0u64; n];
     let progress = &threads[me].progress;
     // A turn of reactor `k` if no other thread runs it; a reactor that stopped accepting
-    // is noted with its owner, which gives it a turn when the pause may have ended (a
+    // sets `PAUSED`, so that some thread gives it a turn when the pause may have ended (a
     // reactor with a disabled listener and no connection has no event to get one).
     let mut run = |k: usize, buf: &mut [u8; BUF_SIZE]| -> io::Result<()> {
         if let Ok(mut unit) = units[k].try_lock() {
@@ -226,7 +226,7 @@ struct FlatUnit {
     resume_accept: Option<Instant>,
 }
 
-/// `--spread flat` (see [`Spread::Flat`]).
+/// `--spread flat` (see `Spread::Flat`).
 pub(super) fn serve_flat(
     addr: SocketAddr,
     n: usize,
