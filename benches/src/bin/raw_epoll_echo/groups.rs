@@ -200,19 +200,15 @@ fn owned_worker(
                 run(k, &mut buf)?;
             }
         }
-        let now = duo_sys::monotonic_nanos();
-        for (j, &outer) in outers.iter().enumerate() {
-            let stamp = threads[j].progress.load(Ordering::Acquire) & !WAITING;
-            if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after)
-            {
-                continue;
-            }
-            tried[j] = now;
-            let got = wait(outer, &mut ready, 0)?;
-            for ev in &ready[..got] {
-                run(ev.u64 as usize, &mut buf)?;
-            }
-        }
+        help_stalled(
+            me,
+            threads,
+            &mut tried,
+            after,
+            outers,
+            &mut ready,
+            |_, token| run(token as usize, &mut buf),
+        )?;
     }
 }
 
@@ -286,6 +282,35 @@ impl GroupThread {
     }
 }
 
+/// Thread `me` of [`serve_owned`] or [`serve_flat`] serves, with `serve(set, token)`, the
+/// ready events in the epoll set (`sets[j]`) of each other thread `j` that has made no
+/// progress for `after` nanoseconds, looking at each no more often than that (`tried`).
+/// Level-triggered: looking takes nothing from the owner, which finds the same events
+/// ready when it comes back.
+fn help_stalled(
+    me: usize,
+    threads: &[GroupThread],
+    tried: &mut [u64],
+    after: u64,
+    sets: &[RawFd],
+    ready: &mut [libc::epoll_event],
+    mut serve: impl FnMut(RawFd, u64) -> io::Result<()>,
+) -> io::Result<()> {
+    let now = duo_sys::monotonic_nanos();
+    for (j, &set) in sets.iter().enumerate() {
+        let stamp = threads[j].progress.load(Ordering::Acquire) & !WAITING;
+        if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after) {
+            continue;
+        }
+        tried[j] = now;
+        let got = wait(set, ready, 0)?;
+        for ev in &ready[..got] {
+            serve(set, ev.u64)?;
+        }
+    }
+    Ok(())
+}
+
 /// Some reactor of `--spread owned` or `flat` stopped accepting for a while (out of
 /// descriptors). Such a reactor may have no event to give it a turn when its pause ends
 /// (its listener disabled, no connection), and whichever thread paused it may not be its
@@ -340,19 +365,15 @@ fn flat_worker(
                 }
             }
         }
-        let now = duo_sys::monotonic_nanos();
-        for (j, &set) in sets.iter().enumerate() {
-            let stamp = threads[j].progress.load(Ordering::Acquire) & !WAITING;
-            if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after)
-            {
-                continue;
-            }
-            tried[j] = now;
-            let got = wait(set, &mut ready, 0)?;
-            for ev in &ready[..got] {
-                flat_event(units, set, ev.u64, &mut buf)?;
-            }
-        }
+        help_stalled(
+            me,
+            threads,
+            &mut tried,
+            after,
+            sets,
+            &mut ready,
+            |set, token| flat_event(units, set, token, &mut buf),
+        )?;
     }
 }
 

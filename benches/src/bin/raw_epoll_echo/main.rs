@@ -174,20 +174,20 @@ fn main() -> ExitCode {
             cli.loops.unwrap_or(n).into(),
             cli.defer_accept,
         ),
-        (n, Spread::Owned) => serve_owned(
-            cli.listen,
-            n.into(),
-            cli.loops.unwrap_or(n).into(),
-            cli.defer_accept,
-            cli.steal_after_us.saturating_mul(1000),
-        ),
-        (n, Spread::Flat) => serve_flat(
-            cli.listen,
-            n.into(),
-            cli.loops.unwrap_or(n).into(),
-            cli.defer_accept,
-            cli.steal_after_us.saturating_mul(1000),
-        ),
+        (n, spread @ (Spread::Owned | Spread::Flat)) => {
+            let serve_group = if spread == Spread::Owned {
+                serve_owned
+            } else {
+                serve_flat
+            };
+            serve_group(
+                cli.listen,
+                n.into(),
+                cli.loops.unwrap_or(n).into(),
+                cli.defer_accept,
+                cli.steal_after_us.saturating_mul(1000),
+            )
+        }
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,
