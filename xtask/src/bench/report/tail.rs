@@ -32,11 +32,13 @@ const TAIL_PAIRS: &[(&str, &str, &str)] = &[
 
 /// The control experiment: the raw epoll server at two threads in duo's threading model
 /// (a connection per thread), in tokio's (work sharing) and in between (a connection per
-/// reactor, reactors shared by the threads), each against tokio.
+/// reactor, reactors shared by the threads, or owned by them and helped), each against
+/// tokio.
 const MODEL_PAIRS: &[(&str, &str, &str)] = &[
     ("2", "raw-epoll-2", "tokio"),
     ("2", "raw-epoll-2-shared", "tokio"),
     ("2", "raw-epoll-2-loops", "tokio"),
+    ("2", "raw-epoll-2-flat", "tokio"),
 ];
 
 pub(super) fn tail_rows<'a>(results: &'a Results<'_>) -> Vec<TailRow<'a>> {
@@ -147,7 +149,7 @@ pub(super) fn tail_table(md: &mut String, results: &Results<'_>) {
     rows_table(md, &rows, true);
 }
 
-/// The tail of a server with no duo code in it, in three threading models, against
+/// The tail of a server with no duo code in it, in four threading models, against
 /// tokio's: what the two-thread gap above comes from.
 pub(super) fn models_table(md: &mut String, results: &Results<'_>) {
     let rows = model_rows(results);
@@ -156,14 +158,17 @@ pub(super) fn models_table(md: &mut String, results: &Results<'_>) {
     }
     let _ = writeln!(
         md,
-        "\nThe same tail for three threading models without duo's code: the raw epoll \
+        "\nThe same tail for four threading models without duo's code: the raw epoll \
          server on 2 threads with a connection per thread (`raw-epoll-2`, `SO_REUSEPORT`: \
          duo's and muduo's model), with any thread serving any connection \
          (`raw-epoll-2-shared`, one epoll set, `EPOLLONESHOT`: work sharing, tokio's \
-         model), and with a connection per reactor but any thread running any reactor's \
+         model), with a connection per reactor but any thread running any reactor's \
          next turn (`raw-epoll-2-loops`: 16 reactors, each an epoll set and a \
-         `SO_REUSEPORT` listener, their epoll sets `EPOLLONESHOT` in one outer set), each \
-         against tokio (here the \"duo\" columns are the raw server's).\n"
+         `SO_REUSEPORT` listener, their epoll sets `EPOLLONESHOT` in one outer set), and \
+         with reactors owned by the threads, their descriptors in one epoll set per \
+         thread, served by the other thread when their owner makes no progress for \
+         200 µs (`raw-epoll-2-flat`: 64 reactors), each against tokio (here the \"duo\" \
+         columns are the raw server's).\n"
     );
     rows_table(md, &rows, false);
 }
