@@ -28,10 +28,7 @@ pub(super) fn serve_loops(
     loops: usize,
     defer_accept: u32,
 ) -> io::Result<()> {
-    let units = reuseport_listeners(addr, loops, defer_accept)?
-        .into_iter()
-        .map(Unit::new)
-        .collect::<io::Result<Vec<_>>>()?;
+    let units = units(addr, loops, defer_accept)?;
     let unit_fds: Vec<RawFd> = units.iter().map(|u| u.ep.as_raw_fd()).collect();
     let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
     let outer = epoll_create()?;
@@ -42,15 +39,8 @@ pub(super) fn serve_loops(
     // The earliest end of a reactor's accept pause (`monotonic_nanos`), `u64::MAX` if
     // none: a paused reactor may have no event to wake anyone when its pause ends.
     let paused = AtomicU64::new(u64::MAX);
-    std::thread::scope(|s| {
-        let threads = (0..n)
-            .map(|_| {
-                s.spawn(|| {
-                    exit_on_error(loops_worker(outer.as_raw_fd(), &units, &unit_fds, &paused))
-                })
-            })
-            .collect();
-        join_all(threads)
+    on_threads(n, |_| {
+        loops_worker(outer.as_raw_fd(), &units, &unit_fds, &paused)
     })
 }
 
@@ -125,10 +115,7 @@ pub(super) fn serve_owned(
     defer_accept: u32,
     after: u64,
 ) -> io::Result<()> {
-    let units = reuseport_listeners(addr, loops, defer_accept)?
-        .into_iter()
-        .map(Unit::new)
-        .collect::<io::Result<Vec<_>>>()?;
+    let units = units(addr, loops, defer_accept)?;
     let outers = (0..n)
         .map(|_| epoll_create())
         .collect::<io::Result<Vec<_>>>()?;
@@ -143,28 +130,22 @@ pub(super) fn serve_owned(
     }
     let outer_fds: Vec<RawFd> = outers.iter().map(|o| o.as_raw_fd()).collect();
     let units: Vec<Mutex<Unit>> = units.into_iter().map(Mutex::new).collect();
-    let threads = GroupThread::many(n);
-    std::thread::scope(|s| {
-        let workers = (0..n)
-            .map(|me| {
-                let (units, outer_fds, threads) = (&units, &outer_fds, &threads);
-                s.spawn(move || exit_on_error(owned_worker(me, units, outer_fds, threads, after)))
-            })
-            .collect();
-        join_all(workers)
+    let progress = stamps(n);
+    on_threads(n, |me| {
+        owned_worker(me, &units, &outer_fds, &progress, after)
     })
 }
 
 /// Thread `me` of [`serve_owned`]. Simpler than duo's group, as a control experiment:
 /// it blocks in its own wait (no timed look at the others for a thread that has nothing
-/// to do), and an owner whose ready reactor another
-/// thread holds finds it ready again at once until that thread lets go (duo parks the
-/// registration instead), which costs it CPU only while it is being helped.
+/// to do), and an owner whose ready reactor another thread holds finds it ready again at
+/// once until that thread lets go (duo parks the registration instead), which costs it
+/// CPU only while it is being helped.
 fn owned_worker(
     me: usize,
     units: &[Mutex<Unit>],
     outers: &[RawFd],
-    threads: &[GroupThread],
+    progress: &[AtomicU64],
     after: u64,
 ) -> io::Result<()> {
     let n = outers.len();
@@ -172,7 +153,7 @@ fn owned_worker(
     let mut events = [libc::epoll_event { events: 0, u64: 0 }; 1024];
     let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 64];
     let mut tried = vec![0u64; n];
-    let progress = &threads[me].progress;
+    let mine = &progress[me];
     // A turn of reactor `k` if no other thread runs it; a reactor that stopped accepting
     // sets `PAUSED`, so that some thread gives it a turn when the pause may have ended (a
     // reactor with a disabled listener and no connection has no event to get one).
@@ -187,10 +168,10 @@ fn owned_worker(
     };
     loop {
         let timeout = pause_timeout();
-        progress.store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
+        mine.store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
         let got = wait(outers[me], &mut ready, timeout)?;
         for ev in &ready[..got] {
-            progress.store(duo_sys::monotonic_nanos(), Ordering::Release);
+            mine.store(duo_sys::monotonic_nanos(), Ordering::Release);
             run(ev.u64 as usize, &mut buf)?;
         }
         if timeout >= 0 && PAUSED.swap(false, Ordering::AcqRel) {
@@ -202,7 +183,7 @@ fn owned_worker(
         }
         help_stalled(
             me,
-            threads,
+            progress,
             &mut tried,
             after,
             outers,
@@ -254,32 +235,35 @@ pub(super) fn serve_flat(
         }));
     }
     let set_fds: Vec<RawFd> = sets.iter().map(|o| o.as_raw_fd()).collect();
-    let threads = GroupThread::many(n);
+    let progress = stamps(n);
+    on_threads(n, |me| flat_worker(me, &units, &set_fds, &progress, after))
+}
+
+/// Runs `worker(me)` for `me` in `0..n`, each on a thread of its own, until they end
+/// (which they do only by ending the process, [`exit_on_error`], or by panicking).
+fn on_threads(n: usize, worker: impl Fn(usize) -> io::Result<()> + Sync) -> io::Result<()> {
     std::thread::scope(|s| {
-        let workers = (0..n)
-            .map(|me| {
-                let (units, set_fds, threads) = (&units, &set_fds, &threads);
-                s.spawn(move || exit_on_error(flat_worker(me, units, set_fds, threads, after)))
-            })
+        let worker = &worker;
+        let threads = (0..n)
+            .map(|me| s.spawn(move || exit_on_error(worker(me))))
             .collect();
-        join_all(workers)
+        join_all(threads)
     })
 }
 
-/// What the threads of [`serve_owned`] and [`serve_flat`] know of each other.
-struct GroupThread {
-    /// Its progress stamp (as in `--spread owned`).
-    progress: AtomicU64,
+/// `loops` reactors ([`Unit`]), each with its own `SO_REUSEPORT` listener on the address
+/// the first one bound (announced).
+fn units(addr: SocketAddr, loops: usize, defer_accept: u32) -> io::Result<Vec<Unit>> {
+    reuseport_listeners(addr, loops, defer_accept)?
+        .into_iter()
+        .map(Unit::new)
+        .collect()
 }
 
-impl GroupThread {
-    fn many(n: usize) -> Vec<GroupThread> {
-        (0..n)
-            .map(|_| GroupThread {
-                progress: AtomicU64::new(0),
-            })
-            .collect()
-    }
+/// A progress stamp per thread of [`serve_owned`] or [`serve_flat`], with [`WAITING`] set
+/// while the thread sleeps in its own wait.
+fn stamps(n: usize) -> Vec<AtomicU64> {
+    (0..n).map(|_| AtomicU64::new(0)).collect()
 }
 
 /// Thread `me` of [`serve_owned`] or [`serve_flat`] serves, with `serve(set, token)`, the
@@ -289,7 +273,7 @@ impl GroupThread {
 /// ready when it comes back.
 fn help_stalled(
     me: usize,
-    threads: &[GroupThread],
+    progress: &[AtomicU64],
     tried: &mut [u64],
     after: u64,
     sets: &[RawFd],
@@ -298,7 +282,7 @@ fn help_stalled(
 ) -> io::Result<()> {
     let now = duo_sys::monotonic_nanos();
     for (j, &set) in sets.iter().enumerate() {
-        let stamp = threads[j].progress.load(Ordering::Acquire) & !WAITING;
+        let stamp = progress[j].load(Ordering::Acquire) & !WAITING;
         if j == me || now < stamp.saturating_add(after) || now < tried[j].saturating_add(after) {
             continue;
         }
@@ -333,20 +317,20 @@ fn flat_worker(
     me: usize,
     units: &[Mutex<FlatUnit>],
     sets: &[RawFd],
-    threads: &[GroupThread],
+    progress: &[AtomicU64],
     after: u64,
 ) -> io::Result<()> {
     let n = sets.len();
     let mut buf = [0u8; BUF_SIZE];
     let mut ready = [libc::epoll_event { events: 0, u64: 0 }; 64];
     let mut tried = vec![0u64; n];
-    let progress = &threads[me].progress;
+    let mine = &progress[me];
     loop {
-        let timeout = look_timeout(me, threads, &tried, after, pause_timeout());
-        progress.store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
+        let timeout = look_timeout(me, progress, &tried, after, pause_timeout());
+        mine.store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
         let got = wait(sets[me], &mut ready, timeout)?;
         for ev in &ready[..got] {
-            progress.store(duo_sys::monotonic_nanos(), Ordering::Release);
+            mine.store(duo_sys::monotonic_nanos(), Ordering::Release);
             flat_event(units, sets[me], ev.u64, &mut buf)?;
         }
         if PAUSED.load(Ordering::Acquire) && PAUSED.swap(false, Ordering::AcqRel) {
@@ -367,7 +351,7 @@ fn flat_worker(
         }
         help_stalled(
             me,
-            threads,
+            progress,
             &mut tried,
             after,
             sets,
@@ -383,14 +367,14 @@ fn flat_worker(
 /// `after`, so that a thread preempted with events in hand is helped even when this one
 /// has nothing of its own to do (as duo's `LoopGroup` does). A sleeping thread is woken
 /// by its own events.
-fn look_timeout(me: usize, threads: &[GroupThread], tried: &[u64], after: u64, limit: i32) -> i32 {
+fn look_timeout(me: usize, progress: &[AtomicU64], tried: &[u64], after: u64, limit: i32) -> i32 {
     let now = duo_sys::monotonic_nanos();
-    let due = threads
+    let due = progress
         .iter()
         .enumerate()
         .filter(|&(j, _)| j != me)
         .filter_map(|(j, t)| {
-            let p = t.progress.load(Ordering::Acquire);
+            let p = t.load(Ordering::Acquire);
             (p & WAITING == 0).then(|| p.saturating_add(after).max(tried[j].saturating_add(after)))
         })
         .min();
