@@ -184,10 +184,6 @@ pub struct EventLoop {
     busy_poll_nanos: u64,
     /// The last poll returned events (busy polling follows only such iterations).
     had_events: bool,
-    /// The last iteration may have left readiness its set will not report again by
-    /// itself: its poll filled the event buffer, or it served a level-triggered channel
-    /// (what a group with one edge-triggered set for all loops must know).
-    maybe_more: bool,
     /// The thread that made the loop with [`EventLoop::new`] (it counts as that thread's
     /// one loop until dropped there); `None` for a loop of a group.
     owner_thread: Option<u64>,
@@ -247,7 +243,6 @@ impl EventLoop {
             health: HealthTracker::new(HealthConfig::process_default()),
             busy_poll_nanos: 0,
             had_events: false,
-            maybe_more: false,
             owner_thread: None,
         })
     }
@@ -334,14 +329,12 @@ impl EventLoop {
         // without blocking for a while before going to sleep, so that a loop under load
         // is not put to sleep and woken (and, on a crowded machine, made to wait for a
         // core) between two bursts that arrive microseconds apart.
-        let capacity = self.poller.capacity();
         let n = if timeout.is_none() && self.busy_poll_nanos > 0 && self.had_events {
             self.poller.poll_spinning(self.busy_poll_nanos)?
         } else {
             self.poller.poll(timeout)?
         };
         self.had_events = n > 0;
-        self.maybe_more = n >= capacity;
         self.poll_nanos = self.health.polled(&self.shared.metrics.health);
         MetricCounters::add(&self.shared.metrics.iterations, 1);
         for i in 0..n {
@@ -416,7 +409,6 @@ impl EventLoop {
             resume_unwind(panic);
         }
         entry.channel.ready = Ready::from_bits(0);
-        self.maybe_more |= !entry.channel.registered.is_edge();
         let describe = || {
             let label = entry.handler.label();
             let label = label.as_deref().unwrap_or("a handler without label");

@@ -36,12 +36,9 @@
 //!   and at most 10 ms), so that it can help a thread stuck in a long callback too (a
 //!   thread that is woken but finds no core is helped by one that is running; if a core
 //!   is idle, the scheduler gives it that one).
-//! - [`LoopSharing::Any`]: every loop sits edge-triggered in one epoll set, and ready
-//!   loops wait in one queue. A thread that comes back from the set queues every loop it
-//!   reported, then runs turns from the queue; a thread that starts a turn with more
-//!   queued wakes one that sleeps. So a thread that loses its core holds only the loop
-//!   whose turn it runs, as with one loop per wait, but with nothing to re-arm and a
-//!   batch of ready loops per wait (`loop_group/any.rs`).
+//! - [`LoopSharing::Any`]: every loop sits one-shot in one epoll set, each thread waits
+//!   on it for one ready loop at a time (so it never holds readiness it is not serving),
+//!   runs its turn, puts it back and re-arms it: one `epoll_ctl` per turn.
 //!
 //! A loop that quits (or whose turn fails or panics) is dropped, closing its channels;
 //! when the last one is gone the group's threads end.
@@ -59,7 +56,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
@@ -70,7 +67,6 @@ use parking_lot::Mutex;
 use crate::event_loop_thread::ThreadInit;
 use crate::{EventLoop, LoopHandle};
 
-mod any;
 mod sharing;
 pub use sharing::{LoopSharing, ParseLoopSharingError};
 
@@ -81,7 +77,7 @@ const STOP_TOKEN: u64 = u64::MAX;
 const READY_BATCH: usize = 64;
 
 /// How a loop is registered in the one set of [`LoopSharing::Any`].
-const SHARED: Interest = Interest::READABLE.add(Interest::EDGE);
+const ARMED: Interest = Interest::READABLE.add(Interest::ONESHOT);
 
 /// The longest a thread of [`LoopSharing::Owned`] sleeps before it looks at the others
 /// (when they all slept as it went to sleep; else it wakes when one of them would be due
@@ -149,8 +145,6 @@ struct GroupCore {
     busy_poll_nanos: AtomicU64,
     /// [`LoopGroup::set_steal_after`], in nanoseconds (0: off).
     steal_after_nanos: AtomicU64,
-    /// [`LoopSharing::Any`]: the loops ready for a turn.
-    ready: Option<any::ReadyQueue>,
 }
 
 /// What a [`Slot`]'s lock guards.
@@ -186,8 +180,6 @@ struct Slot {
     fd: OwnedFd,
     /// Index of the set the loop is in (its owner's, with [`LoopSharing::Owned`]).
     home: usize,
-    /// [`LoopSharing::Any`]: queued, running, or neither (`any::sched`).
-    sched: AtomicU8,
 }
 
 impl LoopGroup {
@@ -251,7 +243,7 @@ impl LoopGroup {
             let home = i % sets;
             let interest = match sharing {
                 LoopSharing::Owned => Interest::READABLE,
-                LoopSharing::Any => SHARED,
+                LoopSharing::Any => ARMED,
             };
             homes[home].set.add(fd.as_fd(), interest, i as u64)?;
             made.push(Slot {
@@ -261,23 +253,12 @@ impl LoopGroup {
                 }),
                 fd,
                 home,
-                sched: AtomicU8::new(any::sched::IDLE),
             });
         }
         let handles: Vec<LoopHandle> = made
             .iter()
             .filter_map(|slot| slot.state.lock().lp.as_ref().map(EventLoop::handle))
             .collect();
-        let ready = match sharing {
-            LoopSharing::Owned => None,
-            LoopSharing::Any => {
-                let rq = any::ReadyQueue::new(loops)?;
-                homes[0]
-                    .set
-                    .add(rq.wake.as_fd(), SHARED, any::WAKE_TOKEN)?;
-                Some(rq)
-            }
-        };
         let core = Arc::new(GroupCore {
             sharing,
             homes,
@@ -287,7 +268,6 @@ impl LoopGroup {
             failures: Mutex::new(Vec::new()),
             busy_poll_nanos: AtomicU64::new(0),
             steal_after_nanos: AtomicU64::new(LoopGroup::DEFAULT_STEAL_AFTER.as_nanos() as u64),
-            ready,
         });
         let mut group = LoopGroup {
             name: name.to_owned(),
@@ -461,9 +441,6 @@ impl GroupCore {
     /// The life of thread `me`: run the ready loops of its set, help a thread that
     /// makes no progress ([`LoopSharing::Owned`]), until every loop has ended.
     fn serve(&self, me: usize) {
-        if let Some(rq) = &self.ready {
-            return self.serve_any(rq);
-        }
         let home = &self.homes[me % self.homes.len()];
         // One ready loop per wait when threads share a set: a thread never holds
         // readiness it is not serving.
@@ -662,21 +639,36 @@ impl GroupCore {
         let Some(mut lp) = taken else {
             return false;
         };
-        match self.turn_of(&mut lp, helped) {
+        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn(helped)));
+        let ended = match outcome {
+            Ok(Ok(false)) => None,
+            Ok(Ok(true)) => Some(None),
+            Ok(Err(e)) => Some(Some(format!("loop {}: {e}", lp.name()))),
+            Err(_) => Some(Some(format!("loop {} panicked", lp.name()))),
+        };
+        match ended {
             None => {
                 // Back in its slot (the slot's lock also hands this turn's writes, the
                 // loop's single-writer counters among them, to the thread that runs the
-                // next turn). A parked loop is enabled again under the lock, so that no
-                // owner parks it meanwhile (only this rare case holds the lock across a
-                // system call).
+                // next turn). A parked owned loop is enabled again under the lock, so
+                // that no owner parks it meanwhile (only this rare case holds the lock
+                // across a system call). A one-shot loop is re-armed after the lock is
+                // released: once re-armed, another thread may take its readiness at once,
+                // and finds it in its slot (a thread that got it would otherwise wait for
+                // the lock, and sleep on it).
                 let set = &self.homes[slot.home].set;
                 let rearmed = {
                     let mut state = slot.state.lock();
                     state.lp = Some(lp);
-                    if std::mem::take(&mut state.parked) {
-                        set.modify(slot.fd.as_fd(), Interest::READABLE, token)
-                    } else {
-                        Ok(())
+                    match self.sharing {
+                        LoopSharing::Owned if std::mem::take(&mut state.parked) => {
+                            set.modify(slot.fd.as_fd(), Interest::READABLE, token)
+                        }
+                        LoopSharing::Owned => Ok(()),
+                        LoopSharing::Any => {
+                            drop(state);
+                            set.modify(slot.fd.as_fd(), ARMED, token)
+                        }
                     }
                 };
                 if let Err(e) = rearmed {
@@ -689,17 +681,6 @@ impl GroupCore {
             Some(why) => self.end(slot, lp, why),
         }
         true
-    }
-
-    /// Runs one turn of `lp` on this thread: `None` if the loop goes on, else why it
-    /// ended (`None` inside: it quit).
-    fn turn_of(&self, lp: &mut EventLoop, helped: bool) -> Option<Option<String>> {
-        match catch_unwind(AssertUnwindSafe(|| lp.turn(helped))) {
-            Ok(Ok(false)) => None,
-            Ok(Ok(true)) => Some(None),
-            Ok(Err(e)) => Some(Some(format!("loop {}: {e}", lp.name()))),
-            Err(_) => Some(Some(format!("loop {} panicked", lp.name()))),
-        }
     }
 
     /// A loop ended: take it out of its home set, drop it (closing its channels), and

@@ -42,11 +42,6 @@ impl Poller {
         self.epoll.wait_spinning(&mut self.events, spin_nanos)
     }
 
-    /// How many events the next poll can return.
-    pub(crate) fn capacity(&self) -> usize {
-        self.events.capacity()
-    }
-
     /// The `i`th event of the last poll as `(token, readiness)`.
     pub(crate) fn event(&self, i: usize) -> Option<(u64, Ready)> {
         self.events.get(i)

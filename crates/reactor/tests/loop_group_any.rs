@@ -1,7 +1,9 @@
-//! `LoopGroup` with `LoopSharing::Any`: the loops sit edge-triggered in one set and ready
-//! loops wait in a queue every thread takes from. What an edge does not report again must
-//! still be served (a level-triggered channel left readable, more ready channels than a
-//! loop's wait returns), and loops queued by a thread that is held up are run by another.
+//! `LoopGroup` with `LoopSharing::Any`: readiness that no new event reports must still be
+//! served (a level-triggered channel left readable, more ready channels than one wait of a
+//! loop returns), and loops that become ready while a thread is held in a turn are run by
+//! the other. (Written for a design that kept loops edge-triggered in the shared set with
+//! a queue of ready loops, where each of these was a way to lose a loop; that design was
+//! measured and dropped, `docs/benchmarks.md`, and the tests stay for whatever comes next.)
 
 use std::io::{ErrorKind, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -120,7 +122,7 @@ impl Handler for Gate {
 }
 
 #[test]
-fn loops_queued_by_a_thread_held_in_a_turn_are_run_by_the_other() {
+fn loops_ready_while_a_thread_is_held_in_a_turn_are_run_by_the_other() {
     const LOOPS: usize = 8;
     const ROUNDS: usize = 40;
     let group = LoopGroup::start_sharing("anyq", 2, LOOPS, LoopSharing::Any, None).unwrap();
@@ -147,8 +149,8 @@ fn loops_queued_by_a_thread_held_in_a_turn_are_run_by_the_other() {
     for round in 0..ROUNDS {
         let (release_tx, release_rx) = mpsc::channel::<()>();
         *release.lock() = Some(release_rx);
-        // The gate first, the others at once after: often one thread takes several of
-        // them in one wait, runs the gate's turn and is held there, with the rest queued.
+        // The gate first, the others at once after: a thread runs the gate's turn and is
+        // held there while the others become ready (in a batch it may have taken).
         gate.write_all(b"g").unwrap();
         for c in &mut others {
             c.write_all(b"x").unwrap();

@@ -46,13 +46,6 @@ impl EventLoop {
         result.map(|()| self.shared.quit.load(Ordering::SeqCst))
     }
 
-    /// Whether the last turn may have left readiness that the loop's epoll set will not
-    /// signal again (a full event buffer, a level-triggered channel served): the loop
-    /// needs another turn even if no new readiness arrives.
-    pub(crate) fn maybe_more(&self) -> bool {
-        self.maybe_more
-    }
-
     /// The loop's epoll descriptor: readable when the loop has work.
     pub(crate) fn poll_fd(&self) -> std::os::fd::BorrowedFd<'_> {
         self.poller.as_fd()

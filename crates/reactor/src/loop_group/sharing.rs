@@ -20,11 +20,10 @@ pub enum LoopSharing {
     /// own loop's turn is under way on a thread that lost its core. The default.
     #[default]
     Owned,
-    /// No owners: every loop sits edge-triggered in one epoll set, and the ready ones
-    /// wait in one queue that every thread runs turns from (a thread that starts a turn
-    /// with more queued wakes one that sleeps). A thread holds no ready loop but the one
-    /// whose turn it runs, which gives the lowest tail, at the price of more wake-ups
-    /// between threads (more CPU per request than `Owned` when turns are small).
+    /// No owners: every loop sits one-shot in one epoll set, each thread takes one ready
+    /// loop per wait, runs its turn and re-arms it. A thread never holds readiness it is
+    /// not serving, which gives the lowest tail, at the price of a wait and an `epoll_ctl`
+    /// per turn (more CPU per request when turns are small).
     Any,
 }
 
