@@ -18,6 +18,9 @@ use util::{localhost, TestServer};
 /// Idle connections a loop closes per iteration at most (`per_loop.rs`).
 const BATCH: usize = 128;
 
+/// Per closed connection: the loop iteration it closed in, and why.
+type Closes = Arc<Mutex<Vec<(u64, Option<CloseReason>)>>>;
+
 #[test]
 fn a_burst_of_idle_connections_is_closed_a_batch_per_iteration() {
     // Each connection costs this process two descriptors (the client's and the server's).
@@ -29,8 +32,7 @@ fn a_burst_of_idle_connections_is_closed_a_batch_per_iteration() {
         conns > 2 * BATCH,
         "RLIMIT_NOFILE {soft} leaves room for {conns} connections only"
     );
-    // Per closed connection: the loop iteration it closed in, and why.
-    let closes: Arc<Mutex<Vec<(u64, Option<CloseReason>)>>> = Arc::default();
+    let closes: Closes = Arc::default();
     let seen = closes.clone();
     // A timeout long against the time it takes to open them all, so that they all expire
     // within a tick or two of each other (a tick is an eighth of it).
