@@ -94,7 +94,10 @@ type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 /// earliest deadline, so the loop waits for timers and I/O in the same `epoll_wait`.
 ///
 /// - A timer never runs before its deadline; it runs in the first loop iteration after the
-///   `timerfd` reports the deadline passed.
+///   `timerfd` reports the deadline passed, unless more than 128 timers are due at once:
+///   an iteration runs at most 128, and the rest follow in the next iterations (in order,
+///   after each iteration's I/O), so a burst of timeouts set together cannot stall the
+///   loop.
 /// - Timers run in deadline order; timers with the same deadline run in the order they
 ///   were scheduled.
 /// - Cancelling is exact and O(log n); cancelling from inside any timer's callback works,

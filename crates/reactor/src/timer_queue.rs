@@ -12,6 +12,8 @@
 //!   armed, costing at most one spurious wake-up instead of a system call per cancel.
 //! - Due timers are collected first, then taken out and run one by one, each looked up
 //!   again, so a callback can cancel a later timer of the same batch.
+//! - A batch holds at most [`TimerQueue::BATCH`] timers: the `timerfd`, re-armed for the
+//!   earliest deadline, which has passed, fires at once for the rest.
 
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
@@ -57,6 +59,9 @@ pub(crate) struct TimerQueue {
 }
 
 impl TimerQueue {
+    /// Due timers one loop iteration runs at most.
+    pub(crate) const BATCH: usize = 128;
+
     pub(crate) fn new() -> io::Result<TimerQueue> {
         Ok(TimerQueue {
             timerfd: TimerFd::new()?,
@@ -99,12 +104,17 @@ impl TimerQueue {
         }
     }
 
-    /// Moves the keys of every timer due at `now` into a buffer the caller gives back
-    /// with [`TimerQueue::put_expired_buffer`].
+    /// Moves the keys of the earliest timers due at `now`, at most [`TimerQueue::BATCH`],
+    /// into a buffer the caller gives back with [`TimerQueue::put_expired_buffer`].
     pub(crate) fn take_expired(&mut self, now: Instant) -> Vec<(Instant, u64)> {
         let mut out = std::mem::take(&mut self.expired);
         out.clear();
-        out.extend(self.timers.range(..=(now, u64::MAX)).map(|(&k, _)| k));
+        out.extend(
+            self.timers
+                .range(..=(now, u64::MAX))
+                .map(|(&k, _)| k)
+                .take(TimerQueue::BATCH),
+        );
         out
     }
 

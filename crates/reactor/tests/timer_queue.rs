@@ -191,3 +191,45 @@ fn timer_scheduled_by_a_timer_in_the_past_runs_next_iteration() {
     assert_eq!(log.len(), 2);
     assert!(log[1] > log[0], "{log:?}");
 }
+
+/// A thousand timers due at the same moment (a burst of connections whose timeouts were
+/// set together) run over several iterations, at most 128 per iteration, so that the
+/// loop's I/O is served between batches; still in deadline order, and none lost.
+#[test]
+fn a_burst_of_due_timers_runs_a_batch_per_iteration() {
+    const N: usize = 1000;
+    const BATCH: usize = 128;
+    let mut lp = EventLoop::new().unwrap();
+    // Per timer: its number and the loop iteration it ran in.
+    let fired: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
+    let due = Instant::now() + Duration::from_millis(20);
+    for i in 0..N {
+        let fired = fired.clone();
+        lp.run_at(due, move |lp| {
+            let iteration = lp.handle().metrics().iterations;
+            let mut fired = fired.lock();
+            fired.push((i, iteration));
+            if fired.len() == N {
+                lp.quit();
+            }
+        });
+    }
+    lp.run_after(LIMIT, |lp| lp.quit());
+    lp.run().unwrap();
+    let fired = fired.lock();
+    assert_eq!(fired.len(), N, "every timer ran");
+    assert!(
+        fired.windows(2).all(|w| w[0].0 < w[1].0),
+        "timers due together run in the order they were set"
+    );
+    let mut per_iteration = std::collections::HashMap::<u64, usize>::new();
+    for &(_, iteration) in fired.iter() {
+        *per_iteration.entry(iteration).or_default() += 1;
+    }
+    let most = per_iteration.values().copied().max().unwrap_or(0);
+    assert!(
+        most <= BATCH,
+        "{most} timers ran in one iteration (at most {BATCH} wanted; {} iterations)",
+        per_iteration.len()
+    );
+}
