@@ -34,14 +34,22 @@ fn room_for(want: usize) -> usize {
     conns
 }
 
-/// The most of `iterations` (one loop iteration number per event) that share one value.
-fn most_in_one_iteration(iterations: impl IntoIterator<Item = u64>) -> (usize, usize) {
+/// Checks that no loop iteration saw more than [`BATCH`] of the connections `what` (one
+/// loop iteration number per connection).
+fn assert_a_batch_per_iteration(what: &str, iterations: impl IntoIterator<Item = u64>) {
     let mut per_iteration: HashMap<u64, usize> = HashMap::new();
+    let mut conns = 0;
     for iteration in iterations {
         *per_iteration.entry(iteration).or_default() += 1;
+        conns += 1;
     }
     let most = per_iteration.values().copied().max().unwrap_or(0);
-    (most, per_iteration.len())
+    assert!(
+        most <= BATCH,
+        "{most} connections {what} in one loop iteration (at most {BATCH} wanted; {} \
+         iterations for {conns})",
+        per_iteration.len()
+    );
 }
 
 #[test]
@@ -83,12 +91,7 @@ fn a_burst_of_connections_is_accepted_a_batch_per_iteration() {
         .collect();
     drop(release);
     wait_until("every connection up", || ups.lock().unwrap().len() == conns);
-    let (most, iterations) = most_in_one_iteration(ups.lock().unwrap().iter().copied());
-    assert!(
-        most <= BATCH,
-        "{most} connections accepted in one loop iteration (at most {BATCH} wanted; \
-         {iterations} iterations for {conns})"
-    );
+    assert_a_batch_per_iteration("accepted", ups.lock().unwrap().iter().copied());
     drop(clients);
     main.quit();
     duo_testkit::join_within("the server's loop", server_thread);
@@ -128,12 +131,7 @@ fn a_burst_of_idle_connections_is_closed_a_batch_per_iteration() {
             .all(|(_, why)| *why == Some(CloseReason::Idle)),
         "every close is an idle timeout"
     );
-    let (most, iterations) = most_in_one_iteration(closes.iter().map(|(i, _)| *i));
-    assert!(
-        most <= BATCH,
-        "{most} connections closed in one loop iteration (at most {BATCH} wanted; \
-         {iterations} iterations for {conns})"
-    );
+    assert_a_batch_per_iteration("closed", closes.iter().map(|(i, _)| *i));
     drop(clients);
     server.stop();
 }
