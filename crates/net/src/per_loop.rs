@@ -183,6 +183,10 @@ impl NetLoop {
         let more = NetLoop::with_existing(lp, |n| {
             n.idle.get_mut(&key).is_some_and(|w| {
                 w.batch = batch;
+                if w.expired.is_empty() {
+                    // A burst is over: do not keep its size for good.
+                    w.expired.shrink_to(IDLE_CLOSES_PER_BATCH);
+                }
                 w.closing = !w.expired.is_empty() && !w.closing;
                 w.closing
             })
