@@ -1,8 +1,8 @@
 //! Bursts a loop works through a bounded batch per iteration, serving its other events in
 //! between instead of stalling for the whole burst: many connections arriving at once
-//! (accepted), and many idle since the same moment (closed by their idle timeouts). Each
-//! costs 5-25 µs per connection on a 2-core test machine: a quarter of a second for
-//! 10 000 in one callback.
+//! (accepted), and many idle since the same moment (closed by their idle timeouts). On
+//! the 2-core test machine 10 000 connections expiring together held their loop 61 ms
+//! in one callback before.
 
 mod util;
 
