@@ -63,7 +63,7 @@ struct IdleWheel {
     timer: TimerId,
     /// Tokens fallen off the wheel and not yet closed, oldest first.
     expired: VecDeque<Token>,
-    /// The batch being closed (reused: no allocation per tick).
+    /// The batch being closed (reused: no allocation per batch).
     batch: Vec<Token>,
     /// A batch is queued on the loop (it queues the next one while tokens are left).
     closing: bool,
@@ -147,8 +147,7 @@ impl NetLoop {
     fn idle_tick(lp: &mut EventLoop, key: u64, on_idle: OnIdle) {
         let start = NetLoop::with_existing(lp, |n| {
             n.idle.get_mut(&key).is_some_and(|w| {
-                w.wheel.tick_into(&mut w.batch);
-                w.expired.extend(w.batch.drain(..));
+                w.wheel.tick_into(&mut w.expired);
                 !w.expired.is_empty() && !std::mem::replace(&mut w.closing, true)
             })
         });
@@ -187,7 +186,7 @@ impl NetLoop {
                     // A burst is over: do not keep its size for good.
                     w.expired.shrink_to(IDLE_CLOSES_PER_BATCH);
                 }
-                w.closing = !w.expired.is_empty() && !w.closing;
+                w.closing = !w.expired.is_empty();
                 w.closing
             })
         });

@@ -220,18 +220,17 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
     }
 
     /// Like [`tick`](Self::tick), but appends the expired keys to `out` (which it does not
-    /// clear), so a caller that reuses `out` does not allocate on every tick.
-    pub fn tick_into(&mut self, out: &mut Vec<K>) {
+    /// clear: a `Vec` or a `VecDeque` the caller reuses, say), so that a caller that keeps
+    /// `out` does not allocate on every tick.
+    pub fn tick_into(&mut self, out: &mut impl Extend<K>) {
         self.tick = self.tick.wrapping_add(1);
         self.cursor = (self.cursor + 1) % self.ring.len();
         // The new current bucket is the one of the interval `buckets + 1` ticks ago: all its
         // keys have now been idle for `buckets` whole intervals.
-        let bucket = &mut self.ring[self.cursor];
-        out.reserve(bucket.len());
-        for key in bucket.drain(..) {
-            self.positions.remove(&key);
-            out.push(key);
-        }
+        let positions = &mut self.positions;
+        out.extend(self.ring[self.cursor].drain(..).inspect(|key| {
+            positions.remove(key);
+        }));
     }
 
     /// The number of calls to [`tick`](Self::tick) and [`tick_into`](Self::tick_into) so

@@ -75,6 +75,10 @@ impl EchoServer {
     }
 }
 
+/// duo's echo on two I/O threads, the default mode (`duo-2`; `duo-tls-2` adds the
+/// certificate).
+const DUO_2: &[&str] = &["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"];
+
 pub(in crate::bench) const ECHO_SERVERS: &[EchoServer] = &[
     EchoServer::duo(
         "duo-0",
@@ -84,10 +88,7 @@ pub(in crate::bench) const ECHO_SERVERS: &[EchoServer] = &[
         "duo-1",
         &["serve", "--listen", "127.0.0.1:0", "--io-threads", "1"],
     ),
-    EchoServer::duo(
-        "duo-2",
-        &["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"],
-    ),
+    EchoServer::duo("duo-2", DUO_2),
     EchoServer::duo_in(
         "duo-2-main",
         &[
@@ -376,10 +377,7 @@ pub(in crate::bench) const MODEL_SCENARIOS: &[&str] = &["rr-100x64"];
 /// The TLS echo servers: duo's echo and the tokio-rustls peer, with the same certificate
 /// (files from [`tls_files`](super::tls_files), appended by [`entrants`](super::entrants)).
 pub(in crate::bench) const TLS_SERVERS: &[EchoServer] = &[
-    EchoServer::duo(
-        "duo-tls-2",
-        &["serve", "--listen", "127.0.0.1:0", "--io-threads", "2"],
-    ),
+    EchoServer::duo("duo-tls-2", DUO_2),
     EchoServer::peer(
         "tokio-rustls",
         "tokio_tls_echo",
