@@ -213,6 +213,9 @@ pub(crate) struct HttpConn {
     draining: bool,
     /// Deferred requests so far (numbers their answers).
     deferred: u64,
+    /// The client finished sending while the connection was not reading, and the server
+    /// gives up on such clients (`abort_on_client_close`): no deferred handler runs.
+    client_finished: bool,
 }
 
 impl Service {
@@ -233,6 +236,7 @@ impl Service {
             blocked_output: 0,
             draining: false,
             deferred: 0,
+            client_finished: false,
         });
         let svc = self.clone();
         let _ = conn.queue_in_loop(move |ctx| {
@@ -272,6 +276,34 @@ impl Service {
                 svc.close_gracefully(ctx, st);
             }
         });
+    }
+
+    /// The client finished sending while the connection was not reading (the server's
+    /// `on_peer_half_close_while_paused`, set with `abort_on_client_close`): one waiting
+    /// for a deferred answer gives it up; one blocked on its output is still served what
+    /// it can read, but runs no deferred handler.
+    pub(crate) fn on_client_finished(self: &Arc<Service>, ctx: &mut ConnCtx<'_>) {
+        self.with_state(ctx, |svc, ctx, st| {
+            st.client_finished = true;
+            if matches!(st.phase, Phase::Waiting(_)) {
+                svc.abandon(ctx, st);
+            }
+        });
+    }
+
+    /// Gives up on a client that left: what is queued for it is written, nothing more is
+    /// answered or run, and the connection closes (`close_after_flush` reads and drops
+    /// what the client still sends rather than reset it).
+    fn abandon(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
+        log_limited!(
+            log::Level::Debug,
+            "{}: the client left before its deferred answer; closing",
+            ctx.connection().name()
+        );
+        st.phase = Phase::Closing;
+        st.closing_since = Some(Instant::now());
+        st.backlog = Backlog::default();
+        ctx.close_after_flush();
     }
 
     /// Bytes arrived (the server's `on_message`).
@@ -446,6 +478,9 @@ impl Service {
         req: &Request,
         handler: &DeferredHandler,
     ) {
+        if st.client_finished {
+            return self.abandon(ctx, st);
+        }
         st.deferred += 1;
         let mut awaited = Awaited::from(req);
         awaited.seq = st.deferred;

@@ -86,8 +86,10 @@ impl Responder {
     /// Whether the answer can still reach its client: `false` once the client reset the
     /// connection or it closed (the response timeout answered for it, the server
     /// stopped), so a handler can skip work nobody waits for. A client that closed its
-    /// socket normally is not seen here until the answer is written: its FIN looks the
-    /// same as a client that half-closed after its request and still reads.
+    /// socket normally is seen here only on a server built with
+    /// [`abort_on_client_close`](crate::HttpServerBuilder::abort_on_client_close);
+    /// otherwise its FIN looks the same as a client that half-closed after its request
+    /// and still reads, and it is noticed when the answer is written.
     pub fn is_connected(&self) -> bool {
         match &self.to {
             Some(To::Conn { conn, .. }) => conn.is_connected(),

@@ -51,7 +51,10 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 ///   reads the response instead of a reset.
 /// - A [deferred](HttpServerBuilder::route_deferred) handler has 30 s to answer
 ///   ([`response_timeout`](HttpServerBuilder::response_timeout)), else 503 and close;
-///   its connection reads and runs nothing further meanwhile.
+///   its connection reads and runs nothing further meanwhile. A client that closes
+///   meanwhile still gets the answer written (it may have only half-closed and still
+///   read), unless the server was built with
+///   [`abort_on_client_close`](HttpServerBuilder::abort_on_client_close).
 /// - A peer's bytes never panic the server; a handler that panics gets its client a 500
 ///   and its connection closed, and every other connection goes on.
 ///
@@ -159,6 +162,7 @@ pub struct HttpServerBuilder {
     linger: Duration,
     response_timeout: Duration,
     max_pending_output: usize,
+    abort_on_client_close: bool,
     max_connections: Option<usize>,
     io_threads: usize,
 }
@@ -192,6 +196,7 @@ impl HttpServerBuilder {
             keep_alive_timeout: defaults::KEEP_ALIVE_TIMEOUT,
             linger: defaults::LINGER,
             response_timeout: defaults::RESPONSE_TIMEOUT,
+            abort_on_client_close: false,
             max_pending_output: defaults::MAX_PENDING_OUTPUT,
             max_connections: None,
             io_threads: 0,
@@ -315,6 +320,24 @@ impl HttpServerBuilder {
         self
     }
 
+    /// Gives up on a client that finishes sending (closes, or half-closes) while its
+    /// [deferred](HttpServerBuilder::route_deferred) answer is outstanding (default off):
+    /// its connection closes once the responses already queued are written, so its
+    /// [`Responder::is_connected`](crate::Responder::is_connected) turns false (the
+    /// handler can drop the work), the answer goes nowhere, and the requests it pipelined
+    /// after are not run; a deferred request reached later in a pipeline after the
+    /// client's end is not run either. As nginx does for a client that closes while its
+    /// request is proxied (HAProxy's `abortonclose`).
+    ///
+    /// Off, a client that half-closes after its requests and still reads (some scripted
+    /// clients do) gets every answer; a client that simply went away is noticed when its
+    /// answer is written, or at the response timeout. Turn it on where handlers do
+    /// costly work and clients give up: long polls, slow queries.
+    pub fn abort_on_client_close(mut self, on: bool) -> Self {
+        self.abort_on_client_close = on;
+        self
+    }
+
     /// Output a connection may have queued for its client before the server stops
     /// answering (and reading) its pipelined requests until the client has read it all
     /// (default [`defaults::MAX_PENDING_OUTPUT`], 1 MiB). A connection holds at most this
@@ -392,6 +415,7 @@ impl HttpServerBuilder {
             response_timeout: self.response_timeout,
             max_pending_output: self.max_pending_output,
         });
+        let abort = self.abort_on_client_close.then(|| svc.clone());
         // The input a connection may hold: one unfinished request, plus what one read
         // brings of the next ones; the request limits are checked before that.
         let max_input = limits
@@ -420,6 +444,9 @@ impl HttpServerBuilder {
             .on_close(Service::on_close);
         if let Some(n) = self.max_connections {
             tcp = tcp.max_connections(n);
+        }
+        if let Some(svc) = abort {
+            tcp = tcp.on_peer_half_close_while_paused(move |ctx| svc.on_client_finished(ctx));
         }
         let tcp = tcp.start(main)?;
         log::info!("http server {} on {}", self.name, tcp.local_addr());

@@ -329,6 +329,72 @@ fn a_half_close_after_a_deferred_request_gets_its_answers() {
     server.stop().unwrap();
 }
 
+/// With `abort_on_client_close`, a client that closes while its deferred answer is
+/// outstanding is let go at once: the connection closes (the responder sees it), the
+/// requests it pipelined after are not run, and the late answer goes nowhere. A request
+/// and FIN sent together are aborted too, and the server serves on.
+#[test]
+fn abort_on_client_close_lets_a_departed_client_go() {
+    let (b, held, hits) = deferred_builder();
+    let server = start(b.abort_on_client_close(true));
+    for fin_with_request in [false, true] {
+        let mut c = Client::connect(server.local_addr());
+        c.send([get("/held?gone"), get("/count")].concat().as_bytes());
+        if fin_with_request {
+            c.stream.shutdown(Shutdown::Write).unwrap();
+        }
+        wait_until("held", || held.lock().unwrap().len() == 1);
+        if !fin_with_request {
+            c.stream.shutdown(Shutdown::Write).unwrap();
+        }
+        wait_until("the connection to close", || server.stats().active == 0);
+        let (_, r) = held.lock().unwrap().pop().unwrap();
+        assert!(!r.is_connected(), "the responder sees its client gone");
+        r.respond(Response::text(StatusCode::OK, "late"));
+        assert!(
+            read_to_eof(&mut c.stream).is_empty(),
+            "nothing was answered"
+        );
+        assert_eq!(hits.load(Ordering::SeqCst), 0, "the pipelined request ran");
+    }
+    // A client that closes while reading is on (no answer outstanding) is unaffected, and
+    // so are other connections.
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.get("/hello").text(), "hello");
+    c.send(get("/later?x").as_bytes());
+    assert_eq!(c.read_reply(false).text(), "x");
+    server.stop().unwrap();
+}
+
+/// Without it (the default), a client that half-closes while its answer is outstanding
+/// still gets it: see `a_half_close_after_a_deferred_request_gets_its_answers`. With it,
+/// a client blocked behind the output bound that half-closes is still served what it can
+/// read (the server is not waiting for a deferred answer), but a deferred request later
+/// in its pipeline is not run.
+#[test]
+fn abort_on_client_close_spares_a_blocked_client_that_still_reads() {
+    let (b, held, _) = deferred_builder();
+    let server = start(b.max_pending_output(1024).abort_on_client_close(true));
+    let mut c = Client::connect(server.local_addr());
+    // More than the socket buffers hold, so that the server blocks on its output.
+    let fills: Vec<u8> = (b'a'..=b'z').chain(b'A'..=b'Z').collect();
+    let mut p: String = fills
+        .iter()
+        .map(|&f| get(&format!("/big?{}", f as char)))
+        .collect();
+    p.push_str(&get("/held?never"));
+    c.send(p.as_bytes());
+    c.stream.shutdown(Shutdown::Write).unwrap();
+    wait_for_queued_output(|| server.stats());
+    for &fill in &fills {
+        let r = c.read_reply(false);
+        assert_eq!(r.body, vec![fill; BIG]);
+    }
+    c.expect_eof();
+    assert!(held.lock().unwrap().is_empty(), "the deferred handler ran");
+    server.stop().unwrap();
+}
+
 /// Answers after the server stopped go nowhere (no panic).
 #[test]
 fn an_answer_after_the_server_stopped() {

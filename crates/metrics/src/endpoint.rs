@@ -228,8 +228,11 @@ impl MetricsEndpoint {
                 }),
             // The targets' take time (up to the scrape timeout): fetched on a thread of
             // the request's own, so that the loop answers other requests meanwhile.
+            // A scraper that gives up and closes frees its connection at once (there are
+            // at most 64).
             Some(group) => builder
                 .response_timeout(group.timeout + AGGREGATION_SLACK)
+                .abort_on_client_close(true)
                 .route_deferred(Method::Get, "/metrics", move |req: &Request, r| {
                     let (answer, budget) = (answer_metrics.clone(), scraper_budget(req));
                     answer_off_loop(r, move || answer(budget));

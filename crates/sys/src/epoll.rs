@@ -36,6 +36,10 @@ impl Interest {
     pub const NONE: Interest = Interest(0);
     /// Readable (`EPOLLIN`), including the peer's half-close (`EPOLLRDHUP`).
     pub const READABLE: Interest = Interest((libc::EPOLLIN | libc::EPOLLRDHUP) as u32);
+    /// Only the peer's half-close (`EPOLLRDHUP`), without "readable": for a socket whose
+    /// reading is paused, to learn that the peer has finished sending while its last bytes
+    /// stay unread. (Part of [`Interest::READABLE`].)
+    pub const READ_HUP: Interest = Interest(libc::EPOLLRDHUP as u32);
     /// Writable (`EPOLLOUT`).
     pub const WRITABLE: Interest = Interest(libc::EPOLLOUT as u32);
     /// Edge-triggered (`EPOLLET`): one event per transition to ready.
@@ -60,6 +64,11 @@ impl Interest {
     /// Whether readable events are requested.
     pub const fn is_readable(self) -> bool {
         self.0 & libc::EPOLLIN as u32 != 0
+    }
+    /// Whether the peer's half-close is requested (by itself, or as part of
+    /// [`Interest::READABLE`]).
+    pub const fn is_read_hup(self) -> bool {
+        self.0 & libc::EPOLLRDHUP as u32 != 0
     }
     /// Whether writable events are requested.
     pub const fn is_writable(self) -> bool {
@@ -112,6 +121,7 @@ impl std::fmt::Debug for Interest {
         f.write_str("Interest(")?;
         for (set, name) in [
             (self.is_readable(), "READABLE"),
+            (self.is_read_hup() && !self.is_readable(), "READ_HUP"),
             (self.is_writable(), "WRITABLE"),
             (self.is_edge(), "EDGE"),
             (self.is_exclusive(), "EXCLUSIVE"),

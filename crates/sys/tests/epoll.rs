@@ -225,6 +225,37 @@ fn interest_debug_and_flags() {
     assert_eq!(format!("{i:?}"), "Interest(READABLE | WRITABLE)");
     assert_eq!(format!("{:?}", Interest::NONE), "Interest(NONE)");
     assert!(!i.remove(Interest::WRITABLE).is_writable());
+    assert_eq!(format!("{:?}", Interest::READ_HUP), "Interest(READ_HUP)");
+    assert!(Interest::READABLE.is_read_hup());
+    assert!(!Interest::READABLE.remove(Interest::READ_HUP).is_read_hup());
+}
+
+/// A TCP socket that asks only for the peer's half-close is told of the peer's FIN, not
+/// of the bytes before it, which stay readable.
+#[test]
+fn read_hup_alone_reports_the_peers_fin_but_not_its_data() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (mut server, _) = listener.accept().unwrap();
+    let epoll = Epoll::new().unwrap();
+    epoll.add(server.as_fd(), Interest::READ_HUP, 3).unwrap();
+    let mut events = Events::with_capacity(4);
+    client.write_all(b"last words").unwrap();
+    assert_eq!(
+        epoll
+            .wait(&mut events, Some(Duration::from_millis(50)))
+            .unwrap(),
+        0,
+        "data alone is not reported"
+    );
+    client.shutdown(std::net::Shutdown::Write).unwrap();
+    assert_eq!(epoll.wait(&mut events, WAIT).unwrap(), 1);
+    let (token, ready) = events.get(0).unwrap();
+    assert_eq!(token, 3);
+    assert!(ready.is_read_hup() && !ready.is_readable() && !ready.is_hup());
+    let mut got = Vec::new();
+    server.read_to_end(&mut got).unwrap();
+    assert_eq!(got, b"last words");
 }
 
 #[test]

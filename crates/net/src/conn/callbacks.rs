@@ -29,6 +29,7 @@ pub(crate) struct Callbacks {
     pub(crate) write_complete: Option<CtxFn>,
     pub(crate) high_water_mark: Option<HighWaterFn>,
     pub(crate) half_close: Option<CtxFn>,
+    pub(crate) paused_half_close: Option<CtxFn>,
     /// Servers only.
     pub(crate) shutdown: Option<CtxFn>,
     pub(crate) close: Option<HandleFn>,
@@ -42,6 +43,7 @@ impl fmt::Debug for Callbacks {
             .field("write_complete", &self.write_complete.is_some())
             .field("high_water_mark", &self.high_water_mark.is_some())
             .field("half_close", &self.half_close.is_some())
+            .field("paused_half_close", &self.paused_half_close.is_some())
             .field("shutdown", &self.shutdown.is_some())
             .field("close", &self.close.is_some())
             .finish()
@@ -118,6 +120,28 @@ macro_rules! callback_setters {
             f: impl Fn(&mut $crate::ConnCtx<'_>) + Send + Sync + 'static,
         ) -> Self {
             self.callbacks.half_close = Some(std::sync::Arc::new(f));
+            self
+        }
+        /// Called when the peer finishes sending (half-closes, or hangs up) while reading is
+        /// paused ([`stop_reading`](crate::TcpConnection::stop_reading), or backpressure),
+        /// before its last bytes are read: they stay in the kernel, and
+        /// [`on_peer_half_close`](Self::on_peer_half_close) still comes after them once
+        /// reading resumes. An application that paused while it computes a reply (a
+        /// deferred HTTP answer, a request handed to a worker pool) learns here that its
+        /// client has probably left, and can give up the work and
+        /// [`force_close`](crate::ConnCtx::force_close). A peer may also half-close after
+        /// its request and still read the reply; an application that serves such peers
+        /// does nothing here.
+        ///
+        /// Called at most once per connection, and only while reading is paused (a
+        /// connection that is reading learns of the end of stream in order, after the
+        /// bytes before it). Without this callback a paused connection does not watch for
+        /// the peer's FIN at all.
+        pub fn on_peer_half_close_while_paused(
+            mut self,
+            f: impl Fn(&mut $crate::ConnCtx<'_>) + Send + Sync + 'static,
+        ) -> Self {
+            self.callbacks.paused_half_close = Some(std::sync::Arc::new(f));
             self
         }
         /// Called when a connection has closed and is about to be dropped by its loop

@@ -90,7 +90,7 @@ impl<'a> ConnCtx<'a> {
     /// peer sends is lost while paused).
     pub fn stop_reading(&mut self) {
         self.m.handle.set_read_paused(true);
-        self.ch.disable_reading();
+        self.m.sync_reading(self.ch);
     }
 
     /// Resumes reading (unless backpressure still holds it).

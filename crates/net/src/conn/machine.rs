@@ -146,6 +146,9 @@ pub(crate) struct Machine {
     pub(super) held_input: bool,
     /// A continuation of reading (the read budget of one event was used up) is queued.
     pub(super) read_queued: bool,
+    /// The peer finished sending while reading was paused, and the application was told
+    /// (`on_peer_half_close_while_paused`): its FIN is no longer watched for.
+    pub(super) paused_half_close_told: bool,
     /// A write-complete notice is queued (a send went out whole): further whole sends
     /// before it runs share it, and output queued meanwhile cancels it (the flush that
     /// drains that output reports completion instead).
@@ -198,6 +201,7 @@ impl LoopConn {
                 write: WriteSide::Open,
                 held_input: false,
                 read_queued: false,
+                paused_half_close_told: false,
                 complete_queued: false,
                 #[cfg(feature = "tls")]
                 tls,
@@ -339,6 +343,12 @@ impl Handler for LoopConn {
     }
 
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        let ready = ch.ready();
+        if ready.is_read_hup() && !ready.is_readable() && !self.m.wants_reading() {
+            // Only the half-close, asked for while paused: the last bytes stay unread.
+            self.m.paused_half_close(lp, ch);
+            return;
+        }
         let until_eagain = ch.ready().is_read_hup() || ch.ready().is_hup();
         self.read_ready(lp, ch, until_eagain);
     }
@@ -368,6 +378,7 @@ impl Handler for LoopConn {
             );
             self.m.set_read(ReadSide::Parked);
             ch.set_edge_triggered(true);
+            self.m.paused_half_close(lp, ch);
         }
     }
 
@@ -528,6 +539,10 @@ impl Machine {
             ch.enable_reading();
         } else {
             ch.disable_reading();
+            if self.watches_paused_half_close() {
+                // Not the bytes, only the peer's FIN (reported once: see `paused_half_close`).
+                ch.set_interest(ch.interest().add(Interest::READ_HUP));
+            }
         }
     }
 

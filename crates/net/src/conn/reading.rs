@@ -7,7 +7,7 @@ use std::io;
 use duo_buffer::{BufferError, ReadOutcome};
 use duo_reactor::{Channel, EventLoop, LogLimiter};
 
-use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
+use super::machine::{AfterDrain, LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::CloseReason;
 
 /// Connections closed for input their message callback did not consume: a peer can
@@ -196,6 +196,37 @@ impl LoopConn {
 }
 
 impl Machine {
+    /// Whether a paused connection asks the kernel for the peer's half-close: only for an
+    /// application that wants to know (`on_peer_half_close_while_paused`), until it was
+    /// told, and not while the connection is closing anyway.
+    pub(super) fn watches_paused_half_close(&self) -> bool {
+        self.owner.callbacks.paused_half_close.is_some()
+            && !self.paused_half_close_told
+            && matches!(self.read, ReadSide::Open | ReadSide::Backpressured)
+            && matches!(
+                self.write,
+                WriteSide::Open | WriteSide::Draining(AfterDrain::HalfClose) | WriteSide::Shut
+            )
+            && self.is_up()
+            && !self.closed()
+    }
+
+    /// The peer finished sending (half-close or hang-up) while reading is paused: tells
+    /// the application, once, and stops watching for it. What the peer sent before stays
+    /// in the kernel until reading resumes.
+    pub(super) fn paused_half_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if std::mem::replace(&mut self.paused_half_close_told, true) {
+            return;
+        }
+        let owner = self.owner.clone();
+        if let Some(cb) = owner.callbacks.paused_half_close.as_deref() {
+            self.run_guarded(lp, ch, "paused half-close callback", |ctx| cb(ctx));
+        }
+        if !self.closed() {
+            self.sync_reading(ch);
+        }
+    }
+
     /// A read from the socket failed: the connection ends with the socket's error (or
     /// the error that already made the peer gone). The kernel reports an error only once
     /// the receive queue is empty: nothing the peer sent is left behind.

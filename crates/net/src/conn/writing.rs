@@ -166,7 +166,7 @@ impl Machine {
         {
             // Backpressure: stop reading until the peer drains what we owe it.
             self.set_read(ReadSide::Backpressured);
-            ch.disable_reading();
+            self.sync_reading(ch);
         }
         if before <= hwm && after > hwm {
             let owner = self.owner.clone();
