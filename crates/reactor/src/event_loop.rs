@@ -2,7 +2,7 @@
 
 use std::any::{Any, TypeId};
 use std::cell::Cell;
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
@@ -71,8 +71,10 @@ type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 ///    `handle_error`, `handle_close`, `handle_read`, `handle_write`, as the event
 ///    requires; due timers run in deadline order when the `timerfd` event comes up;
 /// 3. run the functions queued before this step began, in FIFO order: first those queued
-///    through handles, then those queued with [`EventLoop::queue_in_loop`]. Functions queued
-///    by these functions run in the next iteration.
+///    through handles (at most [`EventLoop::TASK_BATCH`], 256: a larger backlog runs over
+///    the next iterations, in order, between their I/O), then those queued with
+///    [`EventLoop::queue_in_loop`]. Functions queued by these functions run in the next
+///    iteration.
 ///
 /// A channel removed during step 2 receives no further events, even ones already returned
 /// by the same `epoll_wait`: its slot's generation changes, and tokens carry it.
@@ -166,8 +168,11 @@ pub struct EventLoop {
     local_tasks: Vec<LocalTask>,
     /// Loop-local values by type (`None` while taken out by `with_local`).
     locals: HashMap<TypeId, Option<Box<dyn Any + Send>>>,
-    /// Reusable buffer the shared queue is swapped into while it runs.
-    running: Vec<SendTask>,
+    /// The functions taken from the shared queue and not run yet: at most
+    /// [`EventLoop::TASK_BATCH`] run per iteration, and the queue is taken again only once
+    /// these are done, so order holds. (Its buffer and the queue's are swapped back and
+    /// forth, so neither allocates in the steady state.)
+    running: VecDeque<SendTask>,
     /// Reusable buffer `local_tasks` is swapped into while they run.
     running_local: Vec<LocalTask>,
     /// When the current iteration's poll returned, on the [`duo_sys::monotonic_nanos`]
@@ -237,7 +242,7 @@ impl EventLoop {
             timers,
             local_tasks: Vec::new(),
             locals: HashMap::new(),
-            running: Vec::new(),
+            running: VecDeque::new(),
             running_local: Vec::new(),
             poll_nanos: duo_sys::monotonic_nanos(),
             iteration_events: 0,

@@ -121,6 +121,9 @@ pub(crate) struct MetricCounters {
     pub(crate) tasks_run: AtomicU64,
     pub(crate) timers_fired: AtomicU64,
     pub(crate) helped_turns: AtomicU64,
+    /// Functions taken off the queue and left for the next iterations (see
+    /// [`EventLoop::TASK_BATCH`](crate::EventLoop::TASK_BATCH)).
+    pub(crate) tasks_taken: AtomicU64,
     pub(crate) health: HealthCounters,
 }
 
@@ -169,9 +172,11 @@ pub struct LoopMetrics {
     /// How late timers fired (from their deadline to the start of their callback): the
     /// loop's lag.
     pub timer_lateness: LatencyHistogram,
-    /// Functions queued through handles and not yet run, when the snapshot was taken.
+    /// Functions queued through handles and not yet run, when the snapshot was taken
+    /// (those the loop took and left for its next iterations included).
     pub tasks_queued: u64,
-    /// The most queued functions one iteration has run.
+    /// The most queued functions one iteration found waiting (at most
+    /// [`EventLoop::TASK_BATCH`] of those from handles run in that iteration).
     pub largest_task_batch: u64,
     /// The longest single callback (I/O handler, timer or queued function) so far.
     pub longest_callback: Duration,
@@ -239,7 +244,8 @@ impl LoopShared {
                 &h.timer_lateness,
                 &h.timer_lateness_nanos,
             ),
-            tasks_queued: self.queue.lock().as_ref().map_or(0, |q| q.len() as u64),
+            tasks_queued: self.queue.lock().as_ref().map_or(0, |q| q.len() as u64)
+                + load(&m.tasks_taken),
             largest_task_batch: load(&h.largest_task_batch),
             longest_callback: time(&h.longest_callback_nanos),
             stalls: load(&h.stalls),
@@ -262,8 +268,10 @@ impl LoopShared {
 ///
 /// Functions queued through handles run in the order they were queued (one FIFO per loop,
 /// so in particular FIFO per producer thread), once per loop iteration after I/O events
-/// were dispatched. Functions queued while the loop runs that batch run in the next
-/// iteration, so a function that keeps re-queueing itself cannot starve I/O.
+/// were dispatched, at most [`EventLoop::TASK_BATCH`] per iteration (a larger backlog runs
+/// over the next iterations, between their I/O). Functions queued while the loop runs
+/// that batch run in a later iteration, so neither a function that keeps re-queueing
+/// itself nor a producer faster than the loop can starve I/O.
 ///
 /// # Wake-ups
 ///

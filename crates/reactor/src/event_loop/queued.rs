@@ -1,6 +1,7 @@
-//! Running the loop's queued functions: one batch per iteration, and what a panic in one
-//! of them leaves behind.
+//! Running the loop's queued functions: a bounded batch per iteration, and what a panic in
+//! one of them leaves behind.
 
+use std::collections::VecDeque;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 use std::sync::atomic::Ordering;
 
@@ -8,70 +9,115 @@ use super::{EventLoop, LocalTask};
 use crate::health::CallbackKind;
 
 impl EventLoop {
-    /// Runs the functions queued so far; later ones wait for the next iteration.
+    /// The most functions queued from other threads ([`LoopHandle::queue_in_loop`]) that
+    /// one iteration runs. A producer faster than its loop (a worker pool answering, a
+    /// broadcast from outside) would otherwise hold the loop in one pass for the whole
+    /// backlog, its I/O and timers waiting; the rest runs in the next iterations, in
+    /// order, after the loop has polled again (it wakes itself, so it does not sleep with
+    /// work queued).
+    ///
+    /// [`LoopHandle::queue_in_loop`]: crate::LoopHandle::queue_in_loop
+    pub const TASK_BATCH: usize = 256;
+
+    /// Runs the functions queued from other threads (at most [`Self::TASK_BATCH`]), then
+    /// those this loop queued for itself so far; later ones wait for the next iteration.
     pub(super) fn run_queued(&mut self) {
-        let mut batch = std::mem::take(&mut self.running);
-        {
-            let mut queue = self.shared.queue.lock();
-            if let Some(q) = queue.as_mut() {
-                std::mem::swap(q, &mut batch);
-            }
+        // The queue is taken (whole) only once what was taken before has run, so order
+        // holds; and at least once in every pass that does not end at the bound, so that
+        // a function whose producer found a wake-up pending (one the loop wrote itself for
+        // its leftovers) is not left behind while the loop sleeps.
+        let mut took = self.running.is_empty();
+        if took {
+            self.take_queue();
         }
         let mut local = std::mem::replace(
             &mut self.local_tasks,
             std::mem::take(&mut self.running_local),
         );
-        if batch.is_empty() && local.is_empty() {
-            self.running = batch;
+        if self.running.is_empty() && local.is_empty() {
             self.running_local = local;
             return;
         }
         self.shared.draining.store(true, Ordering::SeqCst);
-        let n = batch.len() + local.len();
-        self.iteration_tasks += n as u64;
-        self.health.task_batch(n, &self.shared.metrics.health);
-        let mut tasks = batch.drain(..);
-        while let Some(task) = tasks.next() {
+        let waiting = self.running.len() + local.len();
+        self.health.task_batch(waiting, &self.shared.metrics.health);
+        self.iteration_tasks += local.len() as u64;
+        let mut ran = 0;
+        loop {
+            // A loop asked to quit runs what it had taken, as a loop without the bound
+            // would have: everything queued before this pass began.
+            let quit = self.shared.quit.load(Ordering::SeqCst);
+            if ran == Self::TASK_BATCH && !quit {
+                break;
+            }
+            if self.running.is_empty() {
+                if took || quit {
+                    break;
+                }
+                took = true;
+                self.take_queue();
+                continue;
+            }
+            let Some(task) = self.running.pop_front() else {
+                break;
+            };
+            ran += 1;
+            self.iteration_tasks += 1;
             let name = task.name;
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
-                let rest = tasks.collect();
-                self.requeue_after_panic(rest, std::mem::take(&mut local));
+                self.requeue_after_panic(std::mem::take(&mut local));
                 resume_unwind(panic);
             }
             self.task_done(name);
         }
-        drop(tasks);
         let mut tasks = local.drain(..);
         while let Some(task) = tasks.next() {
             let name = task.name;
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
                 let rest = tasks.collect();
-                self.requeue_after_panic(Vec::new(), rest);
+                self.requeue_after_panic(rest);
                 resume_unwind(panic);
             }
             self.task_done(name);
         }
         drop(tasks);
         self.shared.draining.store(false, Ordering::SeqCst);
-        self.running = batch;
         self.running_local = local;
+        self.wake_for_the_rest();
     }
 
-    /// A queued function panicked: the functions after it in the batch go back to the
-    /// front of their queues, in order, so that the next `run` runs them first (the
-    /// panicking one is dropped; nothing else that was accepted is lost).
-    fn requeue_after_panic(
-        &mut self,
-        shared_rest: Vec<crate::loop_handle::SendTask>,
-        local_rest: Vec<LocalTask>,
-    ) {
-        if !shared_rest.is_empty() {
-            if let Some(q) = self.shared.queue.lock().as_mut() {
-                q.splice(0..0, shared_rest);
-            }
+    /// Takes the functions queued from other threads (`running` is empty): an empty
+    /// deque gives back its buffer as is, and the queue's becomes the deque.
+    fn take_queue(&mut self) {
+        let mut taken = Vec::from(std::mem::take(&mut self.running));
+        if let Some(q) = self.shared.queue.lock().as_mut() {
+            std::mem::swap(q, &mut taken);
         }
+        self.running = VecDeque::from(taken);
+    }
+
+    /// A queued function panicked: the local functions after it go back to the front of
+    /// their queue, in order, and those from other threads not run yet stay where they
+    /// are, so that the next `run` runs them first (the panicking one is dropped; nothing
+    /// else that was accepted is lost).
+    fn requeue_after_panic(&mut self, local_rest: Vec<LocalTask>) {
         self.local_tasks.splice(0..0, local_rest);
         self.shared.draining.store(false, Ordering::SeqCst);
+        self.wake_for_the_rest();
+    }
+
+    /// Functions from other threads left for the next iteration: the loop must not sleep
+    /// on them. A loop thread's next poll returns at once; a group's loop gets its next
+    /// turn, which only readiness of its own epoll set brings.
+    fn wake_for_the_rest(&self) {
+        let left = self.running.len() as u64;
+        let taken = &self.shared.metrics.tasks_taken;
+        if taken.load(Ordering::Relaxed) != left {
+            taken.store(left, Ordering::Relaxed);
+        }
+        if left > 0 {
+            self.shared.wake();
+        }
     }
 
     fn task_done(&mut self, name: &'static str) {
