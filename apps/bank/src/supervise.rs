@@ -12,7 +12,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use duo_net::process;
-use duo_supervisor::{Supervisor, SupervisorConfig, SupervisorError, WorkerCommand};
+use duo_supervisor::{Supervisor, SupervisorError};
 
 use crate::server::SHUTDOWN_GRACE;
 use crate::Database;
@@ -45,16 +45,9 @@ pub fn check_processes(processes: usize, db: &Database) -> Result<(), String> {
 /// [`SupervisorError::Config`] for a refused configuration (0 workers, more than the
 /// descriptor budget allows), or the path of this binary is unknown.
 pub fn supervisor(processes: usize, listener: TcpListener) -> Result<Supervisor, SupervisorError> {
-    let command = WorkerCommand::this_program().map_err(|source| SupervisorError::Io {
-        what: "finding the bank binary",
-        source,
-    })?;
-    let mut cfg = SupervisorConfig::new(processes, command);
-    cfg.stop_timeout = SHUTDOWN_GRACE + STOP_MARGIN;
-    if let Err(e) = process::raise_fd_limit() {
-        log::warn!("cannot raise the open-file limit: {e}");
-    }
-    Supervisor::new(cfg, vec![listener])
+    duo_supervisor::supervise_this_program(processes, listener, |sup| {
+        sup.stop_timeout = SHUTDOWN_GRACE + STOP_MARGIN;
+    })
 }
 
 /// Runs `supervisor` until a stop signal has been handled and every worker has exited;

@@ -6,7 +6,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
 use duo_net::process;
-use duo_supervisor::{Supervisor, SupervisorConfig, SupervisorError, WorkerCommand};
+use duo_supervisor::{Supervisor, SupervisorError};
 
 use crate::ServeConfig;
 
@@ -25,17 +25,10 @@ pub fn supervisor(
     processes: usize,
     listener: TcpListener,
 ) -> Result<Supervisor, SupervisorError> {
-    let command = WorkerCommand::this_program().map_err(|source| SupervisorError::Io {
-        what: "finding the echo binary",
-        source,
-    })?;
-    let mut sup_cfg = SupervisorConfig::new(processes, command);
-    sup_cfg.stats_interval = cfg.stats_interval;
-    sup_cfg.stop_timeout = cfg.drain_timeout + STOP_MARGIN;
-    if let Err(e) = duo_net::process::raise_fd_limit() {
-        log::warn!("cannot raise the open-file limit: {e}");
-    }
-    Supervisor::new(sup_cfg, vec![listener])
+    duo_supervisor::supervise_this_program(processes, listener, |sup| {
+        sup.stats_interval = cfg.stats_interval;
+        sup.stop_timeout = cfg.drain_timeout + STOP_MARGIN;
+    })
 }
 
 /// Runs `supervisor` until a stop signal has been handled and every worker has exited;

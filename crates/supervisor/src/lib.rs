@@ -82,7 +82,10 @@ mod worker;
 pub use config::{
     ConfigError, SupervisorConfig, WorkerCommand, BASE_FDS, FDS_PER_WORKER, MAX_WORKERS,
 };
-pub use serving::{bind_listener, inherited_or_bound, worker_connection_limit, LISTEN_BACKLOG};
+pub use serving::{
+    bind_listener, inherited_or_bound, supervise_this_program, worker_connection_limit,
+    LISTEN_BACKLOG,
+};
 pub use supervisor::{Supervisor, SupervisorError};
 pub use table::{WorkerEndpoint, WorkerTable};
 pub use worker::{StatsSlot, Worker, WorkerError, WorkerStats};

@@ -1,11 +1,14 @@
 //! What every server program built on the supervisor needs besides it: the listening
-//! socket the supervisor binds for its workers ([`bind_listener`]), and how many
-//! connections one worker may hold ([`worker_connection_limit`]).
+//! socket the supervisor binds for its workers ([`bind_listener`]), a supervisor whose
+//! workers are the program itself ([`supervise_this_program`]), and how many connections
+//! one worker may hold ([`worker_connection_limit`]).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
 use duo_sys::socket2::{Domain, Socket, Type};
+
+use crate::{Supervisor, SupervisorConfig, SupervisorError, WorkerCommand};
 
 /// Backlog of a socket from [`bind_listener`]: connections queue there while workers are
 /// replaced (a reload, a crashed worker), so it is deeper than a single server's.
@@ -56,6 +59,35 @@ pub fn inherited_or_bound(
         .local_addr()
         .map_err(|e| io::Error::new(e.kind(), format!("the listening socket's address: {e}")))?;
     Ok((listener, local))
+}
+
+/// A supervisor of `workers` workers that run this program again
+/// ([`WorkerCommand::this_program`], with this process's arguments: the worker finds the
+/// [worker protocol](crate::protocol) in its environment) on `listener`, with `configure`'s
+/// changes to the default [`SupervisorConfig`]. First raises this process's open-file
+/// limit to its hard limit, which the workers inherit (a failure is logged: the workers
+/// then hold fewer connections).
+///
+/// # Errors
+///
+/// [`SupervisorError::Config`] for a refused configuration (0 workers, more than the
+/// descriptor budget allows), or [`SupervisorError::Io`] if the path of this program is
+/// unknown.
+pub fn supervise_this_program(
+    workers: usize,
+    listener: TcpListener,
+    configure: impl FnOnce(&mut SupervisorConfig),
+) -> Result<Supervisor, SupervisorError> {
+    let command = WorkerCommand::this_program().map_err(|source| SupervisorError::Io {
+        what: "finding this program's binary",
+        source,
+    })?;
+    let mut config = SupervisorConfig::new(workers, command);
+    configure(&mut config);
+    if let Err(e) = duo_sys::raise_fd_limit() {
+        log::warn!("cannot raise the open-file limit: {e}");
+    }
+    Supervisor::new(config, vec![listener])
 }
 
 /// How many connections a worker may hold at once: its soft open-file limit less
