@@ -4,12 +4,14 @@
 //! batches: in the order queued, none lost, on a loop thread and on the loops of a
 //! group (whose turns only readiness of the loop brings).
 
-use std::collections::HashMap;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
 use duo_reactor::{EventLoopThread, LoopGroup, LoopHandle, LoopSharing};
 use duo_testkit::LIMIT;
+use util::assert_a_batch_per_iteration;
+
+mod util;
 
 const N: usize = 5000;
 /// The most queued functions one iteration may run.
@@ -49,16 +51,7 @@ fn a_burst_runs_a_batch_per_iteration(h: &LoopHandle) {
         ran.iter().enumerate().all(|(k, &(i, _))| k == i),
         "queued functions run in the order queued"
     );
-    let mut per_iteration = HashMap::<u64, usize>::new();
-    for &(_, iteration) in ran.iter() {
-        *per_iteration.entry(iteration).or_default() += 1;
-    }
-    let most = per_iteration.values().copied().max().unwrap_or(0);
-    assert!(
-        most <= BATCH,
-        "{most} queued functions ran in one iteration (at most {BATCH} wanted; {} iterations)",
-        per_iteration.len()
-    );
+    assert_a_batch_per_iteration(ran.iter().map(|&(_, it)| it), BATCH, "queued functions");
 }
 
 #[test]

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use duo_reactor::{EventLoop, TimerId};
 use duo_testkit::{join_within, Rng, LIMIT};
-use util::spawn_loop;
+use util::{assert_a_batch_per_iteration, spawn_loop};
 
 #[test]
 fn ten_thousand_random_deadlines_fire_in_order_and_never_early() {
@@ -222,14 +222,5 @@ fn a_burst_of_due_timers_runs_a_batch_per_iteration() {
         fired.windows(2).all(|w| w[0].0 < w[1].0),
         "timers due together run in the order they were set"
     );
-    let mut per_iteration = std::collections::HashMap::<u64, usize>::new();
-    for &(_, iteration) in fired.iter() {
-        *per_iteration.entry(iteration).or_default() += 1;
-    }
-    let most = per_iteration.values().copied().max().unwrap_or(0);
-    assert!(
-        most <= BATCH,
-        "{most} timers ran in one iteration (at most {BATCH} wanted; {} iterations)",
-        per_iteration.len()
-    );
+    assert_a_batch_per_iteration(fired.iter().map(|&(_, it)| it), BATCH, "timers");
 }

@@ -20,3 +20,22 @@ pub(crate) fn spawn_loop() -> (LoopHandle, JoinHandle<()>) {
     });
     (rx.recv_timeout(LIMIT).expect("loop thread started"), t)
 }
+
+/// Checks that callbacks that recorded the loop iteration they ran in ran at most `batch`
+/// per iteration (`what` names them in the message).
+pub(crate) fn assert_a_batch_per_iteration(
+    iterations: impl IntoIterator<Item = u64>,
+    batch: usize,
+    what: &str,
+) {
+    let mut per_iteration = std::collections::HashMap::<u64, usize>::new();
+    for iteration in iterations {
+        *per_iteration.entry(iteration).or_default() += 1;
+    }
+    let most = per_iteration.values().copied().max().unwrap_or(0);
+    assert!(
+        most <= batch,
+        "{most} {what} ran in one iteration (at most {batch} wanted; {} iterations)",
+        per_iteration.len()
+    );
+}
