@@ -2,7 +2,8 @@
 //! (`on_peer_half_close_while_paused`), while the peer's last bytes stay unread: an
 //! application that paused to compute a reply learns that its client left, and can give
 //! up. Told once, in either trigger mode, for a FIN and for a hang-up; the loop does not
-//! spin meanwhile; resuming still delivers every byte, then the end of the stream.
+//! spin meanwhile; resuming still delivers every byte, then the end of the stream. Also for a
+//! paused `TcpClient`.
 
 mod util;
 
@@ -284,4 +285,40 @@ fn a_reading_connection_is_not_told() {
         drop(seen);
         run.server.stop();
     }
+}
+
+/// A client's connection is told too (the callbacks of `TcpClient` are the server's).
+#[test]
+fn a_paused_client_is_told_when_its_server_finishes() {
+    init_log();
+    let listener = std::net::TcpListener::bind(localhost()).unwrap();
+    let lp = duo_reactor::EventLoopThread::spawn("paused-client", None).unwrap();
+    let (tx, events) = mpsc::channel::<&'static str>();
+    let (up, told, msg) = (
+        Mutex::new(tx.clone()),
+        Mutex::new(tx.clone()),
+        Mutex::new(tx),
+    );
+    let client = duo_net::TcpClient::builder("paused-client", listener.local_addr().unwrap())
+        .on_connection(move |conn| {
+            if conn.is_connected() {
+                conn.stop_reading().unwrap();
+                up.lock().unwrap().send("up").unwrap();
+            }
+        })
+        .on_peer_half_close_while_paused(move |_| told.lock().unwrap().send("told").unwrap())
+        .on_message(move |_, input| {
+            assert_eq!(input.peek(), b"bye");
+            input.consume_all();
+            msg.lock().unwrap().send("bye").unwrap();
+        })
+        .connect(lp.handle());
+    let (mut server_side, _) = listener.accept().unwrap();
+    assert_eq!(events.recv_timeout(LIMIT).unwrap(), "up");
+    server_side.write_all(b"bye").unwrap();
+    server_side.shutdown(Shutdown::Write).unwrap();
+    assert_eq!(events.recv_timeout(LIMIT).unwrap(), "told");
+    client.connection().unwrap().start_reading().unwrap();
+    assert_eq!(events.recv_timeout(LIMIT).unwrap(), "bye");
+    client.stop();
 }
