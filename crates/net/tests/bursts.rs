@@ -135,3 +135,52 @@ fn a_burst_of_idle_connections_is_closed_a_batch_per_iteration() {
     drop(clients);
     server.stop();
 }
+
+/// A function run on every connection (a broadcast) visits a batch of a loop's
+/// connections per iteration, serving the loop's other events in between, and keeps
+/// order with what the same thread queues after it: every client reads the broadcast
+/// before a message sent to it through its handle afterwards.
+#[test]
+fn a_visit_of_every_connection_runs_a_batch_per_iteration() {
+    let conns = room_for(1000);
+    let handles: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
+    let seen = handles.clone();
+    let server = TestServer::start(move || {
+        TcpServer::builder("broadcast", localhost())
+            .io_threads(1)
+            .on_connection(move |conn| {
+                if conn.is_connected() {
+                    seen.lock().unwrap().push(conn.clone());
+                }
+            })
+    });
+    let mut clients: Vec<TcpStream> = (0..conns)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    wait_until("every connection up", || {
+        handles.lock().unwrap().len() == conns
+    });
+    let visits: Arc<Mutex<Vec<u64>>> = Arc::default();
+    let visited = visits.clone();
+    server.handle().connections().for_each(move |ctx| {
+        let iteration = ctx.event_loop().metrics().iterations;
+        visited.lock().unwrap().push(iteration);
+        ctx.send(b"A");
+    });
+    for h in handles.lock().unwrap().iter() {
+        h.send(b"B".to_vec()).unwrap();
+    }
+    for c in &mut clients {
+        c.set_read_timeout(Some(LIMIT)).unwrap();
+        let mut got = [0u8; 2];
+        std::io::Read::read_exact(c, &mut got).unwrap();
+        assert_eq!(
+            &got, b"AB",
+            "the visit reaches a connection before what follows it"
+        );
+    }
+    assert_eq!(visits.lock().unwrap().len(), conns);
+    assert_a_batch_per_iteration("visited", visits.lock().unwrap().iter().copied());
+    drop(clients);
+    server.stop();
+}

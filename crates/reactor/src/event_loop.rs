@@ -173,6 +173,9 @@ pub struct EventLoop {
     /// these are done, so order holds. (Its buffer and the queue's are swapped back and
     /// forth, so neither allocates in the steady state.)
     running: VecDeque<SendTask>,
+    /// The function just run was a slice of one run in slices, and put its rest back at
+    /// the front of `running`.
+    sliced_more: bool,
     /// Reusable buffer `local_tasks` is swapped into while they run.
     running_local: Vec<LocalTask>,
     /// When the current iteration's poll returned, on the [`duo_sys::monotonic_nanos`]
@@ -243,6 +246,7 @@ impl EventLoop {
             local_tasks: Vec::new(),
             locals: HashMap::new(),
             running: VecDeque::new(),
+            sliced_more: false,
             running_local: Vec::new(),
             poll_nanos: duo_sys::monotonic_nanos(),
             iteration_events: 0,

@@ -13,6 +13,7 @@ use crate::health::{HealthCounters, LatencyHistogram, EVENT_BUCKETS};
 use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId};
 use crate::EventLoop;
+use std::ops::ControlFlow;
 
 /// A function queued to run on a loop through its shared queue (from any thread, so `Send`).
 pub(crate) type SendTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
@@ -29,6 +30,22 @@ impl Queued<dyn FnOnce(&mut EventLoop) + Send> {
         Queued {
             name: std::any::type_name_of_val(&f),
             f: Box::new(f),
+        }
+    }
+
+    /// A function run in slices ([`LoopHandle::queue_in_slices`]): one slice per run; a
+    /// slice that asks for more puts the rest back at the front of the loop's queue.
+    pub(crate) fn sliced<F>(mut f: F) -> Self
+    where
+        F: FnMut(&mut EventLoop) -> ControlFlow<()> + Send + 'static,
+    {
+        Queued {
+            name: std::any::type_name::<F>(),
+            f: Box::new(move |lp: &mut EventLoop| {
+                if f(lp).is_continue() {
+                    lp.continue_first(Queued::sliced(f));
+                }
+            }),
         }
     }
 }
@@ -271,7 +288,9 @@ impl LoopShared {
 /// were dispatched, at most [`EventLoop::TASK_BATCH`] per iteration (a larger backlog runs
 /// over the next iterations, between their I/O). Functions queued while the loop runs
 /// that batch run in a later iteration, so neither a function that keeps re-queueing
-/// itself nor a producer faster than the loop can starve I/O.
+/// itself nor a producer faster than the loop can starve I/O. Long work queued with
+/// [`LoopHandle::queue_in_slices`] runs a slice per iteration and holds the functions
+/// queued after it until it is done.
 ///
 /// # Wake-ups
 ///
@@ -302,6 +321,43 @@ impl LoopHandle {
         f: impl FnOnce(&mut EventLoop) + Send + 'static,
     ) -> Result<(), LoopClosed> {
         self.shared.push(Queued::new(f))
+    }
+
+    /// Queues `f` to run on the loop in slices: for work on many items (every connection
+    /// of the loop, say) that should not hold the loop in one long callback. The loop
+    /// calls `f` once per iteration while it returns [`ControlFlow::Continue`], serving its
+    /// I/O and timers between the calls, until it returns [`ControlFlow::Break`]. The
+    /// functions queued through handles after `f` wait until `f` is done, so FIFO order
+    /// holds as if `f` ran in one go; `f` decides how much one slice does (a slice counts
+    /// as one queued function against [`EventLoop::TASK_BATCH`]). A loop asked to quit
+    /// runs the remaining slices before it returns, as it runs what it had taken of its
+    /// queue.
+    ///
+    /// ```
+    /// use std::ops::ControlFlow;
+    /// use duo_reactor::EventLoopThread;
+    ///
+    /// let thread = EventLoopThread::spawn("slices", None)?;
+    /// let (tx, rx) = std::sync::mpsc::channel();
+    /// let mut next = 0;
+    /// thread.handle().queue_in_slices(move |lp| {
+    ///     let iteration = lp.metrics().iterations;
+    ///     for item in next..(next + 100).min(1000) {
+    ///         let _ = tx.send((item, iteration));
+    ///     }
+    ///     next += 100;
+    ///     if next < 1000 { ControlFlow::Continue(()) } else { ControlFlow::Break(()) }
+    /// })?;
+    /// let got: Vec<(u32, u64)> = rx.iter().take(1000).collect();
+    /// assert!(got.iter().map(|&(i, _)| i).eq(0..1000));
+    /// assert!(got[999].1 > got[0].1, "ten slices, not one callback");
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn queue_in_slices(
+        &self,
+        f: impl FnMut(&mut EventLoop) -> ControlFlow<()> + Send + 'static,
+    ) -> Result<(), LoopClosed> {
+        self.shared.push(Queued::sliced(f))
     }
 
     /// Runs `f` once at `deadline` (at once if it has passed).

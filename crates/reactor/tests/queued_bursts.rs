@@ -4,6 +4,7 @@
 //! batches: in the order queued, none lost, on a loop thread and on the loops of a
 //! group (whose turns only readiness of the loop brings).
 
+use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 
@@ -20,14 +21,7 @@ const BATCH: usize = 256;
 /// Holds `h`'s loop in a queued function while `N` more are queued, then lets it go; checks
 /// that they all run, in order, at most `BATCH` per iteration.
 fn a_burst_runs_a_batch_per_iteration(h: &LoopHandle) {
-    let (held_tx, held) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    h.queue_in_loop(move |_| {
-        held_tx.send(()).unwrap();
-        release_rx.recv_timeout(LIMIT).unwrap();
-    })
-    .unwrap();
-    held.recv_timeout(LIMIT).unwrap();
+    let release = hold(h);
     // Per function: its number and the iteration of its loop it ran in.
     let ran: Arc<Mutex<Vec<(usize, u64)>>> = Arc::default();
     let (done_tx, done) = mpsc::channel();
@@ -54,6 +48,19 @@ fn a_burst_runs_a_batch_per_iteration(h: &LoopHandle) {
     assert_a_batch_per_iteration(ran.iter().map(|&(_, it)| it), BATCH, "queued functions");
 }
 
+/// Holds `h`'s loop in a queued function until the returned sender is used (or dropped).
+fn hold(h: &LoopHandle) -> mpsc::Sender<()> {
+    let (held_tx, held) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    h.queue_in_loop(move |_| {
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(LIMIT);
+    })
+    .unwrap();
+    held.recv_timeout(LIMIT).unwrap();
+    release
+}
+
 #[test]
 fn a_burst_of_queued_functions_runs_a_batch_per_iteration() {
     let thread = EventLoopThread::spawn("burst", None).unwrap();
@@ -68,4 +75,102 @@ fn a_burst_on_a_group_loop_runs_a_batch_per_turn() {
         a_burst_runs_a_batch_per_iteration(&group.handles()[1]);
         group.stop().unwrap();
     }
+}
+
+/// A function queued in slices runs one slice per iteration, and the functions queued
+/// after it (by the same producer, and by the slices themselves through a handle) wait
+/// until its last slice: order as if it ran in one go. On a loop thread and on a group.
+#[test]
+fn a_function_in_slices_runs_a_slice_per_iteration_and_holds_what_follows() {
+    let thread = EventLoopThread::spawn("slices", None).unwrap();
+    slices_hold_what_follows(thread.handle());
+    drop(thread);
+    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
+        let group = LoopGroup::start_sharing("slices", 2, 4, sharing, None).unwrap();
+        slices_hold_what_follows(&group.handles()[2]);
+        group.stop().unwrap();
+    }
+}
+
+fn slices_hold_what_follows(h: &LoopHandle) {
+    const SLICES: u64 = 10;
+    // ("slice" or "after", the iteration it ran in)
+    let log: Arc<Mutex<Vec<(&'static str, u64)>>> = Arc::default();
+    let (done_tx, done) = mpsc::channel();
+    let (l1, l2, h2) = (log.clone(), log.clone(), h.clone());
+    let mut left = SLICES;
+    // Both functions are queued before the first slice runs.
+    let release = hold(h);
+    h.queue_in_slices(move |lp| {
+        l1.lock()
+            .unwrap()
+            .push(("slice", lp.handle().metrics().iterations));
+        if left == SLICES {
+            // Queued from inside the first slice: after the whole function too.
+            let l = l1.clone();
+            h2.queue_in_loop(move |lp| {
+                l.lock()
+                    .unwrap()
+                    .push(("queued by a slice", lp.handle().metrics().iterations));
+            })
+            .unwrap();
+        }
+        left -= 1;
+        if left > 0 {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+    .unwrap();
+    h.queue_in_loop(move |lp| {
+        l2.lock()
+            .unwrap()
+            .push(("after", lp.handle().metrics().iterations));
+        done_tx.send(()).unwrap();
+    })
+    .unwrap();
+    release.send(()).unwrap();
+    done.recv_timeout(LIMIT)
+        .expect("the function queued after runs");
+    duo_testkit::wait_until("the function queued by a slice", || {
+        log.lock().unwrap().len() == SLICES as usize + 2
+    });
+    let log = log.lock().unwrap();
+    let kinds: Vec<&str> = log.iter().map(|&(k, _)| k).collect();
+    let mut want = vec!["slice"; SLICES as usize];
+    want.extend(["after", "queued by a slice"]);
+    assert_eq!(kinds, want, "FIFO as if the function ran in one go");
+    let slice_iterations: std::collections::HashSet<u64> =
+        log[..SLICES as usize].iter().map(|&(_, it)| it).collect();
+    assert_eq!(
+        slice_iterations.len(),
+        SLICES as usize,
+        "one slice per iteration"
+    );
+}
+
+/// A loop asked to quit while a function runs in slices runs the rest of it first.
+#[test]
+fn a_quitting_loop_finishes_a_function_in_slices() {
+    let mut lp = duo_reactor::EventLoop::new().unwrap();
+    let h = lp.handle();
+    let (mut left, ran) = (100, Arc::new(Mutex::new(0)));
+    let r = ran.clone();
+    h.queue_in_slices(move |lp| {
+        *r.lock().unwrap() += 1;
+        if left == 100 {
+            lp.quit();
+        }
+        left -= 1;
+        if left > 0 {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+    .unwrap();
+    lp.run_after(LIMIT, |lp| lp.quit());
+    lp.run().unwrap();
+    assert_eq!(*ran.lock().unwrap(), 100);
 }

@@ -3,12 +3,19 @@
 use std::fmt;
 use std::sync::Arc;
 
-use duo_reactor::LoopHandle;
+use std::ops::ControlFlow;
+
+use duo_reactor::{LoopHandle, Token};
 
 use super::ctx::ConnCtx;
 use super::machine::LoopConn;
 #[cfg(doc)]
 use crate::{Backpressure, OutputLimit};
+
+/// Connections a visit of every connection ([`ServerConnections::for_each`], a broadcast,
+/// a graceful shutdown) visits on one loop per iteration: a loop with 10 000 connections
+/// serves its other events between slices instead of stalling for the whole visit.
+pub(crate) const VISITS_PER_SLICE: usize = 128;
 
 /// What a server's connections know of their server: its key and its loops.
 pub(crate) struct ServerLink {
@@ -32,10 +39,13 @@ impl ServerConnections {
     }
 
     /// Runs `f` on every open connection, on each connection's own loop: one queued
-    /// function per loop, which visits that loop's connections in no particular order.
-    /// Returns at once. Calls made one after another from one thread reach each
-    /// connection in that order, so messages broadcast by one sender arrive in the order
-    /// sent. A connection is visited if it is open when the function runs on its loop:
+    /// function per loop, which visits that loop's connections in no particular order,
+    /// [`VISITS_PER_SLICE`] (128) per loop iteration ([`LoopHandle::queue_in_slices`]), so
+    /// that a loop with many connections serves its other events in between. Returns at
+    /// once. Calls made one after another from one thread reach each connection in that
+    /// order, so messages broadcast by one sender arrive in the order sent; so does
+    /// anything queued to the connection's loop after the call (a send through a handle,
+    /// a close), which waits for the end of the visit. A connection is visited if it is open when the function runs on its loop:
     /// one accepted just now may be registered on its loop a moment after that loop ran
     /// the function, and miss it (order *across* senders, or relative to a connection's
     /// arrival, is not promised). A panic in `f` closes that connection only.
@@ -63,8 +73,25 @@ impl ServerConnections {
         let id = self.link.id;
         for lp in &self.link.loops {
             let f = f.clone();
-            let _ = lp
-                .queue_in_loop(move |lp| LoopConn::for_each_of_server(lp, id, what, pending, &*f));
+            // The loop's channels when the visit begins, then a slice of them per loop
+            // iteration; what is queued to the loop after the visit waits for its end.
+            let mut left: Option<Vec<Token>> = None;
+            let _ = lp.queue_in_slices(move |lp| {
+                let tokens = left.get_or_insert_with(|| {
+                    let mut all = lp.channel_tokens();
+                    all.reverse();
+                    all
+                });
+                let from = tokens.len().saturating_sub(VISITS_PER_SLICE);
+                for token in tokens.drain(from..).rev() {
+                    LoopConn::visit_of_server(lp, token, id, what, pending, &*f);
+                }
+                if tokens.is_empty() {
+                    ControlFlow::Break(())
+                } else {
+                    ControlFlow::Continue(())
+                }
+            });
         }
     }
 

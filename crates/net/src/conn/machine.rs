@@ -302,13 +302,26 @@ impl LoopConn {
         f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
     ) {
         for token in lp.channel_tokens() {
-            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
-                let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
-                if ours && !conn.m.closed() && (pending || conn.m.is_up()) {
-                    conn.m.run_guarded(lp, ch, what, f);
-                }
-            });
+            LoopConn::visit_of_server(lp, token, server, what, pending, f);
         }
+    }
+
+    /// Runs `f` on the connection of `token` if it is an open one of `server` (as
+    /// [`LoopConn::for_each_of_server`] chooses them).
+    pub(crate) fn visit_of_server(
+        lp: &mut EventLoop,
+        token: Token,
+        server: u64,
+        what: &str,
+        pending: bool,
+        f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
+    ) {
+        lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+            let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
+            if ours && !conn.m.closed() && (pending || conn.m.is_up()) {
+                conn.m.run_guarded(lp, ch, what, f);
+            }
+        });
     }
 }
 

@@ -69,6 +69,11 @@ impl EventLoop {
                 resume_unwind(panic);
             }
             self.task_done(name);
+            // A slice of a sliced function asked for more: it is back at the front, and
+            // the loop polls before it runs on (unless it is quitting).
+            if std::mem::take(&mut self.sliced_more) && !self.shared.quit.load(Ordering::SeqCst) {
+                break;
+            }
         }
         let mut tasks = local.drain(..);
         while let Some(task) = tasks.next() {
@@ -84,6 +89,15 @@ impl EventLoop {
         self.shared.draining.store(false, Ordering::SeqCst);
         self.running_local = local;
         self.wake_for_the_rest();
+    }
+
+    /// The rest of a function run in slices ([`LoopHandle::queue_in_slices`]): it runs
+    /// first in the next pass, before the functions queued after it.
+    ///
+    /// [`LoopHandle::queue_in_slices`]: crate::LoopHandle::queue_in_slices
+    pub(crate) fn continue_first(&mut self, rest: crate::loop_handle::SendTask) {
+        self.running.push_front(rest);
+        self.sliced_more = true;
     }
 
     /// Takes the functions queued from other threads (`running` is empty): an empty
