@@ -40,7 +40,7 @@ impl ServerConnections {
 
     /// Runs `f` on every open connection, on each connection's own loop: one queued
     /// function per loop, which visits that loop's connections in no particular order,
-    /// [`VISITS_PER_SLICE`] (128) per loop iteration ([`LoopHandle::queue_in_slices`]), so
+    /// 128 per loop iteration ([`LoopHandle::queue_in_slices`]), so
     /// that a loop with many connections serves its other events in between. Returns at
     /// once. Calls made one after another from one thread reach each connection in that
     /// order, so messages broadcast by one sender arrive in the order sent; so does
