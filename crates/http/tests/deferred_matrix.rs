@@ -18,7 +18,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_http::{HttpServerThread, Method, Request, Responder, Response, StatusCode};
-use duo_testkit::{join_within, wait_until, LIMIT};
+use duo_testkit::{join_within, tcp_state, wait_until, TcpState, LIMIT};
 use util::deferred::{answer_held, deferred_builder, BIG};
 use util::{get, read_to_eof, start, wait_for_queued_output, Client, LoopServer};
 
@@ -177,6 +177,7 @@ fn the_one_timer_serves_the_response_timeout_both_ways() {
     assert_eq!(c.get("/hello").text(), "hello");
     c.send(get("/held?slow").as_bytes());
     wait_until("held", || held.lock().unwrap().len() == 1);
+    // Not an event: four keep-alive timeouts pass (see the header) without closing it.
     thread::sleep(Duration::from_millis(400));
     answer_held(&held, 1);
     let r = c.read_reply(false);
@@ -322,7 +323,15 @@ fn a_half_close_after_a_deferred_request_gets_its_answers() {
     c.send(get("/held?b").as_bytes());
     wait_until("held", || held.lock().unwrap().len() == 1);
     c.stream.shutdown(Shutdown::Write).unwrap();
-    thread::sleep(Duration::from_millis(50));
+    // The FIN reaches the server while the answer is outstanding (it waits unread in the
+    // kernel: the connection does not read while waiting).
+    let (client, srv) = (
+        c.stream.local_addr().unwrap().port(),
+        server.local_addr().port(),
+    );
+    wait_until("the client's FIN to reach the server", || {
+        tcp_state(srv, client) == Some(TcpState::CloseWait)
+    });
     answer_held(&held, 1);
     assert_eq!(c.read_reply(false).text(), "b");
     c.expect_eof();

@@ -6,9 +6,11 @@
 mod util;
 
 use std::io::Write;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duo_buffer::BufPool;
+use duo_reactor::LoopHandle;
 use duo_testkit::wait_until;
 use util::{connect, echo_builder, init_log, localhost, TestServer};
 
@@ -17,12 +19,20 @@ fn free_blocks_return_to_the_system_after_a_burst() {
     init_log();
     const CLIENTS: usize = 8;
     const BYTES: usize = 16 << 20;
+    // The I/O loops, whose only timer is the trim timer (no idle timeout): how many
+    // times it has fired is what the test waits on.
+    let loops: Arc<Mutex<Vec<LoopHandle>>> = Arc::default();
+    let l = loops.clone();
     let server = TestServer::start(|| {
         echo_builder("trim", localhost())
             .io_threads(2)
             .water_marks(64 << 20, 32 << 20)
             .buffer_trim_interval(Duration::from_millis(100))
+            .thread_init(move |lp| l.lock().unwrap().push(lp.handle()))
     });
+    wait_until("both I/O loops", || loops.lock().unwrap().len() == 2);
+    let loops = loops.lock().unwrap().clone();
+    let ticks = || -> Vec<u64> { loops.iter().map(|l| l.metrics().timers_fired).collect() };
     let pool = BufPool::global();
 
     // Clients that send 16 MiB each and read nothing: the echoes pile up in the server's
@@ -42,8 +52,15 @@ fn free_blocks_return_to_the_system_after_a_burst() {
         peak.get() >= CLIENTS * BYTES / 2
     });
 
-    // Trimming waits while the blocks are in use, not free.
-    std::thread::sleep(Duration::from_millis(300));
+    // Trimming waits while the blocks are in use, not free: three trim passes on every
+    // loop leave them.
+    let at_peak = ticks();
+    wait_until("three trim passes on every I/O loop", || {
+        ticks()
+            .iter()
+            .zip(&at_peak)
+            .all(|(now, then)| *now >= then + 3)
+    });
     assert!(pool.stats().in_use_bytes() >= peak.get() / 2);
 
     drop(clients);

@@ -243,7 +243,8 @@ fn settle(lp: &LoopHandle) {
     barrier(lp);
 }
 
-/// Watches for `window` (at least; the time is measured) and returns how long it was.
+/// Watches for `window` (at least; the time is measured) and returns how long it was: a
+/// negative check (no attempt, no callback) or a rate, where there is no event to wait on.
 fn watch(window: Duration) -> Duration {
     let from = Instant::now();
     thread::sleep(window);

@@ -111,8 +111,17 @@ fn a_shutdown_from_write_complete_after_a_large_send_delivers_it_all() {
     });
     let mut client = util::connect(server.addr());
     client.write_all(b"go").unwrap();
-    // Let the server's socket fill before reading, so the last reply is buffered.
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // The server's socket fills before we read (the rest of the first reply waits in its
+    // output buffer), so the last reply is buffered.
+    duo_testkit::wait_until("the server to queue output", || {
+        let queued: u64 = server
+            .stats()
+            .per_loop
+            .iter()
+            .map(|l| l.output_queued)
+            .sum();
+        queued > 0
+    });
     let mut got = Vec::new();
     client.read_to_end(&mut got).unwrap();
     assert_eq!(

@@ -13,7 +13,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duo_net::{CloseReason, TcpConnection, TcpServer};
-use duo_testkit::{wait_until, LIMIT};
+use duo_testkit::{tcp_state, wait_until, TcpState, LIMIT};
 use util::{connect, init_log, localhost, TestServer};
 
 const SIZE: usize = 100_000;
@@ -131,6 +131,7 @@ fn parked_hang_up_does_not_spin_the_loop_level() {
         conn.loop_handle().metrics().io_events > events
     });
     let before = conn.loop_handle().metrics().iterations;
+    // Not an event: the loop stays quiet (it would spin on a hang-up still asked for).
     std::thread::sleep(Duration::from_millis(200));
     let spins = conn.loop_handle().metrics().iterations - before;
     assert!(
@@ -152,6 +153,11 @@ fn paused_then_peer_finishes(edge: bool) {
     let conn = server_conn(&seen);
     client.write_all(&pattern()).unwrap();
     client.shutdown(Shutdown::Write).unwrap();
+    let (port, srv) = (client.local_addr().unwrap().port(), server.addr().port());
+    wait_until("the peer's bytes and FIN in the server's kernel", || {
+        tcp_state(srv, port) == Some(TcpState::CloseWait)
+    });
+    // Not an event: nothing closes the paused connection meanwhile.
     assert!(closed.recv_timeout(Duration::from_millis(100)).is_err());
     conn.start_reading().unwrap();
     assert_eq!(closed.recv_timeout(LIMIT).unwrap(), CloseReason::Peer);

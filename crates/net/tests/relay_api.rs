@@ -13,6 +13,7 @@ mod util;
 use std::collections::HashMap;
 use std::io::{BufRead, BufReader, ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::os::fd::AsFd;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -25,7 +26,7 @@ use duo_net::{
 use duo_reactor::EventLoopThread;
 use socket2::{Domain, Socket, Type};
 
-use duo_testkit::{join_within, random_bytes, wait_until, Rng, LIMIT};
+use duo_testkit::{join_within, random_bytes, tcp_queues, wait_until, Rng, LIMIT};
 use util::{connect, init_log, localhost, read_until_closed, End, TestServer};
 
 // ---------------------------------------------------------------------------------------
@@ -223,17 +224,43 @@ fn spawn_writer_until(
     })
 }
 
-/// Writes the first `total` bytes of the stream repeating `pattern` to `s` in chunks of
-/// 256 KiB (storing the count written so far in `written` after each, if given), then
-/// half-closes.
+/// Writes the stream repeating `pattern` to `s` from offset `at` up to `total` without
+/// blocking, until the kernel takes no more (`WouldBlock`: the peer's receive queue and
+/// this socket's send buffer are full) or all is written; returns the offset reached.
+/// What a test waits on before it lets a paused connection read: its peer has piled up
+/// all the kernel holds.
+fn fill_kernel_buffers(s: &TcpStream, pattern: &[u8], mut at: usize, total: usize) -> usize {
+    s.set_nonblocking(true).unwrap();
+    let deadline = Instant::now() + LIMIT;
+    while at < total {
+        assert!(
+            Instant::now() < deadline,
+            "the kernel still took bytes after {LIMIT:?} ({at} written)"
+        );
+        let chunk = stream_bytes(pattern, at, (256 << 10).min(total - at));
+        match (&*s).write(&chunk) {
+            Ok(n) => at += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(e) => panic!("filling the kernel's buffers: {e}"),
+        }
+    }
+    s.set_nonblocking(false).unwrap();
+    at
+}
+
+/// Writes the stream repeating `pattern` to `s` from offset `from` up to `total`, in
+/// chunks of 256 KiB (storing the count written so far in `written` after each, if
+/// given), then half-closes.
 fn write_stream(
     s: &mut TcpStream,
     pattern: &[u8],
+    from: usize,
     total: usize,
     written: Option<&AtomicUsize>,
     who: &str,
 ) {
-    let mut at = 0;
+    let mut at = from;
     while at < total {
         let chunk = stream_bytes(pattern, at, (256 << 10).min(total - at));
         s.write_all(&chunk)
@@ -353,6 +380,10 @@ fn notify_keeps_reading_while_the_output_is_above_the_high_water_mark() {
 fn pause_reading_stops_reading_while_the_output_is_above_the_high_water_mark() {
     init_log();
     let (server, seen, data, mut c) = big_sender_and_silent_client(Backpressure::PauseReading, 2);
+    wait_until("the peer's bytes to reach the server's kernel", || {
+        duo_sys::bytes_unacknowledged(c.as_fd()).unwrap_or(usize::MAX) == 0
+    });
+    // Not an event: the paused connection must leave them unread for a while.
     thread::sleep(Duration::from_millis(300));
     assert_eq!(
         seen.received.load(Ordering::SeqCst),
@@ -924,6 +955,7 @@ fn stop_reading_from_another_connections_callback_takes_effect_at_once() {
         assert!(x_conn.is_reading_stopped());
         let at = flow.bytes.load(Ordering::SeqCst);
         println!("stop_reading cycle {cycle}: stopped at {at} bytes");
+        // Not an event: no byte of X's stream (which its peer keeps writing) is delivered.
         thread::sleep(Duration::from_millis(50));
         assert_eq!(
             flow.bytes.load(Ordering::SeqCst),
@@ -982,21 +1014,23 @@ fn stop_reading_through_the_handle_stops_a_large_read_midway() {
             })
     });
     let (x, x_conn) = conns.connect(server.addr());
+    // The kernel's buffers fill while X is paused; the rest of the 8 MiB waits behind.
+    let filled = fill_kernel_buffers(&x, &pattern, 0, TOTAL);
+    assert!(filled < TOTAL, "the kernel took all {TOTAL} bytes");
     let writer = {
-        let data = stream_bytes(&pattern, 0, TOTAL);
+        let data = stream_bytes(&pattern, filled, TOTAL - filled);
         let mut x = x;
         thread::spawn(move || {
             x.write_all(&data).expect("X's peer writes 8 MiB");
             x
         })
     };
-    // Let the kernel buffers fill while X is paused.
-    thread::sleep(Duration::from_millis(200));
     assert_eq!(flow.calls.load(Ordering::SeqCst), 0);
     x_conn.start_reading().unwrap();
     wait_until("X's callback to stop X", || {
         flow.stopped.load(Ordering::SeqCst)
     });
+    // Not an event: a read loop that went on would start more callbacks meanwhile.
     thread::sleep(Duration::from_millis(100));
     let at_stop = flow.bytes_at_stop.load(Ordering::SeqCst);
     println!("stop_reading midway: stopped after {at_stop} bytes in one callback");
@@ -1169,25 +1203,23 @@ fn read_budget_lets_another_connection_through_a_flood() {
     let f_conn = conns.of(&f);
     *seen.f.lock().unwrap() = Some(f_conn.id());
 
-    let written = Arc::new(AtomicUsize::new(0));
+    // F's peer fills the kernel's buffers (F is not reading); its writer then blocks.
+    let filled = fill_kernel_buffers(&f, &pattern, 0, FLOOD);
+    let written = Arc::new(AtomicUsize::new(filled));
     let writer = {
         let (pattern, written) = (pattern.clone(), written.clone());
         let mut f = f;
         thread::spawn(move || {
-            write_stream(&mut f, &pattern, FLOOD, Some(&written), "F's peer");
+            write_stream(&mut f, &pattern, filled, FLOOD, Some(&written), "F's peer");
             let (rest, _) = read_until_closed(&mut f);
             assert!(rest.is_empty());
         })
     };
     s.write_all(&[0]).unwrap();
-    // F's peer blocks once the kernel's buffers are full (F is not reading).
-    let mut last = usize::MAX;
-    wait_until("F's peer to block", || {
-        let now = written.load(Ordering::SeqCst);
-        let blocked = now == last && now > 0;
-        last = now;
-        thread::sleep(Duration::from_millis(50));
-        blocked
+    // S's request waits in the server's socket too.
+    let (s_port, srv) = (s.local_addr().unwrap().port(), server.addr().port());
+    wait_until("S's request to reach the server", || {
+        tcp_queues(srv, s_port).is_some_and(|(_, rx)| rx == 1)
     });
     assert_eq!(seen.f_bytes.load(Ordering::SeqCst), 0);
 
@@ -1208,7 +1240,7 @@ fn read_budget_lets_another_connection_through_a_flood() {
         log.iter().find(|(k, _)| *k == b'S').expect("S's message").1
     };
     println!(
-        "read budget: F's peer had written {last} bytes; F delivered {f_before_s} bytes \
+        "read budget: F's peer had written {filled} bytes; F delivered {f_before_s} bytes \
          before S's request"
     );
     assert!(
@@ -1292,6 +1324,7 @@ fn broadcast_reaches_every_connection_in_per_sender_order() {
     wait_until("for_each to visit every connection", || {
         visits.lock().unwrap().values().sum::<usize>() >= CLIENTS
     });
+    // Not an event: no connection is visited a second time.
     thread::sleep(Duration::from_millis(50));
     {
         let visits = visits.lock().unwrap();
@@ -1477,6 +1510,7 @@ fn a_panic_in_for_each_closes_only_that_connection() {
     });
     wait_until("the victim closed", || all[1].is_closed());
     assert_eq!(all[1].close_reason(), Some(CloseReason::Panic));
+    // Not an event: no other connection closes after the panic.
     thread::sleep(Duration::from_millis(50));
     for (i, c) in all.iter().enumerate().filter(|(i, _)| *i != 1) {
         assert!(c.is_connected(), "connection {i} closed by another's panic");
@@ -1668,7 +1702,7 @@ fn relay_with_notify_and_with_ctx_keeps_both_directions_bounded() {
     let writer = {
         let pattern = pattern.clone();
         let mut c = c.try_clone().unwrap();
-        thread::spawn(move || write_stream(&mut c, &pattern, RELAY_BYTES, None, "the client"))
+        thread::spawn(move || write_stream(&mut c, &pattern, 0, RELAY_BYTES, None, "the client"))
     };
     wait_until("B's high-water mark (the backend reads nothing)", || {
         seen.b_high.load(Ordering::SeqCst) >= 1
@@ -1745,6 +1779,7 @@ fn write_complete_runs_only_with_the_output_empty() {
     wait_until("the write-complete call", || {
         !seen.lock().unwrap().is_empty()
     });
+    // Not an event: no second write-complete call follows.
     thread::sleep(Duration::from_millis(50));
     assert_eq!(*seen.lock().unwrap(), vec![0]);
     drop(c);
@@ -2098,6 +2133,7 @@ fn client_disconnect_then_drop_drains_the_output() {
     wait_until("the client's connection to be disconnecting", || {
         d.conn.state() == ConnState::Disconnecting
     });
+    // Not an event: the dropped client's connection stays open while its output waits.
     thread::sleep(Duration::from_millis(100));
     assert!(
         !d.conn.is_closed(),

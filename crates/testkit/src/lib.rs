@@ -20,6 +20,8 @@
 //! - [`Rng`], [`random_bytes`]: a small seeded PRNG (xorshift64* seeded through splitmix64)
 //!   for reproducible test data and load, without the `rand` crate.
 //! - [`nonblocking_pair`]: a connected, non-blocking `AF_UNIX` stream pair.
+//! - [`tcp_queues`], [`tcp_state`]: what the kernel lists for a loopback TCP socket (its
+//!   queues, its state), for a test that waits until a segment has reached the other side.
 //! - [`cpu_time`], [`clock_ticks_per_second`]: the CPU time a process has used
 //!   (`/proc/PID/stat`), for tests and for the benchmark tools, which charge a server under
 //!   test for its work.
@@ -56,5 +58,5 @@ pub use process::{
     children, finish_within, is_running, run_within, send_signal, wait_child_within, Finished,
 };
 pub use rng::{random_bytes, Rng};
-pub use socket::{nonblocking_pair, tcp_queues, RefusedPort};
+pub use socket::{nonblocking_pair, tcp_queues, tcp_state, RefusedPort, TcpState};
 pub use wait::{join_before, join_within, wait_until, wait_until_within, LIMIT};

@@ -61,6 +61,60 @@ impl Default for RefusedPort {
 /// which a socket is as soon as it has processed a reset (its descriptor may still be
 /// open, with unread data).
 pub fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
+    let f = tcp_row(local, remote)?;
+    let (tx, rx) = f[4].split_once(':')?;
+    Some((
+        u64::from_str_radix(tx, 16).ok()?,
+        u64::from_str_radix(rx, 16).ok()?,
+    ))
+}
+
+/// The TCP state of the IPv4 socket from port `local` to port `remote` (on any address),
+/// from `/proc/net/tcp`: what a test waits on to know that a segment has reached the
+/// kernel on the other side, say a FIN (the socket is then [`TcpState::CloseWait`])
+/// that no one has read yet. `None` if the kernel lists no such socket (see
+/// [`tcp_queues`]).
+pub fn tcp_state(local: u16, remote: u16) -> Option<TcpState> {
+    let f = tcp_row(local, remote)?;
+    Some(TcpState::from_code(u8::from_str_radix(&f[3], 16).ok()?))
+}
+
+/// A TCP socket's state as the kernel lists it (`st` in `/proc/net/tcp`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TcpState {
+    /// `ESTABLISHED`.
+    Established,
+    /// `FIN_WAIT1`: this side has sent its FIN, not yet acknowledged.
+    FinWait1,
+    /// `FIN_WAIT2`: this side's FIN is acknowledged; the peer's has not come.
+    FinWait2,
+    /// `CLOSE_WAIT`: the peer's FIN has arrived; this side has not closed.
+    CloseWait,
+    /// `LAST_ACK`: both FINs sent, this side's not yet acknowledged.
+    LastAck,
+    /// `TIME_WAIT`.
+    TimeWait,
+    /// Any other state, by the kernel's number.
+    Other(u8),
+}
+
+impl TcpState {
+    fn from_code(code: u8) -> TcpState {
+        match code {
+            0x01 => TcpState::Established,
+            0x04 => TcpState::FinWait1,
+            0x05 => TcpState::FinWait2,
+            0x06 => TcpState::TimeWait,
+            0x08 => TcpState::CloseWait,
+            0x09 => TcpState::LastAck,
+            other => TcpState::Other(other),
+        }
+    }
+}
+
+/// The fields of the line of `/proc/net/tcp` for the socket from port `local` to port
+/// `remote`, if the kernel lists one.
+fn tcp_row(local: u16, remote: u16) -> Option<Vec<String>> {
     let table = std::fs::read_to_string("/proc/net/tcp").ok()?;
     let (l, r) = (format!(":{local:04X}"), format!(":{remote:04X}"));
     table.lines().skip(1).find_map(|line| {
@@ -68,10 +122,6 @@ pub fn tcp_queues(local: u16, remote: u16) -> Option<(u64, u64)> {
         if f.len() < 5 || !f[1].ends_with(&l) || !f[2].ends_with(&r) {
             return None;
         }
-        let (tx, rx) = f[4].split_once(':')?;
-        Some((
-            u64::from_str_radix(tx, 16).ok()?,
-            u64::from_str_radix(rx, 16).ok()?,
-        ))
+        Some(f.into_iter().map(str::to_owned).collect())
     })
 }
