@@ -304,6 +304,9 @@ impl Service {
         st.closing_since = Some(Instant::now());
         st.backlog = Backlog::default();
         ctx.close_after_flush();
+        // What is queued for it gets the linger time (renewed while it is being written),
+        // not the response timeout.
+        self.set_deadline(ctx, st, Instant::now() + self.linger);
     }
 
     /// Bytes arrived (the server's `on_message`).

@@ -73,8 +73,9 @@ type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 /// 3. run the functions queued before this step began, in FIFO order: first those queued
 ///    through handles (at most [`EventLoop::TASK_BATCH`], 256: a larger backlog runs over
 ///    the next iterations, in order, between their I/O), then those queued with
-///    [`EventLoop::queue_in_loop`]. Functions queued by these functions run in the next
-///    iteration.
+///    [`EventLoop::queue_in_loop`]. Functions queued by these functions run in a later
+///    iteration (or, through a handle, later in the same one when it started with a
+///    backlog and had room left; never more than the bound).
 ///
 /// A channel removed during step 2 receives no further events, even ones already returned
 /// by the same `epoll_wait`: its slot's generation changes, and tokens carry it.

@@ -222,9 +222,10 @@ impl LoopShared {
     /// Queues `task`, waking the loop if it might not otherwise see it this round.
     pub(crate) fn push(&self, task: SendTask) -> Result<(), LoopClosed> {
         self.queue.lock().as_mut().ok_or(LoopClosed)?.push(task);
-        // The loop runs queued functions after dispatching I/O, before it waits again, so
-        // a function queued on the loop thread needs no wake-up, unless the loop is
-        // running the queue right now (the function then waits for the next round).
+        // The loop takes its queue after dispatching I/O, before it waits again (and wakes
+        // itself while a backlog is left), so a function queued on the loop thread needs
+        // no wake-up, unless the loop is running the queue right now (the function may
+        // then wait for the next round).
         if !self.is_in_loop_thread() || self.draining.load(Ordering::Relaxed) {
             self.wake();
         }
@@ -287,8 +288,8 @@ impl LoopShared {
 /// so in particular FIFO per producer thread), once per loop iteration after I/O events
 /// were dispatched, at most [`EventLoop::TASK_BATCH`] per iteration (a larger backlog runs
 /// over the next iterations, between their I/O). Functions queued while the loop runs
-/// that batch run in a later iteration, so neither a function that keeps re-queueing
-/// itself nor a producer faster than the loop can starve I/O. Long work queued with
+/// that batch run after it, within the same bound, so neither a function that keeps
+/// re-queueing itself nor a producer faster than the loop can starve I/O. Long work queued with
 /// [`LoopHandle::queue_in_slices`] runs a slice per iteration and holds the functions
 /// queued after it until it is done.
 ///
@@ -313,8 +314,8 @@ impl LoopHandle {
     /// From another thread this queues `f` and wakes the loop. On the loop thread itself
     /// the loop is already borrowed by whoever called us (a handler, a timer, a queued
     /// function), so a handle cannot run `f` with `&mut EventLoop` right here: it queues `f`
-    /// without a wake-up, and the loop runs it after the current batch of events, before it
-    /// next waits for I/O. (There is no muduo-style `run_in_loop`: code that holds
+    /// without a wake-up, and the loop runs it after the current batch of events and what
+    /// was queued before it, without sleeping in between. (There is no muduo-style `run_in_loop`: code that holds
     /// `&mut EventLoop` runs in the loop already and simply calls `f(lp)`.)
     pub fn queue_in_loop(
         &self,

@@ -7,6 +7,7 @@
 use std::ops::ControlFlow;
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use duo_reactor::{EventLoopThread, LoopGroup, LoopHandle, LoopSharing};
 use duo_testkit::LIMIT;
@@ -173,4 +174,80 @@ fn a_quitting_loop_finishes_a_function_in_slices() {
     lp.run_after(LIMIT, |lp| lp.quit());
     lp.run().unwrap();
     assert_eq!(*ran.lock().unwrap(), 100);
+}
+
+/// A pass that ends at the bound with nothing left of what it had taken must still look at
+/// the queue: a function queued on the loop thread (no wake-up: the loop runs it before it
+/// next waits) sat there while the loop slept. On a loop thread and on a group.
+#[test]
+fn a_function_queued_when_exactly_a_batch_is_left_still_runs() {
+    let thread = EventLoopThread::spawn("exact", None).unwrap();
+    exactly_a_batch_left(thread.handle());
+    drop(thread);
+    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
+        let group = LoopGroup::start_sharing("exact", 2, 4, sharing, None).unwrap();
+        exactly_a_batch_left(&group.handles()[1]);
+        group.stop().unwrap();
+    }
+}
+
+fn exactly_a_batch_left(h: &LoopHandle) {
+    let release = hold(h);
+    let (late_tx, late) = mpsc::channel();
+    // Two batches taken in one pass: one runs, exactly one is left.
+    for i in 0..2 * BATCH {
+        let late_tx = late_tx.clone();
+        h.queue_in_loop(move |lp| {
+            if i == 0 {
+                // Runs in the next iteration's dispatch, on the loop thread, outside a
+                // pass: queuing there writes no wake-up.
+                lp.run_after(Duration::ZERO, move |lp| {
+                    let late_tx = late_tx.clone();
+                    lp.handle()
+                        .queue_in_loop(move |_| {
+                            let _ = late_tx.send(());
+                        })
+                        .unwrap();
+                });
+            }
+        })
+        .unwrap();
+    }
+    release.send(()).unwrap();
+    let ran = late.recv_timeout(Duration::from_secs(2));
+    // (Any wake-up from another thread would run it: give one, so the loop is not left
+    // stuck if the check fails.)
+    h.queue_in_loop(|_| {}).unwrap();
+    assert!(
+        ran.is_ok(),
+        "a queued function sat in the queue while the loop slept"
+    );
+}
+
+/// A loop asked to quit runs, before `run` returns, what was queued before its last pass
+/// began, also when that pass started with functions left from the one before.
+#[test]
+fn a_quitting_pass_with_leftovers_runs_what_was_queued_before_it() {
+    let mut lp = duo_reactor::EventLoop::new().unwrap();
+    let h = lp.handle();
+    let ran = Arc::new(Mutex::new(false));
+    for i in 0..BATCH + 44 {
+        let ran = ran.clone();
+        h.queue_in_loop(move |lp| {
+            if i == 0 {
+                // Queued behind the others; the quit comes in the next dispatch.
+                lp.handle()
+                    .queue_in_loop(move |_| *ran.lock().unwrap() = true)
+                    .unwrap();
+                lp.run_after(Duration::ZERO, |lp| lp.quit());
+            }
+        })
+        .unwrap();
+    }
+    lp.run_after(LIMIT, |lp| lp.quit());
+    lp.run().unwrap();
+    assert!(
+        *ran.lock().unwrap(),
+        "a function queued before the quitting pass began did not run"
+    );
 }

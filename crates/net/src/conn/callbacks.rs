@@ -124,9 +124,11 @@ macro_rules! callback_setters {
         }
         /// Called when the peer finishes sending (half-closes, or hangs up) while reading is
         /// paused ([`stop_reading`](crate::TcpConnection::stop_reading), or backpressure),
-        /// before its last bytes are read: they stay in the kernel, and
-        /// [`on_peer_half_close`](Self::on_peer_half_close) still comes after them once
-        /// reading resumes. An application that paused while it computes a reply (a
+        /// before its last bytes are read: they stay in the kernel (over TLS, some may
+        /// already be in the TLS layer), and once reading resumes they are delivered, then
+        /// the end of stream as usual (`on_peer_half_close`, or the close, if our side is
+        /// shut too). It is the TCP end that is reported: a TLS `close_notify` already
+        /// decrypted while paused is not. An application that paused while it computes a reply (a
         /// deferred HTTP answer, a request handed to a worker pool) learns here that its
         /// client has probably left, and can give up the work and
         /// [`force_close`](crate::ConnCtx::force_close). A peer may also half-close after

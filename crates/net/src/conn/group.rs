@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use std::ops::ControlFlow;
 
-use duo_reactor::{LoopHandle, Token};
+use duo_reactor::{EventLoop, LoopHandle, Token};
 
 use super::ctx::ConnCtx;
 use super::machine::LoopConn;
@@ -108,6 +108,43 @@ impl ServerConnections {
         let msg: Arc<[u8]> = msg.into();
         self.for_each(move |ctx| {
             ctx.send_shared(msg.clone());
+        });
+    }
+}
+
+impl LoopConn {
+    /// Runs `f` on each open connection of `server` on this loop: those the application
+    /// has seen, and with `pending` also those still in their TLS handshake (for the
+    /// server's own shutdown and stop, which must end them too). The loop's channels are
+    /// visited (no per-connection bookkeeping: an idle connection costs nothing more, and
+    /// opening or closing one costs no set insertion or removal).
+    pub(crate) fn for_each_of_server(
+        lp: &mut EventLoop,
+        server: u64,
+        what: &str,
+        pending: bool,
+        f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
+    ) {
+        for token in lp.channel_tokens() {
+            LoopConn::visit_of_server(lp, token, server, what, pending, f);
+        }
+    }
+
+    /// Runs `f` on the connection of `token` if it is an open one of `server` (as
+    /// [`LoopConn::for_each_of_server`] chooses them).
+    pub(crate) fn visit_of_server(
+        lp: &mut EventLoop,
+        token: Token,
+        server: u64,
+        what: &str,
+        pending: bool,
+        f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
+    ) {
+        lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+            let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
+            if ours && !conn.m.closed() && (pending || conn.m.is_up()) {
+                conn.m.run_guarded(lp, ch, what, f);
+            }
         });
     }
 }

@@ -288,41 +288,6 @@ impl LoopConn {
             conn.m.close(lp, ch, CloseReason::Idle);
         });
     }
-
-    /// Runs `f` on each open connection of `server` on this loop: those the application
-    /// has seen, and with `pending` also those still in their TLS handshake (for the
-    /// server's own shutdown and stop, which must end them too). The loop's channels are
-    /// visited (no per-connection bookkeeping: an idle connection costs nothing more, and
-    /// opening or closing one costs no set insertion or removal).
-    pub(crate) fn for_each_of_server(
-        lp: &mut EventLoop,
-        server: u64,
-        what: &str,
-        pending: bool,
-        f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
-    ) {
-        for token in lp.channel_tokens() {
-            LoopConn::visit_of_server(lp, token, server, what, pending, f);
-        }
-    }
-
-    /// Runs `f` on the connection of `token` if it is an open one of `server` (as
-    /// [`LoopConn::for_each_of_server`] chooses them).
-    pub(crate) fn visit_of_server(
-        lp: &mut EventLoop,
-        token: Token,
-        server: u64,
-        what: &str,
-        pending: bool,
-        f: &(dyn Fn(&mut ConnCtx<'_>) + Send + Sync),
-    ) {
-        lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
-            let ours = conn.m.owner.server.as_ref().is_some_and(|s| s.id == server);
-            if ours && !conn.m.closed() && (pending || conn.m.is_up()) {
-                conn.m.run_guarded(lp, ch, what, f);
-            }
-        });
-    }
 }
 
 /// A connection dropped still open, with its loop (a client's loop that ended, the I/O
@@ -357,7 +322,11 @@ impl Handler for LoopConn {
 
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         let ready = ch.ready();
-        if ready.is_read_hup() && !ready.is_readable() && !self.m.wants_reading() {
+        if ready.is_read_hup()
+            && !ready.is_readable()
+            && !self.m.wants_reading()
+            && self.m.watches_paused_half_close()
+        {
             // Only the half-close, asked for while paused: the last bytes stay unread.
             self.m.paused_half_close(lp, ch);
             return;

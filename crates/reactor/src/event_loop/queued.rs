@@ -9,23 +9,27 @@ use super::{EventLoop, LocalTask};
 use crate::health::CallbackKind;
 
 impl EventLoop {
-    /// The most functions queued from other threads ([`LoopHandle::queue_in_loop`]) that
-    /// one iteration runs. A producer faster than its loop (a worker pool answering, a
-    /// broadcast from outside) would otherwise hold the loop in one pass for the whole
-    /// backlog, its I/O and timers waiting; the rest runs in the next iterations, in
-    /// order, after the loop has polled again (it wakes itself, so it does not sleep with
-    /// work queued).
+    /// The most functions queued through handles ([`LoopHandle::queue_in_loop`], from any
+    /// thread) that one iteration runs. A producer faster than its loop (a worker pool
+    /// answering, a broadcast from outside) would otherwise hold the loop in one pass for
+    /// the whole backlog, its I/O and timers waiting; the rest runs in the next
+    /// iterations, in order, after the loop has polled again (it wakes itself, so it does
+    /// not sleep with work queued). A loop asked to quit runs what it has taken off its
+    /// queue before `run` returns; a quit seen between two passes leaves the rest for
+    /// the next `run` (or drops it with the loop).
     ///
     /// [`LoopHandle::queue_in_loop`]: crate::LoopHandle::queue_in_loop
     pub const TASK_BATCH: usize = 256;
 
-    /// Runs the functions queued from other threads (at most [`Self::TASK_BATCH`]), then
+    /// Runs the functions queued through handles (at most [`Self::TASK_BATCH`]), then
     /// those this loop queued for itself so far; later ones wait for the next iteration.
     pub(super) fn run_queued(&mut self) {
         // The queue is taken (whole) only once what was taken before has run, so order
-        // holds; and at least once in every pass that does not end at the bound, so that
-        // a function whose producer found a wake-up pending (one the loop wrote itself for
-        // its leftovers) is not left behind while the loop sleeps.
+        // holds; and once in every pass, even one that ends at the bound, so that nothing
+        // is left in it while the loop sleeps: neither a function queued on the loop
+        // thread (which writes no wake-up) nor one whose producer found a wake-up pending
+        // (one the loop wrote itself for its leftovers). What is left after the pass
+        // makes the loop wake itself.
         let mut took = self.running.is_empty();
         if took {
             self.take_queue();
@@ -44,19 +48,18 @@ impl EventLoop {
         self.iteration_tasks += local.len() as u64;
         let mut ran = 0;
         loop {
-            // A loop asked to quit runs what it had taken, as a loop without the bound
-            // would have: everything queued before this pass began.
-            let quit = self.shared.quit.load(Ordering::SeqCst);
-            if ran == Self::TASK_BATCH && !quit {
-                break;
-            }
             if self.running.is_empty() {
-                if took || quit {
+                if took {
                     break;
                 }
                 took = true;
                 self.take_queue();
                 continue;
+            }
+            // A loop asked to quit runs what it has taken, as a loop without the bound
+            // would have: everything queued before this pass began.
+            if ran == Self::TASK_BATCH && !self.shared.quit.load(Ordering::SeqCst) {
+                break;
             }
             let Some(task) = self.running.pop_front() else {
                 break;
@@ -100,7 +103,7 @@ impl EventLoop {
         self.sliced_more = true;
     }
 
-    /// Takes the functions queued from other threads (`running` is empty): an empty
+    /// Takes the functions queued through handles (`running` is empty): an empty
     /// deque gives back its buffer as is, and the queue's becomes the deque.
     fn take_queue(&mut self) {
         let mut taken = Vec::from(std::mem::take(&mut self.running));
