@@ -184,3 +184,54 @@ fn a_visit_of_every_connection_runs_a_batch_per_iteration() {
     drop(clients);
     server.stop();
 }
+
+/// The bound holds across visits too: ten broadcasts queued together to a loop of 100
+/// connections (a chat under a burst of messages) visit at most a batch per iteration,
+/// not all 1 000 in one.
+#[test]
+fn a_burst_of_visits_runs_a_batch_per_iteration() {
+    const CONNS: usize = 100;
+    const VISITS: usize = 10;
+    let handles: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
+    let seen = handles.clone();
+    let server = TestServer::start(move || {
+        TcpServer::builder("visits", localhost())
+            .io_threads(1)
+            .on_connection(move |conn| {
+                if conn.is_connected() {
+                    seen.lock().unwrap().push(conn.clone());
+                }
+            })
+    });
+    let clients: Vec<TcpStream> = (0..CONNS)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    wait_until("every connection up", || {
+        handles.lock().unwrap().len() == CONNS
+    });
+    let lp = handles.lock().unwrap()[0].loop_handle().clone();
+    // Hold the loop while the visits are queued, as a burst from other threads finds it.
+    let (held_tx, held) = mpsc::channel();
+    let (release, release_rx) = mpsc::channel::<()>();
+    lp.queue_in_loop(move |_| {
+        held_tx.send(()).unwrap();
+        let _ = release_rx.recv_timeout(LIMIT);
+    })
+    .unwrap();
+    held.recv_timeout(LIMIT).unwrap();
+    let visits: Arc<Mutex<Vec<u64>>> = Arc::default();
+    for _ in 0..VISITS {
+        let visited = visits.clone();
+        server.handle().connections().for_each(move |ctx| {
+            let iteration = ctx.event_loop().metrics().iterations;
+            visited.lock().unwrap().push(iteration);
+        });
+    }
+    release.send(()).unwrap();
+    wait_until("every visit", || {
+        visits.lock().unwrap().len() == CONNS * VISITS
+    });
+    assert_a_batch_per_iteration("visited", visits.lock().unwrap().iter().copied());
+    drop(clients);
+    server.stop();
+}

@@ -295,8 +295,10 @@ impl EventLoop {
     /// Runs the loop until [`EventLoop::quit`] or [`LoopHandle::quit`].
     ///
     /// If quit was requested before `run` (say, from another thread racing the start),
-    /// `run` returns after one pass over already-queued functions. After `run` returns
-    /// the quit request is cleared, so `run` can be called again.
+    /// `run` returns after one pass over already-queued functions. A quitting loop first
+    /// runs what it has taken off its queue, and the rest of a function it runs in slices
+    /// ([`LoopHandle::queue_in_slices`]) a slice per iteration. After `run` returns the
+    /// quit request is cleared, so `run` can be called again.
     ///
     /// Returns an error only if `epoll_wait` itself fails, which means the loop cannot go
     /// on. A panic in a callback propagates out of `run`; the channel, timer or function
@@ -318,7 +320,10 @@ impl EventLoop {
         self.run_queued();
         self.health.idle(&self.shared.metrics.health);
         let result = loop {
-            if self.shared.quit.load(Ordering::SeqCst) {
+            // A quitting loop returns once nothing it took off its queue is left: the rest
+            // of a function in slices goes on a slice per iteration, I/O and timers served
+            // between them.
+            if self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty() {
                 break Ok(());
             }
             if let Err(e) = self.run_once(true) {
@@ -531,7 +536,8 @@ impl EventLoop {
         self.timers.rearm();
     }
 
-    /// Asks the loop to stop: [`EventLoop::run`] returns at the end of this iteration.
+    /// Asks the loop to stop: [`EventLoop::run`] returns at the end of this iteration (or,
+    /// with a function in slices under way, of the one that runs its last slice).
     pub fn quit(&self) {
         self.shared.quit.store(true, Ordering::SeqCst);
     }

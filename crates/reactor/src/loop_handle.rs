@@ -328,11 +328,14 @@ impl LoopHandle {
     /// of the loop, say) that should not hold the loop in one long callback. The loop
     /// calls `f` once per iteration while it returns [`ControlFlow::Continue`], serving its
     /// I/O and timers between the calls, until it returns [`ControlFlow::Break`]. The
-    /// functions queued through handles after `f` wait until `f` is done, so FIFO order
-    /// holds as if `f` ran in one go; `f` decides how much one slice does (a slice counts
-    /// as one queued function against [`EventLoop::TASK_BATCH`]). A loop asked to quit
-    /// runs the remaining slices before it returns, as it runs what it had taken of its
-    /// queue.
+    /// functions queued through handles after `f` wait until `f` is done, so among them
+    /// FIFO order holds as if `f` ran in one go (not with the loop's own work between
+    /// slices: I/O callbacks, timers, and functions queued with
+    /// [`EventLoop::queue_in_loop`] run there). `f` decides how much one slice does (a
+    /// slice counts as one queued function against [`EventLoop::TASK_BATCH`]); everything
+    /// queued through handles waits meanwhile, so a slice should be short and the slices
+    /// few. A loop asked to quit runs the remaining slices, one per iteration, before it
+    /// returns.
     ///
     /// ```
     /// use std::ops::ControlFlow;
@@ -424,7 +427,8 @@ impl LoopHandle {
         }))
     }
 
-    /// Asks the loop to quit: [`EventLoop::run`] returns after the current iteration.
+    /// Asks the loop to quit: [`EventLoop::run`] returns after the current iteration (or,
+    /// with a function in slices under way, after the one that runs its last slice).
     /// Works from any thread, before the loop runs, and more than once.
     pub fn quit(&self) {
         self.shared.quit.store(true, Ordering::SeqCst);

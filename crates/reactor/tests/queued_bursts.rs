@@ -5,11 +5,12 @@
 //! group (whose turns only readiness of the loop brings).
 
 use std::ops::ControlFlow;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use duo_reactor::{EventLoopThread, LoopGroup, LoopHandle, LoopSharing};
+use duo_reactor::{EventLoop, EventLoopThread, LoopGroup, LoopHandle, LoopSharing};
 use duo_testkit::LIMIT;
 use util::assert_a_batch_per_iteration;
 
@@ -154,7 +155,7 @@ fn slices_hold_what_follows(h: &LoopHandle) {
 /// A loop asked to quit while a function runs in slices runs the rest of it first.
 #[test]
 fn a_quitting_loop_finishes_a_function_in_slices() {
-    let mut lp = duo_reactor::EventLoop::new().unwrap();
+    let mut lp = EventLoop::new().unwrap();
     let h = lp.handle();
     let (mut left, ran) = (100, Arc::new(Mutex::new(0)));
     let r = ran.clone();
@@ -228,7 +229,7 @@ fn exactly_a_batch_left(h: &LoopHandle) {
 /// began, also when that pass started with functions left from the one before.
 #[test]
 fn a_quitting_pass_with_leftovers_runs_what_was_queued_before_it() {
-    let mut lp = duo_reactor::EventLoop::new().unwrap();
+    let mut lp = EventLoop::new().unwrap();
     let h = lp.handle();
     let ran = Arc::new(Mutex::new(false));
     for i in 0..BATCH + 44 {
@@ -249,5 +250,146 @@ fn a_quitting_pass_with_leftovers_runs_what_was_queued_before_it() {
     assert!(
         *ran.lock().unwrap(),
         "a function queued before the quitting pass began did not run"
+    );
+}
+
+/// A loop asked to quit runs the remaining slices of a function in slices before `run`
+/// returns, also when the quit comes from a function the loop queued for itself (run in the
+/// same pass, after the handle functions: `run` returned after one slice).
+#[test]
+fn a_quit_from_a_local_function_still_finishes_the_slices() {
+    let mut lp = EventLoop::new().unwrap();
+    let h = lp.handle();
+    let ran = Arc::new(AtomicUsize::new(0));
+    let r = ran.clone();
+    let mut left = 10;
+    h.queue_in_slices(move |lp| {
+        r.fetch_add(1, Ordering::SeqCst);
+        if left == 10 {
+            // "quit once this callback is done"
+            lp.queue_in_loop(|lp| lp.quit());
+        }
+        left -= 1;
+        if left > 0 {
+            ControlFlow::Continue(())
+        } else {
+            ControlFlow::Break(())
+        }
+    })
+    .unwrap();
+    lp.run_after(LIMIT, |lp| lp.quit());
+    lp.run().unwrap();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        10,
+        "run returned with the function in slices unfinished"
+    );
+}
+
+/// The same for plain leftovers: a loop asked to quit runs what it has taken off its queue
+/// before `run` returns (512 of 522 ran).
+#[test]
+fn a_quit_from_a_local_function_still_runs_what_was_taken() {
+    let mut lp = EventLoop::new().unwrap();
+    let h = lp.handle();
+    let ran = Arc::new(AtomicUsize::new(0));
+    for i in 0..2 * BATCH + 10 {
+        let ran = ran.clone();
+        h.queue_in_loop(move |lp| {
+            ran.fetch_add(1, Ordering::SeqCst);
+            if i == 0 {
+                lp.queue_in_loop(|lp| lp.quit());
+            }
+        })
+        .unwrap();
+    }
+    lp.run_after(LIMIT, |lp| lp.quit());
+    lp.run().unwrap();
+    assert_eq!(
+        ran.load(Ordering::SeqCst),
+        2 * BATCH + 10,
+        "run returned with functions it had taken off its queue unrun"
+    );
+}
+
+/// On a group loop the same quit ended (dropped) the loop with its slices unfinished.
+#[test]
+fn a_quitting_group_loop_finishes_its_slices() {
+    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
+        let group = LoopGroup::start_sharing("gq", 2, 2, sharing, None).unwrap();
+        let h = group.handles()[1].clone();
+        let ran = Arc::new(AtomicUsize::new(0));
+        let (dropped_tx, dropped) = mpsc::channel::<()>();
+        struct OnDrop(mpsc::Sender<()>);
+        impl Drop for OnDrop {
+            fn drop(&mut self) {
+                let _ = self.0.send(());
+            }
+        }
+        let guard = OnDrop(dropped_tx);
+        let r = ran.clone();
+        let mut left = 10;
+        h.queue_in_slices(move |lp| {
+            let _keep = &guard;
+            r.fetch_add(1, Ordering::SeqCst);
+            if left == 10 {
+                lp.queue_in_loop(|lp| lp.quit());
+            }
+            left -= 1;
+            if left > 0 {
+                ControlFlow::Continue(())
+            } else {
+                ControlFlow::Break(())
+            }
+        })
+        .unwrap();
+        dropped.recv_timeout(LIMIT).unwrap();
+        let n = ran.load(Ordering::SeqCst);
+        drop(group);
+        assert_eq!(
+            n, 10,
+            "{sharing:?}: the group loop ended with its slices unfinished"
+        );
+    }
+}
+
+/// A quitting loop runs the remaining slices one per iteration, serving its I/O and timers
+/// between them: a function in slices whose end depends on a timer (or on I/O) ends. (The
+/// quitting pass ran them back to back: `run` never returned, at 100 % CPU.)
+#[test]
+fn a_quitting_loop_serves_its_timers_between_slices() {
+    let unstick = Arc::new(AtomicBool::new(false));
+    let (returned_tx, returned) = mpsc::channel();
+    let u = unstick.clone();
+    let t = std::thread::spawn(move || {
+        let mut lp = EventLoop::new().unwrap();
+        let h = lp.handle();
+        let timer_fired = Arc::new(AtomicBool::new(false));
+        let fired = timer_fired.clone();
+        lp.run_after(Duration::from_millis(20), move |_| {
+            fired.store(true, Ordering::SeqCst)
+        });
+        let mut first = true;
+        h.queue_in_slices(move |lp| {
+            if first {
+                first = false;
+                lp.quit(); // as EventLoopThread::stop from outside would
+            }
+            if timer_fired.load(Ordering::SeqCst) || u.load(Ordering::SeqCst) {
+                ControlFlow::Break(())
+            } else {
+                ControlFlow::Continue(())
+            }
+        })
+        .unwrap();
+        lp.run().unwrap();
+        let _ = returned_tx.send(());
+    });
+    let ok = returned.recv_timeout(Duration::from_secs(2)).is_ok();
+    unstick.store(true, Ordering::SeqCst);
+    t.join().unwrap();
+    assert!(
+        ok,
+        "run did not return: the quitting pass spun on the slice, its timer never ran"
     );
 }

@@ -12,10 +12,44 @@ use super::machine::LoopConn;
 #[cfg(doc)]
 use crate::{Backpressure, OutputLimit};
 
-/// Connections a visit of every connection ([`ServerConnections::for_each`], a broadcast,
-/// a graceful shutdown) visits on one loop per iteration: a loop with 10 000 connections
-/// serves its other events between slices instead of stalling for the whole visit.
+/// Connections the visits of every connection ([`ServerConnections::for_each`], a
+/// broadcast, a graceful shutdown) reach on one loop per iteration, all visits together
+/// (counted as the loop's channels looked at): a loop with 10 000 connections serves its
+/// other events between slices instead of stalling for the whole visit.
 pub(crate) const VISITS_PER_SLICE: usize = 128;
+
+/// What is left of one loop iteration's visits, shared by every visit on the loop (ten
+/// broadcasts queued together visit [`VISITS_PER_SLICE`] connections per iteration, not
+/// ten times that): a loop-local value.
+struct VisitBudget {
+    /// The iteration it counts for (the time its poll returned), `None` before any.
+    iteration: Option<u64>,
+    left: usize,
+}
+
+impl VisitBudget {
+    /// Takes up to `want` of this iteration's visits; 0 once they are spent (the visit
+    /// then waits for the next iteration).
+    fn take(lp: &mut EventLoop, want: usize) -> usize {
+        let now = lp.poll_time_nanos();
+        if lp.local::<VisitBudget>().is_none() {
+            lp.insert_local(VisitBudget {
+                iteration: None,
+                left: 0,
+            });
+        }
+        lp.with_local::<VisitBudget, _>(|_, budget| {
+            if budget.iteration != Some(now) {
+                budget.iteration = Some(now);
+                budget.left = VISITS_PER_SLICE;
+            }
+            let n = want.min(budget.left);
+            budget.left -= n;
+            n
+        })
+        .unwrap_or_else(|| want.min(VISITS_PER_SLICE))
+    }
+}
 
 /// What a server's connections know of their server: its key and its loops.
 pub(crate) struct ServerLink {
@@ -40,15 +74,21 @@ impl ServerConnections {
 
     /// Runs `f` on every open connection, on each connection's own loop: one queued
     /// function per loop, which visits that loop's connections in no particular order,
-    /// 128 per loop iteration ([`LoopHandle::queue_in_slices`]), so
+    /// 128 per loop iteration over all such visits ([`LoopHandle::queue_in_slices`]), so
     /// that a loop with many connections serves its other events in between. Returns at
-    /// once. Calls made one after another from one thread reach each connection in that
-    /// order, so messages broadcast by one sender arrive in the order sent; so does
-    /// anything queued to the connection's loop after the call (a send through a handle,
-    /// a close), which waits for the end of the visit. A connection is visited if it is open when the function runs on its loop:
-    /// one accepted just now may be registered on its loop a moment after that loop ran
-    /// the function, and miss it (order *across* senders, or relative to a connection's
-    /// arrival, is not promised). A panic in `f` closes that connection only.
+    /// once.
+    ///
+    /// Calls made one after another from one thread reach each connection in that order,
+    /// so messages broadcast by one sender arrive in the order sent; so does anything
+    /// queued to the loop through a handle after the call (a send or a close through a
+    /// [`TcpConnection`](crate::TcpConnection)), which waits for the end of the visit.
+    /// The connections' own callbacks (their I/O) run between slices: a reply a
+    /// connection sends from its message callback may reach it before a visit that began
+    /// earlier does. The visit covers the connections registered on the loop when its
+    /// first slice runs and still open when their turn comes: one accepted just now may
+    /// be registered a moment after that, and miss it (order *across* senders, or
+    /// relative to a connection's arrival, is not promised). A panic in `f` closes that
+    /// connection only.
     pub fn for_each(&self, f: impl Fn(&mut ConnCtx<'_>) + Send + Sync + 'static) {
         self.visit("function run on every connection", false, Arc::new(f));
     }
@@ -82,7 +122,7 @@ impl ServerConnections {
                     all.reverse();
                     all
                 });
-                let from = tokens.len().saturating_sub(VISITS_PER_SLICE);
+                let from = tokens.len() - VisitBudget::take(lp, tokens.len());
                 for token in tokens.drain(from..).rev() {
                     LoopConn::visit_of_server(lp, token, id, what, pending, &*f);
                 }

@@ -43,7 +43,8 @@ impl EventLoop {
         }
         self.health.idle(&self.shared.metrics.health);
         self.shared.thread_id.store(0, Ordering::SeqCst);
-        result.map(|()| self.shared.quit.load(Ordering::SeqCst))
+        // (As `run`: not done while something it took off its queue is left.)
+        result.map(|()| self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty())
     }
 
     /// The loop's epoll descriptor: readable when the loop has work.

@@ -25,11 +25,12 @@ impl EventLoop {
     /// those this loop queued for itself so far; later ones wait for the next iteration.
     pub(super) fn run_queued(&mut self) {
         // The queue is taken (whole) only once what was taken before has run, so order
-        // holds; and once in every pass, even one that ends at the bound, so that nothing
-        // is left in it while the loop sleeps: neither a function queued on the loop
+        // holds; and in every pass that runs out of what it had taken, even at the bound.
+        // A pass that does not (more than a batch left, or a slice that asked for more)
+        // leaves something taken, and the loop wakes itself for it. Either way nothing
+        // sits in the queue while the loop sleeps: neither a function queued on the loop
         // thread (which writes no wake-up) nor one whose producer found a wake-up pending
-        // (one the loop wrote itself for its leftovers). What is left after the pass
-        // makes the loop wake itself.
+        // (one the loop wrote itself for its leftovers).
         let mut took = self.running.is_empty();
         if took {
             self.take_queue();
@@ -66,6 +67,7 @@ impl EventLoop {
             };
             ran += 1;
             self.iteration_tasks += 1;
+            self.sliced_more = false;
             let name = task.name;
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
                 self.requeue_after_panic(std::mem::take(&mut local));
@@ -73,8 +75,9 @@ impl EventLoop {
             }
             self.task_done(name);
             // A slice of a sliced function asked for more: it is back at the front, and
-            // the loop polls before it runs on (unless it is quitting).
-            if std::mem::take(&mut self.sliced_more) && !self.shared.quit.load(Ordering::SeqCst) {
+            // the loop polls before it runs on (also when quitting: the rest may wait for
+            // the loop's I/O or timers).
+            if std::mem::take(&mut self.sliced_more) {
                 break;
             }
         }
