@@ -169,14 +169,13 @@ pub struct EventLoop {
     local_tasks: Vec<LocalTask>,
     /// Loop-local values by type (`None` while taken out by `with_local`).
     locals: HashMap<TypeId, Option<Box<dyn Any + Send>>>,
-    /// The functions taken from the shared queue and not run yet: at most
-    /// [`EventLoop::TASK_BATCH`] run per iteration, and the queue is taken again only once
-    /// these are done, so order holds. (Its buffer and the queue's are swapped back and
-    /// forth, so neither allocates in the steady state.)
+    /// Functions taken from the shared queue and not run yet (see `event_loop/queued.rs`;
+    /// its buffer and the queue's are swapped back and forth, neither allocates).
     running: VecDeque<SendTask>,
-    /// The function just run was a slice of one run in slices, and put its rest back at
-    /// the front of `running`.
+    /// The function just run was a slice, and put its rest back at the front of `running`.
     sliced_more: bool,
+    /// The queue was taken once since quit was asked: a quitting loop takes it no more.
+    took_quitting: bool,
     /// Reusable buffer `local_tasks` is swapped into while they run.
     running_local: Vec<LocalTask>,
     /// When the current iteration's poll returned, on the [`duo_sys::monotonic_nanos`]
@@ -248,6 +247,7 @@ impl EventLoop {
             locals: HashMap::new(),
             running: VecDeque::new(),
             sliced_more: false,
+            took_quitting: false,
             running_local: Vec::new(),
             poll_nanos: duo_sys::monotonic_nanos(),
             iteration_events: 0,
@@ -295,10 +295,11 @@ impl EventLoop {
     /// Runs the loop until [`EventLoop::quit`] or [`LoopHandle::quit`].
     ///
     /// If quit was requested before `run` (say, from another thread racing the start),
-    /// `run` returns after one pass over already-queued functions. A quitting loop first
-    /// runs what it has taken off its queue, and the rest of a function it runs in slices
-    /// ([`LoopHandle::queue_in_slices`]) a slice per iteration. After `run` returns the
-    /// quit request is cleared, so `run` can be called again.
+    /// `run` returns after one pass over already-queued functions. A quitting loop takes
+    /// its queue once more at most, and first runs what it has taken, the rest of a
+    /// function in slices ([`LoopHandle::queue_in_slices`]) a slice per iteration; what
+    /// is queued later waits for the next `run`. After `run` returns the quit request is
+    /// cleared, so `run` can be called again.
     ///
     /// Returns an error only if `epoll_wait` itself fails, which means the loop cannot go
     /// on. A panic in a callback propagates out of `run`; the channel, timer or function
@@ -312,17 +313,16 @@ impl EventLoop {
         self.shared
             .thread_id
             .store(current_thread_id(), Ordering::SeqCst);
-        // A panic out of an earlier `run` may have left this set.
+        // A panic out of an earlier `run` may have left these set.
         self.shared.draining.store(false, Ordering::SeqCst);
+        self.took_quitting = false;
         // Time outside `run` is nobody's: not a callback's, not the first poll's.
         self.health.restart_clock();
         // Functions queued on this thread before `run` did not wake us.
         self.run_queued();
         self.health.idle(&self.shared.metrics.health);
         let result = loop {
-            // A quitting loop returns once nothing it took off its queue is left: the rest
-            // of a function in slices goes on a slice per iteration, I/O and timers served
-            // between them.
+            // Not before what it took off its queue has run (slices one per iteration).
             if self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty() {
                 break Ok(());
             }
@@ -331,6 +331,7 @@ impl EventLoop {
             }
         };
         self.shared.quit.store(false, Ordering::SeqCst);
+        self.took_quitting = false;
         self.health.idle(&self.shared.metrics.health);
         log::trace!("event loop {} stopped", self.shared.name);
         result

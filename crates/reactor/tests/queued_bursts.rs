@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use duo_reactor::{EventLoop, EventLoopThread, LoopGroup, LoopHandle, LoopSharing};
-use duo_testkit::LIMIT;
+use duo_testkit::{wait_until, LIMIT};
 use util::assert_a_batch_per_iteration;
 
 mod util;
@@ -135,7 +135,7 @@ fn slices_hold_what_follows(h: &LoopHandle) {
     release.send(()).unwrap();
     done.recv_timeout(LIMIT)
         .expect("the function queued after runs");
-    duo_testkit::wait_until("the function queued by a slice", || {
+    wait_until("the function queued by a slice", || {
         log.lock().unwrap().len() == SLICES as usize + 2
     });
     let log = log.lock().unwrap();
@@ -392,4 +392,71 @@ fn a_quitting_loop_serves_its_timers_between_slices() {
         ok,
         "run did not return: the quitting pass spun on the slice, its timer never ran"
     );
+}
+
+/// A quitting loop takes its queue once more at most: a function in slices that queues its
+/// successor when it ends (a sweep that keeps rolling) does not keep it alive. (It did:
+/// `run` returned only once a pass ended with nothing taken left, and each pass took the
+/// successor.)
+fn rolling(h: LoopHandle, stop: Arc<AtomicBool>, rounds: Arc<AtomicUsize>) {
+    let again = h.clone();
+    let mut slices = 0;
+    h.queue_in_slices(move |_| {
+        slices += 1;
+        if slices < 3 {
+            return ControlFlow::Continue(());
+        }
+        rounds.fetch_add(1, Ordering::SeqCst);
+        if !stop.load(Ordering::SeqCst) {
+            rolling(again.clone(), stop.clone(), rounds.clone());
+        }
+        ControlFlow::Break(())
+    })
+    .unwrap();
+}
+
+#[test]
+fn a_rolling_sliced_function_does_not_keep_a_quitting_loop_thread_alive() {
+    let thread = EventLoopThread::spawn("rolling", None).unwrap();
+    let (stop, rounds) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicUsize::new(0)),
+    );
+    rolling(thread.handle().clone(), stop.clone(), rounds.clone());
+    wait_until("a few rounds", || rounds.load(Ordering::SeqCst) >= 3);
+    let (done_tx, done) = mpsc::channel();
+    let t = std::thread::spawn(move || {
+        let _ = thread.stop();
+        let _ = done_tx.send(());
+    });
+    let returned = done.recv_timeout(Duration::from_secs(2)).is_ok();
+    let before = rounds.load(Ordering::SeqCst);
+    stop.store(true, Ordering::SeqCst); // unstick it so the test can end
+    t.join().unwrap();
+    assert!(
+        returned,
+        "EventLoopThread::stop did not return: the quitting loop ran {before} more rounds"
+    );
+}
+
+#[test]
+fn a_rolling_sliced_function_does_not_keep_a_quitting_group_loop_alive() {
+    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
+        let group = LoopGroup::start_sharing("gr", 2, 2, sharing, None).unwrap();
+        let (stop, rounds) = (
+            Arc::new(AtomicBool::new(false)),
+            Arc::new(AtomicUsize::new(0)),
+        );
+        rolling(group.handles()[1].clone(), stop.clone(), rounds.clone());
+        wait_until("a few rounds", || rounds.load(Ordering::SeqCst) >= 3);
+        let (done_tx, done) = mpsc::channel();
+        let t = std::thread::spawn(move || {
+            let _ = group.stop();
+            let _ = done_tx.send(());
+        });
+        let returned = done.recv_timeout(Duration::from_secs(2)).is_ok();
+        stop.store(true, Ordering::SeqCst);
+        t.join().unwrap();
+        assert!(returned, "{sharing:?}: LoopGroup::stop did not return");
+    }
 }

@@ -21,7 +21,8 @@ impl EventLoop {
     /// One turn of a loop of a [`LoopGroup`](crate::LoopGroup), on whichever of the
     /// group's threads took the loop's readiness: one iteration without blocking (its
     /// epoll set was ready), with the calling thread as the loop's thread for its length.
-    /// Returns whether the loop was asked to quit.
+    /// Returns whether the loop was asked to quit and has nothing left of what it took
+    /// off its queue.
     ///
     /// A panic out of the turn leaves the calling thread recorded as the loop's thread;
     /// the group then drops the loop, which clears it. `helped`: the turn is run by a

@@ -14,9 +14,10 @@ impl EventLoop {
     /// answering, a broadcast from outside) would otherwise hold the loop in one pass for
     /// the whole backlog, its I/O and timers waiting; the rest runs in the next
     /// iterations, in order, after the loop has polled again (it wakes itself, so it does
-    /// not sleep with work queued). A loop asked to quit runs what it has taken off its
-    /// queue before `run` returns; a quit seen between two passes leaves the rest for
-    /// the next `run` (or drops it with the loop).
+    /// not sleep with work queued). A loop asked to quit takes its queue once more at
+    /// most, and runs what it has taken (the rest of a function in slices a slice per
+    /// iteration) before `run` returns; what is queued after that waits for the next
+    /// `run` (or is dropped with the loop).
     ///
     /// [`LoopHandle::queue_in_loop`]: crate::LoopHandle::queue_in_loop
     pub const TASK_BATCH: usize = 256;
@@ -109,6 +110,15 @@ impl EventLoop {
     /// Takes the functions queued through handles (`running` is empty): an empty
     /// deque gives back its buffer as is, and the queue's becomes the deque.
     fn take_queue(&mut self) {
+        // A quitting loop takes its queue once more at most (what was queued before the
+        // quit was seen): a stream of new work, or a function that keeps queuing its
+        // successor, must not keep it from returning.
+        if self.shared.quit.load(Ordering::SeqCst) {
+            if self.took_quitting {
+                return;
+            }
+            self.took_quitting = true;
+        }
         let mut taken = Vec::from(std::mem::take(&mut self.running));
         if let Some(q) = self.shared.queue.lock().as_mut() {
             std::mem::swap(q, &mut taken);
