@@ -12,7 +12,7 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use duo_net::{CloseReason, EventLoop, TcpServer};
+use duo_net::{CloseReason, EventLoop, LoopHandle, TcpConnection, TcpServer};
 use duo_testkit::{wait_until, LIMIT};
 use util::{localhost, TestServer};
 
@@ -52,6 +52,43 @@ fn assert_a_batch_per_iteration(what: &str, iterations: impl IntoIterator<Item =
     );
 }
 
+/// Holds `lp` in a queued function until the returned sender is used (or dropped).
+fn hold(lp: &LoopHandle) -> mpsc::Sender<()> {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    lp.queue_in_loop(move |_| {
+        entered_tx.send(()).unwrap();
+        let _ = released.recv_timeout(LIMIT);
+    })
+    .unwrap();
+    entered.recv_timeout(LIMIT).unwrap();
+    release
+}
+
+/// A server with one I/O loop and `conns` clients connected to it: the server, the
+/// clients' streams and the server's handles of their connections.
+fn one_loop_with(conns: usize) -> (TestServer, Vec<TcpStream>, Vec<TcpConnection>) {
+    let handles: Arc<Mutex<Vec<TcpConnection>>> = Arc::default();
+    let seen = handles.clone();
+    let server = TestServer::start(move || {
+        TcpServer::builder("visits", localhost())
+            .io_threads(1)
+            .on_connection(move |conn| {
+                if conn.is_connected() {
+                    seen.lock().unwrap().push(conn.clone());
+                }
+            })
+    });
+    let clients: Vec<TcpStream> = (0..conns)
+        .map(|_| TcpStream::connect(server.addr()).unwrap())
+        .collect();
+    wait_until("every connection up", || {
+        handles.lock().unwrap().len() == conns
+    });
+    let handles = handles.lock().unwrap().clone();
+    (server, clients, handles)
+}
+
 #[test]
 fn a_burst_of_connections_is_accepted_a_batch_per_iteration() {
     let conns = room_for(1000);
@@ -78,14 +115,7 @@ fn a_burst_of_connections_is_accepted_a_batch_per_iteration() {
     });
     let (addr, main) = started.recv_timeout(LIMIT).unwrap();
     // Hold the loop while the whole burst queues in the listener's backlog (4096).
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, released) = mpsc::channel::<()>();
-    main.queue_in_loop(move |_| {
-        entered_tx.send(()).unwrap();
-        let _ = released.recv_timeout(LIMIT);
-    })
-    .unwrap();
-    entered.recv_timeout(LIMIT).unwrap();
+    let release = hold(&main);
     let clients: Vec<TcpStream> = (0..conns)
         .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
@@ -143,23 +173,7 @@ fn a_burst_of_idle_connections_is_closed_a_batch_per_iteration() {
 #[test]
 fn a_visit_of_every_connection_runs_a_batch_per_iteration() {
     let conns = room_for(1000);
-    let handles: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
-    let seen = handles.clone();
-    let server = TestServer::start(move || {
-        TcpServer::builder("broadcast", localhost())
-            .io_threads(1)
-            .on_connection(move |conn| {
-                if conn.is_connected() {
-                    seen.lock().unwrap().push(conn.clone());
-                }
-            })
-    });
-    let mut clients: Vec<TcpStream> = (0..conns)
-        .map(|_| TcpStream::connect(server.addr()).unwrap())
-        .collect();
-    wait_until("every connection up", || {
-        handles.lock().unwrap().len() == conns
-    });
+    let (server, mut clients, handles) = one_loop_with(conns);
     let visits: Arc<Mutex<Vec<u64>>> = Arc::default();
     let visited = visits.clone();
     server.handle().connections().for_each(move |ctx| {
@@ -167,7 +181,7 @@ fn a_visit_of_every_connection_runs_a_batch_per_iteration() {
         visited.lock().unwrap().push(iteration);
         ctx.send(b"A");
     });
-    for h in handles.lock().unwrap().iter() {
+    for h in &handles {
         h.send(b"B".to_vec()).unwrap();
     }
     for c in &mut clients {
@@ -192,33 +206,9 @@ fn a_visit_of_every_connection_runs_a_batch_per_iteration() {
 fn a_burst_of_visits_runs_a_batch_per_iteration() {
     const CONNS: usize = 100;
     const VISITS: usize = 10;
-    let handles: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
-    let seen = handles.clone();
-    let server = TestServer::start(move || {
-        TcpServer::builder("visits", localhost())
-            .io_threads(1)
-            .on_connection(move |conn| {
-                if conn.is_connected() {
-                    seen.lock().unwrap().push(conn.clone());
-                }
-            })
-    });
-    let clients: Vec<TcpStream> = (0..CONNS)
-        .map(|_| TcpStream::connect(server.addr()).unwrap())
-        .collect();
-    wait_until("every connection up", || {
-        handles.lock().unwrap().len() == CONNS
-    });
-    let lp = handles.lock().unwrap()[0].loop_handle().clone();
+    let (server, clients, handles) = one_loop_with(CONNS);
     // Hold the loop while the visits are queued, as a burst from other threads finds it.
-    let (held_tx, held) = mpsc::channel();
-    let (release, release_rx) = mpsc::channel::<()>();
-    lp.queue_in_loop(move |_| {
-        held_tx.send(()).unwrap();
-        let _ = release_rx.recv_timeout(LIMIT);
-    })
-    .unwrap();
-    held.recv_timeout(LIMIT).unwrap();
+    let release = hold(handles[0].loop_handle());
     let visits: Arc<Mutex<Vec<u64>>> = Arc::default();
     for _ in 0..VISITS {
         let visited = visits.clone();

@@ -63,20 +63,21 @@ fn hold(h: &LoopHandle) -> mpsc::Sender<()> {
     release
 }
 
-#[test]
-fn a_burst_of_queued_functions_runs_a_batch_per_iteration() {
-    let thread = EventLoopThread::spawn("burst", None).unwrap();
-    a_burst_runs_a_batch_per_iteration(thread.handle());
+/// Runs `check` on a loop thread's loop, then on a loop of each kind of group.
+fn on_every_kind_of_loop(name: &str, check: impl Fn(&LoopHandle)) {
+    let thread = EventLoopThread::spawn(name, None).unwrap();
+    check(thread.handle());
     drop(thread);
+    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
+        let group = LoopGroup::start_sharing(name, 2, 4, sharing, None).unwrap();
+        check(&group.handles()[1]);
+        group.stop().unwrap();
+    }
 }
 
 #[test]
-fn a_burst_on_a_group_loop_runs_a_batch_per_turn() {
-    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
-        let group = LoopGroup::start_sharing("burst", 2, 4, sharing, None).unwrap();
-        a_burst_runs_a_batch_per_iteration(&group.handles()[1]);
-        group.stop().unwrap();
-    }
+fn a_burst_of_queued_functions_runs_a_batch_per_iteration() {
+    on_every_kind_of_loop("burst", a_burst_runs_a_batch_per_iteration);
 }
 
 /// A function queued in slices runs one slice per iteration, and the functions queued
@@ -84,14 +85,7 @@ fn a_burst_on_a_group_loop_runs_a_batch_per_turn() {
 /// until its last slice: order as if it ran in one go. On a loop thread and on a group.
 #[test]
 fn a_function_in_slices_runs_a_slice_per_iteration_and_holds_what_follows() {
-    let thread = EventLoopThread::spawn("slices", None).unwrap();
-    slices_hold_what_follows(thread.handle());
-    drop(thread);
-    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
-        let group = LoopGroup::start_sharing("slices", 2, 4, sharing, None).unwrap();
-        slices_hold_what_follows(&group.handles()[2]);
-        group.stop().unwrap();
-    }
+    on_every_kind_of_loop("slices", slices_hold_what_follows);
 }
 
 fn slices_hold_what_follows(h: &LoopHandle) {
@@ -117,12 +111,7 @@ fn slices_hold_what_follows(h: &LoopHandle) {
             })
             .unwrap();
         }
-        left -= 1;
-        if left > 0 {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        }
+        count_down(&mut left)
     })
     .unwrap();
     h.queue_in_loop(move |lp| {
@@ -164,12 +153,7 @@ fn a_quitting_loop_finishes_a_function_in_slices() {
         if left == 100 {
             lp.quit();
         }
-        left -= 1;
-        if left > 0 {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        }
+        count_down(&mut left)
     })
     .unwrap();
     lp.run_after(LIMIT, |lp| lp.quit());
@@ -182,14 +166,7 @@ fn a_quitting_loop_finishes_a_function_in_slices() {
 /// next waits) sat there while the loop slept. On a loop thread and on a group.
 #[test]
 fn a_function_queued_when_exactly_a_batch_is_left_still_runs() {
-    let thread = EventLoopThread::spawn("exact", None).unwrap();
-    exactly_a_batch_left(thread.handle());
-    drop(thread);
-    for sharing in [LoopSharing::Owned, LoopSharing::Any] {
-        let group = LoopGroup::start_sharing("exact", 2, 4, sharing, None).unwrap();
-        exactly_a_batch_left(&group.handles()[1]);
-        group.stop().unwrap();
-    }
+    on_every_kind_of_loop("exact", exactly_a_batch_left);
 }
 
 fn exactly_a_batch_left(h: &LoopHandle) {
@@ -253,6 +230,22 @@ fn a_quitting_pass_with_leftovers_runs_what_was_queued_before_it() {
     );
 }
 
+/// A function in `n` slices that counts them in `ran` and, in its first, asks its loop to
+/// quit once that slice is done (through a function the loop queues for itself).
+fn slices_that_quit(
+    n: usize,
+    ran: Arc<AtomicUsize>,
+) -> impl FnMut(&mut EventLoop) -> ControlFlow<()> + Send + 'static {
+    let mut left = n as u64;
+    move |lp| {
+        ran.fetch_add(1, Ordering::SeqCst);
+        if left == n as u64 {
+            lp.queue_in_loop(|lp| lp.quit());
+        }
+        count_down(&mut left)
+    }
+}
+
 /// A loop asked to quit runs the remaining slices of a function in slices before `run`
 /// returns, also when the quit comes from a function the loop queued for itself (run in the
 /// same pass, after the handle functions: `run` returned after one slice).
@@ -261,22 +254,8 @@ fn a_quit_from_a_local_function_still_finishes_the_slices() {
     let mut lp = EventLoop::new().unwrap();
     let h = lp.handle();
     let ran = Arc::new(AtomicUsize::new(0));
-    let r = ran.clone();
-    let mut left = 10;
-    h.queue_in_slices(move |lp| {
-        r.fetch_add(1, Ordering::SeqCst);
-        if left == 10 {
-            // "quit once this callback is done"
-            lp.queue_in_loop(|lp| lp.quit());
-        }
-        left -= 1;
-        if left > 0 {
-            ControlFlow::Continue(())
-        } else {
-            ControlFlow::Break(())
-        }
-    })
-    .unwrap();
+    h.queue_in_slices(slices_that_quit(10, ran.clone()))
+        .unwrap();
     lp.run_after(LIMIT, |lp| lp.quit());
     lp.run().unwrap();
     assert_eq!(
@@ -327,20 +306,10 @@ fn a_quitting_group_loop_finishes_its_slices() {
             }
         }
         let guard = OnDrop(dropped_tx);
-        let r = ran.clone();
-        let mut left = 10;
+        let mut slices = slices_that_quit(10, ran.clone());
         h.queue_in_slices(move |lp| {
             let _keep = &guard;
-            r.fetch_add(1, Ordering::SeqCst);
-            if left == 10 {
-                lp.queue_in_loop(|lp| lp.quit());
-            }
-            left -= 1;
-            if left > 0 {
-                ControlFlow::Continue(())
-            } else {
-                ControlFlow::Break(())
-            }
+            slices(lp)
         })
         .unwrap();
         dropped.recv_timeout(LIMIT).unwrap();
@@ -458,5 +427,15 @@ fn a_rolling_sliced_function_does_not_keep_a_quitting_group_loop_alive() {
         stop.store(true, Ordering::SeqCst);
         t.join().unwrap();
         assert!(returned, "{sharing:?}: LoopGroup::stop did not return");
+    }
+}
+
+/// One slice done of those `left`: asks for more while any are left.
+fn count_down(left: &mut u64) -> ControlFlow<()> {
+    *left -= 1;
+    if *left > 0 {
+        ControlFlow::Continue(())
+    } else {
+        ControlFlow::Break(())
     }
 }
