@@ -128,9 +128,9 @@ macro_rules! callback_setters {
         /// already be in the TLS layer), and once reading resumes they are delivered, then
         /// the end of stream as usual (`on_peer_half_close`, or the close, if our side is
         /// shut too). It is the TCP end that is reported: a TLS `close_notify` already
-        /// decrypted while paused is not. An application that paused while it computes a reply (a
-        /// deferred HTTP answer, a request handed to a worker pool) learns here that its
-        /// client has probably left, and can give up the work and
+        /// decrypted while paused is not. An application that paused while it computes a
+        /// reply (a deferred HTTP answer, a request handed to a worker pool) learns here
+        /// that its client has probably left, and can give up the work and
         /// [`force_close`](crate::ConnCtx::force_close). A peer may also half-close after
         /// its request and still read the reply; an application that serves such peers
         /// does nothing here.

@@ -127,7 +127,7 @@ impl EventLoop {
     }
 
     /// A queued function panicked: the local functions after it go back to the front of
-    /// their queue, in order, and those from other threads not run yet stay where they
+    /// their queue, in order, and those taken through handles not run yet stay where they
     /// are, so that the next `run` runs them first (the panicking one is dropped; nothing
     /// else that was accepted is lost).
     fn requeue_after_panic(&mut self, local_rest: Vec<LocalTask>) {
@@ -136,9 +136,9 @@ impl EventLoop {
         self.wake_for_the_rest();
     }
 
-    /// Functions from other threads left for the next iteration: the loop must not sleep
-    /// on them. A loop thread's next poll returns at once; a group's loop gets its next
-    /// turn, which only readiness of its own epoll set brings.
+    /// Functions taken through handles and left for the next iteration: the loop must not
+    /// sleep on them. A loop thread's next poll returns at once; a group's loop gets its
+    /// next turn, which only readiness of its own epoll set brings.
     fn wake_for_the_rest(&self) {
         let left = self.running.len() as u64;
         let taken = &self.shared.metrics.tasks_taken;
