@@ -300,13 +300,9 @@ impl Service {
             "{}: the client left before its deferred answer; closing",
             ctx.connection().name()
         );
-        st.phase = Phase::Closing;
-        st.closing_since = Some(Instant::now());
         st.backlog = Backlog::default();
         ctx.close_after_flush();
-        // What is queued for it gets the linger time (renewed while it is being written),
-        // not the response timeout.
-        self.set_deadline(ctx, st, Instant::now() + self.linger);
+        self.enter_closing(ctx, st);
     }
 
     /// Bytes arrived (the server's `on_message`).
@@ -592,9 +588,15 @@ impl Service {
     /// Half-closes once the output is written and drops input until the peer closes or
     /// the linger time passes.
     fn close_gracefully(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
+        ctx.shutdown();
+        self.enter_closing(ctx, st);
+    }
+
+    /// The `Closing` phase: what is queued is written (the linger time, renewed while it
+    /// is), nothing more is answered or run.
+    fn enter_closing(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
         st.phase = Phase::Closing;
         st.closing_since = Some(Instant::now());
-        ctx.shutdown();
         self.set_deadline(ctx, st, Instant::now() + self.linger);
     }
 

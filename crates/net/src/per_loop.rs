@@ -28,6 +28,12 @@
 //!   server to start on a loop installs it (with its interval), the last to stop removes
 //!   it; it trims every pool its servers use.
 //!
+//! - **Visit budget**: the visits of every connection of a server
+//!   ([`ServerConnections::for_each`](crate::ServerConnections::for_each), a broadcast, a
+//!   graceful shutdown) run in slices, and all of a loop's visits together look at
+//!   [`VISITS_PER_ITERATION`] of its channels per loop iteration: ten broadcasts queued
+//!   together do not visit ten times that.
+//!
 //! Dependencies run one way: connections and servers use this module, never the reverse;
 //! what an expired idle token means (closing a connection) is passed in as a function.
 
@@ -49,6 +55,11 @@ pub(crate) type OnIdle = fn(&mut EventLoop, Token);
 /// and timers get their turn.
 pub(crate) const IDLE_CLOSES_PER_BATCH: usize = 128;
 
+/// Channels the visits of every connection look at on one loop per iteration, all visits
+/// together: a loop with 10 000 connections serves its other events between slices
+/// instead of stalling for a whole visit.
+pub(crate) const VISITS_PER_ITERATION: usize = 128;
+
 /// The net layer's state of one loop.
 #[derive(Default)]
 pub(crate) struct NetLoop {
@@ -56,6 +67,9 @@ pub(crate) struct NetLoop {
     idle: HashMap<u64, IdleWheel>,
     /// The buffer-trim timer, if a server on this loop trims.
     trim: Option<TrimTimer>,
+    /// The iteration the visit budget counts for (the time its poll returned), and what is
+    /// left of it.
+    visits: Option<(u64, usize)>,
 }
 
 struct IdleWheel {
@@ -96,6 +110,22 @@ impl NetLoop {
     /// this crate has used has none).
     fn with_existing<R>(lp: &mut EventLoop, f: impl FnOnce(&mut NetLoop) -> R) -> Option<R> {
         lp.with_local::<NetLoop, _>(|_, n| f(n))
+    }
+
+    /// Takes up to `want` of this iteration's visit budget; 0 once it is spent (the visit
+    /// then waits for the next iteration).
+    pub(crate) fn take_visits(lp: &mut EventLoop, want: usize) -> usize {
+        let now = lp.poll_time_nanos();
+        NetLoop::with(lp, |_, n| {
+            let left = match &mut n.visits {
+                Some((at, left)) if *at == now => left,
+                other => &mut other.insert((now, VISITS_PER_ITERATION)).1,
+            };
+            let take = want.min(*left);
+            *left -= take;
+            take
+        })
+        .unwrap_or_else(|| want.min(VISITS_PER_ITERATION))
     }
 
     /// Starts an idle wheel for server `key` on this loop; `on_idle` is called with each

@@ -9,47 +9,9 @@ use duo_reactor::{EventLoop, LoopHandle, Token};
 
 use super::ctx::ConnCtx;
 use super::machine::LoopConn;
+use crate::per_loop::NetLoop;
 #[cfg(doc)]
 use crate::{Backpressure, OutputLimit};
-
-/// Connections the visits of every connection ([`ServerConnections::for_each`], a
-/// broadcast, a graceful shutdown) reach on one loop per iteration, all visits together
-/// (counted as the loop's channels looked at): a loop with 10 000 connections serves its
-/// other events between slices instead of stalling for the whole visit.
-pub(crate) const VISITS_PER_SLICE: usize = 128;
-
-/// What is left of one loop iteration's visits, shared by every visit on the loop (ten
-/// broadcasts queued together visit [`VISITS_PER_SLICE`] connections per iteration, not
-/// ten times that): a loop-local value.
-struct VisitBudget {
-    /// The iteration it counts for (the time its poll returned), `None` before any.
-    iteration: Option<u64>,
-    left: usize,
-}
-
-impl VisitBudget {
-    /// Takes up to `want` of this iteration's visits; 0 once they are spent (the visit
-    /// then waits for the next iteration).
-    fn take(lp: &mut EventLoop, want: usize) -> usize {
-        let now = lp.poll_time_nanos();
-        if lp.local::<VisitBudget>().is_none() {
-            lp.insert_local(VisitBudget {
-                iteration: None,
-                left: 0,
-            });
-        }
-        lp.with_local::<VisitBudget, _>(|_, budget| {
-            if budget.iteration != Some(now) {
-                budget.iteration = Some(now);
-                budget.left = VISITS_PER_SLICE;
-            }
-            let n = want.min(budget.left);
-            budget.left -= n;
-            n
-        })
-        .unwrap_or_else(|| want.min(VISITS_PER_SLICE))
-    }
-}
 
 /// What a server's connections know of their server: its key and its loops.
 pub(crate) struct ServerLink {
@@ -122,7 +84,7 @@ impl ServerConnections {
                     all.reverse();
                     all
                 });
-                let from = tokens.len() - VisitBudget::take(lp, tokens.len());
+                let from = tokens.len() - NetLoop::take_visits(lp, tokens.len());
                 for token in tokens.drain(from..).rev() {
                     LoopConn::visit_of_server(lp, token, id, what, pending, &*f);
                 }

@@ -50,13 +50,9 @@ impl EventLoop {
         self.iteration_tasks += local.len() as u64;
         let mut ran = 0;
         loop {
-            if self.running.is_empty() {
-                if took {
-                    break;
-                }
+            if self.running.is_empty() && !took {
                 took = true;
                 self.take_queue();
-                continue;
             }
             // A loop asked to quit runs what it has taken, as a loop without the bound
             // would have: everything queued before this pass began.
