@@ -158,3 +158,29 @@ macro_rules! callback_setters {
     };
 }
 pub(crate) use callback_setters;
+
+/// What a connection's application was told, each at most once (one byte of flags: a
+/// connection's state stays small).
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Told(u8);
+
+impl Told {
+    /// The peer finished sending while reading was paused
+    /// (`on_peer_half_close_while_paused`): its FIN is no longer watched for.
+    pub(crate) const PAUSED_HALF_CLOSE: u8 = 1;
+    /// The server's graceful shutdown reached the connection (`Machine::begin_shutdown`),
+    /// by its visit or as the connection was registered.
+    pub(crate) const SHUTDOWN: u8 = 2;
+
+    /// Whether `what` was told.
+    pub(crate) fn has(self, what: u8) -> bool {
+        self.0 & what != 0
+    }
+
+    /// Marks `what` told; returns whether it was already.
+    pub(crate) fn mark(&mut self, what: u8) -> bool {
+        let was = self.has(what);
+        self.0 |= what;
+        was
+    }
+}

@@ -1,6 +1,7 @@
 //! [`ServerConnections`]: every open connection of one server, on all its loops.
 
 use std::fmt;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use std::ops::ControlFlow;
@@ -13,10 +14,15 @@ use crate::per_loop::NetLoop;
 #[cfg(doc)]
 use crate::{Backpressure, OutputLimit};
 
-/// What a server's connections know of their server: its key and its loops.
+/// What a server's connections know of their server: its key, its loops, and whether a
+/// graceful shutdown has begun.
 pub(crate) struct ServerLink {
     pub(crate) id: u64,
     pub(crate) loops: Vec<LoopHandle>,
+    /// A graceful shutdown has begun: a connection established from now on is told at
+    /// once ([`LoopConn::establish`]), since the shutdown's visit of its loop may have
+    /// gone by (a hand-over between loops arrives after it).
+    pub(crate) shutdown_begun: AtomicBool,
 }
 
 /// The open connections of one server, on all its loops: for a broadcast, or anything

@@ -39,12 +39,13 @@
 //! that sends again cannot recurse; it runs only with the output empty.
 
 use std::io;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use duo_buffer::{InputBuffer, OutputBuffer};
 use duo_reactor::{Channel, EventLoop, Handler, Interest, Token};
 
-use super::callbacks::Callbacks;
+use super::callbacks::{Callbacks, Told};
 use super::ctx::ConnCtx;
 use super::group::ServerLink;
 use super::handle::{ConnState, TcpConnection};
@@ -146,9 +147,8 @@ pub(crate) struct Machine {
     pub(super) held_input: bool,
     /// A continuation of reading (the read budget of one event was used up) is queued.
     pub(super) read_queued: bool,
-    /// The peer finished sending while reading was paused, and the application was told
-    /// (`on_peer_half_close_while_paused`): its FIN is no longer watched for.
-    pub(super) paused_half_close_told: bool,
+    /// What the application was told, each once only ([`Told`]).
+    pub(super) told: Told,
     /// A write-complete notice is queued (a send went out whole): further whole sends
     /// before it runs share it, and output queued meanwhile cancels it (the flush that
     /// drains that output reports completion instead).
@@ -201,7 +201,7 @@ impl LoopConn {
                 write: WriteSide::Open,
                 held_input: false,
                 read_queued: false,
-                paused_half_close_told: false,
+                told: Told::default(),
                 complete_queued: false,
                 #[cfg(feature = "tls")]
                 tls,
@@ -240,14 +240,13 @@ impl LoopConn {
             // its close alone takes it out of epoll.
             ch.set_sole_descriptor();
             conn.m.idle_refresh(lp, ch.token());
-            // A TLS connection is up once its handshake completes.
-            #[cfg(feature = "tls")]
-            if let Some(setup) = &conn.m.owner.tls {
-                let timeout = setup.handshake_timeout;
-                conn.m.tls_start(lp, ch, timeout);
-                return;
+            conn.m.start(lp, ch);
+            // Handed over from another loop after the shutdown's visit of this one, or
+            // accepted as the shutdown began: told now (the visit skips it if it comes).
+            let server = conn.m.owner.server.as_ref();
+            if server.is_some_and(|s| s.shutdown_begun.load(Ordering::Acquire)) {
+                conn.m.begin_shutdown(lp, ch);
             }
-            conn.m.up(lp, ch);
         });
         Ok(token)
     }
@@ -688,8 +687,23 @@ impl Machine {
 
     /// The start of a graceful server shutdown for this connection: the shutdown
     /// callback if there is one, else a half-close once the output is written.
+    /// Starts a connection just registered: up at once, or once its TLS handshake
+    /// completes.
+    fn start(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        #[cfg(feature = "tls")]
+        if let Some(setup) = &self.owner.tls {
+            let timeout = setup.handshake_timeout;
+            self.tls_start(lp, ch, timeout);
+            return;
+        }
+        self.up(lp, ch);
+    }
+
+    /// The server's graceful shutdown reaches the connection (once): the application's
+    /// `on_shutdown` callback, or a half-close once the output is written; a TLS
+    /// handshake still under way is closed.
     pub(super) fn begin_shutdown(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self.closed() {
+        if self.closed() || self.told.mark(Told::SHUTDOWN) {
             return;
         }
         if !self.is_up() {

@@ -7,6 +7,7 @@ use std::io;
 use duo_buffer::{BufferError, ReadOutcome};
 use duo_reactor::{Channel, EventLoop, LogLimiter};
 
+use super::callbacks::Told;
 use super::machine::{AfterDrain, LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::CloseReason;
 
@@ -201,7 +202,7 @@ impl Machine {
     /// told, and not while the connection is closing anyway.
     pub(super) fn watches_paused_half_close(&self) -> bool {
         self.owner.callbacks.paused_half_close.is_some()
-            && !self.paused_half_close_told
+            && !self.told.has(Told::PAUSED_HALF_CLOSE)
             && matches!(self.read, ReadSide::Open | ReadSide::Backpressured)
             && matches!(
                 self.write,
@@ -215,7 +216,7 @@ impl Machine {
     /// the application, once, and stops watching for it. What the peer sent before stays
     /// in the kernel until reading resumes.
     pub(super) fn paused_half_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if std::mem::replace(&mut self.paused_half_close_told, true) {
+        if self.told.mark(Told::PAUSED_HALF_CLOSE) {
             return;
         }
         let owner = self.owner.clone();

@@ -339,7 +339,6 @@ impl ServerBuilder {
                 .map(|n| n as u64),
             accept_paused: AtomicBool::new(false),
             stopping: AtomicBool::new(false),
-            shutdown_begun: AtomicBool::new(false),
             on_empty: Mutex::new(Vec::new()),
             trims_main: AtomicBool::new(false),
             report_timer: Mutex::new(None),
@@ -347,6 +346,7 @@ impl ServerBuilder {
             link: Arc::new(ServerLink {
                 id,
                 loops: loops.clone(),
+                shutdown_begun: AtomicBool::new(false),
             }),
         });
         // Per-loop services: installed on the main loop directly, on the server's own

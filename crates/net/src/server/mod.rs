@@ -108,8 +108,6 @@ struct ServerShared {
     /// Some acceptor paused because the server was full (see [`pause_if_full`]).
     accept_paused: AtomicBool,
     stopping: AtomicBool,
-    /// A graceful shutdown has begun (a second `shutdown` only adds its continuation).
-    shutdown_begun: AtomicBool,
     /// The continuations of graceful shutdowns, run in order on the main loop when no
     /// connection is left.
     on_empty: Mutex<Vec<WhenEmpty>>,
@@ -138,7 +136,7 @@ fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
         {
             resume_accepting(&shared);
         }
-        if left == 0 && shared.shutdown_begun.load(Ordering::Acquire) {
+        if left == 0 && shared.link.shutdown_begun.load(Ordering::Acquire) {
             let s = shared.clone();
             let _ = shared.main.queue_in_loop(move |lp| run_when_empty(lp, &s));
         }
@@ -512,7 +510,7 @@ impl Drop for RemovalPending {
     fn drop(&mut self) {
         let shared = &self.0;
         let left = shared.removals_pending.fetch_sub(1, Ordering::SeqCst) - 1;
-        if left == 0 && shared.shutdown_begun.load(Ordering::Acquire) {
+        if left == 0 && shared.link.shutdown_begun.load(Ordering::Acquire) {
             let s = shared.clone();
             let _ = shared.main.queue_in_loop(move |lp| run_when_empty(lp, &s));
         }
@@ -522,13 +520,13 @@ impl Drop for RemovalPending {
 /// A graceful shutdown: stop accepting, tell every connection (on its own loop), close
 /// what is left at the deadline, run `then` when none is left.
 ///
-/// Every connection accepted before the listener was removed is told: the removal of an
-/// I/O loop's own listener is queued to it before the visit (and it registers what it
-/// accepts at once); the main loop, accepting for others, queued each registration
-/// before it queues the visit; a loop runs queued functions in order.
+/// Every connection accepted before the listener was removed is told, once: the visit of
+/// each loop tells those registered there, and a connection registered after the
+/// shutdown began is told as it is registered (a loop that accepts from the shared
+/// listener may hand one to another loop after that loop's visit went by).
 fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
     stop_accepting(shared, None);
-    let first = !shared.shutdown_begun.swap(true, Ordering::SeqCst);
+    let first = !shared.link.shutdown_begun.swap(true, Ordering::SeqCst);
     let s = shared.clone();
     let queued = shared.main.queue_in_loop(move |lp| {
         s.on_empty.lock().push(then);
