@@ -1,5 +1,5 @@
 //! The echo server itself: a `duo_net::TcpServer` that sends back what it receives, raw
-//! or as [`framed`](crate::framed) packets, with a graceful stop on SIGINT or SIGTERM; as a
+//! or as [`framed`] packets, with a graceful stop on SIGINT or SIGTERM; as a
 //! single process on its own socket ([`serve`]) or an inherited one ([`serve_on`]), or as
 //! a worker of a supervisor ([`serve_worker`]).
 

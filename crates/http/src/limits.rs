@@ -38,7 +38,7 @@ pub mod defaults {
     /// has read it all: 1 MiB.
     pub const MAX_PENDING_OUTPUT: usize = 1 << 20;
     /// What a connection's queued output may reach beyond
-    /// [`MAX_PENDING_OUTPUT`](self::MAX_PENDING_OUTPUT) (or the server's
+    /// [`MAX_PENDING_OUTPUT`] (or the server's
     /// [`max_pending_output`](crate::HttpServerBuilder::max_pending_output)) before it is
     /// closed: 64 MiB. The server never queues that much by itself (at most the bound
     /// plus one response); this is a backstop. A single response larger than this, sent

@@ -35,11 +35,11 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 /// - Request bodies need `Content-Length`; a chunked body is refused with 411 (see
 ///   [`parse_request`](crate::parse_request) for every refusal). `Expect: 100-continue`
 ///   gets `100 Continue` once the head is accepted.
-/// - Limits ([`defaults`](crate::defaults)): head 8 KiB → 431, body 1 MiB → 413 (before
+/// - Limits ([`defaults`]): head 8 KiB → 431, body 1 MiB → 413 (before
 ///   it is read), head within 10 s → 408, body within 30 s → 408, 60 s idle between
 ///   requests → close; [`max_connections`](HttpServerBuilder::max_connections) beyond
 ///   which new connections are closed at once. Timeouts are clamped to
-///   [`defaults::MAX_TIMEOUT`](crate::defaults::MAX_TIMEOUT) (one day).
+///   [`defaults::MAX_TIMEOUT`] (one day).
 /// - A client that pipelines requests without reading the responses gets no further
 ///   answers (and its further requests are not read) once 1 MiB of output is queued for
 ///   it ([`max_pending_output`](HttpServerBuilder::max_pending_output)), until it has

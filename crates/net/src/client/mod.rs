@@ -120,7 +120,7 @@ impl ClientBuilder {
     /// [`disconnect`](TcpClient::disconnect) or [`stop`](TcpClient::stop) during the
     /// handshake just closes the connection.
     ///
-    /// A failed handshake closes the connection ([`CloseReason::Tls`](crate::CloseReason::Tls),
+    /// A failed handshake closes the connection ([`CloseReason::Tls`],
     /// logged, counted in [`TcpClient::stats`]) without any callback, not even
     /// [`on_connect_failed`](ClientBuilder::on_connect_failed) (the connect itself
     /// succeeded); it counts as a connection that closed (a client with

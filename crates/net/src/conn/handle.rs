@@ -104,7 +104,7 @@ const NO_TOKEN: u64 = u64::MAX;
 /// not counted.
 const NO_SEND_LIMIT: usize = usize::MAX;
 /// Flag bit of `send_limit`: past the limit the connection closes
-/// ([`OutputLimit::Close`]); without it the send is discarded.
+/// ([`OutputLimit::Close`](crate::OutputLimit::Close)); without it the send is discarded.
 const LIMIT_CLOSES: usize = 1 << (usize::BITS - 1);
 /// `in_transit` once a send from another thread passed a closing limit: the close is
 /// queued, and every later send is refused (values near it, after the releases of sends

@@ -82,7 +82,7 @@ pub(crate) enum ReadSide {
     /// Reading, unless the application paused it (the handle's flag).
     Open,
     /// Paused by the connection itself: its output passed the high-water mark
-    /// ([`Backpressure::PauseReading`]); reading resumes below the low-water mark.
+    /// ([`Backpressure::PauseReading`](crate::Backpressure::PauseReading)); reading resumes below the low-water mark.
     Backpressured,
     /// The peer hung up while the application had reading paused: its last bytes wait in
     /// the kernel until reading resumes. Registered edge-triggered meanwhile, so that a

@@ -9,7 +9,7 @@
 //! - **Reading.** One `recv` takes up to 64 KiB of ciphertext into a per-thread area
 //!   (nothing per connection); it is all handed to rustls (`read_tls`, then
 //!   `process_new_packets`), and the plaintext rustls then holds is moved into the
-//!   connection's [`InputBuffer`](duo_buffer::InputBuffer) before the message callback
+//!   connection's [`InputBuffer`] before the message callback
 //!   runs: in pieces of at most `max_input`, the callback getting each full buffer
 //!   before the next piece (a callback that leaves it full closes `InputTooLarge`). A
 //!   delivery that pauses reading leaves the ciphertext not yet handed over in
