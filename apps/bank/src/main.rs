@@ -44,7 +44,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use duo_net::Endpoint;
-use duo_supervisor::{SupervisorError, Worker};
+use duo_supervisor::{Inherited, SupervisorError, Worker};
 
 use bank::server::{self, ServeConfig, ServeError};
 use bank::{client, supervise, Database, HashCost};
@@ -180,13 +180,12 @@ fn init_logging() {
 fn main() -> ExitCode {
     // What the parent handed over comes first, before any thread could read the
     // environment: the worker protocol of a supervisor, or systemd's socket activation.
-    let worker = match Worker::inherit() {
-        Ok(w) => w,
-        Err(e) => return fail(USAGE, &format!("bank worker: {e}")),
-    };
-    let inherited = match duo_sys::listen_fds() {
-        Ok(l) => l,
-        Err(e) => return fail(USAGE, &format!("bank: socket activation: {e}")),
+    let Inherited {
+        worker,
+        listener: inherited,
+    } = match duo_supervisor::inherit_at_start("bank", duo_sys::listen_fds) {
+        Ok(i) => i,
+        Err(e) => return fail(USAGE, &e),
     };
     let cli = Cli::parse(); // usage errors exit with status 2
     match cli.command {
@@ -219,7 +218,7 @@ fn main() -> ExitCode {
 
 /// `bank serve`: as a worker of a supervisor, as a supervisor (`--processes`), or alone;
 /// on an inherited socket or on `--listen`.
-fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> ExitCode {
+fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Option<TcpListener>) -> ExitCode {
     let processes = a.processes;
     let cfg = config(a);
     if let Some((cert, key)) = &cfg.tls {
@@ -249,16 +248,6 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Vec<TcpListener>) -> E
             return fail(USAGE, &format!("bank: {why}"));
         }
     }
-    let inherited = match inherited.len() {
-        0 => None,
-        1 => inherited.into_iter().next(),
-        n => {
-            return fail(
-                USAGE,
-                &format!("bank: socket activation passed {n} sockets; bank serves exactly one"),
-            )
-        }
-    };
     match (processes, inherited) {
         (None, None) => report(server::serve(cfg)),
         (None, Some(listener)) => report(server::serve_on(cfg, listener)),

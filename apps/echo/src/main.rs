@@ -121,7 +121,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use duo_net::{AcceptMode, Endpoint};
-use duo_supervisor::{SupervisorError, Worker};
+use duo_supervisor::{Inherited, SupervisorError};
 use duo_sys::ActivatedListener;
 use echo::{supervise, ServeConfig};
 
@@ -288,13 +288,12 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 fn main() -> ExitCode {
     // What the parent handed over comes first, before any thread could read the
     // environment: the worker protocol of a supervisor, or systemd's socket activation.
-    let worker = match Worker::inherit() {
-        Ok(w) => w,
-        Err(e) => return fail(USAGE, &format!("echo worker: {e}")),
-    };
-    let inherited = match duo_sys::listen_fds_any() {
-        Ok(l) => l,
-        Err(e) => return fail(USAGE, &format!("echo: socket activation: {e}")),
+    let Inherited {
+        worker,
+        listener: inherited,
+    } = match duo_supervisor::inherit_at_start("echo", duo_sys::listen_fds_any) {
+        Ok(i) => i,
+        Err(e) => return fail(USAGE, &e),
     };
     let cli = Cli::parse();
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -322,16 +321,6 @@ fn main() -> ExitCode {
     if let Some(worker) = worker {
         return report(echo::serve_worker(&cfg, worker));
     }
-    let inherited = match inherited.len() {
-        0 => None,
-        1 => inherited.into_iter().next(),
-        n => {
-            return fail(
-                USAGE,
-                &format!("echo: socket activation passed {n} sockets; echo serves exactly one"),
-            )
-        }
-    };
     // A Unix-domain socket from socket activation: served by this one process.
     let inherited = match inherited {
         Some(ActivatedListener::Unix(_)) if args.processes.is_some() => {

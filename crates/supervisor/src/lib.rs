@@ -83,8 +83,8 @@ pub use config::{
     ConfigError, SupervisorConfig, WorkerCommand, BASE_FDS, FDS_PER_WORKER, MAX_WORKERS,
 };
 pub use serving::{
-    bind_listener, inherited_or_bound, supervise_this_program, worker_connection_limit,
-    LISTEN_BACKLOG,
+    bind_listener, inherit_at_start, inherited_or_bound, supervise_this_program,
+    worker_connection_limit, Inherited, LISTEN_BACKLOG,
 };
 pub use supervisor::{Supervisor, SupervisorError};
 pub use table::{WorkerEndpoint, WorkerTable};

@@ -1,14 +1,62 @@
-//! What every server program built on the supervisor needs besides it: the listening
-//! socket the supervisor binds for its workers ([`bind_listener`]), a supervisor whose
-//! workers are the program itself ([`supervise_this_program`]), and how many connections
-//! one worker may hold ([`worker_connection_limit`]).
+//! What every server program built on the supervisor needs besides it: what the process
+//! inherited from its parent ([`inherit_at_start`]), the listening socket the supervisor
+//! binds for its workers ([`bind_listener`]), a supervisor whose workers are the program
+//! itself ([`supervise_this_program`]), and how many connections one worker may hold
+//! ([`worker_connection_limit`]).
 
 use std::io;
 use std::net::{SocketAddr, TcpListener};
 
 use duo_sys::socket2::{Domain, Socket, Type};
 
-use crate::{Supervisor, SupervisorConfig, SupervisorError, WorkerCommand};
+use crate::{Supervisor, SupervisorConfig, SupervisorError, Worker, WorkerCommand};
+
+/// What a server process inherited from its parent ([`inherit_at_start`]).
+#[derive(Debug)]
+pub struct Inherited<L> {
+    /// The [worker protocol](crate::protocol) of a supervisor: this process is one of its
+    /// workers ([`Worker::inherit`]).
+    pub worker: Option<Worker>,
+    /// The listening socket systemd's socket activation passed (`LISTEN_FDS`), if any.
+    pub listener: Option<L>,
+}
+
+/// Takes what this process inherited, first thing in `main`, before another thread could
+/// read the environment: the worker protocol of a supervisor ([`Worker::inherit`]), then
+/// systemd's socket activation through `listen_fds` (`duo_sys::listen_fds` for a TCP
+/// socket, `duo_sys::listen_fds_any` for TCP or Unix-domain), of which a server takes
+/// exactly one socket. `program` names the program in the messages.
+///
+/// # Errors
+///
+/// A message for the user, who should get a usage error: the worker protocol's variables
+/// or descriptors are malformed, socket activation's are, or it passed several sockets.
+///
+/// # Example
+///
+/// ```
+/// // Neither a worker nor socket-activated: nothing inherited.
+/// let inherited = duo_supervisor::inherit_at_start("demo", duo_sys::listen_fds)?;
+/// assert!(inherited.worker.is_none() && inherited.listener.is_none());
+/// # Ok::<(), String>(())
+/// ```
+pub fn inherit_at_start<L, E: std::fmt::Display>(
+    program: &str,
+    listen_fds: impl FnOnce() -> Result<Vec<L>, E>,
+) -> Result<Inherited<L>, String> {
+    let worker = Worker::inherit().map_err(|e| format!("{program} worker: {e}"))?;
+    let mut sockets = listen_fds().map_err(|e| format!("{program}: socket activation: {e}"))?;
+    if sockets.len() > 1 {
+        return Err(format!(
+            "{program}: socket activation passed {} sockets; {program} serves exactly one",
+            sockets.len()
+        ));
+    }
+    Ok(Inherited {
+        worker,
+        listener: sockets.pop(),
+    })
+}
 
 /// Backlog of a socket from [`bind_listener`]: connections queue there while workers are
 /// replaced (a reload, a crashed worker), so it is deeper than a single server's.
