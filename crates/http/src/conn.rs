@@ -70,11 +70,12 @@ use std::time::{Duration, Instant};
 use duo_net::{log_limited, ConnCtx, InputBuffer, TcpConnection};
 use duo_reactor::TimerId;
 
+use crate::backlog::{Backlog, Source};
 use crate::response::ConnField;
 use crate::router::Dispatch;
 use crate::{
-    parse_request, DeferredHandler, Limits, Method, Parsed, Request, Responder, Response, Route,
-    Router, StatusCode, Version,
+    parse_request, ChunkedRequest, DeferredHandler, Limits, Method, Parsed, Request, Responder,
+    Response, Route, Router, StatusCode, Version,
 };
 
 /// What every connection of one server shares: routes, limits, timeouts.
@@ -115,68 +116,6 @@ struct Awaited {
     version: Version,
 }
 
-/// The bytes a request is parsed from: the connection's input buffer, or its backlog.
-trait Source {
-    fn peek(&self) -> &[u8];
-    fn consume(&mut self, n: usize);
-    fn consume_all(&mut self);
-    fn len(&self) -> usize {
-        self.peek().len()
-    }
-    fn is_empty(&self) -> bool {
-        self.peek().is_empty()
-    }
-}
-
-impl Source for InputBuffer {
-    fn peek(&self) -> &[u8] {
-        InputBuffer::peek(self)
-    }
-    fn consume(&mut self, n: usize) {
-        InputBuffer::consume(self, n);
-    }
-    fn consume_all(&mut self) {
-        InputBuffer::consume_all(self);
-    }
-}
-
-/// Requests read from the socket but not answered yet, while the connection was
-/// `Blocked` (and what came after them): see the module docs.
-#[derive(Debug, Default)]
-struct Backlog {
-    buf: Vec<u8>,
-    /// Bytes at the front already consumed.
-    start: usize,
-}
-
-impl Backlog {
-    /// Appends `bytes` (and drops the consumed front first when it is most of the
-    /// buffer, so appending costs amortised O(bytes)).
-    fn append(&mut self, bytes: &[u8]) {
-        if self.start > 0 && self.start >= self.buf.len() / 2 {
-            self.buf.drain(..self.start);
-            self.start = 0;
-        }
-        self.buf.extend_from_slice(bytes);
-    }
-}
-
-impl Source for Backlog {
-    fn peek(&self) -> &[u8] {
-        &self.buf[self.start..]
-    }
-    fn consume(&mut self, n: usize) {
-        self.start = (self.start + n).min(self.buf.len());
-        if self.start == self.buf.len() {
-            self.consume_all();
-        }
-    }
-    fn consume_all(&mut self) {
-        // Frees the memory: a backlog is the exception, not worth keeping allocated.
-        *self = Backlog::default();
-    }
-}
-
 /// What [`Service::serve`] stopped at.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Served {
@@ -202,6 +141,9 @@ pub(crate) struct HttpConn {
     continue_sent: bool,
     /// Bytes of an unfinished request in the input buffer.
     pending: usize,
+    /// A request whose chunked body is being decoded (`Body`), or is complete and waits
+    /// for the output to drain (`Blocked`).
+    chunked: Option<Box<ChunkedRequest>>,
     /// When the connection entered `Closing`.
     closing_since: Option<Instant>,
     /// Input taken off the input buffer and not answered yet (see the module docs).
@@ -231,6 +173,7 @@ impl Service {
             timer_seq: 0,
             continue_sent: false,
             pending: 0,
+            chunked: None,
             closing_since: None,
             backlog: Backlog::default(),
             blocked_output: 0,
@@ -419,6 +362,29 @@ impl Service {
             if matches!(st.phase, Phase::Waiting(_)) {
                 return Served::Waiting;
             }
+            if let Some(body) = &mut st.chunked {
+                let fed = body.feed(input.peek());
+                match fed {
+                    Ok(used) => input.consume(used),
+                    Err(e) => {
+                        st.chunked = None;
+                        input.consume_all();
+                        self.fail(ctx, st, e.status(), e.reason());
+                        continue;
+                    }
+                }
+                if !body.is_complete() {
+                    break;
+                }
+                if ctx.output_len() > self.max_pending_output {
+                    return Served::OutputFull;
+                }
+                if let Some(req) = st.chunked.take().and_then(|b| b.into_request()) {
+                    st.continue_sent = false;
+                    self.answer(ctx, st, &req);
+                }
+                continue;
+            }
             if input.is_empty() {
                 break;
             }
@@ -449,6 +415,17 @@ impl Service {
                     input.consume(used);
                     st.continue_sent = false;
                     self.answer(ctx, st, &req);
+                }
+                // The body is decoded by the branch above, from the next turn on.
+                Ok(Parsed::Chunked(body, used)) => {
+                    input.consume(used);
+                    st.phase = Phase::Body;
+                    self.set_deadline(ctx, st, Instant::now() + self.body_timeout);
+                    if body.expects_continue() && !st.continue_sent {
+                        st.continue_sent = true;
+                        ctx.send(b"HTTP/1.1 100 Continue\r\n\r\n");
+                    }
+                    st.chunked = Some(Box::new(body));
                 }
             }
         }
@@ -733,31 +710,4 @@ fn send(ctx: &mut ConnCtx<'_>, resp: &Response, head_only: bool, field: ConnFiel
     let mut head = Vec::with_capacity(256);
     let body = resp.encode_head(&mut head, head_only, field);
     ctx.send_parts(&[&head, body]);
-}
-
-#[cfg(test)]
-mod tests {
-    use super::{Backlog, Source};
-
-    #[test]
-    fn backlog_keeps_order_compacts_and_frees() {
-        let mut b = Backlog::default();
-        assert!(b.is_empty());
-        b.append(b"abcdef");
-        b.consume(4);
-        assert_eq!(b.peek(), b"ef");
-        // Most of it consumed: the front goes before appending.
-        b.append(b"gh");
-        assert_eq!((b.peek(), b.start), (&b"efgh"[..], 0));
-        b.consume(1);
-        b.append(b"i");
-        assert_eq!(b.peek(), b"fghi");
-        // Consumed whole: the memory is freed.
-        b.consume(10);
-        assert!(b.is_empty());
-        assert_eq!(b.buf.capacity(), 0);
-        b.append(b"xy");
-        b.consume_all();
-        assert_eq!((b.len(), b.buf.capacity()), (0, 0));
-    }
 }

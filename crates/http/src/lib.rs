@@ -15,9 +15,12 @@
 //! is routed as deferred ([`Router::route_deferred`]): it gets a [`Responder`] and
 //! answers through it later, from any thread, while the loop serves on.
 //!
-//! What it does not do: chunked request bodies (refused with 411), TLS, HTTP/2, upgrades,
-//! streaming responses (a response is one buffer), compression, path parameters or
-//! percent-decoding.
+//! Request bodies come with `Content-Length` or chunked ([`ChunkedRequest`]: decoded as
+//! they arrive; a handler gets the whole body either way).
+//!
+//! What it does not do: TLS, HTTP/2, upgrades, streaming request or response bodies (a
+//! handler sees a whole request, a response is one buffer), compression, path parameters
+//! or percent-decoding.
 //!
 //! # Example
 //!
@@ -40,13 +43,17 @@
 //! | `request.rs`, `response.rs` | [`Request`] with [`Headers`] and [`Version`]; [`Response`] and how it is written |
 //! | `limits.rs` | [`Limits`] and every default ([`defaults`]) |
 //! | `parse.rs` | [`parse_request`]: bytes to a request, or the 4xx/5xx that refuses it |
+//! | `chunked.rs` | [`ChunkedRequest`]: a chunked body, decoded as it arrives |
 //! | `router.rs` | [`Router`], [`Route`], [`Handler`] and [`DeferredHandler`] |
 //! | `responder.rs` | [`Responder`]: a deferred answer, from any thread to the connection's loop |
+//! | `backlog.rs` | what a connection read and has not answered yet |
 //! | `conn.rs` | one connection on its loop: phases, the one timer per connection, pipelining within an output bound, closing |
 //! | `server.rs` | [`HttpServer`], [`HttpServerBuilder`], [`HttpServerThread`] |
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 
+mod backlog;
+mod chunked;
 mod conn;
 mod limits;
 mod method;
@@ -58,6 +65,7 @@ mod router;
 mod server;
 mod status;
 
+pub use chunked::ChunkedRequest;
 pub use limits::{defaults, Limits};
 pub use method::{Method, UnknownMethod};
 pub use parse::{parse_request, ParseError, Parsed, Partial};

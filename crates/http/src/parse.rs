@@ -1,10 +1,10 @@
 //! [`parse_request`]: bytes to a [`Request`], with `httparse` for the head, and the checks
 //! that make a request acceptable (size limits, `Host`, `Content-Length`, transfer codings,
-//! `Expect`).
+//! `Expect`). A chunked body is decoded by [`ChunkedRequest`] (`chunked.rs`).
 
 use std::net::SocketAddr;
 
-use crate::{Headers, Limits, Method, Request, StatusCode, Version};
+use crate::{ChunkedRequest, Headers, Limits, Method, Request, StatusCode, Version};
 
 /// What [`parse_request`] found at the start of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -14,6 +14,10 @@ pub enum Parsed {
     Complete(Request, usize),
     /// The request is not all there yet; nothing is wrong so far.
     Partial(Partial),
+    /// The head of a request whose body comes chunked, and the head's length: the body
+    /// is decoded from the bytes after the head, as they arrive
+    /// ([`ChunkedRequest::feed`]).
+    Chunked(ChunkedRequest, usize),
 }
 
 /// How far an incomplete request has come.
@@ -36,7 +40,7 @@ pub struct ParseError {
 }
 
 impl ParseError {
-    fn new(status: StatusCode, reason: &'static str) -> ParseError {
+    pub(crate) fn new(status: StatusCode, reason: &'static str) -> ParseError {
         ParseError { status, reason }
     }
 
@@ -58,14 +62,18 @@ impl ParseError {
 /// Accepted: HTTP/1.0 and 1.1 requests with a method of [`Method::ALL`], a target in
 /// origin form (`/path?query`), absolute form (`http://host/path`, whose path and query
 /// are kept) or `*` (`OPTIONS` only); HTTP/1.1 requests must have exactly one `Host`. A
-/// body needs `Content-Length` (one value, or identical repeats).
+/// body comes with `Content-Length` (one value, or identical repeats) or, in HTTP/1.1,
+/// chunked (`Transfer-Encoding: chunked`): then the head alone is parsed here and the
+/// body decoded as it arrives ([`Parsed::Chunked`]).
 ///
 /// # Errors
 ///
 /// The head is longer than `limits.max_head` or has more than `limits.max_headers` fields
 /// (431); the body is longer than `limits.max_body` (413, as soon as the head is in); a
-/// request with `Transfer-Encoding` (411 for a body sent chunked, which this parser does
-/// not decode; 501 for another coding; 400 with `Content-Length` as well, or in HTTP/1.0);
+/// `Transfer-Encoding` other than `chunked` alone (400 where `chunked` is not the last
+/// coding or comes twice, 501 for another coding before it), or with `Content-Length` as
+/// well, or in HTTP/1.0 (400: a request a proxy might frame otherwise is refused, never
+/// guessed at);
 /// an `Expect` other than `100-continue` (417); an unknown method (501); a version other
 /// than 1.0 and 1.1 (505); anything else malformed (400).
 ///
@@ -109,8 +117,20 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
         ));
     }
     let head = check_head(&raw)?;
-    let body_len = body_length(&head.headers, head.version, limits)?;
+    let body = body_length(&head.headers, head.version, limits)?;
     let expects_continue = expectation(&head.headers, head.version)?;
+    let Some(body_len) = body else {
+        let chunked = ChunkedRequest::new(
+            head.method,
+            head.target,
+            head.version,
+            head.headers,
+            peer,
+            *limits,
+            expects_continue,
+        );
+        return Ok(Parsed::Chunked(chunked, head_len));
+    };
     let end = head_len
         .checked_add(body_len)
         .filter(|&end| end <= buf.len());
@@ -219,8 +239,12 @@ fn absolute_form_path(target: &str) -> Option<String> {
     }
 }
 
-/// The body's length from `Content-Length` (0 without one).
-fn body_length(headers: &Headers, version: Version, limits: &Limits) -> Result<usize, ParseError> {
+/// The body's length from `Content-Length` (0 without one), or `None` for a chunked body.
+fn body_length(
+    headers: &Headers,
+    version: Version,
+    limits: &Limits,
+) -> Result<Option<usize>, ParseError> {
     let bad = |reason| ParseError::new(StatusCode::BAD_REQUEST, reason);
     if headers.contains("transfer-encoding") {
         if headers.contains("content-length") {
@@ -229,16 +253,7 @@ fn body_length(headers: &Headers, version: Version, limits: &Limits) -> Result<u
         if version == Version::Http10 {
             return Err(bad("Transfer-Encoding in an HTTP/1.0 request"));
         }
-        if headers.has_token("transfer-encoding", "chunked") {
-            return Err(ParseError::new(
-                StatusCode::LENGTH_REQUIRED,
-                "chunked request bodies are not supported; send Content-Length",
-            ));
-        }
-        return Err(ParseError::new(
-            StatusCode::NOT_IMPLEMENTED,
-            "unsupported transfer coding",
-        ));
+        return chunked_only(headers).map(|()| None);
     }
     let mut length: Option<u64> = None;
     for value in headers.get_all("content-length") {
@@ -266,12 +281,43 @@ fn body_length(headers: &Headers, version: Version, limits: &Limits) -> Result<u
         }
     }
     match length {
-        None => Ok(0),
+        None => Ok(Some(0)),
         Some(n) if n > limits.max_body as u64 => Err(ParseError::new(
             StatusCode::CONTENT_TOO_LARGE,
             "request body too large",
         )),
-        Some(n) => Ok(n as usize),
+        Some(n) => Ok(Some(n as usize)),
+    }
+}
+
+/// Checks that the transfer codings (every `Transfer-Encoding` field, in order) are
+/// `chunked` alone, the one this server decodes.
+fn chunked_only(headers: &Headers) -> Result<(), ParseError> {
+    let codings: Vec<&[u8]> = headers
+        .get_all("transfer-encoding")
+        .flat_map(|v| v.split(|&b| b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty())
+        .collect();
+    let is_chunked = |c: &[u8]| c.eq_ignore_ascii_case(b"chunked");
+    match codings.as_slice() {
+        [only] if is_chunked(only) => Ok(()),
+        [] => Err(ParseError::new(
+            StatusCode::BAD_REQUEST,
+            "empty Transfer-Encoding",
+        )),
+        // RFC 9112 section 6.3: chunked must be the last coding, and applied once;
+        // anything else cannot be framed, so it is refused and the connection closed.
+        [.., last] if codings.iter().filter(|c| is_chunked(c)).count() > 1 || !is_chunked(last) => {
+            Err(ParseError::new(
+                StatusCode::BAD_REQUEST,
+                "chunked is not the last and only framing",
+            ))
+        }
+        _ => Err(ParseError::new(
+            StatusCode::NOT_IMPLEMENTED,
+            "unsupported transfer coding",
+        )),
     }
 }
 
@@ -349,10 +395,27 @@ mod tests {
         assert_eq!(status(b"GET / HTTP/2.0\r\nHost: a\r\n\r\n"), 505);
         assert_eq!(status(b"GET nope HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
         assert_eq!(status(b"GET * HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
-        let chunked = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n";
-        assert_eq!(status(chunked), 411);
-        let gzip = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n";
-        assert_eq!(status(gzip), 501);
+        let te = |codings: &str| {
+            let req = format!("POST / HTTP/1.1\r\nHost: a\r\n{codings}\r\n");
+            parse(req.as_bytes()).map_err(|e| e.status().as_u16())
+        };
+        assert!(matches!(
+            te("Transfer-Encoding: Chunked\r\n"),
+            Ok(Parsed::Chunked(_, _))
+        ));
+        assert!(matches!(
+            te("Transfer-Encoding: chunked ,\r\n"),
+            Ok(Parsed::Chunked(_, _))
+        ));
+        assert_eq!(te("Transfer-Encoding: gzip\r\n"), Err(400), "no framing");
+        assert_eq!(te("Transfer-Encoding: gzip, chunked\r\n"), Err(501));
+        assert_eq!(te("Transfer-Encoding: chunked, gzip\r\n"), Err(400));
+        assert_eq!(te("Transfer-Encoding: chunked, chunked\r\n"), Err(400));
+        let split = "Transfer-Encoding: chunked\r\nTransfer-Encoding: chunked\r\n";
+        assert_eq!(te(split), Err(400));
+        assert_eq!(te("Transfer-Encoding: \r\n"), Err(400));
+        let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
+        assert_eq!(status(old), 400);
         let both = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
         assert_eq!(status(both), 400);
         let two = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";

@@ -32,11 +32,12 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 ///   route's head without its body.
 /// - HTTP/1.1 connections stay open unless the request says `Connection: close`; HTTP/1.0
 ///   ones close after the response unless the request says `Connection: keep-alive`.
-/// - Request bodies need `Content-Length`; a chunked body is refused with 411 (see
-///   [`parse_request`](crate::parse_request) for every refusal). `Expect: 100-continue`
-///   gets `100 Continue` once the head is accepted.
+/// - Request bodies come with `Content-Length` or chunked, decoded as they arrive
+///   ([`ChunkedRequest`](crate::ChunkedRequest): extensions and trailer fields are read
+///   and dropped); see [`parse_request`](crate::parse_request) for every refusal.
+///   `Expect: 100-continue` gets `100 Continue` once the head is accepted.
 /// - Limits ([`defaults`]): head 8 KiB → 431, body 1 MiB → 413 (before
-///   it is read), head within 10 s → 408, body within 30 s → 408, 60 s idle between
+///   it is read; a chunked one as soon as a chunk's size would pass it), head within 10 s → 408, body within 30 s → 408, 60 s idle between
 ///   requests → close; [`max_connections`](HttpServerBuilder::max_connections) beyond
 ///   which new connections are closed at once. Timeouts are clamped to
 ///   [`defaults::MAX_TIMEOUT`] (one day).

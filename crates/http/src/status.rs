@@ -42,7 +42,8 @@ impl StatusCode {
     pub const REQUEST_TIMEOUT: StatusCode = StatusCode(408);
     /// 409 Conflict.
     pub const CONFLICT: StatusCode = StatusCode(409);
-    /// 411 Length Required: a request body without `Content-Length` (chunked).
+    /// 411 Length Required: the server wants a `Content-Length` (duo-http itself does not
+    /// send it: it decodes chunked bodies).
     pub const LENGTH_REQUIRED: StatusCode = StatusCode(411);
     /// 413 Content Too Large: the body is longer than the server's limit.
     pub const CONTENT_TOO_LARGE: StatusCode = StatusCode(413);

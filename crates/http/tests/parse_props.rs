@@ -1,11 +1,12 @@
 //! Properties of the request parser: whatever the bytes, it never panics and either
 //! parses, asks for more, or refuses with a client error (or 501/505, the two refusals
 //! RFC 9110 gives as server errors); and a valid request parses the same however it is
-//! cut.
+//! cut, its body sent with a length or chunked (however chunked, with or without
+//! extensions and trailer fields).
 
 use std::net::SocketAddr;
 
-use duo_http::{parse_request, Limits, Method, Parsed};
+use duo_http::{parse_request, Limits, Method, ParseError, Parsed};
 use proptest::prelude::*;
 
 fn peer() -> SocketAddr {
@@ -23,15 +24,62 @@ fn check_any(buf: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
         Ok(Parsed::Partial(p)) => {
             prop_assert!(buf.len() <= limits.max_head || p.head_len.is_some());
         }
-        Err(e) => {
-            let code = e.status().as_u16();
-            prop_assert!(
-                e.status().is_client_error() || code == 501 || code == 505,
-                "refused with {code}"
-            );
+        Ok(Parsed::Chunked(mut body, used)) => {
+            prop_assert!(used <= buf.len());
+            match body.feed(&buf[used..]) {
+                Ok(n) => {
+                    prop_assert!(n <= buf.len() - used);
+                    prop_assert!(body.body_len() <= limits.max_body);
+                    prop_assert_eq!(body.is_complete(), body.into_request().is_some());
+                }
+                Err(e) => refusal(&e)?,
+            }
         }
+        Err(e) => refusal(&e)?,
     }
     Ok(())
+}
+
+/// A refusal is a client error, or 501/505.
+fn refusal(e: &ParseError) -> Result<(), TestCaseError> {
+    let code = e.status().as_u16();
+    prop_assert!(
+        e.status().is_client_error() || code == 501 || code == 505,
+        "refused with {code}"
+    );
+    Ok(())
+}
+
+/// `body` chunked: cut into chunks of `sizes` (cycled; the rest in one), sizes in hex of
+/// mixed case with leading zeros where `zeros`, an extension on each line where `ext`,
+/// trailer fields where `trailers`.
+fn chunk(body: &[u8], sizes: &[usize], zeros: bool, ext: bool, trailers: bool) -> Vec<u8> {
+    let mut wire = Vec::new();
+    let mut rest = body;
+    let mut turn = sizes.iter().cycle();
+    let line = |wire: &mut Vec<u8>, n: usize| {
+        let hex = if n % 2 == 0 {
+            format!("{n:x}")
+        } else {
+            format!("{n:X}")
+        };
+        let zeros = if zeros { "00" } else { "" };
+        let ext = if ext { " ; name=\"v a\";flag" } else { "" };
+        wire.extend_from_slice(format!("{zeros}{hex}{ext}\r\n").as_bytes());
+    };
+    while !rest.is_empty() {
+        let n = turn.next().map_or(rest.len(), |&n| n.clamp(1, rest.len()));
+        line(&mut wire, n);
+        wire.extend_from_slice(&rest[..n]);
+        wire.extend_from_slice(b"\r\n");
+        rest = &rest[n..];
+    }
+    line(&mut wire, 0);
+    if trailers {
+        wire.extend_from_slice(b"Checksum: abc\r\nX-T: 1\r\n");
+    }
+    wire.extend_from_slice(b"\r\n");
+    wire
 }
 
 /// Bytes that look like the start of a request more often than random ones do.
@@ -122,5 +170,45 @@ proptest! {
         prop_assert_eq!(r.body(), &body[..]);
         prop_assert_eq!(r.header("x-any"), Some("v"));
         prop_assert_eq!(r.peer_addr(), peer());
+    }
+
+    /// A chunked body, however chunked and however the network cuts it, decodes to the
+    /// body sent; the decoder takes exactly its own bytes, never the next request's.
+    #[test]
+    fn a_chunked_body_decodes_however_it_is_cut(
+        body in prop::collection::vec(any::<u8>(), 0..600),
+        sizes in prop::collection::vec(1usize..200, 0..6),
+        (zeros, ext, trailers) in (any::<bool>(), any::<bool>(), any::<bool>()),
+        cuts in prop::collection::vec(1usize..64, 1..40),
+        next in prop::collection::vec(any::<u8>(), 0..20),
+    ) {
+        let mut wire = b"PUT /up HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+        let head_len = wire.len();
+        let encoded = chunk(&body, &sizes, zeros, ext, trailers);
+        wire.extend_from_slice(&encoded);
+        wire.extend_from_slice(&next);
+        let limits = Limits::default();
+        let Ok(Parsed::Chunked(mut decoder, used)) = parse_request(&wire, &limits, peer()) else {
+            return Err(TestCaseError::fail("a chunked head"));
+        };
+        prop_assert_eq!(used, head_len);
+        // As a connection does: what the decoder leaves waits for the next bytes.
+        let (mut buffered, mut at, mut taken) = (Vec::new(), head_len, 0);
+        for cut in cuts.iter().cycle() {
+            if decoder.is_complete() || at == wire.len() {
+                break;
+            }
+            let end = (at + cut).min(wire.len());
+            buffered.extend_from_slice(&wire[at..end]);
+            at = end;
+            let n = decoder.feed(&buffered).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            buffered.drain(..n);
+            taken += n;
+        }
+        prop_assert!(decoder.is_complete());
+        prop_assert_eq!(taken, encoded.len());
+        let r = decoder.into_request().expect("complete");
+        prop_assert_eq!(r.body(), &body[..]);
+        prop_assert_eq!(r.path(), "/up");
     }
 }
