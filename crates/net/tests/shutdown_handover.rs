@@ -3,11 +3,11 @@
 //! another loop whose shutdown visit was already queued: the hand-over reaches that loop
 //! after the visit, so the visit cannot see it.
 //!
-//! The interleaving is arranged with held loops, not left to chance: loop Y is held (so
-//! the hand-over waits behind its visit), loop X is held while a message and a new
-//! connection arrive (so one `epoll_wait` reports both, the message first), and the
-//! message's callback blocks X until the shutdown's visits are queued. X then accepts the
-//! new connection and, holding clearly more connections than Y, hands it to Y.
+//! The same for the shutdown's deadline: a connection handed to a loop after the
+//! deadline's visit of that loop went by is closed as it is registered.
+//!
+//! The interleavings are arranged with held loops, not left to chance (each test says
+//! how).
 
 mod util;
 
@@ -171,6 +171,103 @@ fn a_connection_handed_over_after_the_shutdown_visit_is_told() {
         "the late connection half-closed, not left to the deadline"
     );
     drop(clients);
+    drop(late);
+    join_within("the main loop", main);
+}
+
+/// The live loop named `name`.
+fn loop_named(name: &str) -> LoopHandle {
+    duo_reactor::loops()
+        .into_iter()
+        .find(|h| h.name() == name)
+        .unwrap_or_else(|| panic!("no loop named {name}"))
+}
+
+/// The graceful shutdown promises that whatever is still open at the deadline is closed,
+/// and that `then` runs once none is left. A connection that an `AcceptMode::Shared` loop
+/// X accepts after the deadline's visit of another loop Y went by, and hands to Y (X holds
+/// clearly more connections), is told of the shutdown on Y (half-closed) but never
+/// force-closed: the deadline has been and gone on Y. A client that keeps it open holds the
+/// server's shutdown forever.
+///
+/// Arrangement: Y is held while four clients connect, so X accepts them all and hands the
+/// third to Y (3 on X, 1 on Y). X is then held and the shutdown asked for with a short
+/// grace: Y runs its visits (its one connection is closed at the deadline, which is how the
+/// test knows Y's deadline visit ran). A late client connects while X is still held; X,
+/// released, reports the listener before it runs its queued listener removal, accepts the
+/// late connection and hands it to the now empty Y.
+#[test]
+fn a_connection_handed_over_after_the_deadline_visit_is_closed() {
+    init_log();
+    const NAME: &str = "handover-deadline";
+    let (started_tx, started_rx) = mpsc::channel();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let main = thread::spawn(move || {
+        let mut lp = EventLoop::new().expect("main loop");
+        let server = TcpServer::builder(NAME, localhost())
+            .io_threads(2)
+            .accept_mode(AcceptMode::Shared)
+            .start(&mut lp)
+            .expect("server starts");
+        let _ = started_tx.send((server.local_addr(), server.clone_handle()));
+        lp.run().expect("main loop runs");
+        server.stop(&mut lp);
+    });
+    let (addr, server) = started_rx.recv_timeout(LIMIT).expect("started");
+    let x = loop_named(&format!("{NAME}-0"));
+    let y = loop_named(&format!("{NAME}-1"));
+
+    // Y held: X alone accepts; it keeps two, hands the third to Y, keeps the fourth.
+    let release_y = hold(&y);
+    let mut clients: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
+    wait_until("X to accept the four clients", || {
+        server.stats().accepted == 4
+    });
+    drop(release_y);
+    wait_until("Y to establish its connection", || {
+        let s = server.stats();
+        s.per_loop.iter().map(|l| l.opened).collect::<Vec<_>>() == vec![3, 1]
+    });
+
+    // X held: its listener removal and both visits wait behind the hold. Y runs its own:
+    // its connection is half-closed, then closed at the deadline.
+    let release_x = hold(&x);
+    server.shutdown(Duration::from_millis(50), move |lp| {
+        let _ = done_tx.send(());
+        lp.quit();
+    });
+    wait_until("the deadline to close Y's connection", || {
+        let s = server.stats();
+        s.closed == 1 && s.per_loop[1].closes.shutdown == 1
+    });
+
+    // A late client, queued on the listener that only X still holds.
+    let late = connect(addr);
+    drop(release_x);
+    wait_until("X to accept the late connection and hand it over", || {
+        let s = server.stats();
+        s.accepted == 5 && s.per_loop[1].opened == 2
+    });
+
+    // Nobody closes a client: the deadline alone must end every connection.
+    let finished = done_rx.recv_timeout(LIMIT);
+    let s = server.stats();
+    assert!(
+        finished.is_ok(),
+        "the shutdown never completed: {} connection(s) still open {LIMIT:?} after a 50 ms \
+         grace (accepted {}, closed {}, per loop opened {:?}, shutdown closes {:?})",
+        s.active,
+        s.accepted,
+        s.closed,
+        s.per_loop.iter().map(|l| l.opened).collect::<Vec<_>>(),
+        s.per_loop
+            .iter()
+            .map(|l| l.closes.shutdown)
+            .collect::<Vec<_>>(),
+    );
+    assert_eq!(s.active, 0);
+    assert_eq!(s.accepted, s.closed + s.active);
+    clients.clear();
     drop(late);
     join_within("the main loop", main);
 }

@@ -23,6 +23,9 @@ pub(crate) struct ServerLink {
     /// once ([`LoopConn::establish`]), since the shutdown's visit of its loop may have
     /// gone by (a hand-over between loops arrives after it).
     pub(crate) shutdown_begun: AtomicBool,
+    /// The graceful shutdown's deadline has passed: a connection established from now on
+    /// is closed at once (the deadline's visit of its loop may have gone by).
+    pub(crate) deadline_passed: AtomicBool,
 }
 
 /// The open connections of one server, on all its loops: for a broadcast, or anything

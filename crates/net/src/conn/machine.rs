@@ -241,10 +241,13 @@ impl LoopConn {
             ch.set_sole_descriptor();
             conn.m.idle_refresh(lp, ch.token());
             conn.m.start(lp, ch);
-            // Handed over from another loop after the shutdown's visit of this one, or
-            // accepted as the shutdown began: told now (the visit skips it if it comes).
+            // Handed over from another loop after the shutdown's visit of this one (or its
+            // deadline's), or accepted as the shutdown began: told now, or closed if the
+            // deadline has passed (a visit still to come skips it).
             let server = conn.m.owner.server.as_ref();
-            if server.is_some_and(|s| s.shutdown_begun.load(Ordering::Acquire)) {
+            if server.is_some_and(|s| s.deadline_passed.load(Ordering::Acquire)) {
+                conn.m.close(lp, ch, CloseReason::Shutdown);
+            } else if server.is_some_and(|s| s.shutdown_begun.load(Ordering::Acquire)) {
                 conn.m.begin_shutdown(lp, ch);
             }
         });

@@ -347,6 +347,7 @@ impl ServerBuilder {
                 id,
                 loops: loops.clone(),
                 shutdown_begun: AtomicBool::new(false),
+                deadline_passed: AtomicBool::new(false),
             }),
         });
         // Per-loop services: installed on the main loop directly, on the server's own

@@ -523,7 +523,8 @@ impl Drop for RemovalPending {
 /// Every connection accepted before the listener was removed is told, once: the visit of
 /// each loop tells those registered there, and a connection registered after the
 /// shutdown began is told as it is registered (a loop that accepts from the shared
-/// listener may hand one to another loop after that loop's visit went by).
+/// listener may hand one to another loop after that loop's visit went by). Likewise at
+/// the deadline: one registered after it is closed as it is registered.
 fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
     stop_accepting(shared, None);
     let first = !shared.link.shutdown_begun.swap(true, Ordering::SeqCst);
@@ -539,7 +540,11 @@ fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
             let conns = ServerConnections::new(s.link.clone());
             conns.for_each_with_pending("graceful shutdown", |ctx| ctx.begin_shutdown());
             if open > 0 || accepting > 0 {
+                let link = s.link.clone();
                 lp.run_after(grace, move |_| {
+                    // Before the visits: a connection registered after its loop's visit
+                    // closes as it is registered.
+                    link.deadline_passed.store(true, Ordering::Release);
                     conns.for_each_with_pending("shutdown deadline", |ctx| {
                         duo_reactor::log_limited!(
                             log::Level::Info,
