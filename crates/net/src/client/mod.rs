@@ -398,9 +398,18 @@ impl TcpClient {
         let inner = self.inner.clone();
         let _ = self.inner.lp.queue_in_loop(move |lp| {
             cancel_attempt(lp, &inner);
-            let conn = match &inner.state.lock().phase {
-                Phase::Connected(c) => Some(c.clone()),
-                _ => None,
+            let conn = {
+                let mut st = inner.state.lock();
+                let conn = match &st.phase {
+                    Phase::Connected(c) => Some(c.clone()),
+                    _ => None,
+                };
+                // Marked here too, not only when called: the connection ended may have
+                // come up since (a `connect` after this call wanted it), which cleared the
+                // mark; a `connect` queued behind this one then connects again once it
+                // has closed.
+                st.ending |= conn.is_some();
+                conn
             };
             let Some(conn) = conn else { return };
             if drain {
