@@ -9,8 +9,8 @@
 //! |---|---|---|---|
 //! | `Head` | the rest of a request head | header timeout, from the connection's start (first request) or the request's first byte | 408 and close; a first request of which nothing came: close |
 //! | `Body` | the rest of a body | body timeout, from the end of the head | 408 and close |
-//! | `Idle` | the next request | keep-alive timeout, from the last response | close |
-//! | `Blocked` | the client to read the responses queued for it, with requests still to answer | keep-alive timeout, renewed while the queued output shrinks | close |
+//! | `Idle` | the next request | keep-alive timeout, from the last response, renewed while the client still receives it | close |
+//! | `Blocked` | the client to read the responses queued for it, with requests still to answer | keep-alive timeout, renewed while the client receives them | close |
 //! | `Waiting` | a deferred handler's answer (its [`Responder`]) | response timeout, from the request | 503 and close |
 //! | `Closing` | the peer's close, after our last response and FIN | linger (renewed while the response is still being written, up to the keep-alive timeout) | close |
 //!
@@ -148,9 +148,10 @@ pub(crate) struct HttpConn {
     closing_since: Option<Instant>,
     /// Input taken off the input buffer and not answered yet (see the module docs).
     backlog: Backlog,
-    /// While `Blocked`: the queued output when the timer was last set, to tell a client
-    /// that reads slowly from one that does not read.
-    blocked_output: usize,
+    /// While `Blocked`, or `Idle` after a response its client is still receiving: what
+    /// the client had not received ([`ConnCtx::output_undelivered`]) when the timer was
+    /// last set, to tell a client that reads slowly from one that does not read.
+    undelivered: usize,
     /// The server is shutting down: the request under way is the last one answered.
     draining: bool,
     /// Deferred requests so far (numbers their answers).
@@ -176,7 +177,7 @@ impl Service {
             chunked: None,
             closing_since: None,
             backlog: Backlog::default(),
-            blocked_output: 0,
+            undelivered: 0,
             draining: false,
             deferred: 0,
             client_finished: false,
@@ -318,7 +319,7 @@ impl Service {
     fn block(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
         ctx.stop_reading();
         st.phase = Phase::Blocked;
-        st.blocked_output = ctx.output_len();
+        st.undelivered = ctx.output_undelivered();
         self.set_deadline(ctx, st, Instant::now() + self.keep_alive_timeout);
     }
 
@@ -537,6 +538,12 @@ impl Service {
         send(ctx, resp, to.head_only, field);
         if keep {
             st.phase = Phase::Idle;
+            // The wait for the next request begins once this response is delivered: the
+            // timer renews while the client receives it (see `on_timer`).
+            st.undelivered = match ctx.output_len() {
+                0 => 0,
+                _ => ctx.output_undelivered(),
+            };
             self.set_deadline(ctx, st, Instant::now() + self.keep_alive_timeout);
         } else {
             self.close_gracefully(ctx, st);
@@ -621,6 +628,14 @@ impl Service {
                 return;
             }
             let name = ctx.connection().name().to_string();
+            // Whether the client received some of its responses since the last look (or
+            // is receiving one the first look found).
+            let undelivered = match st.phase {
+                Phase::Idle | Phase::Blocked => ctx.output_undelivered(),
+                _ => 0,
+            };
+            let receiving =
+                undelivered < st.undelivered || (st.undelivered == 0 && undelivered > 0);
             match st.phase {
                 Phase::Head if st.pending == 0 => {
                     log_limited!(
@@ -637,20 +652,21 @@ impl Service {
                         "request not received in time",
                     );
                 }
+                // Written out meanwhile (its write-complete is on its way): serve on.
+                Phase::Blocked if ctx.output_len() == 0 => svc.serve_backlog(ctx, st),
+                // Receiving, slowly (or just finished receiving the last response): the
+                // wait for its next request, or for room to answer, starts again.
+                Phase::Idle | Phase::Blocked if receiving => {
+                    st.undelivered = undelivered;
+                    let at = Instant::now() + svc.keep_alive_timeout;
+                    svc.set_deadline(ctx, st, at);
+                }
                 Phase::Idle => {
                     log_limited!(
                         log::Level::Debug,
                         "{name}: idle past the keep-alive timeout; closing"
                     );
                     ctx.force_close();
-                }
-                // Written out meanwhile (its write-complete is on its way): serve on.
-                Phase::Blocked if ctx.output_len() == 0 => svc.serve_backlog(ctx, st),
-                // Reading, slowly: wait on.
-                Phase::Blocked if ctx.output_len() < st.blocked_output => {
-                    st.blocked_output = ctx.output_len();
-                    let at = Instant::now() + svc.keep_alive_timeout;
-                    svc.set_deadline(ctx, st, at);
                 }
                 Phase::Blocked => {
                     log_limited!(

@@ -63,6 +63,17 @@ impl<'a> ConnCtx<'a> {
         self.m.output.len()
     }
 
+    /// What the peer has not received yet of what was sent: the output buffer
+    /// ([`output_len`](Self::output_len)) plus what the kernel still holds
+    /// unacknowledged in the socket's send queue (`ioctl(SIOCOUTQ)`; on a Unix-domain
+    /// socket, the memory of what the peer has not read). It shrinks while the peer reads,
+    /// also while the output buffer waits for room in the kernel's, so a timer can tell a
+    /// slow reader from one that stopped. A system call: for timers, not every message.
+    pub fn output_undelivered(&self) -> usize {
+        let kernel = duo_sys::bytes_unacknowledged(self.ch.fd()).unwrap_or(0);
+        self.m.output.len() + kernel
+    }
+
     /// Half-closes after the output drains (see [`TcpConnection::shutdown`]).
     pub fn shutdown(&mut self) {
         self.m.shutdown(self.lp, self.ch);
