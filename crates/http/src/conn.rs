@@ -386,6 +386,13 @@ impl Service {
                 }
                 continue;
             }
+            // Empty lines before a request are ignored (RFC 9112 section 2.2): a stray
+            // CRLF after the last request does not begin another.
+            let blank = input
+                .peek()
+                .iter()
+                .take_while(|&&b| b == b'\r' || b == b'\n');
+            input.consume(blank.count());
             if input.is_empty() {
                 break;
             }

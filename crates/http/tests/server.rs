@@ -254,6 +254,24 @@ fn idle_keep_alive_connections_are_closed() {
     });
 }
 
+/// Empty lines before a request are ignored (RFC 9112 section 2.2): a kept-alive client
+/// that ends a request with a stray CRLF is still idle, closed at the keep-alive timeout
+/// without a 408 (before, the CRLF counted as a request begun: 408 at the header
+/// timeout, and a graceful shutdown waited for it); one before a request is skipped.
+#[test]
+fn stray_empty_lines_between_requests_are_ignored() {
+    let server = start(
+        test_builder()
+            .keep_alive_timeout(Duration::from_millis(200))
+            .header_timeout(LIMIT * 2),
+    );
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"\r\n\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n\r\n");
+    let r = c.read_reply(false);
+    assert_eq!((r.status, r.text()), (200, "hello"));
+    c.expect_eof();
+}
+
 #[test]
 fn http10_closes_unless_kept_alive() {
     let server = start(test_builder());
