@@ -1,6 +1,6 @@
 //! `bank serve --tls-cert --tls-key` and `bank client --tls --ca`: the client binary over
 //! TLS (verifying the server as `localhost`), a client that does not trust the server,
-//! and the serve flags' usage errors. Certificates are made by the test (rcgen).
+//! and the serve flags' usage errors. Certificates are made by the test (`duo_testkit::TestCerts`).
 
 mod common;
 
@@ -8,37 +8,13 @@ use std::process::Command;
 use std::time::Duration;
 
 use common::{Server, TempDir, BANK, PW};
-use duo_testkit::run_within;
-
-/// Writes a CA and a certificate for `localhost` it signed (with its key) into `dir`.
-fn write_certs(dir: &std::path::Path, tag: &str) {
-    let ca_key = rcgen::KeyPair::generate().unwrap();
-    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(rcgen::DnType::CommonName, format!("bank test CA {tag}"));
-    let ca = ca_params.self_signed(&ca_key).unwrap();
-    let key = rcgen::KeyPair::generate().unwrap();
-    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()])
-        .unwrap()
-        .signed_by(&key, &ca, &ca_key)
-        .unwrap();
-    std::fs::write(dir.join(format!("{tag}-ca.pem")), ca.pem()).unwrap();
-    std::fs::write(dir.join(format!("{tag}-cert.pem")), leaf.pem()).unwrap();
-    std::fs::write(dir.join(format!("{tag}-key.pem")), key.serialize_pem()).unwrap();
-}
-
-fn path(dir: &TempDir, name: &str) -> String {
-    dir.path().join(name).to_string_lossy().into_owned()
-}
+use duo_testkit::{run_within, TestCerts};
 
 #[test]
 fn the_client_speaks_tls_to_a_tls_server() {
     let dir = TempDir::new("tls");
-    write_certs(dir.path(), "good");
-    write_certs(dir.path(), "other");
-    let (cert, key) = (path(&dir, "good-cert.pem"), path(&dir, "good-key.pem"));
+    let (good, other) = (TestCerts::new("bank-good"), TestCerts::new("bank-other"));
+    let (cert, key) = (good.path("cert.pem"), good.path("key.pem"));
     let server = Server::start(&dir.db(), &["--tls-cert", &cert, "--tls-key", &key]);
     let connect = format!("localhost:{}", server.addr.port());
     let client = |ca: &str, args: &[&str]| {
@@ -50,7 +26,7 @@ fn the_client_speaks_tls_to_a_tls_server() {
         )
         .expect("bank client exits")
     };
-    let good_ca = path(&dir, "good-ca.pem");
+    let good_ca = good.path("ca.pem");
     let out = client(
         &good_ca,
         &[
@@ -59,7 +35,7 @@ fn the_client_speaks_tls_to_a_tls_server() {
     );
     assert_eq!(out.status.code(), Some(0), "{}", out.stderr);
     assert_eq!(out.stdout, "OK registered\nOK welcome tess\nOK 0\n");
-    let refused = client(&path(&dir, "other-ca.pem"), &["PING"]);
+    let refused = client(&other.path("ca.pem"), &["PING"]);
     assert_eq!(refused.status.code(), Some(1));
     assert!(refused.stderr.contains("certificate"), "{}", refused.stderr);
     // Still serving.
@@ -70,7 +46,7 @@ fn the_client_speaks_tls_to_a_tls_server() {
 #[test]
 fn tls_serve_flags_need_each_other_and_usable_files() {
     let dir = TempDir::new("tls-usage");
-    write_certs(dir.path(), "good");
+    let good = TestCerts::new("bank-usage");
     let db = dir.db().to_string_lossy().into_owned();
     let serve = |args: &[&str]| {
         run_within(
@@ -81,13 +57,13 @@ fn tls_serve_flags_need_each_other_and_usable_files() {
         )
         .expect("bank serve exits")
     };
-    let out = serve(&["--tls-cert", &path(&dir, "good-cert.pem")]);
+    let out = serve(&["--tls-cert", &good.path("cert.pem")]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     let out = serve(&[
         "--tls-cert",
         "/nonexistent.pem",
         "--tls-key",
-        &path(&dir, "good-key.pem"),
+        &good.path("key.pem"),
     ]);
     assert_eq!(out.status.code(), Some(2), "{}", out.stderr);
     assert!(out.stderr.contains("/nonexistent.pem"), "{}", out.stderr);

@@ -7,7 +7,7 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::thread;
@@ -15,51 +15,14 @@ use std::time::Duration;
 
 use common::{Server, IO_TIMEOUT};
 use duo_net::tls::{self, rustls};
-use duo_testkit::run_within;
+use duo_testkit::{run_within, TestCerts};
 
-/// A CA, a certificate for `localhost` and 127.0.0.1 it signed, and its key, as PEM files
-/// in a directory of their own (removed on drop).
-struct Certs {
-    dir: PathBuf,
-}
-
-impl Certs {
-    fn new(test: &str) -> Certs {
-        let dir = std::env::temp_dir().join(format!("duo-echo-tls-{}-{test}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let ca_key = rcgen::KeyPair::generate().unwrap();
-        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "duo echo test CA");
-        let ca = ca_params.self_signed(&ca_key).unwrap();
-        let key = rcgen::KeyPair::generate().unwrap();
-        let leaf =
-            rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
-                .unwrap()
-                .signed_by(&key, &ca, &ca_key)
-                .unwrap();
-        std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.join("cert.pem"), leaf.pem()).unwrap();
-        std::fs::write(dir.join("key.pem"), key.serialize_pem()).unwrap();
-        Certs { dir }
-    }
-    fn path(&self, name: &str) -> String {
-        self.dir.join(name).to_string_lossy().into_owned()
-    }
-    fn server(&self, extra: &[&str]) -> Server {
-        let (cert, key) = (self.path("cert.pem"), self.path("key.pem"));
-        let mut args = vec!["--tls-cert", &cert, "--tls-key", &key, "--io-threads", "1"];
-        args.extend_from_slice(extra);
-        Server::start(&args)
-    }
-}
-
-impl Drop for Certs {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
-    }
+/// A server with TLS on the test certificates, and `extra` arguments.
+fn tls_server(certs: &TestCerts, extra: &[&str]) -> Server {
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    let mut args = vec!["--tls-cert", &cert, "--tls-key", &key, "--io-threads", "1"];
+    args.extend_from_slice(extra);
+    Server::start(&args)
 }
 
 /// Whether `program` can be run here; prints a line saying the test is skipped if not.
@@ -95,8 +58,8 @@ fn openssl_s_client_gets_its_line_echoed() {
     if !have("openssl", "openssl_s_client_gets_its_line_echoed") {
         return;
     }
-    let certs = Certs::new("openssl");
-    let server = certs.server(&[]);
+    let certs = TestCerts::new("openssl");
+    let server = tls_server(&certs, &[]);
     let mut child = Command::new("openssl")
         .args([
             "s_client",
@@ -139,8 +102,8 @@ fn curl_completes_a_tls_handshake_with_the_echo_server() {
     ) {
         return;
     }
-    let certs = Certs::new("curl");
-    let server = certs.server(&[]);
+    let certs = TestCerts::new("curl");
+    let server = tls_server(&certs, &[]);
     let port = server.addr().port();
     let out = run_within(
         Command::new("curl")
@@ -174,8 +137,8 @@ fn curl_completes_a_tls_handshake_with_the_echo_server() {
 
 #[test]
 fn rustls_clients_with_worker_processes() {
-    let certs = Certs::new("processes");
-    let server = certs.server(&["--processes", "2"]);
+    let certs = TestCerts::new("processes");
+    let server = tls_server(&certs, &["--processes", "2"]);
     for i in 0..6 {
         rustls_echo(
             server.addr(),
@@ -187,7 +150,7 @@ fn rustls_clients_with_worker_processes() {
 
 #[test]
 fn tls_flag_errors_are_usage_errors() {
-    let certs = Certs::new("usage");
+    let certs = TestCerts::new("usage");
     let echo = env!("CARGO_BIN_EXE_echo");
     let run = |args: &[&str]| {
         run_within(

@@ -18,7 +18,9 @@
 //! Request bodies come with `Content-Length` or chunked ([`ChunkedRequest`]: decoded as
 //! they arrive; a handler gets the whole body either way).
 //!
-//! What it does not do: TLS, HTTP/2, upgrades, streaming request or response bodies (a
+//! HTTPS: [`HttpServerBuilder::tls`] (duo-net's TLS, rustls).
+//!
+//! What it does not do: HTTP/2, upgrades, streaming request or response bodies (a
 //! handler sees a whole request, a response is one buffer), compression, path parameters
 //! or percent-decoding.
 //!

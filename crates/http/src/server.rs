@@ -166,6 +166,8 @@ pub struct HttpServerBuilder {
     abort_on_client_close: bool,
     max_connections: Option<usize>,
     io_threads: usize,
+    #[cfg(feature = "tls")]
+    tls: Option<Arc<duo_net::tls::rustls::ServerConfig>>,
 }
 
 /// Where a server listens.
@@ -201,6 +203,8 @@ impl HttpServerBuilder {
             max_pending_output: defaults::MAX_PENDING_OUTPUT,
             max_connections: None,
             io_threads: 0,
+            #[cfg(feature = "tls")]
+            tls: None,
         }
     }
 
@@ -362,6 +366,19 @@ impl HttpServerBuilder {
         self
     }
 
+    /// Serves HTTPS: TLS with `config` on every connection, through duo-net's TLS
+    /// ([`ServerBuilder::tls`](duo_net::ServerBuilder::tls); build `config` from PEM files
+    /// with [`duo_net::tls::server_config_from_pem`]). A connection's header timeout starts
+    /// once its handshake has completed; the handshake itself has duo-net's handshake
+    /// timeout (10 s), and a client that fails it (speaks plain HTTP, say) is closed
+    /// without a response. Clients that negotiate the protocol by ALPN find `http/1.1`
+    /// only if `config.alpn_protocols` lists it. Needs the feature `tls` (on by default).
+    #[cfg(feature = "tls")]
+    pub fn tls(mut self, config: Arc<duo_net::tls::rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
+
     /// Binds and starts serving on `main`, the calling thread's loop (which must then
     /// run).
     ///
@@ -445,6 +462,10 @@ impl HttpServerBuilder {
             .on_close(Service::on_close);
         if let Some(n) = self.max_connections {
             tcp = tcp.max_connections(n);
+        }
+        #[cfg(feature = "tls")]
+        if let Some(config) = self.tls {
+            tcp = tcp.tls(config);
         }
         if let Some(svc) = abort {
             tcp = tcp.on_peer_half_close_while_paused(move |ctx| svc.on_client_finished(ctx));

@@ -29,6 +29,8 @@
 //!   made by `initdb` in a temporary directory, started on a free loopback port and a Unix
 //!   socket, removed (its server stopped, killed by PID if need be) when dropped; tests
 //!   skip with one line where PostgreSQL is not installed, except under CI.
+//! - `TestCerts` (the feature `pki`): a test CA and a certificate for `localhost` as PEM
+//!   files, removed when dropped.
 //! - [`loadgen_json`]: the one-line JSON report `loadgen --json` prints and the xtask
 //!   bench and soak read back.
 //!
@@ -44,6 +46,8 @@ mod example;
 mod http;
 pub mod loadgen_json;
 pub mod pg;
+#[cfg(feature = "pki")]
+mod pki;
 mod process;
 mod rng;
 mod socket;
@@ -54,6 +58,8 @@ pub use child_server_builder::ChildServerBuilder;
 pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time};
 pub use example::{example_binary, package_binary};
 pub use http::http_get;
+#[cfg(feature = "pki")]
+pub use pki::TestCerts;
 pub use process::{
     children, finish_within, is_running, run_within, send_signal, wait_child_within, Finished,
 };

@@ -1,0 +1,61 @@
+//! [`TestCerts`]: a test CA and a certificate it signed for `localhost` and `127.0.0.1`,
+//! as PEM files in a directory of their own, for tests of TLS servers and clients (the
+//! feature `pki`).
+
+use std::path::PathBuf;
+
+/// A new test CA (`ca.pem`), a certificate for `localhost` and `127.0.0.1` it signed
+/// (`cert.pem`) and that certificate's key (`key.pem`), written with `rcgen` to a
+/// directory of their own under the system's temporary directory, removed on drop.
+#[derive(Debug)]
+pub struct TestCerts {
+    dir: PathBuf,
+}
+
+impl TestCerts {
+    /// Makes the files; `label` (with the process id) names the directory, so tests
+    /// running at once do not share one.
+    ///
+    /// # Panics
+    ///
+    /// If the directory or the files cannot be written, or `rcgen` fails: a test cannot
+    /// go on without them.
+    pub fn new(label: &str) -> TestCerts {
+        let dir = std::env::temp_dir().join(format!("duo-certs-{}-{label}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("a directory for the test certificates");
+        let ca_key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut ca_params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "duo test CA");
+        let ca = ca_params.self_signed(&ca_key).expect("the CA certificate");
+        let key = rcgen::KeyPair::generate().expect("a key");
+        let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+        let leaf = rcgen::CertificateParams::new(names)
+            .expect("certificate parameters")
+            .signed_by(&key, &ca, &ca_key)
+            .expect("the certificate");
+        for (name, pem) in [
+            ("ca.pem", ca.pem()),
+            ("cert.pem", leaf.pem()),
+            ("key.pem", key.serialize_pem()),
+        ] {
+            std::fs::write(dir.join(name), pem).expect("a PEM file");
+        }
+        TestCerts { dir }
+    }
+
+    /// The path of `name` (`ca.pem`, `cert.pem` or `key.pem`) as a string, for command
+    /// lines and loaders alike.
+    pub fn path(&self, name: &str) -> String {
+        self.dir.join(name).to_string_lossy().into_owned()
+    }
+}
+
+impl Drop for TestCerts {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
