@@ -158,7 +158,7 @@ type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 /// ```
 pub struct EventLoop {
     /// What handles share with the loop: its queue, flags, waker, counters.
-    shared: Arc<LoopShared>,
+    pub(crate) shared: Arc<LoopShared>,
     /// The epoll instance and its event buffer.
     poller: Poller,
     /// Every channel of the loop, with its handler.
@@ -234,6 +234,7 @@ impl EventLoop {
                 quit: AtomicBool::new(false),
                 waker,
                 next_timer: AtomicU64::new(0),
+                pending_timers: Mutex::default(),
                 metrics: MetricCounters::default(),
                 name,
             })
@@ -693,22 +694,20 @@ impl EventLoop {
         name: &'static str,
     ) -> TimerId {
         let seq = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
-        self.timers.insert(
-            seq,
-            deadline,
-            Timer {
-                callback,
-                interval,
-                name,
-            },
-        );
+        let timer = Timer {
+            callback,
+            interval,
+            name,
+        };
+        self.timers.insert(seq, deadline, timer);
         TimerId(seq)
     }
 
-    /// Cancels a timer; true if it was pending. Works from any callback, including the
-    /// timer's own (a repeating timer then stops after this run).
+    /// Cancels a timer; true if it was pending (also one a handle scheduled whose insertion
+    /// is still queued). Works from any callback, including the timer's own (a repeating
+    /// timer then stops after this run).
     pub fn cancel(&mut self, id: TimerId) -> bool {
-        self.timers.cancel(id.0)
+        self.timers.cancel(id.0) || self.shared.pending_timers.lock().remove(&id.0)
     }
 
     /// Number of pending timers.

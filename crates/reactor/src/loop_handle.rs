@@ -1,5 +1,6 @@
 //! [`LoopHandle`]: the `Send + Sync` side of a loop, usable from any thread.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
@@ -123,6 +124,10 @@ pub(crate) struct LoopShared {
     pub(crate) waker: EventFd,
     /// The sequence number of the next timer, unique for the loop's life.
     pub(crate) next_timer: AtomicU64,
+    /// Timers scheduled through handles whose queued insertion has not run yet, so that
+    /// [`EventLoop::cancel`] reaches them too: it takes them out of here, and the
+    /// insertion then does nothing.
+    pub(crate) pending_timers: Mutex<HashSet<u64>>,
     /// The counters behind [`LoopMetrics`].
     pub(crate) metrics: MetricCounters,
     /// The loop's name: its thread's name, else `loop-<thread id>`; in a group,
@@ -404,18 +409,23 @@ impl LoopHandle {
         // The id is taken here, in the caller's order, so timers with equal deadlines run
         // in the order their `run_*` calls were made, whichever thread made them.
         let seq = self.shared.next_timer.fetch_add(1, Ordering::Relaxed);
-        self.shared.push(Queued::new(move |lp: &mut EventLoop| {
-            lp.timers.insert(
-                seq,
-                deadline,
-                Timer {
+        // Pending until inserted: the id is the caller's now, and the loop's `cancel` of
+        // it must hold even before the insertion runs.
+        self.shared.pending_timers.lock().insert(seq);
+        let pushed = self.shared.push(Queued::new(move |lp: &mut EventLoop| {
+            if lp.shared.pending_timers.lock().remove(&seq) {
+                let timer = Timer {
                     callback,
                     interval,
                     name,
-                },
-            );
-        }))?;
-        Ok(TimerId(seq))
+                };
+                lp.timers.insert(seq, deadline, timer);
+            }
+        }));
+        if pushed.is_err() {
+            self.shared.pending_timers.lock().remove(&seq);
+        }
+        pushed.map(|()| TimerId(seq))
     }
 
     /// Cancels a timer. The cancellation is queued like any function, so it takes effect
