@@ -281,7 +281,10 @@ impl HttpServerBuilder {
         self
     }
 
-    /// Longest request body (default [`defaults::MAX_BODY`]); longer → 413.
+    /// Longest request body (default [`defaults::MAX_BODY`]); longer → 413. At most
+    /// 7.5 MiB less the head limit: a connection holds a request in one block of its
+    /// input (`duo_net::defaults::MAX_INPUT`, 8 MiB, with room for two reads); a larger
+    /// value is taken as that.
     pub fn max_body_bytes(mut self, n: usize) -> Self {
         self.limits.max_body = n;
         self
@@ -422,7 +425,15 @@ impl HttpServerBuilder {
     /// Binding or listening failed (or the socket of [`HttpServer::builder_on`] is not a
     /// listening TCP socket), or the I/O threads could not start.
     pub fn start(self, main: &mut EventLoop) -> io::Result<HttpServer> {
-        let limits = self.limits;
+        // The input a connection may hold: one unfinished request, plus what one read
+        // brings of the next ones; the request limits are checked before that, and keep
+        // within the most a connection's input holds.
+        let reads = 2 * duo_net::defaults::READ_BUDGET;
+        let mut limits = self.limits;
+        limits.max_head = limits.max_head.min(duo_net::defaults::MAX_INPUT - reads);
+        let room = duo_net::defaults::MAX_INPUT - reads - limits.max_head;
+        limits.max_body = limits.max_body.min(room);
+        let max_input = limits.max_head + limits.max_body + reads;
         let svc = Arc::new(Service {
             router: self.router,
             limits,
@@ -434,12 +445,6 @@ impl HttpServerBuilder {
             max_pending_output: self.max_pending_output,
         });
         let abort = self.abort_on_client_close.then(|| svc.clone());
-        // The input a connection may hold: one unfinished request, plus what one read
-        // brings of the next ones; the request limits are checked before that.
-        let max_input = limits
-            .max_head
-            .saturating_add(limits.max_body)
-            .saturating_add(2 * duo_net::defaults::READ_BUDGET);
         // `serve` keeps each connection's output within the bound plus one response; the
         // limit only backs that up.
         let backstop = self

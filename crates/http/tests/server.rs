@@ -157,6 +157,19 @@ fn oversized_body_gets_413_before_it_is_read() {
     assert_eq!(c.read_reply(false).body, vec![b'y'; 100]);
 }
 
+/// A body limit beyond what a connection's input holds (one 8 MiB block) is taken as the
+/// most that fits: a 10 MiB body under a 16 MiB limit gets a clear 413 before it is read
+/// (before, the limit was taken as given and the connection was closed without an answer
+/// once its input filled).
+#[test]
+fn a_body_limit_beyond_the_input_block_is_clamped() {
+    let server = start(test_builder().max_body_bytes(16 << 20));
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 10485760\r\n\r\n");
+    let r = c.read_reply(false);
+    assert_eq!((r.status, r.header("connection")), (413, Some("close")));
+}
+
 #[test]
 fn garbage_and_malformed_requests_get_400_and_close() {
     let server = start(test_builder());

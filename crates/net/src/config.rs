@@ -12,8 +12,10 @@ pub mod defaults {
     /// Output-buffer size above which a connection stops reading (backpressure) and the
     /// high-water-mark callback runs: 4 MiB.
     pub const HIGH_WATER: usize = 4 << 20;
-    /// Largest input a connection buffers before the message callback consumes it: 8 MiB.
-    pub const MAX_INPUT: usize = 8 << 20;
+    /// Largest input a connection buffers before the message callback consumes it: 8 MiB,
+    /// which is also the most `max_input` may be (the input is one contiguous block of
+    /// the buffer pool, at most [`duo_buffer::MAX_BLOCK`]).
+    pub const MAX_INPUT: usize = duo_buffer::MAX_BLOCK;
     /// Most bytes one readiness event reads from an edge-triggered connection before the
     /// loop serves its other connections (the rest is read right after): 256 KiB.
     pub const READ_BUDGET: usize = 256 << 10;
@@ -174,11 +176,14 @@ macro_rules! conn_config_setters {
             self.conn.read_budget = bytes.max(1);
             self
         }
-        /// Largest unconsumed input per connection (default
-        /// [`defaults::MAX_INPUT`](crate::defaults::MAX_INPUT)); past it the connection
-        /// is closed ([`CloseReason::InputTooLarge`](crate::CloseReason::InputTooLarge)).
+        /// Largest unconsumed input per connection (default and most
+        /// [`defaults::MAX_INPUT`](crate::defaults::MAX_INPUT), 8 MiB: the input is one
+        /// block of the buffer pool, so a larger value is taken as that); past it the
+        /// connection is closed
+        /// ([`CloseReason::InputTooLarge`](crate::CloseReason::InputTooLarge)). A protocol
+        /// with larger messages consumes them as they come.
         pub fn max_input(mut self, bytes: usize) -> Self {
-            self.conn.max_input = bytes.max(1);
+            self.conn.max_input = bytes.clamp(1, defaults::MAX_INPUT);
             self
         }
         /// Sets `TCP_NODELAY` on every connection (default off).

@@ -41,6 +41,7 @@
 
 use std::cell::Cell;
 use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -424,13 +425,25 @@ enum Pump {
     Closed,
 }
 
+/// `process_new_packets`, with a panic inside rustls taken as a failed session: rustls
+/// 0.23 `debug_assert`s that it never sends a second fatal alert, and a bad record after
+/// our `close_notify` (a half-closed connection still reads) trips it (rustls issue
+/// 959). One peer must not take its loop down, whatever the build.
+fn process_packets(conn: &mut Connection) -> Result<rustls::IoState, String> {
+    match duo_reactor::catch_panic(AssertUnwindSafe(|| conn.process_new_packets())) {
+        Ok(Ok(state)) => Ok(state),
+        Ok(Err(e)) => Err(e.to_string()),
+        Err(_) => Err("rustls failed on a record after our close_notify".to_owned()),
+    }
+}
+
 /// Hands `wire` to rustls and moves the plaintext into `input`, until both are done or
 /// the input is full.
 fn decrypt(tls: &mut TlsState, input: &mut InputBuffer, wire: &mut &[u8]) -> Step {
     loop {
-        let state = match tls.conn.process_new_packets() {
+        let state = match process_packets(&mut tls.conn) {
             Ok(state) => state,
-            Err(e) => return Step::Failed(e.to_string()),
+            Err(e) => return Step::Failed(e),
         };
         if state.plaintext_bytes_to_read() > 0 {
             match input.read_with(|iovs| io::Read::read_vectored(&mut tls.conn.reader(), iovs)) {
@@ -669,7 +682,8 @@ impl LoopConn {
                 self.m.held_input = true;
                 return Pump::Held;
             }
-            if self.input.len() >= self.m.owner.config.max_input {
+            // The buffer's own bound (what `max_input` asked for, within one block).
+            if self.input.len() >= self.input.max_len() {
                 self.input_too_large(lp, ch);
                 return Pump::Closed;
             }
@@ -696,9 +710,7 @@ impl LoopConn {
     fn tls_more_pending(&mut self) -> bool {
         self.m.tls.as_mut().is_some_and(|t| {
             !t.wire_left.is_empty()
-                || t.conn
-                    .process_new_packets()
-                    .is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
+                || process_packets(&mut t.conn).is_ok_and(|s| s.plaintext_bytes_to_read() > 0)
         })
     }
 
@@ -707,7 +719,7 @@ impl LoopConn {
             log::Level::Warn,
             "{}: {} bytes of input not consumed by the message callback; closing",
             self.m.handle.name(),
-            self.m.owner.config.max_input
+            self.input.max_len()
         );
         self.m.close(lp, ch, CloseReason::InputTooLarge);
     }
