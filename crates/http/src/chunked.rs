@@ -226,6 +226,11 @@ impl ChunkedRequest {
         if text.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
             return Err(bad("control character in a chunk size line"));
         }
+        // Blanks after the size only before an extension (RFC 9112: BWS ";").
+        let after = &text[digits..];
+        if !after.is_empty() && !after.trim_ascii_start().starts_with(b";") {
+            return Err(bad("malformed chunk size"));
+        }
         let size = match httparse::parse_chunk_size(line) {
             Ok(httparse::Status::Complete((n, size))) if n == line.len() => size,
             _ => return Err(bad("malformed chunk size")),
@@ -254,6 +259,12 @@ impl ChunkedRequest {
             Ok(httparse::Status::Complete((len, _))) if len > self.limits.max_head => {
                 Err(too_large("trailer section too large"))
             }
+            // `httparse` takes a bare LF for a line end; here, as on every other line of
+            // the body, only CRLF ends one (a reader that wants CRLF would still be in the
+            // trailer section, and take what follows for trailer lines).
+            Ok(httparse::Status::Complete((len, _))) if bare_lf(&rest[..len]) => {
+                Err(bad("trailer line not ended by CRLF"))
+            }
             Ok(httparse::Status::Complete((len, _))) => Ok(Some(len)),
             Ok(httparse::Status::Partial) if rest.len() > self.limits.max_head => {
                 Err(too_large("trailer section too large"))
@@ -263,6 +274,14 @@ impl ChunkedRequest {
             Err(_) => Err(bad("malformed trailer field")),
         }
     }
+}
+
+/// Whether `bytes` hold an LF not preceded by CR.
+fn bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
 }
 
 fn bad(reason: &'static str) -> ParseError {
@@ -355,6 +374,20 @@ mod tests {
             "17 digits, no line end yet"
         );
         assert_eq!(refused(b"0\r\nBad Field\r\n\r\n", limits), 400);
+        assert_eq!(
+            refused(b"5 \r\n", limits),
+            400,
+            "blanks without an extension"
+        );
+        assert_eq!(refused(b"5\t\r\n", limits), 400);
+        for end in [
+            &b"0\r\n\n"[..],
+            b"0\r\nT: 1\n\n",
+            b"0\r\nT: 1\r\n\n",
+            b"0\r\nT: 1\n\r\n",
+        ] {
+            assert_eq!(refused(end, limits), 400, "bare LF: {end:?}");
+        }
     }
 
     #[test]

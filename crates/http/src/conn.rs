@@ -12,7 +12,7 @@
 //! | `Idle` | the next request | keep-alive timeout, from the last response, renewed while the client still receives it | close |
 //! | `Blocked` | the client to read the responses queued for it, with requests still to answer | keep-alive timeout, renewed while the client receives them | close |
 //! | `Waiting` | a deferred handler's answer (its [`Responder`]) | response timeout, from the request | 503 and close |
-//! | `Closing` | the peer's close, after our last response and FIN | linger (renewed while the response is still being written, up to the keep-alive timeout) | close |
+//! | `Closing` | the peer's close, after our last response and FIN | linger (renewed while the response is still being written, until a keep-alive timeout passes in which the client received none of it) | close |
 //!
 //! One loop timer per connection serves all of them: a deadline moved later leaves the
 //! timer as it is (when it fires it sees the later deadline and re-arms), a deadline moved
@@ -33,6 +33,12 @@
 //!
 //! While the backlog holds the start of a request (it ended in one), later input is
 //! appended to it and parsed from there, so order is kept; it is freed once empty.
+//!
+//! A response is never cut off for being read slowly: the timers of `Idle`, `Blocked` and
+//! `Closing` are renewed while the client receives something of its output (the queued
+//! output plus what the kernel holds unacknowledged,
+//! [`ConnCtx::output_undelivered`]), so the keep-alive timeout bounds how long a client
+//! may receive nothing, not a whole transfer (as nginx's `send_timeout`).
 //!
 //! # Deferred answers
 //!
@@ -144,7 +150,8 @@ pub(crate) struct HttpConn {
     /// A request whose chunked body is being decoded (`Body`), or is complete and waits
     /// for the output to drain (`Blocked`).
     chunked: Option<Box<ChunkedRequest>>,
-    /// When the connection entered `Closing`.
+    /// When the connection entered `Closing`, or its client last received some of the
+    /// output still queued then.
     closing_since: Option<Instant>,
     /// Input taken off the input buffer and not answered yet (see the module docs).
     backlog: Backlog,
@@ -298,6 +305,7 @@ impl Service {
                     // Not reached (a blocked backlog starts with a complete request), but
                     // a connection must not stay blocked with nothing to wait for.
                     st.phase = Phase::Idle;
+                    st.undelivered = 0;
                     self.set_deadline(ctx, st, Instant::now() + self.keep_alive_timeout);
                 }
                 ctx.start_reading();
@@ -547,10 +555,9 @@ impl Service {
             st.phase = Phase::Idle;
             // The wait for the next request begins once this response is delivered: the
             // timer renews while the client receives it (see `on_timer`).
-            st.undelivered = match ctx.output_len() {
-                0 => 0,
-                _ => ctx.output_undelivered(),
-            };
+            // (The timer's first look takes what is still undelivered then as its
+            // measure: no system call per response.)
+            st.undelivered = 0;
             self.set_deadline(ctx, st, Instant::now() + self.keep_alive_timeout);
         } else {
             self.close_gracefully(ctx, st);
@@ -588,6 +595,7 @@ impl Service {
     fn enter_closing(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
         st.phase = Phase::Closing;
         st.closing_since = Some(Instant::now());
+        st.undelivered = 0;
         self.set_deadline(ctx, st, Instant::now() + self.linger);
     }
 
@@ -639,6 +647,7 @@ impl Service {
             // is receiving one the first look found).
             let undelivered = match st.phase {
                 Phase::Idle | Phase::Blocked => ctx.output_undelivered(),
+                Phase::Closing if ctx.output_len() > 0 => ctx.output_undelivered(),
                 _ => 0,
             };
             let receiving =
@@ -682,14 +691,19 @@ impl Service {
                     );
                     ctx.force_close();
                 }
-                // A large last response still going out to a slow reader gets up to the
-                // keep-alive timeout in all.
+                // A large last response still going out gets up to the keep-alive timeout
+                // from the last time its client received some of it.
                 Phase::Closing
                     if ctx.output_len() > 0
-                        && st
-                            .closing_since
-                            .is_some_and(|t| t.elapsed() < svc.keep_alive_timeout) =>
+                        && (receiving
+                            || st
+                                .closing_since
+                                .is_some_and(|t| t.elapsed() < svc.keep_alive_timeout)) =>
                 {
+                    if receiving {
+                        st.undelivered = undelivered;
+                        st.closing_since = Some(Instant::now());
+                    }
                     let at = Instant::now() + svc.linger;
                     svc.set_deadline(ctx, st, at);
                 }

@@ -8,6 +8,7 @@ use crate::{ChunkedRequest, Headers, Limits, Method, Request, StatusCode, Versio
 
 /// What [`parse_request`] found at the start of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum Parsed {
     /// A whole request, and how many bytes of the buffer it took (the rest belongs to
     /// the next, pipelined request).

@@ -75,6 +75,12 @@ fn refusals_close_the_connection() {
     refused(&with(b"5\r\nhelloX"), 400);
     refused(&with(b"\r\n"), 400);
     refused(&with(b"5;a\nb\r\nhello\r\n0\r\n\r\n"), 400);
+    // The body's end with a bare LF: a reader that wants CRLF would take the request
+    // after it for trailer lines (a smuggled request): refused, and it is not run.
+    refused(
+        &with(b"3\r\nabc\r\n0\r\n\nGET /hello HTTP/1.1\r\nHost: t\r\n\r\n"),
+        400,
+    );
     // A request a proxy could frame otherwise (smuggling) is refused, never guessed at.
     refused(
         b"POST /echo HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n",

@@ -36,6 +36,11 @@ fn check_any(buf: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
             }
         }
         Err(e) => refusal(&e)?,
+        Ok(other) => {
+            return Err(TestCaseError::fail(format!(
+                "an outcome this test does not know: {other:?}"
+            )))
+        }
     }
     Ok(())
 }

@@ -24,7 +24,7 @@ use util::{start, test_builder};
 /// client's receive buffer is small.
 const HUGE: usize = 16 << 20;
 
-/// A server with `GET /huge` and the keep-alive timeout `keep_alive`.
+/// A server with `GET /huge`, the keep-alive timeout `keep_alive` and a short linger.
 fn huge_server(keep_alive: Duration, max_pending_output: usize) -> HttpServerThread {
     start(
         test_builder()
@@ -32,6 +32,8 @@ fn huge_server(keep_alive: Duration, max_pending_output: usize) -> HttpServerThr
                 Response::with_body(StatusCode::OK, "application/octet-stream", vec![b'h'; HUGE])
             })
             .keep_alive_timeout(keep_alive)
+            // Short: a closing connection's timer fires often.
+            .linger(Duration::from_millis(100))
             .max_pending_output(max_pending_output),
     )
 }
@@ -123,6 +125,34 @@ fn a_slow_reader_of_pipelined_large_responses_gets_all_of_them() {
         "{:?}",
         started.elapsed()
     );
+    server.stop().unwrap();
+}
+
+/// The same for the last response (`Connection: close`): every byte comes, then the end of
+/// stream (before, a review helper found, the closing connection was cut off at the
+/// keep-alive timeout whatever the client received).
+#[test]
+fn a_slow_reader_of_a_large_last_response_gets_all_of_it() {
+    let keep_alive = Duration::from_millis(300);
+    let server = huge_server(keep_alive, 1 << 20);
+    let mut s = small_window_client(&server);
+    s.write_all(b"GET /huge HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let started = Instant::now();
+    assert_eq!(
+        read_slowly(&mut s, 1),
+        [HUGE],
+        "after {:?}",
+        started.elapsed()
+    );
+    assert!(
+        started.elapsed() > 2 * keep_alive,
+        "{:?}",
+        started.elapsed()
+    );
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "{} bytes after the response", rest.len());
     server.stop().unwrap();
 }
 

@@ -688,8 +688,6 @@ impl Machine {
         }
     }
 
-    /// The start of a graceful server shutdown for this connection: the shutdown
-    /// callback if there is one, else a half-close once the output is written.
     /// Starts a connection just registered: up at once, or once its TLS handshake
     /// completes.
     fn start(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
