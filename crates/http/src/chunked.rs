@@ -16,8 +16,8 @@
 
 use std::net::SocketAddr;
 
-use crate::parse::ParseError;
-use crate::{Headers, Limits, Method, Request, StatusCode, Version};
+use crate::parse::{Head, ParseError};
+use crate::{Limits, Request, StatusCode};
 
 /// What the decoder expects next.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,10 +64,7 @@ enum State {
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ChunkedRequest {
-    method: Method,
-    target: String,
-    version: Version,
-    headers: Headers,
+    head: Head,
     peer: SocketAddr,
     limits: Limits,
     expects_continue: bool,
@@ -86,21 +83,14 @@ impl ChunkedRequest {
     /// Longest chunk size in hex digits (leading zeros count): 16, `httparse`'s bound.
     const MAX_SIZE_DIGITS: usize = 16;
 
-    #[allow(clippy::too_many_arguments)] // the parts of a head, as the parser has them
     pub(crate) fn new(
-        method: Method,
-        target: String,
-        version: Version,
-        headers: Headers,
+        head: Head,
         peer: SocketAddr,
         limits: Limits,
         expects_continue: bool,
     ) -> ChunkedRequest {
         ChunkedRequest {
-            method,
-            target,
-            version,
-            headers,
+            head,
             peer,
             limits,
             expects_continue,
@@ -190,16 +180,8 @@ impl ChunkedRequest {
     /// before. Its header fields are the head's (`Transfer-Encoding: chunked` among
     /// them); trailer fields are not added.
     pub fn into_request(self) -> Option<Request> {
-        self.is_complete().then(|| {
-            Request::from_parts(
-                self.method,
-                self.target,
-                self.version,
-                self.headers,
-                self.body,
-                self.peer,
-            )
-        })
+        self.is_complete()
+            .then(|| self.head.into_request(self.body, self.peer))
     }
 
     /// The chunk-size line at the start of `rest`: its length and the size, or `None`

@@ -121,15 +121,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
     let body = body_length(&head.headers, head.version, limits)?;
     let expects_continue = expectation(&head.headers, head.version)?;
     let Some(body_len) = body else {
-        let chunked = ChunkedRequest::new(
-            head.method,
-            head.target,
-            head.version,
-            head.headers,
-            peer,
-            *limits,
-            expects_continue,
-        );
+        let chunked = ChunkedRequest::new(head, peer, *limits, expects_continue);
         return Ok(Parsed::Chunked(chunked, head_len));
     };
     let end = head_len
@@ -141,24 +133,31 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
             expects_continue: expects_continue && body_len > 0,
         }));
     };
-    let body = buf[head_len..end].to_vec();
-    let request = Request::from_parts(
-        head.method,
-        head.target,
-        head.version,
-        head.headers,
-        body,
-        peer,
-    );
+    let request = head.into_request(buf[head_len..end].to_vec(), peer);
     Ok(Parsed::Complete(request, end))
 }
 
 /// The checked parts of a complete head.
-struct Head {
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Head {
     method: Method,
     target: String,
     version: Version,
     headers: Headers,
+}
+
+impl Head {
+    /// The request of this head, with `body`, from `peer`.
+    pub(crate) fn into_request(self, body: Vec<u8>, peer: SocketAddr) -> Request {
+        Request::from_parts(
+            self.method,
+            self.target,
+            self.version,
+            self.headers,
+            body,
+            peer,
+        )
+    }
 }
 
 fn head_error(e: httparse::Error) -> ParseError {

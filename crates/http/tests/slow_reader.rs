@@ -77,26 +77,39 @@ fn read_slowly(s: &mut TcpStream, responses: usize) -> Vec<usize> {
     bodies
 }
 
-#[test]
-fn a_slow_reader_of_a_large_keep_alive_response_gets_all_of_it() {
-    let keep_alive = Duration::from_millis(300);
-    let server = huge_server(keep_alive, 1 << 20);
+/// The keep-alive timeout of the slow-reader tests: a reading takes several.
+const KEEP_ALIVE: Duration = Duration::from_millis(300);
+
+/// A server (output bound `max_pending_output`) and a client that sends `requests` and
+/// reads `responses` huge responses slowly: each comes whole, over several timeouts.
+fn served_slowly(
+    requests: &[u8],
+    responses: usize,
+    max_pending_output: usize,
+) -> (HttpServerThread, TcpStream) {
+    let server = huge_server(KEEP_ALIVE, max_pending_output);
     let mut s = small_window_client(&server);
-    s.write_all(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n")
-        .unwrap();
+    s.write_all(requests).unwrap();
     let started = Instant::now();
+    let bodies = read_slowly(&mut s, responses);
     assert_eq!(
-        read_slowly(&mut s, 1),
-        [HUGE],
+        bodies,
+        vec![HUGE; responses],
         "after {:?}",
         started.elapsed()
     );
     // The scenario spanned several timeouts (else it proves nothing).
     assert!(
-        started.elapsed() > 2 * keep_alive,
+        started.elapsed() > 2 * KEEP_ALIVE,
         "{:?}",
         started.elapsed()
     );
+    (server, s)
+}
+
+#[test]
+fn a_slow_reader_of_a_large_keep_alive_response_gets_all_of_it() {
+    let (server, mut s) = served_slowly(b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n", 1, 1 << 20);
     // Then the keep-alive wait: the connection is still open for a next request.
     s.write_all(b"GET /hello HTTP/1.1\r\nHost: t\r\n\r\n")
         .unwrap();
@@ -108,23 +121,8 @@ fn a_slow_reader_of_a_large_keep_alive_response_gets_all_of_it() {
 
 #[test]
 fn a_slow_reader_of_pipelined_large_responses_gets_all_of_them() {
-    let keep_alive = Duration::from_millis(300);
-    let server = huge_server(keep_alive, 64 << 10);
-    let mut s = small_window_client(&server);
-    s.write_all(&b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2))
-        .unwrap();
-    let started = Instant::now();
-    assert_eq!(
-        read_slowly(&mut s, 2),
-        [HUGE, HUGE],
-        "after {:?}",
-        started.elapsed()
-    );
-    assert!(
-        started.elapsed() > 2 * keep_alive,
-        "{:?}",
-        started.elapsed()
-    );
+    let requests = b"GET /huge HTTP/1.1\r\nHost: t\r\n\r\n".repeat(2);
+    let (server, _s) = served_slowly(&requests, 2, 64 << 10);
     server.stop().unwrap();
 }
 
@@ -133,23 +131,8 @@ fn a_slow_reader_of_pipelined_large_responses_gets_all_of_them() {
 /// keep-alive timeout whatever the client received).
 #[test]
 fn a_slow_reader_of_a_large_last_response_gets_all_of_it() {
-    let keep_alive = Duration::from_millis(300);
-    let server = huge_server(keep_alive, 1 << 20);
-    let mut s = small_window_client(&server);
-    s.write_all(b"GET /huge HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n")
-        .unwrap();
-    let started = Instant::now();
-    assert_eq!(
-        read_slowly(&mut s, 1),
-        [HUGE],
-        "after {:?}",
-        started.elapsed()
-    );
-    assert!(
-        started.elapsed() > 2 * keep_alive,
-        "{:?}",
-        started.elapsed()
-    );
+    let request = b"GET /huge HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n";
+    let (server, mut s) = served_slowly(request, 1, 1 << 20);
     let mut rest = Vec::new();
     let _ = s.read_to_end(&mut rest);
     assert!(rest.is_empty(), "{} bytes after the response", rest.len());

@@ -12,9 +12,9 @@ use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::Duration;
 
-use duo_net::{CloseReason, EventLoop, LoopHandle, TcpConnection, TcpServer};
+use duo_net::{CloseReason, EventLoop, TcpConnection, TcpServer};
 use duo_testkit::{wait_until, LIMIT};
-use util::{localhost, TestServer};
+use util::{hold_loop, localhost, TestServer};
 
 /// Idle connections a loop closes per iteration at most (`per_loop.rs`), and connections
 /// an acceptor takes per event (`server/accept.rs`).
@@ -50,19 +50,6 @@ fn assert_a_batch_per_iteration(what: &str, iterations: impl IntoIterator<Item =
          iterations for {conns})",
         per_iteration.len()
     );
-}
-
-/// Holds `lp` in a queued function until the returned sender is used (or dropped).
-fn hold(lp: &LoopHandle) -> mpsc::Sender<()> {
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, released) = mpsc::channel::<()>();
-    lp.queue_in_loop(move |_| {
-        entered_tx.send(()).unwrap();
-        let _ = released.recv_timeout(LIMIT);
-    })
-    .unwrap();
-    entered.recv_timeout(LIMIT).unwrap();
-    release
 }
 
 /// A server with one I/O loop and `conns` clients connected to it: the server, the
@@ -115,7 +102,7 @@ fn a_burst_of_connections_is_accepted_a_batch_per_iteration() {
     });
     let (addr, main) = started.recv_timeout(LIMIT).unwrap();
     // Hold the loop while the whole burst queues in the listener's backlog (4096).
-    let release = hold(&main);
+    let release = hold_loop(&main);
     let clients: Vec<TcpStream> = (0..conns)
         .map(|_| TcpStream::connect(addr).unwrap())
         .collect();
@@ -208,7 +195,7 @@ fn a_burst_of_visits_runs_a_batch_per_iteration() {
     const VISITS: usize = 10;
     let (server, clients, handles) = one_loop_with(CONNS);
     // Hold the loop while the visits are queued, as a burst from other threads finds it.
-    let release = hold(handles[0].loop_handle());
+    let release = hold_loop(handles[0].loop_handle());
     let visits: Arc<Mutex<Vec<u64>>> = Arc::default();
     for _ in 0..VISITS {
         let visited = visits.clone();

@@ -16,31 +16,7 @@ use std::sync::mpsc;
 use duo_net::{Endpoint, TcpClient, TcpServer};
 use duo_reactor::{EventLoopThread, LoopHandle};
 use duo_testkit::{wait_until, LIMIT};
-use util::{init_log, localhost, TestServer};
-
-/// Runs a function on the loop and waits for it.
-fn barrier(lp: &LoopHandle) {
-    let (tx, rx) = mpsc::channel();
-    lp.queue_in_loop(move |_| {
-        let _ = tx.send(());
-    })
-    .expect("the loop is alive");
-    rx.recv_timeout(LIMIT).expect("the loop ran the barrier");
-}
-
-/// Holds the loop inside a queued function until the returned sender is used or dropped
-/// (at most [`LIMIT`]); returns once the loop is held.
-fn hold_loop(lp: &LoopHandle) -> mpsc::Sender<()> {
-    let (entered_tx, entered) = mpsc::channel();
-    let (release, released) = mpsc::channel::<()>();
-    lp.queue_in_loop(move |_| {
-        let _ = entered_tx.send(());
-        let _ = released.recv_timeout(LIMIT);
-    })
-    .expect("the loop is alive");
-    entered.recv_timeout(LIMIT).expect("the loop is held");
-    release
-}
+use util::{barrier, hold_loop, init_log, localhost, TestServer};
 
 /// Waits (at most [`LIMIT`]) until the client has a connection that is open.
 fn wait_open_connection(client: &TcpClient, what: &str) {

@@ -30,7 +30,7 @@ use duo_net::{
 use duo_reactor::{EventLoopThread, LoopGroup, LoopHandle};
 use duo_testkit::{join_within, random_bytes, wait_until, RefusedPort, LIMIT};
 use socket2::{Domain, Socket, Type};
-use util::{connect, init_log, localhost, read_until_closed, End, TestServer};
+use util::{barrier, connect, init_log, localhost, read_until_closed, End, TestServer};
 
 // ---------------------------------------------------------------------------------------
 // What a client's callbacks saw
@@ -223,18 +223,6 @@ fn logged_client(name: &str, addr: SocketAddr, log: &Log) -> ClientBuilder {
                 will_retry: f.will_retry,
             })
         })
-}
-
-/// Runs a function on the loop and waits for it: everything queued on the loop before
-/// this call has run when it returns.
-fn barrier(lp: &LoopHandle) {
-    let (tx, rx) = mpsc::channel();
-    lp.queue_in_loop(move |_| {
-        let _ = tx.send(());
-    })
-    .expect("the loop is alive");
-    rx.recv_timeout(LIMIT)
-        .expect("the loop ran the barrier in time");
 }
 
 /// Two barriers: a stop queued before has run, and so has anything it queued in turn.

@@ -53,17 +53,6 @@ fn echo_then_shutdown_on_bye(pki: &Pki) -> (TestServer, Arc<Seen>) {
     (server, seen)
 }
 
-/// A rustls client with its handshake done, driven by hand over a blocking socket.
-fn handshaken(addr: std::net::SocketAddr, pki: &Pki) -> (TcpStream, rustls::ClientConnection) {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut conn = pki.client_conn();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).unwrap();
-    }
-    (sock, conn)
-}
-
 /// Reads through `conn` until the server's `close_notify`; returns the plaintext.
 fn read_until_close_notify(sock: &mut TcpStream, conn: &mut rustls::ClientConnection) -> Vec<u8> {
     let mut got = Vec::new();
@@ -97,7 +86,7 @@ fn a_corrupt_record_after_our_close_notify_is_a_protocol_error_not_a_dead_loop()
     util::init_log();
     let pki = pki();
     let (server, seen) = echo_then_shutdown_on_bye(&pki);
-    let (mut sock, mut conn) = handshaken(server.addr(), &pki);
+    let (mut sock, mut conn) = pki.handshaken(server.addr());
     conn.writer().write_all(b"hello, bye").unwrap();
     sock.write_all(&records(&mut conn)).unwrap();
     assert_eq!(read_until_close_notify(&mut sock, &mut conn), b"hello, bye");
@@ -117,7 +106,7 @@ fn a_corrupt_record_after_our_close_notify_is_a_protocol_error_not_a_dead_loop()
         [CloseReason::Tls(TlsFailure::Protocol)]
     );
     // And the server's I/O thread still serves.
-    let (mut sock2, mut conn2) = handshaken(server.addr(), &pki);
+    let (mut sock2, mut conn2) = pki.handshaken(server.addr());
     conn2.writer().write_all(b"still there? bye").unwrap();
     sock2.write_all(&records(&mut conn2)).unwrap();
     assert_eq!(
@@ -202,14 +191,9 @@ fn max_input_above_the_ceiling_is_the_ceiling_and_never_spins() {
     for tls in [false, true] {
         let (server, big) = waits_for_a_big_message(tls.then_some(&pki));
         let msg = vec![b'm'; BIG];
-        let mut sock = TcpStream::connect(server.addr()).unwrap();
-        sock.set_read_timeout(Some(LIMIT)).unwrap();
-        sock.set_write_timeout(Some(LIMIT)).unwrap();
         if tls {
-            let mut conn = pki.client_conn();
-            while conn.is_handshaking() {
-                conn.complete_io(&mut sock).unwrap();
-            }
+            let (mut sock, mut conn) = pki.handshaken(server.addr());
+            sock.set_write_timeout(Some(LIMIT)).unwrap();
             let mut sent = 0;
             while sent < msg.len() {
                 sent += conn.writer().write(&msg[sent..]).unwrap();
@@ -218,6 +202,8 @@ fn max_input_above_the_ceiling_is_the_ceiling_and_never_spins() {
                 }
             }
         } else {
+            let mut sock = TcpStream::connect(server.addr()).unwrap();
+            sock.set_write_timeout(Some(LIMIT)).unwrap();
             let _ = sock.write_all(&msg);
         }
         wait_until("the server closes the connection", || {

@@ -20,7 +20,7 @@ use duo_net::{AcceptMode, TcpServer};
 use duo_reactor::{EventLoop, LoopHandle};
 use duo_testkit::{join_within, wait_until, LIMIT};
 use parking_lot::Mutex;
-use util::{connect, init_log, localhost, read_until_closed, End};
+use util::{connect, hold_loop, init_log, localhost, read_until_closed, End};
 
 /// What the server's callbacks report.
 enum Event {
@@ -30,20 +30,6 @@ enum Event {
     Blocked,
     /// The shutdown reached this connection (its `on_shutdown` ran).
     Told(String),
-}
-
-/// A function queued to `lp` that holds it until `release` sends or drops; returns once
-/// the loop runs it.
-fn hold(lp: &LoopHandle) -> mpsc::Sender<()> {
-    let (held_tx, held_rx) = mpsc::channel::<()>();
-    let (release_tx, release_rx) = mpsc::channel::<()>();
-    lp.queue_in_loop(move |_| {
-        let _ = held_tx.send(());
-        let _ = release_rx.recv_timeout(LIMIT);
-    })
-    .expect("the loop runs");
-    held_rx.recv_timeout(LIMIT).expect("the loop to be held");
-    release_tx
 }
 
 #[test]
@@ -112,8 +98,8 @@ fn a_connection_handed_over_after_the_shutdown_visit_is_told() {
         server.stats().active == on_x
     });
 
-    let release_y = hold(&y);
-    let release_x = hold(&x);
+    let release_y = hold_loop(&y);
+    let release_x = hold_loop(&x);
     std::io::Write::write_all(&mut clients[0].0, b"block").unwrap();
     let mut late = connect(addr);
     let before = server.stats();
@@ -218,7 +204,7 @@ fn a_connection_handed_over_after_the_deadline_visit_is_closed() {
     let y = loop_named(&format!("{NAME}-1"));
 
     // Y held: X alone accepts; it keeps two, hands the third to Y, keeps the fourth.
-    let release_y = hold(&y);
+    let release_y = hold_loop(&y);
     let mut clients: Vec<TcpStream> = (0..4).map(|_| connect(addr)).collect();
     wait_until("X to accept the four clients", || {
         server.stats().accepted == 4
@@ -231,7 +217,7 @@ fn a_connection_handed_over_after_the_deadline_visit_is_closed() {
 
     // X held: its listener removal and both visits wait behind the hold. Y runs its own:
     // its connection is half-closed, then closed at the deadline.
-    let release_x = hold(&x);
+    let release_x = hold_loop(&x);
     server.shutdown(Duration::from_millis(50), move |lp| {
         let _ = done_tx.send(());
         lp.quit();

@@ -97,18 +97,6 @@ fn rustls_client(
     StreamOwned::new(conn, sock)
 }
 
-/// A rustls client connected to `addr` (see [`rustls_client`]) with its handshake done
-/// (reads bounded by [`LIMIT`]), as a socket and a rustls connection to drive by hand.
-fn handshaken(addr: SocketAddr, pki: &Pki) -> (TcpStream, ClientConnection) {
-    let mut sock = TcpStream::connect(addr).unwrap();
-    sock.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut conn = pki.client_conn();
-    while conn.is_handshaking() {
-        conn.complete_io(&mut sock).unwrap();
-    }
-    (sock, conn)
-}
-
 /// Sends `msg` and expects exactly `msg` back.
 fn echo_through(c: &mut (impl Read + Write), msg: &[u8]) {
     c.write_all(msg).unwrap();
@@ -221,7 +209,7 @@ fn half_close_with_close_notify_still_gets_late_replies() {
 /// (the server's output passed its high-water mark: the kernel's buffers both ways are
 /// full) or everything is sent, then reads and writes until everything came back.
 fn pump_echo(addr: SocketAddr, pki: &Pki, data: &[u8], paused: &AtomicBool, deadline: Instant) {
-    let (mut sock, mut conn) = handshaken(addr, pki);
+    let (mut sock, mut conn) = pki.handshaken(addr);
     sock.set_nonblocking(true).unwrap();
     let (mut sent, mut received) = (0, 0);
     let mut reading = false;
@@ -451,7 +439,7 @@ fn a_stalled_handshake_times_out() {
 fn a_peer_that_stops_mid_record_is_closed_as_truncated() {
     let pki = pki();
     let (server, seen) = tls_echo(&pki, |b| b);
-    let (mut sock, mut conn) = handshaken(server.addr(), &pki);
+    let (mut sock, mut conn) = pki.handshaken(server.addr());
     conn.writer().write_all(&[7u8; 1000]).unwrap();
     let record = records(&mut conn);
     sock.write_all(&record[..record.len() / 2]).unwrap();
@@ -465,7 +453,7 @@ fn a_peer_that_stops_mid_record_is_closed_as_truncated() {
 fn a_garbled_record_after_the_handshake_is_a_protocol_error() {
     let pki = pki();
     let (server, seen) = tls_echo(&pki, |b| b);
-    let (mut sock, mut conn) = handshaken(server.addr(), &pki);
+    let (mut sock, mut conn) = pki.handshaken(server.addr());
     conn.writer().write_all(b"hello").unwrap();
     let mut record = records(&mut conn);
     let last = record.len() - 1;

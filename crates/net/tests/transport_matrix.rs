@@ -30,7 +30,7 @@ use duo_net::{
 };
 use duo_reactor::{EventLoopThread, LoopHandle};
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
-use util::{init_log, TestServer};
+use util::{hold_loop, init_log, TestServer};
 
 // ---------------------------------------------------------------------------------------
 // What the server saw: one log per connection.
@@ -1276,20 +1276,6 @@ fn recv(c: &StdUdp) -> Vec<u8> {
     let n = c.recv(&mut buf).expect("a datagram within the limit");
     buf.truncate(n);
     buf
-}
-
-/// Holds `lp` in a queued function until the returned sender is dropped, so that
-/// datagrams pile up meanwhile; returns once the loop is held.
-fn hold_loop(lp: &LoopHandle) -> mpsc::Sender<()> {
-    let (release, wait) = mpsc::channel::<()>();
-    let (ready_tx, ready) = mpsc::channel();
-    lp.queue_in_loop(move |_| {
-        ready_tx.send(()).unwrap();
-        let _ = wait.recv_timeout(LIMIT);
-    })
-    .unwrap();
-    ready.recv_timeout(LIMIT).unwrap();
-    release
 }
 
 /// How a socket receives, for [`udp_truncated_datagrams_are_dropped_in_every_receive_mode`].

@@ -395,3 +395,30 @@ fn drive(conns: &mut Vec<EchoClient>, max_chunk: usize, deadline: Instant) {
         }
     }
 }
+
+/// Holds `lp` in a queued function until the returned sender is used or dropped (at most
+/// [`LIMIT`]); returns once the loop is held. With it a test orders what a loop sees:
+/// what arrives meanwhile waits for the same iteration.
+pub(crate) fn hold_loop(lp: &duo_net::LoopHandle) -> mpsc::Sender<()> {
+    let (entered_tx, entered) = mpsc::channel();
+    let (release, released) = mpsc::channel::<()>();
+    lp.queue_in_loop(move |_| {
+        let _ = entered_tx.send(());
+        let _ = released.recv_timeout(LIMIT);
+    })
+    .expect("the loop is alive");
+    entered.recv_timeout(LIMIT).expect("the loop to be held");
+    release
+}
+
+/// Runs a function on the loop and waits for it: everything queued on the loop before
+/// this call has run when it returns.
+pub(crate) fn barrier(lp: &duo_net::LoopHandle) {
+    let (tx, rx) = mpsc::channel();
+    lp.queue_in_loop(move |_| {
+        let _ = tx.send(());
+    })
+    .expect("the loop is alive");
+    rx.recv_timeout(LIMIT)
+        .expect("the loop ran the barrier in time");
+}

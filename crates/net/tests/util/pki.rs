@@ -65,6 +65,22 @@ impl Pki {
     pub(crate) fn client_conn(&self) -> ClientConnection {
         client_conn(self.client_config())
     }
+
+    /// A rustls client connected to `addr` with its handshake done (reads bounded by
+    /// [`LIMIT`](duo_testkit::LIMIT)), as a socket and a rustls connection to drive by
+    /// hand.
+    pub(crate) fn handshaken(
+        &self,
+        addr: std::net::SocketAddr,
+    ) -> (std::net::TcpStream, ClientConnection) {
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.set_read_timeout(Some(duo_testkit::LIMIT)).unwrap();
+        let mut conn = self.client_conn();
+        while conn.is_handshaking() {
+            conn.complete_io(&mut sock).unwrap();
+        }
+        (sock, conn)
+    }
 }
 
 /// A rustls client connection (not connected) with `config`, expecting "localhost".
