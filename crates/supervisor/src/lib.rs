@@ -24,8 +24,12 @@
 //!   quit at once); after [`SupervisorConfig::stop_timeout`] the stragglers get `SIGKILL`.
 //! - **`SIGHUP`: reload.** A new generation is started from the program's path on disk
 //!   (so a new binary there is picked up); once all of it is ready, the old generation
-//!   gets `SIGTERM` and drains. If the new one does not become ready in time, it is killed
-//!   and the old one keeps serving.
+//!   gets `SIGTERM` and drains. If the new one does not become ready in time (or one of
+//!   it dies first), it is retired the same way (`SIGTERM`: a worker of it that was ready
+//!   may have served already, and drains; `SIGKILL` at the stop timeout) and the old one
+//!   keeps serving. Workers run in process groups of their own, so a terminal's Ctrl-C
+//!   reaches them once, through the supervisor (under systemd, `KillMode=mixed` does the
+//!   same: with `control-group` each worker would get `SIGTERM` twice, and quit at once).
 //! - **`SIGUSR2`: upgrade.** The supervisor executes its own binary again (same PID),
 //!   handing over the listening sockets by the systemd protocol and its workers' PIDs (see
 //!   [`protocol`]); the new image adopts them as the old generation and reloads. If the

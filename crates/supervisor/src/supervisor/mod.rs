@@ -10,7 +10,8 @@
 //! generation:  pending ──all N ready──▶ serving ──next one serving──▶ retired (SIGTERM)
 //!                 │ a worker exits before ready, or ready_timeout
 //!                 ▼
-//!              killed (SIGKILL); the serving one goes on (none: run fails)
+//!              retired (SIGTERM: its ready workers may serve already, so they drain;
+//!              SIGKILL at stop_timeout); the serving one goes on (none: run fails)
 //!
 //! worker:      started ──byte on its pipe──▶ ready ──SIGTERM (retire or stop)──▶ retiring
 //!                 └──────────────── SIGCHLD, reaped by pid ◀──────────────────────┘
@@ -52,6 +53,7 @@ use crate::worker::WorkerStats;
 
 mod child;
 mod stats;
+mod stop;
 mod upgrade;
 
 pub(crate) use child::READY;
@@ -124,6 +126,8 @@ pub struct Supervisor {
     /// Workers of older generations the previous image was still draining.
     adopted_retiring: Vec<u32>,
     adopted_generation: u64,
+    /// This image was executed by an upgrade (`SIGUSR2`) of a previous one.
+    upgraded: bool,
     /// The newest generation the previous image started.
     adopted_last_started: u64,
     /// What the image an upgrade executes gets from the program around the supervisor.
@@ -171,9 +175,11 @@ impl Supervisor {
                 None
             }
         };
-        let adopted_generation = take_var(GENERATION_VAR)
-            .and_then(|g| g.parse().ok())
-            .unwrap_or(0);
+        // Set by an upgrading image whatever it hands over (also with no worker to adopt:
+        // all of them dead and waiting out their back-off).
+        let generation_var = take_var(GENERATION_VAR);
+        let upgraded = generation_var.is_some();
+        let adopted_generation = generation_var.and_then(|g| g.parse().ok()).unwrap_or(0);
         let adopted_last_started = take_var(LAST_STARTED_VAR)
             .and_then(|g| g.parse().ok())
             .unwrap_or(0)
@@ -201,6 +207,7 @@ impl Supervisor {
             adopted_retiring,
             adopted_generation,
             adopted_last_started,
+            upgraded,
             carried: Carried::default(),
             inherited_stats,
             exe,
@@ -238,11 +245,12 @@ impl Supervisor {
         self.table.clone()
     }
 
-    /// Whether this process is a supervisor that re-executed itself (`SIGUSR2`) and adopted
-    /// the workers of its previous image: then [`run`](Supervisor::run) does not call its
-    /// `on_ready` (the first image already announced itself).
+    /// Whether this process is a supervisor that re-executed itself (`SIGUSR2`), whatever
+    /// workers it adopted (none if all were waiting out a back-off): then
+    /// [`run`](Supervisor::run) does not call its `on_ready` (the first image already
+    /// announced itself).
     pub fn is_upgrade(&self) -> bool {
-        !self.adopted.is_empty()
+        self.upgraded
     }
 
     /// Runs the workers until a stop signal has been handled and every worker has exited.
@@ -506,21 +514,30 @@ impl State {
         let Some(p) = self.pending.take() else { return };
         lp.cancel(p.timer);
         let doomed = self.pids_where(|w| w.generation == p.generation);
-        for pid in &doomed {
-            if let Some(w) = self.workers.get_mut(pid) {
-                w.retiring = true;
-            }
-            if let Err(e) = duo_sys::kill_process(*pid) {
-                log::warn!("killing worker {pid}: {e}");
-            }
-        }
+        // They may have accepted connections from the shared socket already (a worker
+        // accepts before it reports ready): SIGTERM, so that they drain as a retired
+        // generation does; SIGKILL for those of it still running at `stop_timeout`.
+        self.retire(&doomed, Signal::TERM);
+        let generation = p.generation;
+        lp.run_after(self.cfg.stop_timeout, move |lp| {
+            lp.with_local(|_, st: &mut State| {
+                // (Not a later worker that reuses a PID: its generation differs.)
+                let late = st.pids_where(|w| w.generation == generation);
+                for pid in late {
+                    if let Err(e) = duo_sys::kill_process(pid) {
+                        log::warn!("killing worker {pid}: {e}");
+                    }
+                }
+            });
+        });
         if self.generation == 0 {
             log::error!("{why}; giving up");
             self.failure = Some(why.to_owned());
             self.stop(lp, Signal::TERM);
         } else {
             log::error!(
-                "{why}; killed it ({doomed:?}), generation {} keeps serving",
+                "{why}; retired it ({doomed:?}: SIGTERM, they drain), generation {} keeps \
+                 serving",
                 self.generation
             );
             // It may have been left short meanwhile (an upgrade that adopted nobody, say):
@@ -576,6 +593,10 @@ impl State {
         fds.push(self.stats.fd());
         let first = duo_sys::LISTEN_FDS_START;
         let mut cmd = self.cfg.command.command();
+        // A process group of its own: a signal to the supervisor's group (a terminal's
+        // Ctrl-C) reaches a worker once, forwarded, not also directly (two stop signals
+        // mean "quit at once"). It still dies with the supervisor (`PR_SET_PDEATHSIG`).
+        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
         cmd.stdin(Stdio::null())
             .env(WORKER_VAR, "1")
             .env(LISTEN_FDS_VAR, n.to_string())
@@ -743,56 +764,5 @@ impl State {
                 log::warn!("{sig} to worker {pid}: {e}");
             }
         }
-    }
-
-    // ---- stopping ----
-
-    fn stop(&mut self, lp: &mut EventLoop, sig: Signal) {
-        if self.stopping {
-            log::warn!("{sig} again: workers quit now (SIGINT)");
-            let pids = self.pids_where(|_| true);
-            self.retire(&pids, Signal::INT);
-            return;
-        }
-        self.stopping = true;
-        if let Some(p) = self.pending.take() {
-            lp.cancel(p.timer);
-        }
-        if let Some(t) = self.restart_timer.take() {
-            lp.cancel(t);
-        }
-        let pids = self.pids_where(|w| !w.retiring);
-        log::info!(
-            "{sig}: stopping; SIGTERM to workers {pids:?} (they drain; SIGKILL after {:?})",
-            self.cfg.stop_timeout
-        );
-        self.retire(&pids, Signal::TERM);
-        if self.workers.is_empty() {
-            lp.quit();
-            return;
-        }
-        lp.run_after(self.cfg.stop_timeout, |lp| {
-            lp.with_local(|lp, st: &mut State| st.kill_stragglers(lp));
-        });
-    }
-
-    fn kill_stragglers(&mut self, lp: &mut EventLoop) {
-        let pids = self.pids_where(|_| true);
-        if pids.is_empty() {
-            return;
-        }
-        log::error!(
-            "workers {pids:?} still running {:?} after the stop: SIGKILL",
-            self.cfg.stop_timeout
-        );
-        for pid in pids {
-            if let Err(e) = duo_sys::kill_process(pid) {
-                log::warn!("SIGKILL to worker {pid}: {e}");
-            }
-        }
-        lp.run_after(AFTER_KILL, |lp| {
-            log::error!("killed workers not reaped after {AFTER_KILL:?}; exiting anyway");
-            lp.quit();
-        });
     }
 }
