@@ -240,9 +240,20 @@ pub(crate) fn encode_servers(
     servers: &[ServerHandle],
 ) -> fmt::Result {
     use MetricType::{Counter, Gauge};
+    // The `server` label tells every exported server apart: a name an earlier server has
+    // (two servers with one name) gets `#2`, `#3`... (as loop names do), else a family
+    // would hold two series with one label set, which scrapers refuse or drop.
+    let mut taken = std::collections::HashSet::new();
     let stats: Vec<_> = servers
         .iter()
-        .map(|s| (s.name().to_owned(), s.stats()))
+        .map(|s| {
+            let (mut name, mut n) = (s.name().to_owned(), 1);
+            while !taken.insert(name.clone()) {
+                n += 1;
+                name = format!("{}#{n}", s.name());
+            }
+            (name, s.stats())
+        })
         .collect();
     let per_server = |f: &dyn Fn(&duo_net::ServerStats) -> Value| {
         stats
@@ -473,7 +484,13 @@ impl fmt::Debug for DuoCollector {
 impl Collector for DuoCollector {
     fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> fmt::Result {
         encode_loops(&mut encoder, &DuoCollector::loop_snapshots())?;
-        let servers = self.servers.lock().clone();
+        let servers = {
+            let mut servers = self.servers.lock();
+            // A server stopped with no connection left has its final figures: its
+            // successor (often under the same name) is the one to export.
+            servers.retain(|s| !(s.is_stopping() && s.stats().active == 0));
+            servers.clone()
+        };
         encode_servers(&mut encoder, &servers)?;
         encode_pool(&mut encoder, BufPool::global())
     }

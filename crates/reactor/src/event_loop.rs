@@ -317,9 +317,9 @@ impl EventLoop {
         // A panic out of an earlier `run` may have left these set.
         self.shared.draining.store(false, Ordering::SeqCst);
         self.took_quitting = false;
-        // Time outside `run` is nobody's: not a callback's, not the first poll's.
-        self.health.restart_clock();
-        // Functions queued on this thread before `run` did not wake us.
+        // Time outside `run` is nobody's; busy from here (for `/healthz`), as after a poll:
+        // the functions queued on this thread before `run` (they did not wake us) run now.
+        self.health.busy_now(&self.shared.metrics.health);
         self.run_queued();
         self.health.idle(&self.shared.metrics.health);
         let result = loop {

@@ -385,6 +385,14 @@ impl HealthTracker {
         now
     }
 
+    /// Callbacks are about to run outside an iteration (the functions `run` runs before
+    /// its first poll): busy from now, as after a poll, and nobody charged for before.
+    pub(crate) fn busy_now(&mut self, counters: &HealthCounters) {
+        let now = monotonic_nanos();
+        self.clock = now;
+        counters.busy_since.store(now + 1, Ordering::Relaxed);
+    }
+
     /// Restarts the clock without charging anyone (after the loop's own bookkeeping).
     pub(crate) fn restart_clock(&mut self) {
         self.clock = monotonic_nanos();
