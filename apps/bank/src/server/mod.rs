@@ -363,9 +363,17 @@ fn run(
         })
         .on_message(on_message)
         .on_write_complete({
-            // The replies were written: start the commands held back by `OUTPUT_HIGH`.
+            // The replies were written: start the commands held back by `OUTPUT_HIGH`. A
+            // client that took them while commands of its wait is not idle (the server
+            // may not be reading what it sends meanwhile: `QUEUE_HIGH`).
             let app = app.clone();
-            move |ctx| pump(ctx, &app)
+            move |ctx| {
+                let conn = ctx.connection().clone();
+                if conn.with_context(|s: &mut Session| !s.queue.is_empty()) == Ok(true) {
+                    ctx.refresh_idle();
+                }
+                pump(ctx, &app)
+            }
         })
         .on_peer_half_close(|ctx| {
             // `nc -N`, or a script that writes its commands and half-closes: answer
@@ -745,6 +753,11 @@ fn write_replies(metrics: &BankMetrics, results: WriteResults) -> Completion {
 
 /// On the loop: a job of this connection finished.
 fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
+    // A command of this connection was answered: it is not idle, even while the server
+    // is not reading from it (`QUEUE_HIGH`) and cannot see what it sends meanwhile. (A
+    // peer that never reads its replies stops this too: `pump` starts no job past
+    // `OUTPUT_HIGH`, so it is still evicted.)
+    ctx.refresh_idle();
     let conn = ctx.connection().clone();
     let close = conn
         .with_context(|s: &mut Session| {
