@@ -16,7 +16,7 @@
 
 use std::net::SocketAddr;
 
-use crate::parse::{Head, ParseError};
+use crate::parse::{bare_lf, Head, ParseError};
 use crate::{Limits, Request, StatusCode};
 
 /// What the decoder expects next.
@@ -256,14 +256,6 @@ impl ChunkedRequest {
             Err(_) => Err(bad("malformed trailer field")),
         }
     }
-}
-
-/// Whether `bytes` hold an LF not preceded by CR.
-fn bare_lf(bytes: &[u8]) -> bool {
-    bytes
-        .iter()
-        .enumerate()
-        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
 }
 
 fn bad(reason: &'static str) -> ParseError {

@@ -117,6 +117,19 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
             "request head too large",
         ));
     }
+    // `httparse` takes a bare LF for a line end (RFC 9112 allows it); a reader in front
+    // of us that does not would frame the request otherwise: refused. (Empty lines before
+    // the request are skipped, whatever they end with.)
+    let blank = buf
+        .iter()
+        .take_while(|&&b| b == b'\r' || b == b'\n')
+        .count();
+    if bare_lf(&buf[blank.min(head_len)..head_len]) {
+        return Err(ParseError::new(
+            StatusCode::BAD_REQUEST,
+            "request head line not ended by CRLF",
+        ));
+    }
     let head = check_head(&raw)?;
     let body = body_length(&head.headers, head.version, limits)?;
     let expects_continue = expectation(&head.headers, head.version)?;
@@ -135,6 +148,14 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
     };
     let request = head.into_request(buf[head_len..end].to_vec(), peer);
     Ok(Parsed::Complete(request, end))
+}
+
+/// Whether `bytes` hold an LF not preceded by CR.
+pub(crate) fn bare_lf(bytes: &[u8]) -> bool {
+    bytes
+        .iter()
+        .enumerate()
+        .any(|(i, &b)| b == b'\n' && (i == 0 || bytes[i - 1] != b'\r'))
 }
 
 /// The checked parts of a complete head.
@@ -416,6 +437,11 @@ mod tests {
         assert_eq!(te("Transfer-Encoding: \r\n"), Err(400));
         let old = b"POST / HTTP/1.0\r\nTransfer-Encoding: chunked\r\n\r\n";
         assert_eq!(status(old), 400);
+        // Bare LF line ends: refused wherever they are in the head.
+        assert_eq!(status(b"GET / HTTP/1.1\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a\r\n\n"), 400);
+        assert!(parse(b"\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n").is_ok());
         let both = b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 1\r\n\r\n";
         assert_eq!(status(both), 400);
         let two = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 2\r\n\r\n";
