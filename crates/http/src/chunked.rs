@@ -72,6 +72,9 @@ pub struct ChunkedRequest {
     state: State,
     /// Bytes of chunk extensions so far (with the blanks around them).
     extensions: usize,
+    /// Bytes of the incomplete size line at the front already searched for its end: a
+    /// line that arrives a byte at a time is searched once, not once per byte.
+    searched: usize,
 }
 
 impl ChunkedRequest {
@@ -97,6 +100,7 @@ impl ChunkedRequest {
             body: Vec::new(),
             state: State::Size,
             extensions: 0,
+            searched: 0,
         }
     }
 
@@ -189,7 +193,13 @@ impl ChunkedRequest {
     fn size_line(&mut self, rest: &[u8]) -> Result<Option<(usize, usize)>, ParseError> {
         let digits = rest.iter().take_while(|b| b.is_ascii_hexdigit()).count();
         let room = Self::MAX_EXTENSIONS - self.extensions;
-        let Some(lf) = rest.iter().position(|&b| b == b'\n') else {
+        let from = self.searched.min(rest.len());
+        let Some(lf) = rest[from..]
+            .iter()
+            .position(|&b| b == b'\n')
+            .map(|i| from + i)
+        else {
+            self.searched = rest.len();
             if digits > Self::MAX_SIZE_DIGITS {
                 return Err(bad("chunk size too long"));
             }
@@ -198,6 +208,7 @@ impl ChunkedRequest {
             }
             return Ok(None);
         };
+        self.searched = 0;
         let line = &rest[..=lf];
         let Some(text) = line.strip_suffix(b"\r\n") else {
             return Err(bad("chunk size line not ended by CRLF"));
