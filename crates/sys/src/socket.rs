@@ -20,6 +20,14 @@ use crate::{context, cvt, cvt_size};
 /// rest, so a partial count comes back instead of `EINVAL`.
 pub const IOV_MAX: usize = 1024;
 
+/// The index of the first non-empty buffer (0 if all are empty): the vectored calls
+/// start there, so that the [`IOV_MAX`] buffers they pass cannot all be empty while a
+/// later one is not (which would return `Ok(0)`: end of stream for a read, no progress
+/// for a write).
+fn first_non_empty<T: std::ops::Deref<Target = [u8]>>(bufs: &[T]) -> usize {
+    bufs.iter().position(|b| !b.is_empty()).unwrap_or(0)
+}
+
 /// Retries a system call while it fails with `EINTR`.
 fn retry_eintr<T>(mut call: impl FnMut() -> io::Result<T>) -> io::Result<T> {
     loop {
@@ -65,6 +73,8 @@ pub fn accept4(listener: BorrowedFd<'_>) -> io::Result<(OwnedFd, SockAddr)> {
 /// Returns the number of bytes read; `Ok(0)` with non-empty buffers means end of stream.
 /// At most [`IOV_MAX`] buffers are used.
 pub fn readv(fd: BorrowedFd<'_>, bufs: &mut [IoSliceMut<'_>]) -> io::Result<usize> {
+    let start = first_non_empty(bufs);
+    let bufs = &mut bufs[start..];
     let count = bufs.len().min(IOV_MAX);
     retry_eintr(|| {
         // SAFETY: `IoSliceMut` is ABI-compatible with `struct iovec` on Unix (guaranteed
@@ -132,6 +142,7 @@ fn send(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
 /// keeps the rest). At most [`IOV_MAX`] buffers are used. On a socket whose peer has gone,
 /// `writev` raises `SIGPIPE`; use [`send_vectored`] on sockets, or [`crate::ignore_sigpipe`].
 pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let bufs = &bufs[first_non_empty(bufs)..];
     let count = bufs.len().min(IOV_MAX);
     retry_eintr(|| {
         // SAFETY: `IoSlice` is ABI-compatible with `struct iovec` (guaranteed by std); the
@@ -154,6 +165,7 @@ pub fn writev(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
 /// Fails with `ENOTSOCK` on descriptors that are not sockets. One buffer goes out with the
 /// cheaper `send(2)` (no `msghdr` and iovec to copy in).
 pub fn send_vectored(fd: BorrowedFd<'_>, bufs: &[IoSlice<'_>]) -> io::Result<usize> {
+    let bufs = &bufs[first_non_empty(bufs)..];
     if let [one] = bufs {
         return send(fd, one);
     }

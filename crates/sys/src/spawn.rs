@@ -10,8 +10,13 @@ use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::process::{CommandExt, ExitStatusExt};
 use std::process::{Command, ExitStatus};
+use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::{context, cvt, Signal};
+
+/// One above the highest target number any [`pass_fds`] call of this process has asked
+/// for: sources are duplicated at or above it (see there).
+static TARGETS_END: AtomicI32 = AtomicI32::new(0);
 
 /// Arranges for `fds[i]` to be descriptor `first + i` in the child that `cmd` starts,
 /// without close-on-exec (so the program it executes inherits them), as the systemd
@@ -19,7 +24,8 @@ use crate::{context, cvt, Signal};
 /// are (duo's are all close-on-exec).
 ///
 /// Each source is first duplicated in the parent (`F_DUPFD_CLOEXEC`) to a number at or
-/// above `first + fds.len()`, so no target number can be one of the sources and the
+/// above `first + fds.len()` (and above the targets of every earlier call, so several
+/// calls on one `Command` work too), so no target number can be one of the sources and the
 /// `dup2` calls in the child cannot overwrite a descriptor that a later one still has to
 /// copy. The child side (a `pre_exec` hook) only calls `dup2`, which is
 /// async-signal-safe, and allocates nothing. The duplicates live as long as `cmd`.
@@ -43,9 +49,13 @@ pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::
         .ok()
         .and_then(|n| first.checked_add(n))
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pass_fds: too many"))?;
+    // At or above every target asked for so far, not only this call's: the hooks of
+    // several calls on one `Command` run in order, and an earlier one's `dup2` must not
+    // land on a later one's source.
+    let floor = TARGETS_END.fetch_max(above, Ordering::Relaxed).max(above);
     let sources = fds
         .iter()
-        .map(|fd| dup_at_least(*fd, above))
+        .map(|fd| dup_at_least(*fd, floor))
         .collect::<io::Result<Vec<OwnedFd>>>()?;
     let hook = move || {
         for (i, src) in sources.iter().enumerate() {
