@@ -233,12 +233,16 @@ fn work(queue: &Receiver<Job>, counters: &Counters, exit: Sender<()>) {
     for job in queue {
         if let Err(payload) = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(job)) {
             counters.panicked.fetch_add(1, Ordering::Relaxed);
-            duo_reactor::log_limited!(
-                log::Level::Error,
-                "a worker job panicked; the worker goes on"
-            );
-            // A payload whose destructor panics must not kill the worker either.
-            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| drop(payload)));
+            // Neither a logger that panics nor a payload whose destructor does may kill
+            // the worker: the queue would be left with nobody to drain it (accepted jobs
+            // never run, `stop` returns without them).
+            let _ = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(|| {
+                duo_reactor::log_limited!(
+                    log::Level::Error,
+                    "a worker job panicked; the worker goes on"
+                );
+            }));
+            let _ = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(|| drop(payload)));
         }
         counters.completed.fetch_add(1, Ordering::Relaxed);
     }
