@@ -371,10 +371,10 @@ impl HttpServerBuilder {
 
     /// Serves HTTPS: TLS with `config` on every connection, through duo-net's TLS
     /// ([`ServerBuilder::tls`](duo_net::ServerBuilder::tls); build `config` from PEM files
-    /// with [`duo_net::tls::server_config_from_pem`]). A connection's header timeout starts
-    /// once its handshake has completed; the handshake itself has duo-net's handshake
-    /// timeout (10 s), and a client that fails it (speaks plain HTTP, say) is closed
-    /// without a response. Clients that negotiate the protocol by ALPN find `http/1.1`
+    /// with [`duo_net::tls::server_config_from_pem`]). The handshake must complete within
+    /// the header timeout, then the head within another; a client that fails the
+    /// handshake (speaks plain HTTP, say) or does not finish it in time is closed without
+    /// a response. Clients that negotiate the protocol by ALPN find `http/1.1`
     /// only if `config.alpn_protocols` lists it. Needs the feature `tls` (on by default).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<duo_net::tls::rustls::ServerConfig>) -> Self {
@@ -470,7 +470,9 @@ impl HttpServerBuilder {
         }
         #[cfg(feature = "tls")]
         if let Some(config) = self.tls {
-            tcp = tcp.tls(config);
+            // A client that connects and never completes its handshake is bounded as one
+            // that never sends its head.
+            tcp = tcp.tls(config).tls_handshake_timeout(self.header_timeout);
         }
         if let Some(svc) = abort {
             tcp = tcp.on_peer_half_close_while_paused(move |ctx| svc.on_client_finished(ctx));

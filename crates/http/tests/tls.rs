@@ -10,7 +10,7 @@ use std::net::TcpStream;
 use std::process::Command;
 
 use duo_net::tls::{self, rustls};
-use duo_testkit::{run_within, wait_until, TestCerts, LIMIT};
+use duo_testkit::{run_within, wait_until, wait_until_within, TestCerts, LIMIT};
 use util::{start, test_builder};
 
 /// Splits the responses in `bytes` (each with a `Content-Length`): (status, body) each.
@@ -84,6 +84,33 @@ fn a_rustls_client_is_served_over_tls() {
         server.stats().active == 0
     });
     assert_eq!(server.stats().accepted, 2);
+}
+
+/// A client that connects and never begins its handshake is closed at the header timeout
+/// (not duo-net's 10 s handshake timeout, which would hold a place of `max_connections`).
+#[test]
+fn a_client_that_never_handshakes_is_closed_at_the_header_timeout() {
+    let certs = TestCerts::new("http-tls-silent");
+    let config =
+        tls::server_config_from_pem(certs.path("cert.pem"), certs.path("key.pem")).unwrap();
+    let server = start(
+        test_builder()
+            .tls(config)
+            .header_timeout(std::time::Duration::from_millis(200)),
+    );
+    let mut silent = TcpStream::connect(server.local_addr()).unwrap();
+    silent.set_read_timeout(Some(LIMIT)).unwrap();
+    wait_until("the connection to be accepted", || {
+        server.stats().accepted == 1
+    });
+    wait_until_within(
+        std::time::Duration::from_secs(5),
+        "the silent connection to be closed well before 10 s",
+        || server.stats().active == 0,
+    );
+    let mut got = Vec::new();
+    let _ = silent.read_to_end(&mut got);
+    assert!(got.is_empty(), "{got:?}");
 }
 
 #[test]
