@@ -321,6 +321,7 @@ impl Supervisor {
         lp.with_local(|lp, st: &mut State| {
             // Children of a previous image may have ended during the exec.
             st.reap(lp);
+            st.kill_leftovers_of_failed_reloads(lp);
             st.start_generation(lp);
         });
         let ran = lp.run();
@@ -518,18 +519,7 @@ impl State {
         // accepts before it reports ready): SIGTERM, so that they drain as a retired
         // generation does; SIGKILL for those of it still running at `stop_timeout`.
         self.retire(&doomed, Signal::TERM);
-        let generation = p.generation;
-        lp.run_after(self.cfg.stop_timeout, move |lp| {
-            lp.with_local(|_, st: &mut State| {
-                // (Not a later worker that reuses a PID: its generation differs.)
-                let late = st.pids_where(|w| w.generation == generation);
-                for pid in late {
-                    if let Err(e) = duo_sys::kill_process(pid) {
-                        log::warn!("killing worker {pid}: {e}");
-                    }
-                }
-            });
-        });
+        self.kill_at_stop_timeout(lp, p.generation);
         if self.generation == 0 {
             log::error!("{why}; giving up");
             self.failure = Some(why.to_owned());

@@ -55,4 +55,35 @@ impl State {
             lp.quit();
         });
     }
+
+    /// `SIGKILL` at `stop_timeout` for the workers of the failed `generation` (retired
+    /// with `SIGTERM`) still running then: one stuck in its start may not react to
+    /// `SIGTERM`. (Not a later worker that reuses a PID: its generation differs.)
+    pub(super) fn kill_at_stop_timeout(&mut self, lp: &mut EventLoop, generation: u64) {
+        lp.run_after(self.cfg.stop_timeout, move |lp| {
+            lp.with_local(|_, st: &mut State| {
+                for pid in st.pids_where(|w| w.generation == generation) {
+                    if let Err(e) = duo_sys::kill_process(pid) {
+                        log::warn!("killing worker {pid}: {e}");
+                    }
+                }
+            });
+        });
+    }
+
+    /// After an upgrade: adopted retiring workers of a generation newer than the serving
+    /// one are what is left of a failed reload, whose deadline went with the previous
+    /// image; they get one again, from now.
+    pub(super) fn kill_leftovers_of_failed_reloads(&mut self, lp: &mut EventLoop) {
+        let serving = self.generation;
+        let failed: std::collections::BTreeSet<u64> = self
+            .workers
+            .values()
+            .filter(|w| w.retiring && w.generation > serving)
+            .map(|w| w.generation)
+            .collect();
+        for generation in failed {
+            self.kill_at_stop_timeout(lp, generation);
+        }
+    }
 }
