@@ -15,27 +15,17 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::fs;
-use std::io::Write;
 use std::net::{SocketAddr, TcpStream};
-use std::ops::{Deref, DerefMut};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::supervised::{large_request_pending, number_after, spawned, Gate, Pids, Sup, ECHO};
 use common::{read_to_eof, round_trip, IO_TIMEOUT};
-use duo_testkit::{
-    children, http_get, is_running, join_within, run_within, send_signal, tcp_queues, wait_until,
-    ChildServer, LIMIT,
-};
-
-const ECHO: &str = env!("CARGO_BIN_EXE_echo");
-
-type Pids = BTreeSet<u32>;
+use duo_testkit::{http_get, is_running, join_within, run_within, send_signal, LIMIT};
 
 /// The supervisor's log line of a stop, with the workers it sends SIGTERM.
 const STOPPING: &str = "stopping; SIGTERM to workers";
@@ -80,21 +70,6 @@ fn list_after(log: &str, key: &str) -> Pids {
 }
 
 /// The number right after `key` in `line`.
-fn number_after(line: &str, key: &str) -> Option<u32> {
-    let rest = line.split(key).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Every worker the log says was started (by any image of the supervisor).
-fn spawned(log: &str) -> Pids {
-    log.lines()
-        .filter_map(|l| number_after(l, "started worker "))
-        .collect()
-}
-
 /// Whether the newest generation started has become serving (or was given up).
 fn settled(log: &str) -> bool {
     let newest = log
@@ -106,55 +81,10 @@ fn settled(log: &str) -> bool {
     })
 }
 
-/// A supervisor under test. Dropped (a failing test too), it is SIGKILLed and reaped, then
-/// every worker its log names that still runs is SIGKILLed by PID.
-struct Sup(ChildServer);
-
-impl Deref for Sup {
-    type Target = ChildServer;
-    fn deref(&self) -> &ChildServer {
-        &self.0
-    }
-}
-
-impl DerefMut for Sup {
-    fn deref_mut(&mut self) -> &mut ChildServer {
-        &mut self.0
-    }
-}
-
-impl Drop for Sup {
-    fn drop(&mut self) {
-        self.0.kill();
-        for pid in spawned(&self.0.stderr()) {
-            if is_running(pid) {
-                let _ = send_signal(pid, "KILL");
-            }
-        }
-    }
-}
-
 impl Sup {
-    /// `exe serve --processes N --io-threads 1 EXTRA..` on a free port, once its first
-    /// workers are all children.
-    fn start(exe: &Path, processes: usize, extra: &[&str]) -> Sup {
-        let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--io-threads", "1"])
-            .args(["--processes", &processes.to_string()])
-            .args(extra)
-            .env("RUST_LOG", "info");
-        let sup = Sup(ChildServer::start(cmd));
-        wait_until("the first workers", || sup.workers().len() == processes);
-        sup
-    }
-
     /// The real `echo` with 2 workers.
     fn echo(extra: &[&str]) -> Sup {
         Sup::start(Path::new(ECHO), 2, extra)
-    }
-
-    fn workers(&self) -> Pids {
-        children(self.pid())
     }
 
     fn metrics(&mut self) -> SocketAddr {
@@ -162,22 +92,11 @@ impl Sup {
         line["metrics on ".len()..].trim().parse().unwrap()
     }
 
-    fn log_has(&self, needle: &str) {
-        self.wait_for_stderr(needle, LIMIT);
-    }
-
     /// Waits for generation `n` to serve: its workers.
     fn serving(&self, n: u64) -> Pids {
         let key = format!("generation {n} is serving: workers");
         self.log_has(&key);
         list_after(&self.stderr(), &key)
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s
     }
 
     /// A connection that has had one round trip and stays open (its worker cannot finish
@@ -222,22 +141,6 @@ impl Sup {
             holds(left.len() == 1, format!("{left:?} of {retired:?}"))
         });
         (left[0], new)
-    }
-
-    /// Waits for the exit (a stop is under way), checks status 0 and that every worker it
-    /// started is gone (exited and reaped); the whole log.
-    fn exited_0(&mut self) -> String {
-        let status = self.wait_exit(LIMIT);
-        let log = self.stderr_to_end(LIMIT);
-        assert_eq!(status.code(), Some(0), "stderr:\n{log}");
-        assert!(log.contains("all workers have exited"), "{log}");
-        for pid in spawned(&log) {
-            assert!(
-                !is_running(pid),
-                "worker {pid} outlived the supervisor:\n{log}"
-            );
-        }
-        log
     }
 
     /// SIGTERM, then as [`exited_0`](Self::exited_0).
@@ -290,65 +193,6 @@ fn wait_up(metrics: SocketAddr, want: &BTreeMap<u32, u64>) {
 
 fn gen_of(pids: &Pids, generation: u64) -> BTreeMap<u32, u64> {
     pids.iter().map(|p| (*p, generation)).collect()
-}
-
-/// A directory with `echo` (what the supervisor runs, and its workers: a hard link of the
-/// real binary until [`close`](Gate::close)) and `echo-real`. Once closed, `echo` is a
-/// script under which a new worker waits until the file `open` (or `open-PID`) exists;
-/// anything else (the supervisor re-executing itself) runs `echo-real` at once.
-struct Gate {
-    dir: PathBuf,
-}
-
-impl Gate {
-    fn new(name: &str) -> Gate {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("process_matrix-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        for name in ["echo", "echo-real"] {
-            // A hard link is never open for writing, so no `exec` of it meets ETXTBSY.
-            if fs::hard_link(ECHO, dir.join(name)).is_err() {
-                fs::copy(ECHO, dir.join(name)).unwrap();
-            }
-        }
-        let d = dir.display();
-        let script = format!(
-            "#!/bin/sh\nif [ -n \"$DUO_WORKER\" ]; then\n  \
-             while [ ! -e '{d}/open' ] && [ ! -e '{d}/open-'$$ ]; do sleep 0.02; done\nfi\n\
-             exec '{d}/echo-real' \"$@\"\n"
-        );
-        // Written now, put in place much later (by `rename`): no descriptor open for
-        // writing is left anywhere by then.
-        fs::write(dir.join("gate.sh"), script).unwrap();
-        fs::set_permissions(dir.join("gate.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        Gate { dir }
-    }
-
-    fn exe(&self) -> PathBuf {
-        self.dir.join("echo")
-    }
-
-    /// From now on, a new worker waits at the gate.
-    fn close(&self) {
-        fs::rename(self.dir.join("gate.sh"), self.exe()).unwrap();
-    }
-
-    /// Every worker waiting (and every later one) goes on.
-    fn open(&self) {
-        fs::write(self.dir.join("open"), "").unwrap();
-    }
-
-    /// Worker `pid` goes on.
-    fn open_for(&self, pid: u32) {
-        fs::write(self.dir.join(format!("open-{pid}")), "").unwrap();
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
-    }
 }
 
 /// A supervisor from a gate's binary, the gate closed and `hups` SIGHUPs sent at once:
@@ -679,19 +523,8 @@ fn an_upgrade_then_a_sigterm_at_once_exits_0() {
 fn an_upgrade_while_an_old_generation_drains_a_large_reply_delivers_it_whole() {
     let sup = Sup::echo(&["--drain-timeout", "60"]);
     let mut s = sup.connect();
-    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
     // Written without reading: the reply piles up in the kernel and the worker's buffer.
-    let mut writer = s.try_clone().unwrap();
-    let payload = data.clone();
-    join_within(
-        "writing the request",
-        thread::spawn(move || writer.write_all(&payload).unwrap()),
-    );
-    let (client, srv) = (s.local_addr().unwrap().port(), sup.addr().port());
-    wait_until("the worker read the whole request", || {
-        tcp_queues(srv, client).is_some_and(|(_, rx)| rx == 0)
-            && tcp_queues(client, srv).is_some_and(|(tx, _)| tx == 0)
-    });
+    let data = large_request_pending(&sup, &s);
     let (wa, _) = sup.reload_leaving_one(2);
     sup.reload(true);
     // With its own generation (from its stats row), not "the serving one minus one".

@@ -11,113 +11,20 @@
 
 mod common;
 
-use std::collections::BTreeSet;
 use std::fs;
-use std::io::{Read, Write};
+use std::io::Read;
 use std::net::TcpStream;
-use std::ops::{Deref, DerefMut};
-use std::os::unix::fs::PermissionsExt;
 use std::os::unix::process::CommandExt;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::thread;
 use std::time::Duration;
 
+use common::supervised::{large_request_pending, Gate, Pids, Sup, ECHO};
 use common::{round_trip, IO_TIMEOUT};
 use duo_sys::socket2::{Domain, Socket, Type};
-use duo_testkit::{
-    children, is_running, join_within, run_within, send_signal, tcp_queues, wait_until,
-    ChildServer, LIMIT,
-};
-
-const ECHO: &str = env!("CARGO_BIN_EXE_echo");
-
-type Pids = BTreeSet<u32>;
-
-/// The number right after `key` in `line`.
-fn number_after(line: &str, key: &str) -> Option<u32> {
-    let rest = line.split(key).nth(1)?;
-    rest.split(|c: char| !c.is_ascii_digit())
-        .next()?
-        .parse()
-        .ok()
-}
-
-/// Every worker the log says was started (by any image of the supervisor).
-fn spawned(log: &str) -> Pids {
-    log.lines()
-        .filter_map(|l| number_after(l, "started worker "))
-        .collect()
-}
-
-/// A supervisor under test. Dropped (a failing test too), it is SIGKILLed and reaped, then
-/// every worker its log names that still runs is SIGKILLed by PID.
-struct Sup(ChildServer);
-
-impl Deref for Sup {
-    type Target = ChildServer;
-    fn deref(&self) -> &ChildServer {
-        &self.0
-    }
-}
-
-impl DerefMut for Sup {
-    fn deref_mut(&mut self) -> &mut ChildServer {
-        &mut self.0
-    }
-}
-
-impl Drop for Sup {
-    fn drop(&mut self) {
-        self.0.kill();
-        for pid in spawned(&self.0.stderr()) {
-            if is_running(pid) {
-                let _ = send_signal(pid, "KILL");
-            }
-        }
-    }
-}
+use duo_testkit::{run_within, send_signal, wait_until, LIMIT};
 
 impl Sup {
-    /// `exe serve --processes N --io-threads 1 EXTRA..` on a free port, once its first
-    /// workers are all children.
-    fn start(exe: &Path, processes: usize, extra: &[&str]) -> Sup {
-        Sup::start_with(exe, processes, extra, |_| {})
-    }
-
-    /// As [`start`](Self::start), with `adjust` applied to the command first.
-    fn start_with(
-        exe: &Path,
-        processes: usize,
-        extra: &[&str],
-        adjust: impl FnOnce(&mut Command),
-    ) -> Sup {
-        let mut cmd = Command::new(exe);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--io-threads", "1"])
-            .args(["--processes", &processes.to_string()])
-            .args(extra)
-            .env("RUST_LOG", "info");
-        adjust(&mut cmd);
-        let sup = Sup(ChildServer::start(cmd));
-        wait_until("the first workers", || sup.workers().len() == processes);
-        sup
-    }
-
-    fn workers(&self) -> Pids {
-        children(self.pid())
-    }
-
-    fn log_has(&self, needle: &str) {
-        self.wait_for_stderr(needle, LIMIT);
-    }
-
-    fn connect(&self) -> TcpStream {
-        let s = TcpStream::connect_timeout(&self.addr(), Duration::from_secs(5)).expect("connect");
-        s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
-        s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
-        s
-    }
-
     /// As [`connect`](Self::connect), with a 4 KiB receive buffer (set before the
     /// connect, so the kernel does not grow it): a reply the client does not read then
     /// stays mostly in the worker's output buffer, not in the kernel's queues (a killed
@@ -132,93 +39,6 @@ impl Sup {
         s.set_read_timeout(Some(IO_TIMEOUT)).unwrap();
         s.set_write_timeout(Some(IO_TIMEOUT)).unwrap();
         s
-    }
-
-    /// Waits for the exit (a stop is under way), checks status 0 and that every worker it
-    /// started is gone (exited and reaped); the whole log.
-    fn exited_0(&mut self) -> String {
-        let status = self.wait_exit(LIMIT);
-        let log = self.stderr_to_end(LIMIT);
-        assert_eq!(status.code(), Some(0), "stderr:\n{log}");
-        assert!(log.contains("all workers have exited"), "{log}");
-        for pid in spawned(&log) {
-            assert!(
-                !is_running(pid),
-                "worker {pid} outlived the supervisor:\n{log}"
-            );
-        }
-        log
-    }
-}
-
-/// A directory with `echo` (what the supervisor runs, and its workers: a hard link of the
-/// real binary until [`close`](Gate::close)) and `echo-real`. Once closed, `echo` is a
-/// script under which a new worker exits with status 7 if the file `fail` exists, else
-/// waits until the file `open` (or `open-PID`) exists; anything else (the supervisor
-/// re-executing itself) runs `echo-real` at once.
-struct Gate {
-    dir: PathBuf,
-}
-
-impl Gate {
-    fn new(name: &str) -> Gate {
-        let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
-            .join(format!("supervisor_states-{}-{name}", std::process::id()));
-        let _ = fs::remove_dir_all(&dir);
-        fs::create_dir_all(&dir).unwrap();
-        for name in ["echo", "echo-real"] {
-            // A hard link is never open for writing, so no `exec` of it meets ETXTBSY.
-            if fs::hard_link(ECHO, dir.join(name)).is_err() {
-                fs::copy(ECHO, dir.join(name)).unwrap();
-            }
-        }
-        let d = dir.display();
-        let script = format!(
-            "#!/bin/sh\nif [ -n \"$DUO_WORKER\" ]; then\n  \
-             if [ -e '{d}/fail' ]; then exit 7; fi\n  \
-             while [ ! -e '{d}/open' ] && [ ! -e '{d}/open-'$$ ]; do sleep 0.02; done\nfi\n\
-             exec '{d}/echo-real' \"$@\"\n"
-        );
-        // Written now, put in place much later (by `rename`): no descriptor open for
-        // writing is left anywhere by then.
-        fs::write(dir.join("gate.sh"), script).unwrap();
-        fs::set_permissions(dir.join("gate.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        Gate { dir }
-    }
-
-    fn exe(&self) -> PathBuf {
-        self.dir.join("echo")
-    }
-
-    /// From now on, a new worker waits at the gate (or fails, see [`fail`](Gate::fail)).
-    fn close(&self) {
-        fs::rename(self.dir.join("gate.sh"), self.exe()).unwrap();
-    }
-
-    /// Every worker waiting (and every later one) goes on.
-    fn open(&self) {
-        fs::write(self.dir.join("open"), "").unwrap();
-    }
-
-    /// Worker `pid` goes on.
-    fn open_for(&self, pid: u32) {
-        fs::write(self.dir.join(format!("open-{pid}")), "").unwrap();
-    }
-
-    /// Every new worker exits at once (status 7) at the closed gate.
-    fn fail(&self, on: bool) {
-        let path = self.dir.join("fail");
-        if on {
-            fs::write(path, "").unwrap();
-        } else {
-            fs::remove_file(path).unwrap();
-        }
-    }
-}
-
-impl Drop for Gate {
-    fn drop(&mut self) {
-        let _ = fs::remove_dir_all(&self.dir);
     }
 }
 
@@ -252,24 +72,6 @@ fn owner(sup: &Sup, s: &TcpStream, pids: &Pids) -> Option<u32> {
     let (client, server) = (s.local_addr().unwrap().port(), sup.addr().port());
     let inode = server_side_inode(server, client)?;
     pids.iter().copied().find(|pid| holds_socket(*pid, inode))
-}
-
-/// A 3 MiB request written on `s` without reading; returns once the server has read all
-/// of it, so that its whole reply is pending (in the kernel and the worker's buffer).
-fn large_request_pending(sup: &Sup, s: &TcpStream) -> Vec<u8> {
-    let data: Vec<u8> = (0..3u32 << 20).map(|i| (i % 251) as u8).collect();
-    let mut writer = s.try_clone().unwrap();
-    let payload = data.clone();
-    join_within(
-        "writing the request",
-        thread::spawn(move || writer.write_all(&payload).unwrap()),
-    );
-    let (client, srv) = (s.local_addr().unwrap().port(), sup.addr().port());
-    wait_until("the worker read the whole request", || {
-        tcp_queues(srv, client).is_some_and(|(_, rx)| rx == 0)
-            && tcp_queues(client, srv).is_some_and(|(tx, _)| tx == 0)
-    });
-    data
 }
 
 /// Everything `s` yields until EOF, and the error that ended it early, if any.

@@ -19,7 +19,7 @@ use duo_http::{Response, StatusCode};
 use duo_net::tls::{self, rustls};
 use duo_testkit::{join_within, wait_until, TestCerts, LIMIT};
 use util::deferred::{answer_held, deferred_builder, BIG};
-use util::{get, start, LoopServer};
+use util::{get, start, Client, LoopServer};
 
 type TlsStream = rustls::StreamOwned<rustls::ClientConnection, TcpStream>;
 
@@ -54,105 +54,8 @@ fn tls_connect(addr: SocketAddr, client: &Arc<rustls::ClientConfig>) -> TlsStrea
     s
 }
 
-/// A response read off a stream.
-#[derive(Debug)]
-struct Reply {
-    status: u16,
-    headers: Vec<(String, String)>,
-    body: Vec<u8>,
-}
-
-impl Reply {
-    fn header(&self, name: &str) -> Option<&str> {
-        self.headers
-            .iter()
-            .find(|(n, _)| n.eq_ignore_ascii_case(name))
-            .map(|(_, v)| v.as_str())
-    }
-    fn text(&self) -> String {
-        String::from_utf8_lossy(&self.body).into_owned()
-    }
-}
-
-/// Reads responses from any stream; what it read beyond the last response stays buffered.
-struct Rd<S> {
-    s: S,
-    buf: Vec<u8>,
-}
-
-impl<S: Read + Write> Rd<S> {
-    fn new(s: S) -> Self {
-        Rd { s, buf: Vec::new() }
-    }
-    fn send(&mut self, b: &[u8]) {
-        self.s.write_all(b).expect("write");
-        self.s.flush().expect("flush");
-    }
-    fn fill(&mut self) -> std::io::Result<usize> {
-        let mut chunk = [0u8; 16 << 10];
-        let n = self.s.read(&mut chunk)?;
-        self.buf.extend_from_slice(&chunk[..n]);
-        Ok(n)
-    }
-    fn reply(&mut self) -> Reply {
-        loop {
-            let mut fields = [httparse::EMPTY_HEADER; 32];
-            let mut resp = httparse::Response::new(&mut fields);
-            match resp.parse(&self.buf).expect("a well-formed response") {
-                httparse::Status::Complete(head_len) => {
-                    let status = resp.code.unwrap();
-                    let headers: Vec<(String, String)> = resp
-                        .headers
-                        .iter()
-                        .map(|h| {
-                            (
-                                h.name.to_owned(),
-                                String::from_utf8_lossy(h.value).into_owned(),
-                            )
-                        })
-                        .collect();
-                    let len = headers
-                        .iter()
-                        .find(|(n, _)| n.eq_ignore_ascii_case("content-length"))
-                        .map_or(0, |(_, v)| v.parse::<usize>().unwrap());
-                    while self.buf.len() < head_len + len {
-                        let n = self.fill().expect("read a body");
-                        assert!(n > 0, "EOF inside a body");
-                    }
-                    let body = self.buf[head_len..head_len + len].to_vec();
-                    self.buf.drain(..head_len + len);
-                    return Reply {
-                        status,
-                        headers,
-                        body,
-                    };
-                }
-                httparse::Status::Partial => {
-                    let n = self.fill().expect("read a head");
-                    assert!(
-                        n > 0,
-                        "EOF before a head: {:?}",
-                        String::from_utf8_lossy(&self.buf)
-                    );
-                }
-            }
-        }
-    }
-    /// What comes until EOF: Ok(bytes) on a clean end.
-    fn rest(&mut self) -> Result<Vec<u8>, (Vec<u8>, std::io::Error)> {
-        loop {
-            match self.fill() {
-                Ok(0) => return Ok(std::mem::take(&mut self.buf)),
-                Ok(_) => {}
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err((std::mem::take(&mut self.buf), e)),
-            }
-        }
-    }
-}
-
-fn tls_rd(addr: SocketAddr, p: &Pki) -> Rd<TlsStream> {
-    Rd::new(tls_connect(addr, &p.client))
+fn tls_rd(addr: SocketAddr, p: &Pki) -> Client<TlsStream> {
+    Client::over(tls_connect(addr, &p.client))
 }
 
 /// HTTPS: deferred answers pipelined with immediate ones keep their order.
@@ -170,9 +73,9 @@ fn tls_pipelined_deferred_answers_keep_order() {
     }
     c.send(req.as_bytes());
     for i in 0..20 {
-        assert_eq!(c.reply().text(), format!("a{i}"));
-        assert_eq!(c.reply().text(), "hello");
-        assert_eq!(c.reply().text(), format!("n{i}"));
+        assert_eq!(c.read_reply(false).text(), format!("a{i}"));
+        assert_eq!(c.read_reply(false).text(), "hello");
+        assert_eq!(c.read_reply(false).text(), format!("n{i}"));
     }
 }
 
@@ -187,7 +90,7 @@ fn tls_slow_reader_of_big_responses() {
             .linger(Duration::from_millis(200)),
     );
     let mut c = tls_rd(server.local_addr(), &p);
-    c.s.sock.set_nodelay(true).unwrap();
+    c.stream.sock.set_nodelay(true).unwrap();
     c.send(get("/dbig?x").as_bytes());
     c.send(get("/big?y").as_bytes());
     c.send(b"GET /dbig?z HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
@@ -197,7 +100,7 @@ fn tls_slow_reader_of_big_responses() {
     let started = Instant::now();
     loop {
         assert!(started.elapsed() < LIMIT * 3, "too slow");
-        match c.s.read(&mut chunk) {
+        match c.stream.read(&mut chunk) {
             Ok(0) => break,
             Ok(n) => got.extend_from_slice(&chunk[..n]),
             Err(e) => panic!("after {} bytes: {e}", got.len()),
@@ -241,16 +144,16 @@ fn tls_expect_continue() {
     let server = start(b.tls(p.server.clone()));
     let mut c = tls_rd(server.local_addr(), &p);
     c.send(b"POST /decho HTTP/1.1\r\nHost: t\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n");
-    let r = c.reply();
+    let r = c.read_reply(false);
     assert_eq!(r.status, 100);
     c.send(b"hello");
-    let r = c.reply();
-    assert_eq!((r.status, r.text().as_str()), (200, "hello"));
+    let r = c.read_reply(false);
+    assert_eq!((r.status, r.text()), (200, "hello"));
     c.send(b"POST /echo HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n");
-    assert_eq!(c.reply().status, 100);
+    assert_eq!(c.read_reply(false).status, 100);
     c.send(b"3\r\nabc\r\n0\r\n\r\n");
-    let r = c.reply();
-    assert_eq!((r.status, r.text().as_str()), (200, "abc"));
+    let r = c.read_reply(false);
+    assert_eq!((r.status, r.text()), (200, "abc"));
 }
 
 /// Graceful shutdown over TLS: a connection in each phase.
@@ -271,7 +174,7 @@ fn tls_graceful_shutdown_in_each_phase() {
     // Idle.
     let mut idle = tls_rd(server.addr, &p);
     idle.send(get("/hello").as_bytes());
-    assert_eq!(idle.reply().text(), "hello");
+    assert_eq!(idle.read_reply(false).text(), "hello");
     // Blocked behind big responses it does not read.
     let mut blocked = tls_rd(server.addr, &p);
     let mut pipe = String::new();
@@ -286,29 +189,20 @@ fn tls_graceful_shutdown_in_each_phase() {
     assert_eq!(idle.rest().expect("clean EOF"), b"");
     // Finish the others.
     body.send(b"2\r\nde\r\n0\r\n\r\n");
-    let r = body.reply();
-    assert_eq!(
-        (r.text().as_str(), r.header("connection")),
-        ("abcde", Some("close"))
-    );
+    let r = body.read_reply(false);
+    assert_eq!((r.text(), r.header("connection")), ("abcde", Some("close")));
     assert_eq!(body.rest().expect("clean EOF"), b"");
     head.send(b"st: t\r\n\r\n");
-    let r = head.reply();
-    assert_eq!(
-        (r.text().as_str(), r.header("connection")),
-        ("hello", Some("close"))
-    );
+    let r = head.read_reply(false);
+    assert_eq!((r.text(), r.header("connection")), ("hello", Some("close")));
     assert_eq!(head.rest().expect("clean EOF"), b"");
     answer_held(&held, 1);
-    let r = waiting.reply();
-    assert_eq!(
-        (r.text().as_str(), r.header("connection")),
-        ("w", Some("close"))
-    );
+    let r = waiting.read_reply(false);
+    assert_eq!((r.text(), r.header("connection")), ("w", Some("close")));
     assert_eq!(waiting.rest().expect("clean EOF"), b"");
     let mut n = 0;
     loop {
-        let r = blocked.reply();
+        let r = blocked.read_reply(false);
         n += 1;
         assert_eq!(r.body.len(), BIG);
         if r.header("connection") == Some("close") {
@@ -332,9 +226,9 @@ fn tls_abort_on_client_close_sees_the_client_leave() {
     c.send(get("/held?x").as_bytes());
     wait_until("held", || held.lock().unwrap().len() == 1);
     assert!(held.lock().unwrap()[0].1.is_connected());
-    c.s.conn.send_close_notify();
-    c.s.conn.complete_io(&mut c.s.sock).unwrap();
-    c.s.sock.shutdown(Shutdown::Write).unwrap();
+    c.stream.conn.send_close_notify();
+    c.stream.conn.complete_io(&mut c.stream.sock).unwrap();
+    c.stream.sock.shutdown(Shutdown::Write).unwrap();
     wait_until("the responder sees the client gone", || {
         !held.lock().unwrap()[0].1.is_connected()
     });
@@ -350,7 +244,7 @@ fn io_threads_deferred_from_many_threads() {
     let clients: Vec<_> = (0..16)
         .map(|k| {
             thread::spawn(move || {
-                let mut c = Rd::new({
+                let mut c = Client::over({
                     let s = TcpStream::connect(addr).unwrap();
                     s.set_read_timeout(Some(LIMIT)).unwrap();
                     s
@@ -362,8 +256,8 @@ fn io_threads_deferred_from_many_threads() {
                 }
                 c.send(req.as_bytes());
                 for i in 0..20 {
-                    assert_eq!(c.reply().text(), format!("{k}-{i}"));
-                    assert_eq!(c.reply().text(), format!("L{k}-{i}"));
+                    assert_eq!(c.read_reply(false).text(), format!("{k}-{i}"));
+                    assert_eq!(c.read_reply(false).text(), format!("L{k}-{i}"));
                 }
             })
         })
@@ -529,12 +423,12 @@ fn split(mut bytes: &[u8]) -> (Vec<Resp>, usize) {
     }
 }
 
-/// HTTPS: a client pipelines big uploads without reading; the server blocks on its
-/// output (reading stops with plaintext held in rustls), then the client reads: every
-/// answer, in order.
-#[test]
-fn tls_blocked_pipeline_of_uploads() {
-    let p = pki("https-upl");
+/// HTTPS: a client pipelines big uploads (a third to a deferred route) without reading;
+/// the server blocks on its output (reading stops with plaintext held in rustls), then
+/// the client reads, and with `end` also ends its side (`close_notify` and FIN) once all
+/// is sent: every answer, in order.
+fn blocked_pipeline_of_uploads(label: &str, end: bool) {
+    let p = pki(label);
     let (b, _held, _hits) = deferred_builder();
     let server = start(b.tls(p.server.clone()).max_pending_output(1024));
     const N: usize = 24;
@@ -569,9 +463,18 @@ fn tls_blocked_pipeline_of_uploads() {
             thread::sleep(Duration::from_millis(1));
         }
     }
+    let mut ended = !end;
     while Instant::now() < deadline {
         c.step(true);
-        if split(&c.got).0.len() == N {
+        if !ended && c.sent == c.out.len() && !c.conn.wants_write() {
+            ended = true;
+            c.conn.send_close_notify();
+            while c.conn.wants_write() {
+                c.step(true);
+            }
+            c.sock.shutdown(Shutdown::Write).unwrap();
+        }
+        if c.eof || (!end && split(&c.got).0.len() == N) {
             break;
         }
     }
@@ -593,72 +496,13 @@ fn tls_blocked_pipeline_of_uploads() {
 }
 
 #[test]
+fn tls_blocked_pipeline_of_uploads() {
+    blocked_pipeline_of_uploads("https-upl", false);
+}
+
+#[test]
 fn tls_blocked_pipeline_of_uploads_then_close_notify_and_fin() {
-    let p = pki("https-upl2");
-    let (b, _held, _hits) = deferred_builder();
-    let server = start(b.tls(p.server.clone()).max_pending_output(1024));
-    const N: usize = 24;
-    const SZ: usize = 200 << 10;
-    let mut out = Vec::new();
-    for i in 0..N {
-        let route = if i % 3 == 1 { "/decho" } else { "/echo" };
-        out.extend_from_slice(
-            format!("POST {route} HTTP/1.1\r\nHost: t\r\nContent-Length: {SZ}\r\n\r\n").as_bytes(),
-        );
-        out.extend(std::iter::repeat_n(b'a' + i as u8, SZ));
-    }
-    let mut c = Pump::new(server.local_addr(), &p.client, out);
-    let deadline = Instant::now() + LIMIT;
-    // Not reading until the server has output queued and our writing stalls.
-    wait_until("output queued", || {
-        c.step(false);
-        server
-            .stats()
-            .per_loop
-            .iter()
-            .map(|l| l.output_queued)
-            .sum::<u64>()
-            > 0
-    });
-    let mut idle = 0;
-    while idle < 1000 && c.sent < c.out.len() {
-        if c.step(false) {
-            idle = 0;
-        } else {
-            idle += 1;
-            thread::sleep(Duration::from_millis(1));
-        }
-    }
-    let mut ended = false;
-    while Instant::now() < deadline {
-        c.step(true);
-        if !ended && c.sent == c.out.len() && !c.conn.wants_write() {
-            ended = true;
-            c.conn.send_close_notify();
-            while c.conn.wants_write() {
-                c.step(true);
-            }
-            c.sock.shutdown(Shutdown::Write).unwrap();
-        }
-        if c.eof {
-            break;
-        }
-    }
-    let (rs, tail) = split(&c.got);
-    assert_eq!(
-        (rs.len(), tail),
-        (N, 0),
-        "sent {} of {}",
-        c.sent,
-        c.out.len()
-    );
-    for (i, (status, _, body)) in rs.iter().enumerate() {
-        assert_eq!(*status, 200);
-        assert!(
-            body.len() == SZ && body.iter().all(|&x| x == b'a' + i as u8),
-            "{i}"
-        );
-    }
+    blocked_pipeline_of_uploads("https-upl2", true);
 }
 
 /// A graceful shutdown with stuck connections in every phase ends by its deadline.
@@ -750,7 +594,7 @@ fn tls_io_threads_shutdown_mid_pipelines() {
                     }
                 }
                 c.send(req.as_bytes());
-                let r = c.reply();
+                let r = c.read_reply(false);
                 assert_eq!(r.text(), want[0]);
                 first.fetch_add(1, Ordering::SeqCst);
                 let rest = c.rest();
@@ -801,10 +645,10 @@ fn tls_half_close_after_a_deferred_pipeline() {
             let server = start(b.tls(p.server.clone()).abort_on_client_close(abort));
             let mut c = tls_rd(server.local_addr(), &p);
             c.send(format!("{}{}{}", get("/held?a"), get("/hello"), get("/later?b")).as_bytes());
-            c.s.conn.send_close_notify();
-            c.s.conn.complete_io(&mut c.s.sock).unwrap();
+            c.stream.conn.send_close_notify();
+            c.stream.conn.complete_io(&mut c.stream.sock).unwrap();
             if fin {
-                c.s.sock.shutdown(Shutdown::Write).unwrap();
+                c.stream.sock.shutdown(Shutdown::Write).unwrap();
             }
             wait_until("held", || held.lock().unwrap().len() == 1);
             if abort && fin {
@@ -892,15 +736,15 @@ fn tls_max_connections_frees_places() {
     wait_until("none open", || server.stats().active == 0);
     let mut a = tls_rd(server.local_addr(), &p);
     a.send(get("/later?a").as_bytes());
-    assert_eq!(a.reply().text(), "a");
+    assert_eq!(a.read_reply(false).text(), "a");
     let mut b2 = tls_rd(server.local_addr(), &p);
     b2.send(get("/hello").as_bytes());
-    assert_eq!(b2.reply().text(), "hello");
+    assert_eq!(b2.read_reply(false).text(), "hello");
     drop(a);
     wait_until("one open", || server.stats().active == 1);
     let mut d = tls_rd(server.local_addr(), &p);
     d.send(get("/later?d").as_bytes());
-    assert_eq!(d.reply().text(), "d");
+    assert_eq!(d.read_reply(false).text(), "d");
 }
 
 /// A reset while a deferred request waits, over TLS on I/O threads, without
@@ -918,7 +762,7 @@ fn tls_reset_while_waiting_is_seen() {
     }
     wait_until("held", || held.lock().unwrap().len() == 4);
     for c in cs {
-        socket2::SockRef::from(&c.s.sock)
+        socket2::SockRef::from(&c.stream.sock)
             .set_linger(Some(Duration::ZERO))
             .unwrap();
         drop(c);

@@ -9,6 +9,8 @@ use std::time::Duration;
 
 use duo_testkit::ChildServer;
 
+pub(crate) mod supervised;
+
 /// Any single socket operation.
 pub(crate) const IO_TIMEOUT: Duration = Duration::from_secs(20);
 

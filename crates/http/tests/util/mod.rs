@@ -64,9 +64,10 @@ impl Reply {
     }
 }
 
-/// A client connection: what it read beyond the last response stays buffered.
-pub struct Client {
-    pub stream: TcpStream,
+/// A client connection, over TCP or another stream (TLS): what it read beyond the last
+/// response stays buffered.
+pub struct Client<S = TcpStream> {
+    pub stream: S,
     buf: Vec<u8>,
 }
 
@@ -74,6 +75,13 @@ impl Client {
     pub fn connect(addr: SocketAddr) -> Client {
         let stream = TcpStream::connect(addr).expect("connect");
         stream.set_read_timeout(Some(LIMIT)).unwrap();
+        Client::over(stream)
+    }
+}
+
+impl<S: Read + Write> Client<S> {
+    /// A client over `stream` (whose reads have a deadline already).
+    pub fn over(stream: S) -> Client<S> {
         Client {
             stream,
             buf: Vec::new(),
@@ -82,6 +90,7 @@ impl Client {
 
     pub fn send(&mut self, bytes: &[u8]) {
         self.stream.write_all(bytes).expect("write a request");
+        self.stream.flush().expect("flush a request");
     }
 
     /// Sends `GET path` (HTTP/1.1, with Host) and reads the response.
@@ -154,6 +163,20 @@ impl Client {
                 Ok(n) => panic!("bytes instead of EOF: {:?}", &chunk[..n]),
                 Err(e) if e.kind() == ErrorKind::Interrupted => {}
                 Err(e) => panic!("no EOF: {e}"),
+            }
+        }
+    }
+
+    /// Everything until the end of stream: `Ok` on a clean end, else what came and the
+    /// error that ended it.
+    pub fn rest(&mut self) -> Result<Vec<u8>, (Vec<u8>, std::io::Error)> {
+        let mut chunk = [0u8; 16 << 10];
+        loop {
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return Ok(std::mem::take(&mut self.buf)),
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if e.kind() == ErrorKind::Interrupted => {}
+                Err(e) => return Err((std::mem::take(&mut self.buf), e)),
             }
         }
     }
