@@ -364,12 +364,11 @@ fn run(
         .on_message(on_message)
         .on_write_complete({
             // The replies were written: start the commands held back by `OUTPUT_HIGH`. A
-            // client that took them while commands of its wait is not idle (the server
-            // may not be reading what it sends meanwhile: `QUEUE_HIGH`).
+            // client that took them while the server is not reading from it (`QUEUE_HIGH`:
+            // commands of its wait) is not idle.
             let app = app.clone();
             move |ctx| {
-                let conn = ctx.connection().clone();
-                if conn.with_context(|s: &mut Session| !s.queue.is_empty()) == Ok(true) {
+                if ctx.is_reading_paused() {
                     ctx.refresh_idle();
                 }
                 pump(ctx, &app)
@@ -753,11 +752,14 @@ fn write_replies(metrics: &BankMetrics, results: WriteResults) -> Completion {
 
 /// On the loop: a job of this connection finished.
 fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
-    // A command of this connection was answered: it is not idle, even while the server
-    // is not reading from it (`QUEUE_HIGH`) and cannot see what it sends meanwhile. (A
-    // peer that never reads its replies stops this too: `pump` starts no job past
+    // A command of this connection was answered while the server is not reading from it
+    // (`QUEUE_HIGH`) and cannot see what it sends meanwhile: it is not idle. (While
+    // reading, the commands read refresh the timer; no wheel work per job then. A peer
+    // that never reads its replies stops this too: `pump` starts no job past
     // `OUTPUT_HIGH`, so it is still evicted.)
-    ctx.refresh_idle();
+    if ctx.is_reading_paused() {
+        ctx.refresh_idle();
+    }
     let conn = ctx.connection().clone();
     let close = conn
         .with_context(|s: &mut Session| {
