@@ -67,8 +67,9 @@ pub(crate) struct NetLoop {
     idle: HashMap<u64, IdleWheel>,
     /// The buffer-trim timer, if a server on this loop trims.
     trim: Option<TrimTimer>,
-    /// The iteration the visit budget counts for (the time its poll returned), and what is
-    /// left of it.
+    /// The iteration the visit budget counts for ([`EventLoop::iteration`]: not its poll
+    /// time, which two iterations may share on a coarse clock, the second then finding
+    /// the budget spent and visiting nothing), and what is left of it.
     visits: Option<(u64, usize)>,
 }
 
@@ -115,11 +116,11 @@ impl NetLoop {
     /// Takes up to `want` of this iteration's visit budget; 0 once it is spent (the visit
     /// then waits for the next iteration).
     pub(crate) fn take_visits(lp: &mut EventLoop, want: usize) -> usize {
-        let now = lp.poll_time_nanos();
+        let iteration = lp.iteration();
         NetLoop::with(lp, |_, n| {
             let left = match &mut n.visits {
-                Some((at, left)) if *at == now => left,
-                other => &mut other.insert((now, VISITS_PER_ITERATION)).1,
+                Some((at, left)) if *at == iteration => left,
+                other => &mut other.insert((iteration, VISITS_PER_ITERATION)).1,
             };
             let take = want.min(*left);
             *left -= take;

@@ -25,6 +25,7 @@ use crate::poller::Poller;
 use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId, TimerQueue};
 
+mod clock;
 mod group;
 mod locals;
 mod queued;
@@ -181,6 +182,8 @@ pub struct EventLoop {
     /// When the current iteration's poll returned, on the [`duo_sys::monotonic_nanos`]
     /// clock (read once per iteration, by the health tracker).
     poll_nanos: u64,
+    /// The current iteration's number (see [`EventLoop::iteration`]).
+    iteration: u64,
     /// I/O events dispatched in this iteration; with the next two, loop-confined counters
     /// published to `shared.metrics` once per iteration.
     iteration_events: u64,
@@ -251,6 +254,7 @@ impl EventLoop {
             took_quitting: false,
             running_local: Vec::new(),
             poll_nanos: duo_sys::monotonic_nanos(),
+            iteration: 0,
             iteration_events: 0,
             iteration_tasks: 0,
             iteration_timers: 0,
@@ -259,31 +263,6 @@ impl EventLoop {
             had_events: false,
             owner_thread: None,
         })
-    }
-
-    /// When the current iteration's `epoll_wait` returned: a clock read once per iteration
-    /// and shared by every event it dispatches (muduo's `pollReturnTime`). Callbacks that
-    /// stamp activity use it instead of reading the clock per event; it lags the true time
-    /// by at most the time the iteration has run so far.
-    ///
-    /// The same value for every call within an iteration. The loop keeps this moment as
-    /// [`poll_time_nanos`](EventLoop::poll_time_nanos) and converts it
-    /// ([`duo_sys::instant_of_nanos`], no clock read).
-    pub fn poll_time(&self) -> Instant {
-        duo_sys::instant_of_nanos(self.poll_nanos)
-    }
-
-    /// [`poll_time`](EventLoop::poll_time) on the clock of [`duo_sys::monotonic_nanos`]
-    /// (`CLOCK_MONOTONIC`, the clock `Instant` reads on Linux): free to read, and a plain
-    /// number to store in an atomic or subtract.
-    ///
-    /// ```
-    /// let lp = duo_reactor::EventLoop::new()?;
-    /// assert!(lp.poll_time_nanos() <= duo_sys::monotonic_nanos());
-    /// # Ok::<(), duo_reactor::LoopError>(())
-    /// ```
-    pub fn poll_time_nanos(&self) -> u64 {
-        self.poll_nanos
     }
 
     /// A handle for other threads (and for storing in `Send` callbacks).
@@ -320,6 +299,7 @@ impl EventLoop {
         // Time outside `run` is nobody's; busy from here (for `/healthz`), as after a poll:
         // the functions queued on this thread before `run` (they did not wake us) run now.
         self.health.busy_now(&self.shared.metrics.health);
+        self.iteration = self.iteration.wrapping_add(1);
         self.run_queued();
         self.health.idle(&self.shared.metrics.health);
         let result = loop {
@@ -356,6 +336,7 @@ impl EventLoop {
         };
         self.had_events = n > 0;
         self.poll_nanos = self.health.polled(&self.shared.metrics.health);
+        self.iteration = self.iteration.wrapping_add(1);
         MetricCounters::add(&self.shared.metrics.iterations, 1);
         for i in 0..n {
             let Some((data, ready)) = self.poller.event(i) else {

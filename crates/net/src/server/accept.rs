@@ -49,7 +49,8 @@ pub(crate) enum Admission {
 pub enum WhenFull {
     /// Accept each extra connection and close it at once (counted as rejected): the peer
     /// learns at once that there is no room. The right policy for a server alone on its
-    /// listening socket.
+    /// listening socket. Exact however many loops accept: the check for room and the
+    /// count of the new connection are one atomic step.
     #[default]
     Reject,
     /// Stop accepting until a connection closes: extra connections wait in the kernel's
@@ -149,6 +150,27 @@ pub(crate) fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<Socket
 /// The acceptor keeps one spare descriptor (`/dev/null`); on exhaustion it closes the spare,
 /// accepts the connection, closes it (the peer sees an orderly close instead of hanging),
 /// and reopens the spare. If even that fails, it stops listening for a short pause.
+///
+/// # Two reasons not to accept
+///
+/// An acceptor stops accepting for either of two reasons, each with its own way back: the
+/// server is full ([`WhenFull::Pause`]; the close that makes room resumes it) or an accept
+/// failed (the retry timer resumes it after [`ACCEPT_PAUSE`]). It reads again only once
+/// neither holds: a retry coming due while the server is full leaves it paused (it would
+/// take a connection over the maximum), and room made during a retry pause waits for the
+/// retry (else a persistent error would be retried at every close).
+pub(crate) struct Acceptor {
+    spare: Option<File>,
+    on_new: NewConnection,
+    /// Called once per exhaustion event or other accept error (for counting).
+    on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
+    local: Endpoint,
+    /// Paused because the server is full, until a close makes room.
+    full: bool,
+    /// Paused after an accept error, until the retry timer comes due.
+    retrying: bool,
+}
+
 /// What went wrong with an `accept`, for the server's counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum AcceptTrouble {
@@ -156,14 +178,6 @@ pub(crate) enum AcceptTrouble {
     FdExhausted,
     /// Any other error (the acceptor pauses briefly).
     Error,
-}
-
-pub(crate) struct Acceptor {
-    spare: Option<File>,
-    on_new: NewConnection,
-    /// Called once per exhaustion event or other accept error (for counting).
-    on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
-    local: Endpoint,
 }
 
 impl Acceptor {
@@ -177,7 +191,39 @@ impl Acceptor {
             on_new,
             on_trouble,
             local,
+            full: false,
+            retrying: false,
         }
+    }
+
+    /// Stops accepting because the server is full, until [`resume_full`](Self::resume_full).
+    pub(super) fn pause_full(&mut self, ch: &mut Channel) {
+        self.full = true;
+        ch.disable_reading();
+    }
+
+    /// Room again: accepts once no retry pause holds it either.
+    pub(super) fn resume_full(&mut self, ch: &mut Channel) {
+        self.full = false;
+        if !self.retrying {
+            ch.enable_reading();
+        }
+    }
+
+    /// Stops accepting for [`ACCEPT_PAUSE`] so that a persistent error cannot spin the
+    /// loop; the retry accepts again unless the server is full meanwhile.
+    fn retry_later(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.retrying = true;
+        ch.disable_reading();
+        let token = ch.token();
+        lp.run_after(ACCEPT_PAUSE, move |lp| {
+            lp.with_handler::<Acceptor, _>(token, |_, ch, acceptor| {
+                acceptor.retrying = false;
+                if !acceptor.full {
+                    ch.enable_reading();
+                }
+            });
+        });
     }
 
     fn exhausted(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
@@ -223,17 +269,8 @@ impl Acceptor {
         (self.on_trouble)(AcceptTrouble::FdExhausted);
         duo_reactor::log_limited!(log::Level::Warn, "accept on {}: {why}; pausing", self.local);
         self.spare = open_spare();
-        pause(lp, ch);
+        self.retry_later(lp, ch);
     }
-}
-
-/// Stops accepting for [`ACCEPT_PAUSE`] so that a persistent error cannot spin the loop.
-fn pause(lp: &mut EventLoop, ch: &mut Channel) {
-    ch.disable_reading();
-    let token = ch.token();
-    lp.run_after(ACCEPT_PAUSE, move |lp| {
-        lp.with_channel(token, |_, ch, _| ch.enable_reading());
-    });
 }
 
 fn open_spare() -> Option<File> {
@@ -261,7 +298,7 @@ impl Handler for Acceptor {
                     };
                     if (self.on_new)(lp, Socket::from(fd), peer) == Admission::Pause {
                         // Full: the close that makes room enables reading again.
-                        ch.disable_reading();
+                        self.pause_full(ch);
                         return;
                     }
                 }
@@ -279,7 +316,7 @@ impl Handler for Acceptor {
                         "accept on {}: {e}; pausing",
                         self.local
                     );
-                    pause(lp, ch);
+                    self.retry_later(lp, ch);
                     return;
                 }
             }
@@ -409,17 +446,21 @@ pub(super) fn new_connection_handler(
     let server_name = Arc::new(shared.name.clone());
     Box::new(move |lp, socket, peer| {
         let c = &shared.counters;
-        let active = c.active.load(Ordering::Relaxed);
-        if max_connections.is_some_and(|max| active >= max as u64) {
-            if when_full == WhenFull::Pause {
-                // Raced with another loop to the last place: serve it (one over at most
-                // per loop) rather than drop a connection another process could take.
-                duo_reactor::log_limited!(
-                    log::Level::Debug,
-                    "{}: {peer} accepted over the maximum",
-                    shared.name
-                );
-            } else {
+        // The connection is counted open from here until its close hook runs (also if
+        // registering it fails), by the same atomic step that checks for room: loops
+        // accepting at once cannot both take the last place under `Reject` (a load, then
+        // a later increment, let each admit one over the maximum).
+        let reject = |active: u64| {
+            when_full == WhenFull::Reject && max_connections.is_some_and(|max| active >= max as u64)
+        };
+        let taken = c
+            .active
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |active| {
+                (!reject(active)).then_some(active + 1)
+            });
+        let active = match taken {
+            Ok(before) => before,
+            Err(active) => {
                 AcceptCounters::bump(&c.rejected);
                 duo_reactor::log_limited!(
                     log::Level::Debug,
@@ -428,6 +469,17 @@ pub(super) fn new_connection_handler(
                 );
                 return Admission::Continue;
             }
+        };
+        AcceptCounters::bump(&c.accepted);
+        if max_connections.is_some_and(|max| active >= max as u64) {
+            // `Pause` (`Reject` refused it above): raced with another loop to the last
+            // place; serve it (one over at most per loop) rather than drop a connection
+            // another process could take.
+            duo_reactor::log_limited!(
+                log::Level::Debug,
+                "{}: {peer} accepted over the maximum",
+                shared.name
+            );
         }
         let id = next_id;
         next_id += ids.stride;
@@ -478,9 +530,6 @@ pub(super) fn new_connection_handler(
             credentials,
             target.clone(),
         );
-        AcceptCounters::bump(&c.accepted);
-        // Counted open until its close hook runs (also if registering it fails).
-        c.active.fetch_add(1, Ordering::SeqCst);
 
         if target.is_in_loop_thread() {
             if let Err(e) = LoopConn::establish(lp, socket, handle, owner) {

@@ -62,8 +62,8 @@ use duo_buffer::BufPool;
 use duo_reactor::{EventLoop, EventLoopThreadPool, LoopHandle, Token};
 use parking_lot::Mutex;
 
-use accept::Admission;
 pub use accept::{AcceptMode, WhenFull};
+use accept::{Acceptor, Admission};
 pub use builder::ServerBuilder;
 
 use crate::close_reason::CloseReason;
@@ -162,7 +162,7 @@ fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
     for (h, token) in shared.acceptors.lock().iter() {
         let token = *token;
         let _ = h.queue_in_loop(move |lp| {
-            lp.with_channel(token, |_, ch, _| ch.disable_reading());
+            lp.with_handler::<Acceptor, _>(token, |_, ch, a| a.pause_full(ch));
         });
     }
     shared.accept_paused.store(true, Ordering::SeqCst);
@@ -180,13 +180,14 @@ fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
     Admission::Pause
 }
 
-/// Enables reading on every acceptor again (each on its own loop); a level-triggered
-/// listener then reports the connections that waited.
+/// Resumes every acceptor paused because the server was full (each on its own loop; one
+/// still in the pause after an accept error resumes when its retry comes due); a
+/// level-triggered listener then reports the connections that waited.
 fn resume_accepting(shared: &ServerShared) {
     for (h, token) in shared.acceptors.lock().iter() {
         let token = *token;
         let _ = h.queue_in_loop(move |lp| {
-            lp.with_channel(token, |_, ch, _| ch.enable_reading());
+            lp.with_handler::<Acceptor, _>(token, |_, ch, a| a.resume_full(ch));
         });
     }
 }
