@@ -190,6 +190,11 @@ fn main() -> ExitCode {
     let cli = Cli::parse(); // usage errors exit with status 2
     match cli.command {
         Cmd::Serve(a) => {
+            // Refused only now, to serve: `--help` and `client` work under any environment.
+            let inherited = match inherited {
+                Ok(inherited) => inherited,
+                Err(e) => return fail(USAGE, &e),
+            };
             init_logging();
             // A peer that makes a callback panic gets rate-limited log lines, not a
             // stderr dump (with a backtrace under RUST_BACKTRACE) per event.

@@ -91,10 +91,13 @@
 //!   A worker that dies is restarted (with a growing delay if it keeps dying young).
 //!   SIGHUP reloads: new workers (from the binary on disk) start, and once they are ready
 //!   the old ones drain; SIGUSR2 upgrades: the supervisor executes its binary again (same
-//!   PID) and then reloads. No connection is refused or reset meanwhile.
+//!   PID) and then reloads. No connection is refused or reset meanwhile. Ctrl-Z (SIGTSTP
+//!   to the supervisor) stops the workers and then the supervisor, as a shell's job;
+//!   `fg`/`bg` (SIGCONT) continues them all.
 //! - Socket activation: started by systemd (or `systemd-socket-activate`) with
 //!   `LISTEN_FDS`/`LISTEN_PID`, `echo serve` (with or without `--processes`) serves on the
-//!   inherited socket instead of binding `--listen`; exactly one socket is expected. A
+//!   inherited socket instead of binding `--listen`; exactly one socket is expected (a
+//!   usage error of `serve` only: `--help` and `reload` work all the same). A
 //!   Unix-domain one (`ListenStream=/path`) is served too, by one process (not with
 //!   `--processes`), and its file is left in place at exit.
 //! - `echo reload --pid PID` sends SIGHUP to the echo supervisor `PID` (`--upgrade`:
@@ -301,6 +304,11 @@ fn main() -> ExitCode {
         Some(Command::Serve(args)) => args,
         Some(Command::Reload(args)) => return reload(&args),
         None => cli.serve,
+    };
+    // Refused only now, to serve: `--help` and `reload` work under any environment.
+    let inherited = match inherited {
+        Ok(inherited) => inherited,
+        Err(e) => return fail(USAGE, &e),
     };
     // A peer that makes a callback panic gets rate-limited log lines, not a stderr dump
     // (with a backtrace under RUST_BACKTRACE) per event.

@@ -37,6 +37,11 @@
 //!   the next image with [`Supervisor::carry_across_upgrade`] (a variable) and
 //!   [`Supervisor::carry_fd_across_upgrade`] (a descriptor: the metrics endpoint's
 //!   listening socket, say).
+//! - **`SIGTSTP`/`SIGCONT`: job control.** As a shell does for a job: Ctrl-Z (`SIGTSTP`,
+//!   also `SIGTTIN`/`SIGTTOU`) stops every worker (`SIGSTOP`), then the supervisor; once
+//!   continued (`fg`, `bg`: `SIGCONT`), it continues them. A stopped worker is not taken
+//!   for a dead one, and time stopped does not count towards
+//!   [`SupervisorConfig::ready_timeout`] or [`SupervisorConfig::stop_timeout`].
 //! - **Stats.** Every [`SupervisorConfig::stats_interval`] one log line sums the counters
 //!   the workers publish ([`StatsSlot::publish`]).
 //! - **Metrics.** A worker that serves a metrics endpoint on `127.0.0.1` publishes its

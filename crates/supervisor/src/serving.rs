@@ -17,8 +17,12 @@ pub struct Inherited<L> {
     /// The [worker protocol](crate::protocol) of a supervisor: this process is one of its
     /// workers ([`Worker::inherit`]).
     pub worker: Option<Worker>,
-    /// The listening socket systemd's socket activation passed (`LISTEN_FDS`), if any.
-    pub listener: Option<L>,
+    /// The listening socket systemd's socket activation passed (`LISTEN_FDS`), if any;
+    /// or why what it passed cannot be served (its variables or descriptors are
+    /// malformed, or there are several sockets): a message for the user, who should get
+    /// a usage error when the program is to serve, and only then (`--help` works all the
+    /// same).
+    pub listener: Result<Option<L>, String>,
 }
 
 /// Takes what this process inherited, first thing in `main`, before another thread could
@@ -27,17 +31,21 @@ pub struct Inherited<L> {
 /// socket, `duo_sys::listen_fds_any` for TCP or Unix-domain), of which a server takes
 /// exactly one socket. `program` names the program in the messages.
 ///
+/// What socket activation passed is taken (its variables removed) either way, but a
+/// refusal of it is left in [`Inherited::listener`], for the program to report when it
+/// is about to serve: before the command line is parsed, it would fail `--help` too.
+///
 /// # Errors
 ///
 /// A message for the user, who should get a usage error: the worker protocol's variables
-/// or descriptors are malformed, socket activation's are, or it passed several sockets.
+/// or descriptors are malformed (a supervisor started this process).
 ///
 /// # Example
 ///
 /// ```
 /// // Neither a worker nor socket-activated: nothing inherited.
 /// let inherited = duo_supervisor::inherit_at_start("demo", duo_sys::listen_fds)?;
-/// assert!(inherited.worker.is_none() && inherited.listener.is_none());
+/// assert!(inherited.worker.is_none() && inherited.listener?.is_none());
 /// # Ok::<(), String>(())
 /// ```
 pub fn inherit_at_start<L, E: std::fmt::Display>(
@@ -45,17 +53,15 @@ pub fn inherit_at_start<L, E: std::fmt::Display>(
     listen_fds: impl FnOnce() -> Result<Vec<L>, E>,
 ) -> Result<Inherited<L>, String> {
     let worker = Worker::inherit().map_err(|e| format!("{program} worker: {e}"))?;
-    let mut sockets = listen_fds().map_err(|e| format!("{program}: socket activation: {e}"))?;
-    if sockets.len() > 1 {
-        return Err(format!(
+    let listener = match listen_fds() {
+        Err(e) => Err(format!("{program}: socket activation: {e}")),
+        Ok(sockets) if sockets.len() > 1 => Err(format!(
             "{program}: socket activation passed {} sockets; {program} serves exactly one",
             sockets.len()
-        ));
-    }
-    Ok(Inherited {
-        worker,
-        listener: sockets.pop(),
-    })
+        )),
+        Ok(mut sockets) => Ok(sockets.pop()),
+    };
+    Ok(Inherited { worker, listener })
 }
 
 /// Backlog of a socket from [`bind_listener`]: connections queue there while workers are

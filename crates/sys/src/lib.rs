@@ -66,8 +66,8 @@ pub use process::{
 };
 pub use shm::SharedCounters;
 pub use signalfd::{
-    block_signals, block_termination_signals, ignore_sigpipe, Signal, SignalFd, SignalInfo,
-    TERMINATION_SIGNALS,
+    block_signals, block_termination_signals, ignore_sigpipe, stop_self, Signal, SignalFd,
+    SignalInfo, TERMINATION_SIGNALS,
 };
 pub use socket::{
     accept4, bytes_available, bytes_unacknowledged, is_connect_in_progress, is_fd_exhaustion,
@@ -76,7 +76,7 @@ pub use socket::{
 };
 pub use spawn::{
     dup_at_least, kill_process, pass_fds, pipe, process_exists, reap_any, set_inherit_on_exec,
-    set_parent_death_signal, signal_process, unblock_signals_in_child,
+    set_parent_death_signal, signal_process, stop_process, unblock_signals_in_child,
 };
 pub use timerfd::{instant_of_nanos, monotonic_nanos, TimerFd};
 pub use udp::{recv_from, recv_mmsg, send_mmsg, send_to, MmsgScratch, RecvMeta};

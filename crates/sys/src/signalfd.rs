@@ -39,6 +39,15 @@ impl Signal {
     pub const CHLD: Signal = Signal(libc::SIGCHLD);
     /// `SIGPIPE`: write to a pipe or socket with no reader.
     pub const PIPE: Signal = Signal(libc::SIGPIPE);
+    /// `SIGTSTP`: stop from the keyboard (Ctrl-Z); job control.
+    pub const TSTP: Signal = Signal(libc::SIGTSTP);
+    /// `SIGTTIN`: a background process read from its terminal; job control.
+    pub const TTIN: Signal = Signal(libc::SIGTTIN);
+    /// `SIGTTOU`: a background process wrote to (or configured) its terminal; job control.
+    pub const TTOU: Signal = Signal(libc::SIGTTOU);
+    /// `SIGCONT`: continue a stopped process (`fg`, `bg`). It continues the process
+    /// whether blocked or not; blocked, it is also delivered (to a [`SignalFd`]) afterwards.
+    pub const CONT: Signal = Signal(libc::SIGCONT);
 
     /// A signal from its number, if it is a valid, catchable signal (`SIGKILL` and
     /// `SIGSTOP` cannot be blocked, so they are refused).
@@ -66,6 +75,10 @@ impl std::fmt::Display for Signal {
             libc::SIGUSR2 => "SIGUSR2",
             libc::SIGCHLD => "SIGCHLD",
             libc::SIGPIPE => "SIGPIPE",
+            libc::SIGTSTP => "SIGTSTP",
+            libc::SIGTTIN => "SIGTTIN",
+            libc::SIGTTOU => "SIGTTOU",
+            libc::SIGCONT => "SIGCONT",
             n => return write!(f, "signal {n}"),
         };
         f.write_str(name)
@@ -137,6 +150,51 @@ pub fn ignore_sigpipe() -> io::Result<()> {
         ));
     }
     Ok(())
+}
+
+/// Stops this process as a job-control stop signal's default action does, and returns once
+/// it is continued (`SIGCONT`): the classic way for a program that handles `signal`
+/// itself (here: reads it from a [`SignalFd`], blocked) to stop after doing its part,
+/// say stopping processes of its own first. `signal` gets its default action
+/// (`SIG_DFL`), is unblocked in the calling thread, raised to it, and blocked again.
+///
+/// Only for `SIGTSTP`, `SIGTTIN` and `SIGTTOU` (else `InvalidInput`): unlike `SIGSTOP`,
+/// the kernel discards these for a process group that is orphaned (no process outside it
+/// in its session could ever continue it), and then this returns at once without
+/// stopping. Other threads need not unblock anything: the stop takes the whole process.
+///
+/// # Errors
+///
+/// `signal` is not one of those three, or a system call failed (the signal is left
+/// blocked in the calling thread either way).
+pub fn stop_self(signal: Signal) -> io::Result<()> {
+    if ![libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&signal.0) {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("stop_self: {signal} is not a job-control stop signal"),
+        ));
+    }
+    // SAFETY: installing `SIG_DFL` runs no code in signal context; `signal` is
+    // async-signal-safe and affects only the disposition of this one signal.
+    if unsafe { libc::signal(signal.0, libc::SIG_DFL) } == libc::SIG_ERR {
+        return Err(context("signal(SIG_DFL)")(io::Error::last_os_error()));
+    }
+    let set = sigset(&[signal])?;
+    let mask = |how: libc::c_int, what: &'static str| -> io::Result<()> {
+        // SAFETY: `set` is an initialised `sigset_t`; a null old-set pointer is allowed.
+        let ret = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
+        match ret {
+            0 => Ok(()),
+            // pthread functions return the error number instead of setting errno.
+            e => Err(context(what)(io::Error::from_raw_os_error(e))),
+        }
+    };
+    mask(libc::SIG_UNBLOCK, "pthread_sigmask(SIG_UNBLOCK)")?;
+    // SAFETY: `raise` sends a valid signal number to the calling thread; its default
+    // action (stop) returns here once the process is continued.
+    let raised = cvt(unsafe { libc::raise(signal.0) }).map_err(context("raise"));
+    mask(libc::SIG_BLOCK, "pthread_sigmask(SIG_BLOCK)")?;
+    raised.map(drop)
 }
 
 /// A non-blocking, close-on-exec signalfd that reads the signals it was created for.

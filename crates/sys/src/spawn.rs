@@ -251,6 +251,12 @@ pub fn kill_process(pid: u32) -> io::Result<()> {
     kill(pid, libc::SIGKILL, "kill(SIGKILL)")
 }
 
+/// Sends `SIGSTOP` to the one process `pid`: it stops, whatever it handles or blocks,
+/// until a `SIGCONT` ([`Signal::CONT`]) continues it. Errors as [`signal_process`].
+pub fn stop_process(pid: u32) -> io::Result<()> {
+    kill(pid, libc::SIGSTOP, "kill(SIGSTOP)")
+}
+
 /// Whether process `pid` exists (`kill(pid, 0)`; a zombie still exists until reaped).
 pub fn process_exists(pid: u32) -> bool {
     match kill(pid, 0, "kill(0)") {

@@ -130,13 +130,23 @@ impl Sup {
     }
 }
 
+/// The state letter of process `pid` (`/proc/PID/stat`: "pid (comm) state ..."): `T`
+/// stopped, `S` sleeping, `R` running, `Z` a zombie; `None` if there is no such process.
+pub(crate) fn proc_state(pid: u32) -> Option<char> {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat[stat.rfind(')')? + 1..].trim_start().chars().next()
+}
+
 /// A directory with `echo` (what the supervisor runs, and its workers: a hard link of the
 /// real binary until [`close`](Gate::close)) and `echo-real`. Once closed, `echo` is a
 /// script under which a new worker runs the gate's worker part first (by default: exit
 /// with status 7 if the file `fail` exists, else wait until `open` or `open-PID`
 /// exists); anything else (the supervisor re-executing itself) runs `echo-real` at once.
+/// [`Gate::of_program`] does the same for another supervisor program than `echo`.
 pub(crate) struct Gate {
     dir: PathBuf,
+    /// The file name of the program (`echo`).
+    name: String,
 }
 
 impl Gate {
@@ -153,26 +163,42 @@ impl Gate {
     /// A gate whose closed script runs `part(dir)` (shell) in a new worker before the
     /// real binary.
     pub(crate) fn with_worker_part(name: &str, part: impl FnOnce(&str) -> String) -> Gate {
+        Gate::of_program(Path::new(ECHO), name, part)
+    }
+
+    /// As [`with_worker_part`](Self::with_worker_part), for the supervisor program
+    /// `program` (any program of the worker protocol): [`exe`](Self::exe) is then
+    /// `DIR/NAME`, `NAME` the file name of `program`.
+    pub(crate) fn of_program(
+        program: &Path,
+        name: &str,
+        part: impl FnOnce(&str) -> String,
+    ) -> Gate {
+        let program_name = program.file_name().unwrap().to_string_lossy().into_owned();
         let dir = Path::new(env!("CARGO_TARGET_TMPDIR"))
             .join(format!("gate-{}-{name}", std::process::id()));
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
-        for name in ["echo", "echo-real"] {
+        let real = format!("{program_name}-real");
+        for name in [program_name.as_str(), real.as_str()] {
             // A hard link is never open for writing, so no `exec` of it meets ETXTBSY.
-            if fs::hard_link(ECHO, dir.join(name)).is_err() {
-                fs::copy(ECHO, dir.join(name)).unwrap();
+            if fs::hard_link(program, dir.join(name)).is_err() {
+                fs::copy(program, dir.join(name)).unwrap();
             }
         }
         let d = dir.display().to_string();
         let script = format!(
-            "#!/bin/sh\nif [ -n \"$DUO_WORKER\" ]; then\n{}fi\nexec '{d}/echo-real' \"$@\"\n",
+            "#!/bin/sh\nif [ -n \"$DUO_WORKER\" ]; then\n{}fi\nexec '{d}/{real}' \"$@\"\n",
             part(&d)
         );
         // Written now, put in place much later (by `rename`): no descriptor open for
         // writing is left anywhere by then.
         fs::write(dir.join("gate.sh"), script).unwrap();
         fs::set_permissions(dir.join("gate.sh"), fs::Permissions::from_mode(0o755)).unwrap();
-        Gate { dir }
+        Gate {
+            dir,
+            name: program_name,
+        }
     }
 
     /// The gate's directory.
@@ -182,7 +208,7 @@ impl Gate {
 
     /// What the supervisor runs.
     pub(crate) fn exe(&self) -> PathBuf {
-        self.dir.join("echo")
+        self.dir.join(&self.name)
     }
 
     /// From now on, a new worker runs the gate's worker part.

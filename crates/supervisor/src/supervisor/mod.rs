@@ -25,7 +25,8 @@
 //! - Files: this one holds the state machine (generations, workers, stopping);
 //!   `upgrade.rs` the re-execution in place and what the new image adopts; `stats.rs` the
 //!   shared stats rows and the summed log line; `child.rs` a worker's readiness pipe and
-//!   how its exit is described.
+//!   how its exit is described; `job.rs` job control (Ctrl-Z, `fg`) and deadlines that
+//!   do not count the time stopped.
 //! - Stop: every worker gets `SIGTERM` once; the next stop signal sends `SIGINT`; at
 //!   `stop_timeout` the rest get `SIGKILL`; the loop quits when the last one is reaped.
 
@@ -52,6 +53,7 @@ use crate::table::WorkerTable;
 use crate::worker::WorkerStats;
 
 mod child;
+mod job;
 mod stats;
 mod stop;
 mod upgrade;
@@ -65,13 +67,17 @@ use upgrade::{is_child, parse_pids, relocate, take_var};
 /// starting one, and six still draining.
 const ROW_GENERATIONS: usize = 8;
 
-/// The signals the supervisor handles.
-const SIGNALS: [Signal; 5] = [
+/// The signals the supervisor handles (the last four: job control, see `job.rs`).
+const SIGNALS: [Signal; 9] = [
     Signal::INT,
     Signal::TERM,
     Signal::HUP,
     Signal::USR2,
     Signal::CHLD,
+    Signal::TSTP,
+    Signal::TTIN,
+    Signal::TTOU,
+    Signal::CONT,
 ];
 
 /// Blocks the signals the supervisor handles in the calling thread, so that a thread
@@ -310,6 +316,7 @@ impl Supervisor {
             failure: None,
             on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce() + Send>),
             last_stats: (Instant::now(), WorkerStats::default()),
+            paused: Duration::ZERO,
         };
         state.adopt(self.adopted, self.adopted_retiring);
         if let Some(every) = state.cfg.stats_interval {
@@ -385,6 +392,9 @@ struct State {
     failure: Option<String>,
     on_ready: Option<Box<dyn FnOnce() + Send>>,
     last_stats: (Instant, WorkerStats),
+    /// How long the supervisor has been stopped by job control in all (`job.rs`): its
+    /// deadlines do not count that time.
+    paused: Duration,
 }
 
 impl State {
@@ -393,6 +403,8 @@ impl State {
             Signal::CHLD => self.reap(lp),
             Signal::HUP => self.reload(lp),
             Signal::USR2 => self.upgrade(),
+            Signal::TSTP | Signal::TTIN | Signal::TTOU => self.job_stop(lp, sig),
+            Signal::CONT => self.continue_workers(),
             _ => self.stop(lp, sig),
         }
     }
@@ -424,8 +436,10 @@ impl State {
             self.cfg.workers,
             self.cfg.command.program().display()
         );
-        let timer = lp.run_after(self.cfg.ready_timeout, move |lp| {
-            lp.with_local(|lp, st: &mut State| st.ready_timeout(lp, generation));
+        // Time stopped by job control (Ctrl-Z) does not count: a stopped worker cannot
+        // get ready.
+        let timer = self.after_running(lp, self.cfg.ready_timeout, move |lp, st| {
+            st.ready_timeout(lp, generation);
         });
         self.pending = Some(Pending {
             generation,

@@ -31,9 +31,7 @@ impl State {
             lp.quit();
             return;
         }
-        lp.run_after(self.cfg.stop_timeout, |lp| {
-            lp.with_local(|lp, st: &mut State| st.kill_stragglers(lp));
-        });
+        self.after_running(lp, self.cfg.stop_timeout, |lp, st| st.kill_stragglers(lp));
     }
 
     pub(super) fn kill_stragglers(&mut self, lp: &mut EventLoop) {
@@ -60,14 +58,12 @@ impl State {
     /// with `SIGTERM`) still running then: one stuck in its start may not react to
     /// `SIGTERM`. (Not a later worker that reuses a PID: its generation differs.)
     pub(super) fn kill_at_stop_timeout(&mut self, lp: &mut EventLoop, generation: u64) {
-        lp.run_after(self.cfg.stop_timeout, move |lp| {
-            lp.with_local(|_, st: &mut State| {
-                for pid in st.pids_where(|w| w.generation == generation) {
-                    if let Err(e) = duo_sys::kill_process(pid) {
-                        log::warn!("killing worker {pid}: {e}");
-                    }
+        self.after_running(lp, self.cfg.stop_timeout, move |_, st| {
+            for pid in st.pids_where(|w| w.generation == generation) {
+                if let Err(e) = duo_sys::kill_process(pid) {
+                    log::warn!("killing worker {pid}: {e}");
                 }
-            });
+            }
         });
     }
 
