@@ -150,7 +150,9 @@ impl Channel {
         self.interest
     }
 
-    /// Replaces the whole interest (readable, writable, edge, one-shot).
+    /// Replaces the whole interest (readable, writable, edge). Not one-shot: the loop
+    /// re-registers a channel only when its interest changes, so a one-shot channel would
+    /// be reported once and then never again.
     pub fn set_interest(&mut self, interest: Interest) {
         self.interest = interest;
     }

@@ -30,7 +30,9 @@ pub type ThreadInit = std::sync::Arc<dyn Fn(&mut EventLoop) + Send + Sync>;
 /// Spawns a thread, creates an [`EventLoop`] there and runs it; [`EventLoopThread::spawn`]
 /// returns once the loop exists, with its [`LoopHandle`].
 ///
-/// Dropping (or [`stop`](EventLoopThread::stop)ping) it quits the loop and joins the thread.
+/// Dropping (or [`stop`](EventLoopThread::stop)ping) it quits the loop and joins the thread
+/// (from a callback on the loop itself, which cannot join its own thread, it quits the loop
+/// and lets the thread end on its own).
 ///
 /// ```
 /// use duo_reactor::EventLoopThread;
@@ -101,6 +103,12 @@ impl EventLoopThread {
     }
 
     /// Quits the loop, joins the thread and reports how the loop ended.
+    ///
+    /// # Errors
+    ///
+    /// The loop's own error, or an error if the thread panicked. Called on the loop's own
+    /// thread (from one of its callbacks), it cannot join: it asks the loop to quit and
+    /// returns an error at once; the thread ends once the callback has returned.
     pub fn stop(mut self) -> io::Result<()> {
         self.stop_inner()
     }
@@ -110,6 +118,16 @@ impl EventLoopThread {
             return Ok(());
         };
         self.handle.quit();
+        if thread.thread().id() == thread::current().id() {
+            // Called from the loop's own thread (a callback that held the last owner): a
+            // thread cannot join itself. The loop was asked to quit; it returns once this
+            // callback has, and the thread then ends on its own (detached here).
+            return Err(io::Error::other(format!(
+                "loop thread {} stopped from its own loop: it ends on its own once the \
+                 current callback returns",
+                self.name
+            )));
+        }
         match thread.join() {
             Ok(result) => result,
             Err(_) => Err(io::Error::other(format!(

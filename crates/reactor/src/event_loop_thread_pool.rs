@@ -183,7 +183,10 @@ impl EventLoopThreadPool {
         }
     }
 
-    /// Quits every loop and joins every thread; reports the first failure.
+    /// Quits every loop and joins every thread; reports the first failure. Called from
+    /// one of the pool's own loops, it joins the others and reports an error for that one,
+    /// which ends on its own once the calling callback returns (a thread cannot join
+    /// itself).
     pub fn stop(&mut self) -> io::Result<()> {
         self.stop_threads()
     }

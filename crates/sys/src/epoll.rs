@@ -10,9 +10,10 @@
 //! Level-triggered interest (the default) reports a descriptor on every wait while it is
 //! ready. [`Interest::EDGE`] reports it once per *change* to ready: the caller must read
 //! (or write) until `EAGAIN`, or until a short read proves the receive queue empty, before
-//! it can expect another event. (There is no one-shot interest: the reactor re-arms a
-//! registration only when its interest changes, so an `EPOLLONESHOT` channel would go
-//! silent after one event.)
+//! it can expect another event. ([`Interest::ONESHOT`] is for a set several threads wait
+//! on, whose waiter re-arms the descriptor itself, as duo-reactor's loop groups do. Not
+//! for a reactor channel: the reactor re-arms a registration only when its interest
+//! changes, so a one-shot channel would go silent after one event.)
 
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
