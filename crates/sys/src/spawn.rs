@@ -134,6 +134,34 @@ pub fn unblock_signals_in_child(cmd: &mut Command) -> io::Result<()> {
     Ok(())
 }
 
+/// Starts the child `cmd` in a process group of its own (`setpgid(0, 0)`, as
+/// [`CommandExt::process_group`]) that writes to its terminal like any other: `SIGTTOU` is
+/// ignored in the child (`SIG_IGN` survives the `exec`). In a group of its own the child
+/// is a background process of the terminal it shares with its parent, and with the
+/// terminal set to `stty tostop` its first write there (a log line) would stop it until
+/// someone sends it `SIGCONT`, which a terminal's `fg` does not (it continues the
+/// foreground job's group, not the child's).
+///
+/// A supervisor uses it for its workers, so that a terminal's Ctrl-C reaches each
+/// worker once, forwarded by the supervisor, not also directly.
+///
+/// [`CommandExt::process_group`]: std::os::unix::process::CommandExt::process_group
+pub fn in_process_group_of_its_own(cmd: &mut Command) {
+    std::os::unix::process::CommandExt::process_group(cmd, 0);
+    let hook = || {
+        // SAFETY: `signal` with `SIG_IGN` runs no code in signal context and is
+        // async-signal-safe; we are in the forked, single-threaded child.
+        if unsafe { libc::signal(libc::SIGTTOU, libc::SIG_IGN) } == libc::SIG_ERR {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    };
+    // SAFETY: the hook makes one async-signal-safe system call and allocates nothing.
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+}
+
 /// Duplicates `fd` to the lowest free number at or above `min`, close-on-exec
 /// (`fcntl(F_DUPFD_CLOEXEC)`).
 ///

@@ -185,7 +185,7 @@ impl ChildServer {
                 Err(self.failed(&format!("closed its stdout before {what}")))
             }
             Err(mpsc::RecvTimeoutError::Timeout) => {
-                Err(self.failed(&format!("printed no {what} within {limit:?}")))
+                Err(self.failed(&format!("did not print {what} within {limit:?}")))
             }
         }
     }

@@ -599,8 +599,9 @@ impl State {
         let mut cmd = self.cfg.command.command();
         // A process group of its own: a signal to the supervisor's group (a terminal's
         // Ctrl-C) reaches a worker once, forwarded, not also directly (two stop signals
-        // mean "quit at once"). It still dies with the supervisor (`PR_SET_PDEATHSIG`).
-        std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+        // mean "quit at once"). It still dies with the supervisor (`PR_SET_PDEATHSIG`),
+        // and writes to a `stty tostop` terminal without being stopped.
+        duo_sys::in_process_group_of_its_own(&mut cmd);
         cmd.stdin(Stdio::null())
             .env(WORKER_VAR, "1")
             .env(LISTEN_FDS_VAR, n.to_string())
