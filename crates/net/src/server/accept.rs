@@ -10,7 +10,7 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use duo_reactor::{Channel, EventLoop, Handler, LoopHandle};
+use duo_reactor::{Channel, EventLoop, Handler, Interest, LoopHandle};
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::ServerShared;
@@ -199,14 +199,14 @@ impl Acceptor {
     /// Stops accepting because the server is full, until [`resume_full`](Self::resume_full).
     pub(super) fn pause_full(&mut self, ch: &mut Channel) {
         self.full = true;
-        ch.disable_reading();
+        quiet(ch);
     }
 
     /// Room again: accepts once no retry pause holds it either.
     pub(super) fn resume_full(&mut self, ch: &mut Channel) {
         self.full = false;
         if !self.retrying {
-            ch.enable_reading();
+            read_again(ch);
         }
     }
 
@@ -214,13 +214,13 @@ impl Acceptor {
     /// loop; the retry accepts again unless the server is full meanwhile.
     fn retry_later(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         self.retrying = true;
-        ch.disable_reading();
+        quiet(ch);
         let token = ch.token();
         lp.run_after(ACCEPT_PAUSE, move |lp| {
             lp.with_handler::<Acceptor, _>(token, |_, ch, acceptor| {
                 acceptor.retrying = false;
                 if !acceptor.full {
-                    ch.enable_reading();
+                    read_again(ch);
                 }
             });
         });
@@ -273,6 +273,20 @@ impl Acceptor {
     }
 }
 
+/// Stops reading the listener. Edge-triggered meanwhile: the kernel reports a hang-up
+/// whatever the interest, and a listener hung up for good (another holder of the socket
+/// shut it down) would otherwise be reported at every poll, spinning the loop; so it is
+/// reported once.
+fn quiet(ch: &mut Channel) {
+    ch.set_interest(ch.interest().remove(Interest::READABLE).add(Interest::EDGE));
+}
+
+/// Reads the listener again, level-triggered (a batch of accepts leaves the rest of the
+/// queue to be reported at the next poll).
+fn read_again(ch: &mut Channel) {
+    ch.set_interest(ch.interest().remove(Interest::EDGE).add(Interest::READABLE));
+}
+
 fn open_spare() -> Option<File> {
     File::open("/dev/null").ok()
 }
@@ -280,6 +294,20 @@ fn open_spare() -> Option<File> {
 impl Handler for Acceptor {
     fn label(&self) -> Option<String> {
         Some(format!("acceptor on {}", self.local))
+    }
+
+    /// The listener hung up: another holder of the socket shut it down (the listen queue
+    /// is gone). Accepting then fails (`EINVAL`), which pauses and retries as for any
+    /// accept error; a paused acceptor ignores it (it is reported once, see [`quiet`]).
+    fn handle_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        if !self.full && !self.retrying {
+            self.handle_read(lp, ch);
+        }
+    }
+
+    /// As [`handle_close`](Handler::handle_close).
+    fn handle_error(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        self.handle_close(lp, ch);
     }
 
     fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
