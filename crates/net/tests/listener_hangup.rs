@@ -33,9 +33,8 @@ fn a_listener_shut_down_by_another_holder_does_not_spin_the_loop() {
             .unwrap();
     });
     let start = lp.handle().metrics().iterations;
-    let mut at_hangup = 0;
     lp.run_after(Duration::from_millis(40), move |lp| {
-        at_hangup = lp.handle().metrics().iterations;
+        let at_hangup = lp.handle().metrics().iterations;
         // Half a second later: a loop that sleeps until its timers wakes it a few times;
         // one that is told of the hang-up at every poll turns hundreds of thousands.
         lp.run_after(Duration::from_millis(500), move |lp| {
