@@ -51,6 +51,7 @@ use crate::metrics::BankMetrics;
 use crate::protocol::{
     err_line, history_reply, ok_line, parse_line, ErrorCode, ProtoError, MAX_LINE,
 };
+mod activity;
 mod session;
 
 use crate::store::{
@@ -64,9 +65,6 @@ const QUEUE_HIGH: usize = 4096;
 const QUEUE_LOW: usize = 1024;
 /// Unwritten reply bytes at which a connection's queued commands stop being started.
 const OUTPUT_HIGH: usize = 256 << 10;
-/// After the server half-closes a connection (QUIT, LINE_TOO_LONG, too many failed logins),
-/// how long the peer has to close its side before the server closes it anyway.
-const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// How long a graceful shutdown waits for connections to finish before closing them (the
 /// database work already queued is completed after that).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
@@ -142,6 +140,8 @@ struct App {
     pool: ThreadPool,
     group_commit: bool,
     metrics: BankMetrics,
+    /// `--idle-timeout` (zero: none).
+    idle_timeout: Duration,
 }
 
 /// What a finished job asks the loop to do.
@@ -339,6 +339,7 @@ fn run(
         pool,
         group_commit: cfg.group_commit,
         metrics: metrics.clone(),
+        idle_timeout: cfg.idle_timeout,
     });
 
     let mut lp = EventLoop::new().map_err(startup("event loop"))?;
@@ -363,14 +364,10 @@ fn run(
         })
         .on_message(on_message)
         .on_write_complete({
-            // The replies were written: start the commands held back by `OUTPUT_HIGH`. A
-            // client that took them while the server is not reading from it (`QUEUE_HIGH`:
-            // commands of its wait) is not idle.
+            // The replies were written: start the commands held back by `OUTPUT_HIGH`.
             let app = app.clone();
             move |ctx| {
-                if ctx.is_reading_paused() {
-                    ctx.refresh_idle();
-                }
+                activity::drained(ctx);
                 pump(ctx, &app)
             }
         })
@@ -379,7 +376,7 @@ fn run(
             // everything queued first (see `pump`), then close.
             let conn = ctx.connection().clone();
             let _ = conn.with_context(|s: &mut Session| s.peer_done = true);
-            close_if_done(ctx);
+            activity::close_if_done(ctx);
         })
         .on_shutdown(|ctx| {
             // SIGTERM: take no new commands, but answer those already read (their jobs may
@@ -387,7 +384,7 @@ fn run(
             ctx.stop_reading();
             let conn = ctx.connection().clone();
             let _ = conn.with_context(|s: &mut Session| s.peer_done = true);
-            close_if_done(ctx);
+            activity::close_if_done(ctx);
         });
     if let Some((cert, key)) = &cfg.tls {
         let config = duo_net::tls::server_config_from_pem(cert, key).map_err(startup("TLS"))?;
@@ -564,7 +561,9 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
     loop {
         if ctx.output_len() >= OUTPUT_HIGH {
             // The peer is not reading its replies: start nothing more until they drain
-            // (`on_write_complete` calls us again). Reading stays paused by the queue.
+            // (`on_write_complete` calls us again). Reading stays paused by the queue. A
+            // peer that takes them slowly is not idle meanwhile.
+            activity::watch_drain(ctx, app);
             return;
         }
         let mut resume = false;
@@ -589,7 +588,7 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
         let mut answers = 1;
         let submitted = match step {
             Step::Idle => {
-                close_if_done(ctx);
+                activity::close_if_done(ctx);
                 return;
             }
             Step::Reply(line) => {
@@ -598,7 +597,7 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
             }
             Step::Close(line) => {
                 ctx.send(line.as_bytes());
-                close_gently(ctx);
+                activity::close_gently(ctx);
                 return;
             }
             Step::Login { user, password } => spawn(ctx, app, move |app, r| {
@@ -661,30 +660,11 @@ fn peer_done(conn: &TcpConnection) -> bool {
         .unwrap_or(true)
 }
 
-/// Closes (after the output) a connection whose peer has half-closed, or that a shutdown
-/// is ending, once nothing is queued or in flight for it.
-fn close_if_done(ctx: &mut ConnCtx<'_>) {
-    let done = ctx
-        .connection()
-        .with_context(|s: &mut Session| s.peer_done && !s.busy && s.queue.is_empty())
-        .unwrap_or(false);
-    if done {
-        ctx.close_after_flush();
-    }
-}
-
 fn refusal(e: &SubmitError) -> String {
     match e {
         SubmitError::Full(_) => err_line(ErrorCode::Busy, "server busy; try again later"),
         SubmitError::Stopped(_) => err_line(ErrorCode::Internal, "server is shutting down"),
     }
-}
-
-/// Half-closes after the queued output, and closes for good if the peer lingers.
-fn close_gently(ctx: &mut ConnCtx<'_>) {
-    ctx.start_reading(); // to see the peer's end of stream
-    ctx.shutdown();
-    let _ = ctx.connection().force_close_after(CLOSE_LINGER);
 }
 
 /// On a worker: checks a password.
@@ -752,18 +732,14 @@ fn write_replies(metrics: &BankMetrics, results: WriteResults) -> Completion {
 
 /// On the loop: a job of this connection finished.
 fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
-    // A command of this connection was answered while the server is not reading from it
-    // (`QUEUE_HIGH`) and cannot see what it sends meanwhile: it is not idle. (While
-    // reading, the commands read refresh the timer; no wheel work per job then. A peer
-    // that never reads its replies stops this too: `pump` starts no job past
-    // `OUTPUT_HIGH`, so it is still evicted.)
-    if ctx.is_reading_paused() {
-        ctx.refresh_idle();
-    }
+    // A peer that never reads its replies is still evicted: `pump` starts no job past
+    // `OUTPUT_HIGH`.
     let conn = ctx.connection().clone();
+    let mut waiting = false;
     let close = conn
         .with_context(|s: &mut Session| {
             s.busy = false;
+            waiting = !s.queue.is_empty();
             match c.effect {
                 Effect::None => None,
                 Effect::LoggedIn(account) => {
@@ -781,10 +757,11 @@ fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
         })
         .ok()
         .flatten();
+    activity::completed(ctx, waiting);
     match close {
         Some(line) => {
             ctx.send(line.as_bytes());
-            close_gently(ctx);
+            activity::close_gently(ctx);
         }
         None => {
             ctx.send(c.reply.as_bytes());

@@ -49,6 +49,11 @@ pub(super) struct Session {
     /// The peer half-closed, or the server is shutting down: read nothing more, and close
     /// once every queued command is answered.
     pub(super) peer_done: bool,
+    /// A timer watches the client take its replies (`activity::watch_drain`).
+    pub(super) drain_watch: bool,
+    /// The server half-closes once the output is written; then the peer has this long to
+    /// close its side (`activity::linger`).
+    pub(super) linger: Option<std::time::Duration>,
 }
 
 /// The next thing to do for a connection, decided under its context's lock.
