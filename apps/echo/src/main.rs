@@ -37,16 +37,16 @@
 //!   thread on a `SO_REUSEPORT` socket of its own). See `duo_net::AcceptMode`.
 //! - `--trigger edge|level`: how connections are polled (default `edge`).
 //! - `--idle-timeout SECS`: close connections that send nothing for that long.
-//! - `--max-conns N`: beyond `N` open connections, new ones are accepted and closed. With
-//!   `--processes`, `N` is per worker, and a worker at its maximum (by default: its
+//! - `--max-conns N` (at least 1): beyond `N` open connections, new ones are accepted and
+//!   closed. With `--processes`, `N` is per worker, and a worker at its maximum (by default: its
 //!   open-file limit less a reserve) stops accepting instead, leaving new connections to
 //!   the other workers.
 //! - `--framed`: the packet protocol of [`echo::framed`] (8-byte header: type and length,
 //!   `u32` big-endian). Type 1 (DATA_SEND) is answered with type 2 (DATA_ECHO) and the same
 //!   payload; any other type, or a payload over 1 MiB, closes the connection. Without it,
 //!   every byte received is sent back as is.
-//! - `--stats-interval SECS`: log connections, messages/s and MiB/s every `SECS` (with
-//!   `--processes`, the supervisor logs one line summed over its workers).
+//! - `--stats-interval SECS` (1 to 86400): log connections, messages/s and MiB/s every
+//!   `SECS` (with `--processes`, the supervisor logs one line summed over its workers).
 //! - `--metrics ADDR`: serve `GET /metrics` (Prometheus/OpenMetrics text: every loop's
 //!   health, the server's connections and traffic, the buffer pool; see
 //!   `docs/observability.md`), `GET /healthz` and `GET /debug/loops` on `ADDR`, from a
@@ -82,8 +82,8 @@
 //!   certificate chain and private key in these PEM files (both or neither). The echo is
 //!   of the plaintext. With `--processes`, every worker loads the files itself. A file
 //!   that cannot be read or holds no certificate (key) is a usage error.
-//! - `--drain-timeout SECS` (default 4): how long a graceful stop waits for connections to
-//!   finish before it closes them.
+//! - `--drain-timeout SECS` (default 4, at most 86400): how long a graceful stop waits for
+//!   connections to finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
 //!   processes (this binary again; they find out from their environment, the worker
 //!   protocol of `duo_supervisor`) that all accept on that socket. It prints the
@@ -107,10 +107,11 @@
 //! gracefully: it stops accepting, half-closes every connection once its pending output is
 //! written, force-closes what is still open after the drain timeout, and exits with status
 //! 0 (a supervisor forwards the signal to its workers and exits once they have). A second
-//! signal quits at once. Usage errors (a bad flag, `--processes 0`, more processes than
-//! the supervisor's descriptor budget allows, an inherited socket that is not a listening
-//! TCP socket) exit with status 2, runtime errors (the address is in use, no such
-//! supervisor to reload) with status 1.
+//! signal quits at once. Usage errors (a bad flag or a value out of its range, such as
+//! `--processes 0` or `--max-conns 0`, more processes than the supervisor's descriptor
+//! budget allows, an inherited socket that is not a listening TCP socket) exit with
+//! status 2, runtime errors (the address is in use, no such supervisor to reload) with
+//! status 1.
 //!
 //! Try it with `cargo run --release -p echo -- --listen 127.0.0.1:7000`, then
 //! `nc 127.0.0.1 7000`.
@@ -130,6 +131,10 @@ use echo::{supervise, ServeConfig};
 
 /// Exit status of a usage error.
 const USAGE: u8 = 2;
+
+/// The longest `--drain-timeout` and `--stats-interval` (one day): the timers they set
+/// must stay within the clock's range.
+const MAX_SECS: u64 = 86_400;
 
 /// The echo server of duo (raw bytes, or the packet protocol with `--framed`).
 #[derive(Debug, Parser)]
@@ -200,19 +205,21 @@ struct ServeArgs {
     /// Close connections that send nothing for SECS seconds (0: never).
     #[arg(long, value_name = "SECS")]
     idle_timeout: Option<u64>,
-    /// Accept at most N connections at a time; further ones are closed at once (with
-    /// --processes: per worker, and a full worker leaves them to the others).
-    #[arg(long, value_name = "N")]
-    max_conns: Option<usize>,
+    /// Accept at most N connections at a time (at least 1); further ones are closed at
+    /// once (with --processes: per worker, and a full worker leaves them to the others).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    max_conns: Option<u64>,
     /// Packet mode: 8-byte header (type, length; u32 big-endian) + payload; type 1 is
     /// answered with type 2 and the same payload.
     #[arg(long)]
     framed: bool,
-    /// Log connections, messages/s and MiB/s every SECS seconds.
-    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..))]
+    /// Log connections, messages/s and MiB/s every SECS seconds (1 to 86400).
+    #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     stats_interval: Option<u64>,
-    /// How long a graceful stop waits for connections to finish before closing them.
-    #[arg(long, value_name = "SECS", default_value_t = 4)]
+    /// How long a graceful stop waits for connections to finish before closing them (at
+    /// most 86400).
+    #[arg(long, value_name = "SECS", default_value_t = 4,
+          value_parser = clap::value_parser!(u64).range(0..=MAX_SECS))]
     drain_timeout: u64,
     /// Run N worker processes under a supervisor that owns the listening socket.
     #[arg(long, value_name = "N")]
@@ -509,7 +516,9 @@ fn config(args: &ServeArgs) -> ServeConfig {
         },
         balance_accepts: !args.no_accept_balance,
         idle_timeout: args.idle_timeout.map(Duration::from_secs),
-        max_conns: args.max_conns,
+        max_conns: args
+            .max_conns
+            .map(|n| usize::try_from(n).unwrap_or(usize::MAX)),
         framed: args.framed,
         stats_interval: args.stats_interval.map(Duration::from_secs),
         drain_timeout: Duration::from_secs(args.drain_timeout),

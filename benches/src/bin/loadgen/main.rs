@@ -66,6 +66,14 @@ fn main() -> ExitCode {
         }
         modes::procs::watch_signals();
     }
+    if matches!(mode, Mode::Idle(_)) && common.server_pid.is_some() {
+        // Not silently ignored: the user asked for a figure the mode cannot give.
+        eprintln!(
+            "loadgen idle: --server-pid does not apply (idle has no measured phase); --pid \
+             reads the server's RSS"
+        );
+        return ExitCode::from(2);
+    }
     if let Err(e) = modes::udp::check_usage(&mode) {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);

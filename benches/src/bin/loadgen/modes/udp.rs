@@ -28,13 +28,21 @@ const LOSS_TIMEOUT: Duration = Duration::from_millis(200);
 const HEADER: usize = 16;
 
 /// Refuses `--udp` where it does not apply: with another mode than `rr`, with
-/// `--reconnect`, or with a size that cannot carry the header or is no datagram.
+/// `--reconnect`, with `--tls-ca` (no TLS over datagrams), with a Unix-domain `--addr`,
+/// or with a size that cannot carry the header or is no datagram.
 pub(crate) fn check_usage(mode: &Mode) -> Result<(), String> {
     match mode {
         Mode::Pingpong(a) if a.udp => Err("--udp goes with rr alone".into()),
         Mode::Rr(a) if a.udp && a.reconnect => Err("--udp has no connections to reopen: \
              drop --reconnect"
             .into()),
+        Mode::Rr(a) if a.udp && a.common.tls_ca.is_some() => {
+            Err("--udp speaks no TLS: drop --tls-ca (or --udp)".into())
+        }
+        Mode::Rr(a) if a.udp && a.addr.starts_with("unix:") => Err(format!(
+            "--udp needs a HOST:PORT --addr, not the Unix-domain {}",
+            a.addr
+        )),
         Mode::Rr(EchoArgs {
             udp: true,
             size: Some(size),
@@ -131,6 +139,18 @@ impl Client {
         }
     }
 
+    /// Whether `datagram` is the faithful echo of an earlier request of this socket (one
+    /// counted as lost): the same bytes but for an older sequence number. Anything else
+    /// that is not the echo of the request in flight (shorter, longer, other bytes, even
+    /// in the header) is a mismatch.
+    fn is_late_echo(&self, datagram: &[u8]) -> bool {
+        datagram.len() == self.request.len()
+            && datagram[8..] == self.request[8..]
+            && datagram[..8]
+                .try_into()
+                .is_ok_and(|seq| u64::from_be_bytes(seq) < self.seq)
+    }
+
     /// Reads every datagram waiting on the socket: the echo of the request in flight is
     /// checked and counted, and the next request sent; late echoes of requests already
     /// counted as lost are ignored.
@@ -138,7 +158,7 @@ impl Client {
         loop {
             match self.sock.recv(buf) {
                 Ok(n) => {
-                    if buf[..8] != self.request[..8] {
+                    if self.is_late_echo(&buf[..n]) {
                         continue; // the late echo of a request counted as lost
                     }
                     if buf[..n] != self.request[..] {
