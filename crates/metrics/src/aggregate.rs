@@ -4,9 +4,10 @@
 //! Each worker serves its own endpoint on loopback; the aggregating endpoint fetches them
 //! in parallel (with a deadline), and merges the OpenMetrics texts family by family, each
 //! sample labelled with where it came from (a worker's `pid` and `generation`, say). A
-//! worker that does not answer in time is left out of that scrape and shows as
-//! `duo_aggregate_up 0`; nothing a worker sends can break the merged text's structure
-//! (one block per metric family, one `# EOF`).
+//! worker that does not answer in time, or answers with a text that is not an exposition
+//! (a line a Prometheus server could not parse, which would fail the whole scrape), is
+//! left out of that scrape and shows as `duo_aggregate_up 0`; nothing a worker sends can
+//! break the merged text's structure (one block per metric family, one `# EOF`).
 //!
 //! [`MetricsEndpoint::aggregate`]: crate::MetricsEndpoint::aggregate
 
@@ -124,10 +125,21 @@ impl Aggregation {
             let labels = render_labels(&target.labels);
             let ok = match got {
                 Ok((200, body)) => match String::from_utf8(body) {
-                    Ok(text) => {
-                        parts.push((target.labels.clone(), text));
-                        true
-                    }
+                    // A line Prometheus cannot parse would fail the whole scrape.
+                    Ok(text) => match crate::exposition::check(&text) {
+                        Ok(()) => {
+                            parts.push((target.labels.clone(), text));
+                            true
+                        }
+                        Err(why) => {
+                            duo_reactor::log_limited!(
+                                log::Level::Warn,
+                                "metrics of {}: not an exposition ({why}); left out",
+                                target.addr
+                            );
+                            false
+                        }
+                    },
                     Err(_) => {
                         duo_reactor::log_limited!(
                             log::Level::Warn,

@@ -31,6 +31,10 @@ const DEFAULT_HEALTH_LIMIT: Duration = Duration::from_secs(5);
 /// How long an aggregating endpoint waits for its targets by default.
 const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// The longest an aggregating endpoint waits for its targets, whatever it is told (the
+/// deadlines computed from it must not overflow).
+const MAX_SCRAPE_TIMEOUT: Duration = Duration::from_secs(3600);
+
 /// The figures of a process and where to serve them: duo's own (every loop, the servers
 /// given with [`add_server`](MetricsEndpoint::add_server), the buffer pool) and the
 /// application's, registered in [`registry_mut`](MetricsEndpoint::registry_mut).
@@ -84,7 +88,9 @@ impl MetricsEndpoint {
     ///   labelled with its [`ScrapeTarget::labels`], merged family by family
     ///   ([`aggregate::merge`](crate::aggregate::merge)), plus `duo_aggregate_up` (1: the
     ///   target answered) and `duo_aggregate_scrape_seconds` per target. A target that
-    ///   does not answer is left out of that scrape, not the whole scrape failed.
+    ///   does not answer, or answers with a text that is not an exposition (a line a
+    ///   Prometheus server could not parse), is left out of that scrape, not the whole
+    ///   scrape failed.
     /// - `/healthz`: `200 ok` if this process and every target are healthy and there is
     ///   at least one target; else `503` with a line per problem.
     /// - `/debug/loops`: `{"self": {"labels", "loops"}, "targets": [{"labels", "loops"
@@ -110,8 +116,10 @@ impl MetricsEndpoint {
     /// targets (default 3 s; before or after `aggregate`): a target slower than that is
     /// left out of the answer. A scraper that says how long it waits (Prometheus sends
     /// `X-Prometheus-Scrape-Timeout-Seconds`) gets its answer within 80 % of that, if
-    /// that is shorter.
+    /// that is shorter. At most an hour: a longer timeout (`Duration::MAX` for "as long
+    /// as it takes") is an hour.
     pub fn scrape_timeout(&mut self, timeout: Duration) -> &mut Self {
+        let timeout = timeout.min(MAX_SCRAPE_TIMEOUT);
         self.scrape_timeout = timeout;
         if let Some(aggregation) = &mut self.aggregation {
             aggregation.timeout = timeout;
@@ -281,7 +289,8 @@ fn scraper_budget(req: &Request) -> Option<Duration> {
         .trim()
         .parse()
         .ok()?;
-    (secs.is_finite() && secs > 0.0).then(|| Duration::from_secs_f64((secs * 0.8).min(3600.0)))
+    (secs.is_finite() && secs > 0.0)
+        .then(|| Duration::from_secs_f64((secs * 0.8).min(MAX_SCRAPE_TIMEOUT.as_secs_f64())))
 }
 
 /// Encodes `registry`; an encoding error (a collector failing to write) is a bug, logged,

@@ -47,6 +47,7 @@
 pub mod aggregate;
 mod collect;
 mod endpoint;
+mod exposition;
 
 pub use aggregate::ScrapeTarget;
 pub use collect::DuoCollector;

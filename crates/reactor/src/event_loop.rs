@@ -293,6 +293,8 @@ impl EventLoop {
         self.shared
             .thread_id
             .store(current_thread_id(), Ordering::SeqCst);
+        // A panic out of a callback ends `run` too: the loop is then not busy (`/healthz`).
+        let _not_busy = crate::health::NotBusyOnUnwind(self.shared.clone());
         // A panic out of an earlier `run` may have left these set.
         self.shared.draining.store(false, Ordering::SeqCst);
         self.took_quitting = false;
@@ -743,9 +745,10 @@ impl EventLoop {
         Duration::from_nanos(self.busy_poll_nanos)
     }
 
-    /// Changes the stall and spin thresholds of this loop (see [`HealthConfig`]).
+    /// Changes the stall and spin thresholds of this loop (see [`HealthConfig`]); the spin
+    /// detector's runs start over.
     pub fn set_health_config(&mut self, config: HealthConfig) {
-        self.health.config = config;
+        self.health.set_config(config);
     }
 }
 

@@ -12,9 +12,12 @@
 
 use std::os::fd::BorrowedFd;
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use duo_sys::monotonic_nanos;
+
+use crate::loop_handle::LoopShared;
 
 /// Number of buckets of [`LoopMetrics::events_per_iteration`](crate::LoopMetrics).
 pub const EVENT_BUCKETS: usize = 8;
@@ -228,6 +231,19 @@ impl HealthCounters {
     }
 }
 
+/// Held by [`EventLoop::run`](crate::EventLoop::run): a panic that unwinds out of a
+/// callback, and so out of `run`, leaves the loop not busy, as a `run` that returns does
+/// (it no longer runs anything), instead of busy for ever in `/healthz`.
+pub(crate) struct NotBusyOnUnwind(pub(crate) Arc<LoopShared>);
+
+impl Drop for NotBusyOnUnwind {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.metrics.health.busy_since.store(0, Ordering::Relaxed);
+        }
+    }
+}
+
 /// An `epoll_wait` that returns within this time is taken not to have slept: the events
 /// were ready when it was called. (Returning events that were already pending costs well
 /// under a microsecond; sleeping and being woken, several.)
@@ -337,7 +353,8 @@ pub(crate) struct HealthTracker {
     spin_run: u32,
     /// How long this iteration's `epoll_wait` took.
     waited: Duration,
-    /// How many `epoll_wait`s slept (took longer than [`SLEPT`]) so far.
+    /// How many `epoll_wait`s slept (took longer than [`SLEPT`]) so far, plus one per
+    /// change of the configuration: either ends every channel's run ([`SpinWatch`]).
     slept: u64,
     /// Timer callbacks and queued functions run in this iteration.
     work: u64,
@@ -369,6 +386,15 @@ impl HealthTracker {
             longest_callback: 0,
             largest_task_batch: 0,
         }
+    }
+
+    /// Changes the thresholds. Both spin runs start over: one counted before the change
+    /// (before a detector was switched off, say, which then stopped watching what would
+    /// have ended the run) must not add to one under the new thresholds.
+    pub(crate) fn set_config(&mut self, config: HealthConfig) {
+        self.config = config;
+        self.spin_run = 0;
+        self.slept += 1;
     }
 
     /// The poll returned (just now); returns the clock read that says so.
