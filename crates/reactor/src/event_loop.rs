@@ -649,14 +649,20 @@ impl EventLoop {
         self.schedule(deadline, None, Box::new(f), name)
     }
 
-    /// Runs `f` once after `delay`.
+    /// Runs `f` once after `delay` (at most [`FOREVER`](crate::FOREVER): a longer one,
+    /// `Duration::MAX` say, never comes, and does not overflow the clock).
     pub fn run_after(
         &mut self,
         delay: Duration,
         f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> TimerId {
         let name = std::any::type_name_of_val(&f);
-        self.schedule(Instant::now() + delay, None, Box::new(f), name)
+        self.schedule(
+            crate::deadline_after(Instant::now(), delay),
+            None,
+            Box::new(f),
+            name,
+        )
     }
 
     /// Runs `f` every `interval` until cancelled, first after one interval.
@@ -666,7 +672,12 @@ impl EventLoop {
         f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> TimerId {
         let name = std::any::type_name_of_val(&f);
-        self.schedule(Instant::now() + interval, Some(interval), Box::new(f), name)
+        self.schedule(
+            crate::deadline_after(Instant::now(), interval),
+            Some(interval),
+            Box::new(f),
+            name,
+        )
     }
 
     fn schedule(

@@ -81,7 +81,7 @@ pub use log_limit::{report_suppressed, LogLimiter, Permit};
 pub use loop_group::{LoopGroup, LoopSharing, ParseLoopSharingError};
 pub use loop_handle::{loops, LoopHandle, LoopMetrics};
 pub use panic_scope::{catch_panic, panic_will_be_caught};
-pub use timer_queue::TimerId;
+pub use timer_queue::{deadline_after, TimerId, FOREVER};
 pub use timing_wheel::TimingWheel;
 
 pub use duo_sys::{Interest, Ready, Signal};

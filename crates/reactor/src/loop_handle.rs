@@ -379,14 +379,20 @@ impl LoopHandle {
         self.schedule(deadline, None, Box::new(f), name)
     }
 
-    /// Runs `f` once after `delay`.
+    /// Runs `f` once after `delay` (at most [`FOREVER`](crate::FOREVER): a longer one,
+    /// `Duration::MAX` say, never comes, and does not overflow the clock).
     pub fn run_after(
         &self,
         delay: Duration,
         f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> Result<TimerId, LoopClosed> {
         let name = std::any::type_name_of_val(&f);
-        self.schedule(Instant::now() + delay, None, Box::new(f), name)
+        self.schedule(
+            crate::deadline_after(Instant::now(), delay),
+            None,
+            Box::new(f),
+            name,
+        )
     }
 
     /// Runs `f` every `interval`, first after one interval, until cancelled.
@@ -396,7 +402,12 @@ impl LoopHandle {
         f: impl FnMut(&mut EventLoop) + Send + 'static,
     ) -> Result<TimerId, LoopClosed> {
         let name = std::any::type_name_of_val(&f);
-        self.schedule(Instant::now() + interval, Some(interval), Box::new(f), name)
+        self.schedule(
+            crate::deadline_after(Instant::now(), interval),
+            Some(interval),
+            Box::new(f),
+            name,
+        )
     }
 
     fn schedule(

@@ -24,6 +24,27 @@ use duo_sys::TimerFd;
 
 use crate::EventLoop;
 
+/// The longest delay a deadline is given (about a century): anything longer, up to
+/// `Duration::MAX`, is taken as this, a deadline that never comes in practice, instead of
+/// overflowing `Instant` (whose `+` panics).
+pub const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+
+/// The instant `delay` after `from`, with `delay` at most [`FOREVER`]: never panics,
+/// whatever the delay (a timeout read from a user's configuration, `Duration::MAX` for
+/// "never"). The loop's timers and duo's timeouts compute their deadlines with it.
+///
+/// ```
+/// use std::time::{Duration, Instant};
+/// let now = Instant::now();
+/// assert_eq!(duo_reactor::deadline_after(now, Duration::from_secs(1)), now + Duration::from_secs(1));
+/// assert_eq!(duo_reactor::deadline_after(now, Duration::MAX), now + duo_reactor::FOREVER);
+/// ```
+pub fn deadline_after(from: Instant, delay: Duration) -> Instant {
+    let delay = delay.min(FOREVER);
+    // Unless the clock itself is near its end (it counts from the boot), this is exact.
+    from.checked_add(delay).unwrap_or(from)
+}
+
 /// Identifies a timer for [`EventLoop::cancel`] and [`crate::LoopHandle::cancel`].
 ///
 /// Ids are unique per loop for its whole life, so cancelling a timer that already fired
@@ -139,9 +160,9 @@ impl TimerQueue {
         if !self.active.contains_key(&key.1) {
             return;
         }
-        let mut next = key.0 + interval;
+        let mut next = deadline_after(key.0, interval);
         if next <= now {
-            next = now + interval;
+            next = deadline_after(now, interval);
         }
         self.active.insert(key.1, next);
         self.timers.insert((next, key.1), timer);
