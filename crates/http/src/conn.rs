@@ -77,6 +77,7 @@ use duo_net::{log_limited, ConnCtx, InputBuffer, TcpConnection};
 use duo_reactor::TimerId;
 
 use crate::backlog::{Backlog, Source};
+use crate::parse::empty_lines;
 use crate::response::ConnField;
 use crate::router::Dispatch;
 use crate::{
@@ -395,12 +396,9 @@ impl Service {
                 continue;
             }
             // Empty lines before a request are ignored (RFC 9112 section 2.2): a stray
-            // CRLF after the last request does not begin another.
-            let blank = input
-                .peek()
-                .iter()
-                .take_while(|&&b| b == b'\r' || b == b'\n');
-            input.consume(blank.count());
+            // CRLF after the last request does not begin another. A bare CR is not an
+            // empty line: the parser refuses it.
+            input.consume(empty_lines(input.peek()));
             if input.is_empty() {
                 break;
             }

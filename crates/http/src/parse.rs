@@ -62,10 +62,12 @@ impl ParseError {
 ///
 /// Accepted: HTTP/1.0 and 1.1 requests with a method of [`Method::ALL`], a target in
 /// origin form (`/path?query`), absolute form (`http://host/path`, whose path and query
-/// are kept) or `*` (`OPTIONS` only); HTTP/1.1 requests must have exactly one `Host`. A
-/// body comes with `Content-Length` (one value, or identical repeats) or, in HTTP/1.1,
-/// chunked (`Transfer-Encoding: chunked`): then the head alone is parsed here and the
-/// body decoded as it arrives ([`Parsed::Chunked`]).
+/// are kept, and whose authority, without userinfo, becomes the `Host` field's value) or
+/// `*` (`OPTIONS` only); HTTP/1.1 requests must have exactly one `Host`, and a `Host`
+/// must be a valid `host[:port]` (or empty). A body comes with `Content-Length` (one
+/// value, or identical repeats) or, in HTTP/1.1, chunked (`Transfer-Encoding: chunked`):
+/// then the head alone is parsed here and the body decoded as it arrives
+/// ([`Parsed::Chunked`]).
 ///
 /// # Errors
 ///
@@ -75,8 +77,10 @@ impl ParseError {
 /// coding or comes twice, 501 for another coding before it), or with `Content-Length` as
 /// well, or in HTTP/1.0 (400: a request a proxy might frame otherwise is refused, never
 /// guessed at);
-/// an `Expect` other than `100-continue` (417); an unknown method (501); a version other
-/// than 1.0 and 1.1 (505); anything else malformed (400).
+/// an `Expect` other than `100-continue` (417); an unknown method (501); a well-formed
+/// version (`HTTP/d.d`) other than 1.0 and 1.1 (505); anything else malformed (400),
+/// among it a missing, repeated or invalid `Host`, an absolute-form target with userinfo,
+/// and a bare CR before the request line.
 ///
 /// ```
 /// use duo_http::{parse_request, Limits, Parsed, StatusCode};
@@ -109,7 +113,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
                 expects_continue: false,
             }));
         }
-        Err(e) => return Err(head_error(e)),
+        Err(e) => return Err(head_error(e, buf)),
     };
     if head_len > limits.max_head {
         return Err(ParseError::new(
@@ -119,11 +123,8 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
     }
     // `httparse` takes a bare LF for a line end (RFC 9112 allows it); a reader in front
     // of us that does not would frame the request otherwise: refused. (Empty lines before
-    // the request are skipped, whatever they end with.)
-    let blank = buf
-        .iter()
-        .take_while(|&&b| b == b'\r' || b == b'\n')
-        .count();
+    // the request are skipped, whether they end with CRLF or LF.)
+    let blank = empty_lines(buf);
     if bare_lf(&buf[blank.min(head_len)..head_len]) {
         return Err(ParseError::new(
             StatusCode::BAD_REQUEST,
@@ -148,6 +149,20 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
     };
     let request = head.into_request(buf[head_len..end].to_vec(), peer);
     Ok(Parsed::Complete(request, end))
+}
+
+/// The length of the empty lines (CRLF, or a bare LF) at the start of `buf`, which come
+/// before a request line and are skipped (RFC 9112 section 2.2). A bare CR does not end
+/// one: it is left for the parser, which refuses it (or waits for its LF).
+pub(crate) fn empty_lines(buf: &[u8]) -> usize {
+    let mut n = 0;
+    loop {
+        match &buf[n..] {
+            [b'\n', ..] => n += 1,
+            [b'\r', b'\n', ..] => n += 2,
+            _ => return n,
+        }
+    }
 }
 
 /// Whether `bytes` hold an LF not preceded by CR.
@@ -181,16 +196,22 @@ impl Head {
     }
 }
 
-fn head_error(e: httparse::Error) -> ParseError {
+/// The refusal of `httparse`'s error `e` on the head at the start of `buf`.
+fn head_error(e: httparse::Error, buf: &[u8]) -> ParseError {
     match e {
         httparse::Error::TooManyHeaders => ParseError::new(
             StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             "too many header fields",
         ),
-        httparse::Error::Version => ParseError::new(
+        // `httparse` says `Version` for whatever follows the target that is not
+        // `HTTP/1.0` or `HTTP/1.1`: only a well-formed other version is unsupported.
+        httparse::Error::Version if another_version(buf) => ParseError::new(
             StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             "only HTTP/1.0 and HTTP/1.1 are supported",
         ),
+        httparse::Error::Version => {
+            ParseError::new(StatusCode::BAD_REQUEST, "malformed request line")
+        }
         httparse::Error::Token => {
             ParseError::new(StatusCode::BAD_REQUEST, "malformed request line")
         }
@@ -198,6 +219,28 @@ fn head_error(e: httparse::Error) -> ParseError {
             ParseError::new(StatusCode::BAD_REQUEST, "malformed header field")
         }
         _ => ParseError::new(StatusCode::BAD_REQUEST, "malformed request"),
+    }
+}
+
+/// Whether the request line at the start of `buf` is `method SP target SP version` with
+/// a version of the form `HTTP/d.d` (RFC 9112 section 2.3), or the start of one while the
+/// line is incomplete.
+fn another_version(buf: &[u8]) -> bool {
+    let line = &buf[empty_lines(buf)..];
+    let (line, ended) = match line.iter().position(|&b| b == b'\n') {
+        Some(lf) => (line[..lf].strip_suffix(b"\r").unwrap_or(&line[..lf]), true),
+        None => (line, false),
+    };
+    let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
+    let [_, _, version] = parts.as_slice() else {
+        return false;
+    };
+    match version {
+        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] => {
+            major.is_ascii_digit() && minor.is_ascii_digit()
+        }
+        [b'H', b'T', b'T', b'P', b'/', major, ..] if !ended => major.is_ascii_digit(),
+        _ => false,
     }
 }
 
@@ -219,10 +262,15 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
             ))
         }
     };
-    let target = match target {
-        t if t.starts_with('/') => t.to_owned(),
-        "*" if method == Method::Options => "*".to_owned(),
-        t => absolute_form_path(t).ok_or_else(|| bad("malformed request target"))?,
+    // The authority of an absolute-form target.
+    let (target, authority) = match target {
+        t if t.starts_with('/') => (t.to_owned(), None),
+        "*" if method == Method::Options => ("*".to_owned(), None),
+        t => {
+            let (path, authority) =
+                absolute_form(t).ok_or_else(|| bad("malformed request target"))?;
+            (path, Some(authority))
+        }
     };
     let mut headers = Headers::new();
     for f in raw.headers.iter() {
@@ -232,6 +280,15 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
     if hosts > 1 || (version == Version::Http11 && hosts == 0) {
         return Err(bad("an HTTP/1.1 request needs exactly one Host field"));
     }
+    // RFC 9112 section 3.2: a Host that is not `uri-host [":" port]` is refused; with an
+    // absolute-form target, Host is ignored and the target's authority is the host
+    // (section 3.2.2), so a handler sees the host the request was routed for.
+    if !headers.get_all("host").all(valid_host) {
+        return Err(bad("invalid Host field"));
+    }
+    if let Some(authority) = authority {
+        headers.set("host", authority);
+    }
     Ok(Head {
         method,
         target,
@@ -240,9 +297,11 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
     })
 }
 
-/// The path and query of an absolute-form target (`http://host:port/path?q` →
-/// `/path?q`; no path → `/`).
-fn absolute_form_path(target: &str) -> Option<String> {
+/// The path and query of an absolute-form target, and its authority
+/// (`http://host:port/path?q` → `/path?q` and `host:port`; no path → `/`). `None` for
+/// another scheme, or an authority that is empty, not a valid host (see [`valid_host`])
+/// or has userinfo (`user@host`: RFC 9110 section 4.2.4 says to treat it as an error).
+fn absolute_form(target: &str) -> Option<(String, &str)> {
     let scheme_end = target.find("://")?;
     let scheme = &target[..scheme_end];
     if !scheme.eq_ignore_ascii_case("http") && !scheme.eq_ignore_ascii_case("https") {
@@ -250,14 +309,67 @@ fn absolute_form_path(target: &str) -> Option<String> {
     }
     let rest = &target[scheme_end + 3..];
     let path_start = rest.find(['/', '?']).unwrap_or(rest.len());
-    if path_start == 0 {
-        return None; // no authority
+    let authority = &rest[..path_start];
+    if authority.is_empty() || !valid_host(authority.as_bytes()) {
+        return None;
     }
-    match &rest[path_start..] {
-        "" => Some("/".to_owned()),
-        p if p.starts_with('?') => Some(format!("/{p}")),
-        p => Some(p.to_owned()),
-    }
+    let path = match &rest[path_start..] {
+        "" => "/".to_owned(),
+        p if p.starts_with('?') => format!("/{p}"),
+        p => p.to_owned(),
+    };
+    Some((path, authority))
+}
+
+/// Whether `value` is a valid `Host` field value: empty, or `uri-host [":" port]` of
+/// RFC 3986 (an IP literal in brackets, with an RFC 6874 zone if any, or a reg-name or
+/// IPv4 address: unreserved characters, sub-delims and percent-encodings), the port
+/// digits.
+fn valid_host(value: &[u8]) -> bool {
+    let sub_delim = |b: u8| b"!$&'()*+,;=".contains(&b);
+    let unreserved = |b: u8| b.is_ascii_alphanumeric() || b"-._~".contains(&b);
+    let (host, port) = match value {
+        [b'[', inner @ ..] => {
+            let Some(close) = inner.iter().position(|&b| b == b']') else {
+                return false;
+            };
+            let (literal, after) = (&inner[..close], &inner[close + 1..]);
+            let literal_ok = !literal.is_empty()
+                && literal
+                    .iter()
+                    .all(|&b| unreserved(b) || sub_delim(b) || b":%".contains(&b));
+            match after {
+                [] => return literal_ok,
+                [b':', port @ ..] => (literal_ok, port),
+                _ => return false,
+            }
+        }
+        _ => {
+            let (name, port) = match value.iter().position(|&b| b == b':') {
+                Some(colon) => (&value[..colon], Some(&value[colon + 1..])),
+                None => (value, None),
+            };
+            let mut ok = true;
+            let mut i = 0;
+            while ok && i < name.len() {
+                let b = name[i];
+                if b == b'%' {
+                    ok = name
+                        .get(i + 1..i + 3)
+                        .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit));
+                    i += 3;
+                } else {
+                    ok = unreserved(b) || sub_delim(b);
+                    i += 1;
+                }
+            }
+            match port {
+                None => return ok,
+                Some(port) => (ok, port),
+            }
+        }
+    };
+    host && port.iter().all(u8::is_ascii_digit)
 }
 
 /// The body's length from `Content-Length` (0 without one), or `None` for a chunked body.
@@ -452,6 +564,17 @@ mod tests {
         assert_eq!(status(big), 413);
         let expect = b"POST / HTTP/1.1\r\nHost: a\r\nExpect: magic\r\n\r\n";
         assert_eq!(status(expect), 417);
+        assert_eq!(status(b"GET / HTTP/1.1\r\nHost: a/b\r\n\r\n"), 400);
+        assert_eq!(status(b"GET http://u@a/ HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET /  HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        assert_eq!(status(b"GET / HTTP/1.2\r\nHost: a\r\n\r\n"), 505);
+        assert_eq!(status(b"\rGET / HTTP/1.1\r\nHost: a\r\n\r\n"), 400);
+        for host in ["", "a.b:80", "[::1]", "[fe80::1%25eth0]:8", "%41b"] {
+            assert!(valid_host(host.as_bytes()), "{host}");
+        }
+        for host in ["a b", "a:b", "[::1]:b", "a%4", "[]", "a@b", "a:1:2"] {
+            assert!(!valid_host(host.as_bytes()), "{host}");
+        }
     }
 
     #[test]
@@ -478,10 +601,12 @@ mod tests {
             panic!()
         };
         assert_eq!((r.path(), r.query()), ("/x", Some("y")));
-        assert_eq!(absolute_form_path("http://h"), Some("/".into()));
-        assert_eq!(absolute_form_path("http://h?a"), Some("/?a".into()));
-        assert_eq!(absolute_form_path("http:///x"), None);
-        assert_eq!(absolute_form_path("ftp://h/x"), None);
+        assert_eq!(r.header("host"), Some("h:1"));
+        assert_eq!(absolute_form("http://h"), Some(("/".into(), "h")));
+        assert_eq!(absolute_form("http://h?a"), Some(("/?a".into(), "h")));
+        assert_eq!(absolute_form("http:///x"), None);
+        assert_eq!(absolute_form("http://u@h/x"), None);
+        assert_eq!(absolute_form("ftp://h/x"), None);
         let Ok(Parsed::Complete(r, _)) = parse(b"GET / HTTP/1.0\r\n\r\n") else {
             panic!()
         };

@@ -43,6 +43,27 @@ impl Headers {
         self.fields.push((name.to_ascii_lowercase(), value.into()));
     }
 
+    /// Sets field `name` to `value`: the first such field takes it and the others go, or
+    /// it is added after the others.
+    pub(crate) fn set(&mut self, name: &str, value: impl Into<Vec<u8>>) {
+        let value = value.into();
+        let mut found = false;
+        self.fields.retain_mut(|(n, v)| {
+            if !n.eq_ignore_ascii_case(name) {
+                return true;
+            }
+            if found {
+                return false;
+            }
+            found = true;
+            v.clone_from(&value);
+            true
+        });
+        if !found {
+            self.append(name, value);
+        }
+    }
+
     /// The first value of `name` as text; `None` if there is none or it is not UTF-8 (see
     /// [`get_bytes`](Headers::get_bytes)).
     pub fn get(&self, name: &str) -> Option<&str> {

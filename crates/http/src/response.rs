@@ -15,8 +15,8 @@ pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// The server adds `Content-Length` (except to 204 and 304, which have no body) and, when
 /// it closes the connection after the response, `Connection: close`; a handler's own
 /// `Content-Length`, `Connection` or `Transfer-Encoding` fields are dropped (logged). A
-/// field whose name is not an HTTP token or whose value holds CR, LF or NUL is dropped
-/// too, so a handler cannot split the response.
+/// field whose name is not an HTTP token or whose value holds a control character other
+/// than HTAB (CR, LF, NUL...) is dropped too, so a handler cannot split the response.
 ///
 /// ```
 /// use duo_http::{Response, StatusCode};
@@ -57,8 +57,8 @@ impl Response {
     }
 
     /// Adds a header field (a name may repeat). Dropped, with a warning in the log, if
-    /// the name is not a token, the value holds CR, LF or NUL, or the server sets the
-    /// field itself (see the type's documentation).
+    /// the name is not a token, the value holds a control character other than HTAB, or
+    /// the server sets the field itself (see the type's documentation).
     pub fn header(mut self, name: &str, value: &str) -> Response {
         if let Some(why) = refuse_field(name, value) {
             // Rate-limited: a handler may build its headers from what a peer sent.
@@ -152,8 +152,10 @@ fn refuse_field(name: &str, value: &str) -> Option<&'static str> {
     if name.is_empty() || !name.bytes().all(is_token_byte) {
         return Some("the name is not an HTTP token");
     }
-    if value.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
-        return Some("the value holds CR, LF or NUL");
+    // RFC 9110 section 5.5: no control character but HTAB. CR or LF would split the
+    // response; any other makes it one a strict client (httparse) refuses whole.
+    if value.bytes().any(|b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Some("the value holds a control character (CR, LF, NUL...)");
     }
     if RESERVED.iter().any(|r| name.eq_ignore_ascii_case(r)) {
         return Some("the server sets this field itself");
