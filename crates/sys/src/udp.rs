@@ -15,9 +15,15 @@
 //! Truncation: a datagram larger than its buffer is cut by the kernel. Both receive
 //! calls report it ([`RecvMeta::truncated`]): `recvmmsg` from `MSG_TRUNC` in the message's
 //! `msg_flags`, `recvfrom` by asking for the real length with the `MSG_TRUNC` flag.
+//!
+//! Wildcard addresses: a socket bound to `0.0.0.0` or `::` has no address of its own to
+//! send from, so the kernel picks one per destination, which need not be the address a
+//! peer sent to (a peer that sent to 127.0.0.2 gets the reply from 127.0.0.1, and a
+//! connected peer drops it). [`set_recv_pktinfo`] makes `recv_mmsg` report the address
+//! each datagram came in on ([`RecvMeta::local`]), and [`send_mmsg_from`] sends from it.
 
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::os::fd::{AsRawFd, BorrowedFd};
 
 use socket2::SockAddr;
@@ -37,7 +43,19 @@ pub struct RecvMeta {
     pub from: Option<SocketAddr>,
     /// The datagram was larger than the buffer and its tail was discarded by the kernel.
     pub truncated: bool,
+    /// The local address the datagram came in on, to reply from ([`send_mmsg_from`]):
+    /// reported by [`recv_mmsg`] on a socket set up with [`set_recv_pktinfo`], `None`
+    /// otherwise. On an IPv6 socket an IPv4 datagram's is IPv4-mapped, as its source is.
+    /// A broadcast or multicast destination gives the receiving interface's address.
+    pub local: Option<IpAddr>,
 }
+
+/// Room for the control messages of one datagram: an `IP_PKTINFO` and an `IPV6_PKTINFO`
+/// one (a dual-stack socket set up by [`set_recv_pktinfo`] gets both for an IPv4
+/// datagram), aligned as a `cmsghdr` must be.
+#[derive(Clone, Copy)]
+#[repr(C, align(8))]
+struct Cmsgs([u8; 128]);
 
 /// The message headers, iovecs and address storage of one batch call, kept between calls
 /// so that a batch allocates nothing.
@@ -49,6 +67,7 @@ pub struct MmsgScratch {
     hdrs: Vec<libc::mmsghdr>,
     iovs: Vec<libc::iovec>,
     addrs: Vec<libc::sockaddr_storage>,
+    cmsgs: Vec<Cmsgs>,
 }
 
 // SAFETY: the raw pointers inside `hdrs` and `iovs` point into buffers borrowed for the
@@ -82,6 +101,7 @@ impl MmsgScratch {
             hdrs: vec![hdr; capacity],
             iovs: vec![iov; capacity],
             addrs: vec![addr; capacity],
+            cmsgs: vec![Cmsgs([0; 128]); capacity],
         }
     }
 
@@ -122,12 +142,14 @@ pub fn recv_mmsg(
     // invalidate under Stacked Borrows) and only written through until the call.
     let iovs = scratch.iovs.as_mut_ptr();
     let addrs = scratch.addrs.as_mut_ptr();
+    let cmsgs = scratch.cmsgs.as_mut_ptr();
     for i in 0..n {
-        // SAFETY: `i < n <= scratch.capacity()`, the length of `iovs` and `addrs`, so both
-        // offsets stay inside their vectors; `i * slot + slot <= n * slot <= buf.len()`,
-        // so the payload offset stays inside `buf`. The writes go through pointers
-        // derived from the vectors' `as_mut_ptr`, which nothing else borrows meanwhile.
-        let (iov, addr) = unsafe {
+        // SAFETY: `i < n <= scratch.capacity()`, the length of `iovs`, `addrs` and
+        // `cmsgs`, so the offsets stay inside their vectors; `i * slot + slot <= n * slot
+        // <= buf.len()`, so the payload offset stays inside `buf`. The writes go through
+        // pointers derived from the vectors' `as_mut_ptr`, which nothing else borrows
+        // meanwhile.
+        let (iov, addr, cmsg) = unsafe {
             let iov = iovs.add(i);
             iov.write(libc::iovec {
                 iov_base: base.add(i * slot).cast::<libc::c_void>(),
@@ -137,24 +159,27 @@ pub fn recv_mmsg(
             // Family 0 (AF_UNSPEC) unless the kernel writes an address: an address of
             // length 0 then reads as none, not as the previous datagram's source.
             (*addr).ss_family = 0;
-            (iov, addr)
+            (iov, addr, cmsgs.add(i))
         };
         let hdr = &mut scratch.hdrs[i].msg_hdr;
         hdr.msg_name = addr.cast();
         hdr.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
         hdr.msg_iov = iov;
         hdr.msg_iovlen = 1;
-        hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_controllen = 0;
+        // The kernel writes control messages only for the options asked for (none unless
+        // `set_recv_pktinfo`), and sets the length to what it wrote.
+        hdr.msg_control = cmsg.cast();
+        hdr.msg_controllen = std::mem::size_of::<Cmsgs>();
         hdr.msg_flags = 0;
         scratch.hdrs[i].msg_len = 0;
     }
     let got = loop {
         // SAFETY: the first `n` headers each point at one iovec covering a distinct
-        // `slot`-byte part of `buf` (exclusively borrowed for the call) and at one
-        // `sockaddr_storage` of `scratch` whose size is in `msg_namelen`; the kernel
-        // writes at most those bytes, the message lengths and flags; `fd` is live; a null
-        // timeout means none.
+        // `slot`-byte part of `buf` (exclusively borrowed for the call), at one
+        // `sockaddr_storage` of `scratch` whose size is in `msg_namelen` and at one
+        // `Cmsgs` of `scratch` whose size is in `msg_controllen`; the kernel writes at
+        // most those bytes, the message lengths and flags; `fd` is live; a null timeout
+        // means none.
         let ret = unsafe {
             libc::recvmmsg(
                 fd.as_raw_fd(),
@@ -187,10 +212,19 @@ pub fn recv_mmsg(
             let addr = unsafe { SockAddr::new(scratch.addrs[i], namelen) };
             addr.as_socket()
         };
+        let local = if hdr.msg_hdr.msg_controllen == 0 {
+            None
+        } else {
+            // SAFETY: the header's control pointer and length describe the `Cmsgs` of
+            // this datagram, in which the kernel wrote `msg_controllen` bytes of whole
+            // control messages during the call.
+            unsafe { pktinfo_local(&hdr.msg_hdr, from) }
+        };
         *m = RecvMeta {
             len: len.min(slot),
             from,
             truncated: hdr.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
+            local,
         };
     }
     Ok(got)
@@ -211,15 +245,33 @@ pub fn send_mmsg<'a>(
     scratch: &mut MmsgScratch,
     msgs: impl IntoIterator<Item = (&'a [u8], Option<SocketAddr>)>,
 ) -> io::Result<usize> {
+    send_mmsg_from(
+        fd,
+        scratch,
+        msgs.into_iter().map(|(data, to)| (data, to, None)),
+    )
+}
+
+/// As [`send_mmsg`], each datagram sent from the local address given with it, if any
+/// (an `IP_PKTINFO`, or `IPV6_PKTINFO`, control message): a [`RecvMeta::local`], so that
+/// a reply leaves from the address its request came in on. The address must be the
+/// socket's family's (IPv4-mapped on an IPv6 socket, for an IPv4 peer) and one of the
+/// host's, or that datagram fails (`EINVAL`).
+pub fn send_mmsg_from<'a>(
+    fd: BorrowedFd<'_>,
+    scratch: &mut MmsgScratch,
+    msgs: impl IntoIterator<Item = (&'a [u8], Option<SocketAddr>, Option<IpAddr>)>,
+) -> io::Result<usize> {
     let mut n = 0;
     // As in `recv_mmsg`: element pointers derived once from each vector's `as_mut_ptr`.
     let iovs = scratch.iovs.as_mut_ptr();
     let addrs = scratch.addrs.as_mut_ptr();
-    for (data, to) in msgs.into_iter().take(scratch.capacity()) {
-        // SAFETY: `n < scratch.capacity()` (the `take` above), the length of `iovs` and
-        // `addrs`: the offsets stay inside the vectors, written only through these
-        // pointers until the call.
-        let (iov, addr_slot) = unsafe { (iovs.add(n), addrs.add(n)) };
+    let cmsgs = scratch.cmsgs.as_mut_ptr();
+    for (data, to, src) in msgs.into_iter().take(scratch.capacity()) {
+        // SAFETY: `n < scratch.capacity()` (the `take` above), the length of `iovs`,
+        // `addrs` and `cmsgs`: the offsets stay inside the vectors, written only through
+        // these pointers until the call.
+        let (iov, addr_slot, cmsg) = unsafe { (iovs.add(n), addrs.add(n), cmsgs.add(n)) };
         // SAFETY: as above; `iov` points at a valid `iovec` of `scratch`.
         unsafe {
             iov.write(libc::iovec {
@@ -243,8 +295,19 @@ pub fn send_mmsg<'a>(
         }
         hdr.msg_iov = iov;
         hdr.msg_iovlen = 1;
-        hdr.msg_control = std::ptr::null_mut();
-        hdr.msg_controllen = 0;
+        match src {
+            Some(ip) => {
+                // SAFETY: `cmsg` points at this datagram's `Cmsgs` of `scratch`, written
+                // only through it until the call.
+                let len = unsafe { write_pktinfo(cmsg, ip) };
+                hdr.msg_control = cmsg.cast();
+                hdr.msg_controllen = len;
+            }
+            None => {
+                hdr.msg_control = std::ptr::null_mut();
+                hdr.msg_controllen = 0;
+            }
+        }
         hdr.msg_flags = 0;
         n += 1;
     }
@@ -253,7 +316,8 @@ pub fn send_mmsg<'a>(
     }
     loop {
         // SAFETY: the first `n` headers each point at one iovec over a payload slice
-        // borrowed (with lifetime `'a`, so live) for the call, and at an address in
+        // borrowed (with lifetime `'a`, so live) for the call, at an address in
+        // `scratch` of the length given, or at none, and at a control message in
         // `scratch` of the length given, or at none; `sendmmsg` only reads the payloads
         // (the `cast_mut` above never leads to a write) and writes `msg_len`; `fd` is live.
         let ret = unsafe {
@@ -279,10 +343,140 @@ pub fn send_mmsg<'a>(
     }
 }
 
+/// Asks the kernel to report the local address each datagram came in on
+/// ([`RecvMeta::local`], from [`recv_mmsg`]): `IP_PKTINFO`, and on an IPv6 socket (`v6`)
+/// `IPV6_RECVPKTINFO` as well (an IPv4 datagram on a dual-stack socket then brings both;
+/// `IP_PKTINFO`'s "specific destination", a local unicast address even for a broadcast,
+/// is the one reported).
+pub fn set_recv_pktinfo(fd: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
+    let on: libc::c_int = 1;
+    let both = [
+        (libc::IPPROTO_IP, libc::IP_PKTINFO, "setsockopt(IP_PKTINFO)"),
+        (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_RECVPKTINFO,
+            "setsockopt(IPV6_RECVPKTINFO)",
+        ),
+    ];
+    for &(level, name, what) in &both[..1 + usize::from(v6)] {
+        // SAFETY: the option value is one `int`, passed by pointer with its exact size;
+        // the kernel only reads it.
+        cvt(unsafe {
+            libc::setsockopt(
+                fd.as_raw_fd(),
+                level,
+                name,
+                (&on as *const libc::c_int).cast::<libc::c_void>(),
+                std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+            )
+        })
+        .map_err(crate::context(what))?;
+    }
+    Ok(())
+}
+
+/// The local address in the `IP_PKTINFO`/`IPV6_PKTINFO` control messages of a received
+/// datagram whose source is `from` (see [`RecvMeta::local`]): `IP_PKTINFO`'s specific
+/// destination if there is one (IPv4-mapped when the source is IPv6), else
+/// `IPV6_PKTINFO`'s address unless it is multicast (no reply can leave from that).
+///
+/// # Safety
+///
+/// `hdr.msg_control` points at `hdr.msg_controllen` bytes of whole control messages
+/// written by the kernel, aligned for a `cmsghdr`.
+unsafe fn pktinfo_local(hdr: &libc::msghdr, from: Option<SocketAddr>) -> Option<IpAddr> {
+    let (mut v4, mut v6) = (None, None);
+    // SAFETY: `CMSG_FIRSTHDR`/`CMSG_NXTHDR` only return headers lying whole
+    // within the control buffer the caller vouches for; each payload is read only when
+    // the header's length covers it, unaligned (`CMSG_DATA` promises no alignment).
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
+        while !c.is_null() {
+            let (level, kind, len) = ((*c).cmsg_level, (*c).cmsg_type, (*c).cmsg_len as usize);
+            let fits = |size: usize| len >= libc::CMSG_LEN(size as libc::c_uint) as usize;
+            if level == libc::IPPROTO_IP
+                && kind == libc::IP_PKTINFO
+                && fits(std::mem::size_of::<libc::in_pktinfo>())
+            {
+                let info: libc::in_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                v4 = Some(Ipv4Addr::from(u32::from_be(info.ipi_spec_dst.s_addr)));
+            } else if level == libc::IPPROTO_IPV6
+                && kind == libc::IPV6_PKTINFO
+                && fits(std::mem::size_of::<libc::in6_pktinfo>())
+            {
+                let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                v6 = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+            }
+            c = libc::CMSG_NXTHDR(hdr, c);
+        }
+    }
+    let local = match (v4, v6) {
+        (Some(a), _) if matches!(from, Some(SocketAddr::V6(_))) => IpAddr::V6(a.to_ipv6_mapped()),
+        (Some(a), _) => IpAddr::V4(a),
+        (None, Some(a)) if !a.is_multicast() => IpAddr::V6(a),
+        _ => return None,
+    };
+    (!local.is_unspecified()).then_some(local)
+}
+
+/// Writes into `cmsg` the control message that sends a datagram from `ip` (`IP_PKTINFO`
+/// for IPv4, `IPV6_PKTINFO` for IPv6, any interface) and returns its space.
+///
+/// # Safety
+///
+/// `cmsg` points at a `Cmsgs` valid for writes.
+unsafe fn write_pktinfo(cmsg: *mut Cmsgs, ip: IpAddr) -> usize {
+    let (level, kind, size) = match ip {
+        IpAddr::V4(_) => (
+            libc::IPPROTO_IP,
+            libc::IP_PKTINFO,
+            std::mem::size_of::<libc::in_pktinfo>(),
+        ),
+        IpAddr::V6(_) => (
+            libc::IPPROTO_IPV6,
+            libc::IPV6_PKTINFO,
+            std::mem::size_of::<libc::in6_pktinfo>(),
+        ),
+    };
+    // SAFETY: `cmsg` is valid for writes (the caller's word) and aligned for a `cmsghdr`
+    // (`Cmsgs` is 8-aligned); one `cmsghdr` and its payload, `CMSG_SPACE` of at most the
+    // size of an `in6_pktinfo` (40 bytes), fit in its 128 bytes. The header is zeroed first
+    // (any padding of `cmsghdr`), then written field by field; the payload unaligned.
+    unsafe {
+        cmsg.write(Cmsgs([0; 128]));
+        let c = cmsg.cast::<libc::cmsghdr>();
+        (*c).cmsg_len = libc::CMSG_LEN(size as libc::c_uint) as _;
+        (*c).cmsg_level = level;
+        (*c).cmsg_type = kind;
+        let data = libc::CMSG_DATA(c);
+        match ip {
+            IpAddr::V4(a) => data
+                .cast::<libc::in_pktinfo>()
+                .write_unaligned(libc::in_pktinfo {
+                    ipi_ifindex: 0,
+                    ipi_spec_dst: libc::in_addr {
+                        s_addr: u32::from(a).to_be(),
+                    },
+                    ipi_addr: libc::in_addr { s_addr: 0 },
+                }),
+            IpAddr::V6(a) => data
+                .cast::<libc::in6_pktinfo>()
+                .write_unaligned(libc::in6_pktinfo {
+                    ipi6_addr: libc::in6_addr {
+                        s6_addr: a.octets(),
+                    },
+                    ipi6_ifindex: 0,
+                }),
+        }
+        libc::CMSG_SPACE(size as libc::c_uint) as usize
+    }
+}
+
 /// Receives one datagram with `recvfrom(MSG_TRUNC)` into `buf`.
 ///
 /// [`RecvMeta::len`] is the bytes written (at most `buf.len()`); a longer datagram is
-/// reported [`truncated`](RecvMeta::truncated). Errors as [`recv_mmsg`].
+/// reported [`truncated`](RecvMeta::truncated). [`RecvMeta::local`] is not reported (use
+/// [`recv_mmsg`] for that). Errors as [`recv_mmsg`].
 pub fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RecvMeta> {
     loop {
         let mut full = 0usize;
@@ -307,6 +501,7 @@ pub fn recv_from(fd: BorrowedFd<'_>, buf: &mut [u8]) -> io::Result<RecvMeta> {
                 len: full.min(buf.len()),
                 from: from.as_socket(),
                 truncated: full > buf.len(),
+                local: None,
             }),
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => Err(e),
@@ -486,6 +681,44 @@ mod tests {
         let mut buf = [0u8; 4];
         let err = recv_from(a.as_fd(), &mut buf).unwrap_err();
         assert_eq!(err.kind(), io::ErrorKind::ConnectionRefused);
+    }
+
+    /// On a wildcard socket with `set_recv_pktinfo`, `recv_mmsg` reports the address each
+    /// datagram was sent to, and `send_mmsg_from` replies from it; without it, none.
+    #[test]
+    fn pktinfo_reports_the_local_address_and_replies_leave_from_it() {
+        let wild = UdpSocket::bind("0.0.0.0:0").unwrap();
+        let port = wild.local_addr().unwrap().port();
+        let (c, _) = pair();
+        let to = SocketAddr::from(([127, 0, 0, 3], port));
+        let mut scratch = MmsgScratch::new(2);
+        let mut buf = [0u8; 64];
+        let mut meta = [RecvMeta::default(); 2];
+        for pktinfo in [false, true] {
+            if pktinfo {
+                set_recv_pktinfo(wild.as_fd(), false).unwrap();
+            }
+            c.send_to(b"q", to).unwrap();
+            wait_readable(&wild);
+            // One slot: the socket blocks, and a call for two would wait for a second.
+            assert_eq!(
+                recv_mmsg(wild.as_fd(), &mut scratch, &mut buf, 64, &mut meta).unwrap(),
+                1
+            );
+            let want = pktinfo.then_some(to.ip());
+            assert_eq!(
+                (meta[0].local, meta[0].from),
+                (want, Some(c.local_addr().unwrap()))
+            );
+        }
+        let reply = [(&b"r"[..], meta[0].from, meta[0].local)];
+        assert_eq!(
+            send_mmsg_from(wild.as_fd(), &mut scratch, reply).unwrap(),
+            1
+        );
+        c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+        let (_, from) = c.recv_from(&mut buf).unwrap();
+        assert_eq!(from, to);
     }
 
     #[test]

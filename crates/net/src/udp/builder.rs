@@ -2,7 +2,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, OnceLock};
 
@@ -212,6 +212,13 @@ impl UdpBuilder {
             .batch
             .min(duo_buffer::MAX_BLOCK / self.max_datagram)
             .max(1);
+        // Bound to a wildcard address, the socket has no address of its own to reply
+        // from: have each datagram's reported, so that replies leave from it.
+        let pktinfo = local_addr.ip().is_unspecified();
+        if pktinfo {
+            duo_sys::set_recv_pktinfo(fd.as_fd(), local_addr.is_ipv6())
+                .map_err(|e| io::Error::new(e.kind(), format!("udp {local_addr}: {e}")))?;
+        }
         let handler = UdpHandler {
             shared: Arc::clone(&shared),
             on_datagram: self
@@ -223,6 +230,7 @@ impl UdpBuilder {
             meta: vec![RecvMeta::default(); batch],
             queue: SendQueue::default(),
             single_recv: self.single_recv,
+            pktinfo,
             flush_scheduled: false,
         };
         let name = self.name;

@@ -3,7 +3,7 @@
 
 use std::collections::VecDeque;
 use std::io;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -39,6 +39,8 @@ static PANICS: LogLimiter = LogLimiter::new("udp callback panics");
 struct Pending {
     len: usize,
     to: Option<SocketAddr>,
+    /// The local address to send from (a reply on a wildcard-bound socket), if any.
+    src: Option<IpAddr>,
 }
 
 /// Datagrams waiting to be sent, in order: payloads back to back in one arena.
@@ -53,11 +55,12 @@ pub(crate) struct SendQueue {
 }
 
 impl SendQueue {
-    fn push(&mut self, data: &[u8], to: Option<SocketAddr>) {
+    fn push(&mut self, data: &[u8], to: Option<SocketAddr>, src: Option<IpAddr>) {
         self.bytes.extend_from_slice(data);
         self.entries.push_back(Pending {
             len: data.len(),
             to,
+            src,
         });
         self.cost += data.len() + ENTRY_COST;
     }
@@ -67,12 +70,12 @@ impl SendQueue {
     }
 
     /// The first `n` entries, with their payloads.
-    fn front(&self, n: usize) -> impl Iterator<Item = (&[u8], Option<SocketAddr>)> {
+    fn front(&self, n: usize) -> impl Iterator<Item = (&[u8], Option<SocketAddr>, Option<IpAddr>)> {
         let mut at = self.head;
         self.entries.iter().take(n).map(move |p| {
             let data = &self.bytes[at..at + p.len];
             at += p.len;
-            (data, p.to)
+            (data, p.to, p.src)
         })
     }
 
@@ -91,6 +94,13 @@ impl SendQueue {
             } else {
                 self.bytes.clear();
             }
+        } else if self.head > KEPT_ARENA && self.head >= self.bytes.len() - self.head {
+            // A queue that never drains (the send buffer stays full while replies keep
+            // coming) would otherwise keep every byte it ever sent: move the pending
+            // payloads to the front once the sent prefix outweighs them (a move copies no
+            // more bytes than were popped since the last one: amortised O(1) per byte).
+            self.bytes.drain(..self.head);
+            self.head = 0;
         }
         bytes
     }
@@ -108,6 +118,9 @@ pub(crate) struct UdpHandler {
     pub(crate) queue: SendQueue,
     /// One `recvfrom` per datagram instead of `recvmmsg` (for the benchmark's comparison).
     pub(crate) single_recv: bool,
+    /// The socket is bound to a wildcard address and reports each datagram's local
+    /// address (`duo_sys::set_recv_pktinfo`): replies are sent from it.
+    pub(crate) pktinfo: bool,
     /// A flush of other threads' sends is queued on the loop.
     pub(crate) flush_scheduled: bool,
 }
@@ -209,7 +222,16 @@ impl UdpHandler {
     fn recv_each(&mut self, ch: &Channel, buf: &mut [u8], batch: usize) -> io::Result<usize> {
         let mut n = 0;
         while n < batch {
-            match duo_sys::recv_from(ch.fd(), &mut buf[n * self.slot..(n + 1) * self.slot]) {
+            let slot = &mut buf[n * self.slot..(n + 1) * self.slot];
+            let got = if self.pktinfo {
+                // Only `recvmmsg` brings the local address: a batch of one.
+                let meta = &mut self.meta[n..=n];
+                duo_sys::recv_mmsg(ch.fd(), &mut self.scratch, slot, self.slot, meta)
+                    .map(|_| meta[0])
+            } else {
+                duo_sys::recv_from(ch.fd(), slot)
+            };
+            match got {
                 Ok(m) => {
                     self.meta[n] = m;
                     n += 1;
@@ -251,6 +273,7 @@ impl UdpHandler {
                 handler: self,
                 stop,
                 fd: ch,
+                reply: m.local.map(|local| (from, local)),
             };
             let caught = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(|| {
                 cb(&mut ctx, payload, from)
@@ -291,6 +314,7 @@ impl UdpHandler {
         &mut self,
         data: &[u8],
         to: Option<SocketAddr>,
+        src: Option<IpAddr>,
     ) -> Result<(), UdpSendError> {
         let s = &self.shared;
         let cost = data.len() + ENTRY_COST;
@@ -301,7 +325,7 @@ impl UdpHandler {
                 limit: s.queue_limit,
             });
         }
-        self.queue.push(data, to);
+        self.queue.push(data, to, src);
         self.store_queued();
         Ok(())
     }
@@ -318,7 +342,7 @@ impl UdpHandler {
     /// Queues a datagram from another thread's send, already checked against the limit.
     /// Returns true if a flush must be scheduled (none is yet).
     pub(crate) fn queue_unchecked(&mut self, data: &[u8], to: Option<SocketAddr>) -> bool {
-        self.queue.push(data, to);
+        self.queue.push(data, to, None);
         self.store_queued();
         !std::mem::replace(&mut self.flush_scheduled, true)
     }
@@ -337,11 +361,9 @@ impl UdpHandler {
         let (mut count, mut bytes, mut calls) = (0u64, 0u64, 0u64);
         while !self.queue.is_empty() {
             let n = self.queue.entries.len().min(self.scratch.capacity());
-            let sent = if n == 1 {
-                let (data, to) = self.queue.front(1).next().expect("one entry");
-                duo_sys::send_to(ch.fd(), data, to).map(|_| 1)
-            } else {
-                duo_sys::send_mmsg(ch.fd(), &mut self.scratch, self.queue.front(n))
+            let sent = match self.queue.front(n).next() {
+                Some((data, to, None)) if n == 1 => duo_sys::send_to(ch.fd(), data, to).map(|_| 1),
+                _ => duo_sys::send_mmsg_from(ch.fd(), &mut self.scratch, self.queue.front(n)),
             };
             match sent {
                 Ok(k) => {
@@ -405,6 +427,9 @@ pub struct UdpCtx<'a> {
     handler: &'a mut UdpHandler,
     stop: &'a mut bool,
     fd: &'a mut Channel,
+    /// The datagram's source and the local address it came in on (wildcard-bound
+    /// sockets only): a reply to that source is sent from that address.
+    reply: Option<(SocketAddr, IpAddr)>,
 }
 
 impl std::fmt::Debug for UdpCtx<'_> {
@@ -418,6 +443,11 @@ impl std::fmt::Debug for UdpCtx<'_> {
 impl UdpCtx<'_> {
     /// Queues `data` for `to`; it is sent when this batch of callbacks ends.
     ///
+    /// A reply (`to` is the datagram's source) leaves from the address the datagram was
+    /// sent to, also on a socket bound to a wildcard address (`0.0.0.0`, `::`), where the
+    /// kernel would otherwise pick one by route, which a peer that sent to another of the
+    /// host's addresses would not recognise.
+    ///
     /// # Errors
     ///
     /// [`UdpSendError::QueueFull`] if the send queue is at its limit (the socket's send
@@ -427,7 +457,10 @@ impl UdpCtx<'_> {
     /// [`MAX_PAYLOAD`](super::MAX_PAYLOAD)).
     pub fn send_to(&mut self, data: &[u8], to: SocketAddr) -> Result<(), UdpSendError> {
         check_len(data.len())?;
-        self.handler.enqueue(data, Some(to))
+        let src = self
+            .reply
+            .and_then(|(from, local)| (from == to).then_some(local));
+        self.handler.enqueue(data, Some(to), src)
     }
 
     /// Queues `data` for the connected peer ([`UdpBuilder::connect`](super::UdpBuilder::connect)).
@@ -437,7 +470,7 @@ impl UdpCtx<'_> {
     /// As [`send_to`](UdpCtx::send_to).
     pub fn send(&mut self, data: &[u8]) -> Result<(), UdpSendError> {
         check_len(data.len())?;
-        self.handler.enqueue(data, None)
+        self.handler.enqueue(data, None, None)
     }
 
     /// The socket's handle, to keep for sending from another thread later.
@@ -496,6 +529,30 @@ mod tests {
         ]
     }
 
+    /// A queue that never drains (the send buffer stays full while replies keep coming,
+    /// each flush sending a few) keeps an arena the size of what is pending, not of
+    /// everything it ever sent.
+    #[test]
+    fn a_queue_that_never_drains_does_not_grow_without_bound() {
+        let mut q = SendQueue::default();
+        let to = Some(SocketAddr::from(([127, 0, 0, 1], 9)));
+        q.push(&[0u8; 1000], to, None);
+        for i in 0..20_000u32 {
+            q.push(&[i as u8; 1000], to, None);
+            // The oldest pending payload: the previous one pushed (the first is zeros).
+            let want = if i == 0 { 0 } else { (i - 1) as u8 };
+            assert_eq!(q.front(1).next().unwrap().0, &[want; 1000][..]);
+            assert_eq!(q.pop(1), 1000);
+        }
+        assert_eq!(q.entries.len(), 1);
+        assert_eq!(q.front(1).next().unwrap().0, &[19_999u32 as u8; 1000][..]);
+        assert!(
+            q.bytes.capacity() <= 4 * super::KEPT_ARENA,
+            "an arena of {} bytes for 1 000 pending",
+            q.bytes.capacity()
+        );
+    }
+
     proptest! {
         /// The queue against a `VecDeque` of owned datagrams: same datagrams, same order,
         /// same addresses, and the cost it reports is payloads plus the entry cost.
@@ -508,13 +565,13 @@ mod tests {
                     Op::Push(len, port) => {
                         let data = vec![i as u8; len];
                         let to = (port % 2 == 0).then(|| SocketAddr::from(([127, 0, 0, 1], port)));
-                        q.push(&data, to);
+                        q.push(&data, to, None);
                         model.push_back((data, to));
                     }
                     Op::Pop(n) => {
                         let n = n.min(model.len());
                         let front: Vec<(Vec<u8>, Option<SocketAddr>)> =
-                            q.front(n).map(|(d, t)| (d.to_vec(), t)).collect();
+                            q.front(n).map(|(d, t, _)| (d.to_vec(), t)).collect();
                         let want: Vec<_> = model.drain(..n).collect();
                         prop_assert_eq!(&front, &want);
                         let bytes: usize = want.iter().map(|(d, _)| d.len()).sum();
@@ -524,7 +581,7 @@ mod tests {
                 let cost: usize = model.iter().map(|(d, _)| d.len() + ENTRY_COST).sum();
                 prop_assert_eq!(q.cost, cost);
                 prop_assert_eq!(q.is_empty(), model.is_empty());
-                let all: Vec<_> = q.front(usize::MAX).map(|(d, t)| (d.to_vec(), t)).collect();
+                let all: Vec<_> = q.front(usize::MAX).map(|(d, t, _)| (d.to_vec(), t)).collect();
                 prop_assert_eq!(all, model.iter().cloned().collect::<Vec<_>>());
             }
         }

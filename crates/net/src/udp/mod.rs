@@ -18,6 +18,9 @@
 //!   refused with [`UdpSendError::QueueFull`] and counted ([`UdpStats::dropped`]). Nothing
 //!   is dropped silently. A datagram the kernel refuses (`EMSGSIZE`, ...) is counted in
 //!   [`UdpStats::send_errors`] and logged.
+//! - **Wildcard addresses.** A socket bound to `0.0.0.0` or `::` learns the address each
+//!   datagram came in on (`IP_PKTINFO`), and a reply from `on_datagram` to its source
+//!   leaves from that address, the one the peer sent to.
 //! - **ICMP errors** (`ECONNREFUSED` on a connected socket) are counted
 //!   ([`UdpStats::refused`]) and logged; the socket goes on.
 //!
@@ -273,14 +276,20 @@ impl UdpSocket {
     }
 
     /// Stops the socket: sends are refused from now on, and the loop closes the
-    /// descriptor when it runs the queued stop (datagrams still queued then are counted as
-    /// dropped). [`is_closed`](UdpSocket::is_closed) tells when that happened.
+    /// descriptor when it runs the queued stop. What was queued before it (by the loop, or
+    /// by [`send_to`](UdpSocket::send_to) calls that returned before this one began) is
+    /// sent first, as far as the send buffer takes it; the rest is counted as dropped.
+    /// [`is_closed`](UdpSocket::is_closed) tells when the descriptor was closed.
     pub fn stop(&self) {
         let s = &self.shared;
         s.stopped.store(true, Ordering::Release);
         let shared = Arc::clone(s);
         let _ = s.lp.queue_in_loop(move |lp| {
             if let Some(&token) = shared.token.get() {
+                // Sends queued from other threads before this stop have reached the
+                // socket's queue (queued functions run in order), but the flush they
+                // scheduled runs after this function: flush now, or they would be dropped.
+                lp.with_handler(token, |_, ch, h: &mut UdpHandler| h.flush(ch));
                 lp.remove_channel(token);
             }
         });
