@@ -43,7 +43,9 @@
 //!   for a dead one, and time stopped does not count towards
 //!   [`SupervisorConfig::ready_timeout`] or [`SupervisorConfig::stop_timeout`].
 //! - **Stats.** Every [`SupervisorConfig::stats_interval`] one log line sums the counters
-//!   the workers publish ([`StatsSlot::publish`]).
+//!   the workers publish ([`StatsSlot::publish`]): connections open now, and what every
+//!   worker counted since the supervisor started (totals that do not go down when a
+//!   worker dies or a generation retires) or since the previous line (the rates).
 //! - **Metrics.** A worker that serves a metrics endpoint on `127.0.0.1` publishes its
 //!   port ([`StatsSlot::publish_metrics_port`]); [`Supervisor::worker_table`] lists those
 //!   endpoints, so that the supervisor can serve one `/metrics` for all its workers

@@ -50,13 +50,14 @@ use crate::protocol::{
     ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::table::WorkerTable;
-use crate::worker::WorkerStats;
 
 mod child;
 mod job;
 mod stats;
 mod stop;
 mod upgrade;
+
+use stats::StatsLog;
 
 pub(crate) use child::READY;
 use child::{describe, read_byte, read_ready};
@@ -315,10 +316,14 @@ impl Supervisor {
             stopping: false,
             failure: None,
             on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce() + Send>),
-            last_stats: (Instant::now(), WorkerStats::default()),
+            stats_log: StatsLog::new([]),
             paused: Duration::ZERO,
         };
         state.adopt(self.adopted, self.adopted_retiring);
+        // The adopted workers' totals were counted by the image before.
+        state.stats_log = StatsLog::new(state.workers.iter().filter_map(|(pid, w)| {
+            Some((*pid, crate::worker::read_row(state.row_cells(w.row?)).1))
+        }));
         if let Some(every) = state.cfg.stats_interval {
             lp.run_every(every, |lp| {
                 lp.with_local(|_, st: &mut State| st.log_stats());
@@ -391,7 +396,8 @@ struct State {
     /// Why the first generation failed; `run` returns it.
     failure: Option<String>,
     on_ready: Option<Box<dyn FnOnce() + Send>>,
-    last_stats: (Instant, WorkerStats),
+    /// The counters behind the summed stats line (`stats.rs`).
+    stats_log: StatsLog,
     /// How long the supervisor has been stopped by job control in all (`job.rs`): its
     /// deadlines do not count that time.
     paused: Duration,
@@ -691,6 +697,7 @@ impl State {
             return;
         };
         if let Some(row) = w.row {
+            self.retire_row_stats(pid, row);
             self.clear_row(row);
             self.free_rows.push(row);
         }

@@ -1,6 +1,7 @@
 //! The stats region: one row of counters per worker, and the summed line the supervisor
 //! logs every `stats_interval`.
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
@@ -34,30 +35,103 @@ impl State {
         self.row_cells(row)[COL_GENERATION].load(Ordering::Relaxed)
     }
 
+    /// What `row` (worker `pid`'s) counted since the last look, now that it is about to
+    /// be cleared (the worker exited): kept for the next line.
+    pub(super) fn retire_row_stats(&mut self, pid: u32, row: usize) {
+        let (_, now) = read_row(self.row_cells(row));
+        self.stats_log.retire(pid, &now);
+    }
+
     pub(super) fn log_stats(&mut self) {
-        let mut sum = WorkerStats::default();
-        for w in self.workers.values() {
-            if let Some(row) = w.row {
-                let (_, s) = read_row(self.row_cells(row));
-                sum.add(&s);
-            }
-        }
+        let live: Vec<(u32, WorkerStats)> = self
+            .workers
+            .iter()
+            .filter_map(|(pid, w)| Some((*pid, read_row(self.row_cells(w.row?)).1)))
+            .collect();
         let now = Instant::now();
-        let (then, before) = self.last_stats;
-        let secs = now.duration_since(then).as_secs_f64().max(1e-9);
-        let rate = |a: u64, b: u64| a.saturating_sub(b) as f64 / secs;
+        let (secs, open, interval, totals) = self.stats_log.take(now, &live);
+        let rate = |n: u64| n as f64 / secs;
         let mib = 1024.0 * 1024.0;
         log::info!(
             "stats: generation {}, {} workers, {} connections open, {} accepted, \
              {:.0} msg/s, in {:.2} MiB/s, out {:.2} MiB/s",
             self.generation,
             self.workers.len(),
-            sum.open,
-            sum.accepted,
-            rate(sum.messages, before.messages),
-            rate(sum.bytes_in, before.bytes_in) / mib,
-            rate(sum.bytes_out, before.bytes_out) / mib,
+            open,
+            totals.accepted,
+            rate(interval.messages),
+            rate(interval.bytes_in) / mib,
+            rate(interval.bytes_out) / mib,
         );
-        self.last_stats = (now, sum);
+    }
+}
+
+/// The counters behind the summed line. A worker's row holds its own totals, which end
+/// with it (the row is cleared for the next worker): the line sums what each worker
+/// counted since the previous line, kept by PID, so that its totals never go down when a
+/// worker dies or a generation retires, and its rates count every worker's work.
+#[derive(Debug)]
+pub(super) struct StatsLog {
+    /// When the previous line was logged.
+    last: Instant,
+    /// Each live worker's totals at the previous line.
+    seen: HashMap<u32, WorkerStats>,
+    /// What exited workers counted since the previous line.
+    gone: WorkerStats,
+    /// Everything counted since this supervisor image started (`open` unused).
+    totals: WorkerStats,
+}
+
+impl StatsLog {
+    /// Counting from now; `adopted`: the totals of workers an earlier image started, which
+    /// this one does not count again.
+    pub(super) fn new(adopted: impl IntoIterator<Item = (u32, WorkerStats)>) -> StatsLog {
+        StatsLog {
+            last: Instant::now(),
+            seen: adopted.into_iter().collect(),
+            gone: WorkerStats::default(),
+            totals: WorkerStats::default(),
+        }
+    }
+
+    /// Worker `pid` exited with these totals.
+    fn retire(&mut self, pid: u32, now: &WorkerStats) {
+        let before = self.seen.remove(&pid).unwrap_or_default();
+        self.gone.add(&since(now, &before));
+    }
+
+    /// The figures of a line at `now`, from the live workers' totals: the seconds since
+    /// the previous line, the connections open, what was counted since the previous line,
+    /// and in all.
+    fn take(
+        &mut self,
+        now: Instant,
+        live: &[(u32, WorkerStats)],
+    ) -> (f64, u64, WorkerStats, WorkerStats) {
+        let secs = now.duration_since(self.last).as_secs_f64().max(1e-9);
+        let mut interval = std::mem::take(&mut self.gone);
+        let mut open = 0u64;
+        let mut seen = HashMap::with_capacity(live.len());
+        for (pid, s) in live {
+            interval.add(&since(s, &self.seen.get(pid).copied().unwrap_or_default()));
+            open = open.saturating_add(s.open);
+            seen.insert(*pid, *s);
+        }
+        self.seen = seen;
+        self.last = now;
+        self.totals.add(&interval);
+        (secs, open, interval, self.totals)
+    }
+}
+
+/// What `now` counted beyond `before` (the same worker's totals, earlier), column by
+/// column; `open` is `now`'s.
+fn since(now: &WorkerStats, before: &WorkerStats) -> WorkerStats {
+    WorkerStats {
+        open: now.open,
+        accepted: now.accepted.saturating_sub(before.accepted),
+        bytes_in: now.bytes_in.saturating_sub(before.bytes_in),
+        bytes_out: now.bytes_out.saturating_sub(before.bytes_out),
+        messages: now.messages.saturating_sub(before.messages),
     }
 }
