@@ -77,7 +77,8 @@
 //!   socket without `SO_REUSEPORT` holds the port, fails and is restarted with back-off).
 //!   Under socket activation the UDP socket is bound beside the inherited TCP one.
 //!   `--udp-batch N` (default 32): datagrams per `recvmmsg`/`sendmmsg`; 1 receives with
-//!   one `recvfrom` per datagram (the benchmark's comparison).
+//!   one `recvfrom` per datagram (the benchmark's comparison). Datagrams are plaintext, so
+//!   `--udp` and `--tls-cert` together are a usage error (there is no DTLS).
 //! - `--tls-cert PEM --tls-key PEM`: serve TLS (rustls; TLS 1.3 and 1.2) with the
 //!   certificate chain and private key in these PEM files (both or neither). The echo is
 //!   of the plaintext. With `--processes`, every worker loads the files itself. A file
@@ -242,7 +243,8 @@ struct ServeArgs {
           value_parser = clap::value_parser!(u64).range(0..=3600))]
     defer_accept: u64,
     /// Also echo UDP datagrams on the listener's address (printed as `udp on HOST:PORT`).
-    #[arg(long)]
+    /// Plaintext: not with TLS (there is no DTLS).
+    #[arg(long, conflicts_with = "tls_cert")]
     udp: bool,
     /// With --udp: datagrams per recvmmsg/sendmmsg (1: one recvfrom per datagram).
     #[arg(long, value_name = "N", default_value_t = 32, requires = "udp",

@@ -83,6 +83,16 @@ fn max_conns_0_is_a_usage_error() {
     assert_usage_error(&["--max-conns", "0", "--processes", "1"], "--max-conns");
 }
 
+/// `--udp` next to TLS served the datagrams in plaintext beside a TLS listener, which an
+/// operator who asked for TLS does not expect: there is no DTLS, so the two are refused
+/// together.
+#[test]
+fn udp_beside_tls_is_a_usage_error() {
+    let certs = TestCerts::new("udp-tls");
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    assert_usage_error(&["--udp", "--tls-cert", &cert, "--tls-key", &key], "--udp");
+}
+
 /// Stops `server` with `signal`; it must exit with status 0 within [`STOP`].
 fn stops_cleanly(server: &mut ChildServer, signal: &str, what: &str) {
     let (status, took) = server
