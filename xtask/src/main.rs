@@ -24,6 +24,8 @@ use std::process::{Command, ExitCode};
 use clap::{Parser, Subcommand};
 
 mod bench;
+#[cfg(test)]
+mod harness_combos;
 mod observe;
 mod process;
 mod report;
@@ -90,6 +92,7 @@ pub(crate) enum Failure {
 
 /// Runs a command to completion; a failure to start or a non-zero exit is an error.
 pub(crate) fn run(cmd: &mut Command) -> Result<(), Failure> {
+    process::ends_with_harness(cmd);
     let status = cmd
         .status()
         .map_err(|e| Failure::Run(format!("cannot start {:?}: {e}", cmd.get_program())))?;

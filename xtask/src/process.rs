@@ -31,6 +31,7 @@ impl Server {
         let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
         let mut cmd = Command::new(exe);
         cmd.args(args);
+        ends_with_harness(&mut cmd);
         let child = ChildServer::builder(cmd)
             .startup(STARTUP)
             .stderr(log_file)
@@ -74,6 +75,15 @@ impl Server {
     }
 }
 
+/// Makes the child `cmd` starts get SIGTERM when the harness ends without stopping it
+/// (killed by a CI timeout's SIGTERM or by SIGKILL, its terminal gone): no server, load
+/// generator or Prometheus outlives the harness that started it. The signal follows the
+/// thread that spawns the child (see [`duo_sys::set_parent_death_signal`]): spawn from a
+/// thread that outlives the child.
+pub(crate) fn ends_with_harness(cmd: &mut Command) {
+    duo_sys::set_parent_death_signal(cmd, duo_sys::Signal::TERM);
+}
+
 /// `utime + stime` of a process, from `/proc/PID/stat`.
 pub(crate) fn cpu_time(pid: u32) -> Result<Duration, String> {
     duo_testkit::cpu_time(pid).map_err(|e| format!("CPU time of {pid}: {e}"))
@@ -105,6 +115,7 @@ pub(crate) fn run_bounded(
     log: &Path,
 ) -> Result<(bool, String), String> {
     let log_file = File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    ends_with_harness(cmd);
     let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::piped())

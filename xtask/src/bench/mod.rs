@@ -24,6 +24,8 @@
 //! exceeds `--max-steal` (5 % by default) is made again at once, up to twice (once with
 //! `--quick`), and the attempt with the least steal is kept when all were high.
 
+#[cfg(test)]
+mod harness_combos;
 mod micro;
 mod outcome;
 mod pg;

@@ -10,8 +10,9 @@ pub(super) struct Run {
     /// `loadgen --json` output, or the error that prevented it.
     pub(super) result: Result<LoadgenJson, String>,
     /// Server CPU time (user + system) during the run: on PostgreSQL, of the front-end's
-    /// processes, over the measured phase.
-    pub(super) cpu: Duration,
+    /// processes, over the measured phase; `None` when it was not measured (an idle
+    /// run's covers the whole run: it has no measured phase).
+    pub(super) cpu: Option<Duration>,
     /// On PostgreSQL: the database server's CPU time (the postmaster and its backends)
     /// over the measured phase.
     pub(super) db_cpu: Option<Duration>,
@@ -29,7 +30,7 @@ impl Run {
     pub(super) fn failed(why: String) -> Run {
         Run {
             result: Err(why),
-            cpu: Duration::ZERO,
+            cpu: None,
             db_cpu: None,
             steal_pct: None,
             attempts: 1,
@@ -52,7 +53,8 @@ impl Run {
             return None;
         }
         let ops = self.get(LoadgenJson::work)?;
-        (ops > 0).then(|| self.cpu.as_secs_f64() * 1e6 / ops as f64)
+        let cpu = self.cpu?;
+        (ops > 0).then(|| cpu.as_secs_f64() * 1e6 / ops as f64)
     }
 
     /// Database server CPU time per unit of work, in microseconds (PostgreSQL runs).
@@ -142,6 +144,19 @@ impl Outcome {
     /// Database server CPU time per unit of work, in microseconds (PostgreSQL runs).
     pub(super) fn db_cpu_stats(&self) -> Option<Stats> {
         stats(self.runs.iter().map(Run::db_cpu_per_op_us))
+    }
+
+    /// Front-end plus database CPU time per transfer, µs (the median run's of each), on
+    /// PostgreSQL; `None` for a bank whose front-end was not measured.
+    pub(super) fn total_cpu_per_op_us(&self) -> Option<f64> {
+        let db = self.db_cpu_stats()?.median;
+        // pgbench is a client: it has no front-end.
+        let pgbench = self
+            .runs
+            .iter()
+            .any(|r| r.get(|j| Some(j.mode == "pgbench")) == Some(true));
+        let front = self.cpu_per_op_us().or(pgbench.then_some(0.0))?;
+        Some(front + db)
     }
 
     /// Hypervisor steal over the kept runs, % of the machine's CPU time.

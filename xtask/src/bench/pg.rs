@@ -340,7 +340,7 @@ pub(super) fn run_pgbench(pg: &PgCluster, tag: &str, set: &Setting<'_>) -> Run {
     let cpu = sampler.finish(phase);
     Run {
         result,
-        cpu: Duration::ZERO,
+        cpu: None,
         db_cpu: cpu.map(|c| c.db),
         steal_pct,
         attempts: 1,

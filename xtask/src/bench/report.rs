@@ -285,7 +285,7 @@ fn pg_table(md: &mut String, results: &Results<'_>) {
                     cpu(o.cpu_stats())
                 },
                 cpu(o.db_cpu_stats()),
-                us(total_cpu_us(o)),
+                us(o.total_cpu_per_op_us()),
                 steal_cell(o),
             ]
         })
@@ -327,13 +327,6 @@ fn pg_table(md: &mut String, results: &Results<'_>) {
         fmt_ratio(s.cpu_group_over_single),
         fmt_ratio(s.cpu_two_over_one),
     );
-}
-
-/// Front-end plus database CPU time per transfer, µs (the median run's of each).
-fn total_cpu_us(o: &Outcome) -> Option<f64> {
-    let db = o.db_cpu_stats()?.median;
-    let front = o.cpu_per_op_us().unwrap_or(0.0);
-    Some(front + db)
 }
 
 fn fmt_ratio(v: Option<f64>) -> String {
@@ -407,7 +400,7 @@ impl PgSummary {
         let pgbench = find(Target::PgBench);
         let rate = |o: Option<&Outcome>| o.and_then(Outcome::rate);
         let p99 = |o: Option<&Outcome>| o.and_then(|o| o.median(|j| j.p99_us));
-        let cpu = |o: Option<&Outcome>| o.and_then(total_cpu_us);
+        let cpu = |o: Option<&Outcome>| o.and_then(Outcome::total_cpu_per_op_us);
         let div = |a: Option<f64>, b: Option<f64>| match (a, b) {
             (Some(a), Some(b)) if b > 0.0 => Some(a / b),
             _ => None,
@@ -634,7 +627,7 @@ pub(super) fn report_json(results: &Results<'_>, micro: &[Estimate], h: &Header<
                     "median_steal_pct": o.steal_stats().map(|s| s.median),
                     "steal_repeats": o.repeats(),
                     "runs": o.runs.iter().map(|r| json!({
-                        "server_cpu_secs": r.cpu.as_secs_f64(),
+                        "server_cpu_secs": r.cpu.map(|c| c.as_secs_f64()),
                         "server_cpu_per_op_us": r.cpu_per_op_us(),
                         "db_cpu_secs": r.db_cpu.map(|c| c.as_secs_f64()),
                         "db_cpu_per_op_us": r.db_cpu_per_op_us(),

@@ -9,7 +9,7 @@ use duo_testkit::loadgen_json::LoadgenJson;
 use duo_testkit::pg::PgCluster;
 
 use super::outcome::{fmt_rate, fmt_steal, fmt_us, Outcome, Run};
-use super::pg::{run_pgbench, RunDatabase, Sampler};
+use super::pg::{run_pgbench, PhaseCpu, RunDatabase, Sampler};
 use super::scenarios::{Entrant, Scenario, Target};
 use super::steal::StealMeter;
 use crate::process::{run_bounded, Server};
@@ -92,39 +92,67 @@ fn run_server(
     );
     let steal_pct = steal.finish();
     let after = server.cpu_time();
-    let mut cpu = match (after, before) {
-        (Ok(a), Ok(b)) => a.saturating_sub(b),
-        _ => Duration::ZERO,
+    let whole_run = match (after, before) {
+        (Ok(a), Ok(b)) => Some(a.saturating_sub(b)),
+        _ => None,
     };
+    let mut run = loadgen_run(sc.mode, ran, whole_run, tag);
+    run.steal_pct = steal_pct;
+    if let Some(sampler) = sampler {
+        let phase = run.result.as_ref().ok().and_then(|j| j.elapsed_secs);
+        charge_phase(&mut run, sampler.finish(phase.map(Duration::from_secs_f64)));
+    }
+    drop(server);
+    run
+}
+
+/// The run of a `loadgen` in `mode` that ended as `ran`: its report (or why there is
+/// none), and the server CPU time it is charged (`whole_run`: the server's CPU time over
+/// all of `loadgen`'s run, set-up included); `tag` names the logs.
+pub(super) fn loadgen_run(
+    mode: &str,
+    ran: Result<(bool, String), String>,
+    whole_run: Option<Duration>,
+    tag: &str,
+) -> Run {
     let result = ran.and_then(|(ok, out)| {
         let mut report = LoadgenJson::find_in(&out)
             .ok_or_else(|| format!("loadgen printed no JSON (see logs/{tag}.loadgen.log)"))?;
-        if ok {
-            if let Some(secs) = report.server_cpu_secs {
-                cpu = Duration::from_secs_f64(secs);
-            }
-        } else {
+        if !ok {
             report.verification_failed = true;
         }
         Ok(report)
     });
-    let mut db_cpu = None;
-    if let Some(sampler) = sampler {
-        let phase = result.as_ref().ok().and_then(|j| j.elapsed_secs);
-        let phase_cpu = sampler.finish(phase.map(Duration::from_secs_f64));
-        // The front-end's processes over the same window as the database's.
-        cpu = phase_cpu.and_then(|c| c.front).unwrap_or(Duration::ZERO);
-        db_cpu = phase_cpu.map(|c| c.db);
-    }
-    drop(server);
+    let cpu = if mode == "idle" {
+        // No measured phase (nor `--server-pid`): the whole run is what there is.
+        whole_run
+    } else {
+        // The measured phase alone, as loadgen sampled it (also when it exited non-zero);
+        // without that figure there is none: the whole run includes the set-up.
+        result
+            .as_ref()
+            .ok()
+            .and_then(|j| j.server_cpu_secs)
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .map(Duration::from_secs_f64)
+    };
     Run {
         result,
         cpu,
-        db_cpu,
-        steal_pct,
+        db_cpu: None,
+        steal_pct: None,
         attempts: 1,
         steal_high: false,
     }
+}
+
+/// Charges `run` (on PostgreSQL) with the CPU time of the front-end's processes and of
+/// the database server over the measured phase, as the [`Sampler`] found it.
+pub(super) fn charge_phase(run: &mut Run, phase_cpu: Option<PhaseCpu>) {
+    // The front-end's processes over the same window as the database's.
+    // Not sampled is unknown, not free.
+    run.cpu = phase_cpu.and_then(|c| c.front);
+    run.db_cpu = phase_cpu.map(|c| c.db);
 }
 
 /// The `loadgen` command line of `sc` against `server`.

@@ -41,6 +41,7 @@ impl Running {
                 .map_err(|e| format!("{}: {e}", log.display()))?
                 .into()
         };
+        crate::process::ends_with_harness(cmd);
         let child = cmd
             .stdin(Stdio::null())
             .stdout(stdout)

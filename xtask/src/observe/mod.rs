@@ -34,6 +34,8 @@
 
 mod check;
 mod child;
+#[cfg(test)]
+mod harness_combos;
 mod http;
 mod prometheus;
 #[cfg(test)]
@@ -203,14 +205,48 @@ struct RunDir {
     keep: bool,
 }
 
+/// The start of a run directory's name, before `PID-TAG`.
+const RUN_DIR_PREFIX: &str = "duo-observe-";
+/// A file in a run directory kept on purpose (`--keep-dir`).
+const KEEP_MARK: &str = ".kept";
+
 impl RunDir {
-    /// `duo-observe-PID-TAG`.
+    /// `duo-observe-PID-TAG`. First removes the directories that runs killed before they
+    /// could remove theirs left behind.
     fn create(tag: &str, keep: bool) -> Result<RunDir, String> {
-        let path = std::env::temp_dir().join(format!("duo-observe-{}-{tag}", std::process::id()));
+        let tmp = std::env::temp_dir();
+        remove_left_behind(&tmp);
+        let path = tmp.join(format!("{RUN_DIR_PREFIX}{}-{tag}", std::process::id()));
         // A directory left by an earlier process of the same PID.
         let _ = std::fs::remove_dir_all(&path);
         std::fs::create_dir_all(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+        if keep {
+            let mark = path.join(KEEP_MARK);
+            std::fs::write(&mark, "").map_err(|e| format!("{}: {e}", mark.display()))?;
+        }
         Ok(RunDir { path, keep })
+    }
+}
+
+/// Removes the run directories in `tmp` of `observe` processes that are gone (killed, so
+/// their [`RunDir`] guard never ran), except those kept on purpose (`--keep-dir`).
+/// Others' directories it cannot remove are left alone.
+fn remove_left_behind(tmp: &Path) {
+    let Ok(entries) = std::fs::read_dir(tmp) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix(RUN_DIR_PREFIX)?.split_once('-'))
+            .and_then(|(pid, _)| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        let path = entry.path();
+        let gone = pid != std::process::id() && !duo_testkit::is_running(pid);
+        if gone && entry.file_type().is_ok_and(|t| t.is_dir()) && !path.join(KEEP_MARK).exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
     }
 }
 

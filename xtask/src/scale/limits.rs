@@ -22,6 +22,8 @@ const FILE_HANDLE_SLACK: u64 = 10_000;
 pub(crate) const BYTES_PER_CONN_ESTIMATE: u64 = 12 * 1024;
 /// Part of the available memory a run may plan to use.
 const MEMORY_SHARE: f64 = 0.8;
+/// Connections `loadgen idle` opens from one source address unless told (`--per-source`).
+const LOADGEN_PER_SOURCE: u64 = 10_000;
 /// Processes the load generator accepts at most (`loadgen idle --procs`).
 const MAX_LOADGEN_PROCS: u64 = 1000;
 
@@ -85,13 +87,26 @@ impl Host {
         self.fd_hard.saturating_sub(spare).max(1)
     }
 
+    /// The local ports of `net.ipv4.ip_local_port_range`.
+    pub(crate) fn local_ports(&self) -> u64 {
+        (self.port_range.1.saturating_sub(self.port_range.0) + 1).max(1)
+    }
+
+    /// Connections the load generator should open from one source address: each is
+    /// bound to its source address (port 0) before connecting, so no more than the local
+    /// ports, and no more than half of them, where the kernel's search for a free port
+    /// slows down sharply; `loadgen`'s default where the range is wide enough.
+    pub(crate) fn conns_per_source(&self) -> u64 {
+        LOADGEN_PER_SOURCE.min(self.local_ports() / 2).max(1)
+    }
+
     /// Every limit, with the connections it allows for `server_procs` server processes.
     pub(crate) fn limits(&self, server_procs: Option<u64>) -> Vec<Limit> {
         let per_proc = self.conns_per_process();
         let free_files = self
             .file_max
             .saturating_sub(self.files_in_use + FILE_HANDLE_SLACK);
-        let ports = self.port_range.1.saturating_sub(self.port_range.0) + 1;
+        let ports = self.local_ports();
         let mem = (self.mem_available_kib as f64 * 1024.0 * MEMORY_SHARE) as u64;
         let mut limits = vec![
             Limit {
@@ -132,7 +147,10 @@ impl Host {
                     self.port_range.0, self.port_range.1
                 ),
                 allows: None,
-                why: "per source address; loadgen spreads over 127.0.0.2, .3, ...".into(),
+                why: format!(
+                    "per source address: loadgen opens {} from each of 127.0.0.2, .3, ...",
+                    self.conns_per_source()
+                ),
             },
             Limit {
                 name: "net.core.somaxconn",

@@ -14,7 +14,8 @@
 //! 3. **Run**: builds the release `echo` and `loadgen` (like `cargo xtask bench`), starts
 //!    `echo serve --io-threads 0 --listen 127.0.0.1:0` (with `--processes K` when K > 1),
 //!    samples the baseline (the server's process tree, the kernel), runs `loadgen idle
-//!    --procs P --conns N --hold SECS --json`, samples again while it holds (once it says
+//!    --procs P --conns N --per-source S --hold SECS --json` (S: at most half the local
+//!    port range, each connection being bound to its source address before connecting), samples again while it holds (once it says
 //!    `holding N connections` on stderr), waits for its report (every connection echoed
 //!    at the start and again at the end of the hold), then stops the server with SIGTERM
 //!    and checks that it exits with status 0.
@@ -27,6 +28,8 @@
 //!
 //! Logs go to `target/scale/logs/`.
 
+#[cfg(test)]
+mod harness_combos;
 mod limits;
 mod memory;
 mod one_run;
@@ -95,6 +98,30 @@ pub(super) struct Plan {
     pub(super) loadgen_procs: u64,
     /// Seconds to hold.
     pub(super) hold: f64,
+    /// Connections per source address (`loadgen --per-source`): within the host's local
+    /// port range.
+    pub(super) per_source: u64,
+}
+
+impl Plan {
+    /// The plan for `conns` connections held `hold` seconds on `host`, with `(K, P)`
+    /// server and load generator processes where given.
+    pub(super) fn new(
+        conns: u64,
+        hold: f64,
+        procs: (Option<u64>, Option<u64>),
+        host: &Host,
+    ) -> Plan {
+        let per_proc = host.conns_per_process();
+        let (k, p) = default_processes(conns, per_proc);
+        Plan {
+            conns,
+            server_procs: procs.0.unwrap_or(k),
+            loadgen_procs: procs.1.unwrap_or(p),
+            hold,
+            per_source: host.conns_per_source(),
+        }
+    }
 }
 
 /// Runs `cargo xtask scale`.
@@ -113,17 +140,7 @@ pub(crate) fn scale(args: ScaleArgs) -> Result<(), Failure> {
         )));
     }
     let host = Host::read().map_err(Failure::Run)?;
-    let per_proc = host.conns_per_process();
-    let plan = Plan {
-        conns,
-        server_procs: args
-            .processes
-            .unwrap_or_else(|| default_processes(conns, per_proc).0),
-        loadgen_procs: args
-            .procs
-            .unwrap_or_else(|| default_processes(conns, per_proc).1),
-        hold,
-    };
+    let plan = Plan::new(conns, hold, (args.processes, args.procs), &host);
     say(
         args.json,
         &format!(

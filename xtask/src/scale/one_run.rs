@@ -2,6 +2,7 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Write as _};
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
@@ -43,16 +44,7 @@ pub(super) fn run_scale(
         ),
     );
 
-    let mut cmd = Command::new(&bins.loadgen);
-    cmd.args(["idle", "--addr", &server.addr().to_string()])
-        .args(["--conns", &plan.conns.to_string()])
-        .args(["--procs", &plan.loadgen_procs.to_string()])
-        .args(["--hold", &plan.hold.to_string()])
-        .args(["--timeout", &LOADGEN_TIMEOUT.to_string()])
-        .arg("--json")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
+    let mut cmd = loadgen_command(bins, plan, server.addr());
     let log = logs.join("loadgen.log");
     let log_file =
         File::create(&log).map_err(|e| Failure::Run(format!("{}: {e}", log.display())))?;
@@ -104,6 +96,23 @@ pub(super) fn run_scale(
         stop,
         wall: started.elapsed(),
     })
+}
+
+/// The `loadgen idle` command of `plan` against the server at `addr`.
+pub(super) fn loadgen_command(bins: &Bins, plan: &Plan, addr: SocketAddr) -> Command {
+    let mut cmd = Command::new(&bins.loadgen);
+    cmd.args(["idle", "--addr", &addr.to_string()])
+        .args(["--conns", &plan.conns.to_string()])
+        .args(["--procs", &plan.loadgen_procs.to_string()])
+        .args(["--per-source", &plan.per_source.to_string()])
+        .args(["--hold", &plan.hold.to_string()])
+        .args(["--timeout", &LOADGEN_TIMEOUT.to_string()])
+        .arg("--json")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    crate::process::ends_with_harness(&mut cmd);
+    cmd
 }
 
 /// The value of `r`, or `None` with its error kept in `errors`.
