@@ -104,8 +104,10 @@ struct ServeArgs {
     /// Close connections silent for this many seconds (0: never).
     #[arg(long, default_value_t = 60)]
     idle_timeout: u64,
-    /// Jobs the worker queue holds; beyond it commands are answered `ERR BUSY`.
-    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u32).range(1..))]
+    /// Jobs the worker queue holds (1 to 16777216); beyond it commands are answered
+    /// `ERR BUSY`.
+    #[arg(long, default_value_t = 10_000,
+          value_parser = clap::value_parser!(u32).range(1..=duo_net::ThreadPool::MAX_CAPACITY as i64))]
     queue_capacity: u32,
     /// Commit every write in its own transaction (one fsync each) instead of batching the
     /// writes that arrive together into shared commits.

@@ -306,6 +306,8 @@ fn bad_flags_exit_2_and_runtime_errors_exit_1() {
         vec!["serve", "--workers", "many", "--db", db],
         vec!["serve", "--listen", "not an address", "--db", db],
         vec!["serve", "--idle-timeout", "-1", "--db", db],
+        // Beyond duo-workers' ThreadPool::MAX_CAPACITY (2^24 jobs).
+        vec!["serve", "--queue-capacity", "16777217", "--db", db],
         vec!["serve", "--loops", "-1", "--db", db],
         vec!["serve", "--io-threads", "0", "--loops", "4", "--db", db],
         vec!["serve", "--loop-sharing", "any", "--db", db],

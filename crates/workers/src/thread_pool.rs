@@ -96,13 +96,29 @@ pub struct ThreadPool {
 }
 
 impl ThreadPool {
+    /// The largest queue [`new`](ThreadPool::new) accepts: 16 Mi jobs. The queue's slots
+    /// (24 bytes each) are allocated and written up front, so a capacity read from a
+    /// configuration (`u32::MAX`, say) would otherwise abort the process on the failed
+    /// allocation, or panic in the channel for `usize::MAX`.
+    pub const MAX_CAPACITY: usize = 1 << 24;
+
     /// Starts `threads` workers (at least one) named `{name}-{i}` with a queue of
-    /// `capacity` jobs (at least one).
+    /// `capacity` jobs (at least one, at most [`MAX_CAPACITY`](ThreadPool::MAX_CAPACITY)).
     ///
     /// # Errors
     ///
-    /// The error of spawning a thread; the workers already started are stopped.
+    /// `InvalidInput` for a capacity above [`MAX_CAPACITY`](ThreadPool::MAX_CAPACITY);
+    /// the error of spawning a thread (the workers already started are stopped).
     pub fn new(name: &str, threads: usize, capacity: usize) -> std::io::Result<ThreadPool> {
+        if capacity > Self::MAX_CAPACITY {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!(
+                    "worker queue capacity {capacity} is above the maximum, {}",
+                    Self::MAX_CAPACITY
+                ),
+            ));
+        }
         let (jobs, queue) = crossbeam_channel::bounded(capacity.max(1));
         let (exit, exited) = crossbeam_channel::bounded::<()>(0);
         let mut pool = ThreadPool {

@@ -9,7 +9,8 @@
 //! 30 s (`retry_backoff`), up to `max_attempts` if set, each within `connect_timeout` if
 //! set; errors a retry cannot fix (permission, bad address family) end the attempts. A
 //! reconnect after a close waits the current delay too; a connection that stayed up at
-//! least that long resets it to the initial delay first.
+//! least that long resets it to the initial delay first (a TLS connection whose handshake
+//! failed or timed out never was up, and resets nothing).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -240,7 +241,9 @@ fn retry(lp: &mut EventLoop, inner: &Arc<Inner>, why: &str) {
             return;
         }
         let d = st.delay;
-        st.delay = (d * 2).min(inner.retry_max);
+        // Saturating: a delay too long for the clock (`Duration::MAX` from a user's
+        // configuration) means "retry never", not a panic on the loop.
+        st.delay = d.saturating_mul(2).min(inner.retry_max);
         d
     };
     log::info!(
@@ -323,9 +326,9 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         st.connect_after_close = false;
     }
     let weak = Arc::downgrade(inner);
-    let hook: CloseHook = Arc::new(move |conn: &TcpConnection| {
+    let hook: CloseHook = Arc::new(move |conn: &TcpConnection, was_up| {
         if let Some(inner) = weak.upgrade() {
-            closed(&inner, conn);
+            closed(&inner, conn, was_up);
         }
     });
     let owner = Arc::new(Owner {
@@ -347,15 +350,19 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
 }
 
 /// The connection closed (on the loop, from inside its handler): forget it and, if
-/// asked to, reconnect.
-fn closed(inner: &Arc<Inner>, conn: &TcpConnection) {
+/// asked to, reconnect. `was_up`: it came up (a TLS connection whose handshake failed or
+/// timed out never did, however long it took).
+fn closed(inner: &Arc<Inner>, conn: &TcpConnection, was_up: bool) {
     let (now, again) = {
         let mut st = inner.state.lock();
         if matches!(&st.phase, Phase::Connected(c) if c.id() == conn.id()) {
             st.phase = Phase::Idle;
             // Up at least as long as the delay it would wait now: a working connection
-            // that ended, so the next one is tried soon again.
-            if st.up_since.take().is_some_and(|t| t.elapsed() >= st.delay) {
+            // that ended, so the next one is tried soon again. A TLS handshake that
+            // failed, even slowly, resets nothing: a server that never completes one
+            // sees the reconnects back off.
+            let up_for = st.up_since.take().filter(|_| was_up).map(|t| t.elapsed());
+            if up_for.is_some_and(|d| d >= st.delay) {
                 st.delay = inner.retry_initial;
             }
         }

@@ -124,8 +124,10 @@ impl ClientBuilder {
     /// logged, counted in [`TcpClient::stats`]) without any callback, not even
     /// [`on_connect_failed`](ClientBuilder::on_connect_failed) (the connect itself
     /// succeeded); it counts as a connection that closed (a client with
-    /// [`reconnect`](ClientBuilder::reconnect) tries again; without it, the logs and the
-    /// statistics are all there is to see).
+    /// [`reconnect`](ClientBuilder::reconnect) tries again, after the retry delay, which a
+    /// connection that never came up does not reset however long its handshake took, so
+    /// the reconnects to a server that fails every handshake back off; without it, the
+    /// logs and the statistics are all there is to see).
     #[cfg(feature = "tls")]
     pub fn tls(
         mut self,

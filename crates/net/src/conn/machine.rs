@@ -56,8 +56,9 @@ use crate::per_loop::NetLoop;
 use crate::stats::IoCounters;
 
 /// Run when a connection closes, before its "down" callbacks: the owner's bookkeeping
-/// (a server's connection count, a client's phase).
-pub(crate) type CloseHook = Arc<dyn Fn(&TcpConnection) + Send + Sync>;
+/// (a server's connection count, a client's phase and retry delay), with whether the
+/// connection was up (a TLS connection is up once its handshake completed).
+pub(crate) type CloseHook = Arc<dyn Fn(&TcpConnection, bool) + Send + Sync>;
 
 /// The server or client a connection belongs to, as the connections of one loop see it:
 /// one allocation for all of them, one pointer in each.
@@ -186,7 +187,7 @@ impl LoopConn {
                 handle.mark_closed(reason);
                 owner.counters.add_close(reason);
                 if let Some(hook) = &owner.on_close {
-                    hook(&handle);
+                    hook(&handle, false);
                 }
                 return Err(io::Error::other(format!("TLS session: {e}")));
             }
@@ -219,7 +220,7 @@ impl LoopConn {
                 handle.mark_closed(reason);
                 owner.counters.add_close(reason);
                 if let Some(hook) = &owner.on_close {
-                    hook(&handle);
+                    hook(&handle, false);
                 }
                 return Err(e.error);
             }
@@ -312,7 +313,7 @@ impl Drop for LoopConn {
         }
         log::debug!("{}: dropped with its loop", m.handle.name());
         if let Some(hook) = &m.owner.on_close {
-            hook(&m.handle);
+            hook(&m.handle, m.is_up());
         }
     }
 }
@@ -759,7 +760,7 @@ impl Machine {
         // The owner forgets the connection first, so that the "down" callbacks see a
         // consistent owner (a client with no connection, say).
         if let Some(hook) = &self.owner.on_close {
-            hook(&self.handle);
+            hook(&self.handle, self.is_up());
         }
         // A TLS connection whose handshake did not complete never was up: no callbacks.
         #[cfg(feature = "tls")]

@@ -613,7 +613,7 @@ impl Drop for Handover {
         owner.counters.add_opened();
         owner.counters.add_close(reason);
         if let Some(hook) = &owner.on_close {
-            hook(&handle);
+            hook(&handle, false);
         }
     }
 }

@@ -126,7 +126,7 @@ struct ServerShared {
 /// was the last one during a graceful shutdown, lets the main loop finish the shutdown.
 fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
     let shared = shared.clone();
-    Arc::new(move |_conn| {
+    Arc::new(move |_conn, _up| {
         let c = &shared.counters;
         AcceptCounters::bump(&c.closed);
         let left = c.active.fetch_sub(1, Ordering::SeqCst) - 1;
