@@ -40,9 +40,16 @@ pub const FOREVER: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
 /// assert_eq!(duo_reactor::deadline_after(now, Duration::MAX), now + duo_reactor::FOREVER);
 /// ```
 pub fn deadline_after(from: Instant, delay: Duration) -> Instant {
-    let delay = delay.min(FOREVER);
-    // Unless the clock itself is near its end (it counts from the boot), this is exact.
-    from.checked_add(delay).unwrap_or(from)
+    // `Instant` counts from the boot in an `i64` of seconds: a century more always fits.
+    // Were it ever not to, the farthest delay that fits is found by halving (never an
+    // earlier deadline than need be).
+    let mut delay = delay.min(FOREVER);
+    loop {
+        if let Some(at) = from.checked_add(delay) {
+            return at;
+        }
+        delay /= 2;
+    }
 }
 
 /// Identifies a timer for [`EventLoop::cancel`] and [`crate::LoopHandle::cancel`].
