@@ -12,6 +12,7 @@
 //!   recipient). Messages from one sender reach every client in the order sent;
 //! - protection from a client that stops reading: its queued output is bounded by
 //!   [`ServerBuilder::output_limit`]; past it the client is dropped, not the server;
+//! - a client that half-closes after its last message still gets it back (then the end);
 //! - a graceful stop on Ctrl-C or `SIGTERM`.
 //!
 //! Run it with `cargo run -p duo-net --example chat [LISTEN_ADDR]` (default
@@ -25,6 +26,7 @@
 //! [`ServerConnections::broadcast`]: duo_net::ServerConnections::broadcast
 //! [`ServerBuilder::output_limit`]: duo_net::ServerBuilder::output_limit
 
+use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -38,12 +40,34 @@ const MAX_MESSAGE: usize = 64 << 10;
 /// Most output a client may have queued (messages it has not read yet) before it is dropped.
 const OUTPUT_LIMIT: usize = 4 << 20;
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let addr = std::env::args()
-        .nth(1)
-        .unwrap_or_else(|| "127.0.0.1:7200".into())
-        .parse::<duo_net::Endpoint>()?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr = match &args[..] {
+        [] => Ok("127.0.0.1:7200".parse()),
+        [addr] => Ok(addr.parse::<duo_net::Endpoint>()),
+        [_, extra, ..] => Err(format!("unexpected argument {extra:?}")),
+    };
+    let addr = match addr {
+        Ok(Ok(addr)) => addr,
+        Ok(Err(e)) => return usage(&format!("LISTEN_ADDR: {e}")),
+        Err(problem) => return usage(&problem),
+    };
+    match run(addr) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("chat: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn usage(problem: &str) -> ExitCode {
+    eprintln!("chat: {problem}\nusage: chat [LISTEN_ADDR]   (default 127.0.0.1:7200)");
+    ExitCode::from(2)
+}
+
+fn run(addr: duo_net::Endpoint) -> Result<(), Box<dyn std::error::Error>> {
     let codec = LengthHeaderCodec::new(MAX_MESSAGE);
 
     // Before any thread starts: the stop signals are read from the main loop only.
@@ -65,6 +89,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .on_connection(|conn| {
             let state = if conn.is_connected() { "UP" } else { "DOWN" };
             log::info!("{} -> {} is {state}", conn.local_addr(), conn.peer_addr());
+        })
+        // A client that half-closes (sends its last message, then its end of stream) still
+        // gets back what it sent, like everyone: the broadcast of its last messages is
+        // queued to the loops (`broadcast` returns at once), and closing through the
+        // handle queues the close behind it. (Without this callback the library would
+        // close as soon as the output is written, before the broadcast reaches it.)
+        .on_peer_half_close(|ctx| {
+            let _ = ctx.connection().close_after_flush();
         })
         .on_message(move |ctx, input| {
             // Every connection of a server has its server's connections; `None` would

@@ -1,19 +1,48 @@
 //! An echo server in a few lines: `cargo run -p duo-net --example echo [ADDR] [IO_THREADS]`,
-//! then `nc 127.0.0.1 7000`. Ctrl-C stops it.
+//! then `nc 127.0.0.1 7000`. Ctrl-C stops it. (`IO_THREADS` 0 serves on the main thread.)
+use std::process::ExitCode;
 use std::time::Duration;
 
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{EventLoop, TcpServer};
 
-fn main() -> Result<(), Box<dyn std::error::Error>> {
+fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let mut args = std::env::args().skip(1);
-    let addr = args
-        .next()
-        .unwrap_or_else(|| "127.0.0.1:7000".into())
-        .parse::<duo_net::Endpoint>()?;
-    let io_threads = args.next().map_or(Ok(2), |n| n.parse())?;
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (addr, io_threads) = match parse_args(&args) {
+        Ok(parsed) => parsed,
+        Err(problem) => {
+            eprintln!(
+                "echo: {problem}\nusage: echo [ADDR] [IO_THREADS]   (default 127.0.0.1:7000 2)"
+            );
+            return ExitCode::from(2);
+        }
+    };
+    match run(addr, io_threads) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("echo: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
 
+fn parse_args(args: &[String]) -> Result<(duo_net::Endpoint, usize), String> {
+    if let Some(extra) = args.get(2) {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    let addr = args.first().map_or("127.0.0.1:7000", String::as_str);
+    let addr = addr.parse().map_err(|e| format!("ADDR {addr:?}: {e}"))?;
+    let io_threads = match args.get(1) {
+        None => 2,
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("IO_THREADS {n:?}: expected a whole number"))?,
+    };
+    Ok((addr, io_threads))
+}
+
+fn run(addr: duo_net::Endpoint, io_threads: usize) -> Result<(), Box<dyn std::error::Error>> {
     // Before any thread starts: the stop signals are read from the main loop only.
     process::prepare_server(&STOP_SIGNALS)?;
     let mut main_loop = EventLoop::new()?;

@@ -272,7 +272,16 @@ fn forward(from: &mut ConnCtx<'_>, input: &mut InputBuffer, to: &TcpConnection) 
     input.consume_all();
     match sent {
         Ok(true) => {}
-        // `to` is closed or closing, or its peer is gone: nothing more can be relayed.
+        // `to`'s peer is gone (a reset, say) but `to` is still open: it still holds what
+        // that peer sent before it went, unread (paused by our backpressure, say), and
+        // delivers it to `from` when it reads on. Nothing more can be relayed towards
+        // `to`: stop reading `from`, and let `to`'s close end `from` (in
+        // `other_side_closed`). Closing `from` now would close `to` and drop those bytes.
+        Ok(false) if !to.is_closed() => {
+            from.stop_reading();
+            let _ = from.connection().force_close_after(FLUSH_GRACE);
+        }
+        // `to` is closed: nothing more can be relayed.
         Ok(false) | Err(CtxUnavailable::Closed) => {
             from.close_after_flush();
             let _ = from.connection().force_close_after(FLUSH_GRACE);

@@ -107,9 +107,11 @@ macro_rules! callback_setters {
         /// as soon as its output is written. With it, the connection stays open for
         /// sending and the callback decides: an application with replies still being
         /// computed (on a worker pool, say) calls
-        /// [`ConnCtx::close_after_flush`](crate::ConnCtx::close_after_flush) (or
-        /// [`TcpConnection::close_after_flush`](crate::TcpConnection::close_after_flush))
-        /// once it has sent them.
+        /// [`TcpConnection::close_after_flush`](crate::TcpConnection::close_after_flush)
+        /// once it has sent them (queued behind replies other threads sent that have not
+        /// reached the loop yet, which
+        /// [`ConnCtx::close_after_flush`](crate::ConnCtx::close_after_flush) would not
+        /// wait for).
         ///
         /// It does not run when our own side is already shut (after
         /// [`ConnCtx::shutdown`](crate::ConnCtx::shutdown)) or the peer can no longer

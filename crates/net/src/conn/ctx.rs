@@ -92,6 +92,11 @@ impl<'a> ConnCtx<'a> {
     /// unsent tail: then the connection half-closes instead and reads and drops the
     /// peer's input until its end of stream (at most
     /// [`close_linger`](crate::ServerBuilder::close_linger)) before it closes.
+    ///
+    /// What is written is what this loop holds now: messages another thread sent through
+    /// [`TcpConnection::send`] (or a broadcast) that have not reached the loop yet are not
+    /// in the output buffer, and are dropped when they arrive. To close after those too,
+    /// call [`TcpConnection::close_after_flush`], which is queued behind them.
     pub fn close_after_flush(&mut self) {
         self.m
             .close_after_flush(self.lp, self.ch, CloseReason::User);
