@@ -3,14 +3,14 @@
 mod util;
 
 use std::collections::VecDeque;
-use std::io::{self, IoSliceMut};
+use std::io;
 use std::sync::OnceLock;
 
 use duo_buffer::{
     BufPool, BufferError, InputBuffer, Line, PoolConfig, PoolError, ReadOutcome, MAX_BLOCK,
 };
 use proptest::prelude::*;
-use util::pattern;
+use util::{pattern, scatter};
 
 /// The pool of the model test: only this file's single proptest uses it, so its counters say
 /// exactly what the buffer holds.
@@ -63,18 +63,6 @@ fn max_len() -> impl Strategy<Value = usize> {
         Just(300_000),
         Just(MAX_BLOCK)
     ]
-}
-
-/// Copies `src` into `iovs` front to back; returns how many bytes were copied.
-fn scatter(iovs: &mut [IoSliceMut<'_>], mut src: &[u8]) -> usize {
-    let mut copied = 0;
-    for iov in iovs.iter_mut() {
-        let n = iov.len().min(src.len());
-        iov[..n].copy_from_slice(&src[..n]);
-        src = &src[n..];
-        copied += n;
-    }
-    copied
 }
 
 fn check(buf: &InputBuffer, model: &mut VecDeque<u8>) {

@@ -8,7 +8,7 @@
 mod util;
 
 use std::collections::VecDeque;
-use std::io::{self, IoSlice, IoSliceMut};
+use std::io::{self, IoSlice};
 use std::sync::{mpsc, Arc};
 use std::thread;
 
@@ -17,23 +17,11 @@ use duo_buffer::{
     MAX_BLOCK, SIZE_CLASSES,
 };
 use proptest::prelude::*;
-use util::pattern;
+use util::{pattern, scatter};
 
 const K4: usize = 4 << 10;
 const K16: usize = 16 << 10;
 const K64: usize = 64 << 10;
-
-/// Copies `src` into `iovs` front to back; returns how many bytes were copied.
-fn scatter(iovs: &mut [IoSliceMut<'_>], mut src: &[u8]) -> usize {
-    let mut copied = 0;
-    for iov in iovs.iter_mut() {
-        let n = iov.len().min(src.len());
-        iov[..n].copy_from_slice(&src[..n]);
-        src = &src[n..];
-        copied += n;
-    }
-    copied
-}
 
 #[derive(Debug, Clone)]
 enum PoolOp {

@@ -1,40 +1,17 @@
 //! An aggregating endpoint for real: two endpoints standing in for workers, one port that
 //! refuses and one peer that never answers, all on loopback.
 
+mod common;
+
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duo_metrics::prometheus_client::metrics::counter::Counter;
-use duo_metrics::{MetricsEndpoint, MetricsServer, ScrapeTarget};
+use common::{target, value, worker};
+use duo_metrics::MetricsEndpoint;
 use duo_testkit::{http_get, RefusedPort};
 use parking_lot::Mutex;
-
-/// An endpoint whose `app_jobs` counter stands at `jobs`.
-fn worker(jobs: u64) -> MetricsServer {
-    let mut endpoint = MetricsEndpoint::new();
-    let counter: Counter = Counter::default();
-    counter.inc_by(jobs);
-    endpoint
-        .registry_mut()
-        .register("app_jobs", "Jobs done", counter);
-    endpoint.spawn("127.0.0.1:0".parse().unwrap()).unwrap()
-}
-
-fn target(name: &str, addr: SocketAddr) -> ScrapeTarget {
-    ScrapeTarget {
-        labels: vec![("worker".to_owned(), name.to_owned())],
-        addr,
-    }
-}
-
-/// The value of the sample written exactly as `series`.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 #[test]
 fn the_group_s_figures_are_merged_and_silent_members_marked_down() {

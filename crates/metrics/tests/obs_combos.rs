@@ -3,39 +3,16 @@
 //! with other blanks than the merge reads, next to a good one; and a scrape timeout of
 //! `Duration::MAX`.
 
+mod common;
+
 use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
-use duo_metrics::prometheus_client::metrics::counter::Counter;
-use duo_metrics::{MetricsEndpoint, MetricsServer, ScrapeTarget};
+use common::{target, value, worker};
+use duo_metrics::MetricsEndpoint;
 use duo_testkit::{http_get, LIMIT};
-
-/// An endpoint whose `app_jobs` counter stands at `jobs`.
-fn worker(jobs: u64) -> MetricsServer {
-    let mut endpoint = MetricsEndpoint::new();
-    let counter: Counter = Counter::default();
-    counter.inc_by(jobs);
-    endpoint
-        .registry_mut()
-        .register("app_jobs", "Jobs done", counter);
-    endpoint.spawn("127.0.0.1:0".parse().unwrap()).unwrap()
-}
-
-fn target(name: &str, addr: SocketAddr) -> ScrapeTarget {
-    ScrapeTarget {
-        labels: vec![("worker".to_owned(), name.to_owned())],
-        addr,
-    }
-}
-
-/// The value of the sample written exactly as `series`.
-fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-}
 
 /// A peer that answers `requests` requests, one per connection, with `200` and `body`;
 /// its thread ends after the last.

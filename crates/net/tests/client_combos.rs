@@ -12,16 +12,17 @@
 mod util;
 
 use std::io::ErrorKind;
-use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::{ClientBuilder, CloseReason, ConnectionClosed, TcpClient, TcpConnection};
-use duo_reactor::{EventLoopThread, LoopHandle};
+use duo_reactor::EventLoopThread;
 use duo_testkit::{join_within, wait_until, RefusedPort, LIMIT};
-use socket2::{Domain, Socket, Type};
+use socket2::Socket;
+use util::shared::{settle, watch, Blackhole};
 use util::{barrier, init_log, localhost, TestServer};
 
 // ---------------------------------------------------------------------------------------
@@ -105,49 +106,10 @@ fn logged(name: &str, addr: SocketAddr, log: &Log) -> ClientBuilder {
         })
 }
 
-/// Two barriers: what was queued before has run, and so has what that queued in turn.
-fn settle(lp: &LoopHandle) {
-    barrier(lp);
-    barrier(lp);
-}
-
-/// Sleeps `window` and returns how long it was (a negative check has no event to wait on).
-fn watch(window: Duration) -> Duration {
-    let from = Instant::now();
-    thread::sleep(window);
-    from.elapsed()
-}
-
 /// Waits until only the test holds `log`: the client's state (which holds every callback)
 /// is gone.
 fn wait_released(log: &Log, what: &str) {
     wait_until(what, || Arc::strong_count(log) == 1);
-}
-
-/// A listener whose accept queue is full (backlog 0, one connection never accepted):
-/// Linux drops further SYNs, so a connect to it stays in flight (`SYN_SENT`).
-struct Blackhole {
-    listener: TcpListener,
-    _filler: TcpStream,
-}
-
-impl Blackhole {
-    fn new() -> Blackhole {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        socket.bind(&localhost().into()).unwrap();
-        socket.listen(0).unwrap();
-        let listener = TcpListener::from(socket);
-        let addr = listener.local_addr().unwrap();
-        let filler = TcpStream::connect_timeout(&addr, LIMIT).expect("the filler connects");
-        Blackhole {
-            listener,
-            _filler: filler,
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap()
-    }
 }
 
 /// Sockets of this process's kernel in `SYN_SENT` towards port `remote` of loopback: the

@@ -27,9 +27,10 @@ use duo_net::{
     ClientBuilder, CloseReason, ConnectionClosed, ServerBuilder, TcpClient, TcpConnection,
     TcpServer,
 };
-use duo_reactor::{EventLoopThread, LoopGroup, LoopHandle};
+use duo_reactor::{EventLoopThread, LoopGroup};
 use duo_testkit::{join_within, random_bytes, wait_until, RefusedPort, LIMIT};
-use socket2::{Domain, Socket, Type};
+use socket2::Socket;
+use util::shared::{accept_within, settle, watch, Blackhole};
 use util::{barrier, connect, init_log, localhost, read_until_closed, End, TestServer};
 
 // ---------------------------------------------------------------------------------------
@@ -225,20 +226,6 @@ fn logged_client(name: &str, addr: SocketAddr, log: &Log) -> ClientBuilder {
         })
 }
 
-/// Two barriers: a stop queued before has run, and so has anything it queued in turn.
-fn settle(lp: &LoopHandle) {
-    barrier(lp);
-    barrier(lp);
-}
-
-/// Watches for `window` (at least; the time is measured) and returns how long it was: a
-/// negative check (no attempt, no callback) or a rate, where there is no event to wait on.
-fn watch(window: Duration) -> Duration {
-    let from = Instant::now();
-    thread::sleep(window);
-    from.elapsed()
-}
-
 /// The connection of `client` once it is up.
 fn wait_connection(client: &TcpClient) -> TcpConnection {
     let mut conn = None;
@@ -328,58 +315,6 @@ fn reset(s: TcpStream) {
     let sock = Socket::from(s);
     let _ = sock.set_linger(Some(Duration::ZERO));
     drop(sock);
-}
-
-/// Accepts one connection on a non-blocking listener, waiting at most [`LIMIT`].
-fn accept_within(listener: &TcpListener) -> TcpStream {
-    listener.set_nonblocking(true).unwrap();
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        match listener.accept() {
-            Ok((s, _)) => {
-                s.set_nonblocking(false).unwrap();
-                s.set_read_timeout(Some(LIMIT)).unwrap();
-                s.set_write_timeout(Some(LIMIT)).unwrap();
-                return s;
-            }
-            Err(e) if e.kind() == ErrorKind::WouldBlock && Instant::now() < deadline => {
-                thread::sleep(Duration::from_millis(1));
-            }
-            Err(e) => panic!("accept: {e}"),
-        }
-    }
-}
-
-/// A listener whose accept queue is full (backlog 0, one connection never accepted):
-/// Linux drops further SYNs, so a connect to it stays in flight.
-struct Blackhole {
-    listener: TcpListener,
-    filler: Option<TcpStream>,
-}
-
-impl Blackhole {
-    fn new() -> Blackhole {
-        let socket = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
-        socket.bind(&localhost().into()).unwrap();
-        socket.listen(0).unwrap();
-        let listener = TcpListener::from(socket);
-        let addr = listener.local_addr().unwrap();
-        let filler = TcpStream::connect_timeout(&addr, LIMIT).expect("the filler connects");
-        Blackhole {
-            listener,
-            filler: Some(filler),
-        }
-    }
-
-    fn addr(&self) -> SocketAddr {
-        self.listener.local_addr().unwrap()
-    }
-
-    /// Takes the filler out of the accept queue: the next connect gets through.
-    fn open_up(&mut self) {
-        let accepted = accept_within(&self.listener);
-        drop((accepted, self.filler.take()));
-    }
 }
 
 // ---------------------------------------------------------------------------------------

@@ -15,21 +15,14 @@ use std::time::{Duration, Instant};
 
 use duo_net::tls::{self, rustls};
 use duo_net::{
-    ClientBuilder, CloseReason, ConnCtx, EventLoop, ServerBuilder, TcpClient, TcpServer, TlsFailure,
+    ClientBuilder, CloseReason, EventLoop, ServerBuilder, TcpClient, TcpServer, TlsFailure,
 };
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
 
 use rustls::{ClientConnection, ServerConnection, StreamOwned};
 use util::pki::{pki, records, Pki};
+use util::shared::{pause_reading_for, Seen};
 use util::{localhost, TestServer};
-
-/// What the test server saw.
-#[derive(Default)]
-struct Seen {
-    up: AtomicUsize,
-    reasons: Mutex<Vec<CloseReason>>,
-    high_water: AtomicBool,
-}
 
 /// A builder for a TLS server on loopback with one I/O thread.
 fn tls_builder(name: &str, config: Arc<rustls::ServerConfig>) -> ServerBuilder {
@@ -44,16 +37,6 @@ fn tls_client(name: &str, addr: SocketAddr, pki: &Pki, server_name: &str) -> Cli
     TcpClient::builder(name, addr).tls(pki.client_config(), tls::server_name(server_name).unwrap())
 }
 
-/// From a message callback: stops reading on the connection and resumes it from a timer
-/// after `delay`.
-fn pause_reading_for(ctx: &mut ConnCtx<'_>, delay: Duration) {
-    ctx.stop_reading();
-    let conn = ctx.connection().clone();
-    ctx.event_loop().run_after(delay, move |_| {
-        let _ = conn.start_reading();
-    });
-}
-
 /// A TLS echo server that records its connections' ups and close reasons.
 fn tls_echo(
     pki: &Pki,
@@ -66,13 +49,7 @@ fn tls_echo(
         let (s1, s2) = (s.clone(), s.clone());
         build(
             tls_builder("tls-echo", config)
-                .on_connection(move |conn| {
-                    if conn.is_connected() {
-                        s1.up.fetch_add(1, Ordering::SeqCst);
-                    } else if let Some(r) = conn.close_reason() {
-                        s1.reasons.lock().unwrap().push(r);
-                    }
-                })
+                .on_connection(move |conn| s1.record(conn))
                 .on_high_water_mark(move |_, _| s2.high_water.store(true, Ordering::SeqCst))
                 .on_message(|ctx, input| {
                     assert!(ctx.tls_info().is_some());
@@ -127,14 +104,6 @@ fn first_exchange(c: &mut StreamOwned<ClientConnection, TcpStream>) -> io::Resul
         let mut b = [0u8; 1];
         c.read(&mut b).map(|_| ())
     })
-}
-
-/// Waits for the server to see one close, and expects its reason to be `want`.
-fn expect_one_close(seen: &Seen, want: CloseReason) {
-    wait_until("the close is seen", || {
-        !seen.reasons.lock().unwrap().is_empty()
-    });
-    assert_eq!(seen.reasons.lock().unwrap().as_slice(), [want]);
 }
 
 /// Reads from a raw socket until the server closes it; true if it did within LIMIT.
@@ -445,7 +414,7 @@ fn a_peer_that_stops_mid_record_is_closed_as_truncated() {
     sock.write_all(&record[..record.len() / 2]).unwrap();
     sock.shutdown(Shutdown::Write).unwrap();
     assert!(closed_by_server(&mut sock));
-    expect_one_close(&seen, CloseReason::Tls(TlsFailure::Truncated));
+    seen.expect_close(CloseReason::Tls(TlsFailure::Truncated));
     good_echo_then_stop(server, &pki);
 }
 
@@ -460,7 +429,7 @@ fn a_garbled_record_after_the_handshake_is_a_protocol_error() {
     record[last] ^= 0xff; // the authentication tag no longer matches
     sock.write_all(&record).unwrap();
     assert!(closed_by_server(&mut sock));
-    expect_one_close(&seen, CloseReason::Tls(TlsFailure::Protocol));
+    seen.expect_close(CloseReason::Tls(TlsFailure::Protocol));
     good_echo_then_stop(server, &pki);
 }
 

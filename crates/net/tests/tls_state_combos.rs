@@ -11,42 +11,21 @@ mod util;
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
 use duo_net::tls::{self, rustls};
 use duo_net::{
-    Backpressure, CloseReason, ConnCtx, EventLoop, ServerBuilder, TcpClient, TcpServer, TlsFailure,
+    Backpressure, CloseReason, EventLoop, ServerBuilder, TcpClient, TcpServer, TlsFailure,
 };
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
 use rustls::{ClientConnection, ServerConnection};
 
 use util::pki::{pki, records, Pki};
+use util::shared::{pause_reading_for, Seen};
 use util::{localhost, TestServer};
-
-/// What a test server saw.
-#[derive(Default)]
-struct Seen {
-    up: AtomicUsize,
-    reasons: Mutex<Vec<CloseReason>>,
-    high_water: AtomicBool,
-}
-
-impl Seen {
-    fn reasons(&self) -> Vec<CloseReason> {
-        self.reasons.lock().unwrap().clone()
-    }
-
-    /// Waits for one close and expects its reason to be `want`.
-    fn expect_close(&self, want: CloseReason) {
-        wait_until("the server closes the connection", || {
-            !self.reasons().is_empty()
-        });
-        assert_eq!(self.reasons(), [want]);
-    }
-}
 
 /// The bytes of the big reply: a pattern the client can check.
 fn big_reply(len: usize) -> Vec<u8> {
@@ -70,13 +49,7 @@ fn server(
             TcpServer::builder("tls-combos", localhost())
                 .io_threads(1)
                 .tls(config)
-                .on_connection(move |conn| {
-                    if conn.is_connected() {
-                        s1.up.fetch_add(1, Ordering::SeqCst);
-                    } else if let Some(r) = conn.close_reason() {
-                        s1.reasons.lock().unwrap().push(r);
-                    }
-                })
+                .on_connection(move |conn| s1.record(conn))
                 .on_high_water_mark(move |_, _| s2.high_water.store(true, Ordering::SeqCst))
                 .on_message(move |ctx, input| {
                     if input.peek() == b"big" {
@@ -255,15 +228,6 @@ fn paused_by_backpressure_then_close_notify(fin_before_reading: bool) {
 fn backpressure_then_close_notify_then_fin_before_or_after_reading() {
     paused_by_backpressure_then_close_notify(true);
     paused_by_backpressure_then_close_notify(false);
-}
-
-/// From a message callback: stops reading and resumes it from a timer after `delay`.
-fn pause_reading_for(ctx: &mut ConnCtx<'_>, delay: Duration) {
-    ctx.stop_reading();
-    let conn = ctx.connection().clone();
-    ctx.event_loop().run_after(delay, move |_| {
-        let _ = conn.start_reading();
-    });
 }
 
 /// The server half-closes (`shutdown`: its `close_notify`) with a big reply still queued

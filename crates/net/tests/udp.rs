@@ -1,6 +1,8 @@
 //! `UdpSocket` against std's `UdpSocket` over loopback: echo, batching, cross-thread
 //! sends, truncation, a full send queue, ICMP errors, IPv6, stop.
 
+mod util;
+
 use std::net::{SocketAddr, UdpSocket as StdUdp};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
@@ -8,6 +10,7 @@ use std::sync::{mpsc, Arc};
 use duo_net::{UdpBuilder, UdpSendError, UdpSocket};
 use duo_reactor::{EventLoopThread, LoopHandle};
 use duo_testkit::{wait_until, LIMIT};
+use util::shared::echoing;
 
 fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
@@ -17,13 +20,6 @@ fn client(addr: &str) -> StdUdp {
     let c = StdUdp::bind(addr).unwrap();
     c.set_read_timeout(Some(LIMIT)).unwrap();
     c
-}
-
-/// `builder` with a datagram callback that sends every datagram back to its sender.
-fn echoing(builder: UdpBuilder) -> UdpBuilder {
-    builder.on_datagram(|ctx, payload, from| {
-        ctx.send_to(payload, from).unwrap();
-    })
 }
 
 /// An echo socket bound to `addr`, on `io`'s loop.

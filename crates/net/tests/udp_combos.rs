@@ -4,13 +4,17 @@
 //! connected socket, sends racing a stop, many source addresses, `SO_REUSEPORT` over
 //! several loops, and an IPv6 socket serving IPv4 peers.
 
+mod util;
+
 use std::collections::HashMap;
 use std::net::{IpAddr, SocketAddr, UdpSocket as StdUdp};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 
-use duo_net::{UdpBuilder, UdpSocket};
-use duo_reactor::{EventLoopThread, LoopHandle};
+use duo_net::UdpSocket;
+use duo_reactor::EventLoopThread;
 use duo_testkit::{wait_until, LIMIT};
+use util::hold_loop;
+use util::shared::echoing;
 
 fn client(addr: &str) -> Option<StdUdp> {
     let c = StdUdp::bind(addr).ok()?;
@@ -18,32 +22,11 @@ fn client(addr: &str) -> Option<StdUdp> {
     Some(c)
 }
 
-/// `builder` with a callback that sends every datagram back to its sender.
-fn echoing(builder: UdpBuilder) -> UdpBuilder {
-    builder.on_datagram(|ctx, payload, from| {
-        ctx.send_to(payload, from).unwrap();
-    })
-}
-
 fn recv_from(c: &StdUdp) -> (Vec<u8>, SocketAddr) {
     let mut buf = vec![0u8; 70_000];
     let (n, from) = c.recv_from(&mut buf).expect("a datagram within the limit");
     buf.truncate(n);
     (buf, from)
-}
-
-/// Holds the loop in a queued function until the returned sender is dropped, so that
-/// datagrams and queued functions pile up meanwhile.
-fn block_loop(lp: &LoopHandle) -> mpsc::Sender<()> {
-    let (release, wait) = mpsc::channel::<()>();
-    let (ready_tx, ready) = mpsc::channel();
-    lp.queue_in_loop(move |_| {
-        ready_tx.send(()).unwrap();
-        let _ = wait.recv_timeout(LIMIT);
-    })
-    .unwrap();
-    ready.recv_timeout(LIMIT).unwrap();
-    release
 }
 
 /// Datagrams of 0 and 1 bytes, exactly the slot, one byte more than the slot (cut: counted,
@@ -65,7 +48,7 @@ fn edge_sizes_in_one_batch(ip: &str, unbatched: bool) {
     .unwrap();
     let to = sock.local_addr();
     let sizes = [0, slot + 1, 1, slot, 5 * slot, slot - 1, 0, slot + 1];
-    let release = block_loop(io.handle());
+    let release = hold_loop(io.handle());
     for (i, &n) in sizes.iter().enumerate() {
         c.send_to(&vec![i as u8; n], to).unwrap();
     }
@@ -145,7 +128,7 @@ fn a_connected_socket_to_a_closed_port_sends_every_queued_datagram() {
         .start(io.handle())
         .unwrap();
     for round in 0..3 {
-        let release = block_loop(io.handle());
+        let release = hold_loop(io.handle());
         for i in 0..6u8 {
             sock.send(vec![i; 10]).unwrap();
         }
@@ -177,7 +160,7 @@ fn a_send_queued_before_a_stop_from_the_same_thread_is_sent() {
         .start(io.handle())
         .unwrap();
     let to = c.local_addr().unwrap();
-    let release = block_loop(io.handle());
+    let release = hold_loop(io.handle());
     let h = sock.clone();
     std::thread::spawn(move || {
         h.send_to(b"last words".to_vec(), to).unwrap();
@@ -204,7 +187,7 @@ fn many_source_addresses_each_get_their_replies() {
     let peers: Vec<StdUdp> = (2..34u8)
         .map(|k| client(&format!("127.0.0.{k}:0")).unwrap())
         .collect();
-    let release = block_loop(io.handle());
+    let release = hold_loop(io.handle());
     for (k, p) in peers.iter().enumerate() {
         for j in 0..3u8 {
             p.send_to(&[k as u8, j], sock.local_addr()).unwrap();
@@ -319,7 +302,7 @@ fn stopped_with_datagrams_waiting_in_the_kernel() {
     .start(io.handle())
     .unwrap();
     let addr = sock.local_addr();
-    let release = block_loop(io.handle());
+    let release = hold_loop(io.handle());
     for i in 0..50u32 {
         c.send_to(&i.to_be_bytes(), addr).unwrap();
     }

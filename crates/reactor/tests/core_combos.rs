@@ -5,10 +5,12 @@
 //! thread while functions keep queuing more; handles outliving their loop; timers
 //! cancelled by another timer of the same due batch.
 
-use std::io::{IoSliceMut, Write};
+mod util;
+
+use std::io::Write;
 use std::os::fd::AsRawFd;
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc};
 use std::thread;
 use std::time::{Duration, Instant};
@@ -16,32 +18,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use duo_reactor::{
-    Channel, EventLoop, EventLoopThread, EventLoopThreadPool, FnHandler, Interest, LoopClosed,
-    TimerId, Token,
+    EventLoop, EventLoopThread, EventLoopThreadPool, FnHandler, Interest, LoopClosed, TimerId,
+    Token,
 };
 use duo_testkit::{join_within, nonblocking_pair, wait_until, LIMIT};
-
-/// Stops the loop after [`LIMIT`] so that a broken test fails instead of hanging; the flag
-/// says whether it had to.
-fn guard(lp: &mut EventLoop) -> (TimerId, Arc<AtomicBool>) {
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let t = timed_out.clone();
-    let id = lp.run_after(LIMIT, move |lp| {
-        t.store(true, Ordering::SeqCst);
-        lp.quit();
-    });
-    (id, timed_out)
-}
-
-/// Reads and drops whatever the channel's socket holds.
-fn drain(ch: &Channel) {
-    let mut buf = [0u8; 256];
-    while let Ok(n) = duo_sys::readv(ch.fd(), &mut [IoSliceMut::new(&mut buf)]) {
-        if n == 0 {
-            break;
-        }
-    }
-}
+use util::{drain, guard};
 
 /// An `EventLoopThread` stopped (here: dropped) by a function running on its own loop
 /// cannot join itself: it must not panic in the loop's callback, and its loop must still

@@ -4,7 +4,9 @@
 //! callbacks that panic out of `run`, loop groups whose loops quit, panic or change
 //! threads, and pools stopped with work still queued.
 
-use std::io::{IoSliceMut, Read, Write};
+mod util;
+
+use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -15,22 +17,11 @@ use std::time::{Duration, Instant};
 use parking_lot::Mutex;
 
 use duo_reactor::{
-    Channel, EventLoop, EventLoopThreadPool, FnHandler, Interest, LoopClosed, LoopGroup,
-    LoopHandle, TimerId, Token,
+    EventLoop, EventLoopThreadPool, FnHandler, Interest, LoopClosed, LoopGroup, LoopHandle,
+    TimerId, Token,
 };
 use duo_testkit::{join_within, nonblocking_pair, wait_until, LIMIT};
-
-/// Stops the loop after [`LIMIT`] so that a broken test fails instead of hanging; the flag
-/// says whether it had to.
-fn guard(lp: &mut EventLoop) -> (TimerId, Arc<AtomicBool>) {
-    let timed_out = Arc::new(AtomicBool::new(false));
-    let t = timed_out.clone();
-    let id = lp.run_after(LIMIT, move |lp| {
-        t.store(true, Ordering::SeqCst);
-        lp.quit();
-    });
-    (id, timed_out)
-}
+use util::{drain, guard};
 
 /// Blocks the calling thread until `t` (a known instant, not a guess).
 fn sleep_until(t: Instant) {
@@ -40,16 +31,6 @@ fn sleep_until(t: Instant) {
             return;
         }
         thread::sleep(t - now);
-    }
-}
-
-/// Reads and drops whatever the channel's socket holds.
-fn drain(ch: &Channel) {
-    let mut buf = [0u8; 256];
-    while let Ok(n) = duo_sys::readv(ch.fd(), &mut [IoSliceMut::new(&mut buf)]) {
-        if n == 0 {
-            break;
-        }
     }
 }
 

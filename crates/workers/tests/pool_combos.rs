@@ -7,49 +7,15 @@
 //! Every wait has a deadline; scenarios that could deadlock run on a helper thread
 //! watched by [`within`].
 
+mod common;
+
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::mpsc::{self, Receiver, Sender};
+use std::sync::mpsc::{self, Sender};
 use std::sync::{Arc, Barrier, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
 
+use common::{eventually, recv, within, DEADLINE};
 use duo_workers::{SubmitError, ThreadPool};
-
-/// The longest any single wait may take before the test is declared hung.
-const DEADLINE: Duration = Duration::from_secs(5);
-
-/// Runs `f` on a helper thread, failing the test if it does not finish within
-/// [`DEADLINE`] (a deadlock fails instead of hanging the suite).
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let helper = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(v) => {
-            helper.join().unwrap();
-            v
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: hung for {DEADLINE:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            std::panic::resume_unwind(helper.join().unwrap_err())
-        }
-    }
-}
-
-fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(DEADLINE)
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
-}
-
-/// Polls `cond` until it holds, failing after [`DEADLINE`].
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "{what}: not after {DEADLINE:?}");
-        thread::yield_now();
-    }
-}
 
 /// Occupies every one of `threads` workers with a job that waits for its gate; returns the
 /// gates' senders once every worker is inside its job (the queue is then empty).

@@ -5,6 +5,8 @@
 //! a sleep that guesses how long something takes), and scenarios that could deadlock run on
 //! a helper thread watched with [`within`].
 
+mod common;
+
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::mpsc::{self, Receiver, Sender};
@@ -12,35 +14,8 @@ use std::sync::{Arc, Barrier};
 use std::thread;
 use std::time::{Duration, Instant};
 
+use common::{eventually, recv, within, DEADLINE};
 use duo_workers::{SubmitError, ThreadPool};
-
-/// The longest any single wait may take before the test is declared hung.
-const DEADLINE: Duration = Duration::from_secs(5);
-
-/// Runs `f` on a helper thread and returns its result, failing the test if it does not
-/// finish within [`DEADLINE`] (a deadlock fails instead of hanging the suite).
-fn within<T: Send + 'static>(what: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = mpsc::channel();
-    let helper = thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    match rx.recv_timeout(DEADLINE) {
-        Ok(v) => {
-            helper.join().unwrap();
-            v
-        }
-        Err(mpsc::RecvTimeoutError::Timeout) => panic!("{what}: hung for {DEADLINE:?}"),
-        Err(mpsc::RecvTimeoutError::Disconnected) => {
-            // The helper panicked: report its panic.
-            std::panic::resume_unwind(helper.join().unwrap_err())
-        }
-    }
-}
-
-fn recv<T>(rx: &Receiver<T>, what: &str) -> T {
-    rx.recv_timeout(DEADLINE)
-        .unwrap_or_else(|e| panic!("waiting for {what}: {e}"))
-}
 
 /// A gate a job can wait on until the test opens it (or the deadline passes).
 fn gate() -> (Sender<()>, Receiver<()>) {
@@ -57,16 +32,6 @@ fn occupy_worker(pool: &ThreadPool, open: Receiver<()>) {
     })
     .unwrap();
     recv(&started, "the blocking job to start");
-}
-
-/// Polls `cond` until it holds, failing after [`DEADLINE`]. Only for states with no event
-/// to wait on (a counter bumped after a job returns).
-fn eventually(what: &str, cond: impl Fn() -> bool) {
-    let start = Instant::now();
-    while !cond() {
-        assert!(start.elapsed() < DEADLINE, "{what}: not after {DEADLINE:?}");
-        thread::yield_now();
-    }
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Helpers shared by the integration tests.
 #![allow(dead_code, unreachable_pub)]
 
+use std::io::IoSliceMut;
 use std::net::{TcpListener, TcpStream};
 use std::time::{Duration, Instant};
 
@@ -16,6 +17,18 @@ pub fn byte_at(i: usize) -> u8 {
 /// `len` bytes of the test stream starting at position `start`.
 pub fn pattern(start: usize, len: usize) -> Vec<u8> {
     (start..start + len).map(byte_at).collect()
+}
+
+/// Copies `src` into `iovs` front to back; returns how many bytes were copied.
+pub fn scatter(iovs: &mut [IoSliceMut<'_>], mut src: &[u8]) -> usize {
+    let mut copied = 0;
+    for iov in iovs.iter_mut() {
+        let n = iov.len().min(src.len());
+        iov[..n].copy_from_slice(&src[..n]);
+        src = &src[n..];
+        copied += n;
+    }
+    copied
 }
 
 /// A connected TCP pair over loopback, both ends non-blocking and with `TCP_NODELAY`.

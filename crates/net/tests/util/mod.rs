@@ -14,6 +14,7 @@ use duo_testkit::{join_before, random_bytes, Rng, LIMIT};
 
 #[cfg(feature = "tls")]
 pub(crate) mod pki;
+pub(crate) mod shared;
 pub(crate) mod storm;
 
 /// The grace period the harness gives a server's graceful shutdown.

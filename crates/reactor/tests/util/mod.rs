@@ -3,10 +3,12 @@
 
 pub(crate) mod group;
 
-use std::sync::mpsc;
+use std::io::IoSliceMut;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc};
 use std::thread::JoinHandle;
 
-use duo_reactor::{EventLoop, LoopHandle};
+use duo_reactor::{Channel, EventLoop, LoopHandle, TimerId};
 use duo_testkit::LIMIT;
 
 /// Runs a loop on a new thread; returns its handle and the thread (which ends when the loop
@@ -38,4 +40,26 @@ pub(crate) fn assert_a_batch_per_iteration(
         "{most} {what} ran in one iteration (at most {batch} wanted; {} iterations)",
         per_iteration.len()
     );
+}
+
+/// Stops the loop after [`LIMIT`] so that a broken test fails instead of hanging; the flag
+/// says whether it had to.
+pub(crate) fn guard(lp: &mut EventLoop) -> (TimerId, Arc<AtomicBool>) {
+    let timed_out = Arc::new(AtomicBool::new(false));
+    let t = timed_out.clone();
+    let id = lp.run_after(LIMIT, move |lp| {
+        t.store(true, Ordering::SeqCst);
+        lp.quit();
+    });
+    (id, timed_out)
+}
+
+/// Reads and drops whatever the channel's socket holds.
+pub(crate) fn drain(ch: &Channel) {
+    let mut buf = [0u8; 256];
+    while let Ok(n) = duo_sys::readv(ch.fd(), &mut [IoSliceMut::new(&mut buf)]) {
+        if n == 0 {
+            break;
+        }
+    }
 }
