@@ -285,6 +285,21 @@ pub fn bytes_unacknowledged(fd: BorrowedFd<'_>) -> io::Result<usize> {
     Ok(n as usize)
 }
 
+/// Whether the socket's receiving side is shut down (`poll` reports `POLLRDHUP`), whatever
+/// an epoll registration asks for: a Unix-domain listening socket that another holder shut
+/// down is reported readable, and `accept` there fails with `EAGAIN` (not `EINVAL`, as on
+/// a TCP one), so only this tells it from a wake-up another acceptor won.
+pub fn is_read_shut_down(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLRDHUP,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd`, counted as one; a zero timeout does not block.
+    cvt(unsafe { libc::poll(&mut p, 1, 0) }).map_err(context("poll(POLLRDHUP)"))?;
+    Ok(p.revents & libc::POLLRDHUP != 0)
+}
+
 /// Whether an error means the process or the system ran out of file descriptors
 /// (`EMFILE` or `ENFILE`), the case an acceptor must handle without spinning.
 pub fn is_fd_exhaustion(err: &io::Error) -> bool {

@@ -317,7 +317,7 @@ impl Handler for Acceptor {
         // paused when the first one finds it full (`pause_if_full`); one woken before
         // that takes one connection over the maximum. (Stopping at the budget declines
         // nothing: the listener stays ready in this loop's own set, level-triggered.)
-        for _ in 0..ACCEPT_BUDGET {
+        for i in 0..ACCEPT_BUDGET {
             match duo_sys::accept4(ch.fd()) {
                 Ok((fd, peer)) => {
                     ch.progressed();
@@ -330,7 +330,26 @@ impl Handler for Acceptor {
                         return;
                     }
                 }
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    // Readable, yet nothing to accept at the first try: another acceptor
+                    // won the connection, or (a Unix-domain listener another holder shut
+                    // down) the listener is reported readable, level-triggered, for ever
+                    // while `accept` fails with `EAGAIN`. Pause and retry as for a
+                    // hang-up, or the loop spins.
+                    if i == 0
+                        && (ch.ready().is_read_hup()
+                            || duo_sys::is_read_shut_down(ch.fd()).unwrap_or(false))
+                    {
+                        (self.on_trouble)(AcceptTrouble::Error);
+                        duo_reactor::log_limited!(
+                            log::Level::Error,
+                            "accept on {}: listener shut down; pausing",
+                            self.local
+                        );
+                        self.retry_later(lp, ch);
+                    }
+                    return;
+                }
                 Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
                 Err(e) if duo_sys::is_fd_exhaustion(&e) => {
                     if !self.exhausted(lp, ch) {
