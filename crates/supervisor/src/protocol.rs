@@ -34,6 +34,7 @@
 //! | [`LAST_STARTED_VAR`] | the newest generation started (a reload that failed included): numbers are not reused |
 //! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed at a stop's deadline) |
 //! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
+//! | [`STATS_TOTALS_VAR`] | the summed stats line's totals so far (`accepted,bytes_in,bytes_out,messages`): the new image's totals go on from them |
 
 /// Set to `1` in a worker's environment.
 pub const WORKER_VAR: &str = "DUO_WORKER";
@@ -58,6 +59,8 @@ pub const GENERATION_VAR: &str = "DUO_SUPERVISOR_GENERATION";
 pub const LAST_STARTED_VAR: &str = "DUO_SUPERVISOR_LAST_STARTED";
 /// The stats region an upgraded supervisor goes on using.
 pub const STATS_VAR: &str = "DUO_SUPERVISOR_STATS_FD";
+/// The totals of the summed stats line so far, which an upgraded supervisor goes on from.
+pub const STATS_TOTALS_VAR: &str = "DUO_SUPERVISOR_STATS_TOTALS";
 
 /// Counters per worker row of the stats region.
 pub const ROW_LEN: usize = 8;

@@ -47,7 +47,8 @@ use crate::backoff::Backoff;
 use crate::config::{ConfigError, SupervisorConfig};
 use crate::protocol::{
     ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR,
-    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
+    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_TOTALS_VAR, STATS_VAR, WORKER_GENERATION_VAR,
+    WORKER_VAR,
 };
 use crate::table::WorkerTable;
 
@@ -137,6 +138,8 @@ pub struct Supervisor {
     upgraded: bool,
     /// The newest generation the previous image started.
     adopted_last_started: u64,
+    /// The summed stats line's totals the previous image counted (an upgrade).
+    adopted_totals: crate::worker::WorkerStats,
     /// What the image an upgrade executes gets from the program around the supervisor.
     carried: Carried,
     /// The stats region of the previous image, handed over by an upgrade.
@@ -191,6 +194,9 @@ impl Supervisor {
             .and_then(|g| g.parse().ok())
             .unwrap_or(0)
             .max(adopted_generation);
+        let adopted_totals = take_var(STATS_TOTALS_VAR)
+            .and_then(|t| stats::parse_totals(&t))
+            .unwrap_or_default();
         let children_in = |var: &str| -> Vec<u32> {
             take_var(var)
                 .map(|list| parse_pids(&list))
@@ -214,6 +220,7 @@ impl Supervisor {
             adopted_retiring,
             adopted_generation,
             adopted_last_started,
+            adopted_totals,
             upgraded,
             carried: Carried::default(),
             inherited_stats,
@@ -316,14 +323,18 @@ impl Supervisor {
             stopping: false,
             failure: None,
             on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce() + Send>),
-            stats_log: StatsLog::new([]),
+            stats_log: StatsLog::new([], crate::worker::WorkerStats::default()),
             paused: Duration::ZERO,
         };
         state.adopt(self.adopted, self.adopted_retiring);
-        // The adopted workers' totals were counted by the image before.
-        state.stats_log = StatsLog::new(state.workers.iter().filter_map(|(pid, w)| {
-            Some((*pid, crate::worker::read_row(state.row_cells(w.row?)).1))
-        }));
+        // The adopted workers' totals were counted by the image before, into the totals
+        // it handed over.
+        state.stats_log = StatsLog::new(
+            state.workers.iter().filter_map(|(pid, w)| {
+                Some((*pid, crate::worker::read_row(state.row_cells(w.row?)).1))
+            }),
+            self.adopted_totals,
+        );
         if let Some(every) = state.cfg.stats_interval {
             lp.run_every(every, |lp| {
                 lp.with_local(|_, st: &mut State| st.log_stats());

@@ -42,12 +42,23 @@ impl State {
         self.stats_log.retire(pid, &now);
     }
 
-    pub(super) fn log_stats(&mut self) {
-        let live: Vec<(u32, WorkerStats)> = self
-            .workers
+    /// Every live worker with a row, and its totals.
+    fn live_stats(&self) -> Vec<(u32, WorkerStats)> {
+        self.workers
             .iter()
             .filter_map(|(pid, w)| Some((*pid, read_row(self.row_cells(w.row?)).1)))
-            .collect();
+            .collect()
+    }
+
+    /// The summed line's totals so far, for the image an upgrade executes
+    /// (`accepted,bytes_in,bytes_out,messages`).
+    pub(super) fn totals_to_hand_over(&self) -> String {
+        let t = self.stats_log.totals_now(&self.live_stats());
+        format!("{},{},{},{}", t.accepted, t.bytes_in, t.bytes_out, t.messages)
+    }
+
+    pub(super) fn log_stats(&mut self) {
+        let live = self.live_stats();
         let now = Instant::now();
         let (secs, open, interval, totals) = self.stats_log.take(now, &live);
         let rate = |n: u64| n as f64 / secs;
@@ -78,20 +89,37 @@ pub(super) struct StatsLog {
     seen: HashMap<u32, WorkerStats>,
     /// What exited workers counted since the previous line.
     gone: WorkerStats,
-    /// Everything counted since this supervisor image started (`open` unused).
+    /// Everything counted since the supervisor started, the previous images' counts
+    /// handed over by an upgrade included (`open` unused).
     totals: WorkerStats,
 }
 
 impl StatsLog {
     /// Counting from now; `adopted`: the totals of workers an earlier image started, which
-    /// this one does not count again.
-    pub(super) fn new(adopted: impl IntoIterator<Item = (u32, WorkerStats)>) -> StatsLog {
+    /// this one does not count again; `totals`: what that image counted in all (handed
+    /// over by an upgrade), which this one goes on from.
+    pub(super) fn new(
+        adopted: impl IntoIterator<Item = (u32, WorkerStats)>,
+        totals: WorkerStats,
+    ) -> StatsLog {
         StatsLog {
             last: Instant::now(),
             seen: adopted.into_iter().collect(),
             gone: WorkerStats::default(),
-            totals: WorkerStats::default(),
+            totals,
         }
+    }
+
+    /// The totals so far, what the live workers (their totals in `live`) and the exited
+    /// ones counted since the previous line included: what an upgrade hands over, with
+    /// `live` as the new image's `adopted`.
+    pub(super) fn totals_now(&self, live: &[(u32, WorkerStats)]) -> WorkerStats {
+        let mut totals = self.totals;
+        totals.add(&self.gone);
+        for (pid, s) in live {
+            totals.add(&since(s, &self.seen.get(pid).copied().unwrap_or_default()));
+        }
+        totals
     }
 
     /// Worker `pid` exited with these totals.
@@ -122,6 +150,20 @@ impl StatsLog {
         self.totals.add(&interval);
         (secs, open, interval, self.totals)
     }
+}
+
+/// The totals an upgrading image handed over ([`State::totals_to_hand_over`]); `None` if
+/// malformed.
+pub(super) fn parse_totals(text: &str) -> Option<WorkerStats> {
+    let mut n = text.split(',').map(|v| v.trim().parse::<u64>().ok());
+    let mut next = || n.next().flatten();
+    Some(WorkerStats {
+        open: 0,
+        accepted: next()?,
+        bytes_in: next()?,
+        bytes_out: next()?,
+        messages: next()?,
+    })
 }
 
 /// What `now` counted beyond `before` (the same worker's totals, earlier), column by

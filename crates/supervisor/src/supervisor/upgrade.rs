@@ -12,7 +12,8 @@ use std::time::Instant;
 
 use super::{State, WorkerProc};
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, ROW_LEN, STATS_VAR,
+    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, ROW_LEN, STATS_TOTALS_VAR,
+    STATS_VAR,
 };
 use crate::worker::read_row;
 
@@ -106,7 +107,8 @@ impl State {
             .env(RETIRING_VAR, draining.join(","))
             .env(GENERATION_VAR, self.generation.to_string())
             .env(LAST_STARTED_VAR, self.last_started.to_string())
-            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string());
+            .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string())
+            .env(STATS_TOTALS_VAR, self.totals_to_hand_over());
         if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
             log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
             cmd.env_remove(STATS_VAR);
