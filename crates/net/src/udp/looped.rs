@@ -23,7 +23,7 @@ const ROUNDS_PER_EVENT: usize = 4;
 
 /// What a queued datagram counts against the send queue's limit beyond its payload (its
 /// entry), so that a flood of empty datagrams is bounded too.
-pub(crate) const ENTRY_COST: usize = 48;
+pub(crate) const ENTRY_COST: usize = std::mem::size_of::<Pending>();
 
 /// A send queue that drained keeps its byte arena up to this capacity (one UDP socket per
 /// loop, so this is per loop, not per peer); a larger one is freed.
