@@ -54,7 +54,10 @@ impl State {
     /// (`accepted,bytes_in,bytes_out,messages`).
     pub(super) fn totals_to_hand_over(&self) -> String {
         let t = self.stats_log.totals_now(&self.live_stats());
-        format!("{},{},{},{}", t.accepted, t.bytes_in, t.bytes_out, t.messages)
+        format!(
+            "{},{},{},{}",
+            t.accepted, t.bytes_in, t.bytes_out, t.messages
+        )
     }
 
     pub(super) fn log_stats(&mut self) {

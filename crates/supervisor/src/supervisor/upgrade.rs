@@ -12,8 +12,7 @@ use std::time::Instant;
 
 use super::{State, WorkerProc};
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, ROW_LEN, STATS_TOTALS_VAR,
-    STATS_VAR,
+    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, ROW_LEN, STATS_TOTALS_VAR, STATS_VAR,
 };
 use crate::worker::read_row;
 
