@@ -29,10 +29,16 @@ fn the_accepted_total_does_not_go_down_across_an_upgrade() {
     wait_until("a stats line counting the 6 connections", || {
         accepted(&sup.stderr()).last() == Some(&6)
     });
+    let first = sup.workers();
     sup.signal("USR2");
     sup.log_has("adopting worker");
     wait_until("the upgrade's reload done", || {
         sup.stderr().matches(" is serving: workers").count() >= 2
+    });
+    // The adopted worker drains once the new one serves; until it has exited it may
+    // still accept a connection and half-close it at once (it is told to stop).
+    wait_until("the adopted worker gone", || {
+        sup.workers().is_disjoint(&first)
     });
     let seen = accepted(&sup.stderr()).len();
     let mut s = sup.connect();
