@@ -329,12 +329,7 @@ impl Supervisor {
         state.adopt(self.adopted, self.adopted_retiring);
         // The adopted workers' totals were counted by the image before, into the totals
         // it handed over.
-        state.stats_log = StatsLog::new(
-            state.workers.iter().filter_map(|(pid, w)| {
-                Some((*pid, crate::worker::read_row(state.row_cells(w.row?)).1))
-            }),
-            self.adopted_totals,
-        );
+        state.stats_log = StatsLog::new(state.live_stats(), self.adopted_totals);
         if let Some(every) = state.cfg.stats_interval {
             lp.run_every(every, |lp| {
                 lp.with_local(|_, st: &mut State| st.log_stats());

@@ -43,7 +43,7 @@ impl State {
     }
 
     /// Every live worker with a row, and its totals.
-    fn live_stats(&self) -> Vec<(u32, WorkerStats)> {
+    pub(super) fn live_stats(&self) -> Vec<(u32, WorkerStats)> {
         self.workers
             .iter()
             .filter_map(|(pid, w)| Some((*pid, read_row(self.row_cells(w.row?)).1)))
