@@ -11,7 +11,8 @@
 //!   `QUIT`.
 //!
 //! Exit status: 1 if the connection fails or, in one-shot mode, after an `ERR` reply;
-//! else 0.
+//! 2 if a one-shot command holds a line end ([`ClientError::Usage`]); else 0. A blank
+//! one-shot command (the server sends no reply to a blank line) is skipped.
 
 use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -47,6 +48,10 @@ pub enum ClientError {
     /// The TLS settings could not be loaded (`--ca`), or the host is no valid name.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsConfigError),
+    /// A one-shot command that is no single command line (it holds a line end); nothing
+    /// was sent.
+    #[error("{0}")]
+    Usage(String),
 }
 
 /// Where the system's CA certificates are (Debian, Ubuntu, Alpine; Fedora's is linked
@@ -175,6 +180,13 @@ fn print_reply(reply: &[String]) -> io::Result<()> {
 
 /// Runs the client; `Ok(true)` if every reply was a success.
 pub fn run(addr: &str, tls: &ClientTls, words: &[String]) -> Result<bool, ClientError> {
+    if let Some(word) = words.iter().find(|w| w.contains(['\n', '\r'])) {
+        // It would go out as two lines (or a `\r` the server keeps) and get two replies,
+        // the second taken for the next command's.
+        return Err(ClientError::Usage(format!(
+            "a command cannot hold a line end: {word:?}"
+        )));
+    }
     let mut conn = Conn::open(addr, tls)?;
     if words.is_empty() {
         interactive(&mut conn)
@@ -186,6 +198,10 @@ pub fn run(addr: &str, tls: &ClientTls, words: &[String]) -> Result<bool, Client
 fn one_shot(conn: &mut Conn, words: &[String]) -> Result<bool, ClientError> {
     for command in words.split(|w| w == ";").filter(|c| !c.is_empty()) {
         let line = command.join(" ");
+        if line.split([' ', '\t']).all(str::is_empty) {
+            // A blank line: the server ignores it and sends no reply.
+            continue;
+        }
         let reply = conn.call(&line)?;
         print_reply(&reply)?;
         if is_error(&reply) {

@@ -214,6 +214,7 @@ fn main() -> ExitCode {
             match client::run(&a.connect, &tls, &a.command) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
+                Err(e @ client::ClientError::Usage(_)) => fail(USAGE, &format!("bank: {e}")),
                 Err(e) => {
                     eprintln!("bank: error: {e}");
                     ExitCode::FAILURE

@@ -570,7 +570,7 @@ fn a_request_id_repeated_in_a_pipeline_across_connections_and_a_restart_applies_
 }
 
 /// One pipeline per connection (three at once) that registers, writes before any login,
-/// logs in, switches accounts, fails a login and writes on, replays a request id of each
+/// logs in, switches accounts, fails a login (which logs it out) and writes on, replays a request id of each
 /// account, and quits with a write behind the `QUIT`: each line gets its own reply. Then
 /// five failed logins between writes: the fifth closes, and nothing behind it runs.
 fn logins_and_unauthenticated_writes_interleave_in_one_pipeline(backend: Backend) {
@@ -599,9 +599,9 @@ fn logins_and_unauthenticated_writes_interleave_in_one_pipeline(backend: Backend
         b.push("WITHDRAW 1", e("INSUFFICIENT_FUNDS"));
         b.push(&format!("TRANSFER {x} 30 m1"), ok(0));
         b.push("DEPOSIT 7", ok(7));
-        // A failed login leaves the session as it was.
-        b.push(&format!("LOGIN {x} wrong-password"), e("AUTH_FAILED"));
-        b.push("DEPOSIT 1", ok(8));
+        // A failed login logs the connection out: what follows it acts on no account.
+        b.push(&format!("LOGIN {y} wrong-password"), e("AUTH_FAILED"));
+        b.push("DEPOSIT 1", e("NOT_AUTHENTICATED"));
         b.push(&format!("LOGIN {x} {PW}"), ok(format!("welcome {x}")));
         b.push(&format!("TRANSFER {y} 30 m1"), ok(120));
         b.push("BALANCE", ok(150));
@@ -610,7 +610,7 @@ fn logins_and_unauthenticated_writes_interleave_in_one_pipeline(backend: Backend
         b.want
             .push(Want::Entry(format!("transfer_out {y} -30 120")));
         b.push(&format!("LOGIN nobody{i} {PW}"), e("AUTH_FAILED"));
-        b.push("BALANCE", ok(150));
+        b.push("BALANCE", e("NOT_AUTHENTICATED"));
         b.push("QUIT", ok("bye"));
         b.wire.push_str("DEPOSIT 1000\n");
         let mut c = Client::connect(addr);
@@ -619,7 +619,7 @@ fn logins_and_unauthenticated_writes_interleave_in_one_pipeline(backend: Backend
         check_transcript(&x, &c.expect_closed(LIMIT), &b.want);
     });
     // Failed logins (checked on a worker, or refused at once for their form) between the
-    // writes of a logged-in session.
+    // writes of a logged-in session; each logs the connection out, so it logs in again.
     let mut b = Burst::default();
     b.push(&format!("LOGIN lx0 {PW}"), ok("welcome lx0"));
     let bad = [
@@ -634,6 +634,10 @@ fn logins_and_unauthenticated_writes_interleave_in_one_pipeline(backend: Backend
             ok(150 + (n + 1) * (n + 2) / 2),
         );
         b.push(&format!("LOGIN {bad}"), Want::Err("AUTH_FAILED"));
+        if n < 4 {
+            b.push("DEPOSIT 1", Want::Err("NOT_AUTHENTICATED"));
+            b.push(&format!("LOGIN lx0 {PW}"), ok("welcome lx0"));
+        }
     }
     b.wire.push_str("DEPOSIT 1000\n");
     let mut c = Client::connect(addr);
@@ -648,7 +652,7 @@ fn logins_and_unauthenticated_writes_interleave_in_one_pipeline(backend: Backend
             got, want,
             "nothing after QUIT, nor after a fifth failed login"
         );
-        assert_eq!(balance_of(addr, &format!("ly{i}")), 8);
+        assert_eq!(balance_of(addr, &format!("ly{i}")), 7);
     }
 }
 

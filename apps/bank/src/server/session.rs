@@ -116,6 +116,9 @@ pub(super) fn next_step(s: &mut Session, group_commit: bool) -> Step {
         }
         Command::Register { user, password } => Step::Register { user, password },
         Command::Login { user, password } => {
+            // A LOGIN ends the session it finds, whatever its outcome: the commands
+            // pipelined behind a failed one must not act on the account before it.
+            s.user = None;
             if !valid_user(&user) || !valid_password(&password) {
                 // Cannot match any account: fail without a worker, counted all the same.
                 return login_failed(s);
