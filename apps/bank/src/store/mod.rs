@@ -331,4 +331,6 @@ pub(crate) mod messages {
 }
 
 #[cfg(test)]
+mod fault_tests;
+#[cfg(test)]
 mod tests;

@@ -5,9 +5,12 @@
 //! with a single writer): a batch is one `BEGIN IMMEDIATE` transaction and one WAL `fsync`.
 //! An operation that fails with a database error makes the batch run again with a
 //! savepoint per operation, so that it does not undo the others. Only one transaction
-//! writes at a time, and every operation checks its preconditions inside it.
+//! writes at a time, and every operation checks its preconditions inside it. A batch
+//! commits only while the database and WAL paths still name the files the writer opened
+//! (see `Files`): never into a file removed, renamed or replaced under the server.
 
 use std::fmt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -25,6 +28,9 @@ use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
 const MAX_BATCH_OPS: usize = 4096;
 /// How long a connection waits for a lock held by another (a checkpoint, say).
 const BUSY_TIMEOUT: Duration = Duration::from_secs(10);
+/// How many times a batch run one operation per savepoint starts over when an
+/// operation's failure made SQLite roll back the whole transaction.
+const MAX_RESTARTS: usize = 3;
 
 const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS users (
@@ -61,6 +67,7 @@ PRAGMA user_version = 1;
 /// The bank's accounts in an SQLite file.
 pub(crate) struct SqliteStore {
     path: PathBuf,
+    files: Files,
     writes: GroupCommit<Connection>,
     readers: Mutex<Vec<Connection>>,
 }
@@ -105,8 +112,11 @@ impl SqliteStore {
         }
         // One transaction, so a crash cannot leave a partial schema behind.
         writer.execute_batch(&format!("BEGIN IMMEDIATE; {SCHEMA} COMMIT;"))?;
+        let files = Files::of(path, &writer)
+            .map_err(|e| StoreError::Schema(format!("{}: {e} after opening it", path.display())))?;
         Ok(SqliteStore {
             path: path.to_owned(),
+            files,
             writes: GroupCommit::new(
                 vec![writer],
                 options.group_commit,
@@ -175,14 +185,15 @@ impl SqliteStore {
 
     /// Queues `job` for the writer (see [`GroupCommit::submit`]).
     pub(crate) fn submit_write(&self, job: WriteJob) {
-        self.writes.submit(job, execute);
+        self.writes
+            .submit(job, |w, ops| execute(w, ops, &self.files));
     }
 
     /// Applies `ops` now, in one transaction, on the calling thread (waits for the writer).
     #[cfg(test)]
     pub(crate) fn write_now(&self, ops: &[WriteOp]) -> WriteResults {
         let refs: Vec<&WriteOp> = ops.iter().collect();
-        self.writes.with_writer(|w| execute(w, &refs))
+        self.writes.with_writer(|w| execute(w, &refs, &self.files))
     }
 
     /// Runs `sql` on the writer (tests that reach under the store).
@@ -212,6 +223,78 @@ impl SqliteStore {
             })
         })
     }
+}
+
+/// A file's device and inode.
+type FileId = (u64, u64);
+
+/// The database file and its WAL file as the writer has them open.
+///
+/// SQLite goes on writing to the files it opened whatever becomes of their names: a
+/// commit into a database file that was removed, renamed or replaced, or into a removed
+/// WAL file, is on disk where the next start will not look (and a crash loses it). So a
+/// batch commits only while both paths still name the files the writer opened
+/// ([`Files::check`]: two `stat` calls per batch, beside its `fsync`).
+#[derive(Debug)]
+struct Files {
+    db: (PathBuf, FileId),
+    wal: (PathBuf, FileId),
+}
+
+/// The device and inode of the file `path` names (behind symbolic links).
+fn file_id(path: &Path) -> std::io::Result<FileId> {
+    let meta = std::fs::metadata(path)?;
+    Ok((meta.dev(), meta.ino()))
+}
+
+impl Files {
+    /// The files at `path` and at the WAL's path now (the writer `conn` has just opened
+    /// them). SQLite names the WAL after the database's real path (behind any symbolic
+    /// link), which `conn` tells.
+    fn of(path: &Path, conn: &Connection) -> Result<Files, String> {
+        let real = conn.path().filter(|p| !p.is_empty()).map(Path::new);
+        let mut wal = real.unwrap_or(path).as_os_str().to_owned();
+        wal.push("-wal");
+        let wal = PathBuf::from(wal);
+        let id = |p: &Path| file_id(p).map_err(|e| format!("cannot stat {}: {e}", p.display()));
+        Ok(Files {
+            db: (path.to_owned(), id(path)?),
+            wal: (wal.clone(), id(&wal)?),
+        })
+    }
+
+    /// Whether both paths still name the files the writer has open; if not, why.
+    fn check(&self) -> Result<(), String> {
+        for ((path, id), what) in [(&self.db, "database file"), (&self.wal, "WAL file")] {
+            let why = match file_id(path) {
+                Ok(now) if now == *id => continue,
+                Ok(_) => "was replaced".to_owned(),
+                Err(e) => format!("is gone ({e})"),
+            };
+            return Err(format!(
+                "the {what} {} {why} while the server ran: writes are refused; restart \
+                 the server (never remove, rename or replace a database in use)",
+                path.display()
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// A batch's answer when [`Files::check`] fails (`why`); its transaction is rolled back.
+/// A checkpoint first copies what the WAL holds into the database file the writer has
+/// open, so that a removed WAL file does not take the writes acknowledged before with it.
+fn refuse(
+    conn: &Connection,
+    why: &str,
+    all_failed: &dyn Fn(&dyn fmt::Display) -> WriteResults,
+) -> WriteResults {
+    match conn.query_row("PRAGMA wal_checkpoint(FULL)", [], |r| r.get::<_, i64>(0)) {
+        Ok(0) => {}
+        Ok(_) => duo_net::log_limited!(log::Level::Error, "checkpoint: busy"),
+        Err(e) => duo_net::log_limited!(log::Level::Error, "checkpoint failed: {e}"),
+    }
+    all_failed(&why)
 }
 
 /// The tables of a bank database and the columns the program uses.
@@ -298,7 +381,7 @@ fn check_schema(c: &Connection, path: &Path) -> Result<(), StoreError> {
 /// again with each operation in its own savepoint, so that the failing one alone fails.
 /// Savepoints cost a statement journal and two statements per operation, so the common
 /// case does without them.
-fn execute(conn: &mut Connection, ops: &[&WriteOp]) -> WriteResults {
+fn execute(conn: &mut Connection, ops: &[&WriteOp], files: &Files) -> WriteResults {
     let all_failed = |e: &dyn fmt::Display| -> WriteResults {
         duo_net::log_limited!(
             log::Level::Error,
@@ -325,9 +408,13 @@ fn execute(conn: &mut Connection, ops: &[&WriteOp]) -> WriteResults {
                 ops.len()
             );
             drop(tx); // rolls back
-            return execute_isolated(conn, ops, now, &all_failed);
+            return execute_isolated(conn, ops, now, files, &all_failed);
         }
     };
+    if let Err(why) = files.check() {
+        drop(tx);
+        return refuse(conn, &why, &all_failed);
+    }
     match tx.commit() {
         Ok(()) => results,
         Err(e) => all_failed(&e),
@@ -335,33 +422,66 @@ fn execute(conn: &mut Connection, ops: &[&WriteOp]) -> WriteResults {
 }
 
 /// [`execute`]'s fallback: one transaction, each operation in a savepoint.
+///
+/// Some failures (`SQLITE_FULL`, `SQLITE_IOERR`, `SQLITE_NOMEM` in a statement without a
+/// statement journal) make SQLite roll back the whole transaction, not just the statement:
+/// the operations before are undone, and a savepoint opened after would begin and commit
+/// a transaction of its own, outside the batch. So after a failure that ended the
+/// transaction it starts over without that operation, at most [`MAX_RESTARTS`] times.
 fn execute_isolated(
     conn: &mut Connection,
     ops: &[&WriteOp],
     now: i64,
+    files: &Files,
     all_failed: &dyn Fn(&dyn fmt::Display) -> WriteResults,
 ) -> WriteResults {
-    let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
-        Ok(tx) => tx,
-        Err(e) => return all_failed(&e),
-    };
-    let mut results = Vec::with_capacity(ops.len());
-    for op in ops {
-        let result = (|| {
-            let sp = tx.savepoint()?;
-            let outcome = apply(&sp, op, now)?;
-            sp.commit()?;
-            Ok(outcome)
-        })();
-        if let Err(e) = &result {
-            duo_net::log_limited!(log::Level::Error, "write {op:?} failed: {e}");
+    // The operations whose failure ended a transaction, with their errors.
+    let mut ended: Vec<Option<StoreError>> = ops.iter().map(|_| None).collect();
+    'attempt: for _ in 0..=MAX_RESTARTS {
+        let mut tx = match conn.transaction_with_behavior(TransactionBehavior::Immediate) {
+            Ok(tx) => tx,
+            Err(e) => return all_failed(&e),
+        };
+        let mut results = Vec::with_capacity(ops.len());
+        for (op, ended) in ops.iter().zip(&mut ended) {
+            if ended.is_some() {
+                results.push(None);
+                continue;
+            }
+            let result = (|| {
+                let sp = tx.savepoint()?;
+                let outcome = apply(&sp, op, now)?;
+                sp.commit()?;
+                Ok(outcome)
+            })();
+            if let Err(e) = &result {
+                duo_net::log_limited!(log::Level::Error, "write {op:?} failed: {e}");
+                if tx.is_autocommit() {
+                    // SQLite rolled the whole transaction back: start over without it.
+                    *ended = result.err();
+                    continue 'attempt;
+                }
+            }
+            results.push(Some(result));
         }
-        results.push(result);
+        if let Err(why) = files.check() {
+            drop(tx);
+            return refuse(conn, &why, all_failed);
+        }
+        return match tx.commit() {
+            Ok(()) => results
+                .into_iter()
+                .zip(ended)
+                .map(|(result, ended)| match (result, ended) {
+                    (Some(result), _) => result,
+                    (None, Some(e)) => Err(e),
+                    (None, None) => Err(StoreError::Commit("not run".to_owned())),
+                })
+                .collect(),
+            Err(e) => all_failed(&e),
+        };
     }
-    match tx.commit() {
-        Ok(()) => results,
-        Err(e) => all_failed(&e),
-    }
+    all_failed(&"the transaction was rolled back by too many failing operations")
 }
 
 fn balance_of(c: &Connection, id: i64) -> rusqlite::Result<i64> {
