@@ -1,6 +1,5 @@
 //! [`BufPool`]: a size-class block pool with per-thread caches, a memory cap and counters.
 
-use std::cell::RefCell;
 use std::fmt;
 use std::ptr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering::Relaxed};
@@ -9,6 +8,10 @@ use std::sync::{Arc, OnceLock};
 use parking_lot::Mutex;
 
 use crate::IoBuf;
+
+mod thread_cache;
+
+use thread_cache::with_cache;
 
 /// The block sizes the pool hands out, smallest first: 4 KiB, 16 KiB, 64 KiB, 256 KiB, 1 MiB,
 /// 4 MiB and 8 MiB.
@@ -31,6 +34,10 @@ const CLASS_COUNT: usize = SIZE_CLASSES.len();
 
 /// Upper bound on the blocks of one class a thread cache keeps.
 const MAX_CACHED_BLOCKS: usize = 64;
+
+/// With a memory cap, the free blocks of all thread caches together stay within
+/// `cap / CACHE_SHARE_DIVISOR` bytes (see `thread_cache.rs`).
+const CACHE_SHARE_DIVISOR: usize = 8;
 
 /// Index of the smallest class that holds `n` bytes (`n = 0` gets the smallest class).
 pub(crate) fn class_index(n: usize) -> Option<usize> {
@@ -80,12 +87,16 @@ pub enum PoolError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PoolConfig {
     /// Upper bound on the bytes of blocks obtained from the system and not yet released
-    /// (free or in use); `None` means unbounded.
+    /// (free or in use); `None` means unbounded. With a cap, the thread caches together
+    /// keep at most an eighth of it, so a request is refused only when the blocks in use
+    /// and the request exceed seven eighths of the cap (see [`BufPool`]).
     pub memory_cap: Option<usize>,
     /// Bytes of free blocks each thread may keep per size class, without touching the shared
     /// lists. The block count per class is `min(64, thread_cache_bytes / class_size)`, so the
     /// default of 1 MiB keeps 64 blocks of 4 KiB and 16 KiB, 16 of 64 KiB, 4 of 256 KiB, 1 of
-    /// 1 MiB and none of the larger classes. 0 disables thread caches.
+    /// 1 MiB and none of the larger classes. 0 disables thread caches. With a
+    /// [`memory_cap`](PoolConfig::memory_cap), the caches also share an allowance of an
+    /// eighth of the cap.
     pub thread_cache_bytes: usize,
 }
 
@@ -199,7 +210,9 @@ impl PoolStats {
 /// 1. **Thread cache.** Each thread keeps, per pool, up to
 ///    [`PoolConfig::cache_blocks`] free blocks of each class. Allocation pops from it and
 ///    a free pushes to it: no lock, no atomic read-modify-write. An empty cache refills up to
-///    half its bound from the shared list in one lock; a full one moves half to it.
+///    half its bound from the shared list in one lock; a full one moves half to it. With a
+///    memory cap, a cache keeps blocks only within an allowance from the caches' share of
+///    the cap (an eighth of it), taken and given back in chunks on those slower paths.
 /// 2. **Shared free list** per class (a `parking_lot` mutex around a `Vec`).
 /// 3. **The system**: `vec![0; size]`, counted against [`PoolConfig::memory_cap`]. When the
 ///    cap would be exceeded, free blocks of other classes are released to the system first
@@ -208,8 +221,11 @@ impl PoolStats {
 ///
 /// A block may be freed on any thread (it lands in that thread's cache). When a thread exits,
 /// its caches are flushed to the shared lists. Free blocks in the caches of other, still
-/// running threads cannot be reclaimed for the cap; with a cap set, size
-/// [`PoolConfig::thread_cache_bytes`] accordingly.
+/// running threads cannot be reclaimed for the cap (that would cost a lock on every
+/// allocation and free), and a thread that went quiet may keep its cache for long: hence the
+/// caches' share. Under a cap, a request fails with [`PoolError::Exhausted`] only when the
+/// blocks in use plus the request exceed seven eighths of the cap, whatever the other
+/// threads cache (the counters aside, which other threads may be changing meanwhile).
 ///
 /// # Counters
 ///
@@ -343,6 +359,13 @@ struct PoolInner {
     cache_limits: [usize; CLASS_COUNT],
     /// Whether any class has a non-zero thread-cache bound.
     caching: bool,
+    /// Whether thread caches keep blocks only within an allowance from `cache_credit`
+    /// (a cap is set).
+    bounded_caches: bool,
+    /// Bytes of the caches' share of the cap not held by any thread cache.
+    cache_credit: AtomicUsize,
+    /// Per class, the blocks' worth of allowance a thread cache asks for at once.
+    credit_chunk: [usize; CLASS_COUNT],
     classes: [ClassShared; CLASS_COUNT],
     /// Bytes obtained from the system and not released; what the cap limits.
     allocated_bytes: AtomicUsize,
@@ -353,10 +376,21 @@ struct PoolInner {
 impl PoolInner {
     fn new(config: PoolConfig) -> PoolInner {
         let cache_limits = SIZE_CLASSES.map(|size| config.cache_blocks(size));
+        let caching = cache_limits.iter().any(|&n| n > 0);
+        let share = config.memory_cap.map_or(0, |cap| cap / CACHE_SHARE_DIVISOR);
+        // At most a sixteenth of the share at once (one block at least), at most half a
+        // list: one thread does not take the whole share for a few blocks.
+        let mut credit_chunk = [1; CLASS_COUNT];
+        for ((chunk, size), limit) in credit_chunk.iter_mut().zip(SIZE_CLASSES).zip(cache_limits) {
+            *chunk = (share / 16 / size).min(limit.div_ceil(2)).max(1);
+        }
         PoolInner {
             config,
             cache_limits,
-            caching: cache_limits.iter().any(|&n| n > 0),
+            caching,
+            bounded_caches: caching && config.memory_cap.is_some(),
+            cache_credit: AtomicUsize::new(share),
+            credit_chunk,
             classes: std::array::from_fn(|_| ClassShared {
                 free: Mutex::new(Vec::new()),
                 allocated: AtomicUsize::new(0),
@@ -522,141 +556,4 @@ impl PoolInner {
         log::debug!("buffer pool trimmed: {released} bytes released");
         released
     }
-}
-
-/// One thread's free blocks for one pool.
-struct ThreadCache {
-    pool: &'static PoolInner,
-    lists: [Vec<Box<[u8]>>; CLASS_COUNT],
-    counters: Arc<CacheCounters>,
-}
-
-impl ThreadCache {
-    fn new(pool: &'static PoolInner) -> ThreadCache {
-        let counters = Arc::new(CacheCounters {
-            free: std::array::from_fn(|_| AtomicUsize::new(0)),
-        });
-        pool.caches.lock().push(Arc::clone(&counters));
-        ThreadCache {
-            pool,
-            lists: std::array::from_fn(|c| {
-                Vec::with_capacity(pool.cache_limits.get(c).copied().unwrap_or(0))
-            }),
-            counters,
-        }
-    }
-
-    /// Publishes the free count of `class` (single writer: a plain store, no RMW).
-    fn publish(&self, class: usize) {
-        if let (Some(list), Some(counter)) = (self.lists.get(class), self.counters.free.get(class))
-        {
-            counter.store(list.len(), Relaxed);
-        }
-    }
-
-    fn pop(&mut self, class: usize) -> Option<Box<[u8]>> {
-        let list = self.lists.get_mut(class)?;
-        if list.is_empty() {
-            // Refill up to half the bound in one lock.
-            let want = self
-                .pool
-                .cache_limits
-                .get(class)
-                .copied()
-                .unwrap_or(0)
-                .div_ceil(2);
-            if want == 0 {
-                return None;
-            }
-            let mut shared = self.pool.classes.get(class)?.free.lock();
-            let start = shared.len().saturating_sub(want);
-            list.extend(shared.drain(start..));
-        }
-        let block = list.pop();
-        self.publish(class);
-        block
-    }
-
-    /// Takes the block out of `slot` if the cache has room (after moving half of a full cache
-    /// to the shared list).
-    fn push(&mut self, class: usize, slot: &mut Option<Box<[u8]>>) {
-        let limit = self.pool.cache_limits.get(class).copied().unwrap_or(0);
-        let Some(list) = self.lists.get_mut(class) else {
-            return;
-        };
-        if limit == 0 {
-            return;
-        }
-        if list.len() >= limit {
-            let keep = limit / 2;
-            self.pool.push_shared(class, list.drain(keep..));
-        }
-        if let Some(block) = slot.take() {
-            list.push(block);
-        }
-        self.publish(class);
-    }
-
-    /// Empties every class except `except`, returning the blocks with their class.
-    fn take_all_except(&mut self, except: usize) -> Vec<(usize, Box<[u8]>)> {
-        let mut out = Vec::new();
-        for (class, list) in self.lists.iter_mut().enumerate() {
-            if class != except {
-                out.extend(list.drain(..).map(|b| (class, b)));
-            }
-        }
-        for class in 0..CLASS_COUNT {
-            self.publish(class);
-        }
-        out
-    }
-}
-
-impl Drop for ThreadCache {
-    /// Thread exit: flush every cached block to the shared lists and deregister.
-    fn drop(&mut self) {
-        for (class, list) in self.lists.iter_mut().enumerate() {
-            self.pool.push_shared(class, list.drain(..));
-        }
-        for counter in &self.counters.free {
-            counter.store(0, Relaxed);
-        }
-        self.pool
-            .caches
-            .lock()
-            .retain(|c| !Arc::ptr_eq(c, &self.counters));
-    }
-}
-
-thread_local! {
-    /// This thread's caches, one per pool it has used (usually one).
-    static CACHES: RefCell<Vec<ThreadCache>> = const { RefCell::new(Vec::new()) };
-}
-
-/// Runs `f` on this thread's cache for `pool`, creating it if `create`. Returns `None` when
-/// the pool does not cache, the thread's caches are being destroyed (thread exit) or
-/// borrowed (re-entrancy), so callers fall back to the shared lists.
-fn with_cache<R>(
-    pool: &'static PoolInner,
-    create: bool,
-    f: impl FnOnce(&mut ThreadCache) -> R,
-) -> Option<R> {
-    if !pool.caching {
-        return None;
-    }
-    CACHES
-        .try_with(|caches| {
-            let mut caches = caches.try_borrow_mut().ok()?;
-            let index = match caches.iter().position(|c| ptr::eq(c.pool, pool)) {
-                Some(index) => index,
-                None if create => {
-                    caches.push(ThreadCache::new(pool));
-                    caches.len() - 1
-                }
-                None => return None,
-            };
-            caches.get_mut(index).map(f)
-        })
-        .ok()
-        .flatten()
 }
