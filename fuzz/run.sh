@@ -3,9 +3,10 @@
 #
 #   fuzz/run.sh [SECONDS] [TARGET...]
 #
-# SECONDS per target (default 240); TARGETs default to all four: length_header, line,
-# echo_framed, bank_protocol (the properties each checks are in fuzz/src/lib.rs). Needs a
-# nightly toolchain and cargo-fuzz; without them it says so and exits 0, so nothing
+# SECONDS per target (default 240); TARGETs default to all five: length_header, line,
+# echo_framed, bank_protocol, http_request (the properties each checks are in
+# fuzz/src/lib.rs and fuzz/src/http.rs). Needs a nightly toolchain and cargo-fuzz;
+# without them it says so and exits 0, so nothing
 # (and certainly not .ci/run) depends on nightly. The corpus grows in fuzz/corpus/<target>,
 # crashes land in fuzz/artifacts/<target>, and each run's log in fuzz/logs/<target>.log.
 # Replay a crash with: cargo +nightly fuzz run <target> fuzz/artifacts/<target>/<file>
@@ -16,7 +17,7 @@ secs=${1:-240}
 shift || true
 targets=("$@")
 if [ ${#targets[@]} -eq 0 ]; then
-    targets=(length_header line echo_framed bank_protocol)
+    targets=(length_header line echo_framed bank_protocol http_request)
 fi
 
 if ! cargo +nightly --version >/dev/null 2>&1; then
@@ -51,6 +52,11 @@ seed() {
         printf '\x00\x00\x00REGISTER alice secret123' >"$dir/seed-1"
         printf '\x00\x00\x00TRANSFER bob +500 req-1' >"$dir/seed-2"
         printf '\x00\x00\x02\x05\x09DEPOSIT 100\r\nhistory 3\nPING\n' >"$dir/seed-3"
+        ;;
+    http_request)
+        printf '\x00\x04\x22\x07\x0dGET / HTTP/1.1\r\nHost: x\r\n\r\n\r\nPOST /a?b HTTP/1.1\r\nHost: y:80\r\nContent-Length: 3\r\n\r\nabc' >"$dir/seed-1"
+        printf '\x00\x01\x32\x03\x05PUT /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\nExpect: 100-continue\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\nGET * HTTP/1.0\r\n\r\n' >"$dir/seed-2"
+        printf '\xff\xff\x40OPTIONS * HTTP/1.1\r\nHost:\r\n\r\nGET http://h:1/p HTTP/1.1\r\nHost: h:1\r\n\r\n' >"$dir/seed-3"
         ;;
     esac
 }

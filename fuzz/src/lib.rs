@@ -7,6 +7,10 @@
 //! Every target reads its input through [`Plan`]: a few leading bytes choose the parameters
 //! (maximum frame or line size, how to split the stream), the rest is the byte stream.
 
+mod http;
+
+pub use http::http_request;
+
 use bank::protocol;
 use duo_net::codec::{CodecError, Frame, LengthHeaderCodec, LineCodec};
 use duo_net::InputBuffer;
@@ -588,6 +592,9 @@ mod tests {
         b"\x00\x04\x02\x07\x01DEPOSIT 100\nregister alice secret123\r\nTRANSFER bob +5 id-1\n",
         b"\x00\x04\x00\t HiStOrY \t 3 ",
         b"\x00\x04\x00PING \xff",
+        b"\x00\x04\x22\x07\x0dGET / HTTP/1.1\r\nHost: x\r\n\r\n\r\nPOST /a HTTP/1.1\r\nHost: y\r\nContent-Length: 3\r\n\r\nabc",
+        b"\x00\x01\x32\x03\x05PUT /u HTTP/1.1\r\nHost: h\r\nTransfer-Encoding: chunked\r\n\r\n5;x=y\r\nhello\r\n0\r\nT: v\r\n\r\nGET *",
+        b"\x20\x00\x11\x03GET / HTTP/1.1\r\nHost: x\r\nX-Long: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n\r\n",
     ];
 
     #[test]
@@ -597,6 +604,7 @@ mod tests {
             super::line(seed);
             super::echo_framed(seed);
             super::bank_protocol(seed);
+            super::http_request(seed);
         }
     }
 }
