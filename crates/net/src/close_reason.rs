@@ -43,7 +43,8 @@ pub enum CloseReason {
 pub enum TlsFailure {
     /// The handshake failed (a bad certificate, no common protocol or cipher suite,
     /// plaintext sent to a TLS port, the peer closed mid-handshake, ...): the connection
-    /// never was up, so the application saw no callback for it.
+    /// never was up, so the application saw no connection callback for it (a client
+    /// reports it as a failed connect attempt).
     Handshake,
     /// The handshake did not complete within the handshake timeout.
     HandshakeTimeout,

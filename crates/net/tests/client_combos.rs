@@ -481,8 +481,8 @@ fn silent_server(
 
 /// A reconnecting TLS client against a server that fails every handshake: at once (its
 /// certificate is from another CA) or by never answering (the handshake timeout). Neither
-/// connection ever was up (no callback at all, not even `on_connect_failed`: the connect
-/// itself succeeded), so neither may reset the retry delay: the reconnects slow down as
+/// connection ever was up (no connection callback; each is a failed attempt, reported to
+/// `on_connect_failed`), so neither may reset the retry delay: the reconnects slow down as
 /// after refused connects. (A handshake that timed out used to count as a connection
 /// that "stayed up" as long as the delay: the delay started over after each, one
 /// reconnect per handshake timeout for ever.)
@@ -539,7 +539,12 @@ fn tls_handshake_failures_back_off_like_refused_connects() {
             made <= 6,
             "{name}: {made} attempts in {window:?}: no back-off"
         );
-        assert_eq!(log.events(), [], "{name}: a callback ran");
+        let failures = log.failures();
+        assert_eq!(failures.len(), log.events().len(), "{name}: a callback ran");
+        assert!(
+            failures.iter().all(|&(_, _, will_retry)| will_retry),
+            "{name}: gave up: {failures:?}"
+        );
     }
     for (client, _) in &clients {
         client.stop();

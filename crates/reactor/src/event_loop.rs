@@ -232,6 +232,7 @@ impl EventLoop {
             Arc::new(LoopShared {
                 thread_id: AtomicU64::new(thread_id),
                 queue: Mutex::new(Some(Vec::new())),
+                closed: AtomicBool::new(false),
                 notified: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 quit: AtomicBool::new(false),
@@ -766,7 +767,7 @@ impl EventLoop {
 impl Drop for EventLoop {
     fn drop(&mut self) {
         // Close the queue first: from now on handles get `LoopClosed`.
-        let queued = self.shared.queue.lock().take();
+        let queued = self.shared.close();
         drop(queued);
         for entry in self.channels.drain() {
             self.deregister(&entry);

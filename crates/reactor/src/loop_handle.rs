@@ -112,6 +112,9 @@ pub(crate) struct LoopShared {
     pub(crate) thread_id: AtomicU64,
     /// Queued functions; `None` once the loop is dropped.
     pub(crate) queue: Mutex<Option<Vec<SendTask>>>,
+    /// Set (with `queue` taken) once the loop is dropped: what [`LoopHandle::is_closed`]
+    /// reads, one atomic load (an acceptor asks it for each connection it places).
+    pub(crate) closed: AtomicBool,
     /// Set when the waker has been written and the loop has not yet drained it, so that
     /// many wake-ups before the loop runs cost one `write`.
     pub(crate) notified: AtomicBool,
@@ -219,6 +222,14 @@ pub struct LoopMetrics {
 }
 
 impl LoopShared {
+    /// Closes the queue (the loop is being dropped): from now on handles get
+    /// [`LoopClosed`]. Returns the functions still queued.
+    pub(crate) fn close(&self) -> Option<Vec<SendTask>> {
+        let mut queue = self.queue.lock();
+        self.closed.store(true, Ordering::Release);
+        queue.take()
+    }
+
     /// Whether the caller runs on the loop thread.
     pub(crate) fn is_in_loop_thread(&self) -> bool {
         current_thread_id() == self.thread_id.load(Ordering::Relaxed)
@@ -475,9 +486,10 @@ impl LoopHandle {
         );
     }
 
-    /// Whether the loop has been dropped.
+    /// Whether the loop has been dropped (it ended, or its thread died of a panic): one
+    /// atomic load.
     pub fn is_closed(&self) -> bool {
-        self.shared.queue.lock().is_none()
+        self.shared.closed.load(Ordering::Acquire)
     }
 
     /// The loop's counters.

@@ -156,7 +156,13 @@ pub fn ignore_sigpipe() -> io::Result<()> {
 /// it is continued (`SIGCONT`): the classic way for a program that handles `signal`
 /// itself (here: reads it from a [`SignalFd`], blocked) to stop after doing its part,
 /// say stopping processes of its own first. `signal` gets its default action
-/// (`SIG_DFL`), is unblocked in the calling thread, raised to it, and blocked again.
+/// (`SIG_DFL`), is raised to the calling thread while still blocked there, and unblocked
+/// (the process stops), then blocked again and given back the disposition it had.
+///
+/// The process stops once, even if another `signal` was already pending (a second
+/// Ctrl-Z in quick succession): the stop takes one, and the `SIGCONT` that continues the
+/// process discards the others (a raise after the unblocking would stop it a second
+/// time, once continued).
 ///
 /// Only for `SIGTSTP`, `SIGTTIN` and `SIGTTOU` (else `InvalidInput`): unlike `SIGSTOP`,
 /// the kernel discards these for a process group that is orphaned (no process outside it
@@ -166,18 +172,14 @@ pub fn ignore_sigpipe() -> io::Result<()> {
 /// # Errors
 ///
 /// `signal` is not one of those three, or a system call failed (the signal is left
-/// blocked in the calling thread either way).
+/// blocked in the calling thread either way, and its disposition restored if it was
+/// changed).
 pub fn stop_self(signal: Signal) -> io::Result<()> {
     if ![libc::SIGTSTP, libc::SIGTTIN, libc::SIGTTOU].contains(&signal.0) {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             format!("stop_self: {signal} is not a job-control stop signal"),
         ));
-    }
-    // SAFETY: installing `SIG_DFL` runs no code in signal context; `signal` is
-    // async-signal-safe and affects only the disposition of this one signal.
-    if unsafe { libc::signal(signal.0, libc::SIG_DFL) } == libc::SIG_ERR {
-        return Err(context("signal(SIG_DFL)")(io::Error::last_os_error()));
     }
     let set = sigset(&[signal])?;
     let mask = |how: libc::c_int, what: &'static str| -> io::Result<()> {
@@ -189,12 +191,31 @@ pub fn stop_self(signal: Signal) -> io::Result<()> {
             e => Err(context(what)(io::Error::from_raw_os_error(e))),
         }
     };
-    mask(libc::SIG_UNBLOCK, "pthread_sigmask(SIG_UNBLOCK)")?;
-    // SAFETY: `raise` sends a valid signal number to the calling thread; its default
-    // action (stop) returns here once the process is continued.
-    let raised = cvt(unsafe { libc::raise(signal.0) }).map_err(context("raise"));
+    // Blocked first (it should be already): the raise below must stay pending until the
+    // unblocking.
     mask(libc::SIG_BLOCK, "pthread_sigmask(SIG_BLOCK)")?;
-    raised.map(drop)
+    // SAFETY: `sigaction` is plain data; all-zero is a valid value (empty mask, no flags,
+    // `SIG_DFL`).
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: as above; the kernel overwrites it with the current disposition.
+    let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: installing `SIG_DFL` runs no code in signal context; both pointers are to
+    // live `sigaction` values, the old one written by the kernel.
+    cvt(unsafe { libc::sigaction(signal.0, &dfl, &mut old) }).map_err(context("sigaction"))?;
+    // SAFETY: `raise` sends a valid signal number to the calling thread, where it is
+    // blocked: it stays pending.
+    let stopped = cvt(unsafe { libc::raise(signal.0) })
+        .map_err(context("raise"))
+        // Unblocked, the pending signal takes its default action (stop) on the way back
+        // from this call, which returns once the process is continued.
+        .and_then(|_| mask(libc::SIG_UNBLOCK, "pthread_sigmask(SIG_UNBLOCK)"));
+    let blocked = mask(libc::SIG_BLOCK, "pthread_sigmask(SIG_BLOCK)");
+    // SAFETY: `old` is the disposition the kernel reported above (a handler the program
+    // installed, `SIG_IGN` or `SIG_DFL`); a null old-action pointer is allowed.
+    let restored = cvt(unsafe { libc::sigaction(signal.0, &old, std::ptr::null_mut()) })
+        .map_err(context("sigaction (restore)"));
+    stopped.and(blocked).and(restored).map(drop)
 }
 
 /// A non-blocking, close-on-exec signalfd that reads the signals it was created for.

@@ -758,20 +758,35 @@ impl<S: Session> Engine<S> {
         }
     }
 
+    /// Since when slot `idx` has been waiting for the server (a connect, a TLS handshake
+    /// or a reply), if it is.
+    fn waiting_since(&self, idx: usize) -> Option<Instant> {
+        let slot = &self.slots[idx];
+        match slot.state {
+            State::Connecting(since) => Some(since),
+            // A TLS handshake under way waits for the server as much as a request.
+            State::Open => match slot.conn.as_ref().and_then(|c| c.tls.as_deref()) {
+                Some(tls) if !tls.up => Some(tls.started),
+                _ => slot.session.waiting_since(),
+            },
+            State::Pending | State::Done => None,
+        }
+    }
+
+    /// Connections waiting for the server (a connect, a TLS handshake or a reply) now:
+    /// at the end of a measured phase that did no work, each is
+    /// [`Fault::Unanswered`] (see [`crate::modes::finish`]).
+    pub(crate) fn waiting(&self) -> u64 {
+        (0..self.slots.len())
+            .filter(|&idx| self.waiting_since(idx).is_some())
+            .count() as u64
+    }
+
     /// Fails connects, TLS handshakes and awaited replies older than the timeout.
     fn sweep(&mut self, now: Instant) {
         let timeout = self.opts.timeout;
         for idx in 0..self.slots.len() {
-            let slot = &self.slots[idx];
-            let since = match slot.state {
-                State::Connecting(since) => Some(since),
-                // A TLS handshake under way waits for the server as much as a request.
-                State::Open => match slot.conn.as_ref().and_then(|c| c.tls.as_deref()) {
-                    Some(tls) if !tls.up => Some(tls.started),
-                    _ => slot.session.waiting_since(),
-                },
-                State::Pending | State::Done => None,
-            };
+            let since = self.waiting_since(idx);
             if since.is_some_and(|t| now.saturating_duration_since(t) > timeout) {
                 self.fail(idx, Fault::Timeout);
             }

@@ -34,6 +34,10 @@ pub(crate) enum Fault {
     HardTimeout,
     /// `rr --udp`: a datagram (or its echo) was lost: no echo within the loss timeout.
     Lost,
+    /// The measured phase ended with no unit of work done and a reply (or a connect, or a
+    /// TLS handshake) still awaited: one per connection waiting so. A server that accepts
+    /// and never answers, in a run shorter than `--timeout` (which would count `timeout`).
+    Unanswered,
 }
 
 impl Fault {
@@ -53,11 +57,12 @@ impl Fault {
             Fault::Io => "io",
             Fault::HardTimeout => "hard_timeout",
             Fault::Lost => "lost",
+            Fault::Unanswered => "unanswered",
         }
     }
 
     /// Every kind.
-    const ALL: [Fault; 13] = [
+    const ALL: [Fault; 14] = [
         Fault::Refused,
         Fault::Reset,
         Fault::Closed,
@@ -71,6 +76,7 @@ impl Fault {
         Fault::Io,
         Fault::HardTimeout,
         Fault::Lost,
+        Fault::Unanswered,
     ];
 
     /// The kind named `name` in reports (the inverse of [`Fault::name`]).

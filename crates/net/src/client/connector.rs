@@ -9,8 +9,10 @@
 //! 30 s (`retry_backoff`), up to `max_attempts` if set, each within `connect_timeout` if
 //! set; errors a retry cannot fix (permission, bad address family) end the attempts. A
 //! reconnect after a close waits the current delay too; a connection that stayed up at
-//! least that long resets it to the initial delay first (a TLS connection whose handshake
-//! failed or timed out never was up, and resets nothing).
+//! least that long resets it to the initial delay first. A TLS connection is an attempt
+//! until its handshake completes: one whose handshake failed or timed out never was up,
+//! resets nothing, and is a failed attempt like a refused connect (reported, counted
+//! against `max_attempts`, retried or given up).
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,6 +24,7 @@ use parking_lot::Mutex;
 use socket2::{Domain, Socket, Type};
 
 use super::{ConnectFailedCallback, ConnectFailure};
+use crate::close_reason::{CloseReason, TlsFailure};
 use crate::config::ConnConfig;
 use crate::conn::callbacks::Callbacks;
 use crate::conn::machine::{CloseHook, LoopConn, Owner};
@@ -321,7 +324,8 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         // connection at once must see the reconnects slow down, not one every initial
         // delay for ever. A connection that lasts resets it when it closes.
         st.up_since = Some(std::time::Instant::now());
-        st.failures = 0;
+        // `failures` is not reset here: a TLS connection is an attempt until its
+        // handshake completes, and one that fails counts (see [`closed`]).
         st.ending = false;
         st.connect_after_close = false;
     }
@@ -343,33 +347,57 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     });
     let establish = LoopConn::establish(lp, socket, handle, owner);
     if let Err(e) = establish {
+        // The close hook has set the client idle and queued the failed attempt (a
+        // connection that never was up), which reports its reason.
         log::warn!("client {}: cannot register the connection: {e}", inner.name);
-        // The remove hook has set the client idle: count it as a failed attempt.
-        failed(lp, inner, e);
     }
 }
 
 /// The connection closed (on the loop, from inside its handler): forget it and, if
 /// asked to, reconnect. `was_up`: it came up (a TLS connection whose handshake failed or
-/// timed out never did, however long it took).
+/// timed out never did, however long it took). One that never came up while the client
+/// still wanted it (not ended by `disconnect` or `stop`) is a failed attempt: reported,
+/// counted against `max_attempts`, retried or given up like a refused connect.
 fn closed(inner: &Arc<Inner>, conn: &TcpConnection, was_up: bool) {
-    let (now, again) = {
+    let (now, again, attempt_failed) = {
         let mut st = inner.state.lock();
+        let mut attempt_failed = false;
         if matches!(&st.phase, Phase::Connected(c) if c.id() == conn.id()) {
             st.phase = Phase::Idle;
             // Up at least as long as the delay it would wait now: a working connection
             // that ended, so the next one is tried soon again. A TLS handshake that
             // failed, even slowly, resets nothing: a server that never completes one
-            // sees the reconnects back off.
+            // sees the retries back off.
             let up_for = st.up_since.take().filter(|_| was_up).map(|t| t.elapsed());
             if up_for.is_some_and(|d| d >= st.delay) {
                 st.delay = inner.retry_initial;
             }
+            if was_up {
+                st.failures = 0;
+            } else {
+                // Not ended by `disconnect` or `stop` (a `connect` since may want it
+                // again: that connects once it has closed, below).
+                attempt_failed = st.wanted && !st.ending;
+            }
         }
         let now = std::mem::take(&mut st.connect_after_close) && st.wanted;
-        (now, st.wanted && inner.reconnect)
+        (now, st.wanted && inner.reconnect, attempt_failed)
     };
-    if now {
+    if attempt_failed {
+        let error = never_up_error(conn);
+        let me = inner.clone();
+        // Queued: the closing connection's handler is still on the stack. A `connect`
+        // (a new attempt under way) or `stop` since then takes precedence.
+        let _ = inner.lp.queue_in_loop(move |lp| {
+            let idle = {
+                let st = me.state.lock();
+                st.wanted && matches!(st.phase, Phase::Idle)
+            };
+            if idle {
+                failed(lp, &me, error);
+            }
+        });
+    } else if now {
         let me = inner.clone();
         // Queued: the closing connection's handler is still on the stack.
         let _ = inner.lp.queue_in_loop(move |lp| start(lp, &me));
@@ -383,6 +411,27 @@ fn closed(inner: &Arc<Inner>, conn: &TcpConnection, was_up: bool) {
             }
         });
     }
+}
+
+/// The error a failed attempt reports for a connection that closed before it was up (a
+/// TLS handshake that failed or timed out, a registration that failed).
+fn never_up_error(conn: &TcpConnection) -> io::Error {
+    let kind = match conn.close_reason() {
+        Some(CloseReason::Tls(TlsFailure::HandshakeTimeout) | CloseReason::Idle) => {
+            io::ErrorKind::TimedOut
+        }
+        Some(CloseReason::Tls(_)) => io::ErrorKind::InvalidData,
+        Some(CloseReason::Error(kind)) => kind,
+        Some(CloseReason::Peer) => io::ErrorKind::UnexpectedEof,
+        _ => io::ErrorKind::Other,
+    };
+    let reason = conn
+        .close_reason()
+        .map_or_else(|| "closed".to_owned(), |r| r.to_string());
+    io::Error::new(
+        kind,
+        format!("connection closed before it was up ({reason})"),
+    )
 }
 
 /// The handler of a socket whose connect is in flight.

@@ -32,7 +32,8 @@ use crate::{ConnState, TcpConnection};
 #[derive(Debug)]
 pub struct ConnectFailure {
     /// Why the attempt failed (`ConnectionRefused`, `TimedOut` after
-    /// [`connect_timeout`](ClientBuilder::connect_timeout), ...).
+    /// [`connect_timeout`](ClientBuilder::connect_timeout) or the TLS handshake timeout,
+    /// `InvalidData` for a TLS handshake that failed, ...).
     pub error: io::Error,
     /// Failed attempts in a row so far, this one included.
     pub attempts: u32,
@@ -121,13 +122,14 @@ impl ClientBuilder {
     /// handshake just closes the connection.
     ///
     /// A failed handshake closes the connection ([`CloseReason::Tls`],
-    /// logged, counted in [`TcpClient::stats`]) without any callback, not even
-    /// [`on_connect_failed`](ClientBuilder::on_connect_failed) (the connect itself
-    /// succeeded); it counts as a connection that closed (a client with
-    /// [`reconnect`](ClientBuilder::reconnect) tries again, after the retry delay, which a
-    /// connection that never came up does not reset however long its handshake took, so
-    /// the reconnects to a server that fails every handshake back off; without it, the
-    /// logs and the statistics are all there is to see).
+    /// logged, counted in [`TcpClient::stats`]) without a connection callback (it never
+    /// was up), and is a failed connect attempt: it reaches
+    /// [`on_connect_failed`](ClientBuilder::on_connect_failed) (`InvalidData`, or
+    /// `TimedOut` after the handshake timeout), counts against
+    /// [`max_attempts`](ClientBuilder::max_attempts) and is retried after the retry
+    /// delay, with or without [`reconnect`](ClientBuilder::reconnect), which a connection
+    /// that never came up does not reset however long its handshake took: the attempts on
+    /// a server that fails every handshake back off.
     #[cfg(feature = "tls")]
     pub fn tls(
         mut self,
@@ -224,7 +226,8 @@ impl fmt::Debug for ClientBuilder {
 /// # Failures
 ///
 /// [`ClientBuilder::on_connect_failed`] sees every failed attempt (refused, timed out
-/// after [`ClientBuilder::connect_timeout`], unreachable) with the error and whether the
+/// after [`ClientBuilder::connect_timeout`], unreachable, a TLS handshake that failed or
+/// timed out) with the error and whether the
 /// client will try again; [`ClientBuilder::max_attempts`] bounds the retries. A client
 /// that gives up stays idle until [`connect`](TcpClient::connect) is called again.
 ///

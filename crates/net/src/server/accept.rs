@@ -421,23 +421,48 @@ fn balance_slack(least: u64) -> u64 {
 }
 
 impl Placement {
-    /// The loop for the next connection.
-    fn choose(&mut self, owners: &[Arc<Owner>], next_loop: &mut usize) -> usize {
+    /// The loop for the next connection, among `loops` (whose owners are `owners`). A
+    /// loop that is gone (its thread died of a panic that nothing caught) is skipped: a
+    /// connection handed to it would be dropped at once. That costs one atomic load per
+    /// connection (round robin), or per hand-over (balanced), while every loop lives.
+    fn choose(
+        &mut self,
+        loops: &[LoopHandle],
+        owners: &[Arc<Owner>],
+        next_loop: &mut usize,
+    ) -> usize {
         match self {
             Placement::RoundRobin => {
-                let index = *next_loop % owners.len();
-                *next_loop = next_loop.wrapping_add(1);
-                index
+                let n = owners.len();
+                for _ in 0..n {
+                    let index = *next_loop % n;
+                    *next_loop = next_loop.wrapping_add(1);
+                    if !loops[index].is_closed() {
+                        return index;
+                    }
+                }
+                // Every loop is gone (the server is ending): the hand-over fails, and
+                // counts the connection closed.
+                *next_loop % n
             }
             Placement::Home(home) => *home,
             Placement::Balanced { home, in_flight } => {
                 let load =
                     |i: usize| owners[i].counters.open_now() + in_flight[i].load(Ordering::Relaxed);
                 let mine = load(*home);
-                let (least_index, least) = (0..owners.len())
-                    .map(|i| (i, load(i)))
-                    .min_by_key(|&(_, l)| l)
-                    .unwrap_or((*home, mine));
+                let least_of = |live_only: bool| {
+                    (0..owners.len())
+                        .filter(|&i| !live_only || !loops[i].is_closed())
+                        .map(|i| (i, load(i)))
+                        .min_by_key(|&(_, l)| l)
+                        .unwrap_or((*home, mine))
+                };
+                let (mut least_index, mut least) = least_of(false);
+                if mine > least + balance_slack(least) && loops[least_index].is_closed() {
+                    // A dead loop holds nothing, so it looks the least loaded: among the
+                    // live ones, then.
+                    (least_index, least) = least_of(true);
+                }
                 if mine > least + balance_slack(least) {
                     least_index
                 } else {
@@ -530,7 +555,7 @@ pub(super) fn new_connection_handler(
         }
         let id = next_id;
         next_id += ids.stride;
-        let index = placement.choose(&owners, &mut next_loop);
+        let index = placement.choose(&loops, &owners, &mut next_loop);
         let (target, owner) = (loops[index].clone(), owners[index].clone());
         let unix = peer.is_unix();
         if owner.config.tcp_nodelay && !unix {

@@ -91,6 +91,7 @@ fn worker(
     }
     let elapsed = go.elapsed();
     let (server_closed, unanswered_on_close) = engine.closed_by_server();
+    let waiting_at_end = engine.waiting();
     let (shared, faults) = engine.finish();
     Ok(Tally {
         msgs: shared.cycles,
@@ -101,6 +102,7 @@ fn worker(
         established: 0,
         server_closed,
         unanswered_on_close,
+        waiting_at_end,
     })
 }
 

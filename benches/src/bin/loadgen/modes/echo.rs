@@ -125,6 +125,7 @@ fn worker(
     }
     let elapsed = go.elapsed();
     let (server_closed, unanswered_on_close) = engine.closed_by_server();
+    let waiting_at_end = engine.waiting();
     let (shared, faults) = engine.finish();
     Ok(Tally {
         msgs: shared.msgs,
@@ -135,6 +136,7 @@ fn worker(
         established,
         server_closed,
         unanswered_on_close,
+        waiting_at_end,
     })
 }
 

@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::time::Duration;
 
 use crate::engine::Options;
-use crate::fault::Faults;
+use crate::fault::{Fault, Faults};
 use crate::host::FdBudget;
 use crate::latency::Latency;
 use crate::net::{source_addr, Target};
@@ -158,6 +158,8 @@ pub(crate) struct Tally {
     pub(crate) server_closed: u64,
     /// `--reconnect`: requests outstanding on them when they closed.
     pub(crate) unanswered_on_close: u64,
+    /// Connections still waiting for the server when the measured phase ended.
+    pub(crate) waiting_at_end: u64,
 }
 
 impl Tally {
@@ -171,6 +173,7 @@ impl Tally {
         self.established += other.established;
         self.server_closed += other.server_closed;
         self.unanswered_on_close += other.unanswered_on_close;
+        self.waiting_at_end += other.waiting_at_end;
     }
 
     /// Fills the report's throughput, latency and error fields.
@@ -186,6 +189,12 @@ impl Tally {
         }
         report.latency = self.latency.summary();
         report.errors.merge(&self.faults);
+        // Not one unit of work, and the server still owes answers: it accepts and never
+        // answers (in a run shorter than `--timeout`, no `timeout` was counted). An
+        // error, so that `--strict` fails the run.
+        if self.msgs == 0 {
+            report.errors.add(Fault::Unanswered, self.waiting_at_end);
+        }
     }
 
     /// Fills the `--reconnect` counts of the report.
