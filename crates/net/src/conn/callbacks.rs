@@ -68,8 +68,13 @@ macro_rules! callback_setters {
         }
         /// Called when bytes arrive. The callback parses them in place from the
         /// [`InputBuffer`](crate::InputBuffer) and consumes what it used; what it leaves
-        /// stays for the next call. Replies sent through the [`ConnCtx`](crate::ConnCtx)
-        /// are written at once when the output buffer is empty.
+        /// stays for the next call, which comes when more bytes arrive or, if reading was
+        /// paused meanwhile (by the callback, a handle or backpressure), when reading
+        /// resumes: a callback may take one message at a time and pause. Replies sent
+        /// through the [`ConnCtx`](crate::ConnCtx) are written at once when the output
+        /// buffer is empty. After the callback asked for a close
+        /// ([`ConnCtx::close_after_flush`](crate::ConnCtx::close_after_flush)) it is not
+        /// called again.
         pub fn on_message(
             mut self,
             f: impl Fn(&mut $crate::ConnCtx<'_>, &mut $crate::InputBuffer) + Send + Sync + 'static,

@@ -31,7 +31,8 @@
 //! fast sender cannot hold its loop and a pause requested from elsewhere lands between
 //! two reads at most a budget apart. A level-triggered connection reads once per event.
 //! The input is delivered after each read; bytes read while the application paused
-//! reading from another thread are held until it resumes.
+//! reading from another thread are held until it resumes, and so is input the message
+//! callback left in the buffer when reading paused (it is delivered again on resuming).
 //!
 //! A send writes straight to the socket while nothing is queued (one `sendmsg` of up to
 //! eight pieces, no copy) and buffers only the rest, then asks for writability until the
@@ -143,8 +144,9 @@ pub(crate) struct Machine {
     pub(super) owner: Arc<Owner>,
     pub(super) read: ReadSide,
     pub(super) write: WriteSide,
-    /// Bytes were read but not yet delivered: the application paused reading (from
-    /// another thread) while the read was under way. Delivered when reading resumes.
+    /// Input waits for the message callback until reading resumes: bytes read while the
+    /// application paused reading (from another thread), or input the callback left in
+    /// the buffer when reading paused (it gets it again: no new byte may come to call it).
     pub(super) held_input: bool,
     /// A continuation of reading (the read budget of one event was used up) is queued.
     pub(super) read_queued: bool,

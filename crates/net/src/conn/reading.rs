@@ -115,14 +115,35 @@ impl LoopConn {
 
     /// Hands the input to the message callback, keeps what it left, and applies a pause it
     /// asked for (through its `ConnCtx` or a handle). True if the connection is still open
-    /// and reading.
+    /// and reading for the application.
+    ///
+    /// A callback that closed gracefully (`close_after_flush` with its output written)
+    /// may have left the connection lingering: the socket is read again, but only to drop
+    /// what comes (`linger.rs`), never for this callback, so the caller's read loop ends.
+    ///
+    /// Input left in the buffer while reading is paused (by the callback, a handle or
+    /// backpressure) is held: no new byte may ever come to trigger the next call (a peer
+    /// that sent its requests in one write waits for their answers), so the callback gets
+    /// it again when reading resumes.
     pub(super) fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
         self.deliver(lp, ch);
         if !self.settle_input(lp, ch) || ch.is_removed() || self.m.closed() {
             return false;
         }
         self.m.sync_reading(ch);
-        ch.is_reading()
+        if matches!(
+            self.m.write,
+            WriteSide::Lingering { .. } | WriteSide::Draining(AfterDrain::Close(_))
+        ) {
+            return false;
+        }
+        if ch.is_reading() {
+            return true;
+        }
+        if !self.input.is_empty() {
+            self.m.held_input = true;
+        }
+        false
     }
 
     /// Moves bytes a callback left in the thread's read area to a block of their own
