@@ -116,8 +116,9 @@ enum Phase {
 struct Awaited {
     /// Its number among the connection's deferred requests.
     seq: u64,
-    /// A `HEAD` request: the answer goes without its body.
-    head_only: bool,
+    /// The request's method: a `HEAD` request's answer goes without its body, a
+    /// `CONNECT` request's successful answer without its body and length, and closes.
+    method: Method,
     /// The request let the connection stay open.
     keep_alive: bool,
     version: Version,
@@ -146,6 +147,10 @@ pub(crate) struct HttpConn {
     timer_seq: u64,
     /// `100 Continue` went out for the request being received.
     continue_sent: bool,
+    /// The request being received (its head incomplete, its body, or refused) is a `HEAD`
+    /// request, so that its refusal goes without a body. Set by `serve` when it finds a
+    /// request incomplete or refuses it; a complete request's answer reads its method.
+    head_request: bool,
     /// Bytes of an unfinished request in the input buffer.
     pending: usize,
     /// A request whose chunked body is being decoded (`Body`), or is complete and waits
@@ -181,6 +186,7 @@ impl Service {
             armed: None,
             timer_seq: 0,
             continue_sent: false,
+            head_request: false,
             pending: 0,
             chunked: None,
             closing_since: None,
@@ -408,10 +414,12 @@ impl Service {
             }
             match parse_request(input.peek(), &self.limits, peer) {
                 Err(e) => {
+                    st.head_request = is_head(input.peek());
                     input.consume_all();
                     self.fail(ctx, st, e.status(), e.reason());
                 }
                 Ok(Parsed::Partial(p)) => {
+                    st.head_request = is_head(input.peek());
                     if p.head_len.is_some() && st.phase != Phase::Body {
                         st.phase = Phase::Body;
                         self.set_deadline(ctx, st, Instant::now() + self.body_timeout);
@@ -432,6 +440,7 @@ impl Service {
                 }
                 // The body is decoded by the branch above, from the next turn on.
                 Ok(Parsed::Chunked(body, used)) => {
+                    st.head_request = is_head(input.peek());
                     input.consume(used);
                     st.phase = Phase::Body;
                     self.set_deadline(ctx, st, Instant::now() + self.body_timeout);
@@ -542,13 +551,13 @@ impl Service {
         to: Awaited,
         resp: &Response,
     ) {
-        let keep = to.keep_alive && !st.draining;
+        let keep = to.keep_alive && !st.draining && !resp.opens_tunnel(to.method);
         let field = match (keep, to.version) {
             (false, _) => ConnField::Close,
             (true, Version::Http10) => ConnField::KeepAlive,
             (true, Version::Http11) => ConnField::None,
         };
-        send(ctx, resp, to.head_only, field);
+        send(ctx, resp, to.method, field);
         if keep {
             st.phase = Phase::Idle;
             // The wait for the next request begins once this response is delivered: the
@@ -577,7 +586,13 @@ impl Service {
             ctx.connection().name()
         );
         let resp = Response::text(status, format!("{reason}\n"));
-        send(ctx, &resp, false, ConnField::Close);
+        // The answer to a `HEAD` request has no body, a refusal's neither.
+        let method = if st.head_request {
+            Method::Head
+        } else {
+            Method::Get
+        };
+        send(ctx, &resp, method, ConnField::Close);
         self.close_gracefully(ctx, st);
     }
 
@@ -733,16 +748,23 @@ impl From<&Request> for Awaited {
     fn from(req: &Request) -> Awaited {
         Awaited {
             seq: 0,
-            head_only: req.method() == Method::Head,
+            method: req.method(),
             keep_alive: req.keep_alive(),
             version: req.version(),
         }
     }
 }
 
-/// Sends `resp` (its head and, unless `head_only`, its body) with one vectored write.
-fn send(ctx: &mut ConnCtx<'_>, resp: &Response, head_only: bool, field: ConnField) {
+/// Sends `resp`, the answer to a `method` request (its head and, unless the method or
+/// status says otherwise, its body), with one vectored write.
+fn send(ctx: &mut ConnCtx<'_>, resp: &Response, method: Method, field: ConnField) {
     let mut head = Vec::with_capacity(256);
-    let body = resp.encode_head(&mut head, head_only, field);
+    let body = resp.encode_head(&mut head, method, field);
     ctx.send_parts(&[&head, body]);
+}
+
+/// Whether the request at the start of `input` (past any empty lines) is, or begins as, a
+/// `HEAD` request.
+fn is_head(input: &[u8]) -> bool {
+    input.starts_with(b"HEAD ")
 }

@@ -19,7 +19,9 @@ pub enum Method {
     Put,
     /// `DELETE`.
     Delete,
-    /// `CONNECT` (parsed, but a request target in authority form is refused with 400).
+    /// `CONNECT` (parsed, but a request target in authority form is refused with 400; a
+    /// route's 2xx answer is sent without its body and closes the connection, as the
+    /// server makes no tunnel).
     Connect,
     /// `OPTIONS`.
     Options,

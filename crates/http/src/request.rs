@@ -9,7 +9,7 @@ use crate::Method;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Version {
     /// HTTP/1.0: the connection closes after the response unless the request asks for
-    /// `Connection: keep-alive`.
+    /// `Connection: keep-alive` (and not `close` as well).
     Http10,
     /// HTTP/1.1: the connection stays open unless the request says `Connection: close`.
     Http11,
@@ -250,10 +250,14 @@ impl Request {
     }
 
     /// Whether the connection may carry another request after this one's response:
-    /// HTTP/1.1 unless `Connection: close`, HTTP/1.0 only with `Connection: keep-alive`.
+    /// never with `Connection: close` (whatever else the field lists, RFC 9112 section
+    /// 9.3); else HTTP/1.1 always, HTTP/1.0 only with `Connection: keep-alive`.
     pub fn keep_alive(&self) -> bool {
+        if self.headers.has_token("connection", "close") {
+            return false;
+        }
         match self.version {
-            Version::Http11 => !self.headers.has_token("connection", "close"),
+            Version::Http11 => true,
             Version::Http10 => self.headers.has_token("connection", "keep-alive"),
         }
     }
@@ -274,7 +278,9 @@ mod tests {
         assert!(!r.keep_alive());
         let r = Request::new(Method::Get, "/").with_version(Version::Http10);
         assert!(!r.keep_alive());
-        assert!(r.with_header("connection", "keep-alive").keep_alive());
+        let r = r.with_header("connection", "keep-alive");
+        assert!(r.keep_alive());
+        assert!(!r.with_header("Connection", "Close").keep_alive());
     }
 
     #[test]

@@ -2,7 +2,7 @@
 
 use std::fmt::Write as _;
 
-use crate::StatusCode;
+use crate::{Method, StatusCode};
 
 /// Header fields the server writes itself; a handler's values for them are dropped.
 const RESERVED: [&str; 3] = ["content-length", "connection", "transfer-encoding"];
@@ -12,7 +12,9 @@ pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 /// A response: status, header fields, body.
 ///
-/// The server adds `Content-Length` (except to 204 and 304, which have no body) and, when
+/// The server adds `Content-Length` (except to 204 and 304, which have no body, and to a
+/// 2xx answer to `CONNECT`, which it sends without its body and closes the connection
+/// after: a client takes what follows for a tunnel, and the server makes none) and, when
 /// it closes the connection after the response, `Connection: close`; a handler's own
 /// `Content-Length`, `Connection` or `Transfer-Encoding` fields are dropped (logged). A
 /// field whose name is not an HTTP token or whose value holds a control character other
@@ -104,9 +106,11 @@ impl Response {
         &self.body
     }
 
-    /// Writes the status line and the head into `out` (then the body is to be sent
-    /// unless `head_only`: the response to a `HEAD` request); returns the body to send.
-    pub(crate) fn encode_head(&self, out: &mut Vec<u8>, head_only: bool, conn: ConnField) -> &[u8] {
+    /// Writes the status line and the head of the answer to a `method` request into
+    /// `out`; returns the body to send after it: none to `HEAD` (whose head keeps the
+    /// length), and neither length nor body in a 2xx answer to `CONNECT` (a client takes
+    /// what follows its head for the tunnel; the caller closes the connection after it).
+    pub(crate) fn encode_head(&self, out: &mut Vec<u8>, method: Method, conn: ConnField) -> &[u8] {
         let mut head = String::with_capacity(128);
         let _ = write!(
             head,
@@ -117,7 +121,7 @@ impl Response {
         for (n, v) in &self.headers {
             let _ = write!(head, "{n}: {v}\r\n");
         }
-        let has_body = self.status.has_body();
+        let has_body = self.status.has_body() && !self.opens_tunnel(method);
         if has_body {
             let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
         }
@@ -128,11 +132,18 @@ impl Response {
         }
         head.push_str("\r\n");
         out.extend_from_slice(head.as_bytes());
-        if has_body && !head_only {
+        if has_body && method != Method::Head {
             &self.body
         } else {
             &[]
         }
+    }
+
+    /// Whether this is a successful answer to a `method` request that is `CONNECT`: a
+    /// client takes every byte after its head for the tunnel (RFC 9112 section 6.3), and
+    /// the server makes none, so the connection ends after the head.
+    pub(crate) fn opens_tunnel(&self, method: Method) -> bool {
+        method == Method::Connect && self.status.is_success()
     }
 }
 
@@ -172,9 +183,9 @@ fn is_token_byte(b: u8) -> bool {
 mod tests {
     use super::*;
 
-    fn encode(r: &Response, head_only: bool, conn: ConnField) -> String {
+    fn encode(r: &Response, method: Method, conn: ConnField) -> String {
         let mut out = Vec::new();
-        let body = r.encode_head(&mut out, head_only, conn).to_vec();
+        let body = r.encode_head(&mut out, method, conn).to_vec();
         out.extend_from_slice(&body);
         String::from_utf8(out).unwrap()
     }
@@ -183,14 +194,22 @@ mod tests {
     fn encodes_length_and_connection() {
         let r = Response::text(StatusCode::OK, "hi");
         assert_eq!(
-            encode(&r, false, ConnField::Close),
+            encode(&r, Method::Get, ConnField::Close),
             "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
              Content-Length: 2\r\nConnection: close\r\n\r\nhi"
         );
-        assert!(encode(&r, true, ConnField::None).ends_with("Content-Length: 2\r\n\r\n"));
+        assert!(encode(&r, Method::Head, ConnField::None).ends_with("Content-Length: 2\r\n\r\n"));
+        assert_eq!(
+            encode(&r, Method::Connect, ConnField::Close),
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain; charset=utf-8\r\n\
+             Connection: close\r\n\r\n"
+        );
+        let refused = Response::text(StatusCode::FORBIDDEN, "no");
+        assert!(encode(&refused, Method::Connect, ConnField::None)
+            .ends_with("Content-Length: 2\r\n\r\nno"));
         let r = Response::new(StatusCode::NO_CONTENT);
         assert_eq!(
-            encode(&r, false, ConnField::None),
+            encode(&r, Method::Get, ConnField::None),
             "HTTP/1.1 204 No Content\r\n\r\n"
         );
     }

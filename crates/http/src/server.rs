@@ -29,9 +29,13 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 ///
 /// - Every response has `Content-Length` (204 and 304 have no body and no length);
 ///   responses to pipelined requests go out in request order; `HEAD` gets the `GET`
-///   route's head without its body.
+///   route's head without its body, and the server's own refusals of a `HEAD` request
+///   come without theirs too. A 2xx answer to `CONNECT` goes without length or body and
+///   closes the connection: a client takes what follows it for a tunnel, and the server
+///   makes none.
 /// - HTTP/1.1 connections stay open unless the request says `Connection: close`; HTTP/1.0
-///   ones close after the response unless the request says `Connection: keep-alive`.
+///   ones close after the response unless the request says `Connection: keep-alive`
+///   (`close` wins when the field lists both).
 /// - Request bodies come with `Content-Length` or chunked, decoded as they arrive
 ///   ([`ChunkedRequest`](crate::ChunkedRequest): extensions and trailer fields are read
 ///   and dropped); see [`parse_request`](crate::parse_request) for every refusal.
