@@ -19,8 +19,9 @@ const SUN_PATH_MAX: usize = 107;
 /// abstract Unix-domain name (Linux only: no file, gone with the last socket).
 ///
 /// Parsed from and displayed as `127.0.0.1:7000`, `[::1]:7000`, `unix:/run/echo.sock`,
-/// `unix:@echo`. Every server and client builder takes one (`impl Into<Endpoint>`; a
-/// [`SocketAddr`] converts), and connections report theirs
+/// `unix:@echo` (bytes of a path or name that are not printable ASCII, and the backslash,
+/// as `\xNN`, which the parser reads back). Every server and client builder takes one
+/// (`impl Into<Endpoint>`; a [`SocketAddr`] converts), and connections report theirs
 /// ([`TcpConnection::peer_endpoint`](crate::TcpConnection::peer_endpoint)).
 ///
 /// Cloning is cheap: names are reference-counted, so a server hands its path to every
@@ -194,7 +195,9 @@ impl FromStr for Endpoint {
     type Err = ParseEndpointError;
 
     /// `HOST:PORT` with an IP address (`127.0.0.1:7000`, `[::1]:7000`), `unix:/path`
-    /// (a relative path is allowed: `unix:echo.sock`) or `unix:@name`.
+    /// (a relative path is allowed: `unix:echo.sock`) or `unix:@name`. In a path or name,
+    /// `\xNN` (two hex digits) is the byte `NN`, as [`Display`](fmt::Display) writes the
+    /// bytes that are not printable ASCII; any other backslash is itself.
     fn from_str(s: &str) -> Result<Endpoint, ParseEndpointError> {
         let with_context = |e: ParseEndpointError| match e {
             ParseEndpointError::Empty(_) => ParseEndpointError::Empty(s.to_owned()),
@@ -204,8 +207,9 @@ impl FromStr for Endpoint {
         };
         match s.strip_prefix("unix:") {
             Some(rest) => match rest.strip_prefix('@') {
-                Some(name) => Endpoint::abstract_name(name).map_err(with_context),
-                None => Endpoint::unix(rest).map_err(with_context),
+                Some(name) => Endpoint::abstract_name(unescape(name)).map_err(with_context),
+                None => Endpoint::unix(PathBuf::from(std::ffi::OsString::from_vec(unescape(rest))))
+                    .map_err(with_context),
             },
             None => s
                 .parse::<SocketAddr>()
@@ -217,26 +221,66 @@ impl FromStr for Endpoint {
 
 impl fmt::Display for Endpoint {
     /// The form [`FromStr`] reads back: `127.0.0.1:7000`, `[::1]:7000`, `unix:/path`,
-    /// `unix:@name` (bytes of an abstract name that are not printable ASCII are written
-    /// as `\xNN`); an unnamed socket shows as `unix:(unnamed)`.
+    /// `unix:@name`; an unnamed socket shows as `unix:(unnamed)`. The bytes of a path or
+    /// name that are not printable ASCII (a newline, UTF-8, bytes that are not UTF-8), and
+    /// the backslash, are written as `\xNN` (and the `@` that begins a relative path, not
+    /// an abstract name): the display is one line of printable ASCII (a server's
+    /// `listening on` line stays one line) and reads back as the same bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Inet(addr) => write!(f, "{addr}"),
-            Endpoint::Unix(path) => write!(f, "unix:{}", path.display()),
+            Endpoint::Unix(path) => {
+                f.write_str("unix:")?;
+                match path.as_os_str().as_bytes() {
+                    // A relative path `@x` is not the abstract name `x`.
+                    [b'@', rest @ ..] => {
+                        f.write_str("\\x40")?;
+                        write_escaped(f, rest)
+                    }
+                    bytes => write_escaped(f, bytes),
+                }
+            }
             Endpoint::Abstract(name) => {
                 f.write_str("unix:@")?;
-                for &b in name.iter() {
-                    if b.is_ascii_graphic() || b == b' ' {
-                        write!(f, "{}", b as char)?;
-                    } else {
-                        write!(f, "\\x{b:02x}")?;
-                    }
-                }
-                Ok(())
+                write_escaped(f, name)
             }
             Endpoint::UnixUnnamed => f.write_str("unix:(unnamed)"),
         }
     }
+}
+
+/// Writes the bytes of a path or name as [`unescape`] reads them back: printable ASCII
+/// (and the space) as is, any other byte and the backslash as `\xNN`.
+fn write_escaped(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
+    for &b in bytes {
+        if (b.is_ascii_graphic() && b != b'\\') || b == b' ' {
+            write!(f, "{}", b as char)?;
+        } else {
+            write!(f, "\\x{b:02x}")?;
+        }
+    }
+    Ok(())
+}
+
+/// The bytes of a path or name as written: `\xNN` (two hex digits, either case) is the
+/// byte `NN`; everything else, a backslash not followed by such digits too, is itself.
+fn unescape(s: &str) -> Vec<u8> {
+    let hex = |b: Option<&u8>| b.and_then(|&b| (b as char).to_digit(16));
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'\\' && bytes.get(i + 1) == Some(&b'x') {
+            if let (Some(hi), Some(lo)) = (hex(bytes.get(i + 2)), hex(bytes.get(i + 3))) {
+                out.push((hi * 16 + lo) as u8);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(bytes[i]);
+        i += 1;
+    }
+    out
 }
 
 impl fmt::Debug for Endpoint {

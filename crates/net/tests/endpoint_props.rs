@@ -32,11 +32,26 @@ proptest! {
         prop_assert!(e.is_unix());
     }
 
+    // (No backslash: `\xNN` in the text is the byte NN; `odd_bytes_read_back` covers it.)
     #[test]
-    fn printable_abstract_names_read_back(name in "[ -~]{1,107}") {
+    fn printable_abstract_names_read_back(name in "[ -\\[\\]-~]{1,107}") {
         let e: Endpoint = format!("unix:@{name}").parse().unwrap();
         prop_assert_eq!(&e, &Endpoint::abstract_name(&name).unwrap());
         prop_assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e.clone());
+    }
+
+    #[test]
+    fn odd_bytes_read_back(name in proptest::collection::vec(any::<u8>(), 1..=107)) {
+        // Any bytes, as a script reads them back from a `listening on` line.
+        let e = Endpoint::abstract_name(&name).unwrap();
+        prop_assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e.clone());
+        if !name.contains(&0) {
+            let path = std::path::PathBuf::from(
+                <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(name),
+            );
+            let e = Endpoint::unix(path).unwrap();
+            prop_assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e.clone());
+        }
     }
 
     #[test]
