@@ -25,7 +25,8 @@
 //!   one loop per thread (`ServerBuilder::loops`): a ready loop whose thread is busy or
 //!   off its core is run by another I/O thread, so a thread that loses its core holds
 //!   up one loop's connections, not its whole share. Needs `--io-threads` of at least 1
-//!   (a usage error otherwise); `M` at most the number of I/O threads changes nothing.
+//!   (a usage error otherwise); `M` at most the number of I/O threads (or 0) changes
+//!   nothing.
 //! - `--loop-sharing owned|any` (with `--loops`): `owned` (default) gives each loop an
 //!   owner thread and lets another run its turns only when the owner has made no
 //!   progress for 200 µs (a loop per thread's CPU cost); `any` lets any free thread run
@@ -182,7 +183,7 @@ struct ServeArgs {
     io_threads: Option<usize>,
     /// Serve the connections on N loops shared by the I/O threads (a ready loop whose
     /// thread is busy or off its core is run by another): a shorter latency tail on a
-    /// busy host. Default: one loop per I/O thread.
+    /// busy host. Default (or 0): one loop per I/O thread.
     #[arg(long, value_name = "N")]
     loops: Option<usize>,
     /// With --loops: `owned` (each loop has an owner thread; another runs its turns when

@@ -23,9 +23,6 @@ type Field<T, V> = (&'static str, &'static str, fn(&T) -> V);
 /// A phase of a loop's time: its label and where the snapshot keeps it.
 type Phase = (&'static str, fn(&LoopMetrics) -> Duration);
 
-/// The label set of a family with one unlabelled series.
-const NO_LABELS: [(&str, &str); 0] = [];
-
 /// A label value written with the exposition format's escapes (`\\`, `\"`, `\n`):
 /// server and loop names are the user's, and `prometheus_client` writes values as they
 /// are.
@@ -234,17 +231,12 @@ fn close_rows(c: &CloseCounts) -> [(&'static str, u64); 10] {
     ]
 }
 
-/// The server figures (label `server`, and `loop` for what each loop counts).
-pub(crate) fn encode_servers(
-    enc: &mut DescriptorEncoder<'_>,
-    servers: &[ServerHandle],
-) -> fmt::Result {
-    use MetricType::{Counter, Gauge};
-    // The `server` label tells every exported server apart: a name an earlier server has
-    // (two servers with one name) gets `#2`, `#3`... (as loop names do), else a family
-    // would hold two series with one label set, which scrapers refuse or drop.
+/// The `server` label of each of `servers`: its name, or for a name an earlier server
+/// has (two servers with one name) the name with `#2`, `#3`... (as loop names do), else a
+/// family would hold two series with one label set, which scrapers refuse or drop.
+fn server_labels(servers: &[ServerHandle]) -> Vec<String> {
     let mut taken = std::collections::HashSet::new();
-    let stats: Vec<_> = servers
+    servers
         .iter()
         .map(|s| {
             let (mut name, mut n) = (s.name().to_owned(), 1);
@@ -252,8 +244,21 @@ pub(crate) fn encode_servers(
                 n += 1;
                 name = format!("{}#{n}", s.name());
             }
-            (name, s.stats())
+            name
         })
+        .collect()
+}
+
+/// The server figures (label `server`, and `loop` for what each loop counts).
+pub(crate) fn encode_servers(
+    enc: &mut DescriptorEncoder<'_>,
+    servers: &[ServerHandle],
+) -> fmt::Result {
+    use MetricType::{Counter, Gauge};
+    let stats: Vec<_> = server_labels(servers)
+        .into_iter()
+        .zip(servers)
+        .map(|(name, s)| (name, s.stats()))
         .collect();
     let per_server = |f: &dyn Fn(&duo_net::ServerStats) -> Value| {
         stats
@@ -396,20 +401,48 @@ pub(crate) fn encode_servers(
     )
 }
 
-/// The buffer pool's figures, per size class (label `class`, the block size in bytes).
-pub(crate) fn encode_pool(enc: &mut DescriptorEncoder<'_>, pool: BufPool) -> fmt::Result {
-    let stats = pool.stats();
+/// The buffer pools to export, each with its `pool` label: the global pool (`global`),
+/// then the pool of each of `servers` that has one of its own
+/// ([`buffer_pool`](duo_net::ServerBuilder::buffer_pool)), under the `server` label of
+/// the first server using it. A server's own pool is where its memory cap is, and where
+/// its connections' `out_of_memory` closes come from.
+pub(crate) fn pools(servers: &[ServerHandle]) -> Vec<(String, BufPool)> {
+    let mut pools = vec![("global".to_owned(), BufPool::global())];
+    for (label, server) in server_labels(servers).into_iter().zip(servers) {
+        let pool = server.buffer_pool();
+        if pools.iter().all(|(_, p)| *p != pool) {
+            pools.push((label, pool));
+        }
+    }
+    pools
+}
+
+/// The buffer pools' figures (label `pool`, see [`pools`]), per size class (label
+/// `class`, the block size in bytes).
+pub(crate) fn encode_pools(
+    enc: &mut DescriptorEncoder<'_>,
+    pools: &[(String, BufPool)],
+) -> fmt::Result {
+    let stats: Vec<_> = pools.iter().map(|(l, p)| (l.as_str(), p.stats())).collect();
+    // One row per pool and class: its labels' values, and the class's figures.
+    let classes: Vec<_> = stats
+        .iter()
+        .flat_map(|(pool, s)| s.classes.iter().map(|c| (*pool, c.size.to_string(), c)))
+        .collect();
     family(
         enc,
         "duo_buffer_pool_bytes",
         "Bytes of pooled I/O buffer blocks by size class and state: held by live buffers \
          (in_use) or free in the pool's lists and thread caches (cached).",
         MetricType::Gauge,
-        stats.classes.iter().flat_map(|c| {
-            let class = c.size.to_string();
+        classes.iter().flat_map(|(pool, class, c)| {
             [("in_use", c.in_use), ("cached", c.free)].map(|(state, blocks)| {
                 (
-                    [("class", class.clone()), ("state", state.to_owned())],
+                    [
+                        ("pool", Esc(pool)),
+                        ("class", Esc(class)),
+                        ("state", Esc(state)),
+                    ],
                     gauge((blocks * c.size) as u64),
                 )
             })
@@ -421,24 +454,31 @@ pub(crate) fn encode_pool(enc: &mut DescriptorEncoder<'_>, pool: BufPool) -> fmt
         "Blocks returned to the system (trimmed, or released to stay under the cap), by \
          size class.",
         MetricType::Counter,
-        stats
-            .classes
-            .iter()
-            .map(|c| ([("class", c.size.to_string())], Value::Count(c.released))),
+        classes.iter().map(|(pool, class, c)| {
+            (
+                [("pool", Esc(pool)), ("class", Esc(class))],
+                Value::Count(c.released),
+            )
+        }),
     )?;
     family(
         enc,
         "duo_buffer_pool_allocated_bytes",
         "Bytes of blocks obtained from the system and not released.",
         MetricType::Gauge,
-        [(NO_LABELS, gauge(stats.allocated_bytes as u64))],
+        stats
+            .iter()
+            .map(|(pool, s)| ([("pool", Esc(pool))], gauge(s.allocated_bytes as u64))),
     )?;
     family(
         enc,
         "duo_buffer_pool_memory_cap_bytes",
         "The pool's memory cap (allocations beyond it fail); absent when unbounded.",
         MetricType::Gauge,
-        stats.memory_cap.map(|cap| (NO_LABELS, gauge(cap as u64))),
+        stats.iter().filter_map(|(pool, s)| {
+            s.memory_cap
+                .map(|cap| ([("pool", Esc(pool))], gauge(cap as u64)))
+        }),
     )
 }
 
@@ -492,6 +532,6 @@ impl Collector for DuoCollector {
             servers.clone()
         };
         encode_servers(&mut encoder, &servers)?;
-        encode_pool(&mut encoder, BufPool::global())
+        encode_pools(&mut encoder, &pools(&servers))
     }
 }

@@ -584,6 +584,13 @@ impl ServerHandle {
         stats(&self.shared)
     }
 
+    /// The buffer pool the server's connections take their blocks from
+    /// ([`ServerBuilder::buffer_pool`](crate::ServerBuilder::buffer_pool), by default
+    /// [`BufPool::global`]).
+    pub fn buffer_pool(&self) -> BufPool {
+        self.shared.pool
+    }
+
     /// The server's name.
     pub fn name(&self) -> &str {
         &self.shared.name

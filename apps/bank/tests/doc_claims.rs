@@ -1,0 +1,88 @@
+//! What `docs/observability.md` says `bank serve --metrics` exports, checked against a
+//! real scrape: every `bank_*` family the page lists is on the page once it has a series
+//! (a database error among them), and every exported one is listed.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{Client, Server, TempDir};
+use duo_testkit::http_get;
+
+/// The metric names of the page's tables (rows starting with a backticked name) that
+/// start with `prefix`.
+fn documented(prefix: &str) -> BTreeSet<String> {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/observability.md");
+    std::fs::read_to_string(page)
+        .unwrap()
+        .lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+/// The exported names as the page writes them (a counter `x` as `x_total`, a histogram by
+/// its family name) of the families starting with `prefix` that have a sample.
+fn exported(text: &str, prefix: &str) -> BTreeSet<String> {
+    let has_sample = |name: &str| {
+        text.lines().any(|l| {
+            !l.starts_with('#')
+                && l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, _)| name.starts_with(prefix))
+        .filter_map(|(name, ty)| {
+            let (listed, sample) = match ty {
+                "counter" => (format!("{name}_total"), format!("{name}_total")),
+                "histogram" => (name.to_owned(), format!("{name}_count")),
+                _ => (name.to_owned(), name.to_owned()),
+            };
+            has_sample(&sample).then_some(listed)
+        })
+        .collect()
+}
+
+#[test]
+fn every_listed_bank_metric_is_exported_and_every_exported_one_is_listed() {
+    let dir = TempDir::new("doc-claims");
+    let mut server = Server::start(&dir.db(), &["--metrics", "127.0.0.1:0"]);
+    let metrics = server.metrics_addr();
+    let mut alice = Client::logged_in(server.addr, "alice");
+    Client::logged_in(server.addr, "bob");
+    assert_eq!(alice.cmd("DEPOSIT 100"), "OK 100");
+    let mut guesser = Client::connect(server.addr);
+    assert!(guesser
+        .cmd("LOGIN alice wrong-password")
+        .starts_with("ERR AUTH_FAILED"));
+    // A database error, so that `bank_database_errors_total` has a series: the database
+    // file removed under the server (`sqlite_faults.rs`) makes writes `ERR INTERNAL`.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = dir.db().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(PathBuf::from(path));
+    }
+    assert!(alice.cmd("DEPOSIT 5").starts_with("ERR INTERNAL"));
+
+    let (status, text) = http_get(metrics, "/metrics");
+    assert_eq!(status, 200, "{text}");
+    let exported = exported(&text, "bank_");
+    let documented = documented("bank_");
+    let unlisted: Vec<_> = exported.difference(&documented).collect();
+    let missing: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        unlisted.is_empty() && missing.is_empty(),
+        "exported but not in docs/observability.md: {unlisted:?}; listed there but not \
+         exported: {missing:?}\n{text}"
+    );
+    drop((alice, guesser));
+    let (status, _) = server.signal_and_wait("TERM", Duration::from_secs(20));
+    assert!(status.success(), "{status:?}");
+}
