@@ -18,9 +18,11 @@ use std::io::{self, BufRead, BufReader, IsTerminal, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use duo_net::tls::{self, rustls};
+use duo_net::Endpoint;
+use socket2::{Domain, SockAddr, Socket, Type};
 
 use crate::protocol::extra_reply_lines;
 
@@ -110,8 +112,8 @@ impl Conn {
             addr: addr.to_owned(),
             source,
         };
-        if let Some(rest) = addr.strip_prefix("unix:") {
-            let stream = connect_unix(rest).map_err(connect_err)?;
+        if addr.starts_with("unix:") {
+            let stream = connect_unix(addr).map_err(connect_err)?;
             stream.set_read_timeout(Some(REPLY_TIMEOUT))?;
             return Ok(Box::new(stream));
         }
@@ -154,15 +156,52 @@ impl Conn {
     }
 }
 
-/// Connects to `/path` or `@name` (an abstract name), the part after `unix:`.
-fn connect_unix(rest: &str) -> io::Result<UnixStream> {
-    match rest.strip_prefix('@') {
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-            UnixStream::connect_addr(&addr)
+/// Connects to `unix:/path` or `unix:@name` (an abstract name), read as duo-net reads
+/// an address (so the `listening on` form, odd bytes as `\xNN`, works), within
+/// [`CONNECT_TIMEOUT`]. A Unix socket connects at once or not at all: a full accept
+/// queue (`EAGAIN` to a nonblocking connect, where a blocking one would wait for ever)
+/// is tried again every 10 ms until the timeout.
+fn connect_unix(addr: &str) -> io::Result<UnixStream> {
+    use std::os::unix::ffi::OsStrExt;
+
+    let endpoint: Endpoint = addr
+        .parse()
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+    let target = match &endpoint {
+        Endpoint::Unix(path) => SockAddr::unix(path)?,
+        Endpoint::Abstract(name) => {
+            let mut raw = Vec::with_capacity(name.len() + 1);
+            raw.push(0);
+            raw.extend_from_slice(name);
+            SockAddr::unix(std::ffi::OsStr::from_bytes(&raw))?
         }
-        None => UnixStream::connect(rest),
+        _ => {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "not a Unix-domain address",
+            ))
+        }
+    };
+    let deadline = Instant::now() + CONNECT_TIMEOUT;
+    loop {
+        let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+        socket.set_nonblocking(true)?;
+        match socket.connect(&target) {
+            Ok(()) => {
+                socket.set_nonblocking(false)?;
+                return Ok(UnixStream::from(std::os::fd::OwnedFd::from(socket)));
+            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                if Instant::now() >= deadline {
+                    return Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "connection timed out (the server's accept queue stayed full)",
+                    ));
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(e) => return Err(e),
+        }
     }
 }
 
