@@ -99,10 +99,21 @@ impl BankMetrics {
         );
     }
 
-    /// A batch of `ops` was applied with `results` in `took`.
-    pub(crate) fn batch(&self, ops: &[&WriteOp], results: &WriteResults, took: Duration) {
-        self.batch_ops.observe(ops.len() as f64);
-        self.commit_seconds.observe(took.as_secs_f64());
+    /// A batch of `ops` was applied with `results`; `committed`: it committed (and was
+    /// made durable) in this time. A batch that failed as a whole (nothing committed, or
+    /// not durable) is no committed batch: its operations count as errors only, not in
+    /// the batch sizes nor the commit times (a database that fails fast would otherwise
+    /// show as more commits, each quicker than a real one).
+    pub(crate) fn batch(
+        &self,
+        ops: &[&WriteOp],
+        results: &WriteResults,
+        committed: Option<Duration>,
+    ) {
+        if let Some(took) = committed {
+            self.batch_ops.observe(ops.len() as f64);
+            self.commit_seconds.observe(took.as_secs_f64());
+        }
         for (op, result) in ops.iter().zip(results) {
             let kind = match op {
                 WriteOp::Register { .. } => "register",
@@ -171,8 +182,11 @@ mod tests {
         m.batch(
             &[&transfer, &transfer, &deposit],
             &results,
-            Duration::from_millis(3),
+            Some(Duration::from_millis(3)),
         );
+        // A batch that failed as a whole: its writes are errors, no committed batch.
+        let failed: WriteResults = vec![Err(StoreError::Unavailable("gone".into()))];
+        m.batch(&[&deposit], &failed, None);
         m.login_failed();
         m.db_error(ErrorCode::Unavailable);
         let mut text = String::new();
@@ -180,7 +194,7 @@ mod tests {
         for line in [
             "bank_writes_total{kind=\"transfer\",outcome=\"ok\"} 1",
             "bank_writes_total{kind=\"transfer\",outcome=\"rejected\"} 1",
-            "bank_writes_total{kind=\"deposit\",outcome=\"error\"} 1",
+            "bank_writes_total{kind=\"deposit\",outcome=\"error\"} 2",
             "bank_batch_operations_count 1",
             "bank_batch_operations_sum 3.0",
             "bank_commit_seconds_count 1",

@@ -221,7 +221,10 @@ impl Applied {
     /// Hands each job its results, and counts the batch (its time up to now, so a
     /// delivery that waited for the disk counts that wait). With `Err`, every operation
     /// gets [`StoreError::Unavailable`] instead: the batch may or may not be durable.
+    /// Only a batch that committed something and was made durable counts as a committed
+    /// batch (its size and commit time); every operation counts by its outcome.
     pub(crate) fn deliver(self, durable: Result<(), StoreError>) {
+        let committed = durable.is_ok() && self.committed_something();
         let Applied {
             jobs,
             mut results,
@@ -238,7 +241,7 @@ impl Applied {
                 .collect();
         }
         let ops: Vec<&WriteOp> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
-        metrics.batch(&ops, &results, began.elapsed());
+        metrics.batch(&ops, &results, committed.then(|| began.elapsed()));
         drop(ops);
         let mut results = results.into_iter();
         for job in jobs {
