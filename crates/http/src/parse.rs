@@ -99,19 +99,25 @@ impl ParseError {
 pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Parsed, ParseError> {
     let mut fields = vec![httparse::EMPTY_HEADER; limits.max_headers];
     let mut raw = httparse::Request::new(&mut fields);
+    let wait = || {
+        if buf.len() > limits.max_head {
+            return Err(ParseError::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                "request head too large",
+            ));
+        }
+        Ok(Parsed::Partial(Partial {
+            head_len: None,
+            expects_continue: false,
+        }))
+    };
     let head_len = match raw.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
-        Ok(httparse::Status::Partial) => {
-            if buf.len() > limits.max_head {
-                return Err(ParseError::new(
-                    StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
-                    "request head too large",
-                ));
-            }
-            return Ok(Parsed::Partial(Partial {
-                head_len: None,
-                expects_continue: false,
-            }));
+        Ok(httparse::Status::Partial) => return wait(),
+        // A version not yet whole (`HTTP/2`, say) waits for the rest of its line: whether
+        // it is another version (505) or a malformed one (400) depends on what follows.
+        Err(httparse::Error::Version) if version_of(buf) == VersionVerdict::Undecided => {
+            return wait()
         }
         Err(e) => return Err(head_error(e, buf)),
     };
@@ -205,7 +211,7 @@ fn head_error(e: httparse::Error, buf: &[u8]) -> ParseError {
         ),
         // `httparse` says `Version` for whatever follows the target that is not
         // `HTTP/1.0` or `HTTP/1.1`: only a well-formed other version is unsupported.
-        httparse::Error::Version if another_version(buf) => ParseError::new(
+        httparse::Error::Version if version_of(buf) == VersionVerdict::Other => ParseError::new(
             StatusCode::HTTP_VERSION_NOT_SUPPORTED,
             "only HTTP/1.0 and HTTP/1.1 are supported",
         ),
@@ -222,25 +228,48 @@ fn head_error(e: httparse::Error, buf: &[u8]) -> ParseError {
     }
 }
 
-/// Whether the request line at the start of `buf` is `method SP target SP version` with
-/// a version of the form `HTTP/d.d` (RFC 9112 section 2.3), or the start of one while the
-/// line is incomplete.
-fn another_version(buf: &[u8]) -> bool {
+/// What the version of the request line at the start of `buf` is, once `httparse` has
+/// refused it (or while the line is incomplete).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum VersionVerdict {
+    /// A well-formed `HTTP/d.d` (RFC 9112 section 2.3) that is not 1.0 or 1.1: 505.
+    Other,
+    /// Not a version, or a line that is not `method SP target SP version`: 400.
+    Malformed,
+    /// The line is not ended and what there is of it may still become either.
+    Undecided,
+}
+
+/// Reads the version of the request line at the start of `buf` (see [`VersionVerdict`]). An
+/// unfinished line is judged only once nothing that follows could change the verdict, so
+/// the answer never depends on how much of the line has arrived.
+fn version_of(buf: &[u8]) -> VersionVerdict {
+    const FORM: &[u8; 8] = b"HTTP/0.0";
     let line = &buf[empty_lines(buf)..];
     let (line, ended) = match line.iter().position(|&b| b == b'\n') {
         Some(lf) => (line[..lf].strip_suffix(b"\r").unwrap_or(&line[..lf]), true),
-        None => (line, false),
+        // (A CR at the end may be the start of the line's CRLF.)
+        None => (line.strip_suffix(b"\r").unwrap_or(line), false),
     };
     let parts: Vec<&[u8]> = line.split(|&b| b == b' ').collect();
-    let [_, _, version] = parts.as_slice() else {
-        return false;
+    let version = match parts.as_slice() {
+        [_, _, version] => version,
+        [_] | [_, _] if !ended => return VersionVerdict::Undecided,
+        _ => return VersionVerdict::Malformed,
     };
-    match version {
-        [b'H', b'T', b'T', b'P', b'/', major, b'.', minor] => {
-            major.is_ascii_digit() && minor.is_ascii_digit()
-        }
-        [b'H', b'T', b'T', b'P', b'/', major, ..] if !ended => major.is_ascii_digit(),
-        _ => false,
+    let fits = version.len() <= FORM.len()
+        && version.iter().zip(FORM).all(|(&b, &f)| {
+            if f == b'0' {
+                b.is_ascii_digit()
+            } else {
+                b == f
+            }
+        });
+    match (fits, ended) {
+        (false, _) => VersionVerdict::Malformed,
+        (true, false) => VersionVerdict::Undecided,
+        (true, true) if version.len() == FORM.len() => VersionVerdict::Other,
+        (true, true) => VersionVerdict::Malformed,
     }
 }
 
