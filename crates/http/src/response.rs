@@ -118,6 +118,15 @@ impl Response {
             self.status.as_u16(),
             self.status.reason()
         );
+        if !self
+            .headers
+            .iter()
+            .any(|(n, _)| n.eq_ignore_ascii_case("date"))
+        {
+            head.push_str("Date: ");
+            push_http_date(&mut head);
+            head.push_str("\r\n");
+        }
         for (n, v) in &self.headers {
             let _ = write!(head, "{n}: {v}\r\n");
         }
@@ -145,6 +154,28 @@ impl Response {
     pub(crate) fn opens_tunnel(&self, method: Method) -> bool {
         method == Method::Connect && self.status.is_success()
     }
+}
+
+/// Appends the time now as an HTTP date (IMF-fixdate, RFC 9110 section 5.6.7), the
+/// `Date` every response carries (section 6.6.1). Formatted at most once a second per
+/// thread: a response in the same second copies the last one.
+fn push_http_date(out: &mut String) {
+    thread_local! {
+        /// The second last formatted and its text.
+        static LAST: std::cell::RefCell<(u64, String)> =
+            const { std::cell::RefCell::new((0, String::new())) };
+    }
+    let now = std::time::SystemTime::now();
+    let second = now
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs());
+    LAST.with(|last| {
+        let mut last = last.borrow_mut();
+        if last.0 != second || last.1.is_empty() {
+            *last = (second, httpdate::fmt_http_date(now));
+        }
+        out.push_str(&last.1);
+    });
 }
 
 /// The `Connection` field the server adds to a response.
@@ -183,11 +214,17 @@ fn is_token_byte(b: u8) -> bool {
 mod tests {
     use super::*;
 
+    /// The encoded response, its `Date` field (checked: the second line) left out.
     fn encode(r: &Response, method: Method, conn: ConnField) -> String {
         let mut out = Vec::new();
         let body = r.encode_head(&mut out, method, conn).to_vec();
         out.extend_from_slice(&body);
-        String::from_utf8(out).unwrap()
+        let text = String::from_utf8(out).unwrap();
+        let (status, rest) = text.split_once("\r\n").unwrap();
+        let (date, rest) = rest.split_once("\r\n").unwrap();
+        let date = date.strip_prefix("Date: ").expect("Date comes second");
+        assert!(httpdate::parse_http_date(date).is_ok(), "{date:?}");
+        format!("{status}\r\n{rest}")
     }
 
     #[test]

@@ -27,7 +27,8 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 ///
 /// # What it does on the wire
 ///
-/// - Every response has `Content-Length` (204 and 304 have no body and no length);
+/// - Every response has `Date` (RFC 9110 section 6.6.1; a handler may set its own) and
+///   `Content-Length` (204 and 304 have no body and no length);
 ///   responses to pipelined requests go out in request order; `HEAD` gets the `GET`
 ///   route's head without its body, and the server's own refusals of a `HEAD` request
 ///   come without theirs too. A 2xx answer to `CONNECT` goes without length or body and
