@@ -20,6 +20,12 @@ use super::{drain_frames, CodecError, Frame};
 ///   it fails when the bytes buffered, minus a trailing `\r`, exceed `max_line` (the rule of
 ///   [`InputBuffer::next_line`]). It never looks further than `max_line + 2` bytes.
 ///
+/// On a connection, set the input limit ([`InputBuffer::max_len`], the builders'
+/// `max_input`) to at least
+/// `max_line + 2`: a line of exactly `max_line` bytes ended by `\r\n` is whole only then
+/// (with `max_line + 1`, its `\r` fills the buffer before the `\n` comes, and the
+/// connection closes as `InputTooLarge` instead of decoding it).
+///
 /// # Encoding rules
 ///
 /// [`encode`](LineCodec::encode) appends `\n`. It refuses a line longer than `max_line`
