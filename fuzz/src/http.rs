@@ -24,11 +24,13 @@ struct Served {
     in_body: bool,
 }
 
-/// The limits a fuzz input is parsed under: the plan's maximum for the head and the
-/// body, 1 to 61 header fields from its parameter.
+/// The limits a fuzz input is parsed under: the plan's maximum for the head (at least 1:
+/// with 0 every request is refused, and a lone CR waiting for its LF is refused 431 where
+/// the whole buffer shows an empty line) and the body, 1 to 61 header fields from its
+/// parameter.
 fn limits(plan: &Plan<'_>) -> Limits {
     Limits {
-        max_head: plan.max,
+        max_head: plan.max.max(1),
         max_headers: 1 + 4 * usize::from(plan.param),
         max_body: plan.max,
     }
