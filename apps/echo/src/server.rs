@@ -409,23 +409,26 @@ fn on_bytes(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, messages: Option<&At
 
 /// Framed mode: answer every complete packet; close the connection on a protocol error.
 fn on_packets(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, messages: Option<&AtomicU64>) {
-    let result = framed::echo_frames(input, |parts| ctx.send_parts(parts));
-    let answered = match result {
-        Ok(n) => n,
-        Err(e) => {
-            duo_net::log_limited!(
-                log::Level::Warn,
-                "{}: {e}; closing",
-                ctx.connection().name()
-            );
-            input.consume_all();
-            // The replies to the good packets before the bad one still go out.
-            ctx.close_after_flush();
-            0
-        }
-    };
+    // Counted here, not from `echo_frames`' result: an error loses the count of the
+    // packets answered before it in the same input.
+    let mut answered = 0u64;
+    let result = framed::echo_frames(input, |parts| {
+        let sent = ctx.send_parts(parts);
+        answered += u64::from(sent);
+        sent
+    });
+    if let Err(e) = result {
+        duo_net::log_limited!(
+            log::Level::Warn,
+            "{}: {e}; closing",
+            ctx.connection().name()
+        );
+        input.consume_all();
+        // The replies to the good packets before the bad one still go out.
+        ctx.close_after_flush();
+    }
     if let (Some(m), true) = (messages, answered > 0) {
-        m.fetch_add(answered as u64, Ordering::Relaxed);
+        m.fetch_add(answered, Ordering::Relaxed);
     }
 }
 
