@@ -22,9 +22,9 @@
 //! - [`nonblocking_pair`]: a connected, non-blocking `AF_UNIX` stream pair.
 //! - [`tcp_queues`], [`tcp_state`]: what the kernel lists for a loopback TCP socket (its
 //!   queues, its state), for a test that waits until a segment has reached the other side.
-//! - [`cpu_time`], [`clock_ticks_per_second`]: the CPU time a process has used
-//!   (`/proc/PID/stat`), for tests and for the benchmark tools, which charge a server under
-//!   test for its work.
+//! - [`cpu_time`], [`tree_cpu_time`], [`clock_ticks_per_second`]: the CPU time a process
+//!   (or a process and every process below it) has used (`/proc/PID/stat`), for tests and
+//!   for the benchmark tools, which charge a server under test for its work.
 //! - [`pg`]: a throwaway PostgreSQL cluster ([`pg::PgCluster`]) for tests and benchmarks,
 //!   made by `initdb` in a temporary directory, started on a free loopback port and a Unix
 //!   socket, removed (its server stopped, killed by PID if need be) when dropped; tests
@@ -55,7 +55,7 @@ mod wait;
 
 pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
-pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time};
+pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time, tree_cpu_time};
 pub use example::{example_binary, package_binary};
 pub use http::http_get;
 #[cfg(feature = "pki")]

@@ -12,9 +12,9 @@
 //! 10 with `--quick`); each run is `pgbench -c 100 -j 2 -T SECS -M prepared -n`, the
 //! TPC-B-like script a user would run to see what the server does with 100 clients.
 //!
-//! **CPU over the measured phase.** `loadgen --server-pid` samples one process; the
-//! database is a postmaster with a backend per connection, and with `--processes` the
-//! front-end is a supervisor with worker processes. So a [`Sampler`] thread reads, every
+//! **CPU over the measured phase.** `loadgen --server-pid` samples the front-end's
+//! process tree (a supervisor and its workers with `--processes`), not the database's: a
+//! postmaster with a backend per connection. So a [`Sampler`] thread reads, every
 //! [`SAMPLE_EVERY`], the CPU time of both trees: for every process of a tree `utime +
 //! stime` and also `cutime + cstime` (children that exited and were reaped, so a backend
 //! that ends mid-run keeps its share) from `/proc/PID/stat`. The measured phase is then

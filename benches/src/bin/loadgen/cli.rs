@@ -70,7 +70,8 @@ pub(crate) struct Common {
     #[arg(long)]
     pub(crate) seed: Option<u64>,
     /// The server's process id: report the CPU time it used during the measured phase
-    /// alone (set-up such as connecting or logging in excluded), as `server_cpu_secs`.
+    /// alone (set-up such as connecting or logging in excluded), as `server_cpu_secs`,
+    /// with the processes below it (a supervisor's workers, `--processes`).
     /// Not with `idle`, which has no measured phase (its `--pid` reads the server's RSS).
     #[arg(long, value_name = "PID")]
     pub(crate) server_pid: Option<u32>,

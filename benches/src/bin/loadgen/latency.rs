@@ -47,6 +47,24 @@ impl Latency {
         self.hist.saturating_record(nanos.clamp(1, MAX_NANOS));
     }
 
+    /// Records the waits of requests still unanswered when the measured phase ended
+    /// (each a lower bound of its latency), those that had already waited longer than
+    /// every answered request of this histogram (or all, if none was answered). A server
+    /// that stops answering before the end would otherwise leave no trace in the figures
+    /// but fewer answers: its stall is what those waits are. A wait no longer than some
+    /// answered request's is left out: it lies within the answered distribution, and as a
+    /// sample cut short it would only pull the figures down (every connection has a
+    /// request in flight when the phase ends).
+    pub(crate) fn record_unanswered(&mut self, waits: impl IntoIterator<Item = Duration>) {
+        let longest = (!self.hist.is_empty()).then(|| self.hist.max());
+        for wait in waits {
+            let nanos = u64::try_from(wait.as_nanos()).unwrap_or(u64::MAX);
+            if longest.is_none_or(|longest| nanos > longest) {
+                self.record(wait);
+            }
+        }
+    }
+
     /// Adds the samples of `other`.
     pub(crate) fn merge(&mut self, other: &Latency) {
         // Same bounds on both sides, so adding cannot fail.
@@ -67,5 +85,28 @@ impl Latency {
             p999_us: us(self.hist.value_at_quantile(0.999)),
             max_us: us(self.hist.max()),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_waits_longer_than_every_answer_are_recorded() {
+        let ms = Duration::from_millis;
+        let mut l = Latency::default();
+        l.record(ms(5));
+        l.record_unanswered([ms(1), ms(5), ms(1200), ms(900)]);
+        let s = l.summary().unwrap();
+        assert_eq!(s.count, 3);
+        assert!((s.max_us - 1_200_000.0).abs() < 1_200.0, "{s:?}");
+        // Nothing answered: every wait is all there is.
+        let mut l = Latency::default();
+        l.record_unanswered([ms(3), ms(4)]);
+        assert_eq!(l.summary().unwrap().count, 2);
+        let mut l = Latency::default();
+        l.record_unanswered([]);
+        assert!(l.summary().is_none());
     }
 }

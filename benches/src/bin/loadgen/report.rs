@@ -85,7 +85,7 @@ pub(crate) struct Report {
     /// Whether the final sum equals the deposited sum (and every account was read).
     pub(crate) total_ok: Option<bool>,
     /// The server's CPU time (user + system) during the measured phase, with
-    /// `--server-pid`.
+    /// `--server-pid`: that process and every process below it.
     pub(crate) server_cpu_secs: Option<f64>,
     /// Soft open-file limit.
     pub(crate) fd_limit: Option<u64>,

@@ -136,13 +136,16 @@ impl ServerCpu {
 
 /// For a coordinator: opens the gate and, given the server's pid, samples its CPU time at
 /// the opening and again when the measured phase of `secs` ends, so set-up (connecting,
-/// logging in) is not charged to the operations measured.
+/// logging in) is not charged to the operations measured. The CPU time is that of the
+/// server's whole process tree ([`duo_testkit::tree_cpu_time`]): a supervisor's worker
+/// processes (`--processes`) do the serving, and one that ends during the phase keeps its
+/// share.
 pub(crate) fn open_and_measure(gate: &Gate, pid: Option<u32>, secs: Duration) -> ServerCpu {
     let Some(pid) = pid else {
         gate.open();
         return ServerCpu(None);
     };
-    let before = duo_testkit::cpu_time(pid);
+    let before = duo_testkit::tree_cpu_time(pid);
     let go = gate.open();
     let end = go + secs;
     while let Some(left) = end.checked_duration_since(Instant::now()) {
@@ -151,7 +154,7 @@ pub(crate) fn open_and_measure(gate: &Gate, pid: Option<u32>, secs: Duration) ->
         }
         thread::sleep(left);
     }
-    let after = duo_testkit::cpu_time(pid);
+    let after = duo_testkit::tree_cpu_time(pid);
     ServerCpu(Some(match (before, after) {
         (Ok(b), Ok(a)) => Ok(a.saturating_sub(b)),
         (Err(e), _) | (_, Err(e)) => Err(format!("process {pid}: {e}")),

@@ -12,8 +12,11 @@
 //!    concurrently); when all are in, the measured phase starts: each client keeps one
 //!    `TRANSFER <random other account> <random amount>` outstanding for `--secs`.
 //!    `OK <balance>` is a transfer, `ERR INSUFFICIENT_FUNDS` is normal and counted apart,
-//!    anything else is an error. Then the clients stop sending and wait for their last
-//!    replies, so no transfer of ours is still in the server when balances are read.
+//!    anything else is an error. A transfer still unanswered when the phase ends counts
+//!    in the latency with what it has waited so far, if longer than every answered one
+//!    (a stall at the end is not hidden). Then the clients stop sending and wait for
+//!    their last replies, so no transfer of ours is still in the server when balances
+//!    are read.
 //! 3. **Check.** Every account is logged in to again and its `BALANCE` read: the sum must
 //!    equal the total deposited (PASS), or the run fails (FAIL, exit code 1).
 
@@ -231,7 +234,17 @@ fn client_worker(
     while Instant::now() < end {
         engine.poll(end)?;
     }
-    let elapsed = go.elapsed();
+    let stopped = Instant::now();
+    let elapsed = stopped.saturating_duration_since(go);
+    // A stall at the end of the phase: what the transfers in flight have waited so far
+    // (see `Latency::record_unanswered`).
+    let waits: Vec<Duration> = engine
+        .sessions()
+        .filter(|s| s.logged_in)
+        .filter_map(|s| s.sent_at)
+        .map(|sent_at| stopped.saturating_duration_since(sent_at))
+        .collect();
+    engine.shared_mut().latency.record_unanswered(waits);
     // Drain: no new transfers; wait for the replies to those in flight.
     engine.shared_mut().running = false;
     let drain_deadline = Instant::now() + env.timeout;

@@ -4,6 +4,12 @@
 //! record the round trip, send the next. They differ in their defaults (16 KiB messages
 //! for throughput, 64 B for latency) and in what the summary leads with.
 //!
+//! The latency of a request is from when it was queued (at once when the previous echo
+//! completed: nothing else delays it) to when the last byte of its echo was read. A
+//! request still unanswered when the phase ends counts with what it has waited so far if
+//! that is longer than every answered one ([`Latency::record_unanswered`]): a server that
+//! stops answering shows its stall, not only its earlier, fast answers.
+//!
 //! Each connection draws its messages from its own random *tape* of SIZE + 4 KiB bytes,
 //! starting at a random offset: generating no new bytes per message keeps the load
 //! generator's CPU cost low, yet consecutive messages differ and no two connections share
@@ -123,7 +129,15 @@ fn worker(
     while Instant::now() < end {
         engine.poll(end)?;
     }
-    let elapsed = go.elapsed();
+    let stopped = Instant::now();
+    let elapsed = stopped.saturating_duration_since(go);
+    // A stall at the end of the phase: what the requests in flight have waited so far.
+    let waits: Vec<Duration> = engine
+        .sessions()
+        .filter_map(|s| s.sent_at)
+        .map(|sent_at| stopped.saturating_duration_since(sent_at))
+        .collect();
+    engine.shared_mut().latency.record_unanswered(waits);
     let (server_closed, unanswered_on_close) = engine.closed_by_server();
     let waiting_at_end = engine.waiting();
     let (shared, faults) = engine.finish();
