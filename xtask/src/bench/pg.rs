@@ -24,7 +24,6 @@
 //! fall outside it. Both trees' CPU is taken over that one window and scaled to the
 //! reported phase length (the window is within one sampling period of it).
 
-use std::fs;
 use std::path::Path;
 use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
@@ -162,37 +161,10 @@ impl Drop for RunDatabase<'_> {
     }
 }
 
-/// The CPU time of a process tree so far: for `root` and every descendant, `utime +
-/// stime + cutime + cstime` of `/proc/PID/stat` (the last two: its children that exited
-/// and were reaped). `None` if `root` is gone.
+/// The CPU time of a process tree so far (see [`duo_testkit::tree_cpu_time`]: the
+/// process, every descendant, and the children they reaped); `None` if `root` is gone.
 pub(super) fn tree_cpu(root: u32) -> Option<Duration> {
-    let hz = duo_testkit::clock_ticks_per_second().ok()?;
-    let mut ticks = stat_ticks(root)?;
-    let mut todo: Vec<u32> = duo_testkit::children(root).into_iter().collect();
-    while let Some(pid) = todo.pop() {
-        // A process that is gone between the listing and the read counts in its parent's
-        // `cutime` once reaped.
-        ticks += stat_ticks(pid).unwrap_or(0);
-        todo.extend(duo_testkit::children(pid));
-    }
-    Some(Duration::from_secs_f64(ticks as f64 / hz as f64))
-}
-
-/// `utime + stime + cutime + cstime` (fields 14 to 17) of `/proc/PID/stat`, in ticks.
-fn stat_ticks(pid: u32) -> Option<u64> {
-    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_ticks(&stat)
-}
-
-/// Fields 14 to 17 of the text of a `/proc/PID/stat` file, summed.
-fn parse_ticks(stat: &str) -> Option<u64> {
-    // The command name (field 2) may hold spaces and ')': the rest follows the last ')',
-    // starting with the state (field 3).
-    let (_, rest) = stat.rsplit_once(')')?;
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    (11..15).try_fold(0u64, |sum, i| {
-        Some(sum + fields.get(i)?.parse::<u64>().ok()?)
-    })
+    duo_testkit::tree_cpu_time(root).ok()
 }
 
 /// One reading of the [`Sampler`]: when, and the two trees' CPU time so far.
@@ -393,13 +365,6 @@ mod tests {
         assert_eq!(j.mean_us, Some(34835.0));
         assert_eq!(j.error_total, 0);
         assert!(parse_pgbench("no such line").is_none());
-    }
-
-    #[test]
-    fn stat_fields_14_to_17() {
-        let stat = "42 (post (gres) x) S 1 42 42 0 -1 4194560 100 0 0 0 7 5 3 2 20 0 1 0";
-        assert_eq!(parse_ticks(stat), Some(17));
-        assert_eq!(parse_ticks("42 (x) S 1"), None);
     }
 
     #[test]
