@@ -92,9 +92,18 @@ struct TrimTimer {
 
 /// Tick length and bucket count for a timeout: at most 1 s per tick, at least 8 buckets
 /// for short timeouts, so a connection closes between `timeout` and `timeout + tick`.
+/// Past [`TimingWheel::MAX_BUCKETS`] seconds (about 18 hours) the tick grows instead
+/// (`timeout / MAX_BUCKETS`), so the wheel still spans the whole timeout.
 fn wheel_shape(timeout: Duration) -> (Duration, usize) {
-    let tick = (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
-    let buckets = timeout.as_nanos().div_ceil(tick.as_nanos()).max(1) as usize;
+    let most = TimingWheel::<u64>::MAX_BUCKETS as u128;
+    let mut tick = (timeout / 8).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let shortest = timeout.as_nanos().div_ceil(most);
+    if tick.as_nanos() < shortest {
+        const NANOS: u128 = 1_000_000_000;
+        let secs = u64::try_from(shortest / NANOS).unwrap_or(u64::MAX);
+        tick = Duration::new(secs, (shortest % NANOS) as u32);
+    }
+    let buckets = timeout.as_nanos().div_ceil(tick.as_nanos()).clamp(1, most) as usize;
     (tick, buckets)
 }
 
@@ -307,7 +316,8 @@ mod tests {
     use duo_buffer::{BufPool, PoolConfig};
     use duo_reactor::{EventLoop, Token};
 
-    use super::{trim, NetLoop, IDLE_CLOSES_PER_BATCH};
+    use super::{trim, wheel_shape, NetLoop, IDLE_CLOSES_PER_BATCH};
+    use duo_reactor::TimingWheel;
 
     /// A burst of tokens falls off the wheel together; while the first batch is being
     /// closed, the connection of a token waiting in a later batch is active again (its
@@ -377,5 +387,43 @@ mod tests {
         assert_eq!(pool.stats().in_use_bytes(), 16 * BLOCK);
         drop(burst);
         assert_eq!(trim(pool), 0, "1 MiB free is under the floor again");
+    }
+
+    /// The wheel of every idle timeout closes a connection between the timeout and one
+    /// tick after it: never early, and never cut short by the wheel's bucket limit (a day
+    /// was cut to 65 536 s, about 18 hours, with 1 s ticks).
+    #[test]
+    fn the_wheel_shape_covers_every_timeout() {
+        let secs = Duration::from_secs;
+        for timeout in [
+            Duration::from_millis(1),
+            Duration::from_millis(80),
+            secs(1),
+            secs(60),
+            secs(65_536),
+            secs(65_537),
+            secs(86_400),
+            secs(7 * 86_400),
+            duo_reactor::FOREVER,
+            Duration::MAX,
+        ] {
+            let (tick, buckets) = wheel_shape(timeout);
+            assert!(
+                (1..=TimingWheel::<u64>::MAX_BUCKETS).contains(&buckets),
+                "{timeout:?}"
+            );
+            // (Past `Duration::MAX`, the wheel spans more than any timeout.)
+            let Some(covered) = tick.checked_mul(u32::try_from(buckets).unwrap()) else {
+                continue;
+            };
+            assert!(
+                covered >= timeout,
+                "{timeout:?}: {buckets} ticks of {tick:?}"
+            );
+            assert!(
+                covered - timeout <= tick,
+                "{timeout:?}: {buckets} ticks of {tick:?}"
+            );
+        }
     }
 }

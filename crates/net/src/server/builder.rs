@@ -191,7 +191,8 @@ impl ServerBuilder {
         self
     }
     /// Closes connections that show no activity for `timeout` (a timing wheel per loop;
-    /// closes within one wheel tick after the timeout: 1/8 of it, at most 1 s). Activity
+    /// closes within one wheel tick after the timeout: 1/8 of it, at most 1 s, or past about
+    /// 18 hours the timeout / 65 536). Activity
     /// is bytes received, and queued output taken by the peer (a client downloading a
     /// large reply slowly is not idle). The close drops what is unsent
     /// ([`CloseReason::Idle`](crate::CloseReason::Idle)).
