@@ -4,51 +4,11 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Client, Server, TempDir};
-use duo_testkit::http_get;
-
-/// The metric names of the page's tables (rows starting with a backticked name) that
-/// start with `prefix`.
-fn documented(prefix: &str) -> BTreeSet<String> {
-    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/observability.md");
-    std::fs::read_to_string(page)
-        .unwrap()
-        .lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split_once('`'))
-        .map(|(name, _)| name.to_owned())
-        .filter(|name| name.starts_with(prefix))
-        .collect()
-}
-
-/// The exported names as the page writes them (a counter `x` as `x_total`, a histogram by
-/// its family name) of the families starting with `prefix` that have a sample.
-fn exported(text: &str, prefix: &str) -> BTreeSet<String> {
-    let has_sample = |name: &str| {
-        text.lines().any(|l| {
-            !l.starts_with('#')
-                && l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-    };
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(name, _)| name.starts_with(prefix))
-        .filter_map(|(name, ty)| {
-            let (listed, sample) = match ty {
-                "counter" => (format!("{name}_total"), format!("{name}_total")),
-                "histogram" => (name.to_owned(), format!("{name}_count")),
-                _ => (name.to_owned(), name.to_owned()),
-            };
-            has_sample(&sample).then_some(listed)
-        })
-        .collect()
-}
+use duo_testkit::{documented_metrics, exported_metrics, http_get, observability_page};
 
 #[test]
 fn every_listed_bank_metric_is_exported_and_every_exported_one_is_listed() {
@@ -73,8 +33,8 @@ fn every_listed_bank_metric_is_exported_and_every_exported_one_is_listed() {
 
     let (status, text) = http_get(metrics, "/metrics");
     assert_eq!(status, 200, "{text}");
-    let exported = exported(&text, "bank_");
-    let documented = documented("bank_");
+    let exported = exported_metrics(&text, "bank_");
+    let documented = documented_metrics(&observability_page(), "bank_");
     let unlisted: Vec<_> = exported.difference(&documented).collect();
     let missing: Vec<_> = documented.difference(&exported).collect();
     assert!(

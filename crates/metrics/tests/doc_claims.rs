@@ -4,16 +4,14 @@
 //! which the page says to watch `duo_buffer_pool_allocated_bytes` against) is exported
 //! beside the global one.
 
-use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
 use duo_buffer::{BufPool, PoolConfig};
 use duo_metrics::{MetricsEndpoint, ScrapeTarget};
 use duo_net::{EventLoop, TcpServer};
-use duo_testkit::http_get;
+use duo_testkit::{documented_metrics, exported_metrics, http_get, observability_page};
 use parking_lot::Mutex;
 
 /// The cap of the test's own pool.
@@ -34,45 +32,6 @@ fn value(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
         .and_then(|v| v.trim().parse().ok())
-}
-
-/// The exported metric names as the page writes them (a counter `x` as `x_total`, a
-/// histogram by its family name), of the families starting with `prefix` that have at
-/// least one sample.
-fn exported(text: &str, prefix: &str) -> BTreeSet<String> {
-    let has_sample = |name: &str| {
-        text.lines().any(|l| {
-            !l.starts_with('#')
-                && l.strip_prefix(name)
-                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
-        })
-    };
-    text.lines()
-        .filter_map(|l| l.strip_prefix("# TYPE "))
-        .filter_map(|l| l.split_once(' '))
-        .filter(|(name, _)| name.starts_with(prefix))
-        .filter_map(|(name, ty)| {
-            let (listed, sample) = match ty {
-                "counter" => (format!("{name}_total"), format!("{name}_total")),
-                "histogram" => (name.to_owned(), format!("{name}_count")),
-                _ => (name.to_owned(), name.to_owned()),
-            };
-            has_sample(&sample).then_some(listed)
-        })
-        .collect()
-}
-
-/// The metric names of the tables of `docs/observability.md` (rows starting with a
-/// backticked name) that start with `prefix`.
-fn documented(prefix: &str) -> BTreeSet<String> {
-    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/observability.md");
-    let text = std::fs::read_to_string(&page).unwrap();
-    text.lines()
-        .filter_map(|l| l.strip_prefix("| `"))
-        .filter_map(|l| l.split_once('`'))
-        .map(|(name, _)| name.to_owned())
-        .filter(|name| name.starts_with(prefix))
-        .collect()
 }
 
 #[test]
@@ -150,8 +109,8 @@ fn every_listed_duo_metric_is_exported_and_every_exported_one_is_listed() {
 
     let (status, text) = http_get(group.local_addr(), "/metrics");
     assert_eq!(status, 200, "{text}");
-    let exported = exported(&text, "duo_");
-    let documented = documented("duo_");
+    let exported = exported_metrics(&text, "duo_");
+    let documented = documented_metrics(&observability_page(), "duo_");
     let unlisted: Vec<_> = exported.difference(&documented).collect();
     let missing: Vec<_> = documented.difference(&exported).collect();
     assert!(

@@ -43,6 +43,7 @@ mod child_server;
 mod child_server_builder;
 mod cpu;
 mod example;
+mod exposition;
 mod http;
 pub mod loadgen_json;
 pub mod pg;
@@ -57,6 +58,7 @@ pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
 pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time, tree_cpu_time};
 pub use example::{example_binary, package_binary};
+pub use exposition::{documented_metrics, exported_metrics, observability_page};
 pub use http::http_get;
 #[cfg(feature = "pki")]
 pub use pki::TestCerts;

@@ -1,0 +1,52 @@
+//! The metric names `docs/observability.md` lists and the ones a scrape exports, for the
+//! tests that hold the page and the endpoints to each other.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+/// The text of `docs/observability.md`.
+///
+/// # Panics
+///
+/// If the page cannot be read (a test helper: the repository is not complete).
+pub fn observability_page() -> String {
+    let page = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs/observability.md");
+    std::fs::read_to_string(&page).unwrap_or_else(|e| panic!("{}: {e}", page.display()))
+}
+
+/// The metric names of the page's tables (rows starting with a backticked name) that
+/// start with `prefix`.
+pub fn documented_metrics(page: &str, prefix: &str) -> BTreeSet<String> {
+    page.lines()
+        .filter_map(|l| l.strip_prefix("| `"))
+        .filter_map(|l| l.split_once('`'))
+        .map(|(name, _)| name.to_owned())
+        .filter(|name| name.starts_with(prefix))
+        .collect()
+}
+
+/// The names, as the page writes them (a counter `x` as `x_total`, a histogram by its
+/// family name), of the families in the exposition `text` that start with `prefix` and
+/// have at least one sample.
+pub fn exported_metrics(text: &str, prefix: &str) -> BTreeSet<String> {
+    let has_sample = |name: &str| {
+        text.lines().any(|l| {
+            !l.starts_with('#')
+                && l.strip_prefix(name)
+                    .is_some_and(|rest| rest.starts_with(['{', ' ']))
+        })
+    };
+    text.lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split_once(' '))
+        .filter(|(name, _)| name.starts_with(prefix))
+        .filter_map(|(name, ty)| {
+            let (listed, sample) = match ty {
+                "counter" => (format!("{name}_total"), format!("{name}_total")),
+                "histogram" => (name.to_owned(), format!("{name}_count")),
+                _ => (name.to_owned(), name.to_owned()),
+            };
+            has_sample(&sample).then_some(listed)
+        })
+        .collect()
+}
