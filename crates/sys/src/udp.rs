@@ -24,7 +24,7 @@
 
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
-use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 
 use socket2::SockAddr;
 
@@ -119,6 +119,7 @@ impl MmsgScratch {
 /// waiting the error kind is [`io::ErrorKind::WouldBlock`] (the socket is non-blocking).
 /// A pending socket error (an ICMP "port unreachable" on a connected socket:
 /// `ECONNREFUSED`) is returned, and cleared, by the call that meets it. `EINTR` is retried.
+/// On an `AF_UNIX` datagram socket, descriptors a peer attaches (`SCM_RIGHTS`) are closed.
 pub fn recv_mmsg(
     fd: BorrowedFd<'_>,
     scratch: &mut MmsgScratch,
@@ -167,7 +168,8 @@ pub fn recv_mmsg(
         hdr.msg_iov = iov;
         hdr.msg_iovlen = 1;
         // The kernel writes control messages only for the options asked for (none unless
-        // `set_recv_pktinfo`), and sets the length to what it wrote.
+        // `set_recv_pktinfo`) and for descriptors an `AF_UNIX` peer attaches (closed in
+        // `local_closing_fds`), and sets the length to what it wrote.
         hdr.msg_control = cmsg.cast();
         hdr.msg_controllen = std::mem::size_of::<Cmsgs>();
         hdr.msg_flags = 0;
@@ -185,7 +187,9 @@ pub fn recv_mmsg(
                 fd.as_raw_fd(),
                 scratch.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
-                0,
+                // Descriptors an `AF_UNIX` peer passes are closed below; until then
+                // they must not leak into a child that another thread starts.
+                libc::MSG_CMSG_CLOEXEC,
                 std::ptr::null_mut(),
             )
         };
@@ -217,8 +221,8 @@ pub fn recv_mmsg(
         } else {
             // SAFETY: the header's control pointer and length describe the `Cmsgs` of
             // this datagram, in which the kernel wrote `msg_controllen` bytes of whole
-            // control messages during the call.
-            unsafe { pktinfo_local(&hdr.msg_hdr, from) }
+            // control messages during the call (read once: this is the only walk).
+            unsafe { local_closing_fds(&hdr.msg_hdr, from) }
         };
         *m = RecvMeta {
             len: len.min(slot),
@@ -380,15 +384,24 @@ pub fn set_recv_pktinfo(fd: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
 /// destination if there is one (IPv4-mapped when the source is IPv6), else
 /// `IPV6_PKTINFO`'s address unless it is multicast (no reply can leave from that).
 ///
+/// Descriptors passed with the datagram (`SCM_RIGHTS`, from an `AF_UNIX` peer) are
+/// closed: the kernel installed them in this process, and nothing here takes them (each
+/// datagram would leak some, until `EMFILE`). Under `MSG_CTRUNC` the kernel installs only
+/// those whose numbers fit in the control buffer (and closes the rest itself); the
+/// message's length covers exactly those.
+///
 /// # Safety
 ///
 /// `hdr.msg_control` points at `hdr.msg_controllen` bytes of whole control messages
-/// written by the kernel, aligned for a `cmsghdr`.
-unsafe fn pktinfo_local(hdr: &libc::msghdr, from: Option<SocketAddr>) -> Option<IpAddr> {
+/// written by the kernel during the call that just returned, aligned for a `cmsghdr`.
+unsafe fn local_closing_fds(hdr: &libc::msghdr, from: Option<SocketAddr>) -> Option<IpAddr> {
     let (mut v4, mut v6) = (None, None);
     // SAFETY: `CMSG_FIRSTHDR`/`CMSG_NXTHDR` only return headers lying whole
     // within the control buffer the caller vouches for; each payload is read only when
-    // the header's length covers it, unaligned (`CMSG_DATA` promises no alignment).
+    // the header's length covers it (for `SCM_RIGHTS`, as many `int`s as it covers within
+    // the buffer), unaligned (`CMSG_DATA` promises no alignment). An `SCM_RIGHTS`
+    // descriptor is one the kernel has just installed (the caller's word): nothing else in
+    // the process owns it.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(hdr);
         while !c.is_null() {
@@ -406,6 +419,17 @@ unsafe fn pktinfo_local(hdr: &libc::msghdr, from: Option<SocketAddr>) -> Option<
             {
                 let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                 v6 = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
+            } else if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+                let fds = libc::CMSG_DATA(c).cast::<libc::c_int>();
+                let end = hdr.msg_control as usize + hdr.msg_controllen;
+                let count = (len.saturating_sub(libc::CMSG_LEN(0) as usize))
+                    .min(end.saturating_sub(fds as usize))
+                    / 4;
+                for i in 0..count {
+                    // A fresh descriptor the kernel installed for this call: this
+                    // process's only reference to it, owned here and closed.
+                    drop(OwnedFd::from_raw_fd(fds.add(i).read_unaligned()));
+                }
             }
             c = libc::CMSG_NXTHDR(hdr, c);
         }
