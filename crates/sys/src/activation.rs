@@ -340,8 +340,25 @@ fn parse_count(name: &str, value: &std::ffi::OsStr) -> Result<usize, ActivationE
 }
 
 /// Takes `first..first+count`; on an error the ones already taken are closed.
+///
+/// If one cannot be taken, the others are still taken, and closed with the error: each
+/// was announced, so nobody else in this process owns it, and left open it would be
+/// inherited by every child the process starts.
 fn take_range(first: RawFd, count: usize) -> Result<Vec<OwnedFd>, ActivationError> {
-    (0..count).map(|i| take_one(first + i as RawFd)).collect()
+    let mut taken = Vec::with_capacity(count);
+    let mut failed = None;
+    for i in 0..count {
+        match take_one(first + i as RawFd) {
+            Ok(fd) => taken.push(fd),
+            Err(e) => {
+                failed.get_or_insert(e);
+            }
+        }
+    }
+    match failed {
+        Some(e) => Err(e), // (`taken` is dropped: closed)
+        None => Ok(taken),
+    }
 }
 
 /// Takes ownership of the inherited descriptor `fd` and sets it close-on-exec. The caller

@@ -88,6 +88,13 @@ fn parent() {
         &[listener.as_fd()],
         &[("LISTEN_FDS", "1"), ("LISTEN_PID", "1")],
     );
+    // Descriptor 3 is gone (taken and closed through another variable): the error names
+    // it, and 4 and 5, announced too, are closed, not left open for a child to inherit.
+    run_child(
+        "partial",
+        &[listener.as_fd(), listener.as_fd(), listener.as_fd()],
+        &[("LISTEN_FDS", "3"), ("Z_FD", "3")],
+    );
     run_child(
         "env_protocol",
         &[listener.as_fd(), udp.as_fd(), listener.as_fd()],
@@ -135,6 +142,13 @@ fn child(case: &str) -> ExitCode {
             listen_fds().unwrap().is_empty() && std::env::var_os("LISTEN_FDS").is_none(),
             "meant for another process: ignored, variables removed",
         ),
+        "partial" => {
+            drop(take_fd_from_env("Z_FD").unwrap());
+            let e = listen_fds().unwrap_err().to_string();
+            let open = |fd: u32| std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok();
+            check(e.contains("descriptor 3"), &format!("error names 3: {e}"))
+                && check(!open(4) && !open(5), "the descriptors after it are closed")
+        }
         "env_protocol" => {
             let fds = take_fds_from_env("X_FDS", 3).unwrap().unwrap();
             let one = take_fd_from_env("X_FD").unwrap().unwrap();
