@@ -339,7 +339,7 @@ fn parse_count(name: &str, value: &std::ffi::OsStr) -> Result<usize, ActivationE
         .ok_or_else(|| bad(name, value, "more descriptors than duo takes (1024)"))
 }
 
-/// Takes `first..first+count`; on an error the ones already taken are closed.
+/// Takes `first..first+count`.
 ///
 /// If one cannot be taken, the others are still taken, and closed with the error: each
 /// was announced, so nobody else in this process owns it, and left open it would be
