@@ -27,7 +27,10 @@
 //! operation of the batch gets [`StoreError::Unavailable`] (`ERR UNAVAILABLE`). A
 //! connection lost *during* a call leaves the outcome unknown: the operations get
 //! `UNAVAILABLE` as well, and a transfer retried with the same request id returns what
-//! happened (applied once, or not at all). Reads are retried once on a new connection.
+//! happened (applied once, or not at all); before they are answered, the server session
+//! of the lost connection is ended and waited for ([`session::settle`]: a call still
+//! waiting there for a lock would otherwise commit later). Reads are retried once on a new
+//! connection, also when a table changed under their prepared statements.
 
 use std::fmt;
 use std::str::FromStr;
@@ -35,7 +38,7 @@ use std::time::Duration;
 
 use parking_lot::Mutex;
 use postgres::error::SqlState;
-use postgres::types::{ToSql, Type};
+use postgres::types::ToSql;
 use postgres::{Client, Config, NoTls, Statement};
 
 use super::flush::Flusher;
@@ -48,9 +51,11 @@ use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
 
 mod barrier;
 mod schema;
+mod session;
 
 use barrier::{start_flusher, FLUSHED};
 use schema::migrate;
+use session::{pin_schema, prepare_writer, settle, WriterSession};
 
 /// Most operations in one call of `bank_apply`. A batch's set-up (locking its accounts,
 /// resolving them) grows faster than its size past a few hundred operations, and batches
@@ -67,7 +72,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_ATTEMPTS: u32 = 10;
 /// First pause before running such a batch again; it doubles each time.
 const FIRST_BACKOFF: Duration = Duration::from_millis(2);
-
 /// Checks a `postgres://` URL without connecting.
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
     Config::from_str(url)
@@ -173,7 +177,7 @@ fn classify(e: &postgres::Error) -> Failure {
 /// A writer connection with its prepared call of `bank_apply`; made when first needed.
 #[derive(Default)]
 pub(crate) struct Writer {
-    session: Option<(Client, Statement)>,
+    session: Option<WriterSession>,
     /// The barrier session up when the current batch began ([`Flusher::session`]).
     sent_on: u64,
 }
@@ -190,6 +194,10 @@ struct Reader {
 pub(crate) struct PgStore {
     config: Config,
     shown: String,
+    /// The schema that holds the bank's tables (found at start): every session's
+    /// `search_path`, so that a table of the same name that appears in front of the bank's
+    /// later (in the role's own schema, say) is never used instead.
+    schema: String,
     writes: GroupCommit<Writer>,
     readers: Mutex<Vec<Reader>>,
     /// Flush barriers, with early lock release (`None` without it, or if the server will
@@ -286,7 +294,7 @@ impl PgStore {
         let mut client = config
             .connect(NoTls)
             .map_err(|e| connect_failed(&e, None))?;
-        migrate(&mut client, &shown)?;
+        let schema = migrate(&mut client, &shown)?;
         // Only with early lock release: otherwise every commit of this front-end waits for
         // its own flush, and reads need no barrier (every front-end of one database
         // should use the same setting; see docs/bank-protocol.md).
@@ -296,7 +304,11 @@ impl PgStore {
             None
         };
         let first = Writer {
-            session: Some(prepare_writer(client, flusher.is_some()).map_err(|e| pg_error(&e))?),
+            session: Some(
+                pin_schema(client, &schema)
+                    .and_then(|c| prepare_writer(c, flusher.is_some()))
+                    .map_err(|e| pg_error(&e))?,
+            ),
             sent_on: 0,
         };
         let mut writers = vec![first];
@@ -304,6 +316,7 @@ impl PgStore {
         Ok(PgStore {
             config,
             shown,
+            schema,
             writes: GroupCommit::new(
                 writers,
                 options.group_commit,
@@ -315,9 +328,11 @@ impl PgStore {
         })
     }
 
+    /// A new session, its `search_path` the bank's schema.
     fn connect(&self) -> Result<Client, StoreError> {
         self.config
             .connect(NoTls)
+            .and_then(|c| pin_schema(c, &self.schema))
             .map_err(|e| connect_failed(&e, Some(&self.shown)))
     }
 
@@ -374,6 +389,14 @@ impl PgStore {
                         let stale = std::mem::take(&mut *self.readers.lock());
                         drop(stale);
                         last = Some(StoreError::Unavailable(m));
+                    }
+                    Failure::Other(m) if e.code() == Some(&SqlState::FEATURE_NOT_SUPPORTED) => {
+                        // "cached plan must not change result type": a table changed under
+                        // the prepared reads (a column's type altered), in every pooled
+                        // reader: they are prepared anew.
+                        let stale = std::mem::take(&mut *self.readers.lock());
+                        drop((reader, stale));
+                        last = Some(StoreError::Postgres(m));
                     }
                     Failure::Conflict | Failure::Other(_) => {
                         self.readers.lock().push(reader);
@@ -530,11 +553,11 @@ impl PgStore {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            if w.session.as_ref().is_some_and(|(c, _)| c.is_closed()) {
+            if w.session.as_ref().is_some_and(|s| s.client.is_closed()) {
                 // Ended while idle (the server restarted): nothing was sent on it.
                 w.session = None;
             }
-            let (client, call) = match w.session.as_mut() {
+            let WriterSession { client, call, .. } = match w.session.as_mut() {
                 Some(s) => s,
                 None => {
                     let session = self.connect().and_then(|c| {
@@ -573,8 +596,14 @@ impl PgStore {
                     refused_once = true;
                     w.session = None;
                 }
-                f @ (Failure::Refused(_) | Failure::Lost(_)) => {
+                f @ Failure::Refused(_) => {
                     w.session = None;
+                    return Err(f);
+                }
+                f @ Failure::Lost(_) => {
+                    if let Some(lost) = w.session.take() {
+                        settle(lost, || self.connect());
+                    }
                     return Err(f);
                 }
                 Failure::Conflict => return Err(Failure::Other(describe(&e))),
@@ -682,28 +711,4 @@ fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
             }
         })
         .collect()
-}
-
-/// Prepares a writer session; with `early_release`, its commits do not wait for the disk
-/// (the barrier does, before anyone hears of them).
-fn prepare_writer(
-    mut client: Client,
-    early_release: bool,
-) -> Result<(Client, Statement), postgres::Error> {
-    if early_release {
-        client.batch_execute("SET synchronous_commit = off")?;
-    }
-    let call = client.prepare_typed(
-        "SELECT status, balance, message FROM bank_apply($1, $2, $3, $4, $5, $6, $7)",
-        &[
-            Type::INT2_ARRAY,
-            Type::INT8_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::INT8_ARRAY,
-            Type::TEXT_ARRAY,
-            Type::INT8,
-        ],
-    )?;
-    Ok((client, call))
 }

@@ -16,8 +16,8 @@ const SCHEMA_LOCK: i64 = 0x6261_6e6b; // "bank"
 
 /// Creates the schema in an empty database, or checks that it is a bank database of a
 /// version this program knows (refusing a newer one or someone else's tables), and brings
-/// the functions up to date.
-pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError> {
+/// the functions up to date. Returns the schema that holds the bank's tables.
+pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<String, StoreError> {
     let refuse = |why: String| StoreError::Schema(format!("{shown}: {why}; refusing to use it"));
     // READ COMMITTED whatever the database's default: a front-end that waited for the
     // lock must see what the one before it committed.
@@ -100,5 +100,6 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<(), StoreError
         }
     }
     tx.batch_execute(SCHEMA).map_err(|e| pg_error(&e))?;
-    tx.commit().map_err(|e| pg_error(&e))
+    tx.commit().map_err(|e| pg_error(&e))?;
+    Ok(current)
 }
