@@ -14,12 +14,13 @@ use std::time::Duration;
 use duo_net::process;
 use duo_supervisor::{Supervisor, SupervisorError};
 
-use crate::server::SHUTDOWN_GRACE;
+use crate::server::{DRAIN_LIMIT, SHUTDOWN_GRACE};
 use crate::Database;
 
 /// Room the supervisor leaves a draining worker beyond [`SHUTDOWN_GRACE`] (to finish the
-/// database work already queued and join its threads) before it kills it.
-const STOP_MARGIN: Duration = Duration::from_secs(4);
+/// database work already queued, which the worker bounds by [`DRAIN_LIMIT`], and join its
+/// threads) before it kills it.
+const STOP_MARGIN: Duration = DRAIN_LIMIT.saturating_add(Duration::from_secs(1));
 
 /// Why `processes` worker processes cannot serve `db`, if they cannot: none at all, or
 /// more than one on a database only one process may write.

@@ -4,8 +4,9 @@ use std::fmt;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::{self, JoinHandle, ThreadId};
+use std::time::Duration;
 
-use crossbeam_channel::{Receiver, Sender, TrySendError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TrySendError};
 use parking_lot::{Mutex, RwLock};
 
 /// A job for the pool.
@@ -51,6 +52,9 @@ struct Counters {
 ///   queued, and joins them: a stopping pool must not drop work it accepted.
 ///   Every job for which `submit` returned `Ok` runs exactly once, even when `submit` races
 ///   with `stop`. Dropping the pool stops it.
+/// - [`stop_within`](ThreadPool::stop_within) is `stop` with a bound on the wait, for a
+///   process that must exit even if a job never returns (a database that stopped
+///   answering).
 ///
 /// # How it holds those promises
 ///
@@ -107,9 +111,16 @@ impl ThreadPool {
     ///
     /// # Errors
     ///
-    /// `InvalidInput` for a capacity above [`MAX_CAPACITY`](ThreadPool::MAX_CAPACITY);
-    /// the error of spawning a thread (the workers already started are stopped).
+    /// `InvalidInput` for a capacity above [`MAX_CAPACITY`](ThreadPool::MAX_CAPACITY) or a
+    /// name with a NUL byte (no thread can be named so: spawning one would panic); the
+    /// error of spawning a thread (the workers already started are stopped).
     pub fn new(name: &str, threads: usize, capacity: usize) -> std::io::Result<ThreadPool> {
+        if name.contains('\0') {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("worker thread name {name:?} contains a NUL byte"),
+            ));
+        }
         if capacity > Self::MAX_CAPACITY {
             return Err(std::io::Error::new(
                 std::io::ErrorKind::InvalidInput,
@@ -206,7 +217,8 @@ impl ThreadPool {
 
     /// Refuses new jobs, finishes the queued ones, joins the workers. Idempotent and safe
     /// to call from several threads at once: every caller returns only when all workers
-    /// have exited. Also done on drop.
+    /// have exited. Also done on drop. A job that never returns makes it wait for ever:
+    /// [`stop_within`](ThreadPool::stop_within) bounds the wait.
     ///
     /// Called from a job on one of this pool's workers (directly or by dropping the last
     /// handle to the pool there), it cannot wait for its own worker: it logs an error and
@@ -216,13 +228,7 @@ impl ThreadPool {
         // Dropping the sender disconnects the queue; the workers drain it, then exit.
         drop(self.jobs.write().take());
         let me = thread::current().id();
-        let on_worker = self.worker_ids.contains(&me);
-        if on_worker {
-            log::error!(
-                "ThreadPool {}: stop() called from its own worker",
-                self.name
-            );
-        }
+        let on_worker = self.on_worker();
         // Take the handles and release the lock before joining: a job calling `stop`
         // meanwhile must not block on the lock while we wait for its worker.
         let handles = std::mem::take(&mut *self.workers.lock());
@@ -230,15 +236,61 @@ impl ThreadPool {
             if worker.thread().id() == me {
                 continue; // detached; it exits by itself after this job
             }
-            if worker.join().is_err() {
-                log::error!("ThreadPool {}: a worker thread panicked", self.name);
-            }
+            self.join(worker);
         }
         if !on_worker {
             // Another caller may hold the handles and still be joining: wait for the
             // workers themselves. Nothing is ever sent: `recv` returns when the last
             // worker's `exit` sender is dropped.
             let _ = self.exited.recv();
+        }
+    }
+
+    /// As [`stop`](ThreadPool::stop) (new jobs are refused at once, the workers finish the
+    /// queue and exit), but waits at most `limit` for them. Returns `true` if every worker
+    /// has exited (every accepted job has run, the counts are final), `false` if some were
+    /// still busy at the deadline: they go on with the jobs already accepted and exit once
+    /// the queue is empty, by themselves; a later `stop`, `stop_within` or the drop waits
+    /// for them again. A process that returns from `main` meanwhile ends them with it.
+    ///
+    /// Called from a job on one of this pool's workers, it cannot wait for its own worker:
+    /// it logs an error and returns `false` at once.
+    pub fn stop_within(&self, limit: Duration) -> bool {
+        drop(self.jobs.write().take());
+        if self.on_worker() {
+            return false;
+        }
+        // Nothing is ever sent: disconnected once the last worker's `exit` sender is gone.
+        // (`recv_timeout` waits without a deadline for a `limit` past the clock's range.)
+        if let Err(RecvTimeoutError::Timeout) = self.exited.recv_timeout(limit) {
+            return false;
+        }
+        // Every worker has left its loop: joining them takes no time, and reports a
+        // thread that panicked.
+        let handles = std::mem::take(&mut *self.workers.lock());
+        for worker in handles {
+            self.join(worker);
+        }
+        true
+    }
+
+    /// Whether the calling thread is one of this pool's workers (`stop` from a job): then
+    /// logs an error, since such a `stop` cannot wait for its own worker.
+    fn on_worker(&self) -> bool {
+        let on_worker = self.worker_ids.contains(&thread::current().id());
+        if on_worker {
+            log::error!(
+                "ThreadPool {}: stop() called from its own worker",
+                self.name
+            );
+        }
+        on_worker
+    }
+
+    /// Joins `worker`, logging if its thread panicked.
+    fn join(&self, worker: JoinHandle<()>) {
+        if worker.join().is_err() {
+            log::error!("ThreadPool {}: a worker thread panicked", self.name);
         }
     }
 }

@@ -66,8 +66,16 @@ const QUEUE_LOW: usize = 1024;
 /// Unwritten reply bytes at which a connection's queued commands stop being started.
 const OUTPUT_HIGH: usize = 256 << 10;
 /// How long a graceful shutdown waits for connections to finish before closing them (the
-/// database work already queued is completed after that).
+/// database work already queued is completed after that, within [`DRAIN_LIMIT`]).
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
+/// How long a stopping server then waits for the database work already queued on its
+/// workers (the writes of connections that have gone, committed all the same). A job that
+/// does not finish in time (a database that stopped answering: a lock held elsewhere, a
+/// server gone silent) is abandoned and the process exits with status 1: nobody got its
+/// reply (its outcome is unknown, as for a write cut off by the grace period), so every
+/// acknowledged write is still on disk. Without this bound a stuck job held the exit for
+/// ever, deaf to further signals.
+pub const DRAIN_LIMIT: Duration = Duration::from_secs(3);
 /// Descriptors a worker process keeps for itself (loops, timers, signals, the acceptor's
 /// spare descriptor, standard streams, the SQLite files) below its open-file limit, on top
 /// of its database connections; the rest are for clients.
@@ -127,6 +135,10 @@ pub enum ServeError {
     /// Any other start-up failure.
     #[error("{0}")]
     Startup(String),
+    /// The database work queued at the stop did not finish within [`DRAIN_LIMIT`]; the
+    /// process exits without it.
+    #[error("{0}")]
+    Unfinished(String),
 }
 
 fn startup<E: fmt::Display>(what: &str) -> impl FnOnce(E) -> ServeError + '_ {
@@ -471,11 +483,22 @@ fn run(
 
     let ran = lp.run();
     // Connections are closed; finish the database work already queued (its replies go
-    // nowhere), then join the I/O threads.
-    app.pool.stop();
+    // nowhere), for `DRAIN_LIMIT` at most, then join the I/O threads. Workers still in a
+    // job then are left behind: they end with the process.
+    let drained = app.pool.stop_within(DRAIN_LIMIT);
+    let unfinished = (!drained).then(|| {
+        format!(
+            "the database work queued at the stop did not finish within {DRAIN_LIMIT:?} \
+             (a job still running, {} queued): exiting without it; its clients got no reply",
+            app.pool.queued()
+        )
+    });
     server.stop(&mut lp);
     ran.map_err(startup("event loop"))?;
     drop(endpoint);
+    if let Some(why) = unfinished {
+        return Err(ServeError::Unfinished(why));
+    }
     log::info!("bank stopped");
     Ok(())
 }
