@@ -10,6 +10,10 @@
 //!   prompt on standard error when standard input is a terminal) until end of input or
 //!   `QUIT`.
 //!
+//! The TLS settings (`--ca`) are loaded before connecting. A reply must be a whole line of
+//! text: a TLS record instead (a TLS server answering a client without `--tls`) or a line
+//! cut short by the close is an error, never printed as a reply.
+//!
 //! Exit status: 1 if the connection fails or, in one-shot mode, after an `ERR` reply;
 //! 2 if a one-shot command holds a line end ([`ClientError::Usage`]); else 0. A blank
 //! one-shot command (the server sends no reply to a blank line) is skipped.
@@ -47,6 +51,15 @@ pub enum ClientError {
     /// The server closed the connection before replying.
     #[error("the server closed the connection")]
     Closed,
+    /// The server closed the connection in the middle of a reply line.
+    #[error("the server closed the connection in the middle of a reply")]
+    CutShort,
+    /// A TLS record came back where a reply was expected: the server speaks TLS.
+    #[error("the server answered with TLS: it serves TLS; connect with --tls")]
+    ServerSpeaksTls,
+    /// A reply that is not text (UTF-8): not a bank server.
+    #[error("the reply is not text: is this a bank server?")]
+    NotText,
     /// The TLS settings could not be loaded (`--ca`), or the host is no valid name.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsConfigError),
@@ -91,16 +104,21 @@ fn host_of(addr: &str) -> &str {
 
 impl Conn {
     fn open(addr: &str, tls: &ClientTls) -> Result<Conn, ClientError> {
-        let stream = Conn::connect(addr)?;
-        let stream: Box<dyn Stream> = if tls.enabled {
+        // The TLS settings first: a bad `--ca` is reported as such, server up or down.
+        let session = if tls.enabled {
             let ca = tls.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
             let config = tls::client_config_from_pem(ca)?;
             let name = tls::server_name(host_of(addr))?;
             let session = rustls::ClientConnection::new(config, name)
                 .map_err(|e| ClientError::Tls(e.into()))?;
-            Box::new(rustls::StreamOwned::new(session, stream))
+            Some(session)
         } else {
-            stream
+            None
+        };
+        let stream = Conn::connect(addr)?;
+        let stream: Box<dyn Stream> = match session {
+            Some(session) => Box::new(rustls::StreamOwned::new(session, stream)),
+            None => stream,
         };
         Ok(Conn {
             reader: BufReader::new(stream),
@@ -145,14 +163,23 @@ impl Conn {
         Ok(lines)
     }
 
+    /// One reply line: a whole line of text (a TLS record, or bytes cut short by the
+    /// close, are errors, not replies).
     fn read_line(&mut self) -> Result<String, ClientError> {
-        let mut buf = String::new();
-        if self.reader.read_line(&mut buf)? == 0 {
+        let mut buf = Vec::new();
+        if self.reader.read_until(b'\n', &mut buf)? == 0 {
             return Err(ClientError::Closed);
         }
-        let trimmed = buf.trim_end_matches(['\n', '\r']).len();
-        buf.truncate(trimmed);
-        Ok(buf)
+        if is_tls_record(&buf) {
+            return Err(ClientError::ServerSpeaksTls);
+        }
+        if buf.last() != Some(&b'\n') {
+            return Err(ClientError::CutShort);
+        }
+        while matches!(buf.last(), Some(b'\n' | b'\r')) {
+            buf.pop();
+        }
+        String::from_utf8(buf).map_err(|_| ClientError::NotText)
     }
 }
 
@@ -203,6 +230,13 @@ fn connect_unix(addr: &str) -> io::Result<UnixStream> {
             Err(e) => return Err(e),
         }
     }
+}
+
+/// Whether `bytes` begin as a TLS record does (content type 20 to 23, then version
+/// 3.x): what a TLS server sends a client that spoke plaintext to it (an alert). No bank
+/// reply begins with these control bytes.
+fn is_tls_record(bytes: &[u8]) -> bool {
+    matches!(bytes, [20..=23, 3, ..])
 }
 
 fn is_error(reply: &[String]) -> bool {

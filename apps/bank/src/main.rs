@@ -77,7 +77,7 @@ struct ServeArgs {
     /// The database: an SQLite file (`bank.db`, `sqlite:PATH`; created with its schema if
     /// absent) or a PostgreSQL server (`postgres://USER@HOST:PORT/DB`, also
     /// `postgresql:///DB?host=/socket/dir`; the schema is created or checked at start).
-    #[arg(long, default_value = "bank.db", value_parser = Database::parse)]
+    #[arg(long, default_value = "bank.db", value_parser = DatabaseArg)]
     db: Database,
     /// Batches that may commit at once on PostgreSQL with group commit (without it, every
     /// worker commits its own). More than one helps only when concurrent batches touch
@@ -166,11 +166,51 @@ fn parse_listen(s: &str) -> Result<Endpoint, String> {
     parse_addr(s).map(Endpoint::Inet)
 }
 
+/// `HOST:PORT`, a host name resolved to its first address. An IPv6 address goes in
+/// brackets (`[::1]:7100`): without them `::1:7100` is itself an address, not `::1` and a
+/// port.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if s.matches(':').count() > 1 && !s.starts_with('[') {
+        return Err(format!(
+            "{s}: an IPv6 address goes in brackets before its port, as [::1]:7100"
+        ));
+    }
     s.to_socket_addrs()
         .map_err(|e| format!("{s}: {e}"))?
         .next()
         .ok_or_else(|| format!("{s}: resolves to no address"))
+}
+
+/// Parses `--db` with [`Database::parse`]. Its own parser, not a function: clap puts the
+/// value as given in a function's error (`invalid value 'postgres://u:PASSWORD@...'`),
+/// where [`Database::parse`]'s message already holds it without the password.
+#[derive(Debug, Clone, Copy)]
+struct DatabaseArg;
+
+impl clap::builder::TypedValueParser for DatabaseArg {
+    type Value = Database;
+
+    fn parse_ref(
+        &self,
+        cmd: &clap::Command,
+        _arg: Option<&clap::Arg>,
+        value: &std::ffi::OsStr,
+    ) -> Result<Database, clap::Error> {
+        let refuse = |why: String| {
+            clap::Error::raw(
+                clap::error::ErrorKind::ValueValidation,
+                format!("invalid value for '--db <DB>': {why}\n"),
+            )
+            .with_cmd(cmd)
+        };
+        let s = value
+            .to_str()
+            .ok_or_else(|| refuse("not UTF-8".to_owned()))?;
+        Database::parse(s).map_err(refuse)
+    }
 }
 
 fn init_logging() {

@@ -26,7 +26,7 @@
 //!   off its core is run by another I/O thread, so a thread that loses its core holds
 //!   up one loop's connections, not its whole share. Needs `--io-threads` of at least 1
 //!   (a usage error otherwise); `M` at most the number of I/O threads (or 0) changes
-//!   nothing.
+//!   nothing; at most 4096.
 //! - `--loop-sharing owned|any` (with `--loops`): `owned` (default) gives each loop an
 //!   owner thread and lets another run its turns only when the owner has made no
 //!   progress for 200 µs (a loop per thread's CPU cost); `any` lets any free thread run
@@ -138,6 +138,10 @@ const USAGE: u8 = 2;
 /// must stay within the clock's range.
 const MAX_SECS: u64 = 86_400;
 
+/// The most `--loops` (as `bank serve`'s): each loop holds descriptors of its own, and
+/// far more than a host's threads would only cost memory (or abort on allocating it).
+const MAX_LOOPS: i64 = 4096;
+
 /// The echo server of duo (raw bytes, or the packet protocol with `--framed`).
 #[derive(Debug, Parser)]
 #[command(name = "echo", version, args_conflicts_with_subcommands = true)]
@@ -183,9 +187,9 @@ struct ServeArgs {
     io_threads: Option<usize>,
     /// Serve the connections on N loops shared by the I/O threads (a ready loop whose
     /// thread is busy or off its core is run by another): a shorter latency tail on a
-    /// busy host. Default (or 0): one loop per I/O thread.
-    #[arg(long, value_name = "N")]
-    loops: Option<usize>,
+    /// busy host. Default (or 0): one loop per I/O thread; at most 4096.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=MAX_LOOPS))]
+    loops: Option<u16>,
     /// With --loops: `owned` (each loop has an owner thread; another runs its turns when
     /// the owner makes no progress) or `any` (any free thread runs any ready loop: the
     /// lowest tail, more CPU per request).
@@ -288,9 +292,17 @@ fn parse_listen(s: &str) -> Result<Endpoint, String> {
 }
 
 /// Parses `HOST:PORT`, resolving a host name (`localhost:7000`) to its first address.
+/// An IPv6 address goes in brackets (`[::1]:7000`): without them `::1:7000` is itself an
+/// address, not `::1` and a port.
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
     if let Ok(addr) = s.parse() {
         return Ok(addr);
+    }
+    if s.matches(':').count() > 1 && !s.starts_with('[') {
+        return Err(format!(
+            "`{s}` is not a HOST:PORT address: an IPv6 address goes in brackets before \
+             its port, as [::1]:7000"
+        ));
     }
     s.to_socket_addrs()
         .map_err(|e| format!("`{s}` is not a HOST:PORT address: {e}"))?
@@ -509,7 +521,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
         io_threads: args
             .io_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
-        loops: args.loops.unwrap_or(0),
+        loops: args.loops.map_or(0, usize::from),
         loop_sharing: args.loop_sharing,
         edge_triggered: args.trigger == Trigger::Edge,
         accept: match args.accept {

@@ -64,7 +64,8 @@ pub use rustls;
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-use rustls::{ClientConfig, RootCertStore, ServerConfig};
+use rustls::sign::CertifiedKey;
+use rustls::{ClientConfig, InconsistentKeys, RootCertStore, ServerConfig};
 
 pub use crate::conn::TlsInfo;
 
@@ -104,8 +105,58 @@ pub enum TlsConfigError {
         /// The file.
         path: PathBuf,
     },
-    /// rustls refused the configuration (a key that does not match the certificate, an
-    /// unusable CA certificate, ...).
+    /// A PEM file holds a private key encrypted with a passphrase (`BEGIN ENCRYPTED
+    /// PRIVATE KEY`, or `Proc-Type: 4,ENCRYPTED`): only unencrypted keys are read.
+    #[error(
+        "{}: the private key is encrypted (with a passphrase); give an unencrypted one \
+         (`openssl pkey -in KEY -out PLAIN-KEY` asks for the passphrase and writes it)",
+        path.display()
+    )]
+    EncryptedKey {
+        /// The file.
+        path: PathBuf,
+    },
+    /// A PEM file holds a private key of a kind the crypto provider cannot sign with (DSA,
+    /// Ed448, an ECDSA curve other than P-256 and P-384, an OpenSSH key file, ...).
+    #[error(
+        "{}: unsupported private key ({kind}): use an RSA, ECDSA (P-256 or P-384) or \
+         Ed25519 key in PEM (PKCS#8, PKCS#1 or SEC1)",
+        path.display()
+    )]
+    UnsupportedKey {
+        /// The file.
+        path: PathBuf,
+        /// What kind of key, or why it could not be used.
+        kind: String,
+    },
+    /// The private key does not belong to the first certificate of the chain (the wrong
+    /// key, or a chain whose first certificate is not the server's own).
+    #[error(
+        "the private key in {} does not match the first certificate in {} (the server's \
+         own certificate must come first, followed by the certificates that issued it)",
+        key.display(),
+        cert.display()
+    )]
+    KeyMismatch {
+        /// The certificate chain's file.
+        cert: PathBuf,
+        /// The private key's file.
+        key: PathBuf,
+    },
+    /// A certificate of a PEM file cannot be used (it does not parse, or cannot be a
+    /// trust anchor).
+    #[error("{}: certificate {index} of {count} cannot be used: {source}", path.display())]
+    BadCertificate {
+        /// The file.
+        path: PathBuf,
+        /// Which certificate of the file (from 1).
+        index: usize,
+        /// How many the file holds.
+        count: usize,
+        /// Why.
+        source: rustls::Error,
+    },
+    /// rustls refused the configuration.
     #[error("TLS configuration: {0}")]
     Rustls(#[from] rustls::Error),
     /// Not a valid DNS name or IP address to verify a server as.
@@ -161,11 +212,26 @@ pub fn load_private_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>
         path: path.to_owned(),
         source,
     })?;
-    PrivateKeyDer::from_pem_slice(&text).map_err(|e| match e {
-        rustls::pki_types::pem::Error::NoItemsFound => TlsConfigError::NoPrivateKey {
-            path: path.to_owned(),
-        },
-        e => pem_error(path, e),
+    PrivateKeyDer::from_pem_slice(&text).map_err(|e| {
+        // No key read: say why when the file holds one of a form that is not read.
+        let path = path.to_owned();
+        let holds = |label: &str| text.windows(label.len()).any(|w| w == label.as_bytes());
+        if holds("-----BEGIN ENCRYPTED PRIVATE KEY-----") || holds("Proc-Type: 4,ENCRYPTED") {
+            return TlsConfigError::EncryptedKey { path };
+        }
+        for (label, kind) in [
+            ("-----BEGIN DSA PRIVATE KEY-----", "DSA"),
+            ("-----BEGIN OPENSSH PRIVATE KEY-----", "an OpenSSH key file"),
+        ] {
+            if holds(label) {
+                let kind = kind.to_owned();
+                return TlsConfigError::UnsupportedKey { path, kind };
+            }
+        }
+        match e {
+            rustls::pki_types::pem::Error::NoItemsFound => TlsConfigError::NoPrivateKey { path },
+            e => pem_error(&path, e),
+        }
     })
 }
 
@@ -179,9 +245,41 @@ pub fn server_config_from_pem(
     cert_chain: impl AsRef<Path>,
     key: impl AsRef<Path>,
 ) -> Result<Arc<ServerConfig>, TlsConfigError> {
-    let certs = load_certs(cert_chain)?;
-    let key = load_private_key(key)?;
-    let config = ServerConfig::builder_with_provider(provider())
+    let (cert_path, key_path) = (cert_chain.as_ref(), key.as_ref());
+    let certs = load_certs(cert_path)?;
+    let key = load_private_key(key_path)?;
+    // Checked here, where the files are known, for messages that name them (rustls checks
+    // the same in `with_single_cert`, naming neither).
+    let provider = provider();
+    let signing_key = provider
+        .key_provider
+        .load_private_key(key.clone_key())
+        .map_err(|e| TlsConfigError::UnsupportedKey {
+            path: key_path.to_owned(),
+            kind: match e {
+                rustls::Error::General(why) => why,
+                e => e.to_string(),
+            },
+        })?;
+    match CertifiedKey::new(certs.clone(), signing_key).keys_match() {
+        // A key that cannot tell its public key is not refused (as rustls does).
+        Ok(()) | Err(rustls::Error::InconsistentKeys(InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => {
+            return Err(TlsConfigError::KeyMismatch {
+                cert: cert_path.to_owned(),
+                key: key_path.to_owned(),
+            })
+        }
+        Err(source) => {
+            return Err(TlsConfigError::BadCertificate {
+                path: cert_path.to_owned(),
+                index: 1,
+                count: certs.len(),
+                source,
+            })
+        }
+    }
+    let config = ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
         .with_single_cert(certs, key)?;
@@ -207,9 +305,19 @@ pub fn client_config(roots: RootCertStore) -> Result<Arc<ClientConfig>, TlsConfi
 ///
 /// See [`TlsConfigError`].
 pub fn client_config_from_pem(ca: impl AsRef<Path>) -> Result<Arc<ClientConfig>, TlsConfigError> {
+    let path = ca.as_ref();
+    let certs = load_certs(path)?;
+    let count = certs.len();
     let mut roots = RootCertStore::empty();
-    for cert in load_certs(ca)? {
-        roots.add(cert)?;
+    for (i, cert) in certs.into_iter().enumerate() {
+        roots
+            .add(cert)
+            .map_err(|source| TlsConfigError::BadCertificate {
+                path: path.to_owned(),
+                index: i + 1,
+                count,
+                source,
+            })?;
     }
     client_config(roots)
 }

@@ -473,11 +473,20 @@ fn run(
             endpoint
         }
         None => {
-            process::announce_listening(&addr).map_err(startup("stdout"))?;
-            match cfg.metrics {
+            // Bound before `listening on` is said: a server that cannot serve its metrics
+            // exits without having announced itself.
+            let endpoint = match cfg.metrics {
                 Some(at) => Some(serve_metrics(at, &server, &metrics)?),
                 None => None,
+            };
+            process::announce_listening(&addr).map_err(startup("stdout"))?;
+            if let Some(running) = &endpoint {
+                let mut out = std::io::stdout().lock();
+                writeln!(out, "metrics on {}", running.local_addr())
+                    .and_then(|()| out.flush())
+                    .map_err(startup("stdout"))?;
             }
+            endpoint
         }
     };
 
@@ -512,21 +521,15 @@ fn metrics_endpoint(server: &TcpServer, metrics: &BankMetrics) -> MetricsEndpoin
     endpoint
 }
 
-/// Starts the metrics endpoint (duo's figures for `server`, and `metrics`) on `addr` and
-/// prints `metrics on ADDR`.
+/// Starts the metrics endpoint (duo's figures for `server`, and `metrics`) on `addr`.
 fn serve_metrics(
     addr: SocketAddr,
     server: &TcpServer,
     metrics: &BankMetrics,
 ) -> Result<MetricsServer, ServeError> {
-    let running = metrics_endpoint(server, metrics)
+    metrics_endpoint(server, metrics)
         .spawn(addr)
-        .map_err(|e| ServeError::Startup(format!("metrics endpoint on {addr}: {e}")))?;
-    let mut out = std::io::stdout().lock();
-    writeln!(out, "metrics on {}", running.local_addr())
-        .and_then(|()| out.flush())
-        .map_err(startup("stdout"))?;
-    Ok(running)
+        .map_err(|e| ServeError::Startup(format!("metrics endpoint on {addr}: {e}")))
 }
 
 fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, codec: LineCodec) {
