@@ -405,13 +405,20 @@ pub(crate) fn encode_servers(
 /// then the pool of each of `servers` that has one of its own
 /// ([`buffer_pool`](duo_net::ServerBuilder::buffer_pool)), under the `server` label of
 /// the first server using it. A server's own pool is where its memory cap is, and where
-/// its connections' `out_of_memory` closes come from.
+/// its connections' `out_of_memory` closes come from. A label another pool has (a server
+/// named `global`) gets `#2`, `#3`... as a repeated server name does: each pool's series
+/// are told apart.
 pub(crate) fn pools(servers: &[ServerHandle]) -> Vec<(String, BufPool)> {
     let mut pools = vec![("global".to_owned(), BufPool::global())];
     for (label, server) in server_labels(servers).into_iter().zip(servers) {
         let pool = server.buffer_pool();
         if pools.iter().all(|(_, p)| *p != pool) {
-            pools.push((label, pool));
+            let (mut unique, mut n) = (label.clone(), 1);
+            while pools.iter().any(|(l, _)| *l == unique) {
+                n += 1;
+                unique = format!("{label}#{n}");
+            }
+            pools.push((unique, pool));
         }
     }
     pools

@@ -136,6 +136,10 @@ pub(crate) struct TlsState {
     /// Ciphertext read but not yet handed to rustls: the input buffer was full and the
     /// delivery that emptied it paused reading (usually empty, no allocation).
     wire_left: Vec<u8>,
+    /// Plaintext came into the input since the last delivery: a read that decrypted none
+    /// (a partial record, a handshake message, nothing left in rustls after a resumed
+    /// delivery) does not call the message callback again with the bytes it left.
+    fresh: bool,
 }
 
 impl TlsState {
@@ -147,6 +151,7 @@ impl TlsState {
             peer_closed: false,
             timer: None,
             wire_left: Vec::new(),
+            fresh: false,
         }))
     }
 }
@@ -447,7 +452,10 @@ fn decrypt(tls: &mut TlsState, input: &mut InputBuffer, wire: &mut &[u8]) -> Ste
         };
         if state.plaintext_bytes_to_read() > 0 {
             match input.read_with(|iovs| io::Read::read_vectored(&mut tls.conn.reader(), iovs)) {
-                Ok(ReadOutcome::Data { .. }) => continue,
+                Ok(ReadOutcome::Data { .. }) => {
+                    tls.fresh = true;
+                    continue;
+                }
                 Ok(ReadOutcome::WouldBlock | ReadOutcome::Eof) => {}
                 Err(BufferError::Full { .. }) => return Step::Full,
                 Err(e) => return Step::Buffer(e),
@@ -496,7 +504,7 @@ impl LoopConn {
             return;
         }
         if std::mem::take(&mut self.m.held_input) {
-            if !self.input.is_empty() && !self.deliver_and_settle(lp, ch) {
+            if !self.input.is_empty() && !self.tls_deliver(lp, ch) {
                 self.keep_pending();
                 return;
             }
@@ -510,7 +518,8 @@ impl LoopConn {
             if self.tls_pump(lp, ch, &rest) != Pump::Open {
                 return;
             }
-            if !self.input.is_empty() && !self.deliver_and_settle(lp, ch) {
+            // Only plaintext that came since: the callback has just seen what it left.
+            if self.tls_fresh() && !self.tls_deliver(lp, ch) {
                 self.keep_pending();
                 return;
             }
@@ -557,12 +566,12 @@ impl LoopConn {
                 }
             };
             if !self.m.tls_pending() {
-                if !self.input.is_empty() {
+                if self.tls_fresh() {
                     if self.m.user_paused() {
                         self.hold_input(lp, ch);
                         return;
                     }
-                    if !self.deliver_and_settle(lp, ch) {
+                    if !self.tls_deliver(lp, ch) {
                         self.keep_pending();
                         return;
                     }
@@ -587,6 +596,19 @@ impl LoopConn {
                 return;
             }
         }
+    }
+
+    /// Whether plaintext came into the input since the last delivery.
+    fn tls_fresh(&self) -> bool {
+        self.m.tls.as_ref().is_some_and(|t| t.fresh)
+    }
+
+    /// [`LoopConn::deliver_and_settle`], after which the input holds nothing fresh.
+    fn tls_deliver(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        if let Some(tls) = self.m.tls.as_mut() {
+            tls.fresh = false;
+        }
+        self.deliver_and_settle(lp, ch)
     }
 
     /// A delivery paused reading (or closed the connection): if rustls already consumed
@@ -674,7 +696,7 @@ impl LoopConn {
                 self.hold_input(lp, ch);
                 return self.pump_paused();
             }
-            if !self.deliver_and_settle(lp, ch) {
+            if !self.tls_deliver(lp, ch) {
                 if self.m.closed() {
                     return Pump::Closed;
                 }
