@@ -247,9 +247,11 @@ fn a_bank_stall_at_the_end_of_the_phase_shows_in_the_latency() {
         &BALANCE.to_string(),
         "--secs",
         "1.5",
-        // The drain after the phase waits this long for the unanswered transfer.
+        // Longer than the stall (1.2 s), so that the transfer is still awaited when the
+        // phase ends (with 1 s it timed out before: a fault, not a wait at the end); the
+        // drain after the phase waits this long for it.
         "--timeout",
-        "1",
+        "2",
         "--json",
     ]);
     assert_eq!(code, 0, "{out}");

@@ -318,6 +318,13 @@ impl<S: Session> Engine<S> {
         self.slots.iter().map(|s| &s.session)
     }
 
+    /// The sessions whose connection is open now (one whose connection failed may still
+    /// hold the request lost with it: a fault, already counted, with no reply to come).
+    pub(crate) fn open_sessions(&self) -> impl Iterator<Item = &S> {
+        let open = self.slots.iter().filter(|s| matches!(s.state, State::Open));
+        open.map(|s| &s.session)
+    }
+
     /// Connections established now: connected and, with TLS, past the handshake (a
     /// connection whose handshake is still under way is not, and its session has not
     /// opened).
@@ -758,8 +765,7 @@ impl<S: Session> Engine<S> {
         }
     }
 
-    /// Since when slot `idx` has been waiting for the server (a connect, a TLS handshake
-    /// or a reply), if it is.
+    /// Since when slot `idx` has waited for the server (connect, TLS handshake, reply).
     fn waiting_since(&self, idx: usize) -> Option<Instant> {
         let slot = &self.slots[idx];
         match slot.state {
@@ -773,13 +779,11 @@ impl<S: Session> Engine<S> {
         }
     }
 
-    /// Connections waiting for the server (a connect, a TLS handshake or a reply) now:
-    /// at the end of a measured phase that did no work, each is
-    /// [`Fault::Unanswered`] (see [`crate::modes::finish`]).
+    /// Connections waiting for the server (a connect, a TLS handshake or a reply) now: at
+    /// the end of a measured phase that did no work, each is [`Fault::Unanswered`].
     pub(crate) fn waiting(&self) -> u64 {
-        (0..self.slots.len())
-            .filter(|&idx| self.waiting_since(idx).is_some())
-            .count() as u64
+        let waiting = (0..self.slots.len()).filter(|&i| self.waiting_since(i).is_some());
+        waiting.count() as u64
     }
 
     /// Fails connects, TLS handshakes and awaited replies older than the timeout.

@@ -12,11 +12,11 @@
 //!    concurrently); when all are in, the measured phase starts: each client keeps one
 //!    `TRANSFER <random other account> <random amount>` outstanding for `--secs`.
 //!    `OK <balance>` is a transfer, `ERR INSUFFICIENT_FUNDS` is normal and counted apart,
-//!    anything else is an error. A transfer still unanswered when the phase ends counts
-//!    in the latency with what it has waited so far, if longer than every answered one
-//!    (a stall at the end is not hidden). Then the clients stop sending and wait for
-//!    their last replies, so no transfer of ours is still in the server when balances
-//!    are read.
+//!    anything else is an error. A transfer still unanswered on an open connection when
+//!    the phase ends counts in the latency with what it has waited so far, if longer
+//!    than every answered one (a stall at the end is not hidden). Then the clients stop
+//!    sending and wait for their last replies on their open connections, so no transfer
+//!    of ours is still in the server when balances are read.
 //! 3. **Check.** Every account is logged in to again and its `BALANCE` read: the sum must
 //!    equal the total deposited (PASS), or the run fails (FAIL, exit code 1).
 
@@ -237,9 +237,10 @@ fn client_worker(
     let stopped = Instant::now();
     let elapsed = stopped.saturating_duration_since(go);
     // A stall at the end of the phase: what the transfers in flight have waited so far
-    // (see `Latency::record_unanswered`).
+    // (see `Latency::record_unanswered`), on open connections: a transfer lost with its
+    // connection is a fault, not a wait.
     let waits: Vec<Duration> = engine
-        .sessions()
+        .open_sessions()
         .filter(|s| s.logged_in)
         .filter_map(|s| s.sent_at)
         .map(|sent_at| stopped.saturating_duration_since(sent_at))
@@ -249,7 +250,9 @@ fn client_worker(
     engine.shared_mut().running = false;
     let drain_deadline = Instant::now() + env.timeout;
     let in_flight = |e: &Engine<ClientSession>| {
-        e.sessions().filter(|s| s.waiting_since().is_some()).count() as u64
+        e.open_sessions()
+            .filter(|s| s.waiting_since().is_some())
+            .count() as u64
     };
     while in_flight(&engine) > 0 && Instant::now() < drain_deadline {
         engine.poll(drain_deadline)?;

@@ -6,9 +6,10 @@
 //!
 //! The latency of a request is from when it was queued (at once when the previous echo
 //! completed: nothing else delays it) to when the last byte of its echo was read. A
-//! request still unanswered when the phase ends counts with what it has waited so far if
-//! that is longer than every answered one ([`Latency::record_unanswered`]): a server that
-//! stops answering shows its stall, not only its earlier, fast answers.
+//! request still unanswered when the phase ends (on a connection still open: one lost with
+//! its connection is a fault) counts with what it has waited so far if that is longer
+//! than every answered one ([`Latency::record_unanswered`]): a server that stops
+//! answering shows its stall, not only its earlier, fast answers.
 //!
 //! Each connection draws its messages from its own random *tape* of SIZE + 4 KiB bytes,
 //! starting at a random offset: generating no new bytes per message keeps the load
@@ -131,9 +132,10 @@ fn worker(
     }
     let stopped = Instant::now();
     let elapsed = stopped.saturating_duration_since(go);
-    // A stall at the end of the phase: what the requests in flight have waited so far.
+    // A stall at the end of the phase: what the requests in flight have waited so far
+    // (on open connections: one lost with its connection is a fault, not a wait).
     let waits: Vec<Duration> = engine
-        .sessions()
+        .open_sessions()
         .filter_map(|s| s.sent_at)
         .map(|sent_at| stopped.saturating_duration_since(sent_at))
         .collect();
