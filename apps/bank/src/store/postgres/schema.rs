@@ -49,7 +49,7 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<String, StoreE
     };
     if let Some(found) = meta.as_deref().filter(|&found| found != current) {
         return Err(refuse(format!(
-            "the bank's tables are in schema {found:?} but the search_path puts new              tables in {current:?} (set search_path so that {found:?} comes first)"
+            "the bank's tables are in schema {found:?} but the search_path puts new tables in {current:?} (set search_path so that {found:?} comes first)"
         )));
     }
     if meta.is_some() {
