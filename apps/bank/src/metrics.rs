@@ -52,6 +52,15 @@ impl Default for BankMetrics {
 }
 
 impl BankMetrics {
+    /// The metrics endpoint: duo's figures for `server` (and every loop of the process),
+    /// and these.
+    pub(crate) fn endpoint(&self, server: &duo_net::TcpServer) -> duo_metrics::MetricsEndpoint {
+        let mut endpoint = duo_metrics::MetricsEndpoint::new();
+        endpoint.add_server(server.clone_handle());
+        self.register(endpoint.registry_mut());
+        endpoint
+    }
+
     /// Registers the metrics in `registry` under the prefix `bank` (`prometheus_client`
     /// ends every help text with a full stop itself).
     pub fn register(&self, registry: &mut Registry) {

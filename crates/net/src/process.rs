@@ -13,6 +13,12 @@
 //!
 //! [`run_until_stopped`] does 2 and 3, runs the loop and stops the server.
 //!
+//! Between 1 and 2 the stop signals are blocked and nothing reads them: a server whose
+//! start takes long (opening a database that another process has locked, say) would not
+//! react to Ctrl-C or `SIGTERM` until it serves. [`stop_during_startup`] covers such a
+//! stretch: a stop signal then ends the process at once, as its default action would
+//! (nothing was served yet, so there is nothing to drain).
+//!
 //! [`install_panic_hook`], right after the logger is set up, routes panics through the
 //! log with a rate limit, so that a peer who can make a callback panic (duo catches
 //! those and closes the connection) cannot also flood stderr with panic messages and
@@ -47,10 +53,10 @@ use std::backtrace::Backtrace;
 use std::fmt;
 use std::io::{self, Write};
 use std::panic::PanicHookInfo;
-use std::sync::Once;
+use std::sync::{Arc, Mutex, Once, PoisonError};
 use std::time::Duration;
 
-use duo_reactor::LogLimiter;
+use duo_reactor::{EventLoopThread, LogLimiter, ThreadInit};
 
 use crate::{EventLoop, ServerHandle, Signal, TcpServer};
 
@@ -109,6 +115,91 @@ pub fn shutdown_on_signals(
     };
     main_loop.watch_signals(signals, drain_then_quit(drain, quit))?;
     Ok(())
+}
+
+/// Until [`started`](StartupStop::started) (or dropped), a stop signal ends the process:
+/// made by [`stop_during_startup`].
+#[derive(Debug)]
+pub struct StartupStop {
+    /// Reads the signals; stopped by `started`.
+    watcher: Option<EventLoopThread>,
+    /// Whether the start is still under way (a signal then ends the process); set false,
+    /// under the lock, by `started`.
+    starting: Arc<Mutex<bool>>,
+}
+
+/// Makes a stop signal among `signals` end the process at once, as its default action
+/// would ([`duo_sys::terminate_by`]), until the returned guard's
+/// [`started`](StartupStop::started): for the slow part of a server's start (opening a
+/// database, which may wait for a lock held by another process), between
+/// [`prepare_server`] (which blocked the signals, so nothing else takes them) and
+/// [`shutdown_on_signals`]. Without it, such a signal waits unread until the server
+/// serves, and only then drains it. The process has served nothing yet, so there is
+/// nothing to drain; the guard should not cover the creation of anything that outlives
+/// the process (a Unix-domain socket's file, say).
+///
+/// The signals are read on a thread of their own. A signal it reads after `started`
+/// is sent to the process again, for the server's own signalfd.
+///
+/// # Errors
+///
+/// The thread or its signalfd could not be set up.
+pub fn stop_during_startup(signals: &[Signal]) -> io::Result<StartupStop> {
+    let starting = Arc::new(Mutex::new(true));
+    let failed = Arc::new(Mutex::new(None::<io::Error>));
+    let init: ThreadInit = {
+        let (signals, starting, failed) = (signals.to_vec(), starting.clone(), failed.clone());
+        Arc::new(move |lp: &mut EventLoop| {
+            let starting = starting.clone();
+            let watched = lp.watch_signals(&signals, move |_, sig| {
+                let starting = starting.lock().unwrap_or_else(PoisonError::into_inner);
+                if *starting {
+                    log::warn!("{sig} before the server started: stopping");
+                    let e = duo_sys::terminate_by(sig);
+                    log::error!("{e}; exiting");
+                    std::process::exit(1);
+                }
+                // The server's own signalfd takes over: let it see this one.
+                if let Err(e) = duo_sys::signal_process(std::process::id(), sig) {
+                    log::error!("passing {sig} on to the server: {e}");
+                }
+            });
+            if let Err(e) = watched {
+                *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
+            }
+        })
+    };
+    let watcher = EventLoopThread::spawn("startup-signals", Some(init))?;
+    if let Some(e) = failed.lock().unwrap_or_else(PoisonError::into_inner).take() {
+        return Err(context("watching the stop signals during the start")(e));
+    }
+    Ok(StartupStop {
+        watcher: Some(watcher),
+        starting,
+    })
+}
+
+impl StartupStop {
+    /// The start is over: stop signals are left (pending) for the server's own handling
+    /// ([`shutdown_on_signals`]). Joins the thread that read them.
+    pub fn started(mut self) {
+        self.hand_over();
+    }
+
+    fn hand_over(&mut self) {
+        *self.starting.lock().unwrap_or_else(PoisonError::into_inner) = false;
+        if let Some(watcher) = self.watcher.take() {
+            if let Err(e) = watcher.stop() {
+                log::warn!("the start-up signal thread: {e}");
+            }
+        }
+    }
+}
+
+impl Drop for StartupStop {
+    fn drop(&mut self) {
+        self.hand_over();
+    }
 }
 
 /// Prints `listening on ADDR` to stdout and flushes it (`ADDR` as `HOST:PORT`, `unix:/path`

@@ -66,8 +66,8 @@ pub use process::{
 };
 pub use shm::SharedCounters;
 pub use signalfd::{
-    block_signals, block_termination_signals, ignore_sigpipe, stop_self, Signal, SignalFd,
-    SignalInfo, TERMINATION_SIGNALS,
+    block_signals, block_termination_signals, ignore_sigpipe, stop_self, terminate_by, Signal,
+    SignalFd, SignalInfo, TERMINATION_SIGNALS,
 };
 pub use socket::{
     accept4, bytes_available, bytes_unacknowledged, is_connect_in_progress, is_fd_exhaustion,

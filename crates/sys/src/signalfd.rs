@@ -218,6 +218,50 @@ pub fn stop_self(signal: Signal) -> io::Result<()> {
     stopped.and(blocked).and(restored).map(drop)
 }
 
+/// Ends this process as `signal`'s default action does (`SIGTERM`, `SIGINT`: termination,
+/// the exit status a shell reports as killed by that signal), from the calling thread: for a
+/// program that read `signal` from a [`SignalFd`] (so it is blocked everywhere) and decides
+/// that there is nothing to do but what the default action would have done, say a server
+/// told to stop before it started serving. `signal` gets its default action (`SIG_DFL`),
+/// is raised to the calling thread while blocked there, then unblocked: the pending signal
+/// is delivered on the way back from that call. Every thread ends with the process; no
+/// destructor runs.
+///
+/// Returns only if the process goes on: a call failed, or `signal`'s default action is
+/// not to terminate (`SIGCHLD`, `SIGCONT`, a stop signal). The error says which.
+pub fn terminate_by(signal: Signal) -> io::Error {
+    let set = match sigset(&[signal]) {
+        Ok(set) => set,
+        Err(e) => return e,
+    };
+    // SAFETY: `sigaction` is plain data; all-zero is a valid value (empty mask, no flags,
+    // `SIG_DFL`).
+    let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
+    dfl.sa_sigaction = libc::SIG_DFL;
+    // SAFETY: installing `SIG_DFL` runs no code in signal context; the action points at a
+    // live `sigaction` value and a null old-action pointer is allowed.
+    if let Err(e) = cvt(unsafe { libc::sigaction(signal.0, &dfl, std::ptr::null_mut()) }) {
+        return context("sigaction")(e);
+    }
+    // SAFETY: `set` is an initialised `sigset_t`; a null old-set pointer is allowed.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return context("pthread_sigmask(SIG_BLOCK)")(io::Error::from_raw_os_error(ret));
+    }
+    // SAFETY: `raise` sends a valid signal number to the calling thread, where it is
+    // blocked: it stays pending until the unblocking below.
+    if let Err(e) = cvt(unsafe { libc::raise(signal.0) }) {
+        return context("raise")(e);
+    }
+    // SAFETY: as above; unblocked, the pending signal takes its default action before the
+    // call returns.
+    let ret = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+    if ret != 0 {
+        return context("pthread_sigmask(SIG_UNBLOCK)")(io::Error::from_raw_os_error(ret));
+    }
+    io::Error::other(format!("{signal}'s default action did not end the process"))
+}
+
 /// A non-blocking, close-on-exec signalfd that reads the signals it was created for.
 ///
 /// [`SignalFd::new`] blocks those signals in the calling thread (see the

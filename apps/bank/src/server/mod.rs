@@ -37,7 +37,7 @@ use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
 
-use duo_metrics::{MetricsEndpoint, MetricsServer};
+use duo_metrics::MetricsServer;
 use duo_net::codec::{CodecError, LineCodec};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
@@ -325,6 +325,9 @@ fn run(
         stall_threshold: cfg.stall_threshold,
         ..HealthConfig::process_default()
     });
+    // Opening the database may wait (a lock held by another process, a server slow to
+    // answer): a stop signal meanwhile ends the start at once, nothing served yet.
+    let starting = process::stop_during_startup(&STOP_SIGNALS).map_err(startup("signals"))?;
     let metrics = BankMetrics::default();
     let options = StoreOptions {
         metrics: metrics.clone(),
@@ -418,6 +421,8 @@ fn run(
             .map_err(startup("worker connection limit"))?;
         builder = builder.max_connections(room).when_full(WhenFull::Pause);
     }
+    // From here on the stop signals drain the server (or, before it serves, end it).
+    starting.started();
     let server = builder
         .start(&mut lp)
         .map_err(|e| ServeError::Startup(format!("cannot listen on {listen}: {e}")))?;
@@ -454,11 +459,10 @@ fn run(
             // Its own endpoint on loopback, which the supervisor's `--metrics` address
             // gathers.
             let endpoint = match cfg.metrics {
-                Some(_) => duo_supervisor::metrics::serve_worker(
-                    metrics_endpoint(&server, &metrics),
-                    &worker,
-                )
-                .map_err(|e| ServeError::Startup(format!("worker metrics endpoint: {e}")))?,
+                Some(_) => {
+                    duo_supervisor::metrics::serve_worker(metrics.endpoint(&server), &worker)
+                        .map_err(|e| ServeError::Startup(format!("worker metrics endpoint: {e}")))?
+                }
                 None => None,
             };
             // The server accepts from the moment it started: tell the supervisor.
@@ -491,9 +495,12 @@ fn run(
     };
 
     let ran = lp.run();
-    // Connections are closed; finish the database work already queued (its replies go
-    // nowhere), for `DRAIN_LIMIT` at most, then join the I/O threads. Workers still in a
-    // job then are left behind: they end with the process.
+    // Connections are closed (after a second signal: closed here, with their loops) and
+    // the I/O threads joined; then the database work already queued is finished, for
+    // `DRAIN_LIMIT` at most: its replies go nowhere, so the reads and password checks of
+    // closed connections are skipped, and the writes complete. Workers still in a job
+    // then are left behind: they end with the process.
+    server.stop(&mut lp);
     let drained = app.pool.stop_within(DRAIN_LIMIT);
     let unfinished = (!drained).then(|| {
         format!(
@@ -502,7 +509,6 @@ fn run(
             app.pool.queued()
         )
     });
-    server.stop(&mut lp);
     ran.map_err(startup("event loop"))?;
     drop(endpoint);
     if let Some(why) = unfinished {
@@ -512,22 +518,14 @@ fn run(
     Ok(())
 }
 
-/// The metrics endpoint: duo's figures for `server` (and every loop of the process), and
-/// the bank's `metrics`.
-fn metrics_endpoint(server: &TcpServer, metrics: &BankMetrics) -> MetricsEndpoint {
-    let mut endpoint = MetricsEndpoint::new();
-    endpoint.add_server(server.clone_handle());
-    metrics.register(endpoint.registry_mut());
-    endpoint
-}
-
 /// Starts the metrics endpoint (duo's figures for `server`, and `metrics`) on `addr`.
 fn serve_metrics(
     addr: SocketAddr,
     server: &TcpServer,
     metrics: &BankMetrics,
 ) -> Result<MetricsServer, ServeError> {
-    metrics_endpoint(server, metrics)
+    metrics
+        .endpoint(server)
         .spawn(addr)
         .map_err(|e| ServeError::Startup(format!("metrics endpoint on {addr}: {e}")))
 }
