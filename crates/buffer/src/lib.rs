@@ -56,6 +56,9 @@
 //!   skip the read that would only return `EAGAIN`. Output is written with one vectored call
 //!   over up to 64 blocks; [`OutputBuffer::push_buf`] queues an encoded block without a copy.
 //! - **Safe Rust only** (`#![forbid(unsafe_code)]`): system calls go through `duo-sys`.
+// The doc examples are what users copy first: one that warns (an ignored `Result`, an
+// unused value) fails its test.
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

@@ -5,7 +5,8 @@
 //!
 //! `/primes` is the heavy one: it is answered later ([`HttpServerBuilder::route_deferred`])
 //! by a pool of worker threads, so the loop serves the other routes meanwhile; a full
-//! pool answers `503` at once.
+//! pool answers `503` at once, and the work of a client that went away (it reset, or the
+//! server stopped after its shutdown grace) is abandoned.
 //!
 //! [`HttpServerBuilder::route_deferred`]: duo_http::HttpServerBuilder::route_deferred
 use std::process::ExitCode;
@@ -24,11 +25,13 @@ const MAX_BELOW: u64 = 100_000_000;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
-    let arg = std::env::args().nth(1);
-    let addr = match arg.as_deref().unwrap_or("127.0.0.1:8080").parse() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let addr = match parse_args(&args) {
         Ok(addr) => addr,
-        Err(e) => {
-            eprintln!("usage: hello [ADDR]   (ADDR like 127.0.0.1:8080): {e}");
+        Err(problem) => {
+            eprintln!(
+                "hello: {problem}\nusage: hello [ADDR]   (ADDR like 127.0.0.1:8080, the default)"
+            );
             return ExitCode::from(2);
         }
     };
@@ -39,6 +42,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// The listening address from the command line: at most one argument.
+fn parse_args(args: &[String]) -> Result<std::net::SocketAddr, String> {
+    if let Some(extra) = args.get(1) {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    let addr = args.first().map_or("127.0.0.1:8080", String::as_str);
+    addr.parse().map_err(|e| format!("ADDR {addr:?}: {e}"))
 }
 
 fn serve(addr: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
@@ -81,7 +93,9 @@ fn serve(addr: std::net::SocketAddr) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `GET /primes?below=N`: counts the primes below `N` on the pool and answers through
-/// `responder`; a bad query is answered at once (400), and so is a full pool (503).
+/// `responder`; a bad query is answered at once (400), and so is a full pool (503). The
+/// job gives up when nobody waits for its answer any more
+/// ([`Responder::is_connected`]).
 fn count_primes_later(pool: &ThreadPool, req: &Request, responder: Responder) {
     let below = req
         .query()
@@ -97,11 +111,17 @@ fn count_primes_later(pool: &ThreadPool, req: &Request, responder: Responder) {
     let job_slot = slot.clone();
     let submitted = pool.submit(move || {
         if let Some(responder) = job_slot.lock().take() {
-            let n = count_primes(below);
-            responder.respond(Response::text(
-                StatusCode::OK,
-                format!("{n} primes below {below}\n"),
-            ));
+            // A client that went away (it reset, the response timeout answered for it,
+            // the server's shutdown grace ran out) waits for nothing: its work stops, so
+            // that the pool serves the next client and a stopping server exits instead
+            // of finishing every queued job for nobody.
+            let answer = match count_primes(below, || responder.is_connected()) {
+                Some(n) => Response::text(StatusCode::OK, format!("{n} primes below {below}\n")),
+                None => Response::text(StatusCode::SERVICE_UNAVAILABLE, "abandoned\n"),
+            };
+            // To a closed connection this goes nowhere (dropping the responder instead
+            // would log an error).
+            responder.respond(answer);
         }
     });
     if submitted.is_err() {
@@ -114,20 +134,37 @@ fn count_primes_later(pool: &ThreadPool, req: &Request, responder: Responder) {
     }
 }
 
-/// The number of primes below `n` (a sieve of Eratosthenes).
-fn count_primes(n: u64) -> usize {
+/// The number of primes below `n` (a sieve of Eratosthenes), or `None` as soon as
+/// `wanted` says the answer is no longer wanted (asked every million steps or so: a
+/// cancelled sieve of 10^8 stops within milliseconds, not after seconds).
+fn count_primes(n: u64, wanted: impl Fn() -> bool) -> Option<usize> {
+    const CHECK_EVERY: u32 = 1 << 20;
+    let mut steps = 0u32;
+    let mut step = || {
+        steps = steps.wrapping_add(1);
+        steps % CHECK_EVERY != 0 || wanted()
+    };
+    if !wanted() {
+        return None;
+    }
     let n = usize::try_from(n).unwrap_or(usize::MAX);
     let mut composite = vec![false; n];
     let mut count = 0;
     for i in 2..n {
+        if !step() {
+            return None;
+        }
         if !composite[i] {
             count += 1;
             let mut j = i.saturating_mul(i);
             while j < n {
+                if !step() {
+                    return None;
+                }
                 composite[j] = true;
                 j += i;
             }
         }
     }
-    count
+    Some(count)
 }

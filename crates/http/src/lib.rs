@@ -51,6 +51,9 @@
 //! | `backlog.rs` | what a connection read and has not answered yet |
 //! | `conn.rs` | one connection on its loop: phases, the one timer per connection, pipelining within an output bound, closing |
 //! | `server.rs` | [`HttpServer`], [`HttpServerBuilder`], [`HttpServerThread`] |
+// The doc examples are what users copy first: one that warns (an ignored `Result`, an
+// unused value) fails its test.
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

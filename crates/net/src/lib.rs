@@ -53,23 +53,34 @@
 //!
 //! # Example: an echo server
 //!
-//! ```no_run
-//! use duo_net::TcpServer;
-//! use duo_reactor::EventLoop;
+//! (`examples/echo.rs` is this, with its command line.)
 //!
+//! ```no_run
+//! use std::time::Duration;
+//!
+//! use duo_net::process::{self, STOP_SIGNALS};
+//! use duo_net::{EventLoop, TcpServer};
+//!
+//! // Before any thread starts: the stop signals are then read by the main loop only.
+//! process::prepare_server(&STOP_SIGNALS)?;
 //! let mut main_loop = EventLoop::new()?;
-//! let _server = TcpServer::builder("echo", "127.0.0.1:7000".parse::<duo_net::Endpoint>()?)
+//! let server = TcpServer::builder("echo", "127.0.0.1:7000".parse::<duo_net::Endpoint>()?)
 //!     .io_threads(2)
 //!     .on_message(|conn, input| {
 //!         conn.send(input.peek());
 //!         input.consume_all();
 //!     })
 //!     .start(&mut main_loop)?;
-//! main_loop.run();
+//! // Serves until Ctrl-C or SIGTERM; then lets what is queued drain (3 s at most), stops
+//! // the I/O threads and returns (or returns the loop's error).
+//! process::run_until_stopped(&mut main_loop, server, Duration::from_secs(3))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! This crate is safe Rust; every system call goes through [`duo_sys`].
+// The doc examples are what users copy first: one that warns (an ignored `Result`, an
+// unused value) fails its test.
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

@@ -51,6 +51,9 @@
 //! timer queue's costs in `timer_queue.rs`.
 //!
 //! This crate is safe Rust; every system call goes through [`duo_sys`].
+// The doc examples are what users copy first: one that warns (an ignored `Result`, an
+// unused value) fails its test.
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

@@ -11,16 +11,54 @@
 //! - `silent`: never reports ready (and serves nothing).
 //! - `stubborn`: as `echo`, but blocks SIGTERM and SIGINT (only SIGKILL ends it).
 //!
-//! `DEMO_MODE_FILE`, if set, names a file holding the mode, read at each worker's start.
+//! `DEMO_MODE_FILE`, if set, names a file holding the mode, read at each worker's start (a
+//! worker given a mode it does not know exits with status 2 before it is ready).
 //! `DEMO_READY_TIMEOUT_MS` sets the supervisor's ready timeout, `DEMO_STOP_TIMEOUT_MS` its
-//! stop timeout. Exit status 2: bad
-//! configuration; 1: the supervisor failed.
-use std::io::{Read, Write};
+//! stop timeout. Exit status 2: bad arguments or configuration (an unknown mode, an
+//! argument too many, a timeout that is not a number of milliseconds); 1: the supervisor
+//! failed.
+use std::io::{self, Read, Write};
 use std::net::TcpListener;
 use std::process::ExitCode;
+use std::str::FromStr;
 use std::time::Duration;
 
 use duo_supervisor::{Supervisor, SupervisorConfig, Worker, WorkerCommand, WorkerStats};
+
+/// How long a worker waits before it accepts again after `accept` failed (out of
+/// descriptors, say): retrying at once would spin on the error as long as a connection
+/// waits in the backlog.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
+
+/// What a worker does (see the module's documentation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    Echo,
+    Crash,
+    Fail,
+    Silent,
+    Stubborn,
+}
+
+impl FromStr for Mode {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Mode, String> {
+        Ok(match s.trim() {
+            // An empty mode file is the default.
+            "echo" | "" => Mode::Echo,
+            "crash" => Mode::Crash,
+            "fail" => Mode::Fail,
+            "silent" => Mode::Silent,
+            "stubborn" => Mode::Stubborn,
+            other => {
+                return Err(format!(
+                    "unknown MODE {other:?} (echo, crash, fail, silent or stubborn)"
+                ))
+            }
+        })
+    }
+}
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -33,52 +71,107 @@ fn main() -> ExitCode {
         }
     }
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let Some(workers) = args.first().and_then(|n| n.parse::<usize>().ok()) else {
-        eprintln!("usage: demo WORKERS [MODE]");
-        return ExitCode::from(2);
-    };
-    let mode = args.get(1).cloned().unwrap_or_else(|| "echo".into());
-    let listeners = match duo_sys::listen_fds() {
-        Ok(l) if !l.is_empty() => l,
-        Ok(_) => vec![TcpListener::bind("127.0.0.1:0").expect("bind")],
-        Err(e) => {
-            eprintln!("demo: {e}");
+    let cfg = match configure(&args) {
+        Ok(cfg) => cfg,
+        Err(problem) => {
+            eprintln!("demo: {problem}\nusage: demo WORKERS [MODE]");
             return ExitCode::from(2);
         }
     };
-    let addr = listeners[0].local_addr().expect("local_addr");
-    let me = std::env::current_exe().expect("current_exe");
-    let mut cfg = SupervisorConfig::new(
-        workers,
-        WorkerCommand::new(me).args(&args).env("DEMO_MODE", &mode),
-    );
-    if let Some(ms) = std::env::var("DEMO_READY_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        cfg.ready_timeout = Duration::from_millis(ms);
-    }
-    if let Some(ms) = std::env::var("DEMO_STOP_TIMEOUT_MS")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        cfg.stop_timeout = Duration::from_millis(ms);
-    }
-    cfg.stats_interval = Some(Duration::from_millis(200));
-    let supervisor = match Supervisor::new(cfg, listeners) {
-        Ok(s) => s,
-        Err(e) => {
-            eprintln!("demo: {e}");
-            return ExitCode::from(2);
-        }
-    };
-    match supervisor.run(move || println!("listening on {addr}")) {
+    match supervise(cfg) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
+        Err(Failure::Config(e)) => {
+            eprintln!("demo: {e}");
+            ExitCode::from(2)
+        }
+        Err(Failure::Run(e)) => {
             eprintln!("demo: {e}");
             ExitCode::FAILURE
         }
     }
+}
+
+/// What the command line and the environment ask for.
+struct Config {
+    workers: usize,
+    /// The mode as given (checked): the workers read it from `DEMO_MODE`.
+    mode: String,
+    args: Vec<String>,
+    ready_timeout: Option<Duration>,
+    stop_timeout: Option<Duration>,
+}
+
+/// Reads `WORKERS [MODE]` and the `DEMO_*_TIMEOUT_MS` variables.
+fn configure(args: &[String]) -> Result<Config, String> {
+    if let Some(extra) = args.get(2) {
+        return Err(format!("unexpected argument {extra:?}"));
+    }
+    let workers = match args.first() {
+        None => return Err("WORKERS is missing".into()),
+        Some(n) => n
+            .parse()
+            .map_err(|_| format!("WORKERS {n:?}: expected a whole number"))?,
+    };
+    let mode = args.get(1).map_or("echo", String::as_str);
+    mode.parse::<Mode>()?;
+    Ok(Config {
+        workers,
+        mode: mode.to_owned(),
+        args: args.to_vec(),
+        ready_timeout: millis_from_env("DEMO_READY_TIMEOUT_MS")?,
+        stop_timeout: millis_from_env("DEMO_STOP_TIMEOUT_MS")?,
+    })
+}
+
+/// The duration in milliseconds in variable `name`, if it is set.
+fn millis_from_env(name: &str) -> Result<Option<Duration>, String> {
+    match std::env::var(name) {
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(e) => Err(format!("{name}: {e}")),
+        Ok(v) => v
+            .trim()
+            .parse()
+            .map(|ms| Some(Duration::from_millis(ms)))
+            .map_err(|_| format!("{name}={v:?}: expected a whole number of milliseconds")),
+    }
+}
+
+/// Why the supervisor did not run to its end.
+enum Failure {
+    /// A configuration the supervisor refused (exit status 2).
+    Config(Box<dyn std::error::Error>),
+    /// Anything else (exit status 1).
+    Run(Box<dyn std::error::Error>),
+}
+
+fn supervise(cfg: Config) -> Result<(), Failure> {
+    let run = |e: io::Error| Failure::Run(e.into());
+    let listeners = match duo_sys::listen_fds() {
+        Ok(l) if !l.is_empty() => l,
+        Ok(_) => vec![TcpListener::bind("127.0.0.1:0").map_err(run)?],
+        Err(e) => return Err(Failure::Config(e.into())),
+    };
+    let addr = listeners[0].local_addr().map_err(run)?;
+    let me = std::env::current_exe().map_err(run)?;
+    let mode = cfg.args.get(1).map_or("echo", String::as_str);
+    let mut sup = SupervisorConfig::new(
+        cfg.workers,
+        WorkerCommand::new(me)
+            .args(&cfg.args)
+            .env("DEMO_MODE", mode),
+    );
+    debug_assert_eq!(mode.parse(), Ok(cfg.mode));
+    if let Some(t) = cfg.ready_timeout {
+        sup.ready_timeout = t;
+    }
+    if let Some(t) = cfg.stop_timeout {
+        sup.stop_timeout = t;
+    }
+    sup.stats_interval = Some(Duration::from_millis(200));
+    let supervisor = Supervisor::new(sup, listeners).map_err(|e| Failure::Config(e.into()))?;
+    supervisor
+        .run(move || println!("listening on {addr}"))
+        .map_err(|e| Failure::Run(e.into()))
 }
 
 fn work(mut worker: Worker) -> ExitCode {
@@ -88,30 +181,59 @@ fn work(mut worker: Worker) -> ExitCode {
         Ok(path) => std::fs::read_to_string(path).unwrap_or_default(),
         Err(_) => std::env::var("DEMO_MODE").unwrap_or_default(),
     };
-    match mode.trim() {
-        "crash" => {
-            worker.notify_ready().expect("ready");
-            return ExitCode::from(3);
+    let mode = match mode.parse() {
+        Ok(mode) => mode,
+        Err(e) => {
+            eprintln!("demo worker: {e}");
+            return ExitCode::from(2);
         }
-        "fail" => return ExitCode::from(4),
-        "silent" => loop {
+    };
+    match mode {
+        Mode::Crash => {
+            return match worker.notify_ready() {
+                Ok(()) => ExitCode::from(3),
+                Err(e) => gone(&e),
+            }
+        }
+        Mode::Fail => return ExitCode::from(4),
+        Mode::Silent => loop {
             std::thread::park();
         },
-        "stubborn" => {
-            duo_sys::block_signals(&[duo_sys::Signal::TERM, duo_sys::Signal::INT])
-                .expect("block signals");
+        Mode::Stubborn => {
+            if let Err(e) = duo_sys::block_signals(&[duo_sys::Signal::TERM, duo_sys::Signal::INT]) {
+                eprintln!("demo worker: blocking the stop signals: {e}");
+                return ExitCode::FAILURE;
+            }
         }
-        _ => {}
+        Mode::Echo => {}
     }
     let listener = worker.take_listeners().remove(0);
     let stats = worker.stats();
     if let Some(slot) = &stats {
         slot.publish(&WorkerStats::default());
     }
-    worker.notify_ready().expect("ready");
+    if let Err(e) = worker.notify_ready() {
+        return gone(&e);
+    }
+    let me = std::process::id();
     let mut accepted = 0;
+    let mut failing = false;
     for conn in listener.incoming() {
-        let Ok(mut conn) = conn else { continue };
+        let mut conn = match conn {
+            Ok(conn) => conn,
+            Err(e) => {
+                // Out of descriptors (EMFILE) or memory: the connection waits in the
+                // backlog, and `accept` would fail again at once. Wait for a client to
+                // leave instead of spinning; say so once per streak.
+                if !failing {
+                    log::warn!("demo worker {me}: accept: {e}; retrying every {ACCEPT_BACKOFF:?}");
+                    failing = true;
+                }
+                std::thread::sleep(ACCEPT_BACKOFF);
+                continue;
+            }
+        };
+        failing = false;
         accepted += 1;
         if let Some(slot) = &stats {
             slot.publish(&WorkerStats {
@@ -119,8 +241,10 @@ fn work(mut worker: Worker) -> ExitCode {
                 ..WorkerStats::default()
             });
         }
-        std::thread::spawn(move || {
-            let _ = writeln!(conn, "pid {}", std::process::id());
+        // A thread per connection; one that cannot be started (the system's thread
+        // limit) costs that connection, not the worker.
+        let spawned = std::thread::Builder::new().spawn(move || {
+            let _ = writeln!(conn, "pid {me}");
             let mut buf = [0u8; 4096];
             while let Ok(n) = conn.read(&mut buf) {
                 if n == 0 || conn.write_all(&buf[..n]).is_err() {
@@ -128,6 +252,15 @@ fn work(mut worker: Worker) -> ExitCode {
                 }
             }
         });
+        if let Err(e) = spawned {
+            log::warn!("demo worker {me}: cannot start a thread for a connection: {e}");
+        }
     }
     ExitCode::SUCCESS
+}
+
+/// A worker whose supervisor is gone (its readiness pipe closed): nothing to serve for.
+fn gone(e: &io::Error) -> ExitCode {
+    eprintln!("demo worker: cannot report ready: {e}");
+    ExitCode::FAILURE
 }

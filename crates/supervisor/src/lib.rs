@@ -65,8 +65,8 @@
 //! use duo_supervisor::{Supervisor, SupervisorConfig, Worker, WorkerCommand};
 //!
 //! if let Some(mut worker) = Worker::inherit()? {
-//!     let listeners = worker.take_listeners();
-//!     // ... serve on `listeners`, then:
+//!     let _listeners = worker.take_listeners();
+//!     // ... start serving on these, then:
 //!     worker.notify_ready()?;
 //!     // ... until SIGTERM.
 //!     return Ok(());
@@ -77,6 +77,9 @@
 //! Supervisor::new(cfg, vec![listener])?.run(move || println!("listening on {addr}"))?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
+// The doc examples are what users copy first: one that warns (an ignored `Result`, an
+// unused value) fails its test.
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

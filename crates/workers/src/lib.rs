@@ -12,6 +12,9 @@
 //! `duo_reactor::EventLoopThread`.)
 //!
 //! This crate is safe Rust.
+// The doc examples are what users copy first: one that warns (an ignored `Result`, an
+// unused value) fails its test.
+#![doc(test(attr(deny(warnings))))]
 #![forbid(unsafe_code)]
 #![warn(missing_docs, missing_debug_implementations)]
 

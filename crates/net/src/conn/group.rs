@@ -111,6 +111,7 @@ impl ServerConnections {
     /// connection's [`OutputLimit`] and [`Backpressure`] policy apply as to any send.
     ///
     /// ```no_run
+    /// # #[allow(dead_code)]
     /// # fn demo(server: &duo_net::ServerHandle) {
     /// server.connections().broadcast(&b"the market opens\n"[..]);
     /// # }

@@ -362,6 +362,7 @@ impl TcpConnection {
     ///
     /// ```
     /// # use duo_net::{TcpConnection, ContextError};
+    /// # #[allow(dead_code)]
     /// # fn demo(conn: &TcpConnection) {
     /// struct Session { user: Option<String> }
     /// conn.set_context(Session { user: None });
