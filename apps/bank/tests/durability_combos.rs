@@ -19,7 +19,10 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ok_number, Backend, Client, Server, TestDb, BANK, PW};
+use common::{
+    hold_synchronous_commits, ok_number, psql, release_synchronous_commits, Backend, Client,
+    Server, TestDb, BANK, PW,
+};
 use duo_testkit::pg::PgCluster;
 use duo_testkit::{run_within, wait_until_within, ChildServer};
 
@@ -242,40 +245,6 @@ fn own_cluster(test: &str) -> Option<PgCluster> {
         .for_test(&format!("durability_combos::{test}"))
 }
 
-/// Runs `sql` on `cluster` (database `bank`), panicking on failure.
-fn psql(cluster: &PgCluster, sql: &str) -> String {
-    cluster
-        .psql(sql)
-        .unwrap_or_else(|e| panic!("psql {sql:?}: {e}\n{}", cluster.log_tail(20)))
-}
-
-/// Holds every synchronous commit (the flush barrier) back until [`release_barriers`]:
-/// names a synchronous standby that never comes, and waits until a commit waits for it.
-fn hold_barriers(cluster: &PgCluster) {
-    psql(
-        cluster,
-        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
-    );
-    psql(cluster, "SELECT pg_reload_conf()");
-    wait_until_within(Duration::from_secs(10), "synchronous commits held", || {
-        // A probe commit that waits for the standby is still running after a while
-        // (killed then; its session waits on until the barriers are released).
-        let mut cmd = cluster.command("psql");
-        cmd.args([
-            "-X",
-            "-At",
-            "-c",
-            "SELECT pg_logical_emit_message(true, 'probe', '')",
-        ]);
-        run_within(&mut cmd, Duration::from_millis(500)).is_err()
-    });
-}
-
-fn release_barriers(cluster: &PgCluster) {
-    psql(cluster, "ALTER SYSTEM RESET synchronous_standby_names");
-    psql(cluster, "SELECT pg_reload_conf()");
-}
-
 /// The pids of the bank's sessions whose last query contains `pattern`.
 fn backends(cluster: &PgCluster, pattern: &str) -> Vec<String> {
     let out = psql(
@@ -321,13 +290,13 @@ fn a_writer_session_ended_while_its_batch_waits_for_the_barrier() {
     };
     let server = Server::start_url(&cluster.url(), &[]);
     let mut alice = two_accounts(&server);
-    hold_barriers(&cluster);
+    hold_synchronous_commits(&cluster);
     alice.send(b"TRANSFER bob 10 w1\n");
     barrier_waiting(&cluster);
     // The batch committed (its writer does not wait for the standby); its writer's
     // session goes before the barrier answers.
     terminate(&cluster, &backends(&cluster, "bank_apply"));
-    release_barriers(&cluster);
+    release_synchronous_commits(&cluster);
     // The barrier's session lived throughout: the commit is confirmed.
     assert_eq!(alice.line(), "OK 990");
     // The writer reconnects: nothing was in flight on its dead session.
@@ -344,14 +313,14 @@ fn the_barrier_session_ended_while_a_batch_waits_for_it() {
     };
     let server = Server::start_url(&cluster.url(), &[]);
     let mut alice = two_accounts(&server);
-    hold_barriers(&cluster);
+    hold_synchronous_commits(&cluster);
     alice.send(b"TRANSFER bob 10 b1\nDEPOSIT 5\n");
     barrier_waiting(&cluster);
     terminate(&cluster, &backends(&cluster, "pg_logical_emit_message"));
     // The commit cannot be confirmed: the outcome is unknown.
     let first = alice.line();
     let second = alice.line();
-    release_barriers(&cluster);
+    release_synchronous_commits(&cluster);
     assert_eq!(err_code(&first), Some("UNAVAILABLE"), "{first}");
     assert_eq!(err_code(&second), Some("UNAVAILABLE"), "{second}");
     // Both were committed, and the database did not restart: the retry gets the
@@ -571,7 +540,7 @@ fn sigterm_with_a_batch_waiting_for_its_barrier() {
         );
         let mut server = Server::start_url(&cluster.url(), &[]);
         let mut alice = two_accounts(&server);
-        hold_barriers(&cluster);
+        hold_synchronous_commits(&cluster);
         alice.send(b"TRANSFER bob 10 s1\nDEPOSIT 1\n");
         barrier_waiting(&cluster);
         let stopping =
@@ -581,7 +550,7 @@ fn sigterm_with_a_batch_waiting_for_its_barrier() {
             let rest = alice.expect_closed(Duration::from_secs(10));
             assert!(rest.is_empty(), "{:?}", String::from_utf8_lossy(&rest));
         }
-        release_barriers(&cluster);
+        release_synchronous_commits(&cluster);
         if !late {
             assert_eq!(alice.line(), "OK 990");
             assert_eq!(alice.line(), "OK 991");

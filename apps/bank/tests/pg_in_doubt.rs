@@ -25,7 +25,9 @@ use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::{Client, Server, BANK, PW};
+use common::{
+    hold_synchronous_commits, psql, release_synchronous_commits, Client, Server, BANK, PW,
+};
 use duo_testkit::pg::PgCluster;
 use duo_testkit::{run_within, wait_until_within};
 use proxy::{Cut, Proxy};
@@ -36,13 +38,6 @@ fn own_cluster(test: &str, max_connections: u32) -> Option<PgCluster> {
         .setting("fsync", "off")
         .max_connections(max_connections)
         .for_test(&format!("pg_in_doubt::{test}"))
-}
-
-/// Runs `sql` on `cluster` (database `bank`), panicking on failure.
-fn psql(cluster: &PgCluster, sql: &str) -> String {
-    cluster
-        .psql(sql)
-        .unwrap_or_else(|e| panic!("psql {sql:?}: {e}\n{}", cluster.log_tail(20)))
 }
 
 /// The error code of an `ERR` reply.
@@ -88,31 +83,6 @@ fn terminate_all(cluster: &PgCluster) {
             "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bank'",
         ) == "0"
     });
-}
-
-/// Holds every synchronous commit back (a synchronous standby that never comes) until
-/// [`release_commits`]; waits until a probe commit is seen waiting.
-fn hold_commits(cluster: &PgCluster) {
-    psql(
-        cluster,
-        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
-    );
-    psql(cluster, "SELECT pg_reload_conf()");
-    wait_until_within(Duration::from_secs(10), "synchronous commits held", || {
-        let mut cmd = cluster.command("psql");
-        cmd.args([
-            "-X",
-            "-At",
-            "-c",
-            "SELECT pg_logical_emit_message(true, 'probe', '')",
-        ]);
-        run_within(&mut cmd, Duration::from_millis(500)).is_err()
-    });
-}
-
-fn release_commits(cluster: &PgCluster) {
-    psql(cluster, "ALTER SYSTEM RESET synchronous_standby_names");
-    psql(cluster, "SELECT pg_reload_conf()");
 }
 
 /// Waits until `n` of the bank's sessions wait for the standby, running a query that
@@ -268,7 +238,7 @@ fn fault_while_a_commit_waits(test: &str, fault: fn(&PgCluster, &[String])) {
         );
         let server = Server::start_url(&cluster.url(), extra);
         let mut alice = two_accounts(&server);
-        hold_commits(&cluster);
+        hold_synchronous_commits(&cluster);
         let rid = format!("w{i}");
         alice.send(format!("TRANSFER bob 10 {rid}\n").as_bytes());
         let waiting = if extra.is_empty() {
@@ -279,7 +249,7 @@ fn fault_while_a_commit_waits(test: &str, fault: fn(&PgCluster, &[String])) {
         let pids = waiting_for_standby(&cluster, waiting);
         fault(&cluster, &pids);
         let first = alice.try_line();
-        release_commits(&cluster);
+        release_synchronous_commits(&cluster);
         // The commit is on the server's disk: never a failure that says nothing was done.
         if let Some(first) = &first {
             assert!(

@@ -470,3 +470,39 @@ pub(crate) fn psql_in(cluster: &PgCluster, db: &str, sql: &str) -> String {
     );
     done.stdout.trim().to_owned()
 }
+
+/// Runs `sql` on `cluster` (database `bank`), panicking on failure with the server's log.
+pub(crate) fn psql(cluster: &PgCluster, sql: &str) -> String {
+    cluster
+        .psql(sql)
+        .unwrap_or_else(|e| panic!("psql {sql:?}: {e}\n{}", cluster.log_tail(20)))
+}
+
+/// Holds every synchronous commit of `cluster` back (it names a synchronous standby that
+/// never comes: the flush barriers, and every commit with `synchronous_commit` on) until
+/// [`release_synchronous_commits`]; waits until a probe commit is seen waiting.
+pub(crate) fn hold_synchronous_commits(cluster: &PgCluster) {
+    psql(
+        cluster,
+        "ALTER SYSTEM SET synchronous_standby_names = 'nobody'",
+    );
+    psql(cluster, "SELECT pg_reload_conf()");
+    duo_testkit::wait_until_within(Duration::from_secs(10), "synchronous commits held", || {
+        // A probe commit that waits for the standby is still running after a while
+        // (killed then; its session waits on until the commits are released).
+        let mut cmd = cluster.command("psql");
+        cmd.args([
+            "-X",
+            "-At",
+            "-c",
+            "SELECT pg_logical_emit_message(true, 'probe', '')",
+        ]);
+        run_within(&mut cmd, Duration::from_millis(500)).is_err()
+    });
+}
+
+/// Lets the commits [`hold_synchronous_commits`] held go.
+pub(crate) fn release_synchronous_commits(cluster: &PgCluster) {
+    psql(cluster, "ALTER SYSTEM RESET synchronous_standby_names");
+    psql(cluster, "SELECT pg_reload_conf()");
+}
