@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use common::{Client, Server, TempDir};
-use duo_testkit::{documented_metrics, exported_metrics, http_get, observability_page};
+use duo_testkit::{assert_metrics_documented, http_get};
 
 #[test]
 fn every_listed_bank_metric_is_exported_and_every_exported_one_is_listed() {
@@ -33,15 +33,7 @@ fn every_listed_bank_metric_is_exported_and_every_exported_one_is_listed() {
 
     let (status, text) = http_get(metrics, "/metrics");
     assert_eq!(status, 200, "{text}");
-    let exported = exported_metrics(&text, "bank_");
-    let documented = documented_metrics(&observability_page(), "bank_");
-    let unlisted: Vec<_> = exported.difference(&documented).collect();
-    let missing: Vec<_> = documented.difference(&exported).collect();
-    assert!(
-        unlisted.is_empty() && missing.is_empty(),
-        "exported but not in docs/observability.md: {unlisted:?}; listed there but not \
-         exported: {missing:?}\n{text}"
-    );
+    assert_metrics_documented(&text, "bank_");
     drop((alice, guesser));
     let (status, _) = server.signal_and_wait("TERM", Duration::from_secs(20));
     assert!(status.success(), "{status:?}");

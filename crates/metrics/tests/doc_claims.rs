@@ -11,7 +11,7 @@ use std::time::Duration;
 use duo_buffer::{BufPool, PoolConfig};
 use duo_metrics::{MetricsEndpoint, ScrapeTarget};
 use duo_net::{EventLoop, TcpServer};
-use duo_testkit::{documented_metrics, exported_metrics, http_get, observability_page};
+use duo_testkit::{assert_metrics_documented, http_get};
 use parking_lot::Mutex;
 
 /// The cap of the test's own pool.
@@ -109,15 +109,7 @@ fn every_listed_duo_metric_is_exported_and_every_exported_one_is_listed() {
 
     let (status, text) = http_get(group.local_addr(), "/metrics");
     assert_eq!(status, 200, "{text}");
-    let exported = exported_metrics(&text, "duo_");
-    let documented = documented_metrics(&observability_page(), "duo_");
-    let unlisted: Vec<_> = exported.difference(&documented).collect();
-    let missing: Vec<_> = documented.difference(&exported).collect();
-    assert!(
-        unlisted.is_empty() && missing.is_empty(),
-        "exported but not in docs/observability.md: {unlisted:?}; listed there but not \
-         exported: {missing:?}\n{text}"
-    );
+    assert_metrics_documented(&text, "duo_");
     group.stop().unwrap();
     worker.stop().unwrap();
     capped.stop(&mut lp);

@@ -50,3 +50,21 @@ pub fn exported_metrics(text: &str, prefix: &str) -> BTreeSet<String> {
         })
         .collect()
 }
+
+/// Asserts that the families of the exposition `text` starting with `prefix` that have a
+/// sample are exactly the ones `docs/observability.md` lists with that prefix.
+///
+/// # Panics
+///
+/// When they differ (a test's failure), naming both differences, with the scrape.
+pub fn assert_metrics_documented(text: &str, prefix: &str) {
+    let exported = exported_metrics(text, prefix);
+    let documented = documented_metrics(&observability_page(), prefix);
+    let unlisted: Vec<_> = exported.difference(&documented).collect();
+    let missing: Vec<_> = documented.difference(&exported).collect();
+    assert!(
+        unlisted.is_empty() && missing.is_empty(),
+        "exported but not in docs/observability.md: {unlisted:?}; listed there but not \
+         exported: {missing:?}\n{text}"
+    );
+}

@@ -58,7 +58,9 @@ pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
 pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time, tree_cpu_time};
 pub use example::{example_binary, package_binary};
-pub use exposition::{documented_metrics, exported_metrics, observability_page};
+pub use exposition::{
+    assert_metrics_documented, documented_metrics, exported_metrics, observability_page,
+};
 pub use http::http_get;
 #[cfg(feature = "pki")]
 pub use pki::TestCerts;
