@@ -9,22 +9,8 @@ use std::net::TcpStream;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_net::ServerStats;
 use duo_testkit::LIMIT;
 use util::{connect, echo_builder, init_log, localhost, TestServer};
-
-/// Polls `stats` until `cond` holds, failing with the last snapshot after [`LIMIT`].
-fn wait_for(server: &TestServer, what: &str, cond: impl Fn(&ServerStats) -> bool) -> ServerStats {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let s = server.stats();
-        if cond(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:#?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
 
 #[test]
 fn connections_messages_queued_output_and_backpressure_are_counted_per_loop() {
@@ -55,7 +41,7 @@ fn connections_messages_queued_output_and_backpressure_are_counted_per_loop() {
         }
     }
     // (The counters are stored just after each send: the client may read its reply first.)
-    let s = wait_for(&server, "ten connections open, every reply counted", |s| {
+    let s = server.wait_for_stats("ten connections open, every reply counted", |s| {
         s.per_loop.iter().map(|l| l.open()).sum::<u64>() == 10 && s.bytes_out() == 10_000
     });
     assert_eq!(s.per_loop.iter().map(|l| l.opened).sum::<u64>(), 10);
@@ -105,7 +91,7 @@ fn connections_messages_queued_output_and_backpressure_are_counted_per_loop() {
     while echoed < sent {
         echoed += slow.read(&mut buf).unwrap();
     }
-    wait_for(&server, "the pause lifted and the output drained", |s| {
+    server.wait_for_stats("the pause lifted and the output drained", |s| {
         s.per_loop
             .iter()
             .all(|l| l.output_queued == 0 && l.backpressured == 0)
@@ -114,7 +100,7 @@ fn connections_messages_queued_output_and_backpressure_are_counted_per_loop() {
     // Everyone leaves: nothing open, queued or paused.
     drop(clients);
     drop(slow);
-    let s = wait_for(&server, "every connection closed", |s| {
+    let s = server.wait_for_stats("every connection closed", |s| {
         s.per_loop.iter().all(|l| l.open() == 0) && s.closed == 11
     });
     assert_eq!(s.closes().peer, 11, "{s:?}");
@@ -148,8 +134,8 @@ fn a_server_stopping_when_full_counts_its_pauses() {
     let a = connect(server.addr());
     let b = connect(server.addr());
     let _c = TcpStream::connect(server.addr()).unwrap();
-    wait_for(&server, "the server paused", |s| s.full_pauses >= 1);
+    server.wait_for_stats("the server paused", |s| s.full_pauses >= 1);
     drop((a, b));
-    wait_for(&server, "the third served", |s| s.accepted == 3);
+    server.wait_for_stats("the third served", |s| s.accepted == 3);
     server.stop();
 }

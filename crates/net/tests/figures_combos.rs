@@ -16,19 +16,6 @@ use duo_net::{CloseCounts, OutputLimit, ServerStats, TcpServer};
 use duo_testkit::LIMIT;
 use util::{connect, echo_builder, init_log, localhost, TestServer};
 
-/// Polls `stats` until `cond` holds, failing with the last snapshot after [`LIMIT`].
-fn wait_for(server: &TestServer, what: &str, cond: impl Fn(&ServerStats) -> bool) -> ServerStats {
-    let deadline = Instant::now() + LIMIT;
-    loop {
-        let s = server.stats();
-        if cond(&s) {
-            return s;
-        }
-        assert!(Instant::now() < deadline, "{what}: {s:#?}");
-        thread::sleep(Duration::from_millis(2));
-    }
-}
-
 /// Every figure that must be back at rest once `closed` connections have closed.
 fn at_rest(s: &ServerStats, closed: u64) -> bool {
     s.active == 0
@@ -41,7 +28,7 @@ fn at_rest(s: &ServerStats, closed: u64) -> bool {
 }
 
 fn settle(server: &TestServer, closed: u64) -> ServerStats {
-    wait_for(server, "back at rest", |s| at_rest(s, closed))
+    server.wait_for_stats("back at rest", |s| at_rest(s, closed))
 }
 
 /// Closes `s` with a reset (SO_LINGER 0).
@@ -98,7 +85,7 @@ fn a_reset_of_a_backpressured_reader_leaves_nothing_queued() {
     });
     let mut c = connect(server.addr());
     fill(&server, &mut c, 64 << 10);
-    wait_for(&server, "backpressured", |s| {
+    server.wait_for_stats("backpressured", |s| {
         s.per_loop.iter().map(|l| l.backpressured).sum::<u64>() == 1
     });
     reset(c);
@@ -252,7 +239,7 @@ fn main_loop_accepting_hands_over_and_counts() {
     for c in &mut cs {
         util::echo_once(c, b"abc");
     }
-    let s = wait_for(&server, "nine open", |s| s.active == 9);
+    let s = server.wait_for_stats("nine open", |s| s.active == 9);
     assert_eq!(s.handed_over, 9);
     for c in cs {
         drop(c);

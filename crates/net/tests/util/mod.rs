@@ -103,6 +103,24 @@ impl TestServer {
         self.handle.stats()
     }
 
+    /// Polls the counters until `cond` holds and returns that snapshot, failing with the
+    /// last one after [`LIMIT`](duo_testkit::LIMIT) (`what` says what was awaited).
+    pub(crate) fn wait_for_stats(
+        &self,
+        what: &str,
+        cond: impl Fn(&ServerStats) -> bool,
+    ) -> ServerStats {
+        let deadline = Instant::now() + duo_testkit::LIMIT;
+        loop {
+            let s = self.stats();
+            if cond(&s) {
+                return s;
+            }
+            assert!(Instant::now() < deadline, "{what}: {s:#?}");
+            thread::sleep(Duration::from_millis(2));
+        }
+    }
+
     /// Whether the main loop's thread has ended (its `run` returned).
     pub(crate) fn is_finished(&self) -> bool {
         self.thread.as_ref().is_none_or(|t| t.is_finished())
