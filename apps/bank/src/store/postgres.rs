@@ -31,6 +31,14 @@
 //! of the lost connection is ended and waited for ([`session::settle`]: a call still
 //! waiting there for a lock would otherwise commit later). Reads are retried once on a new
 //! connection, also when a table changed under their prepared statements.
+//!
+//! # When the schema changes under the server
+//!
+//! Every read and the call of `bank_apply` cast each column they take to the type they
+//! read it as, so a column a DBA widens in place (`bigint` to `numeric`, `text` to
+//! `varchar`) reads as before; a reply that still cannot be read is an error, never a
+//! panic. A batch that fails because its session's plans or compiled function predate a
+//! change ([`schema_changed`]) is run once more on a new session.
 
 use std::fmt;
 use std::str::FromStr;
@@ -44,16 +52,17 @@ use postgres::{Client, Config, NoTls, Statement};
 use super::flush::Flusher;
 use super::group::Applied;
 use super::{
-    unix_now, GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteOutcome,
-    WriteResults,
+    unix_now, GroupCommit, StoreError, StoreOptions, UserRow, WriteJob, WriteOp, WriteResults,
 };
-use crate::protocol::{EntryKind, ErrorCode, HistoryEntry};
+use crate::protocol::{EntryKind, HistoryEntry};
 
 mod barrier;
+mod reply;
 mod schema;
 mod session;
 
 use barrier::{start_flusher, FLUSHED};
+use reply::{column, outcomes, ReadError};
 use schema::migrate;
 use session::{pin_schema, prepare_writer, settle, WriterSession};
 
@@ -342,7 +351,7 @@ impl PgStore {
     /// may include commits not yet durable, and the answer waits for a flush barrier.
     fn read<R>(
         &self,
-        f: impl Fn(&mut Reader) -> Result<(R, bool), postgres::Error>,
+        f: impl Fn(&mut Reader) -> Result<(R, bool), ReadError>,
     ) -> Result<R, StoreError> {
         let mut last = None;
         for attempt in 0..2 {
@@ -378,7 +387,12 @@ impl PgStore {
                         Err(e) => last = Some(e),
                     }
                 }
-                Err(e) => match classify(&e) {
+                Err(ReadError::Column(m)) => {
+                    duo_net::log_limited!(log::Level::Error, "{m}");
+                    self.readers.lock().push(reader);
+                    return Err(StoreError::Postgres(m));
+                }
+                Err(ReadError::Db(e)) => match classify(&e) {
                     Failure::Refused(m) | Failure::Lost(m) => {
                         duo_net::log_limited!(
                             log::Level::Warn,
@@ -419,13 +433,14 @@ impl PgStore {
         let prepared = (|| {
             Ok::<_, postgres::Error>((
                 client.prepare(&format!(
-                    "SELECT id, password_hash, {flushed} FROM users WHERE name = $1"
+                    "SELECT id::int8, password_hash::text, {flushed} FROM users WHERE name = $1"
                 ))?,
                 client.prepare(&format!(
-                    "SELECT balance, {flushed} FROM users WHERE id = $1"
+                    "SELECT balance::int8, {flushed} FROM users WHERE id = $1"
                 ))?,
                 client.prepare(&format!(
-                    "SELECT id, kind, counterparty, amount, balance_after, time, {flushed}
+                    "SELECT id::int8, kind::text, counterparty::text, amount::int8,
+                            balance_after::int8, time::int8, {flushed}
                      FROM ledger WHERE user_id = $1 ORDER BY id DESC LIMIT $2"
                 ))?,
             ))
@@ -446,13 +461,15 @@ impl PgStore {
     pub(crate) fn user(&self, name: &str) -> Result<Option<UserRow>, StoreError> {
         self.read(|r| {
             let row = r.client.query_opt(&r.user, &[&name])?;
-            // No row: nothing read that a commit made (users are never deleted).
-            let flushed = row.as_ref().is_none_or(|row| row.get(2));
-            let user = row.map(|row| UserRow {
-                id: row.get(0),
-                hash: row.get(1),
-            });
-            Ok((user, flushed))
+            let Some(row) = row else {
+                // Nothing read that a commit made (users are never deleted).
+                return Ok((None, true));
+            };
+            let user = UserRow {
+                id: column(&row, 0)?,
+                hash: column(&row, 1)?,
+            };
+            Ok((Some(user), column(&row, 2)?))
         })
     }
 
@@ -460,8 +477,10 @@ impl PgStore {
     pub(crate) fn balance(&self, id: i64) -> Result<i64, StoreError> {
         let found = self.read(|r| {
             let row = r.client.query_opt(&r.balance, &[&id])?;
-            let flushed = row.as_ref().is_none_or(|row| row.get(1));
-            Ok((row.map(|row| row.get::<_, i64>(0)), flushed))
+            match row {
+                Some(row) => Ok((Some(column(&row, 0)?), column(&row, 1)?)),
+                None => Ok((None, true)),
+            }
         })?;
         found.ok_or_else(|| StoreError::Postgres(format!("no user with id {id}")))
     }
@@ -471,18 +490,22 @@ impl PgStore {
         let limit = i64::try_from(limit).unwrap_or(i64::MAX);
         self.read(|r| {
             let rows = r.client.query(&r.history, &[&id, &limit])?;
-            let flushed = rows.iter().all(|row| row.get::<_, bool>(6));
-            let entries = rows
-                .iter()
-                .map(|row| HistoryEntry {
-                    id: row.get(0),
-                    kind: EntryKind::parse(row.get(1)).unwrap_or(EntryKind::Deposit),
-                    counterparty: row.get(2),
-                    amount: row.get(3),
-                    balance_after: row.get(4),
-                    time: row.get(5),
-                })
-                .collect();
+            let mut flushed = true;
+            let mut entries = Vec::with_capacity(rows.len());
+            for row in &rows {
+                flushed &= column::<bool>(row, 6)?;
+                let kind: &str = column(row, 1)?;
+                entries.push(HistoryEntry {
+                    id: column(row, 0)?,
+                    kind: EntryKind::parse(kind).ok_or_else(|| {
+                        ReadError::Column(format!("ledger entry of unknown kind {kind:?}"))
+                    })?,
+                    counterparty: column(row, 2)?,
+                    amount: column(row, 3)?,
+                    balance_after: column(row, 4)?,
+                    time: column(row, 5)?,
+                });
+            }
             Ok((entries, flushed))
         })
     }
@@ -549,6 +572,7 @@ impl PgStore {
         let c = Columns::new(ops);
         let now = unix_now();
         let mut refused_once = false;
+        let mut stale_once = false;
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
         loop {
@@ -606,6 +630,17 @@ impl PgStore {
                     }
                     return Err(f);
                 }
+                Failure::Other(m) if !stale_once && schema_changed(&e) => {
+                    // The session's prepared call or its compiled `bank_apply` was made
+                    // for tables or types since altered; the statement failed, so nothing
+                    // committed. A new session plans and compiles them anew.
+                    duo_net::log_limited!(
+                        log::Level::Warn,
+                        "a batch failed on a changed schema ({m}); again on a new session"
+                    );
+                    stale_once = true;
+                    w.session = None;
+                }
                 Failure::Conflict => return Err(Failure::Other(describe(&e))),
                 f @ Failure::Other(_) => return Err(f),
             }
@@ -638,7 +673,7 @@ impl PgStore {
             let row = r
                 .client
                 .query_one("SELECT COALESCE(SUM(balance), 0)::bigint FROM users", &[])?;
-            Ok((row.get(0), true))
+            Ok((column(&row, 0)?, true))
         })
     }
 
@@ -647,6 +682,16 @@ impl PgStore {
     pub(crate) fn execute_sql(&self, sql: &str) -> Result<(), StoreError> {
         self.connect()?.batch_execute(sql).map_err(|e| pg_error(&e))
     }
+}
+
+/// Whether `e` may come from a table or type altered since the session prepared its
+/// statements or compiled a function (a cached plan whose result type changed, a record of
+/// the wrong type, a relation or function looked up by a stale id): SQLSTATE 0A000 or
+/// class 42.
+fn schema_changed(e: &postgres::Error) -> bool {
+    e.code().is_some_and(|code| {
+        *code == SqlState::FEATURE_NOT_SUPPORTED || code.code().starts_with("42")
+    })
 }
 
 fn pg_error(e: &postgres::Error) -> StoreError {
@@ -685,30 +730,6 @@ fn failed(n: usize, f: Failure) -> WriteResults {
                 StoreError::Unavailable(m) => StoreError::Unavailable(m.clone()),
                 other => StoreError::Commit(other.to_string()),
             })
-        })
-        .collect()
-}
-
-/// The outcomes `bank_apply` returned, one per operation.
-fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
-    if rows.len() != n {
-        let m = format!("bank_apply returned {} rows for {n} operations", rows.len());
-        return failed(n, Failure::Other(m));
-    }
-    rows.iter()
-        .map(|row| {
-            let status: &str = row.get(0);
-            let balance: Option<i64> = row.get(1);
-            let message: Option<String> = row.get(2);
-            match (status, balance) {
-                ("OK", Some(b)) => Ok(WriteOutcome::Balance(b)),
-                ("REGISTERED", _) => Ok(WriteOutcome::Registered),
-                ("INTERNAL", _) => Err(StoreError::Postgres(message.unwrap_or_default())),
-                (code, _) => match ErrorCode::parse(code) {
-                    Some(code) => Ok(WriteOutcome::Rejected(code, message.unwrap_or_default())),
-                    None => Err(StoreError::Postgres(format!("unknown outcome {code:?}"))),
-                },
-            }
         })
         .collect()
 }

@@ -55,7 +55,7 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<String, StoreE
     if meta.is_some() {
         let version: Option<String> = tx
             .query_opt(
-                "SELECT value FROM bank_meta WHERE key = 'schema_version'",
+                "SELECT value::text FROM bank_meta WHERE key = 'schema_version'",
                 &[],
             )
             .map_err(|e| pg_error(&e))?

@@ -58,7 +58,8 @@ pub(super) fn prepare_writer(
         started: row.get(1),
     });
     let call = client.prepare_typed(
-        "SELECT status, balance, message FROM bank_apply($1, $2, $3, $4, $5, $6, $7)",
+        "SELECT status::text, balance::int8, message::text \
+         FROM bank_apply($1, $2, $3, $4, $5, $6, $7)",
         &[
             Type::INT2_ARRAY,
             Type::INT8_ARRAY,
