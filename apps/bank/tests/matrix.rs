@@ -718,10 +718,7 @@ fn lines_at_and_over_the_limit_behind_pipelined_writes(backend: Backend) {
 fn batches_over_8(metrics: SocketAddr) -> f64 {
     let text = http_get(metrics, "/metrics").1;
     let value = |series: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-            .and_then(|v| v.trim().parse::<f64>().ok())
-            .unwrap_or_else(|| panic!("no {series} in {text}"))
+        duo_testkit::sample(&text, series).unwrap_or_else(|| panic!("no {series} in {text}"))
     };
     value("bank_batch_operations_count") - value("bank_batch_operations_bucket{le=\"8.0\"}")
 }

@@ -26,9 +26,7 @@ fn scrape(addr: SocketAddr) -> String {
 
 /// The value of the series written exactly as `series` (name and labels).
 fn value(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
+    duo_testkit::sample(text, series)
 }
 
 #[test]

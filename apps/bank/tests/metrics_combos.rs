@@ -20,10 +20,7 @@ fn scrape(addr: SocketAddr) -> String {
 
 /// The value of the series written exactly as `series` (name and labels); 0 if absent.
 fn value(text: &str, series: &str) -> f64 {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0)
+    duo_testkit::sample(text, series).unwrap_or(0.0)
 }
 
 /// `bank.db` plus `suffix` (`-wal`, `-shm`).

@@ -68,3 +68,25 @@ pub fn assert_metrics_documented(text: &str, prefix: &str) {
          exported: {missing:?}\n{text}"
     );
 }
+
+/// The value of the sample written exactly as `series` (the name, then the labels as the
+/// exposition writes them, if any) in the exposition `text`; `None` if there is none.
+pub fn sample(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// The sum of every sample of the family `name` in the exposition `text`, whatever its
+/// labels (0 without one).
+pub fn family_sum(text: &str, name: &str) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.strip_prefix(name))
+        .filter_map(|rest| match rest.strip_prefix('{') {
+            Some(labelled) => labelled.split_once("} ").map(|(_, v)| v),
+            None => rest.strip_prefix(' '),
+        })
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum()
+}

@@ -59,7 +59,8 @@ pub use child_server_builder::ChildServerBuilder;
 pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time, tree_cpu_time};
 pub use example::{example_binary, package_binary};
 pub use exposition::{
-    assert_metrics_documented, documented_metrics, exported_metrics, observability_page,
+    assert_metrics_documented, documented_metrics, exported_metrics, family_sum,
+    observability_page, sample,
 };
 pub use http::http_get;
 #[cfg(feature = "pki")]

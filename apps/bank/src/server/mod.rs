@@ -13,7 +13,9 @@
 //! 2. `pump` asks `session::next_step` what the next queued command needs: it answers
 //!    those that need no database (`PING`, `QUIT`, parse errors, `NOT_AUTHENTICATED`)
 //!    right away, and stops at the first that does: it submits a job and marks the
-//!    session busy;
+//!    session busy. The replies it makes on the way are gathered and go out in one send
+//!    when it stops (with the reply of the job that called it, if one did), so a burst of
+//!    pipelined commands costs one system call, not one per reply;
 //! 3. the job runs on a worker and finishes by queueing its reply onto the connection's
 //!    loop (`TcpConnection::queue_in_loop`), which sends it, updates the session (a login),
 //!    clears `busy` and calls `pump` again.
@@ -52,12 +54,12 @@ use crate::protocol::{
     err_line, history_reply, ok_line, parse_line, ErrorCode, ProtoError, MAX_LINE,
 };
 mod activity;
+mod jobs;
 mod session;
 
-use crate::store::{
-    Database, Store, StoreError, StoreOptions, WriteJob, WriteOp, WriteOutcome, WriteResults,
-};
-use session::{auth_failed_line, login_failed, next_step, Account, Pending, Session, Step};
+use crate::store::{Database, Store, StoreError, StoreOptions, WriteJob};
+use jobs::{login, register, spawn, store_failed, write_replies, Completion, Effect};
+use session::{login_failed, next_step, Pending, Session, Step};
 
 /// Commands queued on one connection at which the server stops reading from it.
 const QUEUE_HIGH: usize = 4096;
@@ -154,100 +156,6 @@ struct App {
     metrics: BankMetrics,
     /// `--idle-timeout` (zero: none).
     idle_timeout: Duration,
-}
-
-/// What a finished job asks the loop to do.
-struct Completion {
-    reply: String,
-    effect: Effect,
-}
-
-enum Effect {
-    None,
-    LoggedIn(Account),
-    LoginFailed,
-}
-
-impl Completion {
-    fn reply(reply: String) -> Completion {
-        Completion {
-            reply,
-            effect: Effect::None,
-        }
-    }
-}
-
-fn internal(e: &dyn fmt::Display) -> String {
-    duo_net::log_limited!(log::Level::Error, "{e}");
-    err_line(ErrorCode::Internal, "internal server error")
-}
-
-/// The reply to a command the database failed: `UNAVAILABLE` if it could not be reached,
-/// else `INTERNAL`; counted in `metrics`.
-fn store_failed(metrics: &BankMetrics, e: &StoreError) -> String {
-    metrics.db_error(e.code());
-    match e.code() {
-        ErrorCode::Unavailable => {
-            duo_net::log_limited!(log::Level::Warn, "{e}");
-            err_line(
-                ErrorCode::Unavailable,
-                "database unavailable; try again later",
-            )
-        }
-        _ => internal(e),
-    }
-}
-
-/// Hands a job's result back to its connection's loop. If the job panics before finishing,
-/// dropping it answers `INTERNAL`, so the connection is never left waiting.
-struct Responder {
-    target: Option<(TcpConnection, Arc<App>)>,
-}
-
-impl Responder {
-    /// Whether the connection has closed: nobody will read the reply, so a read or a
-    /// password check need not run (during a shutdown this keeps the queue drain short).
-    /// Writes run regardless.
-    fn abandoned(&self) -> bool {
-        self.target
-            .as_ref()
-            .is_none_or(|(conn, _)| conn.is_closed())
-    }
-
-    fn finish(mut self, c: Completion) {
-        if let Some((conn, app)) = self.target.take() {
-            // Fails only if the connection has closed meanwhile: then nobody is waiting.
-            let _ = conn.queue_in_loop(move |ctx| complete(ctx, &app, c));
-        }
-    }
-}
-
-impl Drop for Responder {
-    fn drop(&mut self) {
-        if self.target.is_some() {
-            let reply = err_line(ErrorCode::Internal, "internal server error");
-            Responder {
-                target: self.target.take(),
-            }
-            .finish(Completion::reply(reply));
-        }
-    }
-}
-
-/// Runs `job` on a worker; an error if the pool refused it (the caller answers).
-fn spawn(
-    ctx: &ConnCtx<'_>,
-    app: &Arc<App>,
-    job: impl FnOnce(&App, Responder) + Send + 'static,
-) -> Result<(), SubmitError> {
-    let conn = ctx.connection().clone();
-    let shared = app.clone();
-    app.pool.submit(move || {
-        let r = Responder {
-            target: Some((conn, shared.clone())),
-        };
-        job(&shared, r);
-    })
 }
 
 /// Runs the server on `cfg.listen` until SIGINT or SIGTERM; then stops accepting, lets
@@ -581,12 +489,29 @@ fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, co
 
 /// Answers or dispatches queued commands until one needs a worker (see the module docs).
 fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
+    pump_after(ctx, app, String::new());
+}
+
+/// Sends the replies gathered in `out`, if any.
+fn flush(ctx: &mut ConnCtx<'_>, out: &mut String) {
+    if !out.is_empty() {
+        ctx.send(out.as_bytes());
+        out.clear();
+    }
+}
+
+/// [`pump`], after the replies in `out` (made in this callback, not yet sent). The replies
+/// made here without a worker join them and go out in one send when the pump stops: a
+/// burst of pipelined commands costs one system call, not one per reply. (A worker's
+/// reply comes back in a later callback, so the order stays the commands' order.)
+fn pump_after(ctx: &mut ConnCtx<'_>, app: &Arc<App>, mut out: String) {
     let conn = ctx.connection().clone();
     loop {
-        if ctx.output_len() >= OUTPUT_HIGH {
+        if ctx.output_len() + out.len() >= OUTPUT_HIGH {
             // The peer is not reading its replies: start nothing more until they drain
             // (`on_write_complete` calls us again). Reading stays paused by the queue. A
             // peer that takes them slowly is not idle meanwhile.
+            flush(ctx, &mut out);
             activity::watch_drain(ctx, app);
             return;
         }
@@ -612,15 +537,17 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
         let mut answers = 1;
         let submitted = match step {
             Step::Idle => {
+                flush(ctx, &mut out);
                 activity::close_if_done(ctx);
                 return;
             }
             Step::Reply(line) => {
-                ctx.send(line.as_bytes());
+                out.push_str(&line);
                 continue;
             }
             Step::Close(line) => {
-                ctx.send(line.as_bytes());
+                out.push_str(&line);
+                flush(ctx, &mut out);
                 activity::close_gently(ctx);
                 return;
             }
@@ -666,12 +593,16 @@ fn pump(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
             }
         };
         match submitted {
-            Ok(()) => return, // `busy` was set by `next_step`
+            Ok(()) => {
+                // `busy` was set by `next_step`.
+                flush(ctx, &mut out);
+                return;
+            }
             Err(e) => {
                 let _ = conn.with_context(|s: &mut Session| s.busy = false);
                 let line = refusal(&e);
                 for _ in 0..answers {
-                    ctx.send(line.as_bytes());
+                    out.push_str(&line);
                 }
             }
         }
@@ -689,69 +620,6 @@ fn refusal(e: &SubmitError) -> String {
         SubmitError::Full(_) => err_line(ErrorCode::Busy, "server busy; try again later"),
         SubmitError::Stopped(_) => err_line(ErrorCode::Internal, "server is shutting down"),
     }
-}
-
-/// On a worker: checks a password.
-fn login(app: &App, user: &str, password: &str) -> Completion {
-    let row = match app.store.user(user) {
-        Ok(row) => row,
-        Err(e) => return Completion::reply(store_failed(&app.metrics, &e)),
-    };
-    // An unknown user costs a hash check too, against a dummy hash.
-    match row {
-        Some(row) if app.hasher.verify(password, Some(&row.hash)) => Completion {
-            reply: ok_line(format_args!("welcome {user}")),
-            effect: Effect::LoggedIn(Account {
-                id: row.id,
-                name: user.to_owned(),
-            }),
-        },
-        row => {
-            if row.is_none() {
-                app.hasher.verify(password, None);
-            }
-            Completion {
-                reply: auth_failed_line(),
-                effect: Effect::LoginFailed,
-            }
-        }
-    }
-}
-
-/// On a worker: hashes the password, then queues the insert for the writer.
-fn register(app: &App, user: String, password: &str, r: Responder) {
-    match app.store.user(&user) {
-        Ok(Some(_)) => {
-            return r.finish(Completion::reply(err_line(
-                ErrorCode::UserExists,
-                "user name is taken",
-            )))
-        }
-        Ok(None) => {}
-        Err(e) => return r.finish(Completion::reply(store_failed(&app.metrics, &e))),
-    }
-    let hash = match app.hasher.hash(password) {
-        Ok(h) => h,
-        Err(e) => return r.finish(Completion::reply(internal(&e))),
-    };
-    let metrics = app.metrics.clone();
-    app.store.submit_write(WriteJob {
-        ops: vec![WriteOp::Register { name: user, hash }],
-        done: Box::new(move |results| r.finish(write_replies(&metrics, results))),
-    });
-}
-
-fn write_replies(metrics: &BankMetrics, results: WriteResults) -> Completion {
-    let mut reply = String::new();
-    for result in results {
-        reply.push_str(&match result {
-            Ok(WriteOutcome::Registered) => ok_line("registered"),
-            Ok(WriteOutcome::Balance(b)) => ok_line(b),
-            Ok(WriteOutcome::Rejected(code, message)) => err_line(code, &message),
-            Err(e) => store_failed(metrics, &e),
-        });
-    }
-    Completion::reply(reply)
 }
 
 /// On the loop: a job of this connection finished.
@@ -787,9 +655,6 @@ fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
             ctx.send(line.as_bytes());
             activity::close_gently(ctx);
         }
-        None => {
-            ctx.send(c.reply.as_bytes());
-            pump(ctx, app);
-        }
+        None => pump_after(ctx, app, c.reply),
     }
 }
