@@ -547,7 +547,7 @@ impl PgStore {
                 );
             }
         }
-        match self.call(w, ops) {
+        match self.call(w, ops, true) {
             Err(Failure::Other(m)) if ops.len() > 1 => {
                 duo_net::log_limited!(
                     log::Level::Warn,
@@ -555,7 +555,9 @@ impl PgStore {
                     ops.len()
                 );
                 ops.iter()
-                    .flat_map(|op| match self.call(w, std::slice::from_ref(op)) {
+                    // A new session was already tried for the batch: not once per
+                    // operation (a dropped table would cost a connection each).
+                    .flat_map(|op| match self.call(w, std::slice::from_ref(op), false) {
                         Ok(results) => results,
                         Err(f) => failed(1, f),
                     })
@@ -567,12 +569,18 @@ impl PgStore {
     }
 
     /// One call of `bank_apply` for `ops`: their outcomes, or why the call failed (a
-    /// conflict is retried here, a refused call once on a new connection).
-    fn call(&self, w: &mut Writer, ops: &[&WriteOp]) -> Result<WriteResults, Failure> {
+    /// conflict is retried here, a refused call once on a new connection, and with
+    /// `renew_if_stale` a call that failed on a changed schema once on a new session).
+    fn call(
+        &self,
+        w: &mut Writer,
+        ops: &[&WriteOp],
+        renew_if_stale: bool,
+    ) -> Result<WriteResults, Failure> {
         let c = Columns::new(ops);
         let now = unix_now();
         let mut refused_once = false;
-        let mut stale_once = false;
+        let mut stale_once = !renew_if_stale;
         let mut backoff = FIRST_BACKOFF;
         let mut attempt = 0;
         loop {
