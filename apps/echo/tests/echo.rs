@@ -12,7 +12,7 @@ use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, IO_TIMEOUT};
+use common::{read_packet, Server, IO_TIMEOUT};
 use duo_testkit::{http_get, run_within, ChildServer, Rng, LIMIT};
 
 /// Writes `data` in random-sized pieces.
@@ -52,18 +52,6 @@ fn packet(kind: u32, payload: &[u8]) -> Vec<u8> {
     out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
     out.extend_from_slice(payload);
     out
-}
-
-fn read_packet(stream: &mut TcpStream) -> (u32, Vec<u8>) {
-    let mut header = [0u8; 8];
-    stream.read_exact(&mut header).expect("read packet header");
-    let kind = u32::from_be_bytes(header[..4].try_into().unwrap());
-    let len = u32::from_be_bytes(header[4..].try_into().unwrap()) as usize;
-    let mut payload = vec![0u8; len];
-    stream
-        .read_exact(&mut payload)
-        .expect("read packet payload");
-    (kind, payload)
 }
 
 /// Reads until the server closes; true for an orderly EOF.

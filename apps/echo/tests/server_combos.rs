@@ -15,7 +15,7 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Server, IO_TIMEOUT};
+use common::{read_packet, Server, IO_TIMEOUT};
 use duo_net::tls::{self, rustls};
 use duo_testkit::{http_get, join_within, wait_until, ChildServer, Rng, TestCerts, LIMIT};
 
@@ -33,18 +33,6 @@ fn header(kind: u32, len: u32) -> Vec<u8> {
     let mut out = kind.to_be_bytes().to_vec();
     out.extend_from_slice(&len.to_be_bytes());
     out
-}
-
-fn read_packet(stream: &mut impl Read) -> (u32, Vec<u8>) {
-    let mut h = [0u8; 8];
-    stream.read_exact(&mut h).expect("read packet header");
-    let kind = u32::from_be_bytes(h[..4].try_into().unwrap());
-    let len = u32::from_be_bytes(h[4..].try_into().unwrap()) as usize;
-    let mut payload = vec![0u8; len];
-    stream
-        .read_exact(&mut payload)
-        .expect("read packet payload");
-    (kind, payload)
 }
 
 /// Reads until the server's end of stream; panics on a reset or a timeout (an orderly

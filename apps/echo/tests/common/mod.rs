@@ -72,3 +72,16 @@ pub(crate) fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
     s.read_to_end(&mut all).expect("read to EOF");
     all
 }
+
+/// Reads one framed packet (`kind`, big-endian `u32`; length, big-endian `u32`; payload).
+pub(crate) fn read_packet(stream: &mut impl Read) -> (u32, Vec<u8>) {
+    let mut header = [0u8; 8];
+    stream.read_exact(&mut header).expect("read packet header");
+    let kind = u32::from_be_bytes(header[..4].try_into().unwrap());
+    let len = u32::from_be_bytes(header[4..].try_into().unwrap()) as usize;
+    let mut payload = vec![0u8; len];
+    stream
+        .read_exact(&mut payload)
+        .expect("read packet payload");
+    (kind, payload)
+}
