@@ -12,7 +12,7 @@ use std::process::{Command, ExitStatus};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{read_packet, Server, IO_TIMEOUT};
+use common::{packet, read_packet, Server, IO_TIMEOUT};
 use duo_testkit::{http_get, run_within, ChildServer, Rng, LIMIT};
 
 /// Writes `data` in random-sized pieces.
@@ -44,14 +44,6 @@ fn raw_round_trip(server: &Server, seed: u64, len: usize) {
     let mut rest = Vec::new();
     let n = writer.read_to_end(&mut rest).expect("read EOF");
     assert_eq!(n, 0, "nothing beyond the echo");
-}
-
-fn packet(kind: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + payload.len());
-    out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
 }
 
 /// Reads until the server closes; true for an orderly EOF.

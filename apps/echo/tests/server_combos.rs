@@ -15,19 +15,11 @@ use std::path::Path;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{read_packet, Server, IO_TIMEOUT};
+use common::{packet, read_packet, Server, IO_TIMEOUT};
 use duo_net::tls::{self, rustls};
 use duo_testkit::{http_get, join_within, wait_until, ChildServer, Rng, TestCerts, LIMIT};
 
 const MIB: usize = 1 << 20;
-
-fn packet(kind: u32, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(8 + payload.len());
-    out.extend_from_slice(&kind.to_be_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-    out.extend_from_slice(payload);
-    out
-}
 
 fn header(kind: u32, len: u32) -> Vec<u8> {
     let mut out = kind.to_be_bytes().to_vec();

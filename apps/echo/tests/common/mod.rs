@@ -73,6 +73,15 @@ pub(crate) fn read_to_eof(s: &mut TcpStream) -> Vec<u8> {
     all
 }
 
+/// One framed packet: `kind` and the payload's length (big-endian `u32`s), then the payload.
+pub(crate) fn packet(kind: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(8 + payload.len());
+    out.extend_from_slice(&kind.to_be_bytes());
+    out.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
 /// Reads one framed packet (`kind`, big-endian `u32`; length, big-endian `u32`; payload).
 pub(crate) fn read_packet(stream: &mut impl Read) -> (u32, Vec<u8>) {
     let mut header = [0u8; 8];
