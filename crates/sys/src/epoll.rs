@@ -330,14 +330,53 @@ impl Epoll {
     /// the registration is deleted and added again instead. For a level-triggered
     /// descriptor nothing is lost: readiness is re-evaluated when it is added.
     ///
+    /// An exclusive interest the kernel refuses (with [`Interest::ONESHOT`], or on an
+    /// epoll descriptor) fails with [`io::ErrorKind::InvalidInput`] and leaves the
+    /// registration as it was: it is checked before the old one is deleted. (Only a
+    /// failure of the kernel to allocate the new one, `ENOMEM`, can then leave `fd`
+    /// unregistered; the error says so.)
+    ///
     /// Fails with [`io::ErrorKind::NotFound`] if `fd` is not registered.
     pub fn modify(&self, fd: BorrowedFd<'_>, interest: Interest, token: u64) -> io::Result<()> {
         if interest.is_exclusive() {
-            self.delete(fd)?;
-            return self.add(fd, interest, token);
+            return self.reregister_exclusive(fd, interest, token);
         }
         self.ctl(libc::EPOLL_CTL_MOD, fd, interest, token)
             .map_err(context("epoll_ctl(MOD)"))
+    }
+
+    /// [`Epoll::modify`] to an exclusive `interest`: delete and add, after a probe.
+    ///
+    /// The probe is an `EPOLL_CTL_ADD` of the new interest: the kernel checks whether it
+    /// accepts the interest for `fd` before it looks the registration up, so `EEXIST`
+    /// means "acceptable, and registered", and any other error leaves the old registration
+    /// untouched. If the probe succeeds, `fd` was not registered: the probe's registration
+    /// is deleted again and the answer is `NotFound`, as for a plain modify.
+    fn reregister_exclusive(
+        &self,
+        fd: BorrowedFd<'_>,
+        interest: Interest,
+        token: u64,
+    ) -> io::Result<()> {
+        match self.ctl(libc::EPOLL_CTL_ADD, fd, interest, token) {
+            Err(e) if e.raw_os_error() == Some(libc::EEXIST) => {}
+            // `EINVAL` (kind `InvalidInput`) for an interest refused with EXCLUSIVE.
+            Err(e) => return Err(context("epoll_ctl(MOD of an exclusive registration)")(e)),
+            Ok(()) => {
+                self.delete(fd)?;
+                return Err(io::Error::new(
+                    io::ErrorKind::NotFound,
+                    "epoll_ctl(MOD): descriptor not registered",
+                ));
+            }
+        }
+        self.delete(fd)?;
+        self.add(fd, interest, token).map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("{e}; the descriptor is no longer registered"),
+            )
+        })
     }
 
     /// Removes the registration of `fd`.

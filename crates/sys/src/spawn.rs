@@ -27,17 +27,26 @@ static TARGETS_END: AtomicI32 = AtomicI32::new(0);
 /// above `first + fds.len()` (and above the targets of every earlier call, so several
 /// calls on one `Command` work too), so no target number can be one of the sources and the
 /// `dup2` calls in the child cannot overwrite a descriptor that a later one still has to
-/// copy. The child side (a `pre_exec` hook) only calls `dup2`, which is
+/// copy. The child side (a `pre_exec` hook) only calls `fstat` and `dup2`, which are
 /// async-signal-safe, and allocates nothing. The duplicates live as long as `cmd`.
 ///
-/// One caveat of every such scheme: `std` reports a failed `exec` through a close-on-exec
-/// pipe of its own, which may land on one of the target numbers; then the child's `dup2`
-/// closes it, and a failing `exec` shows as a child exiting at once (status 127-ish)
-/// instead of an error from `spawn`.
+/// `std` reports a failed `exec` (a missing program: [`io::ErrorKind::NotFound`]) through
+/// a close-on-exec channel (a pipe or a socket pair, by version) it opens during `spawn`
+/// at the lowest free numbers. Were that a target number, the child's `dup2` would
+/// replace it: `spawn` would succeed with a child that exits at once, and std's report
+/// would be written into a descriptor the child was to inherit. So every target number
+/// that is free here is held, until `cmd` is dropped, by a close-on-exec duplicate of its
+/// source, where the channel cannot land. A target number that another descriptor of
+/// this process holds is safe as long as that one stays open; should it be closed before
+/// `spawn` (by another thread), and a different file sit at that number in the child,
+/// the hook does not `dup2` over it but fails, and `spawn` returns `EBUSY`
+/// ([`io::ErrorKind::ResourceBusy`]): an error, where there might otherwise be a lost
+/// report.
 ///
 /// # Errors
 ///
-/// `first` is below 3 (the targets would replace stdio), or duplicating failed (`EMFILE`).
+/// `first` is below 3 (the targets would replace stdio), or duplicating failed (`EMFILE`,
+/// or `EINVAL` for a number above the descriptor limit).
 pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::Result<()> {
     if first < 3 {
         return Err(io::Error::new(
@@ -57,7 +66,18 @@ pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::
         .iter()
         .map(|fd| dup_at_least(*fd, floor))
         .collect::<io::Result<Vec<OwnedFd>>>()?;
+    let targets = fds
+        .iter()
+        .zip(first..)
+        .map(|(fd, target)| Target::hold(*fd, target))
+        .collect::<io::Result<Vec<Target>>>()?;
     let hook = move || {
+        // Before any `dup2`: whether std's error channel may sit at a target (see above).
+        for (target, t) in (first..).zip(&targets) {
+            if t.held.is_none() && file_id(target).is_some_and(|id| Some(id) != t.found) {
+                return Err(io::Error::from_raw_os_error(libc::EBUSY));
+            }
+        }
         for (i, src) in sources.iter().enumerate() {
             // `i < fds.len()`, and `first + fds.len()` did not overflow above.
             let target = first + i as RawFd;
@@ -71,12 +91,56 @@ pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::
         }
         Ok(())
     };
-    // SAFETY: the hook only calls `dup2` (async-signal-safe) and reads its own vector of
-    // descriptors (no allocation, no lock), as `pre_exec` requires.
+    // SAFETY: the hook only calls `fstat` and `dup2` (async-signal-safe) and reads its own
+    // vectors (no allocation, no lock), as `pre_exec` requires.
     unsafe {
         cmd.pre_exec(hook);
     }
     Ok(())
+}
+
+/// A target number of [`pass_fds`], as found in the parent.
+struct Target {
+    /// A close-on-exec duplicate of the source that holds the number, which was free,
+    /// until the `Command` goes.
+    held: Option<OwnedFd>,
+    /// Otherwise the identity of the file another descriptor of this process had there
+    /// (`None` if it was freed and taken again meanwhile).
+    found: Option<FileId>,
+}
+
+impl Target {
+    /// Takes `target` with a close-on-exec duplicate of `fd` if it is free.
+    fn hold(fd: BorrowedFd<'_>, target: RawFd) -> io::Result<Target> {
+        if let Some(id) = file_id(target) {
+            return Ok(Target {
+                held: None,
+                found: Some(id),
+            });
+        }
+        let dup = dup_at_least(fd, target)?;
+        // Above `target` if another thread took it meanwhile: then dropped.
+        let held = (dup.as_raw_fd() == target).then_some(dup);
+        Ok(Target { held, found: None })
+    }
+}
+
+/// A file's device and inode numbers.
+type FileId = (libc::dev_t, libc::ino_t);
+
+/// The identity of the file descriptor number `fd` refers to; `None` if `fd` is not
+/// open. One `fstat`: async-signal-safe, allocating nothing.
+fn file_id(fd: RawFd) -> Option<FileId> {
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: `fstat` only reads the metadata of whatever `fd` names (it takes no
+    // ownership and changes nothing) and writes one `stat` into `st`; on a number that is
+    // not open it fails with `EBADF` and writes nothing.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } == -1 {
+        return None;
+    }
+    // SAFETY: `fstat` succeeded, so it initialised `st`.
+    let st = unsafe { st.assume_init() };
+    Some((st.st_dev, st.st_ino))
 }
 
 /// Makes the child `cmd` starts receive `signal` when this thread ends (`prctl(PR_SET_PDEATHSIG)`),

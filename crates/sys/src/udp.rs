@@ -119,7 +119,8 @@ impl MmsgScratch {
 /// waiting the error kind is [`io::ErrorKind::WouldBlock`] (the socket is non-blocking).
 /// A pending socket error (an ICMP "port unreachable" on a connected socket:
 /// `ECONNREFUSED`) is returned, and cleared, by the call that meets it. `EINTR` is retried.
-/// On an `AF_UNIX` datagram socket, descriptors a peer attaches (`SCM_RIGHTS`) are closed.
+/// On an `AF_UNIX` datagram socket, descriptors a peer attaches (`SCM_RIGHTS`) are closed,
+/// and so is the pidfd the kernel attaches under `SO_PASSPIDFD` (`SCM_PIDFD`).
 pub fn recv_mmsg(
     fd: BorrowedFd<'_>,
     scratch: &mut MmsgScratch,
@@ -379,6 +380,13 @@ pub fn set_recv_pktinfo(fd: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
     Ok(())
 }
 
+/// `SCM_PIDFD` (`linux/socket.h`, Linux 6.5, the same on every architecture), which the
+/// libc crate does not define: a control message carrying one descriptor, a pidfd of the
+/// sender. No other control message the kernel writes at `SOL_SOCKET` has this type
+/// (`SCM_RIGHTS` 1, `SCM_CREDENTIALS` 2, `SCM_SECURITY` 3; timestamps and the like take
+/// their `SO_*` numbers, none of them 4).
+const SCM_PIDFD: libc::c_int = 0x04;
+
 /// The local address in the `IP_PKTINFO`/`IPV6_PKTINFO` control messages of a received
 /// datagram whose source is `from` (see [`RecvMeta::local`]): `IP_PKTINFO`'s specific
 /// destination if there is one (IPv4-mapped when the source is IPv6), else
@@ -386,9 +394,10 @@ pub fn set_recv_pktinfo(fd: BorrowedFd<'_>, v6: bool) -> io::Result<()> {
 ///
 /// Descriptors passed with the datagram (`SCM_RIGHTS`, from an `AF_UNIX` peer) are
 /// closed: the kernel installed them in this process, and nothing here takes them (each
-/// datagram would leak some, until `EMFILE`). Under `MSG_CTRUNC` the kernel installs only
-/// those whose numbers fit in the control buffer (and closes the rest itself); the
-/// message's length covers exactly those.
+/// datagram would leak some, until `EMFILE`). So is the sender's pidfd that an `AF_UNIX`
+/// socket with `SO_PASSPIDFD` receives (`SCM_PIDFD`, one descriptor). Under `MSG_CTRUNC`
+/// the kernel installs only those whose numbers fit in the control buffer (and closes the
+/// rest itself); the message's length covers exactly those.
 ///
 /// # Safety
 ///
@@ -398,10 +407,10 @@ unsafe fn local_closing_fds(hdr: &libc::msghdr, from: Option<SocketAddr>) -> Opt
     let (mut v4, mut v6) = (None, None);
     // SAFETY: `CMSG_FIRSTHDR`/`CMSG_NXTHDR` only return headers lying whole
     // within the control buffer the caller vouches for; each payload is read only when
-    // the header's length covers it (for `SCM_RIGHTS`, as many `int`s as it covers within
-    // the buffer), unaligned (`CMSG_DATA` promises no alignment). An `SCM_RIGHTS`
-    // descriptor is one the kernel has just installed (the caller's word): nothing else in
-    // the process owns it.
+    // the header's length covers it (for `SCM_RIGHTS` and `SCM_PIDFD`, as many `int`s as
+    // it covers within the buffer), unaligned (`CMSG_DATA` promises no alignment). An
+    // `SCM_RIGHTS` or `SCM_PIDFD` descriptor is one the kernel has just installed (the
+    // caller's word): nothing else in the process owns it.
     unsafe {
         let mut c = libc::CMSG_FIRSTHDR(hdr);
         while !c.is_null() {
@@ -419,7 +428,7 @@ unsafe fn local_closing_fds(hdr: &libc::msghdr, from: Option<SocketAddr>) -> Opt
             {
                 let info: libc::in6_pktinfo = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
                 v6 = Some(Ipv6Addr::from(info.ipi6_addr.s6_addr));
-            } else if level == libc::SOL_SOCKET && kind == libc::SCM_RIGHTS {
+            } else if level == libc::SOL_SOCKET && (kind == libc::SCM_RIGHTS || kind == SCM_PIDFD) {
                 let fds = libc::CMSG_DATA(c).cast::<libc::c_int>();
                 let end = hdr.msg_control as usize + hdr.msg_controllen;
                 let count = (len.saturating_sub(libc::CMSG_LEN(0) as usize))
