@@ -13,10 +13,25 @@ pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(30);
 /// Runs loadgen with `args`; returns its exit code and stdout. Fails the test if it runs
 /// longer than [`RUN_LIMIT`].
 pub(crate) fn loadgen(args: &[&str]) -> (i32, String) {
+    let (code, out, _) = run(args, false);
+    (code, out)
+}
+
+/// [`loadgen`], returning its stderr as well (read once it has exited: a run writes far
+/// less than a pipe holds).
+pub(crate) fn loadgen_stderr(args: &[&str]) -> (i32, String, String) {
+    run(args, true)
+}
+
+fn run(args: &[&str], capture_stderr: bool) -> (i32, String, String) {
     let mut child = Command::new(env!("CARGO_BIN_EXE_loadgen"))
         .args(args)
         .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
+        .stderr(if capture_stderr {
+            Stdio::piped()
+        } else {
+            Stdio::inherit()
+        })
         .spawn()
         .expect("start loadgen");
     let deadline = Instant::now() + RUN_LIMIT;
@@ -31,14 +46,17 @@ pub(crate) fn loadgen(args: &[&str]) -> (i32, String) {
         }
         thread::sleep(Duration::from_millis(20));
     };
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .expect("piped stdout")
-        .read_to_string(&mut out)
-        .expect("read stdout");
-    (status.code().unwrap_or(-1), out)
+    let read = |pipe: Option<&mut dyn Read>| {
+        let mut text = String::new();
+        if let Some(pipe) = pipe {
+            pipe.read_to_string(&mut text)
+                .expect("read loadgen's output");
+        }
+        text
+    };
+    let out = read(child.stdout.as_mut().map(|p| p as &mut dyn Read));
+    let err = read(child.stderr.as_mut().map(|p| p as &mut dyn Read));
+    (status.code().unwrap_or(-1), out, err)
 }
 
 /// The raw text of a top-level field of a flat JSON object (numbers, `true`, `{...}`).

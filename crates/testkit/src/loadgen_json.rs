@@ -70,6 +70,26 @@ pub struct LoadgenJson {
     /// Largest latency, µs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_us: Option<f64>,
+    /// `rr --rate` (open loop): the requests per second asked for, in all. The latency
+    /// figures then count from each request's intended send time (corrected for
+    /// coordinated omission); without `--rate` this and the four fields below are absent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub target_rate: Option<f64>,
+    /// `rr --rate`: requests sent per second of `elapsed_secs` (the offered load achieved).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub achieved_rate: Option<f64>,
+    /// `rr --rate`: requests sent in the measured phase.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub sent: Option<u64>,
+    /// `rr --rate`: of `sent`, those sent more than one interval (`conns / target_rate`
+    /// seconds) after their intended send time: the schedule was not kept. Above 1 % of
+    /// `sent`, `loadgen` says so on stderr and in `notes`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub late: Option<u64>,
+    /// `rr --rate`: requests whose intended send time fell in the measured phase but were
+    /// never sent (their connection still awaited an earlier reply at the end).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unsent: Option<u64>,
     /// Failures by kind (`refused`, `reset`, `timeout`, `mismatch`, ...).
     pub errors: BTreeMap<String, u64>,
     /// The sum of `errors`.
@@ -228,6 +248,19 @@ mod tests {
         assert_eq!(plain.server_closed, None);
         assert!(!plain.to_line().contains("server_closed"));
         assert_eq!(LoadgenJson::find_in(&plain.to_line()).unwrap(), plain);
+    }
+
+    #[test]
+    fn parses_the_open_loop_fields() {
+        let line = r#"{"mode":"rr","errors":{},"error_total":0,"verification_failed":false,"target_rate":1000.0,"achieved_rate":998.5,"sent":1997,"late":4,"unsent":2}"#;
+        let r = LoadgenJson::find_in(line).unwrap();
+        assert_eq!(r.target_rate, Some(1000.0));
+        assert_eq!(r.achieved_rate, Some(998.5));
+        assert_eq!((r.sent, r.late, r.unsent), (Some(1997), Some(4), Some(2)));
+        assert_eq!(LoadgenJson::find_in(&r.to_line()).unwrap(), r);
+        // Absent (closed loop), not printed.
+        let plain = LoadgenJson::default().to_line();
+        assert!(!plain.contains("target_rate") && !plain.contains("\"late\""));
     }
 
     #[test]

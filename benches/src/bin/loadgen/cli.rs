@@ -107,6 +107,14 @@ pub(crate) struct EchoArgs {
     /// unanswered after 200 ms counts as `lost` and the next one is sent). SIZE >= 16.
     #[arg(long)]
     pub(crate) udp: bool,
+    /// `rr` only: open loop at RATE requests per second in all, spread evenly over the
+    /// connections. Each connection sends on its own schedule (a constant interval, a random
+    /// phase), one request in flight at a time: a request whose time comes while the
+    /// previous one is unanswered goes out as soon as that reply arrives. Latency counts from
+    /// the intended send time, so a stall weighs for every request it delayed (corrected for
+    /// coordinated omission). Not with --udp.
+    #[arg(long, value_parser = parse_rate, value_name = "RATE")]
+    pub(crate) rate: Option<f64>,
     #[command(flatten)]
     pub(crate) common: Common,
 }
@@ -295,6 +303,17 @@ impl IdleArgs {
     }
 }
 
+/// A positive, finite number of requests per second (fractions allowed).
+fn parse_rate(s: &str) -> Result<f64, String> {
+    let v: f64 = s
+        .parse()
+        .map_err(|_| format!("`{s}` is not a number of requests per second"))?;
+    if !v.is_finite() || v <= 0.0 {
+        return Err("must be a finite number of requests per second, more than 0".into());
+    }
+    Ok(v)
+}
+
 /// A positive number of seconds (fractions allowed).
 fn parse_secs(s: &str) -> Result<Duration, String> {
     match parse_secs_or_zero(s)? {
@@ -336,5 +355,18 @@ mod tests {
         };
         assert_eq!(a.conns, 2000);
         assert!(a.common.json);
+    }
+
+    #[test]
+    fn rate_is_positive_and_finite() {
+        for good in ["1000", "0.5", "1e6"] {
+            assert!(parse_rate(good).is_ok(), "{good}");
+        }
+        for bad in ["0", "-5", "inf", "NaN", "fast", ""] {
+            assert!(parse_rate(bad).is_err(), "{bad}");
+        }
+        let cli = Cli::try_parse_from(["loadgen", "rr", "--rate", "250"]).unwrap();
+        let Mode::Rr(a) = cli.mode else { panic!("rr") };
+        assert_eq!(a.rate, Some(250.0));
     }
 }

@@ -20,23 +20,23 @@
 //! Every connection is closed abortively (RST, see [`net::close_abortively`]).
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::net::IpAddr;
-
-use duo_sys::socket2::Socket;
-
-use crate::net::Target;
-use std::os::fd::AsFd;
+use std::os::fd::{AsFd, BorrowedFd};
 use std::time::{Duration, Instant};
 
 use duo_sys::{Epoll, Events, Interest, Ready};
 
+use crate::conn::Conn;
 use crate::fault::{Fault, Faults};
-use crate::net;
+use crate::net::{self, Target};
 use crate::tls::TlsConn;
 
 /// How often connects and outstanding replies are checked against the timeout.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(100);
+/// The epoll token of [`Engine::add_waker`]'s descriptor: its slot index (the low 32 bits)
+/// is larger than any slot's.
+const WAKER_TOKEN: u64 = u64::MAX;
 /// Bytes one `read` asks for.
 const READ_CHUNK: usize = 64 * 1024;
 
@@ -136,77 +136,6 @@ enum State {
     Open,
     /// Finished: its session wants no more connections.
     Done,
-}
-
-/// A connected (or connecting) socket and its bytes.
-#[derive(Debug)]
-struct Conn {
-    stream: Option<Socket>,
-    /// Received, not yet consumed by the session.
-    input: Vec<u8>,
-    /// Queued for sending; `out[out_pos..]` is still unsent.
-    out: Vec<u8>,
-    out_pos: usize,
-    /// The TLS session, with `--tls-ca` (`out` is then plaintext).
-    tls: Option<Box<TlsConn>>,
-}
-
-impl Conn {
-    fn new(stream: Socket) -> Conn {
-        Conn {
-            stream: Some(stream),
-            input: Vec::new(),
-            out: Vec::new(),
-            out_pos: 0,
-            tls: None,
-        }
-    }
-
-    fn stream(&mut self) -> &mut Socket {
-        self.stream.as_mut().expect("a live Conn has a stream")
-    }
-
-    /// Writes queued output until it is all sent or the socket is full.
-    fn flush(&mut self) -> Result<(), Fault> {
-        if let Some(tls) = &mut self.tls {
-            let stream = self.stream.as_mut().expect("a live Conn has a stream");
-            let plain = if tls.up {
-                &self.out[self.out_pos..]
-            } else {
-                &[][..]
-            };
-            tls.flush(plain, stream)?;
-            if tls.up {
-                self.out.clear();
-                self.out_pos = 0;
-            }
-            return Ok(());
-        }
-        while self.out_pos < self.out.len() {
-            let stream = self.stream.as_mut().expect("a live Conn has a stream");
-            match stream.write(&self.out[self.out_pos..]) {
-                Ok(0) => return Err(Fault::Io),
-                Ok(n) => self.out_pos += n,
-                // Edge-triggered: the next writable edge resumes the flush.
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => return Ok(()),
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => return Err(Fault::of(&e)),
-            }
-        }
-        self.out.clear();
-        self.out_pos = 0;
-        Ok(())
-    }
-}
-
-impl Drop for Conn {
-    fn drop(&mut self) {
-        // Closing also removes the socket from the epoll set: nothing else holds a
-        // duplicate of the descriptor, so no explicit `epoll_ctl(DEL)` is needed.
-        if let Some(stream) = self.stream.take() {
-            net::close_abortively(stream);
-        }
-    }
 }
 
 /// One session and its connection.
@@ -351,14 +280,15 @@ impl<S: Session> Engine<S> {
         (self.server_closed, self.unanswered_on_close)
     }
 
-    /// Calls `f` on the session of slot `idx` if its connection is open, then acts on its
-    /// [`Step`]; returns whether it was open.
+    /// Calls `f` on the session of slot `idx` if its connection is open (with TLS: past the
+    /// handshake, its session opened), then acts on its [`Step`]; returns whether it was.
     pub(crate) fn poke(
         &mut self,
         idx: usize,
         f: impl FnOnce(&mut S, &mut Ctx<'_, S::Shared>) -> Step,
     ) -> bool {
-        if !matches!(self.slots.get(idx).map(|s| s.state), Some(State::Open)) {
+        let open = matches!(self.slots.get(idx).map(|s| s.state), Some(State::Open));
+        if !open || self.is_handshaking(idx) {
             return false;
         }
         let step = self.with_session(idx, |session, _, ctx| f(session, ctx));
@@ -374,6 +304,13 @@ impl<S: Session> Engine<S> {
     /// Whether the open-file limit stopped the engine from opening connections.
     pub(crate) fn fd_exhausted(&self) -> bool {
         self.fd_exhausted
+    }
+
+    /// Registers `fd` (for example a [`duo_sys::TimerFd`]), level-triggered for reading,
+    /// so that [`Engine::poll`] returns when it becomes readable. The engine ignores its
+    /// events (its token names no slot): the caller clears the readiness after each poll.
+    pub(crate) fn add_waker(&self, fd: BorrowedFd<'_>) -> io::Result<()> {
+        self.epoll.add(fd, Interest::READABLE, WAKER_TOKEN)
     }
 
     /// One round: starts due connects, waits for readiness until `until` at the latest

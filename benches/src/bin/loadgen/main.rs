@@ -3,6 +3,7 @@
 //! ```text
 //! loadgen pingpong --addr 127.0.0.1:7000 --conns 100 --size 16384 --secs 10 [--threads 2]
 //! loadgen rr       --addr 127.0.0.1:7000 --conns 100 --size 64 --secs 10
+//! loadgen rr       --addr 127.0.0.1:7000 --conns 100 --size 64 --secs 10 --rate 20000
 //! loadgen rr --udp --addr 127.0.0.1:7000 --conns 100 --size 64 --secs 10
 //! loadgen idle     --addr 127.0.0.1:7000 --conns 10000 --hold 5 [--pid SERVER_PID] [--procs P]
 //! loadgen churn    --addr 127.0.0.1:7000 --conns 50 --secs 10 [--reconnect]
@@ -18,12 +19,17 @@
 //! bad usage, such as an address that is not loopback. Every run ends within a hard time
 //! limit (see [`cli::Mode::hard_limit`]), whatever the server does.
 //!
+//! `rr --rate R` runs open loop: requests go out on a schedule of R per second whatever
+//! the server does, and latency counts from each request's intended send time (see
+//! [`modes::open_loop`]).
+//!
 //! `idle --procs P` spreads its connections over P child processes of this binary (one
 //! process can hold only as many connections as its open-file limit allows): see
 //! [`modes::procs`].
 #![forbid(unsafe_code)]
 
 mod cli;
+mod conn;
 mod engine;
 mod fault;
 mod host;
@@ -74,7 +80,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if let Err(e) = modes::udp::check_usage(&mode) {
+    if let Err(e) =
+        modes::udp::check_usage(&mode).and_then(|()| modes::open_loop::check_usage(&mode))
+    {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
     }

@@ -40,8 +40,18 @@ pub(crate) struct Report {
     pub(crate) msgs_per_sec: Option<f64>,
     /// `bytes` per second, in MiB.
     pub(crate) mib_per_sec: Option<f64>,
-    /// Latency of one unit of work.
+    /// Latency of one unit of work (`rr --rate`: from each request's intended send time).
     pub(crate) latency: Option<Summary>,
+    /// `rr --rate`: the requests per second asked for.
+    pub(crate) target_rate: Option<f64>,
+    /// `rr --rate`: requests sent per second of `elapsed_secs`.
+    pub(crate) achieved_rate: Option<f64>,
+    /// `rr --rate`: requests sent.
+    pub(crate) sent: Option<u64>,
+    /// `rr --rate`: requests sent more than one interval after their intended time.
+    pub(crate) late: Option<u64>,
+    /// `rr --rate`: requests due in the measured phase, never sent.
+    pub(crate) unsent: Option<u64>,
     /// Failures by kind.
     pub(crate) errors: Faults,
     /// Connections established (idle: confirmed with an echo; bank: clients logged in).
@@ -144,6 +154,11 @@ impl Report {
             p99_us: f(l.map(|l| l.p99_us)),
             p999_us: f(l.map(|l| l.p999_us)),
             max_us: f(l.map(|l| l.max_us)),
+            target_rate: f(self.target_rate),
+            achieved_rate: f(self.achieved_rate),
+            sent: self.sent,
+            late: self.late,
+            unsent: self.unsent,
             errors: self.errors.iter().map(|(k, n)| (k.to_owned(), n)).collect(),
             error_total: self.errors.total(),
             established: self.established,
@@ -228,6 +243,19 @@ impl Report {
                 format!(
                     "p50 {:.1}  p99 {:.1}  p99.9 {:.1}  max {:.1}  mean {:.1}",
                     l.p50_us, l.p99_us, l.p999_us, l.max_us, l.mean_us
+                ),
+            );
+        }
+        if let (Some(target), Some(sent)) = (self.target_rate, self.sent) {
+            let achieved = self.achieved_rate.map_or("-".to_owned(), group);
+            let (late, unsent) = (self.late.unwrap_or(0), self.unsent.unwrap_or(0));
+            line(
+                &mut s,
+                "open loop",
+                format!(
+                    "target {} /s, achieved {achieved} /s ({sent} sent, {late} late, {unsent} \
+                     never sent); latency from the intended send times",
+                    group(target)
                 ),
             );
         }
@@ -363,6 +391,32 @@ mod tests {
         assert!(j.contains("\"error_total\":1"));
         assert!(j.contains("a \\\"quoted\\\" note"));
         assert!(!j.contains("p50_us"));
+        assert!(!j.contains("target_rate"));
+        assert!(!r.to_human().contains("open loop"));
+    }
+
+    #[test]
+    fn open_loop_figures_are_reported() {
+        let r = Report {
+            mode: "rr",
+            elapsed_secs: Some(2.0),
+            target_rate: Some(1000.0),
+            achieved_rate: Some(998.7),
+            sent: Some(1999),
+            late: Some(3),
+            unsent: Some(1),
+            ..Report::default()
+        };
+        let j = r.to_json();
+        assert_eq!(j.target_rate, Some(1000.0));
+        assert_eq!(j.achieved_rate, Some(998.7));
+        assert_eq!((j.sent, j.late, j.unsent), (Some(1999), Some(3), Some(1)));
+        let human = r.to_human();
+        assert!(
+            human.contains("target 1 000 /s, achieved 999 /s"),
+            "{human}"
+        );
+        assert!(human.contains("1999 sent, 3 late, 1 never sent"), "{human}");
     }
 
     #[test]

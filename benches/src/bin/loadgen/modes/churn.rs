@@ -103,6 +103,7 @@ fn worker(
         server_closed,
         unanswered_on_close,
         waiting_at_end,
+        ..Tally::default()
     })
 }
 

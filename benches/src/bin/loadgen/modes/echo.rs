@@ -5,11 +5,13 @@
 //! for throughput, 64 B for latency) and in what the summary leads with.
 //!
 //! The latency of a request is from when it was queued (at once when the previous echo
-//! completed: nothing else delays it) to when the last byte of its echo was read. A
+//! completed: nothing else delays it) to when the last byte of its echo was read; with
+//! `rr --rate` (open loop, [`open_loop`]), from its intended send time. A
 //! request still unanswered when the phase ends (on a connection still open: one lost with
 //! its connection is a fault) counts with what it has waited so far if that is longer
 //! than every answered one ([`Latency::record_unanswered`]): a server that stops
-//! answering shows its stall, not only its earlier, fast answers.
+//! answering shows its stall, not only its earlier, fast answers. Open loop, so do the
+//! requests due and never sent behind it.
 //!
 //! Each connection draws its messages from its own random *tape* of SIZE + 4 KiB bytes,
 //! starting at a random offset: generating no new bytes per message keeps the load
@@ -23,6 +25,7 @@ use crate::cli::EchoArgs;
 use crate::engine::{Ctx, Engine, Session, Step};
 use crate::fault::Fault;
 use crate::latency::Latency;
+use crate::modes::open_loop::{self, Pacer, Schedule};
 use crate::modes::{finish, Env, Part, Tally};
 use crate::report::Report;
 use crate::runner::{open_and_measure, run_threads, ServerCpu, Ticket};
@@ -65,6 +68,9 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
     report.threads = threads;
     report.conns = Some(conns as u64);
     let setup_deadline = Instant::now() + env.timeout;
+    // `rr --rate`: each connection's share of the rate.
+    let rate = args.rate.filter(|_| kind == Kind::Rr);
+    let interval = rate.map(|rate| open_loop::interval_for(conns, rate));
 
     let mut cpu = ServerCpu::default();
     let results = run_threads(
@@ -74,6 +80,7 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
                 env,
                 Part::new(t, threads, conns, 0),
                 size,
+                interval,
                 args.secs,
                 setup_deadline,
                 ticket,
@@ -85,6 +92,9 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
         },
     );
     let tally = finish(&mut report, cpu, results, true)?;
+    if let Some(rate) = rate {
+        tally.open_loop.fill(&mut report, rate);
+    }
     if args.reconnect {
         tally.fill_closes(&mut report);
     }
@@ -98,16 +108,22 @@ pub(crate) fn run(kind: Kind, args: &EchoArgs, env: &Env) -> Result<Report, Stri
     Ok(report)
 }
 
-/// One thread: connect its share, wait for the gate, ping-pong until the end.
+/// One thread: connect its share, wait for the gate, ping-pong until the end (open loop,
+/// with `interval`: each connection sends on its schedule, one request per interval).
 fn worker(
     env: &Env,
     part: Part,
     size: usize,
+    interval: Option<Duration>,
     secs: Duration,
     setup_deadline: Instant,
     mut ticket: Ticket<'_>,
 ) -> io::Result<Tally> {
-    let sessions = env.sessions(part, |seed| EchoSession::new(size, seed));
+    let mut slot = 0;
+    let sessions = env.sessions(part, |seed| {
+        slot += 1;
+        EchoSession::new(size, seed, interval.map(|i| (slot - 1, i)))
+    });
     let mut engine = Engine::new(
         env.target.clone(),
         sessions,
@@ -122,28 +138,44 @@ fn worker(
         return Ok(Tally::default());
     };
     engine.shared_mut().running = true;
+    engine.shared_mut().pacer.go = Some(go);
     engine.each(|session, ctx| {
-        session.send(ctx);
+        session.next(ctx);
         Step::Continue
     });
     let end = go + secs;
-    while Instant::now() < end {
-        engine.poll(end)?;
+    if interval.is_some() {
+        open_loop::drive(&mut engine, end, |s| &mut s.pacer, EchoSession::fire)?;
+    } else {
+        while Instant::now() < end {
+            engine.poll(end)?;
+        }
     }
     let stopped = Instant::now();
     let elapsed = stopped.saturating_duration_since(go);
     // A stall at the end of the phase: what the requests in flight have waited so far
-    // (on open connections: one lost with its connection is a fault, not a wait).
-    let waits: Vec<Duration> = engine
-        .open_sessions()
-        .filter_map(|s| s.sent_at)
-        .map(|sent_at| stopped.saturating_duration_since(sent_at))
-        .collect();
-    engine.shared_mut().latency.record_unanswered(waits);
+    // (on open connections: one lost with its connection is a fault, not a wait), and,
+    // open loop, those due and never sent behind them.
+    let mut waits: Vec<(Duration, u64)> = Vec::new();
+    let mut unsent = 0;
+    for s in engine.open_sessions() {
+        if s.sent_at.is_some() {
+            waits.push((stopped.saturating_duration_since(s.intended), 1));
+        }
+        if let Some(schedule) = &s.schedule {
+            let groups = schedule.unsent(stopped, go);
+            unsent += groups.iter().map(|&(_, n)| n).sum::<u64>();
+            waits.extend(groups);
+        }
+    }
+    let shared = engine.shared_mut();
+    shared.latency.record_unanswered_n(waits);
+    shared.pacer.counts.unsent = unsent;
     let (server_closed, unanswered_on_close) = engine.closed_by_server();
     let waiting_at_end = engine.waiting();
     let (shared, faults) = engine.finish();
     Ok(Tally {
+        open_loop: shared.pacer.counts,
         msgs: shared.msgs,
         bytes: shared.bytes,
         latency: shared.latency,
@@ -164,6 +196,8 @@ struct Shared {
     msgs: u64,
     bytes: u64,
     latency: Latency,
+    /// Open loop: the connections' timers and what their schedules achieved.
+    pacer: Pacer,
 }
 
 /// One connection: the message in flight and how much of it came back.
@@ -178,13 +212,21 @@ struct EchoSession {
     received: usize,
     /// When it was sent; `None` when no message is in flight.
     sent_at: Option<Instant>,
+    /// When it was meant to be sent, from which its latency counts (with `sent_at`): open
+    /// loop, its time in the schedule; closed loop, `sent_at`.
+    intended: Instant,
+    /// Open loop (`rr --rate`): the connection's intended send times.
+    schedule: Option<Schedule>,
 }
 
 impl EchoSession {
-    fn new(size: usize, seed: u64) -> EchoSession {
+    /// A connection's session; open loop with `schedule`: its slot in the engine and the
+    /// interval between its requests.
+    fn new(size: usize, seed: u64, schedule: Option<(usize, Duration)>) -> EchoSession {
         let mut rng = XorShift::new(seed);
         let mut tape = vec![0; size + TAPE_SLACK];
         rng.fill(&mut tape);
+        let schedule = schedule.map(|(slot, interval)| Schedule::new(slot, interval, &mut rng));
         EchoSession {
             tape,
             size,
@@ -192,16 +234,39 @@ impl EchoSession {
             offset: 0,
             received: 0,
             sent_at: None,
+            intended: Instant::now(),
+            schedule,
         }
     }
 
-    /// Queues the next message.
-    fn send(&mut self, ctx: &mut Ctx<'_, Shared>) {
+    /// Nothing is in flight: closed loop, sends the next message now; open loop, sends it
+    /// if its time has come, or leaves it to its timer ([`EchoSession::fire`]).
+    fn next(&mut self, ctx: &mut Ctx<'_, Shared>) {
+        let intended = match &mut self.schedule {
+            None => Some(ctx.now),
+            Some(schedule) => ctx.shared.pacer.next_send(schedule, ctx.now),
+        };
+        if let Some(intended) = intended {
+            self.send(ctx, intended);
+        }
+    }
+
+    /// Open loop: the timer of the next message is due.
+    fn fire(&mut self, ctx: &mut Ctx<'_, Shared>) {
+        // A stale timer (the connection reopened meanwhile) finds a message in flight.
+        if self.sent_at.is_none() && ctx.shared.running {
+            self.next(ctx);
+        }
+    }
+
+    /// Queues the next message, meant to be sent at `intended`.
+    fn send(&mut self, ctx: &mut Ctx<'_, Shared>, intended: Instant) {
         self.offset = self.rng.below(TAPE_SLACK as u64 + 1) as usize;
         ctx.out
             .extend_from_slice(&self.tape[self.offset..self.offset + self.size]);
         self.received = 0;
         self.sent_at = Some(ctx.now);
+        self.intended = intended;
     }
 }
 
@@ -210,16 +275,16 @@ impl Session for EchoSession {
 
     fn on_open(&mut self, ctx: &mut Ctx<'_, Shared>) -> Step {
         if ctx.shared.running {
-            self.send(ctx);
+            self.next(ctx);
         }
         Step::Continue
     }
 
     fn on_data(&mut self, input: &[u8], ctx: &mut Ctx<'_, Shared>) -> Result<(usize, Step), Fault> {
         // Bytes when nothing is in flight, more bytes than were sent, or different bytes.
-        let Some(sent_at) = self.sent_at else {
+        if self.sent_at.is_none() {
             return Err(Fault::Mismatch);
-        };
+        }
         let expected = &self.tape[self.offset + self.received..self.offset + self.size];
         if input.len() > expected.len() || input != &expected[..input.len()] {
             return Err(Fault::Mismatch);
@@ -231,10 +296,10 @@ impl Session for EchoSession {
             shared.bytes += self.size as u64;
             shared
                 .latency
-                .record(ctx.now.saturating_duration_since(sent_at));
+                .record(ctx.now.saturating_duration_since(self.intended));
             self.sent_at = None;
             if shared.running {
-                self.send(ctx);
+                self.next(ctx);
             }
         }
         Ok((input.len(), Step::Continue))

@@ -4,6 +4,7 @@ pub(crate) mod bank;
 pub(crate) mod churn;
 pub(crate) mod echo;
 pub(crate) mod idle;
+pub(crate) mod open_loop;
 pub(crate) mod procs;
 pub(crate) mod udp;
 
@@ -160,6 +161,8 @@ pub(crate) struct Tally {
     pub(crate) unanswered_on_close: u64,
     /// Connections still waiting for the server when the measured phase ended.
     pub(crate) waiting_at_end: u64,
+    /// `rr --rate`: what the schedules achieved.
+    pub(crate) open_loop: open_loop::RateCounts,
 }
 
 impl Tally {
@@ -174,6 +177,7 @@ impl Tally {
         self.server_closed += other.server_closed;
         self.unanswered_on_close += other.unanswered_on_close;
         self.waiting_at_end += other.waiting_at_end;
+        self.open_loop.merge(&other.open_loop);
     }
 
     /// Fills the report's throughput, latency and error fields.
