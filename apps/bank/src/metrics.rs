@@ -69,7 +69,8 @@ impl BankMetrics {
             "writes",
             "Write operations committed (or refused) by kind (register, deposit, withdraw, \
              transfer) and outcome (ok, rejected: a business rule said no; error: the \
-             database failed)",
+             database failed; replayed: a transfer retried with its request id, answered \
+             with the first one's outcome and applying nothing)",
             self.writes.clone(),
         );
         bank.register(
@@ -132,6 +133,7 @@ impl BankMetrics {
             };
             let outcome = match result {
                 Ok(WriteOutcome::Rejected(..)) => "rejected",
+                Ok(WriteOutcome::Replayed(..)) => "replayed",
                 Ok(_) => "ok",
                 Err(_) => "error",
             };

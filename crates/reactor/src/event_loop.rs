@@ -304,6 +304,9 @@ impl EventLoop {
         self.health.busy_now(&self.shared.metrics.health);
         self.iteration = self.iteration.wrapping_add(1);
         self.run_queued();
+        // Counted now: a function of this pass may have quit the loop, and `run` then
+        // returns without another iteration (whose end would have published them).
+        self.publish_metrics();
         self.health.idle(&self.shared.metrics.health);
         let result = loop {
             // Not before what it took off its queue has run (slices one per iteration).

@@ -161,11 +161,19 @@ pub(super) fn write_replies(metrics: &BankMetrics, results: WriteResults) -> Com
     let mut reply = String::new();
     for result in results {
         reply.push_str(&match result {
-            Ok(WriteOutcome::Registered) => ok_line("registered"),
-            Ok(WriteOutcome::Balance(b)) => ok_line(b),
-            Ok(WriteOutcome::Rejected(code, message)) => err_line(code, &message),
+            Ok(outcome) => reply_line(outcome),
             Err(e) => store_failed(metrics, &e),
         });
     }
     Completion::reply(reply)
+}
+
+/// The reply line of a write's outcome (a replay's: the first one's).
+fn reply_line(outcome: WriteOutcome) -> String {
+    match outcome {
+        WriteOutcome::Registered => ok_line("registered"),
+        WriteOutcome::Balance(b) => ok_line(b),
+        WriteOutcome::Rejected(code, message) => err_line(code, &message),
+        WriteOutcome::Replayed(first) => reply_line(*first),
+    }
 }

@@ -195,6 +195,9 @@ pub(crate) enum WriteOutcome {
     /// Refused by a business rule; nothing changed (except that a transfer with a request
     /// id records the refusal, so that a retry gets it again).
     Rejected(ErrorCode, String),
+    /// A transfer retried with its request id: nothing applied or refused anew, the
+    /// answer is the recorded outcome of the first one (a `Balance` or a `Rejected`).
+    Replayed(Box<WriteOutcome>),
 }
 
 /// The results of a job's operations, in order.

@@ -48,7 +48,9 @@ INSERT INTO bank_meta (key, value) VALUES ('schema_version', '1')
     ON CONFLICT (key) DO NOTHING;
 
 -- One operation's outcome: status 'OK' (balance set), 'REGISTERED', or a protocol error
--- code with its message.
+-- code with its message. A transfer replayed by its request id has the first one's
+-- outcome with a mark: the message 'replayed' beside an 'OK', a balance beside an error
+-- code (bank_apply below).
 DO $$ BEGIN
     CREATE TYPE bank_outcome AS (status text, balance bigint, message text);
 EXCEPTION WHEN duplicate_object THEN NULL;
@@ -184,8 +186,13 @@ BEGIN
                 IF r_to[q] <> names[i] OR r_amount[q] <> amt THEN
                     r := ROW('BAD_REQUEST', NULL,
                         'request id already used for a different transfer');
+                ELSIF r_status[q] = 'OK' THEN
+                    -- A replay carries a mark in the column its outcome leaves empty
+                    -- (readers that do not know it ignore that column): 'replayed' as
+                    -- the message of an OK, a balance (0) beside a refusal.
+                    r := ROW('OK', r_bal[q], 'replayed');
                 ELSE
-                    r := ROW(r_status[q], r_bal[q], r_msg[q]);
+                    r := ROW(r_status[q], 0, r_msg[q]);
                 END IF;
                 RETURN NEXT r;
                 CONTINUE;
@@ -195,8 +202,10 @@ BEGIN
                 IF names[q] <> names[i] OR amounts[q] <> amt THEN
                     r := ROW('BAD_REQUEST', NULL,
                         'request id already used for a different transfer');
+                ELSIF o_status[q] = 'OK' THEN
+                    r := ROW('OK', o_bal[q], 'replayed');
                 ELSE
-                    r := ROW(o_status[q], o_bal[q], o_msg[q]);
+                    r := ROW(o_status[q], 0, o_msg[q]);
                 END IF;
                 RETURN NEXT r;
                 CONTINUE;

@@ -584,7 +584,8 @@ fn apply(c: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOutcom
                 let (status, balance, message) = match &outcome {
                     WriteOutcome::Balance(b) => ("OK", Some(*b), None),
                     WriteOutcome::Rejected(code, m) => (code.as_str(), None, Some(m.as_str())),
-                    WriteOutcome::Registered => ("OK", None, None),
+                    // (Neither comes out of `transfer`.)
+                    WriteOutcome::Registered | WriteOutcome::Replayed(_) => ("OK", None, None),
                 };
                 c.prepare_cached(
                     "INSERT INTO requests (user_id, request_id, to_user, amount, status, balance, message)
@@ -621,13 +622,14 @@ fn replay(
     if first_to != to || first_amount != amount {
         return Ok(Some(rejected(ErrorCode::BadRequest, RID_REUSED)));
     }
-    Ok(Some(match (status.as_str(), balance) {
+    let first = match (status.as_str(), balance) {
         ("OK", Some(b)) => WriteOutcome::Balance(b),
         _ => WriteOutcome::Rejected(
             ErrorCode::parse(&status).unwrap_or(ErrorCode::Internal),
             message.unwrap_or_default(),
         ),
-    }))
+    };
+    Ok(Some(WriteOutcome::Replayed(Box::new(first))))
 }
 
 fn transfer(

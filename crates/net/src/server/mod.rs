@@ -153,7 +153,8 @@ fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
 /// flag), all sequentially consistent: either the close sees the flag and resumes the
 /// acceptors, or this sees the lowered count and resumes them itself. The pauses are
 /// queued before the flag is set, so a resume (queued after the flag was seen) always
-/// runs after them on every loop.
+/// runs after them on every loop. Only the call that sets the flag counts a pause
+/// (`full_pauses`): loops that find the server full at once pause it once.
 fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
     let active = &shared.counters.active;
     if active.load(Ordering::SeqCst) < max {
@@ -165,11 +166,17 @@ fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
             lp.with_handler::<Acceptor, _>(token, |_, ch, a| a.pause_full(ch));
         });
     }
-    shared.accept_paused.store(true, Ordering::SeqCst);
+    // Whether this call paused a server that was accepting: another loop that found it
+    // full at the same moment (one over the maximum) pauses too, but the server stopped
+    // accepting once, and that is what `full_pauses` counts.
+    let newly = !shared.accept_paused.swap(true, Ordering::SeqCst);
     if active.load(Ordering::SeqCst) < max && shared.accept_paused.swap(false, Ordering::SeqCst) {
         // Room was made meanwhile, unseen by the close: undo the pauses.
         resume_accepting(shared);
         return Admission::Continue;
+    }
+    if !newly {
+        return Admission::Pause;
     }
     AcceptCounters::bump(&shared.counters.full_pauses);
     duo_reactor::log_limited!(

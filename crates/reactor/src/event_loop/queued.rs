@@ -47,7 +47,6 @@ impl EventLoop {
         self.shared.draining.store(true, Ordering::SeqCst);
         let waiting = self.running.len() + local.len();
         self.health.task_batch(waiting, &self.shared.metrics.health);
-        self.iteration_tasks += local.len() as u64;
         let mut ran = 0;
         loop {
             if self.running.is_empty() && !took {
@@ -80,6 +79,9 @@ impl EventLoop {
         }
         let mut tasks = local.drain(..);
         while let Some(task) = tasks.next() {
+            // Counted as it runs, as those taken through handles: a panic puts the ones
+            // after it back, to be counted when they do run.
+            self.iteration_tasks += 1;
             let name = task.name;
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
                 let rest = tasks.collect();
@@ -125,11 +127,14 @@ impl EventLoop {
     /// A queued function panicked: the local functions after it go back to the front of
     /// their queue, in order, and those taken through handles not run yet stay where they
     /// are, so that the next `run` runs them first (the panicking one is dropped; nothing
-    /// else that was accepted is lost).
+    /// else that was accepted is lost). What the iteration counted so far (the panicking
+    /// function included: it ran) is published, as the iteration's end would have: the
+    /// loop may never run again.
     fn requeue_after_panic(&mut self, local_rest: Vec<LocalTask>) {
         self.local_tasks.splice(0..0, local_rest);
         self.shared.draining.store(false, Ordering::SeqCst);
         self.wake_for_the_rest();
+        self.publish_metrics();
     }
 
     /// Functions taken through handles and left for the next iteration: the loop must not

@@ -72,13 +72,24 @@ pub(super) fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
     decoded
         .into_iter()
         .map(|(status, balance, message)| match (status, balance) {
+            // A replay's mark (`postgres.sql`): a message beside an OK.
+            ("OK", Some(b)) if message.is_some() => replayed(WriteOutcome::Balance(b)),
             ("OK", Some(b)) => Ok(WriteOutcome::Balance(b)),
             ("REGISTERED", _) => Ok(WriteOutcome::Registered),
             ("INTERNAL", _) => Err(StoreError::Postgres(message.unwrap_or_default())),
             (code, _) => match ErrorCode::parse(code) {
+                // ... and a balance beside a refusal.
+                Some(code) if balance.is_some() => {
+                    replayed(WriteOutcome::Rejected(code, message.unwrap_or_default()))
+                }
                 Some(code) => Ok(WriteOutcome::Rejected(code, message.unwrap_or_default())),
                 None => Err(StoreError::Postgres(format!("unknown outcome {code:?}"))),
             },
         })
         .collect()
+}
+
+/// A transfer answered with the recorded outcome `first` of its request id.
+fn replayed(first: WriteOutcome) -> Result<WriteOutcome, StoreError> {
+    Ok(WriteOutcome::Replayed(Box::new(first)))
 }
