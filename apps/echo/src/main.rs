@@ -20,7 +20,7 @@
 //!   hands TCP listeners to its workers; a usage error), and `--accept reuseport` falls
 //!   back to `shared` there.
 //! - `--io-threads N`: I/O threads (sub reactors); default the number of cores, 0 serves
-//!   everything on the main thread (single reactor).
+//!   everything on the main thread (single reactor); at most 4096 (a usage error beyond).
 //! - `--loops M`: serve the connections on `M` loops shared by the I/O threads instead of
 //!   one loop per thread (`ServerBuilder::loops`): a ready loop whose thread is busy or
 //!   off its core is run by another I/O thread, so a thread that loses its core holds
@@ -83,7 +83,9 @@
 //! - `--tls-cert PEM --tls-key PEM`: serve TLS (rustls; TLS 1.3 and 1.2) with the
 //!   certificate chain and private key in these PEM files (both or neither). The echo is
 //!   of the plaintext. With `--processes`, every worker loads the files itself. A file
-//!   that cannot be read or holds no certificate (key) is a usage error.
+//!   that cannot be read or holds no certificate (key) is a usage error; a certificate
+//!   that has expired or is not valid yet is served, with a warning naming the file and
+//!   its dates.
 //! - `--drain-timeout SECS` (default 4, at most 86400): how long a graceful stop waits for
 //!   connections to finish before it closes them.
 //! - `--processes N`: a supervisor process binds `--listen` once and runs `N` worker
@@ -142,6 +144,11 @@ const MAX_SECS: u64 = 86_400;
 /// far more than a host's threads would only cost memory (or abort on allocating it).
 const MAX_LOOPS: i64 = 4096;
 
+/// The most `--io-threads`, as many as `--loops` may have: beyond a host's cores a thread
+/// only costs memory and descriptors (a mistyped 100000 used to start threads until the
+/// descriptors ran out, and fail seconds later with `Too many open files`).
+const MAX_IO_THREADS: i64 = MAX_LOOPS;
+
 /// The echo server of duo (raw bytes, or the packet protocol with `--framed`).
 #[derive(Debug, Parser)]
 #[command(name = "echo", version, args_conflicts_with_subcommands = true)]
@@ -181,10 +188,10 @@ struct ServeArgs {
     /// socket file) or unix:@name (an abstract Unix-domain name).
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:7000", value_parser = parse_listen)]
     listen: Endpoint,
-    /// I/O threads (sub reactors); 0 serves every connection on the main thread.
-    /// [default: number of cores]
-    #[arg(long, value_name = "N")]
-    io_threads: Option<usize>,
+    /// I/O threads (sub reactors); 0 serves every connection on the main thread; at most
+    /// 4096. [default: number of cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u16).range(0..=MAX_IO_THREADS))]
+    io_threads: Option<u16>,
     /// Serve the connections on N loops shared by the I/O threads (a ready loop whose
     /// thread is busy or off its core is run by another): a shorter latency tail on a
     /// busy host. Default (or 0): one loop per I/O thread; at most 4096.
@@ -520,6 +527,7 @@ fn config(args: &ServeArgs) -> ServeConfig {
         listen: args.listen.clone(),
         io_threads: args
             .io_threads
+            .map(usize::from)
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, NonZeroUsize::get)),
         loops: args.loops.map_or(0, usize::from),
         loop_sharing: args.loop_sharing,

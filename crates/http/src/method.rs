@@ -19,9 +19,10 @@ pub enum Method {
     Put,
     /// `DELETE`.
     Delete,
-    /// `CONNECT` (parsed, but a request target in authority form is refused with 400; a
-    /// route's 2xx answer is sent without its body and closes the connection, as the
-    /// server makes no tunnel).
+    /// `CONNECT`: its target must be in authority form (`host:port`, RFC 9112 section
+    /// 3.2.3; any other form is refused with 400), and is routed as the path
+    /// (`route(Method::Connect, "host:443", ..)`). A route's 2xx answer is sent without
+    /// its body and closes the connection, as the server makes no tunnel.
     Connect,
     /// `OPTIONS`.
     Options,

@@ -62,8 +62,9 @@ impl ParseError {
 ///
 /// Accepted: HTTP/1.0 and 1.1 requests with a method of [`Method::ALL`], a target in
 /// origin form (`/path?query`), absolute form (`http://host/path`, whose path and query
-/// are kept, and whose authority, without userinfo, becomes the `Host` field's value) or
-/// `*` (`OPTIONS` only); HTTP/1.1 requests must have exactly one `Host`, and a `Host`
+/// are kept, and whose authority, without userinfo, becomes the `Host` field's value),
+/// `*` (`OPTIONS` only) or authority form (`host:port`, which `CONNECT` must have and no
+/// other method may: the request's path is then `host:port`); HTTP/1.1 requests must have exactly one `Host`, and a `Host`
 /// must be a valid `host[:port]` (or empty). A body comes with `Content-Length` (one
 /// value, or identical repeats) or, in HTTP/1.1, chunked (`Transfer-Encoding: chunked`):
 /// then the head alone is parsed here and the body decoded as it arrives
@@ -80,7 +81,7 @@ impl ParseError {
 /// an `Expect` other than `100-continue` (417); an unknown method (501); a well-formed
 /// version (`HTTP/d.d`) other than 1.0 and 1.1 (505); anything else malformed (400),
 /// among it a missing, repeated or invalid `Host`, an absolute-form target with userinfo,
-/// and a bare CR before the request line.
+/// a `CONNECT` without an authority-form target, and a bare CR before the request line.
 ///
 /// ```
 /// use duo_http::{parse_request, Limits, Parsed, StatusCode};
@@ -291,8 +292,16 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
             ))
         }
     };
-    // The authority of an absolute-form target.
+    // The authority of an absolute-form target. RFC 9112 section 3.2: CONNECT's target is
+    // authority-form (`host:port`, section 3.2.3) and only CONNECT's; `*` is OPTIONS'
+    // (section 3.2.4); any other method has origin or absolute form.
     let (target, authority) = match target {
+        t if method == Method::Connect => {
+            if !authority_form(t) {
+                return Err(bad("CONNECT needs an authority-form target (host:port)"));
+            }
+            (t.to_owned(), None)
+        }
         t if t.starts_with('/') => (t.to_owned(), None),
         "*" if method == Method::Options => ("*".to_owned(), None),
         t => {
@@ -348,6 +357,14 @@ fn absolute_form(target: &str) -> Option<(String, &str)> {
         p => p.to_owned(),
     };
     Some((path, authority))
+}
+
+/// Whether `target` is in authority form (RFC 9112 section 3.2.3): `uri-host ":" port`,
+/// with a host and a port (no userinfo, path or query).
+fn authority_form(target: &str) -> bool {
+    target.rsplit_once(':').is_some_and(|(host, port)| {
+        !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
+    }) && valid_host(target.as_bytes())
 }
 
 /// Whether `value` is a valid `Host` field value: empty, or `uri-host [":" port]` of

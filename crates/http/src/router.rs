@@ -58,7 +58,10 @@ pub(crate) enum Dispatch<'a> {
 /// - a path no route has → `404 Not Found`;
 /// - a path routed for other methods → `405 Method Not Allowed` with `Allow` listing them;
 /// - `HEAD` on a path routed for `GET` (without a `HEAD` route of its own) → the `GET`
-///   handler, whose body the server does not send.
+///   handler, whose body the server does not send;
+/// - `OPTIONS *` (the server as a whole, RFC 9110 section 9.3.7), unless routed itself →
+///   `200 OK` with no content and `Allow` listing every method some route serves (with
+///   `HEAD` for `GET`) and `OPTIONS`.
 ///
 /// Paths are compared as sent, byte for byte (not percent-decoded; `/a` and `/a/` are
 /// two paths); the query string plays no part.
@@ -79,6 +82,9 @@ pub(crate) enum Dispatch<'a> {
 /// assert_eq!(post.status(), StatusCode::METHOD_NOT_ALLOWED);
 /// assert_eq!(post.header_value("allow"), Some("GET, HEAD"));
 /// assert_eq!(router.respond(&Request::new(Method::Get, "/nope")).status(), StatusCode::NOT_FOUND);
+/// let options = router.respond(&Request::new(Method::Options, "*"));
+/// assert_eq!(options.status(), StatusCode::OK);
+/// assert_eq!(options.header_value("allow"), Some("GET, HEAD, OPTIONS"));
 /// ```
 #[derive(Clone, Default)]
 pub struct Router {
@@ -180,19 +186,15 @@ impl Router {
         if let Some(route) = self.handler(req.method(), req.path()) {
             return Dispatch::Route(route);
         }
+        if req.method() == Method::Options && req.path() == "*" {
+            let all = self.routes.values().flatten().map(|(m, _)| *m);
+            let allow = allow(all.chain([Method::Options]));
+            return Dispatch::Miss(Response::new(StatusCode::OK).header("Allow", &allow));
+        }
         Dispatch::Miss(match self.routes.get(req.path()) {
             None => Response::text(StatusCode::NOT_FOUND, "not found\n"),
             Some(methods) => {
-                let allow = Method::ALL
-                    .into_iter()
-                    .filter(|m| {
-                        methods.iter().any(|(rm, _)| rm == m)
-                            || (*m == Method::Head
-                                && methods.iter().any(|(rm, _)| *rm == Method::Get))
-                    })
-                    .map(Method::as_str)
-                    .collect::<Vec<_>>()
-                    .join(", ");
+                let allow = allow(methods.iter().map(|(m, _)| *m));
                 Response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
                     .header("Allow", &allow)
             }
@@ -208,6 +210,18 @@ impl Router {
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
+}
+
+/// The `Allow` value of `methods` (with `HEAD` where `GET` is), in [`Method::ALL`]'s
+/// order.
+fn allow(methods: impl Iterator<Item = Method> + Clone) -> String {
+    let has = |m: Method| methods.clone().any(|rm| rm == m);
+    Method::ALL
+        .into_iter()
+        .filter(|&m| has(m) || (m == Method::Head && has(Method::Get)))
+        .map(Method::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 impl fmt::Debug for Router {

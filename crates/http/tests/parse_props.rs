@@ -19,7 +19,14 @@ fn check_any(buf: &[u8], limits: &Limits) -> Result<(), TestCaseError> {
         Ok(Parsed::Complete(req, used)) => {
             prop_assert!(used <= buf.len());
             prop_assert!(req.body().len() <= limits.max_body);
-            prop_assert!(req.path().starts_with('/') || req.path() == "*");
+            // The target's form is the method's (RFC 9112 section 3.2): CONNECT's is
+            // `host:port`, `*` is OPTIONS' alone, every other is a path.
+            let path = req.path();
+            match req.method() {
+                Method::Connect => prop_assert!(!path.starts_with('/') && path.contains(':')),
+                Method::Options => prop_assert!(path.starts_with('/') || path == "*"),
+                _ => prop_assert!(path.starts_with('/'), "{path}"),
+            }
         }
         Ok(Parsed::Partial(p)) => {
             prop_assert!(buf.len() <= limits.max_head || p.head_len.is_some());
@@ -95,6 +102,7 @@ fn requestish() -> impl Strategy<Value = Vec<u8>> {
         "HEAD /x?y HTTP/1.0\r\n",
         "OPTIONS * HTTP/1.1\r\n",
         "GET http://h/p HTTP/1.1\r\n",
+        "CONNECT h:443 HTTP/1.1\r\n",
     ]);
     let field = prop::sample::select(vec![
         "Host: h\r\n",

@@ -126,7 +126,7 @@ fn framing_refusals_close_the_connection_and_run_nothing_after() {
         ("GET /hello HTTP/1.1\r\nHost: t\r\nhost: t\r\n\r\n".into(), 400),
         ("GET /hello HTTP/2.0\r\nHost: t\r\n\r\n".into(), 505),
         ("GET /hello\r\n\r\n".into(), 400),
-        ("CONNECT t:443 HTTP/1.1\r\nHost: t:443\r\n\r\n".into(), 400),
+        ("CONNECT /hello HTTP/1.1\r\nHost: t\r\n\r\n".into(), 400),
         // Chunked bodies.
         (chunked("10000000000000003\r\nabc\r\n0\r\n\r\n"), 400),
         (chunked("+3\r\nabc\r\n0\r\n\r\n"), 400),

@@ -68,6 +68,9 @@ use rustls::sign::CertifiedKey;
 use rustls::{ClientConfig, InconsistentKeys, RootCertStore, ServerConfig};
 
 pub use crate::conn::TlsInfo;
+pub use validity::Validity;
+
+mod validity;
 
 /// Default of [`ServerBuilder::tls_handshake_timeout`](crate::ServerBuilder::tls_handshake_timeout)
 /// and of the client's: 10 s.
@@ -238,6 +241,11 @@ pub fn load_private_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>
 /// A server configuration from a certificate chain and its private key in PEM files
 /// (no client authentication; TLS 1.3 and 1.2).
 ///
+/// A certificate of the chain that has expired or is not valid yet is not refused (the
+/// server may start before its renewed certificate arrives), but logged as a warning
+/// naming the file and the dates ([`Validity`]), once per process for the same file and
+/// dates: clients will refuse the handshake until it is replaced.
+///
 /// # Errors
 ///
 /// See [`TlsConfigError`].
@@ -248,6 +256,7 @@ pub fn server_config_from_pem(
     let (cert_path, key_path) = (cert_chain.as_ref(), key.as_ref());
     let certs = load_certs(cert_path)?;
     let key = load_private_key(key_path)?;
+    validity::warn_if_not_valid(cert_path, &certs, std::time::SystemTime::now());
     // Checked here, where the files are known, for messages that name them (rustls checks
     // the same in `with_single_cert`, naming neither).
     let provider = provider();

@@ -21,6 +21,24 @@ impl TestCerts {
     /// If the directory or the files cannot be written, or `rcgen` fails: a test cannot
     /// go on without them.
     pub fn new(label: &str) -> TestCerts {
+        TestCerts::make(label, None)
+    }
+
+    /// As [`new`](TestCerts::new), with a certificate (`cert.pem`) valid only from the
+    /// start of the day `from` to the start of the day `to` (year, month, day; UTC): one
+    /// that has expired, or is not valid yet.
+    ///
+    /// # Panics
+    ///
+    /// As [`new`](TestCerts::new).
+    pub fn valid_between(label: &str, from: (i32, u8, u8), to: (i32, u8, u8)) -> TestCerts {
+        TestCerts::make(label, Some((from, to)))
+    }
+
+    /// Writes the files, with the certificate's validity if given (rcgen's default, 1975
+    /// to 4096, if not).
+    #[allow(clippy::type_complexity)]
+    fn make(label: &str, validity: Option<((i32, u8, u8), (i32, u8, u8))>) -> TestCerts {
         let dir = std::env::temp_dir().join(format!("duo-certs-{}-{label}", std::process::id()));
         std::fs::create_dir_all(&dir).expect("a directory for the test certificates");
         let ca_key = rcgen::KeyPair::generate().expect("a CA key");
@@ -33,8 +51,12 @@ impl TestCerts {
         let ca = ca_params.self_signed(&ca_key).expect("the CA certificate");
         let key = rcgen::KeyPair::generate().expect("a key");
         let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
-        let leaf = rcgen::CertificateParams::new(names)
-            .expect("certificate parameters")
+        let mut leaf_params = rcgen::CertificateParams::new(names).expect("certificate parameters");
+        if let Some(((y0, m0, d0), (y1, m1, d1))) = validity {
+            leaf_params.not_before = rcgen::date_time_ymd(y0, m0, d0);
+            leaf_params.not_after = rcgen::date_time_ymd(y1, m1, d1);
+        }
+        let leaf = leaf_params
             .signed_by(&key, &ca, &ca_key)
             .expect("the certificate");
         for (name, pem) in [

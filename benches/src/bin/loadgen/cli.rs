@@ -7,7 +7,8 @@ use clap::{Args, Parser, Subcommand};
 /// Load generator for duo's echo and bank servers (loopback only).
 ///
 /// `--addr` takes a loopback `HOST:PORT` or a Unix-domain socket of this host
-/// (`unix:/path`, `unix:@name`). Over a Unix-domain socket there are no source addresses
+/// (`unix:/path`, `unix:@name`, in the form duo's servers print: `\xNN` is the byte `NN`).
+/// Over a Unix-domain socket there are no source addresses
 /// to spread connections over: `idle --per-source` and `churn --sources` do not apply (the
 /// report says so), and nothing limits the connections but descriptors.
 ///
@@ -85,7 +86,7 @@ pub(crate) struct Common {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct EchoArgs {
     /// The echo server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
-    /// unix:@name).
+    /// unix:@name; `\xNN` is the byte NN, as the servers print such an address).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) addr: String,
     /// Connections.
@@ -123,7 +124,7 @@ pub(crate) struct EchoArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct IdleArgs {
     /// The echo server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
-    /// unix:@name).
+    /// unix:@name; `\xNN` is the byte NN, as the servers print such an address).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) addr: String,
     /// Connections to open (in all, over the `--procs` processes).
@@ -171,7 +172,7 @@ pub(crate) struct IdleArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ChurnArgs {
     /// The echo server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
-    /// unix:@name).
+    /// unix:@name; `\xNN` is the byte NN, as the servers print such an address).
     #[arg(long, default_value = "127.0.0.1:7000")]
     pub(crate) addr: String,
     /// Concurrent workers (each holds at most one connection at a time).
@@ -200,7 +201,7 @@ pub(crate) struct ChurnArgs {
 #[derive(Debug, Clone, Args)]
 pub(crate) struct BankArgs {
     /// The bank server: a loopback HOST:PORT, or a Unix-domain socket (unix:/path,
-    /// unix:@name).
+    /// unix:@name; `\xNN` is the byte NN, as the servers print such an address).
     #[arg(long, default_value = "127.0.0.1:7100")]
     pub(crate) addr: String,
     /// Logged-in clients doing transfers; client i uses account i % ACCOUNTS.

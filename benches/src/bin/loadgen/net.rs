@@ -4,8 +4,10 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
+use std::os::unix::ffi::{OsStrExt, OsStringExt};
 use std::time::Duration;
 
+use duo_net::Endpoint;
 use duo_sys::socket2::{Domain, Protocol, SockAddr, Socket, Type};
 
 /// Where the load goes: a loopback TCP address, or a Unix-domain socket (`unix:/path`,
@@ -37,23 +39,25 @@ impl fmt::Display for Target {
     }
 }
 
-/// `unix:/path` or `unix:@name` as a Unix-domain target, anything else as
-/// [`loopback_target`].
+/// `unix:/path` or `unix:@name` as a Unix-domain target, read as duo's servers print
+/// them (`listening on unix:...`: [`duo_net::Endpoint`]'s form, whose `\xNN` is the byte
+/// `NN`), anything else as [`loopback_target`].
 pub(crate) fn target(addr: &str) -> Result<Target, String> {
-    let Some(rest) = addr.strip_prefix("unix:") else {
+    if !addr.starts_with("unix:") {
         return loopback_target(addr).map(Target::Inet);
-    };
-    let bytes: Vec<u8> = match rest.strip_prefix('@') {
-        // socket2 reads a leading NUL byte as Linux's abstract namespace.
-        Some(name) => [&[0u8][..], name.as_bytes()].concat(),
-        None => rest.as_bytes().to_vec(),
-    };
-    if bytes.is_empty() || bytes == [0] {
-        return Err(format!("`{addr}`: the Unix-domain address is empty"));
     }
-    let path = std::path::PathBuf::from(
-        <std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes),
-    );
+    let endpoint: duo_net::Endpoint = addr.parse().map_err(|e| format!("{e}"))?;
+    let bytes = match &endpoint {
+        Endpoint::Unix(path) => path.as_os_str().as_bytes().to_vec(),
+        // socket2 reads a leading NUL byte as Linux's abstract namespace.
+        Endpoint::Abstract(name) => [&[0u8][..], name].concat(),
+        _ => {
+            return Err(format!(
+                "`{addr}` is not a Unix-domain address to connect to"
+            ))
+        }
+    };
+    let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(bytes));
     let sock = SockAddr::unix(path).map_err(|e| format!("`{addr}`: {e}"))?;
     Ok(Target::Unix(sock, addr.to_owned()))
 }
