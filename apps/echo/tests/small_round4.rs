@@ -54,6 +54,26 @@ fn io_threads_beyond_reason_are_a_usage_error() {
     );
 }
 
+/// More I/O threads than the open-file limit leaves room for: a start-up error (status 1)
+/// that says which loop could not start, of how many, and why; not a bare "Too many open
+/// files".
+#[test]
+fn io_threads_past_the_open_file_limit_say_which_loop_failed() {
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
+        .arg("ulimit -n 256 && exec \"$0\" serve --listen 127.0.0.1:0 --io-threads 200")
+        .arg(env!("CARGO_BIN_EXE_echo"));
+    let done = run_within(&mut cmd, STARTUP).expect("refused at start");
+    assert_eq!(done.status.code(), Some(1), "{}", done.stderr);
+    let last = done.stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.contains("Too many open files") && last.contains("of 200"),
+        "the error names neither the loop nor the cause: {last:?}\n{}",
+        done.stderr
+    );
+    assert!(done.stdout.is_empty(), "it announced: {}", done.stdout);
+}
+
 /// Starts a TLS echo on `certs`, and once it is listening (it started: a warning is no
 /// refusal) stops it with SIGTERM; its whole log.
 fn tls_server_log(certs: &TestCerts) -> String {

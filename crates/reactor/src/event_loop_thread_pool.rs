@@ -111,14 +111,24 @@ impl EventLoopThreadPool {
             return Ok(());
         }
         for i in 0..self.num_threads {
-            match EventLoopThread::spawn(&format!("{}-{i}", self.name), self.init.clone()) {
+            let name = format!("{}-{i}", self.name);
+            match EventLoopThread::spawn(&name, self.init.clone()) {
                 Ok(t) => {
                     self.handles.push(t.handle().clone());
                     self.threads.push(t);
                 }
                 Err(e) => {
                     let _ = self.stop_threads();
-                    return Err(e);
+                    // Which of how many: "Too many open files" alone does not say that
+                    // the thread count outgrew the descriptor limit.
+                    return Err(io::Error::new(
+                        e.kind(),
+                        format!(
+                            "starting I/O loop {} of {} ({name}): {e}",
+                            i + 1,
+                            self.num_threads
+                        ),
+                    ));
                 }
             }
         }

@@ -238,7 +238,13 @@ impl LoopGroup {
             .collect::<io::Result<Vec<_>>>()?;
         let mut made = Vec::with_capacity(loops);
         for i in 0..loops {
-            let lp = EventLoop::detached(format!("{name}-{i}")).map_err(io::Error::from)?;
+            let lp = EventLoop::detached(format!("{name}-{i}")).map_err(|e| {
+                let e = io::Error::from(e);
+                io::Error::new(
+                    e.kind(),
+                    format!("starting I/O loop {} of {loops} ({name}-{i}): {e}", i + 1),
+                )
+            })?;
             let fd = lp.poll_fd().try_clone_to_owned()?;
             let home = i % sets;
             let interest = match sharing {
