@@ -286,13 +286,36 @@ pub struct SignalFd {
 
 impl SignalFd {
     /// Blocks `signals` in the calling thread and returns a descriptor that reads them.
+    ///
+    /// If the descriptor cannot be made (`EMFILE`), the thread's mask is put back as it
+    /// was: the signals are not left blocked with nothing to read them.
     pub fn new(signals: &[Signal]) -> io::Result<SignalFd> {
-        block_signals(signals)?;
         let set = sigset(signals)?;
+        let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+        // SAFETY: `set` is an initialised `sigset_t` the call only reads; `old` is room for
+        // one `sigset_t`, which the call writes when it succeeds.
+        let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, old.as_mut_ptr()) };
+        if ret != 0 {
+            return Err(context("pthread_sigmask")(io::Error::from_raw_os_error(
+                ret,
+            )));
+        }
         // SAFETY: `-1` asks for a new descriptor; `set` is an initialised `sigset_t` the
         // kernel only reads.
-        let fd = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) })
-            .map_err(context("signalfd"))?;
+        let made = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) })
+            .map_err(context("signalfd"));
+        let fd = match made {
+            Ok(fd) => fd,
+            Err(e) => {
+                // SAFETY: `pthread_sigmask` succeeded above, so it initialised `old`, the
+                // mask before the block, which this only reads; a null old-set pointer is
+                // allowed. It cannot fail with a valid `how` and set.
+                unsafe {
+                    libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
+                }
+                return Err(e);
+            }
+        };
         // SAFETY: the call succeeded, so `fd` is a fresh descriptor owned by nobody else.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
         Ok(SignalFd { fd })
