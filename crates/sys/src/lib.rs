@@ -15,7 +15,7 @@
 //! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
 //! | [`process`] | `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: [`fd_limit`], [`raise_fd_limit`]; `malloc_trim`: [`release_free_heap`] |
 //! | [`activation`] | systemd socket activation ([`listen_fds`]: `LISTEN_PID`/`LISTEN_FDS`), descriptors announced by environment variables ([`take_fds_from_env`], [`take_fd_from_env`]), [`check_listening_tcp`] |
-//! | [`spawn`] | `dup2` in a `pre_exec` hook ([`pass_fds`]), `prctl(PR_SET_PDEATHSIG)`, `sigprocmask` in the child ([`unblock_signals_in_child`]), `waitpid(-1, WNOHANG)` ([`reap_any`]), `kill` ([`signal_process`], [`kill_process`]), `pipe2` ([`pipe`]), `F_DUPFD_CLOEXEC` |
+//! | [`spawn`] | `dup2` in a `pre_exec` hook, after `fstat`, `fcntl(F_GETFD)` and `getsockopt(SO_TYPE)` checks of the targets ([`pass_fds`]), `prctl(PR_SET_PDEATHSIG)`, `sigprocmask` in the child ([`unblock_signals_in_child`]), `waitpid(-1, WNOHANG)` ([`reap_any`]), `kill` ([`signal_process`], [`kill_process`]), `pipe2` ([`pipe`]), `F_DUPFD_CLOEXEC` |
 //! | [`udp`] | `recvmmsg`, `sendmmsg`, `recvfrom(MSG_TRUNC)`, `sendto(MSG_NOSIGNAL)`, `IP_PKTINFO`: [`recv_mmsg`], [`send_mmsg`], [`send_mmsg_from`], [`set_recv_pktinfo`], [`recv_from`], [`send_to`] over caller-provided buffers ([`MmsgScratch`]) |
 //! | [`shm`] | `memfd_create`, `ftruncate`, seals, `mmap(MAP_SHARED)`: [`SharedCounters`], `u64` counters shared between processes |
 //!

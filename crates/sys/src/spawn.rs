@@ -27,8 +27,9 @@ static TARGETS_END: AtomicI32 = AtomicI32::new(0);
 /// above `first + fds.len()` (and above the targets of every earlier call, so several
 /// calls on one `Command` work too), so no target number can be one of the sources and the
 /// `dup2` calls in the child cannot overwrite a descriptor that a later one still has to
-/// copy. The child side (a `pre_exec` hook) only calls `fstat` and `dup2`, which are
-/// async-signal-safe, and allocates nothing. The duplicates live as long as `cmd`.
+/// copy. The child side (a `pre_exec` hook) only calls `fstat`, `fcntl`, `getsockopt` and
+/// `dup2`, which are async-signal-safe, and allocates nothing. The duplicates live as long
+/// as `cmd`.
 ///
 /// `std` reports a failed `exec` (a missing program: [`io::ErrorKind::NotFound`]) through
 /// a close-on-exec channel (a pipe or a socket pair, by version) it opens during `spawn`
@@ -38,10 +39,12 @@ static TARGETS_END: AtomicI32 = AtomicI32::new(0);
 /// that is free here is held, until `cmd` is dropped, by a close-on-exec duplicate of its
 /// source, where the channel cannot land. A target number that another descriptor of
 /// this process holds is safe as long as that one stays open; should it be closed before
-/// `spawn` (by another thread), and a different file sit at that number in the child,
-/// the hook does not `dup2` over it but fails, and `spawn` returns `EBUSY`
+/// `spawn` (by another thread), and a different file that may be std's channel (a
+/// close-on-exec `SOCK_SEQPACKET` socket or pipe) sit at that number in the child, the
+/// hook does not `dup2` over it but fails, and `spawn` returns `EBUSY`
 /// ([`io::ErrorKind::ResourceBusy`]): an error, where there might otherwise be a lost
-/// report.
+/// report. Any other file there (a socket another thread opened meanwhile, say) is
+/// replaced, as a free number would be.
 ///
 /// # Errors
 ///
@@ -74,7 +77,10 @@ pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::
     let hook = move || {
         // Before any `dup2`: whether std's error channel may sit at a target (see above).
         for (target, t) in (first..).zip(&targets) {
-            if t.held.is_none() && file_id(target).is_some_and(|id| Some(id) != t.found) {
+            if t.held.is_none()
+                && file_id(target).is_some_and(|id| Some(id) != t.found)
+                && may_be_exec_channel(target)
+            {
                 return Err(io::Error::from_raw_os_error(libc::EBUSY));
             }
         }
@@ -91,8 +97,9 @@ pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::
         }
         Ok(())
     };
-    // SAFETY: the hook only calls `fstat` and `dup2` (async-signal-safe) and reads its own
-    // vectors (no allocation, no lock), as `pre_exec` requires.
+    // SAFETY: the hook only calls `fstat`, `fcntl`, `getsockopt` and `dup2`
+    // (async-signal-safe) and reads its own vectors (no allocation, no lock), as
+    // `pre_exec` requires.
     unsafe {
         cmd.pre_exec(hook);
     }
@@ -141,6 +148,50 @@ fn file_id(fd: RawFd) -> Option<FileId> {
     // SAFETY: `fstat` succeeded, so it initialised `st`.
     let st = unsafe { st.assume_init() };
     Some((st.st_dev, st.st_ino))
+}
+
+/// Whether the file at descriptor number `fd` may be std's exec-error channel: a
+/// close-on-exec `AF_UNIX` socket pair of `SOCK_SEQPACKET` (std on Linux) or pipe (older
+/// versions). Another file at a target number (a TCP socket, an eventfd, a stream socket
+/// pair, or the descriptor an earlier `pass_fds` hook of the same `Command` put there,
+/// which `dup2` left without close-on-exec) cannot be, and is replaced. Only system calls
+/// that are async-signal-safe (`fcntl`, `fstat`, `getsockopt`), allocating nothing.
+fn may_be_exec_channel(fd: RawFd) -> bool {
+    // SAFETY: `F_GETFD` only reads the descriptor's flags; on a number that is not open it
+    // fails with `EBADF`.
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 || flags & libc::FD_CLOEXEC == 0 {
+        return false;
+    }
+    let mut st = std::mem::MaybeUninit::<libc::stat>::uninit();
+    // SAFETY: as in `file_id`: `fstat` writes one `stat` into `st`, or fails and writes
+    // nothing.
+    if unsafe { libc::fstat(fd, st.as_mut_ptr()) } == -1 {
+        return false;
+    }
+    // SAFETY: `fstat` succeeded, so it initialised `st`.
+    let mode = unsafe { st.assume_init() }.st_mode & libc::S_IFMT;
+    if mode == libc::S_IFIFO {
+        return true;
+    }
+    if mode != libc::S_IFSOCK {
+        return false;
+    }
+    let mut kind: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: `kind` is an `int` alive for the call and `len` its size, as `SO_TYPE`
+    // writes; `getsockopt` only reads the socket's type (failing on a non-socket).
+    let ret = unsafe {
+        libc::getsockopt(
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_TYPE,
+            (&mut kind as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    // (A socket whose type cannot be read is taken for the channel: refused, not lost.)
+    ret == -1 || kind == libc::SOCK_SEQPACKET
 }
 
 /// Makes the child `cmd` starts receive `signal` when this thread ends (`prctl(PR_SET_PDEATHSIG)`),
