@@ -16,7 +16,7 @@ use std::process::{Command, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::supervised::{large_request_pending, spawned, Gate, Sup, ECHO};
+use common::supervised::{large_request_pending, spawned, Sup, ECHO};
 use common::{read_to_eof, Server};
 use duo_testkit::{
     children, http_get, is_running, join_within, send_signal, tcp_queues, wait_child_within,
@@ -161,18 +161,34 @@ fn a_second_sigterm_on_a_unix_socket_quits_and_removes_the_file() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+/// SIGTERM while the first workers are still starting. They are held before they can be
+/// ready by their TLS certificate: a FIFO, which the supervisor reads once (the test
+/// writes the certificate into it) and each worker then waits to open, as no one writes
+/// again. (A `Gate` closed before the start would not hold them: the supervisor runs
+/// its workers from its own binary, which the gate's script execs.)
 #[test]
 fn sigterm_before_the_workers_are_ready_exits_0_and_leaves_none() {
-    let gate = Gate::new("stop-before-ready");
-    gate.close();
-    let mut sup = Command::new(gate.exe())
+    let certs = TestCerts::new("stop-before-ready");
+    let fifo = certs.path("held-cert.pem");
+    let made = Command::new("mkfifo").arg(&fifo).status().expect("mkfifo");
+    assert!(made.success(), "mkfifo {fifo}");
+    let mut sup = Command::new(ECHO)
         .args(["serve", "--listen", "127.0.0.1:0", "--processes", "2"])
+        .args(["--tls-cert", &fifo, "--tls-key", &certs.path("key.pem")])
         .env("RUST_LOG", "info")
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
     let pid = sup.id();
+    // The supervisor's one read (opening the FIFO for writing waits for it to open it).
+    let pem = std::fs::read(certs.path("cert.pem")).unwrap();
+    let feeding = {
+        let fifo = fifo.clone();
+        thread::spawn(move || std::fs::write(&fifo, pem))
+    };
+    join_within("the certificate fed to the supervisor", feeding)
+        .expect("the supervisor read the certificate");
     let mut workers = Default::default();
     wait_until("both workers started", || {
         workers = children(pid);

@@ -211,7 +211,9 @@ impl Gate {
         self.dir.join(&self.name)
     }
 
-    /// From now on, a new worker runs the gate's worker part.
+    /// From now on, a new worker runs the gate's worker part. Only for a supervisor
+    /// started before: one started through the closed gate runs `echo-real`, and its
+    /// workers with it (a supervisor runs its workers from its own binary).
     pub(crate) fn close(&self) {
         fs::rename(self.dir.join("gate.sh"), self.exe()).unwrap();
     }
