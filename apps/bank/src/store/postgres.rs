@@ -38,7 +38,9 @@
 //! read it as, so a column a DBA widens in place (`bigint` to `numeric`, `text` to
 //! `varchar`) reads as before; a reply that still cannot be read is an error, never a
 //! panic. A batch that fails because its session's plans or compiled function predate a
-//! change ([`schema_changed`]) is run once more on a new session.
+//! change ([`schema_changed`]) is run once more on a new session, if its session has
+//! completed a call before (a session that has not is as new as the schema it met: the
+//! error is the schema's own, and another session would meet it again).
 
 use std::fmt;
 use std::str::FromStr;
@@ -589,7 +591,7 @@ impl PgStore {
                 // Ended while idle (the server restarted): nothing was sent on it.
                 w.session = None;
             }
-            let WriterSession { client, call, .. } = match w.session.as_mut() {
+            let session = match w.session.as_mut() {
                 Some(s) => s,
                 None => {
                     let session = self.connect().and_then(|c| {
@@ -604,10 +606,17 @@ impl PgStore {
             let params: [&(dyn ToSql + Sync); 7] = [
                 &c.kinds, &c.uids, &c.names, &c.extras, &c.amounts, &c.rids, &now,
             ];
-            let e = match client.query(&*call, &params) {
-                Ok(rows) => return Ok(outcomes(ops.len(), &rows)),
+            let e = match session.client.query(&session.call, &params) {
+                Ok(rows) => {
+                    session.proven = true;
+                    return Ok(outcomes(ops.len(), &rows));
+                }
                 Err(e) => e,
             };
+            // Only a session that has completed a call may be stale (see `proven`): a
+            // new one for a schema that is itself broken would cost a connection per
+            // batch for as long as it stays so.
+            let may_be_stale = session.proven;
             match classify(&e) {
                 Failure::Conflict if attempt < MAX_ATTEMPTS => {
                     duo_net::log_limited!(
@@ -638,7 +647,7 @@ impl PgStore {
                     }
                     return Err(f);
                 }
-                Failure::Other(m) if !stale_once && schema_changed(&e) => {
+                Failure::Other(m) if !stale_once && may_be_stale && schema_changed(&e) => {
                     // The session's prepared call or its compiled `bank_apply` was made
                     // for tables or types since altered; the statement failed, so nothing
                     // committed. A new session plans and compiles them anew.

@@ -23,6 +23,11 @@ const BACKEND_SQL: &str = "SELECT pid, (extract(epoch FROM backend_start) * 1000
 pub(super) struct WriterSession {
     pub(super) client: Client,
     pub(super) call: Statement,
+    /// A call on it has completed: its plans and compiled `bank_apply` may predate a
+    /// change of the schema since. Until then they are as new as the schema it met, so a
+    /// class-42 error on it is the schema's own (a table gone, a privilege revoked), which
+    /// a new session would meet again.
+    pub(super) proven: bool,
     /// `None` if the server would not say.
     backend: Option<Backend>,
 }
@@ -73,6 +78,7 @@ pub(super) fn prepare_writer(
     Ok(WriterSession {
         client,
         call,
+        proven: false,
         backend,
     })
 }

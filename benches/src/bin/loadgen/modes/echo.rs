@@ -163,7 +163,7 @@ fn worker(
             waits.push((stopped.saturating_duration_since(s.intended), 1));
         }
         if let Some(schedule) = &s.schedule {
-            let groups = schedule.unsent(stopped, go);
+            let groups = schedule.unsent(end, stopped, go);
             unsent += groups.iter().map(|&(_, n)| n).sum::<u64>();
             waits.extend(groups);
         }

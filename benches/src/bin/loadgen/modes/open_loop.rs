@@ -103,17 +103,26 @@ impl Schedule {
         })
     }
 
-    /// The requests due before `stopped` and never sent, as `(wait, count)` groups: each
-    /// group's shortest wait (a lower bound of the latency of each of its requests) and
-    /// size; their sum of counts is how many there were.
-    pub(crate) fn unsent(&self, stopped: Instant, go: Instant) -> Vec<(Duration, u64)> {
+    /// The requests due in the measured phase (before `end`) and never sent, as `(wait,
+    /// count)` groups: each group's shortest wait at `stopped` (a lower bound of the
+    /// latency of each of its requests) and size; their sum of counts is how many there
+    /// were. (The worker stops a little after `end`: what falls due meanwhile is past the
+    /// phase, neither sent nor owed.)
+    pub(crate) fn unsent(
+        &self,
+        end: Instant,
+        stopped: Instant,
+        go: Instant,
+    ) -> Vec<(Duration, u64)> {
         let next = self.next.unwrap_or(go + self.phase);
-        if next >= stopped {
+        let end = end.min(stopped);
+        if next >= end {
             return Vec::new();
         }
-        let oldest = (stopped - next).as_nanos();
         let step = self.interval.as_nanos();
-        let n = u64::try_from(oldest / step + 1).unwrap_or(u64::MAX);
+        // Due at `next + k * step` for every `k` below `n`: those before `end`.
+        let n = u64::try_from((end - next).as_nanos().div_ceil(step)).unwrap_or(u64::MAX);
+        let oldest = (stopped - next).as_nanos();
         let per_group = n.div_ceil(UNSENT_GROUPS);
         let wait = |k: u64| {
             let nanos = oldest.saturating_sub(step * u128::from(k));
@@ -308,17 +317,24 @@ mod tests {
         let go = Instant::now();
         s.next = Some(go);
         // Due at 0, 10, 20, 30 ms; stopped at 35 ms: waits 35, 25, 15, 5 ms.
-        let groups = s.unsent(go + ms(35), go);
+        let stop = go + ms(35);
+        let groups = s.unsent(stop, stop, go);
         assert_eq!(
             groups,
             vec![(ms(35), 1), (ms(25), 1), (ms(15), 1), (ms(5), 1)]
         );
-        assert!(s.unsent(go, go).is_empty());
-        // Far behind: a million due, in at most UNSENT_GROUPS groups.
+        assert!(s.unsent(go, go, go).is_empty());
+        // The phase ended at 25 ms, the worker stopped at 35: the one due at 30 ms was
+        // past the phase; the waits count to the stop.
+        let groups = s.unsent(go + ms(25), stop, go);
+        assert_eq!(groups, vec![(ms(35), 1), (ms(25), 1), (ms(15), 1)]);
+        // Far behind: a million due (one each microsecond of the second, the one due at
+        // its end not in it), in at most UNSENT_GROUPS groups.
         let mut s = Schedule::new(0, Duration::from_micros(1), &mut rng);
         s.next = Some(go);
-        let groups = s.unsent(go + Duration::from_secs(1), go);
+        let second = go + Duration::from_secs(1);
+        let groups = s.unsent(second, second, go);
         assert!(groups.len() as u64 <= UNSENT_GROUPS);
-        assert_eq!(groups.iter().map(|g| g.1).sum::<u64>(), 1_000_001);
+        assert_eq!(groups.iter().map(|g| g.1).sum::<u64>(), 1_000_000);
     }
 }
