@@ -2,9 +2,10 @@
 //! `.cargo/config.toml`).
 //!
 //! Commands:
-//! - `bench [--quick] [--only NAME] [--secs N] [--reps N]`: runs the criterion
-//!   micro-benchmarks, builds release binaries, then every load scenario against every
-//!   server (see [`mod@bench`]), and writes `target/bench/report.{md,json}` and SVG charts.
+//! - `bench [--quick] [--only NAME] [--secs N] [--reps N] [--max-steal PCT]`: runs the
+//!   criterion micro-benchmarks, builds release binaries, then every load scenario
+//!   against every server (see [`mod@bench`]), and writes `target/bench/report.{md,json}`
+//!   and SVG charts.
 //! - `soak [--quick] [--secs N]`: the echo and bank servers under long mixed and hostile
 //!   load (see [`mod@soak`]).
 //! - `scale --conns N [--quick] [--processes K] [--procs P] [--hold SECS] [--json]`: checks

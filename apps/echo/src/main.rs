@@ -2,10 +2,10 @@
 //!
 //! ```text
 //! echo [serve] [--listen ADDR] [--io-threads N] [--loops M] [--loop-sharing owned|any]
-//!      [--accept main|shared|reuseport] [--trigger edge|level]
+//!      [--accept main|shared|reuseport] [--no-accept-balance] [--trigger edge|level]
 //!      [--idle-timeout SECS] [--max-conns N] [--framed] [--stats-interval SECS]
 //!      [--drain-timeout SECS] [--processes N] [--metrics ADDR] [--stall-ms MS]
-//!      [--busy-poll-us US]
+//!      [--busy-poll-us US] [--defer-accept SECS]
 //!      [--udp [--udp-batch N]]
 //!      [--tls-cert PEM --tls-key PEM]
 //! echo reload --pid PID [--upgrade]
@@ -62,8 +62,8 @@
 //!   polls again without blocking for up to US microseconds before it sleeps
 //!   (`ServerBuilder::busy_poll`): fewer sleeps and wake-ups under steady load, for tail
 //!   latency, at the price of CPU.
-//! - `--defer-accept SECS` (default 0: off): TCP connections are accepted only once the
-//!   client has sent its first bytes, or after about SECS seconds of silence
+//! - `--defer-accept SECS` (default 0: off; at most 3600): TCP connections are accepted
+//!   only once the client has sent its first bytes, or after about SECS seconds of silence
 //!   (`TCP_DEFER_ACCEPT`, `ServerBuilder::defer_accept`): one wake-up per connection
 //!   instead of two, about 10 % less server CPU per short-lived connection here. Ignored
 //!   on a Unix-domain socket.
@@ -113,9 +113,9 @@
 //! 0 (a supervisor forwards the signal to its workers and exits once they have). A second
 //! signal quits at once. Usage errors (a bad flag or a value out of its range, such as
 //! `--processes 0` or `--max-conns 0`, more processes than the supervisor's descriptor
-//! budget allows, an inherited socket that is not a listening TCP socket) exit with
-//! status 2, runtime errors (the address is in use, no such supervisor to reload) with
-//! status 1.
+//! budget allows, an inherited socket that is neither a listening TCP socket nor a
+//! listening Unix-domain one, a Unix-domain one with `--processes`) exit with status 2,
+//! runtime errors (the address is in use, no such supervisor to reload) with status 1.
 //!
 //! Try it with `cargo run --release -p echo -- --listen 127.0.0.1:7000`, then
 //! `nc 127.0.0.1 7000`.

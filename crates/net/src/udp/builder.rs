@@ -123,7 +123,7 @@ impl UdpBuilder {
 
     /// The send queue's limit in bytes (default [`DEFAULT_SEND_QUEUE`]): datagrams wait
     /// there while the socket's send buffer is full, each counted as its payload plus a
-    /// 48-byte entry cost (so that empty datagrams are bounded too); beyond it a send is refused with
+    /// 64-byte entry cost (so that empty datagrams are bounded too); beyond it a send is refused with
     /// [`UdpSendError::QueueFull`](super::UdpSendError::QueueFull) and counted as
     /// dropped.
     pub fn send_queue_bytes(mut self, bytes: usize) -> UdpBuilder {

@@ -43,7 +43,7 @@ pub struct UdpStats {
     /// `sendto`/`sendmmsg` calls that sent datagrams.
     pub send_calls: u64,
     /// The send queue's size now (a gauge), as counted against
-    /// [`send_queue_bytes`](super::UdpBuilder::send_queue_bytes): payload bytes plus 48 per
+    /// [`send_queue_bytes`](super::UdpBuilder::send_queue_bytes): payload bytes plus 64 per
     /// datagram queued. Datagrams other threads sent that have not reached the loop yet
     /// are not in it.
     pub queued_bytes: u64,
