@@ -98,7 +98,7 @@ struct ServeArgs {
     /// lowest tail, more CPU per request; see docs/scaling.md).
     #[arg(long, value_name = "owned|any", default_value_t, requires = "loops")]
     loop_sharing: duo_net::LoopSharing,
-    /// Worker threads for database work and password hashing [default: number of CPUs].
+    /// Worker threads for database work and password hashing [default: number of CPUs, at least 2].
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     /// Close connections silent for this many seconds (0: never).
