@@ -178,6 +178,10 @@ impl Told {
     /// The server's graceful shutdown reached the connection (`Machine::begin_shutdown`),
     /// by its visit or as the connection was registered.
     pub(crate) const SHUTDOWN: u8 = 2;
+    /// Not a telling, a state kept in the same byte: the message callback is running (set
+    /// and cleared around each delivery), so a graceful close it asks for waits for it to
+    /// return before it may be made at once (`close_gracefully`).
+    pub(crate) const DELIVERING: u8 = 4;
 
     /// Whether `what` was told.
     pub(crate) fn has(self, what: u8) -> bool {
@@ -189,5 +193,10 @@ impl Told {
         let was = self.has(what);
         self.0 |= what;
         was
+    }
+
+    /// Clears `what` (only [`Told::DELIVERING`] is ever cleared).
+    pub(crate) fn clear(&mut self, what: u8) {
+        self.0 &= !what;
     }
 }

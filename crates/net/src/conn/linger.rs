@@ -10,7 +10,10 @@
 //! and drops what the peer sent:
 //!
 //! - nothing was waiting, or its end of stream came with it: close at once (the common
-//!   case: no more system calls than one `recv`);
+//!   case: no more system calls than one `recv`). Asked from the message callback, that
+//!   waits for the callback to return, and holds only if it left none of the input
+//!   unread: input left behind the close (frames pipelined after a `QUIT`) says the peer
+//!   may be sending still, and the close lingers as below;
 //! - bytes were waiting: the peer may be sending still (pipelined requests, an upload the
 //!   application refused), so half-close (`shutdown(SHUT_WR)`, the FIN after the last
 //!   output) and go on reading and dropping until the peer's end of stream, an error, or
@@ -31,6 +34,7 @@ use std::io::{self, IoSliceMut};
 
 use duo_reactor::{Channel, EventLoop};
 
+use super::callbacks::Told;
 use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
 use super::{ConnState, TcpConnection};
 use crate::close_reason::CloseReason;
@@ -71,9 +75,14 @@ impl Machine {
             return;
         }
         match self.discard_input(ch) {
-            Discarded::Nothing => self.close(lp, ch, reason),
+            Discarded::Nothing if !self.told.has(Told::DELIVERING) => self.close(lp, ch, reason),
             Discarded::End(error) => self.close(lp, ch, error.map_or(reason, CloseReason::Error)),
-            more @ (Discarded::Some | Discarded::Budget) => {
+            more => {
+                // Asked from the message callback with nothing waiting in the socket: the
+                // peer may be sending still what follows the input being handled (a
+                // client pipelining behind a QUIT). It lingers; once the callback returns,
+                // it closes at once if the callback left none of the input unread.
+
                 if self.write != WriteSide::Shut {
                     if let Err(e) = duo_sys::shutdown_write(ch.fd()) {
                         duo_reactor::log_limited!(
@@ -87,7 +96,10 @@ impl Machine {
                     "{}: closing with unread input; lingering up to {linger:?} for the peer's end of stream",
                     self.handle.name()
                 );
-                self.write = WriteSide::Lingering { reason };
+                self.write = WriteSide::Lingering {
+                    reason,
+                    unless_drained: more == Discarded::Nothing,
+                };
                 if self.handle.state() == ConnState::Connected {
                     // (Nothing was queued, so no drain made it `Disconnecting` yet.)
                     self.handle.set_state(ConnState::Disconnecting);
@@ -163,7 +175,7 @@ impl Machine {
     /// The socket of a lingering connection is readable: drop what came, close at the
     /// peer's end of stream or an error.
     pub(super) fn linger_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        let WriteSide::Lingering { reason } = self.write else {
+        let WriteSide::Lingering { reason, .. } = self.write else {
             return;
         };
         if self.closed() {
@@ -182,7 +194,7 @@ impl Machine {
 /// acknowledged when the period began), else close anyway.
 fn linger_expired(lp: &mut EventLoop, handle: &TcpConnection, unacked: usize) {
     LoopConn::with_machine(lp, handle, |lp, ch, m| {
-        let WriteSide::Lingering { reason } = m.write else {
+        let WriteSide::Lingering { reason, .. } = m.write else {
             return;
         };
         if m.closed() {

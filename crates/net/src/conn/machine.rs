@@ -127,7 +127,13 @@ pub(crate) enum WriteSide {
     /// our output), then the connection closes with `reason`. See
     /// [`Machine::close_gracefully`]. (The timer is not kept here: a connection's state
     /// stays a few bytes; a timer that finds the connection closed does nothing.)
-    Lingering { reason: CloseReason },
+    Lingering {
+        reason: CloseReason,
+        /// Begun from the message callback with nothing waiting in the socket: once the
+        /// callback returns, the close is made at once if it left none of the input
+        /// unread (see `close_gracefully`).
+        unless_drained: bool,
+    },
 }
 
 /// The handler registered with the connection's loop.
@@ -572,8 +578,8 @@ impl Machine {
             self.owner.counters.unqueued(unsent);
         }
         ch.disable_writing();
-        if let WriteSide::Draining(AfterDrain::Close(reason)) | WriteSide::Lingering { reason } =
-            before
+        if let WriteSide::Draining(AfterDrain::Close(reason))
+        | WriteSide::Lingering { reason, .. } = before
         {
             self.close(lp, ch, error.map_or(reason, CloseReason::Error));
             return;

@@ -212,8 +212,22 @@ impl LoopConn {
         };
         let input = &mut self.input;
         owner.counters.add_message_in();
+        self.m.told.mark(Told::DELIVERING);
         self.m
             .run_guarded(lp, ch, "message callback", |ctx| cb(ctx, input));
+        self.m.told.clear(Told::DELIVERING);
+        if let WriteSide::Lingering {
+            reason,
+            unless_drained: true,
+        } = self.m.write
+        {
+            if self.input.is_empty() && !self.m.closed() {
+                // A graceful close asked by the callback, with nothing waiting in the
+                // socket then and nothing left unread now: the peer sent no more than
+                // was handled.
+                self.m.close(lp, ch, reason);
+            }
+        }
     }
 }
 
