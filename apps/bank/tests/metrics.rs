@@ -3,26 +3,9 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
 use std::time::Duration;
 
-use common::{Backend, Client, Server, TempDir, TestDb, PW};
-
-/// `GET /metrics`: the body.
-fn scrape(addr: SocketAddr) -> String {
-    let mut s = TcpStream::connect(addr).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    write!(
-        s,
-        "GET /metrics HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut reply = String::new();
-    s.read_to_string(&mut reply).unwrap();
-    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
-    reply.split_once("\r\n\r\n").map_or("", |p| p.1).to_owned()
-}
+use common::{scrape, Backend, Client, Server, TempDir, TestDb, PW};
 
 /// The value of the series written exactly as `series` (name and labels).
 fn value(text: &str, series: &str) -> Option<f64> {

@@ -4,19 +4,10 @@
 
 mod common;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{Client, Server, TempDir};
-use duo_testkit::http_get;
-
-/// `GET /metrics`: the body.
-fn scrape(addr: SocketAddr) -> String {
-    let (status, body) = http_get(addr, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    body
-}
+use common::{scrape, Client, Server, TempDir};
 
 /// The value of the series written exactly as `series` (name and labels); 0 if absent.
 fn value(text: &str, series: &str) -> f64 {

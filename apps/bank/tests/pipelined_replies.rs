@@ -10,14 +10,12 @@ mod common;
 use std::io::Write;
 use std::net::SocketAddr;
 
-use common::{Client, Server, TempDir, PW};
-use duo_testkit::{family_sum, http_get};
+use common::{scrape, Client, Server, TempDir, PW};
+use duo_testkit::family_sum;
 
 /// The sends of every connection so far (`duo_server_messages_out_total`, all loops).
 fn sends(metrics: SocketAddr) -> f64 {
-    let (status, body) = http_get(metrics, "/metrics");
-    assert_eq!(status, 200, "{body}");
-    family_sum(&body, "duo_server_messages_out_total")
+    family_sum(&scrape(metrics), "duo_server_messages_out_total")
 }
 
 #[test]

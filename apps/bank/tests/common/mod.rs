@@ -506,3 +506,10 @@ pub(crate) fn release_synchronous_commits(cluster: &PgCluster) {
     psql(cluster, "ALTER SYSTEM RESET synchronous_standby_names");
     psql(cluster, "SELECT pg_reload_conf()");
 }
+
+/// `GET /metrics` of the endpoint at `addr`: the body (a test failure unless 200).
+pub(crate) fn scrape(addr: SocketAddr) -> String {
+    let (status, body) = duo_testkit::http_get(addr, "/metrics");
+    assert_eq!(status, 200, "{body}");
+    body
+}
