@@ -2,13 +2,14 @@
 //! server on a Unix-domain socket (one std thread per connection), about a second each,
 //! checking the `--json` output.
 
-use std::io::{Read, Write};
-use std::os::unix::net::{UnixListener, UnixStream};
+use std::os::unix::net::UnixListener;
 use std::path::PathBuf;
 use std::process::Command;
-use std::thread;
 use std::time::Duration;
 
+mod common;
+
+use common::serve_unix_echo;
 use duo_testkit::loadgen_json::LoadgenJson;
 use duo_testkit::run_within;
 
@@ -17,26 +18,8 @@ fn echo_server(tag: &str) -> PathBuf {
     let path = std::env::temp_dir().join(format!("duo-loadgen-{}-{tag}.sock", std::process::id()));
     let _ = std::fs::remove_file(&path);
     let listener = UnixListener::bind(&path).expect("bind");
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            thread::spawn(move || echo(stream));
-        }
-    });
+    serve_unix_echo(listener);
     path
-}
-
-fn echo(mut stream: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if stream.write_all(&buf[..n]).is_err() {
-            return;
-        }
-    }
 }
 
 fn loadgen(args: &[&str]) -> (Option<i32>, LoadgenJson, String) {

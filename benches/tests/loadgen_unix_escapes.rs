@@ -4,40 +4,18 @@
 //! take the text literally, so such an address, pasted as printed, named another socket.
 //! (Written by a review helper: the test failed before its fix.)
 
-use std::io::{Read, Write};
 use std::os::linux::net::SocketAddrExt;
-use std::os::unix::net::{SocketAddr, UnixListener, UnixStream};
+use std::os::unix::net::{SocketAddr, UnixListener};
 use std::path::PathBuf;
 use std::process::Command;
-use std::thread;
 use std::time::Duration;
 
+mod common;
+
+use common::serve_unix_echo;
 use duo_net::Endpoint;
 use duo_testkit::loadgen_json::LoadgenJson;
 use duo_testkit::run_within;
-
-/// Echoes on every connection `listener` accepts, for as long as the test process lives.
-fn serve(listener: UnixListener) {
-    thread::spawn(move || {
-        for stream in listener.incoming() {
-            let Ok(stream) = stream else { continue };
-            thread::spawn(move || echo(stream));
-        }
-    });
-}
-
-fn echo(mut stream: UnixStream) {
-    let mut buf = vec![0u8; 64 * 1024];
-    loop {
-        let n = match stream.read(&mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(n) => n,
-        };
-        if stream.write_all(&buf[..n]).is_err() {
-            return;
-        }
-    }
-}
 
 /// Runs `loadgen rr` for a moment against `addr`: its exit code, JSON and stdout.
 fn rr(addr: &str) -> (Option<i32>, LoadgenJson, String) {
@@ -71,7 +49,7 @@ fn a_printed_path_with_escapes_reaches_its_socket() {
     let name = format!("duo-lg-{}-a\nb\\c-é.sock", std::process::id());
     let path: PathBuf = std::env::temp_dir().join(name);
     let _ = std::fs::remove_file(&path);
-    serve(UnixListener::bind(&path).expect("bind"));
+    serve_unix_echo(UnixListener::bind(&path).expect("bind"));
     let printed = Endpoint::unix(&path).expect("a short path").to_string();
     assert_served(&printed);
     let _ = std::fs::remove_file(&path);
@@ -84,7 +62,7 @@ fn a_printed_abstract_name_with_escapes_reaches_its_socket() {
     let mut name = format!("duo-lg-{}-", std::process::id()).into_bytes();
     name.extend_from_slice(b"\x01\xff tab\t");
     let addr = SocketAddr::from_abstract_name(&name).expect("an abstract name");
-    serve(UnixListener::bind_addr(&addr).expect("bind"));
+    serve_unix_echo(UnixListener::bind_addr(&addr).expect("bind"));
     let printed = Endpoint::abstract_name(&name)
         .expect("a short name")
         .to_string();

@@ -77,3 +77,27 @@ pub(crate) fn number(json: &str, key: &str) -> f64 {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("no number `{key}` in {json}"))
 }
+
+/// Echoes on every connection `listener` accepts (a std thread each), for as long as the
+/// test process lives: the tiny Unix-domain server of the `unix:` tests.
+pub(crate) fn serve_unix_echo(listener: std::os::unix::net::UnixListener) {
+    thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            thread::spawn(move || echo(stream));
+        }
+    });
+}
+
+fn echo(mut stream: std::os::unix::net::UnixStream) {
+    let mut buf = vec![0u8; 64 * 1024];
+    loop {
+        let n = match stream.read(&mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(n) => n,
+        };
+        if std::io::Write::write_all(&mut stream, &buf[..n]).is_err() {
+            return;
+        }
+    }
+}
