@@ -108,22 +108,31 @@ pub(crate) fn sigset(signals: &[Signal]) -> io::Result<libc::sigset_t> {
     Ok(set)
 }
 
+/// `pthread_sigmask(how, set)` on the calling thread; returns the mask as it was before.
+/// `what` names the call in the error (the pthread functions return the error number
+/// instead of setting `errno`).
+fn sigmask(
+    how: libc::c_int,
+    set: &libc::sigset_t,
+    what: &'static str,
+) -> io::Result<libc::sigset_t> {
+    let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
+    // SAFETY: `set` is an initialised `sigset_t` the call only reads; `old` is room for one
+    // `sigset_t`, which the call writes when it succeeds.
+    match unsafe { libc::pthread_sigmask(how, set, old.as_mut_ptr()) } {
+        // SAFETY: the call succeeded, so it wrote the previous mask into `old`.
+        0 => Ok(unsafe { old.assume_init() }),
+        e => Err(context(what)(io::Error::from_raw_os_error(e))),
+    }
+}
+
 /// Blocks `signals` in the calling thread's signal mask (`pthread_sigmask(SIG_BLOCK)`).
 ///
 /// Threads spawned afterwards inherit the mask, so call it on the main thread before
 /// starting any other; then a process-directed signal stays pending until a
 /// [`SignalFd`] reads it.
 pub fn block_signals(signals: &[Signal]) -> io::Result<()> {
-    let set = sigset(signals)?;
-    // SAFETY: `set` is an initialised `sigset_t`; a null old-set pointer is allowed.
-    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    // pthread functions return the error number instead of setting errno.
-    if ret != 0 {
-        return Err(context("pthread_sigmask")(io::Error::from_raw_os_error(
-            ret,
-        )));
-    }
-    Ok(())
+    sigmask(libc::SIG_BLOCK, &sigset(signals)?, "pthread_sigmask").map(drop)
 }
 
 /// The signals that ask a process to stop: `SIGINT`, `SIGTERM`, `SIGHUP`, `SIGQUIT`.
@@ -182,15 +191,7 @@ pub fn stop_self(signal: Signal) -> io::Result<()> {
         ));
     }
     let set = sigset(&[signal])?;
-    let mask = |how: libc::c_int, what: &'static str| -> io::Result<()> {
-        // SAFETY: `set` is an initialised `sigset_t`; a null old-set pointer is allowed.
-        let ret = unsafe { libc::pthread_sigmask(how, &set, std::ptr::null_mut()) };
-        match ret {
-            0 => Ok(()),
-            // pthread functions return the error number instead of setting errno.
-            e => Err(context(what)(io::Error::from_raw_os_error(e))),
-        }
-    };
+    let mask = |how: libc::c_int, what: &'static str| sigmask(how, &set, what).map(drop);
     // Blocked first (it should be already): the raise below must stay pending until the
     // unblocking.
     mask(libc::SIG_BLOCK, "pthread_sigmask(SIG_BLOCK)")?;
@@ -243,21 +244,17 @@ pub fn terminate_by(signal: Signal) -> io::Error {
     if let Err(e) = cvt(unsafe { libc::sigaction(signal.0, &dfl, std::ptr::null_mut()) }) {
         return context("sigaction")(e);
     }
-    // SAFETY: `set` is an initialised `sigset_t`; a null old-set pointer is allowed.
-    let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    if ret != 0 {
-        return context("pthread_sigmask(SIG_BLOCK)")(io::Error::from_raw_os_error(ret));
+    if let Err(e) = sigmask(libc::SIG_BLOCK, &set, "pthread_sigmask(SIG_BLOCK)") {
+        return e;
     }
     // SAFETY: `raise` sends a valid signal number to the calling thread, where it is
     // blocked: it stays pending until the unblocking below.
     if let Err(e) = cvt(unsafe { libc::raise(signal.0) }) {
         return context("raise")(e);
     }
-    // SAFETY: as above; unblocked, the pending signal takes its default action before the
-    // call returns.
-    let ret = unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
-    if ret != 0 {
-        return context("pthread_sigmask(SIG_UNBLOCK)")(io::Error::from_raw_os_error(ret));
+    // Unblocked, the pending signal takes its default action before the call returns.
+    if let Err(e) = sigmask(libc::SIG_UNBLOCK, &set, "pthread_sigmask(SIG_UNBLOCK)") {
+        return e;
     }
     io::Error::other(format!("{signal}'s default action did not end the process"))
 }
@@ -291,15 +288,7 @@ impl SignalFd {
     /// was: the signals are not left blocked with nothing to read them.
     pub fn new(signals: &[Signal]) -> io::Result<SignalFd> {
         let set = sigset(signals)?;
-        let mut old = std::mem::MaybeUninit::<libc::sigset_t>::uninit();
-        // SAFETY: `set` is an initialised `sigset_t` the call only reads; `old` is room for
-        // one `sigset_t`, which the call writes when it succeeds.
-        let ret = unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, old.as_mut_ptr()) };
-        if ret != 0 {
-            return Err(context("pthread_sigmask")(io::Error::from_raw_os_error(
-                ret,
-            )));
-        }
+        let old = sigmask(libc::SIG_BLOCK, &set, "pthread_sigmask")?;
         // SAFETY: `-1` asks for a new descriptor; `set` is an initialised `sigset_t` the
         // kernel only reads.
         let made = cvt(unsafe { libc::signalfd(-1, &set, libc::SFD_NONBLOCK | libc::SFD_CLOEXEC) })
@@ -307,12 +296,8 @@ impl SignalFd {
         let fd = match made {
             Ok(fd) => fd,
             Err(e) => {
-                // SAFETY: `pthread_sigmask` succeeded above, so it initialised `old`, the
-                // mask before the block, which this only reads; a null old-set pointer is
-                // allowed. It cannot fail with a valid `how` and set.
-                unsafe {
-                    libc::pthread_sigmask(libc::SIG_SETMASK, old.as_ptr(), std::ptr::null_mut());
-                }
+                // The mask before the block; it cannot fail with a valid `how` and set.
+                let _ = sigmask(libc::SIG_SETMASK, &old, "pthread_sigmask(SIG_SETMASK)");
                 return Err(e);
             }
         };
