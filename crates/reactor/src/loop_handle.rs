@@ -146,8 +146,9 @@ pub(crate) struct MetricCounters {
     pub(crate) tasks_run: AtomicU64,
     pub(crate) timers_fired: AtomicU64,
     pub(crate) helped_turns: AtomicU64,
-    /// Functions taken off the queue and left for the next iterations (see
-    /// [`EventLoop::TASK_BATCH`](crate::EventLoop::TASK_BATCH)).
+    /// Functions taken off the queue and not run yet: set when the loop takes them (under
+    /// the queue's lock), counted down when a pass ends with what it left for the next
+    /// iterations (see [`EventLoop::TASK_BATCH`](crate::EventLoop::TASK_BATCH)).
     pub(crate) tasks_taken: AtomicU64,
     pub(crate) health: HealthCounters,
 }
@@ -198,7 +199,11 @@ pub struct LoopMetrics {
     /// loop's lag.
     pub timer_lateness: LatencyHistogram,
     /// Functions queued through handles and not yet run, when the snapshot was taken
-    /// (those the loop took and left for its next iterations included).
+    /// (those the loop has taken off the queue included: the batch it is running, and
+    /// what it left for its next iterations). Taken functions are counted down when
+    /// their pass ends, so while a pass runs the figure may still include those it
+    /// already ran: at most [`EventLoop::TASK_BATCH`](crate::EventLoop::TASK_BATCH) more
+    /// than are waiting.
     pub tasks_queued: u64,
     /// The most queued functions one iteration found waiting (at most
     /// [`EventLoop::TASK_BATCH`] of those from handles run in that iteration).
@@ -278,8 +283,12 @@ impl LoopShared {
                 &h.timer_lateness,
                 &h.timer_lateness_nanos,
             ),
-            tasks_queued: self.queue.lock().as_ref().map_or(0, |q| q.len() as u64)
-                + load(&m.tasks_taken),
+            tasks_queued: {
+                // Both read under the queue's lock, under which the loop moves functions
+                // from one count to the other (`take_queue`).
+                let queue = self.queue.lock();
+                queue.as_ref().map_or(0, |q| q.len() as u64) + load(&m.tasks_taken)
+            },
             largest_task_batch: load(&h.largest_task_batch),
             longest_callback: time(&h.longest_callback_nanos),
             stalls: load(&h.stalls),

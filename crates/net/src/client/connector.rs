@@ -68,6 +68,11 @@ pub(super) struct State {
     /// `connect` was called while that connection was ending: connect again once it has
     /// closed.
     pub(super) connect_after_close: bool,
+    /// Bumped by each `connect`, which begins a new run of attempts (its failures counted
+    /// from zero). What a closing connection queues about itself (its failed attempt, a
+    /// reconnect) carries the generation it belonged to, and is stale once a `connect`
+    /// came after it: that call's own attempt is under way or queued.
+    pub(super) generation: u64,
 }
 
 pub(super) struct Inner {
@@ -359,7 +364,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
 /// still wanted it (not ended by `disconnect` or `stop`) is a failed attempt: reported,
 /// counted against `max_attempts`, retried or given up like a refused connect.
 fn closed(inner: &Arc<Inner>, conn: &TcpConnection, was_up: bool) {
-    let (now, again, attempt_failed) = {
+    let (now, again, attempt_failed, generation) = {
         let mut st = inner.state.lock();
         let mut attempt_failed = false;
         if matches!(&st.phase, Phase::Connected(c) if c.id() == conn.id()) {
@@ -381,20 +386,32 @@ fn closed(inner: &Arc<Inner>, conn: &TcpConnection, was_up: bool) {
             }
         }
         let now = std::mem::take(&mut st.connect_after_close) && st.wanted;
-        (now, st.wanted && inner.reconnect, attempt_failed)
+        (
+            now,
+            st.wanted && inner.reconnect,
+            attempt_failed,
+            st.generation,
+        )
     };
     if attempt_failed {
         let error = never_up_error(conn);
         let me = inner.clone();
         // Queued: the closing connection's handler is still on the stack. A `connect`
-        // (a new attempt under way) or `stop` since then takes precedence.
+        // (a new attempt under way or queued, with its own count of failures) or `stop`
+        // since then takes precedence: the failure is then no longer the client's to
+        // count or retry (counted, it could end the new run before it began).
         let _ = inner.lp.queue_in_loop(move |lp| {
-            let idle = {
+            let current = {
                 let st = me.state.lock();
-                st.wanted && matches!(st.phase, Phase::Idle)
+                st.wanted && matches!(st.phase, Phase::Idle) && st.generation == generation
             };
-            if idle {
+            if current {
                 failed(lp, &me, error);
+            } else {
+                log::debug!(
+                    "client {}: attempt failed ({error}), superseded by a connect or stop",
+                    me.name
+                );
             }
         });
     } else if now {
@@ -406,7 +423,12 @@ fn closed(inner: &Arc<Inner>, conn: &TcpConnection, was_up: bool) {
         let me = inner.clone();
         // Queued: the closing connection's handler is still on the stack.
         let _ = inner.lp.queue_in_loop(move |lp| {
-            if matches!(me.state.lock().phase, Phase::Idle) {
+            let current = {
+                let st = me.state.lock();
+                matches!(st.phase, Phase::Idle) && st.generation == generation
+            };
+            // (A `connect` since then connects at once, with the delay reset.)
+            if current {
                 retry(lp, &me, "connection closed");
             }
         });

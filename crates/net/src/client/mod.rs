@@ -188,6 +188,7 @@ impl ClientBuilder {
                 up_since: None,
                 ending: false,
                 connect_after_close: false,
+                generation: 0,
             }),
         });
         let client = TcpClient { inner };
@@ -350,6 +351,11 @@ impl TcpClient {
     /// [`disconnect`](TcpClient::disconnect) or [`stop`](TcpClient::stop), it connects
     /// again once the old connection has closed. [`ClientBuilder::connect`] already calls
     /// it.
+    ///
+    /// Each call begins a new run of attempts (failures counted from zero against
+    /// [`ClientBuilder::max_attempts`]): an attempt that ended before the call but whose
+    /// failure was not handled yet (a TLS handshake that failed just before) belongs to
+    /// the run before, and is neither reported nor retried (logged at debug level).
     pub fn connect(&self) {
         let inner = self.inner.clone();
         {
@@ -358,6 +364,8 @@ impl TcpClient {
             st.draining = false;
             st.delay = inner.retry_initial;
             st.failures = 0;
+            // A new run of attempts: a failure of the last one still queued is stale.
+            st.generation = st.generation.wrapping_add(1);
         }
         let me = inner.clone();
         if inner.lp.queue_in_loop(move |lp| start(lp, &me)).is_err() {

@@ -12,7 +12,8 @@
 //! - nothing was waiting, or its end of stream came with it: close at once (the common
 //!   case: no more system calls than one `recv`). Asked from the message callback, that
 //!   waits for the callback to return, and holds only if it left none of the input
-//!   unread: input left behind the close (frames pipelined after a `QUIT`) says the peer
+//!   unread (over TLS, plaintext rustls still holds past `max_input` is unread input
+//!   too): input left behind the close (frames pipelined after a `QUIT`) says the peer
 //!   may be sending still, and the close lingers as below;
 //! - bytes were waiting: the peer may be sending still (pipelined requests, an upload the
 //!   application refused), so half-close (`shutdown(SHUT_WR)`, the FIN after the last

@@ -221,7 +221,13 @@ impl LoopConn {
             unless_drained: true,
         } = self.m.write
         {
-            if self.input.is_empty() && !self.m.closed() {
+            // Over TLS, plaintext rustls still holds (decrypted from the same read, past
+            // `max_input`) is input left unread too.
+            #[cfg(feature = "tls")]
+            let more = self.tls_more_pending();
+            #[cfg(not(feature = "tls"))]
+            let more = false;
+            if self.input.is_empty() && !more && !self.m.closed() {
                 // A graceful close asked by the callback, with nothing waiting in the
                 // socket then and nothing left unread now: the peer sent no more than
                 // was handled.

@@ -729,7 +729,7 @@ impl LoopConn {
 
     /// Whether rustls holds plaintext not yet in the input, or ciphertext waits in
     /// `wire_left`.
-    fn tls_more_pending(&mut self) -> bool {
+    pub(super) fn tls_more_pending(&mut self) -> bool {
         self.m.tls.as_mut().is_some_and(|t| {
             !t.wire_left.is_empty()
                 || process_packets(&mut t.conn).is_ok_and(|s| s.plaintext_bytes_to_read() > 0)

@@ -55,8 +55,12 @@ impl EventLoop {
             }
             // A loop asked to quit runs what it has taken, as a loop without the bound
             // would have: everything queued before this pass began.
-            if ran == Self::TASK_BATCH && !self.shared.quit.load(Ordering::SeqCst) {
-                break;
+            if ran >= Self::TASK_BATCH && ran % Self::TASK_BATCH == 0 {
+                if !self.shared.quit.load(Ordering::SeqCst) {
+                    break;
+                }
+                // Past the bound (quitting): what is left is published a batch at a time.
+                self.publish_taken();
             }
             let Some(task) = self.running.pop_front() else {
                 break;
@@ -118,9 +122,20 @@ impl EventLoop {
             self.took_quitting = true;
         }
         let mut taken = Vec::from(std::mem::take(&mut self.running));
-        if let Some(q) = self.shared.queue.lock().as_mut() {
+        let mut queue = self.shared.queue.lock();
+        if let Some(q) = queue.as_mut() {
             std::mem::swap(q, &mut taken);
         }
+        // Counted as taken (not yet run) under the queue's lock, which a snapshot holds
+        // while it reads both figures: the backlog is never missing from
+        // `tasks_queued`, neither while this pass runs it nor in the middle of the swap.
+        // (It is counted down when the pass ends, so during a pass the figure includes
+        // the functions this pass already ran: at most a batch.)
+        self.shared
+            .metrics
+            .tasks_taken
+            .store(taken.len() as u64, Ordering::Relaxed);
+        drop(queue);
         self.running = VecDeque::from(taken);
     }
 
@@ -141,13 +156,19 @@ impl EventLoop {
     /// sleep on them. A loop thread's next poll returns at once; a group's loop gets its
     /// next turn, which only readiness of its own epoll set brings.
     fn wake_for_the_rest(&self) {
+        self.publish_taken();
+        if !self.running.is_empty() {
+            self.shared.wake();
+        }
+    }
+
+    /// Publishes how many of the functions taken through handles have not run yet (part
+    /// of [`LoopMetrics::tasks_queued`](crate::LoopMetrics::tasks_queued)).
+    fn publish_taken(&self) {
         let left = self.running.len() as u64;
         let taken = &self.shared.metrics.tasks_taken;
         if taken.load(Ordering::Relaxed) != left {
             taken.store(left, Ordering::Relaxed);
-        }
-        if left > 0 {
-            self.shared.wake();
         }
     }
 
