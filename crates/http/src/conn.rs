@@ -52,9 +52,10 @@
 //! # Closing
 //!
 //! A response after which the connection must close (an error, `Connection: close`,
-//! HTTP/1.0) is followed by a half-close once it is written, and what the peer still sends
-//! is read and dropped until it closes too or the linger time passes: closing a socket
-//! with unread input would send a reset, and the peer could lose the response.
+//! HTTP/1.0, an answer to `CONNECT`) is followed by a half-close once it is written, and
+//! what the peer still sends is read and dropped until it closes too or the linger time
+//! passes: closing a socket with unread input would send a reset, and the peer could
+//! lose the response.
 //!
 //! # Graceful shutdown
 //!
@@ -117,7 +118,8 @@ struct Awaited {
     /// Its number among the connection's deferred requests.
     seq: u64,
     /// The request's method: a `HEAD` request's answer goes without its body, a
-    /// `CONNECT` request's successful answer without its body and length, and closes.
+    /// `CONNECT` request's successful answer without its body and length; any answer
+    /// to `CONNECT` closes.
     method: Method,
     /// The request let the connection stay open.
     keep_alive: bool,
@@ -551,7 +553,10 @@ impl Service {
         to: Awaited,
         resp: &Response,
     ) {
-        let keep = to.keep_alive && !st.draining && !resp.opens_tunnel(to.method);
+        // After any answer to `CONNECT` the connection ends: a successful one makes no
+        // tunnel, and a client may have sent tunnel bytes behind a refused one without
+        // waiting for it (RFC 9110 section 9.3.6), which must never be read as requests.
+        let keep = to.keep_alive && !st.draining && to.method != Method::Connect;
         let field = match (keep, to.version) {
             (false, _) => ConnField::Close,
             (true, Version::Http10) => ConnField::KeepAlive,

@@ -21,8 +21,10 @@ pub enum Method {
     Delete,
     /// `CONNECT`: its target must be in authority form (`host:port`, RFC 9112 section
     /// 3.2.3; any other form is refused with 400), and is routed as the path
-    /// (`route(Method::Connect, "host:443", ..)`). A route's 2xx answer is sent without
-    /// its body and closes the connection, as the server makes no tunnel.
+    /// (`route(Method::Connect, "host:443", ..)`); the port must be 1 to 65535. Any answer
+    /// closes the connection: a 2xx one is sent without its body, as the server makes no
+    /// tunnel, and a refusal closes too, so that tunnel bytes a client sent behind its
+    /// request without waiting for the answer are never read as requests.
     Connect,
     /// `OPTIONS`.
     Options,

@@ -81,7 +81,8 @@ impl ParseError {
 /// an `Expect` other than `100-continue` (417); an unknown method (501); a well-formed
 /// version (`HTTP/d.d`) other than 1.0 and 1.1 (505); anything else malformed (400),
 /// among it a missing, repeated or invalid `Host`, an absolute-form target with userinfo,
-/// a `CONNECT` without an authority-form target, and a bare CR before the request line.
+/// a `CONNECT` without an authority-form target or with a port outside 1 to 65535, and a
+/// bare CR before the request line.
 ///
 /// ```
 /// use duo_http::{parse_request, Limits, Parsed, StatusCode};
@@ -297,9 +298,7 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
     // (section 3.2.4); any other method has origin or absolute form.
     let (target, authority) = match target {
         t if method == Method::Connect => {
-            if !authority_form(t) {
-                return Err(bad("CONNECT needs an authority-form target (host:port)"));
-            }
+            connect_target(t)?;
             (t.to_owned(), None)
         }
         t if t.starts_with('/') => (t.to_owned(), None),
@@ -365,6 +364,20 @@ fn authority_form(target: &str) -> bool {
     target.rsplit_once(':').is_some_and(|(host, port)| {
         !host.is_empty() && !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit())
     }) && valid_host(target.as_bytes())
+}
+
+/// Checks a `CONNECT` target: authority form (see [`authority_form`]), with a port a
+/// tunnel can be opened to, 1 to 65535 (leading zeros allowed).
+pub(crate) fn connect_target(target: &str) -> Result<(), ParseError> {
+    let bad = |reason| Err(ParseError::new(StatusCode::BAD_REQUEST, reason));
+    if !authority_form(target) {
+        return bad("CONNECT needs an authority-form target (host:port)");
+    }
+    let port = target.rsplit_once(':').map_or("", |(_, port)| port);
+    if !matches!(port.parse::<u16>(), Ok(1..)) {
+        return bad("CONNECT target port out of range (host:port, port 1 to 65535)");
+    }
+    Ok(())
 }
 
 /// Whether `value` is a valid `Host` field value: empty, or `uri-host [":" port]` of

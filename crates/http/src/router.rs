@@ -4,6 +4,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 
+use crate::parse::connect_target;
 use crate::{Method, Request, Responder, Response, StatusCode};
 
 /// A request handler: runs on the loop thread of the connection the request came on, so
@@ -56,7 +57,10 @@ pub(crate) enum Dispatch<'a> {
 /// Routes requests to handlers by exact path and method.
 ///
 /// - a path no route has → `404 Not Found`;
-/// - a path routed for other methods → `405 Method Not Allowed` with `Allow` listing them;
+/// - a path routed for other methods → `405 Method Not Allowed` with `Allow` listing them
+///   (routes no request can reach are left out: a `CONNECT` route keyed by a path rather
+///   than `host:port`, another method's keyed by `host:port`; a path with none left is a
+///   404);
 /// - `HEAD` on a path routed for `GET` (without a `HEAD` route of its own) → the `GET`
 ///   handler, whose body the server does not send;
 /// - `OPTIONS *` (the server as a whole, RFC 9110 section 9.3.7), unless routed itself →
@@ -187,17 +191,24 @@ impl Router {
             return Dispatch::Route(route);
         }
         if req.method() == Method::Options && req.path() == "*" {
-            let all = self.routes.values().flatten().map(|(m, _)| *m);
+            let all = self.routes.iter().flat_map(|(path, methods)| {
+                let path = path.as_str();
+                methods
+                    .iter()
+                    .map(|(m, _)| *m)
+                    .filter(move |&m| reachable(m, path))
+            });
             let allow = allow(all.chain([Method::Options]));
             return Dispatch::Miss(Response::new(StatusCode::OK).header("Allow", &allow));
         }
-        Dispatch::Miss(match self.routes.get(req.path()) {
-            None => Response::text(StatusCode::NOT_FOUND, "not found\n"),
-            Some(methods) => {
-                let allow = allow(methods.iter().map(|(m, _)| *m));
-                Response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
-                    .header("Allow", &allow)
-            }
+        let path = req.path();
+        let methods = self.routes.get(path).into_iter().flatten();
+        let methods = methods.map(|(m, _)| *m).filter(|&m| reachable(m, path));
+        Dispatch::Miss(if methods.clone().next().is_none() {
+            Response::text(StatusCode::NOT_FOUND, "not found\n")
+        } else {
+            Response::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+                .header("Allow", &allow(methods))
         })
     }
 
@@ -209,6 +220,19 @@ impl Router {
     /// Whether there is no route.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
+    }
+}
+
+/// Whether a `method` request can have `path` as its path (RFC 9112 section 3.2): a
+/// `CONNECT` request's is `host:port` (a port 1 to 65535), an `OPTIONS` request's a path
+/// (`/...`) or `*`, any other's a path. The parser refuses every other pairing, so a route
+/// keyed otherwise (`CONNECT /tunnel`, `GET host:443`) is never reached, and no `Allow`
+/// lists it.
+fn reachable(method: Method, path: &str) -> bool {
+    match method {
+        Method::Connect => connect_target(path).is_ok(),
+        Method::Options => path.starts_with('/') || path == "*",
+        _ => path.starts_with('/'),
     }
 }
 

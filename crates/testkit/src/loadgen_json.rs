@@ -87,7 +87,8 @@ pub struct LoadgenJson {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub late: Option<u64>,
     /// `rr --rate`: requests whose intended send time fell in the measured phase but were
-    /// never sent (their connection still awaited an earlier reply at the end).
+    /// never sent (their connection still awaited an earlier reply at the end, or was not
+    /// open: never opened, lost, or reopening).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub unsent: Option<u64>,
     /// Failures by kind (`refused`, `reset`, `timeout`, `mismatch`, ...).

@@ -15,8 +15,9 @@ use clap::{Args, Parser, Subcommand};
 /// Every mode runs `--threads` threads, each with its own epoll loop over its share of the
 /// connections. Errors (refused, reset, timeout, mismatch, ...) are counted and printed. Exit
 /// code: 0 = ran (errors, if any, are reported), 1 = verification failed (wrong bytes echoed,
-/// bank money not conserved) or any error with `--strict`, 2 = bad usage (also: an address
-/// that is not loopback).
+/// bank money not conserved), the run measured nothing (no connection was ever established;
+/// UDP: no datagram came back) or the bank's set-up failed, or any error with `--strict`,
+/// 2 = bad usage (also: an address that is not loopback).
 #[derive(Debug, Parser)]
 #[command(name = "loadgen", version, args_override_self = true)]
 pub(crate) struct Cli {

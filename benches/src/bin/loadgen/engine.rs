@@ -182,6 +182,8 @@ pub(crate) struct Engine<S: Session> {
     plain: Vec<u8>,
     /// Connections whose TLS handshake is under way.
     handshaking: usize,
+    /// Sessions opened so far (connections established, with TLS past the handshake).
+    opened: u64,
     next_sweep: Instant,
 }
 
@@ -228,6 +230,7 @@ impl<S: Session> Engine<S> {
             scratch: vec![0; READ_CHUNK],
             plain: Vec::new(),
             handshaking: 0,
+            opened: 0,
             next_sweep: Instant::now() + SWEEP_INTERVAL,
         })
     }
@@ -259,6 +262,12 @@ impl<S: Session> Engine<S> {
     /// opened).
     pub(crate) fn open_count(&self) -> usize {
         self.open - self.handshaking
+    }
+
+    /// Connections established since the engine started (with TLS, past the handshake),
+    /// open now or not: 0 when the server was never reached.
+    pub(crate) fn opened_total(&self) -> u64 {
+        self.opened
     }
 
     /// Sessions that are finished.
@@ -480,6 +489,7 @@ impl<S: Session> Engine<S> {
             }
             return;
         }
+        self.opened += 1;
         let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
         // Edge-triggered: bytes that came with the connect edge must be read now.
         if self.apply(idx, step) && ready.is_readable() {
@@ -577,6 +587,7 @@ impl<S: Session> Engine<S> {
                     }
                 };
                 if open && just_up {
+                    self.opened += 1;
                     let step = self.with_session(idx, |session, _, ctx| session.on_open(ctx));
                     open = self.apply(idx, step);
                 }

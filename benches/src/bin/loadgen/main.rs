@@ -15,8 +15,10 @@
 //! `duo_sys::Epoll`) over its share of non-blocking connections; the modes
 //! ([`modes`]) only supply the protocol of one connection ([`engine::Session`]). Errors are
 //! counted by kind and always reported; the exit code is 1 when verification failed (an
-//! echoed byte differs, bank money not conserved) or, with `--strict`, on any error; 2 on
-//! bad usage, such as an address that is not loopback. Every run ends within a hard time
+//! echoed byte differs, bank money not conserved), when the run could not do its job (no
+//! connection was ever established, the bank's set-up failed: the `failure`, also on
+//! stderr) or, with `--strict`, on any error; 2 on bad usage, such as an address that is
+//! not loopback. Every run ends within a hard time
 //! limit (see [`cli::Mode::hard_limit`]), whatever the server does.
 //!
 //! `rr --rate R` runs open loop: requests go out on a schedule of R per second whatever
@@ -135,6 +137,9 @@ fn main() -> ExitCode {
         println!("{}", report.to_json().to_line());
     } else {
         print!("{}", report.to_human());
+    }
+    if let Some(failure) = &report.failure {
+        eprintln!("loadgen {}: {failure}", mode.name());
     }
     if report.failed() || (common.strict && report.errors.total() > 0) {
         ExitCode::FAILURE

@@ -92,6 +92,7 @@ fn worker(
     let elapsed = go.elapsed();
     let (server_closed, unanswered_on_close) = engine.closed_by_server();
     let waiting_at_end = engine.waiting();
+    let reached = engine.opened_total();
     let (shared, faults) = engine.finish();
     Ok(Tally {
         msgs: shared.cycles,
@@ -100,6 +101,7 @@ fn worker(
         faults,
         elapsed,
         established: 0,
+        reached,
         server_closed,
         unanswered_on_close,
         waiting_at_end,

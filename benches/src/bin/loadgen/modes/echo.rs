@@ -157,22 +157,29 @@ fn worker(
     // (on open connections: one lost with its connection is a fault, not a wait), and,
     // open loop, those due and never sent behind them.
     let mut waits: Vec<(Duration, u64)> = Vec::new();
-    let mut unsent = 0;
     for s in engine.open_sessions() {
         if s.sent_at.is_some() {
             waits.push((stopped.saturating_duration_since(s.intended), 1));
         }
         if let Some(schedule) = &s.schedule {
-            let groups = schedule.unsent(end, stopped, go);
-            unsent += groups.iter().map(|&(_, n)| n).sum::<u64>();
-            waits.extend(groups);
+            waits.extend(schedule.unsent(end, stopped, go));
         }
     }
+    // Open loop, every request due in the phase and never sent is `unsent`, whatever
+    // held it back: a request in flight before it, or a connection not open (never
+    // opened, lost, reopening). Only those of open connections count as waits above.
+    let unsent = engine
+        .sessions()
+        .filter_map(|s| s.schedule.as_ref())
+        .flat_map(|schedule| schedule.unsent(end, stopped, go))
+        .map(|(_, n)| n)
+        .sum();
     let shared = engine.shared_mut();
     shared.latency.record_unanswered_n(waits);
     shared.pacer.counts.unsent = unsent;
     let (server_closed, unanswered_on_close) = engine.closed_by_server();
     let waiting_at_end = engine.waiting();
+    let reached = engine.opened_total();
     let (shared, faults) = engine.finish();
     Ok(Tally {
         open_loop: shared.pacer.counts,
@@ -182,6 +189,7 @@ fn worker(
         faults,
         elapsed,
         established,
+        reached,
         server_closed,
         unanswered_on_close,
         waiting_at_end,

@@ -34,7 +34,7 @@ use crate::cli::IdleArgs;
 use crate::engine::{Ctx, Engine, Options, Session, Step};
 use crate::fault::{Fault, Faults};
 use crate::host::rss_kib;
-use crate::modes::{merge_all, Env, Part};
+use crate::modes::{fail_if_unreached, merge_all, Env, Part};
 use crate::report::Report;
 use crate::runner::{run_threads, Ticket};
 use duo_testkit::Rng as XorShift;
@@ -157,6 +157,7 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     report.verify_secs = Some(total.verify.as_secs_f64());
     report.hold_secs = Some(held.as_secs_f64());
     report.errors.merge(&total.faults);
+    fail_if_unreached(&mut report, total.reached);
     match hold_samples.pop() {
         Some(Ok(kib)) => report.rss_hold_kib = Some(kib),
         Some(Err(e)) => report.notes.push(e),
@@ -203,6 +204,8 @@ struct IdleTally {
     lost: u64,
     faults: Faults,
     fd_exhausted: bool,
+    /// Connections established at any time (confirmed or not).
+    reached: u64,
 }
 
 impl IdleTally {
@@ -213,6 +216,7 @@ impl IdleTally {
         self.lost += other.lost;
         self.faults.merge(&other.faults);
         self.fd_exhausted |= other.fd_exhausted;
+        self.reached += other.reached;
     }
 }
 
@@ -266,6 +270,7 @@ fn worker(
         verify_all(&mut engine, phases.batch, started + phases.verify_limit)?;
         verify = started.elapsed();
     }
+    let reached = engine.opened_total();
     let (shared, faults) = engine.finish();
     Ok(IdleTally {
         confirmed,
@@ -274,6 +279,7 @@ fn worker(
         lost: shared.lost,
         faults,
         fd_exhausted,
+        reached,
     })
 }
 

@@ -155,6 +155,9 @@ pub(crate) struct Tally {
     pub(crate) elapsed: Duration,
     /// Connections open when the measured phase started.
     pub(crate) established: u64,
+    /// Connections established at any time of the run (UDP: datagrams that came back):
+    /// 0 when the server was never reached ([`fail_if_unreached`]).
+    pub(crate) reached: u64,
     /// `--reconnect`: connections the server closed in an orderly way.
     pub(crate) server_closed: u64,
     /// `--reconnect`: requests outstanding on them when they closed.
@@ -174,6 +177,7 @@ impl Tally {
         self.faults.merge(&other.faults);
         self.elapsed = self.elapsed.max(other.elapsed);
         self.established += other.established;
+        self.reached += other.reached;
         self.server_closed += other.server_closed;
         self.unanswered_on_close += other.unanswered_on_close;
         self.waiting_at_end += other.waiting_at_end;
@@ -199,6 +203,7 @@ impl Tally {
         if self.msgs == 0 {
             report.errors.add(Fault::Unanswered, self.waiting_at_end);
         }
+        fail_if_unreached(report, self.reached);
     }
 
     /// Fills the `--reconnect` counts of the report.
@@ -206,6 +211,33 @@ impl Tally {
         report.server_closed = Some(self.server_closed);
         report.unanswered_on_close = Some(self.unanswered_on_close);
     }
+}
+
+/// Fails `report` when `reached` is 0: no connection was ever established (UDP: no
+/// datagram ever came back), so the run measured nothing. Its zeros are no result, and
+/// a script must not take them for one: the run exits 1, with or without `--strict`,
+/// saying so and why (the errors counted).
+pub(crate) fn fail_if_unreached(report: &mut Report, reached: u64) {
+    if reached > 0 || report.failure.is_some() {
+        return;
+    }
+    let addr = report.addr.as_deref().unwrap_or("the server");
+    let what = if report.mode == "udp-rr" {
+        format!("no datagram ever came back from {addr}")
+    } else {
+        format!("no connection to {addr} was ever established")
+    };
+    let errors: Vec<String> = report
+        .errors
+        .iter()
+        .map(|(kind, n)| format!("{kind} {n}"))
+        .collect();
+    let why = if errors.is_empty() {
+        "no error counted".to_owned()
+    } else {
+        format!("errors: {}", errors.join(", "))
+    };
+    report.failure = Some(format!("{what} ({why}); nothing was measured"));
 }
 
 /// Fills `report` with the server's CPU time and the workers' merged tallies (`bytes`

@@ -229,7 +229,8 @@ pub(crate) struct RateCounts {
     /// Of those, sent more than one interval after their intended send time.
     pub(crate) late: u64,
     /// Requests whose intended send time fell in the measured phase, never sent: their
-    /// connection (open at the end) was still waiting for an earlier reply.
+    /// connection was still waiting for an earlier reply, or was not open (it never
+    /// opened, or was lost or reopening).
     pub(crate) unsent: u64,
 }
 

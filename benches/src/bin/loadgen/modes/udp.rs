@@ -158,6 +158,7 @@ impl Client {
         loop {
             match self.sock.recv(buf) {
                 Ok(n) => {
+                    tally.reached += 1;
                     if self.is_late_echo(&buf[..n]) {
                         continue; // the late echo of a request counted as lost
                     }
