@@ -119,6 +119,12 @@ struct ServeArgs {
     /// breaks the session the barrier relies on.
     #[arg(long)]
     no_early_release: bool,
+    /// On PostgreSQL, how long one database call (a batch of writes, a read, a flush
+    /// barrier) may wait for the server before its connection is dropped and its commands
+    /// are answered `ERR UNAVAILABLE` (a server or a path to it that stalled without
+    /// closing); 0: no limit. Connecting is bounded by the URL's connect_timeout (5 s).
+    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    db_timeout: u64,
     /// Run N worker processes, each a whole server, under a supervisor that owns the
     /// listening socket; more than 1 needs PostgreSQL.
     #[arg(long, value_name = "N")]
@@ -341,6 +347,7 @@ fn config(a: ServeArgs) -> ServeConfig {
         idle_timeout: Duration::from_secs(a.idle_timeout),
         group_commit: !a.no_group_commit,
         early_release: !a.no_early_release,
+        db_timeout: (a.db_timeout > 0).then(|| Duration::from_secs(a.db_timeout)),
         hash_cost: a.hash_cost,
         metrics: a.metrics,
         stall_threshold: (a.stall_ms > 0).then(|| Duration::from_millis(a.stall_ms)),

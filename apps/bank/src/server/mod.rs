@@ -113,6 +113,9 @@ pub struct ServeConfig {
     /// its replies until a flush barrier says it is on disk (early lock release); off,
     /// every commit holds its locks until it is on disk. SQLite ignores it.
     pub early_release: bool,
+    /// On PostgreSQL, how long one database call may wait for the server
+    /// ([`StoreOptions::db_timeout`]); `None`: no limit. SQLite ignores it.
+    pub db_timeout: Option<Duration>,
     /// Cost of new password hashes.
     pub hash_cost: HashCost,
     /// Serve the metrics endpoint here (and print `metrics on ADDR`).
@@ -241,6 +244,7 @@ fn run(
         metrics: metrics.clone(),
         group_commit: cfg.group_commit,
         early_release: cfg.early_release,
+        db_timeout: cfg.db_timeout,
         // Without group commit every worker runs its own transactions, as a classic
         // connection pool would (SQLite ignores it: it has one writer).
         writers: if cfg.group_commit {

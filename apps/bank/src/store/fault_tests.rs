@@ -10,6 +10,7 @@ fn store_at(path: &Path) -> sqlite::SqliteStore {
     let options = StoreOptions {
         group_commit: true,
         early_release: true,
+        db_timeout: Some(std::time::Duration::from_secs(30)),
         writers: 1,
         metrics: crate::BankMetrics::default(),
     };

@@ -110,6 +110,10 @@ pub struct StoreOptions {
     pub early_release: bool,
     /// Transactions that may commit at once (PostgreSQL; SQLite has one writer).
     pub writers: usize,
+    /// On PostgreSQL, how long one database call (a batch, a read, a flush barrier) may
+    /// wait for the server; past it the connection is dropped and the call's commands get
+    /// `UNAVAILABLE`, as with a connection that broke. `None`: no limit. SQLite ignores it.
+    pub db_timeout: Option<std::time::Duration>,
     /// Where batches are counted (sizes, commit times, outcomes).
     pub metrics: BankMetrics,
 }

@@ -32,6 +32,13 @@
 //! waiting there for a lock would otherwise commit later). Reads are retried once on a new
 //! connection, also when a table changed under their prepared statements.
 //!
+//! A call that gets no answer within [`StoreOptions::db_timeout`] counts as lost: its
+//! connection is dropped ([`conn`]), as when a server or the path to it stalls without
+//! closing (TCP timeouts never fire while something on the way acknowledges the packets).
+//! A statement the server cancels (SQLSTATE 57014: `statement_timeout`,
+//! `pg_cancel_backend`) rolled back on a session still good: its operations get
+//! `UNAVAILABLE` at once, the session is kept, and the statement is not sent again.
+//!
 //! # When the schema changes under the server
 //!
 //! Every read and the call of `bank_apply` cast each column they take to the type they
@@ -47,9 +54,9 @@ use std::str::FromStr;
 use std::time::Duration;
 
 use parking_lot::Mutex;
-use postgres::error::SqlState;
-use postgres::types::ToSql;
-use postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::error::SqlState;
+use tokio_postgres::types::ToSql;
+use tokio_postgres::{Config, Statement};
 
 use super::flush::Flusher;
 use super::group::Applied;
@@ -59,11 +66,13 @@ use super::{
 use crate::protocol::{EntryKind, HistoryEntry};
 
 mod barrier;
+mod conn;
 mod reply;
 mod schema;
 mod session;
 
 use barrier::{start_flusher, FLUSHED};
+use conn::{Conn, ConnectError};
 use reply::{column, outcomes, ReadError};
 use schema::migrate;
 use session::{pin_schema, prepare_writer, settle, WriterSession};
@@ -125,13 +134,17 @@ pub(crate) fn redact(url: &str) -> String {
 /// A failed connection attempt: `UNAVAILABLE` when the server cannot be reached or does
 /// not take connections now, a plain database error otherwise (a wrong password, a
 /// database that does not exist: retrying will not help). `url` prefixes the message.
-fn connect_failed(e: &postgres::Error, url: Option<&str>) -> StoreError {
-    let text = match url {
-        Some(url) => format!("cannot connect to {url}: {}", describe(e)),
-        None => describe(e),
+fn connect_failed(e: &ConnectError, url: Option<&str>) -> StoreError {
+    let (e, text) = match e {
+        ConnectError::Db(e) => (Some(e), describe(e)),
+        ConnectError::Other(m) => (None, m.clone()),
     };
-    match classify(e) {
-        Failure::Other(_) => StoreError::Postgres(text),
+    let text = match url {
+        Some(url) => format!("cannot connect to {url}: {text}"),
+        None => text,
+    };
+    match e.map(classify) {
+        Some(Failure::Other(_)) => StoreError::Postgres(text),
         _ => StoreError::Unavailable(text),
     }
 }
@@ -144,14 +157,19 @@ enum Failure {
     /// started yet, too many connections): nothing was committed; a new connection may
     /// do better.
     Refused(String),
-    /// The connection broke: whatever was in flight may or may not have committed.
+    /// The connection broke, or the call overran its limit (`--db-timeout`) and the
+    /// connection was dropped: whatever was in flight may or may not have committed.
     Lost(String),
+    /// The statement was canceled (SQLSTATE 57014: `statement_timeout`,
+    /// `pg_cancel_backend`): it rolled back, and the session is still good. It is not
+    /// sent again (a DBA stopped it, or the timeout would stop it again).
+    Canceled(String),
     /// Any other database error (the transaction rolled back).
     Other(String),
 }
 
 /// `e` with its causes ("error connecting to server: Connection refused ...").
-fn describe(e: &postgres::Error) -> String {
+fn describe(e: &tokio_postgres::Error) -> String {
     if let Some(db) = e.as_db_error() {
         return db.to_string();
     }
@@ -168,13 +186,16 @@ fn describe(e: &postgres::Error) -> String {
     text
 }
 
-fn classify(e: &postgres::Error) -> Failure {
+fn classify(e: &tokio_postgres::Error) -> Failure {
     let Some(db) = e.as_db_error() else {
         return Failure::Lost(describe(e));
     };
     let code = db.code();
     if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
         return Failure::Conflict;
+    }
+    if *code == SqlState::QUERY_CANCELED {
+        return Failure::Canceled(db.to_string());
     }
     let class = &code.code()[..2];
     // 08: connection exception, 57: operator intervention (shutdown, crash, cannot connect
@@ -195,7 +216,7 @@ pub(crate) struct Writer {
 
 /// A reader connection with its prepared queries.
 struct Reader {
-    client: Client,
+    client: Conn,
     user: Statement,
     balance: Statement,
     history: Statement,
@@ -204,6 +225,8 @@ struct Reader {
 /// The bank's accounts on a PostgreSQL server.
 pub(crate) struct PgStore {
     config: Config,
+    /// How long one database call may take ([`StoreOptions::db_timeout`]).
+    limit: Option<Duration>,
     shown: String,
     /// The schema that holds the bank's tables (found at start): every session's
     /// `search_path`, so that a table of the same name that appears in front of the bank's
@@ -302,15 +325,14 @@ impl PgStore {
         if config.get_keepalives_idle() == Config::new().get_keepalives_idle() {
             config.keepalives_idle(KEEPALIVE_IDLE);
         }
-        let mut client = config
-            .connect(NoTls)
-            .map_err(|e| connect_failed(&e, None))?;
+        let limit = options.db_timeout;
+        let mut client = Conn::connect(&config, limit).map_err(|e| connect_failed(&e, None))?;
         let schema = migrate(&mut client, &shown)?;
         // Only with early lock release: otherwise every commit of this front-end waits for
         // its own flush, and reads need no barrier (every front-end of one database
         // should use the same setting; see docs/bank-protocol.md).
         let flusher = if options.early_release && options.group_commit {
-            start_flusher(&config, &shown, &options.metrics)?
+            start_flusher(&config, limit, &shown, &options.metrics)?
         } else {
             None
         };
@@ -326,6 +348,7 @@ impl PgStore {
         writers.resize_with(options.writers.max(1), Writer::default);
         Ok(PgStore {
             config,
+            limit,
             shown,
             schema,
             writes: GroupCommit::new(
@@ -340,10 +363,9 @@ impl PgStore {
     }
 
     /// A new session, its `search_path` the bank's schema.
-    fn connect(&self) -> Result<Client, StoreError> {
-        self.config
-            .connect(NoTls)
-            .and_then(|c| pin_schema(c, &self.schema))
+    fn connect(&self) -> Result<Conn, StoreError> {
+        Conn::connect(&self.config, self.limit)
+            .and_then(|c| pin_schema(c, &self.schema).map_err(ConnectError::Db))
             .map_err(|e| connect_failed(&e, Some(&self.shown)))
     }
 
@@ -414,6 +436,10 @@ impl PgStore {
                         drop((reader, stale));
                         last = Some(StoreError::Postgres(m));
                     }
+                    Failure::Canceled(m) => {
+                        self.readers.lock().push(reader);
+                        return Err(StoreError::Unavailable(m));
+                    }
                     Failure::Conflict | Failure::Other(_) => {
                         self.readers.lock().push(reader);
                         return Err(pg_error(&e));
@@ -433,7 +459,7 @@ impl PgStore {
             "true"
         };
         let prepared = (|| {
-            Ok::<_, postgres::Error>((
+            Ok::<_, tokio_postgres::Error>((
                 client.prepare(&format!(
                     "SELECT id::int8, password_hash::text, {flushed} FROM users WHERE name = $1"
                 ))?,
@@ -448,7 +474,9 @@ impl PgStore {
             ))
         })();
         let (user, balance, history) = prepared.map_err(|e| match classify(&e) {
-            Failure::Refused(m) | Failure::Lost(m) => StoreError::Unavailable(m),
+            Failure::Refused(m) | Failure::Lost(m) | Failure::Canceled(m) => {
+                StoreError::Unavailable(m)
+            }
             _ => pg_error(&e),
         })?;
         Ok(Reader {
@@ -641,6 +669,8 @@ impl PgStore {
                     w.session = None;
                     return Err(f);
                 }
+                // Rolled back, on a session still good: kept, and nothing sent again.
+                f @ Failure::Canceled(_) => return Err(f),
                 f @ Failure::Lost(_) => {
                     if let Some(lost) = w.session.take() {
                         settle(lost, || self.connect());
@@ -705,13 +735,13 @@ impl PgStore {
 /// statements or compiled a function (a cached plan whose result type changed, a record of
 /// the wrong type, a relation or function looked up by a stale id): SQLSTATE 0A000 or
 /// class 42.
-fn schema_changed(e: &postgres::Error) -> bool {
+fn schema_changed(e: &tokio_postgres::Error) -> bool {
     e.code().is_some_and(|code| {
         *code == SqlState::FEATURE_NOT_SUPPORTED || code.code().starts_with("42")
     })
 }
 
-fn pg_error(e: &postgres::Error) -> StoreError {
+fn pg_error(e: &tokio_postgres::Error) -> StoreError {
     StoreError::Postgres(describe(e))
 }
 
@@ -729,6 +759,13 @@ fn failed(n: usize, f: Failure) -> WriteResults {
             duo_net::log_limited!(
                 log::Level::Error,
                 "database unavailable for a batch of {n}: {m}"
+            );
+            StoreError::Unavailable(m)
+        }
+        Failure::Canceled(m) => {
+            duo_net::log_limited!(
+                log::Level::Warn,
+                "a batch of {n} was canceled by the database ({m}); nothing was committed"
             );
             StoreError::Unavailable(m)
         }

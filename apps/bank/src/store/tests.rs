@@ -63,6 +63,7 @@ fn options(group_commit: bool) -> StoreOptions {
     StoreOptions {
         group_commit,
         early_release: true,
+        db_timeout: Some(std::time::Duration::from_secs(30)),
         writers: 2,
         metrics: crate::BankMetrics::default(),
     }
@@ -190,6 +191,7 @@ fn postgres_releases_locks_early_with_group_commit_where_barriers_run() {
             StoreOptions {
                 group_commit,
                 early_release,
+                db_timeout: Some(std::time::Duration::from_secs(30)),
                 writers: 1,
                 metrics: crate::BankMetrics::default(),
             },

@@ -2,10 +2,11 @@
 //! barrier is, what a session must show before it counts as up, and the column that
 //! tells a read whether what it saw is durable.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use postgres::{Client, Config, NoTls, Statement};
+use tokio_postgres::{Config, Statement};
 
+use super::conn::Conn;
 use super::{classify, connect_failed, describe, Failure};
 use crate::metrics::BankMetrics;
 use crate::store::flush::{Barrier, Flusher};
@@ -13,7 +14,7 @@ use crate::store::StoreError;
 
 /// The session that runs flush barriers ([`crate::store::flush`]).
 struct PgBarrier {
-    client: Client,
+    client: Conn,
     statement: Statement,
     metrics: BankMetrics,
 }
@@ -63,13 +64,13 @@ enum NoBarrier {
 /// it can confirm commits.
 fn barrier_session(
     config: &Config,
+    limit: Option<Duration>,
     shown: &str,
     metrics: &BankMetrics,
 ) -> Result<PgBarrier, NoBarrier> {
-    let mut client = config
-        .connect(NoTls)
+    let mut client = Conn::connect(config, limit)
         .map_err(|e| NoBarrier::Unreachable(connect_failed(&e, Some(shown))))?;
-    let failed = |e: postgres::Error| match classify(&e) {
+    let failed = |e: tokio_postgres::Error| match classify(&e) {
         Failure::Other(m) => NoBarrier::Refused(m),
         _ => NoBarrier::Unreachable(StoreError::Unavailable(describe(&e))),
     };
@@ -100,10 +101,11 @@ fn barrier_session(
 /// warning) if the server will not run them; then every commit waits for its own flush.
 pub(super) fn start_flusher(
     config: &Config,
+    limit: Option<Duration>,
     shown: &str,
     metrics: &BankMetrics,
 ) -> Result<Option<Flusher>, StoreError> {
-    let first = match barrier_session(config, shown, metrics) {
+    let first = match barrier_session(config, limit, shown, metrics) {
         Ok(first) => first,
         Err(NoBarrier::Unreachable(e)) => return Err(e),
         Err(NoBarrier::Refused(m)) => {
@@ -116,7 +118,7 @@ pub(super) fn start_flusher(
     };
     let (config, shown, metrics) = (config.clone(), shown.to_owned(), metrics.clone());
     let connect = move || {
-        barrier_session(&config, &shown, &metrics).map_err(|e| match e {
+        barrier_session(&config, limit, &shown, &metrics).map_err(|e| match e {
             NoBarrier::Unreachable(e) => e,
             // Writers send nothing while there is no session: their writes get
             // UNAVAILABLE without having happened.

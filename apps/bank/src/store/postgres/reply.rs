@@ -11,12 +11,12 @@ type Outcome<'a> = (&'a str, Option<i64>, Option<String>);
 /// Why a read failed: the database said so, or a column of its reply did not hold what
 /// the bank reads from it.
 pub(super) enum ReadError {
-    Db(postgres::Error),
+    Db(tokio_postgres::Error),
     Column(String),
 }
 
-impl From<postgres::Error> for ReadError {
-    fn from(e: postgres::Error) -> ReadError {
+impl From<tokio_postgres::Error> for ReadError {
+    fn from(e: tokio_postgres::Error) -> ReadError {
         ReadError::Db(e)
     }
 }
@@ -24,8 +24,8 @@ impl From<postgres::Error> for ReadError {
 /// Column `i` of `row` as a `T`, or an error naming the column and its type: a table
 /// altered under the server answers an error, not a panic. (The reads cast each column to
 /// the type they take, so a widened column reads as before.)
-pub(super) fn column<'a, T: postgres::types::FromSql<'a>>(
-    row: &'a postgres::Row,
+pub(super) fn column<'a, T: tokio_postgres::types::FromSql<'a>>(
+    row: &'a tokio_postgres::Row,
     i: usize,
 ) -> Result<T, ReadError> {
     row.try_get(i).map_err(|e| {
@@ -42,7 +42,7 @@ pub(super) fn column<'a, T: postgres::types::FromSql<'a>>(
 }
 
 /// The outcomes `bank_apply` returned, one per operation.
-pub(super) fn outcomes(n: usize, rows: &[postgres::Row]) -> WriteResults {
+pub(super) fn outcomes(n: usize, rows: &[tokio_postgres::Row]) -> WriteResults {
     if rows.len() != n {
         let m = format!("bank_apply returned {} rows for {n} operations", rows.len());
         return failed(n, Failure::Other(m));

@@ -2,7 +2,7 @@
 //! has it (a newer version or someone else's tables are refused), its functions brought
 //! up to date, under an advisory lock so that front-ends may start together.
 
-use postgres::Client;
+use super::conn::Conn;
 
 use super::pg_error;
 use crate::store::StoreError;
@@ -17,15 +17,15 @@ const SCHEMA_LOCK: i64 = 0x6261_6e6b; // "bank"
 /// Creates the schema in an empty database, or checks that it is a bank database of a
 /// version this program knows (refusing a newer one or someone else's tables), and brings
 /// the functions up to date. Returns the schema that holds the bank's tables.
-pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<String, StoreError> {
+pub(super) fn migrate(client: &mut Conn, shown: &str) -> Result<String, StoreError> {
     let refuse = |why: String| StoreError::Schema(format!("{shown}: {why}; refusing to use it"));
     // READ COMMITTED whatever the database's default: a front-end that waited for the
     // lock must see what the one before it committed.
-    let mut tx = client
-        .build_transaction()
-        .isolation_level(postgres::IsolationLevel::ReadCommitted)
-        .start()
+    // (On an error the connection is dropped with its transaction: the start fails.)
+    client
+        .batch_execute("BEGIN ISOLATION LEVEL READ COMMITTED")
         .map_err(|e| pg_error(&e))?;
+    let tx = client;
     tx.execute("SELECT pg_advisory_xact_lock($1)", &[&SCHEMA_LOCK])
         .map_err(|e| pg_error(&e))?;
     // Where the search path finds bank_meta, and where it would create tables: the two
@@ -100,6 +100,6 @@ pub(super) fn migrate(client: &mut Client, shown: &str) -> Result<String, StoreE
         }
     }
     tx.batch_execute(SCHEMA).map_err(|e| pg_error(&e))?;
-    tx.commit().map_err(|e| pg_error(&e))?;
+    tx.batch_execute("COMMIT").map_err(|e| pg_error(&e))?;
     Ok(current)
 }

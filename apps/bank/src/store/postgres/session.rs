@@ -5,9 +5,10 @@
 
 use std::time::{Duration, Instant};
 
-use postgres::types::Type;
-use postgres::{Client, Statement};
+use tokio_postgres::types::Type;
+use tokio_postgres::Statement;
 
+use super::conn::Conn;
 use super::describe;
 use crate::store::StoreError;
 
@@ -21,7 +22,7 @@ const BACKEND_SQL: &str = "SELECT pid, (extract(epoch FROM backend_start) * 1000
 
 /// A writer's connection, its prepared call, and the server session behind it.
 pub(super) struct WriterSession {
-    pub(super) client: Client,
+    pub(super) client: Conn,
     pub(super) call: Statement,
     /// A call on it has completed: its plans and compiled `bank_apply` may predate a
     /// change of the schema since. Until then they are as new as the schema it met, so a
@@ -41,7 +42,7 @@ struct Backend {
 }
 
 /// Sets the session's `search_path` to `schema` alone (see `PgStore::schema`).
-pub(super) fn pin_schema(mut client: Client, schema: &str) -> Result<Client, postgres::Error> {
+pub(super) fn pin_schema(mut client: Conn, schema: &str) -> Result<Conn, tokio_postgres::Error> {
     client.execute(
         "SELECT pg_catalog.set_config('search_path', pg_catalog.quote_ident($1), false)",
         &[&schema],
@@ -52,9 +53,9 @@ pub(super) fn pin_schema(mut client: Client, schema: &str) -> Result<Client, pos
 /// Prepares a writer session; with `early_release`, its commits do not wait for the disk
 /// (the barrier does, before anyone hears of them).
 pub(super) fn prepare_writer(
-    mut client: Client,
+    mut client: Conn,
     early_release: bool,
-) -> Result<WriterSession, postgres::Error> {
+) -> Result<WriterSession, tokio_postgres::Error> {
     if early_release {
         client.batch_execute("SET synchronous_commit = off")?;
     }
@@ -89,7 +90,7 @@ pub(super) fn prepare_writer(
 /// call waits for a lock, and would commit the call later, after its clients heard
 /// `UNAVAILABLE` and looked (at a balance, through a retry): once the session is gone, the
 /// outcome they see is the outcome. Runs only after a lost connection.
-pub(super) fn settle(lost: WriterSession, connect: impl FnOnce() -> Result<Client, StoreError>) {
+pub(super) fn settle(lost: WriterSession, connect: impl FnOnce() -> Result<Conn, StoreError>) {
     let WriterSession {
         client, backend, ..
     } = lost;
