@@ -7,7 +7,7 @@ use std::fmt;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -236,6 +236,7 @@ impl EventLoop {
                 notified: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
                 quit: AtomicBool::new(false),
+                quit_backlog: AtomicUsize::new(0),
                 waker,
                 next_timer: AtomicU64::new(0),
                 pending_timers: Mutex::default(),
@@ -299,18 +300,16 @@ impl EventLoop {
         // A panic out of an earlier `run` may have left these set.
         self.shared.draining.store(false, Ordering::SeqCst);
         self.took_quitting = false;
-        // Time outside `run` is nobody's; busy from here (for `/healthz`), as after a poll:
-        // the functions queued on this thread before `run` (they did not wake us) run now.
-        self.health.busy_now(&self.shared.metrics.health);
+        // The functions queued on this thread before `run` (they did not wake us) run now.
         self.iteration = self.iteration.wrapping_add(1);
-        self.run_queued();
-        // Counted now: a function of this pass may have quit the loop, and `run` then
-        // returns without another iteration (whose end would have published them).
-        self.publish_metrics();
-        self.health.idle(&self.shared.metrics.health);
+        self.run_queued_between_polls();
         let result = loop {
-            // Not before what it took off its queue has run (slices one per iteration).
-            if self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty() {
+            // Not before what it took off its queue has run (slices one per iteration),
+            // nor what was queued before the quit (`run_quit_backlog`).
+            if self.shared.quit.load(Ordering::SeqCst)
+                && self.running.is_empty()
+                && !self.run_quit_backlog()
+            {
                 break Ok(());
             }
             if let Err(e) = self.run_once(true) {
@@ -318,6 +317,7 @@ impl EventLoop {
             }
         };
         self.shared.quit.store(false, Ordering::SeqCst);
+        self.shared.quit_backlog.store(0, Ordering::Relaxed);
         self.took_quitting = false;
         self.health.idle(&self.shared.metrics.health);
         log::trace!("event loop {} stopped", self.shared.name);
@@ -526,9 +526,10 @@ impl EventLoop {
     }
 
     /// Asks the loop to stop: [`EventLoop::run`] returns at the end of this iteration (or,
-    /// with a function in slices under way, of the one that runs its last slice).
+    /// with a function in slices under way, of the one that runs its last slice), once
+    /// the functions queued before the call have run ([`LoopHandle::quit`]).
     pub fn quit(&self) {
-        self.shared.quit.store(true, Ordering::SeqCst);
+        self.shared.request_quit();
     }
 
     /// Registers `fd` with `interest` (readable, writable, edge or level) and `handler`;

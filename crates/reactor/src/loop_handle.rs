@@ -2,7 +2,7 @@
 
 use std::collections::HashSet;
 use std::fmt;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -123,6 +123,10 @@ pub(crate) struct LoopShared {
     pub(crate) draining: AtomicBool,
     /// Quit requested: `run` returns at the end of this iteration.
     pub(crate) quit: AtomicBool,
+    /// How many functions at the head of `queue` were queued before the last quit and
+    /// not taken since (written under `queue`'s lock): the loop runs them before `run`
+    /// returns, though the pass under way took its queue before they came.
+    pub(crate) quit_backlog: AtomicUsize,
     /// The eventfd that wakes the loop out of `epoll_wait`.
     pub(crate) waker: EventFd,
     /// The sequence number of the next timer, unique for the loop's life.
@@ -241,6 +245,17 @@ impl LoopShared {
     }
 
     /// Queues `task`, waking the loop if it might not otherwise see it this round.
+    /// Asks the loop to quit (see [`LoopHandle::quit`]), marking what is queued now as
+    /// to run first.
+    pub(crate) fn request_quit(&self) {
+        // Under the queue's lock, which the loop holds while it reads the flag and takes
+        // the queue: either it took these functions already, or they are the backlog.
+        let queue = self.queue.lock();
+        let queued = queue.as_ref().map_or(0, Vec::len);
+        self.quit_backlog.store(queued, Ordering::Relaxed);
+        self.quit.store(true, Ordering::SeqCst);
+    }
+
     pub(crate) fn push(&self, task: SendTask) -> Result<(), LoopClosed> {
         self.queue.lock().as_mut().ok_or(LoopClosed)?.push(task);
         // The loop takes its queue after dispatching I/O, before it waits again (and wakes
@@ -470,9 +485,12 @@ impl LoopHandle {
 
     /// Asks the loop to quit: [`EventLoop::run`] returns after the current iteration (or,
     /// with a function in slices under way, after the one that runs its last slice).
-    /// Works from any thread, before the loop runs, and more than once.
+    /// Works from any thread, before the loop runs, and more than once. Every function
+    /// queued before the call runs before `run` returns (also one queued while the
+    /// current pass ran, after it had taken its queue); one queued after it may wait for
+    /// the next `run`.
     pub fn quit(&self) {
-        self.shared.quit.store(true, Ordering::SeqCst);
+        self.shared.request_quit();
         if !self.shared.is_in_loop_thread() {
             self.shared.wake();
         }

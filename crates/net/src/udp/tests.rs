@@ -80,15 +80,15 @@ fn a_send_whose_loop_ends_before_running_it_is_counted_dropped() {
     let sock = UdpSocket::builder("loop-ends", "127.0.0.1:0".parse().unwrap())
         .start(io.handle())
         .unwrap();
-    // Hold the loop inside a queued function until the send below is queued behind it;
-    // that function then asks the loop to quit, so the send is never run.
+    // Hold the loop inside a queued function that has asked the loop to quit until the
+    // send below is queued behind it: queued after the quit, the send is never run.
     let (entered, is_inside) = std::sync::mpsc::channel();
     let (release, wait_release) = std::sync::mpsc::channel::<()>();
     io.handle()
         .queue_in_loop(move |lp| {
+            lp.quit();
             let _ = entered.send(());
             let _ = wait_release.recv_timeout(LIMIT);
-            lp.quit();
         })
         .unwrap();
     is_inside.recv_timeout(LIMIT).unwrap();
@@ -96,7 +96,9 @@ fn a_send_whose_loop_ends_before_running_it_is_counted_dropped() {
     sock.send_to(b"never sent".to_vec(), to)
         .expect("the loop is alive: the send is accepted");
     release.send(()).unwrap();
-    // Joins the loop thread: the loop, and the send still queued on it, are gone.
+    // The loop ends by itself (a stop now would ask it to run what is queued first) and
+    // is dropped with the send still queued on it.
+    wait_until("the loop ended", || io.handle().is_closed());
     drop(io);
     let s = sock.stats();
     assert_eq!((s.dropped, s.datagrams_out), (1, 0), "{s:?}");

@@ -44,8 +44,16 @@ impl EventLoop {
         }
         self.health.idle(&self.shared.metrics.health);
         self.shared.thread_id.store(0, Ordering::SeqCst);
-        // (As `run`: not done while something it took off its queue is left.)
-        result.map(|()| self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty())
+        // (As `run`: not done while something it took off its queue is left, nor before
+        // what was queued before the quit has run: taken now, run in the next turn.)
+        result.map(|()| {
+            let done = self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty();
+            if done && self.take_quit_backlog() {
+                self.shared.wake();
+                return false;
+            }
+            done
+        })
     }
 
     /// The loop's epoll descriptor: readable when the loop has work.

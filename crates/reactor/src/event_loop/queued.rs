@@ -15,9 +15,10 @@ impl EventLoop {
     /// the whole backlog, its I/O and timers waiting; the rest runs in the next
     /// iterations, in order, after the loop has polled again (it wakes itself, so it does
     /// not sleep with work queued). A loop asked to quit takes its queue once more at
-    /// most, and runs what it has taken (the rest of a function in slices a slice per
-    /// iteration) before `run` returns; what is queued after that waits for the next
-    /// `run` (or is dropped with the loop).
+    /// most (or only what was queued before the quit, when the pass under way had taken
+    /// its queue before it), and runs what it has taken (the rest of a function in slices
+    /// a slice per iteration) before `run` returns; what is queued after that waits for
+    /// the next `run` (or is dropped with the loop).
     ///
     /// [`LoopHandle::queue_in_loop`]: crate::LoopHandle::queue_in_loop
     pub const TASK_BATCH: usize = 256;
@@ -100,6 +101,46 @@ impl EventLoop {
         self.wake_for_the_rest();
     }
 
+    /// Takes the functions queued before the last quit that are still in the queue (the
+    /// pass under way had taken its queue before they came); returns whether there were
+    /// any. The loop takes nothing more before it returns.
+    pub(super) fn take_quit_backlog(&mut self) -> bool {
+        let mut queue = self.shared.queue.lock();
+        let backlog = self.shared.quit_backlog.swap(0, Ordering::Relaxed);
+        let Some(q) = queue.as_mut().filter(|_| backlog > 0) else {
+            return false;
+        };
+        self.running.extend(q.drain(..backlog.min(q.len())));
+        self.took_quitting = true;
+        self.shared
+            .metrics
+            .tasks_taken
+            .store(self.running.len() as u64, Ordering::Relaxed);
+        !self.running.is_empty()
+    }
+
+    /// Runs, without a poll (as `run` runs what was queued before its first), the
+    /// functions queued before the quit that a pass which had already taken its queue
+    /// left behind; returns whether there were any.
+    pub(super) fn run_quit_backlog(&mut self) -> bool {
+        if !self.take_quit_backlog() {
+            return false;
+        }
+        self.run_queued_between_polls();
+        true
+    }
+
+    /// Runs the queued functions outside an iteration (no poll before them).
+    pub(super) fn run_queued_between_polls(&mut self) {
+        // Time outside `run` is nobody's; busy from here (for `/healthz`), as after a poll.
+        self.health.busy_now(&self.shared.metrics.health);
+        self.run_queued();
+        // Counted now: a function of this pass may have quit the loop, and `run` then
+        // returns without another iteration (whose end would have published them).
+        self.publish_metrics();
+        self.health.idle(&self.shared.metrics.health);
+    }
+
     /// The rest of a function run in slices ([`LoopHandle::queue_in_slices`]): it runs
     /// first in the next pass, before the functions queued after it.
     ///
@@ -114,7 +155,9 @@ impl EventLoop {
     fn take_queue(&mut self) {
         // A quitting loop takes its queue once more at most (what was queued before the
         // quit was seen): a stream of new work, or a function that keeps queuing its
-        // successor, must not keep it from returning.
+        // successor, must not keep it from returning. (The flag is read under the queue's
+        // lock, as `request_quit` sets it: see `quit_backlog`.)
+        let mut queue = self.shared.queue.lock();
         if self.shared.quit.load(Ordering::SeqCst) {
             if self.took_quitting {
                 return;
@@ -122,10 +165,11 @@ impl EventLoop {
             self.took_quitting = true;
         }
         let mut taken = Vec::from(std::mem::take(&mut self.running));
-        let mut queue = self.shared.queue.lock();
         if let Some(q) = queue.as_mut() {
             std::mem::swap(q, &mut taken);
         }
+        // Everything queued before a quit is taken.
+        self.shared.quit_backlog.store(0, Ordering::Relaxed);
         // Counted as taken (not yet run) under the queue's lock, which a snapshot holds
         // while it reads both figures: the backlog is never missing from
         // `tasks_queued`, neither while this pass runs it nor in the middle of the swap.
