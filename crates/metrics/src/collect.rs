@@ -231,34 +231,66 @@ fn close_rows(c: &CloseCounts) -> [(&'static str, u64); 10] {
     ]
 }
 
-/// The `server` label of each of `servers`: its name, or for a name an earlier server
-/// has (two servers with one name) the name with `#2`, `#3`... (as loop names do), else a
-/// family would hold two series with one label set, which scrapers refuse or drop.
-fn server_labels(servers: &[ServerHandle]) -> Vec<String> {
-    let mut taken = std::collections::HashSet::new();
-    servers
-        .iter()
-        .map(|s| {
-            let (mut name, mut n) = (s.name().to_owned(), 1);
-            while !taken.insert(name.clone()) {
-                n += 1;
-                name = format!("{}#{n}", s.name());
+/// A server whose figures are exported, with the labels it got when it was added: a
+/// label stays with its server for the server's life, so that a counter series never
+/// passes from one server to another (which a scraper would read as the counter going
+/// backwards).
+#[derive(Clone)]
+pub(crate) struct Exported {
+    server: ServerHandle,
+    /// The `server` label: the name, or for a name a server still exported has (two
+    /// servers with one name: a reload whose predecessor still drains) the name with
+    /// `#2`, `#3`... (as loop names do), else a family would hold two series with one
+    /// label set, which scrapers refuse or drop.
+    label: String,
+    /// The `pool` label of the server's buffer pool, if it has one of its own (see
+    /// [`pools`]).
+    pool_label: Option<String>,
+}
+
+impl Exported {
+    /// `server`, labelled apart from the servers of `others` (and their pools).
+    fn new(server: ServerHandle, others: &[Exported]) -> Exported {
+        let label = unique(server.name(), |l| others.iter().any(|e| e.label == l));
+        let pool = server.buffer_pool();
+        let pool_label = (pool != BufPool::global()).then(|| {
+            match others.iter().find(|e| e.server.buffer_pool() == pool) {
+                Some(e) => e.pool_label.clone().unwrap_or_default(),
+                None => unique(&label, |l| {
+                    l == "global" || others.iter().any(|e| e.pool_label.as_deref() == Some(l))
+                }),
             }
-            name
-        })
-        .collect()
+        });
+        Exported {
+            server,
+            label,
+            pool_label,
+        }
+    }
+
+    /// A server stopped with no connection left: its figures are final, and its
+    /// successor (often under the same name) is the one to export.
+    fn is_done(&self) -> bool {
+        self.server.is_stopping() && self.server.stats().active == 0
+    }
+}
+
+/// `name`, or `name#2`, `name#3`... the first that is not `taken`.
+fn unique(name: &str, taken: impl Fn(&str) -> bool) -> String {
+    let (mut label, mut n) = (name.to_owned(), 1);
+    while taken(&label) {
+        n += 1;
+        label = format!("{name}#{n}");
+    }
+    label
 }
 
 /// The server figures (label `server`, and `loop` for what each loop counts).
-pub(crate) fn encode_servers(
-    enc: &mut DescriptorEncoder<'_>,
-    servers: &[ServerHandle],
-) -> fmt::Result {
+pub(crate) fn encode_servers(enc: &mut DescriptorEncoder<'_>, servers: &[Exported]) -> fmt::Result {
     use MetricType::{Counter, Gauge};
-    let stats: Vec<_> = server_labels(servers)
-        .into_iter()
-        .zip(servers)
-        .map(|(name, s)| (name, s.stats()))
+    let stats: Vec<_> = servers
+        .iter()
+        .map(|e| (e.label.as_str(), e.server.stats()))
         .collect();
     let per_server = |f: &dyn Fn(&duo_net::ServerStats) -> Value| {
         stats
@@ -403,22 +435,17 @@ pub(crate) fn encode_servers(
 
 /// The buffer pools to export, each with its `pool` label: the global pool (`global`),
 /// then the pool of each of `servers` that has one of its own
-/// ([`buffer_pool`](duo_net::ServerBuilder::buffer_pool)), under the `server` label of
-/// the first server using it. A server's own pool is where its memory cap is, and where
-/// its connections' `out_of_memory` closes come from. A label another pool has (a server
-/// named `global`) gets `#2`, `#3`... as a repeated server name does: each pool's series
-/// are told apart.
-pub(crate) fn pools(servers: &[ServerHandle]) -> Vec<(String, BufPool)> {
+/// ([`buffer_pool`](duo_net::ServerBuilder::buffer_pool)), under the `server` label the
+/// first server using it had when it was added (kept while any server using the pool is
+/// exported). A server's own pool is where its memory cap is, and where its connections'
+/// `out_of_memory` closes come from. A label another pool has (a server named `global`)
+/// gets `#2`, `#3`... as a repeated server name does: each pool's series are told apart.
+pub(crate) fn pools(servers: &[Exported]) -> Vec<(String, BufPool)> {
     let mut pools = vec![("global".to_owned(), BufPool::global())];
-    for (label, server) in server_labels(servers).into_iter().zip(servers) {
-        let pool = server.buffer_pool();
-        if pools.iter().all(|(_, p)| *p != pool) {
-            let (mut unique, mut n) = (label.clone(), 1);
-            while pools.iter().any(|(l, _)| *l == unique) {
-                n += 1;
-                unique = format!("{label}#{n}");
-            }
-            pools.push((unique, pool));
+    for e in servers {
+        let pool = e.server.buffer_pool();
+        if let (Some(label), true) = (&e.pool_label, pools.iter().all(|(_, p)| *p != pool)) {
+            pools.push((label.clone(), pool));
         }
     }
     pools
@@ -497,7 +524,7 @@ pub(crate) fn encode_pools(
 /// [`Registry`]: prometheus_client::registry::Registry
 #[derive(Clone, Default)]
 pub struct DuoCollector {
-    servers: Arc<Mutex<Vec<ServerHandle>>>,
+    servers: Arc<Mutex<Vec<Exported>>>,
 }
 
 impl DuoCollector {
@@ -506,9 +533,15 @@ impl DuoCollector {
         DuoCollector::default()
     }
 
-    /// Adds a server whose figures are exported (label `server`: its name).
+    /// Adds a server whose figures are exported (label `server`: its name, or `NAME#2`,
+    /// `NAME#3`... while another server of that name is still exported, such as a
+    /// predecessor still draining; a server keeps the label it got here). A server
+    /// stopped with no connection left is no longer exported.
     pub fn add_server(&self, server: ServerHandle) {
-        self.servers.lock().push(server);
+        let mut servers = self.servers.lock();
+        servers.retain(|e| !e.is_done());
+        let added = Exported::new(server, &servers);
+        servers.push(added);
     }
 
     /// The loops' names and metrics, oldest loop first.
@@ -533,9 +566,7 @@ impl Collector for DuoCollector {
         encode_loops(&mut encoder, &DuoCollector::loop_snapshots())?;
         let servers = {
             let mut servers = self.servers.lock();
-            // A server stopped with no connection left has its final figures: its
-            // successor (often under the same name) is the one to export.
-            servers.retain(|s| !(s.is_stopping() && s.stats().active == 0));
+            servers.retain(|e| !e.is_done());
             servers.clone()
         };
         encode_servers(&mut encoder, &servers)?;

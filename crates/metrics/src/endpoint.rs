@@ -127,7 +127,8 @@ impl MetricsEndpoint {
         self
     }
 
-    /// Exports the figures of `server` (label `server`: its name). Servers can be added
+    /// Exports the figures of `server` (label `server`: its name; see
+    /// [`DuoCollector::add_server`] for a name taken). Servers can be added
     /// after [`spawn`](MetricsEndpoint::spawn) through [`MetricsServer::add_server`].
     pub fn add_server(&mut self, server: ServerHandle) -> &mut Self {
         self.collector.add_server(server);

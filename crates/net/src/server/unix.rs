@@ -22,7 +22,8 @@
 //!
 //! The server remembers the device and inode of the file its `bind` created, and removes
 //! the path at stop only if it is still that file: a successor that already replaced it
-//! keeps its own. Abstract names (`unix:@name`) have no file: the kernel frees the name
+//! keeps its own. A relative path is remembered as absolute (against the working
+//! directory at bind), so a change of directory meanwhile does not leave the file behind. Abstract names (`unix:@name`) have no file: the kernel frees the name
 //! with the last socket.
 
 use std::fs;
@@ -79,8 +80,11 @@ pub(super) fn listen_unix(endpoint: &Endpoint) -> io::Result<(Socket, Option<Soc
     let file = match endpoint {
         Endpoint::Unix(path) => {
             let m = fs::symlink_metadata(path)?;
+            // A relative path is made absolute now, against the directory it was bound
+            // in: the process may change its working directory before the stop.
+            let path = std::path::absolute(path).map_or_else(|_| path.clone(), Arc::from);
             Some(SocketFile {
-                path: path.clone(),
+                path,
                 dev: m.dev(),
                 ino: m.ino(),
             })

@@ -1,0 +1,78 @@
+//! Review, round 6 (UDP and Unix-domain sockets): a server on a relative socket path
+//! (`unix:echo.sock`, which `Endpoint` takes) removed its socket file at stop by that
+//! relative path, so a process that changed its working directory after the start (a
+//! daemon that moves to `/`, say) left the file behind, and would have looked up the
+//! name in the wrong directory.
+//!
+//! This binary changes the process's working directory: every other path its tests use
+//! is absolute. Every wait has a deadline.
+
+mod util;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use duo_net::{Endpoint, TcpServer};
+use duo_testkit::wait_until;
+use util::{init_log, TestServer};
+
+/// A directory of its own under the temporary directory, removed with what is in it.
+struct TempDir(PathBuf);
+
+impl TempDir {
+    fn new(what: &str) -> TempDir {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("duo-r6b-{}-{n}-{what}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Puts the working directory back when dropped (also when the test fails).
+struct Cwd(PathBuf);
+
+impl Cwd {
+    fn change_to(dir: &Path) -> Cwd {
+        let was = std::env::current_dir().unwrap();
+        std::env::set_current_dir(dir).unwrap();
+        Cwd(was)
+    }
+}
+
+impl Drop for Cwd {
+    fn drop(&mut self) {
+        let _ = std::env::set_current_dir(&self.0);
+    }
+}
+
+#[test]
+fn a_relative_socket_path_is_removed_at_stop_after_a_change_of_directory() {
+    init_log();
+    let (started_in, moved_to) = (TempDir::new("start"), TempDir::new("later"));
+    let file = started_in.0.join("rel.sock");
+    let cwd = Cwd::change_to(&started_in.0);
+    let at = Endpoint::unix("rel.sock").unwrap();
+    let server = TestServer::start(move || {
+        TcpServer::builder("uds-relative", at).on_message(|ctx, input| {
+            ctx.send(input.peek());
+            input.consume_all();
+        })
+    });
+    wait_until("the socket file bound", || file.exists());
+    std::env::set_current_dir(&moved_to.0).unwrap();
+    server.stop();
+    assert!(
+        !file.exists(),
+        "{} left behind after the working directory changed",
+        file.display()
+    );
+    assert!(!moved_to.0.join("rel.sock").exists());
+    drop(cwd);
+}
