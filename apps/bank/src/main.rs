@@ -102,7 +102,9 @@ struct ServeArgs {
     #[arg(long, value_parser = clap::value_parser!(u16).range(1..=1024))]
     workers: Option<u16>,
     /// Close connections silent for this many seconds (0: never).
-    #[arg(long, default_value_t = 60)]
+    // A negative number is taken as the value, so that it is refused as one (naming
+    // the option), not as an unknown argument.
+    #[arg(long, default_value_t = 60, allow_negative_numbers = true)]
     idle_timeout: u64,
     /// Jobs the worker queue holds (1 to 16777216); beyond it commands are answered
     /// `ERR BUSY`.
@@ -123,7 +125,12 @@ struct ServeArgs {
     /// barrier) may wait for the server before its connection is dropped and its commands
     /// are answered `ERR UNAVAILABLE` (a server or a path to it that stalled without
     /// closing); 0: no limit. Connecting is bounded by the URL's connect_timeout (5 s).
-    #[arg(long, value_name = "SECS", default_value_t = 30)]
+    #[arg(
+        long,
+        value_name = "SECS",
+        default_value_t = 30,
+        allow_negative_numbers = true
+    )]
     db_timeout: u64,
     /// Run N worker processes, each a whole server, under a supervisor that owns the
     /// listening socket; more than 1 needs PostgreSQL.
@@ -134,7 +141,12 @@ struct ServeArgs {
     #[arg(long, value_name = "ADDR", value_parser = parse_addr)]
     metrics: Option<SocketAddr>,
     /// Log (and count) a callback that holds a loop longer than MS milliseconds; 0: off.
-    #[arg(long, value_name = "MS", default_value_t = 25)]
+    #[arg(
+        long,
+        value_name = "MS",
+        default_value_t = 25,
+        allow_negative_numbers = true
+    )]
     stall_ms: u64,
     /// Serve TLS with the certificate chain in this PEM file (with --tls-key).
     #[arg(long, value_name = "PEM", requires = "tls_key")]

@@ -276,12 +276,12 @@ fn run_with_udp(
         log::info!("stopped");
         return Ok(());
     };
-    if let Some(slot) = worker.stats() {
+    let publish = worker.stats().map(|slot| {
         let every = cfg
             .stats_interval
             .map_or(PUBLISH_EVERY, |s| s.min(PUBLISH_EVERY));
-        publish_stats(&mut main_loop, server.clone_handle(), messages, slot, every);
-    }
+        publish_stats(&mut main_loop, server.clone_handle(), messages, slot, every)
+    });
     process::shutdown_on_signals(
         &mut main_loop,
         &STOP_SIGNALS,
@@ -322,6 +322,11 @@ fn run_with_udp(
         log::info!("worker {} udp: {:?}", std::process::id(), udp.stats());
     }
     server.stop(&mut main_loop);
+    // Once more at the end: the supervisor reads the row when it reaps this worker, and
+    // would otherwise miss what was counted since the last tick.
+    if let Some(publish) = publish {
+        publish();
+    }
     ran?;
     log::info!("worker {} stopped", std::process::id());
     Ok(())
@@ -374,14 +379,15 @@ fn serve_metrics(addr: SocketAddr, server: ServerHandle) -> io::Result<MetricsSe
         .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
 }
 
-/// Publishes the server's counters into the worker's stats row every `every`.
+/// Publishes the server's counters into the worker's stats row every `every`; returns the
+/// publication, for one last call when the worker ends.
 fn publish_stats(
     lp: &mut EventLoop,
     server: ServerHandle,
     messages: Arc<AtomicU64>,
     slot: StatsSlot,
     every: Duration,
-) {
+) -> impl Fn() + Clone {
     let publish = move || {
         let stats = server.stats();
         slot.publish(&WorkerStats {
@@ -395,7 +401,9 @@ fn publish_stats(
     // Once now, so the row carries this worker's PID from the start (an upgraded
     // supervisor finds an adopted worker's row by it).
     publish();
-    lp.run_every(every, move |_| publish());
+    let tick = publish.clone();
+    lp.run_every(every, move |_| tick());
+    publish
 }
 
 /// Raw mode: send back every byte.

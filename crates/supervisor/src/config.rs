@@ -93,10 +93,13 @@ pub struct SupervisorConfig {
     /// The worker program.
     pub command: WorkerCommand,
     /// How long a new generation may take to report ready before it is killed (the old one
-    /// keeps serving). Default 10 s.
+    /// keeps serving); also how long a replacement of a dead worker may take before it is
+    /// retired and replaced in turn. Default 10 s.
     pub ready_timeout: Duration,
     /// After the first stop signal, how long workers may take to drain and exit before
-    /// they are killed with `SIGKILL`. Default 6 s (a worker's default 4 s drain, and room).
+    /// they are killed with `SIGKILL`; likewise after the `SIGTERM` that retires a worker
+    /// (its generation replaced by a reload, or failed). Default 6 s (a worker's default
+    /// 4 s drain, and room).
     pub stop_timeout: Duration,
     /// Log one line of summed worker counters this often. Default none.
     pub stats_interval: Option<Duration>,

@@ -19,12 +19,15 @@
 //!   One that dies within [`SupervisorConfig::stable_after`] of its start is restarted
 //!   only after a delay that doubles from [`SupervisorConfig::backoff_min`] up to
 //!   [`SupervisorConfig::backoff_max`], so a worker that cannot start is never a fork bomb.
+//!   A replacement not ready within [`SupervisorConfig::ready_timeout`] is retired
+//!   (`SIGTERM`, `SIGKILL` at the stop timeout) and replaced in turn, with the back-off.
 //! - **`SIGINT`/`SIGTERM`.** `SIGTERM` to every worker (each stops accepting and drains);
 //!   when all have exited, `run` returns `Ok`. A second signal sends `SIGINT` (workers
 //!   quit at once); after [`SupervisorConfig::stop_timeout`] the stragglers get `SIGKILL`.
 //! - **`SIGHUP`: reload.** A new generation is started from the program's path on disk
 //!   (so a new binary there is picked up); once all of it is ready, the old generation
-//!   gets `SIGTERM` and drains. If the new one does not become ready in time (or one of
+//!   gets `SIGTERM` and drains (`SIGKILL` for a worker of it still running at
+//!   [`SupervisorConfig::stop_timeout`]: one that ignores `SIGTERM`, or hangs). If the new one does not become ready in time (or one of
 //!   it dies first), it is retired the same way (`SIGTERM`: a worker of it that was ready
 //!   may have served already, and drains; `SIGKILL` at the stop timeout) and the old one
 //!   keeps serving. Workers run in process groups of their own, so a terminal's Ctrl-C

@@ -32,7 +32,7 @@
 //! | [`ADOPT_VAR`] | the PIDs of the serving workers, comma-separated: the new image adopts them |
 //! | [`GENERATION_VAR`] | their generation |
 //! | [`LAST_STARTED_VAR`] | the newest generation started (a reload that failed included): numbers are not reused |
-//! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed at a stop's deadline) |
+//! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed if still running at `stop_timeout` from the adoption) |
 //! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
 //! | [`STATS_TOTALS_VAR`] | the summed stats line's totals so far (`accepted,bytes_in,bytes_out,messages`): the new image's totals go on from them |
 

@@ -7,7 +7,8 @@
 //! signalfd handler, the readiness pipes and the timers reach it with `with_local`.
 //!
 //! ```text
-//! generation:  pending ──all N ready──▶ serving ──next one serving──▶ retired (SIGTERM)
+//! generation:  pending ──all N ready──▶ serving ──next one serving──▶ retired (SIGTERM;
+//!                                                                  SIGKILL at stop_timeout)
 //!                 │ a worker exits before ready, or ready_timeout
 //!                 ▼
 //!              retired (SIGTERM: its ready workers may serve already, so they drain;
@@ -19,7 +20,10 @@
 //!
 //! - A worker of the serving generation that dies unasked is replaced: a restart timer
 //!   (the back-off delay) tops the serving generation up to N. A death of a pending or
-//!   retiring worker is not restarted.
+//!   retiring worker is not restarted. A replacement not ready within `ready_timeout` is
+//!   retired and replaced in turn (`stop.rs`).
+//! - Every worker sent `SIGTERM` (retired, or stopped) gets `SIGKILL` if it still runs at
+//!   `stop_timeout`: one that ignores `SIGTERM` would otherwise serve on for good.
 //! - A worker's readiness byte may still sit in its pipe when its `SIGCHLD` is handled
 //!   (ready, then dead at once): the pipe is read first, so it counts as having started.
 //! - Files: this one holds the state machine (generations, workers, stopping);
@@ -339,7 +343,7 @@ impl Supervisor {
         lp.with_local(|lp, st: &mut State| {
             // Children of a previous image may have ended during the exec.
             st.reap(lp);
-            st.kill_leftovers_of_failed_reloads(lp);
+            st.deadline_for_adopted_retiring(lp);
             st.start_generation(lp);
         });
         let ran = lp.run();
@@ -515,6 +519,7 @@ impl State {
             log::info!("retiring the previous workers {old:?} (SIGTERM: they drain)");
         }
         self.retire(&old, Signal::TERM);
+        self.kill_at_stop_timeout(lp, &old);
         if let Some(f) = self.on_ready.take() {
             f();
         }
@@ -545,7 +550,7 @@ impl State {
         // accepts before it reports ready): SIGTERM, so that they drain as a retired
         // generation does; SIGKILL for those of it still running at `stop_timeout`.
         self.retire(&doomed, Signal::TERM);
-        self.kill_at_stop_timeout(lp, p.generation);
+        self.kill_at_stop_timeout(lp, &doomed);
         if self.generation == 0 {
             log::error!("{why}; giving up");
             self.failure = Some(why.to_owned());
@@ -763,11 +768,14 @@ impl State {
             .filter(|w| w.generation == generation && !w.retiring)
             .count();
         for _ in live..self.cfg.workers {
-            if let Err(e) = self.spawn(lp, generation) {
-                log::error!("cannot restart a worker: {e}");
-                let delay = self.backoff.after_death(Duration::ZERO);
-                self.schedule_restart(lp, delay);
-                return;
+            match self.spawn(lp, generation) {
+                Ok(pid) => self.ready_deadline_for_replacement(lp, pid),
+                Err(e) => {
+                    log::error!("cannot restart a worker: {e}");
+                    let delay = self.backoff.after_death(Duration::ZERO);
+                    self.schedule_restart(lp, delay);
+                    return;
+                }
             }
         }
     }

@@ -166,8 +166,10 @@ impl Conn {
 impl Driver {
     /// Runs `call` while driving the socket. Past the limit the connection is dropped, and
     /// the call fails as on a closed connection. An error that ends the connection
-    /// (a server that shuts down, a reset) is the call's error, unless the call's whole
-    /// answer came before it (a session ended right after a commit: the commit stands).
+    /// (a server that shuts down, a reset) is the call's error if the call was cut off by
+    /// it, but not if the call's whole answer came before it (a session ended right after
+    /// a commit: the commit stands), nor if the call's answer was an error of its own
+    /// (57P01 in reply to the call: it rolled back, even if the close was read with it).
     fn run<T>(&mut self, call: impl Future<Output = Result<T, Error>>) -> Result<T, Error> {
         let Driver { runtime, io, limit } = self;
         let limit = *limit;
@@ -190,7 +192,10 @@ impl Driver {
                 }
                 if let Poll::Ready(done) = call.as_mut().poll(cx) {
                     return Poll::Ready(match (done, ended_with.take()) {
-                        (Err(_closed), Some(why)) => Err(why),
+                        // Cut off by the end: why it ended. An answer of the server's
+                        // own (57P01 as the call's reply: it rolled back) stays the
+                        // call's, also when the end of the stream was read with it.
+                        (Err(e), Some(why)) if e.is_closed() => Err(why),
                         (done, _) => done,
                     });
                 }
