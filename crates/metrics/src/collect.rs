@@ -45,6 +45,46 @@ impl EncodeLabelValue for Esc<'_> {
     }
 }
 
+/// A label value for the application's own metrics ([`MetricsEndpoint::registry_mut`])
+/// that is written with the exposition format's escapes (`\\`, `\"`, `\n`).
+///
+/// `prometheus_client` writes a `String` or `&str` label value as it is, so a value that
+/// holds a quote, a backslash or a newline (a name a user chose, a path a peer sent)
+/// breaks the whole scrape: Prometheus refuses every sample of it. Use this type for any
+/// value you do not control.
+///
+/// ```
+/// use duo_metrics::{EscapedLabel, MetricsEndpoint};
+/// use prometheus_client::metrics::{counter::Counter, family::Family};
+///
+/// let mut endpoint = MetricsEndpoint::new();
+/// let hits = Family::<[(&'static str, EscapedLabel); 1], Counter>::default();
+/// endpoint.registry_mut().register("myapp_hits", "Hits by path", hits.clone());
+/// hits.get_or_create(&[("path", EscapedLabel::from("/a\"b"))]).inc();
+/// ```
+///
+/// [`MetricsEndpoint::registry_mut`]: crate::MetricsEndpoint::registry_mut
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct EscapedLabel(pub String);
+
+impl From<&str> for EscapedLabel {
+    fn from(value: &str) -> EscapedLabel {
+        EscapedLabel(value.to_owned())
+    }
+}
+
+impl From<String> for EscapedLabel {
+    fn from(value: String) -> EscapedLabel {
+        EscapedLabel(value)
+    }
+}
+
+impl EncodeLabelValue for EscapedLabel {
+    fn encode(&self, encoder: &mut LabelValueEncoder<'_>) -> fmt::Result {
+        Esc(&self.0).encode(encoder)
+    }
+}
+
 /// A value of one series.
 enum Value {
     Count(u64),

@@ -50,7 +50,7 @@ mod endpoint;
 mod exposition;
 
 pub use aggregate::ScrapeTarget;
-pub use collect::DuoCollector;
+pub use collect::{DuoCollector, EscapedLabel};
 pub use endpoint::{MetricsEndpoint, MetricsServer, OPENMETRICS_CONTENT_TYPE};
 pub use prometheus_client;
 pub use prometheus_client::registry::Registry;
