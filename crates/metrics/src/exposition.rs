@@ -80,12 +80,47 @@ fn sample(line: &str) -> Result<(), &'static str> {
     if value.len() == rest.len() {
         return Err("no blank before the value");
     }
-    let (number, after) = value.split_at(value.find([' ', '\t']).unwrap_or(value.len()));
+    let (number, after) = split_word(value);
     if number.parse::<f64>().is_err() {
         return Err("no number for the value");
     }
-    let _ = after; // a timestamp, an exemplar: `merge` keeps them as they are
-    Ok(())
+    // Then a timestamp, an exemplar, both or neither (`merge` keeps them as they are).
+    let (word, rest) = split_word(after);
+    match word {
+        "" => Ok(()),
+        "#" => exemplar(rest),
+        timestamp if timestamp.parse::<f64>().is_ok() => match split_word(rest) {
+            ("", _) => Ok(()),
+            ("#", rest) => exemplar(rest),
+            _ => Err("more after the timestamp than an exemplar"),
+        },
+        _ => Err("more after the value than a timestamp and an exemplar"),
+    }
+}
+
+/// The first blank-separated word of `text` (after its blanks) and what follows it.
+fn split_word(text: &str) -> (&str, &str) {
+    let text = text.trim_start_matches([' ', '\t']);
+    text.split_at(text.find([' ', '\t']).unwrap_or(text.len()))
+}
+
+/// Checks an exemplar after its `#`: a label set, a value, an optional timestamp.
+fn exemplar(text: &str) -> Result<(), &'static str> {
+    let labels = text.trim_start_matches([' ', '\t']);
+    let inner = labels
+        .strip_prefix('{')
+        .ok_or("an exemplar without a label set")?;
+    let (value, rest) = split_word(label_set(inner)?);
+    if value.parse::<f64>().is_err() {
+        return Err("an exemplar without a value");
+    }
+    match split_word(rest) {
+        ("", _) => Ok(()),
+        (timestamp, rest) if timestamp.parse::<f64>().is_ok() && split_word(rest).0.is_empty() => {
+            Ok(())
+        }
+        _ => Err("more after an exemplar than its value and timestamp"),
+    }
 }
 
 /// Checks a label set after its `{` (`name="value"` pairs separated by commas, blanks
@@ -151,6 +186,13 @@ mod tests {
             "#TYPE a counter",
             "# TYPE a widget",
             "# HELP 1a help",
+            // Anything after the value but a timestamp and an exemplar: Prometheus
+            // refuses the whole scrape for it.
+            "a_total 1 garbage",
+            "a_total 1 1700000000 more",
+            "a_total 1 # trace",
+            "a_total 1 # {trace_id=\"a\"}",
+            "a_total 1 # {trace_id=\"a\"} 0.5 1 2",
         ] {
             assert!(
                 check(&format!("# TYPE a counter\n{bad}\n")).is_err(),
