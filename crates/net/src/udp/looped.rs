@@ -166,7 +166,13 @@ impl Handler for UdpHandler {
         }
         self.flush(ch);
         if stop {
-            ch.remove();
+            // Queued as `UdpSocket::stop` queues it, not made now: sends other threads
+            // had accepted may still be on their way in the loop's queue, and they go
+            // first. (New sends are refused already.)
+            let socket = super::UdpSocket {
+                shared: Arc::clone(&self.shared),
+            };
+            socket.stop();
         }
     }
 
@@ -485,8 +491,10 @@ impl UdpCtx<'_> {
         self.handler.shared.local_addr
     }
 
-    /// Stops the socket once this batch is handled (what is queued is sent first, as far
-    /// as the send buffer takes it).
+    /// Stops the socket once this batch is handled, as [`UdpSocket::stop`] does: new sends
+    /// are refused from now on, and what is queued (also sends other threads' `send_to`
+    /// accepted before, still on their way to the loop) is sent first, as far as the send
+    /// buffer takes it.
     pub fn stop(&mut self) {
         self.handler.shared.stopped.store(true, Ordering::Release);
         *self.stop = true;
