@@ -23,7 +23,9 @@ use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::supervised::{large_request_pending, number_after, spawned, Gate, Pids, Sup, ECHO};
+use common::supervised::{
+    large_request_pending, list_after, number_after, spawned, Gate, Pids, Sup, ECHO,
+};
 use common::{read_to_eof, round_trip, IO_TIMEOUT};
 use duo_testkit::{http_get, is_running, join_within, run_within, send_signal, LIMIT};
 
@@ -54,19 +56,6 @@ fn holds(cond: bool, why: impl std::fmt::Display) -> Result<(), String> {
 
 fn count(log: &str, needle: &str) -> usize {
     log.matches(needle).count()
-}
-
-/// The PIDs in the `[a, b]` list after `key` on the last log line that has `key`.
-fn list_after(log: &str, key: &str) -> Pids {
-    let line = log.lines().rev().find(|l| l.contains(key)).unwrap_or("");
-    let list = line
-        .split(key)
-        .nth(1)
-        .and_then(|r| r.split(['[', ']']).nth(1));
-    list.unwrap_or("")
-        .split(", ")
-        .filter_map(|p| p.parse().ok())
-        .collect()
 }
 
 /// The number right after `key` in `line`.

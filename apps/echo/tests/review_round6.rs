@@ -18,33 +18,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::round_trip;
-use common::supervised::{Pids, Sup, ECHO};
-use duo_testkit::{is_running, send_signal, wait_until};
-
-/// The PIDs in the `[a, b]` list after `key` on the last log line that has `key`.
-fn list_after(log: &str, key: &str) -> Pids {
-    let line = log.lines().rev().find(|l| l.contains(key)).unwrap_or("");
-    let list = line
-        .split(key)
-        .nth(1)
-        .and_then(|r| r.split(['[', ']']).nth(1));
-    list.unwrap_or("")
-        .split(", ")
-        .filter_map(|p| p.parse().ok())
-        .collect()
-}
-
-/// Waits until none of `pids` runs, or `limit` passes; whether none does.
-fn all_gone_within(pids: &Pids, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if pids.iter().all(|p| !is_running(*p)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    pids.iter().all(|p| !is_running(*p))
-}
+use common::supervised::{list_after, Sup, ECHO};
+use duo_testkit::{all_gone_within, send_signal, wait_until};
 
 /// A reload retires workers that are hung (stopped): at the stop timeout they are
 /// killed, and the new generation alone is left. They used to be kept for good.

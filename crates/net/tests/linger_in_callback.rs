@@ -27,18 +27,7 @@ fn quit_server() -> (TestServer, mpsc::Receiver<CloseReason>) {
         TcpServer::builder("quit", localhost())
             .io_threads(1)
             .close_linger(LIMIT)
-            .on_message(|ctx, input| {
-                while let Some(end) = input.peek().iter().position(|&b| b == b'\n') {
-                    let line = input.peek()[..=end].to_vec();
-                    input.consume(end + 1);
-                    if line == b"QUIT\n" {
-                        ctx.send(b"BYE\n");
-                        ctx.close_after_flush();
-                        return;
-                    }
-                    ctx.send(&line);
-                }
-            })
+            .on_message(util::shared::echo_lines_until_quit)
             .on_close(move |conn| {
                 let _ = tx
                     .lock()

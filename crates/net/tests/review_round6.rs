@@ -148,18 +148,7 @@ fn a_tls_quit_at_the_input_bound_lingers_for_the_plaintext_rustls_holds() {
             .tls(config)
             .max_input(MAX_INPUT)
             .close_linger(duo_testkit::LIMIT)
-            .on_message(|ctx, input| {
-                while let Some(end) = input.peek().iter().position(|&b| b == b'\n') {
-                    let line = input.peek()[..=end].to_vec();
-                    input.consume(end + 1);
-                    if line == b"QUIT\n" {
-                        ctx.send(b"BYE\n");
-                        ctx.close_after_flush();
-                        return;
-                    }
-                    ctx.send(&line);
-                }
-            })
+            .on_message(util::shared::echo_lines_until_quit)
             .on_close(move |conn| {
                 let _ = tx
                     .lock()
@@ -221,18 +210,7 @@ fn write_complete_during_a_linger_is_told_the_connection_is_closing() {
         duo_net::TcpServer::builder("review6-wc-linger", util::localhost())
             .io_threads(1)
             .close_linger(duo_testkit::LIMIT)
-            .on_message(|ctx, input| {
-                while let Some(end) = input.peek().iter().position(|&b| b == b'\n') {
-                    let line = input.peek()[..=end].to_vec();
-                    input.consume(end + 1);
-                    if line == b"QUIT\n" {
-                        ctx.send(b"BYE\n");
-                        ctx.close_after_flush();
-                        return;
-                    }
-                    ctx.send(&line);
-                }
-            })
+            .on_message(util::shared::echo_lines_until_quit)
             .on_write_complete(move |ctx| {
                 let state = ctx.connection().state();
                 let sent = ctx.send(b"late\n");

@@ -11,32 +11,39 @@ use duo_reactor::EventLoopThread;
 
 const LIMIT: Duration = Duration::from_secs(10);
 
+/// Holds `handle`'s loop inside a queued function (its pass has taken the queue), queues
+/// a function behind it, asks the loop to quit, then lets it go; returns whether that
+/// function has run (read it once the loop has ended).
+fn queue_then_quit_mid_pass(handle: &duo_reactor::LoopHandle) -> Arc<AtomicBool> {
+    let (started_tx, started_rx) = mpsc::channel();
+    let (release_tx, release_rx) = mpsc::channel::<()>();
+    handle
+        .queue_in_loop(move |_lp| {
+            started_tx.send(()).expect("test waits");
+            // Held until the function below is queued and the loop asked to quit.
+            let _ = release_rx.recv_timeout(LIMIT);
+        })
+        .expect("queue the holding function");
+    started_rx
+        .recv_timeout(LIMIT)
+        .expect("the holding function started");
+    let ran = Arc::new(AtomicBool::new(false));
+    let flag = ran.clone();
+    handle
+        .queue_in_loop(move |_lp| flag.store(true, Ordering::SeqCst))
+        .expect("queue f");
+    handle.quit();
+    release_tx.send(()).expect("release the holding function");
+    ran
+}
+
 /// The loop is held inside a queued function (its pass has taken the queue) while another
 /// function is queued and the loop is asked to quit: that function still runs.
 #[test]
 fn a_function_queued_before_quit_runs_though_the_loop_was_mid_pass() {
     for round in 0..20 {
         let thread = EventLoopThread::spawn("quit-order", None).expect("loop thread");
-        let handle = thread.handle().clone();
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        handle
-            .queue_in_loop(move |_lp| {
-                started_tx.send(()).expect("test waits");
-                // Held until the main thread has queued `f` and asked the loop to quit.
-                let _ = release_rx.recv_timeout(LIMIT);
-            })
-            .expect("queue the holding function");
-        started_rx
-            .recv_timeout(LIMIT)
-            .expect("the holding function started");
-        let ran = Arc::new(AtomicBool::new(false));
-        let flag = ran.clone();
-        handle
-            .queue_in_loop(move |_lp| flag.store(true, Ordering::SeqCst))
-            .expect("queue f");
-        handle.quit();
-        release_tx.send(()).expect("release the holding function");
+        let ran = queue_then_quit_mid_pass(thread.handle());
         thread.stop().expect("the loop ends cleanly");
         assert!(
             ran.load(Ordering::SeqCst),
@@ -71,24 +78,7 @@ fn a_group_loop_runs_what_was_queued_before_its_quit() {
     for round in 0..20 {
         let group = duo_reactor::LoopGroup::start("quit-group", 2, 2, None).expect("group");
         let handle = group.handles()[1].clone();
-        let (started_tx, started_rx) = mpsc::channel();
-        let (release_tx, release_rx) = mpsc::channel::<()>();
-        handle
-            .queue_in_loop(move |_lp| {
-                started_tx.send(()).expect("test waits");
-                let _ = release_rx.recv_timeout(LIMIT);
-            })
-            .expect("queue the holding function");
-        started_rx
-            .recv_timeout(LIMIT)
-            .expect("the holding function started");
-        let ran = Arc::new(AtomicBool::new(false));
-        let flag = ran.clone();
-        handle
-            .queue_in_loop(move |_lp| flag.store(true, Ordering::SeqCst))
-            .expect("queue f");
-        handle.quit();
-        release_tx.send(()).expect("release the holding function");
+        let ran = queue_then_quit_mid_pass(&handle);
         let deadline = std::time::Instant::now() + LIMIT;
         while !handle.is_closed() {
             assert!(std::time::Instant::now() < deadline, "the loop did not end");

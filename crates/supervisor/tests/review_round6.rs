@@ -12,14 +12,16 @@
 //! Every wait is bounded; the supervisor is killed by its guard if a test fails, and the
 //! workers that ignore `SIGTERM` (their parent-death signal too) by PID.
 
+mod common;
+
+use common::worker_of_connection;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
 use std::path::PathBuf;
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use duo_testkit::{children, example_binary, is_running, wait_until, ChildServer, LIMIT};
+use duo_testkit::{all_gone_within, children, example_binary, wait_until, ChildServer, LIMIT};
 
 /// A directory of the test's own with the mode file the demo's workers read at start.
 struct ModeFile {
@@ -79,30 +81,6 @@ fn start(mode: &ModeFile, ready_ms: u64, stop_ms: u64) -> ChildServer {
     let server = ChildServer::start(cmd);
     wait_until("two workers", || children(server.pid()).len() == 2);
     server
-}
-
-/// Waits until none of `pids` runs, or `limit` passes; whether none does.
-fn all_gone_within(pids: &BTreeSet<u32>, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    while Instant::now() < deadline {
-        if pids.iter().all(|p| !is_running(*p)) {
-            return true;
-        }
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    pids.iter().all(|p| !is_running(*p))
-}
-
-/// Connects and reads the worker's `pid N` greeting.
-fn worker_of_connection(addr: SocketAddr) -> u32 {
-    let conn = TcpStream::connect(addr).expect("connect");
-    conn.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).expect("greeting");
-    line.trim()
-        .strip_prefix("pid ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad greeting {line:?}"))
 }
 
 /// A reload away from workers that ignore `SIGTERM`: they are killed at the stop
@@ -191,7 +169,7 @@ fn a_replacement_that_never_gets_ready_is_retired_at_the_ready_timeout() {
             None => false,
         }
     });
-    let gone = all_gone_within(&[replacement].into(), Duration::from_secs(4));
+    let gone = all_gone_within(&[replacement], Duration::from_secs(4));
     assert!(
         gone,
         "the replacement {replacement} never reported ready and still runs 4 s later \

@@ -1,9 +1,11 @@
 //! The supervisor run as a user runs it: the `demo` example (a supervisor of copies of
 //! itself) as a child process, signalled by PID, every wait bounded.
 
+mod common;
+
+use common::worker_of_connection;
+
 use std::collections::BTreeSet;
-use std::io::{BufRead, BufReader};
-use std::net::{SocketAddr, TcpStream};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -19,18 +21,6 @@ fn start(args: &[&str]) -> ChildServer {
     let mut cmd = demo();
     cmd.args(args);
     ChildServer::start(cmd)
-}
-
-/// Connects and reads the worker's `pid N` greeting.
-fn worker_of_connection(addr: SocketAddr) -> u32 {
-    let conn = TcpStream::connect(addr).expect("connect");
-    conn.set_read_timeout(Some(LIMIT)).unwrap();
-    let mut line = String::new();
-    BufReader::new(conn).read_line(&mut line).expect("greeting");
-    line.trim()
-        .strip_prefix("pid ")
-        .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("bad greeting {line:?}"))
 }
 
 fn count(log: &str, needle: &str) -> usize {

@@ -136,6 +136,22 @@ pub fn children(pid: u32) -> std::collections::BTreeSet<u32> {
         .collect()
 }
 
+/// Waits until none of `pids` runs ([`is_running`]), or `limit` passes; whether none does.
+pub fn all_gone_within<'a>(
+    pids: impl IntoIterator<Item = &'a u32> + Clone,
+    limit: std::time::Duration,
+) -> bool {
+    let gone = || pids.clone().into_iter().all(|p| !is_running(*p));
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if gone() {
+            return true;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
+    gone()
+}
+
 /// Whether process `pid` exists and is not a zombie (exited, not yet reaped).
 pub fn is_running(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

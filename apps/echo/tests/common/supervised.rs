@@ -26,6 +26,19 @@ pub(crate) const ECHO: &str = env!("CARGO_BIN_EXE_echo");
 /// Process ids, in order.
 pub(crate) type Pids = BTreeSet<u32>;
 
+/// The PIDs in the `[a, b]` list after `key` on the last log line that has `key`.
+pub(crate) fn list_after(log: &str, key: &str) -> Pids {
+    let line = log.lines().rev().find(|l| l.contains(key)).unwrap_or("");
+    let list = line
+        .split(key)
+        .nth(1)
+        .and_then(|r| r.split(['[', ']']).nth(1));
+    list.unwrap_or("")
+        .split(", ")
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
 /// The number right after `key` in `line`.
 pub(crate) fn number_after(line: &str, key: &str) -> Option<u32> {
     let rest = line.split(key).nth(1)?;

@@ -9,7 +9,7 @@ use std::sync::Mutex;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use duo_net::{CloseReason, ConnCtx, LoopHandle, TcpConnection, UdpBuilder};
+use duo_net::{CloseReason, ConnCtx, InputBuffer, LoopHandle, TcpConnection, UdpBuilder};
 use duo_testkit::{wait_until, LIMIT};
 use socket2::{Domain, Socket, Type};
 
@@ -137,4 +137,20 @@ pub(crate) fn echoing(builder: UdpBuilder) -> UdpBuilder {
     builder.on_datagram(|ctx, payload, from| {
         ctx.send_to(payload, from).unwrap();
     })
+}
+
+/// A message callback that echoes whole lines until `QUIT\n`, answered `BYE\n` and
+/// followed by a graceful close asked from the callback, with whatever came after it left
+/// unread (the lingering close's case).
+pub(crate) fn echo_lines_until_quit(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer) {
+    while let Some(end) = input.peek().iter().position(|&b| b == b'\n') {
+        let line = input.peek()[..=end].to_vec();
+        input.consume(end + 1);
+        if line == b"QUIT\n" {
+            ctx.send(b"BYE\n");
+            ctx.close_after_flush();
+            return;
+        }
+        ctx.send(&line);
+    }
 }
