@@ -323,6 +323,15 @@ pub fn parse_line(line: &[u8]) -> Result<Option<Command>, ProtoError> {
     Ok(Some(cmd))
 }
 
+/// Whether `line` (without its line end) is a `LOGIN`, well-formed or not: its first word
+/// is `LOGIN` in any case, whatever follows (the wrong number of words, bytes that are not
+/// UTF-8). Such a line ends the connection's session even when [`parse_line`] refuses it.
+pub fn is_login_line(line: &[u8]) -> bool {
+    line.split(|&b| b == b' ' || b == b'\t')
+        .find(|w| !w.is_empty())
+        .is_some_and(|w| w.eq_ignore_ascii_case(b"LOGIN"))
+}
+
 /// An amount in cents: decimal digits only (an optional leading `+`), value in
 /// `1..=MAX_AMOUNT`; anything else is `INVALID_AMOUNT`.
 pub fn parse_amount(s: &str) -> Result<i64, ProtoError> {

@@ -51,7 +51,7 @@ use duo_supervisor::Worker;
 use crate::auth::{HashCost, Hasher};
 use crate::metrics::BankMetrics;
 use crate::protocol::{
-    err_line, history_reply, ok_line, parse_line, ErrorCode, ProtoError, MAX_LINE,
+    err_line, history_reply, is_login_line, ok_line, parse_line, ErrorCode, ProtoError, MAX_LINE,
 };
 mod activity;
 mod jobs;
@@ -455,7 +455,10 @@ fn on_message(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, app: &Arc<App>, co
     let decoded = codec.decode_all(input, |line| match parse_line(line) {
         Ok(Some(cmd)) => items.push(Pending::Command(cmd)),
         Ok(None) => {}
-        Err(e) => items.push(Pending::Invalid(e)),
+        Err(error) => items.push(Pending::Invalid {
+            error,
+            logout: is_login_line(line),
+        }),
     });
     // Only whole commands count as activity for the idle timeout: a peer that trickles
     // bytes without finishing a line, or sends blank or invalid lines, is evicted like a

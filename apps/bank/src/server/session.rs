@@ -27,7 +27,12 @@ pub(super) enum Pending {
     /// A command.
     Command(Command),
     /// A line that failed to parse: answered with this error.
-    Invalid(ProtoError),
+    Invalid {
+        /// The reply.
+        error: ProtoError,
+        /// The line was a `LOGIN` (a malformed one): it ends the session all the same.
+        logout: bool,
+    },
     /// A line too long: answered with this error, then the connection closes.
     Fatal(ProtoError),
 }
@@ -94,7 +99,15 @@ pub(super) fn next_step(s: &mut Session, group_commit: bool) -> Step {
     };
     let cmd = match item {
         Pending::Command(cmd) => cmd,
-        Pending::Invalid(e) => return Step::Reply(e.line()),
+        Pending::Invalid { error, logout } => {
+            // A LOGIN ends the session it finds whatever its outcome, also one the
+            // parser refused: the commands pipelined behind it must not act on the
+            // account before it.
+            if logout {
+                s.user = None;
+            }
+            return Step::Reply(error.line());
+        }
         Pending::Fatal(e) => {
             s.closing = true;
             s.queue.clear();
