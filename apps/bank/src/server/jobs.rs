@@ -55,10 +55,14 @@ pub(super) fn store_failed(metrics: &BankMetrics, e: &StoreError) -> String {
     }
 }
 
-/// Hands a job's result back to its connection's loop. If the job panics before finishing,
-/// dropping it answers `INTERNAL`, so the connection is never left waiting.
+/// Hands a job's result back to its connection's loop. If the job panics before finishing
+/// (or its write is dropped unanswered), dropping it answers `INTERNAL` once for each
+/// command the job answers, so the connection is never left waiting and its replies stay
+/// in step with its commands.
 pub(super) struct Responder {
     target: Option<(TcpConnection, Arc<App>)>,
+    /// How many commands the job answers (a batch of pipelined writes: one line each).
+    owed: usize,
 }
 
 impl Responder {
@@ -69,6 +73,12 @@ impl Responder {
         self.target
             .as_ref()
             .is_none_or(|(conn, _)| conn.is_closed())
+    }
+
+    /// The job answers `owed` commands (1 unless said).
+    pub(super) fn owing(mut self, owed: usize) -> Responder {
+        self.owed = owed;
+        self
     }
 
     pub(super) fn finish(mut self, c: Completion) {
@@ -82,9 +92,10 @@ impl Responder {
 impl Drop for Responder {
     fn drop(&mut self) {
         if self.target.is_some() {
-            let reply = err_line(ErrorCode::Internal, "internal server error");
+            let reply = err_line(ErrorCode::Internal, "internal server error").repeat(self.owed);
             Responder {
                 target: self.target.take(),
+                owed: self.owed,
             }
             .finish(Completion::reply(reply));
         }
@@ -102,6 +113,7 @@ pub(super) fn spawn(
     app.pool.submit(move || {
         let r = Responder {
             target: Some((conn, shared.clone())),
+            owed: 1,
         };
         job(&shared, r);
     })
@@ -153,16 +165,33 @@ pub(super) fn register(app: &App, user: String, password: &str, r: Responder) {
     let metrics = app.metrics.clone();
     app.store.submit_write(WriteJob {
         ops: vec![WriteOp::Register { name: user, hash }],
-        done: Box::new(move |results| r.finish(write_replies(&metrics, results))),
+        done: Box::new(move |results| r.finish(write_replies(&metrics, results, 1))),
     });
 }
 
-pub(super) fn write_replies(metrics: &BankMetrics, results: WriteResults) -> Completion {
+/// The replies of `owed` write commands from the store's `results`: one line each, in
+/// order. A store that returned another number of results (a bug) is logged, and the
+/// replies stay one per command all the same (`INTERNAL` for those without a result), or
+/// the connection's replies would go out of step with its commands.
+pub(super) fn write_replies(
+    metrics: &BankMetrics,
+    results: WriteResults,
+    owed: usize,
+) -> Completion {
+    if results.len() != owed {
+        duo_net::log_limited!(
+            log::Level::Error,
+            "the store returned {} results for {owed} writes",
+            results.len()
+        );
+    }
     let mut reply = String::new();
-    for result in results {
-        reply.push_str(&match result {
-            Ok(outcome) => reply_line(outcome),
-            Err(e) => store_failed(metrics, &e),
+    let mut results = results.into_iter();
+    for _ in 0..owed {
+        reply.push_str(&match results.next() {
+            Some(Ok(outcome)) => reply_line(outcome),
+            Some(Err(e)) => store_failed(metrics, &e),
+            None => err_line(ErrorCode::Internal, "internal server error"),
         });
     }
     Completion::reply(reply)
@@ -175,5 +204,33 @@ fn reply_line(outcome: WriteOutcome) -> String {
         WriteOutcome::Balance(b) => ok_line(b),
         WriteOutcome::Rejected(code, message) => err_line(code, &message),
         WriteOutcome::Replayed(first) => reply_line(*first),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::write_replies;
+    use crate::metrics::BankMetrics;
+    use crate::store::{StoreError, WriteOutcome};
+
+    fn lines(results: Vec<Result<WriteOutcome, StoreError>>, owed: usize) -> Vec<String> {
+        let c = write_replies(&BankMetrics::default(), results, owed);
+        c.reply.lines().map(str::to_owned).collect()
+    }
+
+    #[test]
+    fn one_reply_per_write_whatever_the_store_returned() {
+        let ok = || Ok(WriteOutcome::Balance(5));
+        assert_eq!(lines(vec![ok(), ok()], 2), ["OK 5", "OK 5"]);
+        // Fewer results than writes: the missing ones are answered INTERNAL, in place.
+        let short = lines(vec![ok()], 3);
+        assert_eq!(short.len(), 3, "{short:?}");
+        assert_eq!(short[0], "OK 5");
+        assert!(short[1..].iter().all(|l| l.starts_with("ERR INTERNAL")), "{short:?}");
+        // More results than writes: only as many replies as writes.
+        assert_eq!(lines(vec![ok(), ok(), ok()], 2), ["OK 5", "OK 5"]);
+        let failed = lines(vec![Err(StoreError::Unavailable("down".into()))], 1);
+        assert_eq!(failed.len(), 1);
+        assert!(failed[0].starts_with("ERR UNAVAILABLE"), "{failed:?}");
     }
 }

@@ -592,9 +592,13 @@ fn pump_after(ctx: &mut ConnCtx<'_>, app: &Arc<App>, mut out: String) {
                 answers = ops.len();
                 spawn(ctx, app, move |app, r| {
                     let metrics = app.metrics.clone();
+                    let owed = ops.len();
+                    let r = r.owing(owed);
                     app.store.submit_write(WriteJob {
                         ops,
-                        done: Box::new(move |results| r.finish(write_replies(&metrics, results))),
+                        done: Box::new(move |results| {
+                            r.finish(write_replies(&metrics, results, owed));
+                        }),
                     });
                 })
             }
