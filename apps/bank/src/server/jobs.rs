@@ -226,7 +226,10 @@ mod tests {
         let short = lines(vec![ok()], 3);
         assert_eq!(short.len(), 3, "{short:?}");
         assert_eq!(short[0], "OK 5");
-        assert!(short[1..].iter().all(|l| l.starts_with("ERR INTERNAL")), "{short:?}");
+        assert!(
+            short[1..].iter().all(|l| l.starts_with("ERR INTERNAL")),
+            "{short:?}"
+        );
         // More results than writes: only as many replies as writes.
         assert_eq!(lines(vec![ok(), ok(), ok()], 2), ["OK 5", "OK 5"]);
         let failed = lines(vec![Err(StoreError::Unavailable("down".into()))], 1);
