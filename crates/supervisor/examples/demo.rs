@@ -18,7 +18,6 @@
 //! argument too many, a timeout that is not a number of milliseconds); 1: the supervisor
 //! failed.
 use std::io::{self, Read, Write};
-use std::net::TcpListener;
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
@@ -148,7 +147,9 @@ fn supervise(cfg: Config) -> Result<(), Failure> {
     let run = |e: io::Error| Failure::Run(e.into());
     let listeners = match duo_sys::listen_fds() {
         Ok(l) if !l.is_empty() => l,
-        Ok(_) => vec![TcpListener::bind("127.0.0.1:0").map_err(run)?],
+        // (`bind_listener` binds nothing in an upgrade's check, which must take no
+        // connection.)
+        Ok(_) => vec![duo_supervisor::bind_listener(([127, 0, 0, 1], 0).into()).map_err(run)?],
         Err(e) => return Err(Failure::Config(e.into())),
     };
     let addr = listeners[0].local_addr().map_err(run)?;

@@ -33,12 +33,18 @@
 //!   keeps serving. Workers run in process groups of their own, so a terminal's Ctrl-C
 //!   reaches them once, through the supervisor (under systemd, `KillMode=mixed` does the
 //!   same: with `control-group` each worker would get `SIGTERM` twice, and quit at once).
-//! - **`SIGUSR2`: upgrade.** The supervisor executes its own binary again (same PID),
-//!   handing over the listening sockets by the systemd protocol and its workers' PIDs (see
-//!   [`protocol`]); the new image adopts them as the old generation and reloads. If the
-//!   `exec` fails, the old image logs it and goes on. A program hands its own state to
-//!   the next image with [`Supervisor::carry_across_upgrade`] (a variable) and
-//!   [`Supervisor::carry_fd_across_upgrade`] (a descriptor: the metrics endpoint's
+//! - **`SIGUSR2`: upgrade.** The supervisor first checks the binary on disk, as `nginx -t`:
+//!   it runs it as a child with [`protocol::UPGRADE_CHECK_VAR`]`=1` and no descriptor
+//!   beyond stdio, where [`Supervisor::new`] checks the configuration and exits 0 without
+//!   serving ([`is_upgrade_check`]). Any other end (a status, a signal, still running at
+//!   [`SupervisorConfig::ready_timeout`]: killed) refuses the upgrade with an error in the
+//!   log, and this image serves on with its workers. A binary that passed executes in
+//!   place of the supervisor (same PID), handed the listening sockets by the systemd
+//!   protocol and its workers' PIDs (see [`protocol`]); the new image adopts them as the
+//!   old generation and reloads. If the `exec` fails, the old image logs it and goes on.
+//!   (A binary that passes the check and fails later is not caught.) A program hands its
+//!   own state to the next image with [`Supervisor::carry_across_upgrade`] (a variable)
+//!   and [`Supervisor::carry_fd_across_upgrade`] (a descriptor: the metrics endpoint's
 //!   listening socket, say).
 //! - **`SIGTSTP`/`SIGCONT`: job control.** As a shell does for a job: Ctrl-Z (`SIGTSTP`,
 //!   also `SIGTTIN`/`SIGTTOU`) stops every worker (`SIGSTOP`), then the supervisor; once
@@ -103,6 +109,6 @@ pub use serving::{
     bind_listener, inherit_at_start, inherited_or_bound, supervise_this_program,
     worker_connection_limit, Inherited, LISTEN_BACKLOG,
 };
-pub use supervisor::{Supervisor, SupervisorError};
+pub use supervisor::{is_upgrade_check, Supervisor, SupervisorError};
 pub use table::{WorkerEndpoint, WorkerTable};
 pub use worker::{StatsSlot, Worker, WorkerError, WorkerStats};

@@ -35,6 +35,14 @@
 //! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed if still running at `stop_timeout` from the adoption) |
 //! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
 //! | [`STATS_TOTALS_VAR`] | the summed stats line's totals so far (`accepted,bytes_in,bytes_out,messages`): the new image's totals go on from them |
+//!
+//! Before that `exec` the supervisor checks the binary: it runs it as a child with its own
+//! arguments, [`UPGRADE_CHECK_VAR`]`=1`, stdin and stdout on `/dev/null`, its stderr, and
+//! no other descriptor (nothing to accept connections on). The program takes its usual
+//! path to [`Supervisor::new`](crate::Supervisor::new), which checks the configuration
+//! and exits 0 without serving; [`bind_listener`](crate::bind_listener) binds nothing
+//! there. Any other end (another status, a signal, still running at the ready timeout,
+//! when it is killed) refuses the upgrade: the old image serves on.
 
 /// Set to `1` in a worker's environment.
 pub const WORKER_VAR: &str = "DUO_WORKER";
@@ -61,6 +69,11 @@ pub const LAST_STARTED_VAR: &str = "DUO_SUPERVISOR_LAST_STARTED";
 pub const STATS_VAR: &str = "DUO_SUPERVISOR_STATS_FD";
 /// The totals of the summed stats line so far, which an upgraded supervisor goes on from.
 pub const STATS_TOTALS_VAR: &str = "DUO_SUPERVISOR_STATS_TOTALS";
+
+/// Set to `1` in the environment of the check an upgrade runs before it executes the new
+/// binary: the program checks its configuration and exits 0 without serving
+/// ([`is_upgrade_check`](crate::is_upgrade_check)).
+pub const UPGRADE_CHECK_VAR: &str = "DUO_UPGRADE_CHECK";
 
 /// Counters per worker row of the stats region.
 pub const ROW_LEN: usize = 8;

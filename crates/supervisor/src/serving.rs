@@ -73,6 +73,11 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 /// the socket to its workers itself, by the [worker protocol](crate::protocol)). Port 0
 /// picks a free port: read it with [`TcpListener::local_addr`].
 ///
+/// In the check an upgrade runs before it executes the new binary
+/// ([`is_upgrade_check`](crate::is_upgrade_check)) the socket is created but neither bound
+/// nor listening: the serving image holds `addr`, and the check must never take a
+/// connection.
+///
 /// # Errors
 ///
 /// The address is in use or not ours to bind (the message names `addr`), or the socket
@@ -88,6 +93,9 @@ pub const LISTEN_BACKLOG: i32 = 1024;
 pub fn bind_listener(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM.cloexec(), None)?;
     socket.set_reuse_address(true)?;
+    if crate::is_upgrade_check() {
+        return Ok(socket.into());
+    }
     socket
         .bind(&addr.into())
         .map_err(|e| io::Error::new(e.kind(), format!("binding {addr}: {e}")))?;

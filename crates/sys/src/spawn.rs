@@ -277,6 +277,107 @@ pub fn in_process_group_of_its_own(cmd: &mut Command) {
     }
 }
 
+/// Makes the child `cmd` starts inherit no descriptor beyond stdin, stdout and stderr:
+/// before the `exec`, every descriptor from 3 up is set close-on-exec in the child
+/// (`close_range(3, ~0, CLOSE_RANGE_CLOEXEC)`, Linux 5.11). Close-on-exec rather than
+/// closed: std's channel that reports a failed `exec` stays open until the `exec`. On an
+/// older kernel the descriptors this process has open without close-on-exec now (listed
+/// from `/proc/self/fd`; any other is opened close-on-exec by std and duo) get it in the
+/// child; without `/proc`, every number below the open-file limit is tried.
+///
+/// For a child that must not get, say, a listening socket a process cleared close-on-exec
+/// on or inherited without it. Do not combine it with [`pass_fds`] on one `Command`: which
+/// of their hooks runs last decides.
+///
+/// # Errors
+///
+/// Without `/proc`, the open-file limit could not be read.
+pub fn inherit_only_stdio(cmd: &mut Command) -> io::Result<()> {
+    let fallback = Fallback::now()?;
+    let hook = move || {
+        // SAFETY: `close_range` with `CLOSE_RANGE_CLOEXEC` only sets a flag on the open
+        // descriptors of the range (it closes nothing); it is a plain system call,
+        // async-signal-safe, made in the forked, single-threaded child.
+        let ret = unsafe {
+            libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            )
+        };
+        if ret == 0 {
+            return Ok(());
+        }
+        // Older than Linux 5.11 (`ENOSYS`, or `EINVAL` for the flag): one at a time.
+        fallback.apply()
+    };
+    // SAFETY: the hook only makes async-signal-safe system calls (`close_range`, `fcntl`)
+    // and allocates nothing (it reads the list made here).
+    unsafe {
+        cmd.pre_exec(hook);
+    }
+    Ok(())
+}
+
+/// The descriptors [`inherit_only_stdio`] sets close-on-exec one at a time, on a kernel
+/// without `CLOSE_RANGE_CLOEXEC`.
+enum Fallback {
+    /// These (the parent's descriptors without close-on-exec).
+    Listed(Vec<RawFd>),
+    /// Every number from 3 below this one (`/proc` could not be read).
+    Below(RawFd),
+}
+
+impl Fallback {
+    /// The descriptors of this process that lack close-on-exec now, or every number below
+    /// the open-file limit if `/proc` cannot be read (an error if that cannot either).
+    fn now() -> io::Result<Fallback> {
+        match std::fs::read_dir("/proc/self/fd") {
+            Ok(dir) => Ok(Fallback::Listed(
+                dir.flatten()
+                    .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+                    .filter(|fd| *fd >= 3 && !is_close_on_exec(*fd))
+                    .collect(),
+            )),
+            Err(_) => {
+                let (soft, _) = crate::fd_limit()?;
+                Ok(Fallback::Below(RawFd::try_from(soft).unwrap_or(RawFd::MAX)))
+            }
+        }
+    }
+
+    /// Sets close-on-exec on each: async-signal-safe (`fcntl` only), allocating nothing.
+    fn apply(&self) -> io::Result<()> {
+        match self {
+            Fallback::Listed(fds) => fds.iter().try_for_each(|fd| set_close_on_exec(*fd)),
+            Fallback::Below(end) => (3..*end).try_for_each(set_close_on_exec),
+        }
+    }
+}
+
+/// Whether `fd` is open and close-on-exec (one `fcntl`).
+fn is_close_on_exec(fd: RawFd) -> bool {
+    // SAFETY: `F_GETFD` only reads a descriptor's flags (`EBADF` on a number not open).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    flags != -1 && flags & libc::FD_CLOEXEC != 0
+}
+
+/// Sets close-on-exec on `fd` if it is open (a number not open is left alone):
+/// async-signal-safe (`fcntl` only), allocating nothing.
+fn set_close_on_exec(fd: RawFd) -> io::Result<()> {
+    // SAFETY: `F_GETFD` only reads a descriptor's flags (`EBADF` on a number not open).
+    let flags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+    if flags == -1 || flags & libc::FD_CLOEXEC != 0 {
+        return Ok(());
+    }
+    // SAFETY: `F_SETFD` only sets the flags of the open descriptor `fd`.
+    if unsafe { libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC) } == -1 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
 /// Duplicates `fd` to the lowest free number at or above `min`, close-on-exec
 /// (`fcntl(F_DUPFD_CLOEXEC)`).
 ///
@@ -519,6 +620,41 @@ mod tests {
         set_inherit_on_exec(r.as_fd(), false).unwrap();
         let d = dup_at_least(r.as_fd(), 100).unwrap();
         assert!(d.as_raw_fd() >= 100);
+    }
+
+    #[test]
+    fn only_stdio_is_inherited() {
+        let (r, w) = pipe().unwrap();
+        // Inheritable here, as a listener is for an instant before an upgrade's `exec`.
+        set_inherit_on_exec(r.as_fd(), true).unwrap();
+        let probe = |only_stdio: bool| {
+            let mut cmd = Command::new("/bin/sh");
+            cmd.arg("-c")
+                .arg(format!("test -e /proc/self/fd/{}", r.as_raw_fd()));
+            if only_stdio {
+                inherit_only_stdio(&mut cmd).unwrap();
+            }
+            let pid = cmd.spawn().unwrap().id();
+            reap(pid).code()
+        };
+        assert_eq!(probe(false), Some(0), "inherited without the hook");
+        assert_eq!(probe(true), Some(1), "not inherited with it");
+        // The fallback of kernels without `CLOSE_RANGE_CLOEXEC`, on its own.
+        let fallback = Fallback::now().unwrap();
+        assert!(matches!(&fallback, Fallback::Listed(fds) if fds.contains(&r.as_raw_fd())));
+        let mut cmd = Command::new("/bin/sh");
+        cmd.arg("-c")
+            .arg(format!("test -e /proc/self/fd/{}", r.as_raw_fd()));
+        // SAFETY: `apply` only calls `fcntl` (async-signal-safe) and allocates nothing.
+        unsafe {
+            cmd.pre_exec(move || fallback.apply());
+        }
+        assert_eq!(reap(cmd.spawn().unwrap().id()).code(), Some(1));
+        assert!(
+            !is_close_on_exec(r.as_raw_fd()),
+            "the parent's flag is untouched"
+        );
+        drop(w);
     }
 
     #[test]

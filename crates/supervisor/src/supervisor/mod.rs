@@ -27,10 +27,11 @@
 //! - A worker's readiness byte may still sit in its pipe when its `SIGCHLD` is handled
 //!   (ready, then dead at once): the pipe is read first, so it counts as having started.
 //! - Files: this one holds the state machine (generations, workers, stopping);
-//!   `upgrade.rs` the re-execution in place and what the new image adopts; `stats.rs` the
-//!   shared stats rows and the summed log line; `child.rs` a worker's readiness pipe and
-//!   how its exit is described; `job.rs` job control (Ctrl-Z, `fg`) and deadlines that
-//!   do not count the time stopped.
+//!   `upgrade.rs` the re-execution in place and what the new image adopts; `probe.rs` the
+//!   check of the new binary that comes first; `stats.rs` the shared stats rows and the
+//!   summed log line; `child.rs` a worker's readiness pipe and how its exit is described;
+//!   `job.rs` job control (Ctrl-Z, `fg`) and deadlines that do not count the time
+//!   stopped; `error.rs` why `run` failed.
 //! - Stop: every worker gets `SIGTERM` once; the next stop signal sends `SIGINT`; at
 //!   `stop_timeout` the rest get `SIGKILL`; the loop quits when the last one is reaped.
 
@@ -44,11 +45,11 @@ use std::process::{ExitStatus, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use duo_reactor::{EventLoop, FnHandler, Interest, LoopError, Signal, TimerId, Token};
+use duo_reactor::{EventLoop, FnHandler, Interest, Signal, TimerId, Token};
 use duo_sys::SharedCounters;
 
 use crate::backoff::Backoff;
-use crate::config::{ConfigError, SupervisorConfig};
+use crate::config::SupervisorConfig;
 use crate::protocol::{
     ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR,
     ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_TOTALS_VAR, STATS_VAR, WORKER_GENERATION_VAR,
@@ -57,11 +58,15 @@ use crate::protocol::{
 use crate::table::WorkerTable;
 
 mod child;
+mod error;
 mod job;
+mod probe;
 mod stats;
 mod stop;
 mod upgrade;
 
+pub use error::SupervisorError;
+pub use probe::is_upgrade_check;
 use stats::StatsLog;
 
 pub(crate) use child::READY;
@@ -98,28 +103,6 @@ pub(crate) fn block_handled_signals() -> io::Result<()> {
 /// After the stop deadline's `SIGKILL`s, how long the supervisor waits for the reaping
 /// before it gives up and returns anyway.
 const AFTER_KILL: Duration = Duration::from_secs(2);
-
-/// Why [`Supervisor::run`] failed.
-#[derive(Debug, thiserror::Error)]
-pub enum SupervisorError {
-    /// The configuration was refused.
-    #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The event loop could not be created.
-    #[error(transparent)]
-    Loop(#[from] LoopError),
-    /// A system call of the set-up failed.
-    #[error("{what}: {source}")]
-    Io {
-        /// What was being done.
-        what: &'static str,
-        /// The error.
-        source: io::Error,
-    },
-    /// The first generation of workers did not all report ready.
-    #[error("the workers did not start: {0}")]
-    NotReady(String),
-}
 
 /// A supervisor of worker processes, nginx's master process in small.
 ///
@@ -161,10 +144,14 @@ impl Supervisor {
     /// they are children of this process. Moves the listeners to descriptors `3..3+n` when
     /// those are free (an upgrade needs them there).
     ///
+    /// In the check an upgrade runs first ([`is_upgrade_check`]) it exits the process
+    /// with status 0 once the configuration and what the supervisor needs are checked.
+    ///
     /// # Errors
     ///
-    /// The configuration is refused ([`ConfigError`], the open-file limit counted), or
-    /// the path of the running binary is unknown.
+    /// The configuration is refused ([`ConfigError`](crate::ConfigError), the open-file
+    /// limit counted), or the path of the running binary is unknown (or, in the check,
+    /// what it needs fails).
     pub fn new(
         cfg: SupervisorConfig,
         listeners: Vec<TcpListener>,
@@ -178,6 +165,7 @@ impl Supervisor {
             what: "finding the supervisor's own binary",
             source,
         })?;
+        probe::exit_if_checking(&cfg, &exe)?;
         let args = std::env::args_os().skip(1).collect();
         let inherited_stats = match duo_sys::take_fd_from_env(STATS_VAR) {
             Ok(Some(fd)) => SharedCounters::open(fd)
@@ -322,6 +310,7 @@ impl Supervisor {
             generation: self.adopted_generation,
             last_started: self.adopted_last_started,
             carried: self.carried,
+            probe: None,
             pending: None,
             restart_timer: None,
             stopping: false,
@@ -398,6 +387,8 @@ struct State {
     last_started: u64,
     /// What the image an upgrade executes gets from the program around the supervisor.
     carried: Carried,
+    /// The check of the binary an upgrade is to execute, while it runs (`probe.rs`).
+    probe: Option<probe::Probe>,
     pending: Option<Pending>,
     restart_timer: Option<TimerId>,
     backoff: Backoff,
@@ -418,7 +409,7 @@ impl State {
         match sig {
             Signal::CHLD => self.reap(lp),
             Signal::HUP => self.reload(lp),
-            Signal::USR2 => self.upgrade(),
+            Signal::USR2 => self.check_then_upgrade(lp),
             Signal::TSTP | Signal::TTIN | Signal::TTOU => self.job_stop(lp, sig),
             Signal::CONT => self.continue_workers(),
             _ => self.stop(lp, sig),
@@ -688,6 +679,9 @@ impl State {
     }
 
     fn on_exit(&mut self, lp: &mut EventLoop, pid: u32, status: ExitStatus) {
+        if self.probe_exited(lp, pid, status) {
+            return;
+        }
         // A byte written just before the exit is still in the pipe: read it first, so "ready
         // then exited" is told apart from "exited before it was ready".
         if let Some(token) = self.workers.get(&pid).and_then(|w| w.ready_token) {

@@ -19,6 +19,7 @@ impl State {
             return;
         }
         self.stopping = true;
+        self.abandon_probe(lp);
         if let Some(p) = self.pending.take() {
             lp.cancel(p.timer);
         }

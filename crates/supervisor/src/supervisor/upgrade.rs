@@ -1,6 +1,7 @@
-//! Upgrading in place (`SIGUSR2`): the supervisor executes its own binary again, same
-//! PID, handing over its listening sockets (systemd's protocol), its workers and its stats
-//! region; and the new image's side: which handed-over workers are really its children.
+//! Upgrading in place (`SIGUSR2`, once the new binary passed its check: `probe.rs`): the
+//! supervisor executes its own binary again, same PID, handing over its listening sockets
+//! (systemd's protocol), its workers and its stats region; and the new image's side: which
+//! handed-over workers are really its children.
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
@@ -69,10 +70,13 @@ impl Carried {
 }
 
 impl State {
-    pub(super) fn upgrade(&mut self) {
+    /// Whether an upgrade may go on now (if not, the reason is logged): not while
+    /// stopping or while a generation starts, nor with the listeners elsewhere than at
+    /// descriptors 3.. (where the next image takes them).
+    pub(super) fn may_upgrade(&self) -> bool {
         if self.stopping || self.pending.is_some() {
             log::warn!("SIGUSR2: not now (stopping, or a generation is starting); ignored");
-            return;
+            return false;
         }
         let misplaced = self
             .listeners
@@ -84,8 +88,13 @@ impl State {
                 "SIGUSR2: cannot upgrade: the listening sockets are not at descriptors 3.. \
                  (they were taken when the supervisor started)"
             );
-            return;
         }
+        !misplaced
+    }
+
+    /// Executes the binary again in place, handing everything over; returns only if that
+    /// failed (logged). Its check ran first (`probe.rs`), and [`State::may_upgrade`] holds.
+    pub(super) fn upgrade(&mut self) {
         let serving = self.pids_where(|w| w.generation == self.generation && !w.retiring);
         let list: Vec<String> = serving.iter().map(u32::to_string).collect();
         let draining: Vec<String> = self
