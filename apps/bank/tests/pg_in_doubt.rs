@@ -18,32 +18,18 @@
 //! stopped when the test ends, also when it fails.
 
 mod common;
-#[path = "pg_in_doubt/proxy.rs"]
-mod proxy;
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+use common::pg::{err_code, lock_waiters, own_cluster_sized, until_available, Holder};
+use common::pg_proxy::{Fault, Proxy};
 use common::{
     hold_synchronous_commits, psql, release_synchronous_commits, Client, Server, BANK, PW,
 };
 use duo_testkit::pg::PgCluster;
 use duo_testkit::{run_within, wait_until_within};
-use proxy::{Cut, Proxy};
-
-/// A cluster of this test's own, or `None` (skipped) without PostgreSQL.
-fn own_cluster(test: &str, max_connections: u32) -> Option<PgCluster> {
-    PgCluster::builder()
-        .setting("fsync", "off")
-        .max_connections(max_connections)
-        .for_test(&format!("pg_in_doubt::{test}"))
-}
-
-/// The error code of an `ERR` reply.
-fn err_code(reply: &str) -> Option<&str> {
-    reply.strip_prefix("ERR ")?.split(' ').next()
-}
 
 /// `user`'s balance through a new connection.
 fn balance_of(addr: SocketAddr, user: &str) -> i64 {
@@ -57,10 +43,7 @@ fn balance_of(addr: SocketAddr, user: &str) -> i64 {
 
 /// Alice (1000) and bob on `server`: alice's connection.
 fn two_accounts(server: &Server) -> Client {
-    let mut alice = Client::logged_in(server.addr, "alice");
-    drop(Client::logged_in(server.addr, "bob"));
-    assert_eq!(alice.cmd("DEPOSIT 1000"), "OK 1000");
-    alice
+    common::pg::two_accounts(server, Client::logged_in)
 }
 
 fn terminate(cluster: &PgCluster, pids: &[String]) {
@@ -105,66 +88,16 @@ fn waiting_for_standby(cluster: &PgCluster, pattern: &str) -> Vec<String> {
     pids
 }
 
-/// A `psql` that holds `user`'s row locked (`FOR UPDATE`) until it is killed; returns
-/// once the lock is held. Killed by PID on drop.
-struct RowHolder(Child);
-
-impl RowHolder {
-    fn hold(cluster: &PgCluster, user: &str) -> RowHolder {
-        let tag = format!("holder_{user}");
-        let mut cmd = cluster.command("psql");
-        cmd.args([
-            "-X",
-            "-c",
-            &format!(
-                "SET statement_timeout = 0; SET lock_timeout = 0; \
-                 BEGIN; SELECT 1 FROM users WHERE name = '{user}' FOR UPDATE; \
-                 SELECT pg_sleep(60) AS {tag}; COMMIT;"
-            ),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let holder = RowHolder(cmd.spawn().expect("psql"));
-        wait_until_within(Duration::from_secs(10), "the row held", || {
-            psql(
-                cluster,
-                &format!(
-                    "SELECT count(*) FROM pg_stat_activity WHERE query LIKE '%AS {tag}%' \
-                     AND wait_event = 'PgSleep'"
-                ),
-            ) == "1"
-        });
-        holder
-    }
-
-    /// Ends the holding session (its transaction rolls back) and reaps the `psql`.
-    fn release(mut self, cluster: &PgCluster) {
-        psql(
-            cluster,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query LIKE '%AS holder_%' AND pid <> pg_backend_pid()",
-        );
-        let _ = duo_testkit::wait_child_within(&mut self.0, Duration::from_secs(10));
-    }
-}
-
-impl Drop for RowHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 // ---------------------------------------------------------------------------------------
 // The link dropped around a commit.
 
 /// Sends alice's transfer `rid` of 10 to bob, and a deposit of 5 behind it (one batch),
 /// through `proxy` cutting as `cut` says; both get `UNAVAILABLE`. The retry answers the
-/// first answer, once. After [`Cut::AfterReply`] the deposit was committed as well; after
-/// [`Cut::AfterSend`] it may have been, or not (the bank ends the session of a lost
+/// first answer, once. After [`Fault::CutAfterReply`] the deposit was committed as well;
+/// after [`Fault::CutAfterSend`] it may have been, or not (the bank ends the session of a lost
 /// connection, which may not have run the call yet), and the balance says which.
-fn cut_around_the_commit(cut: Cut) {
-    let Some(cluster) = own_cluster(&format!("cut_{cut:?}"), 100) else {
+fn cut_around_the_commit(cut: Fault) {
+    let Some(cluster) = own_cluster_sized(&format!("cut_{cut:?}"), 100) else {
         return;
     };
     let proxy = Proxy::start(cluster.port());
@@ -190,7 +123,7 @@ fn cut_around_the_commit(cut: Cut) {
         assert_eq!(alice.cmd(&retry), "OK 990", "{extra:?}");
         assert_eq!(alice.cmd(&retry), "OK 990", "{extra:?}");
         let balance = alice.balance();
-        if cut == Cut::AfterReply {
+        if cut == Fault::CutAfterReply {
             assert_eq!(balance, 995, "{extra:?}");
         } else {
             assert!(balance == 995 || balance == 990, "{extra:?}: {balance}");
@@ -213,12 +146,12 @@ fn cut_around_the_commit(cut: Cut) {
 
 #[test]
 fn the_answer_to_a_commit_lost_on_the_way_back_is_resolved_by_the_request_id() {
-    cut_around_the_commit(Cut::AfterReply);
+    cut_around_the_commit(Fault::CutAfterReply);
 }
 
 #[test]
 fn a_link_dropped_right_after_the_call_is_sent_is_resolved_by_the_request_id() {
-    cut_around_the_commit(Cut::AfterSend);
+    cut_around_the_commit(Fault::CutAfterSend);
 }
 
 // ---------------------------------------------------------------------------------------
@@ -228,7 +161,7 @@ fn a_link_dropped_right_after_the_call_is_sent_is_resolved_by_the_request_id() {
 /// (its own with `--no-early-release`, else the barrier) waits for the standby, does
 /// `fault`, releases the commits, and checks the answer and the retry.
 fn fault_while_a_commit_waits(test: &str, fault: fn(&PgCluster, &[String])) {
-    let Some(cluster) = own_cluster(test, 100) else {
+    let Some(cluster) = own_cluster_sized(test, 100) else {
         return;
     };
     for (i, extra) in [&[][..], &["--no-early-release"][..]].iter().enumerate() {
@@ -261,11 +194,7 @@ fn fault_while_a_commit_waits(test: &str, fault: fn(&PgCluster, &[String])) {
         let mut alice = Client::connect(server.addr);
         assert_eq!(alice.cmd(&format!("LOGIN alice {PW}")), "OK welcome alice");
         let retry = format!("TRANSFER bob 10 {rid}");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut answer = alice.cmd(&retry);
-        while err_code(&answer) == Some("UNAVAILABLE") && Instant::now() < deadline {
-            answer = alice.cmd(&retry);
-        }
+        let answer = until_available(&mut alice, &retry);
         assert_eq!(answer, "OK 990", "{extra:?}: first answer {first:?}");
         assert_eq!(alice.cmd(&retry), "OK 990", "{extra:?}");
         assert_eq!(balance_of(server.addr, "bob"), 10, "{extra:?}");
@@ -294,13 +223,13 @@ fn the_database_crashing_while_a_commit_waits_for_a_standby() {
 /// (held by another session) fail without being applied, and the retry applies the
 /// transfer once, after the row is free.
 fn timeout_on_the_database(test: &str, setting: &str) {
-    let Some(cluster) = own_cluster(test, 100) else {
+    let Some(cluster) = own_cluster_sized(test, 100) else {
         return;
     };
     psql(&cluster, &format!("ALTER DATABASE bank SET {setting}"));
     let server = Server::start_url(&cluster.url(), &[]);
     let mut alice = two_accounts(&server);
-    let holder = RowHolder::hold(&cluster, "alice");
+    let holder = Holder::row(&cluster, "alice");
     alice.send(b"TRANSFER bob 10 t1\nDEPOSIT 5\n");
     let (first, second) = (alice.line(), alice.line());
     holder.release(&cluster);
@@ -407,7 +336,7 @@ impl Drop for Fillers {
 
 #[test]
 fn max_connections_reached_at_start_fails_the_start_with_a_message() {
-    let Some(cluster) = own_cluster("max_at_start", 8) else {
+    let Some(cluster) = own_cluster_sized("max_at_start", 8) else {
         return;
     };
     let url = tellers_database(&cluster);
@@ -437,7 +366,7 @@ fn max_connections_reached_at_start_fails_the_start_with_a_message() {
 
 #[test]
 fn max_connections_reached_at_reconnect_answers_unavailable_then_recovers() {
-    let Some(cluster) = own_cluster("max_at_reconnect", 8) else {
+    let Some(cluster) = own_cluster_sized("max_at_reconnect", 8) else {
         return;
     };
     let url = tellers_database(&cluster);
@@ -458,11 +387,7 @@ fn max_connections_reached_at_reconnect_answers_unavailable_then_recovers() {
     assert_eq!(err_code(&answer), Some("UNAVAILABLE"), "{answer}");
     fillers.release(&cluster);
     // Slots free again: the bank reconnects by itself.
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let mut answer = alice.cmd("TRANSFER bob 10 m1");
-    while err_code(&answer) == Some("UNAVAILABLE") && Instant::now() < deadline {
-        answer = alice.cmd("TRANSFER bob 10 m1");
-    }
+    let answer = until_available(&mut alice, "TRANSFER bob 10 m1");
     assert_eq!(answer, "OK 990");
     assert_eq!(alice.cmd("TRANSFER bob 10 m1"), "OK 990");
     assert_eq!(alice.balance(), 990);
@@ -473,14 +398,14 @@ fn max_connections_reached_at_reconnect_answers_unavailable_then_recovers() {
 
 #[test]
 fn two_front_ends_racing_on_one_request_id_move_money_once() {
-    let Some(cluster) = own_cluster("race", 100) else {
+    let Some(cluster) = own_cluster_sized("race", 100) else {
         return;
     };
     let a = Server::start_url(&cluster.url(), &[]);
     let b = Server::start_url(&cluster.url(), &["--no-group-commit"]);
     drop(two_accounts(&a));
     for round in 0..3 {
-        let holder = RowHolder::hold(&cluster, "alice");
+        let holder = Holder::row(&cluster, "alice");
         let mut clients: Vec<Client> = [a.addr, b.addr, a.addr, b.addr]
             .iter()
             .map(|&addr| {
@@ -494,14 +419,7 @@ fn two_front_ends_racing_on_one_request_id_move_money_once() {
         }
         // All four wait for the row.
         wait_until_within(Duration::from_secs(10), "four writes waiting", || {
-            psql(
-                &cluster,
-                "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bank' \
-                 AND wait_event_type = 'Lock'",
-            )
-            .parse::<usize>()
-            .unwrap()
-                >= 3
+            lock_waiters(&cluster) >= 3
         });
         holder.release(&cluster);
         let expected = format!("OK {}", 990 - 10 * round);
@@ -524,7 +442,7 @@ fn two_front_ends_racing_on_one_request_id_move_money_once() {
 
 #[test]
 fn a_column_type_changed_under_a_running_server_does_not_break_reads_for_good() {
-    let Some(cluster) = own_cluster("column_type", 100) else {
+    let Some(cluster) = own_cluster_sized("column_type", 100) else {
         return;
     };
     let server = Server::start_url(&cluster.url(), &[]);
@@ -545,7 +463,7 @@ fn a_column_type_changed_under_a_running_server_does_not_break_reads_for_good() 
 
 #[test]
 fn a_table_that_appears_in_front_of_the_banks_on_the_search_path_is_not_used() {
-    let Some(cluster) = own_cluster("search_path", 100) else {
+    let Some(cluster) = own_cluster_sized("search_path", 100) else {
         return;
     };
     let server = Server::start_url(&cluster.url(), &[]);
@@ -561,14 +479,6 @@ fn a_table_that_appears_in_front_of_the_banks_on_the_search_path_is_not_used() {
     terminate_all(&cluster);
     // New sessions still read and write the bank's tables (a write with a request id:
     // one that gets UNAVAILABLE while the bank reconnects is retried safely).
-    let until_available = |c: &mut Client, line: &str| {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        let mut answer = c.cmd(line);
-        while err_code(&answer) == Some("UNAVAILABLE") && Instant::now() < deadline {
-            answer = c.cmd(line);
-        }
-        answer
-    };
     assert_eq!(until_available(&mut alice, "BALANCE"), "OK 1000");
     assert_eq!(until_available(&mut alice, "TRANSFER bob 10 s1"), "OK 990");
     let mut again = Client::connect(server.addr);
@@ -584,28 +494,17 @@ fn a_table_that_appears_in_front_of_the_banks_on_the_search_path_is_not_used() {
 // ---------------------------------------------------------------------------------------
 // A write whose link broke while it waited for a lock.
 
-/// How many of the bank's sessions wait for a lock.
-fn lock_waiters(cluster: &PgCluster) -> usize {
-    psql(
-        cluster,
-        "SELECT count(*) FROM pg_stat_activity WHERE application_name = 'bank' \
-         AND wait_event_type = 'Lock'",
-    )
-    .parse()
-    .unwrap()
-}
-
 #[test]
 fn a_write_cut_off_while_it_waits_for_a_lock_does_not_commit_after_its_answer() {
-    let Some(cluster) = own_cluster("zombie", 100) else {
+    let Some(cluster) = own_cluster_sized("zombie", 100) else {
         return;
     };
     let proxy = Proxy::start(cluster.port());
     let server = Server::start_url(&proxy.url("bank"), &[]);
     let mut alice = two_accounts(&server);
-    let holder = RowHolder::hold(&cluster, "alice");
+    let holder = Holder::row(&cluster, "alice");
     // The call reaches the server and waits for alice's row; the link breaks meanwhile.
-    proxy.plan("z1", Cut::AfterSend);
+    proxy.plan("z1", Fault::CutAfterSend);
     alice.send(b"TRANSFER bob 10 z1\nDEPOSIT 5\n");
     let (first, second) = (alice.line(), alice.line());
     assert_eq!(proxy.cuts(), 1, "the link was not cut");

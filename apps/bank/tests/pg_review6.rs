@@ -6,8 +6,8 @@
 //!   on a new session (as for any error the server reports before committing), also when
 //!   the end of the connection is read together with the error.
 //! - A session ended right after its commit, its reply and the termination notice
-//!   delivered in one read (by a proxy of the test's own that holds the server's bytes):
-//!   the batch counts as committed, once.
+//!   delivered in one read (by a proxy of the test's own that holds the server's bytes,
+//!   `common::pg_proxy` with `Fault::HoldReply`): the batch counts as committed, once.
 //! - `--db-timeout` expiring while the reply to a commit is held: `UNAVAILABLE`, the
 //!   outcome found by the request id, nothing applied twice.
 //! - 50 reconnects leave the bank's threads and file descriptors as they were.
@@ -18,58 +18,18 @@
 
 mod common;
 
-use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::process::{Child, Stdio};
-use std::sync::{Arc, Mutex};
-use std::thread;
 use std::time::Duration;
 
-use common::{psql, Client, Server, BANK, PW};
-use duo_testkit::pg::PgCluster;
+use common::pg::{
+    alive, err_code, lock_waiter, new_user_logged_in, own_cluster, Holder, REPLY_DEADLINE,
+};
+use common::pg_proxy::{contains, Fault, Proxy, READY_FOR_QUERY};
+use common::{psql, Client, Server, BANK};
 use duo_testkit::{run_within, send_signal, wait_until_within};
 
-/// How long a reply may take here.
-const REPLY_DEADLINE: Duration = Duration::from_secs(8);
-
-/// A cluster of this test's own, or `None` (skipped) without PostgreSQL.
-fn own_cluster(test: &str) -> Option<PgCluster> {
-    PgCluster::builder()
-        .setting("fsync", "off")
-        .for_test(&format!("pg_review6::{test}"))
-}
-
-/// The error code of an `ERR` reply.
-fn err_code(reply: &str) -> Option<&str> {
-    reply.strip_prefix("ERR ")?.split(' ').next()
-}
-
-/// A client whose replies must come within [`REPLY_DEADLINE`].
-fn client(addr: SocketAddr) -> Client {
-    let c = Client::connect(addr);
-    c.stream()
-        .set_read_timeout(Some(REPLY_DEADLINE))
-        .expect("read timeout");
-    c
-}
-
-/// `user` logged in (registered first) on a new connection.
-fn logged_in(addr: SocketAddr, user: &str) -> Client {
-    let mut c = client(addr);
-    assert_eq!(c.cmd(&format!("REGISTER {user} {PW}")), "OK registered");
-    assert_eq!(
-        c.cmd(&format!("LOGIN {user} {PW}")),
-        format!("OK welcome {user}")
-    );
-    c
-}
-
-/// Alice (1000) and bob on `server`: alice's connection.
+/// Alice (1000) and bob on `server` (new names): alice's connection.
 fn two_accounts(server: &Server) -> Client {
-    let mut alice = logged_in(server.addr, "alice");
-    drop(logged_in(server.addr, "bob"));
-    assert_eq!(alice.cmd("DEPOSIT 1000"), "OK 1000");
-    alice
+    common::pg::two_accounts(server, new_user_logged_in)
 }
 
 /// The next reply line, within [`REPLY_DEADLINE`].
@@ -90,67 +50,6 @@ fn exited(pid: &str) -> bool {
 
 // ---------------------------------------------------------------------------------------
 // A session ended while its batch runs.
-
-/// A `psql` that holds `user`'s row locked (`FOR UPDATE`) until released; returns once
-/// the lock is held. Killed by PID on drop.
-struct RowHolder(Child);
-
-impl RowHolder {
-    fn hold(cluster: &PgCluster, user: &str) -> RowHolder {
-        let mut cmd = cluster.command("psql");
-        cmd.args([
-            "-X",
-            "-c",
-            &format!(
-                "SET statement_timeout = 0; SET lock_timeout = 0; \
-                 BEGIN; SELECT 1 FROM users WHERE name = '{user}' FOR UPDATE; \
-                 SELECT pg_sleep(60) AS review6_holder; COMMIT;"
-            ),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
-        let holder = RowHolder(cmd.spawn().expect("psql"));
-        wait_until_within(Duration::from_secs(10), "the row held", || {
-            psql(
-                cluster,
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE query LIKE '%AS review6_holder%' AND wait_event = 'PgSleep'",
-            ) == "1"
-        });
-        holder
-    }
-
-    /// Ends the holding session (its transaction rolls back) and reaps the `psql`.
-    fn release(mut self, cluster: &PgCluster) {
-        psql(
-            cluster,
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
-             WHERE query LIKE '%AS review6_holder%' AND pid <> pg_backend_pid()",
-        );
-        let _ = duo_testkit::wait_child_within(&mut self.0, Duration::from_secs(10));
-    }
-}
-
-impl Drop for RowHolder {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// The pid of the one session of the bank's that waits for a lock (at most 10 s).
-fn lock_waiter(cluster: &PgCluster) -> String {
-    let mut pid = String::new();
-    wait_until_within(Duration::from_secs(10), "a call waiting for a lock", || {
-        pid = psql(
-            cluster,
-            "SELECT pid FROM pg_stat_activity WHERE application_name = 'bank' \
-             AND wait_event_type = 'Lock'",
-        );
-        !pid.is_empty()
-    });
-    pid
-}
 
 /// Resumes a stopped bank when dropped (also when the test fails).
 struct Stopped(u32);
@@ -181,7 +80,7 @@ fn a_batch_whose_session_is_ended_while_it_runs_is_run_again_on_a_new_session() 
     };
     let server = Server::start_url(&cluster.url(), &[]);
     let mut alice = two_accounts(&server);
-    let holder = RowHolder::hold(&cluster, "alice");
+    let holder = Holder::row(&cluster, "alice");
     alice.send(b"TRANSFER bob 10 td1\nDEPOSIT 5\n");
     let pid = lock_waiter(&cluster);
     {
@@ -211,193 +110,6 @@ fn a_batch_whose_session_is_ended_while_it_runs_is_run_again_on_a_new_session() 
 }
 
 // ---------------------------------------------------------------------------------------
-// A proxy that holds the server's answer to one call.
-
-/// What `ReadyForQuery` starts with: `Z`, then its length (5).
-const READY_FOR_QUERY: &[u8] = b"Z\0\0\0\x05";
-
-fn contains(hay: &[u8], needle: &[u8]) -> bool {
-    !needle.is_empty() && hay.windows(needle.len()).any(|w| w == needle)
-}
-
-#[derive(Default)]
-struct HoldState {
-    /// The bytes (bank to server) of the call whose answer is to be held.
-    marker: Option<Vec<u8>>,
-    /// The held link's port on the server's side (`pg_stat_activity.client_port`).
-    held_port: Option<u16>,
-    /// The server has answered the held call completely (its transaction ended).
-    answered: bool,
-    /// What went to the bank in one write once the server closed the held link.
-    delivered: Vec<u8>,
-    /// Every socket, to shut down when the proxy goes.
-    sockets: Vec<TcpStream>,
-    stop: bool,
-}
-
-/// A TCP proxy on 127.0.0.1 to a PostgreSQL port. The answer to the call marked by
-/// [`HoldProxy::hold`], and everything the server sends after it, is held until the
-/// server closes the link; then it all goes to the bank in one write, and the link is
-/// closed.
-struct HoldProxy {
-    addr: SocketAddr,
-    state: Arc<Mutex<HoldState>>,
-    accepter: Option<thread::JoinHandle<()>>,
-}
-
-impl HoldProxy {
-    fn start(server_port: u16) -> HoldProxy {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
-        let addr = listener.local_addr().unwrap();
-        let state = Arc::new(Mutex::new(HoldState::default()));
-        let accepter = {
-            let state = state.clone();
-            thread::spawn(move || {
-                for bank in listener.incoming() {
-                    if state.lock().unwrap().stop {
-                        return;
-                    }
-                    let Ok(bank) = bank else { continue };
-                    let Ok(pg) = TcpStream::connect(("127.0.0.1", server_port)) else {
-                        continue;
-                    };
-                    hold_link(bank, pg, &state);
-                }
-            })
-        };
-        HoldProxy {
-            addr,
-            state,
-            accepter: Some(accepter),
-        }
-    }
-
-    /// Database `db`'s URL through the proxy.
-    fn url(&self, db: &str) -> String {
-        format!("postgres://bank@{}/{db}?connect_timeout=2", self.addr)
-    }
-
-    /// Holds the answer to the next call containing `marker`.
-    fn hold(&self, marker: &str) {
-        let mut s = self.state.lock().unwrap();
-        s.marker = Some(marker.as_bytes().to_vec());
-        s.held_port = None;
-        s.answered = false;
-        s.delivered.clear();
-    }
-
-    /// Waits until the server has answered the held call; the server process of its
-    /// session.
-    fn wait_answered(&self, cluster: &PgCluster) -> String {
-        wait_until_within(Duration::from_secs(10), "the held call answered", || {
-            self.state.lock().unwrap().answered
-        });
-        let port = self.state.lock().unwrap().held_port.expect("the held link");
-        psql(
-            cluster,
-            &format!("SELECT pid FROM pg_stat_activity WHERE client_port = {port}"),
-        )
-    }
-}
-
-impl Drop for HoldProxy {
-    fn drop(&mut self) {
-        {
-            let mut s = self.state.lock().unwrap();
-            s.stop = true;
-            for sock in s.sockets.drain(..) {
-                let _ = sock.shutdown(Shutdown::Both);
-            }
-        }
-        // Wakes the accepting thread.
-        let _ = TcpStream::connect(self.addr);
-        if let Some(t) = self.accepter.take() {
-            let _ = t.join();
-        }
-    }
-}
-
-/// Forwards between `bank` and `pg` on two threads, holding as planned.
-fn hold_link(bank: TcpStream, pg: TcpStream, state: &Arc<Mutex<HoldState>>) {
-    let _ = bank.set_nodelay(true);
-    let _ = pg.set_nodelay(true);
-    let (Ok(bank2), Ok(pg2)) = (bank.try_clone(), pg.try_clone()) else {
-        return;
-    };
-    let port = pg.local_addr().map(|a| a.port()).unwrap_or(0);
-    {
-        let mut s = state.lock().unwrap();
-        for sock in [&bank, &pg] {
-            if let Ok(sock) = sock.try_clone() {
-                s.sockets.push(sock);
-            }
-        }
-    }
-    // Set (bank to server, before the call goes on) when this link's answer is held.
-    let doomed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    {
-        let (state, doomed) = (state.clone(), doomed.clone());
-        let (mut from, mut to) = (bank, pg);
-        thread::spawn(move || {
-            let mut tail: Vec<u8> = Vec::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                tail.extend_from_slice(&buf[..n]);
-                {
-                    let mut s = state.lock().unwrap();
-                    if s.marker.as_ref().is_some_and(|m| contains(&tail, m)) {
-                        s.marker = None;
-                        s.held_port = Some(port);
-                        doomed.store(true, std::sync::atomic::Ordering::SeqCst);
-                    }
-                }
-                let keep = tail.len().saturating_sub(128);
-                tail.drain(..keep);
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            // The bank closed (or the proxy goes): so does the server's side.
-            let _ = to.shutdown(Shutdown::Write);
-        });
-    }
-    {
-        let state = state.clone();
-        let (mut from, mut to) = (pg2, bank2);
-        thread::spawn(move || {
-            let mut held: Vec<u8> = Vec::new();
-            let mut buf = vec![0u8; 64 * 1024];
-            loop {
-                let n = match from.read(&mut buf) {
-                    Ok(0) | Err(_) => break,
-                    Ok(n) => n,
-                };
-                if doomed.load(std::sync::atomic::Ordering::SeqCst) {
-                    held.extend_from_slice(&buf[..n]);
-                    if contains(&held, READY_FOR_QUERY) {
-                        state.lock().unwrap().answered = true;
-                    }
-                    continue;
-                }
-                if to.write_all(&buf[..n]).is_err() {
-                    break;
-                }
-            }
-            // The server closed: what it said since the held call goes in one write.
-            if !held.is_empty() {
-                let _ = to.write_all(&held);
-                state.lock().unwrap().delivered = held;
-            }
-            let _ = to.shutdown(Shutdown::Both);
-        });
-    }
-}
-
-// ---------------------------------------------------------------------------------------
 // A session ended right after its commit; a deadline while a commit's answer is held.
 
 /// The answer to alice's transfer (and a deposit behind it, one batch) is held; the DBA
@@ -409,17 +121,17 @@ fn a_commit_answered_together_with_the_end_of_its_session_counts_once() {
     let Some(cluster) = own_cluster("terminated_after_commit") else {
         return;
     };
-    let proxy = HoldProxy::start(cluster.port());
-    let server = Server::start_url(&proxy.url("bank"), &[]);
+    let proxy = Proxy::start(cluster.port());
+    let server = Server::start_url(&proxy.url_with_connect_timeout("bank", 2), &[]);
     let mut alice = two_accounts(&server);
-    proxy.hold("ta57p01");
+    proxy.plan("ta57p01", Fault::HoldReply);
     alice.send(b"TRANSFER bob 10 ta57p01\nDEPOSIT 5\n");
     let pid = proxy.wait_answered(&cluster);
     assert!(!pid.is_empty(), "the held session is gone");
     psql(&cluster, &format!("SELECT pg_terminate_backend({pid})"));
     let transfer = answer(&mut alice, "the transfer");
     let deposit = answer(&mut alice, "the deposit");
-    let delivered = proxy.state.lock().unwrap().delivered.clone();
+    let delivered = proxy.delivered();
     assert!(
         contains(&delivered, READY_FOR_QUERY) && contains(&delivered, b"57P01"),
         "the answer and the termination notice did not go together: {:?}",
@@ -448,16 +160,16 @@ fn a_deadline_while_a_commits_answer_is_held_finds_the_outcome() {
     let Some(cluster) = own_cluster("deadline_after_commit") else {
         return;
     };
-    let proxy = HoldProxy::start(cluster.port());
+    let proxy = Proxy::start(cluster.port());
     for (i, extra) in [&[][..], &["--no-early-release"][..]].iter().enumerate() {
         let db = format!("d{i}");
         psql(&cluster, &format!("CREATE DATABASE {db}"));
         let mut args = vec!["--db-timeout", "1"];
         args.extend_from_slice(extra);
-        let server = Server::start_url(&proxy.url(&db), &args);
+        let server = Server::start_url(&proxy.url_with_connect_timeout(&db, 2), &args);
         let mut alice = two_accounts(&server);
         let rid = format!("dl-{i}");
-        proxy.hold(&rid);
+        proxy.plan(&rid, Fault::HoldReply);
         alice.send(format!("TRANSFER bob 10 {rid}\nDEPOSIT 5\n").as_bytes());
         let pid = proxy.wait_answered(&cluster);
         assert!(!pid.is_empty(), "{extra:?}: the held session is gone");
@@ -466,11 +178,10 @@ fn a_deadline_while_a_commits_answer_is_held_finds_the_outcome() {
         assert_eq!(err_code(&transfer), Some("UNAVAILABLE"), "{extra:?}");
         assert_eq!(err_code(&deposit), Some("UNAVAILABLE"), "{extra:?}");
         // Ended before the answers went out.
-        let left = psql(
-            &cluster,
-            &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
+        assert!(
+            !alive(&cluster, &pid),
+            "{extra:?}: the old session is still there"
         );
-        assert_eq!(left, "0", "{extra:?}: the old session is still there");
         let retry = format!("TRANSFER bob 10 {rid}");
         assert_eq!(alice.cmd(&retry), "OK 990", "{extra:?}");
         assert_eq!(alice.cmd(&retry), "OK 990", "{extra:?}");

@@ -7,7 +7,12 @@
 //! or a fresh PostgreSQL database (on a cluster shared by the tests of one test binary
 //! that run at the same time), and [`on_both_backends!`] turns each `fn NAME(Backend)`
 //! into the tests `NAME::sqlite` and `NAME::postgres`.
-#![allow(dead_code)]
+//!
+//! [`pg`] and [`pg_proxy`] serve the PostgreSQL tests that run on a cluster of their own.
+#![allow(dead_code)] // every test binary uses a part of it
+
+pub(crate) mod pg;
+pub(crate) mod pg_proxy;
 
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
