@@ -110,7 +110,8 @@ type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 ///   the next iteration, not in the same batch, so timers cannot starve I/O.
 /// - A repeating timer is rescheduled at `previous deadline + interval`, so it does not
 ///   drift; if the loop fell so far behind that this is already past, missed periods are
-///   skipped (the next run is `now + interval`) instead of firing in a burst.
+///   skipped (the next run is `now + interval`, now being when its callback returned)
+///   instead of firing in a burst or back to back.
 ///
 /// ```
 /// use duo_reactor::EventLoop;
@@ -518,7 +519,7 @@ impl EventLoop {
                 &self.shared.metrics.health,
             );
             self.iteration_timers += 1;
-            self.timers.reschedule(key, now, timer);
+            self.timers.reschedule(key, timer);
         }
         expired.clear();
         self.timers.put_expired_buffer(expired);

@@ -160,13 +160,19 @@ impl TimerQueue {
     }
 
     /// Puts a repeating timer back after its callback ran, unless it cancelled meanwhile.
-    pub(crate) fn reschedule(&mut self, key: (Instant, u64), now: Instant, timer: Timer) {
+    ///
+    /// "Now" is read here, after the callback, not when the batch started: a callback
+    /// slower than its interval, or an earlier one of the batch that stalled, would
+    /// otherwise put the timer back at a deadline already past, and it would run again
+    /// at once, back to back (one clock read, from the vDSO, per repeating run only).
+    pub(crate) fn reschedule(&mut self, key: (Instant, u64), timer: Timer) {
         let Some(interval) = timer.interval else {
             return;
         };
         if !self.active.contains_key(&key.1) {
             return;
         }
+        let now = Instant::now();
         let mut next = deadline_after(key.0, interval);
         if next <= now {
             next = deadline_after(now, interval);
