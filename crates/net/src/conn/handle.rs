@@ -618,12 +618,17 @@ impl TcpConnection {
     }
 
     /// Closes the connection after `delay` unless it closed meanwhile.
+    ///
+    /// The timer holds the connection weakly: one that closes earlier (and its context)
+    /// is freed then, not kept until `delay` has passed.
     pub fn force_close_after(&self, delay: Duration) -> Result<(), ConnectionClosed> {
-        let me = self.clone();
+        let me = self.downgrade();
         self.shared
             .lp
             .run_after(delay, move |_| {
-                let _ = me.force_close();
+                if let Some(conn) = me.upgrade() {
+                    let _ = conn.force_close();
+                }
             })
             .map(|_| ())
             .map_err(|_| ConnectionClosed)

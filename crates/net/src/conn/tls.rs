@@ -18,7 +18,8 @@
 //!   never keeps deliverable plaintext after an event: with edge triggering nothing can
 //!   be stranded without a new edge; only a partial record waits in rustls for the rest
 //!   of its bytes, which come with a new edge. The read budget and pauses work as for
-//!   plain TCP.
+//!   plain TCP. A server's early data (0-RTT, if its configuration accepts it) is the
+//!   first input, delivered once the handshake completes (`tls/early.rs`).
 //! - **Writing.** A send encrypts the plaintext (`writer()`), and the records rustls made
 //!   are taken out at once (`write_tls`) into a per-thread vector, then go the plain
 //!   way: straight to the socket when nothing is queued, the rest into the pooled
@@ -53,6 +54,8 @@ use rustls::{ClientConfig, ClientConnection, Connection, ServerConfig, ServerCon
 use super::handle::ConnState;
 use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::{CloseReason, TlsFailure};
+
+mod early;
 
 /// Failed handshakes: a peer (or a port scanner) can cause as many as it opens.
 static HANDSHAKE_FAILED: LogLimiter = LogLimiter::new("TLS handshake failed");
@@ -140,6 +143,9 @@ pub(crate) struct TlsState {
     /// (a partial record, a handshake message, nothing left in rustls after a resumed
     /// delivery) does not call the message callback again with the bytes it left.
     fresh: bool,
+    /// Early data (0-RTT) may still come or wait in rustls (a server's, until its
+    /// handshake is over and the early data is all taken out).
+    early_open: bool,
 }
 
 impl TlsState {
@@ -152,6 +158,7 @@ impl TlsState {
             timer: None,
             wire_left: Vec::new(),
             fresh: false,
+            early_open: matches!(setup.role, TlsRole::Server(_)),
         }))
     }
 }
@@ -450,6 +457,12 @@ fn decrypt(tls: &mut TlsState, input: &mut InputBuffer, wire: &mut &[u8]) -> Ste
             Ok(state) => state,
             Err(e) => return Step::Failed(e),
         };
+        if tls.early_open {
+            match early::take_early_data(tls, input) {
+                Step::Done => {}
+                step => return step,
+            }
+        }
         if state.plaintext_bytes_to_read() > 0 {
             match input.read_with(|iovs| io::Read::read_vectored(&mut tls.conn.reader(), iovs)) {
                 Ok(ReadOutcome::Data { .. }) => {
