@@ -337,10 +337,12 @@ fn server_to_bank(link: &Link, mut from: TcpStream, mut to: TcpStream) {
             s.answered = true;
         }
     }
-    // The server closed: what it said since the held call goes in one write.
+    // The server closed: what it said since the held call goes in one write (recorded
+    // first: the test reads the record once the bank has answered, which this write
+    // lets it do).
     if link.fault.get() == Some(&Fault::HoldReply) && !held.is_empty() {
+        link.shared.state.lock().unwrap().delivered = held.clone();
         let _ = to.write_all(&held);
-        link.shared.state.lock().unwrap().delivered = held;
     }
     if link.alive() {
         cut(&from, &to);
