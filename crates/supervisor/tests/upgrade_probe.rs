@@ -60,9 +60,22 @@ fn start_copy(dir: &Dir, env: &[(&str, &str)]) -> (ChildServer, PathBuf) {
         &copy,
         &std::fs::read(example_binary("duo-supervisor", "demo")).unwrap(),
     );
-    let mut cmd = Command::new(&copy);
-    cmd.arg("2").envs(env.iter().copied());
-    (ChildServer::start(cmd), copy)
+    // Another test thread that forks while the copy is being written gives its child the
+    // writing descriptor until that child's `exec`: starting the copy meanwhile fails
+    // with `ETXTBSY`. Tried again, briefly.
+    let mut attempts = 0;
+    loop {
+        let mut cmd = Command::new(&copy);
+        cmd.arg("2").envs(env.iter().copied());
+        match ChildServer::builder(cmd).try_start() {
+            Ok(server) => return (server, copy),
+            Err(e) if e.contains("Text file busy") && attempts < 100 => {
+                attempts += 1;
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
 }
 
 /// Connects, reads the worker's `pid N` greeting, checks one echo; returns the worker.
