@@ -157,14 +157,16 @@ fn owned_worker(
     // A turn of reactor `k` if no other thread runs it; a reactor that stopped accepting
     // sets `PAUSED`, so that some thread gives it a turn when the pause may have ended (a
     // reactor with a disabled listener and no connection has no event to get one).
-    let mut run = |k: usize, buf: &mut [u8; BUF_SIZE]| -> io::Result<()> {
-        if let Ok(mut unit) = units[k].try_lock() {
-            unit.turn(0, buf, &mut events)?;
-            if unit.resume_accept.is_some() {
-                PAUSED.store(true, Ordering::Release);
-            }
+    // Whether the turn ran (another thread may hold the reactor).
+    let mut run = |k: usize, buf: &mut [u8; BUF_SIZE]| -> io::Result<bool> {
+        let Ok(mut unit) = units[k].try_lock() else {
+            return Ok(false);
+        };
+        unit.turn(0, buf, &mut events)?;
+        if unit.resume_accept.is_some() {
+            PAUSED.store(true, Ordering::Release);
         }
-        Ok(())
+        Ok(true)
     };
     loop {
         let timeout = pause_timeout();
@@ -176,9 +178,13 @@ fn owned_worker(
         }
         if timeout >= 0 && PAUSED.swap(false, Ordering::AcqRel) {
             // A turn resumes accepting if the pause is over; one still paused sets the
-            // flag again.
+            // flag again. A reactor another thread holds keeps the flag set: that thread
+            // may have set it just before this swap, and not look again after letting go
+            // (a paused reactor was once left with nobody to resume it).
             for k in 0..units.len() {
-                run(k, &mut buf)?;
+                if !run(k, &mut buf)? {
+                    PAUSED.store(true, Ordering::Release);
+                }
             }
         }
         help_stalled(
@@ -188,7 +194,7 @@ fn owned_worker(
             after,
             outers,
             &mut ready,
-            |_, token| run(token as usize, &mut buf),
+            |_, token| run(token as usize, &mut buf).map(drop),
         )?;
     }
 }
