@@ -25,6 +25,7 @@ use common::pg::{
 };
 use common::pg_proxy::{contains, Fault, Proxy, READY_FOR_QUERY};
 use common::{psql, Client, Server, BANK};
+use duo_testkit::pg::PgCluster;
 use duo_testkit::{run_within, send_signal, wait_until_within};
 
 /// Alice (1000) and bob on `server` (new names): alice's connection.
@@ -36,6 +37,23 @@ fn two_accounts(server: &Server) -> Client {
 fn answer(c: &mut Client, what: &str) -> String {
     c.try_line()
         .unwrap_or_else(|| panic!("no answer to {what} within {REPLY_DEADLINE:?}"))
+}
+
+/// Alice's `TRANSFER bob 10 {rid}` and the `DEPOSIT 5` behind it were applied once: the
+/// transfer's retry answers its first answer, and the totals count one transfer and one
+/// deposit besides [`two_accounts`]' own.
+fn assert_applied_once(cluster: &PgCluster, alice: &mut Client, rid: &str) {
+    assert_eq!(alice.cmd(&format!("TRANSFER bob 10 {rid}")), "OK 990");
+    assert_eq!(alice.balance(), 995);
+    assert_eq!(psql(cluster, "SELECT sum(balance) FROM users"), "1005");
+    let deposits = psql(
+        cluster,
+        "SELECT count(*) FROM ledger WHERE kind = 'deposit'",
+    );
+    assert_eq!(
+        deposits, "2",
+        "the deposit was applied twice, or not at all"
+    );
 }
 
 /// Whether server process `pid` has exited (its sockets closed): gone, or a zombie.
@@ -97,16 +115,7 @@ fn a_batch_whose_session_is_ended_while_it_runs_is_run_again_on_a_new_session() 
         ("OK 990", "OK 995"),
         "a batch the server rolled back (57P01) was not run again"
     );
-    assert_eq!(alice.cmd("TRANSFER bob 10 td1"), "OK 990");
-    assert_eq!(alice.balance(), 995);
-    assert_eq!(psql(&cluster, "SELECT sum(balance) FROM users"), "1005");
-    assert_eq!(
-        psql(
-            &cluster,
-            "SELECT count(*) FROM ledger WHERE kind = 'deposit'"
-        ),
-        "2"
-    );
+    assert_applied_once(&cluster, &mut alice, "td1");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -138,17 +147,7 @@ fn a_commit_answered_together_with_the_end_of_its_session_counts_once() {
         String::from_utf8_lossy(&delivered)
     );
     assert_eq!((transfer.as_str(), deposit.as_str()), ("OK 990", "OK 995"));
-    assert_eq!(alice.cmd("TRANSFER bob 10 ta57p01"), "OK 990");
-    assert_eq!(alice.balance(), 995);
-    assert_eq!(psql(&cluster, "SELECT sum(balance) FROM users"), "1005");
-    assert_eq!(
-        psql(
-            &cluster,
-            "SELECT count(*) FROM ledger WHERE kind = 'deposit'"
-        ),
-        "2",
-        "the deposit was applied twice"
-    );
+    assert_applied_once(&cluster, &mut alice, "ta57p01");
 }
 
 /// `--db-timeout 1` expires while the answer to a committed batch is held (the path

@@ -33,15 +33,13 @@ fn check(args: &[&str]) -> duo_testkit::Finished {
 fn the_check_binds_nothing_and_exits_0_on_the_served_address() {
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = taken.local_addr().unwrap().to_string();
-    let done = check(&[
-        "serve",
-        "--listen",
-        &addr,
-        "--processes",
-        "2",
-        "--io-threads",
-        "1",
-    ]);
+    // `echo serve --listen ADDR --processes 2`, then `extra`.
+    let two_workers = |extra: &[&str]| {
+        let mut args = vec!["serve", "--listen", &addr, "--processes", "2"];
+        args.extend_from_slice(extra);
+        check(&args)
+    };
+    let done = two_workers(&["--io-threads", "1"]);
     assert_eq!(done.status.code(), Some(0), "{done:?}");
     assert!(done.stdout.is_empty(), "nothing announced: {}", done.stdout);
     assert!(done.stderr.contains("upgrade check"), "{}", done.stderr);
@@ -49,14 +47,7 @@ fn the_check_binds_nothing_and_exits_0_on_the_served_address() {
     // What echo refuses, it still refuses in the check (exit 2): the upgrade is refused.
     let done = check(&["serve", "--listen", &addr, "--processes", "0"]);
     assert_eq!(done.status.code(), Some(2), "{done:?}");
-    let done = check(&[
-        "serve",
-        "--listen",
-        &addr,
-        "--processes",
-        "2",
-        "--no-such-flag",
-    ]);
+    let done = two_workers(&["--no-such-flag"]);
     assert_eq!(done.status.code(), Some(2), "{done:?}");
 }
 

@@ -39,9 +39,9 @@ fn serve_with(
     linger: Duration,
     tweak: impl FnOnce(ServerBuilder) -> ServerBuilder + Send + 'static,
 ) -> (TestServer, Seen) {
-    let (close_tx, closes) = mpsc::channel();
+    let (on_close, closes) = util::shared::close_reasons();
     let (conn_tx, conns) = mpsc::channel();
-    let (close_tx, conn_tx) = (Mutex::new(close_tx), Mutex::new(conn_tx));
+    let conn_tx = Mutex::new(conn_tx);
     let server = TestServer::start(move || {
         tweak(TcpServer::builder("linger", localhost()))
             .io_threads(1)
@@ -52,10 +52,7 @@ fn serve_with(
                 ctx.send(b"+");
                 let _ = conn_tx.lock().unwrap().send(ctx.connection().clone());
             })
-            .on_close(move |conn| {
-                let reason = conn.close_reason().expect("closed");
-                let _ = close_tx.lock().unwrap().send(reason);
-            })
+            .on_close(on_close)
     });
     (server, Seen { closes, conns })
 }

@@ -21,19 +21,13 @@ use util::{localhost, TestServer};
 /// A line server: `QUIT` answers `BYE` and closes after the flush (leaving any lines
 /// behind it unread); any other line is echoed. Its closes go to the returned receiver.
 fn quit_server() -> (TestServer, mpsc::Receiver<CloseReason>) {
-    let (tx, closes) = mpsc::channel();
-    let tx = Mutex::new(tx);
+    let (on_close, closes) = util::shared::close_reasons();
     let server = TestServer::start(move || {
         TcpServer::builder("quit", localhost())
             .io_threads(1)
             .close_linger(LIMIT)
             .on_message(util::shared::echo_lines_until_quit)
-            .on_close(move |conn| {
-                let _ = tx
-                    .lock()
-                    .unwrap()
-                    .send(conn.close_reason().expect("closed"));
-            })
+            .on_close(on_close)
     });
     (server, closes)
 }

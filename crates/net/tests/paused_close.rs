@@ -33,8 +33,7 @@ fn paused_server(
     half_close: bool,
 ) -> (TestServer, Arc<Mutex<Seen>>, mpsc::Receiver<CloseReason>) {
     let seen = Arc::new(Mutex::new(Seen::default()));
-    let (tx, closed) = mpsc::channel();
-    let tx = Mutex::new(tx);
+    let (on_close, closed) = util::shared::close_reasons();
     let s1 = seen.clone();
     let s2 = seen.clone();
     let server = TestServer::start(move || {
@@ -54,9 +53,7 @@ fn paused_server(
                 s2.lock().unwrap().bytes.extend_from_slice(input.peek());
                 input.consume_all();
             })
-            .on_close(move |conn| {
-                let _ = tx.lock().unwrap().send(conn.close_reason().unwrap());
-            })
+            .on_close(on_close)
     });
     (server, seen, closed)
 }

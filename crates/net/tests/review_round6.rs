@@ -140,8 +140,7 @@ fn a_tls_quit_at_the_input_bound_lingers_for_the_plaintext_rustls_holds() {
     const MAX_INPUT: usize = 1024;
     let pki = util::pki::pki();
     let config = pki.server_config();
-    let (tx, closes) = std::sync::mpsc::channel();
-    let tx = Mutex::new(tx);
+    let (on_close, closes) = util::shared::close_reasons();
     let server = util::TestServer::start(move || {
         duo_net::TcpServer::builder("review6-tls-quit", util::localhost())
             .io_threads(1)
@@ -149,12 +148,7 @@ fn a_tls_quit_at_the_input_bound_lingers_for_the_plaintext_rustls_holds() {
             .max_input(MAX_INPUT)
             .close_linger(duo_testkit::LIMIT)
             .on_message(util::shared::echo_lines_until_quit)
-            .on_close(move |conn| {
-                let _ = tx
-                    .lock()
-                    .unwrap()
-                    .send(conn.close_reason().expect("closed"));
-            })
+            .on_close(on_close)
     });
     let (mut sock, mut conn) = pki.handshaken(server.addr());
     // A filler line, then QUIT ending at byte MAX_INPUT, then lines behind it: one
@@ -202,8 +196,7 @@ fn a_tls_quit_at_the_input_bound_lingers_for_the_plaintext_rustls_holds() {
 #[test]
 fn write_complete_during_a_linger_is_told_the_connection_is_closing() {
     init_log();
-    let (tx, closes) = std::sync::mpsc::channel();
-    let tx = Mutex::new(tx);
+    let (on_close, closes) = util::shared::close_reasons();
     let notices: Arc<Mutex<Vec<(duo_net::ConnState, bool)>>> = Arc::default();
     let seen = notices.clone();
     let server = util::TestServer::start(move || {
@@ -217,12 +210,7 @@ fn write_complete_during_a_linger_is_told_the_connection_is_closing() {
                 ctx.stop_reading();
                 seen.lock().unwrap().push((state, sent));
             })
-            .on_close(move |conn| {
-                let _ = tx
-                    .lock()
-                    .unwrap()
-                    .send(conn.close_reason().expect("closed"));
-            })
+            .on_close(on_close)
     });
     let mut c = std::net::TcpStream::connect(server.addr()).unwrap();
     c.set_read_timeout(Some(duo_testkit::LIMIT)).unwrap();

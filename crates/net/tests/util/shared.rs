@@ -5,7 +5,7 @@
 use std::io::ErrorKind;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::{mpsc, Mutex};
 use std::thread;
 use std::time::{Duration, Instant};
 
@@ -153,4 +153,19 @@ pub(crate) fn echo_lines_until_quit(ctx: &mut ConnCtx<'_>, input: &mut InputBuff
         }
         ctx.send(&line);
     }
+}
+
+/// An `on_close` callback that sends the reason of every connection it sees close, and
+/// the receiver of those reasons.
+pub(crate) fn close_reasons() -> (
+    impl Fn(&TcpConnection) + Send + Sync + 'static,
+    mpsc::Receiver<CloseReason>,
+) {
+    let (tx, reasons) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let on_close = move |conn: &TcpConnection| {
+        let reason = conn.close_reason().expect("closed");
+        let _ = tx.lock().unwrap().send(reason);
+    };
+    (on_close, reasons)
 }
