@@ -382,10 +382,20 @@ impl HttpServerBuilder {
     /// the header timeout, then the head within another; a client that fails the
     /// handshake (speaks plain HTTP, say) or does not finish it in time is closed without
     /// a response. Clients that negotiate the protocol by ALPN find `http/1.1`
-    /// only if `config.alpn_protocols` lists it. Needs the feature `tls` (on by default).
+    /// only if `config.alpn_protocols` lists it. This server speaks HTTP/1.x alone, so
+    /// every other protocol in that list (`h2`, say, in a configuration shared with an
+    /// HTTP/2 server) is left out of what it offers: a client that negotiated HTTP/2
+    /// would send a preface this server refuses. Needs the feature `tls` (on by default).
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<duo_net::tls::rustls::ServerConfig>) -> Self {
-        self.tls = Some(config);
+        let http1 = |p: &Vec<u8>| p == b"http/1.1" || p == b"http/1.0";
+        self.tls = Some(if config.alpn_protocols.iter().all(http1) {
+            config
+        } else {
+            let mut only_http1 = Arc::unwrap_or_clone(config);
+            only_http1.alpn_protocols.retain(http1);
+            Arc::new(only_http1)
+        });
         self
     }
 
