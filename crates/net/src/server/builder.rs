@@ -342,6 +342,7 @@ impl ServerBuilder {
             stopping: AtomicBool::new(false),
             on_empty: Mutex::new(Vec::new()),
             trims_main: AtomicBool::new(false),
+            grace_timer: Mutex::new(None),
             report_timer: Mutex::new(None),
             pool,
             link: Arc::new(ServerLink {

@@ -113,6 +113,9 @@ struct ServerShared {
     on_empty: Mutex<Vec<WhenEmpty>>,
     /// The server installed a buffer-pool trim timer on the main loop (no I/O threads).
     trims_main: AtomicBool,
+    /// The main loop's timer of a graceful shutdown's deadline; cancelled when the
+    /// server is found empty before it (it would hold the server's loops until then).
+    grace_timer: Mutex<Option<duo_reactor::TimerId>>,
     /// The main loop's timer that reports suppressed log lines (see
     /// [`duo_reactor::log_limit`]); cancelled by the stop.
     report_timer: Mutex<Option<duo_reactor::TimerId>>,
@@ -206,6 +209,9 @@ fn run_when_empty(lp: &mut EventLoop, shared: &ServerShared) {
         || shared.counters.active.load(Ordering::Acquire) != 0
     {
         return;
+    }
+    if let Some(timer) = shared.grace_timer.lock().take() {
+        lp.cancel(timer);
     }
     let done = std::mem::take(&mut *shared.on_empty.lock());
     for f in done {
@@ -549,7 +555,7 @@ fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
             conns.for_each_with_pending("graceful shutdown", |ctx| ctx.begin_shutdown());
             if open > 0 || accepting > 0 {
                 let link = s.link.clone();
-                lp.run_after(grace, move |_| {
+                let timer = lp.run_after(grace, move |_| {
                     // Before the visits: a connection registered after its loop's visit
                     // closes as it is registered.
                     link.deadline_passed.store(true, Ordering::Release);
@@ -562,6 +568,7 @@ fn shutdown(shared: &Arc<ServerShared>, grace: Duration, then: WhenEmpty) {
                         ctx.close(CloseReason::Shutdown);
                     });
                 });
+                *s.grace_timer.lock() = Some(timer);
             }
         }
         // Already shutting down (connections told, deadline set): wait along.
