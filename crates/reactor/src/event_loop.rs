@@ -29,6 +29,7 @@ mod clock;
 mod group;
 mod locals;
 mod queued;
+mod unwind;
 
 /// Reserved token (epoll data) of the loop's own wake-up eventfd.
 const WAKER_TOKEN: u64 = u64::MAX;
@@ -287,9 +288,11 @@ impl EventLoop {
     /// Returns an error only if `epoll_wait` itself fails, which means the loop cannot go
     /// on. A panic in a callback propagates out of `run`; the channel, timer or function
     /// that panicked is dropped (a channel's descriptor is closed, a repeating timer
-    /// cancelled) and the rest of the loop stays usable: the other timers stay armed, and
-    /// the functions queued after the panicking one run first at the next `run`. Libraries on top (`duo-net`) catch panics of user callbacks
-    /// themselves so that one bad connection never unwinds the loop.
+    /// cancelled) and the rest of the loop stays usable: the other timers stay armed, the
+    /// events of the same poll batch not dispatched yet come again at the next `run`
+    /// (edge-triggered ones too), and the functions queued after the panicking one run
+    /// first at the next `run`. Libraries on top (`duo-net`) catch panics of user
+    /// callbacks themselves so that one bad connection never unwinds the loop.
     pub fn run(&mut self) -> io::Result<()> {
         log::trace!("event loop {} running", self.shared.name);
         // The loop is `Send`: whoever runs it is its thread from now on.
@@ -414,6 +417,7 @@ impl EventLoop {
         }));
         if let Err(panic) = ran {
             self.drop_panicked(token, entry);
+            self.rearm_rest_of_batch(token.0);
             resume_unwind(panic);
         }
         entry.channel.ready = Ready::from_bits(0);
@@ -445,15 +449,6 @@ impl EventLoop {
             &self.shared.metrics.health,
         );
         self.put_back(token, entry);
-    }
-
-    /// A channel's handler panicked while its entry was out of its slot: the channel goes
-    /// (slot freed, deregistered, descriptor closed), as `run`'s documentation promises,
-    /// instead of leaving its slot taken for ever.
-    fn drop_panicked(&mut self, token: Token, entry: Entry) {
-        self.channels.free(token);
-        self.deregister(&entry);
-        drop(entry);
     }
 
     /// Returns a taken-out entry to its slot, applying interest changes or removal.
@@ -509,6 +504,7 @@ impl EventLoop {
                 expired.clear();
                 self.timers.put_expired_buffer(expired);
                 self.timers.rearm();
+                self.rearm_rest_of_batch(TIMERFD_TOKEN);
                 resume_unwind(panic);
             }
             let name = timer.name;

@@ -1,0 +1,57 @@
+//! What a callback's panic leaves behind: its channel, and the rest of its poll batch.
+
+use super::{EventLoop, TIMERFD_TOKEN, WAKER_TOKEN};
+use crate::channel::Token;
+use crate::channel_slab::{Entry, TakeOutcome};
+
+impl EventLoop {
+    /// A channel's handler panicked while its entry was out of its slot: the channel goes
+    /// (slot freed, deregistered, descriptor closed), as `run`'s documentation promises,
+    /// instead of leaving its slot taken for ever.
+    pub(super) fn drop_panicked(&mut self, token: Token, entry: Entry) {
+        self.channels.free(token);
+        self.deregister(&entry);
+        drop(entry);
+    }
+
+    /// The callback run for the event `data` (a channel's token, or the timerfd's) of the
+    /// current poll batch panicked, and the panic takes the events after it out of `run`
+    /// undispatched. A level-triggered descriptor is reported again by the next poll, but
+    /// an edge-triggered or one-shot one is not: the `epoll_wait` that returned the batch
+    /// consumed its edge (or disarmed it), and its data would wait for more that may never
+    /// come. Registering it again with the same interest (`EPOLL_CTL_MOD`) has the kernel
+    /// look at it afresh and report it if it is still ready.
+    ///
+    /// Only on the panic path: nothing is done per event.
+    pub(super) fn rearm_rest_of_batch(&mut self, data: u64) {
+        let mut i = 0;
+        while let Some((d, _)) = self.poller.event(i) {
+            i += 1;
+            if d == data {
+                break;
+            }
+        }
+        while let Some((d, _)) = self.poller.event(i) {
+            i += 1;
+            if d == WAKER_TOKEN || d == TIMERFD_TOKEN {
+                continue; // level-triggered: reported again
+            }
+            let token = Token(d);
+            // Not there: removed meanwhile (or held further up the stack of a nested
+            // `run`, which dispatches it itself).
+            let TakeOutcome::Taken(entry) = self.channels.take_out(token) else {
+                continue;
+            };
+            let registered = entry.channel.registered;
+            if registered.is_edge() || registered.is_oneshot() {
+                if let Err(e) = self.poller.modify(entry.channel.fd(), registered, d) {
+                    crate::log_limited!(
+                        log::Level::Warn,
+                        "re-arming {token:?} after a panic in its batch: {e}"
+                    );
+                }
+            }
+            self.channels.fill(token, entry);
+        }
+    }
+}
