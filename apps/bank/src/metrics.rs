@@ -53,10 +53,17 @@ impl Default for BankMetrics {
 
 impl BankMetrics {
     /// The metrics endpoint: duo's figures for `server` (and every loop of the process),
-    /// and these.
-    pub(crate) fn endpoint(&self, server: &duo_net::TcpServer) -> duo_metrics::MetricsEndpoint {
+    /// these, and when the TLS certificate chain of `cert_expiry`'s file stops being valid.
+    pub(crate) fn endpoint(
+        &self,
+        server: &duo_net::TcpServer,
+        cert_expiry: Option<(&std::path::Path, std::time::SystemTime)>,
+    ) -> duo_metrics::MetricsEndpoint {
         let mut endpoint = duo_metrics::MetricsEndpoint::new();
         endpoint.add_server(server.clone_handle());
+        if let Some((file, not_after)) = cert_expiry {
+            endpoint.certificate_expiry(file, not_after);
+        }
         self.register(endpoint.registry_mut());
         endpoint
     }

@@ -237,7 +237,7 @@ fn run_with_udp(
         }
         // Stopped (and its thread joined) when this function returns.
         let metrics = match cfg.metrics {
-            Some(addr) => Some(serve_metrics(addr, server.clone_handle())?),
+            Some(addr) => Some(serve_metrics(addr, endpoint_for(&server, cfg)?)?),
             None => None,
         };
         process::shutdown_on_signals(
@@ -291,9 +291,7 @@ fn run_with_udp(
     // Its own endpoint on loopback, which the supervisor's `--metrics` address gathers;
     // stopped when this function returns.
     let _metrics = match cfg.metrics {
-        Some(_) => {
-            duo_supervisor::metrics::serve_worker(endpoint_for(server.clone_handle()), &worker)?
-        }
+        Some(_) => duo_supervisor::metrics::serve_worker(endpoint_for(&server, cfg)?, &worker)?,
         None => None,
     };
     // Every worker binds its own UDP socket with SO_REUSEPORT on the shared address: the
@@ -365,16 +363,24 @@ fn start_udp(
         .map_err(|e| io::Error::new(e.kind(), format!("--udp: {e}")))
 }
 
-/// The metrics endpoint for `server` (and every loop of the process).
-fn endpoint_for(server: ServerHandle) -> MetricsEndpoint {
+/// The metrics endpoint for `server` (and every loop of the process), with the expiry of
+/// its TLS certificate chain when it serves TLS.
+fn endpoint_for(server: &TcpServer, cfg: &ServeConfig) -> io::Result<MetricsEndpoint> {
     let mut endpoint = MetricsEndpoint::new();
-    endpoint.add_server(server);
-    endpoint
+    endpoint.add_server(server.clone_handle());
+    if let Some((cert, _)) = &cfg.tls {
+        let expiry = duo_net::tls::chain_expiry(cert)
+            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+        if let Some(not_after) = expiry {
+            endpoint.certificate_expiry(cert, not_after);
+        }
+    }
+    Ok(endpoint)
 }
 
-/// Starts the metrics endpoint for `server` on `addr`.
-fn serve_metrics(addr: SocketAddr, server: ServerHandle) -> io::Result<MetricsServer> {
-    endpoint_for(server)
+/// Starts `endpoint` on `addr`.
+fn serve_metrics(addr: SocketAddr, endpoint: MetricsEndpoint) -> io::Result<MetricsServer> {
+    endpoint
         .spawn(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
 }

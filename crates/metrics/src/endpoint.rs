@@ -4,8 +4,9 @@
 use std::fmt;
 use std::io;
 use std::net::SocketAddr;
+use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use duo_http::{
     HttpServer, HttpServerBuilder, HttpServerThread, Method, Request, Responder, Response,
@@ -14,11 +15,17 @@ use duo_http::{
 use duo_net::ServerHandle;
 use duo_reactor::LoopMetrics;
 use parking_lot::Mutex;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
 use crate::aggregate::{Aggregation, Labels, ScrapeTarget};
 use crate::collect::DuoCollector;
+use crate::EscapedLabel;
+
+/// `duo_tls_certificate_expiry_timestamp_seconds`, by certificate file.
+type CertificateExpiry = Family<[(&'static str, EscapedLabel); 1], Gauge>;
 
 /// The content type of `/metrics` (the OpenMetrics text format, which Prometheus prefers
 /// and `prometheus_client` writes).
@@ -45,6 +52,8 @@ pub struct MetricsEndpoint {
     health_limit: Duration,
     aggregation: Option<Aggregation>,
     scrape_timeout: Duration,
+    /// Registered at the first [`MetricsEndpoint::certificate_expiry`].
+    certificates: Option<CertificateExpiry>,
 }
 
 impl Default for MetricsEndpoint {
@@ -76,6 +85,7 @@ impl MetricsEndpoint {
             health_limit: DEFAULT_HEALTH_LIMIT,
             aggregation: None,
             scrape_timeout: DEFAULT_SCRAPE_TIMEOUT,
+            certificates: None,
         }
     }
 
@@ -132,6 +142,47 @@ impl MetricsEndpoint {
     /// after [`spawn`](MetricsEndpoint::spawn) through [`MetricsServer::add_server`].
     pub fn add_server(&mut self, server: ServerHandle) -> &mut Self {
         self.collector.add_server(server);
+        self
+    }
+
+    /// Publishes when the TLS certificate chain served from `file` stops being valid:
+    /// `not_after`, the earliest end of validity of its certificates (see
+    /// `duo_net::tls::chain_expiry`), as the gauge
+    /// `duo_tls_certificate_expiry_timestamp_seconds{file}` (seconds from the Unix epoch),
+    /// for an alert well before clients start refusing the handshake (for example
+    /// `duo_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400`). A second
+    /// call for the same file replaces its value.
+    ///
+    /// ```
+    /// use std::path::Path;
+    /// use std::time::{Duration, SystemTime};
+    /// use duo_metrics::MetricsEndpoint;
+    ///
+    /// let mut endpoint = MetricsEndpoint::new();
+    /// let not_after = SystemTime::UNIX_EPOCH + Duration::from_secs(1_900_000_000);
+    /// endpoint.certificate_expiry(Path::new("/etc/duo/cert.pem"), not_after);
+    /// assert!(endpoint.render().contains(
+    ///     "duo_tls_certificate_expiry_timestamp_seconds{file=\"/etc/duo/cert.pem\"} 1900000000"
+    /// ));
+    /// ```
+    pub fn certificate_expiry(&mut self, file: &Path, not_after: SystemTime) -> &mut Self {
+        let registry = &mut self.registry;
+        let family = self.certificates.get_or_insert_with(|| {
+            let family = CertificateExpiry::default();
+            registry.register(
+                "duo_tls_certificate_expiry_timestamp_seconds",
+                "When the TLS certificate chain served from a file stops being valid (the \
+                 earliest end of validity of its certificates), in seconds from the Unix epoch",
+                family.clone(),
+            );
+            family
+        });
+        let secs = match not_after.duration_since(SystemTime::UNIX_EPOCH) {
+            Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
+            Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |s| -s),
+        };
+        let file = EscapedLabel(file.display().to_string());
+        family.get_or_create(&[("file", file)]).set(secs);
         self
     }
 

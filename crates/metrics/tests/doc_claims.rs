@@ -91,6 +91,9 @@ fn every_listed_duo_metric_is_exported_and_every_exported_one_is_listed() {
     let capped = server(&mut lp, "listed", pool);
     let mut worker = MetricsEndpoint::new();
     worker.add_server(capped.clone_handle());
+    // A TLS server's certificate chain, so that its family has a sample too.
+    let not_after = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_939_248_000);
+    worker.certificate_expiry(std::path::Path::new("/etc/duo/cert.pem"), not_after);
     let worker = worker.spawn("127.0.0.1:0".parse().unwrap()).unwrap();
     // An aggregating endpoint over it: the `duo_aggregate_*` families.
     let targets = Arc::new(Mutex::new(vec![ScrapeTarget {

@@ -238,6 +238,37 @@ pub fn load_private_key(path: impl AsRef<Path>) -> Result<PrivateKeyDer<'static>
     })
 }
 
+/// When the certificate chain in the PEM file `cert_chain` stops being valid: the
+/// earliest `not_after` ([`Validity`]) of its certificates, or `None` if no certificate
+/// of it has dates that can be read. For an operator's alert (duo-metrics publishes it
+/// with `MetricsEndpoint::certificate_expiry`): clients refuse the handshake from then on.
+///
+/// ```
+/// # let dir = std::env::temp_dir().join(format!("duo-chain-expiry-{}", std::process::id()));
+/// # std::fs::create_dir_all(&dir)?;
+/// let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()])?;
+/// let path = dir.join("cert.pem");
+/// std::fs::write(&path, cert.cert.pem())?;
+/// let not_after = duo_net::tls::chain_expiry(&path)?.expect("dates");
+/// assert_eq!(Some(not_after), duo_net::tls::Validity::of(cert.cert.der()).map(|v| v.not_after));
+/// # std::fs::remove_dir_all(&dir)?;
+/// # Ok::<(), Box<dyn std::error::Error>>(())
+/// ```
+///
+/// # Errors
+///
+/// As [`load_certs`].
+pub fn chain_expiry(
+    cert_chain: impl AsRef<Path>,
+) -> Result<Option<std::time::SystemTime>, TlsConfigError> {
+    let certs = load_certs(cert_chain)?;
+    Ok(certs
+        .iter()
+        .filter_map(Validity::of)
+        .map(|v| v.not_after)
+        .min())
+}
+
 /// A server configuration from a certificate chain and its private key in PEM files
 /// (no client authentication; TLS 1.3 and 1.2).
 ///

@@ -313,8 +313,12 @@ fn run(
             let _ = conn.with_context(|s: &mut Session| s.peer_done = true);
             activity::close_if_done(ctx);
         });
+    // When the certificate chain stops being valid, for the metrics endpoint.
+    let mut cert_expiry = None;
     if let Some((cert, key)) = &cfg.tls {
         let config = duo_net::tls::server_config_from_pem(cert, key).map_err(startup("TLS"))?;
+        let expiry = duo_net::tls::chain_expiry(cert).map_err(startup("TLS"))?;
+        cert_expiry = expiry.map(|not_after| (cert.as_path(), not_after));
         builder = builder.tls(config);
     }
     if !cfg.idle_timeout.is_zero() {
@@ -371,10 +375,11 @@ fn run(
             // Its own endpoint on loopback, which the supervisor's `--metrics` address
             // gathers.
             let endpoint = match cfg.metrics {
-                Some(_) => {
-                    duo_supervisor::metrics::serve_worker(metrics.endpoint(&server), &worker)
-                        .map_err(|e| ServeError::Startup(format!("worker metrics endpoint: {e}")))?
-                }
+                Some(_) => duo_supervisor::metrics::serve_worker(
+                    metrics.endpoint(&server, cert_expiry),
+                    &worker,
+                )
+                .map_err(|e| ServeError::Startup(format!("worker metrics endpoint: {e}")))?,
                 None => None,
             };
             // The server accepts from the moment it started: tell the supervisor.
@@ -392,7 +397,7 @@ fn run(
             // Bound before `listening on` is said: a server that cannot serve its metrics
             // exits without having announced itself.
             let endpoint = match cfg.metrics {
-                Some(at) => Some(serve_metrics(at, &server, &metrics)?),
+                Some(at) => Some(serve_metrics(at, metrics.endpoint(&server, cert_expiry))?),
                 None => None,
             };
             process::announce_listening(&addr).map_err(startup("stdout"))?;
@@ -430,14 +435,12 @@ fn run(
     Ok(())
 }
 
-/// Starts the metrics endpoint (duo's figures for `server`, and `metrics`) on `addr`.
+/// Starts the metrics endpoint on `addr`.
 fn serve_metrics(
     addr: SocketAddr,
-    server: &TcpServer,
-    metrics: &BankMetrics,
+    endpoint: duo_metrics::MetricsEndpoint,
 ) -> Result<MetricsServer, ServeError> {
-    metrics
-        .endpoint(server)
+    endpoint
         .spawn(addr)
         .map_err(|e| ServeError::Startup(format!("metrics endpoint on {addr}: {e}")))
 }
