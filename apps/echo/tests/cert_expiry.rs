@@ -30,20 +30,20 @@ fn certs(label: &str) -> TestCerts {
     TestCerts::valid_between(label, (2020, 1, 1), (2031, 6, 15))
 }
 
+/// `echo serve` with `certs`, a metrics endpoint and `extra`.
+fn start_tls(certs: &TestCerts, extra: &[&str]) -> Server {
+    let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
+    let mut args = vec!["serve", "--metrics", "127.0.0.1:0"];
+    args.extend_from_slice(&["--tls-cert", &cert, "--tls-key", &key]);
+    args.extend_from_slice(extra);
+    Server::start(&args)
+}
+
 #[test]
 fn one_process_publishes_its_certificates_expiry() {
     let certs = certs("echo-expiry");
     let cert = certs.path("cert.pem");
-    let key = certs.path("key.pem");
-    let mut server = Server::start(&[
-        "serve",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let mut server = start_tls(&certs, &[]);
     let (status, text) = http_get(server.metrics_addr(LIMIT), "/metrics");
     assert_eq!(status, 200);
     assert_eq!(
@@ -65,20 +65,7 @@ fn a_plain_server_publishes_no_certificate() {
 fn every_worker_publishes_its_certificates_expiry() {
     let certs = certs("echo-expiry-workers");
     let cert = certs.path("cert.pem");
-    let key = certs.path("key.pem");
-    let mut server = Server::start(&[
-        "serve",
-        "--processes",
-        "2",
-        "--io-threads",
-        "1",
-        "--tls-cert",
-        &cert,
-        "--tls-key",
-        &key,
-        "--metrics",
-        "127.0.0.1:0",
-    ]);
+    let mut server = start_tls(&certs, &["--processes", "2", "--io-threads", "1"]);
     let metrics = server.metrics_addr(LIMIT);
     let sup = server.pid();
     wait_until("two workers", || children(sup).len() == 2);
