@@ -8,7 +8,8 @@
 //!   connection (so `LOGIN alice pw ; BALANCE` works); it stops at the first `ERR`.
 //! - Interactive: with no command, reads command lines from standard input (printing a
 //!   prompt on standard error when standard input is a terminal) until end of input or
-//!   `QUIT`.
+//!   `QUIT`. A line is sent as the bytes it is: one that is not UTF-8 gets the server's
+//!   `BAD_REQUEST`, and the session goes on.
 //!
 //! The TLS settings (`--ca`) are loaded before connecting. A reply must be a whole line of
 //! text: a TLS record instead (a TLS server answering a client without `--tls`) or a line
@@ -67,6 +68,12 @@ pub enum ClientError {
     /// was sent.
     #[error("{0}")]
     Usage(String),
+    /// Reading the command lines of an interactive session failed.
+    #[error("reading standard input: {0}")]
+    Stdin(io::Error),
+    /// Printing a reply failed (standard output closed, a full disk).
+    #[error("writing standard output: {0}")]
+    Stdout(io::Error),
 }
 
 /// Where the system's CA certificates are (Debian, Ubuntu, Alpine; Fedora's is linked
@@ -149,13 +156,17 @@ impl Conn {
         Err(connect_err(last))
     }
 
-    /// Sends `line`; returns the reply's lines (more than one after `HISTORY`).
-    fn call(&mut self, line: &str) -> Result<Vec<String>, ClientError> {
+    /// Sends `line` (without its line end; bytes that are not UTF-8 are the server's to
+    /// refuse); returns the reply's lines (more than one after `HISTORY`).
+    fn call(&mut self, line: &[u8]) -> Result<Vec<String>, ClientError> {
+        let mut out = Vec::with_capacity(line.len() + 1);
+        out.extend_from_slice(line);
+        out.push(b'\n');
         let writer = self.reader.get_mut();
-        writer.write_all(format!("{line}\n").as_bytes())?;
+        writer.write_all(&out)?;
         writer.flush()?;
         let first = self.read_line()?;
-        let extra = extra_reply_lines(line, &first);
+        let extra = extra_reply_lines(&String::from_utf8_lossy(line), &first);
         let mut lines = vec![first];
         for _ in 0..extra {
             lines.push(self.read_line()?);
@@ -243,12 +254,14 @@ fn is_error(reply: &[String]) -> bool {
     reply.first().is_none_or(|l| l.starts_with("ERR"))
 }
 
-fn print_reply(reply: &[String]) -> io::Result<()> {
+/// Prints `reply`; a failure is the output's, not the connection's.
+fn print_reply(reply: &[String]) -> Result<(), ClientError> {
     let mut out = io::stdout().lock();
-    for line in reply {
-        writeln!(out, "{line}")?;
-    }
-    out.flush()
+    reply
+        .iter()
+        .try_for_each(|line| writeln!(out, "{line}"))
+        .and_then(|()| out.flush())
+        .map_err(ClientError::Stdout)
 }
 
 /// Runs the client; `Ok(true)` if every reply was a success.
@@ -275,7 +288,7 @@ fn one_shot(conn: &mut Conn, words: &[String]) -> Result<bool, ClientError> {
             // A blank line: the server ignores it and sends no reply.
             continue;
         }
-        let reply = conn.call(&line)?;
+        let reply = conn.call(line.as_bytes())?;
         print_reply(&reply)?;
         if is_error(&reply) {
             return Ok(false);
@@ -284,26 +297,34 @@ fn one_shot(conn: &mut Conn, words: &[String]) -> Result<bool, ClientError> {
     Ok(true)
 }
 
+/// Reads command lines from standard input as bytes: a line that is not UTF-8 goes to
+/// the server as it is, which answers it `BAD_REQUEST` (as it would through `nc`), and
+/// the session goes on.
 fn interactive(conn: &mut Conn) -> Result<bool, ClientError> {
     let stdin = io::stdin();
     let prompt = stdin.is_terminal();
-    let mut lines = stdin.lock().lines();
+    let mut input = stdin.lock();
+    let mut buf = Vec::new();
     loop {
         if prompt {
             eprint!("bank> ");
             io::stderr().flush()?;
         }
-        let Some(line) = lines.next() else {
+        buf.clear();
+        if input
+            .read_until(b'\n', &mut buf)
+            .map_err(ClientError::Stdin)?
+            == 0
+        {
             return Ok(true);
-        };
-        let line = line?;
-        let line = line.trim();
+        }
+        let line = buf.trim_ascii();
         if line.is_empty() {
             continue;
         }
         let reply = conn.call(line)?;
         print_reply(&reply)?;
-        if line.eq_ignore_ascii_case("QUIT") {
+        if line.eq_ignore_ascii_case(b"QUIT") {
             return Ok(true);
         }
     }

@@ -150,8 +150,9 @@ impl StoreError {
     }
 }
 
-/// A change to the database, applied by the writer.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// A change to the database, applied by the writer. Its `Debug` (the form logged when a
+/// write fails) leaves the password hash out.
+#[derive(Clone, PartialEq, Eq)]
 pub(crate) enum WriteOp {
     /// Creates a user with balance 0.
     Register {
@@ -187,6 +188,43 @@ pub(crate) enum WriteOp {
         /// Idempotency key.
         request_id: Option<String>,
     },
+}
+
+/// A password hash is no log's business (an offline-crackable copy of the password):
+/// a failing `REGISTER` is logged with its name only.
+impl fmt::Debug for WriteOp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            WriteOp::Register { name, .. } => f
+                .debug_struct("Register")
+                .field("name", name)
+                .finish_non_exhaustive(),
+            WriteOp::Deposit { user, amount } => f
+                .debug_struct("Deposit")
+                .field("user", user)
+                .field("amount", amount)
+                .finish(),
+            WriteOp::Withdraw { user, amount } => f
+                .debug_struct("Withdraw")
+                .field("user", user)
+                .field("amount", amount)
+                .finish(),
+            WriteOp::Transfer {
+                from,
+                from_name,
+                to,
+                amount,
+                request_id,
+            } => f
+                .debug_struct("Transfer")
+                .field("from", from)
+                .field("from_name", from_name)
+                .field("to", to)
+                .field("amount", amount)
+                .field("request_id", request_id)
+                .finish(),
+        }
+    }
 }
 
 /// What a write did.
