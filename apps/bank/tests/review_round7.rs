@@ -119,3 +119,25 @@ fn a_reply_the_client_cannot_print_is_reported_as_an_output_error() {
         out.stderr
     );
 }
+
+/// A read opens a reader connection on demand; it used to open the path with
+/// `SQLITE_OPEN_CREATE`, so once the database file was gone (removed, or moved away by an
+/// operator) a read made a new, empty database there, which the next start would take for
+/// the bank. A reader now creates nothing: the read fails (an error reply), and no file
+/// appears.
+#[test]
+fn a_read_after_the_database_file_is_gone_creates_no_file() {
+    let dir = TempDir::new("r7-no-create");
+    let db = dir.db();
+    let server = Server::start(&db, &[]);
+    // No read has run yet: no reader is open.
+    for suffix in ["", "-wal", "-shm"] {
+        let mut path = db.clone().into_os_string();
+        path.push(suffix);
+        let _ = std::fs::remove_file(&path);
+    }
+    let mut client = Client::connect(server.addr);
+    let reply = client.cmd(&format!("LOGIN nobody {PW}"));
+    assert!(reply.starts_with("ERR "), "{reply}");
+    assert!(!db.exists(), "a reader created {}", db.display());
+}

@@ -80,10 +80,14 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// A connection to the database at `path`; the writer's (`read_only` false) creates the
+/// file if absent, a reader's never does: opened on demand while the server runs, it must
+/// not put an empty database where the bank's was removed or moved away.
 fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection> {
-    let flags = OpenFlags::SQLITE_OPEN_READ_WRITE
-        | OpenFlags::SQLITE_OPEN_CREATE
-        | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    let mut flags = OpenFlags::SQLITE_OPEN_READ_WRITE | OpenFlags::SQLITE_OPEN_NO_MUTEX;
+    if !read_only {
+        flags |= OpenFlags::SQLITE_OPEN_CREATE;
+    }
     let conn = Connection::open_with_flags(path, flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
