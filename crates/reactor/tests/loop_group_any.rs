@@ -113,8 +113,12 @@ impl Handler for Gate {
     fn handle_read(&mut self, _lp: &mut EventLoop, _ch: &mut Channel) {
         let mut buf = [0u8; 64];
         while matches!(self.sock.read(&mut buf), Ok(n) if n > 0) {}
-        let _ = self.entered.send(());
+        // This round's release is taken before the test hears of the turn: taken after,
+        // it could be the next round's (the test sets that as soon as it has heard), and
+        // the turn would then hold its loop until the next round's gate, which that
+        // very loop has to run (seen once in CI: "the gate's turn ran: Timeout").
         let release = self.release.lock().take();
+        let _ = self.entered.send(());
         if let Some(release) = release {
             let _ = release.recv_timeout(LIMIT);
         }
