@@ -1,7 +1,6 @@
 //! [`EventLoop`]: one reactor, driven by one thread at a time.
 
 use std::any::{Any, TypeId};
-use std::cell::Cell;
 use std::collections::{HashMap, VecDeque};
 use std::fmt;
 use std::io;
@@ -36,10 +35,9 @@ const WAKER_TOKEN: u64 = u64::MAX;
 /// Reserved token (epoll data) of the loop's timerfd.
 const TIMERFD_TOKEN: u64 = u64::MAX - 1;
 
-thread_local! {
-    /// Whether this thread already has a loop (one loop per thread).
-    static HAS_LOOP: Cell<bool> = const { Cell::new(false) };
-}
+/// The threads (`current_thread_id`) whose loop made by [`EventLoop::new`] lives, wherever
+/// it has been moved (one loop per thread): a drop on any thread frees its maker.
+static LOOP_MAKERS: parking_lot::Mutex<Vec<u64>> = parking_lot::Mutex::new(Vec::new());
 
 /// A function queued on the loop itself (no lock, no wake-up).
 type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
@@ -51,7 +49,8 @@ type LocalTask = Queued<dyn FnOnce(&mut EventLoop) + Send>;
 ///
 /// An `EventLoop` made with [`EventLoop::new`] belongs to the thread that created it, which
 /// runs it ([`EventLoop::run`]); a thread can have at most one such loop: a second
-/// [`EventLoop::new`] on the same thread fails with [`LoopError::AlreadyExists`]. The loops
+/// [`EventLoop::new`] on the same thread fails with [`LoopError::AlreadyExists`] until the
+/// first is dropped (by whichever thread it was moved to). The loops
 /// of a [`LoopGroup`](crate::LoopGroup) instead belong to no thread: any of the group's
 /// threads runs a ready loop's next turn, one thread at a time. Either way the loop is
 /// driven through `&mut EventLoop` by one thread at a time, so everything it owns
@@ -210,16 +209,16 @@ impl EventLoop {
     ///
     /// Fails with [`LoopError::AlreadyExists`] if this thread already has one.
     pub fn new() -> Result<EventLoop, LoopError> {
-        if HAS_LOOP.with(|h| h.get()) {
+        let thread_id = current_thread_id();
+        if LOOP_MAKERS.lock().contains(&thread_id) {
             return Err(LoopError::AlreadyExists);
         }
-        let thread_id = current_thread_id();
         let name = std::thread::current()
             .name()
             .map_or_else(|| format!("loop-{thread_id}"), str::to_owned);
         let mut lp = EventLoop::build(name, thread_id)?;
         lp.owner_thread = Some(thread_id);
-        HAS_LOOP.with(|h| h.set(true));
+        LOOP_MAKERS.lock().push(thread_id);
         log::debug!("event loop created on thread {thread_id}");
         Ok(lp)
     }
@@ -776,8 +775,8 @@ impl Drop for EventLoop {
         // No thread is this loop's any more: a handle's "in the loop thread" check (which
         // lets a caller use the `&mut EventLoop` it has as this loop) fails everywhere.
         self.shared.thread_id.store(0, Ordering::SeqCst);
-        if self.owner_thread == Some(current_thread_id()) {
-            HAS_LOOP.with(|h| h.set(false));
+        if let Some(maker) = self.owner_thread {
+            LOOP_MAKERS.lock().retain(|&t| t != maker);
         }
         log::debug!("event loop {} dropped", self.shared.name);
     }
