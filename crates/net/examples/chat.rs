@@ -8,10 +8,16 @@
 //!   one connection, and everyone else chats on;
 //! - a broadcast without a registry of your own: [`ConnCtx::server_connections`] reaches
 //!   every connection of the server on every I/O thread, and
-//!   [`ServerConnections::broadcast`] sends one shared buffer to all of them (no copy per
-//!   recipient). Messages from one sender reach every client in the order sent;
+//!   [`ServerConnections::for_each`] with [`ConnCtx::send_shared`] sends one shared buffer
+//!   to all of them (as [`ServerConnections::broadcast`] does; this way the chat also
+//!   learns when every loop has had it). Messages from one sender reach every client in
+//!   the order sent;
 //! - protection from a client that stops reading: its queued output is bounded by
 //!   [`ServerBuilder::output_limit`]; past it the client is dropped, not the server;
+//! - protection from a client that talks faster than the room is served: the frames of
+//!   one read are relayed as one broadcast, and a client with a few broadcasts still on
+//!   their way to the loops is not read until they arrive, so the broadcasts queued to
+//!   the loops stay bounded however fast and however small the messages;
 //! - a client that half-closes after its last message still gets it back (then the end);
 //! - a graceful stop on Ctrl-C or `SIGTERM`.
 //!
@@ -24,18 +30,25 @@
 //!
 //! [`ConnCtx::server_connections`]: duo_net::ConnCtx::server_connections
 //! [`ServerConnections::broadcast`]: duo_net::ServerConnections::broadcast
+//! [`ServerConnections::for_each`]: duo_net::ServerConnections::for_each
+//! [`ConnCtx::send_shared`]: duo_net::ConnCtx::send_shared
 //! [`ServerBuilder::output_limit`]: duo_net::ServerBuilder::output_limit
 
 use std::process::ExitCode;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use duo_net::codec::LengthHeaderCodec;
 use duo_net::process::{self, STOP_SIGNALS};
-use duo_net::{EventLoop, OutputLimit, TcpServer};
+use duo_net::{ConnCtx, EventLoop, OutputLimit, ServerConnections, TcpConnection, TcpServer};
 
 /// Largest payload a client may send; a header announcing more closes its connection.
 const MAX_MESSAGE: usize = 64 << 10;
+
+/// Broadcasts of one client's messages that may be on their way to the loops before that
+/// client is read no more until they arrive.
+const IN_FLIGHT: usize = 4;
 
 /// Most output a client may have queued (messages it has not read yet) before it is dropped.
 const OUTPUT_LIMIT: usize = 4 << 20;
@@ -87,12 +100,15 @@ fn run(addr: duo_net::Endpoint) -> Result<(), Box<dyn std::error::Error>> {
         // to pause the *senders* to spare a slow reader, which a chat room should not do.
         .output_limit(OUTPUT_LIMIT, OutputLimit::Close)
         .on_connection(|conn| {
+            if conn.is_connected() {
+                conn.set_context(Relaying::default());
+            }
             let state = if conn.is_connected() { "UP" } else { "DOWN" };
             log::info!("{} -> {} is {state}", conn.local_addr(), conn.peer_addr());
         })
         // A client that half-closes (sends its last message, then its end of stream) still
         // gets back what it sent, like everyone: the broadcast of its last messages is
-        // queued to the loops (`broadcast` returns at once), and closing through the
+        // queued to the loops (`for_each` returns at once), and closing through the
         // handle queues the close behind it. (Without this callback the library would
         // close as soon as the output is written, before the broadcast reaches it.)
         .on_peer_half_close(|ctx| {
@@ -104,24 +120,26 @@ fn run(addr: duo_net::Endpoint) -> Result<(), Box<dyn std::error::Error>> {
             let Some(everyone) = ctx.server_connections() else {
                 return;
             };
-            loop {
-                match codec.decode(input.peek()) {
-                    Ok(Some(frame)) => {
-                        // Relay the frame as received, header included: one allocation,
-                        // shared by every recipient.
-                        let len = frame.consumed;
-                        let message: Arc<[u8]> = Arc::from(&input.peek()[..len]);
-                        input.consume(len);
-                        everyone.broadcast(message);
-                    }
+            // The complete frames at the front of the input, relayed as received (headers
+            // included) in one message: one allocation and one visit of each loop per
+            // read, however small the frames.
+            let mut whole = 0;
+            let bad = loop {
+                match codec.decode(&input.peek()[whole..]) {
+                    Ok(Some(frame)) => whole += frame.consumed,
                     // Incomplete: the rest stays in the input for the next call.
-                    Ok(None) => return,
-                    Err(e) => {
-                        log::warn!("{}: {e}; closing", ctx.connection().name());
-                        ctx.force_close();
-                        return;
-                    }
+                    Ok(None) => break None,
+                    Err(e) => break Some(e),
                 }
+            };
+            if whole > 0 {
+                let message: Arc<[u8]> = Arc::from(&input.peek()[..whole]);
+                input.consume(whole);
+                relay(ctx, &everyone, message);
+            }
+            if let Some(e) = bad {
+                log::warn!("{}: {e}; closing", ctx.connection().name());
+                ctx.force_close();
             }
         })
         .start(&mut main_loop)?;
@@ -129,4 +147,51 @@ fn run(addr: duo_net::Endpoint) -> Result<(), Box<dyn std::error::Error>> {
     // Ctrl-C or SIGTERM: stop accepting, let queued messages drain, then quit the loop.
     process::run_until_stopped(&mut main_loop, server, Duration::from_secs(3))?;
     Ok(())
+}
+
+/// A connection's broadcasts on their way to the loops (its context).
+#[derive(Default, Clone)]
+struct Relaying(Arc<AtomicUsize>);
+
+/// One broadcast on its way: held by the function every loop runs, so dropped once every
+/// loop has visited its connections with it. The last of [`IN_FLIGHT`] lets its sender
+/// be read again.
+struct Relayed {
+    sender: TcpConnection,
+    count: Arc<AtomicUsize>,
+}
+
+impl Drop for Relayed {
+    fn drop(&mut self) {
+        if self.count.fetch_sub(1, Ordering::AcqRel) == IN_FLIGHT {
+            // Queued to the sender's loop: after the pause below, which ran in its message
+            // callback. (A sender that has gone ignores it.)
+            let _ = self.sender.start_reading();
+        }
+    }
+}
+
+/// Sends `message` to everyone; pauses reading `ctx`'s client while [`IN_FLIGHT`] of its
+/// broadcasts are on their way. A broadcast is queued to every loop, and a loop visits
+/// its connections a slice at a time: without the pause a client writing small messages
+/// fast got read far faster than its messages were delivered, and the queued broadcasts
+/// grew without bound (the output limit counts only what reached an output buffer).
+fn relay(ctx: &mut ConnCtx<'_>, everyone: &ServerConnections, message: Arc<[u8]>) {
+    let Ok(Relaying(count)) = ctx.connection().with_context(|r: &mut Relaying| r.clone()) else {
+        // Not reached: the context is set when the connection comes up.
+        everyone.broadcast(message);
+        return;
+    };
+    let on_the_way = count.fetch_add(1, Ordering::AcqRel) + 1;
+    let relayed = Relayed {
+        sender: ctx.connection().clone(),
+        count,
+    };
+    everyone.for_each(move |to| {
+        let _ = &relayed;
+        to.send_shared(message.clone());
+    });
+    if on_the_way >= IN_FLIGHT {
+        ctx.stop_reading();
+    }
 }

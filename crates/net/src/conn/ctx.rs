@@ -50,9 +50,11 @@ impl<'a> ConnCtx<'a> {
 
     /// Sends a shared message without copying it: what the socket does not take at once
     /// stays queued as a reference to `data` (one allocation for all the connections a
-    /// message is broadcast to). Otherwise as [`send`](ConnCtx::send). Over TLS each
-    /// connection encrypts the message with its own keys: what is queued is that
-    /// connection's ciphertext, a copy.
+    /// message is broadcast to). Otherwise as [`send`](ConnCtx::send). A rest shorter than
+    /// 512 bytes is copied instead: a reference costs more bookkeeping than that, so a
+    /// peer that never reads would hold far more memory than its output limit counts.
+    /// Over TLS each connection encrypts the message with its own keys: what is queued is
+    /// that connection's ciphertext, a copy.
     pub fn send_shared(&mut self, data: Arc<[u8]>) -> bool {
         let view = data.clone();
         self.m.send(self.lp, self.ch, &[&view[..]], Some(data))

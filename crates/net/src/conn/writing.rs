@@ -11,6 +11,12 @@ use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::CloseReason;
 use crate::config::{Backpressure, OutputLimit};
 
+/// The shortest unsent rest of a shared message ([`ConnCtx::send_shared`], a broadcast)
+/// that is queued by reference; a shorter one is copied into the output blocks.
+///
+/// [`ConnCtx::send_shared`]: crate::ConnCtx::send_shared
+pub(crate) const SHARE_MIN: usize = 512;
+
 impl Machine {
     /// A write failed: the peer is gone (reset, or closed for reading). The input it sent
     /// before is still read; the close follows its end of stream (or the hang-up's event).
@@ -129,7 +135,12 @@ impl Machine {
             return true;
         }
         let before = self.output.len();
-        if let Some(data) = shared {
+        // A short shared message is copied: queued by reference, each costs a chunk (its
+        // slot, and the sender's `Arc` kept alive) for a few bytes counted against the
+        // output limit and high-water mark, so a peer that never reads held several
+        // times what they count when the messages were small (16 bytes: six times).
+        let by_reference = shared.filter(|data| data.len() - written >= SHARE_MIN);
+        if let Some(data) = by_reference {
             self.output.push_shared(data, written);
         } else {
             let mut skip = written;
