@@ -110,6 +110,14 @@ impl ServerConnections {
     /// [`ConnCtx::send_shared`]; over TLS each connection encrypts its own copy); each
     /// connection's [`OutputLimit`] and [`Backpressure`] policy apply as to any send.
     ///
+    /// Each call queues a visit to every loop ([`for_each`](ServerConnections::for_each)),
+    /// and those queues are not bounded: the limits above count what reached an output
+    /// buffer, not visits on their way. A sender that broadcasts faster than the loops
+    /// visit their connections (many small messages from one read, say) must be paced:
+    /// gather a read's messages into one broadcast, and stop reading the sender while a
+    /// few of its broadcasts are on their way (the `chat` example does both; a value moved
+    /// into a `for_each` closure is dropped once every loop has finished that visit).
+    ///
     /// ```no_run
     /// # #[allow(dead_code)]
     /// # fn demo(server: &duo_net::ServerHandle) {
