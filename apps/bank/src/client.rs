@@ -52,6 +52,9 @@ pub enum ClientError {
     /// The server closed the connection before replying.
     #[error("the server closed the connection")]
     Closed,
+    /// No reply came within the reply timeout (the server is stuck, or it is no bank).
+    #[error("no reply within {} s", .0.as_secs())]
+    NoReply(Duration),
     /// The server closed the connection in the middle of a reply line.
     #[error("the server closed the connection in the middle of a reply")]
     CutShort,
@@ -178,7 +181,12 @@ impl Conn {
     /// close, are errors, not replies).
     fn read_line(&mut self) -> Result<String, ClientError> {
         let mut buf = Vec::new();
-        if self.reader.read_until(b'\n', &mut buf)? == 0 {
+        if self
+            .reader
+            .read_until(b'\n', &mut buf)
+            .map_err(reply_error)?
+            == 0
+        {
             return Err(ClientError::Closed);
         }
         if is_tls_record(&buf) {
@@ -191,6 +199,15 @@ impl Conn {
             buf.pop();
         }
         String::from_utf8(buf).map_err(|_| ClientError::NotText)
+    }
+}
+
+/// A failed read of a reply: the read timeout ([`REPLY_TIMEOUT`], reported by the socket as
+/// `EAGAIN`) said as such, anything else as the connection's failure.
+fn reply_error(e: io::Error) -> ClientError {
+    match e.kind() {
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::NoReply(REPLY_TIMEOUT),
+        _ => ClientError::Io(e),
     }
 }
 
@@ -327,5 +344,20 @@ fn interactive(conn: &mut Conn) -> Result<bool, ClientError> {
         if line.eq_ignore_ascii_case(b"QUIT") {
             return Ok(true);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A reply that never came was reported as `connection: Resource temporarily
+    /// unavailable` (the socket's read timeout).
+    #[test]
+    fn a_read_timeout_is_reported_as_no_reply() {
+        let e = reply_error(io::Error::from(io::ErrorKind::WouldBlock));
+        assert_eq!(e.to_string(), "no reply within 30 s");
+        let e = reply_error(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert!(e.to_string().starts_with("connection: "), "{e}");
     }
 }
