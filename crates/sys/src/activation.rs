@@ -188,7 +188,8 @@ fn take_listen_fds() -> Result<Vec<OwnedFd>, ActivationError> {
 ///
 /// # Errors
 ///
-/// The count is malformed, or a descriptor is not open.
+/// The count is malformed (or would number descriptors past `RawFd::MAX`), or a
+/// descriptor is not open.
 pub fn take_fds_from_env(
     count_var: &str,
     first: RawFd,
@@ -206,6 +207,14 @@ pub fn take_fds_from_env(
         ));
     }
     let n = parse_count(count_var, &count)?;
+    // `n <= MAX_INHERITED_FDS`, so it fits a `RawFd`; the numbers must too.
+    if first.checked_add(n as RawFd).is_none() {
+        return Err(bad(
+            count_var,
+            &count,
+            "descriptor numbers past the largest there can be",
+        ));
+    }
     announced_at_start(count_var, &count)?;
     take_range(first, n).map(Some)
 }
@@ -339,7 +348,7 @@ fn parse_count(name: &str, value: &std::ffi::OsStr) -> Result<usize, ActivationE
         .ok_or_else(|| bad(name, value, "more descriptors than duo takes (1024)"))
 }
 
-/// Takes `first..first+count`.
+/// Takes `first..first+count` (which the caller has checked not to overflow).
 ///
 /// If one cannot be taken, the others are still taken, and closed with the error: each
 /// was announced, so nobody else in this process owns it, and left open it would be

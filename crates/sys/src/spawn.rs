@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicI32, Ordering};
 
 use crate::{context, cvt, Signal};
 
-/// One above the highest target number any [`pass_fds`] call of this process has asked
-/// for: sources are duplicated at or above it (see there).
+/// One above the highest target number any successful [`pass_fds`] call of this process
+/// has asked for: sources are duplicated at or above it (see there).
 static TARGETS_END: AtomicI32 = AtomicI32::new(0);
 
 /// Arranges for `fds[i]` to be descriptor `first + i` in the child that `cmd` starts,
@@ -24,12 +24,12 @@ static TARGETS_END: AtomicI32 = AtomicI32::new(0);
 /// are (duo's are all close-on-exec).
 ///
 /// Each source is first duplicated in the parent (`F_DUPFD_CLOEXEC`) to a number at or
-/// above `first + fds.len()` (and above the targets of every earlier call, so several
-/// calls on one `Command` work too), so no target number can be one of the sources and the
-/// `dup2` calls in the child cannot overwrite a descriptor that a later one still has to
-/// copy. The child side (a `pre_exec` hook) only calls `fstat`, `fcntl`, `getsockopt` and
-/// `dup2`, which are async-signal-safe, and allocates nothing. The duplicates live as long
-/// as `cmd`.
+/// above `first + fds.len()` (and above the targets of every earlier call that
+/// succeeded, so several calls on one `Command` work too), so no target number can be one
+/// of the sources and the `dup2` calls in the child cannot overwrite a descriptor that a
+/// later one still has to copy. The child side (a `pre_exec` hook) only calls `fstat`,
+/// `fcntl`, `getsockopt` and `dup2`, which are async-signal-safe, and allocates nothing.
+/// The duplicates live as long as `cmd`.
 ///
 /// `std` reports a failed `exec` (a missing program: [`io::ErrorKind::NotFound`]) through
 /// a close-on-exec channel (a pipe or a socket pair, by version) it opens during `spawn`
@@ -61,10 +61,13 @@ pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::
         .ok()
         .and_then(|n| first.checked_add(n))
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "pass_fds: too many"))?;
-    // At or above every target asked for so far, not only this call's: the hooks of
-    // several calls on one `Command` run in order, and an earlier one's `dup2` must not
-    // land on a later one's source.
-    let floor = TARGETS_END.fetch_max(above, Ordering::Relaxed).max(above);
+    // At or above every target asked for so far by a call that succeeded, not only this
+    // call's: the hooks of several calls on one `Command` run in order, and an earlier
+    // one's `dup2` must not land on a later one's source. A call that fails adds no hook,
+    // so its targets are recorded only once it has succeeded: one asking for numbers
+    // beyond the open-file limit would otherwise raise the floor there for good, and
+    // every later call would fail too.
+    let floor = TARGETS_END.load(Ordering::Relaxed).max(above);
     let sources = fds
         .iter()
         .map(|fd| dup_at_least(*fd, floor))
@@ -74,6 +77,9 @@ pub fn pass_fds(cmd: &mut Command, fds: &[BorrowedFd<'_>], first: RawFd) -> io::
         .zip(first..)
         .map(|(fd, target)| Target::hold(*fd, target))
         .collect::<io::Result<Vec<Target>>>()?;
+    // A later call on the same `Command` comes after this store in this thread (or in one
+    // the `&mut Command` was handed to, which synchronises), so it loads this or more.
+    TARGETS_END.fetch_max(above, Ordering::Relaxed);
     let hook = move || {
         // Before any `dup2`: whether std's error channel may sit at a target (see above).
         for (target, t) in (first..).zip(&targets) {
