@@ -62,7 +62,8 @@ impl ParseError {
 ///
 /// Accepted: HTTP/1.0 and 1.1 requests with a method of [`Method::ALL`], a target in
 /// origin form (`/path?query`), absolute form (`http://host/path`, whose path and query
-/// are kept, and whose authority, without userinfo, becomes the `Host` field's value),
+/// are kept, and whose authority, without userinfo, becomes the `Host` field's value;
+/// with neither path nor query its path is `/`, or `*` for `OPTIONS`),
 /// `*` (`OPTIONS` only) or authority form (`host:port`, which `CONNECT` must have and no
 /// other method may: the request's path is then `host:port`); HTTP/1.1 requests must have exactly one `Host`, and a `Host`
 /// must be a valid `host[:port]` (or empty). A body comes with `Content-Length` (one
@@ -80,7 +81,8 @@ impl ParseError {
 /// guessed at);
 /// an `Expect` other than `100-continue` (417); an unknown method (501); a well-formed
 /// version (`HTTP/d.d`) other than 1.0 and 1.1 (505); anything else malformed (400),
-/// among it a missing, repeated or invalid `Host`, an absolute-form target with userinfo,
+/// among it a missing, repeated or invalid `Host`, a target with a fragment (`#`), an
+/// absolute-form target with userinfo,
 /// a `CONNECT` without an authority-form target or with a port outside 1 to 65535, and a
 /// bare CR before the request line.
 ///
@@ -293,6 +295,11 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
             ))
         }
     };
+    // RFC 9112 section 3.2: no form of target has a fragment (a client keeps it to
+    // itself), and an invalid request line is refused, not corrected (section 3).
+    if target.contains('#') {
+        return Err(bad("fragment in the request target"));
+    }
     // The authority of an absolute-form target. RFC 9112 section 3.2: CONNECT's target is
     // authority-form (`host:port`, section 3.2.3) and only CONNECT's; `*` is OPTIONS'
     // (section 3.2.4); any other method has origin or absolute form.
@@ -306,6 +313,13 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
         t => {
             let (path, authority) =
                 absolute_form(t).ok_or_else(|| bad("malformed request target"))?;
+            // An empty path and no query: `/`, but for `OPTIONS` the server as a whole,
+            // as `*` (RFC 9112 section 3.2.4, RFC 9110 section 7.1).
+            let path = match path.is_empty() {
+                true if method == Method::Options => "*".to_owned(),
+                true => "/".to_owned(),
+                false => path,
+            };
             (path, Some(authority))
         }
     };
@@ -335,7 +349,8 @@ fn check_head(raw: &httparse::Request<'_, '_>) -> Result<Head, ParseError> {
 }
 
 /// The path and query of an absolute-form target, and its authority
-/// (`http://host:port/path?q` → `/path?q` and `host:port`; no path → `/`). `None` for
+/// (`http://host:port/path?q` → `/path?q` and `host:port`; neither path nor query → an
+/// empty path, which the caller takes for `/`, or `*` for `OPTIONS`). `None` for
 /// another scheme, or an authority that is empty, not a valid host (see [`valid_host`])
 /// or has userinfo (`user@host`: RFC 9110 section 4.2.4 says to treat it as an error).
 fn absolute_form(target: &str) -> Option<(String, &str)> {
@@ -351,7 +366,6 @@ fn absolute_form(target: &str) -> Option<(String, &str)> {
         return None;
     }
     let path = match &rest[path_start..] {
-        "" => "/".to_owned(),
         p if p.starts_with('?') => format!("/{p}"),
         p => p.to_owned(),
     };
@@ -661,7 +675,7 @@ mod tests {
         };
         assert_eq!((r.path(), r.query()), ("/x", Some("y")));
         assert_eq!(r.header("host"), Some("h:1"));
-        assert_eq!(absolute_form("http://h"), Some(("/".into(), "h")));
+        assert_eq!(absolute_form("http://h"), Some(("".into(), "h")));
         assert_eq!(absolute_form("http://h?a"), Some(("/?a".into(), "h")));
         assert_eq!(absolute_form("http:///x"), None);
         assert_eq!(absolute_form("http://u@h/x"), None);

@@ -209,7 +209,8 @@ impl Request {
 
     /// The path, as sent: not percent-decoded, without the query (`/a%20b` for
     /// `GET /a%20b?x=1`). A request in absolute form (`GET http://host/path`) has the
-    /// path of its URI; `OPTIONS *` has `*`, and `CONNECT host:443` has `host:443`.
+    /// path of its URI; `OPTIONS *` has `*` (so has `OPTIONS http://host`, without path or
+    /// query), and `CONNECT host:443` has `host:443`.
     pub fn path(&self) -> &str {
         &self.target[..self.path_end]
     }

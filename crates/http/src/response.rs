@@ -15,7 +15,8 @@ pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 /// The server adds `Content-Length` (except to 204 and 304, which have no body, and to a
 /// 2xx answer to `CONNECT`, which it sends without its body and closes the connection
 /// after: a client takes what follows for a tunnel, and the server makes none) and, when
-/// it closes the connection after the response, `Connection: close`; a handler's own
+/// it closes the connection after the response, `Connection: close`. A 205 goes without
+/// its body, with `Content-Length: 0` (RFC 9110 section 15.3.6). A handler's own
 /// `Content-Length`, `Connection` or `Transfer-Encoding` fields are dropped (logged). A
 /// field whose name is not an HTTP token or whose value holds a control character other
 /// than HTAB (CR, LF, NUL...) is dropped too, so a handler cannot split the response.
@@ -131,8 +132,15 @@ impl Response {
             let _ = write!(head, "{n}: {v}\r\n");
         }
         let has_body = self.status.has_body() && !self.opens_tunnel(method);
+        // RFC 9110 section 15.3.6: a 205 has no content, whatever the handler gave it,
+        // and says so with its length.
+        let body: &[u8] = if self.status.as_u16() == 205 {
+            &[]
+        } else {
+            &self.body
+        };
         if has_body {
-            let _ = write!(head, "Content-Length: {}\r\n", self.body.len());
+            let _ = write!(head, "Content-Length: {}\r\n", body.len());
         }
         match conn {
             ConnField::Close => head.push_str("Connection: close\r\n"),
@@ -142,7 +150,7 @@ impl Response {
         head.push_str("\r\n");
         out.extend_from_slice(head.as_bytes());
         if has_body && method != Method::Head {
-            &self.body
+            body
         } else {
             &[]
         }

@@ -28,7 +28,8 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 /// # What it does on the wire
 ///
 /// - Every response has `Date` (RFC 9110 section 6.6.1; a handler may set its own) and
-///   `Content-Length` (204 and 304 have no body and no length);
+///   `Content-Length` (204 and 304 have no body and no length, 205 no body and length
+///   0);
 ///   responses to pipelined requests go out in request order; `HEAD` gets the `GET`
 ///   route's head without its body, and the server's own refusals of a `HEAD` request
 ///   come without theirs too. Any answer to `CONNECT` closes the connection, with
