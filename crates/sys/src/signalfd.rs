@@ -50,9 +50,11 @@ impl Signal {
     pub const CONT: Signal = Signal(libc::SIGCONT);
 
     /// A signal from its number, if it is a valid, catchable signal (`SIGKILL` and
-    /// `SIGSTOP` cannot be blocked, so they are refused).
+    /// `SIGSTOP` cannot be blocked, so they are refused, and so are the numbers between
+    /// 31 and `SIGRTMIN()`, which glibc keeps for itself and refuses to block).
     pub fn from_raw(signo: i32) -> Option<Signal> {
         let valid = (1..=libc::SIGRTMAX()).contains(&signo)
+            && (signo < 32 || signo >= libc::SIGRTMIN())
             && signo != libc::SIGKILL
             && signo != libc::SIGSTOP;
         valid.then_some(Signal(signo))

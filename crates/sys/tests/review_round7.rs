@@ -190,3 +190,16 @@ fn a_source_at_its_own_target_and_a_source_passed_twice_arrive() {
     assert!(status.success(), "{status}");
     assert_eq!(read_to_end(r), b"ab");
 }
+
+/// glibc keeps signals 32 and 33 (below `SIGRTMIN()`) for itself: `sigaddset` refuses
+/// them (`EINVAL`), so a `Signal` made of them failed later, far from its making.
+/// `from_raw` refuses them; the real-time signals from `SIGRTMIN()` on stay.
+#[test]
+fn the_signals_glibc_keeps_for_itself_are_not_signals() {
+    for reserved in 32..libc::SIGRTMIN() {
+        assert_eq!(duo_sys::Signal::from_raw(reserved), None, "{reserved}");
+    }
+    for ok in [1, 31, libc::SIGRTMIN(), libc::SIGRTMAX()] {
+        assert!(duo_sys::Signal::from_raw(ok).is_some(), "{ok}");
+    }
+}
