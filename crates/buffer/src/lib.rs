@@ -44,10 +44,11 @@
 //!   free block exists. Blocks may be freed on any thread; an exiting thread's cache is
 //!   flushed to the shared lists.
 //! - **Bounded memory.** [`PoolConfig::memory_cap`] bounds the bytes taken from the system.
-//!   Hitting it releases free blocks of other classes first, then fails with
-//!   [`PoolError::Exhausted`]; nothing aborts. The thread caches keep at most an eighth of
-//!   the cap, so free blocks that a quiet thread keeps cannot starve the others. [`InputBuffer::max_len`] bounds one
-//!   connection's unparsed input; a read never takes more from the socket than fits.
+//!   Hitting it releases free blocks of other classes first (none if that could not make
+//!   room), then fails with [`PoolError::Exhausted`]; nothing aborts. The thread caches
+//!   keep at most an eighth of the cap, so free blocks that a quiet thread keeps cannot
+//!   starve the others. [`InputBuffer::max_len`] bounds one connection's unparsed input; a
+//!   read never takes more from the socket than fits.
 //! - **Idle connections cost nothing.** Input and output buffers give their blocks back as
 //!   soon as they are drained.
 //! - **Few copies and system calls.** One `readv` reads whatever the socket holds (block tail

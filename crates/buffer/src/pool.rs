@@ -44,6 +44,17 @@ pub(crate) fn class_index(n: usize) -> Option<usize> {
     SIZE_CLASSES.iter().position(|&size| n <= size)
 }
 
+/// The classes other than `except` whose free blocks are released to make room for
+/// `deficit` bytes, in order: the smallest class whose block covers the deficit first, then
+/// the larger ones, then the smaller ones from the largest down.
+fn release_order(except: usize, deficit: usize) -> impl Iterator<Item = usize> {
+    let covering = (0..CLASS_COUNT).filter(move |&c| class_size(c) >= deficit);
+    let smaller = (0..CLASS_COUNT)
+        .rev()
+        .filter(move |&c| class_size(c) < deficit);
+    covering.chain(smaller).filter(move |&c| c != except)
+}
+
 /// Size in bytes of class `class`; 0 for an index out of range (never produced by this crate).
 pub(crate) fn class_size(class: usize) -> usize {
     SIZE_CLASSES.get(class).copied().unwrap_or(0)
@@ -215,9 +226,11 @@ impl PoolStats {
 ///    the cap (an eighth of it), taken and given back in chunks on those slower paths.
 /// 2. **Shared free list** per class (a `parking_lot` mutex around a `Vec`).
 /// 3. **The system**: `vec![0; size]`, counted against [`PoolConfig::memory_cap`]. When the
-///    cap would be exceeded, free blocks of other classes are released to the system first
-///    (from the shared lists, then from the calling thread's cache); if the block still does
-///    not fit, the request fails with [`PoolError::Exhausted`]. The pool never aborts.
+///    cap would be exceeded, free blocks of other classes are released to the system first,
+///    one at a time until it fits (from the shared lists, then from the calling thread's
+///    cache); if the block still does not fit, the request fails with
+///    [`PoolError::Exhausted`]. A request that could not fit even after releasing all of
+///    them releases none. The pool never aborts.
 ///
 /// A block may be freed on any thread (it lands in that thread's cache). When a thread exits,
 /// its caches are flushed to the shared lists. Free blocks in the caches of other, still
@@ -441,6 +454,7 @@ impl PoolInner {
     /// Gets a new block from the system, within the cap.
     fn alloc_system(&'static self, class: usize) -> Result<Box<[u8]>, PoolError> {
         let size = class_size(class);
+        let mut futility_checked = false;
         loop {
             if self.reserve(size) {
                 if let Some(shared) = self.classes.get(class) {
@@ -455,7 +469,14 @@ impl PoolInner {
             let cap = self.config.memory_cap.unwrap_or(usize::MAX);
             let allocated = self.allocated_bytes.load(Relaxed);
             let deficit = allocated.saturating_add(size).saturating_sub(cap);
-            if !self.release_other_shared(class, deficit) && !self.release_other_cached(class) {
+            // Once per request: if releasing every free block this thread can reach cannot
+            // make room, release none (they would only be lost to the next requests).
+            let futile = !futility_checked && deficit > self.releasable_except(class);
+            futility_checked = true;
+            if futile
+                || (!self.release_other_shared(class, deficit)
+                    && !self.release_other_cached(class, deficit))
+            {
                 log::debug!(
                     "buffer pool exhausted: {size}-byte block, cap {cap}, {allocated} allocated"
                 );
@@ -478,12 +499,21 @@ impl PoolInner {
             .is_ok()
     }
 
+    /// Bytes of the free blocks of classes other than `except` that the calling thread could
+    /// release: on the shared lists and in its own cache.
+    fn releasable_except(&'static self, except: usize) -> usize {
+        let shared: usize = (self.classes.iter().zip(SIZE_CLASSES).enumerate())
+            .filter(|&(c, _)| c != except)
+            .map(|(_, (shared, size))| shared.free.lock().len() * size)
+            .sum();
+        let cached = with_cache(self, false, |cache| cache.free_bytes_except(except));
+        shared + cached.unwrap_or(0)
+    }
+
     /// Releases one free block of a class other than `except` from the shared lists. Prefers
     /// the smallest class whose block covers `deficit`, then the largest smaller one.
     fn release_other_shared(&self, except: usize, deficit: usize) -> bool {
-        let covering = (0..CLASS_COUNT).filter(|&c| class_size(c) >= deficit);
-        let smaller = (0..CLASS_COUNT).rev().filter(|&c| class_size(c) < deficit);
-        for class in covering.chain(smaller).filter(|&c| c != except) {
+        for class in release_order(except, deficit) {
             if let Some(block) = self.pop_shared(class) {
                 self.release_block(class, block);
                 return true;
@@ -492,12 +522,12 @@ impl PoolInner {
         false
     }
 
-    /// Releases the free blocks of other classes from the calling thread's cache.
-    fn release_other_cached(&'static self, except: usize) -> bool {
-        let blocks =
-            with_cache(self, false, |cache| cache.take_all_except(except)).unwrap_or_default();
-        let released = !blocks.is_empty();
-        for (class, block) in blocks {
+    /// Releases one free block of a class other than `except` from the calling thread's
+    /// cache, chosen as in [`release_other_shared`](PoolInner::release_other_shared).
+    fn release_other_cached(&'static self, except: usize, deficit: usize) -> bool {
+        let taken = with_cache(self, false, |cache| cache.take_one(except, deficit)).flatten();
+        let released = taken.is_some();
+        if let Some((class, block)) = taken {
             self.release_block(class, block);
         }
         released

@@ -24,7 +24,7 @@ use std::ptr;
 use std::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use std::sync::Arc;
 
-use super::{class_size, CacheCounters, PoolInner, CLASS_COUNT};
+use super::{class_size, release_order, CacheCounters, PoolInner, CLASS_COUNT};
 
 /// One thread's free blocks for one pool.
 pub(super) struct ThreadCache {
@@ -201,6 +201,26 @@ impl ThreadCache {
             }
         }
         any
+    }
+
+    /// Bytes of the free blocks of every class but `except`.
+    pub(super) fn free_bytes_except(&self, except: usize) -> usize {
+        (self.lists.iter().enumerate())
+            .filter(|&(class, _)| class != except)
+            .map(|(class, list)| list.len() * class_size(class))
+            .sum()
+    }
+
+    /// Takes one free block of a class other than `except`, in the order in which the pool
+    /// releases blocks to make room for `deficit` bytes, and gives back the allowance its
+    /// class no longer uses.
+    pub(super) fn take_one(&mut self, except: usize, deficit: usize) -> Option<(usize, Box<[u8]>)> {
+        let (class, block) = release_order(except, deficit)
+            .find_map(|class| Some((class, self.lists.get_mut(class)?.pop()?)))?;
+        let len = self.lists.get(class).map_or(0, Vec::len);
+        self.set_room(class, len);
+        self.publish(class);
+        Some((class, block))
     }
 
     /// Empties every class except `except`, returning the blocks with their class (and,
