@@ -189,7 +189,7 @@ impl MetricsEndpoint {
     /// The registry for the application's own metrics (`prometheus_client` counters,
     /// gauges, histograms, families). Name them with a prefix of your own (the bank uses
     /// `bank_`); `duo_` is taken. `prometheus_client` writes label values as they are:
-    /// for a value you do not control, use [`EscapedLabel`](crate::EscapedLabel).
+    /// for a value you do not control, use [`EscapedLabel`].
     pub fn registry_mut(&mut self) -> &mut Registry {
         &mut self.registry
     }
