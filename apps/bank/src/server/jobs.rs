@@ -2,6 +2,7 @@
 //! and how its result gets back to its connection's loop: a [`Responder`] queues a
 //! [`Completion`] there, and answers `INTERNAL` if dropped unused (a job that panicked).
 
+use crate::store::PasswordHash;
 use std::fmt;
 use std::sync::Arc;
 
@@ -127,7 +128,7 @@ pub(super) fn login(app: &App, user: &str, password: &str) -> Completion {
     };
     // An unknown user costs a hash check too, against a dummy hash.
     match row {
-        Some(row) if app.hasher.verify(password, Some(&row.hash)) => Completion {
+        Some(row) if app.hasher.verify(password, Some(row.hash.as_str())) => Completion {
             reply: ok_line(format_args!("welcome {user}")),
             effect: Effect::LoggedIn(Account {
                 id: row.id,
@@ -164,7 +165,10 @@ pub(super) fn register(app: &App, user: String, password: &str, r: Responder) {
     };
     let metrics = app.metrics.clone();
     app.store.submit_write(WriteJob {
-        ops: vec![WriteOp::Register { name: user, hash }],
+        ops: vec![WriteOp::Register {
+            name: user,
+            hash: PasswordHash(hash),
+        }],
         done: Box::new(move |results| r.finish(write_replies(&metrics, results, 1))),
     });
 }

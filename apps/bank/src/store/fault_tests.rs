@@ -2,6 +2,7 @@
 //! transaction rather than the statement (`SQLITE_FULL` here, from `max_page_count`).
 
 use super::*;
+use crate::store::PasswordHash;
 use std::path::Path;
 
 use super::tests::TempDir;
@@ -23,7 +24,7 @@ fn populate(store: &sqlite::SqliteStore, names: &[&str], funds: i64) {
         .iter()
         .map(|n| WriteOp::Register {
             name: (*n).into(),
-            hash: "$argon2id$fake".into(),
+            hash: PasswordHash("$argon2id$fake".into()),
         })
         .chain([WriteOp::Deposit {
             user: 1,

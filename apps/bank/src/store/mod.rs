@@ -150,16 +150,15 @@ impl StoreError {
     }
 }
 
-/// A change to the database, applied by the writer. Its `Debug` (the form logged when a
-/// write fails) leaves the password hash out.
-#[derive(Clone, PartialEq, Eq)]
+/// A change to the database, applied by the writer.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub(crate) enum WriteOp {
     /// Creates a user with balance 0.
     Register {
         /// The new user's name (valid).
         name: String,
-        /// The PHC string of the password's hash.
-        hash: String,
+        /// The password's hash.
+        hash: PasswordHash,
     },
     /// Adds to a balance.
     Deposit {
@@ -190,40 +189,22 @@ pub(crate) enum WriteOp {
     },
 }
 
-/// A password hash is no log's business (an offline-crackable copy of the password):
-/// a failing `REGISTER` is logged with its name only.
-impl fmt::Debug for WriteOp {
+/// The PHC string of a password's hash. Its `Debug` does not show it: a hash is no log's
+/// business (an offline-crackable copy of the password), and the operations and rows that
+/// hold one are logged when a write or a read fails.
+#[derive(Clone, PartialEq, Eq)]
+pub(crate) struct PasswordHash(pub(crate) String);
+
+impl PasswordHash {
+    /// The PHC string.
+    pub(crate) fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for PasswordHash {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            WriteOp::Register { name, .. } => f
-                .debug_struct("Register")
-                .field("name", name)
-                .finish_non_exhaustive(),
-            WriteOp::Deposit { user, amount } => f
-                .debug_struct("Deposit")
-                .field("user", user)
-                .field("amount", amount)
-                .finish(),
-            WriteOp::Withdraw { user, amount } => f
-                .debug_struct("Withdraw")
-                .field("user", user)
-                .field("amount", amount)
-                .finish(),
-            WriteOp::Transfer {
-                from,
-                from_name,
-                to,
-                amount,
-                request_id,
-            } => f
-                .debug_struct("Transfer")
-                .field("from", from)
-                .field("from_name", from_name)
-                .field("to", to)
-                .field("amount", amount)
-                .field("request_id", request_id)
-                .finish(),
-        }
+        f.write_str("PasswordHash(..)")
     }
 }
 
@@ -266,8 +247,8 @@ impl fmt::Debug for WriteJob {
 pub(crate) struct UserRow {
     /// The id.
     pub(crate) id: i64,
-    /// The PHC string of the password's hash.
-    pub(crate) hash: String,
+    /// The password's hash.
+    pub(crate) hash: PasswordHash,
 }
 
 /// The bank's database, whichever backend holds it.

@@ -49,6 +49,7 @@
 //! completed a call before (a session that has not is as new as the schema it met: the
 //! error is the schema's own, and another session would meet it again).
 
+use crate::store::PasswordHash;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -497,7 +498,7 @@ impl PgStore {
             };
             let user = UserRow {
                 id: column(&row, 0)?,
-                hash: column(&row, 1)?,
+                hash: PasswordHash(column(&row, 1)?),
             };
             Ok((Some(user), column(&row, 2)?))
         })

@@ -9,6 +9,7 @@
 //! commits only while the database and WAL paths still name the files the writer opened
 //! (see `Files`): never into a file removed, renamed or replaced under the server.
 
+use crate::store::PasswordHash;
 use std::fmt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
@@ -150,7 +151,7 @@ impl SqliteStore {
                 .query_row([name], |r| {
                     Ok(UserRow {
                         id: r.get(0)?,
-                        hash: r.get(1)?,
+                        hash: PasswordHash(r.get(1)?),
                     })
                 })
                 .optional()
@@ -546,7 +547,7 @@ fn apply(c: &Connection, op: &WriteOp, now: i64) -> rusqlite::Result<WriteOutcom
                     "INSERT INTO users (name, password_hash, balance, created)
                      VALUES (?1, ?2, 0, ?3) ON CONFLICT (name) DO NOTHING",
                 )?
-                .execute(params![name, hash, now])?;
+                .execute(params![name, hash.as_str(), now])?;
             Ok(if inserted == 1 {
                 WriteOutcome::Registered
             } else {

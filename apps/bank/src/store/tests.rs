@@ -5,6 +5,7 @@
 
 use super::*;
 use crate::protocol::EntryKind;
+use crate::store::PasswordHash;
 use duo_testkit::pg::PgCluster;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -75,7 +76,7 @@ fn setup(backend: Backend, name: &str, group_commit: bool) -> Option<(Guard, Sto
     let store = Store::open(&db, options(group_commit)).unwrap();
     let reg = |name: &str| WriteOp::Register {
         name: name.into(),
-        hash: "$argon2id$fake".into(),
+        hash: PasswordHash("$argon2id$fake".into()),
     };
     let r = store.write_now(&[reg("alice"), reg("bob"), reg("alice")]);
     assert_eq!(r[0].as_ref().unwrap(), &WriteOutcome::Registered);
@@ -203,7 +204,7 @@ fn postgres_releases_locks_early_with_group_commit_where_barriers_run() {
         let early = pg.early_release();
         let r = store.write_now(&[WriteOp::Register {
             name: format!("u{}", opened.get()),
-            hash: "h".into(),
+            hash: PasswordHash("h".into()),
         }]);
         assert!(matches!(r[0], Ok(WriteOutcome::Registered)), "{r:?}");
         (store, early)
@@ -244,7 +245,7 @@ fn reopens_with_the_data(backend: Backend, name: &str) {
     let store = Store::open(&db, options(true)).unwrap();
     let r = store.write_now(&[WriteOp::Register {
         name: "alice".into(),
-        hash: "h".into(),
+        hash: PasswordHash("h".into()),
     }]);
     assert!(matches!(r[0], Ok(WriteOutcome::Registered)));
     let a = store.user("alice").unwrap().unwrap().id;
