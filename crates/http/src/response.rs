@@ -12,9 +12,11 @@ pub const TEXT_PLAIN: &str = "text/plain; charset=utf-8";
 
 /// A response: status, header fields, body.
 ///
-/// The server adds `Content-Length` (except to 204 and 304, which have no body, and to a
-/// 2xx answer to `CONNECT`, which it sends without its body and closes the connection
-/// after: a client takes what follows for a tunnel, and the server makes none) and, when
+/// The server adds `Content-Length` (except to 204 and 304, which have no body, to a 2xx
+/// answer to `CONNECT`, which it sends without its body and closes the connection after:
+/// a client takes what follows for a tunnel, and the server makes none, and to an answer
+/// to `HEAD` with neither a body nor a [length for
+/// `HEAD`](Response::head_content_length)) and, when
 /// it closes the connection after the response, `Connection: close`. A 205 goes without
 /// its body, with `Content-Length: 0` (RFC 9110 section 15.3.6). A handler's own
 /// `Content-Length`, `Connection` or `Transfer-Encoding` fields are dropped (logged). A
@@ -34,6 +36,8 @@ pub struct Response {
     status: StatusCode,
     headers: Vec<(String, String)>,
     body: Vec<u8>,
+    /// The length a `GET` would have had, for the answer to `HEAD` only.
+    head_length: Option<u64>,
 }
 
 impl Response {
@@ -43,6 +47,7 @@ impl Response {
             status,
             headers: Vec::new(),
             body: Vec::new(),
+            head_length: None,
         }
     }
 
@@ -83,6 +88,35 @@ impl Response {
     pub fn body_bytes(mut self, body: impl Into<Vec<u8>>) -> Response {
         self.body = body.into();
         self
+    }
+
+    /// Says, in the answer to a `HEAD` request, the length of the body a `GET` would
+    /// have had (its `Content-Length`), for a `HEAD` route that answers without
+    /// generating the body. Only the answer to `HEAD` uses it: any other sends the body
+    /// it has, with that body's length.
+    ///
+    /// The answer to `HEAD` carries this length if given, else the length of the body
+    /// the handler gave (as for a `GET` route answering `HEAD`), and no `Content-Length`
+    /// at all when there is neither: RFC 9110 section 8.6 lets a server leave it out,
+    /// but not send one other than the `GET`'s, and an empty body a `HEAD` route did
+    /// not generate says nothing about that.
+    ///
+    /// ```
+    /// use duo_http::{Response, StatusCode};
+    ///
+    /// let size = 1 << 20; // from the file's metadata, say
+    /// let r = Response::new(StatusCode::OK).head_content_length(size);
+    /// assert_eq!(r.head_length(), Some(size));
+    /// assert!(r.body().is_empty());
+    /// ```
+    pub fn head_content_length(mut self, len: u64) -> Response {
+        self.head_length = Some(len);
+        self
+    }
+
+    /// The length given by [`head_content_length`](Response::head_content_length).
+    pub fn head_length(&self) -> Option<u64> {
+        self.head_length
     }
 
     /// The status.
@@ -139,8 +173,16 @@ impl Response {
         } else {
             &self.body
         };
-        if has_body {
-            let _ = write!(head, "Content-Length: {}\r\n", body.len());
+        // To `HEAD`, the length a `GET` would have sent, or none when that is not
+        // known (RFC 9110 section 8.6): an empty body may be one a `HEAD` route did not
+        // generate.
+        let length = match (method, self.head_length) {
+            (Method::Head, Some(declared)) => Some(declared),
+            (Method::Head, None) if body.is_empty() && self.status.as_u16() != 205 => None,
+            _ => Some(body.len() as u64),
+        };
+        if let (true, Some(length)) = (has_body, length) {
+            let _ = write!(head, "Content-Length: {length}\r\n");
         }
         match conn {
             ConnField::Close => head.push_str("Connection: close\r\n"),

@@ -62,7 +62,9 @@ pub(crate) enum Dispatch<'a> {
 ///   than `host:port`, another method's keyed by `host:port`; a path with none left is a
 ///   404);
 /// - `HEAD` on a path routed for `GET` (without a `HEAD` route of its own) → the `GET`
-///   handler, whose body the server does not send;
+///   handler, whose body the server does not send (its length it does). A `HEAD` route
+///   of its own that answers without generating the body says the `GET`'s length with
+///   [`Response::head_content_length`], or goes without `Content-Length`;
 /// - `OPTIONS *` (the server as a whole, RFC 9110 section 9.3.7), unless routed itself →
 ///   `200 OK` with no content and `Allow` listing every method some route serves (with
 ///   `HEAD` for `GET`) and `OPTIONS`.
