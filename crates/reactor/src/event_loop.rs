@@ -17,9 +17,7 @@ use crate::channel::{Channel, Handler, Token};
 use crate::channel_slab::{ChannelEntry, ChannelSlab, Entry, Removal, TakeOutcome};
 use crate::error::{InsertError, LoopError};
 use crate::health::{CallbackKind, HealthConfig, HealthTracker};
-use crate::loop_handle::{
-    self, LoopHandle, LoopMetrics, LoopShared, MetricCounters, Queued, SendTask,
-};
+use crate::loop_handle::{self, LoopHandle, LoopShared, MetricCounters, Queued, SendTask};
 use crate::poller::Poller;
 use crate::thread_id::current_thread_id;
 use crate::timer_queue::{Timer, TimerId, TimerQueue};
@@ -28,6 +26,7 @@ mod clock;
 mod group;
 mod locals;
 mod queued;
+mod settings;
 mod unwind;
 
 /// Reserved token (epoll data) of the loop's own wake-up eventfd.
@@ -236,6 +235,7 @@ impl EventLoop {
                 closed: AtomicBool::new(false),
                 notified: AtomicBool::new(false),
                 draining: AtomicBool::new(false),
+                in_run: AtomicBool::new(false),
                 quit: AtomicBool::new(false),
                 quit_backlog: AtomicUsize::new(0),
                 waker,
@@ -292,14 +292,22 @@ impl EventLoop {
     /// (edge-triggered ones too), and the functions queued after the panicking one run
     /// first at the next `run`. Libraries on top (`duo-net`) catch panics of user
     /// callbacks themselves so that one bad connection never unwinds the loop.
+    ///
+    /// Called from one of the loop's own callbacks (which the loop is running already),
+    /// `run` returns an error of kind [`ResourceBusy`](io::ErrorKind::ResourceBusy) at
+    /// once, and the loop goes on with the callback's iteration.
     pub fn run(&mut self) -> io::Result<()> {
+        if self.shared.in_run.swap(true, Ordering::Relaxed) {
+            return Err(already_running());
+        }
+        // Clears `in_run` however `run` ends, and leaves the loop not busy (`/healthz`)
+        // when a panic out of a callback ends it.
+        let _end = crate::health::EndOfRun(self.shared.clone());
         log::trace!("event loop {} running", self.shared.name);
         // The loop is `Send`: whoever runs it is its thread from now on.
         self.shared
             .thread_id
             .store(current_thread_id(), Ordering::SeqCst);
-        // A panic out of a callback ends `run` too: the loop is then not busy (`/healthz`).
-        let _not_busy = crate::health::NotBusyOnUnwind(self.shared.clone());
         // A panic out of an earlier `run` may have left these set.
         self.shared.draining.store(false, Ordering::SeqCst);
         self.took_quitting = false;
@@ -709,59 +717,14 @@ impl EventLoop {
     pub fn timer_count(&self) -> usize {
         self.timers.len()
     }
+}
 
-    /// The loop's counters. The iteration count includes the current iteration; the
-    /// other counters are published at the end of each iteration (times and the
-    /// detectors' counts as each callback returns).
-    pub fn metrics(&self) -> LoopMetrics {
-        self.shared.metrics()
-    }
-
-    /// The loop's name (see [`LoopHandle::name`]).
-    pub fn name(&self) -> &str {
-        &self.shared.name
-    }
-
-    /// The stall and spin thresholds of this loop.
-    pub fn health_config(&self) -> HealthConfig {
-        self.health.config
-    }
-
-    /// Sets busy polling (default: off, `Duration::ZERO`): after an iteration that
-    /// dispatched events, the loop polls again without blocking for up to `spin` before it
-    /// sleeps in `epoll_wait`.
-    ///
-    /// A loop under load otherwise sleeps and is woken between bursts that arrive
-    /// microseconds apart (on a loaded 2-core machine tens of thousands of times a
-    /// second per loop); each wake-up costs a context switch and, where the loops share
-    /// the cores with other busy threads, a wait for a core that can reach a scheduler
-    /// tick or two. Spinning a few microseconds keeps the loop on its core through such
-    /// gaps. The price is CPU: an idle loop does not spin (it blocks after one empty
-    /// look), but a lightly loaded one burns up to `spin` after every burst. Worth it for
-    /// tail latency under steady load; leave it off where CPU per message matters more.
-    /// Values of 10-50 µs are typical; more than a few milliseconds is not useful.
-    ///
-    /// ```
-    /// use std::time::Duration;
-    /// let mut lp = duo_reactor::EventLoop::new()?;
-    /// lp.set_busy_poll(Duration::from_micros(20));
-    /// assert_eq!(lp.busy_poll(), Duration::from_micros(20));
-    /// # Ok::<(), Box<dyn std::error::Error>>(())
-    /// ```
-    pub fn set_busy_poll(&mut self, spin: Duration) {
-        self.busy_poll_nanos = u64::try_from(spin.as_nanos()).unwrap_or(u64::MAX / 2);
-    }
-
-    /// The busy-polling time set by [`EventLoop::set_busy_poll`] (zero: off).
-    pub fn busy_poll(&self) -> Duration {
-        Duration::from_nanos(self.busy_poll_nanos)
-    }
-
-    /// Changes the stall and spin thresholds of this loop (see [`HealthConfig`]); the spin
-    /// detector's runs start over.
-    pub fn set_health_config(&mut self, config: HealthConfig) {
-        self.health.set_config(config);
-    }
+/// The error of a [`EventLoop::run`] (or a group's turn) inside the loop's own callback.
+fn already_running() -> io::Error {
+    io::Error::new(
+        io::ErrorKind::ResourceBusy,
+        "the event loop is already running (run called from one of its own callbacks)",
+    )
 }
 
 impl Drop for EventLoop {

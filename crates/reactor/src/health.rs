@@ -231,13 +231,15 @@ impl HealthCounters {
     }
 }
 
-/// Held by [`EventLoop::run`](crate::EventLoop::run): a panic that unwinds out of a
-/// callback, and so out of `run`, leaves the loop not busy, as a `run` that returns does
-/// (it no longer runs anything), instead of busy for ever in `/healthz`.
-pub(crate) struct NotBusyOnUnwind(pub(crate) Arc<LoopShared>);
+/// Held by [`EventLoop::run`](crate::EventLoop::run) for its length: however `run` ends,
+/// the loop is no longer running (`run` may be called again). A panic that unwinds out of
+/// a callback, and so out of `run`, also leaves the loop not busy, as a `run` that
+/// returns does (it no longer runs anything), instead of busy for ever in `/healthz`.
+pub(crate) struct EndOfRun(pub(crate) Arc<LoopShared>);
 
-impl Drop for NotBusyOnUnwind {
+impl Drop for EndOfRun {
     fn drop(&mut self) {
+        self.0.in_run.store(false, Ordering::Relaxed);
         if std::thread::panicking() {
             self.0.metrics.health.busy_since.store(0, Ordering::Relaxed);
         }

@@ -121,6 +121,10 @@ pub(crate) struct LoopShared {
     /// Set while the loop runs queued functions: a function queued then (even from the
     /// loop thread) lands in the next batch and needs a wake-up.
     pub(crate) draining: AtomicBool,
+    /// Set while [`EventLoop::run`] runs, or a group's turn: a `run` called from one of
+    /// the loop's own callbacks is refused. (Written and read on the loop's thread only;
+    /// here rather than in the loop so that the end of a `run` a panic unwinds clears it.)
+    pub(crate) in_run: AtomicBool,
     /// Quit requested: `run` returns at the end of this iteration.
     pub(crate) quit: AtomicBool,
     /// How many functions at the head of `queue` were queued before the last quit and

@@ -36,7 +36,11 @@ impl EventLoop {
         if helped {
             MetricCounters::add(&self.shared.metrics.helped_turns, 1);
         }
+        // (Refuses a `run` from the turn's callbacks; a panic leaves it set, and the
+        // group drops the loop.)
+        self.shared.in_run.store(true, Ordering::Relaxed);
         let result = self.run_once(false);
+        self.shared.in_run.store(false, Ordering::Relaxed);
         // Functions this turn queued for itself run in the next turn, which only
         // readiness of the loop's epoll set brings.
         if !self.local_tasks.is_empty() {
