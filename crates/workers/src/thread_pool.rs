@@ -205,9 +205,12 @@ impl ThreadPool {
         self.counters.completed.load(Ordering::Relaxed)
     }
 
-    /// Jobs that panicked (also counted in [`completed`](ThreadPool::completed)).
+    /// Jobs that panicked (also counted in [`completed`](ThreadPool::completed), and there
+    /// first: read before `completed`, it is never above it).
     pub fn panicked(&self) -> u64 {
-        self.counters.panicked.load(Ordering::Relaxed)
+        // Acquire: pairs with the worker's Release, so a `completed` read after this one
+        // counts every job this one counts.
+        self.counters.panicked.load(Ordering::Acquire)
     }
 
     /// Whether [`stop`](ThreadPool::stop) has been called (new jobs are refused).
@@ -221,29 +224,29 @@ impl ThreadPool {
     /// [`stop_within`](ThreadPool::stop_within) bounds the wait.
     ///
     /// Called from a job on one of this pool's workers (directly or by dropping the last
-    /// handle to the pool there), it cannot wait for its own worker: it logs an error and
-    /// returns without waiting for it (joining the other workers first if it is the first
-    /// call); that worker exits once the job returns and the queue is empty.
+    /// handle to the pool there), it cannot wait for its own worker, nor for the others
+    /// (one may be running a job that waits for a job still queued, which only the calling
+    /// worker is free to run, or for the calling job to get past its `stop`): it logs an
+    /// error, refuses new jobs and returns at once. The workers finish the queue and exit
+    /// by themselves; a later `stop` from another thread (or the drop) waits for them.
     pub fn stop(&self) {
         // Dropping the sender disconnects the queue; the workers drain it, then exit.
         drop(self.jobs.write().take());
-        let me = thread::current().id();
-        let on_worker = self.on_worker();
+        if self.on_worker() {
+            // Waiting here for any worker could deadlock; the handles stay for a later
+            // `stop` (or are dropped with the pool: the workers exit by themselves).
+            return;
+        }
         // Take the handles and release the lock before joining: a job calling `stop`
         // meanwhile must not block on the lock while we wait for its worker.
         let handles = std::mem::take(&mut *self.workers.lock());
         for worker in handles {
-            if worker.thread().id() == me {
-                continue; // detached; it exits by itself after this job
-            }
             self.join(worker);
         }
-        if !on_worker {
-            // Another caller may hold the handles and still be joining: wait for the
-            // workers themselves. Nothing is ever sent: `recv` returns when the last
-            // worker's `exit` sender is dropped.
-            let _ = self.exited.recv();
-        }
+        // Another caller may hold the handles and still be joining: wait for the workers
+        // themselves. Nothing is ever sent: `recv` returns when the last worker's `exit`
+        // sender is dropped.
+        let _ = self.exited.recv();
     }
 
     /// As [`stop`](ThreadPool::stop) (new jobs are refused at once, the workers finish the
@@ -275,12 +278,12 @@ impl ThreadPool {
     }
 
     /// Whether the calling thread is one of this pool's workers (`stop` from a job): then
-    /// logs an error, since such a `stop` cannot wait for its own worker.
+    /// logs an error, since such a `stop` cannot wait for the workers.
     fn on_worker(&self) -> bool {
         let on_worker = self.worker_ids.contains(&thread::current().id());
         if on_worker {
             log::error!(
-                "ThreadPool {}: stop() called from its own worker",
+                "ThreadPool {}: stop() called from its own worker: not waiting for the workers",
                 self.name
             );
         }
@@ -299,8 +302,13 @@ impl ThreadPool {
 /// when it leaves, however it leaves.
 fn work(queue: &Receiver<Job>, counters: &Counters, exit: Sender<()>) {
     for job in queue {
-        if let Err(payload) = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(job)) {
-            counters.panicked.fetch_add(1, Ordering::Relaxed);
+        let ran = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(job));
+        counters.completed.fetch_add(1, Ordering::Relaxed);
+        if let Err(payload) = ran {
+            // Counted after `completed`, and both before the report (a logger may take its
+            // time): `panicked` never runs ahead of `completed`. Release, read with
+            // Acquire, so whoever sees this panic counted sees its job completed too.
+            counters.panicked.fetch_add(1, Ordering::Release);
             // Neither a logger that panics nor a payload whose destructor does may kill
             // the worker: the queue would be left with nobody to drain it (accepted jobs
             // never run, `stop` returns without them).
@@ -312,7 +320,6 @@ fn work(queue: &Receiver<Job>, counters: &Counters, exit: Sender<()>) {
             }));
             let _ = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(|| drop(payload)));
         }
-        counters.completed.fetch_add(1, Ordering::Relaxed);
     }
     drop(exit);
 }
@@ -330,8 +337,8 @@ impl fmt::Debug for ThreadPool {
             .field("queued", &self.queued())
             .field("capacity", &self.capacity())
             .field("threads", &self.worker_ids.len())
-            .field("completed", &self.completed())
             .field("panicked", &self.panicked())
+            .field("completed", &self.completed())
             .field("stopped", &self.is_stopped())
             .finish()
     }
