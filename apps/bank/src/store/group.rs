@@ -19,6 +19,7 @@
 //! into a commit per job. Without group commit a batch is one job.
 
 use std::collections::VecDeque;
+use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::time::Instant;
 
 use parking_lot::Mutex;
@@ -130,9 +131,14 @@ impl<W> GroupCommit<W> {
             };
             while let Some((jobs, in_flight)) = self.next_batch() {
                 let began = Instant::now();
+                // A panic (a bug in a store) must not end the leader: the jobs gathered
+                // behind its batch would wait for a leader until the next write comes.
+                // The batch's outcome is then unknown: `Unavailable`, as for a lost
+                // connection (a retry with the same request id tells).
                 let results = {
                     let ops: Vec<&WriteOp> = jobs.iter().flat_map(|j| j.ops.iter()).collect();
-                    execute(&mut writer, &ops)
+                    catch_unwind(AssertUnwindSafe(|| execute(&mut writer, &ops)))
+                        .unwrap_or_else(|_| panicked(ops.len(), "its batch"))
                 };
                 drop(in_flight);
                 let applied = Applied {
@@ -141,7 +147,11 @@ impl<W> GroupCommit<W> {
                     began,
                     metrics: self.metrics.clone(),
                 };
-                release(&mut writer, applied);
+                // (A panic here drops the jobs not yet answered: their responders answer
+                // `INTERNAL` as they drop.)
+                if catch_unwind(AssertUnwindSafe(|| release(&mut writer, applied))).is_err() {
+                    panicked(0, "handing its results over");
+                }
             }
             drop(writer);
             // A job queued after our last look, whose worker found every writer taken, is
@@ -186,6 +196,15 @@ impl<W> GroupCommit<W> {
             },
         ))
     }
+}
+
+/// Logs a writer's panic (`during` what); returns `n` results of unknown outcome.
+fn panicked(n: usize, during: &str) -> WriteResults {
+    log::error!("a database writer panicked during {during}; its outcome is unknown");
+    let unknown = "the database writer failed; the outcome is unknown (retry with the same id)";
+    (0..n)
+        .map(|_| Err(StoreError::Unavailable(unknown.to_owned())))
+        .collect()
 }
 
 /// A batch on its way to the database: counted in [`Queue::busy`] until dropped (also
@@ -269,7 +288,14 @@ mod tests {
             ops: (0..n)
                 .map(|_| WriteOp::Deposit { user: 1, amount: 1 })
                 .collect(),
-            done: Box::new(move |r| delivered.send(r.len()).unwrap()),
+            // (Operations whose outcome is unknown are not counted.)
+            done: Box::new(move |r| {
+                let known = r
+                    .iter()
+                    .filter(|r| !matches!(r, Err(StoreError::Unavailable(_))))
+                    .count();
+                delivered.send(known).unwrap()
+            }),
         }
     }
 
@@ -280,6 +306,8 @@ mod tests {
         first: AtomicBool,
         started: Mutex<mpsc::Sender<()>>,
         release: Mutex<mpsc::Receiver<()>>,
+        /// The first batch panics once released.
+        panic_first: bool,
     }
 
     impl Fake {
@@ -291,6 +319,7 @@ mod tests {
                     .lock()
                     .recv_timeout(Duration::from_secs(10))
                     .unwrap();
+                assert!(!self.panic_first, "the first batch panics (on purpose)");
             }
             ops.iter().map(|_| Ok(WriteOutcome::Balance(1))).collect()
         }
@@ -309,6 +338,10 @@ mod tests {
 
     impl Rig {
         fn start(first: usize) -> Rig {
+            Rig::start_with(first, false)
+        }
+
+        fn start_with(first: usize, panic_first: bool) -> Rig {
             let (started_tx, started_rx) = mpsc::channel();
             let (release_tx, release_rx) = mpsc::channel();
             let (delivered, results) = mpsc::channel();
@@ -317,6 +350,7 @@ mod tests {
                 first: AtomicBool::new(false),
                 started: Mutex::new(started_tx),
                 release: Mutex::new(release_rx),
+                panic_first,
             });
             let group = Arc::new(GroupCommit::new(
                 vec![(), ()],
@@ -392,6 +426,26 @@ mod tests {
         rig.submit(1);
         assert_eq!(rig.sizes(), [1, MIN_SIDE_BATCH]);
         assert_eq!(rig.finish().0.len(), MIN_SIDE_BATCH + 1);
+    }
+
+    /// A leader whose batch panics (a bug in a store, say) must not strand the jobs that
+    /// gathered behind its batch: no other worker looks at the queue until a new write
+    /// comes, so their clients would wait for ever. The panicked batch's operations get
+    /// `Unavailable` (its outcome is unknown), and the leader goes on.
+    #[test]
+    fn a_panicking_batch_does_not_strand_the_jobs_gathered_behind_it() {
+        let rig = Rig::start_with(20, true);
+        for _ in 0..3 {
+            rig.submit(2);
+        }
+        assert_eq!(rig.sizes(), [20]);
+        let (delivered, sizes) = rig.finish();
+        assert_eq!(
+            delivered,
+            [0, 2, 2, 2],
+            "unavailable ops count 0, then the jobs"
+        );
+        assert_eq!(sizes, [20, 6]);
     }
 
     #[test]
