@@ -215,7 +215,9 @@ impl UdpHandler {
                 }
             };
             ch.progressed();
-            UdpCounters::add(&self.shared.counters.recv_calls, 1);
+            // Unbatched, each of the `n` datagrams took a call of its own.
+            let calls = if self.single_recv { n } else { 1 };
+            UdpCounters::add(&self.shared.counters.recv_calls, calls as u64);
             self.deliver(ch, buf, n, stop);
             if n < batch || *stop {
                 return;
@@ -363,7 +365,12 @@ impl UdpHandler {
     /// more, until the queue is empty or the send buffer is full (then waits for
     /// writability).
     pub(crate) fn flush(&mut self, ch: &mut Channel) {
-        let mut refused_once = false;
+        // An `ECONNREFUSED` is an earlier datagram's ICMP error, reported (and cleared) by
+        // this call, which sent nothing: the datagram is tried again. Each datagram sent
+        // can bring one more (with one `sendto` per datagram, every other call meets
+        // one), so the retry is allowed again after every call that sent: never twice in
+        // a row, so the loop always progresses.
+        let mut may_retry_refused = true;
         let (mut count, mut bytes, mut calls) = (0u64, 0u64, 0u64);
         while !self.queue.is_empty() {
             let n = self.queue.entries.len().min(self.scratch.capacity());
@@ -373,6 +380,7 @@ impl UdpHandler {
             };
             match sent {
                 Ok(k) => {
+                    may_retry_refused = true;
                     calls += 1;
                     count += k as u64;
                     bytes += self.queue.pop(k) as u64;
@@ -386,10 +394,8 @@ impl UdpHandler {
                     }
                     break;
                 }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && !refused_once => {
-                    // The error of an earlier datagram (ICMP), reported and cleared by
-                    // this call: this datagram was not sent; try it once more.
-                    refused_once = true;
+                Err(e) if e.kind() == io::ErrorKind::ConnectionRefused && may_retry_refused => {
+                    may_retry_refused = false;
                     self.recv_error(&e);
                 }
                 Err(e) => {

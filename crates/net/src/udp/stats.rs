@@ -37,8 +37,9 @@ pub struct UdpStats {
     pub refused: u64,
     /// Other receive errors (logged; the socket goes on).
     pub recv_errors: u64,
-    /// `recvmmsg` calls that returned datagrams (`datagrams_in / recv_calls` is the mean
-    /// batch).
+    /// Receive calls that returned datagrams: `recvmmsg` calls, or under
+    /// [`unbatched_receive`](super::UdpBuilder::unbatched_receive) `recvfrom` calls
+    /// (`datagrams_in / recv_calls` is the mean batch).
     pub recv_calls: u64,
     /// `sendto`/`sendmmsg` calls that sent datagrams.
     pub send_calls: u64,
