@@ -116,7 +116,8 @@ impl MmsgScratch {
 /// `buf` is cut into slots of `slot` bytes: datagram `i` lands at
 /// `buf[i * slot..i * slot + meta[i].len]`. At most `min(buf.len() / slot, meta.len(),
 /// scratch.capacity())` datagrams are received. Returns how many arrived; when none is
-/// waiting the error kind is [`io::ErrorKind::WouldBlock`] (the socket is non-blocking).
+/// waiting the error kind is [`io::ErrorKind::WouldBlock`] (the socket is non-blocking);
+/// a blocking socket waits for the first datagram only, and takes what else is waiting.
 /// A pending socket error (an ICMP "port unreachable" on a connected socket:
 /// `ECONNREFUSED`) is returned, and cleared, by the call that meets it. `EINTR` is retried.
 /// On an `AF_UNIX` datagram socket, descriptors a peer attaches (`SCM_RIGHTS`) are closed,
@@ -189,8 +190,10 @@ pub fn recv_mmsg(
                 scratch.hdrs.as_mut_ptr(),
                 n as libc::c_uint,
                 // Descriptors an `AF_UNIX` peer passes are closed below; until then
-                // they must not leak into a child that another thread starts.
-                libc::MSG_CMSG_CLOEXEC,
+                // they must not leak into a child that another thread starts. On a
+                // blocking socket, return once one datagram is in instead of waiting to
+                // fill every slot (no effect on a non-blocking one).
+                libc::MSG_CMSG_CLOEXEC | libc::MSG_WAITFORONE,
                 std::ptr::null_mut(),
             )
         };
