@@ -238,6 +238,7 @@ impl EventLoop {
                 in_run: AtomicBool::new(false),
                 quit: AtomicBool::new(false),
                 quit_backlog: AtomicUsize::new(0),
+                quit_local: AtomicUsize::new(0),
                 waker,
                 next_timer: AtomicU64::new(0),
                 pending_timers: Mutex::default(),
@@ -317,11 +318,13 @@ impl EventLoop {
         let result = loop {
             // Not before what it took off its queue has run (slices one per iteration),
             // nor what was queued before the quit (`run_quit_backlog`).
-            if self.shared.quit.load(Ordering::SeqCst)
-                && self.running.is_empty()
-                && !self.run_quit_backlog()
-            {
-                break Ok(());
+            if self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty() {
+                if !self.run_quit_backlog() {
+                    break Ok(());
+                }
+                // Look again (a function in slices may have been left) without a poll,
+                // which nothing may wake.
+                continue;
             }
             if let Err(e) = self.run_once(true) {
                 break Err(e);
@@ -329,6 +332,7 @@ impl EventLoop {
         };
         self.shared.quit.store(false, Ordering::SeqCst);
         self.shared.quit_backlog.store(0, Ordering::Relaxed);
+        self.shared.quit_local.store(0, Ordering::Relaxed);
         self.took_quitting = false;
         self.health.idle(&self.shared.metrics.health);
         log::trace!("event loop {} stopped", self.shared.name);
@@ -534,6 +538,10 @@ impl EventLoop {
     /// the functions queued before the call have run ([`LoopHandle::quit`]).
     pub fn quit(&self) {
         self.shared.request_quit();
+        // Those this loop queued for itself and has not taken yet (from a queued
+        // function: they would wait for a pass that a quitting loop does not make).
+        let local = self.local_tasks.len();
+        self.shared.quit_local.store(local, Ordering::Relaxed);
     }
 
     /// Registers `fd` with `interest` (readable, writable, edge or level) and `handler`;

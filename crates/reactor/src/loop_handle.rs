@@ -131,6 +131,10 @@ pub(crate) struct LoopShared {
     /// not taken since (written under `queue`'s lock): the loop runs them before `run`
     /// returns, though the pass under way took its queue before they came.
     pub(crate) quit_backlog: AtomicUsize,
+    /// How many of the functions the loop queued for itself ([`EventLoop::queue_in_loop`],
+    /// not taken yet) were queued before a quit asked from the loop thread: they too run
+    /// before `run` returns. (Loop thread only; reset when the loop takes them.)
+    pub(crate) quit_local: AtomicUsize,
     /// The eventfd that wakes the loop out of `epoll_wait`.
     pub(crate) waker: EventFd,
     /// The sequence number of the next timer, unique for the loop's life.

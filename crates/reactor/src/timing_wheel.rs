@@ -227,10 +227,15 @@ impl<K: Eq + Hash + Clone> TimingWheel<K> {
         self.cursor = (self.cursor + 1) % self.ring.len();
         // The new current bucket is the one of the interval `buckets + 1` ticks ago: all its
         // keys have now been idle for `buckets` whole intervals.
-        let positions = &mut self.positions;
-        out.extend(self.ring[self.cursor].drain(..).inspect(|key| {
-            positions.remove(key);
-        }));
+        // Untracked before they are handed over: a collection that stops taking them part
+        // way (one at its capacity, panicking) must not leave keys tracked that are no
+        // longer in the ring (one inserted again was then "already tracked", in no bucket,
+        // and never expired).
+        let bucket = &mut self.ring[self.cursor];
+        for key in bucket.iter() {
+            self.positions.remove(key);
+        }
+        out.extend(bucket.drain(..));
     }
 
     /// The number of calls to [`tick`](Self::tick) and [`tick_into`](Self::tick_into) so

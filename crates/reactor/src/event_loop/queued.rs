@@ -45,6 +45,8 @@ impl EventLoop {
             self.running_local = local;
             return;
         }
+        // Taken: a quit asked before counts none of the loop's own functions left.
+        self.shared.quit_local.store(0, Ordering::Relaxed);
         self.shared.draining.store(true, Ordering::SeqCst);
         let waiting = self.running.len() + local.len();
         self.health.task_batch(waiting, &self.shared.metrics.health);
@@ -123,10 +125,17 @@ impl EventLoop {
     /// functions queued before the quit that a pass which had already taken its queue
     /// left behind; returns whether there were any.
     pub(super) fn run_quit_backlog(&mut self) -> bool {
-        if !self.take_quit_backlog() {
+        let shared = self.take_quit_backlog();
+        // And those the loop queued for itself before the quit, not the ones after it.
+        let own = self.shared.quit_local.swap(0, Ordering::Relaxed);
+        let own = own.min(self.local_tasks.len());
+        if !shared && own == 0 {
             return false;
         }
+        let after_quit = self.local_tasks.split_off(own);
         self.run_queued_between_polls();
+        let newer = std::mem::replace(&mut self.local_tasks, after_quit);
+        self.local_tasks.extend(newer);
         true
     }
 

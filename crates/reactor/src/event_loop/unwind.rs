@@ -1,4 +1,5 @@
-//! What a callback's panic leaves behind: its channel, and the rest of its poll batch.
+//! What a callback's panic leaves behind: its channel, the rest of its poll batch, and
+//! the iteration's counts.
 
 use super::{EventLoop, TIMERFD_TOKEN, WAKER_TOKEN};
 use crate::channel::Token;
@@ -22,8 +23,19 @@ impl EventLoop {
     /// come. Registering it again with the same interest (`EPOLL_CTL_MOD`) has the kernel
     /// look at it afresh and report it if it is still ready.
     ///
+    /// What the iteration counted so far is published too, as the iteration's end would
+    /// have (and as a queued function's panic does): the loop may never run again (its
+    /// thread dies with the panic, and the metrics are read through a handle). A timer
+    /// that panicked counts as run, as a panicking handler's event and a panicking queued
+    /// function do.
+    ///
     /// Only on the panic path: nothing is done per event.
     pub(super) fn rearm_rest_of_batch(&mut self, data: u64) {
+        if data == TIMERFD_TOKEN {
+            // `run_timers` counts a timer when its callback returns.
+            self.iteration_timers += 1;
+        }
+        self.publish_metrics();
         let mut i = 0;
         while let Some((d, _)) = self.poller.event(i) {
             i += 1;
