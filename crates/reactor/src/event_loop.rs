@@ -683,6 +683,9 @@ impl EventLoop {
     }
 
     /// Runs `f` every `interval` until cancelled, first after one interval.
+    ///
+    /// A zero interval runs `f` in every iteration of the loop, which then never sleeps
+    /// (busy: a full core) until the timer is cancelled.
     pub fn run_every(
         &mut self,
         interval: Duration,

@@ -439,6 +439,9 @@ impl LoopHandle {
     }
 
     /// Runs `f` every `interval`, first after one interval, until cancelled.
+    ///
+    /// A zero interval runs `f` in every iteration of the loop, which then never sleeps
+    /// (busy: a full core) until the timer is cancelled.
     pub fn run_every(
         &self,
         interval: Duration,
