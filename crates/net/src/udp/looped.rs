@@ -497,10 +497,12 @@ impl UdpCtx<'_> {
         self.handler.shared.local_addr
     }
 
-    /// Stops the socket once this batch is handled, as [`UdpSocket::stop`] does: new sends
-    /// are refused from now on, and what is queued (also sends other threads' `send_to`
-    /// accepted before, still on their way to the loop) is sent first, as far as the send
-    /// buffer takes it.
+    /// Stops the socket once this batch is handled, as [`UdpSocket::stop`] does: sends
+    /// from other threads ([`UdpSocket::send_to`]) are refused from now on, and what is
+    /// queued (also sends those accepted before, still on their way to the loop) is sent
+    /// first, as far as the send buffer takes it. Sends from this batch's callbacks
+    /// ([`UdpCtx::send_to`], also after this call) are queued and sent with it: the batch
+    /// is still being handled, and a reply to a datagram it delivers is not lost.
     pub fn stop(&mut self) {
         self.handler.shared.stopped.store(true, Ordering::Release);
         *self.stop = true;
