@@ -9,6 +9,12 @@
 //!
 //! - a command of it completes while it is paused or more of its commands wait
 //!   ([`completed`]);
+//! - a command of it is on the workers: a command the server takes longer than the
+//!   timeout to answer (its write waits for a database lock, the worker queue is long)
+//!   does not make its client idle, who waits for the reply. A timer ([`watch_busy`])
+//!   looks every quarter of the timeout whether the connection's job is still in flight,
+//!   and refreshes it if so; such a slow command's completion then counts too, so the
+//!   timeout counts from its reply;
 //! - its replies drain while the server is not reading from it ([`drained`]);
 //! - while `pump` holds its commands back because `OUTPUT_HIGH` bytes of replies wait,
 //!   nothing of the above happens until the client has taken all of them, which a slow
@@ -39,14 +45,49 @@ const CLOSE_LINGER: Duration = Duration::from_secs(2);
 /// Looks at a held-back connection's delivery this many times per idle timeout.
 const DRAIN_LOOKS_PER_TIMEOUT: u32 = 4;
 
-/// A command of this connection completed; `waiting`: more of its commands are queued.
-pub(super) fn completed(ctx: &mut ConnCtx<'_>, waiting: bool) {
+/// A command of this connection completed; `waiting`: more of its commands are queued;
+/// `slow`: it was still in flight at a look of [`watch_busy`].
+pub(super) fn completed(ctx: &mut ConnCtx<'_>, waiting: bool, slow: bool) {
     // While the server reads from a client that sends nothing more, the commands read
     // refresh nothing: its backlog is the activity. (A request-response client, nothing
-    // queued behind its command, costs no wheel work per job.)
-    if waiting || ctx.is_reading_paused() {
+    // queued behind its command, costs no wheel work per job, unless the job was slow.)
+    if waiting || slow || ctx.is_reading_paused() {
         ctx.refresh_idle();
     }
+}
+
+/// `pump` sent a job of this connection to the workers, and no timer watches its jobs
+/// yet (`Session::busy_watch`, which the caller has set): every quarter of the idle
+/// timeout, while a job of the connection is in flight, refresh it. One timer per
+/// connection at most, which ends at the first look that finds no job in flight; a
+/// request-response client whose jobs are quick costs a timer per quarter timeout, not
+/// one per job.
+pub(super) fn watch_busy(ctx: &mut ConnCtx<'_>, app: &Arc<App>) {
+    let every = app.idle_timeout / DRAIN_LOOKS_PER_TIMEOUT;
+    let conn = ctx.connection().clone();
+    look_busy_after(ctx.event_loop(), conn, every);
+}
+
+/// In `every`, refreshes the connection if a job of it is in flight, and looks again;
+/// else ends the watch.
+fn look_busy_after(lp: &mut EventLoop, conn: TcpConnection, every: Duration) {
+    lp.run_after(every, move |lp| {
+        let conn = conn.clone();
+        // Closed meanwhile: the watch ends with it.
+        let _ = conn.clone().with_ctx(lp, |ctx| {
+            let busy = conn
+                .with_context(|s: &mut Session| {
+                    s.slow_job |= s.busy;
+                    s.busy_watch = s.busy;
+                    s.busy
+                })
+                .unwrap_or(false);
+            if busy {
+                ctx.refresh_idle();
+                look_busy_after(ctx.event_loop(), conn, every);
+            }
+        });
+    });
 }
 
 /// The output drained (the write-complete callback).

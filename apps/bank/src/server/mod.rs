@@ -526,12 +526,19 @@ fn pump_after(ctx: &mut ConnCtx<'_>, app: &Arc<App>, mut out: String) {
             return;
         }
         let mut resume = false;
+        let mut watch_busy = false;
         let step = conn
             .with_context(|s: &mut Session| {
                 let failed_before = s.failed_logins;
                 let step = next_step(s, app.group_commit);
                 if s.failed_logins > failed_before {
                     app.metrics.login_failed();
+                }
+                if s.busy && !s.busy_watch && !app.idle_timeout.is_zero() {
+                    // A job goes to the workers and no timer watches this connection's
+                    // jobs yet (at most one per connection; see `activity::watch_busy`).
+                    s.busy_watch = true;
+                    watch_busy = true;
                 }
                 if s.paused && s.queue.len() < QUEUE_LOW {
                     s.paused = false;
@@ -542,6 +549,10 @@ fn pump_after(ctx: &mut ConnCtx<'_>, app: &Arc<App>, mut out: String) {
             .unwrap_or(Step::Idle);
         if resume && !matches!(step, Step::Close(_)) && !peer_done(&conn) {
             ctx.start_reading();
+        }
+        if watch_busy {
+            // (Also if the pool refuses the job: the first look then ends the watch.)
+            activity::watch_busy(ctx, app);
         }
         // How many commands the step answers: each gets a refusal if the pool is full.
         let mut answers = 1;
@@ -642,10 +653,12 @@ fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
     // `OUTPUT_HIGH`.
     let conn = ctx.connection().clone();
     let mut waiting = false;
+    let mut slow = false;
     let close = conn
         .with_context(|s: &mut Session| {
             s.busy = false;
             waiting = !s.queue.is_empty();
+            slow = std::mem::take(&mut s.slow_job);
             match c.effect {
                 Effect::None => None,
                 Effect::LoggedIn(account) => {
@@ -663,7 +676,7 @@ fn complete(ctx: &mut ConnCtx<'_>, app: &Arc<App>, c: Completion) {
         })
         .ok()
         .flatten();
-    activity::completed(ctx, waiting);
+    activity::completed(ctx, waiting, slow);
     match close {
         Some(line) => {
             ctx.send(line.as_bytes());

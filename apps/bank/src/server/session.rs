@@ -56,6 +56,12 @@ pub(super) struct Session {
     pub(super) peer_done: bool,
     /// A timer watches the client take its replies (`activity::watch_drain`).
     pub(super) drain_watch: bool,
+    /// A timer keeps the idle timeout off the connection while a job of it is on the
+    /// workers (`activity::watch_busy`).
+    pub(super) busy_watch: bool,
+    /// That timer found the job in flight still running: its completion counts as
+    /// activity (`activity::completed`).
+    pub(super) slow_job: bool,
     /// The server half-closes once the output is written; then the peer has this long to
     /// close its side (`activity::linger`).
     pub(super) linger: Option<std::time::Duration>,
