@@ -30,11 +30,12 @@ mod micro;
 mod outcome;
 mod pg;
 mod report;
+#[cfg(test)]
+mod review_round8;
 mod runner;
 mod scenarios;
 mod steal;
 
-use std::num::NonZeroU64;
 use std::path::Path;
 
 use clap::Args;
@@ -57,18 +58,22 @@ pub(crate) struct BenchArgs {
     /// Only the micro-benchmarks and scenarios whose name starts with NAME.
     #[arg(long, value_name = "NAME")]
     only: Option<String>,
-    /// Seconds of load per run [default: 10, 1 with --quick].
-    #[arg(long, value_name = "N")]
-    secs: Option<NonZeroU64>,
-    /// Interleaved repetitions of every run [default: 3, 1 with --quick].
-    #[arg(long, value_name = "N")]
-    reps: Option<NonZeroU64>,
+    /// Seconds of load per run, 1 to 86400 [default: 10, 1 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
+    secs: Option<u64>,
+    /// Interleaved repetitions of every run, 1 to 1000 [default: 3, 1 with --quick].
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..=MAX_REPS))]
+    reps: Option<u64>,
     /// Repeat a run whose hypervisor steal time exceeded PCT % of the machine's CPU time
     /// (at most 2 more attempts, 1 with --quick).
     #[arg(long, value_name = "PCT", default_value_t = DEFAULT_MAX_STEAL_PCT)]
     max_steal: f64,
 }
 
+/// The most `--secs` and `--reps` take (a day; a thousand): beyond, the runs' time bounds
+/// would overflow.
+const MAX_SECS: u64 = 86_400;
+const MAX_REPS: u64 = 1000;
 /// Steal time above which a run is repeated, % of the machine's CPU time.
 const DEFAULT_MAX_STEAL_PCT: f64 = 5.0;
 /// Extra attempts of a run spoiled by steal (`--quick`: one).
@@ -152,12 +157,10 @@ pub(crate) fn bench(opts: BenchArgs) -> Result<(), Failure> {
     let pg = postgres_scenarios(&mut scenarios, &release, opts.quick, &mut skipped)?;
     let logs = out_dir.join("logs");
     create_dir(&logs)?;
-    let secs = opts
-        .secs
-        .map_or(if opts.quick { 1 } else { 10 }, NonZeroU64::get);
+    let secs = opts.secs.unwrap_or(if opts.quick { 1 } else { 10 });
     let reps = opts
         .reps
-        .map_or(if opts.quick { 1 } else { 3 }, |r| r.get() as usize);
+        .map_or(if opts.quick { 1 } else { 3 }, |r| r as usize);
     let set = Setting {
         secs,
         quick: opts.quick,
@@ -359,7 +362,8 @@ fn run_attempts(
 /// Makes a run with `attempt(n, previous spoiled attempt)` until one's steal is at most
 /// `policy.max_pct`, `policy.retries` more times at most. Keeps the first attempt under
 /// the threshold, else the one with the least steal, marked `steal_high`; `attempts`
-/// counts them all. A run that failed, or whose steal is unknown, is not repeated.
+/// counts them all. A run that failed, or whose steal is unknown, is not repeated; a
+/// repetition that failed leaves the spoiled attempts' least, a measurement all the same.
 fn until_steal_low(
     policy: StealPolicy,
     mut attempt: impl FnMut(u32, Option<&Run>) -> Result<Run, Failure>,
@@ -371,13 +375,20 @@ fn until_steal_low(
         let mut run = attempt(n, last.as_ref())?;
         run.attempts = n;
         let high = run.result.is_ok() && run.steal_pct.is_some_and(|s| s > policy.max_pct);
-        if !high {
-            return Ok(run);
-        }
         if let Some(prev) = last.take() {
             if best.as_ref().is_none_or(|b| steal(&prev) < steal(b)) {
                 best = Some(prev);
             }
+        }
+        if !high {
+            return Ok(match best {
+                Some(mut b) if run.result.is_err() => {
+                    b.attempts = n;
+                    b.steal_high = true;
+                    b
+                }
+                _ => run,
+            });
         }
         last = Some(run);
     }

@@ -322,13 +322,19 @@ pub(super) fn run_pgbench(pg: &PgCluster, tag: &str, set: &Setting<'_>) -> Run {
 
 /// pgbench's report as a [`LoadgenJson`]: transactions as transfers, `tps = X (without
 /// initial connection time)` as their rate, the average latency.
-fn parse_pgbench(out: &str) -> Option<LoadgenJson> {
+pub(super) fn parse_pgbench(out: &str) -> Option<LoadgenJson> {
     let after = |prefix: &str| {
         out.lines()
             .find_map(|l| l.trim().strip_prefix(prefix))
             .and_then(|v| v.split_whitespace().next()?.parse::<f64>().ok())
     };
-    let tps = after("tps = ")?;
+    // Before PostgreSQL 14, two lines: `tps = X (including connections establishing)`
+    // first, then the rate without the set-up (`excluding`), the one wanted.
+    let tps = out
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("tps = "))
+        .filter(|v| !v.contains("including"))
+        .find_map(|v| v.split_whitespace().next()?.parse::<f64>().ok())?;
     let done = after("number of transactions actually processed:")? as u64;
     let failed = after("number of failed transactions:").unwrap_or(0.0) as u64;
     let mut j = LoadgenJson {

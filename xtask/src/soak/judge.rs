@@ -168,7 +168,7 @@ fn server_checks(o: &Observed<'_>, i: usize, checks: &mut Vec<Check>, failures: 
 }
 
 /// Descriptors after the cool-down against the baseline.
-fn fd_check(
+pub(super) fn fd_check(
     server: &'static str,
     base: Option<Proc>,
     cool: Option<Proc>,
@@ -176,7 +176,7 @@ fn fd_check(
 ) -> Check {
     const WHAT: &str = "fds: baseline → after cool-down";
     let (Some(b), Some(c)) = (base, cool) else {
-        return Check::not_sampled(WHAT, server);
+        return Check::not_sampled(WHAT, server, failures);
     };
     let ok = c.fds <= b.fds + FD_TOLERANCE;
     if !ok {
@@ -195,7 +195,7 @@ fn fd_check(
 }
 
 /// VmRSS after the cool-down against the warm-up peak of server `i`.
-fn rss_check(
+pub(super) fn rss_check(
     samples: &[Sample],
     i: usize,
     server: &'static str,
@@ -204,7 +204,7 @@ fn rss_check(
 ) -> Check {
     const WHAT: &str = "VmRSS: warm-up peak → after cool-down";
     let (Some(w), Some(c)) = (warm_peak(samples, i), cool) else {
-        return Check::not_sampled(WHAT, server);
+        return Check::not_sampled(WHAT, server, failures);
     };
     let limit = rss_limit_kib(w);
     let ok = c.rss_kib <= limit;
@@ -266,7 +266,12 @@ pub(super) struct Check {
 }
 
 impl Check {
-    fn not_sampled(what: &'static str, server: &'static str) -> Check {
+    /// A check with nothing to judge: it fails (a leak check that saw nothing passes
+    /// nothing), also in `failures`.
+    fn not_sampled(what: &'static str, server: &'static str, failures: &mut Vec<String>) -> Check {
+        failures.push(format!(
+            "{server}: `{what}` could not be checked: a sample is missing"
+        ));
         Check {
             what,
             server,

@@ -91,6 +91,8 @@ mod hostile;
 mod judge;
 mod lanes;
 mod report;
+#[cfg(test)]
+mod review_round8;
 mod sample;
 
 use std::net::SocketAddr;
