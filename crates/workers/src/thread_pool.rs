@@ -313,9 +313,15 @@ fn work(queue: &Receiver<Job>, counters: &Counters, exit: Sender<()>) {
             // the worker: the queue would be left with nobody to drain it (accepted jobs
             // never run, `stop` returns without them).
             let _ = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(|| {
+                let what = payload
+                    .downcast_ref::<&str>()
+                    .copied()
+                    .or_else(|| payload.downcast_ref::<String>().map(String::as_str))
+                    .unwrap_or("a payload that is not a string");
                 duo_reactor::log_limited!(
                     log::Level::Error,
-                    "a worker job panicked; the worker goes on"
+                    "{}: a job panicked ({what}); the worker goes on",
+                    thread::current().name().unwrap_or("worker")
                 );
             }));
             let _ = duo_reactor::catch_panic(std::panic::AssertUnwindSafe(|| drop(payload)));

@@ -33,7 +33,9 @@ pub struct UdpStats {
     /// before the socket is writable again.
     pub send_buffer_full: u64,
     /// ICMP errors the kernel reported (`ECONNREFUSED`: "port unreachable" for an earlier
-    /// datagram of a connected socket). The socket goes on.
+    /// datagram of a connected socket). The socket goes on. A lower bound: the kernel
+    /// keeps one pending error at a time, and a `sendmmsg` that meets one after its first
+    /// datagram returns the count sent so far and discards the error.
     pub refused: u64,
     /// Other receive errors (logged; the socket goes on).
     pub recv_errors: u64,
