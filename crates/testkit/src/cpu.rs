@@ -127,15 +127,31 @@ fn stat_cpu_time(path: &str) -> io::Result<Duration> {
 /// `getconf` could not be run or printed no positive number.
 pub fn clock_ticks_per_second() -> io::Result<u64> {
     static HZ: OnceLock<Option<u64>> = OnceLock::new();
-    let hz = HZ.get_or_init(|| {
-        let out = Command::new("getconf").arg("CLK_TCK").output().ok()?;
-        let hz = String::from_utf8_lossy(&out.stdout)
-            .trim()
-            .parse::<u64>()
-            .ok()?;
-        (out.status.success() && hz > 0).then_some(hz)
-    });
-    hz.ok_or_else(|| io::Error::other("`getconf CLK_TCK` gave no clock tick rate"))
+    HZ.get_or_init(|| getconf("CLK_TCK"))
+        .ok_or_else(|| io::Error::other("`getconf CLK_TCK` gave no clock tick rate"))
+}
+
+/// The size of a memory page in bytes (the unit of `/proc/sys/net/ipv4/tcp_mem` and of
+/// the `mem` field of `/proc/net/sockstat`: 4 KiB on x86-64, up to 64 KiB on arm64), as
+/// `getconf PAGESIZE` reports it (asked once per process).
+///
+/// # Errors
+///
+/// `getconf` could not be run or printed no positive number.
+pub fn page_size() -> io::Result<u64> {
+    static PAGE: OnceLock<Option<u64>> = OnceLock::new();
+    PAGE.get_or_init(|| getconf("PAGESIZE"))
+        .ok_or_else(|| io::Error::other("`getconf PAGESIZE` gave no page size"))
+}
+
+/// The positive number `getconf NAME` prints, if it does.
+fn getconf(name: &str) -> Option<u64> {
+    let out = Command::new("getconf").arg(name).output().ok()?;
+    let n = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse::<u64>()
+        .ok()?;
+    (out.status.success() && n > 0).then_some(n)
 }
 
 /// `utime + stime` (fields 14 and 15) of the text of a `/proc/PID/stat` file, in clock

@@ -24,7 +24,8 @@
 //!   queues, its state), for a test that waits until a segment has reached the other side.
 //! - [`cpu_time`], [`tree_cpu_time`], [`clock_ticks_per_second`]: the CPU time a process
 //!   (or a process and every process below it) has used (`/proc/PID/stat`), for tests and
-//!   for the benchmark tools, which charge a server under test for its work.
+//!   for the benchmark tools, which charge a server under test for its work; [`page_size`],
+//!   the unit of the kernel's TCP memory figures.
 //! - [`pg`]: a throwaway PostgreSQL cluster ([`pg::PgCluster`]) for tests and benchmarks,
 //!   made by `initdb` in a temporary directory, started on a free loopback port and a Unix
 //!   socket, removed (its server stopped, killed by PID if need be) when dropped; tests
@@ -56,7 +57,7 @@ mod wait;
 
 pub use child_server::ChildServer;
 pub use child_server_builder::ChildServerBuilder;
-pub use cpu::{clock_ticks_per_second, cpu_time, thread_cpu_time, tree_cpu_time};
+pub use cpu::{clock_ticks_per_second, cpu_time, page_size, thread_cpu_time, tree_cpu_time};
 pub use example::{example_binary, package_binary};
 pub use exposition::{
     assert_metrics_documented, documented_metrics, exported_metrics, family_sum,

@@ -188,3 +188,15 @@ fn seconds_and_repetitions_out_of_range_are_usage_errors() {
         "(Some(86400), Some(100))"
     );
 }
+
+#[test]
+fn an_empty_only_is_a_usage_error_not_a_full_run() {
+    // Every name starts with "": `--only ""` ran everything.
+    let args = parse(&["--only", ""]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(matches!(
+        super::check_only(&args),
+        Err(crate::Failure::Usage(_))
+    ));
+    let args = parse(&["--only", "churn"]).unwrap_or_else(|e| panic!("{e}"));
+    assert!(super::check_only(&args).is_ok());
+}

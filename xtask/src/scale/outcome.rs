@@ -50,8 +50,10 @@ impl Outcome {
     fn kernel_per_conn(&self) -> Option<(f64, f64, f64, i64)> {
         let h = self.kernel_hold?;
         let b = self.kernel_before;
+        // `tcp_mem` counts pages (4 KiB here; 64 KiB on some arm64 kernels).
+        let page_kib = duo_testkit::page_size().map_or(4, |bytes| bytes / 1024);
         Some((
-            self.per_conn(b.tcp_mem_pages * 4, h.tcp_mem_pages * 4)?,
+            self.per_conn(b.tcp_mem_pages * page_kib, h.tcp_mem_pages * page_kib)?,
             self.per_conn(b.slab_kib, h.slab_kib)?,
             self.per_conn(b.sunreclaim_kib, h.sunreclaim_kib)?,
             h.tcp_inuse as i64 - b.tcp_inuse as i64,
