@@ -126,3 +126,30 @@ pub(crate) fn run_bounded(
         .map(|done| (done.status.success(), done.stdout))
         .map_err(|e| format!("{:?} {e} (see {})", cmd.get_program(), log.display()))
 }
+
+/// A file in a run directory kept on purpose (`observe --keep-dir`): never removed as left
+/// behind.
+pub(crate) const KEEP_MARK: &str = ".kept";
+
+/// Removes the directories in `dir` named `PREFIX<PID>` or `PREFIX<PID>-...` whose process
+/// is gone (killed, so it never removed its own), except those kept on purpose
+/// ([`KEEP_MARK`]). Others' directories it cannot remove are left alone.
+pub(crate) fn remove_left_behind(dir: &Path, prefix: &str) {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let pid = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.strip_prefix(prefix))
+            .map(|rest| rest.split_once('-').map_or(rest, |(pid, _)| pid))
+            .and_then(|pid| pid.parse::<u32>().ok());
+        let Some(pid) = pid else { continue };
+        let path = entry.path();
+        let gone = pid != std::process::id() && !duo_testkit::is_running(pid);
+        if gone && entry.file_type().is_ok_and(|t| t.is_dir()) && !path.join(KEEP_MARK).exists() {
+            let _ = std::fs::remove_dir_all(&path);
+        }
+    }
+}

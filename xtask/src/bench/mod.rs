@@ -294,7 +294,14 @@ fn run_scenario(
             sc.conns + 64
         );
     }
-    let db_dir = out_dir.join(format!("bank-{}-{}", sc.name, unix_now()));
+    // `bank-PID-...`: those of benches killed before they removed theirs go at the next.
+    crate::process::remove_left_behind(out_dir, "bank-");
+    let db_dir = out_dir.join(format!(
+        "bank-{}-{}-{}",
+        std::process::id(),
+        sc.name,
+        unix_now()
+    ));
     let entrants = scenarios::entrants(sc, set.release, &db_dir);
     let mut outcomes: Vec<Outcome> = entrants
         .iter()

@@ -39,7 +39,7 @@ fn no_observe_child_outlives_a_killed_run() {
 }
 
 /// The PID of a process that has exited and been reaped.
-fn dead_pid() -> u32 {
+pub(crate) fn dead_pid() -> u32 {
     let mut child = Command::new("true").spawn().expect("start true");
     let pid = child.id();
     child.wait().expect("reap true");

@@ -35,7 +35,7 @@
 mod check;
 mod child;
 #[cfg(test)]
-mod harness_combos;
+pub(crate) mod harness_combos;
 mod http;
 mod prometheus;
 #[cfg(test)]
@@ -207,15 +207,14 @@ struct RunDir {
 
 /// The start of a run directory's name, before `PID-TAG`.
 const RUN_DIR_PREFIX: &str = "duo-observe-";
-/// A file in a run directory kept on purpose (`--keep-dir`).
-const KEEP_MARK: &str = ".kept";
+use crate::process::{remove_left_behind, KEEP_MARK};
 
 impl RunDir {
     /// `duo-observe-PID-TAG`. First removes the directories that runs killed before they
     /// could remove theirs left behind.
     fn create(tag: &str, keep: bool) -> Result<RunDir, String> {
         let tmp = std::env::temp_dir();
-        remove_left_behind(&tmp);
+        remove_left_behind(&tmp, RUN_DIR_PREFIX);
         let path = tmp.join(format!("{RUN_DIR_PREFIX}{}-{tag}", std::process::id()));
         // A directory left by an earlier process of the same PID.
         let _ = std::fs::remove_dir_all(&path);
@@ -225,28 +224,6 @@ impl RunDir {
             std::fs::write(&mark, "").map_err(|e| format!("{}: {e}", mark.display()))?;
         }
         Ok(RunDir { path, keep })
-    }
-}
-
-/// Removes the run directories in `tmp` of `observe` processes that are gone (killed, so
-/// their [`RunDir`] guard never ran), except those kept on purpose (`--keep-dir`).
-/// Others' directories it cannot remove are left alone.
-fn remove_left_behind(tmp: &Path) {
-    let Ok(entries) = std::fs::read_dir(tmp) else {
-        return;
-    };
-    for entry in entries.flatten() {
-        let pid = entry
-            .file_name()
-            .to_str()
-            .and_then(|n| n.strip_prefix(RUN_DIR_PREFIX)?.split_once('-'))
-            .and_then(|(pid, _)| pid.parse::<u32>().ok());
-        let Some(pid) = pid else { continue };
-        let path = entry.path();
-        let gone = pid != std::process::id() && !duo_testkit::is_running(pid);
-        if gone && entry.file_type().is_ok_and(|t| t.is_dir()) && !path.join(KEEP_MARK).exists() {
-            let _ = std::fs::remove_dir_all(&path);
-        }
     }
 }
 

@@ -228,6 +228,8 @@ pub(crate) fn soak(args: SoakArgs) -> Result<(), Failure> {
         out,
     };
     let _ = std::fs::remove_dir_all(&dirs.logs);
+    // The databases of soaks that were killed (interrupted) before they removed theirs.
+    crate::process::remove_left_behind(&dirs.out, "bank-db-");
     create_dir(&dirs.logs)?;
     if let Err(e) = duo_sys::raise_fd_limit() {
         eprintln!("warning: cannot raise the open-file limit: {e}");

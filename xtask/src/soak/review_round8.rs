@@ -51,3 +51,23 @@ fn a_check_without_its_samples_fails_the_soak() {
     assert!(rss_check(&samples, 0, "echo", proc(21_500, 12), &mut failures).ok);
     assert!(failures.is_empty(), "{failures:?}");
 }
+
+/// A soak killed before it removed its database (`target/soak/bank-db-PID`) left it for
+/// good; the next soak removes those of processes that are gone, not a live one's.
+#[test]
+fn the_databases_of_killed_soaks_are_removed_at_the_next() {
+    let out = std::env::temp_dir().join(format!("duo-soak-left-{}", std::process::id()));
+    let dead = out.join(format!(
+        "bank-db-{}",
+        crate::observe::harness_combos::dead_pid()
+    ));
+    let live = out.join(format!("bank-db-{}", std::process::id()));
+    let other = out.join("logs");
+    for d in [&dead, &live, &other] {
+        std::fs::create_dir_all(d.join("sub")).expect("a directory");
+    }
+    crate::process::remove_left_behind(&out, "bank-db-");
+    let left = (dead.exists(), live.exists(), other.exists());
+    let _ = std::fs::remove_dir_all(&out);
+    assert_eq!(left, (false, true, true));
+}
