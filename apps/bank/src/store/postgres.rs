@@ -36,8 +36,9 @@
 //! connection is dropped ([`conn`]), as when a server or the path to it stalls without
 //! closing (TCP timeouts never fire while something on the way acknowledges the packets).
 //! A statement the server cancels (SQLSTATE 57014: `statement_timeout`,
-//! `pg_cancel_backend`) rolled back on a session still good: its operations get
-//! `UNAVAILABLE` at once, the session is kept, and the statement is not sent again.
+//! `pg_cancel_backend`; 55P03: a lock not had within `lock_timeout`) rolled back on a
+//! session still good: its operations get `UNAVAILABLE` at once, the session is kept, and
+//! the statement is not sent again (not one operation per call either).
 //!
 //! # When the schema changes under the server
 //!
@@ -162,8 +163,9 @@ enum Failure {
     /// connection was dropped: whatever was in flight may or may not have committed.
     Lost(String),
     /// The statement was canceled (SQLSTATE 57014: `statement_timeout`,
-    /// `pg_cancel_backend`): it rolled back, and the session is still good. It is not
-    /// sent again (a DBA stopped it, or the timeout would stop it again).
+    /// `pg_cancel_backend`; 55P03: a lock not had within `lock_timeout`): it rolled back,
+    /// and the session is still good. It is not sent again (a DBA stopped it, or the
+    /// timeout would stop it again).
     Canceled(String),
     /// Any other database error (the transaction rolled back).
     Other(String),
@@ -195,7 +197,10 @@ fn classify(e: &tokio_postgres::Error) -> Failure {
     if *code == SqlState::T_R_SERIALIZATION_FAILURE || *code == SqlState::T_R_DEADLOCK_DETECTED {
         return Failure::Conflict;
     }
-    if *code == SqlState::QUERY_CANCELED {
+    // A lock not had within `lock_timeout` (55P03) is a cancel as well: the statement
+    // rolled back on a session still good, and running the batch again one operation per
+    // call would wait the whole timeout once more for each.
+    if *code == SqlState::QUERY_CANCELED || *code == SqlState::LOCK_NOT_AVAILABLE {
         return Failure::Canceled(db.to_string());
     }
     let class = &code.code()[..2];
