@@ -238,15 +238,33 @@ impl Service {
         });
     }
 
-    /// The client finished sending while the connection was not reading (the server's
-    /// `on_peer_half_close_while_paused`, set with `abort_on_client_close`): one waiting
-    /// for a deferred answer gives it up; one blocked on its output is still served what
-    /// it can read, but runs no deferred handler.
-    pub(crate) fn on_client_finished(self: &Arc<Service>, ctx: &mut ConnCtx<'_>) {
+    /// The client finished sending, or is gone (reset), while the connection was not
+    /// reading (the server's `on_peer_half_close_while_paused`). A client that is gone
+    /// can receive nothing: its connection, blocked on output the reset dropped (no
+    /// write-complete will come) or waiting for an answer that cannot be sent, closes
+    /// now rather than at its timeout. One that only finished sending may still read:
+    /// unless `abort` (`abort_on_client_close`), nothing changes; with it, one waiting for
+    /// a deferred answer gives it up, one blocked on its output is still served what it
+    /// can read, but runs no deferred handler.
+    pub(crate) fn on_client_finished(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, abort: bool) {
         self.with_state(ctx, |svc, ctx, st| {
-            st.client_finished = true;
-            if matches!(st.phase, Phase::Waiting(_)) {
-                svc.abandon(ctx, st);
+            // (In these phases the server has not begun closing: not connected means the
+            // peer is gone.)
+            let paused = matches!(st.phase, Phase::Blocked | Phase::Waiting(_));
+            if paused && !ctx.connection().is_connected() {
+                log_limited!(
+                    log::Level::Debug,
+                    "{}: the client is gone while its requests wait; closing",
+                    ctx.connection().name()
+                );
+                st.backlog = Backlog::default();
+                return ctx.force_close();
+            }
+            if abort {
+                st.client_finished = true;
+                if matches!(st.phase, Phase::Waiting(_)) {
+                    svc.abandon(ctx, st);
+                }
             }
         });
     }

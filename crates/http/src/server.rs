@@ -63,7 +63,9 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 ///   its connection reads and runs nothing further meanwhile. A client that closes
 ///   meanwhile still gets the answer written (it may have only half-closed and still
 ///   read), unless the server was built with
-///   [`abort_on_client_close`](HttpServerBuilder::abort_on_client_close).
+///   [`abort_on_client_close`](HttpServerBuilder::abort_on_client_close). A client that
+///   resets its connection while it waits for an answer, or while the server waits for
+///   it to read its responses, has the connection closed at once: nothing can reach it.
 /// - A peer's bytes never panic the server; a handler that panics gets its client a 500
 ///   and its connection closed, and every other connection goes on.
 ///
@@ -345,6 +347,9 @@ impl HttpServerBuilder {
     /// client's end is not run either. As nginx does for a client that closes while its
     /// request is proxied (HAProxy's `abortonclose`).
     ///
+    /// Either way, a client that resets its connection meanwhile (or while the server waits
+    /// for it to read its responses) has it closed at once: nothing can reach it.
+    ///
     /// Off, a client that half-closes after its requests and still reads (some scripted
     /// clients do) gets every answer; a client that simply went away is noticed when its
     /// answer is written, or at the response timeout. Turn it on where handlers do
@@ -462,7 +467,7 @@ impl HttpServerBuilder {
             response_timeout: self.response_timeout,
             max_pending_output: self.max_pending_output,
         });
-        let abort = self.abort_on_client_close.then(|| svc.clone());
+        let (abort, on_finished) = (self.abort_on_client_close, svc.clone());
         // `serve` keeps each connection's output within the bound plus one response; the
         // limit only backs that up.
         let backstop = self
@@ -492,9 +497,11 @@ impl HttpServerBuilder {
             // that never sends its head.
             tcp = tcp.tls(config).tls_handshake_timeout(self.header_timeout);
         }
-        if let Some(svc) = abort {
-            tcp = tcp.on_peer_half_close_while_paused(move |ctx| svc.on_client_finished(ctx));
-        }
+        // Told when a client finishes sending, or is gone, while its connection is not
+        // reading: a gone client's connection closes at once (nothing can reach it), a
+        // finished one's as `abort_on_client_close` says.
+        tcp = tcp
+            .on_peer_half_close_while_paused(move |ctx| on_finished.on_client_finished(ctx, abort));
         let tcp = tcp.start(main)?;
         log::info!("http server {} on {}", self.name, tcp.local_addr());
         Ok(HttpServer { tcp })
@@ -584,7 +591,12 @@ impl HttpServerThread {
             });
             // The shutdown's own deadline closes what is left after `grace`; the margin
             // covers a handler still running then. Past it, `stop` closes the rest.
-            if finished.recv_timeout(grace + SHUTDOWN_MARGIN).is_err() {
+            // (Saturating: a grace of `Duration::MAX`, "as long as it takes", must not
+            // overflow.)
+            if finished
+                .recv_timeout(grace.saturating_add(SHUTDOWN_MARGIN))
+                .is_err()
+            {
                 log::warn!(
                     "http server on {}: the graceful shutdown did not finish; stopping",
                     self.handle.local_addr()
