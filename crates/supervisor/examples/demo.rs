@@ -14,7 +14,10 @@
 //! `DEMO_MODE_FILE`, if set, names a file holding the mode, read at each worker's start (a
 //! worker given a mode it does not know exits with status 2 before it is ready).
 //! `DEMO_READY_TIMEOUT_MS` sets the supervisor's ready timeout, `DEMO_STOP_TIMEOUT_MS` its
-//! stop timeout. Exit status 2: bad arguments or configuration (an unknown mode, an
+//! stop timeout. `DEMO_CHECK_BREAKS_BINARY`, if set, makes an upgrade's check replace the
+//! binary at its own path with a script whose interpreter does not exist, and pass: the
+//! `exec` of the upgrade that follows then fails (a binary replaced between the check and
+//! the `exec`). Exit status 2: bad arguments or configuration (an unknown mode, an
 //! argument too many, a timeout that is not a number of milliseconds); 1: the supervisor
 //! failed.
 use std::io::{self, Read, Write};
@@ -169,10 +172,26 @@ fn supervise(cfg: Config) -> Result<(), Failure> {
         sup.stop_timeout = t;
     }
     sup.stats_interval = Some(Duration::from_millis(200));
+    // (After the paths above were read: the running binary's path then names the
+    // replacement.)
+    if duo_supervisor::is_upgrade_check() && std::env::var_os("DEMO_CHECK_BREAKS_BINARY").is_some()
+    {
+        break_binary(sup.command.program()).map_err(run)?;
+    }
     let supervisor = Supervisor::new(sup, listeners).map_err(|e| Failure::Config(e.into()))?;
     supervisor
         .run(move || println!("listening on {addr}"))
         .map_err(|e| Failure::Run(e.into()))
+}
+
+/// Replaces this binary on disk (a new file renamed over its path: the running image is
+/// untouched) with an executable script whose interpreter does not exist, so that
+/// executing the path fails (`ENOENT`) while it still looks like a program.
+fn break_binary(me: &std::path::Path) -> io::Result<()> {
+    let tmp = me.with_extension("broken");
+    std::fs::write(&tmp, "#!/nonexistent/duo-demo-interpreter\n")?;
+    std::fs::set_permissions(&tmp, std::os::unix::fs::PermissionsExt::from_mode(0o755))?;
+    std::fs::rename(&tmp, me)
 }
 
 fn work(mut worker: Worker) -> ExitCode {

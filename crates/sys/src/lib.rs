@@ -75,9 +75,9 @@ pub use socket::{
     take_socket_error, tcp_defer_accept, writev, IOV_MAX,
 };
 pub use spawn::{
-    dup_at_least, in_process_group_of_its_own, inherit_only_stdio, kill_process, pass_fds, pipe,
-    process_exists, reap_any, set_inherit_on_exec, set_parent_death_signal, signal_process,
-    stop_process, unblock_signals_in_child,
+    dup_at_least, exec_in_place, in_process_group_of_its_own, inherit_only_stdio, kill_process,
+    pass_fds, pipe, process_exists, reap_any, set_inherit_on_exec, set_parent_death_signal,
+    signal_process, stop_process, unblock_signals_in_child,
 };
 pub use timerfd::{instant_of_nanos, monotonic_nanos, TimerFd};
 pub use udp::{

@@ -515,6 +515,30 @@ pub fn process_exists(pid: u32) -> bool {
     }
 }
 
+/// Executes `cmd` in place of this process ([`CommandExt::exec`]): returns only if that
+/// failed, with the error, and with `SIGPIPE` as it was before the call. `std`'s `exec`
+/// sets `SIGPIPE` to its default action before `execve` (for the new image), and leaves
+/// it so when `execve` fails: a process that goes on after a failed `exec` (a supervisor
+/// whose upgrade failed) would otherwise die of a write to a pipe nobody reads (its
+/// stderr's, say) instead of getting `EPIPE`.
+pub fn exec_in_place(cmd: &mut Command) -> io::Error {
+    // SAFETY: `sigaction` is plain data, for which all zeroes is a valid value (an empty
+    // mask, no flags, `SIG_DFL`); it is only an out-parameter here.
+    let mut before: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: a null new action only reads SIGPIPE's disposition into `before`, a valid
+    // `sigaction` we own.
+    let read = unsafe { libc::sigaction(libc::SIGPIPE, std::ptr::null(), &mut before) } == 0;
+    let err = cmd.exec();
+    if read {
+        // SAFETY: `before` is the disposition the kernel gave us above (`SIG_IGN`,
+        // `SIG_DFL` or the handler installed then, with its flags and mask): installing
+        // it again is the state before the call. It cannot fail for SIGPIPE with a valid
+        // action, and there would be nothing better to do than go on.
+        let _ = unsafe { libc::sigaction(libc::SIGPIPE, &before, std::ptr::null_mut()) };
+    }
+    err
+}
+
 /// A pipe, both ends close-on-exec and non-blocking (`pipe2(O_CLOEXEC | O_NONBLOCK)`):
 /// `(read end, write end)`.
 ///

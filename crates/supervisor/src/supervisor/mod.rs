@@ -517,8 +517,7 @@ impl State {
         // A worker that reported ready and then died before this point was not
         // restarted (its generation was not serving yet): make up the count.
         if pids.len() < self.cfg.workers {
-            let delay = self.backoff.after_death(Duration::ZERO);
-            self.schedule_restart(lp, delay);
+            self.restart_young(lp);
         }
     }
 
@@ -556,9 +555,8 @@ impl State {
             // make up its count rather than serve with fewer workers, or none.
             let generation = self.generation;
             let live = self.pids_where(|w| w.generation == generation && !w.retiring);
-            if live.len() < self.cfg.workers && self.restart_timer.is_none() {
-                let delay = self.backoff.after_death(Duration::ZERO);
-                self.schedule_restart(lp, delay);
+            if live.len() < self.cfg.workers {
+                self.restart_young(lp);
             }
         }
     }
@@ -735,6 +733,16 @@ impl State {
         }
     }
 
+    /// A restart after the back-off, as for a worker that died young, unless one is
+    /// pending already: that one fills every missing place, and the back-off advances
+    /// once per wait (not also for a place it fills anyway).
+    fn restart_young(&mut self, lp: &mut EventLoop) {
+        if self.restart_timer.is_none() && !self.stopping {
+            let delay = self.backoff.after_death(Duration::ZERO);
+            self.schedule_restart(lp, delay);
+        }
+    }
+
     fn schedule_restart(&mut self, lp: &mut EventLoop, delay: Duration) {
         if self.restart_timer.is_some() || self.stopping {
             return;
@@ -766,8 +774,7 @@ impl State {
                 Ok(pid) => self.ready_deadline_for_replacement(lp, pid),
                 Err(e) => {
                     log::error!("cannot restart a worker: {e}");
-                    let delay = self.backoff.after_death(Duration::ZERO);
-                    self.schedule_restart(lp, delay);
+                    self.restart_young(lp);
                     return;
                 }
             }

@@ -4,8 +4,6 @@
 //! `stop_timeout` for one retired with `SIGTERM` (by a reload, say) that still runs; a
 //! replacement not ready within `ready_timeout` is retired and replaced.
 
-use std::time::Duration;
-
 use duo_reactor::{EventLoop, Signal};
 
 use super::{State, WorkerProc, AFTER_KILL};
@@ -119,8 +117,7 @@ impl State {
             st.retire(&[pid], Signal::TERM);
             st.kill_at_stop_timeout(lp, &[pid]);
             if generation == st.generation {
-                let delay = st.backoff.after_death(Duration::ZERO);
-                st.schedule_restart(lp, delay);
+                st.restart_young(lp);
             }
         });
     }

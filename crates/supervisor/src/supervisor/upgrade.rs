@@ -5,7 +5,6 @@
 
 use std::net::TcpListener;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::process::Command;
 
 use std::collections::BTreeMap;
@@ -129,7 +128,8 @@ impl State {
                 return;
             }
         }
-        let err = cmd.exec();
+        // (`SIGPIPE` stays ignored if the `exec` fails: std's resets it before `execve`.)
+        let err = duo_sys::exec_in_place(&mut cmd);
         self.restore_cloexec();
         log::error!(
             "SIGUSR2: executing {} failed: {err}; this image keeps running",
