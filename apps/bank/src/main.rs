@@ -81,10 +81,11 @@ struct ServeArgs {
     db: Database,
     /// Batches that may commit at once on PostgreSQL with group commit (without it, every
     /// worker commits its own). More than one helps only when concurrent batches touch
-    /// different accounts: batches that share one wait for each other's commit.
+    /// different accounts: batches that share one wait for each other's commit. 1 to 64.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(1..=64))]
     db_writers: u16,
-    /// I/O threads (sub reactors); 0 serves every connection on the main thread.
+    /// I/O threads (sub reactors); 0 serves every connection on the main thread; at most
+    /// 256.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u16).range(0..=256))]
     io_threads: u16,
     /// Serve the connections on M loops shared by the I/O threads instead of one loop per
