@@ -16,6 +16,8 @@ use crate::close_reason::CloseReason;
 use crate::endpoint::Endpoint;
 use duo_sys::PeerCredentials;
 
+mod transit;
+
 /// What the TCP-address accessors return on a Unix-domain connection.
 const NO_INET: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
 
@@ -103,13 +105,6 @@ const NO_TOKEN: u64 = u64::MAX;
 /// `send_limit` of a connection without an output limit: sends from other threads are
 /// not counted.
 const NO_SEND_LIMIT: usize = usize::MAX;
-/// Flag bit of `send_limit`: past the limit the connection closes
-/// ([`OutputLimit::Close`](crate::OutputLimit::Close)); without it the send is discarded.
-const LIMIT_CLOSES: usize = 1 << (usize::BITS - 1);
-/// `in_transit` once a send from another thread passed a closing limit: the close is
-/// queued, and every later send is refused (values near it, after the releases of sends
-/// queued before, mean the same).
-const TRANSIT_CLOSING: usize = usize::MAX;
 
 /// A [`TcpConnection`] held weakly ([`TcpConnection::downgrade`]).
 pub(crate) struct WeakConnection(std::sync::Weak<ConnShared>);
@@ -119,16 +114,6 @@ impl WeakConnection {
     pub(crate) fn upgrade(&self) -> Option<TcpConnection> {
         self.0.upgrade().map(|shared| TcpConnection { shared })
     }
-}
-
-/// What [`TcpConnection::admit`] decided for a send from another thread.
-enum Admission {
-    /// Queue it; `counted`: its bytes are in transit until the loop takes them.
-    Queue { counted: bool },
-    /// Past a discarding limit: dropped here.
-    Discard,
-    /// Past a closing limit: the close was queued (by this send or an earlier one).
-    Closing,
 }
 
 fn token_of(shared: &ConnShared) -> Option<Token> {
@@ -174,6 +159,10 @@ struct ConnShared {
     /// Reading paused by the application (set at once by any thread; the loop applies it
     /// to the channel before its next read).
     read_paused: AtomicBool,
+    /// A function was queued for the connection from its own loop's thread (by its "up"
+    /// callback, say): a TLS connection delivers the input that came with its
+    /// handshake after such functions (`conn/tls.rs`).
+    queued_on_loop: AtomicBool,
     lp: LoopHandle,
     /// The channel's token on `lp` ([`Token::as_u64`]), [`NO_TOKEN`] until registered.
     token: AtomicU64,
@@ -245,6 +234,7 @@ impl TcpConnection {
                 credentials,
                 state: AtomicU8::new(ConnState::Connecting as u8),
                 read_paused: AtomicBool::new(false),
+                queued_on_loop: AtomicBool::new(false),
                 lp,
                 token: AtomicU64::new(NO_TOKEN),
                 close_reason: Mutex::new(None),
@@ -436,6 +426,9 @@ impl TcpConnection {
         if self.is_closed() {
             return Err(ConnectionClosed);
         }
+        if self.shared.lp.is_in_loop_thread() {
+            self.shared.queued_on_loop.store(true, Ordering::Relaxed);
+        }
         let shared = self.shared.clone();
         self.shared
             .lp
@@ -445,6 +438,13 @@ impl TcpConnection {
                 }
             })
             .map_err(|_| ConnectionClosed)
+    }
+
+    /// Whether a function was queued for the connection from its loop's thread since the
+    /// last call ([`queue_in_loop`](TcpConnection::queue_in_loop)); clears the mark.
+    #[cfg(feature = "tls")]
+    pub(crate) fn take_queued_on_loop(&self) -> bool {
+        self.shared.queued_on_loop.swap(false, Ordering::Relaxed)
     }
 
     /// Runs `f` with the connection's [`ConnCtx`] now, from its own loop: `lp` is the
@@ -519,85 +519,6 @@ impl TcpConnection {
         self.queue_send(data.len(), move |ctx| {
             ctx.send_shared(data);
         })
-    }
-
-    /// Queues `send`, which sends `n` bytes on the loop, if the output limit admits them
-    /// (see [`send`](TcpConnection::send)).
-    fn queue_send(
-        &self,
-        n: usize,
-        send: impl FnOnce(&mut ConnCtx<'_>) + Send + 'static,
-    ) -> Result<(), ConnectionClosed> {
-        match self.admit(n) {
-            Admission::Queue { counted } => self.queue_in_loop(move |ctx| {
-                if counted {
-                    ctx.connection().release_in_transit(n);
-                }
-                send(ctx);
-            }),
-            Admission::Discard => Ok(()),
-            Admission::Closing => Err(ConnectionClosed),
-        }
-    }
-
-    /// Counts `n` bytes sent from another thread against the output limit (see
-    /// [`send`](TcpConnection::send)). As on the loop, one message is taken whatever its
-    /// size when nothing else is in transit.
-    fn admit(&self, n: usize) -> Admission {
-        let limit = self.shared.send_limit.load(Ordering::Relaxed);
-        if limit == NO_SEND_LIMIT {
-            return Admission::Queue { counted: false };
-        }
-        let closes = limit & LIMIT_CLOSES != 0;
-        let limit = limit & !LIMIT_CLOSES;
-        let transit = &self.shared.in_transit;
-        let before = transit.fetch_add(n, Ordering::AcqRel);
-        if before >= TRANSIT_CLOSING / 2 {
-            transit.fetch_sub(n, Ordering::AcqRel);
-            return Admission::Closing;
-        }
-        if before == 0 || before.saturating_add(n) <= limit {
-            return Admission::Queue { counted: true };
-        }
-        transit.fetch_sub(n, Ordering::AcqRel);
-        if !closes {
-            duo_reactor::log_limited!(
-                log::Level::Trace,
-                "{}: output limit {limit}: {n} bytes sent from another thread discarded",
-                self.name()
-            );
-            return Admission::Discard;
-        }
-        if transit.swap(TRANSIT_CLOSING, Ordering::AcqRel) < TRANSIT_CLOSING / 2 {
-            duo_reactor::log_limited!(
-                log::Level::Info,
-                "{}: {before} bytes sent from other threads not yet queued (limit {limit}); closing",
-                self.name()
-            );
-            let _ = self.queue_in_loop(|ctx| ctx.close(CloseReason::OutputLimit));
-        }
-        Admission::Closing
-    }
-
-    /// The loop took `n` bytes sent from another thread.
-    fn release_in_transit(&self, n: usize) {
-        self.shared.in_transit.fetch_sub(n, Ordering::AcqRel);
-    }
-
-    /// Sets the output limit sends from other threads are held to (when the connection
-    /// is registered, before any of them).
-    pub(crate) fn set_output_limit(&self, limit: Option<(usize, crate::OutputLimit)>) {
-        let value = match limit {
-            None => NO_SEND_LIMIT,
-            Some((bytes, policy)) => {
-                let bytes = bytes.min(!LIMIT_CLOSES - 1);
-                match policy {
-                    crate::OutputLimit::Close => bytes | LIMIT_CLOSES,
-                    crate::OutputLimit::Discard => bytes,
-                }
-            }
-        };
-        self.shared.send_limit.store(value, Ordering::Relaxed);
     }
 
     /// Half-closes: once everything queued is written, shuts down the writing side. The

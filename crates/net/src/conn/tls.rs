@@ -25,10 +25,12 @@
 //!   way: straight to the socket when nothing is queued, the rest into the pooled
 //!   [`OutputBuffer`](duo_buffer::OutputBuffer). rustls' own send buffer stays empty;
 //!   flushing, the output limit, backpressure and write-complete work on the ciphertext
-//!   unchanged.
+//!   unchanged (the limit checked before encrypting, on the most the records can take:
+//!   `tls/records.rs`).
 //! - **Handshake.** Its flights go out the same way after each read. The connection is
 //!   `Connecting` (its handle refuses sends; a client does not publish it) and the "up"
-//!   callback runs once the handshake completes; a connection whose handshake fails (or does not
+//!   callback runs once the handshake completes (what came with the last flight waits
+//!   for the functions it queued through the handle, as over plain TCP); a connection whose handshake fails (or does not
 //!   finish within the handshake timeout, a loop timer) never was up: no callback sees
 //!   it, it is counted (`CloseReason::Tls`) and logged, rate-limited, with the reason.
 //! - **Ending.** `shutdown` and `close_after_flush` queue `close_notify` after the
@@ -41,7 +43,7 @@
 //! Statistics count bytes on the wire (ciphertext), as for plain TCP.
 
 use std::cell::Cell;
-use std::io::{self, IoSlice, IoSliceMut, Write};
+use std::io::{self, IoSlice, IoSliceMut};
 use std::panic::AssertUnwindSafe;
 use std::sync::Arc;
 use std::time::Duration;
@@ -56,6 +58,9 @@ use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::{CloseReason, TlsFailure};
 
 mod early;
+mod records;
+
+use records::{drain_records, encrypt, put_out_vec, take_out_vec};
 
 /// Failed handshakes: a peer (or a port scanner) can cause as many as it opens.
 static HANDSHAKE_FAILED: LogLimiter = LogLimiter::new("TLS handshake failed");
@@ -64,16 +69,12 @@ static TLS_ERROR: LogLimiter = LogLimiter::new("TLS error");
 
 /// Most ciphertext one read takes from the socket.
 const CIPHER_READ: usize = 64 << 10;
-/// Capacity of the per-thread ciphertext vector kept between sends.
-const CIPHER_OUT_KEEP: usize = 256 << 10;
 
 type CipherArea = [u8; CIPHER_READ];
 
 thread_local! {
     /// This thread's area for ciphertext read from a socket, taken for one read.
     static CIPHER_IN: Cell<Option<Box<CipherArea>>> = const { Cell::new(None) };
-    /// This thread's vector for the records of one send, taken for one send.
-    static CIPHER_OUT: Cell<Vec<u8>> = const { Cell::new(Vec::new()) };
 }
 
 fn take_in_area() -> Box<CipherArea> {
@@ -86,16 +87,6 @@ fn take_in_area() -> Box<CipherArea> {
 
 fn put_in_area(area: Box<CipherArea>) {
     let _ = CIPHER_IN.try_with(move |c| c.set(Some(area)));
-}
-
-fn take_out_vec() -> Vec<u8> {
-    CIPHER_OUT.try_with(Cell::take).unwrap_or_default()
-}
-
-fn put_out_vec(mut v: Vec<u8>) {
-    v.clear();
-    v.shrink_to(CIPHER_OUT_KEEP);
-    let _ = CIPHER_OUT.try_with(move |c| c.set(v));
 }
 
 /// Which side of the handshake the connections of an owner take.
@@ -116,6 +107,14 @@ pub(crate) struct TlsSetup {
 }
 
 impl TlsSetup {
+    /// The configuration's bound on a record's size (with its header), if it sets one.
+    fn max_fragment(&self) -> Option<usize> {
+        match &self.role {
+            TlsRole::Server(config) => config.max_fragment_size,
+            TlsRole::Client(config, _) => config.max_fragment_size,
+        }
+    }
+
     /// A fresh session for one connection.
     fn session(&self) -> Result<Connection, rustls::Error> {
         Ok(match &self.role {
@@ -177,17 +176,19 @@ pub struct TlsInfo {
     pub peer_certificates: Vec<Vec<u8>>,
 }
 
-/// Writes every record rustls holds to `out`.
-fn drain_records(conn: &mut Connection, out: &mut Vec<u8>) {
-    while conn.wants_write() {
-        // Writing into a vector cannot fail.
-        if conn.write_tls(out).is_err() {
-            break;
+impl Machine {
+    /// The most bytes on the wire a send of `total` bytes of plaintext in `parts` makes
+    /// (`total` for plain TCP): what the output limit is checked against, before
+    /// encrypting (records once made must all be sent).
+    pub(super) fn wire_len(&self, parts: &[&[u8]], total: usize) -> usize {
+        match (&self.tls, &self.owner.tls) {
+            (Some(tls), Some(setup)) => {
+                records::wire_len(&tls.conn, setup.max_fragment(), parts, total)
+            }
+            _ => total,
         }
     }
-}
 
-impl Machine {
     /// Whether a TLS handshake is still under way (never for plain TCP).
     pub(super) fn tls_pending(&self) -> bool {
         self.tls.as_ref().is_some_and(|t| !t.up)
@@ -295,14 +296,13 @@ impl Machine {
         // After the handshake rustls encrypts everything (its buffer limit is drained
         // record by record).
         let accepted = encrypt(&mut tls.conn, parts, &mut out);
-        let ok = if out.is_empty() {
-            if accepted {
-                self.owner.counters.add_message_out();
-            }
-            accepted
+        let ok = if out.is_empty() && !accepted {
+            false
         } else {
-            // Records made are sent in any case: a gap would break the stream.
-            self.send_wire(lp, ch, &[&out], None) && accepted
+            // Records made are sent in any case: a gap would break the stream. An empty
+            // message makes none, and goes the plain way too (its write-complete notice).
+            let sent = self.send_wire(lp, ch, &[&out], None);
+            sent && accepted
         };
         put_out_vec(out);
         ok
@@ -383,36 +383,6 @@ impl io::Read for NothingYet {
     }
 }
 
-/// Encrypts `parts` into records appended to `out`; false if rustls took not all of it
-/// (its buffer of plaintext waiting for the handshake is full, or the session failed).
-fn encrypt(conn: &mut Connection, parts: &[&[u8]], out: &mut Vec<u8>) -> bool {
-    let total: usize = parts.iter().map(|p| p.len()).sum();
-    let mut done = 0;
-    if (2..=8).contains(&parts.len()) {
-        // Several pieces (a header and a payload) in one record.
-        let mut slices = [IoSlice::new(&[]); 8];
-        for (slot, part) in slices.iter_mut().zip(parts) {
-            *slot = IoSlice::new(part);
-        }
-        done = conn
-            .writer()
-            .write_vectored(&slices[..parts.len()])
-            .unwrap_or(0);
-        drain_records(conn, out);
-    }
-    while done < total {
-        let (i, off) = locate(parts, done);
-        let n = conn.writer().write(&parts[i][off..]).unwrap_or(0);
-        let before = out.len();
-        drain_records(conn, out);
-        if n == 0 && out.len() == before {
-            return false;
-        }
-        done += n;
-    }
-    true
-}
-
 /// How one [`LoopConn::tls_pump`] round of decryption ended.
 enum Step {
     /// The ciphertext is all handed over and rustls holds no more plaintext (or the peer
@@ -487,20 +457,6 @@ fn decrypt(tls: &mut TlsState, input: &mut InputBuffer, wire: &mut &[u8]) -> Ste
             Err(e) => return Step::Failed(e.to_string()),
         }
     }
-}
-
-/// Where byte `at` of `parts` lies: (part index, offset in it).
-fn locate(parts: &[&[u8]], mut at: usize) -> (usize, usize) {
-    for (i, p) in parts.iter().enumerate() {
-        if at < p.len() {
-            return (i, at);
-        }
-        at -= p.len();
-    }
-    (
-        parts.len().saturating_sub(1),
-        parts.last().map_or(0, |p| p.len()),
-    )
 }
 
 impl LoopConn {
@@ -691,9 +647,15 @@ impl LoopConn {
             if just_up {
                 log::debug!("{}: TLS handshake complete; up", m.handle.name());
                 m.handle.set_state(ConnState::Connected);
+                m.handle.take_queued_on_loop();
                 m.up(lp, ch);
                 if m.closed() {
                     return Pump::Closed;
+                }
+                let tls = m.tls.as_ref().filter(|t| t.fresh || t.peer_closed);
+                let pending = tls.is_some() || matches!(step, Step::Full);
+                if pending && m.handle.take_queued_on_loop() {
+                    return self.deliver_after_queued(lp, ch, wire);
                 }
             }
             if matches!(step, Step::Done) {
@@ -723,6 +685,29 @@ impl LoopConn {
                 return Pump::Closed;
             }
         }
+    }
+
+    /// The "up" callback queued functions through the handle (a greeting, a close): over
+    /// plain TCP they run before the connection's first read, so the input that came
+    /// with the handshake's last flight (and the rest of `wire`) waits for them, and is
+    /// delivered from the loop's queue after them (as held input).
+    fn deliver_after_queued(&mut self, lp: &mut EventLoop, ch: &mut Channel, wire: &[u8]) -> Pump {
+        self.keep_wire(wire);
+        self.hold_input(lp, ch);
+        if self.m.closed() {
+            return Pump::Closed;
+        }
+        let token = ch.token();
+        // Through the handle's queue, behind those functions (a loop's own queue runs
+        // after it, but may run before a backlog of the handles' queue).
+        let _ = self.m.handle.loop_handle().queue_in_loop(move |lp| {
+            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                if conn.m.held_input {
+                    conn.read_ready(lp, ch, true);
+                }
+            });
+        });
+        Pump::Held
     }
 
     fn pump_paused(&self) -> Pump {

@@ -42,11 +42,11 @@ impl Machine {
             return false;
         }
         let total: usize = parts.iter().map(|p| p.len()).sum();
-        if self.refused_by_limit(lp, ch, total) {
+        if self.refused_by_limit(lp, ch, parts, total) {
             return false;
         }
-        // TLS: the limit was checked on the plaintext, before encrypting it (records
-        // once made must all be sent, or the stream breaks).
+        // TLS: the limit was checked on the most the records can take, before
+        // encrypting (records once made must all be sent, or the stream breaks).
         #[cfg(feature = "tls")]
         if self.tls.is_some() {
             return self.send_tls(lp, ch, parts);
@@ -54,11 +54,25 @@ impl Machine {
         self.send_wire(lp, ch, parts, shared)
     }
 
-    /// Whether the [`OutputLimit`] refuses `total` more bytes (and the connection is
-    /// closed if its policy says so).
-    fn refused_by_limit(&mut self, lp: &mut EventLoop, ch: &mut Channel, total: usize) -> bool {
+    /// Whether the [`OutputLimit`] refuses `parts` (`total` bytes, over TLS the most
+    /// bytes their records take) more (and the connection is closed if its policy says
+    /// so).
+    fn refused_by_limit(
+        &mut self,
+        lp: &mut EventLoop,
+        ch: &mut Channel,
+        parts: &[&[u8]],
+        total: usize,
+    ) -> bool {
         if let Some((limit, policy)) = self.owner.config.output_limit {
-            if !self.output.is_empty() && self.output.len() + total > limit {
+            #[cfg(feature = "tls")]
+            let wire = |m: &Machine| m.wire_len(parts, total);
+            #[cfg(not(feature = "tls"))]
+            let wire = |_: &Machine| {
+                let _ = parts;
+                total
+            };
+            if !self.output.is_empty() && self.output.len() + wire(self) > limit {
                 match policy {
                     OutputLimit::Close => {
                         duo_reactor::log_limited!(
