@@ -75,6 +75,7 @@ pub(crate) struct Common {
     /// alone (set-up such as connecting or logging in excluded), as `server_cpu_secs`,
     /// with the processes below it (a supervisor's workers, `--processes`).
     /// Not with `idle`, which has no measured phase (its `--pid` reads the server's RSS).
+    /// A PID whose CPU time cannot be read (no such process) is a usage error.
     #[arg(long, value_name = "PID")]
     pub(crate) server_pid: Option<u32>,
     /// Speak TLS (rustls), verifying the server as `localhost` against the CA
@@ -146,7 +147,8 @@ pub(crate) struct IdleArgs {
     pub(crate) hold: Duration,
     /// The server's process id: sample its VmRSS before connecting and while holding (that
     /// process alone: for a server of several processes, `cargo xtask scale` sums the
-    /// whole process tree).
+    /// whole process tree). A PID whose RSS cannot be read (no such process) is a usage
+    /// error.
     #[arg(long)]
     pub(crate) pid: Option<u32>,
     /// Connects (and final verification probes) in flight at most, per thread [default:

@@ -730,8 +730,14 @@ impl<S: Session> Engine<S> {
     /// Connections waiting for the server (a connect, a TLS handshake or a reply) now: at
     /// the end of a measured phase that did no work, each is [`Fault::Unanswered`].
     pub(crate) fn waiting(&self) -> u64 {
+        self.waiting_sessions().count() as u64
+    }
+
+    /// The sessions of the connections waiting for the server now (a connect, a TLS
+    /// handshake or a reply), as [`Engine::waiting`] counts them.
+    pub(crate) fn waiting_sessions(&self) -> impl Iterator<Item = &S> {
         let waiting = (0..self.slots.len()).filter(|&i| self.waiting_since(i).is_some());
-        waiting.count() as u64
+        waiting.map(|i| &self.slots[i].session)
     }
 
     /// Fails connects, TLS handshakes and awaited replies older than the timeout.

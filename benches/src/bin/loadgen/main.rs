@@ -48,7 +48,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use clap::Parser;
 use duo_testkit::loadgen_json::LoadgenJson;
 
-use crate::cli::{Cli, Mode};
+use crate::cli::{Cli, IdleArgs, Mode};
 use crate::modes::{echo, Env};
 
 fn main() -> ExitCode {
@@ -82,8 +82,9 @@ fn main() -> ExitCode {
         );
         return ExitCode::from(2);
     }
-    if let Err(e) =
-        modes::udp::check_usage(&mode).and_then(|()| modes::open_loop::check_usage(&mode))
+    if let Err(e) = modes::udp::check_usage(&mode)
+        .and_then(|()| modes::open_loop::check_usage(&mode))
+        .and_then(|()| check_pids(&mode))
     {
         eprintln!("loadgen: {e}");
         return ExitCode::from(2);
@@ -146,6 +147,21 @@ fn main() -> ExitCode {
     } else {
         ExitCode::SUCCESS
     }
+}
+
+/// Refuses a `--server-pid` (or `idle --pid`) that names no process whose figures can be
+/// read: the run could not give the figure asked for, and would only say so in a note at
+/// its end.
+fn check_pids(mode: &Mode) -> Result<(), String> {
+    if let Some(pid) = mode.common().server_pid {
+        duo_testkit::tree_cpu_time(pid).map_err(|e| {
+            format!("--server-pid {pid}: cannot read its CPU time ({e}): is the server running?")
+        })?;
+    }
+    if let Mode::Idle(IdleArgs { pid: Some(pid), .. }) = mode {
+        host::rss_kib(*pid).map_err(|e| format!("--pid {pid}: {e}: is the server running?"))?;
+    }
+    Ok(())
 }
 
 /// Ends the process after `limit`, even if a server hangs in a way no timeout covers.

@@ -7,7 +7,10 @@
 //! workers are also spread over `--sources` source addresses.
 //!
 //! The latency reported is that of a whole cycle: from the end of the previous cycle
-//! (or the start) to the echo of this one, so it includes the connect.
+//! (or the start) to the echo of this one, so it includes the connect. A cycle still in
+//! flight when the phase ends (connecting, or its echo awaited) counts with what it has
+//! waited so far if that is longer than every completed one
+//! ([`Latency::record_unanswered`]): a server that hangs shows its stall.
 
 use std::io;
 use std::time::{Duration, Instant};
@@ -89,7 +92,17 @@ fn worker(
     while Instant::now() < end {
         engine.poll(end)?;
     }
-    let elapsed = go.elapsed();
+    let stopped = Instant::now();
+    let elapsed = stopped.saturating_duration_since(go);
+    // A stall at the end of the phase: what the cycles in flight (connecting, or their
+    // round trip unanswered) have waited so far, as `rr` records its requests in flight
+    // (see `Latency::record_unanswered`). A cycle whose connection failed is a fault,
+    // already counted, and waits for nothing.
+    let waits: Vec<Duration> = engine
+        .waiting_sessions()
+        .map(|s| stopped.saturating_duration_since(s.cycle_start))
+        .collect();
+    engine.shared_mut().latency.record_unanswered(waits);
     let (server_closed, unanswered_on_close) = engine.closed_by_server();
     let waiting_at_end = engine.waiting();
     let reached = engine.opened_total();
