@@ -8,15 +8,21 @@
 
 mod util;
 
-use std::io::{ErrorKind, Read, Write};
+#[cfg(feature = "tls")]
+use std::io::Read;
+use std::io::{ErrorKind, Write};
 use std::net::TcpStream;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+#[cfg(feature = "tls")]
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use duo_net::{CloseReason, ConnState, ServerBuilder, TcpConnection, TcpServer};
 use duo_reactor::LoopHandle;
-use duo_testkit::{tcp_queues, wait_until, LIMIT};
+#[cfg(feature = "tls")]
+use duo_testkit::tcp_queues;
+use duo_testkit::{wait_until, LIMIT};
 use util::{connect, init_log, localhost, TestServer};
 
 /// What the server saw, for every connection.
@@ -49,6 +55,7 @@ impl Probe {
         self.input.lock().unwrap().clone()
     }
 
+    #[cfg(feature = "tls")]
     fn io_loop(&self) -> LoopHandle {
         self.io_loop.lock().unwrap().clone().expect("I/O loop")
     }
@@ -148,6 +155,7 @@ fn reset(s: TcpStream) {
 }
 
 /// Waits until `lp` has run everything queued on it before this call.
+#[cfg(feature = "tls")]
 fn round_trip(lp: &LoopHandle) {
     let (tx, rx) = mpsc::channel();
     lp.queue_in_loop(move |_| {
