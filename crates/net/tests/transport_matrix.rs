@@ -22,7 +22,9 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
-use std::time::{Duration, Instant};
+#[cfg(feature = "tls")]
+use std::time::Duration;
+use std::time::Instant;
 
 use duo_net::{
     BufPool, CloseReason, Endpoint, PoolConfig, ServerBuilder, TcpConnection, TcpServer,
@@ -115,6 +117,7 @@ impl Probe {
         ids.iter().map(|id| conns[id].reason).collect()
     }
 
+    #[cfg(feature = "tls")]
     fn ups(&self) -> usize {
         let conns = self.conns.lock().unwrap();
         conns.values().map(|l| l.ups as usize).sum()
