@@ -125,3 +125,52 @@ fn an_idle_pid_of_no_process_is_a_usage_error() {
         assert!(err.contains("--pid"), "--procs {procs}: {err}");
     }
 }
+
+/// A server whose first accepted connection gets its first echo only after `delay` (the
+/// rest echo at once).
+fn slow_first_echo(delay: std::time::Duration) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("local addr");
+    thread::spawn(move || {
+        for (i, stream) in listener.incoming().enumerate() {
+            let Ok(stream) = stream else { continue };
+            thread::spawn(move || {
+                if i == 0 {
+                    // The scenario itself: a connection the server is slow to answer.
+                    thread::sleep(delay);
+                }
+                serve(stream, true);
+            });
+        }
+    });
+    addr
+}
+
+/// `idle`: a connection confirmed only after the connect phase ended was not counted as
+/// established, yet it was held (its memory in the server's figure) and verified at the
+/// end: `verified_end` above `established`. Such a connection missed the set-up: it is a
+/// timeout, closed, and neither established nor verified.
+#[test]
+fn idle_counts_no_connection_confirmed_after_the_connect_phase() {
+    let addr = slow_first_echo(std::time::Duration::from_millis(700)).to_string();
+    let (_code, out, err) = loadgen_stderr(&[
+        "idle",
+        "--addr",
+        &addr,
+        "--conns",
+        "3",
+        "--setup-secs",
+        "0.3",
+        "--hold",
+        "1",
+        "--json",
+    ]);
+    let established = number(&out, "established");
+    let verified = number(&out, "verified_end");
+    assert_eq!(established, 2.0, "{out}\n{err}");
+    assert_eq!(verified, established, "{out}\n{err}");
+    assert!(
+        err.contains("holding 2 connections"),
+        "the hold line counts what is held: {err}"
+    );
+}

@@ -10,7 +10,8 @@
 //! scans all of it: measured here, 19 000 connections from one address stalled at about
 //! 14 300 (under 2 000 connects/s), while two addresses opened all 19 000 in 0.8 s. Each is
 //! confirmed with an 8-byte echo. When all are confirmed (or the connect phase, see
-//! [`IdleArgs::setup_limit`], is up) the connections are held for `--hold` seconds, during
+//! [`IdleArgs::setup_limit`], is up; a connection whose echo comes after that missed it and
+//! ends as a timeout, not held) the connections are held for `--hold` seconds, during
 //! which a connection the server closes counts as an error. With `--pid` the server's VmRSS
 //! is read before connecting and at the end of the hold.
 //!
@@ -44,6 +45,9 @@ use duo_testkit::Rng as XorShift;
 const PROBE: usize = 8;
 /// Connects in flight per thread unless `--batch` says otherwise.
 pub(crate) const DEFAULT_BATCH: u64 = 256;
+/// How long past the connect deadline the workers may take to arrive at the hold.
+const ARRIVAL_GRACE: Duration = Duration::from_secs(2);
+
 /// How often the server's RSS is read while holding.
 const RSS_SAMPLE_INTERVAL: Duration = Duration::from_millis(250);
 
@@ -102,7 +106,10 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
             worker(env, Part::new(t, threads, conns, sources), &phases, ticket)
         },
         |gate| {
-            gate.wait_arrivals(threads, connect_deadline);
+            // The workers stop connecting at the deadline, then count what they hold and
+            // arrive: wait for them past it (bounded), or the hold line below would miss
+            // their counts.
+            gate.wait_arrivals(threads, connect_deadline + ARRIVAL_GRACE);
             connect_secs = start.elapsed().as_secs_f64();
             let hold_start = gate.open();
             if let Some(released) = &released {
@@ -255,9 +262,10 @@ fn worker(
         engine.poll(connect_deadline)?;
     }
     // Connections not even started by now count as timed out; those under way get the
-    // rest of their `--timeout` (and are counted as timeouts by the engine if they fail to
-    // confirm), but are not part of `established`.
+    // rest of their `--timeout` to fail by themselves, but one that confirms now missed
+    // the set-up: a timeout too (see `set_up_over`).
     engine.cancel_pending(Fault::Timeout);
+    engine.shared_mut().set_up_over = true;
     let confirmed = engine.shared().confirmed;
     phases.confirmed.fetch_add(confirmed, Ordering::AcqRel);
     let fd_exhausted = engine.fd_exhausted();
@@ -291,7 +299,6 @@ fn verify_all(
     window: usize,
     deadline: Instant,
 ) -> io::Result<()> {
-    engine.shared_mut().final_round = true;
     let slots = engine.slot_count();
     let window = window.max(1) as u64;
     let (mut next, mut sent) = (0, 0u64);
@@ -349,9 +356,12 @@ fn watch_parent() -> Arc<AtomicBool> {
 #[derive(Debug, Default)]
 struct Shared {
     confirmed: u64,
+    /// The connect phase is over: a connection confirmed from now on missed it, and ends
+    /// as a timeout rather than being held and verified without being counted as
+    /// established (its memory in the server's figures, `verified_end` above
+    /// `established`).
+    set_up_over: bool,
     lost: u64,
-    /// The final verification has begun: a connection confirmed now is verified at once.
-    final_round: bool,
     verified_end: u64,
     /// Connections asked for their second probe that failed instead.
     lost_final: u64,
@@ -395,8 +405,9 @@ impl IdleSession {
         }
     }
 
-    /// Queues the second probe (or, if the first has not come back yet, leaves it to be
-    /// sent when it does).
+    /// Queues the second probe. A connection whose first probe has not come back yet gets
+    /// none: it missed the set-up and ends as a timeout when its echo comes (or its
+    /// `--timeout` passes), counted in `lost_final`.
     fn send_final(&mut self, ctx: &mut Ctx<'_, Shared>) -> Step {
         self.final_asked = true;
         if self.stage == Stage::Confirmed {
@@ -434,11 +445,11 @@ impl Session for IdleSession {
         }
         self.sent_at = None;
         if self.stage == Stage::Probing {
+            if ctx.shared.set_up_over {
+                return Err(Fault::Timeout);
+            }
             self.stage = Stage::Confirmed;
             ctx.shared.confirmed += 1;
-            if ctx.shared.final_round {
-                return Ok((input.len(), self.send_final(ctx)));
-            }
         } else {
             self.stage = Stage::Verified;
             ctx.shared.verified_end += 1;
