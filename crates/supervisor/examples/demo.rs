@@ -8,13 +8,15 @@
 //!   and echoes what it reads; `SIGTERM` ends it (default action).
 //! - `crash`: reports ready and exits with status 3 at once.
 //! - `fail`: exits with status 4 without reporting ready.
+//! - `slowfail`: exits with status 5 without reporting ready, 300 ms after it started (a
+//!   worker whose start-up takes a while and then fails).
 //! - `silent`: never reports ready (and serves nothing).
 //! - `stubborn`: as `echo`, but blocks SIGTERM and SIGINT (only SIGKILL ends it).
 //!
 //! `DEMO_MODE_FILE`, if set, names a file holding the mode, read at each worker's start (a
 //! worker given a mode it does not know exits with status 2 before it is ready).
 //! `DEMO_READY_TIMEOUT_MS` sets the supervisor's ready timeout, `DEMO_STOP_TIMEOUT_MS` its
-//! stop timeout. `DEMO_CHECK_BREAKS_BINARY`, if set, makes an upgrade's check replace the
+//! stop timeout, `DEMO_STABLE_AFTER_MS` its `stable_after`. `DEMO_CHECK_BREAKS_BINARY`, if set, makes an upgrade's check replace the
 //! binary at its own path with a script whose interpreter does not exist, and pass: the
 //! `exec` of the upgrade that follows then fails (a binary replaced between the check and
 //! the `exec`). Exit status 2: bad arguments or configuration (an unknown mode, an
@@ -38,6 +40,7 @@ enum Mode {
     Echo,
     Crash,
     Fail,
+    SlowFail,
     Silent,
     Stubborn,
 }
@@ -51,11 +54,12 @@ impl FromStr for Mode {
             "echo" | "" => Mode::Echo,
             "crash" => Mode::Crash,
             "fail" => Mode::Fail,
+            "slowfail" => Mode::SlowFail,
             "silent" => Mode::Silent,
             "stubborn" => Mode::Stubborn,
             other => {
                 return Err(format!(
-                    "unknown MODE {other:?} (echo, crash, fail, silent or stubborn)"
+                    "unknown MODE {other:?} (echo, crash, fail, slowfail, silent or stubborn)"
                 ))
             }
         })
@@ -101,9 +105,10 @@ struct Config {
     args: Vec<String>,
     ready_timeout: Option<Duration>,
     stop_timeout: Option<Duration>,
+    stable_after: Option<Duration>,
 }
 
-/// Reads `WORKERS [MODE]` and the `DEMO_*_TIMEOUT_MS` variables.
+/// Reads `WORKERS [MODE]` and the `DEMO_*_MS` variables.
 fn configure(args: &[String]) -> Result<Config, String> {
     if let Some(extra) = args.get(2) {
         return Err(format!("unexpected argument {extra:?}"));
@@ -122,6 +127,7 @@ fn configure(args: &[String]) -> Result<Config, String> {
         args: args.to_vec(),
         ready_timeout: millis_from_env("DEMO_READY_TIMEOUT_MS")?,
         stop_timeout: millis_from_env("DEMO_STOP_TIMEOUT_MS")?,
+        stable_after: millis_from_env("DEMO_STABLE_AFTER_MS")?,
     })
 }
 
@@ -171,6 +177,9 @@ fn supervise(cfg: Config) -> Result<(), Failure> {
     if let Some(t) = cfg.stop_timeout {
         sup.stop_timeout = t;
     }
+    if let Some(t) = cfg.stable_after {
+        sup.stable_after = t;
+    }
     sup.stats_interval = Some(Duration::from_millis(200));
     // (After the paths above were read: the running binary's path then names the
     // replacement.)
@@ -216,6 +225,10 @@ fn work(mut worker: Worker) -> ExitCode {
             }
         }
         Mode::Fail => return ExitCode::from(4),
+        Mode::SlowFail => {
+            std::thread::sleep(Duration::from_millis(300));
+            return ExitCode::from(5);
+        }
         Mode::Silent => loop {
             std::thread::park();
         },

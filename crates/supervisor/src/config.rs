@@ -108,8 +108,9 @@ pub struct SupervisorConfig {
     pub backoff_min: Duration,
     /// The longest restart delay. Default 5 s.
     pub backoff_max: Duration,
-    /// A worker that lived this long before dying is restarted at once, and the delay is
-    /// reset. Default 2 s.
+    /// A worker that was ready and lived this long before dying is restarted at once, and
+    /// the delay is reset (one that never became ready backs off, whatever its age).
+    /// Default 2 s.
     pub stable_after: Duration,
 }
 

@@ -16,7 +16,8 @@
 //!   ready, or a generation not ready within [`SupervisorConfig::ready_timeout`], fails
 //!   the start.
 //! - **Crash.** A worker that dies is restarted (its exit status or signal is logged).
-//!   One that dies within [`SupervisorConfig::stable_after`] of its start is restarted
+//!   One that dies within [`SupervisorConfig::stable_after`] of its start, or before it
+//!   was ever ready (however long its start-up took), is restarted
 //!   only after a delay that doubles from [`SupervisorConfig::backoff_min`] up to
 //!   [`SupervisorConfig::backoff_max`], so a worker that cannot start is never a fork bomb.
 //!   A replacement not ready within [`SupervisorConfig::ready_timeout`] is retired

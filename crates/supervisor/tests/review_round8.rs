@@ -20,7 +20,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 
-use duo_testkit::{example_binary, ChildServer, LIMIT};
+use duo_testkit::{example_binary, ChildServer, ChildServerBuilder, LIMIT};
 
 /// A directory of the test's own, removed when dropped.
 struct TempDir(PathBuf);
@@ -50,11 +50,15 @@ fn a_failed_upgrade_exec_leaves_sigpipe_ignored() {
     let bin = dir.0.join("demo");
     std::fs::copy(example_binary("duo-supervisor", "demo"), &bin).unwrap();
     let (reader, writer) = std::io::pipe().unwrap();
-    let mut cmd = Command::new(&bin);
-    cmd.arg("2")
-        .env("DEMO_CHECK_BREAKS_BINARY", "1")
-        .env("RUST_LOG", "info");
-    let mut server = ChildServer::builder(cmd).stderr(writer).start();
+    let mut server = ChildServerBuilder::start_written(|| {
+        let mut cmd = Command::new(&bin);
+        cmd.arg("2")
+            .env("DEMO_CHECK_BREAKS_BINARY", "1")
+            .env("RUST_LOG", "info");
+        ChildServer::builder(cmd).stderr(writer.try_clone().unwrap())
+    });
+    // (The supervisor holds the pipe's write end now; ours must not keep it open.)
+    drop(writer);
     // Collects the log until the failed `exec` is reported, then closes the pipe's only
     // read end.
     let (failed_tx, failed_rx) = mpsc::channel();
@@ -143,6 +147,34 @@ fn a_reload_during_a_back_off_does_not_skip_a_step_of_it() {
         "{}",
         server.stderr()
     );
+    let (status, _) = server.terminate("TERM", LIMIT);
+    assert!(status.success(), "{status}");
+}
+
+/// Workers that fail before they are ready, but only after `stable_after` (a start-up
+/// that takes a while, then fails: a database that refuses, say), were restarted at once
+/// each time: their "long life" reset the back-off, though none of them ever served. A
+/// worker that never became ready died young, whatever its age: the restarts back off.
+#[test]
+fn workers_that_never_become_ready_back_off_however_long_they_took() {
+    let dir = TempDir::new("slowfail");
+    let mode = mode_file(&dir, "echo");
+    let mut cmd = Command::new(example_binary("duo-supervisor", "demo"));
+    cmd.arg("1")
+        .env("DEMO_MODE_FILE", &mode)
+        .env("DEMO_STABLE_AFTER_MS", "100")
+        .env("DEMO_READY_TIMEOUT_MS", "10000")
+        .env("RUST_LOG", "info");
+    let mut server = ChildServer::start(cmd);
+    let first = duo_testkit::children(server.pid());
+    mode_file(&dir, "slowfail");
+    let victim = *first.iter().next().unwrap();
+    duo_testkit::send_signal(victim, "KILL").unwrap();
+    // The killed worker had lived (and served) longer than 100 ms: restarted at once.
+    // Its replacements each die 300 ms after their start, never ready: 100 ms, 200 ms.
+    server.wait_for_stderr("restarting in 200ms", LIMIT);
+    let delays = restart_delays(&server.stderr());
+    assert_eq!(delays[..2], ["100ms", "200ms"], "{}", server.stderr());
     let (status, _) = server.terminate("TERM", LIMIT);
     assert!(status.success(), "{status}");
 }

@@ -10,7 +10,8 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use duo_testkit::{
-    children, example_binary, is_running, run_within, wait_until, ChildServer, LIMIT,
+    children, example_binary, is_running, run_within, wait_until, ChildServer, ChildServerBuilder,
+    LIMIT,
 };
 
 fn demo() -> Command {
@@ -204,9 +205,11 @@ fn without_its_binary_a_reload_and_an_upgrade_fail_and_the_old_workers_serve_on(
     std::fs::create_dir_all(&dir).unwrap();
     let copy = dir.join("demo");
     std::fs::copy(example_binary("duo-supervisor", "demo"), &copy).unwrap();
-    let mut cmd = Command::new(&copy);
-    cmd.arg("2");
-    let server = ChildServer::start(cmd);
+    let server = ChildServerBuilder::start_written(|| {
+        let mut cmd = Command::new(&copy);
+        cmd.arg("2");
+        ChildServer::builder(cmd)
+    });
     let workers = children(server.pid());
     std::fs::remove_dir_all(&dir).unwrap();
 

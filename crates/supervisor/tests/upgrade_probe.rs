@@ -19,7 +19,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use duo_testkit::{
-    children, example_binary, is_running, run_within, wait_until, ChildServer, LIMIT,
+    children, example_binary, is_running, run_within, wait_until, ChildServer, ChildServerBuilder,
+    LIMIT,
 };
 
 /// A directory of its own for one test, removed when dropped.
@@ -60,22 +61,12 @@ fn start_copy(dir: &Dir, env: &[(&str, &str)]) -> (ChildServer, PathBuf) {
         &copy,
         &std::fs::read(example_binary("duo-supervisor", "demo")).unwrap(),
     );
-    // Another test thread that forks while the copy is being written gives its child the
-    // writing descriptor until that child's `exec`: starting the copy meanwhile fails
-    // with `ETXTBSY`. Tried again, briefly.
-    let mut attempts = 0;
-    loop {
+    let server = ChildServerBuilder::start_written(|| {
         let mut cmd = Command::new(&copy);
         cmd.arg("2").envs(env.iter().copied());
-        match ChildServer::builder(cmd).try_start() {
-            Ok(server) => return (server, copy),
-            Err(e) if e.contains("Text file busy") && attempts < 100 => {
-                attempts += 1;
-                std::thread::sleep(std::time::Duration::from_millis(10));
-            }
-            Err(e) => panic!("{e}"),
-        }
-    }
+        ChildServer::builder(cmd)
+    });
+    (server, copy)
 }
 
 /// Connects, reads the worker's `pid N` greeting, checks one echo; returns the worker.

@@ -70,4 +70,24 @@ impl ChildServerBuilder {
     pub fn try_start(self) -> Result<ChildServer, String> {
         ChildServer::launch(self)
     }
+
+    /// As [`start`](ChildServerBuilder::start) for a program the test has just written
+    /// (a copy of a binary in a directory of its own), with the builder `make` gives,
+    /// made again for each attempt: another test thread that forks while the file is
+    /// being written gives its child the writing descriptor until that child's `exec`,
+    /// and starting the program meanwhile fails with `ETXTBSY`. Such failures are tried
+    /// again, every 10 ms, for a second at most.
+    pub fn start_written(mut make: impl FnMut() -> ChildServerBuilder) -> ChildServer {
+        let mut attempts = 0;
+        loop {
+            match make().try_start() {
+                Ok(server) => return server,
+                Err(e) if e.contains("Text file busy") && attempts < 100 => {
+                    attempts += 1;
+                    std::thread::sleep(std::time::Duration::from_millis(10));
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 }

@@ -728,7 +728,10 @@ impl State {
         // One restart at a time fills every missing place: a death while one is pending
         // does not lengthen the back-off again.
         if w.generation == self.generation && self.restart_timer.is_none() {
-            let delay = self.backoff.after_death(uptime);
+            // One that never became ready died young however long it took (a slow
+            // start-up that fails): its age must not reset the back-off.
+            let lived = if w.ready { uptime } else { Duration::ZERO };
+            let delay = self.backoff.after_death(lived);
             self.schedule_restart(lp, delay);
         }
     }
