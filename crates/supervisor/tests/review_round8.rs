@@ -14,6 +14,9 @@
 //! Every wait is bounded; the supervisor is killed by its guard if a test fails, and its
 //! workers then by their parent-death signal.
 
+#[allow(dead_code)]
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::path::PathBuf;
 use std::process::Command;
@@ -114,7 +117,8 @@ fn restart_delays(log: &str) -> Vec<String> {
 
 /// A reload while a crash loop waits out its back-off, to a configuration whose workers
 /// die right after they report ready: the restart delay goes on doubling from where it
-/// was, one step per wait. The promotion of the new generation (short of workers) used to
+/// was, one step per wait. The end of the new generation (promoted short of workers, at
+/// the time; now a failed reload that leaves the serving generation short) used to
 /// advance the back-off although the restart already pending was kept, so the next delay
 /// skipped a step (5 s, the cap, where 3.2 s was due).
 #[test]
@@ -136,7 +140,9 @@ fn a_reload_during_a_back_off_does_not_skip_a_step_of_it() {
     // 100 ms, 200, 400, 800, 1.6 s: the reload comes while the last one runs.
     server.wait_for_stderr("restarting in 1.6s", LIMIT);
     server.signal("HUP");
-    server.wait_for_stderr("generation 2 is serving", LIMIT);
+    // (Its workers die right after they report ready: the reload fails, and the serving
+    // generation, short of workers, goes on with its pending restart.)
+    server.wait_for_stderr("generation 1 keeps serving", LIMIT);
     duo_testkit::wait_until("the restart after the reload", || {
         restart_delays(&server.stderr()).len() >= 6
     });
@@ -175,6 +181,38 @@ fn workers_that_never_become_ready_back_off_however_long_they_took() {
     server.wait_for_stderr("restarting in 200ms", LIMIT);
     let delays = restart_delays(&server.stderr());
     assert_eq!(delays[..2], ["100ms", "200ms"], "{}", server.stderr());
+    let (status, _) = server.terminate("TERM", LIMIT);
+    assert!(status.success(), "{status}");
+}
+
+/// A reload to a configuration whose workers report ready and exit at once: the new
+/// generation must not replace the serving one. It used to be promoted as soon as each
+/// of its workers had reported ready, though they had all died by then (or were about
+/// to), and the healthy old generation was retired: the service went down for a reload
+/// that failed. A worker of the new generation that dies before its generation serves
+/// fails the reload; the old workers serve on.
+#[test]
+fn a_reload_whose_workers_die_right_after_ready_keeps_the_old_generation() {
+    let dir = TempDir::new("reload-crash");
+    let mode = mode_file(&dir, "echo");
+    let mut cmd = Command::new(example_binary("duo-supervisor", "demo"));
+    cmd.arg("2")
+        .env("DEMO_MODE_FILE", &mode)
+        .env("RUST_LOG", "info");
+    let mut server = ChildServer::start(cmd);
+    let old = duo_testkit::children(server.pid());
+    mode_file(&dir, "crash");
+    server.signal("HUP");
+    server.wait_for_stderr("generation 1 keeps serving", LIMIT);
+    let log = server.stderr();
+    assert!(!log.contains("generation 2 is serving"), "{log}");
+    assert!(!log.contains("retiring the previous workers"), "{log}");
+    // (The new generation's workers, dying or retired, are reaped meanwhile.)
+    duo_testkit::wait_until("only the old workers left", || {
+        duo_testkit::children(server.pid()) == old
+    });
+    let pid = common::worker_of_connection(server.addr());
+    assert!(old.contains(&pid), "served by {pid}, not one of {old:?}");
     let (status, _) = server.terminate("TERM", LIMIT);
     assert!(status.success(), "{status}");
 }
