@@ -1,10 +1,16 @@
 //! An echo server in a few lines: `cargo run -p duo-net --example echo [ADDR] [IO_THREADS]`,
-//! then `nc 127.0.0.1 7000`. Ctrl-C stops it. (`IO_THREADS` 0 serves on the main thread.)
+//! then `nc 127.0.0.1 7000`. Ctrl-C stops it. (`IO_THREADS` 0 serves on the main thread;
+//! at most 4096.)
 use std::process::ExitCode;
 use std::time::Duration;
 
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{EventLoop, TcpServer};
+
+/// The most I/O threads, as the echo app's `--io-threads`: beyond a host's cores a thread
+/// only costs memory and descriptors, and a mistyped 100000000 started threads until those
+/// ran out.
+const MAX_IO_THREADS: usize = 4096;
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -13,7 +19,8 @@ fn main() -> ExitCode {
         Ok(parsed) => parsed,
         Err(problem) => {
             eprintln!(
-                "echo: {problem}\nusage: echo [ADDR] [IO_THREADS]   (default 127.0.0.1:7000 2)"
+                "echo: {problem}\nusage: echo [ADDR] [IO_THREADS]   (default 127.0.0.1:7000 2; \
+                 IO_THREADS 0 to {MAX_IO_THREADS})"
             );
             return ExitCode::from(2);
         }
@@ -35,9 +42,14 @@ fn parse_args(args: &[String]) -> Result<(duo_net::Endpoint, usize), String> {
     let addr = addr.parse().map_err(|e| format!("ADDR {addr:?}: {e}"))?;
     let io_threads = match args.get(1) {
         None => 2,
-        Some(n) => n
-            .parse()
-            .map_err(|_| format!("IO_THREADS {n:?}: expected a whole number"))?,
+        Some(n) => match n.parse::<usize>() {
+            Ok(n) if n <= MAX_IO_THREADS => n,
+            _ => {
+                return Err(format!(
+                    "IO_THREADS {n:?}: expected a whole number from 0 to {MAX_IO_THREADS}"
+                ))
+            }
+        },
     };
     Ok((addr, io_threads))
 }

@@ -46,7 +46,13 @@ const QUEUE: usize = 1024;
 /// How long a graceful stop lets the answers under way go out.
 const GRACE: Duration = Duration::from_secs(3);
 
-const USAGE: &str = "usage: factor [ADDR] [WORKERS]   (default 127.0.0.1:7001 2)";
+/// The most worker threads: beyond a host's cores a worker only costs memory, and a
+/// mistyped 100000000 started threads until the process's memory maps ran out, when the
+/// standard library aborted the process.
+const MAX_WORKERS: usize = 1024;
+
+const USAGE: &str =
+    "usage: factor [ADDR] [WORKERS]   (default 127.0.0.1:7001 2; WORKERS 1 to 1024)";
 
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
@@ -78,8 +84,12 @@ fn parse_args(args: &[String]) -> Result<(duo_net::Endpoint, usize), String> {
     let workers = match args.get(1) {
         None => 2,
         Some(n) => match n.parse::<usize>() {
-            Ok(n) if n >= 1 => n,
-            _ => return Err(format!("WORKERS {n:?}: expected a whole number from 1")),
+            Ok(n) if (1..=MAX_WORKERS).contains(&n) => n,
+            _ => {
+                return Err(format!(
+                    "WORKERS {n:?}: expected a whole number from 1 to {MAX_WORKERS}"
+                ))
+            }
         },
     };
     Ok((addr, workers))
