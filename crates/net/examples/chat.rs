@@ -164,9 +164,17 @@ struct Relayed {
 impl Drop for Relayed {
     fn drop(&mut self) {
         if self.count.fetch_sub(1, Ordering::AcqRel) == IN_FLIGHT {
-            // Queued to the sender's loop: after the pause below, which ran in its message
-            // callback. (A sender that has gone ignores it.)
-            let _ = self.sender.start_reading();
+            // Decided on the sender's loop, where `relay` pauses it: this runs after that
+            // callback's pause, and resumes only if the count is still below the bound. A
+            // `start_reading` through the handle here would take effect at once, and a
+            // pause `relay` was about to make (its count already at the bound) would then
+            // undo it for good. (A sender that has gone ignores it.)
+            let count = self.count.clone();
+            let _ = self.sender.queue_in_loop(move |ctx| {
+                if count.load(Ordering::Acquire) < IN_FLIGHT {
+                    ctx.start_reading();
+                }
+            });
         }
     }
 }
