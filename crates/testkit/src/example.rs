@@ -80,6 +80,15 @@ fn build(package: &str, target: Target, name: &str, profile_dir: &Path, binary: 
         .args(["build", "--quiet", target.option(), name, "-p", package])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .stdin(Stdio::null());
+    // What cargo set for running this test, not configuration: passed on, the variables
+    // reach the build scripts of this build, and one that tracks a variable (ring's
+    // tracks `CARGO_MANIFEST_DIR`) is rerun, and everything above it rebuilt, here and
+    // again by the next `cargo test`, which does not have it.
+    for (key, _) in std::env::vars_os() {
+        if key.to_str().is_some_and(set_for_the_test) {
+            cargo.env_remove(key);
+        }
+    }
     match profile_dir.file_name().and_then(|n| n.to_str()) {
         Some("debug") | None => {}
         Some("release") => {
@@ -117,4 +126,20 @@ fn build(package: &str, target: Target, name: &str, profile_dir: &Path, binary: 
         "cargo build {} {name}: {status}",
         target.option()
     );
+}
+
+/// Whether `name` is one of the variables cargo sets for the test being run (its package,
+/// crate and binaries), rather than one that configures cargo itself.
+fn set_for_the_test(name: &str) -> bool {
+    const EXACT: [&str; 8] = [
+        "CARGO_MANIFEST_DIR",
+        "CARGO_MANIFEST_PATH",
+        "CARGO_CRATE_NAME",
+        "CARGO_BIN_NAME",
+        "CARGO_PRIMARY_PACKAGE",
+        "CARGO_TARGET_TMPDIR",
+        "CARGO_RUSTC_CURRENT_DIR",
+        "OUT_DIR",
+    ];
+    EXACT.contains(&name) || name.starts_with("CARGO_PKG_") || name.starts_with("CARGO_BIN_EXE_")
 }
