@@ -62,6 +62,13 @@ const MAX_RESPONSE: usize = 64 << 20;
 /// A fetched response: status code and body.
 type Fetched = (u16, Vec<u8>);
 
+/// Whether the answer is still wanted (its client still connected): asked while a fetch
+/// waits, so that the work of a client that left ends at once, not at the deadline.
+pub(crate) type Wanted<'a> = &'a (dyn Fn() -> bool + Sync);
+
+/// How often a fetch waiting for its target asks whether the answer is still wanted.
+const WANTED_POLL: Duration = Duration::from_millis(50);
+
 impl Aggregation {
     /// Fetches `path` from every current target in parallel, all within the scrape
     /// timeout or `budget` (what the scraper allows), whichever is shorter.
@@ -69,6 +76,7 @@ impl Aggregation {
         &self,
         path: &str,
         budget: Option<Duration>,
+        wanted: Wanted<'_>,
     ) -> Vec<(ScrapeTarget, io::Result<Fetched>, Duration)> {
         let targets = (self.targets)();
         let timeout = budget.map_or(self.timeout, |b| b.min(self.timeout));
@@ -82,7 +90,7 @@ impl Aggregation {
                         .name("metrics-fetch".into())
                         .spawn_scoped(scope, move || {
                             let start = Instant::now();
-                            let got = fetch(addr, path, deadline);
+                            let got = fetch(addr, path, deadline, wanted);
                             (got, start.elapsed())
                         });
                     (target, fetch)
@@ -109,8 +117,13 @@ impl Aggregation {
     /// `budget`: how long the scraper waits (Prometheus sends its scrape timeout as
     /// `X-Prometheus-Scrape-Timeout-Seconds`): a slow target must be left out before the
     /// scraper gives up on the whole answer.
-    pub(crate) fn metrics(&self, own: &str, budget: Option<Duration>) -> String {
-        let fetched = self.fetch_all("/metrics", budget);
+    pub(crate) fn metrics(
+        &self,
+        own: &str,
+        budget: Option<Duration>,
+        wanted: Wanted<'_>,
+    ) -> String {
+        let fetched = self.fetch_all("/metrics", budget, wanted);
         let mut parts: Vec<(Labels, String)> = vec![(self.own_labels.clone(), own.to_owned())];
         let mut up = String::from(
             "# HELP duo_aggregate_up Whether this scrape got the target's metrics (1) or not (0).\n\
@@ -185,9 +198,9 @@ impl Aggregation {
 
     /// `/healthz`: `own` (this process's verdict: `None` if healthy, else why) and every
     /// target's; `200 ok` if all are healthy and there is at least one target.
-    pub(crate) fn healthz(&self, own: Option<String>) -> (bool, String) {
+    pub(crate) fn healthz(&self, own: Option<String>, wanted: Wanted<'_>) -> (bool, String) {
         let mut problems: Vec<String> = own.into_iter().collect();
-        let fetched = self.fetch_all("/healthz", None);
+        let fetched = self.fetch_all("/healthz", None, wanted);
         if fetched.is_empty() {
             problems.push("no process to aggregate serves an endpoint".into());
         }
@@ -210,7 +223,7 @@ impl Aggregation {
     }
 
     /// `/debug/loops`: `{"self": {labels, loops}, "targets": [{labels, loops | error}]}`.
-    pub(crate) fn loops(&self, own: Value) -> String {
+    pub(crate) fn loops(&self, own: Value, wanted: Wanted<'_>) -> String {
         let labels_json = |labels: &Labels| -> Value {
             Value::Object(
                 labels
@@ -220,7 +233,7 @@ impl Aggregation {
             )
         };
         let targets: Vec<Value> =
-            self.fetch_all("/debug/loops", None)
+            self.fetch_all("/debug/loops", None, wanted)
                 .into_iter()
                 .map(|(target, got, _)| {
                     let labels = labels_json(&target.labels);
@@ -249,8 +262,14 @@ impl Aggregation {
     }
 }
 
-/// `GET path` from `addr` over HTTP/1.1 with `Connection: close`, all before `deadline`.
-fn fetch(addr: SocketAddr, path: &str, deadline: Instant) -> io::Result<Fetched> {
+/// `GET path` from `addr` over HTTP/1.1 with `Connection: close`, all before `deadline`,
+/// given up as soon as the answer is no longer `wanted`.
+fn fetch(
+    addr: SocketAddr,
+    path: &str,
+    deadline: Instant,
+    wanted: Wanted<'_>,
+) -> io::Result<Fetched> {
     let left = || {
         deadline
             .checked_duration_since(Instant::now())
@@ -266,12 +285,22 @@ fn fetch(addr: SocketAddr, path: &str, deadline: Instant) -> io::Result<Fetched>
     let mut got = Vec::new();
     let mut chunk = [0u8; 16 * 1024];
     loop {
-        stream.set_read_timeout(Some(left()?))?;
+        stream.set_read_timeout(Some(left()?.min(WANTED_POLL)))?;
         let n = match stream.read(&mut chunk) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                return Err(io::Error::new(io::ErrorKind::TimedOut, "deadline passed"))
+            // Nothing within the poll: on unless the client left (or the deadline passed,
+            // `left` at the top).
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+                ) =>
+            {
+                if !wanted() {
+                    return Err(io::Error::other("the client left"));
+                }
+                continue;
             }
             Err(e) => return Err(e),
         };

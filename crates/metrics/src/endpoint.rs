@@ -5,6 +5,7 @@ use std::fmt;
 use std::io;
 use std::net::SocketAddr;
 use std::path::Path;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -20,7 +21,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use serde_json::json;
 
-use crate::aggregate::{Aggregation, Labels, ScrapeTarget};
+use crate::aggregate::{Aggregation, Labels, ScrapeTarget, Wanted};
 use crate::collect::DuoCollector;
 use crate::EscapedLabel;
 
@@ -34,6 +35,10 @@ pub const OPENMETRICS_CONTENT_TYPE: &str =
 
 /// What `/healthz` calls stuck by default: a loop busy this long in one go.
 const DEFAULT_HEALTH_LIMIT: Duration = Duration::from_secs(5);
+
+/// The most connections the endpoint serves at once, and the most aggregated answers
+/// (each a thread, and a thread per target under it) it computes at once.
+const MAX_CONNECTIONS: usize = 64;
 
 /// How long an aggregating endpoint waits for its targets by default.
 const DEFAULT_SCRAPE_TIMEOUT: Duration = Duration::from_secs(3);
@@ -108,7 +113,9 @@ impl MetricsEndpoint {
     ///
     /// Each request waits for the targets on a thread of its own, so the endpoint answers
     /// other requests (several scrapers, a `/healthz` probe) meanwhile; a request not
-    /// answered within the scrape timeout plus 2 s gets `503`.
+    /// answered within the scrape timeout plus 2 s gets `503`. A request whose client
+    /// left stops waiting for the targets; at most 64 requests are under way at once,
+    /// and one beyond that gets `503` at once.
     pub fn aggregate(
         &mut self,
         own_labels: Labels,
@@ -237,10 +244,10 @@ impl MetricsEndpoint {
         // What each route answers, from whichever thread computes it.
         let answer_metrics = {
             let group = group.clone();
-            move |budget: Option<Duration>| {
+            move |budget: Option<Duration>, wanted: Wanted<'_>| {
                 let own = render(&metrics.lock());
                 let text = match &group {
-                    Some(group) => group.metrics(&own, budget),
+                    Some(group) => group.metrics(&own, budget, wanted),
                     None => own,
                 };
                 Response::with_body(StatusCode::OK, OPENMETRICS_CONTENT_TYPE, text)
@@ -248,10 +255,10 @@ impl MetricsEndpoint {
         };
         let answer_healthz = {
             let group = group.clone();
-            move || {
+            move |wanted: Wanted<'_>| {
                 let own = stuck_loops(&DuoCollector::loop_snapshots(), health_limit);
                 let (healthy, text) = match &group {
-                    Some(group) => group.healthz(own),
+                    Some(group) => group.healthz(own, wanted),
                     None => match own {
                         None => (true, "ok\n".to_owned()),
                         Some(stuck) => (false, format!("{stuck}\n")),
@@ -267,25 +274,30 @@ impl MetricsEndpoint {
         };
         let answer_loops = {
             let group = group.clone();
-            move || {
+            move |wanted: Wanted<'_>| {
                 let own = loops_json(&DuoCollector::loop_snapshots());
                 let text = match &group {
-                    Some(group) => group.loops(own),
+                    Some(group) => group.loops(own, wanted),
                     None => pretty(&own),
                 };
                 Response::with_body(StatusCode::OK, "application/json", text)
             }
         };
-        let builder = builder.max_connections(64);
+        let builder = builder.max_connections(MAX_CONNECTIONS);
+        // Aggregated answers under way: a client that leaves frees its connection at
+        // once, not the work it started, so that work has a bound of its own.
+        let under_way = Arc::new(AtomicUsize::new(0));
         let builder = match &group {
             // A process's own figures are at hand: answered on the loop.
             None => builder
                 .route(Method::Get, "/metrics", move |req: &Request| {
-                    answer_metrics(scraper_budget(req))
+                    answer_metrics(scraper_budget(req), &|| true)
                 })
-                .route(Method::Get, "/healthz", move |_: &Request| answer_healthz())
+                .route(Method::Get, "/healthz", move |_: &Request| {
+                    answer_healthz(&|| true)
+                })
                 .route(Method::Get, "/debug/loops", move |_: &Request| {
-                    answer_loops()
+                    answer_loops(&|| true)
                 }),
             // The targets' take time (up to the scrape timeout): fetched on a thread of
             // the request's own, so that the loop answers other requests meanwhile.
@@ -294,15 +306,21 @@ impl MetricsEndpoint {
             Some(group) => builder
                 .response_timeout(group.timeout + AGGREGATION_SLACK)
                 .abort_on_client_close(true)
-                .route_deferred(Method::Get, "/metrics", move |req: &Request, r| {
-                    let (answer, budget) = (answer_metrics.clone(), scraper_budget(req));
-                    answer_off_loop(r, move || answer(budget));
+                .route_deferred(Method::Get, "/metrics", {
+                    let under_way = under_way.clone();
+                    move |req: &Request, r| {
+                        let (answer, budget) = (answer_metrics.clone(), scraper_budget(req));
+                        answer_off_loop(r, &under_way, move |wanted| answer(budget, wanted));
+                    }
                 })
-                .route_deferred(Method::Get, "/healthz", move |_: &Request, r| {
-                    answer_off_loop(r, answer_healthz.clone());
+                .route_deferred(Method::Get, "/healthz", {
+                    let under_way = under_way.clone();
+                    move |_: &Request, r| {
+                        answer_off_loop(r, &under_way, answer_healthz.clone());
+                    }
                 })
                 .route_deferred(Method::Get, "/debug/loops", move |_: &Request, r| {
-                    answer_off_loop(r, answer_loops.clone());
+                    answer_off_loop(r, &under_way, answer_loops.clone());
                 }),
         };
         let http = builder.spawn()?;
@@ -319,13 +337,44 @@ impl MetricsEndpoint {
 /// the endpoint gives up on it (503).
 const AGGREGATION_SLACK: Duration = Duration::from_secs(2);
 
-/// Answers through `r` with what `answer` computes, on a thread of its own. If the thread
-/// cannot start, the responder is dropped with the closure: the client gets a 500 (and
-/// the error is logged).
-fn answer_off_loop(r: Responder, answer: impl FnOnce() -> Response + Send + 'static) {
+/// Counts an aggregated answer under way for as long as it lives.
+struct UnderWay(Arc<AtomicUsize>);
+
+impl Drop for UnderWay {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// Answers through `r` with what `answer` computes, on a thread of its own, `answer`
+/// told whether its client is still there (one that left is not waited for). Beyond
+/// [`MAX_CONNECTIONS`] answers `under_way`, a `503` at once. If the thread cannot start,
+/// the responder is dropped with the closure: the client gets a 500 (and the error is
+/// logged).
+fn answer_off_loop(
+    r: Responder,
+    under_way: &Arc<AtomicUsize>,
+    answer: impl FnOnce(Wanted<'_>) -> Response + Send + 'static,
+) {
+    let counted = UnderWay(under_way.clone());
+    if under_way.fetch_add(1, Ordering::SeqCst) >= MAX_CONNECTIONS {
+        drop(counted);
+        duo_reactor::log_limited!(
+            log::Level::Warn,
+            "metrics: {MAX_CONNECTIONS} aggregated requests under way; answering 503"
+        );
+        return r.respond(Response::text(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "too many requests under way\n",
+        ));
+    }
     let started = std::thread::Builder::new()
         .name("metrics-aggregate".into())
-        .spawn(move || r.respond(answer()));
+        .spawn(move || {
+            let _counted = counted;
+            let resp = answer(&|| r.is_connected());
+            r.respond(resp);
+        });
     if let Err(e) = started {
         duo_reactor::log_limited!(
             log::Level::Error,

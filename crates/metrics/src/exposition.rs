@@ -64,6 +64,14 @@ fn is_name(name: &str) -> bool {
         && bytes.all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':')
 }
 
+/// A number as a Prometheus server reads one (Go's `strconv.ParseFloat`): what Rust
+/// parses, but for a sign before `nan`, which Go refuses (`-nan` is what C's printf
+/// writes for a negative NaN).
+fn is_number(word: &str) -> bool {
+    let unsigned = word.strip_prefix(['+', '-']);
+    word.parse::<f64>().is_ok() && !unsigned.is_some_and(|w| w.eq_ignore_ascii_case("nan"))
+}
+
 /// Checks a sample line.
 fn sample(line: &str) -> Result<(), &'static str> {
     let end = line
@@ -81,7 +89,7 @@ fn sample(line: &str) -> Result<(), &'static str> {
         return Err("no blank before the value");
     }
     let (number, after) = split_word(value);
-    if number.parse::<f64>().is_err() {
+    if !is_number(number) {
         return Err("no number for the value");
     }
     // Then a timestamp, an exemplar, both or neither (`merge` keeps them as they are).
@@ -89,7 +97,7 @@ fn sample(line: &str) -> Result<(), &'static str> {
     match word {
         "" => Ok(()),
         "#" => exemplar(rest),
-        timestamp if timestamp.parse::<f64>().is_ok() => match split_word(rest) {
+        timestamp if is_number(timestamp) => match split_word(rest) {
             ("", _) => Ok(()),
             ("#", rest) => exemplar(rest),
             _ => Err("more after the timestamp than an exemplar"),
@@ -111,14 +119,12 @@ fn exemplar(text: &str) -> Result<(), &'static str> {
         .strip_prefix('{')
         .ok_or("an exemplar without a label set")?;
     let (value, rest) = split_word(label_set(inner)?);
-    if value.parse::<f64>().is_err() {
+    if !is_number(value) {
         return Err("an exemplar without a value");
     }
     match split_word(rest) {
         ("", _) => Ok(()),
-        (timestamp, rest) if timestamp.parse::<f64>().is_ok() && split_word(rest).0.is_empty() => {
-            Ok(())
-        }
+        (timestamp, rest) if is_number(timestamp) && split_word(rest).0.is_empty() => Ok(()),
         _ => Err("more after an exemplar than its value and timestamp"),
     }
 }
@@ -193,6 +199,9 @@ mod tests {
             "a_total 1 # trace",
             "a_total 1 # {trace_id=\"a\"}",
             "a_total 1 # {trace_id=\"a\"} 0.5 1 2",
+            // A sign before NaN: Go's ParseFloat refuses it.
+            "a_total -nan",
+            "a_total 1 +NaN",
         ] {
             assert!(
                 check(&format!("# TYPE a counter\n{bad}\n")).is_err(),
