@@ -47,7 +47,8 @@
 //!   payload; any other type, or a payload over 1 MiB, closes the connection. Without it,
 //!   every byte received is sent back as is.
 //! - `--stats-interval SECS` (1 to 86400): log connections, messages/s and MiB/s every
-//!   `SECS` (with `--processes`, the supervisor logs one line summed over its workers).
+//!   `SECS` (with `--processes`, the supervisor logs one line summed over its workers;
+//!   with `--udp`, each datagram echoed counts as a message, and its bytes with the rest).
 //! - `--metrics ADDR`: serve `GET /metrics` (Prometheus/OpenMetrics text: every loop's
 //!   health, the server's connections and traffic, the buffer pool; see
 //!   `docs/observability.md`), `GET /healthz` and `GET /debug/loops` on `ADDR`, from a
@@ -97,7 +98,8 @@
 //!   the old ones drain; SIGUSR2 upgrades: the supervisor executes its binary again (same
 //!   PID) and then reloads. No connection is refused or reset meanwhile. Ctrl-Z (SIGTSTP
 //!   to the supervisor) stops the workers and then the supervisor, as a shell's job;
-//!   `fg`/`bg` (SIGCONT) continues them all.
+//!   `fg`/`bg` (SIGCONT) continues them all. A worker sent SIGHUP or SIGUSR2 itself (as
+//!   `pkill -HUP echo` does) logs and ignores it: those are the supervisor's.
 //! - Socket activation: started by systemd (or `systemd-socket-activate`) with
 //!   `LISTEN_FDS`/`LISTEN_PID`, `echo serve` (with or without `--processes`) serves on the
 //!   inherited socket instead of binding `--listen`; exactly one socket is expected (a
@@ -226,7 +228,8 @@ struct ServeArgs {
     /// answered with type 2 and the same payload.
     #[arg(long)]
     framed: bool,
-    /// Log connections, messages/s and MiB/s every SECS seconds (1 to 86400).
+    /// Log connections, messages/s and MiB/s every SECS seconds (1 to 86400); with --udp,
+    /// datagrams count as messages.
     #[arg(long, value_name = "SECS", value_parser = clap::value_parser!(u64).range(1..=MAX_SECS))]
     stats_interval: Option<u64>,
     /// How long a graceful stop waits for connections to finish before closing them (at

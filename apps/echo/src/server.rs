@@ -14,7 +14,7 @@ use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
     AcceptMode, ConnCtx, Endpoint, EventLoop, HealthConfig, InputBuffer, ServerBuilder,
-    ServerHandle, TcpServer, UdpSocket, WhenFull,
+    ServerHandle, Signal, TcpServer, UdpSocket, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -74,6 +74,12 @@ pub struct ServeConfig {
     /// process that serves.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
+
+/// The signals a worker blocks at its start: the stop signals, and the supervisor's own
+/// (`SIGHUP` reloads, `SIGUSR2` upgrades), which reach a worker only by mistake (`pkill
+/// -HUP echo` signals every echo process) and would kill it, resetting its connections:
+/// it logs and ignores them.
+const WORKER_SIGNALS: [Signal; 4] = [Signal::INT, Signal::TERM, Signal::HUP, Signal::USR2];
 
 /// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
 /// descriptors, standard streams) below its open-file limit; the rest are for connections.
@@ -166,7 +172,7 @@ pub fn serve_on_unix(cfg: &ServeConfig, listener: UnixListener) -> io::Result<()
 ///
 /// As [`serve`]; `InvalidInput` if the supervisor handed over no listening socket.
 pub fn serve_worker(cfg: &ServeConfig, mut worker: Worker) -> io::Result<()> {
-    process::prepare_server(&STOP_SIGNALS)?;
+    process::prepare_server(&WORKER_SIGNALS)?;
     let listener = worker.take_listeners().into_iter().next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -232,9 +238,6 @@ fn run_with_udp(
     let server = builder.start(&mut main_loop)?;
 
     let Some(mut worker) = worker else {
-        if let Some(every) = cfg.stats_interval {
-            report_stats(&mut main_loop, server.clone_handle(), messages, every);
-        }
         // Stopped (and its thread joined) when this function returns.
         let metrics = match cfg.metrics {
             Some(addr) => Some(serve_metrics(addr, endpoint_for(&server, cfg)?)?),
@@ -255,6 +258,14 @@ fn run_with_udp(
         } else {
             None
         };
+        if let Some(every) = cfg.stats_interval {
+            let counters = Counters {
+                server: server.clone_handle(),
+                messages,
+                udp: udp.clone(),
+            };
+            report_stats(&mut main_loop, counters, every);
+        }
         process::announce_listening(server.endpoint())?;
         if let Some(metrics) = &metrics {
             let mut out = io::stdout().lock();
@@ -276,18 +287,13 @@ fn run_with_udp(
         log::info!("stopped");
         return Ok(());
     };
-    let publish = worker.stats().map(|slot| {
-        let every = cfg
-            .stats_interval
-            .map_or(PUBLISH_EVERY, |s| s.min(PUBLISH_EVERY));
-        publish_stats(&mut main_loop, server.clone_handle(), messages, slot, every)
-    });
     process::shutdown_on_signals(
         &mut main_loop,
         &STOP_SIGNALS,
         server.clone_handle(),
         cfg.drain_timeout,
     )?;
+    ignore_supervisor_signals(&mut main_loop)?;
     // Its own endpoint on loopback, which the supervisor's `--metrics` address gathers;
     // stopped when this function returns.
     let _metrics = match cfg.metrics {
@@ -306,6 +312,17 @@ fn run_with_udp(
     } else {
         None
     };
+    let publish = worker.stats().map(|slot| {
+        let every = cfg
+            .stats_interval
+            .map_or(PUBLISH_EVERY, |s| s.min(PUBLISH_EVERY));
+        let counters = Counters {
+            server: server.clone_handle(),
+            messages,
+            udp: udp.clone(),
+        };
+        publish_stats(&mut main_loop, counters, slot, every)
+    });
     // The server accepts from the moment it started: tell the supervisor.
     worker.notify_ready()?;
     log::info!(
@@ -385,23 +402,61 @@ fn serve_metrics(addr: SocketAddr, endpoint: MetricsEndpoint) -> io::Result<Metr
         .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
 }
 
-/// Publishes the server's counters into the worker's stats row every `every`; returns the
+/// A worker's `SIGHUP` and `SIGUSR2` (blocked by [`WORKER_SIGNALS`]) are logged and
+/// ignored: the supervisor reloads and upgrades, and a worker that died of them would
+/// reset its connections.
+fn ignore_supervisor_signals(lp: &mut EventLoop) -> io::Result<()> {
+    lp.watch_signals(&[Signal::HUP, Signal::USR2], |_, sig| {
+        log::warn!(
+            "worker {}: {sig} is for the supervisor (echo reload --pid {}); ignored",
+            std::process::id(),
+            std::os::unix::process::parent_id()
+        );
+    })?;
+    Ok(())
+}
+
+/// What the stats line and a worker's stats row count: the TCP server's counters, the
+/// messages (counted by `on_message` when someone reads them) and the UDP echo's.
+#[derive(Clone)]
+struct Counters {
+    server: ServerHandle,
+    messages: Arc<AtomicU64>,
+    udp: Option<UdpSocket>,
+}
+
+impl Counters {
+    /// The totals so far: messages (TCP messages and UDP datagrams), bytes in and out.
+    fn totals(&self) -> (u64, u64, u64) {
+        let stats = self.server.stats();
+        let udp = self.udp.as_ref().map(UdpSocket::stats).unwrap_or_default();
+        (
+            self.messages
+                .load(Ordering::Relaxed)
+                .saturating_add(udp.datagrams_in),
+            stats.bytes_in().saturating_add(udp.bytes_in),
+            stats.bytes_out().saturating_add(udp.bytes_out),
+        )
+    }
+}
+
+/// Publishes the counters into the worker's stats row every `every`; returns the
 /// publication, for one last call when the worker ends.
 fn publish_stats(
     lp: &mut EventLoop,
-    server: ServerHandle,
-    messages: Arc<AtomicU64>,
+    counters: Counters,
     slot: StatsSlot,
     every: Duration,
 ) -> impl Fn() + Clone {
     let publish = move || {
-        let stats = server.stats();
+        let stats = counters.server.stats();
+        let (messages, bytes_in, bytes_out) = counters.totals();
         slot.publish(&WorkerStats {
             open: stats.active,
             accepted: stats.accepted,
-            bytes_in: stats.bytes_in(),
-            bytes_out: stats.bytes_out(),
-            messages: messages.load(Ordering::Relaxed),
+            bytes_in,
+            bytes_out,
+            messages,
         });
     };
     // Once now, so the row carries this worker's PID from the start (an upgraded
@@ -446,22 +501,13 @@ fn on_packets(ctx: &mut ConnCtx<'_>, input: &mut InputBuffer, messages: Option<&
     }
 }
 
-/// Logs one line of statistics every `every`, from the server's counters.
-fn report_stats(
-    lp: &mut EventLoop,
-    server: ServerHandle,
-    messages: Arc<AtomicU64>,
-    every: Duration,
-) {
+/// Logs one line of statistics every `every`, from the counters.
+fn report_stats(lp: &mut EventLoop, counters: Counters, every: Duration) {
     let mut last = (Instant::now(), 0u64, 0u64, 0u64);
     lp.run_every(every, move |_| {
         let now = Instant::now();
-        let stats = server.stats();
-        let (msgs, bytes_in, bytes_out) = (
-            messages.load(Ordering::Relaxed),
-            stats.bytes_in(),
-            stats.bytes_out(),
-        );
+        let stats = counters.server.stats();
+        let (msgs, bytes_in, bytes_out) = counters.totals();
         let (then, msgs0, in0, out0) = last;
         let elapsed = now.duration_since(then).as_secs_f64().max(1e-9);
         let mib_per_s = |bytes: u64| bytes as f64 / elapsed / (1024.0 * 1024.0);
