@@ -14,7 +14,7 @@ use duo_metrics::{MetricsEndpoint, MetricsServer};
 use duo_net::process::{self, STOP_SIGNALS};
 use duo_net::{
     AcceptMode, ConnCtx, Endpoint, EventLoop, HealthConfig, InputBuffer, ServerBuilder,
-    ServerHandle, Signal, TcpServer, UdpSocket, WhenFull,
+    ServerHandle, TcpServer, UdpSocket, WhenFull,
 };
 use duo_supervisor::{StatsSlot, Worker, WorkerStats};
 
@@ -74,12 +74,6 @@ pub struct ServeConfig {
     /// process that serves.
     pub tls: Option<(std::path::PathBuf, std::path::PathBuf)>,
 }
-
-/// The signals a worker blocks at its start: the stop signals, and the supervisor's own
-/// (`SIGHUP` reloads, `SIGUSR2` upgrades), which reach a worker only by mistake (`pkill
-/// -HUP echo` signals every echo process) and would kill it, resetting its connections:
-/// it logs and ignores them.
-const WORKER_SIGNALS: [Signal; 4] = [Signal::INT, Signal::TERM, Signal::HUP, Signal::USR2];
 
 /// Descriptors a worker keeps for itself (loops, timers, signals, the acceptors' spare
 /// descriptors, standard streams) below its open-file limit; the rest are for connections.
@@ -172,7 +166,7 @@ pub fn serve_on_unix(cfg: &ServeConfig, listener: UnixListener) -> io::Result<()
 ///
 /// As [`serve`]; `InvalidInput` if the supervisor handed over no listening socket.
 pub fn serve_worker(cfg: &ServeConfig, mut worker: Worker) -> io::Result<()> {
-    process::prepare_server(&WORKER_SIGNALS)?;
+    process::prepare_server(&duo_supervisor::WORKER_SIGNALS)?;
     let listener = worker.take_listeners().into_iter().next().ok_or_else(|| {
         io::Error::new(
             io::ErrorKind::InvalidInput,
@@ -293,7 +287,7 @@ fn run_with_udp(
         server.clone_handle(),
         cfg.drain_timeout,
     )?;
-    ignore_supervisor_signals(&mut main_loop)?;
+    duo_supervisor::ignore_supervisor_signals(&mut main_loop)?;
     // Its own endpoint on loopback, which the supervisor's `--metrics` address gathers;
     // stopped when this function returns.
     let _metrics = match cfg.metrics {
@@ -400,20 +394,6 @@ fn serve_metrics(addr: SocketAddr, endpoint: MetricsEndpoint) -> io::Result<Metr
     endpoint
         .spawn(addr)
         .map_err(|e| io::Error::new(e.kind(), format!("metrics endpoint on {addr}: {e}")))
-}
-
-/// A worker's `SIGHUP` and `SIGUSR2` (blocked by [`WORKER_SIGNALS`]) are logged and
-/// ignored: the supervisor reloads and upgrades, and a worker that died of them would
-/// reset its connections.
-fn ignore_supervisor_signals(lp: &mut EventLoop) -> io::Result<()> {
-    lp.watch_signals(&[Signal::HUP, Signal::USR2], |_, sig| {
-        log::warn!(
-            "worker {}: {sig} is for the supervisor (echo reload --pid {}); ignored",
-            std::process::id(),
-            std::os::unix::process::parent_id()
-        );
-    })?;
-    Ok(())
 }
 
 /// What the stats line and a worker's stats row count: the TCP server's counters, the

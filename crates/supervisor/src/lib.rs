@@ -112,4 +112,6 @@ pub use serving::{
 };
 pub use supervisor::{is_upgrade_check, Supervisor, SupervisorError};
 pub use table::{WorkerEndpoint, WorkerTable};
-pub use worker::{StatsSlot, Worker, WorkerError, WorkerStats};
+pub use worker::{
+    ignore_supervisor_signals, StatsSlot, Worker, WorkerError, WorkerStats, WORKER_SIGNALS,
+};

@@ -263,3 +263,36 @@ mod tests {
         assert_eq!(sum.accepted, 10);
     }
 }
+
+/// The signals a worker blocks at its start, before any thread exists (every thread
+/// inherits the mask): the stop signals (`SIGINT`, `SIGTERM`), which its main loop
+/// handles, and the supervisor's own (`SIGHUP` reloads, `SIGUSR2` upgrades). Those reach a
+/// worker only by mistake (`pkill -HUP PROGRAM` signals every process of that name), and
+/// their default action would kill it and reset its connections: a worker's main loop
+/// logs and ignores them ([`ignore_supervisor_signals`]).
+pub const WORKER_SIGNALS: [duo_reactor::Signal; 4] = [
+    duo_reactor::Signal::INT,
+    duo_reactor::Signal::TERM,
+    duo_reactor::Signal::HUP,
+    duo_reactor::Signal::USR2,
+];
+
+/// Has `lp` (a worker's main loop) log and ignore `SIGHUP` and `SIGUSR2`, blocked by
+/// [`WORKER_SIGNALS`]: the supervisor's signals, sent to a worker by mistake.
+///
+/// # Errors
+///
+/// The loop could not watch the signals (a signalfd could not be made).
+pub fn ignore_supervisor_signals(lp: &mut duo_reactor::EventLoop) -> io::Result<()> {
+    lp.watch_signals(
+        &[duo_reactor::Signal::HUP, duo_reactor::Signal::USR2],
+        |_, sig| {
+            log::warn!(
+                "worker {}: {sig} is for its supervisor (PID {}); ignored",
+                std::process::id(),
+                std::os::unix::process::parent_id()
+            );
+        },
+    )?;
+    Ok(())
+}
