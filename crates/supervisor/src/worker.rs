@@ -238,32 +238,6 @@ fn number(var: &'static str) -> Result<Option<u64>, WorkerError> {
     })
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_slot_publishes_into_its_own_row() {
-        let region = Arc::new(SharedCounters::create("t", 3 * ROW_LEN).unwrap());
-        assert!(StatsSlot::new(region.clone(), 3).is_none(), "outside");
-        let slot = StatsSlot::new(region.clone(), 1).unwrap();
-        let stats = WorkerStats {
-            open: 2,
-            accepted: 5,
-            bytes_in: 10,
-            bytes_out: 11,
-            messages: 3,
-        };
-        slot.publish(&stats);
-        assert_eq!(slot.read(), (std::process::id(), stats));
-        let (pid, other) = read_row(&region.slots()[..ROW_LEN]);
-        assert_eq!((pid, other), (0, WorkerStats::default()));
-        let mut sum = stats;
-        sum.add(&stats);
-        assert_eq!(sum.accepted, 10);
-    }
-}
-
 /// The signals a worker blocks at its start, before any thread exists (every thread
 /// inherits the mask): the stop signals (`SIGINT`, `SIGTERM`), which its main loop
 /// handles, and the supervisor's own (`SIGHUP` reloads, `SIGUSR2` upgrades). Those reach a
@@ -295,4 +269,30 @@ pub fn ignore_supervisor_signals(lp: &mut duo_reactor::EventLoop) -> io::Result<
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_slot_publishes_into_its_own_row() {
+        let region = Arc::new(SharedCounters::create("t", 3 * ROW_LEN).unwrap());
+        assert!(StatsSlot::new(region.clone(), 3).is_none(), "outside");
+        let slot = StatsSlot::new(region.clone(), 1).unwrap();
+        let stats = WorkerStats {
+            open: 2,
+            accepted: 5,
+            bytes_in: 10,
+            bytes_out: 11,
+            messages: 3,
+        };
+        slot.publish(&stats);
+        assert_eq!(slot.read(), (std::process::id(), stats));
+        let (pid, other) = read_row(&region.slots()[..ROW_LEN]);
+        assert_eq!((pid, other), (0, WorkerStats::default()));
+        let mut sum = stats;
+        sum.add(&stats);
+        assert_eq!(sum.accepted, 10);
+    }
 }
