@@ -12,8 +12,10 @@
 //!   `BAD_REQUEST`, and the session goes on.
 //!
 //! The TLS settings (`--ca`) are loaded before connecting. A reply must be a whole line of
-//! text: a TLS record instead (a TLS server answering a client without `--tls`) or a line
-//! cut short by the close is an error, never printed as a reply.
+//! text of at most [`MAX_REPLY_LINE`] bytes: a TLS record instead (a TLS server answering
+//! a client without `--tls`), a plaintext line where a TLS client expected the handshake,
+//! a longer line, a `HISTORY` count above [`HISTORY_MAX`] or a line cut short by the
+//! close is an error, never printed as a reply.
 //!
 //! Exit status: 1 if the connection fails or, in one-shot mode, after an `ERR` reply;
 //! 2 if a one-shot command holds a line end ([`ClientError::Usage`]); else 0. A blank
@@ -29,11 +31,14 @@ use duo_net::tls::{self, rustls};
 use duo_net::Endpoint;
 use socket2::{Domain, SockAddr, Socket, Type};
 
-use crate::protocol::extra_reply_lines;
+use crate::protocol::{extra_reply_lines, HISTORY_MAX};
 
 /// How long to wait to connect, and for a reply.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const REPLY_TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest reply line taken: far above any a bank sends (a `HISTORY` entry names one
+/// user), so that a peer streaming one endless line cannot grow the client without bound.
+pub const MAX_REPLY_LINE: usize = 64 * 1024;
 
 /// Why the client failed.
 #[derive(Debug, thiserror::Error)]
@@ -61,9 +66,18 @@ pub enum ClientError {
     /// A TLS record came back where a reply was expected: the server speaks TLS.
     #[error("the server answered with TLS: it serves TLS; connect with --tls")]
     ServerSpeaksTls,
+    /// A TLS client met a plaintext reply where the server's handshake was expected.
+    #[error("the server does not speak TLS: connect without --tls")]
+    ServerSpeaksPlain,
     /// A reply that is not text (UTF-8): not a bank server.
     #[error("the reply is not text: is this a bank server?")]
     NotText,
+    /// A reply line longer than [`MAX_REPLY_LINE`]: not a bank server.
+    #[error("a reply line longer than {MAX_REPLY_LINE} bytes: is this a bank server?")]
+    TooLong,
+    /// A `HISTORY` reply announcing more than [`HISTORY_MAX`] entries: not a bank server.
+    #[error("HISTORY answered {0:?}, more than {HISTORY_MAX} entries: is this a bank server?")]
+    TooManyEntries(String),
     /// The TLS settings could not be loaded (`--ca`), or the host is no valid name.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsConfigError),
@@ -166,10 +180,15 @@ impl Conn {
         out.extend_from_slice(line);
         out.push(b'\n');
         let writer = self.reader.get_mut();
-        writer.write_all(&out)?;
-        writer.flush()?;
+        writer
+            .write_all(&out)
+            .and_then(|()| writer.flush())
+            .map_err(connection_error)?;
         let first = self.read_line()?;
         let extra = extra_reply_lines(&String::from_utf8_lossy(line), &first);
+        if extra > HISTORY_MAX {
+            return Err(ClientError::TooManyEntries(first));
+        }
         let mut lines = vec![first];
         for _ in 0..extra {
             lines.push(self.read_line()?);
@@ -177,12 +196,13 @@ impl Conn {
         Ok(lines)
     }
 
-    /// One reply line: a whole line of text (a TLS record, or bytes cut short by the
-    /// close, are errors, not replies).
+    /// One reply line: a whole line of text of at most [`MAX_REPLY_LINE`] bytes (a TLS
+    /// record, a longer line, or bytes cut short by the close, are errors, not replies).
     fn read_line(&mut self) -> Result<String, ClientError> {
         let mut buf = Vec::new();
-        if self
-            .reader
+        let limit = MAX_REPLY_LINE as u64 + 1;
+        if (&mut self.reader)
+            .take(limit)
             .read_until(b'\n', &mut buf)
             .map_err(reply_error)?
             == 0
@@ -191,6 +211,9 @@ impl Conn {
         }
         if is_tls_record(&buf) {
             return Err(ClientError::ServerSpeaksTls);
+        }
+        if buf.len() > MAX_REPLY_LINE && buf.last() != Some(&b'\n') {
+            return Err(ClientError::TooLong);
         }
         if buf.last() != Some(&b'\n') {
             return Err(ClientError::CutShort);
@@ -207,7 +230,27 @@ impl Conn {
 fn reply_error(e: io::Error) -> ClientError {
     match e.kind() {
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ClientError::NoReply(REPLY_TIMEOUT),
-        _ => ClientError::Io(e),
+        _ => connection_error(e),
+    }
+}
+
+/// A failed read or write: a plaintext reply met by TLS (rustls finds no valid record
+/// type: a bank's `ERR` line to the ClientHello) said as such, anything else as the
+/// connection's failure.
+fn connection_error(e: io::Error) -> ClientError {
+    let plaintext = e
+        .get_ref()
+        .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        .is_some_and(|tls| {
+            matches!(
+                tls,
+                rustls::Error::InvalidMessage(rustls::InvalidMessage::InvalidContentType)
+            )
+        });
+    if plaintext {
+        ClientError::ServerSpeaksPlain
+    } else {
+        ClientError::Io(e)
     }
 }
 

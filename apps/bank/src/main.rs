@@ -33,9 +33,9 @@
 //!   talks to it.
 //!
 //! Exit status: 0 on success, 1 on a runtime error (the message says why), 2 on a usage
-//! error (a bad flag, `--processes 0`, `--processes` above 1 on SQLite, more processes
-//! than the descriptor budget allows, an inherited socket that is not one listening TCP
-//! socket).
+//! error (a bad flag, `--processes 0`, `--processes` or `--db-writers` above 1 on SQLite,
+//! more processes than the descriptor budget allows, an inherited socket that is not one
+//! listening TCP socket, a `--connect` value that is no address).
 #![forbid(unsafe_code)]
 
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
@@ -163,7 +163,7 @@ struct ServeArgs {
 #[derive(Debug, Args)]
 struct ClientArgs {
     /// Server address: HOST:PORT, unix:/path or unix:@name.
-    #[arg(long, default_value = "127.0.0.1:7100")]
+    #[arg(long, default_value = "127.0.0.1:7100", value_parser = parse_connect)]
     connect: String,
     /// Speak TLS, verifying the server's certificate as the host of --connect.
     #[arg(long)]
@@ -201,6 +201,32 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
         .map_err(|e| format!("{s}: {e}"))?
         .next()
         .ok_or_else(|| format!("{s}: resolves to no address"))
+}
+
+/// `--connect`: `unix:/path`, `unix:@name`, or `HOST:PORT` with a port number (an IPv6
+/// address in brackets), checked but not resolved: a value of another form is a usage
+/// error, a host name that does not resolve the connection's failure.
+fn parse_connect(s: &str) -> Result<String, String> {
+    if s.starts_with("unix:") {
+        return s
+            .parse::<Endpoint>()
+            .map(|_| s.to_owned())
+            .map_err(|e| format!("{e}"));
+    }
+    if s.parse::<SocketAddr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    if s.matches(':').count() > 1 && !s.starts_with('[') {
+        return Err(format!(
+            "{s}: an IPv6 address goes in brackets before its port, as [::1]:7100"
+        ));
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && port.parse::<u16>().is_ok() => Ok(s.to_owned()),
+        _ => Err(format!(
+            "{s}: expected HOST:PORT (a port number 0-65535), unix:/path or unix:@name"
+        )),
+    }
 }
 
 /// Parses `--db` with [`Database::parse`]. Its own parser, not a function: clap puts the
@@ -314,6 +340,16 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Option<TcpListener>) -
         if let Err(why) = supervise::check_processes(n, &cfg.db) {
             return fail(USAGE, &format!("bank: {why}"));
         }
+    }
+    if cfg.db_writers > 1 && !cfg.db.allows_several_front_ends() {
+        return fail(
+            USAGE,
+            &format!(
+                "bank: --db-writers {} needs PostgreSQL: SQLite ({}) has one writer \
+                 connection; leave out --db-writers",
+                cfg.db_writers, cfg.db
+            ),
+        );
     }
     match (processes, inherited) {
         (None, None) => report(server::serve(cfg)),

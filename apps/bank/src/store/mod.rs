@@ -37,8 +37,9 @@ pub(crate) mod sqlite;
 
 pub(crate) use group::GroupCommit;
 
-/// Where the accounts live, as given to `bank serve --db`.
-#[derive(Debug, Clone, PartialEq, Eq)]
+/// Where the accounts live, as given to `bank serve --db`. Shown (`Display`) and debugged
+/// (`Debug`) without the password of a PostgreSQL URL.
+#[derive(Clone, PartialEq, Eq)]
 pub enum Database {
     /// An SQLite file (`bank.db`, `sqlite:PATH`).
     Sqlite(PathBuf),
@@ -86,6 +87,20 @@ impl Database {
     /// Whether several server processes may use the database at once.
     pub fn allows_several_front_ends(&self) -> bool {
         matches!(self, Database::Postgres(_))
+    }
+}
+
+impl fmt::Debug for Database {
+    /// As the derived `Debug` would, with a PostgreSQL URL's password replaced by `***`:
+    /// the settings a `{:?}` logs hold this.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Database::Sqlite(path) => f.debug_tuple("Sqlite").field(path).finish(),
+            Database::Postgres(url) => f
+                .debug_tuple("Postgres")
+                .field(&postgres::redact(url))
+                .finish(),
+        }
     }
 }
 

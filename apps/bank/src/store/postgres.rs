@@ -69,12 +69,14 @@ use crate::protocol::{EntryKind, HistoryEntry};
 
 mod barrier;
 mod conn;
+mod redact;
 mod reply;
 mod schema;
 mod session;
 
 use barrier::{start_flusher, FLUSHED};
 use conn::{Conn, ConnectError};
+pub(crate) use redact::redact;
 use reply::{column, outcomes, ReadError};
 use schema::migrate;
 use session::{pin_schema, prepare_writer, settle, WriterSession};
@@ -98,39 +100,17 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(2);
 pub(crate) fn check_url(url: &str) -> Result<(), String> {
     Config::from_str(url)
         .map(drop)
-        .map_err(|e| format!("{}: {e}", redact(url)))
+        .map_err(|e| format!("{}: {}", redact(url), url_error(&e)))
 }
 
-/// The URL with any password replaced by `***` (for messages and logs).
-pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_owned();
-    };
-    let (authority, tail) = match rest.find(['/', '?']) {
-        Some(i) => rest.split_at(i),
-        None => (rest, ""),
-    };
-    let authority = match authority.rsplit_once('@') {
-        Some((userinfo, host)) => match userinfo.split_once(':') {
-            Some((user, _password)) => format!("{user}:***@{host}"),
-            None => authority.to_owned(),
-        },
-        None => authority.to_owned(),
-    };
-    let tail: String = match tail.split_once('?') {
-        Some((path, query)) => {
-            let params: Vec<String> = query
-                .split('&')
-                .map(|p| match p.split_once('=') {
-                    Some(("password", _)) => "password=***".to_owned(),
-                    _ => p.to_owned(),
-                })
-                .collect();
-            format!("{path}?{}", params.join("&"))
-        }
-        None => tail.to_owned(),
-    };
-    format!("{scheme}://{authority}{tail}")
+/// Why a URL does not parse: tokio-postgres says only `invalid connection string` and
+/// keeps the reason (`unknown option `x``, `invalid value for option `port``, which name
+/// options, never values) in its source.
+fn url_error(e: &tokio_postgres::Error) -> String {
+    match std::error::Error::source(e) {
+        Some(why) => format!("{e}: {why}"),
+        None => e.to_string(),
+    }
 }
 
 /// A failed connection attempt: `UNAVAILABLE` when the server cannot be reached or does
@@ -314,8 +294,8 @@ impl PgStore {
     /// writer. Fails if the server cannot be reached or the database holds something else.
     pub(crate) fn open(url: &str, options: StoreOptions) -> Result<PgStore, StoreError> {
         let shown = redact(url);
-        let mut config =
-            Config::from_str(url).map_err(|e| StoreError::Schema(format!("{shown}: {e}")))?;
+        let mut config = Config::from_str(url)
+            .map_err(|e| StoreError::Schema(format!("{shown}: {}", url_error(&e))))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }

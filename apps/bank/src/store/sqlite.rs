@@ -81,6 +81,18 @@ impl fmt::Debug for SqliteStore {
     }
 }
 
+/// `path` as SQLite must be given it to open that file: SQLite (built with URI names on)
+/// reads a name beginning with `file:` as a URI (`file:b.db?mode=ro` names `b.db`, with
+/// options), so such a relative path goes as `./file:...`.
+fn not_a_uri(path: &Path) -> std::borrow::Cow<'_, Path> {
+    use std::os::unix::ffi::OsStrExt;
+    if path.as_os_str().as_bytes().starts_with(b"file:") {
+        std::borrow::Cow::Owned(Path::new(".").join(path))
+    } else {
+        std::borrow::Cow::Borrowed(path)
+    }
+}
+
 /// A connection to the database at `path`; the writer's (`read_only` false) creates the
 /// file if absent, a reader's never does: opened on demand while the server runs, it must
 /// not put an empty database where the bank's was removed or moved away.
@@ -89,7 +101,7 @@ fn open_connection(path: &Path, read_only: bool) -> rusqlite::Result<Connection>
     if !read_only {
         flags |= OpenFlags::SQLITE_OPEN_CREATE;
     }
-    let conn = Connection::open_with_flags(path, flags)?;
+    let conn = Connection::open_with_flags(not_a_uri(path).as_ref(), flags)?;
     conn.busy_timeout(BUSY_TIMEOUT)?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
