@@ -292,3 +292,50 @@ fn zero_processes_is_a_usage_error() {
         "{stderr}"
     );
 }
+
+/// A worker sent `SIGHUP` or `SIGUSR2` itself (`pkill -HUP bank` reaches every bank
+/// process): the supervisor's signals, which a worker logs and ignores. It used to die of
+/// the default action, resetting its connections (a client in the middle of its session
+/// lost it).
+#[test]
+fn a_worker_sent_the_supervisors_signals_keeps_serving() {
+    let dir = std::env::temp_dir().join(format!("duo-bank-wsig-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let db = dir.join("bank.db");
+    let mut server = ChildServer::builder(bank_serve(db.to_str().unwrap(), &["--processes", "1"]))
+        .startup(Duration::from_secs(30))
+        .start();
+    let workers = children(server.pid());
+    assert_eq!(workers.len(), 1, "{workers:?}");
+    let worker = *workers.iter().next().unwrap();
+    assert_eq!(
+        Client::connect(server.addr()).cmd(&format!("REGISTER alice {PW}")),
+        "OK registered"
+    );
+    let mut alice = Client::logged_in(server.addr(), "alice");
+    assert_eq!(alice.cmd("DEPOSIT 5"), "OK 5");
+    for (signal, name) in [("HUP", "SIGHUP"), ("USR2", "SIGUSR2")] {
+        duo_testkit::send_signal(worker, signal).unwrap();
+        let handled = format!("worker {worker}: {name} ");
+        wait_until_within(
+            LIMIT,
+            "the worker to handle the signal or die of it",
+            || !is_running(worker) || server.stderr().contains(&handled),
+        );
+        assert!(
+            is_running(worker),
+            "the worker died of {name}:\n{}",
+            server.stderr()
+        );
+        assert_eq!(
+            alice.cmd("BALANCE"),
+            "OK 5",
+            "the session goes on after {name}"
+        );
+    }
+    assert_eq!(children(server.pid()), workers, "{}", server.stderr());
+    let (status, _) = server.terminate("TERM", LIMIT);
+    assert!(status.success(), "{status}");
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -200,7 +200,10 @@ pub fn serve_on(cfg: ServeConfig, listener: TcpListener) -> Result<(), ServeErro
 ///
 /// As [`serve`]; also if the supervisor handed over no listening socket.
 pub fn serve_worker(cfg: ServeConfig, mut worker: Worker) -> Result<(), ServeError> {
-    prepare()?;
+    // Also the supervisor's own signals, sent to a worker by mistake: logged and ignored
+    // (`run`), not the death of its connections.
+    process::prepare_server(&duo_supervisor::WORKER_SIGNALS)
+        .map_err(|e| ServeError::Startup(e.to_string()))?;
     let listener = worker.take_listeners().into_iter().next().ok_or_else(|| {
         ServeError::Startup("the supervisor handed over no listening socket".to_owned())
     })?;
@@ -350,6 +353,9 @@ fn run(
         SHUTDOWN_GRACE,
     )
     .map_err(startup("signalfd"))?;
+    if worker.is_some() {
+        duo_supervisor::ignore_supervisor_signals(&mut lp).map_err(startup("signalfd"))?;
+    }
 
     let addr = server.endpoint().clone();
     log::info!(
