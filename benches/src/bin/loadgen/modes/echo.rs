@@ -134,9 +134,13 @@ fn worker(
         engine.poll(setup_deadline)?;
     }
     let established = engine.open_count() as u64;
-    let Some(go) = ticket.arrive_and_wait(&mut engine)? else {
+    let Some(_opened) = ticket.arrive_and_wait(&mut engine)? else {
         return Ok(Tally::default());
     };
+    // This thread's phase starts when it sees the gate open, up to one wait of
+    // `arrive_and_wait` after the opening: an open-loop schedule counted from the opening
+    // would have sent its first requests late, and charged that delay to the server.
+    let go = Instant::now();
     engine.shared_mut().running = true;
     engine.shared_mut().pacer.go = Some(go);
     engine.each(|session, ctx| {
