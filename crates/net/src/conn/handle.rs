@@ -172,7 +172,7 @@ struct ConnShared {
     context: Mutex<Option<Context>>,
     last_activity_ms: AtomicU64,
     /// The connection's output limit as sends from other threads see it (bytes, with
-    /// [`LIMIT_CLOSES`] for the policy), [`NO_SEND_LIMIT`] without one: set when the
+    /// `LIMIT_CLOSES` (`handle/transit.rs`) for the policy), [`NO_SEND_LIMIT`] without one: set when the
     /// connection is registered.
     send_limit: AtomicUsize,
     /// Bytes sent from other threads that the loop has not taken into the output buffer

@@ -14,7 +14,7 @@ impl EventLoop {
         self.shared.metrics()
     }
 
-    /// The loop's name (see [`LoopHandle::name`]).
+    /// The loop's name (see [`LoopHandle::name`](crate::LoopHandle::name)).
     pub fn name(&self) -> &str {
         &self.shared.name
     }
