@@ -15,14 +15,12 @@
 mod common;
 
 use std::net::SocketAddr;
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::pg::{client, err_code, until_available};
-use common::{Backend, Client, TestDb, BANK, PW};
-use duo_testkit::{join_before, run_within, wait_until_within};
+use common::pg::{client, err_code, failed_start, until_available, Holder};
+use common::{Backend, Client, TestDb, PW};
+use duo_testkit::{join_before, wait_until_within};
 
 /// A fresh database on the shared cluster, or `None` (skipped) without PostgreSQL.
 fn database(tag: &str) -> Option<TestDb> {
@@ -69,89 +67,10 @@ fn pipelined(c: &mut Client, lines: &[&str]) -> Vec<String> {
     lines.iter().map(|_| c.line()).collect()
 }
 
-/// A `psql` holding a lock in database `db` (a transaction that then sleeps), found by
-/// an `application_name` of its own; killed by PID on drop.
-struct Holder {
-    psql: Child,
-    tag: String,
-}
-
-impl Holder {
-    /// Runs `lock` in a transaction of its own in `db`; returns once the lock is held.
-    fn hold(db: &TestDb, lock: &str) -> Holder {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let tag = format!("review8_holder_{}", N.fetch_add(1, Ordering::SeqCst));
-        let cluster = db.cluster().expect("a PostgreSQL database");
-        let mut cmd = cluster.command("psql");
-        cmd.env("PGAPPNAME", &tag)
-            .env("PGDATABASE", db_name(db))
-            .args([
-                "-X",
-                "-c",
-                &format!(
-                    "SET statement_timeout = 0; SET lock_timeout = 0; \
-                     BEGIN; {lock}; SELECT pg_sleep(60); COMMIT;"
-                ),
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null());
-        let holder = Holder {
-            psql: cmd.spawn().expect("psql"),
-            tag,
-        };
-        wait_until_within(Duration::from_secs(10), "the lock held", || {
-            db.psql(&format!(
-                "SELECT count(*) FROM pg_stat_activity \
-                 WHERE application_name = '{}' AND wait_event = 'PgSleep'",
-                holder.tag
-            )) == "1"
-        });
-        holder
-    }
-
-    /// Ends the holding session (its transaction rolls back: the server would not notice
-    /// the end of its client during `pg_sleep`) and waits until it is gone.
-    fn release(self, db: &TestDb) {
-        let which = format!(
-            "FROM pg_stat_activity WHERE application_name = '{}'",
-            self.tag
-        );
-        db.psql(&format!("SELECT pg_terminate_backend(pid) {which}"));
-        wait_until_within(Duration::from_secs(10), "the lock released", || {
-            db.psql(&format!("SELECT count(*) {which}")) == "0"
-        });
-    }
-}
-
-impl Drop for Holder {
-    fn drop(&mut self) {
-        let _ = self.psql.kill();
-        let _ = self.psql.wait();
-    }
-}
-
-/// Runs `bank serve --db <url>` that is expected to fail at start: its exit code and
-/// stderr (killed, failing the test, after 20 s).
-fn failed_start(url: &str) -> (Option<i32>, String) {
-    let done = run_within(
-        Command::new(BANK).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hash-cost",
-            "low",
-            "--db",
-            url,
-        ]),
-        Duration::from_secs(20),
-    )
-    .unwrap_or_else(|e| panic!("bank serve --db {url} did not end by itself: {e}"));
-    assert!(
-        !done.stdout.contains("listening on"),
-        "bank serve started: {}",
-        done.stdout
-    );
-    (done.status.code(), done.stderr)
+/// A lock held in `db`'s database until released (the suite's [`common::pg::Holder`]).
+fn hold(db: &TestDb, lock: &str) -> Holder {
+    let cluster = db.cluster().expect("a PostgreSQL database");
+    Holder::hold_in(cluster, Some(&db_name(db)), lock)
 }
 
 // ---------------------------------------------------------------------------------------
@@ -305,12 +224,12 @@ fn a_write_canceled_by_statement_timeout_answers_unavailable_and_the_next_succee
     ));
     let server = db.start(&[]);
     let mut alice = two_accounts(server.addr);
-    let holder = Holder::hold(&db, "SELECT 1 FROM users WHERE name = 'bob' FOR UPDATE");
+    let holder = hold(&db, "SELECT 1 FROM users WHERE name = 'bob' FOR UPDATE");
     assert_eq!(
         alice.cmd("TRANSFER bob 10 s1"),
         "ERR UNAVAILABLE database unavailable; try again later"
     );
-    holder.release(&db);
+    holder.release(db.cluster().unwrap());
     assert_eq!(alice.cmd("TRANSFER bob 10 s1"), "OK 990");
     assert_eq!(db.psql("SELECT sum(balance) FROM users"), "1000");
 }
@@ -332,7 +251,7 @@ fn a_batch_that_times_out_on_a_row_lock_is_answered_unavailable_at_once() {
     ));
     let server = db.start(&[]);
     let mut alice = two_accounts(server.addr);
-    let holder = Holder::hold(&db, "SELECT 1 FROM users WHERE name = 'alice' FOR UPDATE");
+    let holder = hold(&db, "SELECT 1 FROM users WHERE name = 'alice' FOR UPDATE");
     // (Run again one by one, each write would wait a whole timeout more and end
     // `INTERNAL`: the replies tell the two paths apart, no clock needed.)
     let replies = pipelined(&mut alice, &["DEPOSIT 1"; WRITES]);
@@ -342,7 +261,7 @@ fn a_batch_that_times_out_on_a_row_lock_is_answered_unavailable_at_once() {
             "{replies:?}"
         );
     }
-    holder.release(&db);
+    holder.release(db.cluster().unwrap());
     assert_eq!(alice.cmd("DEPOSIT 1"), "OK 1001");
 }
 
@@ -360,12 +279,12 @@ fn a_read_that_times_out_on_a_table_lock_answers_unavailable() {
     let server = db.start(&[]);
     let mut alice = two_accounts(server.addr);
     assert_eq!(alice.cmd("BALANCE"), "OK 1000");
-    let holder = Holder::hold(&db, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE");
+    let holder = hold(&db, "LOCK TABLE users IN ACCESS EXCLUSIVE MODE");
     assert_eq!(
         alice.cmd("BALANCE"),
         "ERR UNAVAILABLE database unavailable; try again later"
     );
-    holder.release(&db);
+    holder.release(db.cluster().unwrap());
     assert_eq!(alice.cmd("BALANCE"), "OK 1000");
 }
 
@@ -388,7 +307,7 @@ fn a_schema_version_that_is_not_this_programs_is_refused_at_start() {
         db.psql(&format!(
             "UPDATE bank_meta SET value = '{version}' WHERE key = 'schema_version'"
         ));
-        let (code, stderr) = failed_start(&db.url());
+        let (code, stderr, _) = failed_start(&db.url());
         assert_eq!(code, Some(1), "version {version}: {stderr}");
         assert!(stderr.contains(says), "version {version}: {stderr}");
     }

@@ -12,15 +12,15 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{ok_number, Backend, Client, Gate, Server, TestDb, BANK, PW};
+use common::pg::failed_start;
+use common::{ok_number, Backend, Client, Gate, Server, TestDb, PW};
 use duo_testkit::pg::PgCluster;
-use duo_testkit::{join_before, run_within, wait_until_within, RefusedPort, Rng};
+use duo_testkit::{join_before, wait_until_within, RefusedPort, Rng};
 
 /// How long a whole load phase (threads started to threads joined) may take.
 const LOAD_LIMIT: Duration = Duration::from_secs(40);
@@ -62,31 +62,6 @@ fn balance_of(addr: SocketAddr, user: &str) -> i64 {
 /// The error code of an `ERR` reply, or `None` for another reply.
 fn err_code(reply: &str) -> Option<&str> {
     reply.strip_prefix("ERR ")?.split(' ').next()
-}
-
-/// Runs `bank serve --db <db>` that is expected to fail at start: its exit status code,
-/// its stderr and how long it ran (killed, failing the test, after 30 s).
-fn failed_start(db: &str) -> (Option<i32>, String, Duration) {
-    let started = Instant::now();
-    let done = run_within(
-        Command::new(BANK).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hash-cost",
-            "low",
-            "--db",
-            db,
-        ]),
-        Duration::from_secs(30),
-    )
-    .unwrap_or_else(|e| panic!("bank serve --db {db} did not end by itself: {e}"));
-    assert!(
-        !done.stdout.contains("listening on"),
-        "bank serve --db {db} started: {}",
-        done.stdout
-    );
-    (done.status.code(), done.stderr, started.elapsed())
 }
 
 #[test]

@@ -5,14 +5,14 @@
 //! [`super::pg_proxy`].
 
 use std::net::SocketAddr;
-use std::process::{Child, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use duo_testkit::pg::PgCluster;
-use duo_testkit::wait_until_within;
+use duo_testkit::{run_within, wait_until_within};
 
-use super::{psql, Client, Server, PW};
+use super::{psql, Client, Server, BANK, PW};
 
 /// How long a reply may take for a [`client`]: the bounds under test are a second or two,
 /// and a connection attempt through a stalled path gives up after a second too.
@@ -108,9 +108,17 @@ impl Holder {
     /// Runs `lock` (say `LOCK TABLE users`) in a transaction that then sleeps; returns
     /// once the lock is held.
     pub(crate) fn hold(cluster: &PgCluster, lock: &str) -> Holder {
+        Holder::hold_in(cluster, None, lock)
+    }
+
+    /// As [`Holder::hold`], in `database` (the cluster's default without one).
+    pub(crate) fn hold_in(cluster: &PgCluster, database: Option<&str>, lock: &str) -> Holder {
         static N: AtomicUsize = AtomicUsize::new(0);
         let tag = format!("duo_holder_{}", N.fetch_add(1, Ordering::SeqCst));
         let mut cmd = cluster.command("psql");
+        if let Some(database) = database {
+            cmd.env("PGDATABASE", database);
+        }
         cmd.env("PGAPPNAME", &tag)
             .args([
                 "-X",
@@ -200,4 +208,29 @@ pub(crate) fn alive(cluster: &PgCluster, pid: &str) -> bool {
         cluster,
         &format!("SELECT count(*) FROM pg_stat_activity WHERE pid = {pid}"),
     ) == "1"
+}
+
+/// Runs `bank serve --db <db>` that is expected to fail at start: its exit status code,
+/// its stderr and how long it ran (killed, failing the test, after 30 s).
+pub(crate) fn failed_start(db: &str) -> (Option<i32>, String, Duration) {
+    let started = Instant::now();
+    let done = run_within(
+        Command::new(BANK).args([
+            "serve",
+            "--listen",
+            "127.0.0.1:0",
+            "--hash-cost",
+            "low",
+            "--db",
+            db,
+        ]),
+        Duration::from_secs(30),
+    )
+    .unwrap_or_else(|e| panic!("bank serve --db {db} did not end by itself: {e}"));
+    assert!(
+        !done.stdout.contains("listening on"),
+        "bank serve --db {db} started: {}",
+        done.stdout
+    );
+    (done.status.code(), done.stderr, started.elapsed())
 }
