@@ -594,9 +594,11 @@ impl GroupCore {
         let mut ran = false;
         for (k, other) in self.homes.iter().enumerate() {
             let p = other.progress.load(Ordering::Acquire);
-            // A thread that died (`thread_died`: stamp 0) is helped even with helping off.
+            // A thread that died (`thread_died`: stamp 0) is helped even with helping off,
+            // and within a sleeping thread's longest wait however long the delay: nothing
+            // else runs its loops (a delay of hours would strand them, and `stop`).
             let after = match (p, steal_after) {
-                (0, a) => a.max(1),
+                (0, a) => a.clamp(1, IDLE_LOOK.as_nanos() as u64),
                 (_, 0) => continue,
                 (_, a) => a,
             };

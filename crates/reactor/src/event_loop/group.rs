@@ -22,7 +22,7 @@ impl EventLoop {
     /// group's threads took the loop's readiness: one iteration without blocking (its
     /// epoll set was ready), with the calling thread as the loop's thread for its length.
     /// Returns whether the loop was asked to quit and has nothing left of what it took
-    /// off its queue.
+    /// off its queue, nor of what it queued for itself before an [`EventLoop::quit`].
     ///
     /// A panic out of the turn leaves the calling thread recorded as the loop's thread;
     /// the group then drops the loop, which clears it. `helped`: the turn is run by a
@@ -49,10 +49,18 @@ impl EventLoop {
         self.health.idle(&self.shared.metrics.health);
         self.shared.thread_id.store(0, Ordering::SeqCst);
         // (As `run`: not done while something it took off its queue is left, nor before
-        // what was queued before the quit has run: taken now, run in the next turn.)
+        // what was queued before the quit has run: taken now, run in the next turn. That
+        // includes the functions the loop queued for itself before an `EventLoop::quit`
+        // (from a queued function, which runs after the turn's own functions were taken):
+        // the next turn runs them, as `run_quit_backlog` does for `run`.)
         result.map(|()| {
             let done = self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty();
-            if done && self.take_quit_backlog() {
+            let own_before_quit = self
+                .shared
+                .quit_local
+                .load(Ordering::Relaxed)
+                .min(self.local_tasks.len());
+            if done && (self.take_quit_backlog() || own_before_quit > 0) {
                 self.shared.wake();
                 return false;
             }
