@@ -299,10 +299,9 @@ fn zero_processes_is_a_usage_error() {
 /// lost it).
 #[test]
 fn a_worker_sent_the_supervisors_signals_keeps_serving() {
-    let dir = std::env::temp_dir().join(format!("duo-bank-wsig-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    let db = dir.join("bank.db");
+    let dir = TempDir::new("worker-signals");
+    std::fs::create_dir_all(&dir.0).unwrap();
+    let db = dir.0.join("bank.db");
     let mut server = ChildServer::builder(bank_serve(db.to_str().unwrap(), &["--processes", "1"]))
         .startup(Duration::from_secs(30))
         .start();
@@ -337,5 +336,4 @@ fn a_worker_sent_the_supervisors_signals_keeps_serving() {
     assert_eq!(children(server.pid()), workers, "{}", server.stderr());
     let (status, _) = server.terminate("TERM", LIMIT);
     assert!(status.success(), "{status}");
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -12,6 +12,7 @@
 //! Every wait is bounded; the supervisor is killed by its guard if a test fails, and the
 //! workers that ignore `SIGTERM` (their parent-death signal too) by PID.
 
+#[allow(dead_code)]
 mod common;
 
 use common::worker_of_connection;

@@ -23,34 +23,17 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 
+use common::Dir;
 use duo_testkit::{example_binary, ChildServer, ChildServerBuilder, LIMIT};
-
-/// A directory of the test's own, removed when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(name: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("duo-r8-{}-{name}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// `SIGUSR2` with a binary that passes its check and then cannot be executed: the
 /// supervisor goes on, and a write to its stderr once nobody reads it is an error it
 /// ignores, not its death by `SIGPIPE` (as before the failed upgrade).
 #[test]
 fn a_failed_upgrade_exec_leaves_sigpipe_ignored() {
-    let dir = TempDir::new("sigpipe");
+    let dir = Dir::new("sigpipe");
     // A copy of its own: the check replaces it on disk (`DEMO_CHECK_BREAKS_BINARY`).
-    let bin = dir.0.join("demo");
+    let bin = dir.path("demo");
     std::fs::copy(example_binary("duo-supervisor", "demo"), &bin).unwrap();
     let (reader, writer) = std::io::pipe().unwrap();
     let mut server = ChildServerBuilder::start_written(|| {
@@ -98,9 +81,9 @@ fn a_failed_upgrade_exec_leaves_sigpipe_ignored() {
 }
 
 /// A directory with the mode file the demo's workers read at start.
-fn mode_file(dir: &TempDir, mode: &str) -> PathBuf {
-    let path = dir.0.join("mode");
-    let tmp = dir.0.join("mode.tmp");
+fn mode_file(dir: &Dir, mode: &str) -> PathBuf {
+    let path = dir.path("mode");
+    let tmp = dir.path("mode.tmp");
     std::fs::write(&tmp, mode).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     path
@@ -123,7 +106,7 @@ fn restart_delays(log: &str) -> Vec<String> {
 /// skipped a step (5 s, the cap, where 3.2 s was due).
 #[test]
 fn a_reload_during_a_back_off_does_not_skip_a_step_of_it() {
-    let dir = TempDir::new("backoff");
+    let dir = Dir::new("backoff");
     let mode = mode_file(&dir, "echo");
     let mut cmd = Command::new(example_binary("duo-supervisor", "demo"));
     // Four: the more workers of the new generation, the likelier one of them has been
@@ -163,7 +146,7 @@ fn a_reload_during_a_back_off_does_not_skip_a_step_of_it() {
 /// worker that never became ready died young, whatever its age: the restarts back off.
 #[test]
 fn workers_that_never_become_ready_back_off_however_long_they_took() {
-    let dir = TempDir::new("slowfail");
+    let dir = Dir::new("slowfail");
     let mode = mode_file(&dir, "echo");
     let mut cmd = Command::new(example_binary("duo-supervisor", "demo"));
     cmd.arg("1")
@@ -193,7 +176,7 @@ fn workers_that_never_become_ready_back_off_however_long_they_took() {
 /// fails the reload; the old workers serve on.
 #[test]
 fn a_reload_whose_workers_die_right_after_ready_keeps_the_old_generation() {
-    let dir = TempDir::new("reload-crash");
+    let dir = Dir::new("reload-crash");
     let mode = mode_file(&dir, "echo");
     let mut cmd = Command::new(example_binary("duo-supervisor", "demo"));
     cmd.arg("2")

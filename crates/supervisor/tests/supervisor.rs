@@ -1,6 +1,7 @@
 //! The supervisor run as a user runs it: the `demo` example (a supervisor of copies of
 //! itself) as a child process, signalled by PID, every wait bounded.
 
+#[allow(dead_code)]
 mod common;
 
 use common::worker_of_connection;

@@ -11,6 +11,9 @@
 //! supervisor is killed by its guard if a test fails (its workers then get their
 //! parent-death signal) and a probe left running is killed by PID.
 
+#[allow(dead_code)]
+mod common;
+
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
@@ -18,32 +21,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use common::Dir;
 use duo_testkit::{
     children, example_binary, is_running, run_within, wait_until, ChildServer, ChildServerBuilder,
     LIMIT,
 };
-
-/// A directory of its own for one test, removed when dropped.
-struct Dir(PathBuf);
-
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("duo-upg-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 /// Puts `contents` at `path` (mode 0755) by a rename, so a binary running from `path`
 /// is not written to (`ETXTBSY`) but replaced.
