@@ -38,6 +38,7 @@
 //! listening TCP socket, a `--connect` value that is no address).
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
@@ -301,7 +302,7 @@ fn main() -> ExitCode {
                 Ok(false) => ExitCode::FAILURE,
                 Err(e @ client::ClientError::Usage(_)) => fail(USAGE, &format!("bank: {e}")),
                 Err(e) => {
-                    eprintln!("bank: error: {e}");
+                    say(&format!("bank: error: {e}"));
                     ExitCode::FAILURE
                 }
             }
@@ -417,6 +418,13 @@ fn report(result: Result<(), ServeError>) -> ExitCode {
 
 /// Prints `message` to stderr and exits with `status`.
 fn fail(status: u8, message: &str) -> ExitCode {
-    eprintln!("{message}");
+    say(message);
     ExitCode::from(status)
+}
+
+/// Prints `message` to stderr, if it can: not `eprintln!`, which panics (exit status 101)
+/// when stderr is a pipe or socket whose reader is gone (`SIGPIPE` is ignored, so the
+/// write fails with `EPIPE`), and would turn every exit status into 101.
+fn say(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
 }

@@ -123,6 +123,7 @@
 //! `nc 127.0.0.1 7000`.
 #![forbid(unsafe_code)]
 
+use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -446,7 +447,7 @@ fn reload(args: &ReloadArgs) -> ExitCode {
     };
     match duo_sys::signal_process(pid, signal) {
         Ok(()) => {
-            eprintln!("echo reload: sent {signal} ({name}) to {pid}");
+            say(&format!("echo reload: sent {signal} ({name}) to {pid}"));
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, &format!("echo reload: {e}")),
@@ -520,8 +521,15 @@ fn report(result: std::io::Result<()>) -> ExitCode {
 
 /// Prints `message` to stderr and exits with `status`.
 fn fail(status: u8, message: &str) -> ExitCode {
-    eprintln!("{message}");
+    say(message);
     ExitCode::from(status)
+}
+
+/// Prints `message` to stderr, if it can: not `eprintln!`, which panics (exit status 101)
+/// when stderr is a pipe or socket whose reader is gone (`SIGPIPE` is ignored, so the
+/// write fails with `EPIPE`), and would turn every exit status into 101.
+fn say(message: &str) {
+    let _ = writeln!(std::io::stderr(), "{message}");
 }
 
 /// The server's settings from the command line.

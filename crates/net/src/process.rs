@@ -123,9 +123,20 @@ pub fn shutdown_on_signals(
 pub struct StartupStop {
     /// Reads the signals; stopped by `started`.
     watcher: Option<EventLoopThread>,
-    /// Whether the start is still under way (a signal then ends the process); set false,
-    /// under the lock, by `started`.
-    starting: Arc<Mutex<bool>>,
+    /// Whether the start is still under way, and what the watcher read after it ended.
+    phase: Arc<Mutex<Phase>>,
+}
+
+/// The start-up watcher's view of the start, shared with [`StartupStop`].
+#[derive(Debug)]
+struct Phase {
+    /// The start is still under way (a signal then ends the process); set false, under the
+    /// lock, by `started`.
+    starting: bool,
+    /// Signals the watcher read once `starting` was false: sent to the process again by
+    /// `started` once the watcher is gone. (Sent from the watcher itself, each would be
+    /// pending again at once, and read again by the same read loop, for ever.)
+    handed_over: Vec<Signal>,
 }
 
 /// Makes a stop signal among `signals` end the process at once, as its default action
@@ -139,30 +150,32 @@ pub struct StartupStop {
 /// the process (a Unix-domain socket's file, say).
 ///
 /// The signals are read on a thread of their own. A signal it reads after `started`
-/// is sent to the process again, for the server's own signalfd.
+/// began is sent to the process again once that thread is gone, for the server's own
+/// signalfd.
 ///
 /// # Errors
 ///
 /// The thread or its signalfd could not be set up.
 pub fn stop_during_startup(signals: &[Signal]) -> io::Result<StartupStop> {
-    let starting = Arc::new(Mutex::new(true));
+    let phase = Arc::new(Mutex::new(Phase {
+        starting: true,
+        handed_over: Vec::new(),
+    }));
     let failed = Arc::new(Mutex::new(None::<io::Error>));
     let init: ThreadInit = {
-        let (signals, starting, failed) = (signals.to_vec(), starting.clone(), failed.clone());
+        let (signals, phase, failed) = (signals.to_vec(), phase.clone(), failed.clone());
         Arc::new(move |lp: &mut EventLoop| {
-            let starting = starting.clone();
+            let phase = phase.clone();
             let watched = lp.watch_signals(&signals, move |_, sig| {
-                let starting = starting.lock().unwrap_or_else(PoisonError::into_inner);
-                if *starting {
+                let mut phase = phase.lock().unwrap_or_else(PoisonError::into_inner);
+                if phase.starting {
                     log::warn!("{sig} before the server started: stopping");
                     let e = duo_sys::terminate_by(sig);
                     log::error!("{e}; exiting");
                     std::process::exit(1);
                 }
-                // The server's own signalfd takes over: let it see this one.
-                if let Err(e) = duo_sys::signal_process(std::process::id(), sig) {
-                    log::error!("passing {sig} on to the server: {e}");
-                }
+                // The server's own signalfd takes over: `started` passes it on.
+                phase.handed_over.push(sig);
             });
             if let Err(e) = watched {
                 *failed.lock().unwrap_or_else(PoisonError::into_inner) = Some(e);
@@ -175,7 +188,7 @@ pub fn stop_during_startup(signals: &[Signal]) -> io::Result<StartupStop> {
     }
     Ok(StartupStop {
         watcher: Some(watcher),
-        starting,
+        phase,
     })
 }
 
@@ -187,10 +200,27 @@ impl StartupStop {
     }
 
     fn hand_over(&mut self) {
-        *self.starting.lock().unwrap_or_else(PoisonError::into_inner) = false;
-        if let Some(watcher) = self.watcher.take() {
-            if let Err(e) = watcher.stop() {
-                log::warn!("the start-up signal thread: {e}");
+        self.phase
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .starting = false;
+        let Some(watcher) = self.watcher.take() else {
+            return;
+        };
+        if let Err(e) = watcher.stop() {
+            log::warn!("the start-up signal thread: {e}");
+        }
+        // The watcher is gone: nothing but the server's own signalfd reads these now.
+        let handed_over = std::mem::take(
+            &mut self
+                .phase
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .handed_over,
+        );
+        for sig in handed_over {
+            if let Err(e) = duo_sys::signal_process(std::process::id(), sig) {
+                log::error!("passing {sig} on to the server: {e}");
             }
         }
     }
@@ -208,11 +238,13 @@ impl Drop for StartupStop {
 ///
 /// # Errors
 ///
-/// Writing to stdout failed.
+/// Writing to stdout failed (a pipe whose reader is gone, say); the message says so.
 pub fn announce_listening(addr: impl std::fmt::Display) -> io::Result<()> {
+    let line = format!("listening on {addr}");
     let mut out = io::stdout().lock();
-    writeln!(out, "listening on {addr}")?;
-    out.flush()
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| io::Error::new(e.kind(), format!("printing `{line}` on stdout: {e}")))
 }
 
 /// Serves a started `server` until it is stopped by [`STOP_SIGNALS`]: installs

@@ -406,7 +406,8 @@ fn run(
                 Some(at) => Some(serve_metrics(at, metrics.endpoint(&server, cert_expiry))?),
                 None => None,
             };
-            process::announce_listening(&addr).map_err(startup("stdout"))?;
+            // (Its error says what it could not print, and where.)
+            process::announce_listening(&addr).map_err(|e| ServeError::Startup(e.to_string()))?;
             if let Some(running) = &endpoint {
                 let mut out = std::io::stdout().lock();
                 writeln!(out, "metrics on {}", running.local_addr())

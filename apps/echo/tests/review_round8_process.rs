@@ -1,0 +1,62 @@
+//! `echo` when its standard streams lead nowhere: a pipe or socket whose reader is gone.
+//! `SIGPIPE` is ignored (Rust's runtime and `duo_net::process::prepare_server` do it), so
+//! a write there fails with `EPIPE`; the exit status must still say what happened (2 for a
+//! usage error, 1 for a failure), not 101 from a panic of `eprintln!`.
+
+use std::os::unix::net::UnixStream;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use duo_testkit::wait_child_within;
+
+/// How long the process may take: it fails at once.
+const LIMIT: Duration = Duration::from_secs(10);
+
+/// A stream whose reader is gone: one end of a socket pair whose other end is closed.
+fn broken() -> Stdio {
+    let (ours, theirs) = UnixStream::pair().expect("socketpair");
+    drop(ours);
+    Stdio::from(std::os::fd::OwnedFd::from(theirs))
+}
+
+/// Runs `echo ARGS` with stdout and stderr broken; its exit code.
+fn exit_code(args: &[&str]) -> Option<i32> {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_echo"))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(broken())
+        .stderr(broken())
+        .spawn()
+        .expect("spawn echo");
+    let status = wait_child_within(&mut child, LIMIT);
+    if status.is_none() {
+        // Ours, by PID; reaped.
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status.expect("echo exits").code()
+}
+
+/// Bug: `fail` printed with `eprintln!`, which panics when stderr cannot be written: a
+/// usage error exited 101 (a panic), not 2.
+#[test]
+fn a_usage_error_with_stderr_gone_exits_2() {
+    let args = [
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--io-threads",
+        "0",
+        "--loops",
+        "2",
+    ];
+    assert_eq!(exit_code(&args), Some(2));
+}
+
+/// Bug: likewise a server that could not print `listening on` (stdout gone) exited 101,
+/// not 1.
+#[test]
+fn a_server_with_stdout_and_stderr_gone_exits_1() {
+    let args = ["serve", "--listen", "127.0.0.1:0", "--io-threads", "1"];
+    assert_eq!(exit_code(&args), Some(1));
+}
