@@ -3,38 +3,17 @@
 //! a write there fails with `EPIPE`; the exit status must still say what happened (2 for a
 //! usage error, 1 for a failure), not 101 from a panic of `eprintln!`.
 
-use std::os::unix::net::UnixStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use duo_testkit::wait_child_within;
+use duo_testkit::exit_code_without_output;
 
 /// How long the process may take: it fails at once.
 const LIMIT: Duration = Duration::from_secs(10);
 
-/// A stream whose reader is gone: one end of a socket pair whose other end is closed.
-fn broken() -> Stdio {
-    let (ours, theirs) = UnixStream::pair().expect("socketpair");
-    drop(ours);
-    Stdio::from(std::os::fd::OwnedFd::from(theirs))
-}
-
 /// Runs `bank ARGS` with stdout and stderr broken; its exit code.
 fn exit_code(args: &[&str]) -> Option<i32> {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_bank"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(broken())
-        .stderr(broken())
-        .spawn()
-        .expect("spawn bank");
-    let status = wait_child_within(&mut child, LIMIT);
-    if status.is_none() {
-        // Ours, by PID; reaped.
-        let _ = child.kill();
-        let _ = child.wait();
-    }
-    status.expect("bank exits").code()
+    exit_code_without_output(Command::new(env!("CARGO_BIN_EXE_bank")).args(args), LIMIT)
 }
 
 /// Bug: `fail` printed with `eprintln!`, which panics when stderr cannot be written: a

@@ -167,3 +167,30 @@ pub fn is_running(pid: u32) -> bool {
         })
         .unwrap_or(false)
 }
+
+/// Runs `cmd` with stdin empty and stdout and stderr leading nowhere (each one end of a
+/// socket pair whose other end is closed: a write fails with `EPIPE`, `SIGPIPE` being
+/// ignored), until it exits or `limit` passes (then killed by PID and reaped); its exit
+/// code (`None`: killed by a signal). Panics if it does not exit in time: for a program
+/// that must end by itself, with the right status, when it cannot print.
+pub fn exit_code_without_output(cmd: &mut Command, limit: Duration) -> Option<i32> {
+    fn broken() -> Stdio {
+        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+        drop(ours);
+        Stdio::from(std::os::fd::OwnedFd::from(theirs))
+    }
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(broken())
+        .stderr(broken())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
+    let status = wait_child_within(&mut child, limit);
+    if status.is_none() {
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    status
+        .unwrap_or_else(|| panic!("{:?} did not exit within {limit:?}", cmd.get_program()))
+        .code()
+}
