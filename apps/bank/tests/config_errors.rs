@@ -8,23 +8,11 @@
 mod common;
 
 use std::net::TcpListener;
-use std::process::Command;
-use std::time::Duration;
 
-use common::{Server, TempDir, BANK};
-use duo_testkit::{run_within, Finished, RefusedPort, TestCerts};
+use common::{Server, TempDir};
+use duo_testkit::{Finished, RefusedPort, TestCerts};
 
-/// How long any one run here may take.
-const LIMIT: Duration = Duration::from_secs(8);
-
-/// Runs `bank ARGS..` to its end within [`LIMIT`].
-fn bank(args: &[&str]) -> Finished {
-    let mut cmd = Command::new(BANK);
-    cmd.args(args)
-        .env("RUST_LOG", "warn")
-        .env("RUST_BACKTRACE", "1");
-    run_within(&mut cmd, LIMIT).unwrap_or_else(|e| panic!("bank {args:?} did not end: {e}"))
-}
+use common::run_bank as bank;
 
 /// `bank serve --listen LISTEN --db DB --hash-cost low ARGS..`.
 fn serve(listen: &str, db: &str, args: &[&str]) -> Finished {

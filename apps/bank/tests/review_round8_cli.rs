@@ -17,20 +17,8 @@ use std::time::Duration;
 
 use bank::Database;
 use common::BANK;
-use duo_testkit::{run_within, Finished};
 
-/// How long any one run of the binary here may take (the client's own reply timeout is
-/// 30 s: a client still waiting when this runs out has taken a bad reply for a slow one).
-const LIMIT: Duration = Duration::from_secs(8);
-
-/// Runs `bank ARGS..` to its end within [`LIMIT`].
-fn bank(args: &[&str]) -> Finished {
-    let mut cmd = Command::new(BANK);
-    cmd.args(args)
-        .env("RUST_LOG", "warn")
-        .env("RUST_BACKTRACE", "1");
-    run_within(&mut cmd, LIMIT).unwrap_or_else(|e| panic!("bank {args:?} did not end: {e}"))
-}
+use common::run_bank as bank;
 
 /// URLs whose password (as tokio-postgres reads it: everything between the first `:` and
 /// the first `@`) holds a character the redaction took for the end of the host part

@@ -3,9 +3,12 @@
 //! a write there fails with `EPIPE`; the exit status must still say what happened (2 for a
 //! usage error, 1 for a failure), not 101 from a panic of `eprintln!`.
 
+mod common;
+
 use std::process::Command;
 use std::time::Duration;
 
+use common::TempDir;
 use duo_testkit::exit_code_without_output;
 
 /// How long the process may take: it fails at once.
@@ -36,9 +39,8 @@ fn a_usage_error_with_stderr_gone_exits_2() {
 /// not 1.
 #[test]
 fn a_server_with_stdout_and_stderr_gone_exits_1() {
-    let dir = std::env::temp_dir().join(format!("bank-review8-process-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).expect("temporary directory");
-    let db = dir.join("bank.db");
+    let dir = TempDir::new("review8-process");
+    let db = dir.db();
     let args = [
         "serve",
         "--listen",
@@ -50,7 +52,5 @@ fn a_server_with_stdout_and_stderr_gone_exits_1() {
         "--db",
         db.to_str().expect("a UTF-8 path"),
     ];
-    let code = exit_code(&args);
-    let _ = std::fs::remove_dir_all(&dir);
-    assert_eq!(code, Some(1));
+    assert_eq!(exit_code(&args), Some(1));
 }

@@ -15,11 +15,11 @@ mod common;
 
 use std::net::UdpSocket;
 use std::path::Path;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use common::supervised::{Sup, ECHO};
 use common::{round_trip, Server};
-use duo_testkit::{is_running, send_signal, wait_until};
+use duo_testkit::{is_running, send_signal, wait_until, wait_until_within};
 
 /// `SIGHUP` and `SIGUSR2` sent to a worker (not to the supervisor) leave it serving: the
 /// connection it holds still echoes, and it is not replaced. It used to die of the signal.
@@ -77,14 +77,10 @@ fn msg_rates(log: &str) -> Vec<f64> {
 
 /// Waits (bounded) until `log()` holds `more` stats lines beyond `before`; their rates.
 fn rates_after(before: usize, more: usize, log: impl Fn() -> String) -> Vec<f64> {
-    let deadline = Instant::now() + Duration::from_secs(5);
-    loop {
-        let rates = msg_rates(&log());
-        if rates.len() >= before + more || Instant::now() > deadline {
-            return rates;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_until_within(Duration::from_secs(5), "more stats lines", || {
+        msg_rates(&log()).len() >= before + more
+    });
+    msg_rates(&log())
 }
 
 /// One process: 300 datagrams echoed show in the `stats:` lines (the lines logged over

@@ -518,3 +518,18 @@ pub(crate) fn scrape(addr: SocketAddr) -> String {
     assert_eq!(status, 200, "{body}");
     body
 }
+
+/// How long one run of the binary to its end may take (`run_bank`): the client's own
+/// reply timeout is 30 s, so a client still waiting when this runs out has taken a bad
+/// reply for a slow one.
+pub(crate) const RUN_LIMIT: Duration = Duration::from_secs(8);
+
+/// Runs `bank ARGS..` to its end within [`RUN_LIMIT`] (`RUST_LOG=warn`, backtraces on).
+pub(crate) fn run_bank(args: &[&str]) -> duo_testkit::Finished {
+    let mut cmd = std::process::Command::new(BANK);
+    cmd.args(args)
+        .env("RUST_LOG", "warn")
+        .env("RUST_BACKTRACE", "1");
+    duo_testkit::run_within(&mut cmd, RUN_LIMIT)
+        .unwrap_or_else(|e| panic!("bank {args:?} did not end: {e}"))
+}
