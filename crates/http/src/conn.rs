@@ -77,6 +77,9 @@ use std::time::{Duration, Instant};
 use duo_net::{log_limited, ConnCtx, InputBuffer, TcpConnection};
 use duo_reactor::TimerId;
 
+mod gone;
+mod scan;
+
 use crate::backlog::{Backlog, Source};
 use crate::parse::empty_lines;
 use crate::response::ConnField;
@@ -85,6 +88,7 @@ use crate::{
     parse_request, ChunkedRequest, DeferredHandler, Limits, Method, Parsed, Request, Responder,
     Response, Route, Router, StatusCode, Version,
 };
+use scan::Rescan;
 
 /// What every connection of one server shares: routes, limits, timeouts.
 pub(crate) struct Service {
@@ -174,6 +178,8 @@ pub(crate) struct HttpConn {
     /// The client finished sending while the connection was not reading, and the server
     /// gives up on such clients (`abort_on_client_close`): no deferred handler runs.
     client_finished: bool,
+    /// What the last parse of the unfinished request at the front of the input found.
+    rescan: Rescan,
 }
 
 impl Service {
@@ -197,6 +203,7 @@ impl Service {
             draining: false,
             deferred: 0,
             client_finished: false,
+            rescan: Rescan::default(),
         });
         let svc = self.clone();
         let _ = conn.queue_in_loop(move |ctx| {
@@ -236,51 +243,6 @@ impl Service {
                 svc.close_gracefully(ctx, st);
             }
         });
-    }
-
-    /// The client finished sending, or is gone (reset), while the connection was not
-    /// reading (the server's `on_peer_half_close_while_paused`). A client that is gone
-    /// can receive nothing: its connection, blocked on output the reset dropped (no
-    /// write-complete will come) or waiting for an answer that cannot be sent, closes
-    /// now rather than at its timeout. One that only finished sending may still read:
-    /// unless `abort` (`abort_on_client_close`), nothing changes; with it, one waiting for
-    /// a deferred answer gives it up, one blocked on its output is still served what it
-    /// can read, but runs no deferred handler.
-    pub(crate) fn on_client_finished(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, abort: bool) {
-        self.with_state(ctx, |svc, ctx, st| {
-            // (In these phases the server has not begun closing: not connected means the
-            // peer is gone.)
-            let paused = matches!(st.phase, Phase::Blocked | Phase::Waiting(_));
-            if paused && !ctx.connection().is_connected() {
-                log_limited!(
-                    log::Level::Debug,
-                    "{}: the client is gone while its requests wait; closing",
-                    ctx.connection().name()
-                );
-                st.backlog = Backlog::default();
-                return ctx.force_close();
-            }
-            if abort {
-                st.client_finished = true;
-                if matches!(st.phase, Phase::Waiting(_)) {
-                    svc.abandon(ctx, st);
-                }
-            }
-        });
-    }
-
-    /// Gives up on a client that left: what is queued for it is written, nothing more is
-    /// answered or run, and the connection closes (`close_after_flush` reads and drops
-    /// what the client still sends rather than reset it).
-    fn abandon(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
-        log_limited!(
-            log::Level::Debug,
-            "{}: the client left before its deferred answer; closing",
-            ctx.connection().name()
-        );
-        st.backlog = Backlog::default();
-        ctx.close_after_flush();
-        self.enter_closing(ctx, st);
     }
 
     /// Bytes arrived (the server's `on_message`).
@@ -432,13 +394,19 @@ impl Service {
                 st.phase = Phase::Head;
                 self.set_deadline(ctx, st, Instant::now() + self.header_timeout);
             }
-            match parse_request(input.peek(), &self.limits, peer) {
+            if !st.rescan.worth_parsing(input.peek(), self.limits.max_head) {
+                break;
+            }
+            let parsed = parse_request(input.peek(), &self.limits, peer);
+            st.rescan = Rescan::default();
+            match parsed {
                 Err(e) => {
                     st.head_request = is_head(input.peek());
                     input.consume_all();
                     self.fail(ctx, st, e.status(), e.reason());
                 }
                 Ok(Parsed::Partial(p)) => {
+                    st.rescan.partial(input.len(), p.request_len);
                     st.head_request = is_head(input.peek());
                     if p.head_len.is_some() && st.phase != Phase::Body {
                         st.phase = Phase::Body;

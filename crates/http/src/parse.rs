@@ -29,6 +29,10 @@ pub struct Partial {
     pub head_len: Option<usize>,
     /// The head is complete and asks for `100 Continue` before it sends its body.
     pub expects_continue: bool,
+    /// The whole request's length once the head is complete: the same buffer with fewer
+    /// bytes than this is still `Partial`, so a caller that appends to it need not parse
+    /// again before it holds that many. `None` while the head is incomplete.
+    pub request_len: Option<usize>,
 }
 
 /// Why a request is refused: the status to answer (a 4xx, or 501/505) and a short reason
@@ -113,6 +117,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
         Ok(Parsed::Partial(Partial {
             head_len: None,
             expects_continue: false,
+            request_len: None,
         }))
     };
     let head_len = match raw.parse(buf) {
@@ -155,6 +160,7 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
         return Ok(Parsed::Partial(Partial {
             head_len: Some(head_len),
             expects_continue: expects_continue && body_len > 0,
+            request_len: Some(head_len.saturating_add(body_len)),
         }));
     };
     let request = head.into_request(buf[head_len..end].to_vec(), peer);
@@ -579,7 +585,8 @@ mod tests {
             parse(b"GET / HTTP/1.1\r\nHo"),
             Ok(Parsed::Partial(Partial {
                 head_len: None,
-                expects_continue: false
+                expects_continue: false,
+                request_len: None,
             }))
         );
         let head =
@@ -588,7 +595,8 @@ mod tests {
             parse(head),
             Ok(Parsed::Partial(Partial {
                 head_len: Some(head.len()),
-                expects_continue: true
+                expects_continue: true,
+                request_len: Some(head.len() + 5),
             }))
         );
     }

@@ -24,6 +24,8 @@ struct Seen {
     bytes: Vec<u8>,
     /// Calls of the paused half-close callback.
     told: usize,
+    /// Whether the connection was still connected at each of those calls.
+    connected_when_told: Vec<bool>,
     /// Calls of the ordinary half-close callback.
     half_closes: usize,
 }
@@ -87,7 +89,11 @@ fn start(setup: Setup) -> Run {
                 input.consume_all();
             })
             .on_peer_half_close_while_paused(move |ctx| {
-                s3.lock().unwrap().told += 1;
+                let mut seen = s3.lock().unwrap();
+                seen.told += 1;
+                seen.connected_when_told
+                    .push(ctx.connection().is_connected());
+                drop(seen);
                 assert!(ctx.is_reading_paused(), "told only while paused");
                 if setup.close_when_told {
                     ctx.force_close();
@@ -257,6 +263,48 @@ fn the_callback_can_close_a_connection_whose_peer_left() {
     assert!(!conn.is_connected());
     assert_eq!(run.told(), 1);
     assert!(run.seen.lock().unwrap().bytes.is_empty());
+    run.server.stop();
+}
+
+/// A peer that half-closes while the connection is paused, and then resets it (killed
+/// with unread data, say), is told of twice: the FIN says only that it finished sending
+/// (it may still read the answer), the reset that it is gone. The application that waits
+/// on the FIN's telling for a reset it never heard of used to keep the connection (HTTP:
+/// until its response timeout).
+#[test]
+fn a_paused_connection_is_told_again_when_its_half_closed_peer_resets() {
+    let run = start(PAUSED);
+    let mut client = connect(run.server.addr());
+    let conn = run.conn();
+    client.write_all(b"a request").unwrap();
+    client.shutdown(Shutdown::Write).unwrap();
+    run.wait_told();
+    assert!(conn.is_connected(), "a FIN alone leaves the peer reading");
+    socket2::SockRef::from(&client)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(client);
+    wait_until("the second telling", || run.told() == 2);
+    assert_eq!(
+        run.seen.lock().unwrap().connected_when_told,
+        [true, false],
+        "the second telling sees the peer gone"
+    );
+    // Resuming still delivers the request, then the close with the reset's error (the
+    // kernel says `EPIPE` for a reset that follows the peer's FIN, `ECONNRESET` before it).
+    conn.start_reading().unwrap();
+    let reason = run.closed.recv_timeout(LIMIT).unwrap();
+    assert!(
+        matches!(
+            reason,
+            CloseReason::Error(
+                std::io::ErrorKind::BrokenPipe | std::io::ErrorKind::ConnectionReset
+            )
+        ),
+        "{reason:?}"
+    );
+    assert_eq!(run.seen.lock().unwrap().bytes, b"a request");
+    assert_eq!(run.told(), 2, "told no more");
     run.server.stop();
 }
 

@@ -142,10 +142,13 @@ macro_rules! callback_setters {
         /// its request and still read the reply; an application that serves such peers
         /// does nothing here.
         ///
-        /// Called at most once per connection, and only while reading is paused (a
-        /// connection that is reading learns of the end of stream in order, after the
-        /// bytes before it). Without this callback a paused connection does not watch for
-        /// the peer's FIN at all.
+        /// Called only while reading is paused (a connection that is reading learns of
+        /// the end of stream in order, after the bytes before it), and at most twice per
+        /// connection: when the peer finishes sending, and again if it is then gone
+        /// altogether (a reset: [`TcpConnection::is_connected`](crate::TcpConnection::is_connected)
+        /// is false), since a peer that only half-closed may still read the answer but
+        /// one that is gone cannot. A peer gone at once is told of once. Without this
+        /// callback a paused connection does not watch for the peer's FIN at all.
         pub fn on_peer_half_close_while_paused(
             mut self,
             f: impl Fn(&mut $crate::ConnCtx<'_>) + Send + Sync + 'static,
@@ -182,6 +185,9 @@ impl Told {
     /// and cleared around each delivery), so a graceful close it asks for waits for it to
     /// return before it may be made at once (`close_gracefully`).
     pub(crate) const DELIVERING: u8 = 4;
+    /// The peer, told of as finished while reading was paused, was then told of as gone
+    /// altogether (a reset or a hang-up: it can no longer receive).
+    pub(crate) const PAUSED_GONE: u8 = 8;
 
     /// Whether `what` was told.
     pub(crate) fn has(self, what: u8) -> bool {

@@ -254,10 +254,15 @@ impl Machine {
     }
 
     /// The peer finished sending (half-close or hang-up) while reading is paused: tells
-    /// the application, once, and stops watching for it. What the peer sent before stays
-    /// in the kernel until reading resumes.
+    /// the application and stops watching for it. What the peer sent before stays in the
+    /// kernel until reading resumes. Told once that the peer finished, and once more if
+    /// it is gone afterwards (a reset after its FIN): the application that let a
+    /// half-closed peer be, since it may still read, must hear that it no longer can.
     pub(super) fn paused_half_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        if self.told.mark(Told::PAUSED_HALF_CLOSE) {
+        let finished_before = self.told.mark(Told::PAUSED_HALF_CLOSE);
+        let gone = matches!(self.write, WriteSide::Gone { .. });
+        let gone_before = gone && self.told.mark(Told::PAUSED_GONE);
+        if finished_before && (!gone || gone_before) {
             return;
         }
         let owner = self.owner.clone();

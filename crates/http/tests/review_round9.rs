@@ -1,0 +1,143 @@
+//! Review round 9 of duo-http: a client that finishes sending (half-close) while its
+//! connection is held, and then resets it. The FIN alone changes nothing (the client may
+//! still read its answers); the reset that follows means it is gone, and its connection
+//! closes at once instead of at its timeout.
+
+mod util;
+
+use std::io::Write;
+use std::net::{Shutdown, TcpStream};
+use std::time::Duration;
+
+use duo_http::{Method, Response, StatusCode};
+use duo_testkit::wait_until_within;
+use util::deferred::deferred_builder;
+use util::{start, test_builder, wait_for_queued_output, Client};
+
+/// Body size of `GET /big`.
+const BIG: usize = 64 << 10;
+
+/// The timeouts a gone client used to be held for: far beyond what each test waits.
+const LONG: Duration = Duration::from_secs(60);
+
+/// How soon a connection whose client is gone must be closed.
+const SOON: Duration = Duration::from_secs(5);
+
+/// Closes `s` with a reset (`SO_LINGER` zero), as a client killed with unread data does.
+fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(s);
+}
+
+/// Waiting for a deferred answer: the half-close leaves the connection waiting (the
+/// client may read the answer), the reset closes it, and the responder sees it gone.
+#[test]
+fn a_half_closed_client_that_resets_while_its_answer_is_deferred_is_closed_at_once() {
+    let (builder, held, _) = deferred_builder();
+    let server = start(builder.response_timeout(LONG).keep_alive_timeout(LONG));
+    let mut c = Client::connect(server.local_addr());
+    c.send(b"GET /held?1 HTTP/1.1\r\nHost: t\r\n\r\n");
+    wait_until_within(SOON, "the held request", || held.lock().unwrap().len() == 1);
+    c.stream.shutdown(Shutdown::Write).expect("half-close");
+    // Still there: the client may read its answer after its FIN.
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        server.stats().active,
+        1,
+        "a FIN alone closed the connection"
+    );
+    reset(c.stream);
+    wait_until_within(
+        SOON,
+        "the server to close the gone client's connection",
+        || server.stats().active == 0,
+    );
+    for (text, r) in held.lock().unwrap().drain(..) {
+        assert!(!r.is_connected(), "the responder sees its client gone");
+        r.respond(Response::text(StatusCode::OK, text));
+    }
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.get("/hello").text(), "hello");
+    server.stop().unwrap();
+}
+
+/// Blocked on output the client does not read: the same.
+#[test]
+fn a_half_closed_blocked_client_that_resets_is_closed_at_once() {
+    let server = start(
+        test_builder()
+            .keep_alive_timeout(LONG)
+            .max_pending_output(BIG)
+            .route(Method::Get, "/big", |_| {
+                Response::with_body(StatusCode::OK, "application/octet-stream", vec![b'b'; BIG])
+            }),
+    );
+    let mut c = Client::connect(server.local_addr());
+    // Enough to block the connection, small enough to leave the client's send buffer.
+    c.stream
+        .write_all("GET /big HTTP/1.1\r\nHost: t\r\n\r\n".repeat(64).as_bytes())
+        .expect("the requests");
+    wait_for_queued_output(|| server.stats());
+    c.stream.shutdown(Shutdown::Write).expect("half-close");
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        server.stats().active,
+        1,
+        "a FIN alone closed the connection"
+    );
+    reset(c.stream);
+    wait_until_within(
+        SOON,
+        "the server to close the gone client's connection",
+        || server.stats().active == 0,
+    );
+    let mut c = Client::connect(server.local_addr());
+    assert_eq!(c.get("/hello").text(), "hello");
+    server.stop().unwrap();
+}
+
+/// A request whose head and body come a byte at a time (each its own segment, the
+/// server reading each on its own) is answered as if it came whole: the server parses an
+/// unfinished request again only when a line ends or the body is complete, not after
+/// every byte.
+#[test]
+fn a_request_sent_a_byte_at_a_time_is_answered() {
+    let server = start(test_builder().route(Method::Post, "/echo", |req| {
+        Response::with_body(StatusCode::OK, "text/plain", req.body().to_vec())
+    }));
+    let mut c = Client::connect(server.local_addr());
+    c.stream.set_nodelay(true).expect("TCP_NODELAY");
+    let request = b"POST /echo HTTP/1.1\r\nHost: t\r\nX-Long: aaaaaaaaaaaaaaaaaaaa\r\nContent-Length: 5\r\n\r\nhello";
+    for b in request {
+        c.stream.write_all(&[*b]).expect("a byte");
+    }
+    let reply = c.read_reply(false);
+    assert_eq!(reply.text(), "hello");
+    // And the next request on the connection, sent whole.
+    assert_eq!(c.get("/hello").text(), "hello");
+    server.stop().unwrap();
+}
+
+/// A malformed head line sent in pieces is refused once the line ends, as it is when it
+/// comes whole.
+#[test]
+fn a_bad_header_sent_in_pieces_is_refused_when_its_line_ends() {
+    let server = start(test_builder().keep_alive_timeout(LONG));
+    let mut c = Client::connect(server.local_addr());
+    c.stream.set_nodelay(true).expect("TCP_NODELAY");
+    for piece in [
+        &b"GET /hello HTTP/1.1\r\nHo"[..],
+        b"st: t\r\nBad",
+        b"\x01Name: x",
+        b"\r\n",
+    ] {
+        c.stream.write_all(piece).expect("a piece");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let reply = c.read_reply(false);
+    assert_eq!(reply.status, 400, "{}", reply.text());
+    c.expect_eof();
+    server.stop().unwrap();
+}
