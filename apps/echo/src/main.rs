@@ -77,7 +77,8 @@
 //!   address with `SO_REUSEPORT` (the kernel spreads datagrams over them by source), and
 //!   the supervisor prints the `udp on` line (a worker that cannot bind it, because a
 //!   socket without `SO_REUSEPORT` holds the port, fails and is restarted with back-off).
-//!   Under socket activation the UDP socket is bound beside the inherited TCP one.
+//!   Under socket activation the UDP socket is bound beside the inherited TCP one. With
+//!   `--metrics`, its figures are on the page (`duo_udp_*`, `socket="echo-udp"`).
 //!   `--udp-batch N` (default 32): datagrams per `recvmmsg`/`sendmmsg`; 1 receives with
 //!   one `recvfrom` per datagram (the benchmark's comparison). Datagrams are plaintext, so
 //!   `--udp` and `--tls-cert` together are a usage error (there is no DTLS).

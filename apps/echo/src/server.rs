@@ -252,6 +252,9 @@ fn run_with_udp(
         } else {
             None
         };
+        if let (Some(metrics), Some(udp)) = (&metrics, &udp) {
+            metrics.add_udp_socket(udp.clone());
+        }
         if let Some(every) = cfg.stats_interval {
             let counters = Counters {
                 server: server.clone_handle(),
@@ -290,7 +293,7 @@ fn run_with_udp(
     duo_supervisor::ignore_supervisor_signals(&mut main_loop)?;
     // Its own endpoint on loopback, which the supervisor's `--metrics` address gathers;
     // stopped when this function returns.
-    let _metrics = match cfg.metrics {
+    let metrics = match cfg.metrics {
         Some(_) => duo_supervisor::metrics::serve_worker(endpoint_for(&server, cfg)?, &worker)?,
         None => None,
     };
@@ -306,6 +309,9 @@ fn run_with_udp(
     } else {
         None
     };
+    if let (Some(metrics), Some(udp)) = (&metrics, &udp) {
+        metrics.add_udp_socket(udp.clone());
+    }
     let publish = worker.stats().map(|slot| {
         let every = cfg
             .stats_interval

@@ -1,5 +1,5 @@
-//! [`DuoCollector`]: every loop of the process, the servers it was given, and the buffer
-//! pool, encoded at each scrape from the snapshots duo keeps anyway (nothing is counted
+//! [`DuoCollector`]: every loop of the process, the servers and UDP sockets it was given,
+//! and the buffer pool, encoded at each scrape from the snapshots duo keeps anyway (nothing is counted
 //! twice, nothing is locked on the hot path).
 
 use std::fmt::{self, Write as _};
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duo_buffer::BufPool;
-use duo_net::{CloseCounts, ServerHandle};
+use duo_net::{CloseCounts, ServerHandle, UdpSocket};
 use duo_reactor::health::{EVENT_BUCKET_BOUNDS, LATENCY_BUCKET_BOUNDS};
 use duo_reactor::{LatencyHistogram, LoopHandle, LoopMetrics};
 use parking_lot::Mutex;
@@ -17,8 +17,10 @@ use prometheus_client::encoding::{
 };
 use prometheus_client::metrics::MetricType;
 
+use crate::udp::{encode_udp, ExportedUdp};
+
 /// A family written from a snapshot of type `T`: name, help, and how to read its value.
-type Field<T, V> = (&'static str, &'static str, fn(&T) -> V);
+pub(crate) type Field<T, V> = (&'static str, &'static str, fn(&T) -> V);
 
 /// A phase of a loop's time: its label and where the snapshot keeps it.
 type Phase = (&'static str, fn(&LoopMetrics) -> Duration);
@@ -86,7 +88,7 @@ impl EncodeLabelValue for EscapedLabel {
 }
 
 /// A value of one series.
-enum Value {
+pub(crate) enum Value {
     Count(u64),
     Seconds(f64),
     Gauge(i64),
@@ -98,7 +100,7 @@ enum Value {
 }
 
 /// Writes one metric family: its descriptor, then one series per row.
-fn family<L: EncodeLabelSet>(
+pub(crate) fn family<L: EncodeLabelSet>(
     enc: &mut DescriptorEncoder<'_>,
     name: &str,
     help: &str,
@@ -124,7 +126,7 @@ fn family<L: EncodeLabelSet>(
     Ok(())
 }
 
-fn gauge(n: u64) -> Value {
+pub(crate) fn gauge(n: u64) -> Value {
     Value::Gauge(i64::try_from(n).unwrap_or(i64::MAX))
 }
 
@@ -316,7 +318,7 @@ impl Exported {
 }
 
 /// `name`, or `name#2`, `name#3`... the first that is not `taken`.
-fn unique(name: &str, taken: impl Fn(&str) -> bool) -> String {
+pub(crate) fn unique(name: &str, taken: impl Fn(&str) -> bool) -> String {
     let (mut label, mut n) = (name.to_owned(), 1);
     while taken(&label) {
         n += 1;
@@ -565,6 +567,7 @@ pub(crate) fn encode_pools(
 #[derive(Clone, Default)]
 pub struct DuoCollector {
     servers: Arc<Mutex<Vec<Exported>>>,
+    udp: Arc<Mutex<Vec<ExportedUdp>>>,
 }
 
 impl DuoCollector {
@@ -584,6 +587,16 @@ impl DuoCollector {
         servers.push(added);
     }
 
+    /// Adds a UDP socket whose figures are exported (`duo_udp_*`, label `socket`: its
+    /// name, or `NAME#2`, `NAME#3`... while another socket of that name is still
+    /// exported). A socket that has closed is no longer exported.
+    pub fn add_udp_socket(&self, socket: UdpSocket) {
+        let mut sockets = self.udp.lock();
+        sockets.retain(|e| !e.is_done());
+        let added = ExportedUdp::new(socket, &sockets);
+        sockets.push(added);
+    }
+
     /// The loops' names and metrics, oldest loop first.
     pub fn loop_snapshots() -> Vec<(String, LoopMetrics)> {
         duo_reactor::loops()
@@ -597,6 +610,7 @@ impl fmt::Debug for DuoCollector {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DuoCollector")
             .field("servers", &self.servers.lock().len())
+            .field("udp_sockets", &self.udp.lock().len())
             .finish()
     }
 }
@@ -610,6 +624,12 @@ impl Collector for DuoCollector {
             servers.clone()
         };
         encode_servers(&mut encoder, &servers)?;
+        let udp = {
+            let mut sockets = self.udp.lock();
+            sockets.retain(|e| !e.is_done());
+            sockets.clone()
+        };
+        encode_udp(&mut encoder, &udp)?;
         encode_pools(&mut encoder, &pools(&servers))
     }
 }

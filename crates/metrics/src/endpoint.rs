@@ -13,7 +13,7 @@ use duo_http::{
     HttpServer, HttpServerBuilder, HttpServerThread, Method, Request, Responder, Response,
     StatusCode,
 };
-use duo_net::ServerHandle;
+use duo_net::{ServerHandle, UdpSocket};
 use duo_reactor::LoopMetrics;
 use parking_lot::Mutex;
 use prometheus_client::metrics::family::Family;
@@ -149,6 +149,30 @@ impl MetricsEndpoint {
     /// after [`spawn`](MetricsEndpoint::spawn) through [`MetricsServer::add_server`].
     pub fn add_server(&mut self, server: ServerHandle) -> &mut Self {
         self.collector.add_server(server);
+        self
+    }
+
+    /// Exports the figures of the UDP socket `socket` (`duo_udp_*`, label `socket`; see
+    /// [`DuoCollector::add_udp_socket`]). Sockets can be added after
+    /// [`spawn`](MetricsEndpoint::spawn) through [`MetricsServer::add_udp_socket`].
+    ///
+    /// ```
+    /// use duo_metrics::MetricsEndpoint;
+    /// use duo_net::UdpSocket;
+    /// use duo_reactor::EventLoopThread;
+    ///
+    /// let io = EventLoopThread::spawn("udp", None)?;
+    /// let socket = UdpSocket::builder("dns", "127.0.0.1:0".parse()?)
+    ///     .on_datagram(|_ctx, _payload, _from| {})
+    ///     .start(io.handle())?;
+    /// let mut endpoint = MetricsEndpoint::new();
+    /// endpoint.add_udp_socket(socket.clone());
+    /// assert!(endpoint.render().contains("duo_udp_datagrams_in_total{socket=\"dns\"} 0"));
+    /// socket.stop();
+    /// # Ok::<(), Box<dyn std::error::Error>>(())
+    /// ```
+    pub fn add_udp_socket(&mut self, socket: UdpSocket) -> &mut Self {
+        self.collector.add_udp_socket(socket);
         self
     }
 
@@ -491,6 +515,11 @@ impl MetricsServer {
     /// Exports the figures of another server from now on.
     pub fn add_server(&self, server: ServerHandle) {
         self.collector.add_server(server);
+    }
+
+    /// Exports the figures of another UDP socket from now on.
+    pub fn add_udp_socket(&self, socket: UdpSocket) {
+        self.collector.add_udp_socket(socket);
     }
 
     /// Stops the endpoint and joins its thread.

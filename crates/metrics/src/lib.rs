@@ -48,6 +48,7 @@ pub mod aggregate;
 mod collect;
 mod endpoint;
 mod exposition;
+mod udp;
 
 pub use aggregate::ScrapeTarget;
 pub use collect::{DuoCollector, EscapedLabel};

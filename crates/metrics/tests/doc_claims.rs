@@ -94,6 +94,12 @@ fn every_listed_duo_metric_is_exported_and_every_exported_one_is_listed() {
     // A TLS server's certificate chain, so that its family has a sample too.
     let not_after = std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(1_939_248_000);
     worker.certificate_expiry(std::path::Path::new("/etc/duo/cert.pem"), not_after);
+    // A UDP socket, so that the `duo_udp_*` families have samples too.
+    let udp_loop = duo_reactor::EventLoopThread::spawn("doc-udp", None).unwrap();
+    let udp = duo_net::UdpSocket::builder("listed-udp", "127.0.0.1:0".parse().unwrap())
+        .start(udp_loop.handle())
+        .unwrap();
+    worker.add_udp_socket(udp.clone());
     let worker = worker.spawn("127.0.0.1:0".parse().unwrap()).unwrap();
     // An aggregating endpoint over it: the `duo_aggregate_*` families.
     let targets = Arc::new(Mutex::new(vec![ScrapeTarget {
@@ -115,5 +121,7 @@ fn every_listed_duo_metric_is_exported_and_every_exported_one_is_listed() {
     assert_metrics_documented(&text, "duo_");
     group.stop().unwrap();
     worker.stop().unwrap();
+    udp.stop();
+    udp_loop.stop().unwrap();
     capped.stop(&mut lp);
 }

@@ -6,37 +6,12 @@
 mod common;
 
 use std::collections::HashMap;
-use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpListener};
+use std::net::SocketAddr;
 use std::time::Duration;
 
-use common::{target, value, worker};
+use common::{canned, target, value, worker};
 use duo_metrics::MetricsEndpoint;
 use duo_testkit::{http_get, LIMIT};
-
-/// A peer that answers `requests` requests, one per connection, with `200` and `body`;
-/// its thread ends after the last.
-fn canned(body: &str, requests: usize) -> (SocketAddr, std::thread::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let thread = std::thread::spawn(move || {
-        for _ in 0..requests {
-            let (mut s, _) = listener.accept().unwrap();
-            s.set_read_timeout(Some(LIMIT)).unwrap();
-            let mut head = Vec::new();
-            let mut byte = [0u8; 1];
-            while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-                head.push(byte[0]);
-            }
-            let _ = s.write_all(reply.as_bytes());
-        }
-    });
-    (addr, thread)
-}
 
 /// The families the text types more than once, its metadata read the way a Prometheus
 /// server does (blanks of any length between the words).

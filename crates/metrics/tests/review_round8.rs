@@ -6,11 +6,10 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::thread::JoinHandle;
+use std::net::{Shutdown, TcpListener, TcpStream};
 use std::time::Duration;
 
-use common::{target, value, worker};
+use common::{canned, target, value, worker};
 use duo_metrics::MetricsEndpoint;
 use duo_testkit::{http_get, wait_until_within, LIMIT};
 use parking_lot::Mutex;
@@ -18,27 +17,6 @@ use parking_lot::Mutex;
 /// The tests that aggregate run one at a time: the first counts the threads aggregations
 /// run on.
 static AGGREGATING: Mutex<()> = Mutex::new(());
-
-/// A peer that answers one request with `200` and `body`, then ends.
-fn canned(body: &str) -> (SocketAddr, JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = listener.local_addr().unwrap();
-    let reply = format!(
-        "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-        body.len()
-    );
-    let thread = std::thread::spawn(move || {
-        let (mut s, _) = listener.accept().unwrap();
-        s.set_read_timeout(Some(LIMIT)).unwrap();
-        let mut head = Vec::new();
-        let mut byte = [0u8; 1];
-        while !head.ends_with(b"\r\n\r\n") && s.read(&mut byte).unwrap_or(0) == 1 {
-            head.push(byte[0]);
-        }
-        let _ = s.write_all(reply.as_bytes());
-    });
-    (addr, thread)
-}
 
 /// This process's threads whose name starts with `prefix` (at most 15 bytes: the kernel
 /// keeps no more of a thread's name).
@@ -101,9 +79,9 @@ fn scrapers_that_leave_at_once_do_not_start_aggregations_without_bound() {
 #[test]
 fn a_target_writing_a_signed_nan_is_left_out() {
     let _serial = AGGREGATING.lock();
-    let (minus, minus_thread) = canned("# TYPE odd gauge\nodd -nan\n# EOF\n");
-    let (plus, plus_thread) = canned("# TYPE odd gauge\nodd 1 +NaN\n# EOF\n");
-    let (fine, fine_thread) = canned("# TYPE odd gauge\nodd NaN\nodd{x=\"1\"} -Inf\n# EOF\n");
+    let (minus, minus_thread) = canned("# TYPE odd gauge\nodd -nan\n# EOF\n", 1);
+    let (plus, plus_thread) = canned("# TYPE odd gauge\nodd 1 +NaN\n# EOF\n", 1);
+    let (fine, fine_thread) = canned("# TYPE odd gauge\nodd NaN\nodd{x=\"1\"} -Inf\n# EOF\n", 1);
     let real = worker(7);
     let real_addr = real.local_addr();
     let mut group = MetricsEndpoint::new();
