@@ -78,9 +78,14 @@ pub enum ClientError {
     /// A `HISTORY` reply announcing more than [`HISTORY_MAX`] entries: not a bank server.
     #[error("HISTORY answered {0:?}, more than {HISTORY_MAX} entries: is this a bank server?")]
     TooManyEntries(String),
-    /// The TLS settings could not be loaded (`--ca`), or the host is no valid name.
+    /// The TLS settings could not be loaded (the system's CA bundle), or the host is no
+    /// valid name.
     #[error("TLS: {0}")]
     Tls(#[from] tls::TlsConfigError),
+    /// The CA file given with `--ca` cannot be used: a usage error, like a bad
+    /// `serve --tls-cert`.
+    #[error("TLS: {0}")]
+    Ca(tls::TlsConfigError),
     /// A one-shot command that is no single command line (it holds a line end); nothing
     /// was sent.
     #[error("{0}")]
@@ -131,7 +136,10 @@ impl Conn {
         // The TLS settings first: a bad `--ca` is reported as such, server up or down.
         let session = if tls.enabled {
             let ca = tls.ca.as_deref().unwrap_or(Path::new(SYSTEM_CA_BUNDLE));
-            let config = tls::client_config_from_pem(ca)?;
+            let config = tls::client_config_from_pem(ca).map_err(|e| match tls.ca {
+                Some(_) => ClientError::Ca(e),
+                None => ClientError::Tls(e),
+            })?;
             let name = tls::server_name(host_of(addr))?;
             let session = rustls::ClientConnection::new(config, name)
                 .map_err(|e| ClientError::Tls(e.into()))?;

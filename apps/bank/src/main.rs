@@ -35,7 +35,8 @@
 //! Exit status: 0 on success, 1 on a runtime error (the message says why), 2 on a usage
 //! error (a bad flag, `--processes 0`, `--processes` or `--db-writers` above 1 on SQLite,
 //! more processes than the descriptor budget allows, an inherited socket that is not one
-//! listening TCP socket, a `--connect` value that is no address).
+//! listening TCP socket, a `--connect` value that is no address, a `--ca` or
+//! `--tls-cert` file that cannot be used).
 #![forbid(unsafe_code)]
 
 use std::io::Write as _;
@@ -77,7 +78,8 @@ struct ServeArgs {
     listen: Endpoint,
     /// The database: an SQLite file (`bank.db`, `sqlite:PATH`; created with its schema if
     /// absent) or a PostgreSQL server (`postgres://USER@HOST:PORT/DB`, also
-    /// `postgresql:///DB?host=/socket/dir`; the schema is created or checked at start).
+    /// `postgresql:///DB?host=/socket/dir`; the schema is created or checked at start; a
+    /// password the URL does not hold is taken from `PGPASSWORD`, which keeps it out of `ps`).
     #[arg(long, default_value = "bank.db", value_parser = DatabaseArg)]
     db: Database,
     /// Batches that may commit at once on PostgreSQL with group commit (without it, every
@@ -300,7 +302,9 @@ fn main() -> ExitCode {
             match client::run(&a.connect, &tls, &a.command) {
                 Ok(true) => ExitCode::SUCCESS,
                 Ok(false) => ExitCode::FAILURE,
-                Err(e @ client::ClientError::Usage(_)) => fail(USAGE, &format!("bank: {e}")),
+                Err(e @ (client::ClientError::Usage(_) | client::ClientError::Ca(_))) => {
+                    fail(USAGE, &format!("bank: {e}"))
+                }
                 Err(e) => {
                     say(&format!("bank: error: {e}"));
                     ExitCode::FAILURE

@@ -134,7 +134,9 @@ fn a_plaintext_client_of_a_tls_server_fails_and_says_to_use_tls() {
 }
 
 /// `--ca` is checked before connecting: a CA file with no certificate is reported as such
-/// even when the server is down (it was hidden behind `Connection refused`).
+/// even when the server is down (it was hidden behind `Connection refused`). A file given
+/// on the command line that cannot be used is a usage error (exit 2), as a bad
+/// `serve --tls-cert` is.
 #[test]
 fn a_ca_file_without_certificates_is_reported_before_connecting() {
     let dir = TempDir::new("cfg-ca");
@@ -151,7 +153,7 @@ fn a_ca_file_without_certificates_is_reported_before_connecting() {
         &empty,
         "PING",
     ]);
-    assert_failed(&done, "--ca empty", 1, &[&empty, "no certificate"]);
+    assert_failed(&done, "--ca empty", 2, &[&empty, "no certificate"]);
 }
 
 /// A CA bundle with a certificate that does not parse: the message names the file and
@@ -176,5 +178,5 @@ fn a_ca_bundle_with_a_broken_certificate_names_the_file() {
         &bundle,
         "PING",
     ]);
-    assert_failed(&done, "--ca broken", 1, &[&bundle, "certificate 2 of 2"]);
+    assert_failed(&done, "--ca broken", 2, &[&bundle, "certificate 2 of 2"]);
 }

@@ -296,6 +296,14 @@ impl PgStore {
         let shown = redact(url);
         let mut config = Config::from_str(url)
             .map_err(|e| StoreError::Schema(format!("{shown}: {}", url_error(&e))))?;
+        // As libpq does: a password the URL does not hold comes from `PGPASSWORD`, which
+        // keeps it off the command line (`ps` shows a process's arguments to every user,
+        // its environment only to its owner).
+        if config.get_password().is_none() {
+            if let Some(password) = std::env::var_os("PGPASSWORD") {
+                config.password(password.as_encoded_bytes());
+            }
+        }
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(CONNECT_TIMEOUT);
         }
