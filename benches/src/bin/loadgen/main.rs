@@ -16,8 +16,8 @@
 //! ([`modes`]) only supply the protocol of one connection ([`engine::Session`]). Errors are
 //! counted by kind and always reported; the exit code is 1 when verification failed (an
 //! echoed byte differs, bank money not conserved), when the run could not do its job (no
-//! connection was ever established, the bank's set-up failed: the `failure`, also on
-//! stderr) or, with `--strict`, on any error; 2 on bad usage, such as an address that is
+//! connection was ever established, the bank's set-up failed, a child of `idle --procs`
+//! died: the `failure`, also on stderr and, with `--json`, in a report all the same) or, with `--strict`, on any error; 2 on bad usage, such as an address that is
 //! not loopback. Every run ends within a hard time
 //! limit (see [`cli::Mode::hard_limit`]), whatever the server does.
 //!
@@ -131,6 +131,11 @@ fn main() -> ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("loadgen {}: {e}", mode.name());
+            // A script that asked for JSON gets a report on every run, also one that could
+            // not do its job.
+            if common.json {
+                println!("{}", failure_report(mode.name(), e, None).to_line());
+            }
             return ExitCode::FAILURE;
         }
     };
@@ -164,6 +169,18 @@ fn check_pids(mode: &Mode) -> Result<(), String> {
     Ok(())
 }
 
+/// The JSON report of a run of `mode` that failed as a whole (`failure`), counted as one
+/// error of kind `error` if given.
+fn failure_report(mode: &str, failure: String, error: Option<&str>) -> LoadgenJson {
+    LoadgenJson {
+        mode: mode.to_owned(),
+        errors: error.map(|e| (e.to_owned(), 1)).into_iter().collect(),
+        error_total: u64::from(error.is_some()),
+        failure: Some(failure),
+        ..LoadgenJson::default()
+    }
+}
+
 /// Ends the process after `limit`, even if a server hangs in a way no timeout covers.
 /// Every phase has its own deadline, so this is a backstop that should never fire.
 fn arm_watchdog(mode: &'static str, limit: Duration, json: bool) {
@@ -178,14 +195,10 @@ fn arm_watchdog(mode: &'static str, limit: Duration, json: bool) {
             eprintln!("loadgen {mode}: {msg}");
             modes::procs::kill_children();
             if json {
-                let report = LoadgenJson {
-                    mode: mode.to_owned(),
-                    errors: [("hard_timeout".to_owned(), 1)].into(),
-                    error_total: 1,
-                    failure: Some(msg),
-                    ..LoadgenJson::default()
-                };
-                println!("{}", report.to_line());
+                println!(
+                    "{}",
+                    failure_report(mode, msg, Some("hard_timeout")).to_line()
+                );
             }
             std::process::exit(1);
         });

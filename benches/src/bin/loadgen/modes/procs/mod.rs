@@ -135,9 +135,13 @@ pub(crate) fn run(args: &IdleArgs, env: &Env) -> Result<Report, String> {
     let (lines, stdins) = spawn_children(args, env, batch, setup)?;
     let mut state = Children::new(procs, lines);
 
-    // 1. Every child opens its connections and says `held N`.
+    // 1. Every child opens its connections and says `held N` (or dies: then the run
+    // fails at once rather than at the end of the set-up limit).
     state.collect_until(start + setup + MARGIN, |c| {
-        c.held.iter().all(Option::is_some)
+        c.held
+            .iter()
+            .zip(&c.ended)
+            .all(|(held, &ended)| held.is_some() || ended)
     });
     let connect = start.elapsed();
     if let Some(i) = (0..procs).find(|&i| state.held[i].is_none()) {
