@@ -34,6 +34,7 @@
 //!
 //! Exit status: 0 on success, 1 on a runtime error (the message says why), 2 on a usage
 //! error (a bad flag, `--processes 0`, `--processes` or `--db-writers` above 1 on SQLite,
+//! `--no-early-release` or `--db-timeout` on SQLite,
 //! more processes than the descriptor budget allows, an inherited socket that is not one
 //! listening TCP socket, a `--connect` value that is no address, a `--ca` or
 //! `--tls-cert` file that cannot be used).
@@ -53,6 +54,9 @@ use bank::{client, supervise, Database, HashCost};
 
 /// Exit status of a usage error.
 const USAGE: u8 = 2;
+
+/// `--db-timeout` when not given, in seconds.
+const DEFAULT_DB_TIMEOUT: u64 = 30;
 
 /// An online bank over a line protocol, on the duo reactor library.
 #[derive(Debug, Parser)]
@@ -122,17 +126,18 @@ struct ServeArgs {
     /// On PostgreSQL, let every commit hold its row locks until it is on disk. By default
     /// a batch's locks go as soon as it commits and its replies wait for a flush barrier
     /// (an OK still means on disk); use this behind a transaction-pooling proxy, which
-    /// breaks the session the barrier relies on.
+    /// breaks the session the barrier relies on. A usage error on SQLite.
     #[arg(long)]
     no_early_release: bool,
     /// On PostgreSQL, how long one database call (a batch of writes, a read, a flush
     /// barrier) may wait for the server before its connection is dropped and its commands
     /// are answered `ERR UNAVAILABLE` (a server or a path to it that stalled without
     /// closing); 0: no limit. Connecting is bounded by the URL's connect_timeout (5 s).
+    /// Another value than the default is a usage error on SQLite.
     #[arg(
         long,
         value_name = "SECS",
-        default_value_t = 30,
+        default_value_t = DEFAULT_DB_TIMEOUT,
         allow_negative_numbers = true
     )]
     db_timeout: u64,
@@ -356,11 +361,36 @@ fn serve(a: ServeArgs, worker: Option<Worker>, inherited: Option<TcpListener>) -
             ),
         );
     }
+    if let Some(why) = postgres_only(&cfg) {
+        return fail(USAGE, &format!("bank: {why}"));
+    }
     match (processes, inherited) {
         (None, None) => report(server::serve(cfg)),
         (None, Some(listener)) => report(server::serve_on(cfg, listener)),
         (Some(n), inherited) => run_supervisor(&cfg, n, inherited),
     }
+}
+
+/// An option only PostgreSQL uses, given with an SQLite database (where it would do
+/// nothing, silently): why that is refused.
+fn postgres_only(cfg: &ServeConfig) -> Option<String> {
+    if cfg.db.allows_several_front_ends() {
+        return None;
+    }
+    let db = &cfg.db;
+    if !cfg.early_release {
+        return Some(format!(
+            "--no-early-release needs PostgreSQL: SQLite ({db}) holds no row locks to \
+             release early; leave it out"
+        ));
+    }
+    if cfg.db_timeout != Some(Duration::from_secs(DEFAULT_DB_TIMEOUT)) {
+        return Some(format!(
+            "--db-timeout needs PostgreSQL: SQLite ({db}) is a file of this process, with \
+             no server to wait for; leave it out"
+        ));
+    }
+    None
 }
 
 /// `serve --processes N`: binds (unless a socket was inherited) and supervises.

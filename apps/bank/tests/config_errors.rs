@@ -180,3 +180,23 @@ fn a_ca_bundle_with_a_broken_certificate_names_the_file() {
     ]);
     assert_failed(&done, "--ca broken", 2, &[&bundle, "certificate 2 of 2"]);
 }
+
+/// Options only PostgreSQL uses, given with an SQLite database, did nothing, silently:
+/// they are usage errors, as `--db-writers 2` is. (`--db-timeout 30`, the default, goes.)
+#[test]
+fn postgresql_only_options_on_sqlite_are_usage_errors() {
+    let dir = TempDir::new("cfg-pg-only");
+    let db = dir.db().to_string_lossy().into_owned();
+    for (args, needle) in [
+        (
+            &["--no-early-release"][..],
+            "--no-early-release needs PostgreSQL",
+        ),
+        (&["--db-timeout", "5"], "--db-timeout needs PostgreSQL"),
+        (&["--db-timeout", "0"], "--db-timeout needs PostgreSQL"),
+    ] {
+        let done = serve("127.0.0.1:0", &db, args);
+        assert_failed(&done, &format!("{args:?}"), 2, &[needle, &db]);
+        assert!(!done.stdout.contains("listening on"), "{args:?} started");
+    }
+}
