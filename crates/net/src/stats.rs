@@ -258,8 +258,10 @@ pub struct ServerStats {
     pub closed: u64,
     /// Connections accepted and closed at once because `max_connections` was reached.
     pub rejected: u64,
-    /// Times `accept` failed for lack of descriptors (`EMFILE`/`ENFILE`); each time one
-    /// pending connection was accepted and closed so the loop would not spin.
+    /// Times `accept` failed for lack of descriptors (`EMFILE`/`ENFILE`): each time one
+    /// pending connection was accepted and closed so the loop would not spin, or, when no
+    /// spare descriptor could be freed for that, accepting paused on that loop briefly
+    /// (the connection waits in the queue).
     pub fd_exhausted: u64,
     /// `accept` errors other than running out of descriptors (each pauses accepting on
     /// that loop briefly).

@@ -194,7 +194,7 @@ fn connect_timed_out(lp: &mut EventLoop, inner: &Arc<Inner>, token: Token) {
 
 /// An attempt failed: tell the application, then retry or give up.
 fn failed(lp: &mut EventLoop, inner: &Arc<Inner>, error: io::Error) {
-    let (attempts, will_retry) = {
+    let (attempts, will_retry, generation) = {
         let mut st = inner.state.lock();
         st.phase = Phase::Idle;
         st.failures = st.failures.saturating_add(1);
@@ -203,7 +203,7 @@ fn failed(lp: &mut EventLoop, inner: &Arc<Inner>, error: io::Error) {
         if !will_retry {
             st.wanted = false;
         }
-        (st.failures, will_retry)
+        (st.failures, will_retry, st.generation)
     };
     if !will_retry {
         log::warn!(
@@ -224,7 +224,9 @@ fn failed(lp: &mut EventLoop, inner: &Arc<Inner>, error: io::Error) {
             |_| format!("client {}", inner.name),
             "connect-failed callback",
         );
-        if will_retry {
+        // Unless the callback called `connect`: that began a new run, its attempt queued
+        // and its delay started over (a retry scheduled here would double it).
+        if will_retry && inner.state.lock().generation == generation {
             retry(lp, inner, &failure.error.to_string());
         }
     } else if will_retry {
@@ -327,8 +329,10 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         st.phase = Phase::Connected(handle.clone());
         // The delay is not reset here: a server that accepts and then drops every
         // connection at once must see the reconnects slow down, not one every initial
-        // delay for ever. A connection that lasts resets it when it closes.
-        st.up_since = Some(std::time::Instant::now());
+        // delay for ever. A connection that lasts resets it when it closes: lasts from
+        // when it came up (its "up" callback, below), which for TLS is when its
+        // handshake completed, not now (a slow handshake is no time up).
+        st.up_since = None;
         // `failures` is not reset here: a TLS connection is an attempt until its
         // handshake completes, and one that fails counts (see [`closed`]).
         st.ending = false;
@@ -341,7 +345,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         }
     });
     let owner = Arc::new(Owner {
-        callbacks: inner.callbacks.clone(),
+        callbacks: up_noted(inner, &handle),
         config: inner.conn,
         idle_key: None,
         on_close: Some(hook),
@@ -356,6 +360,31 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         // connection that never was up), which reports its reason.
         log::warn!("client {}: cannot register the connection: {e}", inner.name);
     }
+}
+
+/// The client's callbacks for the connection `conn`, its "up" call (the first call of the
+/// connection callback, made once the connection is up: at once for plain TCP, after the
+/// handshake for TLS) first noting when the connection came up (see [`closed`]).
+fn up_noted(inner: &Arc<Inner>, conn: &TcpConnection) -> Arc<Callbacks> {
+    let mut callbacks = Callbacks::clone(&inner.callbacks);
+    let user = callbacks.connection.take();
+    let weak = Arc::downgrade(inner);
+    let id = conn.id();
+    let first = std::sync::atomic::AtomicBool::new(true);
+    callbacks.connection = Some(Arc::new(move |c: &TcpConnection| {
+        if first.swap(false, Ordering::Relaxed) {
+            if let Some(inner) = weak.upgrade() {
+                let mut st = inner.state.lock();
+                if matches!(&st.phase, Phase::Connected(c) if c.id() == id) {
+                    st.up_since = Some(std::time::Instant::now());
+                }
+            }
+        }
+        if let Some(user) = &user {
+            user(c);
+        }
+    }));
+    Arc::new(callbacks)
 }
 
 /// The connection closed (on the loop, from inside its handler): forget it and, if

@@ -155,7 +155,10 @@ impl ServerBuilder {
     /// leave its clients waiting for `wait`. Also set on an inherited listening socket;
     /// ignored on a Unix-domain one.
     pub fn defer_accept(mut self, wait: Duration) -> Self {
-        let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+        // Saturating: `Duration::MAX` ("as long as the kernel allows") must not wrap to 0.
+        let secs = wait
+            .as_secs()
+            .saturating_add(u64::from(wait.subsec_nanos() > 0));
         self.defer_accept_secs = u32::try_from(secs).unwrap_or(u32::MAX);
         self
     }

@@ -423,6 +423,8 @@ impl TcpServer {
     }
 
     fn stop_inner(&mut self) {
+        // Requested now, whenever the main loop runs its part (it may never run again).
+        self.shared.stopping.store(true, Ordering::SeqCst);
         // Also when the main loop is gone and the queued stop below never runs.
         drop(self.shared.socket_file.lock().take());
         // Whatever `stop` did not do directly (or everything, from `drop`) is queued.
