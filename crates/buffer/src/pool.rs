@@ -335,7 +335,8 @@ impl BufPool {
 
     /// Returns every free block on the shared lists, and in the calling thread's cache, to the
     /// system. Returns the number of bytes released. Blocks cached by other running threads
-    /// stay where they are.
+    /// stay where they are. A request on another thread meanwhile that needs the bytes of
+    /// the blocks being released is served, not refused.
     pub fn trim(self) -> usize {
         self.inner.trim()
     }
@@ -456,27 +457,36 @@ impl PoolInner {
         let size = class_size(class);
         let mut futility_checked = false;
         loop {
-            if self.reserve(size) {
-                if let Some(shared) = self.classes.get(class) {
-                    shared.allocated.fetch_add(1, Relaxed);
-                }
-                return Ok(vec![0u8; size].into_boxed_slice());
+            if let Some(block) = self.new_block(class) {
+                return Ok(block);
             }
             // Over the cap. Another thread may have freed a block of this class meanwhile.
             if let Some(block) = self.pop_shared(class) {
                 return Ok(block);
             }
             let cap = self.config.memory_cap.unwrap_or(usize::MAX);
+            // The free blocks first, then the allocated bytes: a block a trim (or another
+            // request) took off a list before it was counted here is already subtracted
+            // (both release under the list's lock), so it is not missed by both.
+            let releasable = (!futility_checked).then(|| self.releasable_except(class));
             let allocated = self.allocated_bytes.load(Relaxed);
             let deficit = allocated.saturating_add(size).saturating_sub(cap);
+            if deficit == 0 {
+                continue; // released by another thread since the reservation failed
+            }
             // Once per request: if releasing every free block this thread can reach cannot
             // make room, release none (they would only be lost to the next requests).
-            let futile = !futility_checked && deficit > self.releasable_except(class);
+            let futile = releasable.is_some_and(|r| deficit > r);
             futility_checked = true;
             if futile
                 || (!self.release_other_shared(class, deficit)
                     && !self.release_other_cached(class, deficit))
             {
+                // Nothing left to release here; a trim or another request may still have
+                // released blocks since the allocated bytes were read.
+                if let Some(block) = self.new_block(class) {
+                    return Ok(block);
+                }
                 log::debug!(
                     "buffer pool exhausted: {size}-byte block, cap {cap}, {allocated} allocated"
                 );
@@ -487,6 +497,18 @@ impl PoolInner {
                 });
             }
         }
+    }
+
+    /// A new block from the system if the cap allows it.
+    fn new_block(&self, class: usize) -> Option<Box<[u8]>> {
+        let size = class_size(class);
+        if !self.reserve(size) {
+            return None;
+        }
+        if let Some(shared) = self.classes.get(class) {
+            shared.allocated.fetch_add(1, Relaxed);
+        }
+        Some(vec![0u8; size].into_boxed_slice())
     }
 
     /// Adds `size` to the allocated bytes if the cap allows it.
@@ -514,7 +536,12 @@ impl PoolInner {
     /// the smallest class whose block covers `deficit`, then the largest smaller one.
     fn release_other_shared(&self, except: usize, deficit: usize) -> bool {
         for class in release_order(except, deficit) {
-            if let Some(block) = self.pop_shared(class) {
+            let Some(shared) = self.classes.get(class) else {
+                continue;
+            };
+            let mut free = shared.free.lock();
+            if let Some(block) = free.pop() {
+                // Released before the list's lock is let go (see `alloc_system`).
                 self.release_block(class, block);
                 return true;
             }
@@ -536,13 +563,18 @@ impl PoolInner {
     /// Returns a block to the system.
     fn release_block(&self, class: usize, block: Box<[u8]>) {
         debug_assert_eq!(block.len(), class_size(class));
-        let size = block.len();
         drop(block);
+        self.count_released(class, 1);
+    }
+
+    /// Counts `blocks` blocks of `class` as returned to the system.
+    fn count_released(&self, class: usize, blocks: usize) {
         if let Some(shared) = self.classes.get(class) {
-            shared.allocated.fetch_sub(1, Relaxed);
-            shared.released.fetch_add(1, Relaxed);
+            shared.allocated.fetch_sub(blocks, Relaxed);
+            shared.released.fetch_add(blocks as u64, Relaxed);
         }
-        self.allocated_bytes.fetch_sub(size, Relaxed);
+        self.allocated_bytes
+            .fetch_sub(blocks * class_size(class), Relaxed);
     }
 
     fn stats(&self) -> PoolStats {
@@ -577,11 +609,15 @@ impl PoolInner {
             self.release_block(class, block);
         }
         for (class, shared) in self.classes.iter().enumerate() {
-            let blocks = std::mem::take(&mut *shared.free.lock());
-            for block in blocks {
-                released += block.len();
-                self.release_block(class, block);
-            }
+            // Released while the list is locked: a request on another thread that finds
+            // the list empty also finds the bytes gone (see `alloc_system`).
+            let mut free = shared.free.lock();
+            let blocks = std::mem::take(&mut *free);
+            released += blocks.len() * class_size(class);
+            let count = blocks.len();
+            drop(blocks);
+            self.count_released(class, count);
+            drop(free);
         }
         log::debug!("buffer pool trimmed: {released} bytes released");
         released
