@@ -34,16 +34,7 @@ fn serve(wrapper: &[&str], db: &Path) -> Run {
     if !wrapper.is_empty() {
         cmd.arg(BANK);
     }
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--hash-cost",
-        "low",
-        "--db",
-    ])
-    .arg(db)
-    .env("RUST_LOG", "warn");
+    common::serve_args(&mut cmd, db).env("RUST_LOG", "warn");
     let done = run_within(&mut cmd, Duration::from_secs(10)).unwrap_or_else(|e| {
         panic!(
             "bank serve --db {} (it started on a bad database): {e}",

@@ -342,15 +342,7 @@ fn max_connections_reached_at_start_fails_the_start_with_a_message() {
     let url = tellers_database(&cluster);
     let fillers = Fillers::fill(&cluster);
     let done = run_within(
-        Command::new(BANK).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hash-cost",
-            "low",
-            "--db",
-            &url,
-        ]),
+        common::serve_args(&mut Command::new(BANK), &url),
         Duration::from_secs(30),
     )
     .expect("bank serve ends by itself");

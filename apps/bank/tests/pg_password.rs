@@ -33,18 +33,10 @@ fn cluster_with_password() -> Option<PgCluster> {
     Some(cluster)
 }
 
+/// `bank serve --db URL`, without the `PGPASSWORD` of the test's environment.
 fn serve(url: &str) -> Command {
     let mut cmd = Command::new(BANK);
-    cmd.args([
-        "serve",
-        "--listen",
-        "127.0.0.1:0",
-        "--hash-cost",
-        "low",
-        "--db",
-        url,
-    ])
-    .env_remove("PGPASSWORD");
+    common::serve_args(&mut cmd, url).env_remove("PGPASSWORD");
     cmd
 }
 

@@ -9,27 +9,12 @@ use std::io::Write;
 use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
-use duo_http::{Method, Response, StatusCode};
+use duo_http::{Response, StatusCode};
 use duo_testkit::wait_until_within;
 use util::deferred::{deferred_builder, Held};
-use util::{start, test_builder, wait_for_queued_output, Client};
-
-/// Body size of `GET /big`.
-const BIG: usize = 64 << 10;
-
-/// The timeouts a gone client used to be held for: far beyond what each test waits.
-const LONG: Duration = Duration::from_secs(60);
-
-/// How soon a connection whose client is gone must be closed.
-const SOON: Duration = Duration::from_secs(5);
-
-/// Closes `s` with a reset (`SO_LINGER` zero), as a client killed with unread data does.
-fn reset(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(s);
-}
+use util::{
+    blocking_builder, reset, start, test_builder, wait_for_queued_output, Client, LONG, SOON,
+};
 
 /// A client that pipelines large responses without reading blocks its connection
 /// (`Blocked`: reading stops until the client takes the queued output). When it resets
@@ -38,14 +23,7 @@ fn reset(s: TcpStream) {
 /// until the keep-alive timeout (60 s here). It closes at once.
 #[test]
 fn a_blocked_client_that_resets_is_closed_at_once() {
-    let server = start(
-        test_builder()
-            .keep_alive_timeout(LONG)
-            .max_pending_output(BIG)
-            .route(Method::Get, "/big", |_| {
-                Response::with_body(StatusCode::OK, "application/octet-stream", vec![b'b'; BIG])
-            }),
-    );
+    let server = start(blocking_builder());
     let c = Client::connect(server.local_addr());
     let requests = "GET /big HTTP/1.1\r\nHost: t\r\n\r\n".repeat(400);
     let mut writer = c.stream.try_clone().expect("clone the client socket");

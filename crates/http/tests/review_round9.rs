@@ -9,26 +9,30 @@ use std::io::Write;
 use std::net::{Shutdown, TcpStream};
 use std::time::Duration;
 
-use duo_http::{Method, Response, StatusCode};
+use duo_http::{HttpServerThread, Response, StatusCode};
 use duo_testkit::wait_until_within;
 use util::deferred::deferred_builder;
-use util::{start, test_builder, wait_for_queued_output, Client};
+use util::{
+    blocking_builder, reset, start, test_builder, wait_for_queued_output, Client, LONG, SOON,
+};
 
-/// Body size of `GET /big`.
-const BIG: usize = 64 << 10;
-
-/// The timeouts a gone client used to be held for: far beyond what each test waits.
-const LONG: Duration = Duration::from_secs(60);
-
-/// How soon a connection whose client is gone must be closed.
-const SOON: Duration = Duration::from_secs(5);
-
-/// Closes `s` with a reset (`SO_LINGER` zero), as a client killed with unread data does.
-fn reset(s: TcpStream) {
-    socket2::SockRef::from(&s)
-        .set_linger(Some(Duration::ZERO))
-        .expect("SO_LINGER");
-    drop(s);
+/// The client half-closes its held connection, which stays (the client may still read
+/// its answers after its FIN), then resets it: the server closes it at once.
+fn half_close_then_reset(server: &HttpServerThread, client: TcpStream) {
+    client.shutdown(Shutdown::Write).expect("half-close");
+    // (Nothing to wait for: the connection must merely still be there a moment later.)
+    std::thread::sleep(Duration::from_millis(100));
+    assert_eq!(
+        server.stats().active,
+        1,
+        "a FIN alone closed the connection"
+    );
+    reset(client);
+    wait_until_within(
+        SOON,
+        "the server to close the gone client's connection",
+        || server.stats().active == 0,
+    );
 }
 
 /// Waiting for a deferred answer: the half-close leaves the connection waiting (the
@@ -40,20 +44,7 @@ fn a_half_closed_client_that_resets_while_its_answer_is_deferred_is_closed_at_on
     let mut c = Client::connect(server.local_addr());
     c.send(b"GET /held?1 HTTP/1.1\r\nHost: t\r\n\r\n");
     wait_until_within(SOON, "the held request", || held.lock().unwrap().len() == 1);
-    c.stream.shutdown(Shutdown::Write).expect("half-close");
-    // Still there: the client may read its answer after its FIN.
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        server.stats().active,
-        1,
-        "a FIN alone closed the connection"
-    );
-    reset(c.stream);
-    wait_until_within(
-        SOON,
-        "the server to close the gone client's connection",
-        || server.stats().active == 0,
-    );
+    half_close_then_reset(&server, c.stream);
     for (text, r) in held.lock().unwrap().drain(..) {
         assert!(!r.is_connected(), "the responder sees its client gone");
         r.respond(Response::text(StatusCode::OK, text));
@@ -66,33 +57,14 @@ fn a_half_closed_client_that_resets_while_its_answer_is_deferred_is_closed_at_on
 /// Blocked on output the client does not read: the same.
 #[test]
 fn a_half_closed_blocked_client_that_resets_is_closed_at_once() {
-    let server = start(
-        test_builder()
-            .keep_alive_timeout(LONG)
-            .max_pending_output(BIG)
-            .route(Method::Get, "/big", |_| {
-                Response::with_body(StatusCode::OK, "application/octet-stream", vec![b'b'; BIG])
-            }),
-    );
+    let server = start(blocking_builder());
     let mut c = Client::connect(server.local_addr());
     // Enough to block the connection, small enough to leave the client's send buffer.
     c.stream
         .write_all("GET /big HTTP/1.1\r\nHost: t\r\n\r\n".repeat(64).as_bytes())
         .expect("the requests");
     wait_for_queued_output(|| server.stats());
-    c.stream.shutdown(Shutdown::Write).expect("half-close");
-    std::thread::sleep(Duration::from_millis(100));
-    assert_eq!(
-        server.stats().active,
-        1,
-        "a FIN alone closed the connection"
-    );
-    reset(c.stream);
-    wait_until_within(
-        SOON,
-        "the server to close the gone client's connection",
-        || server.stats().active == 0,
-    );
+    half_close_then_reset(&server, c.stream);
     let mut c = Client::connect(server.local_addr());
     assert_eq!(c.get("/hello").text(), "hello");
     server.stop().unwrap();
@@ -104,9 +76,7 @@ fn a_half_closed_blocked_client_that_resets_is_closed_at_once() {
 /// every byte.
 #[test]
 fn a_request_sent_a_byte_at_a_time_is_answered() {
-    let server = start(test_builder().route(Method::Post, "/echo", |req| {
-        Response::with_body(StatusCode::OK, "text/plain", req.body().to_vec())
-    }));
+    let server = start(test_builder());
     let mut c = Client::connect(server.local_addr());
     c.stream.set_nodelay(true).expect("TCP_NODELAY");
     let request = b"POST /echo HTTP/1.1\r\nHost: t\r\nX-Long: aaaaaaaaaaaaaaaaaaaa\r\nContent-Length: 5\r\n\r\nhello";

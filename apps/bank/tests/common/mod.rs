@@ -64,6 +64,20 @@ impl Drop for TempDir {
     }
 }
 
+/// Appends `serve --listen 127.0.0.1:0 --hash-cost low --db DB` to `cmd`: a server on
+/// a free port, with password hashes cheap enough for tests.
+pub(crate) fn serve_args(cmd: &mut Command, db: impl AsRef<OsStr>) -> &mut Command {
+    cmd.args([
+        "serve",
+        "--listen",
+        "127.0.0.1:0",
+        "--hash-cost",
+        "low",
+        "--db",
+    ])
+    .arg(db)
+}
+
 /// A running `bank serve`, killed (SIGKILL by PID) and reaped on drop.
 pub(crate) struct Server {
     child: ChildServer,
@@ -85,14 +99,10 @@ impl Server {
     /// [`Server::start`] with the `--db` value `db`.
     fn start_on(db: &OsStr, extra: &[&str]) -> Server {
         let mut cmd = Command::new(BANK);
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--db"])
-            .arg(db)
-            .args(["--hash-cost", "low"])
-            .args(extra)
-            .env(
-                "RUST_LOG",
-                std::env::var("BANK_TEST_LOG").unwrap_or("warn".into()),
-            );
+        serve_args(&mut cmd, db).args(extra).env(
+            "RUST_LOG",
+            std::env::var("BANK_TEST_LOG").unwrap_or("warn".into()),
+        );
         let child = ChildServer::builder(cmd)
             .startup(Duration::from_secs(20))
             .stderr(Stdio::inherit())

@@ -215,15 +215,7 @@ pub(crate) fn alive(cluster: &PgCluster, pid: &str) -> bool {
 pub(crate) fn failed_start(db: &str) -> (Option<i32>, String, Duration) {
     let started = Instant::now();
     let done = run_within(
-        Command::new(BANK).args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--hash-cost",
-            "low",
-            "--db",
-            db,
-        ]),
+        super::serve_args(&mut Command::new(BANK), db),
         Duration::from_secs(30),
     )
     .unwrap_or_else(|e| panic!("bank serve --db {db} did not end by itself: {e}"));

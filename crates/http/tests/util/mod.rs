@@ -38,6 +38,35 @@ pub fn test_builder() -> HttpServerBuilder {
         })
 }
 
+/// Body size of `GET /big` ([`blocking_builder`]).
+pub const BIG: usize = 64 << 10;
+
+/// The timeouts a gone client used to be held for: far beyond what a test waits.
+pub const LONG: Duration = Duration::from_secs(60);
+
+/// How soon a connection whose client is gone must be closed.
+pub const SOON: Duration = Duration::from_secs(5);
+
+/// [`test_builder`] with `GET /big` (a body of [`BIG`] bytes) and room for only one such
+/// response in the queued output, so that a client pipelining them without reading
+/// blocks its connection; the keep-alive timeout is [`LONG`].
+pub fn blocking_builder() -> HttpServerBuilder {
+    test_builder()
+        .keep_alive_timeout(LONG)
+        .max_pending_output(BIG)
+        .route(Method::Get, "/big", |_| {
+            Response::with_body(StatusCode::OK, "application/octet-stream", vec![b'b'; BIG])
+        })
+}
+
+/// Closes `s` with a reset (`SO_LINGER` zero), as a client killed with unread data does.
+pub fn reset(s: TcpStream) {
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .expect("SO_LINGER");
+    drop(s);
+}
+
 pub fn start(builder: HttpServerBuilder) -> HttpServerThread {
     init_log();
     builder.spawn().expect("start the HTTP server")
