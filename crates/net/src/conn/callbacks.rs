@@ -119,9 +119,11 @@ macro_rules! callback_setters {
         /// wait for).
         ///
         /// It does not run when our own side is already shut (after
-        /// [`ConnCtx::shutdown`](crate::ConnCtx::shutdown)) or the peer can no longer
-        /// receive: both directions are then done and the connection closes at once, with
-        /// [`CloseReason::Peer`](crate::CloseReason::Peer) (or the socket error).
+        /// [`ConnCtx::shutdown`](crate::ConnCtx::shutdown), also while that shutdown's
+        /// output is still being written) or the peer can no longer receive: both
+        /// directions are then done and the connection closes (at once, or once that
+        /// output is written), with [`CloseReason::Peer`](crate::CloseReason::Peer) (or the
+        /// socket error).
         pub fn on_peer_half_close(
             mut self,
             f: impl Fn(&mut $crate::ConnCtx<'_>) + Send + Sync + 'static,

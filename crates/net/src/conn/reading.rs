@@ -189,6 +189,12 @@ impl LoopConn {
             self.m.close(lp, ch, reason);
             return;
         }
+        if self.m.write == WriteSide::Draining(AfterDrain::HalfClose) {
+            // Our own shutdown is still writing its output: both directions are done
+            // once it is written (`drained` then closes, with `Peer`), as after `Shut`.
+            // Nothing more can be sent, so there is no half-close to decide on.
+            return;
+        }
         let owner = self.m.owner.clone();
         match owner.callbacks.half_close.as_deref() {
             // The application finishes its work and closes when it is done.
