@@ -19,10 +19,10 @@ const SUN_PATH_MAX: usize = 107;
 /// abstract Unix-domain name (Linux only: no file, gone with the last socket).
 ///
 /// Parsed from and displayed as `127.0.0.1:7000`, `[::1]:7000`, `unix:/run/echo.sock`,
-/// `unix:@echo` (bytes of a path or name that are not printable ASCII, and the backslash,
-/// as `\xNN`, which the parser reads back). Every server and client builder takes one
-/// (`impl Into<Endpoint>`; a [`SocketAddr`] converts), and connections report theirs
-/// ([`TcpConnection::peer_endpoint`](crate::TcpConnection::peer_endpoint)).
+/// `unix:@echo` (bytes of a path or name that are not printable ASCII, the backslash, and
+/// a space that ends it, as `\xNN`, which the parser reads back). Every server and client
+/// builder takes one (`impl Into<Endpoint>`; a [`SocketAddr`] converts), and connections
+/// report theirs ([`TcpConnection::peer_endpoint`](crate::TcpConnection::peer_endpoint)).
 ///
 /// Cloning is cheap: names are reference-counted, so a server hands its path to every
 /// connection without copying it.
@@ -75,10 +75,15 @@ pub enum ParseEndpointError {
     /// A path with a NUL byte.
     #[error("{0:?}: a Unix-domain path cannot contain a NUL byte")]
     Nul(String),
+    /// A path that ends in `/`: it names a directory, where no socket can be bound or
+    /// reached (`bind` fails with `ENOENT`, `connect` with `ENOTDIR`).
+    #[error("{0:?}: a Unix-domain socket path ends in '/' (a socket is a file, not a directory)")]
+    TrailingSlash(String),
 }
 
 impl Endpoint {
-    /// A Unix-domain socket path (checked: not empty, no NUL, at most 107 bytes).
+    /// A Unix-domain socket path (checked: not empty, no NUL, at most 107 bytes, not
+    /// ending in `/`).
     pub fn unix(path: impl AsRef<Path>) -> Result<Endpoint, ParseEndpointError> {
         let path = path.as_ref();
         let bytes = path.as_os_str().as_bytes();
@@ -91,6 +96,9 @@ impl Endpoint {
         }
         if bytes.len() > SUN_PATH_MAX {
             return Err(ParseEndpointError::TooLong(shown()));
+        }
+        if bytes.ends_with(b"/") {
+            return Err(ParseEndpointError::TrailingSlash(shown()));
         }
         Ok(Endpoint::Unix(Arc::from(path)))
     }
@@ -195,14 +203,16 @@ impl FromStr for Endpoint {
     type Err = ParseEndpointError;
 
     /// `HOST:PORT` with an IP address (`127.0.0.1:7000`, `[::1]:7000`), `unix:/path`
-    /// (a relative path is allowed: `unix:echo.sock`) or `unix:@name`. In a path or name,
-    /// `\xNN` (two hex digits) is the byte `NN`, as [`Display`](fmt::Display) writes the
-    /// bytes that are not printable ASCII; any other backslash is itself.
+    /// (a relative path is allowed: `unix:echo.sock`; not one that ends in `/`) or
+    /// `unix:@name`. In a path or name, `\xNN` (two hex digits) is the byte `NN`, as
+    /// [`Display`](fmt::Display) writes the bytes that are not printable ASCII; any other
+    /// backslash is itself.
     fn from_str(s: &str) -> Result<Endpoint, ParseEndpointError> {
         let with_context = |e: ParseEndpointError| match e {
             ParseEndpointError::Empty(_) => ParseEndpointError::Empty(s.to_owned()),
             ParseEndpointError::TooLong(_) => ParseEndpointError::TooLong(s.to_owned()),
             ParseEndpointError::Nul(_) => ParseEndpointError::Nul(s.to_owned()),
+            ParseEndpointError::TrailingSlash(_) => ParseEndpointError::TrailingSlash(s.to_owned()),
             other => other,
         };
         match s.strip_prefix("unix:") {
@@ -224,8 +234,10 @@ impl fmt::Display for Endpoint {
     /// `unix:@name`; an unnamed socket shows as `unix:(unnamed)`. The bytes of a path or
     /// name that are not printable ASCII (a newline, UTF-8, bytes that are not UTF-8), and
     /// the backslash, are written as `\xNN` (and the `@` that begins a relative path, not
-    /// an abstract name): the display is one line of printable ASCII (a server's
-    /// `listening on` line stays one line) and reads back as the same bytes.
+    /// an abstract name, and a space that ends the path or name): the display is one line
+    /// of printable ASCII that does not end in a blank (a server's `listening on` line
+    /// stays one line, and a reader that trims it keeps the whole address) and reads back
+    /// as the same bytes.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Endpoint::Inet(addr) => write!(f, "{addr}"),
@@ -250,10 +262,13 @@ impl fmt::Display for Endpoint {
 }
 
 /// Writes the bytes of a path or name as [`unescape`] reads them back: printable ASCII
-/// (and the space) as is, any other byte and the backslash as `\xNN`.
+/// (and the space) as is, any other byte and the backslash as `\xNN`. A space that ends
+/// the bytes is written `\x20` too: the address often ends a line (`listening on ADDR`),
+/// and line readers drop the blanks there (the shell's `read`, `str::trim`).
 fn write_escaped(f: &mut fmt::Formatter<'_>, bytes: &[u8]) -> fmt::Result {
-    for &b in bytes {
-        if (b.is_ascii_graphic() && b != b'\\') || b == b' ' {
+    for (i, &b) in bytes.iter().enumerate() {
+        let last = i + 1 == bytes.len();
+        if (b.is_ascii_graphic() && b != b'\\') || (b == b' ' && !last) {
             write!(f, "{}", b as char)?;
         } else {
             write!(f, "\\x{b:02x}")?;

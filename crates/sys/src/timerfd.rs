@@ -67,7 +67,9 @@ pub fn monotonic_nanos() -> u64 {
 ///
 /// Deterministic: the same reading always gives the same `Instant`, and later readings
 /// later ones (the conversion is an offset from one anchor pair, an `Instant` and a
-/// reading taken together once per process; no clock is read after that).
+/// reading taken together once per process; no clock is read after that). Never later
+/// than the moment read (it may be earlier by the gap between the anchor's two clock
+/// reads, normally nanoseconds), so never in the future.
 ///
 /// ```
 /// let n = duo_sys::monotonic_nanos();
@@ -78,12 +80,24 @@ pub fn monotonic_nanos() -> u64 {
 /// ```
 pub fn instant_of_nanos(nanos: u64) -> std::time::Instant {
     static ANCHOR: std::sync::OnceLock<(std::time::Instant, u64)> = std::sync::OnceLock::new();
-    // The reading first: the anchor's `Instant` is then no earlier than its reading, so a
-    // converted moment never lies in the future.
-    let &(at, base) = ANCHOR.get_or_init(|| {
-        let base = monotonic_nanos();
-        (std::time::Instant::now(), base)
-    });
+    convert(*ANCHOR.get_or_init(|| anchor(|| ())), nanos)
+}
+
+/// The anchor pair of [`instant_of_nanos`]: an `Instant` and a [`monotonic_nanos`]
+/// reading taken together; `between` runs between the two reads (a test widens the gap).
+fn anchor(between: impl FnOnce()) -> (std::time::Instant, u64) {
+    // The `Instant` first: it is then no later than the reading, so a converted moment
+    // is no later than the moment it converts (`at + (n - base)` with `at <= base` on the
+    // one clock), and never lies in the future. (The other way round, a converted moment
+    // was late by the gap between the two reads: by a whole time slice if the thread lost
+    // its CPU there.)
+    let at = std::time::Instant::now();
+    between();
+    (at, monotonic_nanos())
+}
+
+/// The `Instant` of the reading `nanos`, by the anchor pair `(at, base)`.
+fn convert((at, base): (std::time::Instant, u64), nanos: u64) -> std::time::Instant {
     if nanos >= base {
         at + Duration::from_nanos(nanos - base)
     } else {
@@ -110,6 +124,7 @@ impl TimerFd {
     }
 
     /// Arms the timer to fire once, `delay` from now, replacing any earlier setting.
+    /// Expirations not read yet are discarded (as by [`TimerFd::disarm`]).
     ///
     /// A zero delay fires at once: the kernel reads a zero `it_value` as "disarm", so it
     /// is raised to one nanosecond here.
@@ -117,8 +132,8 @@ impl TimerFd {
         self.settime(delay.max(Duration::from_nanos(1)))
     }
 
-    /// Arms the timer to fire once at `deadline`, replacing any earlier setting. A deadline
-    /// in the past fires at once.
+    /// Arms the timer to fire once at `deadline`, replacing any earlier setting (and
+    /// discarding expirations not read yet). A deadline in the past fires at once.
     ///
     /// `Instant` exposes no raw clock value, so the deadline is turned into a delay from
     /// now; the conversion costs one clock read and is exact to the nanosecond.
@@ -126,8 +141,8 @@ impl TimerFd {
         self.arm_after(deadline.saturating_duration_since(Instant::now()))
     }
 
-    /// Disarms the timer. Expirations that already happened stay readable until
-    /// [`TimerFd::read`].
+    /// Disarms the timer. Expirations that happened but were not read yet are discarded
+    /// with it: the kernel resets the count, and the readiness, on every setting.
     pub fn disarm(&self) -> io::Result<()> {
         self.settime(Duration::ZERO)
     }
@@ -145,8 +160,8 @@ impl TimerFd {
         Ok(())
     }
 
-    /// Reads and resets the number of expirations since the last read; `Ok(0)` when the
-    /// timer has not expired (the kernel's `EAGAIN`).
+    /// Reads and resets the number of expirations since the last read or setting (arming
+    /// or disarming); `Ok(0)` when the timer has not expired since (the kernel's `EAGAIN`).
     pub fn read(&self) -> io::Result<u64> {
         read_counter(self.fd.as_fd(), "read(timerfd)")
     }
@@ -161,5 +176,26 @@ impl AsFd for TimerFd {
 impl AsRawFd for TimerFd {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         self.fd.as_raw_fd()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Review round 9 (see `tests/review_round9.rs`): however long the gap between the
+    /// anchor's two clock reads (the thread may lose its CPU there), a converted reading
+    /// is never later than the clock read after it.
+    #[test]
+    fn a_converted_moment_never_lies_in_the_future_whatever_the_anchors_gap() {
+        let pair = anchor(|| std::thread::sleep(Duration::from_millis(20)));
+        let n = monotonic_nanos();
+        let at = convert(pair, n);
+        let now = Instant::now();
+        assert!(
+            at <= now,
+            "converted {:?} after the clock read that followed it",
+            at.duration_since(now)
+        );
     }
 }
