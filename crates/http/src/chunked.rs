@@ -248,6 +248,9 @@ impl ChunkedRequest {
         let too_large =
             |reason| ParseError::new(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE, reason);
         let mut fields = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
+        // Read no further than one byte past `max_head`, as a head (see `parse_request`):
+        // a section that long is refused (431) whatever follows, however it was cut.
+        let rest = &rest[..rest.len().min(self.limits.max_head.saturating_add(1))];
         match httparse::parse_headers(rest, &mut fields) {
             Ok(httparse::Status::Complete((len, _))) if len > self.limits.max_head => {
                 Err(too_large("trailer section too large"))

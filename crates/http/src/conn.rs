@@ -395,6 +395,9 @@ impl Service {
                 self.set_deadline(ctx, st, Instant::now() + self.header_timeout);
             }
             if !st.rescan.worth_parsing(input.peek(), self.limits.max_head) {
+                // (Its method may have come whole since: a refusal at its timeout goes
+                // without a body to a `HEAD` request.)
+                st.head_request = is_head(input.peek());
                 break;
             }
             let parsed = parse_request(input.peek(), &self.limits, peer);

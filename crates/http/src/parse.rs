@@ -78,11 +78,12 @@ impl ParseError {
 /// # Errors
 ///
 /// The head is longer than `limits.max_head` or has more than `limits.max_headers` fields
-/// (431); the body is longer than `limits.max_body` (413, as soon as the head is in); a
-/// `Transfer-Encoding` other than `chunked` alone (400 where `chunked` is not the last
-/// coding or comes twice, 501 for another coding before it), or with `Content-Length` as
-/// well, or in HTTP/1.0 (400: a request a proxy might frame otherwise is refused, never
-/// guessed at);
+/// (431; whatever is wrong past the first `max_head` bytes, the answer is 431, as it is
+/// for any prefix of the head longer than that); the body is longer than
+/// `limits.max_body` (413, as soon as the head is in); a `Transfer-Encoding` other than
+/// `chunked` alone (400 where `chunked` is not the last coding or comes twice, 501 for
+/// another coding before it), or with `Content-Length` as well, or in HTTP/1.0 (400: a
+/// request a proxy might frame otherwise is refused, never guessed at);
 /// an `Expect` other than `100-continue` (417); an unknown method (501); a well-formed
 /// version (`HTTP/d.d`) other than 1.0 and 1.1 (505); anything else malformed (400),
 /// among it a missing, repeated or invalid `Host`, a target with a fragment (`#`), an
@@ -120,15 +121,19 @@ pub fn parse_request(buf: &[u8], limits: &Limits, peer: SocketAddr) -> Result<Pa
             request_len: None,
         }))
     };
-    let head_len = match raw.parse(buf) {
+    // The head is read no further than one byte past `max_head`: a head that long is
+    // refused (431) whatever comes after, so the refusal does not depend on how much of
+    // it has arrived (a server that parsed a prefix and one that got it whole agree).
+    let within = &buf[..buf.len().min(limits.max_head.saturating_add(1))];
+    let head_len = match raw.parse(within) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return wait(),
         // A version not yet whole (`HTTP/2`, say) waits for the rest of its line: whether
         // it is another version (505) or a malformed one (400) depends on what follows.
-        Err(httparse::Error::Version) if version_of(buf) == VersionVerdict::Undecided => {
+        Err(httparse::Error::Version) if version_of(within) == VersionVerdict::Undecided => {
             return wait()
         }
-        Err(e) => return Err(head_error(e, buf)),
+        Err(e) => return Err(head_error(e, within)),
     };
     if head_len > limits.max_head {
         return Err(ParseError::new(
