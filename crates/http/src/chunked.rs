@@ -72,8 +72,9 @@ pub struct ChunkedRequest {
     state: State,
     /// Bytes of chunk extensions so far (with the blanks around them).
     extensions: usize,
-    /// Bytes of the incomplete size line at the front already searched for its end: a
-    /// line that arrives a byte at a time is searched once, not once per byte.
+    /// Bytes of the incomplete size line (or trailer section) at the front already
+    /// searched for its end: a line that arrives a byte at a time is searched once, not
+    /// once per byte.
     searched: usize,
 }
 
@@ -153,7 +154,7 @@ impl ChunkedRequest {
                     self.state = State::Size;
                 }
                 State::Trailers => {
-                    let Some(len) = self.trailers(rest)? else {
+                    let Some(len) = self.trailer_section(rest)? else {
                         break;
                     };
                     used += len;
@@ -242,6 +243,24 @@ impl ChunkedRequest {
         Ok(Some((line.len(), size as usize)))
     }
 
+    /// [`trailers`](Self::trailers), parsed again only when it may say something new: the
+    /// section arriving a byte at a time is parsed once per line (a line end can complete
+    /// it or a malformed field; past `max_head` it is refused), not once per byte.
+    fn trailer_section(&mut self, rest: &[u8]) -> Result<Option<usize>, ParseError> {
+        let from = self.searched;
+        if from > 0
+            && rest.len() >= from
+            && rest.len() <= self.limits.max_head
+            && !rest[from..].contains(&b'\n')
+        {
+            self.searched = rest.len();
+            return Ok(None);
+        }
+        let found = self.trailers(rest)?;
+        self.searched = if found.is_some() { 0 } else { rest.len() };
+        Ok(found)
+    }
+
     /// The trailer section at the start of `rest` (fields, then an empty line): its
     /// length, or `None` while it is incomplete. The fields are checked and dropped.
     fn trailers(&self, rest: &[u8]) -> Result<Option<usize>, ParseError> {
@@ -306,6 +325,44 @@ mod tests {
         let req = b.into_request().unwrap();
         assert_eq!(req.body(), b"abc0123456789");
         assert!(req.headers().contains("transfer-encoding"));
+    }
+
+    /// Feeds `wire` a byte at a time, as a connection does (what was not used is fed
+    /// again with the next byte); the result of the last feed and the bytes used in all.
+    fn fed_bytewise(b: &mut ChunkedRequest, wire: &[u8]) -> (Result<usize, ParseError>, usize) {
+        let (mut used, mut last) = (0, Ok(0));
+        for end in 1..=wire.len() {
+            last = b.feed(&wire[used..end]);
+            match &last {
+                Ok(n) => used += n,
+                Err(_) => break,
+            }
+        }
+        (last, used)
+    }
+
+    /// A trailer section sent a byte at a time is parsed once per line, not once per
+    /// byte, with the same outcome as sent whole: complete at its empty line, refused
+    /// at the end of a malformed line or past the limit.
+    #[test]
+    fn a_trailer_section_sent_a_byte_at_a_time_ends_as_sent_whole() {
+        let wire = b"2\r\nab\r\n0\r\nX-One: 1\r\nX-Two: 2\r\n\r\n";
+        let mut b = start(Limits::default());
+        let (last, used) = fed_bytewise(&mut b, wire);
+        assert_eq!((last.is_ok(), used), (true, wire.len()));
+        assert!(b.is_complete());
+        let bad_field = b"0\r\nX\x01: 1\r\n\r\n";
+        let mut b = start(Limits::default());
+        let (last, _) = fed_bytewise(&mut b, bad_field);
+        assert_eq!(last, Err(bad("malformed trailer field")));
+        let limits = Limits {
+            max_head: 64,
+            ..Limits::default()
+        };
+        let long = [&b"0\r\nX-Long: "[..], &[b'a'; 80], b"\r\n\r\n"].concat();
+        let mut b = start(limits);
+        let (last, _) = fed_bytewise(&mut b, &long);
+        assert_eq!(last.unwrap_err().status().as_u16(), 431);
     }
 
     #[test]
