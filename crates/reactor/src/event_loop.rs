@@ -179,6 +179,9 @@ pub struct EventLoop {
     took_quitting: bool,
     /// Reusable buffer `local_tasks` is swapped into while they run.
     running_local: Vec<LocalTask>,
+    /// The loop's own functions queued after a quit, set aside while a quitting loop runs
+    /// those queued before it (`run_quit_backlog`; a panic there puts them back).
+    after_quit: Vec<LocalTask>,
     /// When the current iteration's poll returned, on the [`duo_sys::monotonic_nanos`]
     /// clock (read once per iteration, by the health tracker).
     poll_nanos: u64,
@@ -257,6 +260,7 @@ impl EventLoop {
             sliced_more: false,
             took_quitting: false,
             running_local: Vec::new(),
+            after_quit: Vec::new(),
             poll_nanos: duo_sys::monotonic_nanos(),
             iteration: 0,
             iteration_events: 0,
@@ -372,10 +376,7 @@ impl EventLoop {
                     self.health.restart_clock();
                 }
                 TIMERFD_TOKEN => self.run_timers(),
-                token => {
-                    self.iteration_events += 1;
-                    self.dispatch(Token(token), ready);
-                }
+                token => self.dispatch(Token(token), ready),
             }
         }
         self.run_queued();
@@ -396,8 +397,9 @@ impl EventLoop {
     /// Calls the handler of `token` for `ready`, in the order error, close, read, write.
     fn dispatch(&mut self, token: Token, ready: Ready) {
         let TakeOutcome::Taken(mut entry) = self.channels.take_out(token) else {
-            return;
+            return; // removed earlier in the batch (or since reused): not dispatched
         };
+        self.iteration_events += 1;
         type Step = fn(&mut dyn Handler, &mut EventLoop, &mut Channel);
         let steps: [(bool, Step); 4] = [
             (ready.is_error(), |h, lp, ch| h.handle_error(lp, ch)),

@@ -133,7 +133,9 @@ pub(crate) struct LoopShared {
     pub(crate) quit_backlog: AtomicUsize,
     /// How many of the functions the loop queued for itself ([`EventLoop::queue_in_loop`],
     /// not taken yet) were queued before a quit asked from the loop thread: they too run
-    /// before `run` returns. (Loop thread only; reset when the loop takes them.)
+    /// before `run` returns; `usize::MAX` (a quit through a handle on the loop thread,
+    /// which cannot count them): all it holds. (Loop thread only; reset when the loop
+    /// takes them.)
     pub(crate) quit_local: AtomicUsize,
     /// The eventfd that wakes the loop out of `epoll_wait`.
     pub(crate) waker: EventFd,
@@ -500,9 +502,17 @@ impl LoopHandle {
     /// queued before the call runs before `run` returns (also one queued while the
     /// current pass ran, after it had taken its queue); one queued after it may wait for
     /// the next `run`.
+    ///
+    /// On the loop's own thread (from one of its callbacks) the functions the loop queued
+    /// for itself ([`EventLoop::queue_in_loop`]) count as queued before the call too, as
+    /// with [`EventLoop::quit`].
     pub fn quit(&self) {
         self.shared.request_quit();
-        if !self.shared.is_in_loop_thread() {
+        if self.shared.is_in_loop_thread() {
+            // A handle cannot count the loop's own functions (loop-confined): it marks
+            // all of them, and the loop takes what it holds (see `quit_local`).
+            self.shared.quit_local.store(usize::MAX, Ordering::Relaxed);
+        } else {
             self.shared.wake();
         }
     }

@@ -1,6 +1,7 @@
 //! Loop-local values: per-loop state of any type, kept next to the loop without locks.
 
 use std::any::TypeId;
+use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
 use super::EventLoop;
 
@@ -36,18 +37,23 @@ impl EventLoop {
 
     /// Gives `f` the loop together with the loop-local value of type `T` (taken out of the
     /// loop for the call, as handlers are). `None` if there is no such value, or if it is
-    /// already taken further up the stack.
+    /// already taken further up the stack. If `f` panics, the value is put back (as `f`
+    /// left it) before the panic goes on.
     pub fn with_local<T: Send + 'static, R>(
         &mut self,
         f: impl FnOnce(&mut EventLoop, &mut T) -> R,
     ) -> Option<R> {
         let key = TypeId::of::<T>();
         let mut boxed = self.locals.get_mut(&key)?.take()?;
-        let r = boxed.downcast_mut::<T>().map(|v| f(self, v));
-        // Put it back unless `f` replaced or removed it meanwhile.
+        let r = catch_unwind(AssertUnwindSafe(|| {
+            boxed.downcast_mut::<T>().map(|v| f(self, v))
+        }));
+        // Put it back unless `f` replaced or removed it meanwhile; also when `f` panicked
+        // (the rest of the loop stays usable after a panic, and the value is part of it:
+        // left out, it would look taken for ever).
         if let Some(slot @ None) = self.locals.get_mut(&key) {
             *slot = Some(boxed);
         }
-        r
+        r.unwrap_or_else(|panic| resume_unwind(panic))
     }
 }

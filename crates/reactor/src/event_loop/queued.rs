@@ -132,8 +132,11 @@ impl EventLoop {
         if !shared && own == 0 {
             return false;
         }
-        let after_quit = self.local_tasks.split_off(own);
+        // Set aside in the loop, not on the stack: a panic in what runs now puts them
+        // back (`requeue_after_panic`) instead of dropping them unrun.
+        self.after_quit = self.local_tasks.split_off(own);
         self.run_queued_between_polls();
+        let after_quit = std::mem::take(&mut self.after_quit);
         let newer = std::mem::replace(&mut self.local_tasks, after_quit);
         self.local_tasks.extend(newer);
         true
@@ -193,13 +196,16 @@ impl EventLoop {
     }
 
     /// A queued function panicked: the local functions after it go back to the front of
-    /// their queue, in order, and those taken through handles not run yet stay where they
+    /// their queue, in order (followed by those a quitting loop had set aside, queued
+    /// after its quit), and those taken through handles not run yet stay where they
     /// are, so that the next `run` runs them first (the panicking one is dropped; nothing
     /// else that was accepted is lost). What the iteration counted so far (the panicking
     /// function included: it ran) is published, as the iteration's end would have: the
     /// loop may never run again.
     fn requeue_after_panic(&mut self, local_rest: Vec<LocalTask>) {
-        self.local_tasks.splice(0..0, local_rest);
+        let set_aside = std::mem::take(&mut self.after_quit);
+        self.local_tasks
+            .splice(0..0, local_rest.into_iter().chain(set_aside));
         self.shared.draining.store(false, Ordering::SeqCst);
         self.wake_for_the_rest();
         self.publish_metrics();
