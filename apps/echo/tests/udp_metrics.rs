@@ -5,7 +5,7 @@
 mod common;
 
 use std::net::{SocketAddr, UdpSocket};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use common::{Server, IO_TIMEOUT};
 use duo_testkit::{assert_metrics_documented, http_get, wait_until_within};
@@ -44,13 +44,24 @@ fn total(text: &str, name: &str) -> f64 {
         .sum()
 }
 
+/// The metrics page once `ready` holds for it, or the last one read after [`LIMIT`]
+/// (the caller's assertions then say what is missing).
+fn wait_for_page(metrics: SocketAddr, ready: impl Fn(&str) -> bool) -> String {
+    let deadline = Instant::now() + LIMIT;
+    loop {
+        let (status, text) = http_get(metrics, "/metrics");
+        if (status == 200 && ready(&text)) || Instant::now() >= deadline {
+            return text;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
 #[test]
 fn one_process_exports_its_udp_socket() {
     let (mut server, metrics, udp) = start(&["--io-threads", "1"]);
     echo_datagrams(udp, 10, 100);
-    let (status, text) = http_get(metrics, "/metrics");
-    assert_eq!(status, 200);
-    for (line, what) in [
+    let expected = [
         ("duo_udp_datagrams_in_total{socket=\"echo-udp\"} 10", "in"),
         (
             "duo_udp_bytes_in_total{socket=\"echo-udp\"} 1000",
@@ -66,11 +77,15 @@ fn one_process_exports_its_udp_socket() {
             "truncated",
         ),
         ("duo_udp_queued_bytes{socket=\"echo-udp\"} 0", "queued"),
-    ] {
-        assert!(
-            text.lines().any(|l| l == line),
-            "{what}: no `{line}` in\n{text}"
-        );
+    ];
+    let has = |text: &str, line: &str| text.lines().any(|l| l == line);
+    // The loop counts a batch's sends once `sendmmsg` returned: the last echo may reach
+    // the client (and its scrape the endpoint) just before that.
+    let text = wait_for_page(metrics, |text| {
+        expected.iter().all(|(line, _)| has(text, line))
+    });
+    for (line, what) in expected {
+        assert!(has(&text, line), "{what}: no `{line}` in\n{text}");
     }
     assert_metrics_documented(&text, "duo_udp_");
     let (status, _) = server.terminate("TERM", LIMIT);
@@ -92,7 +107,11 @@ fn a_supervisor_gathers_every_workers_udp_socket() {
             .count()
             == 2
     });
-    let (_, text) = http_get(metrics, "/metrics");
+    // (The sends are counted once `sendmmsg` returned: just after the echoes left.)
+    let text = wait_for_page(metrics, |text| {
+        total(text, "duo_udp_datagrams_out_total") == 20.0
+            && total(text, "duo_udp_bytes_out_total") == 200.0
+    });
     assert_eq!(total(&text, "duo_udp_datagrams_in_total"), 20.0, "{text}");
     assert_eq!(total(&text, "duo_udp_datagrams_out_total"), 20.0, "{text}");
     assert_eq!(total(&text, "duo_udp_bytes_out_total"), 200.0, "{text}");
