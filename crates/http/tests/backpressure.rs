@@ -19,12 +19,7 @@ use util::{start, test_builder, Client};
 const BIG: usize = 30 << 10;
 
 fn queued(server: &duo_http::HttpServerThread) -> u64 {
-    server
-        .stats()
-        .per_loop
-        .iter()
-        .map(|l| l.output_queued)
-        .sum()
+    server.stats().output_queued()
 }
 
 #[test]

@@ -446,13 +446,7 @@ fn blocked_pipeline_of_uploads(label: &str, end: bool) {
     // Not reading until the server has output queued and our writing stalls.
     wait_until("output queued", || {
         c.step(false);
-        server
-            .stats()
-            .per_loop
-            .iter()
-            .map(|l| l.output_queued)
-            .sum::<u64>()
-            > 0
+        server.stats().output_queued() > 0
     });
     let mut idle = 0;
     while idle < 1000 && c.sent < c.out.len() {

@@ -723,14 +723,7 @@ fn graceful_shutdown_of_a_blocked_pipeline_runs_nothing_it_does_not_answer() {
     c.send(pipeline.as_bytes());
     // Blocked: the server has answered some and holds the rest; the count stops growing.
     wait_until("the server to block on its output", || {
-        server
-            .handle
-            .stats()
-            .per_loop
-            .iter()
-            .map(|l| l.output_queued)
-            .sum::<u64>()
-            > 0
+        server.handle.stats().output_queued() > 0
     });
     let done = server.shutdown(LIMIT);
     let mut answered = 0;

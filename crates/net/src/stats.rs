@@ -289,6 +289,10 @@ impl ServerStats {
     pub fn bytes_out(&self) -> u64 {
         self.per_loop.iter().map(|l| l.bytes_out).sum()
     }
+    /// Bytes queued in output buffers over all loops, waiting for the peers to take them.
+    pub fn output_queued(&self) -> u64 {
+        self.per_loop.iter().map(|l| l.output_queued).sum()
+    }
     /// Connections closed over all loops, by reason (their total is [`closed`](Self::closed)
     /// once every close has been counted: both are updated as each connection closes).
     pub fn closes(&self) -> CloseCounts {

@@ -80,7 +80,7 @@ fn connections_messages_queued_output_and_backpressure_are_counted_per_loop() {
             "no backpressure after {sent} bytes: {s:?}"
         );
     };
-    let queued: u64 = s.per_loop.iter().map(|l| l.output_queued).sum();
+    let queued: u64 = s.output_queued();
     assert!(queued > HIGH as u64, "{queued} bytes queued: {s:?}");
 
     // Reading it all lifts the pause and empties the queue.

@@ -114,12 +114,7 @@ fn a_shutdown_from_write_complete_after_a_large_send_delivers_it_all() {
     // The server's socket fills before we read (the rest of the first reply waits in its
     // output buffer), so the last reply is buffered.
     duo_testkit::wait_until("the server to queue output", || {
-        let queued: u64 = server
-            .stats()
-            .per_loop
-            .iter()
-            .map(|l| l.output_queued)
-            .sum();
+        let queued: u64 = server.stats().output_queued();
         queued > 0
     });
     let mut got = Vec::new();

@@ -201,7 +201,7 @@ fn a_reset_while_paused_is_disconnecting_then_resuming_delivers_and_closes() {
     assert!(probe.input().is_empty(), "delivered while paused");
     let st = server.stats();
     assert_eq!(st.active, 1);
-    assert_eq!(st.per_loop.iter().map(|l| l.output_queued).sum::<u64>(), 0);
+    assert_eq!(st.output_queued(), 0);
     conn.start_reading().unwrap();
     probe.check_one(CloseReason::Error(ErrorKind::ConnectionReset));
     assert_eq!(probe.input(), b"last words");
@@ -284,15 +284,7 @@ fn a_failed_write_with_reading_active_closes_promptly() {
     let mut c = connect(server.addr());
     let conn = probe.handle(0);
     c.write_all(b"give me 8 MiB").unwrap();
-    wait_until("the reply is queued", || {
-        server
-            .stats()
-            .per_loop
-            .iter()
-            .map(|l| l.output_queued)
-            .sum::<u64>()
-            > 0
-    });
+    wait_until("the reply is queued", || server.stats().output_queued() > 0);
     reset(c);
     probe.wait_reason(&conn);
     let reason = conn.close_reason().unwrap();
@@ -305,7 +297,7 @@ fn a_failed_write_with_reading_active_closes_promptly() {
     );
     assert_eq!(probe.input(), b"give me 8 MiB");
     let st = server.stats();
-    assert_eq!(st.per_loop.iter().map(|l| l.output_queued).sum::<u64>(), 0);
+    assert_eq!(st.output_queued(), 0);
     server.stop();
 }
 

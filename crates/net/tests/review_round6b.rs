@@ -10,30 +10,10 @@
 mod util;
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
 
 use duo_net::{Endpoint, TcpServer};
 use duo_testkit::wait_until;
-use util::{init_log, TestServer};
-
-/// A directory of its own under the temporary directory, removed with what is in it.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("duo-r6b-{}-{n}-{what}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+use util::{init_log, TempDir, TestServer};
 
 /// Puts the working directory back when dropped (also when the test fails).
 struct Cwd(PathBuf);

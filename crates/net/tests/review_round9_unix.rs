@@ -17,51 +17,16 @@
 mod util;
 
 use std::ffi::OsString;
-use std::io::{ErrorKind, Read, Write};
+use std::io::ErrorKind;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
 use std::path::PathBuf;
 use std::process::Command;
 
-use duo_net::{Endpoint, EventLoop, ServerBuilder, TcpServer};
+use duo_net::{Endpoint, EventLoop};
 use duo_testkit::{run_within, LIMIT};
-use util::{init_log, TestServer};
-
-/// A directory unique to this test process and call, removed with what is in it.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("duo-unix-r9-{}-{what}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn echo_builder(name: &str, at: Endpoint) -> ServerBuilder {
-    TcpServer::builder(name, at).on_message(|ctx, input| {
-        ctx.send(input.peek());
-        input.consume_all();
-    })
-}
-
-/// Sends `msg` on `s` and expects it back.
-fn round_trip(mut s: UnixStream, msg: &[u8]) {
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    s.set_write_timeout(Some(LIMIT)).unwrap();
-    s.write_all(msg).unwrap();
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, msg);
-}
+use util::{echo_builder, init_log, unix_round_trip, TempDir, TestServer};
 
 /// A path ending in `/`, written out or as the escape `\x2f`, relative or absolute, is
 /// refused by the parser and by `Endpoint::unix`, naming the input; next to a live
@@ -139,7 +104,7 @@ fn the_longest_path_is_served_refused_while_live_and_replaced_when_stale() {
     let server = start("r9-long");
     assert_eq!(server.handle().endpoint(), &e);
     assert_eq!(server.handle().endpoint().to_string(), e.to_string());
-    round_trip(UnixStream::connect(&path).unwrap(), b"long");
+    unix_round_trip(UnixStream::connect(&path).unwrap(), b"long");
 
     let mut lp = EventLoop::new().unwrap();
     let err = echo_builder("r9-long-2", e.clone())
@@ -147,7 +112,7 @@ fn the_longest_path_is_served_refused_while_live_and_replaced_when_stale() {
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::AddrInUse, "{err}");
     assert!(err.to_string().contains(&e.to_string()), "{err}");
-    round_trip(UnixStream::connect(&path).unwrap(), b"still");
+    unix_round_trip(UnixStream::connect(&path).unwrap(), b"still");
     server.stop();
     assert!(!path.exists(), "removed at stop");
 
@@ -155,7 +120,7 @@ fn the_longest_path_is_served_refused_while_live_and_replaced_when_stale() {
     drop(UnixListener::bind(&path).unwrap());
     assert!(path.exists());
     let server = start("r9-long-3");
-    round_trip(UnixStream::connect(&path).unwrap(), b"replaced");
+    unix_round_trip(UnixStream::connect(&path).unwrap(), b"replaced");
     server.stop();
     assert!(!path.exists(), "removed at stop");
 }
@@ -203,8 +168,8 @@ fn an_address_that_ends_in_a_space_reads_back_from_a_line_reader_that_trims() {
         let trimmed = line.strip_prefix("listening on ").unwrap().trim();
         let by_trim: Endpoint = trimmed.parse().unwrap();
         assert_eq!(by_trim.to_string(), e.to_string(), "{line:?}");
-        round_trip(connect_to(&by_shell), b"space");
-        round_trip(connect_to(&by_trim), b"trim");
+        unix_round_trip(connect_to(&by_shell), b"space");
+        unix_round_trip(connect_to(&by_trim), b"trim");
         server.stop();
     }
 }

@@ -368,7 +368,7 @@ fn build(topo: Topology, plan: Plan, p: Arc<Probe>, k: Arc<Knobs>) -> ServerBuil
 }
 
 fn queued(st: &ServerStats) -> u64 {
-    st.per_loop.iter().map(|l| l.output_queued).sum()
+    st.output_queued()
 }
 
 fn backpressured(st: &ServerStats) -> u64 {

@@ -18,7 +18,6 @@ use std::io::{ErrorKind, Read, Write};
 use std::net::{Shutdown, SocketAddr, UdpSocket as StdUdp};
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixListener, UnixStream};
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 use std::thread;
@@ -32,7 +31,7 @@ use duo_net::{
 };
 use duo_reactor::{EventLoopThread, LoopHandle};
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
-use util::{hold_loop, init_log, TestServer};
+use util::{hold_loop, init_log, TempDir, TestServer};
 
 // ---------------------------------------------------------------------------------------
 // What the server saw: one log per connection.
@@ -200,29 +199,6 @@ fn take_lines(data: &[u8], parsed: &mut usize) -> Vec<Vec<u8>> {
         *parsed += at + 1;
     }
     lines
-}
-
-/// A temporary directory for socket files, removed with everything in it when dropped.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        static NEXT: AtomicU32 = AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("duo-tm-{}-{n}-{what}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn sock(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// An abstract Unix-domain name unique to this process and call.
@@ -891,7 +867,7 @@ mod tls_cases {
     fn tls_over_a_unix_socket_on_a_loop_group_with_peer_credentials() {
         init_log();
         let dir = TempDir::new("tls-uds");
-        let path = dir.sock("tls.sock");
+        let path = dir.0.join("tls.sock");
         let at = Endpoint::unix(&path).unwrap();
         let probe = Arc::new(Probe::default());
         let creds = Arc::new(Mutex::new(Vec::new()));
@@ -1022,7 +998,7 @@ fn unix_half_close_with_a_large_pending_reply_delivers_every_byte_then_eof() {
     init_log();
     let dir = TempDir::new("half");
     let endpoints = [
-        Endpoint::unix(dir.sock("half.sock")).unwrap(),
+        Endpoint::unix(dir.0.join("half.sock")).unwrap(),
         Endpoint::abstract_name(abstract_name("half")).unwrap(),
     ];
     for at in endpoints {
@@ -1059,7 +1035,7 @@ fn unix_peer_hang_up_while_paused_keeps_its_last_bytes() {
     init_log();
     let dir = TempDir::new("paused");
     let cases = [
-        (Endpoint::unix(dir.sock("p.sock")).unwrap(), false),
+        (Endpoint::unix(dir.0.join("p.sock")).unwrap(), false),
         (
             Endpoint::abstract_name(abstract_name("paused")).unwrap(),
             true,
@@ -1107,7 +1083,7 @@ fn unix_peer_hang_up_while_paused_keeps_its_last_bytes() {
 fn unix_graceful_shutdown_hands_the_path_over_and_finishes_pending_output() {
     init_log();
     let dir = TempDir::new("grace");
-    let path = dir.sock("grace.sock");
+    let path = dir.0.join("grace.sock");
     let at = Endpoint::unix(&path).unwrap();
     let (mut server, probe) = uds_server("uds-grace", &at, |b| {
         b.io_threads(2).loops(8).water_marks(64 << 10, 16 << 10)
@@ -1179,7 +1155,7 @@ fn unix_graceful_shutdown_hands_the_path_over_and_finishes_pending_output() {
 fn unix_addresses_survive_leftovers_and_restarts_on_a_loop_group() {
     init_log();
     let dir = TempDir::new("restart");
-    let path = dir.sock("r.sock");
+    let path = dir.0.join("r.sock");
     drop(UnixListener::bind(&path).unwrap());
     assert!(path.exists(), "a dead server's socket file");
     let endpoints = [
@@ -1227,9 +1203,9 @@ fn unix_addresses_survive_leftovers_and_restarts_on_a_loop_group() {
 fn unix_a_client_bound_to_a_path_is_known_by_it() {
     init_log();
     let dir = TempDir::new("named");
-    let at = Endpoint::unix(dir.sock("srv.sock")).unwrap();
+    let at = Endpoint::unix(dir.0.join("srv.sock")).unwrap();
     let (server, probe) = uds_server("uds-named", &at, |b| b.io_threads(1));
-    let client_path = dir.sock("client.sock");
+    let client_path = dir.0.join("client.sock");
     let s = duo_sys::socket2::Socket::new(
         duo_sys::socket2::Domain::UNIX,
         duo_sys::socket2::Type::STREAM,

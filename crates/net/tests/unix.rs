@@ -15,11 +15,9 @@ use std::sync::mpsc;
 use std::thread;
 use std::time::Duration;
 
-use duo_net::{
-    AcceptMode, Endpoint, EventLoop, PeerCredentials, ServerBuilder, TcpClient, TcpServer,
-};
+use duo_net::{AcceptMode, Endpoint, EventLoop, PeerCredentials, TcpClient, TcpServer};
 use duo_testkit::{join_within, random_bytes, wait_until, LIMIT};
-use util::{init_log, TestServer};
+use util::{echo_builder, init_log, TestServer};
 
 /// A socket path unique to this test process and call, under the temporary directory;
 /// removed when dropped (whatever a failed test left there).
@@ -50,13 +48,6 @@ fn abstract_name(what: &str) -> String {
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let n = NEXT.fetch_add(1, Ordering::Relaxed);
     format!("duo-unix-{}-{n}-{what}", std::process::id())
-}
-
-fn echo_builder(name: &str, at: Endpoint) -> ServerBuilder {
-    TcpServer::builder(name, at).on_message(|ctx, input| {
-        ctx.send(input.peek());
-        input.consume_all();
-    })
 }
 
 fn connect(path: &TempPath) -> UnixStream {

@@ -8,51 +8,15 @@
 mod util;
 
 use std::ffi::OsString;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
 use std::path::PathBuf;
 
-use duo_net::{Endpoint, ServerBuilder, TcpServer};
+use duo_net::Endpoint;
 use duo_testkit::LIMIT;
-use util::{init_log, TestServer};
-
-/// A directory unique to this test process and call, removed with what is in it.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("duo-unix-combos-{}-{what}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-fn echo_builder(name: &str, at: Endpoint) -> ServerBuilder {
-    TcpServer::builder(name, at).on_message(|ctx, input| {
-        ctx.send(input.peek());
-        input.consume_all();
-    })
-}
-
-/// Sends `msg` on `s` and expects it back.
-fn round_trip(mut s: UnixStream, msg: &[u8]) {
-    s.set_read_timeout(Some(LIMIT)).unwrap();
-    s.set_write_timeout(Some(LIMIT)).unwrap();
-    s.write_all(msg).unwrap();
-    let mut got = vec![0u8; msg.len()];
-    s.read_exact(&mut got).unwrap();
-    assert_eq!(got, msg);
-}
+use util::{echo_builder, init_log, unix_round_trip, TempDir, TestServer};
 
 /// The display of `e` is one line of printable ASCII, and reads back as `e`.
 fn reads_back(e: &Endpoint) -> Endpoint {
@@ -87,7 +51,7 @@ fn abstract_names_with_odd_bytes_read_back_from_their_display_and_serve() {
         let server = TestServer::start(move || echo_builder("uds-odd-name", at).io_threads(1));
         assert_eq!(server.handle().endpoint(), &e);
         let addr = UnixAddr::from_abstract_name(&name).unwrap();
-        round_trip(UnixStream::connect_addr(&addr).unwrap(), b"odd name");
+        unix_round_trip(UnixStream::connect_addr(&addr).unwrap(), b"odd name");
         server.stop();
     }
     // Every byte value on its own.
@@ -120,7 +84,7 @@ fn socket_paths_with_odd_bytes_read_back_from_their_display_and_serve() {
         let server = TestServer::start(move || echo_builder("uds-odd-path", at).io_threads(1));
         assert_eq!(server.handle().endpoint(), &e);
         assert!(path.exists(), "the server binds the raw path {path:?}");
-        round_trip(UnixStream::connect(&path).unwrap(), b"odd path");
+        unix_round_trip(UnixStream::connect(&path).unwrap(), b"odd path");
         server.stop();
         assert!(!path.exists(), "{path:?} is removed at stop");
     }
@@ -147,7 +111,7 @@ fn a_draining_server_hands_its_name_and_path_to_a_successor() {
             }
             other => panic!("{other}"),
         };
-        round_trip(held.try_clone().unwrap(), b"held");
+        unix_round_trip(held.try_clone().unwrap(), b"held");
         old.handle()
             .shutdown(std::time::Duration::from_secs(30), |lp| lp.quit());
         let deadline = std::time::Instant::now() + LIMIT;
@@ -172,7 +136,7 @@ fn a_draining_server_hands_its_name_and_path_to_a_successor() {
             }
             other => panic!("{other}"),
         };
-        round_trip(c.expect("the successor serves"), b"new");
+        unix_round_trip(c.expect("the successor serves"), b"new");
         new.stop();
     }
 }

@@ -30,9 +30,10 @@ pub(crate) fn localhost() -> SocketAddr {
     "127.0.0.1:0".parse().unwrap()
 }
 
-/// A builder for an echo server: every byte received is sent back.
-pub(crate) fn echo_builder(name: &str, addr: SocketAddr) -> ServerBuilder {
-    TcpServer::builder(name, addr).on_message(|ctx, input| {
+/// A builder for an echo server on `at` (an address, or a Unix-domain endpoint): every
+/// byte received is sent back.
+pub(crate) fn echo_builder(name: &str, at: impl Into<duo_net::Endpoint>) -> ServerBuilder {
+    TcpServer::builder(name, at).on_message(|ctx, input| {
         ctx.send(input.peek());
         input.consume_all();
     })
@@ -440,4 +441,46 @@ pub(crate) fn barrier(lp: &duo_net::LoopHandle) {
     .expect("the loop is alive");
     rx.recv_timeout(LIMIT)
         .expect("the loop ran the barrier in time");
+}
+
+/// A directory of its own under the temporary directory (for socket files), removed with
+/// what is in it when dropped.
+pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
+
+impl TempDir {
+    /// A new, empty directory; `what` goes into its name.
+    pub(crate) fn new(what: &str) -> TempDir {
+        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let dir = std::env::temp_dir().join(format!("duo-net-{}-{n}-{what}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        TempDir(dir)
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Sends `msg` on the Unix-domain stream `s` and expects it back (every wait bounded).
+pub(crate) fn unix_round_trip(mut s: std::os::unix::net::UnixStream, msg: &[u8]) {
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.set_write_timeout(Some(LIMIT)).unwrap();
+    s.write_all(msg).unwrap();
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).unwrap();
+    assert_eq!(got, msg);
+}
+
+/// Whether `reason` is the close of a connection its peer reset: `ECONNRESET`, or
+/// `EPIPE`, which the kernel reports instead for a reset that follows the peer's FIN
+/// (`CLOSE_WAIT`).
+pub(crate) fn closed_by_reset(reason: &duo_net::CloseReason) -> bool {
+    matches!(
+        reason,
+        duo_net::CloseReason::Error(ErrorKind::BrokenPipe | ErrorKind::ConnectionReset)
+    )
 }
