@@ -17,9 +17,10 @@
 //! counted by kind and always reported; the exit code is 1 when verification failed (an
 //! echoed byte differs, bank money not conserved), when the run could not do its job (no
 //! connection was ever established, the bank's set-up failed, a child of `idle --procs`
-//! died: the `failure`, also on stderr and, with `--json`, in a report all the same) or, with `--strict`, on any error; 2 on bad usage, such as an address that is
-//! not loopback. Every run ends within a hard time
-//! limit (see [`cli::Mode::hard_limit`]), whatever the server does.
+//! died: the `failure`, also on stderr and, with `--json`, in a report all the same) or,
+//! with `--strict`, on any error; 2 on bad usage, such as an address that is not
+//! loopback. Every run ends within a hard time limit (see [`cli::Mode::hard_limit`]),
+//! whatever the server does.
 //!
 //! `rr --rate R` runs open loop: requests go out on a schedule of R per second whatever
 //! the server does, and latency counts from each request's intended send time (see
