@@ -1,7 +1,8 @@
 //! Review round 9 of duo-http: a client that finishes sending (half-close) while its
 //! connection is held, and then resets it. The FIN alone changes nothing (the client may
 //! still read its answers); the reset that follows means it is gone, and its connection
-//! closes at once instead of at its timeout.
+//! closes at once instead of at its timeout. Also a request written a byte at a time,
+//! and a malformed line written in pieces (the server parses again only at line ends).
 
 mod util;
 
@@ -70,10 +71,10 @@ fn a_half_closed_blocked_client_that_resets_is_closed_at_once() {
     server.stop().unwrap();
 }
 
-/// A request whose head and body come a byte at a time (each its own segment, the
-/// server reading each on its own) is answered as if it came whole: the server parses an
-/// unfinished request again only when a line ends or the body is complete, not after
-/// every byte.
+/// A request whose head and body are written a byte at a time (`TCP_NODELAY`: mostly a
+/// segment each; the server reads what has come, one byte or a few) is answered as if
+/// it came whole, over the many partial parses `Rescan` skips or makes. (Every cut of a
+/// request into two pieces: `review_round9_parse.rs`.)
 #[test]
 fn a_request_sent_a_byte_at_a_time_is_answered() {
     let server = start(test_builder());
