@@ -268,8 +268,8 @@ pub trait Handler: Any + Send {
         let _ = (lp, channel);
     }
     /// What this handler serves, for the loop's reports (a stall names the callback that
-    /// ran too long): a connection's name, say. Called only to write such a report.
-    /// `None` by default.
+    /// ran too long): a connection's name, say. Called only to write such a report (a
+    /// label that panics is caught, and the report names it so). `None` by default.
     fn label(&self) -> Option<String> {
         None
     }

@@ -240,6 +240,7 @@ impl EventLoop {
                 draining: AtomicBool::new(false),
                 in_run: AtomicBool::new(false),
                 quit: AtomicBool::new(false),
+                quit_requests: AtomicU64::new(0),
                 quit_backlog: AtomicUsize::new(0),
                 quit_local: AtomicUsize::new(0),
                 waker,
@@ -287,7 +288,10 @@ impl EventLoop {
     /// its queue once more at most, and first runs what it has taken, the rest of a
     /// function in slices ([`LoopHandle::queue_in_slices`]) a slice per iteration; what
     /// is queued later waits for the next `run`. After `run` returns the quit request is
-    /// cleared, so `run` can be called again.
+    /// cleared, so `run` can be called again; but a quit asked (from another thread) as
+    /// `run` returns, after its last look at the request, is not lost: it is kept for the
+    /// next `run`, which then returns after one pass over what is queued (so the functions
+    /// queued before that quit still run before a `run` returns).
     ///
     /// Returns an error only if `epoll_wait` itself fails, which means the loop cannot go
     /// on. A panic in a callback propagates out of `run`; the channel, timer or function
@@ -323,8 +327,11 @@ impl EventLoop {
             // Not before what it took off its queue has run (slices one per iteration),
             // nor what was queued before the quit (`run_quit_backlog`).
             if self.shared.quit.load(Ordering::SeqCst) && self.running.is_empty() {
+                // The quits asked so far end this run; one asked after this look (as
+                // `run` returns) is kept for the next `run` (`end_run`).
+                let seen = self.shared.quit_requests.load(Ordering::SeqCst);
                 if !self.run_quit_backlog() {
-                    break Ok(());
+                    break Ok(seen);
                 }
                 // Look again (a function in slices may have been left) without a poll,
                 // which nothing may wake.
@@ -334,13 +341,10 @@ impl EventLoop {
                 break Err(e);
             }
         };
-        self.shared.quit.store(false, Ordering::SeqCst);
-        self.shared.quit_backlog.store(0, Ordering::Relaxed);
-        self.shared.quit_local.store(0, Ordering::Relaxed);
-        self.took_quitting = false;
+        self.end_run(result.as_ref().ok().copied());
         self.health.idle(&self.shared.metrics.health);
         log::trace!("event loop {} stopped", self.shared.name);
-        result
+        result.map(|_| ())
     }
 
     /// One iteration: wait (unless `block` is false), dispatch, run queued functions.
@@ -435,7 +439,10 @@ impl EventLoop {
         }
         entry.channel.ready = Ready::from_bits(0);
         let describe = || {
-            let label = entry.handler.label();
+            // User code, asked only for a report: a panic in it is the report's, not the
+            // loop's (the handler returned normally, and its channel stays).
+            let label = catch_unwind(AssertUnwindSafe(|| entry.handler.label()))
+                .unwrap_or_else(|_| Some("a handler whose label() panicked".to_owned()));
             let label = label.as_deref().unwrap_or("a handler without label");
             format!("{label}, channel {token:?}, readiness {ready:?}")
         };

@@ -127,6 +127,9 @@ pub(crate) struct LoopShared {
     pub(crate) in_run: AtomicBool,
     /// Quit requested: `run` returns at the end of this iteration.
     pub(crate) quit: AtomicBool,
+    /// How many quits were asked (written under `queue`'s lock): a quit asked after a
+    /// returning `run` last looked is not cleared with the one that ended it.
+    pub(crate) quit_requests: AtomicU64,
     /// How many functions at the head of `queue` were queued before the last quit and
     /// not taken since (written under `queue`'s lock): the loop runs them before `run`
     /// returns, though the pass under way took its queue before they came.
@@ -263,6 +266,7 @@ impl LoopShared {
         let queue = self.queue.lock();
         let queued = queue.as_ref().map_or(0, Vec::len);
         self.quit_backlog.store(queued, Ordering::Relaxed);
+        self.quit_requests.fetch_add(1, Ordering::SeqCst);
         self.quit.store(true, Ordering::SeqCst);
     }
 
@@ -501,7 +505,8 @@ impl LoopHandle {
     /// Works from any thread, before the loop runs, and more than once. Every function
     /// queued before the call runs before `run` returns (also one queued while the
     /// current pass ran, after it had taken its queue); one queued after it may wait for
-    /// the next `run`.
+    /// the next `run`. A quit that comes as `run` returns (after its last look) is kept
+    /// for the next `run`, which then returns after one pass: never lost.
     ///
     /// On the loop's own thread (from one of its callbacks) the functions the loop queued
     /// for itself ([`EventLoop::queue_in_loop`]) count as queued before the call too, as

@@ -142,6 +142,24 @@ impl EventLoop {
         true
     }
 
+    /// `run` ends: clears the quit request it ended on (`seen`: how many quits had been
+    /// asked at its last look; `None`, it failed: all of them), but not one asked after
+    /// that look, which belongs to the next `run` (with the backlog it counted).
+    pub(super) fn end_run(&mut self, seen: Option<u64>) {
+        {
+            // Under the queue's lock, as `request_quit` counts and sets: a quit is either
+            // counted in `seen` or left set.
+            let _queue = self.shared.queue.lock();
+            let later = seen.is_some_and(|s| self.shared.quit_requests.load(Ordering::SeqCst) != s);
+            if !later {
+                self.shared.quit.store(false, Ordering::SeqCst);
+                self.shared.quit_backlog.store(0, Ordering::Relaxed);
+            }
+        }
+        self.shared.quit_local.store(0, Ordering::Relaxed);
+        self.took_quitting = false;
+    }
+
     /// Runs the queued functions outside an iteration (no poll before them).
     pub(super) fn run_queued_between_polls(&mut self) {
         // Time outside `run` is nobody's; busy from here (for `/healthz`), as after a poll.
