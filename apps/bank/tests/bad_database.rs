@@ -110,7 +110,7 @@ fn a_new_database_is_created_and_served() {
     // The control: the runner above does see a good start (and the bank does create a
     // database where there is none, or in an empty file).
     let dir = TempDir::new("baddb-ok");
-    make_bank_db(&dir.db());
+    make_bank_db(&dir.join("bank.db"));
     let empty = dir.path().join("empty.db");
     std::fs::write(&empty, b"").unwrap();
     make_bank_db(&empty);
@@ -141,7 +141,7 @@ fn a_directory_is_not_a_database() {
 #[test]
 fn random_bytes_are_refused_and_left_alone() {
     let dir = TempDir::new("baddb-random");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let mut rng = Rng::new(7);
     let bytes: Vec<u8> = (0..8192).map(|_| rng.next_u64() as u8).collect();
     std::fs::write(&db, &bytes).unwrap();
@@ -157,7 +157,7 @@ fn random_bytes_are_refused_and_left_alone() {
 #[test]
 fn a_sqlite_header_with_garbage_behind_it_is_refused() {
     let dir = TempDir::new("baddb-header");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let mut bytes = b"SQLite format 3\0".to_vec();
     let mut rng = Rng::new(11);
     bytes.extend((0..200).map(|_| rng.next_u64() as u8));
@@ -176,7 +176,7 @@ fn a_sqlite_header_with_garbage_behind_it_is_refused() {
 #[test]
 fn a_truncated_bank_database_is_refused() {
     let dir = TempDir::new("baddb-trunc");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     make_bank_db(&db);
     let full = std::fs::read(&db).unwrap();
     assert!(full.len() >= 4 * 4096, "{} bytes", full.len());
@@ -222,7 +222,7 @@ fn another_programs_database_is_refused_and_not_changed() {
 #[test]
 fn a_schema_from_a_newer_version_is_refused() {
     let dir = TempDir::new("baddb-newer");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     make_bank_db(&db);
     {
         let c = rusqlite::Connection::open(&db).unwrap();

@@ -16,7 +16,7 @@ fn a_tls_bank_publishes_its_certificates_expiry() {
     let certs = TestCerts::valid_between("bank-expiry", (2020, 1, 1), (2031, 6, 15));
     let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
     let mut server = Server::start(
-        &dir.db(),
+        &dir.join("bank.db"),
         &[
             "--tls-cert",
             &cert,
@@ -37,7 +37,7 @@ fn a_tls_bank_publishes_its_certificates_expiry() {
     );
 
     let plain_dir = TempDir::new("cert-expiry-plain");
-    let mut plain = Server::start(&plain_dir.db(), &["--metrics", "127.0.0.1:0"]);
+    let mut plain = Server::start(&plain_dir.join("bank.db"), &["--metrics", "127.0.0.1:0"]);
     let text = scrape(plain.metrics_addr());
     assert!(!text.contains(METRIC), "{text}");
 }

@@ -297,7 +297,7 @@ fn wait_output(child: std::process::Child, limit: Duration) -> (Option<i32>, Str
 #[test]
 fn bad_flags_exit_2_and_runtime_errors_exit_1() {
     let dir = TempDir::new("flags");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let db = db.to_str().unwrap();
     for args in [
         vec![],

@@ -78,7 +78,7 @@ fn a_database_url_that_does_not_parse_keeps_its_password_out_of_the_message() {
 #[test]
 fn a_metrics_address_in_use_is_refused_before_listening_is_announced() {
     let dir = TempDir::new("cfg-metrics");
-    let db = dir.db().to_string_lossy().into_owned();
+    let db = dir.join("bank.db").to_string_lossy().into_owned();
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();
     let metrics = taken.local_addr().unwrap().to_string();
     let done = serve("127.0.0.1:0", &db, &["--metrics", &metrics]);
@@ -94,7 +94,7 @@ fn a_metrics_address_in_use_is_refused_before_listening_is_announced() {
 #[test]
 fn an_ipv6_listen_address_without_brackets_is_a_usage_error() {
     let dir = TempDir::new("cfg-ipv6");
-    let db = dir.db().to_string_lossy().into_owned();
+    let db = dir.join("bank.db").to_string_lossy().into_owned();
     let done = serve("::1:0", &db, &[]);
     assert_failed(&done, "--listen ::1:0", 2, &["::1:0", "brackets"]);
     assert!(done.stdout.is_empty(), "announced: {}", done.stdout);
@@ -104,7 +104,7 @@ fn an_ipv6_listen_address_without_brackets_is_a_usage_error() {
 #[test]
 fn a_tls_key_that_does_not_match_the_certificate_names_both_files() {
     let dir = TempDir::new("cfg-tls");
-    let db = dir.db().to_string_lossy().into_owned();
+    let db = dir.join("bank.db").to_string_lossy().into_owned();
     let (mine, other) = (
         TestCerts::new("bank-cfg-mine"),
         TestCerts::new("bank-cfg-other"),
@@ -126,7 +126,10 @@ fn a_plaintext_client_of_a_tls_server_fails_and_says_to_use_tls() {
     let dir = TempDir::new("cfg-plain");
     let certs = TestCerts::new("bank-cfg-plain");
     let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
-    let server = Server::start(&dir.db(), &["--tls-cert", &cert, "--tls-key", &key]);
+    let server = Server::start(
+        &dir.join("bank.db"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
     let connect = server.addr.to_string();
     let done = bank(&["client", "--connect", &connect, "PING"]);
     assert_failed(&done, "plaintext client", 1, &["--tls"]);
@@ -186,7 +189,7 @@ fn a_ca_bundle_with_a_broken_certificate_names_the_file() {
 #[test]
 fn postgresql_only_options_on_sqlite_are_usage_errors() {
     let dir = TempDir::new("cfg-pg-only");
-    let db = dir.db().to_string_lossy().into_owned();
+    let db = dir.join("bank.db").to_string_lossy().into_owned();
     for (args, needle) in [
         (
             &["--no-early-release"][..],

@@ -436,7 +436,7 @@ fn kill_9_at_random_moments_loses_no_acknowledged_transfer() {
     eprintln!("crash_rounds: CRASH_SEED={seed}");
     let mut rng = Rng::new(seed);
     let dir = TempDir::new("crash-rounds");
-    let db = dir.db();
+    let db = dir.join("bank.db");
 
     {
         let server = Server::start(&db, &[]);

@@ -13,7 +13,7 @@ use duo_testkit::{assert_metrics_documented, http_get};
 #[test]
 fn every_listed_bank_metric_is_exported_and_every_exported_one_is_listed() {
     let dir = TempDir::new("doc-claims");
-    let mut server = Server::start(&dir.db(), &["--metrics", "127.0.0.1:0"]);
+    let mut server = Server::start(&dir.join("bank.db"), &["--metrics", "127.0.0.1:0"]);
     let metrics = server.metrics_addr();
     let mut alice = Client::logged_in(server.addr, "alice");
     Client::logged_in(server.addr, "bob");
@@ -25,7 +25,7 @@ fn every_listed_bank_metric_is_exported_and_every_exported_one_is_listed() {
     // A database error, so that `bank_database_errors_total` has a series: the database
     // file removed under the server (`sqlite_faults.rs`) makes writes `ERR INTERNAL`.
     for suffix in ["", "-wal", "-shm"] {
-        let mut path = dir.db().into_os_string();
+        let mut path = dir.join("bank.db").into_os_string();
         path.push(suffix);
         let _ = std::fs::remove_file(PathBuf::from(path));
     }

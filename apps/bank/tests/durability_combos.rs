@@ -338,7 +338,7 @@ fn the_barrier_session_ended_while_a_batch_waits_for_it() {
 #[test]
 fn sqlite_locked_by_another_process_waits_and_loses_nothing() {
     let dir = common::TempDir::new("locked");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let server = Server::start(&db, &[]);
     let mut alice = Client::logged_in(server.addr, "alice");
     assert_eq!(alice.cmd("DEPOSIT 100"), "OK 100");
@@ -384,7 +384,7 @@ fn start_limited(db: &std::path::Path, kib: u64) -> ChildServer {
 #[test]
 fn sqlite_with_the_disk_full_answers_errors_and_loses_nothing_acknowledged() {
     let dir = common::TempDir::new("full");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let mut limited = start_limited(&db, 256);
     let addr = limited.addr();
     let mut alice = Client::logged_in(addr, "alice");

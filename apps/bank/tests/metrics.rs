@@ -15,7 +15,7 @@ fn value(text: &str, series: &str) -> Option<f64> {
 #[test]
 fn the_bank_s_figures_are_on_its_metrics_page() {
     let dir = TempDir::new("metrics");
-    let mut server = Server::start(&dir.db(), &["--metrics", "127.0.0.1:0"]);
+    let mut server = Server::start(&dir.join("bank.db"), &["--metrics", "127.0.0.1:0"]);
     let metrics = server.metrics_addr();
 
     let mut alice = Client::connect(server.addr);
@@ -99,7 +99,10 @@ fn flush_barriers_are_on_the_metrics_page_on_postgres() {
 #[test]
 fn a_supervisor_s_metrics_page_gathers_its_worker_s_figures() {
     let dir = TempDir::new("metrics_supervisor");
-    let mut server = Server::start(&dir.db(), &["--processes", "1", "--metrics", "127.0.0.1:0"]);
+    let mut server = Server::start(
+        &dir.join("bank.db"),
+        &["--processes", "1", "--metrics", "127.0.0.1:0"],
+    );
     let metrics = server.metrics_addr();
     let worker = *duo_testkit::children(server.pid())
         .iter()

@@ -24,7 +24,7 @@ fn with_suffix(db: &Path, suffix: &str) -> PathBuf {
 #[test]
 fn a_batch_the_database_refused_is_no_committed_batch() {
     let dir = TempDir::new("metrics-refused-batch");
-    let mut server = Server::start(&dir.db(), &["--metrics", "127.0.0.1:0"]);
+    let mut server = Server::start(&dir.join("bank.db"), &["--metrics", "127.0.0.1:0"]);
     let metrics = server.metrics_addr();
     let mut alice = Client::logged_in(server.addr, "alice");
     Client::logged_in(server.addr, "bob");
@@ -39,7 +39,7 @@ fn a_batch_the_database_refused_is_no_committed_batch() {
     assert_eq!(value(&before, "bank_commit_seconds_count"), 3.0, "{before}");
 
     for suffix in ["", "-wal", "-shm"] {
-        std::fs::remove_file(with_suffix(&dir.db(), suffix)).unwrap();
+        std::fs::remove_file(with_suffix(&dir.join("bank.db"), suffix)).unwrap();
     }
     for line in ["DEPOSIT 5", "TRANSFER bob 5"] {
         let reply = alice.cmd(line);

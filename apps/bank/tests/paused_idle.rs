@@ -35,7 +35,7 @@ const PINGS: usize = 800;
 #[test]
 fn a_paused_client_whose_commands_are_progressing_is_not_evicted_as_idle() {
     let dir = TempDir::new("paused-idle");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let server = Server::start(&db, &["--idle-timeout", &IDLE_SECS.to_string()]);
     let mut c = Client::logged_in(server.addr, "piper");
 

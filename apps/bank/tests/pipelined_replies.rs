@@ -22,7 +22,7 @@ fn sends(metrics: SocketAddr) -> f64 {
 fn replies_to_a_pipelined_burst_go_out_in_a_few_sends() {
     const N: usize = 1000;
     let dir = TempDir::new("pipelined");
-    let mut server = Server::start(&dir.db(), &["--metrics", "127.0.0.1:0"]);
+    let mut server = Server::start(&dir.join("bank.db"), &["--metrics", "127.0.0.1:0"]);
     let metrics = server.metrics_addr();
     let mut c = Client::connect(server.addr);
     let before = sends(metrics);
@@ -61,7 +61,7 @@ fn replies_to_a_pipelined_burst_go_out_in_a_few_sends() {
 #[test]
 fn replies_made_at_once_and_by_workers_keep_the_commands_order() {
     let dir = TempDir::new("pipelined-order");
-    let server = Server::start(&dir.db(), &[]);
+    let server = Server::start(&dir.join("bank.db"), &[]);
     let mut alice = Client::logged_in(server.addr, "alice");
     let mut burst = String::new();
     for i in 0..50 {

@@ -6,13 +6,14 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use duo_testkit::pg::PgCluster;
 use duo_testkit::{
     children, is_running, join_within, run_within, wait_until_within, ChildServer, RefusedPort,
+    TempDir,
 };
 
 const BANK: &str = env!("CARGO_BIN_EXE_bank");
@@ -190,23 +191,6 @@ fn usage_error(db: &str, processes: &str) -> String {
     out.stderr
 }
 
-/// A fresh directory under the system temp dir, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("bank-processes-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
 #[test]
 fn socket_activation_one_process_on_sqlite() {
     if !Path::new(SOCKET_ACTIVATE).exists() {
@@ -214,8 +198,7 @@ fn socket_activation_one_process_on_sqlite() {
         return;
     }
     let dir = TempDir::new("activated");
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let db = dir.0.join("bank.db").to_string_lossy().into_owned();
+    let db = dir.join("bank.db").to_string_lossy().into_owned();
     // The activator binds the port itself: it is held (bound, refusing connections) until
     // just before the activator starts, so no other test's server is given it meanwhile.
     let reserved = RefusedPort::new();
@@ -269,7 +252,7 @@ fn socket_activation_one_process_on_sqlite() {
 #[test]
 fn several_processes_on_sqlite_are_a_usage_error() {
     let dir = TempDir::new("sqlite");
-    let db = dir.0.join("bank.db");
+    let db = dir.join("bank.db");
     for db in [
         db.to_string_lossy().into_owned(),
         format!("sqlite:{}", db.display()),
@@ -281,7 +264,7 @@ fn several_processes_on_sqlite_are_a_usage_error() {
         );
         assert!(stderr.contains("PostgreSQL"), "{stderr}");
     }
-    assert!(!dir.0.exists(), "no database was created");
+    assert!(!db.exists(), "no database was created");
 }
 
 #[test]
@@ -300,8 +283,7 @@ fn zero_processes_is_a_usage_error() {
 #[test]
 fn a_worker_sent_the_supervisors_signals_keeps_serving() {
     let dir = TempDir::new("worker-signals");
-    std::fs::create_dir_all(&dir.0).unwrap();
-    let db = dir.0.join("bank.db");
+    let db = dir.join("bank.db");
     let mut server = ChildServer::builder(bank_serve(db.to_str().unwrap(), &["--processes", "1"]))
         .startup(Duration::from_secs(30))
         .start();

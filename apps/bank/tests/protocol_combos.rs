@@ -14,7 +14,7 @@ use duo_testkit::finish_within;
 
 /// A server on a fresh SQLite database in `dir`.
 fn server(dir: &TempDir, extra: &[&str]) -> Server {
-    Server::start(&dir.db(), extra)
+    Server::start(&dir.join("bank.db"), extra)
 }
 
 /// Sends `lines` in one write and returns the next `n` reply lines.

@@ -8,7 +8,7 @@ use common::{Client, Server, TempDir, PW};
 
 /// A server on a fresh SQLite database in `dir`.
 fn server(dir: &TempDir) -> Server {
-    Server::start(&dir.db(), &[])
+    Server::start(&dir.join("bank.db"), &[])
 }
 
 /// The error code of `reply` (`ERR <CODE> ...`), or the whole reply if it is no error.

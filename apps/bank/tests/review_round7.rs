@@ -22,7 +22,7 @@ const LOG_LIMIT: Duration = Duration::from_secs(10);
 #[test]
 fn a_register_failing_in_the_database_keeps_its_password_hash_out_of_the_log() {
     let dir = TempDir::new("r7-hash-log");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let mut cmd = Command::new(BANK);
     cmd.args(["serve", "--listen", "127.0.0.1:0", "--hash-cost", "low"])
         .arg("--db")
@@ -70,7 +70,7 @@ fn a_register_failing_in_the_database_keeps_its_password_hash_out_of_the_log() {
 #[test]
 fn the_interactive_client_passes_a_line_that_is_not_utf8_to_the_server() {
     let dir = TempDir::new("r7-client-bytes");
-    let srv = Server::start(&dir.db(), &[]);
+    let srv = Server::start(&dir.join("bank.db"), &[]);
     let mut child = Command::new(BANK)
         .args(["client", "--connect", &srv.addr.to_string()])
         .stdin(Stdio::piped())
@@ -103,7 +103,7 @@ fn a_reply_the_client_cannot_print_is_reported_as_an_output_error() {
         return;
     };
     let dir = TempDir::new("r7-client-stdout");
-    let srv = Server::start(&dir.db(), &[]);
+    let srv = Server::start(&dir.join("bank.db"), &[]);
     let child = Command::new(BANK)
         .args(["client", "--connect", &srv.addr.to_string(), "PING"])
         .stdin(Stdio::null())
@@ -128,7 +128,7 @@ fn a_reply_the_client_cannot_print_is_reported_as_an_output_error() {
 #[test]
 fn a_read_after_the_database_file_is_gone_creates_no_file() {
     let dir = TempDir::new("r7-no-create");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let server = Server::start(&db, &[]);
     // No read has run yet: no reader is open.
     for suffix in ["", "-wal", "-shm"] {

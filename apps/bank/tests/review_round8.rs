@@ -25,7 +25,7 @@ const HOLD: Duration = Duration::from_secs(3 * IDLE_SECS);
 #[test]
 fn a_command_slower_than_the_idle_timeout_keeps_its_connection() {
     let dir = TempDir::new("r8-slow-command");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let server = Server::start(&db, &["--idle-timeout", &IDLE_SECS.to_string()]);
     let mut c = Client::logged_in(server.addr, "patient");
 

@@ -202,7 +202,7 @@ fn a_connect_value_that_is_no_address_is_a_usage_error() {
 #[test]
 fn db_writers_above_one_on_sqlite_is_a_usage_error() {
     let dir = common::TempDir::new("r8cli-writers");
-    let db = dir.db().to_string_lossy().into_owned();
+    let db = dir.join("bank.db").to_string_lossy().into_owned();
     let done = bank(&[
         "serve",
         "--listen",
@@ -232,7 +232,7 @@ fn a_tls_client_of_a_plaintext_server_fails_and_says_to_leave_out_tls() {
     let dir = common::TempDir::new("r8cli-tls-plain");
     let certs = duo_testkit::TestCerts::new("bank-r8cli-tls-plain");
     let ca = certs.path("ca.pem");
-    let server = common::Server::start(&dir.db(), &[]);
+    let server = common::Server::start(&dir.join("bank.db"), &[]);
     let connect = server.addr.to_string();
     let done = bank(&[
         "client",

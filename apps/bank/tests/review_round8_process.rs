@@ -40,7 +40,7 @@ fn a_usage_error_with_stderr_gone_exits_2() {
 #[test]
 fn a_server_with_stdout_and_stderr_gone_exits_1() {
     let dir = TempDir::new("review8-process");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let args = [
         "serve",
         "--listen",

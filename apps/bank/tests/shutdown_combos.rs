@@ -262,7 +262,7 @@ fn read_by_server(server: SocketAddr, client: &TcpStream) {
 #[test]
 fn a_second_sigterm_does_not_wait_for_the_password_checks_queued() {
     let dir = TempDir::new("quit_hashes");
-    let mut server = start_slow_hashing(&dir.db());
+    let mut server = start_slow_hashing(&dir.join("bank.db"));
     let addr = server.addr();
     // Five logins, each a password check (about a second or more each in a debug build),
     // on the one worker: one runs, four wait in its queue.
@@ -346,7 +346,7 @@ fn sigterm_with_batches_in_flight_answers_them_and_keeps_them(backend: Backend) 
 #[test]
 fn sigterm_after_a_client_half_closed_answers_everything_it_sent() {
     let dir = TempDir::new("halfclose");
-    let mut server = common::Server::start(&dir.db(), &["--workers", "2"]);
+    let mut server = common::Server::start(&dir.join("bank.db"), &["--workers", "2"]);
     let mut c = Client::logged_in(server.addr, "alice");
     c.send("DEPOSIT 1\n".repeat(300).as_bytes());
     c.stream().shutdown(std::net::Shutdown::Write).unwrap();
@@ -366,7 +366,7 @@ fn a_second_sigterm_on_a_unix_socket_removes_it_and_leaves_a_clean_database() {
     let dir = TempDir::new("unix_quit");
     let sock = dir.path().join("bank.sock");
     let listen = format!("unix:{}", sock.display());
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let mut cmd = Command::new(BANK);
     cmd.args(["serve", "--listen", &listen, "--hash-cost", "low", "--db"])
         .arg(&db)
@@ -431,7 +431,7 @@ fn sigterm_with_a_tls_handshake_half_done_and_a_scrape_half_sent_exits_at_once()
     let dir = TempDir::new("tls_scrape");
     let (cert, key) = (certs.path("cert.pem"), certs.path("key.pem"));
     let mut server = common::Server::start(
-        &dir.db(),
+        &dir.join("bank.db"),
         &[
             "--tls-cert",
             &cert,

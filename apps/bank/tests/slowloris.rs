@@ -158,7 +158,10 @@ fn trickling_connections_are_evicted_and_a_good_client_is_unharmed() {
     }
 
     let dir = TempDir::new("slowloris");
-    let server = Server::start(&dir.db(), &["--idle-timeout", &IDLE.as_secs().to_string()]);
+    let server = Server::start(
+        &dir.join("bank.db"),
+        &["--idle-timeout", &IDLE.as_secs().to_string()],
+    );
     let addr = server.addr;
     let server_pid = server.pid();
 

@@ -18,7 +18,7 @@ fn with_suffix(db: &Path, suffix: &str) -> PathBuf {
 
 /// A server on a fresh database in `dir`, alice logged in with 100.
 fn serve_alice(dir: &TempDir) -> (Server, Client) {
-    let server = Server::start(&dir.db(), &[]);
+    let server = Server::start(&dir.join("bank.db"), &[]);
     let mut alice = Client::logged_in(server.addr, "alice");
     Client::logged_in(server.addr, "bob");
     assert_eq!(alice.cmd("DEPOSIT 100"), "OK 100");
@@ -30,7 +30,7 @@ fn serve_alice(dir: &TempDir) -> (Server, Client) {
 fn writes_are_refused_after(tag: &str, fault: impl FnOnce(&Path)) -> (TempDir, Server) {
     let dir = TempDir::new(tag);
     let (server, mut alice) = serve_alice(&dir);
-    fault(&dir.db());
+    fault(&dir.join("bank.db"));
     for line in ["DEPOSIT 5", "WITHDRAW 5", "TRANSFER bob 5 r1"] {
         let reply = alice.cmd(line);
         assert!(
@@ -73,7 +73,10 @@ fn a_write_after_the_database_file_is_renamed_is_refused() {
         std::fs::rename(db, with_suffix(db, ".moved")).unwrap();
     });
     server.kill9();
-    assert_eq!(alice_balance(&with_suffix(&dir.db(), ".moved")), 100);
+    assert_eq!(
+        alice_balance(&with_suffix(&dir.join("bank.db"), ".moved")),
+        100
+    );
 }
 
 #[test]
@@ -95,7 +98,7 @@ fn a_write_after_the_wal_file_is_removed_is_refused() {
         std::fs::remove_file(with_suffix(db, "-wal")).unwrap();
     });
     server.kill9();
-    assert_eq!(alice_balance(&dir.db()), 100);
+    assert_eq!(alice_balance(&dir.join("bank.db")), 100);
 }
 
 /// A database reached through a symbolic link (SQLite keeps its WAL file beside the

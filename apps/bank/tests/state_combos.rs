@@ -195,7 +195,7 @@ fn check_replies(got: &[u8], pings: usize) {
 #[test]
 fn a_paused_client_draining_replies_slowly_past_output_high_is_not_evicted() {
     let dir = TempDir::new("combo-drain-paused");
-    let server = Server::start(&dir.db(), &["--idle-timeout", IDLE]);
+    let server = Server::start(&dir.join("bank.db"), &["--idle-timeout", IDLE]);
     let pings = 4500; // with the histories, past QUEUE_HIGH (4096): reading pauses
     let (got, all) = slow_reader(&server, "drainer", pings, SLOW, false);
     assert!(
@@ -214,7 +214,7 @@ fn a_paused_client_draining_replies_slowly_past_output_high_is_not_evicted() {
 #[test]
 fn a_half_closed_paused_client_draining_slowly_gets_every_reply_then_the_end() {
     let dir = TempDir::new("combo-drain-half");
-    let server = Server::start(&dir.db(), &["--idle-timeout", IDLE]);
+    let server = Server::start(&dir.join("bank.db"), &["--idle-timeout", IDLE]);
     let pings = 4500;
     let (got, all) = slow_reader(&server, "closer", pings, SLOW, true);
     assert!(
@@ -235,7 +235,7 @@ fn a_half_closed_paused_client_draining_slowly_gets_every_reply_then_the_end() {
 #[test]
 fn a_reading_client_draining_replies_slowly_past_output_high_is_not_evicted() {
     let dir = TempDir::new("combo-drain-reading");
-    let server = Server::start(&dir.db(), &["--idle-timeout", IDLE]);
+    let server = Server::start(&dir.join("bank.db"), &["--idle-timeout", IDLE]);
     let (got, all) = slow_reader(&server, "sipper", 0, SLOW, false);
     assert!(
         all,
@@ -262,7 +262,7 @@ fn a_pipelined_backlog_completing_steadily_outlasts_the_idle_timeout() {
     const ROUNDS: i64 = 10;
     const READS: usize = 200;
     let dir = TempDir::new("combo-backlog");
-    let db = dir.db();
+    let db = dir.join("bank.db");
     let server = Server::start(&db, &["--idle-timeout", IDLE]);
     let mut c = Client::logged_in(server.addr, "pacer");
 
@@ -400,7 +400,7 @@ fn balances_at_the_i64_limit_refuse_what_would_overflow(backend: common::Backend
 #[test]
 fn a_quit_behind_replies_the_client_reads_late_gets_them_all_then_the_end() {
     let dir = TempDir::new("combo-quit-late");
-    let server = Server::start(&dir.db(), &[]);
+    let server = Server::start(&dir.join("bank.db"), &[]);
     drop(history_account(&server, "quitter"));
     let counts: Vec<usize> = (50..=58).step_by(4).collect();
     let mut conns: Vec<(usize, TcpStream)> = counts

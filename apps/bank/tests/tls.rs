@@ -15,7 +15,10 @@ fn the_client_speaks_tls_to_a_tls_server() {
     let dir = TempDir::new("tls");
     let (good, other) = (TestCerts::new("bank-good"), TestCerts::new("bank-other"));
     let (cert, key) = (good.path("cert.pem"), good.path("key.pem"));
-    let server = Server::start(&dir.db(), &["--tls-cert", &cert, "--tls-key", &key]);
+    let server = Server::start(
+        &dir.join("bank.db"),
+        &["--tls-cert", &cert, "--tls-key", &key],
+    );
     let connect = format!("localhost:{}", server.addr.port());
     let client = |ca: &str, args: &[&str]| {
         run_within(
@@ -47,7 +50,7 @@ fn the_client_speaks_tls_to_a_tls_server() {
 fn tls_serve_flags_need_each_other_and_usable_files() {
     let dir = TempDir::new("tls-usage");
     let good = TestCerts::new("bank-usage");
-    let db = dir.db().to_string_lossy().into_owned();
+    let db = dir.join("bank.db").to_string_lossy().into_owned();
     let serve = |args: &[&str]| {
         run_within(
             Command::new(BANK)

@@ -2,31 +2,12 @@
 //! would (SQLite in a temporary directory): one session over the socket file, the file
 //! removed at a graceful stop; `--processes` with a unix: address is a usage error.
 
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
-use duo_testkit::{run_within, ChildServer};
+use duo_testkit::{run_within, ChildServer, TempDir};
 
 const BANK: &str = env!("CARGO_BIN_EXE_bank");
-
-/// A fresh directory, removed on drop.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(tag: &str) -> TempDir {
-        let dir = std::env::temp_dir().join(format!("bank-unix-{tag}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn client(listen: &str, words: &[&str]) -> (Option<i32>, String) {
     let mut cmd = Command::new(BANK);
@@ -38,11 +19,11 @@ fn client(listen: &str, words: &[&str]) -> (Option<i32>, String) {
 #[test]
 fn a_session_over_a_socket_file() {
     let dir = TempDir::new("session");
-    let sock = dir.0.join("bank.sock");
+    let sock = dir.join("bank.sock");
     let listen = format!("unix:{}", sock.display());
     let mut cmd = Command::new(BANK);
     cmd.args(["serve", "--listen", &listen, "--db"])
-        .arg(dir.0.join("bank.db"))
+        .arg(dir.join("bank.db"))
         .args(["--hash-cost", "low", "--io-threads", "1"])
         .env("RUST_LOG", "info");
     let mut server = ChildServer::start(cmd);
@@ -85,9 +66,9 @@ fn processes_with_a_unix_address_is_a_usage_error() {
     let dir = TempDir::new("processes");
     let mut cmd = Command::new(BANK);
     cmd.args(["serve", "--processes", "1", "--listen"])
-        .arg(format!("unix:{}", dir.0.join("bank.sock").display()))
+        .arg(format!("unix:{}", dir.join("bank.sock").display()))
         .arg("--db")
-        .arg(dir.0.join("bank.db"));
+        .arg(dir.join("bank.db"));
     let out = run_within(&mut cmd, Duration::from_secs(20)).unwrap();
     assert_eq!(out.status.code(), Some(2), "{out:?}");
     assert!(

@@ -9,38 +9,14 @@ use std::io::{Read, Write};
 use std::net::TcpListener;
 use std::os::linux::net::SocketAddrExt;
 use std::os::unix::net::{SocketAddr as UnixAddr, UnixStream};
-use std::path::PathBuf;
 use std::process::Command;
 use std::time::Duration;
 
 use duo_net::Endpoint;
-use duo_testkit::{run_within, ChildServer};
+use duo_testkit::{run_within, ChildServer, TempDir};
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 const EXIT: Duration = Duration::from_secs(10);
-
-/// A directory unique to this test process and call, removed with what is in it.
-struct TempDir(PathBuf);
-
-impl TempDir {
-    fn new(what: &str) -> TempDir {
-        let dir =
-            std::env::temp_dir().join(format!("duo-echo-combos-{}-{what}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-
-    fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
 
 fn echo(listen: &str, args: &[&str]) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo"));
@@ -74,7 +50,7 @@ fn round_trip(mut s: UnixStream, msg: &[u8]) {
 fn an_odd_name_or_path_is_announced_in_a_form_that_reads_back() {
     let dir = TempDir::new("odd");
     let name = format!("duo-echo-caf\u{e9}-{}", std::process::id());
-    let path = dir.path("new\nline.sock");
+    let path = dir.join("new\nline.sock");
     let cases = [
         (
             format!("unix:@{name}"),
@@ -107,7 +83,7 @@ fn an_odd_name_or_path_is_announced_in_a_form_that_reads_back() {
 #[test]
 fn a_stale_file_is_replaced_and_what_is_not_ours_is_refused_and_kept() {
     let dir = TempDir::new("stale");
-    let path = dir.path("echo.sock");
+    let path = dir.join("echo.sock");
     let listen = format!("unix:{}", path.display());
     let mut killed = ChildServer::start(echo(&listen, &[]));
     killed.kill();
@@ -117,11 +93,11 @@ fn a_stale_file_is_replaced_and_what_is_not_ours_is_refused_and_kept() {
     let mut server = ChildServer::start(echo(&listen, &[]));
     round_trip(UnixStream::connect(&path).unwrap(), b"replaced");
 
-    let link = dir.path("link.sock");
+    let link = dir.join("link.sock");
     std::os::unix::fs::symlink(&path, &link).unwrap();
-    let sub = dir.path("sub");
+    let sub = dir.join("sub");
     std::fs::create_dir(&sub).unwrap();
-    let long = format!("unix:{}/{}", dir.0.display(), "x".repeat(108));
+    let long = format!("unix:{}/{}", dir.path().display(), "x".repeat(108));
     for (at, code, says) in [
         (format!("unix:{}", link.display()), 1, "not a socket"),
         (format!("unix:{}", sub.display()), 1, "not a socket"),
@@ -146,7 +122,7 @@ fn a_stale_file_is_replaced_and_what_is_not_ours_is_refused_and_kept() {
 #[test]
 fn the_socket_file_goes_on_a_startup_error_and_on_a_second_signal() {
     let dir = TempDir::new("exits");
-    let path = dir.path("echo.sock");
+    let path = dir.join("echo.sock");
     let listen = format!("unix:{}", path.display());
 
     let taken = TcpListener::bind("127.0.0.1:0").unwrap();

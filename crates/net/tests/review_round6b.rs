@@ -36,8 +36,8 @@ impl Drop for Cwd {
 fn a_relative_socket_path_is_removed_at_stop_after_a_change_of_directory() {
     init_log();
     let (started_in, moved_to) = (TempDir::new("start"), TempDir::new("later"));
-    let file = started_in.0.join("rel.sock");
-    let cwd = Cwd::change_to(&started_in.0);
+    let file = started_in.join("rel.sock");
+    let cwd = Cwd::change_to(started_in.path());
     let at = Endpoint::unix("rel.sock").unwrap();
     let server = TestServer::start(move || {
         TcpServer::builder("uds-relative", at).on_message(|ctx, input| {
@@ -46,13 +46,13 @@ fn a_relative_socket_path_is_removed_at_stop_after_a_change_of_directory() {
         })
     });
     wait_until("the socket file bound", || file.exists());
-    std::env::set_current_dir(&moved_to.0).unwrap();
+    std::env::set_current_dir(moved_to.path()).unwrap();
     server.stop();
     assert!(
         !file.exists(),
         "{} left behind after the working directory changed",
         file.display()
     );
-    assert!(!moved_to.0.join("rel.sock").exists());
+    assert!(!moved_to.join("rel.sock").exists());
     drop(cwd);
 }

@@ -35,19 +35,19 @@ use util::{echo_builder, init_log, unix_round_trip, TempDir, TestServer};
 fn a_socket_path_that_ends_in_a_slash_is_refused_with_the_input_named() {
     init_log();
     let dir = TempDir::new("trailing-slash");
-    let live = dir.0.join("live.sock");
+    let live = dir.join("live.sock");
     let server = TestServer::start({
         let at = Endpoint::unix(&live).unwrap();
         move || echo_builder("r9-slash", at).io_threads(1)
     });
     assert!(UnixStream::connect(&live).is_ok(), "the server listens");
 
-    let free = dir.0.join("free.sock");
+    let free = dir.join("free.sock");
     for text in [
         format!("unix:{}/", live.display()),
         format!("unix:{}/", free.display()),
         format!("unix:{}\\x2f", free.display()),
-        format!("unix:{}/", dir.0.display()),
+        format!("unix:{}/", dir.path().display()),
         "unix:rel.sock/".to_owned(),
         "unix:/".to_owned(),
     ] {
@@ -93,7 +93,7 @@ fn a_socket_path_that_ends_in_a_slash_is_refused_with_the_input_named() {
 fn the_longest_path_is_served_refused_while_live_and_replaced_when_stale() {
     init_log();
     let dir = TempDir::new("long");
-    let base = dir.0.display().to_string();
+    let base = dir.path().display().to_string();
     let path = PathBuf::from(format!("{base}/{}", "p".repeat(107 - base.len() - 1)));
     assert_eq!(path.as_os_str().len(), 107);
     let e = Endpoint::unix(&path).unwrap();
@@ -147,8 +147,8 @@ fn an_address_that_ends_in_a_space_reads_back_from_a_line_reader_that_trims() {
     let dir = TempDir::new("space");
     let name = format!("duo-r9-{}-name ", std::process::id());
     for e in [
-        Endpoint::unix(dir.0.join("space.sock ")).unwrap(),
-        Endpoint::unix(dir.0.join("  ")).unwrap(),
+        Endpoint::unix(dir.join("space.sock ")).unwrap(),
+        Endpoint::unix(dir.join("  ")).unwrap(),
         Endpoint::abstract_name(&name).unwrap(),
         Endpoint::abstract_name(" ").unwrap(),
     ] {

@@ -867,7 +867,7 @@ mod tls_cases {
     fn tls_over_a_unix_socket_on_a_loop_group_with_peer_credentials() {
         init_log();
         let dir = TempDir::new("tls-uds");
-        let path = dir.0.join("tls.sock");
+        let path = dir.join("tls.sock");
         let at = Endpoint::unix(&path).unwrap();
         let probe = Arc::new(Probe::default());
         let creds = Arc::new(Mutex::new(Vec::new()));
@@ -998,7 +998,7 @@ fn unix_half_close_with_a_large_pending_reply_delivers_every_byte_then_eof() {
     init_log();
     let dir = TempDir::new("half");
     let endpoints = [
-        Endpoint::unix(dir.0.join("half.sock")).unwrap(),
+        Endpoint::unix(dir.join("half.sock")).unwrap(),
         Endpoint::abstract_name(abstract_name("half")).unwrap(),
     ];
     for at in endpoints {
@@ -1035,7 +1035,7 @@ fn unix_peer_hang_up_while_paused_keeps_its_last_bytes() {
     init_log();
     let dir = TempDir::new("paused");
     let cases = [
-        (Endpoint::unix(dir.0.join("p.sock")).unwrap(), false),
+        (Endpoint::unix(dir.join("p.sock")).unwrap(), false),
         (
             Endpoint::abstract_name(abstract_name("paused")).unwrap(),
             true,
@@ -1083,7 +1083,7 @@ fn unix_peer_hang_up_while_paused_keeps_its_last_bytes() {
 fn unix_graceful_shutdown_hands_the_path_over_and_finishes_pending_output() {
     init_log();
     let dir = TempDir::new("grace");
-    let path = dir.0.join("grace.sock");
+    let path = dir.join("grace.sock");
     let at = Endpoint::unix(&path).unwrap();
     let (mut server, probe) = uds_server("uds-grace", &at, |b| {
         b.io_threads(2).loops(8).water_marks(64 << 10, 16 << 10)
@@ -1155,7 +1155,7 @@ fn unix_graceful_shutdown_hands_the_path_over_and_finishes_pending_output() {
 fn unix_addresses_survive_leftovers_and_restarts_on_a_loop_group() {
     init_log();
     let dir = TempDir::new("restart");
-    let path = dir.0.join("r.sock");
+    let path = dir.join("r.sock");
     drop(UnixListener::bind(&path).unwrap());
     assert!(path.exists(), "a dead server's socket file");
     let endpoints = [
@@ -1203,9 +1203,9 @@ fn unix_addresses_survive_leftovers_and_restarts_on_a_loop_group() {
 fn unix_a_client_bound_to_a_path_is_known_by_it() {
     init_log();
     let dir = TempDir::new("named");
-    let at = Endpoint::unix(dir.0.join("srv.sock")).unwrap();
+    let at = Endpoint::unix(dir.join("srv.sock")).unwrap();
     let (server, probe) = uds_server("uds-named", &at, |b| b.io_threads(1));
-    let client_path = dir.0.join("client.sock");
+    let client_path = dir.join("client.sock");
     let s = duo_sys::socket2::Socket::new(
         duo_sys::socket2::Domain::UNIX,
         duo_sys::socket2::Type::STREAM,

@@ -76,7 +76,7 @@ fn socket_paths_with_odd_bytes_read_back_from_their_display_and_serve() {
         "@at-first.sock".into(),
     ];
     for file in files {
-        let path = dir.0.join(PathBuf::from(OsString::from_vec(file.clone())));
+        let path = dir.join(PathBuf::from(OsString::from_vec(file.clone())));
         let e = Endpoint::unix(&path).unwrap();
         let at = reads_back(&e);
         // The file name alone, as a relative path: read back, not taken for something else.
@@ -100,7 +100,7 @@ fn a_draining_server_hands_its_name_and_path_to_a_successor() {
     let name = format!("duo-unix-combos-{}-handover", std::process::id());
     for at in [
         Endpoint::abstract_name(&name).unwrap(),
-        Endpoint::unix(dir.0.join("s.sock")).unwrap(),
+        Endpoint::unix(dir.join("s.sock")).unwrap(),
     ] {
         let first = at.clone();
         let mut old = TestServer::start(move || echo_builder("uds-old", first).io_threads(1));
@@ -148,7 +148,7 @@ fn a_draining_server_hands_its_name_and_path_to_a_successor() {
 fn a_peer_that_shuts_its_reading_is_served_until_it_closes() {
     init_log();
     let dir = TempDir::new("shut-rd");
-    let path = dir.0.join("s.sock");
+    let path = dir.join("s.sock");
     let at = Endpoint::unix(&path).unwrap();
     let server = TestServer::start(move || echo_builder("uds-shut-rd", at).io_threads(1));
     let mut c = UnixStream::connect(&path).unwrap();

@@ -19,6 +19,8 @@
 //!   built (once per test process) and located next to the running test binary.
 //! - [`Rng`], [`random_bytes`]: a small seeded PRNG (xorshift64* seeded through splitmix64)
 //!   for reproducible test data and load, without the `rand` crate.
+//! - [`TempDir`]: a fresh directory for a test's files (databases, socket files), removed
+//!   when dropped.
 //! - [`nonblocking_pair`]: a connected, non-blocking `AF_UNIX` stream pair.
 //! - [`tcp_queues`], [`tcp_state`]: what the kernel lists for a loopback TCP socket (its
 //!   queues, its state), for a test that waits until a segment has reached the other side.
@@ -53,6 +55,7 @@ mod pki;
 mod process;
 mod rng;
 mod socket;
+mod temp_dir;
 mod wait;
 
 pub use child_server::ChildServer;
@@ -72,4 +75,5 @@ pub use process::{
 };
 pub use rng::{random_bytes, Rng};
 pub use socket::{nonblocking_pair, tcp_queues, tcp_state, RefusedPort, TcpState};
+pub use temp_dir::TempDir;
 pub use wait::{join_before, join_within, wait_until, wait_until_within, LIMIT};

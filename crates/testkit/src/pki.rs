@@ -2,19 +2,19 @@
 //! as PEM files in a directory of their own, for tests of TLS servers and clients (the
 //! feature `pki`).
 
-use std::path::PathBuf;
+use crate::TempDir;
 
 /// A new test CA (`ca.pem`), a certificate for `localhost` and `127.0.0.1` it signed
 /// (`cert.pem`) and that certificate's key (`key.pem`), written with `rcgen` to a
 /// directory of their own under the system's temporary directory, removed on drop.
 #[derive(Debug)]
 pub struct TestCerts {
-    dir: PathBuf,
+    dir: TempDir,
 }
 
 impl TestCerts {
-    /// Makes the files; `label` (with the process id) names the directory, so tests
-    /// running at once do not share one.
+    /// Makes the files; `label` goes into the directory's name (a [`TempDir`], of its
+    /// own for every call).
     ///
     /// # Panics
     ///
@@ -39,8 +39,7 @@ impl TestCerts {
     /// to 4096, if not).
     #[allow(clippy::type_complexity)]
     fn make(label: &str, validity: Option<((i32, u8, u8), (i32, u8, u8))>) -> TestCerts {
-        let dir = std::env::temp_dir().join(format!("duo-certs-{}-{label}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("a directory for the test certificates");
+        let dir = TempDir::new(&format!("certs-{label}"));
         let ca_key = rcgen::KeyPair::generate().expect("a CA key");
         let mut ca_params =
             rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
@@ -73,11 +72,5 @@ impl TestCerts {
     /// lines and loaders alike.
     pub fn path(&self, name: &str) -> String {
         self.dir.join(name).to_string_lossy().into_owned()
-    }
-}
-
-impl Drop for TestCerts {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }

@@ -62,8 +62,8 @@ fn transfer(from_name: &str, to: &str, amount: i64, rid: &str) -> WriteOp {
 /// batch while reported failed, nor lost; a retry of each applies it exactly once.
 #[test]
 fn a_failure_that_ends_the_transaction_fails_alone() {
-    let dir = TempDir::new();
-    let path = dir.0.join("bank.db");
+    let dir = TempDir::new("bank-store");
+    let path = dir.join("bank.db");
     let store = store_at(&path);
     populate(&store, &["alice", "bob", "carol"], 1000);
     cap_pages(&store, &path);
@@ -153,8 +153,8 @@ fn assert_agrees(store: &sqlite::SqliteStore, ops: &[WriteOp], results: &WriteRe
 /// retries apply each once when there is room again.
 #[test]
 fn a_full_database_fails_every_operation_and_applies_none() {
-    let dir = TempDir::new();
-    let path = dir.0.join("bank.db");
+    let dir = TempDir::new("bank-store");
+    let path = dir.join("bank.db");
     let store = store_at(&path);
     populate(&store, &["alice", "bob", "carol"], 1000);
     cap_pages(&store, &path);

@@ -7,31 +7,9 @@ use super::*;
 use crate::protocol::EntryKind;
 use crate::store::PasswordHash;
 use duo_testkit::pg::PgCluster;
-use std::path::PathBuf;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-/// A fresh directory, removed on drop (also for `fault_tests`).
-pub(super) struct TempDir(pub(super) PathBuf);
-
-impl TempDir {
-    pub(super) fn new() -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "bank-store-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+pub(super) use duo_testkit::TempDir;
 
 /// What keeps a test's database alive (its directory or its cluster) until dropped.
 type Guard = Box<dyn std::any::Any>;
@@ -46,8 +24,8 @@ enum Backend {
 fn database(backend: Backend, name: &str) -> Option<(Guard, Database)> {
     Some(match backend {
         Backend::Sqlite => {
-            let dir = TempDir::new();
-            let db = Database::Sqlite(dir.0.join("bank.db"));
+            let dir = TempDir::new("bank-store");
+            let db = Database::Sqlite(dir.join("bank.db"));
             (Box::new(dir) as Guard, db)
         }
         Backend::Postgres => {

@@ -17,7 +17,7 @@ pub(crate) mod pg_proxy;
 use std::ffi::{OsStr, OsString};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, Weak};
@@ -33,36 +33,8 @@ pub(crate) const REPLY_TIMEOUT: Duration = Duration::from_secs(15);
 /// A password that passes validation.
 pub(crate) const PW: &str = "secret123";
 
-/// A fresh directory under the system temp dir, removed on drop.
-pub(crate) struct TempDir(PathBuf);
-
-impl TempDir {
-    pub(crate) fn new(tag: &str) -> TempDir {
-        static N: AtomicUsize = AtomicUsize::new(0);
-        let dir = std::env::temp_dir().join(format!(
-            "bank-test-{tag}-{}-{}",
-            std::process::id(),
-            N.fetch_add(1, Ordering::SeqCst)
-        ));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).expect("create temp dir");
-        TempDir(dir)
-    }
-
-    pub(crate) fn path(&self) -> &Path {
-        &self.0
-    }
-
-    pub(crate) fn db(&self) -> PathBuf {
-        self.0.join("bank.db")
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+#[allow(unused_imports)] // not every test binary that includes this module uses it
+pub(crate) use duo_testkit::TempDir;
 
 /// Appends `serve --listen 127.0.0.1:0 --hash-cost low --db DB` to `cmd`: a server on
 /// a free port, with password hashes cheap enough for tests.
@@ -385,7 +357,7 @@ impl TestDb {
                 let dir = TempDir::new(tag);
                 Some(TestDb {
                     backend,
-                    arg: dir.db().into_os_string(),
+                    arg: dir.join("bank.db").into_os_string(),
                     dir: Some(dir),
                     pg: None,
                 })

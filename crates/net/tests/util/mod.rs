@@ -443,27 +443,9 @@ pub(crate) fn barrier(lp: &duo_net::LoopHandle) {
         .expect("the loop ran the barrier in time");
 }
 
-/// A directory of its own under the temporary directory (for socket files), removed with
-/// what is in it when dropped.
-pub(crate) struct TempDir(pub(crate) std::path::PathBuf);
-
-impl TempDir {
-    /// A new, empty directory; `what` goes into its name.
-    pub(crate) fn new(what: &str) -> TempDir {
-        static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
-        let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        let dir = std::env::temp_dir().join(format!("duo-net-{}-{n}-{what}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        TempDir(dir)
-    }
-}
-
-impl Drop for TempDir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
+// Not every test binary that includes this module uses it.
+#[allow(unused_imports)]
+pub(crate) use duo_testkit::TempDir;
 
 /// Sends `msg` on the Unix-domain stream `s` and expects it back (every wait bounded).
 pub(crate) fn unix_round_trip(mut s: std::os::unix::net::UnixStream, msg: &[u8]) {
