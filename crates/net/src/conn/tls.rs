@@ -33,6 +33,8 @@
 //!   for the functions it queued through the handle, as over plain TCP); a connection whose handshake fails (or does not
 //!   finish within the handshake timeout, a loop timer) never was up: no callback sees
 //!   it, it is counted (`CloseReason::Tls`) and logged, rate-limited, with the reason.
+//!   So is one that closes before its "up" callback (the pool refused the plaintext that
+//!   came with the last flight: `OutOfMemory`), counted with that reason.
 //! - **Ending.** `shutdown` and `close_after_flush` queue `close_notify` after the
 //!   ciphertext of what was sent before. The peer's `close_notify` is its end of stream
 //!   (the half-close callback, as for TCP). A TCP end of stream without `close_notify`
@@ -615,14 +617,12 @@ impl LoopConn {
                 // nothing yet), so that an idle connection does not keep a large one.
                 let _ = tls.conn.read_tls(&mut NothingYet);
             }
+            // Marked up only below, once the input took the plaintext that came with the
+            // last flight and the handshake's answer is out: a connection that closes
+            // before (the pool refused that plaintext, a failed write) never was up, and
+            // no callback may see it go down.
             let failed = matches!(step, Step::Failed(_));
             let just_up = !failed && !tls.up && !tls.conn.is_handshaking();
-            if just_up {
-                tls.up = true;
-                if let Some(timer) = tls.timer.take() {
-                    lp.cancel(timer);
-                }
-            }
             match step {
                 // Plaintext decrypted before the error is dropped with the connection.
                 Step::Failed(why) => {
@@ -645,6 +645,12 @@ impl LoopConn {
                 return Pump::Closed;
             }
             if just_up {
+                if let Some(tls) = m.tls.as_mut() {
+                    tls.up = true;
+                    if let Some(timer) = tls.timer.take() {
+                        lp.cancel(timer);
+                    }
+                }
                 log::debug!("{}: TLS handshake complete; up", m.handle.name());
                 m.handle.set_state(ConnState::Connected);
                 m.handle.take_queued_on_loop();
