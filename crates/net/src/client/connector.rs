@@ -143,6 +143,11 @@ pub(super) fn start(lp: &mut EventLoop, inner: &Arc<Inner>) {
         }
     }
     inner.attempts.fetch_add(1, Ordering::Relaxed);
+    if inner.connect_timeout == Some(Duration::ZERO) {
+        // Refused as std's `TcpStream::connect_timeout` refuses it (fatal: no retry).
+        let e = io::Error::new(io::ErrorKind::InvalidInput, "zero connect timeout");
+        return failed(lp, inner, e);
+    }
     let (domain, addr) = match (&inner.addr, inner.addr.to_sock_addr()) {
         (Endpoint::Inet(a), Ok(addr)) => (Domain::for_address(*a), addr),
         (_, Ok(addr)) => (Domain::UNIX, addr),
@@ -194,8 +199,11 @@ fn connect_timed_out(lp: &mut EventLoop, inner: &Arc<Inner>, token: Token) {
 
 /// An attempt failed: tell the application, then retry or give up.
 fn failed(lp: &mut EventLoop, inner: &Arc<Inner>, error: io::Error) {
-    let (attempts, will_retry, generation) = {
+    let (attempts, will_retry, generation, stopped) = {
         let mut st = inner.state.lock();
+        // `disconnect` or `stop` came first (its cancelling still queued): the user's
+        // decision, not a connect that gave up.
+        let stopped = !st.wanted;
         st.phase = Phase::Idle;
         st.failures = st.failures.saturating_add(1);
         let exhausted = inner.max_attempts.is_some_and(|max| st.failures >= max);
@@ -203,9 +211,15 @@ fn failed(lp: &mut EventLoop, inner: &Arc<Inner>, error: io::Error) {
         if !will_retry {
             st.wanted = false;
         }
-        (st.failures, will_retry, st.generation)
+        (st.failures, will_retry, st.generation, stopped)
     };
-    if !will_retry {
+    if stopped {
+        log::debug!(
+            "client {}: connect to {} failed ({error}) after the client was stopped",
+            inner.name,
+            inner.addr
+        );
+    } else if !will_retry {
         log::warn!(
             "client {}: connect to {} failed ({error}) after {attempts} attempts; giving up",
             inner.name,

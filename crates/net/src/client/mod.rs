@@ -90,11 +90,15 @@ impl ClientBuilder {
         self
     }
     /// Fails an attempt that has not connected within `timeout` (default: the kernel's,
-    /// about two minutes for an address that does not answer).
+    /// about two minutes for an address that does not answer; at most a day).
+    ///
+    /// A zero `timeout` is refused, as [`std::net::TcpStream::connect_timeout`] refuses
+    /// it (it does not mean "no timeout"): every attempt then fails at once with
+    /// [`io::ErrorKind::InvalidInput`], reported to
+    /// [`on_connect_failed`](ClientBuilder::on_connect_failed) and not retried.
     pub fn connect_timeout(mut self, timeout: Duration) -> Self {
         // At most a day: a deadline past what `Instant` can hold would overflow.
-        self.connect_timeout =
-            Some(timeout.min(Duration::from_secs(86_400))).filter(|t| !t.is_zero());
+        self.connect_timeout = Some(timeout.min(Duration::from_secs(86_400)));
         self
     }
     /// Called after each failed connect attempt, with the error and whether the client

@@ -149,7 +149,9 @@ macro_rules! callback_setters {
         /// connection: when the peer finishes sending, and again if it is then gone
         /// altogether (a reset: [`TcpConnection::is_connected`](crate::TcpConnection::is_connected)
         /// is false), since a peer that only half-closed may still read the answer but
-        /// one that is gone cannot. A peer gone at once is told of once. Without this
+        /// one that is gone cannot. A peer gone at once is told of once; the hang-up
+        /// that follows the application's own [`shutdown`](crate::ConnCtx::shutdown)
+        /// is not told of (both directions ended in order). Without this
         /// callback a paused connection does not watch for the peer's FIN at all.
         pub fn on_peer_half_close_while_paused(
             mut self,

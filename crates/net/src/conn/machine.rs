@@ -354,7 +354,11 @@ impl Handler for LoopConn {
     /// asked for (reading paused), so the receive queue may still hold the peer's last
     /// bytes. Nothing more can be sent; what is left to read is kept until reading resumes.
     fn handle_close(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
-        self.m.peer_gone(lp, ch, None);
+        // After our own half-close, a hang-up with no socket error (`handle_error` runs
+        // first) is the peer's FIN meeting ours: both directions ended, no one is gone.
+        if self.m.write != WriteSide::Shut {
+            self.m.peer_gone(lp, ch, None);
+        }
         if self.m.closed() {
             return;
         }

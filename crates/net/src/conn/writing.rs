@@ -227,6 +227,12 @@ impl Machine {
                         ch.disable_writing();
                         self.resume_if_drained(lp, ch);
                         self.write_complete(lp, ch);
+                        if self.closed() {
+                            // The callback closed the connection (`force_close`, or a
+                            // panic): that ends it; no drain goes on to read and drop
+                            // input, half-close or linger on a closed connection.
+                            return;
+                        }
                         // The callback may have sent more (and asked for a shutdown or a
                         // close after it): then the drain is not over yet; the flush that
                         // empties the output again finishes it.
