@@ -392,8 +392,9 @@ pub(crate) fn encode_servers(enc: &mut DescriptorEncoder<'_>, servers: &[Exporte
     family(
         enc,
         "duo_server_accept_errors",
-        "accept errors other than running out of descriptors (each pauses that acceptor \
-         briefly).",
+        "accept errors other than running out of descriptors: a connection lost before it \
+         was accepted (accepting goes on), or a failure of the listener (that acceptor \
+         pauses briefly).",
         Counter,
         per_server(&|s| Value::Count(s.accept_errors)),
     )?;

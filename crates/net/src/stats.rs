@@ -263,8 +263,9 @@ pub struct ServerStats {
     /// spare descriptor could be freed for that, accepting paused on that loop briefly
     /// (the connection waits in the queue).
     pub fd_exhausted: u64,
-    /// `accept` errors other than running out of descriptors (each pauses accepting on
-    /// that loop briefly).
+    /// `accept` errors other than running out of descriptors: a connection lost before
+    /// it was accepted (`ECONNABORTED`, `EPROTO`, ...: accepting goes on at once), or a
+    /// failure of the listener (accepting pauses on that loop briefly).
     pub accept_errors: u64,
     /// Times the server stopped accepting because it was full
     /// ([`WhenFull::Pause`](crate::WhenFull::Pause)).

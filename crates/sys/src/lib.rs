@@ -71,8 +71,8 @@ pub use signalfd::{
 };
 pub use socket::{
     accept4, bytes_available, bytes_unacknowledged, is_connect_in_progress, is_fd_exhaustion,
-    is_read_shut_down, readv, recv_vectored, send_vectored, set_tcp_defer_accept, shutdown_write,
-    take_socket_error, tcp_defer_accept, writev, IOV_MAX,
+    is_per_connection_accept_error, is_read_shut_down, readv, recv_vectored, send_vectored,
+    set_tcp_defer_accept, shutdown_write, take_socket_error, tcp_defer_accept, writev, IOV_MAX,
 };
 pub use spawn::{
     dup_at_least, exec_in_place, in_process_group_of_its_own, inherit_only_stdio, kill_process,

@@ -306,6 +306,29 @@ pub fn is_fd_exhaustion(err: &io::Error) -> bool {
     matches!(err.raw_os_error(), Some(libc::EMFILE) | Some(libc::ENFILE))
 }
 
+/// Whether an `accept` error concerns only the connection being accepted, not the
+/// listener or the system: the peer reset the connection before it was accepted
+/// (`ECONNABORTED`, `EPROTO`), or one of the network errors Linux passes on from the new
+/// socket (`ENETDOWN`, `ENOPROTOOPT`, `EHOSTDOWN`, `ENONET`, `EHOSTUNREACH`,
+/// `ENETUNREACH`; accept(2), "Error handling"). Either way that connection has left the
+/// listen queue and the next one can be accepted at once. Running out of resources
+/// (`EMFILE`, `ENFILE`, `ENOBUFS`, `ENOMEM`) is not such an error.
+pub fn is_per_connection_accept_error(err: &io::Error) -> bool {
+    matches!(
+        err.raw_os_error(),
+        Some(
+            libc::ECONNABORTED
+                | libc::EPROTO
+                | libc::ENETDOWN
+                | libc::ENOPROTOOPT
+                | libc::EHOSTDOWN
+                | libc::ENONET
+                | libc::EHOSTUNREACH
+                | libc::ENETUNREACH
+        )
+    )
+}
+
 /// Whether an error from a non-blocking `connect` means the connection is under way
 /// (`EINPROGRESS`, or `EINTR`, after which the connect also goes on in the background):
 /// wait for the socket to become writable, then read [`take_socket_error`].

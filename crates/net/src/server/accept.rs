@@ -57,8 +57,8 @@ pub enum WhenFull {
     /// listen queue, where another process or server on the same socket (worker
     /// processes, `SO_REUSEPORT` siblings) takes them. The loop that finds the server
     /// full pauses every acceptor of the server; one woken before its pause arrives takes
-    /// one connection over the maximum (so at most one per accepting loop), rather than
-    /// leave it queued unannounced.
+    /// one connection over the maximum (so at most one per other accepting loop: `max +
+    /// loops - 1` open), rather than leave it queued unannounced.
     Pause,
 }
 
@@ -151,6 +151,13 @@ pub(crate) fn listen(addr: SocketAddr, opts: ListenOptions) -> io::Result<Socket
 /// accepts the connection, closes it (the peer sees an orderly close instead of hanging),
 /// and reopens the spare. If even that fails, it stops listening for a short pause.
 ///
+/// # A connection lost before it was accepted
+///
+/// `ECONNABORTED`, `EPROTO` and the network errors Linux passes on from a new socket
+/// ([`duo_sys::is_per_connection_accept_error`]) concern that one connection, which has
+/// left the queue: counted (`accept_errors`) and logged (rate-limited), and accepting goes
+/// on at once.
+///
 /// # Two reasons not to accept
 ///
 /// An acceptor stops accepting for either of two reasons, each with its own way back: the
@@ -165,6 +172,9 @@ pub(crate) struct Acceptor {
     /// Called once per exhaustion event or other accept error (for counting).
     on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
     local: Endpoint,
+    /// The server, for whether it is stopping: a stop shuts down a listener the server
+    /// bound itself before the loop removes it, and the hang-up that follows is no error.
+    server: Arc<ServerShared>,
     /// Paused because the server is full, until a close makes room.
     full: bool,
     /// Paused after an accept error, until the retry timer comes due.
@@ -176,13 +186,15 @@ pub(crate) struct Acceptor {
 pub(crate) enum AcceptTrouble {
     /// Out of file descriptors (`EMFILE`/`ENFILE`).
     FdExhausted,
-    /// Any other error (the acceptor pauses briefly).
+    /// Any other error: a connection lost before it was accepted (accepting goes on), or
+    /// a failure of the listener (the acceptor pauses briefly).
     Error,
 }
 
 impl Acceptor {
-    pub(crate) fn new(
+    pub(super) fn new(
         local: Endpoint,
+        server: Arc<ServerShared>,
         on_new: NewConnection,
         on_trouble: Box<dyn FnMut(AcceptTrouble) + Send>,
     ) -> Acceptor {
@@ -191,6 +203,7 @@ impl Acceptor {
             on_new,
             on_trouble,
             local,
+            server,
             full: false,
             retrying: false,
         }
@@ -255,12 +268,41 @@ impl Acceptor {
                 self.spare = open_spare();
                 false
             }
+            Err(e) if duo_sys::is_per_connection_accept_error(&e) => {
+                // The connection it would have shed was lost anyway; not exhaustion.
+                self.spare = open_spare();
+                self.lost_one(ch, &e);
+                true
+            }
             Err(e) => {
                 // Another thread took the freed descriptor, say.
                 self.pause(lp, ch, &format!("{e} with the spare freed"));
                 false
             }
         }
+    }
+
+    /// A connection lost before it was accepted (reset by its peer, say): it has left the
+    /// queue, so this is progress; counted and logged, and accepting goes on.
+    fn lost_one(&mut self, ch: &mut Channel, e: &io::Error) {
+        ch.progressed();
+        (self.on_trouble)(AcceptTrouble::Error);
+        duo_reactor::log_limited!(
+            log::Level::Debug,
+            "accept on {}: {e}; a connection lost before it was accepted",
+            self.local
+        );
+    }
+
+    /// Whether the server is stopping: its listener may have been shut down by the stop,
+    /// and goes with the removal queued to this loop; accepting fails meanwhile, which is
+    /// not worth a count, a log line or a retry.
+    fn stopping(&self, ch: &mut Channel) -> bool {
+        let stopping = self.server.stopping.load(Ordering::SeqCst);
+        if stopping {
+            quiet(ch);
+        }
+        stopping
     }
 
     /// Counts an exhaustion that shed nothing, logs `why`, tries to get the spare back,
@@ -339,6 +381,7 @@ impl Handler for Acceptor {
                     if i == 0
                         && (ch.ready().is_read_hup()
                             || duo_sys::is_read_shut_down(ch.fd()).unwrap_or(false))
+                        && !self.stopping(ch)
                     {
                         (self.on_trouble)(AcceptTrouble::Error);
                         duo_reactor::log_limited!(
@@ -350,12 +393,13 @@ impl Handler for Acceptor {
                     }
                     return;
                 }
-                Err(e) if e.kind() == io::ErrorKind::ConnectionAborted => continue,
+                Err(e) if duo_sys::is_per_connection_accept_error(&e) => self.lost_one(ch, &e),
                 Err(e) if duo_sys::is_fd_exhaustion(&e) => {
                     if !self.exhausted(lp, ch) {
                         return;
                     }
                 }
+                Err(_) if self.stopping(ch) => return,
                 Err(e) => {
                     (self.on_trouble)(AcceptTrouble::Error);
                     duo_reactor::log_limited!(

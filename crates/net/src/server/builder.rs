@@ -313,6 +313,11 @@ impl ServerBuilder {
                 self.defer_accept_secs,
             )?;
         }
+        // See `ServerShared::own_listener`.
+        let own_listener = match mode {
+            AcceptMode::MainLoop if !inherited => Some(listener.try_clone()?),
+            _ => None,
+        };
         let mut threads = EventLoopThreadPool::new(main.handle(), &self.name, self.io_threads);
         threads.set_loops(self.loops);
         threads.set_loop_sharing(self.loop_sharing);
@@ -336,6 +341,7 @@ impl ServerBuilder {
                 .map(|h| Arc::new(IoCounters::named(h.name())))
                 .collect(),
             acceptors: Mutex::new(Vec::new()),
+            own_listener: Mutex::new(own_listener),
             removals_pending: AtomicUsize::new(0),
             pause_at: self
                 .max_connections
@@ -422,8 +428,24 @@ impl ServerBuilder {
                 self.when_full,
                 ids,
             );
-            let acceptor = Acceptor::new(endpoint.clone(), on_new, on_exhausted(&shared));
-            let token = main.add_channel(listener, Interest::READABLE, acceptor)?;
+            let acceptor = Acceptor::new(
+                endpoint.clone(),
+                shared.clone(),
+                on_new,
+                on_exhausted(&shared),
+            );
+            let token = match main.add_channel(listener, Interest::READABLE, acceptor) {
+                Ok(token) => token,
+                Err(e) => {
+                    // What was installed on the main loop for this server goes with it
+                    // (the I/O threads' part ends with them).
+                    NetLoop::idle_uninstall(main, id);
+                    if shared.trims_main.swap(false, Ordering::SeqCst) {
+                        NetLoop::trim_uninstall(main, pool);
+                    }
+                    return Err(e.into());
+                }
+            };
             shared.acceptors.lock().push((main.handle(), token));
         } else {
             // One acceptor per I/O loop, registered by the loop itself; wait for each so
@@ -462,7 +484,12 @@ impl ServerBuilder {
                     self.when_full,
                     ids,
                 );
-                let acceptor = Acceptor::new(endpoint.clone(), on_new, on_exhausted(&shared));
+                let acceptor = Acceptor::new(
+                    endpoint.clone(),
+                    shared.clone(),
+                    on_new,
+                    on_exhausted(&shared),
+                );
                 let interest = match mode {
                     AcceptMode::Shared => Interest::READABLE | Interest::EXCLUSIVE,
                     _ => Interest::READABLE,

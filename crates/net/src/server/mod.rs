@@ -96,8 +96,14 @@ struct ServerShared {
     counters: AcceptCounters,
     /// Byte and close counters, one per I/O loop (index = position in the pool's handles).
     io: Vec<Arc<IoCounters>>,
-    /// The listening channels: one on the main loop, or one per I/O loop.
+    /// The listening channels: one on the main loop, or one per I/O loop. Its lock also
+    /// orders the pauses and resumes of [`WhenFull::Pause`] (see [`pause_if_full`]).
     acceptors: Mutex<Vec<(LoopHandle, Token)>>,
+    /// A descriptor of the listening socket, when the server bound that socket itself and
+    /// accepts on the main loop: a drop shuts the socket down with it, so that it stops
+    /// listening at once even if the main loop does not run the queued stop soon (or
+    /// ever). Dropped when the listener is removed.
+    own_listener: Mutex<Option<socket2::Socket>>,
     /// Removals of listening channels queued to their loops and not yet run: until they
     /// have, a loop may still accept (and count) a connection, so a graceful shutdown
     /// does not count the server empty (see [`stop_accepting`]).
@@ -135,7 +141,6 @@ fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
         let left = c.active.fetch_sub(1, Ordering::SeqCst) - 1;
         if shared.pause_at.is_some_and(|max| left < max)
             && shared.accept_paused.load(Ordering::SeqCst)
-            && shared.accept_paused.swap(false, Ordering::SeqCst)
         {
             resume_accepting(&shared);
         }
@@ -154,28 +159,34 @@ fn close_hook(shared: &Arc<ServerShared>) -> CloseHook {
 /// The pause flag and the open count are written and read in opposite orders by this
 /// function (set the flag, read the count) and the close hook (lower the count, read the
 /// flag), all sequentially consistent: either the close sees the flag and resumes the
-/// acceptors, or this sees the lowered count and resumes them itself. The pauses are
-/// queued before the flag is set, so a resume (queued after the flag was seen) always
-/// runs after them on every loop. Only the call that sets the flag counts a pause
+/// acceptors, or this sees the lowered count and resumes them itself. The flag is set
+/// together with queueing the pauses, and cleared together with queueing the resumes,
+/// under the `acceptors` lock: the last function queued to every loop agrees with the
+/// flag. (Cleared first and the resumes queued after, without the lock, another loop's
+/// pauses could be queued in between and then undone by those resumes, with the flag
+/// left set: every loop accepted again while the server was full, each taking one more
+/// connection over the maximum.) Only the call that sets the flag counts a pause
 /// (`full_pauses`): loops that find the server full at once pause it once.
 fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
     let active = &shared.counters.active;
     if active.load(Ordering::SeqCst) < max {
         return Admission::Continue;
     }
-    for (h, token) in shared.acceptors.lock().iter() {
-        let token = *token;
-        let _ = h.queue_in_loop(move |lp| {
-            lp.with_handler::<Acceptor, _>(token, |_, ch, a| a.pause_full(ch));
-        });
-    }
-    // Whether this call paused a server that was accepting: another loop that found it
-    // full at the same moment (one over the maximum) pauses too, but the server stopped
-    // accepting once, and that is what `full_pauses` counts.
-    let newly = !shared.accept_paused.swap(true, Ordering::SeqCst);
-    if active.load(Ordering::SeqCst) < max && shared.accept_paused.swap(false, Ordering::SeqCst) {
-        // Room was made meanwhile, unseen by the close: undo the pauses.
-        resume_accepting(shared);
+    let newly = {
+        let acceptors = shared.acceptors.lock();
+        for (h, token) in acceptors.iter() {
+            let token = *token;
+            let _ = h.queue_in_loop(move |lp| {
+                lp.with_handler::<Acceptor, _>(token, |_, ch, a| a.pause_full(ch));
+            });
+        }
+        // Whether this call paused a server that was accepting: another loop that found
+        // it full at the same moment (one over the maximum) pauses too, but the server
+        // stopped accepting once, and that is what `full_pauses` counts.
+        !shared.accept_paused.swap(true, Ordering::SeqCst)
+    };
+    if active.load(Ordering::SeqCst) < max && resume_accepting(shared) {
+        // Room was made meanwhile, unseen by the close: the pauses are undone.
         return Admission::Continue;
     }
     if !newly {
@@ -190,16 +201,29 @@ fn pause_if_full(shared: &Arc<ServerShared>, max: u64) -> Admission {
     Admission::Pause
 }
 
-/// Resumes every acceptor paused because the server was full (each on its own loop; one
-/// still in the pause after an accept error resumes when its retry comes due); a
-/// level-triggered listener then reports the connections that waited.
-fn resume_accepting(shared: &ServerShared) {
-    for (h, token) in shared.acceptors.lock().iter() {
+/// If the server is paused because it was full and has room now, clears the pause flag
+/// and resumes every acceptor (each on its own loop; one still in the pause after an
+/// accept error resumes when its retry comes due), under the `acceptors` lock (see
+/// [`pause_if_full`]); a level-triggered listener then reports the connections that
+/// waited. Returns whether it resumed them.
+///
+/// Room is checked again here, under the lock: the close that found room may have been
+/// overtaken by another loop's accept that filled the server again and paused it (a
+/// resume then would undo that pause, and every loop would take one more connection over
+/// the maximum); the close that makes room after that resumes instead.
+fn resume_accepting(shared: &ServerShared) -> bool {
+    let acceptors = shared.acceptors.lock();
+    let room = |max| shared.counters.active.load(Ordering::SeqCst) < max;
+    if !shared.pause_at.is_some_and(room) || !shared.accept_paused.swap(false, Ordering::SeqCst) {
+        return false;
+    }
+    for (h, token) in acceptors.iter() {
         let token = *token;
         let _ = h.queue_in_loop(move |lp| {
             lp.with_handler::<Acceptor, _>(token, |_, ch, a| a.resume_full(ch));
         });
     }
+    true
 }
 
 /// Runs the shutdown continuations if no connection is open and no loop can accept one
@@ -427,6 +451,13 @@ impl TcpServer {
         self.shared.stopping.store(true, Ordering::SeqCst);
         // Also when the main loop is gone and the queued stop below never runs.
         drop(self.shared.socket_file.lock().take());
+        // A listener still on the main loop, which may not run the queued stop soon (a
+        // drop after `run` returned) or ever: it stops listening now, rather than take
+        // connections into a queue nobody accepts from. Only a socket the server bound
+        // itself: an inherited one may serve other processes too.
+        if let Some(listener) = self.shared.own_listener.lock().take() {
+            let _ = listener.shutdown(std::net::Shutdown::Read);
+        }
         // Whatever `stop` did not do directly (or everything, from `drop`) is queued.
         let shared = self.shared.clone();
         let _ = self
@@ -496,6 +527,7 @@ fn stop_accepting(shared: &Arc<ServerShared>, current: Option<&mut EventLoop>) {
         match current.as_deref_mut() {
             Some(lp) if lp.handle().same_loop(&h) => {
                 lp.remove_channel(token);
+                drop(shared.own_listener.lock().take());
             }
             _ => {
                 let pending = RemovalPending::new(shared);
@@ -525,6 +557,8 @@ impl RemovalPending {
 impl Drop for RemovalPending {
     fn drop(&mut self) {
         let shared = &self.0;
+        // The listener is gone (removed, or with its loop): so is the reason to hold it.
+        drop(shared.own_listener.lock().take());
         let left = shared.removals_pending.fetch_sub(1, Ordering::SeqCst) - 1;
         if left == 0 && shared.link.shutdown_begun.load(Ordering::Acquire) {
             let s = shared.clone();
