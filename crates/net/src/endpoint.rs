@@ -11,6 +11,12 @@ use std::sync::Arc;
 
 use socket2::SockAddr;
 
+/// How the empty abstract name displays (and parses): `unix:@` alone is refused.
+const EMPTY_ABSTRACT: &str = "(empty)";
+
+/// How an unnamed socket displays (and parses).
+const UNNAMED: &str = "(unnamed)";
+
 /// The longest name a Unix-domain address holds (`sun_path` is 108 bytes; a path needs
 /// its terminating NUL, an abstract name its leading one).
 const SUN_PATH_MAX: usize = 107;
@@ -20,7 +26,11 @@ const SUN_PATH_MAX: usize = 107;
 ///
 /// Parsed from and displayed as `127.0.0.1:7000`, `[::1]:7000`, `unix:/run/echo.sock`,
 /// `unix:@echo` (bytes of a path or name that are not printable ASCII, the backslash, and
-/// a space that ends it, as `\xNN`, which the parser reads back). Every server and client
+/// a space that ends it, as `\xNN`, which the parser reads back). Two forms that are not
+/// something to listen on or connect to read back too: `unix:(unnamed)`, a socket with
+/// no address, and `unix:@(empty)`, the empty abstract name (Linux lets a socket bind
+/// it, so a peer may show up with it; `unix:@` itself is refused, as a likely mistake).
+/// A path `(unnamed)` or a name `(empty)` shows with its `(` as `\x28`. Every server and client
 /// builder takes one (`impl Into<Endpoint>`; a [`SocketAddr`] converts), and connections
 /// report theirs ([`TcpConnection::peer_endpoint`](crate::TcpConnection::peer_endpoint)).
 ///
@@ -55,8 +65,8 @@ pub enum Endpoint {
     /// A Linux abstract Unix-domain name (the bytes after the leading NUL; no file).
     Abstract(Arc<[u8]>),
     /// A Unix-domain socket with no address: the usual peer of a server's connection (a
-    /// client that connects without binding first). Displays as `unix:(unnamed)`; not
-    /// something to listen on or connect to.
+    /// client that connects without binding first). Displays as `unix:(unnamed)`, which
+    /// reads back as this; not something to listen on or connect to.
     UnixUnnamed,
 }
 
@@ -206,7 +216,8 @@ impl FromStr for Endpoint {
     /// (a relative path is allowed: `unix:echo.sock`; not one that ends in `/`) or
     /// `unix:@name`. In a path or name, `\xNN` (two hex digits) is the byte `NN`, as
     /// [`Display`](fmt::Display) writes the bytes that are not printable ASCII; any other
-    /// backslash is itself.
+    /// backslash is itself. Exactly `unix:(unnamed)` is [`Endpoint::UnixUnnamed`] and
+    /// exactly `unix:@(empty)` the empty abstract name, as they display.
     fn from_str(s: &str) -> Result<Endpoint, ParseEndpointError> {
         let with_context = |e: ParseEndpointError| match e {
             ParseEndpointError::Empty(_) => ParseEndpointError::Empty(s.to_owned()),
@@ -216,6 +227,10 @@ impl FromStr for Endpoint {
             other => other,
         };
         match s.strip_prefix("unix:") {
+            Some(UNNAMED) => Ok(Endpoint::UnixUnnamed),
+            Some(rest) if rest.strip_prefix('@') == Some(EMPTY_ABSTRACT) => {
+                Ok(Endpoint::Abstract(Arc::from(&b""[..])))
+            }
             Some(rest) => match rest.strip_prefix('@') {
                 Some(name) => Endpoint::abstract_name(unescape(name)).map_err(with_context),
                 None => Endpoint::unix(PathBuf::from(std::ffi::OsString::from_vec(unescape(rest))))
@@ -231,7 +246,9 @@ impl FromStr for Endpoint {
 
 impl fmt::Display for Endpoint {
     /// The form [`FromStr`] reads back: `127.0.0.1:7000`, `[::1]:7000`, `unix:/path`,
-    /// `unix:@name`; an unnamed socket shows as `unix:(unnamed)`. The bytes of a path or
+    /// `unix:@name`; an unnamed socket shows as `unix:(unnamed)` and the empty abstract
+    /// name as `unix:@(empty)` (and a path `(unnamed)` or a name `(empty)` with its `(`
+    /// as `\x28`, so as to read back as itself). The bytes of a path or
     /// name that are not printable ASCII (a newline, UTF-8, bytes that are not UTF-8), and
     /// the backslash, are written as `\xNN` (and the `@` that begins a relative path, not
     /// an abstract name, and a space that ends the path or name): the display is one line
@@ -249,14 +266,27 @@ impl fmt::Display for Endpoint {
                         f.write_str("\\x40")?;
                         write_escaped(f, rest)
                     }
+                    // The path `(unnamed)` is not the unnamed socket.
+                    bytes if bytes == UNNAMED.as_bytes() => {
+                        f.write_str("\\x28")?;
+                        write_escaped(f, &bytes[1..])
+                    }
                     bytes => write_escaped(f, bytes),
                 }
             }
             Endpoint::Abstract(name) => {
                 f.write_str("unix:@")?;
-                write_escaped(f, name)
+                match &name[..] {
+                    [] => f.write_str(EMPTY_ABSTRACT),
+                    // The name `(empty)` is not the empty name.
+                    bytes if bytes == EMPTY_ABSTRACT.as_bytes() => {
+                        f.write_str("\\x28")?;
+                        write_escaped(f, &bytes[1..])
+                    }
+                    bytes => write_escaped(f, bytes),
+                }
             }
-            Endpoint::UnixUnnamed => f.write_str("unix:(unnamed)"),
+            Endpoint::UnixUnnamed => write!(f, "unix:{UNNAMED}"),
         }
     }
 }

@@ -42,6 +42,9 @@ proptest! {
     // (No backslash: `\xNN` in the text is the byte NN; `odd_bytes_read_back` covers it.)
     #[test]
     fn printable_abstract_names_read_back(name in "[ -\\[\\]-~]{1,107}") {
+        // (Exactly `unix:@(empty)` is the empty name, as it displays; the name `(empty)`
+        // displays as `unix:@\x28empty)`: review_round10_endpoint.rs.)
+        prop_assume!(name != "(empty)");
         let e: Endpoint = format!("unix:@{name}").parse().unwrap();
         prop_assert_eq!(&e, &Endpoint::abstract_name(&name).unwrap());
         prop_assert_eq!(e.to_string().parse::<Endpoint>().unwrap(), e.clone());

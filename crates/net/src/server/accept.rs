@@ -612,9 +612,10 @@ pub(super) fn new_connection_handler(
             }
         }
         // A listener bound to one address accepts connections to exactly that address:
-        // only a wildcard listener needs `getsockname` to learn which one was dialled.
+        // only a wildcard listener needs `getsockname` to learn which one was dialled
+        // (`[::ffff:0.0.0.0]`, the IPv4 wildcard on an IPv6 socket, is one too).
         let local = match &shared.endpoint {
-            Endpoint::Inet(addr) if addr.ip().is_unspecified() => socket
+            Endpoint::Inet(addr) if addr.ip().to_canonical().is_unspecified() => socket
                 .local_addr()
                 .ok()
                 .and_then(|a| a.as_socket())

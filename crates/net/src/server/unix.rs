@@ -14,6 +14,12 @@
 //! | a socket, and the connect is refused (no listener) | the stale file is removed, then bind |
 //! | anything else (a file, a directory, a symbolic link) | refused: `AddrInUse`, and the path is left as it is |
 //!
+//! The probe is a real connection: a live server accepts it, counts it (accepted, then
+//! closed) and its application sees a connection that opens and closes with no data (no
+//! way to ask the kernel whether a path has a listener without connecting to it short
+//! of `sock_diag`). A live server of this library logs nothing alarming for it; another
+//! kind of server may log a client that went away.
+//!
 //! The probe and the removal are not atomic: two servers started at the same moment on
 //! the same dead path may both find it stale, and the second to bind removes the first's
 //! fresh file. Start one server per path.
@@ -22,7 +28,8 @@
 //!
 //! The server remembers the device and inode of the file its `bind` created, and removes
 //! the path at stop only if it is still that file: a successor that already replaced it
-//! keeps its own. A relative path is remembered as absolute (against the working
+//! keeps its own. (The inode cannot have been reused meanwhile: the bound socket holds
+//! it, unlinked or not, until it closes, and the check comes first.) A relative path is remembered as absolute (against the working
 //! directory at bind), so a change of directory meanwhile does not leave the file behind. Abstract names (`unix:@name`) have no file: the kernel frees the name
 //! with the last socket.
 

@@ -213,8 +213,9 @@ impl UdpBuilder {
             .min(duo_buffer::MAX_BLOCK / self.max_datagram)
             .max(1);
         // Bound to a wildcard address, the socket has no address of its own to reply
-        // from: have each datagram's reported, so that replies leave from it.
-        let pktinfo = local_addr.ip().is_unspecified();
+        // from: have each datagram's reported, so that replies leave from it. The IPv4
+        // wildcard bound on an IPv6 socket (`[::ffff:0.0.0.0]`) is one too.
+        let pktinfo = local_addr.ip().to_canonical().is_unspecified();
         if pktinfo {
             duo_sys::set_recv_pktinfo(fd.as_fd(), local_addr.is_ipv6())
                 .map_err(|e| io::Error::new(e.kind(), format!("udp {local_addr}: {e}")))?;

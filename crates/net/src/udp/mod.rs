@@ -18,7 +18,7 @@
 //!   refused with [`UdpSendError::QueueFull`] and counted ([`UdpStats::dropped`]). Nothing
 //!   is dropped silently. A datagram the kernel refuses (`EMSGSIZE`, ...) is counted in
 //!   [`UdpStats::send_errors`] and logged.
-//! - **Wildcard addresses.** A socket bound to `0.0.0.0` or `::` learns the address each
+//! - **Wildcard addresses.** A socket bound to `0.0.0.0`, `::` or `::ffff:0.0.0.0` learns the address each
 //!   datagram came in on (`IP_PKTINFO`), and a reply from `on_datagram` to its source
 //!   leaves from that address, the one the peer sent to.
 //! - **ICMP errors** (`ECONNREFUSED` on a connected socket) are counted
