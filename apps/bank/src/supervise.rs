@@ -54,7 +54,9 @@ pub fn supervisor(processes: usize, listener: TcpListener) -> Result<Supervisor,
 /// Runs `supervisor` until a stop signal has been handled and every worker has exited;
 /// prints `listening on ADDR` once the first workers are ready (not again after an
 /// upgrade, whose first image printed it), then `metrics on ADDR` with `metrics` (the
-/// endpoint that gathers every worker's, served by the supervisor).
+/// endpoint that gathers every worker's, served by the supervisor). If those lines cannot
+/// be written (nobody reads stdout), the supervisor stops its workers and fails, as a
+/// single process does.
 ///
 /// # Errors
 ///
@@ -65,12 +67,8 @@ pub fn run(
     metrics: Option<SocketAddr>,
 ) -> Result<(), SupervisorError> {
     duo_supervisor::metrics::run(supervisor, metrics, move |metrics_at| {
-        if let Err(e) = process::announce_listening(addr) {
-            log::error!("writing the listening line: {e}");
-        }
-        if let Some(at) = metrics_at {
-            duo_supervisor::metrics::announce(at);
-        }
+        process::announce_listening(addr)?;
+        metrics_at.map_or(Ok(()), duo_supervisor::metrics::announce)
     })
 }
 

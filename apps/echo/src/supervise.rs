@@ -1,7 +1,7 @@
 //! `echo serve --processes N`: the supervisor of N echo worker processes (the same binary,
 //! started again with the worker protocol of `duo_supervisor` in its environment).
 
-use std::io::Write as _;
+use std::io::{self, Write as _};
 use std::net::{SocketAddr, TcpListener};
 use std::time::Duration;
 
@@ -36,10 +36,13 @@ pub fn supervisor(
 /// upgrade, whose first image printed it), then `metrics on ADDR` with `metrics` (the
 /// endpoint that gathers every worker's, served by the supervisor), and `udp on ADDR`
 /// with `udp` (each worker serves UDP on `addr` with a `SO_REUSEPORT` socket of its own).
+/// If those lines cannot be written (nobody reads stdout), nobody learns where the server
+/// is: the supervisor stops its workers and fails, as a single process does.
 ///
 /// # Errors
 ///
-/// As [`duo_supervisor::metrics::run`].
+/// As [`duo_supervisor::metrics::run`] ([`SupervisorError::Io`] if a line could not be
+/// written).
 pub fn run(
     supervisor: Supervisor,
     addr: SocketAddr,
@@ -47,17 +50,22 @@ pub fn run(
     udp: bool,
 ) -> Result<(), SupervisorError> {
     duo_supervisor::metrics::run(supervisor, metrics, move |metrics_at| {
-        if let Err(e) = process::announce_listening(addr) {
-            log::error!("writing the listening line: {e}");
-        }
-        if let Some(at) = metrics_at {
-            duo_supervisor::metrics::announce(at);
-        }
-        if udp {
-            let mut out = std::io::stdout().lock();
-            if let Err(e) = writeln!(out, "udp on {addr}").and_then(|()| out.flush()) {
-                log::error!("writing the udp line: {e}");
-            }
-        }
+        announce(addr, metrics_at, udp)
     })
+}
+
+/// Prints the `listening on`, `metrics on` (with `metrics`) and `udp on` (with `udp`)
+/// lines on stdout, flushed.
+fn announce(addr: SocketAddr, metrics: Option<SocketAddr>, udp: bool) -> io::Result<()> {
+    process::announce_listening(addr)?;
+    if let Some(at) = metrics {
+        duo_supervisor::metrics::announce(at)?;
+    }
+    if udp {
+        let mut out = io::stdout().lock();
+        writeln!(out, "udp on {addr}")
+            .and_then(|()| out.flush())
+            .map_err(|e| io::Error::new(e.kind(), format!("printing `udp on {addr}`: {e}")))?;
+    }
+    Ok(())
 }

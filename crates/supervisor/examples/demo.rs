@@ -8,6 +8,7 @@
 //!   and echoes what it reads; `SIGTERM` ends it (default action).
 //! - `crash`: reports ready and exits with status 3 at once.
 //! - `fail`: exits with status 4 without reporting ready.
+//! - `slow`: as `echo`, but reports ready only 1 s after it started (a slow start-up).
 //! - `slowfail`: exits with status 5 without reporting ready, 300 ms after it started (a
 //!   worker whose start-up takes a while and then fails).
 //! - `silent`: never reports ready (and serves nothing).
@@ -21,13 +22,23 @@
 //! `exec` of the upgrade that follows then fails (a binary replaced between the check and
 //! the `exec`). Exit status 2: bad arguments or configuration (an unknown mode, an
 //! argument too many, a timeout that is not a number of milliseconds); 1: the supervisor
-//! failed.
+//! failed, or the `listening on` line could not be written (nobody reads stdout: the
+//! workers are stopped first). Messages to a stderr nobody reads are dropped, never a
+//! panic.
 use std::io::{self, Read, Write};
 use std::process::ExitCode;
 use std::str::FromStr;
 use std::time::Duration;
 
 use duo_supervisor::{Supervisor, SupervisorConfig, Worker, WorkerCommand, WorkerStats};
+
+/// Writes a line to stderr if it can: not `eprintln!`, which panics (exit status 101) when
+/// stderr is a pipe whose reader is gone.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        let _ = writeln!(io::stderr(), $($arg)*);
+    }};
+}
 
 /// How long a worker waits before it accepts again after `accept` failed (out of
 /// descriptors, say): retrying at once would spin on the error as long as a connection
@@ -40,6 +51,7 @@ enum Mode {
     Echo,
     Crash,
     Fail,
+    Slow,
     SlowFail,
     Silent,
     Stubborn,
@@ -54,12 +66,14 @@ impl FromStr for Mode {
             "echo" | "" => Mode::Echo,
             "crash" => Mode::Crash,
             "fail" => Mode::Fail,
+            "slow" => Mode::Slow,
             "slowfail" => Mode::SlowFail,
             "silent" => Mode::Silent,
             "stubborn" => Mode::Stubborn,
             other => {
                 return Err(format!(
-                    "unknown MODE {other:?} (echo, crash, fail, slowfail, silent or stubborn)"
+                    "unknown MODE {other:?} (echo, crash, fail, slow, slowfail, silent or \
+                     stubborn)"
                 ))
             }
         })
@@ -72,7 +86,7 @@ fn main() -> ExitCode {
         Ok(Some(worker)) => return work(worker),
         Ok(None) => {}
         Err(e) => {
-            eprintln!("demo worker: {e}");
+            say!("demo worker: {e}");
             return ExitCode::from(2);
         }
     }
@@ -80,18 +94,18 @@ fn main() -> ExitCode {
     let cfg = match configure(&args) {
         Ok(cfg) => cfg,
         Err(problem) => {
-            eprintln!("demo: {problem}\nusage: demo WORKERS [MODE]");
+            say!("demo: {problem}\nusage: demo WORKERS [MODE]");
             return ExitCode::from(2);
         }
     };
     match supervise(cfg) {
         Ok(()) => ExitCode::SUCCESS,
         Err(Failure::Config(e)) => {
-            eprintln!("demo: {e}");
+            say!("demo: {e}");
             ExitCode::from(2)
         }
         Err(Failure::Run(e)) => {
-            eprintln!("demo: {e}");
+            say!("demo: {e}");
             ExitCode::FAILURE
         }
     }
@@ -188,8 +202,16 @@ fn supervise(cfg: Config) -> Result<(), Failure> {
         break_binary(sup.command.program()).map_err(run)?;
     }
     let supervisor = Supervisor::new(sup, listeners).map_err(|e| Failure::Config(e.into()))?;
+    // If the line cannot be written, nobody learns the address: the supervisor stops its
+    // workers and fails.
     supervisor
-        .run(move || println!("listening on {addr}"))
+        .run(move || {
+            let line = format!("listening on {addr}");
+            let mut out = io::stdout().lock();
+            writeln!(out, "{line}")
+                .and_then(|()| out.flush())
+                .map_err(|e| io::Error::new(e.kind(), format!("printing `{line}`: {e}")))
+        })
         .map_err(|e| Failure::Run(e.into()))
 }
 
@@ -211,9 +233,13 @@ fn work(mut worker: Worker) -> ExitCode {
         Err(_) => std::env::var("DEMO_MODE").unwrap_or_default(),
     };
     let mode = match mode.parse() {
-        Ok(mode) => mode,
+        Ok(mode) => {
+            // (A test waits for this line to know which mode a worker took.)
+            log::info!("demo worker {}: mode {mode:?}", std::process::id());
+            mode
+        }
         Err(e) => {
-            eprintln!("demo worker: {e}");
+            say!("demo worker: {e}");
             return ExitCode::from(2);
         }
     };
@@ -225,6 +251,7 @@ fn work(mut worker: Worker) -> ExitCode {
             }
         }
         Mode::Fail => return ExitCode::from(4),
+        Mode::Slow => std::thread::sleep(Duration::from_secs(1)),
         Mode::SlowFail => {
             std::thread::sleep(Duration::from_millis(300));
             return ExitCode::from(5);
@@ -234,7 +261,7 @@ fn work(mut worker: Worker) -> ExitCode {
         },
         Mode::Stubborn => {
             if let Err(e) = duo_sys::block_signals(&[duo_sys::Signal::TERM, duo_sys::Signal::INT]) {
-                eprintln!("demo worker: blocking the stop signals: {e}");
+                say!("demo worker: blocking the stop signals: {e}");
                 return ExitCode::FAILURE;
             }
         }
@@ -294,6 +321,6 @@ fn work(mut worker: Worker) -> ExitCode {
 
 /// A worker whose supervisor is gone (its readiness pipe closed): nothing to serve for.
 fn gone(e: &io::Error) -> ExitCode {
-    eprintln!("demo worker: cannot report ready: {e}");
+    say!("demo worker: cannot report ready: {e}");
     ExitCode::FAILURE
 }

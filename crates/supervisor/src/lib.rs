@@ -42,7 +42,9 @@
 //!   log, and this image serves on with its workers. A binary that passed executes in
 //!   place of the supervisor (same PID), handed the listening sockets by the systemd
 //!   protocol and its workers' PIDs (see [`protocol`]); the new image adopts them as the
-//!   old generation and reloads. If the `exec` fails, the old image logs it and goes on.
+//!   old generation and reloads. A replacement worker still starting comes across with
+//!   its readiness pipe: the new image waits for it to report ready, within a new
+//!   [`SupervisorConfig::ready_timeout`], as for any replacement. If the `exec` fails, the old image logs it and goes on.
 //!   (A binary that passes the check and fails later is not caught.) A program hands its
 //!   own state to the next image with [`Supervisor::carry_across_upgrade`] (a variable)
 //!   and [`Supervisor::carry_fd_across_upgrade`] (a descriptor: the metrics endpoint's
@@ -55,7 +57,9 @@
 //! - **Stats.** Every [`SupervisorConfig::stats_interval`] one log line sums the counters
 //!   the workers publish ([`StatsSlot::publish`]): connections open now, and what every
 //!   worker counted since the supervisor started (totals that do not go down when a
-//!   worker dies or a generation retires) or since the previous line (the rates).
+//!   worker dies or a generation retires) or since the previous line (the rates). An
+//!   upgrade hands the totals to the new image, which goes on from them: what the workers
+//!   count during the `exec` goes into its first line.
 //! - **Metrics.** A worker that serves a metrics endpoint on `127.0.0.1` publishes its
 //!   port ([`StatsSlot::publish_metrics_port`]); [`Supervisor::worker_table`] lists those
 //!   endpoints, so that the supervisor can serve one `/metrics` for all its workers
@@ -72,6 +76,7 @@
 //! # Example
 //!
 //! ```no_run
+//! use std::io::Write as _;
 //! use duo_supervisor::{Supervisor, SupervisorConfig, Worker, WorkerCommand};
 //!
 //! if let Some(mut worker) = Worker::inherit()? {
@@ -84,7 +89,10 @@
 //! let listener = duo_supervisor::bind_listener("127.0.0.1:0".parse()?)?;
 //! let addr = listener.local_addr()?;
 //! let cfg = SupervisorConfig::new(4, WorkerCommand::this_program()?);
-//! Supervisor::new(cfg, vec![listener])?.run(move || println!("listening on {addr}"))?;
+//! Supervisor::new(cfg, vec![listener])?.run(move || {
+//!     let mut out = std::io::stdout().lock();
+//!     writeln!(out, "listening on {addr}").and_then(|()| out.flush())
+//! })?;
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 // The doc examples are what users copy first: one that warns (an ignored `Result`, an

@@ -30,7 +30,8 @@ const ENDPOINT_GRACE: Duration = Duration::from_secs(1);
 /// [`Supervisor::run`] with the aggregating endpoint on `metrics` if given (started first,
 /// [`serve_supervisor_on`], stopped when the supervisor is done): `on_ready` gets the
 /// endpoint's address. A server prints its `listening on` line there, then
-/// [`announce`]s the endpoint.
+/// [`announce`]s the endpoint; if that fails, the supervisor stops (see
+/// [`Supervisor::run`]).
 ///
 /// An upgrade (`SIGUSR2`) hands the endpoint's listening socket to the new image, as the
 /// workers' sockets are: nothing is bound again, so the address stays the same (also
@@ -49,7 +50,7 @@ const ENDPOINT_GRACE: Duration = Duration::from_secs(1);
 pub fn run(
     mut supervisor: Supervisor,
     metrics: Option<SocketAddr>,
-    on_ready: impl FnOnce(Option<SocketAddr>) + Send + 'static,
+    on_ready: impl FnOnce(Option<SocketAddr>) -> io::Result<()> + Send + 'static,
 ) -> Result<(), SupervisorError> {
     // What the previous image had, if this one is an upgrade.
     let previous: Option<SocketAddr> = std::env::var(METRICS_ADDR_VAR)
@@ -156,13 +157,18 @@ fn listener_for(
     }
 }
 
-/// Prints `metrics on ADDR` on stdout and flushes it (errors are logged): how a script
-/// that started a server with `--metrics HOST:0` learns the port.
-pub fn announce(at: SocketAddr) {
+/// Prints `metrics on ADDR` on stdout and flushes it: how a script that started a server
+/// with `--metrics HOST:0` learns the port.
+///
+/// # Errors
+///
+/// Writing to stdout failed (nobody reads it), with the line in the message.
+pub fn announce(at: SocketAddr) -> io::Result<()> {
+    let line = format!("metrics on {at}");
     let mut out = io::stdout().lock();
-    if let Err(e) = writeln!(out, "metrics on {at}").and_then(|()| out.flush()) {
-        log::error!("writing the metrics line: {e}");
-    }
+    writeln!(out, "{line}")
+        .and_then(|()| out.flush())
+        .map_err(|e| io::Error::new(e.kind(), format!("printing `{line}` on stdout: {e}")))
 }
 
 /// Serves `endpoint` (the worker's figures) on `127.0.0.1` at a free port and publishes

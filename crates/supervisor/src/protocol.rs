@@ -69,6 +69,14 @@ pub const LAST_STARTED_VAR: &str = "DUO_SUPERVISOR_LAST_STARTED";
 pub const STATS_VAR: &str = "DUO_SUPERVISOR_STATS_FD";
 /// The totals of the summed stats line so far, which an upgraded supervisor goes on from.
 pub const STATS_TOTALS_VAR: &str = "DUO_SUPERVISOR_STATS_TOTALS";
+/// The handed-over workers' own totals those of [`STATS_TOTALS_VAR`] include
+/// (`PID:accepted:bytes_in:bytes_out:messages`, comma-separated): the new image counts
+/// from there, so what they count during the `exec` is not lost.
+pub const STATS_SEEN_VAR: &str = "DUO_SUPERVISOR_STATS_SEEN";
+/// Followed by a PID: the descriptor of the readiness pipe of that adopted worker, still
+/// starting when the previous image upgraded (the new image waits for its byte, as the old
+/// one did).
+pub const READY_PIPE_VAR_PREFIX: &str = "DUO_SUPERVISOR_READY_PIPE_";
 
 /// Set to `1` in the environment of the check an upgrade runs before it executes the new
 /// binary: the program checks its configuration and exits 0 without serving

@@ -201,15 +201,18 @@ impl Worker {
     /// # Errors
     ///
     /// Writing to the pipe failed. A pipe nobody reads any more (`EPIPE`: the supervisor
-    /// upgraded itself while this worker started, and adopted it as serving) is not an
-    /// error; `SIGPIPE` must be ignored (as `duo_net::process::prepare_server` does), or
-    /// that write ends the process.
+    /// upgraded itself while this worker started, and its pipe did not come across, so the
+    /// new image adopted it as serving) is not an error; `SIGPIPE` must be ignored (as
+    /// `duo_net::process::prepare_server` does), or that write ends the process. (An
+    /// upgrade hands the pipe of a worker still starting to the new image, which reads
+    /// it; only one from a binary that did not, or one that could not, leaves it behind.)
     pub fn notify_ready(&mut self) -> io::Result<()> {
         match self.ready.take() {
             Some(mut pipe) => match pipe.write_all(&[crate::supervisor::READY]) {
                 // Nobody reads the pipe any more: the supervisor upgraded itself while this
-                // worker was starting (the new image adopted it as serving, and the pipe's
-                // read end closed with the old image). A supervisor that died would have
+                // worker was starting and the pipe did not come across (the new image
+                // adopted it as serving, and the pipe's read end closed with the old
+                // image). A supervisor that died would have
                 // sent SIGTERM (`PR_SET_PDEATHSIG`).
                 Err(e) if e.kind() == io::ErrorKind::BrokenPipe => {
                     log::info!(

@@ -231,7 +231,10 @@ pub fn stop_self(signal: Signal) -> io::Result<()> {
 /// destructor runs.
 ///
 /// Returns only if the process goes on: a call failed, or `signal`'s default action is
-/// not to terminate (`SIGCHLD`, `SIGCONT`, a stop signal). The error says which.
+/// not to terminate (`SIGCHLD`, `SIGURG`, `SIGCONT`, a stop signal: then the raised signal
+/// has taken that action). The error says which. Before it returns, the calling thread's
+/// signal mask and `signal`'s disposition are what they were at the call (blocked again if
+/// it was, its handler or `SIG_IGN` back), so a program may go on as before.
 pub fn terminate_by(signal: Signal) -> io::Error {
     let set = match sigset(&[signal]) {
         Ok(set) => set,
@@ -241,21 +244,44 @@ pub fn terminate_by(signal: Signal) -> io::Error {
     // `SIG_DFL`).
     let mut dfl: libc::sigaction = unsafe { std::mem::zeroed() };
     dfl.sa_sigaction = libc::SIG_DFL;
-    // SAFETY: installing `SIG_DFL` runs no code in signal context; the action points at a
-    // live `sigaction` value and a null old-action pointer is allowed.
-    if let Err(e) = cvt(unsafe { libc::sigaction(signal.0, &dfl, std::ptr::null_mut()) }) {
+    // SAFETY: as above; the kernel overwrites it with the current disposition.
+    let mut old_action: libc::sigaction = unsafe { std::mem::zeroed() };
+    // SAFETY: installing `SIG_DFL` runs no code in signal context; both pointers are to
+    // live `sigaction` values, the old one written by the kernel.
+    if let Err(e) = cvt(unsafe { libc::sigaction(signal.0, &dfl, &mut old_action) }) {
         return context("sigaction")(e);
     }
-    if let Err(e) = sigmask(libc::SIG_BLOCK, &set, "pthread_sigmask(SIG_BLOCK)") {
-        return e;
+    let (error, mask_restored) = match sigmask(libc::SIG_BLOCK, &set, "pthread_sigmask(SIG_BLOCK)")
+    {
+        Ok(old_mask) => {
+            let e = raise_unblocked(signal, &set);
+            // The process goes on: the mask as it was (the signal blocked again if it was).
+            let restored = sigmask(libc::SIG_SETMASK, &old_mask, "pthread_sigmask(SIG_SETMASK)");
+            (e, restored.map(drop))
+        }
+        Err(e) => (e, Ok(())),
+    };
+    // SAFETY: `old_action` is the disposition the kernel reported above (a handler the
+    // program installed, `SIG_IGN` or `SIG_DFL`); a null old-action pointer is allowed.
+    let action_restored =
+        cvt(unsafe { libc::sigaction(signal.0, &old_action, std::ptr::null_mut()) })
+            .map_err(context("sigaction (restore)"));
+    match mask_restored.and(action_restored.map(drop)) {
+        Ok(()) => error,
+        Err(e) => e,
     }
+}
+
+/// [`terminate_by`]'s raise (`signal` blocked in the calling thread, in `set`) and
+/// unblocking; the error it returns when the process goes on.
+fn raise_unblocked(signal: Signal, set: &libc::sigset_t) -> io::Error {
     // SAFETY: `raise` sends a valid signal number to the calling thread, where it is
     // blocked: it stays pending until the unblocking below.
     if let Err(e) = cvt(unsafe { libc::raise(signal.0) }) {
         return context("raise")(e);
     }
     // Unblocked, the pending signal takes its default action before the call returns.
-    if let Err(e) = sigmask(libc::SIG_UNBLOCK, &set, "pthread_sigmask(SIG_UNBLOCK)") {
+    if let Err(e) = sigmask(libc::SIG_UNBLOCK, set, "pthread_sigmask(SIG_UNBLOCK)") {
         return e;
     }
     io::Error::other(format!("{signal}'s default action did not end the process"))

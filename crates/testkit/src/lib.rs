@@ -70,8 +70,8 @@ pub use http::http_get;
 #[cfg(feature = "pki")]
 pub use pki::TestCerts;
 pub use process::{
-    all_gone_within, children, exit_code_without_output, finish_within, is_running, run_within,
-    send_signal, wait_child_within, Finished,
+    all_gone_within, children, exit_code_without_output, finish_within, is_running, run_with_gone,
+    run_within, send_signal, wait_child_within, Finished, Gone,
 };
 pub use rng::{random_bytes, Rng};
 pub use socket::{nonblocking_pair, tcp_queues, tcp_state, RefusedPort, TcpState};

@@ -168,21 +168,51 @@ pub fn is_running(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// One end of a socket pair whose other end is closed: a write to it fails with `EPIPE`
+/// (`SIGPIPE` being ignored), as to a pipe whose reader is gone.
+fn nowhere() -> Stdio {
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
+    drop(ours);
+    Stdio::from(std::os::fd::OwnedFd::from(theirs))
+}
+
+/// Which output stream of a command [`run_with_gone`] leads nowhere.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Gone {
+    /// Standard output (stderr is collected).
+    Stdout,
+    /// Standard error (stdout is collected).
+    Stderr,
+}
+
+/// As [`run_within`], but with the `gone` stream leading nowhere (a write to it fails with
+/// `EPIPE`, as when the reader of a pipe exits): for a program that must then end by
+/// itself, with the right status and no panic. Its [`Finished`] has the other stream (the
+/// `gone` one empty).
+pub fn run_with_gone(cmd: &mut Command, gone: Gone, limit: Duration) -> Result<Finished, String> {
+    let (stdout, stderr) = match gone {
+        Gone::Stdout => (nowhere(), Stdio::piped()),
+        Gone::Stderr => (Stdio::piped(), nowhere()),
+    };
+    let child = cmd
+        .stdin(Stdio::null())
+        .stdout(stdout)
+        .stderr(stderr)
+        .spawn()
+        .map_err(|e| format!("cannot start {:?}: {e}", cmd.get_program()))?;
+    finish_within(child, limit).map_err(|e| format!("{:?} {e}", cmd.get_program()))
+}
+
 /// Runs `cmd` with stdin empty and stdout and stderr leading nowhere (each one end of a
 /// socket pair whose other end is closed: a write fails with `EPIPE`, `SIGPIPE` being
 /// ignored), until it exits or `limit` passes (then killed by PID and reaped); its exit
 /// code (`None`: killed by a signal). Panics if it does not exit in time: for a program
 /// that must end by itself, with the right status, when it cannot print.
 pub fn exit_code_without_output(cmd: &mut Command, limit: Duration) -> Option<i32> {
-    fn broken() -> Stdio {
-        let (ours, theirs) = std::os::unix::net::UnixStream::pair().expect("socketpair");
-        drop(ours);
-        Stdio::from(std::os::fd::OwnedFd::from(theirs))
-    }
     let mut child = cmd
         .stdin(Stdio::null())
-        .stdout(broken())
-        .stderr(broken())
+        .stdout(nowhere())
+        .stderr(nowhere())
         .spawn()
         .unwrap_or_else(|e| panic!("spawn {:?}: {e}", cmd.get_program()));
     let status = wait_child_within(&mut child, limit);

@@ -44,7 +44,13 @@ impl State {
         self.retire(&old, Signal::TERM);
         self.kill_at_stop_timeout(lp, &old);
         if let Some(f) = self.on_ready.take() {
-            f();
+            if let Err(e) = f() {
+                // Nobody learns where the server is: stop, as a single process fails.
+                log::error!("{e}; stopping");
+                self.unannounced = Some(e);
+                self.stop(lp, Signal::TERM);
+                return;
+            }
         }
         // A worker that reported ready and then died before this point was not
         // restarted (its generation was not serving yet): make up the count.

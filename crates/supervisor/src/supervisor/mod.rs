@@ -51,9 +51,9 @@ use duo_sys::SharedCounters;
 use crate::backoff::Backoff;
 use crate::config::SupervisorConfig;
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR,
-    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_TOTALS_VAR, STATS_VAR, WORKER_GENERATION_VAR,
-    WORKER_VAR,
+    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR,
+    READY_PIPE_VAR_PREFIX, RETIRING_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_SEEN_VAR,
+    STATS_TOTALS_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::table::WorkerTable;
 
@@ -119,6 +119,8 @@ pub struct Supervisor {
     cfg: SupervisorConfig,
     listeners: Vec<TcpListener>,
     adopted: Vec<u32>,
+    /// The readiness pipes of the adopted workers that were still starting.
+    adopted_pipes: BTreeMap<u32, OwnedFd>,
     /// Workers of older generations the previous image was still draining.
     adopted_retiring: Vec<u32>,
     adopted_generation: u64,
@@ -128,6 +130,8 @@ pub struct Supervisor {
     adopted_last_started: u64,
     /// The summed stats line's totals the previous image counted (an upgrade).
     adopted_totals: crate::worker::WorkerStats,
+    /// The adopted workers' own totals that `adopted_totals` includes, by PID.
+    adopted_seen: std::collections::HashMap<u32, crate::worker::WorkerStats>,
     /// What the image an upgrade executes gets from the program around the supervisor.
     carried: Carried,
     /// The stats region of the previous image, handed over by an upgrade.
@@ -190,11 +194,16 @@ impl Supervisor {
         let adopted_totals = take_var(STATS_TOTALS_VAR)
             .and_then(|t| stats::parse_totals(&t))
             .unwrap_or_default();
-        let children_in = |var: &str| -> Vec<u32> {
+        let adopted_seen = take_var(STATS_SEEN_VAR)
+            .map(|s| stats::parse_seen(&s))
+            .unwrap_or_default();
+        let listed = |var: &str| -> Vec<u32> {
             take_var(var)
                 .map(|list| parse_pids(&list))
                 .unwrap_or_default()
-                .into_iter()
+        };
+        let children_in = |pids: Vec<u32>| -> Vec<u32> {
+            pids.into_iter()
                 .filter(|pid| {
                     let ours = is_child(*pid);
                     if !ours {
@@ -204,16 +213,32 @@ impl Supervisor {
                 })
                 .collect()
         };
-        let adopted = children_in(ADOPT_VAR);
-        let adopted_retiring = children_in(RETIRING_VAR);
+        let serving = listed(ADOPT_VAR);
+        // Taken for every PID listed (a pipe left in the environment would be inherited
+        // by the workers), kept for the children.
+        let mut adopted_pipes = BTreeMap::new();
+        for pid in &serving {
+            match duo_sys::take_fd_from_env(&format!("{READY_PIPE_VAR_PREFIX}{pid}")) {
+                Ok(Some(fd)) => {
+                    adopted_pipes.insert(*pid, fd);
+                }
+                Ok(None) => {}
+                Err(e) => log::warn!("the readiness pipe of worker {pid}: {e}"),
+            }
+        }
+        let adopted = children_in(serving);
+        adopted_pipes.retain(|pid, _| adopted.contains(pid));
+        let adopted_retiring = children_in(listed(RETIRING_VAR));
         Ok(Supervisor {
             cfg,
             listeners: relocate(listeners),
             adopted,
+            adopted_pipes,
             adopted_retiring,
             adopted_generation,
             adopted_last_started,
             adopted_totals,
+            adopted_seen,
             upgraded,
             carried: Carried::default(),
             inherited_stats,
@@ -263,13 +288,19 @@ impl Supervisor {
     /// Runs the workers until a stop signal has been handled and every worker has exited.
     /// `on_ready` runs once, when the first generation has reported ready (not after an
     /// upgrade: see [`is_upgrade`](Supervisor::is_upgrade)); a server prints its
-    /// `listening on` line there.
+    /// `listening on` line there. If it fails (nobody reads stdout, so nobody learns
+    /// where the server is), the supervisor stops as on `SIGTERM` (its workers drain) and
+    /// then returns that error.
     ///
     /// # Errors
     ///
-    /// The set-up failed (event loop, signalfd, stats region), or the first generation
-    /// did not become ready (a worker exited first, or the ready timeout passed).
-    pub fn run(self, on_ready: impl FnOnce() + Send + 'static) -> Result<(), SupervisorError> {
+    /// The set-up failed (event loop, signalfd, stats region), the first generation
+    /// did not become ready (a worker exited first, or the ready timeout passed), or
+    /// `on_ready` failed ([`SupervisorError::Io`]).
+    pub fn run(
+        self,
+        on_ready: impl FnOnce() -> io::Result<()> + Send + 'static,
+    ) -> Result<(), SupervisorError> {
         let mut lp = EventLoop::new()?;
         // Serving, starting and draining generations at once (reloads while earlier
         // generations still drain); beyond that, workers go uncounted and unseen by the
@@ -316,14 +347,27 @@ impl Supervisor {
             restart_timer: None,
             stopping: false,
             failure: None,
-            on_ready: (!upgrade).then(|| Box::new(on_ready) as Box<dyn FnOnce() + Send>),
+            on_ready: (!upgrade).then(|| Box::new(on_ready) as OnReady),
+            unannounced: None,
             stats_log: StatsLog::new([], crate::worker::WorkerStats::default()),
             paused: Duration::ZERO,
         };
-        state.adopt(self.adopted, self.adopted_retiring);
+        state.adopt(
+            &mut lp,
+            self.adopted,
+            self.adopted_retiring,
+            self.adopted_pipes,
+        );
         // The adopted workers' totals were counted by the image before, into the totals
-        // it handed over.
-        state.stats_log = StatsLog::new(state.live_stats(), self.adopted_totals);
+        // it handed over, up to those it handed over with them (what they counted since,
+        // during the `exec`, goes into the next line).
+        let mut seen = state.live_stats();
+        for (pid, stats) in &mut seen {
+            if let Some(handed) = self.adopted_seen.get(pid) {
+                *stats = *handed;
+            }
+        }
+        state.stats_log = StatsLog::new(seen, self.adopted_totals);
         if let Some(every) = state.cfg.stats_interval {
             lp.run_every(every, |lp| {
                 lp.with_local(|_, st: &mut State| st.log_stats());
@@ -334,6 +378,10 @@ impl Supervisor {
             // Children of a previous image may have ended during the exec.
             st.reap(lp);
             st.deadline_for_adopted_retiring(lp);
+            // Those still starting had their ready deadline in the previous image.
+            for pid in st.pids_where(|w| !w.ready && !w.retiring) {
+                st.ready_deadline_for_replacement(lp, pid);
+            }
             st.start_generation(lp);
         });
         let ran = lp.run();
@@ -342,9 +390,29 @@ impl Supervisor {
             what: "running the supervisor's loop",
             source,
         })?;
-        match state.and_then(|s| s.failure) {
-            Some(why) => Err(SupervisorError::NotReady(why)),
-            None => Ok(()),
+        match state.map(|s| (s.failure, s.unannounced)) {
+            Some((Some(why), _)) => Err(SupervisorError::NotReady(why)),
+            Some((None, Some(source))) => Err(SupervisorError::Io {
+                what: "announcing the server (on_ready)",
+                source,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// Watches `ready_r`, worker `pid`'s readiness pipe, on `lp`; `None` if it cannot be (logged).
+fn watch_ready_pipe(lp: &mut EventLoop, pid: u32, ready_r: OwnedFd) -> Option<Token> {
+    let on_read = FnHandler::new()
+        .on_read(move |lp, ch| read_ready(lp, ch.fd(), pid))
+        .on_close(move |lp, _| {
+            lp.with_local(|lp, st: &mut State| st.ready_pipe_closed(lp, pid));
+        });
+    match lp.add_channel(ready_r, Interest::READABLE, on_read) {
+        Ok(token) => Some(token),
+        Err(e) => {
+            log::error!("watching worker {pid}'s readiness pipe: {}", e.error);
+            None
         }
     }
 }
@@ -373,6 +441,9 @@ struct Pending {
     ready: usize,
 }
 
+/// What [`Supervisor::run`] calls once the first generation is ready.
+type OnReady = Box<dyn FnOnce() -> io::Result<()> + Send>;
+
 /// The supervisor's state, a loop-local of its event loop.
 struct State {
     cfg: SupervisorConfig,
@@ -397,7 +468,9 @@ struct State {
     stopping: bool,
     /// Why the first generation failed; `run` returns it.
     failure: Option<String>,
-    on_ready: Option<Box<dyn FnOnce() + Send>>,
+    on_ready: Option<OnReady>,
+    /// Why `on_ready` failed: the supervisor stopped for it.
+    unannounced: Option<io::Error>,
     /// The counters behind the summed stats line (`stats.rs`).
     stats_log: StatsLog,
     /// How long the supervisor has been stopped by job control in all (`job.rs`): its
@@ -551,18 +624,7 @@ impl State {
         }
         drop(cmd);
         drop(ready_w);
-        let on_read = FnHandler::new()
-            .on_read(move |lp, ch| read_ready(lp, ch.fd(), pid))
-            .on_close(move |lp, _| {
-                lp.with_local(|lp, st: &mut State| st.ready_pipe_closed(lp, pid));
-            });
-        let token = match lp.add_channel(ready_r, Interest::READABLE, on_read) {
-            Ok(token) => Some(token),
-            Err(e) => {
-                log::error!("watching worker {pid}'s readiness pipe: {}", e.error);
-                None
-            }
-        };
+        let token = watch_ready_pipe(lp, pid, ready_r);
         match row {
             Some(row) => log::info!("started worker {pid} (generation {generation}, slot {row})"),
             None => log::info!("started worker {pid} (generation {generation}, uncounted)"),

@@ -37,19 +37,20 @@ use super::{State, SupervisorError, ROW_GENERATIONS};
 use crate::config::SupervisorConfig;
 use crate::protocol::{
     ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR,
-    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_TOTALS_VAR, STATS_VAR, UPGRADE_CHECK_VAR,
-    WORKER_GENERATION_VAR, WORKER_VAR,
+    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
+    UPGRADE_CHECK_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
 };
 
 /// Variables the check must not get: the upgrade's hand-over, systemd's socket activation
 /// and the worker protocol (each would make the program take a path that serves or adopts).
-const WITHHELD: [&str; 15] = [
+const WITHHELD: [&str; 16] = [
     ADOPT_VAR,
     RETIRING_VAR,
     GENERATION_VAR,
     LAST_STARTED_VAR,
     STATS_VAR,
     STATS_TOTALS_VAR,
+    STATS_SEEN_VAR,
     "LISTEN_FDS",
     "LISTEN_PID",
     "LISTEN_FDNAMES",
@@ -203,7 +204,7 @@ impl State {
         );
         // A stop or a reload may have begun meanwhile: then `may_upgrade` says so.
         if self.may_upgrade() {
-            self.upgrade();
+            self.upgrade(lp);
         }
         true
     }

@@ -51,13 +51,27 @@ impl State {
     }
 
     /// The summed line's totals so far, for the image an upgrade executes
-    /// (`accepted,bytes_in,bytes_out,messages`).
-    pub(super) fn totals_to_hand_over(&self) -> String {
-        let t = self.stats_log.totals_now(&self.live_stats());
-        format!(
+    /// (`accepted,bytes_in,bytes_out,messages`), and the live workers' own totals they
+    /// include (`PID:accepted:bytes_in:bytes_out:messages,...`), from which that image
+    /// counts: a worker goes on counting during the `exec`, and what it counts meanwhile
+    /// must go into the next line.
+    pub(super) fn stats_to_hand_over(&self) -> (String, String) {
+        let live = self.live_stats();
+        let t = self.stats_log.totals_now(&live);
+        let totals = format!(
             "{},{},{},{}",
             t.accepted, t.bytes_in, t.bytes_out, t.messages
-        )
+        );
+        let seen: Vec<String> = live
+            .iter()
+            .map(|(pid, s)| {
+                format!(
+                    "{pid}:{}:{}:{}:{}",
+                    s.accepted, s.bytes_in, s.bytes_out, s.messages
+                )
+            })
+            .collect();
+        (totals, seen.join(","))
     }
 
     pub(super) fn log_stats(&mut self) {
@@ -167,6 +181,26 @@ pub(super) fn parse_totals(text: &str) -> Option<WorkerStats> {
         bytes_out: next()?,
         messages: next()?,
     })
+}
+
+/// The workers' totals an upgrading image counted up to ([`State::stats_to_hand_over`]);
+/// malformed entries are skipped.
+pub(super) fn parse_seen(text: &str) -> HashMap<u32, WorkerStats> {
+    text.split(',')
+        .filter_map(|entry| {
+            let mut n = entry.split(':').map(|v| v.trim().parse::<u64>().ok());
+            let mut next = || n.next().flatten();
+            let pid = u32::try_from(next()?).ok()?;
+            let stats = WorkerStats {
+                open: 0,
+                accepted: next()?,
+                bytes_in: next()?,
+                bytes_out: next()?,
+                messages: next()?,
+            };
+            Some((pid, stats))
+        })
+        .collect()
 }
 
 /// What `now` counted beyond `before` (the same worker's totals, earlier), column by

@@ -10,9 +10,12 @@ use std::process::Command;
 use std::collections::BTreeMap;
 use std::time::Instant;
 
+use duo_reactor::EventLoop;
+
 use super::{State, WorkerProc};
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, RETIRING_VAR, ROW_LEN, STATS_TOTALS_VAR, STATS_VAR,
+    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, READY_PIPE_VAR_PREFIX, RETIRING_VAR, ROW_LEN,
+    STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
 };
 use crate::worker::read_row;
 
@@ -93,7 +96,11 @@ impl State {
 
     /// Executes the binary again in place, handing everything over; returns only if that
     /// failed (logged). Its check ran first (`probe.rs`), and [`State::may_upgrade`] holds.
-    pub(super) fn upgrade(&mut self) {
+    ///
+    /// A serving worker still starting (a replacement) is handed over with its readiness
+    /// pipe ([`READY_PIPE_VAR_PREFIX`]): the new image waits for its byte and gives it its
+    /// ready deadline again, rather than count it ready.
+    pub(super) fn upgrade(&mut self, lp: &mut EventLoop) {
         let serving = self.pids_where(|w| w.generation == self.generation && !w.retiring);
         let list: Vec<String> = serving.iter().map(u32::to_string).collect();
         let draining: Vec<String> = self
@@ -105,6 +112,7 @@ impl State {
             "SIGUSR2: upgrading: executing {} again, handing over workers {serving:?}",
             self.exe.display()
         );
+        let (totals, seen) = self.stats_to_hand_over();
         let mut cmd = std::process::Command::new(&self.exe);
         cmd.args(&self.args)
             .env("LISTEN_FDS", self.listeners.len().to_string())
@@ -115,32 +123,90 @@ impl State {
             .env(GENERATION_VAR, self.generation.to_string())
             .env(LAST_STARTED_VAR, self.last_started.to_string())
             .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string())
-            .env(STATS_TOTALS_VAR, self.totals_to_hand_over());
+            .env(STATS_TOTALS_VAR, totals)
+            .env(STATS_SEEN_VAR, seen);
         if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
             log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
             cmd.env_remove(STATS_VAR);
         }
         self.carried.apply(&mut cmd);
+        let starting = self.ready_pipes(lp, &serving);
+        for (pid, fd) in &starting {
+            cmd.env(format!("{READY_PIPE_VAR_PREFIX}{pid}"), fd.to_string());
+        }
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
                 log::error!("SIGUSR2: cannot upgrade: {e}");
                 self.restore_cloexec();
+                self.ready_pipes_cloexec(lp, &starting);
                 return;
             }
         }
         // (`SIGPIPE` stays ignored if the `exec` fails: std's resets it before `execve`.)
         let err = duo_sys::exec_in_place(&mut cmd);
         self.restore_cloexec();
+        self.ready_pipes_cloexec(lp, &starting);
         log::error!(
             "SIGUSR2: executing {} failed: {err}; this image keeps running",
             self.exe.display()
         );
     }
 
+    /// The readiness pipes of those of `pids` still starting, made inheritable across the
+    /// `exec`: `(pid, descriptor number)`. One that cannot be is left out (its worker is
+    /// then adopted as ready, as it always was before).
+    fn ready_pipes(&mut self, lp: &mut EventLoop, pids: &[u32]) -> Vec<(u32, RawFd)> {
+        let mut pipes = Vec::new();
+        for pid in pids {
+            let Some(token) = self
+                .workers
+                .get(pid)
+                .filter(|w| !w.ready)
+                .and_then(|w| w.ready_token)
+            else {
+                continue;
+            };
+            let fd = lp.with_channel(token, |_, ch, _| {
+                duo_sys::set_inherit_on_exec(ch.fd(), true).map(|()| ch.fd().as_raw_fd())
+            });
+            match fd {
+                Some(Ok(fd)) => pipes.push((*pid, fd)),
+                Some(Err(e)) => {
+                    log::warn!("SIGUSR2: worker {pid}'s readiness pipe stays behind: {e}")
+                }
+                None => {}
+            }
+        }
+        pipes
+    }
+
+    /// Makes the readiness pipes [`State::ready_pipes`] handed over close-on-exec again,
+    /// after a failed `exec`.
+    fn ready_pipes_cloexec(&mut self, lp: &mut EventLoop, pipes: &[(u32, RawFd)]) {
+        for (pid, _) in pipes {
+            let Some(token) = self.workers.get(pid).and_then(|w| w.ready_token) else {
+                continue;
+            };
+            let restored = lp.with_channel(token, |_, ch, _| {
+                duo_sys::set_inherit_on_exec(ch.fd(), false)
+            });
+            if let Some(Err(e)) = restored {
+                log::error!("restoring close-on-exec on worker {pid}'s readiness pipe: {e}");
+            }
+        }
+    }
+
     /// The new image's side: takes over the previous image's `serving` workers (of the
     /// serving generation) and its `retiring` ones (still draining), each with the stats
-    /// row that holds its PID. Every other row is cleared and free.
-    pub(super) fn adopt(&mut self, serving: Vec<u32>, retiring: Vec<u32>) {
+    /// row that holds its PID. Every other row is cleared and free. A serving one with a
+    /// readiness pipe in `pipes` was still starting: it is not ready until its byte comes.
+    pub(super) fn adopt(
+        &mut self,
+        lp: &mut EventLoop,
+        serving: Vec<u32>,
+        retiring: Vec<u32>,
+        mut pipes: BTreeMap<u32, OwnedFd>,
+    ) {
         let rows = self.stats.slots().len() / ROW_LEN;
         let mut owner: BTreeMap<u32, usize> = BTreeMap::new();
         for row in 0..rows {
@@ -163,26 +229,38 @@ impl State {
             } else {
                 self.generation
             };
+            let ready_token = if draining {
+                None
+            } else {
+                pipes
+                    .remove(&pid)
+                    .and_then(|fd| super::watch_ready_pipe(lp, pid, fd))
+            };
+            let starting = if ready_token.is_some() {
+                ", still starting"
+            } else {
+                ""
+            };
             match (row, draining) {
                 (_, true) => {
                     log::info!("adopting worker {pid} (generation {generation}), still draining")
                 }
-                (Some(row), false) => {
-                    log::info!("adopting worker {pid} (generation {generation}, stats row {row})")
-                }
-                (None, false) => {
-                    log::info!("adopting worker {pid} (generation {generation}, no stats row)")
-                }
+                (Some(row), false) => log::info!(
+                    "adopting worker {pid} (generation {generation}, stats row {row}){starting}"
+                ),
+                (None, false) => log::info!(
+                    "adopting worker {pid} (generation {generation}, no stats row){starting}"
+                ),
             }
             self.workers.insert(
                 pid,
                 WorkerProc {
                     generation,
                     started: Instant::now(),
-                    ready: true,
+                    ready: ready_token.is_none(),
                     retiring: draining,
                     row,
-                    ready_token: None,
+                    ready_token,
                 },
             );
         }
