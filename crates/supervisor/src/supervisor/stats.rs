@@ -169,7 +169,7 @@ impl StatsLog {
     }
 }
 
-/// The totals an upgrading image handed over ([`State::totals_to_hand_over`]); `None` if
+/// The totals an upgrading image handed over ([`State::stats_to_hand_over`]); `None` if
 /// malformed.
 pub(super) fn parse_totals(text: &str) -> Option<WorkerStats> {
     let mut n = text.split(',').map(|v| v.trim().parse::<u64>().ok());
