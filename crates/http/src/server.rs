@@ -31,12 +31,15 @@ use crate::{Limits, Method, Request, Responder, Response, Router};
 ///   `Content-Length` (204 and 304 have no body and no length, 205 no body and length
 ///   0);
 ///   responses to pipelined requests go out in request order; `HEAD` gets the `GET`
-///   route's head without its body, and the server's own refusals of a `HEAD` request
-///   come without theirs too. Any answer to `CONNECT` closes the connection, with
-///   `Connection: close`: a 2xx one goes without length or body (a client takes what
-///   follows it for a tunnel, and the server makes none), and a client may have sent
-///   tunnel bytes behind a refused one without waiting for it, which are never read as
-///   requests.
+///   route's head without its body (and without `Content-Length` when that body is
+///   empty and the route gives no
+///   [`head_content_length`](crate::Response::head_content_length): the server cannot
+///   tell an empty resource from a body not generated), and the server's own refusals
+///   of a `HEAD` request come without theirs too. Any answer to `CONNECT` closes the
+///   connection, with `Connection: close`: a 2xx one goes without length or body (a
+///   client takes what follows it for a tunnel, and the server makes none), and a
+///   client may have sent tunnel bytes behind a refused one without waiting for it,
+///   which are never read as requests.
 /// - HTTP/1.1 connections stay open unless the request says `Connection: close`; HTTP/1.0
 ///   ones close after the response unless the request says `Connection: keep-alive`
 ///   (`close` wins when the field lists both).
