@@ -602,12 +602,28 @@ mod tests {
         drop((w1, w2));
         let status = reap(pid);
         assert!(status.success(), "{status}");
-        let mut got = String::new();
-        std::fs::File::from(r1).read_to_string(&mut got).unwrap();
-        assert_eq!(got, "one");
-        got.clear();
-        std::fs::File::from(r2).read_to_string(&mut got).unwrap();
-        assert_eq!(got, "two");
+        assert_eq!(read_to_end(r1), "one");
+        assert_eq!(read_to_end(r2), "two");
+    }
+
+    /// All of a non-blocking pipe's data, to its end. The end may come late: a child
+    /// another test forks meanwhile holds the write ends (close-on-exec) until its `exec`.
+    fn read_to_end(pipe: OwnedFd) -> String {
+        let mut pipe = std::fs::File::from(pipe);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match pipe.read(&mut buf) {
+                Ok(0) => return String::from_utf8(got).unwrap(),
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    assert!(Instant::now() < deadline, "the pipe never ended");
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                Err(e) => panic!("reading the pipe: {e}"),
+            }
+        }
     }
 
     #[test]
