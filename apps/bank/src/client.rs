@@ -375,8 +375,7 @@ fn interactive(conn: &mut Conn) -> Result<bool, ClientError> {
     let mut buf = Vec::new();
     loop {
         if prompt {
-            eprint!("bank> ");
-            io::stderr().flush()?;
+            show_prompt();
         }
         buf.clear();
         if input
@@ -396,6 +395,14 @@ fn interactive(conn: &mut Conn) -> Result<bool, ClientError> {
             return Ok(true);
         }
     }
+}
+
+/// Shows the `bank> ` prompt on stderr, if it can. Not `eprint!`, which panics (exit status
+/// 101) when stderr cannot be written (a pipe whose reader is gone, a full disk): the
+/// prompt is a courtesy to whoever types, and the session goes on without it.
+fn show_prompt() {
+    let mut err = io::stderr().lock();
+    let _ = err.write_all(b"bank> ").and_then(|()| err.flush());
 }
 
 #[cfg(test)]

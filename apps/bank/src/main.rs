@@ -40,12 +40,12 @@
 //! `--tls-cert` file that cannot be used).
 #![forbid(unsafe_code)]
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
+use duo_net::process::say;
 use duo_net::Endpoint;
 use duo_supervisor::{Inherited, SupervisorError, Worker};
 
@@ -311,7 +311,7 @@ fn main() -> ExitCode {
                     fail(USAGE, &format!("bank: {e}"))
                 }
                 Err(e) => {
-                    say(&format!("bank: error: {e}"));
+                    say(format!("bank: error: {e}"));
                     ExitCode::FAILURE
                 }
             }
@@ -454,11 +454,4 @@ fn report(result: Result<(), ServeError>) -> ExitCode {
 fn fail(status: u8, message: &str) -> ExitCode {
     say(message);
     ExitCode::from(status)
-}
-
-/// Prints `message` to stderr, if it can: not `eprintln!`, which panics (exit status 101)
-/// when stderr is a pipe or socket whose reader is gone (`SIGPIPE` is ignored, so the
-/// write fails with `EPIPE`), and would turn every exit status into 101.
-fn say(message: &str) {
-    let _ = writeln!(std::io::stderr(), "{message}");
 }

@@ -124,7 +124,6 @@
 //! `nc 127.0.0.1 7000`.
 #![forbid(unsafe_code)]
 
-use std::io::Write as _;
 use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
@@ -132,6 +131,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+use duo_net::process::say;
 use duo_net::{AcceptMode, Endpoint};
 use duo_supervisor::{Inherited, SupervisorError};
 use duo_sys::ActivatedListener;
@@ -448,7 +448,7 @@ fn reload(args: &ReloadArgs) -> ExitCode {
     };
     match duo_sys::signal_process(pid, signal) {
         Ok(()) => {
-            say(&format!("echo reload: sent {signal} ({name}) to {pid}"));
+            say(format!("echo reload: sent {signal} ({name}) to {pid}"));
             ExitCode::SUCCESS
         }
         Err(e) => fail(1, &format!("echo reload: {e}")),
@@ -524,13 +524,6 @@ fn report(result: std::io::Result<()>) -> ExitCode {
 fn fail(status: u8, message: &str) -> ExitCode {
     say(message);
     ExitCode::from(status)
-}
-
-/// Prints `message` to stderr, if it can: not `eprintln!`, which panics (exit status 101)
-/// when stderr is a pipe or socket whose reader is gone (`SIGPIPE` is ignored, so the
-/// write fails with `EPIPE`), and would turn every exit status into 101.
-fn say(message: &str) {
-    let _ = writeln!(std::io::stderr(), "{message}");
 }
 
 /// The server's settings from the command line.

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duo_http::{HttpServer, Method, Request, Responder, Response, StatusCode};
-use duo_net::process::{self, STOP_SIGNALS};
+use duo_net::process::{self, say, STOP_SIGNALS};
 use duo_net::EventLoop;
 use duo_net::ThreadPool;
 use parking_lot::Mutex;
@@ -29,22 +29,21 @@ fn main() -> ExitCode {
     let addr = match parse_args(&args) {
         Ok(addr) => addr,
         Err(problem) => {
-            eprintln!(
+            say(format!(
                 "hello: {problem}\nusage: hello [ADDR]   (ADDR like 127.0.0.1:8080, the default)"
-            );
+            ));
             return ExitCode::from(2);
         }
     };
     match serve(addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("hello: {e}");
+            say(format!("hello: {e}"));
             ExitCode::FAILURE
         }
     }
 }
 
-/// The listening address from the command line: at most one argument.
 fn parse_args(args: &[String]) -> Result<std::net::SocketAddr, String> {
     if let Some(extra) = args.get(1) {
         return Err(format!("unexpected argument {extra:?}"));

@@ -40,7 +40,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duo_net::codec::LengthHeaderCodec;
-use duo_net::process::{self, STOP_SIGNALS};
+use duo_net::process::{self, say, STOP_SIGNALS};
 use duo_net::{ConnCtx, EventLoop, OutputLimit, ServerConnections, TcpConnection, TcpServer};
 
 /// Largest payload a client may send; a header announcing more closes its connection.
@@ -69,14 +69,16 @@ fn main() -> ExitCode {
     match run(addr) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("chat: {e}");
+            say(format!("chat: {e}"));
             ExitCode::FAILURE
         }
     }
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("chat: {problem}\nusage: chat [LISTEN_ADDR]   (default 127.0.0.1:7200)");
+    say(format!(
+        "chat: {problem}\nusage: chat [LISTEN_ADDR]   (default 127.0.0.1:7200)"
+    ));
     ExitCode::from(2)
 }
 

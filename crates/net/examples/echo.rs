@@ -4,7 +4,7 @@
 use std::process::ExitCode;
 use std::time::Duration;
 
-use duo_net::process::{self, STOP_SIGNALS};
+use duo_net::process::{self, say, STOP_SIGNALS};
 use duo_net::{EventLoop, TcpServer};
 
 /// The most I/O threads, as the echo app's `--io-threads`: beyond a host's cores a thread
@@ -18,17 +18,17 @@ fn main() -> ExitCode {
     let (addr, io_threads) = match parse_args(&args) {
         Ok(parsed) => parsed,
         Err(problem) => {
-            eprintln!(
+            say(format!(
                 "echo: {problem}\nusage: echo [ADDR] [IO_THREADS]   (default 127.0.0.1:7000 2; \
                  IO_THREADS 0 to {MAX_IO_THREADS})"
-            );
+            ));
             return ExitCode::from(2);
         }
     };
     match run(addr, io_threads) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("echo: {e}");
+            say(format!("echo: {e}"));
             ExitCode::FAILURE
         }
     }

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use duo_net::codec::LineCodec;
-use duo_net::process::{self, STOP_SIGNALS};
+use duo_net::process::{self, say, STOP_SIGNALS};
 use duo_net::{ConnCtx, EventLoop, SubmitError, TcpConnection, TcpServer, ThreadPool};
 
 /// Longest request line.
@@ -60,14 +60,14 @@ fn main() -> ExitCode {
     let (addr, workers) = match parse_args(&args) {
         Ok(parsed) => parsed,
         Err(problem) => {
-            eprintln!("factor: {problem}\n{USAGE}");
+            say(format!("factor: {problem}\n{USAGE}"));
             return ExitCode::from(2);
         }
     };
     match run(addr, workers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("factor: {e}");
+            say(format!("factor: {e}"));
             ExitCode::FAILURE
         }
     }

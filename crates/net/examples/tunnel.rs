@@ -39,7 +39,7 @@ use std::net::{SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use duo_net::process::{self, STOP_SIGNALS};
+use duo_net::process::{self, say, STOP_SIGNALS};
 use duo_net::{
     Backpressure, CloseReason, ConnCtx, CtxUnavailable, EventLoop, InputBuffer, TcpClient,
     TcpConnection, TcpServer,
@@ -83,14 +83,14 @@ fn main() -> ExitCode {
     match run(listen, backend) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("tunnel: {e}");
+            say(format!("tunnel: {e}"));
             ExitCode::FAILURE
         }
     }
 }
 
 fn usage(problem: &str) -> ExitCode {
-    eprintln!("tunnel: {problem}\nusage: tunnel LISTEN_ADDR BACKEND_ADDR   (e.g. 127.0.0.1:7001 127.0.0.1:7000)");
+    say(format!("tunnel: {problem}\nusage: tunnel LISTEN_ADDR BACKEND_ADDR   (e.g. 127.0.0.1:7001 127.0.0.1:7000)"));
     ExitCode::from(2)
 }
 

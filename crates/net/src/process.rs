@@ -11,6 +11,9 @@
 //! 3. [`announce_listening`]: prints `listening on ADDR` on stdout and flushes it, so a
 //!    script or test that started the server on port 0 learns the real port.
 //!
+//! [`say`] writes a usage message or a last error on stderr without panicking when
+//! nobody reads stderr.
+//!
 //! [`run_until_stopped`] does 2 and 3, runs the loop and stops the server.
 //!
 //! Between 1 and 2 the stop signals are blocked and nothing reads them: a server whose
@@ -245,6 +248,16 @@ pub fn announce_listening(addr: impl std::fmt::Display) -> io::Result<()> {
     writeln!(out, "{line}")
         .and_then(|()| out.flush())
         .map_err(|e| io::Error::new(e.kind(), format!("printing `{line}` on stdout: {e}")))
+}
+
+/// Writes `message` and a newline on stderr if it can, and drops it if it cannot: for a
+/// server's usage message or its last word before it exits. Not `eprintln!`, which panics
+/// (exit status 101) when stderr is a pipe or socket whose reader is gone (`SIGPIPE`
+/// ignored, as [`prepare_server`] does, makes the write fail with `EPIPE`), turning a
+/// usage error (2) or a failure (1) into a crash. (Logging through `env_logger` drops
+/// failed writes already.)
+pub fn say(message: impl std::fmt::Display) {
+    let _ = writeln!(io::stderr().lock(), "{message}");
 }
 
 /// Serves a started `server` until it is stopped by [`STOP_SIGNALS`]: installs
