@@ -7,6 +7,7 @@ use std::collections::VecDeque;
 use crate::protocol::{
     err_line, ok_line, valid_password, valid_user, Command, ErrorCode, ProtoError, PONG,
 };
+use crate::store::messages::NO_SUCH_USER;
 use crate::store::WriteOp;
 
 /// Failed logins after which a connection is closed.
@@ -156,11 +157,14 @@ pub(super) fn next_step(s: &mut Session, group_commit: bool) -> Step {
             let Some(user) = s.user.clone() else {
                 return not_authenticated();
             };
+            if impossible_payee(&write) {
+                return Step::Reply(err_line(ErrorCode::NoSuchUser, NO_SUCH_USER));
+            }
             let mut ops = vec![write_op(&user, write)];
             // Later writes queued right behind it join the same job (and commit).
             while group_commit && ops.len() < MAX_WRITES_PER_JOB {
                 match s.queue.front() {
-                    Some(Pending::Command(c)) if is_write(c) => {}
+                    Some(Pending::Command(c)) if is_write(c) && !impossible_payee(c) => {}
                     _ => break,
                 }
                 if let Some(Pending::Command(c)) = s.queue.pop_front() {
@@ -172,6 +176,14 @@ pub(super) fn next_step(s: &mut Session, group_commit: bool) -> Step {
     };
     s.busy = true;
     step
+}
+
+/// Whether `cmd` is a `TRANSFER` to a name no user can have (not a valid user name: a
+/// NUL byte, which PostgreSQL cannot even take as text, so that the whole batch would
+/// fail, `INTERNAL`; a space, a name too long). It is answered `NO_SUCH_USER` without the
+/// database, like a refusal of the parser: nothing is recorded under its request id.
+fn impossible_payee(cmd: &Command) -> bool {
+    matches!(cmd, Command::Transfer { to, .. } if !valid_user(to))
 }
 
 pub(super) fn write_op(user: &Account, cmd: Command) -> WriteOp {
