@@ -188,7 +188,7 @@ struct ClientArgs {
 /// `unix:/path`, `unix:@name`, or `HOST:PORT` as [`parse_addr`] reads it.
 fn parse_listen(s: &str) -> Result<Endpoint, String> {
     if s.starts_with("unix:") {
-        return s.parse().map_err(|e| format!("{e}"));
+        return Endpoint::parse_address(s).map_err(|e| e.to_string());
     }
     parse_addr(s).map(Endpoint::Inet)
 }
@@ -216,10 +216,9 @@ fn parse_addr(s: &str) -> Result<SocketAddr, String> {
 /// error, a host name that does not resolve the connection's failure.
 fn parse_connect(s: &str) -> Result<String, String> {
     if s.starts_with("unix:") {
-        return s
-            .parse::<Endpoint>()
+        return Endpoint::parse_address(s)
             .map(|_| s.to_owned())
-            .map_err(|e| format!("{e}"));
+            .map_err(|e| e.to_string());
     }
     if s.parse::<SocketAddr>().is_ok() {
         return Ok(s.to_owned());

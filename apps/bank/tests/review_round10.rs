@@ -23,3 +23,23 @@ fn processes_with_stdout_gone_exit_1() {
     assert!(!out.stderr.contains("panicked"), "{out:?}");
     assert!(out.stderr.contains("listening on"), "{out:?}");
 }
+
+/// The forms a peer's address reads back as, but nothing listens on or connects to
+/// (`unix:(unnamed)`, `unix:@(empty)`), are usage errors (2) for `serve --listen` and
+/// `client --connect`, as `unix:@` is, not a failed start or connect (1).
+#[test]
+fn peer_only_forms_are_usage_errors() {
+    let dir = TempDir::new("bank-peer-forms");
+    for form in ["unix:(unnamed)", "unix:@(empty)"] {
+        let mut serve = Command::new(BANK);
+        serve.args(["serve", "--hash-cost", "low", "--listen", form, "--db"]);
+        serve.arg(dir.join("bank.db"));
+        let mut client = Command::new(BANK);
+        client.args(["client", "--connect", form, "PING"]);
+        for cmd in [&mut serve, &mut client] {
+            let out = duo_testkit::run_within(cmd, LIMIT).unwrap();
+            assert_eq!(out.status.code(), Some(2), "{form}: {out:?}");
+            assert!(out.stderr.contains("not an address"), "{form}: {out:?}");
+        }
+    }
+}

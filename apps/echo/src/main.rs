@@ -298,7 +298,7 @@ enum Accept {
 /// Parses `unix:/path`, `unix:@name`, or `HOST:PORT` as [`parse_addr`] does.
 fn parse_listen(s: &str) -> Result<Endpoint, String> {
     if s.starts_with("unix:") {
-        return s.parse().map_err(|e| format!("{e}"));
+        return Endpoint::parse_address(s).map_err(|e| e.to_string());
     }
     parse_addr(s).map(Endpoint::Inet)
 }

@@ -48,3 +48,17 @@ fn a_bad_flag_with_stderr_gone_is_the_usage_status() {
     let out = echo_with(Gone::Stderr, &["--processes", "2", "--no-such-flag"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 }
+
+/// The forms a peer's address reads back as, but no server can listen on
+/// (`unix:(unnamed)`, `unix:@(empty)`), are usage errors (2), as `unix:@` is, not a
+/// failed start (1).
+#[test]
+fn listening_on_a_peer_only_form_is_a_usage_error() {
+    for listen in ["unix:(unnamed)", "unix:@(empty)"] {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_echo"));
+        cmd.args(["serve", "--listen", listen]);
+        let out = duo_testkit::run_within(&mut cmd, LIMIT).unwrap();
+        assert_eq!(out.status.code(), Some(2), "{listen}: {out:?}");
+        assert!(out.stderr.contains("not an address"), "{listen}: {out:?}");
+    }
+}

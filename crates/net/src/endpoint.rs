@@ -30,6 +30,7 @@ const SUN_PATH_MAX: usize = 107;
 /// something to listen on or connect to read back too: `unix:(unnamed)`, a socket with
 /// no address, and `unix:@(empty)`, the empty abstract name (Linux lets a socket bind
 /// it, so a peer may show up with it; `unix:@` itself is refused, as a likely mistake).
+/// A server or client given either fails to start (`InvalidInput`).
 /// A path `(unnamed)` or a name `(empty)` shows with its `(` as `\x28`. Every server and client
 /// builder takes one (`impl Into<Endpoint>`; a [`SocketAddr`] converts), and connections
 /// report theirs ([`TcpConnection::peer_endpoint`](crate::TcpConnection::peer_endpoint)).
@@ -89,6 +90,11 @@ pub enum ParseEndpointError {
     /// reached (`bind` fails with `ENOENT`, `connect` with `ENOTDIR`).
     #[error("{0:?}: a Unix-domain socket path ends in '/' (a socket is a file, not a directory)")]
     TrailingSlash(String),
+    /// A form only a peer shows up with (`unix:(unnamed)`, `unix:@(empty)`), given where
+    /// an address to listen on or connect to is wanted
+    /// ([`Endpoint::parse_address`]).
+    #[error("{0:?} is not an address to listen on or connect to (a peer's, read back)")]
+    PeerOnly(String),
 }
 
 impl Endpoint {
@@ -142,6 +148,42 @@ impl Endpoint {
         }
     }
 
+    /// Parses `s` as [`FromStr`] does, refusing the forms that are not an
+    /// [address](Endpoint::is_address) (`unix:(unnamed)`, `unix:@(empty)`:
+    /// [`ParseEndpointError::PeerOnly`]): for a command line's `--listen` or `--connect`.
+    ///
+    /// # Errors
+    ///
+    /// As [`FromStr`], and `PeerOnly`.
+    pub fn parse_address(s: &str) -> Result<Endpoint, ParseEndpointError> {
+        let endpoint: Endpoint = s.parse()?;
+        if !endpoint.is_address() {
+            return Err(ParseEndpointError::PeerOnly(s.to_owned()));
+        }
+        Ok(endpoint)
+    }
+
+    /// Whether a server can listen on this endpoint or a client connect to it: every
+    /// IP address and port, a path, a non-empty abstract name; not the forms only a peer
+    /// shows up with, [`Endpoint::UnixUnnamed`] and the empty abstract name
+    /// (`unix:(unnamed)`, `unix:@(empty)`), which [`to_sock_addr`](Endpoint::to_sock_addr)
+    /// refuses. For a command line that should refuse them as a usage error.
+    ///
+    /// ```
+    /// use duo_net::Endpoint;
+    ///
+    /// assert!("unix:@echo".parse::<Endpoint>()?.is_address());
+    /// assert!(!"unix:(unnamed)".parse::<Endpoint>()?.is_address());
+    /// # Ok::<(), duo_net::ParseEndpointError>(())
+    /// ```
+    pub fn is_address(&self) -> bool {
+        match self {
+            Endpoint::Inet(_) | Endpoint::Unix(_) => true,
+            Endpoint::Abstract(name) => !name.is_empty(),
+            Endpoint::UnixUnnamed => false,
+        }
+    }
+
     /// Whether this is a Unix-domain endpoint (path, abstract or unnamed).
     pub fn is_unix(&self) -> bool {
         !matches!(self, Endpoint::Inet(_))
@@ -152,6 +194,12 @@ impl Endpoint {
         match self {
             Endpoint::Inet(addr) => Ok(SockAddr::from(*addr)),
             Endpoint::Unix(path) => SockAddr::unix(path),
+            // `unix:@(empty)`, a peer's address read back: refused as `unix:@` is (and
+            // `abstract_name("")`), a likely mistake rather than the one system-wide name.
+            Endpoint::Abstract(name) if name.is_empty() => Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "the empty abstract name (unix:@(empty)) is not an address to bind or connect to",
+            )),
             Endpoint::Abstract(name) => {
                 // socket2 reads a leading NUL byte as "abstract" (Linux's convention).
                 let mut bytes = Vec::with_capacity(name.len() + 1);
@@ -385,6 +433,9 @@ mod tests {
             assert_eq!(back, e);
         }
         assert!(Endpoint::UnixUnnamed.to_sock_addr().is_err());
+        assert!(Endpoint::Abstract(Arc::from(&b""[..]))
+            .to_sock_addr()
+            .is_err());
     }
 
     #[test]

@@ -440,8 +440,9 @@ impl EventLoop {
         entry.channel.ready = Ready::from_bits(0);
         let describe = || {
             // User code, asked only for a report: a panic in it is the report's, not the
-            // loop's (the handler returned normally, and its channel stays).
-            let label = catch_unwind(AssertUnwindSafe(|| entry.handler.label()))
+            // loop's (the handler returned normally, and its channel stays). Caught
+            // through `catch_panic`, so that a panic hook knows it is caught.
+            let label = crate::panic_scope::catch_panic(AssertUnwindSafe(|| entry.handler.label()))
                 .unwrap_or_else(|_| Some("a handler whose label() panicked".to_owned()));
             let label = label.as_deref().unwrap_or("a handler without label");
             format!("{label}, channel {token:?}, readiness {ready:?}")

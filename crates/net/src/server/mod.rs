@@ -433,7 +433,10 @@ impl TcpServer {
     /// `main` must be the loop the server was started on; given another loop, the
     /// main-loop part is queued to the right loop instead (and happens when that loop
     /// next runs, or never if it is gone). Dropping a server without `stop` does the
-    /// same queued stop.
+    /// same queued stop; a listening socket the server bound itself and accepts on with
+    /// the main loop stops listening at the drop already (new connects are refused, and
+    /// those still queued end), whenever that loop runs again. An inherited one
+    /// ([`builder_on`](TcpServer::builder_on)) is left listening for its other holders.
     pub fn stop(mut self, main: &mut EventLoop) {
         if main.handle().same_loop(&self.shared.main) {
             stop_on_main(main, &self.shared);
@@ -457,6 +460,16 @@ impl TcpServer {
         // itself: an inherited one may serve other processes too.
         if let Some(listener) = self.shared.own_listener.lock().take() {
             let _ = listener.shutdown(std::net::Shutdown::Read);
+            if self.shared.endpoint.is_unix() {
+                // TCP resets the connections a shut-down listener held; a Unix-domain
+                // listener keeps them queued, their clients connected to nobody: closed
+                // here, they see the end (new connects are refused already, so this ends).
+                if listener.set_nonblocking(true).is_ok() {
+                    while let Ok((queued, _)) = listener.accept() {
+                        drop(queued);
+                    }
+                }
+            }
         }
         // Whatever `stop` did not do directly (or everything, from `drop`) is queued.
         let shared = self.shared.clone();
