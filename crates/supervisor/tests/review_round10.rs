@@ -30,10 +30,9 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read};
 use std::net::TcpStream;
-use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
-use common::Dir;
+use common::{mode_file, Dir};
 use duo_sys::{block_signals, terminate_by, Signal};
 use duo_testkit::{example_binary, run_with_gone, ChildServer, Finished, Gone, LIMIT};
 
@@ -113,15 +112,6 @@ fn terminate_by_that_returns_puts_back_the_mask_and_the_disposition() {
         status.success() && out.contains("terminate_by child: ok"),
         "{status}\nstdout:\n{out}\nstderr:\n{err}"
     );
-}
-
-/// Writes the mode the demo's workers read at their start.
-fn mode_file(dir: &Dir, mode: &str) -> PathBuf {
-    let path = dir.path("mode");
-    let tmp = dir.path("mode.tmp");
-    std::fs::write(&tmp, mode).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
 }
 
 /// The PIDs of the `started worker PID (generation G` lines of `log`, in order.

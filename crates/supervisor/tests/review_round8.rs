@@ -18,12 +18,11 @@
 mod common;
 
 use std::io::{BufRead, BufReader};
-use std::path::PathBuf;
 use std::process::Command;
 use std::sync::mpsc;
 use std::thread;
 
-use common::Dir;
+use common::{mode_file, Dir};
 use duo_testkit::{example_binary, ChildServer, ChildServerBuilder, LIMIT};
 
 /// `SIGUSR2` with a binary that passes its check and then cannot be executed: the
@@ -33,7 +32,7 @@ use duo_testkit::{example_binary, ChildServer, ChildServerBuilder, LIMIT};
 fn a_failed_upgrade_exec_leaves_sigpipe_ignored() {
     let dir = Dir::new("sigpipe");
     // A copy of its own: the check replaces it on disk (`DEMO_CHECK_BREAKS_BINARY`).
-    let bin = dir.path("demo");
+    let bin = dir.join("demo");
     std::fs::copy(example_binary("duo-supervisor", "demo"), &bin).unwrap();
     let (reader, writer) = std::io::pipe().unwrap();
     let mut server = ChildServerBuilder::start_written(|| {
@@ -78,15 +77,6 @@ fn a_failed_upgrade_exec_leaves_sigpipe_ignored() {
         "the supervisor ended with {status} after a failed upgrade and a closed stderr \
          (signal 13 is SIGPIPE); log until the failure:\n{log}"
     );
-}
-
-/// A directory with the mode file the demo's workers read at start.
-fn mode_file(dir: &Dir, mode: &str) -> PathBuf {
-    let path = dir.path("mode");
-    let tmp = dir.path("mode.tmp");
-    std::fs::write(&tmp, mode).unwrap();
-    std::fs::rename(&tmp, &path).unwrap();
-    path
 }
 
 /// The delays of the `restarting in D` lines of `log`, in order.

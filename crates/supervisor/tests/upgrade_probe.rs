@@ -38,7 +38,7 @@ fn replace(path: &Path, contents: &[u8]) {
 
 /// The demo binary, copied to `dir/demo`, started as a supervisor of 2 workers.
 fn start_copy(dir: &Dir, env: &[(&str, &str)]) -> (ChildServer, PathBuf) {
-    let copy = dir.path("demo");
+    let copy = dir.join("demo");
     replace(
         &copy,
         &std::fs::read(example_binary("duo-supervisor", "demo")).unwrap(),
@@ -173,7 +173,7 @@ fn a_crashing_binary_is_refused_and_the_check_inherits_no_socket() {
         server.stderr()
     );
 
-    let seen = dir.path("seen");
+    let seen = dir.join("seen");
     let script = format!(
         "#!/bin/sh\nfor fd in /proc/$$/fd/*; do echo \"fd $fd $(readlink $fd)\"; done > {s}\n\
          env >> {s}\necho 'usage: demo WORKERS [MODE]' >&2\nexit 2\n",

@@ -1,5 +1,5 @@
 //! Helpers shared by the supervisor's test files: talking to the `demo` example's workers,
-//! a directory of a test's own.
+//! a directory of a test's own and the demo's mode file.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
@@ -19,25 +19,17 @@ pub(crate) fn worker_of_connection(addr: SocketAddr) -> u32 {
         .unwrap_or_else(|| panic!("bad greeting {line:?}"))
 }
 
-/// A directory of its own for one test (`duo-sup-NAME-PID`), removed when dropped.
-pub(crate) struct Dir(PathBuf);
+/// A directory of a test's own, removed when dropped.
+#[allow(unused_imports)] // not every test binary that includes this module uses it
+pub(crate) use duo_testkit::TempDir as Dir;
 
-impl Dir {
-    pub(crate) fn new(name: &str) -> Dir {
-        let dir = std::env::temp_dir().join(format!("duo-sup-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        Dir(dir)
-    }
-
-    /// `name` in the directory.
-    pub(crate) fn path(&self, name: &str) -> PathBuf {
-        self.0.join(name)
-    }
-}
-
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
+/// Writes `mode` to the directory's `mode` file, atomically (a rename), which the `demo`
+/// example's workers read at start (`DEMO_MODE_FILE`); returns its path.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) fn mode_file(dir: &Dir, mode: &str) -> PathBuf {
+    let path = dir.join("mode");
+    let tmp = dir.join("mode.tmp");
+    std::fs::write(&tmp, mode).unwrap();
+    std::fs::rename(&tmp, &path).unwrap();
+    path
 }
