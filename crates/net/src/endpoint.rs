@@ -166,8 +166,8 @@ impl Endpoint {
     /// Whether a server can listen on this endpoint or a client connect to it: every
     /// IP address and port, a path, a non-empty abstract name; not the forms only a peer
     /// shows up with, [`Endpoint::UnixUnnamed`] and the empty abstract name
-    /// (`unix:(unnamed)`, `unix:@(empty)`), which [`to_sock_addr`](Endpoint::to_sock_addr)
-    /// refuses. For a command line that should refuse them as a usage error.
+    /// (`unix:(unnamed)`, `unix:@(empty)`), which binding or connecting refuses
+    /// (`InvalidInput`). For a command line that should refuse them as a usage error.
     ///
     /// ```
     /// use duo_net::Endpoint;
