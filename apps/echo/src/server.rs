@@ -3,7 +3,7 @@
 //! single process on its own socket ([`serve`]) or an inherited one ([`serve_on`]), or as
 //! a worker of a supervisor ([`serve_worker`]).
 
-use std::io::{self, Write};
+use std::io;
 use std::net::{SocketAddr, TcpListener};
 use std::os::unix::net::UnixListener;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -263,18 +263,13 @@ fn run_with_udp(
             };
             report_stats(&mut main_loop, counters, every);
         }
-        process::announce_listening(server.endpoint())?;
-        if let Some(metrics) = &metrics {
-            let mut out = io::stdout().lock();
-            writeln!(out, "metrics on {}", metrics.local_addr())?;
-            out.flush()?;
-        }
-        if let Some(udp) = &udp {
-            let mut out = io::stdout().lock();
-            writeln!(out, "udp on {}", udp.local_addr())?;
-            out.flush()?;
-        }
-        let ran = main_loop.run();
+        // Nobody learns where the server is if the lines cannot be written: it stops.
+        let ran = crate::supervise::announce(
+            server.endpoint(),
+            metrics.as_ref().map(|m| m.local_addr()),
+            udp.as_ref().map(|u| u.local_addr()),
+        )
+        .and_then(|()| main_loop.run());
         if let Some(udp) = &udp {
             udp.stop();
             log::info!("udp: {:?}", udp.stats());

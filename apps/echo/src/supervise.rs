@@ -50,22 +50,31 @@ pub fn run(
     udp: bool,
 ) -> Result<(), SupervisorError> {
     duo_supervisor::metrics::run(supervisor, metrics, move |metrics_at| {
-        announce(addr, metrics_at, udp)
+        announce(addr, metrics_at, udp.then_some(addr))
     })
 }
 
-/// Prints the `listening on`, `metrics on` (with `metrics`) and `udp on` (with `udp`)
-/// lines on stdout, flushed.
-fn announce(addr: SocketAddr, metrics: Option<SocketAddr>, udp: bool) -> io::Result<()> {
+/// Prints the `listening on ADDR`, `metrics on` (with `metrics`) and `udp on` (with `udp`)
+/// lines on stdout, flushed: how the server, one process or a supervisor, announces
+/// itself.
+///
+/// # Errors
+///
+/// A line could not be written (nobody reads stdout); the message says which.
+pub fn announce(
+    addr: impl std::fmt::Display,
+    metrics: Option<SocketAddr>,
+    udp: Option<SocketAddr>,
+) -> io::Result<()> {
     process::announce_listening(addr)?;
     if let Some(at) = metrics {
         duo_supervisor::metrics::announce(at)?;
     }
-    if udp {
+    if let Some(at) = udp {
         let mut out = io::stdout().lock();
-        writeln!(out, "udp on {addr}")
+        writeln!(out, "udp on {at}")
             .and_then(|()| out.flush())
-            .map_err(|e| io::Error::new(e.kind(), format!("printing `udp on {addr}`: {e}")))?;
+            .map_err(|e| io::Error::new(e.kind(), format!("printing `udp on {at}`: {e}")))?;
     }
     Ok(())
 }
