@@ -12,12 +12,12 @@
 mod common;
 
 use std::io::Write;
-use std::net::{Shutdown, SocketAddr, TcpStream};
+use std::net::Shutdown;
 use std::thread;
 use std::time::Duration;
 
-use common::{ok_number, Backend, Client, Server, TempDir, TestDb, PW};
-use duo_testkit::{join_within, tcp_queues, wait_until_within, LIMIT};
+use common::{ok_number, read_by_server, Backend, Client, Server, TempDir, TestDb, PW};
+use duo_testkit::{join_within, LIMIT};
 
 on_both_backends! {
     a_transfer_to_a_name_with_a_nul_byte_is_no_such_user,
@@ -199,16 +199,6 @@ fn amounts_and_history_counts_at_their_limits() {
     );
     assert_eq!(c.history(10).len(), 10);
     assert_eq!(c.cmd("HISTORY"), "OK 10");
-}
-
-/// Waits until the server has read everything `client` sent it (its receive queue and
-/// the client's send queue are empty).
-fn read_by_server(server: SocketAddr, client: &TcpStream) {
-    let (srv, cli) = (server.port(), client.local_addr().unwrap().port());
-    wait_until_within(3 * LIMIT, "the server read the request", || {
-        tcp_queues(srv, cli).is_none_or(|(_, rx)| rx == 0)
-            && tcp_queues(cli, srv).is_some_and(|(tx, _)| tx == 0)
-    });
 }
 
 /// Several clients pipeline transfers with request ids, half-close, and the server gets

@@ -11,17 +11,17 @@
 mod common;
 
 use std::io::{Read, Write};
-use std::net::{SocketAddr, TcpStream};
+use std::net::TcpStream;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use common::{Backend, Client, TempDir, TestDb, BANK, PW};
+use common::{read_by_server, Backend, Client, TempDir, TestDb, BANK, PW};
 use duo_testkit::{
-    children, is_running, join_within, send_signal, tcp_queues, wait_child_within,
-    wait_until_within, ChildServer, TestCerts, LIMIT,
+    children, is_running, join_within, send_signal, wait_child_within, wait_until_within,
+    ChildServer, TestCerts, LIMIT,
 };
 
 on_both_backends! {
@@ -246,17 +246,6 @@ fn start_slow_hashing(db: &Path) -> ChildServer {
     ChildServer::builder(cmd)
         .startup(Duration::from_secs(30))
         .start()
-}
-
-/// Waits until the server on `server` has read everything `client` sent it.
-fn read_by_server(server: SocketAddr, client: &TcpStream) {
-    let (srv, cli) = (server.port(), client.local_addr().unwrap().port());
-    // (The server's row may be gone already: it answered everything and closed. A loaded
-    // machine may take a while: the bound is generous.)
-    wait_until_within(3 * LIMIT, "the server read the request", || {
-        tcp_queues(srv, cli).is_none_or(|(_, rx)| rx == 0)
-            && tcp_queues(cli, srv).is_some_and(|(tx, _)| tx == 0)
-    });
 }
 
 #[test]

@@ -11,7 +11,7 @@ use std::ffi::OsStr;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::{psql_in, Backend, Client, TestDb, BANK, PW};
+use common::{psql_in, read_by_server, Backend, Client, TestDb, BANK, PW};
 use duo_testkit::{tcp_queues, wait_until_within, ChildServer};
 
 /// How long the exit may take after SIGTERM: the 2 s grace and the 3 s drain limit, with
@@ -31,19 +31,6 @@ fn start(db: &OsStr, extra: &[&str]) -> ChildServer {
     ChildServer::builder(cmd)
         .startup(Duration::from_secs(20))
         .start()
-}
-
-/// Waits until the server has read everything `c` sent: the client's send queue is
-/// acknowledged (the bytes reached the server's kernel) and the server's receive queue is
-/// empty (its loop took them, and parsed and dispatched them in the same callback).
-fn read_by_server(server: &ChildServer, c: &Client) {
-    let (me, it) = (
-        c.stream().local_addr().unwrap().port(),
-        server.addr().port(),
-    );
-    wait_until_within(Duration::from_secs(10), "the server to read", || {
-        matches!(tcp_queues(me, it), Some((0, _))) && matches!(tcp_queues(it, me), Some((_, 0)))
-    });
 }
 
 /// Logged-in clients `{tag}0`, `{tag}1`, ...
@@ -88,7 +75,7 @@ fn a_write_stuck_on_a_locked_sqlite_file_does_not_hold_the_exit() {
         c.send(b"DEPOSIT 5\n");
     }
     for c in &stuck {
-        read_by_server(&server, c);
+        read_by_server(server.addr(), c.stream());
     }
     sigterm_exits_without_the_stuck_work(server, stuck);
 
@@ -195,10 +182,10 @@ fn sigterm_with_the_jobs_of_gone_clients_queued_behind_a_client_that_stays() {
     holder.busy_timeout(Duration::from_secs(5)).unwrap();
     holder.execute_batch("BEGIN IMMEDIATE").unwrap();
     stays.send(b"DEPOSIT 5\n");
-    read_by_server(&server, &stays);
+    read_by_server(server.addr(), stays.stream());
     for (i, mut c) in gone.into_iter().enumerate() {
         c.send(format!("LOGIN gone{i} {PW}\nBALANCE\n").as_bytes());
-        read_by_server(&server, &c);
+        read_by_server(server.addr(), c.stream());
         // A reset: the server's end is closed at once, the jobs stay queued.
         socket2::SockRef::from(c.stream())
             .set_linger(Some(Duration::ZERO))

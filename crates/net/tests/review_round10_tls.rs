@@ -158,19 +158,6 @@ fn rustls_server_sending_at_once(pki: &Pki, data: Vec<u8>) -> (SocketAddr, JoinH
     (addr, t)
 }
 
-/// A TLS 1.2 client configuration that trusts the test CA.
-fn tls12_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.clone()).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
-}
-
 /// The client side of the test above: a duo TLS client on a pool that refuses its first
 /// block (TLS 1.2: the server's `Finished` is the handshake's last message) gets that
 /// last flight with 200 KiB of data. Failed
@@ -189,7 +176,7 @@ fn a_client_whose_pool_refuses_the_first_flights_data_shows_no_down_without_up()
     let (s1, s2, f) = (seen.clone(), seen.clone(), failed.clone());
     let quit = lp.handle();
     let client = TcpClient::builder("tls-capped-client", addr)
-        .tls(tls12_client(&pki), tls::server_name("localhost").unwrap())
+        .tls(pki.tls12_client(), tls::server_name("localhost").unwrap())
         .reconnect(false)
         .buffer_pool(pool)
         .on_connection(move |c| s1.connection(c))

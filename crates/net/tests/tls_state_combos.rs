@@ -638,7 +638,7 @@ fn matrix_case(edge: bool, pause: Pause, end: PeerEnd, tls12: bool) {
     });
     let what = format!("edge {edge}, {pause:?}, {end:?}, TLS 1.2 {tls12}");
     let config = if tls12 {
-        tls12_client(&pki)
+        pki.tls12_client()
     } else {
         pki.client_config()
     };
@@ -746,17 +746,4 @@ fn shut_then_paused_then_peer_finishes(watch: bool) {
 fn shut_then_paused_then_the_peer_finishes() {
     shut_then_paused_then_peer_finishes(false);
     shut_then_paused_then_peer_finishes(true);
-}
-
-/// A client configuration that trusts the test CA and speaks TLS 1.2 only.
-fn tls12_client(pki: &Pki) -> Arc<rustls::ClientConfig> {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(pki.ca.clone()).unwrap();
-    Arc::new(
-        rustls::ClientConfig::builder_with_provider(tls::provider())
-            .with_protocol_versions(&[&rustls::version::TLS12])
-            .unwrap()
-            .with_root_certificates(roots)
-            .with_no_client_auth(),
-    )
 }

@@ -36,6 +36,24 @@ pub(crate) const PW: &str = "secret123";
 #[allow(unused_imports)] // not every test binary that includes this module uses it
 pub(crate) use duo_testkit::TempDir;
 
+/// Waits until the server on `server` has read everything `client` sent it: the client's
+/// send queue is empty (acknowledged) and so is the server's receive queue (its loop took
+/// the bytes, and parsed and dispatched them in the same callback). The server's row may
+/// be gone already (it answered everything and closed). A loaded machine may take a
+/// while: the bound is generous.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) fn read_by_server(server: SocketAddr, client: &TcpStream) {
+    let (srv, cli) = (server.port(), client.local_addr().unwrap().port());
+    duo_testkit::wait_until_within(
+        3 * duo_testkit::LIMIT,
+        "the server read the request",
+        || {
+            duo_testkit::tcp_queues(srv, cli).is_none_or(|(_, rx)| rx == 0)
+                && duo_testkit::tcp_queues(cli, srv).is_some_and(|(tx, _)| tx == 0)
+        },
+    );
+}
+
 /// Appends `serve --listen 127.0.0.1:0 --hash-cost low --db DB` to `cmd`: a server on
 /// a free port, with password hashes cheap enough for tests.
 pub(crate) fn serve_args(cmd: &mut Command, db: impl AsRef<OsStr>) -> &mut Command {

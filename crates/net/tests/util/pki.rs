@@ -60,6 +60,20 @@ impl Pki {
         tls::client_config(roots).unwrap()
     }
 
+    /// A client configuration that trusts the CA and speaks TLS 1.2 only (where the
+    /// server's `Finished` is the handshake's last message).
+    pub(crate) fn tls12_client(&self) -> Arc<rustls::ClientConfig> {
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(self.ca.clone()).unwrap();
+        Arc::new(
+            rustls::ClientConfig::builder_with_provider(tls::provider())
+                .with_protocol_versions(&[&rustls::version::TLS12])
+                .unwrap()
+                .with_root_certificates(roots)
+                .with_no_client_auth(),
+        )
+    }
+
     /// A rustls client connection (not connected) that trusts the CA and expects
     /// "localhost".
     pub(crate) fn client_conn(&self) -> ClientConnection {
