@@ -26,7 +26,9 @@
 //!   when all have exited, `run` returns `Ok`. A second signal sends `SIGINT` (workers
 //!   quit at once); after [`SupervisorConfig::stop_timeout`] the stragglers get `SIGKILL`.
 //! - **`SIGHUP`: reload.** A new generation is started from the program's path on disk
-//!   (so a new binary there is picked up); once all of it is ready, the old generation
+//!   (so a new binary there is picked up); once all of it is ready (and still up 200 ms
+//!   after the last one was: a worker that reports ready and dies at once fails the
+//!   reload instead of replacing a healthy generation), the old generation
 //!   gets `SIGTERM` and drains (`SIGKILL` for a worker of it still running at
 //!   [`SupervisorConfig::stop_timeout`]: one that ignores `SIGTERM`, or hangs). If the new one does not become ready in time (or one of
 //!   it dies first), it is retired the same way (`SIGTERM`: a worker of it that was ready

@@ -2,9 +2,15 @@
 //! ones drain), or aborted (not ready in time, or a worker of it died first: the serving
 //! generation goes on).
 
+use std::time::Duration;
+
 use duo_reactor::{EventLoop, Signal};
 
 use super::State;
+
+/// How long every worker of a reload's generation must stay up after the last one
+/// reported ready before that generation serves (and the serving one retires).
+pub(super) const RELOAD_SETTLE: Duration = Duration::from_millis(200);
 
 impl State {
     pub(super) fn on_ready(&mut self, lp: &mut EventLoop, pid: u32) {
@@ -23,10 +29,22 @@ impl State {
         // Counted here rather than among the live workers: one may report ready and
         // exit at once, and it still counts as having started.
         p.ready += 1;
-        if p.ready >= self.cfg.workers {
-            let generation = p.generation;
-            self.promote(lp, generation);
+        if p.ready < self.cfg.workers {
+            return;
         }
+        let generation = p.generation;
+        if self.generation == 0 {
+            return self.promote(lp, generation);
+        }
+        // A reload: promoted a moment later, so that a worker of it that reports ready
+        // and dies at once (a configuration that cannot serve) fails the reload instead
+        // of retiring the serving generation for it (its death, seen meanwhile, aborts
+        // the pending one; see `on_exit`).
+        self.after_running(lp, RELOAD_SETTLE, move |lp, st| {
+            if st.pending.as_ref().map(|p| p.generation) == Some(generation) {
+                st.promote(lp, generation);
+            }
+        });
     }
 
     /// Generation `generation` is all ready: it serves; the older ones drain.
@@ -60,7 +78,12 @@ impl State {
     }
 
     pub(super) fn ready_timeout(&mut self, lp: &mut EventLoop, generation: u64) {
-        if self.pending.as_ref().map(|p| p.generation) == Some(generation) {
+        // (All ready and settling: not late.)
+        if self
+            .pending
+            .as_ref()
+            .is_some_and(|p| p.generation == generation && p.ready < self.cfg.workers)
+        {
             let why = format!(
                 "generation {generation} was not ready within {:?}",
                 self.cfg.ready_timeout

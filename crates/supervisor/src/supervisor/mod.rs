@@ -9,7 +9,8 @@
 //! ```text
 //! generation:  pending ──all N ready──▶ serving ──next one serving──▶ retired (SIGTERM;
 //!                                                                  SIGKILL at stop_timeout)
-//!                 │ a worker exits before ready, or ready_timeout
+//!                 │ a worker exits before ready (a reload's: before it serves, which is
+//!                 │ 200 ms after its last worker was ready), or ready_timeout
 //!                 ▼
 //!              retired (SIGTERM: its ready workers may serve already, so they drain;
 //!              SIGKILL at stop_timeout); the serving one goes on (none: run fails)
