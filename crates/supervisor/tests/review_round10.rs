@@ -28,9 +28,9 @@
 #[allow(dead_code)]
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
+use std::process::Command;
 
 use common::{mode_file, Dir};
 use duo_sys::{block_signals, terminate_by, Signal};
@@ -78,39 +78,16 @@ fn terminate_by_that_returns_puts_back_the_mask_and_the_disposition() {
         return;
     }
     let me = std::env::current_exe().unwrap();
-    let mut child = Command::new("sh")
-        .arg("-c")
+    let mut cmd = Command::new("sh");
+    cmd.arg("-c")
         .arg("trap '' URG; exec \"$0\" --exact \"$1\" --nocapture --test-threads=1")
         .arg(&me)
         .arg("terminate_by_that_returns_puts_back_the_mask_and_the_disposition")
-        .env(TERMINATE_CHILD_VAR, "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let status = duo_testkit::wait_child_within(&mut child, LIMIT).unwrap_or_else(|| {
-        let _ = child.kill();
-        let _ = child.wait();
-        panic!("the child did not end within {LIMIT:?}")
-    });
-    let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .unwrap();
-    let mut err = String::new();
-    child
-        .stderr
-        .take()
-        .unwrap()
-        .read_to_string(&mut err)
-        .unwrap();
+        .env(TERMINATE_CHILD_VAR, "1");
+    let out = duo_testkit::run_within(&mut cmd, LIMIT).unwrap_or_else(|e| panic!("{e}"));
     assert!(
-        status.success() && out.contains("terminate_by child: ok"),
-        "{status}\nstdout:\n{out}\nstderr:\n{err}"
+        out.status.success() && out.stdout.contains("terminate_by child: ok"),
+        "{out:?}"
     );
 }
 
