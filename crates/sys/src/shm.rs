@@ -82,8 +82,9 @@ impl SharedCounters {
         .map_err(context("memfd_create"))?;
         // SAFETY: the call succeeded, so `fd` is a fresh descriptor nothing else owns.
         let fd = unsafe { OwnedFd::from_raw_fd(fd) };
-        let bytes = len * 8; // <= 8 MiB, no overflow.
-                             // SAFETY: `ftruncate` on a descriptor we own sets the file size (zero-filled).
+        // At most 8 MiB: no overflow.
+        let bytes = len * 8;
+        // SAFETY: `ftruncate` on a descriptor we own sets the file size (zero-filled).
         cvt(unsafe { libc::ftruncate(fd.as_raw_fd(), bytes as libc::off_t) })
             .map_err(context("ftruncate(memfd)"))?;
         // SAFETY: `F_ADD_SEALS` on a memfd we own created with MFD_ALLOW_SEALING.
