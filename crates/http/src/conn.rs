@@ -60,11 +60,12 @@
 //! # Graceful shutdown
 //!
 //! The server's shutdown marks each connection draining (the `on_shutdown` hook): an idle
-//! one, or one that has received nothing of its next request, closes at once (half-close
-//! and linger, as above); one with a request under way (being received, or waiting in the
-//! backlog) answers that request with `Connection: close` and closes after it. The rest
-//! of a pipeline is dropped without running its handlers: no request runs whose response
-//! could not be sent. The shutdown's grace period bounds it all.
+//! one, or one that has received nothing of its next request (empty lines, or a lone CR
+//! that may begin one, are nothing), closes at once (half-close and linger, as above);
+//! one with a request under way (being received, or waiting in the backlog) answers that
+//! request with `Connection: close` and closes after it. The rest of a pipeline is
+//! dropped without running its handlers: no request runs whose response could not be
+//! sent. The shutdown's grace period bounds it all.
 //!
 //! The state lives in the connection's context (a [`TcpConnection`] value); a callback
 //! takes it out, works on it and puts it back, so the context's lock is never held while
@@ -88,7 +89,7 @@ use crate::{
     parse_request, ChunkedRequest, DeferredHandler, Limits, Method, Parsed, Request, Responder,
     Response, Route, Router, StatusCode, Version,
 };
-use scan::Rescan;
+use scan::{begun, unfinished, Rescan};
 
 /// What every connection of one server shares: routes, limits, timeouts.
 pub(crate) struct Service {
@@ -157,7 +158,8 @@ pub(crate) struct HttpConn {
     /// request, so that its refusal goes without a body. Set by `serve` when it finds a
     /// request incomplete or refuses it; a complete request's answer reads its method.
     head_request: bool,
-    /// Bytes of an unfinished request in the input buffer.
+    /// Bytes of an unfinished request in the input buffer (a lone CR is none, see
+    /// [`begun`]).
     pending: usize,
     /// A request whose chunked body is being decoded (`Body`), or is complete and waits
     /// for the output to drain (`Blocked`).
@@ -236,7 +238,7 @@ impl Service {
             st.draining = true;
             let nothing_under_way = match st.phase {
                 Phase::Idle => true,
-                Phase::Head => st.pending == 0 && st.backlog.is_empty(),
+                Phase::Head => st.pending == 0 && !begun(st.backlog.peek()),
                 Phase::Body | Phase::Blocked | Phase::Waiting(_) | Phase::Closing => false,
             };
             if nothing_under_way {
@@ -256,7 +258,7 @@ impl Service {
                     input.consume_all();
                     svc.hold(ctx, st, served);
                 }
-                st.pending = input.len();
+                st.pending = unfinished(input.peek());
             } else {
                 // After what is in the backlog, in order.
                 st.backlog.append(input.peek());
@@ -285,7 +287,7 @@ impl Service {
     fn serve_backlog(self: &Arc<Service>, ctx: &mut ConnCtx<'_>, st: &mut HttpConn) {
         let mut backlog = std::mem::take(&mut st.backlog);
         let served = self.serve(ctx, st, &mut backlog);
-        st.pending = backlog.len();
+        st.pending = unfinished(backlog.peek());
         st.backlog = backlog;
         match served {
             Served::OutputFull | Served::Waiting => self.hold(ctx, st, served),
@@ -387,7 +389,8 @@ impl Service {
             // CRLF after the last request does not begin another. A bare CR is not an
             // empty line: the parser refuses it.
             input.consume(empty_lines(input.peek()));
-            if input.is_empty() {
+            // (Nor does a lone CR, which may be an empty line's start.)
+            if !begun(input.peek()) {
                 break;
             }
             if matches!(st.phase, Phase::Idle | Phase::Blocked) {
