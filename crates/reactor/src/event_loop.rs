@@ -299,8 +299,9 @@ impl EventLoop {
     /// cancelled) and the rest of the loop stays usable: the other timers stay armed, the
     /// events of the same poll batch not dispatched yet come again at the next `run`
     /// (edge-triggered ones too), and the functions queued after the panicking one run
-    /// first at the next `run`. Libraries on top (`duo-net`) catch panics of user
-    /// callbacks themselves so that one bad connection never unwinds the loop.
+    /// first at the next `run` (which a quit asked before the panic does not end: the
+    /// panic ended the run it asked to end). Libraries on top (`duo-net`) catch panics of
+    /// user callbacks themselves so that one bad connection never unwinds the loop.
     ///
     /// Called from one of the loop's own callbacks (which the loop is running already),
     /// `run` returns an error of kind [`ResourceBusy`](io::ErrorKind::ResourceBusy) at

@@ -197,10 +197,14 @@ pub(crate) struct HealthCounters {
     pub(crate) busy_since: AtomicU64,
 }
 
-/// Adds to a counter only one thread writes.
+/// Adds to a counter only one thread writes, saturating (a sum of nanoseconds may be
+/// given a lateness of centuries: a deadline far in the past).
 pub(crate) fn bump(counter: &AtomicU64, n: u64) {
     if n != 0 {
-        counter.store(counter.load(Ordering::Relaxed) + n, Ordering::Relaxed);
+        counter.store(
+            counter.load(Ordering::Relaxed).saturating_add(n),
+            Ordering::Relaxed,
+        );
     }
 }
 
@@ -234,7 +238,9 @@ impl HealthCounters {
 /// Held by [`EventLoop::run`](crate::EventLoop::run) for its length: however `run` ends,
 /// the loop is no longer running (`run` may be called again). A panic that unwinds out of
 /// a callback, and so out of `run`, also leaves the loop not busy, as a `run` that
-/// returns does (it no longer runs anything), instead of busy for ever in `/healthz`.
+/// returns does (it no longer runs anything), instead of busy for ever in `/healthz`;
+/// and it clears the quit requests asked so far, as a `run` that returns does: the run
+/// they asked to end has ended (else the next `run` would return after one pass).
 pub(crate) struct EndOfRun(pub(crate) Arc<LoopShared>);
 
 impl Drop for EndOfRun {
@@ -242,6 +248,11 @@ impl Drop for EndOfRun {
         self.0.in_run.store(false, Ordering::Relaxed);
         if std::thread::panicking() {
             self.0.metrics.health.busy_since.store(0, Ordering::Relaxed);
+            // Under the queue's lock, as `request_quit` sets them (see `end_run`).
+            let _queue = self.0.queue.lock();
+            self.0.quit.store(false, Ordering::SeqCst);
+            self.0.quit_backlog.store(0, Ordering::Relaxed);
+            self.0.quit_local.store(0, Ordering::Relaxed);
         }
     }
 }
@@ -249,7 +260,7 @@ impl Drop for EndOfRun {
 /// An `epoll_wait` that returns within this time is taken not to have slept: the events
 /// were ready when it was called. (Returning events that were already pending costs well
 /// under a microsecond; sleeping and being woken, several.)
-const SLEPT: Duration = Duration::from_micros(5);
+pub(crate) const SLEPT: Duration = Duration::from_micros(5);
 
 /// How many times a run of dispatches without progress samples the queues of a channel
 /// whose handler never reports progress.
@@ -360,6 +371,10 @@ pub(crate) struct HealthTracker {
     slept: u64,
     /// Timer callbacks and queued functions run in this iteration.
     work: u64,
+    /// Whether the coming poll counts as a sleep, when the loop's own poll cannot tell: a
+    /// group's turn never blocks in it, and the time since the previous turn is the
+    /// group's wait, not the loop's ([`HealthTracker::next_poll_slept`]).
+    next_slept: Option<bool>,
     /// When a stall / spin was last logged, and how many were not logged since.
     stall_logged: Option<Instant>,
     stalls_unlogged: u64,
@@ -381,6 +396,7 @@ impl HealthTracker {
             waited: Duration::ZERO,
             slept: 0,
             work: 0,
+            next_slept: None,
             stall_logged: None,
             stalls_unlogged: 0,
             spin_logged: None,
@@ -404,13 +420,23 @@ impl HealthTracker {
         let now = monotonic_nanos();
         let waited = now.saturating_sub(self.poll_began);
         self.waited = Duration::from_nanos(waited);
-        if self.waited > SLEPT {
+        if self.next_slept.take().unwrap_or(self.waited > SLEPT) {
             self.slept += 1;
         }
         bump(&counters.poll_nanos, waited);
         counters.busy_since.store(now + 1, Ordering::Relaxed);
         self.clock = now;
         now
+    }
+
+    /// The coming poll is a group's turn: whether the loop slept before it is what the
+    /// group's wait that brought the turn says (`Some(true)`: that wait slept), not the
+    /// time since the previous turn, which includes the time the loop was ready and
+    /// waited for a thread (another loop's turn, say): a channel ready all along must not
+    /// look like one that was reported again after a sleep. `None`: judged by the time
+    /// since the previous turn, as for a loop's own poll.
+    pub(crate) fn next_poll_slept(&mut self, slept: Option<bool>) {
+        self.next_slept = slept;
     }
 
     /// Callbacks are about to run outside an iteration (the functions `run` runs before

@@ -47,8 +47,10 @@
 //! ([`EventLoop::set_busy_poll`](crate::EventLoop::set_busy_poll)) has no effect (a turn
 //! never blocks in the loop's own `epoll_wait`; the group's threads spin instead, with
 //! [`LoopGroup::set_busy_poll`]), and the loop's poll time counts all the
-//! time between two turns, including time it was ready and waiting for a free thread. Stop
-//! the group from outside it: a thread of the group cannot join itself.
+//! time between two turns, including time it was ready and waiting for a free thread
+//! (which the spin detector does not take for a sleep: only a wait of the group's that
+//! slept ends its runs of dispatches). Stop the group from outside it: a thread of the
+//! group cannot join itself.
 //!
 //! [`EventLoopThreadPool`]: crate::EventLoopThreadPool
 
@@ -65,6 +67,7 @@ use duo_sys::{Epoll, EventFd, Events, Interest};
 use parking_lot::Mutex;
 
 use crate::event_loop_thread::ThreadInit;
+use crate::health::SLEPT;
 use crate::{EventLoop, LoopHandle};
 
 mod sharing;
@@ -459,11 +462,13 @@ impl GroupCore {
         let mut ran = false;
         loop {
             let timeout = self.help_due(me, &tried);
-            home.progress
-                .store(duo_sys::monotonic_nanos() | WAITING, Ordering::Release);
+            let before = duo_sys::monotonic_nanos();
+            home.progress.store(before | WAITING, Ordering::Release);
             let waited = self.wait_home(home, &mut events, ran, timeout);
-            home.progress
-                .store(duo_sys::monotonic_nanos(), Ordering::Release);
+            let after = duo_sys::monotonic_nanos();
+            home.progress.store(after, Ordering::Release);
+            // The loops it returned were not ready all along (for the spin detector).
+            let slept = Duration::from_nanos(after.saturating_sub(before)) > SLEPT;
             if let Err(e) = waited {
                 // Cannot happen with a valid epoll descriptor and buffer; do not spin.
                 log::error!("loop group: waiting for ready loops failed: {e}");
@@ -478,7 +483,7 @@ impl GroupCore {
                 if token == STOP_TOKEN {
                     return;
                 }
-                if self.run(token, false) {
+                if self.run(token, false, Some(slept)) {
                     ran = true;
                     home.progress
                         .store(duo_sys::monotonic_nanos(), Ordering::Release);
@@ -615,7 +620,7 @@ impl GroupCore {
                 continue;
             }
             for (token, _) in stolen.iter() {
-                if token != STOP_TOKEN && self.run(token, true) {
+                if token != STOP_TOKEN && self.run(token, true, None) {
                     ran = true;
                 }
             }
@@ -625,8 +630,9 @@ impl GroupCore {
 
     /// Runs one turn of loop `token` if no other thread is running it (returns whether
     /// it ran), then puts it back in its slot, or ends it. `helped`: this thread is not
-    /// the loop's owner.
-    fn run(&self, token: u64, helped: bool) -> bool {
+    /// the loop's owner. `slept`: whether the wait that found it ready slept, if known
+    /// ([`EventLoop::turn`]).
+    fn run(&self, token: u64, helped: bool, slept: Option<bool>) -> bool {
         let Some(slot) = self.slots.get(token as usize) else {
             return false;
         };
@@ -647,7 +653,7 @@ impl GroupCore {
         let Some(mut lp) = taken else {
             return false;
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn(helped)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn(helped, slept)));
         let ended = match outcome {
             Ok(Ok(false)) => None,
             Ok(Ok(true)) => Some(None),
