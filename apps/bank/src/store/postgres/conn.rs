@@ -8,8 +8,9 @@
 //! deadline ([`StoreOptions::db_timeout`](crate::store::StoreOptions)): past it the
 //! connection is dropped (its socket closed) and the call fails as on a broken connection,
 //! which the callers already treat as an unknown outcome (`UNAVAILABLE`, the lost session
-//! ended, a new one made). Making a connection (TCP, start-up, authentication) is bounded
-//! by the URL's `connect_timeout` for each host, as libpq bounds it.
+//! ended, a new one made). Making a connection (resolving the host name, TCP, start-up,
+//! authentication) is bounded by the URL's `connect_timeout` for each host, as libpq
+//! bounds it.
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -83,18 +84,7 @@ impl Conn {
         let within = config
             .get_connect_timeout()
             .map(|t| t.saturating_mul(hosts));
-        let made = runtime.block_on(async {
-            match within {
-                Some(within) => tokio::time::timeout(within, config.connect(NoTls))
-                    .await
-                    .map_err(|_| {
-                        ConnectError::Other(format!(
-                            "no connection within {within:?} (connect_timeout)"
-                        ))
-                    }),
-                None => Ok(config.connect(NoTls).await),
-            }
-        })?;
+        let (runtime, made) = connect_within(runtime, within, config.connect(NoTls))?;
         let (client, connection) = made.map_err(ConnectError::Db)?;
         Ok(Conn {
             client,
@@ -163,6 +153,35 @@ impl Conn {
     }
 }
 
+/// Runs `connecting` on `runtime`, within `within` if given: its outcome and the runtime,
+/// or an error past the limit.
+///
+/// A host name is resolved on the runtime's blocking pool (`getaddrinfo`, which nothing
+/// can cut short). Dropping a runtime waits for its blocking tasks, so past the limit the
+/// runtime is shut down in the background instead: a lookup that hangs (a DNS server that
+/// does not answer) ends on its own thread, and the caller is not held past the limit.
+fn connect_within<O>(
+    runtime: Runtime,
+    within: Option<Duration>,
+    connecting: impl Future<Output = O>,
+) -> Result<(Runtime, O), ConnectError> {
+    let made = runtime.block_on(async {
+        match within {
+            Some(within) => tokio::time::timeout(within, connecting).await.map_err(|_| {
+                ConnectError::Other(format!("no connection within {within:?} (connect_timeout)"))
+            }),
+            None => Ok(connecting.await),
+        }
+    });
+    match made {
+        Ok(made) => Ok((runtime, made)),
+        Err(e) => {
+            runtime.shutdown_background();
+            Err(e)
+        }
+    }
+}
+
 impl Driver {
     /// Runs `call` while driving the socket. Past the limit the connection is dropped, and
     /// the call fails as on a closed connection. An error that ends the connection
@@ -215,5 +234,35 @@ impl Driver {
             })
             .await
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::Instant;
+
+    /// Review round 11 of the bank: a host name is resolved on the runtime's blocking
+    /// pool (`getaddrinfo`, which nothing can cut short). A lookup that hangs (a DNS
+    /// server that does not answer) outlived `connect_timeout`: the timeout fired, but
+    /// dropping the runtime waited for the lookup to finish.
+    #[test]
+    fn a_hanging_lookup_does_not_outlive_the_connect_limit() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("runtime");
+        let lookup = async {
+            let _ =
+                tokio::task::spawn_blocking(|| std::thread::sleep(Duration::from_secs(4))).await;
+        };
+        let started = Instant::now();
+        let made = connect_within(runtime, Some(Duration::from_millis(100)), lookup);
+        let took = started.elapsed();
+        let Err(ConnectError::Other(why)) = made else {
+            panic!("connected past the limit");
+        };
+        assert!(why.contains("connect_timeout"), "{why}");
+        assert!(took < Duration::from_secs(2), "gave up after {took:?}");
     }
 }
