@@ -359,6 +359,13 @@ impl Handler for Acceptor {
         // paused when the first one finds it full (`pause_if_full`); one woken before
         // that takes one connection over the maximum. (Stopping at the budget declines
         // nothing: the listener stays ready in this loop's own set, level-triggered.)
+        if self.server.pause_at == Some(0) {
+            // `max_connections(0)` under `Pause`: no connection is ever admitted, and no
+            // close ever makes room; every one is left in the queue for the socket's other
+            // holders (as `Reject` with 0 closes every one).
+            self.pause_full(ch);
+            return;
+        }
         for i in 0..ACCEPT_BUDGET {
             match duo_sys::accept4(ch.fd()) {
                 Ok((fd, peer)) => {

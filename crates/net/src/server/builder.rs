@@ -14,7 +14,7 @@ use super::accept::{
     listen, new_connection_handler, AcceptMode, AcceptTrouble, Acceptor, Ids, ListenOptions,
     Placement, WhenFull,
 };
-use super::unix::listen_unix;
+use super::unix::{listen_unix, release_held_name};
 use super::{close_hook, ServerShared, TcpServer, NEXT_SERVER, NO_INET};
 use crate::config::{conn_config_setters, defaults, ConnConfig};
 use crate::conn::callbacks::{callback_setters, Callbacks};
@@ -214,6 +214,8 @@ impl ServerBuilder {
     }
     /// Beyond `n` open connections, new ones are accepted and closed at once (counted as
     /// rejected), or left in the listen queue: see [`when_full`](ServerBuilder::when_full).
+    /// Zero admits none: every connection is closed at once, or left in the queue (for
+    /// the socket's other holders).
     pub fn max_connections(mut self, n: usize) -> Self {
         self.max_connections = Some(n);
         self
@@ -301,7 +303,10 @@ impl ServerBuilder {
                 )?,
                 None,
             ),
-            (None, unix) => listen_unix(unix)?,
+            (None, unix) => {
+                release_held_name(main, unix);
+                listen_unix(unix)?
+            }
         };
         // A relative path reads back as given; an abstract name as its bytes.
         let endpoint = Endpoint::from_sock_addr(&listener.local_addr()?)
@@ -363,14 +368,6 @@ impl ServerBuilder {
         });
         // Per-loop services: installed on the main loop directly, on the server's own
         // I/O threads by a queued function (they end with their loop).
-        if !self.busy_poll.is_zero() {
-            let spin = self.busy_poll;
-            match threads.group() {
-                // A group's threads spin on the group's set, not on a loop's.
-                Some(group) => group.set_busy_poll(spin),
-                None => on_each_loop(main, &loops, move |lp| lp.set_busy_poll(spin))?,
-            }
-        }
         if let Some(timeout) = self.idle_timeout {
             on_each_loop(main, &loops, move |lp| {
                 NetLoop::idle_install(lp, id, timeout, LoopConn::idle_expired)
@@ -515,6 +512,20 @@ impl ServerBuilder {
             // The loops hold their own descriptors of the socket (`Shared`) or sockets of
             // their own (`ReusePort`).
             drop(listener);
+        }
+        // Last, once nothing can fail any more: a failed start leaves the main loop's
+        // busy polling as it was.
+        if !self.busy_poll.is_zero() {
+            let spin = self.busy_poll;
+            match threads.group() {
+                // A group's threads spin on the group's set, not on a loop's.
+                Some(group) => group.set_busy_poll(spin),
+                // (An I/O loop already gone needs none: no error once accepting.)
+                None => {
+                    let _ =
+                        on_each_loop(main, &threads.handles(), move |lp| lp.set_busy_poll(spin));
+                }
+            }
         }
         // Suppressed log counts that no later line of their kind reports.
         let report = main.run_every(duo_reactor::log_limit::DEFAULT_INTERVAL, |_| {

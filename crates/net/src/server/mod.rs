@@ -437,6 +437,8 @@ impl TcpServer {
     /// the main loop stops listening at the drop already (new connects are refused, and
     /// those still queued end), whenever that loop runs again. An inherited one
     /// ([`builder_on`](TcpServer::builder_on)) is left listening for its other holders.
+    /// An abstract Unix name (`unix:@name`) stays bound until the queued stop closes the
+    /// socket; a server started on the same loop and name runs that stop first.
     pub fn stop(mut self, main: &mut EventLoop) {
         if main.handle().same_loop(&self.shared.main) {
             stop_on_main(main, &self.shared);
@@ -458,7 +460,9 @@ impl TcpServer {
         // drop after `run` returned) or ever: it stops listening now, rather than take
         // connections into a queue nobody accepts from. Only a socket the server bound
         // itself: an inherited one may serve other processes too.
-        if let Some(listener) = self.shared.own_listener.lock().take() {
+        let own_listener = self.shared.own_listener.lock().take();
+        let holds_name = own_listener.is_some();
+        if let Some(listener) = own_listener {
             let _ = listener.shutdown(std::net::Shutdown::Read);
             if self.shared.endpoint.is_unix() {
                 // TCP resets the connections a shut-down listener held; a Unix-domain
@@ -477,6 +481,9 @@ impl TcpServer {
             .shared
             .main
             .queue_in_loop(move |lp| stop_on_main(lp, &shared));
+        if holds_name {
+            unix::note_held_name(&self.shared);
+        }
         if let Err(e) = self.threads.stop() {
             log::error!("server {}: {e}", self.shared.name);
         }

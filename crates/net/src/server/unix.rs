@@ -31,17 +31,22 @@
 //! keeps its own. (The inode cannot have been reused meanwhile: the bound socket holds
 //! it, unlinked or not, until it closes, and the check comes first.) A relative path is remembered as absolute (against the working
 //! directory at bind), so a change of directory meanwhile does not leave the file behind. Abstract names (`unix:@name`) have no file: the kernel frees the name
-//! with the last socket.
+//! with the last socket. A server dropped while its main loop does not run keeps that
+//! socket until the loop runs the queued stop; a server started on the same loop and name
+//! meanwhile runs that stop first ([`release_held_name`]).
 
 use std::fs;
 use std::io;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
-use std::sync::Arc;
+use std::sync::{Arc, Weak};
 
+use duo_reactor::EventLoop;
+use parking_lot::Mutex;
 use socket2::{Domain, SockAddr, Socket, Type};
 
 use super::accept::BACKLOG;
+use super::ServerShared;
 use crate::endpoint::Endpoint;
 
 /// The socket file a server created by binding; dropping it (at the server's stop, or
@@ -142,5 +147,51 @@ fn clear_stale(path: &Path) -> io::Result<()> {
         Err(e) => Err(in_use(format!(
             "unix:{shown} exists and cannot be probed ({e}); not replacing it"
         ))),
+    }
+}
+
+/// Servers on an abstract name whose stop is queued to their main loop, which has not
+/// run it yet: their listening socket (on that loop) still holds the name, and the
+/// kernel frees an abstract name only with its last socket (a path's file is removed at
+/// once). See [`release_held_name`].
+static HELD_NAMES: Mutex<Vec<Weak<ServerShared>>> = Mutex::new(Vec::new());
+
+/// Whether `shared` still holds its name on its main loop: alive, its acceptor not yet
+/// removed.
+fn holds_name(shared: &ServerShared) -> bool {
+    !shared.acceptors.lock().is_empty()
+}
+
+/// Notes a server on an abstract name whose stop was just queued to its main loop (a
+/// drop, or a stop given another loop), while that loop still holds its listener.
+pub(super) fn note_held_name(shared: &Arc<ServerShared>) {
+    if !matches!(shared.endpoint, Endpoint::Abstract(_)) {
+        return;
+    }
+    let mut held = HELD_NAMES.lock();
+    held.retain(|w| w.upgrade().is_some_and(|s| holds_name(&s)));
+    held.push(Arc::downgrade(shared));
+}
+
+/// Before a server binds `endpoint` on `main`: runs now the queued stops of the servers
+/// of this loop that still hold that abstract name, so that a server dropped and started
+/// again on the same loop (without the loop running in between) can bind it, as it can a
+/// path or a TCP port. The stop is the one queued anyway (idempotent); a server whose
+/// main loop is another keeps the name until that loop runs.
+pub(super) fn release_held_name(main: &mut EventLoop, endpoint: &Endpoint) {
+    if !matches!(endpoint, Endpoint::Abstract(_)) {
+        return;
+    }
+    let here = main.handle();
+    let due: Vec<Arc<ServerShared>> = {
+        let mut held = HELD_NAMES.lock();
+        held.retain(|w| w.upgrade().is_some_and(|s| holds_name(&s)));
+        held.iter()
+            .filter_map(Weak::upgrade)
+            .filter(|s| s.endpoint == *endpoint && s.main.same_loop(&here))
+            .collect()
+    };
+    for shared in due {
+        super::stop_on_main(main, &shared);
     }
 }
