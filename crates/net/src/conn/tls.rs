@@ -36,11 +36,13 @@
 //!   So is one that closes before its "up" callback (the pool refused the plaintext that
 //!   came with the last flight: `OutOfMemory`), counted with that reason.
 //! - **Ending.** `shutdown` and `close_after_flush` queue `close_notify` after the
-//!   ciphertext of what was sent before. The peer's `close_notify` is its end of stream
-//!   (the half-close callback, as for TCP). A TCP end of stream without `close_notify`
-//!   closes with [`TlsFailure::Truncated`] once the output is written (with the socket
-//!   error instead, such as a reset, when one was seen first); a protocol error
-//!   sends rustls' alert (best effort) and closes with [`TlsFailure::Protocol`].
+//!   ciphertext of what was sent before; no record follows it (rustls' answer to a
+//!   renegotiation request is dropped, as is a fatal alert). The peer's `close_notify`
+//!   is its end of stream (the half-close callback, as for TCP). A TCP end of stream
+//!   without `close_notify` closes with [`TlsFailure::Truncated`] once the output is
+//!   written (with the socket error instead, such as a reset, when one was seen first);
+//!   a protocol error sends rustls' alert (best effort) and closes with
+//!   [`TlsFailure::Protocol`].
 //!
 //! Statistics count bytes on the wire (ciphertext), as for plain TCP.
 
@@ -135,6 +137,9 @@ pub(crate) struct TlsState {
     up: bool,
     /// The peer's `close_notify` arrived and all the plaintext before it was taken out.
     peer_closed: bool,
+    /// Our `close_notify` went out: records rustls makes after it (an alert answering a
+    /// renegotiation request) are dropped, not sent (the write side may be shut).
+    notified: bool,
     /// The handshake timeout.
     timer: Option<TimerId>,
     /// Ciphertext read but not yet handed to rustls: the input buffer was full and the
@@ -156,6 +161,7 @@ impl TlsState {
             conn: setup.session()?,
             up: false,
             peer_closed: false,
+            notified: false,
             timer: None,
             wire_left: Vec::new(),
             fresh: false,
@@ -242,7 +248,9 @@ impl Machine {
         }
         let mut out = take_out_vec();
         drain_records(&mut tls.conn, &mut out);
-        self.send_raw(lp, ch, &out);
+        if !tls.notified {
+            self.send_raw(lp, ch, &out);
+        }
         put_out_vec(out);
     }
 
@@ -315,6 +323,9 @@ impl Machine {
         let Some(tls) = self.tls.as_mut() else { return };
         tls.conn.send_close_notify();
         self.tls_flush(lp, ch);
+        if let Some(tls) = self.tls.as_mut() {
+            tls.notified = true;
+        }
     }
 
     /// Called by [`Machine::close`]: stops the handshake timer; false if the connection
@@ -365,7 +376,7 @@ impl Machine {
         if let Some(tls) = self.tls.as_mut() {
             let mut out = take_out_vec();
             drain_records(&mut tls.conn, &mut out);
-            if self.output.is_empty() && !ch.is_writing() && !out.is_empty() {
+            if self.output.is_empty() && !ch.is_writing() && !out.is_empty() && !tls.notified {
                 if let Ok(n) = duo_sys::send_vectored(ch.fd(), &[IoSlice::new(&out)]) {
                     self.owner.counters.add_out(n);
                 }
