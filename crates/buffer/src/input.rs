@@ -340,9 +340,12 @@ impl InputBuffer {
     ///
     /// [`BufferError::Full`] without reading if the buffer already holds
     /// [`max_len`](InputBuffer::max_len) bytes; [`BufferError::Io`] for a failed read;
-    /// [`BufferError::Pool`] if the pool has no block. If the pool fails while growing after
-    /// the read, the bytes that landed in the spill area are lost: the stream is broken and the
-    /// connection should be closed.
+    /// [`BufferError::Pool`] if the pool has no block. Growing after the read holds the old
+    /// block and the bigger one at once; if the pool refuses that, the contents and the new
+    /// bytes are kept unsettled in the spill area instead when they fit in it (64 KiB), and
+    /// the read succeeds ([`settle`](InputBuffer::settle) then needs one block only).
+    /// Otherwise the read fails with `Pool` and the bytes that landed in the spill area are
+    /// lost: the stream is broken and the connection should be closed.
     pub fn read_from(&mut self, fd: BorrowedFd<'_>) -> Result<ReadOutcome, BufferError> {
         self.read_with(|iovs| duo_sys::readv(fd, iovs))
     }
@@ -423,12 +426,24 @@ impl InputBuffer {
                     .as_deref()
                     .and_then(|s| s.get(..n - in_block))
                     .unwrap_or_default();
+                let data = ReadOutcome::Data {
+                    len: n,
+                    drained: n < offered,
+                };
                 match self.store(spilled) {
-                    Ok(()) => Ok(ReadOutcome::Data {
-                        len: n,
-                        drained: n < offered,
-                    }),
-                    Err(e) => Err(BufferError::Pool(e)),
+                    Ok(()) => Ok(data),
+                    Err(e) => match spill.take() {
+                        // Growth holds the old block and the new one at once; a cap with
+                        // room for the new one alone refuses it. Keep the bytes unsettled.
+                        Some(area) => match self.unsettle(area, n - in_block) {
+                            Ok(()) => Ok(data),
+                            Err(area) => {
+                                spill = Some(area);
+                                Err(BufferError::Pool(e))
+                            }
+                        },
+                        None => Err(BufferError::Pool(e)),
+                    },
                 }
             }
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => Ok(ReadOutcome::WouldBlock),
@@ -439,6 +454,29 @@ impl InputBuffer {
         }
         self.release_if_empty();
         outcome
+    }
+
+    /// After a read whose growth the pool refused: moves the block's contents and the
+    /// `new` bytes the read left at the front of `area` into `area` (in order), gives the
+    /// block back and keeps `area` as the unsettled bytes, so nothing read is lost and a
+    /// later [`settle`](InputBuffer::settle) needs one block only. Gives `area` back
+    /// untouched if they do not fit in it.
+    fn unsettle(&mut self, mut area: Box<SpillArea>, new: usize) -> Result<(), Box<SpillArea>> {
+        let old = self.buf.as_ref().map_or(0, IoBuf::len);
+        let total = old + new;
+        if total > area.len() || new > area.len() {
+            return Err(area);
+        }
+        area.copy_within(..new, old);
+        if let (Some(buf), Some(dst)) = (self.buf.take(), area.get_mut(..old)) {
+            dst.copy_from_slice(buf.data());
+        }
+        self.spilled = Some(Spilled {
+            area,
+            start: 0,
+            end: total as u32, // at most SPILL_LEN
+        });
+        Ok(())
     }
 
     /// A read into an empty buffer: into the spill area alone, where the bytes stay until
@@ -480,7 +518,15 @@ impl InputBuffer {
         if src.is_empty() {
             return Ok(());
         }
-        self.settle()?;
+        if let Some(s) = &self.spilled {
+            // One block for both: settling first, then growing, would hold two at once.
+            let mut block = self.pool.alloc(s.len() + src.len())?;
+            block.append(s.data());
+            block.append(src);
+            self.buf = Some(block);
+            self.release_spill();
+            return Ok(());
+        }
         match &mut self.buf {
             None => {
                 let mut buf = self.pool.alloc(src.len())?;
