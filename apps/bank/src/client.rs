@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use duo_net::tls::{self, rustls};
 use duo_net::Endpoint;
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 use crate::protocol::{extra_reply_lines, HISTORY_MAX};
 
@@ -274,12 +274,13 @@ fn connect_unix(addr: &str) -> io::Result<UnixStream> {
         .parse()
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     let target = match &endpoint {
-        Endpoint::Unix(path) => SockAddr::unix(path)?,
+        // Not `SockAddr::unix`, which stops a path at 107 bytes (Linux takes 108).
+        Endpoint::Unix(path) => duo_sys::unix_addr(path.as_os_str().as_bytes())?,
         Endpoint::Abstract(name) => {
             let mut raw = Vec::with_capacity(name.len() + 1);
             raw.push(0);
             raw.extend_from_slice(name);
-            SockAddr::unix(std::ffi::OsStr::from_bytes(&raw))?
+            duo_sys::unix_addr(&raw)?
         }
         _ => {
             return Err(io::Error::new(

@@ -101,7 +101,7 @@ fn a_stale_file_is_replaced_and_what_is_not_ours_is_refused_and_kept() {
     for (at, code, says) in [
         (format!("unix:{}", link.display()), 1, "not a socket"),
         (format!("unix:{}", sub.display()), 1, "not a socket"),
-        (long, 2, "at most 107 bytes"),
+        (long, 2, "at most 108 bytes"),
     ] {
         let out = run_within(&mut echo(&at, &[]), EXIT).unwrap();
         assert_eq!(out.status.code(), Some(code), "{at}: {out:?}");

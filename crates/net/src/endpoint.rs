@@ -17,9 +17,12 @@ const EMPTY_ABSTRACT: &str = "(empty)";
 /// How an unnamed socket displays (and parses).
 const UNNAMED: &str = "(unnamed)";
 
-/// The longest name a Unix-domain address holds (`sun_path` is 108 bytes; a path needs
-/// its terminating NUL, an abstract name its leading one).
-const SUN_PATH_MAX: usize = 107;
+/// The longest path a Unix-domain address holds: all of `sun_path` (108 bytes; Linux
+/// takes a path that fills it with no terminating NUL, so a peer may show up with one).
+const PATH_MAX: usize = duo_sys::SUN_PATH_LEN;
+
+/// The longest abstract name a Unix-domain address holds (`sun_path` less the leading NUL).
+const ABSTRACT_MAX: usize = duo_sys::SUN_PATH_LEN - 1;
 
 /// A stream endpoint: an IPv4/IPv6 address (TCP), a Unix-domain socket path, or an
 /// abstract Unix-domain name (Linux only: no file, gone with the last socket).
@@ -80,8 +83,9 @@ pub enum ParseEndpointError {
     /// `unix:` or `unix:@` with nothing after it.
     #[error("{0:?}: the Unix-domain address is empty")]
     Empty(String),
-    /// A path or name longer than a Unix-domain address holds (107 bytes).
-    #[error("{0:?}: a Unix-domain address holds at most {SUN_PATH_MAX} bytes")]
+    /// A path or name longer than a Unix-domain address holds (a path 108 bytes, an
+    /// abstract name 107).
+    #[error("{0:?}: a Unix-domain address holds a path of at most {PATH_MAX} bytes, an abstract name of at most {ABSTRACT_MAX}")]
     TooLong(String),
     /// A path with a NUL byte.
     #[error("{0:?}: a Unix-domain path cannot contain a NUL byte")]
@@ -98,7 +102,7 @@ pub enum ParseEndpointError {
 }
 
 impl Endpoint {
-    /// A Unix-domain socket path (checked: not empty, no NUL, at most 107 bytes, not
+    /// A Unix-domain socket path (checked: not empty, no NUL, at most 108 bytes, not
     /// ending in `/`).
     pub fn unix(path: impl AsRef<Path>) -> Result<Endpoint, ParseEndpointError> {
         let path = path.as_ref();
@@ -110,7 +114,7 @@ impl Endpoint {
         if bytes.contains(&0) {
             return Err(ParseEndpointError::Nul(shown()));
         }
-        if bytes.len() > SUN_PATH_MAX {
+        if bytes.len() > PATH_MAX {
             return Err(ParseEndpointError::TooLong(shown()));
         }
         if bytes.ends_with(b"/") {
@@ -126,7 +130,7 @@ impl Endpoint {
         if name.is_empty() {
             return Err(ParseEndpointError::Empty(shown()));
         }
-        if name.len() > SUN_PATH_MAX {
+        if name.len() > ABSTRACT_MAX {
             return Err(ParseEndpointError::TooLong(shown()));
         }
         Ok(Endpoint::Abstract(Arc::from(name)))
@@ -193,7 +197,8 @@ impl Endpoint {
     pub(crate) fn to_sock_addr(&self) -> io::Result<SockAddr> {
         match self {
             Endpoint::Inet(addr) => Ok(SockAddr::from(*addr)),
-            Endpoint::Unix(path) => SockAddr::unix(path),
+            // Not `SockAddr::unix`, which stops a path at 107 bytes.
+            Endpoint::Unix(path) => duo_sys::unix_addr(path.as_os_str().as_bytes()),
             // `unix:@(empty)`, a peer's address read back: refused as `unix:@` is (and
             // `abstract_name("")`), a likely mistake rather than the one system-wide name.
             Endpoint::Abstract(name) if name.is_empty() => Err(io::Error::new(
@@ -201,11 +206,11 @@ impl Endpoint {
                 "the empty abstract name (unix:@(empty)) is not an address to bind or connect to",
             )),
             Endpoint::Abstract(name) => {
-                // socket2 reads a leading NUL byte as "abstract" (Linux's convention).
+                // A leading NUL byte makes it abstract (Linux's convention).
                 let mut bytes = Vec::with_capacity(name.len() + 1);
                 bytes.push(0);
                 bytes.extend_from_slice(name);
-                SockAddr::unix(PathBuf::from(std::ffi::OsString::from_vec(bytes)))
+                duo_sys::unix_addr(&bytes)
             }
             Endpoint::UnixUnnamed => Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
@@ -414,10 +419,10 @@ mod tests {
             let err = s.parse::<Endpoint>().unwrap_err().to_string();
             assert!(err.contains(want) && err.contains(s), "{s}: {err}");
         }
-        let long = format!("unix:/{}", "x".repeat(107));
+        let long = format!("unix:/{}", "x".repeat(108));
         let err = long.parse::<Endpoint>().unwrap_err().to_string();
-        assert!(err.contains("at most 107 bytes"), "{err}");
-        assert!(format!("unix:/{}", "x".repeat(106))
+        assert!(err.contains("at most 108 bytes"), "{err}");
+        assert!(format!("unix:/{}", "x".repeat(107))
             .parse::<Endpoint>()
             .is_ok());
         assert!(format!("unix:@{}", "x".repeat(107))

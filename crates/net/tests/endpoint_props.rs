@@ -76,8 +76,9 @@ proptest! {
 
     #[test]
     fn names_too_long_are_refused(len in 108usize..300) {
+        // An abstract name holds 107 bytes, a path 108 (all of `sun_path`, no NUL).
         let long = "x".repeat(len);
-        let (name, path) = (format!("unix:@{long}"), format!("unix:{long}"));
+        let (name, path) = (format!("unix:@{long}"), format!("unix:{long}x"));
         prop_assert!(name.parse::<Endpoint>().is_err());
         prop_assert!(path.parse::<Endpoint>().is_err());
     }

@@ -84,7 +84,7 @@ pub use udp::{
     recv_from, recv_mmsg, send_mmsg, send_mmsg_from, send_to, set_recv_pktinfo, MmsgScratch,
     RecvMeta,
 };
-pub use unix::{own_credentials, peer_credentials, PeerCredentials};
+pub use unix::{own_credentials, peer_credentials, unix_addr, PeerCredentials, SUN_PATH_LEN};
 
 pub use socket2;
 

@@ -1,15 +1,71 @@
 //! Unix-domain socket calls that neither std nor [`socket2`] offer on stable Rust: the
 //! peer's credentials (`SO_PEERCRED`).
 //!
-//! Addresses (paths and Linux's abstract names) need no code here: `socket2::SockAddr::unix`
-//! builds both (a name that starts with a NUL byte is abstract), and `SockAddr::as_pathname`
-//! / `as_abstract_namespace` read them back. Whether a path is a socket, and its device and
-//! inode, come from `std::fs::symlink_metadata`.
+//! Addresses (paths and Linux's abstract names): [`unix_addr`] builds both, a path that
+//! fills all of `sun_path` (108 bytes, no terminating NUL) included, which
+//! `socket2::SockAddr::unix` refuses though Linux binds and connects to it (so a peer may
+//! show up with one). `SockAddr::as_pathname` / `as_abstract_namespace` read the kernel's
+//! answers back (the kernel terminates a 108-byte path it reports with a NUL past
+//! `sun_path`, within the `sockaddr_storage`). Whether a path is a socket, and its device
+//! and inode, come from `std::fs::symlink_metadata`.
 
 use std::io;
 use std::os::fd::{AsRawFd, BorrowedFd};
 
+use socket2::SockAddr;
+
 use crate::{context, cvt};
+
+/// The size of `sun_path`: the longest path (with no terminating NUL) or abstract name
+/// (with its leading NUL) a Unix-domain address holds.
+pub const SUN_PATH_LEN: usize = 108;
+
+/// The address of a Unix-domain path or abstract name given as the bytes of `sun_path`: a
+/// leading NUL makes it an abstract name (the bytes after it, not NUL-terminated), else a
+/// path (NUL-terminated when shorter than `sun_path`; exactly 108 bytes fill it, as Linux
+/// allows). `socket2::SockAddr::unix` stops a path at 107 bytes.
+///
+/// # Errors
+///
+/// `InvalidInput` for no bytes (that is the unnamed address, not one to bind or connect
+/// to), more than [`SUN_PATH_LEN`] bytes, or a path with a NUL byte inside.
+pub fn unix_addr(sun_path: &[u8]) -> io::Result<SockAddr> {
+    let invalid = |what: &str| io::Error::new(io::ErrorKind::InvalidInput, what.to_owned());
+    let is_abstract = match sun_path.first() {
+        None => return Err(invalid("an empty Unix-domain address")),
+        Some(&first) => first == 0,
+    };
+    if sun_path.len() > SUN_PATH_LEN {
+        return Err(invalid("a Unix-domain address holds at most 108 bytes"));
+    }
+    if !is_abstract && sun_path.contains(&0) {
+        return Err(invalid("a Unix-domain path cannot contain a NUL byte"));
+    }
+    let offset = std::mem::offset_of!(libc::sockaddr_un, sun_path);
+    // A path shorter than `sun_path` carries its NUL (as `SockAddr::unix` writes it); the
+    // kernel refuses a length past `sizeof(sockaddr_un)`, so a full one carries none.
+    let nul = usize::from(!is_abstract && sun_path.len() < SUN_PATH_LEN);
+    let len = (offset + sun_path.len() + nul) as libc::socklen_t;
+    // SAFETY: `try_init` hands a pointer to a zeroed `sockaddr_storage` (128 bytes, aligned
+    // for any socket address, so for a `sockaddr_un`, 110 bytes) and to its length. We
+    // write the family and at most 108 bytes into `sun_path` (checked above), in bounds;
+    // the zeroed storage already holds the terminating NUL of a shorter path. `len` is at
+    // most `sizeof(sockaddr_un)`, within the storage.
+    let ((), addr) = unsafe {
+        SockAddr::try_init(|storage, storage_len| {
+            let un = storage.cast::<libc::sockaddr_un>();
+            (*un).sun_family = libc::AF_UNIX as libc::sa_family_t;
+            std::ptr::copy_nonoverlapping(
+                sun_path.as_ptr(),
+                std::ptr::addr_of_mut!((*un).sun_path).cast::<u8>(),
+                sun_path.len(),
+            );
+            *storage_len = len;
+            Ok(())
+        })
+    }?;
+    Ok(addr)
+}
 
 /// The credentials of the process at the other end of a Unix-domain socket, as the kernel
 /// recorded them when the connection was made (`connect` on the client's side, `listen` on
@@ -113,6 +169,43 @@ mod tests {
         b.read_exact(&mut buf).unwrap();
         assert_eq!(crate::bytes_available(b.as_fd()).unwrap(), 0);
         assert_eq!(crate::bytes_unacknowledged(a.as_fd()).unwrap(), 0);
+    }
+
+    /// A path that fills `sun_path` (108 bytes, no NUL) binds, and the kernel reports it
+    /// whole; one byte more, an empty address or a NUL inside a path are refused.
+    #[test]
+    fn unix_addr_takes_all_of_sun_path() {
+        use std::os::unix::ffi::OsStrExt;
+        let dir = duo_testkit::TempDir::new("sys-unix-addr");
+        let base = dir.path().as_os_str().as_bytes().to_vec();
+        let mut path = base.clone();
+        path.push(b'/');
+        path.resize(SUN_PATH_LEN, b'p');
+        let s = socket2::Socket::new(socket2::Domain::UNIX, socket2::Type::STREAM, None).unwrap();
+        s.bind(&unix_addr(&path).unwrap()).unwrap();
+        let local = s.local_addr().unwrap();
+        assert_eq!(
+            local.as_pathname().unwrap().as_os_str().as_bytes(),
+            &path[..]
+        );
+        // A shorter path, and an abstract name, as `SockAddr::unix` builds them.
+        let short = unix_addr(&path[..50]).unwrap();
+        assert_eq!(
+            short.as_pathname().unwrap().as_os_str().as_bytes(),
+            &path[..50]
+        );
+        let name = unix_addr(b"\0duo-name").unwrap();
+        assert_eq!(name.as_abstract_namespace(), Some(&b"duo-name"[..]));
+        let mut long = path.clone();
+        long.push(b'q');
+        for bad in [&long[..], b"", b"a\0b"] {
+            let err = unix_addr(bad).unwrap_err();
+            assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{bad:?}: {err}");
+        }
+        assert!(
+            unix_addr(&[0u8; SUN_PATH_LEN]).is_ok(),
+            "an abstract name of 107 bytes"
+        );
     }
 
     #[test]

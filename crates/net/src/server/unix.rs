@@ -37,13 +37,14 @@
 
 use std::fs;
 use std::io;
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 use std::sync::{Arc, Weak};
 
 use duo_reactor::EventLoop;
 use parking_lot::Mutex;
-use socket2::{Domain, SockAddr, Socket, Type};
+use socket2::{Domain, Socket, Type};
 
 use super::accept::BACKLOG;
 use super::ServerShared;
@@ -131,7 +132,7 @@ fn clear_stale(path: &Path) -> io::Result<()> {
     // Non-blocking, so that a live server with a full backlog answers `EAGAIN` at once
     // instead of holding us up.
     let probe = Socket::new(Domain::UNIX, Type::STREAM.nonblocking().cloexec(), None)?;
-    match probe.connect(&SockAddr::unix(path)?) {
+    match probe.connect(&duo_sys::unix_addr(path.as_os_str().as_bytes())?) {
         Ok(()) => Err(in_use(format!(
             "unix:{shown} is in use: a server is listening on it"
         ))),

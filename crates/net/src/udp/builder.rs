@@ -185,6 +185,11 @@ impl UdpBuilder {
             .local_addr()?
             .as_socket()
             .ok_or_else(|| io::Error::other("udp: bound to a non-IP address"))?;
+        if self.connect.is_none() {
+            // A socket its caller connected before handing it over (`UdpSocket::builder_on`)
+            // is connected all the same (`getpeername` fails on one that is not).
+            self.connect = socket.peer_addr().ok().and_then(|a| a.as_socket());
+        }
         self.serve(socket.into(), local_addr, lp)
     }
 

@@ -191,7 +191,8 @@ impl UdpSocket {
         self.shared.local_addr
     }
 
-    /// The connected peer ([`UdpBuilder::connect`]), if any.
+    /// The connected peer ([`UdpBuilder::connect`], or the peer of a socket connected
+    /// before [`UdpSocket::builder_on`]), if any.
     pub fn peer_addr(&self) -> Option<SocketAddr> {
         self.shared.peer
     }
