@@ -40,7 +40,7 @@
 //! `--tls-cert` file that cannot be used).
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener};
 use std::process::ExitCode;
 use std::time::Duration;
 
@@ -185,30 +185,15 @@ struct ClientArgs {
     command: Vec<String>,
 }
 
-/// `unix:/path`, `unix:@name`, or `HOST:PORT` as [`parse_addr`] reads it.
+/// `unix:/path`, `unix:@name`, or `HOST:PORT` (a host name resolved to its first
+/// address; an IPv6 address in brackets): [`Endpoint::resolve`].
 fn parse_listen(s: &str) -> Result<Endpoint, String> {
-    if s.starts_with("unix:") {
-        return Endpoint::parse_address(s).map_err(|e| e.to_string());
-    }
-    parse_addr(s).map(Endpoint::Inet)
+    Endpoint::resolve(s).map_err(|e| e.to_string())
 }
 
-/// `HOST:PORT`, a host name resolved to its first address. An IPv6 address goes in
-/// brackets (`[::1]:7100`): without them `::1:7100` is itself an address, not `::1` and a
-/// port.
+/// `HOST:PORT`, a host name resolved to its first address: [`duo_net::resolve_inet`].
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    if s.matches(':').count() > 1 && !s.starts_with('[') {
-        return Err(format!(
-            "{s}: an IPv6 address goes in brackets before its port, as [::1]:7100"
-        ));
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("{s}: {e}"))?
-        .next()
-        .ok_or_else(|| format!("{s}: resolves to no address"))
+    duo_net::resolve_inet(s).map_err(|e| e.to_string())
 }
 
 /// `--connect`: `unix:/path`, `unix:@name`, or `HOST:PORT` with a port number (an IPv6

@@ -124,7 +124,7 @@
 //! `nc 127.0.0.1 7000`.
 #![forbid(unsafe_code)]
 
-use std::net::{SocketAddr, TcpListener, ToSocketAddrs};
+use std::net::{SocketAddr, TcpListener};
 use std::num::NonZeroUsize;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -295,31 +295,15 @@ enum Accept {
     Reuseport,
 }
 
-/// Parses `unix:/path`, `unix:@name`, or `HOST:PORT` as [`parse_addr`] does.
+/// `unix:/path`, `unix:@name`, or `HOST:PORT` (a host name resolved to its first
+/// address; an IPv6 address in brackets): [`Endpoint::resolve`].
 fn parse_listen(s: &str) -> Result<Endpoint, String> {
-    if s.starts_with("unix:") {
-        return Endpoint::parse_address(s).map_err(|e| e.to_string());
-    }
-    parse_addr(s).map(Endpoint::Inet)
+    Endpoint::resolve(s).map_err(|e| e.to_string())
 }
 
-/// Parses `HOST:PORT`, resolving a host name (`localhost:7000`) to its first address.
-/// An IPv6 address goes in brackets (`[::1]:7000`): without them `::1:7000` is itself an
-/// address, not `::1` and a port.
+/// `HOST:PORT`, a host name resolved to its first address: [`duo_net::resolve_inet`].
 fn parse_addr(s: &str) -> Result<SocketAddr, String> {
-    if let Ok(addr) = s.parse() {
-        return Ok(addr);
-    }
-    if s.matches(':').count() > 1 && !s.starts_with('[') {
-        return Err(format!(
-            "`{s}` is not a HOST:PORT address: an IPv6 address goes in brackets before \
-             its port, as [::1]:7000"
-        ));
-    }
-    s.to_socket_addrs()
-        .map_err(|e| format!("`{s}` is not a HOST:PORT address: {e}"))?
-        .next()
-        .ok_or_else(|| format!("`{s}` resolves to no address"))
+    duo_net::resolve_inet(s).map_err(|e| e.to_string())
 }
 
 fn main() -> ExitCode {

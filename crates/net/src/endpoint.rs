@@ -101,6 +101,55 @@ pub enum ParseEndpointError {
     PeerOnly(String),
 }
 
+/// Why a string does not resolve to an address ([`Endpoint::resolve`], [`resolve_inet`]).
+#[derive(Debug, thiserror::Error)]
+pub enum ResolveEndpointError {
+    /// A `unix:...` address that does not parse.
+    #[error(transparent)]
+    Parse(#[from] ParseEndpointError),
+    /// An IPv6 address with a port but no brackets (`::1:7000` is itself an address:
+    /// `[::1]:7000` is meant).
+    #[error("`{0}` is not a HOST:PORT address: an IPv6 address goes in brackets before its port, as [::1]:7000")]
+    Unbracketed(String),
+    /// Not `HOST:PORT`, or the host name did not resolve (the lookup's error).
+    #[error("`{addr}` is not a HOST:PORT address: {source}")]
+    Lookup {
+        /// The string given.
+        addr: String,
+        /// What the lookup said.
+        source: io::Error,
+    },
+    /// The host name resolved to no address.
+    #[error("`{0}` resolves to no address")]
+    NoAddress(String),
+}
+
+/// `HOST:PORT` as an IP address and port (`127.0.0.1:7000`, `[::1]:7000`), or a host name
+/// and port (`localhost:7000`) resolved to its first address (`getaddrinfo`, through
+/// [`ToSocketAddrs`](std::net::ToSocketAddrs): it blocks, so call it at start-up, not on
+/// a loop). An IPv6 address goes in brackets before its port: `::1:7000` is refused with
+/// [`ResolveEndpointError::Unbracketed`] rather than looked up.
+///
+/// # Errors
+///
+/// [`ResolveEndpointError`]: `Unbracketed`, `Lookup` (no port, a bad port, a name that
+/// does not resolve), `NoAddress`.
+pub fn resolve_inet(s: &str) -> Result<SocketAddr, ResolveEndpointError> {
+    if let Ok(addr) = s.parse() {
+        return Ok(addr);
+    }
+    if s.matches(':').count() > 1 && !s.starts_with('[') {
+        return Err(ResolveEndpointError::Unbracketed(s.to_owned()));
+    }
+    std::net::ToSocketAddrs::to_socket_addrs(s)
+        .map_err(|source| ResolveEndpointError::Lookup {
+            addr: s.to_owned(),
+            source,
+        })?
+        .next()
+        .ok_or_else(|| ResolveEndpointError::NoAddress(s.to_owned()))
+}
+
 impl Endpoint {
     /// A Unix-domain socket path (checked: not empty, no NUL, at most 108 bytes, not
     /// ending in `/`).
@@ -165,6 +214,31 @@ impl Endpoint {
             return Err(ParseEndpointError::PeerOnly(s.to_owned()));
         }
         Ok(endpoint)
+    }
+
+    /// Parses an address to listen on or connect to as
+    /// [`parse_address`](Endpoint::parse_address) does, and also `HOST:PORT` with a host
+    /// name (`localhost:7000`), resolved to its first address ([`resolve_inet`]): for a
+    /// command line's `--listen`. The lookup blocks: call it at start-up, not on a loop.
+    ///
+    /// ```
+    /// use duo_net::Endpoint;
+    ///
+    /// assert_eq!(Endpoint::resolve("127.0.0.1:7000")?.to_string(), "127.0.0.1:7000");
+    /// assert!(Endpoint::resolve("localhost:7000")?.as_inet().is_some());
+    /// assert!(Endpoint::resolve("::1:7000").is_err()); // brackets: [::1]:7000
+    /// # Ok::<(), duo_net::ResolveEndpointError>(())
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`parse_address`](Endpoint::parse_address) for `unix:...`; as [`resolve_inet`]
+    /// for the rest.
+    pub fn resolve(s: &str) -> Result<Endpoint, ResolveEndpointError> {
+        if s.starts_with("unix:") {
+            return Ok(Endpoint::parse_address(s)?);
+        }
+        resolve_inet(s).map(Endpoint::Inet)
     }
 
     /// Whether a server can listen on this endpoint or a client connect to it: every

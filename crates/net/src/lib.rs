@@ -115,7 +115,7 @@ pub use conn::{
 };
 pub use duo_sys::PeerCredentials;
 pub use duo_workers::{Job, SubmitError, ThreadPool};
-pub use endpoint::{Endpoint, ParseEndpointError};
+pub use endpoint::{resolve_inet, Endpoint, ParseEndpointError, ResolveEndpointError};
 pub use server::{AcceptMode, ServerBuilder, ServerHandle, TcpServer, WhenFull};
 pub use stats::{CloseCounts, LoopStats, ServerStats};
 pub use udp::{UdpBuilder, UdpCtx, UdpSendError, UdpSocket, UdpStats};
