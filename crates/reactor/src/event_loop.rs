@@ -735,7 +735,8 @@ impl EventLoop {
         self.timers.cancel(id.0) || self.shared.pending_timers.lock().remove(&id.0)
     }
 
-    /// Number of pending timers.
+    /// Number of timers in the loop's wheel: not those a handle scheduled whose insertion
+    /// is still queued (they count once the loop has run the queued insertion).
     pub fn timer_count(&self) -> usize {
         self.timers.len()
     }
