@@ -109,6 +109,11 @@
 //!   `--processes`), and its file is left in place at exit.
 //! - `echo reload --pid PID` sends SIGHUP to the echo supervisor `PID` (`--upgrade`:
 //!   SIGUSR2), after checking that `PID` is one (the same binary, run with `--processes`).
+//!   Its exit status says only that the signal was delivered: the supervisor may ignore
+//!   it (a reload or upgrade already under way, a stop, a new binary its check refuses).
+//!   With `--wait SECS` it watches the generations of the supervisor's workers (in their
+//!   `/proc/PID/environ`) and exits 0 once a new generation serves alone, 1 if the
+//!   reload failed, was ignored or is not done within SECS.
 //!
 //! Logs go to stderr (`RUST_LOG`, default `info`). SIGINT or SIGTERM stops the server
 //! gracefully: it stops accepting, half-closes every connection once its pending output is
@@ -136,6 +141,8 @@ use duo_net::{AcceptMode, Endpoint};
 use duo_supervisor::{Inherited, SupervisorError};
 use duo_sys::ActivatedListener;
 use echo::{supervise, ServeConfig};
+
+mod reload_wait;
 
 /// Exit status of a usage error.
 const USAGE: u8 = 2;
@@ -183,6 +190,11 @@ struct ReloadArgs {
     /// Re-execute the supervisor's binary (SIGUSR2) instead of only starting new workers.
     #[arg(long)]
     upgrade: bool,
+    /// Wait up to SECS seconds for the outcome: exit 0 once a new generation serves alone
+    /// (the old workers drained), 1 if it failed, was ignored, or is not done by then.
+    /// Without it, the exit status says only that the signal was delivered.
+    #[arg(long, value_name = "SECS")]
+    wait: Option<u64>,
 }
 
 /// Options of `echo serve`.
@@ -430,12 +442,28 @@ fn reload(args: &ReloadArgs) -> ExitCode {
     } else {
         (duo_net::Signal::HUP, "reload")
     };
-    match duo_sys::signal_process(pid, signal) {
-        Ok(()) => {
-            say(format!("echo reload: sent {signal} ({name}) to {pid}"));
+    let before = reload_wait::generations(pid);
+    if let Err(e) = duo_sys::signal_process(pid, signal) {
+        return fail(1, &format!("echo reload: {e}"));
+    }
+    let Some(secs) = args.wait else {
+        say(format!(
+            "echo reload: sent {signal} ({name}) to {pid}; whether it acts on it is in its log \
+             (--wait SECS to wait for the outcome)"
+        ));
+        return ExitCode::SUCCESS;
+    };
+    say(format!(
+        "echo reload: sent {signal} ({name}) to {pid}; waiting up to {secs}s"
+    ));
+    let limit = Duration::from_secs(secs);
+    let outcome = reload_wait::watch(pid, &before, limit);
+    match reload_wait::describe(&outcome, pid, limit) {
+        (line, true) => {
+            say(line);
             ExitCode::SUCCESS
         }
-        Err(e) => fail(1, &format!("echo reload: {e}")),
+        (line, false) => fail(1, &line),
     }
 }
 

@@ -45,7 +45,8 @@
 //!   place of the supervisor (same PID), handed the listening sockets by the systemd
 //!   protocol and its workers' PIDs (see [`protocol`]); the new image adopts them as the
 //!   old generation and reloads. A replacement worker still starting comes across with
-//!   its readiness pipe: the new image waits for it to report ready, within a new
+//!   its readiness pipe (by name: the new image opens it again through `/proc`, so an
+//!   older binary that knows nothing of it inherits no descriptor): the new image waits for it to report ready, within a new
 //!   [`SupervisorConfig::ready_timeout`], as for any replacement. If the `exec` fails, the old image logs it and goes on.
 //!   (A binary that passes the check and fails later is not caught.) A program hands its
 //!   own state to the next image with [`Supervisor::carry_across_upgrade`] (a variable)

@@ -73,9 +73,14 @@ pub const STATS_TOTALS_VAR: &str = "DUO_SUPERVISOR_STATS_TOTALS";
 /// (`PID:accepted:bytes_in:bytes_out:messages`, comma-separated): the new image counts
 /// from there, so what they count during the `exec` is not lost.
 pub const STATS_SEEN_VAR: &str = "DUO_SUPERVISOR_STATS_SEEN";
-/// Followed by a PID: the descriptor of the readiness pipe of that adopted worker, still
-/// starting when the previous image upgraded (the new image waits for its byte, as the old
-/// one did).
+/// Followed by a PID: the name (`pipe:[INODE]`, as `/proc/PID/fd` shows it) of the
+/// readiness pipe of that adopted worker, still starting when the previous image upgraded.
+/// The new image opens that pipe again through the worker's `/proc/PID/fd` (the worker
+/// holds its write end until it has written its byte) and waits for the byte, as the old
+/// one did; no pipe is kept open across the `exec`, so an image that does not know this
+/// variable (an older binary) inherits nothing it would leak into its workers. (An image
+/// from before the names handed the descriptor itself, its number as the value: the new
+/// image takes that too.)
 pub const READY_PIPE_VAR_PREFIX: &str = "DUO_SUPERVISOR_READY_PIPE_";
 
 /// Set to `1` in the environment of the check an upgrade runs before it executes the new

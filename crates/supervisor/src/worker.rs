@@ -204,8 +204,11 @@ impl Worker {
     /// upgraded itself while this worker started, and its pipe did not come across, so the
     /// new image adopted it as serving) is not an error; `SIGPIPE` must be ignored (as
     /// `duo_net::process::prepare_server` does), or that write ends the process. (An
-    /// upgrade hands the pipe of a worker still starting to the new image, which reads
-    /// it; only one from a binary that did not, or one that could not, leaves it behind.)
+    /// upgrade names the pipe of a worker still starting to the new image, which opens it
+    /// again through this worker's `/proc/PID/fd` and reads it; nobody reads it in the
+    /// moments between the `exec` and that `open`, nor ever under a binary that does not
+    /// know the name: then this worker has let the pipe go, and the new image, finding it
+    /// no longer held, adopts it as serving.)
     pub fn notify_ready(&mut self) -> io::Result<()> {
         match self.ready.take() {
             Some(mut pipe) => match pipe.write_all(&[crate::supervisor::READY]) {

@@ -14,6 +14,7 @@
 //! | [`signalfd`] | `signalfd`, `pthread_sigmask`: [`SignalFd`], [`Signal`], [`ignore_sigpipe`] |
 //! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
 //! | [`process`] | `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: [`fd_limit`], [`raise_fd_limit`]; `malloc_trim`: [`release_free_heap`] |
+//! | [`procfd`] | none: `/proc/self/fd` links name a pipe ([`fd_name`]); another process's `/proc/PID/fd` opens it again, `O_NONBLOCK` ([`open_pipe_held_by`]) |
 //! | [`activation`] | systemd socket activation ([`listen_fds`]: `LISTEN_PID`/`LISTEN_FDS`), descriptors announced by environment variables ([`take_fds_from_env`], [`take_fd_from_env`]), [`check_listening_tcp`] |
 //! | [`spawn`] | `dup2` in a `pre_exec` hook, after `fstat`, `fcntl(F_GETFD)` and `getsockopt(SO_TYPE)` checks of the targets ([`pass_fds`]), `prctl(PR_SET_PDEATHSIG)`, `sigprocmask` in the child ([`unblock_signals_in_child`]), `waitpid(-1, WNOHANG)` ([`reap_any`]), `kill` ([`signal_process`], [`kill_process`]), `pipe2` ([`pipe`]), `F_DUPFD_CLOEXEC` |
 //! | [`udp`] | `recvmmsg`, `sendmmsg`, `recvfrom(MSG_TRUNC)`, `sendto(MSG_NOSIGNAL)`, `IP_PKTINFO`: [`recv_mmsg`], [`send_mmsg`], [`send_mmsg_from`], [`set_recv_pktinfo`], [`recv_from`], [`send_to`] over caller-provided buffers ([`MmsgScratch`]) |
@@ -46,6 +47,7 @@ pub mod activation;
 pub mod epoll;
 pub mod eventfd;
 pub mod process;
+pub mod procfd;
 pub mod shm;
 pub mod signalfd;
 pub mod socket;
@@ -64,6 +66,7 @@ pub use eventfd::EventFd;
 pub use process::{
     fd_limit, pin_thread, raise_fd_limit, release_free_heap, set_fd_limit, thread_context_switches,
 };
+pub use procfd::{fd_name, open_pipe_held_by};
 pub use shm::SharedCounters;
 pub use signalfd::{
     block_signals, block_termination_signals, ignore_sigpipe, stop_self, terminate_by, Signal,

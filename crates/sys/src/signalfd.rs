@@ -231,11 +231,21 @@ pub fn stop_self(signal: Signal) -> io::Result<()> {
 /// destructor runs.
 ///
 /// Returns only if the process goes on: a call failed, or `signal`'s default action is
-/// not to terminate (`SIGCHLD`, `SIGURG`, `SIGCONT`, a stop signal: then the raised signal
-/// has taken that action). The error says which. Before it returns, the calling thread's
+/// not to terminate. Such a signal (`SIGCHLD`, `SIGURG`, `SIGWINCH`, `SIGCONT`, a stop
+/// signal) is refused before anything is touched, with [`io::ErrorKind::InvalidInput`]:
+/// giving one whose default is to be ignored `SIG_DFL` would discard an instance of it
+/// already pending (a `SIGCHLD` a [`SignalFd`] has not read yet: a child never reaped),
+/// and raising a stop signal would stop the process rather than end it. The error says
+/// which. Before it returns, the calling thread's
 /// signal mask and `signal`'s disposition are what they were at the call (blocked again if
 /// it was, its handler or `SIG_IGN` back), so a program may go on as before.
 pub fn terminate_by(signal: Signal) -> io::Error {
+    if !default_action_terminates(signal) {
+        return io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("terminate_by: {signal}'s default action does not end the process; refused"),
+        );
+    }
     let set = match sigset(&[signal]) {
         Ok(set) => set,
         Err(e) => return e,
@@ -270,6 +280,23 @@ pub fn terminate_by(signal: Signal) -> io::Error {
         Ok(()) => error,
         Err(e) => e,
     }
+}
+
+/// Whether `signal`'s default action ends the process (`signal(7)`): every signal but
+/// those ignored by default (`SIGCHLD`, `SIGURG`, `SIGWINCH`), `SIGCONT` and the stop
+/// signals.
+fn default_action_terminates(signal: Signal) -> bool {
+    ![
+        libc::SIGCHLD,
+        libc::SIGURG,
+        libc::SIGWINCH,
+        libc::SIGCONT,
+        libc::SIGSTOP,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+    ]
+    .contains(&signal.0)
 }
 
 /// [`terminate_by`]'s raise (`signal` blocked in the calling thread, in `set`) and

@@ -52,9 +52,9 @@ use duo_sys::SharedCounters;
 use crate::backoff::Backoff;
 use crate::config::SupervisorConfig;
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR,
-    READY_PIPE_VAR_PREFIX, RETIRING_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_SEEN_VAR,
-    STATS_TOTALS_VAR, STATS_VAR, WORKER_GENERATION_VAR, WORKER_VAR,
+    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR,
+    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
+    WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::table::WorkerTable;
 
@@ -74,7 +74,7 @@ use stats::StatsLog;
 pub(crate) use child::READY;
 use child::{describe, read_byte, read_ready};
 use upgrade::Carried;
-use upgrade::{is_child, parse_pids, relocate, take_var};
+use upgrade::{is_child, parse_pids, relocate, take_ready_pipe, take_var};
 
 /// Generations of a full set of workers the stats region has rows for: a serving one, a
 /// starting one, and six still draining.
@@ -215,18 +215,12 @@ impl Supervisor {
                 .collect()
         };
         let serving = listed(ADOPT_VAR);
-        // Taken for every PID listed (a pipe left in the environment would be inherited
-        // by the workers), kept for the children.
-        let mut adopted_pipes = BTreeMap::new();
-        for pid in &serving {
-            match duo_sys::take_fd_from_env(&format!("{READY_PIPE_VAR_PREFIX}{pid}")) {
-                Ok(Some(fd)) => {
-                    adopted_pipes.insert(*pid, fd);
-                }
-                Ok(None) => {}
-                Err(e) => log::warn!("the readiness pipe of worker {pid}: {e}"),
-            }
-        }
+        // Taken for every PID listed (a variable, or a descriptor an older image handed
+        // over, left behind would be inherited by the workers), kept for the children.
+        let mut adopted_pipes: BTreeMap<u32, OwnedFd> = serving
+            .iter()
+            .filter_map(|pid| take_ready_pipe(*pid).map(|fd| (*pid, fd)))
+            .collect();
         let adopted = children_in(serving);
         adopted_pipes.retain(|pid, _| adopted.contains(pid));
         let adopted_retiring = children_in(listed(RETIRING_VAR));

@@ -98,8 +98,8 @@ impl State {
     /// failed (logged). Its check ran first (`probe.rs`), and [`State::may_upgrade`] holds.
     ///
     /// A serving worker still starting (a replacement) is handed over with its readiness
-    /// pipe ([`READY_PIPE_VAR_PREFIX`]): the new image waits for its byte and gives it its
-    /// ready deadline again, rather than count it ready.
+    /// pipe's name ([`READY_PIPE_VAR_PREFIX`]): the new image opens that pipe again, waits
+    /// for its byte and gives it its ready deadline again, rather than count it ready.
     pub(super) fn upgrade(&mut self, lp: &mut EventLoop) {
         let serving = self.pids_where(|w| w.generation == self.generation && !w.retiring);
         let list: Vec<String> = serving.iter().map(u32::to_string).collect();
@@ -131,31 +131,32 @@ impl State {
         }
         self.carried.apply(&mut cmd);
         let starting = self.ready_pipes(lp, &serving);
-        for (pid, fd) in &starting {
-            cmd.env(format!("{READY_PIPE_VAR_PREFIX}{pid}"), fd.to_string());
+        for (pid, name) in &starting {
+            cmd.env(format!("{READY_PIPE_VAR_PREFIX}{pid}"), name);
         }
         for l in &self.listeners {
             if let Err(e) = duo_sys::set_inherit_on_exec(l.as_fd(), true) {
                 log::error!("SIGUSR2: cannot upgrade: {e}");
                 self.restore_cloexec();
-                self.ready_pipes_cloexec(lp, &starting);
                 return;
             }
         }
         // (`SIGPIPE` stays ignored if the `exec` fails: std's resets it before `execve`.)
         let err = duo_sys::exec_in_place(&mut cmd);
         self.restore_cloexec();
-        self.ready_pipes_cloexec(lp, &starting);
         log::error!(
             "SIGUSR2: executing {} failed: {err}; this image keeps running",
             self.exe.display()
         );
     }
 
-    /// The readiness pipes of those of `pids` still starting, made inheritable across the
-    /// `exec`: `(pid, descriptor number)`. One that cannot be is left out (its worker is
-    /// then adopted as ready, as it always was before).
-    fn ready_pipes(&mut self, lp: &mut EventLoop, pids: &[u32]) -> Vec<(u32, RawFd)> {
+    /// The readiness pipes of those of `pids` still starting, by name: `(pid,
+    /// "pipe:[INODE]")`. The pipes themselves stay close-on-exec: the new image opens the
+    /// one the worker holds through `/proc/PID/fd` ([`take_ready_pipe`]), and an image
+    /// that knows nothing of them (an older binary) gets no descriptor it would leak into
+    /// every worker it starts. One that cannot be named is left out (its worker is then
+    /// adopted as ready, as it always was before).
+    fn ready_pipes(&mut self, lp: &mut EventLoop, pids: &[u32]) -> Vec<(u32, String)> {
         let mut pipes = Vec::new();
         for pid in pids {
             let Some(token) = self
@@ -166,11 +167,8 @@ impl State {
             else {
                 continue;
             };
-            let fd = lp.with_channel(token, |_, ch, _| {
-                duo_sys::set_inherit_on_exec(ch.fd(), true).map(|()| ch.fd().as_raw_fd())
-            });
-            match fd {
-                Some(Ok(fd)) => pipes.push((*pid, fd)),
+            match lp.with_channel(token, |_, ch, _| duo_sys::fd_name(ch.fd())) {
+                Some(Ok(name)) => pipes.push((*pid, name)),
                 Some(Err(e)) => {
                     log::warn!("SIGUSR2: worker {pid}'s readiness pipe stays behind: {e}")
                 }
@@ -178,22 +176,6 @@ impl State {
             }
         }
         pipes
-    }
-
-    /// Makes the readiness pipes [`State::ready_pipes`] handed over close-on-exec again,
-    /// after a failed `exec`.
-    fn ready_pipes_cloexec(&mut self, lp: &mut EventLoop, pipes: &[(u32, RawFd)]) {
-        for (pid, _) in pipes {
-            let Some(token) = self.workers.get(pid).and_then(|w| w.ready_token) else {
-                continue;
-            };
-            let restored = lp.with_channel(token, |_, ch, _| {
-                duo_sys::set_inherit_on_exec(ch.fd(), false)
-            });
-            if let Some(Err(e)) = restored {
-                log::error!("restoring close-on-exec on worker {pid}'s readiness pipe: {e}");
-            }
-        }
     }
 
     /// The new image's side: takes over the previous image's `serving` workers (of the
@@ -275,6 +257,35 @@ impl State {
             }
         }
     }
+}
+
+/// The new image's side of [`State::ready_pipes`]: the readiness pipe of adopted worker
+/// `pid`, if the previous image named one ([`READY_PIPE_VAR_PREFIX`], taken out of the
+/// environment): `pipe:[INODE]`, opened again through `/proc/PID/fd` while the worker
+/// holds its write end (`None` once it has let it go: it wrote its byte, which the
+/// previous image did not read, or it is exiting, and is reaped then). A number is a
+/// descriptor handed across the `exec` itself (an image from before the names), taken so
+/// that no worker inherits it.
+pub(super) fn take_ready_pipe(pid: u32) -> Option<OwnedFd> {
+    let var = format!("{READY_PIPE_VAR_PREFIX}{pid}");
+    let named = std::env::var(&var).ok().filter(|v| v.starts_with("pipe:"));
+    let taken = match named {
+        Some(name) => {
+            std::env::remove_var(&var);
+            duo_sys::open_pipe_held_by(pid, &name)
+                .map_err(|e| e.to_string())
+                .inspect(|fd| {
+                    if fd.is_none() {
+                        log::info!("worker {pid} no longer holds its readiness pipe {name}");
+                    }
+                })
+        }
+        None => duo_sys::take_fd_from_env(&var).map_err(|e| e.to_string()),
+    };
+    taken
+        .map_err(|e| log::warn!("the readiness pipe of worker {pid}: {e}"))
+        .ok()
+        .flatten()
 }
 
 /// The value of `var`, removed from the environment.
