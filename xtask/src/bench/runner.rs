@@ -2,7 +2,7 @@
 //! printed as runs finish.
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, ExitStatus};
 use std::time::Duration;
 
 use duo_testkit::loadgen_json::LoadgenJson;
@@ -77,7 +77,7 @@ fn run_server(
     postmaster: Option<u32>,
 ) -> Run {
     let server_log = set.logs.join(format!("{tag}.server.log"));
-    let server = match Server::start(tag, &entrant.exe, args, &server_log) {
+    let mut server = match Server::start(tag, &entrant.exe, args, &server_log) {
         Ok(s) => s,
         Err(e) => return Run::failed(e),
     };
@@ -102,8 +102,9 @@ fn run_server(
         let phase = run.result.as_ref().ok().and_then(|j| j.elapsed_secs);
         charge_phase(&mut run, sampler.finish(phase.map(Duration::from_secs_f64)));
     }
+    let exited = server.exited();
     drop(server);
-    run
+    server_ended(run, exited, tag)
 }
 
 /// The run of a `loadgen` in `mode` that ended as `ran`: its report (or why there is
@@ -118,6 +119,28 @@ pub(super) fn loadgen_run(
     let result = ran.and_then(|(ok, out)| {
         let mut report = LoadgenJson::find_in(&out)
             .ok_or_else(|| format!("loadgen printed no JSON (see logs/{tag}.loadgen.log)"))?;
+        if let Some(failure) = &report.failure {
+            // The run could not do its job (no connection ever established, its hard time
+            // limit hit): a report all the same, but no measurement.
+            return Err(format!("loadgen: {failure} (see logs/{tag}.loadgen.log)"));
+        }
+        if report.work().unwrap_or(0) == 0 {
+            // Not one unit of work (a server that accepts and never answers): a rate of 0
+            // and no CPU per operation are no measurement.
+            let errors: Vec<String> = report
+                .errors
+                .iter()
+                .map(|(k, n)| format!("{k} {n}"))
+                .collect();
+            return Err(format!(
+                "loadgen measured no work (errors: {}; see logs/{tag}.loadgen.log)",
+                if errors.is_empty() {
+                    "none".into()
+                } else {
+                    errors.join(", ")
+                }
+            ));
+        }
         if !ok {
             report.verification_failed = true;
         }
@@ -144,6 +167,18 @@ pub(super) fn loadgen_run(
         attempts: 1,
         steal_high: false,
     }
+}
+
+/// `run`, failed when its server had already ended (`exited`, its status) when `loadgen`
+/// did: what loadgen measured then is not the server's figure (a crash shows only as
+/// connections lost), and a server that dies under load is what the bench must report.
+pub(super) fn server_ended(mut run: Run, exited: Option<ExitStatus>, tag: &str) -> Run {
+    if let Some(status) = exited {
+        run.result = Err(format!(
+            "the server exited during the run ({status}; see logs/{tag}.server.log)"
+        ));
+    }
+    run
 }
 
 /// Charges `run` (on PostgreSQL) with the CPU time of the front-end's processes and of
