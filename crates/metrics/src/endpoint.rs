@@ -104,8 +104,8 @@ impl MetricsEndpoint {
     ///   ([`aggregate::merge`](crate::aggregate::merge)), plus `duo_aggregate_up` (1: the
     ///   target answered) and `duo_aggregate_scrape_seconds` per target. A target that
     ///   does not answer, or answers with a text that is not an exposition (a line a
-    ///   Prometheus server could not parse), is left out of that scrape, not the whole
-    ///   scrape failed.
+    ///   Prometheus server could not parse as OpenMetrics, the format of the merged text),
+    ///   is left out of that scrape, not the whole scrape failed.
     /// - `/healthz`: `200 ok` if this process and every target are healthy and there is
     ///   at least one target; else `503` with a line per problem.
     /// - `/debug/loops`: `{"self": {"labels", "loops"}, "targets": [{"labels", "loops"
