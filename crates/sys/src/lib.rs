@@ -12,13 +12,14 @@
 //! | [`timerfd`] | `timerfd_create`, `timerfd_settime`: [`TimerFd`] on `CLOCK_MONOTONIC`; `clock_gettime(CLOCK_MONOTONIC)` as plain nanoseconds: [`monotonic_nanos`], and back to an `Instant`: [`instant_of_nanos`] |
 //! | [`eventfd`] | `eventfd`: [`EventFd`], a counter used to wake a sleeping loop |
 //! | [`signalfd`] | `signalfd`, `pthread_sigmask`: [`SignalFd`], [`Signal`], [`ignore_sigpipe`] |
-//! | [`socket`] | `accept4`, `readv`, `writev`, `sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `FIONREAD` |
-//! | [`process`] | `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: [`fd_limit`], [`raise_fd_limit`]; `malloc_trim`: [`release_free_heap`] |
+//! | [`socket`] | `accept4`, `readv`, `recv`, `writev`, `send`/`sendmsg(MSG_NOSIGNAL)`, `shutdown`, `SO_ERROR`, `TCP_DEFER_ACCEPT`, `FIONREAD`, `TIOCOUTQ`, `poll(POLLRDHUP)` |
+//! | [`process`] | `getrlimit`/`setrlimit(RLIMIT_NOFILE)`: [`fd_limit`], [`set_fd_limit`], [`raise_fd_limit`]; `malloc_trim`: [`release_free_heap`]; `getrusage(RUSAGE_THREAD)`: [`thread_context_switches`]; `sched_setaffinity`: [`pin_thread`] |
 //! | [`procfd`] | none: `/proc/self/fd` links name a pipe ([`fd_name`]); another process's `/proc/PID/fd` opens it again, `O_NONBLOCK` ([`open_pipe_held_by`]) |
 //! | [`activation`] | systemd socket activation ([`listen_fds`]: `LISTEN_PID`/`LISTEN_FDS`), descriptors announced by environment variables ([`take_fds_from_env`], [`take_fd_from_env`]), [`check_listening_tcp`] |
 //! | [`spawn`] | `dup2` in a `pre_exec` hook, after `fstat`, `fcntl(F_GETFD)` and `getsockopt(SO_TYPE)` checks of the targets ([`pass_fds`]), `prctl(PR_SET_PDEATHSIG)`, `sigprocmask` in the child ([`unblock_signals_in_child`]), `waitpid(-1, WNOHANG)` ([`reap_any`]), `kill` ([`signal_process`], [`kill_process`]), `pipe2` ([`pipe`]), `F_DUPFD_CLOEXEC` |
 //! | [`udp`] | `recvmmsg`, `sendmmsg`, `recvfrom(MSG_TRUNC)`, `sendto(MSG_NOSIGNAL)`, `IP_PKTINFO`: [`recv_mmsg`], [`send_mmsg`], [`send_mmsg_from`], [`set_recv_pktinfo`], [`recv_from`], [`send_to`] over caller-provided buffers ([`MmsgScratch`]) |
 //! | [`shm`] | `memfd_create`, `ftruncate`, seals, `mmap(MAP_SHARED)`: [`SharedCounters`], `u64` counters shared between processes |
+//! | [`unix`] | `getsockopt(SO_PEERCRED)`, `geteuid`/`getegid`: [`peer_credentials`], [`own_credentials`]; Unix-domain addresses, a path that fills all of `sun_path` included: [`unix_addr`] |
 //!
 //! Sockets themselves are created and configured with [`socket2`], re-exported here.
 //!

@@ -17,6 +17,9 @@ fn eventfd_from_another_thread_wakes_a_blocked_wait() {
     let epoll = Epoll::new().unwrap();
     let efd = std::sync::Arc::new(EventFd::new().unwrap());
     epoll.add(efd.as_fd(), Interest::READABLE, 42).unwrap();
+    // Taken before the notifier starts: it notifies at least 20 ms after this, however
+    // late this thread gets to its wait on a loaded machine.
+    let start = Instant::now();
     let notifier = {
         let efd = efd.clone();
         thread::spawn(move || {
@@ -25,7 +28,6 @@ fn eventfd_from_another_thread_wakes_a_blocked_wait() {
         })
     };
     let mut events = Events::with_capacity(8);
-    let start = Instant::now();
     // No timeout: only the notification can end this wait.
     assert_eq!(epoll.wait(&mut events, None).unwrap(), 1);
     assert!(start.elapsed() >= Duration::from_millis(20));
