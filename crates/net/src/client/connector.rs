@@ -340,6 +340,12 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
     );
     {
         let mut st = inner.state.lock();
+        // Checked again where the connection is published, in one lock with it: a `stop`
+        // from another thread since the check above found no connection to pause, and
+        // this one must not come up after it.
+        if !st.wanted {
+            return;
+        }
         st.phase = Phase::Connected(handle.clone());
         // The delay is not reset here: a server that accepts and then drops every
         // connection at once must see the reconnects slow down, not one every initial
