@@ -108,7 +108,10 @@ macro_rules! callback_setters {
             self
         }
         /// Called when the peer half-closes (sends EOF) after its last bytes, which the
-        /// message callback has already seen. Without this callback the connection closes
+        /// message callback has already seen (what it left unconsumed, a partial message,
+        /// is dropped at the end of stream: no message callback runs after it, so a
+        /// protocol whose last message ends at the EOF keeps its bytes itself). Without
+        /// this callback the connection closes
         /// as soon as its output is written. With it, the connection stays open for
         /// sending and the callback decides: an application with replies still being
         /// computed (on a worker pool, say) calls

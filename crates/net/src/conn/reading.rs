@@ -113,9 +113,10 @@ impl LoopConn {
         }
     }
 
-    /// Hands the input to the message callback, keeps what it left, and applies a pause it
-    /// asked for (through its `ConnCtx` or a handle). True if the connection is still open
-    /// and reading for the application.
+    /// Hands the input to the message callback, keeps what it left (drops it if the
+    /// callback ended the connection: closed, or closing after its output), and applies a
+    /// pause it asked for (through its `ConnCtx` or a handle). True if the connection is
+    /// still open and reading for the application.
     ///
     /// A callback that closed gracefully (`close_after_flush` with its output written)
     /// may have left the connection lingering: the socket is read again, but only to drop
@@ -127,6 +128,18 @@ impl LoopConn {
     /// it again when reading resumes.
     pub(super) fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
         self.deliver(lp, ch);
+        if self.m.closed()
+            || matches!(
+                self.m.write,
+                WriteSide::Lingering { .. } | WriteSide::Draining(AfterDrain::Close(_))
+            )
+        {
+            // The callback ended the connection: reading stopped for good, so what it left
+            // will never be delivered. Settling it would ask the pool for a block it does
+            // not need, and a refusal would close at once, dropping the reply the close
+            // promised to write (or the lingering close's reason).
+            self.input.consume_all();
+        }
         if !self.settle_input(lp, ch) || ch.is_removed() || self.m.closed() {
             return false;
         }
@@ -183,6 +196,10 @@ impl LoopConn {
     pub(super) fn peer_finished(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
         self.m.set_read(ReadSide::Eof);
         ch.disable_reading();
+        // No message callback runs after the end of stream: what the last one left (a
+        // partial message) is dead, and its block goes back to the pool now rather than
+        // when a half-closed connection finally closes.
+        self.input.consume_all();
         if matches!(self.m.write, WriteSide::Shut | WriteSide::Gone { .. }) {
             // Both directions are done.
             let reason = self.m.peer_reason();
