@@ -30,7 +30,10 @@
 //!   reading, delivers what it still owes its peer, then closes (`close_after_flush`, cut
 //!   short after a few seconds): what one side sent before its end was sent on purpose
 //!   and reaches the other side, but nothing more can be relayed.
-//! - **An unreachable backend** closes A with a log line once the client gives up.
+//! - **An unreachable backend** closes A with a log line once the client gives up. A
+//!   client that resets while B is still connecting closes A at once, and B's connect
+//!   with it (A, paused until B is up, watches for its peer's end:
+//!   [`on_peer_half_close_while_paused`](duo_net::ServerBuilder::on_peer_half_close_while_paused)).
 //!
 //! `RUST_LOG=debug` shows each connection's "up" and "down (REASON)" lines. Ctrl-C stops
 //! accepting and lets open relays finish for a few seconds.
@@ -136,6 +139,16 @@ fn run(listen: SocketAddr, backend: SocketAddr) -> Result<(), Box<dyn std::error
         .on_peer_half_close(|actx| match backend_of(actx.connection()) {
             Some(b) => half_close(actx, &b),
             None => actx.close_after_flush(),
+        })
+        // A's peer gone (a reset) while A waits, paused, for B: nobody is left to relay
+        // to, so A closes (its "down" callback gives up the connect) rather than wait for
+        // up to every connect attempt. A peer that only half-closed may still read the
+        // answer: its request is relayed once B is up. (With B up, A is paused by
+        // backpressure only, and what its peer sent before it went is relayed as usual.)
+        .on_peer_half_close_while_paused(|actx| {
+            if !actx.connection().is_connected() && backend_of(actx.connection()).is_none() {
+                actx.force_close();
+            }
         })
         // A graceful shutdown leaves relays running (until they end or the grace period
         // does) instead of half-closing A under a transfer.

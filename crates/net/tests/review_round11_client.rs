@@ -13,7 +13,9 @@
 //!   that `stop()` had not seen (so had not paused) came up after it returned (fixed in
 //!   `client/connector.rs`: checked again in the lock that publishes the connection);
 //! - the tunnel: a client that sends its request and half-closes while the backend
-//!   connect is still in flight gets it relayed whole once the backend answers.
+//!   connect is still in flight gets it relayed whole once the backend answers; one that
+//!   resets then ends that connect at once (it went on for up to three attempts of 3 s:
+//!   fixed in the example, which now watches a paused A for its peer's end).
 //!
 //! Every wait is bounded.
 
@@ -318,6 +320,36 @@ fn a_request_half_closed_while_the_backend_connect_is_in_flight_is_relayed_whole
     assert!(tunnel.try_wait().is_none(), "the tunnel exited");
     let log = tunnel.stderr();
     assert!(!log.contains("unreachable"), "{log}");
+    tunnel.kill();
+}
+
+/// A client of the tunnel that resets while the tunnel's connect to the backend is still
+/// in flight (the backend's accept queue is full): nobody is left to relay to, so the
+/// tunnel closes its side and gives up that connect at once. It went on trying for up to
+/// its three attempts of 3 s (A is paused until B is up, and a paused connection did not
+/// watch for its peer's end). A peer that only half-closed is relayed (above).
+#[test]
+fn a_client_that_resets_while_the_backend_connect_is_in_flight_ends_that_connect() {
+    let hole = Blackhole::new();
+    let mut cmd = Command::new(example_binary("duo-net", "tunnel"));
+    cmd.args(["127.0.0.1:0", &hole.addr().to_string()]);
+    let mut tunnel = ChildServer::builder(cmd).startup(LIMIT).start();
+    let s = TcpStream::connect_timeout(&tunnel.addr(), LIMIT).expect("connect to the tunnel");
+    wait_until("the backend connect in flight", || {
+        syn_sent_to(hole.addr()) >= 1
+    });
+    // A reset (SO_LINGER 0), not a FIN.
+    socket2::SockRef::from(&s)
+        .set_linger(Some(Duration::ZERO))
+        .unwrap();
+    drop(s);
+    // Well within the 3 s the attempt in flight may take: the tunnel's own connect goes
+    // (the kernel's SYN_SENT entry with it), and no new attempt follows.
+    let limit = Duration::from_millis(2500);
+    duo_testkit::wait_until_within(limit, "the tunnel gives up its backend connect", || {
+        syn_sent_to(hole.addr()) == 0
+    });
+    assert!(tunnel.try_wait().is_none(), "the tunnel exited");
     tunnel.kill();
 }
 
