@@ -23,7 +23,9 @@ pub const SUN_PATH_LEN: usize = 108;
 /// The address of a Unix-domain path or abstract name given as the bytes of `sun_path`: a
 /// leading NUL makes it an abstract name (the bytes after it, not NUL-terminated), else a
 /// path (NUL-terminated when shorter than `sun_path`; exactly 108 bytes fill it, as Linux
-/// allows). `socket2::SockAddr::unix` stops a path at 107 bytes.
+/// allows). `socket2::SockAddr::unix` stops a path at 107 bytes. (socket2's
+/// `as_pathname` reads such a full path back one byte short, for want of a NUL: read the
+/// kernel's answers (`local_addr`, `peer_addr`), which come back whole.)
 ///
 /// # Errors
 ///
@@ -46,20 +48,21 @@ pub fn unix_addr(sun_path: &[u8]) -> io::Result<SockAddr> {
     // kernel refuses a length past `sizeof(sockaddr_un)`, so a full one carries none.
     let nul = usize::from(!is_abstract && sun_path.len() < SUN_PATH_LEN);
     let len = (offset + sun_path.len() + nul) as libc::socklen_t;
-    // SAFETY: `try_init` hands a pointer to a zeroed `sockaddr_storage` (128 bytes, aligned
-    // for any socket address, so for a `sockaddr_un`, 110 bytes) and to its length. We
-    // write the family and at most 108 bytes into `sun_path` (checked above), in bounds;
-    // the zeroed storage already holds the terminating NUL of a shorter path. `len` is at
-    // most `sizeof(sockaddr_un)`, within the storage.
+    // SAFETY: `try_init` hands a pointer to a `sockaddr_storage` (128 bytes, aligned for
+    // any socket address, so for a `sockaddr_un`, 110 bytes) and to its length. We write
+    // the family, at most 108 bytes into `sun_path` (checked above) and, for a path
+    // shorter than that, its terminating NUL right after it (index < 108): all within
+    // `sun_path`, written explicitly rather than trusting the storage to be zeroed. `len`
+    // is at most `sizeof(sockaddr_un)`, within the storage, and covers only bytes written.
     let ((), addr) = unsafe {
         SockAddr::try_init(|storage, storage_len| {
             let un = storage.cast::<libc::sockaddr_un>();
             (*un).sun_family = libc::AF_UNIX as libc::sa_family_t;
-            std::ptr::copy_nonoverlapping(
-                sun_path.as_ptr(),
-                std::ptr::addr_of_mut!((*un).sun_path).cast::<u8>(),
-                sun_path.len(),
-            );
+            let dst = std::ptr::addr_of_mut!((*un).sun_path).cast::<u8>();
+            std::ptr::copy_nonoverlapping(sun_path.as_ptr(), dst, sun_path.len());
+            if nul == 1 {
+                dst.add(sun_path.len()).write(0);
+            }
             *storage_len = len;
             Ok(())
         })

@@ -4,7 +4,7 @@
 use std::fmt;
 use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, ToSocketAddrs};
-use std::os::unix::ffi::{OsStrExt, OsStringExt};
+use std::os::unix::ffi::OsStrExt;
 use std::time::Duration;
 
 use duo_net::Endpoint;
@@ -49,7 +49,7 @@ pub(crate) fn target(addr: &str) -> Result<Target, String> {
     let endpoint: duo_net::Endpoint = addr.parse().map_err(|e| format!("{e}"))?;
     let bytes = match &endpoint {
         Endpoint::Unix(path) => path.as_os_str().as_bytes().to_vec(),
-        // socket2 reads a leading NUL byte as Linux's abstract namespace.
+        // A leading NUL byte makes it abstract (Linux's convention).
         Endpoint::Abstract(name) => [&[0u8][..], name].concat(),
         _ => {
             return Err(format!(
@@ -57,8 +57,8 @@ pub(crate) fn target(addr: &str) -> Result<Target, String> {
             ))
         }
     };
-    let path = std::path::PathBuf::from(std::ffi::OsString::from_vec(bytes));
-    let sock = SockAddr::unix(path).map_err(|e| format!("`{addr}`: {e}"))?;
+    // Not `SockAddr::unix`, which stops a path at 107 bytes (Linux takes 108).
+    let sock = duo_sys::unix_addr(&bytes).map_err(|e| format!("`{addr}`: {e}"))?;
     Ok(Target::Unix(sock, addr.to_owned()))
 }
 

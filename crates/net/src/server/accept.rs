@@ -362,7 +362,11 @@ impl Handler for Acceptor {
         if self.server.pause_at == Some(0) {
             // `max_connections(0)` under `Pause`: no connection is ever admitted, and no
             // close ever makes room; every one is left in the queue for the socket's other
-            // holders (as `Reject` with 0 closes every one).
+            // holders (as `Reject` with 0 closes every one). The server stopped accepting
+            // because it is full: counted once in `full_pauses`, whichever loop finds it so.
+            if !self.server.accept_paused.swap(true, Ordering::SeqCst) {
+                AcceptCounters::bump(&self.server.counters.full_pauses);
+            }
             self.pause_full(ch);
             return;
         }
