@@ -19,13 +19,10 @@
 mod common;
 
 use std::io::ErrorKind;
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
 
-use common::{mode_file, Dir};
+use common::{mode_file, replace, start_copy, Dir};
 use duo_sys::{terminate_by, Signal};
-use duo_testkit::{children, example_binary, wait_until, ChildServer, ChildServerBuilder, LIMIT};
+use duo_testkit::{children, wait_until, LIMIT};
 
 /// Refused, with `InvalidInput`, for every signal whose default action is not to end the
 /// process (the stop signals are left out here: on the code before the fix they would
@@ -39,29 +36,6 @@ fn terminate_by_refuses_a_signal_that_would_not_end_the_process() {
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{sig}: {e}");
         assert!(e.to_string().contains("refused"), "{sig}: {e}");
     }
-}
-
-/// Puts `contents` at `path` (mode 0755) by a rename.
-fn replace(path: &Path, contents: &[u8]) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The demo binary, copied to `dir/demo`, started as a supervisor of 2 workers.
-fn start_copy(dir: &Dir, env: &[(&str, &str)]) -> (ChildServer, PathBuf) {
-    let copy = dir.join("demo");
-    replace(
-        &copy,
-        &std::fs::read(example_binary("duo-supervisor", "demo")).unwrap(),
-    );
-    let server = ChildServerBuilder::start_written(|| {
-        let mut cmd = Command::new(&copy);
-        cmd.arg("2").envs(env.iter().copied());
-        ChildServer::builder(cmd)
-    });
-    (server, copy)
 }
 
 /// The pipes among `pid`'s descriptors beyond stdio (`pipe:[INODE]`).

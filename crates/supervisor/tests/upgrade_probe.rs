@@ -16,40 +16,13 @@ mod common;
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use common::Dir;
+use common::{replace, start_copy, Dir};
 use duo_testkit::{
-    children, example_binary, is_running, run_within, wait_until, ChildServer, ChildServerBuilder,
-    LIMIT,
+    children, example_binary, is_running, run_within, wait_until, ChildServer, LIMIT,
 };
-
-/// Puts `contents` at `path` (mode 0755) by a rename, so a binary running from `path`
-/// is not written to (`ETXTBSY`) but replaced.
-fn replace(path: &Path, contents: &[u8]) {
-    let tmp = path.with_extension("new");
-    std::fs::write(&tmp, contents).unwrap();
-    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
-    std::fs::rename(&tmp, path).unwrap();
-}
-
-/// The demo binary, copied to `dir/demo`, started as a supervisor of 2 workers.
-fn start_copy(dir: &Dir, env: &[(&str, &str)]) -> (ChildServer, PathBuf) {
-    let copy = dir.join("demo");
-    replace(
-        &copy,
-        &std::fs::read(example_binary("duo-supervisor", "demo")).unwrap(),
-    );
-    let server = ChildServerBuilder::start_written(|| {
-        let mut cmd = Command::new(&copy);
-        cmd.arg("2").envs(env.iter().copied());
-        ChildServer::builder(cmd)
-    });
-    (server, copy)
-}
 
 /// Connects, reads the worker's `pid N` greeting, checks one echo; returns the worker.
 fn served_by(addr: SocketAddr) -> u32 {

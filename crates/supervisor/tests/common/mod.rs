@@ -1,11 +1,13 @@
 //! Helpers shared by the supervisor's test files: talking to the `demo` example's workers,
-//! a directory of a test's own and the demo's mode file.
+//! a directory of a test's own and the demo's mode file, a copy of the demo to upgrade.
 
 use std::io::{BufRead, BufReader};
 use std::net::{SocketAddr, TcpStream};
-use std::path::PathBuf;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
-use duo_testkit::LIMIT;
+use duo_testkit::{example_binary, ChildServer, ChildServerBuilder, LIMIT};
 
 /// Connects and reads the worker's `pid N` greeting.
 pub(crate) fn worker_of_connection(addr: SocketAddr) -> u32 {
@@ -32,4 +34,31 @@ pub(crate) fn mode_file(dir: &Dir, mode: &str) -> PathBuf {
     std::fs::write(&tmp, mode).unwrap();
     std::fs::rename(&tmp, &path).unwrap();
     path
+}
+
+/// Puts `contents` at `path` (mode 0755) by a rename, so a binary running from `path`
+/// is not written to (`ETXTBSY`) but replaced.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) fn replace(path: &Path, contents: &[u8]) {
+    let tmp = path.with_extension("new");
+    std::fs::write(&tmp, contents).unwrap();
+    std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+    std::fs::rename(&tmp, path).unwrap();
+}
+
+/// The demo binary, copied to `dir/demo`, started as a supervisor of 2 workers (`env`
+/// added to its environment): upgrade tests replace that copy on disk.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) fn start_copy(dir: &Dir, env: &[(&str, &str)]) -> (ChildServer, PathBuf) {
+    let copy = dir.join("demo");
+    replace(
+        &copy,
+        &std::fs::read(example_binary("duo-supervisor", "demo")).unwrap(),
+    );
+    let server = ChildServerBuilder::start_written(|| {
+        let mut cmd = Command::new(&copy);
+        cmd.arg("2").envs(env.iter().copied());
+        ChildServer::builder(cmd)
+    });
+    (server, copy)
 }
