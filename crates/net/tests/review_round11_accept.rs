@@ -90,6 +90,9 @@ fn a_maximum_of_zero_under_pause_accepts_none() {
     one_pass(&mut lp);
     let stats = server.stats();
     assert_eq!((stats.accepted, stats.active), (0, 0), "{stats:?}");
+    // The server stopped accepting because it was full: counted once (a later review
+    // found the zero-maximum path skipped the count).
+    assert_eq!(stats.full_pauses, 1, "the pause is counted once: {stats:?}");
     server.stop(&mut lp);
 }
 
