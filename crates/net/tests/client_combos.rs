@@ -22,7 +22,7 @@ use duo_net::{ClientBuilder, CloseReason, ConnectionClosed, TcpClient, TcpConnec
 use duo_reactor::EventLoopThread;
 use duo_testkit::{join_within, wait_until, RefusedPort, LIMIT};
 use socket2::Socket;
-use util::shared::{settle, watch, Blackhole};
+use util::shared::{settle, syn_sent_to, watch, Blackhole};
 use util::{barrier, init_log, localhost, TestServer};
 
 // ---------------------------------------------------------------------------------------
@@ -110,21 +110,6 @@ fn logged(name: &str, addr: SocketAddr, log: &Log) -> ClientBuilder {
 /// is gone.
 fn wait_released(log: &Log, what: &str) {
     wait_until(what, || Arc::strong_count(log) == 1);
-}
-
-/// Sockets of this process's kernel in `SYN_SENT` towards port `remote` of loopback: the
-/// connects a client still has in flight there.
-fn syn_sent_to(remote: u16) -> usize {
-    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
-    let r = format!(":{remote:04X}");
-    table
-        .lines()
-        .skip(1)
-        .filter(|line| {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            f.len() > 3 && f[2].ends_with(&r) && f[3] == "02"
-        })
-        .count()
 }
 
 // ---------------------------------------------------------------------------------------

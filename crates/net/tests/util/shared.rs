@@ -54,6 +54,21 @@ pub(crate) fn accept_within(listener: &TcpListener) -> TcpStream {
     }
 }
 
+/// Sockets of this machine in `SYN_SENT` towards port `remote` of IPv4 loopback (from
+/// `/proc/net/tcp`): the connects a client still has in flight there.
+pub(crate) fn syn_sent_to(remote: u16) -> usize {
+    let table = std::fs::read_to_string("/proc/net/tcp").expect("/proc/net/tcp");
+    let r = format!(":{remote:04X}");
+    table
+        .lines()
+        .skip(1)
+        .filter(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && f[2].ends_with(&r) && f[3] == "02"
+        })
+        .count()
+}
+
 /// A listener whose accept queue is full (backlog 0, one connection never accepted):
 /// Linux drops further SYNs, so a connect to it stays in flight (`SYN_SENT`).
 pub(crate) struct Blackhole {
