@@ -332,7 +332,10 @@ impl TcpClient {
 
     /// The current connection, if connected: `None` while connecting, and for a TLS
     /// client also while its handshake is under way (the connection is up, and its
-    /// handle returned, only once the handshake completes).
+    /// handle returned, only once the handshake completes). A connection being ended
+    /// (after [`disconnect`](TcpClient::disconnect), or [`stop`](TcpClient::stop) before its
+    /// queued close has run) is still returned until it is down: a send on it may be
+    /// refused.
     pub fn connection(&self) -> Option<TcpConnection> {
         match &self.inner.state.lock().phase {
             Phase::Connected(c) if c.state() != ConnState::Connecting => Some(c.clone()),
