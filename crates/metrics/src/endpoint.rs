@@ -182,7 +182,8 @@ impl MetricsEndpoint {
     /// `duo_tls_certificate_expiry_timestamp_seconds{file}` (seconds from the Unix epoch),
     /// for an alert well before clients start refusing the handshake (for example
     /// `duo_tls_certificate_expiry_timestamp_seconds - time() < 14 * 86400`). A second
-    /// call for the same file replaces its value.
+    /// call for the same file replaces its value. The `file` label is the path as given,
+    /// each byte of it that is not UTF-8 written `\xNN`.
     ///
     /// ```
     /// use std::path::Path;
@@ -212,7 +213,7 @@ impl MetricsEndpoint {
             Ok(after) => i64::try_from(after.as_secs()).unwrap_or(i64::MAX),
             Err(before) => i64::try_from(before.duration().as_secs()).map_or(i64::MIN, |s| -s),
         };
-        let file = EscapedLabel(file.display().to_string());
+        let file = EscapedLabel(path_label(file));
         family.get_or_create(&[("file", file)]).set(secs);
         self
     }
@@ -541,6 +542,22 @@ impl MetricsServer {
     pub fn shutdown(self, grace: Duration) -> io::Result<()> {
         self.http.shutdown(grace)
     }
+}
+
+/// A path as a label value: its UTF-8 as it is, each byte that is not UTF-8 as `\xNN`
+/// (`Path::display` turns them all into U+FFFD, so two files differing only there would
+/// share one series).
+fn path_label(path: &Path) -> String {
+    use std::fmt::Write;
+    use std::os::unix::ffi::OsStrExt;
+    let mut label = String::new();
+    for chunk in path.as_os_str().as_bytes().utf8_chunks() {
+        label.push_str(chunk.valid());
+        for byte in chunk.invalid() {
+            let _ = write!(label, "\\x{byte:02x}");
+        }
+    }
+    label
 }
 
 #[cfg(test)]

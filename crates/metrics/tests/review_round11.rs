@@ -407,3 +407,25 @@ fn a_worker_with_names_that_need_escapes_is_merged_and_the_scrape_parses() {
     server.stop(&mut main);
     lp.stop().unwrap();
 }
+
+/// Two certificate files whose paths differ only in bytes that are not UTF-8 are two
+/// series: the `file` label wrote the path through `Path::display`, which turns every such
+/// byte into U+FFFD, so the second file's expiry overwrote the first's.
+#[test]
+fn certificate_paths_that_differ_in_non_utf8_bytes_are_two_series() {
+    use std::os::unix::ffi::OsStrExt;
+    let a = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/etc/duo/\xff.pem"));
+    let b = std::path::Path::new(std::ffi::OsStr::from_bytes(b"/etc/duo/\xfe.pem"));
+    let epoch = std::time::SystemTime::UNIX_EPOCH;
+    let mut endpoint = MetricsEndpoint::new();
+    endpoint.certificate_expiry(a, epoch + std::time::Duration::from_secs(1_000));
+    endpoint.certificate_expiry(b, epoch + std::time::Duration::from_secs(2_000));
+    let text = endpoint.render();
+    let series: Vec<&str> = text
+        .lines()
+        .filter(|l| l.starts_with("duo_tls_certificate_expiry_timestamp_seconds{"))
+        .collect();
+    assert_eq!(series.len(), 2, "{text}");
+    assert!(series.iter().any(|l| l.ends_with(" 1000")), "{text}");
+    assert!(series.iter().any(|l| l.ends_with(" 2000")), "{text}");
+}
