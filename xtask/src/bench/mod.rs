@@ -379,7 +379,8 @@ fn run_attempts(
 /// `policy.max_pct`, `policy.retries` more times at most. Keeps the first attempt under
 /// the threshold, else the one with the least steal, marked `steal_high`; `attempts`
 /// counts them all. A run that failed, or whose steal is unknown, is not repeated; a
-/// repetition that failed leaves the spoiled attempts' least, a measurement all the same.
+/// repetition that failed leaves the spoiled attempts' least, a measurement all the same,
+/// unless its server died during it: that crash is the run's result (it fails the bench).
 fn until_steal_low(
     policy: StealPolicy,
     mut attempt: impl FnMut(u32, Option<&Run>) -> Result<Run, Failure>,
@@ -398,7 +399,7 @@ fn until_steal_low(
         }
         if !high {
             return Ok(match best {
-                Some(mut b) if run.result.is_err() => {
+                Some(mut b) if run.result.is_err() && !run.server_exited => {
                     b.attempts = n;
                     b.steal_high = true;
                     b

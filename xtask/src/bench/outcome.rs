@@ -23,6 +23,9 @@ pub(super) struct Run {
     pub(super) attempts: u32,
     /// Every attempt's steal was above the threshold: this is the attempt with the least.
     pub(super) steal_high: bool,
+    /// The server died during the run (its `result` says how): a failure a steal retry
+    /// must not hide behind an earlier attempt.
+    pub(super) server_exited: bool,
 }
 
 impl Run {
@@ -35,6 +38,7 @@ impl Run {
             steal_pct: None,
             attempts: 1,
             steal_high: false,
+            server_exited: false,
         }
     }
 

@@ -317,6 +317,7 @@ pub(super) fn run_pgbench(pg: &PgCluster, tag: &str, set: &Setting<'_>) -> Run {
         steal_pct,
         attempts: 1,
         steal_high: false,
+        server_exited: false,
     }
 }
 

@@ -170,3 +170,38 @@ fn a_run_that_measured_no_work_fails_the_bench() {
     );
     assert!(run.result.is_err());
 }
+
+/// A retry made because steal spoiled the first attempt, whose server then died during
+/// the run, fails the bench: the crash is what the bench must report, not hide behind the
+/// earlier attempt's measurement (as a retry that could not be made at all is).
+#[test]
+fn a_server_that_died_in_a_steal_retry_is_not_hidden_by_the_first_attempt() {
+    let policy = super::runner::StealPolicy {
+        max_pct: 5.0,
+        retries: 2,
+    };
+    let spoiled = || {
+        let mut r = Run::failed(String::new());
+        r.result = Ok(LoadgenJson {
+            mode: "rr".into(),
+            msgs: Some(1000),
+            ..LoadgenJson::default()
+        });
+        r.steal_pct = Some(9.0);
+        r
+    };
+    let run = super::until_steal_low(policy, |n, _| {
+        Ok(match n {
+            1 => spoiled(),
+            _ => server_ended(spoiled(), Some(ExitStatus::from_raw(11)), "t"),
+        })
+    })
+    .unwrap_or_else(|_| panic!("the attempts do not fail"));
+    let e = run
+        .result
+        .as_ref()
+        .err()
+        .unwrap_or_else(|| panic!("the crash is kept, not the spoiled measurement"));
+    assert!(e.contains("the server exited"), "{e}");
+    assert!(bench_of(run).is_err(), "the bench fails");
+}

@@ -166,6 +166,7 @@ pub(super) fn loadgen_run(
         steal_pct: None,
         attempts: 1,
         steal_high: false,
+        server_exited: false,
     }
 }
 
@@ -174,6 +175,7 @@ pub(super) fn loadgen_run(
 /// connections lost), and a server that dies under load is what the bench must report.
 pub(super) fn server_ended(mut run: Run, exited: Option<ExitStatus>, tag: &str) -> Run {
     if let Some(status) = exited {
+        run.server_exited = true;
         run.result = Err(format!(
             "the server exited during the run ({status}; see logs/{tag}.server.log)"
         ));
