@@ -177,8 +177,8 @@ fn exemplar(text: &str) -> Result<(), &'static str> {
 }
 
 /// Checks a label set after its `{` (`name="value"` pairs separated by commas, with no
-/// blanks and no trailing comma, values with the escapes `\\`, `\"` and `\n`, each name once and, in a
-/// sample's (`sample`), none `__name__`); returns what follows its `}`.
+/// blanks and no trailing comma, values with the escapes `\\`, `\"` and `\n`, each name
+/// once and, in a sample's (`sample`), none `__name__`); returns what follows its `}`.
 fn label_set(mut inner: &str, sample: bool) -> Result<&str, &'static str> {
     let mut names: Vec<&str> = Vec::new();
     if let Some(rest) = inner.strip_prefix('}') {

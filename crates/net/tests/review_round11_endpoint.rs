@@ -9,6 +9,7 @@ mod util;
 
 use std::io::ErrorKind;
 use std::os::unix::ffi::OsStrExt;
+use std::os::unix::ffi::OsStringExt;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::sync::mpsc;
@@ -169,7 +170,7 @@ proptest! {
         bytes in proptest::collection::vec(1u8..=255, 1..=108),
     ) {
         prop_assume!(bytes.last() != Some(&b'/'));
-        let path = PathBuf::from(<std::ffi::OsString as std::os::unix::ffi::OsStringExt>::from_vec(bytes));
+        let path = PathBuf::from(std::ffi::OsString::from_vec(bytes));
         let e = Endpoint::unix(&path).unwrap();
         let back: Endpoint = e.to_string().parse().unwrap();
         prop_assert_eq!(back, e);

@@ -46,9 +46,10 @@
 //!   protocol and its workers' PIDs (see [`protocol`]); the new image adopts them as the
 //!   old generation and reloads. A replacement worker still starting comes across with
 //!   its readiness pipe (by name: the new image opens it again through `/proc`, so an
-//!   older binary that knows nothing of it inherits no descriptor): the new image waits for it to report ready, within a new
-//!   [`SupervisorConfig::ready_timeout`], as for any replacement. If the `exec` fails, the old image logs it and goes on.
-//!   (A binary that passes the check and fails later is not caught.) A program hands its
+//!   older binary that knows nothing of it inherits no descriptor): the new image waits
+//!   for it to report ready, within a new [`SupervisorConfig::ready_timeout`], as for any
+//!   replacement. If the `exec` fails, the old image logs it and goes on. (A binary that
+//!   passes the check and fails later is not caught.) A program hands its
 //!   own state to the next image with [`Supervisor::carry_across_upgrade`] (a variable)
 //!   and [`Supervisor::carry_fd_across_upgrade`] (a descriptor: the metrics endpoint's
 //!   listening socket, say).
