@@ -102,6 +102,12 @@ fn now_ms() -> u64 {
 /// No token yet: never a channel's (a slab index never has all 32 bits set).
 const NO_TOKEN: u64 = u64::MAX;
 
+/// `read_paused`: the application has paused reading.
+const PAUSED: u8 = 1;
+/// `read_paused`: reading was paused since the loop last looked
+/// ([`TcpConnection::take_paused_since`]).
+const PAUSED_SINCE: u8 = 2;
+
 /// `send_limit` of a connection without an output limit: sends from other threads are
 /// not counted.
 const NO_SEND_LIMIT: usize = usize::MAX;
@@ -156,9 +162,12 @@ struct ConnShared {
     /// connection was made.
     credentials: Option<PeerCredentials>,
     state: AtomicU8,
-    /// Reading paused by the application (set at once by any thread; the loop applies it
-    /// to the channel before its next read).
-    read_paused: AtomicBool,
+    /// Reading paused by the application ([`PAUSED`], set at once by any thread; the loop
+    /// applies it to the channel before its next read), and whether it was paused since
+    /// the loop last looked ([`PAUSED_SINCE`]: a message callback that paused and left
+    /// input has it delivered again on resuming, even when another thread resumed reading
+    /// before the callback returned).
+    read_paused: AtomicU8,
     /// A function was queued for the connection from its own loop's thread (by its "up"
     /// callback, say): a TLS connection delivers the input that came with its
     /// handshake after such functions (`conn/tls.rs`).
@@ -233,7 +242,7 @@ impl TcpConnection {
                 local,
                 credentials,
                 state: AtomicU8::new(ConnState::Connecting as u8),
-                read_paused: AtomicBool::new(false),
+                read_paused: AtomicU8::new(0),
                 queued_on_loop: AtomicBool::new(false),
                 lp,
                 token: AtomicU64::new(NO_TOKEN),
@@ -614,7 +623,7 @@ impl TcpConnection {
 
     /// Whether the application paused reading ([`stop_reading`](TcpConnection::stop_reading)).
     pub fn is_reading_stopped(&self) -> bool {
-        self.shared.read_paused.load(Ordering::Acquire)
+        self.shared.read_paused.load(Ordering::Acquire) & PAUSED != 0
     }
 
     pub(crate) fn set_token(&self, token: Token) {
@@ -639,7 +648,21 @@ impl TcpConnection {
     }
 
     pub(crate) fn set_read_paused(&self, paused: bool) {
-        self.shared.read_paused.store(paused, Ordering::Release);
+        if paused {
+            self.shared
+                .read_paused
+                .fetch_or(PAUSED | PAUSED_SINCE, Ordering::AcqRel);
+        } else {
+            self.shared.read_paused.fetch_and(!PAUSED, Ordering::AcqRel);
+        }
+    }
+
+    /// Whether reading was paused since the last call (even if resumed since), clearing
+    /// the mark.
+    pub(crate) fn take_paused_since(&self) -> bool {
+        let flags = &self.shared.read_paused;
+        flags.load(Ordering::Acquire) & PAUSED_SINCE != 0
+            && flags.fetch_and(!PAUSED_SINCE, Ordering::AcqRel) & PAUSED_SINCE != 0
     }
 
     /// Records why the connection closed (the first reason stands) and marks it closed.

@@ -126,8 +126,15 @@ impl LoopConn {
     /// backpressure) is held: no new byte may ever come to trigger the next call (a peer
     /// that sent its requests in one write waits for their answers), so the callback gets
     /// it again when reading resumes.
+    ///
+    /// That holds also when reading was paused during the callback and resumed (from
+    /// another thread) before it returned: the callback that paused expects what it left
+    /// again, and the resumption found nothing held yet to deliver. No new byte (only the
+    /// peer's end of stream, which would drop it) may come to deliver it otherwise.
     pub(super) fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        self.m.handle.take_paused_since();
         self.deliver(lp, ch);
+        let paused_meanwhile = self.m.handle.take_paused_since();
         if self.m.closed()
             || matches!(
                 self.m.write,
@@ -150,11 +157,15 @@ impl LoopConn {
         ) {
             return false;
         }
-        if ch.is_reading() {
+        let left = !self.input.is_empty();
+        if ch.is_reading() && !(paused_meanwhile && left) {
             return true;
         }
-        if !self.input.is_empty() {
+        if left {
             self.m.held_input = true;
+            // Resumed already (its queued resumption may have found nothing held): the
+            // delivery is queued here, once.
+            self.m.reading_changed(lp, ch);
         }
         false
     }
