@@ -16,16 +16,21 @@
 //! ```
 //! It prints `listening on HOST:PORT` once the socket listens. `--listen unix:/path` or
 //! `unix:@name` serves a Unix-domain socket instead (tokio's `UnixListener`; a path must
-//! not exist yet), announced as `listening on unix:...`.
+//! not exist yet), announced as `listening on unix:...`. The address is read as duo's
+//! servers read theirs ([`duo_net::Endpoint`]: `\xNN` is the byte `NN`) and bound as they
+//! bind it ([`duo_sys::unix_addr`]): a path may fill all 108 bytes of `sun_path`, which
+//! `std`'s `UnixListener::bind` refuses.
 
 #![forbid(unsafe_code)]
 
 use std::io::{self, Write as _};
 use std::net::SocketAddr;
+use std::os::unix::ffi::OsStrExt as _;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::Parser;
+use socket2::{Domain, Socket, Type};
 use tokio::io::{AsyncRead, AsyncReadExt as _, AsyncWrite, AsyncWriteExt as _};
 use tokio::net::TcpSocket;
 
@@ -50,11 +55,16 @@ struct Cli {
     defer_accept: u32,
 }
 
-/// Where to listen: TCP, or a Unix-domain `unix:/path` / `unix:@name` (kept as given).
+/// Where to listen: TCP, or a Unix-domain `unix:/path` / `unix:@name`.
 #[derive(Debug, Clone)]
 enum Listen {
     Inet(SocketAddr),
-    Unix(String),
+    /// The address as given (to announce it) and its `sun_path` bytes (a leading NUL for
+    /// an abstract name).
+    Unix {
+        shown: String,
+        sun_path: Vec<u8>,
+    },
 }
 
 /// A usage error (exit 2) for anything but `HOST:PORT` with an IP, `unix:/path` or
@@ -62,7 +72,21 @@ enum Listen {
 fn parse_listen(s: &str) -> Result<Listen, String> {
     match s.strip_prefix("unix:") {
         Some("" | "@") => Err(format!("`{s}`: the Unix-domain address is empty")),
-        Some(_) => Ok(Listen::Unix(s.to_owned())),
+        Some(_) => {
+            let endpoint: duo_net::Endpoint = s.parse().map_err(|e| format!("{e}"))?;
+            let sun_path = match &endpoint {
+                duo_net::Endpoint::Unix(path) => path.as_os_str().as_bytes().to_vec(),
+                // A leading NUL byte makes it abstract (Linux's convention).
+                duo_net::Endpoint::Abstract(name) if !name.is_empty() => {
+                    [&[0u8][..], name].concat()
+                }
+                _ => return Err(format!("`{s}` is not a Unix-domain address to listen on")),
+            };
+            Ok(Listen::Unix {
+                shown: s.to_owned(),
+                sun_path,
+            })
+        }
         None => s
             .parse()
             .map(Listen::Inet)
@@ -83,7 +107,7 @@ fn main() -> ExitCode {
         .build();
     let served = runtime.and_then(|rt| match &cli.listen {
         Listen::Inet(addr) => rt.block_on(serve(*addr, cli.defer_accept)),
-        Listen::Unix(shown) => rt.block_on(serve_unix(shown, &shown["unix:".len()..])),
+        Listen::Unix { shown, sun_path } => rt.block_on(serve_unix(shown, sun_path)),
     });
     match served {
         Ok(()) => ExitCode::SUCCESS,
@@ -123,17 +147,15 @@ async fn serve(addr: SocketAddr, defer_accept: u32) -> io::Result<()> {
     }
 }
 
-/// [`serve`] on a Unix-domain socket: `rest` is `/path` or `@name` (abstract).
-async fn serve_unix(shown: &str, rest: &str) -> io::Result<()> {
-    let std_listener = match rest.strip_prefix('@') {
-        Some(name) => {
-            use std::os::linux::net::SocketAddrExt as _;
-            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
-            std::os::unix::net::UnixListener::bind_addr(&addr)?
-        }
-        None => std::os::unix::net::UnixListener::bind(rest)?,
-    };
-    std_listener.set_nonblocking(true)?;
+/// [`serve`] on a Unix-domain socket bound to `sun_path` (announced as `shown`).
+async fn serve_unix(shown: &str, sun_path: &[u8]) -> io::Result<()> {
+    // Not `std`'s `UnixListener::bind`, which stops a path at 107 bytes (Linux takes 108).
+    let addr = duo_sys::unix_addr(sun_path)?;
+    let socket = Socket::new(Domain::UNIX, Type::STREAM, None)?;
+    socket.bind(&addr)?;
+    socket.listen(4096)?;
+    socket.set_nonblocking(true)?;
+    let std_listener = std::os::unix::net::UnixListener::from(socket);
     let listener = tokio::net::UnixListener::from_std(std_listener)?;
     println!("listening on {shown}");
     io::stdout().flush()?;

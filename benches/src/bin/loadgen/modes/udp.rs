@@ -6,7 +6,9 @@
 //! if shorter) is counted as `lost` and the socket sends the next one; an echo that comes
 //! back later is recognised by its old sequence number and ignored. An echo already
 //! waiting in the socket when the request expires is read first and counted as an answer,
-//! never as a loss. Latency, rate and the report are those of the TCP `rr` mode.
+//! never as a loss. Latency, rate and the report are those of the TCP `rr` mode: a request
+//! still in flight when the phase ends counts with what it has waited so far if that is
+//! longer than every answered one ([`Latency::record_unanswered`]).
 
 use std::io;
 use std::net::{SocketAddr, UdpSocket};
@@ -17,6 +19,8 @@ use duo_sys::{Epoll, Events, Interest};
 
 use crate::cli::{EchoArgs, Mode};
 use crate::fault::Fault;
+#[cfg(doc)]
+use crate::latency::Latency;
 use crate::modes::{finish, Env, Tally};
 use crate::report::Report;
 use crate::runner::{open_and_measure, run_threads, share, ServerCpu, Ticket};
@@ -246,6 +250,14 @@ fn worker(
             next_sweep = now + loss / 4;
         }
     }
-    tally.elapsed = go.elapsed();
+    let stopped = Instant::now();
+    // A stall at the end of the phase: what the requests in flight have waited so far,
+    // as `rr` over TCP records them (one that failed is a fault, not a wait).
+    let waits = clients
+        .iter()
+        .filter(|c| !c.failed)
+        .map(|c| stopped.saturating_duration_since(c.sent_at));
+    tally.latency.record_unanswered(waits);
+    tally.elapsed = stopped.saturating_duration_since(go);
     Ok(tally)
 }
