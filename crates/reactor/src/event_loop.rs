@@ -434,6 +434,9 @@ impl EventLoop {
             }
         }));
         if let Err(panic) = ran {
+            let what =
+                || format!("a handler that panicked, channel {token:?}, readiness {ready:?}");
+            self.panicked_callback_done(CallbackKind::Io, &what);
             self.drop_panicked(token, entry);
             self.rearm_rest_of_batch(token.0);
             resume_unwind(panic);
@@ -521,6 +524,8 @@ impl EventLoop {
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (timer.callback)(self))) {
                 // The panicking timer is dropped (a repeating one cancelled); the others
                 // stay pending, and the timerfd is armed again for them.
+                let name = timer.name;
+                self.panicked_callback_done(CallbackKind::Timer, &|| format!("timer {name}"));
                 self.timers.cancel(key.1);
                 drop(timer);
                 expired.clear();

@@ -110,7 +110,9 @@ pub struct HealthConfig {
     ///   CPU during the handler); other channels' traffic does not hide
     ///   it; or
     /// - the loop wakes this many times in a row with nothing to do, each wake-up less
-    ///   than a millisecond after the previous iteration.
+    ///   than a millisecond after the previous iteration (for a loop of a
+    ///   [`LoopGroup`](crate::LoopGroup): after the group began the wait that found the
+    ///   loop ready; the time a ready loop waits for a thread is no pause).
     ///
     /// `None` switches the detector off. Default 10 000.
     pub spin_threshold: Option<u32>,
@@ -364,17 +366,18 @@ pub(crate) struct HealthTracker {
     poll_began: u64,
     /// Empty wake-ups in a row (each soon after the previous iteration).
     spin_run: u32,
-    /// How long this iteration's `epoll_wait` took.
+    /// How long this iteration's `epoll_wait` took (for a group's turn, the group's
+    /// wait that found the loop ready: [`HealthTracker::next_poll_waited`]).
     waited: Duration,
     /// How many `epoll_wait`s slept (took longer than [`SLEPT`]) so far, plus one per
     /// change of the configuration: either ends every channel's run ([`SpinWatch`]).
     slept: u64,
     /// Timer callbacks and queued functions run in this iteration.
     work: u64,
-    /// Whether the coming poll counts as a sleep, when the loop's own poll cannot tell: a
-    /// group's turn never blocks in it, and the time since the previous turn is the
-    /// group's wait, not the loop's ([`HealthTracker::next_poll_slept`]).
-    next_slept: Option<bool>,
+    /// How long the coming poll counts as having waited, when the loop's own poll cannot
+    /// tell: a group's turn never blocks in it, and the time since the previous turn is
+    /// not the loop's wait ([`HealthTracker::next_poll_waited`]).
+    next_waited: Option<Duration>,
     /// When a stall / spin was last logged, and how many were not logged since.
     stall_logged: Option<Instant>,
     stalls_unlogged: u64,
@@ -396,7 +399,7 @@ impl HealthTracker {
             waited: Duration::ZERO,
             slept: 0,
             work: 0,
-            next_slept: None,
+            next_waited: None,
             stall_logged: None,
             stalls_unlogged: 0,
             spin_logged: None,
@@ -419,8 +422,11 @@ impl HealthTracker {
     pub(crate) fn polled(&mut self, counters: &HealthCounters) -> u64 {
         let now = monotonic_nanos();
         let waited = now.saturating_sub(self.poll_began);
-        self.waited = Duration::from_nanos(waited);
-        if self.next_slept.take().unwrap_or(self.waited > SLEPT) {
+        self.waited = self
+            .next_waited
+            .take()
+            .unwrap_or(Duration::from_nanos(waited));
+        if self.waited > SLEPT {
             self.slept += 1;
         }
         bump(&counters.poll_nanos, waited);
@@ -429,14 +435,17 @@ impl HealthTracker {
         now
     }
 
-    /// The coming poll is a group's turn: whether the loop slept before it is what the
-    /// group's wait that brought the turn says (`Some(true)`: that wait slept), not the
-    /// time since the previous turn, which includes the time the loop was ready and
-    /// waited for a thread (another loop's turn, say): a channel ready all along must not
-    /// look like one that was reported again after a sleep. `None`: judged by the time
-    /// since the previous turn, as for a loop's own poll.
-    pub(crate) fn next_poll_slept(&mut self, slept: Option<bool>) {
-        self.next_slept = slept;
+    /// The coming poll is a group's turn: how long the loop waited before it (whether it
+    /// slept, and whether an empty wake-up came soon) is what the group's wait that
+    /// brought the turn says (`Some`: how long that wait waited; zero for a loop a helper
+    /// found ready at two looks in a row), not the time since the previous turn, which
+    /// includes the time the loop was ready and waited for a thread (another loop's turn,
+    /// or the help delay): a channel ready all along must not look like one that was
+    /// reported again after a sleep, nor a loop woken again and again at once like one
+    /// woken now and then. `None`: judged by the time since the previous turn, as for a
+    /// loop's own poll.
+    pub(crate) fn next_poll_waited(&mut self, waited: Option<Duration>) {
+        self.next_waited = waited;
     }
 
     /// Callbacks are about to run outside an iteration (the functions `run` runs before

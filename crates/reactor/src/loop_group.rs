@@ -48,9 +48,11 @@
 //! never blocks in the loop's own `epoll_wait`; the group's threads spin instead, with
 //! [`LoopGroup::set_busy_poll`]), and the loop's poll time counts all the
 //! time between two turns, including time it was ready and waiting for a free thread
-//! (which the spin detector does not take for a sleep: only a wait of the group's that
-//! slept ends its runs of dispatches). Stop the group from outside it: a thread of the
-//! group cannot join itself.
+//! (which the spin detector does not take for a sleep, nor for a pause between
+//! wake-ups: only a wait of the group's that slept ends its runs of dispatches, and one
+//! of a millisecond or more makes wake-ups far apart; a loop a helper finds ready at two
+//! looks in a row counts as ready all along). Stop the group from outside it: a thread
+//! of the group cannot join itself.
 //!
 //! [`EventLoopThreadPool`]: crate::EventLoopThreadPool
 
@@ -67,10 +69,11 @@ use duo_sys::{Epoll, EventFd, Events, Interest};
 use parking_lot::Mutex;
 
 use crate::event_loop_thread::ThreadInit;
-use crate::health::SLEPT;
 use crate::{EventLoop, LoopHandle};
 
+mod looks;
 mod sharing;
+use looks::Looks;
 pub use sharing::{LoopSharing, ParseLoopSharingError};
 
 /// Token of the group's stop eventfd in every set threads wait on.
@@ -459,6 +462,7 @@ impl GroupCore {
         });
         let mut stolen = Events::fixed(READY_BATCH);
         let mut tried = vec![0u64; self.homes.len()];
+        let mut looks = Looks::new(self.homes.len());
         let mut ran = false;
         loop {
             let timeout = self.help_due(me, &tried);
@@ -467,8 +471,10 @@ impl GroupCore {
             let waited = self.wait_home(home, &mut events, ran, timeout);
             let after = duo_sys::monotonic_nanos();
             home.progress.store(after, Ordering::Release);
-            // The loops it returned were not ready all along (for the spin detector).
-            let slept = Duration::from_nanos(after.saturating_sub(before)) > SLEPT;
+            // How long the loops it returned were not ready, at least (for the spin
+            // detector: not the time since their previous turns, which includes the time
+            // they were ready and waited for this thread).
+            let wait_time = Duration::from_nanos(after.saturating_sub(before));
             if let Err(e) = waited {
                 // Cannot happen with a valid epoll descriptor and buffer; do not spin.
                 log::error!("loop group: waiting for ready loops failed: {e}");
@@ -483,13 +489,13 @@ impl GroupCore {
                 if token == STOP_TOKEN {
                     return;
                 }
-                if self.run(token, false, Some(slept)) {
+                if self.run(token, false, Some(wait_time)) {
                     ran = true;
                     home.progress
                         .store(duo_sys::monotonic_nanos(), Ordering::Release);
                 }
             }
-            if self.help(me, &mut tried, &mut stolen) {
+            if self.help(me, &mut tried, &mut stolen, &mut looks) {
                 ran = true;
             }
         }
@@ -589,8 +595,9 @@ impl GroupCore {
     /// thread that runs turns beside one that sleeps makes an `epoll_wait` on its set
     /// every help delay. Returns whether a turn ran. (Looking at a thread as soon as it
     /// sleeps, to catch one woken but given no core at once, was measured: no better
-    /// tail, more system calls.)
-    fn help(&self, me: usize, tried: &mut [u64], stolen: &mut Events) -> bool {
+    /// tail, more system calls.) `looks`: the loops found ready at this thread's
+    /// previous looks, for the spin detector of the loops it helps.
+    fn help(&self, me: usize, tried: &mut [u64], stolen: &mut Events, looks: &mut Looks) -> bool {
         let steal_after = self.steal_after_nanos.load(Ordering::Relaxed);
         if self.homes.len() == 1 {
             return false;
@@ -619,20 +626,25 @@ impl GroupCore {
                 log::warn!("loop group: looking at another thread's loops: {e}");
                 continue;
             }
+            // A look does not sleep: a loop ready at this look and the previous one is
+            // judged as one found by a wait that returned at once, not by the time since
+            // its previous turn (the help delay or more, which is no sleep of its own).
+            looks.begin();
             for (token, _) in stolen.iter() {
-                if token != STOP_TOKEN && self.run(token, true, None) {
+                if token != STOP_TOKEN && self.run(token, true, looks.found(k, token)) {
                     ran = true;
                 }
             }
+            looks.end(k);
         }
         ran
     }
 
     /// Runs one turn of loop `token` if no other thread is running it (returns whether
     /// it ran), then puts it back in its slot, or ends it. `helped`: this thread is not
-    /// the loop's owner. `slept`: whether the wait that found it ready slept, if known
+    /// the loop's owner. `waited`: how long the wait that found it ready waited, if known
     /// ([`EventLoop::turn`]).
-    fn run(&self, token: u64, helped: bool, slept: Option<bool>) -> bool {
+    fn run(&self, token: u64, helped: bool, waited: Option<Duration>) -> bool {
         let Some(slot) = self.slots.get(token as usize) else {
             return false;
         };
@@ -653,7 +665,7 @@ impl GroupCore {
         let Some(mut lp) = taken else {
             return false;
         };
-        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn(helped, slept)));
+        let outcome = catch_unwind(AssertUnwindSafe(|| lp.turn(helped, waited)));
         let ended = match outcome {
             Ok(Ok(false)) => None,
             Ok(Ok(true)) => Some(None),

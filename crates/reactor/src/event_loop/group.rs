@@ -3,6 +3,7 @@
 
 use std::io;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 
 use super::EventLoop;
 use crate::error::LoopError;
@@ -27,13 +28,16 @@ impl EventLoop {
     /// A panic out of the turn leaves the calling thread recorded as the loop's thread;
     /// the group then drops the loop, which clears it. `helped`: the turn is run by a
     /// thread other than the loop's owner (counted in [`LoopMetrics::helped_turns`]).
-    /// `slept`: whether the group's wait that found the loop ready slept (its set had
-    /// nothing ready for a while), which is what ends the spin detector's runs of
-    /// dispatches; `None` (a helper's look, which says nothing about the time since the
-    /// loop's previous turn): judged by that time.
+    /// `waited`: how long the group's wait that found the loop ready waited (its set had
+    /// nothing ready meanwhile; zero for a loop a helper found ready at its previous look
+    /// at the owner's set too, a look not sleeping): whether it slept is what ends the
+    /// spin detector's runs of dispatches, and whether it waited a millisecond what makes
+    /// an empty wake-up far apart from the previous iteration, not the time since the
+    /// loop's previous turn (which includes the time it was ready and waited for a
+    /// thread); `None`: judged by that time, as for a loop's own poll.
     ///
     /// [`LoopMetrics::helped_turns`]: crate::LoopMetrics::helped_turns
-    pub(crate) fn turn(&mut self, helped: bool, slept: Option<bool>) -> io::Result<bool> {
+    pub(crate) fn turn(&mut self, helped: bool, waited: Option<Duration>) -> io::Result<bool> {
         self.shared
             .thread_id
             .store(current_thread_id(), Ordering::SeqCst);
@@ -43,7 +47,7 @@ impl EventLoop {
         // (Refuses a `run` from the turn's callbacks; a panic leaves it set, and the
         // group drops the loop.)
         self.shared.in_run.store(true, Ordering::Relaxed);
-        self.health.next_poll_slept(slept);
+        self.health.next_poll_waited(waited);
         let result = self.run_once(false);
         self.shared.in_run.store(false, Ordering::Relaxed);
         // Functions this turn queued for itself run in the next turn, which only

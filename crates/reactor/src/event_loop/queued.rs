@@ -73,6 +73,8 @@ impl EventLoop {
             self.sliced_more = false;
             let name = task.name;
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
+                // Accounted as one that returned (it may have stalled the loop first).
+                self.task_done(name);
                 self.requeue_after_panic(std::mem::take(&mut local));
                 resume_unwind(panic);
             }
@@ -91,6 +93,7 @@ impl EventLoop {
             self.iteration_tasks += 1;
             let name = task.name;
             if let Err(panic) = catch_unwind(AssertUnwindSafe(|| (task.f)(self))) {
+                self.task_done(name);
                 let rest = tasks.collect();
                 self.requeue_after_panic(rest);
                 resume_unwind(panic);

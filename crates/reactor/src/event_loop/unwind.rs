@@ -4,6 +4,7 @@
 use super::{EventLoop, TIMERFD_TOKEN, WAKER_TOKEN};
 use crate::channel::Token;
 use crate::channel_slab::{Entry, TakeOutcome};
+use crate::health::CallbackKind;
 
 impl EventLoop {
     /// A channel's handler panicked while its entry was out of its slot: the channel goes
@@ -13,6 +14,14 @@ impl EventLoop {
         self.channels.free(token);
         self.deregister(&entry);
         drop(entry);
+    }
+
+    /// A callback of `kind` panicked: it held the loop as long as one that returns, and is
+    /// accounted the same way (the time split, the longest callback, the stall detector)
+    /// before its panic goes on; `what` names it for a stall report.
+    pub(super) fn panicked_callback_done(&mut self, kind: CallbackKind, what: &dyn Fn() -> String) {
+        self.health
+            .callback_done(kind, what, &self.shared.name, &self.shared.metrics.health);
     }
 
     /// The callback run for the event `data` (a channel's token, or the timerfd's) of the
