@@ -7,9 +7,12 @@
 //! - **reloaded** (exit 0) once workers of a newer generation run and none of the older
 //!   ones is left (they drained and exited: the supervisor retires them only once the new
 //!   generation is ready and still up 200 ms later);
-//! - **failed** (exit 1) once workers of a newer generation ran and are all gone while
-//!   older ones still serve (the new generation was not ready in time, or one of it died:
-//!   the supervisor retired it);
+//! - **failed** (exit 1) once workers of a newer generation ran and have all been gone
+//!   for [`RESTART_GRACE`] while older ones still serve (the new generation was not ready
+//!   in time, or one of it died: the supervisor retired it). Not as soon as they are
+//!   gone: a new generation that took over and lost its workers at once (while the old
+//!   ones still drain) is serving, and the supervisor starts them again after its
+//!   restart back-off, with the same generation;
 //! - **not confirmed** (exit 1) at the deadline: no newer generation started (the
 //!   supervisor ignored the signal: a reload or upgrade already under way, a stop, an
 //!   upgrade whose check refused the binary; or it is stopped by job control), or the old
@@ -20,6 +23,12 @@ use std::time::{Duration, Instant};
 
 /// The variable a worker's generation is in (the worker protocol).
 const GENERATION_VAR: &[u8] = b"DUO_WORKER_GENERATION=";
+
+/// How long the workers of a new generation may all be gone, while older ones still run,
+/// before the reload counts as failed: the supervisor's longest restart delay (its
+/// `backoff_max`, 5 s by default, which echo keeps), and room. A generation that served
+/// gets its dead workers back within that; a failed one never does.
+pub(crate) const RESTART_GRACE: Duration = Duration::from_secs(6);
 
 /// What came of a reload.
 #[derive(Debug, PartialEq, Eq)]
@@ -75,6 +84,8 @@ pub(crate) fn watch(pid: u32, before: &BTreeMap<u32, u64>, limit: Duration) -> O
     let old_max = before.values().copied().max().unwrap_or(0);
     let deadline = Instant::now() + limit;
     let mut newest: Option<u64> = None;
+    // Since when the newer generation's workers have all been gone (older ones running).
+    let mut gone_since: Option<Instant> = None;
     loop {
         if !std::path::Path::new(&format!("/proc/{pid}")).exists() {
             return Outcome::SupervisorGone;
@@ -87,8 +98,13 @@ pub(crate) fn watch(pid: u32, before: &BTreeMap<u32, u64>, limit: Duration) -> O
         }
         match (new, newest, old) {
             (Some(g), _, false) => return Outcome::Reloaded(g),
-            (None, Some(g), true) => return Outcome::Failed(g),
-            _ => {}
+            (None, Some(g), true) => {
+                let since = *gone_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= RESTART_GRACE {
+                    return Outcome::Failed(g);
+                }
+            }
+            _ => gone_since = None,
         }
         if Instant::now() >= deadline {
             return newest.map_or(Outcome::NotStarted, Outcome::Draining);
@@ -127,5 +143,44 @@ pub(crate) fn describe(outcome: &Outcome, pid: u32, limit: Duration) -> (String,
             false,
         ),
         Outcome::SupervisorGone => (format!("echo reload: {pid} exited"), false),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! Review round 12 of the worker processes (`echo reload --wait`): a supervisor is
+    //! modelled by a shell whose children carry `DUO_WORKER_GENERATION`, as workers do.
+
+    use super::*;
+    use std::process::Command;
+
+    /// A reload that happened, after which the new generation's only worker died at once
+    /// (while the old one still drained) and was restarted after the back-off, as the
+    /// supervisor does for a serving generation: reported as a reload, not as a failure.
+    #[test]
+    fn a_new_generation_restarted_after_it_took_over_is_a_reload() {
+        let dir = duo_testkit::TempDir::new("r12-reload-wait");
+        let go = dir.join("go");
+        let script = format!(
+            "trap 'kill $old $new 2>/dev/null; exit 0' TERM\n\
+             DUO_WORKER_GENERATION=1 sleep 20 & old=$!\n\
+             while [ ! -e {go} ]; do sleep 0.02; done\n\
+             DUO_WORKER_GENERATION=2 sleep 20 & new=$!\n\
+             sleep 0.3; kill $new; wait $new\n\
+             sleep 0.6\n\
+             DUO_WORKER_GENERATION=2 sleep 20 & new=$!\n\
+             sleep 0.3; kill $old; wait $old\n\
+             wait $new\n",
+            go = go.display()
+        );
+        let mut sup = Command::new("sh").arg("-c").arg(script).spawn().unwrap();
+        let pid = sup.id();
+        duo_testkit::wait_until("the old worker runs", || generations(pid).values().eq([&1]));
+        let before = generations(pid);
+        std::fs::write(&go, "").unwrap();
+        let outcome = watch(pid, &before, duo_testkit::LIMIT);
+        duo_sys::signal_process(pid, duo_sys::Signal::TERM).unwrap();
+        sup.wait().unwrap();
+        assert_eq!(outcome, Outcome::Reloaded(2));
     }
 }

@@ -13,6 +13,9 @@
 //!   worker whose start-up takes a while and then fails).
 //! - `silent`: never reports ready (and serves nothing).
 //! - `stubborn`: as `echo`, but blocks SIGTERM and SIGINT (only SIGKILL ends it).
+//! - `letgo`: waits for a file `go` beside the mode file (`DEMO_MODE_FILE`), then closes
+//!   its readiness pipe without the byte and serves as `echo`: what a worker does whose
+//!   "ready" byte met `EPIPE` (nobody read the pipe during an upgrade's `exec`).
 //!
 //! `DEMO_MODE_FILE`, if set, names a file holding the mode, read at each worker's start (a
 //! worker given a mode it does not know exits with status 2 before it is ready).
@@ -55,6 +58,7 @@ enum Mode {
     SlowFail,
     Silent,
     Stubborn,
+    LetGo,
 }
 
 impl FromStr for Mode {
@@ -70,10 +74,11 @@ impl FromStr for Mode {
             "slowfail" => Mode::SlowFail,
             "silent" => Mode::Silent,
             "stubborn" => Mode::Stubborn,
+            "letgo" => Mode::LetGo,
             other => {
                 return Err(format!(
-                    "unknown MODE {other:?} (echo, crash, fail, slow, slowfail, silent or \
-                     stubborn)"
+                    "unknown MODE {other:?} (echo, crash, fail, slow, slowfail, silent, \
+                     stubborn or letgo)"
                 ))
             }
         })
@@ -265,6 +270,14 @@ fn work(mut worker: Worker) -> ExitCode {
                 return ExitCode::FAILURE;
             }
         }
+        Mode::LetGo => {
+            let go = std::env::var_os("DEMO_MODE_FILE")
+                .map(std::path::PathBuf::from)
+                .and_then(|f| Some(f.parent()?.join("go")));
+            while !go.as_ref().is_some_and(|go| go.exists()) {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
         Mode::Echo => {}
     }
     let listener = worker.take_listeners().remove(0);
@@ -272,7 +285,10 @@ fn work(mut worker: Worker) -> ExitCode {
     if let Some(slot) = &stats {
         slot.publish(&WorkerStats::default());
     }
-    if let Err(e) = worker.notify_ready() {
+    if mode == Mode::LetGo {
+        // The readiness pipe closes without the byte (as after `EPIPE`).
+        drop(worker);
+    } else if let Err(e) = worker.notify_ready() {
         return gone(&e);
     }
     let me = std::process::id();

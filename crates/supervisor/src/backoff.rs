@@ -34,6 +34,18 @@ impl Backoff {
         self.current = Some(next);
         next
     }
+
+    /// The delay of the last young death, `None` once a long life reset it: what an
+    /// upgrade hands to the next image.
+    pub(crate) fn current(&self) -> Option<Duration> {
+        self.current
+    }
+
+    /// Goes on from `current`, the delay a previous image had reached (an upgrade), kept
+    /// within this one's `min..=max`.
+    pub(crate) fn resume(&mut self, current: Option<Duration>) {
+        self.current = current.map(|d| d.clamp(self.min, self.max));
+    }
 }
 
 #[cfg(test)]
@@ -48,5 +60,17 @@ mod tests {
         assert_eq!(delays, [ms(100), ms(200), ms(400), ms(500), ms(500)]);
         assert_eq!(b.after_death(ms(3000)), Duration::ZERO);
         assert_eq!(b.after_death(ms(1)), ms(100));
+    }
+
+    #[test]
+    fn a_resumed_back_off_goes_on_from_where_it_was_within_the_bounds() {
+        let ms = Duration::from_millis;
+        let mut b = Backoff::new(ms(100), ms(500), ms(2000));
+        b.resume(Some(ms(200)));
+        assert_eq!(b.after_death(ms(10)), ms(400));
+        b.resume(Some(ms(9000)));
+        assert_eq!(b.current(), Some(ms(500)));
+        b.resume(None);
+        assert_eq!(b.after_death(ms(10)), ms(100));
     }
 }

@@ -20,6 +20,8 @@
 //!   was ever ready (however long its start-up took), is restarted
 //!   only after a delay that doubles from [`SupervisorConfig::backoff_min`] up to
 //!   [`SupervisorConfig::backoff_max`], so a worker that cannot start is never a fork bomb.
+//!   The delay reached goes on across a reload and an upgrade (the new image takes it
+//!   over): only a worker that lived sets it back to the minimum.
 //!   A replacement not ready within [`SupervisorConfig::ready_timeout`] is retired
 //!   (`SIGTERM`, `SIGKILL` at the stop timeout) and replaced in turn, with the back-off.
 //! - **`SIGINT`/`SIGTERM`.** `SIGTERM` to every worker (each stops accepting and drains);
@@ -48,8 +50,10 @@
 //!   its readiness pipe (by name: the new image opens it again through `/proc`, so an
 //!   older binary that knows nothing of it inherits no descriptor): the new image waits
 //!   for it to report ready, within a new [`SupervisorConfig::ready_timeout`], as for any
-//!   replacement. If the `exec` fails, the old image logs it and goes on. (A binary that
-//!   passes the check and fails later is not caught.) A program hands its
+//!   replacement (a pipe it lets go without the byte counts as ready: its byte met
+//!   `EPIPE` in the moments nobody read the pipe, and it serves). If the `exec` fails,
+//!   the old image logs it and goes on. (A binary that passes the check and fails later
+//!   is not caught.) A program hands its
 //!   own state to the next image with [`Supervisor::carry_across_upgrade`] (a variable)
 //!   and [`Supervisor::carry_fd_across_upgrade`] (a descriptor: the metrics endpoint's
 //!   listening socket, say).

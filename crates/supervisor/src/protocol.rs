@@ -35,6 +35,7 @@
 //! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed if still running at `stop_timeout` from the adoption) |
 //! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
 //! | [`STATS_TOTALS_VAR`] | the summed stats line's totals so far (`accepted,bytes_in,bytes_out,messages`): the new image's totals go on from them |
+//! | [`BACKOFF_VAR`] | the restart back-off's delay so far, in milliseconds (empty: none): the new image's back-off goes on from it |
 //!
 //! Before that `exec` the supervisor checks the binary: it runs it as a child with its own
 //! arguments, [`UPGRADE_CHECK_VAR`]`=1`, stdin and stdout on `/dev/null`, its stderr, and
@@ -73,6 +74,10 @@ pub const STATS_TOTALS_VAR: &str = "DUO_SUPERVISOR_STATS_TOTALS";
 /// (`PID:accepted:bytes_in:bytes_out:messages`, comma-separated): the new image counts
 /// from there, so what they count during the `exec` is not lost.
 pub const STATS_SEEN_VAR: &str = "DUO_SUPERVISOR_STATS_SEEN";
+/// The restart back-off's delay so far, in milliseconds (empty: none, no worker died
+/// young since one lived long): an upgraded supervisor goes on from it, so that a worker
+/// that keeps dying is not restarted at full pace again after every upgrade.
+pub const BACKOFF_VAR: &str = "DUO_SUPERVISOR_BACKOFF_MS";
 /// Followed by a PID: the name (`pipe:[INODE]`, as `/proc/PID/fd` shows it) of the
 /// readiness pipe of that adopted worker, still starting when the previous image upgraded.
 /// The new image opens that pipe again through the worker's `/proc/PID/fd` (the worker

@@ -52,8 +52,8 @@ use duo_sys::SharedCounters;
 use crate::backoff::Backoff;
 use crate::config::SupervisorConfig;
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR, RETIRING_VAR,
-    ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
+    ADOPT_VAR, BACKOFF_VAR, GENERATION_VAR, LAST_STARTED_VAR, LISTEN_FDS_VAR, READY_FD_VAR,
+    RETIRING_VAR, ROW_LEN, SLOT_VAR, STATS_FD_VAR, STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
     WORKER_GENERATION_VAR, WORKER_VAR,
 };
 use crate::table::WorkerTable;
@@ -129,6 +129,8 @@ pub struct Supervisor {
     upgraded: bool,
     /// The newest generation the previous image started.
     adopted_last_started: u64,
+    /// The restart back-off's delay the previous image had reached (an upgrade).
+    adopted_backoff: Option<Duration>,
     /// The summed stats line's totals the previous image counted (an upgrade).
     adopted_totals: crate::worker::WorkerStats,
     /// The adopted workers' own totals that `adopted_totals` includes, by PID.
@@ -192,6 +194,9 @@ impl Supervisor {
             .and_then(|g| g.parse().ok())
             .unwrap_or(0)
             .max(adopted_generation);
+        let adopted_backoff = take_var(BACKOFF_VAR)
+            .and_then(|ms| ms.parse().ok())
+            .map(Duration::from_millis);
         let adopted_totals = take_var(STATS_TOTALS_VAR)
             .and_then(|t| stats::parse_totals(&t))
             .unwrap_or_default();
@@ -232,6 +237,7 @@ impl Supervisor {
             adopted_retiring,
             adopted_generation,
             adopted_last_started,
+            adopted_backoff,
             adopted_totals,
             adopted_seen,
             upgraded,
@@ -321,12 +327,14 @@ impl Supervisor {
             what: "watching signals",
             source,
         })?;
+        let mut backoff = Backoff::new(
+            self.cfg.backoff_min,
+            self.cfg.backoff_max,
+            self.cfg.stable_after,
+        );
+        backoff.resume(self.adopted_backoff);
         let mut state = State {
-            backoff: Backoff::new(
-                self.cfg.backoff_min,
-                self.cfg.backoff_max,
-                self.cfg.stable_after,
-            ),
+            backoff,
             cfg: self.cfg,
             listeners: self.listeners,
             exe: self.exe,
@@ -425,6 +433,8 @@ struct WorkerProc {
     row: Option<usize>,
     /// The readiness pipe's channel, until the byte or EOF arrives.
     ready_token: Option<Token>,
+    /// Adopted still starting, its pipe opened again through `/proc` (`upgrade.rs`).
+    reopened_pipe: bool,
 }
 
 /// A generation that is starting and not yet all ready.
@@ -600,6 +610,7 @@ impl State {
             .env_remove(ADOPT_VAR)
             .env_remove(RETIRING_VAR)
             .env_remove(GENERATION_VAR)
+            .env_remove(BACKOFF_VAR)
             .env_remove(STATS_VAR);
         match row {
             Some(row) => cmd.env(SLOT_VAR, row.to_string()),
@@ -633,6 +644,7 @@ impl State {
                 retiring: false,
                 row,
                 ready_token: token,
+                reopened_pipe: false,
             },
         );
         Ok(pid)
@@ -645,6 +657,7 @@ impl State {
             .and_then(|w| w.ready_token.take())
         {
             lp.remove_channel(token);
+            self.reopened_pipe_let_go(lp, pid);
         }
     }
 

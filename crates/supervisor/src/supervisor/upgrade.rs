@@ -14,8 +14,8 @@ use duo_reactor::EventLoop;
 
 use super::{State, WorkerProc};
 use crate::protocol::{
-    ADOPT_VAR, GENERATION_VAR, LAST_STARTED_VAR, READY_PIPE_VAR_PREFIX, RETIRING_VAR, ROW_LEN,
-    STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
+    ADOPT_VAR, BACKOFF_VAR, GENERATION_VAR, LAST_STARTED_VAR, READY_PIPE_VAR_PREFIX, RETIRING_VAR,
+    ROW_LEN, STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
 };
 use crate::worker::read_row;
 
@@ -124,7 +124,13 @@ impl State {
             .env(LAST_STARTED_VAR, self.last_started.to_string())
             .env(STATS_VAR, self.stats.fd().as_raw_fd().to_string())
             .env(STATS_TOTALS_VAR, totals)
-            .env(STATS_SEEN_VAR, seen);
+            .env(STATS_SEEN_VAR, seen)
+            .env(
+                BACKOFF_VAR,
+                self.backoff
+                    .current()
+                    .map_or(String::new(), |d| d.as_millis().to_string()),
+            );
         if let Err(e) = duo_sys::set_inherit_on_exec(self.stats.fd(), true) {
             log::warn!("SIGUSR2: the stats region will not be handed over: {e}");
             cmd.env_remove(STATS_VAR);
@@ -242,9 +248,30 @@ impl State {
                     ready: ready_token.is_none(),
                     retiring: draining,
                     row,
+                    reopened_pipe: ready_token.is_some(),
                     ready_token,
                 },
             );
+        }
+    }
+
+    /// The readiness pipe of adopted worker `pid`, opened again through `/proc`, closed
+    /// without the byte. The worker's byte met `EPIPE` (written between the `exec` and
+    /// that `open`, when nobody read the pipe) and it let the pipe go just after the
+    /// `open`: it takes itself for ready (its `notify_ready` returned `Ok`) and serves, so
+    /// it counts as ready here too, rather than be retired, healthy, at its ready deadline.
+    /// (One that closed it by exiting is reaped as a worker that died young all the same.)
+    pub(super) fn reopened_pipe_let_go(&mut self, lp: &mut EventLoop, pid: u32) {
+        if self
+            .workers
+            .get(&pid)
+            .is_some_and(|w| w.reopened_pipe && !w.ready && !w.retiring)
+        {
+            log::info!(
+                "worker {pid} let its readiness pipe go without a byte (its byte met EPIPE \
+                 during the upgrade): counted ready"
+            );
+            self.on_ready(lp, pid);
         }
     }
 
