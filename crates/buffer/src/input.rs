@@ -342,10 +342,15 @@ impl InputBuffer {
     /// [`max_len`](InputBuffer::max_len) bytes; [`BufferError::Io`] for a failed read;
     /// [`BufferError::Pool`] if the pool has no block. Growing after the read holds the old
     /// block and the bigger one at once; if the pool refuses that, the contents and the new
-    /// bytes are kept unsettled in the spill area instead when they fit in it (64 KiB), and
-    /// the read succeeds ([`settle`](InputBuffer::settle) then needs one block only).
-    /// Otherwise the read fails with `Pool` and the bytes that landed in the spill area are
-    /// lost: the stream is broken and the connection should be closed.
+    /// bytes are kept unsettled in the spill area instead (64 KiB), and the read succeeds
+    /// ([`settle`](InputBuffer::settle) then needs one block only). On a pool with a
+    /// [memory cap](crate::PoolConfig::memory_cap), the spill area is offered only as far
+    /// as that fallback can keep what lands there: with more than 64 KiB unconsumed, the
+    /// read goes into the block's free tail alone, and a full block grows *before* the
+    /// read. A `Pool` error therefore never loses a byte: nothing was read, the bytes
+    /// wait in the socket (TCP flow control slows the peer), and a later read, once the
+    /// pool has room or the caller consumed, takes them. (Without a cap the pool never
+    /// refuses a block.)
     pub fn read_from(&mut self, fd: BorrowedFd<'_>) -> Result<ReadOutcome, BufferError> {
         self.read_with(|iovs| duo_sys::readv(fd, iovs))
     }
@@ -391,8 +396,22 @@ impl InputBuffer {
             None => self.pool.alloc(budget.min(SIZE_CLASSES[0]))?,
         };
         let block = self.buf.insert(block);
-        let direct = block.writable_len().min(budget);
-        let mut spill = if direct < budget {
+        let mut direct = block.writable_len().min(budget);
+        // The most the spill area may take: bytes landing there must then be stored, which
+        // may need a bigger block. A capped pool may refuse it, and the fallback
+        // (`unsettle`) keeps the contents and the new bytes only if they fit in the spill
+        // area: offer no more than that, so that a read never takes bytes from the socket
+        // it has nowhere to keep.
+        let mut spill_most = budget - direct;
+        if self.pool.config().memory_cap.is_some() {
+            spill_most = spill_most.min(SPILL_LEN.saturating_sub(block.len() + direct));
+            if direct == 0 && spill_most == 0 {
+                // Full, and too much for the fallback: make room before reading, or fail
+                // with the bytes still in the socket.
+                direct = Self::grow_before_read(block, self.pool, budget)?;
+            }
+        }
+        let mut spill = if spill_most > 0 {
             Some(take_spill())
         } else {
             None
@@ -401,7 +420,7 @@ impl InputBuffer {
             let tail = block.writable().get_mut(..direct).unwrap_or_default();
             let extra: &mut [u8] = match &mut spill {
                 Some(spill) => {
-                    let spill_len = (budget - direct).min(spill.len());
+                    let spill_len = spill_most.min(spill.len());
                     spill.get_mut(..spill_len).unwrap_or_default()
                 }
                 None => &mut [],
@@ -454,6 +473,29 @@ impl InputBuffer {
         }
         self.release_if_empty();
         outcome
+    }
+
+    /// On a capped pool, before a read into a full `block` holding more than the spill
+    /// area's fallback could keep: compacts it, or moves its contents into a bigger block
+    /// (at most `budget` more, at most 64 KiB), so that the read goes into the block
+    /// alone. Returns the room for the read.
+    ///
+    /// # Errors
+    ///
+    /// The pool's refusal; nothing changed and nothing was read.
+    fn grow_before_read(
+        block: &mut IoBuf,
+        pool: BufPool,
+        budget: usize,
+    ) -> Result<usize, BufferError> {
+        if block.capacity() > block.len() {
+            block.compact();
+        } else {
+            let mut bigger = pool.alloc(block.len() + budget.min(SPILL_LEN))?;
+            bigger.append(block.data());
+            *block = bigger;
+        }
+        Ok(block.writable_len().min(budget))
     }
 
     /// After a read whose growth the pool refused: moves the block's contents and the

@@ -48,7 +48,8 @@
 //!   room), then fails with [`PoolError::Exhausted`]; nothing aborts. The thread caches
 //!   keep at most an eighth of the cap, so free blocks that a quiet thread keeps cannot
 //!   starve the others. [`InputBuffer::max_len`] bounds one connection's unparsed input; a
-//!   read never takes more from the socket than fits.
+//!   read never takes more from the socket than fits, under the limit or in the pool: a
+//!   read the full pool refuses takes nothing, and the bytes wait in the socket.
 //! - **Idle connections cost nothing.** Input and output buffers give their blocks back as
 //!   soon as they are drained.
 //! - **Few copies and system calls.** One `readv` reads whatever the socket holds (block tail

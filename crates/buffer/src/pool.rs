@@ -159,6 +159,9 @@ pub struct PoolStats {
     pub allocated_bytes: usize,
     /// The configured [`PoolConfig::memory_cap`].
     pub memory_cap: Option<usize>,
+    /// Requests refused for the cap ([`PoolError::Exhausted`]) since the pool was
+    /// created: a cumulative count.
+    pub refused: u64,
 }
 
 impl PoolStats {
@@ -383,6 +386,8 @@ struct PoolInner {
     classes: [ClassShared; CLASS_COUNT],
     /// Bytes obtained from the system and not released; what the cap limits.
     allocated_bytes: AtomicUsize,
+    /// Requests refused for the cap (see [`PoolStats::refused`]).
+    refused: AtomicU64,
     /// Counters of every live thread cache of this pool.
     caches: Mutex<Vec<Arc<CacheCounters>>>,
 }
@@ -411,6 +416,7 @@ impl PoolInner {
                 released: AtomicU64::new(0),
             }),
             allocated_bytes: AtomicUsize::new(0),
+            refused: AtomicU64::new(0),
             caches: Mutex::new(Vec::new()),
         }
     }
@@ -487,6 +493,7 @@ impl PoolInner {
                 if let Some(block) = self.new_block(class) {
                     return Ok(block);
                 }
+                self.refused.fetch_add(1, Relaxed);
                 log::debug!(
                     "buffer pool exhausted: {size}-byte block, cap {cap}, {allocated} allocated"
                 );
@@ -596,6 +603,7 @@ impl PoolInner {
         PoolStats {
             classes,
             allocated_bytes: self.allocated_bytes.load(Relaxed),
+            refused: self.refused.load(Relaxed),
             memory_cap: self.config.memory_cap,
         }
     }

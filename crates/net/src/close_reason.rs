@@ -28,7 +28,10 @@ pub enum CloseReason {
     InputTooLarge,
     /// The output buffer passed the connection's [`OutputLimit`](crate::OutputLimit) (policy `Close`).
     OutputLimit,
-    /// The buffer pool could not provide memory for input or output.
+    /// The buffer pool could not provide memory for input or output: output that cannot be
+    /// buffered, input a callback left that cannot be kept, or unconsumed input that needs
+    /// a block larger than the pool's whole cap. (A read the pool refuses for now waits
+    /// for room instead, with the bytes in the kernel.)
     OutOfMemory,
     /// A callback of the application panicked.
     Panic,

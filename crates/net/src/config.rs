@@ -194,9 +194,13 @@ macro_rules! conn_config_setters {
         /// The buffer pool the connections' input and output blocks come from (default
         /// the process-wide [`BufPool::global`](duo_buffer::BufPool::global)). A pool
         /// built with a [`PoolConfig::memory_cap`](duo_buffer::PoolConfig::memory_cap)
-        /// bounds what all of them hold together: a connection whose buffer cannot grow
-        /// closes ([`CloseReason::OutOfMemory`](crate::CloseReason::OutOfMemory)), the
-        /// others go on. A server's trim timer trims this pool.
+        /// bounds what all of them hold together. A connection whose input buffer cannot
+        /// grow for now stops reading (what the peer sent waits in the kernel, and TCP
+        /// flow control slows the peer) and reads again every 20 ms until the pool has
+        /// room; one whose unconsumed input needs a block larger than the whole cap, or
+        /// whose output cannot be buffered, closes
+        /// ([`CloseReason::OutOfMemory`](crate::CloseReason::OutOfMemory)); the others go
+        /// on. A server's trim timer trims this pool.
         pub fn buffer_pool(mut self, pool: duo_buffer::BufPool) -> Self {
             self.conn.pool = pool;
             self

@@ -3,8 +3,9 @@
 //! (State and transitions: [`super::machine`].)
 
 use std::io;
+use std::time::Duration;
 
-use duo_buffer::{BufferError, ReadOutcome};
+use duo_buffer::{BufferError, PoolError, ReadOutcome};
 use duo_reactor::{Channel, EventLoop, LogLimiter};
 
 use super::callbacks::Told;
@@ -14,6 +15,22 @@ use crate::close_reason::CloseReason;
 /// Connections closed for input their message callback did not consume: a peer can
 /// cause as many as it opens.
 static INPUT_TOO_LARGE: LogLimiter = LogLimiter::new("input too large");
+
+/// Reads the buffer pool refused for now: every connection of a loop may wait at once.
+static POOL_FULL: LogLimiter = LogLimiter::new("buffer pool full");
+
+/// How long a connection whose read the buffer pool refused (it is capped, and full for
+/// now) waits before reading again.
+pub(crate) const POOL_RETRY: Duration = Duration::from_millis(20);
+
+/// Whether the pool's refusal is final: the block asked for is larger than the whole cap,
+/// so the unconsumed input can never be kept (the connection closes `OutOfMemory`).
+fn never_fits(e: &PoolError) -> bool {
+    match *e {
+        PoolError::Exhausted { requested, cap, .. } => requested > cap,
+        PoolError::TooLarge { .. } => true,
+    }
+}
 
 impl LoopConn {
     /// Reads what the socket has, delivering it to the message callback, within the read
@@ -92,6 +109,12 @@ impl LoopConn {
                     self.m.read_failed(lp, ch, &e);
                     return;
                 }
+                Err(BufferError::Pool(e)) if !never_fits(&e) => {
+                    // Nothing was read: the bytes wait in the kernel (TCP flow control
+                    // slows the peer) until the pool has room again.
+                    self.read_when_pool_has_room(lp, ch);
+                    return;
+                }
                 Err(e) => {
                     duo_reactor::log_limited!(
                         log::Level::Error,
@@ -103,6 +126,35 @@ impl LoopConn {
                 }
             }
         }
+    }
+
+    /// The pool refused the block a read needed (nothing was read): stops reading and
+    /// tries again after [`POOL_RETRY`], when other connections may have given memory
+    /// back. A retry already pending covers this one.
+    fn read_when_pool_has_room(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        duo_reactor::log_limited!(
+            limiter: POOL_FULL,
+            log::Level::Warn,
+            "{}: buffer pool full; reading again in {POOL_RETRY:?}",
+            self.m.handle.name()
+        );
+        // Level-triggered, the ready socket would wake the loop at once, again and again.
+        ch.disable_reading();
+        // `read_queued` also keeps an edge-triggered read's continuation from being queued
+        // meanwhile: the retry reads on.
+        if std::mem::replace(&mut self.m.read_queued, true) {
+            return;
+        }
+        let token = ch.token();
+        lp.run_after(POOL_RETRY, move |lp| {
+            lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
+                conn.m.read_queued = false;
+                if conn.m.wants_reading() {
+                    conn.m.sync_reading(ch);
+                    conn.read_ready(lp, ch, true);
+                }
+            });
+        });
     }
 
     /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
