@@ -549,6 +549,16 @@ pub(crate) fn encode_pools(
     )?;
     family(
         enc,
+        "duo_buffer_pool_refused",
+        "Block requests the pool refused for its memory cap: a read waits for room, other \
+         requests close their connection (out_of_memory).",
+        MetricType::Counter,
+        stats
+            .iter()
+            .map(|(pool, s)| ([("pool", Esc(pool))], Value::Count(s.refused))),
+    )?;
+    family(
+        enc,
         "duo_buffer_pool_memory_cap_bytes",
         "The pool's memory cap (allocations beyond it fail); absent when unbounded.",
         MetricType::Gauge,
