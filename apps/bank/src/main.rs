@@ -132,7 +132,8 @@ struct ServeArgs {
     /// On PostgreSQL, how long one database call (a batch of writes, a read, a flush
     /// barrier) may wait for the server before its connection is dropped and its commands
     /// are answered `ERR UNAVAILABLE` (a server or a path to it that stalled without
-    /// closing); 0: no limit. Connecting is bounded by the URL's connect_timeout (5 s).
+    /// closing); 0: no limit. Connecting is bounded by the URL's connect_timeout (5 s)
+    /// for each host and address, start-up included; then the next host is tried.
     /// Another value than the default is a usage error on SQLite.
     #[arg(
         long,

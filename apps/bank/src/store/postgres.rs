@@ -69,6 +69,7 @@ use crate::protocol::{EntryKind, HistoryEntry};
 
 mod barrier;
 mod conn;
+mod hosts;
 mod redact;
 mod reply;
 mod schema;

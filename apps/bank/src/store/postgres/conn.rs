@@ -9,8 +9,8 @@
 //! connection is dropped (its socket closed) and the call fails as on a broken connection,
 //! which the callers already treat as an unknown outcome (`UNAVAILABLE`, the lost session
 //! ended, a new one made). Making a connection (resolving the host name, TCP, start-up,
-//! authentication) is bounded by the URL's `connect_timeout` for each host, as libpq
-//! bounds it.
+//! authentication) is bounded by the URL's `connect_timeout` for each host and each
+//! address of a host name, as libpq bounds it ([`super::hosts`]).
 
 use std::future::{poll_fn, Future};
 use std::pin::{pin, Pin};
@@ -19,7 +19,9 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, Config, Error, NoTls, Row, Statement, ToStatement};
+use tokio_postgres::{Client, Config, Error, Row, Statement, ToStatement};
+
+use super::hosts;
 
 /// How long dropping a connection may take to send the server its goodbye.
 const CLOSE_LIMIT: Duration = Duration::from_millis(200);
@@ -73,19 +75,24 @@ impl std::fmt::Debug for Conn {
 }
 
 impl Conn {
-    /// Connects as `config` says, within its `connect_timeout` for each host; each later
-    /// call may take `limit` at most.
+    /// Connects as `config` says, to the first of its hosts that answers, within its
+    /// `connect_timeout` for each host and each address of a host name ([`hosts`]); each
+    /// later call may take `limit` at most.
     pub(super) fn connect(config: &Config, limit: Option<Duration>) -> Result<Conn, ConnectError> {
         let runtime = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .map_err(|e| ConnectError::Other(format!("cannot start a runtime: {e}")))?;
-        let hosts = u32::try_from(config.get_hosts().len().max(1)).unwrap_or(u32::MAX);
-        let within = config
-            .get_connect_timeout()
-            .map(|t| t.saturating_mul(hosts));
-        let (runtime, made) = connect_within(runtime, within, config.connect(NoTls))?;
-        let (client, connection) = made.map_err(ConnectError::Db)?;
+        // Each host's (and address's) attempt is bounded on its own (`hosts`). After a
+        // failure nothing is waited for (as after a timeout).
+        let (runtime, made) = connect_within(runtime, None, hosts::connect(config))?;
+        let (client, connection) = match made {
+            Ok(made) => made,
+            Err(e) => {
+                runtime.shutdown_background();
+                return Err(e);
+            }
+        };
         Ok(Conn {
             client,
             driver: Driver {
