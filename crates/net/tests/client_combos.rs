@@ -203,9 +203,11 @@ fn connect_timeouts_count_towards_max_attempts_and_leave_no_socket() {
 // ---------------------------------------------------------------------------------------
 
 /// The client's loop ends (its thread stopped and joined) while a connect is in flight
-/// (towards a full accept queue, with a connect timeout pending): no callback ever, the
-/// socket is closed (no connect left in flight), and once the client is dropped nothing of
-/// it is left. `stop`, `disconnect`, `connect` on the orphaned client are harmless.
+/// (towards a full accept queue, with a connect timeout pending): no callback for that
+/// attempt, the socket is closed (no connect left in flight), and once the client is
+/// dropped nothing of it is left. `stop`, `disconnect`, `connect` on the orphaned client
+/// are harmless; the `connect` is a failed attempt reported to `on_connect_failed`
+/// (`NotConnected`, not retried: review round 12).
 #[test]
 fn the_loop_ends_while_a_connect_is_in_flight() {
     init_log();
@@ -228,12 +230,21 @@ fn the_loop_ends_while_a_connect_is_in_flight() {
     client.connect();
     assert!(client.connection().is_none());
     drop(client);
-    assert_eq!(log.events(), [], "a callback ran");
+    assert_eq!(
+        log.events(),
+        [Ev::Failed {
+            kind: ErrorKind::NotConnected,
+            attempts: 1,
+            will_retry: false
+        }],
+        "only the connect() on the gone loop is reported"
+    );
     wait_released(&log, "the client's state to go");
 }
 
 /// The client's loop ends while a retry waits (a refused connect, a long back-off): no
-/// further attempt or callback, and dropping the client frees everything (the retry
+/// further attempt (the `connect` after it is reported as a failure, `NotConnected`),
+/// and dropping the client frees everything (the retry
 /// timer, gone with the loop, held the client's state).
 #[test]
 fn the_loop_ends_while_a_retry_waits() {
@@ -251,7 +262,13 @@ fn the_loop_ends_while_a_retry_waits() {
     client.stop();
     assert_eq!(client.attempts(), 1);
     drop(client);
-    assert_eq!(log.failures(), [(ErrorKind::ConnectionRefused, 1, true)]);
+    assert_eq!(
+        log.failures(),
+        [
+            (ErrorKind::ConnectionRefused, 1, true),
+            (ErrorKind::NotConnected, 1, false)
+        ]
+    );
     wait_released(&log, "the client's state to go");
 }
 

@@ -65,6 +65,10 @@ pub(super) struct State {
     pub(super) failures: u32,
     /// `disconnect` or `stop` asked the current connection to end.
     pub(super) ending: bool,
+    /// `stop` asked the current connection to end: if it was not up yet for the
+    /// application (a TLS handshake completing as another thread calls `stop`), it never
+    /// comes up for it (see [`up_noted`]).
+    pub(super) stopped: bool,
     /// `connect` was called while that connection was ending: connect again once it has
     /// closed.
     pub(super) connect_after_close: bool,
@@ -356,6 +360,7 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
         // `failures` is not reset here: a TLS connection is an attempt until its
         // handshake completes, and one that fails counts (see [`closed`]).
         st.ending = false;
+        st.stopped = false;
         st.connect_after_close = false;
     }
     let weak = Arc::downgrade(inner);
@@ -385,26 +390,87 @@ fn connected(lp: &mut EventLoop, inner: &Arc<Inner>, socket: Socket) {
 /// The client's callbacks for the connection `conn`, its "up" call (the first call of the
 /// connection callback, made once the connection is up: at once for plain TCP, after the
 /// handshake for TLS) first noting when the connection came up (see [`closed`]).
+///
+/// A connection that `stop` ended before its "up" call (a TLS handshake that completes in
+/// the loop's batch of events during which another thread calls `stop`, whose close is
+/// queued behind that batch) is hidden from the application: neither its "up" call nor
+/// its "down" calls (connection and close callbacks) reach the user, who was told by
+/// `stop` returning that the client is done.
 fn up_noted(inner: &Arc<Inner>, conn: &TcpConnection) -> Arc<Callbacks> {
     let mut callbacks = Callbacks::clone(&inner.callbacks);
     let user = callbacks.connection.take();
     let weak = Arc::downgrade(inner);
     let id = conn.id();
     let first = std::sync::atomic::AtomicBool::new(true);
+    let hidden = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hide = hidden.clone();
     callbacks.connection = Some(Arc::new(move |c: &TcpConnection| {
         if first.swap(false, Ordering::Relaxed) {
             if let Some(inner) = weak.upgrade() {
                 let mut st = inner.state.lock();
                 if matches!(&st.phase, Phase::Connected(c) if c.id() == id) {
-                    st.up_since = Some(std::time::Instant::now());
+                    if st.stopped {
+                        hide.store(true, Ordering::Relaxed);
+                    } else {
+                        st.up_since = Some(std::time::Instant::now());
+                    }
                 }
             }
+        }
+        if hide.load(Ordering::Relaxed) {
+            return;
         }
         if let Some(user) = &user {
             user(c);
         }
     }));
+    if let Some(close) = callbacks.close.take() {
+        callbacks.close = Some(Arc::new(move |c: &TcpConnection| {
+            if !hidden.load(Ordering::Relaxed) {
+                close(c);
+            }
+        }));
+    }
     Arc::new(callbacks)
+}
+
+/// `connect` found the client's loop gone: a failed attempt, reported on the calling
+/// thread (there is no loop to report it on) and not retried. A `connect` from inside
+/// that report (the callback trying again) is only logged: reported, it would recurse
+/// for ever.
+pub(super) fn loop_gone(inner: &Arc<Inner>) {
+    thread_local! {
+        /// The clients whose loop-gone failure this thread is reporting.
+        static REPORTING: std::cell::RefCell<Vec<usize>> =
+            const { std::cell::RefCell::new(Vec::new()) };
+    }
+    let key = Arc::as_ptr(inner) as usize;
+    let attempts = {
+        let mut st = inner.state.lock();
+        st.wanted = false;
+        st.failures = st.failures.saturating_add(1);
+        st.failures
+    };
+    log::warn!("client {}: loop is gone; cannot connect", inner.name);
+    let Some(cb) = &inner.connect_failed else {
+        return;
+    };
+    if REPORTING.with(|r| r.borrow().contains(&key)) {
+        return;
+    }
+    REPORTING.with(|r| r.borrow_mut().push(key));
+    let failure = ConnectFailure {
+        error: io::Error::from(duo_reactor::LoopClosed),
+        attempts,
+        will_retry: false,
+    };
+    catch_user_panic(
+        &mut (),
+        |_| cb(&failure),
+        |_| format!("client {}", inner.name),
+        "connect-failed callback",
+    );
+    REPORTING.with(|r| r.borrow_mut().retain(|k| *k != key));
 }
 
 /// The connection closed (on the loop, from inside its handler): forget it and, if

@@ -17,7 +17,7 @@ use std::time::Duration;
 use duo_reactor::LoopHandle;
 use parking_lot::Mutex;
 
-use connector::{cancel_attempt, start, Inner, Phase, State};
+use connector::{cancel_attempt, loop_gone, start, Inner, Phase, State};
 
 use crate::close_reason::CloseReason;
 use crate::config::{conn_config_setters, defaults, ConnConfig};
@@ -33,7 +33,8 @@ use crate::{ConnState, TcpConnection};
 pub struct ConnectFailure {
     /// Why the attempt failed (`ConnectionRefused`, `TimedOut` after
     /// [`connect_timeout`](ClientBuilder::connect_timeout) or the TLS handshake timeout,
-    /// `InvalidData` for a TLS handshake that failed, ...).
+    /// `InvalidData` for a TLS handshake that failed, `NotConnected` when the client's
+    /// loop is gone, ...).
     pub error: io::Error,
     /// Failed attempts in a row so far, this one included.
     pub attempts: u32,
@@ -44,7 +45,8 @@ pub struct ConnectFailure {
     pub will_retry: bool,
 }
 
-/// Called on the client's loop after each failed connect attempt.
+/// Called on the client's loop after each failed connect attempt (on the thread calling
+/// `connect` when that loop is gone).
 pub(crate) type ConnectFailedCallback = Arc<dyn Fn(&ConnectFailure) + Send + Sync>;
 
 /// Builds a [`TcpClient`]; from [`TcpClient::builder`].
@@ -104,6 +106,12 @@ impl ClientBuilder {
     /// Called after each failed connect attempt, with the error and whether the client
     /// will retry; see [`ConnectFailure`]. A relay closes its inbound connection here
     /// when the backend is unreachable.
+    ///
+    /// It runs on the client's loop, except when that loop is gone (dropped: it ended, or
+    /// its thread died): then [`ClientBuilder::connect`] and [`TcpClient::connect`] report
+    /// the attempt they could not make at once, on the calling thread, before they return
+    /// (`NotConnected`, `will_retry == false`). A `connect` called from inside that report
+    /// is not reported again (only logged).
     pub fn on_connect_failed(
         mut self,
         f: impl Fn(&ConnectFailure) + Send + Sync + 'static,
@@ -166,6 +174,10 @@ impl ClientBuilder {
     /// will live on that loop. Calling this from a callback of a server's connection with
     /// that connection's loop (`ctx.event_loop().handle()`) is allowed and is how a relay
     /// keeps both of its connections on one loop.
+    ///
+    /// If that loop is gone (dropped), the client cannot connect: the attempt is reported
+    /// to [`on_connect_failed`](ClientBuilder::on_connect_failed) before this returns
+    /// (see there), and the client stays idle.
     pub fn connect(self, lp: &LoopHandle) -> TcpClient {
         let inner = Arc::new(Inner {
             name: self.name,
@@ -191,6 +203,7 @@ impl ClientBuilder {
                 failures: 0,
                 up_since: None,
                 ending: false,
+                stopped: false,
                 connect_after_close: false,
                 generation: 0,
             }),
@@ -232,7 +245,7 @@ impl fmt::Debug for ClientBuilder {
 ///
 /// [`ClientBuilder::on_connect_failed`] sees every failed attempt (refused, timed out
 /// after [`ClientBuilder::connect_timeout`], unreachable, a TLS handshake that failed or
-/// timed out) with the error and whether the
+/// timed out, a loop that is gone) with the error and whether the
 /// client will try again; [`ClientBuilder::max_attempts`] bounds the retries. A client
 /// that gives up stays idle until [`connect`](TcpClient::connect) is called again.
 ///
@@ -332,12 +345,16 @@ impl TcpClient {
 
     /// The current connection, if connected: `None` while connecting, and for a TLS
     /// client also while its handshake is under way (the connection is up, and its
-    /// handle returned, only once the handshake completes). A connection being ended
-    /// (after [`disconnect`](TcpClient::disconnect), or [`stop`](TcpClient::stop) before its
-    /// queued close has run) is still returned until it is down: a send on it may be
-    /// refused.
+    /// handle returned, only once the handshake completes). `None` too as soon as
+    /// [`disconnect`](TcpClient::disconnect) or [`stop`](TcpClient::stop) has been called,
+    /// even while the connection they end is still closing (its output draining): it is
+    /// no longer the client's. A handle taken before may still accept a send, which is
+    /// then dropped if the connection has closed or half-closed when the loop gets to it
+    /// (see [`TcpConnection::send`]).
     pub fn connection(&self) -> Option<TcpConnection> {
-        match &self.inner.state.lock().phase {
+        let st = self.inner.state.lock();
+        match &st.phase {
+            Phase::Connected(_) if st.ending => None,
             Phase::Connected(c) if c.state() != ConnState::Connecting => Some(c.clone()),
             _ => None,
         }
@@ -363,6 +380,10 @@ impl TcpClient {
     /// [`ClientBuilder::max_attempts`]): an attempt that ended before the call but whose
     /// failure was not handled yet (a TLS handshake that failed just before) belongs to
     /// the run before, and is neither reported nor retried (logged at debug level).
+    ///
+    /// If the client's loop is gone (dropped), nothing can connect: the attempt is
+    /// reported to [`ClientBuilder::on_connect_failed`] on this thread before this returns
+    /// (`NotConnected`, not retried).
     pub fn connect(&self) {
         let inner = self.inner.clone();
         {
@@ -376,7 +397,7 @@ impl TcpClient {
         }
         let me = inner.clone();
         if inner.lp.queue_in_loop(move |lp| start(lp, &me)).is_err() {
-            log::warn!("client {}: loop is gone; cannot connect", inner.name);
+            loop_gone(&inner);
         }
     }
 
@@ -395,6 +416,13 @@ impl TcpClient {
 
     /// Stops connecting and retrying and closes the connection now (unsent output is
     /// dropped).
+    ///
+    /// Called from another thread, the close is queued to the client's loop, but once
+    /// `stop` has returned no message callback begins for the connection, and a
+    /// connection that was not up yet for the application (its "up" callback not begun: a
+    /// TLS handshake completing meanwhile) never comes up for it: neither its "up" nor
+    /// its "down" and close callbacks run. A connection whose "up" callback had begun gets
+    /// its "down" calls as usual.
     pub fn stop(&self) {
         self.end(false);
     }
@@ -407,6 +435,7 @@ impl TcpClient {
             st.wanted = false;
             st.draining = drain;
             st.ending = true;
+            st.stopped |= !drain;
             if let (false, Phase::Connected(c)) = (drain, &st.phase) {
                 // The close below is queued (it runs after the loop's current batch of
                 // events): paused now, the connection starts no message callback after

@@ -242,6 +242,13 @@ impl ServerBuilder {
     /// handshake completes; one whose handshake fails is closed, counted
     /// ([`CloseReason::Tls`](crate::CloseReason::Tls)) and logged, and no callback sees it.
     /// Needs the feature `tls` (on by default).
+    ///
+    /// A configuration that accepts TLS 1.3 early data (0-RTT: `max_early_data_size`
+    /// above 0) accepts, and announces to clients in its session tickets, at most
+    /// [`max_input`](ServerBuilder::max_input) bytes of it: early data waits in the input
+    /// until the handshake completes (no message callback can take it before), so more
+    /// would close the connection as input too large, losing what the client was told
+    /// was accepted.
     #[cfg(feature = "tls")]
     pub fn tls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
         self.tls = Some(config);
@@ -382,6 +389,11 @@ impl ServerBuilder {
             }
         }
         let callbacks = Arc::new(self.callbacks);
+        #[cfg(feature = "tls")]
+        let tls = self
+            .tls
+            .take()
+            .map(|config| early_data_within(config, self.conn.max_input));
         let owners: Vec<Arc<Owner>> = shared
             .io
             .iter()
@@ -394,7 +406,7 @@ impl ServerBuilder {
                     counters: counters.clone(),
                     server: Some(shared.link.clone()),
                     #[cfg(feature = "tls")]
-                    tls: self.tls.clone().map(|config| crate::conn::TlsSetup {
+                    tls: tls.clone().map(|config| crate::conn::TlsSetup {
                         role: crate::conn::TlsRole::Server(config),
                         handshake_timeout: self.tls_handshake_timeout,
                     }),
@@ -643,4 +655,20 @@ impl fmt::Debug for ServerBuilder {
             .field("callbacks", &self.callbacks)
             .finish_non_exhaustive()
     }
+}
+
+/// `config`, accepting at most `max_input` bytes of early data (see
+/// [`ServerBuilder::tls`]).
+#[cfg(feature = "tls")]
+fn early_data_within(
+    config: Arc<rustls::ServerConfig>,
+    max_input: usize,
+) -> Arc<rustls::ServerConfig> {
+    let max = u32::try_from(max_input).unwrap_or(u32::MAX);
+    if config.max_early_data_size <= max {
+        return config;
+    }
+    let mut config = Arc::unwrap_or_clone(config);
+    config.max_early_data_size = max;
+    Arc::new(config)
 }

@@ -28,6 +28,24 @@ pub(super) fn take_early_data(tls: &mut TlsState, input: &mut InputBuffer) -> St
         return Step::Done;
     };
     loop {
+        if input.len() >= input.max_len() {
+            // Full (at most `max_input` of early data is announced: exactly that much
+            // fills the input). The buffer refuses any read now, so look whether rustls
+            // holds more: none left is no overflow. A byte taken here is lost, but more
+            // early data than the input holds closes the connection anyway.
+            let mut probe = [0u8; 1];
+            return match io::Read::read(&mut early, &mut probe) {
+                Ok(0) => {
+                    tls.early_open = handshaking;
+                    Step::Done
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                    tls.early_open = handshaking;
+                    Step::Done
+                }
+                _ => Step::Full,
+            };
+        }
         match input.read_with(|iovs| io::Read::read_vectored(&mut early, iovs)) {
             Ok(ReadOutcome::Data { .. }) => tls.fresh = true,
             Ok(ReadOutcome::WouldBlock | ReadOutcome::Eof) => {
