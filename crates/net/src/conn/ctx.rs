@@ -93,7 +93,11 @@ impl<'a> ConnCtx<'a> {
     /// read, closing would make the kernel reset the connection and drop the reply's
     /// unsent tail: then the connection half-closes instead and reads and drops the
     /// peer's input until its end of stream (at most
-    /// [`close_linger`](crate::ServerBuilder::close_linger)) before it closes.
+    /// [`close_linger`](crate::ServerBuilder::close_linger)) before it closes. Input the
+    /// message callback leaves unconsumed in its [`InputBuffer`](crate::InputBuffer)
+    /// counts as unread too (the peer may be sending what follows it): a callback that
+    /// rejects a request and wants the connection closed at once consumes the request
+    /// first.
     ///
     /// What is written is what this loop holds now: messages another thread sent through
     /// [`TcpConnection::send`] (or a broadcast) that have not reached the loop yet are not
