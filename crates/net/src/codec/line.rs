@@ -28,10 +28,13 @@ use super::{drain_frames, CodecError, Frame};
 ///
 /// # Encoding rules
 ///
-/// [`encode`](LineCodec::encode) appends `\n`. It refuses a line longer than `max_line`
-/// ([`CodecError::LineTooLong`]), and one containing `\n` or ending in `\r`
-/// ([`CodecError::EmbeddedNewline`]): that `\r` would merge with the `\n` into a `\r\n`
-/// line end and be lost, so the line would not decode to itself.
+/// [`encode`](LineCodec::encode) appends `\n` (`\r\n` for a codec made with
+/// [`crlf`](LineCodec::crlf), for protocols that require it, as muduo's text examples,
+/// memcached or Redis do). It refuses a line longer than `max_line`
+/// ([`CodecError::LineTooLong`]), and one containing `\n` ([`CodecError::EmbeddedNewline`]);
+/// with `\n` alone also one ending in `\r`: that `\r` would merge with the `\n` into a
+/// `\r\n` line end and be lost, so the line would not decode to itself. (With `\r\n` it
+/// may: `a\r` + `\r\n` decodes to `a\r`.) Every encoded line decodes to itself.
 ///
 /// ```
 /// use duo_net::codec::LineCodec;
@@ -46,12 +49,34 @@ use super::{drain_frames, CodecError, Frame};
 #[derive(Debug, Clone, Copy)]
 pub struct LineCodec {
     max_line: usize,
+    /// `encode` ends lines with `\r\n` rather than `\n`.
+    crlf: bool,
 }
 
 impl LineCodec {
     /// A codec accepting lines of up to `max_line` bytes.
     pub fn new(max_line: usize) -> LineCodec {
-        LineCodec { max_line }
+        LineCodec {
+            max_line,
+            crlf: false,
+        }
+    }
+
+    /// The same codec, [`encode`](LineCodec::encode) ending lines with `\r\n` (decoding
+    /// takes either line end, as before).
+    ///
+    /// ```
+    /// use duo_net::codec::LineCodec;
+    ///
+    /// let codec = LineCodec::new(16).crlf();
+    /// let mut out = Vec::new();
+    /// codec.encode(b"sub news", &mut out)?;
+    /// assert_eq!(out, b"sub news\r\n");
+    /// # Ok::<(), duo_net::codec::CodecError>(())
+    /// ```
+    #[must_use]
+    pub fn crlf(self) -> LineCodec {
+        LineCodec { crlf: true, ..self }
     }
 
     /// The longest line accepted (line end not counted).
@@ -99,20 +124,22 @@ impl LineCodec {
         drain_frames(input, |b| self.decode(b), f)
     }
 
-    /// Appends `line` and `\n` to `out`. A line longer than the maximum is refused with
-    /// [`CodecError::LineTooLong`]; one containing `\n` or ending in `\r` (which would
-    /// become part of the line end) with [`CodecError::EmbeddedNewline`]. Nothing is
-    /// appended on error.
+    /// Appends `line` and its line end (`\n`, or `\r\n` after [`crlf`](LineCodec::crlf))
+    /// to `out`. A line longer than the maximum is refused with
+    /// [`CodecError::LineTooLong`]; one containing `\n`, or ending in `\r` when the line
+    /// end is `\n` alone (it would become part of the line end), with
+    /// [`CodecError::EmbeddedNewline`]. Nothing is appended on error.
     pub fn encode(&self, line: &[u8], out: &mut Vec<u8>) -> Result<(), CodecError> {
         if line.len() > self.max_line {
             return Err(CodecError::LineTooLong { max: self.max_line });
         }
-        if line.contains(&b'\n') || line.last() == Some(&b'\r') {
+        if line.contains(&b'\n') || (!self.crlf && line.last() == Some(&b'\r')) {
             return Err(CodecError::EmbeddedNewline);
         }
-        out.reserve(line.len() + 1);
+        let end: &[u8] = if self.crlf { b"\r\n" } else { b"\n" };
+        out.reserve(line.len() + end.len());
         out.extend_from_slice(line);
-        out.push(b'\n');
+        out.extend_from_slice(end);
         Ok(())
     }
 }
