@@ -598,8 +598,9 @@ impl TcpConnection {
     /// Takes effect at once, from any thread, even in the middle of a large read: once
     /// this returns, the only message callback that may still start is one the loop had
     /// already decided to run at that instant; bytes the loop was reading at that moment
-    /// are kept and delivered after [`start_reading`](TcpConnection::start_reading). Nothing is lost while paused: if the peer closes or resets meanwhile,
-    /// the connection stays open (for reading only) until
+    /// are kept and delivered after [`start_reading`](TcpConnection::start_reading).
+    /// Nothing is lost while paused: if the peer closes or resets meanwhile, the
+    /// connection stays open (for reading only) until
     /// [`start_reading`](TcpConnection::start_reading), delivers what the peer sent, and
     /// then closes. A connection that is never resumed is only closed by an idle timeout
     /// or by the application.
@@ -613,6 +614,13 @@ impl TcpConnection {
 
     /// Resumes reading after [`stop_reading`](TcpConnection::stop_reading) (unless the
     /// connection's own backpressure still holds it).
+    ///
+    /// Like `stop_reading`, it takes effect at once, not in the order of functions queued
+    /// to the loop: a [`ConnCtx::stop_reading`](crate::ConnCtx::stop_reading) in a
+    /// function queued before this call (with [`TcpConnection::queue_in_loop`], say) but
+    /// run after it pauses the connection again. Resume on the loop (a queued function
+    /// calling [`ConnCtx::start_reading`](crate::ConnCtx::start_reading)) to keep to the
+    /// queue's order.
     pub fn start_reading(&self) -> Result<(), ConnectionClosed> {
         if self.is_closed() {
             return Err(ConnectionClosed);
