@@ -438,7 +438,8 @@ impl HealthTracker {
     /// The coming poll is a group's turn: how long the loop waited before it (whether it
     /// slept, and whether an empty wake-up came soon) is what the group's wait that
     /// brought the turn says (`Some`: how long that wait waited; zero for a loop a helper
-    /// found ready at two looks in a row), not the time since the previous turn, which
+    /// finds ready that its turn at the previous look left ready), not the time since the
+    /// previous turn, which
     /// includes the time the loop was ready and waited for a thread (another loop's turn,
     /// or the help delay): a channel ready all along must not look like one that was
     /// reported again after a sleep, nor a loop woken again and again at once like one

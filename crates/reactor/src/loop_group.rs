@@ -50,9 +50,9 @@
 //! time between two turns, including time it was ready and waiting for a free thread
 //! (which the spin detector does not take for a sleep, nor for a pause between
 //! wake-ups: only a wait of the group's that slept ends its runs of dispatches, and one
-//! of a millisecond or more makes wake-ups far apart; a loop a helper finds ready at two
-//! looks in a row counts as ready all along). Stop the group from outside it: a thread
-//! of the group cannot join itself.
+//! of a millisecond or more makes wake-ups far apart; a loop a helper finds ready again
+//! after its turn at the helper's previous look left it ready counts as ready all
+//! along). Stop the group from outside it: a thread of the group cannot join itself.
 //!
 //! [`EventLoopThreadPool`]: crate::EventLoopThreadPool
 
@@ -595,8 +595,8 @@ impl GroupCore {
     /// thread that runs turns beside one that sleeps makes an `epoll_wait` on its set
     /// every help delay. Returns whether a turn ran. (Looking at a thread as soon as it
     /// sleeps, to catch one woken but given no core at once, was measured: no better
-    /// tail, more system calls.) `looks`: the loops found ready at this thread's
-    /// previous looks, for the spin detector of the loops it helps.
+    /// tail, more system calls.) `looks`: the loops this thread's turns at its previous
+    /// looks left ready, for the spin detector of the loops it helps.
     fn help(&self, me: usize, tried: &mut [u64], stolen: &mut Events, looks: &mut Looks) -> bool {
         let steal_after = self.steal_after_nanos.load(Ordering::Relaxed);
         if self.homes.len() == 1 {
@@ -626,13 +626,17 @@ impl GroupCore {
                 log::warn!("loop group: looking at another thread's loops: {e}");
                 continue;
             }
-            // A look does not sleep: a loop ready at this look and the previous one is
-            // judged as one found by a wait that returned at once, not by the time since
-            // its previous turn (the help delay or more, which is no sleep of its own).
+            // A look does not sleep: a loop its turn at the previous look left ready,
+            // ready again now, is judged as one found by a wait that returned at once, not
+            // by the time since its previous turn (the help delay or more, no sleep of its
+            // own); any other by that time ([`Looks`]).
             looks.begin();
             for (token, _) in stolen.iter() {
                 if token != STOP_TOKEN && self.run(token, true, looks.found(k, token)) {
                     ran = true;
+                    if let Some(slot) = self.slots.get(token as usize) {
+                        looks.turn_ran(token, slot.fd.as_fd());
+                    }
                 }
             }
             looks.end(k);

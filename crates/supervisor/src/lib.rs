@@ -50,8 +50,9 @@
 //!   its readiness pipe (by name: the new image opens it again through `/proc`, so an
 //!   older binary that knows nothing of it inherits no descriptor): the new image waits
 //!   for it to report ready, within a new [`SupervisorConfig::ready_timeout`], as for any
-//!   replacement (a pipe it lets go without the byte counts as ready: its byte met
-//!   `EPIPE` in the moments nobody read the pipe, and it serves). If the `exec` fails,
+//!   replacement (a pipe it lets go without the byte counts as ready if the worker is
+//!   still up 200 ms later: its byte met `EPIPE` in the moments nobody read the pipe, and
+//!   it serves; one that closed it by dying never was ready). If the `exec` fails,
 //!   the old image logs it and goes on. (A binary that passes the check and fails later
 //!   is not caught.) A program hands its
 //!   own state to the next image with [`Supervisor::carry_across_upgrade`] (a variable)

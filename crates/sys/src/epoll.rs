@@ -279,6 +279,21 @@ impl std::fmt::Debug for Events {
     }
 }
 
+/// Whether the epoll instance behind `fd` (a duplicate of an [`Epoll`]'s descriptor, say)
+/// has events ready now, without taking any: `poll` with a zero timeout, which asks each
+/// registration on its ready list whether it is still ready and consumes no event, edge
+/// or one-shot.
+pub fn has_ready_events(fd: BorrowedFd<'_>) -> io::Result<bool> {
+    let mut p = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid `pollfd`, counted as one; a zero timeout does not block.
+    cvt(unsafe { libc::poll(&mut p, 1, 0) }).map_err(context("poll(epoll descriptor)"))?;
+    Ok(p.revents & libc::POLLIN != 0)
+}
+
 /// An epoll instance (`epoll_create1(EPOLL_CLOEXEC)`), closed on drop.
 ///
 /// ```

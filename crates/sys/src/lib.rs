@@ -62,7 +62,7 @@ pub use activation::{
     LISTEN_FDS_START,
 };
 pub use activation::{listen_fds_any, ActivatedListener};
-pub use epoll::{Epoll, Events, Interest, Ready};
+pub use epoll::{has_ready_events, Epoll, Events, Interest, Ready};
 pub use eventfd::EventFd;
 pub use process::{
     fd_limit, pin_thread, raise_fd_limit, release_free_heap, set_fd_limit, thread_context_switches,

@@ -29,8 +29,9 @@ impl EventLoop {
     /// the group then drops the loop, which clears it. `helped`: the turn is run by a
     /// thread other than the loop's owner (counted in [`LoopMetrics::helped_turns`]).
     /// `waited`: how long the group's wait that found the loop ready waited (its set had
-    /// nothing ready meanwhile; zero for a loop a helper found ready at its previous look
-    /// at the owner's set too, a look not sleeping): whether it slept is what ends the
+    /// nothing ready meanwhile; zero for a loop a helper finds ready that its turn at the
+    /// helper's previous look left ready, a look not sleeping): whether it slept is what
+    /// ends the
     /// spin detector's runs of dispatches, and whether it waited a millisecond what makes
     /// an empty wake-up far apart from the previous iteration, not the time since the
     /// loop's previous turn (which includes the time it was ready and waited for a

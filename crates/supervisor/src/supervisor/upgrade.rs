@@ -8,7 +8,7 @@ use std::os::fd::{AsFd, AsRawFd, OwnedFd, RawFd};
 use std::process::Command;
 
 use std::collections::BTreeMap;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use duo_reactor::EventLoop;
 
@@ -18,6 +18,10 @@ use crate::protocol::{
     ROW_LEN, STATS_SEEN_VAR, STATS_TOTALS_VAR, STATS_VAR,
 };
 use crate::worker::read_row;
+
+/// How long an adopted worker that let its reopened readiness pipe go must stay up before
+/// it counts as ready: a worker that dies closes its pipe just before its `SIGCHLD`.
+const LET_GO_SETTLE: Duration = Duration::from_millis(200);
 
 /// What the program around the supervisor hands to the image an upgrade executes, beside
 /// the supervisor's own state ([`Supervisor::carry_across_upgrade`],
@@ -260,19 +264,28 @@ impl State {
     /// that `open`, when nobody read the pipe) and it let the pipe go just after the
     /// `open`: it takes itself for ready (its `notify_ready` returned `Ok`) and serves, so
     /// it counts as ready here too, rather than be retired, healthy, at its ready deadline.
-    /// (One that closed it by exiting is reaped as a worker that died young all the same.)
+    /// Not at once: a worker that dies closes the pipe just before its `SIGCHLD` comes, and
+    /// one that closed it by dying never was ready (counted ready, its age since the
+    /// adoption would count as a life, and past `stable_after` reset the back-off). So it
+    /// counts ready [`LET_GO_SETTLE`] later, if it is still there and still starting.
     pub(super) fn reopened_pipe_let_go(&mut self, lp: &mut EventLoop, pid: u32) {
-        if self
-            .workers
-            .get(&pid)
-            .is_some_and(|w| w.reopened_pipe && !w.ready && !w.retiring)
-        {
-            log::info!(
-                "worker {pid} let its readiness pipe go without a byte (its byte met EPIPE \
-                 during the upgrade): counted ready"
-            );
-            self.on_ready(lp, pid);
+        let starting = move |st: &State| {
+            st.workers
+                .get(&pid)
+                .is_some_and(|w| w.reopened_pipe && !w.ready && !w.retiring)
+        };
+        if !starting(self) {
+            return;
         }
+        self.after_running(lp, LET_GO_SETTLE, move |lp, st| {
+            if starting(st) {
+                log::info!(
+                    "worker {pid} let its readiness pipe go without a byte (its byte met \
+                     EPIPE during the upgrade) and lives on: counted ready"
+                );
+                st.on_ready(lp, pid);
+            }
+        });
     }
 
     pub(super) fn restore_cloexec(&self) {
