@@ -30,8 +30,9 @@ pub enum CloseReason {
     OutputLimit,
     /// The buffer pool could not provide memory for input or output: output that cannot be
     /// buffered, input a callback left that cannot be kept, or unconsumed input that needs
-    /// a block larger than the pool's whole cap. (A read the pool refuses for now waits
-    /// for room instead, with the bytes in the kernel.)
+    /// a block that, beside the one it holds, exceeds the pool's whole cap. (A read the
+    /// pool refuses for now waits for room instead, with the bytes in the kernel, and
+    /// closes with this reason only after 2 s of waiting with nothing delivered.)
     OutOfMemory,
     /// A callback of the application panicked.
     Panic,

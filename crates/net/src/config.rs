@@ -197,8 +197,10 @@ macro_rules! conn_config_setters {
         /// bounds what all of them hold together. A connection whose input buffer cannot
         /// grow for now stops reading (what the peer sent waits in the kernel, and TCP
         /// flow control slows the peer) and reads again every 20 ms until the pool has
-        /// room; one whose unconsumed input needs a block larger than the whole cap, or
-        /// whose output cannot be buffered, closes
+        /// room (over TLS too, once the handshake completed), for at most 2 s with
+        /// nothing delivered (connections may wait for each other's memory); one whose
+        /// unconsumed input needs a block that, beside the one it holds, exceeds the
+        /// whole cap, or whose output cannot be buffered, closes
         /// ([`CloseReason::OutOfMemory`](crate::CloseReason::OutOfMemory)); the others go
         /// on. A server's trim timer trims this pool.
         pub fn buffer_pool(mut self, pool: duo_buffer::BufPool) -> Self {

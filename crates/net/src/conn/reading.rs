@@ -2,10 +2,11 @@
 //! the message callback, holding input a pause caught, and the peer's end of stream.
 //! (State and transitions: [`super::machine`].)
 
+use std::cell::Cell;
 use std::io;
 use std::time::Duration;
 
-use duo_buffer::{BufferError, PoolError, ReadOutcome};
+use duo_buffer::{BufferError, InputBuffer, PoolError, ReadOutcome};
 use duo_reactor::{Channel, EventLoop, LogLimiter};
 
 use super::callbacks::Told;
@@ -23,11 +24,33 @@ static POOL_FULL: LogLimiter = LogLimiter::new("buffer pool full");
 /// now) waits before reading again.
 pub(crate) const POOL_RETRY: Duration = Duration::from_millis(20);
 
-/// Whether the pool's refusal is final: the block asked for is larger than the whole cap,
-/// so the unconsumed input can never be kept (the connection closes `OutOfMemory`).
-fn never_fits(e: &PoolError) -> bool {
+/// How long (counted in [`POOL_RETRY`]s) a connection waits for the pool with nothing
+/// delivered meanwhile before it gives up (`OutOfMemory`): connections that each hold a
+/// block while waiting for a bigger one can wait for each other's memory for ever, and
+/// one giving up frees memory for the others.
+pub(crate) const POOL_WAIT_LIMIT: Duration = Duration::from_secs(2);
+
+thread_local! {
+    /// While a retry of a read the pool refused runs (on this loop's thread), how many
+    /// retries of that connection came before it with nothing delivered: the count rides
+    /// with the retry timers, not in the connection, which must stay small
+    /// (`handle::size_tests`).
+    static RETRY_OF: Cell<u8> = const { Cell::new(0) };
+}
+
+/// Whether the pool's refusal is final: the block asked for, beside the block of the
+/// input buffer (`input`, which holds it while its contents move), is larger than the
+/// whole cap, so the unconsumed input can never be kept, whatever the other connections
+/// give back (the connection closes `OutOfMemory`). Unsettled bytes sit in the thread's
+/// spill area, which is not the pool's.
+pub(super) fn never_fits(e: &PoolError, input: &InputBuffer) -> bool {
+    let held = if input.is_unsettled() {
+        0
+    } else {
+        input.capacity()
+    };
     match *e {
-        PoolError::Exhausted { requested, cap, .. } => requested > cap,
+        PoolError::Exhausted { requested, cap, .. } => requested.saturating_add(held) > cap,
         PoolError::TooLarge { .. } => true,
     }
 }
@@ -109,10 +132,10 @@ impl LoopConn {
                     self.m.read_failed(lp, ch, &e);
                     return;
                 }
-                Err(BufferError::Pool(e)) if !never_fits(&e) => {
+                Err(BufferError::Pool(e)) if !never_fits(&e, &self.input) => {
                     // Nothing was read: the bytes wait in the kernel (TCP flow control
                     // slows the peer) until the pool has room again.
-                    self.read_when_pool_has_room(lp, ch);
+                    let _ = self.read_when_pool_has_room(lp, ch);
                     return;
                 }
                 Err(e) => {
@@ -130,8 +153,20 @@ impl LoopConn {
 
     /// The pool refused the block a read needed (nothing was read): stops reading and
     /// tries again after [`POOL_RETRY`], when other connections may have given memory
-    /// back. A retry already pending covers this one.
-    fn read_when_pool_has_room(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+    /// back. A retry already pending covers this one. After [`POOL_WAIT_LIMIT`] of
+    /// refusals with no delivery, closes `OutOfMemory` instead (false).
+    pub(super) fn read_when_pool_has_room(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        // The retries so far with nothing delivered: 0 unless a retry is running now.
+        let tries = RETRY_OF.with(|r| r.replace(0));
+        if u128::from(tries) * POOL_RETRY.as_nanos() >= POOL_WAIT_LIMIT.as_nanos() {
+            duo_reactor::log_limited!(
+                log::Level::Error,
+                "{}: buffer pool full for {POOL_WAIT_LIMIT:?}; closing",
+                self.m.handle.name()
+            );
+            self.m.close(lp, ch, CloseReason::OutOfMemory);
+            return false;
+        }
         duo_reactor::log_limited!(
             limiter: POOL_FULL,
             log::Level::Warn,
@@ -143,18 +178,24 @@ impl LoopConn {
         // `read_queued` also keeps an edge-triggered read's continuation from being queued
         // meanwhile: the retry reads on.
         if std::mem::replace(&mut self.m.read_queued, true) {
-            return;
+            return true;
         }
+        let next = tries.saturating_add(1);
         let token = ch.token();
         lp.run_after(POOL_RETRY, move |lp| {
             lp.with_handler::<LoopConn, _>(token, |lp, ch, conn| {
                 conn.m.read_queued = false;
+                // Paused, the chain ends: the time until reading resumes is no wait for
+                // the pool.
                 if conn.m.wants_reading() {
                     conn.m.sync_reading(ch);
+                    RETRY_OF.with(|r| r.set(next));
                     conn.read_ready(lp, ch, true);
+                    RETRY_OF.with(|r| r.set(0));
                 }
             });
         });
+        true
     }
 
     /// Keeps what was just read in the input buffer, undelivered, until reading resumes.
@@ -184,6 +225,8 @@ impl LoopConn {
     /// again, and the resumption found nothing held yet to deliver. No new byte (only the
     /// peer's end of stream, which would drop it) may come to deliver it otherwise.
     pub(super) fn deliver_and_settle(&mut self, lp: &mut EventLoop, ch: &mut Channel) -> bool {
+        // Progress: a wait for the pool, if any, begins anew.
+        RETRY_OF.with(|r| r.set(0));
         self.m.handle.take_paused_since();
         self.deliver(lp, ch);
         let paused_meanwhile = self.m.handle.take_paused_since();

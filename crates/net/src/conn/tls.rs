@@ -62,6 +62,7 @@ use super::machine::{LoopConn, Machine, ReadSide, WriteSide};
 use crate::close_reason::{CloseReason, TlsFailure};
 
 mod early;
+mod pool_wait;
 mod records;
 
 use records::{drain_records, encrypt, put_out_vec, take_out_vec};
@@ -152,6 +153,8 @@ pub(crate) struct TlsState {
     /// Early data (0-RTT) may still come or wait in rustls (a server's, until its
     /// handshake is over and the early data is all taken out).
     early_open: bool,
+    /// Waiting for the pool (`tls/pool_wait.rs`): the held input was delivered already.
+    pool_wait: bool,
 }
 
 impl TlsState {
@@ -166,6 +169,7 @@ impl TlsState {
             wire_left: Vec::new(),
             fresh: false,
             early_open: matches!(setup.role, TlsRole::Server(_)),
+            pool_wait: false,
         }))
     }
 }
@@ -486,7 +490,7 @@ impl LoopConn {
             return;
         }
         if std::mem::take(&mut self.m.held_input) {
-            if !self.input.is_empty() && !self.tls_deliver(lp, ch) {
+            if !self.pool_waited() && !self.input.is_empty() && !self.tls_deliver(lp, ch) {
                 self.keep_pending();
                 return;
             }
@@ -640,15 +644,7 @@ impl LoopConn {
                     m.tls_fail(lp, ch, TlsFailure::Protocol, &why);
                     return Pump::Closed;
                 }
-                Step::Buffer(e) => {
-                    duo_reactor::log_limited!(
-                        log::Level::Error,
-                        "{}: read: {e}; closing",
-                        m.handle.name()
-                    );
-                    m.close(lp, ch, CloseReason::OutOfMemory);
-                    return Pump::Closed;
-                }
+                Step::Buffer(e) => return self.tls_input_refused(lp, ch, e, wire),
                 Step::Done | Step::Full => {}
             }
             m.tls_flush(lp, ch);
