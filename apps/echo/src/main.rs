@@ -113,7 +113,10 @@
 //!   it (a reload or upgrade already under way, a stop, a new binary its check refuses).
 //!   With `--wait SECS` it watches the generations of the supervisor's workers (in their
 //!   `/proc/PID/environ`) and exits 0 once a new generation serves alone, 1 if the
-//!   reload failed, was ignored or is not done within SECS.
+//!   reload failed, was ignored or is not done within SECS. A failure is known once the
+//!   new generation's workers have all been gone for 6 s while old ones serve (a
+//!   generation that took over and lost a worker gets it back after the restart
+//!   back-off): with a shorter SECS a failed reload reports "not confirmed".
 //!
 //! Logs go to stderr (`RUST_LOG`, default `info`). SIGINT or SIGTERM stops the server
 //! gracefully: it stops accepting, half-closes every connection once its pending output is
@@ -191,8 +194,10 @@ struct ReloadArgs {
     #[arg(long)]
     upgrade: bool,
     /// Wait up to SECS seconds for the outcome: exit 0 once a new generation serves alone
-    /// (the old workers drained), 1 if it failed, was ignored, or is not done by then.
-    /// Without it, the exit status says only that the signal was delivered.
+    /// (the old workers drained), 1 if it failed, was ignored, or is not done by then. A
+    /// failure is known once the new workers have all been gone 6 s (a new generation
+    /// that lost its workers is restarted after the back-off): give SECS the ready time
+    /// and 6 more. Without it, the exit status says only that the signal was delivered.
     #[arg(long, value_name = "SECS")]
     wait: Option<u64>,
 }

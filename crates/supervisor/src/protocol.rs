@@ -35,6 +35,8 @@
 //! | [`RETIRING_VAR`] | the PIDs of older workers still draining: the new image adopts them as retiring (reaped, and killed if still running at `stop_timeout` from the adoption) |
 //! | [`STATS_VAR`] | the descriptor of the stats region, kept open across the `exec`: the adopted workers go on publishing into it |
 //! | [`STATS_TOTALS_VAR`] | the summed stats line's totals so far (`accepted,bytes_in,bytes_out,messages`): the new image's totals go on from them |
+//! | [`STATS_SEEN_VAR`] | the adopted workers' own totals that [`STATS_TOTALS_VAR`] includes (`PID:accepted:bytes_in:bytes_out:messages`, comma-separated): what they count during the `exec` is not lost |
+//! | [`READY_PIPE_VAR_PREFIX`]`PID` | the name (`pipe:[INODE]`) of the readiness pipe of adopted worker `PID`, still starting: the new image opens it again through `/proc/PID/fd` |
 //! | [`BACKOFF_VAR`] | the restart back-off's delay so far, in milliseconds (empty: none): the new image's back-off goes on from it |
 //!
 //! Before that `exec` the supervisor checks the binary: it runs it as a child with its own

@@ -209,7 +209,8 @@ impl Worker {
     /// moments between the `exec` and that `open`, nor ever under a binary that does not
     /// know the name: then this worker has let the pipe go, and the new image, finding it
     /// no longer held, adopts it as serving; one that opened it just before sees it close
-    /// without the byte, and counts this worker ready all the same.)
+    /// without the byte, and counts this worker ready all the same if it is still up
+    /// 200 ms later.)
     pub fn notify_ready(&mut self) -> io::Result<()> {
         match self.ready.take() {
             Some(mut pipe) => match pipe.write_all(&[crate::supervisor::READY]) {

@@ -8,7 +8,7 @@
 //!
 //! | Module | What it wraps |
 //! |---|---|
-//! | [`epoll`] | `epoll_create1`, `epoll_ctl`, `epoll_wait`: [`Epoll`], [`Interest`], [`Events`], [`Ready`] |
+//! | [`epoll`] | `epoll_create1`, `epoll_ctl`, `epoll_wait`: [`Epoll`], [`Interest`], [`Events`], [`Ready`]; [`has_ready_events`] (whether an epoll set has events ready, taking none) |
 //! | [`timerfd`] | `timerfd_create`, `timerfd_settime`: [`TimerFd`] on `CLOCK_MONOTONIC`; `clock_gettime(CLOCK_MONOTONIC)` as plain nanoseconds: [`monotonic_nanos`], and back to an `Instant`: [`instant_of_nanos`] |
 //! | [`eventfd`] | `eventfd`: [`EventFd`], a counter used to wake a sleeping loop |
 //! | [`signalfd`] | `signalfd`, `pthread_sigmask`: [`SignalFd`], [`Signal`], [`ignore_sigpipe`] |

@@ -34,7 +34,10 @@ pub(crate) enum Mode {
     #[command(args_override_self = true)]
     Pingpong(EchoArgs),
     /// Request/response: one outstanding SIZE-byte request per connection, with a latency
-    /// histogram. Reports requests/s and p50/p99/p99.9/max latency.
+    /// histogram. Reports requests/s and p50/p99/p99.9/max latency. A request still
+    /// awaiting its answer when the phase ends (over TCP or --udp, its connection not
+    /// failed) counts with what it has waited so far if that is longer than every
+    /// answered one, so a stall at the end is not lost.
     #[command(args_override_self = true)]
     Rr(EchoArgs),
     /// Opens CONNS connections (in batches, spread over source addresses 127.0.0.2, .3, ...),
