@@ -31,7 +31,10 @@
 //! `stop_reading`/`start_reading` act at once, so a `ConnCtx::stop_reading` queued earlier
 //! that runs later wins over a `start_reading` called in between.
 //!
-//! `R12_CASES=N` runs more cases; `R12_VERBOSE=1` prints each case's outcome.
+//! `R12_CASES=N` runs more cases; `R12_VERBOSE=1` prints each case's outcome. (Built
+//! with the `tls` feature, on by default: its peer speaks TLS in half of the cases.)
+
+#![cfg(feature = "tls")]
 
 #[path = "review_round12_model/peer.rs"]
 mod peer;

@@ -1,23 +1,28 @@
-//! Review round 12 of this round's own fixes in duo-buffer and duo-net (a second look):
-//! a read the capped pool refuses waits for memory instead of closing `OutOfMemory`.
+//! A connection whose capped buffer pool refuses its input buffer's growth for the moment
+//! (written in review round 12: the buffer area's review, then a second look at its fix).
 //!
-//! - A connection whose own input block is what keeps the pool from granting the bigger
-//!   one (the block it holds plus the one it asks for exceed the whole cap) can never be
-//!   served: nobody else frees that memory. It waited forever, retrying every 20 ms (its
-//!   peer hung, its memory held), where the fix's own rule ("input that could never fit
-//!   closes at once") meant it to close `OutOfMemory`.
+//! A message callback that waits for a whole message leaves the input in the buffer; past
+//! 64 KiB of it, a read whose growth the pool refused dropped the bytes it had taken from
+//! the kernel (which the kernel had acknowledged to the peer) and closed the connection
+//! `OutOfMemory`, although the pool was full only because another user held memory for a
+//! while. Now a read never takes bytes it cannot keep: the connection stops reading (the
+//! peer is slowed by TCP flow control) and tries again every 20 ms, and the message is
+//! delivered whole once memory is free; over TLS too, once up, without calling the message
+//! callback again for input it already saw.
+//!
+//! - Input that could never fit closes `OutOfMemory` at once: a block larger than the
+//!   whole cap, or one that, beside the block the connection holds while its contents
+//!   move, exceeds it (nobody else frees that memory).
 //! - Connections that each hold a block while waiting for a bigger one can wait for each
 //!   other's memory for ever (as can one whose peer reset meanwhile): a wait with no
-//!   delivery for 2 s now gives up (`OutOfMemory`), freeing memory for the others.
-//! - Over TLS, a refusal of the plaintext rustls holds still closed `OutOfMemory` at
-//!   once, dropping what the peer sent, where plain TCP now waits: rustls keeps the
-//!   plaintext (a refused read takes nothing), so the connection waits the same way
-//!   (once up), without calling the message callback again for input it already saw.
+//!   delivery for 2 s gives up (`OutOfMemory`), freeing memory for the others; time spent
+//!   paused does not count.
 //!
-//! Also checked (no defect): the TcpClient fixes of this round (hidden up/down calls
-//! after a cross-thread `stop`: the client's own close hook still runs; `connection()`
-//! `None` once ending, and `connect()` after `disconnect()` reconnects once the old one
-//! closed; the early-data probe byte only where more than `max_input` closes anyway).
+//! Also checked (no defect): a send from another thread, counted against the output limit
+//! while in transit, that the loop drops because the connection closed first keeps its
+//! count, but the count belongs to that connection alone, which refuses every later send
+//! before counting, so neither the loop's `output_queued`, nor the pool, nor another
+//! connection sees it.
 
 mod util;
 
@@ -26,9 +31,11 @@ use std::thread;
 use std::time::Instant;
 
 use duo_buffer::{BufPool, PoolConfig};
-use duo_net::TcpServer;
+use std::sync::{Arc, Mutex};
+
+use duo_net::{OutputLimit, TcpConnection, TcpServer};
 use duo_testkit::{join_before, wait_until, LIMIT};
-use util::{connect, init_log, localhost, TestServer};
+use util::{connect, hold_loop, init_log, localhost, TestServer};
 
 const K: usize = 1 << 10;
 
@@ -109,6 +116,138 @@ fn tls_answer(
         }
     }
     answer
+}
+
+/// Sends one `msg`-byte message from a thread of its own (the kernel may not take it all
+/// at once) and returns the first two bytes of the answer, or what ended the wait.
+fn send_message(server: &TestServer, msg: usize) -> (thread::JoinHandle<()>, std::net::TcpStream) {
+    let s = connect(server.addr());
+    let mut w = s.try_clone().unwrap();
+    let wire: Vec<u8> = (0..msg).map(byte_at).collect();
+    let writer = thread::spawn(move || {
+        let _ = w.write_all(&wire);
+    });
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    (writer, s)
+}
+
+#[test]
+fn a_read_the_full_pool_refuses_waits_for_memory_and_loses_nothing() {
+    init_log();
+    for edge_triggered in [true, false] {
+        let pool = BufPool::new(PoolConfig {
+            memory_cap: Some(2 << 20),
+            thread_cache_bytes: 0,
+        });
+        // Another user holds half of the cap for a while.
+        let hog = pool.alloc(1 << 20).unwrap();
+        let msg = 300 * K;
+        let server = whole_message_server(
+            pool,
+            msg,
+            edge_triggered,
+            #[cfg(feature = "tls")]
+            None,
+        );
+        let (writer, mut s) = send_message(&server, msg);
+        // 300 KiB of input need a 1 MiB block, which does not fit beside the hog.
+        wait_until("the pool to refuse the connection's growth", || {
+            pool.stats().refused > 0
+        });
+        drop(hog);
+        let mut answer = [0u8; 2];
+        let got = s.read_exact(&mut answer);
+        assert!(
+            got.is_ok(),
+            "et={edge_triggered}: no answer ({got:?}); closes for memory: {}",
+            out_of_memory_closes(&server)
+        );
+        assert_eq!(
+            &answer, b"OK",
+            "et={edge_triggered}: the message arrived damaged"
+        );
+        join_before(Instant::now() + LIMIT, "the writer", writer);
+        drop(s);
+        wait_until("the connection to close", || server.stats().active == 0);
+        assert_eq!(pool.stats().allocated_bytes - pool.stats().free_bytes(), 0);
+        server.stop();
+    }
+}
+
+#[test]
+fn input_that_can_never_fit_under_the_cap_closes_at_once() {
+    init_log();
+    let pool = BufPool::new(PoolConfig {
+        memory_cap: Some(512 * K),
+        thread_cache_bytes: 0,
+    });
+    // 700 KiB need a 1 MiB block: more than the whole cap.
+    let msg = 700 * K;
+    let server = whole_message_server(
+        pool,
+        msg,
+        true,
+        #[cfg(feature = "tls")]
+        None,
+    );
+    let (writer, mut s) = send_message(&server, msg);
+    wait_until("the connection to close for lack of memory", || {
+        out_of_memory_closes(&server) == 1
+    });
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert!(rest.is_empty(), "no answer: {rest:?}");
+    drop(s);
+    join_before(Instant::now() + LIMIT, "the writer", writer);
+    server.stop();
+}
+
+#[test]
+fn a_send_in_transit_when_the_connection_closes_leaves_nothing_counted() {
+    init_log();
+    let pool = BufPool::new(PoolConfig::default());
+    let conns: Arc<Mutex<Vec<TcpConnection>>> = Arc::default();
+    let seen = conns.clone();
+    let server = TestServer::start(move || {
+        TcpServer::builder("round12-transit", localhost())
+            .io_threads(1)
+            .buffer_pool(pool)
+            .output_limit(64 * K, OutputLimit::Discard)
+            .on_connection(move |c| {
+                if c.is_connected() {
+                    seen.lock().unwrap().push(c.clone());
+                }
+            })
+            .on_message(|_, input| input.consume_all())
+    });
+    for round in 0..2 {
+        let s = connect(server.addr());
+        wait_until("the connection", || {
+            conns.lock().unwrap().len() == round + 1
+        });
+        let conn = conns.lock().unwrap()[round].clone();
+        // The close is queued first, the send after it: the loop runs them in that order.
+        let release = hold_loop(conn.loop_handle());
+        conn.force_close().unwrap();
+        conn.send(vec![7u8; 48 * K]).unwrap();
+        drop(release);
+        wait_until("the close", || conn.is_closed());
+        assert!(conn.send(vec![7u8; 16]).is_err(), "round {round}");
+        let stats = server.stats();
+        assert_eq!(stats.per_loop[0].output_queued, 0, "round {round}");
+        assert_eq!(pool.stats().in_use_blocks(), 0, "round {round}");
+        drop(s);
+    }
+    // A later connection on the same loop, pool and limit is served in full.
+    let mut s = connect(server.addr());
+    wait_until("the third connection", || conns.lock().unwrap().len() == 3);
+    let conn = conns.lock().unwrap()[2].clone();
+    conn.send(vec![9u8; 60 * K]).unwrap();
+    let mut got = vec![0u8; 60 * K];
+    s.set_read_timeout(Some(LIMIT)).unwrap();
+    s.read_exact(&mut got).unwrap();
+    assert!(got.iter().all(|&b| b == 9));
+    server.stop();
 }
 
 /// 300 KiB of unconsumed input live in a 256 KiB block that must grow to 1 MiB: under a
@@ -278,7 +417,6 @@ fn over_tls_waiting_for_memory_does_not_call_the_callback_again_for_nothing() {
 /// once memory frees.
 #[test]
 fn a_waiting_connection_sees_a_reset_and_survives_pause_and_resume() {
-    use std::sync::{Arc, Mutex};
     init_log();
     for edge_triggered in [true, false] {
         let pool = BufPool::new(PoolConfig {
@@ -430,7 +568,6 @@ fn connections_that_wait_for_each_others_memory_do_not_wait_for_ever() {
 /// and closed `OutOfMemory` at the first refusal after resuming.)
 #[test]
 fn a_pause_during_a_wait_for_memory_does_not_count_against_its_limit() {
-    use std::sync::{Arc, Mutex};
     init_log();
     let pool = BufPool::new(PoolConfig {
         memory_cap: Some(2 << 20),
