@@ -12,11 +12,19 @@ struct SignalHandler<F> {
     on_signal: F,
 }
 
+/// The most signals one dispatch reads: the signalfd is level-triggered, so what is left
+/// is read in the next turn, after the loop has served everything else; a flood that
+/// keeps a signal pending all the time cannot hold the loop in one dispatch.
+pub(crate) const SIGNALS_PER_TURN: usize = 64;
+
 impl<F: FnMut(&mut EventLoop, Signal) + Send + 'static> Handler for SignalHandler<F> {
-    fn handle_read(&mut self, lp: &mut EventLoop, _ch: &mut Channel) {
-        loop {
+    fn handle_read(&mut self, lp: &mut EventLoop, ch: &mut Channel) {
+        for _ in 0..SIGNALS_PER_TURN {
             match self.signals.read() {
                 Ok(Some(info)) => {
+                    // A signal read is progress: a flood of them, readable again at every
+                    // turn, is no spin.
+                    ch.progressed();
                     log::info!("received {} from pid {}", info.signal, info.sender_pid);
                     (self.on_signal)(lp, info.signal);
                 }
@@ -42,6 +50,11 @@ impl EventLoop {
     /// [`duo_sys::block_signals`]) before spawning them. Returns the channel's token;
     /// removing the channel stops the delivery (the signals stay blocked, so they wait
     /// pending rather than kill the process).
+    ///
+    /// One turn of the loop reads at most 64 signals; more pending ones are read in the
+    /// next turns, after the loop's other channels, timers and queued functions, so a
+    /// flood of signals cannot hold the loop. Reading a signal counts as progress for the
+    /// spin detector ([`HealthConfig`](crate::HealthConfig)).
     ///
     /// ```no_run
     /// use duo_reactor::EventLoop;

@@ -196,7 +196,11 @@ impl ChildServer {
         self.stdin.as_mut().expect("the server's stdin is piped")
     }
 
-    /// Waits until stderr contains `needle`; panics with the log after `limit`.
+    /// Waits until stderr contains `needle` anywhere in what was collected so far (a line
+    /// written before the action you wait for matches too: to wait for a new occurrence,
+    /// use [`stderr_mark`](Self::stderr_mark) and
+    /// [`wait_for_stderr_after`](Self::wait_for_stderr_after)); panics with the log after
+    /// `limit`.
     pub fn wait_for_stderr(&self, needle: &str, limit: Duration) {
         let deadline = Instant::now() + limit;
         while !self.stderr().contains(needle) {
@@ -204,6 +208,49 @@ impl ChildServer {
                 Instant::now() < deadline,
                 "{}: no log line with {needle:?} within {limit:?}; stderr:\n{}",
                 self.name,
+                self.stderr()
+            );
+            thread::sleep(Duration::from_millis(5));
+        }
+    }
+
+    /// A mark at the end of the stderr collected so far, for
+    /// [`wait_for_stderr_after`](Self::wait_for_stderr_after) and
+    /// [`stderr_since`](Self::stderr_since): take it before the action whose log line you
+    /// then wait for. (Bytes the server wrote before the mark but that the collecting
+    /// thread has not read yet count as after it: wait for the previous line first.)
+    pub fn stderr_mark(&self) -> StderrMark {
+        StderrMark(lock(&self.stderr).len())
+    }
+
+    /// What the server wrote to stderr after `mark` (collected so far).
+    pub fn stderr_since(&self, mark: StderrMark) -> String {
+        let log = lock(&self.stderr);
+        // The log only grows, and a mark is a length it had: a char boundary.
+        log.get(mark.0..).unwrap_or_default().to_owned()
+    }
+
+    /// Waits until stderr written after `mark` contains `needle` (an occurrence before the
+    /// mark does not count, unlike [`wait_for_stderr`](Self::wait_for_stderr)); returns a
+    /// mark just past the match, to wait for the next occurrence. Panics with the log
+    /// after `limit`.
+    pub fn wait_for_stderr_after(
+        &self,
+        mark: StderrMark,
+        needle: &str,
+        limit: Duration,
+    ) -> StderrMark {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(at) = self.stderr_since(mark).find(needle) {
+                return StderrMark(mark.0 + at + needle.len());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: no log line with {needle:?} after the mark (byte {}) within {limit:?}; \
+                 stderr:\n{}",
+                self.name,
+                mark.0,
                 self.stderr()
             );
             thread::sleep(Duration::from_millis(5));
@@ -310,6 +357,11 @@ impl Drop for ChildServer {
         }
     }
 }
+
+/// A position in a [`ChildServer`]'s collected stderr ([`ChildServer::stderr_mark`]): what
+/// was written after it is what [`ChildServer::wait_for_stderr_after`] searches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct StderrMark(usize);
 
 /// The file name of the program `command` runs, for messages.
 fn program_name(command: &Command) -> String {
