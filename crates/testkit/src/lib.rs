@@ -8,8 +8,9 @@
 //!   child process, as a user would run it. It is started with `--listen 127.0.0.1:0` (or
 //!   the like), the test waits with a deadline for its `listening on ADDR` stdout line
 //!   (which must come first, unless [`ChildServerBuilder::allow_preamble`]), talks to it,
-//!   waits for its log lines (a new one: after a [`StderrMark`]), sends it signals, waits for its exit with a deadline; dropping it kills the process by
-//!   PID and reaps it, and prints its collected stderr if the test is failing.
+//!   waits for its log lines (a new one: after a [`StderrMark`]), sends it signals,
+//!   waits for its exit with a deadline; dropping it kills the process by PID and reaps
+//!   it, and prints its collected stderr if the test is failing.
 //! - [`wait_until`], [`wait_until_within`], [`join_within`], [`join_before`],
 //!   [`wait_child_within`] (all bounded by [`LIMIT`] or a given limit): every wait of a test
 //!   polls with a deadline instead of sleeping on a guess or blocking forever.
