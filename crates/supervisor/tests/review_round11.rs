@@ -20,7 +20,7 @@ mod common;
 
 use std::io::ErrorKind;
 
-use common::{mode_file, replace, start_copy, Dir};
+use common::{kill_one_and_wait_for_its_replacement, mode_file, replace, start_copy, Dir};
 use duo_sys::{terminate_by, Signal};
 use duo_testkit::{children, wait_until, LIMIT};
 
@@ -70,21 +70,9 @@ fn an_upgrade_to_a_binary_that_takes_no_readiness_pipe_hands_it_none() {
     );
     let pid = server.pid();
     let workers = children(pid);
-    assert_eq!(workers.len(), 2, "{workers:?}");
     // The replacement never gets ready.
     mode_file(&dir, "silent");
-    let victim = *workers.iter().next().unwrap();
-    duo_sys::kill_process(victim).unwrap();
-    wait_until("a replacement started", || {
-        let now = children(pid);
-        now.len() == 2 && !now.contains(&victim)
-    });
-    let replacement = *children(pid).difference(&workers).next().unwrap();
-    // Past its `exec` (before it, the forked child holds passing copies of descriptors).
-    let started = format!("demo worker {replacement}: mode Silent");
-    wait_until("the replacement runs the demo", || {
-        server.stderr().contains(&started)
-    });
+    let (victim, replacement) = kill_one_and_wait_for_its_replacement(&server, "Silent");
     let other = *workers.iter().find(|w| **w != victim).unwrap();
     // Its readiness pipe: the one pipe it holds that the other worker does not (both hold
     // what the supervisor itself inherited, such as a jobserver's).

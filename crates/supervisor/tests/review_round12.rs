@@ -24,7 +24,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{mode_file, start_copy, Dir};
+use common::{kill_one_and_wait_for_its_replacement, mode_file, start_copy, Dir};
 use duo_testkit::{children, wait_until, LIMIT};
 
 /// The delays of the `restarting in D` lines of `log`, in order.
@@ -111,21 +111,8 @@ fn an_adopted_worker_that_lets_its_readiness_pipe_go_is_ready() {
         ],
     );
     let pid = server.pid();
-    let workers = children(pid);
-    assert_eq!(workers.len(), 2, "{workers:?}");
     mode_file(&dir, "letgo");
-    let victim = *workers.iter().next().unwrap();
-    duo_sys::kill_process(victim).unwrap();
-    wait_until("a replacement started", || {
-        let now = children(pid);
-        now.len() == 2 && !now.contains(&victim)
-    });
-    let replacement = *children(pid).difference(&workers).next().unwrap();
-    wait_until("the replacement runs the demo", || {
-        server
-            .stderr()
-            .contains(&format!("demo worker {replacement}: mode LetGo"))
-    });
+    let (_, replacement) = kill_one_and_wait_for_its_replacement(&server, "LetGo");
     mode_file(&dir, "silent");
     server.signal("USR2");
     wait_until(

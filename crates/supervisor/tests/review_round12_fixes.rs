@@ -15,8 +15,8 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{mode_file, start_copy, Dir};
-use duo_testkit::{children, wait_until, LIMIT};
+use common::{kill_one_and_wait_for_its_replacement, mode_file, start_copy, Dir};
+use duo_testkit::{wait_until, LIMIT};
 
 /// A replacement (mode `letgo`, which waits for a `go` file that never comes) is still
 /// starting when the supervisor upgrades; the new image adopts it with its readiness
@@ -37,22 +37,8 @@ fn an_adopted_worker_that_dies_starting_is_not_a_long_life() {
             ("DEMO_STABLE_AFTER_MS", "300"),
         ],
     );
-    let pid = server.pid();
-    let workers = children(pid);
-    assert_eq!(workers.len(), 2, "{workers:?}");
     mode_file(&dir, "letgo");
-    let victim = *workers.iter().next().unwrap();
-    duo_sys::kill_process(victim).unwrap();
-    wait_until("a replacement started", || {
-        let now = children(pid);
-        now.len() == 2 && !now.contains(&victim)
-    });
-    let replacement = *children(pid).difference(&workers).next().unwrap();
-    wait_until("the replacement runs the demo", || {
-        server
-            .stderr()
-            .contains(&format!("demo worker {replacement}: mode LetGo"))
-    });
+    let (_, replacement) = kill_one_and_wait_for_its_replacement(&server, "LetGo");
     mode_file(&dir, "silent");
     server.signal("USR2");
     wait_until(

@@ -62,3 +62,32 @@ pub(crate) fn start_copy(dir: &Dir, env: &[(&str, &str)]) -> (ChildServer, PathB
     });
     (server, copy)
 }
+
+/// Kills one of the two workers of `server` (the demo) and waits until its replacement
+/// runs the demo in the mode shown as `mode` (`LetGo`, `Silent`: set the mode file
+/// first). Returns the killed worker's PID and the replacement's.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) fn kill_one_and_wait_for_its_replacement(
+    server: &ChildServer,
+    mode: &str,
+) -> (u32, u32) {
+    let pid = server.pid();
+    let workers = duo_testkit::children(pid);
+    assert_eq!(workers.len(), 2, "{workers:?}");
+    let victim = *workers.iter().next().unwrap();
+    duo_sys::kill_process(victim).unwrap();
+    duo_testkit::wait_until("a replacement started", || {
+        let now = duo_testkit::children(pid);
+        now.len() == 2 && !now.contains(&victim)
+    });
+    let replacement = *duo_testkit::children(pid)
+        .difference(&workers)
+        .next()
+        .unwrap();
+    // Past its `exec` (before it, the forked child holds passing copies of descriptors).
+    let started = format!("demo worker {replacement}: mode {mode}");
+    duo_testkit::wait_until("the replacement runs the demo", || {
+        server.stderr().contains(&started)
+    });
+    (victim, replacement)
+}
