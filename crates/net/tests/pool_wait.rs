@@ -78,6 +78,25 @@ fn whole_message_server(
     })
 }
 
+/// A pool capped at `cap` bytes, without thread caches (every block counts at once).
+fn capped(cap: usize) -> BufPool {
+    BufPool::new(PoolConfig {
+        memory_cap: Some(cap),
+        thread_cache_bytes: 0,
+    })
+}
+
+/// [`whole_message_server`] over plain TCP.
+fn plain_server(pool: BufPool, msg: usize, edge_triggered: bool) -> TestServer {
+    whole_message_server(
+        pool,
+        msg,
+        edge_triggered,
+        #[cfg(feature = "tls")]
+        None,
+    )
+}
+
 fn out_of_memory_closes(server: &TestServer) -> u64 {
     server
         .stats()
@@ -135,20 +154,11 @@ fn send_message(server: &TestServer, msg: usize) -> (thread::JoinHandle<()>, std
 fn a_read_the_full_pool_refuses_waits_for_memory_and_loses_nothing() {
     init_log();
     for edge_triggered in [true, false] {
-        let pool = BufPool::new(PoolConfig {
-            memory_cap: Some(2 << 20),
-            thread_cache_bytes: 0,
-        });
+        let pool = capped(2 << 20);
         // Another user holds half of the cap for a while.
         let hog = pool.alloc(1 << 20).unwrap();
         let msg = 300 * K;
-        let server = whole_message_server(
-            pool,
-            msg,
-            edge_triggered,
-            #[cfg(feature = "tls")]
-            None,
-        );
+        let server = plain_server(pool, msg, edge_triggered);
         let (writer, mut s) = send_message(&server, msg);
         // 300 KiB of input need a 1 MiB block, which does not fit beside the hog.
         wait_until("the pool to refuse the connection's growth", || {
@@ -177,19 +187,10 @@ fn a_read_the_full_pool_refuses_waits_for_memory_and_loses_nothing() {
 #[test]
 fn input_that_can_never_fit_under_the_cap_closes_at_once() {
     init_log();
-    let pool = BufPool::new(PoolConfig {
-        memory_cap: Some(512 * K),
-        thread_cache_bytes: 0,
-    });
+    let pool = capped(512 * K);
     // 700 KiB need a 1 MiB block: more than the whole cap.
     let msg = 700 * K;
-    let server = whole_message_server(
-        pool,
-        msg,
-        true,
-        #[cfg(feature = "tls")]
-        None,
-    );
+    let server = plain_server(pool, msg, true);
     let (writer, mut s) = send_message(&server, msg);
     wait_until("the connection to close for lack of memory", || {
         out_of_memory_closes(&server) == 1
@@ -258,24 +259,10 @@ fn a_send_in_transit_when_the_connection_closes_leaves_nothing_counted() {
 fn input_whose_own_block_keeps_the_growth_from_ever_fitting_closes() {
     init_log();
     for edge_triggered in [true, false] {
-        let pool = BufPool::new(PoolConfig {
-            memory_cap: Some(1 << 20),
-            thread_cache_bytes: 0,
-        });
+        let pool = capped(1 << 20);
         let msg = 300 * K;
-        let server = whole_message_server(
-            pool,
-            msg,
-            edge_triggered,
-            #[cfg(feature = "tls")]
-            None,
-        );
-        let mut s = connect(server.addr());
-        let mut w = s.try_clone().unwrap();
-        let wire: Vec<u8> = (0..msg).map(byte_at).collect();
-        let writer = thread::spawn(move || {
-            let _ = w.write_all(&wire);
-        });
+        let server = plain_server(pool, msg, edge_triggered);
+        let (writer, mut s) = send_message(&server, msg);
         wait_until("the connection to close for lack of memory", || {
             out_of_memory_closes(&server) == 1
         });
@@ -302,10 +289,7 @@ fn over_tls_a_read_the_full_pool_refuses_waits_for_memory_and_loses_nothing() {
     init_log();
     let pki = util::pki::pki();
     for edge_triggered in [true, false] {
-        let pool = BufPool::new(PoolConfig {
-            memory_cap: Some(2 << 20),
-            thread_cache_bytes: 0,
-        });
+        let pool = capped(2 << 20);
         let hog = pool.alloc(1 << 20).unwrap();
         let msg = 300 * K;
         let server = whole_message_server(pool, msg, edge_triggered, Some(pki.server_config()));
@@ -349,10 +333,7 @@ fn over_tls_waiting_for_memory_does_not_call_the_callback_again_for_nothing() {
     init_log();
     let pki = util::pki::pki();
     for edge_triggered in [true, false] {
-        let pool = BufPool::new(PoolConfig {
-            memory_cap: Some(2 << 20),
-            thread_cache_bytes: 0,
-        });
+        let pool = capped(2 << 20);
         let hog = pool.alloc(1 << 20).unwrap();
         let msg = 300 * K;
         let calls = Arc::new(AtomicUsize::new(0));
@@ -419,10 +400,7 @@ fn over_tls_waiting_for_memory_does_not_call_the_callback_again_for_nothing() {
 fn a_waiting_connection_sees_a_reset_and_survives_pause_and_resume() {
     init_log();
     for edge_triggered in [true, false] {
-        let pool = BufPool::new(PoolConfig {
-            memory_cap: Some(2 << 20),
-            thread_cache_bytes: 0,
-        });
+        let pool = capped(2 << 20);
         let hog = pool.alloc(1 << 20).unwrap();
         let msg = 300 * K;
         let conns: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
@@ -502,18 +480,9 @@ fn a_waiting_connection_sees_a_reset_and_survives_pause_and_resume() {
 #[test]
 fn connections_that_wait_for_each_others_memory_do_not_wait_for_ever() {
     init_log();
-    let pool = BufPool::new(PoolConfig {
-        memory_cap: Some(1280 * K),
-        thread_cache_bytes: 0,
-    });
+    let pool = capped(1280 * K);
     let msg = 300 * K;
-    let server = whole_message_server(
-        pool,
-        msg,
-        true,
-        #[cfg(feature = "tls")]
-        None,
-    );
+    let server = plain_server(pool, msg, true);
     let wire: Vec<u8> = (0..msg).map(byte_at).collect();
     // Both hold a 256 KiB block before either needs the 1 MiB one.
     let first = 200 * K;
@@ -569,10 +538,7 @@ fn connections_that_wait_for_each_others_memory_do_not_wait_for_ever() {
 #[test]
 fn a_pause_during_a_wait_for_memory_does_not_count_against_its_limit() {
     init_log();
-    let pool = BufPool::new(PoolConfig {
-        memory_cap: Some(2 << 20),
-        thread_cache_bytes: 0,
-    });
+    let pool = capped(2 << 20);
     let hog = pool.alloc(1 << 20).unwrap();
     let msg = 300 * K;
     let conns: Arc<Mutex<Vec<duo_net::TcpConnection>>> = Arc::default();
