@@ -208,7 +208,10 @@ fn a_thread_held_in_one_loop_leaves_its_other_loops_served_with_idle_timeouts_an
                 .io_threads(2)
                 .loops(4)
                 .loop_sharing(sharing)
-                .idle_timeout(Duration::from_millis(300))
+                // Long against the busy connection's pace (an echo every 5 ms or so, and
+                // the set-up between its first echo and the last): a test thread that loses
+                // its core for a while on a loaded host must not make it idle.
+                .idle_timeout(Duration::from_secs(1))
                 .thread_init(move |lp| seen.lock().unwrap().push(lp.handle()))
                 .on_message(echo_or_name)
         });
@@ -393,7 +396,10 @@ fn sends_from_other_threads_reach_connections_on_every_loop() {
 
 /// Churn with everything on: 16 loops on 2 threads, both sharings, busy polling on and
 /// off, an idle timeout, a connection limit that pauses accepting, buffer trimming and
-/// water marks. The counts come out exact and the per-loop gauges back at zero.
+/// water marks. The counts come out exact and the per-loop gauges back at zero. A client
+/// that talks may be closed by the idle timeout too when the machine is loaded (its
+/// thread not run for that long): then it must have been silent that long, and the close
+/// is counted as an idle one; it goes on with a new connection.
 #[test]
 fn churn_with_idle_timeouts_limits_trimming_and_backpressure_keeps_counts_exact() {
     init_log();
@@ -401,6 +407,36 @@ fn churn_with_idle_timeouts_limits_trimming_and_backpressure_keeps_counts_exact(
         for busy in [Duration::ZERO, Duration::from_micros(50)] {
             churn(sharing, busy);
         }
+    }
+}
+
+/// The idle timeout of the churn server. Short, so that the silent clients are closed
+/// quickly; a client that talks can be closed by it too on a loaded machine (a thread of
+/// the test not run for that long), which [`echo_unless_closed`]'s caller checks.
+const CHURN_IDLE: Duration = Duration::from_millis(100);
+
+/// The earliest an idle close can come after the server's last traffic on a connection:
+/// the timeout less one tick of the idle wheel (1/8 of it). The wheel's ticks are a
+/// repeating timer; when a loop runs one late, after reading the connection in the same
+/// turn, the read lands in the bucket that tick was about to close, which then expires a
+/// tick sooner than the timeout.
+const CHURN_IDLE_AT_LEAST: Duration = Duration::from_micros(87_500);
+
+/// Echoes `msg`, or returns false if the server closed the connection first (end of
+/// stream or reset, before or during the echo).
+fn echo_unless_closed(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if let Err(e) = s.write_all(msg) {
+        assert!(util::is_peer_close(&e), "the echo's write: {e}");
+        return false;
+    }
+    let mut back = vec![0u8; msg.len()];
+    match s.read_exact(&mut back) {
+        Ok(()) => {
+            assert_eq!(back, msg);
+            true
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof || util::is_peer_close(&e) => false,
+        Err(e) => panic!("the echo: {e}"),
     }
 }
 
@@ -413,7 +449,7 @@ fn churn(sharing: LoopSharing, busy: Duration) {
             .loops(16)
             .loop_sharing(sharing)
             .busy_poll(busy)
-            .idle_timeout(Duration::from_millis(100))
+            .idle_timeout(CHURN_IDLE)
             .max_connections(40)
             .when_full(WhenFull::Pause)
             .buffer_trim_interval(Duration::from_millis(20))
@@ -429,32 +465,66 @@ fn churn(sharing: LoopSharing, busy: Duration) {
     });
     let addr = server.addr();
     let deadline = Instant::now() + Duration::from_millis(600);
+    // Each worker returns how many of its connections the server closed.
     let workers: Vec<_> = (0..6usize)
         .map(|w| {
             std::thread::spawn(move || {
-                while Instant::now() < deadline {
+                let mut closed = 0u64;
+                'conn: while Instant::now() < deadline {
+                    // The last moment the server surely had traffic from this connection
+                    // after: its connect, then the start of each message it echoed whole
+                    // (it read that message's end after this). An idle close comes at least
+                    // `CHURN_IDLE_AT_LEAST` after the server's last traffic, so not before
+                    // this plus that: a close any earlier is not the idle timeout's.
+                    let mut since = Instant::now();
                     let mut s = connect(addr);
                     for r in 0..(w + 1) * 3 {
                         let msg = vec![(r % 251) as u8; 1 + (r * 4099) % 100_000];
-                        echo(&mut s, &msg);
+                        let start = Instant::now();
+                        if !echo_unless_closed(&mut s, &msg) {
+                            // Under load this client went unrun for the idle timeout.
+                            let quiet = since.elapsed();
+                            assert!(
+                                quiet >= CHURN_IDLE_AT_LEAST,
+                                "closed mid-echo after {quiet:?}"
+                            );
+                            closed += 1;
+                            continue 'conn;
+                        }
+                        since = start;
                     }
                     if w % 3 == 0 {
                         // Left silent: the idle timeout closes it.
                         assert!(closed_by_server(&mut s));
+                        let quiet = since.elapsed();
+                        assert!(
+                            quiet >= CHURN_IDLE_AT_LEAST,
+                            "closed silent after {quiet:?}"
+                        );
+                        closed += 1;
                     }
                 }
+                closed
             })
         })
         .collect();
-    for w in workers {
-        join_within("a client", w);
-    }
+    let closed_by_idle: u64 = workers
+        .into_iter()
+        .map(|w| join_within("a client", w))
+        .sum();
     let h = server.handle().clone();
     wait_until("every connection closed", || h.stats().active == 0);
     let st = h.stats();
     assert_eq!(st.accepted, st.closed, "{sharing:?} {busy:?}: {st:?}");
     let per_loop_closed: u64 = st.per_loop.iter().map(|l| l.closes.total()).sum();
     assert_eq!(per_loop_closed, st.closed, "{sharing:?} {busy:?}");
+    // Every connection the clients saw the server close, it closed for the idle timeout
+    // (and perhaps others besides, idle between a client's last echo and its close).
+    let idle = st.closes().idle;
+    assert!(
+        idle >= closed_by_idle,
+        "{sharing:?} {busy:?}: {idle} < {closed_by_idle}"
+    );
     for l in &st.per_loop {
         assert_eq!((l.output_queued, l.backpressured), (0, 0), "{l:?}");
     }

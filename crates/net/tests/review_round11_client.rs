@@ -367,7 +367,9 @@ fn no_connection_comes_up_after_stop_returned_from_another_thread() {
         }
     });
     let lp = EventLoopThread::spawn("r11-race", None).unwrap();
-    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    // Not before the first `stop()` returned: the builder's `connect` may come up first
+    // (the loop thread runs its attempt before this thread reaches `stop()`), rightly.
+    let stopped = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let late = Arc::new(AtomicUsize::new(0));
     let client = TcpClient::builder("r11-race", ep)
         .on_connection({
@@ -391,6 +393,7 @@ fn no_connection_comes_up_after_stop_returned_from_another_thread() {
         })
         .connect(lp.handle());
     client.stop();
+    stopped.store(true, Ordering::SeqCst);
     settle(lp.handle());
     let deadline = std::time::Instant::now() + Duration::from_secs(4);
     let mut rounds = 0u32;

@@ -7,13 +7,12 @@
 
 mod util;
 
-use std::net::TcpListener;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use duo_net::TcpClient;
 use duo_reactor::EventLoopThread;
-use duo_testkit::wait_until;
+use duo_testkit::{wait_until, RefusedPort};
 use util::init_log;
 
 /// A reconnecting TLS client of a server that is slow to answer each handshake (longer
@@ -32,6 +31,7 @@ fn a_slow_handshake_does_not_reset_the_back_off_of_a_tls_client() {
     use duo_testkit::{join_within, LIMIT};
     use rustls::ServerConnection;
     use std::io::ErrorKind;
+    use std::net::TcpListener;
     use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
     use std::thread;
     use util::pki::pki;
@@ -115,11 +115,10 @@ fn a_slow_handshake_does_not_reset_the_back_off_of_a_tls_client() {
 fn connect_from_the_failure_callback_starts_the_delay_over() {
     init_log();
     const INITIAL: Duration = Duration::from_millis(1500);
-    // A port nobody listens on: every attempt is refused at once.
-    let addr = {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    // A port nobody listens on, held for the whole test (no listener another test binds
+    // meanwhile can get it): every attempt is refused at once.
+    let port = RefusedPort::new();
+    let addr = port.addr();
     let lp = EventLoopThread::spawn("r9-connect-in-cb", None).unwrap();
     let me: Arc<Mutex<Option<TcpClient>>> = Arc::new(Mutex::new(None));
     let seen: Arc<Mutex<Vec<(u32, bool, Instant)>>> = Arc::new(Mutex::new(Vec::new()));
