@@ -205,7 +205,9 @@ impl UdpSocket {
     /// [`UdpSendError::QueueFull`] when the bytes queued (on the loop and on their way to
     /// it) are at the limit; [`UdpSendError::TooLarge`] beyond [`MAX_PAYLOAD`]. A datagram
     /// accepted here may still fail in the kernel (over IPv4 anything above 65 507 bytes
-    /// does): see [`UdpStats::send_errors`]. One accepted just before the socket stops
+    /// does): see [`UdpStats::send_errors`]. One accepted before the loop is asked to quit
+    /// ([`LoopHandle::quit`](duo_reactor::LoopHandle::quit)) is sent before its `run`
+    /// returns. One accepted just before the socket stops
     /// may reach the loop after it closed, and one accepted just before the loop ends may
     /// never run: either is then counted in [`UdpStats::dropped`].
     pub fn send_to(&self, data: impl Into<Vec<u8>>, to: SocketAddr) -> Result<(), UdpSendError> {
@@ -260,7 +262,12 @@ impl UdpSocket {
                 return;
             };
             pending.arrived();
-            if first {
+            if lp.is_quitting() {
+                // A quitting loop runs the functions queued before the quit (this one)
+                // but leaves those queued from now on (a flush) for its next `run`: the
+                // datagram would wait unsent after `run` returned. Send it now.
+                lp.with_handler(token, |_, ch, h: &mut UdpHandler| h.scheduled_flush(ch));
+            } else if first {
                 // Sends queued by other threads in the same drain of the loop's queue go
                 // out together, after it.
                 lp.queue_in_loop(move |lp| {

@@ -23,6 +23,15 @@ impl EventLoop {
     /// [`LoopHandle::queue_in_loop`]: crate::LoopHandle::queue_in_loop
     pub const TASK_BATCH: usize = 256;
 
+    /// Whether this loop was asked to quit ([`EventLoop::quit`],
+    /// [`LoopHandle::quit`](crate::LoopHandle::quit)) and its `run` has not returned on
+    /// it yet. A function queued now (by a function of the quit's backlog, say) waits for
+    /// the next `run`: code on the loop that would queue the rest of its work for later
+    /// can do it at once instead when this says so.
+    pub fn is_quitting(&self) -> bool {
+        self.shared.quit.load(Ordering::SeqCst)
+    }
+
     /// Runs the functions queued through handles (at most [`Self::TASK_BATCH`]), then
     /// those this loop queued for itself so far; later ones wait for the next iteration.
     pub(super) fn run_queued(&mut self) {
