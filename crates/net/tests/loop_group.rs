@@ -35,24 +35,6 @@ fn echo(s: &mut TcpStream, msg: &[u8]) {
 /// which a loop running the wheel's tick late can cost.
 const IDLE_AT_LEAST: Duration = Duration::from_millis(175);
 
-/// Echoes `msg`, or returns false if the server closed the connection first (end of
-/// stream or reset, before or during the echo).
-fn echo_unless_closed(s: &mut TcpStream, msg: &[u8]) -> bool {
-    if let Err(e) = s.write_all(msg) {
-        assert!(util::is_peer_close(&e), "the echo's write: {e}");
-        return false;
-    }
-    let mut back = vec![0u8; msg.len()];
-    match s.read_exact(&mut back) {
-        Ok(()) => {
-            assert_eq!(back, msg);
-            true
-        }
-        Err(e) if e.kind() == ErrorKind::UnexpectedEof || util::is_peer_close(&e) => false,
-        Err(e) => panic!("the echo: {e}"),
-    }
-}
-
 /// `clients` connections from 4 threads, each echoing a few messages, held open together
 /// until every one has been echoed, then closed; the server's figures once it counted
 /// every one closed.
@@ -196,7 +178,7 @@ fn idle_timeouts_fire_and_a_graceful_shutdown_closes_what_is_left_on_every_loop(
     let since = Instant::now();
     let mut busy: Vec<TcpStream> = (0..16).map(|_| connect(addr)).collect();
     for s in &mut busy {
-        if !echo_unless_closed(s, b"still here") {
+        if !util::echo_unless_closed(s, b"still here") {
             let quiet = since.elapsed();
             assert!(
                 quiet >= IDLE_AT_LEAST,

@@ -412,7 +412,7 @@ fn churn_with_idle_timeouts_limits_trimming_and_backpressure_keeps_counts_exact(
 
 /// The idle timeout of the churn server. Short, so that the silent clients are closed
 /// quickly; a client that talks can be closed by it too on a loaded machine (a thread of
-/// the test not run for that long), which [`echo_unless_closed`]'s caller checks.
+/// the test not run for that long), which [`util::echo_unless_closed`]'s caller checks.
 const CHURN_IDLE: Duration = Duration::from_millis(100);
 
 /// The earliest an idle close can come after the server's last traffic on a connection:
@@ -421,24 +421,6 @@ const CHURN_IDLE: Duration = Duration::from_millis(100);
 /// turn, the read lands in the bucket that tick was about to close, which then expires a
 /// tick sooner than the timeout.
 const CHURN_IDLE_AT_LEAST: Duration = Duration::from_micros(87_500);
-
-/// Echoes `msg`, or returns false if the server closed the connection first (end of
-/// stream or reset, before or during the echo).
-fn echo_unless_closed(s: &mut TcpStream, msg: &[u8]) -> bool {
-    if let Err(e) = s.write_all(msg) {
-        assert!(util::is_peer_close(&e), "the echo's write: {e}");
-        return false;
-    }
-    let mut back = vec![0u8; msg.len()];
-    match s.read_exact(&mut back) {
-        Ok(()) => {
-            assert_eq!(back, msg);
-            true
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof || util::is_peer_close(&e) => false,
-        Err(e) => panic!("the echo: {e}"),
-    }
-}
 
 fn churn(sharing: LoopSharing, busy: Duration) {
     let told = Arc::new(AtomicUsize::new(0));
@@ -481,7 +463,7 @@ fn churn(sharing: LoopSharing, busy: Duration) {
                     for r in 0..(w + 1) * 3 {
                         let msg = vec![(r % 251) as u8; 1 + (r * 4099) % 100_000];
                         let start = Instant::now();
-                        if !echo_unless_closed(&mut s, &msg) {
+                        if !util::echo_unless_closed(&mut s, &msg) {
                             // Under load this client went unrun for the idle timeout.
                             let quiet = since.elapsed();
                             assert!(

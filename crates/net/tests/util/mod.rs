@@ -184,6 +184,24 @@ pub(crate) fn echo_once(s: &mut TcpStream, msg: &[u8]) {
     assert_eq!(back, msg, "echo differs");
 }
 
+/// Echoes `msg` like [`echo_once`], or returns false if the server closed the connection
+/// first (end of stream or reset, before or during the echo).
+pub(crate) fn echo_unless_closed(s: &mut TcpStream, msg: &[u8]) -> bool {
+    if let Err(e) = s.write_all(msg) {
+        assert!(is_peer_close(&e), "the echo's write: {e}");
+        return false;
+    }
+    let mut back = vec![0u8; msg.len()];
+    match s.read_exact(&mut back) {
+        Ok(()) => {
+            assert_eq!(back, msg, "echo differs");
+            true
+        }
+        Err(e) if e.kind() == ErrorKind::UnexpectedEof || is_peer_close(&e) => false,
+        Err(e) => panic!("the echo: {e}"),
+    }
+}
+
 /// Whether an error means the peer closed the connection (rather than a timeout).
 pub(crate) fn is_peer_close(e: &io::Error) -> bool {
     matches!(
