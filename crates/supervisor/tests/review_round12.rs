@@ -24,7 +24,7 @@ mod common;
 
 use std::time::Duration;
 
-use common::{kill_one_and_wait_for_its_replacement, mode_file, start_copy, Dir};
+use common::{mode_file, start_copy, upgrade_with_a_replacement_still_starting, Dir};
 use duo_testkit::{children, wait_until, LIMIT};
 
 /// The delays of the `restarting in D` lines of `log`, in order.
@@ -111,19 +111,7 @@ fn an_adopted_worker_that_lets_its_readiness_pipe_go_is_ready() {
         ],
     );
     let pid = server.pid();
-    mode_file(&dir, "letgo");
-    let (_, replacement) = kill_one_and_wait_for_its_replacement(&server, "LetGo");
-    mode_file(&dir, "silent");
-    server.signal("USR2");
-    wait_until(
-        "the new image adopted the replacement, still starting",
-        || {
-            server.stderr().lines().any(|l| {
-                l.contains(&format!("adopting worker {replacement} "))
-                    && l.contains("still starting")
-            })
-        },
-    );
+    let replacement = upgrade_with_a_replacement_still_starting(&server, &dir);
     std::fs::write(dir.join("go"), "").unwrap();
     let ready = format!("worker {replacement} (generation 1) is ready");
     let retired = format!("worker {replacement} (generation 1) was not ready within");

@@ -15,7 +15,7 @@ mod common;
 
 use std::time::{Duration, Instant};
 
-use common::{kill_one_and_wait_for_its_replacement, mode_file, start_copy, Dir};
+use common::{mode_file, start_copy, upgrade_with_a_replacement_still_starting, Dir};
 use duo_testkit::{wait_until, LIMIT};
 
 /// A replacement (mode `letgo`, which waits for a `go` file that never comes) is still
@@ -37,19 +37,7 @@ fn an_adopted_worker_that_dies_starting_is_not_a_long_life() {
             ("DEMO_STABLE_AFTER_MS", "300"),
         ],
     );
-    mode_file(&dir, "letgo");
-    let (_, replacement) = kill_one_and_wait_for_its_replacement(&server, "LetGo");
-    mode_file(&dir, "silent");
-    server.signal("USR2");
-    wait_until(
-        "the new image adopted the replacement, still starting",
-        || {
-            server.stderr().lines().any(|l| {
-                l.contains(&format!("adopting worker {replacement} "))
-                    && l.contains("still starting")
-            })
-        },
-    );
+    let replacement = upgrade_with_a_replacement_still_starting(&server, &dir);
     let adopted = Instant::now();
     // Old enough to count as a long life, had it ever been ready.
     let old = adopted + STABLE * 2;

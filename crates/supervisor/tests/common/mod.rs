@@ -91,3 +91,26 @@ pub(crate) fn kill_one_and_wait_for_its_replacement(
     });
     (victim, replacement)
 }
+
+/// Replaces a worker of `server` (the demo) by one in mode `letgo` (still starting until
+/// its `go` file appears), then upgrades the supervisor with the demo's mode `silent` (its
+/// new generation never gets ready) and waits until the new image adopted the
+/// replacement, still starting. Returns the replacement's PID.
+#[allow(dead_code)] // not every test binary that includes this module uses it
+pub(crate) fn upgrade_with_a_replacement_still_starting(server: &ChildServer, dir: &Dir) -> u32 {
+    mode_file(dir, "letgo");
+    let (_, replacement) = kill_one_and_wait_for_its_replacement(server, "LetGo");
+    mode_file(dir, "silent");
+    server.signal("USR2");
+    let adopting = format!("adopting worker {replacement} ");
+    duo_testkit::wait_until(
+        "the new image adopted the replacement, still starting",
+        || {
+            server
+                .stderr()
+                .lines()
+                .any(|l| l.contains(&adopting) && l.contains("still starting"))
+        },
+    );
+    replacement
+}
